@@ -1,0 +1,108 @@
+#include <unordered_map>
+#include <unordered_set>
+
+#include "autograd/node.h"
+#include "tensor/ops.h"
+
+namespace sono::autograd {
+
+namespace {
+thread_local bool g_grad_enabled = true;
+}
+
+bool grad_enabled() { return g_grad_enabled; }
+NoGradGuard::NoGradGuard() : previous_(g_grad_enabled) { g_grad_enabled = false; }
+NoGradGuard::~NoGradGuard() { g_grad_enabled = previous_; }
+
+Tensor record(const char* name, Tensor out, std::vector<Tensor> inputs, BackwardFn backward) {
+  if (!g_grad_enabled) return out;
+  bool any = false;
+  for (auto& t : inputs) any = any || (t.defined() && t.requires_grad());
+  if (!any) return out;
+  auto node = std::make_shared<Node>();
+  node->name = name;
+  node->inputs = std::move(inputs);
+  node->backward = std::move(backward);
+  out.impl().requires_grad = true;
+  out.impl().grad_fn = std::move(node);
+  return out;
+}
+
+namespace {
+
+// Post-order DFS over grad_fn edges, iterative so that deep nets don't overflow the stack.
+std::vector<Node*> topo_order(Node* root) {
+  std::vector<Node*> order;
+  std::unordered_set<Node*> seen{root};
+  std::vector<std::pair<Node*, size_t>> stack{{root, 0}};
+  while (!stack.empty()) {
+    auto& [node, next] = stack.back();
+    if (next < node->inputs.size()) {
+      const Tensor& in = node->inputs[next++];
+      if (!in.defined()) continue;
+      Node* child = in.grad_fn().get();
+      if (child && seen.insert(child).second) stack.push_back({child, 0});
+    } else {
+      order.push_back(node);
+      stack.pop_back();
+    }
+  }
+  return order;  // children before parents
+}
+
+void accumulate(std::shared_ptr<TensorImpl>& slot, const Tensor& g) {
+  if (!slot) {
+    slot = g.contiguous().impl_ptr();
+    if (slot == g.impl_ptr()) slot = g.clone().impl_ptr();  // never alias a user tensor
+  } else {
+    slot = add(Tensor(slot), g).impl_ptr();
+  }
+}
+
+}  // namespace
+
+void run_backward(const Tensor& root, const Tensor& seed) {
+  SONO_CHECK(root.requires_grad(),
+             "backward() on a tensor that does not require grad (no input needed gradients, "
+             "or it was computed under no_grad)");
+  NoGradGuard no_grad;  // backward formulas are plain ops; no double backward
+  if (!root.grad_fn()) {
+    accumulate(root.impl().grad, seed);
+    return;
+  }
+  std::vector<Node*> order = topo_order(root.grad_fn().get());
+  std::unordered_map<Node*, Tensor> grads{{root.grad_fn().get(), seed}};
+  for (auto it = order.rbegin(); it != order.rend(); ++it) {
+    Node* node = *it;
+    auto found = grads.find(node);
+    if (found == grads.end()) continue;
+    Tensor g = found->second;
+    grads.erase(found);
+    SONO_CHECK(node->backward, "backward through a graph that was already freed (op ", node->name,
+               "); call backward() once per forward");
+    std::vector<Tensor> input_grads = node->backward(g);
+    SONO_CHECK(input_grads.size() == node->inputs.size(), "autograd: node ", node->name,
+               " returned ", input_grads.size(), " grads for ", node->inputs.size(), " inputs");
+    for (size_t i = 0; i < input_grads.size(); ++i) {
+      const Tensor& in = node->inputs[i];
+      const Tensor& ig = input_grads[i];
+      if (!in.defined() || !ig.defined() || !in.requires_grad()) continue;
+      SONO_CHECK(ig.shape() == in.shape(), "autograd: node ", node->name, " gave grad of shape ",
+                 shape_str(ig.shape()), " for input ", i, " of shape ", shape_str(in.shape()));
+      if (Node* child = in.grad_fn().get()) {
+        auto slot = grads.find(child);
+        if (slot == grads.end()) grads.emplace(child, ig);
+        else slot->second = add(slot->second, ig);
+      } else {
+        accumulate(in.impl().grad, ig);
+      }
+    }
+  }
+  // Free the graph: saved tensors and closures go now, not when the output dies.
+  for (Node* node : order) {
+    node->backward = nullptr;
+    node->inputs.clear();
+  }
+}
+
+}  // namespace sono::autograd

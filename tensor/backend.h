@@ -1,0 +1,80 @@
+#pragma once
+// The kernel interface every backend implements (CPU in tensor/cpu, CUDA in cuda/).
+// Ops (tensor/ops/*.cpp) allocate outputs, check shapes and call these; kernels never see
+// autograd. Unless a signature says otherwise, tensors passed in are contiguous and of one dtype.
+#include "tensor/random.h"
+#include "tensor/tensor.h"
+
+namespace sono {
+
+enum class UnaryOp {
+  neg, exp, log, sqrt, abs, sign, relu, gelu, gelu_grad, sigmoid, tanh, softplus,
+  add_scalar, mul_scalar, pow_scalar, gt_scalar
+};
+enum class BinaryOp { add, sub, mul, div, eq };
+enum class ReduceOp { sum, max };
+
+struct Conv2dGeometry {
+  int64_t n, h, w, cin, cout, kh, kw, oh, ow;
+  int64_t stride, padding, dilation, groups;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;
+
+  virtual void* allocate(size_t nbytes) = 0;
+  virtual void deallocate(void* ptr) = 0;
+
+  // dst = src elementwise; both may be any strided views of the same shape (src may have
+  // stride 0 to broadcast); dtypes may differ (conversion).
+  virtual void copy(const Tensor& src, const Tensor& dst) = 0;
+  virtual void fill(const Tensor& dst, double value) = 0;
+  virtual void unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) = 0;
+  // a and b are views already broadcast to out's shape (stride 0 on broadcast dims).
+  virtual void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+  // out has x's rank with size 1 on the reduced dims.
+  virtual void reduce(ReduceOp op, const Tensor& x, const Tensor& out) = 0;
+  // c[b] = alpha * op(a[b]) op(b[b]) + beta * c[b]; a, b, c are 3-D [batch, rows, cols];
+  // a batch of 1 in a or b is shared across c's batch.
+  virtual void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
+                    double alpha, double beta) = 0;
+
+  virtual void conv2d_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,
+                              const Tensor& out) = 0;
+  virtual void conv2d_backward_input(const Conv2dGeometry& g, const Tensor& grad_out,
+                                     const Tensor& w, const Tensor& grad_x) = 0;
+  virtual void conv2d_backward_weight(const Conv2dGeometry& g, const Tensor& x,
+                                      const Tensor& grad_out, const Tensor& grad_w) = 0;
+
+  // Rows of length C = last dim. mean and rstd [rows] are saved for backward.
+  virtual void layer_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, double eps,
+                                  const Tensor& y, const Tensor& mean, const Tensor& rstd) = 0;
+  virtual void layer_norm_backward(const Tensor& x, const Tensor& w, const Tensor& mean,
+                                   const Tensor& rstd, const Tensor& grad_y,
+                                   const Tensor& grad_x, const Tensor& grad_w,
+                                   const Tensor& grad_b) = 0;
+
+  // Over the last dim of contiguous rows.
+  virtual void softmax_forward(const Tensor& x, const Tensor& y, bool log) = 0;
+  virtual void softmax_backward(const Tensor& y, const Tensor& grad_y, const Tensor& grad_x,
+                                bool log) = 0;
+
+  // NHWC bilinear; backward accumulates into a zeroed grad_x.
+  virtual void resize_bilinear_forward(const Tensor& x, const Tensor& y, bool align_corners) = 0;
+  virtual void resize_bilinear_backward(const Tensor& grad_y, const Tensor& grad_x,
+                                        bool align_corners) = 0;
+
+  // One torch.optim.AdamW step for one parameter (step counts from 1).
+  virtual void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
+                          const Tensor& exp_avg_sq, double lr, double beta1, double beta2,
+                          double eps, double weight_decay, int64_t step) = 0;
+};
+
+Backend& backend(Device device);
+inline Backend& backend_of(const Tensor& t) { return backend(t.device()); }
+// The CUDA backend registers itself here when compiled in.
+void register_backend(Device device, Backend* b);
+
+}  // namespace sono

@@ -1,0 +1,137 @@
+#include <cmath>
+
+#include "tensor/cpu/cpu_backend.h"
+#include "tensor/cpu/strided.h"
+
+namespace sono::cpu {
+
+void CpuBackend::copy(const Tensor& src, const Tensor& dst) {
+  SONO_CHECK(src.shape() == dst.shape(), "copy: shapes ", shape_str(src.shape()), " and ",
+             shape_str(dst.shape()), " differ");
+  SONO_CHECK(src.device() == Device::cpu && dst.device() == Device::cpu,
+             "CPU copy given a non-CPU tensor");
+  dispatch_any(src.dtype(), [&](auto s_tag) {
+    using S = decltype(s_tag);
+    dispatch_any(dst.dtype(), [&](auto d_tag) {
+      using D = decltype(d_tag);
+      const S* s = src.data<S>();
+      D* d = dst.data<D>();
+      for_each_row<2>(src.shape(), {&src.strides(), &dst.strides()},
+                      [&](auto off, auto st, int64_t n) {
+                        const S* sp = s + off[0];
+                        D* dp = d + off[1];
+                        for (int64_t i = 0; i < n; ++i) dp[i * st[1]] = static_cast<D>(sp[i * st[0]]);
+                      });
+    });
+  });
+}
+
+void CpuBackend::fill(const Tensor& dst, double value) {
+  dispatch_any(dst.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    T* d = dst.data<T>();
+    const T v = static_cast<T>(value);
+    for_each_row<1>(dst.shape(), {&dst.strides()}, [&](auto off, auto st, int64_t n) {
+      for (int64_t i = 0; i < n; ++i) d[off[0] + i * st[0]] = v;
+    });
+  });
+}
+
+namespace {
+
+template <typename T>
+T gelu_erf(T x) {
+  return T(0.5) * x * (T(1) + std::erf(x * T(M_SQRT1_2)));
+}
+
+// d/dx [x Phi(x)] = Phi(x) + x phi(x)
+template <typename T>
+T gelu_erf_grad(T x) {
+  T cdf = T(0.5) * (T(1) + std::erf(x * T(M_SQRT1_2)));
+  T pdf = std::exp(T(-0.5) * x * x) * T(0.3989422804014327);
+  return cdf + x * pdf;
+}
+
+template <typename T>
+T softplus(T x) {  // log(1 + e^x) without overflow
+  return x > T(0) ? x + std::log1p(std::exp(-x)) : std::log1p(std::exp(x));
+}
+
+template <typename T>
+T sigmoid(T x) {
+  return x >= T(0) ? T(1) / (T(1) + std::exp(-x)) : std::exp(x) / (T(1) + std::exp(x));
+}
+
+template <typename T, typename F>
+void map(const Tensor& x, const Tensor& out, F f) {
+  const T* xp = x.data<T>();
+  T* op = out.data<T>();
+  const int64_t n = x.numel();
+#pragma omp parallel for simd schedule(static) if (n > 32768)
+  for (int64_t i = 0; i < n; ++i) op[i] = f(xp[i]);
+}
+
+}  // namespace
+
+void CpuBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) {
+  dispatch_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T a = static_cast<T>(alpha);
+    switch (op) {
+      case UnaryOp::neg: return map<T>(x, out, [](T v) { return -v; });
+      case UnaryOp::exp: return map<T>(x, out, [](T v) { return std::exp(v); });
+      case UnaryOp::log: return map<T>(x, out, [](T v) { return std::log(v); });
+      case UnaryOp::sqrt: return map<T>(x, out, [](T v) { return std::sqrt(v); });
+      case UnaryOp::abs: return map<T>(x, out, [](T v) { return std::abs(v); });
+      case UnaryOp::sign: return map<T>(x, out, [](T v) { return T((v > T(0)) - (v < T(0))); });
+      case UnaryOp::relu: return map<T>(x, out, [](T v) { return v > T(0) ? v : T(0); });
+      case UnaryOp::gelu: return map<T>(x, out, [](T v) { return gelu_erf(v); });
+      case UnaryOp::gelu_grad: return map<T>(x, out, [](T v) { return gelu_erf_grad(v); });
+      case UnaryOp::sigmoid: return map<T>(x, out, [](T v) { return sigmoid(v); });
+      case UnaryOp::tanh: return map<T>(x, out, [](T v) { return std::tanh(v); });
+      case UnaryOp::softplus: return map<T>(x, out, [](T v) { return softplus(v); });
+      case UnaryOp::add_scalar: return map<T>(x, out, [a](T v) { return v + a; });
+      case UnaryOp::mul_scalar: return map<T>(x, out, [a](T v) { return v * a; });
+      case UnaryOp::pow_scalar: return map<T>(x, out, [a](T v) { return std::pow(v, a); });
+      case UnaryOp::gt_scalar: return map<T>(x, out, [a](T v) { return T(v > a); });
+    }
+  });
+}
+
+namespace {
+
+template <typename T, typename F>
+void zip(const Tensor& a, const Tensor& b, const Tensor& out, F f) {
+  const T* ap = a.data<T>();
+  const T* bp = b.data<T>();
+  T* op = out.data<T>();
+  for_each_row<3>(out.shape(), {&a.strides(), &b.strides(), &out.strides()},
+                  [&](auto off, auto st, int64_t n) {
+                    const T* x = ap + off[0];
+                    const T* y = bp + off[1];
+                    T* z = op + off[2];
+                    if (st[0] == 1 && st[1] == 1 && st[2] == 1) {
+#pragma omp simd
+                      for (int64_t i = 0; i < n; ++i) z[i] = f(x[i], y[i]);
+                    } else {
+                      for (int64_t i = 0; i < n; ++i) z[i * st[2]] = f(x[i * st[0]], y[i * st[1]]);
+                    }
+                  });
+}
+
+}  // namespace
+
+void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
+  dispatch_float(out.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    switch (op) {
+      case BinaryOp::add: return zip<T>(a, b, out, [](T x, T y) { return x + y; });
+      case BinaryOp::sub: return zip<T>(a, b, out, [](T x, T y) { return x - y; });
+      case BinaryOp::mul: return zip<T>(a, b, out, [](T x, T y) { return x * y; });
+      case BinaryOp::div: return zip<T>(a, b, out, [](T x, T y) { return x / y; });
+      case BinaryOp::eq: return zip<T>(a, b, out, [](T x, T y) { return T(x == y); });
+    }
+  });
+}
+
+}  // namespace sono::cpu

@@ -1,0 +1,45 @@
+#pragma once
+// Shared test helpers: random inputs, closeness checks, golden-file paths.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <string>
+
+#include "autograd/gradcheck.h"
+#include "autograd/node.h"
+#include "tensor/ops.h"
+
+namespace sono::test {
+
+inline Tensor rand64(const Shape& shape, uint64_t seed, double scale = 1.0) {
+  Generator gen(seed);
+  return mul(randn(shape, gen, DType::f64), scale);
+}
+
+inline double max_abs_diff(const Tensor& a, const Tensor& b) {
+  REQUIRE(a.shape() == b.shape());
+  auto x = a.to_vector(), y = b.to_vector();
+  double m = 0;
+  for (size_t i = 0; i < x.size(); ++i) m = std::max(m, std::abs(x[i] - y[i]));
+  return m;
+}
+
+inline void check_values(const Tensor& t, const std::vector<double>& expected, double tol) {
+  auto v = t.to_vector();
+  REQUIRE(v.size() == expected.size());
+  for (size_t i = 0; i < v.size(); ++i) CHECK(v[i] == doctest::Approx(expected[i]).epsilon(std::max(tol, 1e-12)));
+}
+
+// Asserts every input's analytic gradient matches central differences to 1e-6 relative.
+inline void expect_gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& fn,
+                             const std::vector<Tensor>& inputs, double tol = 1e-6) {
+  auto r = autograd::gradcheck(fn, inputs);
+  for (size_t i = 0; i < r.max_rel_error.size(); ++i) {
+    INFO("input " << i);
+    CHECK(r.max_rel_error[i] < tol);
+  }
+}
+
+inline std::string source_path(const std::string& rel) { return std::string(SONO_SOURCE_DIR) + "/" + rel; }
+
+}  // namespace sono::test

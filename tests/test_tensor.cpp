@@ -1,0 +1,106 @@
+// Tensor basics, views, broadcasting elementwise ops, reductions and matmul: forward values
+// by hand, gradients by central differences in float64, errors with clear messages.
+#include "helpers.h"
+
+using namespace sono;
+using namespace sono::test;
+
+TEST_CASE("views share storage and contiguous() copies") {
+  Tensor t = Tensor::from_vector({0, 1, 2, 3, 4, 5}, {2, 3});
+  Tensor p = t.transpose(0, 1);
+  CHECK(p.shape() == Shape{3, 2});
+  CHECK_FALSE(p.is_contiguous());
+  check_values(p.contiguous(), {0, 3, 1, 4, 2, 5}, 0);
+  check_values(t.slice(1, 1, 3), {1, 2, 4, 5}, 0);
+  check_values(t.reshape({3, -1}).slice(0, 2, 3), {4, 5}, 0);
+  CHECK(t.unsqueeze(0).shape() == Shape{1, 2, 3});
+  check_values(Tensor::from_vector({1, 2}, {2, 1}).expand({2, 3}).contiguous(), {1, 1, 1, 2, 2, 2}, 0);
+}
+
+TEST_CASE("broadcasting elementwise forward") {
+  Tensor a = Tensor::from_vector({1, 2, 3, 4, 5, 6}, {2, 3});
+  Tensor b = Tensor::from_vector({10, 20, 30}, {3});
+  check_values(a + b, {11, 22, 33, 14, 25, 36}, 1e-7);
+  check_values(a * Tensor::from_vector({2, 3}, {2, 1}), {2, 4, 6, 12, 15, 18}, 1e-7);
+  check_values(gelu(Tensor::from_vector({-1, 0, 1}, {3})), {-0.15865525, 0, 0.84134475}, 1e-6);
+  check_values(softplus(Tensor::from_vector({-100, 0, 100}, {3}, DType::f64)), {0, std::log(2.0), 100}, 1e-12);
+}
+
+TEST_CASE("reductions forward") {
+  Tensor a = Tensor::from_vector({1, 5, 3, 4, 2, 6}, {2, 3});
+  check_values(sum(a, {1}), {9, 12}, 1e-7);
+  check_values(mean(a, {0}), {2.5, 3.5, 4.5}, 1e-7);
+  check_values(amax(a, {1}), {5, 6}, 1e-7);
+  check_values(sum(a), {21}, 1e-7);
+  Tensor x = rand64({2, 3, 5, 4}, 7);
+  CHECK(max_abs_diff(sum(x, {1, 2}, true), sum(sum(x, {1}, true), {2}, true)) < 1e-12);
+}
+
+TEST_CASE("matmul forward by hand") {
+  Tensor a = Tensor::from_vector({1, 2, 3, 4, 5, 6}, {2, 3});
+  Tensor b = Tensor::from_vector({7, 8, 9, 10, 11, 12}, {3, 2});
+  check_values(matmul(a, b), {58, 64, 139, 154}, 1e-7);
+  Tensor w = Tensor::from_vector({1, 0, -1, 2, 1, 0}, {2, 3});
+  check_values(linear(a, w, Tensor::from_vector({0.5, -0.5}, {2})), {-1.5, 3.5, -1.5, 12.5}, 1e-7);
+}
+
+TEST_CASE("gradients of elementwise ops with broadcasting (awkward shapes)") {
+  Tensor a = rand64({3, 5, 7}, 1), b = rand64({5, 1}, 2), pos = add(abs(rand64({3, 5, 7}, 3)), 0.5);
+  expect_gradcheck([](auto& x) { return add(x[0], x[1]); }, {a, b});
+  expect_gradcheck([](auto& x) { return sub(x[0], x[1]); }, {a, b});
+  expect_gradcheck([](auto& x) { return mul(x[0], x[1]); }, {a, b});
+  expect_gradcheck([](auto& x) { return div(x[0], x[1]); }, {a, pos});
+  expect_gradcheck([](auto& x) { return add(mul(x[0], 3.0), -1.0); }, {a});
+  expect_gradcheck([](auto& x) { return pow(x[0], 2.5); }, {pos});
+  expect_gradcheck([](auto& x) { return exp(x[0]); }, {a});
+  expect_gradcheck([](auto& x) { return log(x[0]); }, {pos});
+  expect_gradcheck([](auto& x) { return sqrt(x[0]); }, {pos});
+  expect_gradcheck([](auto& x) { return abs(x[0]); }, {pos});
+  expect_gradcheck([](auto& x) { return relu(x[0]); }, {pos});
+  expect_gradcheck([](auto& x) { return gelu(x[0]); }, {a});
+  expect_gradcheck([](auto& x) { return sigmoid(x[0]); }, {a});
+  expect_gradcheck([](auto& x) { return tanh(x[0]); }, {a});
+  expect_gradcheck([](auto& x) { return softplus(x[0]); }, {a});
+}
+
+TEST_CASE("gradients of views, reductions and matmul") {
+  Tensor x = rand64({3, 5, 7}, 4);
+  expect_gradcheck([](auto& v) { return v[0].permute({2, 0, 1}).slice(0, 1, 6).reshape({-1, 3}); }, {x});
+  expect_gradcheck([](auto& v) { return sum(v[0], {0, 2}); }, {x});
+  expect_gradcheck([](auto& v) { return mean(v[0], {1}, true); }, {x});
+  expect_gradcheck([](auto& v) { return amax(v[0], {2}); }, {x});
+  expect_gradcheck([](auto& v) { return cat({v[0], mul(v[0], 2.0)}, 1); }, {x});
+  expect_gradcheck([](auto& v) { return pad(v[0], {1, 2, 0, 3}); }, {x});
+  Tensor a = rand64({1, 3, 5, 4}, 5), b = rand64({1, 3, 4, 6}, 6), w = rand64({4, 6}, 7);
+  expect_gradcheck([](auto& v) { return matmul(v[0], v[1]); }, {a, b});
+  expect_gradcheck([](auto& v) { return matmul(v[0], v[1]); }, {a, w});
+  Tensor lw = rand64({3, 4}, 8), lb = rand64({3}, 9);
+  expect_gradcheck([](auto& v) { return linear(v[0], v[1], v[2]); }, {a, lw, lb});
+}
+
+TEST_CASE("autograd engine: accumulation, no_grad, freed graph, clear errors") {
+  Tensor w = Tensor::from_vector({2.0}, {1}, DType::f64).requires_grad_();
+  Tensor y = add(mul(w, w), mul(w, 3.0));  // w used twice: grads sum
+  sum(y).backward();
+  check_values(w.grad(), {7.0}, 1e-12);
+  sum(mul(w, 2.0)).backward();  // accumulates on the leaf
+  check_values(w.grad(), {9.0}, 1e-12);
+  {
+    autograd::NoGradGuard guard;
+    CHECK_FALSE(mul(w, 2.0).requires_grad());
+  }
+  Tensor s = sum(mul(w, w));
+  s.backward();
+  CHECK_THROWS_WITH_AS(s.backward(), doctest::Contains("already freed"), Error);
+  CHECK_THROWS_WITH_AS(cat({w, w}, 0).backward(), doctest::Contains("scalar"), Error);
+  CHECK_THROWS_WITH_AS(sum(Tensor::ones({2})).backward(), doctest::Contains("does not require grad"), Error);
+}
+
+TEST_CASE("bad input raises clear errors") {
+  Tensor a = Tensor::ones({2, 3}), b = Tensor::ones({4});
+  CHECK_THROWS_WITH_AS(add(a, b), doctest::Contains("do not broadcast"), Error);
+  CHECK_THROWS_WITH_AS(add(a, Tensor::ones({2, 3}, DType::f64)), doctest::Contains("dtype mismatch"), Error);
+  CHECK_THROWS_WITH_AS(matmul(a, a), doctest::Contains("inner sizes"), Error);
+  CHECK_THROWS_WITH_AS(a.reshape({4, 2}), doctest::Contains("does not fit"), Error);
+  CHECK_THROWS_AS(a.data<double>(), Error);
+}
