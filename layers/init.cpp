@@ -1,0 +1,24 @@
+#include "layers/init.h"
+
+#include <cmath>
+
+#include "tensor/backend.h"
+#include "tensor/ops.h"
+
+namespace sono::nn::init {
+
+Tensor uniform(const Shape& shape, double bound, Generator& gen) {
+  return add(mul(rand(shape, gen), 2.0 * bound), -bound);
+}
+
+Tensor default_for_fan_in(const Shape& shape, int64_t fan_in, Generator& gen) {
+  return uniform(shape, 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(fan_in, 1))), gen);
+}
+
+void assign(const Tensor& param, const Tensor& values) {
+  SONO_CHECK(param.shape() == values.shape(), "init::assign: shape ", shape_str(values.shape()),
+             " for parameter of shape ", shape_str(param.shape()));
+  backend_of(param).copy(values.to(param.device()).to(param.dtype()), param);
+}
+
+}  // namespace sono::nn::init

@@ -1,0 +1,79 @@
+#pragma once
+// Module/Parameter system in the shape of torch.nn.Module: named parameters and buffers whose
+// dotted names equal PyTorch state_dict keys, child modules, train/eval mode.
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "tensor/tensor.h"
+
+namespace sono::nn {
+
+using StateDict = std::map<std::string, Tensor>;
+using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
+
+class Module {
+ public:
+  virtual ~Module() = default;
+
+  NamedTensors named_parameters() const;
+  NamedTensors named_buffers() const;
+  std::vector<Tensor> parameters() const;
+  int64_t num_parameters() const;
+
+  void train(bool on = true);
+  void eval() { train(false); }
+  bool is_training() const { return training_; }
+
+  // Parameters and buffers by dotted name (what torch's state_dict() returns).
+  StateDict state_dict() const;
+  // Copies values in place. Strict: every key must exist on both sides with equal shapes;
+  // the error names the first offending key and both shapes.
+  void load_state_dict(const StateDict& state, bool strict = true);
+  // Moves every parameter and buffer; handles held by layers stay valid.
+  void to(Device device);
+  void zero_grad();
+
+ protected:
+  Tensor register_parameter(const std::string& name, Tensor value);
+  Tensor register_buffer(const std::string& name, Tensor value);
+  template <typename M>
+  std::shared_ptr<M> register_module(const std::string& name, std::shared_ptr<M> child) {
+    children_.emplace_back(name, child);
+    return child;
+  }
+
+ private:
+  void collect(const std::string& prefix, bool params, NamedTensors& out) const;
+  NamedTensors params_, buffers_;
+  std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
+  bool training_ = true;
+};
+
+// A module with one input and one output, so that it can sit in a Sequential.
+class UnaryModule : public Module {
+ public:
+  virtual Tensor forward(const Tensor& x) = 0;
+  Tensor operator()(const Tensor& x) { return forward(x); }
+};
+
+// Children named "0", "1", ... as torch.nn.Sequential, applied in order.
+class Sequential : public UnaryModule {
+ public:
+  Sequential& push_back(std::shared_ptr<UnaryModule> m);
+  template <typename M>
+  std::shared_ptr<M> append(std::shared_ptr<M> m) {
+    push_back(m);
+    return m;
+  }
+  Tensor forward(const Tensor& x) override;
+  size_t size() const { return items_.size(); }
+  UnaryModule& operator[](size_t i) { return *items_.at(i); }
+
+ private:
+  std::vector<std::shared_ptr<UnaryModule>> items_;
+};
+
+}  // namespace sono::nn

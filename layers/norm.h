@@ -1,0 +1,25 @@
+#pragma once
+#include "layers/module.h"
+
+namespace sono::nn {
+
+// torch.nn.LayerNorm over the last dim. On NHWC maps this is also timm's LayerNorm2d.
+class LayerNorm : public UnaryModule {
+ public:
+  explicit LayerNorm(int64_t dim, double eps = 1e-5);
+  Tensor forward(const Tensor& x) override;
+  Tensor weight, bias;
+  double eps;
+};
+
+// torch.nn.BatchNorm2d on channels-last input, with the same buffers (running_mean,
+// running_var, num_batches_tracked).
+class BatchNorm2d : public UnaryModule {
+ public:
+  explicit BatchNorm2d(int64_t channels, double eps = 1e-5, double momentum = 0.1);
+  Tensor forward(const Tensor& x) override;
+  Tensor weight, bias, running_mean, running_var, num_batches_tracked;
+  double eps, momentum;
+};
+
+}  // namespace sono::nn

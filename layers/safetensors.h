@@ -1,0 +1,25 @@
+#pragma once
+// safetensors, the public format: 8-byte little-endian header length N, N bytes of JSON
+// {"name": {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}},
+// then the raw little-endian data.
+#include <map>
+#include <string>
+
+#include "layers/module.h"
+
+namespace sono::nn {
+
+struct SafetensorsFile {
+  StateDict tensors;                          // on the CPU; F16/BF16 widened to float32
+  std::map<std::string, std::string> metadata;
+};
+
+// Throws sono::Error naming the file and what is wrong (truncated, bad header, bad offsets...).
+SafetensorsFile load_safetensors(const std::string& path);
+
+// Writes to a temporary file beside `path`, then renames: a crash never leaves half a file and
+// a failed write never replaces a good one.
+void save_safetensors(const std::string& path, const StateDict& tensors,
+                      const std::map<std::string, std::string>& metadata = {});
+
+}  // namespace sono::nn

@@ -1,0 +1,94 @@
+// Module naming, state dicts and safetensors round trips; bad files give clear errors.
+#include <filesystem>
+#include <fstream>
+
+#include "helpers.h"
+#include "layers/activation.h"
+#include "layers/conv.h"
+#include "layers/linear.h"
+#include "layers/norm.h"
+#include "layers/safetensors.h"
+
+using namespace sono;
+using namespace sono::nn;
+
+namespace {
+
+struct Block : Module {
+  Block() {
+    fc = register_module("fc", std::make_shared<Linear>(5, 3));
+    norm = register_module("norm", std::make_shared<BatchNorm2d>(3));
+    seq = register_module("seq", std::make_shared<Sequential>());
+    seq->append(std::make_shared<Linear>(3, 2, false));
+    seq->append(std::make_shared<GELU>());
+  }
+  std::shared_ptr<Linear> fc;
+  std::shared_ptr<BatchNorm2d> norm;
+  std::shared_ptr<Sequential> seq;
+};
+
+std::string temp_path(const std::string& name) {
+  return (std::filesystem::temp_directory_path() / ("sono_test_" + name)).string();
+}
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary) << bytes;
+}
+
+}  // namespace
+
+TEST_CASE("parameter and buffer names match torch's state_dict keys") {
+  Block b;
+  std::vector<std::string> names;
+  for (auto& [n, t] : b.state_dict()) names.push_back(n);
+  CHECK(names == std::vector<std::string>{"fc.bias", "fc.weight", "norm.bias", "norm.num_batches_tracked",
+                                          "norm.running_mean", "norm.running_var", "norm.weight",
+                                          "seq.0.weight"});
+  CHECK(b.num_parameters() == 5 * 3 + 3 + 3 + 3 + 3 * 2);
+}
+
+TEST_CASE("safetensors round trip keeps values, dtypes and metadata") {
+  Block a, b;
+  std::string path = temp_path("roundtrip.safetensors");
+  save_safetensors(path, a.state_dict(), {{"arch", "block"}});
+  SafetensorsFile f = load_safetensors(path);
+  CHECK(f.metadata.at("arch") == "block");
+  CHECK(f.tensors.at("norm.num_batches_tracked").dtype() == DType::i64);
+  b.load_state_dict(f.tensors);
+  for (auto& [name, t] : a.state_dict()) CHECK(test::max_abs_diff(t, b.state_dict().at(name)) == 0);
+  std::filesystem::remove(path);
+}
+
+TEST_CASE("state dict mismatches name the key and both shapes") {
+  Block b;
+  StateDict s = b.state_dict();
+  s["fc.weight"] = Tensor::zeros({3, 4});
+  CHECK_THROWS_WITH_AS(b.load_state_dict(s), doctest::Contains("'fc.weight' has shape [3, 4] but the model expects [3, 5]"), Error);
+  s = b.state_dict();
+  s.erase("norm.running_var");
+  CHECK_THROWS_WITH_AS(b.load_state_dict(s), doctest::Contains("missing key 'norm.running_var'"), Error);
+  s = b.state_dict();
+  s["extra"] = Tensor::zeros({1});
+  CHECK_THROWS_WITH_AS(b.load_state_dict(s), doctest::Contains("unexpected key 'extra'"), Error);
+}
+
+TEST_CASE("truncated or malformed safetensors files are refused with the file name") {
+  Block b;
+  std::string good = temp_path("good.safetensors"), bad = temp_path("bad.safetensors");
+  save_safetensors(good, b.state_dict());
+  std::ifstream in(good, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), {});
+  write_bytes(bad, bytes.substr(0, bytes.size() - 10));
+  CHECK_THROWS_WITH_AS(load_safetensors(bad), doctest::Contains("outside the file"), Error);
+  write_bytes(bad, bytes.substr(0, 5));
+  CHECK_THROWS_WITH_AS(load_safetensors(bad), doctest::Contains("truncated"), Error);
+  write_bytes(bad, std::string("\x10\x00\x00\x00\x00\x00\x00\x00{not json here!}", 24));
+  CHECK_THROWS_WITH_AS(load_safetensors(bad), doctest::Contains("not valid JSON"), Error);
+  CHECK_THROWS_WITH_AS(load_safetensors(temp_path("absent.safetensors")), doctest::Contains("cannot open"), Error);
+  std::filesystem::remove(good);
+  std::filesystem::remove(bad);
+}
+
+TEST_CASE("a failed save leaves the previous file untouched") {
+  CHECK_THROWS_WITH_AS(save_safetensors("/nonexistent_dir/x.safetensors", {}), doctest::Contains("cannot write"), Error);
+}
