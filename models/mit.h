@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "layers/module.h"
+#include "models/pretrained.h"
 
 namespace sono::models {
 
@@ -27,6 +28,11 @@ struct MitConfig {
 
 // "mit_b0" .. "mit_b5".
 MitConfig mit_config(const std::string& variant);
+
+// smp's ImageNet MiT checkpoints hold the encoder's keys (no "encoder." prefix) and the
+// classification head that smp drops: load them with
+// load_pretrained(model.encoder(), path, mit_pretrained_layout()).
+inline PretrainedLayout mit_pretrained_layout() { return {"patch_embed1.proj.weight", {"head.weight", "head.bias"}}; }
 
 class MixVisionTransformer : public nn::Module {
  public:
