@@ -139,6 +139,24 @@ TEST_CASE("softmax forward: PyTorch golden, rows sum to 1, huge logits stay fini
   check_values(sum(softmax(rand64({4, 9}, 31), -1), {1}), {1, 1, 1, 1}, 1e-12);
 }
 
+// float32 rows use the kernel's own vectorised exp; float64 uses std::exp.
+TEST_CASE("float32 softmax and log_softmax agree with float64, values and gradients") {
+  Tensor x = rand64({37, 33}, 32, 10.0), projection = rand64({37, 33}, 33);
+  for (bool log : {false, true}) {
+    INFO("log " << log);
+    std::vector<Tensor> y, grad;
+    for (DType dtype : {DType::f32, DType::f64}) {
+      Tensor leaf = x.to(dtype).detach().requires_grad_();
+      Tensor out = log ? log_softmax(leaf, -1) : softmax(leaf, -1);
+      sum(mul(out, projection.to(dtype))).backward();
+      y.push_back(out.to(DType::f64));
+      grad.push_back(leaf.grad().to(DType::f64));
+    }
+    CHECK(max_abs_diff(y[0], y[1]) < (log ? 2e-5 : 1e-6));
+    CHECK(max_abs_diff(grad[0], grad[1]) < 1e-5);  // sums of ~30 terms of size ~10 in float
+  }
+}
+
 TEST_CASE("scaled_dot_product_attention: gradients with Lq != Lk, golden forward") {
   Tensor q = rand64({1, 2, 5, 4}, 40), k = rand64({1, 2, 7, 4}, 41), v = rand64({1, 2, 7, 3}, 42);
   expect_gradcheck([](auto& t) { return scaled_dot_product_attention(t[0], t[1], t[2]); }, {q, k, v});
