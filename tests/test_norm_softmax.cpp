@@ -139,6 +139,24 @@ TEST_CASE("softmax forward: PyTorch golden, rows sum to 1, huge logits stay fini
   check_values(sum(softmax(rand64({4, 9}, 31), -1), {1}), {1, 1, 1, 1}, 1e-12);
 }
 
+// float32 rows use the kernel's own vectorised exp; float64 uses std::exp.
+TEST_CASE("float32 softmax and log_softmax agree with float64, values and gradients") {
+  Tensor x = rand64({37, 33}, 32, 10.0), projection = rand64({37, 33}, 33);
+  for (bool log : {false, true}) {
+    INFO("log " << log);
+    std::vector<Tensor> y, grad;
+    for (DType dtype : {DType::f32, DType::f64}) {
+      Tensor leaf = x.to(dtype).detach().requires_grad_();
+      Tensor out = log ? log_softmax(leaf, -1) : softmax(leaf, -1);
+      sum(mul(out, projection.to(dtype))).backward();
+      y.push_back(out.to(DType::f64));
+      grad.push_back(leaf.grad().to(DType::f64));
+    }
+    CHECK(max_abs_diff(y[0], y[1]) < (log ? 2e-5 : 1e-6));
+    CHECK(max_abs_diff(grad[0], grad[1]) < 1e-5);  // sums of ~30 terms of size ~10 in float
+  }
+}
+
 TEST_CASE("scaled_dot_product_attention: gradients with Lq != Lk, golden forward") {
   Tensor q = rand64({1, 2, 5, 4}, 40), k = rand64({1, 2, 7, 4}, 41), v = rand64({1, 2, 7, 3}, 42);
   expect_gradcheck([](auto& t) { return scaled_dot_product_attention(t[0], t[1], t[2]); }, {q, k, v});
@@ -151,23 +169,37 @@ TEST_CASE("scaled_dot_product_attention: gradients with Lq != Lk, golden forward
                        doctest::Contains("k and v with equal L"), Error);
 }
 
+namespace {
+
+using DropFn = Tensor (*)(const Tensor&, double, bool, Generator&);
+
+// Gradchecks `drop` with a fixed generator (the same mask on every evaluation), then checks that
+// backward applies the forward's own mask: the gradient of sum(y) is y / x. Returns that mask.
+Tensor checked_mask(DropFn drop, const Tensor& x, double p, uint64_t seed) {
+  expect_gradcheck([&](auto& v) {
+    Generator gen(seed);
+    return drop(v[0], p, true, gen);
+  }, {x});
+  Generator gen(seed);
+  Tensor leaf = x.clone().requires_grad_();
+  Tensor y = drop(leaf, p, true, gen);
+  sum(y).backward();
+  CHECK(max_abs_diff(leaf.grad(), div(y.detach(), x)) < 1e-12);
+  Tensor mask = leaf.grad();
+  CHECK(zero_fraction(mask) > 0.0);  // the seed drops some and keeps some
+  CHECK(zero_fraction(mask) < 1.0);
+  return mask;
+}
+
+}  // namespace
+
 TEST_CASE("dropout: same mask forward and backward, inverted scaling, eval is identity") {
   Tensor x = add(abs(rand64({3, 5, 7}, 50)), 0.1);
-  expect_gradcheck([](auto& v) {
-    Generator gen(7);  // the same mask on every evaluation
-    return dropout(v[0], 0.4, true, gen);
-  }, {x});
-  Generator gen(8);
-  Tensor leaf = x.clone().requires_grad_();
-  Tensor y = dropout(leaf, 0.4, true, gen);
-  sum(y).backward();
-  // The gradient is the mask itself: y / x, elementwise, with kept entries at 1 / 0.6.
-  CHECK(max_abs_diff(leaf.grad(), div(y.detach(), x)) < 1e-12);
-  for (double m : leaf.grad().to_vector()) CHECK((m == 0.0 || std::abs(m - 1.0 / 0.6) < 1e-12));
-
+  for (double m : checked_mask(dropout, x, 0.4, 7).to_vector())
+    CHECK((m == 0.0 || std::abs(m - 1.0 / 0.6) < 1e-12));
   Tensor ones = Tensor::ones({200000});
-  Generator big(9);
-  Tensor dropped = dropout(ones, 0.3, true, big);
+  Generator gen(9);
+  Tensor dropped = dropout(ones, 0.3, true, gen);
   CHECK(mean(dropped).item() == doctest::Approx(1.0).epsilon(0.01));
   CHECK(zero_fraction(dropped) == doctest::Approx(0.3).epsilon(0.02));
   CHECK(dropout(x, 0.4, false, gen).same_storage(x));
@@ -178,23 +210,14 @@ TEST_CASE("dropout: same mask forward and backward, inverted scaling, eval is id
 
 TEST_CASE("drop_path: whole samples dropped, survivors scaled by 1/keep, eval is identity") {
   Tensor x = add(abs(rand64({3, 4, 5, 2}, 60)), 0.1);
-  expect_gradcheck([](auto& v) {
-    Generator gen(3);
-    return drop_path(v[0], 0.5, true, gen);
-  }, {x});
-  Generator gen(11);
-  Tensor leaf = x.clone().requires_grad_();
-  Tensor y = drop_path(leaf, 0.5, true, gen);
-  sum(y).backward();
-  CHECK(max_abs_diff(leaf.grad(), div(y.detach(), x)) < 1e-12);
-  Tensor grad = leaf.grad();
+  Tensor mask = checked_mask(drop_path, x, 0.5, 3);
   for (int64_t n = 0; n < 3; ++n) {  // one factor per sample: 0 or 1 / keep
-    auto v = grad.slice(0, n, n + 1).to_vector();
+    auto v = mask.slice(0, n, n + 1).to_vector();
     CHECK((v.front() == 0.0 || std::abs(v.front() - 2.0) < 1e-12));
     for (double m : v) CHECK(m == v.front());
   }
-  Generator many(12);
-  Tensor dropped = drop_path(Tensor::ones({20000, 3}), 0.25, true, many);
+  Generator gen(12);
+  Tensor dropped = drop_path(Tensor::ones({20000, 3}), 0.25, true, gen);
   CHECK(mean(dropped).item() == doctest::Approx(1.0).epsilon(0.02));
   CHECK(zero_fraction(dropped) == doctest::Approx(0.25).epsilon(0.04));
   CHECK(drop_path(x, 0.5, false, gen).same_storage(x));

@@ -1,5 +1,5 @@
-// LayerNorm over the last dim: one row of C values per position. Statistics are accumulated
-// in double so float32 rows of a few thousand values lose nothing to cancellation.
+// LayerNorm over the last dim: one row of C values per position. Row sums are accumulated in
+// double so float32 rows of a few thousand values lose nothing to cancellation.
 #include <omp.h>
 
 #include <cmath>
@@ -27,19 +27,19 @@ void layer_norm_rows(const Tensor& x, const Tensor& w, const Tensor& b, double e
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = xp + r * c;
     double sum = 0;
+#pragma omp simd reduction(+ : sum)
     for (int64_t i = 0; i < c; ++i) sum += xr[i];
     const double mu = sum / c;
     double sq = 0;  // two passes: the variance never goes negative
+#pragma omp simd reduction(+ : sq)
     for (int64_t i = 0; i < c; ++i) sq += (xr[i] - mu) * (xr[i] - mu);
     const double inv = 1.0 / std::sqrt(sq / c + eps);
     mp[r] = static_cast<T>(mu);
     rp[r] = static_cast<T>(inv);
     const T m = static_cast<T>(mu), s = static_cast<T>(inv);
     T* yr = yp + r * c;
-    for (int64_t i = 0; i < c; ++i) {
-      T v = (xr[i] - m) * s;
-      yr[i] = (wp ? v * wp[i] : v) + (bp ? bp[i] : T(0));
-    }
+#pragma omp simd
+    for (int64_t i = 0; i < c; ++i) yr[i] = (xr[i] - m) * s * (wp ? wp[i] : T(1)) + (bp ? bp[i] : T(0));
   }
 }
 
@@ -62,29 +62,31 @@ void layer_norm_grads(const Tensor& x, const Tensor& w, const Tensor& mean, cons
     const int t = omp_get_thread_num();
     double* pw = want_wb ? partial_w.data() + t * c : nullptr;
     double* pb = want_wb ? partial_b.data() + t * c : nullptr;
-    std::vector<double> xhat(c);
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       const T *xr = xp + r * c, *gr = gp + r * c;
-      const double mu = mp[r], inv = rp[r];
-      double mean_g = 0, mean_gx = 0;
-      for (int64_t i = 0; i < c; ++i) {
-        xhat[i] = (xr[i] - mu) * inv;
-        const double g = wp ? gr[i] * static_cast<double>(wp[i]) : gr[i];
-        mean_g += g;
-        mean_gx += g * xhat[i];
-        if (pw) {
-          pw[i] += gr[i] * xhat[i];
+      const T mu = mp[r], inv = rp[r];
+      if (pw) {
+#pragma omp simd
+        for (int64_t i = 0; i < c; ++i) {
+          pw[i] += gr[i] * ((xr[i] - mu) * inv);
           pb[i] += gr[i];
         }
       }
-      mean_g /= c;
-      mean_gx /= c;
       if (!gxp) continue;
-      T* gxr = gxp + r * c;
+      double sum_g = 0, sum_gx = 0;
+#pragma omp simd reduction(+ : sum_g, sum_gx)
       for (int64_t i = 0; i < c; ++i) {
-        const double g = wp ? gr[i] * static_cast<double>(wp[i]) : gr[i];
-        gxr[i] = static_cast<T>(inv * (g - mean_g - xhat[i] * mean_gx));
+        const T g = gr[i] * (wp ? wp[i] : T(1));
+        sum_g += g;
+        sum_gx += g * ((xr[i] - mu) * inv);
+      }
+      const T mean_g = static_cast<T>(sum_g / c), mean_gx = static_cast<T>(sum_gx / c);
+      T* gxr = gxp + r * c;
+#pragma omp simd
+      for (int64_t i = 0; i < c; ++i) {
+        const T g = gr[i] * (wp ? wp[i] : T(1));
+        gxr[i] = inv * (g - mean_g - (xr[i] - mu) * inv * mean_gx);
       }
     }
   }
