@@ -84,12 +84,7 @@ std::map<std::string, std::vector<fs::path>> index_masks(const fs::path& dir, bo
 
 void check_mask_sizes(const Sample& s) {
   ImageSize image = read_image_size(s.image);
-  for (const fs::path& m : s.masks) {
-    ImageSize mask = read_image_size(m);
-    if (!(mask == image))
-      fail("mask '", m.string(), "' is ", mask.width, "x", mask.height, " but its image '", s.image.string(),
-           "' is ", image.width, "x", image.height);
-  }
+  for (const fs::path& m : s.masks) check_mask_size(m, read_image_size(m), s.image, image);
 }
 
 // The samples of one image folder whose masks are in `mask_dir` (the same folder for busi).

@@ -44,9 +44,10 @@ bool ends_with(const std::string& bytes, std::string_view tail) {
          std::equal(tail.rbegin(), tail.rend(), bytes.rbegin());
 }
 
-// stb decodes some cut-off files without complaint (a JPEG missing its last scans comes back
-// grey at the bottom), so a file must end the way its format ends: PNG with the IEND chunk,
-// JPEG with the EOI marker (some writers pad after it, so look near the end).
+// stb rejects most cut-off files, but with a terse reason ("outofdata", "expected marker", or
+// none at all when a PNG lacks its end chunk) and accepts a PNG cut inside its end chunk. So a
+// file must first end the way its format ends: PNG with the IEND chunk, JPEG with the EOI
+// marker (some writers pad after it, so look near the end).
 void check_not_truncated(const std::string& bytes, const fs::path& file) {
   static const std::string png_signature = "\x89PNG\r\n\x1a\n";
   static const std::string png_end("\0\0\0\0IEND\xae\x42\x60\x82", 12);
@@ -94,6 +95,14 @@ Decoded decode(const fs::path& file) {
 }
 
 }  // namespace
+
+uint8_t to_byte(float v) { return static_cast<uint8_t>(std::lround(std::clamp(v, 0.0f, 1.0f) * 255.0f)); }
+
+void check_mask_size(const fs::path& mask, ImageSize mask_size, const fs::path& image, ImageSize image_size) {
+  if (!(mask_size == image_size))
+    fail("mask '", mask.string(), "' is ", mask_size.width, "x", mask_size.height, " but its image '",
+         image.string(), "' is ", image_size.width, "x", image_size.height);
+}
 
 ImageSize read_image_size(const fs::path& file) {
   std::error_code ec;
@@ -222,8 +231,6 @@ void write_png(const fs::path& file, int height, int width, int channels, const 
     fail("cannot encode PNG for '", file.string(), "'");
   write_file_atomic(file, png);
 }
-
-uint8_t to_byte(float v) { return static_cast<uint8_t>(std::lround(std::clamp(v, 0.0f, 1.0f) * 255.0f)); }
 
 }  // namespace
 

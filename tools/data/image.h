@@ -41,6 +41,12 @@ struct Rgb {
   uint8_t r = 0, g = 0, b = 0;
 };
 
+// 0..1 -> 0..255, clamped and rounded.
+uint8_t to_byte(float v);
+
+// Throws sono::Error naming both files when a mask's size differs from its image's.
+void check_mask_size(const fs::path& mask, ImageSize mask_size, const fs::path& image, ImageSize image_size);
+
 // Reads only the header. Throws sono::Error naming the file when it is missing or unreadable.
 ImageSize read_image_size(const fs::path& file);
 
