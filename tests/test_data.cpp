@@ -18,6 +18,7 @@
 #include "tools/data/image.h"
 #include "tools/data/loader.h"
 #include "tools/data/metrics.h"
+#include "tools/data/model_input.h"
 #include "tools/data/progress.h"
 #include "tools/data/seeding.h"
 #include "tools/data/split.h"
@@ -652,6 +653,24 @@ TEST_CASE("loader inputs: ImageNet-normalised RGB, and RGB + 0/1 mask for classi
     REQUIRE(m[p] == mask.values[p]);
   }
   CHECK_FALSE(loader.next().has_value());
+}
+
+TEST_CASE("predict helpers: one image as model input, logits back to a full-size mask") {
+  Image img(10, 14, 3);
+  for (size_t i = 0; i < img.pixels.size(); ++i) img.pixels[i] = float(i % 17) / 16;
+  Mask m(10, 14);
+  m.at(3, 4) = m.at(7, 9) = 1;
+  Tensor x = model_input(img, m, 8, InputKind::rgb_mask);
+  REQUIRE(x.shape() == Shape{1, 8, 8, 4});
+  std::vector<float> expected(8 * 8 * 4);
+  write_input(resize_bilinear(img, 8, 8), resize_nearest(m, 8, 8), InputKind::rgb_mask, expected.data());
+  CHECK(x.to_vector() == std::vector<double>(expected.begin(), expected.end()));
+  CHECK(model_input(img, Mask(), 8, InputKind::rgb).shape() == Shape{1, 8, 8, 3});
+
+  // A 2x2 checkerboard of logits enlarged to 4x4: bilinear values keep the sign per quadrant.
+  Mask up = mask_from_logits(Tensor::from_vector({5, -5, -5, 5}, {1, 2, 2, 1}), 4, 4);
+  CHECK(up.values == std::vector<uint8_t>{1, 1, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 1, 1});
+  CHECK(contains(error_of([] { mask_from_logits(Tensor::zeros({2, 2, 2, 1}), 4, 4); }), "expected logits [1, H, W, 1]"));
 }
 
 TEST_CASE("progress: plain lines when not a terminal, a bar when it is") {

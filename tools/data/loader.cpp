@@ -8,18 +8,6 @@
 
 namespace sono::data {
 
-int input_channels(InputKind kind) { return kind == InputKind::rgb ? 3 : 4; }
-
-void write_input(const Image& rgb, const Mask& mask, InputKind kind, float* dst) {
-  SONO_CHECK(rgb.channels == 3, "write_input: expected an RGB image, got ", rgb.channels, " channels");
-  const int channels = input_channels(kind);
-  const size_t n = static_cast<size_t>(rgb.height) * rgb.width;
-  for (size_t p = 0; p < n; ++p, dst += channels) {
-    for (int c = 0; c < 3; ++c) dst[c] = (rgb.pixels[p * 3 + c] - kImagenetMean[c]) / kImagenetStd[c];
-    if (kind == InputKind::rgb_mask) dst[3] = mask.values[p] ? 1.0f : 0.0f;
-  }
-}
-
 Batch make_batch(const SampleCache& cache, const std::vector<size_t>& samples, InputKind kind,
                  const AugmentOptions* options, uint64_t seed, int epoch) {
   const int64_t b = static_cast<int64_t>(samples.size()), s = cache.size(), channels = input_channels(kind);

@@ -1,12 +1,5 @@
 #pragma once
 // Batches as tensors, prepared ahead by worker threads from the in-memory SampleCache.
-//
-// Model inputs are NHWC float32, RGB normalised with ImageNet's mean and std:
-//   InputKind::rgb       images [B, S, S, 3]              (segmentation)
-//   InputKind::rgb_mask  images [B, S, S, 4] = RGB + mask (classification)
-// The mask channel holds the binary mask as 0/1, not normalised: what a PyTorch user gets
-// from torch.cat([normalize(to_tensor(img)), to_tensor(mask) > 0], dim=1) with
-// timm.create_model(..., in_chans=4). Masks [B, S, S, 1] float32 0/1; labels int64 [B].
 #include <condition_variable>
 #include <map>
 #include <memory>
@@ -18,17 +11,9 @@
 #include "tensor/tensor.h"
 #include "tools/data/augment.h"
 #include "tools/data/cache.h"
+#include "tools/data/model_input.h"
 
 namespace sono::data {
-
-inline constexpr float kImagenetMean[3] = {0.485f, 0.456f, 0.406f};
-inline constexpr float kImagenetStd[3] = {0.229f, 0.224f, 0.225f};
-
-enum class InputKind { rgb, rgb_mask };
-int input_channels(InputKind kind);
-
-// Writes one sample's model input (H*W*channels floats) to `dst`.
-void write_input(const Image& rgb, const Mask& mask, InputKind kind, float* dst);
 
 struct Batch {
   Tensor images;                // [B, S, S, 3 or 4] float32, normalised
