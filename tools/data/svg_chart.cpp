@@ -87,8 +87,19 @@ void draw_panel(std::ostream& os, const Panel& p, double ox, double oy) {
      << num(h) << "\" fill=\"none\" stroke=\"#333\"/>\n";
   os << "<text x=\"" << num(ox + kLeft + w / 2) << "\" y=\"" << num(oy + kPanelHeight - 10)
      << "\" text-anchor=\"middle\">" << escape(p.x_label) << "</text>\n";
-  os << "<text transform=\"translate(" << num(ox + 14) << "," << num(oy + kTop + h / 2)
-     << ") rotate(-90)\" text-anchor=\"middle\">" << escape(p.y_label) << "</text>\n";
+  if (!p.y_label.empty())
+    os << "<text transform=\"translate(" << num(ox + 14) << "," << num(oy + kTop + h / 2)
+       << ") rotate(-90)\" text-anchor=\"middle\">" << escape(p.y_label) << "</text>\n";
+  // The legend goes in the right-hand corner, top or bottom, that the curves cross less.
+  int top = 0, bottom = 0;
+  for (const auto& s : p.series)
+    for (size_t i = 0; i < std::min(s.x.size(), s.y.size()); ++i) {
+      if (!std::isfinite(s.x[i]) || !std::isfinite(s.y[i]) || px(s.x[i]) < px(ax.hi) - 140) continue;
+      double y = py(s.y[i]) - (oy + kTop);
+      if (y < h / 3) ++top;
+      else if (y > 2 * h / 3) ++bottom;
+    }
+  const double legend_top = top <= bottom ? oy + kTop + 14 : oy + kTop + h - 16.0 * p.series.size() + 4;
 
   for (size_t k = 0; k < p.series.size(); ++k) {
     const Series& s = p.series[k];
@@ -109,7 +120,7 @@ void draw_panel(std::ostream& os, const Panel& p, double ox, double oy) {
          << "\"/>\n";
     }
     flush();
-    double ly = oy + kTop + 14 + 16 * k, lx = px(ax.hi) - 130;  // legend, top right
+    double ly = legend_top + 16 * k, lx = px(ax.hi) - 130;
     os << "<line x1=\"" << num(lx) << "\" y1=\"" << num(ly - 4) << "\" x2=\"" << num(lx + 18) << "\" y2=\""
        << num(ly - 4) << "\" stroke=\"" << colour << "\" stroke-width=\"2\"/>\n<text x=\"" << num(lx + 24)
        << "\" y=\"" << num(ly) << "\">" << escape(s.name) << "</text>\n";

@@ -62,12 +62,14 @@ void TrainingLog::write_svg(const std::filesystem::path& file, const std::string
                             const std::vector<std::string>& loss_columns,
                             const std::vector<std::string>& metric_columns) const {
   std::vector<double> x = column(columns_[0]);
-  auto panel = [&](const std::string& name, const std::vector<std::string>& cols) {
-    Panel p{name, columns_[0], name, {}};
+  auto panel = [&](const std::vector<std::string>& cols) {
+    std::string name;
+    for (const auto& c : cols) name.append(name.empty() ? "" : ", ").append(c);
+    Panel p{name, columns_[0], "", {}};
     for (const auto& c : cols) p.series.push_back({c, x, column(c)});
     return p;
   };
-  write_file_atomic(file, line_chart_svg(title, {panel("loss", loss_columns), panel("metric", metric_columns)}));
+  write_file_atomic(file, line_chart_svg(title, {panel(loss_columns), panel(metric_columns)}));
 }
 
 }  // namespace sono::data

@@ -19,7 +19,8 @@ class TrainingLog {
 
   std::string csv() const;  // header line, then one line per row; NaN as "nan"
   void write_csv(const std::filesystem::path& file) const;
-  // Two panels against the first column: `loss_columns` and `metric_columns`.
+  // Two panels against the first column, titled by their columns: `loss_columns` and
+  // `metric_columns`.
   void write_svg(const std::filesystem::path& file, const std::string& title,
                  const std::vector<std::string>& loss_columns, const std::vector<std::string>& metric_columns) const;
 
