@@ -74,7 +74,8 @@ class Backend {
 
 Backend& backend(Device device);
 inline Backend& backend_of(const Tensor& t) { return backend(t.device()); }
-// The CUDA backend registers itself here when compiled in.
+// The CUDA backend registers itself here when compiled in. Registering for Device::cpu replaces
+// the built-in CPU backend (a profiling wrapper does this); nullptr restores it.
 void register_backend(Device device, Backend* b);
 
 }  // namespace sono
