@@ -90,30 +90,29 @@ void BM_AdamW_ConvNeXtBase(benchmark::State& state) {
   run_adamw(state, s);
 }
 
-BENCHMARK(BM_Linear)
-    ->Name("BM_Linear/convnext_s1_fc1")
-    ->ArgNames({"M", "K", "N"})
-    ->Args({8 * 56 * 56, 128, 512})
-    ->Unit(benchmark::kMillisecond)
-    ->UseRealTime();
-BENCHMARK(BM_Linear)
-    ->Name("BM_Linear/convnext_s3_fc1")
-    ->ArgNames({"M", "K", "N"})
-    ->Args({8 * 14 * 14, 512, 2048})
-    ->Unit(benchmark::kMillisecond)
-    ->UseRealTime();
-BENCHMARK(BM_Linear)
-    ->Name("BM_Linear/mit_b2_s1_fc1")
-    ->ArgNames({"M", "K", "N"})
-    ->Args({8 * 64 * 64, 64, 256})
-    ->Unit(benchmark::kMillisecond)
-    ->UseRealTime();
-BENCHMARK(BM_LinearWeightGrad)
-    ->Name("BM_LinearWeightGrad/convnext_s1_fc1")
-    ->ArgNames({"M", "K", "N"})
-    ->Args({8 * 56 * 56, 128, 512})
-    ->Unit(benchmark::kMillisecond)
-    ->UseRealTime();
+struct GemmCase {
+  const char* name;
+  int64_t m, k, n;
+};
+constexpr GemmCase kGemmCases[] = {{"convnext_s1_fc1", 8 * 56 * 56, 128, 512},
+                                   {"convnext_s3_fc1", 8 * 14 * 14, 512, 2048},
+                                   {"mit_b2_s1_fc1", 8 * 64 * 64, 64, 256}};
+
+// Every Linear case forward, and the first one's weight gradient.
+bool register_gemm_cases() {
+  auto add = [](const std::string& name, void (*fn)(benchmark::State&), const GemmCase& c) {
+    benchmark::RegisterBenchmark(name.c_str(), fn)
+        ->ArgNames({"M", "K", "N"})
+        ->Args({c.m, c.k, c.n})
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+  };
+  for (const GemmCase& c : kGemmCases) add(std::string("BM_Linear/") + c.name, BM_Linear, c);
+  add(std::string("BM_LinearWeightGrad/") + kGemmCases[0].name, BM_LinearWeightGrad, kGemmCases[0]);
+  return true;
+}
+const bool gemm_cases_registered = register_gemm_cases();
+
 BENCHMARK(BM_AdamW_OneWeight)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_AdamW_ConvNeXtBase)->Unit(benchmark::kMillisecond)->UseRealTime();
 
