@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "autograd/node.h"
+#include "layers/optim.h"
 #include "models/registry.h"
 #include "tensor/cpu/cpu_backend.h"
 #include "tensor/ops.h"
@@ -74,13 +75,6 @@ Tensor loss_of(models::Task task, const Tensor& logits, const Tensor& target) {
   return cross_entropy(logits, target);
 }
 
-// Placeholder until AdamW (layers/optim.h, branch optim) is merged: plain SGD, p -= lr * grad.
-void optimizer_step(const std::vector<Tensor>& params, double lr) {
-  autograd::NoGradGuard no_grad;
-  for (const Tensor& p : params)
-    if (p.grad().defined()) backend_of(p).copy(sub(p, mul(p.grad(), lr)), p);
-}
-
 const std::vector<std::string>& phase_names(bool train) {
   static const std::vector<std::string> train_phases{"forward", "backward", "optimizer"};
   static const std::vector<std::string> infer_phases{"forward"};
@@ -89,7 +83,7 @@ const std::vector<std::string>& phase_names(bool train) {
 
 // Seconds spent in each of phase_names(train) during one step.
 std::vector<double> run_step(const Config& c, models::Task task, nn::UnaryModule& model,
-                             const Batch& batch) {
+                             nn::Optimizer& optimizer, const Batch& batch) {
   auto start = Clock::now();
   if (!c.train) {
     autograd::NoGradGuard no_grad;
@@ -103,7 +97,7 @@ std::vector<double> run_step(const Config& c, models::Task task, nn::UnaryModule
   loss.backward();
   double backward = elapsed_s(start);
   start = Clock::now();
-  optimizer_step(model.parameters(), 1e-4);
+  optimizer.step();
   return {forward, backward, elapsed_s(start)};
 }
 
@@ -127,13 +121,15 @@ json run_config(const Config& c) {
   auto model = entry.build({c.in_channels, c.classes, 0.0});
   model->train(c.train);
   Batch batch = synthetic_batch(c, entry.task);
+  // One group with decay on every parameter, as torch_bench's AdamW(model.parameters()).
+  nn::AdamW optimizer(nn::single_group(*model), {.lr = 1e-4, .weight_decay = 0.05});
 
-  for (int64_t i = 0; i < c.warmup; ++i) run_step(c, entry.task, *model, batch);
+  for (int64_t i = 0; i < c.warmup; ++i) run_step(c, entry.task, *model, optimizer, batch);
   const auto& phases = phase_names(c.train);
   std::vector<double> totals;
   std::vector<std::vector<double>> per_phase(phases.size());
   for (int64_t i = 0; i < c.repeats; ++i) {
-    std::vector<double> t = run_step(c, entry.task, *model, batch);
+    std::vector<double> t = run_step(c, entry.task, *model, optimizer, batch);
     double total = 0;
     for (size_t p = 0; p < t.size(); ++p) per_phase[p].push_back(t[p]), total += t[p];
     totals.push_back(total);
@@ -156,7 +152,7 @@ json run_config(const Config& c) {
               {"engine_peak_mib", cpu::memory_stats().peak_bytes / 1048576.0}};
   if (c.profile_kernels) {
     bench::KernelTimer timer;
-    for (int64_t i = 0; i < c.repeats; ++i) run_step(c, entry.task, *model, batch);
+    for (int64_t i = 0; i < c.repeats; ++i) run_step(c, entry.task, *model, optimizer, batch);
     out["kernels"] = kernel_profile(timer, c.repeats);
   }
   return out;
