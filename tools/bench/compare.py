@@ -3,7 +3,7 @@
 
 Models: for every config (model and image size, batch, train or infer) runs model_bench and then
 torch_bench.py, each in a fresh process (so peak RSS is the config's own), and prints a table:
-median step time of both, ratio ours/torch (above 1: we are slower), images/s, and peak RSS
+median step time of both (best of --rounds), ratio ours/torch (above 1: we are slower), images/s, and peak RSS
 growth over the process's RSS before the model was built, with its ratio.
 --kernels: every Google Benchmark executable (bench_*) against torch_ops_bench.py, by name.
 --profile: also times each of our kernels during the model steps and prints where time goes.
@@ -56,12 +56,25 @@ def common_flags(config, args):
             "--threads", str(args.threads)]
 
 
+def faster(a, b):
+    """The run with the lower median step time (a run that failed loses)."""
+    if a is None or "median_ms" not in b:
+        return b if a is None else a
+    return b if "median_ms" not in a or b["median_ms"] < a["median_ms"] else a
+
+
 def run_pair(config, args):
+    """Ours then torch, args.rounds times alternating; per side the fastest round, so that load
+    from other processes on a shared machine disturbs the comparison least."""
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     ours_cmd = [os.path.join(args.build_dir, "tools", "bench", "model_bench")]
     ours_cmd += common_flags(config, args) + (["--profile-kernels"] if args.profile else [])
     torch_cmd = [sys.executable, os.path.join(HERE, "torch_bench.py")] + common_flags(config, args)
-    return run_json(ours_cmd, args.timeout, env), run_json(torch_cmd, args.timeout, env)
+    ours = torch = None
+    for _ in range(args.rounds):
+        ours = faster(ours, run_json(ours_cmd, args.timeout, env))
+        torch = faster(torch, run_json(torch_cmd, args.timeout, env))
+    return ours, torch
 
 
 def ratio(a, b, width):
@@ -125,20 +138,25 @@ def compare_models(args):
 
 
 def google_benchmark_ms(executable, args):
-    """{run name: ms} from one Google Benchmark executable."""
-    done = subprocess.run([executable, "--benchmark_format=json"], capture_output=True, text=True,
-                          timeout=args.timeout,
+    """{run name: ms} from one Google Benchmark executable, the best of args.rounds repetitions."""
+    cmd = [executable, "--benchmark_format=json", f"--benchmark_repetitions={args.rounds}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
                           env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
     if done.returncode != 0:
         print(f"{os.path.basename(executable)} failed: {done.stderr.strip()[-300:]}")
         return {}
     scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
-    return {b["run_name"]: b["real_time"] * scale[b["time_unit"]]
-            for b in json.loads(done.stdout)["benchmarks"] if b.get("run_type") != "aggregate"}
+    best = {}
+    for b in json.loads(done.stdout)["benchmarks"]:
+        if b.get("run_type") != "aggregate":
+            ms = b["real_time"] * scale[b["time_unit"]]
+            best[b["run_name"]] = min(ms, best.get(b["run_name"], ms))
+    return best
 
 
 def torch_kernel_ms(args):
-    cmd = [sys.executable, os.path.join(HERE, "torch_ops_bench.py"), "--threads", str(args.threads)]
+    cmd = [sys.executable, os.path.join(HERE, "torch_ops_bench.py"), "--threads", str(args.threads),
+           "--repetitions", str(args.rounds)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     return {r["name"]: r["ms"] for r in map(json.loads, done.stdout.splitlines())}
 
@@ -167,6 +185,8 @@ def parse_args(argv):
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="runs per side and config (kernels: repetitions); the best is kept")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per process")
     parser.add_argument("--no-models", action="store_true", help="skip the model comparison")
     parser.add_argument("--kernels", action="store_true", help="compare kernel micro-benchmarks")

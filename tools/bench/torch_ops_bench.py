@@ -1,13 +1,11 @@
 #!/opt/refenv/bin/python
 """PyTorch timings of the kernels our Google Benchmark files time (tools/bench/bench_*.cpp), at
-the same shapes and under the same names, one JSON line per case: {"name", "ms"} (median of the
-timed iterations). compare.py --kernels joins them with the Google Benchmark results by name.
+the same shapes and under the same names, one JSON line per case: {"name", "ms"} (see time_case). compare.py --kernels joins them with the Google Benchmark results by name.
 Tensors are channels_last where they are images, float32, torch.set_num_threads as given.
 """
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -146,17 +144,21 @@ def _():
     return adamw([p.shape for p in model.parameters()])
 
 
-def time_case(fn, warmup, min_seconds, min_iterations):
-    """Median milliseconds of individually timed calls, after `warmup` calls. Forward cases
-    take inputs without requires_grad, so they record no graph (as our no_grad benchmarks)."""
+def time_case(fn, warmup, repetitions, min_seconds, min_iterations):
+    """Milliseconds per call: the best of `repetitions` blocks, each the mean over at least
+    min_iterations calls and min_seconds (as Google Benchmark's repetitions; the best block is
+    the least disturbed by other load on a shared machine). Forward cases take inputs without
+    requires_grad, so they record no graph (as our no_grad benchmarks)."""
     for _ in range(warmup):
         fn()
-    times, start = [], time.perf_counter()
-    while len(times) < min_iterations or time.perf_counter() - start < min_seconds:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    best = float("inf")
+    for _ in range(repetitions):
+        calls, start = 0, time.perf_counter()
+        while calls < min_iterations or time.perf_counter() - start < min_seconds:
+            fn()
+            calls += 1
+        best = min(best, (time.perf_counter() - start) / calls)
+    return 1e3 * best
 
 
 def main(argv):
@@ -164,7 +166,8 @@ def main(argv):
     parser.add_argument("--filter", default="", help="only cases whose name contains this")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--min-seconds", type=float, default=1.0)
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--min-seconds", type=float, default=0.5)
     parser.add_argument("--min-iterations", type=int, default=5)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -172,7 +175,8 @@ def main(argv):
     for name, factory in CASES.items():
         if args.filter not in name:
             continue
-        ms = time_case(factory(), args.warmup, args.min_seconds, args.min_iterations)
+        ms = time_case(factory(), args.warmup, args.repetitions, args.min_seconds,
+                       args.min_iterations)
         print(json.dumps({"impl": "torch", "name": name, "ms": ms, "threads": args.threads}),
               flush=True)
 
