@@ -49,6 +49,11 @@ double proc_status_mib(const std::string& field) {
   fail("no ", field, " in /proc/self/status");
 }
 
+std::vector<double> milliseconds(std::vector<double> seconds) {
+  for (double& s : seconds) s *= 1e3;
+  return seconds;
+}
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   size_t n = v.size();
@@ -145,6 +150,7 @@ json run_config(const Config& c) {
               {"repeats", c.repeats},    {"params", model->num_parameters()},
               {"median_ms", 1e3 * step_s},
               {"min_ms", 1e3 * *std::min_element(totals.begin(), totals.end())},
+              {"step_ms", milliseconds(totals)},
               {"images_per_s", c.batch / step_s},
               {"phase_ms", phase_ms},    {"rss_base_mib", rss_base},
               {"rss_peak_mib", proc_status_mib("VmHWM")},

@@ -101,6 +101,7 @@ def run_config(args):
         "mode": args.mode, "threads": args.threads, "warmup": args.warmup,
         "repeats": args.repeats, "params": sum(p.numel() for p in model.parameters()),
         "median_ms": 1e3 * step_s, "min_ms": 1e3 * min(totals),
+        "step_ms": [1e3 * t for t in totals],
         "images_per_s": args.batch / step_s,
         "phase_ms": {name: 1e3 * statistics.median(r[i] for r in runs)
                      for i, name in enumerate(phases)},
