@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -30,6 +31,26 @@ def run_json(cmd, timeout, env=None):
         if line.startswith("{"):
             return json.loads(line)
     return {"error": f"exit {done.returncode}: {done.stderr.strip()[-300:]}"}
+
+
+def cpu_idle_fraction(seconds=1.0):
+    """Share of all CPUs' time idle over the next `seconds` (from /proc/stat)."""
+    def sample():
+        with open("/proc/stat") as stat:
+            fields = list(map(int, stat.readline().split()[1:]))
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, total
+    idle0, total0 = sample()
+    time.sleep(seconds)
+    idle1, total1 = sample()
+    return (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def wait_for_quiet(max_wait):
+    """Waits (up to max_wait seconds) until other processes leave the CPUs nearly idle: on a
+    shared machine one busy neighbour slows a two-thread run several times over."""
+    deadline = time.time() + max_wait
+    while cpu_idle_fraction() < 0.9 and time.time() < deadline:
+        pass
 
 
 def is_segmentation(model):
@@ -72,7 +93,9 @@ def run_pair(config, args):
     torch_cmd = [sys.executable, os.path.join(HERE, "torch_bench.py")] + common_flags(config, args)
     ours = torch = None
     for _ in range(args.rounds):
+        wait_for_quiet(args.quiet_wait)
         ours = faster(ours, run_json(ours_cmd, args.timeout, env))
+        wait_for_quiet(args.quiet_wait)
         torch = faster(torch, run_json(torch_cmd, args.timeout, env))
     return ours, torch
 
@@ -165,7 +188,9 @@ def torch_kernel_ms(args):
 def compare_kernels(args):
     ours = {}
     for exe in sorted(glob.glob(os.path.join(args.build_dir, "tools", "bench", "bench_*"))):
+        wait_for_quiet(args.quiet_wait)
         ours.update(google_benchmark_ms(exe, args))
+    wait_for_quiet(args.quiet_wait)
     torch = torch_kernel_ms(args)
     print(f"\n{'kernel':<64}{'ours ms':>10}{'torch ms':>10}{'ratio':>7}")
     for name, ms in ours.items():
@@ -188,6 +213,8 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--rounds", type=int, default=1,
                         help="runs per side and config (kernels: repetitions); the best is kept")
+    parser.add_argument("--quiet-wait", type=float, default=120,
+                        help="seconds to wait, before each run, for other load to stop")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per process")
     parser.add_argument("--no-models", action="store_true", help="skip the model comparison")
     parser.add_argument("--kernels", action="store_true", help="compare kernel micro-benchmarks")
