@@ -6,7 +6,8 @@ torch_bench.py, each in a fresh process (so peak RSS is the config's own), and p
 median step time of both (best of --rounds), ratio ours/torch (above 1: we are slower), images/s, and peak RSS
 growth over the process's RSS before the model was built, with its ratio.
 --kernels: every Google Benchmark executable (bench_*) against torch_ops_bench.py, by name.
---profile: also times each of our kernels during the model steps and prints where time goes.
+--profile: also times each of our kernels (and torch's ops, with torch.profiler) during the
+model steps and prints where time goes.
 
   /opt/refenv/bin/python tools/bench/compare.py --build-dir /tmp/build --batches 1
 """
@@ -74,7 +75,7 @@ def common_flags(config, args):
     model, size, batch, mode = config
     return ["--model", model, "--size", str(size), "--batch", str(batch), "--mode", mode,
             "--warmup", str(args.warmup), "--repeats", str(args.repeats),
-            "--threads", str(args.threads)]
+            "--threads", str(args.threads)] + (["--profile-kernels"] if args.profile else [])
 
 
 def faster(a, b):
@@ -89,8 +90,9 @@ def run_pair(config, args):
     from other processes on a shared machine disturbs the comparison least."""
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     ours_cmd = [os.path.join(args.build_dir, "tools", "bench", "model_bench")]
-    ours_cmd += common_flags(config, args) + (["--profile-kernels"] if args.profile else [])
-    torch_cmd = [sys.executable, os.path.join(HERE, "torch_bench.py")] + common_flags(config, args)
+    torch_cmd = [sys.executable, os.path.join(HERE, "torch_bench.py")]
+    ours_cmd += common_flags(config, args)
+    torch_cmd += common_flags(config, args)
     ours = torch = None
     for _ in range(args.rounds):
         wait_for_quiet(args.quiet_wait)
@@ -134,15 +136,16 @@ def phase_line(ours, torch):
     return f"    phases ms  ours: {split(ours)}  |  torch: {split(torch)}"
 
 
-def print_profile(config, ours, top):
-    kernels = ours.get("kernels", [])
+def print_profile(config, side, result, top):
+    """Our kernels (KernelTimer) or torch's aten ops (torch.profiler self time) per step."""
+    kernels = result.get("kernels", [])
     total = sum(k["ms_per_step"] for k in kernels)
-    print(f"\nkernel profile, ours: {' '.join(map(str, config))}: profiled step"
-          f" {ours['profiled_median_ms']:.0f} ms, in kernels {total:.0f} ms (the rest: ops, autograd,"
-          f" allocation)")
+    print(f"\nprofile, {side}: {' '.join(map(str, config))}: profiled step"
+          f" {result['profiled_mean_ms']:.0f} ms (mean), in kernels {total:.0f} ms")
     for k in kernels[:top]:
+        rate = f"{k['gflop_per_s']:>7.1f} GFLOP/s" if k["gflop_per_s"] else ""
         print(f"  {k['kernel']:<44}{k['ms_per_step']:>10.1f} ms{100 * k['ms_per_step'] / total:>7.1f}%"
-              f"{k['calls_per_step']:>8.0f} calls")
+              f"{k['calls_per_step']:>8.0f} calls{rate}")
 
 
 def compare_models(args):
@@ -156,8 +159,9 @@ def compare_models(args):
             print(phase_line(ours, torch), flush=True)
     if args.profile:
         for r in results:
-            if r["ours"].get("kernels"):
-                print_profile(r["config"], r["ours"], args.profile_top)
+            for side in ("ours", "torch"):
+                if r[side].get("kernels"):
+                    print_profile(r["config"], side, r[side], args.profile_top)
     return results
 
 
@@ -218,7 +222,7 @@ def parse_args(argv):
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per process")
     parser.add_argument("--no-models", action="store_true", help="skip the model comparison")
     parser.add_argument("--kernels", action="store_true", help="compare kernel micro-benchmarks")
-    parser.add_argument("--profile", action="store_true", help="our per-kernel time per config")
+    parser.add_argument("--profile", action="store_true", help="per-kernel time per config")
     parser.add_argument("--profile-top", type=int, default=15)
     parser.add_argument("--json-out", help="write every result here as JSON")
     return parser.parse_args(argv)

@@ -48,18 +48,31 @@ std::string conv_key(const char* method, const Conv2dGeometry& g) {
          std::to_string(g.dilation);
 }
 
+// Each of a conv's three kernels does one multiply-add per output, input channel of the group
+// and tap (taps falling in the padding included).
+double conv_flops(const Conv2dGeometry& g) {
+  return 2.0 * g.n * g.oh * g.ow * g.cout * (g.cin / g.groups) * g.kh * g.kw;
+}
+
+// Transposed operands tell the GEMMs apart: x W^T in Linear forward, grad^T x for weight grads.
+std::string gemm_key(bool trans_a, bool trans_b, const Tensor& c) {
+  return std::string(c.size(0) > 1 ? "gemm batched" : "gemm") + (trans_a ? " a^T" : "") +
+         (trans_b ? " b^T" : "");
+}
+
 }  // namespace
 
 KernelTimer::KernelTimer() { register_backend(Device::cpu, this); }
 KernelTimer::~KernelTimer() { register_backend(Device::cpu, nullptr); }
 
 template <typename F>
-void KernelTimer::timed(const std::string& key, F&& f) {
+void KernelTimer::timed(const std::string& key, F&& f, double flops) {
   auto start = std::chrono::steady_clock::now();
   f();
   KernelTotal& total = totals_[key];
   total.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   ++total.calls;
+  total.flops += flops;
 }
 
 // Allocation is not a kernel: forwarded untimed (the memory counters live in the CPU backend).
@@ -83,22 +96,24 @@ void KernelTimer::reduce(ReduceOp op, const Tensor& x, const Tensor& out) {
 }
 void KernelTimer::gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b,
                        const Tensor& c, double alpha, double beta) {
-  timed(c.size(0) > 1 ? "gemm batched" : "gemm",
-        [&] { inner_.gemm(a, trans_a, b, trans_b, c, alpha, beta); });
+  const int64_t inner = trans_a ? a.size(1) : a.size(2);
+  timed(gemm_key(trans_a, trans_b, c), [&] { inner_.gemm(a, trans_a, b, trans_b, c, alpha, beta); },
+        2.0 * static_cast<double>(c.numel()) * inner);
 }
 void KernelTimer::conv2d_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,
                                  const Tensor& out) {
-  timed(conv_key("conv2d_forward", g), [&] { inner_.conv2d_forward(g, x, w, out); });
+  timed(conv_key("conv2d_forward", g), [&] { inner_.conv2d_forward(g, x, w, out); },
+        conv_flops(g));
 }
 void KernelTimer::conv2d_backward_input(const Conv2dGeometry& g, const Tensor& grad_out,
                                         const Tensor& w, const Tensor& grad_x) {
   timed(conv_key("conv2d_backward_input", g),
-        [&] { inner_.conv2d_backward_input(g, grad_out, w, grad_x); });
+        [&] { inner_.conv2d_backward_input(g, grad_out, w, grad_x); }, conv_flops(g));
 }
 void KernelTimer::conv2d_backward_weight(const Conv2dGeometry& g, const Tensor& x,
                                          const Tensor& grad_out, const Tensor& grad_w) {
   timed(conv_key("conv2d_backward_weight", g),
-        [&] { inner_.conv2d_backward_weight(g, x, grad_out, grad_w); });
+        [&] { inner_.conv2d_backward_weight(g, x, grad_out, grad_w); }, conv_flops(g));
 }
 void KernelTimer::layer_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b,
                                      double eps, const Tensor& y, const Tensor& mean,

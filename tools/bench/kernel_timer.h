@@ -1,7 +1,8 @@
 #pragma once
 // Where a model step spends its time, kernel by kernel: a Backend that forwards every call to the
 // CPU backend and adds the call's wall time to a per-kernel total. Kernels are keyed by method
-// and, where the cost depends on it, by geometry ("conv2d_forward dw 7x7 d1", "unary gelu").
+// and, where the cost depends on it, by geometry or operand layout ("conv2d_forward dw 7x7 s1 d1",
+// "gemm a^T" for weight gradients, "unary gelu").
 // Used by model_bench --profile-kernels; it sees only calls made through the Backend interface.
 #include <map>
 #include <string>
@@ -13,6 +14,7 @@ namespace sono::bench {
 struct KernelTotal {
   double seconds = 0;
   int64_t calls = 0;
+  double flops = 0;  // multiply-adds count 2; GEMM and conv only
 };
 
 class KernelTimer final : public Backend {
@@ -59,9 +61,9 @@ class KernelTimer final : public Backend {
                   double weight_decay, int64_t step) override;
 
  private:
-  // Runs f and charges its wall time to `key`.
+  // Runs f and charges its wall time (and `flops`) to `key`.
   template <typename F>
-  void timed(const std::string& key, F&& f);
+  void timed(const std::string& key, F&& f, double flops = 0);
 
   cpu::CpuBackend inner_;
   std::map<std::string, KernelTotal> totals_;

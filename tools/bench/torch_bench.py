@@ -96,7 +96,7 @@ def run_config(args):
     phases = ["forward", "backward", "optimizer"] if args.mode == "train" else ["forward"]
     step_s = statistics.median(totals)
     rss_peak = proc_status_mib("VmHWM")
-    return {
+    line = {
         "impl": "torch", "model": args.model, "img_size": args.size, "batch": args.batch,
         "mode": args.mode, "threads": args.threads, "warmup": args.warmup,
         "repeats": args.repeats, "params": sum(p.numel() for p in model.parameters()),
@@ -108,6 +108,23 @@ def run_config(args):
         "rss_base_mib": rss_base, "rss_peak_mib": rss_peak, "rss_delta_mib": rss_peak - rss_base,
         "torch": torch.__version__,
     }
+    if args.profile_kernels:
+        line.update(profile_ops(args, model, optimizer, images, target, torch, F))
+    return line
+
+
+def profile_ops(args, model, optimizer, images, target, torch, F):
+    """The repeats again under torch.profiler: self time per aten op, as model_bench's kernels."""
+    start = time.perf_counter()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(args.repeats):
+            run_step(args, model, optimizer, images, target, torch, F)
+    profiled_ms = 1e3 * (time.perf_counter() - start) / args.repeats
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    kernels = [{"kernel": e.key, "ms_per_step": e.self_cpu_time_total / 1e3 / args.repeats,
+                "calls_per_step": e.count / args.repeats, "gflop_per_s": 0}
+               for e in events if e.self_cpu_time_total > 0]
+    return {"profiled_mean_ms": profiled_ms, "kernels": kernels}
 
 
 def parse_args(argv):
@@ -121,6 +138,8 @@ def parse_args(argv):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--profile-kernels", action="store_true",
+                        help="after timing, run the repeats again under torch.profiler")
     args = parser.parse_args(argv)
     segmentation = is_segmentation(args.model)
     if args.in_channels is None:
