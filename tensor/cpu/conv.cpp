@@ -437,32 +437,35 @@ void depthwise_backward_weight(const Conv2dGeometry& g, const T* x, const T* gra
   batched_transpose(grad_wt.data(), 1, g.kh * g.kw, g.cin, grad_w);
 }
 
+// Calls kernel(a, b, out) with the three tensors' element pointers for their float type.
+template <typename Kernel>
+void with_pointers(const Tensor& a, const Tensor& b, const Tensor& out, Kernel&& kernel) {
+  dispatch_float(a.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    kernel(a.data<T>(), b.data<T>(), out.data<T>());
+  });
+}
+
 }  // namespace
 
 void CpuBackend::conv2d_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,
                                 const Tensor& out) {
-  dispatch_float(x.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    if (is_depthwise(g)) depthwise_forward(g, x.data<T>(), w.data<T>(), out.data<T>());
-    else conv_forward(g, x.data<T>(), w.data<T>(), out.data<T>());
+  with_pointers(x, w, out, [&](auto* xp, auto* wp, auto* op) {
+    is_depthwise(g) ? depthwise_forward(g, xp, wp, op) : conv_forward(g, xp, wp, op);
   });
 }
 
 void CpuBackend::conv2d_backward_input(const Conv2dGeometry& g, const Tensor& grad_out,
                                        const Tensor& w, const Tensor& grad_x) {
-  dispatch_float(grad_out.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    if (is_depthwise(g)) depthwise_backward_input(g, grad_out.data<T>(), w.data<T>(), grad_x.data<T>());
-    else conv_backward_input(g, grad_out.data<T>(), w.data<T>(), grad_x.data<T>());
+  with_pointers(grad_out, w, grad_x, [&](auto* gp, auto* wp, auto* op) {
+    is_depthwise(g) ? depthwise_backward_input(g, gp, wp, op) : conv_backward_input(g, gp, wp, op);
   });
 }
 
 void CpuBackend::conv2d_backward_weight(const Conv2dGeometry& g, const Tensor& x,
                                         const Tensor& grad_out, const Tensor& grad_w) {
-  dispatch_float(x.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    if (is_depthwise(g)) depthwise_backward_weight(g, x.data<T>(), grad_out.data<T>(), grad_w.data<T>());
-    else conv_backward_weight(g, x.data<T>(), grad_out.data<T>(), grad_w.data<T>());
+  with_pointers(x, grad_out, grad_w, [&](auto* xp, auto* gp, auto* op) {
+    is_depthwise(g) ? depthwise_backward_weight(g, xp, gp, op) : conv_backward_weight(g, xp, gp, op);
   });
 }
 
