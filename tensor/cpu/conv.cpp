@@ -17,6 +17,10 @@ namespace sono::cpu {
 
 namespace {
 
+// Below this much work (multiply-adds or copied elements) a loop runs on one thread: waking
+// threads would cost more than it saves.
+constexpr int64_t kParallelWork = int64_t(1) << 16;
+
 // ---- tap tables -----------------------------------------------------------------------------
 // A conv reads input position i = o * stride - padding + k * dilation for output position o and
 // kernel tap k. These tables hold that relation per axis, so inner loops never divide.
@@ -144,7 +148,7 @@ std::vector<LaneGroup> lane_groups(const std::vector<int64_t>& tx, int64_t width
       if (first[kx] >= 0 && grp.step == 0) grp.step = tx[(q0 + 1) * kw + kx] - first[kx];
       for (int64_t p = 1; p < kLanes && grp.regular; ++p) {
         const int64_t sx = tx[(q0 + p) * kw + kx];
-        grp.regular = first[kx] < 0 ? sx < 0 : sx == first[kx] + p * grp.step;
+        grp.regular = first[kx] < 0 ? sx < 0 : sx >= 0 && sx == first[kx] + p * grp.step;
       }
     }
     groups.push_back(grp);
@@ -187,7 +191,7 @@ void depthwise_gather(const Conv2dGeometry& g, const Taps& taps, const T* src, i
                       int64_t src_w, const T* wt, T* dst, int64_t dst_h, int64_t dst_w) {
   const int64_t c = g.cin;
   const std::vector<LaneGroup> groups = lane_groups(taps.x, dst_w, g.kw);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (g.n * dst_h * dst_w * c * g.kh * g.kw > kParallelWork)
   for (int64_t row = 0; row < g.n * dst_h; ++row) {
     const int64_t n = row / dst_h, p = row % dst_h;
     const int64_t* ys = &taps.y[p * g.kh];
@@ -219,7 +223,7 @@ void depthwise_weight_grad(const Conv2dGeometry& g, const T* x, const T* grad_ou
   const int64_t c = g.cin;
   const Taps t = forward_taps(g);
   ThreadPartials<T> partials(g.kh * g.kw * c);
-#pragma omp parallel
+#pragma omp parallel if (g.n * g.oh * g.ow * c * g.kh * g.kw > kParallelWork)
   {
     T* mine = partials.mine();
 #pragma omp for schedule(static)
@@ -281,7 +285,7 @@ ColumnLayout column_layout(const Conv2dGeometry& g) {
 template <typename T>
 void im2col(const Conv2dGeometry& g, const ColumnLayout& cl, const Taps& t, const T* x, int64_t n0,
             int64_t n1, T* cols) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((n1 - n0) * g.oh * g.ow * cl.cols > kParallelWork)
   for (int64_t row = 0; row < (n1 - n0) * g.oh; ++row) {
     const int64_t n = n0 + row / g.oh, oy = row % g.oh;
     T* col = cols + row * g.ow * cl.cols;
@@ -303,7 +307,7 @@ void im2col(const Conv2dGeometry& g, const ColumnLayout& cl, const Taps& t, cons
 template <typename T>
 void col2im(const Conv2dGeometry& g, const ColumnLayout& cl, const Taps& back, const T* cols,
             int64_t n0, int64_t n1, T* grad_x) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((n1 - n0) * g.oh * g.ow * cl.cols > kParallelWork)
   for (int64_t row = 0; row < (n1 - n0) * g.h; ++row) {
     const int64_t n = n0 + row / g.h, iy = row % g.h;
     const T* image_cols = cols + (n - n0) * g.oh * g.ow * cl.cols;
@@ -392,7 +396,7 @@ void conv_backward_weight(const Conv2dGeometry& g, const T* x, const T* grad_out
   const ColumnLayout cl = column_layout(g);
   ThreadPartials<T> partials(g.cout * cl.group_cols);
   for_each_chunk<T>(g, cl, x, true, [&](int64_t n0, int64_t, int64_t rows, T* cols) {
-#pragma omp parallel
+#pragma omp parallel if (rows * g.cout * cl.group_cols > kParallelWork)
     {
       const int64_t threads = omp_get_num_threads(), t = omp_get_thread_num();
       const int64_t r0 = rows * t / threads, r1 = rows * (t + 1) / threads;
