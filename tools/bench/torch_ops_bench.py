@@ -4,6 +4,7 @@ the same shapes and under the same names, one JSON line per case: {"name", "ms"}
 Tensors are channels_last where they are images, float32, torch.set_num_threads as given.
 """
 import argparse
+import functools
 import json
 import os
 import sys
@@ -27,33 +28,34 @@ def nhwc(n, h, w, c):
     return torch.randn(n, c, h, w).contiguous(memory_format=torch.channels_last)
 
 
-def conv(x_shape, out_channels, kernel, stride=1, padding=0, dilation=1, depthwise=False):
-    x = nhwc(*x_shape)
+def conv(x_shape, out_channels, kernel, stride, padding, dilation, depthwise, backward):
+    """F.conv2d on channels_last input; with `backward`, also the input and weight gradients
+    from a given output gradient (as BM_ConvForwardBackward)."""
     c = x_shape[3]
     groups = c if depthwise else 1
-    w = torch.randn(out_channels, c // groups, kernel, kernel)
-    return lambda: F.conv2d(x, w, None, stride, padding, dilation, groups)
+    x = nhwc(*x_shape).requires_grad_(backward)
+    w = torch.randn(out_channels, c // groups, kernel, kernel, requires_grad=backward)
+    forward = lambda: F.conv2d(x, w, None, stride, padding, dilation, groups)
+    if not backward:
+        return forward
+    grad_y = torch.randn_like(forward().detach())
+
+    def step():
+        x.grad = w.grad = None
+        forward().backward(grad_y)
+    return step
 
 
-# ---- bench_conv.cpp -----------------------------------------------------------------------
-@case("BM_Conv/convnext_dw7x7")
-def _():
-    return conv((8, 56, 56, 128), 128, 7, padding=3, depthwise=True)
-
-
-@case("BM_Conv/aspp_dw3x3_d12")
-def _():
-    return conv((8, 16, 16, 512), 512, 3, padding=12, dilation=12, depthwise=True)
-
-
-@case("BM_Conv/dense3x3_s2")
-def _():
-    return conv((8, 64, 64, 64), 128, 3, stride=2, padding=1)
-
-
-@case("BM_Conv/pointwise1x1")
-def _():
-    return conv((8, 56, 56, 128), 512, 1)
+# ---- bench_conv.cpp: input NHWC, out channels, kernel, stride, padding, dilation, depthwise ----
+CONV_CASES = {
+    "convnext_dw7x7": ((8, 56, 56, 128), 128, 7, 1, 3, 1, True),
+    "aspp_dw3x3_d12": ((8, 16, 16, 512), 512, 3, 1, 12, 12, True),
+    "dense3x3_s2": ((8, 64, 64, 64), 128, 3, 2, 1, 1, False),
+    "pointwise1x1": ((8, 56, 56, 128), 512, 1, 1, 0, 1, False),
+}
+for _name, _spec in CONV_CASES.items():
+    CASES[f"BM_Conv/{_name}"] = functools.partial(conv, *_spec, backward=False)
+    CASES[f"BM_ConvForwardBackward/{_name}"] = functools.partial(conv, *_spec, backward=True)
 
 
 # ---- bench_norm_attention.cpp ---------------------------------------------------------------
