@@ -77,19 +77,29 @@ void Module::load_state_dict(const StateDict& state, bool strict) {
                  shape_str(t.shape()), ") that the model does not have");
 }
 
-void Module::to(Device device) {
+void Module::replace_all(const std::function<Tensor(const Tensor&)>& convert) {
   autograd::NoGradGuard no_grad;
   for (auto* list : {&params_, &buffers_})
     for (auto& [name, t] : *list) {
-      if (t.device() == device) continue;
-      Tensor moved = t.detach().to(device);
-      // Swap the storage inside the shared impl so every handle sees the move.
-      t.impl().storage = moved.impl().storage;
-      t.impl().offset = moved.offset();
-      t.impl().strides = moved.strides();
+      Tensor replaced = convert(t.detach());
+      if (!replaced.defined()) continue;
+      t.impl().storage = replaced.impl().storage;
+      t.impl().offset = replaced.offset();
+      t.impl().strides = replaced.strides();
+      t.impl().dtype = replaced.dtype();
       t.impl().grad.reset();
     }
-  for (auto& [name, child] : children_) child->to(device);
+  for (auto& [name, child] : children_) child->replace_all(convert);
+}
+
+void Module::to(Device device) {
+  replace_all([&](const Tensor& t) { return t.device() == device ? Tensor() : t.to(device); });
+}
+
+void Module::to(DType dtype) {
+  replace_all([&](const Tensor& t) {
+    return t.dtype() == dtype || t.dtype() == DType::i64 ? Tensor() : t.to(dtype).contiguous();
+  });
 }
 
 void Module::zero_grad() {

@@ -1,6 +1,7 @@
 #pragma once
 // Module/Parameter system in the shape of torch.nn.Module: named parameters and buffers whose
 // dotted names equal PyTorch state_dict keys, child modules, train/eval mode.
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -34,6 +35,9 @@ class Module {
   void load_state_dict(const StateDict& state, bool strict = true);
   // Moves every parameter and buffer; handles held by layers stay valid.
   void to(Device device);
+  // Converts every floating-point parameter and buffer (float64 models back gradient checks
+  // and tight parity tests); integer buffers keep their type. Handles stay valid.
+  void to(DType dtype);
   void zero_grad();
 
  protected:
@@ -47,6 +51,9 @@ class Module {
 
  private:
   void collect(const std::string& prefix, bool params, NamedTensors& out) const;
+  // Replaces the contents of each parameter and buffer for which `convert` returns a defined
+  // tensor, inside the shared impl so that every handle sees the change.
+  void replace_all(const std::function<Tensor(const Tensor&)>& convert);
   NamedTensors params_, buffers_;
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
   bool training_ = true;

@@ -41,6 +41,7 @@ class Backend {
   virtual void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
                     double alpha, double beta) = 0;
 
+  // NHWC x/out/grad_x, weight [Cout, Cin/groups, KH, KW]; each kernel overwrites its output.
   virtual void conv2d_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,
                               const Tensor& out) = 0;
   virtual void conv2d_backward_input(const Conv2dGeometry& g, const Tensor& grad_out,
@@ -74,7 +75,8 @@ class Backend {
 
 Backend& backend(Device device);
 inline Backend& backend_of(const Tensor& t) { return backend(t.device()); }
-// The CUDA backend registers itself here when compiled in.
+// The CUDA backend registers itself here when compiled in. Registering for Device::cpu replaces
+// the built-in CPU backend (a profiling wrapper does this); nullptr restores it.
 void register_backend(Device device, Backend* b);
 
 }  // namespace sono

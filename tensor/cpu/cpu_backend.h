@@ -46,6 +46,13 @@ class CpuBackend final : public Backend {
                   double weight_decay, int64_t step) override;
 };
 
+// Bytes of CPU tensor storage held now and at the peak since start or reset_peak_memory().
+struct MemoryStats {
+  int64_t in_use_bytes, peak_bytes;
+};
+MemoryStats memory_stats();
+void reset_peak_memory();
+
 // Calls f(T{}) with T = float or double per the tensor's dtype.
 template <typename F>
 void dispatch_float(DType dtype, F&& f) {

@@ -1,0 +1,45 @@
+#pragma once
+// DeepLabV3+ on a MiT encoder, as segmentation_models_pytorch 0.6's
+// DeepLabV3Plus(encoder_name="mit_bX", encoder_weights=None, in_channels=K, classes=C) with its
+// defaults (output stride 16, 256 decoder channels, separable ASPP at rates 12/24/36, dropout
+// 0.5, final x4 upsampling). Parameter and buffer names equal smp's state_dict keys:
+// encoder.*, decoder.aspp.*, decoder.block1.*, decoder.block2.*, segmentation_head.0.*.
+#include <array>
+#include <memory>
+#include <string>
+
+#include "models/mit.h"
+#include "models/registry.h"
+
+namespace sono::models {
+
+struct DeepLabV3PlusConfig {
+  MitConfig encoder;  // its output_stride (16 or 8) is the decoder's
+  int64_t num_classes = 1;
+  int64_t decoder_channels = 256;
+  std::array<int64_t, 3> atrous_rates{12, 24, 36};
+  double aspp_dropout = 0.5;
+  int64_t upsampling = 4;
+};
+
+// smp's model for "mit_b0".."mit_b5" with our options (in_channels, classes, drop path rate).
+DeepLabV3PlusConfig deeplabv3plus_config(const std::string& encoder_name, const ModelOptions& options);
+
+class DeepLabV3PlusDecoder;
+
+class DeepLabV3Plus : public nn::UnaryModule {
+ public:
+  explicit DeepLabV3Plus(const DeepLabV3PlusConfig& config);
+  // x [N, H, W, in_channels], H and W multiples of the output stride -> logits [N, H, W, classes].
+  Tensor forward(const Tensor& x) override;
+  const DeepLabV3PlusConfig& config() const { return config_; }
+  MixVisionTransformer& encoder() { return *encoder_; }
+
+ private:
+  DeepLabV3PlusConfig config_;
+  std::shared_ptr<MixVisionTransformer> encoder_;
+  std::shared_ptr<DeepLabV3PlusDecoder> decoder_;
+  std::shared_ptr<nn::Sequential> head_;
+};
+
+}  // namespace sono::models

@@ -1,0 +1,191 @@
+"""Goldens for DeepLabV3+ on a MiT encoder, from segmentation_models_pytorch 0.6.
+
+Run with /opt/refenv/bin/python from the repository root:
+  deeplab_goldens.py             committed goldens (tiny config) + name/shape lists
+  deeplab_goldens.py --full DIR  full-size goldens (mit_b0 64x64, mit_b2 256x256) into DIR
+  deeplab_goldens.py --check-ours DIR
+                                 loads the state dict written by test_deeplab (DIR/deeplab_ours*)
+                                 into smp and prints the output difference
+
+Conventions shared with tests/test_deeplab.cpp:
+- the input is a formula (no storage): x[i] = sin(0.37 i) + 0.5 cos(0.0021 i) over the NHWC flat
+  index i, evaluated in float64;
+- the target mask of sample n is a disc, centre (0.4 H + 5 n, 0.55 W - 3 n), radius H / 4;
+- loss = BCE-with-logits (mean) + soft Dice (per sample, smooth 1, mean over the batch);
+- train-mode goldens run with Dropout p = 0 and DropPath p = 0 (both are random), BN in train
+  mode; then the eval-mode forward runs with the running stats the train forward updated;
+- images and outputs are stored NHWC.
+"""
+import argparse
+import copy
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import segmentation_models_pytorch as smp
+from safetensors.torch import load_file, save_file
+from segmentation_models_pytorch.encoders import encoders
+from segmentation_models_pytorch.encoders.mix_transformer import MixVisionTransformerEncoder
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+GOLDEN = os.path.join(REPO, "tests", "golden")
+
+# A MiT small enough to commit that still has every path: sr convs 8/4/2, a stage without sr,
+# two blocks in one stage, heads > 1, the dilated stage 4.
+TINY = dict(embed_dims=[4, 8, 12, 16], num_heads=[1, 2, 3, 4], depths=[1, 2, 1, 1])
+TINY_DECODER = dict(decoder_channels=8, decoder_atrous_rates=(2, 4, 6))
+
+
+def register_tiny():
+    params = copy.deepcopy(encoders["mit_b0"]["params"])
+    params.update(TINY, out_channels=[3, 0] + TINY["embed_dims"])
+    encoders["mit_tiny"] = {"encoder": MixVisionTransformerEncoder, "pretrained_settings": {}, "params": params}
+
+
+def build(encoder, in_channels=3, classes=1, seed=0, **decoder):
+    torch.manual_seed(seed)
+    return smp.DeepLabV3Plus(encoder_name=encoder, encoder_weights=None, in_channels=in_channels,
+                             classes=classes, **decoder)
+
+
+def formula_input(n, h, w, c, dtype):
+    i = np.arange(n * h * w * c, dtype=np.float64)
+    x = np.sin(0.37 * i) + 0.5 * np.cos(0.0021 * i)
+    return torch.from_numpy(x.reshape(n, h, w, c)).to(dtype).permute(0, 3, 1, 2).contiguous()
+
+
+def formula_target(n, h, w, c, dtype):
+    t = torch.zeros(n, c, h, w, dtype=dtype)
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    for s in range(n):
+        cy, cx, r = 0.4 * h + 5 * s, 0.55 * w - 3 * s, h / 4
+        t[s, :] = (((yy - cy) ** 2 + (xx - cx) ** 2) < r * r).to(dtype)
+    return t
+
+
+def loss_fn(logits, target):
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    p = torch.sigmoid(logits).flatten(1)
+    t = target.flatten(1)
+    dice = 1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)
+    return bce + dice.mean()
+
+
+def disable_randomness(model):
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if type(m).__name__ == "DropPath":
+            m.drop_prob = 0.0
+
+
+def nhwc(t):
+    return t.detach().permute(0, 2, 3, 1).contiguous()
+
+
+def run(model, state, x, target, dtype):
+    """Train forward + loss + backward, then eval forward; returns the tensors to compare."""
+    model = copy.deepcopy(model).to(dtype)
+    model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()})
+    disable_randomness(model)
+    model.train()
+    out_train = model(x.to(dtype))
+    loss = loss_fn(out_train, target.to(dtype))
+    loss.backward()
+    out = {"out_train": nhwc(out_train), "loss": loss.detach().reshape(())}
+    for name, p in model.named_parameters():
+        out["grad." + name] = p.grad.detach()
+    for name, b in model.named_buffers():
+        out["running." + name] = b.detach().clone()
+    model.eval()
+    with torch.no_grad():
+        out["out_eval"] = nhwc(model(x.to(dtype)))
+    return out
+
+
+def write_key_list(model, path):
+    with open(path, "w") as f:
+        for k, v in model.state_dict().items():
+            f.write(f"{k} {list(v.shape)}\n".replace(" [", " ").replace("]", "").replace(", ", ","))
+
+
+def committed():
+    register_tiny()
+    model = build("mit_tiny", **TINY_DECODER)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    n, h, w = 2, 64, 48  # non-square catches H/W mix-ups
+    x, target = formula_input(n, h, w, 3, torch.float64), formula_target(n, h, w, 1, torch.float64)
+    ref = run(model, state, x, target, torch.float64)
+    r32 = run(model, state, x, target, torch.float32)
+    print("tiny: params", sum(p.numel() for p in model.parameters()),
+          "| torch f32 vs f64: out_train", (r32["out_train"].double() - ref["out_train"]).abs().max().item(),
+          "out_eval", (r32["out_eval"].double() - ref["out_eval"]).abs().max().item())
+    # Weights float32 (what the model is); references from the float64 run. Gradients are stored
+    # as float32 (relative precision 6e-8, ample for the 1e-3 / 1e-6 checks); outputs as float64.
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    save_file(weights, os.path.join(GOLDEN, "deeplab_tiny_weights.safetensors"),
+              metadata={"embed_dims": "4,8,12,16", "num_heads": "1,2,3,4", "depths": "1,2,1,1",
+                        "decoder_channels": "8", "atrous_rates": "2,4,6", "batch": str(n), "height": str(h),
+                        "width": str(w)})
+    train = {k: (v.float() if k.startswith("grad.") else v) for k, v in ref.items()
+             if k != "out_eval" and not k.endswith("num_batches_tracked")}
+    save_file(train, os.path.join(GOLDEN, "deeplab_tiny_train.safetensors"))
+    save_file({"out_eval": ref["out_eval"]}, os.path.join(GOLDEN, "deeplab_tiny_eval.safetensors"))
+
+    b2 = build("mit_b2")
+    write_key_list(b2, os.path.join(GOLDEN, "deeplab_mit_b2_keys.txt"))
+    print("mit_b2 in 3, 1 class: params", sum(p.numel() for p in b2.parameters()))
+    b2_in1 = build("mit_b2", in_channels=1, classes=3)
+    print("mit_b2 in 1, 3 classes: params", sum(p.numel() for p in b2_in1.parameters()))
+    for name in ["mit_b0", "mit_b1", "mit_b3", "mit_b4", "mit_b5"]:
+        print(name, "params", sum(p.numel() for p in build(name).parameters()))
+
+
+def full(out_dir, which):
+    os.makedirs(out_dir, exist_ok=True)
+    configs = {"mit_b0": (2, 64, 64, True), "mit_b2": (2, 256, 256, False)}
+    for name in which:
+        n, h, w, with_f64 = configs[name]
+        model = build(name)
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        x, target = formula_input(n, h, w, 3, torch.float64), formula_target(n, h, w, 1, torch.float64)
+        files = {"f32": run(model, state, x, target, torch.float32)}
+        if with_f64:
+            files["f64"] = run(model, state, x, target, torch.float64)
+        save_file(state, os.path.join(out_dir, f"deeplab_{name}_weights.safetensors"),
+                  metadata={"batch": str(n), "height": str(h), "width": str(w)})
+        for tag, ref in files.items():
+            ref = {k: v for k, v in ref.items() if not k.endswith("num_batches_tracked")}
+            save_file(ref, os.path.join(out_dir, f"deeplab_{name}_{tag}.safetensors"))
+        print(name, "written:", n, "x", h, "x", w, "loss f32", files["f32"]["loss"].item())
+
+
+def check_ours(directory):
+    """Loads a state dict written by our C++ model into smp and compares the eval output."""
+    io = load_file(os.path.join(directory, "deeplab_ours_io.safetensors"))
+    state = load_file(os.path.join(directory, "deeplab_ours_state.safetensors"))
+    in_channels = state["encoder.patch_embed1.proj.weight"].shape[1]
+    classes = state["segmentation_head.0.weight"].shape[0]
+    model = build("mit_b0", in_channels=in_channels, classes=classes)
+    model.load_state_dict(state)  # strict: names and shapes must all agree
+    model.eval()
+    with torch.no_grad():
+        out = nhwc(model(io["input"].permute(0, 3, 1, 2)))
+    diff = (out - io["output"]).abs().max().item()
+    print(f"our state dict in smp: {len(state)} keys loaded strictly, max |out_smp - out_ours| = {diff:.3e}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--full", metavar="DIR")
+    parser.add_argument("--models", default="mit_b0,mit_b2")
+    parser.add_argument("--check-ours", metavar="DIR")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    if args.full:
+        full(args.full, args.models.split(","))
+    elif args.check_ours:
+        check_ours(args.check_ours)
+    else:
+        committed()

@@ -1,0 +1,43 @@
+// What model_bench measures with: the CPU backend's byte counters and the per-kernel timer.
+#include "helpers.h"
+#include "tensor/cpu/cpu_backend.h"
+#include "tools/bench/kernel_timer.h"
+
+using namespace sono;
+
+TEST_CASE("CPU backend counts the bytes tensors hold, and their peak") {
+  const int64_t before = cpu::memory_stats().in_use_bytes;
+  {
+    Tensor t = Tensor::empty({1000, 250}, DType::f64);  // 2,000,000 bytes
+    const cpu::MemoryStats held = cpu::memory_stats();
+    CHECK(held.in_use_bytes - before >= 2000000);
+    CHECK(held.in_use_bytes - before < 2000000 + 4096);  // allocator slack only
+    CHECK(held.peak_bytes >= held.in_use_bytes);
+  }
+  CHECK(cpu::memory_stats().in_use_bytes == before);
+  CHECK(cpu::memory_stats().peak_bytes >= before + 2000000);
+  cpu::reset_peak_memory();
+  CHECK(cpu::memory_stats().peak_bytes == before);
+}
+
+TEST_CASE("kernel timer sees every backend call while registered, keyed by geometry") {
+  Tensor a = Tensor::ones({3, 5}), b = Tensor::ones({5, 7});
+  Tensor x = Tensor::ones({1, 9, 8, 6}), w = Tensor::ones({6, 1, 3, 3});
+  std::map<std::string, bench::KernelTotal> totals;
+  {
+    autograd::NoGradGuard no_grad;
+    bench::KernelTimer timer;
+    CHECK(std::string(backend(Device::cpu).name()) == "cpu+timer");
+    Tensor c = matmul(a, b);
+    test::check_values(c.slice(0, 0, 1).slice(1, 0, 1), {5}, 0);
+    conv2d(x, w, Tensor(), {.stride = 1, .padding = 2, .dilation = 2, .groups = 6});
+    totals = timer.totals();
+  }
+  CHECK(std::string(backend(Device::cpu).name()) == "cpu");
+  REQUIRE(totals.count("gemm") == 1);
+  CHECK(totals["gemm"].calls == 1);
+  CHECK(totals["gemm"].flops == 2.0 * 3 * 5 * 7);
+  REQUIRE(totals.count("conv2d_forward dw 3x3 s1 d2") == 1);
+  // 9x8 outputs (padding = dilation keeps the size) x 6 channels x 9 taps, 2 flops each.
+  CHECK(totals["conv2d_forward dw 3x3 s1 d2"].flops == 2.0 * 9 * 8 * 6 * 9);
+}

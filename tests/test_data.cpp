@@ -1,0 +1,752 @@
+// The tools' data code: image decoding and writing, dataset layouts, the duplicate-aware
+// split, joint augmentation, the threaded loader, metrics, progress and training logs. Inputs
+// are small synthetic images written to a temp folder; one case runs the split on BUSI when
+// the data is present (SONO_BUSI_DIR, or ../shared/busi beside the source tree).
+#include <stb_image_write.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "helpers.h"
+#include "tools/data/augment.h"
+#include "tools/data/cache.h"
+#include "tools/data/dataset.h"
+#include "tools/data/image.h"
+#include "tools/data/loader.h"
+#include "tools/data/metrics.h"
+#include "tools/data/model_input.h"
+#include "tools/data/progress.h"
+#include "tools/data/seeding.h"
+#include "tools/data/split.h"
+#include "tools/data/training_log.h"
+
+using namespace sono;
+using namespace sono::data;
+using namespace sono::test;
+
+namespace {
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    static int count = 0;
+    path = fs::temp_directory_path() / ("sono_test_data_" + std::to_string(getpid()) + "_" + std::to_string(count++));
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+  fs::path operator/(const std::string& name) const { return path / name; }
+};
+
+void write_png8(const fs::path& file, int h, int w, int comp, const std::vector<uint8_t>& px) {
+  fs::create_directories(file.parent_path());
+  REQUIRE(px.size() == size_t(h) * w * comp);
+  REQUIRE(stbi_write_png(file.c_str(), w, h, comp, px.data(), w * comp));
+}
+
+// stb_image_write writes only 8-bit PNGs, so 16-bit ones are built here: stored (uncompressed)
+// deflate blocks, big-endian samples, filter 0 on every row.
+uint32_t crc32(const std::string& bytes) {
+  uint32_t c = 0xffffffffu;
+  for (unsigned char b : bytes) {
+    c ^= b;
+    for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (0xedb88320u & (0u - (c & 1)));
+  }
+  return ~c;
+}
+
+std::string be32(uint32_t v) { return {char(v >> 24), char(v >> 16), char(v >> 8), char(v)}; }
+
+std::string png_chunk(const std::string& type, const std::string& data) {
+  return be32(uint32_t(data.size())) + type + data + be32(crc32(type + data));
+}
+
+void write_png16(const fs::path& file, int h, int w, int comp, const std::vector<uint16_t>& px) {
+  REQUIRE(px.size() == size_t(h) * w * comp);
+  const char colour_type = comp == 1 ? 0 : comp == 2 ? 4 : comp == 3 ? 2 : 6;
+  std::string raw;
+  for (int y = 0; y < h; ++y) {
+    raw += '\0';
+    for (int i = 0; i < w * comp; ++i) raw += {char(px[size_t(y) * w * comp + i] >> 8), char(px[size_t(y) * w * comp + i])};
+  }
+  std::string zlib = "\x78\x01";
+  for (size_t at = 0; at < raw.size(); at += 65535) {
+    uint16_t n = uint16_t(std::min<size_t>(65535, raw.size() - at));
+    zlib += char(at + n >= raw.size() ? 1 : 0);
+    zlib += {char(n), char(n >> 8), char(~n), char(~n >> 8)};
+    zlib += raw.substr(at, n);
+  }
+  uint32_t a = 1, b = 0;
+  for (unsigned char c : raw) a = (a + c) % 65521, b = (b + a) % 65521;
+  zlib += be32((b << 16) | a);
+  std::string ihdr = be32(w) + be32(h) + std::string{16, colour_type, 0, 0, 0};
+  std::ofstream(file, std::ios::binary) << "\x89PNG\r\n\x1a\n" << png_chunk("IHDR", ihdr) << png_chunk("IDAT", zlib)
+                                        << png_chunk("IEND", "");
+}
+
+// A smooth random grey pattern: a few sinusoids with random frequencies and phases, so that
+// two seeds give unrelated images (pHash about 32 bits apart).
+std::vector<uint8_t> scan_pixels(int h, int w, uint64_t seed) {
+  Generator gen(seed);
+  std::vector<double> fx, fy, phase;
+  for (int k = 0; k < 4; ++k) {
+    fx.push_back(uniform(gen, 0.5, 3.5));
+    fy.push_back(uniform(gen, 0.5, 3.5));
+    phase.push_back(uniform(gen, 0, 6.283));
+  }
+  std::vector<uint8_t> px(size_t(h) * w);
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x) {
+      double v = 0;
+      for (int k = 0; k < 4; ++k) v += std::sin(6.283 * (fx[k] * x / w + fy[k] * y / h) + phase[k]);
+      px[size_t(y) * w + x] = uint8_t(std::clamp(128 + 30 * v, 0.0, 255.0));
+    }
+  return px;
+}
+
+Image grey_image(int h, int w, const std::vector<uint8_t>& px) {
+  Image img(h, w, 3);
+  for (size_t p = 0; p < px.size(); ++p)
+    for (int c = 0; c < 3; ++c) img.pixels[p * 3 + c] = px[p] / 255.0f;
+  return img;
+}
+
+// A copy with small noise and a caliper mark: what BUSI's near-duplicates look like.
+std::vector<uint8_t> near_copy(std::vector<uint8_t> px, int h, int w, uint64_t seed) {
+  Generator gen(seed);
+  for (auto& v : px) v = uint8_t(std::clamp(v + int(gen.next() % 9) - 4, 0, 255));
+  for (int d = -2; d <= 2; ++d) px[size_t(h / 3) * w + w / 3 + d] = px[size_t(h / 3 + d) * w + w / 3] = 255;
+  return px;
+}
+
+std::vector<uint8_t> mask_pixels(int h, int w, int y0, int x0, int y1, int x1, uint8_t on = 255) {
+  std::vector<uint8_t> px(size_t(h) * w, 0);
+  for (int y = y0; y < y1; ++y)
+    for (int x = x0; x < x1; ++x) px[size_t(y) * w + x] = on;
+  return px;
+}
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+void truncate_file(const fs::path& file, double keep) {
+  fs::resize_file(file, size_t(fs::file_size(file) * keep));
+}
+
+// A BUSI-style tree: ROOT/CLASS/X.png + X_mask.png, `per_class` images per class.
+void write_busi_tree(const fs::path& root, const std::vector<std::string>& classes, int per_class, int h, int w) {
+  uint64_t seed = 1;
+  for (const auto& c : classes)
+    for (int i = 0; i < per_class; ++i, ++seed) {
+      std::string stem = c + " (" + std::to_string(i + 1) + ")";
+      write_png8(root / c / (stem + ".png"), h, w, 1, scan_pixels(h, w, seed));
+      write_png8(root / c / (stem + "_mask.png"), h, w, 1, mask_pixels(h, w, 2, 2 + i % 5, h / 2, w / 2));
+    }
+}
+
+}  // namespace
+
+TEST_CASE("load_image: grey, grey+alpha, RGB, RGBA, 16-bit and JPEG become RGB 0..1") {
+  TempDir dir;
+  write_png8(dir / "grey.png", 1, 2, 1, {0, 200});
+  write_png8(dir / "ga.png", 1, 2, 2, {10, 255, 20, 0});
+  write_png8(dir / "rgb.png", 1, 2, 3, {1, 2, 3, 4, 5, 6});
+  write_png8(dir / "rgba.png", 1, 2, 4, {1, 2, 3, 0, 4, 5, 6, 128});
+  write_png16(dir / "grey16.png", 2, 1, 1, {0, 65535});
+  write_png16(dir / "rgb16.png", 1, 1, 3, {1000, 30000, 65535});
+  auto pixels = [&](const char* name) { return load_image(dir / name).pixels; };
+  CHECK(pixels("grey.png") == std::vector<float>{0, 0, 0, 200 / 255.f, 200 / 255.f, 200 / 255.f});
+  CHECK(pixels("ga.png") == std::vector<float>{10 / 255.f, 10 / 255.f, 10 / 255.f, 20 / 255.f, 20 / 255.f, 20 / 255.f});
+  CHECK(pixels("rgb.png") == std::vector<float>{1 / 255.f, 2 / 255.f, 3 / 255.f, 4 / 255.f, 5 / 255.f, 6 / 255.f});
+  CHECK(pixels("rgba.png") == pixels("rgb.png"));
+  Image g16 = load_image(dir / "grey16.png");
+  CHECK(g16.height == 2);
+  CHECK(g16.width == 1);
+  CHECK(g16.pixels == std::vector<float>{0, 0, 0, 1, 1, 1});
+  CHECK(pixels("rgb16.png") == std::vector<float>{1000 / 65535.f, 30000 / 65535.f, 1.f});
+
+  std::vector<uint8_t> flat(8 * 8 * 3, 90);
+  REQUIRE(stbi_write_jpg((dir / "flat.jpg").c_str(), 8, 8, 3, flat.data(), 95));
+  for (float v : pixels("flat.jpg")) CHECK(v == doctest::Approx(90 / 255.0).epsilon(0.02));
+  CHECK(read_image_size(dir / "rgb16.png") == ImageSize{1, 1});
+}
+
+TEST_CASE("image errors name the file: missing, empty, corrupt, truncated PNG and JPEG") {
+  TempDir dir;
+  CHECK(contains(error_of([&] { load_image(dir / "nope.png"); }), "nope.png' does not exist"));
+  std::ofstream(dir / "empty.png").close();
+  CHECK(contains(error_of([&] { load_image(dir / "empty.png"); }), "empty.png' is empty"));
+  std::ofstream(dir / "junk.png") << "this is not an image at all";
+  CHECK(contains(error_of([&] { load_image(dir / "junk.png"); }), "cannot decode image file"));
+  CHECK(contains(error_of([&] { load_image(dir / "junk.png"); }), "junk.png"));
+
+  write_png8(dir / "cut.png", 40, 40, 1, scan_pixels(40, 40, 3));
+  truncate_file(dir / "cut.png", 0.6);
+  CHECK(contains(error_of([&] { load_image(dir / "cut.png"); }), "cut.png' is truncated"));
+  CHECK(contains(error_of([&] { load_mask({dir / "cut.png"}); }), "cut.png' is truncated"));
+
+  std::vector<uint8_t> noise(64 * 64 * 3);
+  Generator gen(5);
+  for (auto& v : noise) v = uint8_t(gen.next());
+  REQUIRE(stbi_write_jpg((dir / "cut.jpg").c_str(), 64, 64, 3, noise.data(), 90));
+  truncate_file(dir / "cut.jpg", 0.5);
+  CHECK(contains(error_of([&] { load_image(dir / "cut.jpg"); }), "cut.jpg' is truncated"));
+}
+
+TEST_CASE("load_mask: any colour channel > 0 is lesion, alpha ignored, files unioned") {
+  TempDir dir;
+  write_png8(dir / "a_mask.png", 1, 4, 1, {0, 1, 0, 0});                                 // 1-bit style 0/1
+  write_png8(dir / "a_mask_1.png", 1, 4, 4, {0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 9, 255, 0, 0, 0, 255});  // RGBA
+  write_png8(dir / "a_mask_2.png", 1, 4, 3, {0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0});       // RGB
+  CHECK(load_mask({dir / "a_mask.png"}).values == std::vector<uint8_t>{0, 1, 0, 0});
+  CHECK(load_mask({dir / "a_mask_1.png"}).values == std::vector<uint8_t>{0, 0, 1, 0});
+  Mask all = load_mask({dir / "a_mask.png", dir / "a_mask_1.png", dir / "a_mask_2.png"});
+  CHECK(all.values == std::vector<uint8_t>{0, 1, 1, 1});
+  CHECK(all.lesion_pixels() == 3);
+  write_png8(dir / "b_mask.png", 2, 4, 1, std::vector<uint8_t>(8, 0));
+  std::string e = error_of([&] { load_mask({dir / "a_mask.png", dir / "b_mask.png"}); });
+  CHECK(contains(e, "b_mask.png' is 4x2"));
+  CHECK(contains(e, "a_mask.png' is 4x1"));
+}
+
+TEST_CASE("resize: bilinear as PIL (plain when enlarging, antialiased when shrinking), nearest for masks") {
+  Image row(1, 4, 1);
+  row.pixels = {0, 1, 2, 3};
+  // Enlarging 2x: F.interpolate(bilinear, align_corners=False) values.
+  Image up = resize_bilinear(row, 1, 8);
+  check_values(Tensor::from_vector({up.pixels.begin(), up.pixels.end()}, {8}),
+               {0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3}, 1e-6);
+  // Shrinking 2x: triangle of half-width 2 input pixels, weights (0.75, 0.75, 0.25) / 1.75 at the left edge.
+  Image down = resize_bilinear(row, 1, 2);
+  CHECK(down.pixels[0] == doctest::Approx(1.25 / 1.75));
+  CHECK(down.pixels[1] == doctest::Approx(3 - 1.25 / 1.75));
+  Image flat(30, 17, 3, 0.4f);
+  for (float v : resize_bilinear(flat, 7, 11).pixels) CHECK(v == doctest::Approx(0.4));
+
+  Mask m(2, 2);
+  m.values = {1, 0, 0, 1};
+  CHECK(resize_nearest(m, 4, 4).values == std::vector<uint8_t>{1, 1, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 1, 1});
+  Mask big(4, 4);
+  big.at(1, 1) = big.at(3, 3) = 1;  // nearest-exact samples input 1 and 3 when halving
+  CHECK(resize_nearest(big, 2, 2).values == std::vector<uint8_t>{1, 0, 0, 1});
+}
+
+TEST_CASE("mask and overlay PNGs are written atomically and read back") {
+  TempDir dir;
+  Mask m(24, 30);
+  for (int y = 4; y < 20; ++y)
+    for (int x = 5; x < 25; ++x) m.at(y, x) = 1;
+  save_mask_png(dir / "m.png", m);
+  CHECK(load_mask({dir / "m.png"}).values == m.values);
+  CHECK(load_image(dir / "m.png").at(10, 10, 0) == 1.0f);  // stored as 255
+
+  Image img(24, 30, 3, 0.5f);
+  save_overlay_png(dir / "o.png", img, m, {255, 0, 0});
+  Image o = load_image(dir / "o.png");
+  CHECK(o.at(4, 10, 0) == 1.0f);   // top edge of the lesion: outline colour
+  CHECK(o.at(4, 10, 1) == 0.0f);
+  CHECK(o.at(12, 15, 0) == doctest::Approx(128 / 255.0));  // inside: image
+  CHECK(o.at(2, 2, 1) == doctest::Approx(128 / 255.0));    // outside: image
+
+  // Failures: nothing half-written, nothing replaced, no temp file left behind.
+  fs::create_directory(dir / "taken.png");
+  CHECK(contains(error_of([&] { save_mask_png(dir / "taken.png", m); }), "cannot write"));
+  CHECK(fs::is_directory(dir / "taken.png"));
+  CHECK(contains(error_of([&] { save_mask_png(dir / "no" / "such" / "dir.png", m); }), "dir.png"));
+  Image two(3, 3, 2);
+  CHECK(contains(error_of([&] { save_image_png(dir / "m.png", two); }), "expected 1 or 3 channels"));
+  CHECK(load_mask({dir / "m.png"}).values == m.values);
+  for (const auto& e : fs::directory_iterator(dir.path)) CHECK_FALSE(contains(e.path().string(), ".tmp-"));
+}
+
+TEST_CASE("dataset layouts are detected: flat, class folders, BUSI; masks are unioned") {
+  TempDir dir;
+  auto img = [](int seed) { return scan_pixels(6, 8, seed); };
+  auto mask = mask_pixels(6, 8, 1, 1, 3, 3);
+
+  write_png8(dir / "flat/images/b.png", 6, 8, 1, img(1));
+  write_png8(dir / "flat/images/a.png", 6, 8, 1, img(2));
+  write_png8(dir / "flat/masks/a_mask.png", 6, 8, 1, mask);
+  write_png8(dir / "flat/masks/b.png", 6, 8, 1, mask);  // same-name masks are accepted
+  Dataset flat = scan_dataset(dir / "flat/images", dir / "flat/masks");
+  CHECK(flat.layout == Layout::flat);
+  CHECK(flat.classes.empty());
+  REQUIRE(flat.samples.size() == 2);
+  CHECK(flat.samples[0].name == "a");
+  CHECK(flat.samples[1].masks == std::vector<fs::path>{dir / "flat/masks/b.png"});
+
+  for (const char* c : {"malignant", "benign"}) {
+    write_png8(dir / "cls/images" / c / "x.jpg.png", 6, 8, 3, std::vector<uint8_t>(6 * 8 * 3, 50));
+    write_png8(dir / "cls/masks" / c / "x.jpg_mask.png", 6, 8, 1, mask);
+  }
+  Dataset cls = scan_dataset(dir / "cls/images", dir / "cls/masks");
+  CHECK(cls.layout == Layout::class_folders);
+  CHECK(cls.classes == std::vector<std::string>{"benign", "malignant"});
+  CHECK(cls.samples[1].label == 1);
+  CHECK(cls.samples[1].name == "malignant/x.jpg");
+
+  write_busi_tree(dir / "busi", {"normal", "benign"}, 2, 6, 8);
+  write_png8(dir / "busi/benign/benign (1)_mask_1.png", 6, 8, 1, mask_pixels(6, 8, 4, 6, 6, 8));
+  Dataset busi = scan_dataset(dir / "busi");
+  CHECK(busi.layout == Layout::busi);
+  CHECK(busi.classes == std::vector<std::string>{"benign", "normal"});
+  CHECK(busi.samples.size() == 4);
+  CHECK(busi.class_counts() == std::vector<size_t>{2, 2});
+  CHECK(busi.summary() == "busi layout, 4 images: benign 2, normal 2");
+  REQUIRE(busi.samples[0].masks.size() == 2);
+  Mask unioned = load_mask(busi.samples[0].masks);
+  CHECK(unioned.at(1, 3) == 0);
+  CHECK(unioned.at(2, 2) == 1);
+  CHECK(unioned.at(5, 7) == 1);
+  CHECK(unioned.lesion_pixels() == 1 * 2 + 2 * 2);
+}
+
+TEST_CASE("dataset errors: missing folder, image without mask, size mismatch, empty") {
+  TempDir dir;
+  CHECK(contains(error_of([&] { scan_dataset(dir / "nothing"); }), "images folder '"));
+  CHECK(contains(error_of([&] { scan_dataset(dir / "nothing"); }), "nothing' does not exist"));
+  fs::create_directories(dir / "empty");
+  CHECK(contains(error_of([&] { scan_dataset(dir / "empty"); }), "no images found in"));
+
+  write_busi_tree(dir / "busi", {"benign"}, 2, 6, 8);
+  fs::remove(dir / "busi/benign/benign (2)_mask.png");
+  std::string e = error_of([&] { scan_dataset(dir / "busi"); });
+  CHECK(contains(e, "benign (2).png' has no mask"));
+  CHECK(contains(e, "benign (2)_mask.png"));
+  CHECK(scan_dataset(dir / "busi", {}, {.masks_required = false}).samples[1].masks.empty());
+
+  write_png8(dir / "busi/benign/benign (2)_mask.png", 7, 8, 1, std::vector<uint8_t>(7 * 8, 0));
+  e = error_of([&] { scan_dataset(dir / "busi"); });
+  CHECK(contains(e, "benign (2)_mask.png' is 8x7 but its image"));
+  CHECK(contains(e, "benign (2).png' is 8x6"));
+
+  write_png8(dir / "cls/images/benign/x.png", 6, 8, 1, scan_pixels(6, 8, 1));
+  fs::create_directories(dir / "cls/masks");
+  CHECK(contains(error_of([&] { scan_dataset(dir / "cls/images", dir / "cls/masks"); }), "masks folder '"));
+  fs::create_directories(dir / "cls/images/normal");
+  fs::create_directories(dir / "cls/masks/normal");
+  write_png8(dir / "cls/masks/benign/x_mask.png", 6, 8, 1, mask_pixels(6, 8, 1, 1, 2, 2));
+  CHECK(contains(error_of([&] { scan_dataset(dir / "cls/images", dir / "cls/masks"); }), "normal' holds no images"));
+  CHECK(contains(error_of([&] { scan_dataset(dir / "busi", dir / "missing"); }), "missing' does not exist"));
+}
+
+TEST_CASE("perceptual hash: copies and near-copies are close, unrelated scans far apart") {
+  const int h = 60, w = 80;
+  std::vector<uint64_t> hashes;
+  for (uint64_t s = 1; s <= 12; ++s) hashes.push_back(perceptual_hash(grey_image(h, w, scan_pixels(h, w, s))));
+  for (size_t i = 0; i < hashes.size(); ++i)
+    for (size_t j = i + 1; j < hashes.size(); ++j) CHECK(hamming_distance(hashes[i], hashes[j]) > 12);
+  auto base = scan_pixels(h, w, 3);
+  CHECK(perceptual_hash(grey_image(h, w, base)) == hashes[2]);
+  CHECK(hamming_distance(perceptual_hash(grey_image(h, w, near_copy(base, h, w, 9))), hashes[2]) <= 6);
+  // A rescaled copy (another export size) hashes alike too.
+  Image resized = resize_bilinear(grey_image(h, w, base), 45, 61);
+  CHECK(hamming_distance(perceptual_hash(resized), hashes[2]) <= 6);
+
+  std::vector<int> g = group_near_duplicates({0b0000, 0b0111, 0b1111'0000, 0b0011, 0xFFFF'0000'0000}, 2);
+  CHECK(g == std::vector<int>{0, 0, 1, 0, 2});  // 0-3-1 chain joins through 3
+}
+
+namespace {
+
+// 3 classes x 20 "patients"; some patients appear twice (near-copy), one pair across classes.
+struct SplitFixture {
+  Dataset dataset;
+  std::vector<uint64_t> hashes;
+  std::vector<std::pair<size_t, size_t>> duplicates;
+
+  SplitFixture() {
+    const int h = 40, w = 48;
+    dataset.classes = {"a", "b", "c"};
+    auto add = [&](int label, const std::vector<uint8_t>& px) {
+      dataset.samples.push_back({"", {}, label, std::to_string(dataset.samples.size())});
+      hashes.push_back(perceptual_hash(grey_image(h, w, px)));
+      return dataset.samples.size() - 1;
+    };
+    uint64_t seed = 100;
+    for (int label = 0; label < 3; ++label)
+      for (int i = 0; i < 20; ++i, ++seed) {
+        auto px = scan_pixels(h, w, seed);
+        size_t first = add(label, px);
+        if (i % 4 == 0) duplicates.emplace_back(first, add(label, near_copy(px, h, w, seed)));
+        if (i % 7 == 0) duplicates.emplace_back(first, add(label, px));  // exact copy
+        if (label == 0 && i == 5) duplicates.emplace_back(first, add(1, px));  // same scan, other label
+      }
+  }
+};
+
+}  // namespace
+
+TEST_CASE("split keeps duplicates together, is stratified and deterministic") {
+  SplitFixture f;
+  const size_t n = f.dataset.samples.size();
+  Split s = split_dataset(f.dataset, f.hashes, {.val_fraction = 0.25, .seed = 7});
+  CHECK(s.group_count == 60);  // one group per patient
+  CHECK(s.train.size() + s.val.size() == n);
+  std::set<size_t> val(s.val.begin(), s.val.end());
+  for (auto [i, j] : f.duplicates) {
+    CHECK(s.group[i] == s.group[j]);
+    CHECK(val.count(i) == val.count(j));
+  }
+  std::vector<size_t> per_class(3, 0), val_per_class(3, 0);
+  for (size_t i = 0; i < n; ++i) ++per_class[f.dataset.samples[i].label], val_per_class[f.dataset.samples[i].label] += val.count(i);
+  for (int c = 0; c < 3; ++c) {
+    INFO("class " << c);
+    CHECK(std::abs(double(val_per_class[c]) - 0.25 * per_class[c]) <= 2.0);
+  }
+  Split again = split_dataset(f.dataset, f.hashes, {.val_fraction = 0.25, .seed = 7});
+  CHECK(again.val == s.val);
+  CHECK(split_dataset(f.dataset, f.hashes, {.val_fraction = 0.25, .seed = 8}).val != s.val);
+  CHECK(contains(s.summary(f.dataset), "in 60 duplicate groups"));
+  CHECK(contains(s.summary(f.dataset), "val " + std::to_string(s.val.size()) + " (a "));
+
+  Dataset tiny;  // class c has one image: it cannot be on both sides
+  tiny.classes = {"a", "c"};
+  for (int i = 0; i < 6; ++i) tiny.samples.push_back({"", {}, i == 5 ? 1 : 0, std::to_string(i)});
+  std::vector<uint64_t> far(6);
+  for (int i = 0; i < 6; ++i) far[i] = mix_seed({uint64_t(i)});
+  std::string e = error_of([&] { split_dataset(tiny, far, {.val_fraction = 0.3}); });
+  CHECK(contains(e, "class 'c' has no image in the"));
+}
+
+namespace {
+
+// A 64x64 dark image with a bright, asymmetric L-shaped blob and its mask.
+std::pair<Image, Mask> blob_sample() {
+  Image img(64, 64, 3, 0.1f);
+  Mask m(64, 64);
+  for (int y = 0; y < 64; ++y)
+    for (int x = 0; x < 64; ++x)
+      if ((y >= 10 && y < 22 && x >= 12 && x < 40) || (y >= 22 && y < 34 && x >= 12 && x < 22)) {
+        m.at(y, x) = 1;
+        for (int c = 0; c < 3; ++c) img.at(y, x, c) = 0.9f;
+      }
+  return {img, m};
+}
+
+}  // namespace
+
+TEST_CASE("flips and quarter turns move image and mask exactly together") {
+  auto [img, m] = blob_sample();
+  AugmentOptions only_flips = AugmentOptions::none();
+  only_flips.hflip = 1;
+  Image a = img;
+  Mask am = m;
+  Generator gen(1);
+  augment(a, am, only_flips, gen);
+  for (int y = 0; y < 64; ++y)
+    for (int x = 0; x < 64; ++x) {
+      REQUIRE(a.at(y, x, 1) == doctest::Approx(img.at(y, 63 - x, 1)).epsilon(1e-6));
+      REQUIRE(am.at(y, x) == m.at(y, 63 - x));
+    }
+  AugmentOptions turns = AugmentOptions::none();
+  turns.rotate90 = true;
+  std::set<size_t> seen;
+  for (uint64_t seed = 0; seed < 16; ++seed) {
+    Image b = img;
+    Mask bm = m;
+    Generator g(seed);
+    augment(b, bm, turns, g);
+    CHECK(bm.lesion_pixels() == m.lesion_pixels());
+    for (size_t p = 0; p < bm.values.size(); ++p) REQUIRE((b.pixels[p * 3] > 0.5f) == (bm.values[p] == 1));
+    seen.insert(std::hash<std::string>{}(std::string(bm.values.begin(), bm.values.end())));
+  }
+  CHECK(seen.size() == 4);  // all four orientations occur
+}
+
+TEST_CASE("full augmentation keeps the bright blob under its mask") {
+  auto [img, m] = blob_sample();
+  AugmentOptions o;  // defaults: flips, quarter turns, +-10 deg, 0.9-1.1 scale, 5% shift, jitter
+  for (uint64_t seed = 0; seed < 40; ++seed) {
+    Image a = img;
+    Mask am = m;
+    Generator gen(seed);
+    augment(a, am, o, gen);
+    double inside = 0, outside = 0, mx = 0, my = 0, ix = 0, iy = 0, iw = 0;
+    size_t n_in = 0, n_out = 0;
+    for (int y = 0; y < 64; ++y)
+      for (int x = 0; x < 64; ++x) {
+        double v = a.at(y, x, 0);
+        if (am.at(y, x)) inside += v, ++n_in, mx += x, my += y;
+        else outside += v, ++n_out;
+        double bright = std::max(0.0, v - 0.5);  // weight of the blob's pixels
+        ix += bright * x, iy += bright * y, iw += bright;
+      }
+    INFO("seed " << seed);
+    REQUIRE(n_in > 0);
+    CHECK(double(n_in) == doctest::Approx(double(m.lesion_pixels())).epsilon(0.25));
+    CHECK(inside / n_in > 0.6);  // 0.9 darkened by the jitter to 0.71 at worst, less at edges
+    CHECK(outside / n_out < 0.3);
+    CHECK(std::abs(mx / n_in - ix / iw) < 0.75);  // centroids agree within a pixel
+    CHECK(std::abs(my / n_in - iy / iw) < 0.75);
+  }
+}
+
+TEST_CASE("photometric jitter touches the image only and clamps") {
+  Image img(1, 3, 1);
+  img.pixels = {0.0f, 0.5f, 1.0f};
+  apply_photometric(img, {0.1, 1.2});
+  CHECK(img.pixels[0] == doctest::Approx(0.1));
+  CHECK(img.pixels[1] == doctest::Approx(0.7));
+  CHECK(img.pixels[2] == 1.0f);
+}
+
+TEST_CASE("metrics: Dice and IoU with the empty-mask rule, lesion-only means") {
+  Mask empty(2, 4), target(2, 4), half(2, 4);
+  target.values = {1, 1, 0, 0, 1, 1, 0, 0};
+  half.values = {1, 0, 0, 0, 1, 0, 0, 1};  // 2 of 4 hit, 1 false positive
+  CHECK(overlap(empty, empty).dice == 1.0);
+  CHECK(overlap(empty, empty).iou == 1.0);
+  CHECK(overlap(half, empty).dice == 0.0);
+  CHECK(overlap(empty, target).dice == 0.0);
+  CHECK(overlap(half, target).dice == doctest::Approx(2.0 * 2 / (3 + 4)));
+  CHECK(overlap(half, target).iou == doctest::Approx(2.0 / 5));
+
+  SegmentationMetrics seg;
+  CHECK(std::isnan(seg.dice()));
+  seg.add(empty, empty);
+  seg.add(half, empty);
+  seg.add(half, target);
+  CHECK(seg.images() == 3);
+  CHECK(seg.lesion_images() == 1);
+  CHECK(seg.dice() == doctest::Approx((1 + 0 + 4.0 / 7) / 3));
+  CHECK(seg.iou() == doctest::Approx((1 + 0 + 0.4) / 3));
+  CHECK(seg.lesion_dice() == doctest::Approx(4.0 / 7));
+  CHECK(seg.lesion_iou() == doctest::Approx(0.4));
+
+  SegmentationMetrics from_tensors;  // logits > 0 is the prediction
+  Tensor logits = Tensor::from_vector({3, -1, -2, -5, 2, -1, -3, 4, /**/ -1, -1, -1, -1, -1, -1, -1, -1}, {2, 2, 4, 1});
+  Tensor targets = Tensor::from_vector({1, 1, 0, 0, 1, 1, 0, 0, /**/ 0, 0, 0, 0, 0, 0, 0, 0}, {2, 2, 4, 1});
+  from_tensors.add_batch(logits, targets);
+  CHECK(from_tensors.dice() == doctest::Approx((4.0 / 7 + 1) / 2));
+  CHECK(from_tensors.lesion_dice() == doctest::Approx(4.0 / 7));
+}
+
+TEST_CASE("metrics: accuracy, macro-F1, recall and confusion matrix as sklearn") {
+  ClassificationMetrics m(4);  // class 3 never occurs: left out of macro-F1
+  int truth[] = {0, 0, 0, 1, 1, 2}, pred[] = {0, 1, 0, 1, 2, 2};
+  for (int i = 0; i < 6; ++i) m.add(truth[i], pred[i]);
+  CHECK(m.confusion()[0] == std::vector<int64_t>{2, 1, 0, 0});
+  CHECK(m.confusion()[1] == std::vector<int64_t>{0, 1, 1, 0});
+  CHECK(m.accuracy() == doctest::Approx(4.0 / 6));
+  CHECK(m.recall(0) == doctest::Approx(2.0 / 3));
+  CHECK(m.recall(2) == doctest::Approx(1.0));
+  CHECK(m.precision(2) == doctest::Approx(0.5));
+  CHECK(m.recall(3) == 0.0);
+  CHECK(m.f1(0) == doctest::Approx(0.8));
+  CHECK(m.macro_f1() == doctest::Approx((0.8 + 0.5 + 2.0 / 3) / 3));  // sklearn: 0.6555...
+  CHECK(contains(m.confusion_table({"benign", "malignant", "normal", "other"}), "benign"));
+
+  ClassificationMetrics t(3);
+  t.add_batch(Tensor::from_vector({0.1, 2, 0, 5, 1, 1}, {2, 3}), Tensor::from_labels({1, 2}));
+  CHECK(t.confusion()[1][1] == 1);
+  CHECK(t.confusion()[2][0] == 1);
+  CHECK(contains(error_of([&] { t.add(3, 0); }), "outside 0..2"));
+}
+
+namespace {
+
+std::shared_ptr<SampleCache> small_cache(const fs::path& root, int per_class, int size) {
+  write_busi_tree(root, {"benign", "malignant"}, per_class, 20, 30);
+  return std::make_shared<SampleCache>(scan_dataset(root), size, 2);
+}
+
+std::vector<size_t> all_indices(size_t n) {
+  std::vector<size_t> v(n);
+  std::iota(v.begin(), v.end(), 0);
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("sample cache: resized images and masks, hashes of the originals") {
+  TempDir dir;
+  auto cache = small_cache(dir / "busi", 3, 16);
+  CHECK(cache->count() == 6);
+  Image img = cache->image(4);
+  CHECK(img.height == 16);
+  CHECK(img.channels == 3);
+  CHECK(cache->mask(4).height == 16);
+  CHECK(cache->mask(4).lesion_pixels() > 0);
+  CHECK(cache->original_size(4) == ImageSize{20, 30});
+  const Sample& s = cache->dataset().samples[4];
+  CHECK(cache->hashes()[4] == perceptual_hash(load_image(s.image)));
+  Image expected = resize_bilinear(load_image(s.image), 16, 16);
+  for (size_t i = 0; i < img.pixels.size(); ++i) REQUIRE(std::abs(img.pixels[i] - expected.pixels[i]) <= 0.5f / 255 + 1e-6f);
+  CHECK(cache->mask(4).values == resize_nearest(load_mask(s.masks), 16, 16).values);
+}
+
+TEST_CASE("loader: each sample once per epoch, seeded order, same batches for any worker count") {
+  TempDir dir;
+  auto cache = small_cache(dir / "busi", 5, 16);
+  LoaderOptions o{.batch_size = 3, .workers = 3, .prefetch = 2, .seed = 11};
+  Loader loader(cache, all_indices(10), o);
+  CHECK(loader.batches_per_epoch() == 4);
+  auto epoch = [](Loader& l, int e) {
+    l.start_epoch(e);
+    std::vector<Batch> out;
+    while (auto b = l.next()) out.push_back(std::move(*b));
+    return out;
+  };
+  std::vector<Batch> e0 = epoch(loader, 0);
+  REQUIRE(e0.size() == 4);
+  std::vector<size_t> order;
+  for (const Batch& b : e0) order.insert(order.end(), b.samples.begin(), b.samples.end());
+  CHECK(std::multiset<size_t>(order.begin(), order.end()) == std::multiset<size_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9});
+  CHECK(order != all_indices(10));
+  CHECK(e0[0].images.shape() == Shape{3, 16, 16, 3});
+  CHECK(e0[0].masks.shape() == Shape{3, 16, 16, 1});
+  CHECK(e0[3].images.shape() == Shape{1, 16, 16, 3});
+  CHECK(e0[0].labels.dtype() == DType::i64);
+  CHECK(e0[0].labels.to_labels()[0] == cache->label(e0[0].samples[0]));
+
+  std::vector<Batch> e1 = epoch(loader, 1);
+  CHECK(e1[0].samples != e0[0].samples);  // a new order each epoch
+
+  LoaderOptions single = o;
+  single.workers = 1;
+  Loader other(cache, all_indices(10), single);
+  std::vector<Batch> again = epoch(other, 0);
+  for (size_t k = 0; k < 4; ++k) {
+    CHECK(again[k].samples == e0[k].samples);
+    CHECK(max_abs_diff(again[k].images, e0[k].images) == 0.0);
+    CHECK(max_abs_diff(again[k].masks, e0[k].masks) == 0.0);
+  }
+
+  // Restarting mid-epoch is allowed; next() before any start_epoch is an error.
+  loader.start_epoch(2);
+  CHECK(loader.next().has_value());
+  loader.start_epoch(2);
+  CHECK(epoch(loader, 2).size() == 4);
+  Loader fresh(cache, {0, 1}, o);
+  CHECK(contains(error_of([&] { fresh.next(); }), "before start_epoch"));
+}
+
+TEST_CASE("loader inputs: ImageNet-normalised RGB, and RGB + 0/1 mask for classification") {
+  TempDir dir;
+  auto cache = small_cache(dir / "busi", 2, 8);
+  LoaderOptions o{.batch_size = 4, .input = InputKind::rgb_mask, .shuffle = false, .augment = false};
+  Loader loader(cache, {3, 0}, o);
+  loader.start_epoch(0);
+  Batch b = *loader.next();
+  CHECK(b.samples == std::vector<size_t>{3, 0});
+  REQUIRE(b.images.shape() == Shape{2, 8, 8, 4});
+  std::vector<double> x = b.images.to_vector(), m = b.masks.to_vector();
+  Image img = cache->image(3);
+  const Mask& mask = cache->mask(3);
+  for (size_t p = 0; p < 64; ++p) {
+    for (int c = 0; c < 3; ++c)
+      REQUIRE(x[p * 4 + c] == doctest::Approx((img.pixels[p * 3 + c] - kImagenetMean[c]) / kImagenetStd[c]));
+    REQUIRE(x[p * 4 + 3] == mask.values[p]);
+    REQUIRE(m[p] == mask.values[p]);
+  }
+  CHECK_FALSE(loader.next().has_value());
+}
+
+TEST_CASE("predict helpers: one image as model input, logits back to a full-size mask") {
+  Image img(10, 14, 3);
+  for (size_t i = 0; i < img.pixels.size(); ++i) img.pixels[i] = float(i % 17) / 16;
+  Mask m(10, 14);
+  m.at(3, 4) = m.at(7, 9) = 1;
+  Tensor x = model_input(img, m, 8, InputKind::rgb_mask);
+  REQUIRE(x.shape() == Shape{1, 8, 8, 4});
+  std::vector<float> expected(8 * 8 * 4);
+  write_input(resize_bilinear(img, 8, 8), resize_nearest(m, 8, 8), InputKind::rgb_mask, expected.data());
+  CHECK(x.to_vector() == std::vector<double>(expected.begin(), expected.end()));
+  CHECK(model_input(img, Mask(), 8, InputKind::rgb).shape() == Shape{1, 8, 8, 3});
+
+  // A 2x2 checkerboard of logits enlarged to 4x4: bilinear values keep the sign per quadrant.
+  Mask up = mask_from_logits(Tensor::from_vector({5, -5, -5, 5}, {1, 2, 2, 1}), 4, 4);
+  CHECK(up.values == std::vector<uint8_t>{1, 1, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 1, 1});
+  CHECK(contains(error_of([] { mask_from_logits(Tensor::zeros({2, 2, 2, 1}), 4, 4); }), "expected logits [1, H, W, 1]"));
+}
+
+TEST_CASE("progress: plain lines when not a terminal, a bar when it is") {
+  std::ostringstream plain;
+  Progress p("epoch 1 train", 8, plain, false);
+  for (int i = 0; i < 8; ++i) p.step(1, i < 4 ? 1.0 : 3.0);
+  p.finish("val dice 0.5");
+  std::string text = plain.str();
+  CHECK(std::count(text.begin(), text.end(), '\n') == 4);  // at 1/4, 2/4, 3/4, then the final line
+  CHECK(contains(text, "epoch 1 train 2/8 loss 1.0000"));
+  CHECK(contains(text, "epoch 1 train 8/8 loss 2.0000"));
+  CHECK(contains(text, "img/s"));
+  CHECK(contains(text, "ETA"));
+  CHECK(contains(text, "val dice 0.5\n"));
+  CHECK(p.mean_loss() == 2.0);
+
+  std::ostringstream bar;
+  Progress q("val", 2, bar, true);
+  q.step(2, 0.5);
+  q.finish();
+  CHECK(contains(bar.str(), "\r[##############################] val 2/2"));
+  CHECK(format_duration(3725) == "1:02:05");
+  CHECK(format_duration(65) == "01:05");
+}
+
+TEST_CASE("training log: CSV and SVG curves written") {
+  TempDir dir;
+  TrainingLog log({"epoch", "train_loss", "val_loss", "val_dice"});
+  log.add({1, 0.9, 0.8, 0.25});
+  log.add({2, 0.5, std::nan(""), 0.5});
+  log.add({3, 0.25, 0.375, 0.625});
+  CHECK(log.csv() == "epoch,train_loss,val_loss,val_dice\n1,0.9,0.8,0.25\n2,0.5,nan,0.5\n3,0.25,0.375,0.625\n");
+  log.write_csv(dir / "log.csv");
+  std::ifstream in(dir / "log.csv");
+  std::string csv((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  CHECK(csv == log.csv());
+  log.write_svg(dir / "curves.svg", "seg <mit_b2>", {"train_loss", "val_loss"}, {"val_dice"});
+  std::ifstream svg_in(dir / "curves.svg");
+  std::string svg((std::istreambuf_iterator<char>(svg_in)), std::istreambuf_iterator<char>());
+  CHECK(svg.starts_with("<?xml"));
+  CHECK(contains(svg, "seg &lt;mit_b2&gt;"));
+  CHECK(contains(svg, ">val_dice</text>"));
+  CHECK(contains(svg, "</svg>\n"));
+  // val_loss has a NaN at epoch 2: its line breaks into two runs; 4 polylines in all.
+  size_t polylines = 0;
+  for (size_t at = svg.find("<polyline"); at != std::string::npos; at = svg.find("<polyline", at + 1)) ++polylines;
+  CHECK(polylines == 4);
+  CHECK(contains(error_of([&] { log.add({1, 2}); }), "a row of 2 values for 4 columns"));
+}
+
+TEST_CASE("BUSI: near-duplicates grouped, benign (433) and malignant (145) on one side") {
+  const char* env = std::getenv("SONO_BUSI_DIR");
+  fs::path root = env ? fs::path(env) : fs::path(SONO_SOURCE_DIR) / ".." / "shared" / "busi";
+  if (fs::exists(root / "Dataset_BUSI_with_GT")) root /= "Dataset_BUSI_with_GT";
+  if (!fs::exists(root / "benign")) {
+    MESSAGE("BUSI not found at " << root << ": skipped (set SONO_BUSI_DIR)");
+    return;
+  }
+  Dataset d = scan_dataset(root);
+  CHECK(d.layout == Layout::busi);
+  CHECK(d.classes == std::vector<std::string>{"benign", "malignant", "normal"});
+  SampleCache cache(d, 32, 2);  // small: only the hashes are needed here
+  auto find = [&](const std::string& name) {
+    for (size_t i = 0; i < d.samples.size(); ++i)
+      if (d.samples[i].name == name) return i;
+    FAIL("no sample " << name);
+    return size_t(0);
+  };
+  size_t a = find("benign/benign (433)"), b = find("malignant/malignant (145)");
+  CHECK(hamming_distance(cache.hashes()[a], cache.hashes()[b]) <= 2);
+  for (uint64_t seed = 0; seed < 5; ++seed) {
+    Split s = split_dataset(d, cache.hashes(), {.val_fraction = 0.2, .seed = seed});
+    CHECK(s.group[a] == s.group[b]);
+    bool a_val = std::binary_search(s.val.begin(), s.val.end(), a);
+    CHECK(a_val == std::binary_search(s.val.begin(), s.val.end(), b));
+    CHECK(double(s.val.size()) == doctest::Approx(0.2 * d.samples.size()).epsilon(0.05));
+    if (seed == 0) MESSAGE(d.summary() << "\n" << s.summary(d));
+  }
+}

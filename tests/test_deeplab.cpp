@@ -1,0 +1,375 @@
+// DeepLabV3+ on MiT against segmentation_models_pytorch 0.6: parameter counts, names and shapes,
+// initialisation, forward (train and eval), loss, gradient and BN running-stat parity with
+// goldens from tests/reference/deeplab_goldens.py, checkpoint round trips and clear errors.
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "helpers.h"
+#include "layers/safetensors.h"
+#include "models/deeplabv3plus.h"
+
+using namespace sono;
+using namespace sono::models;
+namespace fs = std::filesystem;
+
+namespace {
+
+// The committed golden's configuration (TINY / TINY_DECODER in deeplab_goldens.py).
+DeepLabV3PlusConfig tiny_config(double drop_path_rate = 0.0) {
+  DeepLabV3PlusConfig c;
+  c.encoder = {.dims = {4, 8, 12, 16}, .heads = {1, 2, 3, 4}, .depths = {1, 2, 1, 1},
+               .drop_path_rate = drop_path_rate, .output_stride = 16};
+  c.decoder_channels = 8;
+  c.atrous_rates = {2, 4, 6};
+  c.aspp_dropout = 0.0;
+  return c;
+}
+
+// smp's model with our defaults except randomness: the goldens run without dropout and drop path.
+DeepLabV3PlusConfig variant_config(const std::string& variant) {
+  DeepLabV3PlusConfig c = deeplabv3plus_config(variant, {.in_channels = 3, .num_classes = 1});
+  c.aspp_dropout = 0.0;
+  return c;
+}
+
+// The goldens' input: x[i] = sin(0.37 i) + 0.5 cos(0.0021 i) over the NHWC flat index.
+Tensor formula_input(const Shape& nhwc, DType dtype) {
+  std::vector<double> v(shape_numel(nhwc));
+  for (size_t i = 0; i < v.size(); ++i) v[i] = std::sin(0.37 * i) + 0.5 * std::cos(0.0021 * i);
+  return Tensor::from_vector(v, nhwc, dtype);
+}
+
+// The goldens' target: sample n is a disc of radius H/4 centred at (0.4 H + 5n, 0.55 W - 3n).
+Tensor formula_target(int64_t n, int64_t h, int64_t w, DType dtype) {
+  std::vector<double> v;
+  for (int64_t s = 0; s < n; ++s)
+    for (int64_t y = 0; y < h; ++y)
+      for (int64_t x = 0; x < w; ++x) {
+        const double cy = 0.4 * h + 5 * s, cx = 0.55 * w - 3 * s, r = h / 4.0;
+        v.push_back((y - cy) * (y - cy) + (x - cx) * (x - cx) < r * r ? 1.0 : 0.0);
+      }
+  return Tensor::from_vector(v, {n, h, w, 1}, dtype);
+}
+
+double max_abs(const Tensor& t) {
+  double m = 0;
+  for (double v : t.to_vector()) m = std::max(m, std::abs(v));
+  return m;
+}
+
+double rms(const Tensor& t) {
+  double ss = 0;
+  for (double v : t.to_vector()) ss += v * v;
+  return std::sqrt(ss / static_cast<double>(t.numel()));
+}
+
+struct Run {
+  Tensor out_train, out_eval, loss;
+};
+
+// As run() in deeplab_goldens.py: train forward, BCE + Dice, backward; then eval forward.
+Run run(DeepLabV3Plus& model, const Tensor& x) {
+  const Tensor target = formula_target(x.size(0), x.size(1), x.size(2), x.dtype());
+  model.zero_grad();
+  model.train();
+  Run r;
+  r.out_train = model(x);
+  r.loss = add(bce_with_logits(r.out_train, target), soft_dice_loss(r.out_train, target, 1.0));
+  r.loss.backward();
+  model.eval();
+  autograd::NoGradGuard no_grad;
+  r.out_eval = model(x);
+  return r;
+}
+
+// Worst of max|ours - ref| / max|ref| over the entries named prefix + name.
+std::pair<std::string, double> worst_error(const nn::NamedTensors& ours, const nn::StateDict& ref,
+                                           const std::string& prefix) {
+  std::pair<std::string, double> worst{"", 0.0};
+  for (auto& [name, t] : ours) {
+    auto it = ref.find(prefix + name);
+    if (it == ref.end()) continue;  // num_batches_tracked
+    INFO(prefix << name);
+    REQUIRE(t.defined());
+    const double err = test::max_abs_diff(t, it->second) / std::max(max_abs(it->second), 1e-30);
+    if (err > worst.second) worst = {name, err};
+  }
+  return worst;
+}
+
+struct Tolerance {
+  double out, grad, running;  // absolute on outputs and loss; relative on gradients, running stats
+};
+
+// Runs `model` (holding the reference parameters) as the golden script did and checks every figure.
+void expect_parity(DeepLabV3Plus& model, const Tensor& x, const nn::StateDict& ref, Tolerance tol) {
+  Run r = run(model, x);
+  nn::NamedTensors grads;
+  for (auto& [name, p] : model.named_parameters()) grads.emplace_back(name, p.grad());
+  const double out_train = test::max_abs_diff(r.out_train, ref.at("out_train"));
+  const double out_eval = test::max_abs_diff(r.out_eval, ref.at("out_eval"));
+  const double loss = std::abs(r.loss.item() - ref.at("loss").item());
+  const auto grad = worst_error(grads, ref, "grad."), running = worst_error(model.named_buffers(), ref, "running.");
+  MESSAGE("out train max abs err " << out_train << ", out eval " << out_eval << ", loss " << loss
+                                   << ", worst gradient rel err " << grad.second << " (" << grad.first
+                                   << "), worst running-stat rel err " << running.second << " (" << running.first << ")");
+  CHECK(out_train < tol.out);
+  CHECK(out_eval < tol.out);
+  CHECK(loss < tol.out);
+  CHECK(grad.second < tol.grad);
+  CHECK(running.second < tol.running);
+}
+
+struct TinyGolden {
+  nn::StateDict weights = nn::load_safetensors(test::source_path("tests/golden/deeplab_tiny_weights.safetensors")).tensors;
+  nn::StateDict ref = [] {
+    nn::StateDict r = nn::load_safetensors(test::source_path("tests/golden/deeplab_tiny_train.safetensors")).tensors;
+    r["out_eval"] = nn::load_safetensors(test::source_path("tests/golden/deeplab_tiny_eval.safetensors")).tensors.at("out_eval");
+    return r;
+  }();
+  Shape input_shape{2, 64, 48, 3};
+};
+
+std::shared_ptr<DeepLabV3Plus> tiny_model(const TinyGolden& g, DType dtype, double drop_path_rate = 0.0) {
+  auto model = std::make_shared<DeepLabV3Plus>(tiny_config(drop_path_rate));
+  model->to(dtype);
+  model->load_state_dict(g.weights);
+  return model;
+}
+
+// Lines "<key> <d0,d1,...>" (a scalar has an empty shape) in smp's state_dict order.
+std::vector<std::pair<std::string, std::string>> smp_keys() {
+  std::ifstream in(test::source_path("tests/golden/deeplab_mit_b2_keys.txt"));
+  REQUIRE(in);
+  std::vector<std::pair<std::string, std::string>> keys;
+  for (std::string line; std::getline(in, line);) {
+    const size_t space = line.find(' ');
+    keys.emplace_back(line.substr(0, space), line.substr(space + 1));
+  }
+  return keys;
+}
+
+std::string dims(const Shape& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? "," : "") + std::to_string(s[i]);
+  return out;
+}
+
+bool is_buffer(const std::string& key) {
+  return key.ends_with("running_mean") || key.ends_with("running_var") || key.ends_with("num_batches_tracked");
+}
+
+// Goldens too big to commit, written by `deeplab_goldens.py --full DIR`; tests skip without them.
+std::string ref_golden(const std::string& name) {
+  const char* dir = std::getenv("SONO_REF_GOLDENS");
+  return std::string(dir ? dir : "/work/ref-goldens") + "/" + name;
+}
+
+}  // namespace
+
+TEST_CASE("parameter counts equal smp's DeepLabV3Plus for every MiT variant") {
+  const std::map<std::string, int64_t> smp_counts = {
+      {"mit_b0", 4'136'049},   {"mit_b1", 14'304'209}, {"mit_b2", 25'349'073},
+      {"mit_b3", 45'224'913}, {"mit_b4", 61'995'473}, {"mit_b5", 82'595'793}};
+  for (const ModelEntry& e : deeplab_mit_variants()) {
+    INFO(e.name);
+    CHECK(e.task == Task::segmentation);
+    CHECK(e.build({.in_channels = 3, .num_classes = 1})->num_parameters() == smp_counts.at(e.name));
+  }
+  CHECK(create_model("mit_b2", {.in_channels = 1, .num_classes = 3})->num_parameters() == 25'343'315);
+}
+
+TEST_CASE("mit_b2: parameter and buffer names, order and shapes equal smp's state_dict") {
+  auto model = create_model("mit_b2", {.in_channels = 3, .num_classes = 1});
+  std::vector<std::pair<std::string, std::string>> params, buffers;
+  for (auto& [key, shape] : smp_keys()) (is_buffer(key) ? buffers : params).emplace_back(key, shape);
+  for (auto [ours, expected] : {std::pair{model->named_parameters(), params}, {model->named_buffers(), buffers}}) {
+    REQUIRE(ours.size() == expected.size());
+    for (size_t i = 0; i < ours.size(); ++i) {
+      CHECK(ours[i].first == expected[i].first);
+      CHECK(dims(ours[i].second.shape()) == expected[i].second);
+    }
+  }
+  CHECK(params.size() + buffers.size() == 393);
+}
+
+TEST_CASE("initialisation as smp: MiT trunc_normal / fan-out normal, decoder and head torch defaults") {
+  manual_seed(3);
+  auto model = create_model("mit_b0", {.in_channels = 3, .num_classes = 1});
+  for (auto& [name, p] : model->named_parameters()) {
+    INFO(name);
+    const bool encoder = name.starts_with("encoder."), large = p.numel() >= 4096;
+    if (p.dim() == 1 && encoder) {
+      CHECK(max_abs(add(p, name.ends_with(".weight") ? -1.0 : 0.0)) == 0);  // biases 0, LayerNorm 1/0
+    } else if (p.dim() == 2 && large) {
+      CHECK(rms(p) == doctest::Approx(0.02).epsilon(0.05));  // Linear: trunc_normal(std 0.02)
+    } else if (p.dim() == 4 && encoder && large) {
+      const bool depthwise = p.size(1) == 1;
+      const double fan_out = static_cast<double>(p.size(2) * p.size(3) * (depthwise ? 1 : p.size(0)));
+      CHECK(rms(p) == doctest::Approx(std::sqrt(2.0 / fan_out)).epsilon(0.05));
+    } else if (p.dim() == 4 && large) {
+      const double bound = 1.0 / std::sqrt(static_cast<double>(p.size(1) * p.size(2) * p.size(3)));
+      CHECK(max_abs(p) <= bound);
+      CHECK(rms(p) == doctest::Approx(bound / std::sqrt(3.0)).epsilon(0.05));  // U(-bound, bound)
+    }
+  }
+  // The head's bias is torch's default U(+-1/sqrt(256)), not zero: smp 0.6 never calls initialize().
+  const Tensor head_bias = model->state_dict().at("segmentation_head.0.bias");
+  CHECK(max_abs(head_bias) > 0);
+  CHECK(max_abs(head_bias) <= 1.0 / 16);
+
+  // in_channels != 3: smp re-creates the first conv with torch's default init, bias included.
+  auto gray = create_model("mit_b0", {.in_channels = 1, .num_classes = 1});
+  const nn::StateDict s = gray->state_dict();
+  CHECK(s.at("encoder.patch_embed1.proj.weight").shape() == Shape{32, 1, 7, 7});
+  CHECK(max_abs(s.at("encoder.patch_embed1.proj.weight")) <= 1.0 / 7);
+  CHECK(rms(s.at("encoder.patch_embed1.proj.weight")) == doctest::Approx(1.0 / 7 / std::sqrt(3.0)).epsilon(0.1));
+  CHECK(max_abs(s.at("encoder.patch_embed1.proj.bias")) > 0);
+}
+
+TEST_CASE("tiny config: float64 outputs, loss, gradients and running stats equal smp's to 1e-10") {
+  TinyGolden g;
+  auto model = tiny_model(g, DType::f64);
+  // The reference gradients are stored as float32 (relative precision 6e-8).
+  expect_parity(*model, formula_input(g.input_shape, DType::f64), g.ref, {1e-10, 1e-6, 1e-10});
+}
+
+TEST_CASE("tiny config: float32 outputs within 1e-4, gradients within 1e-3 relative") {
+  TinyGolden g;
+  auto model = tiny_model(g, DType::f32);
+  expect_parity(*model, formula_input(g.input_shape, DType::f32), g.ref, {1e-4, 1e-3, 1e-4});
+  for (auto& [name, t] : model->named_buffers())
+    if (name.ends_with("num_batches_tracked")) CHECK(t.item() == 1);
+}
+
+TEST_CASE("drop path acts in training only") {
+  TinyGolden g;
+  auto plain = tiny_model(g, DType::f64), dropping = tiny_model(g, DType::f64, 0.9);
+  const Tensor x = formula_input(g.input_shape, DType::f64);
+  autograd::NoGradGuard no_grad;
+  plain->eval();
+  dropping->eval();
+  CHECK(test::max_abs_diff((*plain)(x), (*dropping)(x)) == 0);
+  plain->train();
+  dropping->train();
+  CHECK(test::max_abs_diff((*plain)(x), (*dropping)(x)) > 1e-3);
+}
+
+TEST_CASE("training with batch 1 is refused with a clear message; eval with batch 1 works") {
+  TinyGolden g;
+  auto model = tiny_model(g, DType::f32);
+  const Tensor one = formula_input({1, 64, 48, 3}, DType::f32);
+  CHECK_THROWS_WITH_AS((*model)(one), doctest::Contains("training needs a batch of at least 2"), Error);
+  model->eval();
+  const Tensor out = (*model)(one);
+  CHECK(out.shape() == Shape{1, 64, 48, 1});
+  for (double v : out.to_vector()) REQUIRE(std::isfinite(v));
+  CHECK_THROWS_WITH_AS((*model)(formula_input({1, 72, 48, 3}, DType::f32)),
+                       doctest::Contains("must be multiples of 16; pad the images to 80x48"), Error);
+}
+
+TEST_CASE("registry builds DeepLabV3+ for mit_b0..mit_b5 with any input channels and classes") {
+  CHECK(find_model("mit_b5").task == Task::segmentation);
+  auto model = create_model("mit_b0", {.in_channels = 1, .num_classes = 2});
+  model->eval();
+  autograd::NoGradGuard no_grad;
+  CHECK((*model)(Tensor::zeros({1, 32, 48, 1})).shape() == Shape{1, 32, 48, 2});
+  CHECK_THROWS_WITH_AS((*model)(Tensor::zeros({1, 32, 48, 3})), doctest::Contains("[N, H, W, 1], got [1, 32, 48, 3]"), Error);
+  CHECK_THROWS_WITH_AS(mit_config("mit_b7"), doctest::Contains("known: mit_b0 .. mit_b5"), Error);
+}
+
+TEST_CASE("a checkpoint we write loads back and gives the same output; smp reads it too") {
+  manual_seed(17);
+  auto model = create_model("mit_b0", {.in_channels = 3, .num_classes = 1});
+  const Tensor x = formula_input({2, 64, 64, 3}, DType::f32);
+  autograd::NoGradGuard no_grad;
+  (*model)(x);  // a train-mode forward, so that the running stats are not the defaults
+  model->eval();
+  const Tensor out = (*model)(x);
+
+  // Beside the build, for `deeplab_goldens.py --check-ours <build dir>` to load into smp.
+  const std::string dir = SONO_BINARY_DIR;
+  nn::save_safetensors(dir + "/deeplab_ours_state.safetensors", model->state_dict(), {{"arch", "mit_b0"}});
+  nn::save_safetensors(dir + "/deeplab_ours_io.safetensors", {{"input", x}, {"output", out}});
+  auto reloaded = create_model("mit_b0", {.in_channels = 3, .num_classes = 1});
+  reloaded->load_state_dict(nn::load_safetensors(dir + "/deeplab_ours_state.safetensors").tensors);
+  reloaded->eval();
+  CHECK(test::max_abs_diff((*reloaded)(x), out) == 0);
+}
+
+TEST_CASE("a checkpoint of another variant or input width is refused naming the key and both shapes") {
+  auto b0 = create_model("mit_b0", {.in_channels = 3, .num_classes = 1});
+  auto b2 = create_model("mit_b2", {.in_channels = 3, .num_classes = 1});
+  auto b0_gray = create_model("mit_b0", {.in_channels = 1, .num_classes = 1});
+  CHECK_THROWS_WITH_AS(
+      b2->load_state_dict(b0->state_dict()),
+      doctest::Contains("'decoder.aspp.0.convs.0.0.weight' has shape [256, 256, 1, 1] but the model expects [256, 512, 1, 1]"),
+      Error);
+  CHECK_THROWS_WITH_AS(
+      b0->load_state_dict(b0_gray->state_dict()),
+      doctest::Contains("'encoder.patch_embed1.proj.weight' has shape [32, 1, 7, 7] but the model expects [32, 3, 7, 7]"),
+      Error);
+}
+
+TEST_CASE("pretrained RGB MiT weights load into a 1-channel encoder as smp adapts them") {
+  TinyGolden g;
+  // An smp ImageNet checkpoint: encoder keys without the prefix, plus the classifier smp drops.
+  nn::StateDict pretrained;
+  for (auto& [k, v] : g.weights)
+    if (k.starts_with("encoder.")) pretrained[k.substr(8)] = v;
+  pretrained["head.weight"] = Tensor::zeros({1000, 16});
+  pretrained["head.bias"] = Tensor::zeros({1000});
+  DeepLabV3PlusConfig c = tiny_config();
+  c.encoder.in_channels = 1;
+  DeepLabV3Plus model(c);
+  load_pretrained(model.encoder(), pretrained, mit_pretrained_layout());
+  for (auto& [name, t] : model.encoder().state_dict()) {
+    INFO(name);
+    const Tensor& rgb = pretrained.at(name);
+    // smp's patch_first_conv for one channel: the sum over RGB.
+    if (name == "patch_embed1.proj.weight") CHECK(test::max_abs_diff(t, sum(rgb, {1}, true)) < 1e-7);
+    else CHECK(test::max_abs_diff(t, rgb) == 0);
+  }
+}
+
+namespace {
+
+// Full-size parity against `deeplab_goldens.py --full` goldens (outside the repo).
+void full_size_parity(const std::string& variant, DType dtype, Tolerance tol) {
+  const std::string weights = ref_golden("deeplab_" + variant + "_weights.safetensors");
+  if (!fs::exists(weights)) {
+    MESSAGE("skipped: run tests/reference/deeplab_goldens.py --full /work/ref-goldens to write " << weights);
+    return;
+  }
+  nn::SafetensorsFile w = nn::load_safetensors(weights);
+  DeepLabV3Plus model(variant_config(variant));
+  model.to(dtype);
+  model.load_state_dict(w.tensors);
+  const Shape shape{std::stoll(w.metadata.at("batch")), std::stoll(w.metadata.at("height")),
+                    std::stoll(w.metadata.at("width")), 3};
+  for (const std::string ref_dtype : {"f32", "f64"}) {
+    const std::string ref_path = ref_golden("deeplab_" + variant + "_" + ref_dtype + ".safetensors");
+    if (!fs::exists(ref_path) || (dtype == DType::f64 && ref_dtype == "f32")) continue;
+    MESSAGE(variant << " " << shape_str(shape) << ": ours " << dtype_name(dtype) << " against torch " << ref_dtype);
+    model.load_state_dict(w.tensors);  // the running stats as they were before the train forward
+    expect_parity(model, formula_input(shape, dtype), nn::load_safetensors(ref_path).tensors, tol);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("mit_b0 at 64x64, batch 2: float32 and float64 parity with smp") {
+  full_size_parity("mit_b0", DType::f32, {1e-4, 1e-3, 1e-4});
+  full_size_parity("mit_b0", DType::f64, {1e-10, 1e-10, 1e-10});
+}
+
+TEST_CASE("mit_b2 at 256x256, batch 2: float32 parity with smp (SONO_FULL_PARITY=1)") {
+  if (!std::getenv("SONO_FULL_PARITY")) {
+    MESSAGE("skipped: set SONO_FULL_PARITY=1 (minutes of CPU)");
+    return;
+  }
+  full_size_parity("mit_b2", DType::f32, {1e-4, 1e-3, 1e-4});
+}

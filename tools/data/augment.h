@@ -1,0 +1,46 @@
+#pragma once
+// Training augmentation applied identically to an image and its mask: flips, 90-degree
+// rotations and a small affine (one resampling pass: bilinear for the image, nearest for the
+// mask, zero outside), then brightness/contrast jitter on the image only.
+#include "tensor/random.h"
+#include "tools/data/image.h"
+
+namespace sono::data {
+
+struct AugmentOptions {
+  double hflip = 0.5;          // probability of a horizontal flip
+  double vflip = 0.5;          // probability of a vertical flip
+  bool rotate90 = true;        // a random multiple of 90 degrees; square images only
+  double rotate_degrees = 10;  // uniform in [-r, r]
+  double scale_min = 0.9, scale_max = 1.1;
+  double translate = 0.05;  // per axis, uniform in [-t, t] times the side
+  double brightness = 0.1;  // added, uniform in [-b, b] (images are 0..1)
+  double contrast = 0.1;    // factor 1 + uniform in [-c, c]
+
+  static AugmentOptions none();
+};
+
+// Output pixel (x, y) samples the source at (a x + b y + c, d x + e y + f).
+struct Affine {
+  double a = 1, b = 0, c = 0, d = 0, e = 1, f = 0;
+};
+
+// One random draw of the geometric part, as the output-to-source map of a size (h, w) image;
+// the transform acts about the image centre. The draw consumes the same random numbers
+// whatever the options, so turning one option off does not change the others' draws.
+Affine draw_geometry(const AugmentOptions& options, int height, int width, Generator& gen);
+
+// Resamples image and mask through `map` into images of the same size.
+void warp(const Image& image, const Mask& mask, const Affine& map, Image& out_image, Mask& out_mask);
+
+struct Photometric {
+  double brightness = 0, contrast = 1;
+};
+Photometric draw_photometric(const AugmentOptions& options, Generator& gen);
+// v -> clamp(contrast * v + brightness, 0, 1), as albumentations' RandomBrightnessContrast.
+void apply_photometric(Image& image, const Photometric& p);
+
+// The whole chain: geometry, then photometric jitter.
+void augment(Image& image, Mask& mask, const AugmentOptions& options, Generator& gen);
+
+}  // namespace sono::data

@@ -1,0 +1,39 @@
+#include "tools/data/cache.h"
+
+#include <algorithm>
+
+#include "tensor/error.h"
+#include "tools/data/split.h"
+
+namespace sono::data {
+
+SampleCache::SampleCache(Dataset dataset, int size, int threads)
+    : dataset_(std::move(dataset)), size_(size) {
+  SONO_CHECK(size > 0, "image size must be positive, got ", size);
+  size_t n = dataset_.samples.size();
+  pixels_.resize(n);
+  masks_.resize(n);
+  hashes_.resize(n);
+  original_sizes_.resize(n);
+  parallel_for(n, threads, [&](size_t i) {
+    const Sample& s = dataset_.samples[i];
+    Image image = load_image(s.image);
+    Mask mask = s.masks.empty() ? Mask(image.height, image.width) : load_mask(s.masks);
+    if (!s.masks.empty())
+      check_mask_size(s.masks[0], {mask.height, mask.width}, s.image, {image.height, image.width});
+    hashes_[i] = perceptual_hash(image);
+    original_sizes_[i] = {image.height, image.width};
+    Image small = resize_bilinear(image, size, size);
+    pixels_[i].resize(small.pixels.size());
+    std::transform(small.pixels.begin(), small.pixels.end(), pixels_[i].begin(), to_byte);
+    masks_[i] = resize_nearest(mask, size, size);
+  });
+}
+
+Image SampleCache::image(size_t i) const {
+  Image out(size_, size_, 3);
+  std::transform(pixels_[i].begin(), pixels_[i].end(), out.pixels.begin(), [](uint8_t v) { return v / 255.0f; });
+  return out;
+}
+
+}  // namespace sono::data

@@ -1,0 +1,292 @@
+#include "tools/data/image.h"
+
+#include <stb_image.h>
+#include <stb_image_write.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <memory>
+#include <string>
+
+#include "tensor/error.h"
+#include "tools/data/atomic_file.h"
+
+namespace sono::data {
+
+Image::Image(int height, int width, int channels, float fill)
+    : height(height), width(width), channels(channels),
+      pixels(static_cast<size_t>(height) * width * channels, fill) {}
+
+Mask::Mask(int height, int width, uint8_t fill)
+    : height(height), width(width), values(static_cast<size_t>(height) * width, fill) {}
+
+size_t Mask::lesion_pixels() const { return std::count(values.begin(), values.end(), uint8_t{1}); }
+
+namespace {
+
+std::string read_bytes(const fs::path& file) {
+  std::error_code ec;
+  if (!fs::exists(file, ec)) fail("image file '", file.string(), "' does not exist");
+  if (fs::is_directory(file, ec)) fail("'", file.string(), "' is a folder, not an image file");
+  std::ifstream in(file, std::ios::binary);
+  if (!in) fail("cannot open image file '", file.string(), "': ", std::strerror(errno));
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) fail("cannot read image file '", file.string(), "'");
+  if (bytes.empty()) fail("image file '", file.string(), "' is empty");
+  return bytes;
+}
+
+bool ends_with(const std::string& bytes, std::string_view tail) {
+  return bytes.size() >= tail.size() &&
+         std::equal(tail.rbegin(), tail.rend(), bytes.rbegin());
+}
+
+// stb rejects most cut-off files, but with a terse reason ("outofdata", "expected marker", or
+// none at all when a PNG lacks its end chunk) and accepts a PNG cut inside its end chunk. So a
+// file must first end the way its format ends: PNG with the IEND chunk, JPEG with the EOI
+// marker (some writers pad after it, so look near the end).
+void check_not_truncated(const std::string& bytes, const fs::path& file) {
+  static const std::string png_signature = "\x89PNG\r\n\x1a\n";
+  static const std::string png_end("\0\0\0\0IEND\xae\x42\x60\x82", 12);
+  bool is_png = bytes.compare(0, png_signature.size(), png_signature) == 0;
+  bool is_jpeg = bytes.size() >= 2 && bytes[0] == '\xff' && bytes[1] == '\xd8';
+  bool truncated = false;
+  if (is_png) truncated = !ends_with(bytes, png_end);
+  if (is_jpeg) {
+    size_t from = bytes.size() > 4096 ? bytes.size() - 4096 : 0;
+    truncated = bytes.find("\xff\xd9", from) == std::string::npos;
+  }
+  if (truncated) fail("image file '", file.string(), "' is truncated (its end marker is missing)");
+}
+
+using StbPixels = std::unique_ptr<void, void (*)(void*)>;
+
+// A decoded file in its own channel count and bit depth.
+struct Decoded {
+  int height = 0, width = 0, channels = 0;
+  bool sixteen_bit = false;
+  StbPixels data{nullptr, stbi_image_free};
+
+  // Sample as 0..1.
+  float value(size_t pixel, int channel) const {
+    size_t i = pixel * channels + channel;
+    return sixteen_bit ? static_cast<const uint16_t*>(data.get())[i] / 65535.0f
+                       : static_cast<const uint8_t*>(data.get())[i] / 255.0f;
+  }
+  int colour_channels() const { return channels >= 3 ? 3 : 1; }  // alpha excluded
+};
+
+Decoded decode(const fs::path& file) {
+  std::string bytes = read_bytes(file);
+  check_not_truncated(bytes, file);
+  auto* buffer = reinterpret_cast<const stbi_uc*>(bytes.data());
+  int size = static_cast<int>(bytes.size());
+  Decoded d;
+  d.sixteen_bit = stbi_is_16_bit_from_memory(buffer, size);
+  void* pixels = d.sixteen_bit
+                     ? static_cast<void*>(stbi_load_16_from_memory(buffer, size, &d.width, &d.height, &d.channels, 0))
+                     : static_cast<void*>(stbi_load_from_memory(buffer, size, &d.width, &d.height, &d.channels, 0));
+  if (!pixels) fail("cannot decode image file '", file.string(), "': ", stbi_failure_reason());
+  d.data.reset(pixels);
+  return d;
+}
+
+}  // namespace
+
+uint8_t to_byte(float v) { return static_cast<uint8_t>(std::lround(std::clamp(v, 0.0f, 1.0f) * 255.0f)); }
+
+void check_mask_size(const fs::path& mask, ImageSize mask_size, const fs::path& image, ImageSize image_size) {
+  if (!(mask_size == image_size))
+    fail("mask '", mask.string(), "' is ", mask_size.width, "x", mask_size.height, " but its image '",
+         image.string(), "' is ", image_size.width, "x", image_size.height);
+}
+
+ImageSize read_image_size(const fs::path& file) {
+  std::error_code ec;
+  if (!fs::exists(file, ec)) fail("image file '", file.string(), "' does not exist");
+  int width = 0, height = 0, channels = 0;
+  if (!stbi_info(file.c_str(), &width, &height, &channels))
+    fail("cannot read the header of image file '", file.string(), "': ", stbi_failure_reason());
+  return {height, width};
+}
+
+Image load_image(const fs::path& file) {
+  Decoded d = decode(file);
+  Image image(d.height, d.width, 3);
+  size_t n = static_cast<size_t>(d.height) * d.width;
+  bool grey = d.colour_channels() == 1;
+  for (size_t p = 0; p < n; ++p)
+    for (int c = 0; c < 3; ++c) image.pixels[p * 3 + c] = d.value(p, grey ? 0 : c);
+  return image;
+}
+
+Mask load_mask(const std::vector<fs::path>& files) {
+  SONO_CHECK(!files.empty(), "load_mask: no mask files given");
+  Mask mask;
+  for (const fs::path& file : files) {
+    Decoded d = decode(file);
+    if (mask.values.empty()) mask = Mask(d.height, d.width);
+    if (d.height != mask.height || d.width != mask.width)
+      fail("mask file '", file.string(), "' is ", d.width, "x", d.height, " but '", files[0].string(),
+           "' is ", mask.width, "x", mask.height, ": masks of one image must have one size");
+    size_t n = mask.values.size();
+    for (size_t p = 0; p < n; ++p)
+      for (int c = 0; c < d.colour_channels(); ++c)
+        if (d.value(p, c) > 0) mask.values[p] = 1;
+  }
+  return mask;
+}
+
+Image to_grey(const Image& image) {
+  if (image.channels == 1) return image;
+  SONO_CHECK(image.channels == 3, "to_grey: expected 1 or 3 channels, got ", image.channels);
+  Image grey(image.height, image.width, 1);
+  for (size_t p = 0; p < grey.pixels.size(); ++p) {
+    const float* rgb = &image.pixels[p * 3];
+    grey.pixels[p] = 0.299f * rgb[0] + 0.587f * rgb[1] + 0.114f * rgb[2];
+  }
+  return grey;
+}
+
+namespace {
+
+// For each output position along one axis, the input positions and normalised weights of
+// the triangle filter (support widened by the shrink factor, as PIL).
+struct AxisWeights {
+  std::vector<int> first;             // first input index per output
+  std::vector<std::vector<float>> w;  // weights for first, first+1, ...
+};
+
+AxisWeights triangle_weights(int in_size, int out_size) {
+  double scale = static_cast<double>(in_size) / out_size;
+  double filter_scale = std::max(scale, 1.0);
+  double support = filter_scale;  // the triangle's half-width is 1 input pixel, widened
+  AxisWeights a;
+  a.first.resize(out_size);
+  a.w.resize(out_size);
+  for (int o = 0; o < out_size; ++o) {
+    double centre = (o + 0.5) * scale;
+    int lo = std::max(static_cast<int>(centre - support + 0.5), 0);
+    int hi = std::min(static_cast<int>(centre + support + 0.5), in_size);
+    double total = 0;
+    std::vector<double> w;
+    for (int i = lo; i < hi; ++i) {
+      double t = std::abs((i + 0.5 - centre) / filter_scale);
+      w.push_back(t < 1 ? 1 - t : 0);
+      total += w.back();
+    }
+    a.first[o] = lo;
+    for (double v : w) a.w[o].push_back(static_cast<float>(total > 0 ? v / total : 0));
+  }
+  return a;
+}
+
+}  // namespace
+
+Image resize_bilinear(const Image& image, int height, int width) {
+  SONO_CHECK(height > 0 && width > 0 && image.height > 0 && image.width > 0,
+             "resize_bilinear: cannot resize ", image.width, "x", image.height, " to ", width, "x", height);
+  const int ch = image.channels;
+  AxisWeights wx = triangle_weights(image.width, width), wy = triangle_weights(image.height, height);
+  Image rows(image.height, width, ch);  // horizontal pass
+  for (int y = 0; y < image.height; ++y)
+    for (int x = 0; x < width; ++x)
+      for (size_t k = 0; k < wx.w[x].size(); ++k)
+        for (int c = 0; c < ch; ++c) rows.at(y, x, c) += wx.w[x][k] * image.at(y, wx.first[x] + int(k), c);
+  Image out(height, width, ch);  // vertical pass
+  for (int y = 0; y < height; ++y)
+    for (size_t k = 0; k < wy.w[y].size(); ++k) {
+      const float* src = &rows.pixels[static_cast<size_t>(wy.first[y] + k) * width * ch];
+      float* dst = &out.pixels[static_cast<size_t>(y) * width * ch];
+      for (int i = 0; i < width * ch; ++i) dst[i] += wy.w[y][k] * src[i];
+    }
+  return out;
+}
+
+Mask resize_nearest(const Mask& mask, int height, int width) {
+  SONO_CHECK(height > 0 && width > 0 && mask.height > 0 && mask.width > 0,
+             "resize_nearest: cannot resize ", mask.width, "x", mask.height, " to ", width, "x", height);
+  auto source = [](int o, int in, int out) {
+    return std::min(static_cast<int>((o + 0.5) * in / out), in - 1);
+  };
+  Mask out(height, width);
+  for (int y = 0; y < height; ++y)
+    for (int x = 0; x < width; ++x)
+      out.at(y, x) = mask.at(source(y, mask.height, height), source(x, mask.width, width));
+  return out;
+}
+
+namespace {
+
+void append_bytes(void* context, void* data, int size) {
+  static_cast<std::string*>(context)->append(static_cast<const char*>(data), size);
+}
+
+void write_png(const fs::path& file, int height, int width, int channels, const uint8_t* pixels) {
+  std::string png;
+  if (!stbi_write_png_to_func(append_bytes, &png, width, height, channels, pixels, width * channels))
+    fail("cannot encode PNG for '", file.string(), "'");
+  write_file_atomic(file, png);
+}
+
+}  // namespace
+
+void save_image_png(const fs::path& file, const Image& image) {
+  SONO_CHECK(image.channels == 1 || image.channels == 3, "save_image_png: expected 1 or 3 channels, got ",
+             image.channels, " for '", file.string(), "'");
+  std::vector<uint8_t> bytes(image.pixels.size());
+  std::transform(image.pixels.begin(), image.pixels.end(), bytes.begin(), to_byte);
+  write_png(file, image.height, image.width, image.channels, bytes.data());
+}
+
+void save_mask_png(const fs::path& file, const Mask& mask) {
+  std::vector<uint8_t> bytes(mask.values.size());
+  std::transform(mask.values.begin(), mask.values.end(), bytes.begin(),
+                 [](uint8_t v) { return uint8_t(v ? 255 : 0); });
+  write_png(file, mask.height, mask.width, 1, bytes.data());
+}
+
+namespace {
+
+Image to_rgb(const Image& image) {
+  if (image.channels == 3) return image;
+  SONO_CHECK(image.channels == 1, "expected a 1- or 3-channel image, got ", image.channels, " channels");
+  Image rgb(image.height, image.width, 3);
+  for (size_t p = 0; p < image.pixels.size(); ++p)
+    for (int c = 0; c < 3; ++c) rgb.pixels[p * 3 + c] = image.pixels[p];
+  return rgb;
+}
+
+}  // namespace
+
+Image draw_outline(const Image& image, const Mask& mask, Rgb colour) {
+  SONO_CHECK(image.height == mask.height && image.width == mask.width, "draw_outline: image is ",
+             image.width, "x", image.height, " but mask is ", mask.width, "x", mask.height);
+  Image out = to_rgb(image);
+  const int radius = std::max(1, std::min(mask.height, mask.width) / 256);
+  // A lesion pixel lies on the outline when a background pixel (or the border) is within
+  // `radius` of it: the line sits inside the lesion and is `radius` pixels thick.
+  auto on_outline = [&](int y, int x) {
+    for (int dy = -radius; dy <= radius; ++dy)
+      for (int dx = -radius; dx <= radius; ++dx) {
+        int yy = y + dy, xx = x + dx;
+        if (yy < 0 || xx < 0 || yy >= mask.height || xx >= mask.width || !mask.at(yy, xx)) return true;
+      }
+    return false;
+  };
+  const float rgb[3] = {colour.r / 255.0f, colour.g / 255.0f, colour.b / 255.0f};
+  for (int y = 0; y < mask.height; ++y)
+    for (int x = 0; x < mask.width; ++x)
+      if (mask.at(y, x) && on_outline(y, x))
+        for (int c = 0; c < 3; ++c) out.at(y, x, c) = rgb[c];
+  return out;
+}
+
+void save_overlay_png(const fs::path& file, const Image& image, const Mask& mask, Rgb colour) {
+  save_image_png(file, draw_outline(image, mask, colour));
+}
+
+}  // namespace sono::data

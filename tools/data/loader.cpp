@@ -1,0 +1,123 @@
+#include "tools/data/loader.h"
+
+#include <algorithm>
+#include <numeric>
+
+#include "tensor/error.h"
+#include "tools/data/seeding.h"
+
+namespace sono::data {
+
+Batch make_batch(const SampleCache& cache, const std::vector<size_t>& samples, InputKind kind,
+                 const AugmentOptions* options, uint64_t seed, int epoch) {
+  const int64_t b = static_cast<int64_t>(samples.size()), s = cache.size(), channels = input_channels(kind);
+  Batch batch;
+  batch.images = Tensor::empty({b, s, s, channels});
+  batch.masks = Tensor::empty({b, s, s, 1});
+  batch.samples = samples;
+  std::vector<int64_t> labels;
+  float* images = batch.images.data<float>();
+  float* masks = batch.masks.data<float>();
+  for (size_t i = 0; i < samples.size(); ++i) {
+    Image image = cache.image(samples[i]);
+    Mask mask = cache.mask(samples[i]);
+    if (options) {
+      Generator gen(mix_seed({seed, static_cast<uint64_t>(epoch), samples[i]}));
+      augment(image, mask, *options, gen);
+    }
+    write_input(image, mask, kind, images + i * s * s * channels);
+    std::transform(mask.values.begin(), mask.values.end(), masks + i * s * s, [](uint8_t v) { return float(v); });
+    labels.push_back(cache.label(samples[i]));
+  }
+  batch.labels = Tensor::from_labels(labels);
+  return batch;
+}
+
+Loader::Loader(std::shared_ptr<const SampleCache> cache, std::vector<size_t> samples, LoaderOptions options)
+    : cache_(std::move(cache)), samples_(std::move(samples)), options_(options) {
+  SONO_CHECK(cache_, "Loader: no sample cache");
+  SONO_CHECK(options_.batch_size > 0, "batch size must be positive, got ", options_.batch_size);
+  SONO_CHECK(!samples_.empty(), "Loader: no samples to load");
+  for (size_t i : samples_) SONO_CHECK(i < cache_->count(), "Loader: sample ", i, " is not in the cache");
+  if (options_.drop_last)
+    SONO_CHECK(batches_per_epoch() > 0, "batch size ", options_.batch_size, " exceeds the ", samples_.size(),
+               " samples and drop_last leaves no batch");
+}
+
+Loader::~Loader() { stop_workers(); }
+
+size_t Loader::batches_per_epoch() const {
+  size_t b = static_cast<size_t>(options_.batch_size);
+  return options_.drop_last ? samples_.size() / b : (samples_.size() + b - 1) / b;
+}
+
+std::vector<size_t> Loader::epoch_order(int epoch) const {
+  std::vector<size_t> order = samples_;
+  if (options_.shuffle) {
+    Generator gen(mix_seed({options_.seed, static_cast<uint64_t>(epoch), 0x5eed0f0dull}));
+    seeded_shuffle(order, gen);
+  }
+  return order;
+}
+
+void Loader::stop_workers() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  consumed_.notify_all();
+  for (auto& t : workers_) t.join();
+  workers_.clear();
+}
+
+void Loader::start_epoch(int epoch) {
+  stop_workers();
+  epoch_ = epoch;
+  order_ = epoch_order(epoch);
+  batches_ = batches_per_epoch();
+  next_to_make_ = next_to_take_ = 0;
+  ready_.clear();
+  error_ = nullptr;
+  stopping_ = false;
+  started_ = true;
+  for (int w = 0; w < std::max(options_.workers, 1); ++w) workers_.emplace_back([this] { work(); });
+}
+
+void Loader::work() {
+  const size_t b = static_cast<size_t>(options_.batch_size);
+  const size_t prefetch = static_cast<size_t>(std::max(options_.prefetch, 1));
+  while (true) {
+    size_t k;
+    {
+      std::unique_lock lock(mutex_);
+      consumed_.wait(lock, [&] { return stopping_ || next_to_make_ < next_to_take_ + prefetch; });
+      if (stopping_ || error_ || next_to_make_ >= batches_) return;
+      k = next_to_make_++;
+    }
+    std::vector<size_t> samples(order_.begin() + k * b, order_.begin() + std::min(order_.size(), (k + 1) * b));
+    try {
+      Batch batch = make_batch(*cache_, samples, options_.input, options_.augment ? &options_.augmentation : nullptr,
+                               options_.seed, epoch_);
+      std::lock_guard lock(mutex_);
+      ready_.emplace(k, std::move(batch));
+    } catch (...) {
+      std::lock_guard lock(mutex_);
+      error_ = std::current_exception();
+    }
+    produced_.notify_all();
+  }
+}
+
+std::optional<Batch> Loader::next() {
+  SONO_CHECK(started_, "Loader::next() called before start_epoch()");
+  std::unique_lock lock(mutex_);
+  if (next_to_take_ >= batches_) return std::nullopt;
+  produced_.wait(lock, [&] { return error_ || ready_.count(next_to_take_); });
+  if (error_) std::rethrow_exception(error_);
+  auto node = ready_.extract(next_to_take_++);
+  lock.unlock();
+  consumed_.notify_all();
+  return std::move(node.mapped());
+}
+
+}  // namespace sono::data

@@ -1,0 +1,68 @@
+#pragma once
+// Validation figures. Segmentation: Dice and IoU per image, averaged over images, both over
+// all images and over lesion images only. Classification: accuracy, macro-F1, per-class
+// recall and the confusion matrix.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "tensor/tensor.h"
+#include "tools/data/image.h"
+
+namespace sono::data {
+
+struct Overlap {
+  double dice = 0, iou = 0;
+};
+
+// An empty target scores 1 when the prediction is empty too and 0 otherwise (Dice's 0/0 is
+// otherwise undefined; BUSI's normal images have empty targets).
+Overlap overlap(const uint8_t* prediction, const uint8_t* target, size_t pixels);
+Overlap overlap(const Mask& prediction, const Mask& target);
+
+class SegmentationMetrics {
+ public:
+  void add(const Mask& prediction, const Mask& target);
+  // logits [B, H, W, 1] on any device (prediction: logit > 0), targets [B, H, W, 1] 0/1.
+  void add_batch(const Tensor& logits, const Tensor& targets);
+
+  size_t images() const { return images_; }
+  size_t lesion_images() const { return lesion_images_; }
+  double dice() const;  // mean over all images; NaN before any image
+  double iou() const;
+  double lesion_dice() const;  // mean over images whose target is not empty; NaN if none
+  double lesion_iou() const;
+
+ private:
+  void add(const uint8_t* prediction, const uint8_t* target, size_t pixels);
+  size_t images_ = 0, lesion_images_ = 0;
+  double dice_ = 0, iou_ = 0, lesion_dice_ = 0, lesion_iou_ = 0;
+};
+
+class ClassificationMetrics {
+ public:
+  explicit ClassificationMetrics(int classes);
+  void add(int truth, int predicted);
+  // logits [B, C] on any device (prediction: argmax), labels int64 [B].
+  void add_batch(const Tensor& logits, const Tensor& labels);
+
+  size_t count() const;
+  double accuracy() const;
+  // As sklearn: a class's recall or F1 with a zero denominator is 0; macro-F1 averages the
+  // classes that occur in the labels or the predictions.
+  double recall(int c) const;
+  double precision(int c) const;
+  double f1(int c) const;
+  double macro_f1() const;
+  // confusion()[truth][predicted]
+  const std::vector<std::vector<int64_t>>& confusion() const { return confusion_; }
+  // Rows "truth \ predicted" with the class names, recall per row.
+  std::string confusion_table(const std::vector<std::string>& names) const;
+
+ private:
+  int64_t row_sum(int c) const;
+  int64_t column_sum(int c) const;
+  std::vector<std::vector<int64_t>> confusion_;
+};
+
+}  // namespace sono::data

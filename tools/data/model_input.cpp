@@ -1,0 +1,42 @@
+#include "tools/data/model_input.h"
+
+#include "tensor/error.h"
+
+namespace sono::data {
+
+int input_channels(InputKind kind) { return kind == InputKind::rgb ? 3 : 4; }
+
+void write_input(const Image& rgb, const Mask& mask, InputKind kind, float* dst) {
+  SONO_CHECK(rgb.channels == 3, "write_input: expected an RGB image, got ", rgb.channels, " channels");
+  const bool with_mask = kind == InputKind::rgb_mask;
+  SONO_CHECK(!with_mask || (mask.height == rgb.height && mask.width == rgb.width), "write_input: mask is ",
+             mask.width, "x", mask.height, " but image is ", rgb.width, "x", rgb.height);
+  const int channels = input_channels(kind);
+  const size_t n = static_cast<size_t>(rgb.height) * rgb.width;
+  for (size_t p = 0; p < n; ++p, dst += channels) {
+    for (int c = 0; c < 3; ++c) dst[c] = (rgb.pixels[p * 3 + c] - kImagenetMean[c]) / kImagenetStd[c];
+    if (with_mask) dst[3] = mask.values[p] ? 1.0f : 0.0f;
+  }
+}
+
+Tensor model_input(const Image& rgb, const Mask& mask, int size, InputKind kind) {
+  Image small = resize_bilinear(rgb, size, size);
+  Mask small_mask = kind == InputKind::rgb_mask ? resize_nearest(mask, size, size) : Mask();
+  Tensor input = Tensor::empty({1, size, size, input_channels(kind)});
+  write_input(small, small_mask, kind, input.data<float>());
+  return input;
+}
+
+Mask mask_from_logits(const Tensor& logits, int height, int width) {
+  SONO_CHECK(logits.dim() == 4 && logits.size(0) == 1 && logits.size(3) == 1,
+             "mask_from_logits: expected logits [1, H, W, 1], got ", shape_str(logits.shape()));
+  std::vector<double> values = logits.to_vector();
+  Image map(static_cast<int>(logits.size(1)), static_cast<int>(logits.size(2)), 1);
+  std::copy(values.begin(), values.end(), map.pixels.begin());
+  Image resized = resize_bilinear(map, height, width);
+  Mask mask(height, width);
+  for (size_t p = 0; p < mask.values.size(); ++p) mask.values[p] = resized.pixels[p] > 0;
+  return mask;
+}
+
+}  // namespace sono::data

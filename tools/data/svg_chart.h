@@ -1,0 +1,21 @@
+#pragma once
+// A small SVG line-chart writer for training curves: panels side by side, each with axes,
+// ticks at 1-2-5 steps, a legend and one polyline per series (NaN values leave gaps).
+#include <string>
+#include <vector>
+
+namespace sono::data {
+
+struct Series {
+  std::string name;
+  std::vector<double> x, y;
+};
+
+struct Panel {
+  std::string title, x_label, y_label;
+  std::vector<Series> series;
+};
+
+std::string line_chart_svg(const std::string& title, const std::vector<Panel>& panels);
+
+}  // namespace sono::data
