@@ -20,6 +20,13 @@
 #endif
 
 namespace sono::cuda {
+
+#ifdef __CUDACC__
+// Throws sono::Error naming the kernel when its launch failed (and, with SONO_CUDA_SYNC=1 in
+// the environment, when its execution failed). Defined in cuda/check.cpp.
+void check_launch(const char* kernel, cudaError_t launch_status, cudaStream_t stream);
+#endif
+
 inline namespace SONO_KERNEL_TARGET {
 
 struct LaunchConfig {
@@ -28,12 +35,6 @@ struct LaunchConfig {
   size_t smem = 0;  // dynamic shared memory bytes
   cudaStream_t stream = nullptr;
 };
-
-#ifdef __CUDACC__
-// Throws sono::Error naming the kernel when its launch failed (and, with SONO_CUDA_SYNC=1 in
-// the environment, when its execution failed). Defined in cuda/check.cpp.
-void check_launch(const char* kernel, cudaError_t launch_status, cudaStream_t stream);
-#endif
 
 template <typename... P, typename... A>
 void launch(const char* name, void (*kernel)(P...), const LaunchConfig& cfg, A&&... args) {

@@ -9,8 +9,12 @@
 #include <map>
 #include <random>
 
+#include "cuda/allocator.h"
 #include "cuda/kernel_backend.cuh"
 #include "helpers.h"
+#ifdef SONO_HAVE_CUDA
+#include "cuda/backend.h"
+#endif
 
 namespace sono::test {
 namespace {
@@ -663,6 +667,68 @@ TEST_CASE("AdamW: a multi-tensor step is torch.optim.AdamW to the bit") {
     CHECK(v == want_v);
   });
 }
+
+// ---- device memory ------------------------------------------------------------------------------
+
+TEST_CASE("caching allocator: size classes, reuse per stream, peak, out-of-memory retry") {
+  using k::CachingAllocator;
+  CHECK(CachingAllocator::size_class(1) == 512);
+  CHECK(CachingAllocator::size_class(513) == 1024);
+  CHECK(CachingAllocator::size_class((1 << 20) + 1) == (1 << 20) + (1 << 18));
+  CHECK(CachingAllocator::size_class(3 << 20) == 3 << 20);
+  size_t budget = (7 << 20) + 1024, device_bytes = 0;  // a pretend device of 7 MiB + 1 KiB
+  std::map<void*, size_t> blocks;
+  CachingAllocator alloc(
+      [&](size_t n) -> void* {
+        if (device_bytes + n > budget) return nullptr;
+        device_bytes += n;
+        void* p = std::malloc(n);
+        blocks[p] = n;
+        return p;
+      },
+      [&](void* p) {
+        device_bytes -= blocks.at(p);
+        blocks.erase(p);
+        std::free(p);
+      });
+  int s1 = 0, s2 = 0;  // two streams
+  void* a = alloc.allocate(1000, &s1);
+  alloc.free(a);
+  CHECK(alloc.allocate(900, &s1) == a);  // same class, same stream: reused
+  void* b = alloc.allocate(900, &s2);    // another stream: not that block
+  CHECK(b != a);
+  CHECK(alloc.stats().device_allocations == 2);
+  CHECK(alloc.stats().in_use == 2048);
+  alloc.free(a);
+  alloc.free(b);
+  CHECK(alloc.stats().cached == 2048);
+  CHECK(alloc.stats().peak == 2048);
+  void* big = alloc.allocate(7 << 20, &s1);  // needs the cache given back first
+  CHECK(alloc.stats().cached == 0);
+  CHECK_THROWS_WITH_AS(alloc.allocate(2 << 20, &s1), doctest::Contains("CUDA: out of memory allocating 2.00 MiB"), Error);
+  alloc.free(big);
+  alloc.release_cached();
+  CHECK(device_bytes == 0);
+  CHECK(alloc.report().find("peak 7.00 MiB") != std::string::npos);
+}
+
+#ifdef SONO_HAVE_CUDA
+// The real backend, linked in CUDA builds. Without a GPU, the first allocation must fail with
+// a message naming the failing CUDA call; with one, its kernels must agree with the CPU.
+TEST_CASE("CUDA backend: registered, clear errors without a GPU, CPU results with one") {
+  CHECK(std::string(backend(Device::cuda).name()) == "cuda");
+  if (sono::cuda::device_count() == 0) {
+    // The stream is created first: "CUDA: cudaStreamCreateWithFlags(...) failed: ..."
+    CHECK_THROWS_WITH_AS(Tensor::zeros({4}, DType::f32, Device::cuda), doctest::Contains(") failed: "), Error);
+    return;
+  }
+  const Tensor x = host(uniform(3 * 45, 50), {3, 45}), w = host(uniform(45 * 7, 51), {45, 7});
+  const Tensor xd = x.to(Device::cuda);
+  expect_close("real device gelu + sum", sum(gelu(xd), {1}).to_vector(), sum(gelu(x), {1}).to_vector(), 1e-5);
+  expect_close("real device gemm", matmul(xd, w.to(Device::cuda)).to_vector(), matmul(x, w).to_vector(), 1e-5);
+  MESSAGE("device memory: " << sono::cuda::memory_report());
+}
+#endif
 
 TEST_CASE("report: largest error per kernel over all schedules") {
   std::ostringstream os;
