@@ -4,6 +4,7 @@
 // the kernel tests derive an emulated backend over host memory from the same class, so the
 // glue from tensors to kernel arguments runs in CI too.
 #include "cuda/kernels/adamw.cuh"
+#include "cuda/kernels/attention.cuh"
 #include "cuda/kernels/depthwise_conv.cuh"
 #include "cuda/kernels/elementwise.cuh"
 #include "cuda/kernels/layernorm.cuh"

@@ -195,6 +195,35 @@ TEST_CASE("simt: a reduction missing a __syncthreads is caught in some schedule"
   CHECK(wrong_schedules >= 1);
 }
 
+// Block sums of three rows in a row (one instantiation: one shared array), then block maxima;
+// every thread records every result.
+template <typename T>
+__global__ void block_reduce_each_thread(const T* x, T* out) {
+  const int64_t at = threadIdx.x, n = blockDim.x;
+  for (int row = 0; row < 3; ++row)
+    out[(row * n + at) * 2] = k::block_reduce(x[row * n + at], T(0), k::SumOp{});
+  for (int row = 0; row < 3; ++row)
+    out[(row * n + at) * 2 + 1] = k::block_reduce(x[row * n + at], T(-1e300), k::MaxOp{});
+}
+
+TEST_CASE("simt: block_reduce gives every thread the result, call after call") {
+  const int threads = 96;
+  const auto x = uniform(3 * threads, 3);
+  in_each_schedule([&] {
+    std::vector<double> out(3 * threads * 2);
+    k::launch("block_reduce_each_thread", block_reduce_each_thread<double>, {dim3(1), dim3(threads)},
+              x.data(), out.data());
+    for (int row = 0; row < 3; ++row) {
+      const auto first = x.begin() + row * threads, last = first + threads;
+      const double total = std::accumulate(first, last, 0.0), largest = *std::max_element(first, last);
+      for (int t = 0; t < threads; ++t) {
+        CHECK(out[(row * threads + t) * 2] == doctest::Approx(total).epsilon(1e-12));
+        CHECK(out[(row * threads + t) * 2 + 1] == largest);
+      }
+    }
+  });
+}
+
 template <typename T>
 __global__ void divergent_barrier_kernel(T* out) {
   if (threadIdx.x < 40) __syncthreads();
@@ -665,6 +694,41 @@ TEST_CASE("AdamW: a multi-tensor step is torch.optim.AdamW to the bit") {
     CHECK(p == want_p);
     CHECK(m == want_m);
     CHECK(v == want_v);
+  });
+}
+
+// ---- fused attention ----------------------------------------------------------------------------
+
+TEST_CASE("fused attention (online softmax over key tiles) matches softmax(q k^T / sqrt(d)) v") {
+  const int64_t shapes[][4] = {{3, 37, 45, 64}, {2, 5, 1, 40}, {1, 9, 70, 128}, {2, 33, 32, 1}};
+  in_each_schedule([&] {
+    for (auto [bh, lq, lk, d] : shapes) {
+      INFO("bh " << bh << ", lq " << lq << ", lk " << lk << ", d " << d);
+      const auto q = uniform(bh * lq * d, 60 + d), kk = uniform(bh * lk * d, 61 + d), v = uniform(bh * lk * d, 62 + d);
+      const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+      std::vector<double> want(bh * lq * d, 0.0), want_lse(bh * lq);
+      for (int64_t h = 0; h < bh; ++h)
+        for (int64_t i = 0; i < lq; ++i) {
+          std::vector<double> s(lk);
+          for (int64_t j = 0; j < lk; ++j) {
+            s[j] = 0;
+            for (int64_t c = 0; c < d; ++c) s[j] += q[(h * lq + i) * d + c] * kk[(h * lk + j) * d + c] * scale;
+          }
+          const double m = *std::max_element(s.begin(), s.end());
+          double total = 0;
+          for (double x : s) total += std::exp(x - m);
+          want_lse[h * lq + i] = m + std::log(total);
+          for (int64_t j = 0; j < lk; ++j)
+            for (int64_t c = 0; c < d; ++c)
+              want[(h * lq + i) * d + c] += std::exp(s[j] - m) / total * v[(h * lk + j) * d + c];
+        }
+      const std::vector<float> qf(q.begin(), q.end()), kf(kk.begin(), kk.end()), vf(v.begin(), v.end());
+      std::vector<float> out(want.size()), lse(want_lse.size());
+      k::attention_forward(bh, lq, lk, d, static_cast<float>(scale), qf.data(), kf.data(), vf.data(), out.data(),
+                           lse.data(), nullptr);
+      expect_close("attention forward", {out.begin(), out.end()}, want, 2e-6);
+      expect_close("attention forward (log-sum-exp)", {lse.begin(), lse.end()}, want_lse, 2e-6);
+    }
   });
 }
 

@@ -15,6 +15,7 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <queue>
 #include <random>
 #include <sstream>
 #include <vector>
@@ -88,6 +89,10 @@ struct Emulator {
   std::exception_ptr error;
   Schedule schedule = Schedule::forward;
   std::mt19937_64 rng{1};
+  // Ready threads by (key, index), smallest key first; the key is the schedule: the index
+  // (forward), minus the index (reversed) or a random draw when the thread became ready.
+  std::priority_queue<std::pair<uint64_t, unsigned>, std::vector<std::pair<uint64_t, unsigned>>,
+                      std::greater<>> ready;
 };
 
 Emulator& emu() {
@@ -162,6 +167,15 @@ void put_in_order(std::vector<T>& items) {
 
 Fiber& fiber(unsigned index) { return *emu().fibers[index]; }
 
+void make_ready(Fiber& f) {
+  Emulator& e = emu();
+  f.state = State::ready;
+  uint64_t key = f.index;
+  if (e.schedule == Schedule::reversed) key = ~uint64_t{f.index};
+  if (e.schedule == Schedule::shuffled) key = e.rng();
+  e.ready.push({key, f.index});
+}
+
 unsigned lanes_in_warp(unsigned warp_base) { return std::min(32u, emu().threads - warp_base); }
 
 // The lane whose value `lane` reads in a shuffle, or -1 where the source is outside the mask.
@@ -201,7 +215,7 @@ void complete_warp_op(unsigned warp_base, unsigned mask) {
     }
   }
   for (unsigned l = 0; l < 32; ++l)
-    if ((mask >> l) & 1u) fiber(warp_base + l).state = State::ready;
+    if ((mask >> l) & 1u) make_ready(fiber(warp_base + l));
 }
 
 // True when every lane of f's mask waits at the same intrinsic (line, mask) as f.
@@ -212,21 +226,6 @@ bool warp_op_complete(unsigned warp_base, const Fiber& f) {
     if (g.state != State::at_warp_op || !(g.site == f.site) || g.mask != f.mask) return false;
   }
   return true;
-}
-
-// Completes every warp intrinsic whose lanes have all arrived; false if none could.
-bool release_warp_ops() {
-  bool released = false;
-  for (unsigned base = 0; base < emu().threads; base += 32) {
-    for (unsigned l = 0; l < lanes_in_warp(base); ++l) {
-      const Fiber& f = fiber(base + l);
-      if (f.state == State::at_warp_op && warp_op_complete(base, f)) {
-        complete_warp_op(base, f.mask);
-        released = true;
-      }
-    }
-  }
-  return released;
 }
 
 // "N threads (first (x,y,z)) at __syncthreads file:line", one line per distinct wait.
@@ -255,8 +254,8 @@ std::string describe_waits() {
   return os.str();
 }
 
-// Called when no thread can run and no warp intrinsic can complete: either every live thread
-// waits at one __syncthreads (release them) or the block is stuck (fault).
+// Called when no thread is ready (warp intrinsics complete as their last lane arrives): either
+// every live thread waits at one __syncthreads (release them) or the block is stuck (fault).
 void release_syncthreads() {
   const Fiber* waiting = nullptr;
   bool consistent = true, any_exited = false;
@@ -273,7 +272,7 @@ void release_syncthreads() {
   }
   if (!waiting && consistent) return;  // every thread exited
   if (consistent && !any_exited) {
-    for (unsigned t = 0; t < emu().threads; ++t) fiber(t).state = State::ready;
+    for (unsigned t = 0; t < emu().threads; ++t) make_ready(fiber(t));
     return;
   }
   if (consistent)
@@ -283,34 +282,30 @@ void release_syncthreads() {
         "never all arrive:" + describe_waits());
 }
 
+// Runs ready threads one at a time, each until it blocks, in schedule order: a thread made
+// ready again (its warp intrinsic complete) may run ahead of threads that were ready before,
+// so warps drift apart as far as their barriers allow, as on a device.
 void run_block(uint3 block_index) {
   Emulator& e = emu();
   blockIdx = block_index;
   std::fill(e.smem.begin(), e.smem.end(), from_bits<float>(kPoison));
   for (unsigned t = 0; t < e.threads; ++t) {
     Fiber& f = fiber(t);
-    f.state = State::ready;
     f.index = t;
     f.tid = {t % blockDim.x, t / blockDim.x % blockDim.y, t / (blockDim.x * blockDim.y)};
+    make_ready(f);
   }
-  std::vector<Fiber*> ready;
   for (;;) {
-    ready.clear();
-    for (unsigned t = 0; t < e.threads; ++t)
-      if (fiber(t).state == State::ready) ready.push_back(&fiber(t));
-    if (ready.empty()) {
-      if (release_warp_ops()) continue;
-      release_syncthreads();
-      bool all_exited = true;
-      for (unsigned t = 0; t < e.threads; ++t) all_exited &= fiber(t).state == State::exited;
-      if (all_exited) return;
-      continue;
-    }
-    put_in_order(ready);
-    for (Fiber* f : ready) {
-      resume(f);
+    while (!e.ready.empty()) {
+      Fiber& f = fiber(e.ready.top().second);
+      e.ready.pop();
+      resume(&f);
       if (e.error) std::rethrow_exception(e.error);
     }
+    bool all_exited = true;
+    for (unsigned t = 0; t < e.threads; ++t) all_exited &= fiber(t).state == State::exited;
+    if (all_exited) return;
+    release_syncthreads();
   }
 }
 
@@ -335,6 +330,7 @@ struct LaunchScope {
     Emulator& e = emu();
     if (e.error || std::uncaught_exceptions())
       for (auto& f : e.fibers) f->started = false;
+    e.ready = {};
     e.error = nullptr;
     e.current = nullptr;
     e.kernel = "";
@@ -424,6 +420,7 @@ uint64_t warp_op(WarpOp op, unsigned mask, uint64_t value, int arg, int width, c
   f->value = value;
   f->arg = arg;
   f->width = width;
+  if (warp_op_complete(base, *f)) complete_warp_op(base, mask);
   park(f);
   return f->result;
 }
