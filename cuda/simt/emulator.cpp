@@ -1,6 +1,9 @@
 // The SIMT emulator's scheduler: fibers (makecontext once per stack, then _setjmp/_longjmp,
 // about 20 ns a switch against 350 ns for swapcontext, which also saves the signal mask), block
 // and warp barriers, and the checks that turn a misused barrier into a clear simt::Fault.
+// Built with AddressSanitizer it announces every stack switch; with ThreadSanitizer each CUDA
+// thread is a TSan fiber and the only orderings between them are the barriers', so a race
+// between threads of a block is reported whatever order the schedule ran them in.
 //
 // glibc's fortified longjmp refuses jumps between stacks, which is all a fiber switch does.
 #undef _FORTIFY_SOURCE
@@ -19,6 +22,33 @@
 #include <random>
 #include <sstream>
 #include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define SIMT_ASAN 1
+#endif
+#if defined(__SANITIZE_THREAD__)
+#define SIMT_TSAN 1
+#endif
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SIMT_ASAN 1
+#endif
+#if __has_feature(thread_sanitizer)
+#define SIMT_TSAN 1
+#endif
+#endif
+#ifdef SIMT_ASAN
+#include <sanitizer/common_interface_defs.h>
+#endif
+#ifdef SIMT_TSAN
+#include <sanitizer/tsan_interface.h>
+extern "C" {
+void AnnotateIgnoreReadsBegin(const char* file, int line);
+void AnnotateIgnoreReadsEnd(const char* file, int line);
+void AnnotateIgnoreWritesBegin(const char* file, int line);
+void AnnotateIgnoreWritesEnd(const char* file, int line);
+}
+#endif
 
 uint3 threadIdx{};
 uint3 blockIdx{};
@@ -59,6 +89,9 @@ struct Fiber {
   unsigned mask = 0;
   uint64_t value = 0, result = 0;
   int arg = 0, width = 32;
+  void* asan_fake_stack = nullptr;
+  void* tsan_fiber = nullptr;
+  int tsan_ignores = 0;  // ThreadSanitizer ignore regions open in this fiber
 
   Fiber() {
     const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
@@ -93,6 +126,16 @@ struct Emulator {
   // (forward), minus the index (reversed) or a random draw when the thread became ready.
   std::priority_queue<std::pair<uint64_t, unsigned>, std::vector<std::pair<uint64_t, unsigned>>,
                       std::greater<>> ready;
+  // The scheduler's side of stack switches, for the sanitizers.
+  void* asan_fake_stack = nullptr;
+  const void* stack_bottom = nullptr;
+  size_t stack_size = 0;
+  void* tsan_fiber = nullptr;
+  int tsan_ignores = 0;
+  // Addresses whose release/acquire order the CUDA threads for ThreadSanitizer: the grid's start
+  // and end, and this block's barriers (block-wide, then one per warp). Fresh for every block.
+  char grid_start = 0, grid_end = 0;
+  std::unique_ptr<char[]> barrier_tokens;
 };
 
 Emulator& emu() {
@@ -118,23 +161,130 @@ std::string describe(uint3 v) {
   throw Fault(os.str());
 }
 
+// ---- sanitizer hooks (no-ops in a plain build) ---------------------------------------------------
+
+// ThreadSanitizer ignores the emulator's own bookkeeping, shared by all fibers by design.
+// `depth` counts the regions open in the running fiber (or the host).
+void tsan_ignore(bool on, int& depth) {
+  depth += on ? 1 : -1;
+#ifdef SIMT_TSAN
+  if (on) {
+    AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
+    AnnotateIgnoreWritesBegin(__FILE__, __LINE__);
+  } else {
+    AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
+    AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
+  }
+#else
+  (void)on;
+#endif
+}
+int& fiber_ignores() { return emu().current->tsan_ignores; }
+int& host_ignores() { return emu().tsan_ignores; }
+
+void tsan_release(void* token) {
+#ifdef SIMT_TSAN
+  __tsan_release(token);
+#else
+  (void)token;
+#endif
+}
+void tsan_acquire(void* token) {
+#ifdef SIMT_TSAN
+  __tsan_acquire(token);
+#else
+  (void)token;
+#endif
+}
+
+// Ends a fiber's ThreadSanitizer life: the host takes over what it did (a fiber a fault
+// abandoned mid-kernel never reaches the grid's end) and its open ignore regions are closed.
+void tsan_retire(Fiber* f) {
+#ifdef SIMT_TSAN
+  if (!f->tsan_fiber) return;
+  void* host = __tsan_get_current_fiber();
+  __tsan_switch_to_fiber(f->tsan_fiber, 0);
+  while (f->tsan_ignores > 0) tsan_ignore(false, f->tsan_ignores);
+  __tsan_switch_to_fiber(host, 0);
+  __tsan_destroy_fiber(f->tsan_fiber);
+  f->tsan_fiber = nullptr;
+#else
+  (void)f;
+#endif
+}
+
+// A fiber (re)started on a fresh stack gets fresh sanitizer state too.
+void fresh_fiber(Fiber* f) {
+  f->asan_fake_stack = nullptr;
+  tsan_retire(f);
+#ifdef SIMT_TSAN
+  f->tsan_fiber = __tsan_create_fiber(0);
+#endif
+}
+
+void switching_to_fiber(Fiber* f) {
+  Emulator& e = emu();
+#ifdef SIMT_ASAN
+  __sanitizer_start_switch_fiber(&e.asan_fake_stack, f->stack, kStackBytes);
+#endif
+#ifdef SIMT_TSAN
+  e.tsan_fiber = __tsan_get_current_fiber();
+  __tsan_switch_to_fiber(f->tsan_fiber, __tsan_switch_to_fiber_no_sync);
+#endif
+  (void)e;
+  (void)f;
+}
+void switching_to_scheduler(Fiber* f) {
+  Emulator& e = emu();
+#ifdef SIMT_ASAN
+  __sanitizer_start_switch_fiber(&f->asan_fake_stack, e.stack_bottom, e.stack_size);
+#endif
+#ifdef SIMT_TSAN
+  __tsan_switch_to_fiber(e.tsan_fiber, __tsan_switch_to_fiber_no_sync);
+#endif
+  (void)e;
+  (void)f;
+}
+// On arrival in a fiber (first_time: its stack is fresh) or back in the scheduler (f null).
+void switched(Fiber* f, bool first_time = false) {
+  Emulator& e = emu();
+#ifdef SIMT_ASAN
+  if (f) __sanitizer_finish_switch_fiber(first_time ? nullptr : f->asan_fake_stack, &e.stack_bottom, &e.stack_size);
+  else __sanitizer_finish_switch_fiber(e.asan_fake_stack, nullptr, nullptr);
+#endif
+  (void)e;
+  (void)f;
+  (void)first_time;
+}
+
 // ---- switching --------------------------------------------------------------------------------
 
 [[gnu::noinline]] void park(Fiber* f) {
-  if (!_setjmp(f->context)) _longjmp(emu().scheduler, 1);
+  if (!_setjmp(f->context)) {
+    switching_to_scheduler(f);
+    _longjmp(emu().scheduler, 1);
+  }
+  switched(f);
 }
 
 // Runs the kernel body for the current fiber's thread, forever: after a thread exits, the
-// fiber parks and the next block (or launch) resumes it here.
+// fiber parks and the next block (or launch) resumes it here. Kernel code runs with
+// ThreadSanitizer watching; the bookkeeping around it does not.
 void fiber_main() {
+  switched(emu().current, true);
+  tsan_ignore(true, fiber_ignores());
   for (;;) {
     Emulator& e = emu();
     Fiber* f = e.current;
+    tsan_acquire(&e.grid_start);
+    tsan_ignore(false, f->tsan_ignores);
     try {
       e.body(e.ctx);
     } catch (...) {
       if (!e.error) e.error = std::current_exception();
     }
+    tsan_ignore(true, f->tsan_ignores);
+    tsan_release(&e.grid_end);
     f->state = State::exited;
     park(f);
   }
@@ -144,15 +294,23 @@ void fiber_main() {
   Emulator& e = emu();
   e.current = f;
   threadIdx = f->tid;
-  if (_setjmp(e.scheduler)) return;
-  if (f->started) _longjmp(f->context, 1);
+  if (_setjmp(e.scheduler)) {
+    switched(nullptr);
+    return;
+  }
+  if (f->started) {
+    switching_to_fiber(f);
+    _longjmp(f->context, 1);
+  }
   f->started = true;
+  fresh_fiber(f);
   ucontext_t uc;
   getcontext(&uc);
   uc.uc_stack.ss_sp = f->stack;
   uc.uc_stack.ss_size = kStackBytes;
   uc.uc_link = nullptr;
   makecontext(&uc, fiber_main, 0);
+  switching_to_fiber(f);
   setcontext(&uc);
 }
 
@@ -289,6 +447,7 @@ void run_block(uint3 block_index) {
   Emulator& e = emu();
   blockIdx = block_index;
   std::fill(e.smem.begin(), e.smem.end(), from_bits<float>(kPoison));
+  e.barrier_tokens.reset(new char[1 + (e.threads + 31) / 32]);
   for (unsigned t = 0; t < e.threads; ++t) {
     Fiber& f = fiber(t);
     f.index = t;
@@ -326,14 +485,24 @@ void check_config(dim3 grid, dim3 block, size_t smem) {
 // are abandoned (their stacks are reused from a fresh context next time).
 struct LaunchScope {
   std::unique_lock<std::mutex> lock{grid_lock()};
+  LaunchScope() {
+    tsan_release(&emu().grid_start);  // the host's writes before the launch
+    tsan_ignore(true, host_ignores());
+  }
   ~LaunchScope() {
     Emulator& e = emu();
-    if (e.error || std::uncaught_exceptions())
-      for (auto& f : e.fibers) f->started = false;
+    if (e.error || std::uncaught_exceptions()) {
+      for (auto& f : e.fibers) {
+        tsan_retire(f.get());
+        f->started = false;
+      }
+    }
     e.ready = {};
     e.error = nullptr;
     e.current = nullptr;
     e.kernel = "";
+    tsan_ignore(false, host_ignores());
+    tsan_acquire(&e.grid_end);  // the kernel's writes, for the host
   }
 };
 
@@ -390,15 +559,21 @@ void run_grid_impl(const char* kernel, dim3 grid, dim3 block, size_t dynamic_sme
 void syncthreads(const char* file, int line) {
   Fiber* f = emu().current;
   if (!in_grid || !f) throw Fault("simt: __syncthreads outside a kernel");
+  tsan_ignore(true, f->tsan_ignores);  // a fault leaves it open: tsan_retire closes it
+  char* token = &emu().barrier_tokens[0];
+  tsan_release(token);
   f->state = State::at_syncthreads;
   f->site = {"__syncthreads", file, line};
   park(f);
+  tsan_acquire(token);
+  tsan_ignore(false, f->tsan_ignores);
 }
 
 uint64_t warp_op(WarpOp op, unsigned mask, uint64_t value, int arg, int width, const char* name,
                  const char* file, int line) {
   Fiber* f = emu().current;
   if (!in_grid || !f) throw Fault(std::string("simt: ") + name + " outside a kernel");
+  tsan_ignore(true, f->tsan_ignores);  // a fault leaves it open: tsan_retire closes it
   const unsigned lane = f->index % 32, base = f->index - lane;
   const unsigned lanes = lanes_in_warp(base);
   auto misuse = [&](const std::string& what) {
@@ -413,6 +588,8 @@ uint64_t warp_op(WarpOp op, unsigned mask, uint64_t value, int arg, int width, c
            std::to_string(lanes) + " lanes)");
   if (width < 1 || width > 32 || (width & (width - 1)))
     misuse("width " + std::to_string(width) + " is not a power of 2 up to 32");
+  char* token = &emu().barrier_tokens[1 + f->index / 32];
+  tsan_release(token);
   f->state = State::at_warp_op;
   f->site = {name, file, line};
   f->op = op;
@@ -422,7 +599,10 @@ uint64_t warp_op(WarpOp op, unsigned mask, uint64_t value, int arg, int width, c
   f->width = width;
   if (warp_op_complete(base, *f)) complete_warp_op(base, mask);
   park(f);
-  return f->result;
+  tsan_acquire(token);
+  const uint64_t result = f->result;
+  tsan_ignore(false, f->tsan_ignores);
+  return result;
 }
 
 }  // namespace simt
