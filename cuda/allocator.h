@@ -111,7 +111,8 @@ class CachingAllocator {
       release_cached_locked();
       p = raw_alloc_(size);
       if (!p)
-        fail("CUDA: out of memory allocating ", format_bytes(requested), " (", report_locked(), ")");
+        fail("CUDA: out of memory allocating ", format_bytes(requested), " (", report_locked(),
+             ")");
     }
     ++stats_.device_allocations;
     return p;

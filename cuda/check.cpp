@@ -19,7 +19,8 @@ bool sync_after_launch() {
 }  // namespace
 
 void fail_call(const char* call, cudaError_t status) {
-  fail("CUDA: ", call, " failed: ", cudaGetErrorString(status), " (", cudaGetErrorName(status), ")");
+  fail("CUDA: ", call, " failed: ", cudaGetErrorString(status), " (", cudaGetErrorName(status),
+       ")");
 }
 
 void fail_call(const char* call, cublasStatus_t status) {

@@ -125,9 +125,10 @@ class KernelBackend : public Backend {
   void layer_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, double eps,
                           const Tensor& y, const Tensor& mean, const Tensor& rstd) override {
     const int64_t cols = x.size(-1);
-    cuda::layer_norm_forward(x.numel() / cols, cols, f32(x, "layer_norm"), f32_or_null(w, "layer_norm"),
-                             f32_or_null(b, "layer_norm"), static_cast<float>(eps), f32(y, "layer_norm"),
-                             f32(mean, "layer_norm"), f32(rstd, "layer_norm"), stream());
+    const char* op = "layer_norm";
+    cuda::layer_norm_forward(x.numel() / cols, cols, f32(x, op), f32_or_null(w, op),
+                             f32_or_null(b, op), static_cast<float>(eps), f32(y, op),
+                             f32(mean, op), f32(rstd, op), stream());
   }
   void layer_norm_backward(const Tensor& x, const Tensor& w, const Tensor& mean,
                            const Tensor& rstd, const Tensor& grad_y, const Tensor& grad_x,
@@ -135,10 +136,11 @@ class KernelBackend : public Backend {
     const int64_t cols = x.size(-1), rows = x.numel() / cols;
     const bool param_grads = grad_w.defined() || grad_b.defined();
     Buffer ws(*this, param_grads ? layer_norm_backward_workspace(rows, cols) * sizeof(float) : 0);
-    cuda::layer_norm_backward(rows, cols, f32(x, "layer_norm"), f32_or_null(w, "layer_norm"),
-                              f32(mean, "layer_norm"), f32(rstd, "layer_norm"),
-                              f32(grad_y, "layer_norm"), f32_or_null(grad_x, "layer_norm"),
-                              f32_or_null(grad_w, "layer_norm"), f32_or_null(grad_b, "layer_norm"), ws.floats(), stream());
+    const char* op = "layer_norm";
+    cuda::layer_norm_backward(rows, cols, f32(x, op), f32_or_null(w, op), f32(mean, op),
+                              f32(rstd, op), f32(grad_y, op), f32_or_null(grad_x, op),
+                              f32_or_null(grad_w, op), f32_or_null(grad_b, op), ws.floats(),
+                              stream());
   }
 
   void softmax_forward(const Tensor& x, const Tensor& y, bool log) override {
@@ -178,16 +180,16 @@ class KernelBackend : public Backend {
   virtual void transfer(void* dst, const void* src, size_t bytes, bool to_device) = 0;
 
  private:
-  void copy_on_device(const Shape& shape, const void* src, const Shape& src_strides, DType src_dtype,
-                      void* dst, const Shape& dst_strides, DType dst_dtype) {
+  void copy_on_device(const Shape& shape, const void* src, const Shape& src_strides,
+                      DType src_dtype, void* dst, const Shape& dst_strides, DType dst_dtype) {
     auto layout = cpu::merge_dims<2>(shape, {&src_strides, &dst_strides});
     const auto space = make_space<2>(layout.shape, layout.strides);
     dispatch_dtype(src_dtype, [&](auto s) {
       dispatch_dtype(dst_dtype, [&](auto d) {
         using S = decltype(s);
         using D = decltype(d);
-        cuda::copy<S, D>(space, shape_numel(shape), static_cast<const S*>(src), static_cast<D*>(dst),
-                         stream());
+        cuda::copy<S, D>(space, shape_numel(shape), static_cast<const S*>(src),
+                         static_cast<D*>(dst), stream());
       });
     });
   }
@@ -262,7 +264,8 @@ class KernelBackend : public Backend {
   static ResizeGeometry resize_geometry(const Tensor& in, const Tensor& out, bool align_corners) {
     SONO_CHECK(in.dim() == 4 && out.dim() == 4, "CUDA resize: NHWC tensors expected, got ",
                shape_str(in.shape()), " and ", shape_str(out.shape()));
-    return {in.size(0), in.size(1), in.size(2), out.size(1), out.size(2), in.size(3), align_corners};
+    return {in.size(0), in.size(1), in.size(2), out.size(1), out.size(2), in.size(3),
+            align_corners};
   }
 };
 

@@ -217,11 +217,12 @@ TEST_CASE("simt: block_reduce gives every thread the result, call after call") {
   const auto x = uniform(3 * threads, 3);
   in_each_schedule([&] {
     std::vector<double> out(3 * threads * 2);
-    k::launch("block_reduce_each_thread", block_reduce_each_thread<double>, {dim3(1), dim3(threads)},
-              x.data(), out.data());
+    k::launch("block_reduce_each_thread", block_reduce_each_thread<double>,
+              {dim3(1), dim3(threads)}, x.data(), out.data());
     for (int row = 0; row < 3; ++row) {
       const auto first = x.begin() + row * threads, last = first + threads;
-      const double total = std::accumulate(first, last, 0.0), largest = *std::max_element(first, last);
+      const double total = std::accumulate(first, last, 0.0),
+                   largest = *std::max_element(first, last);
       for (int t = 0; t < threads; ++t) {
         CHECK(out[(row * threads + t) * 2] == doctest::Approx(total).epsilon(1e-12));
         CHECK(out[(row * threads + t) * 2 + 1] == largest);
@@ -238,8 +239,10 @@ __global__ void divergent_barrier_kernel(T* out) {
 
 template <typename T>
 __global__ void two_barriers_kernel(T* out) {
-  if (threadIdx.x % 2) __syncthreads();
-  else __syncthreads();
+  if (threadIdx.x % 2)
+    __syncthreads();
+  else
+    __syncthreads();
   out[threadIdx.x] = 1;
 }
 
@@ -255,9 +258,12 @@ __global__ void shuffle_against_barrier_kernel(T* out) {
   __syncthreads();
 }
 
-void expect_fault(const std::function<void()>& run, const std::string& words) {
+// Launches kernel(buffer) on blocks x threads and expects a simt::Fault saying `words`.
+void expect_fault(void (*kernel)(float*), const char* name, unsigned blocks, unsigned threads,
+                  const std::string& words) {
+  std::vector<float> buffer(4096, 1.0f);
   try {
-    run();
+    k::launch(name, kernel, {dim3(blocks), dim3(threads)}, buffer.data());
     FAIL("no simt::Fault for a kernel that should raise one (" << words << ")");
   } catch (const simt::Fault& f) {
     const std::string message = f.what();
@@ -267,23 +273,19 @@ void expect_fault(const std::function<void()>& run, const std::string& words) {
 }
 
 TEST_CASE("simt: misused barriers and bad launches raise a Fault naming the kernel") {
-  std::vector<float> buf(1024, 1.0f);
-  float* p = buf.data();
-  expect_fault([&] { k::launch("divergent", divergent_barrier_kernel<float>, {dim3(2), dim3(64)}, p); },
+  expect_fault(divergent_barrier_kernel<float>, "divergent", 2, 64,
                "threads exited while others wait at __syncthreads");
-  expect_fault([&] { k::launch("two_barriers", two_barriers_kernel<float>, {dim3(1), dim3(64)}, p); },
-               "wait at different barriers");
-  expect_fault([&] { k::launch("partial_warp", full_mask_shuffle_kernel<float>, {dim3(1), dim3(48)}, p); },
+  expect_fault(two_barriers_kernel<float>, "two_barriers", 1, 64, "wait at different barriers");
+  expect_fault(full_mask_shuffle_kernel<float>, "partial_warp", 1, 48,
                "mask names lanes past the end of the block");
-  expect_fault([&] { k::launch("half_mask", shuffle_against_barrier_kernel<float>, {dim3(1), dim3(64)}, p); },
-               "deadlock");
-  expect_fault([&] { k::launch("huge_block", full_mask_shuffle_kernel<float>, {dim3(1), dim3(2048)}, p); },
-               "invalid configuration");
-  expect_fault([&] { k::launch("kernel_name_here", divergent_barrier_kernel<float>, {dim3(1), dim3(64)}, p); },
+  expect_fault(shuffle_against_barrier_kernel<float>, "half_mask", 1, 64, "deadlock");
+  expect_fault(full_mask_shuffle_kernel<float>, "huge_block", 1, 2048, "invalid configuration");
+  expect_fault(divergent_barrier_kernel<float>, "kernel_name_here", 1, 64,
                "kernel 'kernel_name_here' block (0,0,0)");
   // After faults, the fibers left mid-kernel are discarded and launches work again.
   std::vector<double> x(600, 1.0), sums(2);
-  k::launch("block_sum", block_sum<double>, {dim3(2), dim3(128)}, x.data(), int64_t{300}, sums.data());
+  k::launch("block_sum", block_sum<double>, {dim3(2), dim3(128)}, x.data(), int64_t{300},
+            sums.data());
   CHECK(sums[0] == 300.0);
   CHECK(sums[1] == 300.0);
 }
@@ -300,12 +302,17 @@ TEST_CASE("elementwise kernels match the CPU backend (unary, broadcast binary, c
     double alpha;
     bool positive;
   };
-  const Case cases[] = {{"neg", UnaryOp::neg, 0, false},        {"exp", UnaryOp::exp, 0, false},
-                        {"log", UnaryOp::log, 0, true},         {"sqrt", UnaryOp::sqrt, 0, true},
-                        {"abs", UnaryOp::abs, 0, false},        {"sign", UnaryOp::sign, 0, false},
-                        {"relu", UnaryOp::relu, 0, false},      {"gelu", UnaryOp::gelu, 0, false},
+  const Case cases[] = {{"neg", UnaryOp::neg, 0, false},
+                        {"exp", UnaryOp::exp, 0, false},
+                        {"log", UnaryOp::log, 0, true},
+                        {"sqrt", UnaryOp::sqrt, 0, true},
+                        {"abs", UnaryOp::abs, 0, false},
+                        {"sign", UnaryOp::sign, 0, false},
+                        {"relu", UnaryOp::relu, 0, false},
+                        {"gelu", UnaryOp::gelu, 0, false},
                         {"gelu_grad", UnaryOp::gelu_grad, 0, false},
-                        {"sigmoid", UnaryOp::sigmoid, 0, false}, {"tanh", UnaryOp::tanh, 0, false},
+                        {"sigmoid", UnaryOp::sigmoid, 0, false},
+                        {"tanh", UnaryOp::tanh, 0, false},
                         {"softplus", UnaryOp::softplus, 0, false},
                         {"add_scalar", UnaryOp::add_scalar, 0.25, false},
                         {"mul_scalar", UnaryOp::mul_scalar, -1.5, false},
@@ -323,14 +330,18 @@ TEST_CASE("elementwise kernels match the CPU backend (unary, broadcast binary, c
     // Broadcasting both ways, through the op layer: [5,1,7] * [1,3,7] and [5,3,7] / [7].
     const Tensor a = host(uniform(35, 3), {5, 1, 7}), b = host(uniform(21, 4, 0.5, 2.0), {1, 3, 7});
     const Tensor c = host(uniform(105, 5), {5, 3, 7}), d = host(uniform(7, 6, 0.5, 2.0), {7});
-    expect_close("binary (broadcast)", (on_device(a) * on_device(b)).to_vector(), (a * b).to_vector(), 0);
-    expect_close("binary (broadcast)", (on_device(c) / on_device(d)).to_vector(), (c / d).to_vector(), 0);
-    expect_close("binary (broadcast)", (on_device(a) - on_device(c)).to_vector(), (a - c).to_vector(), 0);
+    expect_close("binary (broadcast)", (on_device(a) * on_device(b)).to_vector(),
+                 (a * b).to_vector(), 0);
+    expect_close("binary (broadcast)", (on_device(c) / on_device(d)).to_vector(),
+                 (c / d).to_vector(), 0);
+    expect_close("binary (broadcast)", (on_device(a) - on_device(c)).to_vector(),
+                 (a - c).to_vector(), 0);
     // Strided copies with conversion: a transposed view to float64, int64 to float32.
     const Tensor m = on_device(host(uniform(6 * 35, 7), {6, 35}));
     Tensor mt = Tensor::empty({35, 6}, DType::f64, Device::cuda);
     device().copy(m.transpose(0, 1), mt);
-    expect_close("copy (strided, f32->f64)", mt.to_vector(), m.transpose(0, 1).contiguous().to_vector(), 0);
+    expect_close("copy (strided, f32->f64)", mt.to_vector(),
+                 m.transpose(0, 1).contiguous().to_vector(), 0);
     const Tensor labels = on_device(Tensor::from_labels({3, -1, 7, 0, 5}));
     Tensor lf = device_empty({5});
     device().copy(labels, lf);
@@ -347,7 +358,8 @@ TEST_CASE("elementwise kernels match the CPU backend (unary, broadcast binary, c
 
 TEST_CASE("fused bias + GELU matches GELU(x + bias), forward and input gradient") {
   const int64_t rows = 13, cols = 45;
-  const auto x = uniform(rows * cols, 8, -4.0, 4.0), bias = uniform(cols, 9), gy = uniform(rows * cols, 10);
+  const auto x = uniform(rows * cols, 8, -4.0, 4.0), bias = uniform(cols, 9),
+             gy = uniform(rows * cols, 10);
   std::vector<float> xf(x.begin(), x.end()), bf(bias.begin(), bias.end()), gf(gy.begin(), gy.end());
   std::vector<double> want_y(x.size()), want_g(x.size());
   for (int64_t i = 0; i < rows * cols; ++i) {
@@ -376,14 +388,16 @@ TEST_CASE("reduce kernels match the CPU backend, per-thread and per-block paths"
     const Tensor* t;
     std::vector<int64_t> dims;
   };
-  const Case cases[] = {{&x, {3}},    {&x, {0, 1, 2}}, {&x, {1, 2}},     {&x, {0}},
-                        {&x, {0, 3}}, {&wide, {0}},    {&narrow, {1}},   {&narrow, {0}}};
+  const Case cases[] = {{&x, {3}},    {&x, {0, 1, 2}}, {&x, {1, 2}},   {&x, {0}},
+                        {&x, {0, 3}}, {&wide, {0}},    {&narrow, {1}}, {&narrow, {0}}};
   in_each_schedule([&] {
     for (const Case& c : cases) {
       INFO("dims " << shape_str(c.dims) << " of " << shape_str(c.t->shape()));
       const Tensor d = on_device(*c.t);
-      expect_close("reduce sum", sum(d, c.dims, true).to_vector(), sum(*c.t, c.dims, true).to_vector(), 1e-6);
-      expect_close("reduce max", amax(d, c.dims, true).to_vector(), amax(*c.t, c.dims, true).to_vector(), 0);
+      expect_close("reduce sum", sum(d, c.dims, true).to_vector(),
+                   sum(*c.t, c.dims, true).to_vector(), 1e-6);
+      expect_close("reduce max", amax(d, c.dims, true).to_vector(),
+                   amax(*c.t, c.dims, true).to_vector(), 0);
     }
     expect_close("reduce sum", {sum(on_device(x)).item()}, {sum(x).item()}, 1e-6);
   });
@@ -439,9 +453,9 @@ struct LayerNormReference {
 LayerNormReference layer_norm_reference(const std::vector<double>& x, const std::vector<double>& w,
                                         const std::vector<double>& b, const std::vector<double>& gy,
                                         int64_t rows, int64_t cols, double eps) {
-  LayerNormReference r{std::vector<double>(x.size()), std::vector<double>(rows), std::vector<double>(rows),
-                       std::vector<double>(x.size()), std::vector<double>(cols, 0.0),
-                       std::vector<double>(cols, 0.0)};
+  LayerNormReference r{std::vector<double>(x.size()),  std::vector<double>(rows),
+                       std::vector<double>(rows),      std::vector<double>(x.size()),
+                       std::vector<double>(cols, 0.0), std::vector<double>(cols, 0.0)};
   for (int64_t i = 0; i < rows; ++i) {
     const double* xr = &x[i * cols];
     double mu = 0, var = 0;
@@ -483,11 +497,14 @@ TEST_CASE("layer norm (warp per row) forward and backward with weight and bias g
         const Tensor x = on_device(host(xs, {rows, cols}));
         const Tensor w = affine ? on_device(host(ws, {cols})) : Tensor();
         const Tensor b = affine ? on_device(host(bs, {cols})) : Tensor();
-        Tensor y = device_empty({rows, cols}), mean = device_empty({rows}), rstd = device_empty({rows});
+        Tensor y = device_empty({rows, cols}), mean = device_empty({rows}),
+               rstd = device_empty({rows});
         device().layer_norm_forward(x, w, b, eps, y, mean, rstd);
         Tensor gx = device_empty({rows, cols});
-        Tensor gw = affine ? device_empty({cols}) : Tensor(), gb = affine ? device_empty({cols}) : Tensor();
-        device().layer_norm_backward(x, w, mean, rstd, on_device(host(gys, {rows, cols})), gx, gw, gb);
+        Tensor gw = affine ? device_empty({cols}) : Tensor(),
+               gb = affine ? device_empty({cols}) : Tensor();
+        device().layer_norm_backward(x, w, mean, rstd, on_device(host(gys, {rows, cols})), gx, gw,
+                                     gb);
         expect_close("layer_norm forward", y.to_vector(), ref.y, 1e-5);
         expect_close("layer_norm forward", mean.to_vector(), ref.mean, 1e-6);
         expect_close("layer_norm forward", rstd.to_vector(), ref.rstd, 1e-5);
@@ -510,8 +527,8 @@ struct ConvReference {
 
 ConvReference depthwise_reference(const k::DepthwiseGeometry& g, const std::vector<double>& x,
                                   const std::vector<double>& w, const std::vector<double>& gy) {
-  ConvReference r{std::vector<double>(g.n * g.oh * g.ow * g.c, 0.0), std::vector<double>(x.size(), 0.0),
-                  std::vector<double>(w.size(), 0.0)};
+  ConvReference r{std::vector<double>(g.n * g.oh * g.ow * g.c, 0.0),
+                  std::vector<double>(x.size(), 0.0), std::vector<double>(w.size(), 0.0)};
   for (int64_t n = 0; n < g.n; ++n)
     for (int64_t oy = 0; oy < g.oh; ++oy)
       for (int64_t ox = 0; ox < g.ow; ++ox)
@@ -548,18 +565,21 @@ TEST_CASE("depthwise conv NHWC (3x3, 7x7, dilated, strided, generic) forward and
     for (const Case& cs : cases) {
       const int64_t oh = (cs.h + 2 * cs.padding - cs.dilation * (cs.kh - 1) - 1) / cs.stride + 1;
       const int64_t ow = (cs.w + 2 * cs.padding - cs.dilation * (cs.kw - 1) - 1) / cs.stride + 1;
-      const Conv2dGeometry g{cs.n, cs.h, cs.w, cs.c, cs.c, cs.kh, cs.kw, oh, ow,
-                             cs.stride, cs.padding, cs.dilation, cs.c};
-      const k::DepthwiseGeometry dg{cs.n, cs.h, cs.w, cs.c, cs.kh, cs.kw, oh, ow, cs.stride, cs.padding, cs.dilation};
+      const Conv2dGeometry g{cs.n, cs.h, cs.w,      cs.c,       cs.c,        cs.kh, cs.kw,
+                             oh,   ow,   cs.stride, cs.padding, cs.dilation, cs.c};
+      const k::DepthwiseGeometry dg{cs.n, cs.h, cs.w,      cs.c,       cs.kh,      cs.kw,
+                                    oh,   ow,   cs.stride, cs.padding, cs.dilation};
       INFO("kernel " << cs.kh << "x" << cs.kw << " stride " << cs.stride << " pad " << cs.padding
                      << " dilation " << cs.dilation << " C " << cs.c);
-      const auto xs = uniform(cs.n * cs.h * cs.w * cs.c, 30 + cs.kh), ws = uniform(cs.c * cs.kh * cs.kw, 31);
+      const auto xs = uniform(cs.n * cs.h * cs.w * cs.c, 30 + cs.kh),
+                 ws = uniform(cs.c * cs.kh * cs.kw, 31);
       const auto gys = uniform(cs.n * oh * ow * cs.c, 32);
       const auto ref = depthwise_reference(dg, xs, ws, gys);
       const Tensor x = on_device(host(xs, {cs.n, cs.h, cs.w, cs.c}));
       const Tensor w = on_device(host(ws, {cs.c, 1, cs.kh, cs.kw}));
       const Tensor gy = on_device(host(gys, {cs.n, oh, ow, cs.c}));
-      Tensor y = device_empty({cs.n, oh, ow, cs.c}), gx = device_empty(x.shape()), gw = device_empty(w.shape());
+      Tensor y = device_empty({cs.n, oh, ow, cs.c}), gx = device_empty(x.shape()),
+             gw = device_empty(w.shape());
       device().conv2d_forward(g, x, w, y);
       device().conv2d_backward_input(g, gy, w, gx);
       device().conv2d_backward_weight(g, x, gy, gw);
@@ -571,8 +591,9 @@ TEST_CASE("depthwise conv NHWC (3x3, 7x7, dilated, strided, generic) forward and
   });
   const Conv2dGeometry dense{1, 4, 4, 8, 16, 3, 3, 4, 4, 1, 1, 1, 1};
   Tensor y = device_empty({1, 4, 4, 16});
-  CHECK_THROWS_WITH_AS(device().conv2d_forward(dense, device_empty({1, 4, 4, 8}), device_empty({16, 8, 3, 3}), y),
-                       doctest::Contains("not implemented yet"), Error);
+  CHECK_THROWS_WITH_AS(
+      device().conv2d_forward(dense, device_empty({1, 4, 4, 8}), device_empty({16, 8, 3, 3}), y),
+      doctest::Contains("not implemented yet"), Error);
 }
 
 // ---- bilinear resize --------------------------------------------------------------------------
@@ -581,9 +602,12 @@ TEST_CASE("depthwise conv NHWC (3x3, 7x7, dilated, strided, generic) forward and
 void source_index(int64_t dst, int64_t in, int64_t out, bool align_corners, int64_t& i0,
                   int64_t& i1, double& l1) {
   double src;
-  if (in == out) src = static_cast<double>(dst);
-  else if (align_corners) src = out > 1 ? dst * double(in - 1) / double(out - 1) : 0.0;
-  else src = std::max((dst + 0.5) * double(in) / double(out) - 0.5, 0.0);
+  if (in == out)
+    src = static_cast<double>(dst);
+  else if (align_corners)
+    src = out > 1 ? dst * double(in - 1) / double(out - 1) : 0.0;
+  else
+    src = std::max((dst + 0.5) * double(in) / double(out) - 0.5, 0.0);
   i0 = std::min(static_cast<int64_t>(src), in - 1);
   i1 = std::min(i0 + 1, in - 1);
   l1 = std::clamp(src - i0, 0.0, 1.0);
@@ -600,7 +624,8 @@ std::vector<double> resize_reference(const k::ResizeGeometry& g, const std::vect
         double ly, lx;
         source_index(oy, g.in_h, g.out_h, g.align_corners, y0, y1, ly);
         source_index(ox, g.in_w, g.out_w, g.align_corners, x0, x1, lx);
-        const int64_t taps[4] = {y0 * g.in_w + x0, y0 * g.in_w + x1, y1 * g.in_w + x0, y1 * g.in_w + x1};
+        const int64_t taps[4] = {y0 * g.in_w + x0, y0 * g.in_w + x1, y1 * g.in_w + x0,
+                                 y1 * g.in_w + x1};
         const double weights[4] = {(1 - ly) * (1 - lx), (1 - ly) * lx, ly * (1 - lx), ly * lx};
         for (int64_t c = 0; c < g.c; ++c) {
           const int64_t o = ((n * g.out_h + oy) * g.out_w + ox) * g.c + c;
@@ -616,7 +641,8 @@ std::vector<double> resize_reference(const k::ResizeGeometry& g, const std::vect
 
 TEST_CASE("bilinear resize NHWC, both align_corners, forward and backward") {
   EmulatedDevice dev;
-  const int64_t sizes[][4] = {{5, 7, 9, 13}, {9, 13, 4, 5}, {6, 6, 6, 6}, {1, 3, 4, 7}, {8, 8, 32, 32}};
+  const int64_t sizes[][4] = {
+      {5, 7, 9, 13}, {9, 13, 4, 5}, {6, 6, 6, 6}, {1, 3, 4, 7}, {8, 8, 32, 32}};
   in_each_schedule([&] {
     for (auto [ih, iw, oh, ow] : sizes) {
       for (bool ac : {false, true}) {
@@ -650,17 +676,18 @@ TEST_CASE("bilinear resize NHWC, both align_corners, forward and backward") {
 // p[i] = ((i % 7) - 3) / 10 with grads g_t[i] = (((5 i + 3 t) % 11) - 5) * 0.03 (i < 64,
 // t = 1..3): torch 2.15 (fused=True, CPU) gives these float32 values for p[0..15]
 // (tests/reference/cuda_adamw_golden.py prints them).
-constexpr uint32_t kTorchAdamW[16] = {
-    0xbe9929afu, 0xbe4d0f78u, 0xbdc9866fu, 0xbb144f3du, 0x3dd12127u, 0x3e4acb0au,
-    0x3e9ad6bdu, 0xbe99d434u, 0xbe4e240eu, 0xbdcce6f3u, 0xba50a597u, 0x3dce6d07u,
-    0x3e4c7a66u, 0x3e9a6354u, 0xbe9abc52u, 0xbe4a96d5u};
+constexpr uint32_t kTorchAdamW[16] = {0xbe9929afu, 0xbe4d0f78u, 0xbdc9866fu, 0xbb144f3du,
+                                      0x3dd12127u, 0x3e4acb0au, 0x3e9ad6bdu, 0xbe99d434u,
+                                      0xbe4e240eu, 0xbdcce6f3u, 0xba50a597u, 0x3dce6d07u,
+                                      0x3e4c7a66u, 0x3e9a6354u, 0xbe9abc52u, 0xbe4a96d5u};
 
 TEST_CASE("AdamW: a multi-tensor step is torch.optim.AdamW to the bit") {
   EmulatedDevice dev;
   in_each_schedule([&] {
     std::vector<double> p0(64), zeros(64, 0.0);
     for (int i = 0; i < 64; ++i) p0[i] = ((i % 7) - 3) / 10.0;
-    const Tensor p = on_device(host(p0, {64})), m = on_device(host(zeros, {64})), v = on_device(host(zeros, {64}));
+    const Tensor p = on_device(host(p0, {64})), m = on_device(host(zeros, {64})),
+                 v = on_device(host(zeros, {64}));
     for (int t = 1; t <= 3; ++t) {
       std::vector<double> g(64);
       for (int i = 0; i < 64; ++i) g[i] = (((5 * i + 3 * t) % 11) - 5) * 0.03;
@@ -696,7 +723,8 @@ TEST_CASE("AdamW: a multi-tensor step is torch.optim.AdamW to the bit") {
     const auto scalars = k::adamw_scalars(3e-4, 0.9, 0.95, 1e-6, 0.1, 7);
     k::adamw_step(tensors, scalars, nullptr);
     for (size_t i = 0; i < sizes.size(); ++i)
-      for (int64_t j = 0; j < sizes[i]; ++j) k::adamw_update(scalars, want_p[i][j], g[i][j], want_m[i][j], want_v[i][j]);
+      for (int64_t j = 0; j < sizes[i]; ++j)
+        k::adamw_update(scalars, want_p[i][j], g[i][j], want_m[i][j], want_v[i][j]);
     CHECK(p == want_p);
     CHECK(m == want_m);
     CHECK(v == want_v);
@@ -710,7 +738,8 @@ TEST_CASE("fused attention (online softmax over key tiles) matches softmax(q k^T
   in_each_schedule([&] {
     for (auto [bh, lq, lk, d] : shapes) {
       INFO("bh " << bh << ", lq " << lq << ", lk " << lk << ", d " << d);
-      const auto q = uniform(bh * lq * d, 60 + d), kk = uniform(bh * lk * d, 61 + d), v = uniform(bh * lk * d, 62 + d);
+      const auto q = uniform(bh * lq * d, 60 + d), kk = uniform(bh * lk * d, 61 + d),
+                 v = uniform(bh * lk * d, 62 + d);
       const double scale = 1.0 / std::sqrt(static_cast<double>(d));
       std::vector<double> want(bh * lq * d, 0.0), want_lse(bh * lq);
       for (int64_t h = 0; h < bh; ++h)
@@ -718,7 +747,8 @@ TEST_CASE("fused attention (online softmax over key tiles) matches softmax(q k^T
           std::vector<double> s(lk);
           for (int64_t j = 0; j < lk; ++j) {
             s[j] = 0;
-            for (int64_t c = 0; c < d; ++c) s[j] += q[(h * lq + i) * d + c] * kk[(h * lk + j) * d + c] * scale;
+            for (int64_t c = 0; c < d; ++c)
+              s[j] += q[(h * lq + i) * d + c] * kk[(h * lk + j) * d + c] * scale;
           }
           const double m = *std::max_element(s.begin(), s.end());
           double total = 0;
@@ -728,10 +758,11 @@ TEST_CASE("fused attention (online softmax over key tiles) matches softmax(q k^T
             for (int64_t c = 0; c < d; ++c)
               want[(h * lq + i) * d + c] += std::exp(s[j] - m) / total * v[(h * lk + j) * d + c];
         }
-      const std::vector<float> qf(q.begin(), q.end()), kf(kk.begin(), kk.end()), vf(v.begin(), v.end());
+      const std::vector<float> qf(q.begin(), q.end()), kf(kk.begin(), kk.end()),
+          vf(v.begin(), v.end());
       std::vector<float> out(want.size()), lse(want_lse.size());
-      k::attention_forward(bh, lq, lk, d, static_cast<float>(scale), qf.data(), kf.data(), vf.data(), out.data(),
-                           lse.data(), nullptr);
+      k::attention_forward(bh, lq, lk, d, static_cast<float>(scale), qf.data(), kf.data(),
+                           vf.data(), out.data(), lse.data(), nullptr);
       expect_close("attention forward", {out.begin(), out.end()}, want, 2e-6);
       expect_close("attention forward (log-sum-exp)", {lse.begin(), lse.end()}, want_lse, 2e-6);
     }
@@ -775,7 +806,8 @@ TEST_CASE("caching allocator: size classes, reuse per stream, peak, out-of-memor
   CHECK(alloc.stats().peak == 2048);
   void* big = alloc.allocate(7 << 20, &s1);  // needs the cache given back first
   CHECK(alloc.stats().cached == 0);
-  CHECK_THROWS_WITH_AS(alloc.allocate(2 << 20, &s1), doctest::Contains("CUDA: out of memory allocating 2.00 MiB"), Error);
+  CHECK_THROWS_WITH_AS(alloc.allocate(2 << 20, &s1),
+                       doctest::Contains("CUDA: out of memory allocating 2.00 MiB"), Error);
   alloc.free(big);
   alloc.release_cached();
   CHECK(device_bytes == 0);
@@ -789,13 +821,16 @@ TEST_CASE("CUDA backend: registered, clear errors without a GPU, CPU results wit
   CHECK(std::string(backend(Device::cuda).name()) == "cuda");
   if (sono::cuda::device_count() == 0) {
     // The stream is created first: "CUDA: cudaStreamCreateWithFlags(...) failed: ..."
-    CHECK_THROWS_WITH_AS(Tensor::zeros({4}, DType::f32, Device::cuda), doctest::Contains(") failed: "), Error);
+    CHECK_THROWS_WITH_AS(Tensor::zeros({4}, DType::f32, Device::cuda),
+                         doctest::Contains(") failed: "), Error);
     return;
   }
   const Tensor x = host(uniform(3 * 45, 50), {3, 45}), w = host(uniform(45 * 7, 51), {45, 7});
   const Tensor xd = x.to(Device::cuda);
-  expect_close("real device gelu + sum", sum(gelu(xd), {1}).to_vector(), sum(gelu(x), {1}).to_vector(), 1e-5);
-  expect_close("real device gemm", matmul(xd, w.to(Device::cuda)).to_vector(), matmul(x, w).to_vector(), 1e-5);
+  expect_close("real device gelu + sum", sum(gelu(xd), {1}).to_vector(),
+               sum(gelu(x), {1}).to_vector(), 1e-5);
+  expect_close("real device gemm", matmul(xd, w.to(Device::cuda)).to_vector(),
+               matmul(x, w).to_vector(), 1e-5);
   MESSAGE("device memory: " << sono::cuda::memory_report());
 }
 #endif

@@ -45,7 +45,8 @@ inline AdamWScalars adamw_scalars(double lr, double beta1, double beta2, double 
           static_cast<float>(eps), static_cast<float>(-(lr / bias_correction1))};
 }
 
-// torch.lerp(a, b, w) as PyTorch's vectorised CPU kernel computes it: fma(w, b - a, a) for |w| < 0.5, else fma(w - 1, b - a, b).
+// torch.lerp(a, b, w) as PyTorch's vectorised CPU kernel computes it: fma(w, b - a, a) for
+// |w| < 0.5, else fma(w - 1, b - a, b).
 __device__ __forceinline__ float lerp_torch(float a, float b, float w) {
   const float diff = __fsub_rn(b, a);
   return fabsf(w) < 0.5f ? __fmaf_rn(w, diff, a) : __fmaf_rn(__fsub_rn(w, 1.0f), diff, b);

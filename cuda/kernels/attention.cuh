@@ -82,7 +82,8 @@ inline void attention_forward(int64_t batch_heads, int64_t lq, int64_t lk, int64
   SONO_CHECK(batch_heads <= 65535, "CUDA attention: ", batch_heads, " batch x heads exceeds 65535");
   const size_t smem = sizeof(float) * (kWarp * (d + 1) + kWarp * d + kAttentionWarps * d);
   launch("attention_forward", attention_forward_kernel<float>,
-         {dim3(static_cast<unsigned>(ceil_div(lq, kAttentionWarps)), static_cast<unsigned>(batch_heads)),
+         {dim3(static_cast<unsigned>(ceil_div(lq, kAttentionWarps)),
+               static_cast<unsigned>(batch_heads)),
           dim3(kAttentionWarps * kWarp), smem, stream},
          lq, lk, static_cast<int>(d), scale, q, k, v, out, lse);
 }

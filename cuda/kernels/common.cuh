@@ -38,6 +38,14 @@ inline unsigned grid_blocks(int64_t n, int64_t per_block) {
   return static_cast<unsigned>(b < kMaxGridBlocks ? b : kMaxGridBlocks);
 }
 
+// The coordinates of element i of a contiguous NHWC tensor of h x w x c images.
+struct Nhwc {
+  int64_t n, y, x, c;
+};
+__host__ __device__ inline Nhwc nhwc_index(int64_t i, int64_t h, int64_t w, int64_t c) {
+  return {i / (c * w * h), i / (c * w) % h, i / c % w, i % c};
+}
+
 // Index of this thread in a 1-D grid and the number of threads of the grid.
 __device__ __forceinline__ int64_t global_thread() {
   return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -46,9 +54,11 @@ __device__ __forceinline__ int64_t grid_threads() {
   return static_cast<int64_t>(gridDim.x) * blockDim.x;
 }
 
-// Rows handled a warp per row, grid-stride: every lane of a warp sees the same sequence, so warp intrinsics stay converged.
-#define SONO_FOR_EACH_WARP_ROW(row, rows)                                                     \
-  for (int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarp) + threadIdx.x / kWarp; \
+// Rows handled a warp per row, grid-stride: every lane of a warp sees the same sequence, so
+// warp intrinsics stay converged.
+#define SONO_FOR_EACH_WARP_ROW(row, rows)                                          \
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarp) +     \
+                     threadIdx.x / kWarp;                                          \
        row < (rows); row += static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp))
 
 struct SumOp {
@@ -63,7 +73,8 @@ struct MaxOp {
 // Butterfly reduction: every lane of the warp ends up with the result.
 template <typename T, typename Op>
 __device__ __forceinline__ T warp_reduce(T v, Op op) {
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) v = op(v, __shfl_xor_sync(kFullMask, v, offset));
+  for (int offset = kWarp / 2; offset > 0; offset /= 2)
+    v = op(v, __shfl_xor_sync(kFullMask, v, offset));
   return v;
 }
 template <typename T>

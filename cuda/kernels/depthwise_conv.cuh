@@ -23,48 +23,43 @@ __device__ __forceinline__ int64_t taps_h(const DepthwiseGeometry& g) { return K
 template <int K>
 __device__ __forceinline__ int64_t taps_w(const DepthwiseGeometry& g) { return K ? K : g.kw; }
 
-template <typename T, int K>
-__global__ void depthwise_forward_kernel(DepthwiseGeometry g, const T* x, const T* weight, T* y) {
-  const int64_t total = g.n * g.oh * g.ow * g.c;
-  for (int64_t i = global_thread(); i < total; i += grid_threads()) {
-    const int64_t c = i % g.c, ox = i / g.c % g.ow, oy = i / (g.c * g.ow) % g.oh,
-                  n = i / (g.c * g.ow * g.oh);
-    const T* wc = weight + c * taps_h<K>(g) * taps_w<K>(g);
-    float acc = 0.0f;
-    for (int64_t ky = 0; ky < taps_h<K>(g); ++ky) {
-      const int64_t iy = oy * g.stride - g.padding + ky * g.dilation;
-      if (iy < 0 || iy >= g.h) continue;
-      for (int64_t kx = 0; kx < taps_w<K>(g); ++kx) {
-        const int64_t ix = ox * g.stride - g.padding + kx * g.dilation;
-        if (ix < 0 || ix >= g.w) continue;
-        acc += x[((n * g.h + iy) * g.w + ix) * g.c + c] * wc[ky * taps_w<K>(g) + kx];
-      }
-    }
-    y[i] = acc;
+// Where tap k of a row (or column) `at` reads, or -1 where it reads padding. Forward: output
+// row `at` reads input row at * stride - padding + k * dilation. Input gradient: input row `at`
+// gathers from the output row that read it through tap k, if any.
+template <bool InputGrad>
+__device__ __forceinline__ int64_t tap_source(int64_t at, int64_t k, int64_t size,
+                                              const DepthwiseGeometry& g) {
+  if (!InputGrad) {
+    const int64_t r = at * g.stride - g.padding + k * g.dilation;
+    return r >= 0 && r < size ? r : -1;
   }
+  const int64_t t = at + g.padding - k * g.dilation;
+  return t >= 0 && t % g.stride == 0 && t / g.stride < size ? t / g.stride : -1;
 }
 
-// grad_x[n, iy, ix, c] = sum over the taps that read (iy, ix) of grad_y * weight.
-template <typename T, int K>
-__global__ void depthwise_backward_input_kernel(DepthwiseGeometry g, const T* grad_y,
-                                                const T* weight, T* grad_x) {
-  const int64_t total = g.n * g.h * g.w * g.c;
+// dst[n, y, x, c] = sum over taps of src[n, source(y), source(x), c] * weight[c, tap]: the
+// forward pass (src = x, dst = y) or the input gradient (src = grad_y, dst = grad_x; a
+// gather, so no atomics).
+template <typename T, int K, bool InputGrad>
+__global__ void depthwise_gather_kernel(DepthwiseGeometry g, const T* src, const T* weight,
+                                        T* dst) {
+  const int64_t src_h = InputGrad ? g.oh : g.h, src_w = InputGrad ? g.ow : g.w;
+  const int64_t dst_h = InputGrad ? g.h : g.oh, dst_w = InputGrad ? g.w : g.ow;
+  const int64_t total = g.n * dst_h * dst_w * g.c;
   for (int64_t i = global_thread(); i < total; i += grid_threads()) {
-    const int64_t c = i % g.c, ix = i / g.c % g.w, iy = i / (g.c * g.w) % g.h,
-                  n = i / (g.c * g.w * g.h);
-    const T* wc = weight + c * taps_h<K>(g) * taps_w<K>(g);
+    const Nhwc d = nhwc_index(i, dst_h, dst_w, g.c);
+    const T* wc = weight + d.c * taps_h<K>(g) * taps_w<K>(g);
     float acc = 0.0f;
     for (int64_t ky = 0; ky < taps_h<K>(g); ++ky) {
-      const int64_t ty = iy + g.padding - ky * g.dilation;
-      if (ty < 0 || ty % g.stride != 0 || ty / g.stride >= g.oh) continue;
+      const int64_t sy = tap_source<InputGrad>(d.y, ky, src_h, g);
+      if (sy < 0) continue;
       for (int64_t kx = 0; kx < taps_w<K>(g); ++kx) {
-        const int64_t tx = ix + g.padding - kx * g.dilation;
-        if (tx < 0 || tx % g.stride != 0 || tx / g.stride >= g.ow) continue;
-        acc += grad_y[((n * g.oh + ty / g.stride) * g.ow + tx / g.stride) * g.c + c] *
-               wc[ky * taps_w<K>(g) + kx];
+        const int64_t sx = tap_source<InputGrad>(d.x, kx, src_w, g);
+        if (sx < 0) continue;
+        acc += src[((d.n * src_h + sy) * src_w + sx) * g.c + d.c] * wc[ky * taps_w<K>(g) + kx];
       }
     }
-    grad_x[i] = acc;
+    dst[i] = acc;
   }
 }
 
@@ -82,11 +77,11 @@ __global__ void depthwise_weight_partial_kernel(DepthwiseGeometry g, int64_t chu
   float acc = 0.0f;
   if (c < g.c) {
     for (int64_t p = first + threadIdx.y; p < last; p += kTileRows) {
-      const int64_t ox = p % g.ow, oy = p / g.ow % g.oh, n = p / (g.ow * g.oh);
-      const int64_t iy = oy * g.stride - g.padding + ky * g.dilation;
-      const int64_t ix = ox * g.stride - g.padding + kx * g.dilation;
-      if (iy >= 0 && iy < g.h && ix >= 0 && ix < g.w)
-        acc += grad_y[p * g.c + c] * x[((n * g.h + iy) * g.w + ix) * g.c + c];
+      const Nhwc o = nhwc_index(p, g.oh, g.ow, 1);
+      const int64_t iy = tap_source<false>(o.y, ky, g.h, g);
+      const int64_t ix = tap_source<false>(o.x, kx, g.w, g);
+      if (iy >= 0 && ix >= 0)
+        acc += grad_y[p * g.c + c] * x[((o.n * g.h + iy) * g.w + ix) * g.c + c];
     }
   }
   acc = sum_over_tile_rows(acc);
@@ -104,7 +99,7 @@ void dispatch_taps(const DepthwiseGeometry& g, F&& f) {
 inline void depthwise_forward(const DepthwiseGeometry& g, const float* x, const float* weight,
                               float* y, cudaStream_t stream) {
   dispatch_taps(g, [&](auto k) {
-    launch("depthwise_conv_forward", depthwise_forward_kernel<float, decltype(k)::value>,
+    launch("depthwise_conv_forward", depthwise_gather_kernel<float, decltype(k)::value, false>,
            elementwise_config(g.n * g.oh * g.ow * g.c, stream), g, x, weight, y);
   });
 }
@@ -112,7 +107,8 @@ inline void depthwise_forward(const DepthwiseGeometry& g, const float* x, const 
 inline void depthwise_backward_input(const DepthwiseGeometry& g, const float* grad_y,
                                      const float* weight, float* grad_x, cudaStream_t stream) {
   dispatch_taps(g, [&](auto k) {
-    launch("depthwise_conv_backward_input", depthwise_backward_input_kernel<float, decltype(k)::value>,
+    launch("depthwise_conv_backward_input",
+           depthwise_gather_kernel<float, decltype(k)::value, true>,
            elementwise_config(g.n * g.h * g.w * g.c, stream), g, grad_y, weight, grad_x);
   });
 }

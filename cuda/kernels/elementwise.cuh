@@ -48,7 +48,7 @@ inline LaunchConfig elementwise_config(int64_t n, cudaStream_t stream) {
   return {dim3(grid_blocks(n, kElementwiseThreads)), dim3(kElementwiseThreads), 0, stream};
 }
 
-// ---- copy and fill --------------------------------------------------------------------------------
+// ---- copy and fill ------------------------------------------------------------------------------
 
 template <typename S, typename D>
 __global__ void copy_kernel(StridedSpace<2> space, int64_t n, const S* src, D* dst) {
@@ -78,7 +78,7 @@ void fill(const StridedSpace<1>& space, int64_t n, T* dst, T value, cudaStream_t
   launch("fill", fill_kernel<T>, elementwise_config(n, stream), space, n, dst, value);
 }
 
-// ---- unary maps (contiguous) ----------------------------------------------------------------------
+// ---- unary maps (contiguous) --------------------------------------------------------------------
 
 // GELU, erf form (torch.nn.GELU()), and its derivative Phi(x) + x phi(x).
 __host__ __device__ inline float gelu_erf(float x) {
@@ -96,7 +96,9 @@ struct Exp { __device__ float operator()(float x) const { return expf(x); } };
 struct Log { __device__ float operator()(float x) const { return logf(x); } };
 struct Sqrt { __device__ float operator()(float x) const { return sqrtf(x); } };
 struct Abs { __device__ float operator()(float x) const { return fabsf(x); } };
-struct Sign { __device__ float operator()(float x) const { return float((x > 0.0f) - (x < 0.0f)); } };
+struct Sign {
+  __device__ float operator()(float x) const { return float((x > 0.0f) - (x < 0.0f)); }
+};
 struct Relu { __device__ float operator()(float x) const { return x > 0.0f ? x : 0.0f; } };
 struct Gelu { __device__ float operator()(float x) const { return gelu_erf(x); } };
 struct GeluGrad { __device__ float operator()(float x) const { return gelu_erf_grad(x); } };
@@ -127,7 +129,7 @@ void unary_map(int64_t n, const float* x, float* y, Op op, cudaStream_t stream) 
   launch("unary", unary_kernel<Op>, elementwise_config(n, stream), n, x, y, op);
 }
 
-// ---- binary maps (strided: broadcast operands have stride 0) ------------------------------------------
+// ---- binary maps (strided: broadcast operands have stride 0) ------------------------------------
 
 namespace binary {
 struct Add { __device__ float operator()(float a, float b) const { return a + b; } };
@@ -153,11 +155,12 @@ void binary_map(const StridedSpace<3>& space, int64_t n, const float* a, const f
   launch("binary", binary_kernel<Op>, elementwise_config(n, stream), space, n, a, b, out, op);
 }
 
-// ---- fused bias + GELU over rows of length cols (a Linear layer's output) ----------------------------
+// ---- fused bias + GELU over rows of length cols (a Linear layer's output) -----------------------
 
 template <typename T>
 __global__ void bias_gelu_kernel(int64_t n, int64_t cols, const T* x, const T* bias, T* y) {
-  for (int64_t i = global_thread(); i < n; i += grid_threads()) y[i] = gelu_erf(x[i] + bias[i % cols]);
+  for (int64_t i = global_thread(); i < n; i += grid_threads())
+    y[i] = gelu_erf(x[i] + bias[i % cols]);
 }
 
 // grad_x = grad_y * GELU'(x + bias); the bias gradient is grad_x's column sum (reduce.cuh).

@@ -19,7 +19,8 @@ struct Taps {
 };
 
 // PyTorch's area_pixel_compute_scale / compute_source_index_and_lambda, in float.
-__host__ __device__ inline Taps source_taps(int64_t dst, int64_t in, int64_t out, bool align_corners) {
+__host__ __device__ inline Taps source_taps(int64_t dst, int64_t in, int64_t out,
+                                            bool align_corners) {
   if (in == out) return {dst, dst, 1.0f, 0.0f};
   const float scale = align_corners ? (out > 1 ? static_cast<float>(in - 1) / (out - 1) : 0.0f)
                                     : static_cast<float>(in) / out;
@@ -33,18 +34,30 @@ __host__ __device__ inline Taps source_taps(int64_t dst, int64_t in, int64_t out
   return {i0, i1, 1.0f - l1, l1};
 }
 
+// Output element i: the offsets in the input of the four pixels it blends, and their weights.
+struct BilinearPoint {
+  int64_t offset[4];
+  float weight[4];
+};
+
+__host__ __device__ inline BilinearPoint bilinear_point(const ResizeGeometry& g, int64_t i) {
+  const Nhwc o = nhwc_index(i, g.out_h, g.out_w, g.c);
+  const Taps ty = source_taps(o.y, g.in_h, g.out_h, g.align_corners);
+  const Taps tx = source_taps(o.x, g.in_w, g.out_w, g.align_corners);
+  const int64_t image = o.n * g.in_h * g.in_w;
+  auto at = [&](int64_t yy, int64_t xx) { return (image + yy * g.in_w + xx) * g.c + o.c; };
+  return {{at(ty.i0, tx.i0), at(ty.i0, tx.i1), at(ty.i1, tx.i0), at(ty.i1, tx.i1)},
+          {ty.l0 * tx.l0, ty.l0 * tx.l1, ty.l1 * tx.l0, ty.l1 * tx.l1}};
+}
+
 template <typename T>
 __global__ void resize_bilinear_forward_kernel(ResizeGeometry g, const T* x, T* y) {
   const int64_t total = g.n * g.out_h * g.out_w * g.c;
   for (int64_t i = global_thread(); i < total; i += grid_threads()) {
-    const int64_t c = i % g.c, ox = i / g.c % g.out_w, oy = i / (g.c * g.out_w) % g.out_h,
-                  n = i / (g.c * g.out_w * g.out_h);
-    const Taps ty = source_taps(oy, g.in_h, g.out_h, g.align_corners);
-    const Taps tx = source_taps(ox, g.in_w, g.out_w, g.align_corners);
-    const T* img = x + n * g.in_h * g.in_w * g.c + c;
-    auto at = [&](int64_t yy, int64_t xx) { return img[(yy * g.in_w + xx) * g.c]; };
-    y[i] = ty.l0 * (tx.l0 * at(ty.i0, tx.i0) + tx.l1 * at(ty.i0, tx.i1)) +
-           ty.l1 * (tx.l0 * at(ty.i1, tx.i0) + tx.l1 * at(ty.i1, tx.i1));
+    const BilinearPoint p = bilinear_point(g, i);
+    T v = 0;
+    for (int k = 0; k < 4; ++k) v += p.weight[k] * x[p.offset[k]];
+    y[i] = v;
   }
 }
 
@@ -52,16 +65,8 @@ template <typename T>
 __global__ void resize_bilinear_backward_kernel(ResizeGeometry g, const T* grad_y, T* grad_x) {
   const int64_t total = g.n * g.out_h * g.out_w * g.c;
   for (int64_t i = global_thread(); i < total; i += grid_threads()) {
-    const int64_t c = i % g.c, ox = i / g.c % g.out_w, oy = i / (g.c * g.out_w) % g.out_h,
-                  n = i / (g.c * g.out_w * g.out_h);
-    const Taps ty = source_taps(oy, g.in_h, g.out_h, g.align_corners);
-    const Taps tx = source_taps(ox, g.in_w, g.out_w, g.align_corners);
-    T* img = grad_x + n * g.in_h * g.in_w * g.c + c;
-    const T gy = grad_y[i];
-    atomicAdd(img + (ty.i0 * g.in_w + tx.i0) * g.c, ty.l0 * tx.l0 * gy);
-    atomicAdd(img + (ty.i0 * g.in_w + tx.i1) * g.c, ty.l0 * tx.l1 * gy);
-    atomicAdd(img + (ty.i1 * g.in_w + tx.i0) * g.c, ty.l1 * tx.l0 * gy);
-    atomicAdd(img + (ty.i1 * g.in_w + tx.i1) * g.c, ty.l1 * tx.l1 * gy);
+    const BilinearPoint p = bilinear_point(g, i);
+    for (int k = 0; k < 4; ++k) atomicAdd(grad_x + p.offset[k], p.weight[k] * grad_y[i]);
   }
 }
 

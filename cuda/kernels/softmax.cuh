@@ -75,15 +75,19 @@ inline LaunchConfig softmax_config(int64_t rows, cudaStream_t stream) {
 
 inline void softmax_forward(int64_t rows, int64_t cols, const float* x, float* y, bool log,
                             cudaStream_t stream) {
-  if (log) launch("log_softmax_forward", softmax_forward_kernel<true>, softmax_config(rows, stream), rows, cols, x, y);
-  else launch("softmax_forward", softmax_forward_kernel<false>, softmax_config(rows, stream), rows, cols, x, y);
+  if (log)
+    launch("log_softmax_forward", softmax_forward_kernel<true>, softmax_config(rows, stream), rows,
+           cols, x, y);
+  else
+    launch("softmax_forward", softmax_forward_kernel<false>, softmax_config(rows, stream), rows,
+           cols, x, y);
 }
 
 inline void softmax_backward(int64_t rows, int64_t cols, const float* y, const float* grad_y,
                              float* grad_x, bool log, cudaStream_t stream) {
   if (log)
-    launch("log_softmax_backward", softmax_backward_kernel<true>, softmax_config(rows, stream), rows,
-           cols, y, grad_y, grad_x);
+    launch("log_softmax_backward", softmax_backward_kernel<true>, softmax_config(rows, stream),
+           rows, cols, y, grad_y, grad_x);
   else
     launch("softmax_backward", softmax_backward_kernel<false>, softmax_config(rows, stream), rows,
            cols, y, grad_y, grad_x);

@@ -161,7 +161,7 @@ std::string describe(uint3 v) {
   throw Fault(os.str());
 }
 
-// ---- sanitizer hooks (no-ops in a plain build) ---------------------------------------------------
+// ---- sanitizer hooks (no-ops in a plain build) --------------------------------------------------
 
 // ThreadSanitizer ignores the emulator's own bookkeeping, shared by all fibers by design.
 // `depth` counts the regions open in the running fiber (or the host).
@@ -249,15 +249,18 @@ void switching_to_scheduler(Fiber* f) {
 void switched(Fiber* f, bool first_time = false) {
   Emulator& e = emu();
 #ifdef SIMT_ASAN
-  if (f) __sanitizer_finish_switch_fiber(first_time ? nullptr : f->asan_fake_stack, &e.stack_bottom, &e.stack_size);
-  else __sanitizer_finish_switch_fiber(e.asan_fake_stack, nullptr, nullptr);
+  if (f)
+    __sanitizer_finish_switch_fiber(first_time ? nullptr : f->asan_fake_stack, &e.stack_bottom,
+                                    &e.stack_size);
+  else
+    __sanitizer_finish_switch_fiber(e.asan_fake_stack, nullptr, nullptr);
 #endif
   (void)e;
   (void)f;
   (void)first_time;
 }
 
-// ---- switching --------------------------------------------------------------------------------
+// ---- switching ----------------------------------------------------------------------------------
 
 [[gnu::noinline]] void park(Fiber* f) {
   if (!_setjmp(f->context)) {
@@ -314,7 +317,7 @@ void fiber_main() {
   setcontext(&uc);
 }
 
-// ---- barriers ---------------------------------------------------------------------------------
+// ---- barriers -----------------------------------------------------------------------------------
 
 template <typename T>
 void put_in_order(std::vector<T>& items) {

@@ -27,7 +27,7 @@
 #include <string>
 #include <type_traits>
 
-// ---- the CUDA language, as far as our kernels use it ------------------------------------------
+// ---- the CUDA language, as far as our kernels use it --------------------------------------------
 
 #define __global__
 #define __device__
@@ -158,7 +158,7 @@ inline int __all_sync(unsigned mask, int pred, const char* file = __builtin_FILE
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline void __threadfence_block() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 
-// ---- atomics (fibers switch only at barriers, but host threads may share memory too) -------------
+// ---- atomics (fibers switch only at barriers, but host threads may share memory too) ------------
 
 template <typename T>
 T atomicAdd(T* address, T value) {
@@ -174,21 +174,24 @@ T atomicAdd(T* address, T value) {
     return old;
   }
 }
-template <typename T>
-T atomicMax(T* address, T value) {
+namespace simt {
+// Stores value where replaces(old, value) holds; returns the old value.
+template <typename T, typename Replaces>
+T atomic_replace_if(T* address, T value, Replaces replaces) {
   T old = __atomic_load_n(address, __ATOMIC_RELAXED);
-  while (old < value && !__atomic_compare_exchange_n(address, &old, value, false,
-                                                     __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+  while (replaces(old, value) && !__atomic_compare_exchange_n(address, &old, value, false,
+                                                              __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
   }
   return old;
 }
+}  // namespace simt
+template <typename T>
+T atomicMax(T* address, T value) {
+  return simt::atomic_replace_if(address, value, [](T old, T v) { return old < v; });
+}
 template <typename T>
 T atomicMin(T* address, T value) {
-  T old = __atomic_load_n(address, __ATOMIC_RELAXED);
-  while (value < old && !__atomic_compare_exchange_n(address, &old, value, false,
-                                                     __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
-  }
-  return old;
+  return simt::atomic_replace_if(address, value, [](T old, T v) { return v < old; });
 }
 template <typename T>
 T atomicExch(T* address, T value) {
@@ -200,7 +203,7 @@ T atomicCAS(T* address, T compare, T value) {
   return compare;
 }
 
-// ---- device math: the fast intrinsics compute the exact function here ----------------------------
+// ---- device math: the fast intrinsics compute the exact function here ---------------------------
 
 inline float __expf(float x) { return expf(x); }
 inline float __logf(float x) { return logf(x); }
