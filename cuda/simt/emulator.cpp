@@ -260,6 +260,8 @@ void switched(Fiber* f, bool first_time = false) {
   (void)first_time;
 }
 
+void lane_exited(const Fiber& f);  // (barriers, below)
+
 // ---- switching ----------------------------------------------------------------------------------
 
 [[gnu::noinline]] void park(Fiber* f) {
@@ -289,6 +291,7 @@ void fiber_main() {
     tsan_ignore(true, f->tsan_ignores);
     tsan_release(&e.grid_end);
     f->state = State::exited;
+    lane_exited(*f);
     park(f);
   }
 }
@@ -339,8 +342,18 @@ void make_ready(Fiber& f) {
 
 unsigned lanes_in_warp(unsigned warp_base) { return std::min(32u, emu().threads - warp_base); }
 
-// The lane whose value `lane` reads in a shuffle, or -1 where the source is outside the mask.
-int shuffle_source(const Fiber& f, unsigned lane) {
+// Lanes of the warp at warp_base that take part in an intrinsic with this mask: CUDA asks only
+// the non-exited threads named in the mask to call it (lanes past the end of the block count as
+// exited).
+unsigned participants(unsigned warp_base, unsigned mask) {
+  unsigned live = 0;
+  for (unsigned l = 0; l < lanes_in_warp(warp_base); ++l)
+    if (fiber(warp_base + l).state != State::exited) live |= 1u << l;
+  return mask & live;
+}
+
+// The lane whose value `lane` reads in a shuffle, or -1 where that lane does not take part.
+int shuffle_source(const Fiber& f, unsigned lane, unsigned taking_part) {
   const int w = f.width, l = static_cast<int>(lane);
   const int segment = l & ~(w - 1);
   int src = l;
@@ -353,40 +366,51 @@ int shuffle_source(const Fiber& f, unsigned lane) {
     default: break;
   }
   if (src < 0 || src > 31) src = l;
-  return (f.mask >> src) & 1u ? src : -1;
+  return (taking_part >> src) & 1u ? src : -1;
 }
 
-// Completes the warp intrinsic that lanes `mask` of the warp at warp_base all wait at.
-void complete_warp_op(unsigned warp_base, unsigned mask) {
+// Completes the warp intrinsic that lanes `lanes` of the warp at warp_base all wait at.
+void complete_warp_op(unsigned warp_base, unsigned lanes) {
   uint64_t votes = 0;
   for (unsigned l = 0; l < 32; ++l)
-    if ((mask >> l) & 1u && fiber(warp_base + l).value) votes |= 1ull << l;
+    if ((lanes >> l) & 1u && fiber(warp_base + l).value) votes |= 1ull << l;
   for (unsigned l = 0; l < 32; ++l) {
-    if (!((mask >> l) & 1u)) continue;
+    if (!((lanes >> l) & 1u)) continue;
     Fiber& f = fiber(warp_base + l);
     switch (f.op) {
       case WarpOp::ballot: f.result = votes; break;
       case WarpOp::any: f.result = votes != 0; break;
-      case WarpOp::all: f.result = votes == mask; break;
+      case WarpOp::all: f.result = votes == lanes; break;
       case WarpOp::sync: f.result = 0; break;
       default: {
-        int src = shuffle_source(f, l);
+        // Reading an exited or absent lane is undefined in CUDA: poison shows it.
+        int src = shuffle_source(f, l, lanes);
         f.result = src < 0 ? kPoison : fiber(warp_base + src).value;
       }
     }
   }
   for (unsigned l = 0; l < 32; ++l)
-    if ((mask >> l) & 1u) make_ready(fiber(warp_base + l));
+    if ((lanes >> l) & 1u) make_ready(fiber(warp_base + l));
 }
 
-// True when every lane of f's mask waits at the same intrinsic (line, mask) as f.
-bool warp_op_complete(unsigned warp_base, const Fiber& f) {
+// Completes f's warp intrinsic if every lane taking part waits at it (same line and mask).
+void try_complete_warp_op(unsigned warp_base, const Fiber& f) {
+  const unsigned lanes = participants(warp_base, f.mask);
   for (unsigned l = 0; l < 32; ++l) {
-    if (!((f.mask >> l) & 1u)) continue;
+    if (!((lanes >> l) & 1u)) continue;
     const Fiber& g = fiber(warp_base + l);
-    if (g.state != State::at_warp_op || !(g.site == f.site) || g.mask != f.mask) return false;
+    if (g.state != State::at_warp_op || !(g.site == f.site) || g.mask != f.mask) return;
   }
-  return true;
+  complete_warp_op(warp_base, lanes);
+}
+
+// A lane exited: an intrinsic its warp waits at may no longer need it.
+void lane_exited(const Fiber& f) {
+  const unsigned base = f.index - f.index % 32;
+  for (unsigned l = 0; l < lanes_in_warp(base); ++l) {
+    const Fiber& g = fiber(base + l);
+    if (g.state == State::at_warp_op) try_complete_warp_op(base, g);
+  }
 }
 
 // "N threads (first (x,y,z)) at __syncthreads file:line", one line per distinct wait.
@@ -578,7 +602,6 @@ uint64_t warp_op(WarpOp op, unsigned mask, uint64_t value, int arg, int width, c
   if (!in_grid || !f) throw Fault(std::string("simt: ") + name + " outside a kernel");
   tsan_ignore(true, f->tsan_ignores);  // a fault leaves it open: tsan_retire closes it
   const unsigned lane = f->index % 32, base = f->index - lane;
-  const unsigned lanes = lanes_in_warp(base);
   auto misuse = [&](const std::string& what) {
     std::ostringstream os;
     os << name << " at " << file << ":" << line << " in thread " << describe(f->tid) << " (lane "
@@ -586,9 +609,6 @@ uint64_t warp_op(WarpOp op, unsigned mask, uint64_t value, int arg, int width, c
     fault(os.str());
   };
   if (!((mask >> lane) & 1u)) misuse("the mask leaves out the calling lane");
-  if (lanes < 32 && (mask >> lanes) != 0)
-    misuse("the mask names lanes past the end of the block (this warp has " +
-           std::to_string(lanes) + " lanes)");
   if (width < 1 || width > 32 || (width & (width - 1)))
     misuse("width " + std::to_string(width) + " is not a power of 2 up to 32");
   char* token = &emu().barrier_tokens[1 + f->index / 32];
@@ -600,7 +620,7 @@ uint64_t warp_op(WarpOp op, unsigned mask, uint64_t value, int arg, int width, c
   f->value = value;
   f->arg = arg;
   f->width = width;
-  if (warp_op_complete(base, *f)) complete_warp_op(base, mask);
+  try_complete_warp_op(base, *f);
   park(f);
   tsan_acquire(token);
   const uint64_t result = f->result;

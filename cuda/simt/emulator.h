@@ -5,9 +5,10 @@
 // runs until it reaches a barrier (__syncthreads, or a _sync warp intrinsic), then the next
 // fiber runs; the order in which ready fibers run is the schedule (forward, reversed or
 // shuffled), so a missing barrier shows up as a wrong result in some schedule. Barriers are
-// checked: threads waiting at different barriers, a thread leaving while others wait, a warp
-// intrinsic whose mask names absent lanes, all raise simt::Fault with the kernel, block,
-// threads and source lines involved.
+// checked: threads waiting at different barriers, a thread leaving while others wait at a
+// __syncthreads, a warp intrinsic that can never complete, all raise simt::Fault with the
+// kernel, block, threads and source lines involved. As in CUDA, a _sync intrinsic waits for the
+// non-exited lanes of its mask; a shuffle reading an exited or absent lane gets NaN (or -1).
 //
 // Static __shared__ variables become function statics: shared by the fibers of a block, and
 // they keep the previous block's values (no way to poison them: a section attribute is dropped
