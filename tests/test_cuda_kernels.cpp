@@ -288,9 +288,9 @@ TEST_CASE("simt: exited and absent lanes do not hold up warp intrinsics, and rea
     std::vector<float> out(128, -7.0f);
     k::launch("exited_lanes", exited_lanes_kernel<float>, {dim3(1), dim3(48)}, out.data());
     for (int t = 0; t < 32; ++t) CHECK(out[t] == static_cast<float>(t ^ 16));
-    for (int t = 32; t < 40; ++t) CHECK(out[t] == -7.0f);               // exited
-    for (int t = 40; t < 48; ++t) CHECK(std::isnan(out[t]));            // read lanes 56..63
-    CHECK(out[64 + 40] == static_cast<float>(0xff00u));                 // lanes 8..15 voted
+    for (int t = 32; t < 40; ++t) CHECK(out[t] == -7.0f);     // exited
+    for (int t = 40; t < 48; ++t) CHECK(std::isnan(out[t]));  // read lanes 56..63
+    CHECK(out[64 + 40] == static_cast<float>(0xff00u));       // lanes 8..15 voted
     CHECK(out[64] == static_cast<float>(0xffffffffu));
   });
 }
