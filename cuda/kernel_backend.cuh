@@ -100,8 +100,9 @@ class KernelBackend : public Backend {
 
   void reduce(ReduceOp op, const Tensor& x, const Tensor& out) override {
     const auto space = make_reduce_space(x.shape(), x.strides(), out.shape());
-    if (op == ReduceOp::sum) reduce_sum(space, f32(x, "reduce"), f32(out, "reduce"), stream());
-    else reduce_max(space, f32(x, "reduce"), f32(out, "reduce"), stream());
+    const float* xp = f32_strided(x, "reduce");  // the space holds x's strides
+    if (op == ReduceOp::sum) reduce_sum(space, xp, f32(out, "reduce"), stream());
+    else reduce_max(space, xp, f32(out, "reduce"), stream());
   }
 
   void conv2d_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,

@@ -421,6 +421,12 @@ TEST_CASE("reduce kernels match the CPU backend, per-thread and per-block paths"
                    amax(*c.t, c.dims, true).to_vector(), 0);
     }
     expect_close("reduce sum", {sum(on_device(x)).item()}, {sum(x).item()}, 1e-6);
+    // A transposed (strided) input straight to the backends.
+    const Tensor m = host(uniform(6 * 35, 15), {6, 35});
+    Tensor want = Tensor::empty({35, 1}), got = device_empty({35, 1});
+    backend(Device::cpu).reduce(ReduceOp::sum, m.transpose(0, 1), want);
+    device().reduce(ReduceOp::sum, on_device(m).transpose(0, 1), got);
+    expect_close("reduce sum", got.to_vector(), want.to_vector(), 1e-6);
   });
 }
 
