@@ -1,0 +1,138 @@
+// The CUDA backend: our kernels (KernelBackend), device memory from the caching allocator,
+// host<->device transfers, cuBLAS for GEMM. All work goes to one stream, created on first use,
+// so memory freed to the allocator may be reused by the next kernel without events.
+#include <climits>
+#include <mutex>
+
+#include "cuda/backend.h"
+#include "cuda/check.h"
+#include "cuda/kernel_backend.cuh"
+
+namespace sono::cuda {
+
+namespace {
+
+// cudaMalloc, with out-of-memory reported as nullptr (the allocator then frees its cache).
+void* device_malloc(size_t bytes) {
+  void* p = nullptr;
+  const cudaError_t status = cudaMalloc(&p, bytes);
+  if (status == cudaErrorMemoryAllocation) {
+    cudaGetLastError();  // clear it: the allocator retries
+    return nullptr;
+  }
+  if (status != cudaSuccess) fail_call("cudaMalloc", status);
+  return p;
+}
+
+int checked_int(int64_t v, const char* what) {
+  SONO_CHECK(v <= INT_MAX, "CUDA gemm: ", what, " ", v, " exceeds cuBLAS's int range");
+  return static_cast<int>(v);
+}
+
+class CudaBackend final : public KernelBackend {
+ public:
+  CudaBackend() : allocator_(device_malloc, [](void* p) { cudaFree(p); }) {}
+
+  const char* name() const override { return "cuda"; }
+  void* allocate(size_t nbytes) override { return allocator_.allocate(nbytes, stream()); }
+  void deallocate(void* ptr) override { allocator_.free(ptr); }
+
+  // c[i] = alpha op(a[i]) op(b[i]) + beta c[i], row-major. cuBLAS is column-major, where the
+  // same bytes hold the transposes: compute c^T = op(b)^T op(a)^T instead (operands swapped).
+  void gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& c, double alpha,
+            double beta) override {
+    const int64_t batch = c.size(0), m = c.size(1), n = c.size(2), k = ta ? a.size(1) : a.size(2);
+    SONO_CHECK((ta ? a.size(2) : a.size(1)) == m && (tb ? b.size(2) : b.size(1)) == k &&
+                   (tb ? b.size(1) : b.size(2)) == n,
+               "CUDA gemm: ", shape_str(a.shape()), (ta ? "^T" : ""), " x ", shape_str(b.shape()),
+               (tb ? "^T" : ""), " does not give ", shape_str(c.shape()));
+    const cublasOperation_t op_a = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t op_b = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const long long stride_a = a.size(0) == 1 ? 0 : a.size(1) * a.size(2);
+    const long long stride_b = b.size(0) == 1 ? 0 : b.size(1) * b.size(2);
+    const int rows = checked_int(n, "n"), cols = checked_int(m, "m"), inner = checked_int(k, "k");
+    const int lda = checked_int(a.size(2), "lda"), ldb = checked_int(b.size(2), "ldb");
+    const int batches = checked_int(batch, "batch");
+    if (c.dtype() == DType::f64) {
+      const double al = alpha, be = beta;
+      SONO_CUDA_CHECK(cublasDgemmStridedBatched(cublas(), op_b, op_a, rows, cols, inner, &al,
+                                                b.data<double>(), ldb, stride_b, a.data<double>(),
+                                                lda, stride_a, &be, c.data<double>(), rows,
+                                                m * n, batches));
+    } else {
+      const float al = static_cast<float>(alpha), be = static_cast<float>(beta);
+      SONO_CUDA_CHECK(cublasSgemmStridedBatched(cublas(), op_b, op_a, rows, cols, inner, &al,
+                                                b.data<float>(), ldb, stride_b, a.data<float>(),
+                                                lda, stride_a, &be, c.data<float>(), rows, m * n,
+                                                batches));
+    }
+  }
+
+  cudaStream_t stream() const override {
+    std::call_once(stream_once_, [this] {
+      SONO_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    });
+    return stream_;
+  }
+
+  CachingAllocator& allocator() { return allocator_; }
+
+ protected:
+  void transfer(void* dst, const void* src, size_t bytes, bool to_device) override {
+    SONO_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes,
+                                    to_device ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost,
+                                    stream()));
+    // Pageable uploads return once the host buffer is staged; downloads must land first.
+    if (!to_device) SONO_CUDA_CHECK(cudaStreamSynchronize(stream()));
+  }
+
+ private:
+  cublasHandle_t cublas() {
+    std::call_once(cublas_once_, [this] {
+      SONO_CUDA_CHECK(cublasCreate(&cublas_));
+      SONO_CUDA_CHECK(cublasSetStream(cublas_, stream()));
+    });
+    return cublas_;
+  }
+
+  // Blocks live until the process ends: freeing at exit would race the runtime's own teardown.
+  CachingAllocator allocator_;
+  mutable std::once_flag stream_once_, cublas_once_;
+  mutable cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+};
+
+CudaBackend& instance() {
+  static CudaBackend backend;
+  return backend;
+}
+
+[[maybe_unused]] const bool registered = [] {
+  register_backend(Device::cuda, &instance());
+  return true;
+}();
+
+}  // namespace
+
+int device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+
+MemoryStats memory_stats() { return instance().allocator().stats(); }
+std::string memory_report() { return instance().allocator().report(); }
+void reset_peak_memory() { instance().allocator().reset_peak(); }
+void release_cached_memory() { instance().allocator().release_cached(); }
+void synchronize() { SONO_CUDA_CHECK(cudaStreamSynchronize(instance().stream())); }
+
+}  // namespace sono::cuda
+
+// Named by the linker option --undefined in cuda/CMakeLists.txt: keeps this object, and with it
+// the registration above, in every program that links sono_cuda.
+extern "C" {
+int sono_cuda_backend_linked = 0;
+}

@@ -1,0 +1,18 @@
+#pragma once
+// The CUDA backend's host API, in plain C++ (no CUDA headers). When sono_cuda is linked
+// (SONO_HAVE_CUDA), the backend registers itself as Device::cuda at startup; it touches the GPU
+// only when a tensor is first put there.
+#include <string>
+
+#include "cuda/allocator.h"
+
+namespace sono::cuda {
+
+int device_count();  // 0 where there is no usable GPU (or no driver)
+MemoryStats memory_stats();
+std::string memory_report();  // "in use ..., peak ..., cached ..., N device allocations"
+void reset_peak_memory();
+void release_cached_memory();  // gives cached blocks back to the device
+void synchronize();            // waits for all work queued on the backend's stream
+
+}  // namespace sono::cuda

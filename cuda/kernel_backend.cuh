@@ -1,0 +1,274 @@
+#pragma once
+// KernelBackend: the sono::Backend methods that run our kernels, written once for both builds.
+// CudaBackend (cuda/backend.cu, nvcc) adds device memory, host<->device transfers and cuBLAS;
+// the kernel tests derive an emulated backend over host memory from the same class, so the
+// glue from tensors to kernel arguments runs in CI too.
+#include "cuda/kernels/adamw.cuh"
+#include "cuda/kernels/attention.cuh"
+#include "cuda/kernels/depthwise_conv.cuh"
+#include "cuda/kernels/elementwise.cuh"
+#include "cuda/kernels/layernorm.cuh"
+#include "cuda/kernels/reduce.cuh"
+#include "cuda/kernels/resize.cuh"
+#include "cuda/kernels/softmax.cuh"
+#include "tensor/backend.h"
+#include "tensor/cpu/strided.h"
+
+namespace sono::cuda {
+inline namespace SONO_KERNEL_TARGET {
+
+[[noreturn]] inline void not_implemented(const char* op) {
+  fail("CUDA: ", op, " not implemented yet");
+}
+
+// Calls f(T{}) with T = float, double or int64_t per dtype.
+template <typename F>
+void dispatch_dtype(DType dtype, F&& f) {
+  if (dtype == DType::f32) f(float{});
+  else if (dtype == DType::f64) f(double{});
+  else f(int64_t{});
+}
+
+class KernelBackend : public Backend {
+ public:
+  // Device to device: the strided copy kernel. Host to device and back: one contiguous
+  // transfer of raw bytes, with strides and dtype conversion done on whichever side is not
+  // contiguous (the CPU backend on the host, the copy kernel on the device).
+  void copy(const Tensor& src, const Tensor& dst) override {
+    SONO_CHECK(src.shape() == dst.shape(), "CUDA copy: shapes ", shape_str(src.shape()), " and ",
+               shape_str(dst.shape()), " differ");
+    if (src.device() == Device::cuda && dst.device() == Device::cuda) {
+      copy_on_device(src.shape(), src.raw_data(), src.strides(), src.dtype(), dst.raw_data(),
+                     dst.strides(), dst.dtype());
+    } else if (dst.device() == Device::cuda) {
+      upload(src, dst);
+    } else {
+      download(src, dst);
+    }
+  }
+
+  void fill(const Tensor& dst, double value) override {
+    auto layout = cpu::merge_dims<1>(dst.shape(), {&dst.strides()});
+    const auto space = make_space<1>(layout.shape, layout.strides);
+    dispatch_dtype(dst.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      cuda::fill<T>(space, dst.numel(), dst.data<T>(), static_cast<T>(value), stream());
+    });
+  }
+
+  void unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) override {
+    const float* xp = f32(x, "unary");
+    float* yp = f32(out, "unary");
+    const int64_t n = x.numel();
+    const float a = static_cast<float>(alpha);
+    auto run = [&](auto f) { unary_map(n, xp, yp, f, stream()); };
+    switch (op) {
+      case UnaryOp::neg: return run(unary::Neg{});
+      case UnaryOp::exp: return run(unary::Exp{});
+      case UnaryOp::log: return run(unary::Log{});
+      case UnaryOp::sqrt: return run(unary::Sqrt{});
+      case UnaryOp::abs: return run(unary::Abs{});
+      case UnaryOp::sign: return run(unary::Sign{});
+      case UnaryOp::relu: return run(unary::Relu{});
+      case UnaryOp::gelu: return run(unary::Gelu{});
+      case UnaryOp::gelu_grad: return run(unary::GeluGrad{});
+      case UnaryOp::sigmoid: return run(unary::Sigmoid{});
+      case UnaryOp::tanh: return run(unary::Tanh{});
+      case UnaryOp::softplus: return run(unary::Softplus{});
+      case UnaryOp::add_scalar: return run(unary::AddScalar{a});
+      case UnaryOp::mul_scalar: return run(unary::MulScalar{a});
+      case UnaryOp::pow_scalar: return run(unary::PowScalar{a});
+      case UnaryOp::gt_scalar: return run(unary::GtScalar{a});
+    }
+  }
+
+  void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) override {
+    auto layout = cpu::merge_dims<3>(out.shape(), {&a.strides(), &b.strides(), &out.strides()});
+    const auto space = make_space<3>(layout.shape, layout.strides);
+    const float* ap = f32_strided(a, "binary");
+    const float* bp = f32_strided(b, "binary");
+    float* op_out = f32_strided(out, "binary");
+    auto run = [&](auto f) { binary_map(space, out.numel(), ap, bp, op_out, f, stream()); };
+    switch (op) {
+      case BinaryOp::add: return run(binary::Add{});
+      case BinaryOp::sub: return run(binary::Sub{});
+      case BinaryOp::mul: return run(binary::Mul{});
+      case BinaryOp::div: return run(binary::Div{});
+      case BinaryOp::eq: return run(binary::Eq{});
+    }
+  }
+
+  void reduce(ReduceOp op, const Tensor& x, const Tensor& out) override {
+    const auto space = make_reduce_space(x.shape(), x.strides(), out.shape());
+    const float* xp = f32_strided(x, "reduce");  // the space holds x's strides
+    if (op == ReduceOp::sum) reduce_sum(space, xp, f32(out, "reduce"), stream());
+    else reduce_max(space, xp, f32(out, "reduce"), stream());
+  }
+
+  void conv2d_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,
+                      const Tensor& out) override {
+    depthwise_forward(depthwise(g), f32(x, "conv2d"), f32(w, "conv2d"), f32(out, "conv2d"),
+                      stream());
+  }
+  void conv2d_backward_input(const Conv2dGeometry& g, const Tensor& grad_out, const Tensor& w,
+                             const Tensor& grad_x) override {
+    depthwise_backward_input(depthwise(g), f32(grad_out, "conv2d"), f32(w, "conv2d"),
+                             f32(grad_x, "conv2d"), stream());
+  }
+  void conv2d_backward_weight(const Conv2dGeometry& g, const Tensor& x, const Tensor& grad_out,
+                              const Tensor& grad_w) override {
+    const DepthwiseGeometry dg = depthwise(g);
+    Buffer ws(*this, depthwise_backward_weight_workspace(dg) * sizeof(float));
+    depthwise_backward_weight(dg, f32(x, "conv2d"), f32(grad_out, "conv2d"),
+                              f32(grad_w, "conv2d"), ws.floats(), stream());
+  }
+
+  void layer_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, double eps,
+                          const Tensor& y, const Tensor& mean, const Tensor& rstd) override {
+    const int64_t cols = x.size(-1);
+    const char* op = "layer_norm";
+    cuda::layer_norm_forward(x.numel() / cols, cols, f32(x, op), f32_or_null(w, op),
+                             f32_or_null(b, op), static_cast<float>(eps), f32(y, op),
+                             f32(mean, op), f32(rstd, op), stream());
+  }
+  void layer_norm_backward(const Tensor& x, const Tensor& w, const Tensor& mean,
+                           const Tensor& rstd, const Tensor& grad_y, const Tensor& grad_x,
+                           const Tensor& grad_w, const Tensor& grad_b) override {
+    const int64_t cols = x.size(-1), rows = x.numel() / cols;
+    const bool param_grads = grad_w.defined() || grad_b.defined();
+    Buffer ws(*this, param_grads ? layer_norm_backward_workspace(rows, cols) * sizeof(float) : 0);
+    const char* op = "layer_norm";
+    cuda::layer_norm_backward(rows, cols, f32(x, op), f32_or_null(w, op), f32(mean, op),
+                              f32(rstd, op), f32(grad_y, op), f32_or_null(grad_x, op),
+                              f32_or_null(grad_w, op), f32_or_null(grad_b, op), ws.floats(),
+                              stream());
+  }
+
+  void softmax_forward(const Tensor& x, const Tensor& y, bool log) override {
+    const int64_t cols = x.size(-1);
+    cuda::softmax_forward(x.numel() / cols, cols, f32(x, "softmax"), f32(y, "softmax"), log,
+                          stream());
+  }
+  void softmax_backward(const Tensor& y, const Tensor& grad_y, const Tensor& grad_x,
+                        bool log) override {
+    const int64_t cols = y.size(-1);
+    cuda::softmax_backward(y.numel() / cols, cols, f32(y, "softmax"), f32(grad_y, "softmax"),
+                           f32(grad_x, "softmax"), log, stream());
+  }
+
+  void resize_bilinear_forward(const Tensor& x, const Tensor& y, bool align_corners) override {
+    cuda::resize_bilinear_forward(resize_geometry(x, y, align_corners), f32(x, "resize"),
+                                  f32(y, "resize"), stream());
+  }
+  void resize_bilinear_backward(const Tensor& grad_y, const Tensor& grad_x,
+                                bool align_corners) override {
+    fill(grad_x, 0.0);  // the kernel accumulates
+    cuda::resize_bilinear_backward(resize_geometry(grad_x, grad_y, align_corners),
+                                   f32(grad_y, "resize"), f32(grad_x, "resize"), stream());
+  }
+
+  void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
+                  const Tensor& exp_avg_sq, double lr, double beta1, double beta2, double eps,
+                  double weight_decay, int64_t step) override {
+    cuda::adamw_step({{f32(param, "adamw"), f32(grad, "adamw"), f32(exp_avg, "adamw"),
+                       f32(exp_avg_sq, "adamw"), param.numel()}},
+                     adamw_scalars(lr, beta1, beta2, eps, weight_decay, step), stream());
+  }
+
+ protected:
+  virtual cudaStream_t stream() const = 0;
+  // Copies bytes between host and device memory; returns once host memory may be reused.
+  virtual void transfer(void* dst, const void* src, size_t bytes, bool to_device) = 0;
+
+ private:
+  void copy_on_device(const Shape& shape, const void* src, const Shape& src_strides,
+                      DType src_dtype, void* dst, const Shape& dst_strides, DType dst_dtype) {
+    auto layout = cpu::merge_dims<2>(shape, {&src_strides, &dst_strides});
+    const auto space = make_space<2>(layout.shape, layout.strides);
+    dispatch_dtype(src_dtype, [&](auto s) {
+      dispatch_dtype(dst_dtype, [&](auto d) {
+        using S = decltype(s);
+        using D = decltype(d);
+        cuda::copy<S, D>(space, shape_numel(shape), static_cast<const S*>(src),
+                         static_cast<D*>(dst), stream());
+      });
+    });
+  }
+
+  void upload(const Tensor& src, const Tensor& dst) {
+    Tensor host = src;
+    if (!src.is_contiguous() || src.dtype() != dst.dtype()) {
+      host = Tensor::empty(src.shape(), dst.dtype());
+      backend(Device::cpu).copy(src, host);
+    }
+    const size_t bytes = dst.numel() * dtype_size(dst.dtype());
+    if (dst.is_contiguous()) return transfer(dst.raw_data(), host.raw_data(), bytes, true);
+    Buffer staged(*this, bytes);
+    transfer(staged.data, host.raw_data(), bytes, true);
+    copy_on_device(dst.shape(), staged.data, contiguous_strides(dst.shape()), dst.dtype(),
+                   dst.raw_data(), dst.strides(), dst.dtype());
+  }
+
+  void download(const Tensor& src, const Tensor& dst) {
+    const size_t bytes = src.numel() * dtype_size(src.dtype());
+    const bool direct = dst.is_contiguous() && dst.dtype() == src.dtype();
+    Tensor host = direct ? dst : Tensor::empty(src.shape(), src.dtype());
+    if (src.is_contiguous()) {
+      transfer(host.raw_data(), src.raw_data(), bytes, false);
+    } else {
+      Buffer packed(*this, bytes);
+      copy_on_device(src.shape(), src.raw_data(), src.strides(), src.dtype(), packed.data,
+                     contiguous_strides(src.shape()), src.dtype());
+      transfer(host.raw_data(), packed.data, bytes, false);
+    }
+    if (!direct) backend(Device::cpu).copy(host, dst);
+  }
+
+  // Device memory for the duration of a method; freed stream-ordered when it returns.
+  struct Buffer {
+    Backend& owner;
+    void* data = nullptr;
+    Buffer(Backend& b, size_t bytes) : owner(b) {
+      if (bytes > 0) data = b.allocate(bytes);
+    }
+    ~Buffer() {
+      if (data) owner.deallocate(data);
+    }
+    Buffer(const Buffer&) = delete;
+    Buffer& operator=(const Buffer&) = delete;
+    float* floats() const { return static_cast<float*>(data); }
+  };
+
+  // Our kernels compute in float32 on tensors of this device, contiguous unless they take
+  // strides.
+  static float* f32_strided(const Tensor& t, const char* op) {
+    SONO_CHECK(t.dtype() == DType::f32, "CUDA: ", op, " on ", dtype_name(t.dtype()),
+               " not implemented yet (float32 only)");
+    SONO_CHECK(t.device() == Device::cuda, "CUDA: ", op, " given a ", device_name(t.device()),
+               " tensor");
+    return t.data<float>();
+  }
+  static float* f32(const Tensor& t, const char* op) {
+    SONO_CHECK(t.is_contiguous(), "CUDA: ", op, " given a non-contiguous tensor");
+    return f32_strided(t, op);
+  }
+  static float* f32_or_null(const Tensor& t, const char* op) {
+    return t.defined() ? f32(t, op) : nullptr;
+  }
+
+  static DepthwiseGeometry depthwise(const Conv2dGeometry& g) {
+    if (g.groups != g.cin || g.cout != g.cin)
+      not_implemented("conv2d other than depthwise (groups == in == out channels)");
+    return {g.n, g.h, g.w, g.cin, g.kh, g.kw, g.oh, g.ow, g.stride, g.padding, g.dilation};
+  }
+
+  static ResizeGeometry resize_geometry(const Tensor& in, const Tensor& out, bool align_corners) {
+    SONO_CHECK(in.dim() == 4 && out.dim() == 4, "CUDA resize: NHWC tensors expected, got ",
+               shape_str(in.shape()), " and ", shape_str(out.shape()));
+    return {in.size(0), in.size(1), in.size(2), out.size(1), out.size(2), in.size(3),
+            align_corners};
+  }
+};
+
+}  // namespace SONO_KERNEL_TARGET
+}  // namespace sono::cuda

@@ -1,0 +1,115 @@
+#pragma once
+// What every kernel header shares. Kernel headers compile under nvcc (included by
+// cuda/kernels.cu) and under a host compiler with the SIMT emulator (tests/test_cuda_kernels.cpp),
+// so they hold only code valid in both:
+// - kernels are templates (nvcc ignores `inline` on __global__, and a header's non-inline
+//   function would be defined twice when two files include it);
+// - no inline PTX, only _sync warp intrinsics; tensor-core paths would sit behind __CUDA_ARCH__;
+// - each op family has host launchers taking raw pointers, sizes and a stream, which the
+//   backend (cuda/kernels.cu) and the tests both call.
+#include <cstdint>
+#include <math.h>
+
+#include "cuda/launch.h"
+#include "tensor/error.h"
+
+#ifdef __CUDACC__
+#define DYNAMIC_SMEM(T, name)                                            \
+  extern __shared__ __align__(16) unsigned char sono_dynamic_smem_[]; \
+  T* name = reinterpret_cast<T*>(sono_dynamic_smem_)
+#else
+#define DYNAMIC_SMEM(T, name) T* name = static_cast<T*>(::simt::dynamic_smem())
+#endif
+
+namespace sono::cuda {
+inline namespace SONO_KERNEL_TARGET {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int kWarp = 32;
+// Grid-stride kernels cap their grid here: enough blocks to fill an H100 several times.
+constexpr int64_t kMaxGridBlocks = 4096;
+
+__host__ __device__ constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Blocks for n items at `per_block` items a block, at most kMaxGridBlocks (grid-stride loops
+// cover the rest).
+inline unsigned grid_blocks(int64_t n, int64_t per_block) {
+  int64_t b = ceil_div(n, per_block);
+  return static_cast<unsigned>(b < kMaxGridBlocks ? b : kMaxGridBlocks);
+}
+
+// The coordinates of element i of a contiguous NHWC tensor of h x w x c images.
+struct Nhwc {
+  int64_t n, y, x, c;
+};
+__host__ __device__ inline Nhwc nhwc_index(int64_t i, int64_t h, int64_t w, int64_t c) {
+  return {i / (c * w * h), i / (c * w) % h, i / c % w, i % c};
+}
+
+// Index of this thread in a 1-D grid and the number of threads of the grid.
+__device__ __forceinline__ int64_t global_thread() {
+  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ int64_t grid_threads() {
+  return static_cast<int64_t>(gridDim.x) * blockDim.x;
+}
+
+// Rows handled a warp per row, grid-stride: every lane of a warp sees the same sequence, so
+// warp intrinsics stay converged.
+#define SONO_FOR_EACH_WARP_ROW(row, rows)                                          \
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarp) +     \
+                     threadIdx.x / kWarp;                                          \
+       row < (rows); row += static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp))
+
+struct SumOp {
+  template <typename T>
+  __host__ __device__ T operator()(T a, T b) const { return a + b; }
+};
+struct MaxOp {
+  template <typename T>
+  __host__ __device__ T operator()(T a, T b) const { return b > a ? b : a; }
+};
+
+// Butterfly reduction: every lane of the warp ends up with the result.
+template <typename T, typename Op>
+__device__ __forceinline__ T warp_reduce(T v, Op op) {
+  for (int offset = kWarp / 2; offset > 0; offset /= 2)
+    v = op(v, __shfl_xor_sync(kFullMask, v, offset));
+  return v;
+}
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+  return warp_reduce(v, SumOp{});
+}
+
+// Reduction over a 1-D block whose size is a multiple of 32; every thread gets the result.
+template <typename T, typename Op>
+__device__ __forceinline__ T block_reduce(T v, T identity, Op op) {
+  __shared__ T partial[kWarp];
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  v = warp_reduce(v, op);
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  v = lane < static_cast<int>(blockDim.x / kWarp) ? partial[lane] : identity;
+  v = warp_reduce(v, op);  // each warp reduces the partials itself: no broadcast needed
+  __syncthreads();         // `partial` is reused by the next call
+  return v;
+}
+
+// Column sums over a (32, kTileRows) block: v summed over threadIdx.y, valid where
+// threadIdx.y == 0. The first stage of the two-stage parameter-gradient sums.
+constexpr int kTileRows = 8;
+template <typename T>
+__device__ __forceinline__ T sum_over_tile_rows(T v) {
+  __shared__ T tile[kTileRows][kWarp + 1];  // +1: no bank conflicts
+  tile[threadIdx.y][threadIdx.x] = v;
+  __syncthreads();
+  T total = 0;
+  if (threadIdx.y == 0)
+    for (int i = 0; i < kTileRows; ++i) total += tile[i][threadIdx.x];
+  __syncthreads();  // `tile` is reused by the next call
+  return total;
+}
+
+}  // namespace SONO_KERNEL_TARGET
+}  // namespace sono::cuda

@@ -1,0 +1,188 @@
+#pragma once
+// Elementwise kernels: strided copy (with dtype conversion), fill, unary and broadcasting
+// binary maps, and the fused bias + GELU of a Linear layer's output (forward and input grad).
+#include <array>
+#include <vector>
+
+#include "cuda/kernels/common.cuh"
+
+namespace sono::cuda {
+inline namespace SONO_KERNEL_TARGET {
+
+constexpr int kMaxDims = 8;
+
+// An iteration space (sizes, outermost first) and K operands' strides over it, in elements.
+template <int K>
+struct StridedSpace {
+  int rank = 0;
+  int64_t size[kMaxDims] = {};
+  int64_t stride[K][kMaxDims] = {};
+
+  __host__ __device__ void offsets(int64_t i, int64_t (&off)[K]) const {
+    for (int k = 0; k < K; ++k) off[k] = 0;
+    for (int d = rank - 1; d >= 0; --d) {
+      const int64_t idx = i % size[d];
+      i /= size[d];
+      for (int k = 0; k < K; ++k) off[k] += idx * stride[k][d];
+    }
+  }
+};
+
+template <int K>
+StridedSpace<K> make_space(const std::vector<int64_t>& sizes,
+                           const std::array<std::vector<int64_t>, K>& strides) {
+  SONO_CHECK(sizes.size() <= kMaxDims, "CUDA: ", sizes.size(), " dims after merging; kernels take ",
+             kMaxDims);
+  StridedSpace<K> s;
+  s.rank = static_cast<int>(sizes.size());
+  for (int d = 0; d < s.rank; ++d) {
+    s.size[d] = sizes[d];
+    for (int k = 0; k < K; ++k) s.stride[k][d] = strides[k][d];
+  }
+  return s;
+}
+
+constexpr int kElementwiseThreads = 256;
+
+inline LaunchConfig elementwise_config(int64_t n, cudaStream_t stream) {
+  return {dim3(grid_blocks(n, kElementwiseThreads)), dim3(kElementwiseThreads), 0, stream};
+}
+
+// ---- copy and fill ------------------------------------------------------------------------------
+
+template <typename S, typename D>
+__global__ void copy_kernel(StridedSpace<2> space, int64_t n, const S* src, D* dst) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    int64_t off[2];
+    space.offsets(i, off);
+    dst[off[1]] = static_cast<D>(src[off[0]]);
+  }
+}
+
+template <typename S, typename D>
+void copy(const StridedSpace<2>& space, int64_t n, const S* src, D* dst, cudaStream_t stream) {
+  launch("copy", copy_kernel<S, D>, elementwise_config(n, stream), space, n, src, dst);
+}
+
+template <typename T>
+__global__ void fill_kernel(StridedSpace<1> space, int64_t n, T* dst, T value) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    int64_t off[1];
+    space.offsets(i, off);
+    dst[off[0]] = value;
+  }
+}
+
+template <typename T>
+void fill(const StridedSpace<1>& space, int64_t n, T* dst, T value, cudaStream_t stream) {
+  launch("fill", fill_kernel<T>, elementwise_config(n, stream), space, n, dst, value);
+}
+
+// ---- unary maps (contiguous) --------------------------------------------------------------------
+
+// GELU, erf form (torch.nn.GELU()), and its derivative Phi(x) + x phi(x).
+__host__ __device__ inline float gelu_erf(float x) {
+  return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+}
+__host__ __device__ inline float gelu_erf_grad(float x) {
+  const float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
+  const float pdf = expf(-0.5f * x * x) * 0.3989422804014327f;
+  return cdf + x * pdf;
+}
+
+namespace unary {
+struct Neg { __device__ float operator()(float x) const { return -x; } };
+struct Exp { __device__ float operator()(float x) const { return expf(x); } };
+struct Log { __device__ float operator()(float x) const { return logf(x); } };
+struct Sqrt { __device__ float operator()(float x) const { return sqrtf(x); } };
+struct Abs { __device__ float operator()(float x) const { return fabsf(x); } };
+struct Sign {
+  __device__ float operator()(float x) const { return float((x > 0.0f) - (x < 0.0f)); }
+};
+struct Relu { __device__ float operator()(float x) const { return x > 0.0f ? x : 0.0f; } };
+struct Gelu { __device__ float operator()(float x) const { return gelu_erf(x); } };
+struct GeluGrad { __device__ float operator()(float x) const { return gelu_erf_grad(x); } };
+struct Tanh { __device__ float operator()(float x) const { return tanhf(x); } };
+struct Sigmoid {  // no overflow for large |x|
+  __device__ float operator()(float x) const {
+    return x >= 0.0f ? 1.0f / (1.0f + expf(-x)) : expf(x) / (1.0f + expf(x));
+  }
+};
+struct Softplus {  // log(1 + e^x) without overflow
+  __device__ float operator()(float x) const {
+    return x > 0.0f ? x + log1pf(expf(-x)) : log1pf(expf(x));
+  }
+};
+struct AddScalar { float a; __device__ float operator()(float x) const { return x + a; } };
+struct MulScalar { float a; __device__ float operator()(float x) const { return x * a; } };
+struct PowScalar { float a; __device__ float operator()(float x) const { return powf(x, a); } };
+struct GtScalar { float a; __device__ float operator()(float x) const { return float(x > a); } };
+}  // namespace unary
+
+template <typename Op>
+__global__ void unary_kernel(int64_t n, const float* x, float* y, Op op) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) y[i] = op(x[i]);
+}
+
+template <typename Op>
+void unary_map(int64_t n, const float* x, float* y, Op op, cudaStream_t stream) {
+  launch("unary", unary_kernel<Op>, elementwise_config(n, stream), n, x, y, op);
+}
+
+// ---- binary maps (strided: broadcast operands have stride 0) ------------------------------------
+
+namespace binary {
+struct Add { __device__ float operator()(float a, float b) const { return a + b; } };
+struct Sub { __device__ float operator()(float a, float b) const { return a - b; } };
+struct Mul { __device__ float operator()(float a, float b) const { return a * b; } };
+struct Div { __device__ float operator()(float a, float b) const { return a / b; } };
+struct Eq { __device__ float operator()(float a, float b) const { return float(a == b); } };
+}  // namespace binary
+
+template <typename Op>
+__global__ void binary_kernel(StridedSpace<3> space, int64_t n, const float* a, const float* b,
+                              float* out, Op op) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    int64_t off[3];
+    space.offsets(i, off);
+    out[off[2]] = op(a[off[0]], b[off[1]]);
+  }
+}
+
+template <typename Op>
+void binary_map(const StridedSpace<3>& space, int64_t n, const float* a, const float* b,
+                float* out, Op op, cudaStream_t stream) {
+  launch("binary", binary_kernel<Op>, elementwise_config(n, stream), space, n, a, b, out, op);
+}
+
+// ---- fused bias + GELU over rows of length cols (a Linear layer's output) -----------------------
+
+template <typename T>
+__global__ void bias_gelu_kernel(int64_t n, int64_t cols, const T* x, const T* bias, T* y) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads())
+    y[i] = gelu_erf(x[i] + bias[i % cols]);
+}
+
+// grad_x = grad_y * GELU'(x + bias); the bias gradient is grad_x's column sum (reduce.cuh).
+template <typename T>
+__global__ void bias_gelu_backward_kernel(int64_t n, int64_t cols, const T* x, const T* bias,
+                                          const T* grad_y, T* grad_x) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads())
+    grad_x[i] = grad_y[i] * gelu_erf_grad(x[i] + bias[i % cols]);
+}
+
+inline void bias_gelu(int64_t rows, int64_t cols, const float* x, const float* bias, float* y,
+                      cudaStream_t stream) {
+  const int64_t n = rows * cols;
+  launch("bias_gelu", bias_gelu_kernel<float>, elementwise_config(n, stream), n, cols, x, bias, y);
+}
+
+inline void bias_gelu_backward(int64_t rows, int64_t cols, const float* x, const float* bias,
+                               const float* grad_y, float* grad_x, cudaStream_t stream) {
+  const int64_t n = rows * cols;
+  launch("bias_gelu_backward", bias_gelu_backward_kernel<float>, elementwise_config(n, stream), n,
+         cols, x, bias, grad_y, grad_x);
+}
+
+}  // namespace SONO_KERNEL_TARGET
+}  // namespace sono::cuda

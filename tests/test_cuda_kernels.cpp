@@ -1,0 +1,872 @@
+// The CUDA kernels, compiled by the host compiler and run by the SIMT emulator (cuda/simt) in
+// forward, reversed and shuffled thread order, against the CPU backend or plain double-precision
+// reference loops, on awkward shapes (odd sizes, rows shorter than a warp, channels not a
+// multiple of 32). Also: the emulator's own rules, and a kernel with a missing barrier that the
+// harness must catch. Each kernel's tolerance is stated where it is checked; they allow for the
+// few-ulp error of CUDA's expf/erff/logf, which the emulator computes exactly.
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <random>
+
+#include "cuda/allocator.h"
+#include "cuda/kernel_backend.cuh"
+#include "helpers.h"
+#ifdef SONO_HAVE_CUDA
+#include "cuda/backend.h"
+#endif
+
+#if defined(__SANITIZE_THREAD__)
+// Under ThreadSanitizer the emulator reports the race of block_sum_missing_barrier (below) in
+// every schedule; that kernel is broken on purpose.
+extern "C" const char* __tsan_default_suppressions() { return "race:block_sum_missing_barrier\n"; }
+#endif
+
+namespace sono::test {
+namespace {
+
+namespace k = sono::cuda;
+using simt::Schedule;
+
+constexpr Schedule kSchedules[] = {Schedule::forward, Schedule::reversed, Schedule::shuffled};
+
+// Runs body once in each schedule (the shuffled one seeded), naming the schedule on failure.
+template <typename F>
+void in_each_schedule(F&& body) {
+  for (Schedule s : kSchedules) {
+    simt::set_schedule(s, 20240601);
+    INFO("schedule: " << std::string(simt::schedule_name(s)));
+    body();
+  }
+  simt::set_schedule(Schedule::forward);
+}
+
+// The largest error seen per kernel, printed by the last test case.
+std::map<std::string, double>& error_log() {
+  static std::map<std::string, double> log;
+  return log;
+}
+
+// Checks |got - want| / max(1, |want|) <= tol elementwise and logs the largest.
+void expect_close(const std::string& kernel, const std::vector<double>& got,
+                  const std::vector<double>& want, double tol) {
+  REQUIRE(got.size() == want.size());
+  double worst = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double err = std::abs(got[i] - want[i]) / std::max(1.0, std::abs(want[i]));
+    worst = std::isnan(err) ? INFINITY : std::max(worst, err);
+  }
+  INFO(kernel << ": max error " << worst << ", tolerance " << tol);
+  CHECK(worst <= tol);
+  double& logged = error_log()[kernel];
+  logged = std::max(logged, worst);
+}
+
+std::vector<double> uniform(int64_t n, uint64_t seed, double lo = -2.0, double hi = 2.0) {
+  std::mt19937_64 gen(seed);
+  std::uniform_real_distribution<double> dist(lo, hi);
+  std::vector<double> v(n);
+  for (double& x : v) x = static_cast<float>(dist(gen));  // exactly representable in float
+  return v;
+}
+
+Tensor host(const std::vector<double>& v, const Shape& shape, DType dtype = DType::f32) {
+  return Tensor::from_vector(v, shape, dtype);
+}
+
+// ---- an emulated CUDA device: our kernels over host memory ------------------------------------
+
+class EmulatedBackend final : public k::KernelBackend {
+ public:
+  const char* name() const override { return "cuda (SIMT emulator)"; }
+  void* allocate(size_t n) override { return backend(Device::cpu).allocate(n); }
+  void deallocate(void* p) override { backend(Device::cpu).deallocate(p); }
+  // cuBLAS is not emulated; matmul on the emulated device uses the CPU's GEMM.
+  void gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& c, double alpha,
+            double beta) override {
+    backend(Device::cpu).gemm(a, ta, b, tb, c, alpha, beta);
+  }
+
+ protected:
+  cudaStream_t stream() const override { return nullptr; }
+  void transfer(void* dst, const void* src, size_t bytes, bool) override {
+    std::memcpy(dst, src, bytes);
+  }
+};
+
+// Makes Device::cuda the emulated device for a test's duration.
+class EmulatedDevice {
+ public:
+  EmulatedDevice() {
+    try {
+      previous_ = &backend(Device::cuda);
+    } catch (const Error&) {
+    }
+    register_backend(Device::cuda, &emulated_);
+  }
+  ~EmulatedDevice() { register_backend(Device::cuda, previous_); }
+
+ private:
+  EmulatedBackend emulated_;
+  Backend* previous_ = nullptr;
+};
+
+Tensor on_device(const Tensor& t) { return t.to(Device::cuda); }
+Tensor device_empty(const Shape& shape) { return Tensor::empty(shape, DType::f32, Device::cuda); }
+Backend& device() { return backend(Device::cuda); }
+
+// ---- the emulator -----------------------------------------------------------------------------
+
+template <typename T>
+__global__ void warp_intrinsics_kernel(T* out) {
+  const int lane = threadIdx.x % 32;
+  T* o = out + threadIdx.x * 7;
+  const T v = static_cast<T>(100 + threadIdx.x);
+  o[0] = __shfl_sync(k::kFullMask, v, 5);
+  o[1] = __shfl_sync(k::kFullMask, v, lane + 1, 8);
+  o[2] = __shfl_up_sync(k::kFullMask, v, 3, 16);
+  o[3] = __shfl_down_sync(k::kFullMask, v, 2);
+  o[4] = __shfl_xor_sync(k::kFullMask, v, 9, 16);
+  o[5] = static_cast<T>(__ballot_sync(k::kFullMask, lane % 3 == 0));
+  o[6] = static_cast<T>(__any_sync(k::kFullMask, threadIdx.x == 40) * 2 +
+                        __all_sync(k::kFullMask, lane < 32));
+}
+
+TEST_CASE("simt: warp shuffles and votes follow CUDA's rules") {
+  in_each_schedule([] {
+    std::vector<double> out(64 * 7);
+    k::launch("warp_intrinsics", warp_intrinsics_kernel<double>, {dim3(1), dim3(64)}, out.data());
+    for (int t = 0; t < 64; ++t) {
+      const int lane = t % 32, warp0 = t - lane;
+      auto value = [&](int l) { return 100.0 + warp0 + l; };
+      INFO("thread " << t);
+      CHECK(out[t * 7 + 0] == value(5));
+      CHECK(out[t * 7 + 1] == value((lane & ~7) + ((lane + 1) & 7)));
+      CHECK(out[t * 7 + 2] == value(lane % 16 >= 3 ? lane - 3 : lane));
+      CHECK(out[t * 7 + 3] == value(lane + 2 < 32 ? lane + 2 : lane));
+      // xor 9 within groups of 16 stays inside the group (9 < 16)
+      CHECK(out[t * 7 + 4] == value(lane ^ 9));
+      CHECK(out[t * 7 + 5] == static_cast<double>(0x49249249u));
+      CHECK(out[t * 7 + 6] == (warp0 == 32 ? 3.0 : 1.0));
+    }
+  });
+}
+
+// A block sum (block b sums x[b n, (b + 1) n)) with the barrier between writing and reading
+// the warp partials left out.
+template <typename T>
+__global__ void block_sum_missing_barrier(const T* x, int64_t n, T* out) {
+  __shared__ T partial[32];
+  T v = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) v += x[blockIdx.x * n + i];
+  v = k::warp_sum(v);
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = v;
+  if (threadIdx.x < 32) {  // here __syncthreads() is missing
+    v = threadIdx.x < blockDim.x / 32 ? partial[threadIdx.x] : T(0);
+    v = k::warp_sum(v);
+    if (threadIdx.x == 0) out[blockIdx.x] = v;
+  }
+}
+
+// The same sum done right (the library's block_reduce).
+template <typename T>
+__global__ void block_sum(const T* x, int64_t n, T* out) {
+  T v = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) v += x[blockIdx.x * n + i];
+  v = k::block_reduce(v, T(0), k::SumOp{});
+  if (threadIdx.x == 0) out[blockIdx.x] = v;
+}
+
+TEST_CASE("simt: a reduction missing a __syncthreads is caught in some schedule") {
+  const int64_t n = 1000, blocks = 4;
+  std::vector<double> x(n * blocks), sums(blocks, 0.0);
+  for (int64_t i = 0; i < n * blocks; ++i) {
+    x[i] = static_cast<double>(i % 17) + 1.0;
+    sums[i / n] += x[i];
+  }
+  int wrong_schedules = 0;
+  for (Schedule s : kSchedules) {
+    simt::set_schedule(s, 7);
+    std::vector<double> good(blocks), bad(blocks);
+    k::launch("block_sum", block_sum<double>, {dim3(blocks), dim3(256)}, x.data(), n, good.data());
+    k::launch("block_sum_missing_barrier", block_sum_missing_barrier<double>,
+              {dim3(blocks), dim3(256)}, x.data(), n, bad.data());
+    CHECK(good == sums);
+    if (bad != sums) ++wrong_schedules;
+    std::ostringstream os;
+    for (int64_t b = 0; b < blocks; ++b) os << " " << bad[b] << " (right " << sums[b] << ")";
+    MESSAGE("missing barrier, " << std::string(simt::schedule_name(s)) << " schedule:" << os.str());
+  }
+  simt::set_schedule(Schedule::forward);
+  CHECK(wrong_schedules >= 1);
+}
+
+// Block sums of three rows in a row (one instantiation: one shared array), then block maxima;
+// every thread records every result.
+template <typename T>
+__global__ void block_reduce_each_thread(const T* x, T* out) {
+  const int64_t at = threadIdx.x, n = blockDim.x;
+  for (int row = 0; row < 3; ++row)
+    out[(row * n + at) * 2] = k::block_reduce(x[row * n + at], T(0), k::SumOp{});
+  for (int row = 0; row < 3; ++row)
+    out[(row * n + at) * 2 + 1] = k::block_reduce(x[row * n + at], T(-1e300), k::MaxOp{});
+}
+
+TEST_CASE("simt: block_reduce gives every thread the result, call after call") {
+  const int threads = 96;
+  const auto x = uniform(3 * threads, 3);
+  in_each_schedule([&] {
+    std::vector<double> out(3 * threads * 2);
+    k::launch("block_reduce_each_thread", block_reduce_each_thread<double>,
+              {dim3(1), dim3(threads)}, x.data(), out.data());
+    for (int row = 0; row < 3; ++row) {
+      const auto first = x.begin() + row * threads, last = first + threads;
+      const double total = std::accumulate(first, last, 0.0),
+                   largest = *std::max_element(first, last);
+      for (int t = 0; t < threads; ++t) {
+        CHECK(out[(row * threads + t) * 2] == doctest::Approx(total).epsilon(1e-12));
+        CHECK(out[(row * threads + t) * 2 + 1] == largest);
+      }
+    }
+  });
+}
+
+template <typename T>
+__global__ void divergent_barrier_kernel(T* out) {
+  if (threadIdx.x < 40) __syncthreads();
+  out[threadIdx.x] = 1;
+}
+
+template <typename T>
+__global__ void two_barriers_kernel(T* out) {
+  if (threadIdx.x % 2)
+    __syncthreads();
+  else
+    __syncthreads();
+  out[threadIdx.x] = 1;
+}
+
+template <typename T>
+__global__ void full_mask_shuffle_kernel(T* out) {
+  out[threadIdx.x] = __shfl_xor_sync(k::kFullMask, out[threadIdx.x], 1);
+}
+
+// Lanes 32..39 exit; the rest of warp 1 (and the lanes past a 48-thread block) do not hold it
+// up, as in CUDA, but reading them gives poison.
+template <typename T>
+__global__ void exited_lanes_kernel(T* out) {
+  if (threadIdx.x >= 32 && threadIdx.x < 40) return;
+  const T v = __shfl_xor_sync(k::kFullMask, static_cast<T>(threadIdx.x), 16);
+  const unsigned votes = __ballot_sync(k::kFullMask, 1);
+  out[threadIdx.x] = v;
+  out[64 + threadIdx.x] = static_cast<T>(votes);
+}
+
+template <typename T>
+__global__ void shuffle_against_barrier_kernel(T* out) {
+  // Lanes 16-31 are in the mask but go to the barrier instead.
+  if (threadIdx.x % 32 < 16) out[threadIdx.x] = __shfl_xor_sync(k::kFullMask, out[threadIdx.x], 1);
+  __syncthreads();
+}
+
+// Launches kernel(buffer) on blocks x threads and expects a simt::Fault saying `words`.
+void expect_fault(void (*kernel)(float*), const char* name, unsigned blocks, unsigned threads,
+                  const std::string& words) {
+  std::vector<float> buffer(4096, 1.0f);
+  try {
+    k::launch(name, kernel, {dim3(blocks), dim3(threads)}, buffer.data());
+    FAIL("no simt::Fault for a kernel that should raise one (" << words << ")");
+  } catch (const simt::Fault& f) {
+    const std::string message = f.what();
+    INFO(message);
+    CHECK(message.find(words) != std::string::npos);
+  }
+}
+
+TEST_CASE("simt: exited and absent lanes do not hold up warp intrinsics, and read as poison") {
+  in_each_schedule([] {
+    std::vector<float> out(128, -7.0f);
+    k::launch("exited_lanes", exited_lanes_kernel<float>, {dim3(1), dim3(48)}, out.data());
+    for (int t = 0; t < 32; ++t) CHECK(out[t] == static_cast<float>(t ^ 16));
+    for (int t = 32; t < 40; ++t) CHECK(out[t] == -7.0f);     // exited
+    for (int t = 40; t < 48; ++t) CHECK(std::isnan(out[t]));  // read lanes 56..63
+    CHECK(out[64 + 40] == static_cast<float>(0xff00u));       // lanes 8..15 voted
+    CHECK(out[64] == static_cast<float>(0xffffffffu));
+  });
+}
+
+TEST_CASE("simt: misused barriers and bad launches raise a Fault naming the kernel") {
+  expect_fault(divergent_barrier_kernel<float>, "divergent", 2, 64,
+               "threads exited while others wait at __syncthreads");
+  expect_fault(two_barriers_kernel<float>, "two_barriers", 1, 64, "wait at different barriers");
+  expect_fault(shuffle_against_barrier_kernel<float>, "half_mask", 1, 64, "deadlock");
+  expect_fault(full_mask_shuffle_kernel<float>, "huge_block", 1, 2048, "invalid configuration");
+  expect_fault(divergent_barrier_kernel<float>, "kernel_name_here", 1, 64,
+               "kernel 'kernel_name_here' block (0,0,0)");
+  // After faults, the fibers left mid-kernel are discarded and launches work again.
+  std::vector<double> x(600, 1.0), sums(2);
+  k::launch("block_sum", block_sum<double>, {dim3(2), dim3(128)}, x.data(), int64_t{300},
+            sums.data());
+  CHECK(sums[0] == 300.0);
+  CHECK(sums[1] == 300.0);
+}
+
+// ---- elementwise ------------------------------------------------------------------------------
+
+TEST_CASE("elementwise kernels match the CPU backend (unary, broadcast binary, copy, fill)") {
+  EmulatedDevice dev;
+  const std::vector<double> xs = uniform(1037, 1, -3.0, 3.0), pos = uniform(1037, 2, 0.05, 4.0);
+  const Tensor x = host(xs, {1037}), xp = host(pos, {1037});
+  struct Case {
+    const char* name;
+    UnaryOp op;
+    double alpha;
+    bool positive;
+  };
+  const Case cases[] = {{"neg", UnaryOp::neg, 0, false},
+                        {"exp", UnaryOp::exp, 0, false},
+                        {"log", UnaryOp::log, 0, true},
+                        {"sqrt", UnaryOp::sqrt, 0, true},
+                        {"abs", UnaryOp::abs, 0, false},
+                        {"sign", UnaryOp::sign, 0, false},
+                        {"relu", UnaryOp::relu, 0, false},
+                        {"gelu", UnaryOp::gelu, 0, false},
+                        {"gelu_grad", UnaryOp::gelu_grad, 0, false},
+                        {"sigmoid", UnaryOp::sigmoid, 0, false},
+                        {"tanh", UnaryOp::tanh, 0, false},
+                        {"softplus", UnaryOp::softplus, 0, false},
+                        {"add_scalar", UnaryOp::add_scalar, 0.25, false},
+                        {"mul_scalar", UnaryOp::mul_scalar, -1.5, false},
+                        {"pow_scalar", UnaryOp::pow_scalar, 1.7, true},
+                        {"gt_scalar", UnaryOp::gt_scalar, 0.1, false}};
+  in_each_schedule([&] {
+    for (const Case& c : cases) {
+      INFO("unary " << std::string(c.name));
+      const Tensor& in = c.positive ? xp : x;
+      Tensor want = Tensor::empty({1037}), got = device_empty({1037});
+      backend(Device::cpu).unary(c.op, in, want, c.alpha);
+      device().unary(c.op, on_device(in), got, c.alpha);
+      expect_close(std::string("unary ") + c.name, got.to_vector(), want.to_vector(), 1e-6);
+    }
+    // Broadcasting both ways, through the op layer: [5,1,7] * [1,3,7] and [5,3,7] / [7].
+    const Tensor a = host(uniform(35, 3), {5, 1, 7}), b = host(uniform(21, 4, 0.5, 2.0), {1, 3, 7});
+    const Tensor c = host(uniform(105, 5), {5, 3, 7}), d = host(uniform(7, 6, 0.5, 2.0), {7});
+    expect_close("binary (broadcast)", (on_device(a) * on_device(b)).to_vector(),
+                 (a * b).to_vector(), 0);
+    expect_close("binary (broadcast)", (on_device(c) / on_device(d)).to_vector(),
+                 (c / d).to_vector(), 0);
+    expect_close("binary (broadcast)", (on_device(a) - on_device(c)).to_vector(),
+                 (a - c).to_vector(), 0);
+    // Strided copies with conversion: a transposed view to float64, int64 to float32.
+    const Tensor m = on_device(host(uniform(6 * 35, 7), {6, 35}));
+    Tensor mt = Tensor::empty({35, 6}, DType::f64, Device::cuda);
+    device().copy(m.transpose(0, 1), mt);
+    expect_close("copy (strided, f32->f64)", mt.to_vector(),
+                 m.transpose(0, 1).contiguous().to_vector(), 0);
+    const Tensor labels = on_device(Tensor::from_labels({3, -1, 7, 0, 5}));
+    Tensor lf = device_empty({5});
+    device().copy(labels, lf);
+    expect_close("copy (i64->f32)", lf.to_vector(), {3, -1, 7, 0, 5}, 0);
+    // Fill a strided column slice; the rest stays.
+    Tensor z = on_device(Tensor::zeros({4, 9}));
+    device().fill(z.slice(1, 2, 5), 2.5);
+    std::vector<double> want(36, 0.0);
+    for (int r = 0; r < 4; ++r)
+      for (int col = 2; col < 5; ++col) want[r * 9 + col] = 2.5;
+    expect_close("fill (strided)", z.to_vector(), want, 0);
+  });
+}
+
+TEST_CASE("fused bias + GELU matches GELU(x + bias), forward and input gradient") {
+  const int64_t rows = 13, cols = 45;
+  const auto x = uniform(rows * cols, 8, -4.0, 4.0), bias = uniform(cols, 9),
+             gy = uniform(rows * cols, 10);
+  std::vector<float> xf(x.begin(), x.end()), bf(bias.begin(), bias.end()), gf(gy.begin(), gy.end());
+  std::vector<double> want_y(x.size()), want_g(x.size());
+  for (int64_t i = 0; i < rows * cols; ++i) {
+    const double v = x[i] + bias[i % cols];
+    const double cdf = 0.5 * (1.0 + std::erf(v / std::sqrt(2.0)));
+    want_y[i] = v * cdf;
+    want_g[i] = gy[i] * (cdf + v * std::exp(-0.5 * v * v) / std::sqrt(2.0 * M_PI));
+  }
+  in_each_schedule([&] {
+    std::vector<float> y(x.size()), g(x.size());
+    k::bias_gelu(rows, cols, xf.data(), bf.data(), y.data(), nullptr);
+    k::bias_gelu_backward(rows, cols, xf.data(), bf.data(), gf.data(), g.data(), nullptr);
+    expect_close("bias_gelu", {y.begin(), y.end()}, want_y, 2e-6);
+    expect_close("bias_gelu_backward", {g.begin(), g.end()}, want_g, 2e-6);
+  });
+}
+
+// ---- reductions -------------------------------------------------------------------------------
+
+TEST_CASE("reduce kernels match the CPU backend, per-thread and per-block paths") {
+  EmulatedDevice dev;
+  const Tensor x = host(uniform(3 * 5 * 7 * 37, 11), {3, 5, 7, 37});
+  const Tensor wide = host(uniform(40 * 600, 12), {40, 600});  // 600 outputs, coalesced
+  const Tensor narrow = host(uniform(100 * 5, 13), {100, 5});  // 5 to a row: per-thread
+  struct Case {
+    const Tensor* t;
+    std::vector<int64_t> dims;
+  };
+  const Case cases[] = {{&x, {3}},    {&x, {0, 1, 2}}, {&x, {1, 2}},   {&x, {0}},
+                        {&x, {0, 3}}, {&wide, {0}},    {&narrow, {1}}, {&narrow, {0}}};
+  in_each_schedule([&] {
+    for (const Case& c : cases) {
+      INFO("dims " << shape_str(c.dims) << " of " << shape_str(c.t->shape()));
+      const Tensor d = on_device(*c.t);
+      expect_close("reduce sum", sum(d, c.dims, true).to_vector(),
+                   sum(*c.t, c.dims, true).to_vector(), 1e-6);
+      expect_close("reduce max", amax(d, c.dims, true).to_vector(),
+                   amax(*c.t, c.dims, true).to_vector(), 0);
+    }
+    expect_close("reduce sum", {sum(on_device(x)).item()}, {sum(x).item()}, 1e-6);
+    // A transposed (strided) input straight to the backends.
+    const Tensor m = host(uniform(6 * 35, 15), {6, 35});
+    Tensor want = Tensor::empty({35, 1}), got = device_empty({35, 1});
+    backend(Device::cpu).reduce(ReduceOp::sum, m.transpose(0, 1), want);
+    device().reduce(ReduceOp::sum, on_device(m).transpose(0, 1), got);
+    expect_close("reduce sum", got.to_vector(), want.to_vector(), 1e-6);
+  });
+}
+
+// ---- softmax ----------------------------------------------------------------------------------
+
+TEST_CASE("softmax and log-softmax (warp per row, online max/sum) forward and backward") {
+  EmulatedDevice dev;
+  const int64_t shapes[][2] = {{1, 1}, {7, 5}, {37, 31}, {5, 32}, {9, 33}, {3, 100}, {2, 1000}};
+  in_each_schedule([&] {
+    for (auto [rows, cols] : shapes) {
+      INFO("rows " << rows << ", cols " << cols);
+      auto xs = uniform(rows * cols, 14 + cols, -6.0, 6.0);
+      xs[0] += 3000.0;  // one huge logit: the online max must keep exp() in range
+      const auto gs = uniform(rows * cols, 15 + cols);
+      for (bool log : {false, true}) {
+        std::vector<double> want_y(xs.size()), want_g(xs.size());
+        for (int64_t r = 0; r < rows; ++r) {
+          const double* xr = &xs[r * cols];
+          const double m = *std::max_element(xr, xr + cols);
+          double s = 0;
+          for (int64_t c = 0; c < cols; ++c) s += std::exp(xr[c] - m);
+          double dot = 0;
+          for (int64_t c = 0; c < cols; ++c) {
+            const double p = std::exp(xr[c] - m) / s;
+            want_y[r * cols + c] = log ? xr[c] - m - std::log(s) : p;
+            dot += log ? gs[r * cols + c] : gs[r * cols + c] * p;
+          }
+          for (int64_t c = 0; c < cols; ++c) {
+            const double p = std::exp(xr[c] - m) / s, g = gs[r * cols + c];
+            want_g[r * cols + c] = log ? g - p * dot : p * (g - dot);
+          }
+        }
+        const Tensor x = on_device(host(xs, {rows, cols}));
+        Tensor y = device_empty({rows, cols}), gx = device_empty({rows, cols});
+        device().softmax_forward(x, y, log);
+        device().softmax_backward(y, on_device(host(gs, {rows, cols})), gx, log);
+        const char* name = log ? "log_softmax" : "softmax";
+        expect_close(std::string(name) + " forward", y.to_vector(), want_y, 2e-6);
+        expect_close(std::string(name) + " backward", gx.to_vector(), want_g, 2e-6);
+      }
+    }
+  });
+}
+
+// ---- layer norm -------------------------------------------------------------------------------
+
+struct LayerNormReference {
+  std::vector<double> y, mean, rstd, grad_x, grad_w, grad_b;
+};
+
+LayerNormReference layer_norm_reference(const std::vector<double>& x, const std::vector<double>& w,
+                                        const std::vector<double>& b, const std::vector<double>& gy,
+                                        int64_t rows, int64_t cols, double eps) {
+  LayerNormReference r{std::vector<double>(x.size()),  std::vector<double>(rows),
+                       std::vector<double>(rows),      std::vector<double>(x.size()),
+                       std::vector<double>(cols, 0.0), std::vector<double>(cols, 0.0)};
+  for (int64_t i = 0; i < rows; ++i) {
+    const double* xr = &x[i * cols];
+    double mu = 0, var = 0;
+    for (int64_t c = 0; c < cols; ++c) mu += xr[c] / cols;
+    for (int64_t c = 0; c < cols; ++c) var += (xr[c] - mu) * (xr[c] - mu) / cols;
+    const double rs = 1.0 / std::sqrt(var + eps);
+    r.mean[i] = mu;
+    r.rstd[i] = rs;
+    double mean_g = 0, mean_gx = 0;
+    for (int64_t c = 0; c < cols; ++c) {
+      const double xhat = (xr[c] - mu) * rs, g = gy[i * cols + c] * (w.empty() ? 1.0 : w[c]);
+      r.y[i * cols + c] = xhat * (w.empty() ? 1.0 : w[c]) + (b.empty() ? 0.0 : b[c]);
+      mean_g += g / cols;
+      mean_gx += g * xhat / cols;
+      r.grad_w[c] += gy[i * cols + c] * xhat;
+      r.grad_b[c] += gy[i * cols + c];
+    }
+    for (int64_t c = 0; c < cols; ++c) {
+      const double xhat = (xr[c] - mu) * rs, g = gy[i * cols + c] * (w.empty() ? 1.0 : w[c]);
+      r.grad_x[i * cols + c] = rs * (g - mean_g - xhat * mean_gx);
+    }
+  }
+  return r;
+}
+
+TEST_CASE("layer norm (warp per row) forward and backward with weight and bias gradients") {
+  EmulatedDevice dev;
+  const int64_t shapes[][2] = {{1, 5}, {3, 32}, {67, 37}, {150, 100}, {6, 300}};
+  const double eps = 1e-6;
+  in_each_schedule([&] {
+    for (auto [rows, cols] : shapes) {
+      for (bool affine : {true, false}) {
+        INFO("rows " << rows << ", cols " << cols << (affine ? ", affine" : ", no weight/bias"));
+        auto xs = uniform(rows * cols, 20 + cols, -3.0, 5.0);
+        const auto gys = uniform(rows * cols, 21 + cols);
+        const auto ws = affine ? uniform(cols, 22) : std::vector<double>{};
+        const auto bs = affine ? uniform(cols, 23) : std::vector<double>{};
+        const auto ref = layer_norm_reference(xs, ws, bs, gys, rows, cols, eps);
+        const Tensor x = on_device(host(xs, {rows, cols}));
+        const Tensor w = affine ? on_device(host(ws, {cols})) : Tensor();
+        const Tensor b = affine ? on_device(host(bs, {cols})) : Tensor();
+        Tensor y = device_empty({rows, cols}), mean = device_empty({rows}),
+               rstd = device_empty({rows});
+        device().layer_norm_forward(x, w, b, eps, y, mean, rstd);
+        Tensor gx = device_empty({rows, cols});
+        Tensor gw = affine ? device_empty({cols}) : Tensor(),
+               gb = affine ? device_empty({cols}) : Tensor();
+        device().layer_norm_backward(x, w, mean, rstd, on_device(host(gys, {rows, cols})), gx, gw,
+                                     gb);
+        expect_close("layer_norm forward", y.to_vector(), ref.y, 1e-5);
+        expect_close("layer_norm forward", mean.to_vector(), ref.mean, 1e-6);
+        expect_close("layer_norm forward", rstd.to_vector(), ref.rstd, 1e-5);
+        expect_close("layer_norm backward input", gx.to_vector(), ref.grad_x, 1e-5);
+        if (affine) {
+          // Sums over up to 150 rows: scale the tolerance by the row count.
+          expect_close("layer_norm backward weight", gw.to_vector(), ref.grad_w, 1e-6 * rows);
+          expect_close("layer_norm backward bias", gb.to_vector(), ref.grad_b, 1e-6 * rows);
+        }
+      }
+    }
+  });
+}
+
+// ---- depthwise convolution ----------------------------------------------------------------------
+
+struct ConvReference {
+  std::vector<double> y, grad_x, grad_w;
+};
+
+ConvReference depthwise_reference(const k::DepthwiseGeometry& g, const std::vector<double>& x,
+                                  const std::vector<double>& w, const std::vector<double>& gy) {
+  ConvReference r{std::vector<double>(g.n * g.oh * g.ow * g.c, 0.0),
+                  std::vector<double>(x.size(), 0.0), std::vector<double>(w.size(), 0.0)};
+  for (int64_t n = 0; n < g.n; ++n)
+    for (int64_t oy = 0; oy < g.oh; ++oy)
+      for (int64_t ox = 0; ox < g.ow; ++ox)
+        for (int64_t ky = 0; ky < g.kh; ++ky)
+          for (int64_t kx = 0; kx < g.kw; ++kx) {
+            const int64_t iy = oy * g.stride - g.padding + ky * g.dilation;
+            const int64_t ix = ox * g.stride - g.padding + kx * g.dilation;
+            if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) continue;
+            for (int64_t c = 0; c < g.c; ++c) {
+              const int64_t o = ((n * g.oh + oy) * g.ow + ox) * g.c + c;
+              const int64_t i = ((n * g.h + iy) * g.w + ix) * g.c + c;
+              const int64_t t = (c * g.kh + ky) * g.kw + kx;
+              r.y[o] += x[i] * w[t];
+              r.grad_x[i] += gy[o] * w[t];
+              r.grad_w[t] += gy[o] * x[i];
+            }
+          }
+  return r;
+}
+
+TEST_CASE("depthwise conv NHWC (3x3, 7x7, dilated, strided, generic) forward and both gradients") {
+  EmulatedDevice dev;
+  struct Case {
+    int64_t n, h, w, c, kh, kw, stride, padding, dilation;
+  };
+  const Case cases[] = {
+      {2, 9, 11, 37, 3, 3, 1, 1, 1},  // MiT Mix-FFN
+      {1, 8, 7, 37, 3, 3, 1, 2, 2},   // dilated (output stride 16)
+      {3, 7, 9, 13, 3, 3, 2, 1, 1},   // strided, batch 3
+      {1, 10, 9, 45, 7, 7, 1, 3, 1},  // ConvNeXt block
+      {2, 9, 8, 5, 5, 3, 2, 1, 3},    // generic size, non-square
+  };
+  in_each_schedule([&] {
+    for (const Case& cs : cases) {
+      const int64_t oh = (cs.h + 2 * cs.padding - cs.dilation * (cs.kh - 1) - 1) / cs.stride + 1;
+      const int64_t ow = (cs.w + 2 * cs.padding - cs.dilation * (cs.kw - 1) - 1) / cs.stride + 1;
+      const Conv2dGeometry g{cs.n, cs.h, cs.w,      cs.c,       cs.c,        cs.kh, cs.kw,
+                             oh,   ow,   cs.stride, cs.padding, cs.dilation, cs.c};
+      const k::DepthwiseGeometry dg{cs.n, cs.h, cs.w,      cs.c,       cs.kh,      cs.kw,
+                                    oh,   ow,   cs.stride, cs.padding, cs.dilation};
+      INFO("kernel " << cs.kh << "x" << cs.kw << " stride " << cs.stride << " pad " << cs.padding
+                     << " dilation " << cs.dilation << " C " << cs.c);
+      const auto xs = uniform(cs.n * cs.h * cs.w * cs.c, 30 + cs.kh),
+                 ws = uniform(cs.c * cs.kh * cs.kw, 31);
+      const auto gys = uniform(cs.n * oh * ow * cs.c, 32);
+      const auto ref = depthwise_reference(dg, xs, ws, gys);
+      const Tensor x = on_device(host(xs, {cs.n, cs.h, cs.w, cs.c}));
+      const Tensor w = on_device(host(ws, {cs.c, 1, cs.kh, cs.kw}));
+      const Tensor gy = on_device(host(gys, {cs.n, oh, ow, cs.c}));
+      Tensor y = device_empty({cs.n, oh, ow, cs.c}), gx = device_empty(x.shape()),
+             gw = device_empty(w.shape());
+      device().conv2d_forward(g, x, w, y);
+      device().conv2d_backward_input(g, gy, w, gx);
+      device().conv2d_backward_weight(g, x, gy, gw);
+      expect_close("depthwise forward", y.to_vector(), ref.y, 1e-5);
+      expect_close("depthwise backward input", gx.to_vector(), ref.grad_x, 1e-5);
+      // Sums over every output position (up to 198 here).
+      expect_close("depthwise backward weight", gw.to_vector(), ref.grad_w, 1e-5);
+    }
+  });
+  const Conv2dGeometry dense{1, 4, 4, 8, 16, 3, 3, 4, 4, 1, 1, 1, 1};
+  Tensor y = device_empty({1, 4, 4, 16});
+  CHECK_THROWS_WITH_AS(
+      device().conv2d_forward(dense, device_empty({1, 4, 4, 8}), device_empty({16, 8, 3, 3}), y),
+      doctest::Contains("not implemented yet"), Error);
+}
+
+// ---- bilinear resize --------------------------------------------------------------------------
+
+// PyTorch's bilinear source index, in double.
+void source_index(int64_t dst, int64_t in, int64_t out, bool align_corners, int64_t& i0,
+                  int64_t& i1, double& l1) {
+  double src;
+  if (in == out)
+    src = static_cast<double>(dst);
+  else if (align_corners)
+    src = out > 1 ? dst * double(in - 1) / double(out - 1) : 0.0;
+  else
+    src = std::max((dst + 0.5) * double(in) / double(out) - 0.5, 0.0);
+  i0 = std::min(static_cast<int64_t>(src), in - 1);
+  i1 = std::min(i0 + 1, in - 1);
+  l1 = std::clamp(src - i0, 0.0, 1.0);
+}
+
+std::vector<double> resize_reference(const k::ResizeGeometry& g, const std::vector<double>& x,
+                                     const std::vector<double>& gy, std::vector<double>& grad_x) {
+  std::vector<double> y(g.n * g.out_h * g.out_w * g.c);
+  grad_x.assign(x.size(), 0.0);
+  for (int64_t n = 0; n < g.n; ++n)
+    for (int64_t oy = 0; oy < g.out_h; ++oy)
+      for (int64_t ox = 0; ox < g.out_w; ++ox) {
+        int64_t y0, y1, x0, x1;
+        double ly, lx;
+        source_index(oy, g.in_h, g.out_h, g.align_corners, y0, y1, ly);
+        source_index(ox, g.in_w, g.out_w, g.align_corners, x0, x1, lx);
+        const int64_t taps[4] = {y0 * g.in_w + x0, y0 * g.in_w + x1, y1 * g.in_w + x0,
+                                 y1 * g.in_w + x1};
+        const double weights[4] = {(1 - ly) * (1 - lx), (1 - ly) * lx, ly * (1 - lx), ly * lx};
+        for (int64_t c = 0; c < g.c; ++c) {
+          const int64_t o = ((n * g.out_h + oy) * g.out_w + ox) * g.c + c;
+          y[o] = 0;
+          for (int t = 0; t < 4; ++t) {
+            y[o] += weights[t] * x[(n * g.in_h * g.in_w + taps[t]) * g.c + c];
+            grad_x[(n * g.in_h * g.in_w + taps[t]) * g.c + c] += weights[t] * gy[o];
+          }
+        }
+      }
+  return y;
+}
+
+TEST_CASE("bilinear resize NHWC, both align_corners, forward and backward") {
+  EmulatedDevice dev;
+  const int64_t sizes[][4] = {
+      {5, 7, 9, 13}, {9, 13, 4, 5}, {6, 6, 6, 6}, {1, 3, 4, 7}, {8, 8, 32, 32}};
+  in_each_schedule([&] {
+    for (auto [ih, iw, oh, ow] : sizes) {
+      for (bool ac : {false, true}) {
+        const int64_t n = 2, c = 37;
+        INFO(ih << "x" << iw << " -> " << oh << "x" << ow << (ac ? ", align_corners" : ""));
+        const k::ResizeGeometry g{n, ih, iw, oh, ow, c, ac};
+        const auto xs = uniform(n * ih * iw * c, 40 + ih), gys = uniform(n * oh * ow * c, 41 + oh);
+        std::vector<double> want_gx;
+        const auto want_y = resize_reference(g, xs, gys, want_gx);
+        Tensor y = device_empty({n, oh, ow, c}), gx = device_empty({n, ih, iw, c});
+        device().resize_bilinear_forward(on_device(host(xs, {n, ih, iw, c})), y, ac);
+        device().resize_bilinear_backward(on_device(host(gys, {n, oh, ow, c})), gx, ac);
+        // Source coordinates are floats, as in PyTorch: ~1 ulp of a coordinate near 13.
+        expect_close("resize forward", y.to_vector(), want_y, 4e-6);
+        // Atomic adds land in schedule order: float sums of up to ~20 terms.
+        expect_close("resize backward", gx.to_vector(), want_gx, 1e-5);
+      }
+    }
+  });
+  // Hand values: [0, 1] -> 4 columns.
+  Tensor y = device_empty({1, 1, 4, 1});
+  device().resize_bilinear_forward(on_device(host({0, 1}, {1, 1, 2, 1})), y, false);
+  expect_close("resize forward", y.to_vector(), {0, 0.25, 0.75, 1}, 0);
+  device().resize_bilinear_forward(on_device(host({0, 1}, {1, 1, 2, 1})), y, true);
+  expect_close("resize forward", y.to_vector(), {0, 1.0 / 3, 2.0 / 3, 1}, 1e-7);
+}
+
+// ---- AdamW --------------------------------------------------------------------------------------
+
+// torch.optim.AdamW(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05), 3 steps, on
+// p[i] = ((i % 7) - 3) / 10 with grads g_t[i] = (((5 i + 3 t) % 11) - 5) * 0.03 (i < 64,
+// t = 1..3): torch 2.15 (fused=True, CPU) gives these float32 values for p[0..15]
+// (tests/reference/cuda_adamw_golden.py prints them).
+constexpr uint32_t kTorchAdamW[16] = {0xbe9929afu, 0xbe4d0f78u, 0xbdc9866fu, 0xbb144f3du,
+                                      0x3dd12127u, 0x3e4acb0au, 0x3e9ad6bdu, 0xbe99d434u,
+                                      0xbe4e240eu, 0xbdcce6f3u, 0xba50a597u, 0x3dce6d07u,
+                                      0x3e4c7a66u, 0x3e9a6354u, 0xbe9abc52u, 0xbe4a96d5u};
+
+TEST_CASE("AdamW: a multi-tensor step is torch.optim.AdamW to the bit") {
+  EmulatedDevice dev;
+  in_each_schedule([&] {
+    std::vector<double> p0(64), zeros(64, 0.0);
+    for (int i = 0; i < 64; ++i) p0[i] = ((i % 7) - 3) / 10.0;
+    const Tensor p = on_device(host(p0, {64})), m = on_device(host(zeros, {64})),
+                 v = on_device(host(zeros, {64}));
+    for (int t = 1; t <= 3; ++t) {
+      std::vector<double> g(64);
+      for (int i = 0; i < 64; ++i) g[i] = (((5 * i + 3 * t) % 11) - 5) * 0.03;
+      device().adamw_step(p, on_device(host(g, {64})), m, v, 1e-3, 0.9, 0.999, 1e-8, 0.05, t);
+    }
+    const auto got = p.to_vector();
+    for (int i = 0; i < 16; ++i) {
+      INFO("p[" << i << "] = " << got[i]);
+      CHECK(__float_as_uint(static_cast<float>(got[i])) == kTorchAdamW[i]);
+    }
+  });
+  // Many tensors of awkward sizes in one call: more tensors than one launch takes, and tensors
+  // spanning several blocks; each element must equal the scalar update.
+  in_each_schedule([&] {
+    std::vector<int64_t> sizes;
+    for (int i = 0; i < 30; ++i) sizes.push_back(1 + 37 * i);
+    sizes.push_back(3 * k::kAdamWChunk + 5);
+    std::vector<std::vector<float>> p, g, m, v;
+    std::vector<k::AdamWTensor> tensors;
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      auto init = [&](uint64_t seed, double lo) {
+        auto d = uniform(sizes[i], seed, lo, 1.0);
+        return std::vector<float>(d.begin(), d.end());
+      };
+      p.push_back(init(100 + i, -1.0));
+      g.push_back(init(200 + i, -1.0));
+      m.push_back(init(300 + i, -1.0));
+      v.push_back(init(400 + i, 0.0));
+    }
+    auto want_p = p, want_m = m, want_v = v;
+    for (size_t i = 0; i < sizes.size(); ++i)
+      tensors.push_back({p[i].data(), g[i].data(), m[i].data(), v[i].data(), sizes[i]});
+    const auto scalars = k::adamw_scalars(3e-4, 0.9, 0.95, 1e-6, 0.1, 7);
+    k::adamw_step(tensors, scalars, nullptr);
+    for (size_t i = 0; i < sizes.size(); ++i)
+      for (int64_t j = 0; j < sizes[i]; ++j)
+        k::adamw_update(scalars, want_p[i][j], g[i][j], want_m[i][j], want_v[i][j]);
+    CHECK(p == want_p);
+    CHECK(m == want_m);
+    CHECK(v == want_v);
+  });
+}
+
+// ---- fused attention ----------------------------------------------------------------------------
+
+TEST_CASE("fused attention (online softmax over key tiles) matches softmax(q k^T / sqrt(d)) v") {
+  const int64_t shapes[][4] = {{3, 37, 45, 64}, {2, 5, 1, 40}, {1, 9, 70, 128}, {2, 33, 32, 1}};
+  in_each_schedule([&] {
+    for (auto [bh, lq, lk, d] : shapes) {
+      INFO("bh " << bh << ", lq " << lq << ", lk " << lk << ", d " << d);
+      const auto q = uniform(bh * lq * d, 60 + d), kk = uniform(bh * lk * d, 61 + d),
+                 v = uniform(bh * lk * d, 62 + d);
+      const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+      std::vector<double> want(bh * lq * d, 0.0), want_lse(bh * lq);
+      for (int64_t h = 0; h < bh; ++h)
+        for (int64_t i = 0; i < lq; ++i) {
+          std::vector<double> s(lk);
+          for (int64_t j = 0; j < lk; ++j) {
+            s[j] = 0;
+            for (int64_t c = 0; c < d; ++c)
+              s[j] += q[(h * lq + i) * d + c] * kk[(h * lk + j) * d + c] * scale;
+          }
+          const double m = *std::max_element(s.begin(), s.end());
+          double total = 0;
+          for (double x : s) total += std::exp(x - m);
+          want_lse[h * lq + i] = m + std::log(total);
+          for (int64_t j = 0; j < lk; ++j)
+            for (int64_t c = 0; c < d; ++c)
+              want[(h * lq + i) * d + c] += std::exp(s[j] - m) / total * v[(h * lk + j) * d + c];
+        }
+      const std::vector<float> qf(q.begin(), q.end()), kf(kk.begin(), kk.end()),
+          vf(v.begin(), v.end());
+      std::vector<float> out(want.size()), lse(want_lse.size());
+      k::attention_forward(bh, lq, lk, d, static_cast<float>(scale), qf.data(), kf.data(),
+                           vf.data(), out.data(), lse.data(), nullptr);
+      expect_close("attention forward", {out.begin(), out.end()}, want, 2e-6);
+      expect_close("attention forward (log-sum-exp)", {lse.begin(), lse.end()}, want_lse, 2e-6);
+    }
+  });
+}
+
+// ---- device memory ------------------------------------------------------------------------------
+
+TEST_CASE("caching allocator: size classes, reuse per stream, peak, out-of-memory retry") {
+  using k::CachingAllocator;
+  CHECK(CachingAllocator::size_class(1) == 512);
+  CHECK(CachingAllocator::size_class(513) == 1024);
+  CHECK(CachingAllocator::size_class((1 << 20) + 1) == (1 << 20) + (1 << 18));
+  CHECK(CachingAllocator::size_class(3 << 20) == 3 << 20);
+  size_t budget = (7 << 20) + 1024, device_bytes = 0;  // a pretend device of 7 MiB + 1 KiB
+  std::map<void*, size_t> blocks;
+  CachingAllocator alloc(
+      [&](size_t n) -> void* {
+        if (device_bytes + n > budget) return nullptr;
+        device_bytes += n;
+        void* p = std::malloc(n);
+        blocks[p] = n;
+        return p;
+      },
+      [&](void* p) {
+        device_bytes -= blocks.at(p);
+        blocks.erase(p);
+        std::free(p);
+      });
+  int s1 = 0, s2 = 0;  // two streams
+  void* a = alloc.allocate(1000, &s1);
+  alloc.free(a);
+  CHECK(alloc.allocate(900, &s1) == a);  // same class, same stream: reused
+  void* b = alloc.allocate(900, &s2);    // another stream: not that block
+  CHECK(b != a);
+  CHECK(alloc.stats().device_allocations == 2);
+  CHECK(alloc.stats().in_use == 2048);
+  alloc.free(a);
+  alloc.free(b);
+  CHECK(alloc.stats().cached == 2048);
+  CHECK(alloc.stats().peak == 2048);
+  void* big = alloc.allocate(7 << 20, &s1);  // needs the cache given back first
+  CHECK(alloc.stats().cached == 0);
+  CHECK_THROWS_WITH_AS(alloc.allocate(2 << 20, &s1),
+                       doctest::Contains("CUDA: out of memory allocating 2.00 MiB"), Error);
+  alloc.free(big);
+  alloc.release_cached();
+  CHECK(device_bytes == 0);
+  CHECK(alloc.report().find("peak 7.00 MiB") != std::string::npos);
+}
+
+#ifdef SONO_HAVE_CUDA
+// The real backend, linked in CUDA builds. Without a GPU, the first allocation must fail with
+// a message naming the failing CUDA call; with one, its kernels must agree with the CPU.
+TEST_CASE("CUDA backend: registered, clear errors without a GPU, CPU results with one") {
+  CHECK(std::string(backend(Device::cuda).name()) == "cuda");
+  if (sono::cuda::device_count() == 0) {
+    // The stream is created first: "CUDA: cudaStreamCreateWithFlags(...) failed: ..."
+    CHECK_THROWS_WITH_AS(Tensor::zeros({4}, DType::f32, Device::cuda),
+                         doctest::Contains(") failed: "), Error);
+    return;
+  }
+  const Tensor x = host(uniform(3 * 45, 50), {3, 45}), w = host(uniform(45 * 7, 51), {45, 7});
+  const Tensor xd = x.to(Device::cuda);
+  expect_close("real device gelu + sum", sum(gelu(xd), {1}).to_vector(),
+               sum(gelu(x), {1}).to_vector(), 1e-5);
+  expect_close("real device gemm", matmul(xd, w.to(Device::cuda)).to_vector(),
+               matmul(x, w).to_vector(), 1e-5);
+  MESSAGE("device memory: " << sono::cuda::memory_report());
+}
+#endif
+
+TEST_CASE("report: largest error per kernel over all schedules") {
+  std::ostringstream os;
+  for (const auto& [kernel, err] : error_log()) os << "\n  " << kernel << ": " << err;
+  MESSAGE("max errors (|got - want| / max(1, |want|)):" << os.str());
+}
+
+}  // namespace
+}  // namespace sono::test
