@@ -1,0 +1,102 @@
+// LayerNorm (fused kernel) and BatchNorm (composed from ops, so its gradient is the tape's).
+#include <numeric>
+
+#include "autograd/node.h"
+#include "tensor/backend.h"
+#include "tensor/ops.h"
+
+namespace sono {
+
+namespace {
+
+// An optional per-channel parameter: undefined, or [C] of x's dtype and device.
+void check_channel_param(const Tensor& p, const Tensor& x, const char* op, const char* what) {
+  if (!p.defined()) return;
+  SONO_CHECK(p.dim() == 1 && p.size(0) == x.size(-1), op, ": ", what, " has shape ",
+             shape_str(p.shape()), ", expected [", x.size(-1), "] for input ", shape_str(x.shape()));
+  SONO_CHECK(p.device() == x.device(), op, ": ", what, " is on ", device_name(p.device()),
+             ", input on ", device_name(x.device()));
+}
+
+// Weight and bias: optional, [C], and of x's dtype.
+void check_affine(const Tensor& weight, const Tensor& bias, const Tensor& x, const char* op) {
+  for (auto [p, what] : {std::pair{&weight, "weight"}, std::pair{&bias, "bias"}}) {
+    check_channel_param(*p, x, op, what);
+    SONO_CHECK(!p->defined() || p->dtype() == x.dtype(), op, ": ", what, " is ",
+               dtype_name(p->dtype()), ", input is ", dtype_name(x.dtype()));
+  }
+}
+
+Tensor empty_like_if(bool wanted, const Tensor& t) {
+  return wanted ? Tensor::empty(t.shape(), t.dtype(), t.device()) : Tensor();
+}
+
+// Blends `batch` into the running buffer in place: running = (1 - m) running + m batch.
+void update_running(const Tensor& running, const Tensor& batch, double momentum) {
+  Tensor blended = add(mul(running.to(batch.dtype()), 1.0 - momentum), mul(batch, momentum));
+  backend_of(running).copy(blended, running);
+}
+
+}  // namespace
+
+Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
+  SONO_CHECK(x.dim() >= 1 && x.size(-1) > 0, "layer_norm: input ", shape_str(x.shape()),
+             " has no last dim to normalise");
+  SONO_CHECK(x.dtype() != DType::i64, "layer_norm: int64 input");
+  check_affine(weight, bias, x, "layer_norm");
+  Tensor xc = x.detach().contiguous();
+  const int64_t rows = x.numel() / x.size(-1);
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Tensor mu = Tensor::empty({rows}, x.dtype(), x.device());
+  Tensor rstd = Tensor::empty({rows}, x.dtype(), x.device());
+  backend_of(x).layer_norm_forward(xc, weight, bias, eps, y, mu, rstd);
+  return autograd::record("layer_norm", y, {x, weight, bias},
+                          [xc, weight, bias, mu, rstd, need_x = x.requires_grad()](const Tensor& g) {
+    Tensor gx = empty_like_if(need_x, xc);
+    Tensor gw = empty_like_if(weight.defined() && weight.requires_grad(), weight);
+    Tensor gb = empty_like_if(bias.defined() && bias.requires_grad(), bias);
+    backend_of(g).layer_norm_backward(xc, weight, mu, rstd, g.contiguous(), gx, gw, gb);
+    return std::vector<Tensor>{gx, gw, gb};
+  });
+}
+
+Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor running_mean,
+                  Tensor running_var, bool training, double momentum, double eps) {
+  SONO_CHECK(x.dim() >= 2, "batch_norm: input ", shape_str(x.shape()),
+             " needs a batch dim and a channel (last) dim");
+  SONO_CHECK(x.dtype() != DType::i64, "batch_norm: int64 input");
+  check_affine(weight, bias, x, "batch_norm");
+  check_channel_param(running_mean, x, "batch_norm", "running_mean");
+  check_channel_param(running_var, x, "batch_norm", "running_var");
+  SONO_CHECK(running_mean.defined() == running_var.defined(),
+             "batch_norm: running_mean and running_var must both be given or both be undefined");
+  const int64_t per_channel = x.numel() / x.size(-1);
+  // Without running stats PyTorch normalises with batch statistics in eval mode too.
+  const bool batch_stats = training || !running_mean.defined();
+  Tensor centered, scale;
+  if (batch_stats) {
+    SONO_CHECK(per_channel > 1, "batch_norm: expected more than 1 value per channel when "
+               "training, got input size ", shape_str(x.shape()),
+               " (batch of 1 on a 1x1 map: use a larger batch, or eval mode)");
+    std::vector<int64_t> dims(x.dim() - 1);
+    std::iota(dims.begin(), dims.end(), 0);
+    Tensor mu = mean(x, dims);
+    centered = sub(x, mu);
+    Tensor var = mean(mul(centered, centered), dims);  // biased, for normalising
+    scale = pow(add(var, eps), -0.5);
+    if (training && running_mean.defined()) {
+      autograd::NoGradGuard no_grad;
+      const double unbias = static_cast<double>(per_channel) / static_cast<double>(per_channel - 1);
+      update_running(running_mean, mu.detach(), momentum);
+      update_running(running_var, mul(var.detach(), unbias), momentum);
+    }
+  } else {
+    centered = sub(x, running_mean.to(x.dtype()));
+    scale = pow(add(running_var.to(x.dtype()), eps), -0.5);
+  }
+  if (weight.defined()) scale = mul(scale, weight);
+  Tensor y = mul(centered, scale);
+  return bias.defined() ? add(y, bias) : y;
+}
+
+}  // namespace sono

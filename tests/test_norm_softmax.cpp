@@ -1,0 +1,219 @@
+// LayerNorm, BatchNorm, softmax/log_softmax, attention, dropout and drop_path: gradients by
+// central differences in float64 on awkward shapes, forward values against PyTorch goldens
+// (tests/reference/ops_goldens.py), and clear errors on bad input.
+#include "helpers.h"
+#include "layers/safetensors.h"
+
+using namespace sono;
+using namespace sono::test;
+
+namespace {
+
+nn::StateDict ops_goldens() {
+  return nn::load_safetensors(source_path("tests/golden/ops.safetensors")).tensors;
+}
+
+// Fraction of elements equal to zero.
+double zero_fraction(const Tensor& t) {
+  auto v = t.to_vector();
+  double zeros = 0;
+  for (double x : v) zeros += x == 0.0;
+  return zeros / static_cast<double>(v.size());
+}
+
+}  // namespace
+
+TEST_CASE("layer_norm gradients: x, weight, bias; rows not a multiple of 8") {
+  Tensor x = add(rand64({3, 5, 7}, 1, 2.0), 1.5), w = rand64({7}, 2), b = rand64({7}, 3);
+  expect_gradcheck([](auto& v) { return layer_norm(v[0], v[1], v[2], 1e-5); }, {x, w, b});
+  // Non-contiguous input (normalised dim is a permuted one) and no affine parameters.
+  Tensor xt = rand64({5, 3, 1}, 4);
+  expect_gradcheck([](auto& v) { return layer_norm(v[0].permute({2, 1, 0}), {}, {}, 1e-6); }, {xt});
+  Tensor one_row = rand64({1, 13}, 5);
+  expect_gradcheck([&](auto& v) { return layer_norm(v[0], v[1], {}, 1e-6); }, {one_row, rand64({13}, 6)});
+}
+
+TEST_CASE("layer_norm forward: PyTorch golden, float32 agrees with float64") {
+  nn::StateDict g = ops_goldens();
+  Tensor y = layer_norm(g.at("layer_norm.x"), g.at("layer_norm.weight"), g.at("layer_norm.bias"), 1e-6);
+  CHECK(max_abs_diff(y, g.at("layer_norm.y")) < 1e-10);
+  Tensor y32 = layer_norm(g.at("layer_norm.x").to(DType::f32), g.at("layer_norm.weight").to(DType::f32),
+                          g.at("layer_norm.bias").to(DType::f32), 1e-6);
+  CHECK(max_abs_diff(y32.to(DType::f64), y) < 1e-5);
+}
+
+// Big enough for the kernels' threaded paths (gradchecks use small shapes): the fused kernels
+// against the same maths composed from elementwise ops and reductions.
+TEST_CASE("layer_norm and softmax kernels on large inputs match composed ops, values and grads") {
+  Tensor x = add(rand64({301, 70}, 7, 3.0), 2.0), w = rand64({70}, 8), b = rand64({70}, 9);
+  auto composed_layer_norm = [](const std::vector<Tensor>& v) {
+    Tensor centered = sub(v[0], mean(v[0], {1}, true));
+    Tensor rstd = pow(add(mean(mul(centered, centered), {1}, true), 1e-5), -0.5);
+    return add(mul(mul(centered, rstd), v[1]), v[2]);
+  };
+  auto composed_log_softmax = [](const std::vector<Tensor>& v) {
+    Tensor shifted = sub(v[0], amax(v[0], {1}, true));
+    return sub(shifted, log(sum(exp(shifted), {1}, true)));
+  };
+  auto fused_layer_norm = [](const std::vector<Tensor>& v) { return layer_norm(v[0], v[1], v[2], 1e-5); };
+  auto fused_log_softmax = [](const std::vector<Tensor>& v) { return log_softmax(v[0], -1); };
+  auto fused_softmax = [](const std::vector<Tensor>& v) { return softmax(v[0], -1); };
+  auto composed_softmax = [&](const std::vector<Tensor>& v) { return exp(composed_log_softmax(v)); };
+  using Fn = std::function<Tensor(const std::vector<Tensor>&)>;
+  for (auto [fused, composed] : {std::pair<Fn, Fn>{fused_layer_norm, composed_layer_norm},
+                                 {fused_log_softmax, composed_log_softmax}, {fused_softmax, composed_softmax}}) {
+    std::vector<Tensor> a{x.clone().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_()};
+    std::vector<Tensor> c{x.clone().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_()};
+    Tensor projection = rand64({301, 70}, 10);
+    Tensor ya = fused(a), yc = composed(c);
+    CHECK(max_abs_diff(ya, yc) < 1e-12);
+    sum(mul(ya, projection)).backward();
+    sum(mul(yc, projection)).backward();
+    for (size_t i = 0; i < 3; ++i)
+      if (c[i].grad().defined()) CHECK(max_abs_diff(a[i].grad(), c[i].grad()) < 1e-10);
+  }
+}
+
+TEST_CASE("batch_norm training gradients (batch 1 and 3, C = 5)") {
+  for (int64_t batch : {1, 3}) {
+    INFO("batch " << batch);
+    Tensor x = add(rand64({batch, 3, 5, 5}, 10 + batch, 2.0), 0.7), w = rand64({5}, 11), b = rand64({5}, 12);
+    Tensor rm = Tensor::zeros({5}, DType::f64), rv = Tensor::ones({5}, DType::f64);
+    expect_gradcheck([&](auto& v) { return batch_norm(v[0], v[1], v[2], rm, rv, true, 0.1, 1e-5); },
+                     {x, w, b});
+  }
+  Tensor x2 = rand64({7, 5}, 13);  // [N, C], as BatchNorm1d
+  expect_gradcheck([](auto& v) { return batch_norm(v[0], {}, {}, {}, {}, true, 0.1, 1e-5); }, {x2});
+}
+
+TEST_CASE("batch_norm eval gradients use the running statistics") {
+  Tensor x = rand64({3, 2, 3, 7}, 20), w = rand64({7}, 21), b = rand64({7}, 22);
+  Tensor rm = rand64({7}, 23), rv = add(abs(rand64({7}, 24)), 0.5);
+  expect_gradcheck([&](auto& v) { return batch_norm(v[0], v[1], v[2], rm, rv, false, 0.1, 1e-5); },
+                   {x, w, b});
+}
+
+TEST_CASE("batch_norm forward: PyTorch golden for train (with running stats) and eval") {
+  nn::StateDict g = ops_goldens();
+  const Tensor &x = g.at("batch_norm.x"), &w = g.at("batch_norm.weight"), &b = g.at("batch_norm.bias");
+  Tensor rm = g.at("batch_norm.running_mean").clone(), rv = g.at("batch_norm.running_var").clone();
+  Tensor y = batch_norm(x, w, b, rm, rv, true, 0.1, 1e-5);
+  CHECK(max_abs_diff(y, g.at("batch_norm.train_y")) < 1e-10);
+  CHECK(max_abs_diff(rm, g.at("batch_norm.train_running_mean")) < 1e-10);
+  CHECK(max_abs_diff(rv, g.at("batch_norm.train_running_var")) < 1e-10);
+  Tensor y_eval = batch_norm(x, w, b, g.at("batch_norm.running_mean"), g.at("batch_norm.running_var"),
+                             false, 0.1, 1e-5);
+  CHECK(max_abs_diff(y_eval, g.at("batch_norm.eval_y")) < 1e-10);
+}
+
+TEST_CASE("batch_norm: one value per channel in training is an error, not NaN") {
+  Tensor x = Tensor::ones({1, 1, 1, 4});  // batch 1 on a 1x1 map (ASPP's pooling branch)
+  Tensor rm = Tensor::zeros({4}), rv = Tensor::ones({4});
+  CHECK_THROWS_WITH_AS(batch_norm(x, {}, {}, rm, rv, true, 0.1, 1e-5),
+                       doctest::Contains("expected more than 1 value per channel when training"), Error);
+  check_values(rm, {0, 0, 0, 0}, 0);  // buffers untouched by the failed call
+  check_values(batch_norm(x, {}, {}, rm, rv, false, 0.1, 0.0), {1, 1, 1, 1}, 1e-7);
+  CHECK_THROWS_WITH_AS(batch_norm(Tensor::ones({2, 3}), Tensor::ones({4}), {}, {}, {}, true, 0.1, 1e-5),
+                       doctest::Contains("weight has shape [4], expected [3]"), Error);
+}
+
+TEST_CASE("softmax and log_softmax gradients along every dim") {
+  Tensor x = rand64({3, 5, 7}, 30, 2.0);
+  for (int64_t dim : {-1, 0, 1}) {
+    INFO("dim " << dim);
+    expect_gradcheck([dim](auto& v) { return softmax(v[0], dim); }, {x});
+    expect_gradcheck([dim](auto& v) { return log_softmax(v[0], dim); }, {x});
+  }
+}
+
+TEST_CASE("softmax forward: PyTorch golden, rows sum to 1, huge logits stay finite") {
+  nn::StateDict g = ops_goldens();
+  const Tensor& x = g.at("softmax.x");
+  CHECK(max_abs_diff(softmax(x, -1), g.at("softmax.last")) < 1e-10);
+  CHECK(max_abs_diff(softmax(x, 1), g.at("softmax.dim1")) < 1e-10);
+  CHECK(max_abs_diff(log_softmax(x, 2), g.at("log_softmax.last")) < 1e-10);
+  CHECK(max_abs_diff(log_softmax(x, 1), g.at("log_softmax.dim1")) < 1e-10);
+  Tensor big = Tensor::from_vector({1000, 0, -1000, 999}, {2, 2});
+  check_values(softmax(big, -1), {1, 0, 0, 1}, 1e-7);
+  check_values(log_softmax(big, -1), {0, -1000, -1999, 0}, 1e-7);
+  check_values(sum(softmax(rand64({4, 9}, 31), -1), {1}), {1, 1, 1, 1}, 1e-12);
+}
+
+// float32 rows use the kernel's own vectorised exp; float64 uses std::exp.
+TEST_CASE("float32 softmax and log_softmax agree with float64, values and gradients") {
+  Tensor x = rand64({37, 33}, 32, 10.0), projection = rand64({37, 33}, 33);
+  for (bool log : {false, true}) {
+    INFO("log " << log);
+    std::vector<Tensor> y, grad;
+    for (DType dtype : {DType::f32, DType::f64}) {
+      Tensor leaf = x.to(dtype).detach().requires_grad_();
+      Tensor out = log ? log_softmax(leaf, -1) : softmax(leaf, -1);
+      sum(mul(out, projection.to(dtype))).backward();
+      y.push_back(out.to(DType::f64));
+      grad.push_back(leaf.grad().to(DType::f64));
+    }
+    CHECK(max_abs_diff(y[0], y[1]) < (log ? 2e-5 : 1e-6));
+    CHECK(max_abs_diff(grad[0], grad[1]) < 1e-5);  // sums of ~30 terms of size ~10 in float
+  }
+}
+
+TEST_CASE("scaled_dot_product_attention: gradients with Lq != Lk, golden forward") {
+  Tensor q = rand64({1, 2, 5, 4}, 40), k = rand64({1, 2, 7, 4}, 41), v = rand64({1, 2, 7, 3}, 42);
+  expect_gradcheck([](auto& t) { return scaled_dot_product_attention(t[0], t[1], t[2]); }, {q, k, v});
+  Tensor q3 = rand64({3, 1, 6, 5}, 43), k3 = rand64({3, 1, 6, 5}, 44), v3 = rand64({3, 1, 6, 5}, 45);
+  expect_gradcheck([](auto& t) { return scaled_dot_product_attention(t[0], t[1], t[2]); }, {q3, k3, v3});
+  nn::StateDict g = ops_goldens();
+  Tensor out = scaled_dot_product_attention(g.at("sdpa.q"), g.at("sdpa.k"), g.at("sdpa.v"));
+  CHECK(max_abs_diff(out, g.at("sdpa.out")) < 1e-10);
+  CHECK_THROWS_WITH_AS(scaled_dot_product_attention(q, k, rand64({1, 2, 6, 3}, 46)),
+                       doctest::Contains("k and v with equal L"), Error);
+}
+
+TEST_CASE("dropout: same mask forward and backward, inverted scaling, eval is identity") {
+  Tensor x = add(abs(rand64({3, 5, 7}, 50)), 0.1);
+  expect_gradcheck([](auto& v) {
+    Generator gen(7);  // the same mask on every evaluation
+    return dropout(v[0], 0.4, true, gen);
+  }, {x});
+  Generator gen(8);
+  Tensor leaf = x.clone().requires_grad_();
+  Tensor y = dropout(leaf, 0.4, true, gen);
+  sum(y).backward();
+  // The gradient is the mask itself: y / x, elementwise, with kept entries at 1 / 0.6.
+  CHECK(max_abs_diff(leaf.grad(), div(y.detach(), x)) < 1e-12);
+  for (double m : leaf.grad().to_vector()) CHECK((m == 0.0 || std::abs(m - 1.0 / 0.6) < 1e-12));
+
+  Tensor ones = Tensor::ones({200000});
+  Generator big(9);
+  Tensor dropped = dropout(ones, 0.3, true, big);
+  CHECK(mean(dropped).item() == doctest::Approx(1.0).epsilon(0.01));
+  CHECK(zero_fraction(dropped) == doctest::Approx(0.3).epsilon(0.02));
+  CHECK(dropout(x, 0.4, false, gen).same_storage(x));
+  CHECK(dropout(x, 0.0, true, gen).same_storage(x));
+  check_values(dropout(x, 1.0, true, gen), std::vector<double>(x.numel(), 0.0), 0);
+  CHECK_THROWS_WITH_AS(dropout(x, 1.5, true, gen), doctest::Contains("[0, 1]"), Error);
+}
+
+TEST_CASE("drop_path: whole samples dropped, survivors scaled by 1/keep, eval is identity") {
+  Tensor x = add(abs(rand64({3, 4, 5, 2}, 60)), 0.1);
+  expect_gradcheck([](auto& v) {
+    Generator gen(3);
+    return drop_path(v[0], 0.5, true, gen);
+  }, {x});
+  Generator gen(11);
+  Tensor leaf = x.clone().requires_grad_();
+  Tensor y = drop_path(leaf, 0.5, true, gen);
+  sum(y).backward();
+  CHECK(max_abs_diff(leaf.grad(), div(y.detach(), x)) < 1e-12);
+  Tensor grad = leaf.grad();
+  for (int64_t n = 0; n < 3; ++n) {  // one factor per sample: 0 or 1 / keep
+    auto v = grad.slice(0, n, n + 1).to_vector();
+    CHECK((v.front() == 0.0 || std::abs(v.front() - 2.0) < 1e-12));
+    for (double m : v) CHECK(m == v.front());
+  }
+  Generator many(12);
+  Tensor dropped = drop_path(Tensor::ones({20000, 3}), 0.25, true, many);
+  CHECK(mean(dropped).item() == doctest::Approx(1.0).epsilon(0.02));
+  CHECK(zero_fraction(dropped) == doctest::Approx(0.25).epsilon(0.04));
+  CHECK(drop_path(x, 0.5, false, gen).same_storage(x));
+}
