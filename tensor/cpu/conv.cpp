@@ -17,6 +17,10 @@ namespace sono::cpu {
 
 namespace {
 
+// Below this much work (multiply-adds or copied elements) a loop runs on one thread: waking
+// threads would cost more than it saves.
+constexpr int64_t kParallelWork = int64_t(1) << 16;
+
 // ---- tap tables -----------------------------------------------------------------------------
 // A conv reads input position i = o * stride - padding + k * dilation for output position o and
 // kernel tap k. These tables hold that relation per axis, so inner loops never divide.
@@ -70,17 +74,49 @@ T* scratch(Tensor& holder, int64_t numel) {
   return holder.data<T>();
 }
 
-// ---- depthwise ------------------------------------------------------------------------------
-// Channels go in blocks of 256 bytes held in a local accumulator that the compiler keeps in
-// vector registers across all taps of a pixel.
+// Per-thread partial sums for weight gradients (a small result summed over a huge number of
+// pixels): each thread adds into its own buffer, and the buffers are summed in thread order, so
+// the result does not depend on timing and threads never wait on each other.
 template <typename T>
-constexpr int64_t kBlock = 256 / sizeof(T);
+class ThreadPartials {
+ public:
+  explicit ThreadPartials(int64_t size) : size_(size), buffers_(omp_get_max_threads()) {}
+  // The calling thread's buffer, zeroed on first use.
+  T* mine() {
+    std::vector<T>& b = buffers_[omp_get_thread_num()];
+    if (b.empty()) b.assign(size_, T(0));
+    return b.data();
+  }
+  void sum_into(T* dst) const {
+    std::fill(dst, dst + size_, T(0));
+    for (const std::vector<T>& b : buffers_)
+      for (int64_t i = 0; i < static_cast<int64_t>(b.size()); ++i) dst[i] += b[i];
+  }
+
+ private:
+  int64_t size_;
+  std::vector<std::vector<T>> buffers_;
+};
+
+// ---- depthwise ------------------------------------------------------------------------------
+// Channels are innermost, so every depthwise kernel is a sum of channel-row products; channels
+// go in blocks whose accumulators the compiler keeps in vector registers across all taps.
+
+// Calls block(c0, width) over [0, channels) in blocks of kWidth channels; full blocks get a
+// compile-time width so that their accumulator arrays become registers.
+template <int64_t kWidth, typename Block>
+void for_each_channel_block(int64_t channels, Block&& block) {
+  int64_t c0 = 0;
+  for (; c0 + kWidth <= channels; c0 += kWidth) block(c0, std::integral_constant<int64_t, kWidth>{});
+  if (c0 < channels) block(c0, channels - c0);
+}
 
 // dst[c] (+)= sum over the (a, b) channel-row pairs that for_each_pair yields of a[c] * b[c].
 template <typename T, typename Pairs>
 void channel_dot(T* dst, int64_t channels, bool accumulate, Pairs&& for_each_pair) {
-  auto block = [&](int64_t c0, auto len) {
-    T acc[kBlock<T>] = {};
+  constexpr int64_t kWidth = 256 / sizeof(T);
+  for_each_channel_block<kWidth>(channels, [&](int64_t c0, auto len) {
+    T acc[kWidth] = {};
     for_each_pair([&](const T* a, const T* b) {
       a += c0;
       b += c0;
@@ -89,10 +125,62 @@ void channel_dot(T* dst, int64_t channels, bool accumulate, Pairs&& for_each_pai
     });
     T* d = dst + c0;
     for (int64_t c = 0; c < len; ++c) d[c] = accumulate ? d[c] + acc[c] : acc[c];
-  };
-  int64_t c0 = 0;
-  for (; c0 + kBlock<T> <= channels; c0 += kBlock<T>) block(c0, std::integral_constant<int64_t, kBlock<T>>{});
-  if (c0 < channels) block(c0, channels - c0);
+  });
+}
+
+// kLanes adjacent pixels of a row form a regular group when each tap kx is either in the
+// padding for all of them or read by all of them, `step` source pixels apart (the stride).
+// A regular group loads each weight once for all its pixels; the others (the borders of a 7x7
+// kernel, the row's last pixels) go one pixel at a time.
+constexpr int64_t kLanes = 4;
+
+struct LaneGroup {
+  int64_t q0, step;
+  bool regular;
+};
+
+std::vector<LaneGroup> lane_groups(const std::vector<int64_t>& tx, int64_t width, int64_t kw) {
+  std::vector<LaneGroup> groups;
+  for (int64_t q0 = 0; q0 < width; q0 += kLanes) {
+    const int64_t* first = &tx[q0 * kw];
+    LaneGroup grp{q0, 0, q0 + kLanes <= width};
+    for (int64_t kx = 0; kx < kw && grp.regular; ++kx) {
+      if (first[kx] >= 0 && grp.step == 0) grp.step = tx[(q0 + 1) * kw + kx] - first[kx];
+      for (int64_t p = 1; p < kLanes && grp.regular; ++p) {
+        const int64_t sx = tx[(q0 + p) * kw + kx];
+        grp.regular = first[kx] < 0 ? sx < 0 : sx >= 0 && sx == first[kx] + p * grp.step;
+      }
+    }
+    groups.push_back(grp);
+  }
+  return groups;
+}
+
+// dst[q0 + p, c] = sum over taps of src[sy(ky), sx(kx) + p * step, c] * wt[ky, kx, c] for the
+// kLanes pixels of a regular group.
+template <typename T>
+void lane_group_dot(const Conv2dGeometry& g, const LaneGroup& grp, const int64_t* ys, const int64_t* xs,
+                    const T* src_image, int64_t src_w, const T* wt, T* dst) {
+  constexpr int64_t kWidth = 64 / sizeof(T);
+  const int64_t c = g.cin, lane_stride = grp.step * c;
+  for_each_channel_block<kWidth>(c, [&](int64_t c0, auto len) {
+    T acc[kLanes][kWidth] = {};
+    for (int64_t ky = 0; ky < g.kh; ++ky) {
+      if (ys[ky] < 0) continue;
+      const T* src_row = src_image + ys[ky] * src_w * c + c0;
+      for (int64_t kx = 0; kx < g.kw; ++kx) {
+        if (xs[kx] < 0) continue;
+        const T* a = src_row + xs[kx] * c;
+        const T* b = wt + (ky * g.kw + kx) * c + c0;
+        for (int64_t p = 0; p < kLanes; ++p) {
+          const T* ap = a + p * lane_stride;
+#pragma omp simd
+          for (int64_t j = 0; j < len; ++j) acc[p][j] += ap[j] * b[j];
+        }
+      }
+    }
+    for (int64_t p = 0; p < kLanes; ++p) std::copy_n(acc[p], int64_t(len), dst + p * c + c0);
+  });
 }
 
 // dst[n, p, q, c] = sum over taps (ky, kx) of src[n, taps.y[p, ky], taps.x[q, kx], c] * wt[ky, kx, c],
@@ -102,36 +190,42 @@ template <typename T>
 void depthwise_gather(const Conv2dGeometry& g, const Taps& taps, const T* src, int64_t src_h,
                       int64_t src_w, const T* wt, T* dst, int64_t dst_h, int64_t dst_w) {
   const int64_t c = g.cin;
-#pragma omp parallel for schedule(static)
+  const std::vector<LaneGroup> groups = lane_groups(taps.x, dst_w, g.kw);
+#pragma omp parallel for schedule(static) if (g.n * dst_h * dst_w * c * g.kh * g.kw > kParallelWork)
   for (int64_t row = 0; row < g.n * dst_h; ++row) {
     const int64_t n = row / dst_h, p = row % dst_h;
     const int64_t* ys = &taps.y[p * g.kh];
-    for (int64_t q = 0; q < dst_w; ++q) {
-      const int64_t* xs = &taps.x[q * g.kw];
-      channel_dot(dst + (row * dst_w + q) * c, c, false, [&](auto visit) {
-        for (int64_t ky = 0; ky < g.kh; ++ky) {
-          if (ys[ky] < 0) continue;
-          const T* src_row = src + (n * src_h + ys[ky]) * src_w * c;
-          for (int64_t kx = 0; kx < g.kw; ++kx)
-            if (xs[kx] >= 0) visit(src_row + xs[kx] * c, wt + (ky * g.kw + kx) * c);
-        }
-      });
+    const T* src_image = src + n * src_h * src_w * c;
+    T* dst_row = dst + row * dst_w * c;
+    for (const LaneGroup& grp : groups) {
+      if (grp.regular) {
+        lane_group_dot(g, grp, ys, &taps.x[grp.q0 * g.kw], src_image, src_w, wt, dst_row + grp.q0 * c);
+        continue;
+      }
+      for (int64_t q = grp.q0; q < std::min(grp.q0 + kLanes, dst_w); ++q) {
+        const int64_t* xs = &taps.x[q * g.kw];
+        channel_dot(dst_row + q * c, c, false, [&](auto visit) {
+          for (int64_t ky = 0; ky < g.kh; ++ky) {
+            if (ys[ky] < 0) continue;
+            const T* src_row = src_image + ys[ky] * src_w * c;
+            for (int64_t kx = 0; kx < g.kw; ++kx)
+              if (xs[kx] >= 0) visit(src_row + xs[kx] * c, wt + (ky * g.kw + kx) * c);
+          }
+        });
+      }
     }
   }
 }
 
 // grad_wt[ky, kx, c] = sum over n, oy, ox of grad_out[n, oy, ox, c] * x[n, iy, ix, c].
-// Each thread sums its rows into its own buffer; buffers are added in thread order, so the
-// result does not depend on timing.
 template <typename T>
 void depthwise_weight_grad(const Conv2dGeometry& g, const T* x, const T* grad_out, T* grad_wt) {
-  const int64_t c = g.cin, taps = g.kh * g.kw;
+  const int64_t c = g.cin;
   const Taps t = forward_taps(g);
-  std::vector<std::vector<T>> partial(omp_get_max_threads());
-#pragma omp parallel
+  ThreadPartials<T> partials(g.kh * g.kw * c);
+#pragma omp parallel if (g.n * g.oh * g.ow * c * g.kh * g.kw > kParallelWork)
   {
-    std::vector<T>& mine = partial[omp_get_thread_num()];
-    mine.assign(taps * c, T(0));
+    T* mine = partials.mine();
 #pragma omp for schedule(static)
     for (int64_t row = 0; row < g.n * g.oh; ++row) {
       const int64_t n = row / g.oh, oy = row % g.oh;
@@ -141,7 +235,7 @@ void depthwise_weight_grad(const Conv2dGeometry& g, const T* x, const T* grad_ou
         if (iy < 0) continue;
         const T* x_row = x + (n * g.h + iy) * g.w * c;
         for (int64_t kx = 0; kx < g.kw; ++kx)
-          channel_dot(mine.data() + (ky * g.kw + kx) * c, c, true, [&](auto visit) {
+          channel_dot(mine + (ky * g.kw + kx) * c, c, true, [&](auto visit) {
             for (int64_t ox = 0; ox < g.ow; ++ox) {
               const int64_t ix = t.x[ox * g.kw + kx];
               if (ix >= 0) visit(grad_row + ox * c, x_row + ix * c);
@@ -150,9 +244,7 @@ void depthwise_weight_grad(const Conv2dGeometry& g, const T* x, const T* grad_ou
       }
     }
   }
-  std::fill(grad_wt, grad_wt + taps * c, T(0));
-  for (const std::vector<T>& p : partial)
-    for (int64_t i = 0; i < static_cast<int64_t>(p.size()); ++i) grad_wt[i] += p[i];
+  partials.sum_into(grad_wt);
 }
 
 bool is_depthwise(const Conv2dGeometry& g) { return g.groups == g.cin && g.groups == g.cout; }
@@ -193,7 +285,7 @@ ColumnLayout column_layout(const Conv2dGeometry& g) {
 template <typename T>
 void im2col(const Conv2dGeometry& g, const ColumnLayout& cl, const Taps& t, const T* x, int64_t n0,
             int64_t n1, T* cols) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((n1 - n0) * g.oh * g.ow * cl.cols > kParallelWork)
   for (int64_t row = 0; row < (n1 - n0) * g.oh; ++row) {
     const int64_t n = n0 + row / g.oh, oy = row % g.oh;
     T* col = cols + row * g.ow * cl.cols;
@@ -215,7 +307,7 @@ void im2col(const Conv2dGeometry& g, const ColumnLayout& cl, const Taps& t, cons
 template <typename T>
 void col2im(const Conv2dGeometry& g, const ColumnLayout& cl, const Taps& back, const T* cols,
             int64_t n0, int64_t n1, T* grad_x) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((n1 - n0) * g.oh * g.ow * cl.cols > kParallelWork)
   for (int64_t row = 0; row < (n1 - n0) * g.h; ++row) {
     const int64_t n = n0 + row / g.h, iy = row % g.h;
     const T* image_cols = cols + (n - n0) * g.oh * g.ow * cl.cols;
@@ -296,18 +388,30 @@ void conv_backward_input(const Conv2dGeometry& g, const T* grad_out, const T* w,
   });
 }
 
+// grad_w = grad_out^T x cols per group. The depth of that product (pixels) is huge and the
+// result small: each thread multiplies its own slice of rows with a serial GEMM instead of
+// running Eigen's parallel GEMM, whose threads synchronise at every depth block.
 template <typename T>
 void conv_backward_weight(const Conv2dGeometry& g, const T* x, const T* grad_out, T* grad_w) {
   const ColumnLayout cl = column_layout(g);
-  std::vector<T> grad_wt(g.cout * cl.group_cols, T(0));
+  ThreadPartials<T> partials(g.cout * cl.group_cols);
   for_each_chunk<T>(g, cl, x, true, [&](int64_t n0, int64_t, int64_t rows, T* cols) {
-    for (int64_t gi = 0; gi < g.groups; ++gi) {
-      auto gk = matrix(grad_wt.data() + gi * cl.cout_g * cl.group_cols, cl.cout_g, cl.group_cols, cl.group_cols);
-      auto go = matrix(grad_out + n0 * g.oh * g.ow * g.cout + gi * cl.cout_g, rows, cl.cout_g, g.cout);
-      auto c = matrix(cols + gi * cl.group_cols, rows, cl.group_cols, cl.cols);
-      gk.noalias() += go.transpose() * c;
+#pragma omp parallel if (rows * g.cout * cl.group_cols > kParallelWork)
+    {
+      const int64_t threads = omp_get_num_threads(), t = omp_get_thread_num();
+      const int64_t r0 = rows * t / threads, r1 = rows * (t + 1) / threads;
+      T* mine = partials.mine();
+      const T* go_rows = grad_out + (n0 * g.oh * g.ow + r0) * g.cout;
+      for (int64_t gi = 0; gi < g.groups && r1 > r0; ++gi) {
+        auto gk = matrix(mine + gi * cl.cout_g * cl.group_cols, cl.cout_g, cl.group_cols, cl.group_cols);
+        auto go = matrix(go_rows + gi * cl.cout_g, r1 - r0, cl.cout_g, g.cout);
+        auto c = matrix(cols + r0 * cl.cols + gi * cl.group_cols, r1 - r0, cl.group_cols, cl.cols);
+        gk.noalias() += go.transpose() * c;
+      }
     }
   });
+  std::vector<T> grad_wt(g.cout * cl.group_cols);
+  partials.sum_into(grad_wt.data());
   batched_transpose(grad_wt.data(), g.cout, g.kh * g.kw, cl.cin_g, grad_w);
 }
 
@@ -337,32 +441,35 @@ void depthwise_backward_weight(const Conv2dGeometry& g, const T* x, const T* gra
   batched_transpose(grad_wt.data(), 1, g.kh * g.kw, g.cin, grad_w);
 }
 
+// Calls kernel(a, b, out) with the three tensors' element pointers for their float type.
+template <typename Kernel>
+void with_pointers(const Tensor& a, const Tensor& b, const Tensor& out, Kernel&& kernel) {
+  dispatch_float(a.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    kernel(a.data<T>(), b.data<T>(), out.data<T>());
+  });
+}
+
 }  // namespace
 
 void CpuBackend::conv2d_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,
                                 const Tensor& out) {
-  dispatch_float(x.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    if (is_depthwise(g)) depthwise_forward(g, x.data<T>(), w.data<T>(), out.data<T>());
-    else conv_forward(g, x.data<T>(), w.data<T>(), out.data<T>());
+  with_pointers(x, w, out, [&](auto* xp, auto* wp, auto* op) {
+    is_depthwise(g) ? depthwise_forward(g, xp, wp, op) : conv_forward(g, xp, wp, op);
   });
 }
 
 void CpuBackend::conv2d_backward_input(const Conv2dGeometry& g, const Tensor& grad_out,
                                        const Tensor& w, const Tensor& grad_x) {
-  dispatch_float(grad_out.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    if (is_depthwise(g)) depthwise_backward_input(g, grad_out.data<T>(), w.data<T>(), grad_x.data<T>());
-    else conv_backward_input(g, grad_out.data<T>(), w.data<T>(), grad_x.data<T>());
+  with_pointers(grad_out, w, grad_x, [&](auto* gp, auto* wp, auto* op) {
+    is_depthwise(g) ? depthwise_backward_input(g, gp, wp, op) : conv_backward_input(g, gp, wp, op);
   });
 }
 
 void CpuBackend::conv2d_backward_weight(const Conv2dGeometry& g, const Tensor& x,
                                         const Tensor& grad_out, const Tensor& grad_w) {
-  dispatch_float(x.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    if (is_depthwise(g)) depthwise_backward_weight(g, x.data<T>(), grad_out.data<T>(), grad_w.data<T>());
-    else conv_backward_weight(g, x.data<T>(), grad_out.data<T>(), grad_w.data<T>());
+  with_pointers(x, grad_out, grad_w, [&](auto* xp, auto* gp, auto* op) {
+    is_depthwise(g) ? depthwise_backward_weight(g, xp, gp, op) : conv_backward_weight(g, xp, gp, op);
   });
 }
 

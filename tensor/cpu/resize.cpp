@@ -11,6 +11,10 @@ namespace sono::cpu {
 
 namespace {
 
+// Below this many output elements a pass runs on one thread: waking threads would cost more
+// than it saves.
+constexpr int64_t kParallelWork = int64_t(1) << 15;
+
 // Output position o along one axis blends inputs i0 and i1 (i1 == i0 at the last input).
 struct AxisTap {
   int64_t i0, i1;
@@ -56,7 +60,7 @@ template <typename T>
 void resize_forward(const T* x, T* y, int64_t n, int64_t h, int64_t w, int64_t c, int64_t oh,
                     int64_t ow, bool align_corners) {
   const std::vector<AxisTap> ty = axis_taps(h, oh, align_corners), tx = axis_taps(w, ow, align_corners);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * oh * ow * c > kParallelWork)
   for (int64_t row = 0; row < n * oh; ++row) {
     const AxisTap& ay = ty[row % oh];
     const T* image = x + row / oh * h * w * c;
@@ -79,7 +83,7 @@ void resize_backward(const T* grad_y, T* grad_x, int64_t n, int64_t h, int64_t w
                      int64_t oh, int64_t ow, bool align_corners) {
   const AxisReaders ry = axis_readers(axis_taps(h, oh, align_corners), h);
   const AxisReaders rx = axis_readers(axis_taps(w, ow, align_corners), w);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * oh * ow * c > kParallelWork)
   for (int64_t row = 0; row < n * h; ++row) {
     const int64_t image = row / h, iy = row % h;
     for (int64_t ix = 0; ix < w; ++ix) {

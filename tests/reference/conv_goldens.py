@@ -23,9 +23,9 @@ CONV_CASES = {
     "grouped3x3_g2": ((1, 7, 5, 6), 4, 3, 1, 1, 1, 2),
     "stem4x4_s4": ((1, 9, 13, 3), 5, 4, 4, 0, 1, 1),  # sizes not multiples of the stride
     "downsample2x2_s2": ((3, 7, 9, 5), 6, 2, 2, 0, 1, 1),
-    "depthwise7x7_p3": ((1, 9, 8, 6), 6, 7, 1, 3, 1, 6),
-    "depthwise3x3_d2_c34": ((1, 5, 6, 34), 34, 3, 1, 2, 2, 34),  # a full channel block + tail
-    "depthwise3x3_s2": ((1, 8, 7, 4), 4, 3, 2, 1, 1, 4),
+    "depthwise7x7_p3": ((1, 7, 13, 6), 6, 7, 1, 3, 1, 6),
+    "depthwise3x3_d2_c34": ((1, 5, 10, 34), 34, 3, 1, 2, 2, 34),  # a full channel block + tail
+    "depthwise3x3_s2": ((1, 8, 17, 4), 4, 3, 2, 1, 1, 4),
     "atrous_dw3x3_d12": ((1, 13, 11, 3), 3, 3, 1, 12, 12, 3),  # ASPP: most taps in the padding
 }
 
