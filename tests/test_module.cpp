@@ -92,3 +92,15 @@ TEST_CASE("truncated or malformed safetensors files are refused with the file na
 TEST_CASE("a failed save leaves the previous file untouched") {
   CHECK_THROWS_WITH_AS(save_safetensors("/nonexistent_dir/x.safetensors", {}), doctest::Contains("cannot write"), Error);
 }
+
+TEST_CASE("to(DType) converts float parameters and buffers in place, integer buffers stay") {
+  Block b;
+  Tensor handle = b.fc->weight;
+  const auto before = handle.to_vector();
+  b.to(DType::f64);
+  CHECK(handle.dtype() == DType::f64);  // the layer's handle sees the conversion
+  CHECK(handle.to_vector() == before);
+  CHECK(b.norm->running_var.dtype() == DType::f64);
+  CHECK(b.norm->num_batches_tracked.dtype() == DType::i64);
+  CHECK(b.seq->forward(Tensor::ones({2, 3}, DType::f64)).dtype() == DType::f64);
+}
