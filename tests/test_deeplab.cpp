@@ -136,11 +136,11 @@ struct TinyGolden {
   nn::StateDict weights = nn::load_safetensors(test::source_path("tests/golden/deeplab_tiny_weights.safetensors")).tensors;
   nn::StateDict ref = [] {
     nn::StateDict r = nn::load_safetensors(test::source_path("tests/golden/deeplab_tiny_train.safetensors")).tensors;
-    r["out_eval"] = nn::load_safetensors(test::source_path("tests/golden/deeplab_tiny_eval.safetensors")).tensors.at("out_eval");
+    r.merge(nn::load_safetensors(test::source_path("tests/golden/deeplab_tiny_eval.safetensors")).tensors);
     return r;
   }();
   nn::StateDict grad_f32 = nn::load_safetensors(test::source_path("tests/golden/deeplab_tiny_grad_f32.safetensors")).tensors;
-  Shape input_shape{2, 64, 48, 3};
+  Shape input_shape{2, 48, 32, 3};
 };
 
 std::shared_ptr<DeepLabV3Plus> tiny_model(const TinyGolden& g, DType dtype, double drop_path_rate = 0.0) {
@@ -265,6 +265,20 @@ TEST_CASE("tiny config: float32 outputs within 1e-4, gradients within 1e-3 relat
   expect_parity(*model, formula_input(g.input_shape, DType::f32), g.ref, g.grad_f32, {1e-4, 1e-3, 1e-4, 1e-4});
   for (auto& [name, t] : model->named_buffers())
     if (name.ends_with("num_batches_tracked")) CHECK(t.item() == 1);
+}
+
+TEST_CASE("output stride 8 dilates stage 3 as well, its 2x2 sr conv included, as smp") {
+  TinyGolden g;
+  DeepLabV3PlusConfig c = tiny_config();
+  c.encoder.output_stride = 8;
+  DeepLabV3Plus model(c);
+  model.to(DType::f64);
+  model.load_state_dict(g.weights);
+  model.eval();
+  autograd::NoGradGuard no_grad;
+  const double err = test::max_abs_diff(model(formula_input({1, 32, 48, 3}, DType::f64)), g.ref.at("out_eval_os8"));
+  MESSAGE("output stride 8, float64 eval: max abs err " << err);
+  CHECK(err < 1e-10);
 }
 
 TEST_CASE("drop path acts in training only") {
