@@ -373,11 +373,13 @@ TEST_CASE("pretrained RGB MiT weights load into a 1-channel encoder as smp adapt
 
 namespace {
 
-// Full-size parity against `deeplab_goldens.py --full` goldens (outside the repo), each dtype
-// against torch's run in the same dtype.
+// Full-size parity against `deeplab_goldens.py --full` goldens (outside the repo): against torch's
+// float64 run where there is one (at mit_b2 size, torch's own float32 gradients are up to 1.1e-3
+// off it, ours 4e-4), else against torch's float32 run.
 void full_size_parity(const std::string& variant, DType dtype, Tolerance tol) {
   const std::string weights = ref_golden("deeplab_" + variant + "_weights.safetensors");
-  const std::string ref_path = ref_golden("deeplab_" + variant + (dtype == DType::f64 ? "_f64" : "_f32") + ".safetensors");
+  std::string ref_path = ref_golden("deeplab_" + variant + "_f64.safetensors");
+  if (dtype == DType::f32 && !fs::exists(ref_path)) ref_path = ref_golden("deeplab_" + variant + "_f32.safetensors");
   if (!fs::exists(weights) || !fs::exists(ref_path)) {
     MESSAGE("skipped: run tests/reference/deeplab_goldens.py --full /work/ref-goldens to write " << ref_path);
     return;
@@ -388,7 +390,7 @@ void full_size_parity(const std::string& variant, DType dtype, Tolerance tol) {
   model.load_state_dict(w.tensors);
   const Shape shape{std::stoll(w.metadata.at("batch")), std::stoll(w.metadata.at("height")),
                     std::stoll(w.metadata.at("width")), 3};
-  MESSAGE(variant << " " << shape_str(shape) << ", " << std::string(dtype_name(dtype)) << ":");
+  MESSAGE(variant << " " << shape_str(shape) << ", ours " << std::string(dtype_name(dtype)) << " against " << ref_path);
   const nn::StateDict ref = nn::load_safetensors(ref_path).tensors;
   expect_parity(model, formula_input(shape, dtype), ref, ref, tol);
 }
