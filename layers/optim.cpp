@@ -147,10 +147,14 @@ double CosineWarmupSchedule::operator()(int64_t t) const {
 
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
   autograd::NoGradGuard no_grad;
-  double squares = 0;
-  for (const Tensor& p : params)
-    if (p.grad().defined()) squares += sum(mul(p.grad(), p.grad())).item();
-  const double norm = std::sqrt(squares);
+  Tensor squares;  // summed on the grads' device: one host sync, not one per parameter
+  for (const Tensor& p : params) {
+    if (!p.grad().defined()) continue;
+    Tensor s = sum(mul(p.grad(), p.grad()));
+    squares = squares.defined() ? add(squares, s.to(squares.dtype())) : s;
+  }
+  if (!squares.defined()) return 0.0;
+  const double norm = std::sqrt(squares.item());
   const double scale = max_norm / (norm + 1e-6);
   if (scale < 1.0)
     for (Tensor p : params)  // a handle copy shares the impl that holds the grad

@@ -53,6 +53,7 @@ class Optimizer {
   // For an exact --resume: "steps" (int64 scalar) and per parameter with state
   // "<name>.step" (int64 scalar), "<name>.exp_avg", "<name>.exp_avg_sq". Hyperparameters are not
   // saved: they come from the command line and the LR schedule (a function of steps()).
+  // The moments alias the live state, as Module::state_dict does; save them before stepping.
   StateDict state_dict() const;
   // Strict: keys must name parameters of this optimiser with matching shapes; moments are
   // copied to each parameter's device and dtype.
