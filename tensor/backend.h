@@ -41,6 +41,7 @@ class Backend {
   virtual void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
                     double alpha, double beta) = 0;
 
+  // NHWC x/out/grad_x, weight [Cout, Cin/groups, KH, KW]; each kernel overwrites its output.
   virtual void conv2d_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,
                               const Tensor& out) = 0;
   virtual void conv2d_backward_input(const Conv2dGeometry& g, const Tensor& grad_out,

@@ -1,0 +1,476 @@
+// Convolution on NHWC input with PyTorch-layout weights [Cout, Cin/groups, KH, KW].
+// Two kernels cover every case:
+// - depthwise (groups == Cin == Cout): a direct kernel with channels innermost, the hot op of
+//   ConvNeXt (7x7), MiT's Mix-FFN and ASPP (3x3 with dilation up to 36);
+// - everything else: im2col over a few images at a time, then one GEMM per group. A 1x1,
+//   stride-1, unpadded conv needs no im2col: the NHWC input already is the column matrix.
+// Padding is symmetric zero padding. The kernels overwrite their output (out, grad_x, grad_w).
+#include <Eigen/Core>
+#include <algorithm>
+#include <omp.h>
+#include <type_traits>
+#include <vector>
+
+#include "tensor/cpu/cpu_backend.h"
+
+namespace sono::cpu {
+
+namespace {
+
+// Below this much work (multiply-adds or copied elements) a loop runs on one thread: waking
+// threads would cost more than it saves.
+constexpr int64_t kParallelWork = int64_t(1) << 16;
+
+// ---- tap tables -----------------------------------------------------------------------------
+// A conv reads input position i = o * stride - padding + k * dilation for output position o and
+// kernel tap k. These tables hold that relation per axis, so inner loops never divide.
+struct Taps {
+  std::vector<int64_t> y, x;  // [positions * kernel taps], -1 where nothing is read
+};
+
+// For each output position o and tap k: the input position read, or -1 in the zero padding.
+std::vector<int64_t> inputs_read(int64_t out_len, int64_t in_len, int64_t taps,
+                                 const Conv2dGeometry& g) {
+  std::vector<int64_t> t(out_len * taps);
+  for (int64_t o = 0; o < out_len; ++o)
+    for (int64_t k = 0; k < taps; ++k) {
+      const int64_t i = o * g.stride - g.padding + k * g.dilation;
+      t[o * taps + k] = i >= 0 && i < in_len ? i : -1;
+    }
+  return t;
+}
+
+// For each input position i and tap k: the output position that reads i through k, or -1.
+std::vector<int64_t> outputs_reading(int64_t in_len, int64_t out_len, int64_t taps,
+                                     const Conv2dGeometry& g) {
+  std::vector<int64_t> t(in_len * taps, -1);
+  for (int64_t o = 0; o < out_len; ++o)
+    for (int64_t k = 0; k < taps; ++k) {
+      const int64_t i = o * g.stride - g.padding + k * g.dilation;
+      if (i >= 0 && i < in_len) t[i * taps + k] = o;
+    }
+  return t;
+}
+
+Taps forward_taps(const Conv2dGeometry& g) {
+  return {inputs_read(g.oh, g.h, g.kh, g), inputs_read(g.ow, g.w, g.kw, g)};
+}
+
+Taps backward_taps(const Conv2dGeometry& g) {
+  return {outputs_reading(g.h, g.oh, g.kh, g), outputs_reading(g.w, g.ow, g.kw, g)};
+}
+
+// dst[b][c][r] = src[b][r][c]: moves weights between PyTorch's layout and channels-last ones.
+template <typename T>
+void batched_transpose(const T* src, int64_t batch, int64_t rows, int64_t cols, T* dst) {
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) dst[(b * cols + c) * rows + r] = src[(b * rows + r) * cols + c];
+}
+
+template <typename T>
+T* scratch(Tensor& holder, int64_t numel) {
+  holder = Tensor::empty({numel}, std::is_same_v<T, float> ? DType::f32 : DType::f64);
+  return holder.data<T>();
+}
+
+// Per-thread partial sums for weight gradients (a small result summed over a huge number of
+// pixels): each thread adds into its own buffer, and the buffers are summed in thread order, so
+// the result does not depend on timing and threads never wait on each other.
+template <typename T>
+class ThreadPartials {
+ public:
+  explicit ThreadPartials(int64_t size) : size_(size), buffers_(omp_get_max_threads()) {}
+  // The calling thread's buffer, zeroed on first use.
+  T* mine() {
+    std::vector<T>& b = buffers_[omp_get_thread_num()];
+    if (b.empty()) b.assign(size_, T(0));
+    return b.data();
+  }
+  void sum_into(T* dst) const {
+    std::fill(dst, dst + size_, T(0));
+    for (const std::vector<T>& b : buffers_)
+      for (int64_t i = 0; i < static_cast<int64_t>(b.size()); ++i) dst[i] += b[i];
+  }
+
+ private:
+  int64_t size_;
+  std::vector<std::vector<T>> buffers_;
+};
+
+// ---- depthwise ------------------------------------------------------------------------------
+// Channels are innermost, so every depthwise kernel is a sum of channel-row products; channels
+// go in blocks whose accumulators the compiler keeps in vector registers across all taps.
+
+// Calls block(c0, width) over [0, channels) in blocks of kWidth channels; full blocks get a
+// compile-time width so that their accumulator arrays become registers.
+template <int64_t kWidth, typename Block>
+void for_each_channel_block(int64_t channels, Block&& block) {
+  int64_t c0 = 0;
+  for (; c0 + kWidth <= channels; c0 += kWidth) block(c0, std::integral_constant<int64_t, kWidth>{});
+  if (c0 < channels) block(c0, channels - c0);
+}
+
+// dst[c] (+)= sum over the (a, b) channel-row pairs that for_each_pair yields of a[c] * b[c].
+template <typename T, typename Pairs>
+void channel_dot(T* dst, int64_t channels, bool accumulate, Pairs&& for_each_pair) {
+  constexpr int64_t kWidth = 256 / sizeof(T);
+  for_each_channel_block<kWidth>(channels, [&](int64_t c0, auto len) {
+    T acc[kWidth] = {};
+    for_each_pair([&](const T* a, const T* b) {
+      a += c0;
+      b += c0;
+#pragma omp simd
+      for (int64_t c = 0; c < len; ++c) acc[c] += a[c] * b[c];
+    });
+    T* d = dst + c0;
+    for (int64_t c = 0; c < len; ++c) d[c] = accumulate ? d[c] + acc[c] : acc[c];
+  });
+}
+
+// kLanes adjacent pixels of a row form a regular group when each tap kx is either in the
+// padding for all of them or read by all of them, `step` source pixels apart (the stride).
+// A regular group loads each weight once for all its pixels; the others (the borders of a 7x7
+// kernel, the row's last pixels) go one pixel at a time.
+constexpr int64_t kLanes = 4;
+
+struct LaneGroup {
+  int64_t q0, step;
+  bool regular;
+};
+
+std::vector<LaneGroup> lane_groups(const std::vector<int64_t>& tx, int64_t width, int64_t kw) {
+  std::vector<LaneGroup> groups;
+  for (int64_t q0 = 0; q0 < width; q0 += kLanes) {
+    const int64_t* first = &tx[q0 * kw];
+    LaneGroup grp{q0, 0, q0 + kLanes <= width};
+    for (int64_t kx = 0; kx < kw && grp.regular; ++kx) {
+      if (first[kx] >= 0 && grp.step == 0) grp.step = tx[(q0 + 1) * kw + kx] - first[kx];
+      for (int64_t p = 1; p < kLanes && grp.regular; ++p) {
+        const int64_t sx = tx[(q0 + p) * kw + kx];
+        grp.regular = first[kx] < 0 ? sx < 0 : sx >= 0 && sx == first[kx] + p * grp.step;
+      }
+    }
+    groups.push_back(grp);
+  }
+  return groups;
+}
+
+// dst[q0 + p, c] = sum over taps of src[sy(ky), sx(kx) + p * step, c] * wt[ky, kx, c] for the
+// kLanes pixels of a regular group.
+template <typename T>
+void lane_group_dot(const Conv2dGeometry& g, const LaneGroup& grp, const int64_t* ys, const int64_t* xs,
+                    const T* src_image, int64_t src_w, const T* wt, T* dst) {
+  constexpr int64_t kWidth = 64 / sizeof(T);
+  const int64_t c = g.cin, lane_stride = grp.step * c;
+  for_each_channel_block<kWidth>(c, [&](int64_t c0, auto len) {
+    T acc[kLanes][kWidth] = {};
+    for (int64_t ky = 0; ky < g.kh; ++ky) {
+      if (ys[ky] < 0) continue;
+      const T* src_row = src_image + ys[ky] * src_w * c + c0;
+      for (int64_t kx = 0; kx < g.kw; ++kx) {
+        if (xs[kx] < 0) continue;
+        const T* a = src_row + xs[kx] * c;
+        const T* b = wt + (ky * g.kw + kx) * c + c0;
+        for (int64_t p = 0; p < kLanes; ++p) {
+          const T* ap = a + p * lane_stride;
+#pragma omp simd
+          for (int64_t j = 0; j < len; ++j) acc[p][j] += ap[j] * b[j];
+        }
+      }
+    }
+    for (int64_t p = 0; p < kLanes; ++p) std::copy_n(acc[p], int64_t(len), dst + p * c + c0);
+  });
+}
+
+// dst[n, p, q, c] = sum over taps (ky, kx) of src[n, taps.y[p, ky], taps.x[q, kx], c] * wt[ky, kx, c],
+// skipping taps marked -1. With forward taps this is the depthwise forward (src = x, dst = out);
+// with backward taps it is the input gradient (src = grad_out, dst = grad_x).
+template <typename T>
+void depthwise_gather(const Conv2dGeometry& g, const Taps& taps, const T* src, int64_t src_h,
+                      int64_t src_w, const T* wt, T* dst, int64_t dst_h, int64_t dst_w) {
+  const int64_t c = g.cin;
+  const std::vector<LaneGroup> groups = lane_groups(taps.x, dst_w, g.kw);
+#pragma omp parallel for schedule(static) if (g.n * dst_h * dst_w * c * g.kh * g.kw > kParallelWork)
+  for (int64_t row = 0; row < g.n * dst_h; ++row) {
+    const int64_t n = row / dst_h, p = row % dst_h;
+    const int64_t* ys = &taps.y[p * g.kh];
+    const T* src_image = src + n * src_h * src_w * c;
+    T* dst_row = dst + row * dst_w * c;
+    for (const LaneGroup& grp : groups) {
+      if (grp.regular) {
+        lane_group_dot(g, grp, ys, &taps.x[grp.q0 * g.kw], src_image, src_w, wt, dst_row + grp.q0 * c);
+        continue;
+      }
+      for (int64_t q = grp.q0; q < std::min(grp.q0 + kLanes, dst_w); ++q) {
+        const int64_t* xs = &taps.x[q * g.kw];
+        channel_dot(dst_row + q * c, c, false, [&](auto visit) {
+          for (int64_t ky = 0; ky < g.kh; ++ky) {
+            if (ys[ky] < 0) continue;
+            const T* src_row = src_image + ys[ky] * src_w * c;
+            for (int64_t kx = 0; kx < g.kw; ++kx)
+              if (xs[kx] >= 0) visit(src_row + xs[kx] * c, wt + (ky * g.kw + kx) * c);
+          }
+        });
+      }
+    }
+  }
+}
+
+// grad_wt[ky, kx, c] = sum over n, oy, ox of grad_out[n, oy, ox, c] * x[n, iy, ix, c].
+template <typename T>
+void depthwise_weight_grad(const Conv2dGeometry& g, const T* x, const T* grad_out, T* grad_wt) {
+  const int64_t c = g.cin;
+  const Taps t = forward_taps(g);
+  ThreadPartials<T> partials(g.kh * g.kw * c);
+#pragma omp parallel if (g.n * g.oh * g.ow * c * g.kh * g.kw > kParallelWork)
+  {
+    T* mine = partials.mine();
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < g.n * g.oh; ++row) {
+      const int64_t n = row / g.oh, oy = row % g.oh;
+      const T* grad_row = grad_out + row * g.ow * c;
+      for (int64_t ky = 0; ky < g.kh; ++ky) {
+        const int64_t iy = t.y[oy * g.kh + ky];
+        if (iy < 0) continue;
+        const T* x_row = x + (n * g.h + iy) * g.w * c;
+        for (int64_t kx = 0; kx < g.kw; ++kx)
+          channel_dot(mine + (ky * g.kw + kx) * c, c, true, [&](auto visit) {
+            for (int64_t ox = 0; ox < g.ow; ++ox) {
+              const int64_t ix = t.x[ox * g.kw + kx];
+              if (ix >= 0) visit(grad_row + ox * c, x_row + ix * c);
+            }
+          });
+      }
+    }
+  }
+  partials.sum_into(grad_wt);
+}
+
+bool is_depthwise(const Conv2dGeometry& g) { return g.groups == g.cin && g.groups == g.cout; }
+
+// ---- im2col + GEMM --------------------------------------------------------------------------
+template <typename T>
+using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <typename T>
+using MatrixView = Eigen::Map<RowMajor<T>, 0, Eigen::OuterStride<>>;
+
+template <typename T>
+MatrixView<T> matrix(const T* data, int64_t rows, int64_t cols, int64_t row_stride) {
+  return MatrixView<T>(const_cast<T*>(data), rows, cols, Eigen::OuterStride<>(row_stride));
+}
+
+// The column matrix has one row per output pixel and, per group, the taps (ky, kx) of that
+// group's input channels: column gi * group_cols + (ky * KW + kx) * Cin/groups + ci. Weights
+// become matching rows [Cout, KH, KW, Cin/groups] so group gi's GEMM is one contiguous block.
+struct ColumnLayout {
+  int64_t cin_g, cout_g, group_cols, cols, images_per_chunk;
+  bool identity;  // 1x1, stride 1, no padding: the input itself is the column matrix
+};
+
+ColumnLayout column_layout(const Conv2dGeometry& g) {
+  ColumnLayout cl;
+  cl.cin_g = g.cin / g.groups;
+  cl.cout_g = g.cout / g.groups;
+  cl.group_cols = g.kh * g.kw * cl.cin_g;
+  cl.cols = cl.group_cols * g.groups;
+  cl.identity = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.padding == 0;
+  // Bounds the column buffer to about 2^23 elements (32 MB in float32), at least one image.
+  const int64_t per_image = g.oh * g.ow * cl.cols;
+  cl.images_per_chunk = cl.identity ? g.n : std::clamp<int64_t>((int64_t(1) << 23) / per_image, 1, g.n);
+  return cl;
+}
+
+// cols[(n - n0) * OH * OW + oy * OW + ox, :] for images [n0, n1).
+template <typename T>
+void im2col(const Conv2dGeometry& g, const ColumnLayout& cl, const Taps& t, const T* x, int64_t n0,
+            int64_t n1, T* cols) {
+#pragma omp parallel for schedule(static) if ((n1 - n0) * g.oh * g.ow * cl.cols > kParallelWork)
+  for (int64_t row = 0; row < (n1 - n0) * g.oh; ++row) {
+    const int64_t n = n0 + row / g.oh, oy = row % g.oh;
+    T* col = cols + row * g.ow * cl.cols;
+    for (int64_t ox = 0; ox < g.ow; ++ox)
+      for (int64_t gi = 0; gi < g.groups; ++gi)
+        for (int64_t ky = 0; ky < g.kh; ++ky) {
+          const int64_t iy = t.y[oy * g.kh + ky];
+          for (int64_t kx = 0; kx < g.kw; ++kx, col += cl.cin_g) {
+            const int64_t ix = t.x[ox * g.kw + kx];
+            if (iy < 0 || ix < 0) std::fill(col, col + cl.cin_g, T(0));
+            else std::copy_n(x + ((n * g.h + iy) * g.w + ix) * g.cin + gi * cl.cin_g, cl.cin_g, col);
+          }
+        }
+  }
+}
+
+// grad_x[n, iy, ix, :] = sum of the column entries that im2col copied from there, for images
+// [n0, n1). Gathering per input pixel (instead of scattering columns) needs no atomics.
+template <typename T>
+void col2im(const Conv2dGeometry& g, const ColumnLayout& cl, const Taps& back, const T* cols,
+            int64_t n0, int64_t n1, T* grad_x) {
+#pragma omp parallel for schedule(static) if ((n1 - n0) * g.oh * g.ow * cl.cols > kParallelWork)
+  for (int64_t row = 0; row < (n1 - n0) * g.h; ++row) {
+    const int64_t n = n0 + row / g.h, iy = row % g.h;
+    const T* image_cols = cols + (n - n0) * g.oh * g.ow * cl.cols;
+    for (int64_t ix = 0; ix < g.w; ++ix) {
+      T* dst = grad_x + ((n * g.h + iy) * g.w + ix) * g.cin;
+      std::fill(dst, dst + g.cin, T(0));
+      for (int64_t ky = 0; ky < g.kh; ++ky) {
+        const int64_t oy = back.y[iy * g.kh + ky];
+        if (oy < 0) continue;
+        for (int64_t kx = 0; kx < g.kw; ++kx) {
+          const int64_t ox = back.x[ix * g.kw + kx];
+          if (ox < 0) continue;
+          const T* src = image_cols + (oy * g.ow + ox) * cl.cols + (ky * g.kw + kx) * cl.cin_g;
+          for (int64_t gi = 0; gi < g.groups; ++gi) {
+            const T* s = src + gi * cl.group_cols;
+            T* d = dst + gi * cl.cin_g;
+#pragma omp simd
+            for (int64_t ci = 0; ci < cl.cin_g; ++ci) d[ci] += s[ci];
+          }
+        }
+      }
+    }
+  }
+}
+
+// Runs step(n0, n1, rows, cols) per chunk of images, cols pointing at their column matrix
+// (built by im2col when `fill_columns`, else scratch for the caller to fill).
+template <typename T, typename Step>
+void for_each_chunk(const Conv2dGeometry& g, const ColumnLayout& cl, const T* x, bool fill_columns,
+                    Step&& step) {
+  const int64_t pixels = g.oh * g.ow;
+  Tensor holder;
+  T* buffer = cl.identity ? nullptr : scratch<T>(holder, cl.images_per_chunk * pixels * cl.cols);
+  const Taps t = forward_taps(g);
+  for (int64_t n0 = 0; n0 < g.n; n0 += cl.images_per_chunk) {
+    const int64_t n1 = std::min(g.n, n0 + cl.images_per_chunk);
+    T* cols = cl.identity ? const_cast<T*>(x) + n0 * pixels * g.cin : buffer;
+    if (fill_columns && !cl.identity) im2col(g, cl, t, x, n0, n1, cols);
+    step(n0, n1, (n1 - n0) * pixels, cols);
+  }
+}
+
+template <typename T>
+std::vector<T> weight_rows(const T* w, const Conv2dGeometry& g, const ColumnLayout& cl) {
+  std::vector<T> wt(g.cout * cl.group_cols);
+  batched_transpose(w, g.cout, cl.cin_g, g.kh * g.kw, wt.data());
+  return wt;
+}
+
+template <typename T>
+void conv_forward(const Conv2dGeometry& g, const T* x, const T* w, T* out) {
+  const ColumnLayout cl = column_layout(g);
+  const std::vector<T> wt = weight_rows(w, g, cl);
+  for_each_chunk<T>(g, cl, x, true, [&](int64_t n0, int64_t, int64_t rows, T* cols) {
+    for (int64_t gi = 0; gi < g.groups; ++gi) {
+      auto o = matrix(out + n0 * g.oh * g.ow * g.cout + gi * cl.cout_g, rows, cl.cout_g, g.cout);
+      auto c = matrix(cols + gi * cl.group_cols, rows, cl.group_cols, cl.cols);
+      auto k = matrix(wt.data() + gi * cl.cout_g * cl.group_cols, cl.cout_g, cl.group_cols, cl.group_cols);
+      o.noalias() = c * k.transpose();
+    }
+  });
+}
+
+template <typename T>
+void conv_backward_input(const Conv2dGeometry& g, const T* grad_out, const T* w, T* grad_x) {
+  const ColumnLayout cl = column_layout(g);
+  const std::vector<T> wt = weight_rows(w, g, cl);
+  const Taps back = backward_taps(g);
+  // With the identity layout the column matrix is grad_x itself and col2im is nothing.
+  for_each_chunk<T>(g, cl, grad_x, false, [&](int64_t n0, int64_t n1, int64_t rows, T* cols) {
+    for (int64_t gi = 0; gi < g.groups; ++gi) {
+      auto c = matrix(cols + gi * cl.group_cols, rows, cl.group_cols, cl.cols);
+      auto go = matrix(grad_out + n0 * g.oh * g.ow * g.cout + gi * cl.cout_g, rows, cl.cout_g, g.cout);
+      auto k = matrix(wt.data() + gi * cl.cout_g * cl.group_cols, cl.cout_g, cl.group_cols, cl.group_cols);
+      c.noalias() = go * k;
+    }
+    if (!cl.identity) col2im(g, cl, back, cols, n0, n1, grad_x);
+  });
+}
+
+// grad_w = grad_out^T x cols per group. The depth of that product (pixels) is huge and the
+// result small: each thread multiplies its own slice of rows with a serial GEMM instead of
+// running Eigen's parallel GEMM, whose threads synchronise at every depth block.
+template <typename T>
+void conv_backward_weight(const Conv2dGeometry& g, const T* x, const T* grad_out, T* grad_w) {
+  const ColumnLayout cl = column_layout(g);
+  ThreadPartials<T> partials(g.cout * cl.group_cols);
+  for_each_chunk<T>(g, cl, x, true, [&](int64_t n0, int64_t, int64_t rows, T* cols) {
+#pragma omp parallel if (rows * g.cout * cl.group_cols > kParallelWork)
+    {
+      const int64_t threads = omp_get_num_threads(), t = omp_get_thread_num();
+      const int64_t r0 = rows * t / threads, r1 = rows * (t + 1) / threads;
+      T* mine = partials.mine();
+      const T* go_rows = grad_out + (n0 * g.oh * g.ow + r0) * g.cout;
+      for (int64_t gi = 0; gi < g.groups && r1 > r0; ++gi) {
+        auto gk = matrix(mine + gi * cl.cout_g * cl.group_cols, cl.cout_g, cl.group_cols, cl.group_cols);
+        auto go = matrix(go_rows + gi * cl.cout_g, r1 - r0, cl.cout_g, g.cout);
+        auto c = matrix(cols + r0 * cl.cols + gi * cl.group_cols, r1 - r0, cl.group_cols, cl.cols);
+        gk.noalias() += go.transpose() * c;
+      }
+    }
+  });
+  std::vector<T> grad_wt(g.cout * cl.group_cols);
+  partials.sum_into(grad_wt.data());
+  batched_transpose(grad_wt.data(), g.cout, g.kh * g.kw, cl.cin_g, grad_w);
+}
+
+// ---- depthwise entry points (weights [C, 1, KH, KW] <-> channels-last taps [KH, KW, C]) ----
+template <typename T>
+std::vector<T> depthwise_taps(const T* w, const Conv2dGeometry& g) {
+  std::vector<T> wt(g.kh * g.kw * g.cin);
+  batched_transpose(w, 1, g.cin, g.kh * g.kw, wt.data());
+  return wt;
+}
+
+template <typename T>
+void depthwise_forward(const Conv2dGeometry& g, const T* x, const T* w, T* out) {
+  depthwise_gather(g, forward_taps(g), x, g.h, g.w, depthwise_taps(w, g).data(), out, g.oh, g.ow);
+}
+
+template <typename T>
+void depthwise_backward_input(const Conv2dGeometry& g, const T* grad_out, const T* w, T* grad_x) {
+  depthwise_gather(g, backward_taps(g), grad_out, g.oh, g.ow, depthwise_taps(w, g).data(), grad_x,
+                   g.h, g.w);
+}
+
+template <typename T>
+void depthwise_backward_weight(const Conv2dGeometry& g, const T* x, const T* grad_out, T* grad_w) {
+  std::vector<T> grad_wt(g.kh * g.kw * g.cin);
+  depthwise_weight_grad(g, x, grad_out, grad_wt.data());
+  batched_transpose(grad_wt.data(), 1, g.kh * g.kw, g.cin, grad_w);
+}
+
+// Calls kernel(a, b, out) with the three tensors' element pointers for their float type.
+template <typename Kernel>
+void with_pointers(const Tensor& a, const Tensor& b, const Tensor& out, Kernel&& kernel) {
+  dispatch_float(a.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    kernel(a.data<T>(), b.data<T>(), out.data<T>());
+  });
+}
+
+}  // namespace
+
+void CpuBackend::conv2d_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,
+                                const Tensor& out) {
+  with_pointers(x, w, out, [&](auto* xp, auto* wp, auto* op) {
+    is_depthwise(g) ? depthwise_forward(g, xp, wp, op) : conv_forward(g, xp, wp, op);
+  });
+}
+
+void CpuBackend::conv2d_backward_input(const Conv2dGeometry& g, const Tensor& grad_out,
+                                       const Tensor& w, const Tensor& grad_x) {
+  with_pointers(grad_out, w, grad_x, [&](auto* gp, auto* wp, auto* op) {
+    is_depthwise(g) ? depthwise_backward_input(g, gp, wp, op) : conv_backward_input(g, gp, wp, op);
+  });
+}
+
+void CpuBackend::conv2d_backward_weight(const Conv2dGeometry& g, const Tensor& x,
+                                        const Tensor& grad_out, const Tensor& grad_w) {
+  with_pointers(x, grad_out, grad_w, [&](auto* xp, auto* gp, auto* op) {
+    is_depthwise(g) ? depthwise_backward_weight(g, xp, gp, op) : conv_backward_weight(g, xp, gp, op);
+  });
+}
+
+}  // namespace sono::cpu

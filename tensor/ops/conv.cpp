@@ -1,0 +1,86 @@
+// conv2d: NHWC input, PyTorch-layout weight [Cout, Cin/groups, KH, KW]; the backend kernel
+// convolves, this op checks shapes, adds the bias and records the backward.
+#include "autograd/node.h"
+#include "tensor/backend.h"
+#include "tensor/ops.h"
+
+namespace sono {
+
+namespace {
+
+// Output length along one axis, as torch.nn.Conv2d: floor((in + 2p - d (k - 1) - 1) / s) + 1.
+int64_t conv_out_len(int64_t in, int64_t k, const Conv2dOptions& o) {
+  const int64_t span = o.dilation * (k - 1) + 1;
+  return in + 2 * o.padding < span ? 0 : (in + 2 * o.padding - span) / o.stride + 1;
+}
+
+Conv2dGeometry conv_geometry(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dOptions& o) {
+  SONO_CHECK(x.dim() == 4, "conv2d: input must be NHWC [N, H, W, C], got ", shape_str(x.shape()));
+  SONO_CHECK(w.dim() == 4, "conv2d: weight must be [Cout, Cin/groups, KH, KW], got ", shape_str(w.shape()));
+  SONO_CHECK(x.dtype() == w.dtype() && x.device() == w.device(), "conv2d: input (",
+             dtype_name(x.dtype()), ", ", device_name(x.device()), ") and weight (", dtype_name(w.dtype()),
+             ", ", device_name(w.device()), ") differ in dtype or device");
+  SONO_CHECK(o.stride >= 1 && o.dilation >= 1 && o.padding >= 0 && o.groups >= 1,
+             "conv2d: need stride >= 1, dilation >= 1, padding >= 0, groups >= 1; got stride ", o.stride,
+             ", dilation ", o.dilation, ", padding ", o.padding, ", groups ", o.groups);
+  Conv2dGeometry g{x.size(0), x.size(1), x.size(2), x.size(3), w.size(0), w.size(2), w.size(3), 0, 0,
+                   o.stride, o.padding, o.dilation, o.groups};
+  SONO_CHECK(g.cin % g.groups == 0 && g.cout % g.groups == 0, "conv2d: input ", shape_str(x.shape()),
+             " and weight ", shape_str(w.shape()), ": channels ", g.cin, " -> ", g.cout,
+             " are not divisible by groups ", g.groups);
+  SONO_CHECK(w.size(1) * g.groups == g.cin, "conv2d: weight ", shape_str(w.shape()), " with groups ",
+             g.groups, " expects ", w.size(1) * g.groups, " input channels, but input ",
+             shape_str(x.shape()), " has ", g.cin);
+  if (bias.defined())
+    SONO_CHECK(bias.dim() == 1 && bias.size(0) == g.cout, "conv2d: bias ", shape_str(bias.shape()),
+               " does not match weight ", shape_str(w.shape()), " (want [", g.cout, "])");
+  g.oh = conv_out_len(g.h, g.kh, o);
+  g.ow = conv_out_len(g.w, g.kw, o);
+  SONO_CHECK(g.oh > 0 && g.ow > 0, "conv2d: input ", shape_str(x.shape()), " is too small for kernel ",
+             g.kh, "x", g.kw, " with dilation ", o.dilation, " and padding ", o.padding);
+  return g;
+}
+
+Tensor contiguous_data(const Tensor& t) {
+  autograd::NoGradGuard no_grad;
+  return t.detach().contiguous();
+}
+
+// What the backward keeps: the input only when grad_w is needed, the weight only when grad_x is.
+struct Conv2dSaved {
+  Conv2dGeometry g;
+  Tensor x, w;
+  Shape w_shape;
+  bool need_gx, need_gw;
+
+  std::vector<Tensor> backward(const Tensor& grad) const {
+    const Tensor gc = grad.contiguous();
+    Backend& be = backend_of(gc);
+    Tensor gx, gw;
+    if (need_gx) {
+      gx = Tensor::empty({g.n, g.h, g.w, g.cin}, gc.dtype(), gc.device());
+      be.conv2d_backward_input(g, gc, w, gx);
+    }
+    if (need_gw) {
+      gw = Tensor::empty(w_shape, gc.dtype(), gc.device());
+      be.conv2d_backward_weight(g, x, gc, gw);
+    }
+    return {gx, gw};
+  }
+};
+
+}  // namespace
+
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dOptions opt) {
+  const Conv2dGeometry g = conv_geometry(x, weight, bias, opt);
+  const Tensor xc = contiguous_data(x), wc = contiguous_data(weight);
+  Tensor out = Tensor::empty({g.n, g.oh, g.ow, g.cout}, x.dtype(), x.device());
+  backend_of(x).conv2d_forward(g, xc, wc, out);
+  const bool need_gx = x.requires_grad(), need_gw = weight.requires_grad();
+  Conv2dSaved saved{g, need_gw ? xc : Tensor(), need_gx ? wc : Tensor(), weight.shape(), need_gx, need_gw};
+  out = autograd::record("conv2d", out, {x, weight},
+                         [saved = std::move(saved)](const Tensor& grad) { return saved.backward(grad); });
+  return bias.defined() ? add(out, bias) : out;
+}
+
+}  // namespace sono
