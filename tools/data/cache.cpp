@@ -36,4 +36,10 @@ Image SampleCache::image(size_t i) const {
   return out;
 }
 
+void SampleCache::set_mask(size_t i, Mask mask) {
+  SONO_CHECK(mask.height == size_ && mask.width == size_, "SampleCache::set_mask: mask is ", mask.height,
+             "x", mask.width, ", the cache holds ", size_, "x", size_);
+  masks_.at(i) = std::move(mask);
+}
+
 }  // namespace sono::data

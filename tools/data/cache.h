@@ -23,6 +23,8 @@ class SampleCache {
   int label(size_t i) const { return dataset_.samples[i].label; }
   Image image(size_t i) const;  // RGB 0..1, size x size
   const Mask& mask(size_t i) const { return masks_[i]; }
+  // Replaces a sample's mask (size x size), e.g. by a segmentation model's prediction.
+  void set_mask(size_t i, Mask mask);
   const std::vector<uint64_t>& hashes() const { return hashes_; }
   ImageSize original_size(size_t i) const { return original_sizes_[i]; }
 

@@ -1,0 +1,19 @@
+#pragma once
+// Running trained checkpoints on one image: what predict does per file, and what cls_train
+// --seg-model does to give the classifier the masks it will see in use.
+#include <string>
+#include <vector>
+
+#include "tools/app/checkpoint.h"
+#include "tools/data/image.h"
+
+namespace sono::app {
+
+// The lesion mask of `image` (RGB 0..1, any size) at (height, width): the image is resized to
+// the checkpoint's training size, the logits resized back (see data::mask_from_logits).
+data::Mask segment(LoadedModel& seg, const data::Image& image, int height, int width, Device device);
+
+// Class probabilities (softmax) for an image and its lesion mask of the same size.
+std::vector<double> classify(LoadedModel& cls, const data::Image& image, const data::Mask& mask, Device device);
+
+}  // namespace sono::app

@@ -1,0 +1,71 @@
+#include "tools/app/runtime.h"
+
+#include <unistd.h>
+
+#include <iostream>
+
+#include "tensor/error.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#ifdef SONO_HAVE_CUDA
+#include "cuda/backend.h"
+#endif
+
+namespace sono::app {
+
+namespace fs = std::filesystem;
+
+Device select_device(const std::string& name) {
+  if (name == "cpu") return Device::cpu;
+  SONO_CHECK(name == "cuda", "--device ", name, ": expected cpu or cuda");
+#ifdef SONO_HAVE_CUDA
+  SONO_CHECK(cuda::device_count() > 0, "--device cuda: no usable NVIDIA GPU on this machine (use --device cpu)");
+  return Device::cuda;
+#else
+  fail("--device cuda: this build has no CUDA backend (nvcc was not found when it was configured); "
+       "use --device cpu");
+#endif
+}
+
+void set_threads(int64_t threads) {
+  SONO_CHECK(threads >= 0, "--threads ", threads, ": must be 0 (all cores) or more");
+#ifdef _OPENMP
+  if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
+#endif
+}
+
+void add_runtime_options(Cli& cli) {
+  cli.option("device", "cpu", "cpu or cuda")
+      .option("threads", "0", "CPU threads for the kernels (0: one per core)");
+}
+
+Device apply_runtime_options(const Cli& cli) {
+  set_threads(cli.integer("threads"));
+  return select_device(cli.str("device"));
+}
+
+void check_writable(const fs::path& file) {
+  SONO_CHECK(!file.empty(), "an output path is empty");
+  SONO_CHECK(!fs::is_directory(file), file.string(), ": is a folder, expected a file path");
+  fs::path folder = file.has_parent_path() ? file.parent_path() : fs::path(".");
+  SONO_CHECK(fs::is_directory(folder), file.string(), ": cannot be written (folder ", folder.string(),
+             " does not exist)");
+  SONO_CHECK(access(folder.c_str(), W_OK) == 0, file.string(), ": cannot be written (folder ",
+             folder.string(), " is not writable)");
+  SONO_CHECK(!fs::exists(file) || access(file.c_str(), W_OK) == 0, file.string(),
+             ": cannot be written (read-only file)");
+}
+
+int run_tool(const std::string& tool, const std::function<int()>& body) {
+  try {
+    return body();
+  } catch (const Error& e) {
+    std::cerr << tool << ": error: " << e.what() << "\n";
+  } catch (const std::exception& e) {
+    std::cerr << tool << ": internal error: " << e.what() << "\n";
+  }
+  return 1;
+}
+
+}  // namespace sono::app

@@ -1,0 +1,33 @@
+#pragma once
+// What every tool does around its real work: the device and thread count from the command
+// line, writable-output checks, and one exit path that turns errors into a line and a status.
+#include <filesystem>
+#include <functional>
+#include <string>
+
+#include "tensor/dtype.h"
+#include "tools/app/cli.h"
+
+namespace sono::app {
+
+// "cpu" or "cuda". cuda is refused with the reason when this build has no CUDA backend or the
+// machine has no usable GPU.
+Device select_device(const std::string& name);
+
+// OpenMP threads for the kernels; 0 keeps the default (one per core).
+void set_threads(int64_t threads);
+
+// Flags every tool takes: --device, --threads.
+void add_runtime_options(Cli& cli);
+// Applies --threads and returns --device.
+Device apply_runtime_options(const Cli& cli);
+
+// Throws naming `file` when it could not be written: its folder is missing or read-only, or
+// it is a folder. Checked before long work, so a run does not fail at its end.
+void check_writable(const std::filesystem::path& file);
+
+// Runs a tool's body: --help exits 0; a sono::Error prints "<tool>: error: <message>" and
+// exits 1; so does any other exception, marked as internal.
+int run_tool(const std::string& tool, const std::function<int()>& body);
+
+}  // namespace sono::app

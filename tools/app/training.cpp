@@ -1,0 +1,365 @@
+#include "tools/app/training.h"
+
+#include <cmath>
+#include <filesystem>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include "autograd/node.h"
+#include "layers/optim.h"
+#include "layers/safetensors.h"
+#include "models/convnext.h"
+#include "models/deeplabv3plus.h"
+#include "models/pretrained.h"
+#include "tensor/random.h"
+#include "tools/app/checkpoint.h"
+#include "tools/app/runtime.h"
+#include "tools/data/progress.h"
+#include "tools/data/split.h"
+#include "tools/data/training_log.h"
+
+namespace sono::app {
+
+namespace fs = std::filesystem;
+
+void add_training_options(Cli& cli, const TrainDefaults& d) {
+  cli.option("images-dir", "", "images: flat folder, CLASS/ subfolders, or BUSI's Dataset_BUSI_with_GT", true)
+      .option("masks-dir", "", "masks (X_mask.png); leave out when they sit beside the images (BUSI)")
+      .option("epochs", "30", "training epochs")
+      .option("lr", "1e-3", "peak learning rate (AdamW, linear warmup then cosine decay)")
+      .option("batch-size", std::to_string(d.batch_size), "images per training step")
+      .option("img-size", "256", "training side in pixels, a multiple of 32")
+      .option("val-split", "0.2", "fraction of images (by duplicate group, per class) for validation")
+      .option("save-path", "", "best checkpoint (.safetensors); X.last.safetensors holds the resume state", true)
+      .option("arch", d.arch, "model architecture")
+      .option("pretrained", "", "ImageNet backbone weights (.safetensors from timm/smp)")
+      .option("resume", "", "continue from a X.last.safetensors state")
+      .option("log-dir", "", "folder for the per-epoch CSV and the training-curve SVG")
+      .option("seed", "0", "seed of the split, initialisation, augmentation and shuffling")
+      .option("weight-decay", std::to_string(d.weight_decay), "AdamW weight decay (not on biases and norms)")
+      .option("warmup-epochs", "1", "epochs of linear learning-rate warmup")
+      .option("drop-path", std::to_string(d.drop_path), "stochastic depth rate")
+      .option("clip-grad", "0", "clip the global gradient norm to this (0: off)")
+      .option("workers", "2", "threads preparing batches")
+      .flag("no-augment", "train without augmentation");
+  add_runtime_options(cli);
+}
+
+TrainSettings read_training_options(const Cli& cli) {
+  TrainSettings s;
+  s.images_dir = cli.str("images-dir");
+  s.masks_dir = cli.str("masks-dir");
+  s.save_path = cli.str("save-path");
+  s.arch = cli.str("arch");
+  s.pretrained = cli.str("pretrained");
+  s.resume = cli.str("resume");
+  s.log_dir = cli.str("log-dir");
+  s.epochs = cli.integer("epochs");
+  s.batch_size = cli.integer("batch-size");
+  s.img_size = cli.integer("img-size");
+  s.workers = cli.integer("workers");
+  s.seed = static_cast<uint64_t>(cli.integer("seed"));
+  s.lr = cli.real("lr");
+  s.val_split = cli.real("val-split");
+  s.weight_decay = cli.real("weight-decay");
+  s.warmup_epochs = cli.real("warmup-epochs");
+  s.drop_path = cli.real("drop-path");
+  s.clip_grad = cli.real("clip-grad");
+  s.augment = !cli.is_set("no-augment");
+  SONO_CHECK(s.epochs >= 1, "--epochs ", s.epochs, ": must be at least 1");
+  SONO_CHECK(s.batch_size >= 1, "--batch-size ", s.batch_size, ": must be at least 1");
+  SONO_CHECK(s.img_size >= 32 && s.img_size % 32 == 0, "--img-size ", s.img_size,
+             ": must be a positive multiple of 32 (the encoders downsample 32x)");
+  SONO_CHECK(s.val_split > 0 && s.val_split < 1, "--val-split ", s.val_split, ": must be between 0 and 1");
+  SONO_CHECK(s.lr > 0, "--lr ", s.lr, ": must be positive");
+  SONO_CHECK(s.workers >= 1, "--workers ", s.workers, ": must be at least 1");
+  models::find_model(s.arch);  // an unknown --arch fails here, listing the known ones
+  check_writable(s.save_path);
+  check_writable(resume_state_path(s.save_path));
+  SONO_CHECK(s.pretrained.empty() || fs::is_regular_file(s.pretrained), s.pretrained,
+             ": --pretrained file not found");
+  SONO_CHECK(s.resume.empty() || fs::is_regular_file(s.resume), s.resume, ": --resume file not found");
+  s.device = apply_runtime_options(cli);
+  return s;
+}
+
+std::string resume_state_path(const std::string& save_path) {
+  fs::path p(save_path);
+  return (p.parent_path() / (p.stem().string() + ".last" + p.extension().string())).string();
+}
+
+namespace {
+
+// Backbone weights published for ImageNet: timm's ConvNeXt, smp's MiT encoder.
+void load_backbone(nn::UnaryModule& model, const std::string& path) {
+  if (auto* deeplab = dynamic_cast<models::DeepLabV3Plus*>(&model))
+    return models::load_pretrained(deeplab->encoder(), path, models::mit_pretrained_layout());
+  if (dynamic_cast<models::ConvNeXt*>(&model))
+    return models::load_pretrained(model, path, models::convnext_pretrained_layout());
+  fail(path, ": no pretrained layout for this architecture");
+}
+
+bool has_batch_norm(const nn::Module& model) {
+  for (auto& [name, t] : model.named_buffers())
+    if (name.size() >= 12 && name.compare(name.size() - 12, 12, "running_mean") == 0) return true;
+  return false;
+}
+
+data::Batch to_device(data::Batch batch, Device device) {
+  batch.images = batch.images.to(device);
+  batch.masks = batch.masks.to(device);
+  batch.labels = batch.labels.to(device);
+  return batch;
+}
+
+std::string join_metrics(const std::vector<std::string>& names, const std::vector<double>& values) {
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(4);
+  for (size_t i = 0; i < names.size(); ++i) os << (i ? ", " : "") << names[i] << " " << values[i];
+  return os.str();
+}
+
+// The CSV a TrainingLog wrote, read back for --resume.
+void restore_log(data::TrainingLog& log, const std::string& csv) {
+  std::istringstream lines(csv);
+  std::string line;
+  std::getline(lines, line);  // header
+  while (std::getline(lines, line)) {
+    if (line.empty()) continue;
+    std::vector<double> row;
+    std::istringstream cells(line);
+    std::string cell;
+    while (std::getline(cells, cell, ',')) row.push_back(cell == "nan" ? NAN : std::stod(cell));
+    log.add(row);
+  }
+}
+
+class Trainer {
+ public:
+  Trainer(const TrainSettings& s, TrainingTask& task, const data::Dataset& dataset)
+      : s_(s), task_(task), dataset_(dataset) {}
+
+  int run(const std::function<void(data::SampleCache&)>& prepare);
+
+ private:
+  void build_data(const std::function<void(data::SampleCache&)>& prepare);
+  void build_model();
+  void resume();
+  double train_epoch(int epoch, double& images_per_second);
+  double validate(int epoch);
+  void end_epoch(int epoch, const std::vector<double>& row, double metric);
+  ModelCard card() const;
+  nn::StateDict resume_state() const;
+
+  const TrainSettings& s_;
+  TrainingTask& task_;
+  const data::Dataset& dataset_;
+  std::shared_ptr<data::SampleCache> cache_;
+  std::unique_ptr<data::Loader> train_, val_;
+  std::shared_ptr<nn::UnaryModule> model_;
+  std::unique_ptr<nn::AdamW> optimizer_;
+  nn::CosineWarmupSchedule schedule_{};
+  std::unique_ptr<data::TrainingLog> log_;
+  int start_epoch_ = 0;
+  double best_ = NAN;
+  int best_epoch_ = 0;
+};
+
+void Trainer::build_data(const std::function<void(data::SampleCache&)>& prepare) {
+  std::cout << dataset_.summary() << "\n";
+  cache_ = std::make_shared<data::SampleCache>(dataset_, static_cast<int>(s_.img_size));
+  if (prepare) prepare(*cache_);
+  data::Split split = data::split_dataset(dataset_, cache_->hashes(), {s_.val_split, s_.seed});
+  std::cout << "split: " << split.summary(dataset_) << "\n";
+
+  data::LoaderOptions train;
+  train.batch_size = s_.batch_size;
+  train.input = task_.input();
+  train.augment = s_.augment;
+  train.workers = static_cast<int>(s_.workers);
+  train.seed = s_.seed;
+  // BatchNorm cannot train on a last batch of one image.
+  train.drop_last = has_batch_norm(*model_) && split.train.size() % s_.batch_size == 1;
+  data::LoaderOptions val = train;
+  val.shuffle = val.augment = val.drop_last = false;
+  train_ = std::make_unique<data::Loader>(cache_, split.train, train);
+  val_ = std::make_unique<data::Loader>(cache_, split.val, val);
+}
+
+void Trainer::build_model() {
+  manual_seed(s_.seed);
+  models::ModelOptions options;
+  options.in_channels = data::input_channels(task_.input());
+  options.num_classes = static_cast<int64_t>(task_.class_names(dataset_).size());
+  if (task_.task() == "segmentation") options.num_classes = 1;
+  options.drop_path_rate = s_.drop_path;
+  model_ = models::create_model(s_.arch, options);
+  SONO_CHECK(!(s_.batch_size == 1 && has_batch_norm(*model_)), "--batch-size 1: ", s_.arch,
+             " has BatchNorm layers, which need at least 2 images per training batch");
+  if (!s_.pretrained.empty()) {
+    load_backbone(*model_, s_.pretrained);
+    std::cout << "backbone weights: " << s_.pretrained << "\n";
+  }
+  model_->to(s_.device);
+  std::cout << "model: " << s_.arch << ", " << model_->num_parameters() << " parameters, "
+            << options.in_channels << " input channels, " << options.num_classes << " outputs, on "
+            << device_name(s_.device) << "\n";
+}
+
+void Trainer::resume() {
+  if (s_.resume.empty()) return;
+  nn::SafetensorsFile file = nn::load_safetensors(s_.resume);
+  ModelCard saved = ModelCard::from_metadata(s_.resume, file.metadata);
+  SONO_CHECK(saved.task == task_.task() && saved.arch == s_.arch, s_.resume, ": holds a ", saved.task,
+             " ", saved.arch, " state; this run trains ", task_.task(), " ", s_.arch);
+  SONO_CHECK(file.metadata.count("history"), s_.resume, ": not a resume state (no history); pass the .last file");
+  nn::StateDict weights, optimizer;
+  for (auto& [k, v] : file.tensors) {
+    if (k.rfind("optimizer.", 0) == 0)
+      optimizer[k.substr(10)] = v;
+    else
+      weights[k] = v;
+  }
+  try {
+    model_->load_state_dict(weights);
+    optimizer_->load_state_dict(optimizer);
+  } catch (const Error& e) {
+    fail(s_.resume, ": ", e.what());
+  }
+  start_epoch_ = std::stoi(saved.extra.at("epoch"));
+  best_ = std::stod(saved.extra.at("best_value"));
+  best_epoch_ = std::stoi(saved.extra.at("best_epoch"));
+  restore_log(*log_, file.metadata.at("history"));
+  std::cout << "resumed from " << s_.resume << " after epoch " << start_epoch_ << " (best "
+            << task_.best_metric() << " " << best_ << " at epoch " << best_epoch_ << ")\n";
+}
+
+ModelCard Trainer::card() const {
+  ModelCard c;
+  c.arch = s_.arch;
+  c.task = task_.task();
+  c.classes = task_.class_names(dataset_);
+  c.in_channels = data::input_channels(task_.input());
+  c.img_size = s_.img_size;
+  c.extra["best_metric"] = task_.best_metric();
+  c.extra["best_value"] = std::to_string(best_);
+  c.extra["best_epoch"] = std::to_string(best_epoch_);
+  c.extra["trained_on"] = dataset_.summary();
+  return c;
+}
+
+nn::StateDict Trainer::resume_state() const {
+  nn::StateDict state;
+  for (auto& [k, v] : optimizer_->state_dict()) state["optimizer." + k] = v;
+  return state;
+}
+
+double Trainer::train_epoch(int epoch, double& images_per_second) {
+  manual_seed(s_.seed * 1000003 + static_cast<uint64_t>(epoch));  // dropout / drop-path draws
+  model_->train();
+  train_->start_epoch(epoch);
+  std::ostringstream title;
+  title << "epoch " << epoch + 1 << "/" << s_.epochs << " train";
+  data::Progress bar(title.str(), train_->size());
+  std::vector<Tensor> params = model_->parameters();
+  while (auto batch = train_->next()) {
+    optimizer_->set_lr(schedule_(optimizer_->steps()));
+    data::Batch b = to_device(std::move(*batch), s_.device);
+    Tensor loss = task_.loss((*model_)(b.images), b);
+    optimizer_->zero_grad();
+    loss.backward();
+    if (s_.clip_grad > 0) nn::clip_grad_norm(params, s_.clip_grad);
+    optimizer_->step();
+    double value = loss.item();
+    SONO_CHECK(std::isfinite(value), "training diverged at epoch ", epoch + 1, " (loss ", value,
+               "); lower --lr or set --clip-grad");
+    bar.step(b.samples.size(), value);
+  }
+  std::ostringstream lr;
+  lr << "lr " << std::setprecision(3) << optimizer_->lr();
+  bar.finish(lr.str());
+  images_per_second = bar.images_per_second();
+  return bar.mean_loss();
+}
+
+double Trainer::validate(int epoch) {
+  model_->eval();
+  autograd::NoGradGuard no_grad;
+  task_.reset_metrics();
+  val_->start_epoch(epoch);
+  std::ostringstream title;
+  title << "epoch " << epoch + 1 << "/" << s_.epochs << " val";
+  data::Progress bar(title.str(), val_->size());
+  while (auto batch = val_->next()) {
+    data::Batch b = to_device(std::move(*batch), s_.device);
+    Tensor logits = (*model_)(b.images);
+    bar.step(b.samples.size(), task_.loss(logits, b).item());
+    task_.add_metrics(logits, b);
+  }
+  bar.finish(join_metrics(task_.metric_columns(), task_.metric_values()));
+  std::string report = task_.report();
+  if (!report.empty()) std::cout << report;
+  return bar.mean_loss();
+}
+
+void Trainer::end_epoch(int epoch, const std::vector<double>& row, double metric) {
+  log_->add(row);
+  if (!s_.log_dir.empty()) {
+    fs::create_directories(s_.log_dir);
+    log_->write_csv(fs::path(s_.log_dir) / (task_.task() + "_log.csv"));
+    std::vector<std::string> metrics = task_.metric_columns();
+    log_->write_svg(fs::path(s_.log_dir) / (task_.task() + "_curves.svg"), task_.task() + " " + s_.arch,
+                    {"train_loss", "val_loss"}, metrics);
+  }
+  if (std::isnan(best_) || metric > best_) {
+    best_ = metric;
+    best_epoch_ = epoch + 1;
+    save_checkpoint(s_.save_path, *model_, card());
+    std::cout << "saved " << s_.save_path << " (best " << task_.best_metric() << " " << metric << ")\n";
+  }
+  ModelCard state_card = card();
+  state_card.extra["epoch"] = std::to_string(epoch + 1);
+  state_card.extra["history"] = log_->csv();
+  save_checkpoint(resume_state_path(s_.save_path), *model_, state_card, resume_state());
+}
+
+int Trainer::run(const std::function<void(data::SampleCache&)>& prepare) {
+  build_model();
+  build_data(prepare);
+  optimizer_ = std::make_unique<nn::AdamW>(
+      nn::param_groups_weight_decay(*model_, s_.weight_decay),
+      nn::AdamOptions{.lr = s_.lr, .weight_decay = s_.weight_decay});
+  auto steps_per_epoch = static_cast<int64_t>(train_->batches_per_epoch());
+  schedule_ = {s_.lr, static_cast<int64_t>(std::lround(s_.warmup_epochs * steps_per_epoch)),
+               s_.epochs * steps_per_epoch, s_.lr * 1e-2};
+  std::vector<std::string> columns = {"epoch", "train_loss", "val_loss", "lr", "train_images_per_s"};
+  for (auto& c : task_.metric_columns()) columns.push_back(c);
+  log_ = std::make_unique<data::TrainingLog>(columns);
+  resume();
+  std::vector<std::string> metrics = task_.metric_columns();
+  size_t best_index = std::find(metrics.begin(), metrics.end(), task_.best_metric()) - metrics.begin();
+  for (int epoch = start_epoch_; epoch < s_.epochs; ++epoch) {
+    double images_per_second = 0;
+    double train_loss = train_epoch(epoch, images_per_second);
+    double lr = optimizer_->lr();
+    double val_loss = validate(epoch);
+    std::vector<double> row = {double(epoch + 1), train_loss, val_loss, lr, images_per_second};
+    std::vector<double> values = task_.metric_values();
+    row.insert(row.end(), values.begin(), values.end());
+    end_epoch(epoch, row, values.at(best_index));
+  }
+  std::cout << "best " << task_.best_metric() << " " << best_ << " at epoch " << best_epoch_ << ": "
+            << s_.save_path << "\n";
+  return 0;
+}
+
+}  // namespace
+
+int run_training(const TrainSettings& settings, TrainingTask& task, const data::Dataset& dataset,
+                 const std::function<void(data::SampleCache&)>& prepare) {
+  Trainer trainer(settings, task, dataset);
+  return trainer.run(prepare);
+}
+
+}  // namespace sono::app

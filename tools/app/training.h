@@ -1,0 +1,67 @@
+#pragma once
+// The training loop seg_train and cls_train share: data scan, duplicate-aware split, model
+// (optionally from pretrained backbone weights), AdamW with warmup + cosine, per-epoch
+// validation, best checkpoint and resumable state written atomically, CSV + SVG log.
+// What differs between the two tools is a TrainingTask.
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "tensor/tensor.h"
+#include "tools/app/cli.h"
+#include "tools/data/cache.h"
+#include "tools/data/loader.h"
+#include "tools/data/model_input.h"
+
+namespace sono::app {
+
+struct TrainSettings {
+  std::string images_dir, masks_dir, save_path, arch, pretrained, resume, log_dir;
+  int64_t epochs = 30, batch_size = 4, img_size = 256, workers = 2;
+  uint64_t seed = 0;
+  double lr = 1e-3, val_split = 0.2, weight_decay = 1e-2, warmup_epochs = 1, drop_path = 0,
+         clip_grad = 0;
+  bool augment = true;
+  Device device = Device::cpu;
+};
+
+// Per-tool defaults of the shared flags.
+struct TrainDefaults {
+  std::string arch;
+  int64_t batch_size;
+  double weight_decay;
+  double drop_path;
+};
+
+void add_training_options(Cli& cli, const TrainDefaults& defaults);
+// Reads and checks the shared flags (and applies --threads): ranges, --img-size a multiple
+// of 32, the save path writable.
+TrainSettings read_training_options(const Cli& cli);
+
+// The task-specific part of training: loss and validation metrics (higher is better).
+class TrainingTask {
+ public:
+  virtual ~TrainingTask() = default;
+  virtual std::string task() const = 0;  // "segmentation" or "classification"
+  virtual data::InputKind input() const = 0;
+  virtual std::vector<std::string> class_names(const data::Dataset& dataset) const = 0;
+  // The mean loss of a batch (its tensors on the model's device).
+  virtual Tensor loss(const Tensor& logits, const data::Batch& batch) const = 0;
+
+  virtual void reset_metrics() = 0;
+  virtual void add_metrics(const Tensor& logits, const data::Batch& batch) = 0;
+  virtual std::vector<std::string> metric_columns() const = 0;  // e.g. {"val_dice", ...}
+  virtual std::vector<double> metric_values() const = 0;
+  virtual std::string best_metric() const = 0;  // the column that picks the checkpoint
+  virtual std::string report() const { return ""; }  // printed after each validation
+};
+
+// Everything after the dataset scan. `prepare` may change the cached samples before
+// training (cls_train --seg-model puts predicted masks there). Returns the exit status.
+int run_training(const TrainSettings& settings, TrainingTask& task, const data::Dataset& dataset,
+                 const std::function<void(data::SampleCache&)>& prepare = {});
+
+// "X.safetensors" -> "X.last.safetensors": the state --resume continues from.
+std::string resume_state_path(const std::string& save_path);
+
+}  // namespace sono::app

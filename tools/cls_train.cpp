@@ -1,0 +1,94 @@
+// cls_train: trains a 4-channel classifier (ConvNeXt on RGB + lesion mask) on the classes
+// named by the data's folders; cross-entropy loss, best checkpoint by validation macro-F1.
+// The mask channel is the ground truth, or with --seg-model the masks a segmentation
+// checkpoint predicts, as the classifier will see them in predict.
+#include <iomanip>
+#include <iostream>
+
+#include "models/registry.h"
+#include "tensor/ops.h"
+#include "tools/app/inference.h"
+#include "tools/app/runtime.h"
+#include "tools/app/training.h"
+#include "tools/data/dataset.h"
+#include "tools/data/metrics.h"
+
+namespace {
+
+using namespace sono;
+
+class ClassificationTask : public app::TrainingTask {
+ public:
+  ClassificationTask(std::vector<std::string> classes, double label_smoothing)
+      : classes_(std::move(classes)), label_smoothing_(label_smoothing), metrics_(classes_.size()) {}
+
+  std::string task() const override { return "classification"; }
+  data::InputKind input() const override { return data::InputKind::rgb_mask; }
+  std::vector<std::string> class_names(const data::Dataset&) const override { return classes_; }
+  Tensor loss(const Tensor& logits, const data::Batch& batch) const override {
+    return cross_entropy(logits, batch.labels, {}, label_smoothing_);
+  }
+  void reset_metrics() override { metrics_ = data::ClassificationMetrics(static_cast<int>(classes_.size())); }
+  void add_metrics(const Tensor& logits, const data::Batch& batch) override { metrics_.add_batch(logits, batch.labels); }
+  std::vector<std::string> metric_columns() const override {
+    std::vector<std::string> columns = {"val_accuracy", "val_macro_f1"};
+    for (auto& c : classes_) columns.push_back("val_recall_" + c);
+    return columns;
+  }
+  std::vector<double> metric_values() const override {
+    std::vector<double> values = {metrics_.accuracy(), metrics_.macro_f1()};
+    for (size_t c = 0; c < classes_.size(); ++c) values.push_back(metrics_.recall(static_cast<int>(c)));
+    return values;
+  }
+  std::string best_metric() const override { return "val_macro_f1"; }
+  std::string report() const override { return metrics_.confusion_table(classes_); }
+
+ private:
+  std::vector<std::string> classes_;
+  double label_smoothing_;
+  data::ClassificationMetrics metrics_;
+};
+
+// Replaces every cached mask by the segmentation checkpoint's prediction on the cached image.
+void use_predicted_masks(data::SampleCache& cache, const std::string& seg_model, Device device) {
+  app::LoadedModel seg = app::load_checkpoint(seg_model, "segmentation");
+  seg.model->to(device);
+  data::SegmentationMetrics agreement;
+  for (size_t i = 0; i < cache.count(); ++i) {
+    data::Mask predicted = app::segment(seg, cache.image(i), cache.size(), cache.size(), device);
+    agreement.add(predicted, cache.mask(i));
+    cache.set_mask(i, std::move(predicted));
+  }
+  std::cout << std::fixed << std::setprecision(4) << "masks: predicted by " << seg_model << " ("
+            << seg.card.arch << "); Dice against the ground truth " << agreement.dice() << " (lesion images "
+            << agreement.lesion_dice() << ")\n" << std::defaultfloat;
+}
+
+int cls_train(int argc, char** argv) {
+  app::Cli cli("cls_train", "Train a lesion classifier on image + lesion mask (ConvNeXt, 4 input channels).");
+  app::add_training_options(cli, {.arch = "convnext_base", .batch_size = 16, .weight_decay = 5e-2, .drop_path = 0.1});
+  cli.option("seg-model", "", "train on the masks this segmentation checkpoint predicts (default: ground truth)")
+      .option("label-smoothing", "0.1", "cross-entropy label smoothing");
+  if (!cli.parse(argc, argv)) return 0;
+  app::TrainSettings settings = app::read_training_options(cli);
+  SONO_CHECK(models::find_model(settings.arch).task == models::Task::classification, "--arch ",
+             settings.arch, ": not a classification model (convnext_atto .. convnext_large)");
+  std::string seg_model = cli.str("seg-model");
+  SONO_CHECK(seg_model.empty() || std::filesystem::is_regular_file(seg_model), seg_model,
+             ": --seg-model file not found");
+  data::Dataset dataset = data::scan_dataset(settings.images_dir, settings.masks_dir);
+  SONO_CHECK(dataset.classes.size() >= 2, settings.images_dir,
+             ": classification needs class subfolders (images/CLASS/ or BUSI's CLASS/), found ",
+             dataset.classes.size() == 1 ? "one class" : "no class folders");
+  ClassificationTask task(dataset.classes, cli.real("label-smoothing"));
+  std::function<void(data::SampleCache&)> prepare;
+  if (!seg_model.empty())
+    prepare = [&](data::SampleCache& cache) { use_predicted_masks(cache, seg_model, settings.device); };
+  return app::run_training(settings, task, dataset, prepare);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return sono::app::run_tool("cls_train", [&] { return cls_train(argc, argv); });
+}
