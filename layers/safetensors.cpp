@@ -39,6 +39,27 @@ float half_to_float(uint16_t h) {
   return f;
 }
 
+// Round to nearest even; overflow to infinity, underflow through subnormals to zero.
+uint16_t float_to_half(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  const uint32_t sign = (bits >> 16) & 0x8000u, abs = bits & 0x7fffffffu;
+  if (abs >= 0x7f800000u) return static_cast<uint16_t>(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0u));
+  if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // rounds past 65504
+  int exp = static_cast<int>(abs >> 23) - 112;
+  uint32_t mant = (abs & 0x7fffffu) | 0x800000u;
+  if (exp <= 0) {  // subnormal half
+    if (exp < -10) return static_cast<uint16_t>(sign);
+    uint32_t shift = static_cast<uint32_t>(14 - exp);
+    uint32_t half = mant >> shift, rest = mant & ((1u << shift) - 1), mid = 1u << (shift - 1);
+    if (rest > mid || (rest == mid && (half & 1))) ++half;
+    return static_cast<uint16_t>(sign | half);
+  }
+  uint32_t half = (static_cast<uint32_t>(exp) << 10) | ((mant >> 13) & 0x3ffu), rest = mant & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (half & 1))) ++half;  // may carry into the exponent
+  return static_cast<uint16_t>(sign | half);
+}
+
 Tensor decode(const std::string& path, const std::string& key, const DTypeInfo& d,
               const Shape& shape, const char* bytes) {
   const int64_t n = shape_numel(shape);
@@ -111,18 +132,27 @@ SafetensorsFile load_safetensors(const std::string& path) {
 }
 
 void save_safetensors(const std::string& path, const StateDict& tensors,
-                      const std::map<std::string, std::string>& metadata) {
+                      const std::map<std::string, std::string>& metadata, bool float32_as_f16) {
   json header = json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
-  std::vector<Tensor> host;
+  std::vector<std::string> payloads;
   uint64_t offset = 0;
   for (auto& [key, t] : tensors) {
     Tensor h = t.detach().to(Device::cpu).contiguous();
-    const uint64_t nbytes = h.numel() * dtype_size(h.dtype());
     const char* tag = h.dtype() == DType::f32 ? "F32" : h.dtype() == DType::f64 ? "F64" : "I64";
-    header[key] = {{"dtype", tag}, {"shape", h.shape()}, {"data_offsets", {offset, offset + nbytes}}};
-    offset += nbytes;
-    host.push_back(h);
+    std::string bytes(static_cast<const char*>(h.raw_data()), h.numel() * dtype_size(h.dtype()));
+    if (float32_as_f16 && h.dtype() == DType::f32) {
+      tag = "F16";
+      bytes.resize(h.numel() * 2);
+      const float* src = h.data<float>();
+      for (int64_t i = 0; i < h.numel(); ++i) {
+        uint16_t v = float_to_half(src[i]);
+        std::memcpy(bytes.data() + 2 * i, &v, 2);
+      }
+    }
+    header[key] = {{"dtype", tag}, {"shape", h.shape()}, {"data_offsets", {offset, offset + bytes.size()}}};
+    offset += bytes.size();
+    payloads.push_back(std::move(bytes));
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // keeps the data 8-byte aligned
@@ -136,8 +166,7 @@ void save_safetensors(const std::string& path, const StateDict& tensors,
     SONO_CHECK(out, path, ": cannot write (", std::strerror(errno), ")");
     out.write(reinterpret_cast<const char*>(&header_len), 8);
     out.write(text.data(), static_cast<std::streamsize>(text.size()));
-    for (const Tensor& h : host)
-      out.write(static_cast<const char*>(h.raw_data()), static_cast<std::streamsize>(h.numel() * dtype_size(h.dtype())));
+    for (const std::string& bytes : payloads) out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
     out.flush();
     if (!out) {
       out.close();

@@ -18,8 +18,9 @@ struct SafetensorsFile {
 SafetensorsFile load_safetensors(const std::string& path);
 
 // Writes to a temporary file beside `path`, then renames: a crash never leaves half a file and
-// a failed write never replaces a good one.
+// a failed write never replaces a good one. `float32_as_f16` stores float32 tensors as F16
+// (round to nearest even): half the size, for shipping weights; loading widens them back.
 void save_safetensors(const std::string& path, const StateDict& tensors,
-                      const std::map<std::string, std::string>& metadata = {});
+                      const std::map<std::string, std::string>& metadata = {}, bool float32_as_f16 = false);
 
 }  // namespace sono::nn

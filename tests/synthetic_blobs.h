@@ -1,6 +1,7 @@
 #pragma once
 // A small lesion data set the tests make themselves: speckled grey "scans" where a bright disc
-// is the lesion. benign: small disc, malignant: large disc, normal: none (empty mask).
+// is the lesion. benign: small bright disc, malignant: large dimmer disc, normal: none (empty
+// mask).
 // Written in the class-folder layout: ROOT/images/CLASS/X.png, ROOT/masks/CLASS/X_mask.png.
 #include <algorithm>
 #include <filesystem>
@@ -13,6 +14,7 @@ namespace sono::test {
 
 struct Blob {
   double cy = 0, cx = 0, radius = 0;  // radius 0: no lesion
+  double brightness = 0;
 };
 
 inline const char* kBlobClasses[] = {"benign", "malignant", "normal"};
@@ -22,7 +24,7 @@ inline Blob draw_blob(int label, int size, std::mt19937& rng) {
   std::uniform_real_distribution<double> small(0.09, 0.13), large(0.2, 0.26);
   double r = (label == 0 ? small(rng) : large(rng)) * size;
   std::uniform_real_distribution<double> centre(r + 2, size - r - 2);
-  return {centre(rng), centre(rng), r};
+  return {centre(rng), centre(rng), r, label == 0 ? 0.85 : 0.65};
 }
 
 inline void render_blob(const Blob& blob, int size, std::mt19937& rng, data::Image& image, data::Mask& mask) {
@@ -33,7 +35,7 @@ inline void render_blob(const Blob& blob, int size, std::mt19937& rng, data::Ima
     for (int x = 0; x < size; ++x) {
       double dy = y + 0.5 - blob.cy, dx = x + 0.5 - blob.cx;
       bool inside = blob.radius > 0 && dy * dy + dx * dx <= blob.radius * blob.radius;
-      double v = (inside ? 0.8 : 0.3 + 0.1 * y / size) + speckle(rng);
+      double v = (inside ? blob.brightness : 0.3 + 0.1 * y / size) + speckle(rng);
       image.at(y, x, 0) = static_cast<float>(std::clamp(v, 0.0, 1.0));
       mask.at(y, x) = inside;
     }

@@ -59,6 +59,19 @@ TEST_CASE("safetensors round trip keeps values, dtypes and metadata") {
   std::filesystem::remove(path);
 }
 
+TEST_CASE("float32 saved as F16 rounds to nearest even, overflows to inf, keeps subnormals") {
+  const double u = std::ldexp(1.0, -11), tiny = std::ldexp(1.0, -24);  // half ulp at 1; least half
+  std::vector<double> in = {0.5, -2.0, 65504.0, 1 + u, 1 + 3 * u, 70000.0, tiny, tiny / 2, 3 * tiny / 2, 1.0 / 3};
+  std::vector<double> want = {0.5, -2.0, 65504.0, 1.0, 1 + 4 * u, INFINITY, tiny, 0.0, 2 * tiny, 0.333251953125};
+  Tensor t = Tensor::from_vector(in, {static_cast<int64_t>(in.size())});
+  std::string path = temp_path("half.safetensors");
+  save_safetensors(path, {{"w", t}, {"steps", Tensor::from_labels({7})}}, {}, true);
+  SafetensorsFile f = load_safetensors(path);
+  CHECK(f.tensors.at("w").to_vector() == want);
+  CHECK(f.tensors.at("steps").to_labels() == std::vector<int64_t>{7});  // integers stay exact
+  std::filesystem::remove(path);
+}
+
 TEST_CASE("state dict mismatches name the key and both shapes") {
   Block b;
   StateDict s = b.state_dict();

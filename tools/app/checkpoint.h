@@ -34,7 +34,7 @@ std::shared_ptr<nn::UnaryModule> build_model(const ModelCard& card);
 // Atomic: temp file + rename (see layers/safetensors.h).
 void save_checkpoint(const std::string& path, const nn::Module& model, const ModelCard& card,
                      const nn::StateDict& extra_tensors = {});
-// Refuses a file of the other task with a message naming the file.
+// Refuses a file of the other task with a message naming the file; "" accepts either task.
 LoadedModel load_checkpoint(const std::string& path, const std::string& expected_task);
 
 }  // namespace sono::app

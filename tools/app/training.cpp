@@ -15,6 +15,7 @@
 #include "tensor/random.h"
 #include "tools/app/checkpoint.h"
 #include "tools/app/runtime.h"
+#include "tools/data/atomic_file.h"
 #include "tools/data/progress.h"
 #include "tools/data/split.h"
 #include "tools/data/training_log.h"
@@ -144,6 +145,7 @@ class Trainer {
 
  private:
   void build_data(const std::function<void(data::SampleCache&)>& prepare);
+  void write_split(const data::Split& split) const;
   void build_model();
   void resume();
   double train_epoch(int epoch, double& images_per_second);
@@ -166,12 +168,28 @@ class Trainer {
   int best_epoch_ = 0;
 };
 
+// split.csv in the log folder: which image went where, so a result can be audited.
+void Trainer::write_split(const data::Split& split) const {
+  std::vector<const char*> side(dataset_.samples.size(), "train");
+  for (size_t i : split.val) side[i] = "val";
+  std::ostringstream csv;
+  csv << "image,class,side,duplicate_group\n";
+  for (size_t i = 0; i < dataset_.samples.size(); ++i) {
+    const data::Sample& sample = dataset_.samples[i];
+    csv << '"' << sample.name << "\"," << (dataset_.classes.empty() ? "" : dataset_.classes[sample.label]) << ","
+        << side[i] << "," << split.group[i] << "\n";
+  }
+  fs::create_directories(s_.log_dir);
+  data::write_file_atomic(fs::path(s_.log_dir) / "split.csv", csv.str());
+}
+
 void Trainer::build_data(const std::function<void(data::SampleCache&)>& prepare) {
   std::cout << dataset_.summary() << "\n";
   cache_ = std::make_shared<data::SampleCache>(dataset_, static_cast<int>(s_.img_size));
   if (prepare) prepare(*cache_);
   data::Split split = data::split_dataset(dataset_, cache_->hashes(), {s_.val_split, s_.seed});
   std::cout << "split: " << split.summary(dataset_) << "\n";
+  if (!s_.log_dir.empty()) write_split(split);
 
   data::LoaderOptions train;
   train.batch_size = s_.batch_size;

@@ -1,0 +1,247 @@
+// End to end through the tools' command lines, as users run them: seg_train, then cls_train on
+// the masks the segmentation model predicts, then predict; and one clear error (exit 1, the
+// file named, nothing written) for each kind of bad input.
+#include <array>
+#include <cstdio>
+#include <fstream>
+#include <regex>
+#include <sys/wait.h>
+
+#include "helpers.h"
+#include "synthetic_blobs.h"
+#include "tools/data/metrics.h"
+
+namespace fs = std::filesystem;
+using namespace sono;
+
+namespace {
+
+struct Run {
+  int status = -1;
+  std::string output;  // stdout and stderr
+};
+
+Run run_tool(const std::string& tool, const std::string& args) {
+  std::string command = std::string(SONO_BINARY_DIR) + "/bin/" + tool + " " + args + " --threads 2 2>&1";
+  Run r;
+  FILE* pipe = popen(command.c_str(), "r");
+  REQUIRE(pipe);
+  std::array<char, 4096> buffer;
+  while (size_t n = fread(buffer.data(), 1, buffer.size(), pipe)) r.output.append(buffer.data(), n);
+  int status = pclose(pipe);
+  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+// The column of a tool's CSV log, by name.
+std::vector<double> log_column(const fs::path& csv, const std::string& name) {
+  std::ifstream in(csv);
+  std::string line, cell;
+  std::getline(in, line);
+  std::istringstream header(line);
+  int index = -1;
+  for (int i = 0; std::getline(header, cell, ','); ++i)
+    if (cell == name) index = i;
+  REQUIRE(index >= 0);
+  std::vector<double> values;
+  while (std::getline(in, line)) {
+    std::istringstream cells(line);
+    for (int i = 0; std::getline(cells, cell, ','); ++i)
+      if (i == index) values.push_back(std::stod(cell));
+  }
+  return values;
+}
+
+std::string read_file(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+
+// One data set and one trained pair of models for every test case in this file.
+struct Trained {
+  fs::path root = fs::path(SONO_BINARY_DIR) / "test_tools";
+  fs::path data = root / "blobs";
+  fs::path seg = root / "seg.safetensors", cls = root / "cls.safetensors";
+  Run seg_run, cls_run;
+
+  Trained() {
+    fs::remove_all(root);
+    test::write_blob_dataset(data, 20, 64, 7);
+    std::string dirs = "--images-dir " + (data / "images").string() + " --masks-dir " + (data / "masks").string();
+    seg_run = run_tool("seg_train", dirs + " --arch mit_b0 --img-size 64 --epochs 6 --batch-size 4 --lr 1e-3"
+                                           " --save-path " + seg.string() + " --log-dir " + (root / "log").string());
+    cls_run = run_tool("cls_train", dirs + " --arch convnext_atto --img-size 64 --epochs 25 --batch-size 8 --lr 2e-3"
+                                           " --seg-model " + seg.string() + " --save-path " + cls.string() +
+                                           " --log-dir " + (root / "log").string());
+  }
+};
+
+const Trained& trained() {
+  static Trained t;
+  return t;
+}
+
+std::string models_args() {
+  return " --seg_model " + trained().seg.string() + " --cls_model " + trained().cls.string();
+}
+
+}  // namespace
+
+TEST_CASE("seg_train then cls_train on synthetic blobs: losses fall, validation scores are high") {
+  const Trained& t = trained();
+  INFO(t.seg_run.output);
+  REQUIRE(t.seg_run.status == 0);
+  CHECK(t.seg_run.output.find("split: 60 images") != std::string::npos);
+  auto seg_loss = log_column(t.root / "log" / "segmentation_log.csv", "train_loss");
+  REQUIRE(seg_loss.size() == 6);
+  CHECK(seg_loss.back() < 0.7 * seg_loss.front());
+  auto dice = log_column(t.root / "log" / "segmentation_log.csv", "val_lesion_dice");
+  CHECK(*std::max_element(dice.begin(), dice.end()) > 0.8);
+  CHECK(fs::exists(t.root / "log" / "segmentation_curves.svg"));
+
+  INFO(t.cls_run.output);
+  REQUIRE(t.cls_run.status == 0);
+  CHECK(t.cls_run.output.find("masks: predicted by") != std::string::npos);
+  auto cls_loss = log_column(t.root / "log" / "classification_log.csv", "train_loss");
+  CHECK(cls_loss.back() < 0.5 * cls_loss.front());
+  auto f1 = log_column(t.root / "log" / "classification_log.csv", "val_macro_f1");
+  CHECK(*std::max_element(f1.begin(), f1.end()) >= 0.8);
+}
+
+TEST_CASE("predict: the exact class line, probabilities, and a mask at the image's size over the blob") {
+  fs::path dir = trained().root / "predict";
+  fs::create_directories(dir);
+  std::mt19937 rng(2024);
+  for (int label = 0; label < 3; ++label) {
+    CAPTURE(label);
+    data::Image image;
+    data::Mask truth;
+    test::render_blob(test::draw_blob(label, 80, rng), 80, rng, image, truth);  // not the training size
+    fs::path image_path = dir / (std::to_string(label) + ".png"), mask_path = dir / (std::to_string(label) + "_mask.png");
+    data::save_image_png(image_path, image);
+    Run r = run_tool("predict", "--image " + image_path.string() + models_args() + " --save_mask " +
+                                    mask_path.string() + " --overlay");
+    INFO(r.output);
+    REQUIRE(r.status == 0);
+    std::smatch m;
+    REQUIRE(std::regex_search(r.output, m, std::regex("^Predicted class: (\\w+) \\((0\\.\\d\\d|1\\.00) confidence\\)\n")));
+    CHECK(m[1] == test::kBlobClasses[label]);
+    CHECK(std::stod(m[2]) > 1.0 / 3);
+    CHECK(std::regex_search(r.output, std::regex("Probabilities: benign 0\\.\\d{4}, malignant 0\\.\\d{4}, normal 0\\.\\d{4}")));
+    data::Mask predicted = data::load_mask({mask_path});
+    REQUIRE(predicted.height == 80);
+    REQUIRE(predicted.width == 80);
+    CHECK(data::overlap(predicted, truth).dice > 0.8);  // an empty truth needs an empty prediction
+    CHECK(fs::exists(dir / (std::to_string(label) + "_mask_overlay.png")));
+  }
+}
+
+TEST_CASE("predict on a folder writes one CSV row per image and the masks") {
+  fs::path dir = trained().root / "folder", out = trained().root / "folder_masks";
+  fs::create_directories(dir);
+  for (const char* name : {"benign_1", "malignant_2", "normal_3"}) {
+    std::string cls = std::string(name).substr(0, std::string(name).find('_'));
+    fs::copy_file(trained().data / "images" / cls / (std::string(name) + ".png"), dir / (std::string(name) + ".png"));
+  }
+  fs::path csv = trained().root / "predictions.csv";
+  Run r = run_tool("predict", "--image " + dir.string() + models_args() + " --save_mask " + out.string() +
+                                  " --csv " + csv.string());
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  std::string text = read_file(csv);
+  CHECK(text.rfind("image,predicted_class,confidence,p_benign,p_malignant,p_normal,lesion_fraction,mask,error\n", 0) == 0);
+  CHECK(std::count(text.begin(), text.end(), '\n') == 4);
+  CHECK(text.find("\nbenign_1.png,benign,") != std::string::npos);
+  CHECK(fs::exists(out / "malignant_2_mask.png"));
+}
+
+TEST_CASE("seg_train --resume continues after the saved epoch") {
+  const Trained& t = trained();
+  fs::path log = t.root / "resume_log";
+  Run r = run_tool("seg_train", "--images-dir " + (t.data / "images").string() + " --masks-dir " +
+                                    (t.data / "masks").string() + " --arch mit_b0 --img-size 64 --epochs 7 --batch-size 4"
+                                    " --resume " + (t.root / "seg.last.safetensors").string() + " --save-path " +
+                                    (t.root / "seg_resumed.safetensors").string() + " --log-dir " + log.string());
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  CHECK(r.output.find("resumed from") != std::string::npos);
+  CHECK(r.output.find("epoch 6/7") == std::string::npos);
+  CHECK(r.output.find("epoch 7/7 train") != std::string::npos);
+  CHECK(log_column(log / "segmentation_log.csv", "epoch") == std::vector<double>{1, 2, 3, 4, 5, 6, 7});
+}
+
+TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing written") {
+  const Trained& t = trained();
+  fs::path bad = t.root / "bad";
+  fs::create_directories(bad);
+  auto copy_dataset = [&](const std::string& name) {
+    fs::path d = bad / name;
+    fs::copy(t.data, d, fs::copy_options::recursive);
+    return d;
+  };
+  auto dirs = [](const fs::path& d) {
+    return "--images-dir " + (d / "images").string() + " --masks-dir " + (d / "masks").string();
+  };
+  const std::string seg_opts = " --arch mit_b0 --img-size 64 --epochs 1 --batch-size 4 --save-path ";
+  auto expect_error = [&](const std::string& tool, const std::string& args, const std::string& message) {
+    Run r = run_tool(tool, args);
+    INFO(tool << " " << args << "\n" << r.output);
+    CHECK(r.status == 1);
+    CHECK(r.output.find(tool + ": error: ") != std::string::npos);
+    CHECK(r.output.find(message) != std::string::npos);
+  };
+  fs::path out = bad / "out.safetensors";
+
+  SUBCASE("missing folder") { expect_error("seg_train", "--images-dir " + (bad / "nowhere").string() + seg_opts + out.string(), (bad / "nowhere").string()); }
+  SUBCASE("image without mask") {
+    fs::path d = copy_dataset("no_mask");
+    fs::remove(d / "masks" / "benign" / "benign_3_mask.png");
+    expect_error("seg_train", dirs(d) + seg_opts + out.string(), "benign_3.png");
+  }
+  SUBCASE("mask of another size") {
+    fs::path d = copy_dataset("mask_size");
+    data::save_mask_png(d / "masks" / "malignant" / "malignant_1_mask.png", data::Mask(32, 64));
+    expect_error("seg_train", dirs(d) + seg_opts + out.string(), "malignant_1_mask.png");
+  }
+  SUBCASE("truncated PNG") {
+    fs::path d = copy_dataset("truncated");
+    fs::path image = d / "images" / "normal" / "normal_2.png";
+    fs::resize_file(image, fs::file_size(image) / 2);
+    expect_error("seg_train", dirs(d) + seg_opts + out.string(), "normal_2.png");
+  }
+  SUBCASE("empty dataset") {
+    fs::create_directories(bad / "empty" / "images");
+    fs::create_directories(bad / "empty" / "masks");
+    expect_error("seg_train", dirs(bad / "empty") + seg_opts + out.string(), (bad / "empty" / "images").string());
+  }
+  SUBCASE("a class too small to appear on both sides of the split") {
+    fs::path d = copy_dataset("small_class");
+    for (int i = 1; i < 20; ++i) fs::remove(d / "images" / "normal" / ("normal_" + std::to_string(i) + ".png"));
+    expect_error("cls_train", dirs(d) + " --arch convnext_atto --img-size 64 --epochs 1 --save-path " + out.string(), "normal");
+  }
+  SUBCASE("--img-size not a multiple of 32") { expect_error("seg_train", dirs(t.data) + " --img-size 100 --save-path " + out.string(), "--img-size 100"); }
+  SUBCASE("batch size 1 with BatchNorm") { expect_error("seg_train", dirs(t.data) + " --arch mit_b0 --img-size 64 --batch-size 1 --save-path " + out.string(), "BatchNorm"); }
+  SUBCASE("an output folder that does not exist") { expect_error("seg_train", dirs(t.data) + " --save-path " + (bad / "no" / "x.safetensors").string(), (bad / "no").string()); }
+  SUBCASE("--device cuda without a GPU") { expect_error("seg_train", dirs(t.data) + " --device cuda --save-path " + out.string(), "--device cuda"); }
+  SUBCASE("a checkpoint of the other task") {
+    fs::path image = t.data / "images" / "benign" / "benign_0.png";
+    expect_error("predict", "--image " + image.string() + " --seg_model " + t.cls.string() + " --cls_model " + t.cls.string(),
+                 t.cls.string() + ": is a classification checkpoint");
+  }
+  SUBCASE("an unreadable checkpoint") {
+    fs::path junk = bad / "junk.safetensors";
+    std::ofstream(junk) << "not a checkpoint";
+    fs::path image = t.data / "images" / "benign" / "benign_0.png";
+    expect_error("predict", "--image " + image.string() + " --seg_model " + junk.string() + " --cls_model " + t.cls.string(), junk.string());
+  }
+  SUBCASE("a corrupt image leaves the existing mask alone") {
+    fs::path image = bad / "cut.png", mask = bad / "kept_mask.png";
+    fs::copy_file(t.data / "images" / "benign" / "benign_0.png", image);
+    fs::resize_file(image, 100);
+    data::save_mask_png(mask, data::Mask(8, 8, 1));
+    std::string before = read_file(mask);
+    expect_error("predict", "--image " + image.string() + models_args() + " --save_mask " + mask.string(), image.string());
+    CHECK(read_file(mask) == before);
+  }
+  CHECK_FALSE(fs::exists(out));
+}
