@@ -19,14 +19,17 @@ using namespace sono;
 
 class ClassificationTask : public app::TrainingTask {
  public:
-  ClassificationTask(std::vector<std::string> classes, double label_smoothing)
-      : classes_(std::move(classes)), label_smoothing_(label_smoothing), metrics_(classes_.size()) {}
+  ClassificationTask(std::vector<std::string> classes, Tensor class_weights, double label_smoothing)
+      : classes_(std::move(classes)), class_weights_(std::move(class_weights)),
+        label_smoothing_(label_smoothing), metrics_(static_cast<int>(classes_.size())) {}
 
   std::string task() const override { return "classification"; }
   data::InputKind input() const override { return data::InputKind::rgb_mask; }
   std::vector<std::string> class_names(const data::Dataset&) const override { return classes_; }
   Tensor loss(const Tensor& logits, const data::Batch& batch) const override {
-    return cross_entropy(logits, batch.labels, {}, label_smoothing_);
+    if (class_weights_.defined() && class_weights_.device() != logits.device())
+      class_weights_ = class_weights_.to(logits.device());
+    return cross_entropy(logits, batch.labels, class_weights_, label_smoothing_);
   }
   void reset_metrics() override { metrics_ = data::ClassificationMetrics(static_cast<int>(classes_.size())); }
   void add_metrics(const Tensor& logits, const data::Batch& batch) override { metrics_.add_batch(logits, batch.labels); }
@@ -45,9 +48,22 @@ class ClassificationTask : public app::TrainingTask {
 
  private:
   std::vector<std::string> classes_;
+  mutable Tensor class_weights_;  // moved to the logits' device on first use
   double label_smoothing_;
   data::ClassificationMetrics metrics_;
 };
+
+// --class-weights balanced: as sklearn's compute_class_weight("balanced"), n / (classes * n_c),
+// so a rare class (BUSI's normal: 17%) weighs as much in the loss as a common one.
+Tensor class_weights(const std::string& mode, const data::Dataset& dataset) {
+  if (mode == "none") return {};
+  SONO_CHECK(mode == "balanced", "--class-weights ", mode, ": expected none or balanced");
+  std::vector<size_t> counts = dataset.class_counts();
+  std::vector<double> weights;
+  for (size_t n : counts)
+    weights.push_back(static_cast<double>(dataset.samples.size()) / (counts.size() * std::max<size_t>(n, 1)));
+  return Tensor::from_vector(weights, {static_cast<int64_t>(weights.size())});
+}
 
 // Replaces every cached mask by the segmentation checkpoint's prediction on the cached image.
 void use_predicted_masks(data::SampleCache& cache, const std::string& seg_model, Device device) {
@@ -68,7 +84,8 @@ int cls_train(int argc, char** argv) {
   app::Cli cli("cls_train", "Train a lesion classifier on image + lesion mask (ConvNeXt, 4 input channels).");
   app::add_training_options(cli, {.arch = "convnext_base", .batch_size = 16, .weight_decay = 5e-2, .drop_path = 0.1});
   cli.option("seg-model", "", "train on the masks this segmentation checkpoint predicts (default: ground truth)")
-      .option("label-smoothing", "0.1", "cross-entropy label smoothing");
+      .option("label-smoothing", "0.1", "cross-entropy label smoothing")
+      .option("class-weights", "none", "none, or balanced: loss weights n / (classes * n_class)");
   if (!cli.parse(argc, argv)) return 0;
   app::TrainSettings settings = app::read_training_options(cli);
   SONO_CHECK(models::find_model(settings.arch).task == models::Task::classification, "--arch ",
@@ -80,7 +97,8 @@ int cls_train(int argc, char** argv) {
   SONO_CHECK(dataset.classes.size() >= 2, settings.images_dir,
              ": classification needs class subfolders (images/CLASS/ or BUSI's CLASS/), found ",
              dataset.classes.size() == 1 ? "one class" : "no class folders");
-  ClassificationTask task(dataset.classes, cli.real("label-smoothing"));
+  Tensor weights = class_weights(cli.str("class-weights"), dataset);
+  ClassificationTask task(dataset.classes, weights, cli.real("label-smoothing"));
   std::function<void(data::SampleCache&)> prepare;
   if (!seg_model.empty())
     prepare = [&](data::SampleCache& cache) { use_predicted_masks(cache, seg_model, settings.device); };
