@@ -616,11 +616,93 @@ TEST_CASE("depthwise conv NHWC (3x3, 7x7, dilated, strided, generic) forward and
       expect_close("depthwise backward weight", gw.to_vector(), ref.grad_w, 1e-5);
     }
   });
-  const Conv2dGeometry dense{1, 4, 4, 8, 16, 3, 3, 4, 4, 1, 1, 1, 1};
-  Tensor y = device_empty({1, 4, 4, 16});
-  CHECK_THROWS_WITH_AS(
-      device().conv2d_forward(dense, device_empty({1, 4, 4, 8}), device_empty({16, 8, 3, 3}), y),
-      doctest::Contains("not implemented yet"), Error);
+}
+
+// ---- dense and grouped convolution (implicit GEMM) ----------------------------------------------
+
+struct ConvCase {
+  const char* what;
+  int64_t n, h, w, cin, cout, kh, kw, stride, padding, dilation, groups;
+
+  Conv2dGeometry geometry() const {
+    const int64_t oh = (h + 2 * padding - dilation * (kh - 1) - 1) / stride + 1;
+    const int64_t ow = (w + 2 * padding - dilation * (kw - 1) - 1) / stride + 1;
+    return {n, h, w, cin, cout, kh, kw, oh, ow, stride, padding, dilation, groups};
+  }
+};
+
+// y, grad_x and grad_w of a conv, as vectors.
+struct ConvOutputs {
+  std::vector<double> y, grad_x, grad_w;
+};
+
+// The three conv kernels of the backend of `device`, on tensors of `dtype` holding xs, ws, gys.
+ConvOutputs backend_conv(Device device, DType dtype, const Conv2dGeometry& g,
+                         const std::vector<double>& xs, const std::vector<double>& ws,
+                         const std::vector<double>& gys) {
+  const Shape x_shape{g.n, g.h, g.w, g.cin}, w_shape{g.cout, g.cin / g.groups, g.kh, g.kw},
+      y_shape{g.n, g.oh, g.ow, g.cout};
+  const Tensor x = host(xs, x_shape, dtype).to(device), w = host(ws, w_shape, dtype).to(device),
+               gy = host(gys, y_shape, dtype).to(device);
+  Tensor y = Tensor::empty(y_shape, dtype, device), gx = Tensor::empty(x_shape, dtype, device),
+         gw = Tensor::empty(w_shape, dtype, device);
+  Backend& be = backend(device);
+  be.conv2d_forward(g, x, w, y);
+  be.conv2d_backward_input(g, gy, w, gx);
+  be.conv2d_backward_weight(g, x, gy, gw);
+  return {y.to_vector(), gx.to_vector(), gw.to_vector()};
+}
+
+// The implicit-GEMM launchers called directly (the backend sends pointwise convs to its GEMM).
+ConvOutputs implicit_gemm_conv(const Conv2dGeometry& g, const std::vector<double>& xs,
+                               const std::vector<double>& ws, const std::vector<double>& gys) {
+  const k::ConvGeometry cg{g.n,  g.h,  g.w,      g.cin,     g.cout,     g.kh,    g.kw,
+                           g.oh, g.ow, g.stride, g.padding, g.dilation, g.groups};
+  const std::vector<float> x(xs.begin(), xs.end()), w(ws.begin(), ws.end()),
+      gy(gys.begin(), gys.end());
+  std::vector<float> y(gys.size()), gx(xs.size()), gw(ws.size()),
+      workspace(k::conv_backward_weight_workspace(cg));
+  k::conv_forward(cg, x.data(), w.data(), y.data(), nullptr);
+  k::conv_backward_input(cg, gy.data(), w.data(), gx.data(), nullptr);
+  k::conv_backward_weight(cg, x.data(), gy.data(), gw.data(), workspace.data(), nullptr);
+  return {{y.begin(), y.end()}, {gx.begin(), gx.end()}, {gw.begin(), gw.end()}};
+}
+
+TEST_CASE("dense, grouped and atrous conv (implicit GEMM) match the CPU backend in float64") {
+  EmulatedDevice dev;
+  // Channel counts straddle the 64-wide tile and the 16-deep step; batch 1 and 3; odd sizes.
+  const ConvCase cases[] = {
+      {"3x3", 1, 9, 11, 5, 7, 3, 3, 1, 1, 1, 1},
+      {"3x3 stride 2, batch 3", 3, 7, 9, 6, 10, 3, 3, 2, 1, 1, 1},
+      {"3x3 dilation 2", 2, 9, 8, 6, 5, 3, 3, 1, 2, 2, 1},
+      {"3x3 dilation 12 (ASPP)", 1, 13, 14, 4, 3, 3, 3, 1, 12, 12, 1},
+      {"4x4 stride 4 (ConvNeXt stem)", 2, 16, 13, 4, 9, 4, 4, 4, 0, 1, 1},
+      {"7x7 stride 4 pad 3 (MiT patch embed)", 2, 17, 15, 3, 8, 7, 7, 4, 3, 1, 1},
+      {"2x2 stride 2 (downsample), tile edges", 1, 6, 5, 70, 66, 2, 2, 2, 0, 1, 1},
+      {"3x3 groups 2", 2, 7, 9, 6, 10, 3, 3, 1, 1, 1, 2},
+      {"1x1 (pointwise)", 3, 5, 7, 37, 70, 1, 1, 1, 0, 1, 1},
+      {"1x1 stride 2", 2, 7, 7, 5, 6, 1, 1, 2, 0, 1, 1},
+      {"3x3 over 1104 pixels (weight-gradient chunks)", 2, 24, 23, 3, 4, 3, 3, 1, 1, 1, 1},
+  };
+  in_each_schedule([&] {
+    for (const ConvCase& cs : cases) {
+      INFO(std::string(cs.what));
+      const Conv2dGeometry g = cs.geometry();
+      const auto xs = uniform(g.n * g.h * g.w * g.cin, 70 + cs.kh),
+                 ws = uniform(g.cout * g.cin / g.groups * g.kh * g.kw, 71 + cs.cin),
+                 gys = uniform(g.n * g.oh * g.ow * g.cout, 72 + cs.cout);
+      const ConvOutputs want = backend_conv(Device::cpu, DType::f64, g, xs, ws, gys);
+      for (const ConvOutputs& got :
+           {backend_conv(Device::cuda, DType::f32, g, xs, ws, gys),
+            implicit_gemm_conv(g, xs, ws, gys)}) {
+        // Float32 sums of up to 280 products of values in [-2, 2] (sums up to ~60).
+        expect_close("conv forward", got.y, want.y, 3e-5);
+        expect_close("conv backward input", got.grad_x, want.grad_x, 3e-5);
+        // Sums over up to 1104 output pixels.
+        expect_close("conv backward weight", got.grad_w, want.grad_w, 1e-4);
+      }
+    }
+  });
 }
 
 // ---- bilinear resize --------------------------------------------------------------------------
