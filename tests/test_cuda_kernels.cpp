@@ -925,11 +925,13 @@ void expect_model_matches_cpu(const std::string& name, const models::ModelOption
   const ModelRun cuda = train_step(*model, x);
   double floor = 0;
   for (const auto& [param, g] : cpu.gradients) floor = std::max(floor, 1e-3 * max_abs(g));
-  std::pair<std::string, double> worst{"output", max_abs_diff(cuda.out, cpu.out) / max_abs(cpu.out)};
+  std::pair<std::string, double> worst{"output",
+                                       max_abs_diff(cuda.out, cpu.out) / max_abs(cpu.out)};
   CHECK(worst.second <= tol);
   for (const auto& [param, want] : cpu.gradients) {
     INFO(name << " gradient of " << param);
-    const double err = max_abs_diff(cuda.gradients.at(param), want) / std::max(max_abs(want), floor);
+    const double err =
+        max_abs_diff(cuda.gradients.at(param), want) / std::max(max_abs(want), floor);
     CHECK(err <= tol);
     if (err > worst.second) worst = {param, err};
   }

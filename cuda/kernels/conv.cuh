@@ -81,16 +81,22 @@ __global__ void implicit_gemm_kernel(Gemm gemm) {
     }
 }
 
-// cols(x)[p, k] for group `group`: what tap k / cin_g reads, channel k % cin_g of the group, for
-// output pixel p; zero in the padding.
-__device__ __forceinline__ float im2col_value(const ConvGeometry& g, const float* x,
-                                              int64_t group, int64_t p, int64_t k) {
-  const int64_t tap = k / g.cin_g(), ci = k % g.cin_g();
-  const Nhwc o = nhwc_index(p, g.oh, g.ow, 1);
-  const int64_t iy = tap_source<false>(o.y, tap / g.kw, g.h, g);
-  const int64_t ix = tap_source<false>(o.x, tap % g.kw, g.w, g);
-  if (iy < 0 || ix < 0) return 0.0f;
-  return x[((o.n * g.h + iy) * g.w + ix) * g.cin + group * g.cin_g() + ci];
+// The activation operand for destination pixel `at` and depth k = (tap, channel) of the group.
+// Forward (InputGrad false): cols(x)[at, k], the input that the tap reads for output pixel `at`.
+// Input gradient: grad_y at the output pixel that reads input pixel `at` through the tap. Zero
+// where there is none (padding, or between the strides).
+template <bool InputGrad>
+__device__ __forceinline__ float tap_value(const ConvGeometry& g, const float* src, int64_t group,
+                                           int64_t at, int64_t k) {
+  const int64_t src_h = InputGrad ? g.oh : g.h, src_w = InputGrad ? g.ow : g.w;
+  const int64_t dst_h = InputGrad ? g.h : g.oh, dst_w = InputGrad ? g.w : g.ow;
+  const int64_t src_c = InputGrad ? g.cout : g.cin, group_c = src_c / g.groups;
+  const int64_t tap = k / group_c, c = k % group_c;
+  const Nhwc d = nhwc_index(at, dst_h, dst_w, 1);
+  const int64_t sy = tap_source<InputGrad>(d.y, tap / g.kw, src_h, g);
+  const int64_t sx = tap_source<InputGrad>(d.x, tap % g.kw, src_w, g);
+  if (sy < 0 || sx < 0) return 0.0f;
+  return src[((d.n * src_h + sy) * src_w + sx) * src_c + group * group_c + c];
 }
 
 // Index of w[o, ci, tap] with o and ci counted within the group.
@@ -99,44 +105,27 @@ __host__ __device__ __forceinline__ int64_t weight_index(const ConvGeometry& g, 
   return ((group * g.cout_g() + o) * g.cin_g() + ci) * g.taps() + tap;
 }
 
-struct ConvForwardGemm {
+// Forward (InputGrad false): y[p, o] = sum over k = (tap, ci) of cols(x)[p, k] * w[o, ci, tap].
+// Input gradient: grad_x[q, c] = sum over k = (tap, o) of tap_value<true>(grad_y)[q, k] *
+// w[o, c, tap].
+template <bool InputGrad>
+struct ConvGatherGemm {
   GemmShape shape;
   ConvGeometry g;
-  const float* x;
+  const float* src;  // x, or grad_y
   const float* w;
-  float* y;
-  __device__ float a(int64_t group, int64_t p, int64_t k) const {
-    return im2col_value(g, x, group, p, k);
+  float* dst;        // y, or grad_x
+  __device__ float a(int64_t group, int64_t at, int64_t k) const {
+    return tap_value<InputGrad>(g, src, group, at, k);
   }
-  __device__ float b(int64_t group, int64_t k, int64_t o) const {
-    return w[weight_index(g, group, o, k % g.cin_g(), k / g.cin_g())];
+  __device__ float b(int64_t group, int64_t k, int64_t col) const {
+    const int64_t group_c = InputGrad ? g.cout_g() : g.cin_g(), tap = k / group_c;
+    return w[InputGrad ? weight_index(g, group, k % group_c, col, tap)
+                       : weight_index(g, group, col, k % group_c, tap)];
   }
-  __device__ void store(int64_t group, int64_t, int64_t p, int64_t o, float v) const {
-    y[p * g.cout + group * g.cout_g() + o] = v;
-  }
-};
-
-struct ConvInputGradGemm {
-  GemmShape shape;
-  ConvGeometry g;
-  const float* grad_y;
-  const float* w;
-  float* grad_x;
-  // grad_y at the output pixel that reads input pixel q through tap k / cout_g (zero if none),
-  // channel k % cout_g of the group.
-  __device__ float a(int64_t group, int64_t q, int64_t k) const {
-    const int64_t tap = k / g.cout_g(), o = k % g.cout_g();
-    const Nhwc i = nhwc_index(q, g.h, g.w, 1);
-    const int64_t oy = tap_source<true>(i.y, tap / g.kw, g.oh, g);
-    const int64_t ox = tap_source<true>(i.x, tap % g.kw, g.ow, g);
-    if (oy < 0 || ox < 0) return 0.0f;
-    return grad_y[((i.n * g.oh + oy) * g.ow + ox) * g.cout + group * g.cout_g() + o];
-  }
-  __device__ float b(int64_t group, int64_t k, int64_t c) const {
-    return w[weight_index(g, group, k % g.cout_g(), c, k / g.cout_g())];
-  }
-  __device__ void store(int64_t group, int64_t, int64_t q, int64_t c, float v) const {
-    grad_x[q * g.cin + group * g.cin_g() + c] = v;
+  __device__ void store(int64_t group, int64_t, int64_t at, int64_t col, float v) const {
+    const int64_t dst_c = InputGrad ? g.cin : g.cout;
+    dst[at * dst_c + group * (dst_c / g.groups) + col] = v;
   }
 };
 
@@ -151,7 +140,7 @@ struct ConvWeightGradGemm {
     return grad_y[p * g.cout + group * g.cout_g() + o];
   }
   __device__ float b(int64_t group, int64_t p, int64_t k) const {
-    return im2col_value(g, x, group, p, k);
+    return tap_value<false>(g, x, group, p, k);
   }
   __device__ void store(int64_t group, int64_t chunk, int64_t o, int64_t k, float v) const {
     const int64_t weights = g.cout * g.cin_g() * g.taps();
@@ -172,13 +161,13 @@ void launch_implicit_gemm(const char* name, const Gemm& gemm, cudaStream_t strea
 inline void conv_forward(const ConvGeometry& g, const float* x, const float* w, float* y,
                          cudaStream_t stream) {
   const GemmShape shape{g.n * g.oh * g.ow, g.cout_g(), g.taps() * g.cin_g(), g.groups, 1};
-  launch_implicit_gemm("conv_forward", ConvForwardGemm{shape, g, x, w, y}, stream);
+  launch_implicit_gemm("conv_forward", ConvGatherGemm<false>{shape, g, x, w, y}, stream);
 }
 
 inline void conv_backward_input(const ConvGeometry& g, const float* grad_y, const float* w,
                                 float* grad_x, cudaStream_t stream) {
   const GemmShape shape{g.n * g.h * g.w, g.cin_g(), g.taps() * g.cout_g(), g.groups, 1};
-  launch_implicit_gemm("conv_backward_input", ConvInputGradGemm{shape, g, grad_y, w, grad_x},
+  launch_implicit_gemm("conv_backward_input", ConvGatherGemm<true>{shape, g, grad_y, w, grad_x},
                        stream);
 }
 
