@@ -5,6 +5,7 @@
 // glue from tensors to kernel arguments runs in CI too.
 #include "cuda/kernels/adamw.cuh"
 #include "cuda/kernels/attention.cuh"
+#include "cuda/kernels/conv.cuh"
 #include "cuda/kernels/depthwise_conv.cuh"
 #include "cuda/kernels/elementwise.cuh"
 #include "cuda/kernels/layernorm.cuh"
@@ -105,22 +106,41 @@ class KernelBackend : public Backend {
     else reduce_max(space, xp, f32(out, "reduce"), stream());
   }
 
+  // Depthwise convs have their own kernels; a pointwise conv is a plain GEMM over NHWC rows
+  // (cuBLAS in the real backend); every other conv is an implicit GEMM (conv.cuh).
   void conv2d_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,
                       const Tensor& out) override {
-    depthwise_forward(depthwise(g), f32(x, "conv2d"), f32(w, "conv2d"), f32(out, "conv2d"),
-                      stream());
+    if (is_depthwise(g))
+      return depthwise_forward(depthwise(g), f32(x, "conv2d"), f32(w, "conv2d"),
+                               f32(out, "conv2d"), stream());
+    if (is_pointwise(g))
+      return gemm(pixel_rows(x), false, weight_rows(w), true, pixel_rows(out), 1, 0);
+    conv_forward(dense(g), f32(x, "conv2d"), f32(w, "conv2d"), f32(out, "conv2d"), stream());
   }
   void conv2d_backward_input(const Conv2dGeometry& g, const Tensor& grad_out, const Tensor& w,
                              const Tensor& grad_x) override {
-    depthwise_backward_input(depthwise(g), f32(grad_out, "conv2d"), f32(w, "conv2d"),
-                             f32(grad_x, "conv2d"), stream());
+    if (is_depthwise(g))
+      return depthwise_backward_input(depthwise(g), f32(grad_out, "conv2d"), f32(w, "conv2d"),
+                                      f32(grad_x, "conv2d"), stream());
+    if (is_pointwise(g))
+      return gemm(pixel_rows(grad_out), false, weight_rows(w), false, pixel_rows(grad_x), 1, 0);
+    conv_backward_input(dense(g), f32(grad_out, "conv2d"), f32(w, "conv2d"),
+                        f32(grad_x, "conv2d"), stream());
   }
   void conv2d_backward_weight(const Conv2dGeometry& g, const Tensor& x, const Tensor& grad_out,
                               const Tensor& grad_w) override {
-    const DepthwiseGeometry dg = depthwise(g);
-    Buffer ws(*this, depthwise_backward_weight_workspace(dg) * sizeof(float));
-    depthwise_backward_weight(dg, f32(x, "conv2d"), f32(grad_out, "conv2d"),
-                              f32(grad_w, "conv2d"), ws.floats(), stream());
+    if (is_depthwise(g)) {
+      const DepthwiseGeometry dg = depthwise(g);
+      Buffer ws(*this, depthwise_backward_weight_workspace(dg) * sizeof(float));
+      return depthwise_backward_weight(dg, f32(x, "conv2d"), f32(grad_out, "conv2d"),
+                                       f32(grad_w, "conv2d"), ws.floats(), stream());
+    }
+    if (is_pointwise(g))
+      return gemm(pixel_rows(grad_out), true, pixel_rows(x), false, weight_rows(grad_w), 1, 0);
+    const ConvGeometry cg = dense(g);
+    Buffer ws(*this, conv_backward_weight_workspace(cg) * sizeof(float));
+    conv_backward_weight(cg, f32(x, "conv2d"), f32(grad_out, "conv2d"), f32(grad_w, "conv2d"),
+                         ws.floats(), stream());
   }
 
   void layer_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, double eps,
@@ -256,10 +276,29 @@ class KernelBackend : public Backend {
     return t.defined() ? f32(t, op) : nullptr;
   }
 
+  static bool is_depthwise(const Conv2dGeometry& g) {
+    return g.groups == g.cin && g.cout == g.cin;
+  }
+  // 1x1, stride 1, no padding, one group: y = x w^T with x as [pixels, Cin] rows.
+  static bool is_pointwise(const Conv2dGeometry& g) {
+    return g.kh == 1 && g.kw == 1 && g.stride == 1 && g.padding == 0 && g.groups == 1;
+  }
+  // The 3-D operands gemm() takes: a contiguous NHWC tensor as [1, pixels, C], a 1x1 weight
+  // [Cout, Cin, 1, 1] as [1, Cout, Cin].
+  static Tensor pixel_rows(const Tensor& t) {
+    f32(t, "conv2d");
+    return t.reshape({1, t.numel() / t.size(3), t.size(3)});
+  }
+  static Tensor weight_rows(const Tensor& w) {
+    f32(w, "conv2d");
+    return w.reshape({1, w.size(0), w.size(1)});
+  }
   static DepthwiseGeometry depthwise(const Conv2dGeometry& g) {
-    if (g.groups != g.cin || g.cout != g.cin)
-      not_implemented("conv2d other than depthwise (groups == in == out channels)");
     return {g.n, g.h, g.w, g.cin, g.kh, g.kw, g.oh, g.ow, g.stride, g.padding, g.dilation};
+  }
+  static ConvGeometry dense(const Conv2dGeometry& g) {
+    return {g.n,  g.h,  g.w,      g.cin,     g.cout,      g.kh,    g.kw,
+            g.oh, g.ow, g.stride, g.padding, g.dilation, g.groups};
   }
 
   static ResizeGeometry resize_geometry(const Tensor& in, const Tensor& out, bool align_corners) {

@@ -25,10 +25,10 @@ __device__ __forceinline__ int64_t taps_w(const DepthwiseGeometry& g) { return K
 
 // Where tap k of a row (or column) `at` reads, or -1 where it reads padding. Forward: output
 // row `at` reads input row at * stride - padding + k * dilation. Input gradient: input row `at`
-// gathers from the output row that read it through tap k, if any.
-template <bool InputGrad>
-__device__ __forceinline__ int64_t tap_source(int64_t at, int64_t k, int64_t size,
-                                              const DepthwiseGeometry& g) {
+// gathers from the output row that read it through tap k, if any. G: any geometry with
+// stride, padding and dilation (the dense convolutions of conv.cuh share this).
+template <bool InputGrad, typename G>
+__device__ __forceinline__ int64_t tap_source(int64_t at, int64_t k, int64_t size, const G& g) {
   if (!InputGrad) {
     const int64_t r = at * g.stride - g.padding + k * g.dilation;
     return r >= 0 && r < size ? r : -1;

@@ -1,0 +1,194 @@
+#pragma once
+// Dense and grouped 2-D convolution (every conv that is not depthwise) as implicit GEMM: NHWC
+// activations, weight [Cout, Cin/groups, KH, KW] (PyTorch's layout), any stride, padding,
+// dilation and groups. Each direction is one GEMM per group whose operands are read straight
+// from the tensors as a tile is loaded (no im2col buffer); k runs over the taps (ky, kx) and,
+// innermost, the group's channels, so NHWC rows are read contiguously:
+// - forward:      y[p, o]      = sum over k = (tap, ci) of cols(x)[p, k] * w[o, ci, tap]
+// - input grad:   grad_x[q, c] = sum over k = (tap, o) of grad_y[source(q, tap), o] * w[o, c, tap]
+//                 (a gather over the output pixels that read input pixel q: no atomics)
+// - weight grad:  grad_w[o, k] = sum over p of grad_y[p, o] * cols(x)[p, k], the sum over p split
+//                 into chunks (partial sums, then a sum over the chunks: deterministic)
+// p runs over output pixels, q over input pixels, cols(x)[p, (tap, ci)] is the input value that
+// tap reads for output pixel p (zero in the padding). Accumulation is in float32.
+#include <algorithm>
+
+#include "cuda/kernels/depthwise_conv.cuh"
+#include "cuda/kernels/reduce.cuh"
+
+namespace sono::cuda {
+inline namespace SONO_KERNEL_TARGET {
+
+struct ConvGeometry {
+  int64_t n, h, w, cin, cout;  // input [n, h, w, cin], output [n, oh, ow, cout]
+  int64_t kh, kw, oh, ow;
+  int64_t stride, padding, dilation, groups;
+
+  __host__ __device__ int64_t cin_g() const { return cin / groups; }
+  __host__ __device__ int64_t cout_g() const { return cout / groups; }
+  __host__ __device__ int64_t taps() const { return kh * kw; }
+};
+
+// One GEMM per group (and per chunk of the depth, for the weight gradient):
+// out[row, col] = sum over depth of a(row, d) * b(d, col), rows x cols x depth per group.
+struct GemmShape {
+  int64_t rows, cols, depth, groups, chunks;
+  __host__ __device__ int64_t chunk_depth() const { return ceil_div(depth, chunks); }
+};
+
+// Block tile kConvTile x kConvTile of the output, kConvTileK deep per shared-memory step;
+// (kConvThreads, kConvThreads) threads, each accumulating kConvPerThread^2 outputs spaced
+// kConvThreads apart (neighbouring threads store neighbouring columns).
+constexpr int kConvTile = 64;
+constexpr int kConvTileK = 16;
+constexpr int kConvThreads = 16;
+constexpr int kConvPerThread = kConvTile / kConvThreads;
+
+template <typename Gemm>
+__global__ void implicit_gemm_kernel(Gemm gemm) {
+  __shared__ float a_tile[kConvTileK][kConvTile];  // [depth][row]
+  __shared__ float b_tile[kConvTileK][kConvTile];  // [depth][col]
+  const GemmShape& s = gemm.shape;
+  const int tx = threadIdx.x, ty = threadIdx.y, thread = ty * kConvThreads + tx;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kConvTile;
+  const int64_t col0 = static_cast<int64_t>(blockIdx.y) * kConvTile;
+  const int64_t group = blockIdx.z % s.groups, chunk = blockIdx.z / s.groups;
+  const int64_t depth0 = chunk * s.chunk_depth();
+  const int64_t depth1 = depth0 + s.chunk_depth() < s.depth ? depth0 + s.chunk_depth() : s.depth;
+  float acc[kConvPerThread][kConvPerThread] = {};
+  for (int64_t d0 = depth0; d0 < depth1; d0 += kConvTileK) {
+    // a is loaded depth-fastest and b column-fastest: consecutive threads read consecutive
+    // channels of an NHWC row wherever that operand is an activation.
+    for (int i = thread; i < kConvTile * kConvTileK; i += kConvThreads * kConvThreads) {
+      const int a_row = i / kConvTileK, a_d = i % kConvTileK;
+      const bool a_in = row0 + a_row < s.rows && d0 + a_d < depth1;
+      a_tile[a_d][a_row] = a_in ? gemm.a(group, row0 + a_row, d0 + a_d) : 0.0f;
+      const int b_d = i / kConvTile, b_col = i % kConvTile;
+      const bool b_in = d0 + b_d < depth1 && col0 + b_col < s.cols;
+      b_tile[b_d][b_col] = b_in ? gemm.b(group, d0 + b_d, col0 + b_col) : 0.0f;
+    }
+    __syncthreads();
+    for (int d = 0; d < kConvTileK; ++d)
+      for (int i = 0; i < kConvPerThread; ++i)
+        for (int j = 0; j < kConvPerThread; ++j)
+          acc[i][j] += a_tile[d][ty + i * kConvThreads] * b_tile[d][tx + j * kConvThreads];
+    __syncthreads();  // the tiles are overwritten next step
+  }
+  for (int i = 0; i < kConvPerThread; ++i)
+    for (int j = 0; j < kConvPerThread; ++j) {
+      const int64_t row = row0 + ty + i * kConvThreads, col = col0 + tx + j * kConvThreads;
+      if (row < s.rows && col < s.cols) gemm.store(group, chunk, row, col, acc[i][j]);
+    }
+}
+
+// The activation operand for destination pixel `at` and depth k = (tap, channel) of the group.
+// Forward (InputGrad false): cols(x)[at, k], the input that the tap reads for output pixel `at`.
+// Input gradient: grad_y at the output pixel that reads input pixel `at` through the tap. Zero
+// where there is none (padding, or between the strides).
+template <bool InputGrad>
+__device__ __forceinline__ float tap_value(const ConvGeometry& g, const float* src, int64_t group,
+                                           int64_t at, int64_t k) {
+  const int64_t src_h = InputGrad ? g.oh : g.h, src_w = InputGrad ? g.ow : g.w;
+  const int64_t dst_h = InputGrad ? g.h : g.oh, dst_w = InputGrad ? g.w : g.ow;
+  const int64_t src_c = InputGrad ? g.cout : g.cin, group_c = src_c / g.groups;
+  const int64_t tap = k / group_c, c = k % group_c;
+  const Nhwc d = nhwc_index(at, dst_h, dst_w, 1);
+  const int64_t sy = tap_source<InputGrad>(d.y, tap / g.kw, src_h, g);
+  const int64_t sx = tap_source<InputGrad>(d.x, tap % g.kw, src_w, g);
+  if (sy < 0 || sx < 0) return 0.0f;
+  return src[((d.n * src_h + sy) * src_w + sx) * src_c + group * group_c + c];
+}
+
+// Index of w[o, ci, tap] with o and ci counted within the group.
+__host__ __device__ __forceinline__ int64_t weight_index(const ConvGeometry& g, int64_t group,
+                                                         int64_t o, int64_t ci, int64_t tap) {
+  return ((group * g.cout_g() + o) * g.cin_g() + ci) * g.taps() + tap;
+}
+
+// Forward (InputGrad false): y[p, o] = sum over k = (tap, ci) of cols(x)[p, k] * w[o, ci, tap].
+// Input gradient: grad_x[q, c] = sum over k = (tap, o) of tap_value<true>(grad_y)[q, k] *
+// w[o, c, tap].
+template <bool InputGrad>
+struct ConvGatherGemm {
+  GemmShape shape;
+  ConvGeometry g;
+  const float* src;  // x, or grad_y
+  const float* w;
+  float* dst;        // y, or grad_x
+  __device__ float a(int64_t group, int64_t at, int64_t k) const {
+    return tap_value<InputGrad>(g, src, group, at, k);
+  }
+  __device__ float b(int64_t group, int64_t k, int64_t col) const {
+    const int64_t group_c = InputGrad ? g.cout_g() : g.cin_g(), tap = k / group_c;
+    return w[InputGrad ? weight_index(g, group, k % group_c, col, tap)
+                       : weight_index(g, group, col, k % group_c, tap)];
+  }
+  __device__ void store(int64_t group, int64_t, int64_t at, int64_t col, float v) const {
+    const int64_t dst_c = InputGrad ? g.cin : g.cout;
+    dst[at * dst_c + group * (dst_c / g.groups) + col] = v;
+  }
+};
+
+// Writes chunk `chunk`'s partial weight gradient to partial[chunk][...] in w's layout.
+struct ConvWeightGradGemm {
+  GemmShape shape;
+  ConvGeometry g;
+  const float* x;
+  const float* grad_y;
+  float* partial;
+  __device__ float a(int64_t group, int64_t o, int64_t p) const {
+    return grad_y[p * g.cout + group * g.cout_g() + o];
+  }
+  __device__ float b(int64_t group, int64_t p, int64_t k) const {
+    return tap_value<false>(g, x, group, p, k);
+  }
+  __device__ void store(int64_t group, int64_t chunk, int64_t o, int64_t k, float v) const {
+    const int64_t weights = g.cout * g.cin_g() * g.taps();
+    partial[chunk * weights + weight_index(g, group, o, k % g.cin_g(), k / g.cin_g())] = v;
+  }
+};
+
+template <typename Gemm>
+void launch_implicit_gemm(const char* name, const Gemm& gemm, cudaStream_t stream) {
+  const GemmShape& s = gemm.shape;
+  const dim3 grid(static_cast<unsigned>(ceil_div(s.rows, kConvTile)),
+                  static_cast<unsigned>(ceil_div(s.cols, kConvTile)),
+                  static_cast<unsigned>(s.groups * s.chunks));
+  launch(name, implicit_gemm_kernel<Gemm>, {grid, dim3(kConvThreads, kConvThreads), 0, stream},
+         gemm);
+}
+
+inline void conv_forward(const ConvGeometry& g, const float* x, const float* w, float* y,
+                         cudaStream_t stream) {
+  const GemmShape shape{g.n * g.oh * g.ow, g.cout_g(), g.taps() * g.cin_g(), g.groups, 1};
+  launch_implicit_gemm("conv_forward", ConvGatherGemm<false>{shape, g, x, w, y}, stream);
+}
+
+inline void conv_backward_input(const ConvGeometry& g, const float* grad_y, const float* w,
+                                float* grad_x, cudaStream_t stream) {
+  const GemmShape shape{g.n * g.h * g.w, g.cin_g(), g.taps() * g.cout_g(), g.groups, 1};
+  launch_implicit_gemm("conv_backward_input", ConvGatherGemm<true>{shape, g, grad_y, w, grad_x},
+                       stream);
+}
+
+// The weight gradient sums over every output pixel: chunks of at least 512 pixels, at most 64
+// chunks, so that small weights with many pixels still fill the device.
+inline int64_t conv_weight_chunks(const ConvGeometry& g) {
+  return std::clamp<int64_t>(ceil_div(g.n * g.oh * g.ow, 512), 1, 64);
+}
+// Floats of scratch conv_backward_weight needs.
+inline int64_t conv_backward_weight_workspace(const ConvGeometry& g) {
+  return conv_weight_chunks(g) * g.cout * g.cin_g() * g.taps();
+}
+
+inline void conv_backward_weight(const ConvGeometry& g, const float* x, const float* grad_y,
+                                 float* grad_w, float* workspace, cudaStream_t stream) {
+  const int64_t chunks = conv_weight_chunks(g);
+  const GemmShape shape{g.cout_g(), g.taps() * g.cin_g(), g.n * g.oh * g.ow, g.groups, chunks};
+  launch_implicit_gemm("conv_backward_weight",
+                       ConvWeightGradGemm{shape, g, x, grad_y, workspace}, stream);
+  column_sums(workspace, chunks, g.cout * g.cin_g() * g.taps(), grad_w, stream);
+}
+
+}  // namespace SONO_KERNEL_TARGET
+}  // namespace sono::cuda
