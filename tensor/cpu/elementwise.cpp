@@ -1,5 +1,8 @@
 #include <cmath>
 
+#include <Eigen/Core>
+#include <unsupported/Eigen/SpecialFunctions>
+
 #include "tensor/cpu/cpu_backend.h"
 #include "tensor/cpu/strided.h"
 
@@ -71,6 +74,23 @@ void map(const Tensor& x, const Tensor& out, F f) {
   for (int64_t i = 0; i < n; ++i) op[i] = f(xp[i]);
 }
 
+// float32 GELU and its gradient through Eigen's vectorised erf and exp (std::erf is scalar:
+// GELU took 15% of MiT-B2 inference). float64 keeps std::erf for the gradient checks.
+void gelu_f32(const float* x, float* out, int64_t n, bool grad) {
+  constexpr int64_t chunk = 4096;
+#pragma omp parallel for schedule(static) if (n > 32768)
+  for (int64_t begin = 0; begin < n; begin += chunk) {
+    const Eigen::Index len = static_cast<Eigen::Index>(std::min(chunk, n - begin));
+    Eigen::Map<const Eigen::ArrayXf> v(x + begin, len);
+    Eigen::Map<Eigen::ArrayXf> o(out + begin, len);
+    const Eigen::ArrayXf cdf = 0.5f * (1.0f + (v * float(M_SQRT1_2)).erf());
+    if (grad)
+      o = cdf + v * (-0.5f * v.square()).exp() * 0.3989422804014327f;
+    else
+      o = v * cdf;
+  }
+}
+
 }  // namespace
 
 void CpuBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) {
@@ -85,8 +105,14 @@ void CpuBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out, double al
       case UnaryOp::abs: return map<T>(x, out, [](T v) { return std::abs(v); });
       case UnaryOp::sign: return map<T>(x, out, [](T v) { return T((v > T(0)) - (v < T(0))); });
       case UnaryOp::relu: return map<T>(x, out, [](T v) { return v > T(0) ? v : T(0); });
-      case UnaryOp::gelu: return map<T>(x, out, [](T v) { return gelu_erf(v); });
-      case UnaryOp::gelu_grad: return map<T>(x, out, [](T v) { return gelu_erf_grad(v); });
+      case UnaryOp::gelu:
+      case UnaryOp::gelu_grad:
+        if constexpr (std::is_same_v<T, float>)
+          return gelu_f32(x.data<float>(), out.data<float>(), x.numel(), op == UnaryOp::gelu_grad);
+        else if (op == UnaryOp::gelu)
+          return map<T>(x, out, [](T v) { return gelu_erf(v); });
+        else
+          return map<T>(x, out, [](T v) { return gelu_erf_grad(v); });
       case UnaryOp::sigmoid: return map<T>(x, out, [](T v) { return sigmoid(v); });
       case UnaryOp::tanh: return map<T>(x, out, [](T v) { return std::tanh(v); });
       case UnaryOp::softplus: return map<T>(x, out, [](T v) { return softplus(v); });
