@@ -31,17 +31,19 @@ Tensor record(const char* name, Tensor out, std::vector<Tensor> inputs, Backward
 namespace {
 
 // Post-order DFS over grad_fn edges, iterative so that deep nets don't overflow the stack.
-std::vector<Node*> topo_order(Node* root) {
-  std::vector<Node*> order;
-  std::unordered_set<Node*> seen{root};
-  std::vector<std::pair<Node*, size_t>> stack{{root, 0}};
+// The order owns the nodes: backward frees each node's inputs once it has run, and those inputs
+// may be the last owners of the nodes still waiting their turn.
+std::vector<std::shared_ptr<Node>> topo_order(const std::shared_ptr<Node>& root) {
+  std::vector<std::shared_ptr<Node>> order;
+  std::unordered_set<Node*> seen{root.get()};
+  std::vector<std::pair<std::shared_ptr<Node>, size_t>> stack{{root, 0}};
   while (!stack.empty()) {
     auto& [node, next] = stack.back();
     if (next < node->inputs.size()) {
       const Tensor& in = node->inputs[next++];
       if (!in.defined()) continue;
-      Node* child = in.grad_fn().get();
-      if (child && seen.insert(child).second) stack.push_back({child, 0});
+      const std::shared_ptr<Node>& child = in.grad_fn();
+      if (child && seen.insert(child.get()).second) stack.push_back({child, 0});
     } else {
       order.push_back(node);
       stack.pop_back();
@@ -59,6 +61,30 @@ void accumulate(std::shared_ptr<TensorImpl>& slot, const Tensor& g) {
   }
 }
 
+// Runs one node's backward and hands each input's gradient on: to the node that made the input
+// (summed when it already has one) or to the leaf's .grad.
+void run_node(Node& node, const Tensor& grad_out, std::unordered_map<Node*, Tensor>& grads) {
+  SONO_CHECK(node.backward, "backward through a graph that was already freed (op ", node.name,
+             "); call backward() once per forward");
+  std::vector<Tensor> input_grads = node.backward(grad_out);
+  SONO_CHECK(input_grads.size() == node.inputs.size(), "autograd: node ", node.name, " returned ",
+             input_grads.size(), " grads for ", node.inputs.size(), " inputs");
+  for (size_t i = 0; i < input_grads.size(); ++i) {
+    const Tensor& in = node.inputs[i];
+    const Tensor& ig = input_grads[i];
+    if (!in.defined() || !ig.defined() || !in.requires_grad()) continue;
+    SONO_CHECK(ig.shape() == in.shape(), "autograd: node ", node.name, " gave grad of shape ",
+               shape_str(ig.shape()), " for input ", i, " of shape ", shape_str(in.shape()));
+    if (Node* child = in.grad_fn().get()) {
+      auto slot = grads.find(child);
+      if (slot == grads.end()) grads.emplace(child, ig);
+      else slot->second = add(slot->second, ig);
+    } else {
+      accumulate(in.impl().grad, ig);
+    }
+  }
+}
+
 }  // namespace
 
 void run_backward(const Tensor& root, const Tensor& seed) {
@@ -70,38 +96,19 @@ void run_backward(const Tensor& root, const Tensor& seed) {
     accumulate(root.impl().grad, seed);
     return;
   }
-  std::vector<Node*> order = topo_order(root.grad_fn().get());
+  std::vector<std::shared_ptr<Node>> order = topo_order(root.grad_fn());
   std::unordered_map<Node*, Tensor> grads{{root.grad_fn().get(), seed}};
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
-    Node* node = *it;
-    auto found = grads.find(node);
-    if (found == grads.end()) continue;
-    Tensor g = found->second;
-    grads.erase(found);
-    SONO_CHECK(node->backward, "backward through a graph that was already freed (op ", node->name,
-               "); call backward() once per forward");
-    std::vector<Tensor> input_grads = node->backward(g);
-    SONO_CHECK(input_grads.size() == node->inputs.size(), "autograd: node ", node->name,
-               " returned ", input_grads.size(), " grads for ", node->inputs.size(), " inputs");
-    for (size_t i = 0; i < input_grads.size(); ++i) {
-      const Tensor& in = node->inputs[i];
-      const Tensor& ig = input_grads[i];
-      if (!in.defined() || !ig.defined() || !in.requires_grad()) continue;
-      SONO_CHECK(ig.shape() == in.shape(), "autograd: node ", node->name, " gave grad of shape ",
-                 shape_str(ig.shape()), " for input ", i, " of shape ", shape_str(in.shape()));
-      if (Node* child = in.grad_fn().get()) {
-        auto slot = grads.find(child);
-        if (slot == grads.end()) grads.emplace(child, ig);
-        else slot->second = add(slot->second, ig);
-      } else {
-        accumulate(in.impl().grad, ig);
-      }
+    Node& node = **it;
+    if (auto found = grads.find(&node); found != grads.end()) {
+      Tensor g = std::move(found->second);
+      grads.erase(found);
+      run_node(node, g, grads);
     }
-  }
-  // Free the graph: saved tensors and closures go now, not when the output dies.
-  for (Node* node : order) {
-    node->backward = nullptr;
-    node->inputs.clear();
+    // Free the node's saved tensors now, as PyTorch does, not when the whole backward ends:
+    // activations go while gradients arrive, which lowers the peak of a training step.
+    node.backward = nullptr;
+    node.inputs.clear();
   }
 }
 

@@ -96,6 +96,25 @@ TEST_CASE("autograd engine: accumulation, no_grad, freed graph, clear errors") {
   CHECK_THROWS_WITH_AS(sum(Tensor::ones({2})).backward(), doctest::Contains("does not require grad"), Error);
 }
 
+TEST_CASE("autograd engine frees each node's saved tensors as soon as its backward has run") {
+  Tensor x = Tensor::from_vector({1.0, 2.0}, {2}, DType::f64).requires_grad_();
+  Tensor saved = Tensor::ones({1 << 16}, DType::f64);  // stands for an activation kept for backward
+  std::weak_ptr<TensorImpl> saved_alive = saved.impl_ptr();
+  bool freed_before_earlier_node = false;
+  // first runs second in backward; by then second's closure (and `saved`) must be gone.
+  Tensor first = autograd::record("first", mul(x, 1.0).detach(), {x}, [&](const Tensor& g) {
+    freed_before_earlier_node = saved_alive.expired();
+    return std::vector<Tensor>{g};
+  });
+  Tensor second = autograd::record("second", mul(first, 1.0).detach(), {first},
+                                   [kept = std::move(saved)](const Tensor& g) {
+                                     return std::vector<Tensor>{mul(g, sum(kept))};
+                                   });
+  sum(second).backward();
+  CHECK(freed_before_earlier_node);
+  check_values(x.grad(), {65536.0, 65536.0}, 1e-12);
+}
+
 TEST_CASE("bad input raises clear errors") {
   Tensor a = Tensor::ones({2, 3}), b = Tensor::ones({4});
   CHECK_THROWS_WITH_AS(add(a, b), doctest::Contains("do not broadcast"), Error);
