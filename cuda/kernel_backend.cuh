@@ -190,9 +190,21 @@ class KernelBackend : public Backend {
   void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
                   const Tensor& exp_avg_sq, double lr, double beta1, double beta2, double eps,
                   double weight_decay, int64_t step) override {
-    cuda::adamw_step({{f32(param, "adamw"), f32(grad, "adamw"), f32(exp_avg, "adamw"),
-                       f32(exp_avg_sq, "adamw"), param.numel()}},
-                     adamw_scalars(lr, beta1, beta2, eps, weight_decay, step), stream());
+    adamw_multi_step({{param, grad, exp_avg, exp_avg_sq, step}}, lr, beta1, beta2, eps,
+                     weight_decay);
+  }
+  // The chunk table goes to device memory, then one launch updates every parameter.
+  void adamw_multi_step(const std::vector<AdamWParam>& params, double lr, double beta1,
+                        double beta2, double eps, double weight_decay) override {
+    std::vector<AdamWTensor> tensors;
+    for (const AdamWParam& p : params) tensors.push_back(adamw_tensor(p));
+    const std::vector<AdamWChunk> table = adamw_chunks(tensors, lr, beta1, beta2);
+    const size_t bytes = table.size() * sizeof(AdamWChunk);
+    Buffer device_table(*this, bytes);
+    if (bytes) transfer(device_table.data, table.data(), bytes, true);
+    adamw_multi_tensor(static_cast<const AdamWChunk*>(device_table.data),
+                       static_cast<int64_t>(table.size()),
+                       adamw_scalars(lr, beta1, beta2, eps, weight_decay), stream());
   }
 
  protected:
@@ -274,6 +286,15 @@ class KernelBackend : public Backend {
   }
   static float* f32_or_null(const Tensor& t, const char* op) {
     return t.defined() ? f32(t, op) : nullptr;
+  }
+
+  static AdamWTensor adamw_tensor(const AdamWParam& p) {
+    SONO_CHECK(p.step >= 1, "adamw: step counts from 1, got ", p.step);
+    for (const Tensor* t : {&p.grad, &p.exp_avg, &p.exp_avg_sq})
+      SONO_CHECK(t->shape() == p.param.shape(), "adamw: grad and state must have the parameter's ",
+                 "shape ", shape_str(p.param.shape()), ", got ", shape_str(t->shape()));
+    return {f32(p.param, "adamw"), f32(p.grad, "adamw"), f32(p.exp_avg, "adamw"),
+            f32(p.exp_avg_sq, "adamw"), p.param.numel(), p.step};
   }
 
   static bool is_depthwise(const Conv2dGeometry& g) {

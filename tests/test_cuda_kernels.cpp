@@ -809,35 +809,50 @@ TEST_CASE("AdamW: a multi-tensor step is torch.optim.AdamW to the bit") {
       CHECK(__float_as_uint(static_cast<float>(got[i])) == kTorchAdamW[i]);
     }
   });
-  // Many tensors of awkward sizes in one call: more tensors than one launch takes, and tensors
-  // spanning several blocks; each element must equal the scalar update.
+}
+
+// Ten steps of one multi-tensor call over parameters of awkward sizes (one element, under a
+// warp, over a chunk, several chunks and a ragged tail) with step counts that differ per
+// parameter, against the CPU backend's adamw_step on each. The CPU rounds differently (no FMA
+// in lerp and addcmul, p * decay - step * ... as one expression): |error| <= 4e-7 relative to
+// max(1, |want|) over p, m and v after ten steps (a few float ulps).
+TEST_CASE("AdamW: one multi-tensor launch steps every parameter as the CPU backend does") {
+  const std::vector<int64_t> sizes = {1, 31, 1000, 4099, k::kAdamWChunk, 3 * k::kAdamWChunk + 5};
+  const std::vector<int64_t> first_step = {1, 4, 1, 2, 7, 1};
+  const double lr = 3e-3, beta1 = 0.9, beta2 = 0.95, eps = 1e-6, wd = 0.1;
+  // The table has a chunk per kAdamWChunk elements, so the one launch has that many blocks.
+  std::vector<k::AdamWTensor> shapes;
+  for (int64_t n : sizes) shapes.push_back({nullptr, nullptr, nullptr, nullptr, n, 1});
+  CHECK(k::adamw_chunks(shapes, lr, beta1, beta2).size() == 1 + 1 + 1 + 1 + 1 + 4);
+  EmulatedDevice dev;
   in_each_schedule([&] {
-    std::vector<int64_t> sizes;
-    for (int i = 0; i < 30; ++i) sizes.push_back(1 + 37 * i);
-    sizes.push_back(3 * k::kAdamWChunk + 5);
-    std::vector<std::vector<float>> p, g, m, v;
-    std::vector<k::AdamWTensor> tensors;
+    std::vector<Backend::AdamWParam> cpu, cuda;
     for (size_t i = 0; i < sizes.size(); ++i) {
-      auto init = [&](uint64_t seed, double lo) {
-        auto d = uniform(sizes[i], seed, lo, 1.0);
-        return std::vector<float>(d.begin(), d.end());
-      };
-      p.push_back(init(100 + i, -1.0));
-      g.push_back(init(200 + i, -1.0));
-      m.push_back(init(300 + i, -1.0));
-      v.push_back(init(400 + i, 0.0));
+      const Shape shape{sizes[i]};
+      const Tensor p = host(uniform(sizes[i], 10 + i), shape),
+                   m = host(uniform(sizes[i], 20 + i, -0.1, 0.1), shape),
+                   v = host(uniform(sizes[i], 30 + i, 0.0, 0.01), shape);
+      cpu.push_back({p, Tensor(), m, v, first_step[i]});
+      cuda.push_back({on_device(p), Tensor(), on_device(m), on_device(v), first_step[i]});
     }
-    auto want_p = p, want_m = m, want_v = v;
-    for (size_t i = 0; i < sizes.size(); ++i)
-      tensors.push_back({p[i].data(), g[i].data(), m[i].data(), v[i].data(), sizes[i]});
-    const auto scalars = k::adamw_scalars(3e-4, 0.9, 0.95, 1e-6, 0.1, 7);
-    k::adamw_step(tensors, scalars, nullptr);
-    for (size_t i = 0; i < sizes.size(); ++i)
-      for (int64_t j = 0; j < sizes[i]; ++j)
-        k::adamw_update(scalars, want_p[i][j], g[i][j], want_m[i][j], want_v[i][j]);
-    CHECK(p == want_p);
-    CHECK(m == want_m);
-    CHECK(v == want_v);
+    for (int t = 0; t < 10; ++t) {
+      for (size_t i = 0; i < sizes.size(); ++i) {
+        cpu[i].grad = host(uniform(sizes[i], 1000 * t + i), {sizes[i]});
+        cuda[i].grad = on_device(cpu[i].grad);
+      }
+      backend(Device::cpu).adamw_multi_step(cpu, lr, beta1, beta2, eps, wd);
+      device().adamw_multi_step(cuda, lr, beta1, beta2, eps, wd);
+      for (size_t i = 0; i < sizes.size(); ++i) ++cpu[i].step, ++cuda[i].step;
+    }
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      INFO("parameter of " << sizes[i] << " elements");
+      expect_close("adamw multi-tensor (10 steps)", cuda[i].param.to_vector(),
+                   cpu[i].param.to_vector(), 4e-7);
+      expect_close("adamw multi-tensor (10 steps)", cuda[i].exp_avg.to_vector(),
+                   cpu[i].exp_avg.to_vector(), 4e-7);
+      expect_close("adamw multi-tensor (10 steps)", cuda[i].exp_avg_sq.to_vector(),
+                   cpu[i].exp_avg_sq.to_vector(), 4e-7);
+    }
   });
 }
 
