@@ -4,6 +4,7 @@
 
 #include <iostream>
 
+#include "tensor/autocast.h"
 #include "tensor/error.h"
 #ifdef _OPENMP
 #include <omp.h>
@@ -37,12 +38,16 @@ void set_threads(int64_t threads) {
 
 void add_runtime_options(Cli& cli) {
   cli.option("device", "cpu", "cpu or cuda")
-      .option("threads", "0", "CPU threads for the kernels (0: one per core)");
+      .option("threads", "0", "CPU threads for the kernels (0: one per core)")
+      .option("amp", "off", "mixed precision: off, or bf16 (bfloat16 matrix products with float32 "
+                            "accumulation and weights; cuda only)");
 }
 
 Device apply_runtime_options(const Cli& cli) {
   set_threads(cli.integer("threads"));
-  return select_device(cli.str("device"));
+  const Device device = select_device(cli.str("device"));
+  set_autocast(device, parse_precision(cli.str("amp")));
+  return device;
 }
 
 void check_writable(const fs::path& file) {
