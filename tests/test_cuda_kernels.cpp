@@ -6,11 +6,11 @@
 // few-ulp error of CUDA's expf/erff/logf, which the emulator computes exactly.
 #include <algorithm>
 #include <cfloat>
-#include <cstring>
 #include <map>
 #include <random>
 
 #include "cuda/allocator.h"
+#include "cuda/emulated/backend.h"
 #include "cuda/kernel_backend.cuh"
 #include "helpers.h"
 #include "layers/optim.h"
@@ -78,35 +78,7 @@ Tensor host(const std::vector<double>& v, const Shape& shape, DType dtype = DTyp
   return Tensor::from_vector(v, shape, dtype);
 }
 
-// ---- an emulated CUDA device: our kernels over host memory ------------------------------------
-
-class EmulatedBackend final : public k::KernelBackend {
- public:
-  const char* name() const override { return "cuda (SIMT emulator)"; }
-  void* allocate(size_t n) override { return backend(Device::cpu).allocate(n); }
-  void deallocate(void* p) override { backend(Device::cpu).deallocate(p); }
- protected:
-  // cuBLAS is not emulated; matmul on the emulated device uses the CPU's GEMM, under bf16
-  // autocast on the operands widened back from their bfloat16 copies (float32 accumulation, as
-  // GemmEx's CUBLAS_COMPUTE_32F).
-  void gemm_native(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& c,
-                   double alpha, double beta) override {
-    backend(Device::cpu).gemm(a, ta, b, tb, c, alpha, beta);
-  }
-  void gemm_bf16(const Tensor& a, const k::bfloat16* a16, bool ta, const Tensor& b,
-                 const k::bfloat16* b16, bool tb, const Tensor& c, double alpha,
-                 double beta) override {
-    const Tensor a32 = Tensor::empty(a.shape()), b32 = Tensor::empty(b.shape());
-    k::bf16_convert(a.numel(), a16, a32.data<float>(), nullptr);
-    k::bf16_convert(b.numel(), b16, b32.data<float>(), nullptr);
-    backend(Device::cpu).gemm(a32, ta, b32, tb, c, alpha, beta);
-  }
-
-  cudaStream_t stream() const override { return nullptr; }
-  void transfer(void* dst, const void* src, size_t bytes, bool) override {
-    std::memcpy(dst, src, bytes);
-  }
-};
+// ---- the emulated CUDA device (cuda/emulated): our kernels over host memory ------------------
 
 // Makes Device::cuda the emulated device for a test's duration.
 class EmulatedDevice {
@@ -116,12 +88,11 @@ class EmulatedDevice {
       previous_ = &backend(Device::cuda);
     } catch (const Error&) {
     }
-    register_backend(Device::cuda, &emulated_);
+    register_backend(Device::cuda, &k::emulated_backend());
   }
   ~EmulatedDevice() { register_backend(Device::cuda, previous_); }
 
  private:
-  EmulatedBackend emulated_;
   Backend* previous_ = nullptr;
 };
 

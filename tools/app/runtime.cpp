@@ -2,8 +2,10 @@
 
 #include <unistd.h>
 
+#include <cstdlib>
 #include <iostream>
 
+#include "cuda/emulated/backend.h"
 #include "tensor/autocast.h"
 #include "tensor/error.h"
 #ifdef _OPENMP
@@ -20,6 +22,11 @@ namespace fs = std::filesystem;
 Device select_device(const std::string& name) {
   if (name == "cpu") return Device::cpu;
   SONO_CHECK(name == "cuda", "--device ", name, ": expected cpu or cuda");
+  const char* emulate = std::getenv("SONO_CUDA_EMULATOR");
+  if (emulate && std::string(emulate) == "1") {
+    register_backend(Device::cuda, &cuda::emulated_backend());
+    return Device::cuda;
+  }
 #ifdef SONO_HAVE_CUDA
   SONO_CHECK(cuda::device_count() > 0, "--device cuda: no usable NVIDIA GPU on this machine (use --device cpu)");
   return Device::cuda;

@@ -11,7 +11,8 @@
 namespace sono::app {
 
 // "cpu" or "cuda". cuda is refused with the reason when this build has no CUDA backend or the
-// machine has no usable GPU.
+// machine has no usable GPU; with SONO_CUDA_EMULATOR=1 in the environment it is the emulated
+// device (cuda/emulated: the CUDA kernels run on the CPU, slowly), GPU or not.
 Device select_device(const std::string& name);
 
 // OpenMP threads for the kernels; 0 keeps the default (one per core).
