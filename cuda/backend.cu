@@ -1,5 +1,6 @@
 // The CUDA backend: our kernels (KernelBackend), device memory from the caching allocator,
-// host<->device transfers, cuBLAS for GEMM. All work goes to one stream, created on first use,
+// host<->device transfers, cuBLAS for GEMM (GemmEx on bfloat16 operands under bf16 autocast).
+// All work goes to one stream, created on first use,
 // so memory freed to the allocator may be reused by the next kernel without events.
 #include <climits>
 #include <mutex>
@@ -29,6 +30,32 @@ int checked_int(int64_t v, const char* what) {
   return static_cast<int>(v);
 }
 
+// gemm()'s arguments as cuBLAS takes them, for c^T = op(b)^T op(a)^T in column-major terms.
+struct CublasGemm {
+  cublasOperation_t op_a, op_b;
+  int rows, cols, inner, lda, ldb, batches;
+  long long stride_a, stride_b, stride_c;
+
+  CublasGemm(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& c) {
+    const int64_t m = c.size(1), n = c.size(2), k = ta ? a.size(1) : a.size(2);
+    SONO_CHECK((ta ? a.size(2) : a.size(1)) == m && (tb ? b.size(2) : b.size(1)) == k &&
+                   (tb ? b.size(1) : b.size(2)) == n,
+               "CUDA gemm: ", shape_str(a.shape()), (ta ? "^T" : ""), " x ", shape_str(b.shape()),
+               (tb ? "^T" : ""), " does not give ", shape_str(c.shape()));
+    op_a = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+    op_b = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    stride_a = a.size(0) == 1 ? 0 : a.size(1) * a.size(2);
+    stride_b = b.size(0) == 1 ? 0 : b.size(1) * b.size(2);
+    stride_c = m * n;
+    rows = checked_int(n, "n");
+    cols = checked_int(m, "m");
+    inner = checked_int(k, "k");
+    lda = checked_int(a.size(2), "lda");
+    ldb = checked_int(b.size(2), "ldb");
+    batches = checked_int(c.size(0), "batch");
+  }
+};
+
 class CudaBackend final : public KernelBackend {
  public:
   CudaBackend() : allocator_(device_malloc, [](void* p) { cudaFree(p); }) {}
@@ -39,33 +66,33 @@ class CudaBackend final : public KernelBackend {
 
   // c[i] = alpha op(a[i]) op(b[i]) + beta c[i], row-major. cuBLAS is column-major, where the
   // same bytes hold the transposes: compute c^T = op(b)^T op(a)^T instead (operands swapped).
-  void gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& c, double alpha,
-            double beta) override {
-    const int64_t batch = c.size(0), m = c.size(1), n = c.size(2), k = ta ? a.size(1) : a.size(2);
-    SONO_CHECK((ta ? a.size(2) : a.size(1)) == m && (tb ? b.size(2) : b.size(1)) == k &&
-                   (tb ? b.size(1) : b.size(2)) == n,
-               "CUDA gemm: ", shape_str(a.shape()), (ta ? "^T" : ""), " x ", shape_str(b.shape()),
-               (tb ? "^T" : ""), " does not give ", shape_str(c.shape()));
-    const cublasOperation_t op_a = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
-    const cublasOperation_t op_b = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
-    const long long stride_a = a.size(0) == 1 ? 0 : a.size(1) * a.size(2);
-    const long long stride_b = b.size(0) == 1 ? 0 : b.size(1) * b.size(2);
-    const int rows = checked_int(n, "n"), cols = checked_int(m, "m"), inner = checked_int(k, "k");
-    const int lda = checked_int(a.size(2), "lda"), ldb = checked_int(b.size(2), "ldb");
-    const int batches = checked_int(batch, "batch");
+  void gemm_native(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& c,
+                   double alpha, double beta) override {
+    const CublasGemm g(a, ta, b, tb, c);
     if (c.dtype() == DType::f64) {
       const double al = alpha, be = beta;
-      SONO_CUDA_CHECK(cublasDgemmStridedBatched(cublas(), op_b, op_a, rows, cols, inner, &al,
-                                                b.data<double>(), ldb, stride_b, a.data<double>(),
-                                                lda, stride_a, &be, c.data<double>(), rows,
-                                                m * n, batches));
+      SONO_CUDA_CHECK(cublasDgemmStridedBatched(
+          cublas(), g.op_b, g.op_a, g.rows, g.cols, g.inner, &al, b.data<double>(), g.ldb,
+          g.stride_b, a.data<double>(), g.lda, g.stride_a, &be, c.data<double>(), g.rows,
+          g.stride_c, g.batches));
     } else {
       const float al = static_cast<float>(alpha), be = static_cast<float>(beta);
-      SONO_CUDA_CHECK(cublasSgemmStridedBatched(cublas(), op_b, op_a, rows, cols, inner, &al,
-                                                b.data<float>(), ldb, stride_b, a.data<float>(),
-                                                lda, stride_a, &be, c.data<float>(), rows, m * n,
-                                                batches));
+      SONO_CUDA_CHECK(cublasSgemmStridedBatched(
+          cublas(), g.op_b, g.op_a, g.rows, g.cols, g.inner, &al, b.data<float>(), g.ldb,
+          g.stride_b, a.data<float>(), g.lda, g.stride_a, &be, c.data<float>(), g.rows,
+          g.stride_c, g.batches));
     }
+  }
+  // Mixed precision: bfloat16 operands on the tensor cores, float32 accumulation and output.
+  void gemm_bf16(const Tensor& a, const bfloat16* a16, bool ta, const Tensor& b,
+                 const bfloat16* b16, bool tb, const Tensor& c, double alpha,
+                 double beta) override {
+    const CublasGemm g(a, ta, b, tb, c);
+    const float al = static_cast<float>(alpha), be = static_cast<float>(beta);
+    SONO_CUDA_CHECK(cublasGemmStridedBatchedEx(
+        cublas(), g.op_b, g.op_a, g.rows, g.cols, g.inner, &al, b16, CUDA_R_16BF, g.ldb,
+        g.stride_b, a16, CUDA_R_16BF, g.lda, g.stride_a, &be, c.data<float>(), CUDA_R_32F, g.rows,
+        g.stride_c, g.batches, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
 
   cudaStream_t stream() const override {

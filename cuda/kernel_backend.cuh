@@ -12,6 +12,7 @@
 #include "cuda/kernels/reduce.cuh"
 #include "cuda/kernels/resize.cuh"
 #include "cuda/kernels/softmax.cuh"
+#include "tensor/autocast.h"
 #include "tensor/backend.h"
 #include "tensor/cpu/strided.h"
 
@@ -106,6 +107,18 @@ class KernelBackend : public Backend {
     else reduce_max(space, xp, f32(out, "reduce"), stream());
   }
 
+  // Under bf16 autocast a float32 GEMM's operands go to bfloat16 copies and gemm_bf16 multiplies
+  // them with float32 accumulation; otherwise gemm_native takes the operands as they are.
+  void gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& c, double alpha,
+            double beta) override {
+    if (c.dtype() != DType::f32 || !bf16_autocast())
+      return gemm_native(a, ta, b, tb, c, alpha, beta);
+    Buffer a16(*this, a.numel() * sizeof(bfloat16)), b16(*this, b.numel() * sizeof(bfloat16));
+    bf16_convert(a.numel(), f32(a, "gemm"), a16.bf16(), stream());
+    bf16_convert(b.numel(), f32(b, "gemm"), b16.bf16(), stream());
+    gemm_bf16(a, a16.bf16(), ta, b, b16.bf16(), tb, c, alpha, beta);
+  }
+
   // Depthwise convs have their own kernels; a pointwise conv is a plain GEMM over NHWC rows
   // (cuBLAS in the real backend); every other conv is an implicit GEMM (conv.cuh).
   void conv2d_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,
@@ -115,7 +128,8 @@ class KernelBackend : public Backend {
                                f32(out, "conv2d"), stream());
     if (is_pointwise(g))
       return gemm(pixel_rows(x), false, weight_rows(w), true, pixel_rows(out), 1, 0);
-    conv_forward(dense(g), f32(x, "conv2d"), f32(w, "conv2d"), f32(out, "conv2d"), stream());
+    conv_forward(dense(g), f32(x, "conv2d"), f32(w, "conv2d"), f32(out, "conv2d"), stream(),
+                 bf16_autocast());
   }
   void conv2d_backward_input(const Conv2dGeometry& g, const Tensor& grad_out, const Tensor& w,
                              const Tensor& grad_x) override {
@@ -125,7 +139,7 @@ class KernelBackend : public Backend {
     if (is_pointwise(g))
       return gemm(pixel_rows(grad_out), false, weight_rows(w), false, pixel_rows(grad_x), 1, 0);
     conv_backward_input(dense(g), f32(grad_out, "conv2d"), f32(w, "conv2d"),
-                        f32(grad_x, "conv2d"), stream());
+                        f32(grad_x, "conv2d"), stream(), bf16_autocast());
   }
   void conv2d_backward_weight(const Conv2dGeometry& g, const Tensor& x, const Tensor& grad_out,
                               const Tensor& grad_w) override {
@@ -140,7 +154,7 @@ class KernelBackend : public Backend {
     const ConvGeometry cg = dense(g);
     Buffer ws(*this, conv_backward_weight_workspace(cg) * sizeof(float));
     conv_backward_weight(cg, f32(x, "conv2d"), f32(grad_out, "conv2d"), f32(grad_w, "conv2d"),
-                         ws.floats(), stream());
+                         ws.floats(), stream(), bf16_autocast());
   }
 
   void layer_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, double eps,
@@ -190,12 +204,33 @@ class KernelBackend : public Backend {
   void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
                   const Tensor& exp_avg_sq, double lr, double beta1, double beta2, double eps,
                   double weight_decay, int64_t step) override {
-    cuda::adamw_step({{f32(param, "adamw"), f32(grad, "adamw"), f32(exp_avg, "adamw"),
-                       f32(exp_avg_sq, "adamw"), param.numel()}},
-                     adamw_scalars(lr, beta1, beta2, eps, weight_decay, step), stream());
+    adamw_multi_step({{param, grad, exp_avg, exp_avg_sq, step}}, lr, beta1, beta2, eps,
+                     weight_decay);
+  }
+  // The chunk table goes to device memory, then one launch updates every parameter.
+  void adamw_multi_step(const std::vector<AdamWParam>& params, double lr, double beta1,
+                        double beta2, double eps, double weight_decay) override {
+    std::vector<AdamWTensor> tensors;
+    for (const AdamWParam& p : params) tensors.push_back(adamw_tensor(p));
+    const std::vector<AdamWChunk> table = adamw_chunks(tensors, lr, beta1, beta2);
+    const size_t bytes = table.size() * sizeof(AdamWChunk);
+    Buffer device_table(*this, bytes);
+    if (bytes) transfer(device_table.data, table.data(), bytes, true);
+    adamw_multi_tensor(static_cast<const AdamWChunk*>(device_table.data),
+                       static_cast<int64_t>(table.size()),
+                       adamw_scalars(lr, beta1, beta2, eps, weight_decay), stream());
   }
 
  protected:
+  // gemm()'s contract on float32 or float64 operands as they are (cuBLAS; the CPU's GEMM under
+  // the emulator).
+  virtual void gemm_native(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& c,
+                           double alpha, double beta) = 0;
+  // The same with a and b (which give the shapes) read from their bfloat16 copies a16 and b16,
+  // and float32 accumulation into c.
+  virtual void gemm_bf16(const Tensor& a, const bfloat16* a16, bool ta, const Tensor& b,
+                         const bfloat16* b16, bool tb, const Tensor& c, double alpha,
+                         double beta) = 0;
   virtual cudaStream_t stream() const = 0;
   // Copies bytes between host and device memory; returns once host memory may be reused.
   virtual void transfer(void* dst, const void* src, size_t bytes, bool to_device) = 0;
@@ -257,6 +292,7 @@ class KernelBackend : public Backend {
     Buffer(const Buffer&) = delete;
     Buffer& operator=(const Buffer&) = delete;
     float* floats() const { return static_cast<float*>(data); }
+    bfloat16* bf16() const { return static_cast<bfloat16*>(data); }
   };
 
   // Our kernels compute in float32 on tensors of this device, contiguous unless they take
@@ -274,6 +310,17 @@ class KernelBackend : public Backend {
   }
   static float* f32_or_null(const Tensor& t, const char* op) {
     return t.defined() ? f32(t, op) : nullptr;
+  }
+
+  static bool bf16_autocast() { return autocast_precision(Device::cuda) == Precision::bf16; }
+
+  static AdamWTensor adamw_tensor(const AdamWParam& p) {
+    SONO_CHECK(p.step >= 1, "adamw: step counts from 1, got ", p.step);
+    for (const Tensor* t : {&p.grad, &p.exp_avg, &p.exp_avg_sq})
+      SONO_CHECK(t->shape() == p.param.shape(), "adamw: grad and state must have the parameter's ",
+                 "shape ", shape_str(p.param.shape()), ", got ", shape_str(t->shape()));
+    return {f32(p.param, "adamw"), f32(p.grad, "adamw"), f32(p.exp_avg, "adamw"),
+            f32(p.exp_avg_sq, "adamw"), p.param.numel(), p.step};
   }
 
   static bool is_depthwise(const Conv2dGeometry& g) {

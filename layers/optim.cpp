@@ -69,7 +69,8 @@ Optimizer::Optimizer(std::vector<ParamGroup> groups, AdamOptions options)
 
 void Optimizer::step() {
   autograd::NoGradGuard no_grad;
-  for (auto& group : groups_)
+  for (auto& group : groups_) {
+    std::vector<Backend::AdamWParam> batch;
     for (auto& [name, p] : group.params) {
       Tensor g = p.grad();
       if (!g.defined()) continue;
@@ -77,14 +78,18 @@ void Optimizer::step() {
                  "' is ", dtype_name(g.dtype()), " on ", device_name(g.device()),
                  " but the parameter is ", dtype_name(p.dtype()), " on ", device_name(p.device()));
       SONO_CHECK(p.is_contiguous(), "optimizer: parameter '", name, "' is not contiguous");
+      SONO_CHECK(batch.empty() || p.device() == batch[0].param.device(), "optimizer: parameter '",
+                 name, "' is on ", device_name(p.device()), ", others of its group on ",
+                 device_name(batch[0].param.device()));
       AdamState& s = state_[name];
       if (!s.exp_avg.defined()) {
         s.exp_avg = Tensor::zeros(p.shape(), p.dtype(), p.device());
         s.exp_avg_sq = Tensor::zeros(p.shape(), p.dtype(), p.device());
       }
-      ++s.step;
-      update(p, g.contiguous(), s, *group.weight_decay);
+      batch.push_back({p, g.contiguous(), s.exp_avg, s.exp_avg_sq, ++s.step});
     }
+    if (!batch.empty()) update(batch, *group.weight_decay);
+  }
   ++steps_;
 }
 
@@ -121,17 +126,18 @@ void Optimizer::load_state_dict(const StateDict& state) {
   state_ = std::move(loaded);
 }
 
-void AdamW::update(const Tensor& param, const Tensor& grad, AdamState& s, double weight_decay) {
+void AdamW::update(const std::vector<Backend::AdamWParam>& params, double weight_decay) {
   const AdamOptions& o = options();
-  backend_of(param).adamw_step(param, grad, s.exp_avg, s.exp_avg_sq, o.lr, o.beta1, o.beta2, o.eps,
-                               weight_decay, s.step);
+  backend_of(params[0].param)
+      .adamw_multi_step(params, o.lr, o.beta1, o.beta2, o.eps, weight_decay);
 }
 
-void Adam::update(const Tensor& param, const Tensor& grad, AdamState& s, double weight_decay) {
+void Adam::update(const std::vector<Backend::AdamWParam>& params, double weight_decay) {
   const AdamOptions& o = options();
-  Tensor g = weight_decay != 0 ? add(grad, mul(param, weight_decay)) : grad;
-  backend_of(param).adamw_step(param, g, s.exp_avg, s.exp_avg_sq, o.lr, o.beta1, o.beta2, o.eps,
-                               0.0, s.step);
+  std::vector<Backend::AdamWParam> decayed = params;
+  if (weight_decay != 0)
+    for (auto& p : decayed) p.grad = add(p.grad, mul(p.param, weight_decay));
+  backend_of(params[0].param).adamw_multi_step(decayed, o.lr, o.beta1, o.beta2, o.eps, 0.0);
 }
 
 double CosineWarmupSchedule::operator()(int64_t t) const {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "layers/module.h"
+#include "tensor/backend.h"
 
 namespace sono::nn {
 
@@ -37,7 +38,8 @@ struct AdamState {
 };
 
 // The Adam-family optimiser base over named parameter groups (the only family the tools use). Parameters without a grad are skipped and
-// get no state, as in torch. Updates run under NoGradGuard through backend_of(param).adamw_step.
+// get no state, as in torch. Updates run under NoGradGuard, one backend adamw_multi_step per
+// parameter group (one kernel launch on the CUDA backend).
 class Optimizer {
  public:
   Optimizer(std::vector<ParamGroup> groups, AdamOptions options);
@@ -60,9 +62,8 @@ class Optimizer {
   void load_state_dict(const StateDict& state);
 
  protected:
-  // Applies one update to `param` given its grad and already-incremented state.
-  virtual void update(const Tensor& param, const Tensor& grad, AdamState& state,
-                      double weight_decay) = 0;
+  // Applies one update to every parameter of a group that has a grad (steps already counted).
+  virtual void update(const std::vector<Backend::AdamWParam>& params, double weight_decay) = 0;
   const AdamOptions& options() const { return options_; }
 
  private:
@@ -79,7 +80,7 @@ class AdamW : public Optimizer {
       : Optimizer(std::move(groups), options) {}
 
  protected:
-  void update(const Tensor& param, const Tensor& grad, AdamState& state, double weight_decay) override;
+  void update(const std::vector<Backend::AdamWParam>& params, double weight_decay) override;
 };
 
 // torch.optim.Adam (amsgrad=False): L2 decay added to the gradient, g + wd * p.
@@ -89,7 +90,7 @@ class Adam : public Optimizer {
       : Optimizer(std::move(groups), options) {}
 
  protected:
-  void update(const Tensor& param, const Tensor& grad, AdamState& state, double weight_decay) override;
+  void update(const std::vector<Backend::AdamWParam>& params, double weight_decay) override;
 };
 
 // One group holding all of a module's trainable parameters, with the optimiser's weight decay.

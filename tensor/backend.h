@@ -2,6 +2,8 @@
 // The kernel interface every backend implements (CPU in tensor/cpu, CUDA in cuda/).
 // Ops (tensor/ops/*.cpp) allocate outputs, check shapes and call these; kernels never see
 // autograd. Unless a signature says otherwise, tensors passed in are contiguous and of one dtype.
+#include <vector>
+
 #include "tensor/random.h"
 #include "tensor/tensor.h"
 
@@ -71,6 +73,21 @@ class Backend {
   virtual void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
                           const Tensor& exp_avg_sq, double lr, double beta1, double beta2,
                           double eps, double weight_decay, int64_t step) = 0;
+
+  // ---- multi-tensor AdamW ----
+  // One parameter of a group and its state; `step` is its own count (from 1), as in torch.
+  struct AdamWParam {
+    Tensor param, grad, exp_avg, exp_avg_sq;
+    int64_t step;
+  };
+  // One AdamW step for every parameter of a group (shared hyperparameters): the same result as
+  // adamw_step on each. This default loops; the CUDA backend updates them all in one launch.
+  virtual void adamw_multi_step(const std::vector<AdamWParam>& params, double lr, double beta1,
+                                double beta2, double eps, double weight_decay) {
+    for (const AdamWParam& p : params)
+      adamw_step(p.param, p.grad, p.exp_avg, p.exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
+                 p.step);
+  }
 };
 
 Backend& backend(Device device);

@@ -5,14 +5,17 @@
 // harness must catch. Each kernel's tolerance is stated where it is checked; they allow for the
 // few-ulp error of CUDA's expf/erff/logf, which the emulator computes exactly.
 #include <algorithm>
-#include <cstring>
+#include <cfloat>
 #include <map>
 #include <random>
 
 #include "cuda/allocator.h"
+#include "cuda/emulated/backend.h"
 #include "cuda/kernel_backend.cuh"
 #include "helpers.h"
+#include "layers/optim.h"
 #include "models/registry.h"
+#include "tensor/autocast.h"
 #ifdef SONO_HAVE_CUDA
 #include "cuda/backend.h"
 #endif
@@ -75,25 +78,7 @@ Tensor host(const std::vector<double>& v, const Shape& shape, DType dtype = DTyp
   return Tensor::from_vector(v, shape, dtype);
 }
 
-// ---- an emulated CUDA device: our kernels over host memory ------------------------------------
-
-class EmulatedBackend final : public k::KernelBackend {
- public:
-  const char* name() const override { return "cuda (SIMT emulator)"; }
-  void* allocate(size_t n) override { return backend(Device::cpu).allocate(n); }
-  void deallocate(void* p) override { backend(Device::cpu).deallocate(p); }
-  // cuBLAS is not emulated; matmul on the emulated device uses the CPU's GEMM.
-  void gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& c, double alpha,
-            double beta) override {
-    backend(Device::cpu).gemm(a, ta, b, tb, c, alpha, beta);
-  }
-
- protected:
-  cudaStream_t stream() const override { return nullptr; }
-  void transfer(void* dst, const void* src, size_t bytes, bool) override {
-    std::memcpy(dst, src, bytes);
-  }
-};
+// ---- the emulated CUDA device (cuda/emulated): our kernels over host memory ------------------
 
 // Makes Device::cuda the emulated device for a test's duration.
 class EmulatedDevice {
@@ -103,12 +88,11 @@ class EmulatedDevice {
       previous_ = &backend(Device::cuda);
     } catch (const Error&) {
     }
-    register_backend(Device::cuda, &emulated_);
+    register_backend(Device::cuda, &k::emulated_backend());
   }
   ~EmulatedDevice() { register_backend(Device::cuda, previous_); }
 
  private:
-  EmulatedBackend emulated_;
   Backend* previous_ = nullptr;
 };
 
@@ -809,35 +793,50 @@ TEST_CASE("AdamW: a multi-tensor step is torch.optim.AdamW to the bit") {
       CHECK(__float_as_uint(static_cast<float>(got[i])) == kTorchAdamW[i]);
     }
   });
-  // Many tensors of awkward sizes in one call: more tensors than one launch takes, and tensors
-  // spanning several blocks; each element must equal the scalar update.
+}
+
+// Ten steps of one multi-tensor call over parameters of awkward sizes (one element, under a
+// warp, over a chunk, several chunks and a ragged tail) with step counts that differ per
+// parameter, against the CPU backend's adamw_step on each. The CPU rounds differently (no FMA
+// in lerp and addcmul, p * decay - step * ... as one expression): |error| <= 4e-7 relative to
+// max(1, |want|) over p, m and v after ten steps (a few float ulps).
+TEST_CASE("AdamW: one multi-tensor launch steps every parameter as the CPU backend does") {
+  const std::vector<int64_t> sizes = {1, 31, 1000, 4099, k::kAdamWChunk, 3 * k::kAdamWChunk + 5};
+  const std::vector<int64_t> first_step = {1, 4, 1, 2, 7, 1};
+  const double lr = 3e-3, beta1 = 0.9, beta2 = 0.95, eps = 1e-6, wd = 0.1;
+  // The table has a chunk per kAdamWChunk elements, so the one launch has that many blocks.
+  std::vector<k::AdamWTensor> shapes;
+  for (int64_t n : sizes) shapes.push_back({nullptr, nullptr, nullptr, nullptr, n, 1});
+  CHECK(k::adamw_chunks(shapes, lr, beta1, beta2).size() == 1 + 1 + 1 + 1 + 1 + 4);
+  EmulatedDevice dev;
   in_each_schedule([&] {
-    std::vector<int64_t> sizes;
-    for (int i = 0; i < 30; ++i) sizes.push_back(1 + 37 * i);
-    sizes.push_back(3 * k::kAdamWChunk + 5);
-    std::vector<std::vector<float>> p, g, m, v;
-    std::vector<k::AdamWTensor> tensors;
+    std::vector<Backend::AdamWParam> cpu, cuda;
     for (size_t i = 0; i < sizes.size(); ++i) {
-      auto init = [&](uint64_t seed, double lo) {
-        auto d = uniform(sizes[i], seed, lo, 1.0);
-        return std::vector<float>(d.begin(), d.end());
-      };
-      p.push_back(init(100 + i, -1.0));
-      g.push_back(init(200 + i, -1.0));
-      m.push_back(init(300 + i, -1.0));
-      v.push_back(init(400 + i, 0.0));
+      const Shape shape{sizes[i]};
+      const Tensor p = host(uniform(sizes[i], 10 + i), shape),
+                   m = host(uniform(sizes[i], 20 + i, -0.1, 0.1), shape),
+                   v = host(uniform(sizes[i], 30 + i, 0.0, 0.01), shape);
+      cpu.push_back({p, Tensor(), m, v, first_step[i]});
+      cuda.push_back({on_device(p), Tensor(), on_device(m), on_device(v), first_step[i]});
     }
-    auto want_p = p, want_m = m, want_v = v;
-    for (size_t i = 0; i < sizes.size(); ++i)
-      tensors.push_back({p[i].data(), g[i].data(), m[i].data(), v[i].data(), sizes[i]});
-    const auto scalars = k::adamw_scalars(3e-4, 0.9, 0.95, 1e-6, 0.1, 7);
-    k::adamw_step(tensors, scalars, nullptr);
-    for (size_t i = 0; i < sizes.size(); ++i)
-      for (int64_t j = 0; j < sizes[i]; ++j)
-        k::adamw_update(scalars, want_p[i][j], g[i][j], want_m[i][j], want_v[i][j]);
-    CHECK(p == want_p);
-    CHECK(m == want_m);
-    CHECK(v == want_v);
+    for (int t = 0; t < 10; ++t) {
+      for (size_t i = 0; i < sizes.size(); ++i) {
+        cpu[i].grad = host(uniform(sizes[i], 1000 * t + i), {sizes[i]});
+        cuda[i].grad = on_device(cpu[i].grad);
+      }
+      backend(Device::cpu).adamw_multi_step(cpu, lr, beta1, beta2, eps, wd);
+      device().adamw_multi_step(cuda, lr, beta1, beta2, eps, wd);
+      for (size_t i = 0; i < sizes.size(); ++i) ++cpu[i].step, ++cuda[i].step;
+    }
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      INFO("parameter of " << sizes[i] << " elements");
+      expect_close("adamw multi-tensor (10 steps)", cuda[i].param.to_vector(),
+                   cpu[i].param.to_vector(), 4e-7);
+      expect_close("adamw multi-tensor (10 steps)", cuda[i].exp_avg.to_vector(),
+                   cpu[i].exp_avg.to_vector(), 4e-7);
+      expect_close("adamw multi-tensor (10 steps)", cuda[i].exp_avg_sq.to_vector(),
+                   cpu[i].exp_avg_sq.to_vector(), 4e-7);
+    }
   });
 }
 
@@ -952,6 +951,128 @@ TEST_CASE("convnext_atto trains on the emulated CUDA device as on the CPU") {
 
 TEST_CASE("DeepLabV3+ mit_b0 trains on the emulated CUDA device as on the CPU") {
   expect_model_matches_cpu("mit_b0", {.in_channels = 3, .num_classes = 1}, {2, 32, 32, 3}, 5e-4);
+}
+
+// ---- bf16 mixed precision -----------------------------------------------------------------------
+
+// x rounded to the nearest bfloat16 (ties to even) by a route independent of the kernel's bit
+// arithmetic: the quantum at 8 significant bits (2^-133 below the normal range), nearbyint.
+double bf16_reference(float x) {
+  if (!std::isfinite(x) || x == 0) return x;
+  int e;
+  std::frexp(x, &e);  // |x| = m 2^e, m in [0.5, 1)
+  const double quantum = std::ldexp(1.0, std::max(e - 8, -133));
+  return static_cast<float>(std::nearbyint(x / quantum) * quantum);  // past the range: inf
+}
+
+std::vector<double> bf16_rounded(const std::vector<double>& v) {
+  std::vector<double> r(v.size());
+  for (size_t i = 0; i < v.size(); ++i) r[i] = bf16_reference(static_cast<float>(v[i]));
+  return r;
+}
+
+TEST_CASE("bf16: float32 -> bfloat16 rounds to nearest even, and back exactly") {
+  std::vector<float> x = {1.0f + 0x1p-8f,  1.0f + 0x3p-8f, -(1.0f + 0x1p-8f), 1.0f + 0x1.02p-8f,
+                          3.0e38f,         FLT_MAX,        -FLT_MAX,          0x1p-140f,
+                          0x1.8p-133f,     -0.0f,          INFINITY,          -INFINITY,
+                          FLT_MIN,         1e-40f};
+  for (double v : uniform(1000, 90, -1.0, 1.0))  // magnitudes across most of the float range
+    x.push_back(static_cast<float>(v * std::exp(80 * v)));
+  x.push_back(NAN);
+  in_each_schedule([&] {
+    std::vector<k::bfloat16> b(x.size());
+    std::vector<float> back(x.size());
+    k::bf16_convert(static_cast<int64_t>(x.size()), x.data(), b.data(), nullptr);
+    k::bf16_convert(static_cast<int64_t>(x.size()), b.data(), back.data(), nullptr);
+    for (size_t i = 0; i < x.size(); ++i) {
+      INFO("x = " << x[i] << " (" << std::hexfloat << x[i] << ")");
+      CHECK(std::signbit(back[i]) == std::signbit(x[i]));
+      if (std::isnan(x[i])) CHECK(std::isnan(back[i]));
+      else CHECK(static_cast<double>(back[i]) == bf16_reference(x[i]));
+    }
+  });
+}
+
+// Under bf16 autocast the emulated device's GEMMs and dense convolutions (forward and both
+// gradients) must equal float32-accumulated products of the bf16-rounded operands: the CPU's
+// float64 conv and matmul of rounded values, within the float32 tolerances of the conv test above.
+// Without the rounding the same results are off by far more, so the check sees the flag.
+TEST_CASE("bf16 autocast: GEMMs and convs on the emulated device multiply bf16-rounded operands") {
+  EmulatedDevice dev;
+  CHECK_THROWS_WITH_AS(Autocast(Device::cpu), doctest::Contains("CPU backend computes in float32"),
+                       Error);
+  const ConvCase cases[] = {
+      {"3x3 stride 2, batch 3", 3, 7, 9, 6, 10, 3, 3, 2, 1, 1, 1},
+      {"3x3 groups 2", 2, 7, 9, 6, 10, 3, 3, 1, 1, 1, 2},
+      {"2x2 stride 2 (downsample), tile edges", 1, 6, 5, 70, 66, 2, 2, 2, 0, 1, 1},
+      {"1x1 (pointwise: a GEMM)", 3, 5, 7, 37, 70, 1, 1, 1, 0, 1, 1},
+  };
+  in_each_schedule([&] {
+    for (const ConvCase& cs : cases) {
+      INFO(std::string(cs.what));
+      const Conv2dGeometry g = cs.geometry();
+      const auto xs = uniform(g.n * g.h * g.w * g.cin, 80 + cs.kh),
+                 ws = uniform(g.cout * g.cin / g.groups * g.kh * g.kw, 81 + cs.cin),
+                 gys = uniform(g.n * g.oh * g.ow * g.cout, 82 + cs.cout);
+      const ConvOutputs want =
+          backend_conv(Device::cpu, DType::f64, g, bf16_rounded(xs), bf16_rounded(ws),
+                       bf16_rounded(gys));
+      Autocast amp(Device::cuda);
+      const ConvOutputs got = backend_conv(Device::cuda, DType::f32, g, xs, ws, gys);
+      expect_close("bf16 conv forward", got.y, want.y, 3e-5);
+      expect_close("bf16 conv backward input", got.grad_x, want.grad_x, 3e-5);
+      expect_close("bf16 conv backward weight", got.grad_w, want.grad_w, 1e-4);
+      const ConvOutputs exact = backend_conv(Device::cpu, DType::f64, g, xs, ws, gys);
+      CHECK(max_abs_diff(host(got.y, {int64_t(got.y.size())}),
+                         host(exact.y, {int64_t(exact.y.size())})) > 1e-3);
+    }
+    const auto as = uniform(2 * 45 * 33, 84), bs = uniform(33 * 70, 85);
+    const Tensor want = matmul(host(bf16_rounded(as), {2, 45, 33}, DType::f64),
+                               host(bf16_rounded(bs), {33, 70}, DType::f64));
+    Autocast amp(Device::cuda);
+    const Tensor got = matmul(on_device(host(as, {2, 45, 33})), on_device(host(bs, {33, 70})));
+    expect_close("bf16 matmul", got.to_vector(), want.to_vector(), 1e-5);
+  });
+}
+
+// A tiny ConvNeXt under bf16 autocast on the emulated device, against the CPU's float32 forward
+// of the same weights: bf16 keeps 8 significant bits (relative rounding <= 2^-9 = 2e-3 per
+// operand), which through the stem, four stages and the head gives a few 1e-3 relative to the
+// largest logit; the tolerance is 2e-2. Then AdamW steps under autocast (fp32 master weights
+// and moments) must bring the loss down.
+TEST_CASE("bf16 autocast: convnext_atto forward near the CPU's float32, and it trains") {
+  EmulatedDevice dev;
+  manual_seed(1);
+  auto model = models::create_model("convnext_atto", {.in_channels = 4, .num_classes = 3});
+  Generator gen(2);
+  const Tensor x = randn({4, 32, 32, 4}, gen), target = randn({4, 3}, gen);
+  model->eval();
+  const Tensor want = (*model)(x);
+  model->to(Device::cuda);
+  Autocast amp(Device::cuda);
+  const Tensor got = (*model)(on_device(x)).to(Device::cpu);
+  const double err = max_abs_diff(got, want) / max_abs(want);
+  MESSAGE("bf16 forward: max |error| / max |logit| = " << err);
+  CHECK(err <= 2e-2);
+  error_log()["convnext_atto bf16 forward (relative to max)"] = err;
+
+  model->train();
+  nn::AdamW optimizer(nn::single_group(*model), {.lr = 1e-3, .weight_decay = 0.05});
+  const Tensor xd = on_device(x), td = on_device(target);
+  std::vector<double> losses;
+  for (int step = 0; step < 5; ++step) {
+    optimizer.zero_grad();
+    const Tensor diff = sub((*model)(xd), td);
+    const Tensor loss = sum(mul(diff, diff));
+    loss.backward();
+    optimizer.step();
+    losses.push_back(loss.item());
+  }
+  std::ostringstream os;
+  for (double l : losses) os << " " << l;
+  MESSAGE("bf16 training losses:" << os.str());
+  CHECK(losses.back() < 0.5 * losses.front());
+  for (auto& [name, p] : model->named_parameters()) CHECK(p.dtype() == DType::f32);
 }
 
 // ---- device memory ------------------------------------------------------------------------------

@@ -137,6 +137,43 @@ TEST_CASE("predict: the exact class line, probabilities, and a mask at the image
   }
 }
 
+// --device cuda with SONO_CUDA_EMULATOR=1: the tool's CUDA path end to end on the emulated
+// device (training there is too slow for a test: 0.3 images/s for mit_b0 at 64 x 64). Float32:
+// the CPU's printed probabilities (4 decimals) and mask; bf16 autocast: probabilities within
+// 2e-3, masks within 1% of their pixels (bf16 rounding moves a few border pixels).
+TEST_CASE("predict on the emulated CUDA device, float32 and bf16 autocast, matches the CPU") {
+  fs::path dir = trained().root / "predict_cuda";
+  fs::create_directories(dir);
+  std::mt19937 rng(7);
+  data::Image image;
+  data::Mask truth;
+  test::render_blob(test::draw_blob(1, 64, rng), 64, rng, image, truth);
+  const fs::path image_path = dir / "blob.png";
+  data::save_image_png(image_path, image);
+  auto predict = [&](const std::string& name, const std::string& device_args) {
+    Run r = run_tool("predict", "--image " + image_path.string() + models_args() + device_args +
+                                    " --save_mask " + (dir / (name + ".png")).string());
+    INFO(name << ": " << r.output);
+    REQUIRE(r.status == 0);
+    std::smatch m;
+    REQUIRE(std::regex_search(r.output, m, std::regex("benign (\\S+), malignant (\\S+), normal (\\S+)")));
+    return std::make_pair(std::vector<double>{std::stod(m[1]), std::stod(m[2]), std::stod(m[3])},
+                          data::load_mask({dir / (name + ".png")}));
+  };
+  const auto cpu = predict("cpu", "");
+  setenv("SONO_CUDA_EMULATOR", "1", 1);
+  const auto cuda = predict("cuda", " --device cuda");
+  const auto bf16 = predict("bf16", " --device cuda --amp bf16");
+  unsetenv("SONO_CUDA_EMULATOR");
+  CHECK(cuda.first == cpu.first);
+  CHECK(cuda.second.values == cpu.second.values);
+  int64_t differing = 0;
+  for (size_t i = 0; i < cpu.second.values.size(); ++i)
+    differing += bf16.second.values[i] != cpu.second.values[i];
+  CHECK(differing <= static_cast<int64_t>(cpu.second.values.size()) / 100);
+  for (int c = 0; c < 3; ++c) CHECK(std::abs(bf16.first[c] - cpu.first[c]) <= 2e-3);
+}
+
 TEST_CASE("predict on a folder writes one CSV row per image and the masks") {
   fs::path dir = trained().root / "folder", out = trained().root / "folder_masks";
   fs::create_directories(dir);
@@ -224,6 +261,7 @@ TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing 
   SUBCASE("batch size 1 with BatchNorm") { expect_error("seg_train", dirs(t.data) + " --arch mit_b0 --img-size 64 --batch-size 1 --save-path " + out.string(), "BatchNorm"); }
   SUBCASE("an output folder that does not exist") { expect_error("seg_train", dirs(t.data) + " --save-path " + (bad / "no" / "x.safetensors").string(), (bad / "no").string()); }
   SUBCASE("--device cuda without a GPU") { expect_error("seg_train", dirs(t.data) + " --device cuda --save-path " + out.string(), "--device cuda"); }
+  SUBCASE("--amp bf16 on the CPU") { expect_error("seg_train", dirs(t.data) + " --amp bf16 --save-path " + out.string(), "--amp off"); }
   SUBCASE("a checkpoint of the other task") {
     fs::path image = t.data / "images" / "benign" / "benign_0.png";
     expect_error("predict", "--image " + image.string() + " --seg_model " + t.cls.string() + " --cls_model " + t.cls.string(),

@@ -10,9 +10,11 @@
 // - weight grad:  grad_w[o, k] = sum over p of grad_y[p, o] * cols(x)[p, k], the sum over p split
 //                 into chunks (partial sums, then a sum over the chunks: deterministic)
 // p runs over output pixels, q over input pixels, cols(x)[p, (tap, ci)] is the input value that
-// tap reads for output pixel p (zero in the padding). Accumulation is in float32.
+// tap reads for output pixel p (zero in the padding). Accumulation is in float32; the bf16
+// flavour (mixed precision) rounds both operands to bfloat16 as tiles are loaded.
 #include <algorithm>
 
+#include "cuda/kernels/bf16.cuh"
 #include "cuda/kernels/depthwise_conv.cuh"
 #include "cuda/kernels/reduce.cuh"
 
@@ -44,7 +46,7 @@ constexpr int kConvTileK = 16;
 constexpr int kConvThreads = 16;
 constexpr int kConvPerThread = kConvTile / kConvThreads;
 
-template <typename Gemm>
+template <typename Gemm, bool Bf16>
 __global__ void implicit_gemm_kernel(Gemm gemm) {
   __shared__ float a_tile[kConvTileK][kConvTile];  // [depth][row]
   __shared__ float b_tile[kConvTileK][kConvTile];  // [depth][col]
@@ -62,10 +64,12 @@ __global__ void implicit_gemm_kernel(Gemm gemm) {
     for (int i = thread; i < kConvTile * kConvTileK; i += kConvThreads * kConvThreads) {
       const int a_row = i / kConvTileK, a_d = i % kConvTileK;
       const bool a_in = row0 + a_row < s.rows && d0 + a_d < depth1;
-      a_tile[a_d][a_row] = a_in ? gemm.a(group, row0 + a_row, d0 + a_d) : 0.0f;
+      const float a = a_in ? gemm.a(group, row0 + a_row, d0 + a_d) : 0.0f;
+      a_tile[a_d][a_row] = Bf16 ? bf16_round(a) : a;
       const int b_d = i / kConvTile, b_col = i % kConvTile;
       const bool b_in = d0 + b_d < depth1 && col0 + b_col < s.cols;
-      b_tile[b_d][b_col] = b_in ? gemm.b(group, d0 + b_d, col0 + b_col) : 0.0f;
+      const float b = b_in ? gemm.b(group, d0 + b_d, col0 + b_col) : 0.0f;
+      b_tile[b_d][b_col] = Bf16 ? bf16_round(b) : b;
     }
     __syncthreads();
     for (int d = 0; d < kConvTileK; ++d)
@@ -149,26 +153,28 @@ struct ConvWeightGradGemm {
 };
 
 template <typename Gemm>
-void launch_implicit_gemm(const char* name, const Gemm& gemm, cudaStream_t stream) {
+void launch_implicit_gemm(const char* name, const Gemm& gemm, bool bf16, cudaStream_t stream) {
   const GemmShape& s = gemm.shape;
   const dim3 grid(static_cast<unsigned>(ceil_div(s.rows, kConvTile)),
                   static_cast<unsigned>(ceil_div(s.cols, kConvTile)),
                   static_cast<unsigned>(s.groups * s.chunks));
-  launch(name, implicit_gemm_kernel<Gemm>, {grid, dim3(kConvThreads, kConvThreads), 0, stream},
-         gemm);
+  const LaunchConfig cfg{grid, dim3(kConvThreads, kConvThreads), 0, stream};
+  if (bf16) launch(name, implicit_gemm_kernel<Gemm, true>, cfg, gemm);
+  else launch(name, implicit_gemm_kernel<Gemm, false>, cfg, gemm);
 }
 
+// bf16: operands rounded to bfloat16 (mixed precision), float32 accumulation.
 inline void conv_forward(const ConvGeometry& g, const float* x, const float* w, float* y,
-                         cudaStream_t stream) {
+                         cudaStream_t stream, bool bf16 = false) {
   const GemmShape shape{g.n * g.oh * g.ow, g.cout_g(), g.taps() * g.cin_g(), g.groups, 1};
-  launch_implicit_gemm("conv_forward", ConvGatherGemm<false>{shape, g, x, w, y}, stream);
+  launch_implicit_gemm("conv_forward", ConvGatherGemm<false>{shape, g, x, w, y}, bf16, stream);
 }
 
 inline void conv_backward_input(const ConvGeometry& g, const float* grad_y, const float* w,
-                                float* grad_x, cudaStream_t stream) {
+                                float* grad_x, cudaStream_t stream, bool bf16 = false) {
   const GemmShape shape{g.n * g.h * g.w, g.cin_g(), g.taps() * g.cout_g(), g.groups, 1};
   launch_implicit_gemm("conv_backward_input", ConvGatherGemm<true>{shape, g, grad_y, w, grad_x},
-                       stream);
+                       bf16, stream);
 }
 
 // The weight gradient sums over every output pixel: chunks of at least 512 pixels, at most 64
@@ -182,11 +188,12 @@ inline int64_t conv_backward_weight_workspace(const ConvGeometry& g) {
 }
 
 inline void conv_backward_weight(const ConvGeometry& g, const float* x, const float* grad_y,
-                                 float* grad_w, float* workspace, cudaStream_t stream) {
+                                 float* grad_w, float* workspace, cudaStream_t stream,
+                                 bool bf16 = false) {
   const int64_t chunks = conv_weight_chunks(g);
   const GemmShape shape{g.cout_g(), g.taps() * g.cin_g(), g.n * g.oh * g.ow, g.groups, chunks};
   launch_implicit_gemm("conv_backward_weight",
-                       ConvWeightGradGemm{shape, g, x, grad_y, workspace}, stream);
+                       ConvWeightGradGemm{shape, g, x, grad_y, workspace}, bf16, stream);
   column_sums(workspace, chunks, g.cout * g.cin_g() * g.taps(), grad_w, stream);
 }
 

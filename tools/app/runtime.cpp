@@ -2,8 +2,11 @@
 
 #include <unistd.h>
 
+#include <cstdlib>
 #include <iostream>
 
+#include "cuda/emulated/backend.h"
+#include "tensor/autocast.h"
 #include "tensor/error.h"
 #ifdef _OPENMP
 #include <omp.h>
@@ -19,6 +22,11 @@ namespace fs = std::filesystem;
 Device select_device(const std::string& name) {
   if (name == "cpu") return Device::cpu;
   SONO_CHECK(name == "cuda", "--device ", name, ": expected cpu or cuda");
+  const char* emulate = std::getenv("SONO_CUDA_EMULATOR");
+  if (emulate && std::string(emulate) == "1") {
+    register_backend(Device::cuda, &cuda::emulated_backend());
+    return Device::cuda;
+  }
 #ifdef SONO_HAVE_CUDA
   SONO_CHECK(cuda::device_count() > 0, "--device cuda: no usable NVIDIA GPU on this machine (use --device cpu)");
   return Device::cuda;
@@ -37,12 +45,16 @@ void set_threads(int64_t threads) {
 
 void add_runtime_options(Cli& cli) {
   cli.option("device", "cpu", "cpu or cuda")
-      .option("threads", "0", "CPU threads for the kernels (0: one per core)");
+      .option("threads", "0", "CPU threads for the kernels (0: one per core)")
+      .option("amp", "off", "mixed precision: off, or bf16 (bfloat16 matrix products with float32 "
+                            "accumulation and weights; cuda only)");
 }
 
 Device apply_runtime_options(const Cli& cli) {
   set_threads(cli.integer("threads"));
-  return select_device(cli.str("device"));
+  const Device device = select_device(cli.str("device"));
+  set_autocast(device, parse_precision(cli.str("amp")));
+  return device;
 }
 
 void check_writable(const fs::path& file) {

@@ -11,15 +11,17 @@
 namespace sono::app {
 
 // "cpu" or "cuda". cuda is refused with the reason when this build has no CUDA backend or the
-// machine has no usable GPU.
+// machine has no usable GPU; with SONO_CUDA_EMULATOR=1 in the environment it is the emulated
+// device (cuda/emulated: the CUDA kernels run on the CPU, slowly), GPU or not.
 Device select_device(const std::string& name);
 
 // OpenMP threads for the kernels; 0 keeps the default (one per core).
 void set_threads(int64_t threads);
 
-// Flags every tool takes: --device, --threads.
+// Flags every tool takes: --device, --threads, --amp.
 void add_runtime_options(Cli& cli);
-// Applies --threads and returns --device.
+// Applies --threads and --amp (autocast on the device; bf16 is refused on the CPU) and returns
+// --device.
 Device apply_runtime_options(const Cli& cli);
 
 // Throws naming `file` when it could not be written: its folder is missing or read-only, or

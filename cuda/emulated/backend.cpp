@@ -1,0 +1,46 @@
+#include "cuda/emulated/backend.h"
+
+#include <cstring>
+
+#include "cuda/kernel_backend.cuh"
+
+namespace sono::cuda {
+
+namespace {
+
+class EmulatedBackend final : public KernelBackend {
+ public:
+  const char* name() const override { return "cuda (SIMT emulator)"; }
+  void* allocate(size_t n) override { return backend(Device::cpu).allocate(n); }
+  void deallocate(void* p) override { backend(Device::cpu).deallocate(p); }
+
+ protected:
+  // cuBLAS is not emulated; matmul on the emulated device uses the CPU's GEMM, under bf16
+  // autocast on the operands widened back from their bfloat16 copies (float32 accumulation, as
+  // GemmEx's CUBLAS_COMPUTE_32F).
+  void gemm_native(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& c,
+                   double alpha, double beta) override {
+    backend(Device::cpu).gemm(a, ta, b, tb, c, alpha, beta);
+  }
+  void gemm_bf16(const Tensor& a, const bfloat16* a16, bool ta, const Tensor& b,
+                 const bfloat16* b16, bool tb, const Tensor& c, double alpha,
+                 double beta) override {
+    const Tensor a32 = Tensor::empty(a.shape()), b32 = Tensor::empty(b.shape());
+    bf16_convert(a.numel(), a16, a32.data<float>(), nullptr);
+    bf16_convert(b.numel(), b16, b32.data<float>(), nullptr);
+    backend(Device::cpu).gemm(a32, ta, b32, tb, c, alpha, beta);
+  }
+  cudaStream_t stream() const override { return nullptr; }
+  void transfer(void* dst, const void* src, size_t bytes, bool) override {
+    std::memcpy(dst, src, bytes);
+  }
+};
+
+}  // namespace
+
+Backend& emulated_backend() {
+  static EmulatedBackend backend;
+  return backend;
+}
+
+}  // namespace sono::cuda
