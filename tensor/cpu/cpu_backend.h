@@ -49,9 +49,10 @@ class CpuBackend final : public Backend {
                   double weight_decay, int64_t step) override;
 };
 
-// Bytes of CPU tensor storage held now and at the peak since start or reset_peak_memory().
+// Bytes of CPU tensor storage held now and at the peak since start or reset_peak_memory(), and
+// bytes of freed large blocks kept for reuse (backend.cpp).
 struct MemoryStats {
-  int64_t in_use_bytes, peak_bytes;
+  int64_t in_use_bytes, peak_bytes, cached_bytes;
 };
 MemoryStats memory_stats();
 void reset_peak_memory();
