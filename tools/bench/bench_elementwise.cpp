@@ -1,6 +1,7 @@
-// GELU at the shape of ConvNeXt-Base's stage-2 Mlp hidden layer ([8*28*28, 1024]): forward and
-// backward from a given output gradient, alone, after a separate bias add (a Linear's bias, as
-// the models ran before bias_gelu), and fused with the bias. float32, CPU backend.
+// At the shape of ConvNeXt-Base's stage-2 Mlp hidden layer ([8*28*28, 1024]), float32, CPU
+// backend: GELU forward and backward from a given output gradient, alone, after a separate bias
+// add (a Linear's bias, as the models ran before bias_gelu), and fused with the bias; and the
+// column sum that is a bias's gradient.
 #include <benchmark/benchmark.h>
 
 #include "autograd/node.h"
@@ -42,9 +43,17 @@ void BM_BiasGeluForwardBackward(benchmark::State& state) {
   forward_backward(state, [](const Tensor& x, const Tensor& b) { return bias_gelu(x, b); });
 }
 
+void BM_SumRows(benchmark::State& state) {
+  Tensor x = random_f32({kRows, kCols}, 4);
+  autograd::NoGradGuard no_grad;
+  for (auto _ : state) benchmark::DoNotOptimize(sum(x, {0}).raw_data());
+  state.SetBytesProcessed(state.iterations() * kRows * kCols * static_cast<int64_t>(sizeof(float)));
+}
+
 BENCHMARK(BM_GeluForwardBackward)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_BiasGeluForwardBackward_Unfused)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_BiasGeluForwardBackward)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_SumRows)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
 
