@@ -73,7 +73,6 @@ class KernelBackend : public Backend {
       case UnaryOp::sign: return run(unary::Sign{});
       case UnaryOp::relu: return run(unary::Relu{});
       case UnaryOp::gelu: return run(unary::Gelu{});
-      case UnaryOp::gelu_grad: return run(unary::GeluGrad{});
       case UnaryOp::sigmoid: return run(unary::Sigmoid{});
       case UnaryOp::tanh: return run(unary::Tanh{});
       case UnaryOp::softplus: return run(unary::Softplus{});
@@ -98,6 +97,18 @@ class KernelBackend : public Backend {
       case BinaryOp::div: return run(binary::Div{});
       case BinaryOp::eq: return run(binary::Eq{});
     }
+  }
+
+  void bias_gelu_forward(const Tensor& x, const Tensor& bias, const Tensor& y) override {
+    const int64_t cols = bias.numel();
+    cuda::bias_gelu(x.numel() / cols, cols, f32(x, "bias_gelu"), f32(bias, "bias_gelu"),
+                    f32(y, "bias_gelu"), stream());
+  }
+  void gelu_backward(const Tensor& x, const Tensor& bias, const Tensor& grad_y,
+                     const Tensor& grad_x) override {
+    const int64_t cols = bias.defined() ? bias.numel() : 1;
+    cuda::gelu_backward(x.numel() / cols, cols, f32(x, "gelu"), f32_or_null(bias, "gelu"),
+                        f32(grad_y, "gelu"), f32(grad_x, "gelu"), stream());
   }
 
   void reduce(ReduceOp op, const Tensor& x, const Tensor& out) override {

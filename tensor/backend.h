@@ -10,7 +10,7 @@
 namespace sono {
 
 enum class UnaryOp {
-  neg, exp, log, sqrt, abs, sign, relu, gelu, gelu_grad, sigmoid, tanh, softplus,
+  neg, exp, log, sqrt, abs, sign, relu, gelu, sigmoid, tanh, softplus,
   add_scalar, mul_scalar, pow_scalar, gt_scalar
 };
 enum class BinaryOp { add, sub, mul, div, eq };
@@ -36,6 +36,15 @@ class Backend {
   virtual void unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) = 0;
   // a and b are views already broadcast to out's shape (stride 0 on broadcast dims).
   virtual void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+  // Fused GELU (erf form) of v = x + bias, bias [C] added along the last dim: one pass over
+  // memory instead of a bias add, a GELU and, backward, a GELU' and a product. All contiguous.
+  // y = GELU(v).
+  virtual void bias_gelu_forward(const Tensor& x, const Tensor& bias, const Tensor& y) = 0;
+  // grad_x = grad_y * GELU'(v); bias may be undefined (plain GELU). The bias gradient is
+  // grad_x summed over rows, left to the op.
+  virtual void gelu_backward(const Tensor& x, const Tensor& bias, const Tensor& grad_y,
+                             const Tensor& grad_x) = 0;
+
   // out has x's rank with size 1 on the reduced dims.
   virtual void reduce(ReduceOp op, const Tensor& x, const Tensor& out) = 0;
   // c[b] = alpha * op(a[b]) op(b[b]) + beta * c[b]; a, b, c are 3-D [batch, rows, cols];

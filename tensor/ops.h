@@ -25,6 +25,9 @@ Tensor sqrt(const Tensor& a);
 Tensor abs(const Tensor& a);
 Tensor relu(const Tensor& a);
 Tensor gelu(const Tensor& a);  // erf form, as torch.nn.GELU()
+// gelu(x + bias) with bias [C] along the last dim, fused: one pass forward and one backward
+// (a Linear's or conv's output, its bias left out, then GELU).
+Tensor bias_gelu(const Tensor& x, const Tensor& bias);
 Tensor sigmoid(const Tensor& a);
 Tensor tanh(const Tensor& a);
 Tensor softplus(const Tensor& a);

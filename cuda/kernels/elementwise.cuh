@@ -1,6 +1,7 @@
 #pragma once
 // Elementwise kernels: strided copy (with dtype conversion), fill, unary and broadcasting
-// binary maps, and the fused bias + GELU of a Linear layer's output (forward and input grad).
+// binary maps, and the fused bias + GELU of a Linear layer's output (forward and input grad,
+// the latter also serving plain GELU).
 #include <array>
 #include <vector>
 
@@ -101,7 +102,6 @@ struct Sign {
 };
 struct Relu { __device__ float operator()(float x) const { return x > 0.0f ? x : 0.0f; } };
 struct Gelu { __device__ float operator()(float x) const { return gelu_erf(x); } };
-struct GeluGrad { __device__ float operator()(float x) const { return gelu_erf_grad(x); } };
 struct Tanh { __device__ float operator()(float x) const { return tanhf(x); } };
 struct Sigmoid {  // no overflow for large |x|
   __device__ float operator()(float x) const {
@@ -163,12 +163,13 @@ __global__ void bias_gelu_kernel(int64_t n, int64_t cols, const T* x, const T* b
     y[i] = gelu_erf(x[i] + bias[i % cols]);
 }
 
-// grad_x = grad_y * GELU'(x + bias); the bias gradient is grad_x's column sum (reduce.cuh).
+// grad_x = grad_y * GELU'(x + bias), bias null for a plain GELU; the bias gradient is
+// grad_x's column sum (reduce.cuh).
 template <typename T>
-__global__ void bias_gelu_backward_kernel(int64_t n, int64_t cols, const T* x, const T* bias,
-                                          const T* grad_y, T* grad_x) {
+__global__ void gelu_backward_kernel(int64_t n, int64_t cols, const T* x, const T* bias,
+                                     const T* grad_y, T* grad_x) {
   for (int64_t i = global_thread(); i < n; i += grid_threads())
-    grad_x[i] = grad_y[i] * gelu_erf_grad(x[i] + bias[i % cols]);
+    grad_x[i] = grad_y[i] * gelu_erf_grad(bias ? x[i] + bias[i % cols] : x[i]);
 }
 
 inline void bias_gelu(int64_t rows, int64_t cols, const float* x, const float* bias, float* y,
@@ -177,11 +178,11 @@ inline void bias_gelu(int64_t rows, int64_t cols, const float* x, const float* b
   launch("bias_gelu", bias_gelu_kernel<float>, elementwise_config(n, stream), n, cols, x, bias, y);
 }
 
-inline void bias_gelu_backward(int64_t rows, int64_t cols, const float* x, const float* bias,
-                               const float* grad_y, float* grad_x, cudaStream_t stream) {
+inline void gelu_backward(int64_t rows, int64_t cols, const float* x, const float* bias,
+                          const float* grad_y, float* grad_x, cudaStream_t stream) {
   const int64_t n = rows * cols;
-  launch("bias_gelu_backward", bias_gelu_backward_kernel<float>, elementwise_config(n, stream), n,
-         cols, x, bias, grad_y, grad_x);
+  launch("gelu_backward", gelu_backward_kernel<float>, elementwise_config(n, stream), n, cols, x,
+         bias, grad_y, grad_x);
 }
 
 }  // namespace SONO_KERNEL_TARGET

@@ -1,8 +1,12 @@
 #include <malloc.h>
+#include <sys/mman.h>
 
 #include <atomic>
 #include <cstdlib>
+#include <mutex>
 #include <new>
+#include <unordered_map>
+#include <vector>
 
 #include "tensor/cpu/cpu_backend.h"
 
@@ -13,25 +17,120 @@ namespace cpu {
 namespace {
 // Bytes held by tensors (as malloc_usable_size counts them, so allocate and free agree).
 std::atomic<int64_t> g_in_use{0}, g_peak{0};
+
+void count_allocation(int64_t bytes) {
+  int64_t now = g_in_use += bytes;
+  int64_t peak = g_peak.load();
+  while (now > peak && !g_peak.compare_exchange_weak(peak, now)) {}
+}
+
+// Tensors of 1 MiB and more live in blocks mapped from the OS and kept for reuse once freed.
+// Every first touch of a fresh page faults, and glibc maps allocations over 32 MiB afresh each
+// time (and returns freed heap tops of smaller ones): writing a 33 MiB depthwise-conv gradient
+// took 10.9 ms into a fresh buffer, 3.1 ms into a reused one, and LayerNorm forward + backward
+// on [25088, 128] spent two thirds of its time faulting its outputs in. Sizes round up to 8
+// classes per power of two (at most 12.5% more) so that freed blocks fit later requests. Live
+// plus cached bytes never exceed the most ever live at once: a request that no cached block
+// fits unmaps cached blocks first, so the footprint stays that of the peak.
+class BlockCache {
+ public:
+  static constexpr size_t kMinBytes = size_t(1) << 20;
+
+  static size_t size_class(size_t bytes) {
+    const size_t step = (size_t(1) << (63 - __builtin_clzll(bytes))) / 8;
+    return (bytes + step - 1) / step * step;
+  }
+
+  void* allocate(size_t bytes) {
+    const size_t size = size_class(bytes);
+    std::lock_guard<std::mutex> lock(mutex_);
+    void* p = take(size);
+    if (!p) {
+      trim(high_water_ > live_bytes_ + size ? high_water_ - live_bytes_ - size : 0);
+      p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (p == MAP_FAILED) fail("out of CPU memory allocating ", bytes, " bytes");
+      madvise(p, size, MADV_HUGEPAGE);  // fewer faults on first touch, where THP is on
+    }
+    live_[p] = size;
+    live_bytes_ += size;
+    high_water_ = std::max(high_water_, live_bytes_);
+    return p;
+  }
+
+  size_t cached_bytes() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return cached_bytes_;
+  }
+
+  // Caches p and returns its size if it is one of our blocks; else returns 0.
+  size_t release(void* p) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = live_.find(p);
+    if (it == live_.end()) return 0;
+    const size_t size = it->second;
+    live_.erase(it);
+    live_bytes_ -= size;
+    free_[size].push_back(p);
+    cached_bytes_ += size;
+    return size;
+  }
+
+ private:
+  void* take(size_t size) {
+    auto it = free_.find(size);
+    if (it == free_.end() || it->second.empty()) return nullptr;
+    void* p = it->second.back();
+    it->second.pop_back();
+    cached_bytes_ -= size;
+    return p;
+  }
+
+  void trim(size_t keep) {
+    for (auto& [size, blocks] : free_)
+      for (; cached_bytes_ > keep && !blocks.empty(); blocks.pop_back()) {
+        munmap(blocks.back(), size);
+        cached_bytes_ -= size;
+      }
+  }
+
+  std::mutex mutex_;
+  std::unordered_map<void*, size_t> live_;
+  std::unordered_map<size_t, std::vector<void*>> free_;
+  size_t live_bytes_ = 0, cached_bytes_ = 0, high_water_ = 0;
+};
+
+BlockCache& block_cache() {
+  static BlockCache* cache = new BlockCache;  // never destroyed: tensors may outlive statics
+  return *cache;
+}
 }  // namespace
 
 void* CpuBackend::allocate(size_t nbytes) {
+  if (nbytes >= BlockCache::kMinBytes) {
+    void* p = block_cache().allocate(nbytes);
+    count_allocation(static_cast<int64_t>(BlockCache::size_class(nbytes)));
+    return p;
+  }
   // 64-byte alignment for AVX-512 loads and Eigen's aligned maps.
   size_t rounded = (nbytes + 63) / 64 * 64;
   void* p = std::aligned_alloc(64, rounded);
   if (!p) fail("out of CPU memory allocating ", nbytes, " bytes");
-  int64_t now = g_in_use += static_cast<int64_t>(malloc_usable_size(p));
-  int64_t peak = g_peak.load();
-  while (now > peak && !g_peak.compare_exchange_weak(peak, now)) {}
+  count_allocation(static_cast<int64_t>(malloc_usable_size(p)));
   return p;
 }
 
 void CpuBackend::deallocate(void* ptr) {
+  if (const size_t size = block_cache().release(ptr)) {
+    g_in_use -= static_cast<int64_t>(size);
+    return;
+  }
   g_in_use -= static_cast<int64_t>(malloc_usable_size(ptr));
   std::free(ptr);
 }
 
-MemoryStats memory_stats() { return {g_in_use.load(), g_peak.load()}; }
+MemoryStats memory_stats() {
+  return {g_in_use.load(), g_peak.load(), static_cast<int64_t>(block_cache().cached_bytes())};
+}
 void reset_peak_memory() { g_peak = g_in_use.load(); }
 
 }  // namespace cpu

@@ -16,6 +16,9 @@ class CpuBackend final : public Backend {
   void fill(const Tensor& dst, double value) override;
   void unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) override;
   void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) override;
+  void bias_gelu_forward(const Tensor& x, const Tensor& bias, const Tensor& y) override;
+  void gelu_backward(const Tensor& x, const Tensor& bias, const Tensor& grad_y,
+                     const Tensor& grad_x) override;
   void reduce(ReduceOp op, const Tensor& x, const Tensor& out) override;
   void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
             double alpha, double beta) override;
@@ -46,9 +49,10 @@ class CpuBackend final : public Backend {
                   double weight_decay, int64_t step) override;
 };
 
-// Bytes of CPU tensor storage held now and at the peak since start or reset_peak_memory().
+// Bytes of CPU tensor storage held now and at the peak since start or reset_peak_memory(), and
+// bytes of freed large blocks kept for reuse (backend.cpp).
 struct MemoryStats {
-  int64_t in_use_bytes, peak_bytes;
+  int64_t in_use_bytes, peak_bytes, cached_bytes;
 };
 MemoryStats memory_stats();
 void reset_peak_memory();

@@ -137,10 +137,35 @@ Tensor relu(const Tensor& a) {
   return autograd::record("relu", out, {a}, [a](const Tensor& g) { return Grads{mul(g, gt(a, 0.0))}; });
 }
 
+namespace {
+
+// grad_y * GELU'(x + bias) in one kernel; x is contiguous.
+Tensor gelu_input_grad(const Tensor& x, const Tensor& bias, const Tensor& grad_y) {
+  Tensor gy = grad_y.is_contiguous() ? grad_y : grad_y.contiguous();
+  Tensor grad_x = Tensor::empty(x.shape(), x.dtype(), x.device());
+  backend_of(x).gelu_backward(x, bias, gy, grad_x);
+  return grad_x;
+}
+
+}  // namespace
+
 Tensor gelu(const Tensor& a) {
   Tensor out = unary_forward(UnaryOp::gelu, a);
-  return autograd::record("gelu", out, {a}, [a](const Tensor& g) {
-    return Grads{mul(g, unary_forward(UnaryOp::gelu_grad, a))};
+  return autograd::record("gelu", out, {a}, [xc = a.detach().contiguous()](const Tensor& g) {
+    return Grads{gelu_input_grad(xc, Tensor(), g)};
+  });
+}
+
+Tensor bias_gelu(const Tensor& x, const Tensor& bias) {
+  check_same_kind(x, bias, "bias_gelu");
+  SONO_CHECK(x.dim() >= 1 && bias.dim() == 1 && bias.size(0) == x.size(-1), "bias_gelu: bias ",
+             shape_str(bias.shape()), " does not fit the last dim of ", shape_str(x.shape()));
+  Tensor xc = x.detach().contiguous(), bc = bias.detach().contiguous();
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  backend_of(x).bias_gelu_forward(xc, bc, out);
+  return autograd::record("bias_gelu", out, {x, bias}, [xc, bc, bias](const Tensor& g) {
+    Tensor gx = gelu_input_grad(xc, bc, g);
+    return Grads{gx, bias.requires_grad() ? sum_to(gx, bc.shape()) : Tensor()};
   });
 }
 

@@ -16,7 +16,6 @@ const char* unary_name(UnaryOp op) {
     case UnaryOp::sign: return "sign";
     case UnaryOp::relu: return "relu";
     case UnaryOp::gelu: return "gelu";
-    case UnaryOp::gelu_grad: return "gelu_grad";
     case UnaryOp::sigmoid: return "sigmoid";
     case UnaryOp::tanh: return "tanh";
     case UnaryOp::softplus: return "softplus";
@@ -90,6 +89,14 @@ void KernelTimer::unary(UnaryOp op, const Tensor& x, const Tensor& out, double a
 }
 void KernelTimer::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
   timed(std::string("binary ") + binary_name(op), [&] { inner_.binary(op, a, b, out); });
+}
+void KernelTimer::bias_gelu_forward(const Tensor& x, const Tensor& bias, const Tensor& y) {
+  timed("bias_gelu_forward", [&] { inner_.bias_gelu_forward(x, bias, y); });
+}
+void KernelTimer::gelu_backward(const Tensor& x, const Tensor& bias, const Tensor& grad_y,
+                                const Tensor& grad_x) {
+  timed(bias.defined() ? "gelu_backward (bias)" : "gelu_backward",
+        [&] { inner_.gelu_backward(x, bias, grad_y, grad_x); });
 }
 void KernelTimer::reduce(ReduceOp op, const Tensor& x, const Tensor& out) {
   timed(op == ReduceOp::sum ? "reduce sum" : "reduce max", [&] { inner_.reduce(op, x, out); });

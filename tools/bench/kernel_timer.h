@@ -36,6 +36,9 @@ class KernelTimer final : public Backend {
   void fill(const Tensor& dst, double value) override;
   void unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) override;
   void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) override;
+  void bias_gelu_forward(const Tensor& x, const Tensor& bias, const Tensor& y) override;
+  void gelu_backward(const Tensor& x, const Tensor& bias, const Tensor& grad_y,
+                     const Tensor& grad_x) override;
   void reduce(ReduceOp op, const Tensor& x, const Tensor& out) override;
   void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
             double alpha, double beta) override;

@@ -98,6 +98,28 @@ def _():
     return attention(8, 8, 16 * 16, 16 * 16, 64)
 
 
+# ---- bench_elementwise.cpp: ConvNeXt-Base's stage-2 Mlp hidden layer ------------------------
+def gelu_forward_backward(with_bias):
+    x = torch.randn(8 * 28 * 28, 1024, requires_grad=True)
+    b = torch.randn(1024, requires_grad=True)
+    grad_y = torch.randn_like(x)
+
+    def step():
+        x.grad = b.grad = None
+        F.gelu(x + b if with_bias else x).backward(grad_y)
+    return step
+
+
+CASES["BM_GeluForwardBackward"] = functools.partial(gelu_forward_backward, False)
+CASES["BM_BiasGeluForwardBackward"] = functools.partial(gelu_forward_backward, True)
+
+
+@case("BM_SumRows")
+def _():
+    x = torch.randn(8 * 28 * 28, 1024)
+    return lambda: x.sum(0)
+
+
 # ---- bench_gemm_adamw.cpp -------------------------------------------------------------------
 def linear(m, k, n):
     x, w, b = torch.randn(m, k), torch.randn(n, k), torch.randn(n)
