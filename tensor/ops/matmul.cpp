@@ -16,6 +16,17 @@ Tensor gemm3(const Tensor& a, bool ta, const Tensor& b, bool tb) {
   return c;
 }
 
+// x [1, rows, K] times w [1, N, K] transposed, plus bias [N]: Linear's forward in one kernel.
+Tensor gemm_bias(const Tensor& x, const Tensor& w, const Tensor& bias) {
+  SONO_CHECK(bias.dim() == 1 && bias.size(0) == w.size(1), "linear: bias ", shape_str(bias.shape()),
+             " does not fit weight ", shape_str(w.shape()));
+  SONO_CHECK(bias.dtype() == x.dtype() && bias.device() == x.device(),
+             "linear: bias dtype/device differs from the input's");
+  Tensor y = Tensor::empty({1, x.size(1), w.size(1)}, x.dtype(), x.device());
+  backend_of(x).linear_forward(x, w, bias.contiguous(), y);
+  return y;
+}
+
 Tensor as_3d(const Tensor& t) {
   autograd::NoGradGuard no_grad;
   Tensor c = t.contiguous();
@@ -60,14 +71,15 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   Tensor w3 = as_3d(weight);
   Shape out_shape = x.shape();
   out_shape.back() = weight.size(0);
-  Tensor y = gemm3(x2, false, w3, true).reshape(out_shape);
-  Tensor out = autograd::record("linear", y, {x, weight}, [x2, w3, x, weight](const Tensor& g) {
+  Tensor y = bias.defined() ? gemm_bias(x2, w3, bias) : gemm3(x2, false, w3, true);
+  return autograd::record("linear", y.reshape(out_shape), {x, weight, bias},
+                          [x2, w3, x, weight, bias](const Tensor& g) {
     Tensor g3 = as_3d(g.reshape({-1, g.size(-1)}));
     Tensor gx = x.requires_grad() ? gemm3(g3, false, w3, false).reshape(x.shape()) : Tensor();
     Tensor gw = weight.requires_grad() ? gemm3(g3, true, x2, false).reshape(weight.shape()) : Tensor();
-    return std::vector<Tensor>{gx, gw};
+    Tensor gb = bias.defined() && bias.requires_grad() ? sum(g3, {0, 1}) : Tensor();
+    return std::vector<Tensor>{gx, gw, gb};
   });
-  return bias.defined() ? add(out, bias) : out;
 }
 
 }  // namespace sono
