@@ -1,6 +1,6 @@
 // Packed float32 GEMM for AVX-512, after the BLIS design: the depth is cut in blocks of kc;
-// for each, B's block is packed into kc x kNr panels (shared by the thread team) and each
-// thread packs its kMc x kc blocks of A into kMr x kc panels; a micro-kernel keeps a
+// for each, a thread packs B's block into kc x kNr panels and its kMc x kc blocks of A into
+// kMr x kc panels; a micro-kernel keeps a
 // kMr x kNr tile of C in zmm registers over the whole depth block and writes it once, with
 // alpha, beta and the bias applied on the way out. Packed panels are zero-padded to full
 // width, so the micro-kernel never branches on edges; only the store is masked.
@@ -73,34 +73,43 @@ struct Strided {
   const float* at(int64_t r, int64_t p) const { return data + r * rs + p * cs; }
 };
 
-// dst[p * W + r] = src(r, p) for r < rows and p < depth, zero for rows <= r < W: one panel, as
-// the micro-kernel reads it (W values of one depth step side by side). The loop order follows
-// the source's contiguous direction.
+// Packing: panels of W rows of src (rows x depth), panel i at dst + i * W * depth holding
+// dst[p * W + r] = src(i * W + r, p), zero-padded to W rows: as the micro-kernel reads it (W
+// values of one depth step side by side). src is contiguous along one axis, and the loops
+// stream along it.
+
+// src.cs == 1: each row's depth is contiguous (A as [m, k], B transposed).
 template <int W>
-void pack_panel(Strided src, int64_t rows, int64_t depth, float* dst) {
-  if (src.cs == 1) {
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* s = src.at(r, 0);
-      for (int64_t p = 0; p < depth; ++p) dst[p * W + r] = s[p];
-    }
-    for (int64_t r = rows; r < W; ++r)
-      for (int64_t p = 0; p < depth; ++p) dst[p * W + r] = 0.0f;
-  } else {
-    for (int64_t p = 0; p < depth; ++p) {
-      const float* s = src.at(0, p);
-      for (int64_t r = 0; r < rows; ++r) dst[p * W + r] = s[r * src.rs];
-      for (int64_t r = rows; r < W; ++r) dst[p * W + r] = 0.0f;
+void pack_rows_contiguous(Strided src, int64_t rows, int64_t depth, float* dst) {
+  for (int64_t r0 = 0; r0 < rows; r0 += W) {
+    const int64_t valid = std::min<int64_t>(W, rows - r0);
+    float* panel = dst + r0 * depth;
+    for (int64_t r = 0; r < W; ++r) {
+      const float* s = r < valid ? src.at(r0 + r, 0) : nullptr;
+      for (int64_t p = 0; p < depth; ++p) panel[p * W + r] = s ? s[p] : 0.0f;
     }
   }
 }
 
-// Panels of W rows of src (rows x depth), panel i at dst + i * W * depth; panels i = first,
-// first + step, ... so a team can share the work.
+// src.rs == 1: each depth step's rows are contiguous (A transposed, B as [k, n]); copies runs
+// of W floats, which the compiler vectorises.
 template <int W>
-void pack_panels(Strided src, int64_t rows, int64_t depth, float* dst, int first, int step) {
-  for (int64_t r0 = first * int64_t{W}; r0 < rows; r0 += step * int64_t{W})
-    pack_panel<W>({src.at(r0, 0), src.rs, src.cs}, std::min<int64_t>(W, rows - r0), depth,
-                  dst + r0 * depth);
+void pack_depth_contiguous(Strided src, int64_t rows, int64_t depth, float* dst) {
+  for (int64_t p = 0; p < depth; ++p) {
+    const float* s = src.at(0, p);
+    for (int64_t r0 = 0; r0 < rows; r0 += W) {
+      const int64_t valid = std::min<int64_t>(W, rows - r0);
+      float* d = dst + r0 * depth + p * W;
+      std::copy(s + r0, s + r0 + valid, d);
+      std::fill(d + valid, d + W, 0.0f);
+    }
+  }
+}
+
+template <int W>
+void pack_panels(Strided src, int64_t rows, int64_t depth, float* dst) {
+  if (src.cs == 1) pack_rows_contiguous<W>(src, rows, depth, dst);
+  else pack_depth_contiguous<W>(src, rows, depth, dst);
 }
 
 // Where a micro-kernel's tile goes and what is added to it.
@@ -157,14 +166,10 @@ void micro_kernel(int64_t depth, const float* a, const float* b, const TileOut& 
   store_tile(acc, t);
 }
 
-// The team of threads running one GEMM together (or a team of one).
+// The team of threads running one GEMM together (or a team of one): member `id` takes row
+// blocks id, id + size, ...
 struct Team {
   int id, size;
-  void barrier() const {
-    if (size > 1) {
-#pragma omp barrier
-    }
-  }
 };
 
 // One batch item's operands and the block sizes it runs with.
@@ -191,24 +196,27 @@ void macro_kernel(const Item& it, const float* a_pack, const float* b_pack, int6
   }
 }
 
-// The team computes one item: for each block of columns and of depth, it packs B's block
-// together, then each member packs and multiplies its own row blocks of A.
-void run_item(const Item& it, float* b_pack, Team team) {
-  float* a_pack = a_buffer().reserve(round_up(it.mc, kMr) * it.kc);
+// A team member's share of one item: for each block of columns and of depth, it packs B's
+// block, then packs and multiplies its own row blocks of A. Every member packs B for itself:
+// that repeats 1/mc of the multiply's work but needs no barrier, and a barrier costs a futex
+// round trip per depth block when idle threads sleep (OMP_WAIT_POLICY=passive), which made
+// weight gradients (k = pixels, 100+ depth blocks) 1.5x slower than Eigen's.
+void run_item(const Item& it, Team team) {
   const int64_t row_blocks = ceil_div(it.m, it.mc);
+  if (team.id >= row_blocks) return;
+  float* a_pack = a_buffer().reserve(round_up(it.mc, kMr) * it.kc);
+  float* b_pack = b_buffer().reserve(round_up(std::min(it.n, kNc), kNr) * it.kc);
   for (int64_t jc = 0; jc < it.n; jc += kNc) {
     const int64_t nc = std::min(kNc, it.n - jc);
     // pc == 0 runs even for k == 0, so that beta and the bias still apply.
     for (int64_t pc = 0; pc == 0 || pc < it.k; pc += it.kc) {
       const int64_t kc = std::min(it.kc, it.k - pc);
-      pack_panels<kNr>({it.b.at(jc, pc), it.b.rs, it.b.cs}, nc, kc, b_pack, team.id, team.size);
-      team.barrier();
+      pack_panels<kNr>({it.b.at(jc, pc), it.b.rs, it.b.cs}, nc, kc, b_pack);
       for (int64_t blk = team.id; blk < row_blocks; blk += team.size) {
         const int64_t ic = blk * it.mc, mc = std::min(it.mc, it.m - ic);
-        pack_panels<kMr>({it.a.at(ic, pc), it.a.rs, it.a.cs}, mc, kc, a_pack, 0, 1);
+        pack_panels<kMr>({it.a.at(ic, pc), it.a.rs, it.a.cs}, mc, kc, a_pack);
         macro_kernel(it, a_pack, b_pack, ic, mc, jc, nc, kc, pc == 0);
       }
-      team.barrier();  // b_pack is repacked next
     }
   }
 }
@@ -227,31 +235,22 @@ Item make_item(const GemmProblem<float>& p, int64_t i, int threads) {
   return it;
 }
 
-int64_t b_pack_floats(const Item& it) { return round_up(std::min(it.n, kNc), kNr) * it.kc; }
-
 }  // namespace
 
 void sgemm(const GemmProblem<float>& p) {
   if (p.batch == 0 || p.m == 0 || p.n == 0) return;
   const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
   if (threads == 1 || p.batch * p.m * p.n * p.k < kMinParallelWork) {
-    for (int64_t i = 0; i < p.batch; ++i) {
-      Item it = make_item(p, i, 1);
-      run_item(it, b_buffer().reserve(b_pack_floats(it)), {0, 1});
-    }
+    for (int64_t i = 0; i < p.batch; ++i) run_item(make_item(p, i, 1), {0, 1});
   } else if (p.batch >= threads) {
     // Many small products (attention): one item per thread, each single-threaded.
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < p.batch; ++i) {
-      Item it = make_item(p, i, 1);
-      run_item(it, b_buffer().reserve(b_pack_floats(it)), {0, 1});
-    }
+    for (int64_t i = 0; i < p.batch; ++i) run_item(make_item(p, i, 1), {0, 1});
   } else {
-    float* b_pack = b_buffer().reserve(b_pack_floats(make_item(p, 0, threads)));
 #pragma omp parallel num_threads(threads)
     {
       const Team team{omp_get_thread_num(), omp_get_num_threads()};
-      for (int64_t i = 0; i < p.batch; ++i) run_item(make_item(p, i, team.size), b_pack, team);
+      for (int64_t i = 0; i < p.batch; ++i) run_item(make_item(p, i, team.size), team);
     }
   }
 }
