@@ -1,8 +1,8 @@
 #pragma once
 // The CPU GEMM's operands, and our own float32 GEMM for CPUs with AVX-512 (sgemm.cpp): packed,
-// cache-blocked and threaded. Eigen's GEMM (gemm.cpp, float64 and CPUs without AVX-512)
-// reaches a third of its speed at the models' Linear layers (K = 64..512), and has no epilogue
-// to add Linear's bias while the result is in registers.
+// cache-blocked and threaded without barriers. Eigen's threaded GEMM (still used for float64 and
+// CPUs without AVX-512) makes its threads meet at every depth block, and has no epilogue to add
+// Linear's bias while the result is in registers.
 #include <cstdint>
 
 namespace sono::cpu {
