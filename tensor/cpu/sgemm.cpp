@@ -166,8 +166,7 @@ void micro_kernel(int64_t depth, const float* a, const float* b, const TileOut& 
   store_tile(acc, t);
 }
 
-// The team of threads running one GEMM together (or a team of one): member `id` takes row
-// blocks id, id + size, ...
+// The team of threads running one GEMM together (or a team of one).
 struct Team {
   int id, size;
 };
@@ -196,23 +195,41 @@ void macro_kernel(const Item& it, const float* a_pack, const float* b_pack, int6
   }
 }
 
-// A team member's share of one item: for each block of columns and of depth, it packs B's
-// block, then packs and multiplies its own row blocks of A. Every member packs B for itself:
-// that repeats 1/mc of the multiply's work but needs no barrier, and a barrier costs a futex
-// round trip per depth block when idle threads sleep (OMP_WAIT_POLICY=passive), which made
-// weight gradients (k = pixels, 100+ depth blocks) 1.5x slower than Eigen's.
+// The rows (as row blocks first, first + step, ...) and columns of C one member computes.
+struct Share {
+  int64_t first_block, block_step, col_begin, col_end;
+};
+
+// Every member packs the operand it does not split for itself: that repeats packing work but
+// needs no barrier, and a barrier costs a futex round trip per depth block when idle threads
+// sleep (OMP_WAIT_POLICY=passive), which made weight gradients (k = pixels, 100+ depth blocks)
+// 1.5x slower than Eigen's. Splitting the larger side repeats the least: rows when op(A) has
+// more rows than op(B) has columns (activations x weight), columns otherwise (a batch-1 stage
+// of ConvNeXt, m = 49 x n = 4096, where each thread would pack the whole weight).
+bool splits_rows(int64_t m, int64_t n) { return m >= n; }
+
+Share share_of(const Item& it, Team team) {
+  if (team.size == 1 || splits_rows(it.m, it.n)) return {team.id, team.size, 0, it.n};
+  const int64_t width = round_up(ceil_div(it.n, team.size), kNr);
+  const int64_t begin = std::min(it.n, team.id * width);
+  return {0, 1, begin, std::min(it.n, begin + width)};
+}
+
+// A team member's share of one item: for each block of its columns and of depth, it packs B's
+// block, then packs and multiplies its row blocks of A.
 void run_item(const Item& it, Team team) {
+  const Share share = share_of(it, team);
   const int64_t row_blocks = ceil_div(it.m, it.mc);
-  if (team.id >= row_blocks) return;
+  if (share.first_block >= row_blocks || share.col_begin >= share.col_end) return;
   float* a_pack = a_buffer().reserve(round_up(it.mc, kMr) * it.kc);
   float* b_pack = b_buffer().reserve(round_up(std::min(it.n, kNc), kNr) * it.kc);
-  for (int64_t jc = 0; jc < it.n; jc += kNc) {
-    const int64_t nc = std::min(kNc, it.n - jc);
+  for (int64_t jc = share.col_begin; jc < share.col_end; jc += kNc) {
+    const int64_t nc = std::min(kNc, share.col_end - jc);
     // pc == 0 runs even for k == 0, so that beta and the bias still apply.
     for (int64_t pc = 0; pc == 0 || pc < it.k; pc += it.kc) {
       const int64_t kc = std::min(it.kc, it.k - pc);
       pack_panels<kNr>({it.b.at(jc, pc), it.b.rs, it.b.cs}, nc, kc, b_pack);
-      for (int64_t blk = team.id; blk < row_blocks; blk += team.size) {
+      for (int64_t blk = share.first_block; blk < row_blocks; blk += share.block_step) {
         const int64_t ic = blk * it.mc, mc = std::min(it.mc, it.m - ic);
         pack_panels<kMr>({it.a.at(ic, pc), it.a.rs, it.a.cs}, mc, kc, a_pack);
         macro_kernel(it, a_pack, b_pack, ic, mc, jc, nc, kc, pc == 0);
@@ -221,8 +238,8 @@ void run_item(const Item& it, Team team) {
   }
 }
 
-// Batch item i of p, with depth blocks of equal size and row blocks that split evenly over
-// `threads` (so no member of the team waits long at the barriers).
+// Batch item i of p, with depth blocks of equal size and, when a team of `threads` splits the
+// rows, row blocks that split evenly over it (so its members finish together).
 Item make_item(const GemmProblem<float>& p, int64_t i, int threads) {
   const int64_t lda = p.lda ? p.lda : (p.trans_a ? p.m : p.k);
   const int64_t ldb = p.ldb ? p.ldb : (p.trans_b ? p.k : p.n);
@@ -233,7 +250,7 @@ Item make_item(const GemmProblem<float>& p, int64_t i, int threads) {
           p.trans_b ? Strided{b, ldb, 1} : Strided{b, 1, ldb},
           p.c + i * p.m * ldc, p.bias, ldc, p.m, p.n, p.k, 0, 0, p.alpha, p.beta};
   it.kc = std::max<int64_t>(8, round_up(ceil_div(p.k, std::max<int64_t>(1, ceil_div(p.k, kKc))), 8));
-  const int64_t row_blocks = round_up(ceil_div(p.m, kMc), threads);
+  const int64_t row_blocks = round_up(ceil_div(p.m, kMc), splits_rows(p.m, p.n) ? threads : 1);
   it.mc = round_up(ceil_div(p.m, row_blocks), kMr);
   return it;
 }
