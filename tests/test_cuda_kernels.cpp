@@ -10,8 +10,8 @@
 #include <random>
 
 #include "cuda/allocator.h"
-#include "cuda/emulated/backend.h"
 #include "cuda/kernel_backend.cuh"
+#include "emulated_device.h"
 #include "helpers.h"
 #include "layers/optim.h"
 #include "models/registry.h"
@@ -79,22 +79,6 @@ Tensor host(const std::vector<double>& v, const Shape& shape, DType dtype = DTyp
 }
 
 // ---- the emulated CUDA device (cuda/emulated): our kernels over host memory ------------------
-
-// Makes Device::cuda the emulated device for a test's duration.
-class EmulatedDevice {
- public:
-  EmulatedDevice() {
-    try {
-      previous_ = &backend(Device::cuda);
-    } catch (const Error&) {
-    }
-    register_backend(Device::cuda, &k::emulated_backend());
-  }
-  ~EmulatedDevice() { register_backend(Device::cuda, previous_); }
-
- private:
-  Backend* previous_ = nullptr;
-};
 
 Tensor on_device(const Tensor& t) { return t.to(Device::cuda); }
 Tensor device_empty(const Shape& shape) { return Tensor::empty(shape, DType::f32, Device::cuda); }
