@@ -28,7 +28,8 @@ template <typename F>
 void dispatch_dtype(DType dtype, F&& f) {
   if (dtype == DType::f32) f(float{});
   else if (dtype == DType::f64) f(double{});
-  else f(int64_t{});
+  else if (dtype == DType::i64) f(int64_t{});
+  else fail("CUDA: this kernel takes float32, float64 or int64, got ", dtype_name(dtype));
 }
 
 class KernelBackend : public Backend {
@@ -40,6 +41,7 @@ class KernelBackend : public Backend {
     SONO_CHECK(src.shape() == dst.shape(), "CUDA copy: shapes ", shape_str(src.shape()), " and ",
                shape_str(dst.shape()), " differ");
     if (src.device() == Device::cuda && dst.device() == Device::cuda) {
+      if (src.dtype() == DType::bf16 || dst.dtype() == DType::bf16) return cast_bf16(src, dst);
       copy_on_device(src.shape(), src.raw_data(), src.strides(), src.dtype(), dst.raw_data(),
                      dst.strides(), dst.dtype());
     } else if (dst.device() == Device::cuda) {
@@ -247,6 +249,17 @@ class KernelBackend : public Backend {
   virtual void transfer(void* dst, const void* src, size_t bytes, bool to_device) = 0;
 
  private:
+  // bfloat16 on the device: contiguous float32 <-> bfloat16 casts, rounding to nearest even.
+  void cast_bf16(const Tensor& src, const Tensor& dst) {
+    const int64_t n = src.numel();
+    if (src.dtype() == DType::f32 && dst.dtype() == DType::bf16)
+      return bf16_convert(n, f32(src, "cast"), bf16_data(dst, "cast"), stream());
+    SONO_CHECK(src.dtype() == DType::bf16 && dst.dtype() == DType::f32, "CUDA: cast from ",
+               dtype_name(src.dtype()), " to ", dtype_name(dst.dtype()),
+               " not implemented (bfloat16 converts to and from float32 only)");
+    bf16_convert(n, bf16_data(src, "cast"), f32(dst, "cast"), stream());
+  }
+
   void copy_on_device(const Shape& shape, const void* src, const Shape& src_strides,
                       DType src_dtype, void* dst, const Shape& dst_strides, DType dst_dtype) {
     auto layout = cpu::merge_dims<2>(shape, {&src_strides, &dst_strides});
@@ -321,6 +334,13 @@ class KernelBackend : public Backend {
   }
   static float* f32_or_null(const Tensor& t, const char* op) {
     return t.defined() ? f32(t, op) : nullptr;
+  }
+  // bfloat16 tensors are storage (tensor/dtype.h): casts, GEMM operands and conv inputs.
+  static bfloat16* bf16_data(const Tensor& t, const char* op) {
+    SONO_CHECK(t.dtype() == DType::bf16 && t.device() == Device::cuda && t.is_contiguous(),
+               "CUDA: ", op, " wants a contiguous bfloat16 tensor on the device, got ",
+               dtype_name(t.dtype()), " on ", device_name(t.device()));
+    return static_cast<bfloat16*>(t.raw_data());
   }
 
   static bool bf16_autocast() { return autocast_precision(Device::cuda) == Precision::bf16; }
