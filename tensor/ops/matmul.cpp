@@ -18,6 +18,17 @@ Tensor gemm3(const Tensor& a, bool ta, const Tensor& b, bool tb) {
   return c;
 }
 
+// x [1, rows, K] times w [1, N, K] transposed, plus bias [N]: Linear's forward in one kernel.
+Tensor gemm_bias(const Tensor& x, const Tensor& w, const Tensor& bias) {
+  SONO_CHECK(bias.dim() == 1 && bias.size(0) == w.size(1), "linear: bias ", shape_str(bias.shape()),
+             " does not fit weight ", shape_str(w.shape()));
+  SONO_CHECK(bias.dtype() == compute_dtype(x.dtype()) && bias.device() == x.device(),
+             "linear: bias dtype/device differs from the input's");
+  Tensor y = Tensor::empty({1, x.size(1), w.size(1)}, compute_dtype(x.dtype()), x.device());
+  backend_of(x).linear_forward(x, w, bias.contiguous(), y);
+  return y;
+}
+
 Tensor as_3d(const Tensor& t) {
   autograd::NoGradGuard no_grad;
   Tensor c = t.contiguous();
@@ -65,17 +76,18 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   const Tensor w3 = as_3d(weight);
   Shape out_shape = x.shape();
   out_shape.back() = weight.size(0);
-  Tensor y = gemm3(x2, false, w3, true).reshape(out_shape);
+  Tensor y = bias.defined() ? gemm_bias(x2, w3, bias) : gemm3(x2, false, w3, true);
   // The backward keeps the input (bf16 under autocast) only for grad_w, the weight only for grad_x.
   const Tensor saved_x = weight.requires_grad() ? x2 : Tensor(), saved_w = x.requires_grad() ? w3 : Tensor();
-  Tensor out = autograd::record("linear", y, {x, weight},
-                                [saved_x, saved_w, x_shape = x.shape(), w_shape = weight.shape()](const Tensor& g) {
+  const bool need_gb = bias.defined() && bias.requires_grad();
+  return autograd::record("linear", y.reshape(out_shape), {x, weight, bias},
+                          [saved_x, saved_w, need_gb, x_shape = x.shape(), w_shape = weight.shape()](const Tensor& g) {
     Tensor g3 = as_3d(g.reshape({-1, g.size(-1)}));
     Tensor gx = saved_w.defined() ? gemm3(g3, false, saved_w, false).reshape(x_shape) : Tensor();
     Tensor gw = saved_x.defined() ? gemm3(g3, true, saved_x, false).reshape(w_shape) : Tensor();
-    return std::vector<Tensor>{gx, gw};
+    Tensor gb = need_gb ? sum(g3, {0, 1}) : Tensor();
+    return std::vector<Tensor>{gx, gw, gb};
   });
-  return bias.defined() ? add(out, bias) : out;
 }
 
 }  // namespace sono
