@@ -177,7 +177,7 @@ struct Item {
   Strided a, b;  // op(A) as [m, k] and op(B)^T as [n, k]: both packed along their rows
   float* c;
   const float* bias;
-  int64_t m, n, k, kc, mc;
+  int64_t ldc, m, n, k, kc, mc;
   float alpha, beta;
 };
 
@@ -189,7 +189,7 @@ void macro_kernel(const Item& it, const float* a_pack, const float* b_pack, int6
   for (int64_t jr = 0; jr < nc; jr += kNr) {
     const float* bias = first_depth && it.bias ? it.bias + jc + jr : nullptr;
     for (int64_t ir = 0; ir < mc; ir += kMr) {
-      TileOut out{it.c + (ic + ir) * it.n + jc + jr, it.n, std::min<int64_t>(kMr, mc - ir),
+      TileOut out{it.c + (ic + ir) * it.ldc + jc + jr, it.ldc, std::min<int64_t>(kMr, mc - ir),
                   std::min<int64_t>(kNr, nc - jr), it.alpha, beta, bias};
       micro_kernel(kc, a_pack + ir * kc, b_pack + jr * kc, out);
     }
@@ -224,11 +224,14 @@ void run_item(const Item& it, Team team) {
 // Batch item i of p, with depth blocks of equal size and row blocks that split evenly over
 // `threads` (so no member of the team waits long at the barriers).
 Item make_item(const GemmProblem<float>& p, int64_t i, int threads) {
-  const float* a = p.a + (p.a_shared ? 0 : i * p.m * p.k);
-  const float* b = p.b + (p.b_shared ? 0 : i * p.k * p.n);
-  Item it{p.trans_a ? Strided{a, 1, p.m} : Strided{a, p.k, 1},
-          p.trans_b ? Strided{b, p.k, 1} : Strided{b, 1, p.n},
-          p.c + i * p.m * p.n, p.bias, p.m, p.n, p.k, 0, 0, p.alpha, p.beta};
+  const int64_t lda = p.lda ? p.lda : (p.trans_a ? p.m : p.k);
+  const int64_t ldb = p.ldb ? p.ldb : (p.trans_b ? p.k : p.n);
+  const int64_t ldc = p.ldc ? p.ldc : p.n;
+  const float* a = p.a + (p.a_shared ? 0 : i * (p.trans_a ? p.k : p.m) * lda);
+  const float* b = p.b + (p.b_shared ? 0 : i * (p.trans_b ? p.n : p.k) * ldb);
+  Item it{p.trans_a ? Strided{a, 1, lda} : Strided{a, lda, 1},
+          p.trans_b ? Strided{b, ldb, 1} : Strided{b, 1, ldb},
+          p.c + i * p.m * ldc, p.bias, ldc, p.m, p.n, p.k, 0, 0, p.alpha, p.beta};
   it.kc = std::max<int64_t>(8, round_up(ceil_div(p.k, std::max<int64_t>(1, ceil_div(p.k, kKc))), 8));
   const int64_t row_blocks = round_up(ceil_div(p.m, kMc), threads);
   it.mc = round_up(ceil_div(p.m, row_blocks), kMr);
