@@ -19,6 +19,8 @@ enum class ReduceOp { sum, max };
 struct Conv2dGeometry {
   int64_t n, h, w, cin, cout, kh, kw, oh, ow;
   int64_t stride, padding, dilation, groups;
+
+  bool depthwise() const { return groups == cin && cout == cin; }  // one filter per channel
 };
 
 class Backend {

@@ -247,8 +247,6 @@ void depthwise_weight_grad(const Conv2dGeometry& g, const T* x, const T* grad_ou
   partials.sum_into(grad_wt);
 }
 
-bool is_depthwise(const Conv2dGeometry& g) { return g.groups == g.cin && g.groups == g.cout; }
-
 // ---- im2col + GEMM --------------------------------------------------------------------------
 // c (+)= op(a) op(b), [m, k] x [k, n], on row-major matrices with row strides lda/ldb/ldc:
 // one group's slice of the column, weight and output matrices.
@@ -455,21 +453,21 @@ void with_pointers(const Tensor& a, const Tensor& b, const Tensor& out, Kernel&&
 void CpuBackend::conv2d_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,
                                 const Tensor& out) {
   with_pointers(x, w, out, [&](auto* xp, auto* wp, auto* op) {
-    is_depthwise(g) ? depthwise_forward(g, xp, wp, op) : conv_forward(g, xp, wp, op);
+    g.depthwise() ? depthwise_forward(g, xp, wp, op) : conv_forward(g, xp, wp, op);
   });
 }
 
 void CpuBackend::conv2d_backward_input(const Conv2dGeometry& g, const Tensor& grad_out,
                                        const Tensor& w, const Tensor& grad_x) {
   with_pointers(grad_out, w, grad_x, [&](auto* gp, auto* wp, auto* op) {
-    is_depthwise(g) ? depthwise_backward_input(g, gp, wp, op) : conv_backward_input(g, gp, wp, op);
+    g.depthwise() ? depthwise_backward_input(g, gp, wp, op) : conv_backward_input(g, gp, wp, op);
   });
 }
 
 void CpuBackend::conv2d_backward_weight(const Conv2dGeometry& g, const Tensor& x,
                                         const Tensor& grad_out, const Tensor& grad_w) {
   with_pointers(x, grad_out, grad_w, [&](auto* xp, auto* gp, auto* op) {
-    is_depthwise(g) ? depthwise_backward_weight(g, xp, gp, op) : conv_backward_weight(g, xp, gp, op);
+    g.depthwise() ? depthwise_backward_weight(g, xp, gp, op) : conv_backward_weight(g, xp, gp, op);
   });
 }
 

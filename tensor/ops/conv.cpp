@@ -2,6 +2,7 @@
 // convolves, this op checks shapes, adds the bias (in place on the fresh output: no second
 // activation-sized tensor) and records the backward.
 #include "autograd/node.h"
+#include "tensor/autocast.h"
 #include "tensor/backend.h"
 #include "tensor/ops.h"
 
@@ -79,7 +80,9 @@ struct Conv2dSaved {
 
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dOptions opt) {
   const Conv2dGeometry g = conv_geometry(x, weight, bias, opt);
-  const Tensor xc = contiguous_data(x), wc = contiguous_data(weight);
+  const Tensor wc = contiguous_data(weight);
+  // Autocast covers every convolution but the depthwise ones, which stay float32.
+  const Tensor xc = g.depthwise() ? contiguous_data(x) : autocast_operand(contiguous_data(x));
   Tensor out = Tensor::empty({g.n, g.oh, g.ow, g.cout}, x.dtype(), x.device());
   Backend& be = backend_of(x);
   be.conv2d_forward(g, xc, wc, out);
