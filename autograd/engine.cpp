@@ -58,8 +58,18 @@ std::vector<std::shared_ptr<Node>> topo_order(const std::shared_ptr<Node>& root)
   return order;  // children before parents
 }
 
+// True when nothing but this reference holds g or its memory, and g spans all of that memory:
+// a fresh result of a backward formula, which .grad can take over as it is (PyTorch steals
+// such gradients too). Copying it instead cost ConvNeXt-B 160 ms per training step.
+bool sole_owner(const Tensor& g) {
+  return g.impl_ptr().use_count() == 1 && g.impl().storage.use_count() == 1 && g.offset() == 0 &&
+         g.is_contiguous() && g.impl().storage->nbytes == g.numel() * dtype_size(g.dtype());
+}
+
 void accumulate(std::shared_ptr<TensorImpl>& slot, const Tensor& g) {
-  if (!slot) {
+  if (!slot && sole_owner(g)) {
+    slot = g.impl_ptr();
+  } else if (!slot) {
     slot = g.contiguous().impl_ptr();
     if (slot == g.impl_ptr()) slot = g.clone().impl_ptr();  // never alias a user tensor
   } else {
