@@ -78,15 +78,59 @@ struct Strided {
 // values of one depth step side by side). src is contiguous along one axis, and the loops
 // stream along it.
 
-// src.cs == 1: each row's depth is contiguous (A as [m, k], B transposed).
+__mmask16 column_mask(int64_t cols) {
+  return cols >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << std::max<int64_t>(cols, 0)) - 1);
+}
+
+// Transposes the 16 x 16 floats in v (v[i] = row i) in registers: v[c] becomes column c.
+// Pairs of rows interleave, then pairs of pairs (as doubles), then 128-bit lanes move twice.
+void transpose16(__m512 (&v)[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(v[i], v[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(v[i], v[i + 1]);
+  }
+  // v[4g + j]: rows 4g..4g+3 of columns j, j + 4, j + 8, j + 12 (one per 128-bit lane).
+  for (int g = 0; g < 16; g += 4)
+    for (int j = 0; j < 2; ++j) {
+      const __m512d lo = _mm512_castps_pd(t[g + j]), hi = _mm512_castps_pd(t[g + j + 2]);
+      v[g + 2 * j] = _mm512_castpd_ps(_mm512_unpacklo_pd(lo, hi));
+      v[g + 2 * j + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(lo, hi));
+    }
+  __m512 out[16];
+  for (int j = 0; j < 4; ++j) {
+    // Lane imm 0x88 picks lanes 0, 2 of each source, 0xdd lanes 1, 3.
+    const __m512 a = _mm512_shuffle_f32x4(v[j], v[4 + j], 0x88), b = _mm512_shuffle_f32x4(v[j], v[4 + j], 0xdd);
+    const __m512 c = _mm512_shuffle_f32x4(v[8 + j], v[12 + j], 0x88), d = _mm512_shuffle_f32x4(v[8 + j], v[12 + j], 0xdd);
+    out[j] = _mm512_shuffle_f32x4(a, c, 0x88);
+    out[j + 4] = _mm512_shuffle_f32x4(b, d, 0x88);
+    out[j + 8] = _mm512_shuffle_f32x4(a, c, 0xdd);
+    out[j + 12] = _mm512_shuffle_f32x4(b, d, 0xdd);
+  }
+  for (int c = 0; c < 16; ++c) v[c] = out[c];
+}
+
+// src.cs == 1: each row's depth is contiguous (A as [m, k], B transposed: Linear's operands).
+// 16 rows x 16 depth steps at a time are loaded, transposed in registers and stored as 16
+// depth steps of the panel (a scalar loop spent as long packing as the GEMM multiplying at
+// MiT's narrow layers).
 template <int W>
 void pack_rows_contiguous(Strided src, int64_t rows, int64_t depth, float* dst) {
   for (int64_t r0 = 0; r0 < rows; r0 += W) {
     const int64_t valid = std::min<int64_t>(W, rows - r0);
     float* panel = dst + r0 * depth;
-    for (int64_t r = 0; r < W; ++r) {
-      const float* s = r < valid ? src.at(r0 + r, 0) : nullptr;
-      for (int64_t p = 0; p < depth; ++p) panel[p * W + r] = s ? s[p] : 0.0f;
+    for (int64_t p0 = 0; p0 < depth; p0 += 16) {
+      const int64_t steps = std::min<int64_t>(16, depth - p0);
+      const __mmask16 depth_mask = column_mask(steps);
+      for (int g = 0; g < W; g += 16) {
+        __m512 v[16];
+        for (int i = 0; i < 16; ++i)
+          v[i] = g + i < valid ? _mm512_maskz_loadu_ps(depth_mask, src.at(r0 + g + i, p0))
+                               : _mm512_setzero_ps();
+        transpose16(v);
+        const __mmask16 row_mask = column_mask(W - g);
+        for (int64_t c = 0; c < steps; ++c) _mm512_mask_storeu_ps(panel + (p0 + c) * W + g, row_mask, v[c]);
+      }
     }
   }
 }
@@ -121,9 +165,6 @@ struct TileOut {
   void (*post_op)(float*, int64_t);  // applied to each stored row, or nullptr
 };
 
-__mmask16 column_mask(int64_t cols) {
-  return cols >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << std::max<int64_t>(cols, 0)) - 1);
-}
 
 void store_tile(const __m512 (&acc)[kMr][kNv], const TileOut& t) {
   __mmask16 mask[kNv];
