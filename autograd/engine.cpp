@@ -14,6 +14,14 @@ bool grad_enabled() { return g_grad_enabled; }
 NoGradGuard::NoGradGuard() : previous_(g_grad_enabled) { g_grad_enabled = false; }
 NoGradGuard::~NoGradGuard() { g_grad_enabled = previous_; }
 
+namespace {
+Edge edge_to(const Tensor& t) {
+  if (!t.defined() || !t.requires_grad()) return {};
+  if (t.grad_fn()) return {t.grad_fn(), nullptr, t.shape()};
+  return {nullptr, t.impl_ptr(), t.shape()};
+}
+}  // namespace
+
 Tensor record(const char* name, Tensor out, std::vector<Tensor> inputs, BackwardFn backward) {
   if (!g_grad_enabled) return out;
   bool any = false;
@@ -21,7 +29,8 @@ Tensor record(const char* name, Tensor out, std::vector<Tensor> inputs, Backward
   if (!any) return out;
   auto node = std::make_shared<Node>();
   node->name = name;
-  node->inputs = std::move(inputs);
+  node->inputs.reserve(inputs.size());
+  for (const Tensor& t : inputs) node->inputs.push_back(edge_to(t));
   node->backward = std::move(backward);
   out.impl().requires_grad = true;
   out.impl().grad_fn = std::move(node);
@@ -31,7 +40,7 @@ Tensor record(const char* name, Tensor out, std::vector<Tensor> inputs, Backward
 namespace {
 
 // Post-order DFS over grad_fn edges, iterative so that deep nets don't overflow the stack.
-// The order owns the nodes: backward frees each node's inputs once it has run, and those inputs
+// The order owns the nodes: backward frees each node's edges once it has run, and those edges
 // may be the last owners of the nodes still waiting their turn.
 std::vector<std::shared_ptr<Node>> topo_order(const std::shared_ptr<Node>& root) {
   std::vector<std::shared_ptr<Node>> order;
@@ -40,9 +49,7 @@ std::vector<std::shared_ptr<Node>> topo_order(const std::shared_ptr<Node>& root)
   while (!stack.empty()) {
     auto& [node, next] = stack.back();
     if (next < node->inputs.size()) {
-      const Tensor& in = node->inputs[next++];
-      if (!in.defined()) continue;
-      const std::shared_ptr<Node>& child = in.grad_fn();
+      const std::shared_ptr<Node>& child = node->inputs[next++].node;
       if (child && seen.insert(child.get()).second) stack.push_back({child, 0});
     } else {
       order.push_back(node);
@@ -70,17 +77,17 @@ void run_node(Node& node, const Tensor& grad_out, std::unordered_map<Node*, Tens
   SONO_CHECK(input_grads.size() == node.inputs.size(), "autograd: node ", node.name, " returned ",
              input_grads.size(), " grads for ", node.inputs.size(), " inputs");
   for (size_t i = 0; i < input_grads.size(); ++i) {
-    const Tensor& in = node.inputs[i];
+    const Edge& in = node.inputs[i];
     const Tensor& ig = input_grads[i];
-    if (!in.defined() || !ig.defined() || !in.requires_grad()) continue;
-    SONO_CHECK(ig.shape() == in.shape(), "autograd: node ", node.name, " gave grad of shape ",
-               shape_str(ig.shape()), " for input ", i, " of shape ", shape_str(in.shape()));
-    if (Node* child = in.grad_fn().get()) {
+    if (!in.flows() || !ig.defined()) continue;
+    SONO_CHECK(ig.shape() == in.shape, "autograd: node ", node.name, " gave grad of shape ",
+               shape_str(ig.shape()), " for input ", i, " of shape ", shape_str(in.shape));
+    if (Node* child = in.node.get()) {
       auto slot = grads.find(child);
       if (slot == grads.end()) grads.emplace(child, ig);
       else slot->second = add(slot->second, ig);
     } else {
-      accumulate(in.impl().grad, ig);
+      accumulate(in.leaf->grad, ig);
     }
   }
 }

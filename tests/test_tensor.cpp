@@ -144,6 +144,17 @@ TEST_CASE("autograd engine frees each node's saved tensors as soon as its backwa
   check_values(x.grad(), {65536.0, 65536.0}, 1e-12);
 }
 
+TEST_CASE("autograd keeps no intermediate alive that no backward saved") {
+  Tensor x = rand64({64, 64}, 1).requires_grad_();
+  Tensor y = mul(x, 2.0);
+  std::weak_ptr<Storage> y_storage = y.impl().storage;
+  Tensor z = add(y, 1.0);  // its backward needs no operand: only the edge to y's node remains
+  y = Tensor();
+  CHECK(y_storage.expired());
+  sum(z).backward();
+  check_values(x.grad(), std::vector<double>(64 * 64, 2.0), 1e-12);
+}
+
 TEST_CASE("bad input raises clear errors") {
   Tensor a = Tensor::ones({2, 3}), b = Tensor::ones({4});
   CHECK_THROWS_WITH_AS(add(a, b), doctest::Contains("do not broadcast"), Error);
