@@ -2,6 +2,7 @@
 #include <unordered_set>
 
 #include "autograd/node.h"
+#include "tensor/backend.h"
 #include "tensor/ops.h"
 
 namespace sono::autograd {
@@ -59,13 +60,27 @@ std::vector<std::shared_ptr<Node>> topo_order(const std::shared_ptr<Node>& root)
   return order;  // children before parents
 }
 
-void accumulate(std::shared_ptr<TensorImpl>& slot, const Tensor& g) {
-  if (!slot) {
-    slot = g.contiguous().impl_ptr();
-    if (slot == g.impl_ptr()) slot = g.clone().impl_ptr();  // never alias a user tensor
-  } else {
-    slot = add(Tensor(slot), g).impl_ptr();
-  }
+bool held_only_here(const Tensor& t) {
+  return t.impl_ptr().use_count() == 1 && t.impl().storage.use_count() == 1;
+}
+
+// sum + g, written into sum when no one else can see it, as PyTorch accumulates: a fresh sum
+// would hold three gradients of that size at once instead of two. The elements are added in
+// the same order either way.
+Tensor add_into(Tensor sum, const Tensor& g) {
+  if (!held_only_here(sum) || !sum.is_contiguous() || sum.dtype() != g.dtype() ||
+      sum.device() != g.device())
+    return add(sum, g);
+  backend_of(sum).binary(BinaryOp::add, sum, g, sum);
+  return sum;
+}
+
+// A leaf's first gradient becomes its .grad as it is when only the engine holds it, and as a
+// copy otherwise (.grad never aliases a tensor someone else sees); later ones are added into it.
+void accumulate(std::shared_ptr<TensorImpl>& slot, Tensor g) {
+  if (slot) slot = add_into(Tensor(std::move(slot)), g).impl_ptr();
+  else if (!g.is_contiguous()) slot = g.contiguous().impl_ptr();
+  else slot = held_only_here(g) ? g.impl_ptr() : g.clone().impl_ptr();
 }
 
 // Runs one node's backward and hands each input's gradient on: to the node that made the input
@@ -78,16 +93,16 @@ void run_node(Node& node, const Tensor& grad_out, std::unordered_map<Node*, Tens
              input_grads.size(), " grads for ", node.inputs.size(), " inputs");
   for (size_t i = 0; i < input_grads.size(); ++i) {
     const Edge& in = node.inputs[i];
-    const Tensor& ig = input_grads[i];
+    Tensor& ig = input_grads[i];
     if (!in.flows() || !ig.defined()) continue;
     SONO_CHECK(ig.shape() == in.shape, "autograd: node ", node.name, " gave grad of shape ",
                shape_str(ig.shape()), " for input ", i, " of shape ", shape_str(in.shape));
     if (Node* child = in.node.get()) {
       auto slot = grads.find(child);
-      if (slot == grads.end()) grads.emplace(child, ig);
-      else slot->second = add(slot->second, ig);
+      if (slot == grads.end()) grads.emplace(child, std::move(ig));
+      else slot->second = add_into(std::move(slot->second), ig);
     } else {
-      accumulate(in.leaf->grad, ig);
+      accumulate(in.leaf->grad, std::move(ig));
     }
   }
 }

@@ -1,6 +1,7 @@
 // Tensor basics, views, broadcasting elementwise ops, reductions and matmul: forward values
 // by hand, gradients by central differences in float64, errors with clear messages.
 #include "helpers.h"
+#include "tensor/cpu/cpu_backend.h"
 
 using namespace sono;
 using namespace sono::test;
@@ -153,6 +154,37 @@ TEST_CASE("autograd keeps no intermediate alive that no backward saved") {
   CHECK(y_storage.expired());
   sum(z).backward();
   check_values(x.grad(), std::vector<double>(64 * 64, 2.0), 1e-12);
+}
+
+// Bytes above `before` at the peak of running f.
+template <typename F>
+int64_t peak_bytes_of(F&& f) {
+  const int64_t before = cpu::memory_stats().in_use_bytes;
+  cpu::reset_peak_memory();
+  f();
+  return cpu::memory_stats().peak_bytes - before;
+}
+
+TEST_CASE("autograd adds a second gradient into the first in place, for nodes and leaves") {
+  const Shape shape{128, 1024};  // 1 MiB of float64 per gradient
+  const int64_t mib = int64_t{1} << 20;
+  Tensor w = Tensor::zeros(shape, DType::f64).requires_grad_();
+  // Two consumers of w, each handing back a fresh gradient of ones.
+  auto consumer = [&](const Tensor& in) {
+    return autograd::record("consumer", Tensor::zeros({1}, DType::f64), {in}, [shape](const Tensor&) {
+      return std::vector<Tensor>{Tensor::ones(shape, DType::f64)};
+    });
+  };
+  // A node receiving both gradients, and passing their sum to w as it is.
+  Tensor through = autograd::record("through", w.detach(), {w}, [](const Tensor& g) {
+    return std::vector<Tensor>{g};
+  });
+  Tensor loss = add(consumer(through), consumer(through));
+  CHECK(peak_bytes_of([&] { loss.backward(); }) < 3 * mib);  // two gradients, never a third sum
+  check_values(w.grad(), std::vector<double>(128 * 1024, 2.0), 0);
+  Tensor again = consumer(w);  // the leaf already holds a gradient: added into, not replaced
+  CHECK(peak_bytes_of([&] { again.backward(); }) < 2 * mib);  // beside the .grad held before
+  check_values(w.grad(), std::vector<double>(128 * 1024, 3.0), 0);
 }
 
 TEST_CASE("bad input raises clear errors") {
