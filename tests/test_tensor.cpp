@@ -156,6 +156,31 @@ TEST_CASE("autograd keeps no intermediate alive that no backward saved") {
   check_values(x.grad(), std::vector<double>(64 * 64, 2.0), 1e-12);
 }
 
+TEST_CASE("matmul and linear keep their 3-D operands for backward, not the bases of views") {
+  Tensor base = rand64({2, 64, 64}, 3).requires_grad_();
+  Tensor q = rand64({2, 8, 32}, 4).requires_grad_();
+  auto attention_like = [&](bool drop_views) {
+    Tensor kv = mul(base, 1.0);                         // a projection that k views
+    Tensor k_t = kv.slice(2, 0, 32).transpose(1, 2);    // [2, 32, 64], copied by matmul
+    std::weak_ptr<Storage> kv_storage = kv.impl().storage;
+    Tensor scores = matmul(q, k_t);
+    std::weak_ptr<Storage> scores_storage = scores.impl().storage;
+    Tensor y = linear(scores.transpose(1, 2), rand64({5, 8}, 5), Tensor());  // x: a view of scores
+    if (drop_views) {
+      kv = k_t = scores = Tensor();
+      CHECK(kv_storage.expired());
+      CHECK(scores_storage.expired());  // linear copied its view to 2-D rows
+    }
+    sum(y).backward();
+    return std::pair{base.grad().clone(), q.grad().clone()};
+  };
+  auto [base_grad, q_grad] = attention_like(false);
+  base.zero_grad(), q.zero_grad();
+  auto [base_grad_dropped, q_grad_dropped] = attention_like(true);
+  CHECK(max_abs_diff(base_grad, base_grad_dropped) == 0);
+  CHECK(max_abs_diff(q_grad, q_grad_dropped) == 0);
+}
+
 // Bytes above `before` at the peak of running f.
 template <typename F>
 int64_t peak_bytes_of(F&& f) {

@@ -41,13 +41,17 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   Shape out_shape = a.shape();
   out_shape.back() = b.size(-1);
   Tensor out = gemm3(a3, false, b3, false).reshape(out_shape);
-  return autograd::record("matmul", out, {a, b}, [a3, b3, a, b](const Tensor& g) {
+  // The closure keeps the 3-D operands only: a and b themselves may be views whose base
+  // (a kv projection that k and v slice) the graph need not keep.
+  return autograd::record("matmul", out, {a, b},
+                          [a3, b3, sa = a.shape(), sb = b.shape(), need_a = a.requires_grad(),
+                           need_b = b.requires_grad()](const Tensor& g) {
     Tensor g3 = as_3d(g);
     Tensor ga, gb;
-    if (a.requires_grad()) ga = gemm3(g3, false, b3, true).reshape(a.shape());
-    if (b.requires_grad()) {
+    if (need_a) ga = gemm3(g3, false, b3, true).reshape(sa);
+    if (need_b) {
       Tensor per_batch = gemm3(a3, true, g3, false);
-      gb = (b.dim() == 2 ? sum(per_batch, {0}) : per_batch).reshape(b.shape());
+      gb = (sb.size() == 2 ? sum(per_batch, {0}) : per_batch).reshape(sb);
     }
     return std::vector<Tensor>{ga, gb};
   });
@@ -61,10 +65,12 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   Shape out_shape = x.shape();
   out_shape.back() = weight.size(0);
   Tensor y = gemm3(x2, false, w3, true).reshape(out_shape);
-  Tensor out = autograd::record("linear", y, {x, weight}, [x2, w3, x, weight](const Tensor& g) {
+  Tensor out = autograd::record("linear", y, {x, weight},
+                                [x2, w3, sx = x.shape(), sw = weight.shape(),
+                                 need_x = x.requires_grad(), need_w = weight.requires_grad()](const Tensor& g) {
     Tensor g3 = as_3d(g.reshape({-1, g.size(-1)}));
-    Tensor gx = x.requires_grad() ? gemm3(g3, false, w3, false).reshape(x.shape()) : Tensor();
-    Tensor gw = weight.requires_grad() ? gemm3(g3, true, x2, false).reshape(weight.shape()) : Tensor();
+    Tensor gx = need_x ? gemm3(g3, false, w3, false).reshape(sx) : Tensor();
+    Tensor gw = need_w ? gemm3(g3, true, x2, false).reshape(sw) : Tensor();
     return std::vector<Tensor>{gx, gw};
   });
   return bias.defined() ? add(out, bias) : out;
