@@ -181,6 +181,19 @@ TEST_CASE("matmul and linear keep their 3-D operands for backward, not the bases
   CHECK(max_abs_diff(q_grad, q_grad_dropped) == 0);
 }
 
+TEST_CASE("relu keeps its output for backward, not its input") {
+  Tensor x = rand64({7, 5}, 6, 2.0).requires_grad_();
+  Tensor pre = mul(x, 1.0);
+  std::weak_ptr<Storage> pre_storage = pre.impl().storage;
+  Tensor y = relu(pre);
+  pre = Tensor();
+  CHECK(pre_storage.expired());
+  sum(y).backward();
+  std::vector<double> expected;
+  for (double v : x.to_vector()) expected.push_back(v > 0 ? 1.0 : 0.0);
+  check_values(x.grad(), expected, 0);
+}
+
 // Bytes above `before` at the peak of running f.
 template <typename F>
 int64_t peak_bytes_of(F&& f) {

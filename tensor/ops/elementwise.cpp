@@ -134,7 +134,11 @@ Tensor abs(const Tensor& a) {
 
 Tensor relu(const Tensor& a) {
   Tensor out = unary_forward(UnaryOp::relu, a);
-  return autograd::record("relu", out, {a}, [a](const Tensor& g) { return Grads{mul(g, gt(a, 0.0))}; });
+  // The output is > 0 exactly where the input is, and the next op (a conv) saves it anyway:
+  // saving the input instead would keep a second map alive, as PyTorch's relu does not.
+  return autograd::record("relu", out, {a}, [y = out.detach()](const Tensor& g) {
+    return Grads{mul(g, gt(y, 0.0))};
+  });
 }
 
 namespace {
