@@ -181,19 +181,6 @@ TEST_CASE("matmul and linear keep their 3-D operands for backward, not the bases
   CHECK(max_abs_diff(q_grad, q_grad_dropped) == 0);
 }
 
-TEST_CASE("relu keeps its output for backward, not its input") {
-  Tensor x = rand64({7, 5}, 6, 2.0).requires_grad_();
-  Tensor pre = mul(x, 1.0);
-  std::weak_ptr<Storage> pre_storage = pre.impl().storage;
-  Tensor y = relu(pre);
-  pre = Tensor();
-  CHECK(pre_storage.expired());
-  sum(y).backward();
-  std::vector<double> expected;
-  for (double v : x.to_vector()) expected.push_back(v > 0 ? 1.0 : 0.0);
-  check_values(x.grad(), expected, 0);
-}
-
 // Bytes above `before` at the peak of running f.
 template <typename F>
 int64_t peak_bytes_of(F&& f) {
@@ -201,6 +188,31 @@ int64_t peak_bytes_of(F&& f) {
   cpu::reset_peak_memory();
   f();
   return cpu::memory_stats().peak_bytes - before;
+}
+
+TEST_CASE("mul(x, x) hands one product to both operands") {
+  Tensor x = rand64({128, 1024}, 7).requires_grad_();  // 1 MiB
+  Tensor p = mul(x, 1.0);
+  Tensor loss = sum(add(mul(p, p), mul(p, 3.0)));
+  // Upstream gradient, p's gradient from mul(p, 3), and g * p once for both operands of p * p.
+  CHECK(peak_bytes_of([&] { loss.backward(); }) < 4 << 20);
+  std::vector<double> expected;
+  for (double v : x.to_vector()) expected.push_back(2 * v + 3);
+  check_values(x.grad(), expected, 1e-12);
+}
+
+TEST_CASE("relu keeps its output for backward, not its input, and its gradient is one map") {
+  Tensor x = rand64({128, 1024}, 6, 2.0).requires_grad_();  // 1 MiB
+  Tensor pre = mul(x, 1.0);
+  std::weak_ptr<Storage> pre_storage = pre.impl().storage;
+  Tensor y = relu(pre);
+  pre = Tensor();
+  CHECK(pre_storage.expired());
+  // The upstream gradient and relu's own: the product goes over the mask, not beside it.
+  CHECK(peak_bytes_of([&] { sum(y).backward(); }) < 3 << 20);
+  std::vector<double> expected;
+  for (double v : x.to_vector()) expected.push_back(v > 0 ? 1.0 : 0.0);
+  check_values(x.grad(), expected, 0);
 }
 
 TEST_CASE("autograd adds a second gradient into the first in place, for nodes and leaves") {
