@@ -1,6 +1,6 @@
 #pragma once
-// The tape: each differentiable op that sees an input needing grad records a Node holding an
-// edge per input and a closure mapping the output gradient to one gradient per input.
+// The tape: each differentiable op that sees an input needing grad records a Node holding
+// an edge per input and a closure mapping the output gradient to one gradient per input.
 #include <functional>
 #include <memory>
 #include <string>
@@ -14,19 +14,21 @@ using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_out)>;
 
 struct Node;
 
-// Where an input's gradient goes: to the node that made the input, or into a leaf's .grad.
-// An edge does not hold the input's storage (as PyTorch's edges don't): an intermediate tensor
-// that no backward saved is freed as soon as the forward drops it, not when backward reaches it.
+// Where an input's gradient goes: the node that made the input, or the leaf whose .grad
+// collects it. It does not hold the input's data: an activation that no backward closure saved
+// is freed as soon as the forward lets go of it (as in PyTorch), so that what a closure saves,
+// e.g. a bfloat16 copy under autocast, is all the memory it costs.
 struct Edge {
-  std::shared_ptr<Node> node;        // the op that made the input; null for a leaf
-  std::shared_ptr<TensorImpl> leaf;  // the leaf receiving the gradient; null for an op's output
-  Shape shape;                       // the gradient must have this shape
-  bool flows() const { return node || leaf; }  // false for inputs that need no gradient
+  std::shared_ptr<Node> node;        // the input's grad_fn; null for a leaf
+  std::shared_ptr<TensorImpl> leaf;  // a leaf that requires grad; null otherwise
+  Shape shape;                       // the input's, which its gradient must have
+
+  bool flows() const { return node || leaf; }  // false: the input needs no gradient
 };
 
 struct Node {
   std::string name;
-  std::vector<Edge> inputs;  // one per input given to record()
+  std::vector<Edge> inputs;  // one per input of the op
   BackwardFn backward;
 };
 

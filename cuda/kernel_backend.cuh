@@ -5,6 +5,7 @@
 // glue from tensors to kernel arguments runs in CI too.
 #include "cuda/kernels/adamw.cuh"
 #include "cuda/kernels/attention.cuh"
+#include "cuda/kernels/bf16.cuh"
 #include "cuda/kernels/conv.cuh"
 #include "cuda/kernels/depthwise_conv.cuh"
 #include "cuda/kernels/elementwise.cuh"
@@ -28,7 +29,8 @@ template <typename F>
 void dispatch_dtype(DType dtype, F&& f) {
   if (dtype == DType::f32) f(float{});
   else if (dtype == DType::f64) f(double{});
-  else f(int64_t{});
+  else if (dtype == DType::i64) f(int64_t{});
+  else fail("CUDA: this kernel takes float32, float64 or int64, got ", dtype_name(dtype));
 }
 
 class KernelBackend : public Backend {
@@ -40,6 +42,7 @@ class KernelBackend : public Backend {
     SONO_CHECK(src.shape() == dst.shape(), "CUDA copy: shapes ", shape_str(src.shape()), " and ",
                shape_str(dst.shape()), " differ");
     if (src.device() == Device::cuda && dst.device() == Device::cuda) {
+      if (src.dtype() == DType::bf16 || dst.dtype() == DType::bf16) return cast_bf16(src, dst);
       copy_on_device(src.shape(), src.raw_data(), src.strides(), src.dtype(), dst.raw_data(),
                      dst.strides(), dst.dtype());
     } else if (dst.device() == Device::cuda) {
@@ -118,33 +121,35 @@ class KernelBackend : public Backend {
     else reduce_max(space, xp, f32(out, "reduce"), stream());
   }
 
-  // Under bf16 autocast a float32 GEMM's operands go to bfloat16 copies and gemm_bf16 multiplies
-  // them with float32 accumulation; otherwise gemm_native takes the operands as they are.
+  // Under bf16 autocast, or given a bfloat16 operand (autocast's saved activations), gemm_bf16
+  // multiplies bfloat16 operands (float32 ones go to converted copies) with float32
+  // accumulation; otherwise gemm_native takes the operands as they are.
   void gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& c, double alpha,
             double beta) override {
-    if (c.dtype() != DType::f32 || !bf16_autocast())
+    const bool bf16_operand = a.dtype() == DType::bf16 || b.dtype() == DType::bf16;
+    if (!bf16_operand && (c.dtype() != DType::f32 || !bf16_autocast()))
       return gemm_native(a, ta, b, tb, c, alpha, beta);
-    Buffer a16(*this, a.numel() * sizeof(bfloat16)), b16(*this, b.numel() * sizeof(bfloat16));
-    bf16_convert(a.numel(), f32(a, "gemm"), a16.bf16(), stream());
-    bf16_convert(b.numel(), f32(b, "gemm"), b16.bf16(), stream());
-    gemm_bf16(a, a16.bf16(), ta, b, b16.bf16(), tb, c, alpha, beta);
+    const Bf16Operand a16(*this, a), b16(*this, b);
+    gemm_bf16(a, a16.data, ta, b, b16.data, tb, c, alpha, beta);
   }
 
   // Depthwise convs have their own kernels; a pointwise conv is a plain GEMM over NHWC rows
-  // (cuBLAS in the real backend); every other conv is an implicit GEMM (conv.cuh).
+  // (cuBLAS in the real backend); every other conv is an implicit GEMM (conv.cuh). The input x
+  // may be bfloat16 (autocast's saved copy) except for depthwise convs.
   void conv2d_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,
                       const Tensor& out) override {
-    if (is_depthwise(g))
+    if (g.depthwise())
       return depthwise_forward(depthwise(g), f32(x, "conv2d"), f32(w, "conv2d"),
                                f32(out, "conv2d"), stream());
     if (is_pointwise(g))
       return gemm(pixel_rows(x), false, weight_rows(w), true, pixel_rows(out), 1, 0);
-    conv_forward(dense(g), f32(x, "conv2d"), f32(w, "conv2d"), f32(out, "conv2d"), stream(),
-                 bf16_autocast());
+    with_activation(x, [&](const auto* xp, bool bf16) {
+      conv_forward(dense(g), xp, f32(w, "conv2d"), f32(out, "conv2d"), stream(), bf16);
+    });
   }
   void conv2d_backward_input(const Conv2dGeometry& g, const Tensor& grad_out, const Tensor& w,
                              const Tensor& grad_x) override {
-    if (is_depthwise(g))
+    if (g.depthwise())
       return depthwise_backward_input(depthwise(g), f32(grad_out, "conv2d"), f32(w, "conv2d"),
                                       f32(grad_x, "conv2d"), stream());
     if (is_pointwise(g))
@@ -154,7 +159,7 @@ class KernelBackend : public Backend {
   }
   void conv2d_backward_weight(const Conv2dGeometry& g, const Tensor& x, const Tensor& grad_out,
                               const Tensor& grad_w) override {
-    if (is_depthwise(g)) {
+    if (g.depthwise()) {
       const DepthwiseGeometry dg = depthwise(g);
       Buffer ws(*this, depthwise_backward_weight_workspace(dg) * sizeof(float));
       return depthwise_backward_weight(dg, f32(x, "conv2d"), f32(grad_out, "conv2d"),
@@ -164,8 +169,10 @@ class KernelBackend : public Backend {
       return gemm(pixel_rows(grad_out), true, pixel_rows(x), false, weight_rows(grad_w), 1, 0);
     const ConvGeometry cg = dense(g);
     Buffer ws(*this, conv_backward_weight_workspace(cg) * sizeof(float));
-    conv_backward_weight(cg, f32(x, "conv2d"), f32(grad_out, "conv2d"), f32(grad_w, "conv2d"),
-                         ws.floats(), stream(), bf16_autocast());
+    with_activation(x, [&](const auto* xp, bool bf16) {
+      conv_backward_weight(cg, xp, f32(grad_out, "conv2d"), f32(grad_w, "conv2d"), ws.floats(),
+                           stream(), bf16);
+    });
   }
 
   void layer_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, double eps,
@@ -247,6 +254,17 @@ class KernelBackend : public Backend {
   virtual void transfer(void* dst, const void* src, size_t bytes, bool to_device) = 0;
 
  private:
+  // bfloat16 on the device: contiguous float32 <-> bfloat16 casts, rounding to nearest even.
+  void cast_bf16(const Tensor& src, const Tensor& dst) {
+    const int64_t n = src.numel();
+    if (src.dtype() == DType::f32 && dst.dtype() == DType::bf16)
+      return bf16_convert(n, f32(src, "cast"), bf16_data(dst, "cast"), stream());
+    SONO_CHECK(src.dtype() == DType::bf16 && dst.dtype() == DType::f32, "CUDA: cast from ",
+               dtype_name(src.dtype()), " to ", dtype_name(dst.dtype()),
+               " not implemented (bfloat16 converts to and from float32 only)");
+    bf16_convert(n, bf16_data(src, "cast"), f32(dst, "cast"), stream());
+  }
+
   void copy_on_device(const Shape& shape, const void* src, const Shape& src_strides,
                       DType src_dtype, void* dst, const Shape& dst_strides, DType dst_dtype) {
     auto layout = cpu::merge_dims<2>(shape, {&src_strides, &dst_strides});
@@ -306,6 +324,17 @@ class KernelBackend : public Backend {
     bfloat16* bf16() const { return static_cast<bfloat16*>(data); }
   };
 
+  // A GEMM operand in bfloat16: a bfloat16 tensor's own data, or a float32 one's converted copy.
+  struct Bf16Operand {
+    Buffer copy;
+    const bfloat16* data;
+    Bf16Operand(KernelBackend& be, const Tensor& t)
+        : copy(be, t.dtype() == DType::bf16 ? 0 : t.numel() * sizeof(bfloat16)),
+          data(t.dtype() == DType::bf16 ? bf16_data(t, "gemm") : copy.bf16()) {
+      if (t.dtype() != DType::bf16) bf16_convert(t.numel(), f32(t, "gemm"), copy.bf16(), be.stream());
+    }
+  };
+
   // Our kernels compute in float32 on tensors of this device, contiguous unless they take
   // strides.
   static float* f32_strided(const Tensor& t, const char* op) {
@@ -322,6 +351,20 @@ class KernelBackend : public Backend {
   static float* f32_or_null(const Tensor& t, const char* op) {
     return t.defined() ? f32(t, op) : nullptr;
   }
+  // bfloat16 tensors are storage (tensor/dtype.h): casts, GEMM operands and conv inputs.
+  static bfloat16* bf16_data(const Tensor& t, const char* op) {
+    SONO_CHECK(t.dtype() == DType::bf16 && t.device() == Device::cuda && t.is_contiguous(),
+               "CUDA: ", op, " wants a contiguous bfloat16 tensor on the device, got ",
+               dtype_name(t.dtype()), " on ", device_name(t.device()));
+    return static_cast<bfloat16*>(t.raw_data());
+  }
+  // Calls f(x's data, bf16) for a dense conv's input: autocast's bfloat16 copy, or float32 that
+  // the kernel rounds to bfloat16 as it loads tiles while autocast is on.
+  template <typename F>
+  static void with_activation(const Tensor& x, F&& f) {
+    if (x.dtype() == DType::bf16) f(static_cast<const bfloat16*>(bf16_data(x, "conv2d")), true);
+    else f(static_cast<const float*>(f32(x, "conv2d")), bf16_autocast());
+  }
 
   static bool bf16_autocast() { return autocast_precision(Device::cuda) == Precision::bf16; }
 
@@ -334,9 +377,6 @@ class KernelBackend : public Backend {
             f32(p.exp_avg_sq, "adamw"), p.param.numel(), p.step};
   }
 
-  static bool is_depthwise(const Conv2dGeometry& g) {
-    return g.groups == g.cin && g.cout == g.cin;
-  }
   // 1x1, stride 1, no padding, one group: y = x w^T with x as [pixels, Cin] rows.
   static bool is_pointwise(const Conv2dGeometry& g) {
     return g.kh == 1 && g.kw == 1 && g.stride == 1 && g.padding == 0 && g.groups == 1;
@@ -344,7 +384,8 @@ class KernelBackend : public Backend {
   // The 3-D operands gemm() takes: a contiguous NHWC tensor as [1, pixels, C], a 1x1 weight
   // [Cout, Cin, 1, 1] as [1, Cout, Cin].
   static Tensor pixel_rows(const Tensor& t) {
-    f32(t, "conv2d");
+    if (t.dtype() == DType::bf16) bf16_data(t, "conv2d");  // checks only
+    else f32(t, "conv2d");
     return t.reshape({1, t.numel() / t.size(3), t.size(3)});
   }
   static Tensor weight_rows(const Tensor& w) {

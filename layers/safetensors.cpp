@@ -139,7 +139,10 @@ void save_safetensors(const std::string& path, const StateDict& tensors,
   uint64_t offset = 0;
   for (auto& [key, t] : tensors) {
     Tensor h = t.detach().to(Device::cpu).contiguous();
-    const char* tag = h.dtype() == DType::f32 ? "F32" : h.dtype() == DType::f64 ? "F64" : "I64";
+    const char* tag = h.dtype() == DType::f32    ? "F32"
+                      : h.dtype() == DType::f64  ? "F64"
+                      : h.dtype() == DType::bf16 ? "BF16"
+                                                 : "I64";
     std::string bytes(static_cast<const char*>(h.raw_data()), h.numel() * dtype_size(h.dtype()));
     if (float32_as_f16 && h.dtype() == DType::f32) {
       tag = "F16";

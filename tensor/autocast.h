@@ -6,9 +6,13 @@
 // (norms, softmax, depthwise convolutions, attention) stay float32. On a GPU the products are
 // cuBLAS GemmEx / our conv kernels on bf16 operands. Only the CUDA backend implements it: the CPU
 // refuses bf16. The setting is process-wide (the tools' --amp flag sets it once), not per thread.
+//
+// Like torch.autocast, these ops cast their activation operands to bfloat16 once and save those
+// copies for backward (DType::bf16, half the bytes); the weight gradient g^T x then reads the
+// same bf16 x the forward used. Weights stay float32 (master weights) and are rounded per use.
 #include <string>
 
-#include "tensor/dtype.h"
+#include "tensor/tensor.h"
 
 namespace sono {
 
@@ -19,6 +23,16 @@ Precision autocast_precision(Device device);
 void set_autocast(Device device, Precision precision);
 // "off" -> f32, "bf16" -> bf16 (the --amp flag's values); throws on anything else.
 Precision parse_precision(const std::string& name);
+
+// The operand an autocast op computes with and saves for backward: under bf16 autocast on x's
+// device, float32 x as a bfloat16 copy (outside the graph); otherwise x itself.
+Tensor autocast_operand(const Tensor& x);
+
+// What autocast ops save: bfloat16 copies (the default) or their float32 operands, rounded again
+// by the backward (the path before bf16 storage: the same results with twice the bytes; kept to
+// compare memory and results against).
+enum class SavedActivations : uint8_t { bf16, f32 };
+void set_autocast_saved_activations(SavedActivations saved);
 
 // Sets a device's precision for a scope and restores the previous one.
 class Autocast {

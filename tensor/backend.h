@@ -19,6 +19,8 @@ enum class ReduceOp { sum, max };
 struct Conv2dGeometry {
   int64_t n, h, w, cin, cout, kh, kw, oh, ow;
   int64_t stride, padding, dilation, groups;
+
+  bool depthwise() const { return groups == cin && cout == cin; }  // one filter per channel
 };
 
 class Backend {
@@ -51,6 +53,14 @@ class Backend {
   // a batch of 1 in a or b is shared across c's batch.
   virtual void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
                     double alpha, double beta) = 0;
+  // Linear's forward: y[0] = x[0] w[0]^T + bias, x [1, rows, K], w [1, N, K], bias [N],
+  // y [1, rows, N]. This default runs the GEMM then a broadcast add; a backend may add the
+  // bias in the GEMM's epilogue, while the tile is still in registers.
+  virtual void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
+                              const Tensor& y) {
+    gemm(x, false, w, true, y, 1.0, 0.0);
+    binary(BinaryOp::add, y, bias.reshape({1, 1, bias.size(0)}).expand(y.shape()), y);
+  }
 
   // NHWC x/out/grad_x, weight [Cout, Cin/groups, KH, KW]; each kernel overwrites its output.
   virtual void conv2d_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,

@@ -5,13 +5,14 @@
 // harness must catch. Each kernel's tolerance is stated where it is checked; they allow for the
 // few-ulp error of CUDA's expf/erff/logf, which the emulator computes exactly.
 #include <algorithm>
+#include <bit>
 #include <cfloat>
 #include <map>
 #include <random>
 
 #include "cuda/allocator.h"
-#include "cuda/emulated/backend.h"
 #include "cuda/kernel_backend.cuh"
+#include "emulated_device.h"
 #include "helpers.h"
 #include "layers/optim.h"
 #include "models/registry.h"
@@ -79,22 +80,6 @@ Tensor host(const std::vector<double>& v, const Shape& shape, DType dtype = DTyp
 }
 
 // ---- the emulated CUDA device (cuda/emulated): our kernels over host memory ------------------
-
-// Makes Device::cuda the emulated device for a test's duration.
-class EmulatedDevice {
- public:
-  EmulatedDevice() {
-    try {
-      previous_ = &backend(Device::cuda);
-    } catch (const Error&) {
-    }
-    register_backend(Device::cuda, &k::emulated_backend());
-  }
-  ~EmulatedDevice() { register_backend(Device::cuda, previous_); }
-
- private:
-  Backend* previous_ = nullptr;
-};
 
 Tensor on_device(const Tensor& t) { return t.to(Device::cuda); }
 Tensor device_empty(const Shape& shape) { return Tensor::empty(shape, DType::f32, Device::cuda); }
@@ -1002,6 +987,71 @@ TEST_CASE("bf16: float32 -> bfloat16 rounds to nearest even, and back exactly") 
       else CHECK(static_cast<double>(back[i]) == bf16_reference(x[i]));
     }
   });
+}
+
+// The bits of a bfloat16 tensor (DType::bf16), read on the host.
+std::vector<uint16_t> bf16_bits(const Tensor& t) {
+  const Tensor h = t.to(Device::cpu);
+  const auto* p = static_cast<const uint16_t*>(h.raw_data());
+  return std::vector<uint16_t>(p, p + h.numel());
+}
+
+// The cast op (Tensor::to(DType::bf16) and back), which makes autocast's saved activations: the
+// device's kernel against the CPU backend's copy, bit for bit, on sizes with tails shorter than
+// a warp, over ties (to even, up and down), values past the largest bfloat16 (to inf), subnormals,
+// signed zeros, infinities and NaNs (quiet, sign kept). Both must also equal bf16_reference.
+TEST_CASE("bf16 storage: the device cast equals the CPU's on odd sizes, ties, inf and NaN") {
+  EmulatedDevice dev;
+  const float special[] = {1.0f + 0x1p-8f,   1.0f + 0x3p-8f, -(1.0f + 0x1p-8f), 1.0f + 0x1.02p-8f,
+                           -(1.0f + 0x3p-8f), 0x1.fep127f,   FLT_MAX,           -FLT_MAX,
+                           0x1p-140f,         0x1.8p-133f,   -0.0f,             0.0f,
+                           INFINITY,          -INFINITY,     FLT_MIN,           1e-40f,
+                           NAN,               -NAN,          std::bit_cast<float>(0x7f800001u)};
+  std::vector<double> values(std::begin(special), std::end(special));
+  for (double v : uniform(600, 91, -1.0, 1.0)) values.push_back(static_cast<float>(v * std::exp(60 * v)));
+  in_each_schedule([&] {
+    for (int64_t n : {1, 5, 19, 31, 33, 37, 263, 619}) {
+      INFO("n = " << n);
+      const Tensor x = host({values.begin(), values.begin() + n}, {n});
+      const Tensor cpu16 = x.to(DType::bf16), dev16 = on_device(x).to(DType::bf16);
+      CHECK(dev16.dtype() == DType::bf16);
+      CHECK(bf16_bits(dev16) == bf16_bits(cpu16));
+      const std::vector<double> back = dev16.to(DType::f32).to_vector(), cpu_back = cpu16.to_vector();
+      for (int64_t i = 0; i < n; ++i) {
+        INFO("x = " << values[i] << " (" << std::hexfloat << values[i] << ")");
+        if (std::isnan(values[i])) {
+          CHECK((std::isnan(back[i]) && std::isnan(cpu_back[i])));
+          CHECK(std::signbit(back[i]) == std::signbit(values[i]));
+        } else {
+          CHECK(back[i] == bf16_reference(static_cast<float>(values[i])));
+          CHECK(cpu_back[i] == back[i]);
+        }
+      }
+    }
+  });
+}
+
+// bfloat16 is storage only: anything but casts, GEMM operands and dense conv inputs says so.
+TEST_CASE("bf16 storage: other ops and kernels reject bfloat16 with a clear error") {
+  EmulatedDevice dev;
+  const Tensor x = host({1.5, -2.0, 3.25}, {3});
+  const Tensor on_cpu = x.to(DType::bf16), on_gpu = on_device(x).to(DType::bf16);
+  CHECK(on_gpu.to_vector() == std::vector<double>{1.5, -2.0, 3.25});
+  CHECK_THROWS_WITH_AS(exp(on_gpu), doctest::Contains("on bfloat16 not implemented"), Error);
+  CHECK_THROWS_WITH_AS(add(on_cpu, on_cpu), doctest::Contains("got bfloat16"), Error);
+  CHECK_THROWS_WITH_AS(Tensor::zeros({3}, DType::bf16, Device::cuda), doctest::Contains("got bfloat16"),
+                       Error);
+  CHECK_THROWS_WITH_AS(on_gpu.to(DType::f64), doctest::Contains("to and from float32 only"), Error);
+  CHECK_THROWS_WITH_AS(Tensor::from_vector({1.0}, {1}, DType::bf16),
+                       doctest::Contains("storage only"), Error);
+  Tensor leaf = x.clone().requires_grad_();
+  CHECK_THROWS_WITH_AS(leaf.to(DType::bf16), doctest::Contains("carries no gradient"), Error);
+  // A depthwise conv (float32 even under autocast) given a bfloat16 input.
+  const Conv2dGeometry g{1, 3, 3, 2, 2, 3, 3, 3, 3, 1, 1, 1, 2};
+  const Tensor x16 = on_device(host(uniform(18, 92), {1, 3, 3, 2})).to(DType::bf16);
+  CHECK_THROWS_WITH_AS(device().conv2d_forward(g, x16, on_device(host(uniform(18, 93), {2, 1, 3, 3})),
+                                               device_empty({1, 3, 3, 2})),
+                       doctest::Contains("conv2d on bfloat16 not implemented"), Error);
 }
 
 // Under bf16 autocast the emulated device's GEMMs and dense convolutions (forward and both

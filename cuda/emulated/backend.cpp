@@ -1,5 +1,6 @@
 #include "cuda/emulated/backend.h"
 
+#include <cstdlib>
 #include <cstring>
 
 #include "cuda/kernel_backend.cuh"
@@ -10,9 +11,13 @@ namespace {
 
 class EmulatedBackend final : public KernelBackend {
  public:
+  // Size classes are multiples of 512 bytes: aligned_alloc's size rule holds.
+  EmulatedBackend() : allocator_([](size_t n) { return std::aligned_alloc(64, n); }, std::free) {}
+
   const char* name() const override { return "cuda (SIMT emulator)"; }
-  void* allocate(size_t n) override { return backend(Device::cpu).allocate(n); }
-  void deallocate(void* p) override { backend(Device::cpu).deallocate(p); }
+  void* allocate(size_t n) override { return allocator_.allocate(n, stream()); }
+  void deallocate(void* p) override { allocator_.free(p); }
+  CachingAllocator& allocator() { return allocator_; }
 
  protected:
   // cuBLAS is not emulated; matmul on the emulated device uses the CPU's GEMM, under bf16
@@ -34,13 +39,21 @@ class EmulatedBackend final : public KernelBackend {
   void transfer(void* dst, const void* src, size_t bytes, bool) override {
     std::memcpy(dst, src, bytes);
   }
+
+ private:
+  CachingAllocator allocator_;
 };
+
+// Never destroyed: tensors in static objects may free their memory after it would be.
+EmulatedBackend& instance() {
+  static EmulatedBackend* backend = new EmulatedBackend;
+  return *backend;
+}
 
 }  // namespace
 
-Backend& emulated_backend() {
-  static EmulatedBackend backend;
-  return backend;
-}
+Backend& emulated_backend() { return instance(); }
+MemoryStats emulated_memory_stats() { return instance().allocator().stats(); }
+void reset_emulated_peak_memory() { instance().allocator().reset_peak(); }
 
 }  // namespace sono::cuda

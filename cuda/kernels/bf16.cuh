@@ -23,6 +23,10 @@ __device__ __forceinline__ float bf16_to_float(bfloat16 b) {
 // x rounded to the nearest bfloat16, kept in a float (operands of bf16 GEMMs, loaded as tiles).
 __device__ __forceinline__ float bf16_round(float x) { return bf16_to_float(bf16_from_float(x)); }
 
+// An operand as a float: float32 as it is, bfloat16 widened (exact).
+__device__ __forceinline__ float load_float(float x) { return x; }
+__device__ __forceinline__ float load_float(bfloat16 x) { return bf16_to_float(x); }
+
 __device__ __forceinline__ void bf16_convert_one(float x, bfloat16& y) { y = bf16_from_float(x); }
 __device__ __forceinline__ void bf16_convert_one(bfloat16 x, float& y) { y = bf16_to_float(x); }
 

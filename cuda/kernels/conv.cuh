@@ -89,8 +89,8 @@ __global__ void implicit_gemm_kernel(Gemm gemm) {
 // Forward (InputGrad false): cols(x)[at, k], the input that the tap reads for output pixel `at`.
 // Input gradient: grad_y at the output pixel that reads input pixel `at` through the tap. Zero
 // where there is none (padding, or between the strides).
-template <bool InputGrad>
-__device__ __forceinline__ float tap_value(const ConvGeometry& g, const float* src, int64_t group,
+template <bool InputGrad, typename Src>
+__device__ __forceinline__ float tap_value(const ConvGeometry& g, const Src* src, int64_t group,
                                            int64_t at, int64_t k) {
   const int64_t src_h = InputGrad ? g.oh : g.h, src_w = InputGrad ? g.ow : g.w;
   const int64_t dst_h = InputGrad ? g.h : g.oh, dst_w = InputGrad ? g.w : g.ow;
@@ -100,7 +100,7 @@ __device__ __forceinline__ float tap_value(const ConvGeometry& g, const float* s
   const int64_t sy = tap_source<InputGrad>(d.y, tap / g.kw, src_h, g);
   const int64_t sx = tap_source<InputGrad>(d.x, tap % g.kw, src_w, g);
   if (sy < 0 || sx < 0) return 0.0f;
-  return src[((d.n * src_h + sy) * src_w + sx) * src_c + group * group_c + c];
+  return load_float(src[((d.n * src_h + sy) * src_w + sx) * src_c + group * group_c + c]);
 }
 
 // Index of w[o, ci, tap] with o and ci counted within the group.
@@ -111,12 +111,12 @@ __host__ __device__ __forceinline__ int64_t weight_index(const ConvGeometry& g, 
 
 // Forward (InputGrad false): y[p, o] = sum over k = (tap, ci) of cols(x)[p, k] * w[o, ci, tap].
 // Input gradient: grad_x[q, c] = sum over k = (tap, o) of tap_value<true>(grad_y)[q, k] *
-// w[o, c, tap].
-template <bool InputGrad>
+// w[o, c, tap]. Src: float, or bfloat16 for autocast's saved x (forward only).
+template <bool InputGrad, typename Src = float>
 struct ConvGatherGemm {
   GemmShape shape;
   ConvGeometry g;
-  const float* src;  // x, or grad_y
+  const Src* src;  // x, or grad_y
   const float* w;
   float* dst;        // y, or grad_x
   __device__ float a(int64_t group, int64_t at, int64_t k) const {
@@ -133,11 +133,13 @@ struct ConvGatherGemm {
   }
 };
 
-// Writes chunk `chunk`'s partial weight gradient to partial[chunk][...] in w's layout.
+// Writes chunk `chunk`'s partial weight gradient to partial[chunk][...] in w's layout. X: float,
+// or bfloat16 for autocast's saved x.
+template <typename X>
 struct ConvWeightGradGemm {
   GemmShape shape;
   ConvGeometry g;
-  const float* x;
+  const X* x;
   const float* grad_y;
   float* partial;
   __device__ float a(int64_t group, int64_t o, int64_t p) const {
@@ -163,11 +165,13 @@ void launch_implicit_gemm(const char* name, const Gemm& gemm, bool bf16, cudaStr
   else launch(name, implicit_gemm_kernel<Gemm, false>, cfg, gemm);
 }
 
-// bf16: operands rounded to bfloat16 (mixed precision), float32 accumulation.
-inline void conv_forward(const ConvGeometry& g, const float* x, const float* w, float* y,
-                         cudaStream_t stream, bool bf16 = false) {
+// bf16: operands rounded to bfloat16 (mixed precision), float32 accumulation. x (X = float or
+// bfloat16) is the activation operand.
+template <typename X>
+void conv_forward(const ConvGeometry& g, const X* x, const float* w, float* y, cudaStream_t stream,
+                  bool bf16 = false) {
   const GemmShape shape{g.n * g.oh * g.ow, g.cout_g(), g.taps() * g.cin_g(), g.groups, 1};
-  launch_implicit_gemm("conv_forward", ConvGatherGemm<false>{shape, g, x, w, y}, bf16, stream);
+  launch_implicit_gemm("conv_forward", ConvGatherGemm<false, X>{shape, g, x, w, y}, bf16, stream);
 }
 
 inline void conv_backward_input(const ConvGeometry& g, const float* grad_y, const float* w,
@@ -187,13 +191,13 @@ inline int64_t conv_backward_weight_workspace(const ConvGeometry& g) {
   return conv_weight_chunks(g) * g.cout * g.cin_g() * g.taps();
 }
 
-inline void conv_backward_weight(const ConvGeometry& g, const float* x, const float* grad_y,
-                                 float* grad_w, float* workspace, cudaStream_t stream,
-                                 bool bf16 = false) {
+template <typename X>
+void conv_backward_weight(const ConvGeometry& g, const X* x, const float* grad_y, float* grad_w,
+                          float* workspace, cudaStream_t stream, bool bf16 = false) {
   const int64_t chunks = conv_weight_chunks(g);
   const GemmShape shape{g.cout_g(), g.taps() * g.cin_g(), g.n * g.oh * g.ow, g.groups, chunks};
   launch_implicit_gemm("conv_backward_weight",
-                       ConvWeightGradGemm{shape, g, x, grad_y, workspace}, bf16, stream);
+                       ConvWeightGradGemm<X>{shape, g, x, grad_y, workspace}, bf16, stream);
   column_sums(workspace, chunks, g.cout * g.cin_g() * g.taps(), grad_w, stream);
 }
 

@@ -5,13 +5,13 @@
 // - everything else: im2col over a few images at a time, then one GEMM per group. A 1x1,
 //   stride-1, unpadded conv needs no im2col: the NHWC input already is the column matrix.
 // Padding is symmetric zero padding. The kernels overwrite their output (out, grad_x, grad_w).
-#include <Eigen/Core>
 #include <algorithm>
 #include <omp.h>
 #include <type_traits>
 #include <vector>
 
 #include "tensor/cpu/cpu_backend.h"
+#include "tensor/cpu/gemm.h"
 
 namespace sono::cpu {
 
@@ -247,17 +247,14 @@ void depthwise_weight_grad(const Conv2dGeometry& g, const T* x, const T* grad_ou
   partials.sum_into(grad_wt);
 }
 
-bool is_depthwise(const Conv2dGeometry& g) { return g.groups == g.cin && g.groups == g.cout; }
-
 // ---- im2col + GEMM --------------------------------------------------------------------------
+// c (+)= op(a) op(b), [m, k] x [k, n], on row-major matrices with row strides lda/ldb/ldc:
+// one group's slice of the column, weight and output matrices.
 template <typename T>
-using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-template <typename T>
-using MatrixView = Eigen::Map<RowMajor<T>, 0, Eigen::OuterStride<>>;
-
-template <typename T>
-MatrixView<T> matrix(const T* data, int64_t rows, int64_t cols, int64_t row_stride) {
-  return MatrixView<T>(const_cast<T*>(data), rows, cols, Eigen::OuterStride<>(row_stride));
+void gemm_slices(const T* a, int64_t lda, bool ta, const T* b, int64_t ldb, bool tb, T* c,
+                 int64_t ldc, int64_t m, int64_t n, int64_t k, bool accumulate) {
+  gemm_rows<T>({a, b, c, nullptr, 1, m, n, k, ta, tb, false, false, T(1), T(accumulate ? 1 : 0),
+                lda, ldb, ldc});
 }
 
 // The column matrix has one row per output pixel and, per group, the taps (ky, kx) of that
@@ -363,10 +360,11 @@ void conv_forward(const Conv2dGeometry& g, const T* x, const T* w, T* out) {
   const std::vector<T> wt = weight_rows(w, g, cl);
   for_each_chunk<T>(g, cl, x, true, [&](int64_t n0, int64_t, int64_t rows, T* cols) {
     for (int64_t gi = 0; gi < g.groups; ++gi) {
-      auto o = matrix(out + n0 * g.oh * g.ow * g.cout + gi * cl.cout_g, rows, cl.cout_g, g.cout);
-      auto c = matrix(cols + gi * cl.group_cols, rows, cl.group_cols, cl.cols);
-      auto k = matrix(wt.data() + gi * cl.cout_g * cl.group_cols, cl.cout_g, cl.group_cols, cl.group_cols);
-      o.noalias() = c * k.transpose();
+      // out[rows, cout_g] = cols[rows, group_cols] x wt[cout_g, group_cols]^T
+      gemm_slices(cols + gi * cl.group_cols, cl.cols, false,
+                  wt.data() + gi * cl.cout_g * cl.group_cols, cl.group_cols, true,
+                  out + n0 * g.oh * g.ow * g.cout + gi * cl.cout_g, g.cout, rows, cl.cout_g,
+                  cl.group_cols, false);
     }
   });
 }
@@ -379,10 +377,10 @@ void conv_backward_input(const Conv2dGeometry& g, const T* grad_out, const T* w,
   // With the identity layout the column matrix is grad_x itself and col2im is nothing.
   for_each_chunk<T>(g, cl, grad_x, false, [&](int64_t n0, int64_t n1, int64_t rows, T* cols) {
     for (int64_t gi = 0; gi < g.groups; ++gi) {
-      auto c = matrix(cols + gi * cl.group_cols, rows, cl.group_cols, cl.cols);
-      auto go = matrix(grad_out + n0 * g.oh * g.ow * g.cout + gi * cl.cout_g, rows, cl.cout_g, g.cout);
-      auto k = matrix(wt.data() + gi * cl.cout_g * cl.group_cols, cl.cout_g, cl.group_cols, cl.group_cols);
-      c.noalias() = go * k;
+      // cols[rows, group_cols] = grad_out[rows, cout_g] x wt[cout_g, group_cols]
+      gemm_slices(grad_out + n0 * g.oh * g.ow * g.cout + gi * cl.cout_g, g.cout, false,
+                  wt.data() + gi * cl.cout_g * cl.group_cols, cl.group_cols, false,
+                  cols + gi * cl.group_cols, cl.cols, rows, cl.group_cols, cl.cout_g, false);
     }
     if (!cl.identity) col2im(g, cl, back, cols, n0, n1, grad_x);
   });
@@ -390,7 +388,7 @@ void conv_backward_input(const Conv2dGeometry& g, const T* grad_out, const T* w,
 
 // grad_w = grad_out^T x cols per group. The depth of that product (pixels) is huge and the
 // result small: each thread multiplies its own slice of rows with a serial GEMM instead of
-// running Eigen's parallel GEMM, whose threads synchronise at every depth block.
+// running a parallel GEMM, whose threads would share the work at every depth block.
 template <typename T>
 void conv_backward_weight(const Conv2dGeometry& g, const T* x, const T* grad_out, T* grad_w) {
   const ColumnLayout cl = column_layout(g);
@@ -403,10 +401,10 @@ void conv_backward_weight(const Conv2dGeometry& g, const T* x, const T* grad_out
       T* mine = partials.mine();
       const T* go_rows = grad_out + (n0 * g.oh * g.ow + r0) * g.cout;
       for (int64_t gi = 0; gi < g.groups && r1 > r0; ++gi) {
-        auto gk = matrix(mine + gi * cl.cout_g * cl.group_cols, cl.cout_g, cl.group_cols, cl.group_cols);
-        auto go = matrix(go_rows + gi * cl.cout_g, r1 - r0, cl.cout_g, g.cout);
-        auto c = matrix(cols + r0 * cl.cols + gi * cl.group_cols, r1 - r0, cl.group_cols, cl.cols);
-        gk.noalias() += go.transpose() * c;
+        // mine[cout_g, group_cols] += grad_out[r0:r1, cout_g]^T x cols[r0:r1, group_cols]
+        gemm_slices(go_rows + gi * cl.cout_g, g.cout, true, cols + r0 * cl.cols + gi * cl.group_cols,
+                    cl.cols, false, mine + gi * cl.cout_g * cl.group_cols, cl.group_cols, cl.cout_g,
+                    cl.group_cols, r1 - r0, true);
       }
     }
   });
@@ -455,21 +453,21 @@ void with_pointers(const Tensor& a, const Tensor& b, const Tensor& out, Kernel&&
 void CpuBackend::conv2d_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,
                                 const Tensor& out) {
   with_pointers(x, w, out, [&](auto* xp, auto* wp, auto* op) {
-    is_depthwise(g) ? depthwise_forward(g, xp, wp, op) : conv_forward(g, xp, wp, op);
+    g.depthwise() ? depthwise_forward(g, xp, wp, op) : conv_forward(g, xp, wp, op);
   });
 }
 
 void CpuBackend::conv2d_backward_input(const Conv2dGeometry& g, const Tensor& grad_out,
                                        const Tensor& w, const Tensor& grad_x) {
   with_pointers(grad_out, w, grad_x, [&](auto* gp, auto* wp, auto* op) {
-    is_depthwise(g) ? depthwise_backward_input(g, gp, wp, op) : conv_backward_input(g, gp, wp, op);
+    g.depthwise() ? depthwise_backward_input(g, gp, wp, op) : conv_backward_input(g, gp, wp, op);
   });
 }
 
 void CpuBackend::conv2d_backward_weight(const Conv2dGeometry& g, const Tensor& x,
                                         const Tensor& grad_out, const Tensor& grad_w) {
   with_pointers(x, grad_out, grad_w, [&](auto* xp, auto* gp, auto* op) {
-    is_depthwise(g) ? depthwise_backward_weight(g, xp, gp, op) : conv_backward_weight(g, xp, gp, op);
+    g.depthwise() ? depthwise_backward_weight(g, xp, gp, op) : conv_backward_weight(g, xp, gp, op);
   });
 }
 

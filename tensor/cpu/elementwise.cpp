@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <bit>
 #include <cmath>
 
 #include <Eigen/Core>
@@ -9,22 +10,57 @@
 
 namespace sono::cpu {
 
+namespace {
+
+// A bfloat16 value's bits (DType::bf16): the top half of a float32.
+struct Bf16 {
+  uint16_t bits;
+};
+
+// The CPU reference of the CUDA cast kernel (cuda/kernels/bf16.cuh): float32 -> bfloat16 rounds
+// to nearest even; a NaN stays a NaN (quiet, sign and top payload kept) instead of rounding to
+// inf. float64 goes through float32 first, as torch converts it.
+Bf16 to_bf16(float x) {
+  const uint32_t u = std::bit_cast<uint32_t>(x);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return {static_cast<uint16_t>((u >> 16) | 0x40u)};
+  const uint32_t round_half_even = 0x7fffu + ((u >> 16) & 1u);
+  return {static_cast<uint16_t>((u + round_half_even) >> 16)};
+}
+float from_bf16(Bf16 b) { return std::bit_cast<float>(static_cast<uint32_t>(b.bits) << 16); }
+
+template <typename D, typename S>
+D convert(S v) {
+  if constexpr (std::is_same_v<D, S>) return v;
+  else if constexpr (std::is_same_v<S, Bf16>) return static_cast<D>(from_bf16(v));
+  else if constexpr (std::is_same_v<D, Bf16>) return to_bf16(static_cast<float>(v));
+  else return static_cast<D>(v);
+}
+
+// dispatch_any plus bfloat16, which only copies convert.
+template <typename F>
+void dispatch_storage(DType dtype, F&& f) {
+  if (dtype == DType::bf16) f(Bf16{});
+  else dispatch_any(dtype, std::forward<F>(f));
+}
+
+}  // namespace
+
 void CpuBackend::copy(const Tensor& src, const Tensor& dst) {
   SONO_CHECK(src.shape() == dst.shape(), "copy: shapes ", shape_str(src.shape()), " and ",
              shape_str(dst.shape()), " differ");
   SONO_CHECK(src.device() == Device::cpu && dst.device() == Device::cpu,
              "CPU copy given a non-CPU tensor");
-  dispatch_any(src.dtype(), [&](auto s_tag) {
+  dispatch_storage(src.dtype(), [&](auto s_tag) {
     using S = decltype(s_tag);
-    dispatch_any(dst.dtype(), [&](auto d_tag) {
+    dispatch_storage(dst.dtype(), [&](auto d_tag) {
       using D = decltype(d_tag);
-      const S* s = src.data<S>();
-      D* d = dst.data<D>();
+      const S* s = static_cast<const S*>(src.raw_data());  // the dispatch checked the dtypes
+      D* d = static_cast<D*>(dst.raw_data());
       for_each_row<2>(src.shape(), {&src.strides(), &dst.strides()},
                       [&](auto off, auto st, int64_t n) {
                         const S* sp = s + off[0];
                         D* dp = d + off[1];
-                        for (int64_t i = 0; i < n; ++i) dp[i * st[1]] = static_cast<D>(sp[i * st[0]]);
+                        for (int64_t i = 0; i < n; ++i) dp[i * st[1]] = convert<D>(sp[i * st[0]]);
                       });
     });
   });

@@ -1,6 +1,10 @@
+// GCC 12 flags the masked AVX-512 intrinsics inside Eigen's GEMM kernels (their undefined
+// merge source is by design), hundreds of times per build.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <Eigen/Core>
 
 #include "tensor/cpu/cpu_backend.h"
+#include "tensor/cpu/gemm.h"
 
 namespace sono::cpu {
 
@@ -8,36 +12,72 @@ namespace {
 
 template <typename T>
 using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <typename T>
+using MatrixView = Eigen::Map<RowMajor<T>, 0, Eigen::OuterStride<>>;
 
 template <typename T>
-void gemm_typed(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& c, T alpha, T beta) {
-  const int64_t batch = c.size(0), m = c.size(1), n = c.size(2);
-  const int64_t ar = a.size(1), ac = a.size(2), br = b.size(1), bc = b.size(2);
-  const int64_t k = ta ? ar : ac;
-  SONO_CHECK((ta ? ac : ar) == m && (tb ? bc : br) == k && (tb ? br : bc) == n,
-             "gemm: shapes do not chain: ", shape_str(a.shape()), (ta ? "^T" : ""), " x ",
-             shape_str(b.shape()), (tb ? "^T" : ""), " -> ", shape_str(c.shape()));
-  for (int64_t i = 0; i < batch; ++i) {
-    Eigen::Map<const RowMajor<T>> A(a.data<T>() + (a.size(0) == 1 ? 0 : i) * ar * ac, ar, ac);
-    Eigen::Map<const RowMajor<T>> B(b.data<T>() + (b.size(0) == 1 ? 0 : i) * br * bc, br, bc);
-    Eigen::Map<RowMajor<T>> C(c.data<T>() + i * m * n, m, n);
-    if (beta == T(0)) C.setZero();
-    else if (beta != T(1)) C *= beta;
-    // Eigen picks its packed, blocked and (with OpenMP) threaded kernel for each case.
-    if (!ta && !tb) C.noalias() += alpha * A * B;
-    else if (ta && !tb) C.noalias() += alpha * A.transpose() * B;
-    else if (!ta && tb) C.noalias() += alpha * A * B.transpose();
-    else C.noalias() += alpha * A.transpose() * B.transpose();
+MatrixView<T> view(const T* data, int64_t rows, int64_t cols, int64_t row_stride) {
+  return MatrixView<T>(const_cast<T*>(data), rows, cols, Eigen::OuterStride<>(row_stride ? row_stride : cols));
+}
+
+// Eigen picks its packed, blocked and (outside a parallel region, with OpenMP) threaded kernel.
+template <typename T>
+void eigen_gemm(const GemmProblem<T>& p) {
+  const int64_t a_rows = p.trans_a ? p.k : p.m, a_cols = p.trans_a ? p.m : p.k;
+  const int64_t b_rows = p.trans_b ? p.n : p.k, b_cols = p.trans_b ? p.k : p.n;
+  const int64_t a_step = a_rows * (p.lda ? p.lda : a_cols), b_step = b_rows * (p.ldb ? p.ldb : b_cols);
+  for (int64_t i = 0; i < p.batch; ++i) {
+    auto A = view(p.a + (p.a_shared ? 0 : i * a_step), a_rows, a_cols, p.lda);
+    auto B = view(p.b + (p.b_shared ? 0 : i * b_step), b_rows, b_cols, p.ldb);
+    auto C = view(p.c + i * p.m * (p.ldc ? p.ldc : p.n), p.m, p.n, p.ldc);
+    if (p.beta == T(0)) C.setZero();
+    else if (p.beta != T(1)) C *= p.beta;
+    if (!p.trans_a && !p.trans_b) C.noalias() += p.alpha * A * B;
+    else if (p.trans_a && !p.trans_b) C.noalias() += p.alpha * A.transpose() * B;
+    else if (!p.trans_a && p.trans_b) C.noalias() += p.alpha * A * B.transpose();
+    else C.noalias() += p.alpha * A.transpose() * B.transpose();
+    if (p.bias) C.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(p.bias, p.n);
   }
 }
 
+template <typename T>
+GemmProblem<T> tensor_problem(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& c,
+                              double alpha, double beta) {
+  const int64_t batch = c.size(0), m = c.size(1), n = c.size(2);
+  const int64_t k = ta ? a.size(1) : a.size(2);
+  SONO_CHECK((ta ? a.size(2) : a.size(1)) == m && (tb ? b.size(2) : b.size(1)) == k &&
+                 (tb ? b.size(1) : b.size(2)) == n,
+             "gemm: shapes do not chain: ", shape_str(a.shape()), (ta ? "^T" : ""), " x ",
+             shape_str(b.shape()), (tb ? "^T" : ""), " -> ", shape_str(c.shape()));
+  return {a.data<T>(), b.data<T>(), c.data<T>(), nullptr, batch, m, n, k, ta, tb,
+          a.size(0) == 1, b.size(0) == 1, static_cast<T>(alpha), static_cast<T>(beta)};
+}
+
 }  // namespace
+
+template <typename T>
+void gemm_rows(const GemmProblem<T>& p) {
+  if constexpr (std::is_same_v<T, float> && kHaveSgemm) sgemm(p);
+  else eigen_gemm(p);
+}
+template void gemm_rows<float>(const GemmProblem<float>&);
+template void gemm_rows<double>(const GemmProblem<double>&);
 
 void CpuBackend::gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& c,
                       double alpha, double beta) {
   dispatch_float(c.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    gemm_typed<T>(a, ta, b, tb, c, static_cast<T>(alpha), static_cast<T>(beta));
+    gemm_rows(tensor_problem<T>(a, ta, b, tb, c, alpha, beta));
+  });
+}
+
+void CpuBackend::linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
+                                const Tensor& y) {
+  dispatch_float(y.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    GemmProblem<T> p = tensor_problem<T>(x, false, w, true, y, 1.0, 0.0);
+    p.bias = bias.data<T>();
+    gemm_rows(p);
   });
 }
 

@@ -1,6 +1,8 @@
 // conv2d: NHWC input, PyTorch-layout weight [Cout, Cin/groups, KH, KW]; the backend kernel
-// convolves, this op checks shapes, adds the bias and records the backward.
+// convolves, this op checks shapes, adds the bias (in place on the fresh output: no second
+// activation-sized tensor) and records the backward.
 #include "autograd/node.h"
+#include "tensor/autocast.h"
 #include "tensor/backend.h"
 #include "tensor/ops.h"
 
@@ -31,9 +33,12 @@ Conv2dGeometry conv_geometry(const Tensor& x, const Tensor& w, const Tensor& bia
   SONO_CHECK(w.size(1) * g.groups == g.cin, "conv2d: weight ", shape_str(w.shape()), " with groups ",
              g.groups, " expects ", w.size(1) * g.groups, " input channels, but input ",
              shape_str(x.shape()), " has ", g.cin);
-  if (bias.defined())
+  if (bias.defined()) {
     SONO_CHECK(bias.dim() == 1 && bias.size(0) == g.cout, "conv2d: bias ", shape_str(bias.shape()),
                " does not match weight ", shape_str(w.shape()), " (want [", g.cout, "])");
+    SONO_CHECK(bias.dtype() == x.dtype() && bias.device() == x.device(),
+               "conv2d: bias dtype/device differs from the input's");
+  }
   g.oh = conv_out_len(g.h, g.kh, o);
   g.ow = conv_out_len(g.w, g.kw, o);
   SONO_CHECK(g.oh > 0 && g.ow > 0, "conv2d: input ", shape_str(x.shape()), " is too small for kernel ",
@@ -51,7 +56,7 @@ struct Conv2dSaved {
   Conv2dGeometry g;
   Tensor x, w;
   Shape w_shape;
-  bool need_gx, need_gw;
+  bool need_gx, need_gw, need_gb;
 
   std::vector<Tensor> backward(const Tensor& grad) const {
     const Tensor gc = grad.contiguous();
@@ -65,7 +70,9 @@ struct Conv2dSaved {
       gw = Tensor::empty(w_shape, gc.dtype(), gc.device());
       be.conv2d_backward_weight(g, x, gc, gw);
     }
-    return {gx, gw};
+    // NHWC: the bias gradient sums the output gradient over batch and pixels.
+    Tensor gb = need_gb ? sum(gc, {0, 1, 2}) : Tensor();
+    return {gx, gw, gb};
   }
 };
 
@@ -73,14 +80,20 @@ struct Conv2dSaved {
 
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dOptions opt) {
   const Conv2dGeometry g = conv_geometry(x, weight, bias, opt);
-  const Tensor xc = contiguous_data(x), wc = contiguous_data(weight);
+  const Tensor wc = contiguous_data(weight);
+  // Autocast covers every convolution but the depthwise ones, which stay float32.
+  const Tensor xc = g.depthwise() ? contiguous_data(x) : autocast_operand(contiguous_data(x));
   Tensor out = Tensor::empty({g.n, g.oh, g.ow, g.cout}, x.dtype(), x.device());
-  backend_of(x).conv2d_forward(g, xc, wc, out);
+  Backend& be = backend_of(x);
+  be.conv2d_forward(g, xc, wc, out);
+  if (bias.defined())
+    be.binary(BinaryOp::add, out, contiguous_data(bias).reshape({1, 1, 1, g.cout}).expand(out.shape()), out);
   const bool need_gx = x.requires_grad(), need_gw = weight.requires_grad();
-  Conv2dSaved saved{g, need_gw ? xc : Tensor(), need_gx ? wc : Tensor(), weight.shape(), need_gx, need_gw};
-  out = autograd::record("conv2d", out, {x, weight},
-                         [saved = std::move(saved)](const Tensor& grad) { return saved.backward(grad); });
-  return bias.defined() ? add(out, bias) : out;
+  const bool need_gb = bias.defined() && bias.requires_grad();
+  Conv2dSaved saved{g, need_gw ? xc : Tensor(), need_gx ? wc : Tensor(), weight.shape(),
+                    need_gx, need_gw, need_gb};
+  return autograd::record("conv2d", out, {x, weight, bias},
+                          [saved = std::move(saved)](const Tensor& grad) { return saved.backward(grad); });
 }
 
 }  // namespace sono

@@ -1,4 +1,5 @@
 #include "autograd/node.h"
+#include "tensor/autocast.h"
 #include "tensor/backend.h"
 #include "tensor/ops.h"
 
@@ -6,14 +7,26 @@ namespace sono {
 
 namespace {
 
-// c = op(a) op(b) for 3-D operands; batch of 1 broadcasts.
+// c = op(a) op(b) for 3-D operands; batch of 1 broadcasts. bfloat16 operands (autocast's) give
+// a float32 c.
 Tensor gemm3(const Tensor& a, bool ta, const Tensor& b, bool tb) {
   int64_t batch = std::max(a.size(0), b.size(0));
   int64_t m = ta ? a.size(2) : a.size(1);
   int64_t n = tb ? b.size(1) : b.size(2);
-  Tensor c = Tensor::empty({batch, m, n}, a.dtype(), a.device());
+  Tensor c = Tensor::empty({batch, m, n}, compute_dtype(b.dtype()), a.device());
   backend_of(a).gemm(a, ta, b, tb, c, 1.0, 0.0);
   return c;
+}
+
+// x [1, rows, K] times w [1, N, K] transposed, plus bias [N]: Linear's forward in one kernel.
+Tensor gemm_bias(const Tensor& x, const Tensor& w, const Tensor& bias) {
+  SONO_CHECK(bias.dim() == 1 && bias.size(0) == w.size(1), "linear: bias ", shape_str(bias.shape()),
+             " does not fit weight ", shape_str(w.shape()));
+  SONO_CHECK(bias.dtype() == compute_dtype(x.dtype()) && bias.device() == x.device(),
+             "linear: bias dtype/device differs from the input's");
+  Tensor y = Tensor::empty({1, x.size(1), w.size(1)}, compute_dtype(x.dtype()), x.device());
+  backend_of(x).linear_forward(x, w, bias.contiguous(), y);
+  return y;
 }
 
 Tensor as_3d(const Tensor& t) {
@@ -37,21 +50,20 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
     for (int64_t i = 0; i < a.dim() - 2; ++i)
       SONO_CHECK(a.size(i) == b.size(i), "matmul: batch dims differ: ", shape_str(a.shape()),
                  " x ", shape_str(b.shape()));
-  Tensor a3 = as_3d(a), b3 = as_3d(b);
+  const Tensor a3 = autocast_operand(as_3d(a)), b3 = autocast_operand(as_3d(b));
   Shape out_shape = a.shape();
   out_shape.back() = b.size(-1);
   Tensor out = gemm3(a3, false, b3, false).reshape(out_shape);
-  // The closure keeps the 3-D operands only: a and b themselves may be views whose base
-  // (a kv projection that k and v slice) the graph need not keep.
+  // Each operand's gradient reads the other one: the backward keeps only those it needs.
+  const Tensor saved_a = b.requires_grad() ? a3 : Tensor(), saved_b = a.requires_grad() ? b3 : Tensor();
   return autograd::record("matmul", out, {a, b},
-                          [a3, b3, sa = a.shape(), sb = b.shape(), need_a = a.requires_grad(),
-                           need_b = b.requires_grad()](const Tensor& g) {
+                          [saved_a, saved_b, a_shape = a.shape(), b_shape = b.shape()](const Tensor& g) {
     Tensor g3 = as_3d(g);
     Tensor ga, gb;
-    if (need_a) ga = gemm3(g3, false, b3, true).reshape(sa);
-    if (need_b) {
-      Tensor per_batch = gemm3(a3, true, g3, false);
-      gb = (sb.size() == 2 ? sum(per_batch, {0}) : per_batch).reshape(sb);
+    if (saved_b.defined()) ga = gemm3(g3, false, saved_b, true).reshape(a_shape);
+    if (saved_a.defined()) {
+      Tensor per_batch = gemm3(saved_a, true, g3, false);
+      gb = (b_shape.size() == 2 ? sum(per_batch, {0}) : per_batch).reshape(b_shape);
     }
     return std::vector<Tensor>{ga, gb};
   });
@@ -60,20 +72,22 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   SONO_CHECK(weight.dim() == 2 && x.size(-1) == weight.size(1), "linear: input ",
              shape_str(x.shape()), " does not fit weight ", shape_str(weight.shape()));
-  Tensor x2 = as_3d(x.reshape({-1, x.size(-1)}));
-  Tensor w3 = as_3d(weight);
+  const Tensor x2 = autocast_operand(as_3d(x.reshape({-1, x.size(-1)})));
+  const Tensor w3 = as_3d(weight);
   Shape out_shape = x.shape();
   out_shape.back() = weight.size(0);
-  Tensor y = gemm3(x2, false, w3, true).reshape(out_shape);
-  Tensor out = autograd::record("linear", y, {x, weight},
-                                [x2, w3, sx = x.shape(), sw = weight.shape(),
-                                 need_x = x.requires_grad(), need_w = weight.requires_grad()](const Tensor& g) {
+  Tensor y = bias.defined() ? gemm_bias(x2, w3, bias) : gemm3(x2, false, w3, true);
+  // The backward keeps the input (bf16 under autocast) only for grad_w, the weight only for grad_x.
+  const Tensor saved_x = weight.requires_grad() ? x2 : Tensor(), saved_w = x.requires_grad() ? w3 : Tensor();
+  const bool need_gb = bias.defined() && bias.requires_grad();
+  return autograd::record("linear", y.reshape(out_shape), {x, weight, bias},
+                          [saved_x, saved_w, need_gb, x_shape = x.shape(), w_shape = weight.shape()](const Tensor& g) {
     Tensor g3 = as_3d(g.reshape({-1, g.size(-1)}));
-    Tensor gx = need_x ? gemm3(g3, false, w3, false).reshape(sx) : Tensor();
-    Tensor gw = need_w ? gemm3(g3, true, x2, false).reshape(sw) : Tensor();
-    return std::vector<Tensor>{gx, gw};
+    Tensor gx = saved_w.defined() ? gemm3(g3, false, saved_w, false).reshape(x_shape) : Tensor();
+    Tensor gw = saved_x.defined() ? gemm3(g3, true, saved_x, false).reshape(w_shape) : Tensor();
+    Tensor gb = need_gb ? sum(g3, {0, 1}) : Tensor();
+    return std::vector<Tensor>{gx, gw, gb};
   });
-  return bias.defined() ? add(out, bias) : out;
 }
 
 }  // namespace sono

@@ -107,6 +107,11 @@ void KernelTimer::gemm(const Tensor& a, bool trans_a, const Tensor& b, bool tran
   timed(gemm_key(trans_a, trans_b, c), [&] { inner_.gemm(a, trans_a, b, trans_b, c, alpha, beta); },
         2.0 * static_cast<double>(c.numel()) * inner);
 }
+void KernelTimer::linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
+                                 const Tensor& y) {
+  timed("linear_forward (gemm + bias)", [&] { inner_.linear_forward(x, w, bias, y); },
+        2.0 * static_cast<double>(y.numel()) * x.size(2));
+}
 void KernelTimer::conv2d_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,
                                  const Tensor& out) {
   timed(conv_key("conv2d_forward", g), [&] { inner_.conv2d_forward(g, x, w, out); },

@@ -1,0 +1,41 @@
+#pragma once
+// The CPU GEMM's operands, and our own float32 GEMM for CPUs with AVX-512 (sgemm.cpp): packed,
+// cache-blocked and threaded without barriers. Eigen's threaded GEMM (still used for float64 and
+// CPUs without AVX-512) makes its threads meet at every depth block, and has no epilogue to add
+// Linear's bias while the result is in registers.
+#include <cstdint>
+
+namespace sono::cpu {
+
+// Row-major operands: A is [m, k] ([k, m] when trans_a), B is [k, n] ([n, k] when trans_b),
+// C is [m, n]; each is `batch` matrices back to back, except that a_shared / b_shared mean one
+// matrix serves every batch item. lda/ldb/ldc are the stored row strides (0: packed, i.e. the
+// stored column count), so a GEMM can read and write column slices of wider matrices.
+template <typename T>
+struct GemmProblem {
+  const T* a;
+  const T* b;
+  T* c;
+  const T* bias;  // [n] added to every row of C, or nullptr
+  int64_t batch, m, n, k;
+  bool trans_a, trans_b, a_shared, b_shared;
+  T alpha, beta;
+  int64_t lda = 0, ldb = 0, ldc = 0;
+};
+
+#ifdef __AVX512F__
+inline constexpr bool kHaveSgemm = true;
+#else
+inline constexpr bool kHaveSgemm = false;  // callers take Eigen's path (under `if constexpr`)
+#endif
+
+// C[i] = alpha * op(A[i]) op(B[i]) + beta * C[i] + bias; C is not read when beta is 0.
+// Defined only where kHaveSgemm.
+void sgemm(const GemmProblem<float>& p);
+
+// The same for float32 and float64: sgemm where the CPU has it, Eigen's GEMM otherwise. Inside
+// an OpenMP parallel region it runs on the calling thread alone.
+template <typename T>
+void gemm_rows(const GemmProblem<T>& p);
+
+}  // namespace sono::cpu

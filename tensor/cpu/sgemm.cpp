@@ -1,0 +1,280 @@
+// Packed float32 GEMM for AVX-512, after the BLIS design: the depth is cut in blocks of kc;
+// for each, a thread packs B's block into kc x kNr panels and its kMc x kc blocks of A into
+// kMr x kc panels; a micro-kernel keeps a
+// kMr x kNr tile of C in zmm registers over the whole depth block and writes it once, with
+// alpha, beta and the bias applied on the way out. Packed panels are zero-padded to full
+// width, so the micro-kernel never branches on edges; only the store is masked.
+#ifdef __AVX512F__
+
+#include "tensor/cpu/gemm.h"
+
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <memory>
+
+#include "tensor/error.h"
+
+// GCC 12 flags the masked loads inside its own AVX-512 headers (the merge source of a maskz
+// load is an undefined vector by design), once per inlined call site.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace sono::cpu {
+
+namespace {
+
+// Tile of C per micro-kernel call: kMr rows x kNv zmm vectors of 16 columns; 28 of the 32
+// zmm registers hold it, the rest carry B's row and A's broadcast value.
+constexpr int kMr = 14, kNv = 2, kNr = 16 * kNv;
+// Block limits: A's kMc x kKc block stays in L2 (2 MB a core), B's kKc x kNr panel in L1.
+constexpr int64_t kKc = 256, kMc = 14 * 72, kNc = 4096;
+// Below this many multiply-adds a GEMM runs on one thread: waking the team costs more.
+constexpr int64_t kMinParallelWork = int64_t{1} << 18;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+// A growable 64-byte aligned float buffer, one per thread and role (never shrinks).
+class PackBuffer {
+ public:
+  float* reserve(int64_t floats) {
+    if (floats > capacity_) {
+      size_t bytes = static_cast<size_t>(round_up(floats, 16)) * sizeof(float);
+      data_.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
+      if (!data_) fail("out of CPU memory allocating a GEMM pack buffer of ", bytes, " bytes");
+      capacity_ = floats;
+    }
+    return data_.get();
+  }
+
+ private:
+  struct Free {
+    void operator()(float* p) const { std::free(p); }
+  };
+  std::unique_ptr<float, Free> data_;
+  int64_t capacity_ = 0;
+};
+
+PackBuffer& a_buffer() {
+  thread_local PackBuffer buffer;
+  return buffer;
+}
+PackBuffer& b_buffer() {
+  thread_local PackBuffer buffer;
+  return buffer;
+}
+
+// A matrix seen through strides: element (r, p) is data[r * rs + p * cs].
+struct Strided {
+  const float* data;
+  int64_t rs, cs;
+  const float* at(int64_t r, int64_t p) const { return data + r * rs + p * cs; }
+};
+
+// Packing: panels of W rows of src (rows x depth), panel i at dst + i * W * depth holding
+// dst[p * W + r] = src(i * W + r, p), zero-padded to W rows: as the micro-kernel reads it (W
+// values of one depth step side by side). src is contiguous along one axis, and the loops
+// stream along it.
+
+// src.cs == 1: each row's depth is contiguous (A as [m, k], B transposed).
+template <int W>
+void pack_rows_contiguous(Strided src, int64_t rows, int64_t depth, float* dst) {
+  for (int64_t r0 = 0; r0 < rows; r0 += W) {
+    const int64_t valid = std::min<int64_t>(W, rows - r0);
+    float* panel = dst + r0 * depth;
+    for (int64_t r = 0; r < W; ++r) {
+      const float* s = r < valid ? src.at(r0 + r, 0) : nullptr;
+      for (int64_t p = 0; p < depth; ++p) panel[p * W + r] = s ? s[p] : 0.0f;
+    }
+  }
+}
+
+// src.rs == 1: each depth step's rows are contiguous (A transposed, B as [k, n]); copies runs
+// of W floats, which the compiler vectorises.
+template <int W>
+void pack_depth_contiguous(Strided src, int64_t rows, int64_t depth, float* dst) {
+  for (int64_t p = 0; p < depth; ++p) {
+    const float* s = src.at(0, p);
+    for (int64_t r0 = 0; r0 < rows; r0 += W) {
+      const int64_t valid = std::min<int64_t>(W, rows - r0);
+      float* d = dst + r0 * depth + p * W;
+      std::copy(s + r0, s + r0 + valid, d);
+      std::fill(d + valid, d + W, 0.0f);
+    }
+  }
+}
+
+template <int W>
+void pack_panels(Strided src, int64_t rows, int64_t depth, float* dst) {
+  if (src.cs == 1) pack_rows_contiguous<W>(src, rows, depth, dst);
+  else pack_depth_contiguous<W>(src, rows, depth, dst);
+}
+
+// Where a micro-kernel's tile goes and what is added to it.
+struct TileOut {
+  float* c;
+  int64_t ldc, rows, cols;  // rows <= kMr, cols <= kNr are valid
+  float alpha, beta;        // c = alpha * acc + beta * c; c is not read when beta is 0
+  const float* bias;        // [cols] added to every row, or nullptr
+};
+
+__mmask16 column_mask(int64_t cols) {
+  return cols >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << std::max<int64_t>(cols, 0)) - 1);
+}
+
+void store_tile(const __m512 (&acc)[kMr][kNv], const TileOut& t) {
+  __mmask16 mask[kNv];
+  __m512 bias[kNv];
+  for (int j = 0; j < kNv; ++j) {
+    mask[j] = column_mask(t.cols - 16 * j);
+    bias[j] = t.bias ? _mm512_maskz_loadu_ps(mask[j], t.bias + 16 * j) : _mm512_setzero_ps();
+  }
+  const __m512 alpha = _mm512_set1_ps(t.alpha), beta = _mm512_set1_ps(t.beta);
+#pragma GCC unroll 16
+  for (int i = 0; i < kMr; ++i) {  // unrolled, so that acc[i] names a register
+    if (i == t.rows) break;
+    float* c = t.c + i * t.ldc;
+#pragma GCC unroll 4
+    for (int j = 0; j < kNv; ++j) {
+      __m512 v = _mm512_fmadd_ps(alpha, acc[i][j], bias[j]);
+      if (t.beta != 0.0f) v = _mm512_fmadd_ps(beta, _mm512_maskz_loadu_ps(mask[j], c + 16 * j), v);
+      _mm512_mask_storeu_ps(c + 16 * j, mask[j], v);
+    }
+  }
+}
+
+// acc = A panel (kMr x depth, packed) x B panel (depth x kNr, packed), then stored through t.
+void micro_kernel(int64_t depth, const float* a, const float* b, const TileOut& t) {
+  __m512 acc[kMr][kNv];
+#pragma GCC unroll 16
+  for (int i = 0; i < kMr; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < kNv; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < depth; ++p, a += kMr, b += kNr) {
+    __m512 bv[kNv];
+#pragma GCC unroll 4
+    for (int j = 0; j < kNv; ++j) bv[j] = _mm512_load_ps(b + 16 * j);
+#pragma GCC unroll 16
+    for (int i = 0; i < kMr; ++i) {
+      const __m512 ai = _mm512_set1_ps(a[i]);
+#pragma GCC unroll 4
+      for (int j = 0; j < kNv; ++j) acc[i][j] = _mm512_fmadd_ps(ai, bv[j], acc[i][j]);
+    }
+  }
+  store_tile(acc, t);
+}
+
+// The team of threads running one GEMM together (or a team of one).
+struct Team {
+  int id, size;
+};
+
+// One batch item's operands and the block sizes it runs with.
+struct Item {
+  Strided a, b;  // op(A) as [m, k] and op(B)^T as [n, k]: both packed along their rows
+  float* c;
+  const float* bias;
+  int64_t ldc, m, n, k, kc, mc;
+  float alpha, beta;
+};
+
+// C[ic.., jc..] (+)= packed A block (mc x kc) x packed B block (kc x nc). `first_depth` says
+// whether this is the first depth block, which applies beta and the bias (later ones add).
+void macro_kernel(const Item& it, const float* a_pack, const float* b_pack, int64_t ic,
+                  int64_t mc, int64_t jc, int64_t nc, int64_t kc, bool first_depth) {
+  const float beta = first_depth ? it.beta : 1.0f;
+  for (int64_t jr = 0; jr < nc; jr += kNr) {
+    const float* bias = first_depth && it.bias ? it.bias + jc + jr : nullptr;
+    for (int64_t ir = 0; ir < mc; ir += kMr) {
+      TileOut out{it.c + (ic + ir) * it.ldc + jc + jr, it.ldc, std::min<int64_t>(kMr, mc - ir),
+                  std::min<int64_t>(kNr, nc - jr), it.alpha, beta, bias};
+      micro_kernel(kc, a_pack + ir * kc, b_pack + jr * kc, out);
+    }
+  }
+}
+
+// The rows (as row blocks first, first + step, ...) and columns of C one member computes.
+struct Share {
+  int64_t first_block, block_step, col_begin, col_end;
+};
+
+// Every member packs the operand it does not split for itself: that repeats packing work but
+// needs no barrier, and a barrier costs a futex round trip per depth block when idle threads
+// sleep (OMP_WAIT_POLICY=passive), which made weight gradients (k = pixels, 100+ depth blocks)
+// 1.5x slower than Eigen's. Splitting the larger side repeats the least: rows when op(A) has
+// more rows than op(B) has columns (activations x weight), columns otherwise (a batch-1 stage
+// of ConvNeXt, m = 49 x n = 4096, where each thread would pack the whole weight).
+bool splits_rows(int64_t m, int64_t n) { return m >= n; }
+
+Share share_of(const Item& it, Team team) {
+  if (team.size == 1 || splits_rows(it.m, it.n)) return {team.id, team.size, 0, it.n};
+  const int64_t width = round_up(ceil_div(it.n, team.size), kNr);
+  const int64_t begin = std::min(it.n, team.id * width);
+  return {0, 1, begin, std::min(it.n, begin + width)};
+}
+
+// A team member's share of one item: for each block of its columns and of depth, it packs B's
+// block, then packs and multiplies its row blocks of A.
+void run_item(const Item& it, Team team) {
+  const Share share = share_of(it, team);
+  const int64_t row_blocks = ceil_div(it.m, it.mc);
+  if (share.first_block >= row_blocks || share.col_begin >= share.col_end) return;
+  float* a_pack = a_buffer().reserve(round_up(it.mc, kMr) * it.kc);
+  float* b_pack = b_buffer().reserve(round_up(std::min(it.n, kNc), kNr) * it.kc);
+  for (int64_t jc = share.col_begin; jc < share.col_end; jc += kNc) {
+    const int64_t nc = std::min(kNc, share.col_end - jc);
+    // pc == 0 runs even for k == 0, so that beta and the bias still apply.
+    for (int64_t pc = 0; pc == 0 || pc < it.k; pc += it.kc) {
+      const int64_t kc = std::min(it.kc, it.k - pc);
+      pack_panels<kNr>({it.b.at(jc, pc), it.b.rs, it.b.cs}, nc, kc, b_pack);
+      for (int64_t blk = share.first_block; blk < row_blocks; blk += share.block_step) {
+        const int64_t ic = blk * it.mc, mc = std::min(it.mc, it.m - ic);
+        pack_panels<kMr>({it.a.at(ic, pc), it.a.rs, it.a.cs}, mc, kc, a_pack);
+        macro_kernel(it, a_pack, b_pack, ic, mc, jc, nc, kc, pc == 0);
+      }
+    }
+  }
+}
+
+// Batch item i of p, with depth blocks of equal size and, when a team of `threads` splits the
+// rows, row blocks that split evenly over it (so its members finish together).
+Item make_item(const GemmProblem<float>& p, int64_t i, int threads) {
+  const int64_t lda = p.lda ? p.lda : (p.trans_a ? p.m : p.k);
+  const int64_t ldb = p.ldb ? p.ldb : (p.trans_b ? p.k : p.n);
+  const int64_t ldc = p.ldc ? p.ldc : p.n;
+  const float* a = p.a + (p.a_shared ? 0 : i * (p.trans_a ? p.k : p.m) * lda);
+  const float* b = p.b + (p.b_shared ? 0 : i * (p.trans_b ? p.n : p.k) * ldb);
+  Item it{p.trans_a ? Strided{a, 1, lda} : Strided{a, lda, 1},
+          p.trans_b ? Strided{b, ldb, 1} : Strided{b, 1, ldb},
+          p.c + i * p.m * ldc, p.bias, ldc, p.m, p.n, p.k, 0, 0, p.alpha, p.beta};
+  it.kc = std::max<int64_t>(8, round_up(ceil_div(p.k, std::max<int64_t>(1, ceil_div(p.k, kKc))), 8));
+  const int64_t row_blocks = round_up(ceil_div(p.m, kMc), splits_rows(p.m, p.n) ? threads : 1);
+  it.mc = round_up(ceil_div(p.m, row_blocks), kMr);
+  return it;
+}
+
+}  // namespace
+
+void sgemm(const GemmProblem<float>& p) {
+  if (p.batch == 0 || p.m == 0 || p.n == 0) return;
+  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  if (threads == 1 || p.batch * p.m * p.n * p.k < kMinParallelWork) {
+    for (int64_t i = 0; i < p.batch; ++i) run_item(make_item(p, i, 1), {0, 1});
+  } else if (p.batch >= threads) {
+    // Many small products (attention): one item per thread, each single-threaded.
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < p.batch; ++i) run_item(make_item(p, i, 1), {0, 1});
+  } else {
+#pragma omp parallel num_threads(threads)
+    {
+      const Team team{omp_get_thread_num(), omp_get_num_threads()};
+      for (int64_t i = 0; i < p.batch; ++i) run_item(make_item(p, i, team.size), team);
+    }
+  }
+}
+
+}  // namespace sono::cpu
+
+#endif  // __AVX512F__

@@ -1,0 +1,28 @@
+// bf16 storage of saved activations under autocast, convnext_atto (see amp_training.h); also
+// the writer of the golden fingerprints of both models.
+#include <cstdlib>
+
+#include "amp_training.h"
+
+namespace sono::test::amp {
+namespace {
+
+TEST_CASE("bf16 storage: convnext_atto saves bf16 activations, same gradients, fewer bytes") {
+  expect_bf16_storage_trains(kConvnext);
+}
+
+TEST_CASE("bf16 autocast: gradient fingerprints (golden writer)") {
+  if (!std::getenv("SONO_WRITE_BF16_GOLDEN")) return;
+  EmulatedDevice dev;
+  nn::StateDict golden;
+  for (const ModelCase* c : {&kConvnext, &kDeeplab}) {
+    const AmpRun run = train_under_autocast(*c, SavedActivations::bf16, 5);
+    golden.merge(fingerprints(*c, run.gradients));
+    golden[c->name + "/losses"] = Tensor::from_vector(run.losses, {5}, DType::f64);
+  }
+  nn::save_safetensors(kGolden, golden);
+  MESSAGE("wrote " << golden.size() << " fingerprints to " << kGolden);
+}
+
+}  // namespace
+}  // namespace sono::test::amp
