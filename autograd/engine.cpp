@@ -134,4 +134,44 @@ void run_backward(const Tensor& root, const Tensor& seed) {
   }
 }
 
+namespace {
+// Gradients on for a scope (checkpoint's recomputation, inside an outer backward).
+class GradGuard {
+ public:
+  GradGuard() : previous_(g_grad_enabled) { g_grad_enabled = true; }
+  ~GradGuard() { g_grad_enabled = previous_; }
+  GradGuard(const GradGuard&) = delete;
+  GradGuard& operator=(const GradGuard&) = delete;
+
+ private:
+  bool previous_;
+};
+}  // namespace
+
+Tensor checkpoint(const std::function<Tensor(const Tensor&)>& f, const Tensor& x,
+                  const std::vector<Tensor>& params) {
+  if (!g_grad_enabled) return f(x);
+  Tensor y;
+  {
+    NoGradGuard no_grad;
+    y = f(x);
+  }
+  std::vector<Tensor> inputs{x};
+  inputs.insert(inputs.end(), params.begin(), params.end());
+  const size_t edges = inputs.size();
+  return record("checkpoint", y, std::move(inputs), [f, saved = x.detach(), need_x = x.requires_grad(),
+                                                     edges](const Tensor& g) {
+    Tensor again = saved.detach().requires_grad_(need_x);
+    Tensor y_again;
+    {
+      GradGuard grad;
+      y_again = f(again);
+    }
+    if (y_again.requires_grad()) run_backward(y_again, g);  // params' grads go to their .grad
+    std::vector<Tensor> grads(edges);
+    grads[0] = again.grad();
+    return grads;
+  });
+}
+
 }  // namespace sono::autograd

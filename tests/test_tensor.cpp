@@ -190,6 +190,28 @@ int64_t peak_bytes_of(F&& f) {
   return cpu::memory_stats().peak_bytes - before;
 }
 
+TEST_CASE("checkpoint keeps only its input; gradients bit for bit those of the plain graph") {
+  Tensor x0 = rand64({128, 1024}, 8).requires_grad_();  // 1 MiB
+  Tensor w = rand64({8, 1024}, 9, 0.05).requires_grad_(), b = rand64({8}, 10).requires_grad_();
+  Tensor up = rand64({128, 8}, 11);
+  auto mlp_tail = [&](const Tensor& h) { return linear(gelu(h), w, b); };
+  auto run = [&](bool checkpointed, int64_t& held_after_forward) {
+    const int64_t before = cpu::memory_stats().in_use_bytes;
+    Tensor x = mul(x0, 1.0);
+    Tensor y = checkpointed ? autograd::checkpoint(mlp_tail, x, {w, b}) : mlp_tail(x);
+    held_after_forward = cpu::memory_stats().in_use_bytes - before;
+    sum(mul(y, up)).backward();
+    std::vector<Tensor> grads{y.detach(), x0.grad(), w.grad(), b.grad()};
+    x0.zero_grad(), w.zero_grad(), b.zero_grad();
+    return grads;
+  };
+  int64_t plain_bytes, checkpoint_bytes;
+  std::vector<Tensor> plain = run(false, plain_bytes), recomputed = run(true, checkpoint_bytes);
+  CHECK(plain_bytes >= 2 << 20);       // x, and gelu(x) saved for the weight gradient
+  CHECK(checkpoint_bytes < 3 << 19);   // x (and the small output) only
+  for (size_t i = 0; i < plain.size(); ++i) CHECK(max_abs_diff(plain[i], recomputed[i]) == 0);
+}
+
 TEST_CASE("mul(x, x) hands one product to both operands") {
   Tensor x = rand64({128, 1024}, 7).requires_grad_();  // 1 MiB
   Tensor p = mul(x, 1.0);
