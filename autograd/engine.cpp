@@ -159,8 +159,7 @@ Tensor checkpoint(const std::function<Tensor(const Tensor&)>& f, const Tensor& x
   std::vector<Tensor> inputs{x};
   inputs.insert(inputs.end(), params.begin(), params.end());
   const size_t edges = inputs.size();
-  return record("checkpoint", y, std::move(inputs), [f, saved = x.detach(), need_x = x.requires_grad(),
-                                                     edges](const Tensor& g) {
+  auto backward = [f, saved = x.detach(), need_x = x.requires_grad(), edges](const Tensor& g) {
     Tensor again = saved.detach().requires_grad_(need_x);
     Tensor y_again;
     {
@@ -171,7 +170,8 @@ Tensor checkpoint(const std::function<Tensor(const Tensor&)>& f, const Tensor& x
     std::vector<Tensor> grads(edges);
     grads[0] = again.grad();
     return grads;
-  });
+  };
+  return record("checkpoint", y, std::move(inputs), std::move(backward));
 }
 
 }  // namespace sono::autograd

@@ -243,9 +243,10 @@ TEST_CASE("autograd adds a second gradient into the first in place, for nodes an
   Tensor w = Tensor::zeros(shape, DType::f64).requires_grad_();
   // Two consumers of w, each handing back a fresh gradient of ones.
   auto consumer = [&](const Tensor& in) {
-    return autograd::record("consumer", Tensor::zeros({1}, DType::f64), {in}, [shape](const Tensor&) {
+    auto fresh_ones = [shape](const Tensor&) {
       return std::vector<Tensor>{Tensor::ones(shape, DType::f64)};
-    });
+    };
+    return autograd::record("consumer", Tensor::zeros({1}, DType::f64), {in}, fresh_ones);
   };
   // A node receiving both gradients, and passing their sum to w as it is.
   Tensor through = autograd::record("through", w.detach(), {w}, [](const Tensor& g) {

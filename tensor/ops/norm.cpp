@@ -48,13 +48,14 @@ Tensor scale_shift(const Tensor& centered, const Tensor& scale, const Tensor& bi
     backend_of(y).binary(BinaryOp::mul, centered, scale.expand(shape), y);
     if (bias.defined()) backend_of(y).binary(BinaryOp::add, y, bias.expand(shape), y);
   }
-  return autograd::record("scale_shift", y, {centered, scale, bias}, [centered, scale, bias](const Tensor& g) {
+  auto backward = [centered, scale, bias](const Tensor& g) {
     // The scale's gradient first: its full-size product is gone before gc is made.
     Tensor gs = scale.requires_grad() ? sum_to(mul(g, centered), scale.shape()) : Tensor();
     Tensor gc = centered.requires_grad() ? mul(g, scale) : Tensor();
     Tensor gb = bias.defined() && bias.requires_grad() ? sum_to(g, bias.shape()) : Tensor();
     return std::vector<Tensor>{gc, gs, gb};
-  });
+  };
+  return autograd::record("scale_shift", y, {centered, scale, bias}, std::move(backward));
 }
 
 }  // namespace
