@@ -612,6 +612,18 @@ struct ConvCase {
   }
 };
 
+// Uniform input, weight and output gradient for a case; seeds seed, seed + 1, seed + 2 mixed
+// with the case's sizes, so that cases differ.
+struct ConvInputs {
+  std::vector<double> xs, ws, gys;
+};
+ConvInputs conv_inputs(const ConvCase& cs, uint64_t seed) {
+  const Conv2dGeometry g = cs.geometry();
+  return {uniform(g.n * g.h * g.w * g.cin, seed + cs.kh),
+          uniform(g.cout * g.cin / g.groups * g.kh * g.kw, seed + 1 + cs.cin),
+          uniform(g.n * g.oh * g.ow * g.cout, seed + 2 + cs.cout)};
+}
+
 // y, grad_x and grad_w of a conv, as vectors.
 struct ConvOutputs {
   std::vector<double> y, grad_x, grad_w;
@@ -669,9 +681,7 @@ TEST_CASE("dense, grouped and atrous conv (implicit GEMM) match the CPU backend 
     for (const ConvCase& cs : cases) {
       INFO(std::string(cs.what));
       const Conv2dGeometry g = cs.geometry();
-      const auto xs = uniform(g.n * g.h * g.w * g.cin, 70 + cs.kh),
-                 ws = uniform(g.cout * g.cin / g.groups * g.kh * g.kw, 71 + cs.cin),
-                 gys = uniform(g.n * g.oh * g.ow * g.cout, 72 + cs.cout);
+      const auto [xs, ws, gys] = conv_inputs(cs, 70);
       const ConvOutputs want = backend_conv(Device::cpu, DType::f64, g, xs, ws, gys);
       for (const ConvOutputs& got :
            {backend_conv(Device::cuda, DType::f32, g, xs, ws, gys),
@@ -1072,9 +1082,7 @@ TEST_CASE("bf16 autocast: GEMMs and convs on the emulated device multiply bf16-r
     for (const ConvCase& cs : cases) {
       INFO(std::string(cs.what));
       const Conv2dGeometry g = cs.geometry();
-      const auto xs = uniform(g.n * g.h * g.w * g.cin, 80 + cs.kh),
-                 ws = uniform(g.cout * g.cin / g.groups * g.kh * g.kw, 81 + cs.cin),
-                 gys = uniform(g.n * g.oh * g.ow * g.cout, 82 + cs.cout);
+      const auto [xs, ws, gys] = conv_inputs(cs, 80);
       const ConvOutputs want =
           backend_conv(Device::cpu, DType::f64, g, bf16_rounded(xs), bf16_rounded(ws),
                        bf16_rounded(gys));

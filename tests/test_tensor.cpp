@@ -260,6 +260,24 @@ TEST_CASE("autograd adds a second gradient into the first in place, for nodes an
   check_values(w.grad(), std::vector<double>(128 * 1024, 3.0), 0);
 }
 
+TEST_CASE("a leaf's .grad takes over a gradient nobody else holds, and copies a shared one") {
+  Tensor x = Tensor::from_vector({1.0, 2.0, 3.0}, {3}, DType::f64).requires_grad_();
+  Tensor w = Tensor::from_vector({4.0, 5.0, 6.0}, {3}, DType::f64).requires_grad_();
+  TensorImpl* fresh = nullptr;
+  Tensor shared;  // a gradient the caller still holds: .grad must not alias it
+  Tensor y = autograd::record("pair", mul(x, w).detach(), {x, w}, [&](const Tensor& g) {
+    Tensor gx = mul(g, 2.0);
+    fresh = gx.impl_ptr().get();
+    shared = mul(g, 3.0);
+    return std::vector<Tensor>{gx, shared};
+  });
+  sum(y).backward();
+  CHECK(x.grad().impl_ptr().get() == fresh);
+  CHECK_FALSE(w.grad().same_storage(shared));
+  check_values(x.grad(), {2.0, 2.0, 2.0}, 1e-12);
+  check_values(w.grad(), {3.0, 3.0, 3.0}, 1e-12);
+}
+
 TEST_CASE("bad input raises clear errors") {
   Tensor a = Tensor::ones({2, 3}), b = Tensor::ones({4});
   CHECK_THROWS_WITH_AS(add(a, b), doctest::Contains("do not broadcast"), Error);

@@ -141,6 +141,16 @@ def _():
     return linear(8 * 64 * 64, 64, 256)
 
 
+@case("BM_Linear/convnext_s3_fc1_b1")
+def _():
+    return linear(7 * 7, 1024, 4096)
+
+
+@case("BM_Linear/convnext_s2_fc2_b1")
+def _():
+    return linear(14 * 14, 2048, 512)
+
+
 @case("BM_LinearWeightGrad/convnext_s1_fc1")
 def _():
     x, grad_y = torch.randn(8 * 56 * 56, 128), torch.randn(8 * 56 * 56, 512)
