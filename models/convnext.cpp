@@ -17,41 +17,44 @@ constexpr double kNormEps = 1e-6;  // every LayerNorm in timm's ConvNeXt
 constexpr int64_t kMlpRatio = 4;
 constexpr int64_t kKernelSize = 7;
 
-// A 1x1 convolution on NHWC input is a Linear over the channels; only the weight's stored
-// shape [out, in, 1, 1] differs (timm's conv_mlp). Weights are re-initialised by ConvNeXt.
-class PointwiseConv : public nn::UnaryModule {
+// timm's Mlp layers: a Linear, or with conv_mlp a 1x1 convolution on the NHWC map, which is the
+// same product with the weight stored [out, in, 1, 1]. The Linear is initialised as
+// torch.nn.Linear (the random draws keep every later parameter's init where it was), the conv
+// with zeros; ConvNeXt re-initialises both.
+class Pointwise : public nn::UnaryModule {
  public:
-  PointwiseConv(int64_t in, int64_t out) {
-    weight = register_parameter("weight", Tensor::zeros({out, in, 1, 1}));
-    bias = register_parameter("bias", Tensor::zeros({out}));
+  Pointwise(int64_t in, int64_t out, bool conv) {
+    weight = register_parameter("weight", conv ? Tensor::zeros({out, in, 1, 1})
+                                               : nn::init::default_for_fan_in({out, in}, in));
+    bias = register_parameter("bias", conv ? Tensor::zeros({out}) : nn::init::default_for_fan_in({out}, in));
   }
-  Tensor forward(const Tensor& x) override {
-    return linear(x, weight.reshape({weight.size(0), weight.size(1)}), bias);
-  }
+  Tensor forward(const Tensor& x) override { return linear(x, matrix(), bias); }
+  // gelu(forward(x)): one kernel where no gradient is recorded.
+  Tensor forward_gelu(const Tensor& x) { return linear_gelu(x, matrix(), bias); }
   Tensor weight, bias;
-};
 
-std::shared_ptr<nn::UnaryModule> pointwise(int64_t in, int64_t out, bool conv) {
-  if (conv) return std::make_shared<PointwiseConv>(in, out);
-  return std::make_shared<nn::Linear>(in, out);
-}
+ private:
+  Tensor matrix() const { return weight.reshape({weight.size(0), weight.size(1)}); }
+};
 
 // timm's Mlp: fc1 -> GELU -> fc2.
 class Mlp : public nn::UnaryModule {
  public:
   Mlp(int64_t dim, int64_t hidden, bool conv) {
-    fc1_ = register_module("fc1", pointwise(dim, hidden, conv));
-    fc2_ = register_module("fc2", pointwise(hidden, dim, conv));
+    fc1_ = register_module("fc1", std::make_shared<Pointwise>(dim, hidden, conv));
+    fc2_ = register_module("fc2", std::make_shared<Pointwise>(hidden, dim, conv));
   }
-  // GELU's output is recomputed in backward rather than kept for fc2's weight gradient: one
-  // 4x-wide map less per block alive between forward and backward.
+  // Training: GELU's output is recomputed in backward rather than kept for fc2's weight
+  // gradient, one 4x-wide map less per block alive between forward and backward. Without
+  // gradients: fc1 and GELU in one kernel.
   Tensor forward(const Tensor& x) override {
+    if (!autograd::grad_enabled()) return fc2_->forward(fc1_->forward_gelu(x));
     return autograd::checkpoint([this](const Tensor& h) { return fc2_->forward(gelu(h)); },
                                 fc1_->forward(x), fc2_->parameters());
   }
 
  private:
-  std::shared_ptr<nn::UnaryModule> fc1_, fc2_;
+  std::shared_ptr<Pointwise> fc1_, fc2_;
 };
 
 // x + drop_path(gamma * mlp(norm(conv_dw(x)))).

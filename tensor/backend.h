@@ -53,12 +53,13 @@ class Backend {
   // a batch of 1 in a or b is shared across c's batch.
   virtual void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
                     double alpha, double beta) = 0;
-  // Linear's forward: y[0] = x[0] w[0]^T + bias, x [1, rows, K], w [1, N, K], bias [N],
-  // y [1, rows, N]. This default runs the GEMM then a broadcast add; a backend may add the
-  // bias in the GEMM's epilogue, while the tile is still in registers.
+  // Linear's forward: y[0] = x[0] w[0]^T + bias, then GELU when `gelu`; x [1, rows, K],
+  // w [1, N, K], bias [N], y [1, rows, N]. This default runs the GEMM then one elementwise pass;
+  // a backend may apply both in the GEMM's epilogue, while the tile is still in cache.
   virtual void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
-                              const Tensor& y) {
+                              const Tensor& y, bool gelu) {
     gemm(x, false, w, true, y, 1.0, 0.0);
+    if (gelu) return bias_gelu_forward(y, bias, y);
     binary(BinaryOp::add, y, bias.reshape({1, 1, bias.size(0)}).expand(y.shape()), y);
   }
 

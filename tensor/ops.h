@@ -59,6 +59,9 @@ Tensor sum_to(const Tensor& g, const Shape& shape);
 Tensor matmul(const Tensor& a, const Tensor& b);
 // x [..., in], weight [out, in], bias [out] or undefined: x W^T + b, as torch.nn.functional.linear.
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
+// gelu(linear(x, weight, bias)) for a defined bias; where no gradient is recorded, one kernel
+// (the GELU in the GEMM's epilogue on the CPU).
+Tensor linear_gelu(const Tensor& x, const Tensor& weight, const Tensor& bias);
 
 // ---- shape --------------------------------------------------------------------------------
 Tensor cat(const std::vector<Tensor>& xs, int64_t dim);

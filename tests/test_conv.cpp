@@ -66,6 +66,11 @@ TEST_CASE("conv2d takes non-contiguous input and a frozen weight") {
 TEST_CASE("conv2d float32 agrees with float64 on the vectorised and GEMM paths") {
   const ConvCase cases[] = {
       {"depthwise 7x7, 130 channels", {2, 9, 14, 130}, 130, 7, {1, 3, 1, 130}},
+      // the register-tiled stride-1 kernel: tiles of 8 pixels with a tail, channel tails,
+      // padding other than k / 2 (its input gradient pads k - 1 - padding)
+      {"depthwise 3x3 pad 1, 37 channels", {3, 5, 11, 37}, 37, 3, {1, 1, 1, 37}},
+      {"depthwise 3x3 pad 0", {1, 6, 19, 16}, 16, 3, {1, 0, 1, 16}},
+      {"depthwise 7x7 pad 2, 5 channels", {1, 10, 9, 5}, 5, 7, {1, 2, 1, 5}},
       {"atrous depthwise d12, 70 channels", {1, 13, 11, 70}, 70, 3, {1, 12, 12, 70}},
       {"dense 3x3 stride 2", {2, 9, 11, 20}, 24, 3, {2, 1, 1, 1}},
       {"pointwise", {2, 6, 5, 33}, 17, 1, {1, 0, 1, 1}},

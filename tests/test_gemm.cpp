@@ -113,4 +113,20 @@ TEST_CASE("linear gradients with and without bias") {
   CHECK_THROWS_WITH_AS(linear(x, w, rand64({7}, 7)), doctest::Contains("bias [7]"), Error);
 }
 
+TEST_CASE("linear_gelu: the GELU epilogue equals gelu(linear) without grad, and falls back with it") {
+  Tensor x = rand64({2, 9, 37}, 8), w = rand64({45, 37}, 9, 0.3), b = rand64({45}, 10);
+  for (DType dt : {DType::f64, DType::f32}) {
+    INFO(dtype_name(dt));
+    Tensor xs = x.to(dt), ws = w.to(dt), bs = b.to(dt);
+    Tensor want = gelu(linear(xs, ws, bs));
+    Tensor fused;
+    {
+      autograd::NoGradGuard no_grad;
+      fused = linear_gelu(xs, ws, bs);
+    }
+    CHECK(max_abs_diff(fused.to(DType::f64), want.to(DType::f64)) < (dt == DType::f32 ? 2e-6 : 1e-13));
+  }
+  expect_gradcheck([](auto& v) { return linear_gelu(v[0], v[1], v[2]); }, {x, w, b});
+}
+
 }  // namespace sono::test

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "tensor/cpu/cpu_backend.h"
+#include "tensor/cpu/depthwise_simd.h"
 #include "tensor/cpu/gemm.h"
 
 namespace sono::cpu {
@@ -421,15 +422,39 @@ std::vector<T> depthwise_taps(const T* w, const Conv2dGeometry& g) {
   return wt;
 }
 
+// Float32 with stride 1, dilation 1 and a square kernel of a size depthwise_simd.cpp is built
+// for: the register-tiled kernel there.
 template <typename T>
-void depthwise_forward(const Conv2dGeometry& g, const T* x, const T* w, T* out) {
-  depthwise_gather(g, forward_taps(g), x, g.h, g.w, depthwise_taps(w, g).data(), out, g.oh, g.ow);
+bool has_simd_path(const Conv2dGeometry& g) {
+  return std::is_same_v<T, float> && g.stride == 1 && g.dilation == 1 && g.kh == g.kw &&
+         depthwise_simd_supports(g.kh);
 }
 
 template <typename T>
+void depthwise_forward(const Conv2dGeometry& g, const T* x, const T* w, T* out) {
+  const std::vector<T> taps = depthwise_taps(w, g);
+  if constexpr (std::is_same_v<T, float> && kHaveDepthwiseSimd) {
+    if (has_simd_path<T>(g))
+      return depthwise_stride1(x, g.n, g.h, g.w, g.cin, taps.data(), g.kh, g.padding, out, g.oh, g.ow);
+  }
+  depthwise_gather(g, forward_taps(g), x, g.h, g.w, taps.data(), out, g.oh, g.ow);
+}
+
+// With stride 1 the input gradient is the same convolution of grad_out with the kernel turned
+// by 180 degrees and padding k - 1 - padding.
+template <typename T>
 void depthwise_backward_input(const Conv2dGeometry& g, const T* grad_out, const T* w, T* grad_x) {
-  depthwise_gather(g, backward_taps(g), grad_out, g.oh, g.ow, depthwise_taps(w, g).data(), grad_x,
-                   g.h, g.w);
+  const std::vector<T> taps = depthwise_taps(w, g);
+  if constexpr (std::is_same_v<T, float> && kHaveDepthwiseSimd) {
+    if (has_simd_path<T>(g)) {
+      std::vector<T> turned(taps.size());
+      for (int64_t t = 0; t < g.kh * g.kw; ++t)
+        std::copy_n(taps.data() + (g.kh * g.kw - 1 - t) * g.cin, g.cin, turned.data() + t * g.cin);
+      return depthwise_stride1(grad_out, g.n, g.oh, g.ow, g.cin, turned.data(), g.kh,
+                               g.kh - 1 - g.padding, grad_x, g.h, g.w);
+    }
+  }
+  depthwise_gather(g, backward_taps(g), grad_out, g.oh, g.ow, taps.data(), grad_x, g.h, g.w);
 }
 
 template <typename T>

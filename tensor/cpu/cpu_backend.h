@@ -20,8 +20,8 @@ class CpuBackend final : public Backend {
   void gelu_backward(const Tensor& x, const Tensor& bias, const Tensor& grad_y,
                      const Tensor& grad_x) override;
   void reduce(ReduceOp op, const Tensor& x, const Tensor& out) override;
-  void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
-                      const Tensor& y) override;
+  void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
+                      bool gelu) override;
   void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
             double alpha, double beta) override;
 
@@ -50,6 +50,10 @@ class CpuBackend final : public Backend {
                   const Tensor& exp_avg_sq, double lr, double beta1, double beta2, double eps,
                   double weight_decay, int64_t step) override;
 };
+
+// values = GELU(values) (erf form) in place (elementwise.cpp): the GEMM's GELU epilogue.
+template <typename T>
+void gelu_in_place(T* values, int64_t n);
 
 // Bytes of CPU tensor storage held now and at the peak since start or reset_peak_memory(), and
 // bytes of freed large blocks kept for reuse (backend.cpp).

@@ -2,6 +2,8 @@
 #include <bit>
 #include <cmath>
 
+// GCC 12 flags the masked AVX-512 intrinsics inside Eigen's vectorised erf (see gemm.cpp).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <Eigen/Core>
 #include <unsupported/Eigen/SpecialFunctions>
 
@@ -157,6 +159,21 @@ void gelu_span(const GeluArgs<double>& a, const double* in, int64_t begin, int64
   else
     for (int64_t i = 0; i < len; ++i) o[i] = gelu_erf(in[i]);
 }
+
+}  // namespace
+
+template <>
+void gelu_in_place<float>(float* values, int64_t n) {
+  Eigen::Map<Eigen::ArrayXf> v(values, n);
+  v = 0.5f * v * (1.0f + (v * float(M_SQRT1_2)).erf());  // coefficient-wise: safe in place
+}
+
+template <>
+void gelu_in_place<double>(double* values, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) values[i] = gelu_erf(values[i]);
+}
+
+namespace {
 
 template <typename T>
 void gelu_map(const GeluArgs<T>& a) {

@@ -37,6 +37,8 @@ void eigen_gemm(const GemmProblem<T>& p) {
     else if (!p.trans_a && p.trans_b) C.noalias() += p.alpha * A * B.transpose();
     else C.noalias() += p.alpha * A.transpose() * B.transpose();
     if (p.bias) C.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(p.bias, p.n);
+    if (p.post_op)
+      for (int64_t r = 0; r < p.m; ++r) p.post_op(&C(r, 0), p.n);
   }
 }
 
@@ -72,11 +74,12 @@ void CpuBackend::gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, const 
 }
 
 void CpuBackend::linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
-                                const Tensor& y) {
+                                const Tensor& y, bool gelu) {
   dispatch_float(y.dtype(), [&](auto tag) {
     using T = decltype(tag);
     GemmProblem<T> p = tensor_problem<T>(x, false, w, true, y, 1.0, 0.0);
     p.bias = bias.data<T>();
+    if (gelu) p.post_op = &gelu_in_place<T>;
     gemm_rows(p);
   });
 }

@@ -21,6 +21,9 @@ struct GemmProblem {
   bool trans_a, trans_b, a_shared, b_shared;
   T alpha, beta;
   int64_t lda = 0, ldb = 0, ldc = 0;
+  // Applied in place to every finished row segment of C (after alpha, beta and the bias) while
+  // it is still in cache: Linear's GELU epilogue. Null: none.
+  void (*post_op)(T* values, int64_t n) = nullptr;
 };
 
 #ifdef __AVX512F__

@@ -118,6 +118,7 @@ struct TileOut {
   int64_t ldc, rows, cols;  // rows <= kMr, cols <= kNr are valid
   float alpha, beta;        // c = alpha * acc + beta * c; c is not read when beta is 0
   const float* bias;        // [cols] added to every row, or nullptr
+  void (*post_op)(float*, int64_t);  // applied to each stored row, or nullptr
 };
 
 __mmask16 column_mask(int64_t cols) {
@@ -143,6 +144,8 @@ void store_tile(const __m512 (&acc)[kMr][kNv], const TileOut& t) {
       _mm512_mask_storeu_ps(c + 16 * j, mask[j], v);
     }
   }
+  if (t.post_op)
+    for (int64_t i = 0; i < t.rows; ++i) t.post_op(t.c + i * t.ldc, t.cols);
 }
 
 // acc = A panel (kMr x depth, packed) x B panel (depth x kNr, packed), then stored through t.
@@ -178,18 +181,21 @@ struct Item {
   const float* bias;
   int64_t ldc, m, n, k, kc, mc;
   float alpha, beta;
+  void (*post_op)(float*, int64_t);
 };
 
-// C[ic.., jc..] (+)= packed A block (mc x kc) x packed B block (kc x nc). `first_depth` says
-// whether this is the first depth block, which applies beta and the bias (later ones add).
+// C[ic.., jc..] (+)= packed A block (mc x kc) x packed B block (kc x nc). The first depth
+// block applies beta and the bias (later ones add), the last one the post-op.
 void macro_kernel(const Item& it, const float* a_pack, const float* b_pack, int64_t ic,
-                  int64_t mc, int64_t jc, int64_t nc, int64_t kc, bool first_depth) {
+                  int64_t mc, int64_t jc, int64_t nc, int64_t kc, bool first_depth,
+                  bool last_depth) {
   const float beta = first_depth ? it.beta : 1.0f;
   for (int64_t jr = 0; jr < nc; jr += kNr) {
     const float* bias = first_depth && it.bias ? it.bias + jc + jr : nullptr;
     for (int64_t ir = 0; ir < mc; ir += kMr) {
       TileOut out{it.c + (ic + ir) * it.ldc + jc + jr, it.ldc, std::min<int64_t>(kMr, mc - ir),
-                  std::min<int64_t>(kNr, nc - jr), it.alpha, beta, bias};
+                  std::min<int64_t>(kNr, nc - jr), it.alpha, beta, bias,
+                  last_depth ? it.post_op : nullptr};
       micro_kernel(kc, a_pack + ir * kc, b_pack + jr * kc, out);
     }
   }
@@ -232,7 +238,7 @@ void run_item(const Item& it, Team team) {
       for (int64_t blk = share.first_block; blk < row_blocks; blk += share.block_step) {
         const int64_t ic = blk * it.mc, mc = std::min(it.mc, it.m - ic);
         pack_panels<kMr>({it.a.at(ic, pc), it.a.rs, it.a.cs}, mc, kc, a_pack);
-        macro_kernel(it, a_pack, b_pack, ic, mc, jc, nc, kc, pc == 0);
+        macro_kernel(it, a_pack, b_pack, ic, mc, jc, nc, kc, pc == 0, pc + kc >= it.k);
       }
     }
   }
@@ -248,7 +254,7 @@ Item make_item(const GemmProblem<float>& p, int64_t i, int threads) {
   const float* b = p.b + (p.b_shared ? 0 : i * (p.trans_b ? p.n : p.k) * ldb);
   Item it{p.trans_a ? Strided{a, 1, lda} : Strided{a, lda, 1},
           p.trans_b ? Strided{b, ldb, 1} : Strided{b, 1, ldb},
-          p.c + i * p.m * ldc, p.bias, ldc, p.m, p.n, p.k, 0, 0, p.alpha, p.beta};
+          p.c + i * p.m * ldc, p.bias, ldc, p.m, p.n, p.k, 0, 0, p.alpha, p.beta, p.post_op};
   it.kc = std::max<int64_t>(8, round_up(ceil_div(p.k, std::max<int64_t>(1, ceil_div(p.k, kKc))), 8));
   const int64_t row_blocks = round_up(ceil_div(p.m, kMc), splits_rows(p.m, p.n) ? threads : 1);
   it.mc = round_up(ceil_div(p.m, row_blocks), kMr);

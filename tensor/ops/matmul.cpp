@@ -18,14 +18,15 @@ Tensor gemm3(const Tensor& a, bool ta, const Tensor& b, bool tb) {
   return c;
 }
 
-// x [1, rows, K] times w [1, N, K] transposed, plus bias [N]: Linear's forward in one kernel.
-Tensor gemm_bias(const Tensor& x, const Tensor& w, const Tensor& bias) {
+// x [1, rows, K] times w [1, N, K] transposed, plus bias [N], then GELU when `gelu`: Linear's
+// forward in one kernel.
+Tensor gemm_bias(const Tensor& x, const Tensor& w, const Tensor& bias, bool gelu = false) {
   SONO_CHECK(bias.dim() == 1 && bias.size(0) == w.size(1), "linear: bias ", shape_str(bias.shape()),
              " does not fit weight ", shape_str(w.shape()));
   SONO_CHECK(bias.dtype() == compute_dtype(x.dtype()) && bias.device() == x.device(),
              "linear: bias dtype/device differs from the input's");
   Tensor y = Tensor::empty({1, x.size(1), w.size(1)}, compute_dtype(x.dtype()), x.device());
-  backend_of(x).linear_forward(x, w, bias.contiguous(), y);
+  backend_of(x).linear_forward(x, w, bias.contiguous(), y, gelu);
   return y;
 }
 
@@ -88,6 +89,19 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
     Tensor gb = need_gb ? sum(g3, {0, 1}) : Tensor();
     return std::vector<Tensor>{gx, gw, gb};
   });
+}
+
+Tensor linear_gelu(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  SONO_CHECK(bias.defined(), "linear_gelu: needs a bias");
+  const bool needs_grad = autograd::grad_enabled() &&
+                          (x.requires_grad() || weight.requires_grad() || bias.requires_grad());
+  if (needs_grad || autocast_precision(x.device()) != Precision::f32)
+    return gelu(linear(x, weight, bias));
+  SONO_CHECK(weight.dim() == 2 && x.size(-1) == weight.size(1), "linear: input ",
+             shape_str(x.shape()), " does not fit weight ", shape_str(weight.shape()));
+  Shape out_shape = x.shape();
+  out_shape.back() = weight.size(0);
+  return gemm_bias(as_3d(x.reshape({-1, x.size(-1)})), as_3d(weight), bias, true).reshape(out_shape);
 }
 
 }  // namespace sono

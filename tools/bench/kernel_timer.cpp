@@ -108,8 +108,9 @@ void KernelTimer::gemm(const Tensor& a, bool trans_a, const Tensor& b, bool tran
         2.0 * static_cast<double>(c.numel()) * inner);
 }
 void KernelTimer::linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
-                                 const Tensor& y) {
-  timed("linear_forward (gemm + bias)", [&] { inner_.linear_forward(x, w, bias, y); },
+                                 const Tensor& y, bool gelu) {
+  timed(gelu ? "linear_forward (gemm + bias + gelu)" : "linear_forward (gemm + bias)",
+        [&] { inner_.linear_forward(x, w, bias, y, gelu); },
         2.0 * static_cast<double>(y.numel()) * x.size(2));
 }
 void KernelTimer::conv2d_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,

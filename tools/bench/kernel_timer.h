@@ -40,8 +40,8 @@ class KernelTimer final : public Backend {
   void gelu_backward(const Tensor& x, const Tensor& bias, const Tensor& grad_y,
                      const Tensor& grad_x) override;
   void reduce(ReduceOp op, const Tensor& x, const Tensor& out) override;
-  void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
-                      const Tensor& y) override;
+  void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
+                      bool gelu) override;
   void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
             double alpha, double beta) override;
   void conv2d_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,
