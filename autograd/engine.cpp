@@ -2,6 +2,7 @@
 #include <unordered_set>
 
 #include "autograd/node.h"
+#include "tensor/backend.h"
 #include "tensor/ops.h"
 
 namespace sono::autograd {
@@ -29,6 +30,7 @@ Tensor record(const char* name, Tensor out, std::vector<Tensor> inputs, Backward
   if (!any) return out;
   auto node = std::make_shared<Node>();
   node->name = name;
+  node->inputs.reserve(inputs.size());
   for (const Tensor& t : inputs) node->inputs.push_back(edge_to(t));
   node->backward = std::move(backward);
   out.impl().requires_grad = true;
@@ -39,7 +41,7 @@ Tensor record(const char* name, Tensor out, std::vector<Tensor> inputs, Backward
 namespace {
 
 // Post-order DFS over grad_fn edges, iterative so that deep nets don't overflow the stack.
-// The order owns the nodes: backward frees each node's inputs once it has run, and those inputs
+// The order owns the nodes: backward frees each node's edges once it has run, and those edges
 // may be the last owners of the nodes still waiting their turn.
 std::vector<std::shared_ptr<Node>> topo_order(const std::shared_ptr<Node>& root) {
   std::vector<std::shared_ptr<Node>> order;
@@ -66,6 +68,15 @@ bool sole_owner(const Tensor& g) {
          g.is_contiguous() && g.impl().storage->nbytes == g.numel() * dtype_size(g.dtype());
 }
 
+// sum + g, written into sum when no one else can see it, as PyTorch accumulates: a fresh sum
+// would hold three gradients of that size at once instead of two. The elements are added in
+// the same order either way.
+Tensor add_into(Tensor sum, const Tensor& g) {
+  if (!sole_owner(sum) || sum.dtype() != g.dtype() || sum.device() != g.device()) return add(sum, g);
+  backend_of(sum).binary(BinaryOp::add, sum, g, sum);
+  return sum;
+}
+
 void accumulate(std::shared_ptr<TensorImpl>& slot, const Tensor& g) {
   if (!slot && sole_owner(g)) {
     slot = g.impl_ptr();
@@ -73,7 +84,7 @@ void accumulate(std::shared_ptr<TensorImpl>& slot, const Tensor& g) {
     slot = g.contiguous().impl_ptr();
     if (slot == g.impl_ptr()) slot = g.clone().impl_ptr();  // never alias a user tensor
   } else {
-    slot = add(Tensor(slot), g).impl_ptr();
+    slot = add_into(Tensor(std::move(slot)), g).impl_ptr();
   }
 }
 
@@ -87,14 +98,14 @@ void run_node(Node& node, const Tensor& grad_out, std::unordered_map<Node*, Tens
              input_grads.size(), " grads for ", node.inputs.size(), " inputs");
   for (size_t i = 0; i < input_grads.size(); ++i) {
     const Edge& in = node.inputs[i];
-    const Tensor& ig = input_grads[i];
+    Tensor& ig = input_grads[i];
     if (!in.flows() || !ig.defined()) continue;
     SONO_CHECK(ig.shape() == in.shape, "autograd: node ", node.name, " gave grad of shape ",
                shape_str(ig.shape()), " for input ", i, " of shape ", shape_str(in.shape));
     if (Node* child = in.node.get()) {
       auto slot = grads.find(child);
-      if (slot == grads.end()) grads.emplace(child, ig);
-      else slot->second = add(slot->second, ig);
+      if (slot == grads.end()) grads.emplace(child, std::move(ig));
+      else slot->second = add_into(std::move(slot->second), ig);
     } else {
       accumulate(in.leaf->grad, ig);
     }
@@ -126,6 +137,46 @@ void run_backward(const Tensor& root, const Tensor& seed) {
     node.backward = nullptr;
     node.inputs.clear();
   }
+}
+
+namespace {
+// Gradients on for a scope (checkpoint's recomputation, inside an outer backward).
+class GradGuard {
+ public:
+  GradGuard() : previous_(g_grad_enabled) { g_grad_enabled = true; }
+  ~GradGuard() { g_grad_enabled = previous_; }
+  GradGuard(const GradGuard&) = delete;
+  GradGuard& operator=(const GradGuard&) = delete;
+
+ private:
+  bool previous_;
+};
+}  // namespace
+
+Tensor checkpoint(const std::function<Tensor(const Tensor&)>& f, const Tensor& x,
+                  const std::vector<Tensor>& params) {
+  if (!g_grad_enabled) return f(x);
+  Tensor y;
+  {
+    NoGradGuard no_grad;
+    y = f(x);
+  }
+  std::vector<Tensor> inputs{x};
+  inputs.insert(inputs.end(), params.begin(), params.end());
+  const size_t edges = inputs.size();
+  auto backward = [f, saved = x.detach(), need_x = x.requires_grad(), edges](const Tensor& g) {
+    Tensor again = saved.detach().requires_grad_(need_x);
+    Tensor y_again;
+    {
+      GradGuard grad;
+      y_again = f(again);
+    }
+    if (y_again.requires_grad()) run_backward(y_again, g);  // params' grads go to their .grad
+    std::vector<Tensor> grads(edges);
+    grads[0] = again.grad();
+    return grads;
+  };
+  return record("checkpoint", y, std::move(inputs), std::move(backward));
 }
 
 }  // namespace sono::autograd

@@ -50,6 +50,13 @@ class NoGradGuard {
 // `backward` must return one tensor per input (undefined for inputs without grads).
 Tensor record(const char* name, Tensor out, std::vector<Tensor> inputs, BackwardFn backward);
 
+// f(x), keeping for backward only x (and what f's ops read of params), not f's intermediates:
+// backward runs f again with gradients on and backpropagates through that copy, as PyTorch's
+// activation checkpointing. f must be deterministic (no dropout); gradients are bit for bit
+// those of f's own graph. params are the leaves f reads (their .grad fills as usual).
+Tensor checkpoint(const std::function<Tensor(const Tensor&)>& f, const Tensor& x,
+                  const std::vector<Tensor>& params);
+
 // Runs reverse mode from `root` with seed gradient `seed`, accumulates into leaves' .grad and
 // frees the graph.
 void run_backward(const Tensor& root, const Tensor& seed);

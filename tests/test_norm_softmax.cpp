@@ -3,6 +3,7 @@
 // (tests/reference/ops_goldens.py), and clear errors on bad input.
 #include "helpers.h"
 #include "layers/safetensors.h"
+#include "tensor/cpu/cpu_backend.h"
 
 using namespace sono;
 using namespace sono::test;
@@ -104,6 +105,35 @@ TEST_CASE("batch_norm forward: PyTorch golden for train (with running stats) and
   Tensor y_eval = batch_norm(x, w, b, g.at("batch_norm.running_mean"), g.at("batch_norm.running_var"),
                              false, 0.1, 1e-5);
   CHECK(max_abs_diff(y_eval, g.at("batch_norm.eval_y")) < 1e-10);
+}
+
+// x * scale + bias in one buffer: bit for bit the composed mul then add, values and gradients,
+// without the product alive beside the result at the forward's peak.
+TEST_CASE("batch_norm scales and shifts into one buffer, exactly as mul then add") {
+  const Shape shape{256, 1024};  // 1 MiB of float32
+  Tensor x = rand64(shape, 30).to(DType::f32).requires_grad_();
+  Tensor w = rand64({1024}, 31).to(DType::f32).requires_grad_();
+  Tensor b = rand64({1024}, 32).to(DType::f32).requires_grad_();
+  Tensor up = rand64(shape, 33).to(DType::f32);  // an uneven upstream gradient
+  auto grads = [&](const Tensor& y) {
+    sum(mul(y, up)).backward();
+    std::vector<Tensor> g{x.grad(), w.grad(), b.grad()};
+    x.zero_grad(), w.zero_grad(), b.zero_grad();
+    return g;
+  };
+  Tensor centered = sub(x, mean(x, {0}));
+  Tensor scale = mul(pow(add(mean(mul(centered, centered), {0}), 1e-5), -0.5), w);
+  Tensor composed = add(mul(centered, scale), b);
+  centered = scale = Tensor();
+  std::vector<Tensor> composed_grads = grads(composed);
+
+  const int64_t before = cpu::memory_stats().in_use_bytes;
+  cpu::reset_peak_memory();
+  Tensor y = batch_norm(x, w, b, {}, {}, true, 0.1, 1e-5);
+  CHECK(cpu::memory_stats().peak_bytes - before < 3 << 20);  // centered and y, no third map
+  CHECK(max_abs_diff(y, composed) == 0);
+  std::vector<Tensor> y_grads = grads(y);
+  for (size_t i = 0; i < 3; ++i) CHECK(max_abs_diff(y_grads[i], composed_grads[i]) == 0);
 }
 
 TEST_CASE("batch_norm: one value per channel in training is an error, not NaN") {

@@ -1,6 +1,7 @@
 // Tensor basics, views, broadcasting elementwise ops, reductions and matmul: forward values
 // by hand, gradients by central differences in float64, errors with clear messages.
 #include "helpers.h"
+#include "tensor/cpu/cpu_backend.h"
 
 using namespace sono;
 using namespace sono::test;
@@ -142,6 +143,121 @@ TEST_CASE("autograd engine frees each node's saved tensors as soon as its backwa
   sum(second).backward();
   CHECK(freed_before_earlier_node);
   check_values(x.grad(), {65536.0, 65536.0}, 1e-12);
+}
+
+TEST_CASE("autograd keeps no intermediate alive that no backward saved") {
+  Tensor x = rand64({64, 64}, 1).requires_grad_();
+  Tensor y = mul(x, 2.0);
+  std::weak_ptr<Storage> y_storage = y.impl().storage;
+  Tensor z = add(y, 1.0);  // its backward needs no operand: only the edge to y's node remains
+  y = Tensor();
+  CHECK(y_storage.expired());
+  sum(z).backward();
+  check_values(x.grad(), std::vector<double>(64 * 64, 2.0), 1e-12);
+}
+
+TEST_CASE("matmul and linear keep their 3-D operands for backward, not the bases of views") {
+  Tensor base = rand64({2, 64, 64}, 3).requires_grad_();
+  Tensor q = rand64({2, 8, 32}, 4).requires_grad_();
+  auto attention_like = [&](bool drop_views) {
+    Tensor kv = mul(base, 1.0);                         // a projection that k views
+    Tensor k_t = kv.slice(2, 0, 32).transpose(1, 2);    // [2, 32, 64], copied by matmul
+    std::weak_ptr<Storage> kv_storage = kv.impl().storage;
+    Tensor scores = matmul(q, k_t);
+    std::weak_ptr<Storage> scores_storage = scores.impl().storage;
+    Tensor y = linear(scores.transpose(1, 2), rand64({5, 8}, 5), Tensor());  // x: a view of scores
+    if (drop_views) {
+      kv = k_t = scores = Tensor();
+      CHECK(kv_storage.expired());
+      CHECK(scores_storage.expired());  // linear copied its view to 2-D rows
+    }
+    sum(y).backward();
+    return std::pair{base.grad().clone(), q.grad().clone()};
+  };
+  auto [base_grad, q_grad] = attention_like(false);
+  base.zero_grad(), q.zero_grad();
+  auto [base_grad_dropped, q_grad_dropped] = attention_like(true);
+  CHECK(max_abs_diff(base_grad, base_grad_dropped) == 0);
+  CHECK(max_abs_diff(q_grad, q_grad_dropped) == 0);
+}
+
+// Bytes above `before` at the peak of running f.
+template <typename F>
+int64_t peak_bytes_of(F&& f) {
+  const int64_t before = cpu::memory_stats().in_use_bytes;
+  cpu::reset_peak_memory();
+  f();
+  return cpu::memory_stats().peak_bytes - before;
+}
+
+TEST_CASE("checkpoint keeps only its input; gradients bit for bit those of the plain graph") {
+  Tensor x0 = rand64({128, 1024}, 8).requires_grad_();  // 1 MiB
+  Tensor w = rand64({8, 1024}, 9, 0.05).requires_grad_(), b = rand64({8}, 10).requires_grad_();
+  Tensor up = rand64({128, 8}, 11);
+  auto mlp_tail = [&](const Tensor& h) { return linear(gelu(h), w, b); };
+  auto run = [&](bool checkpointed, int64_t& held_after_forward) {
+    const int64_t before = cpu::memory_stats().in_use_bytes;
+    Tensor x = mul(x0, 1.0);
+    Tensor y = checkpointed ? autograd::checkpoint(mlp_tail, x, {w, b}) : mlp_tail(x);
+    held_after_forward = cpu::memory_stats().in_use_bytes - before;
+    sum(mul(y, up)).backward();
+    std::vector<Tensor> grads{y.detach(), x0.grad(), w.grad(), b.grad()};
+    x0.zero_grad(), w.zero_grad(), b.zero_grad();
+    return grads;
+  };
+  int64_t plain_bytes, checkpoint_bytes;
+  std::vector<Tensor> plain = run(false, plain_bytes), recomputed = run(true, checkpoint_bytes);
+  CHECK(plain_bytes >= 2 << 20);       // x, and gelu(x) saved for the weight gradient
+  CHECK(checkpoint_bytes < 3 << 19);   // x (and the small output) only
+  for (size_t i = 0; i < plain.size(); ++i) CHECK(max_abs_diff(plain[i], recomputed[i]) == 0);
+}
+
+TEST_CASE("mul(x, x) hands one product to both operands") {
+  Tensor x = rand64({128, 1024}, 7).requires_grad_();  // 1 MiB
+  Tensor p = mul(x, 1.0);
+  Tensor loss = sum(add(mul(p, p), mul(p, 3.0)));
+  // Upstream gradient, p's gradient from mul(p, 3), and g * p once for both operands of p * p.
+  CHECK(peak_bytes_of([&] { loss.backward(); }) < 4 << 20);
+  std::vector<double> expected;
+  for (double v : x.to_vector()) expected.push_back(2 * v + 3);
+  check_values(x.grad(), expected, 1e-12);
+}
+
+TEST_CASE("relu keeps its output for backward, not its input, and its gradient is one map") {
+  Tensor x = rand64({128, 1024}, 6, 2.0).requires_grad_();  // 1 MiB
+  Tensor pre = mul(x, 1.0);
+  std::weak_ptr<Storage> pre_storage = pre.impl().storage;
+  Tensor y = relu(pre);
+  pre = Tensor();
+  CHECK(pre_storage.expired());
+  // The upstream gradient and relu's own: the product goes over the mask, not beside it.
+  CHECK(peak_bytes_of([&] { sum(y).backward(); }) < 3 << 20);
+  std::vector<double> expected;
+  for (double v : x.to_vector()) expected.push_back(v > 0 ? 1.0 : 0.0);
+  check_values(x.grad(), expected, 0);
+}
+
+TEST_CASE("autograd adds a second gradient into the first in place, for nodes and leaves") {
+  const Shape shape{128, 1024};  // 1 MiB of float64 per gradient
+  const int64_t mib = int64_t{1} << 20;
+  Tensor w = Tensor::zeros(shape, DType::f64).requires_grad_();
+  // Two consumers of w, each handing back a fresh gradient of ones.
+  auto consumer = [&](const Tensor& in) {
+    auto fresh_ones = [shape](const Tensor&) {
+      return std::vector<Tensor>{Tensor::ones(shape, DType::f64)};
+    };
+    return autograd::record("consumer", Tensor::zeros({1}, DType::f64), {in}, fresh_ones);
+  };
+  // A node receiving both gradients, and passing their sum to w as it is.
+  Tensor through = autograd::record("through", w.detach(), {w}, [](const Tensor& g) {
+    return std::vector<Tensor>{g};
+  });
+  Tensor loss = add(consumer(through), consumer(through));
+  CHECK(peak_bytes_of([&] { loss.backward(); }) < 3 * mib);  // two gradients, never a third sum
+  check_values(w.grad(), std::vector<double>(128 * 1024, 2.0), 0);
+  Tensor again = consumer(w);  // the leaf already holds a gradient: added into, not replaced
+  CHECK(peak_bytes_of([&] { again.backward(); }) < 2 * mib);  // beside the .grad held before
+  check_values(w.grad(), std::vector<double>(128 * 1024, 3.0), 0);
 }
 
 TEST_CASE("a leaf's .grad takes over a gradient nobody else holds, and copies a shared one") {

@@ -69,6 +69,12 @@ Tensor sub(const Tensor& a, const Tensor& b) {
 Tensor mul(const Tensor& a, const Tensor& b) {
   Tensor out = binary_forward(BinaryOp::mul, a, b, "mul");
   return autograd::record("mul", out, {a, b}, [a, b](const Tensor& g) {
+    // x * x: both gradients are g * x, the same values; one map serves both (BatchNorm's
+    // variance squares a map as large as its input).
+    if (a.impl_ptr() == b.impl_ptr() && a.requires_grad()) {
+      Tensor both = mul(g, a);
+      return Grads{both, both};
+    }
     return Grads{a.requires_grad() ? sum_to(mul(g, b), a.shape()) : Tensor(),
                  b.requires_grad() ? sum_to(mul(g, a), b.shape()) : Tensor()};
   });
@@ -134,7 +140,13 @@ Tensor abs(const Tensor& a) {
 
 Tensor relu(const Tensor& a) {
   Tensor out = unary_forward(UnaryOp::relu, a);
-  return autograd::record("relu", out, {a}, [a](const Tensor& g) { return Grads{mul(g, gt(a, 0.0))}; });
+  // The output is > 0 exactly where the input is, and the next op (a conv) saves it anyway:
+  // saving the input instead would keep a second map alive, as PyTorch's relu does not.
+  return autograd::record("relu", out, {a}, [y = out.detach()](const Tensor& g) {
+    Tensor grad = gt(y, 0.0);
+    backend_of(grad).binary(BinaryOp::mul, g, grad, grad);  // g * mask over the mask: one map
+    return Grads{grad};
+  });
 }
 
 namespace {

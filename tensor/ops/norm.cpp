@@ -37,6 +37,27 @@ void update_running(const Tensor& running, const Tensor& batch, double momentum)
   backend_of(running).copy(blended, running);
 }
 
+// centered * scale (+ bias) written into one buffer: the same two roundings, and the same
+// gradients, as mul then add, without the product alive beside the result (at BatchNorm's peak
+// the input, centered, product and result were all alive at once).
+Tensor scale_shift(const Tensor& centered, const Tensor& scale, const Tensor& bias) {
+  const Shape& shape = centered.shape();
+  Tensor y = Tensor::empty(shape, centered.dtype(), centered.device());
+  {
+    autograd::NoGradGuard no_grad;  // the broadcast views are kernel arguments
+    backend_of(y).binary(BinaryOp::mul, centered, scale.expand(shape), y);
+    if (bias.defined()) backend_of(y).binary(BinaryOp::add, y, bias.expand(shape), y);
+  }
+  auto backward = [centered, scale, bias](const Tensor& g) {
+    // The scale's gradient first: its full-size product is gone before gc is made.
+    Tensor gs = scale.requires_grad() ? sum_to(mul(g, centered), scale.shape()) : Tensor();
+    Tensor gc = centered.requires_grad() ? mul(g, scale) : Tensor();
+    Tensor gb = bias.defined() && bias.requires_grad() ? sum_to(g, bias.shape()) : Tensor();
+    return std::vector<Tensor>{gc, gs, gb};
+  };
+  return autograd::record("scale_shift", y, {centered, scale, bias}, std::move(backward));
+}
+
 }  // namespace
 
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
@@ -95,8 +116,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Ten
     scale = pow(add(running_var.to(x.dtype()), eps), -0.5);
   }
   if (weight.defined()) scale = mul(scale, weight);
-  Tensor y = mul(centered, scale);
-  return bias.defined() ? add(y, bias) : y;
+  return scale_shift(centered, scale, bias);
 }
 
 }  // namespace sono
