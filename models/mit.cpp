@@ -2,7 +2,6 @@
 
 #include <cmath>
 
-#include "autograd/node.h"
 #include "layers/activation.h"
 #include "layers/conv.h"
 #include "layers/init.h"
@@ -116,12 +115,7 @@ class MixFfn : public nn::UnaryModule {
     dwconv_ = register_module("dwconv", std::make_shared<DepthwiseConv>(hidden, dilation));
     fc2_ = register_module("fc2", make_linear(hidden, dim));
   }
-  // GELU's output is recomputed in backward rather than kept for fc2's weight gradient (as in
-  // ConvNeXt's Mlp): one 4x-wide map less per block alive between forward and backward.
-  Tensor forward(const Tensor& x) override {
-    return autograd::checkpoint([this](const Tensor& h) { return fc2_->forward(gelu(h)); },
-                                dwconv_->forward(fc1_->forward(x)), fc2_->parameters());
-  }
+  Tensor forward(const Tensor& x) override { return fc2_->forward(gelu(dwconv_->forward(fc1_->forward(x)))); }
 
  private:
   std::shared_ptr<Linear> fc1_, fc2_;
