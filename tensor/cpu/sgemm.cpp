@@ -1,8 +1,8 @@
 // Packed float32 GEMM for AVX-512, after the BLIS design: the depth is cut in blocks of kc;
-// for each, a thread packs B's block into kc x kNr panels and its kMc x kc blocks of A into
-// kMr x kc panels; a micro-kernel keeps a
-// kMr x kNr tile of C in zmm registers over the whole depth block and writes it once, with
-// alpha, beta and the bias applied on the way out. Packed panels are zero-padded to full
+// for each, a thread packs its share of B's block into kc x kNr panels and its kMc x kc blocks
+// of A into kMr x kc panels; a micro-kernel keeps a kMr x kNr tile of C in zmm registers over
+// the whole depth block and writes it once, with alpha, beta and the bias applied on the way
+// out (and the post-op after the last depth block). Packed panels are zero-padded to full
 // width, so the micro-kernel never branches on edges; only the store is masked.
 #ifdef __AVX512F__
 
