@@ -1,5 +1,8 @@
 #include <algorithm>
 #include <limits>
+#include <vector>
+
+#include <omp.h>
 
 #include "tensor/cpu/cpu_backend.h"
 
@@ -50,21 +53,38 @@ void reduce_generic(const T* x, T* out, int64_t out_numel, const ReducePlan& p, 
   }
 }
 
+// Folds reduced rows [r0, r1) of length c, starting at base, into acc.
+template <typename T, typename Combine>
+void fold_rows(const T* base, const ReducePlan& p, int64_t r0, int64_t r1, int64_t c, double* acc,
+               Combine combine) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* row = base + offset_of(r, p.red_sizes, p.red_strides);
+    for (int64_t i = 0; i < c; ++i) acc[i] = combine(acc[i], static_cast<double>(row[i]));
+  }
+}
+
 // The last dim (contiguous) is kept: accumulate whole rows of length C, as for NHWC statistics.
+// With fewer outputs rows than threads (a bias gradient, [M, C] -> [C]) each output's reduced
+// rows are split between threads as well, and the partial results folded in a fixed order.
 template <typename T, typename Combine>
 void reduce_rows(const T* x, T* out, const ReducePlan& p, T init, Combine combine) {
   const int64_t c = p.kept_sizes.back();
   Shape outer_sizes(p.kept_sizes.begin(), p.kept_sizes.end() - 1);
   Shape outer_strides(p.kept_strides.begin(), p.kept_strides.end() - 1);
   const int64_t outer = shape_numel(outer_sizes);
-#pragma omp parallel for schedule(static) if (outer * p.red_count * c > 32768 && outer > 1)
+  const bool big = outer * p.red_count * c > 32768;
+  const int64_t splits = big ? std::clamp<int64_t>(omp_get_max_threads() / outer, 1, p.red_count) : 1;
+  std::vector<double> partial(outer * splits * c, init);
+#pragma omp parallel for schedule(static) if (big && outer * splits > 1)
+  for (int64_t task = 0; task < outer * splits; ++task) {
+    const int64_t o = task / splits, part = task % splits;
+    fold_rows(x + offset_of(o, outer_sizes, outer_strides), p, p.red_count * part / splits,
+              p.red_count * (part + 1) / splits, c, partial.data() + task * c, combine);
+  }
   for (int64_t o = 0; o < outer; ++o) {
-    const T* base = x + offset_of(o, outer_sizes, outer_strides);
-    std::vector<double> acc(c, init);
-    for (int64_t r = 0; r < p.red_count; ++r) {
-      const T* row = base + offset_of(r, p.red_sizes, p.red_strides);
-      for (int64_t i = 0; i < c; ++i) acc[i] = combine(acc[i], static_cast<double>(row[i]));
-    }
+    double* acc = partial.data() + o * splits * c;
+    for (int64_t part = 1; part < splits; ++part)
+      for (int64_t i = 0; i < c; ++i) acc[i] = combine(acc[i], acc[part * c + i]);
     for (int64_t i = 0; i < c; ++i) out[o * c + i] = static_cast<T>(acc[i]);
   }
 }
