@@ -64,6 +64,7 @@ Taps backward_taps(const Conv2dGeometry& g) {
 // dst[b][c][r] = src[b][r][c]: moves weights between PyTorch's layout and channels-last ones.
 template <typename T>
 void batched_transpose(const T* src, int64_t batch, int64_t rows, int64_t cols, T* dst) {
+#pragma omp parallel for schedule(static) if (batch > 1 && batch * rows * cols > kParallelWork)
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < cols; ++c) dst[(b * cols + c) * rows + r] = src[(b * rows + r) * cols + c];
@@ -82,21 +83,24 @@ template <typename T>
 class ThreadPartials {
  public:
   explicit ThreadPartials(int64_t size) : size_(size), buffers_(omp_get_max_threads()) {}
-  // The calling thread's buffer, zeroed on first use.
+  // The calling thread's buffer (a tensor, so from the block cache), zeroed on first use.
   T* mine() {
-    std::vector<T>& b = buffers_[omp_get_thread_num()];
-    if (b.empty()) b.assign(size_, T(0));
-    return b.data();
+    Tensor& b = buffers_[omp_get_thread_num()];
+    if (!b.defined()) std::fill_n(scratch<T>(b, size_), size_, T(0));
+    return b.data<T>();
   }
   void sum_into(T* dst) const {
     std::fill(dst, dst + size_, T(0));
-    for (const std::vector<T>& b : buffers_)
-      for (int64_t i = 0; i < static_cast<int64_t>(b.size()); ++i) dst[i] += b[i];
+    for (const Tensor& b : buffers_) {
+      if (!b.defined()) continue;
+      const T* src = b.data<T>();
+      for (int64_t i = 0; i < size_; ++i) dst[i] += src[i];
+    }
   }
 
  private:
   int64_t size_;
-  std::vector<std::vector<T>> buffers_;
+  std::vector<Tensor> buffers_;
 };
 
 // ---- depthwise ------------------------------------------------------------------------------
@@ -348,17 +352,29 @@ void for_each_chunk(const Conv2dGeometry& g, const ColumnLayout& cl, const T* x,
   }
 }
 
+// The weights as [Cout, KH * KW * Cin/groups] rows, the column matrix's order, in a tensor
+// (the block cache: a fresh std::vector of a 3x3 conv's 6 MB spent more time faulting its pages
+// in than transposing). A 1x1 kernel's weights already are: they are used in place.
 template <typename T>
-std::vector<T> weight_rows(const T* w, const Conv2dGeometry& g, const ColumnLayout& cl) {
-  std::vector<T> wt(g.cout * cl.group_cols);
-  batched_transpose(w, g.cout, cl.cin_g, g.kh * g.kw, wt.data());
-  return wt;
-}
+class WeightRows {
+ public:
+  WeightRows(const T* w, const Conv2dGeometry& g, const ColumnLayout& cl) : data_(w) {
+    if (g.kh * g.kw == 1) return;
+    T* rows = scratch<T>(holder_, g.cout * cl.group_cols);
+    batched_transpose(w, g.cout, cl.cin_g, g.kh * g.kw, rows);
+    data_ = rows;
+  }
+  const T* data() const { return data_; }
+
+ private:
+  const T* data_;
+  Tensor holder_;
+};
 
 template <typename T>
 void conv_forward(const Conv2dGeometry& g, const T* x, const T* w, T* out) {
   const ColumnLayout cl = column_layout(g);
-  const std::vector<T> wt = weight_rows(w, g, cl);
+  const WeightRows<T> wt(w, g, cl);
   for_each_chunk<T>(g, cl, x, true, [&](int64_t n0, int64_t, int64_t rows, T* cols) {
     for (int64_t gi = 0; gi < g.groups; ++gi) {
       // out[rows, cout_g] = cols[rows, group_cols] x wt[cout_g, group_cols]^T
@@ -373,7 +389,7 @@ void conv_forward(const Conv2dGeometry& g, const T* x, const T* w, T* out) {
 template <typename T>
 void conv_backward_input(const Conv2dGeometry& g, const T* grad_out, const T* w, T* grad_x) {
   const ColumnLayout cl = column_layout(g);
-  const std::vector<T> wt = weight_rows(w, g, cl);
+  const WeightRows<T> wt(w, g, cl);
   const Taps back = backward_taps(g);
   // With the identity layout the column matrix is grad_x itself and col2im is nothing.
   for_each_chunk<T>(g, cl, grad_x, false, [&](int64_t n0, int64_t n1, int64_t rows, T* cols) {
@@ -409,9 +425,11 @@ void conv_backward_weight(const Conv2dGeometry& g, const T* x, const T* grad_out
       }
     }
   });
-  std::vector<T> grad_wt(g.cout * cl.group_cols);
-  partials.sum_into(grad_wt.data());
-  batched_transpose(grad_wt.data(), g.cout, g.kh * g.kw, cl.cin_g, grad_w);
+  if (g.kh * g.kw == 1) return partials.sum_into(grad_w);  // already PyTorch's layout
+  Tensor holder;
+  T* grad_wt = scratch<T>(holder, g.cout * cl.group_cols);
+  partials.sum_into(grad_wt);
+  batched_transpose(grad_wt, g.cout, g.kh * g.kw, cl.cin_g, grad_w);
 }
 
 // ---- depthwise entry points (weights [C, 1, KH, KW] <-> channels-last taps [KH, KW, C]) ----
