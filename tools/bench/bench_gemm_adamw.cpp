@@ -99,7 +99,12 @@ constexpr GemmCase kGemmCases[] = {{"convnext_s1_fc1", 8 * 56 * 56, 128, 512},
                                    {"mit_b2_s1_fc1", 8 * 64 * 64, 64, 256},
                                    // batch 1: few rows against a wide weight
                                    {"convnext_s3_fc1_b1", 7 * 7, 1024, 4096},
-                                   {"convnext_s2_fc2_b1", 14 * 14, 2048, 512}};
+                                   {"convnext_s2_fc2_b1", 14 * 14, 2048, 512},
+                                   // MiT-B2 batch 1 at 256 (stage 4 at 16 x 16, output stride 16)
+                                   {"mit_b2_s1_fc2_b1", 64 * 64, 256, 64},
+                                   {"mit_b2_s4_fc1_b1", 16 * 16, 512, 2048},
+                                   {"mit_b2_s4_fc2_b1", 16 * 16, 2048, 512},
+                                   {"mit_b2_s4_q_b1", 16 * 16, 512, 512}};
 
 // Every Linear case forward, and the first one's weight gradient.
 bool register_gemm_cases() {

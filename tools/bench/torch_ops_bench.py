@@ -151,6 +151,26 @@ def _():
     return linear(14 * 14, 2048, 512)
 
 
+@case("BM_Linear/mit_b2_s1_fc2_b1")
+def _():
+    return linear(64 * 64, 256, 64)
+
+
+@case("BM_Linear/mit_b2_s4_fc1_b1")
+def _():
+    return linear(16 * 16, 512, 2048)
+
+
+@case("BM_Linear/mit_b2_s4_fc2_b1")
+def _():
+    return linear(16 * 16, 2048, 512)
+
+
+@case("BM_Linear/mit_b2_s4_q_b1")
+def _():
+    return linear(16 * 16, 512, 512)
+
+
 @case("BM_LinearWeightGrad/convnext_s1_fc1")
 def _():
     x, grad_y = torch.randn(8 * 56 * 56, 128), torch.randn(8 * 56 * 56, 512)
