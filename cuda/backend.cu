@@ -1,13 +1,19 @@
 // The CUDA backend: our kernels (KernelBackend), device memory from the caching allocator,
-// host<->device transfers, cuBLAS for GEMM (GemmEx on bfloat16 operands under bf16 autocast).
+// host<->device transfers, cuBLAS for GEMM (GemmEx on bfloat16 operands under bf16 autocast),
+// and, where cuDNN is built in, cuDNN or our kernel per dense-conv shape (conv_impl.h).
 // All work goes to one stream, created on first use,
 // so memory freed to the allocator may be reused by the next kernel without events.
 #include <climits>
+#include <memory>
 #include <mutex>
+#include <optional>
 
 #include "cuda/backend.h"
 #include "cuda/check.h"
 #include "cuda/kernel_backend.cuh"
+#ifdef SONO_HAVE_CUDNN
+#include "cuda/cudnn/conv.h"
+#endif
 
 namespace sono::cuda {
 
@@ -95,6 +101,32 @@ class CudaBackend final : public KernelBackend {
         g.stride_c, g.batches, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
 
+#ifdef SONO_HAVE_CUDNN
+  // float32 convs go to the per-shape choice; under bf16 autocast ours run (the cuDNN path
+  // takes float32 only).
+  void dense_conv(ConvPass pass, const Conv2dGeometry& g, const Tensor& a, const Tensor& b,
+                  const Tensor& out, const std::function<void()>& ours) override {
+    const bool f32 = a.dtype() == DType::f32 && b.dtype() == DType::f32 && !bf16_autocast();
+    if (!f32) return ours();
+    std::call_once(cudnn_once_, [this] {
+      conv_impls_.emplace(conv_policy_from_env());
+      cudnn_ = std::make_unique<CudnnConv>(stream());
+    });
+    conv_impls_->run({pass, g, false}, [&](ConvImpl impl, bool timed) {
+      return timed_run(timed, [&] {
+        if (impl == ConvImpl::ours) return ours(), true;
+        return cudnn_->run(pass, g, a.data<float>(), b.data<float>(), out.data<float>(),
+                           [this](size_t bytes, const std::function<void(void*)>& use) {
+                             void* ws = bytes ? allocate(bytes) : nullptr;
+                             std::unique_ptr<void, std::function<void(void*)>> held(
+                                 ws, [this](void* p) { if (p) deallocate(p); });
+                             use(ws);
+                           });
+      });
+    });
+  }
+#endif
+
   cudaStream_t stream() const override {
     std::call_once(stream_once_, [this] {
       SONO_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
@@ -122,8 +154,32 @@ class CudaBackend final : public KernelBackend {
     return cublas_;
   }
 
+  // Runs f (false: it could not take the shape); with `timed`, returns the milliseconds the
+  // stream spent on it, waiting for it to finish.
+  template <typename F>
+  std::optional<double> timed_run(bool timed, F&& f) {
+    if (!timed) return f() ? std::optional(0.0) : std::nullopt;
+    cudaEvent_t start, stop;
+    SONO_CUDA_CHECK(cudaEventCreate(&start));
+    SONO_CUDA_CHECK(cudaEventCreate(&stop));
+    SONO_CUDA_CHECK(cudaEventRecord(start, stream()));
+    const bool ran = f();
+    SONO_CUDA_CHECK(cudaEventRecord(stop, stream()));
+    SONO_CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0;
+    SONO_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    return ran ? std::optional<double>(ms) : std::nullopt;
+  }
+
   // Blocks live until the process ends: freeing at exit would race the runtime's own teardown.
   CachingAllocator allocator_;
+#ifdef SONO_HAVE_CUDNN
+  std::once_flag cudnn_once_;
+  std::optional<ConvImplCache> conv_impls_;
+  std::unique_ptr<CudnnConv> cudnn_;
+#endif
   mutable std::once_flag stream_once_, cublas_once_;
   mutable cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;

@@ -3,6 +3,10 @@
 // CudaBackend (cuda/backend.cu, nvcc) adds device memory, host<->device transfers and cuBLAS;
 // the kernel tests derive an emulated backend over host memory from the same class, so the
 // glue from tensors to kernel arguments runs in CI too.
+#include <functional>
+#include <optional>
+
+#include "cuda/conv_impl.h"
 #include "cuda/kernels/adamw.cuh"
 #include "cuda/kernels/attention.cuh"
 #include "cuda/kernels/bf16.cuh"
@@ -143,8 +147,10 @@ class KernelBackend : public Backend {
                                f32(out, "conv2d"), stream());
     if (is_pointwise(g))
       return gemm(pixel_rows(x), false, weight_rows(w), true, pixel_rows(out), 1, 0);
-    with_activation(x, [&](const auto* xp, bool bf16) {
-      conv_forward(dense(g), xp, f32(w, "conv2d"), f32(out, "conv2d"), stream(), bf16);
+    dense_conv(ConvPass::forward, g, x, w, out, [&] {
+      with_activation(x, [&](const auto* xp, bool bf16) {
+        conv_forward(dense(g), xp, f32(w, "conv2d"), f32(out, "conv2d"), stream(), bf16);
+      });
     });
   }
   void conv2d_backward_input(const Conv2dGeometry& g, const Tensor& grad_out, const Tensor& w,
@@ -154,8 +160,10 @@ class KernelBackend : public Backend {
                                       f32(grad_x, "conv2d"), stream());
     if (is_pointwise(g))
       return gemm(pixel_rows(grad_out), false, weight_rows(w), false, pixel_rows(grad_x), 1, 0);
-    conv_backward_input(dense(g), f32(grad_out, "conv2d"), f32(w, "conv2d"),
-                        f32(grad_x, "conv2d"), stream(), bf16_autocast());
+    dense_conv(ConvPass::backward_input, g, grad_out, w, grad_x, [&] {
+      conv_backward_input(dense(g), f32(grad_out, "conv2d"), f32(w, "conv2d"),
+                          f32(grad_x, "conv2d"), stream(), bf16_autocast());
+    });
   }
   void conv2d_backward_weight(const Conv2dGeometry& g, const Tensor& x, const Tensor& grad_out,
                               const Tensor& grad_w) override {
@@ -167,11 +175,13 @@ class KernelBackend : public Backend {
     }
     if (is_pointwise(g))
       return gemm(pixel_rows(grad_out), true, pixel_rows(x), false, weight_rows(grad_w), 1, 0);
-    const ConvGeometry cg = dense(g);
-    Buffer ws(*this, conv_backward_weight_workspace(cg) * sizeof(float));
-    with_activation(x, [&](const auto* xp, bool bf16) {
-      conv_backward_weight(cg, xp, f32(grad_out, "conv2d"), f32(grad_w, "conv2d"), ws.floats(),
-                           stream(), bf16);
+    dense_conv(ConvPass::backward_weight, g, x, grad_out, grad_w, [&] {
+      const ConvGeometry cg = dense(g);
+      Buffer ws(*this, conv_backward_weight_workspace(cg) * sizeof(float));
+      with_activation(x, [&](const auto* xp, bool bf16) {
+        conv_backward_weight(cg, xp, f32(grad_out, "conv2d"), f32(grad_w, "conv2d"), ws.floats(),
+                             stream(), bf16);
+      });
     });
   }
 
@@ -249,7 +259,14 @@ class KernelBackend : public Backend {
   virtual void gemm_bf16(const Tensor& a, const bfloat16* a16, bool ta, const Tensor& b,
                          const bfloat16* b16, bool tb, const Tensor& c, double alpha,
                          double beta) = 0;
+  // A dense (not depthwise, not pointwise) conv pass out = pass(a, b): `ours` runs our
+  // kernel. The real backend may run cuDNN instead, chosen per shape (conv_impl.h).
+  virtual void dense_conv(ConvPass pass, const Conv2dGeometry& g, const Tensor& a,
+                          const Tensor& b, const Tensor& out, const std::function<void()>& ours) {
+    ours();
+  }
   virtual cudaStream_t stream() const = 0;
+  static bool bf16_autocast() { return autocast_precision(Device::cuda) == Precision::bf16; }
   // Copies bytes between host and device memory; returns once host memory may be reused.
   virtual void transfer(void* dst, const void* src, size_t bytes, bool to_device) = 0;
 
@@ -365,8 +382,6 @@ class KernelBackend : public Backend {
     if (x.dtype() == DType::bf16) f(static_cast<const bfloat16*>(bf16_data(x, "conv2d")), true);
     else f(static_cast<const float*>(f32(x, "conv2d")), bf16_autocast());
   }
-
-  static bool bf16_autocast() { return autocast_precision(Device::cuda) == Precision::bf16; }
 
   static AdamWTensor adamw_tensor(const AdamWParam& p) {
     SONO_CHECK(p.step >= 1, "adamw: step counts from 1, got ", p.step);
