@@ -124,9 +124,14 @@ void pack_rows_contiguous(Strided src, int64_t rows, int64_t depth, float* dst) 
       const __mmask16 depth_mask = column_mask(steps);
       for (int g = 0; g < W; g += 16) {
         __m512 v[16];
-        for (int i = 0; i < 16; ++i)
+        for (int i = 0; i < 16; ++i) {
+          // The next panel's rows, same depth: each row is read only kc floats at a time, too
+          // short a stream for the hardware prefetcher to get ahead.
+          if (r0 + W + g + i < rows)
+            _mm_prefetch(reinterpret_cast<const char*>(src.at(r0 + W + g + i, p0)), _MM_HINT_T0);
           v[i] = g + i < valid ? _mm512_maskz_loadu_ps(depth_mask, src.at(r0 + g + i, p0))
                                : _mm512_setzero_ps();
+        }
         transpose16(v);
         const __mmask16 row_mask = column_mask(W - g);
         for (int64_t c = 0; c < steps; ++c) _mm512_mask_storeu_ps(panel + (p0 + c) * W + g, row_mask, v[c]);
