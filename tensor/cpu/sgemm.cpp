@@ -18,8 +18,10 @@
 #include "tensor/error.h"
 
 // GCC 12 flags the masked loads inside its own AVX-512 headers (the merge source of a maskz
-// load is an undefined vector by design), once per inlined call site.
+// load is an undefined vector by design), once per inlined call site, and the shuffles of the
+// in-register transpose likewise.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 namespace sono::cpu {
 
