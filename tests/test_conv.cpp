@@ -35,6 +35,9 @@ const ConvCase kConvCases[] = {
     {"stem 4x4 stride 4 (ConvNeXt)", {1, 9, 13, 3}, 5, 4, {4, 0, 1, 1}},
     {"patch embed 7x7 stride 4 pad 3 (MiT)", {1, 9, 10, 3}, 4, 7, {4, 3, 1, 1}},
     {"downsample 2x2 stride 2", {3, 7, 9, 5}, 6, 2, {2, 0, 1, 1}},
+    // more output channels than output pixels: columns in the weights' order
+    {"downsample 2x2 stride 2, 8 channels out of 6 pixels", {1, 4, 6, 3}, 8, 2, {2, 0, 1, 1}},
+    {"grouped 3x3 stride 2 pad 1, 12 channels out of 9 pixels", {1, 5, 5, 4}, 12, 3, {2, 1, 1, 2}},
 };
 
 Shape weight_shape(const ConvCase& c) { return {c.cout, c.x[3] / c.opt.groups, c.kernel, c.kernel}; }
@@ -74,6 +77,7 @@ TEST_CASE("conv2d float32 agrees with float64 on the vectorised and GEMM paths")
       {"atrous depthwise d12, 70 channels", {1, 13, 11, 70}, 70, 3, {1, 12, 12, 70}},
       {"dense 3x3 stride 2", {2, 9, 11, 20}, 24, 3, {2, 1, 1, 1}},
       {"pointwise", {2, 6, 5, 33}, 17, 1, {1, 0, 1, 1}},
+      {"sr 4x4 stride 4, 24 channels out of 9 pixels", {1, 12, 13, 20}, 24, 4, {4, 0, 1, 1}},
   };
   uint64_t seed = 200;
   for (const ConvCase& c : cases) {

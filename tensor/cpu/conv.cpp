@@ -263,14 +263,21 @@ void gemm_slices(const T* a, int64_t lda, bool ta, const T* b, int64_t ldb, bool
 }
 
 // The column matrix has one row per output pixel and, per group, the taps (ky, kx) of that
-// group's input channels: column gi * group_cols + (ky * KW + kx) * Cin/groups + ci. Weights
-// become matching rows [Cout, KH, KW, Cin/groups] so group gi's GEMM is one contiguous block.
+// group's input channels: column gi * group_cols + (ky * KW + kx) * Cin/groups + ci ("tap
+// major": each tap's channels are a contiguous copy of the input). Weights become matching rows
+// [Cout, KH, KW, Cin/groups] so group gi's GEMM is one contiguous block. Or "weight order":
+// column gi * group_cols + ci * KH * KW + (ky * KW + kx), PyTorch's own weight layout, so the
+// weights need no transposing (nor the forward's weight gradient), for a column gather with
+// strided writes. That wins where the weights outnumber the columns: more output channels than
+// output pixels (ConvNeXt's last downsample at batch 1 transposed 2M weights for 100K columns).
 struct ColumnLayout {
   int64_t cin_g, cout_g, group_cols, cols, images_per_chunk;
-  bool identity;  // 1x1, stride 1, no padding: the input itself is the column matrix
+  bool identity;      // 1x1, stride 1, no padding: the input itself is the column matrix
+  bool weight_order;  // columns in the weights' (ci, ky, kx) order
 };
 
-ColumnLayout column_layout(const Conv2dGeometry& g) {
+// The input gradient's col2im reads tap-major columns: it passes may_use_weight_order = false.
+ColumnLayout column_layout(const Conv2dGeometry& g, bool may_use_weight_order) {
   ColumnLayout cl;
   cl.cin_g = g.cin / g.groups;
   cl.cout_g = g.cout / g.groups;
@@ -280,7 +287,30 @@ ColumnLayout column_layout(const Conv2dGeometry& g) {
   // Bounds the column buffer to about 2^23 elements (32 MB in float32), at least one image.
   const int64_t per_image = g.oh * g.ow * cl.cols;
   cl.images_per_chunk = cl.identity ? g.n : std::clamp<int64_t>((int64_t(1) << 23) / per_image, 1, g.n);
+  cl.weight_order = may_use_weight_order && g.kh * g.kw > 1 &&
+                    g.cout > cl.images_per_chunk * g.oh * g.ow;
   return cl;
+}
+
+// The column row of output pixel (oy, ox) of image n: every tap's input channels, or zeros in
+// the padding, in the layout's order.
+template <typename T>
+void fill_column_row(const Conv2dGeometry& g, const ColumnLayout& cl, const Taps& t, const T* x,
+                     int64_t n, int64_t oy, int64_t ox, T* col) {
+  const int64_t taps = g.kh * g.kw;
+  for (int64_t gi = 0; gi < g.groups; ++gi)
+    for (int64_t tap = 0; tap < taps; ++tap) {
+      const int64_t iy = t.y[oy * g.kh + tap / g.kw], ix = t.x[ox * g.kw + tap % g.kw];
+      const T* src = iy < 0 || ix < 0 ? nullptr : x + ((n * g.h + iy) * g.w + ix) * g.cin + gi * cl.cin_g;
+      if (cl.weight_order) {
+        T* dst = col + gi * cl.group_cols + tap;  // channel ci at dst[ci * taps]
+        for (int64_t ci = 0; ci < cl.cin_g; ++ci) dst[ci * taps] = src ? src[ci] : T(0);
+      } else {
+        T* dst = col + gi * cl.group_cols + tap * cl.cin_g;
+        if (src) std::copy_n(src, cl.cin_g, dst);
+        else std::fill(dst, dst + cl.cin_g, T(0));
+      }
+    }
 }
 
 // cols[(n - n0) * OH * OW + oy * OW + ox, :] for images [n0, n1).
@@ -290,17 +320,8 @@ void im2col(const Conv2dGeometry& g, const ColumnLayout& cl, const Taps& t, cons
 #pragma omp parallel for schedule(static) if ((n1 - n0) * g.oh * g.ow * cl.cols > kParallelWork)
   for (int64_t row = 0; row < (n1 - n0) * g.oh; ++row) {
     const int64_t n = n0 + row / g.oh, oy = row % g.oh;
-    T* col = cols + row * g.ow * cl.cols;
     for (int64_t ox = 0; ox < g.ow; ++ox)
-      for (int64_t gi = 0; gi < g.groups; ++gi)
-        for (int64_t ky = 0; ky < g.kh; ++ky) {
-          const int64_t iy = t.y[oy * g.kh + ky];
-          for (int64_t kx = 0; kx < g.kw; ++kx, col += cl.cin_g) {
-            const int64_t ix = t.x[ox * g.kw + kx];
-            if (iy < 0 || ix < 0) std::fill(col, col + cl.cin_g, T(0));
-            else std::copy_n(x + ((n * g.h + iy) * g.w + ix) * g.cin + gi * cl.cin_g, cl.cin_g, col);
-          }
-        }
+      fill_column_row(g, cl, t, x, n, oy, ox, cols + (row * g.ow + ox) * cl.cols);
   }
 }
 
@@ -352,14 +373,14 @@ void for_each_chunk(const Conv2dGeometry& g, const ColumnLayout& cl, const T* x,
   }
 }
 
-// The weights as [Cout, KH * KW * Cin/groups] rows, the column matrix's order, in a tensor
+// The weights as rows of the column matrix's order: tap-major ones transposed into a tensor
 // (the block cache: a fresh std::vector of a 3x3 conv's 6 MB spent more time faulting its pages
-// in than transposing). A 1x1 kernel's weights already are: they are used in place.
+// in than transposing). In weight order, or for a 1x1 kernel, they are used in place.
 template <typename T>
 class WeightRows {
  public:
   WeightRows(const T* w, const Conv2dGeometry& g, const ColumnLayout& cl) : data_(w) {
-    if (g.kh * g.kw == 1) return;
+    if (g.kh * g.kw == 1 || cl.weight_order) return;
     T* rows = scratch<T>(holder_, g.cout * cl.group_cols);
     batched_transpose(w, g.cout, cl.cin_g, g.kh * g.kw, rows);
     data_ = rows;
@@ -373,7 +394,7 @@ class WeightRows {
 
 template <typename T>
 void conv_forward(const Conv2dGeometry& g, const T* x, const T* w, T* out) {
-  const ColumnLayout cl = column_layout(g);
+  const ColumnLayout cl = column_layout(g, true);
   const WeightRows<T> wt(w, g, cl);
   for_each_chunk<T>(g, cl, x, true, [&](int64_t n0, int64_t, int64_t rows, T* cols) {
     for (int64_t gi = 0; gi < g.groups; ++gi) {
@@ -388,7 +409,7 @@ void conv_forward(const Conv2dGeometry& g, const T* x, const T* w, T* out) {
 
 template <typename T>
 void conv_backward_input(const Conv2dGeometry& g, const T* grad_out, const T* w, T* grad_x) {
-  const ColumnLayout cl = column_layout(g);
+  const ColumnLayout cl = column_layout(g, false);
   const WeightRows<T> wt(w, g, cl);
   const Taps back = backward_taps(g);
   // With the identity layout the column matrix is grad_x itself and col2im is nothing.
@@ -408,7 +429,7 @@ void conv_backward_input(const Conv2dGeometry& g, const T* grad_out, const T* w,
 // running a parallel GEMM, whose threads would share the work at every depth block.
 template <typename T>
 void conv_backward_weight(const Conv2dGeometry& g, const T* x, const T* grad_out, T* grad_w) {
-  const ColumnLayout cl = column_layout(g);
+  const ColumnLayout cl = column_layout(g, true);
   ThreadPartials<T> partials(g.cout * cl.group_cols);
   for_each_chunk<T>(g, cl, x, true, [&](int64_t n0, int64_t, int64_t rows, T* cols) {
 #pragma omp parallel if (rows * g.cout * cl.group_cols > kParallelWork)
@@ -425,7 +446,7 @@ void conv_backward_weight(const Conv2dGeometry& g, const T* x, const T* grad_out
       }
     }
   });
-  if (g.kh * g.kw == 1) return partials.sum_into(grad_w);  // already PyTorch's layout
+  if (g.kh * g.kw == 1 || cl.weight_order) return partials.sum_into(grad_w);  // PyTorch's layout
   Tensor holder;
   T* grad_wt = scratch<T>(holder, g.cout * cl.group_cols);
   partials.sum_into(grad_wt);
