@@ -1,9 +1,9 @@
 #pragma once
 // Depthwise convolution with stride 1 and dilation 1 (ConvNeXt's 7x7, MiT's 3x3) in float32 on
-// AVX-512 (depthwise_simd.cpp). Channels-last: a block of 16 channels is one vector, and 8
-// output pixels of a row keep their sums in registers while each input under the kernel row is
-// loaded once and feeds every output it reaches: 14 loads for 56 products at 7x7, where the
-// general kernel (conv.cpp) loads an input per product.
+// AVX-512 (depthwise_simd.cpp). Channels-last: a block of 16 channels is one vector, and a row of
+// output pixels (8 at 3x3, 16 at 7x7) keep their sums in registers while each input under the
+// kernel row is loaded once and feeds every output it reaches: 22 loads for 112 products at 7x7,
+// where the general kernel (conv.cpp) loads an input per product.
 #include <cstdint>
 
 namespace sono::cpu {

@@ -49,6 +49,8 @@ def conv(x_shape, out_channels, kernel, stride, padding, dilation, depthwise, ba
 # ---- bench_conv.cpp: input NHWC, out channels, kernel, stride, padding, dilation, depthwise ----
 CONV_CASES = {
     "convnext_dw7x7": ((8, 56, 56, 128), 128, 7, 1, 3, 1, True),
+    "convnext_dw7x7_s3_b1": ((1, 14, 14, 512), 512, 7, 1, 3, 1, True),
+    "mit_dw3x3_s1_b1": ((1, 64, 64, 256), 256, 3, 1, 1, 1, True),
     "aspp_dw3x3_d12": ((8, 16, 16, 512), 512, 3, 1, 12, 12, True),
     "dense3x3_s2": ((8, 64, 64, 64), 128, 3, 2, 1, 1, False),
     "pointwise1x1": ((8, 56, 56, 128), 512, 1, 1, 0, 1, False),
