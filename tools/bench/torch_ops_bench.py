@@ -128,49 +128,20 @@ def linear(m, k, n):
     return lambda: F.linear(x, w, b)
 
 
-@case("BM_Linear/convnext_s1_fc1")
-def _():
-    return linear(8 * 56 * 56, 128, 512)
-
-
-@case("BM_Linear/convnext_s3_fc1")
-def _():
-    return linear(8 * 14 * 14, 512, 2048)
-
-
-@case("BM_Linear/mit_b2_s1_fc1")
-def _():
-    return linear(8 * 64 * 64, 64, 256)
-
-
-@case("BM_Linear/convnext_s3_fc1_b1")
-def _():
-    return linear(7 * 7, 1024, 4096)
-
-
-@case("BM_Linear/convnext_s2_fc2_b1")
-def _():
-    return linear(14 * 14, 2048, 512)
-
-
-@case("BM_Linear/mit_b2_s1_fc2_b1")
-def _():
-    return linear(64 * 64, 256, 64)
-
-
-@case("BM_Linear/mit_b2_s4_fc1_b1")
-def _():
-    return linear(16 * 16, 512, 2048)
-
-
-@case("BM_Linear/mit_b2_s4_fc2_b1")
-def _():
-    return linear(16 * 16, 2048, 512)
-
-
-@case("BM_Linear/mit_b2_s4_q_b1")
-def _():
-    return linear(16 * 16, 512, 512)
+# Rows (M), in features (K), out features (N), as kGemmCases in bench_gemm_adamw.cpp.
+LINEAR_CASES = {
+    "convnext_s1_fc1": (8 * 56 * 56, 128, 512),
+    "convnext_s3_fc1": (8 * 14 * 14, 512, 2048),
+    "mit_b2_s1_fc1": (8 * 64 * 64, 64, 256),
+    "convnext_s3_fc1_b1": (7 * 7, 1024, 4096),
+    "convnext_s2_fc2_b1": (14 * 14, 2048, 512),
+    "mit_b2_s1_fc2_b1": (64 * 64, 256, 64),
+    "mit_b2_s4_fc1_b1": (16 * 16, 512, 2048),
+    "mit_b2_s4_fc2_b1": (16 * 16, 2048, 512),
+    "mit_b2_s4_q_b1": (16 * 16, 512, 512),
+}
+for _name, _spec in LINEAR_CASES.items():
+    CASES[f"BM_Linear/{_name}"] = functools.partial(linear, *_spec)
 
 
 @case("BM_LinearWeightGrad/convnext_s1_fc1")
