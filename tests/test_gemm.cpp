@@ -76,6 +76,9 @@ TEST_CASE("float32 GEMM equals a float64 reference within its rounding bound") {
       {1, 3, 4100, 5, false, false, false, false, 1.0f, 1.0f, false},  // two column blocks
       {1, 300, 300, 300, false, true, false, true, 1.0f, 0.0f, true},  // a team splits rows
       {1, 49, 1000, 130, false, true, false, false, 1.0f, 0.5f, true}, // ... or columns
+      // columns, sharing A's packing over 4 uneven depth blocks; A transposed
+      {1, 50, 700, 1000, false, true, false, false, 1.0f, 0.0f, true},
+      {1, 33, 512, 600, true, false, false, false, 1.0f, 1.0f, false},
       {7, 20, 18, 33, false, true, false, false, 1.0f, 0.0f, false},   // an item per thread
       {5, 12, 40, 24, true, false, true, false, 1.0f, 0.0f, false},
       {3, 8, 8, 0, false, false, false, false, 1.0f, 0.5f, true},      // empty depth
