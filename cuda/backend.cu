@@ -4,6 +4,7 @@
 // All work goes to one stream, created on first use,
 // so memory freed to the allocator may be reused by the next kernel without events.
 #include <climits>
+#include <cstdio>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -103,24 +104,21 @@ class CudaBackend final : public KernelBackend {
 
 #ifdef SONO_HAVE_CUDNN
   // float32 convs go to the per-shape choice; under bf16 autocast ours run (the cuDNN path
-  // takes float32 only).
+  // takes float32 only), and so they do where cuDNN cannot start (said once on stderr).
   void dense_conv(ConvPass pass, const Conv2dGeometry& g, const Tensor& a, const Tensor& b,
                   const Tensor& out, const std::function<void()>& ours) override {
     const bool f32 = a.dtype() == DType::f32 && b.dtype() == DType::f32 && !bf16_autocast();
-    if (!f32) return ours();
-    std::call_once(cudnn_once_, [this] {
-      conv_impls_.emplace(conv_policy_from_env());
-      cudnn_ = std::make_unique<CudnnConv>(stream());
-    });
+    std::call_once(cudnn_once_, [this] { start_cudnn(); });
+    if (!f32 || !cudnn_) return ours();
     conv_impls_->run({pass, g, false}, [&](ConvImpl impl, bool timed) {
       return timed_run(timed, [&] {
-        if (impl == ConvImpl::ours) return ours(), true;
+        if (impl == ConvImpl::ours) {
+          ours();
+          return true;
+        }
         return cudnn_->run(pass, g, a.data<float>(), b.data<float>(), out.data<float>(),
                            [this](size_t bytes, const std::function<void(void*)>& use) {
-                             void* ws = bytes ? allocate(bytes) : nullptr;
-                             std::unique_ptr<void, std::function<void(void*)>> held(
-                                 ws, [this](void* p) { if (p) deallocate(p); });
-                             use(ws);
+                             with_workspace(bytes, use);
                            });
       });
     });
@@ -153,6 +151,27 @@ class CudaBackend final : public KernelBackend {
     });
     return cublas_;
   }
+
+#ifdef SONO_HAVE_CUDNN
+  void start_cudnn() {
+    const ConvPolicy policy = conv_policy_from_env();
+    conv_impls_.emplace(policy);
+    if (policy == ConvPolicy::ours) return;  // no cuDNN handle wanted
+    try {
+      cudnn_ = std::make_unique<CudnnConv>(stream());
+    } catch (const Error& e) {
+      std::fprintf(stderr, "sono: cuDNN unavailable, convolutions run our kernels: %s\n", e.what());
+    }
+  }
+  // Device scratch for the duration of use(pointer).
+  void with_workspace(size_t bytes, const std::function<void(void*)>& use) {
+    void* ws = bytes ? allocate(bytes) : nullptr;
+    std::unique_ptr<void, std::function<void(void*)>> held(ws, [this](void* p) {
+      if (p) deallocate(p);
+    });
+    use(ws);
+  }
+#endif
 
   // Runs f (false: it could not take the shape); with `timed`, returns the milliseconds the
   // stream spent on it, waiting for it to finish.
