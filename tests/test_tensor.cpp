@@ -278,6 +278,21 @@ TEST_CASE("a leaf's .grad takes over a gradient nobody else holds, and copies a 
   check_values(w.grad(), {3.0, 3.0, 3.0}, 1e-12);
 }
 
+// ConvNeXt's pointwise weights are [out, in, 1, 1] used as matrices: the gradient reaching the
+// leaf is a reshape (a view) of the product's; it becomes .grad without a copy.
+TEST_CASE("a leaf's .grad takes over a reshaped gradient nobody else holds") {
+  Tensor w = Tensor::from_vector({1.0, 2.0, 3.0, 4.0, 5.0, 6.0}, {3, 2, 1, 1}, DType::f64).requires_grad_();
+  Tensor x = Tensor::from_vector({1.0, -1.0, 0.5, 2.0}, {2, 2}, DType::f64);
+  const void* product = nullptr;
+  Tensor matrix = autograd::record("as_matrix", w.detach().reshape({3, 2}), {w}, [&](const Tensor& g) {
+    product = g.raw_data();
+    return std::vector<Tensor>{g.reshape({3, 2, 1, 1})};
+  });
+  sum(linear(x, matrix, Tensor())).backward();
+  CHECK(w.grad().raw_data() == product);
+  check_values(w.grad().reshape({6}), {1.5, 1.0, 1.5, 1.0, 1.5, 1.0}, 1e-12);
+}
+
 TEST_CASE("bad input raises clear errors") {
   Tensor a = Tensor::ones({2, 3}), b = Tensor::ones({4});
   CHECK_THROWS_WITH_AS(add(a, b), doctest::Contains("do not broadcast"), Error);
