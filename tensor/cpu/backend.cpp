@@ -33,15 +33,17 @@ void count_allocation(int64_t bytes) {
 // on [25088, 128] spent two thirds of its time faulting its outputs in. Sizes round up to 8
 // classes per power of two (at most 12.5% more), and a request takes the smallest cached block
 // up to 1.5 times its size. Live plus cached bytes stay within the most ever live at once plus
-// a headroom (a quarter of it, at most 256 MiB): a request that no cached block fits unmaps
+// a headroom (a quarter of it, at most 128 MiB): a request that no cached block fits unmaps
 // cached blocks, largest first, to stay within it. Without the headroom a step's mix of sizes
 // kept missing and remapping (MiT-B2 batch 1 inference: 22 maps a step, 15% of its time in the
 // kernel zeroing fresh pages; ConvNeXt-Base batch-8 training: 138 maps a step); with it none
-// after the first step, for 10-25% more resident memory.
+// after the first step at batch 1 and a few at batch 8, for 4-25% more resident memory (a
+// 256 MiB cap took ConvNeXt-Base batch-8 training from 57 maps a step to 11 for 118 MiB more,
+// and no measurable time).
 class BlockCache {
  public:
   static constexpr size_t kMinBytes = size_t(1) << 20;
-  static constexpr size_t kMaxHeadroom = size_t(256) << 20;
+  static constexpr size_t kMaxHeadroom = size_t(128) << 20;
 
   // Smaller tensors come from glibc's heap. By default it maps chunks from 128 KiB up afresh
   // and gives the heap's free top back to the OS past 128 KiB, so they faulted in anew each
