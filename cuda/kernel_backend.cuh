@@ -4,7 +4,6 @@
 // the kernel tests derive an emulated backend over host memory from the same class, so the
 // glue from tensors to kernel arguments runs in CI too.
 #include <functional>
-#include <optional>
 
 #include "cuda/conv_impl.h"
 #include "cuda/kernels/adamw.cuh"
@@ -266,9 +265,10 @@ class KernelBackend : public Backend {
     ours();
   }
   virtual cudaStream_t stream() const = 0;
-  static bool bf16_autocast() { return autocast_precision(Device::cuda) == Precision::bf16; }
   // Copies bytes between host and device memory; returns once host memory may be reused.
   virtual void transfer(void* dst, const void* src, size_t bytes, bool to_device) = 0;
+
+  static bool bf16_autocast() { return autocast_precision(Device::cuda) == Precision::bf16; }
 
  private:
   // bfloat16 on the device: contiguous float32 <-> bfloat16 casts, rounding to nearest even.

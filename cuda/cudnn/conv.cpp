@@ -126,10 +126,15 @@ void execute(cudnnHandle_t h, ConvPass pass, Descriptors& d, const Plan& plan, c
 
 }  // namespace
 
-// nullopt where cuDNN has no algorithm for the shape. Kept because the heuristic query costs
-// more host time than a launch.
+// Per pass and shape: its descriptors and algorithm, or no plan where cuDNN refuses the shape.
+// Kept because describing the shape and querying the heuristic cost more host time than a
+// launch.
 struct CudnnConv::Plans {
-  std::map<ConvKey, std::optional<Plan>> by_key;
+  struct Entry {
+    Descriptors descriptors;
+    std::optional<Plan> plan;
+  };
+  std::map<ConvKey, Entry> by_key;
 };
 
 CudnnConv::CudnnConv(cudaStream_t stream) : plans_(std::make_unique<Plans>()) {
@@ -143,15 +148,14 @@ CudnnConv::~CudnnConv() { cudnnDestroy(as_handle(handle_)); }
 
 bool CudnnConv::run(ConvPass pass, const Conv2dGeometry& g, const float* a, const float* b,
                     float* out, const WorkspaceFn& workspace) {
-  Descriptors d;
-  if (!d.describe(g)) return false;
-  const ConvKey key{pass, g, false};
-  auto known = plans_->by_key.find(key);
-  if (known == plans_->by_key.end())
-    known = plans_->by_key.emplace(key, plan_for(as_handle(handle_), pass, d)).first;
-  if (!known->second) return false;
-  const Plan plan = *known->second;
-  workspace(plan.workspace, [&](void* ws) { execute(as_handle(handle_), pass, d, plan, a, b, out, ws); });
+  auto [it, fresh] = plans_->by_key.try_emplace(ConvKey{pass, g, false});
+  Plans::Entry& entry = it->second;
+  if (fresh && entry.descriptors.describe(g))
+    entry.plan = plan_for(as_handle(handle_), pass, entry.descriptors);
+  if (!entry.plan) return false;
+  workspace(entry.plan->workspace, [&](void* ws) {
+    execute(as_handle(handle_), pass, entry.descriptors, *entry.plan, a, b, out, ws);
+  });
   return true;
 }
 

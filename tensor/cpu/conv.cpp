@@ -299,16 +299,20 @@ void fill_column_row(const Conv2dGeometry& g, const ColumnLayout& cl, const Taps
                      int64_t n, int64_t oy, int64_t ox, T* col) {
   const int64_t taps = g.kh * g.kw;
   for (int64_t gi = 0; gi < g.groups; ++gi)
-    for (int64_t tap = 0; tap < taps; ++tap) {
-      const int64_t iy = t.y[oy * g.kh + tap / g.kw], ix = t.x[ox * g.kw + tap % g.kw];
-      const T* src = iy < 0 || ix < 0 ? nullptr : x + ((n * g.h + iy) * g.w + ix) * g.cin + gi * cl.cin_g;
-      if (cl.weight_order) {
-        T* dst = col + gi * cl.group_cols + tap;  // channel ci at dst[ci * taps]
-        for (int64_t ci = 0; ci < cl.cin_g; ++ci) dst[ci * taps] = src ? src[ci] : T(0);
-      } else {
-        T* dst = col + gi * cl.group_cols + tap * cl.cin_g;
-        if (src) std::copy_n(src, cl.cin_g, dst);
-        else std::fill(dst, dst + cl.cin_g, T(0));
+    for (int64_t ky = 0; ky < g.kh; ++ky) {
+      const int64_t iy = t.y[oy * g.kh + ky];
+      for (int64_t kx = 0; kx < g.kw; ++kx) {
+        const int64_t ix = t.x[ox * g.kw + kx], tap = ky * g.kw + kx;
+        const T* src = iy < 0 || ix < 0 ? nullptr : x + ((n * g.h + iy) * g.w + ix) * g.cin + gi * cl.cin_g;
+        if (cl.weight_order) {
+          T* dst = col + gi * cl.group_cols + tap;  // channel ci at dst[ci * taps]
+          if (src) for (int64_t ci = 0; ci < cl.cin_g; ++ci) dst[ci * taps] = src[ci];
+          else for (int64_t ci = 0; ci < cl.cin_g; ++ci) dst[ci * taps] = T(0);
+        } else {
+          T* dst = col + gi * cl.group_cols + tap * cl.cin_g;
+          if (src) std::copy_n(src, cl.cin_g, dst);
+          else std::fill(dst, dst + cl.cin_g, T(0));
+        }
       }
     }
 }

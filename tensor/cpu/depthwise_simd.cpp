@@ -8,6 +8,10 @@
 #include <cstdlib>
 #include <memory>
 
+#include <omp.h>
+
+#include "tensor/error.h"
+
 // GCC 12 flags the masked loads inside its own AVX-512 headers (see sgemm.cpp).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
@@ -17,8 +21,8 @@ namespace {
 
 // One register tile: P output pixels of a row, 16 channels, summed over the K x K taps. The
 // input vector at window position j (input column ox0 - pad + j) of kernel row ky comes from
-// load(ky, j), which returns false for a kernel row outside the image (skipped). Input j feeds
-// outputs p = j - kx.
+// load(ky, j); kernel rows outside the image (load.row_inside(ky) false) are skipped. Input j
+// feeds outputs p = j - kx.
 template <int K, int P, typename Load>
 void accumulate_tile(const float* taps, int64_t c, int64_t c0, __mmask16 lanes, Load&& load,
                      __m512 (&acc)[P]) {
@@ -48,14 +52,19 @@ __mmask16 lane_mask(int64_t c, int64_t c0) {
   return static_cast<__mmask16>((1u << std::min<int64_t>(16, c - c0)) - 1);
 }
 
+// The output row a tile is on, and which of its kernel rows fall inside the image.
+struct OutputRow {
+  int64_t h, pad, oy;
+  bool row_inside(int ky) const { return oy - pad + ky >= 0 && oy - pad + ky < h; }
+};
+
 // ---- 3x3 (MiT's Mix-FFN): loads straight from the input, row by row -------------------------
 // Inputs in the zero padding are loaded with an empty mask (no memory is touched, the value is 0).
-struct DirectLoad {
+struct DirectLoad : OutputRow {
   const float* image;  // [h, w, c]
-  int64_t h, w, c, c0, pad, oy, ox0;
+  int64_t w, c, c0, ox0;
   __mmask16 lanes;
 
-  bool row_inside(int ky) const { return oy - pad + ky >= 0 && oy - pad + ky < h; }
   __m512 operator()(int ky, int j) const {
     const int64_t iy = oy - pad + ky, ix = ox0 - pad + j;
     const __mmask16 inside = ix >= 0 && ix < w ? lanes : 0;
@@ -73,7 +82,8 @@ void run_direct3(const float* src, int64_t n, int64_t h, int64_t w, int64_t c, c
       const __mmask16 lanes = lane_mask(c, c0);
       for (int64_t ox0 = 0; ox0 < ow; ox0 += P) {
         __m512 acc[P];
-        accumulate_tile<3, P>(taps, c, c0, lanes, DirectLoad{src + image * h * w * c, h, w, c, c0, pad, oy, ox0, lanes}, acc);
+        const DirectLoad load{{h, pad, oy}, src + image * h * w * c, w, c, c0, ox0, lanes};
+        accumulate_tile<3, P>(taps, c, c0, lanes, load, acc);
         store_tile(acc, lanes, ow - ox0, c, out + (row * ow + ox0) * c + c0);
       }
     }
@@ -86,12 +96,12 @@ void run_direct3(const float* src, int64_t n, int64_t h, int64_t w, int64_t c, c
 // vectors with no masks (masked loads of the wide padding, one per load, made the compiler
 // branch on every mask: 54 GFLOP/s on ConvNeXt's 14 x 14 x 512 maps, 77 with the ring).
 template <int K>
-struct RowRing {
+struct RowRing : OutputRow {  // OutputRow::oy and ox0: the tile being computed
   const float* image;  // [h, w, c]
-  int64_t h, w, c, c0, pad, width;
+  int64_t w, c, c0, width;
   __mmask16 lanes;
   float* rows;  // K slots of width x 16 floats, slot iy % K holding input row iy
-  int64_t oy = 0, ox0 = 0;  // the tile being computed
+  int64_t ox0 = 0;
 
   // Copies input row iy into its slot, before the first output row that reads it.
   void load_row(int64_t iy) {
@@ -103,7 +113,6 @@ struct RowRing {
       _mm512_store_ps(dst + q * 16, ix >= 0 && ix < w ? _mm512_maskz_loadu_ps(lanes, src + ix * c) : _mm512_setzero_ps());
     }
   }
-  bool row_inside(int ky) const { return oy - pad + ky >= 0 && oy - pad + ky < h; }
   __m512 operator()(int ky, int j) const {
     return _mm512_load_ps(rows + ((oy - pad + ky) % K * width + ox0 + j) * 16);
   }
@@ -115,14 +124,26 @@ void run_ring(const float* src, int64_t n, int64_t h, int64_t w, int64_t c, cons
   constexpr int P = 16;
   const int64_t blocks = (c + 15) / 16;
   const int64_t width = (ow + P - 1) / P * P + K - 1;  // ring row, in vectors
+  const int64_t ring_floats = K * width * 16;
+  // Each thread allocates its own ring: the rings side by side in one block ran 10% slower
+  // (bench_conv 7x7 bs8: 2.11-2.15 against 1.88-1.99 ms; likely cache-set conflicts between
+  // the two threads' rows). A failed allocation is reported after the parallel region, where
+  // an error can be thrown.
+  bool out_of_memory = false;
 #pragma omp parallel if (n * oh * ow * c * K * K > (int64_t{1} << 16))
   {
     std::unique_ptr<float, decltype(&std::free)> storage(
-        static_cast<float*>(std::aligned_alloc(64, K * width * 16 * sizeof(float))), &std::free);
+        static_cast<float*>(std::aligned_alloc(64, ring_floats * sizeof(float))), &std::free);
+    if (!storage) {
+#pragma omp atomic write
+      out_of_memory = true;
+    }
+    float* rows = storage.get();
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < n * blocks; ++item) {
+      if (!rows) continue;
       const int64_t image = item / blocks, c0 = item % blocks * 16;
-      RowRing<K> ring{src + image * h * w * c, h, w, c, c0, pad, width, lane_mask(c, c0), storage.get()};
+      RowRing<K> ring{{h, pad, 0}, src + image * h * w * c, w, c, c0, width, lane_mask(c, c0), rows};
       for (int64_t iy = -pad; iy < K - 1 - pad; ++iy) ring.load_row(iy);
       for (ring.oy = 0; ring.oy < oh; ++ring.oy) {
         ring.load_row(ring.oy - pad + K - 1);
@@ -134,6 +155,7 @@ void run_ring(const float* src, int64_t n, int64_t h, int64_t w, int64_t c, cons
       }
     }
   }
+  if (out_of_memory) fail("depthwise conv: out of memory for a row ring of ", ring_floats, " floats");
 }
 
 }  // namespace
