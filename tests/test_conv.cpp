@@ -74,6 +74,7 @@ TEST_CASE("conv2d float32 agrees with float64 on the vectorised and GEMM paths")
       {"depthwise 3x3 pad 1, 37 channels", {3, 5, 11, 37}, 37, 3, {1, 1, 1, 37}},
       {"depthwise 3x3 pad 0", {1, 6, 19, 16}, 16, 3, {1, 0, 1, 16}},
       {"depthwise 7x7 pad 2, 5 channels", {1, 10, 9, 5}, 5, 7, {1, 2, 1, 5}},
+      {"depthwise 7x7 pad 3, rows of 19: a full tile of 16 and a tail", {2, 8, 19, 20}, 20, 7, {1, 3, 1, 20}},
       {"atrous depthwise d12, 70 channels", {1, 13, 11, 70}, 70, 3, {1, 12, 12, 70}},
       {"dense 3x3 stride 2", {2, 9, 11, 20}, 24, 3, {2, 1, 1, 1}},
       {"pointwise", {2, 6, 5, 33}, 17, 1, {1, 0, 1, 1}},
