@@ -90,15 +90,20 @@ class CudaBackend final : public KernelBackend {
           g.stride_c, g.batches));
     }
   }
-  // Mixed precision: bfloat16 operands on the tensor cores, float32 accumulation and output.
+  // Mixed precision: bfloat16 operands on the tensor cores, float32 accumulation, a float32 or
+  // bfloat16 (autocast's activations, rounded once) result.
   void gemm_bf16(const Tensor& a, const bfloat16* a16, bool ta, const Tensor& b,
                  const bfloat16* b16, bool tb, const Tensor& c, double alpha,
                  double beta) override {
     const CublasGemm g(a, ta, b, tb, c);
     const float al = static_cast<float>(alpha), be = static_cast<float>(beta);
+    const cudaDataType c_type = c.dtype() == DType::bf16 ? CUDA_R_16BF : CUDA_R_32F;
+    SONO_CHECK(c.dtype() == DType::bf16 || c.dtype() == DType::f32,
+               "CUDA gemm: bfloat16 operands give float32 or bfloat16, not ",
+               dtype_name(c.dtype()));
     SONO_CUDA_CHECK(cublasGemmStridedBatchedEx(
         cublas(), g.op_b, g.op_a, g.rows, g.cols, g.inner, &al, b16, CUDA_R_16BF, g.ldb,
-        g.stride_b, a16, CUDA_R_16BF, g.lda, g.stride_a, &be, c.data<float>(), CUDA_R_32F, g.rows,
+        g.stride_b, a16, CUDA_R_16BF, g.lda, g.stride_a, &be, c.raw_data(), c_type, g.rows,
         g.stride_c, g.batches, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
 

@@ -35,6 +35,12 @@ void dispatch_dtype(DType dtype, F&& f) {
   else if (dtype == DType::i64) f(int64_t{});
   else fail("CUDA: this kernel takes float32, float64 or int64, got ", dtype_name(dtype));
 }
+// The same plus bfloat16, which copies convert to and from.
+template <typename F>
+void dispatch_copy_dtype(DType dtype, F&& f) {
+  if (dtype == DType::bf16) f(bfloat16{});
+  else dispatch_dtype(dtype, f);
+}
 
 class KernelBackend : public Backend {
  public:
@@ -45,7 +51,6 @@ class KernelBackend : public Backend {
     SONO_CHECK(src.shape() == dst.shape(), "CUDA copy: shapes ", shape_str(src.shape()), " and ",
                shape_str(dst.shape()), " differ");
     if (src.device() == Device::cuda && dst.device() == Device::cuda) {
-      if (src.dtype() == DType::bf16 || dst.dtype() == DType::bf16) return cast_bf16(src, dst);
       copy_on_device(src.shape(), src.raw_data(), src.strides(), src.dtype(), dst.raw_data(),
                      dst.strides(), dst.dtype());
     } else if (dst.device() == Device::cuda) {
@@ -64,7 +69,9 @@ class KernelBackend : public Backend {
     });
   }
 
+  // GELU also maps autocast's bfloat16 activations (to bfloat16); every other op is float32.
   void unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) override {
+    if (op == UnaryOp::gelu) return bias_act_rows(x, Tensor(), out, true);
     const float* xp = f32(x, "unary");
     float* yp = f32(out, "unary");
     const int64_t n = x.numel();
@@ -78,7 +85,7 @@ class KernelBackend : public Backend {
       case UnaryOp::abs: return run(unary::Abs{});
       case UnaryOp::sign: return run(unary::Sign{});
       case UnaryOp::relu: return run(unary::Relu{});
-      case UnaryOp::gelu: return run(unary::Gelu{});
+      case UnaryOp::gelu: break;  // above
       case UnaryOp::sigmoid: return run(unary::Sigmoid{});
       case UnaryOp::tanh: return run(unary::Tanh{});
       case UnaryOp::softplus: return run(unary::Softplus{});
@@ -105,16 +112,32 @@ class KernelBackend : public Backend {
     }
   }
 
+  // x and y may be bfloat16 (autocast's activations) in these three.
   void bias_gelu_forward(const Tensor& x, const Tensor& bias, const Tensor& y) override {
-    const int64_t cols = bias.numel();
-    cuda::bias_gelu(x.numel() / cols, cols, f32(x, "bias_gelu"), f32(bias, "bias_gelu"),
-                    f32(y, "bias_gelu"), stream());
+    bias_act_rows(x, bias, y, true);
+  }
+  void bias_add(const Tensor& x, const Tensor& bias, const Tensor& y) override {
+    bias_act_rows(x, bias, y, false);
   }
   void gelu_backward(const Tensor& x, const Tensor& bias, const Tensor& grad_y,
                      const Tensor& grad_x) override {
     const int64_t cols = bias.defined() ? bias.numel() : 1;
-    cuda::gelu_backward(x.numel() / cols, cols, f32(x, "gelu"), f32_or_null(bias, "gelu"),
-                        f32(grad_y, "gelu"), f32(grad_x, "gelu"), stream());
+    with_floats(x, "gelu", [&](const auto* xp) {
+      cuda::gelu_backward(x.numel() / cols, cols, xp, f32_or_null(bias, "gelu"),
+                          f32(grad_y, "gelu"), f32(grad_x, "gelu"), stream());
+    });
+  }
+  // The GEMM, then the bias (and GELU) in one pass. A bfloat16 y is rounded once, from a
+  // float32 product, as torch's addmm does.
+  void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
+                      bool gelu) override {
+    if (y.dtype() != DType::bf16) {
+      gemm(x, false, w, true, y, 1.0, 0.0);
+      return bias_act_rows(y, bias, y, gelu);
+    }
+    const Tensor product = Tensor::empty(y.shape(), DType::f32, Device::cuda);
+    gemm(x, false, w, true, product, 1.0, 0.0);
+    bias_act_rows(product, bias, y, gelu);
   }
 
   void reduce(ReduceOp op, const Tensor& x, const Tensor& out) override {
@@ -124,13 +147,14 @@ class KernelBackend : public Backend {
     else reduce_max(space, xp, f32(out, "reduce"), stream());
   }
 
-  // Under bf16 autocast, or given a bfloat16 operand (autocast's saved activations), gemm_bf16
-  // multiplies bfloat16 operands (float32 ones go to converted copies) with float32
+  // Under bf16 autocast, or given a bfloat16 operand or result (autocast's activations),
+  // gemm_bf16 multiplies bfloat16 operands (float32 ones go to converted copies) with float32
   // accumulation; otherwise gemm_native takes the operands as they are.
   void gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& c, double alpha,
             double beta) override {
-    const bool bf16_operand = a.dtype() == DType::bf16 || b.dtype() == DType::bf16;
-    if (!bf16_operand && (c.dtype() != DType::f32 || !bf16_autocast()))
+    const bool bf16_tensor =
+        a.dtype() == DType::bf16 || b.dtype() == DType::bf16 || c.dtype() == DType::bf16;
+    if (!bf16_tensor && (c.dtype() != DType::f32 || !bf16_autocast()))
       return gemm_native(a, ta, b, tb, c, alpha, beta);
     const Bf16Operand a16(*this, a), b16(*this, b);
     gemm_bf16(a, a16.data, ta, b, b16.data, tb, c, alpha, beta);
@@ -138,7 +162,7 @@ class KernelBackend : public Backend {
 
   // Depthwise convs have their own kernels; a pointwise conv is a plain GEMM over NHWC rows
   // (cuBLAS in the real backend); every other conv is an implicit GEMM (conv.cuh). The input x
-  // may be bfloat16 (autocast's saved copy) except for depthwise convs.
+  // and the output may be bfloat16 (autocast's activations) except for depthwise convs.
   void conv2d_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,
                       const Tensor& out) override {
     if (g.depthwise())
@@ -148,7 +172,9 @@ class KernelBackend : public Backend {
       return gemm(pixel_rows(x), false, weight_rows(w), true, pixel_rows(out), 1, 0);
     dense_conv(ConvPass::forward, g, x, w, out, [&] {
       with_activation(x, [&](const auto* xp, bool bf16) {
-        conv_forward(dense(g), xp, f32(w, "conv2d"), f32(out, "conv2d"), stream(), bf16);
+        with_floats(out, "conv2d", [&](auto* yp) {
+          conv_forward(dense(g), xp, f32(w, "conv2d"), yp, stream(), bf16);
+        });
       });
     });
   }
@@ -271,23 +297,12 @@ class KernelBackend : public Backend {
   static bool bf16_autocast() { return autocast_precision(Device::cuda) == Precision::bf16; }
 
  private:
-  // bfloat16 on the device: contiguous float32 <-> bfloat16 casts, rounding to nearest even.
-  void cast_bf16(const Tensor& src, const Tensor& dst) {
-    const int64_t n = src.numel();
-    if (src.dtype() == DType::f32 && dst.dtype() == DType::bf16)
-      return bf16_convert(n, f32(src, "cast"), bf16_data(dst, "cast"), stream());
-    SONO_CHECK(src.dtype() == DType::bf16 && dst.dtype() == DType::f32, "CUDA: cast from ",
-               dtype_name(src.dtype()), " to ", dtype_name(dst.dtype()),
-               " not implemented (bfloat16 converts to and from float32 only)");
-    bf16_convert(n, bf16_data(src, "cast"), f32(dst, "cast"), stream());
-  }
-
   void copy_on_device(const Shape& shape, const void* src, const Shape& src_strides,
                       DType src_dtype, void* dst, const Shape& dst_strides, DType dst_dtype) {
     auto layout = cpu::merge_dims<2>(shape, {&src_strides, &dst_strides});
     const auto space = make_space<2>(layout.shape, layout.strides);
-    dispatch_dtype(src_dtype, [&](auto s) {
-      dispatch_dtype(dst_dtype, [&](auto d) {
+    dispatch_copy_dtype(src_dtype, [&](auto s) {
+      dispatch_copy_dtype(dst_dtype, [&](auto d) {
         using S = decltype(s);
         using D = decltype(d);
         cuda::copy<S, D>(space, shape_numel(shape), static_cast<const S*>(src),
@@ -368,12 +383,29 @@ class KernelBackend : public Backend {
   static float* f32_or_null(const Tensor& t, const char* op) {
     return t.defined() ? f32(t, op) : nullptr;
   }
-  // bfloat16 tensors are storage (tensor/dtype.h): casts, GEMM operands and conv inputs.
+  // bfloat16 tensors are autocast's activations (tensor/dtype.h): copies, GEMM and dense conv
+  // operands and results, and the bias/GELU epilogue.
   static bfloat16* bf16_data(const Tensor& t, const char* op) {
     SONO_CHECK(t.dtype() == DType::bf16 && t.device() == Device::cuda && t.is_contiguous(),
                "CUDA: ", op, " wants a contiguous bfloat16 tensor on the device, got ",
                dtype_name(t.dtype()), " on ", device_name(t.device()));
     return static_cast<bfloat16*>(t.raw_data());
+  }
+  // Calls f(t's data) as float* or bfloat16*, per its dtype.
+  template <typename F>
+  static void with_floats(const Tensor& t, const char* op, F&& f) {
+    if (t.dtype() == DType::bf16) f(bf16_data(t, op));
+    else f(f32(t, op));
+  }
+  // y = act(x + bias) over rows of bias's length; without a bias, act(x).
+  void bias_act_rows(const Tensor& x, const Tensor& bias, const Tensor& y, bool gelu) {
+    const int64_t cols = bias.defined() ? bias.numel() : 1;
+    const char* op = gelu ? "bias_gelu" : "bias_add";
+    with_floats(x, op, [&](const auto* xp) {
+      with_floats(y, op, [&](auto* yp) {
+        bias_act(x.numel() / cols, cols, xp, f32_or_null(bias, op), yp, gelu, stream());
+      });
+    });
   }
   // Calls f(x's data, bf16) for a dense conv's input: autocast's bfloat16 copy, or float32 that
   // the kernel rounds to bfloat16 as it loads tiles while autocast is on.

@@ -9,7 +9,12 @@ namespace sono {
 
 namespace {
 std::atomic<Precision> precision_of[2] = {Precision::f32, Precision::f32};  // by Device
-std::atomic<SavedActivations> saved_activations = SavedActivations::bf16;
+std::atomic<AutocastActivations> activations_dtype = AutocastActivations::bf16;
+
+bool bf16_activations(Device device) {
+  return autocast_precision(device) == Precision::bf16 &&
+         activations_dtype.load(std::memory_order_relaxed) == AutocastActivations::bf16;
+}
 }  // namespace
 
 Precision autocast_precision(Device device) {
@@ -30,15 +35,22 @@ Precision parse_precision(const std::string& name) {
 }
 
 Tensor autocast_operand(const Tensor& x) {
-  const bool cast = x.dtype() == DType::f32 && autocast_precision(x.device()) == Precision::bf16 &&
-                    saved_activations.load(std::memory_order_relaxed) == SavedActivations::bf16;
-  if (!cast) return x;
+  if (x.dtype() != DType::f32 || !bf16_activations(x.device())) return x;
   autograd::NoGradGuard no_grad;  // a saved copy: no gradient flows through it
   return x.to(DType::bf16);
 }
 
-void set_autocast_saved_activations(SavedActivations saved) {
-  saved_activations.store(saved, std::memory_order_relaxed);
+DType autocast_result_dtype(const Tensor& operand) {
+  if (operand.dtype() == DType::bf16 && bf16_activations(operand.device())) return DType::bf16;
+  return compute_dtype(operand.dtype());
+}
+
+Tensor float_operand(const Tensor& x) {
+  return x.dtype() == DType::bf16 ? x.to(DType::f32) : x;
+}
+
+void set_autocast_activations(AutocastActivations activations) {
+  activations_dtype.store(activations, std::memory_order_relaxed);
 }
 
 }  // namespace sono

@@ -1,15 +1,17 @@
 #pragma once
-// Mixed precision, switched per device. While bf16 autocast is on for a device, its matrix
-// products (matmul, linear, dense and pointwise convolutions, forward and backward) read their
-// float32 operands rounded to bfloat16 and accumulate in float32, as torch.autocast(dtype=
-// torch.bfloat16) does for them; parameters, gradients, optimizer state and every other op
-// (norms, softmax, depthwise convolutions, attention) stay float32. On a GPU the products are
-// cuBLAS GemmEx / our conv kernels on bf16 operands. Only the CUDA backend implements it: the CPU
-// refuses bf16. The setting is process-wide (the tools' --amp flag sets it once), not per thread.
-//
-// Like torch.autocast, these ops cast their activation operands to bfloat16 once and save those
-// copies for backward (DType::bf16, half the bytes); the weight gradient g^T x then reads the
-// same bf16 x the forward used. Weights stay float32 (master weights) and are rounded per use.
+// Mixed precision, switched per device, as torch.autocast(dtype=torch.bfloat16). While bf16
+// autocast is on for a device, its matrix products (matmul, linear, dense and pointwise
+// convolutions, forward and backward) read their float32 operands rounded to bfloat16,
+// accumulate in float32, and return bfloat16 activations (rounded once, after the bias). Those
+// activations are what the next ops read and what backward keeps: half the bytes of float32.
+// GELU maps bfloat16 to bfloat16 (torch runs it in its input's dtype); every other op reads a
+// bfloat16 input as float32 and returns float32, as torch's float32 autocast ops (norms,
+// softmax, losses) and type promotion (bf16 + fp32) do. Depthwise convolutions and attention
+// stay float32 here. Parameters, gradients (of bfloat16 activations too) and optimizer state
+// are float32: master weights, rounded per use.
+// On a GPU the products are cuBLAS GemmEx / our conv kernels on bf16 operands. Only the CUDA
+// backend implements it: the CPU refuses bf16 autocast. The setting is process-wide (the tools'
+// --amp flag sets it once), not per thread.
 #include <string>
 
 #include "tensor/tensor.h"
@@ -27,12 +29,20 @@ Precision parse_precision(const std::string& name);
 // The operand an autocast op computes with and saves for backward: under bf16 autocast on x's
 // device, float32 x as a bfloat16 copy (outside the graph); otherwise x itself.
 Tensor autocast_operand(const Tensor& x);
+// The dtype an autocast op returns, given its (autocast_operand) activation operand: bfloat16
+// for a bfloat16 operand under bf16 autocast, else float32 or float64 as the operand's.
+DType autocast_result_dtype(const Tensor& operand);
+// x as an op that computes in float32 reads it: a bfloat16 activation widened to a float32 copy
+// (a cast in the graph, which hands the float32 gradient back unchanged); any other tensor as
+// it is.
+Tensor float_operand(const Tensor& x);
 
-// What autocast ops save: bfloat16 copies (the default) or their float32 operands, rounded again
-// by the backward (the path before bf16 storage: the same results with twice the bytes; kept to
-// compare memory and results against).
-enum class SavedActivations : uint8_t { bf16, f32 };
-void set_autocast_saved_activations(SavedActivations saved);
+// The activations that autocast ops return and save: bfloat16 (the default, torch's), or
+// float32 from the same bfloat16 products (rounded operands, float32 results, and float32
+// copies saved and rounded again by the backward: the path before bfloat16 activations, twice
+// the bytes; kept to compare memory and results against).
+enum class AutocastActivations : uint8_t { bf16, f32 };
+void set_autocast_activations(AutocastActivations activations);
 
 // Sets a device's precision for a scope and restores the previous one.
 class Autocast {

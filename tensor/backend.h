@@ -46,6 +46,11 @@ class Backend {
   // grad_x summed over rows, left to the op.
   virtual void gelu_backward(const Tensor& x, const Tensor& bias, const Tensor& grad_y,
                              const Tensor& grad_x) = 0;
+  // y = x + bias along the last dim (y may be x). This default is a broadcast add; the CUDA
+  // backend also reads and writes bfloat16 activations here.
+  virtual void bias_add(const Tensor& x, const Tensor& bias, const Tensor& y) {
+    binary(BinaryOp::add, x, bias.expand(x.shape()), y);
+  }
 
   // out has x's rank with size 1 on the reduced dims.
   virtual void reduce(ReduceOp op, const Tensor& x, const Tensor& out) = 0;
@@ -60,7 +65,7 @@ class Backend {
                               const Tensor& y, bool gelu) {
     gemm(x, false, w, true, y, 1.0, 0.0);
     if (gelu) return bias_gelu_forward(y, bias, y);
-    binary(BinaryOp::add, y, bias.reshape({1, 1, bias.size(0)}).expand(y.shape()), y);
+    bias_add(y, bias, y);
   }
 
   // NHWC x/out/grad_x, weight [Cout, Cin/groups, KH, KW]; each kernel overwrites its output.

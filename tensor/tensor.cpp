@@ -71,8 +71,8 @@ Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
 Tensor Tensor::from_vector(const std::vector<double>& values, const Shape& shape, DType dtype) {
   SONO_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape), "from_vector: ",
              values.size(), " values for shape ", shape_str(shape));
-  SONO_CHECK(dtype != DType::bf16, "from_vector: bfloat16 is storage only; make a float32 "
-             "tensor and cast it with .to(DType::bf16)");
+  SONO_CHECK(dtype != DType::bf16, "from_vector: make a float32 tensor and cast it with "
+             ".to(DType::bf16)");
   Tensor t = empty(shape, dtype);
   for (size_t i = 0; i < values.size(); ++i) {
     if (dtype == DType::f32) t.data<float>()[i] = static_cast<float>(values[i]);
@@ -133,15 +133,12 @@ Tensor Tensor::to(Device device) const {
 
 Tensor Tensor::to(DType dtype) const {
   if (dtype == this->dtype()) return *this;
-  const bool storage_cast = dtype == DType::bf16 || this->dtype() == DType::bf16;
-  SONO_CHECK(!storage_cast || !requires_grad() || !autograd::grad_enabled(),
-             "to(", dtype_name(dtype), ") of a ", dtype_name(this->dtype()), " tensor that "
-             "requires grad: bfloat16 is storage only and carries no gradient (cast detached data)");
   Tensor dst = empty(shape(), dtype, device());
   backend_of(*this).copy(*this, dst);
-  if (storage_cast || dtype == DType::i64 || this->dtype() == DType::i64) return dst;
+  if (dtype == DType::i64 || this->dtype() == DType::i64) return dst;
+  // A bfloat16 tensor's gradient is float32, so casts between the two pass it on as it is.
   return autograd::record("to_dtype", dst, {*this}, [src = this->dtype()](const Tensor& g) {
-    return std::vector<Tensor>{g.to(src)};
+    return std::vector<Tensor>{g.to(compute_dtype(src))};
   });
 }
 
@@ -183,7 +180,7 @@ Tensor& Tensor::requires_grad_(bool on) {
 void Tensor::backward() const {
   SONO_CHECK(numel() == 1, "backward() needs a scalar output, got shape ", shape_str(shape()),
              " (reduce it with sum() or mean() first)");
-  autograd::run_backward(*this, Tensor::ones(shape(), dtype(), device()));
+  autograd::run_backward(*this, Tensor::ones(shape(), compute_dtype(dtype()), device()));
 }
 
 std::ostream& operator<<(std::ostream& os, const Tensor& t) {

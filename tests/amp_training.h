@@ -1,17 +1,19 @@
 #pragma once
 // bf16 mixed precision on the emulated CUDA device, whole models: training steps under
-// sono::Autocast of convnext_atto and DeepLabV3+/mit_b0, with the activations that linear and
-// conv layers save for backward stored in bfloat16 (the default) or float32 (the path before
-// bf16 storage). Both must give the same gradients; bf16 storage must hold fewer bytes.
-// The first step's gradients are also compared with tests/golden/bf16_amp_gradients.safetensors:
+// sono::Autocast of convnext_atto and DeepLabV3+/mit_b0, with bfloat16 activations (the
+// default: autocast ops return bf16, torch's semantics) or float32 ones (the same bf16 products
+// with float32 results and float32 saved operands: the path before bf16 activations).
+// The float32-activation run is compared with tests/golden/bf16_amp_gradients.safetensors:
 // fingerprints of the gradients that the code before bf16 storage (main at 9ae0012) gave, written
 // by the writer test in test_cuda_amp_convnext.cpp with SONO_WRITE_BF16_GOLDEN=1 under ctest's 2
 // OpenMP threads. That comparison was exact until main's own CPU GEMM replaced Eigen's (the
 // emulated device multiplies with it): bf16 rounding magnifies last-bit changes, so errors are
 // taken relative to the model's largest gradient norm, and against that golden convnext_atto
 // differs by 2.6e-7 (1e-3 allowed), mit_b0 by 4.8e-3 (2e-2 allowed: its ASPP pooling branch
-// normalises 2 values per channel with BatchNorm, which magnifies any input change). The
-// float32-storage run in the same process is the exact check.
+// normalises 2 values per channel with BatchNorm, which magnifies any input change).
+// The bf16-activation run rounds every autocast result once more. Its gradients must be no
+// further from those of a float32 run (no autocast) than twice the float32-activation run's
+// (bf16 products alone); it must hold fewer bytes, and learn.
 // Each model is its own test executable (a few seconds per emulated training step).
 #include <cstdlib>
 
@@ -34,26 +36,28 @@ struct ModelCase {
   Shape input, target;
   std::vector<int64_t> dims, depths, sides;  // per stage: channels, blocks, feature-map side
   double golden_tol;                         // see the top of the file
+  int64_t mlp_saving;  // bytes an MLP block saves per pixel and channel, see bf16_saving_bound
 };
 
 inline const ModelCase kConvnext{"convnext_atto", {.in_channels = 4, .num_classes = 3}, {2, 32, 32, 4},
-                          {2, 3}, {40, 80, 160, 320}, {2, 2, 6, 2}, {8, 4, 2, 1}, 1e-3};
+                          {2, 3}, {40, 80, 160, 320}, {2, 2, 6, 2}, {8, 4, 2, 1}, 1e-3, 18};
 // Output stride 16: the last stage keeps the third's resolution.
 inline const ModelCase kDeeplab{"mit_b0", {.in_channels = 3, .num_classes = 1}, {2, 32, 32, 3},
-                         {2, 32, 32, 1}, {32, 64, 160, 256}, {2, 2, 2, 2}, {8, 4, 2, 2}, 2e-2};
+                         {2, 32, 32, 1}, {32, 64, 160, 256}, {2, 2, 2, 2}, {8, 4, 2, 2}, 2e-2, 10};
 
-// A lower bound on the bytes that bf16 storage saves once the forward is done. In every MLP (a
-// ConvNeXt block's, a MiT block's Mix-FFN) nothing but fc1 and fc2 keeps their inputs, fc1's
-// [P, C] LayerNorm output and fc2's [P, 4C] GELU output, so both go from 4 to 2 bytes an element:
-// 10 P C bytes per block. Less: the bf16 copy of the image that the first conv saves beside the
-// float32 one the test holds, and up to 511 bytes of allocator rounding (512-byte classes) per
-// tensor counted.
+// A lower bound on the bytes that bf16 activations save once the forward is done. In every MLP
+// (a ConvNeXt block's, a MiT block's Mix-FFN), fc1 keeps its [P, C] LayerNorm input and fc2 its
+// [P, 4C] GELU output, both now bfloat16: 10 P C bytes per block. In ConvNeXt the GELU also keeps
+// fc1's [P, 4C] output, now bfloat16: 8 P C more. (MiT's GELU follows a depthwise conv, which
+// stays float32.) Less: the bf16 copy of the image that the first conv saves beside the float32
+// one the test holds, and up to 511 bytes of allocator rounding (512-byte classes) per tensor
+// counted.
 inline int64_t bf16_saving_bound(const ModelCase& c) {
   int64_t saved = 0, tensors = 1;
   for (size_t s = 0; s < c.dims.size(); ++s) {
     const int64_t pixels = c.input[0] * c.sides[s] * c.sides[s];
-    saved += c.depths[s] * 10 * pixels * c.dims[s];
-    tensors += 2 * c.depths[s];
+    saved += c.depths[s] * c.mlp_saving * pixels * c.dims[s];
+    tensors += 3 * c.depths[s];
   }
   return saved - 2 * shape_numel(c.input) - 511 * tensors;
 }
@@ -105,9 +109,9 @@ inline nn::StateDict fingerprints(const ModelCase& c, const nn::NamedTensors& gr
   return out;
 }
 
-// Training under bf16 autocast: the first step's gradients (on the host) and device bytes
-// (activations live once the loss is computed, and the step's peak, both above what the model
-// and its data held before), and every step's loss.
+// Training, under bf16 autocast unless `autocast` is false: the first step's gradients (on the
+// host) and device bytes (activations live once the loss is computed, and the step's peak, both
+// above what the model and its data held before), and every step's loss.
 struct AmpRun {
   nn::NamedTensors gradients;
   int64_t activation_bytes = 0, peak_bytes = 0;
@@ -116,10 +120,11 @@ struct AmpRun {
 
 inline int64_t device_bytes() { return static_cast<int64_t>(cuda::emulated_memory_stats().in_use); }
 
-inline AmpRun train_under_autocast(const ModelCase& c, SavedActivations saved, int steps) {
+inline AmpRun train(const ModelCase& c, AutocastActivations activations, int steps,
+                    bool autocast = true) {
   Setup s = make_setup(c);
-  set_autocast_saved_activations(saved);
-  Autocast amp(Device::cuda);
+  set_autocast_activations(activations);
+  Autocast amp(Device::cuda, autocast ? Precision::bf16 : Precision::f32);
   nn::AdamW optimizer(nn::single_group(*s.model), {.lr = 1e-3, .weight_decay = 0.05});
   AmpRun run;
   for (int step = 0; step < steps; ++step) {
@@ -137,7 +142,7 @@ inline AmpRun train_under_autocast(const ModelCase& c, SavedActivations saved, i
     optimizer.step();
     run.losses.push_back(loss.item());
   }
-  set_autocast_saved_activations(SavedActivations::bf16);
+  set_autocast_activations(AutocastActivations::bf16);
   return run;
 }
 
@@ -184,30 +189,36 @@ inline std::string joined(const std::vector<double>& v) {
   return os.str();
 }
 
-inline void expect_bf16_storage_trains(const ModelCase& c) {
-  const double golden_tol = c.golden_tol;
+inline void expect_bf16_activations_train(const ModelCase& c) {
   EmulatedDevice dev;
-  const AmpRun f32 = train_under_autocast(c, SavedActivations::f32, 1);
-  const AmpRun bf16 = train_under_autocast(c, SavedActivations::bf16, 5);
+  const AmpRun float32 = train(c, AutocastActivations::f32, 1, /*autocast=*/false);
+  const AmpRun f32 = train(c, AutocastActivations::f32, 1);
+  const AmpRun bf16 = train(c, AutocastActivations::bf16, 5);
 
-  // The same numbers, bit for bit: the backward reads the bf16 values the forward rounded to.
+  // float32 activations give the gradients they gave before bf16 storage existed.
   std::string which;
-  const double err = worst_gradient_error(bf16.gradients, f32.gradients, which);
-  MESSAGE(c.name << ": bf16 vs float32 storage, worst gradient error " << err << " (" << which
-                 << "), losses " << bf16.losses[0] << " vs " << f32.losses[0]);
-  CHECK(err == 0);
-  CHECK(bf16.losses[0] == f32.losses[0]);
-
-  // ... as before bf16 storage existed.
   const nn::SafetensorsFile golden = nn::load_safetensors(kGolden);
   const double golden_err =
-      worst_fingerprint_error(c, fingerprints(c, bf16.gradients), golden.tensors, which);
-  MESSAGE(c.name << ": against the golden fingerprints, worst error " << golden_err << " ("
-                 << which << "), tolerance " << golden_tol);
-  CHECK(golden_err <= golden_tol);
-  // The later losses follow a trajectory that bf16 rounding makes sensitive to the last bit.
+      worst_fingerprint_error(c, fingerprints(c, f32.gradients), golden.tensors, which);
+  MESSAGE(c.name << ": float32 activations against the golden fingerprints, worst error "
+                 << golden_err << " (" << which << "), tolerance " << c.golden_tol);
+  CHECK(golden_err <= c.golden_tol);
   const double golden_loss = golden.tensors.at(c.name + "/losses").to_vector()[0];
-  CHECK(std::abs(bf16.losses[0] - golden_loss) <= golden_tol * golden_loss);
+  CHECK(std::abs(f32.losses[0] - golden_loss) <= c.golden_tol * golden_loss);
+
+  // bf16 activations: one more rounding of each autocast result, which must not take the
+  // gradients much further from float32's than the bf16 products already do. (mit_b0 at 32 x 32
+  // is that sensitive: its ASPP BatchNorms see 8 values per channel, so bf16 products alone move
+  // some gradients by their own size.)
+  std::string which_f32;
+  const double products_err = worst_gradient_error(f32.gradients, float32.gradients, which_f32);
+  const double activations_err = worst_gradient_error(bf16.gradients, float32.gradients, which);
+  MESSAGE(c.name << ": worst gradient error against float32, bf16 products " << products_err
+                 << " (" << which_f32 << "), + bf16 activations " << activations_err << " ("
+                 << which << "); losses " << float32.losses[0] << ", " << f32.losses[0] << ", "
+                 << bf16.losses[0]);
+  CHECK(activations_err <= 2 * products_err);
+  CHECK(std::abs(bf16.losses[0] - f32.losses[0]) <= 1e-2 * f32.losses[0]);
 
   // Fewer bytes.
   const int64_t bound = bf16_saving_bound(c);

@@ -1041,22 +1041,137 @@ TEST_CASE("bf16 storage: the device cast equals the CPU's on odd sizes, ties, in
   });
 }
 
-// bfloat16 is storage only: anything but casts, GEMM operands and dense conv inputs says so.
-TEST_CASE("bf16 storage: other ops and kernels reject bfloat16 with a clear error") {
+// Checks that the bfloat16 tensor `got` holds exactly the float32 values `want` rounded to
+// nearest even: a result computed in float32 and rounded once, on the store.
+void expect_bf16_rounding(const std::string& kernel, const Tensor& got, const Tensor& want) {
+  REQUIRE(got.dtype() == DType::bf16);
+  REQUIRE(want.dtype() == DType::f32);
+  const std::vector<double> g = got.to_vector(), w = want.to_vector();
+  REQUIRE(g.size() == w.size());
+  int64_t differ = 0;
+  for (size_t i = 0; i < g.size(); ++i) differ += g[i] != bf16_reference(static_cast<float>(w[i]));
+  INFO(kernel << ": " << differ << " of " << g.size() << " values are not float32 rounded once");
+  CHECK(differ == 0);
+}
+
+// Copies of autocast's activations: the strided copy kernel converts to, from and between
+// bfloat16 on views (a permute, a slice, a broadcast), bit for bit as the CPU backend does.
+TEST_CASE("bf16 activations: strided copies to, from and between bfloat16 equal the CPU's") {
+  EmulatedDevice dev;
+  const Tensor x = host(uniform(3 * 5 * 7, 94, -50.0, 50.0), {3, 5, 7});
+  const Tensor x16 = x.to(DType::bf16);
+  in_each_schedule([&] {
+    const auto views = [](const Tensor& t) {
+      return std::vector<Tensor>{t.permute({2, 0, 1}), t.slice(1, 1, 4), t.slice(2, 3, 4).expand({3, 5, 6})};
+    };
+    for (DType from : {DType::f32, DType::bf16}) {
+      const Tensor src = from == DType::bf16 ? x16 : x;
+      const std::vector<Tensor> cpu_views = views(src), dev_views = views(on_device(src));
+      for (size_t v = 0; v < cpu_views.size(); ++v) {
+        for (DType to : {DType::f32, DType::bf16, DType::f64}) {
+          INFO("view " << v << ", " << dtype_name(from) << " -> " << dtype_name(to));
+          Tensor want = Tensor::empty(cpu_views[v].shape(), to);
+          Tensor got = Tensor::empty(dev_views[v].shape(), to, Device::cuda);
+          backend(Device::cpu).copy(cpu_views[v], want);
+          device().copy(dev_views[v], got);
+          CHECK(got.to(DType::f64).to_vector() == want.to(DType::f64).to_vector());
+        }
+      }
+    }
+  });
+}
+
+// The bias + activation epilogue on every mix of float32 and bfloat16 input and output: computed
+// in float32 from the (exact) widened input, rounded once on a bfloat16 store. Reference: the
+// CPU's float32 kernel on the same input values, then rounded; rows of 7 and 45 columns (not
+// multiples of a warp) and a plain GELU without bias. GELU's backward reads a bfloat16 input too.
+TEST_CASE("bf16 activations: bias + GELU, bias add and GELU backward read and write bfloat16") {
+  EmulatedDevice dev;
+  const Shape shapes[] = {{3, 5, 7}, {13, 45}, {1037}};
+  in_each_schedule([&] {
+    for (const Shape& shape : shapes) {
+      const int64_t n = shape_numel(shape), cols = shape.back();
+      const Tensor x32 = host(uniform(n, 95, -4.0, 4.0), shape), bias = host(uniform(cols, 96), {cols}),
+                   gy = host(uniform(n, 97), shape);
+      for (DType in : {DType::f32, DType::bf16})
+        for (DType out : {DType::f32, DType::bf16})
+          for (bool gelu : {true, false}) {
+            INFO("shape " << shape_str(shape) << ", " << dtype_name(in) << " -> " << dtype_name(out)
+                          << (gelu ? ", bias + GELU" : ", bias add"));
+            const Tensor x = x32.to(in).to(DType::f32);  // the values the kernel reads
+            Tensor want = Tensor::empty(shape), got = Tensor::empty(shape, out, Device::cuda),
+                   got32 = device_empty(shape);
+            const Tensor xd = on_device(x).to(in), bd = on_device(bias);
+            if (gelu) {
+              backend(Device::cpu).bias_gelu_forward(x, bias, want);
+              device().bias_gelu_forward(xd, bd, got);
+              device().bias_gelu_forward(xd, bd, got32);
+            } else {
+              backend(Device::cpu).bias_add(x, bias, want);
+              device().bias_add(xd, bd, got);
+              device().bias_add(xd, bd, got32);
+            }
+            expect_close("bias_act", got32.to_vector(), want.to_vector(), 2e-6);
+            if (out == DType::bf16) expect_bf16_rounding("bias_act to bf16", got, got32);
+            else CHECK(got.to_vector() == got32.to_vector());
+          }
+      const Tensor x = x32.to(DType::bf16);
+      for (const Tensor& b : {bias, Tensor()}) {
+        Tensor want = Tensor::empty(shape), got = device_empty(shape);
+        backend(Device::cpu).gelu_backward(x.to(DType::f32), b, gy, want);
+        device().gelu_backward(on_device(x), b.defined() ? on_device(b) : b, on_device(gy), got);
+        expect_close("gelu_backward of bf16 x", got.to_vector(), want.to_vector(), 2e-6);
+      }
+      // Plain GELU through the unary entry: bfloat16 in, bfloat16 out.
+      Tensor want = Tensor::empty(shape), got = Tensor::empty(shape, DType::bf16, Device::cuda),
+             got32 = device_empty(shape);
+      backend(Device::cpu).unary(UnaryOp::gelu, x.to(DType::f32), want, 0.0);
+      device().unary(UnaryOp::gelu, on_device(x), got, 0.0);
+      device().unary(UnaryOp::gelu, on_device(x), got32, 0.0);
+      expect_close("gelu of bf16 x", got32.to_vector(), want.to_vector(), 2e-6);
+      expect_bf16_rounding("gelu to bf16", got, got32);
+    }
+  });
+}
+
+// What an op does with a bfloat16 input: GELU keeps bfloat16; the others compute in float32 and
+// return float32, with float32 gradients flowing back to the bfloat16 tensor's producer. Kernels
+// that do not take bfloat16 say so when called directly.
+TEST_CASE("bf16 activations: ops read bfloat16 as float32, gradients are float32") {
   EmulatedDevice dev;
   const Tensor x = host({1.5, -2.0, 3.25}, {3});
   const Tensor on_cpu = x.to(DType::bf16), on_gpu = on_device(x).to(DType::bf16);
   CHECK(on_gpu.to_vector() == std::vector<double>{1.5, -2.0, 3.25});
-  CHECK_THROWS_WITH_AS(exp(on_gpu), doctest::Contains("on bfloat16 not implemented"), Error);
-  CHECK_THROWS_WITH_AS(add(on_cpu, on_cpu), doctest::Contains("got bfloat16"), Error);
+  const Tensor e = exp(on_gpu);
+  CHECK(e.dtype() == DType::f32);
+  expect_close("exp of bf16", e.to_vector(), {std::exp(1.5), std::exp(-2.0), std::exp(3.25)}, 1e-6);
+  CHECK(add(on_cpu, x).dtype() == DType::f32);
+  CHECK(add(on_cpu, on_cpu).to_vector() == std::vector<double>{3.0, -4.0, 6.5});
+  CHECK(gelu(on_gpu).dtype() == DType::bf16);
+  CHECK(layer_norm(on_gpu.reshape({1, 3}), Tensor(), Tensor(), 1e-5).dtype() == DType::f32);
+  CHECK(on_gpu.to(DType::f64).to_vector() == std::vector<double>{1.5, -2.0, 3.25});
+  CHECK_THROWS_WITH_AS(Tensor::from_vector({1.0}, {1}, DType::bf16),
+                       doctest::Contains("cast it with .to(DType::bf16)"), Error);
+
+  // d/dx sum(w * gelu(x.to(bf16))): the cast and GELU hand float32 gradients back.
+  Tensor leaf = on_device(x).requires_grad_();
+  const Tensor w = on_device(host({0.5, 2.0, -1.0}, {3}));
+  sum(mul(gelu(leaf.to(DType::bf16)), w)).backward();
+  REQUIRE(leaf.grad().dtype() == DType::f32);
+  std::vector<double> want;
+  for (int i = 0; i < 3; ++i) {
+    const double v = x.to_vector()[i], wi = w.to_vector()[i];
+    want.push_back(wi * (0.5 * (1 + std::erf(v / std::sqrt(2.0))) +
+                         v * std::exp(-0.5 * v * v) / std::sqrt(2 * M_PI)));
+  }
+  expect_close("gradient through bf16 gelu", leaf.grad().to_vector(), want, 1e-6);
+
+  Tensor y = Tensor::empty({3}, DType::f32, Device::cuda);
+  CHECK_THROWS_WITH_AS(device().unary(UnaryOp::exp, on_gpu, y, 0.0),
+                       doctest::Contains("on bfloat16 not implemented"), Error);
   CHECK_THROWS_WITH_AS(Tensor::zeros({3}, DType::bf16, Device::cuda), doctest::Contains("got bfloat16"),
                        Error);
-  CHECK_THROWS_WITH_AS(on_gpu.to(DType::f64), doctest::Contains("to and from float32 only"), Error);
-  CHECK_THROWS_WITH_AS(Tensor::from_vector({1.0}, {1}, DType::bf16),
-                       doctest::Contains("storage only"), Error);
-  Tensor leaf = x.clone().requires_grad_();
-  CHECK_THROWS_WITH_AS(leaf.to(DType::bf16), doctest::Contains("carries no gradient"), Error);
-  // A depthwise conv (float32 even under autocast) given a bfloat16 input.
+  // A depthwise conv kernel (float32 even under autocast) given a bfloat16 input.
   const Conv2dGeometry g{1, 3, 3, 2, 2, 3, 3, 3, 3, 1, 1, 1, 2};
   const Tensor x16 = on_device(host(uniform(18, 92), {1, 3, 3, 2})).to(DType::bf16);
   CHECK_THROWS_WITH_AS(device().conv2d_forward(g, x16, on_device(host(uniform(18, 93), {2, 1, 3, 3})),
@@ -1100,7 +1215,68 @@ TEST_CASE("bf16 autocast: GEMMs and convs on the emulated device multiply bf16-r
                                host(bf16_rounded(bs), {33, 70}, DType::f64));
     Autocast amp(Device::cuda);
     const Tensor got = matmul(on_device(host(as, {2, 45, 33})), on_device(host(bs, {33, 70})));
-    expect_close("bf16 matmul", got.to_vector(), want.to_vector(), 1e-5);
+    CHECK(got.dtype() == DType::bf16);
+    expect_close("bf16 matmul", got.to_vector(), want.to_vector(), 2e-2);
+  });
+}
+
+// The autocast ops' results are bfloat16: exactly what they give with float32 activations (the
+// float32 sum of bf16-rounded products, plus the bias, checked against float64 above and here),
+// rounded once. Linear with and without bias, the fused inference linear + GELU, matmul, a
+// dense conv with bias and a pointwise one without. A depthwise conv stays float32. The input
+// gradient under autocast is float32.
+TEST_CASE("bf16 autocast: linear, matmul and conv ops return their float32 results rounded once") {
+  EmulatedDevice dev;
+  const auto xs = uniform(2 * 5 * 33, 86), ws = uniform(70 * 33, 87), bs = uniform(70, 88);
+  const Tensor x64 = host(bf16_rounded(xs), {2, 5, 33}, DType::f64),
+               w64 = host(bf16_rounded(ws), {70, 33}, DType::f64), b64 = host(bs, {70}).to(DType::f64);
+  const Tensor x = on_device(host(xs, {2, 5, 33})), w = on_device(host(ws, {70, 33})),
+               b = on_device(host(bs, {70}));
+  const ConvCase dense{"3x3 stride 2, bias", 2, 7, 9, 6, 10, 3, 3, 2, 1, 1, 1};
+  const ConvCase pointwise{"1x1", 3, 5, 7, 37, 70, 1, 1, 1, 0, 1, 1};
+  const auto conv_of = [](const ConvCase& cs, bool with_bias) {
+    const Conv2dGeometry g = cs.geometry();
+    const auto [cxs, cws, unused] = conv_inputs(cs, 89);
+    const Shape x_shape{g.n, g.h, g.w, g.cin}, w_shape{g.cout, g.cin, g.kh, g.kw};
+    const Tensor bias = with_bias ? on_device(host(uniform(g.cout, 90), {g.cout})) : Tensor();
+    return conv2d(on_device(host(cxs, x_shape)), on_device(host(cws, w_shape)), bias,
+                  {.stride = g.stride, .padding = g.padding});
+  };
+  // Each op under autocast with float32, then bfloat16 activations.
+  const auto both = [](const std::function<Tensor()>& op) {
+    set_autocast_activations(AutocastActivations::f32);
+    Tensor f32 = op();
+    set_autocast_activations(AutocastActivations::bf16);
+    return std::make_pair(f32, op());
+  };
+  in_each_schedule([&] {
+    Autocast amp(Device::cuda);
+    const auto [lin32, lin16] = both([&] { return linear(x, w, b); });
+    expect_close("bf16-operand linear", lin32.to_vector(), linear(x64, w64, b64).to_vector(), 1e-5);
+    expect_bf16_rounding("bf16 linear", lin16, lin32);
+    const auto [nob32, nob16] = both([&] { return linear(x, w, Tensor()); });
+    expect_bf16_rounding("bf16 linear (no bias)", nob16, nob32);
+    const auto [gelu32, gelu16] = both([&] { return linear_gelu(x, w, b); });
+    expect_close("bf16-operand linear_gelu", gelu32.to_vector(), gelu(linear(x64, w64, b64)).to_vector(), 1e-5);
+    expect_bf16_rounding("bf16 linear_gelu", gelu16, gelu32);
+    const auto [mm32, mm16] = both([&] { return matmul(x, w.transpose(0, 1)); });
+    expect_bf16_rounding("bf16 matmul", mm16, mm32);
+    for (const ConvCase* cs : {&dense, &pointwise}) {
+      INFO(std::string(cs->what));
+      const auto [conv32, conv16] = both([&] { return conv_of(*cs, cs == &dense); });
+      expect_bf16_rounding("bf16 conv2d op", conv16, conv32);
+    }
+    const Tensor dw = conv2d(on_device(host(uniform(2 * 5 * 5 * 4, 91), {2, 5, 5, 4})),
+                             on_device(host(uniform(4 * 9, 92), {4, 1, 3, 3})), Tensor(),
+                             {.padding = 1, .groups = 4});
+    CHECK(dw.dtype() == DType::f32);
+
+    Tensor leaf = x.detach().requires_grad_();
+    sum(linear(leaf, w, b)).backward();
+    CHECK(leaf.grad().dtype() == DType::f32);
+    // d/dx sum(x w^T + b) = column sums of w, of bf16-rounded w.
+    const Tensor want_gx = matmul(host(std::vector<double>(2 * 5 * 70, 1.0), {2, 5, 70}, DType::f64), w64);
+    expect_close("bf16 linear input gradient", leaf.grad().to_vector(), want_gx.to_vector(), 1e-5);
   });
 }
 

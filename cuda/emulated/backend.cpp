@@ -33,7 +33,13 @@ class EmulatedBackend final : public KernelBackend {
     const Tensor a32 = Tensor::empty(a.shape()), b32 = Tensor::empty(b.shape());
     bf16_convert(a.numel(), a16, a32.data<float>(), nullptr);
     bf16_convert(b.numel(), b16, b32.data<float>(), nullptr);
-    backend(Device::cpu).gemm(a32, ta, b32, tb, c, alpha, beta);
+    if (c.dtype() != DType::bf16) return backend(Device::cpu).gemm(a32, ta, b32, tb, c, alpha, beta);
+    // A bfloat16 result (autocast's activations): the float32 sum, rounded once.
+    const Tensor c32 = Tensor::empty(c.shape());
+    if (beta != 0.0) bf16_convert(c.numel(), static_cast<const bfloat16*>(c.raw_data()),
+                                  c32.data<float>(), nullptr);
+    backend(Device::cpu).gemm(a32, ta, b32, tb, c32, alpha, beta);
+    bf16_convert(c.numel(), c32.data<float>(), static_cast<bfloat16*>(c.raw_data()), nullptr);
   }
   cudaStream_t stream() const override { return nullptr; }
   void transfer(void* dst, const void* src, size_t bytes, bool) override {

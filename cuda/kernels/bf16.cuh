@@ -23,16 +23,16 @@ __device__ __forceinline__ float bf16_to_float(bfloat16 b) {
 // x rounded to the nearest bfloat16, kept in a float (operands of bf16 GEMMs, loaded as tiles).
 __device__ __forceinline__ float bf16_round(float x) { return bf16_to_float(bf16_from_float(x)); }
 
-// An operand as a float: float32 as it is, bfloat16 widened (exact).
+// A value as a float: float32 as it is, bfloat16 widened (exact).
 __device__ __forceinline__ float load_float(float x) { return x; }
 __device__ __forceinline__ float load_float(bfloat16 x) { return bf16_to_float(x); }
-
-__device__ __forceinline__ void bf16_convert_one(float x, bfloat16& y) { y = bf16_from_float(x); }
-__device__ __forceinline__ void bf16_convert_one(bfloat16 x, float& y) { y = bf16_to_float(x); }
+// Stores a float result as float32, or rounded to bfloat16 (autocast's activations).
+__device__ __forceinline__ void store_float(float& y, float v) { y = v; }
+__device__ __forceinline__ void store_float(bfloat16& y, float v) { y = bf16_from_float(v); }
 
 template <typename From, typename To>
 __global__ void bf16_convert_kernel(int64_t n, const From* x, To* y) {
-  for (int64_t i = global_thread(); i < n; i += grid_threads()) bf16_convert_one(x[i], y[i]);
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) store_float(y[i], load_float(x[i]));
 }
 
 // y = x converted float32 -> bfloat16 (rounded) or bfloat16 -> float32 (exact), n elements.

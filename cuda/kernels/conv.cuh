@@ -111,14 +111,14 @@ __host__ __device__ __forceinline__ int64_t weight_index(const ConvGeometry& g, 
 
 // Forward (InputGrad false): y[p, o] = sum over k = (tap, ci) of cols(x)[p, k] * w[o, ci, tap].
 // Input gradient: grad_x[q, c] = sum over k = (tap, o) of tap_value<true>(grad_y)[q, k] *
-// w[o, c, tap]. Src: float, or bfloat16 for autocast's saved x (forward only).
-template <bool InputGrad, typename Src = float>
+// w[o, c, tap]. Src and Dst: float, or bfloat16 for autocast's x and y (forward only).
+template <bool InputGrad, typename Src = float, typename Dst = float>
 struct ConvGatherGemm {
   GemmShape shape;
   ConvGeometry g;
   const Src* src;  // x, or grad_y
   const float* w;
-  float* dst;        // y, or grad_x
+  Dst* dst;          // y, or grad_x
   __device__ float a(int64_t group, int64_t at, int64_t k) const {
     return tap_value<InputGrad>(g, src, group, at, k);
   }
@@ -129,7 +129,7 @@ struct ConvGatherGemm {
   }
   __device__ void store(int64_t group, int64_t, int64_t at, int64_t col, float v) const {
     const int64_t dst_c = InputGrad ? g.cin : g.cout;
-    dst[at * dst_c + group * (dst_c / g.groups) + col] = v;
+    store_float(dst[at * dst_c + group * (dst_c / g.groups) + col], v);
   }
 };
 
@@ -165,13 +165,14 @@ void launch_implicit_gemm(const char* name, const Gemm& gemm, bool bf16, cudaStr
   else launch(name, implicit_gemm_kernel<Gemm, false>, cfg, gemm);
 }
 
-// bf16: operands rounded to bfloat16 (mixed precision), float32 accumulation. x (X = float or
-// bfloat16) is the activation operand.
-template <typename X>
-void conv_forward(const ConvGeometry& g, const X* x, const float* w, float* y, cudaStream_t stream,
+// bf16: operands rounded to bfloat16 (mixed precision), float32 accumulation. x and y (X, Y =
+// float or bfloat16) are the activations; a bfloat16 y is rounded once, from the float32 sum.
+template <typename X, typename Y>
+void conv_forward(const ConvGeometry& g, const X* x, const float* w, Y* y, cudaStream_t stream,
                   bool bf16 = false) {
   const GemmShape shape{g.n * g.oh * g.ow, g.cout_g(), g.taps() * g.cin_g(), g.groups, 1};
-  launch_implicit_gemm("conv_forward", ConvGatherGemm<false, X>{shape, g, x, w, y}, bf16, stream);
+  launch_implicit_gemm("conv_forward", ConvGatherGemm<false, X, Y>{shape, g, x, w, y}, bf16,
+                       stream);
 }
 
 inline void conv_backward_input(const ConvGeometry& g, const float* grad_y, const float* w,

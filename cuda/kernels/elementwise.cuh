@@ -1,10 +1,12 @@
 #pragma once
 // Elementwise kernels: strided copy (with dtype conversion), fill, unary and broadcasting
-// binary maps, and the fused bias + GELU of a Linear layer's output (forward and input grad,
-// the latter also serving plain GELU).
+// binary maps, and the bias + activation epilogue of a Linear or conv layer's output (forward
+// and GELU's input grad), which also reads and writes autocast's bfloat16 activations.
 #include <array>
+#include <type_traits>
 #include <vector>
 
+#include "cuda/kernels/bf16.cuh"
 #include "cuda/kernels/common.cuh"
 
 namespace sono::cuda {
@@ -51,12 +53,26 @@ inline LaunchConfig elementwise_config(int64_t n, cudaStream_t stream) {
 
 // ---- copy and fill ------------------------------------------------------------------------------
 
+// x as a D: a plain conversion, or through float32 where either side is bfloat16.
+template <typename D, typename S>
+__device__ __forceinline__ D convert(S x) {
+  if constexpr (std::is_same_v<S, D>) {
+    return x;
+  } else if constexpr (std::is_same_v<D, bfloat16>) {
+    return bf16_from_float(static_cast<float>(x));
+  } else if constexpr (std::is_same_v<S, bfloat16>) {
+    return static_cast<D>(bf16_to_float(x));
+  } else {
+    return static_cast<D>(x);
+  }
+}
+
 template <typename S, typename D>
 __global__ void copy_kernel(StridedSpace<2> space, int64_t n, const S* src, D* dst) {
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
     int64_t off[2];
     space.offsets(i, off);
-    dst[off[1]] = static_cast<D>(src[off[0]]);
+    dst[off[1]] = convert<D>(src[off[0]]);
   }
 }
 
@@ -101,7 +117,6 @@ struct Sign {
   __device__ float operator()(float x) const { return float((x > 0.0f) - (x < 0.0f)); }
 };
 struct Relu { __device__ float operator()(float x) const { return x > 0.0f ? x : 0.0f; } };
-struct Gelu { __device__ float operator()(float x) const { return gelu_erf(x); } };
 struct Tanh { __device__ float operator()(float x) const { return tanhf(x); } };
 struct Sigmoid {  // no overflow for large |x|
   __device__ float operator()(float x) const {
@@ -155,33 +170,43 @@ void binary_map(const StridedSpace<3>& space, int64_t n, const float* a, const f
   launch("binary", binary_kernel<Op>, elementwise_config(n, stream), space, n, a, b, out, op);
 }
 
-// ---- fused bias + GELU over rows of length cols (a Linear layer's output) -----------------------
+// ---- bias + activation over rows of length cols (a Linear or NHWC conv layer's output) ----------
 
-template <typename T>
-__global__ void bias_gelu_kernel(int64_t n, int64_t cols, const T* x, const T* bias, T* y) {
-  for (int64_t i = global_thread(); i < n; i += grid_threads())
-    y[i] = gelu_erf(x[i] + bias[i % cols]);
+// y = act(x + bias[col]); bias may be null (a plain GELU). X and Y: float, or bfloat16 for
+// autocast's activations (computed in float32, rounded once on the store).
+template <bool Gelu, typename X, typename Y>
+__global__ void bias_act_kernel(int64_t n, int64_t cols, const X* x, const float* bias, Y* y) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    const float v = load_float(x[i]) + (bias ? bias[i % cols] : 0.0f);
+    store_float(y[i], Gelu ? gelu_erf(v) : v);
+  }
 }
 
 // grad_x = grad_y * GELU'(x + bias), bias null for a plain GELU; the bias gradient is
-// grad_x's column sum (reduce.cuh).
-template <typename T>
-__global__ void gelu_backward_kernel(int64_t n, int64_t cols, const T* x, const T* bias,
-                                     const T* grad_y, T* grad_x) {
-  for (int64_t i = global_thread(); i < n; i += grid_threads())
-    grad_x[i] = grad_y[i] * gelu_erf_grad(bias ? x[i] + bias[i % cols] : x[i]);
+// grad_x's column sum (reduce.cuh). x may be bfloat16 (what an autocast GELU saved).
+template <typename X>
+__global__ void gelu_backward_kernel(int64_t n, int64_t cols, const X* x, const float* bias,
+                                     const float* grad_y, float* grad_x) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    const float v = load_float(x[i]) + (bias ? bias[i % cols] : 0.0f);
+    grad_x[i] = grad_y[i] * gelu_erf_grad(v);
+  }
 }
 
-inline void bias_gelu(int64_t rows, int64_t cols, const float* x, const float* bias, float* y,
-                      cudaStream_t stream) {
+template <typename X, typename Y>
+void bias_act(int64_t rows, int64_t cols, const X* x, const float* bias, Y* y, bool gelu,
+              cudaStream_t stream) {
   const int64_t n = rows * cols;
-  launch("bias_gelu", bias_gelu_kernel<float>, elementwise_config(n, stream), n, cols, x, bias, y);
+  const LaunchConfig cfg = elementwise_config(n, stream);
+  if (gelu) launch("bias_gelu", bias_act_kernel<true, X, Y>, cfg, n, cols, x, bias, y);
+  else launch("bias_add", bias_act_kernel<false, X, Y>, cfg, n, cols, x, bias, y);
 }
 
-inline void gelu_backward(int64_t rows, int64_t cols, const float* x, const float* bias,
-                          const float* grad_y, float* grad_x, cudaStream_t stream) {
+template <typename X>
+void gelu_backward(int64_t rows, int64_t cols, const X* x, const float* bias, const float* grad_y,
+                   float* grad_x, cudaStream_t stream) {
   const int64_t n = rows * cols;
-  launch("gelu_backward", gelu_backward_kernel<float>, elementwise_config(n, stream), n, cols, x,
+  launch("gelu_backward", gelu_backward_kernel<X>, elementwise_config(n, stream), n, cols, x,
          bias, grad_y, grad_x);
 }
 

@@ -1,6 +1,6 @@
 // conv2d: NHWC input, PyTorch-layout weight [Cout, Cin/groups, KH, KW]; the backend kernel
 // convolves, this op checks shapes, adds the bias (in place on the fresh output: no second
-// activation-sized tensor) and records the backward.
+// activation-sized tensor, except for autocast's bfloat16 result) and records the backward.
 #include "autograd/node.h"
 #include "tensor/autocast.h"
 #include "tensor/backend.h"
@@ -19,7 +19,7 @@ int64_t conv_out_len(int64_t in, int64_t k, const Conv2dOptions& o) {
 Conv2dGeometry conv_geometry(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dOptions& o) {
   SONO_CHECK(x.dim() == 4, "conv2d: input must be NHWC [N, H, W, C], got ", shape_str(x.shape()));
   SONO_CHECK(w.dim() == 4, "conv2d: weight must be [Cout, Cin/groups, KH, KW], got ", shape_str(w.shape()));
-  SONO_CHECK(x.dtype() == w.dtype() && x.device() == w.device(), "conv2d: input (",
+  SONO_CHECK(compute_dtype(x.dtype()) == w.dtype() && x.device() == w.device(), "conv2d: input (",
              dtype_name(x.dtype()), ", ", device_name(x.device()), ") and weight (", dtype_name(w.dtype()),
              ", ", device_name(w.device()), ") differ in dtype or device");
   SONO_CHECK(o.stride >= 1 && o.dilation >= 1 && o.padding >= 0 && o.groups >= 1,
@@ -36,7 +36,7 @@ Conv2dGeometry conv_geometry(const Tensor& x, const Tensor& w, const Tensor& bia
   if (bias.defined()) {
     SONO_CHECK(bias.dim() == 1 && bias.size(0) == g.cout, "conv2d: bias ", shape_str(bias.shape()),
                " does not match weight ", shape_str(w.shape()), " (want [", g.cout, "])");
-    SONO_CHECK(bias.dtype() == x.dtype() && bias.device() == x.device(),
+    SONO_CHECK(bias.dtype() == w.dtype() && bias.device() == x.device(),
                "conv2d: bias dtype/device differs from the input's");
   }
   g.oh = conv_out_len(g.h, g.kh, o);
@@ -82,12 +82,19 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dO
   const Conv2dGeometry g = conv_geometry(x, weight, bias, opt);
   const Tensor wc = contiguous_data(weight);
   // Autocast covers every convolution but the depthwise ones, which stay float32.
-  const Tensor xc = g.depthwise() ? contiguous_data(x) : autocast_operand(contiguous_data(x));
-  Tensor out = Tensor::empty({g.n, g.oh, g.ow, g.cout}, x.dtype(), x.device());
+  const Tensor xc = g.depthwise() ? float_operand(contiguous_data(x))
+                                  : autocast_operand(contiguous_data(x));
+  const DType result = autocast_result_dtype(xc);
+  // With a bias, the kernel writes a float32 sum that the bias add rounds once to the result.
+  const Shape out_shape{g.n, g.oh, g.ow, g.cout};
+  Tensor out = Tensor::empty(out_shape, bias.defined() ? compute_dtype(result) : result, x.device());
   Backend& be = backend_of(x);
   be.conv2d_forward(g, xc, wc, out);
-  if (bias.defined())
-    be.binary(BinaryOp::add, out, contiguous_data(bias).reshape({1, 1, 1, g.cout}).expand(out.shape()), out);
+  if (bias.defined()) {
+    const Tensor biased = out.dtype() == result ? out : Tensor::empty(out_shape, result, x.device());
+    be.bias_add(out, contiguous_data(bias), biased);
+    out = biased;
+  }
   const bool need_gx = x.requires_grad(), need_gw = weight.requires_grad();
   const bool need_gb = bias.defined() && bias.requires_grad();
   Conv2dSaved saved{g, need_gw ? xc : Tensor(), need_gx ? wc : Tensor(), weight.shape(),

@@ -17,7 +17,7 @@ Tensor scaled_keep_mask(const Shape& shape, double keep, const Tensor& like, Gen
   const double scale = keep > 0.0 ? 1.0 / keep : 0.0;
   std::vector<double> mask(shape_numel(shape));
   for (double& m : mask) m = gen.uniform() < keep ? scale : 0.0;
-  return Tensor::from_vector(mask, shape, like.dtype()).to(like.device());
+  return Tensor::from_vector(mask, shape, compute_dtype(like.dtype())).to(like.device());
 }
 
 }  // namespace

@@ -1,7 +1,10 @@
 // Elementwise ops with PyTorch broadcasting. Backward formulas are written with the same ops.
+// bfloat16 inputs (autocast's activations) are read as float32, except by GELU, which maps
+// them to bfloat16 as torch does.
 #include <cmath>
 
 #include "autograd/node.h"
+#include "tensor/autocast.h"
 #include "tensor/backend.h"
 #include "tensor/ops.h"
 
@@ -31,7 +34,8 @@ void check_same_kind(const Tensor& a, const Tensor& b, const char* op) {
   SONO_CHECK(a.dtype() != DType::i64, op, ": int64 tensors are labels, not arithmetic operands");
 }
 
-Tensor binary_forward(BinaryOp op, const Tensor& a, const Tensor& b, const char* name) {
+Tensor binary_forward(BinaryOp op, const Tensor& a_in, const Tensor& b_in, const char* name) {
+  const Tensor a = float_operand(a_in), b = float_operand(b_in);
   check_same_kind(a, b, name);
   Shape s = broadcast_shapes(a, b, name);
   Tensor out = Tensor::empty(s, a.dtype(), a.device());
@@ -40,7 +44,8 @@ Tensor binary_forward(BinaryOp op, const Tensor& a, const Tensor& b, const char*
   return out;
 }
 
-Tensor unary_forward(UnaryOp op, const Tensor& x, double alpha = 0.0) {
+Tensor unary_forward(UnaryOp op, const Tensor& x_in, double alpha = 0.0) {
+  const Tensor x = op == UnaryOp::gelu ? x_in : float_operand(x_in);
   SONO_CHECK(x.dtype() != DType::i64, "elementwise math on an int64 tensor");
   Tensor xc = x.is_contiguous() ? x : x.detach().contiguous();
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
@@ -154,7 +159,7 @@ namespace {
 // grad_y * GELU'(x + bias) in one kernel; x is contiguous.
 Tensor gelu_input_grad(const Tensor& x, const Tensor& bias, const Tensor& grad_y) {
   Tensor gy = grad_y.is_contiguous() ? grad_y : grad_y.contiguous();
-  Tensor grad_x = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Tensor grad_x = Tensor::empty(x.shape(), compute_dtype(x.dtype()), x.device());
   backend_of(x).gelu_backward(x, bias, gy, grad_x);
   return grad_x;
 }
@@ -169,7 +174,10 @@ Tensor gelu(const Tensor& a) {
 }
 
 Tensor bias_gelu(const Tensor& x, const Tensor& bias) {
-  check_same_kind(x, bias, "bias_gelu");
+  SONO_CHECK(compute_dtype(x.dtype()) == bias.dtype() && x.device() == bias.device(),
+             "bias_gelu: input (", dtype_name(x.dtype()), ", ", device_name(x.device()),
+             ") and bias (", dtype_name(bias.dtype()), ", ", device_name(bias.device()),
+             ") do not match");
   SONO_CHECK(x.dim() >= 1 && bias.dim() == 1 && bias.size(0) == x.size(-1), "bias_gelu: bias ",
              shape_str(bias.shape()), " does not fit the last dim of ", shape_str(x.shape()));
   Tensor xc = x.detach().contiguous(), bc = bias.detach().contiguous();

@@ -7,15 +7,18 @@ namespace sono {
 
 namespace {
 
-// c = op(a) op(b) for 3-D operands; batch of 1 broadcasts. bfloat16 operands (autocast's) give
-// a float32 c.
-Tensor gemm3(const Tensor& a, bool ta, const Tensor& b, bool tb) {
+// c = op(a) op(b) for 3-D operands; batch of 1 broadcasts. c is of dtype `result`: by default
+// float32 for bfloat16 operands (gradients), autocast_result_dtype for forwards.
+Tensor gemm3(const Tensor& a, bool ta, const Tensor& b, bool tb, DType result) {
   int64_t batch = std::max(a.size(0), b.size(0));
   int64_t m = ta ? a.size(2) : a.size(1);
   int64_t n = tb ? b.size(1) : b.size(2);
-  Tensor c = Tensor::empty({batch, m, n}, compute_dtype(b.dtype()), a.device());
+  Tensor c = Tensor::empty({batch, m, n}, result, a.device());
   backend_of(a).gemm(a, ta, b, tb, c, 1.0, 0.0);
   return c;
+}
+Tensor gemm3(const Tensor& a, bool ta, const Tensor& b, bool tb) {
+  return gemm3(a, ta, b, tb, compute_dtype(b.dtype()));
 }
 
 // x [1, rows, K] times w [1, N, K] transposed, plus bias [N], then GELU when `gelu`: Linear's
@@ -25,7 +28,7 @@ Tensor gemm_bias(const Tensor& x, const Tensor& w, const Tensor& bias, bool gelu
              " does not fit weight ", shape_str(w.shape()));
   SONO_CHECK(bias.dtype() == compute_dtype(x.dtype()) && bias.device() == x.device(),
              "linear: bias dtype/device differs from the input's");
-  Tensor y = Tensor::empty({1, x.size(1), w.size(1)}, compute_dtype(x.dtype()), x.device());
+  Tensor y = Tensor::empty({1, x.size(1), w.size(1)}, autocast_result_dtype(x), x.device());
   backend_of(x).linear_forward(x, w, bias.contiguous(), y, gelu);
   return y;
 }
@@ -42,7 +45,8 @@ Tensor as_3d(const Tensor& t) {
 Tensor matmul(const Tensor& a, const Tensor& b) {
   SONO_CHECK(a.dim() >= 2 && b.dim() >= 2, "matmul: operands need 2+ dims, got ",
              shape_str(a.shape()), " and ", shape_str(b.shape()));
-  SONO_CHECK(a.dtype() == b.dtype() && a.device() == b.device(), "matmul: dtype/device mismatch");
+  SONO_CHECK(compute_dtype(a.dtype()) == compute_dtype(b.dtype()) && a.device() == b.device(),
+             "matmul: dtype/device mismatch");
   SONO_CHECK(a.size(-1) == b.size(-2), "matmul: inner sizes differ: ", shape_str(a.shape()), " x ",
              shape_str(b.shape()));
   SONO_CHECK(b.dim() == 2 || a.dim() == b.dim(), "matmul: batch ranks differ: ",
@@ -54,7 +58,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   const Tensor a3 = autocast_operand(as_3d(a)), b3 = autocast_operand(as_3d(b));
   Shape out_shape = a.shape();
   out_shape.back() = b.size(-1);
-  Tensor out = gemm3(a3, false, b3, false).reshape(out_shape);
+  Tensor out = gemm3(a3, false, b3, false, autocast_result_dtype(a3)).reshape(out_shape);
   // Each operand's gradient reads the other one: the backward keeps only those it needs.
   const Tensor saved_a = b.requires_grad() ? a3 : Tensor(), saved_b = a.requires_grad() ? b3 : Tensor();
   return autograd::record("matmul", out, {a, b},
@@ -77,7 +81,8 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   const Tensor w3 = as_3d(weight);
   Shape out_shape = x.shape();
   out_shape.back() = weight.size(0);
-  Tensor y = bias.defined() ? gemm_bias(x2, w3, bias) : gemm3(x2, false, w3, true);
+  Tensor y = bias.defined() ? gemm_bias(x2, w3, bias)
+                            : gemm3(x2, false, w3, true, autocast_result_dtype(x2));
   // The backward keeps the input (bf16 under autocast) only for grad_w, the weight only for grad_x.
   const Tensor saved_x = weight.requires_grad() ? x2 : Tensor(), saved_w = x.requires_grad() ? w3 : Tensor();
   const bool need_gb = bias.defined() && bias.requires_grad();
@@ -95,13 +100,13 @@ Tensor linear_gelu(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   SONO_CHECK(bias.defined(), "linear_gelu: needs a bias");
   const bool needs_grad = autograd::grad_enabled() &&
                           (x.requires_grad() || weight.requires_grad() || bias.requires_grad());
-  if (needs_grad || autocast_precision(x.device()) != Precision::f32)
-    return gelu(linear(x, weight, bias));
+  if (needs_grad) return gelu(linear(x, weight, bias));
   SONO_CHECK(weight.dim() == 2 && x.size(-1) == weight.size(1), "linear: input ",
              shape_str(x.shape()), " does not fit weight ", shape_str(weight.shape()));
   Shape out_shape = x.shape();
   out_shape.back() = weight.size(0);
-  return gemm_bias(as_3d(x.reshape({-1, x.size(-1)})), as_3d(weight), bias, true).reshape(out_shape);
+  const Tensor x2 = autocast_operand(as_3d(x.reshape({-1, x.size(-1)})));
+  return gemm_bias(x2, as_3d(weight), bias, true).reshape(out_shape);
 }
 
 }  // namespace sono

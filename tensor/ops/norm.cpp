@@ -2,6 +2,7 @@
 #include <numeric>
 
 #include "autograd/node.h"
+#include "tensor/autocast.h"
 #include "tensor/backend.h"
 #include "tensor/ops.h"
 
@@ -60,7 +61,8 @@ Tensor scale_shift(const Tensor& centered, const Tensor& scale, const Tensor& bi
 
 }  // namespace
 
-Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
+Tensor layer_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, double eps) {
+  const Tensor x = float_operand(x_in);
   SONO_CHECK(x.dim() >= 1 && x.size(-1) > 0, "layer_norm: input ", shape_str(x.shape()),
              " has no last dim to normalise");
   SONO_CHECK(x.dtype() != DType::i64, "layer_norm: int64 input");
@@ -81,8 +83,9 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
   });
 }
 
-Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor running_mean,
+Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, Tensor running_mean,
                   Tensor running_var, bool training, double momentum, double eps) {
+  const Tensor x = float_operand(x_in);
   SONO_CHECK(x.dim() >= 2, "batch_norm: input ", shape_str(x.shape()),
              " needs a batch dim and a channel (last) dim");
   SONO_CHECK(x.dtype() != DType::i64, "batch_norm: int64 input");

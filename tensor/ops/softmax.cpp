@@ -1,6 +1,7 @@
 // softmax / log_softmax along any dim: the kernel works on the last dim of contiguous rows, so
 // another dim is first permuted to the end (and the result permuted back).
 #include "autograd/node.h"
+#include "tensor/autocast.h"
 #include "tensor/backend.h"
 #include "tensor/ops.h"
 
@@ -20,7 +21,8 @@ Tensor softmax_last_dim(const Tensor& x, bool log) {
   });
 }
 
-Tensor softmax_along(const Tensor& x, int64_t dim, bool log) {
+Tensor softmax_along(const Tensor& x_in, int64_t dim, bool log) {
+  const Tensor x = float_operand(x_in);
   const char* name = log ? "log_softmax" : "softmax";
   SONO_CHECK(x.dim() >= 1, name, ": needs at least one dim, got a scalar");
   SONO_CHECK(x.dtype() != DType::i64, name, ": int64 input");

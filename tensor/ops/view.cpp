@@ -4,6 +4,7 @@
 #include <numeric>
 
 #include "autograd/node.h"
+#include "tensor/autocast.h"
 #include "tensor/backend.h"
 #include "tensor/ops.h"
 
@@ -142,8 +143,13 @@ Tensor Tensor::expand(const Shape& target) const {
   });
 }
 
-Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
-  SONO_CHECK(!xs.empty(), "cat: no tensors");
+// bfloat16 tensors (autocast's activations) concatenate as they are; with float32 ones, as float32.
+Tensor cat(const std::vector<Tensor>& xs_in, int64_t dim) {
+  SONO_CHECK(!xs_in.empty(), "cat: no tensors");
+  std::vector<Tensor> xs = xs_in;
+  const bool mixed = std::any_of(xs.begin(), xs.end(),
+                                 [&](const Tensor& x) { return x.dtype() != xs[0].dtype(); });
+  if (mixed) std::transform(xs.begin(), xs.end(), xs.begin(), float_operand);
   const Tensor& first = xs[0];
   dim = wrap_dim(dim, first.dim());
   Shape s = first.shape();
@@ -176,7 +182,8 @@ Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
   });
 }
 
-Tensor pad(const Tensor& x, const std::vector<int64_t>& pads) {
+Tensor pad(const Tensor& x_in, const std::vector<int64_t>& pads) {
+  const Tensor x = float_operand(x_in);
   SONO_CHECK(pads.size() % 2 == 0 && static_cast<int64_t>(pads.size()) / 2 <= x.dim(),
              "pad: needs pairs of pads for at most ", x.dim(), " dims");
   Shape s = x.shape();
