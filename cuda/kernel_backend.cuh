@@ -162,12 +162,15 @@ class KernelBackend : public Backend {
 
   // Depthwise convs have their own kernels; a pointwise conv is a plain GEMM over NHWC rows
   // (cuBLAS in the real backend); every other conv is an implicit GEMM (conv.cuh). The input x
-  // and the output may be bfloat16 (autocast's activations) except for depthwise convs.
+  // and the output may be bfloat16 (autocast's activations).
   void conv2d_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,
                       const Tensor& out) override {
     if (g.depthwise())
-      return depthwise_forward(depthwise(g), f32(x, "conv2d"), f32(w, "conv2d"),
-                               f32(out, "conv2d"), stream());
+      return with_activation(x, [&](const auto* xp, bool bf16) {
+        with_floats(out, "conv2d", [&](auto* yp) {
+          depthwise_forward(depthwise(g), xp, f32(w, "conv2d"), yp, stream(), bf16);
+        });
+      });
     if (is_pointwise(g))
       return gemm(pixel_rows(x), false, weight_rows(w), true, pixel_rows(out), 1, 0);
     dense_conv(ConvPass::forward, g, x, w, out, [&] {
@@ -182,7 +185,7 @@ class KernelBackend : public Backend {
                              const Tensor& grad_x) override {
     if (g.depthwise())
       return depthwise_backward_input(depthwise(g), f32(grad_out, "conv2d"), f32(w, "conv2d"),
-                                      f32(grad_x, "conv2d"), stream());
+                                      f32(grad_x, "conv2d"), stream(), bf16_autocast());
     if (is_pointwise(g))
       return gemm(pixel_rows(grad_out), false, weight_rows(w), false, pixel_rows(grad_x), 1, 0);
     dense_conv(ConvPass::backward_input, g, grad_out, w, grad_x, [&] {
@@ -195,8 +198,10 @@ class KernelBackend : public Backend {
     if (g.depthwise()) {
       const DepthwiseGeometry dg = depthwise(g);
       Buffer ws(*this, depthwise_backward_weight_workspace(dg) * sizeof(float));
-      return depthwise_backward_weight(dg, f32(x, "conv2d"), f32(grad_out, "conv2d"),
-                                       f32(grad_w, "conv2d"), ws.floats(), stream());
+      return with_activation(x, [&](const auto* xp, bool bf16) {
+        depthwise_backward_weight(dg, xp, f32(grad_out, "conv2d"), f32(grad_w, "conv2d"),
+                                  ws.floats(), stream(), bf16);
+      });
     }
     if (is_pointwise(g))
       return gemm(pixel_rows(grad_out), true, pixel_rows(x), false, weight_rows(grad_w), 1, 0);

@@ -1,14 +1,14 @@
 #pragma once
 // Mixed precision, switched per device, as torch.autocast(dtype=torch.bfloat16). While bf16
-// autocast is on for a device, its matrix products (matmul, linear, dense and pointwise
-// convolutions, forward and backward) read their float32 operands rounded to bfloat16,
+// autocast is on for a device, its matrix products (matmul, linear, and every convolution,
+// depthwise too; forward and backward) read their float32 operands rounded to bfloat16,
 // accumulate in float32, and return bfloat16 activations (rounded once, after the bias). Those
 // activations are what the next ops read and what backward keeps: half the bytes of float32.
 // GELU maps bfloat16 to bfloat16 (torch runs it in its input's dtype); every other op reads a
 // bfloat16 input as float32 and returns float32, as torch's float32 autocast ops (norms,
-// softmax, losses) and type promotion (bf16 + fp32) do. Depthwise convolutions and attention
-// stay float32 here. Parameters, gradients (of bfloat16 activations too) and optimizer state
-// are float32: master weights, rounded per use.
+// softmax, losses) and type promotion (bf16 + fp32) do. Attention, composed of matmul and
+// softmax, follows them. Parameters, gradients (of bfloat16 activations too) and optimizer
+// state are float32: master weights, rounded per use.
 // On a GPU the products are cuBLAS GemmEx / our conv kernels on bf16 operands. Only the CUDA
 // backend implements it: the CPU refuses bf16 autocast. The setting is process-wide (the tools'
 // --amp flag sets it once), not per thread.

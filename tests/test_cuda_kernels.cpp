@@ -1171,12 +1171,11 @@ TEST_CASE("bf16 activations: ops read bfloat16 as float32, gradients are float32
                        doctest::Contains("on bfloat16 not implemented"), Error);
   CHECK_THROWS_WITH_AS(Tensor::zeros({3}, DType::bf16, Device::cuda), doctest::Contains("got bfloat16"),
                        Error);
-  // A depthwise conv kernel (float32 even under autocast) given a bfloat16 input.
-  const Conv2dGeometry g{1, 3, 3, 2, 2, 3, 3, 3, 3, 1, 1, 1, 2};
-  const Tensor x16 = on_device(host(uniform(18, 92), {1, 3, 3, 2})).to(DType::bf16);
-  CHECK_THROWS_WITH_AS(device().conv2d_forward(g, x16, on_device(host(uniform(18, 93), {2, 1, 3, 3})),
-                                               device_empty({1, 3, 3, 2})),
-                       doctest::Contains("conv2d on bfloat16 not implemented"), Error);
+  // A LayerNorm kernel (the op widens bfloat16 first) given a bfloat16 input.
+  const Tensor mean = device_empty({1}), rstd = device_empty({1});
+  CHECK_THROWS_WITH_AS(device().layer_norm_forward(on_gpu.reshape({1, 3}), Tensor(), Tensor(), 1e-5,
+                                                   device_empty({1, 3}), mean, rstd),
+                       doctest::Contains("layer_norm on bfloat16 not implemented"), Error);
 }
 
 // Under bf16 autocast the emulated device's GEMMs and dense convolutions (forward and both
@@ -1192,6 +1191,8 @@ TEST_CASE("bf16 autocast: GEMMs and convs on the emulated device multiply bf16-r
       {"3x3 groups 2", 2, 7, 9, 6, 10, 3, 3, 1, 1, 1, 2},
       {"2x2 stride 2 (downsample), tile edges", 1, 6, 5, 70, 66, 2, 2, 2, 0, 1, 1},
       {"1x1 (pointwise: a GEMM)", 3, 5, 7, 37, 70, 1, 1, 1, 0, 1, 1},
+      {"depthwise 3x3 dilation 2", 2, 9, 7, 6, 6, 3, 3, 1, 2, 2, 6},
+      {"depthwise 7x7 stride 2", 1, 11, 13, 5, 5, 7, 7, 2, 3, 1, 5},
   };
   in_each_schedule([&] {
     for (const ConvCase& cs : cases) {
@@ -1223,8 +1224,8 @@ TEST_CASE("bf16 autocast: GEMMs and convs on the emulated device multiply bf16-r
 // The autocast ops' results are bfloat16: exactly what they give with float32 activations (the
 // float32 sum of bf16-rounded products, plus the bias, checked against float64 above and here),
 // rounded once. Linear with and without bias, the fused inference linear + GELU, matmul, a
-// dense conv with bias and a pointwise one without. A depthwise conv stays float32. The input
-// gradient under autocast is float32.
+// dense conv and a depthwise one with bias, and a pointwise one without. The input gradient
+// under autocast is float32.
 TEST_CASE("bf16 autocast: linear, matmul and conv ops return their float32 results rounded once") {
   EmulatedDevice dev;
   const auto xs = uniform(2 * 5 * 33, 86), ws = uniform(70 * 33, 87), bs = uniform(70, 88);
@@ -1234,13 +1235,14 @@ TEST_CASE("bf16 autocast: linear, matmul and conv ops return their float32 resul
                b = on_device(host(bs, {70}));
   const ConvCase dense{"3x3 stride 2, bias", 2, 7, 9, 6, 10, 3, 3, 2, 1, 1, 1};
   const ConvCase pointwise{"1x1", 3, 5, 7, 37, 70, 1, 1, 1, 0, 1, 1};
+  const ConvCase depthwise{"depthwise 7x7, bias", 2, 9, 8, 5, 5, 7, 7, 1, 3, 1, 5};
   const auto conv_of = [](const ConvCase& cs, bool with_bias) {
     const Conv2dGeometry g = cs.geometry();
     const auto [cxs, cws, unused] = conv_inputs(cs, 89);
-    const Shape x_shape{g.n, g.h, g.w, g.cin}, w_shape{g.cout, g.cin, g.kh, g.kw};
+    const Shape x_shape{g.n, g.h, g.w, g.cin}, w_shape{g.cout, g.cin / g.groups, g.kh, g.kw};
     const Tensor bias = with_bias ? on_device(host(uniform(g.cout, 90), {g.cout})) : Tensor();
     return conv2d(on_device(host(cxs, x_shape)), on_device(host(cws, w_shape)), bias,
-                  {.stride = g.stride, .padding = g.padding});
+                  {.stride = g.stride, .padding = g.padding, .groups = g.groups});
   };
   // Each op under autocast with float32, then bfloat16 activations.
   const auto both = [](const std::function<Tensor()>& op) {
@@ -1261,15 +1263,11 @@ TEST_CASE("bf16 autocast: linear, matmul and conv ops return their float32 resul
     expect_bf16_rounding("bf16 linear_gelu", gelu16, gelu32);
     const auto [mm32, mm16] = both([&] { return matmul(x, w.transpose(0, 1)); });
     expect_bf16_rounding("bf16 matmul", mm16, mm32);
-    for (const ConvCase* cs : {&dense, &pointwise}) {
+    for (const ConvCase* cs : {&dense, &pointwise, &depthwise}) {
       INFO(std::string(cs->what));
-      const auto [conv32, conv16] = both([&] { return conv_of(*cs, cs == &dense); });
+      const auto [conv32, conv16] = both([&] { return conv_of(*cs, cs != &pointwise); });
       expect_bf16_rounding("bf16 conv2d op", conv16, conv32);
     }
-    const Tensor dw = conv2d(on_device(host(uniform(2 * 5 * 5 * 4, 91), {2, 5, 5, 4})),
-                             on_device(host(uniform(4 * 9, 92), {4, 1, 3, 3})), Tensor(),
-                             {.padding = 1, .groups = 4});
-    CHECK(dw.dtype() == DType::f32);
 
     Tensor leaf = x.detach().requires_grad_();
     sum(linear(leaf, w, b)).backward();
