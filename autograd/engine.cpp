@@ -156,6 +156,34 @@ class GradGuard {
 };
 }  // namespace
 
+Tensor record_recomputed(const char* name, Tensor out, const std::vector<Tensor>& inputs,
+                         std::function<Tensor(const std::vector<Tensor>&)> f,
+                         const std::vector<Tensor>& params) {
+  std::vector<Tensor> saved, edges = inputs;
+  std::vector<bool> needs_grad;
+  for (const Tensor& x : inputs) {
+    saved.push_back(x.detach());
+    needs_grad.push_back(x.requires_grad());
+  }
+  edges.insert(edges.end(), params.begin(), params.end());
+  auto backward = [f = std::move(f), saved = std::move(saved), needs_grad,
+                   edges = edges.size()](const Tensor& g) {
+    std::vector<Tensor> again;
+    for (size_t i = 0; i < saved.size(); ++i)
+      again.push_back(saved[i].detach().requires_grad_(needs_grad[i]));
+    Tensor y_again;
+    {
+      GradGuard grad;
+      y_again = f(again);
+    }
+    if (y_again.requires_grad()) run_backward(y_again, g);  // params' grads go to their .grad
+    std::vector<Tensor> grads(edges);
+    for (size_t i = 0; i < again.size(); ++i) grads[i] = again[i].grad();
+    return grads;
+  };
+  return record(name, std::move(out), std::move(edges), std::move(backward));
+}
+
 Tensor checkpoint(const std::function<Tensor(const Tensor&)>& f, const Tensor& x,
                   const std::vector<Tensor>& params) {
   if (!g_grad_enabled) return f(x);
@@ -164,22 +192,8 @@ Tensor checkpoint(const std::function<Tensor(const Tensor&)>& f, const Tensor& x
     NoGradGuard no_grad;
     y = f(x);
   }
-  std::vector<Tensor> inputs{x};
-  inputs.insert(inputs.end(), params.begin(), params.end());
-  const size_t edges = inputs.size();
-  auto backward = [f, saved = x.detach(), need_x = x.requires_grad(), edges](const Tensor& g) {
-    Tensor again = saved.detach().requires_grad_(need_x);
-    Tensor y_again;
-    {
-      GradGuard grad;
-      y_again = f(again);
-    }
-    if (y_again.requires_grad()) run_backward(y_again, g);  // params' grads go to their .grad
-    std::vector<Tensor> grads(edges);
-    grads[0] = again.grad();
-    return grads;
-  };
-  return record("checkpoint", y, std::move(inputs), std::move(backward));
+  return record_recomputed("checkpoint", y, {x}, [f](const std::vector<Tensor>& xs) { return f(xs[0]); },
+                           params);
 }
 
 }  // namespace sono::autograd

@@ -57,6 +57,14 @@ Tensor record(const char* name, Tensor out, std::vector<Tensor> inputs, Backward
 Tensor checkpoint(const std::function<Tensor(const Tensor&)>& f, const Tensor& x,
                   const std::vector<Tensor>& params);
 
+// Records `out`, computed outside the graph (by a fused kernel, or by f under no_grad), as
+// f(inputs): its backward runs f again on detached copies of the inputs with gradients on and
+// backpropagates through that, so the forward keeps only the inputs. f must be deterministic.
+// params: leaves f reads besides the inputs (their .grad fills during that backward).
+Tensor record_recomputed(const char* name, Tensor out, const std::vector<Tensor>& inputs,
+                         std::function<Tensor(const std::vector<Tensor>&)> f,
+                         const std::vector<Tensor>& params = {});
+
 // Runs reverse mode from `root` with seed gradient `seed`, accumulates into leaves' .grad and
 // frees the graph.
 void run_backward(const Tensor& root, const Tensor& seed);

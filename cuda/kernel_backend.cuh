@@ -160,6 +160,19 @@ class KernelBackend : public Backend {
     gemm_bf16(a, a16.data, ta, b, b16.data, tb, c, alpha, beta);
   }
 
+  // float32 heads of up to kAttentionMaxDim dims, as many in v as in q (MiT's).
+  bool attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
+                         const Tensor& out) override {
+    const int64_t d = q.size(3);
+    for (const Tensor* t : {&q, &k, &v, &out})
+      if (t->dtype() != DType::f32) return false;
+    if (d > kAttentionMaxDim || v.size(3) != d || q.size(0) * q.size(1) > 65535) return false;
+    cuda::attention_forward(q.size(0) * q.size(1), q.size(2), k.size(2), d,
+                            static_cast<float>(scale), f32(q, "attention"), f32(k, "attention"),
+                            f32(v, "attention"), f32(out, "attention"), nullptr, stream());
+    return true;
+  }
+
   // Depthwise convs have their own kernels; a pointwise conv is a plain GEMM over NHWC rows
   // (cuBLAS in the real backend); every other conv is an implicit GEMM (conv.cuh). The input x
   // and the output may be bfloat16 (autocast's activations).

@@ -68,6 +68,14 @@ class Backend {
     bias_add(y, bias, y);
   }
 
+  // Fused attention: out = softmax(q k^T scale) v over q [B, H, Lq, D], k and v [B, H, Lk, D],
+  // contiguous, without the score matrix. Returns false, writing nothing, where the backend has
+  // no such kernel for these tensors; the op then composes matmul and softmax.
+  virtual bool attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
+                                 const Tensor& out) {
+    return false;
+  }
+
   // NHWC x/out/grad_x, weight [Cout, Cin/groups, KH, KW]; each kernel overwrites its output.
   virtual void conv2d_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,
                               const Tensor& out) = 0;

@@ -884,6 +884,45 @@ TEST_CASE("fused attention (online softmax over key tiles) matches softmax(q k^T
   });
 }
 
+// The attention op on the device: float32 heads of up to 128 dims run the fused kernel, which
+// holds no [Lq, Lk] score matrix (the forward's peak memory shows it), and the backward
+// recomputes the composition; 130 dims fall back to the composition. Output and gradients
+// against the CPU's composed float64, on MiT-like shapes (few keys) and odd ones.
+TEST_CASE("attention op on the device: fused forward without the scores, gradients recomputed") {
+  EmulatedDevice dev;
+  const Shape shapes[][2] = {{{2, 2, 37, 32}, {2, 2, 45, 32}},
+                             {{1, 1, 300, 64}, {1, 1, 9, 64}},
+                             {{1, 2, 70, 130}, {1, 2, 33, 130}}};
+  for (const auto& [q_shape, kv_shape] : shapes) {
+    INFO("q " << shape_str(q_shape) << ", k and v " << shape_str(kv_shape));
+    const Tensor q = host(uniform(shape_numel(q_shape), 63), q_shape),
+                 k = host(uniform(shape_numel(kv_shape), 64), kv_shape),
+                 v = host(uniform(shape_numel(kv_shape), 65), kv_shape),
+                 probe = host(uniform(shape_numel(q_shape), 66), q_shape);
+    std::vector<Tensor> want{q.to(DType::f64).requires_grad_(), k.to(DType::f64).requires_grad_(),
+                             v.to(DType::f64).requires_grad_()};
+    const Tensor want_out = scaled_dot_product_attention(want[0], want[1], want[2]);
+    sum(mul(want_out, probe.to(DType::f64))).backward();
+
+    const bool fused = q_shape[3] <= 128;
+    const int64_t scores_bytes = q_shape[0] * q_shape[1] * q_shape[2] * kv_shape[2] * 4;
+    std::vector<Tensor> got{on_device(q).requires_grad_(), on_device(k).requires_grad_(),
+                            on_device(v).requires_grad_()};
+    const int64_t before = static_cast<int64_t>(cuda::emulated_memory_stats().in_use);
+    cuda::reset_emulated_peak_memory();
+    const Tensor got_out = scaled_dot_product_attention(got[0], got[1], got[2]);
+    // What the forward held beyond its output.
+    const int64_t forward_extra = static_cast<int64_t>(cuda::emulated_memory_stats().peak) -
+                                  before - got_out.numel() * 4;
+    MESSAGE("forward held " << forward_extra << " bytes beside its output; scores " << scores_bytes);
+    CHECK((forward_extra < scores_bytes) == fused);
+    sum(mul(got_out, on_device(probe))).backward();
+    expect_close("attention op", got_out.to_vector(), want_out.to_vector(), 2e-6);
+    for (int i = 0; i < 3; ++i)
+      expect_close("attention op gradient", got[i].grad().to_vector(), want[i].grad().to_vector(), 2e-5);
+  }
+}
+
 // ---- whole models on the emulated device -------------------------------------------------------
 
 struct ModelRun {
