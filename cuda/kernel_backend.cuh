@@ -8,6 +8,7 @@
 #include "cuda/conv_impl.h"
 #include "cuda/kernels/adamw.cuh"
 #include "cuda/kernels/attention.cuh"
+#include "cuda/kernels/batchnorm.cuh"
 #include "cuda/kernels/bf16.cuh"
 #include "cuda/kernels/conv.cuh"
 #include "cuda/kernels/depthwise_conv.cuh"
@@ -69,9 +70,11 @@ class KernelBackend : public Backend {
     });
   }
 
-  // GELU also maps autocast's bfloat16 activations (to bfloat16); every other op is float32.
+  // GELU and ReLU also map autocast's bfloat16 activations (to bfloat16); every other op is
+  // float32.
   void unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) override {
-    if (op == UnaryOp::gelu) return bias_act_rows(x, Tensor(), out, true);
+    if (op == UnaryOp::gelu) return bias_act_rows(x, Tensor(), out, Activation::gelu);
+    if (op == UnaryOp::relu) return bias_act_rows(x, Tensor(), out, Activation::relu);
     const float* xp = f32(x, "unary");
     float* yp = f32(out, "unary");
     const int64_t n = x.numel();
@@ -84,7 +87,7 @@ class KernelBackend : public Backend {
       case UnaryOp::sqrt: return run(unary::Sqrt{});
       case UnaryOp::abs: return run(unary::Abs{});
       case UnaryOp::sign: return run(unary::Sign{});
-      case UnaryOp::relu: return run(unary::Relu{});
+      case UnaryOp::relu:
       case UnaryOp::gelu: break;  // above
       case UnaryOp::sigmoid: return run(unary::Sigmoid{});
       case UnaryOp::tanh: return run(unary::Tanh{});
@@ -114,10 +117,10 @@ class KernelBackend : public Backend {
 
   // x and y may be bfloat16 (autocast's activations) in these three.
   void bias_gelu_forward(const Tensor& x, const Tensor& bias, const Tensor& y) override {
-    bias_act_rows(x, bias, y, true);
+    bias_act_rows(x, bias, y, Activation::gelu);
   }
   void bias_add(const Tensor& x, const Tensor& bias, const Tensor& y) override {
-    bias_act_rows(x, bias, y, false);
+    bias_act_rows(x, bias, y, Activation::none);
   }
   void gelu_backward(const Tensor& x, const Tensor& bias, const Tensor& grad_y,
                      const Tensor& grad_x) override {
@@ -131,13 +134,14 @@ class KernelBackend : public Backend {
   // float32 product, as torch's addmm does.
   void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
                       bool gelu) override {
+    const Activation act = gelu ? Activation::gelu : Activation::none;
     if (y.dtype() != DType::bf16) {
       gemm(x, false, w, true, y, 1.0, 0.0);
-      return bias_act_rows(y, bias, y, gelu);
+      return bias_act_rows(y, bias, y, act);
     }
     const Tensor product = Tensor::empty(y.shape(), DType::f32, Device::cuda);
     gemm(x, false, w, true, product, 1.0, 0.0);
-    bias_act_rows(product, bias, y, gelu);
+    bias_act_rows(product, bias, y, act);
   }
 
   void reduce(ReduceOp op, const Tensor& x, const Tensor& out) override {
@@ -247,6 +251,37 @@ class KernelBackend : public Backend {
                               f32(rstd, op), f32(grad_y, op), f32_or_null(grad_x, op),
                               f32_or_null(grad_w, op), f32_or_null(grad_b, op), ws.floats(),
                               stream());
+  }
+
+  // x and y may be bfloat16 (autocast's activations); statistics and gradients are float32.
+  bool batch_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, double eps,
+                          const Tensor& y, const Tensor& mean, const Tensor& var,
+                          const Tensor& inv_std) override {
+    if (x.dtype() != DType::f32 && x.dtype() != DType::bf16) return false;
+    const int64_t cols = x.size(-1), rows = x.numel() / cols;
+    const char* op = "batch_norm";
+    Buffer ws(*this, batch_norm_workspace(rows, cols) * sizeof(float));
+    with_floats(x, op, [&](const auto* xp) {
+      with_floats(y, op, [&](auto* yp) {
+        cuda::batch_norm_forward(rows, cols, xp, f32_or_null(w, op), f32_or_null(b, op),
+                                 static_cast<float>(eps), yp, f32(mean, op), f32(var, op),
+                                 f32(inv_std, op), ws.floats(), stream());
+      });
+    });
+    return true;
+  }
+  void batch_norm_backward(const Tensor& x, const Tensor& w, const Tensor& mean,
+                           const Tensor& inv_std, const Tensor& grad_y, const Tensor& grad_x,
+                           const Tensor& grad_w, const Tensor& grad_b) override {
+    const int64_t cols = x.size(-1), rows = x.numel() / cols;
+    const char* op = "batch_norm";
+    Buffer ws(*this, batch_norm_workspace(rows, cols) * sizeof(float));
+    with_floats(x, op, [&](const auto* xp) {
+      cuda::batch_norm_backward(rows, cols, xp, f32_or_null(w, op), f32(mean, op),
+                                f32(inv_std, op), f32(grad_y, op), f32_or_null(grad_x, op),
+                                f32_or_null(grad_w, op), f32_or_null(grad_b, op), ws.floats(),
+                                stream());
+    });
   }
 
   void softmax_forward(const Tensor& x, const Tensor& y, bool log) override {
@@ -416,12 +451,12 @@ class KernelBackend : public Backend {
     else f(f32(t, op));
   }
   // y = act(x + bias) over rows of bias's length; without a bias, act(x).
-  void bias_act_rows(const Tensor& x, const Tensor& bias, const Tensor& y, bool gelu) {
+  void bias_act_rows(const Tensor& x, const Tensor& bias, const Tensor& y, Activation act) {
     const int64_t cols = bias.defined() ? bias.numel() : 1;
-    const char* op = gelu ? "bias_gelu" : "bias_add";
+    const char* op = act == Activation::none ? "bias_add" : "bias_act";
     with_floats(x, op, [&](const auto* xp) {
       with_floats(y, op, [&](auto* yp) {
-        bias_act(x.numel() / cols, cols, xp, f32_or_null(bias, op), yp, gelu, stream());
+        bias_act(x.numel() / cols, cols, xp, f32_or_null(bias, op), yp, act, stream());
       });
     });
   }

@@ -4,8 +4,9 @@
 // depthwise too; forward and backward) read their float32 operands rounded to bfloat16,
 // accumulate in float32, and return bfloat16 activations (rounded once, after the bias). Those
 // activations are what the next ops read and what backward keeps: half the bytes of float32.
-// GELU maps bfloat16 to bfloat16 (torch runs it in its input's dtype); every other op reads a
-// bfloat16 input as float32 and returns float32, as torch's float32 autocast ops (norms,
+// GELU, ReLU and training-mode BatchNorm map bfloat16 to bfloat16 (torch runs them in their
+// input's dtype; BatchNorm where the backend has its fused kernels); every other op reads a
+// bfloat16 input as float32 and returns float32, as torch's float32 autocast ops (LayerNorm,
 // softmax, losses) and type promotion (bf16 + fp32) do. Attention, composed of matmul and
 // softmax, follows them. Parameters, gradients (of bfloat16 activations too) and optimizer
 // state are float32: master weights, rounded per use.

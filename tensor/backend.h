@@ -92,6 +92,23 @@ class Backend {
                                    const Tensor& grad_x, const Tensor& grad_w,
                                    const Tensor& grad_b) = 0;
 
+  // BatchNorm with batch statistics (training) over rows of x [R, C], channels last: per
+  // channel the mean, the biased variance and inv_std = 1 / sqrt(var + eps), and y = (x - mean)
+  // inv_std w + b (w, b may be undefined). Returns false, writing nothing, where the backend has
+  // no fused kernels; the op then composes it from reductions and elementwise ops.
+  virtual bool batch_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, double eps,
+                                  const Tensor& y, const Tensor& mean, const Tensor& var,
+                                  const Tensor& inv_std) {
+    return false;
+  }
+  // Its gradients where batch_norm_forward ran; grad_x, grad_w, grad_b may be undefined.
+  virtual void batch_norm_backward(const Tensor& x, const Tensor& w, const Tensor& mean,
+                                   const Tensor& inv_std, const Tensor& grad_y,
+                                   const Tensor& grad_x, const Tensor& grad_w,
+                                   const Tensor& grad_b) {
+    fail("batch_norm_backward: backend ", name(), " has no fused BatchNorm");
+  }
+
   // Over the last dim of contiguous rows.
   virtual void softmax_forward(const Tensor& x, const Tensor& y, bool log) = 0;
   virtual void softmax_backward(const Tensor& y, const Tensor& grad_y, const Tensor& grad_x,

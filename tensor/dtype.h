@@ -5,9 +5,10 @@
 
 namespace sono {
 
-// bf16 holds autocast's activations (tensor/autocast.h): the CUDA backend's GEMMs, dense
-// convolutions and GELU read and write it, casts (Tensor::to) make and read it on every device,
-// and every other op reads it as float32 (float_operand). Its gradient is float32.
+// bf16 holds autocast's activations (tensor/autocast.h): the CUDA backend's GEMMs,
+// convolutions, BatchNorm, GELU and ReLU read and write it, casts (Tensor::to) make and read it
+// on every device, and every other op reads it as float32 (float_operand). Its gradient is
+// float32.
 enum class DType : uint8_t { f32, f64, i64, bf16 };
 enum class Device : uint8_t { cpu, cuda };
 

@@ -527,6 +527,90 @@ TEST_CASE("layer norm (warp per row) forward and backward with weight and bias g
   });
 }
 
+// x rounded to the nearest bfloat16 (ties to even) by a route independent of the kernel's bit
+// arithmetic: the quantum at 8 significant bits (2^-133 below the normal range), nearbyint.
+double bf16_reference(float x) {
+  if (!std::isfinite(x) || x == 0) return x;
+  int e;
+  std::frexp(x, &e);  // |x| = m 2^e, m in [0.5, 1)
+  const double quantum = std::ldexp(1.0, std::max(e - 8, -133));
+  return static_cast<float>(std::nearbyint(x / quantum) * quantum);  // past the range: inf
+}
+
+std::vector<double> bf16_rounded(const std::vector<double>& v) {
+  std::vector<double> r(v.size());
+  for (size_t i = 0; i < v.size(); ++i) r[i] = bf16_reference(static_cast<float>(v[i]));
+  return r;
+}
+
+// Checks that the bfloat16 tensor `got` holds exactly the float32 values `want` rounded to
+// nearest even: a result computed in float32 and rounded once, on the store.
+void expect_bf16_rounding(const std::string& kernel, const Tensor& got, const Tensor& want) {
+  REQUIRE(got.dtype() == DType::bf16);
+  REQUIRE(want.dtype() == DType::f32);
+  const std::vector<double> g = got.to_vector(), w = want.to_vector();
+  REQUIRE(g.size() == w.size());
+  int64_t differ = 0;
+  for (size_t i = 0; i < g.size(); ++i) differ += g[i] != bf16_reference(static_cast<float>(w[i]));
+  INFO(kernel << ": " << differ << " of " << g.size() << " values are not float32 rounded once");
+  CHECK(differ == 0);
+}
+
+// ---- batch norm ---------------------------------------------------------------------------------
+
+// The fused BatchNorm (training: batch statistics) against the CPU's composed op in float64:
+// output, running statistics, and the input, weight and bias gradients, with and without the
+// affine parameters. Channels not a multiple of a warp (3, 37), rows not a multiple of the
+// tile (5 x 7 x 3 = 105), and more rows than 64 chunks of 256 (2 x 70 x 131 = 18,340). float32
+// sums over up to 18k values: tolerance 1e-5 relative to max(1, |value|), 1e-4 for the gradients
+// of the parameters (sums of the same length). A bfloat16 input (autocast's) gives the float32
+// result rounded once.
+TEST_CASE("batch norm (fused, channels last) forward, running stats and gradients") {
+  EmulatedDevice dev;
+  const Shape shapes[] = {{5, 7, 3, 37}, {2, 70, 131, 3}, {4, 1, 1, 40}};
+  in_each_schedule([&] {
+    for (const Shape& shape : shapes) {
+      for (bool affine : {true, false}) {
+        INFO("shape " << shape_str(shape) << (affine ? ", affine" : ", no weight or bias"));
+        const int64_t c = shape.back(), n = shape_numel(shape);
+        const Tensor x = host(uniform(n, 97, -3.0, 5.0), shape), gy = host(uniform(n, 98), shape);
+        const Tensor w = affine ? host(uniform(c, 99), {c}) : Tensor(),
+                     b = affine ? host(uniform(c, 100), {c}) : Tensor(),
+                     rm = host(uniform(c, 101), {c}), rv = host(uniform(c, 102, 0.5, 2.0), {c});
+        // Each side: y, then x's, w's and b's gradients, then the running stats.
+        auto run = [&](Device device, DType dtype) {
+          const auto leaf = [&](const Tensor& t) {
+            return t.defined() ? t.to(dtype).to(device).requires_grad_() : t;
+          };
+          std::vector<Tensor> in{leaf(x), leaf(w), leaf(b)};
+          Tensor mean = rm.to(dtype).to(device), var = rv.to(dtype).to(device);
+          const Tensor y = batch_norm(in[0], in[1], in[2], mean, var, true, 0.1, 1e-5);
+          sum(mul(y, gy.to(dtype).to(device))).backward();
+          std::vector<std::vector<double>> out{y.to_vector()};
+          for (const Tensor& t : in) out.push_back(t.defined() ? t.grad().to_vector() : std::vector<double>{});
+          out.push_back(mean.to_vector());
+          out.push_back(var.to_vector());
+          return out;
+        };
+        const auto want = run(Device::cpu, DType::f64), got = run(Device::cuda, DType::f32);
+        const char* what[] = {"batch_norm forward", "batch_norm backward input",
+                              "batch_norm backward weight", "batch_norm backward bias",
+                              "batch_norm running mean", "batch_norm running var"};
+        const double tol[] = {1e-5, 1e-5, 1e-4, 1e-4, 1e-6, 1e-6};
+        for (int i = 0; i < 6; ++i) expect_close(what[i], got[i], want[i], tol[i]);
+
+        const Tensor x16 = on_device(x).to(DType::bf16), wd = affine ? on_device(w) : w,
+                     bd = affine ? on_device(b) : b;
+        Tensor y16 = Tensor::empty(shape, DType::bf16, Device::cuda), y32 = device_empty(shape);
+        const auto stats = [&] { return device_empty({c}); };
+        REQUIRE(device().batch_norm_forward(x16, wd, bd, 1e-5, y16, stats(), stats(), stats()));
+        REQUIRE(device().batch_norm_forward(x16, wd, bd, 1e-5, y32, stats(), stats(), stats()));
+        expect_bf16_rounding("batch_norm to bf16", y16, y32);
+      }
+    }
+  });
+}
+
 // ---- depthwise convolution ----------------------------------------------------------------------
 
 struct ConvReference {
@@ -1000,22 +1084,6 @@ TEST_CASE("DeepLabV3+ mit_b0 trains on the emulated CUDA device as on the CPU") 
 
 // ---- bf16 mixed precision -----------------------------------------------------------------------
 
-// x rounded to the nearest bfloat16 (ties to even) by a route independent of the kernel's bit
-// arithmetic: the quantum at 8 significant bits (2^-133 below the normal range), nearbyint.
-double bf16_reference(float x) {
-  if (!std::isfinite(x) || x == 0) return x;
-  int e;
-  std::frexp(x, &e);  // |x| = m 2^e, m in [0.5, 1)
-  const double quantum = std::ldexp(1.0, std::max(e - 8, -133));
-  return static_cast<float>(std::nearbyint(x / quantum) * quantum);  // past the range: inf
-}
-
-std::vector<double> bf16_rounded(const std::vector<double>& v) {
-  std::vector<double> r(v.size());
-  for (size_t i = 0; i < v.size(); ++i) r[i] = bf16_reference(static_cast<float>(v[i]));
-  return r;
-}
-
 TEST_CASE("bf16: float32 -> bfloat16 rounds to nearest even, and back exactly") {
   std::vector<float> x = {1.0f + 0x1p-8f,  1.0f + 0x3p-8f, -(1.0f + 0x1p-8f), 1.0f + 0x1.02p-8f,
                           3.0e38f,         FLT_MAX,        -FLT_MAX,          0x1p-140f,
@@ -1078,19 +1146,6 @@ TEST_CASE("bf16 storage: the device cast equals the CPU's on odd sizes, ties, in
       }
     }
   });
-}
-
-// Checks that the bfloat16 tensor `got` holds exactly the float32 values `want` rounded to
-// nearest even: a result computed in float32 and rounded once, on the store.
-void expect_bf16_rounding(const std::string& kernel, const Tensor& got, const Tensor& want) {
-  REQUIRE(got.dtype() == DType::bf16);
-  REQUIRE(want.dtype() == DType::f32);
-  const std::vector<double> g = got.to_vector(), w = want.to_vector();
-  REQUIRE(g.size() == w.size());
-  int64_t differ = 0;
-  for (size_t i = 0; i < g.size(); ++i) differ += g[i] != bf16_reference(static_cast<float>(w[i]));
-  INFO(kernel << ": " << differ << " of " << g.size() << " values are not float32 rounded once");
-  CHECK(differ == 0);
 }
 
 // Copies of autocast's activations: the strided copy kernel converts to, from and between
@@ -1161,21 +1216,23 @@ TEST_CASE("bf16 activations: bias + GELU, bias add and GELU backward read and wr
         device().gelu_backward(on_device(x), b.defined() ? on_device(b) : b, on_device(gy), got);
         expect_close("gelu_backward of bf16 x", got.to_vector(), want.to_vector(), 2e-6);
       }
-      // Plain GELU through the unary entry: bfloat16 in, bfloat16 out.
-      Tensor want = Tensor::empty(shape), got = Tensor::empty(shape, DType::bf16, Device::cuda),
-             got32 = device_empty(shape);
-      backend(Device::cpu).unary(UnaryOp::gelu, x.to(DType::f32), want, 0.0);
-      device().unary(UnaryOp::gelu, on_device(x), got, 0.0);
-      device().unary(UnaryOp::gelu, on_device(x), got32, 0.0);
-      expect_close("gelu of bf16 x", got32.to_vector(), want.to_vector(), 2e-6);
-      expect_bf16_rounding("gelu to bf16", got, got32);
+      // Plain GELU and ReLU through the unary entry: bfloat16 in, bfloat16 out.
+      for (UnaryOp op : {UnaryOp::gelu, UnaryOp::relu}) {
+        Tensor want = Tensor::empty(shape), got = Tensor::empty(shape, DType::bf16, Device::cuda),
+               got32 = device_empty(shape);
+        backend(Device::cpu).unary(op, x.to(DType::f32), want, 0.0);
+        device().unary(op, on_device(x), got, 0.0);
+        device().unary(op, on_device(x), got32, 0.0);
+        expect_close("gelu or relu of bf16 x", got32.to_vector(), want.to_vector(), 2e-6);
+        expect_bf16_rounding("gelu or relu to bf16", got, got32);
+      }
     }
   });
 }
 
-// What an op does with a bfloat16 input: GELU keeps bfloat16; the others compute in float32 and
-// return float32, with float32 gradients flowing back to the bfloat16 tensor's producer. Kernels
-// that do not take bfloat16 say so when called directly.
+// What an op does with a bfloat16 input: GELU, ReLU and training BatchNorm keep bfloat16; the
+// others compute in float32 and return float32, with float32 gradients flowing back to the
+// bfloat16 tensor's producer. Kernels that do not take bfloat16 say so when called directly.
 TEST_CASE("bf16 activations: ops read bfloat16 as float32, gradients are float32") {
   EmulatedDevice dev;
   const Tensor x = host({1.5, -2.0, 3.25}, {3});
@@ -1187,6 +1244,9 @@ TEST_CASE("bf16 activations: ops read bfloat16 as float32, gradients are float32
   CHECK(add(on_cpu, x).dtype() == DType::f32);
   CHECK(add(on_cpu, on_cpu).to_vector() == std::vector<double>{3.0, -4.0, 6.5});
   CHECK(gelu(on_gpu).dtype() == DType::bf16);
+  CHECK(relu(on_gpu).dtype() == DType::bf16);
+  CHECK(batch_norm(on_gpu.reshape({3, 1}), Tensor(), Tensor(), Tensor(), Tensor(), true, 0.1, 1e-5)
+            .dtype() == DType::bf16);
   CHECK(layer_norm(on_gpu.reshape({1, 3}), Tensor(), Tensor(), 1e-5).dtype() == DType::f32);
   CHECK(on_gpu.to(DType::f64).to_vector() == std::vector<double>{1.5, -2.0, 3.25});
   CHECK_THROWS_WITH_AS(Tensor::from_vector({1.0}, {1}, DType::bf16),

@@ -116,7 +116,6 @@ struct Abs { __device__ float operator()(float x) const { return fabsf(x); } };
 struct Sign {
   __device__ float operator()(float x) const { return float((x > 0.0f) - (x < 0.0f)); }
 };
-struct Relu { __device__ float operator()(float x) const { return x > 0.0f ? x : 0.0f; } };
 struct Tanh { __device__ float operator()(float x) const { return tanhf(x); } };
 struct Sigmoid {  // no overflow for large |x|
   __device__ float operator()(float x) const {
@@ -172,13 +171,22 @@ void binary_map(const StridedSpace<3>& space, int64_t n, const float* a, const f
 
 // ---- bias + activation over rows of length cols (a Linear or NHWC conv layer's output) ----------
 
-// y = act(x + bias[col]); bias may be null (a plain GELU). X and Y: float, or bfloat16 for
+enum class Activation { none, gelu, relu };
+
+template <Activation Act>
+__device__ __forceinline__ float activate(float v) {
+  if (Act == Activation::gelu) return gelu_erf(v);
+  if (Act == Activation::relu) return v > 0.0f ? v : 0.0f;
+  return v;
+}
+
+// y = act(x + bias[col]); bias may be null (a plain activation). X and Y: float, or bfloat16 for
 // autocast's activations (computed in float32, rounded once on the store).
-template <bool Gelu, typename X, typename Y>
+template <Activation Act, typename X, typename Y>
 __global__ void bias_act_kernel(int64_t n, int64_t cols, const X* x, const float* bias, Y* y) {
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
     const float v = load_float(x[i]) + (bias ? bias[i % cols] : 0.0f);
-    store_float(y[i], Gelu ? gelu_erf(v) : v);
+    store_float(y[i], activate<Act>(v));
   }
 }
 
@@ -194,12 +202,18 @@ __global__ void gelu_backward_kernel(int64_t n, int64_t cols, const X* x, const 
 }
 
 template <typename X, typename Y>
-void bias_act(int64_t rows, int64_t cols, const X* x, const float* bias, Y* y, bool gelu,
+void bias_act(int64_t rows, int64_t cols, const X* x, const float* bias, Y* y, Activation act,
               cudaStream_t stream) {
   const int64_t n = rows * cols;
   const LaunchConfig cfg = elementwise_config(n, stream);
-  if (gelu) launch("bias_gelu", bias_act_kernel<true, X, Y>, cfg, n, cols, x, bias, y);
-  else launch("bias_add", bias_act_kernel<false, X, Y>, cfg, n, cols, x, bias, y);
+  switch (act) {
+    case Activation::none:
+      return launch("bias_add", bias_act_kernel<Activation::none, X, Y>, cfg, n, cols, x, bias, y);
+    case Activation::gelu:
+      return launch("bias_gelu", bias_act_kernel<Activation::gelu, X, Y>, cfg, n, cols, x, bias, y);
+    case Activation::relu:
+      return launch("relu", bias_act_kernel<Activation::relu, X, Y>, cfg, n, cols, x, bias, y);
+  }
 }
 
 template <typename X>

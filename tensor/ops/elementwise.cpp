@@ -1,6 +1,6 @@
 // Elementwise ops with PyTorch broadcasting. Backward formulas are written with the same ops.
-// bfloat16 inputs (autocast's activations) are read as float32, except by GELU, which maps
-// them to bfloat16 as torch does.
+// bfloat16 inputs (autocast's activations) are read as float32, except by GELU and ReLU, which
+// map them to bfloat16 as torch does.
 #include <cmath>
 
 #include "autograd/node.h"
@@ -45,7 +45,8 @@ Tensor binary_forward(BinaryOp op, const Tensor& a_in, const Tensor& b_in, const
 }
 
 Tensor unary_forward(UnaryOp op, const Tensor& x_in, double alpha = 0.0) {
-  const Tensor x = op == UnaryOp::gelu ? x_in : float_operand(x_in);
+  const bool keeps_bf16 = op == UnaryOp::gelu || op == UnaryOp::relu;
+  const Tensor x = keeps_bf16 ? x_in : float_operand(x_in);
   SONO_CHECK(x.dtype() != DType::i64, "elementwise math on an int64 tensor");
   Tensor xc = x.is_contiguous() ? x : x.detach().contiguous();
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());

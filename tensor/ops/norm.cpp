@@ -1,4 +1,5 @@
-// LayerNorm (fused kernel) and BatchNorm (composed from ops, so its gradient is the tape's).
+// LayerNorm (fused kernel) and BatchNorm (fused kernels where the backend has them, else
+// composed from ops, so its gradient is the tape's).
 #include <numeric>
 
 #include "autograd/node.h"
@@ -19,11 +20,11 @@ void check_channel_param(const Tensor& p, const Tensor& x, const char* op, const
              ", input on ", device_name(x.device()));
 }
 
-// Weight and bias: optional, [C], and of x's dtype.
+// Weight and bias: optional, [C], and of x's (compute) dtype.
 void check_affine(const Tensor& weight, const Tensor& bias, const Tensor& x, const char* op) {
   for (auto [p, what] : {std::pair{&weight, "weight"}, std::pair{&bias, "bias"}}) {
     check_channel_param(*p, x, op, what);
-    SONO_CHECK(!p->defined() || p->dtype() == x.dtype(), op, ": ", what, " is ",
+    SONO_CHECK(!p->defined() || p->dtype() == compute_dtype(x.dtype()), op, ": ", what, " is ",
                dtype_name(p->dtype()), ", input is ", dtype_name(x.dtype()));
   }
 }
@@ -83,37 +84,74 @@ Tensor layer_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, 
   });
 }
 
+namespace {
+
+// BatchNorm with batch statistics by the backend's fused kernels, which keep x for backward
+// instead of a centered copy, and read autocast's bfloat16 activations as they are, returning
+// bfloat16 as torch's does. Undefined where the backend has none. mean and var: the batch's.
+Tensor fused_batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
+                        Tensor& mean, Tensor& var) {
+  const Tensor xc = x.detach().contiguous();
+  const Shape channels{x.size(-1)};
+  const DType stats = compute_dtype(x.dtype());
+  mean = Tensor::empty(channels, stats, x.device());
+  var = Tensor::empty(channels, stats, x.device());
+  Tensor inv_std = Tensor::empty(channels, stats, x.device());
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  if (!backend_of(x).batch_norm_forward(xc, weight, bias, eps, y, mean, var, inv_std)) return Tensor();
+  return autograd::record("batch_norm", y, {x, weight, bias},
+                          [xc, weight, bias, mean, inv_std, need_x = x.requires_grad()](const Tensor& g) {
+    Tensor gx = need_x ? Tensor::empty(xc.shape(), g.dtype(), g.device()) : Tensor();
+    Tensor gw = empty_like_if(weight.defined() && weight.requires_grad(), weight);
+    Tensor gb = empty_like_if(bias.defined() && bias.requires_grad(), bias);
+    backend_of(g).batch_norm_backward(xc, weight, mean, inv_std, g.contiguous(), gx, gw, gb);
+    return std::vector<Tensor>{gx, gw, gb};
+  });
+}
+
+}  // namespace
+
 Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, Tensor running_mean,
                   Tensor running_var, bool training, double momentum, double eps) {
-  const Tensor x = float_operand(x_in);
-  SONO_CHECK(x.dim() >= 2, "batch_norm: input ", shape_str(x.shape()),
+  SONO_CHECK(x_in.dim() >= 2, "batch_norm: input ", shape_str(x_in.shape()),
              " needs a batch dim and a channel (last) dim");
-  SONO_CHECK(x.dtype() != DType::i64, "batch_norm: int64 input");
-  check_affine(weight, bias, x, "batch_norm");
-  check_channel_param(running_mean, x, "batch_norm", "running_mean");
-  check_channel_param(running_var, x, "batch_norm", "running_var");
+  SONO_CHECK(x_in.dtype() != DType::i64, "batch_norm: int64 input");
+  check_affine(weight, bias, x_in, "batch_norm");
+  check_channel_param(running_mean, x_in, "batch_norm", "running_mean");
+  check_channel_param(running_var, x_in, "batch_norm", "running_var");
   SONO_CHECK(running_mean.defined() == running_var.defined(),
              "batch_norm: running_mean and running_var must both be given or both be undefined");
-  const int64_t per_channel = x.numel() / x.size(-1);
+  const int64_t per_channel = x_in.numel() / x_in.size(-1);
   // Without running stats PyTorch normalises with batch statistics in eval mode too.
   const bool batch_stats = training || !running_mean.defined();
-  Tensor centered, scale;
+  const double unbias = static_cast<double>(per_channel) / static_cast<double>(per_channel - 1);
+  auto update_running_stats = [&](const Tensor& mu, const Tensor& var) {
+    if (!training || !running_mean.defined()) return;
+    autograd::NoGradGuard no_grad;
+    update_running(running_mean, mu.detach(), momentum);
+    update_running(running_var, mul(var.detach(), unbias), momentum);
+  };
   if (batch_stats) {
     SONO_CHECK(per_channel > 1, "batch_norm: expected more than 1 value per channel when "
-               "training, got input size ", shape_str(x.shape()),
+               "training, got input size ", shape_str(x_in.shape()),
                " (batch of 1 on a 1x1 map: use a larger batch, or eval mode)");
+    Tensor mu, var;
+    const Tensor y = fused_batch_norm(x_in, weight, bias, eps, mu, var);
+    if (y.defined()) {
+      update_running_stats(mu, var);
+      return y;
+    }
+  }
+  const Tensor x = float_operand(x_in);
+  Tensor centered, scale;
+  if (batch_stats) {
     std::vector<int64_t> dims(x.dim() - 1);
     std::iota(dims.begin(), dims.end(), 0);
     Tensor mu = mean(x, dims);
     centered = sub(x, mu);
     Tensor var = mean(mul(centered, centered), dims);  // biased, for normalising
     scale = pow(add(var, eps), -0.5);
-    if (training && running_mean.defined()) {
-      autograd::NoGradGuard no_grad;
-      const double unbias = static_cast<double>(per_channel) / static_cast<double>(per_channel - 1);
-      update_running(running_mean, mu.detach(), momentum);
-      update_running(running_var, mul(var.detach(), unbias), momentum);
-    }
+    update_running_stats(mu, var);
   } else {
     centered = sub(x, running_mean.to(x.dtype()));
     scale = pow(add(running_var.to(x.dtype()), eps), -0.5);
