@@ -165,16 +165,16 @@ class KernelBackend : public Backend {
   }
 
   // float32 heads of up to kAttentionMaxDim dims, as many in v as in q (MiT's).
-  bool attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
+  bool has_fused_attention(const Tensor& q, const Tensor& k, const Tensor& v) const override {
+    const bool f32 = q.dtype() == DType::f32 && k.dtype() == DType::f32 && v.dtype() == DType::f32;
+    return f32 && q.size(3) <= kAttentionMaxDim && v.size(3) == q.size(3) &&
+           q.size(0) * q.size(1) <= 65535;
+  }
+  void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
                          const Tensor& out) override {
-    const int64_t d = q.size(3);
-    for (const Tensor* t : {&q, &k, &v, &out})
-      if (t->dtype() != DType::f32) return false;
-    if (d > kAttentionMaxDim || v.size(3) != d || q.size(0) * q.size(1) > 65535) return false;
-    cuda::attention_forward(q.size(0) * q.size(1), q.size(2), k.size(2), d,
+    cuda::attention_forward(q.size(0) * q.size(1), q.size(2), k.size(2), q.size(3),
                             static_cast<float>(scale), f32(q, "attention"), f32(k, "attention"),
                             f32(v, "attention"), f32(out, "attention"), nullptr, stream());
-    return true;
   }
 
   // Depthwise convs have their own kernels; a pointwise conv is a plain GEMM over NHWC rows
@@ -254,10 +254,12 @@ class KernelBackend : public Backend {
   }
 
   // x and y may be bfloat16 (autocast's activations); statistics and gradients are float32.
-  bool batch_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, double eps,
+  bool has_fused_batch_norm(const Tensor& x) const override {
+    return x.dtype() == DType::f32 || x.dtype() == DType::bf16;
+  }
+  void batch_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, double eps,
                           const Tensor& y, const Tensor& mean, const Tensor& var,
                           const Tensor& inv_std) override {
-    if (x.dtype() != DType::f32 && x.dtype() != DType::bf16) return false;
     const int64_t cols = x.size(-1), rows = x.numel() / cols;
     const char* op = "batch_norm";
     Buffer ws(*this, batch_norm_workspace(rows, cols) * sizeof(float));
@@ -268,7 +270,6 @@ class KernelBackend : public Backend {
                                  f32(inv_std, op), ws.floats(), stream());
       });
     });
-    return true;
   }
   void batch_norm_backward(const Tensor& x, const Tensor& w, const Tensor& mean,
                            const Tensor& inv_std, const Tensor& grad_y, const Tensor& grad_x,

@@ -68,12 +68,15 @@ class Backend {
     bias_add(y, bias, y);
   }
 
-  // Fused attention: out = softmax(q k^T scale) v over q [B, H, Lq, D], k and v [B, H, Lk, D],
-  // contiguous, without the score matrix. Returns false, writing nothing, where the backend has
-  // no such kernel for these tensors; the op then composes matmul and softmax.
-  virtual bool attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
-                                 const Tensor& out) {
+  // Fused attention, where has_fused_attention(q, k, v); elsewhere the op composes matmul and
+  // softmax. out = softmax(q k^T scale) v over q [B, H, Lq, D], k and v [B, H, Lk, D],
+  // contiguous, without the score matrix.
+  virtual bool has_fused_attention(const Tensor& q, const Tensor& k, const Tensor& v) const {
     return false;
+  }
+  virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
+                                 const Tensor& out) {
+    fail("attention_forward: backend ", name(), " has no fused attention");
   }
 
   // NHWC x/out/grad_x, weight [Cout, Cin/groups, KH, KW]; each kernel overwrites its output.
@@ -92,16 +95,17 @@ class Backend {
                                    const Tensor& grad_x, const Tensor& grad_w,
                                    const Tensor& grad_b) = 0;
 
-  // BatchNorm with batch statistics (training) over rows of x [R, C], channels last: per
-  // channel the mean, the biased variance and inv_std = 1 / sqrt(var + eps), and y = (x - mean)
-  // inv_std w + b (w, b may be undefined). Returns false, writing nothing, where the backend has
-  // no fused kernels; the op then composes it from reductions and elementwise ops.
-  virtual bool batch_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, double eps,
+  // Fused BatchNorm with batch statistics (training), where has_fused_batch_norm(x); elsewhere
+  // the op composes it from reductions and elementwise ops. Over rows of x [R, C], channels
+  // last: per channel the mean, the biased variance and inv_std = 1 / sqrt(var + eps), and
+  // y = (x - mean) inv_std w + b (w, b may be undefined).
+  virtual bool has_fused_batch_norm(const Tensor& x) const { return false; }
+  virtual void batch_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, double eps,
                                   const Tensor& y, const Tensor& mean, const Tensor& var,
                                   const Tensor& inv_std) {
-    return false;
+    fail("batch_norm_forward: backend ", name(), " has no fused BatchNorm");
   }
-  // Its gradients where batch_norm_forward ran; grad_x, grad_w, grad_b may be undefined.
+  // grad_x, grad_w, grad_b may be undefined.
   virtual void batch_norm_backward(const Tensor& x, const Tensor& w, const Tensor& mean,
                                    const Tensor& inv_std, const Tensor& grad_y,
                                    const Tensor& grad_x, const Tensor& grad_w,

@@ -32,11 +32,12 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
              shape_str(k.shape()), ", v ", shape_str(v.shape()),
              " (need equal B and H, q and k with equal D, k and v with equal L)");
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(3)));
-  if (autocast_precision(q.device()) != Precision::f32) return composed_attention(q, k, v, scale);
-  Tensor out = Tensor::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.dtype(), q.device());
-  if (!backend_of(q).attention_forward(q.detach().contiguous(), k.detach().contiguous(),
-                                       v.detach().contiguous(), scale, out))
+  Backend& be = backend_of(q);
+  if (autocast_precision(q.device()) != Precision::f32 || !be.has_fused_attention(q, k, v))
     return composed_attention(q, k, v, scale);
+  Tensor out = Tensor::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.dtype(), q.device());
+  be.attention_forward(q.detach().contiguous(), k.detach().contiguous(), v.detach().contiguous(),
+                       scale, out);
   return autograd::record_recomputed("scaled_dot_product_attention", out, {q, k, v},
                                      [scale](const std::vector<Tensor>& qkv) {
     return composed_attention(qkv[0], qkv[1], qkv[2], scale);

@@ -88,7 +88,7 @@ namespace {
 
 // BatchNorm with batch statistics by the backend's fused kernels, which keep x for backward
 // instead of a centered copy, and read autocast's bfloat16 activations as they are, returning
-// bfloat16 as torch's does. Undefined where the backend has none. mean and var: the batch's.
+// bfloat16 as torch's does. mean and var: the batch's.
 Tensor fused_batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
                         Tensor& mean, Tensor& var) {
   const Tensor xc = x.detach().contiguous();
@@ -98,7 +98,7 @@ Tensor fused_batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bia
   var = Tensor::empty(channels, stats, x.device());
   Tensor inv_std = Tensor::empty(channels, stats, x.device());
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
-  if (!backend_of(x).batch_norm_forward(xc, weight, bias, eps, y, mean, var, inv_std)) return Tensor();
+  backend_of(x).batch_norm_forward(xc, weight, bias, eps, y, mean, var, inv_std);
   return autograd::record("batch_norm", y, {x, weight, bias},
                           [xc, weight, bias, mean, inv_std, need_x = x.requires_grad()](const Tensor& g) {
     Tensor gx = need_x ? Tensor::empty(xc.shape(), g.dtype(), g.device()) : Tensor();
@@ -135,9 +135,9 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, 
     SONO_CHECK(per_channel > 1, "batch_norm: expected more than 1 value per channel when "
                "training, got input size ", shape_str(x_in.shape()),
                " (batch of 1 on a 1x1 map: use a larger batch, or eval mode)");
-    Tensor mu, var;
-    const Tensor y = fused_batch_norm(x_in, weight, bias, eps, mu, var);
-    if (y.defined()) {
+    if (backend_of(x_in).has_fused_batch_norm(x_in)) {
+      Tensor mu, var;
+      const Tensor y = fused_batch_norm(x_in, weight, bias, eps, mu, var);
       update_running_stats(mu, var);
       return y;
     }
