@@ -45,6 +45,8 @@ void dispatch_copy_dtype(DType dtype, F&& f) {
 
 class KernelBackend : public Backend {
  public:
+  bool reads_bf16() const override { return true; }
+
   // Device to device: the strided copy kernel. Host to device and back: one contiguous
   // transfer of raw bytes, with strides and dtype conversion done on whichever side is not
   // contiguous (the CPU backend on the host, the copy kernel on the device).
@@ -236,9 +238,11 @@ class KernelBackend : public Backend {
                           const Tensor& y, const Tensor& mean, const Tensor& rstd) override {
     const int64_t cols = x.size(-1);
     const char* op = "layer_norm";
-    cuda::layer_norm_forward(x.numel() / cols, cols, f32(x, op), f32_or_null(w, op),
-                             f32_or_null(b, op), static_cast<float>(eps), f32(y, op),
-                             f32(mean, op), f32(rstd, op), stream());
+    with_floats(x, op, [&](const auto* xp) {
+      cuda::layer_norm_forward(x.numel() / cols, cols, xp, f32_or_null(w, op), f32_or_null(b, op),
+                               static_cast<float>(eps), f32(y, op), f32(mean, op), f32(rstd, op),
+                               stream());
+    });
   }
   void layer_norm_backward(const Tensor& x, const Tensor& w, const Tensor& mean,
                            const Tensor& rstd, const Tensor& grad_y, const Tensor& grad_x,
@@ -247,10 +251,11 @@ class KernelBackend : public Backend {
     const bool param_grads = grad_w.defined() || grad_b.defined();
     Buffer ws(*this, param_grads ? layer_norm_backward_workspace(rows, cols) * sizeof(float) : 0);
     const char* op = "layer_norm";
-    cuda::layer_norm_backward(rows, cols, f32(x, op), f32_or_null(w, op), f32(mean, op),
-                              f32(rstd, op), f32(grad_y, op), f32_or_null(grad_x, op),
-                              f32_or_null(grad_w, op), f32_or_null(grad_b, op), ws.floats(),
-                              stream());
+    with_floats(x, op, [&](const auto* xp) {
+      cuda::layer_norm_backward(rows, cols, xp, f32_or_null(w, op), f32(mean, op), f32(rstd, op),
+                                f32(grad_y, op), f32_or_null(grad_x, op), f32_or_null(grad_w, op),
+                                f32_or_null(grad_b, op), ws.floats(), stream());
+    });
   }
 
   // x and y may be bfloat16 (autocast's activations); statistics and gradients are float32.

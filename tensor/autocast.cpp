@@ -3,6 +3,7 @@
 #include <atomic>
 
 #include "autograd/node.h"
+#include "tensor/backend.h"
 #include "tensor/error.h"
 
 namespace sono {
@@ -47,6 +48,10 @@ DType autocast_result_dtype(const Tensor& operand) {
 
 Tensor float_operand(const Tensor& x) {
   return x.dtype() == DType::bf16 ? x.to(DType::f32) : x;
+}
+
+Tensor native_operand(const Tensor& x) {
+  return backend_of(x).reads_bf16() ? x : float_operand(x);
 }
 
 void set_autocast_activations(AutocastActivations activations) {

@@ -5,9 +5,10 @@
 // accumulate in float32, and return bfloat16 activations (rounded once, after the bias). Those
 // activations are what the next ops read and what backward keeps: half the bytes of float32.
 // GELU, ReLU and training-mode BatchNorm map bfloat16 to bfloat16 (torch runs them in their
-// input's dtype; BatchNorm where the backend has its fused kernels); every other op reads a
-// bfloat16 input as float32 and returns float32, as torch's float32 autocast ops (LayerNorm,
-// softmax, losses) and type promotion (bf16 + fp32) do. Attention, composed of matmul and
+// input's dtype; BatchNorm where the backend has its fused kernels); LayerNorm reads bfloat16
+// as it is (and keeps it for backward) but returns float32, as torch's float32 autocast ops
+// do; every other op widens a bfloat16 input to float32 and returns float32, as those ops
+// (softmax, losses) and type promotion (bf16 + fp32) do. Attention, composed of matmul and
 // softmax, follows them. Parameters, gradients (of bfloat16 activations too) and optimizer
 // state are float32: master weights, rounded per use.
 // On a GPU the products are cuBLAS GemmEx / our conv kernels on bf16 operands. Only the CUDA
@@ -37,6 +38,9 @@ DType autocast_result_dtype(const Tensor& operand);
 // (a cast in the graph, which hands the float32 gradient back unchanged); any other tensor as
 // it is.
 Tensor float_operand(const Tensor& x);
+// x as an op that reads bfloat16 itself (GELU, ReLU, LayerNorm) takes it: as it is where x's
+// backend reads bfloat16 (Backend::reads_bf16), else float_operand(x).
+Tensor native_operand(const Tensor& x);
 
 // The activations that autocast ops return and save: bfloat16 (the default, torch's), or
 // float32 from the same bfloat16 products (rounded operands, float32 results, and float32

@@ -27,6 +27,9 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
+  // Whether the kernels read and write bfloat16 where tensor/autocast.h says (the CUDA
+  // backend's); elsewhere ops widen bfloat16 inputs to float32 first.
+  virtual bool reads_bf16() const { return false; }
 
   virtual void* allocate(size_t nbytes) = 0;
   virtual void deallocate(void* ptr) = 0;

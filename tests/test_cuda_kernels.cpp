@@ -1249,6 +1249,7 @@ TEST_CASE("bf16 activations: ops read bfloat16 as float32, gradients are float32
   CHECK(batch_norm(on_gpu.reshape({3, 1}), Tensor(), Tensor(), Tensor(), Tensor(), true, 0.1, 1e-5)
             .dtype() == DType::bf16);
   CHECK(layer_norm(on_gpu.reshape({1, 3}), Tensor(), Tensor(), 1e-5).dtype() == DType::f32);
+  CHECK(gelu(on_cpu).dtype() == DType::f32);  // the CPU backend widens bfloat16 first
   CHECK(on_gpu.to(DType::f64).to_vector() == std::vector<double>{1.5, -2.0, 3.25});
   CHECK_THROWS_WITH_AS(Tensor::from_vector({1.0}, {1}, DType::bf16),
                        doctest::Contains("cast it with .to(DType::bf16)"), Error);
@@ -1271,11 +1272,36 @@ TEST_CASE("bf16 activations: ops read bfloat16 as float32, gradients are float32
                        doctest::Contains("on bfloat16 not implemented"), Error);
   CHECK_THROWS_WITH_AS(Tensor::zeros({3}, DType::bf16, Device::cuda), doctest::Contains("got bfloat16"),
                        Error);
-  // A LayerNorm kernel (the op widens bfloat16 first) given a bfloat16 input.
-  const Tensor mean = device_empty({1}), rstd = device_empty({1});
-  CHECK_THROWS_WITH_AS(device().layer_norm_forward(on_gpu.reshape({1, 3}), Tensor(), Tensor(), 1e-5,
-                                                   device_empty({1, 3}), mean, rstd),
-                       doctest::Contains("layer_norm on bfloat16 not implemented"), Error);
+  // A softmax kernel (the op widens bfloat16 first) given a bfloat16 input.
+  CHECK_THROWS_WITH_AS(device().softmax_forward(on_gpu.reshape({1, 3}), device_empty({1, 3}), false),
+                       doctest::Contains("softmax on bfloat16 not implemented"), Error);
+}
+
+// LayerNorm reads a bfloat16 x as it is (the exact float32 widening of each value): forward and
+// backward equal, bit for bit, the kernels on the widened float32 copy; rows of 45 and 37
+// columns (not multiples of a warp), 1 to 300 rows.
+TEST_CASE("bf16 activations: LayerNorm reads bfloat16 x as its float32 widening, bit for bit") {
+  EmulatedDevice dev;
+  const Shape shapes[] = {{300, 45}, {1, 37}, {7, 3, 37}};
+  in_each_schedule([&] {
+    for (const Shape& shape : shapes) {
+      INFO("shape " << shape_str(shape));
+      const int64_t cols = shape.back(), rows = shape_numel(shape) / cols;
+      const Tensor x16 = on_device(host(uniform(shape_numel(shape), 103, -3.0, 3.0), shape)).to(DType::bf16);
+      const Tensor gy = on_device(host(uniform(shape_numel(shape), 104), shape)),
+                   w = on_device(host(uniform(cols, 105), {cols})),
+                   b = on_device(host(uniform(cols, 106), {cols}));
+      auto run = [&](const Tensor& x) {
+        std::vector<Tensor> out{device_empty(shape), device_empty({rows}), device_empty({rows}),
+                                device_empty(shape), device_empty({cols}), device_empty({cols})};
+        device().layer_norm_forward(x, w, b, 1e-6, out[0], out[1], out[2]);
+        device().layer_norm_backward(x, w, out[1], out[2], gy, out[3], out[4], out[5]);
+        return out;
+      };
+      const std::vector<Tensor> got = run(x16), want = run(x16.to(DType::f32));
+      for (size_t i = 0; i < got.size(); ++i) CHECK(got[i].to_vector() == want[i].to_vector());
+    }
+  });
 }
 
 // Under bf16 autocast the emulated device's GEMMs and dense convolutions (forward and both

@@ -2,9 +2,12 @@
 // LayerNorm over the last dim of contiguous rows (channels-last): a warp per row. Forward
 // saves mean and rstd; backward gives the input gradient per row and the weight and bias
 // gradients as column sums in two stages (partial sums over chunks of rows, then a sum over
-// the chunks), so any number of rows keeps the GPU busy.
+// the chunks), so any number of rows keeps the GPU busy. x may be bfloat16 (autocast's
+// activations, read as they are: torch's LayerNorm reads them in float32 too); everything else
+// is float32.
 #include <algorithm>
 
+#include "cuda/kernels/bf16.cuh"
 #include "cuda/kernels/reduce.cuh"
 
 namespace sono::cuda {
@@ -13,25 +16,29 @@ inline namespace SONO_KERNEL_TARGET {
 constexpr int kLayerNormWarps = 4;  // rows per block
 
 // weight and bias may be null (1 and 0).
-template <typename T>
-__global__ void layer_norm_forward_kernel(int64_t rows, int64_t cols, const T* x, const T* weight,
-                                          const T* bias, float eps, T* y, T* mean, T* rstd) {
+template <typename X>
+__global__ void layer_norm_forward_kernel(int64_t rows, int64_t cols, const X* x,
+                                          const float* weight, const float* bias, float eps,
+                                          float* y, float* mean, float* rstd) {
   const int lane = threadIdx.x % kWarp;
   SONO_FOR_EACH_WARP_ROW(row, rows) {
-    const T* xr = x + row * cols;
-    T* yr = y + row * cols;
+    const X* xr = x + row * cols;
+    float* yr = y + row * cols;
     float sum = 0.0f;
-    for (int64_t c = lane; c < cols; c += kWarp) sum += xr[c];
+    for (int64_t c = lane; c < cols; c += kWarp) sum += load_float(xr[c]);
     const float mu = warp_sum(sum) / cols;
     float sq = 0.0f;  // two passes: the variance of centred values loses no digits
-    for (int64_t c = lane; c < cols; c += kWarp) sq += (xr[c] - mu) * (xr[c] - mu);
+    for (int64_t c = lane; c < cols; c += kWarp) {
+      const float d = load_float(xr[c]) - mu;
+      sq += d * d;
+    }
     const float r = 1.0f / sqrtf(warp_sum(sq) / cols + eps);
     if (lane == 0) {
       mean[row] = mu;
       rstd[row] = r;
     }
     for (int64_t c = lane; c < cols; c += kWarp) {
-      float v = (xr[c] - mu) * r;
+      float v = (load_float(xr[c]) - mu) * r;
       if (weight) v *= weight[c];
       if (bias) v += bias[c];
       yr[c] = v;
@@ -40,34 +47,36 @@ __global__ void layer_norm_forward_kernel(int64_t rows, int64_t cols, const T* x
 }
 
 // grad_x = rstd (g - mean(g) - xhat mean(g xhat)), g = grad_y * weight.
-template <typename T>
-__global__ void layer_norm_backward_input_kernel(int64_t rows, int64_t cols, const T* x,
-                                                 const T* weight, const T* mean, const T* rstd,
-                                                 const T* grad_y, T* grad_x) {
+template <typename X>
+__global__ void layer_norm_backward_input_kernel(int64_t rows, int64_t cols, const X* x,
+                                                 const float* weight, const float* mean,
+                                                 const float* rstd, const float* grad_y,
+                                                 float* grad_x) {
   const int lane = threadIdx.x % kWarp;
   SONO_FOR_EACH_WARP_ROW(row, rows) {
-    const T* xr = x + row * cols;
-    const T* gr = grad_y + row * cols;
+    const X* xr = x + row * cols;
+    const float* gr = grad_y + row * cols;
     const float mu = mean[row], r = rstd[row];
     float sum_g = 0.0f, sum_gx = 0.0f;
     for (int64_t c = lane; c < cols; c += kWarp) {
       const float g = weight ? gr[c] * weight[c] : gr[c];
       sum_g += g;
-      sum_gx += g * (xr[c] - mu) * r;
+      sum_gx += g * (load_float(xr[c]) - mu) * r;
     }
     const float mean_g = warp_sum(sum_g) / cols, mean_gx = warp_sum(sum_gx) / cols;
     for (int64_t c = lane; c < cols; c += kWarp) {
       const float g = weight ? gr[c] * weight[c] : gr[c];
-      grad_x[row * cols + c] = r * (g - mean_g - (xr[c] - mu) * r * mean_gx);
+      grad_x[row * cols + c] = r * (g - mean_g - (load_float(xr[c]) - mu) * r * mean_gx);
     }
   }
 }
 
 // Block (32, kTileRows) sums grad_y * xhat and grad_y over one chunk of rows for 32 columns.
-template <typename T>
+template <typename X>
 __global__ void layer_norm_param_partial_kernel(int64_t rows, int64_t cols, int64_t chunk_rows,
-                                                const T* x, const T* mean, const T* rstd,
-                                                const T* grad_y, T* partial_w, T* partial_b) {
+                                                const X* x, const float* mean, const float* rstd,
+                                                const float* grad_y, float* partial_w,
+                                                float* partial_b) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kWarp + threadIdx.x;
   const int64_t first = blockIdx.y * chunk_rows;
   const int64_t last = first + chunk_rows < rows ? first + chunk_rows : rows;
@@ -75,7 +84,7 @@ __global__ void layer_norm_param_partial_kernel(int64_t rows, int64_t cols, int6
   if (c < cols) {
     for (int64_t r = first + threadIdx.y; r < last; r += kTileRows) {
       const float g = grad_y[r * cols + c];
-      sum_w += g * (x[r * cols + c] - mean[r]) * rstd[r];
+      sum_w += g * (load_float(x[r * cols + c]) - mean[r]) * rstd[r];
       sum_b += g;
     }
   }
@@ -91,10 +100,11 @@ inline LaunchConfig layer_norm_config(int64_t rows, cudaStream_t stream) {
   return {dim3(grid_blocks(rows, kLayerNormWarps)), dim3(kLayerNormWarps * kWarp), 0, stream};
 }
 
-inline void layer_norm_forward(int64_t rows, int64_t cols, const float* x, const float* weight,
-                               const float* bias, float eps, float* y, float* mean, float* rstd,
-                               cudaStream_t stream) {
-  launch("layer_norm_forward", layer_norm_forward_kernel<float>, layer_norm_config(rows, stream),
+template <typename X>
+void layer_norm_forward(int64_t rows, int64_t cols, const X* x, const float* weight,
+                        const float* bias, float eps, float* y, float* mean, float* rstd,
+                        cudaStream_t stream) {
+  launch("layer_norm_forward", layer_norm_forward_kernel<X>, layer_norm_config(rows, stream),
          rows, cols, x, weight, bias, eps, y, mean, rstd);
 }
 
@@ -108,18 +118,19 @@ inline int64_t layer_norm_backward_workspace(int64_t rows, int64_t cols) {
 }
 
 // Any of grad_x, grad_weight, grad_bias may be null (not wanted); weight may be null (1).
-inline void layer_norm_backward(int64_t rows, int64_t cols, const float* x, const float* weight,
-                                const float* mean, const float* rstd, const float* grad_y,
-                                float* grad_x, float* grad_weight, float* grad_bias,
-                                float* workspace, cudaStream_t stream) {
+template <typename X>
+void layer_norm_backward(int64_t rows, int64_t cols, const X* x, const float* weight,
+                         const float* mean, const float* rstd, const float* grad_y,
+                         float* grad_x, float* grad_weight, float* grad_bias, float* workspace,
+                         cudaStream_t stream) {
   if (grad_x)
-    launch("layer_norm_backward_input", layer_norm_backward_input_kernel<float>,
+    launch("layer_norm_backward_input", layer_norm_backward_input_kernel<X>,
            layer_norm_config(rows, stream), rows, cols, x, weight, mean, rstd, grad_y, grad_x);
   if (!grad_weight && !grad_bias) return;
   const int64_t chunks = layer_norm_param_chunks(rows);
   float* partial_w = workspace;
   float* partial_b = workspace + chunks * cols;
-  launch("layer_norm_param_partial", layer_norm_param_partial_kernel<float>,
+  launch("layer_norm_param_partial", layer_norm_param_partial_kernel<X>,
          {dim3(static_cast<unsigned>(ceil_div(cols, kWarp)), static_cast<unsigned>(chunks)),
           dim3(kWarp, kTileRows), 0, stream},
          rows, cols, ceil_div(rows, chunks), x, mean, rstd, grad_y, partial_w, partial_b);

@@ -63,20 +63,22 @@ Tensor scale_shift(const Tensor& centered, const Tensor& scale, const Tensor& bi
 }  // namespace
 
 Tensor layer_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, double eps) {
-  const Tensor x = float_operand(x_in);
+  // A bfloat16 x (autocast's) is read as it is and kept so for backward; y is float32.
+  const Tensor x = native_operand(x_in);
   SONO_CHECK(x.dim() >= 1 && x.size(-1) > 0, "layer_norm: input ", shape_str(x.shape()),
              " has no last dim to normalise");
   SONO_CHECK(x.dtype() != DType::i64, "layer_norm: int64 input");
   check_affine(weight, bias, x, "layer_norm");
   Tensor xc = x.detach().contiguous();
   const int64_t rows = x.numel() / x.size(-1);
-  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
-  Tensor mu = Tensor::empty({rows}, x.dtype(), x.device());
-  Tensor rstd = Tensor::empty({rows}, x.dtype(), x.device());
+  const DType dtype = compute_dtype(x.dtype());
+  Tensor y = Tensor::empty(x.shape(), dtype, x.device());
+  Tensor mu = Tensor::empty({rows}, dtype, x.device());
+  Tensor rstd = Tensor::empty({rows}, dtype, x.device());
   backend_of(x).layer_norm_forward(xc, weight, bias, eps, y, mu, rstd);
   return autograd::record("layer_norm", y, {x, weight, bias},
                           [xc, weight, bias, mu, rstd, need_x = x.requires_grad()](const Tensor& g) {
-    Tensor gx = empty_like_if(need_x, xc);
+    Tensor gx = need_x ? Tensor::empty(xc.shape(), g.dtype(), g.device()) : Tensor();
     Tensor gw = empty_like_if(weight.defined() && weight.requires_grad(), weight);
     Tensor gb = empty_like_if(bias.defined() && bias.requires_grad(), bias);
     backend_of(g).layer_norm_backward(xc, weight, mu, rstd, g.contiguous(), gx, gw, gb);
