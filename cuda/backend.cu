@@ -130,6 +130,8 @@ class CudaBackend final : public KernelBackend {
   }
 #endif
 
+  void synchronize() override { SONO_CUDA_CHECK(cudaStreamSynchronize(stream())); }
+
   cudaStream_t stream() const override {
     std::call_once(stream_once_, [this] {
       SONO_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));

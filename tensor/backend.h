@@ -31,6 +31,9 @@ class Backend {
   // backend's); elsewhere ops widen bfloat16 inputs to float32 first.
   virtual bool reads_bf16() const { return false; }
 
+  // Waits until the work queued on the device is done (timing; a GPU runs asynchronously).
+  virtual void synchronize() {}
+
   virtual void* allocate(size_t nbytes) = 0;
   virtual void deallocate(void* ptr) = 0;
 

@@ -17,8 +17,7 @@
 // Each model is its own test executable (a few seconds per emulated training step).
 #include <cstdlib>
 
-#include "cuda/emulated/backend.h"
-#include "emulated_device.h"
+#include "test_device.h"
 #include "helpers.h"
 #include "layers/optim.h"
 #include "layers/safetensors.h"
@@ -119,7 +118,7 @@ struct AmpRun {
   std::vector<double> losses;
 };
 
-inline int64_t device_bytes() { return static_cast<int64_t>(cuda::emulated_memory_stats().in_use); }
+inline int64_t device_bytes() { return static_cast<int64_t>(device_memory_stats().in_use); }
 
 inline AmpRun train(const ModelCase& c, AutocastActivations activations, int steps,
                     bool autocast = true) {
@@ -131,12 +130,12 @@ inline AmpRun train(const ModelCase& c, AutocastActivations activations, int ste
   for (int step = 0; step < steps; ++step) {
     optimizer.zero_grad();
     const int64_t before = device_bytes();
-    cuda::reset_emulated_peak_memory();
+    reset_device_peak_memory();
     const Tensor loss = loss_of(s);
     if (step == 0) run.activation_bytes = device_bytes() - before;
     loss.backward();
     if (step == 0) {
-      run.peak_bytes = static_cast<int64_t>(cuda::emulated_memory_stats().peak) - before;
+      run.peak_bytes = static_cast<int64_t>(device_memory_stats().peak) - before;
       for (auto& [name, p] : s.model->named_parameters())
         run.gradients.emplace_back(name, p.grad().to(Device::cpu));
     }
@@ -191,7 +190,7 @@ inline std::string joined(const std::vector<double>& v) {
 }
 
 inline void expect_bf16_activations_train(const ModelCase& c) {
-  EmulatedDevice dev;
+  TestDevice dev;
   const AmpRun float32 = train(c, AutocastActivations::f32, 1, /*autocast=*/false);
   const AmpRun f32 = train(c, AutocastActivations::f32, 1);
   const AmpRun bf16 = train(c, AutocastActivations::bf16, 5);

@@ -13,7 +13,7 @@ TEST_CASE("bf16 autocast: convnext_atto trains on bf16 activations, close gradie
 
 TEST_CASE("bf16 autocast: gradient fingerprints (golden writer)") {
   if (!std::getenv("SONO_WRITE_BF16_GOLDEN")) return;
-  EmulatedDevice dev;
+  TestDevice dev;
   nn::StateDict golden;
   for (const ModelCase* c : {&kConvnext, &kDeeplab}) {
     const AmpRun run = train(*c, AutocastActivations::f32, 5);

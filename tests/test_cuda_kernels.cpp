@@ -12,7 +12,7 @@
 
 #include "cuda/allocator.h"
 #include "cuda/kernel_backend.cuh"
-#include "emulated_device.h"
+#include "test_device.h"
 #include "helpers.h"
 #include "layers/optim.h"
 #include "models/registry.h"
@@ -284,7 +284,7 @@ TEST_CASE("simt: misused barriers and bad launches raise a Fault naming the kern
 // ---- elementwise ------------------------------------------------------------------------------
 
 TEST_CASE("elementwise kernels match the CPU backend (unary, broadcast binary, copy, fill)") {
-  EmulatedDevice dev;
+  TestDevice dev;
   const std::vector<double> xs = uniform(1037, 1, -3.0, 3.0), pos = uniform(1037, 2, 0.05, 4.0);
   const Tensor x = host(xs, {1037}), xp = host(pos, {1037});
   struct Case {
@@ -351,7 +351,7 @@ TEST_CASE("elementwise kernels match the CPU backend (unary, broadcast binary, c
 // gradients also run the bias-gradient column sum. Tolerance 2e-6 (seen 5.5e-7): CUDA's erff
 // and expf are off by a few ulp, the CPU's vectorised float32 erf by up to 1e-6 of GELU's scale.
 TEST_CASE("fused bias + GELU and GELU backward match the CPU backend") {
-  EmulatedDevice dev;
+  TestDevice dev;
   const Shape shapes[] = {{3, 5, 7}, {13, 45}, {1037}};
   in_each_schedule([&] {
     for (const Shape& shape : shapes) {
@@ -382,7 +382,7 @@ TEST_CASE("fused bias + GELU and GELU backward match the CPU backend") {
 // ---- reductions -------------------------------------------------------------------------------
 
 TEST_CASE("reduce kernels match the CPU backend, per-thread and per-block paths") {
-  EmulatedDevice dev;
+  TestDevice dev;
   const Tensor x = host(uniform(3 * 5 * 7 * 37, 11), {3, 5, 7, 37});
   const Tensor wide = host(uniform(40 * 600, 12), {40, 600});  // 600 outputs, coalesced
   const Tensor narrow = host(uniform(100 * 5, 13), {100, 5});  // 5 to a row: per-thread
@@ -414,7 +414,7 @@ TEST_CASE("reduce kernels match the CPU backend, per-thread and per-block paths"
 // ---- softmax ----------------------------------------------------------------------------------
 
 TEST_CASE("softmax and log-softmax (warp per row, online max/sum) forward and backward") {
-  EmulatedDevice dev;
+  TestDevice dev;
   const int64_t shapes[][2] = {{1, 1}, {7, 5}, {37, 31}, {5, 32}, {9, 33}, {3, 100}, {2, 1000}};
   in_each_schedule([&] {
     for (auto [rows, cols] : shapes) {
@@ -490,7 +490,7 @@ LayerNormReference layer_norm_reference(const std::vector<double>& x, const std:
 }
 
 TEST_CASE("layer norm (warp per row) forward and backward with weight and bias gradients") {
-  EmulatedDevice dev;
+  TestDevice dev;
   const int64_t shapes[][2] = {{1, 5}, {3, 32}, {67, 37}, {150, 100}, {6, 300}};
   const double eps = 1e-6;
   in_each_schedule([&] {
@@ -566,7 +566,7 @@ void expect_bf16_rounding(const std::string& kernel, const Tensor& got, const Te
 // of the parameters (sums of the same length). A bfloat16 input (autocast's) gives the float32
 // result rounded once.
 TEST_CASE("batch norm (fused, channels last) forward, running stats and gradients") {
-  EmulatedDevice dev;
+  TestDevice dev;
   const Shape shapes[] = {{5, 7, 3, 37}, {2, 70, 131, 3}, {4, 1, 1, 40}};
   in_each_schedule([&] {
     for (const Shape& shape : shapes) {
@@ -643,7 +643,7 @@ ConvReference depthwise_reference(const k::DepthwiseGeometry& g, const std::vect
 }
 
 TEST_CASE("depthwise conv NHWC (3x3, 7x7, dilated, strided, generic) forward and both gradients") {
-  EmulatedDevice dev;
+  TestDevice dev;
   struct Case {
     int64_t n, h, w, c, kh, kw, stride, padding, dilation;
   };
@@ -747,7 +747,7 @@ ConvOutputs implicit_gemm_conv(const Conv2dGeometry& g, const std::vector<double
 }
 
 TEST_CASE("dense, grouped and atrous conv (implicit GEMM) match the CPU backend in float64") {
-  EmulatedDevice dev;
+  TestDevice dev;
   // Channel counts straddle the 64-wide tile and the 16-deep step; batch 1 and 3; odd sizes.
   const ConvCase cases[] = {
       {"3x3", 1, 9, 11, 5, 7, 3, 3, 1, 1, 1, 1},
@@ -825,7 +825,7 @@ std::vector<double> resize_reference(const k::ResizeGeometry& g, const std::vect
 }
 
 TEST_CASE("bilinear resize NHWC, both align_corners, forward and backward") {
-  EmulatedDevice dev;
+  TestDevice dev;
   const int64_t sizes[][4] = {
       {5, 7, 9, 13}, {9, 13, 4, 5}, {6, 6, 6, 6}, {1, 3, 4, 7}, {8, 8, 32, 32}};
   in_each_schedule([&] {
@@ -867,7 +867,7 @@ constexpr uint32_t kTorchAdamW[16] = {0xbe9929afu, 0xbe4d0f78u, 0xbdc9866fu, 0xb
                                       0x3e4c7a66u, 0x3e9a6354u, 0xbe9abc52u, 0xbe4a96d5u};
 
 TEST_CASE("AdamW: a multi-tensor step is torch.optim.AdamW to the bit") {
-  EmulatedDevice dev;
+  TestDevice dev;
   in_each_schedule([&] {
     std::vector<double> p0(64), zeros(64, 0.0);
     for (int i = 0; i < 64; ++i) p0[i] = ((i % 7) - 3) / 10.0;
@@ -899,7 +899,7 @@ TEST_CASE("AdamW: one multi-tensor launch steps every parameter as the CPU backe
   std::vector<k::AdamWTensor> shapes;
   for (int64_t n : sizes) shapes.push_back({nullptr, nullptr, nullptr, nullptr, n, 1});
   CHECK(k::adamw_chunks(shapes, lr, beta1, beta2).size() == 1 + 1 + 1 + 1 + 1 + 4);
-  EmulatedDevice dev;
+  TestDevice dev;
   in_each_schedule([&] {
     std::vector<Backend::AdamWParam> cpu, cuda;
     for (size_t i = 0; i < sizes.size(); ++i) {
@@ -974,7 +974,7 @@ TEST_CASE("fused attention (online softmax over key tiles) matches softmax(q k^T
 // recomputes the composition; 130 dims fall back to the composition. Output and gradients
 // against the CPU's composed float64, on MiT-like shapes (few keys) and odd ones.
 TEST_CASE("attention op on the device: fused forward without the scores, gradients recomputed") {
-  EmulatedDevice dev;
+  TestDevice dev;
   const Shape shapes[][2] = {{{2, 2, 37, 32}, {2, 2, 45, 32}},
                              {{1, 1, 300, 64}, {1, 1, 9, 64}},
                              {{1, 2, 70, 130}, {1, 2, 33, 130}}};
@@ -993,11 +993,11 @@ TEST_CASE("attention op on the device: fused forward without the scores, gradien
     const int64_t scores_bytes = q_shape[0] * q_shape[1] * q_shape[2] * kv_shape[2] * 4;
     std::vector<Tensor> got{on_device(q).requires_grad_(), on_device(k).requires_grad_(),
                             on_device(v).requires_grad_()};
-    const int64_t before = static_cast<int64_t>(cuda::emulated_memory_stats().in_use);
-    cuda::reset_emulated_peak_memory();
+    const int64_t before = static_cast<int64_t>(device_memory_stats().in_use);
+    reset_device_peak_memory();
     const Tensor got_out = scaled_dot_product_attention(got[0], got[1], got[2]);
     // What the forward held beyond its output.
-    const int64_t forward_extra = static_cast<int64_t>(cuda::emulated_memory_stats().peak) -
+    const int64_t forward_extra = static_cast<int64_t>(device_memory_stats().peak) -
                                   before - got_out.numel() * 4;
     MESSAGE("forward held " << forward_extra << " bytes beside its output; scores " << scores_bytes);
     CHECK((forward_extra < scores_bytes) == fused);
@@ -1044,7 +1044,7 @@ double max_abs(const Tensor& t) {
 // (every ASPP branch normalises its conv of it with BatchNorm, which cancels a shift).
 void expect_model_matches_cpu(const std::string& name, const models::ModelOptions& options,
                               const Shape& input, double tol) {
-  EmulatedDevice dev;
+  TestDevice dev;
   manual_seed(1);
   auto model = models::create_model(name, options);
   Generator gen(2);
@@ -1119,7 +1119,7 @@ std::vector<uint16_t> bf16_bits(const Tensor& t) {
 // a warp, over ties (to even, up and down), values past the largest bfloat16 (to inf), subnormals,
 // signed zeros, infinities and NaNs (quiet, sign kept). Both must also equal bf16_reference.
 TEST_CASE("bf16 storage: the device cast equals the CPU's on odd sizes, ties, inf and NaN") {
-  EmulatedDevice dev;
+  TestDevice dev;
   const float special[] = {1.0f + 0x1p-8f,   1.0f + 0x3p-8f, -(1.0f + 0x1p-8f), 1.0f + 0x1.02p-8f,
                            -(1.0f + 0x3p-8f), 0x1.fep127f,   FLT_MAX,           -FLT_MAX,
                            0x1p-140f,         0x1.8p-133f,   -0.0f,             0.0f,
@@ -1152,7 +1152,7 @@ TEST_CASE("bf16 storage: the device cast equals the CPU's on odd sizes, ties, in
 // Copies of autocast's activations: the strided copy kernel converts to, from and between
 // bfloat16 on views (a permute, a slice, a broadcast), bit for bit as the CPU backend does.
 TEST_CASE("bf16 activations: strided copies to, from and between bfloat16 equal the CPU's") {
-  EmulatedDevice dev;
+  TestDevice dev;
   const Tensor x = host(uniform(3 * 5 * 7, 94, -50.0, 50.0), {3, 5, 7});
   const Tensor x16 = x.to(DType::bf16);
   in_each_schedule([&] {
@@ -1181,7 +1181,7 @@ TEST_CASE("bf16 activations: strided copies to, from and between bfloat16 equal 
 // CPU's float32 kernel on the same input values, then rounded; rows of 7 and 45 columns (not
 // multiples of a warp) and a plain GELU without bias. GELU's backward reads a bfloat16 input too.
 TEST_CASE("bf16 activations: bias + GELU, bias add and GELU backward read and write bfloat16") {
-  EmulatedDevice dev;
+  TestDevice dev;
   const Shape shapes[] = {{3, 5, 7}, {13, 45}, {1037}};
   in_each_schedule([&] {
     for (const Shape& shape : shapes) {
@@ -1235,7 +1235,7 @@ TEST_CASE("bf16 activations: bias + GELU, bias add and GELU backward read and wr
 // others compute in float32 and return float32, with float32 gradients flowing back to the
 // bfloat16 tensor's producer. Kernels that do not take bfloat16 say so when called directly.
 TEST_CASE("bf16 activations: ops read bfloat16 as float32, gradients are float32") {
-  EmulatedDevice dev;
+  TestDevice dev;
   const Tensor x = host({1.5, -2.0, 3.25}, {3});
   const Tensor on_cpu = x.to(DType::bf16), on_gpu = on_device(x).to(DType::bf16);
   CHECK(on_gpu.to_vector() == std::vector<double>{1.5, -2.0, 3.25});
@@ -1281,7 +1281,7 @@ TEST_CASE("bf16 activations: ops read bfloat16 as float32, gradients are float32
 // backward equal, bit for bit, the kernels on the widened float32 copy; rows of 45 and 37
 // columns (not multiples of a warp), 1 to 300 rows.
 TEST_CASE("bf16 activations: LayerNorm reads bfloat16 x as its float32 widening, bit for bit") {
-  EmulatedDevice dev;
+  TestDevice dev;
   const Shape shapes[] = {{300, 45}, {1, 37}, {7, 3, 37}};
   in_each_schedule([&] {
     for (const Shape& shape : shapes) {
@@ -1309,7 +1309,7 @@ TEST_CASE("bf16 activations: LayerNorm reads bfloat16 x as its float32 widening,
 // float64 conv and matmul of rounded values, within the float32 tolerances of the conv test above.
 // Without the rounding the same results are off by far more, so the check sees the flag.
 TEST_CASE("bf16 autocast: GEMMs and convs on the emulated device multiply bf16-rounded operands") {
-  EmulatedDevice dev;
+  TestDevice dev;
   CHECK_THROWS_WITH_AS(Autocast(Device::cpu), doctest::Contains("CPU backend computes in float32"),
                        Error);
   const ConvCase cases[] = {
@@ -1353,7 +1353,7 @@ TEST_CASE("bf16 autocast: GEMMs and convs on the emulated device multiply bf16-r
 // dense conv and a depthwise one with bias, and a pointwise one without. The input gradient
 // under autocast is float32.
 TEST_CASE("bf16 autocast: linear, matmul and conv ops return their float32 results rounded once") {
-  EmulatedDevice dev;
+  TestDevice dev;
   const auto xs = uniform(2 * 5 * 33, 86), ws = uniform(70 * 33, 87), bs = uniform(70, 88);
   const Tensor x64 = host(bf16_rounded(xs), {2, 5, 33}, DType::f64),
                w64 = host(bf16_rounded(ws), {70, 33}, DType::f64), b64 = host(bs, {70}).to(DType::f64);
@@ -1410,7 +1410,7 @@ TEST_CASE("bf16 autocast: linear, matmul and conv ops return their float32 resul
 // largest logit; the tolerance is 2e-2. Then AdamW steps under autocast (fp32 master weights
 // and moments) must bring the loss down.
 TEST_CASE("bf16 autocast: convnext_atto forward near the CPU's float32, and it trains") {
-  EmulatedDevice dev;
+  TestDevice dev;
   manual_seed(1);
   auto model = models::create_model("convnext_atto", {.in_channels = 4, .num_classes = 3});
   Generator gen(2);

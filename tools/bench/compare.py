@@ -75,7 +75,8 @@ def common_flags(config, args):
     model, size, batch, mode = config
     return ["--model", model, "--size", str(size), "--batch", str(batch), "--mode", mode,
             "--warmup", str(args.warmup), "--repeats", str(args.repeats),
-            "--threads", str(args.threads)] + (["--profile-kernels"] if args.profile else [])
+            "--threads", str(args.threads), "--device", args.device, "--amp", args.amp] + (
+                ["--profile-kernels"] if args.profile else [])
 
 
 def faster(a, b):
@@ -112,7 +113,7 @@ def fmt(value, width, decimals):
 
 MODEL_HEADER = (f"{'model':<14}{'size':>5}{'batch':>6} {'mode':<6}{'ours ms':>10}{'torch ms':>10}"
                 f"{'ratio':>7}{'ours img/s':>11}{'torch img/s':>12}{'ours MiB':>10}"
-                f"{'torch MiB':>10}{'mem ratio':>10}{'engine MiB':>11}")
+                f"{'torch MiB':>10}{'mem ratio':>10}{'engine MiB':>11}{'torch eng MiB':>14}")
 
 
 def model_row(config, ours, torch):
@@ -123,7 +124,7 @@ def model_row(config, ours, torch):
            f"{fmt(ours.get('images_per_s'), 11, 2)}{fmt(torch.get('images_per_s'), 12, 2)}"
            f"{fmt(ours.get('rss_delta_mib'), 10, 0)}{fmt(torch.get('rss_delta_mib'), 10, 0)}"
            f"{ratio(ours.get('rss_delta_mib'), torch.get('rss_delta_mib'), 10)}"
-           f"{fmt(ours.get('engine_peak_mib'), 11, 0)}")
+           f"{fmt(ours.get('engine_peak_mib'), 11, 0)}{fmt(torch.get('engine_peak_mib'), 14, 0)}")
     errors = [f"  {side}: {r['error']}" for side, r in (("ours", ours), ("torch", torch))
               if "error" in r]
     return "\n".join([row] + errors)
@@ -215,6 +216,10 @@ def parse_args(argv):
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: both sides on the GPU; 'engine MiB' is then each allocator's peak")
+    parser.add_argument("--amp", choices=["off", "bf16"], default="off",
+                        help="bf16: our --amp bf16 beside torch.autocast(dtype=torch.bfloat16)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="runs per side and config (kernels: repetitions); the best is kept")
     parser.add_argument("--quiet-wait", type=float, default=120,

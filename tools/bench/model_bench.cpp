@@ -15,8 +15,14 @@
 #include "models/registry.h"
 #include "tensor/cpu/cpu_backend.h"
 #include "tensor/ops.h"
+#include "tensor/autocast.h"
 #include "tools/app/cli.h"
+#include "tools/app/runtime.h"
 #include "tools/bench/kernel_timer.h"
+#include "cuda/emulated/backend.h"
+#ifdef SONO_HAVE_CUDA
+#include "cuda/backend.h"
+#endif
 
 namespace {
 
@@ -28,6 +34,8 @@ struct Config {
   std::string model;
   int64_t size, batch, in_channels, classes;
   bool train;
+  Device device;
+  std::string amp;
   int64_t warmup, repeats, threads;
   bool profile_kernels;
 };
@@ -37,8 +45,20 @@ struct Batch {
   Tensor target;  // segmentation: mask [N, S, S, 1] of 0/1; classification: int64 labels [N]
 };
 
-double elapsed_s(Clock::time_point since) {
+// Seconds since `since`, once the device has done the work queued so far.
+double elapsed_s(Clock::time_point since, Device device) {
+  backend(device).synchronize();
   return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+// The engine's own peak of tensor bytes on the device (the GPU's, or the emulated one's under
+// SONO_CUDA_EMULATOR=1).
+double engine_peak_mib(Device device) {
+  if (device == Device::cpu) return cpu::memory_stats().peak_bytes / 1048576.0;
+#ifdef SONO_HAVE_CUDA
+  if (&backend(Device::cuda) != &cuda::emulated_backend()) return cuda::memory_stats().peak / 1048576.0;
+#endif
+  return cuda::emulated_memory_stats().peak / 1048576.0;
 }
 
 // A field of /proc/self/status (VmRSS, VmHWM) in MiB; torch_bench.py reads the same fields.
@@ -70,7 +90,7 @@ Batch synthetic_batch(const Config& c, models::Task task) {
     for (int64_t i = 0; i < c.batch; ++i) labels[i] = i % c.classes;
     b.target = Tensor::from_labels(labels);
   }
-  return b;
+  return {b.images.to(c.device), b.target.to(c.device)};
 }
 
 // What the training tools minimise: BCE + soft Dice for masks, cross-entropy for classes.
@@ -93,17 +113,17 @@ std::vector<double> run_step(const Config& c, models::Task task, nn::UnaryModule
   if (!c.train) {
     autograd::NoGradGuard no_grad;
     model.forward(batch.images);
-    return {elapsed_s(start)};
+    return {elapsed_s(start, c.device)};
   }
   model.zero_grad();
   Tensor loss = loss_of(task, model.forward(batch.images), batch.target);
-  double forward = elapsed_s(start);
+  double forward = elapsed_s(start, c.device);
   start = Clock::now();
   loss.backward();
-  double backward = elapsed_s(start);
+  double backward = elapsed_s(start, c.device);
   start = Clock::now();
   optimizer.step();
-  return {forward, backward, elapsed_s(start)};
+  return {forward, backward, elapsed_s(start, c.device)};
 }
 
 // Kernel totals per step, most expensive first.
@@ -125,6 +145,7 @@ json run_config(const Config& c) {
   double rss_base = proc_status_mib("VmRSS");
   const models::ModelEntry& entry = models::find_model(c.model);
   auto model = entry.build({c.in_channels, c.classes, 0.0});
+  model->to(c.device);
   model->train(c.train);
   Batch batch = synthetic_batch(c, entry.task);
   // One group with decay on every parameter, as torch_bench's AdamW(model.parameters()).
@@ -147,6 +168,7 @@ json run_config(const Config& c) {
   json out = {{"impl", "sono"},          {"model", c.model},
               {"img_size", c.size},      {"batch", c.batch},
               {"mode", c.train ? "train" : "infer"},
+              {"device", device_name(c.device)}, {"amp", c.amp},
               {"threads", c.threads},    {"warmup", c.warmup},
               {"repeats", c.repeats},    {"params", model->num_parameters()},
               {"median_ms", 1e3 * step_s},
@@ -156,13 +178,13 @@ json run_config(const Config& c) {
               {"phase_ms", phase_ms},    {"rss_base_mib", rss_base},
               {"rss_peak_mib", proc_status_mib("VmHWM")},
               {"rss_delta_mib", proc_status_mib("VmHWM") - rss_base},
-              {"engine_peak_mib", cpu::memory_stats().peak_bytes / 1048576.0}};
+              {"engine_peak_mib", engine_peak_mib(c.device)}};
   if (c.profile_kernels) {
     // Steps are timed again here: beside the kernel sum they show the op and autograd overhead.
     bench::KernelTimer timer;
     auto start = Clock::now();
     for (int64_t i = 0; i < c.repeats; ++i) run_step(c, entry.task, *model, optimizer, batch);
-    out["profiled_mean_ms"] = 1e3 * elapsed_s(start) / c.repeats;
+    out["profiled_mean_ms"] = 1e3 * elapsed_s(start, c.device) / c.repeats;
     out["kernels"] = kernel_profile(timer, c.repeats);
   }
   return out;
@@ -185,6 +207,11 @@ Config parse_config(const app::Cli& cli) {
   SONO_CHECK(c.repeats >= 1, "--repeats must be at least 1");
   c.threads = cli.is_set("threads") ? cli.integer("threads") : omp_get_max_threads();
   c.profile_kernels = cli.is_set("profile-kernels");
+  c.device = app::select_device(cli.str("device"));
+  c.amp = cli.str("amp");
+  SONO_CHECK(!c.profile_kernels || c.device == Device::cpu,
+             "--profile-kernels times the CPU backend's kernels only");
+  set_autocast(c.device, parse_precision(c.amp));
   return c;
 }
 
@@ -201,6 +228,8 @@ int main(int argc, char** argv) {
       .option("warmup", "2", "untimed steps first")
       .option("repeats", "5", "timed steps; the median is reported")
       .option("threads", "", "OpenMP threads (default: OpenMP's own default)")
+      .option("device", "cpu", "cpu or cuda")
+      .option("amp", "off", "off, or bf16 (autocast on the device; cuda only)")
       .flag("profile-kernels", "after timing, run the repeats again timing every kernel");
   json line;
   int status = 0;

@@ -5,7 +5,10 @@ per process (compare.py does), so that the peak RSS belongs to that config alone
 
 Models: "mit_*" is smp.DeepLabV3Plus on that encoder, "convnext_*" is timm's ConvNeXt. Tensors
 and the model are channels_last (the layout our engine uses), torch.set_num_threads as given.
+--device cuda runs on the GPU (timings after torch.cuda.synchronize(), and the allocator's peak
+beside RSS); --amp bf16 wraps forward and loss in torch.autocast(dtype=torch.bfloat16).
 """
+import contextlib
 import argparse
 import json
 import os
@@ -60,20 +63,28 @@ def loss_of(segmentation, logits, target, F):
 
 def run_step(args, model, optimizer, images, target, torch, F):
     """Seconds per phase: forward (with loss), backward, optimizer; or forward only."""
+    def elapsed(since):
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - since
+
+    amp = (torch.autocast(args.device, dtype=torch.bfloat16) if args.amp == "bf16"
+           else contextlib.nullcontext())
     start = time.perf_counter()
     if args.mode == "infer":
-        with torch.no_grad():
+        with torch.no_grad(), amp:
             model(images)
-        return [time.perf_counter() - start]
+        return [elapsed(start)]
     optimizer.zero_grad()
-    loss = loss_of(is_segmentation(args.model), model(images), target, F)
-    forward = time.perf_counter() - start
+    with amp:
+        loss = loss_of(is_segmentation(args.model), model(images), target, F)
+    forward = elapsed(start)
     start = time.perf_counter()
     loss.backward()
-    backward = time.perf_counter() - start
+    backward = elapsed(start)
     start = time.perf_counter()
     optimizer.step()
-    return [forward, backward, time.perf_counter() - start]
+    return [forward, backward, elapsed(start)]
 
 
 def run_config(args):
@@ -84,9 +95,9 @@ def run_config(args):
     rss_base = proc_status_mib("VmRSS")
     torch.manual_seed(0)
     model = build_model(args.model, args.in_channels, args.classes)
-    model = model.to(memory_format=torch.channels_last).train(args.mode == "train")
+    model = model.to(args.device, memory_format=torch.channels_last).train(args.mode == "train")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
-    images, target = synthetic_batch(args, torch)
+    images, target = (t.to(args.device) for t in synthetic_batch(args, torch))
 
     for _ in range(args.warmup):
         run_step(args, model, optimizer, images, target, torch, F)
@@ -98,7 +109,8 @@ def run_config(args):
     rss_peak = proc_status_mib("VmHWM")
     line = {
         "impl": "torch", "model": args.model, "img_size": args.size, "batch": args.batch,
-        "mode": args.mode, "threads": args.threads, "warmup": args.warmup,
+        "mode": args.mode, "device": args.device, "amp": args.amp,
+        "threads": args.threads, "warmup": args.warmup,
         "repeats": args.repeats, "params": sum(p.numel() for p in model.parameters()),
         "median_ms": 1e3 * step_s, "min_ms": 1e3 * min(totals),
         "step_ms": [1e3 * t for t in totals],
@@ -108,6 +120,8 @@ def run_config(args):
         "rss_base_mib": rss_base, "rss_peak_mib": rss_peak, "rss_delta_mib": rss_peak - rss_base,
         "torch": torch.__version__,
     }
+    if args.device == "cuda":
+        line["engine_peak_mib"] = torch.cuda.max_memory_allocated() / 1048576.0
     if args.profile_kernels:
         line.update(profile_ops(args, model, optimizer, images, target, torch, F))
     return line
@@ -138,6 +152,8 @@ def parse_args(argv):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--amp", choices=["off", "bf16"], default="off")
     parser.add_argument("--profile-kernels", action="store_true",
                         help="after timing, run the repeats again under torch.profiler")
     args = parser.parse_args(argv)

@@ -1,0 +1,71 @@
+#pragma once
+// The CUDA device the CUDA tests run on. By default the emulated one (cuda/emulated: our kernels
+// compiled for the host and run by the SIMT emulator over host memory), so that every machine
+// runs them. With SONO_TEST_DEVICE=gpu, in a CUDA build on a machine with a GPU, the real one:
+// every test that goes through the Backend (ops, kernels' entry points, whole models) then
+// checks the kernels on silicon against the CPU; the tests that launch kernels on host memory
+// directly (the emulator's own rules, some launchers) stay on the emulator.
+#include <cstdlib>
+#include <string>
+
+#include "cuda/emulated/backend.h"
+#include "tensor/backend.h"
+#ifdef SONO_HAVE_CUDA
+#include "cuda/backend.h"
+#endif
+
+namespace sono::test {
+
+inline bool on_real_gpu() {
+  const char* device = std::getenv("SONO_TEST_DEVICE");
+  return device && std::string(device) == "gpu";
+}
+
+// Makes Device::cuda the test device for a test's duration.
+class TestDevice {
+ public:
+  TestDevice() {
+    if (on_real_gpu()) {
+#ifdef SONO_HAVE_CUDA
+      SONO_CHECK(cuda::device_count() > 0, "SONO_TEST_DEVICE=gpu: no usable GPU on this machine");
+      return;
+#else
+      fail("SONO_TEST_DEVICE=gpu: this build has no CUDA backend (no nvcc at configure time)");
+#endif
+    }
+    try {
+      previous_ = &backend(Device::cuda);
+    } catch (const Error&) {
+    }
+    register_backend(Device::cuda, &cuda::emulated_backend());
+    registered_ = true;
+  }
+  ~TestDevice() {
+    if (registered_) register_backend(Device::cuda, previous_);
+  }
+  TestDevice(const TestDevice&) = delete;
+  TestDevice& operator=(const TestDevice&) = delete;
+
+ private:
+  Backend* previous_ = nullptr;
+  bool registered_ = false;
+};
+
+// The test device's memory: bytes in use and peak (after the queued work), and a peak reset.
+inline cuda::MemoryStats device_memory_stats() {
+#ifdef SONO_HAVE_CUDA
+  if (on_real_gpu()) {
+    cuda::synchronize();
+    return cuda::memory_stats();
+  }
+#endif
+  return cuda::emulated_memory_stats();
+}
+inline void reset_device_peak_memory() {
+#ifdef SONO_HAVE_CUDA
+  if (on_real_gpu()) return cuda::reset_peak_memory();
+#endif
+  cuda::reset_emulated_peak_memory();
+}
+
+}  // namespace sono::test
