@@ -470,8 +470,8 @@ class KernelBackend : public Backend {
   // the kernel rounds to bfloat16 as it loads tiles while autocast is on.
   template <typename F>
   static void with_activation(const Tensor& x, F&& f) {
-    if (x.dtype() == DType::bf16) f(static_cast<const bfloat16*>(bf16_data(x, "conv2d")), true);
-    else f(static_cast<const float*>(f32(x, "conv2d")), bf16_autocast());
+    const bool bf16 = x.dtype() == DType::bf16 || bf16_autocast();
+    with_floats(x, "conv2d", [&](const auto* xp) { f(xp, bf16); });
   }
 
   static AdamWTensor adamw_tensor(const AdamWParam& p) {

@@ -33,6 +33,15 @@ Tensor empty_like_if(bool wanted, const Tensor& t) {
   return wanted ? Tensor::empty(t.shape(), t.dtype(), t.device()) : Tensor();
 }
 
+// What a fused norm's backward kernel fills: the input's gradient (of g's dtype, x's shape),
+// the weight's and the bias's, each allocated where wanted and undefined elsewhere.
+std::vector<Tensor> norm_grads(bool need_x, const Tensor& x, const Tensor& g, const Tensor& weight,
+                               const Tensor& bias) {
+  return {need_x ? Tensor::empty(x.shape(), g.dtype(), g.device()) : Tensor(),
+          empty_like_if(weight.defined() && weight.requires_grad(), weight),
+          empty_like_if(bias.defined() && bias.requires_grad(), bias)};
+}
+
 // Blends `batch` into the running buffer in place: running = (1 - m) running + m batch.
 void update_running(const Tensor& running, const Tensor& batch, double momentum) {
   Tensor blended = add(mul(running.to(batch.dtype()), 1.0 - momentum), mul(batch, momentum));
@@ -78,11 +87,10 @@ Tensor layer_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, 
   backend_of(x).layer_norm_forward(xc, weight, bias, eps, y, mu, rstd);
   return autograd::record("layer_norm", y, {x, weight, bias},
                           [xc, weight, bias, mu, rstd, need_x = x.requires_grad()](const Tensor& g) {
-    Tensor gx = need_x ? Tensor::empty(xc.shape(), g.dtype(), g.device()) : Tensor();
-    Tensor gw = empty_like_if(weight.defined() && weight.requires_grad(), weight);
-    Tensor gb = empty_like_if(bias.defined() && bias.requires_grad(), bias);
-    backend_of(g).layer_norm_backward(xc, weight, mu, rstd, g.contiguous(), gx, gw, gb);
-    return std::vector<Tensor>{gx, gw, gb};
+    std::vector<Tensor> grads = norm_grads(need_x, xc, g, weight, bias);
+    backend_of(g).layer_norm_backward(xc, weight, mu, rstd, g.contiguous(), grads[0], grads[1],
+                                      grads[2]);
+    return grads;
   });
 }
 
@@ -103,11 +111,10 @@ Tensor fused_batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bia
   backend_of(x).batch_norm_forward(xc, weight, bias, eps, y, mean, var, inv_std);
   return autograd::record("batch_norm", y, {x, weight, bias},
                           [xc, weight, bias, mean, inv_std, need_x = x.requires_grad()](const Tensor& g) {
-    Tensor gx = need_x ? Tensor::empty(xc.shape(), g.dtype(), g.device()) : Tensor();
-    Tensor gw = empty_like_if(weight.defined() && weight.requires_grad(), weight);
-    Tensor gb = empty_like_if(bias.defined() && bias.requires_grad(), bias);
-    backend_of(g).batch_norm_backward(xc, weight, mean, inv_std, g.contiguous(), gx, gw, gb);
-    return std::vector<Tensor>{gx, gw, gb};
+    std::vector<Tensor> grads = norm_grads(need_x, xc, g, weight, bias);
+    backend_of(g).batch_norm_backward(xc, weight, mean, inv_std, g.contiguous(), grads[0],
+                                      grads[1], grads[2]);
+    return grads;
   });
 }
 
