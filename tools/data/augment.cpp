@@ -13,6 +13,14 @@ AugmentOptions AugmentOptions::none() {
           .translate = 0, .brightness = 0, .contrast = 0};
 }
 
+AugmentOptions AugmentOptions::ultrasound() {
+  AugmentOptions o;
+  o.contrast = 0.2;
+  o.gamma = 0.3;
+  o.speckle = 0.15;
+  return o;
+}
+
 namespace {
 
 struct Mat2 {
@@ -84,14 +92,29 @@ void warp(const Image& image, const Mask& mask, const Affine& map, Image& out_im
 }
 
 Photometric draw_photometric(const AugmentOptions& o, Generator& gen) {
-  double brightness = uniform(gen, -o.brightness, o.brightness);
-  double contrast = 1 + uniform(gen, -o.contrast, o.contrast);
-  return {brightness, contrast};
+  Photometric p;
+  p.brightness = uniform(gen, -o.brightness, o.brightness);
+  p.contrast = 1 + uniform(gen, -o.contrast, o.contrast);
+  p.gamma = std::exp(uniform(gen, -o.gamma, o.gamma));
+  p.speckle = o.speckle;
+  p.speckle_seed = gen.next();
+  return p;
 }
 
 void apply_photometric(Image& image, const Photometric& p) {
-  for (float& v : image.pixels)
-    v = std::clamp(static_cast<float>(p.contrast * v + p.brightness), 0.0f, 1.0f);
+  for (float& v : image.pixels) {
+    double jittered = std::clamp(p.contrast * v + p.brightness, 0.0, 1.0);
+    v = static_cast<float>(p.gamma == 1 ? jittered : std::pow(jittered, p.gamma));
+  }
+  if (p.speckle <= 0) return;
+  Generator noise(p.speckle_seed);
+  // One factor per pixel, shared by its channels: speckle is in the echo, not in a colour.
+  const size_t channels = static_cast<size_t>(image.channels);
+  for (size_t i = 0; i < image.pixels.size(); i += channels) {
+    double factor = 1 + p.speckle * noise.normal();
+    for (size_t c = i; c < i + channels; ++c)
+      image.pixels[c] = static_cast<float>(std::clamp(image.pixels[c] * factor, 0.0, 1.0));
+  }
 }
 
 void augment(Image& image, Mask& mask, const AugmentOptions& o, Generator& gen) {

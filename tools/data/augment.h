@@ -16,8 +16,15 @@ struct AugmentOptions {
   double translate = 0.05;  // per axis, uniform in [-t, t] times the side
   double brightness = 0.1;  // added, uniform in [-b, b] (images are 0..1)
   double contrast = 0.1;    // factor 1 + uniform in [-c, c]
+  // Ultrasound's own variation (off here, on in ultrasound()): the gain curve, v -> v^gamma
+  // with log(gamma) uniform in [-g, g], and speckle, multiplicative noise v * (1 + s N(0, 1))
+  // per pixel, applied after brightness and contrast.
+  double gamma = 0;
+  double speckle = 0;
 
   static AugmentOptions none();
+  // The default chain plus gamma 0.3, speckle 0.15 and stronger contrast (0.2).
+  static AugmentOptions ultrasound();
 };
 
 // Output pixel (x, y) samples the source at (a x + b y + c, d x + e y + f).
@@ -34,10 +41,12 @@ Affine draw_geometry(const AugmentOptions& options, int height, int width, Gener
 void warp(const Image& image, const Mask& mask, const Affine& map, Image& out_image, Mask& out_mask);
 
 struct Photometric {
-  double brightness = 0, contrast = 1;
+  double brightness = 0, contrast = 1, gamma = 1, speckle = 0;
+  uint64_t speckle_seed = 0;  // the noise field's seed
 };
 Photometric draw_photometric(const AugmentOptions& options, Generator& gen);
-// v -> clamp(contrast * v + brightness, 0, 1), as albumentations' RandomBrightnessContrast.
+// v -> clamp(contrast * v + brightness, 0, 1), as albumentations' RandomBrightnessContrast,
+// then v^gamma, then the speckle (clamped to 0..1 again).
 void apply_photometric(Image& image, const Photometric& p);
 
 // The whole chain: geometry, then photometric jitter.

@@ -104,4 +104,29 @@ double fit_temperature(const Rows& logits, const std::vector<int>& labels) {
   return 2 / (lo + hi);
 }
 
+void ProbabilityRecord::add_batch(const Tensor& probabilities, const Tensor& labels) {
+  SONO_CHECK(probabilities.dim() == 2 && labels.dim() == 1 && probabilities.size(0) == labels.size(0),
+             "ProbabilityRecord: probabilities ", shape_str(probabilities.shape()), " must be [B, C] and labels ",
+             shape_str(labels.shape()), " [B]");
+  std::vector<double> p = probabilities.to_vector();
+  std::vector<int64_t> y = labels.to_labels();
+  const size_t c = static_cast<size_t>(probabilities.size(1));
+  for (size_t i = 0; i < y.size(); ++i) {
+    rows_.emplace_back(p.begin() + i * c, p.begin() + (i + 1) * c);
+    labels_.push_back(static_cast<int>(y[i]));
+  }
+}
+
+double ProbabilityRecord::auroc(int positive_class) const {
+  std::vector<double> scores;
+  std::vector<bool> positive;
+  for (size_t i = 0; i < rows_.size(); ++i) {
+    scores.push_back(rows_[i].at(positive_class));
+    positive.push_back(labels_[i] == positive_class);
+  }
+  return data::auroc(scores, positive);
+}
+
+double ProbabilityRecord::ece(int bins) const { return expected_calibration_error(reliability_bins(rows_, labels_, bins)); }
+
 }  // namespace sono::data

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "tensor/tensor.h"
+
 namespace sono::data {
 
 using Rows = std::vector<std::vector<double>>;  // one row of logits or probabilities per image
@@ -34,5 +36,20 @@ double mean_nll(const Rows& logits, const std::vector<int>& labels, double tempe
 // The temperature in [0.05, 20] that minimises mean_nll: golden-section search over 1/T, in
 // which the NLL is convex.
 double fit_temperature(const Rows& logits, const std::vector<int>& labels);
+
+// Probabilities gathered image by image, and the figures above over them.
+class ProbabilityRecord {
+ public:
+  // probabilities [B, C] (any device), labels int64 [B].
+  void add_batch(const Tensor& probabilities, const Tensor& labels);
+  size_t count() const { return labels_.size(); }
+  double auroc(int positive_class) const;  // that class's probability, it against the rest
+  double ece(int bins = 10) const;
+  std::vector<ReliabilityBin> bins(int bins = 10) const { return reliability_bins(rows_, labels_, bins); }
+
+ private:
+  Rows rows_;
+  std::vector<int> labels_;
+};
 
 }  // namespace sono::data
