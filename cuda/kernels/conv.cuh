@@ -158,7 +158,7 @@ struct ConvWeightGradGemm {
 // outweighs the FMAs: counted as kGatherFlops FP32-equivalent operations per element loaded
 // (calibrated on the H200's ncu times, tools/audit). Each block loads its row and column tiles
 // over the whole depth; a thread loads kConvTile * kConvTileK / threads elements of each per step.
-constexpr double kGatherFlops = 600;
+constexpr double kGatherFlops = 500;
 inline LaunchCost implicit_gemm_cost(const GemmShape& s, int64_t blocks) {
   const double loads = 2.0 * blocks * kConvTile * s.chunk_depth();
   const double flops = 2.0 * s.rows * s.cols * s.depth * s.groups;

@@ -56,9 +56,13 @@ double estimate_us(const cuda::LaunchRecord& r, const Gpu& gpu) {
   return gpu.launch_us + std::max({1e6 * memory_s, 1e6 * compute_s, serial_us});
 }
 
-bool starved(const cuda::LaunchRecord& r) {
-  return !r.library && static_cast<double>(r.threads()) < kStarvedThreads &&
-         r.cost.bytes_read + r.cost.bytes_written > kStarvedBytes;
+bool starved(const cuda::LaunchRecord& r, const Gpu& gpu) {
+  if (r.library) return false;
+  const double bytes = r.cost.bytes_read + r.cost.bytes_written;
+  if (static_cast<double>(r.threads()) < kStarvedThreads && bytes > kStarvedBytes) return true;
+  const double serial_us = gpu.iteration_us * static_cast<double>(r.serial_iterations());
+  const double streamed_us = gpu.launch_us + 1e6 * bytes / gpu.bandwidth;
+  return serial_us > kStarvedSerialUs && serial_us > kStarvedSerialFactor * streamed_us;
 }
 
 bool undeclared(const cuda::LaunchRecord& r) {

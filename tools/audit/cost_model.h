@@ -16,13 +16,17 @@ namespace sono::audit {
 struct Gpu {
   double sms = 132;
   double threads_per_sm = 2048;
-  double bandwidth = 4.3e12;           // bytes/s, measured device-to-device copy
+  // Bytes/s our grid-stride kernels reach (ncu: copy, binary, bias_add at 4096 blocks): 60% of
+  // the 4.3 TB/s a device-to-device copy measured.
+  double bandwidth = 2.6e12;
   double fp32_flops = 67e12;           // FMA on the CUDA cores
   double tensor_flops = 790e12;        // bfloat16 on the tensor cores, measured
-  double library_efficiency = 0.5;     // of those peaks, cuBLAS/cuDNN at these models' shapes
-  double launch_us = 2.5;              // a kernel's fixed cost, ncu's duration of an empty one
+  double library_efficiency = 0.65;    // of those peaks, cuBLAS/cuDNN at these models' shapes
+  double launch_us = 2.0;              // a kernel's fixed cost: ncu's duration of a 1-block fill
   double saturating_threads = 132 * 1024.0;  // resident threads that reach full bandwidth
-  double iteration_us = 0.1;           // one dependent loop iteration that waits on memory
+  // One loop iteration that waits on memory: reduce_per_thread's 512-thread launches measured
+  // 0.45-0.55 us per row.
+  double iteration_us = 0.5;
 
   double resident_threads() const { return sms * threads_per_sm; }
 };
@@ -30,11 +34,15 @@ struct Gpu {
 // Estimated duration of the launch in microseconds.
 double estimate_us(const cuda::LaunchRecord& r, const Gpu& gpu = {});
 
-// Too few threads for the data it moves: fewer than kStarvedThreads threads (132 SMs x 256)
-// while reading and writing more than kStarvedBytes. Library calls pick their own grids.
+// Too little parallelism for its work: fewer than kStarvedThreads threads (132 SMs x 256) while
+// reading and writing more than kStarvedBytes, or a serial chain of over kStarvedSerialUs that
+// is kStarvedSerialFactor times what streaming its bytes at full bandwidth would take. Library
+// calls pick their own grids.
 constexpr double kStarvedThreads = 132 * 256;
 constexpr double kStarvedBytes = 8 << 20;
-bool starved(const cuda::LaunchRecord& r);
+constexpr double kStarvedSerialUs = 50;
+constexpr double kStarvedSerialFactor = 4;
+bool starved(const cuda::LaunchRecord& r, const Gpu& gpu = {});
 // No cost declared: the launcher was not annotated, and the audit would miss its time.
 bool undeclared(const cuda::LaunchRecord& r);
 
