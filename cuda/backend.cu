@@ -108,6 +108,18 @@ class CudaBackend final : public KernelBackend {
   }
 
 #ifdef SONO_HAVE_CUDNN
+  // FLOPs and the bytes of input, weight and output, float32 (whichever pass; all three cost
+  // about the same).
+  static LaunchCost cudnn_conv_cost(const Conv2dGeometry& g) {
+    const double outputs = static_cast<double>(g.n) * g.oh * g.ow * g.cout;
+    const double weights = static_cast<double>(g.cout) * (g.cin / g.groups) * g.kh * g.kw;
+    LaunchCost cost;
+    cost.flops = 2 * outputs * weights / g.cout;
+    cost.bytes_read = 4 * (static_cast<double>(g.n) * g.h * g.w * g.cin + weights);
+    cost.bytes_written = 4 * outputs;
+    return cost;
+  }
+
   // float32 convs go to the per-shape choice; under bf16 autocast ours run (the cuDNN path
   // takes float32 only), and so they do where cuDNN cannot start (said once on stderr).
   void dense_conv(ConvPass pass, const Conv2dGeometry& g, const Tensor& a, const Tensor& b,
@@ -121,6 +133,7 @@ class CudaBackend final : public KernelBackend {
           ours();
           return true;
         }
+        if (audit_library("cudnn_conv", cudnn_conv_cost(g))) return true;
         return cudnn_->run(pass, g, a.data<float>(), b.data<float>(), out.data<float>(),
                            [this](size_t bytes, const std::function<void(void*)>& use) {
                              with_workspace(bytes, use);

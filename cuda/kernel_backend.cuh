@@ -160,9 +160,12 @@ class KernelBackend : public Backend {
             double beta) override {
     const bool bf16_tensor =
         a.dtype() == DType::bf16 || b.dtype() == DType::bf16 || c.dtype() == DType::bf16;
-    if (!bf16_tensor && (c.dtype() != DType::f32 || !bf16_autocast()))
+    if (!bf16_tensor && (c.dtype() != DType::f32 || !bf16_autocast())) {
+      if (audit_library("cublas_gemm", gemm_cost(a, ta, c, beta, true))) return;
       return gemm_native(a, ta, b, tb, c, alpha, beta);
+    }
     const Bf16Operand a16(*this, a), b16(*this, b);
+    if (audit_library("cublas_gemm_bf16", gemm_cost(a, ta, c, beta, false))) return;
     gemm_bf16(a, a16.data, ta, b, b16.data, tb, c, alpha, beta);
   }
 
@@ -354,6 +357,12 @@ class KernelBackend : public Backend {
   virtual void transfer(void* dst, const void* src, size_t bytes, bool to_device) = 0;
 
   static bool bf16_autocast() { return autocast_precision(Device::cuda) == Precision::bf16; }
+  // Records a library call while the launch audit records; true: a dry run, skip the call.
+  static bool audit_library(const char* name, const LaunchCost& cost) {
+    if (!launch_audit::recording()) return false;
+    launch_audit::record_library(name, cost);
+    return launch_audit::dry_run();
+  }
 
  private:
   void copy_on_device(const Shape& shape, const void* src, const Shape& src_strides,
@@ -425,6 +434,20 @@ class KernelBackend : public Backend {
       if (t.dtype() != DType::bf16) bf16_convert(t.numel(), f32(t, "gemm"), copy.bf16(), be.stream());
     }
   };
+
+  // c [batch, m, n] = op(a) [m, k] op(b) [k, n]: FLOPs and the bytes of operands and result.
+  static LaunchCost gemm_cost(const Tensor& a, bool ta, const Tensor& c, double beta,
+                              bool native) {
+    const double batch = c.size(0), m = c.size(1), n = c.size(2), k = ta ? a.size(1) : a.size(2);
+    const double operand = native ? dtype_size(c.dtype()) : sizeof(bfloat16);
+    const double result = dtype_size(c.dtype());
+    LaunchCost cost;
+    cost.bytes_read = batch * (m * k + k * n) * operand + (beta != 0.0 ? batch * m * n * result : 0);
+    cost.bytes_written = batch * m * n * result;
+    cost.flops = 2 * batch * m * n * k;
+    cost.tensor_cores = !native;
+    return cost;
+  }
 
   // Our kernels compute in float32 on tensors of this device, contiguous unless they take
   // strides.

@@ -154,13 +154,27 @@ struct ConvWeightGradGemm {
   }
 };
 
+// Operand elements are gathered through 64-bit index arithmetic (tap_value's divisions), which
+// outweighs the FMAs: counted as kGatherFlops FP32-equivalent operations per element loaded
+// (calibrated on the H200's ncu times, tools/audit). Each block loads its row and column tiles
+// over the whole depth; a thread loads kConvTile * kConvTileK / threads elements of each per step.
+constexpr double kGatherFlops = 500;
+inline LaunchCost implicit_gemm_cost(const GemmShape& s, int64_t blocks) {
+  const double loads = 2.0 * blocks * kConvTile * s.chunk_depth();
+  const double flops = 2.0 * s.rows * s.cols * s.depth * s.groups;
+  return looped(4.0 * loads, 4.0 * s.rows * s.cols * s.groups * s.chunks,
+                blocks * kConvThreads * kConvThreads, ceil_div(s.chunk_depth(), kConvTileK),
+                flops + kGatherFlops * loads);
+}
+
 template <typename Gemm>
 void launch_implicit_gemm(const char* name, const Gemm& gemm, bool bf16, cudaStream_t stream) {
   const GemmShape& s = gemm.shape;
   const dim3 grid(static_cast<unsigned>(ceil_div(s.rows, kConvTile)),
                   static_cast<unsigned>(ceil_div(s.cols, kConvTile)),
                   static_cast<unsigned>(s.groups * s.chunks));
-  const LaunchConfig cfg{grid, dim3(kConvThreads, kConvThreads), 0, stream};
+  const LaunchConfig cfg{grid, dim3(kConvThreads, kConvThreads), 0, stream,
+                        implicit_gemm_cost(s, grid.x * grid.y * grid.z)};
   if (bf16) launch(name, implicit_gemm_kernel<Gemm, true>, cfg, gemm);
   else launch(name, implicit_gemm_kernel<Gemm, false>, cfg, gemm);
 }

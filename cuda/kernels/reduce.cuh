@@ -76,14 +76,17 @@ inline bool reduce_per_thread(const ReduceSpace& s) {
 template <typename Op>
 void reduce(const ReduceSpace& s, const float* x, float* out, double identity, Op op,
             cudaStream_t stream) {
+  const double read = 4.0 * s.outputs * s.count, written = 4.0 * s.outputs;
   if (reduce_per_thread(s)) {
     launch("reduce_per_thread", reduce_per_thread_kernel<Op>,
-           {dim3(grid_blocks(s.outputs, kReduceThreads)), dim3(kReduceThreads), 0, stream}, s, x,
-           out, identity, op);
+           {dim3(grid_blocks(s.outputs, kReduceThreads)), dim3(kReduceThreads), 0, stream,
+            looped(read, written, s.outputs, s.count)},
+           s, x, out, identity, op);
   } else {
     launch("reduce_per_block", reduce_per_block_kernel<Op>,
-           {dim3(grid_blocks(s.outputs, 1)), dim3(kReduceThreads), 0, stream}, s, x, out, identity,
-           op);
+           {dim3(grid_blocks(s.outputs, 1)), dim3(kReduceThreads), 0, stream,
+            looped(read, written, s.outputs * kReduceThreads, ceil_div(s.count, kReduceThreads))},
+           s, x, out, identity, op);
   }
 }
 
