@@ -143,3 +143,39 @@ TEST_CASE("card calibration: temperature divides the logits, empty_below clears 
   CHECK(out[4] == 2);                                           // image 1 kept as it was
   CHECK(out[6] == 0.5);
 }
+
+TEST_CASE("lesion crop: zooms in up to lesion_zoom and keeps the whole lesion in view") {
+  AugmentOptions crop = AugmentOptions::none();
+  crop.lesion_crop = 1;
+  crop.lesion_zoom = 2;
+  auto lesion = [](int y0, int x0, int side) {
+    Mask m(64, 64);
+    for (int y = y0; y < y0 + side; ++y)
+      for (int x = x0; x < x0 + side; ++x) m.at(y, x) = 1;
+    return m;
+  };
+  auto touches_border = [](const Mask& m) {
+    for (int i = 0; i < 64; ++i)
+      if (m.at(0, i) || m.at(63, i) || m.at(i, 0) || m.at(i, 63)) return true;
+    return false;
+  };
+  bool zoomed = false;
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    Generator gen(seed);
+    Image image(64, 64, 3, 0.5f);
+    Mask mask = lesion(40, 6, 10);  // 100 pixels near the bottom-left corner
+    augment(image, mask, crop, gen);
+    CHECK(mask.lesion_pixels() >= 100);
+    CHECK(mask.lesion_pixels() <= 100 * 2 * 2 + 60);  // zoom 2 at the most (plus border pixels)
+    CHECK_FALSE(touches_border(mask));                // the whole lesion stays in view
+    zoomed |= mask.lesion_pixels() > 200;
+  }
+  CHECK(zoomed);
+  // A lesion over 60 of the 64 pixels cannot be zoomed more than 64 / (1.1 * 60) < 1: unchanged.
+  Generator gen(1);
+  Image image(64, 64, 3, 0.5f);
+  Mask big = lesion(2, 2, 60);
+  Mask before = big;
+  augment(image, big, crop, gen);
+  CHECK(big.values == before.values);
+}
