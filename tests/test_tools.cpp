@@ -335,8 +335,10 @@ TEST_CASE("cross-validation: --folds 2 trains a model per fold, scores each, rep
   CHECK(std::stod(dice[4]) == doctest::Approx(std::abs(a - b) / std::sqrt(2.0)).epsilon(1e-4));
   CHECK(std::stod(dice[5]) == doctest::Approx(std::min(a, b)).epsilon(1e-5));
 
-  // The classifier of fold k trains on the masks of the segmenter that did not see fold k.
+  // The classifier of fold k trains on the masks of the segmenter that did not see fold k; and
+  // with every recipe flag on, which must run through.
   Run c = run_tool("cls_train", dirs + " --arch convnext_atto --img-size 64 --epochs 1 --warmup-epochs 0 --batch-size 8 --folds 2"
+                                       " --augment ultrasound --balanced-sampling --ema 0.9 --flip-tta"
                                        " --seg-model " + (root / "seg.fold{fold}.safetensors").string() +
                                        " --save-path " + cls.string() + " --log-dir " + (root / "cls_log").string());
   INFO(c.output);

@@ -352,6 +352,7 @@ void Trainer::end_epoch(int epoch, const std::vector<double>& row, double metric
     save_checkpoint(s_.save_path, *model_, card());
     std::cout << "saved " << s_.save_path << " (best " << task_.best_metric() << " " << metric << ")\n";
   }
+  if (ema_) ema_->swap(*model_);  // the resume state holds the trained weights
   ModelCard state_card = card();
   state_card.extra["epoch"] = std::to_string(epoch + 1);
   state_card.extra["history"] = log_->csv();
@@ -384,7 +385,6 @@ int Trainer::run(const std::function<void(data::SampleCache&)>& prepare) {
     std::vector<double> values = task_.metric_values();
     row.insert(row.end(), values.begin(), values.end());
     end_epoch(epoch, row, values.at(best_index));
-    if (ema_) ema_->swap(*model_);
   }
   if (fs::exists(s_.save_path))  // a resumed run may never beat the best of the run before
     task_.after_training(s_, *val_);
