@@ -195,7 +195,7 @@ class KernelBackend : public Backend {
     dense_conv(ConvPass::forward, g, x, w, out, [&] {
       with_activation(x, [&](const auto* xp, bool bf16) {
         with_floats(out, "conv2d", [&](auto* yp) {
-          conv_forward(dense(g), xp, f32(w, "conv2d"), yp, stream(), bf16);
+          conv_forward(dense(g), xp, f32(w, "conv2d"), yp, stream(), conv_math(bf16));
         });
       });
     });
@@ -209,7 +209,7 @@ class KernelBackend : public Backend {
       return gemm(pixel_rows(grad_out), false, weight_rows(w), false, pixel_rows(grad_x), 1, 0);
     dense_conv(ConvPass::backward_input, g, grad_out, w, grad_x, [&] {
       conv_backward_input(dense(g), f32(grad_out, "conv2d"), f32(w, "conv2d"),
-                          f32(grad_x, "conv2d"), stream(), bf16_autocast());
+                          f32(grad_x, "conv2d"), stream(), conv_math(bf16_autocast()));
     });
   }
   void conv2d_backward_weight(const Conv2dGeometry& g, const Tensor& x, const Tensor& grad_out,
@@ -229,7 +229,7 @@ class KernelBackend : public Backend {
       Buffer ws(*this, conv_backward_weight_workspace(cg) * sizeof(float));
       with_activation(x, [&](const auto* xp, bool bf16) {
         conv_backward_weight(cg, xp, f32(grad_out, "conv2d"), f32(grad_w, "conv2d"), ws.floats(),
-                             stream(), bf16);
+                             stream(), conv_math(bf16));
       });
     });
   }
@@ -498,6 +498,8 @@ class KernelBackend : public Backend {
     f32(w, "conv2d");
     return w.reshape({1, w.size(0), w.size(1)});
   }
+  // Mixed precision's dense convs run on the tensor cores.
+  static ConvMath conv_math(bool bf16) { return bf16 ? ConvMath::bf16_wmma : ConvMath::float32; }
   static DepthwiseGeometry depthwise(const Conv2dGeometry& g) {
     return {g.n, g.h, g.w, g.cin, g.kh, g.kw, g.oh, g.ow, g.stride, g.padding, g.dilation};
   }
