@@ -399,7 +399,9 @@ class KernelBackend : public Backend {
     if (!direct) backend(Device::cpu).copy(host, dst);
   }
 
-  // Device memory for the duration of a method; freed stream-ordered when it returns.
+ protected:
+  // Device memory for the duration of a method; freed stream-ordered when it returns (also for
+  // the real backend's cuDNN operands).
   struct Buffer {
     Backend& owner;
     void* data = nullptr;
@@ -414,7 +416,12 @@ class KernelBackend : public Backend {
     float* floats() const { return static_cast<float*>(data); }
     bfloat16* bf16() const { return static_cast<bfloat16*>(data); }
   };
+  static ConvGeometry dense(const Conv2dGeometry& g) {
+    return {g.n,  g.h,  g.w,      g.cin,     g.cout,      g.kh,    g.kw,
+            g.oh, g.ow, g.stride, g.padding, g.dilation, g.groups};
+  }
 
+ private:
   // A GEMM operand in bfloat16: a bfloat16 tensor's own data, or a float32 one's converted copy.
   struct Bf16Operand {
     Buffer copy;
@@ -502,10 +509,6 @@ class KernelBackend : public Backend {
   static ConvMath conv_math(bool bf16) { return bf16 ? ConvMath::bf16_wmma : ConvMath::float32; }
   static DepthwiseGeometry depthwise(const Conv2dGeometry& g) {
     return {g.n, g.h, g.w, g.cin, g.kh, g.kw, g.oh, g.ow, g.stride, g.padding, g.dilation};
-  }
-  static ConvGeometry dense(const Conv2dGeometry& g) {
-    return {g.n,  g.h,  g.w,      g.cin,     g.cout,      g.kh,    g.kw,
-            g.oh, g.ow, g.stride, g.padding, g.dilation, g.groups};
   }
 
   static ResizeGeometry resize_geometry(const Tensor& in, const Tensor& out, bool align_corners) {

@@ -852,6 +852,14 @@ struct ConvOutputs {
   std::vector<double> y, grad_x, grad_w;
 };
 
+// y, grad_x and grad_w against want within float32 summation error: sums of up to ~300
+// products of values in [-2, 2] (sums up to ~60), weight gradients over up to 1104 pixels.
+void expect_conv_close(const std::string& what, const ConvOutputs& got, const ConvOutputs& want) {
+  expect_close(what + " forward", got.y, want.y, 3e-5);
+  expect_close(what + " backward input", got.grad_x, want.grad_x, 3e-5);
+  expect_close(what + " backward weight", got.grad_w, want.grad_w, 1e-4);
+}
+
 // The three conv kernels of the backend of `device`, on tensors of `dtype` holding xs, ws, gys.
 ConvOutputs backend_conv(Device device, DType dtype, const Conv2dGeometry& g,
                          const std::vector<double>& xs, const std::vector<double>& ws,
@@ -913,11 +921,7 @@ TEST_CASE("dense, grouped and atrous conv (implicit GEMM) match the CPU backend 
       for (const ConvOutputs& got :
            {backend_conv(Device::cuda, DType::f32, g, xs, ws, gys),
             implicit_gemm_conv(g, xs, ws, gys)}) {
-        // Float32 sums of up to 280 products of values in [-2, 2] (sums up to ~60).
-        expect_close("conv forward", got.y, want.y, 3e-5);
-        expect_close("conv backward input", got.grad_x, want.grad_x, 3e-5);
-        // Sums over up to 1104 output pixels.
-        expect_close("conv backward weight", got.grad_w, want.grad_w, 1e-4);
+        expect_conv_close("conv", got, want);
       }
     }
   });
@@ -951,9 +955,7 @@ TEST_CASE("bf16 dense conv on emulated tensor cores (WMMA) and on the SIMT fallb
       for (k::ConvMath math : {k::ConvMath::bf16_wmma, k::ConvMath::bf16_simt}) {
         INFO((math == k::ConvMath::bf16_wmma ? "WMMA" : "SIMT"));
         const ConvOutputs got = implicit_gemm_conv(g, xs, ws, gys, math);
-        expect_close("bf16 conv forward", got.y, want.y, 3e-5);
-        expect_close("bf16 conv backward input", got.grad_x, want.grad_x, 3e-5);
-        expect_close("bf16 conv backward weight", got.grad_w, want.grad_w, 1e-4);
+        expect_conv_close("bf16 conv", got, want);
         CHECK(max_abs_diff(host(got.y, {int64_t(got.y.size())}),
                            host(exact.y, {int64_t(exact.y.size())})) > 1e-3);
       }
@@ -1523,9 +1525,7 @@ TEST_CASE("bf16 autocast: GEMMs and convs on the emulated device multiply bf16-r
                        bf16_rounded(gys));
       Autocast amp(Device::cuda);
       const ConvOutputs got = backend_conv(Device::cuda, DType::f32, g, xs, ws, gys);
-      expect_close("bf16 conv forward", got.y, want.y, 3e-5);
-      expect_close("bf16 conv backward input", got.grad_x, want.grad_x, 3e-5);
-      expect_close("bf16 conv backward weight", got.grad_w, want.grad_w, 1e-4);
+      expect_conv_close("bf16 conv", got, want);
       const ConvOutputs exact = backend_conv(Device::cpu, DType::f64, g, xs, ws, gys);
       CHECK(max_abs_diff(host(got.y, {int64_t(got.y.size())}),
                          host(exact.y, {int64_t(exact.y.size())})) > 1e-3);
@@ -1538,6 +1538,68 @@ TEST_CASE("bf16 autocast: GEMMs and convs on the emulated device multiply bf16-r
     CHECK(got.dtype() == DType::bf16);
     expect_close("bf16 matmul", got.to_vector(), want.to_vector(), 2e-2);
   });
+}
+
+// cuDNN's dense convs at each precision, forced (no timing choice in between), on a real GPU
+// (SONO_TEST_DEVICE=gpu); the emulated device has no cuDNN. The shapes that ran our kernels
+// with cuDNN forced before its filters were NHWC (MiT's patch embeddings and spatial
+// reductions), dilation, groups and odd channels. float32 FMA: float32 tolerances; TF32: each
+// operand rounded to 11 significant bits, so within 2^-10 of sum |x w| (<= 4 depth here); bf16
+// under autocast: float32 sums of bf16 products, as our kernels; a bfloat16 y within one
+// rounding of them.
+TEST_CASE("cuDNN dense convs on the GPU: float32 FMA, TF32, bf16 under autocast") {
+#ifdef SONO_HAVE_CUDA
+  if (!on_real_gpu()) {
+    MESSAGE("skipped: cuDNN's convs run only with SONO_TEST_DEVICE=gpu on a GPU");
+    return;
+  }
+  TestDevice dev;
+  if (!k::choose_convs("cudnn", false)) {
+    MESSAGE("skipped: this build has no cuDNN");
+    return;
+  }
+  const ConvCase cases[] = {
+      {"2x2 stride 2, 64 -> 64 (MiT spatial reduction)", 2, 16, 16, 64, 64, 2, 2, 2, 0, 1, 1},
+      {"3x3 stride 2 pad 1, 64 -> 128 (MiT patch embed)", 2, 16, 16, 64, 128, 3, 3, 2, 1, 1, 1},
+      {"7x7 stride 4 pad 3, 3 -> 64 (MiT patch embed 1)", 2, 32, 32, 3, 64, 7, 7, 4, 3, 1, 1},
+      {"3x3 dilation 2 pad 2, 19 -> 21", 2, 9, 8, 19, 21, 3, 3, 1, 2, 2, 1},
+      {"3x3 groups 2, 6 -> 10", 2, 7, 9, 6, 10, 3, 3, 1, 1, 1, 2},
+  };
+  for (const ConvCase& cs : cases) {
+    INFO(std::string(cs.what));
+    const Conv2dGeometry g = cs.geometry();
+    const auto [xs, ws, gys] = conv_inputs(cs, 97);
+    const ConvOutputs exact = backend_conv(Device::cpu, DType::f64, g, xs, ws, gys);
+    k::choose_convs("cudnn", false);
+    const ConvOutputs fma = backend_conv(Device::cuda, DType::f32, g, xs, ws, gys);
+    expect_conv_close("cuDNN FMA", fma, exact);
+    k::choose_convs("cudnn", true);
+    const ConvOutputs tf32 = backend_conv(Device::cuda, DType::f32, g, xs, ws, gys);
+    const double depth = double(g.kh * g.kw * g.cin / g.groups);
+    expect_close("cuDNN TF32 forward", tf32.y, exact.y, std::ldexp(4 * depth, -10));
+    expect_close("cuDNN TF32 backward input", tf32.grad_x, exact.grad_x,
+                 std::ldexp(4.0 * g.kh * g.kw * g.cout / g.groups, -10));
+    expect_close("cuDNN TF32 backward weight", tf32.grad_w, exact.grad_w,
+                 std::ldexp(4.0 * g.n * g.oh * g.ow, -10));
+    const ConvOutputs want = backend_conv(Device::cpu, DType::f64, g, bf16_rounded(xs),
+                                          bf16_rounded(ws), bf16_rounded(gys));
+    Autocast amp(Device::cuda);
+    const ConvOutputs bf16 = backend_conv(Device::cuda, DType::f32, g, xs, ws, gys);
+    expect_conv_close("cuDNN bf16", bf16, want);
+    const Tensor x16 = on_device(host(xs, {g.n, g.h, g.w, g.cin})).to(DType::bf16),
+                 w = on_device(host(ws, {g.cout, g.cin / g.groups, g.kh, g.kw}));
+    Tensor y16 = Tensor::empty({g.n, g.oh, g.ow, g.cout}, DType::bf16, Device::cuda);
+    backend(Device::cuda).conv2d_forward(g, x16, w, y16);
+    const std::vector<double> got16 = y16.to_vector();
+    double worst = 0;  // in bf16 ulps of the float32 result, plus the sums' float32 error
+    for (size_t i = 0; i < got16.size(); ++i)
+      worst = std::max(worst, std::abs(got16[i] - want.y[i]) / (std::ldexp(std::abs(want.y[i]), -8) + 3e-5));
+    CHECK(worst <= 1.0);
+  }
+  k::choose_convs("auto", true);
+#else
+  MESSAGE("skipped: this build has no CUDA backend");
+#endif
 }
 
 // The autocast ops' results are bfloat16: exactly what they give with float32 activations (the

@@ -295,5 +295,54 @@ void conv_backward_weight(const ConvGeometry& g, const X* x, const float* grad_y
   column_sums(workspace, chunks, g.cout * g.cin_g() * g.taps(), grad_w, stream);
 }
 
+// cuDNN's operands (cuda/cudnn/conv.h). Its NHWC filter layout [Cout, taps, Cin/groups] from
+// ours [Cout, Cin/groups, taps] and back: element i of the NHWC layout is ours at
+// nhwc_to_ours(i). to_cudnn converts float32 to To (bf16 operands), or with `round` keeps
+// float32 rounded to bfloat16 (the bf16_exact operands).
+__host__ __device__ __forceinline__ int64_t nhwc_filter_to_ours(const ConvGeometry& g, int64_t i) {
+  const int64_t per_o = g.taps() * g.cin_g(), o = i / per_o, tap = i % per_o / g.cin_g();
+  return (o * g.cin_g() + i % g.cin_g()) * g.taps() + tap;
+}
+template <typename To>
+__global__ void filter_to_cudnn_kernel(ConvGeometry g, const float* w, To* out, bool round) {
+  const int64_t n = g.cout * g.cin_g() * g.taps();
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    const float v = w[nhwc_filter_to_ours(g, i)];
+    store_float(out[i], round ? bf16_round(v) : v);
+  }
+}
+template <typename T>
+__global__ void filter_from_cudnn_kernel(ConvGeometry g, const T* nhwc, T* w) {
+  const int64_t n = g.cout * g.cin_g() * g.taps();
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) w[nhwc_filter_to_ours(g, i)] = nhwc[i];
+}
+template <typename To>
+void filter_to_cudnn(const ConvGeometry& g, const float* w, To* out, bool round,
+                     cudaStream_t stream) {
+  constexpr int threads = 256;
+  launch("filter_to_cudnn", filter_to_cudnn_kernel<To>,
+         {dim3(grid_blocks(g.cout * g.cin_g() * g.taps(), threads)), dim3(threads), 0, stream}, g,
+         w, out, round);
+}
+inline void filter_from_cudnn(const ConvGeometry& g, const float* nhwc, float* w,
+                              cudaStream_t stream) {
+  constexpr int threads = 256;
+  launch("filter_from_cudnn", filter_from_cudnn_kernel<float>,
+         {dim3(grid_blocks(g.cout * g.cin_g() * g.taps(), threads)), dim3(threads), 0, stream}, g,
+         nhwc, w);
+}
+
+// y = x rounded to bfloat16, kept in float32 (x float32, or bfloat16 widened exactly).
+template <typename From>
+__global__ void bf16_rounded_kernel(int64_t n, const From* x, float* y) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) y[i] = bf16_round(load_float(x[i]));
+}
+template <typename From>
+void bf16_rounded(int64_t n, const From* x, float* y, cudaStream_t stream) {
+  constexpr int threads = 256;
+  launch("bf16_rounded", bf16_rounded_kernel<From>,
+         {dim3(grid_blocks(n, threads)), dim3(threads), 0, stream}, n, x, y);
+}
+
 }  // namespace SONO_KERNEL_TARGET
 }  // namespace sono::cuda
