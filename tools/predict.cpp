@@ -10,7 +10,7 @@
 
 #include "tools/app/inference.h"
 #include "tools/app/runtime.h"
-#include "tools/data/atomic_file.h"
+#include "tensor/atomic_file.h"
 #include "tools/data/dataset.h"
 
 namespace {
@@ -127,7 +127,7 @@ int predict_folder(Predictor& p, const fs::path& folder, const std::string& mask
       std::cerr << "predict: error: " << e.what() << "\n";
     }
   }
-  data::write_file_atomic(csv_path, csv.str());
+  write_file_atomic(csv_path, csv.str());
   std::cout << files.size() - failures << " of " << files.size() << " images predicted; CSV " << csv_path << "\n";
   return failures ? 1 : 0;
 }

@@ -15,7 +15,7 @@
 #include "tensor/random.h"
 #include "tools/app/checkpoint.h"
 #include "tools/app/runtime.h"
-#include "tools/data/atomic_file.h"
+#include "tensor/atomic_file.h"
 #include "tools/data/progress.h"
 #include "tools/data/split.h"
 #include "tools/data/training_log.h"
@@ -180,7 +180,7 @@ void Trainer::write_split(const data::Split& split) const {
         << side[i] << "," << split.group[i] << "\n";
   }
   fs::create_directories(s_.log_dir);
-  data::write_file_atomic(fs::path(s_.log_dir) / "split.csv", csv.str());
+  write_file_atomic(fs::path(s_.log_dir) / "split.csv", csv.str());
 }
 
 void Trainer::build_data(const std::function<void(data::SampleCache&)>& prepare) {
