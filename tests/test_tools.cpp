@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <fstream>
 #include <regex>
+#include <stb_image_write.h>
 #include <sys/wait.h>
 
 #include "helpers.h"
@@ -193,6 +194,84 @@ TEST_CASE("predict on a folder writes one CSV row per image and the masks") {
   CHECK(fs::exists(out / "malignant_2_mask.png"));
 }
 
+// Outputs never replace the run's inputs, ground truth, each other, or (without --overwrite)
+// any file that exists.
+TEST_CASE("predict never replaces an input, a ground-truth mask or another output") {
+  const Trained& t = trained();
+  fs::path root = t.root / "no_clobber";
+  fs::create_directories(root);
+  const fs::path source = t.data / "images" / "benign" / "benign_1.png";
+  auto expect_refusal = [&](const std::string& args, const std::string& message) {
+    Run r = run_tool("predict", args + models_args());
+    INFO(args << "\n" << r.output);
+    CHECK(r.status == 1);
+    CHECK(r.output.find("predict: error: ") != std::string::npos);
+    CHECK(r.output.find(message) != std::string::npos);
+  };
+
+  SUBCASE("the scan itself as --save_mask") {
+    fs::path scan = root / "scan.png";
+    fs::copy_file(source, scan);
+    const std::string before = read_file(scan);
+    expect_refusal("--image " + scan.string() + " --save_mask " + scan.string(), "--image");
+    CHECK(read_file(scan) == before);
+  }
+  SUBCASE("a BUSI folder: predicted masks would replace the ground truth beside the images") {
+    fs::path busi = root / "busi";
+    fs::create_directories(busi);
+    fs::copy_file(source, busi / "benign_1.png");
+    fs::copy_file(t.data / "masks" / "benign" / "benign_1_mask.png", busi / "benign_1_mask.png");
+    const std::string truth = read_file(busi / "benign_1_mask.png");
+    expect_refusal("--image " + busi.string() + " --save_mask " + busi.string() + " --csv " +
+                       (root / "busi.csv").string(), "--save_mask");
+    CHECK(read_file(busi / "benign_1_mask.png") == truth);
+    CHECK(std::distance(fs::directory_iterator(busi), fs::directory_iterator()) == 2);
+  }
+  SUBCASE("an existing mask is replaced only with --overwrite") {
+    fs::path scan = root / "kept.png", mask = root / "kept_mask.png";
+    fs::copy_file(source, scan);
+    data::save_mask_png(mask, data::Mask(8, 8, 1));
+    const std::string before = read_file(mask);
+    expect_refusal("--image " + scan.string() + " --save_mask " + mask.string(), "--overwrite");
+    CHECK(read_file(mask) == before);
+    Run r = run_tool("predict", "--image " + scan.string() + " --save_mask " + mask.string() + " --overwrite" + models_args());
+    INFO(r.output);
+    CHECK(r.status == 0);
+    CHECK(data::load_mask({mask}).width == 64);
+  }
+  SUBCASE("x.png, x.PNG and x.bmp get one mask each, named after the whole file") {
+    fs::path in = root / "same_stem", out = root / "same_stem_masks", csv = root / "same_stem.csv";
+    fs::create_directories(in);
+    for (const char* name : {"x.png", "x.PNG"}) fs::copy_file(source, in / name);
+    std::vector<uint8_t> grey(64 * 64);
+    for (size_t i = 0; i < grey.size(); ++i) grey[i] = static_cast<uint8_t>(i % 64 * 4);
+    REQUIRE(stbi_write_bmp((in / "x.bmp").c_str(), 64, 64, 1, grey.data()));
+    Run r = run_tool("predict", "--image " + in.string() + " --save_mask " + out.string() + " --csv " + csv.string() + models_args());
+    INFO(r.output);
+    REQUIRE(r.status == 0);
+    const std::string text = read_file(csv);
+    for (const char* name : {"x.png", "x.PNG", "x.bmp"}) {
+      CAPTURE(name);
+      CHECK(fs::exists(out / (std::string(name) + "_mask.png")));
+      CHECK(text.find("\n" + std::string(name) + ",") != std::string::npos);
+      CHECK(text.find((out / (std::string(name) + "_mask.png")).string() + ",\n") != std::string::npos);
+    }
+    CHECK_FALSE(fs::exists(out / "x_mask.png"));
+  }
+  SUBCASE("a folder where every image fails leaves the existing CSV as it was") {
+    fs::path in = root / "all_bad", csv = root / "kept.csv";
+    fs::create_directories(in);
+    std::ofstream(in / "a.png") << "not an image";
+    std::ofstream(csv) << "earlier predictions\n";
+    for (const char* overwrite : {"", " --overwrite"}) {
+      Run r = run_tool("predict", "--image " + in.string() + " --csv " + csv.string() + overwrite + models_args());
+      INFO(overwrite << ": " << r.output);
+      CHECK(r.status == 1);
+      CHECK(read_file(csv) == "earlier predictions\n");
+    }
+  }
+}
+
 TEST_CASE("seg_train --resume continues after the saved epoch") {
   const Trained& t = trained();
   fs::path log = t.root / "resume_log";
@@ -279,7 +358,8 @@ TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing 
     fs::resize_file(image, 100);
     data::save_mask_png(mask, data::Mask(8, 8, 1));
     std::string before = read_file(mask);
-    expect_error("predict", "--image " + image.string() + models_args() + " --save_mask " + mask.string(), image.string());
+    expect_error("predict", "--image " + image.string() + models_args() + " --save_mask " + mask.string() + " --overwrite",
+                 image.string());
     CHECK(read_file(mask) == before);
   }
   CHECK_FALSE(fs::exists(out));
