@@ -277,14 +277,71 @@ TEST_CASE("seg_train --resume continues after the saved epoch") {
   fs::path log = t.root / "resume_log";
   Run r = run_tool("seg_train", "--images-dir " + (t.data / "images").string() + " --masks-dir " +
                                     (t.data / "masks").string() + " --arch mit_b0 --img-size 64 --epochs 7 --batch-size 4"
-                                    " --resume " + (t.root / "seg.last.safetensors").string() + " --save-path " +
-                                    (t.root / "seg_resumed.safetensors").string() + " --log-dir " + log.string());
+                                    " --lr 1e-3 --resume " + (t.root / "seg.last.safetensors").string() + " --save-path " +
+                                    (t.root / "seg_resumed.safetensors").string() + " --log-dir " + log.string() +
+                                    " --resume-anyway");
   INFO(r.output);
   REQUIRE(r.status == 0);
   CHECK(r.output.find("resumed from") != std::string::npos);
+  CHECK(r.output.find("--epochs 7 (saved: 6)") != std::string::npos);  // said, then continued
   CHECK(r.output.find("epoch 6/7") == std::string::npos);
   CHECK(r.output.find("epoch 7/7 train") != std::string::npos);
   CHECK(log_column(log / "segmentation_log.csv", "epoch") == std::vector<double>{1, 2, 3, 4, 5, 6, 7});
+}
+
+// A resume state holds the arguments of its run and a fingerprint of its data and split: a
+// run that differs would continue another run's schedule, or pick its "best" on other data.
+TEST_CASE("--resume refuses a run whose arguments or data differ from the saved one") {
+  const Trained& t = trained();
+  fs::path root = t.root / "resume_checks", out = root / "out.safetensors";
+  fs::create_directories(root);
+  const std::string state = (t.root / "seg.last.safetensors").string();
+  auto resume = [&](const fs::path& data, const std::string& args) {
+    return run_tool("seg_train", "--images-dir " + (data / "images").string() + " --masks-dir " + (data / "masks").string() +
+                                     " --arch mit_b0 --batch-size 4 --lr 1e-3 --resume " + state + " --save-path " +
+                                     out.string() + args);
+  };
+  SUBCASE("another --img-size and --epochs") {
+    Run r = resume(t.data, " --img-size 96 --epochs 8");
+    INFO(r.output);
+    CHECK(r.status == 1);
+    CHECK(r.output.find("seg_train: error: " + state) != std::string::npos);
+    CHECK(r.output.find("--img-size 96 (saved: 64)") != std::string::npos);
+    CHECK(r.output.find("--epochs 8 (saved: 6)") != std::string::npos);
+    CHECK(r.output.find("--resume-anyway") != std::string::npos);
+  }
+  SUBCASE("another data set") {
+    fs::path data = root / "fewer";
+    fs::copy(t.data, data, fs::copy_options::recursive);
+    fs::remove(data / "images" / "benign" / "benign_4.png");
+    fs::remove(data / "masks" / "benign" / "benign_4_mask.png");
+    Run r = resume(data, " --img-size 64 --epochs 6");
+    INFO(r.output);
+    CHECK(r.status == 1);
+    CHECK(r.output.find("data and split differ (saved: 60 images") != std::string::npos);
+  }
+  CHECK_FALSE(fs::exists(out));
+}
+
+TEST_CASE("model_info --export-f16 never replaces the checkpoint it reads, under any spelling") {
+  const Trained& t = trained();
+  fs::path root = t.root / "export";
+  fs::create_directories(root);
+  fs::path state = root / "seg.last.safetensors";
+  fs::copy_file(t.root / "seg.last.safetensors", state);
+  fs::create_symlink(state, root / "link.safetensors");
+  fs::create_hard_link(state, root / "hard.safetensors");
+  const std::string before = read_file(state);
+  for (const fs::path& target : {state, root / "." / "seg.last.safetensors", root / "link.safetensors", root / "hard.safetensors"}) {
+    Run r = run_tool("model_info", "--checkpoint " + state.string() + " --export-f16 " + target.string());
+    INFO(target << ": " << r.output);
+    CHECK(r.status == 1);
+    CHECK(r.output.find("model_info: error: " + target.string() + ": --export-f16 would replace --checkpoint") != std::string::npos);
+  }
+  CHECK(read_file(state) == before);
+  Run ok = run_tool("model_info", "--checkpoint " + state.string() + " --export-f16 " + (root / "small.safetensors").string());
+  CHECK(ok.status == 0);
+  CHECK(fs::file_size(root / "small.safetensors") < fs::file_size(state) / 2);
 }
 
 TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing written") {

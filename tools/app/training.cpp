@@ -4,6 +4,8 @@
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
+#include <map>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "autograd/node.h"
@@ -23,6 +25,7 @@
 namespace sono::app {
 
 namespace fs = std::filesystem;
+using json = nlohmann::json;
 
 void add_training_options(Cli& cli, const TrainDefaults& d) {
   cli.option("images-dir", "", "images: flat folder, CLASS/ subfolders, or BUSI's Dataset_BUSI_with_GT", true)
@@ -35,7 +38,8 @@ void add_training_options(Cli& cli, const TrainDefaults& d) {
       .option("save-path", "", "best checkpoint (.safetensors); X.last.safetensors holds the resume state", true)
       .option("arch", d.arch, "model architecture")
       .option("pretrained", "", "ImageNet backbone weights (.safetensors from timm/smp)")
-      .option("resume", "", "continue from a X.last.safetensors state")
+      .option("resume", "", "continue from a X.last.safetensors state (same arguments and data)")
+      .flag("resume-anyway", "with --resume: continue although arguments or data differ from the saved run")
       .option("log-dir", "", "folder for the per-epoch CSV and the training-curve SVG")
       .option("seed", "0", "seed of the split, initialisation, augmentation and shuffling")
       .option("weight-decay", std::to_string(d.weight_decay), "AdamW weight decay (not on biases and norms)")
@@ -68,6 +72,7 @@ TrainSettings read_training_options(const Cli& cli) {
   s.drop_path = cli.real("drop-path");
   s.clip_grad = cli.real("clip-grad");
   s.augment = !cli.is_set("no-augment");
+  s.resume_anyway = cli.is_set("resume-anyway");
   SONO_CHECK(s.epochs >= 1, "--epochs ", s.epochs, ": must be at least 1");
   SONO_CHECK(s.batch_size >= 1, "--batch-size ", s.batch_size, ": must be at least 1");
   SONO_CHECK(s.img_size >= 32 && s.img_size % 32 == 0, "--img-size ", s.img_size,
@@ -121,6 +126,40 @@ std::string join_metrics(const std::vector<std::string>& names, const std::vecto
   return os.str();
 }
 
+// The arguments a resumed run must share with the saved one: another value would continue a
+// different schedule, input size or split. Effective values (after the recipe's defaults).
+std::map<std::string, std::string> run_arguments(const TrainSettings& s) {
+  auto number = [](double x) {
+    std::ostringstream os;
+    os << std::setprecision(10) << x;
+    return os.str();
+  };
+  return {{"--img-size", std::to_string(s.img_size)},   {"--epochs", std::to_string(s.epochs)},
+          {"--batch-size", std::to_string(s.batch_size)}, {"--lr", number(s.lr)},
+          {"--weight-decay", number(s.weight_decay)},    {"--warmup-epochs", number(s.warmup_epochs)},
+          {"--drop-path", number(s.drop_path)},          {"--clip-grad", number(s.clip_grad)},
+          {"--val-split", number(s.val_split)},          {"--seed", std::to_string(s.seed)},
+          {"--no-augment", s.augment ? "no" : "yes"}};
+}
+
+// Which images (names, classes, perceptual hashes of the pixels) a run sees and on which side
+// of the split each one is: FNV-1a over all of it, with the counts to read it by.
+std::string data_fingerprint(const data::Dataset& dataset, const std::vector<uint64_t>& hashes, const data::Split& split) {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&h](const std::string& bytes) {
+    for (unsigned char c : bytes) h = (h ^ c) * 1099511628211ull;
+  };
+  std::vector<std::string> side(dataset.samples.size(), "train");
+  for (size_t i : split.val) side[i] = "val";
+  for (size_t i = 0; i < dataset.samples.size(); ++i)
+    mix(dataset.samples[i].name + "\t" + std::to_string(dataset.samples[i].label) + "\t" + side[i] + "\t" +
+        std::to_string(hashes[i]) + "\n");
+  std::ostringstream os;
+  os << dataset.samples.size() << " images, " << split.val.size() << " for validation, fnv1a " << std::hex
+     << std::setw(16) << std::setfill('0') << h;
+  return os.str();
+}
+
 // The CSV a TrainingLog wrote, read back for --resume.
 void restore_log(data::TrainingLog& log, const std::string& csv) {
   std::istringstream lines(csv);
@@ -151,6 +190,7 @@ class Trainer {
   double train_epoch(int epoch, double& images_per_second);
   double validate(int epoch);
   void end_epoch(int epoch, const std::vector<double>& row, double metric);
+  std::vector<std::string> differences_from(const ModelCard& saved) const;
   ModelCard card() const;
   nn::StateDict resume_state() const;
 
@@ -163,6 +203,7 @@ class Trainer {
   std::unique_ptr<nn::AdamW> optimizer_;
   nn::CosineWarmupSchedule schedule_{};
   std::unique_ptr<data::TrainingLog> log_;
+  std::string data_fingerprint_;
   int start_epoch_ = 0;
   double best_ = NAN;
   int best_epoch_ = 0;
@@ -189,6 +230,7 @@ void Trainer::build_data(const std::function<void(data::SampleCache&)>& prepare)
   if (prepare) prepare(*cache_);
   data::Split split = data::split_dataset(dataset_, cache_->hashes(), {s_.val_split, s_.seed});
   std::cout << "split: " << split.summary(dataset_) << "\n";
+  data_fingerprint_ = data_fingerprint(dataset_, cache_->hashes(), split);
   if (!s_.log_dir.empty()) write_split(split);
 
   data::LoaderOptions train;
@@ -232,6 +274,13 @@ void Trainer::resume() {
   SONO_CHECK(saved.task == task_.task() && saved.arch == s_.arch, s_.resume, ": holds a ", saved.task,
              " ", saved.arch, " state; this run trains ", task_.task(), " ", s_.arch);
   SONO_CHECK(file.metadata.count("history"), s_.resume, ": not a resume state (no history); pass the .last file");
+  if (std::vector<std::string> differences = differences_from(saved); !differences.empty()) {
+    std::string list;
+    for (auto& d : differences) list += (list.empty() ? "" : ", ") + d;
+    SONO_CHECK(s_.resume_anyway, s_.resume, ": saved by another run: ", list,
+               "; pass --resume-anyway to continue it regardless");
+    std::cout << "note: " << s_.resume << ": continuing (--resume-anyway) although " << list << "\n";
+  }
   nn::StateDict weights, optimizer;
   for (auto& [k, v] : file.tensors) {
     if (k.rfind("optimizer.", 0) == 0)
@@ -251,6 +300,29 @@ void Trainer::resume() {
   restore_log(*log_, file.metadata.at("history"));
   std::cout << "resumed from " << s_.resume << " after epoch " << start_epoch_ << " (best "
             << task_.best_metric() << " " << best_ << " at epoch " << best_epoch_ << ")\n";
+}
+
+// What in this run differs from the run that saved `saved`, one "--flag now (saved: then)" each.
+std::vector<std::string> Trainer::differences_from(const ModelCard& saved) const {
+  auto recorded = saved.extra.find("run_arguments");
+  if (recorded == saved.extra.end()) return {"its arguments and data are not recorded (saved by an older sono)"};
+  std::map<std::string, std::string> before;
+  try {
+    before = json::parse(recorded->second).get<std::map<std::string, std::string>>();
+  } catch (const json::exception& e) {
+    fail(s_.resume, ": malformed run_arguments in its metadata (", e.what(), ")");
+  }
+  std::vector<std::string> differences;
+  for (auto& [flag, value] : run_arguments(s_)) {
+    auto it = before.find(flag);
+    std::string then = it == before.end() ? "not recorded" : it->second;
+    if (then != value) differences.push_back(flag + " " + value + " (saved: " + then + ")");
+  }
+  auto fingerprint = saved.extra.find("data_fingerprint");
+  std::string then = fingerprint == saved.extra.end() ? "not recorded" : fingerprint->second;
+  if (then != data_fingerprint_)
+    differences.push_back("data and split differ (saved: " + then + "; now: " + data_fingerprint_ + ")");
+  return differences;
 }
 
 ModelCard Trainer::card() const {
@@ -339,6 +411,8 @@ void Trainer::end_epoch(int epoch, const std::vector<double>& row, double metric
   ModelCard state_card = card();
   state_card.extra["epoch"] = std::to_string(epoch + 1);
   state_card.extra["history"] = log_->csv();
+  state_card.extra["run_arguments"] = json(run_arguments(s_)).dump();
+  state_card.extra["data_fingerprint"] = data_fingerprint_;
   save_checkpoint(resume_state_path(s_.save_path), *model_, state_card, resume_state());
 }
 

@@ -21,7 +21,7 @@ struct TrainSettings {
   uint64_t seed = 0;
   double lr = 1e-3, val_split = 0.2, weight_decay = 1e-2, warmup_epochs = 1, drop_path = 0,
          clip_grad = 0;
-  bool augment = true;
+  bool augment = true, resume_anyway = false;
   Device device = Device::cpu;
 };
 
