@@ -344,6 +344,27 @@ TEST_CASE("model_info --export-f16 never replaces the checkpoint it reads, under
   CHECK(fs::file_size(root / "small.safetensors") < fs::file_size(state) / 2);
 }
 
+// Per-architecture defaults where the flag is not given, printed before training; a warmup
+// not shorter than the run is cut to half of it, with a note.
+TEST_CASE("seg_train --epochs 1 with the default warmup trains, and says which lr, warmup and clipping it uses") {
+  const Trained& t = trained();
+  fs::path out = t.root / "one_epoch.safetensors";
+  Run r = run_tool("seg_train", "--images-dir " + (t.data / "images").string() + " --masks-dir " + (t.data / "masks").string() +
+                                    " --arch mit_b0 --img-size 64 --batch-size 4 --epochs 1 --save-path " + out.string());
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(r.output.find("--warmup-epochs 2 is not shorter than --epochs 1: warming up for 0.5 epochs") != std::string::npos);
+  CHECK(r.output.find("lr 0.0002 (mit default), warmup 0.5 epochs, clip-grad 1 (mit default)") != std::string::npos);
+  CHECK(fs::exists(out));
+  // ConvNeXt: timm's 4e-3 at batch 4096, square-root scaled: 4e-3 * sqrt(16 / 4096) = 2.5e-4.
+  Run convnext = run_tool("cls_train", "--images-dir " + (t.data / "images").string() + " --masks-dir " +
+                                           (t.data / "masks").string() + " --arch convnext_atto --img-size 64 --epochs 3"
+                                           " --batch-size 16 --clip-grad 0.5 --save-path " + (t.root / "cls_3.safetensors").string());
+  INFO(convnext.output);
+  CHECK(convnext.status == 0);
+  CHECK(convnext.output.find("lr 0.00025 (convnext default), warmup 2 epochs (convnext default), clip-grad 0.5;") != std::string::npos);
+}
+
 TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing written") {
   const Trained& t = trained();
   fs::path bad = t.root / "bad";
@@ -394,6 +415,7 @@ TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing 
     expect_error("cls_train", dirs(d) + " --arch convnext_atto --img-size 64 --epochs 1 --save-path " + out.string(), "normal");
   }
   SUBCASE("--img-size not a multiple of 32") { expect_error("seg_train", dirs(t.data) + " --img-size 100 --save-path " + out.string(), "--img-size 100"); }
+  SUBCASE("a negative warmup") { expect_error("seg_train", dirs(t.data) + seg_opts + out.string() + " --warmup-epochs -1", "--warmup-epochs -1: must be 0 or more"); }
   SUBCASE("batch size 1 with BatchNorm") { expect_error("seg_train", dirs(t.data) + " --arch mit_b0 --img-size 64 --batch-size 1 --save-path " + out.string(), "BatchNorm"); }
   SUBCASE("an output folder that does not exist") { expect_error("seg_train", dirs(t.data) + " --save-path " + (bad / "no" / "x.safetensors").string(), (bad / "no").string()); }
   SUBCASE("--device cuda without a GPU") { expect_error("seg_train", dirs(t.data) + " --device cuda --save-path " + out.string(), "--device cuda"); }

@@ -31,7 +31,8 @@ void add_training_options(Cli& cli, const TrainDefaults& d) {
   cli.option("images-dir", "", "images: flat folder, CLASS/ subfolders, or BUSI's Dataset_BUSI_with_GT", true)
       .option("masks-dir", "", "masks (X_mask.png); leave out when they sit beside the images (BUSI)")
       .option("epochs", "30", "training epochs")
-      .option("lr", "1e-3", "peak learning rate (AdamW, linear warmup then cosine decay)")
+      .option("lr", "", "peak learning rate (AdamW, linear warmup then cosine decay); default per --arch: "
+                        "mit 2e-4, convnext 4e-3 * sqrt(batch / 4096)")
       .option("batch-size", std::to_string(d.batch_size), "images per training step")
       .option("img-size", "256", "training side in pixels, a multiple of 32")
       .option("val-split", "0.2", "fraction of images (by duplicate group, per class) for validation")
@@ -43,13 +44,53 @@ void add_training_options(Cli& cli, const TrainDefaults& d) {
       .option("log-dir", "", "folder for the per-epoch CSV and the training-curve SVG")
       .option("seed", "0", "seed of the split, initialisation, augmentation and shuffling")
       .option("weight-decay", std::to_string(d.weight_decay), "AdamW weight decay (not on biases and norms)")
-      .option("warmup-epochs", "1", "epochs of linear learning-rate warmup")
+      .option("warmup-epochs", "", "epochs of linear learning-rate warmup (default 2); one not shorter than "
+                                   "--epochs is cut to half the run")
       .option("drop-path", std::to_string(d.drop_path), "stochastic depth rate")
-      .option("clip-grad", "0", "clip the global gradient norm to this (0: off)")
+      .option("clip-grad", "", "clip the global gradient norm to this, 0: off (default: mit 1, convnext 0)")
       .option("workers", "2", "threads preparing batches")
       .flag("no-augment", "train without augmentation");
   add_runtime_options(cli);
 }
+
+Recipe default_recipe(const std::string& arch, int64_t batch_size) {
+  if (arch.rfind("mit_", 0) == 0) return {"mit", 2e-4, 2, 1.0};
+  if (arch.rfind("convnext_", 0) == 0) return {"convnext", 4e-3 * std::sqrt(batch_size / 4096.0), 2, 0};
+  fail("--arch ", arch, ": no default --lr, --warmup-epochs and --clip-grad for it; give all three");
+}
+
+namespace {
+
+// --lr, --warmup-epochs and --clip-grad: the flag where given, else the recipe's value; then the
+// line that says which values this run uses.
+void apply_recipe(const Cli& cli, TrainSettings& s) {
+  auto given = [&](const char* flag) { return !cli.str(flag).empty(); };
+  const bool all_given = given("lr") && given("warmup-epochs") && given("clip-grad");
+  const Recipe recipe = all_given ? Recipe{} : default_recipe(s.arch, s.batch_size);
+  const std::string from_recipe = " (" + recipe.family + " default)";
+  auto pick = [&](const char* flag, double fallback, std::string& source) {
+    source = given(flag) ? "" : from_recipe;
+    return given(flag) ? cli.real(flag) : fallback;
+  };
+  std::string lr_source, warmup_source, clip_source;
+  s.lr = pick("lr", recipe.lr, lr_source);
+  s.warmup_epochs = pick("warmup-epochs", recipe.warmup_epochs, warmup_source);
+  s.clip_grad = pick("clip-grad", recipe.clip_grad, clip_source);
+  SONO_CHECK(s.warmup_epochs >= 0, "--warmup-epochs ", s.warmup_epochs, ": must be 0 or more");
+  SONO_CHECK(s.clip_grad >= 0, "--clip-grad ", s.clip_grad, ": must be 0 (off) or more");
+  if (s.warmup_epochs >= s.epochs) {
+    // The cosine decay needs steps after the warmup; half the run keeps a gentle start.
+    std::cout << "note: --warmup-epochs " << s.warmup_epochs << " is not shorter than --epochs " << s.epochs
+              << ": warming up for " << s.epochs / 2.0 << " epochs (half the run)\n";
+    s.warmup_epochs = s.epochs / 2.0;
+    warmup_source.clear();
+  }
+  std::cout << "training: " << s.epochs << " epochs of batch " << s.batch_size << "; AdamW lr " << s.lr << lr_source
+            << ", warmup " << s.warmup_epochs << " epochs" << warmup_source << ", clip-grad "
+            << s.clip_grad << clip_source << "; weight decay " << s.weight_decay << ", cosine decay to lr / 100\n";
+}
+
+}  // namespace
 
 TrainSettings read_training_options(const Cli& cli) {
   TrainSettings s;
@@ -65,22 +106,20 @@ TrainSettings read_training_options(const Cli& cli) {
   s.img_size = cli.integer("img-size");
   s.workers = cli.integer("workers");
   s.seed = static_cast<uint64_t>(cli.integer("seed"));
-  s.lr = cli.real("lr");
   s.val_split = cli.real("val-split");
   s.weight_decay = cli.real("weight-decay");
-  s.warmup_epochs = cli.real("warmup-epochs");
   s.drop_path = cli.real("drop-path");
-  s.clip_grad = cli.real("clip-grad");
   s.augment = !cli.is_set("no-augment");
   s.resume_anyway = cli.is_set("resume-anyway");
   SONO_CHECK(s.epochs >= 1, "--epochs ", s.epochs, ": must be at least 1");
   SONO_CHECK(s.batch_size >= 1, "--batch-size ", s.batch_size, ": must be at least 1");
+  models::find_model(s.arch);  // an unknown --arch fails here, listing the known ones
+  apply_recipe(cli, s);
   SONO_CHECK(s.img_size >= 32 && s.img_size % 32 == 0, "--img-size ", s.img_size,
              ": must be a positive multiple of 32 (the encoders downsample 32x)");
   SONO_CHECK(s.val_split > 0 && s.val_split < 1, "--val-split ", s.val_split, ": must be between 0 and 1");
   SONO_CHECK(s.lr > 0, "--lr ", s.lr, ": must be positive");
   SONO_CHECK(s.workers >= 1, "--workers ", s.workers, ": must be at least 1");
-  models::find_model(s.arch);  // an unknown --arch fails here, listing the known ones
   check_writable(s.save_path);
   check_writable(resume_state_path(s.save_path));
   SONO_CHECK(s.pretrained.empty() || fs::is_regular_file(s.pretrained), s.pretrained,
@@ -423,8 +462,9 @@ int Trainer::run(const std::function<void(data::SampleCache&)>& prepare) {
       nn::param_groups_weight_decay(*model_, s_.weight_decay),
       nn::AdamOptions{.lr = s_.lr, .weight_decay = s_.weight_decay});
   auto steps_per_epoch = static_cast<int64_t>(train_->batches_per_epoch());
-  schedule_ = {s_.lr, static_cast<int64_t>(std::lround(s_.warmup_epochs * steps_per_epoch)),
-               s_.epochs * steps_per_epoch, s_.lr * 1e-2};
+  const int64_t total_steps = s_.epochs * steps_per_epoch;
+  const int64_t warmup_steps = std::min(std::lround(s_.warmup_epochs * steps_per_epoch), total_steps - 1);
+  schedule_ = {s_.lr, warmup_steps, total_steps, s_.lr * 1e-2};
   std::vector<std::string> columns = {"epoch", "train_loss", "val_loss", "lr", "train_images_per_s"};
   for (auto& c : task_.metric_columns()) columns.push_back(c);
   log_ = std::make_unique<data::TrainingLog>(columns);
