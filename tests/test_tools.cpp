@@ -415,6 +415,18 @@ TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing 
     expect_error("cls_train", dirs(d) + " --arch convnext_atto --img-size 64 --epochs 1 --save-path " + out.string(), "normal");
   }
   SUBCASE("--img-size not a multiple of 32") { expect_error("seg_train", dirs(t.data) + " --img-size 100 --save-path " + out.string(), "--img-size 100"); }
+  SUBCASE("a training whose checkpoint would replace an input") {
+    fs::path seg = bad / "seg.safetensors", state = bad / "seg.last.safetensors";
+    fs::copy_file(t.seg, seg);
+    fs::copy_file(t.root / "seg.last.safetensors", state);
+    const std::string seg_before = read_file(seg), state_before = read_file(state);
+    expect_error("seg_train", dirs(t.data) + seg_opts + state.string() + " --resume " + state.string(),
+                 state.string() + ": --save-path would replace --resume");
+    expect_error("cls_train", dirs(t.data) + " --arch convnext_atto --img-size 64 --epochs 1 --seg-model " + seg.string() +
+                     " --save-path " + seg.string(), seg.string() + ": --save-path would replace --seg-model");
+    CHECK(read_file(seg) == seg_before);
+    CHECK(read_file(state) == state_before);
+  }
   SUBCASE("a negative warmup") { expect_error("seg_train", dirs(t.data) + seg_opts + out.string() + " --warmup-epochs -1", "--warmup-epochs -1: must be 0 or more"); }
   SUBCASE("batch size 1 with BatchNorm") { expect_error("seg_train", dirs(t.data) + " --arch mit_b0 --img-size 64 --batch-size 1 --save-path " + out.string(), "BatchNorm"); }
   SUBCASE("an output folder that does not exist") { expect_error("seg_train", dirs(t.data) + " --save-path " + (bad / "no" / "x.safetensors").string(), (bad / "no").string()); }

@@ -125,6 +125,13 @@ TrainSettings read_training_options(const Cli& cli) {
   SONO_CHECK(s.pretrained.empty() || fs::is_regular_file(s.pretrained), s.pretrained,
              ": --pretrained file not found");
   SONO_CHECK(s.resume.empty() || fs::is_regular_file(s.resume), s.resume, ": --resume file not found");
+  // The resume state may continue in the --resume file itself (that is resuming); the best
+  // checkpoint may replace neither input.
+  std::vector<RunFile> inputs;
+  if (!s.pretrained.empty()) inputs.push_back({s.pretrained, "--pretrained"});
+  check_outputs(inputs, {{resume_state_path(s.save_path), "the resume state of --save-path"}}, true);
+  if (!s.resume.empty()) inputs.push_back({s.resume, "--resume"});
+  check_outputs(inputs, {{s.save_path, "--save-path"}}, true);
   s.device = apply_runtime_options(cli);
   return s;
 }
