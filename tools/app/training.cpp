@@ -85,7 +85,7 @@ void apply_recipe(const Cli& cli, TrainSettings& s) {
     s.warmup_epochs = s.epochs / 2.0;
     warmup_source.clear();
   }
-  std::cout << "training: " << s.epochs << " epochs of batch " << s.batch_size << "; AdamW lr " << s.lr << lr_source
+  std::cout << "training: epochs " << s.epochs << ", batch size " << s.batch_size << "; AdamW lr " << s.lr << lr_source
             << ", warmup " << s.warmup_epochs << " epochs" << warmup_source << ", clip-grad "
             << s.clip_grad << clip_source << "; weight decay " << s.weight_decay << ", cosine decay to lr / 100\n";
 }
