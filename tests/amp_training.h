@@ -8,25 +8,25 @@
 // machine's float32 result: (1) without autocast, every parameter's gradient lies within
 // kOrderFactor times the CPU's own float32 error (float32 CPU against float64) of the float64
 // one: another summation order (GPU tiles, split-K, atomics) rounds differently, not worse by
-// more than that, while a kernel error (a dropped tap, a wrong index) moves a gradient by a good
-// fraction of its size. (2) With bf16 products (float32 activations), the whole model's relative
-// L2 error against float64 stays within the float32 error scaled by the ratio of the unit
-// roundoffs, 2^-9 / 2^-24 (measured: 0.42 of that bound for both models). The bf16 path is not
-// compared element by element with a fixed record: its gradients are a chaotic function of the
-// float32 last bits (bf16 rounding flips). mit_b0's moved by 28% of the largest gradient norm
-// (projected on random probes) when every parameter moved by one float32 ulp; an H200's other
-// summation order moved them by 2.4%, which a golden record of one machine's run took for an error.
+// more than that, while a kernel error (a dropped tap, a dropped term of a sum) moves a
+// gradient by many times that. (2) With bf16 products (float32 activations), the whole model's
+// relative L2 error against float64 stays within the float32 error scaled by the ratio of the
+// unit roundoffs, 2^-9 / 2^-24 (measured: 0.42 of that bound for both models): that catches
+// gross errors of the bf16 kernels (a dropped tap); small ones are test_cuda_kernels' to find.
+// The bf16 path is not compared element by element with a fixed record: its gradients are a
+// chaotic function of the float32 last bits (bf16 rounding flips). mit_b0's moved by 28% of
+// the largest gradient norm (projected on random probes) when every parameter moved by one
+// float32 ulp; an H200's other summation order moved them by 2.4%, which a golden record of
+// one machine's run took for an error.
 // The bf16-activation run rounds every autocast result once more. Its gradients must be no
 // further from those of a float32 run (no autocast) than twice the float32-activation run's
 // (bf16 products alone); it must hold fewer bytes, and learn.
 // Each model is its own test executable (a few seconds per emulated training step).
 #include <cmath>
-#include <cstdlib>
 
 #include "test_device.h"
 #include "helpers.h"
 #include "layers/optim.h"
-#include "layers/safetensors.h"
 #include "models/registry.h"
 #include "tensor/autocast.h"
 
@@ -188,7 +188,8 @@ inline double worst_rounding_ratio(const nn::NamedTensors& got, const Reference&
   for (const auto& [name, g] : ref.f64) model_max = std::max(model_max, max_abs(g));
   for (size_t i = 0; i < got.size(); ++i) {
     const Tensor& want = ref.f64[i].second;
-    const double cpu_f32_err = std::max(max_abs_diff(ref.f32[i].second, want), kUnitRoundoffF32 * max_abs(want));
+    const double cpu_f32_err =
+        std::max(max_abs_diff(ref.f32[i].second, want), kUnitRoundoffF32 * max_abs(want));
     const double bound = kOrderFactor * cpu_f32_err + 1e-6 * model_max;
     const double ratio = max_abs_diff(got[i].second, want) / bound;
     if (ratio >= worst) std::tie(worst, which) = std::make_pair(ratio, got[i].first);
