@@ -198,7 +198,7 @@ class KernelBackend : public Backend {
     dense_conv(ConvPass::forward, g, x, w, out, [&] {
       with_activation(x, [&](const auto* xp, bool bf16) {
         with_floats(out, "conv2d", [&](auto* yp) {
-          conv_forward(dense(g), xp, f32(w, "conv2d"), yp, stream(), bf16);
+          conv_forward(dense(g), xp, f32(w, "conv2d"), yp, stream(), conv_math(bf16));
         });
       });
     });
@@ -212,7 +212,7 @@ class KernelBackend : public Backend {
       return gemm(pixel_rows(grad_out), false, weight_rows(w), false, pixel_rows(grad_x), 1, 0);
     dense_conv(ConvPass::backward_input, g, grad_out, w, grad_x, [&] {
       conv_backward_input(dense(g), f32(grad_out, "conv2d"), f32(w, "conv2d"),
-                          f32(grad_x, "conv2d"), stream(), bf16_autocast());
+                          f32(grad_x, "conv2d"), stream(), conv_math(bf16_autocast()));
     });
   }
   void conv2d_backward_weight(const Conv2dGeometry& g, const Tensor& x, const Tensor& grad_out,
@@ -232,7 +232,7 @@ class KernelBackend : public Backend {
       Buffer ws(*this, conv_backward_weight_workspace(cg) * sizeof(float));
       with_activation(x, [&](const auto* xp, bool bf16) {
         conv_backward_weight(cg, xp, f32(grad_out, "conv2d"), f32(grad_w, "conv2d"), ws.floats(),
-                             stream(), bf16);
+                             stream(), conv_math(bf16));
       });
     });
   }
@@ -408,7 +408,9 @@ class KernelBackend : public Backend {
     if (!direct) backend(Device::cpu).copy(host, dst);
   }
 
-  // Device memory for the duration of a method; freed stream-ordered when it returns.
+ protected:
+  // Device memory for the duration of a method; freed stream-ordered when it returns (also for
+  // the real backend's cuDNN operands).
   struct Buffer {
     Backend& owner;
     void* data = nullptr;
@@ -423,7 +425,12 @@ class KernelBackend : public Backend {
     float* floats() const { return static_cast<float*>(data); }
     bfloat16* bf16() const { return static_cast<bfloat16*>(data); }
   };
+  static ConvGeometry dense(const Conv2dGeometry& g) {
+    return {g.n,  g.h,  g.w,      g.cin,     g.cout,      g.kh,    g.kw,
+            g.oh, g.ow, g.stride, g.padding, g.dilation, g.groups};
+  }
 
+ private:
   // A GEMM operand in bfloat16: a bfloat16 tensor's own data, or a float32 one's converted copy.
   struct Bf16Operand {
     Buffer copy;
@@ -521,12 +528,10 @@ class KernelBackend : public Backend {
     f32(w, "conv2d");
     return w.reshape({1, w.size(0), w.size(1)});
   }
+  // Mixed precision's dense convs run on the tensor cores.
+  static ConvMath conv_math(bool bf16) { return bf16 ? ConvMath::bf16_wmma : ConvMath::float32; }
   static DepthwiseGeometry depthwise(const Conv2dGeometry& g) {
     return {g.n, g.h, g.w, g.cin, g.kh, g.kw, g.oh, g.ow, g.stride, g.padding, g.dilation};
-  }
-  static ConvGeometry dense(const Conv2dGeometry& g) {
-    return {g.n,  g.h,  g.w,      g.cin,     g.cout,      g.kh,    g.kw,
-            g.oh, g.ow, g.stride, g.padding, g.dilation, g.groups};
   }
 
   static ResizeGeometry resize_geometry(const Tensor& in, const Tensor& out, bool align_corners) {

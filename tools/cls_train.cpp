@@ -13,7 +13,7 @@
 #include "tools/app/runtime.h"
 #include "tools/app/training.h"
 #include "tools/data/dataset.h"
-#include "tools/data/atomic_file.h"
+#include "tensor/atomic_file.h"
 #include "tools/data/calibration.h"
 #include "tools/data/metrics.h"
 
@@ -73,7 +73,7 @@ class ClassificationTask : public app::TrainingTask {
     std::ostringstream title;
     title << std::fixed << std::setprecision(3) << "out-of-fold calibration, " << out_of_fold_.count()
           << " images: ECE " << out_of_fold_.ece();
-    data::write_file_atomic(path, data::reliability_svg(out_of_fold_.bins(), title.str()));
+    write_file_atomic(path, data::reliability_svg(out_of_fold_.bins(), title.str()));
     std::cout << title.str() << " (" << path.string() << ")\n" << out_of_fold_metrics_.confusion_table(classes_);
   }
 
@@ -128,16 +128,21 @@ int cls_train(int argc, char** argv) {
   SONO_CHECK(models::find_model(settings.arch).task == models::Task::classification, "--arch ",
              settings.arch, ": not a classification model (convnext_atto .. convnext_large)");
   std::string seg_model = cli.str("seg-model");
-  const int folds = settings.recipe.folds;
+  const int folds = settings.recipe_options.folds;
   SONO_CHECK(folds || seg_model.find("{fold}") == std::string::npos, "--seg-model ", seg_model,
              ": {fold} stands for a fold's number, which needs --folds");
   // A fold's classifier sees the masks of the segmenter that did not train on the fold.
   auto fold_seg_model = [&](int fold) {
     return seg_model.find("{fold}") == std::string::npos ? seg_model : app::fold_path(seg_model, fold);
   };
-  for (int fold = 0; fold < std::max(folds, 1) && !seg_model.empty(); ++fold)
+  for (int fold = 0; fold < std::max(folds, 1) && !seg_model.empty(); ++fold) {
     SONO_CHECK(std::filesystem::is_regular_file(fold_seg_model(fold)), fold_seg_model(fold),
                ": --seg-model file not found");
+    app::check_outputs({{fold_seg_model(fold), "--seg-model"}},
+                       {{settings.save_path, "--save-path"},
+                        {app::resume_state_path(settings.save_path), "the resume state of --save-path"}},
+                       true);
+  }
   data::Dataset dataset = data::scan_dataset(settings.images_dir, settings.masks_dir);
   SONO_CHECK(dataset.classes.size() >= 2, settings.images_dir,
              ": classification needs class subfolders (images/CLASS/ or BUSI's CLASS/), found ",

@@ -49,7 +49,7 @@ int seg_train(int argc, char** argv) {
              settings.arch, ": not a segmentation model (mit_b0 .. mit_b5)");
   data::Dataset dataset = data::scan_dataset(settings.images_dir, settings.masks_dir);
   SegmentationTask task;
-  if (settings.recipe.folds) return app::run_cross_validation(settings, task, dataset);
+  if (settings.recipe_options.folds) return app::run_cross_validation(settings, task, dataset);
   return app::run_training(settings, task, dataset);
 }
 

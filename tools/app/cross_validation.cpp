@@ -8,7 +8,7 @@
 
 #include "autograd/node.h"
 #include "tools/app/inference.h"
-#include "tools/data/atomic_file.h"
+#include "tensor/atomic_file.h"
 #include "tools/data/folds.h"
 
 namespace sono::app {
@@ -68,7 +68,7 @@ std::vector<double> score_fold(const TrainSettings& s, TrainingTask& task, std::
   options.workers = static_cast<int>(s.workers);
   data::Loader loader(std::move(cache), val, options);
   task.reset_metrics();
-  for (auto& [logits, batch] : checkpoint_outputs(best, loader, s.device, s.recipe.flip_tta)) {
+  for (auto& [logits, batch] : checkpoint_outputs(best, loader, s.device, s.recipe_options.flip_tta)) {
     Tensor calibrated = calibrate(best.card, logits);
     data::Batch on_device = batch;
     on_device.masks = batch.masks.to(s.device);
@@ -108,7 +108,7 @@ std::string summary_table(const std::vector<std::string>& columns, const std::ve
 
 int run_cross_validation(const TrainSettings& s, TrainingTask& task, const data::Dataset& dataset,
                          const std::function<void(data::SampleCache&, int fold)>& prepare) {
-  const int k = s.recipe.folds;
+  const int k = s.recipe_options.folds;
   data::Folds folds;
   std::vector<std::vector<double>> scores;
   for (int fold = 0; fold < k; ++fold) {
@@ -125,7 +125,7 @@ int run_cross_validation(const TrainSettings& s, TrainingTask& task, const data:
   std::cout << "cross-validation, " << k << " folds (best checkpoint of each, calibrated; std over folds):\n"
             << summary_table(task.metric_columns(), scores, csv);
   if (!s.log_dir.empty()) {
-    data::write_file_atomic(fs::path(s.log_dir) / "cross_validation.csv", csv);
+    write_file_atomic(fs::path(s.log_dir) / "cross_validation.csv", csv);
     task.write_out_of_fold(s.log_dir);
   }
   return 0;

@@ -33,7 +33,7 @@ void fit_temperature(const TrainSettings& s, data::Loader& val) {
   data::Rows logits;
   std::vector<int> labels;
   data::ProbabilityRecord before, after;
-  auto outputs = checkpoint_outputs(best, val, s.device, s.recipe.flip_tta);
+  auto outputs = checkpoint_outputs(best, val, s.device, s.recipe_options.flip_tta);
   for (auto& [l, batch] : outputs) {
     std::vector<double> values = l.to_vector();
     const size_t c = static_cast<size_t>(l.size(1));
@@ -55,7 +55,7 @@ void fit_temperature(const TrainSettings& s, data::Loader& val) {
 
 void fit_empty_threshold(const TrainSettings& s, data::Loader& val) {
   LoadedModel best = load_best(s, "segmentation");
-  auto outputs = checkpoint_outputs(best, val, s.device, s.recipe.flip_tta);
+  auto outputs = checkpoint_outputs(best, val, s.device, s.recipe_options.flip_tta);
   double best_threshold = 0.5, best_dice = -1, dice_at_half = 0;
   for (double threshold : {0.5, 0.6, 0.7, 0.8, 0.9, 0.95}) {
     best.card.extra["empty_below"] = number(threshold);

@@ -15,8 +15,8 @@ void add_recipe_options(Cli& cli) {
                             " folds and report mean and spread (0: one split by --val-split)");
 }
 
-Recipe read_recipe_options(const Cli& cli) {
-  Recipe r;
+RecipeOptions read_recipe_options(const Cli& cli) {
+  RecipeOptions r;
   r.augment = cli.str("augment");
   r.balanced_sampling = cli.is_set("balanced-sampling");
   r.ema_decay = cli.real("ema");
@@ -30,7 +30,7 @@ Recipe read_recipe_options(const Cli& cli) {
   return r;
 }
 
-data::AugmentOptions Recipe::augment_options() const {
+data::AugmentOptions RecipeOptions::augment_options() const {
   return augment == "ultrasound" ? data::AugmentOptions::ultrasound() : data::AugmentOptions{};
 }
 

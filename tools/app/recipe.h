@@ -9,7 +9,7 @@
 
 namespace sono::app {
 
-struct Recipe {
+struct RecipeOptions {
   std::string augment = "standard";  // standard or ultrasound (see data::AugmentOptions)
   bool balanced_sampling = false;
   double ema_decay = 0;  // 0: off
@@ -20,6 +20,6 @@ struct Recipe {
 };
 
 void add_recipe_options(Cli& cli);
-Recipe read_recipe_options(const Cli& cli);
+RecipeOptions read_recipe_options(const Cli& cli);
 
 }  // namespace sono::app
