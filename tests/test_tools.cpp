@@ -4,12 +4,14 @@
 #include <array>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <regex>
 #include <stb_image_write.h>
 #include <sys/wait.h>
 
 #include "helpers.h"
 #include "synthetic_blobs.h"
+#include "layers/safetensors.h"
 #include "tools/data/metrics.h"
 
 namespace fs = std::filesystem;
@@ -126,7 +128,7 @@ TEST_CASE("predict: the exact class line, probabilities, and a mask at the image
     INFO(r.output);
     REQUIRE(r.status == 0);
     std::smatch m;
-    REQUIRE(std::regex_search(r.output, m, std::regex("^Predicted class: (\\w+) \\((0\\.\\d\\d|1\\.00) confidence\\)\n")));
+    REQUIRE(std::regex_search(r.output, m, std::regex("^Predicted class: (\\w+) \\((0\\.\\d\\d|1\\.00) confidence\\)( \\[low confidence\\])?\n")));
     CHECK(m[1] == test::kBlobClasses[label]);
     CHECK(std::stod(m[2]) > 1.0 / 3);
     CHECK(std::regex_search(r.output, std::regex("Probabilities: benign 0\\.\\d{4}, malignant 0\\.\\d{4}, normal 0\\.\\d{4}")));
@@ -454,4 +456,106 @@ TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing 
     CHECK(read_file(mask) == before);
   }
   CHECK_FALSE(fs::exists(out));
+}
+
+namespace {
+
+// The rows of a tool's CSV by their first cell.
+std::map<std::string, std::vector<std::string>> csv_rows(const fs::path& csv) {
+  std::ifstream in(csv);
+  std::map<std::string, std::vector<std::string>> rows;
+  std::string line, cell;
+  while (std::getline(in, line)) {
+    std::vector<std::string> cells;
+    std::istringstream parts(line);
+    while (std::getline(parts, cell, ',')) cells.push_back(cell);
+    if (!cells.empty()) rows[cells[0]] = cells;
+  }
+  return rows;
+}
+
+}  // namespace
+
+TEST_CASE("cross-validation: --folds 2 trains a model per fold, scores each, reports mean and spread") {
+  const Trained& t = trained();
+  fs::path root = t.root / "cv", seg = root / "seg.safetensors", cls = root / "cls.safetensors";
+  fs::create_directories(root);
+  std::string dirs = "--images-dir " + (t.data / "images").string() + " --masks-dir " + (t.data / "masks").string();
+  Run s = run_tool("seg_train", dirs + " --arch mit_b0 --img-size 64 --epochs 1 --warmup-epochs 0 --batch-size 4 --folds 2"
+                                       " --save-path " + seg.string() + " --log-dir " + (root / "seg_log").string());
+  INFO(s.output);
+  REQUIRE(s.status == 0);
+  CHECK(fs::exists(root / "seg.fold1.safetensors"));
+  CHECK(fs::exists(root / "seg.fold2.safetensors"));
+  CHECK(s.output.find("empty below ") != std::string::npos);
+  // Every image validated in exactly one fold, and the two folds' classes within one of each other.
+  std::map<std::string, int> validated;
+  std::map<std::string, int> fold_class[2];
+  for (int k = 0; k < 2; ++k)
+    for (auto& [image, row] : csv_rows(root / "seg_log" / ("fold" + std::to_string(k + 1)) / "split.csv"))
+      if (row.size() == 4 && row[2] == "val") ++validated[image], ++fold_class[k][row[1]];
+  CHECK(validated.size() == 60);
+  for (auto& [image, times] : validated) CHECK(times == 1);
+  for (const char* c : test::kBlobClasses) CHECK(std::abs(fold_class[0][c] - fold_class[1][c]) <= 1);
+  auto seg_rows = csv_rows(root / "seg_log" / "cross_validation.csv");
+  REQUIRE(seg_rows.count("val_lesion_dice"));
+  REQUIRE(seg_rows["metric"] == std::vector<std::string>{"metric", "fold1", "fold2", "mean", "std", "min", "max"});
+  const auto& dice = seg_rows["val_dice"];
+  double a = std::stod(dice[1]), b = std::stod(dice[2]);
+  CHECK(std::stod(dice[3]) == doctest::Approx((a + b) / 2).epsilon(1e-5));
+  CHECK(std::stod(dice[4]) == doctest::Approx(std::abs(a - b) / std::sqrt(2.0)).epsilon(1e-4));
+  CHECK(std::stod(dice[5]) == doctest::Approx(std::min(a, b)).epsilon(1e-5));
+
+  // The classifier of fold k trains on the masks of the segmenter that did not see fold k; and
+  // with every recipe flag on, which must run through.
+  Run c = run_tool("cls_train", dirs + " --arch convnext_atto --img-size 64 --epochs 1 --warmup-epochs 0 --batch-size 8 --folds 2"
+                                       " --augment ultrasound --balanced-sampling --ema 0.9 --flip-tta"
+                                       " --seg-model " + (root / "seg.fold{fold}.safetensors").string() +
+                                       " --save-path " + cls.string() + " --log-dir " + (root / "cls_log").string());
+  INFO(c.output);
+  REQUIRE(c.status == 0);
+  CHECK(c.output.find("masks: predicted by " + (root / "seg.fold2.safetensors").string()) != std::string::npos);
+  CHECK(c.output.find("temperature ") != std::string::npos);
+  auto cls_rows = csv_rows(root / "cls_log" / "cross_validation.csv");
+  for (const char* metric : {"val_accuracy", "val_macro_f1", "val_recall_benign", "val_recall_malignant",
+                             "val_recall_normal", "val_auroc_malignant", "val_ece"}) {
+    CAPTURE(metric);
+    REQUIRE(cls_rows[metric].size() == 7);
+    double mean = std::stod(cls_rows[metric][3]);
+    CHECK(mean >= 0);
+    CHECK(mean <= 1);
+  }
+  std::string svg = read_file(root / "cls_log" / "reliability.svg");
+  CHECK(svg.find("out-of-fold calibration, 60 images") != std::string::npos);
+}
+
+TEST_CASE("the fitted temperature is in the classifier's card, and predict applies it") {
+  const Trained& t = trained();
+  nn::SafetensorsFile file = nn::load_safetensors(t.cls.string());
+  REQUIRE(file.metadata.count("temperature"));
+  CHECK(std::stod(file.metadata.at("temperature")) > 0);
+  // The same weights at T = 1 (as an old checkpoint without the key) and at T = 4.
+  fs::path plain = t.root / "cls_t1.safetensors", hot = t.root / "cls_t4.safetensors";
+  file.metadata.erase("temperature");
+  nn::save_safetensors(plain.string(), file.tensors, file.metadata);
+  file.metadata["temperature"] = "4";
+  nn::save_safetensors(hot.string(), file.tensors, file.metadata);
+  fs::path image = t.data / "images" / "malignant" / "malignant_3.png";
+  auto probabilities = [&](const fs::path& cls, const std::string& extra) {
+    Run r = run_tool("predict", "--image " + image.string() + " --seg_model " + t.seg.string() + " --cls_model " +
+                                    cls.string() + extra);
+    INFO(r.output);
+    REQUIRE(r.status == 0);
+    std::smatch m;
+    REQUIRE(std::regex_search(r.output, m, std::regex("benign (\\S+), malignant (\\S+), normal (\\S+)")));
+    return std::make_pair(std::vector<double>{std::stod(m[1]), std::stod(m[2]), std::stod(m[3])}, r.output);
+  };
+  auto [p1, out1] = probabilities(plain, "");
+  auto [p4, out4] = probabilities(hot, " --min_confidence 0.99");
+  // softmax(z / 4) = p^(1/4) normalised
+  double norm = 0;
+  for (double p : p1) norm += std::pow(p, 0.25);
+  for (int k = 0; k < 3; ++k) CHECK(p4[k] == doctest::Approx(std::pow(p1[k], 0.25) / norm).epsilon(2e-3));
+  CHECK(out4.find(" confidence) [low confidence]\n") != std::string::npos);
+  CHECK(std::get<1>(probabilities(hot, " --min_confidence 0")).find("[low confidence]") == std::string::npos);
 }

@@ -7,10 +7,14 @@
 
 #include "models/registry.h"
 #include "tensor/ops.h"
+#include "tools/app/cross_validation.h"
 #include "tools/app/inference.h"
+#include "tools/app/post_training.h"
 #include "tools/app/runtime.h"
 #include "tools/app/training.h"
 #include "tools/data/dataset.h"
+#include "tensor/atomic_file.h"
+#include "tools/data/calibration.h"
 #include "tools/data/metrics.h"
 
 namespace {
@@ -21,7 +25,8 @@ class ClassificationTask : public app::TrainingTask {
  public:
   ClassificationTask(std::vector<std::string> classes, Tensor class_weights, double label_smoothing)
       : classes_(std::move(classes)), class_weights_(std::move(class_weights)),
-        label_smoothing_(label_smoothing), metrics_(static_cast<int>(classes_.size())) {}
+        label_smoothing_(label_smoothing), metrics_(static_cast<int>(classes_.size())),
+        malignant_(static_cast<int>(std::find(classes_.begin(), classes_.end(), "malignant") - classes_.begin())) {}
 
   std::string task() const override { return "classification"; }
   data::InputKind input() const override { return data::InputKind::rgb_mask; }
@@ -31,26 +36,57 @@ class ClassificationTask : public app::TrainingTask {
       class_weights_ = class_weights_.to(logits.device());
     return cross_entropy(logits, batch.labels, class_weights_, label_smoothing_);
   }
-  void reset_metrics() override { metrics_ = data::ClassificationMetrics(static_cast<int>(classes_.size())); }
-  void add_metrics(const Tensor& logits, const data::Batch& batch) override { metrics_.add_batch(logits, batch.labels); }
+  void reset_metrics() override {
+    metrics_ = data::ClassificationMetrics(static_cast<int>(classes_.size()));
+    probabilities_ = {};
+  }
+  void add_metrics(const Tensor& logits, const data::Batch& batch) override {
+    metrics_.add_batch(logits, batch.labels);
+    probabilities_.add_batch(softmax(logits, -1), batch.labels);
+  }
+  // AUROC of malignant against the rest where the data has that class; ECE of the top class.
   std::vector<std::string> metric_columns() const override {
     std::vector<std::string> columns = {"val_accuracy", "val_macro_f1"};
     for (auto& c : classes_) columns.push_back("val_recall_" + c);
+    if (has_malignant()) columns.push_back("val_auroc_malignant");
+    columns.push_back("val_ece");
     return columns;
   }
   std::vector<double> metric_values() const override {
     std::vector<double> values = {metrics_.accuracy(), metrics_.macro_f1()};
     for (size_t c = 0; c < classes_.size(); ++c) values.push_back(metrics_.recall(static_cast<int>(c)));
+    if (has_malignant()) values.push_back(probabilities_.auroc(malignant_));
+    values.push_back(probabilities_.ece());
     return values;
   }
   std::string best_metric() const override { return "val_macro_f1"; }
   std::string report() const override { return metrics_.confusion_table(classes_); }
+  void after_training(const app::TrainSettings& settings, data::Loader& val) override {
+    app::fit_temperature(settings, val);
+  }
+  void add_out_of_fold(const Tensor& logits, const data::Batch& batch) override {
+    out_of_fold_.add_batch(softmax(logits, -1), batch.labels);
+    out_of_fold_metrics_.add_batch(logits, batch.labels);
+  }
+  void write_out_of_fold(const std::string& log_dir) const override {
+    auto path = std::filesystem::path(log_dir) / "reliability.svg";
+    std::ostringstream title;
+    title << std::fixed << std::setprecision(3) << "out-of-fold calibration, " << out_of_fold_.count()
+          << " images: ECE " << out_of_fold_.ece();
+    write_file_atomic(path, data::reliability_svg(out_of_fold_.bins(), title.str()));
+    std::cout << title.str() << " (" << path.string() << ")\n" << out_of_fold_metrics_.confusion_table(classes_);
+  }
 
  private:
+  bool has_malignant() const { return malignant_ < static_cast<int>(classes_.size()); }
+
   std::vector<std::string> classes_;
   mutable Tensor class_weights_;  // moved to the logits' device on first use
   double label_smoothing_;
   data::ClassificationMetrics metrics_;
+  int malignant_;
+  data::ProbabilityRecord probabilities_, out_of_fold_;
+  data::ClassificationMetrics out_of_fold_metrics_{static_cast<int>(classes_.size())};
 };
 
 // --class-weights balanced: as sklearn's compute_class_weight("balanced"), n / (classes * n_c),
@@ -83,7 +119,8 @@ void use_predicted_masks(data::SampleCache& cache, const std::string& seg_model,
 int cls_train(int argc, char** argv) {
   app::Cli cli("cls_train", "Train a lesion classifier on image + lesion mask (ConvNeXt, 4 input channels).");
   app::add_training_options(cli, {.arch = "convnext_base", .batch_size = 16, .weight_decay = 5e-2, .drop_path = 0.1});
-  cli.option("seg-model", "", "train on the masks this segmentation checkpoint predicts (default: ground truth)")
+  cli.option("seg-model", "", "train on the masks this segmentation checkpoint predicts (default: ground truth);"
+                              " with --folds, {fold} in the name stands for the fold's number")
       .option("label-smoothing", "0.1", "cross-entropy label smoothing")
       .option("class-weights", "none", "none, or balanced: loss weights n / (classes * n_class)");
   if (!cli.parse(argc, argv)) return 0;
@@ -91,19 +128,35 @@ int cls_train(int argc, char** argv) {
   SONO_CHECK(models::find_model(settings.arch).task == models::Task::classification, "--arch ",
              settings.arch, ": not a classification model (convnext_atto .. convnext_large)");
   std::string seg_model = cli.str("seg-model");
-  SONO_CHECK(seg_model.empty() || std::filesystem::is_regular_file(seg_model), seg_model,
-             ": --seg-model file not found");
-  if (!seg_model.empty())
-    app::check_outputs({{seg_model, "--seg-model"}},
+  const int folds = settings.recipe_options.folds;
+  SONO_CHECK(folds || seg_model.find("{fold}") == std::string::npos, "--seg-model ", seg_model,
+             ": {fold} stands for a fold's number, which needs --folds");
+  // A fold's classifier sees the masks of the segmenter that did not train on the fold.
+  auto fold_seg_model = [&](int fold) {
+    return seg_model.find("{fold}") == std::string::npos ? seg_model : app::fold_path(seg_model, fold);
+  };
+  for (int fold = 0; fold < std::max(folds, 1) && !seg_model.empty(); ++fold) {
+    SONO_CHECK(std::filesystem::is_regular_file(fold_seg_model(fold)), fold_seg_model(fold),
+               ": --seg-model file not found");
+    app::check_outputs({{fold_seg_model(fold), "--seg-model"}},
                        {{settings.save_path, "--save-path"},
                         {app::resume_state_path(settings.save_path), "the resume state of --save-path"}},
                        true);
+  }
   data::Dataset dataset = data::scan_dataset(settings.images_dir, settings.masks_dir);
   SONO_CHECK(dataset.classes.size() >= 2, settings.images_dir,
              ": classification needs class subfolders (images/CLASS/ or BUSI's CLASS/), found ",
              dataset.classes.size() == 1 ? "one class" : "no class folders");
   Tensor weights = class_weights(cli.str("class-weights"), dataset);
   ClassificationTask task(dataset.classes, weights, cli.real("label-smoothing"));
+  if (folds) {
+    std::function<void(data::SampleCache&, int)> prepare_fold;
+    if (!seg_model.empty())
+      prepare_fold = [&](data::SampleCache& cache, int fold) {
+        use_predicted_masks(cache, fold_seg_model(fold), settings.device);
+      };
+    return app::run_cross_validation(settings, task, dataset, prepare_fold);
+  }
   std::function<void(data::SampleCache&)> prepare;
   if (!seg_model.empty())
     prepare = [&](data::SampleCache& cache) { use_predicted_masks(cache, seg_model, settings.device); };

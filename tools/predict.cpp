@@ -1,7 +1,9 @@
 // predict: segments the lesion, then classifies image + predicted mask.
 //   predict --image scan.png --seg_model S --cls_model C --save_mask scan_mask.png
-// prints "Predicted class: benign (0.92 confidence)" and the class probabilities. With a
-// folder for --image it writes one CSV row per image (and masks into the --save_mask folder).
+// prints "Predicted class: benign (0.92 confidence)" and the class probabilities; the confidence
+// is calibrated by the temperature in the classifier's card, and " [low confidence]" follows
+// it when under --min_confidence. With a folder for --image it writes one CSV row per image
+// (and masks into the --save_mask folder).
 #include <algorithm>
 #include <cstdio>
 #include <iomanip>
@@ -23,6 +25,8 @@ struct Predictor {
   app::LoadedModel seg, cls;
   Device device;
   bool overlay;
+  double min_confidence = 0.6;
+  bool flip = false;
 };
 
 struct Prediction {
@@ -33,16 +37,17 @@ struct Prediction {
 
 Prediction predict_image(Predictor& p, const data::Image& image) {
   Prediction r;
-  r.mask = app::segment(p.seg, image, image.height, image.width, p.device);
-  r.probabilities = app::classify(p.cls, image, r.mask, p.device);
+  r.mask = app::segment(p.seg, image, image.height, image.width, p.device, p.flip);
+  r.probabilities = app::classify(p.cls, image, r.mask, p.device, p.flip);
   r.predicted = std::max_element(r.probabilities.begin(), r.probabilities.end()) - r.probabilities.begin();
   return r;
 }
 
 std::string class_line(const Predictor& p, const Prediction& r) {
   char line[160];
-  std::snprintf(line, sizeof line, "Predicted class: %s (%.2f confidence)",
-                p.cls.card.classes.at(r.predicted).c_str(), r.probabilities[r.predicted]);
+  std::snprintf(line, sizeof line, "Predicted class: %s (%.2f confidence)%s",
+                p.cls.card.classes.at(r.predicted).c_str(), r.probabilities[r.predicted],
+                r.probabilities[r.predicted] < p.min_confidence ? " [low confidence]" : "");
   return line;
 }
 
@@ -177,7 +182,9 @@ int predict(int argc, char** argv) {
       .option("save_mask", "", "mask PNG at the image's size; for a folder --image, a folder for the masks")
       .flag("overlay", "also save X_overlay.png beside the mask: the lesion outline on the image")
       .option("csv", "predictions.csv", "for a folder --image: the CSV with one row per image")
-      .flag("overwrite", "replace masks, overlays or a CSV that exist (never the run's inputs)");
+      .flag("overwrite", "replace masks, overlays or a CSV that exist (never the run's inputs)")
+      .option("min_confidence", "0.6", "flag a prediction whose (calibrated) probability is under this as low confidence")
+      .flag("flip_tta", "average each model's outputs on the image and its mirror image");
   app::add_runtime_options(cli);
   if (!cli.parse(argc, argv)) return 0;
   Device device = app::apply_runtime_options(cli);
@@ -205,8 +212,12 @@ int predict(int argc, char** argv) {
     }
   }
   check_run_files(cli, run, cli.is_set("overlay"));
+  double min_confidence = cli.real("min_confidence");
+  SONO_CHECK(min_confidence >= 0 && min_confidence <= 1, "--min_confidence ", min_confidence,
+             ": must be between 0 and 1");
   Predictor p{app::load_checkpoint(cli.str("seg_model"), "segmentation"),
-              app::load_checkpoint(cli.str("cls_model"), "classification"), device, cli.is_set("overlay")};
+              app::load_checkpoint(cli.str("cls_model"), "classification"), device, cli.is_set("overlay"),
+              min_confidence, cli.is_set("flip_tta")};
   p.seg.model->to(device);
   p.cls.model->to(device);
   return folder ? predict_folder(p, run) : predict_one(p, image, save_mask);

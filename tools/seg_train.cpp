@@ -4,6 +4,8 @@
 
 #include "models/registry.h"
 #include "tensor/ops.h"
+#include "tools/app/cross_validation.h"
+#include "tools/app/post_training.h"
 #include "tools/app/runtime.h"
 #include "tools/app/training.h"
 #include "tools/data/dataset.h"
@@ -30,6 +32,9 @@ class SegmentationTask : public app::TrainingTask {
     return {metrics_.dice(), metrics_.iou(), metrics_.lesion_dice(), metrics_.lesion_iou()};
   }
   std::string best_metric() const override { return "val_dice"; }
+  void after_training(const app::TrainSettings& settings, data::Loader& val) override {
+    app::fit_empty_threshold(settings, val);
+  }
 
  private:
   data::SegmentationMetrics metrics_;
@@ -44,6 +49,7 @@ int seg_train(int argc, char** argv) {
              settings.arch, ": not a segmentation model (mit_b0 .. mit_b5)");
   data::Dataset dataset = data::scan_dataset(settings.images_dir, settings.masks_dir);
   SegmentationTask task;
+  if (settings.recipe_options.folds) return app::run_cross_validation(settings, task, dataset);
   return app::run_training(settings, task, dataset);
 }
 

@@ -1,24 +1,76 @@
 #include "tools/app/inference.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "autograd/node.h"
 #include "tensor/ops.h"
 #include "tools/data/model_input.h"
 
 namespace sono::app {
 
-data::Mask segment(LoadedModel& seg, const data::Image& image, int height, int width, Device device) {
+namespace {
+
+// NHWC mirrored left to right.
+Tensor mirror(const Tensor& x) {
+  std::vector<double> in = x.to_vector(), out(in.size());
+  const size_t rows = static_cast<size_t>(x.size(0) * x.size(1)), w = static_cast<size_t>(x.size(2)),
+               c = static_cast<size_t>(x.size(3));
+  for (size_t r = 0; r < rows; ++r)
+    for (size_t col = 0; col < w; ++col)
+      std::copy_n(in.begin() + (r * w + col) * c, c, out.begin() + (r * w + (w - 1 - col)) * c);
+  return Tensor::from_vector(out, x.shape()).to(x.device());
+}
+
+double card_value(const ModelCard& card, const std::string& key, double absent) {
+  auto it = card.extra.find(key);
+  return it == card.extra.end() ? absent : std::stod(it->second);
+}
+
+// Images whose highest logit is under logit(probability) become all background.
+Tensor empty_below(const Tensor& logits, double probability) {
+  std::vector<double> v = logits.to_vector();
+  const double threshold = std::log(probability / (1 - probability));
+  const size_t per_image = v.size() / static_cast<size_t>(logits.size(0));
+  for (size_t i = 0; i < v.size(); i += per_image)
+    if (*std::max_element(v.begin() + i, v.begin() + i + per_image) < threshold)
+      std::fill(v.begin() + i, v.begin() + i + per_image, -20.0);
+  return Tensor::from_vector(v, logits.shape()).to(logits.device());
+}
+
+}  // namespace
+
+Tensor forward(nn::UnaryModule& model, const Tensor& x, bool flip) {
+  Tensor logits = model(x);
+  if (!flip) return logits;
+  Tensor mirrored = model(mirror(x));
+  if (logits.dim() == 4) mirrored = mirror(mirrored);
+  return mul(add(logits, mirrored), 0.5);
+}
+
+Tensor calibrate(const ModelCard& card, const Tensor& logits) {
+  if (card.task == "classification") {
+    double t = card_value(card, "temperature", 1);
+    return t == 1 ? logits : mul(logits, 1 / t);
+  }
+  double p = card_value(card, "empty_below", 0.5);
+  return p <= 0.5 ? logits : empty_below(logits, p);  // at 0.5 an empty map is empty already
+}
+
+data::Mask segment(LoadedModel& seg, const data::Image& image, int height, int width, Device device, bool flip) {
   autograd::NoGradGuard no_grad;
   Tensor x = data::model_input(image, data::Mask(image.height, image.width),
                                static_cast<int>(seg.card.img_size), data::InputKind::rgb);
-  return data::mask_from_logits((*seg.model)(x.to(device)), height, width);
+  return data::mask_from_logits(calibrate(seg.card, forward(*seg.model, x.to(device), flip)), height, width);
 }
 
-std::vector<double> classify(LoadedModel& cls, const data::Image& image, const data::Mask& mask, Device device) {
+std::vector<double> classify(LoadedModel& cls, const data::Image& image, const data::Mask& mask, Device device,
+                             bool flip) {
   autograd::NoGradGuard no_grad;
   SONO_CHECK(cls.card.in_channels == 4, "classification checkpoint (", cls.card.arch, ") takes ",
              cls.card.in_channels, " channels; expected image + mask (4)");
   Tensor x = data::model_input(image, mask, static_cast<int>(cls.card.img_size), data::InputKind::rgb_mask);
-  return softmax((*cls.model)(x.to(device)), -1).to_vector();
+  return softmax(calibrate(cls.card, forward(*cls.model, x.to(device), flip)), -1).to_vector();
 }
 
 }  // namespace sono::app

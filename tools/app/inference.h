@@ -9,11 +9,23 @@
 
 namespace sono::app {
 
+// The model's logits for an NHWC batch; with `flip`, averaged with those of the mirrored batch
+// (mirrored back for a segmentation map), a cheap test-time augmentation.
+Tensor forward(nn::UnaryModule& model, const Tensor& x, bool flip);
+
+// What was fitted on validation after training, as the card records it (absent: nothing):
+// classification logits are divided by "temperature"; a segmentation map whose highest lesion
+// probability is under "empty_below" is made empty.
+Tensor calibrate(const ModelCard& card, const Tensor& logits);
+
 // The lesion mask of `image` (RGB 0..1, any size) at (height, width): the image is resized to
 // the checkpoint's training size, the logits resized back (see data::mask_from_logits).
-data::Mask segment(LoadedModel& seg, const data::Image& image, int height, int width, Device device);
+data::Mask segment(LoadedModel& seg, const data::Image& image, int height, int width, Device device,
+                   bool flip = false);
 
-// Class probabilities (softmax) for an image and its lesion mask of the same size.
-std::vector<double> classify(LoadedModel& cls, const data::Image& image, const data::Mask& mask, Device device);
+// Class probabilities (softmax of the calibrated logits) for an image and its lesion mask of
+// the same size.
+std::vector<double> classify(LoadedModel& cls, const data::Image& image, const data::Mask& mask, Device device,
+                             bool flip = false);
 
 }  // namespace sono::app

@@ -6,6 +6,7 @@
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "autograd/node.h"
@@ -16,7 +17,9 @@
 #include "models/pretrained.h"
 #include "tensor/random.h"
 #include "tools/app/checkpoint.h"
+#include "tools/app/inference.h"
 #include "tools/app/runtime.h"
+#include "tools/app/weight_average.h"
 #include "tensor/atomic_file.h"
 #include "tools/data/progress.h"
 #include "tools/data/split.h"
@@ -50,6 +53,7 @@ void add_training_options(Cli& cli, const TrainDefaults& d) {
       .option("clip-grad", "", "clip the global gradient norm to this, 0: off (default: mit 1, convnext 0)")
       .option("workers", "2", "threads preparing batches")
       .flag("no-augment", "train without augmentation");
+  add_recipe_options(cli);
   add_runtime_options(cli);
 }
 
@@ -111,6 +115,7 @@ TrainSettings read_training_options(const Cli& cli) {
   s.drop_path = cli.real("drop-path");
   s.augment = !cli.is_set("no-augment");
   s.resume_anyway = cli.is_set("resume-anyway");
+  s.recipe_options = read_recipe_options(cli);
   SONO_CHECK(s.epochs >= 1, "--epochs ", s.epochs, ": must be at least 1");
   SONO_CHECK(s.batch_size >= 1, "--batch-size ", s.batch_size, ": must be at least 1");
   models::find_model(s.arch);  // an unknown --arch fails here, listing the known ones
@@ -225,6 +230,9 @@ class Trainer {
  public:
   Trainer(const TrainSettings& s, TrainingTask& task, const data::Dataset& dataset)
       : s_(s), task_(task), dataset_(dataset) {}
+  // On prepared samples and a given split.
+  Trainer(const TrainSettings& s, TrainingTask& task, std::shared_ptr<data::SampleCache> cache, data::Split split)
+      : s_(s), task_(task), dataset_(cache->dataset()), cache_(std::move(cache)), split_(std::move(split)) {}
 
   int run(const std::function<void(data::SampleCache&)>& prepare);
 
@@ -244,7 +252,9 @@ class Trainer {
   TrainingTask& task_;
   const data::Dataset& dataset_;
   std::shared_ptr<data::SampleCache> cache_;
+  std::optional<data::Split> split_;
   std::unique_ptr<data::Loader> train_, val_;
+  std::unique_ptr<WeightAverage> ema_;
   std::shared_ptr<nn::UnaryModule> model_;
   std::unique_ptr<nn::AdamW> optimizer_;
   nn::CosineWarmupSchedule schedule_{};
@@ -272,9 +282,12 @@ void Trainer::write_split(const data::Split& split) const {
 
 void Trainer::build_data(const std::function<void(data::SampleCache&)>& prepare) {
   std::cout << dataset_.summary() << "\n";
-  cache_ = std::make_shared<data::SampleCache>(dataset_, static_cast<int>(s_.img_size));
-  if (prepare) prepare(*cache_);
-  data::Split split = data::split_dataset(dataset_, cache_->hashes(), {s_.val_split, s_.seed});
+  if (!cache_) {
+    cache_ = std::make_shared<data::SampleCache>(dataset_, static_cast<int>(s_.img_size));
+    if (prepare) prepare(*cache_);
+    split_ = data::split_dataset(dataset_, cache_->hashes(), {s_.val_split, s_.seed});
+  }
+  const data::Split& split = *split_;
   std::cout << "split: " << split.summary(dataset_) << "\n";
   data_fingerprint_ = data_fingerprint(dataset_, cache_->hashes(), split);
   if (!s_.log_dir.empty()) write_split(split);
@@ -283,12 +296,14 @@ void Trainer::build_data(const std::function<void(data::SampleCache&)>& prepare)
   train.batch_size = s_.batch_size;
   train.input = task_.input();
   train.augment = s_.augment;
+  train.augmentation = s_.recipe_options.augment_options();
   train.workers = static_cast<int>(s_.workers);
   train.seed = s_.seed;
+  train.balanced = s_.recipe_options.balanced_sampling;
   // BatchNorm cannot train on a last batch of one image.
   train.drop_last = has_batch_norm(*model_) && split.train.size() % s_.batch_size == 1;
   data::LoaderOptions val = train;
-  val.shuffle = val.augment = val.drop_last = false;
+  val.shuffle = val.augment = val.drop_last = val.balanced = false;
   train_ = std::make_unique<data::Loader>(cache_, split.train, train);
   val_ = std::make_unique<data::Loader>(cache_, split.val, val);
 }
@@ -407,6 +422,7 @@ double Trainer::train_epoch(int epoch, double& images_per_second) {
     loss.backward();
     if (s_.clip_grad > 0) nn::clip_grad_norm(params, s_.clip_grad);
     optimizer_->step();
+    if (ema_) ema_->update(*model_);
     double value = loss.item();
     SONO_CHECK(std::isfinite(value), "training diverged at epoch ", epoch + 1, " (loss ", value,
                "); lower --lr or set --clip-grad");
@@ -429,7 +445,7 @@ double Trainer::validate(int epoch) {
   data::Progress bar(title.str(), val_->size());
   while (auto batch = val_->next()) {
     data::Batch b = to_device(std::move(*batch), s_.device);
-    Tensor logits = (*model_)(b.images);
+    Tensor logits = forward(*model_, b.images, s_.recipe_options.flip_tta);
     bar.step(b.samples.size(), task_.loss(logits, b).item());
     task_.add_metrics(logits, b);
   }
@@ -454,6 +470,7 @@ void Trainer::end_epoch(int epoch, const std::vector<double>& row, double metric
     save_checkpoint(s_.save_path, *model_, card());
     std::cout << "saved " << s_.save_path << " (best " << task_.best_metric() << " " << metric << ")\n";
   }
+  if (ema_) ema_->swap(*model_);  // the resume state holds the trained weights
   ModelCard state_card = card();
   state_card.extra["epoch"] = std::to_string(epoch + 1);
   state_card.extra["history"] = log_->csv();
@@ -465,6 +482,7 @@ void Trainer::end_epoch(int epoch, const std::vector<double>& row, double metric
 int Trainer::run(const std::function<void(data::SampleCache&)>& prepare) {
   build_model();
   build_data(prepare);
+  if (s_.recipe_options.ema_decay > 0) ema_ = std::make_unique<WeightAverage>(*model_, s_.recipe_options.ema_decay);
   optimizer_ = std::make_unique<nn::AdamW>(
       nn::param_groups_weight_decay(*model_, s_.weight_decay),
       nn::AdamOptions{.lr = s_.lr, .weight_decay = s_.weight_decay});
@@ -482,12 +500,15 @@ int Trainer::run(const std::function<void(data::SampleCache&)>& prepare) {
     double images_per_second = 0;
     double train_loss = train_epoch(epoch, images_per_second);
     double lr = optimizer_->lr();
+    if (ema_) ema_->swap(*model_);  // validated, and saved when best, are the averaged weights
     double val_loss = validate(epoch);
     std::vector<double> row = {double(epoch + 1), train_loss, val_loss, lr, images_per_second};
     std::vector<double> values = task_.metric_values();
     row.insert(row.end(), values.begin(), values.end());
     end_epoch(epoch, row, values.at(best_index));
   }
+  if (fs::exists(s_.save_path))  // a resumed run may never beat the best of the run before
+    task_.after_training(s_, *val_);
   std::cout << "best " << task_.best_metric() << " " << best_ << " at epoch " << best_epoch_ << ": "
             << s_.save_path << "\n";
   return 0;
@@ -499,6 +520,12 @@ int run_training(const TrainSettings& settings, TrainingTask& task, const data::
                  const std::function<void(data::SampleCache&)>& prepare) {
   Trainer trainer(settings, task, dataset);
   return trainer.run(prepare);
+}
+
+int run_training(const TrainSettings& settings, TrainingTask& task, std::shared_ptr<data::SampleCache> cache,
+                 const data::Split& split) {
+  Trainer trainer(settings, task, std::move(cache), split);
+  return trainer.run({});
 }
 
 }  // namespace sono::app

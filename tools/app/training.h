@@ -9,9 +9,11 @@
 
 #include "tensor/tensor.h"
 #include "tools/app/cli.h"
+#include "tools/app/recipe.h"
 #include "tools/data/cache.h"
 #include "tools/data/loader.h"
 #include "tools/data/model_input.h"
+#include "tools/data/split.h"
 
 namespace sono::app {
 
@@ -23,6 +25,7 @@ struct TrainSettings {
          clip_grad = 0;
   bool augment = true, resume_anyway = false;
   Device device = Device::cpu;
+  RecipeOptions recipe_options;  // augmentation, sampling, EMA, TTA, folds (recipe.h)
 };
 
 // Per-tool defaults of the shared flags.
@@ -67,12 +70,23 @@ class TrainingTask {
   virtual std::vector<double> metric_values() const = 0;
   virtual std::string best_metric() const = 0;  // the column that picks the checkpoint
   virtual std::string report() const { return ""; }  // printed after each validation
+
+  // Once training is done: fit on the best checkpoint's validation outputs what its card
+  // should carry (cls: the temperature; seg: the empty-image threshold), and rewrite it.
+  virtual void after_training(const TrainSettings&, data::Loader& /*val*/) {}
+  // Cross-validation: each fold's validation outputs (calibrated as the card says), pooled
+  // over the folds, and the figures drawn from them into the log folder.
+  virtual void add_out_of_fold(const Tensor& /*logits*/, const data::Batch& /*batch*/) {}
+  virtual void write_out_of_fold(const std::string& /*log_dir*/) const {}
 };
 
 // Everything after the dataset scan. `prepare` may change the cached samples before
 // training (cls_train --seg-model puts predicted masks there). Returns the exit status.
 int run_training(const TrainSettings& settings, TrainingTask& task, const data::Dataset& dataset,
                  const std::function<void(data::SampleCache&)>& prepare = {});
+// The same on prepared samples and a given split (a cross-validation fold).
+int run_training(const TrainSettings& settings, TrainingTask& task, std::shared_ptr<data::SampleCache> cache,
+                 const data::Split& split);
 
 // "X.safetensors" -> "X.last.safetensors": the state --resume continues from.
 std::string resume_state_path(const std::string& save_path);

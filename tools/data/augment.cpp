@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "tensor/error.h"
 #include "tools/data/seeding.h"
@@ -11,6 +12,15 @@ namespace sono::data {
 AugmentOptions AugmentOptions::none() {
   return {.hflip = 0, .vflip = 0, .rotate90 = false, .rotate_degrees = 0, .scale_min = 1, .scale_max = 1,
           .translate = 0, .brightness = 0, .contrast = 0};
+}
+
+AugmentOptions AugmentOptions::ultrasound() {
+  AugmentOptions o;
+  o.contrast = 0.2;
+  o.gamma = 0.3;
+  o.speckle = 0.15;
+  o.lesion_crop = 0.5;
+  return o;
 }
 
 namespace {
@@ -60,6 +70,54 @@ Affine draw_geometry(const AugmentOptions& o, int height, int width, Generator& 
   return {inv.m00, inv.m01, inv.m00 * ox + inv.m01 * oy + cx, inv.m10, inv.m11, inv.m10 * ox + inv.m11 * oy + cy};
 }
 
+namespace {
+
+struct Box {
+  int y0, x0, y1, x1;  // inclusive
+};
+
+std::optional<Box> lesion_box(const Mask& m) {
+  Box b{m.height, m.width, -1, -1};
+  for (int y = 0; y < m.height; ++y)
+    for (int x = 0; x < m.width; ++x)
+      if (m.at(y, x)) b = {std::min(b.y0, y), std::min(b.x0, x), std::max(b.y1, y), std::max(b.x1, x)};
+  if (b.y1 < 0) return std::nullopt;
+  return b;
+}
+
+// The centre (continuous coordinates) of a window of half-width `half` on an axis of `side`
+// pixels: inside the image and, when the lesion spans pixels lo..hi, around it; `t` in [0, 1)
+// places it in the range that allows.
+double window_centre(double lo, double hi, double half, int side, double t) {
+  double from = std::max(half, hi + 1 - half), to = std::min(side - half, lo + half);
+  return from <= to ? from + t * (to - from) : (lo + hi + 1) / 2;
+}
+
+}  // namespace
+
+Affine draw_lesion_crop(const AugmentOptions& o, const Mask& mask, Generator& gen) {
+  bool drawn = uniform(gen, 0, 1) < o.lesion_crop;
+  double zoom = uniform(gen, 1, std::max(o.lesion_zoom, 1.0));
+  double ty = uniform(gen, 0, 1), tx = uniform(gen, 0, 1);
+  if (!drawn) return {};
+  const int h = mask.height, w = mask.width;
+  Box box = lesion_box(mask).value_or(Box{h, w, -1, -1});  // no lesion: a window anywhere
+  if (box.y1 >= 0) {  // the zoom that still holds the box and a 10% margin
+    double span = 1.1 * std::max((box.y1 - box.y0 + 1) / double(h), (box.x1 - box.x0 + 1) / double(w));
+    zoom = std::min(zoom, 1 / span);
+  }
+  if (zoom <= 1) return {};
+  double cy = window_centre(box.y0, box.y1, h / (2 * zoom), h, ty);
+  double cx = window_centre(box.x0, box.x1, w / (2 * zoom), w, tx);
+  // Output pixel p samples source index c - 0.5 + (p - (side - 1) / 2) / zoom.
+  return {1 / zoom, 0, cx - 0.5 - (w - 1) / (2 * zoom), 0, 1 / zoom, cy - 0.5 - (h - 1) / (2 * zoom)};
+}
+
+Affine compose(const Affine& a, const Affine& b) {
+  return {a.a * b.a + a.b * b.d, a.a * b.b + a.b * b.e, a.a * b.c + a.b * b.f + a.c,
+          a.d * b.a + a.e * b.d, a.d * b.b + a.e * b.e, a.d * b.c + a.e * b.f + a.f};
+}
+
 void warp(const Image& image, const Mask& mask, const Affine& map, Image& out_image, Mask& out_mask) {
   SONO_CHECK(image.height == mask.height && image.width == mask.width, "warp: image is ", image.width, "x",
              image.height, " but mask is ", mask.width, "x", mask.height);
@@ -84,19 +142,35 @@ void warp(const Image& image, const Mask& mask, const Affine& map, Image& out_im
 }
 
 Photometric draw_photometric(const AugmentOptions& o, Generator& gen) {
-  double brightness = uniform(gen, -o.brightness, o.brightness);
-  double contrast = 1 + uniform(gen, -o.contrast, o.contrast);
-  return {brightness, contrast};
+  Photometric p;
+  p.brightness = uniform(gen, -o.brightness, o.brightness);
+  p.contrast = 1 + uniform(gen, -o.contrast, o.contrast);
+  p.gamma = std::exp(uniform(gen, -o.gamma, o.gamma));
+  p.speckle = o.speckle;
+  p.speckle_seed = gen.next();
+  return p;
 }
 
 void apply_photometric(Image& image, const Photometric& p) {
-  for (float& v : image.pixels)
-    v = std::clamp(static_cast<float>(p.contrast * v + p.brightness), 0.0f, 1.0f);
+  for (float& v : image.pixels) {
+    double jittered = std::clamp(p.contrast * v + p.brightness, 0.0, 1.0);
+    v = static_cast<float>(p.gamma == 1 ? jittered : std::pow(jittered, p.gamma));
+  }
+  if (p.speckle <= 0) return;
+  Generator noise(p.speckle_seed);
+  // One factor per pixel, shared by its channels: speckle is in the echo, not in a colour.
+  const size_t channels = static_cast<size_t>(image.channels);
+  for (size_t i = 0; i < image.pixels.size(); i += channels) {
+    double factor = 1 + p.speckle * noise.normal();
+    for (size_t c = i; c < i + channels; ++c)
+      image.pixels[c] = static_cast<float>(std::clamp(image.pixels[c] * factor, 0.0, 1.0));
+  }
 }
 
 void augment(Image& image, Mask& mask, const AugmentOptions& o, Generator& gen) {
   Affine map = draw_geometry(o, image.height, image.width, gen);
   Photometric photometric = draw_photometric(o, gen);
+  map = compose(draw_lesion_crop(o, mask, gen), map);
   Image warped;
   Mask warped_mask;
   warp(image, mask, map, warped, warped_mask);

@@ -16,8 +16,21 @@ struct AugmentOptions {
   double translate = 0.05;  // per axis, uniform in [-t, t] times the side
   double brightness = 0.1;  // added, uniform in [-b, b] (images are 0..1)
   double contrast = 0.1;    // factor 1 + uniform in [-c, c]
+  // Ultrasound's own variation (off here, on in ultrasound()): the gain curve, v -> v^gamma
+  // with log(gamma) uniform in [-g, g], and speckle, multiplicative noise v * (1 + s N(0, 1))
+  // per pixel, applied after brightness and contrast.
+  double gamma = 0;
+  double speckle = 0;
+  // With this probability, zoom in by up to lesion_zoom on a window that still holds the whole
+  // lesion (its bounding box plus 10%): the lesion and its margin fill more of the input, as a
+  // sonographer's zoom would. A scan without lesion gets a window of the same zoom anywhere.
+  double lesion_crop = 0;
+  double lesion_zoom = 1.5;
 
   static AugmentOptions none();
+  // The default chain plus gamma 0.3, speckle 0.15, stronger contrast (0.2) and a lesion
+  // crop half the time.
+  static AugmentOptions ultrasound();
 };
 
 // Output pixel (x, y) samples the source at (a x + b y + c, d x + e y + f).
@@ -30,17 +43,25 @@ struct Affine {
 // whatever the options, so turning one option off does not change the others' draws.
 Affine draw_geometry(const AugmentOptions& options, int height, int width, Generator& gen);
 
+// One random draw of the lesion crop for `mask` (identity when not drawn): the output-to-source
+// map of the zoomed window.
+Affine draw_lesion_crop(const AugmentOptions& options, const Mask& mask, Generator& gen);
+// a after b: the map x -> a(b(x)).
+Affine compose(const Affine& a, const Affine& b);
+
 // Resamples image and mask through `map` into images of the same size.
 void warp(const Image& image, const Mask& mask, const Affine& map, Image& out_image, Mask& out_mask);
 
 struct Photometric {
-  double brightness = 0, contrast = 1;
+  double brightness = 0, contrast = 1, gamma = 1, speckle = 0;
+  uint64_t speckle_seed = 0;  // the noise field's seed
 };
 Photometric draw_photometric(const AugmentOptions& options, Generator& gen);
-// v -> clamp(contrast * v + brightness, 0, 1), as albumentations' RandomBrightnessContrast.
+// v -> clamp(contrast * v + brightness, 0, 1), as albumentations' RandomBrightnessContrast,
+// then v^gamma, then the speckle (clamped to 0..1 again).
 void apply_photometric(Image& image, const Photometric& p);
 
-// The whole chain: geometry, then photometric jitter.
+// The whole chain: lesion crop and geometry (one resampling), then photometric jitter.
 void augment(Image& image, Mask& mask, const AugmentOptions& options, Generator& gen);
 
 }  // namespace sono::data

@@ -51,12 +51,27 @@ size_t Loader::batches_per_epoch() const {
   return options_.drop_last ? samples_.size() / b : (samples_.size() + b - 1) / b;
 }
 
+std::vector<size_t> Loader::balanced_draw(Generator& gen) const {
+  std::map<int, size_t> class_size;
+  for (size_t i : samples_) ++class_size[cache_->label(i)];
+  std::vector<double> cumulative;
+  double total = 0;
+  for (size_t i : samples_) cumulative.push_back(total += 1.0 / class_size[cache_->label(i)]);
+  std::vector<size_t> order;
+  for (size_t n = 0; n < samples_.size(); ++n) {
+    size_t at = std::upper_bound(cumulative.begin(), cumulative.end(), uniform(gen, 0, total)) - cumulative.begin();
+    order.push_back(samples_[std::min(at, samples_.size() - 1)]);
+  }
+  return order;
+}
+
 std::vector<size_t> Loader::epoch_order(int epoch) const {
   std::vector<size_t> order = samples_;
-  if (options_.shuffle) {
-    Generator gen(mix_seed({options_.seed, static_cast<uint64_t>(epoch), 0x5eed0f0dull}));
+  Generator gen(mix_seed({options_.seed, static_cast<uint64_t>(epoch), 0x5eed0f0dull}));
+  if (options_.balanced)
+    order = balanced_draw(gen);
+  else if (options_.shuffle)
     seeded_shuffle(order, gen);
-  }
   return order;
 }
 

@@ -31,6 +31,9 @@ struct LoaderOptions {
   int64_t batch_size = 8;
   InputKind input = InputKind::rgb;
   bool shuffle = true;  // a new order each epoch
+  // Instead of each sample once: as many draws with replacement, every class equally likely,
+  // so a rare class (BUSI's normal: 17%) is seen as often as a common one.
+  bool balanced = false;
   bool augment = true;
   AugmentOptions augmentation{};
   bool drop_last = false;  // drop a last, smaller batch
@@ -63,6 +66,7 @@ class Loader {
   void stop_workers();
   void work();
   std::vector<size_t> epoch_order(int epoch) const;
+  std::vector<size_t> balanced_draw(Generator& gen) const;
 
   std::shared_ptr<const SampleCache> cache_;
   std::vector<size_t> samples_;

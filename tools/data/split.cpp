@@ -75,7 +75,8 @@ namespace {
 
 int class_count(const Dataset& d) { return std::max<int>(static_cast<int>(d.classes.size()), 1); }
 
-// Majority label of each group's members; ties go to the lower label.
+}  // namespace
+
 std::vector<int> group_classes(const Dataset& d, const std::vector<int>& group, int groups) {
   std::vector<std::vector<int>> votes(groups, std::vector<int>(class_count(d), 0));
   for (size_t i = 0; i < group.size(); ++i) ++votes[group[i]][d.samples[i].label];
@@ -84,6 +85,8 @@ std::vector<int> group_classes(const Dataset& d, const std::vector<int>& group, 
     cls[g] = static_cast<int>(std::max_element(votes[g].begin(), votes[g].end()) - votes[g].begin());
   return cls;
 }
+
+namespace {
 
 std::string class_name(const Dataset& d, int label) { return d.classes.empty() ? "all" : d.classes[label]; }
 

@@ -23,6 +23,10 @@ int hamming_distance(uint64_t a, uint64_t b);
 // numbered 0.. in order of each group's first image.
 std::vector<int> group_near_duplicates(const std::vector<uint64_t>& hashes, int max_distance);
 
+// The class of each of `groups` duplicate groups: the majority label of its members, ties to
+// the lower label.
+std::vector<int> group_classes(const Dataset& dataset, const std::vector<int>& group, int groups);
+
 struct SplitOptions {
   double val_fraction = 0.2;
   uint64_t seed = 0;

@@ -1,0 +1,181 @@
+// The training-recipe pieces one by one: ultrasound augmentation (gamma, speckle),
+// class-balanced sampling, the weight average, test-time flips, and what a checkpoint card's
+// fitted values (temperature, empty-image threshold) do to a model's outputs.
+#include <map>
+#include <numeric>
+
+#include "helpers.h"
+#include "synthetic_blobs.h"
+#include "layers/linear.h"
+#include "tools/app/inference.h"
+#include "tools/app/weight_average.h"
+#include "tools/data/augment.h"
+#include "tools/data/dataset.h"
+#include "tools/data/loader.h"
+#include "tools/data/seeding.h"
+
+using namespace sono;
+using namespace sono::data;
+
+TEST_CASE("gamma and speckle: v^gamma exactly, speckle keeps the mean and scales the spread, mask untouched") {
+  Image image(64, 64, 3, 0.5f);
+  apply_photometric(image, {.brightness = 0, .contrast = 1, .gamma = 2});
+  for (float v : image.pixels) CHECK(v == doctest::Approx(0.25));
+
+  Image flat(128, 128, 3, 0.4f);
+  apply_photometric(flat, {.speckle = 0.15, .speckle_seed = 3});
+  double sum = 0, squares = 0;
+  const size_t n = flat.pixels.size() / 3;
+  for (size_t i = 0; i < flat.pixels.size(); i += 3) {
+    CHECK(flat.pixels[i] == flat.pixels[i + 1]);  // one factor per pixel, all channels
+    sum += flat.pixels[i];
+    squares += flat.pixels[i] * flat.pixels[i];
+  }
+  double mean = sum / n, std = std::sqrt(squares / n - mean * mean);
+  CHECK(mean == doctest::Approx(0.4).epsilon(0.01));
+  CHECK(std == doctest::Approx(0.4 * 0.15).epsilon(0.05));
+
+  AugmentOptions us = AugmentOptions::ultrasound();
+  CHECK(us.speckle == 0.15);
+  CHECK(us.gamma == 0.3);
+  Generator gen(5);
+  Image scan(32, 32, 3, 0.5f);
+  Mask mask(32, 32);
+  for (int y = 8; y < 24; ++y)
+    for (int x = 8; x < 24; ++x) mask.at(y, x) = 1;
+  augment(scan, mask, {.hflip = 0, .vflip = 0, .rotate90 = false, .rotate_degrees = 0, .scale_min = 1,
+                       .scale_max = 1, .translate = 0, .brightness = 0, .contrast = 0, .gamma = 0.3, .speckle = 0.15},
+          gen);
+  CHECK(mask.lesion_pixels() == 16 * 16);
+  CHECK(scan.pixels[0] != scan.pixels[3]);  // speckle differs from pixel to pixel
+}
+
+TEST_CASE("balanced sampling: every class drawn about equally often, epochs keep their length") {
+  // 30 benign, 10 malignant, 5 normal blobs
+  const std::filesystem::path root = std::filesystem::path(SONO_BINARY_DIR) / "test_recipe_blobs";
+  std::filesystem::remove_all(root);
+  test::write_blob_dataset(root, 30, 32, 1);
+  for (auto [cls, keep] : {std::pair{"malignant", 10}, std::pair{"normal", 5}})
+    for (int i = keep; i < 30; ++i) {
+      std::string name = std::string(cls) + "_" + std::to_string(i);
+      std::filesystem::remove(root / "images" / cls / (name + ".png"));
+      std::filesystem::remove(root / "masks" / cls / (name + "_mask.png"));
+    }
+  auto cache = std::make_shared<SampleCache>(scan_dataset(root / "images", root / "masks"), 32, 2);
+  REQUIRE(cache->count() == 45);
+  std::vector<size_t> indices(45);
+  std::iota(indices.begin(), indices.end(), 0);
+  LoaderOptions options;
+  options.batch_size = 10;
+  options.balanced = true;
+  options.augment = false;
+  Loader loader(cache, indices, options);
+  std::map<int, int> drawn;
+  int total = 0;
+  for (int epoch = 0; epoch < 20; ++epoch) {
+    loader.start_epoch(epoch);
+    int in_epoch = 0;
+    while (auto batch = loader.next())
+      for (int64_t y : batch->labels.to_labels()) ++drawn[static_cast<int>(y)], ++in_epoch;
+    CHECK(in_epoch == 45);
+    total += in_epoch;
+  }
+  for (int c = 0; c < 3; ++c) CHECK(drawn[c] == doctest::Approx(total / 3.0).epsilon(0.1));
+}
+
+TEST_CASE("weight average: shadow = decay * shadow + (1 - decay) * weights; swap exchanges them") {
+  nn::Linear layer(2, 1);
+  layer.load_state_dict({{"weight", Tensor::from_vector({1, 2}, {1, 2})}, {"bias", Tensor::from_vector({0}, {1})}});
+  app::WeightAverage average(layer, 0.75);
+  layer.load_state_dict({{"weight", Tensor::from_vector({5, 6}, {1, 2})}, {"bias", Tensor::from_vector({4}, {1})}});
+  average.update(layer);  // 0.75 * (1, 2, 0) + 0.25 * (5, 6, 4)
+  average.swap(layer);
+  test::check_values(layer.weight, {2, 3}, 1e-6);
+  test::check_values(layer.bias, {1}, 1e-6);
+  average.swap(layer);
+  test::check_values(layer.weight, {5, 6}, 1e-6);
+}
+
+namespace {
+
+// Returns its input's first channel: mirror-equivariant, as a segmentation map should be.
+struct FirstChannel : nn::UnaryModule {
+  Tensor forward(const Tensor& x) override { return x.slice(3, 0, 1).contiguous(); }
+};
+
+// A "classifier" whose two logits are the left and the right column's sum: a mirror swaps them.
+struct LeftRight : nn::UnaryModule {
+  Tensor forward(const Tensor& x) override {
+    std::vector<double> v = x.to_vector();
+    const int64_t w = x.size(2);
+    return Tensor::from_vector({v[0] + v[static_cast<size_t>(w)], v[static_cast<size_t>(w - 1)] + v[static_cast<size_t>(2 * w - 1)]},
+                               {1, 2});
+  }
+};
+
+}  // namespace
+
+TEST_CASE("flip TTA: a map comes back unmirrored, logits average the two views") {
+  Tensor x = Tensor::from_vector({1, 2, 3, 4, 5, 6}, {1, 2, 3, 1});
+  FirstChannel seg;
+  test::check_values(app::forward(seg, x, true), {1, 2, 3, 4, 5, 6}, 1e-6);
+  LeftRight cls;
+  test::check_values(app::forward(cls, x, false), {5, 9}, 1e-6);
+  test::check_values(app::forward(cls, x, true), {7, 7}, 1e-6);
+}
+
+TEST_CASE("card calibration: temperature divides the logits, empty_below clears a faint map") {
+  app::ModelCard cls;
+  cls.task = "classification";
+  Tensor logits = Tensor::from_vector({2, -1, 0.5}, {1, 3});
+  test::check_values(app::calibrate(cls, logits), {2, -1, 0.5}, 1e-6);  // no temperature: T = 1
+  cls.extra["temperature"] = "2";
+  test::check_values(app::calibrate(cls, logits), {1, -0.5, 0.25}, 1e-6);
+
+  app::ModelCard seg;
+  seg.task = "segmentation";
+  // image 0: highest probability sigmoid(1) = 0.73; image 1: sigmoid(2) = 0.88
+  Tensor maps = Tensor::from_vector({1, -3, -2, -1, 2, -3, 0.5, -1}, {2, 2, 2, 1});
+  test::check_values(app::calibrate(seg, maps), maps.to_vector(), 1e-6);
+  seg.extra["empty_below"] = "0.8";
+  std::vector<double> out = app::calibrate(seg, maps).to_vector();
+  for (int i = 0; i < 4; ++i) CHECK(out[i] < 0);               // image 0 cleared
+  CHECK(out[4] == 2);                                           // image 1 kept as it was
+  CHECK(out[6] == 0.5);
+}
+
+TEST_CASE("lesion crop: zooms in up to lesion_zoom and keeps the whole lesion in view") {
+  AugmentOptions crop = AugmentOptions::none();
+  crop.lesion_crop = 1;
+  crop.lesion_zoom = 2;
+  auto lesion = [](int y0, int x0, int side) {
+    Mask m(64, 64);
+    for (int y = y0; y < y0 + side; ++y)
+      for (int x = x0; x < x0 + side; ++x) m.at(y, x) = 1;
+    return m;
+  };
+  auto touches_border = [](const Mask& m) {
+    for (int i = 0; i < 64; ++i)
+      if (m.at(0, i) || m.at(63, i) || m.at(i, 0) || m.at(i, 63)) return true;
+    return false;
+  };
+  bool zoomed = false;
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    Generator gen(seed);
+    Image image(64, 64, 3, 0.5f);
+    Mask mask = lesion(40, 6, 10);  // 100 pixels near the bottom-left corner
+    augment(image, mask, crop, gen);
+    CHECK(mask.lesion_pixels() >= 100);
+    CHECK(mask.lesion_pixels() <= 100 * 2 * 2 + 60);  // zoom 2 at the most (plus border pixels)
+    CHECK_FALSE(touches_border(mask));                // the whole lesion stays in view
+    zoomed |= mask.lesion_pixels() > 200;
+  }
+  CHECK(zoomed);
+  // A lesion over 60 of the 64 pixels cannot be zoomed more than 64 / (1.1 * 60) < 1: unchanged.
+  Generator gen(1);
+  Image image(64, 64, 3, 0.5f);
+  Mask big = lesion(2, 2, 60);
+  Mask before = big;
+  augment(image, big, crop, gen);
+  CHECK(big.values == before.values);
+}

@@ -1,0 +1,134 @@
+#include "tools/app/cross_validation.h"
+
+#include <cmath>
+#include <filesystem>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include "autograd/node.h"
+#include "tools/app/inference.h"
+#include "tensor/atomic_file.h"
+#include "tools/data/folds.h"
+
+namespace sono::app {
+
+namespace fs = std::filesystem;
+
+std::string fold_path(const std::string& path, int fold) {
+  const std::string number = std::to_string(fold + 1);
+  if (auto at = path.find("{fold}"); at != std::string::npos) return std::string(path).replace(at, 6, number);
+  fs::path p(path);
+  return (p.parent_path() / (p.stem().string() + ".fold" + number + p.extension().string())).string();
+}
+
+std::vector<std::pair<Tensor, data::Batch>> checkpoint_outputs(LoadedModel& model, data::Loader& loader,
+                                                               Device device, bool flip) {
+  autograd::NoGradGuard no_grad;
+  model.model->eval();
+  std::vector<std::pair<Tensor, data::Batch>> outputs;
+  loader.start_epoch(0);
+  while (auto batch = loader.next()) {
+    Tensor logits = forward(*model.model, batch->images.to(device), flip);
+    outputs.emplace_back(logits, std::move(*batch));
+  }
+  return outputs;
+}
+
+FoldSummary summarise(const std::vector<double>& v) {
+  SONO_CHECK(!v.empty(), "summarise: no values");
+  FoldSummary s{0, 0, v[0], v[0]};
+  for (double x : v) s.mean += x / static_cast<double>(v.size()), s.min = std::min(s.min, x), s.max = std::max(s.max, x);
+  if (v.size() > 1) {
+    double squares = 0;
+    for (double x : v) squares += (x - s.mean) * (x - s.mean);
+    s.std = std::sqrt(squares / static_cast<double>(v.size() - 1));
+  }
+  return s;
+}
+
+namespace {
+
+TrainSettings fold_settings(const TrainSettings& s, int fold) {
+  TrainSettings f = s;
+  f.save_path = fold_path(s.save_path, fold);
+  if (!s.log_dir.empty()) f.log_dir = (fs::path(s.log_dir) / ("fold" + std::to_string(fold + 1))).string();
+  return f;
+}
+
+// The fold's best checkpoint on the fold's images, calibrated as its card says.
+std::vector<double> score_fold(const TrainSettings& s, TrainingTask& task, std::shared_ptr<data::SampleCache> cache,
+                               const std::vector<size_t>& val) {
+  LoadedModel best = load_checkpoint(s.save_path, task.task());
+  best.model->to(s.device);
+  data::LoaderOptions options;
+  options.batch_size = s.batch_size;
+  options.input = task.input();
+  options.shuffle = options.augment = false;
+  options.workers = static_cast<int>(s.workers);
+  data::Loader loader(std::move(cache), val, options);
+  task.reset_metrics();
+  for (auto& [logits, batch] : checkpoint_outputs(best, loader, s.device, s.recipe_options.flip_tta)) {
+    Tensor calibrated = calibrate(best.card, logits);
+    data::Batch on_device = batch;
+    on_device.masks = batch.masks.to(s.device);
+    on_device.labels = batch.labels.to(s.device);
+    task.add_metrics(calibrated, on_device);
+    task.add_out_of_fold(calibrated, on_device);
+  }
+  return task.metric_values();
+}
+
+std::string summary_table(const std::vector<std::string>& columns, const std::vector<std::vector<double>>& folds,
+                          std::string& csv) {
+  std::ostringstream table, rows;
+  table << std::fixed << std::setprecision(4) << std::left << std::setw(24) << "metric" << std::right;
+  rows << "metric";
+  for (size_t k = 0; k < folds.size(); ++k) {
+    table << std::setw(9) << ("fold" + std::to_string(k + 1));
+    rows << ",fold" << k + 1;
+  }
+  table << std::setw(9) << "mean" << std::setw(9) << "std" << std::setw(9) << "min" << std::setw(9) << "max" << "\n";
+  rows << ",mean,std,min,max\n" << std::setprecision(6);
+  for (size_t m = 0; m < columns.size(); ++m) {
+    std::vector<double> values;
+    for (const auto& fold : folds) values.push_back(fold[m]);
+    FoldSummary s = summarise(values);
+    table << std::left << std::setw(24) << columns[m] << std::right;
+    rows << columns[m];
+    for (double v : values) table << std::setw(9) << v, rows << "," << v;
+    table << std::setw(9) << s.mean << std::setw(9) << s.std << std::setw(9) << s.min << std::setw(9) << s.max << "\n";
+    rows << "," << s.mean << "," << s.std << "," << s.min << "," << s.max << "\n";
+  }
+  csv = rows.str();
+  return table.str();
+}
+
+}  // namespace
+
+int run_cross_validation(const TrainSettings& s, TrainingTask& task, const data::Dataset& dataset,
+                         const std::function<void(data::SampleCache&, int fold)>& prepare) {
+  const int k = s.recipe_options.folds;
+  data::Folds folds;
+  std::vector<std::vector<double>> scores;
+  for (int fold = 0; fold < k; ++fold) {
+    auto cache = std::make_shared<data::SampleCache>(dataset, static_cast<int>(s.img_size));
+    if (prepare) prepare(*cache, fold);
+    if (fold == 0) folds = data::make_folds(dataset, cache->hashes(), k, s.seed);
+    data::Split split = folds.split(fold);
+    std::cout << "fold " << fold + 1 << "/" << k << ": " << split.summary(dataset) << "\n";
+    TrainSettings fold_s = fold_settings(s, fold);
+    if (int status = run_training(fold_s, task, cache, split)) return status;
+    scores.push_back(score_fold(fold_s, task, cache, split.val));
+  }
+  std::string csv;
+  std::cout << "cross-validation, " << k << " folds (best checkpoint of each, calibrated; std over folds):\n"
+            << summary_table(task.metric_columns(), scores, csv);
+  if (!s.log_dir.empty()) {
+    write_file_atomic(fs::path(s.log_dir) / "cross_validation.csv", csv);
+    task.write_out_of_fold(s.log_dir);
+  }
+  return 0;
+}
+
+}  // namespace sono::app

@@ -1,0 +1,74 @@
+#include "tools/app/post_training.h"
+
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include "tensor/ops.h"
+#include "tools/app/cross_validation.h"
+#include "tools/app/inference.h"
+#include "tools/data/calibration.h"
+#include "tools/data/metrics.h"
+
+namespace sono::app {
+
+namespace {
+
+LoadedModel load_best(const TrainSettings& s, const std::string& task) {
+  LoadedModel best = load_checkpoint(s.save_path, task);
+  best.model->to(s.device);
+  return best;
+}
+
+std::string number(double v) {
+  std::ostringstream os;
+  os << std::setprecision(6) << v;
+  return os.str();
+}
+
+}  // namespace
+
+void fit_temperature(const TrainSettings& s, data::Loader& val) {
+  LoadedModel best = load_best(s, "classification");
+  data::Rows logits;
+  std::vector<int> labels;
+  data::ProbabilityRecord before, after;
+  auto outputs = checkpoint_outputs(best, val, s.device, s.recipe_options.flip_tta);
+  for (auto& [l, batch] : outputs) {
+    std::vector<double> values = l.to_vector();
+    const size_t c = static_cast<size_t>(l.size(1));
+    for (size_t i = 0; i * c < values.size(); ++i) logits.emplace_back(values.begin() + i * c, values.begin() + (i + 1) * c);
+    for (int64_t y : batch.labels.to_labels()) labels.push_back(static_cast<int>(y));
+  }
+  double t = data::fit_temperature(logits, labels);
+  best.card.extra["temperature"] = number(t);
+  for (auto& [l, batch] : outputs) {
+    before.add_batch(softmax(l, -1), batch.labels);
+    after.add_batch(softmax(calibrate(best.card, l), -1), batch.labels);
+  }
+  save_checkpoint(s.save_path, *best.model, best.card);
+  std::cout << std::fixed << std::setprecision(4) << "temperature " << t << " fitted on the " << labels.size()
+            << " validation images: NLL " << data::mean_nll(logits, labels, 1) << " -> "
+            << data::mean_nll(logits, labels, t) << ", ECE " << before.ece() << " -> " << after.ece() << "; "
+            << s.save_path << "\n" << std::defaultfloat;
+}
+
+void fit_empty_threshold(const TrainSettings& s, data::Loader& val) {
+  LoadedModel best = load_best(s, "segmentation");
+  auto outputs = checkpoint_outputs(best, val, s.device, s.recipe_options.flip_tta);
+  double best_threshold = 0.5, best_dice = -1, dice_at_half = 0;
+  for (double threshold : {0.5, 0.6, 0.7, 0.8, 0.9, 0.95}) {
+    best.card.extra["empty_below"] = number(threshold);
+    data::SegmentationMetrics metrics;
+    for (auto& [logits, batch] : outputs) metrics.add_batch(calibrate(best.card, logits), batch.masks);
+    if (threshold == 0.5) dice_at_half = metrics.dice();
+    if (metrics.dice() > best_dice) best_dice = metrics.dice(), best_threshold = threshold;
+  }
+  best.card.extra["empty_below"] = number(best_threshold);
+  save_checkpoint(s.save_path, *best.model, best.card);
+  std::cout << std::fixed << std::setprecision(4) << "empty below " << best_threshold
+            << " (a map whose highest lesion probability is lower predicts no lesion): validation Dice "
+            << dice_at_half << " -> " << best_dice << "; " << s.save_path << "\n" << std::defaultfloat;
+}
+
+}  // namespace sono::app

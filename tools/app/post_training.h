@@ -1,0 +1,19 @@
+#pragma once
+// What is fitted on the validation images once training is done, and written into the best
+// checkpoint's card for predict: the classifier's temperature and the segmenter's
+// empty-image threshold. Both leave the weights alone. They are fitted on the images that also
+// picked the best epoch, so the validation figures after them are slightly optimistic; the
+// cross-validation scores each fold with its own fitted values in the same way.
+#include "tools/app/training.h"
+
+namespace sono::app {
+
+// Card "temperature": the T minimising the validation NLL of softmax(logits / T).
+void fit_temperature(const TrainSettings& settings, data::Loader& val);
+
+// Card "empty_below": the highest lesion probability under which a whole map is called empty,
+// chosen among 0.5 (off) .. 0.95 for the best validation Dice over all images (normal scans
+// score 1 only when predicted empty). Ties go to the lower threshold.
+void fit_empty_threshold(const TrainSettings& settings, data::Loader& val);
+
+}  // namespace sono::app

@@ -1,0 +1,37 @@
+#include "tools/app/recipe.h"
+
+#include "tensor/error.h"
+
+namespace sono::app {
+
+void add_recipe_options(Cli& cli) {
+  cli.option("augment", "standard", "augmentation: standard (flips, rotations, affine, brightness/contrast) or"
+                                    " ultrasound (also gamma and speckle noise)")
+      .flag("balanced-sampling", "draw every class equally often (with replacement) instead of each image once")
+      .option("ema", "0", "keep an exponential moving average of the weights with this decay (e.g. 0.999),"
+                          " validate and save it (0: off)")
+      .flag("flip-tta", "validate on the average of the image's and its mirror image's outputs")
+      .option("folds", "0", "K-fold cross-validation: train K models on duplicate-grouped, class-stratified"
+                            " folds and report mean and spread (0: one split by --val-split)");
+}
+
+RecipeOptions read_recipe_options(const Cli& cli) {
+  RecipeOptions r;
+  r.augment = cli.str("augment");
+  r.balanced_sampling = cli.is_set("balanced-sampling");
+  r.ema_decay = cli.real("ema");
+  r.flip_tta = cli.is_set("flip-tta");
+  r.folds = static_cast<int>(cli.integer("folds"));
+  SONO_CHECK(r.augment == "standard" || r.augment == "ultrasound", "--augment ", r.augment,
+             ": expected standard or ultrasound");
+  SONO_CHECK(r.ema_decay == 0 || (r.ema_decay > 0 && r.ema_decay < 1), "--ema ", r.ema_decay,
+             ": must be 0 (off) or between 0 and 1");
+  SONO_CHECK(r.folds == 0 || (r.folds >= 2 && r.folds <= 20), "--folds ", r.folds, ": must be 0 (off) or 2..20");
+  return r;
+}
+
+data::AugmentOptions RecipeOptions::augment_options() const {
+  return augment == "ultrasound" ? data::AugmentOptions::ultrasound() : data::AugmentOptions{};
+}
+
+}  // namespace sono::app
