@@ -149,8 +149,10 @@ class KernelBackend : public Backend {
   void reduce(ReduceOp op, const Tensor& x, const Tensor& out) override {
     const auto space = make_reduce_space(x.shape(), x.strides(), out.shape());
     const float* xp = f32_strided(x, "reduce");  // the space holds x's strides
-    if (op == ReduceOp::sum) reduce_sum(space, xp, f32(out, "reduce"), stream());
-    else reduce_max(space, xp, f32(out, "reduce"), stream());
+    float* yp = f32(out, "reduce");
+    Buffer partials(*this, plan_reduce(space).workspace() * sizeof(double));
+    if (op == ReduceOp::sum) reduce_sum(space, xp, yp, partials.doubles(), stream());
+    else reduce_max(space, xp, yp, partials.doubles(), stream());
   }
 
   // Under bf16 autocast, or given a bfloat16 operand or result (autocast's activations),
@@ -412,6 +414,7 @@ class KernelBackend : public Backend {
     Buffer(const Buffer&) = delete;
     Buffer& operator=(const Buffer&) = delete;
     float* floats() const { return static_cast<float*>(data); }
+    double* doubles() const { return static_cast<double*>(data); }
     bfloat16* bf16() const { return static_cast<bfloat16*>(data); }
   };
 

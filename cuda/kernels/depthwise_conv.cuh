@@ -5,7 +5,7 @@
 // kernels of MiT and ConvNeXt get their tap loops unrolled. Under bf16 autocast (Bf16) both
 // operands are rounded to bfloat16 and sums stay float32; the forward then reads and writes
 // autocast's bfloat16 activations.
-#include <algorithm>
+#include <type_traits>
 
 #include "cuda/kernels/bf16.cuh"
 #include "cuda/kernels/reduce.cuh"
@@ -135,8 +135,10 @@ inline void depthwise_backward_input(const DepthwiseGeometry& g, const float* gr
                                               grad_x, bf16, stream);
 }
 
+// Chunks of output positions for the weight gradient's first stage: enough to fill the GPU.
 inline int64_t depthwise_weight_chunks(const DepthwiseGeometry& g) {
-  return std::clamp<int64_t>(ceil_div(g.n * g.oh * g.ow, 256), 1, 64);
+  return fill_chunks(g.n * g.oh * g.ow, ceil_div(g.c, kWarp) * g.kh * g.kw, kTileRows,
+                     kTileRows * 16);
 }
 // Floats of scratch depthwise_backward_weight needs.
 inline int64_t depthwise_backward_weight_workspace(const DepthwiseGeometry& g) {
