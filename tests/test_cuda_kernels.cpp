@@ -492,11 +492,12 @@ TEST_CASE("reduce plans fill the GPU: enough threads, bounded per-thread loops")
   CHECK(ln_chunks * k::ceil_div(cols, k::kWarp) * k::kWarp * k::kTileRows >= 132 * 256);
   CHECK(k::ceil_div(rows, ln_chunks * k::kTileRows) <= 4096);
   CHECK(k::layer_norm_param_chunks(1000, 37) == 7);  // as the layer norm test runs
-  CHECK(k::depthwise_weight_chunks({2, 15, 10, 13, 3, 3, 15, 10, 1, 1, 1}) == 2);  // depthwise
+  CHECK(k::depthwise_weight_chunks({2, 17, 16, 12, 7, 7, 17, 16, 1, 3, 1}) == 4);  // and depthwise
+  CHECK(k::depthwise_weight_chunks({2, 15, 10, 13, 3, 3, 15, 10, 1, 1, 1}) == 2);
   const k::DepthwiseGeometry convnext_stage1{16, 56, 56, 128, 7, 7, 56, 56, 1, 3, 1};
   const int64_t dw_chunks = k::depthwise_weight_chunks(convnext_stage1);
-  CHECK(dw_chunks * 4 * 49 * k::kWarp * k::kTileRows >= 132 * 256);
-  CHECK(k::ceil_div(rows, dw_chunks * k::kTileRows) <= 4096);
+  CHECK(dw_chunks * 4 * k::kWarp * k::kTileRows >= 132 * 256);  // a block sums all 49 taps
+  CHECK(k::ceil_div(rows, dw_chunks * k::kTileRows) * 49 <= 4096);
 }
 
 // ---- softmax ----------------------------------------------------------------------------------
@@ -742,7 +743,9 @@ TEST_CASE("depthwise conv NHWC (3x3, 7x7, dilated, strided, generic) forward and
       {3, 7, 9, 13, 3, 3, 2, 1, 1},   // strided, batch 3
       {1, 10, 9, 45, 7, 7, 1, 3, 1},  // ConvNeXt block
       {2, 9, 8, 5, 5, 3, 2, 1, 3},    // generic size, non-square
-      {2, 15, 10, 13, 3, 3, 1, 1, 1}, // 300 positions: 2 weight chunks
+      {2, 17, 16, 12, 7, 7, 1, 3, 1}, // 4 channels a thread; 544 positions: 4 weight chunks
+      {3, 9, 11, 20, 3, 3, 2, 1, 1},  // 4 channels a thread, strided
+      {2, 15, 10, 13, 3, 3, 1, 1, 1}, // 300 positions, odd channels: 2 weight chunks
   };
   in_each_schedule([&] {
     for (const Case& cs : cases) {
@@ -763,12 +766,15 @@ TEST_CASE("depthwise conv NHWC (3x3, 7x7, dilated, strided, generic) forward and
       const Tensor gy = on_device(host(gys, {cs.n, oh, ow, cs.c}));
       Tensor y = device_empty({cs.n, oh, ow, cs.c}), gx = device_empty(x.shape()),
              gw = device_empty(w.shape());
+      // Channels a multiple of 4 take the 4-wide path.
+      CHECK(k::depthwise_vector_width(dg, x.raw_data(), 4, y.raw_data(), 4) ==
+            (cs.c % 4 == 0 ? 4 : 1));
       device().conv2d_forward(g, x, w, y);
       device().conv2d_backward_input(g, gy, w, gx);
       device().conv2d_backward_weight(g, x, gy, gw);
       expect_close("depthwise forward", y.to_vector(), ref.y, 1e-5);
       expect_close("depthwise backward input", gx.to_vector(), ref.grad_x, 1e-5);
-      // Sums over every output position (up to 300 here).
+      // Sums over every output position (up to 544 here).
       expect_close("depthwise backward weight", gw.to_vector(), ref.grad_w, 1e-5);
     }
   });
@@ -1409,6 +1415,7 @@ TEST_CASE("bf16 autocast: GEMMs and convs on the emulated device multiply bf16-r
       {"1x1 (pointwise: a GEMM)", 3, 5, 7, 37, 70, 1, 1, 1, 0, 1, 1},
       {"depthwise 3x3 dilation 2", 2, 9, 7, 6, 6, 3, 3, 1, 2, 2, 6},
       {"depthwise 7x7 stride 2", 1, 11, 13, 5, 5, 7, 7, 2, 3, 1, 5},
+      {"depthwise 3x3, 4 channels a thread", 2, 9, 7, 8, 8, 3, 3, 1, 1, 1, 8},
   };
   in_each_schedule([&] {
     for (const ConvCase& cs : cases) {
@@ -1452,6 +1459,7 @@ TEST_CASE("bf16 autocast: linear, matmul and conv ops return their float32 resul
   const ConvCase dense{"3x3 stride 2, bias", 2, 7, 9, 6, 10, 3, 3, 2, 1, 1, 1};
   const ConvCase pointwise{"1x1", 3, 5, 7, 37, 70, 1, 1, 1, 0, 1, 1};
   const ConvCase depthwise{"depthwise 7x7, bias", 2, 9, 8, 5, 5, 7, 7, 1, 3, 1, 5};
+  const ConvCase depthwise4{"depthwise 7x7, 4 channels a thread", 2, 9, 8, 8, 8, 7, 7, 1, 3, 1, 8};
   const auto conv_of = [](const ConvCase& cs, bool with_bias) {
     const Conv2dGeometry g = cs.geometry();
     const auto [cxs, cws, unused] = conv_inputs(cs, 89);
@@ -1479,7 +1487,7 @@ TEST_CASE("bf16 autocast: linear, matmul and conv ops return their float32 resul
     expect_bf16_rounding("bf16 linear_gelu", gelu16, gelu32);
     const auto [mm32, mm16] = both([&] { return matmul(x, w.transpose(0, 1)); });
     expect_bf16_rounding("bf16 matmul", mm16, mm32);
-    for (const ConvCase* cs : {&dense, &pointwise, &depthwise}) {
+    for (const ConvCase* cs : {&dense, &pointwise, &depthwise, &depthwise4}) {
       INFO(std::string(cs->what));
       const auto [conv32, conv16] = both([&] { return conv_of(*cs, cs != &pointwise); });
       expect_bf16_rounding("bf16 conv2d op", conv16, conv32);

@@ -14,6 +14,12 @@
 #include "tensor/error.h"
 
 #ifdef __CUDACC__
+#define SONO_UNROLL _Pragma("unroll")
+#else
+#define SONO_UNROLL
+#endif
+
+#ifdef __CUDACC__
 #define DYNAMIC_SMEM(T, name)                                            \
   extern __shared__ __align__(16) unsigned char sono_dynamic_smem_[]; \
   T* name = reinterpret_cast<T*>(sono_dynamic_smem_)
