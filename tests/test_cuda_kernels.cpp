@@ -747,6 +747,7 @@ TEST_CASE("depthwise conv NHWC (3x3, 7x7, dilated, strided, generic) forward and
       {3, 9, 11, 20, 3, 3, 2, 1, 1},  // 4 channels a thread, strided
       {2, 15, 10, 13, 3, 3, 1, 1, 1}, // 300 positions, odd channels: 2 weight chunks
   };
+  int window_cases = 0;
   in_each_schedule([&] {
     for (const Case& cs : cases) {
       const int64_t oh = (cs.h + 2 * cs.padding - cs.dilation * (cs.kh - 1) - 1) / cs.stride + 1;
@@ -766,9 +767,11 @@ TEST_CASE("depthwise conv NHWC (3x3, 7x7, dilated, strided, generic) forward and
       const Tensor gy = on_device(host(gys, {cs.n, oh, ow, cs.c}));
       Tensor y = device_empty({cs.n, oh, ow, cs.c}), gx = device_empty(x.shape()),
              gw = device_empty(w.shape());
-      // Channels a multiple of 4 take the 4-wide path.
+      // Channels a multiple of 4 take the 4-wide path; 3x3 and 7x7 at stride 1 the window
+      // kernel (4 of the cases), the others the plain gather.
       CHECK(k::depthwise_vector_width(dg, x.raw_data(), 4, y.raw_data(), 4) ==
             (cs.c % 4 == 0 ? 4 : 1));
+      window_cases += k::depthwise_window_applies(dg);
       device().conv2d_forward(g, x, w, y);
       device().conv2d_backward_input(g, gy, w, gx);
       device().conv2d_backward_weight(g, x, gy, gw);
@@ -778,6 +781,7 @@ TEST_CASE("depthwise conv NHWC (3x3, 7x7, dilated, strided, generic) forward and
       expect_close("depthwise backward weight", gw.to_vector(), ref.grad_w, 1e-5);
     }
   });
+  CHECK(window_cases == 4 * 3);  // in each of the three schedules
 }
 
 // ---- dense and grouped convolution (implicit GEMM) ----------------------------------------------

@@ -2,7 +2,8 @@
 // Depthwise 2-D convolution, NHWC, weight [C, 1, KH, KW] (PyTorch's layout), any stride,
 // padding and dilation: forward, input gradient (a gather: no atomics) and weight gradient
 // (partial sums over chunks of output positions, then a sum over the chunks). The 3x3 and 7x7
-// kernels of MiT and ConvNeXt get their tap loops unrolled. Under bf16 autocast (Bf16) both
+// kernels of MiT and ConvNeXt get their tap loops unrolled, and at stride 1 a gather thread
+// computes several outputs of a row from one window of loads. Under bf16 autocast (Bf16) both
 // operands are rounded to bfloat16 and sums stay float32; the forward then reads and writes
 // autocast's bfloat16 activations.
 //
@@ -114,6 +115,63 @@ __global__ void depthwise_gather_kernel(DepthwiseGeometry g, const Src* src, con
   }
 }
 
+// Outputs along a row that a thread of depthwise_window_kernel computes.
+constexpr int kWindowOutputs = 4;
+
+// The gather of depthwise_gather_kernel for a K x K kernel at stride 1 and dilation 1 (every
+// depthwise conv of ConvNeXt and MiT), with kWindowOutputs neighbouring outputs of a row a
+// thread: each tap row's kWindowOutputs + K - 1 source columns are loaded once into registers,
+// each weight once, where a thread per output loads K of each per output. The sums run in the
+// same order (taps row by row, padding skipped), so the results are those of the gather kernel.
+template <typename Src, typename Dst, int K, int V, bool InputGrad, bool Bf16>
+__global__ void depthwise_window_kernel(DepthwiseGeometry g, const Src* src,
+                                        const float* weight_t, Dst* dst) {
+  constexpr int R = kWindowOutputs, kWindow = R + K - 1;
+  const int64_t src_h = InputGrad ? g.oh : g.h, src_w = InputGrad ? g.ow : g.w;
+  const int64_t dst_h = InputGrad ? g.h : g.oh, dst_w = InputGrad ? g.w : g.ow;
+  const int64_t runs = ceil_div(dst_w, R);
+  const int64_t total = g.n * dst_h * runs * (g.c / V);
+  for (int64_t i = global_thread(); i < total; i += grid_threads()) {
+    const Nhwc d = nhwc_index(i, dst_h, runs, g.c / V);  // d.x: the run of R outputs
+    const int64_t c = d.c * V, x0 = d.x * R;
+    // Output x0 + r reads window column r + kx (forward) or r + K - 1 - kx (input gradient).
+    const int64_t first_column = InputGrad ? x0 + g.padding - (K - 1) : x0 - g.padding;
+    float acc[R][V] = {};
+    SONO_UNROLL
+    for (int ky = 0; ky < K; ++ky) {
+      const int64_t sy = InputGrad ? d.y + g.padding - ky : d.y - g.padding + ky;
+      if (sy < 0 || sy >= src_h) continue;
+      const Src* row = src + (d.n * src_h + sy) * src_w * g.c + c;
+      float window[kWindow][V];
+      bool inside[kWindow];
+      SONO_UNROLL
+      for (int j = 0; j < kWindow; ++j) {
+        const int64_t sx = first_column + j;
+        inside[j] = sx >= 0 && sx < src_w;
+        const Pack<Src, V> s = inside[j] ? load_pack<V>(row + sx * g.c) : Pack<Src, V>{};
+        for (int v = 0; v < V; ++v) window[j][v] = product_operand<Bf16>(s.v[v]);
+      }
+      SONO_UNROLL
+      for (int kx = 0; kx < K; ++kx) {
+        const Pack<float, V> w = load_pack<V>(weight_t + (ky * K + kx) * g.c + c);
+        SONO_UNROLL
+        for (int r = 0; r < R; ++r) {
+          const int j = InputGrad ? r + K - 1 - kx : r + kx;
+          if (!inside[j]) continue;
+          for (int v = 0; v < V; ++v) acc[r][v] += window[j][v] * product_operand<Bf16>(w.v[v]);
+        }
+      }
+    }
+    SONO_UNROLL
+    for (int r = 0; r < R && x0 + r < dst_w; ++r) {
+      Pack<Dst, V> out;
+      for (int v = 0; v < V; ++v) store_float(out.v[v], acc[r][v]);
+      *reinterpret_cast<Pack<Dst, V>*>(dst + ((d.n * dst_h + d.y) * dst_w + x0 + r) * g.c + c) =
+          out;
+    }
+  }
+}
+
 // weight_t[tap][c] = weight[c][tap].
 template <typename T>
 __global__ void transpose_taps_kernel(int64_t channels, int64_t taps, const T* weight,
@@ -186,8 +244,13 @@ inline int depthwise_vector_width(const DepthwiseGeometry& g, const void* src, s
   return g.c % 4 == 0 && aligned(src, 4 * src_size) && aligned(dst, 4 * dst_size) ? 4 : 1;
 }
 
-// The gather kernel for `g`'s taps and vector width, with or without bf16 operands.
-// workspace: depthwise_gather_workspace(g) floats.
+// Whether the gathers of `g` run depthwise_window_kernel.
+inline bool depthwise_window_applies(const DepthwiseGeometry& g) {
+  return unrolled_taps(g) && g.stride == 1 && g.dilation == 1;
+}
+
+// The gather kernel for `g`'s taps and vector width, with or without bf16 operands: the
+// window kernel where it applies. workspace: depthwise_gather_workspace(g) floats.
 template <typename Src, typename Dst, bool InputGrad>
 void launch_depthwise_gather(const char* name, const DepthwiseGeometry& g, const Src* src,
                              const float* weight, Dst* dst, float* workspace, bool bf16,
@@ -196,15 +259,29 @@ void launch_depthwise_gather(const char* name, const DepthwiseGeometry& g, const
   launch("depthwise_transpose_taps", transpose_taps_kernel<float>,
          elementwise_config(g.c * taps, stream), g.c, taps, weight, workspace);
   const int v = depthwise_vector_width(g, src, sizeof(Src), dst, sizeof(Dst));
-  const int64_t outputs = (InputGrad ? g.n * g.h * g.w : g.n * g.oh * g.ow) * g.c / v;
-  const LaunchConfig cfg = elementwise_config(outputs, stream);
+  const bool window = depthwise_window_applies(g);
+  const int64_t rows = InputGrad ? g.n * g.h : g.n * g.oh, row = InputGrad ? g.w : g.ow;
+  const int64_t threads = rows * (window ? ceil_div(row, kWindowOutputs) : row) * g.c / v;
+  const LaunchConfig cfg = elementwise_config(threads, stream);
   dispatch_taps(g, [&](auto k) {
     constexpr int K = decltype(k)::value;
-    const auto run = [&](auto kernel) { launch(name, kernel, cfg, g, src, workspace, dst); };
-    if (v == 4 && bf16) run(depthwise_gather_kernel<Src, Dst, K, 4, InputGrad, true>);
-    else if (v == 4) run(depthwise_gather_kernel<Src, Dst, K, 4, InputGrad, false>);
-    else if (bf16) run(depthwise_gather_kernel<Src, Dst, K, 1, InputGrad, true>);
-    else run(depthwise_gather_kernel<Src, Dst, K, 1, InputGrad, false>);
+    const auto run = [&](auto width, auto with_bf16) {
+      constexpr int V = decltype(width)::value;
+      constexpr bool B = decltype(with_bf16)::value;
+      if constexpr (K > 0) {
+        if (window)
+          return launch(name, depthwise_window_kernel<Src, Dst, K, V, InputGrad, B>, cfg, g,
+                        src, workspace, dst);
+      }
+      launch(name, depthwise_gather_kernel<Src, Dst, K, V, InputGrad, B>, cfg, g, src,
+             workspace, dst);
+    };
+    using Four = std::integral_constant<int, 4>;
+    using One = std::integral_constant<int, 1>;
+    if (v == 4 && bf16) run(Four{}, std::true_type{});
+    else if (v == 4) run(Four{}, std::false_type{});
+    else if (bf16) run(One{}, std::true_type{});
+    else run(One{}, std::false_type{});
   });
 }
 
