@@ -108,25 +108,41 @@ class CudaBackend final : public KernelBackend {
   }
 
 #ifdef SONO_HAVE_CUDNN
-  // float32 convs go to the per-shape choice; under bf16 autocast ours run (the cuDNN path
-  // takes float32 only), and so they do where cuDNN cannot start (said once on stderr).
+  // FLOPs and the bytes of input, weight and output, float32 (whichever pass; all three cost
+  // about the same); on tensor cores unless the precision is plain float32.
+  static LaunchCost cudnn_conv_cost(const Conv2dGeometry& g, ConvPrecision precision) {
+    const double outputs = static_cast<double>(g.n) * g.oh * g.ow * g.cout;
+    const double weights = static_cast<double>(g.cout) * (g.cin / g.groups) * g.kh * g.kw;
+    LaunchCost cost;
+    cost.flops = 2 * outputs * weights / g.cout;
+    cost.bytes_read = 4 * (static_cast<double>(g.n) * g.h * g.w * g.cin + weights);
+    cost.bytes_written = 4 * outputs;
+    cost.tensor_cores = precision != ConvPrecision::f32;
+    return cost;
+  }
+
+  // Every dense conv pass goes to the per-shape choice between ours and cuDNN, at its
+  // precision (conv_impl.h); ours alone where cuDNN cannot start (said once on stderr).
   void dense_conv(ConvPass pass, const Conv2dGeometry& g, const Tensor& a, const Tensor& b,
                   const Tensor& out, const std::function<void()>& ours) override {
-    const bool f32 = a.dtype() == DType::f32 && b.dtype() == DType::f32 && !bf16_autocast();
     std::call_once(cudnn_once_, [this] { start_cudnn(); });
-    if (!f32 || !cudnn_) return ours();
-    conv_impls_->run({pass, g, false}, [&](ConvImpl impl, bool timed) {
+    if (!cudnn_) return ours();
+    const ConvPrecision precision = conv_precision(a, b, out);
+    conv_impls_->run({pass, g, precision}, [&](ConvImpl impl, bool timed) {
       return timed_run(timed, [&] {
         if (impl == ConvImpl::ours) {
           ours();
           return true;
         }
-        return cudnn_->run(pass, g, a.data<float>(), b.data<float>(), out.data<float>(),
-                           [this](size_t bytes, const std::function<void(void*)>& use) {
-                             with_workspace(bytes, use);
-                           });
+        if (audit_library("cudnn_conv", cudnn_conv_cost(g, precision))) return true;
+        return cudnn_conv(pass, g, precision, a, b, out);
       });
     });
+  }
+  // cuda::choose_convs (backend.h).
+  void choose_convs(ConvPolicy policy, bool allow_tf32) {
+    std::call_once(cudnn_once_, [this] { start_cudnn(); });
+    choose(policy, allow_tf32);
   }
 #endif
 
@@ -160,16 +176,77 @@ class CudaBackend final : public KernelBackend {
   }
 
 #ifdef SONO_HAVE_CUDNN
-  void start_cudnn() {
-    const ConvPolicy policy = conv_policy_from_env();
+  void start_cudnn() { choose(conv_policy_from_env(), allow_tf32_from_env()); }
+  void choose(ConvPolicy policy, bool allow_tf32) {
+    allow_tf32_ = allow_tf32;
     conv_impls_.emplace(policy);
-    if (policy == ConvPolicy::ours) return;  // no cuDNN handle wanted
+    if (policy == ConvPolicy::ours || cudnn_) return;  // no cuDNN handle wanted, or one exists
     try {
       cudnn_ = std::make_unique<CudnnConv>(stream());
     } catch (const Error& e) {
       std::fprintf(stderr, "sono: cuDNN unavailable, convolutions run our kernels: %s\n", e.what());
     }
   }
+
+  // Under autocast (or given bfloat16 activations) a pass multiplies bf16 operands: natively
+  // where its result is a bfloat16 activation, exactly in TF32 where it is float32.
+  ConvPrecision conv_precision(const Tensor& a, const Tensor& b, const Tensor& out) const {
+    const bool bf16 = bf16_autocast() || a.dtype() == DType::bf16 || b.dtype() == DType::bf16 ||
+                      out.dtype() == DType::bf16;
+    if (bf16) return out.dtype() == DType::bf16 ? ConvPrecision::bf16 : ConvPrecision::bf16_exact;
+    return allow_tf32_ ? ConvPrecision::tf32 : ConvPrecision::f32;
+  }
+
+  // cuDNN's operands for the pass (cuda/cudnn/conv.h): the activations (x, grad_y) as they are,
+  // in bfloat16 or bf16-rounded per the precision; the weight, or the weight gradient, in
+  // cuDNN's NHWC filter layout, through scratch.
+  bool cudnn_conv(ConvPass pass, const Conv2dGeometry& g, ConvPrecision precision,
+                  const Tensor& a, const Tensor& b, const Tensor& out) {
+    const ConvGeometry cg = dense(g);
+    const int64_t weights = g.cout * (g.cin / g.groups) * g.kh * g.kw;
+    const bool bf16 = precision == ConvPrecision::bf16, exact = precision == ConvPrecision::bf16_exact;
+    const size_t element = bf16 ? sizeof(bfloat16) : sizeof(float);
+    Buffer a_copy(*this, bf16 || exact ? a.numel() * element : 0);
+    Buffer b_copy(*this, pass == ConvPass::backward_weight && !exact ? 0 : b.numel() * element);
+    Buffer filter_out(*this, pass == ConvPass::backward_weight ? weights * sizeof(float) : 0);
+    const void* a_data = activation_operand(a, precision, a_copy);
+    const void* b_data = b.raw_data();
+    if (pass == ConvPass::backward_weight) {
+      b_data = activation_operand(b, precision, b_copy);
+    } else {
+      if (bf16) filter_to_cudnn(cg, b.data<float>(), b_copy.bf16(), false, stream());
+      else filter_to_cudnn(cg, b.data<float>(), b_copy.floats(), exact, stream());
+      b_data = b_copy.data;
+    }
+    void* out_data = pass == ConvPass::backward_weight ? filter_out.data : out.raw_data();
+    const bool ran = cudnn_->run(pass, g, precision, a_data, b_data, out_data,
+                                 [this](size_t bytes, const std::function<void(void*)>& use) {
+                                   with_workspace(bytes, use);
+                                 });
+    if (ran && pass == ConvPass::backward_weight)
+      filter_from_cudnn(cg, filter_out.floats(), out.data<float>(), stream());
+    return ran;
+  }
+
+  // An activation operand at the precision: float32 as it is (f32, tf32), bfloat16 (bf16: a
+  // bfloat16 tensor as it is, a float32 one converted), or bf16-rounded float32 (bf16_exact).
+  const void* activation_operand(const Tensor& t, ConvPrecision precision, const Buffer& copy) {
+    const bool is_bf16 = t.dtype() == DType::bf16;
+    switch (precision) {
+      case ConvPrecision::f32:
+      case ConvPrecision::tf32: return t.raw_data();
+      case ConvPrecision::bf16:
+        if (is_bf16) return t.raw_data();
+        bf16_convert(t.numel(), t.data<float>(), copy.bf16(), stream());
+        return copy.data;
+      case ConvPrecision::bf16_exact:
+        if (is_bf16) bf16_rounded(t.numel(), static_cast<const bfloat16*>(t.raw_data()), copy.floats(), stream());
+        else bf16_rounded(t.numel(), t.data<float>(), copy.floats(), stream());
+        return copy.data;
+    }
+    return nullptr;
+  }
+
   // Device scratch for the duration of use(pointer).
   void with_workspace(size_t bytes, const std::function<void(void*)>& use) {
     void* ws = bytes ? allocate(bytes) : nullptr;
@@ -205,6 +282,7 @@ class CudaBackend final : public KernelBackend {
   std::once_flag cudnn_once_;
   std::optional<ConvImplCache> conv_impls_;
   std::unique_ptr<CudnnConv> cudnn_;
+  bool allow_tf32_ = true;
 #endif
   mutable std::once_flag stream_once_, cublas_once_;
   mutable cudaStream_t stream_ = nullptr;
@@ -237,6 +315,16 @@ std::string memory_report() { return instance().allocator().report(); }
 void reset_peak_memory() { instance().allocator().reset_peak(); }
 void release_cached_memory() { instance().allocator().release_cached(); }
 void synchronize() { SONO_CUDA_CHECK(cudaStreamSynchronize(instance().stream())); }
+
+bool choose_convs(const std::string& impl, bool allow_tf32) {
+#ifdef SONO_HAVE_CUDNN
+  instance().choose_convs(conv_policy_from(impl.c_str()), allow_tf32);
+  return true;
+#else
+  (void)impl, (void)allow_tf32;
+  return false;
+#endif
+}
 
 }  // namespace sono::cuda
 

@@ -6,6 +6,8 @@
 // (test_cuda_kernels), with the launches faked.
 //
 // SONO_CONV_IMPL in the environment picks the policy: auto (the default), ours or cudnn.
+// SONO_ALLOW_TF32=0 or 1 (default 1, as torch.backends.cudnn.allow_tf32) lets cuDNN's float32
+// convolutions multiply on the tensor cores in TF32; our float32 kernels stay FMA.
 #include <cstdlib>
 #include <map>
 #include <optional>
@@ -31,15 +33,32 @@ inline ConvPolicy conv_policy_from(const char* value) {
 
 inline ConvPolicy conv_policy_from_env() { return conv_policy_from(std::getenv("SONO_CONV_IMPL")); }
 
-// A pass of one convolution shape; bf16 when the operands are bfloat16 (autocast).
+inline bool allow_tf32_from(const char* value) {
+  const std::string v = value ? value : "1";
+  if (v == "0" || v == "1") return v == "1";
+  fail("SONO_ALLOW_TF32 is '", v, "': expected 0 or 1");
+}
+inline bool allow_tf32_from_env() { return allow_tf32_from(std::getenv("SONO_ALLOW_TF32")); }
+
+// How a pass multiplies, all accumulating in float32:
+// - f32: float32 operands, FMA;
+// - tf32: float32 operands rounded to TF32 on the tensor cores (cuDNN, SONO_ALLOW_TF32=1);
+// - bf16: bfloat16 operands and result (autocast's forward to a bfloat16 activation), the
+//   float32 sum rounded once;
+// - bf16_exact: autocast's passes with a float32 result (the gradients): bf16-rounded operands
+//   held in float32, multiplied in TF32, where their products are exact, so the result is the
+//   float32 sum of bf16 products that our bf16 kernels compute.
+enum class ConvPrecision { f32, tf32, bf16, bf16_exact };
+
+// A pass of one convolution shape at one precision.
 struct ConvKey {
   ConvPass pass;
   Conv2dGeometry g;
-  bool bf16;
+  ConvPrecision precision;
 
   auto tied() const {
     return std::tuple(pass, g.n, g.h, g.w, g.cin, g.cout, g.kh, g.kw, g.stride, g.padding,
-                      g.dilation, g.groups, bf16);
+                      g.dilation, g.groups, precision);
   }
   bool operator<(const ConvKey& o) const { return tied() < o.tied(); }
 };
@@ -80,7 +99,8 @@ class ConvImplCache {
   }
 
   // Each candidate twice, the second run timed (the first pays for cuDNN's plan and our
-  // kernels' first launch); ties go to ours. Both compute the same output.
+  // kernels' first launch); ties go to ours. Both compute the same output (up to the order of
+  // the float32 sums, and TF32's rounding where allowed).
   template <typename Launch>
   static ConvImpl measure(Launch& launch) {
     launch(ConvImpl::ours, false);

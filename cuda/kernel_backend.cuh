@@ -162,9 +162,12 @@ class KernelBackend : public Backend {
             double beta) override {
     const bool bf16_tensor =
         a.dtype() == DType::bf16 || b.dtype() == DType::bf16 || c.dtype() == DType::bf16;
-    if (!bf16_tensor && (c.dtype() != DType::f32 || !bf16_autocast()))
+    if (!bf16_tensor && (c.dtype() != DType::f32 || !bf16_autocast())) {
+      if (audit_library("cublas_gemm", gemm_cost(a, ta, c, beta, true))) return;
       return gemm_native(a, ta, b, tb, c, alpha, beta);
+    }
     const Bf16Operand a16(*this, a), b16(*this, b);
+    if (audit_library("cublas_gemm_bf16", gemm_cost(a, ta, c, beta, false))) return;
     gemm_bf16(a, a16.data, ta, b, b16.data, tb, c, alpha, beta);
   }
 
@@ -199,7 +202,7 @@ class KernelBackend : public Backend {
     dense_conv(ConvPass::forward, g, x, w, out, [&] {
       with_activation(x, [&](const auto* xp, bool bf16) {
         with_floats(out, "conv2d", [&](auto* yp) {
-          conv_forward(dense(g), xp, f32(w, "conv2d"), yp, stream(), bf16);
+          conv_forward(dense(g), xp, f32(w, "conv2d"), yp, stream(), conv_math(bf16));
         });
       });
     });
@@ -216,7 +219,7 @@ class KernelBackend : public Backend {
       return gemm(pixel_rows(grad_out), false, weight_rows(w), false, pixel_rows(grad_x), 1, 0);
     dense_conv(ConvPass::backward_input, g, grad_out, w, grad_x, [&] {
       conv_backward_input(dense(g), f32(grad_out, "conv2d"), f32(w, "conv2d"),
-                          f32(grad_x, "conv2d"), stream(), bf16_autocast());
+                          f32(grad_x, "conv2d"), stream(), conv_math(bf16_autocast()));
     });
   }
   void conv2d_backward_weight(const Conv2dGeometry& g, const Tensor& x, const Tensor& grad_out,
@@ -236,7 +239,7 @@ class KernelBackend : public Backend {
       Buffer ws(*this, conv_backward_weight_workspace(cg) * sizeof(float));
       with_activation(x, [&](const auto* xp, bool bf16) {
         conv_backward_weight(cg, xp, f32(grad_out, "conv2d"), f32(grad_w, "conv2d"), ws.floats(),
-                             stream(), bf16);
+                             stream(), conv_math(bf16));
       });
     });
   }
@@ -361,6 +364,12 @@ class KernelBackend : public Backend {
   virtual void transfer(void* dst, const void* src, size_t bytes, bool to_device) = 0;
 
   static bool bf16_autocast() { return autocast_precision(Device::cuda) == Precision::bf16; }
+  // Records a library call while the launch audit records; true: a dry run, skip the call.
+  static bool audit_library(const char* name, const LaunchCost& cost) {
+    if (!launch_audit::recording()) return false;
+    launch_audit::record_library(name, cost);
+    return launch_audit::dry_run();
+  }
 
  private:
   void copy_on_device(const Shape& shape, const void* src, const Shape& src_strides,
@@ -406,7 +415,9 @@ class KernelBackend : public Backend {
     if (!direct) backend(Device::cpu).copy(host, dst);
   }
 
-  // Device memory for the duration of a method; freed stream-ordered when it returns.
+ protected:
+  // Device memory for the duration of a method; freed stream-ordered when it returns (also for
+  // the real backend's cuDNN operands).
   struct Buffer {
     Backend& owner;
     void* data = nullptr;
@@ -422,7 +433,12 @@ class KernelBackend : public Backend {
     double* doubles() const { return static_cast<double*>(data); }
     bfloat16* bf16() const { return static_cast<bfloat16*>(data); }
   };
+  static ConvGeometry dense(const Conv2dGeometry& g) {
+    return {g.n,  g.h,  g.w,      g.cin,     g.cout,      g.kh,    g.kw,
+            g.oh, g.ow, g.stride, g.padding, g.dilation, g.groups};
+  }
 
+ private:
   // A GEMM operand in bfloat16: a bfloat16 tensor's own data, or a float32 one's converted copy.
   struct Bf16Operand {
     Buffer copy;
@@ -433,6 +449,20 @@ class KernelBackend : public Backend {
       if (t.dtype() != DType::bf16) bf16_convert(t.numel(), f32(t, "gemm"), copy.bf16(), be.stream());
     }
   };
+
+  // c [batch, m, n] = op(a) [m, k] op(b) [k, n]: FLOPs and the bytes of operands and result.
+  static LaunchCost gemm_cost(const Tensor& a, bool ta, const Tensor& c, double beta,
+                              bool native) {
+    const double batch = c.size(0), m = c.size(1), n = c.size(2), k = ta ? a.size(1) : a.size(2);
+    const double operand = native ? dtype_size(c.dtype()) : sizeof(bfloat16);
+    const double result = dtype_size(c.dtype());
+    LaunchCost cost;
+    cost.bytes_read = batch * (m * k + k * n) * operand + (beta != 0.0 ? batch * m * n * result : 0);
+    cost.bytes_written = batch * m * n * result;
+    cost.flops = 2 * batch * m * n * k;
+    cost.tensor_cores = !native;
+    return cost;
+  }
 
   // Our kernels compute in float32 on tensors of this device, contiguous unless they take
   // strides.
@@ -506,12 +536,10 @@ class KernelBackend : public Backend {
     f32(w, "conv2d");
     return w.reshape({1, w.size(0), w.size(1)});
   }
+  // Mixed precision's dense convs run on the tensor cores.
+  static ConvMath conv_math(bool bf16) { return bf16 ? ConvMath::bf16_wmma : ConvMath::float32; }
   static DepthwiseGeometry depthwise(const Conv2dGeometry& g) {
     return {g.n, g.h, g.w, g.cin, g.kh, g.kw, g.oh, g.ow, g.stride, g.padding, g.dilation};
-  }
-  static ConvGeometry dense(const Conv2dGeometry& g) {
-    return {g.n,  g.h,  g.w,      g.cin,     g.cout,      g.kh,    g.kw,
-            g.oh, g.ow, g.stride, g.padding, g.dilation, g.groups};
   }
 
   static ResizeGeometry resize_geometry(const Tensor& in, const Tensor& out, bool align_corners) {

@@ -11,6 +11,8 @@
 #include <tuple>
 #include <utility>
 
+#include "cuda/launch_audit.h"
+
 #ifdef __CUDACC__
 #include <cuda_runtime.h>
 #define SONO_KERNEL_TARGET nvcc_target
@@ -34,6 +36,7 @@ struct LaunchConfig {
   dim3 block;
   size_t smem = 0;  // dynamic shared memory bytes
   cudaStream_t stream = nullptr;
+  LaunchCost cost{};  // what the launch moves and computes, for the audit (launch_audit.h)
 };
 
 template <typename... P, typename... A>
@@ -41,6 +44,12 @@ void launch(const char* name, void (*kernel)(P...), const LaunchConfig& cfg, A&&
   static_assert(sizeof...(P) == sizeof...(A), "launch: argument count differs from the kernel's");
   // CUDA rejects an empty grid; an empty tensor simply has no work.
   if (cfg.grid.x == 0 || cfg.grid.y == 0 || cfg.grid.z == 0) return;
+  if (launch_audit::recording()) {
+    const unsigned grid[3] = {cfg.grid.x, cfg.grid.y, cfg.grid.z};
+    const unsigned block[3] = {cfg.block.x, cfg.block.y, cfg.block.z};
+    launch_audit::record(name, grid, block, cfg.smem, cfg.cost);
+    if (launch_audit::dry_run()) return;
+  }
 #ifdef __CUDACC__
   kernel<<<cfg.grid, cfg.block, cfg.smem, cfg.stream>>>(static_cast<P>(std::forward<A>(args))...);
   check_launch(name, cudaGetLastError(), cfg.stream);

@@ -5,7 +5,8 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <unistd.h>
+
+#include "tensor/atomic_file.h"
 
 namespace sono::nn {
 
@@ -161,28 +162,11 @@ void save_safetensors(const std::string& path, const StateDict& tensors,
   text.append((8 - text.size() % 8) % 8, ' ');  // keeps the data 8-byte aligned
   const uint64_t header_len = text.size();
 
-  namespace fs = std::filesystem;
-  const fs::path target(path);
-  const fs::path tmp = target.parent_path() / (target.filename().string() + ".tmp" + std::to_string(::getpid()));
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    SONO_CHECK(out, path, ": cannot write (", std::strerror(errno), ")");
-    out.write(reinterpret_cast<const char*>(&header_len), 8);
-    out.write(text.data(), static_cast<std::streamsize>(text.size()));
-    for (const std::string& bytes : payloads) out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    out.flush();
-    if (!out) {
-      out.close();
-      fs::remove(tmp);
-      fail(path, ": write failed (disk full?); the previous file, if any, is untouched");
-    }
-  }
-  std::error_code ec;
-  fs::rename(tmp, target, ec);
-  if (ec) {
-    fs::remove(tmp);
-    fail(path, ": cannot replace the file (", ec.message(), ")");
-  }
+  AtomicFile out(path);
+  out.write(std::string_view(reinterpret_cast<const char*>(&header_len), 8));
+  out.write(text);
+  for (const std::string& bytes : payloads) out.write(bytes);
+  out.commit();
 }
 
 }  // namespace sono::nn

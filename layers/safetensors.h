@@ -17,7 +17,7 @@ struct SafetensorsFile {
 // Throws sono::Error naming the file and what is wrong (truncated, bad header, bad offsets...).
 SafetensorsFile load_safetensors(const std::string& path);
 
-// Writes to a temporary file beside `path`, then renames: a crash never leaves half a file and
+// Writes through AtomicFile (tensor/atomic_file.h): a crash never leaves half a file and
 // a failed write never replaces a good one. `float32_as_f16` stores float32 tensors as F16
 // (round to nearest even): half the size, for shipping weights; loading widens them back.
 void save_safetensors(const std::string& path, const StateDict& tensors,

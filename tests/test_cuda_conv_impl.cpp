@@ -13,6 +13,7 @@ using cuda::ConvImplCache;
 using cuda::ConvKey;
 using cuda::ConvPass;
 using cuda::ConvPolicy;
+using cuda::ConvPrecision;
 
 namespace {
 
@@ -28,9 +29,9 @@ struct FakeLaunch {
   }
 };
 
-ConvKey key(ConvPass pass, int64_t cin, bool bf16 = false) {
+ConvKey key(ConvPass pass, int64_t cin, ConvPrecision precision = ConvPrecision::f32) {
   const Conv2dGeometry g{2, 17, 13, cin, 24, 3, 3, 17, 13, 1, 2, 2, 1};
-  return {pass, g, bf16};
+  return {pass, g, precision};
 }
 
 using Calls = std::vector<std::pair<ConvImpl, bool>>;
@@ -59,7 +60,8 @@ TEST_CASE("conv impl: a new shape times both twice and keeps the faster one") {
   SUBCASE("other passes, channels or precisions are other shapes") {
     CHECK_FALSE(cache.chosen(key(ConvPass::backward_input, 8)));
     CHECK_FALSE(cache.chosen(key(ConvPass::forward, 9)));
-    CHECK_FALSE(cache.chosen(key(ConvPass::forward, 8, true)));
+    for (ConvPrecision other : {ConvPrecision::tf32, ConvPrecision::bf16, ConvPrecision::bf16_exact})
+      CHECK_FALSE(cache.chosen(key(ConvPass::forward, 8, other)));
   }
 }
 
@@ -95,6 +97,14 @@ TEST_CASE("conv impl: SONO_CONV_IMPL forces one side; cuDNN refusing falls back 
   CHECK_THROWS_WITH_AS(cuda::conv_policy_from("fast"),
                        doctest::Contains("SONO_CONV_IMPL is 'fast': expected auto, ours or cudnn"),
                        Error);
+}
+
+TEST_CASE("conv impl: SONO_ALLOW_TF32 is on unless 0, as torch.backends.cudnn.allow_tf32") {
+  CHECK(cuda::allow_tf32_from(nullptr));
+  CHECK(cuda::allow_tf32_from("1"));
+  CHECK_FALSE(cuda::allow_tf32_from("0"));
+  CHECK_THROWS_WITH_AS(cuda::allow_tf32_from("yes"),
+                       doctest::Contains("SONO_ALLOW_TF32 is 'yes': expected 0 or 1"), Error);
 }
 
 }  // namespace sono::test

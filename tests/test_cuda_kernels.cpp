@@ -8,6 +8,7 @@
 #include <bit>
 #include <cfloat>
 #include <map>
+#include <memory>
 #include <random>
 
 #include "cuda/allocator.h"
@@ -239,6 +240,11 @@ __global__ void shuffle_against_barrier_kernel(T* out) {
   __syncthreads();
 }
 
+// The first 32-byte aligned float of a buffer (WMMA's tiles must start there).
+inline float* aligned_in(float* buffer) {
+  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buffer) + 31) & ~uintptr_t{31});
+}
+
 // Launches kernel(buffer) on blocks x threads and expects a simt::Fault saying `words`.
 void expect_fault(void (*kernel)(float*), const char* name, unsigned blocks, unsigned threads,
                   const std::string& words) {
@@ -279,6 +285,154 @@ TEST_CASE("simt: misused barriers and bad launches raise a Fault naming the kern
             sums.data());
   CHECK(sums[0] == 300.0);
   CHECK(sums[1] == 300.0);
+}
+
+// x rounded to the nearest bfloat16 (ties to even) by a route independent of the kernel's bit
+// arithmetic: the quantum at 8 significant bits (2^-133 below the normal range), nearbyint.
+double bf16_reference(float x) {
+  if (!std::isfinite(x) || x == 0) return x;
+  int e;
+  std::frexp(x, &e);  // |x| = m 2^e, m in [0.5, 1)
+  const double quantum = std::ldexp(1.0, std::max(e - 8, -133));
+  return static_cast<float>(std::nearbyint(x / quantum) * quantum);  // past the range: inf
+}
+
+std::vector<double> bf16_rounded(const std::vector<double>& v) {
+  std::vector<double> r(v.size());
+  for (size_t i = 0; i < v.size(); ++i) r[i] = bf16_reference(static_cast<float>(v[i]));
+  return r;
+}
+
+// ---- WMMA (tensor-core tiles) in the emulator ---------------------------------------------------
+
+namespace wmma = k::wmma;
+constexpr int kTile = k::kWmmaTile;
+
+// One 16x16x16 product per warp: warp w reads tile w of a, b and c (each tile ld rows or
+// columns apart, tiles `stride` elements apart) and stores d = a b + c as tile w of d.
+template <typename LayoutA, typename LayoutB>
+__global__ void wmma_tile_kernel(const k::bfloat16* a, const k::bfloat16* b, unsigned ld16,
+                                 const float* c, wmma::layout_t c_layout, float* d,
+                                 wmma::layout_t d_layout, unsigned ld32, int64_t stride16,
+                                 int64_t stride32) {
+  const int warp = threadIdx.x / 32;
+  wmma::fragment<wmma::matrix_a, kTile, kTile, kTile, k::WmmaBf16, LayoutA> fa;
+  wmma::fragment<wmma::matrix_b, kTile, kTile, kTile, k::WmmaBf16, LayoutB> fb;
+  wmma::fragment<wmma::accumulator, kTile, kTile, kTile, float> fc;
+  wmma::load_matrix_sync(fa, k::as_wmma(a + warp * stride16), ld16);
+  wmma::load_matrix_sync(fb, k::as_wmma(b + warp * stride16), ld16);
+  wmma::load_matrix_sync(fc, c + warp * stride32, ld32, c_layout);
+  wmma::mma_sync(fc, fa, fb, fc);
+  wmma::store_matrix_sync(d + warp * stride32, fc, ld32, d_layout);
+}
+
+// A 32-byte aligned pointer into v (sized with 32 bytes to spare), as WMMA wants its tiles.
+template <typename T>
+T* aligned32(std::vector<T>& v) {
+  void* p = v.data();
+  size_t space = v.size() * sizeof(T);
+  return static_cast<T*>(std::align(32, sizeof(T), p, space));
+}
+
+k::bfloat16 to_bf16(double x) {
+  const float f = static_cast<float>(bf16_reference(static_cast<float>(x)));
+  return {static_cast<uint16_t>(std::bit_cast<uint32_t>(f) >> 16)};
+}
+
+// Element (row, col) of a tile stored row- or column-major with leading dimension ld.
+size_t at(int row, int col, unsigned ld, bool row_major) {
+  return row_major ? size_t(row) * ld + col : size_t(col) * ld + row;
+}
+
+// mma_sync multiplies bf16 values, whose products are exact in float, and sums them in float:
+// against the exact sum in double it may differ by the float additions' roundings alone, at
+// most gamma_16 = 16 u / (1 - 16 u) (u = 2^-24) times c + sum |a b| per element (16 additions).
+// Both operand layouts, both accumulator layouts, padded leading dimensions, two warps.
+TEST_CASE("simt: WMMA mma_sync of bf16 tiles is a float triple loop within summation order") {
+  constexpr int warps = 2;
+  constexpr unsigned ld16 = 24, ld32 = 20;  // padded: 48 and 80 bytes, multiples of 16
+  constexpr int64_t stride16 = kTile * ld16, stride32 = kTile * ld32;
+  const double gamma16 = 16 * std::ldexp(1.0, -24) / (1 - 16 * std::ldexp(1.0, -24));
+  const auto as = uniform(warps * stride16, 91), bs = uniform(warps * stride16, 92),
+             cs = uniform(warps * stride32, 93, -8.0, 8.0);
+  std::vector<k::bfloat16> a_buf(warps * stride16 + 16), b_buf(warps * stride16 + 16);
+  std::vector<float> c_buf(warps * stride32 + 8), d_buf(warps * stride32 + 8);
+  k::bfloat16 *a = aligned32(a_buf), *b = aligned32(b_buf);
+  float *c = aligned32(c_buf), *d = aligned32(d_buf);
+  for (int64_t i = 0; i < warps * stride16; ++i) {
+    a[i] = to_bf16(as[i]);
+    b[i] = to_bf16(bs[i]);
+  }
+  for (int64_t i = 0; i < warps * stride32; ++i) c[i] = static_cast<float>(cs[i]);
+  const auto value = [](k::bfloat16 x) { return double(std::bit_cast<float>(uint32_t(x.bits) << 16)); };
+  const auto run = [&](bool a_row, bool b_row, wmma::layout_t c_layout, wmma::layout_t d_layout) {
+    std::fill(d, d + warps * stride32, -1234.5f);  // unwritten padding keeps this
+    const k::LaunchConfig cfg{dim3(1), dim3(32 * warps)};
+    using R = wmma::row_major;
+    using C = wmma::col_major;
+    const auto args = std::make_tuple(a, b, ld16, c, c_layout, d, d_layout, ld32, stride16, stride32);
+    const auto go = [&](auto kernel) { std::apply([&](auto... p) { k::launch("wmma_tile", kernel, cfg, p...); }, args); };
+    if (a_row && b_row) go(wmma_tile_kernel<R, R>);
+    if (a_row && !b_row) go(wmma_tile_kernel<R, C>);
+    if (!a_row && b_row) go(wmma_tile_kernel<C, R>);
+    if (!a_row && !b_row) go(wmma_tile_kernel<C, C>);
+    double worst_ratio = 0;
+    int64_t padding_changed = 0;
+    for (int w = 0; w < warps; ++w) {
+      const k::bfloat16 *aw = a + w * stride16, *bw = b + w * stride16;
+      const float *cw = c + w * stride32, *dw = d + w * stride32;
+      for (int i = 0; i < kTile; ++i)
+        for (int j = 0; j < kTile; ++j) {
+          const double cij = cw[at(i, j, ld32, c_layout == wmma::mem_row_major)];
+          double sum = cij, magnitude = std::abs(cij);
+          for (int kk = 0; kk < kTile; ++kk) {
+            const double p = value(aw[at(i, kk, ld16, a_row)]) * value(bw[at(kk, j, ld16, b_row)]);
+            sum += p;
+            magnitude += std::abs(p);
+          }
+          const double got = dw[at(i, j, ld32, d_layout == wmma::mem_row_major)];
+          worst_ratio = std::max(worst_ratio, std::abs(got - sum) / (gamma16 * magnitude));
+        }
+      for (int r = 0; r < kTile; ++r)
+        for (unsigned col = kTile; col < ld32; ++col) padding_changed += dw[r * ld32 + col] != -1234.5f;
+    }
+    INFO("a " << (a_row ? "row" : "col") << "-major, b " << (b_row ? "row" : "col") << "-major, c "
+              << c_layout << ", d " << d_layout);
+    CHECK(worst_ratio <= 1.0);
+    CHECK(padding_changed == 0);
+  };
+  in_each_schedule([&] {
+    for (bool a_row : {true, false})
+      for (bool b_row : {true, false})
+        for (auto c_layout : {wmma::mem_row_major, wmma::mem_col_major})
+          for (auto d_layout : {wmma::mem_row_major, wmma::mem_col_major})
+            run(a_row, b_row, c_layout, d_layout);
+  });
+}
+
+// Half of a warp at mma_sync, the other half at store_matrix_sync: never completes on a device.
+template <typename T>
+__global__ void divergent_mma_kernel(T* buffer) {
+  float* tile = aligned_in(buffer);
+  wmma::fragment<wmma::accumulator, kTile, kTile, kTile, float> acc;
+  wmma::fill_fragment(acc, 1.0f);
+  if (threadIdx.x % 32 < 16) {
+    wmma::fragment<wmma::matrix_a, kTile, kTile, kTile, k::WmmaBf16, wmma::row_major> a{};
+    wmma::fragment<wmma::matrix_b, kTile, kTile, kTile, k::WmmaBf16, wmma::row_major> b{};
+    wmma::mma_sync(acc, a, b, acc);
+  }
+  wmma::store_matrix_sync(tile, acc, kTile, wmma::mem_row_major);
+}
+// A tile 4 bytes past a 32-byte boundary.
+template <typename T>
+__global__ void misaligned_wmma_kernel(T* buffer) {
+  wmma::fragment<wmma::accumulator, kTile, kTile, kTile, float> acc;
+  wmma::load_matrix_sync(acc, aligned_in(buffer) + 1, kTile, wmma::mem_row_major);
+}
+
+TEST_CASE("simt: WMMA calls are warp-collective and check alignment as the device does") {
+  expect_fault(divergent_mma_kernel<float>, "divergent_mma", 1, 32, "deadlock");
+  expect_fault(misaligned_wmma_kernel<float>, "misaligned_wmma", 1, 32, "256-bit aligned");
 }
 
 // ---- elementwise ------------------------------------------------------------------------------
@@ -617,22 +771,6 @@ TEST_CASE("layer norm (warp per row) forward and backward with weight and bias g
   });
 }
 
-// x rounded to the nearest bfloat16 (ties to even) by a route independent of the kernel's bit
-// arithmetic: the quantum at 8 significant bits (2^-133 below the normal range), nearbyint.
-double bf16_reference(float x) {
-  if (!std::isfinite(x) || x == 0) return x;
-  int e;
-  std::frexp(x, &e);  // |x| = m 2^e, m in [0.5, 1)
-  const double quantum = std::ldexp(1.0, std::max(e - 8, -133));
-  return static_cast<float>(std::nearbyint(x / quantum) * quantum);  // past the range: inf
-}
-
-std::vector<double> bf16_rounded(const std::vector<double>& v) {
-  std::vector<double> r(v.size());
-  for (size_t i = 0; i < v.size(); ++i) r[i] = bf16_reference(static_cast<float>(v[i]));
-  return r;
-}
-
 // Checks that the bfloat16 tensor `got` holds exactly the float32 values `want` rounded to
 // nearest even: a result computed in float32 and rounded once, on the store.
 void expect_bf16_rounding(const std::string& kernel, const Tensor& got, const Tensor& want) {
@@ -814,6 +952,14 @@ struct ConvOutputs {
   std::vector<double> y, grad_x, grad_w;
 };
 
+// y, grad_x and grad_w against want within float32 summation error: sums of up to ~300
+// products of values in [-2, 2] (sums up to ~60), weight gradients over up to 1104 pixels.
+void expect_conv_close(const std::string& what, const ConvOutputs& got, const ConvOutputs& want) {
+  expect_close(what + " forward", got.y, want.y, 3e-5);
+  expect_close(what + " backward input", got.grad_x, want.grad_x, 3e-5);
+  expect_close(what + " backward weight", got.grad_w, want.grad_w, 1e-4);
+}
+
 // The three conv kernels of the backend of `device`, on tensors of `dtype` holding xs, ws, gys.
 ConvOutputs backend_conv(Device device, DType dtype, const Conv2dGeometry& g,
                          const std::vector<double>& xs, const std::vector<double>& ws,
@@ -832,17 +978,21 @@ ConvOutputs backend_conv(Device device, DType dtype, const Conv2dGeometry& g,
 }
 
 // The implicit-GEMM launchers called directly (the backend sends pointwise convs to its GEMM).
+k::ConvGeometry kernel_geometry(const Conv2dGeometry& g) {
+  return {g.n,  g.h,  g.w,      g.cin,     g.cout,     g.kh,    g.kw,
+          g.oh, g.ow, g.stride, g.padding, g.dilation, g.groups};
+}
 ConvOutputs implicit_gemm_conv(const Conv2dGeometry& g, const std::vector<double>& xs,
-                               const std::vector<double>& ws, const std::vector<double>& gys) {
-  const k::ConvGeometry cg{g.n,  g.h,  g.w,      g.cin,     g.cout,     g.kh,    g.kw,
-                           g.oh, g.ow, g.stride, g.padding, g.dilation, g.groups};
+                               const std::vector<double>& ws, const std::vector<double>& gys,
+                               k::ConvMath math = k::ConvMath::float32) {
+  const k::ConvGeometry cg = kernel_geometry(g);
   const std::vector<float> x(xs.begin(), xs.end()), w(ws.begin(), ws.end()),
       gy(gys.begin(), gys.end());
   std::vector<float> y(gys.size()), gx(xs.size()), gw(ws.size()),
       workspace(k::conv_backward_weight_workspace(cg));
-  k::conv_forward(cg, x.data(), w.data(), y.data(), nullptr);
-  k::conv_backward_input(cg, gy.data(), w.data(), gx.data(), nullptr);
-  k::conv_backward_weight(cg, x.data(), gy.data(), gw.data(), workspace.data(), nullptr);
+  k::conv_forward(cg, x.data(), w.data(), y.data(), nullptr, math);
+  k::conv_backward_input(cg, gy.data(), w.data(), gx.data(), nullptr, math);
+  k::conv_backward_weight(cg, x.data(), gy.data(), gw.data(), workspace.data(), nullptr, math);
   return {{y.begin(), y.end()}, {gx.begin(), gx.end()}, {gw.begin(), gw.end()}};
 }
 
@@ -871,12 +1021,57 @@ TEST_CASE("dense, grouped and atrous conv (implicit GEMM) match the CPU backend 
       for (const ConvOutputs& got :
            {backend_conv(Device::cuda, DType::f32, g, xs, ws, gys),
             implicit_gemm_conv(g, xs, ws, gys)}) {
-        // Float32 sums of up to 280 products of values in [-2, 2] (sums up to ~60).
-        expect_close("conv forward", got.y, want.y, 3e-5);
-        expect_close("conv backward input", got.grad_x, want.grad_x, 3e-5);
-        // Sums over up to 1104 output pixels.
-        expect_close("conv backward weight", got.grad_w, want.grad_w, 1e-4);
+        expect_conv_close("conv", got, want);
       }
+    }
+  });
+}
+
+// The bf16 implicit GEMM, on the tensor cores (emulated WMMA) and on the SIMT fallback: float32
+// sums of products of the bf16-rounded operands, so the CPU's float64 conv of the rounded values
+// within float32 summation error (as in the test above), and far from the unrounded conv. Shapes
+// whose depth (taps x channels) is no multiple of WMMA's 16 or the 32-deep step, channels past
+// the 64-wide tile, padding, stride 2, dilation 2, groups, several weight-gradient chunks. A bf16
+// y is the float32 y rounded once.
+TEST_CASE("bf16 dense conv on emulated tensor cores (WMMA) and on the SIMT fallback") {
+  TestDevice dev;
+  const ConvCase cases[] = {
+      {"3x3 pad 1, 19 -> 21 channels", 2, 7, 9, 19, 21, 3, 3, 1, 1, 1, 1},
+      {"3x3 stride 2 pad 1, 70 -> 66 channels", 1, 9, 8, 70, 66, 3, 3, 2, 1, 1, 1},
+      {"3x3 dilation 2 pad 2, 13 -> 5", 2, 9, 8, 13, 5, 3, 3, 1, 2, 2, 1},
+      {"7x7 stride 4 pad 3, 3 -> 8 (MiT patch embed)", 2, 17, 15, 3, 8, 7, 7, 4, 3, 1, 1},
+      {"2x2 stride 2, 33 -> 17 (downsample)", 2, 6, 7, 33, 17, 2, 2, 2, 0, 1, 1},
+      {"3x3 groups 2, 6 -> 10", 2, 7, 9, 6, 10, 3, 3, 1, 1, 1, 2},
+      {"3x3 over 1104 pixels (weight-gradient chunks)", 2, 24, 23, 3, 4, 3, 3, 1, 1, 1, 1},
+  };
+  in_each_schedule([&] {
+    for (const ConvCase& cs : cases) {
+      INFO(std::string(cs.what));
+      const Conv2dGeometry g = cs.geometry();
+      const auto [xs, ws, gys] = conv_inputs(cs, 95);
+      const ConvOutputs want = backend_conv(Device::cpu, DType::f64, g, bf16_rounded(xs),
+                                            bf16_rounded(ws), bf16_rounded(gys));
+      const ConvOutputs exact = backend_conv(Device::cpu, DType::f64, g, xs, ws, gys);
+      for (k::ConvMath math : {k::ConvMath::bf16_wmma, k::ConvMath::bf16_simt}) {
+        INFO((math == k::ConvMath::bf16_wmma ? "WMMA" : "SIMT"));
+        const ConvOutputs got = implicit_gemm_conv(g, xs, ws, gys, math);
+        expect_conv_close("bf16 conv", got, want);
+        CHECK(max_abs_diff(host(got.y, {int64_t(got.y.size())}),
+                           host(exact.y, {int64_t(exact.y.size())})) > 1e-3);
+      }
+      // bfloat16 activations in and out, as autocast stores them.
+      const std::vector<float> x32(xs.begin(), xs.end()), w32(ws.begin(), ws.end());
+      std::vector<k::bfloat16> x16(xs.size()), y16(gys.size());
+      for (size_t i = 0; i < xs.size(); ++i) x16[i] = to_bf16(xs[i]);
+      std::vector<float> y32(gys.size());
+      k::conv_forward(kernel_geometry(g), x16.data(), w32.data(), y16.data(), nullptr,
+                      k::ConvMath::bf16_wmma);
+      k::conv_forward(kernel_geometry(g), x32.data(), w32.data(), y32.data(), nullptr,
+                      k::ConvMath::bf16_wmma);
+      int64_t not_rounded_once = 0;
+      for (size_t i = 0; i < y32.size(); ++i)
+        not_rounded_once += std::bit_cast<float>(uint32_t(y16[i].bits) << 16) != bf16_reference(y32[i]);
+      CHECK(not_rounded_once == 0);
     }
   });
 }
@@ -1431,9 +1626,7 @@ TEST_CASE("bf16 autocast: GEMMs and convs on the emulated device multiply bf16-r
                        bf16_rounded(gys));
       Autocast amp(Device::cuda);
       const ConvOutputs got = backend_conv(Device::cuda, DType::f32, g, xs, ws, gys);
-      expect_close("bf16 conv forward", got.y, want.y, 3e-5);
-      expect_close("bf16 conv backward input", got.grad_x, want.grad_x, 3e-5);
-      expect_close("bf16 conv backward weight", got.grad_w, want.grad_w, 1e-4);
+      expect_conv_close("bf16 conv", got, want);
       const ConvOutputs exact = backend_conv(Device::cpu, DType::f64, g, xs, ws, gys);
       CHECK(max_abs_diff(host(got.y, {int64_t(got.y.size())}),
                          host(exact.y, {int64_t(exact.y.size())})) > 1e-3);
@@ -1446,6 +1639,68 @@ TEST_CASE("bf16 autocast: GEMMs and convs on the emulated device multiply bf16-r
     CHECK(got.dtype() == DType::bf16);
     expect_close("bf16 matmul", got.to_vector(), want.to_vector(), 2e-2);
   });
+}
+
+// cuDNN's dense convs at each precision, forced (no timing choice in between), on a real GPU
+// (SONO_TEST_DEVICE=gpu); the emulated device has no cuDNN. The shapes that ran our kernels
+// with cuDNN forced before its filters were NHWC (MiT's patch embeddings and spatial
+// reductions), dilation, groups and odd channels. float32 FMA: float32 tolerances; TF32: each
+// operand rounded to 11 significant bits, so within 2^-10 of sum |x w| (<= 4 depth here); bf16
+// under autocast: float32 sums of bf16 products, as our kernels; a bfloat16 y within one
+// rounding of them.
+TEST_CASE("cuDNN dense convs on the GPU: float32 FMA, TF32, bf16 under autocast") {
+#ifdef SONO_HAVE_CUDA
+  if (!on_real_gpu()) {
+    MESSAGE("skipped: cuDNN's convs run only with SONO_TEST_DEVICE=gpu on a GPU");
+    return;
+  }
+  TestDevice dev;
+  if (!k::choose_convs("cudnn", false)) {
+    MESSAGE("skipped: this build has no cuDNN");
+    return;
+  }
+  const ConvCase cases[] = {
+      {"2x2 stride 2, 64 -> 64 (MiT spatial reduction)", 2, 16, 16, 64, 64, 2, 2, 2, 0, 1, 1},
+      {"3x3 stride 2 pad 1, 64 -> 128 (MiT patch embed)", 2, 16, 16, 64, 128, 3, 3, 2, 1, 1, 1},
+      {"7x7 stride 4 pad 3, 3 -> 64 (MiT patch embed 1)", 2, 32, 32, 3, 64, 7, 7, 4, 3, 1, 1},
+      {"3x3 dilation 2 pad 2, 19 -> 21", 2, 9, 8, 19, 21, 3, 3, 1, 2, 2, 1},
+      {"3x3 groups 2, 6 -> 10", 2, 7, 9, 6, 10, 3, 3, 1, 1, 1, 2},
+  };
+  for (const ConvCase& cs : cases) {
+    INFO(std::string(cs.what));
+    const Conv2dGeometry g = cs.geometry();
+    const auto [xs, ws, gys] = conv_inputs(cs, 97);
+    const ConvOutputs exact = backend_conv(Device::cpu, DType::f64, g, xs, ws, gys);
+    k::choose_convs("cudnn", false);
+    const ConvOutputs fma = backend_conv(Device::cuda, DType::f32, g, xs, ws, gys);
+    expect_conv_close("cuDNN FMA", fma, exact);
+    k::choose_convs("cudnn", true);
+    const ConvOutputs tf32 = backend_conv(Device::cuda, DType::f32, g, xs, ws, gys);
+    const double depth = double(g.kh * g.kw * g.cin / g.groups);
+    expect_close("cuDNN TF32 forward", tf32.y, exact.y, std::ldexp(4 * depth, -10));
+    expect_close("cuDNN TF32 backward input", tf32.grad_x, exact.grad_x,
+                 std::ldexp(4.0 * g.kh * g.kw * g.cout / g.groups, -10));
+    expect_close("cuDNN TF32 backward weight", tf32.grad_w, exact.grad_w,
+                 std::ldexp(4.0 * g.n * g.oh * g.ow, -10));
+    const ConvOutputs want = backend_conv(Device::cpu, DType::f64, g, bf16_rounded(xs),
+                                          bf16_rounded(ws), bf16_rounded(gys));
+    Autocast amp(Device::cuda);
+    const ConvOutputs bf16 = backend_conv(Device::cuda, DType::f32, g, xs, ws, gys);
+    expect_conv_close("cuDNN bf16", bf16, want);
+    const Tensor x16 = on_device(host(xs, {g.n, g.h, g.w, g.cin})).to(DType::bf16),
+                 w = on_device(host(ws, {g.cout, g.cin / g.groups, g.kh, g.kw}));
+    Tensor y16 = Tensor::empty({g.n, g.oh, g.ow, g.cout}, DType::bf16, Device::cuda);
+    backend(Device::cuda).conv2d_forward(g, x16, w, y16);
+    const std::vector<double> got16 = y16.to_vector();
+    double worst = 0;  // in bf16 ulps of the float32 result, plus the sums' float32 error
+    for (size_t i = 0; i < got16.size(); ++i)
+      worst = std::max(worst, std::abs(got16[i] - want.y[i]) / (std::ldexp(std::abs(want.y[i]), -8) + 3e-5));
+    CHECK(worst <= 1.0);
+  }
+  k::choose_convs("auto", true);
+#else
+  MESSAGE("skipped: this build has no CUDA backend");
+#endif
 }
 
 // The autocast ops' results are bfloat16: exactly what they give with float32 activations (the

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <fstream>
 #include <regex>
+#include <stb_image_write.h>
 #include <sys/wait.h>
 
 #include "helpers.h"
@@ -193,19 +194,175 @@ TEST_CASE("predict on a folder writes one CSV row per image and the masks") {
   CHECK(fs::exists(out / "malignant_2_mask.png"));
 }
 
+// Outputs never replace the run's inputs, ground truth, each other, or (without --overwrite)
+// any file that exists.
+TEST_CASE("predict never replaces an input, a ground-truth mask or another output") {
+  const Trained& t = trained();
+  fs::path root = t.root / "no_clobber";
+  fs::create_directories(root);
+  const fs::path source = t.data / "images" / "benign" / "benign_1.png";
+  auto expect_refusal = [&](const std::string& args, const std::string& message) {
+    Run r = run_tool("predict", args + models_args());
+    INFO(args << "\n" << r.output);
+    CHECK(r.status == 1);
+    CHECK(r.output.find("predict: error: ") != std::string::npos);
+    CHECK(r.output.find(message) != std::string::npos);
+  };
+
+  SUBCASE("the scan itself as --save_mask") {
+    fs::path scan = root / "scan.png";
+    fs::copy_file(source, scan);
+    const std::string before = read_file(scan);
+    expect_refusal("--image " + scan.string() + " --save_mask " + scan.string(), "--image");
+    CHECK(read_file(scan) == before);
+  }
+  SUBCASE("a BUSI folder: predicted masks would replace the ground truth beside the images") {
+    fs::path busi = root / "busi";
+    fs::create_directories(busi);
+    fs::copy_file(source, busi / "benign_1.png");
+    fs::copy_file(t.data / "masks" / "benign" / "benign_1_mask.png", busi / "benign_1_mask.png");
+    const std::string truth = read_file(busi / "benign_1_mask.png");
+    expect_refusal("--image " + busi.string() + " --save_mask " + busi.string() + " --csv " +
+                       (root / "busi.csv").string(), "--save_mask");
+    CHECK(read_file(busi / "benign_1_mask.png") == truth);
+    CHECK(std::distance(fs::directory_iterator(busi), fs::directory_iterator()) == 2);
+  }
+  SUBCASE("an existing mask is replaced only with --overwrite") {
+    fs::path scan = root / "kept.png", mask = root / "kept_mask.png";
+    fs::copy_file(source, scan);
+    data::save_mask_png(mask, data::Mask(8, 8, 1));
+    const std::string before = read_file(mask);
+    expect_refusal("--image " + scan.string() + " --save_mask " + mask.string(), "--overwrite");
+    CHECK(read_file(mask) == before);
+    Run r = run_tool("predict", "--image " + scan.string() + " --save_mask " + mask.string() + " --overwrite" + models_args());
+    INFO(r.output);
+    CHECK(r.status == 0);
+    CHECK(data::load_mask({mask}).width == 64);
+  }
+  SUBCASE("x.png, x.PNG and x.bmp get one mask each, named after the whole file") {
+    fs::path in = root / "same_stem", out = root / "same_stem_masks", csv = root / "same_stem.csv";
+    fs::create_directories(in);
+    for (const char* name : {"x.png", "x.PNG"}) fs::copy_file(source, in / name);
+    std::vector<uint8_t> grey(64 * 64);
+    for (size_t i = 0; i < grey.size(); ++i) grey[i] = static_cast<uint8_t>(i % 64 * 4);
+    REQUIRE(stbi_write_bmp((in / "x.bmp").c_str(), 64, 64, 1, grey.data()));
+    Run r = run_tool("predict", "--image " + in.string() + " --save_mask " + out.string() + " --csv " + csv.string() + models_args());
+    INFO(r.output);
+    REQUIRE(r.status == 0);
+    const std::string text = read_file(csv);
+    for (const char* name : {"x.png", "x.PNG", "x.bmp"}) {
+      CAPTURE(name);
+      CHECK(fs::exists(out / (std::string(name) + "_mask.png")));
+      CHECK(text.find("\n" + std::string(name) + ",") != std::string::npos);
+      CHECK(text.find((out / (std::string(name) + "_mask.png")).string() + ",\n") != std::string::npos);
+    }
+    CHECK_FALSE(fs::exists(out / "x_mask.png"));
+  }
+  SUBCASE("a folder where every image fails leaves the existing CSV as it was") {
+    fs::path in = root / "all_bad", csv = root / "kept.csv";
+    fs::create_directories(in);
+    std::ofstream(in / "a.png") << "not an image";
+    std::ofstream(csv) << "earlier predictions\n";
+    for (const char* overwrite : {"", " --overwrite"}) {
+      Run r = run_tool("predict", "--image " + in.string() + " --csv " + csv.string() + overwrite + models_args());
+      INFO(overwrite << ": " << r.output);
+      CHECK(r.status == 1);
+      CHECK(read_file(csv) == "earlier predictions\n");
+    }
+  }
+}
+
 TEST_CASE("seg_train --resume continues after the saved epoch") {
   const Trained& t = trained();
   fs::path log = t.root / "resume_log";
   Run r = run_tool("seg_train", "--images-dir " + (t.data / "images").string() + " --masks-dir " +
                                     (t.data / "masks").string() + " --arch mit_b0 --img-size 64 --epochs 7 --batch-size 4"
-                                    " --resume " + (t.root / "seg.last.safetensors").string() + " --save-path " +
-                                    (t.root / "seg_resumed.safetensors").string() + " --log-dir " + log.string());
+                                    " --lr 1e-3 --resume " + (t.root / "seg.last.safetensors").string() + " --save-path " +
+                                    (t.root / "seg_resumed.safetensors").string() + " --log-dir " + log.string() +
+                                    " --resume-anyway");
   INFO(r.output);
   REQUIRE(r.status == 0);
   CHECK(r.output.find("resumed from") != std::string::npos);
+  CHECK(r.output.find("--epochs 7 (saved: 6)") != std::string::npos);  // said, then continued
   CHECK(r.output.find("epoch 6/7") == std::string::npos);
   CHECK(r.output.find("epoch 7/7 train") != std::string::npos);
   CHECK(log_column(log / "segmentation_log.csv", "epoch") == std::vector<double>{1, 2, 3, 4, 5, 6, 7});
+}
+
+// A resume state holds the arguments of its run and a fingerprint of its data and split: a
+// run that differs would continue another run's schedule, or pick its "best" on other data.
+TEST_CASE("--resume refuses a run whose arguments or data differ from the saved one") {
+  const Trained& t = trained();
+  fs::path root = t.root / "resume_checks", out = root / "out.safetensors";
+  fs::create_directories(root);
+  const std::string state = (t.root / "seg.last.safetensors").string();
+  auto resume = [&](const fs::path& data, const std::string& args) {
+    return run_tool("seg_train", "--images-dir " + (data / "images").string() + " --masks-dir " + (data / "masks").string() +
+                                     " --arch mit_b0 --batch-size 4 --lr 1e-3 --resume " + state + " --save-path " +
+                                     out.string() + args);
+  };
+  SUBCASE("another --img-size and --epochs") {
+    Run r = resume(t.data, " --img-size 96 --epochs 8");
+    INFO(r.output);
+    CHECK(r.status == 1);
+    CHECK(r.output.find("seg_train: error: " + state) != std::string::npos);
+    CHECK(r.output.find("--img-size 96 (saved: 64)") != std::string::npos);
+    CHECK(r.output.find("--epochs 8 (saved: 6)") != std::string::npos);
+    CHECK(r.output.find("--resume-anyway") != std::string::npos);
+  }
+  SUBCASE("another data set") {
+    fs::path data = root / "fewer";
+    fs::copy(t.data, data, fs::copy_options::recursive);
+    fs::remove(data / "images" / "benign" / "benign_4.png");
+    fs::remove(data / "masks" / "benign" / "benign_4_mask.png");
+    Run r = resume(data, " --img-size 64 --epochs 6");
+    INFO(r.output);
+    CHECK(r.status == 1);
+    CHECK(r.output.find("data and split differ (saved: 60 images") != std::string::npos);
+  }
+  CHECK_FALSE(fs::exists(out));
+}
+
+TEST_CASE("model_info --export-f16 never replaces the checkpoint it reads, under any spelling") {
+  const Trained& t = trained();
+  fs::path root = t.root / "export";
+  fs::create_directories(root);
+  fs::path state = root / "seg.last.safetensors";
+  fs::copy_file(t.root / "seg.last.safetensors", state);
+  fs::create_symlink(state, root / "link.safetensors");
+  fs::create_hard_link(state, root / "hard.safetensors");
+  const std::string before = read_file(state);
+  for (const fs::path& target : {state, root / "." / "seg.last.safetensors", root / "link.safetensors", root / "hard.safetensors"}) {
+    Run r = run_tool("model_info", "--checkpoint " + state.string() + " --export-f16 " + target.string());
+    INFO(target << ": " << r.output);
+    CHECK(r.status == 1);
+    CHECK(r.output.find("model_info: error: " + target.string() + ": --export-f16 would replace --checkpoint") != std::string::npos);
+  }
+  CHECK(read_file(state) == before);
+  Run ok = run_tool("model_info", "--checkpoint " + state.string() + " --export-f16 " + (root / "small.safetensors").string());
+  CHECK(ok.status == 0);
+  CHECK(fs::file_size(root / "small.safetensors") < fs::file_size(state) / 2);
+}
+
+// Per-architecture defaults where the flag is not given, printed before training; a warmup
+// not shorter than the run is cut to half of it, with a note.
+TEST_CASE("seg_train --epochs 1 with the default warmup trains, and says which lr, warmup and clipping it uses") {
+  const Trained& t = trained();
+  fs::path out = t.root / "one_epoch.safetensors";
+  Run r = run_tool("seg_train", "--images-dir " + (t.data / "images").string() + " --masks-dir " + (t.data / "masks").string() +
+                                    " --arch mit_b0 --img-size 64 --batch-size 4 --epochs 1 --save-path " + out.string());
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(r.output.find("--warmup-epochs 2 is not shorter than --epochs 1: warming up for 0.5 epochs") != std::string::npos);
+  CHECK(r.output.find("lr 0.0002 (mit default), warmup 0.5 epochs, clip-grad 1 (mit default)") != std::string::npos);
+  CHECK(fs::exists(out));
+  // ConvNeXt: timm's 4e-3 at batch 4096, square-root scaled: 4e-3 * sqrt(16 / 4096) = 2.5e-4.
+  Run convnext = run_tool("cls_train", "--images-dir " + (t.data / "images").string() + " --masks-dir " +
+                                           (t.data / "masks").string() + " --arch convnext_atto --img-size 64 --epochs 3"
+                                           " --batch-size 16 --clip-grad 0.5 --save-path " + (t.root / "cls_3.safetensors").string());
+  INFO(convnext.output);
+  CHECK(convnext.status == 0);
+  CHECK(convnext.output.find("lr 0.00025 (convnext default), warmup 2 epochs (convnext default), clip-grad 0.5;") != std::string::npos);
 }
 
 TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing written") {
@@ -258,6 +415,19 @@ TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing 
     expect_error("cls_train", dirs(d) + " --arch convnext_atto --img-size 64 --epochs 1 --save-path " + out.string(), "normal");
   }
   SUBCASE("--img-size not a multiple of 32") { expect_error("seg_train", dirs(t.data) + " --img-size 100 --save-path " + out.string(), "--img-size 100"); }
+  SUBCASE("a training whose checkpoint would replace an input") {
+    fs::path seg = bad / "seg.safetensors", state = bad / "seg.last.safetensors";
+    fs::copy_file(t.seg, seg);
+    fs::copy_file(t.root / "seg.last.safetensors", state);
+    const std::string seg_before = read_file(seg), state_before = read_file(state);
+    expect_error("seg_train", dirs(t.data) + seg_opts + state.string() + " --resume " + state.string(),
+                 state.string() + ": --save-path would replace --resume");
+    expect_error("cls_train", dirs(t.data) + " --arch convnext_atto --img-size 64 --epochs 1 --seg-model " + seg.string() +
+                     " --save-path " + seg.string(), seg.string() + ": --save-path would replace --seg-model");
+    CHECK(read_file(seg) == seg_before);
+    CHECK(read_file(state) == state_before);
+  }
+  SUBCASE("a negative warmup") { expect_error("seg_train", dirs(t.data) + seg_opts + out.string() + " --warmup-epochs -1", "--warmup-epochs -1: must be 0 or more"); }
   SUBCASE("batch size 1 with BatchNorm") { expect_error("seg_train", dirs(t.data) + " --arch mit_b0 --img-size 64 --batch-size 1 --save-path " + out.string(), "BatchNorm"); }
   SUBCASE("an output folder that does not exist") { expect_error("seg_train", dirs(t.data) + " --save-path " + (bad / "no" / "x.safetensors").string(), (bad / "no").string()); }
   SUBCASE("--device cuda without a GPU") { expect_error("seg_train", dirs(t.data) + " --device cuda --save-path " + out.string(), "--device cuda"); }
@@ -279,7 +449,8 @@ TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing 
     fs::resize_file(image, 100);
     data::save_mask_png(mask, data::Mask(8, 8, 1));
     std::string before = read_file(mask);
-    expect_error("predict", "--image " + image.string() + models_args() + " --save_mask " + mask.string(), image.string());
+    expect_error("predict", "--image " + image.string() + models_args() + " --save_mask " + mask.string() + " --overwrite",
+                 image.string());
     CHECK(read_file(mask) == before);
   }
   CHECK_FALSE(fs::exists(out));

@@ -93,6 +93,11 @@ int cls_train(int argc, char** argv) {
   std::string seg_model = cli.str("seg-model");
   SONO_CHECK(seg_model.empty() || std::filesystem::is_regular_file(seg_model), seg_model,
              ": --seg-model file not found");
+  if (!seg_model.empty())
+    app::check_outputs({{seg_model, "--seg-model"}},
+                       {{settings.save_path, "--save-path"},
+                        {app::resume_state_path(settings.save_path), "the resume state of --save-path"}},
+                       true);
   data::Dataset dataset = data::scan_dataset(settings.images_dir, settings.masks_dir);
   SONO_CHECK(dataset.classes.size() >= 2, settings.images_dir,
              ": classification needs class subfolders (images/CLASS/ or BUSI's CLASS/), found ",

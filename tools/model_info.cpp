@@ -24,12 +24,16 @@ void describe_arch(const app::Cli& cli) {
 }
 
 void describe_checkpoint(const std::string& path, const std::string& export_path) {
+  if (!export_path.empty()) {
+    app::check_writable(export_path);
+    // Exporting over its own input (say X.last.safetensors) would destroy the resume state.
+    app::check_outputs({{path, "--checkpoint"}}, {{export_path, "--export-f16"}}, true);
+  }
   app::LoadedModel loaded = app::load_checkpoint(path, "");
   for (auto& [k, v] : loaded.card.to_metadata())
     if (k != "history") std::cout << k << ": " << v << "\n";
   std::cout << "parameters: " << loaded.model->num_parameters() << "\n";
   if (export_path.empty()) return;
-  app::check_writable(export_path);
   nn::save_safetensors(export_path, loaded.model->state_dict(), loaded.card.to_metadata(), true);
   std::cout << "wrote " << export_path << " (float32 weights stored as F16)\n";
 }
@@ -41,7 +45,9 @@ int model_info(int argc, char** argv) {
       .option("classes", "1", "outputs for --arch")
       .option("checkpoint", "", "a seg_train / cls_train checkpoint")
       .option("export-f16", "", "with --checkpoint: write its model weights and card with F16 storage");
+  app::add_runtime_options(cli);
   if (!cli.parse(argc, argv)) return 0;
+  app::apply_runtime_options(cli);
   SONO_CHECK(cli.is_set("arch") != cli.is_set("checkpoint"), "give one of --arch or --checkpoint (see --help)");
   if (cli.is_set("arch"))
     describe_arch(cli);

@@ -6,11 +6,12 @@
 #include <cstdio>
 #include <iomanip>
 #include <iostream>
+#include <map>
 #include <sstream>
 
 #include "tools/app/inference.h"
 #include "tools/app/runtime.h"
-#include "tools/data/atomic_file.h"
+#include "tensor/atomic_file.h"
 #include "tools/data/dataset.h"
 
 namespace {
@@ -90,6 +91,39 @@ std::vector<fs::path> images_in(const fs::path& folder) {
   return files;
 }
 
+// "x.png" -> "x_mask.png"; images that share a stem (x.png, x.PNG, x.bmp) keep their whole
+// name, "x.PNG_mask.png", so that no mask replaces another.
+std::vector<fs::path> mask_paths(const std::vector<fs::path>& files, const fs::path& mask_folder) {
+  std::map<std::string, int> stems;
+  for (auto& file : files) ++stems[file.stem().string()];
+  std::vector<fs::path> masks;
+  for (auto& file : files) {
+    bool shared = stems[file.stem().string()] > 1;
+    masks.push_back(mask_folder / ((shared ? file.filename() : file.stem()).string() + "_mask.png"));
+  }
+  return masks;
+}
+
+// What a run reads and writes, checked (app::check_outputs) before the models are loaded.
+struct RunFiles {
+  std::vector<fs::path> images, masks;  // masks empty without --save_mask
+  std::string csv;                      // folder runs only
+};
+
+void check_run_files(const app::Cli& cli, const RunFiles& run, bool overlay) {
+  std::vector<app::RunFile> inputs = {{cli.str("seg_model"), "--seg_model"}, {cli.str("cls_model"), "--cls_model"}};
+  for (auto& image : run.images)
+    inputs.push_back({image, run.csv.empty() ? "--image" : "the image " + image.filename().string()});
+  std::vector<app::RunFile> outputs;
+  for (size_t i = 0; i < run.masks.size(); ++i) {
+    std::string of = run.csv.empty() ? "" : " of " + run.images[i].filename().string();
+    outputs.push_back({run.masks[i], run.csv.empty() ? "--save_mask" : "the mask" + of});
+    if (overlay) outputs.push_back({overlay_path(run.masks[i]), "the overlay" + of});
+  }
+  if (!run.csv.empty()) outputs.push_back({run.csv, "--csv"});
+  app::check_outputs(inputs, outputs, cli.is_set("overwrite"));
+}
+
 std::string csv_field(const std::string& s) {
   if (s.find_first_of(",\"\n") == std::string::npos) return s;
   std::string quoted = "\"";
@@ -97,16 +131,17 @@ std::string csv_field(const std::string& s) {
   return quoted + "\"";
 }
 
-// One CSV row per image; a file that fails is reported in its row and the run exits 1.
-int predict_folder(Predictor& p, const fs::path& folder, const std::string& mask_folder, const std::string& csv_path) {
-  std::vector<fs::path> files = images_in(folder);
-  if (!mask_folder.empty()) fs::create_directories(mask_folder);
+// One CSV row per image; a file that fails is reported in its row and the run exits 1. No CSV
+// is written when no image could be predicted: an error-only table must not replace results.
+int predict_folder(Predictor& p, const RunFiles& run) {
+  if (!run.masks.empty()) fs::create_directories(run.masks.front().parent_path());
   std::ostringstream csv;
   csv << "image,predicted_class,confidence";
   for (auto& c : p.cls.card.classes) csv << ",p_" << c;
   csv << ",lesion_fraction,mask,error\n" << std::setprecision(6);
-  int failures = 0;
-  for (auto& file : files) {
+  size_t failures = 0;
+  for (size_t i = 0; i < run.images.size(); ++i) {
+    const fs::path& file = run.images[i];
     csv << csv_field(file.filename().string());
     try {
       data::Image image = data::load_image(file);
@@ -114,11 +149,8 @@ int predict_folder(Predictor& p, const fs::path& folder, const std::string& mask
       csv << "," << p.cls.card.classes[r.predicted] << "," << r.probabilities[r.predicted];
       for (double prob : r.probabilities) csv << "," << prob;
       csv << "," << double(r.mask.lesion_pixels()) / r.mask.values.size();
-      fs::path mask_path;
-      if (!mask_folder.empty()) {
-        mask_path = fs::path(mask_folder) / (file.stem().string() + "_mask.png");
-        save_outputs(p, image, r, mask_path);
-      }
+      fs::path mask_path = run.masks.empty() ? fs::path() : run.masks[i];
+      if (!mask_path.empty()) save_outputs(p, image, r, mask_path);
       csv << "," << csv_field(mask_path.string()) << ",\n";
       std::cout << file.filename().string() << ": " << class_line(p, r) << "\n";
     } catch (const Error& e) {
@@ -127,8 +159,13 @@ int predict_folder(Predictor& p, const fs::path& folder, const std::string& mask
       std::cerr << "predict: error: " << e.what() << "\n";
     }
   }
-  data::write_file_atomic(csv_path, csv.str());
-  std::cout << files.size() - failures << " of " << files.size() << " images predicted; CSV " << csv_path << "\n";
+  std::cout << run.images.size() - failures << " of " << run.images.size() << " images predicted; ";
+  if (failures == run.images.size()) {
+    std::cout << "CSV " << run.csv << " not written\n";
+    return 1;
+  }
+  write_file_atomic(run.csv, csv.str());
+  std::cout << "CSV " << run.csv << "\n";
   return failures ? 1 : 0;
 }
 
@@ -139,7 +176,8 @@ int predict(int argc, char** argv) {
       .option("cls_model", "", "classification checkpoint (cls_train --save-path)", true)
       .option("save_mask", "", "mask PNG at the image's size; for a folder --image, a folder for the masks")
       .flag("overlay", "also save X_overlay.png beside the mask: the lesion outline on the image")
-      .option("csv", "predictions.csv", "for a folder --image: the CSV with one row per image");
+      .option("csv", "predictions.csv", "for a folder --image: the CSV with one row per image")
+      .flag("overwrite", "replace masks, overlays or a CSV that exist (never the run's inputs)");
   app::add_runtime_options(cli);
   if (!cli.parse(argc, argv)) return 0;
   Device device = app::apply_runtime_options(cli);
@@ -148,17 +186,30 @@ int predict(int argc, char** argv) {
   SONO_CHECK(fs::exists(image), image.string(), ": no such file or folder");
   bool folder = fs::is_directory(image);
   SONO_CHECK(!cli.is_set("overlay") || !save_mask.empty(), "--overlay: needs --save_mask (the overlay goes beside the mask)");
-  if (folder)
-    app::check_writable(cli.str("csv"));
-  else if (!save_mask.empty()) {
-    app::check_writable(save_mask);
-    if (cli.is_set("overlay")) app::check_writable(overlay_path(save_mask));
+  RunFiles run;
+  if (folder) {
+    run.images = images_in(image);
+    run.csv = cli.str("csv");
+    app::check_writable(run.csv);
+    // The folder scan skips X_mask.png as ground truth; predicted masks of the same names
+    // beside the images would replace or mix with it.
+    SONO_CHECK(save_mask.empty() || !fs::exists(save_mask) || !fs::equivalent(save_mask, image), save_mask,
+               ": --save_mask is the --image folder, where X_mask.png are ground-truth masks; give another folder");
+    if (!save_mask.empty()) run.masks = mask_paths(run.images, save_mask);
+  } else {
+    run.images = {image};
+    if (!save_mask.empty()) {
+      run.masks = {save_mask};
+      app::check_writable(save_mask);
+      if (cli.is_set("overlay")) app::check_writable(overlay_path(save_mask));
+    }
   }
+  check_run_files(cli, run, cli.is_set("overlay"));
   Predictor p{app::load_checkpoint(cli.str("seg_model"), "segmentation"),
               app::load_checkpoint(cli.str("cls_model"), "classification"), device, cli.is_set("overlay")};
   p.seg.model->to(device);
   p.cls.model->to(device);
-  return folder ? predict_folder(p, image, save_mask, cli.str("csv")) : predict_one(p, image, save_mask);
+  return folder ? predict_folder(p, run) : predict_one(p, image, save_mask);
 }
 
 }  // namespace

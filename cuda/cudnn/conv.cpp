@@ -44,21 +44,26 @@ class Descriptors {
   Descriptors& operator=(const Descriptors&) = delete;
 
   // False where cuDNN refuses the geometry (or a size exceeds its int range).
-  bool describe(const Conv2dGeometry& g) {
+  bool describe(const Conv2dGeometry& g, ConvPrecision precision) {
     for (int64_t v : {g.n, g.h, g.w, g.cin, g.cout, g.oh, g.ow, g.kh, g.kw})
       if (v > INT_MAX) return false;
     auto i = [](int64_t v) { return static_cast<int>(v); };
-    return ok(cudnnSetTensor4dDescriptor(x, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, i(g.n), i(g.cin),
-                                         i(g.h), i(g.w))) &&
-           ok(cudnnSetTensor4dDescriptor(y, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, i(g.n), i(g.cout),
-                                         i(g.oh), i(g.ow))) &&
-           ok(cudnnSetFilter4dDescriptor(w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, i(g.cout),
+    const cudnnDataType_t data =
+        precision == ConvPrecision::bf16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
+    // FMA math keeps float32 exact to float32; tensor-op math lets float32 data run in TF32.
+    const cudnnMathType_t math =
+        precision == ConvPrecision::f32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;
+    return ok(cudnnSetTensor4dDescriptor(x, CUDNN_TENSOR_NHWC, data, i(g.n), i(g.cin), i(g.h),
+                                         i(g.w))) &&
+           ok(cudnnSetTensor4dDescriptor(y, CUDNN_TENSOR_NHWC, data, i(g.n), i(g.cout), i(g.oh),
+                                         i(g.ow))) &&
+           ok(cudnnSetFilter4dDescriptor(w, data, CUDNN_TENSOR_NHWC, i(g.cout),
                                          i(g.cin / g.groups), i(g.kh), i(g.kw))) &&
            ok(cudnnSetConvolution2dDescriptor(conv, i(g.padding), i(g.padding), i(g.stride),
                                               i(g.stride), i(g.dilation), i(g.dilation),
                                               CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT)) &&
            ok(cudnnSetConvolutionGroupCount(conv, i(g.groups))) &&
-           ok(cudnnSetConvolutionMathType(conv, CUDNN_FMA_MATH));
+           ok(cudnnSetConvolutionMathType(conv, math));
   }
 
   cudnnTensorDescriptor_t x = nullptr, y = nullptr;
@@ -102,8 +107,9 @@ std::optional<Plan> plan_for(cudnnHandle_t h, ConvPass pass, Descriptors& d) {
   return std::nullopt;
 }
 
-void execute(cudnnHandle_t h, ConvPass pass, Descriptors& d, const Plan& plan, const float* a,
-             const float* b, float* out, void* ws) {
+void execute(cudnnHandle_t h, ConvPass pass, Descriptors& d, const Plan& plan, const void* a,
+             const void* b, void* out, void* ws) {
+  // alpha and beta are float for float32 and bfloat16 data alike.
   const float one = 1.0f, zero = 0.0f;
   switch (pass) {
     case ConvPass::forward:  // a = x, b = w, out = y
@@ -146,11 +152,11 @@ CudnnConv::CudnnConv(cudaStream_t stream) : plans_(std::make_unique<Plans>()) {
 
 CudnnConv::~CudnnConv() { cudnnDestroy(as_handle(handle_)); }
 
-bool CudnnConv::run(ConvPass pass, const Conv2dGeometry& g, const float* a, const float* b,
-                    float* out, const WorkspaceFn& workspace) {
-  auto [it, fresh] = plans_->by_key.try_emplace(ConvKey{pass, g, false});
+bool CudnnConv::run(ConvPass pass, const Conv2dGeometry& g, ConvPrecision precision,
+                    const void* a, const void* b, void* out, const WorkspaceFn& workspace) {
+  auto [it, fresh] = plans_->by_key.try_emplace(ConvKey{pass, g, precision});
   Plans::Entry& entry = it->second;
-  if (fresh && entry.descriptors.describe(g))
+  if (fresh && entry.descriptors.describe(g, precision))
     entry.plan = plan_for(as_handle(handle_), pass, entry.descriptors);
   if (!entry.plan) return false;
   workspace(entry.plan->workspace, [&](void* ws) {

@@ -1,8 +1,10 @@
 #pragma once
 // cuDNN's dense convolutions, the alternative to our implicit-GEMM kernels that
-// conv_impl.h chooses per shape. float32 NHWC activations and PyTorch-layout weights
-// [Cout, Cin/groups, KH, KW] (cuDNN's NCHW filter format), FMA math (no TF32, as our float32
-// kernels). Built only where cuDNN is found (SONO_HAVE_CUDNN).
+// conv_impl.h chooses per shape. NHWC activations and weights in cuDNN's NHWC filter layout
+// [Cout, KH, KW, Cin/groups] (the caller permutes PyTorch's [Cout, Cin/groups, KH, KW]): with an
+// NCHW filter cuDNN has no backward algorithm for NHWC activations, and its forward transposes
+// the activations to NCHW. Operands float32 (FMA or TF32 math) or bfloat16, per ConvPrecision.
+// Built only where cuDNN is found (SONO_HAVE_CUDNN).
 #include <cuda_runtime_api.h>
 
 #include <functional>
@@ -24,11 +26,11 @@ class CudnnConv {
   CudnnConv& operator=(const CudnnConv&) = delete;
 
   // out = the pass of g over (a, b): forward (x, w) -> y, backward_input (grad_y, w) -> grad_x,
-  // backward_weight (x, grad_y) -> grad_w. Returns false, having written nothing, when cuDNN
-  // has no algorithm for this shape within the workspace limit; throws on a failure at run
-  // time, naming the call.
-  bool run(ConvPass pass, const Conv2dGeometry& g, const float* a, const float* b, float* out,
-           const WorkspaceFn& workspace);
+  // backward_weight (x, grad_y) -> grad_w; all bfloat16 for ConvPrecision::bf16, float32
+  // otherwise. Returns false, having written nothing, when cuDNN has no algorithm for this
+  // shape within the workspace limit; throws on a failure at run time, naming the call.
+  bool run(ConvPass pass, const Conv2dGeometry& g, ConvPrecision precision, const void* a,
+           const void* b, void* out, const WorkspaceFn& workspace);
 
  private:
   struct Plans;  // the algorithm chosen per pass and shape

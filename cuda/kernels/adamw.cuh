@@ -116,8 +116,14 @@ __global__ void adamw_kernel(const AdamWChunk* table, AdamWScalars s) {
 inline void adamw_multi_tensor(const AdamWChunk* table, int64_t chunks, const AdamWScalars& s,
                                cudaStream_t stream) {
   SONO_CHECK(chunks < (int64_t{1} << 31), "adamw: ", chunks, " chunks exceed one grid");
+  // Each chunk is at most kAdamWChunk elements, each reading 4 floats and writing 3; the cost
+  // counts full chunks (the host knows only the count here).
+  const int64_t elements = chunks * kAdamWChunk;
   launch("adamw_multi_tensor", adamw_kernel<float>,
-         {dim3(static_cast<unsigned>(chunks)), dim3(kAdamWThreads), 0, stream}, table, s);
+         {dim3(static_cast<unsigned>(chunks)), dim3(kAdamWThreads), 0, stream,
+          looped(16.0 * elements, 12.0 * elements, chunks * kAdamWThreads,
+                 kAdamWChunk / kAdamWThreads)},
+         table, s);
 }
 
 }  // namespace SONO_KERNEL_TARGET

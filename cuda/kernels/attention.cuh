@@ -72,6 +72,17 @@ __global__ void attention_forward_kernel(int64_t lq, int64_t lk, int d, float sc
   if (lse && lane == 0) lse[bh * lq + row] = static_cast<T>(running_max + logf(running_sum));
 }
 
+// q and out move once; each block loads every key and value tile, a thread kWarp * d /
+// (threads) elements of each per tile.
+inline LaunchCost attention_cost(int64_t batch_heads, int64_t lq, int64_t lk, int64_t d) {
+  const int64_t blocks = ceil_div(lq, kAttentionWarps) * batch_heads;
+  const int64_t threads = blocks * kAttentionWarps * kWarp;
+  const double kv_loads = 2.0 * blocks * lk * d;
+  return looped(4.0 * (batch_heads * lq * d + kv_loads), 4.0 * batch_heads * lq * d, threads,
+                ceil_div(lk, kWarp) * ceil_div(kWarp * d, kAttentionWarps * kWarp),
+                4.0 * batch_heads * lq * lk * d);
+}
+
 // batch_heads = batch * heads; scale is usually 1 / sqrt(d).
 inline void attention_forward(int64_t batch_heads, int64_t lq, int64_t lk, int64_t d, float scale,
                               const float* q, const float* k, const float* v, float* out,
@@ -84,7 +95,7 @@ inline void attention_forward(int64_t batch_heads, int64_t lq, int64_t lk, int64
   launch("attention_forward", attention_forward_kernel<float>,
          {dim3(static_cast<unsigned>(ceil_div(lq, kAttentionWarps)),
                static_cast<unsigned>(batch_heads)),
-          dim3(kAttentionWarps * kWarp), smem, stream},
+          dim3(kAttentionWarps * kWarp), smem, stream, attention_cost(batch_heads, lq, lk, d)},
          lq, lk, static_cast<int>(d), scale, q, k, v, out, lse);
 }
 

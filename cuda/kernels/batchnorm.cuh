@@ -40,22 +40,27 @@ template <typename Term>
 void channel_sums(int64_t rows, int64_t cols, const Term& term, float* out, float* workspace,
                   cudaStream_t stream) {
   const int64_t chunks = channel_sum_chunks(rows, cols);
+  const int64_t chunk_rows = ceil_div(rows, chunks);
   launch("channel_partial_sums", channel_partial_sums_kernel<Term>,
          {dim3(static_cast<unsigned>(ceil_div(cols, kWarp)), static_cast<unsigned>(chunks)),
-          dim3(kWarp, kTileRows), 0, stream},
-         rows, cols, ceil_div(rows, chunks), term, workspace);
+          dim3(kWarp, kTileRows), 0, stream,
+          looped(double(rows * cols) * Term::bytes, chunks * cols * 4.0,
+                 chunks * cols * kTileRows, ceil_div(chunk_rows, kTileRows))},
+         rows, cols, chunk_rows, term, workspace);
   column_sums(workspace, chunks, cols, out, stream);
 }
 
 // The summed terms.
 template <typename X>
 struct XTerm {  // x
+  static constexpr int bytes = sizeof(X);  // read per term, for the launch audit
   const X* x;
   int64_t cols;
   __device__ float operator()(int64_t r, int64_t c) const { return load_float(x[r * cols + c]); }
 };
 template <typename X>
 struct CenteredSquareTerm {  // (x - mean)^2
+  static constexpr int bytes = sizeof(X);
   const X* x;
   const float* mean;
   int64_t cols;
@@ -65,12 +70,14 @@ struct CenteredSquareTerm {  // (x - mean)^2
   }
 };
 struct GradTerm {  // grad_y
+  static constexpr int bytes = sizeof(float);
   const float* grad_y;
   int64_t cols;
   __device__ float operator()(int64_t r, int64_t c) const { return grad_y[r * cols + c]; }
 };
 template <typename X>
 struct GradXhatTerm {  // grad_y (x - mean) inv_std
+  static constexpr int bytes = sizeof(X) + sizeof(float);
   const X* x;
   const float *grad_y, *mean, *inv_std;
   int64_t cols;
@@ -135,14 +142,15 @@ void batch_norm_forward(int64_t rows, int64_t cols, const X* x, const float* w, 
                         float eps, Y* y, float* mean, float* var, float* inv_std,
                         float* workspace, cudaStream_t stream) {
   float* sums = workspace + channel_sums_workspace(rows, cols);
-  const LaunchConfig per_channel = elementwise_config(cols, stream);
+  const LaunchConfig per_channel = elementwise_config(cols, 4, 8, stream);
   channel_sums(rows, cols, XTerm<X>{x, cols}, sums, workspace, stream);
   launch("batch_norm_mean", batch_mean_kernel<float>, per_channel, cols, rows, sums, mean);
   channel_sums(rows, cols, CenteredSquareTerm<X>{x, mean, cols}, sums, workspace, stream);
   launch("batch_norm_var", batch_var_kernel<float>, per_channel, cols, rows, eps, sums, var,
          inv_std);
   const int64_t n = rows * cols;
-  launch("batch_norm_apply", batch_norm_apply_kernel<X, Y>, elementwise_config(n, stream), n,
+  launch("batch_norm_apply", batch_norm_apply_kernel<X, Y>,
+         elementwise_config(n, sizeof(X), sizeof(Y), stream), n,
          cols, x, mean, inv_std, w, b, y);
 }
 
@@ -162,7 +170,7 @@ void batch_norm_backward(int64_t rows, int64_t cols, const X* x, const float* w,
   const int64_t n = rows * cols;
   if (grad_x)
     launch("batch_norm_grad_input", batch_norm_grad_input_kernel<X>,
-           elementwise_config(n, stream), n, cols, rows, x, mean, inv_std, w, grad_y, sum_dy,
+           elementwise_config(n, sizeof(X) + 4, 4, stream), n, cols, rows, x, mean, inv_std, w, grad_y, sum_dy,
            sum_dy_xhat, grad_x);
 }
 

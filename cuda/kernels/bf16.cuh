@@ -40,7 +40,9 @@ template <typename From, typename To>
 void bf16_convert(int64_t n, const From* x, To* y, cudaStream_t stream) {
   constexpr int threads = 256;
   launch("bf16_convert", bf16_convert_kernel<From, To>,
-         {dim3(grid_blocks(n, threads)), dim3(threads), 0, stream}, n, x, y);
+         {dim3(grid_blocks(n, threads)), dim3(threads), 0, stream,
+          per_element(n, sizeof(From), sizeof(To))},
+         n, x, y);
 }
 
 }  // namespace SONO_KERNEL_TARGET

@@ -11,12 +11,14 @@
 //                 into chunks (partial sums, then a sum over the chunks: deterministic)
 // p runs over output pixels, q over input pixels, cols(x)[p, (tap, ci)] is the input value that
 // tap reads for output pixel p (zero in the padding). Accumulation is in float32; the bf16
-// flavour (mixed precision) rounds both operands to bfloat16 as tiles are loaded.
+// flavours (mixed precision) round both operands to bfloat16 as tiles are loaded, and multiply
+// them on the tensor cores (WMMA) or, as a fallback, on the SIMT cores.
 #include <algorithm>
 
 #include "cuda/kernels/bf16.cuh"
 #include "cuda/kernels/depthwise_conv.cuh"
 #include "cuda/kernels/reduce.cuh"
+#include "cuda/kernels/wmma.cuh"
 
 namespace sono::cuda {
 inline namespace SONO_KERNEL_TARGET {
@@ -38,37 +40,64 @@ struct GemmShape {
   __host__ __device__ int64_t chunk_depth() const { return ceil_div(depth, chunks); }
 };
 
+// How a conv multiplies: float32 operands on the SIMT cores; bf16-rounded operands (mixed
+// precision) on the SIMT cores, the fallback where bf16 WMMA does not exist; or bf16 operands on
+// the tensor cores through WMMA, what autocast runs. All three accumulate in float32.
+enum class ConvMath { float32, bf16_simt, bf16_wmma };
+
 // Block tile kConvTile x kConvTile of the output, kConvTileK deep per shared-memory step;
 // (kConvThreads, kConvThreads) threads, each accumulating kConvPerThread^2 outputs spaced
 // kConvThreads apart (neighbouring threads store neighbouring columns).
 constexpr int kConvTile = 64;
 constexpr int kConvTileK = 16;
 constexpr int kConvThreads = 16;
+constexpr int kConvBlockThreads = kConvThreads * kConvThreads;
 constexpr int kConvPerThread = kConvTile / kConvThreads;
 
-template <typename Gemm, bool Bf16>
-__global__ void implicit_gemm_kernel(Gemm gemm) {
-  __shared__ float a_tile[kConvTileK][kConvTile];  // [depth][row]
-  __shared__ float b_tile[kConvTileK][kConvTile];  // [depth][col]
+// The part of a GEMM that block (blockIdx) computes: a tile of rows and columns of one group,
+// over the depth range of one chunk.
+struct ConvBlockTile {
+  int64_t row0, col0, group, chunk, depth0, depth1;
+};
+template <typename Gemm>
+__device__ __forceinline__ ConvBlockTile conv_block_tile(const Gemm& gemm) {
   const GemmShape& s = gemm.shape;
-  const int tx = threadIdx.x, ty = threadIdx.y, thread = ty * kConvThreads + tx;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kConvTile;
-  const int64_t col0 = static_cast<int64_t>(blockIdx.y) * kConvTile;
   const int64_t group = blockIdx.z % s.groups, chunk = blockIdx.z / s.groups;
   const int64_t depth0 = chunk * s.chunk_depth();
   const int64_t depth1 = depth0 + s.chunk_depth() < s.depth ? depth0 + s.chunk_depth() : s.depth;
+  return {static_cast<int64_t>(blockIdx.x) * kConvTile, static_cast<int64_t>(blockIdx.y) * kConvTile,
+          group, chunk, depth0, depth1};
+}
+// The operands at (row, d) and (d, col) of the tile, zero past its edges.
+template <typename Gemm>
+__device__ __forceinline__ float tile_a(const Gemm& gemm, const ConvBlockTile& t, int64_t row,
+                                        int64_t d) {
+  return row < gemm.shape.rows && d < t.depth1 ? gemm.a(t.group, row, d) : 0.0f;
+}
+template <typename Gemm>
+__device__ __forceinline__ float tile_b(const Gemm& gemm, const ConvBlockTile& t, int64_t d,
+                                        int64_t col) {
+  return d < t.depth1 && col < gemm.shape.cols ? gemm.b(t.group, d, col) : 0.0f;
+}
+
+// The SIMT tiles: a kernel of its own, and the WMMA kernel's body where WMMA is missing.
+template <typename Gemm, bool Bf16>
+__device__ __forceinline__ void implicit_gemm_simt_tiles(const Gemm& gemm) {
+  __shared__ float a_tile[kConvTileK][kConvTile];  // [depth][row]
+  __shared__ float b_tile[kConvTileK][kConvTile];  // [depth][col]
+  const GemmShape& s = gemm.shape;
+  const ConvBlockTile t = conv_block_tile(gemm);
+  const int tx = threadIdx.x, ty = threadIdx.y, thread = ty * kConvThreads + tx;
   float acc[kConvPerThread][kConvPerThread] = {};
-  for (int64_t d0 = depth0; d0 < depth1; d0 += kConvTileK) {
+  for (int64_t d0 = t.depth0; d0 < t.depth1; d0 += kConvTileK) {
     // a is loaded depth-fastest and b column-fastest: consecutive threads read consecutive
     // channels of an NHWC row wherever that operand is an activation.
-    for (int i = thread; i < kConvTile * kConvTileK; i += kConvThreads * kConvThreads) {
+    for (int i = thread; i < kConvTile * kConvTileK; i += kConvBlockThreads) {
       const int a_row = i / kConvTileK, a_d = i % kConvTileK;
-      const bool a_in = row0 + a_row < s.rows && d0 + a_d < depth1;
-      const float a = a_in ? gemm.a(group, row0 + a_row, d0 + a_d) : 0.0f;
+      const float a = tile_a(gemm, t, t.row0 + a_row, d0 + a_d);
       a_tile[a_d][a_row] = Bf16 ? bf16_round(a) : a;
       const int b_d = i / kConvTile, b_col = i % kConvTile;
-      const bool b_in = d0 + b_d < depth1 && col0 + b_col < s.cols;
-      const float b = b_in ? gemm.b(group, d0 + b_d, col0 + b_col) : 0.0f;
+      const float b = tile_b(gemm, t, d0 + b_d, t.col0 + b_col);
       b_tile[b_d][b_col] = Bf16 ? bf16_round(b) : b;
     }
     __syncthreads();
@@ -80,9 +109,68 @@ __global__ void implicit_gemm_kernel(Gemm gemm) {
   }
   for (int i = 0; i < kConvPerThread; ++i)
     for (int j = 0; j < kConvPerThread; ++j) {
-      const int64_t row = row0 + ty + i * kConvThreads, col = col0 + tx + j * kConvThreads;
-      if (row < s.rows && col < s.cols) gemm.store(group, chunk, row, col, acc[i][j]);
+      const int64_t row = t.row0 + ty + i * kConvThreads, col = t.col0 + tx + j * kConvThreads;
+      if (row < s.rows && col < s.cols) gemm.store(t.group, t.chunk, row, col, acc[i][j]);
     }
+}
+
+template <typename Gemm, bool Bf16>
+__global__ void implicit_gemm_kernel(Gemm gemm) {
+  implicit_gemm_simt_tiles<Gemm, Bf16>(gemm);
+}
+
+// The tensor-core tiles: the same block tile and threads, kConvWmmaK deep per step. The 8 warps
+// each own a 16 x 32 strip of the 64 x 64 output (two 16x16 accumulators side by side); a and b
+// are rounded to bfloat16 as they are staged, and the accumulators go through shared memory so
+// that gemm.store sees the same (row, col) as in the SIMT kernel.
+constexpr int kConvWmmaK = 32;
+constexpr int kConvWarpCols = 2;  // accumulators a warp holds, side by side
+static_assert(kConvBlockThreads / kWarp * kWmmaTile * kWmmaTile * kConvWarpCols ==
+                  kConvTile * kConvTile,
+              "the warps' strips cover the block tile");
+
+template <typename Gemm>
+__global__ void implicit_gemm_wmma_kernel(Gemm gemm) {
+#if SONO_WMMA_BF16
+  __shared__ __align__(32) bfloat16 a_tile[kConvTile][kConvWmmaK];  // [row][depth]
+  __shared__ __align__(32) bfloat16 b_tile[kConvWmmaK][kConvTile];  // [depth][col]
+  __shared__ __align__(32) float c_tile[kConvTile][kConvTile];
+  const GemmShape& s = gemm.shape;
+  const ConvBlockTile t = conv_block_tile(gemm);
+  const int thread = threadIdx.y * kConvThreads + threadIdx.x, warp = thread / kWarp;
+  const int warp_row = warp / 2 * kWmmaTile, warp_col = warp % 2 * kConvWarpCols * kWmmaTile;
+  wmma::fragment<wmma::accumulator, kWmmaTile, kWmmaTile, kWmmaTile, float> acc[kConvWarpCols];
+  for (auto& f : acc) wmma::fill_fragment(f, 0.0f);
+  for (int64_t d0 = t.depth0; d0 < t.depth1; d0 += kConvWmmaK) {
+    for (int i = thread; i < kConvTile * kConvWmmaK; i += kConvBlockThreads) {
+      const int a_row = i / kConvWmmaK, a_d = i % kConvWmmaK;
+      a_tile[a_row][a_d] = bf16_from_float(tile_a(gemm, t, t.row0 + a_row, d0 + a_d));
+      const int b_d = i / kConvTile, b_col = i % kConvTile;
+      b_tile[b_d][b_col] = bf16_from_float(tile_b(gemm, t, d0 + b_d, t.col0 + b_col));
+    }
+    __syncthreads();
+    for (int k = 0; k < kConvWmmaK; k += kWmmaTile) {
+      wmma::fragment<wmma::matrix_a, kWmmaTile, kWmmaTile, kWmmaTile, WmmaBf16, wmma::row_major> a;
+      wmma::load_matrix_sync(a, as_wmma(&a_tile[warp_row][k]), kConvWmmaK);
+      for (int j = 0; j < kConvWarpCols; ++j) {
+        wmma::fragment<wmma::matrix_b, kWmmaTile, kWmmaTile, kWmmaTile, WmmaBf16, wmma::row_major> b;
+        wmma::load_matrix_sync(b, as_wmma(&b_tile[k][warp_col + j * kWmmaTile]), kConvTile);
+        wmma::mma_sync(acc[j], a, b, acc[j]);
+      }
+    }
+    __syncthreads();  // the tiles are overwritten next step
+  }
+  for (int j = 0; j < kConvWarpCols; ++j)
+    wmma::store_matrix_sync(&c_tile[warp_row][warp_col + j * kWmmaTile], acc[j], kConvTile,
+                            wmma::mem_row_major);
+  __syncthreads();
+  for (int i = thread; i < kConvTile * kConvTile; i += kConvBlockThreads) {
+    const int64_t row = t.row0 + i / kConvTile, col = t.col0 + i % kConvTile;
+    if (row < s.rows && col < s.cols) gemm.store(t.group, t.chunk, row, col, c_tile[i / kConvTile][i % kConvTile]);
+  }
+#else
+  implicit_gemm_simt_tiles<Gemm, true>(gemm);
+#endif
 }
 
 // The activation operand for destination pixel `at` and depth k = (tap, channel) of the group.
@@ -154,38 +242,61 @@ struct ConvWeightGradGemm {
   }
 };
 
+// Operand elements are gathered through 64-bit index arithmetic (tap_value's divisions), which
+// outweighs the FMAs: counted as kGatherFlops FP32-equivalent operations per element loaded
+// (calibrated on the H200's ncu times, tools/audit). Each block loads its row and column tiles
+// over the whole depth; a thread loads kConvTile * kConvTileK / threads elements of each per step.
+constexpr double kGatherFlops = 500;
+inline LaunchCost implicit_gemm_cost(const GemmShape& s, int64_t blocks) {
+  const double loads = 2.0 * blocks * kConvTile * s.chunk_depth();
+  const double flops = 2.0 * s.rows * s.cols * s.depth * s.groups;
+  return looped(4.0 * loads, 4.0 * s.rows * s.cols * s.groups * s.chunks,
+                blocks * kConvThreads * kConvThreads, ceil_div(s.chunk_depth(), kConvTileK),
+                flops + kGatherFlops * loads);
+}
+
 template <typename Gemm>
-void launch_implicit_gemm(const char* name, const Gemm& gemm, bool bf16, cudaStream_t stream) {
+void launch_implicit_gemm(const char* name, const Gemm& gemm, ConvMath math, cudaStream_t stream) {
   const GemmShape& s = gemm.shape;
   const dim3 grid(static_cast<unsigned>(ceil_div(s.rows, kConvTile)),
                   static_cast<unsigned>(ceil_div(s.cols, kConvTile)),
                   static_cast<unsigned>(s.groups * s.chunks));
-  const LaunchConfig cfg{grid, dim3(kConvThreads, kConvThreads), 0, stream};
-  if (bf16) launch(name, implicit_gemm_kernel<Gemm, true>, cfg, gemm);
-  else launch(name, implicit_gemm_kernel<Gemm, false>, cfg, gemm);
+  LaunchConfig cfg{grid, dim3(kConvThreads, kConvThreads), 0, stream,
+                   implicit_gemm_cost(s, grid.x * grid.y * grid.z)};
+  cfg.cost.tensor_cores = math == ConvMath::bf16_wmma;
+  switch (math) {
+    case ConvMath::float32: return launch(name, implicit_gemm_kernel<Gemm, false>, cfg, gemm);
+    case ConvMath::bf16_simt: return launch(name, implicit_gemm_kernel<Gemm, true>, cfg, gemm);
+    case ConvMath::bf16_wmma: return launch(name, implicit_gemm_wmma_kernel<Gemm>, cfg, gemm);
+  }
 }
 
-// bf16: operands rounded to bfloat16 (mixed precision), float32 accumulation. x and y (X, Y =
-// float or bfloat16) are the activations; a bfloat16 y is rounded once, from the float32 sum.
+// x and y (X, Y = float or bfloat16) are the activations; a bfloat16 y is rounded once, from the
+// float32 sum.
 template <typename X, typename Y>
 void conv_forward(const ConvGeometry& g, const X* x, const float* w, Y* y, cudaStream_t stream,
-                  bool bf16 = false) {
+                  ConvMath math = ConvMath::float32) {
   const GemmShape shape{g.n * g.oh * g.ow, g.cout_g(), g.taps() * g.cin_g(), g.groups, 1};
-  launch_implicit_gemm("conv_forward", ConvGatherGemm<false, X, Y>{shape, g, x, w, y}, bf16,
+  launch_implicit_gemm("conv_forward", ConvGatherGemm<false, X, Y>{shape, g, x, w, y}, math,
                        stream);
 }
 
 inline void conv_backward_input(const ConvGeometry& g, const float* grad_y, const float* w,
-                                float* grad_x, cudaStream_t stream, bool bf16 = false) {
+                                float* grad_x, cudaStream_t stream,
+                                ConvMath math = ConvMath::float32) {
   const GemmShape shape{g.n * g.h * g.w, g.cin_g(), g.taps() * g.cout_g(), g.groups, 1};
   launch_implicit_gemm("conv_backward_input", ConvGatherGemm<true>{shape, g, grad_y, w, grad_x},
-                       bf16, stream);
+                       math, stream);
 }
 
-// The weight gradient sums over every output pixel: chunks of at least 512 pixels, at most 64
-// chunks, so that small weights with many pixels still fill the device.
+// The weight gradient sums over every output pixel: chunks of at least 512 pixels, as many as
+// it takes to fill the device (fill_chunks), so that small weights with many pixels (a stem's
+// 2 tiles over 50k pixels) still fill it. A thread steps through its chunk kConvTileK pixels
+// at a time.
 inline int64_t conv_weight_chunks(const ConvGeometry& g) {
-  return std::clamp<int64_t>(ceil_div(g.n * g.oh * g.ow, 512), 1, 64);
+  const int64_t tiles =
+      g.groups * ceil_div(g.cout_g(), kConvTile) * ceil_div(g.taps() * g.cin_g(), kConvTile);
+  return fill_chunks(g.n * g.oh * g.ow, tiles, kConvTileK, 512);
 }
 // Floats of scratch conv_backward_weight needs.
 inline int64_t conv_backward_weight_workspace(const ConvGeometry& g) {
@@ -194,12 +305,62 @@ inline int64_t conv_backward_weight_workspace(const ConvGeometry& g) {
 
 template <typename X>
 void conv_backward_weight(const ConvGeometry& g, const X* x, const float* grad_y, float* grad_w,
-                          float* workspace, cudaStream_t stream, bool bf16 = false) {
+                          float* workspace, cudaStream_t stream,
+                          ConvMath math = ConvMath::float32) {
   const int64_t chunks = conv_weight_chunks(g);
   const GemmShape shape{g.cout_g(), g.taps() * g.cin_g(), g.n * g.oh * g.ow, g.groups, chunks};
   launch_implicit_gemm("conv_backward_weight",
-                       ConvWeightGradGemm<X>{shape, g, x, grad_y, workspace}, bf16, stream);
+                       ConvWeightGradGemm<X>{shape, g, x, grad_y, workspace}, math, stream);
   column_sums(workspace, chunks, g.cout * g.cin_g() * g.taps(), grad_w, stream);
+}
+
+// cuDNN's operands (cuda/cudnn/conv.h). Its NHWC filter layout [Cout, taps, Cin/groups] from
+// ours [Cout, Cin/groups, taps] and back: element i of the NHWC layout is ours at
+// nhwc_to_ours(i). to_cudnn converts float32 to To (bf16 operands), or with `round` keeps
+// float32 rounded to bfloat16 (the bf16_exact operands).
+__host__ __device__ __forceinline__ int64_t nhwc_filter_to_ours(const ConvGeometry& g, int64_t i) {
+  const int64_t per_o = g.taps() * g.cin_g(), o = i / per_o, tap = i % per_o / g.cin_g();
+  return (o * g.cin_g() + i % g.cin_g()) * g.taps() + tap;
+}
+template <typename To>
+__global__ void filter_to_cudnn_kernel(ConvGeometry g, const float* w, To* out, bool round) {
+  const int64_t n = g.cout * g.cin_g() * g.taps();
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    const float v = w[nhwc_filter_to_ours(g, i)];
+    store_float(out[i], round ? bf16_round(v) : v);
+  }
+}
+template <typename T>
+__global__ void filter_from_cudnn_kernel(ConvGeometry g, const T* nhwc, T* w) {
+  const int64_t n = g.cout * g.cin_g() * g.taps();
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) w[nhwc_filter_to_ours(g, i)] = nhwc[i];
+}
+template <typename To>
+void filter_to_cudnn(const ConvGeometry& g, const float* w, To* out, bool round,
+                     cudaStream_t stream) {
+  constexpr int threads = 256;
+  launch("filter_to_cudnn", filter_to_cudnn_kernel<To>,
+         {dim3(grid_blocks(g.cout * g.cin_g() * g.taps(), threads)), dim3(threads), 0, stream}, g,
+         w, out, round);
+}
+inline void filter_from_cudnn(const ConvGeometry& g, const float* nhwc, float* w,
+                              cudaStream_t stream) {
+  constexpr int threads = 256;
+  launch("filter_from_cudnn", filter_from_cudnn_kernel<float>,
+         {dim3(grid_blocks(g.cout * g.cin_g() * g.taps(), threads)), dim3(threads), 0, stream}, g,
+         nhwc, w);
+}
+
+// y = x rounded to bfloat16, kept in float32 (x float32, or bfloat16 widened exactly).
+template <typename From>
+__global__ void bf16_rounded_kernel(int64_t n, const From* x, float* y) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) y[i] = bf16_round(load_float(x[i]));
+}
+template <typename From>
+void bf16_rounded(int64_t n, const From* x, float* y, cudaStream_t stream) {
+  constexpr int threads = 256;
+  launch("bf16_rounded", bf16_rounded_kernel<From>,
+         {dim3(grid_blocks(n, threads)), dim3(threads), 0, stream}, n, x, y);
 }
 
 }  // namespace SONO_KERNEL_TARGET

@@ -249,6 +249,34 @@ inline bool depthwise_window_applies(const DepthwiseGeometry& g) {
   return unrolled_taps(g) && g.stride == 1 && g.dilation == 1;
 }
 
+// A tap's 64-bit source index, bounds test and its loads (source and weight) cost more than its
+// FMA: FP32-equivalent operations per tap a thread visits, fitted to the H200's ncu times of the
+// scalar gather (a thread per output) for the 7x7 forward (175 us) and input gradient (464 us,
+// its tap_source divides by the stride) at 16 x 56 x 56 x 128.
+constexpr double kTapIndexFlops[2] = {36, 98};
+
+// What a gather launch of `threads` threads declares: each output's taps as FMAs, plus the
+// index work of the taps each thread visits (V channels at once; the window kernel loads a
+// row's kWindowOutputs + K - 1 source columns and K weights once for kWindowOutputs outputs,
+// at stride 1 without the input gradient's division). The taps' overlapping reads hit in cache.
+inline LaunchCost depthwise_gather_cost(const DepthwiseGeometry& g, bool input_grad, bool window,
+                                        int64_t threads, double src_size, double dst_size) {
+  const double in = static_cast<double>(g.n * g.h * g.w * g.c);
+  const double out = static_cast<double>(g.n * g.oh * g.ow * g.c);
+  const int64_t taps = g.kh * g.kw;
+  const double rows = input_grad ? in : out;  // the elements written
+  LaunchCost cost = looped((input_grad ? out : in) * src_size + 4.0 * taps * g.c,
+                           rows * dst_size, threads, taps, 2.0 * rows * taps);
+  if (window) {
+    const double loads_per_row = (kWindowOutputs + g.kw - 1 + g.kw) / 2.0;  // source + weight
+    cost.flops += kTapIndexFlops[0] * threads * g.kh * loads_per_row;
+    cost.per_item = g.kh;  // a row's loads go out together
+  } else {
+    cost.flops += kTapIndexFlops[input_grad] * threads * taps;
+  }
+  return cost;
+}
+
 // The gather kernel for `g`'s taps and vector width, with or without bf16 operands: the
 // window kernel where it applies. workspace: depthwise_gather_workspace(g) floats.
 template <typename Src, typename Dst, bool InputGrad>
@@ -257,12 +285,13 @@ void launch_depthwise_gather(const char* name, const DepthwiseGeometry& g, const
                              cudaStream_t stream) {
   const int64_t taps = g.kh * g.kw;
   launch("depthwise_transpose_taps", transpose_taps_kernel<float>,
-         elementwise_config(g.c * taps, stream), g.c, taps, weight, workspace);
+         elementwise_config(g.c * taps, 4, 4, stream), g.c, taps, weight, workspace);
   const int v = depthwise_vector_width(g, src, sizeof(Src), dst, sizeof(Dst));
   const bool window = depthwise_window_applies(g);
   const int64_t rows = InputGrad ? g.n * g.h : g.n * g.oh, row = InputGrad ? g.w : g.ow;
   const int64_t threads = rows * (window ? ceil_div(row, kWindowOutputs) : row) * g.c / v;
-  const LaunchConfig cfg = elementwise_config(threads, stream);
+  LaunchConfig cfg = elementwise_config(threads, 0, 0, stream);
+  cfg.cost = depthwise_gather_cost(g, InputGrad, window, threads, sizeof(Src), sizeof(Dst));
   dispatch_taps(g, [&](auto k) {
     constexpr int K = decltype(k)::value;
     const auto run = [&](auto width, auto with_bf16) {
@@ -321,10 +350,19 @@ void depthwise_backward_weight(const DepthwiseGeometry& g, const X* x, const flo
   const int64_t chunk_positions = ceil_div(g.n * g.oh * g.ow, chunks);
   dispatch_taps(g, [&](auto k) {
     constexpr int K = decltype(k)::value;
-    const LaunchConfig cfg{dim3(static_cast<unsigned>(ceil_div(g.c, kWarp)),
-                                static_cast<unsigned>(K > 0 ? 1 : taps),
-                                static_cast<unsigned>(chunks)),
-                           dim3(kWarp, kTileRows), 0, stream};
+    const int64_t passes = K > 0 ? 1 : taps;  // blocks along y: one per tap where K is 0
+    LaunchConfig cfg{dim3(static_cast<unsigned>(ceil_div(g.c, kWarp)),
+                          static_cast<unsigned>(passes), static_cast<unsigned>(chunks)),
+                     dim3(kWarp, kTileRows), 0, stream};
+    // A block summing every tap reads grad_y and x once (the taps' overlapping reads of x hit
+    // in cache); a block per tap reads them afresh. Each (position, channel, tap) a thread
+    // visits costs a tap's index work, as in the gathers.
+    const double elements = static_cast<double>(g.n * g.oh * g.ow * g.c);
+    cfg.cost = looped(static_cast<double>(passes) * elements * (sizeof(X) + 4),
+                      chunks * g.c * taps * 4.0,
+                      ceil_div(g.c, kWarp) * kWarp * kTileRows * passes * chunks,
+                      ceil_div(chunk_positions, kTileRows),
+                      (2 + kTapIndexFlops[0]) * elements * taps);
     const auto run = [&](auto kernel) {
       launch("depthwise_conv_weight_partial", kernel, cfg, g, chunk_positions, x, grad_y,
              workspace);

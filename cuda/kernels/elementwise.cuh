@@ -47,8 +47,11 @@ StridedSpace<K> make_space(const std::vector<int64_t>& sizes,
 
 constexpr int kElementwiseThreads = 256;
 
-inline LaunchConfig elementwise_config(int64_t n, cudaStream_t stream) {
-  return {dim3(grid_blocks(n, kElementwiseThreads)), dim3(kElementwiseThreads), 0, stream};
+// A thread per element, grid-stride; each element reads `read` and writes `written` bytes.
+inline LaunchConfig elementwise_config(int64_t n, double read, double written,
+                                       cudaStream_t stream) {
+  return {dim3(grid_blocks(n, kElementwiseThreads)), dim3(kElementwiseThreads), 0, stream,
+          per_element(n, read, written)};
 }
 
 // ---- copy and fill ------------------------------------------------------------------------------
@@ -78,7 +81,7 @@ __global__ void copy_kernel(StridedSpace<2> space, int64_t n, const S* src, D* d
 
 template <typename S, typename D>
 void copy(const StridedSpace<2>& space, int64_t n, const S* src, D* dst, cudaStream_t stream) {
-  launch("copy", copy_kernel<S, D>, elementwise_config(n, stream), space, n, src, dst);
+  launch("copy", copy_kernel<S, D>, elementwise_config(n, sizeof(S), sizeof(D), stream), space, n, src, dst);
 }
 
 template <typename T>
@@ -92,7 +95,7 @@ __global__ void fill_kernel(StridedSpace<1> space, int64_t n, T* dst, T value) {
 
 template <typename T>
 void fill(const StridedSpace<1>& space, int64_t n, T* dst, T value, cudaStream_t stream) {
-  launch("fill", fill_kernel<T>, elementwise_config(n, stream), space, n, dst, value);
+  launch("fill", fill_kernel<T>, elementwise_config(n, 0, sizeof(T), stream), space, n, dst, value);
 }
 
 // ---- unary maps (contiguous) --------------------------------------------------------------------
@@ -140,7 +143,7 @@ __global__ void unary_kernel(int64_t n, const float* x, float* y, Op op) {
 
 template <typename Op>
 void unary_map(int64_t n, const float* x, float* y, Op op, cudaStream_t stream) {
-  launch("unary", unary_kernel<Op>, elementwise_config(n, stream), n, x, y, op);
+  launch("unary", unary_kernel<Op>, elementwise_config(n, 4, 4, stream), n, x, y, op);
 }
 
 // ---- binary maps (strided: broadcast operands have stride 0) ------------------------------------
@@ -166,7 +169,7 @@ __global__ void binary_kernel(StridedSpace<3> space, int64_t n, const float* a, 
 template <typename Op>
 void binary_map(const StridedSpace<3>& space, int64_t n, const float* a, const float* b,
                 float* out, Op op, cudaStream_t stream) {
-  launch("binary", binary_kernel<Op>, elementwise_config(n, stream), space, n, a, b, out, op);
+  launch("binary", binary_kernel<Op>, elementwise_config(n, 8, 4, stream), space, n, a, b, out, op);
 }
 
 // ---- bias + activation over rows of length cols (a Linear or NHWC conv layer's output) ----------
@@ -205,7 +208,7 @@ template <typename X, typename Y>
 void bias_act(int64_t rows, int64_t cols, const X* x, const float* bias, Y* y, Activation act,
               cudaStream_t stream) {
   const int64_t n = rows * cols;
-  const LaunchConfig cfg = elementwise_config(n, stream);
+  const LaunchConfig cfg = elementwise_config(n, sizeof(X), sizeof(Y), stream);
   switch (act) {
     case Activation::none:
       return launch("bias_add", bias_act_kernel<Activation::none, X, Y>, cfg, n, cols, x, bias, y);
@@ -220,7 +223,7 @@ template <typename X>
 void gelu_backward(int64_t rows, int64_t cols, const X* x, const float* bias, const float* grad_y,
                    float* grad_x, cudaStream_t stream) {
   const int64_t n = rows * cols;
-  launch("gelu_backward", gelu_backward_kernel<X>, elementwise_config(n, stream), n, cols, x,
+  launch("gelu_backward", gelu_backward_kernel<X>, elementwise_config(n, sizeof(X) + 4, 4, stream), n, cols, x,
          bias, grad_y, grad_x);
 }
 

@@ -94,16 +94,19 @@ __global__ void layer_norm_param_partial_kernel(int64_t rows, int64_t cols, int6
   }
 }
 
-inline LaunchConfig layer_norm_config(int64_t rows, cudaStream_t stream) {
-  return {dim3(grid_blocks(rows, kLayerNormWarps)), dim3(kLayerNormWarps * kWarp), 0, stream};
+// A warp per row, each lane looping over the row; a row reads and writes the bytes given.
+inline LaunchConfig layer_norm_config(int64_t rows, int64_t cols, double row_read,
+                                      double row_written, cudaStream_t stream) {
+  return {dim3(grid_blocks(rows, kLayerNormWarps)), dim3(kLayerNormWarps * kWarp), 0, stream,
+          looped(rows * row_read, rows * row_written, rows * kWarp, ceil_div(cols, kWarp))};
 }
 
 template <typename X>
 void layer_norm_forward(int64_t rows, int64_t cols, const X* x, const float* weight,
                         const float* bias, float eps, float* y, float* mean, float* rstd,
                         cudaStream_t stream) {
-  launch("layer_norm_forward", layer_norm_forward_kernel<X>, layer_norm_config(rows, stream),
-         rows, cols, x, weight, bias, eps, y, mean, rstd);
+  launch("layer_norm_forward", layer_norm_forward_kernel<X>,
+         layer_norm_config(rows, cols, cols * sizeof(X), cols * 4.0 + 8, stream), rows, cols, x, weight, bias, eps, y, mean, rstd);
 }
 
 // Chunks of rows for the parameter gradients' first stage: enough to fill the GPU.
@@ -123,15 +126,18 @@ void layer_norm_backward(int64_t rows, int64_t cols, const X* x, const float* we
                          cudaStream_t stream) {
   if (grad_x)
     launch("layer_norm_backward_input", layer_norm_backward_input_kernel<X>,
-           layer_norm_config(rows, stream), rows, cols, x, weight, mean, rstd, grad_y, grad_x);
+           layer_norm_config(rows, cols, cols * (sizeof(X) + 4.0) + 8, cols * 4.0, stream), rows, cols, x, weight, mean, rstd, grad_y, grad_x);
   if (!grad_weight && !grad_bias) return;
   const int64_t chunks = layer_norm_param_chunks(rows, cols);
   float* partial_w = workspace;
   float* partial_b = workspace + chunks * cols;
+  const int64_t chunk_rows = ceil_div(rows, chunks);
   launch("layer_norm_param_partial", layer_norm_param_partial_kernel<X>,
          {dim3(static_cast<unsigned>(ceil_div(cols, kWarp)), static_cast<unsigned>(chunks)),
-          dim3(kWarp, kTileRows), 0, stream},
-         rows, cols, ceil_div(rows, chunks), x, mean, rstd, grad_y, partial_w, partial_b);
+          dim3(kWarp, kTileRows), 0, stream,
+          looped(rows * cols * (sizeof(X) + 4.0), 2.0 * chunks * cols * 4,
+                 chunks * cols * kTileRows, ceil_div(chunk_rows, kTileRows))},
+         rows, cols, chunk_rows, x, mean, rstd, grad_y, partial_w, partial_b);
   if (grad_weight) column_sums(partial_w, chunks, cols, grad_weight, stream);
   if (grad_bias) column_sums(partial_b, chunks, cols, grad_bias, stream);
 }

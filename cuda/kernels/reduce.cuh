@@ -9,7 +9,7 @@
 // - threads: a thread per output, for outputs of at most kThreadCount elements.
 // Where the outputs alone would not fill the GPU, the reduced elements are split into chunks
 // over grid.y: each block writes its chunk's partial (double) to its own slot, then a second
-// pass folds each output's partials in chunk order. No atomics and no order that depends on
+// pass folds each output's partials in a fixed order. No atomics and no order that depends on
 // the schedule: results are bitwise identical run to run.
 //
 // Expected H200 times at the memory roofline (bytes read / 4.3e12 B/s), against the ncu times
@@ -143,7 +143,8 @@ inline ReducePlan plan_reduce(const ReduceSpace& s) {
   p.grid = dim3(static_cast<unsigned>(columns ? ceil_div(s.outputs, kWarp) : s.outputs),
                 static_cast<unsigned>(p.chunks));
   const int64_t lanes = columns ? kTileRows : p.block.x;
-  p.thread_loop = std::max(ceil_div(p.chunk, lanes), p.chunks > 1 ? p.chunks : 0);
+  const int64_t fold_loop = p.chunks > 1 ? ceil_div(p.chunks, kTileRows) : 0;
+  p.thread_loop = std::max(ceil_div(p.chunk, lanes), fold_loop);
   return p;
 }
 
@@ -201,16 +202,39 @@ __global__ void reduce_blocks_kernel(ReduceSpace s, int64_t chunk, const float* 
   if (threadIdx.x == 0) store_reduced(o, s.outputs, acc, partial, out);
 }
 
-// out[o] = op over k of partial[k][o], k in order: the second stage.
+// out[o] = op over k of partial[k][o]: the second stage. Block (32, kTileRows) at an output
+// tile: row y of the block folds chunks y, y + kTileRows, ... in order, then the rows meet in
+// order, so that a few hundred chunks take a few dozen steps of one thread.
 template <typename T, typename Op>
 __global__ void fold_chunks_kernel(int64_t chunks, int64_t outputs, const T* partial, float* out,
                                    double identity, Op op) {
-  for (int64_t o = global_thread(); o < outputs; o += grid_threads()) {
-    double acc = identity;
-    for (int64_t k = 0; k < chunks; ++k)
+  const int64_t o = static_cast<int64_t>(blockIdx.x) * kWarp + threadIdx.x;
+  double acc = identity;
+  if (o < outputs)
+    for (int64_t k = threadIdx.y; k < chunks; k += kTileRows)
       acc = op(acc, static_cast<double>(partial[k * outputs + o]));
-    out[o] = static_cast<float>(acc);
-  }
+  acc = reduce_over_tile_rows(acc, identity, op);
+  if (threadIdx.y == 0 && o < outputs) out[o] = static_cast<float>(acc);
+}
+
+// What the first stage of plan p moves: each element read once, the outputs or the chunks'
+// partials written; its busiest thread folds p.chunk elements over its block's lanes.
+inline LaunchCost reduce_first_stage_cost(const ReduceSpace& s, const ReducePlan& p) {
+  const double read = 4.0 * s.outputs * s.count;
+  if (p.kernel == ReduceKernel::threads) return looped(read, 4.0 * s.outputs, s.outputs, s.count);
+  const double written = p.chunks > 1 ? 8.0 * p.chunks * s.outputs : 4.0 * s.outputs;
+  const int64_t lanes = p.kernel == ReduceKernel::columns ? kTileRows : p.block.x;
+  return looped(read, written, p.threads(), ceil_div(p.chunk, lanes),
+                static_cast<double>(s.outputs) * s.count);
+}
+
+// The second stage over `chunks` partials of `outputs` outputs, each partial `size` bytes.
+inline LaunchConfig fold_config(int64_t chunks, int64_t outputs, double size,
+                                cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(ceil_div(outputs, kWarp))), block(kWarp, kTileRows);
+  return {grid, block, 0, stream,
+          looped(size * chunks * outputs, 4.0 * outputs, int64_t{grid.x} * kWarp * kTileRows,
+                 ceil_div(chunks, kTileRows), static_cast<double>(chunks) * outputs)};
 }
 
 // workspace: plan_reduce(s).workspace() doubles (may be null when that is 0).
@@ -218,7 +242,7 @@ template <typename Op>
 void reduce(const ReduceSpace& s, const float* x, float* out, double* workspace, double identity,
             Op op, cudaStream_t stream) {
   const ReducePlan p = plan_reduce(s);
-  const LaunchConfig cfg{p.grid, p.block, 0, stream};
+  const LaunchConfig cfg{p.grid, p.block, 0, stream, reduce_first_stage_cost(s, p)};
   switch (p.kernel) {
     case ReduceKernel::threads:
       return launch("reduce_threads", reduce_threads_kernel<Op>, cfg, s, x, out, identity, op);
@@ -233,7 +257,7 @@ void reduce(const ReduceSpace& s, const float* x, float* out, double* workspace,
   }
   if (p.chunks > 1)
     launch("reduce_fold_chunks", fold_chunks_kernel<double, Op>,
-           elementwise_config(s.outputs, stream), p.chunks, s.outputs,
+           fold_config(p.chunks, s.outputs, sizeof(double), stream), p.chunks, s.outputs,
            static_cast<const double*>(workspace), out, identity, op);
 }
 
@@ -246,16 +270,16 @@ inline void reduce_max(const ReduceSpace& s, const float* x, float* out, double*
   reduce(s, x, out, workspace, -INFINITY, MaxOp{}, stream);
 }
 
-// out[c] = sum_r x[r, c] (in double, r in order) for a contiguous [rows, cols] matrix of
-// partial sums: the second stage of the parameter-gradient sums, whose first stages keep `rows`
+// out[c] = sum_r x[r, c] (in double, in fold_chunks_kernel's fixed order) for a contiguous
+// [rows, cols] matrix of partial sums: the second stage of the parameter-gradient sums, whose first stages keep `rows`
 // (their chunk count) to a few thousand at most. Their partials are float32, as the CPU's
 // LayerNorm sums 32 rows in float before adding them into double: a thread adds at most
 // kMaxThreadLoop terms in float (a few hundred on the models' shapes), an error of the order
 // of sqrt(terms) ulp, and the chunks meet in double here.
 inline void column_sums(const float* x, int64_t rows, int64_t cols, float* out,
                         cudaStream_t stream) {
-  launch("column_sums", fold_chunks_kernel<float, SumOp>, elementwise_config(cols, stream), rows,
-         cols, x, out, 0.0, SumOp{});
+  launch("column_sums", fold_chunks_kernel<float, SumOp>,
+         fold_config(rows, cols, sizeof(float), stream), rows, cols, x, out, 0.0, SumOp{});
 }
 
 }  // namespace SONO_KERNEL_TARGET

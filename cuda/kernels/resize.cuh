@@ -73,14 +73,14 @@ __global__ void resize_bilinear_backward_kernel(ResizeGeometry g, const T* grad_
 inline void resize_bilinear_forward(const ResizeGeometry& g, const float* x, float* y,
                                     cudaStream_t stream) {
   launch("resize_bilinear_forward", resize_bilinear_forward_kernel<float>,
-         elementwise_config(g.n * g.out_h * g.out_w * g.c, stream), g, x, y);
+         elementwise_config(g.n * g.out_h * g.out_w * g.c, 4 * 4, 4, stream), g, x, y);
 }
 
 // grad_x must be zeroed: gradients accumulate into it.
 inline void resize_bilinear_backward(const ResizeGeometry& g, const float* grad_y, float* grad_x,
                                      cudaStream_t stream) {
   launch("resize_bilinear_backward", resize_bilinear_backward_kernel<float>,
-         elementwise_config(g.n * g.out_h * g.out_w * g.c, stream), g, grad_y, grad_x);
+         elementwise_config(g.n * g.out_h * g.out_w * g.c, 4, 4 * 4, stream), g, grad_y, grad_x);
 }
 
 }  // namespace SONO_KERNEL_TARGET

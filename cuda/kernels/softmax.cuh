@@ -69,27 +69,30 @@ __global__ void softmax_backward_kernel(int64_t rows, int64_t cols, const float*
   }
 }
 
-inline LaunchConfig softmax_config(int64_t rows, cudaStream_t stream) {
-  return {dim3(grid_blocks(rows, kSoftmaxWarps)), dim3(kSoftmaxWarps * kWarp), 0, stream};
+// A warp per row; each row element is read `reads` times (4 bytes) and written once.
+inline LaunchConfig softmax_config(int64_t rows, int64_t cols, int reads, cudaStream_t stream) {
+  const double elements = static_cast<double>(rows * cols);
+  return {dim3(grid_blocks(rows, kSoftmaxWarps)), dim3(kSoftmaxWarps * kWarp), 0, stream,
+          looped(4.0 * reads * elements, 4.0 * elements, rows * kWarp, ceil_div(cols, kWarp))};
 }
 
 inline void softmax_forward(int64_t rows, int64_t cols, const float* x, float* y, bool log,
                             cudaStream_t stream) {
   if (log)
-    launch("log_softmax_forward", softmax_forward_kernel<true>, softmax_config(rows, stream), rows,
+    launch("log_softmax_forward", softmax_forward_kernel<true>, softmax_config(rows, cols, 1, stream), rows,
            cols, x, y);
   else
-    launch("softmax_forward", softmax_forward_kernel<false>, softmax_config(rows, stream), rows,
+    launch("softmax_forward", softmax_forward_kernel<false>, softmax_config(rows, cols, 1, stream), rows,
            cols, x, y);
 }
 
 inline void softmax_backward(int64_t rows, int64_t cols, const float* y, const float* grad_y,
                              float* grad_x, bool log, cudaStream_t stream) {
   if (log)
-    launch("log_softmax_backward", softmax_backward_kernel<true>, softmax_config(rows, stream),
+    launch("log_softmax_backward", softmax_backward_kernel<true>, softmax_config(rows, cols, 2, stream),
            rows, cols, y, grad_y, grad_x);
   else
-    launch("softmax_backward", softmax_backward_kernel<false>, softmax_config(rows, stream), rows,
+    launch("softmax_backward", softmax_backward_kernel<false>, softmax_config(rows, cols, 2, stream), rows,
            cols, y, grad_y, grad_x);
 }
 

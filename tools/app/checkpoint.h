@@ -31,7 +31,7 @@ struct LoadedModel {
 };
 
 std::shared_ptr<nn::UnaryModule> build_model(const ModelCard& card);
-// Atomic: temp file + rename (see layers/safetensors.h).
+// Atomic and exclusive (see tensor/atomic_file.h).
 void save_checkpoint(const std::string& path, const nn::Module& model, const ModelCard& card,
                      const nn::StateDict& extra_tensors = {});
 // Refuses a file of the other task with a message naming the file; "" accepts either task.

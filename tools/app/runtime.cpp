@@ -1,9 +1,11 @@
 #include "tools/app/runtime.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <iostream>
+#include <map>
 
 #include "cuda/emulated/backend.h"
 #include "tensor/autocast.h"
@@ -67,6 +69,35 @@ void check_writable(const fs::path& file) {
              folder.string(), " is not writable)");
   SONO_CHECK(!fs::exists(file) || access(file.c_str(), W_OK) == 0, file.string(),
              ": cannot be written (read-only file)");
+}
+
+namespace {
+
+// Equal for two paths to one file: device and inode where it exists, else the path with every
+// existing link resolved.
+std::string file_identity(const fs::path& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0) return std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino);
+  std::error_code ec;
+  fs::path resolved = fs::weakly_canonical(fs::absolute(path), ec);
+  return "path:" + (ec ? fs::absolute(path).lexically_normal() : resolved).string();
+}
+
+}  // namespace
+
+void check_outputs(const std::vector<RunFile>& inputs, const std::vector<RunFile>& outputs, bool overwrite) {
+  std::map<std::string, const RunFile*> inputs_by_identity, outputs_by_identity;
+  for (const RunFile& in : inputs) inputs_by_identity.emplace(file_identity(in.path), &in);
+  for (const RunFile& out : outputs) {
+    const std::string identity = file_identity(out.path);
+    if (auto in = inputs_by_identity.find(identity); in != inputs_by_identity.end())
+      fail(out.path.string(), ": ", out.role, " would replace ", in->second->role, " (", in->second->path.string(),
+           "); outputs never replace inputs");
+    auto [other, added] = outputs_by_identity.emplace(identity, &out);
+    SONO_CHECK(added, out.path.string(), ": ", out.role, " and ", other->second->role, " are the same file");
+    SONO_CHECK(overwrite || !fs::exists(fs::symlink_status(out.path)), out.path.string(), ": ", out.role,
+               " exists; pass --overwrite to replace it");
+  }
 }
 
 int run_tool(const std::string& tool, const std::function<int()>& body) {

@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "tensor/dtype.h"
 #include "tools/app/cli.h"
@@ -27,6 +28,17 @@ Device apply_runtime_options(const Cli& cli);
 // Throws naming `file` when it could not be written: its folder is missing or read-only, or
 // it is a folder. Checked before long work, so a run does not fail at its end.
 void check_writable(const std::filesystem::path& file);
+
+// A file a run reads or writes, with what it is to the user ("--image", "the mask of x.png").
+struct RunFile {
+  std::filesystem::path path;
+  std::string role;
+};
+
+// Checked before any work: no output is the same file as an input or as another output (by
+// identity: another spelling of the path, a link or a hard link to it is the same file), and
+// no output exists unless `overwrite`. Throws naming the file and both roles.
+void check_outputs(const std::vector<RunFile>& inputs, const std::vector<RunFile>& outputs, bool overwrite);
 
 // Runs a tool's body: --help exits 0; a sono::Error prints "<tool>: error: <message>" and
 // exits 1; so does any other exception, marked as internal.

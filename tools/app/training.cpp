@@ -4,6 +4,8 @@
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
+#include <map>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "autograd/node.h"
@@ -15,7 +17,7 @@
 #include "tensor/random.h"
 #include "tools/app/checkpoint.h"
 #include "tools/app/runtime.h"
-#include "tools/data/atomic_file.h"
+#include "tensor/atomic_file.h"
 #include "tools/data/progress.h"
 #include "tools/data/split.h"
 #include "tools/data/training_log.h"
@@ -23,29 +25,72 @@
 namespace sono::app {
 
 namespace fs = std::filesystem;
+using json = nlohmann::json;
 
 void add_training_options(Cli& cli, const TrainDefaults& d) {
   cli.option("images-dir", "", "images: flat folder, CLASS/ subfolders, or BUSI's Dataset_BUSI_with_GT", true)
       .option("masks-dir", "", "masks (X_mask.png); leave out when they sit beside the images (BUSI)")
       .option("epochs", "30", "training epochs")
-      .option("lr", "1e-3", "peak learning rate (AdamW, linear warmup then cosine decay)")
+      .option("lr", "", "peak learning rate (AdamW, linear warmup then cosine decay); default per --arch: "
+                        "mit 2e-4, convnext 4e-3 * sqrt(batch / 4096)")
       .option("batch-size", std::to_string(d.batch_size), "images per training step")
       .option("img-size", "256", "training side in pixels, a multiple of 32")
       .option("val-split", "0.2", "fraction of images (by duplicate group, per class) for validation")
       .option("save-path", "", "best checkpoint (.safetensors); X.last.safetensors holds the resume state", true)
       .option("arch", d.arch, "model architecture")
       .option("pretrained", "", "ImageNet backbone weights (.safetensors from timm/smp)")
-      .option("resume", "", "continue from a X.last.safetensors state")
+      .option("resume", "", "continue from a X.last.safetensors state (same arguments and data)")
+      .flag("resume-anyway", "with --resume: continue although arguments or data differ from the saved run")
       .option("log-dir", "", "folder for the per-epoch CSV and the training-curve SVG")
       .option("seed", "0", "seed of the split, initialisation, augmentation and shuffling")
       .option("weight-decay", std::to_string(d.weight_decay), "AdamW weight decay (not on biases and norms)")
-      .option("warmup-epochs", "1", "epochs of linear learning-rate warmup")
+      .option("warmup-epochs", "", "epochs of linear learning-rate warmup (default 2); one not shorter than "
+                                   "--epochs is cut to half the run")
       .option("drop-path", std::to_string(d.drop_path), "stochastic depth rate")
-      .option("clip-grad", "0", "clip the global gradient norm to this (0: off)")
+      .option("clip-grad", "", "clip the global gradient norm to this, 0: off (default: mit 1, convnext 0)")
       .option("workers", "2", "threads preparing batches")
       .flag("no-augment", "train without augmentation");
   add_runtime_options(cli);
 }
+
+Recipe default_recipe(const std::string& arch, int64_t batch_size) {
+  if (arch.rfind("mit_", 0) == 0) return {"mit", 2e-4, 2, 1.0};
+  if (arch.rfind("convnext_", 0) == 0) return {"convnext", 4e-3 * std::sqrt(batch_size / 4096.0), 2, 0};
+  fail("--arch ", arch, ": no default --lr, --warmup-epochs and --clip-grad for it; give all three");
+}
+
+namespace {
+
+// --lr, --warmup-epochs and --clip-grad: the flag where given, else the recipe's value; then the
+// line that says which values this run uses.
+void apply_recipe(const Cli& cli, TrainSettings& s) {
+  auto given = [&](const char* flag) { return !cli.str(flag).empty(); };
+  const bool all_given = given("lr") && given("warmup-epochs") && given("clip-grad");
+  const Recipe recipe = all_given ? Recipe{} : default_recipe(s.arch, s.batch_size);
+  const std::string from_recipe = " (" + recipe.family + " default)";
+  auto pick = [&](const char* flag, double fallback, std::string& source) {
+    source = given(flag) ? "" : from_recipe;
+    return given(flag) ? cli.real(flag) : fallback;
+  };
+  std::string lr_source, warmup_source, clip_source;
+  s.lr = pick("lr", recipe.lr, lr_source);
+  s.warmup_epochs = pick("warmup-epochs", recipe.warmup_epochs, warmup_source);
+  s.clip_grad = pick("clip-grad", recipe.clip_grad, clip_source);
+  SONO_CHECK(s.warmup_epochs >= 0, "--warmup-epochs ", s.warmup_epochs, ": must be 0 or more");
+  SONO_CHECK(s.clip_grad >= 0, "--clip-grad ", s.clip_grad, ": must be 0 (off) or more");
+  if (s.warmup_epochs >= s.epochs) {
+    // The cosine decay needs steps after the warmup; half the run keeps a gentle start.
+    std::cout << "note: --warmup-epochs " << s.warmup_epochs << " is not shorter than --epochs " << s.epochs
+              << ": warming up for " << s.epochs / 2.0 << " epochs (half the run)\n";
+    s.warmup_epochs = s.epochs / 2.0;
+    warmup_source.clear();
+  }
+  std::cout << "training: epochs " << s.epochs << ", batch size " << s.batch_size << "; AdamW lr " << s.lr << lr_source
+            << ", warmup " << s.warmup_epochs << " epochs" << warmup_source << ", clip-grad "
+            << s.clip_grad << clip_source << "; weight decay " << s.weight_decay << ", cosine decay to lr / 100\n";
+}
+
+}  // namespace
 
 TrainSettings read_training_options(const Cli& cli) {
   TrainSettings s;
@@ -61,26 +106,32 @@ TrainSettings read_training_options(const Cli& cli) {
   s.img_size = cli.integer("img-size");
   s.workers = cli.integer("workers");
   s.seed = static_cast<uint64_t>(cli.integer("seed"));
-  s.lr = cli.real("lr");
   s.val_split = cli.real("val-split");
   s.weight_decay = cli.real("weight-decay");
-  s.warmup_epochs = cli.real("warmup-epochs");
   s.drop_path = cli.real("drop-path");
-  s.clip_grad = cli.real("clip-grad");
   s.augment = !cli.is_set("no-augment");
+  s.resume_anyway = cli.is_set("resume-anyway");
   SONO_CHECK(s.epochs >= 1, "--epochs ", s.epochs, ": must be at least 1");
   SONO_CHECK(s.batch_size >= 1, "--batch-size ", s.batch_size, ": must be at least 1");
+  models::find_model(s.arch);  // an unknown --arch fails here, listing the known ones
+  apply_recipe(cli, s);
   SONO_CHECK(s.img_size >= 32 && s.img_size % 32 == 0, "--img-size ", s.img_size,
              ": must be a positive multiple of 32 (the encoders downsample 32x)");
   SONO_CHECK(s.val_split > 0 && s.val_split < 1, "--val-split ", s.val_split, ": must be between 0 and 1");
   SONO_CHECK(s.lr > 0, "--lr ", s.lr, ": must be positive");
   SONO_CHECK(s.workers >= 1, "--workers ", s.workers, ": must be at least 1");
-  models::find_model(s.arch);  // an unknown --arch fails here, listing the known ones
   check_writable(s.save_path);
   check_writable(resume_state_path(s.save_path));
   SONO_CHECK(s.pretrained.empty() || fs::is_regular_file(s.pretrained), s.pretrained,
              ": --pretrained file not found");
   SONO_CHECK(s.resume.empty() || fs::is_regular_file(s.resume), s.resume, ": --resume file not found");
+  // The resume state may continue in the --resume file itself (that is resuming); the best
+  // checkpoint may replace neither input.
+  std::vector<RunFile> inputs;
+  if (!s.pretrained.empty()) inputs.push_back({s.pretrained, "--pretrained"});
+  check_outputs(inputs, {{resume_state_path(s.save_path), "the resume state of --save-path"}}, true);
+  if (!s.resume.empty()) inputs.push_back({s.resume, "--resume"});
+  check_outputs(inputs, {{s.save_path, "--save-path"}}, true);
   s.device = apply_runtime_options(cli);
   return s;
 }
@@ -121,6 +172,40 @@ std::string join_metrics(const std::vector<std::string>& names, const std::vecto
   return os.str();
 }
 
+// The arguments a resumed run must share with the saved one: another value would continue a
+// different schedule, input size or split. Effective values (after the recipe's defaults).
+std::map<std::string, std::string> run_arguments(const TrainSettings& s) {
+  auto number = [](double x) {
+    std::ostringstream os;
+    os << std::setprecision(10) << x;
+    return os.str();
+  };
+  return {{"--img-size", std::to_string(s.img_size)},   {"--epochs", std::to_string(s.epochs)},
+          {"--batch-size", std::to_string(s.batch_size)}, {"--lr", number(s.lr)},
+          {"--weight-decay", number(s.weight_decay)},    {"--warmup-epochs", number(s.warmup_epochs)},
+          {"--drop-path", number(s.drop_path)},          {"--clip-grad", number(s.clip_grad)},
+          {"--val-split", number(s.val_split)},          {"--seed", std::to_string(s.seed)},
+          {"--no-augment", s.augment ? "no" : "yes"}};
+}
+
+// Which images (names, classes, perceptual hashes of the pixels) a run sees and on which side
+// of the split each one is: FNV-1a over all of it, with the counts to read it by.
+std::string data_fingerprint(const data::Dataset& dataset, const std::vector<uint64_t>& hashes, const data::Split& split) {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&h](const std::string& bytes) {
+    for (unsigned char c : bytes) h = (h ^ c) * 1099511628211ull;
+  };
+  std::vector<std::string> side(dataset.samples.size(), "train");
+  for (size_t i : split.val) side[i] = "val";
+  for (size_t i = 0; i < dataset.samples.size(); ++i)
+    mix(dataset.samples[i].name + "\t" + std::to_string(dataset.samples[i].label) + "\t" + side[i] + "\t" +
+        std::to_string(hashes[i]) + "\n");
+  std::ostringstream os;
+  os << dataset.samples.size() << " images, " << split.val.size() << " for validation, fnv1a " << std::hex
+     << std::setw(16) << std::setfill('0') << h;
+  return os.str();
+}
+
 // The CSV a TrainingLog wrote, read back for --resume.
 void restore_log(data::TrainingLog& log, const std::string& csv) {
   std::istringstream lines(csv);
@@ -151,6 +236,7 @@ class Trainer {
   double train_epoch(int epoch, double& images_per_second);
   double validate(int epoch);
   void end_epoch(int epoch, const std::vector<double>& row, double metric);
+  std::vector<std::string> differences_from(const ModelCard& saved) const;
   ModelCard card() const;
   nn::StateDict resume_state() const;
 
@@ -163,6 +249,7 @@ class Trainer {
   std::unique_ptr<nn::AdamW> optimizer_;
   nn::CosineWarmupSchedule schedule_{};
   std::unique_ptr<data::TrainingLog> log_;
+  std::string data_fingerprint_;
   int start_epoch_ = 0;
   double best_ = NAN;
   int best_epoch_ = 0;
@@ -180,7 +267,7 @@ void Trainer::write_split(const data::Split& split) const {
         << side[i] << "," << split.group[i] << "\n";
   }
   fs::create_directories(s_.log_dir);
-  data::write_file_atomic(fs::path(s_.log_dir) / "split.csv", csv.str());
+  write_file_atomic(fs::path(s_.log_dir) / "split.csv", csv.str());
 }
 
 void Trainer::build_data(const std::function<void(data::SampleCache&)>& prepare) {
@@ -189,6 +276,7 @@ void Trainer::build_data(const std::function<void(data::SampleCache&)>& prepare)
   if (prepare) prepare(*cache_);
   data::Split split = data::split_dataset(dataset_, cache_->hashes(), {s_.val_split, s_.seed});
   std::cout << "split: " << split.summary(dataset_) << "\n";
+  data_fingerprint_ = data_fingerprint(dataset_, cache_->hashes(), split);
   if (!s_.log_dir.empty()) write_split(split);
 
   data::LoaderOptions train;
@@ -232,6 +320,13 @@ void Trainer::resume() {
   SONO_CHECK(saved.task == task_.task() && saved.arch == s_.arch, s_.resume, ": holds a ", saved.task,
              " ", saved.arch, " state; this run trains ", task_.task(), " ", s_.arch);
   SONO_CHECK(file.metadata.count("history"), s_.resume, ": not a resume state (no history); pass the .last file");
+  if (std::vector<std::string> differences = differences_from(saved); !differences.empty()) {
+    std::string list;
+    for (auto& d : differences) list += (list.empty() ? "" : ", ") + d;
+    SONO_CHECK(s_.resume_anyway, s_.resume, ": saved by another run: ", list,
+               "; pass --resume-anyway to continue it regardless");
+    std::cout << "note: " << s_.resume << ": continuing (--resume-anyway) although " << list << "\n";
+  }
   nn::StateDict weights, optimizer;
   for (auto& [k, v] : file.tensors) {
     if (k.rfind("optimizer.", 0) == 0)
@@ -251,6 +346,29 @@ void Trainer::resume() {
   restore_log(*log_, file.metadata.at("history"));
   std::cout << "resumed from " << s_.resume << " after epoch " << start_epoch_ << " (best "
             << task_.best_metric() << " " << best_ << " at epoch " << best_epoch_ << ")\n";
+}
+
+// What in this run differs from the run that saved `saved`, one "--flag now (saved: then)" each.
+std::vector<std::string> Trainer::differences_from(const ModelCard& saved) const {
+  auto recorded = saved.extra.find("run_arguments");
+  if (recorded == saved.extra.end()) return {"its arguments and data are not recorded (saved by an older sono)"};
+  std::map<std::string, std::string> before;
+  try {
+    before = json::parse(recorded->second).get<std::map<std::string, std::string>>();
+  } catch (const json::exception& e) {
+    fail(s_.resume, ": malformed run_arguments in its metadata (", e.what(), ")");
+  }
+  std::vector<std::string> differences;
+  for (auto& [flag, value] : run_arguments(s_)) {
+    auto it = before.find(flag);
+    std::string then = it == before.end() ? "not recorded" : it->second;
+    if (then != value) differences.push_back(flag + " " + value + " (saved: " + then + ")");
+  }
+  auto fingerprint = saved.extra.find("data_fingerprint");
+  std::string then = fingerprint == saved.extra.end() ? "not recorded" : fingerprint->second;
+  if (then != data_fingerprint_)
+    differences.push_back("data and split differ (saved: " + then + "; now: " + data_fingerprint_ + ")");
+  return differences;
 }
 
 ModelCard Trainer::card() const {
@@ -339,6 +457,8 @@ void Trainer::end_epoch(int epoch, const std::vector<double>& row, double metric
   ModelCard state_card = card();
   state_card.extra["epoch"] = std::to_string(epoch + 1);
   state_card.extra["history"] = log_->csv();
+  state_card.extra["run_arguments"] = json(run_arguments(s_)).dump();
+  state_card.extra["data_fingerprint"] = data_fingerprint_;
   save_checkpoint(resume_state_path(s_.save_path), *model_, state_card, resume_state());
 }
 
@@ -349,8 +469,9 @@ int Trainer::run(const std::function<void(data::SampleCache&)>& prepare) {
       nn::param_groups_weight_decay(*model_, s_.weight_decay),
       nn::AdamOptions{.lr = s_.lr, .weight_decay = s_.weight_decay});
   auto steps_per_epoch = static_cast<int64_t>(train_->batches_per_epoch());
-  schedule_ = {s_.lr, static_cast<int64_t>(std::lround(s_.warmup_epochs * steps_per_epoch)),
-               s_.epochs * steps_per_epoch, s_.lr * 1e-2};
+  const int64_t total_steps = s_.epochs * steps_per_epoch;
+  const int64_t warmup_steps = std::min(std::lround(s_.warmup_epochs * steps_per_epoch), total_steps - 1);
+  schedule_ = {s_.lr, warmup_steps, total_steps, s_.lr * 1e-2};
   std::vector<std::string> columns = {"epoch", "train_loss", "val_loss", "lr", "train_images_per_s"};
   for (auto& c : task_.metric_columns()) columns.push_back(c);
   log_ = std::make_unique<data::TrainingLog>(columns);

@@ -21,7 +21,7 @@ struct TrainSettings {
   uint64_t seed = 0;
   double lr = 1e-3, val_split = 0.2, weight_decay = 1e-2, warmup_epochs = 1, drop_path = 0,
          clip_grad = 0;
-  bool augment = true;
+  bool augment = true, resume_anyway = false;
   Device device = Device::cpu;
 };
 
@@ -35,8 +35,21 @@ struct TrainDefaults {
 
 void add_training_options(Cli& cli, const TrainDefaults& defaults);
 // Reads and checks the shared flags (and applies --threads): ranges, --img-size a multiple
-// of 32, the save path writable.
+// of 32, the save path writable. --lr, --warmup-epochs and --clip-grad not given take the
+// architecture's defaults (default_recipe); a warmup not shorter than --epochs is cut to half
+// the run. Prints the effective values and where they came from.
 TrainSettings read_training_options(const Cli& cli);
+
+// From-scratch defaults per architecture family. MiT: AdamW lr 2e-4 (the top of SegFormer's
+// 6e-5..2e-4) and the gradient norm clipped to 1, since MiT-B2 at lr 1e-3 unclipped diverged
+// at epoch 7 on BUSI (shared/measurements/h200-2026-12-04/train_22epochs.log). ConvNeXt: timm's
+// lr 4e-3 at batch 4096 scaled by sqrt(batch / 4096) (2.5e-4 at batch 16, near the 3e-4 the
+// shipped classifier was trained with), no clipping as in timm. Warmup 2 epochs for both.
+struct Recipe {
+  std::string family;  // "mit", "convnext"
+  double lr, warmup_epochs, clip_grad;
+};
+Recipe default_recipe(const std::string& arch, int64_t batch_size);
 
 // The task-specific part of training: loss and validation metrics (higher is better).
 class TrainingTask {

@@ -12,7 +12,7 @@
 #include <string>
 
 #include "tensor/error.h"
-#include "tools/data/atomic_file.h"
+#include "tensor/atomic_file.h"
 
 namespace sono::data {
 

@@ -5,7 +5,7 @@
 #include <cstdio>
 
 #include "tensor/error.h"
-#include "tools/data/atomic_file.h"
+#include "tensor/atomic_file.h"
 #include "tools/data/svg_chart.h"
 
 namespace sono::data {

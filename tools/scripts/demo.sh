@@ -14,5 +14,5 @@ for image in "${images[@]}"; do
   build/bin/predict --image "$image" \
     --seg_model models/weights/seg_mit_b0_busi.safetensors \
     --cls_model models/weights/cls_convnext_atto_busi.safetensors \
-    --save_mask "demo_output/${name}_mask.png" --overlay
+    --save_mask "demo_output/${name}_mask.png" --overlay --overwrite
 done

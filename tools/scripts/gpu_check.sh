@@ -1,46 +1,116 @@
 #!/usr/bin/env bash
-# On a machine with an NVIDIA GPU (the `device` tool's, or yours): the CUDA tests on the real
-# device, then training and inference steps of both models on it, ours in float32 and bf16, our
-# convs forced to our kernels and to cuDNN, and PyTorch's beside them where torch with CUDA
-# imports. Everything is written under ${OUT:-gpu_check}/; one short run (a few minutes on 16
-# cores, most of it the build).
-#   bash tools/scripts/gpu_check.sh
+# On a GPU machine, from the folder tools/scripts/gpu_pack.sh filled (gpu/): never builds. In
+# one short run (DEADLINE seconds, 330 by default: the device tool lends 15 minutes, start-up
+# included), each step capped and skipped once time runs out, most wanted first:
+#   1. the CUDA tests on the device (SONO_TEST_DEVICE=gpu), side by side;
+#   2. step times and peak device memory, ours (model_bench) and PyTorch's (torch_bench.py, eager,
+#      channels_last, cudnn.benchmark on): mit_b2 256 bs8 and convnext_base 224 bs16, train and
+#      infer, float32 and bf16, one config a process; then the side-by-side table;
+#   3. ncu's per-kernel time of one training step of each model, and its summary table;
+#   4. compute-sanitizer memcheck and racecheck over the kernel tests on the device, side by side.
+# Runs whose speed is not measured (tests, sanitizers) share the GPU; timed ones have it alone.
+# At most 8 files in $OUT: gpu.txt (machine, libraries, wheel install), timeline.txt (each
+# step's exit status and seconds), tests.log, bench.jsonl, table.txt, ncu.txt, ncu_summary.txt,
+# sanitizer.log.
+#   OUT=results bash gpu/gpu_check.sh
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-out=${OUT:-gpu_check}
-mkdir -p "$out"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
-SONO_CMAKE_ARGS="-DSONO_BUILD_BENCH=ON" bash tools/scripts/build.sh test_cuda_kernels \
-  test_cuda_conv_impl test_cuda_amp_convnext test_cuda_amp_deeplab model_bench \
-  >"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
+here=$(cd "$(dirname "$0")" && pwd)
+OUT=${OUT:-$here/results}
+mkdir -p "$OUT"
+T0=$(date +%s)
+DEADLINE=${DEADLINE:-330}
+log() { echo "[$(($(date +%s) - T0))s] $*" | tee -a "$OUT/timeline.txt"; }
+left() { echo $((DEADLINE - ($(date +%s) - T0))); }
+# step CAP FILE CMD...: CMD with min(CAP, time left - 5) seconds, its output appended to FILE
+# (a path) under a '=== CMD' header; skipped when under 10 seconds are left.
+step() {
+  local cap=$1 file=$2 t s rc
+  shift 2
+  t=$(left)
+  t=$((t - 5 < cap ? t - 5 : cap))
+  if ((t < 10)); then
+    log "SKIP (no time left): $*"
+    return 0
+  fi
+  s=$(date +%s)
+  echo "=== $* (cap ${t}s)" >>"$file"
+  timeout -k 5 "$t" "$@" >>"$file" 2>&1
+  rc=$?
+  log "rc=$rc$( ((rc == 124 || rc == 137)) && echo ' TIMED OUT') $(($(date +%s) - s))s: $*"
+}
 
-# The tests, on the GPU instead of the emulator (tests/test_device.h).
-for t in test_cuda_kernels test_cuda_conv_impl test_cuda_amp_convnext test_cuda_amp_deeplab; do
-  SONO_TEST_DEVICE=gpu build/tests/$t >"$out/$t.log" 2>&1
-  echo "$t: exit $? ($(grep -E '^\[doctest\] (test cases|assertions)' "$out/$t.log" | tr '\n' ' '))"
-done
-
-# Step times and memory, one config per process.
-bench() { build/tools/bench/model_bench --device cuda --warmup 3 --repeats 10 "$@"; }
+# --- setup: binaries, libraries (carried: libgomp, cudart; the machine's: cuBLAS, and cuDNN from
+# PyTorch's wheels where no other), smp's wheel where carried
+B=/tmp/sono-gpu
+rm -rf "$B" && mkdir -p "$B"
+tar -xJf "$here/bins.tar.xz" -C "$B" || { log "cannot unpack $here/bins.tar.xz"; exit 1; }
+cudnn=$(find /usr/local/cuda* /usr/lib /usr/local/lib /opt -name 'libcudnn.so.9*' 2>/dev/null | head -1)
+cublas=$(find /usr/local/cuda* /usr/lib /usr/local/lib /opt -name 'libcublas.so.1[23]*' 2>/dev/null | head -1)
+libs="$here/lib:$(dirname "${cudnn:-/x/x}"):$(dirname "${cublas:-/x/x}"):/usr/local/cuda/lib64:/usr/local/cuda/lib"
+export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+[ -d /usr/local/cuda/bin ] && export PATH="$PATH:/usr/local/cuda/bin"  # ncu, compute-sanitizer
+if [ -d "$here/whl" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/sono-site \
+    "$here"/whl/*.whl >>"$OUT/gpu.txt" 2>&1
+  export PYTHONPATH=/tmp/sono-site${PYTHONPATH:+:$PYTHONPATH}
+fi
 {
-  for amp in off bf16; do
-    for mode in train infer; do
-      bench --model mit_b2 --size 256 --batch 8 --mode $mode --amp $amp
-      bench --model convnext_base --size 224 --batch 16 --mode $mode --amp $amp
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+  grep -m1 'model name' /proc/cpuinfo
+  nproc
+  echo "cudnn: ${cudnn:-none found}"
+  echo "cublas: ${cublas:-none found}"
+  ldd "$B/tests/test_cuda_kernels" | grep -E 'not found|cudnn|cublas|cudart|gomp'
+  python3 -c "import torch, timm, segmentation_models_pytorch as smp; print('torch', torch.__version__, \
+'timm', timm.__version__, 'smp', smp.__version__, 'cudnn', torch.backends.cudnn.version())"
+  command -v ncu compute-sanitizer
+} >>"$OUT/gpu.txt" 2>&1
+log "setup done"
+
+# --- 1. the CUDA tests on the device
+export SONO_TEST_DEVICE=gpu
+tests=(test_cuda_kernels test_cuda_conv_impl test_cuda_amp_convnext test_cuda_amp_deeplab)
+for t in "${tests[@]}"; do step 90 "$B/$t.log" "$B/tests/$t" & done
+wait
+for t in "${tests[@]}"; do cat "$B/$t.log" 2>/dev/null; done >"$OUT/tests.log"
+grep -E '^=== |^\[doctest\] (test cases|assertions)|ERROR' "$OUT/tests.log"
+
+# --- 2. ours beside PyTorch, one config a process
+ours() { step 25 "$OUT/bench.jsonl" "$B/tools/bench/model_bench" --device cuda --warmup 3 --repeats 10 "$@"; }
+theirs() {
+  step 30 "$OUT/bench.jsonl" python3 -c "import sys, runpy, torch; torch.backends.cudnn.benchmark = True; \
+sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')" \
+    "$here/torch_bench.py" --device cuda --warmup 3 --repeats 10 "$@"
+}
+configs=("--model mit_b2 --size 256 --batch 8" "--model convnext_base --size 224 --batch 16")
+for amp in off bf16; do
+  for mode in train infer; do
+    for cfg in "${configs[@]}"; do
+      # shellcheck disable=SC2086  # cfg is a list of flags
+      ours $cfg --mode $mode --amp $amp
+      # shellcheck disable=SC2086
+      theirs $cfg --mode $mode --amp $amp
     done
   done
-  for impl in ours cudnn; do
-    SONO_CONV_IMPL=$impl bench --model mit_b2 --size 256 --batch 8 --mode train
-  done
-} | tee "$out/models_sono.jsonl"
+done
+python3 "$here/gpu_table.py" "$OUT/bench.jsonl" >"$OUT/table.txt" 2>&1
+cat "$OUT/table.txt"
 
-python=${PYTHON:-python3}
-if $python -c "import torch, timm, segmentation_models_pytorch; assert torch.cuda.is_available()" 2>/dev/null; then
-  for amp in off bf16; do
-    $python tools/bench/compare.py --build-dir build --device cuda --amp $amp --rounds 1 \
-      --quiet-wait 0 --warmup 3 --repeats 10 --models mit_b2:256,convnext_base:224 --batches 8 \
-      | tee "$out/models_vs_torch_$amp.txt"
-  done
-else
-  echo "torch with CUDA, timm and smp not importable: PyTorch's side skipped" | tee "$out/torch.txt"
-fi
+# --- 3. where one training step's GPU time goes (float32 MiT, bf16 ConvNeXt: the worst ratios)
+ncu_step() {
+  step 60 "$OUT/ncu.txt" ncu --clock-control none --metrics gpu__time_duration.sum --print-summary per-kernel \
+    "$B/tools/bench/model_bench" --device cuda --warmup 0 --repeats 1 --mode train "$@"
+}
+ncu_step --model mit_b2 --size 256 --batch 8 --amp off
+ncu_step --model convnext_base --size 224 --batch 16 --amp bf16
+python3 "$here/ncu_summary.py" "$OUT/ncu.txt" >"$OUT/ncu_summary.txt" 2>&1
+cat "$OUT/ncu_summary.txt"
+
+# --- 4. the kernel tests under compute-sanitizer
+for tool in memcheck racecheck; do
+  step 120 "$B/$tool.log" compute-sanitizer --tool $tool --print-limit 20 "$B/tests/test_cuda_kernels" &
+done
+wait
+cat "$B/memcheck.log" "$B/racecheck.log" >"$OUT/sanitizer.log" 2>/dev/null
+grep -E '^=== |ERROR SUMMARY|RACECHECK SUMMARY|test cases' "$OUT/sanitizer.log" | tee -a "$OUT/timeline.txt"
+log "end"
