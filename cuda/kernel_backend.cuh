@@ -149,8 +149,10 @@ class KernelBackend : public Backend {
   void reduce(ReduceOp op, const Tensor& x, const Tensor& out) override {
     const auto space = make_reduce_space(x.shape(), x.strides(), out.shape());
     const float* xp = f32_strided(x, "reduce");  // the space holds x's strides
-    if (op == ReduceOp::sum) reduce_sum(space, xp, f32(out, "reduce"), stream());
-    else reduce_max(space, xp, f32(out, "reduce"), stream());
+    float* yp = f32(out, "reduce");
+    Buffer partials(*this, plan_reduce(space).workspace() * sizeof(double));
+    if (op == ReduceOp::sum) reduce_sum(space, xp, yp, partials.doubles(), stream());
+    else reduce_max(space, xp, yp, partials.doubles(), stream());
   }
 
   // Under bf16 autocast, or given a bfloat16 operand or result (autocast's activations),
@@ -187,12 +189,14 @@ class KernelBackend : public Backend {
   // and the output may be bfloat16 (autocast's activations).
   void conv2d_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,
                       const Tensor& out) override {
-    if (g.depthwise())
+    if (g.depthwise()) {
+      Buffer ws(*this, depthwise_gather_workspace(depthwise(g)) * sizeof(float));
       return with_activation(x, [&](const auto* xp, bool bf16) {
         with_floats(out, "conv2d", [&](auto* yp) {
-          depthwise_forward(depthwise(g), xp, f32(w, "conv2d"), yp, stream(), bf16);
+          depthwise_forward(depthwise(g), xp, f32(w, "conv2d"), yp, ws.floats(), stream(), bf16);
         });
       });
+    }
     if (is_pointwise(g))
       return gemm(pixel_rows(x), false, weight_rows(w), true, pixel_rows(out), 1, 0);
     dense_conv(ConvPass::forward, g, x, w, out, [&] {
@@ -205,9 +209,12 @@ class KernelBackend : public Backend {
   }
   void conv2d_backward_input(const Conv2dGeometry& g, const Tensor& grad_out, const Tensor& w,
                              const Tensor& grad_x) override {
-    if (g.depthwise())
+    if (g.depthwise()) {
+      Buffer ws(*this, depthwise_gather_workspace(depthwise(g)) * sizeof(float));
       return depthwise_backward_input(depthwise(g), f32(grad_out, "conv2d"), f32(w, "conv2d"),
-                                      f32(grad_x, "conv2d"), stream(), bf16_autocast());
+                                      f32(grad_x, "conv2d"), ws.floats(), stream(),
+                                      bf16_autocast());
+    }
     if (is_pointwise(g))
       return gemm(pixel_rows(grad_out), false, weight_rows(w), false, pixel_rows(grad_x), 1, 0);
     dense_conv(ConvPass::backward_input, g, grad_out, w, grad_x, [&] {
@@ -423,6 +430,7 @@ class KernelBackend : public Backend {
     Buffer(const Buffer&) = delete;
     Buffer& operator=(const Buffer&) = delete;
     float* floats() const { return static_cast<float*>(data); }
+    double* doubles() const { return static_cast<double*>(data); }
     bfloat16* bf16() const { return static_cast<bfloat16*>(data); }
   };
   static ConvGeometry dense(const Conv2dGeometry& g) {

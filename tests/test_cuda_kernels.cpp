@@ -535,34 +535,123 @@ TEST_CASE("fused bias + GELU and GELU backward match the CPU backend") {
 
 // ---- reductions -------------------------------------------------------------------------------
 
-TEST_CASE("reduce kernels match the CPU backend, per-thread and per-block paths") {
+// Shapes for each kernel of plan_reduce, with one chunk and with several (the first stage's
+// partials folded by a second pass): a coalesced column sum over more rows than 128-row chunks
+// (columns), a row sum and a sum to a scalar over more than 2 x 4096 elements (blocks), many
+// outputs of a few elements (threads); odd sizes, one row, one column, channels not a multiple
+// of 4 or 32, a transposed input.
+TEST_CASE("reduce kernels match the CPU backend on each launch plan, one chunk or several") {
   TestDevice dev;
   const Tensor x = host(uniform(3 * 5 * 7 * 37, 11), {3, 5, 7, 37});
   const Tensor wide = host(uniform(40 * 600, 12), {40, 600});  // 600 outputs, coalesced
   const Tensor narrow = host(uniform(100 * 5, 13), {100, 5});  // 5 to a row: per-thread
+  const Tensor tall = host(uniform(1031 * 37, 14), {1031, 37});  // columns in 8 chunks
+  const Tensor one_column = host(uniform(1031, 15), {1031, 1});
+  const Tensor one_row = host(uniform(37, 16), {1, 37});
+  const Tensor long_rows = host(uniform(3 * 9001, 17), {3, 9001});  // blocks in 2 chunks
   struct Case {
     const Tensor* t;
     std::vector<int64_t> dims;
   };
-  const Case cases[] = {{&x, {3}},    {&x, {0, 1, 2}}, {&x, {1, 2}},   {&x, {0}},
-                        {&x, {0, 3}}, {&wide, {0}},    {&narrow, {1}}, {&narrow, {0}}};
+  const Case cases[] = {{&x, {3}},          {&x, {0, 1, 2}},      {&x, {1, 2}},
+                        {&x, {0}},          {&x, {0, 3}},         {&wide, {0}},
+                        {&narrow, {1}},     {&narrow, {0}},       {&tall, {0}},
+                        {&tall, {1}},       {&one_column, {0}},   {&one_row, {0}},
+                        {&one_row, {1}},    {&long_rows, {1}},    {&long_rows, {0, 1}}};
+  std::vector<std::vector<double>> first_run;
+  bool first_schedule = true;
   in_each_schedule([&] {
+    std::vector<std::vector<double>> run;
     for (const Case& c : cases) {
       INFO("dims " << shape_str(c.dims) << " of " << shape_str(c.t->shape()));
       const Tensor d = on_device(*c.t);
-      expect_close("reduce sum", sum(d, c.dims, true).to_vector(),
-                   sum(*c.t, c.dims, true).to_vector(), 1e-6);
-      expect_close("reduce max", amax(d, c.dims, true).to_vector(),
-                   amax(*c.t, c.dims, true).to_vector(), 0);
+      run.push_back(sum(d, c.dims, true).to_vector());
+      expect_close("reduce sum", run.back(), sum(*c.t, c.dims, true).to_vector(), 1e-6);
+      run.push_back(amax(d, c.dims, true).to_vector());
+      expect_close("reduce max", run.back(), amax(*c.t, c.dims, true).to_vector(), 0);
     }
-    expect_close("reduce sum", {sum(on_device(x)).item()}, {sum(x).item()}, 1e-6);
+    run.push_back({sum(on_device(tall)).item()});
+    expect_close("reduce sum", run.back(), {sum(tall).item()}, 1e-6);
     // A transposed (strided) input straight to the backends.
     const Tensor m = host(uniform(6 * 35, 15), {6, 35});
     Tensor want = Tensor::empty({35, 1}), got = device_empty({35, 1});
     backend(Device::cpu).reduce(ReduceOp::sum, m.transpose(0, 1), want);
     device().reduce(ReduceOp::sum, on_device(m).transpose(0, 1), got);
     expect_close("reduce sum", got.to_vector(), want.to_vector(), 1e-6);
+    // Deterministic: every schedule gives the same bits.
+    if (first_schedule) first_run = run;
+    CHECK(run == first_run);
+    first_schedule = false;
   });
+}
+
+// The plans these tests run are the ones described: each kernel, one chunk and several.
+TEST_CASE("reduce plans: the kernels and chunk counts the reduce test runs") {
+  const auto plan = [](const Shape& shape, const Shape& out) {
+    return k::plan_reduce(k::make_reduce_space(shape, contiguous_strides(shape), out));
+  };
+  using K = k::ReduceKernel;
+  const k::ReducePlan tall_columns = plan({1031, 37}, {1, 37});
+  CHECK(tall_columns.kernel == K::columns);
+  CHECK(tall_columns.chunks == 8);
+  CHECK(tall_columns.workspace() == 8 * 37);
+  CHECK(plan({40, 600}, {1, 600}).kernel == K::columns);
+  CHECK(plan({40, 600}, {1, 600}).chunks == 1);
+  const k::ReducePlan long_rows = plan({3, 9001}, {3, 1});
+  CHECK(long_rows.kernel == K::blocks);
+  CHECK(long_rows.chunks == 2);
+  CHECK(plan({3, 9001}, {1, 1}).chunks == 6);
+  CHECK(plan({1031, 1}, {1, 1}).kernel == K::blocks);
+  CHECK(plan({100, 5}, {100, 1}).kernel == K::threads);
+  CHECK(plan({1, 37}, {1, 1}).kernel == K::blocks);
+  CHECK(plan({1, 37}, {1, 37}).kernel == K::threads);
+}
+
+// Every reduce shape of a ConvNeXt-Base 224 bs16 or MiT-B2 256 bs8 training step, and the
+// extremes around them, gets a launch that fills an H200 (132 SMs x 256 threads at least,
+// wherever more than 8 MB is read) with no thread folding more than a few thousand elements.
+TEST_CASE("reduce plans fill the GPU: enough threads, bounded per-thread loops") {
+  struct Case {
+    Shape shape, out;
+  };
+  const Case cases[] = {
+      {{802816, 128}, {1, 128}},          // column sums over 800k rows
+      {{16, 56, 56, 512}, {1, 1, 1, 512}},  // ConvNeXt stage 1 MLP bias gradient
+      {{16, 56, 56, 128}, {1, 1, 1, 128}},  // and its layer scale
+      {{16, 7, 7, 4096}, {1, 1, 1, 4096}},  // stage 4 MLP
+      {{8, 64, 64, 64}, {1, 1, 1, 64}},     // MiT-B2 stage 1
+      {{8, 64, 64, 3}, {1, 1, 1, 3}},       // few outputs, a huge count
+      {{8, 3, 256, 256}, {1, 3, 1, 1}},     // the same, channels first (not coalesced)
+      {{16, 3, 224, 224}, {1, 1, 1, 1}},    // to a scalar
+      {{802816, 128}, {802816, 1}},         // last-dim row sums
+      {{2, 5, 4096, 4096}, {2, 5, 4096, 1}},  // attention-sized rows
+      {{10, 1 << 20}, {10, 1}},             // few long rows
+      {{1 << 22, 5}, {1 << 22, 1}},         // many outputs, a tiny count
+      {{1 << 20, 3}, {1, 3}},               // three columns of a million
+  };
+  for (const Case& c : cases) {
+    const k::ReduceSpace s = k::make_reduce_space(c.shape, contiguous_strides(c.shape), c.out);
+    const k::ReducePlan p = k::plan_reduce(s);
+    INFO("sum of " << shape_str(c.shape) << " to " << shape_str(c.out) << ": grid "
+                   << p.grid.x << "x" << p.grid.y << ", block " << p.block.x << "x" << p.block.y
+                   << ", " << p.chunks << " chunks, longest loop " << p.thread_loop);
+    if (s.outputs * s.count * 4 > (8 << 20)) CHECK(p.threads() >= 132 * 256);
+    CHECK(p.thread_loop <= 4096);
+    CHECK(p.chunks * p.chunk >= s.count);
+    CHECK((p.chunks - 1) * p.chunk < s.count);
+  }
+  // The first stages of the parameter gradients split their rows by the same rule.
+  const int64_t rows = 16 * 56 * 56, cols = 128;
+  const int64_t ln_chunks = k::layer_norm_param_chunks(rows, cols);
+  CHECK(ln_chunks * k::ceil_div(cols, k::kWarp) * k::kWarp * k::kTileRows >= 132 * 256);
+  CHECK(k::ceil_div(rows, ln_chunks * k::kTileRows) <= 4096);
+  CHECK(k::layer_norm_param_chunks(1000, 37) == 7);  // as the layer norm test runs
+  CHECK(k::depthwise_weight_chunks({2, 17, 16, 12, 7, 7, 17, 16, 1, 3, 1}) == 4);  // and depthwise
+  CHECK(k::depthwise_weight_chunks({2, 15, 10, 13, 3, 3, 15, 10, 1, 1, 1}) == 2);
+  const k::DepthwiseGeometry convnext_stage1{16, 56, 56, 128, 7, 7, 56, 56, 1, 3, 1};
+  const int64_t dw_chunks = k::depthwise_weight_chunks(convnext_stage1);
+  CHECK(dw_chunks * 4 * k::kWarp * k::kTileRows >= 132 * 256);  // a block sums all 49 taps
+  CHECK(k::ceil_div(rows, dw_chunks * k::kTileRows) * 49 <= 4096);
 }
 
 // ---- softmax ----------------------------------------------------------------------------------
@@ -645,7 +734,8 @@ LayerNormReference layer_norm_reference(const std::vector<double>& x, const std:
 
 TEST_CASE("layer norm (warp per row) forward and backward with weight and bias gradients") {
   TestDevice dev;
-  const int64_t shapes[][2] = {{1, 5}, {3, 32}, {67, 37}, {150, 100}, {6, 300}};
+  // 1000 rows: weight and bias gradients in 7 chunks.
+  const int64_t shapes[][2] = {{1, 5}, {3, 32}, {67, 37}, {150, 100}, {6, 300}, {1000, 37}};
   const double eps = 1e-6;
   in_each_schedule([&] {
     for (auto [rows, cols] : shapes) {
@@ -791,7 +881,11 @@ TEST_CASE("depthwise conv NHWC (3x3, 7x7, dilated, strided, generic) forward and
       {3, 7, 9, 13, 3, 3, 2, 1, 1},   // strided, batch 3
       {1, 10, 9, 45, 7, 7, 1, 3, 1},  // ConvNeXt block
       {2, 9, 8, 5, 5, 3, 2, 1, 3},    // generic size, non-square
+      {2, 17, 16, 12, 7, 7, 1, 3, 1}, // 4 channels a thread; 544 positions: 4 weight chunks
+      {3, 9, 11, 20, 3, 3, 2, 1, 1},  // 4 channels a thread, strided
+      {2, 15, 10, 13, 3, 3, 1, 1, 1}, // 300 positions, odd channels: 2 weight chunks
   };
+  int window_cases = 0;
   in_each_schedule([&] {
     for (const Case& cs : cases) {
       const int64_t oh = (cs.h + 2 * cs.padding - cs.dilation * (cs.kh - 1) - 1) / cs.stride + 1;
@@ -811,15 +905,21 @@ TEST_CASE("depthwise conv NHWC (3x3, 7x7, dilated, strided, generic) forward and
       const Tensor gy = on_device(host(gys, {cs.n, oh, ow, cs.c}));
       Tensor y = device_empty({cs.n, oh, ow, cs.c}), gx = device_empty(x.shape()),
              gw = device_empty(w.shape());
+      // Channels a multiple of 4 take the 4-wide path; 3x3 and 7x7 at stride 1 the window
+      // kernel (4 of the cases), the others the plain gather.
+      CHECK(k::depthwise_vector_width(dg, x.raw_data(), 4, y.raw_data(), 4) ==
+            (cs.c % 4 == 0 ? 4 : 1));
+      window_cases += k::depthwise_window_applies(dg);
       device().conv2d_forward(g, x, w, y);
       device().conv2d_backward_input(g, gy, w, gx);
       device().conv2d_backward_weight(g, x, gy, gw);
       expect_close("depthwise forward", y.to_vector(), ref.y, 1e-5);
       expect_close("depthwise backward input", gx.to_vector(), ref.grad_x, 1e-5);
-      // Sums over every output position (up to 198 here).
+      // Sums over every output position (up to 544 here).
       expect_close("depthwise backward weight", gw.to_vector(), ref.grad_w, 1e-5);
     }
   });
+  CHECK(window_cases == 4 * 3);  // in each of the three schedules
 }
 
 // ---- dense and grouped convolution (implicit GEMM) ----------------------------------------------
@@ -1514,6 +1614,7 @@ TEST_CASE("bf16 autocast: GEMMs and convs on the emulated device multiply bf16-r
       {"1x1 (pointwise: a GEMM)", 3, 5, 7, 37, 70, 1, 1, 1, 0, 1, 1},
       {"depthwise 3x3 dilation 2", 2, 9, 7, 6, 6, 3, 3, 1, 2, 2, 6},
       {"depthwise 7x7 stride 2", 1, 11, 13, 5, 5, 7, 7, 2, 3, 1, 5},
+      {"depthwise 3x3, 4 channels a thread", 2, 9, 7, 8, 8, 3, 3, 1, 1, 1, 8},
   };
   in_each_schedule([&] {
     for (const ConvCase& cs : cases) {
@@ -1617,6 +1718,7 @@ TEST_CASE("bf16 autocast: linear, matmul and conv ops return their float32 resul
   const ConvCase dense{"3x3 stride 2, bias", 2, 7, 9, 6, 10, 3, 3, 2, 1, 1, 1};
   const ConvCase pointwise{"1x1", 3, 5, 7, 37, 70, 1, 1, 1, 0, 1, 1};
   const ConvCase depthwise{"depthwise 7x7, bias", 2, 9, 8, 5, 5, 7, 7, 1, 3, 1, 5};
+  const ConvCase depthwise4{"depthwise 7x7, 4 channels a thread", 2, 9, 8, 8, 8, 7, 7, 1, 3, 1, 8};
   const auto conv_of = [](const ConvCase& cs, bool with_bias) {
     const Conv2dGeometry g = cs.geometry();
     const auto [cxs, cws, unused] = conv_inputs(cs, 89);
@@ -1644,7 +1746,7 @@ TEST_CASE("bf16 autocast: linear, matmul and conv ops return their float32 resul
     expect_bf16_rounding("bf16 linear_gelu", gelu16, gelu32);
     const auto [mm32, mm16] = both([&] { return matmul(x, w.transpose(0, 1)); });
     expect_bf16_rounding("bf16 matmul", mm16, mm32);
-    for (const ConvCase* cs : {&dense, &pointwise, &depthwise}) {
+    for (const ConvCase* cs : {&dense, &pointwise, &depthwise, &depthwise4}) {
       INFO(std::string(cs->what));
       const auto [conv32, conv16] = both([&] { return conv_of(*cs, cs != &pointwise); });
       expect_bf16_rounding("bf16 conv2d op", conv16, conv32);

@@ -6,8 +6,6 @@
 // computes them), then y = (x - mean) inv_std w + b in one pass. Backward: the sums of grad_y
 // and grad_y x_hat, then grad_x in one pass. x and y may be bfloat16 (autocast's activations);
 // statistics and gradients are float32.
-#include <algorithm>
-
 #include "cuda/kernels/bf16.cuh"
 #include "cuda/kernels/reduce.cuh"
 
@@ -28,20 +26,20 @@ __global__ void channel_partial_sums_kernel(int64_t rows, int64_t cols, int64_t 
   if (threadIdx.y == 0 && c < cols) partial[blockIdx.y * cols + c] = acc;
 }
 
-// Chunks of at least 256 rows, at most 64 of them.
-inline int64_t channel_sum_chunks(int64_t rows) {
-  return std::clamp<int64_t>(ceil_div(rows, 256), 1, 64);
+// Chunks of rows: enough to fill the GPU.
+inline int64_t channel_sum_chunks(int64_t rows, int64_t cols) {
+  return fill_chunks(rows, ceil_div(cols, kWarp), kTileRows, kTileRows * 16);
 }
 // Floats of scratch channel_sums needs.
 inline int64_t channel_sums_workspace(int64_t rows, int64_t cols) {
-  return channel_sum_chunks(rows) * cols;
+  return channel_sum_chunks(rows, cols) * cols;
 }
 
 // out[c] = sum over rows r of term(r, c).
 template <typename Term>
 void channel_sums(int64_t rows, int64_t cols, const Term& term, float* out, float* workspace,
                   cudaStream_t stream) {
-  const int64_t chunks = channel_sum_chunks(rows);
+  const int64_t chunks = channel_sum_chunks(rows, cols);
   const int64_t chunk_rows = ceil_div(rows, chunks);
   launch("channel_partial_sums", channel_partial_sums_kernel<Term>,
          {dim3(static_cast<unsigned>(ceil_div(cols, kWarp)), static_cast<unsigned>(chunks)),

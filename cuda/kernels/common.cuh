@@ -14,6 +14,12 @@
 #include "tensor/error.h"
 
 #ifdef __CUDACC__
+#define SONO_UNROLL _Pragma("unroll")
+#else
+#define SONO_UNROLL
+#endif
+
+#ifdef __CUDACC__
 #define DYNAMIC_SMEM(T, name)                                            \
   extern __shared__ __align__(16) unsigned char sono_dynamic_smem_[]; \
   T* name = reinterpret_cast<T*>(sono_dynamic_smem_)
@@ -96,19 +102,23 @@ __device__ __forceinline__ T block_reduce(T v, T identity, Op op) {
   return v;
 }
 
-// Column sums over a (32, kTileRows) block: v summed over threadIdx.y, valid where
-// threadIdx.y == 0. The first stage of the two-stage parameter-gradient sums.
+// Column reductions over a (32, kTileRows) block: v folded over threadIdx.y in order, valid
+// where threadIdx.y == 0. The first stage of the two-stage column reductions.
 constexpr int kTileRows = 8;
-template <typename T>
-__device__ __forceinline__ T sum_over_tile_rows(T v) {
+template <typename T, typename Op>
+__device__ __forceinline__ T reduce_over_tile_rows(T v, T identity, Op op) {
   __shared__ T tile[kTileRows][kWarp + 1];  // +1: no bank conflicts
   tile[threadIdx.y][threadIdx.x] = v;
   __syncthreads();
-  T total = 0;
+  T total = identity;
   if (threadIdx.y == 0)
-    for (int i = 0; i < kTileRows; ++i) total += tile[i][threadIdx.x];
+    for (int i = 0; i < kTileRows; ++i) total = op(total, tile[i][threadIdx.x]);
   __syncthreads();  // `tile` is reused by the next call
   return total;
+}
+template <typename T>
+__device__ __forceinline__ T sum_over_tile_rows(T v) {
+  return reduce_over_tile_rows(v, T(0), SumOp{});
 }
 
 }  // namespace SONO_KERNEL_TARGET

@@ -289,10 +289,14 @@ inline void conv_backward_input(const ConvGeometry& g, const float* grad_y, cons
                        math, stream);
 }
 
-// The weight gradient sums over every output pixel: chunks of at least 512 pixels, at most 64
-// chunks, so that small weights with many pixels still fill the device.
+// The weight gradient sums over every output pixel: chunks of at least 512 pixels, as many as
+// it takes to fill the device (fill_chunks), so that small weights with many pixels (a stem's
+// 2 tiles over 50k pixels) still fill it. A thread steps through its chunk kConvTileK pixels
+// at a time.
 inline int64_t conv_weight_chunks(const ConvGeometry& g) {
-  return std::clamp<int64_t>(ceil_div(g.n * g.oh * g.ow, 512), 1, 64);
+  const int64_t tiles =
+      g.groups * ceil_div(g.cout_g(), kConvTile) * ceil_div(g.taps() * g.cin_g(), kConvTile);
+  return fill_chunks(g.n * g.oh * g.ow, tiles, kConvTileK, 512);
 }
 // Floats of scratch conv_backward_weight needs.
 inline int64_t conv_backward_weight_workspace(const ConvGeometry& g) {

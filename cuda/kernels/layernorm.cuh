@@ -5,8 +5,6 @@
 // the chunks), so any number of rows keeps the GPU busy. x may be bfloat16 (autocast's
 // activations, read as they are: torch's LayerNorm reads them in float32 too); everything else
 // is float32.
-#include <algorithm>
-
 #include "cuda/kernels/bf16.cuh"
 #include "cuda/kernels/reduce.cuh"
 
@@ -111,13 +109,13 @@ void layer_norm_forward(int64_t rows, int64_t cols, const X* x, const float* wei
          layer_norm_config(rows, cols, cols * sizeof(X), cols * 4.0 + 8, stream), rows, cols, x, weight, bias, eps, y, mean, rstd);
 }
 
-// Chunks of rows for the parameter gradients' first stage.
-inline int64_t layer_norm_param_chunks(int64_t rows) {
-  return std::clamp<int64_t>(ceil_div(rows, 64), 1, 256);
+// Chunks of rows for the parameter gradients' first stage: enough to fill the GPU.
+inline int64_t layer_norm_param_chunks(int64_t rows, int64_t cols) {
+  return fill_chunks(rows, ceil_div(cols, kWarp), kTileRows, kTileRows * 16);
 }
 // Floats of scratch layer_norm_backward needs.
 inline int64_t layer_norm_backward_workspace(int64_t rows, int64_t cols) {
-  return 2 * layer_norm_param_chunks(rows) * cols;
+  return 2 * layer_norm_param_chunks(rows, cols) * cols;
 }
 
 // Any of grad_x, grad_weight, grad_bias may be null (not wanted); weight may be null (1).
@@ -130,7 +128,7 @@ void layer_norm_backward(int64_t rows, int64_t cols, const X* x, const float* we
     launch("layer_norm_backward_input", layer_norm_backward_input_kernel<X>,
            layer_norm_config(rows, cols, cols * (sizeof(X) + 4.0) + 8, cols * 4.0, stream), rows, cols, x, weight, mean, rstd, grad_y, grad_x);
   if (!grad_weight && !grad_bias) return;
-  const int64_t chunks = layer_norm_param_chunks(rows);
+  const int64_t chunks = layer_norm_param_chunks(rows, cols);
   float* partial_w = workspace;
   float* partial_b = workspace + chunks * cols;
   const int64_t chunk_rows = ceil_div(rows, chunks);
