@@ -30,18 +30,6 @@ using namespace sono::test;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int count = 0;
-    path = fs::temp_directory_path() / ("sono_test_data_" + std::to_string(getpid()) + "_" + std::to_string(count++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  fs::path operator/(const std::string& name) const { return path / name; }
-};
-
 void write_png8(const fs::path& file, int h, int w, int comp, const std::vector<uint8_t>& px) {
   fs::create_directories(file.parent_path());
   REQUIRE(px.size() == size_t(h) * w * comp);
@@ -648,7 +636,7 @@ TEST_CASE("loader inputs: ImageNet-normalised RGB, and RGB + 0/1 mask for classi
   const Mask& mask = cache->mask(3);
   for (size_t p = 0; p < 64; ++p) {
     for (int c = 0; c < 3; ++c)
-      REQUIRE(x[p * 4 + c] == doctest::Approx((img.pixels[p * 3 + c] - kImagenetMean[c]) / kImagenetStd[c]));
+      REQUIRE(x[p * 4 + c] == doctest::Approx((img.pixels[p * 3 + c] - kImagenet.mean[c]) / kImagenet.std[c]));
     REQUIRE(x[p * 4 + 3] == mask.values[p]);
     REQUIRE(m[p] == mask.values[p]);
   }
@@ -660,12 +648,19 @@ TEST_CASE("predict helpers: one image as model input, logits back to a full-size
   for (size_t i = 0; i < img.pixels.size(); ++i) img.pixels[i] = float(i % 17) / 16;
   Mask m(10, 14);
   m.at(3, 4) = m.at(7, 9) = 1;
-  Tensor x = model_input(img, m, 8, InputKind::rgb_mask);
+  Tensor x = model_input(img, m, 8, InputKind::rgb_mask, kImagenet);
   REQUIRE(x.shape() == Shape{1, 8, 8, 4});
   std::vector<float> expected(8 * 8 * 4);
-  write_input(resize_bilinear(img, 8, 8), resize_nearest(m, 8, 8), InputKind::rgb_mask, expected.data());
+  write_input(resize_bilinear(img, 8, 8), resize_nearest(m, 8, 8), InputKind::rgb_mask, kImagenet, expected.data());
   CHECK(x.to_vector() == std::vector<double>(expected.begin(), expected.end()));
-  CHECK(model_input(img, Mask(), 8, InputKind::rgb).shape() == Shape{1, 8, 8, 3});
+  CHECK(model_input(img, Mask(), 8, InputKind::rgb, kImagenet).shape() == Shape{1, 8, 8, 3});
+  // Another normalisation: (x - mean) / std with its own numbers.
+  const Normalisation other{{0.5, 0.25, 0.0}, {0.5, 2.0, 1.0}};
+  std::vector<double> y = model_input(img, m, 8, InputKind::rgb_mask, other).to_vector();
+  Image small = resize_bilinear(img, 8, 8);
+  for (size_t p = 0; p < 64; ++p)
+    for (int c = 0; c < 3; ++c)
+      REQUIRE(y[p * 4 + c] == doctest::Approx((small.pixels[p * 3 + c] - other.mean[c]) / other.std[c]));
 
   // A 2x2 checkerboard of logits enlarged to 4x4: bilinear values keep the sign per quadrant.
   Mask up = mask_from_logits(Tensor::from_vector({5, -5, -5, 5}, {1, 2, 2, 1}), 4, 4);

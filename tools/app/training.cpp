@@ -70,8 +70,8 @@ TrainSettings read_training_options(const Cli& cli) {
   s.augment = !cli.is_set("no-augment");
   SONO_CHECK(s.epochs >= 1, "--epochs ", s.epochs, ": must be at least 1");
   SONO_CHECK(s.batch_size >= 1, "--batch-size ", s.batch_size, ": must be at least 1");
-  SONO_CHECK(s.img_size >= 32 && s.img_size % 32 == 0, "--img-size ", s.img_size,
-             ": must be a positive multiple of 32 (the encoders downsample 32x)");
+  SONO_CHECK(s.img_size >= 32 && s.img_size <= kMaxImgSize && s.img_size % 32 == 0, "--img-size ", s.img_size,
+             ": must be a multiple of 32 from 32 to ", kMaxImgSize, " (the encoders downsample 32x)");
   SONO_CHECK(s.val_split > 0 && s.val_split < 1, "--val-split ", s.val_split, ": must be between 0 and 1");
   SONO_CHECK(s.lr > 0, "--lr ", s.lr, ": must be positive");
   SONO_CHECK(s.workers >= 1, "--workers ", s.workers, ": must be at least 1");
@@ -260,6 +260,7 @@ ModelCard Trainer::card() const {
   c.classes = task_.class_names(dataset_);
   c.in_channels = data::input_channels(task_.input());
   c.img_size = s_.img_size;
+  c.normalisation = data::kImagenet;  // what the loader applies
   c.extra["best_metric"] = task_.best_metric();
   c.extra["best_value"] = std::to_string(best_);
   c.extra["best_epoch"] = std::to_string(best_epoch_);
