@@ -1,11 +1,14 @@
 // The tools' shared code in-process: checkpoint cards checked before a model is built from
-// them, predict's input normalised as its card says.
+// them, predict's input normalised as its card says, flags checked before any work.
 #include <algorithm>
+#include <thread>
 
 #include "helpers.h"
 #include "layers/safetensors.h"
 #include "tools/app/checkpoint.h"
 #include "tools/app/inference.h"
+#include "tools/app/runtime.h"
+#include "tools/app/training.h"
 
 using namespace sono;
 using namespace sono::test;
@@ -45,7 +48,40 @@ data::Image ramp_image(int height, int width) {
   return image;
 }
 
+// The error read_training_options gives for `flags` (with the flags every run needs), or "".
+std::string training_options_error(const TempDir& dir, const std::vector<std::string>& flags) {
+  app::Cli cli("seg_train", "");
+  app::add_training_options(cli, {.arch = "mit_b0", .batch_size = 4, .weight_decay = 1e-2, .drop_path = 0.1});
+  std::vector<std::string> args = {"seg_train", "--images-dir", dir.path.string(), "--save-path",
+                                   (dir / "m.safetensors").string()};
+  args.insert(args.end(), flags.begin(), flags.end());
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  try {
+    cli.parse(static_cast<int>(argv.size()), argv.data());
+    app::read_training_options(cli);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
 }  // namespace
+
+TEST_CASE("--threads and --workers are bounded by the machine: 4 per core") {
+  const int64_t max = 4 * std::max(1u, std::thread::hardware_concurrency());
+  for (int64_t threads : {max + 1, int64_t{100000}, int64_t{2147483647}, int64_t{-1}})
+    CHECK_THROWS_WITH_AS(app::set_threads(threads),
+                         doctest::Contains(("--threads " + std::to_string(threads) + ": must be from 0 to " +
+                                            std::to_string(max)).c_str()),
+                         Error);
+  CHECK_NOTHROW(app::set_threads(max));
+  app::set_threads(2);
+  TempDir dir;
+  CHECK(training_options_error(dir, {"--workers", "100000"}) ==
+        "--workers 100000: must be from 1 to " + std::to_string(max) + " (4 per core on this machine)");
+  CHECK(training_options_error(dir, {"--workers", std::to_string(max)}) == "");
+}
 
 TEST_CASE("every card value is checked against the architecture; the error names the file and the key") {
   TempDir dir;

@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <thread>
 #include <iostream>
 
 #include "cuda/emulated/backend.h"
@@ -36,8 +38,14 @@ Device select_device(const std::string& name) {
 #endif
 }
 
+void check_thread_count(const std::string& flag, int64_t count, int64_t min) {
+  const int64_t max = 4 * static_cast<int64_t>(std::max(1u, std::thread::hardware_concurrency()));
+  SONO_CHECK(count >= min && count <= max, "--", flag, " ", count, ": must be from ", min, " to ", max,
+             " (4 per core on this machine)");
+}
+
 void set_threads(int64_t threads) {
-  SONO_CHECK(threads >= 0, "--threads ", threads, ": must be 0 (all cores) or more");
+  check_thread_count("threads", threads, 0);  // 0: all cores
 #ifdef _OPENMP
   if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
 #endif

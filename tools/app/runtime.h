@@ -18,6 +18,10 @@ Device select_device(const std::string& name);
 // OpenMP threads for the kernels; 0 keeps the default (one per core).
 void set_threads(int64_t threads);
 
+// Throws naming --flag unless min <= count <= 4 threads per core: more only adds overhead,
+// and far more makes libgomp or std::thread fail (--threads 100000 crashed inside libgomp).
+void check_thread_count(const std::string& flag, int64_t count, int64_t min);
+
 // Flags every tool takes: --device, --threads, --amp.
 void add_runtime_options(Cli& cli);
 // Applies --threads and --amp (autocast on the device; bf16 is refused on the CPU) and returns

@@ -74,7 +74,7 @@ TrainSettings read_training_options(const Cli& cli) {
              ": must be a multiple of 32 from 32 to ", kMaxImgSize, " (the encoders downsample 32x)");
   SONO_CHECK(s.val_split > 0 && s.val_split < 1, "--val-split ", s.val_split, ": must be between 0 and 1");
   SONO_CHECK(s.lr > 0, "--lr ", s.lr, ": must be positive");
-  SONO_CHECK(s.workers >= 1, "--workers ", s.workers, ": must be at least 1");
+  check_thread_count("workers", s.workers, 1);
   models::find_model(s.arch);  // an unknown --arch fails here, listing the known ones
   check_writable(s.save_path);
   check_writable(resume_state_path(s.save_path));
