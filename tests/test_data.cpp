@@ -193,6 +193,23 @@ TEST_CASE("image errors name the file: missing, empty, corrupt, truncated PNG an
   CHECK(contains(error_of([&] { load_image(dir / "cut.jpg"); }), "cut.jpg' is truncated"));
 }
 
+TEST_CASE("a BMP shorter than its header promises is truncated; a whole one loads") {
+  TempDir dir;
+  std::vector<uint8_t> rgb(30 * 30 * 3);
+  for (size_t i = 0; i < rgb.size(); ++i) rgb[i] = uint8_t(i * 7);
+  for (const char* name : {"whole.bmp", "cut.bmp", "header.bmp"})
+    REQUIRE(stbi_write_bmp((dir / name).c_str(), 30, 30, 3, rgb.data()));
+  Image whole = load_image(dir / "whole.bmp");
+  REQUIRE(whole.pixels.size() == rgb.size());
+  CHECK(whole.at(29, 29, 2) == doctest::Approx(rgb.back() / 255.0f));
+  // 54 bytes of headers, then 30 rows of 92 bytes (90 padded to a multiple of 4).
+  REQUIRE(fs::file_size(dir / "whole.bmp") == 54 + 30 * 92);
+  fs::resize_file(dir / "cut.bmp", 54 + 30 * 92 - 1);
+  CHECK(contains(error_of([&] { load_image(dir / "cut.bmp"); }), "cut.bmp' is truncated (2813 of 2814 bytes"));
+  fs::resize_file(dir / "header.bmp", 30);
+  CHECK(contains(error_of([&] { load_image(dir / "header.bmp"); }), "header.bmp' is truncated"));
+}
+
 TEST_CASE("load_mask: any colour channel > 0 is lesion, alpha ignored, files unioned") {
   TempDir dir;
   write_png8(dir / "a_mask.png", 1, 4, 1, {0, 1, 0, 0});                                 // 1-bit style 0/1

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -44,11 +46,52 @@ bool ends_with(const std::string& bytes, std::string_view tail) {
          std::equal(tail.rbegin(), tail.rend(), bytes.rbegin());
 }
 
+uint64_t little_endian(const std::string& bytes, size_t at, int size) {
+  uint64_t v = 0;
+  for (int i = size; i-- > 0;) v = v << 8 | static_cast<uint8_t>(bytes[at + i]);
+  return v;
+}
+
+// The bytes an uncompressed BMP must have: its pixel data offset plus |height| rows of
+// width * bits rounded up to 4 bytes. stb reads zeros past the end of a cut BMP, so this is
+// the only check that catches one. 0 when the header is itself cut; UINT64_MAX for an encoding
+// whose length the header does not give (RLE: stb refuses those itself).
+uint64_t bmp_expected_size(const std::string& bytes) {
+  if (bytes.size() < 18) return 0;
+  const uint64_t data_offset = little_endian(bytes, 10, 4), header_size = little_endian(bytes, 14, 4);
+  int64_t width, height;
+  uint64_t bits, compression = 0;
+  if (header_size == 12) {  // OS/2 BITMAPCOREHEADER: 16-bit sizes
+    if (bytes.size() < 26) return 0;
+    width = static_cast<int64_t>(little_endian(bytes, 18, 2));
+    height = static_cast<int64_t>(little_endian(bytes, 20, 2));
+    bits = little_endian(bytes, 24, 2);
+  } else {  // BITMAPINFOHEADER and its successors: signed 32-bit sizes, negative height top-down
+    if (bytes.size() < 34) return 0;
+    width = static_cast<int32_t>(little_endian(bytes, 18, 4));
+    height = static_cast<int32_t>(little_endian(bytes, 22, 4));
+    bits = little_endian(bytes, 28, 2);
+    compression = little_endian(bytes, 30, 4);
+  }
+  if ((compression != 0 && compression != 3) || width < 0) return UINT64_MAX;  // 3: bit fields
+  const uint64_t row = (static_cast<uint64_t>(width) * bits + 31) / 32 * 4;  // < 2^53: no overflow
+  return data_offset + row * static_cast<uint64_t>(std::abs(height));
+}
+
 // stb rejects most cut-off files, but with a terse reason ("outofdata", "expected marker", or
 // none at all when a PNG lacks its end chunk) and accepts a PNG cut inside its end chunk. So a
 // file must first end the way its format ends: PNG with the IEND chunk, JPEG with the EOI
-// marker (some writers pad after it, so look near the end).
+// marker (some writers pad after it, so look near the end); a BMP must be as long as its
+// header says.
 void check_not_truncated(const std::string& bytes, const fs::path& file) {
+  if (bytes.compare(0, 2, "BM") == 0) {
+    const uint64_t expected = bmp_expected_size(bytes);
+    if (expected == 0) fail("image file '", file.string(), "' is truncated (", bytes.size(), " bytes, inside the BMP header)");
+    if (expected != UINT64_MAX && bytes.size() < expected)
+      fail("image file '", file.string(), "' is truncated (", bytes.size(), " of ", expected,
+           " bytes the BMP header promises)");
+    return;
+  }
   static const std::string png_signature = "\x89PNG\r\n\x1a\n";
   static const std::string png_end("\0\0\0\0IEND\xae\x42\x60\x82", 12);
   bool is_png = bytes.compare(0, png_signature.size(), png_signature) == 0;
