@@ -1,6 +1,9 @@
 // The tools' shared code in-process: checkpoint cards checked before a model is built from
 // them, predict's input normalised as its card says, flags checked before any work.
 #include <algorithm>
+#include <fstream>
+#include <iostream>
+#include <sstream>
 #include <thread>
 
 #include "helpers.h"
@@ -81,6 +84,39 @@ TEST_CASE("--threads and --workers are bounded by the machine: 4 per core") {
   CHECK(training_options_error(dir, {"--workers", "100000"}) ==
         "--workers 100000: must be from 1 to " + std::to_string(max) + " (4 per core on this machine)");
   CHECK(training_options_error(dir, {"--workers", std::to_string(max)}) == "");
+}
+
+TEST_CASE("training flags out of range are refused as typed, naming the flag") {
+  TempDir dir;
+  CHECK(training_options_error(dir, {"--drop-path", "2"}) ==
+        "--drop-path 2: must be at least 0 and below 1 (the stochastic depth of the last block)");
+  CHECK(training_options_error(dir, {"--drop-path", "1e0"}).rfind("--drop-path 1e0: ", 0) == 0);
+  CHECK(training_options_error(dir, {"--weight-decay", "-0.5"}) == "--weight-decay -0.5: must be 0 or more");
+  CHECK(training_options_error(dir, {"--clip-grad", "-1"}) == "--clip-grad -1: must be 0 (off) or more");
+  CHECK(training_options_error(dir, {"--drop-path", "0.99"}) == "");
+}
+
+TEST_CASE("an output folder that cannot be created is refused up front, naming the flag and the path") {
+  TempDir dir;
+  std::ofstream(dir / "file").close();
+  const std::string file = (dir / "file").string();
+  CHECK(training_options_error(dir, {"--log-dir", file + "/logs"}) ==
+        "--log-dir " + file + "/logs: cannot be created: " + file + " is not a folder");
+  CHECK(training_options_error(dir, {"--log-dir", file}) == "--log-dir " + file + ": " + file + " is not a folder");
+  CHECK(training_options_error(dir, {"--log-dir", (dir / "new" / "logs").string()}) == "");
+  CHECK_FALSE(fs::exists(dir / "new"));  // checked, not created
+}
+
+TEST_CASE("run_tool turns a filesystem error into one line naming the path") {
+  std::ostringstream err;
+  std::streambuf* saved = std::cerr.rdbuf(err.rdbuf());
+  const int status = app::run_tool("tool", [] {
+    fs::create_directories("/proc/self/status/x");
+    return 0;
+  });
+  std::cerr.rdbuf(saved);
+  CHECK(status == 1);
+  CHECK(err.str() == "tool: error: /proc/self/status/x: Not a directory\n");
 }
 
 TEST_CASE("every card value is checked against the architecture; the error names the file and the key") {

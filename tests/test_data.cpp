@@ -424,6 +424,7 @@ TEST_CASE("split keeps duplicates together, is stratified and deterministic") {
   for (int i = 0; i < 6; ++i) far[i] = mix_seed({uint64_t(i)});
   std::string e = error_of([&] { split_dataset(tiny, far, {.val_fraction = 0.3}); });
   CHECK(contains(e, "class 'c' has no image in the"));
+  CHECK(contains(e, "change --val-split or add images"));
 }
 
 namespace {

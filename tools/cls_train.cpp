@@ -93,12 +93,15 @@ int cls_train(int argc, char** argv) {
   std::string seg_model = cli.str("seg-model");
   SONO_CHECK(seg_model.empty() || std::filesystem::is_regular_file(seg_model), seg_model,
              ": --seg-model file not found");
+  const double label_smoothing = cli.real("label-smoothing");
+  SONO_CHECK(label_smoothing >= 0 && label_smoothing <= 1, "--label-smoothing ", cli.str("label-smoothing"),
+             ": must be from 0 to 1");
   data::Dataset dataset = data::scan_dataset(settings.images_dir, settings.masks_dir);
   SONO_CHECK(dataset.classes.size() >= 2, settings.images_dir,
              ": classification needs class subfolders (images/CLASS/ or BUSI's CLASS/), found ",
              dataset.classes.size() == 1 ? "one class" : "no class folders");
   Tensor weights = class_weights(cli.str("class-weights"), dataset);
-  ClassificationTask task(dataset.classes, weights, cli.real("label-smoothing"));
+  ClassificationTask task(dataset.classes, weights, label_smoothing);
   std::function<void(data::SampleCache&)> prepare;
   if (!seg_model.empty())
     prepare = [&](data::SampleCache& cache) { use_predicted_masks(cache, seg_model, settings.device); };

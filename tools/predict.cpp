@@ -148,9 +148,10 @@ int predict(int argc, char** argv) {
   SONO_CHECK(fs::exists(image), image.string(), ": no such file or folder");
   bool folder = fs::is_directory(image);
   SONO_CHECK(!cli.is_set("overlay") || !save_mask.empty(), "--overlay: needs --save_mask (the overlay goes beside the mask)");
-  if (folder)
+  if (folder) {
     app::check_writable(cli.str("csv"));
-  else if (!save_mask.empty()) {
+    if (!save_mask.empty()) app::check_writable_folder("save_mask", save_mask);
+  } else if (!save_mask.empty()) {
     app::check_writable(save_mask);
     if (cli.is_set("overlay")) app::check_writable(overlay_path(save_mask));
   }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <thread>
 #include <iostream>
 
@@ -77,11 +78,26 @@ void check_writable(const fs::path& file) {
              ": cannot be written (read-only file)");
 }
 
+void check_writable_folder(const std::string& flag, const fs::path& folder) {
+  std::error_code ec;
+  fs::path existing = folder.empty() ? fs::path(".") : folder;
+  while (!fs::exists(existing, ec) && existing.has_parent_path() && existing != existing.parent_path())
+    existing = existing.parent_path();
+  if (!fs::exists(existing, ec)) existing = ".";  // a relative path: its first part is created in "."
+  const std::string problem = existing == folder ? "" : " cannot be created:";
+  SONO_CHECK(fs::is_directory(existing, ec), "--", flag, " ", folder.string(), ":", problem, " ", existing.string(),
+             " is not a folder");
+  SONO_CHECK(access(existing.c_str(), W_OK) == 0, "--", flag, " ", folder.string(), ":", problem, " ",
+             existing.string(), " is not writable (", std::strerror(errno), ")");
+}
+
 int run_tool(const std::string& tool, const std::function<int()>& body) {
   try {
     return body();
   } catch (const Error& e) {
     std::cerr << tool << ": error: " << e.what() << "\n";
+  } catch (const fs::filesystem_error& e) {  // a folder or file the checks could not foresee
+    std::cerr << tool << ": error: " << e.path1().string() << ": " << e.code().message() << "\n";
   } catch (const std::exception& e) {
     std::cerr << tool << ": internal error: " << e.what() << "\n";
   }

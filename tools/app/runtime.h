@@ -32,8 +32,13 @@ Device apply_runtime_options(const Cli& cli);
 // it is a folder. Checked before long work, so a run does not fail at its end.
 void check_writable(const std::filesystem::path& file);
 
+// Throws naming `flag` and `folder` unless the folder exists and is writable, or can be
+// created: its nearest existing ancestor is a writable folder.
+void check_writable_folder(const std::string& flag, const std::filesystem::path& folder);
+
 // Runs a tool's body: --help exits 0; a sono::Error prints "<tool>: error: <message>" and
-// exits 1; so does any other exception, marked as internal.
+// exits 1; so does a filesystem error (as "<path>: <problem>") and any other exception,
+// marked as internal.
 int run_tool(const std::string& tool, const std::function<int()>& body);
 
 }  // namespace sono::app

@@ -75,6 +75,11 @@ TrainSettings read_training_options(const Cli& cli) {
   SONO_CHECK(s.val_split > 0 && s.val_split < 1, "--val-split ", s.val_split, ": must be between 0 and 1");
   SONO_CHECK(s.lr > 0, "--lr ", s.lr, ": must be positive");
   check_thread_count("workers", s.workers, 1);
+  SONO_CHECK(s.drop_path >= 0 && s.drop_path < 1, "--drop-path ", cli.str("drop-path"),
+             ": must be at least 0 and below 1 (the stochastic depth of the last block)");
+  SONO_CHECK(s.weight_decay >= 0, "--weight-decay ", cli.str("weight-decay"), ": must be 0 or more");
+  SONO_CHECK(s.clip_grad >= 0, "--clip-grad ", cli.str("clip-grad"), ": must be 0 (off) or more");
+  if (!s.log_dir.empty()) check_writable_folder("log-dir", s.log_dir);
   models::find_model(s.arch);  // an unknown --arch fails here, listing the known ones
   check_writable(s.save_path);
   check_writable(resume_state_path(s.save_path));
