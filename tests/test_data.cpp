@@ -210,6 +210,26 @@ TEST_CASE("a BMP shorter than its header promises is truncated; a whole one load
   CHECK(contains(error_of([&] { load_image(dir / "header.bmp"); }), "header.bmp' is truncated"));
 }
 
+TEST_CASE("hostile image headers are refused before stb decodes: JPEG Huffman counts, huge dimensions") {
+  TempDir dir;
+  // DHT with 16 counts of 255 (4080 codes; stb's tables hold 256), then the end marker.
+  std::string jpeg = std::string("\xff\xd8\xff\xc4\x00\x13\x00", 7) + std::string(16, '\xff') + "\xff\xd9";
+  std::ofstream(dir / "dht.jpg", std::ios::binary) << jpeg;
+  CHECK(contains(error_of([&] { load_image(dir / "dht.jpg"); }),
+                 "dht.jpg' is corrupt (a JPEG Huffman table lists 4080 codes, at most 256)"));
+  // A segment length of 3 still makes stb read a whole table past it.
+  jpeg[5] = '\x03';
+  std::ofstream(dir / "dht.jpg", std::ios::binary) << jpeg;
+  CHECK(contains(error_of([&] { load_image(dir / "dht.jpg"); }), "4080 codes"));
+
+  // A PNG whose header declares 10000 x 10000 grey pixels: 1.2 GB as load_image's floats.
+  std::string ihdr("\x00\x00\x00\x0dIHDR\x00\x00\x27\x10\x00\x00\x27\x10\x08\x00\x00\x00\x00\x00\x00\x00\x00", 25);
+  std::string png = std::string("\x89PNG\r\n\x1a\n") + ihdr + std::string("\0\0\0\0IEND\xae\x42\x60\x82", 12);
+  std::ofstream(dir / "huge.png", std::ios::binary) << png;
+  CHECK(contains(error_of([&] { load_image(dir / "huge.png"); }),
+                 "huge.png' is 10000x10000, more than the limit of 33554432 pixels"));
+}
+
 TEST_CASE("load_mask: any colour channel > 0 is lesion, alpha ignored, files unioned") {
   TempDir dir;
   write_png8(dir / "a_mask.png", 1, 4, 1, {0, 1, 0, 0});                                 // 1-bit style 0/1
