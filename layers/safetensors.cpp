@@ -1,5 +1,6 @@
 #include "layers/safetensors.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -61,8 +62,7 @@ uint16_t float_to_half(float f) {
   return static_cast<uint16_t>(sign | half);
 }
 
-Tensor decode(const std::string& path, const std::string& key, const DTypeInfo& d,
-              const Shape& shape, const char* bytes) {
+Tensor decode(const DTypeInfo& d, const Shape& shape, const char* bytes) {
   const int64_t n = shape_numel(shape);
   const std::string tag = d.tag;
   if (tag == "F32" || tag == "F64" || tag == "I64") {
@@ -90,14 +90,83 @@ std::string read_all(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-}  // namespace
+// Limits a hostile header cannot exceed, far above any real checkpoint (convnext_large with
+// its optimizer state: about 1,400 tensors of rank <= 4 in a 200 KB header). The header
+// limit is the safetensors reference implementation's.
+constexpr uint64_t kMaxHeaderBytes = 100 << 20;
+constexpr size_t kMaxTensors = 65536;
+constexpr size_t kMaxRank = 8;
 
-SafetensorsFile load_safetensors(const std::string& path) {
-  const std::string bytes = read_all(path);
-  SONO_CHECK(bytes.size() >= 8, path, ": truncated safetensors file (", bytes.size(),
-             " bytes, no header length)");
+struct TensorEntry {
+  std::string key;
+  DTypeInfo dtype;
+  Shape shape;
+  uint64_t begin = 0, end = 0;  // in the data section
+};
+
+uint64_t whole_number(const std::string& path, const std::string& key, const char* field, const json& v) {
+  SONO_CHECK(v.is_number_unsigned(), path, ": tensor '", key, "' has ", field, " ", v.dump(),
+             ", expected whole numbers >= 0");
+  return v.get<uint64_t>();
+}
+
+// The byte count of `shape`, refusing any shape whose element count, or the span of its
+// non-zero dims (which contiguous strides reach even when another dim is 0), overflows int64.
+uint64_t shape_bytes(const std::string& path, const std::string& key, const Shape& shape, size_t element_size) {
+  int64_t numel = 1, span = 1, bytes = 0;
+  bool overflow = false;
+  for (int64_t d : shape) {
+    overflow |= __builtin_mul_overflow(numel, d, &numel);
+    overflow |= __builtin_mul_overflow(span, std::max<int64_t>(d, 1), &span);
+  }
+  overflow |= __builtin_mul_overflow(numel, static_cast<int64_t>(element_size), &bytes);
+  SONO_CHECK(!overflow, path, ": tensor '", key, "' has shape ", shape_str(shape), ", too large to address");
+  return static_cast<uint64_t>(bytes);
+}
+
+TensorEntry parse_entry(const std::string& path, const std::string& key, const json& entry, uint64_t data_size) {
+  SONO_CHECK(entry.is_object(), path, ": header entry '", key, "' is not an object");
+  TensorEntry e{key, stored_dtype(path, key, entry.at("dtype").get<std::string>()), {}, 0, 0};
+  const json& shape = entry.at("shape");
+  SONO_CHECK(shape.is_array() && shape.size() <= kMaxRank, path, ": tensor '", key, "' has shape ", shape.dump(),
+             ", expected a list of at most ", kMaxRank, " dims");
+  for (const json& d : shape) {
+    const uint64_t dim = whole_number(path, key, "a dim", d);
+    SONO_CHECK(dim <= static_cast<uint64_t>(INT64_MAX), path, ": tensor '", key, "' has dim ", dim, ", too large");
+    e.shape.push_back(static_cast<int64_t>(dim));
+  }
+  const json& offsets = entry.at("data_offsets");
+  SONO_CHECK(offsets.is_array() && offsets.size() == 2, path, ": tensor '", key, "' has data_offsets ",
+             offsets.dump(), ", expected [begin, end]");
+  e.begin = whole_number(path, key, "a data offset", offsets[0]);
+  e.end = whole_number(path, key, "a data offset", offsets[1]);
+  SONO_CHECK(e.begin <= e.end && e.end <= data_size, path, ": tensor '", key,
+             "' has data offsets outside the file (truncated?)");
+  SONO_CHECK(e.end - e.begin == shape_bytes(path, key, e.shape, e.dtype.size), path, ": tensor '", key, "' has ",
+             e.end - e.begin, " bytes for shape ", shape_str(e.shape));
+  return e;
+}
+
+// Two tensors may not share bytes: a file that aliases them is corrupt or crafted.
+void check_disjoint(const std::string& path, std::vector<TensorEntry> entries) {
+  std::sort(entries.begin(), entries.end(), [](auto& a, auto& b) { return a.begin < b.begin; });
+  for (size_t i = 1; i < entries.size(); ++i)
+    SONO_CHECK(entries[i].begin >= entries[i - 1].end, path, ": tensors '", entries[i - 1].key, "' and '",
+               entries[i].key, "' overlap in the data (offsets ", entries[i - 1].begin, "..", entries[i - 1].end,
+               " and ", entries[i].begin, "..", entries[i].end, ")");
+}
+
+struct Header {
+  json entries;
+  size_t data_begin = 0;  // the data section starts after the length and the JSON
+};
+
+Header parse_header(const std::string& path, const std::string& bytes) {
+  SONO_CHECK(bytes.size() >= 8, path, ": truncated safetensors file (", bytes.size(), " bytes, no header length)");
   uint64_t header_len;
   std::memcpy(&header_len, bytes.data(), 8);
+  SONO_CHECK(header_len <= kMaxHeaderBytes, path, ": header length ", header_len, " exceeds the limit of ",
+             kMaxHeaderBytes, " bytes (not a safetensors file?)");
   SONO_CHECK(header_len <= bytes.size() - 8, path, ": header length ", header_len,
              " exceeds the file size ", bytes.size(), " (truncated or not a safetensors file)");
   json header;
@@ -107,28 +176,35 @@ SafetensorsFile load_safetensors(const std::string& path) {
     fail(path, ": header is not valid JSON (", e.what(), ")");
   }
   SONO_CHECK(header.is_object(), path, ": header is not a JSON object");
-  const size_t data_begin = 8 + header_len, data_size = bytes.size() - data_begin;
+  const size_t tensors = header.size() - header.count("__metadata__");
+  SONO_CHECK(tensors <= kMaxTensors, path, ": header lists ", tensors, " tensors, more than the limit of ", kMaxTensors);
+  return {std::move(header), 8 + static_cast<size_t>(header_len)};
+}
 
+}  // namespace
+
+// Every entry is checked (dtype, shape, offsets, overlaps) before the first tensor is
+// allocated, so a crafted header cannot make the reader allocate more than the file holds.
+SafetensorsFile load_safetensors(const std::string& path) {
+  const std::string bytes = read_all(path);
+  const Header header = parse_header(path, bytes);
   SafetensorsFile file;
-  for (auto& [key, entry] : header.items()) {
+  std::vector<TensorEntry> entries;
+  for (auto& [key, entry] : header.entries.items()) {
     if (key == "__metadata__") {
-      for (auto& [k, v] : entry.items())
-        file.metadata[k] = v.is_string() ? v.get<std::string>() : v.dump();
+      SONO_CHECK(entry.is_object(), path, ": __metadata__ is not an object");
+      for (auto& [k, v] : entry.items()) file.metadata[k] = v.is_string() ? v.get<std::string>() : v.dump();
       continue;
     }
     try {
-      DTypeInfo d = stored_dtype(path, key, entry.at("dtype").get<std::string>());
-      Shape shape = entry.at("shape").get<Shape>();
-      auto offsets = entry.at("data_offsets").get<std::vector<uint64_t>>();
-      SONO_CHECK(offsets.size() == 2 && offsets[0] <= offsets[1] && offsets[1] <= data_size, path,
-                 ": tensor '", key, "' has data offsets outside the file (truncated?)");
-      SONO_CHECK(offsets[1] - offsets[0] == shape_numel(shape) * d.size, path, ": tensor '", key,
-                 "' has ", offsets[1] - offsets[0], " bytes for shape ", shape_str(shape));
-      file.tensors[key] = decode(path, key, d, shape, bytes.data() + data_begin + offsets[0]);
+      entries.push_back(parse_entry(path, key, entry, bytes.size() - header.data_begin));
     } catch (const json::exception& e) {
       fail(path, ": malformed header entry '", key, "' (", e.what(), ")");
     }
   }
+  check_disjoint(path, entries);
+  for (const TensorEntry& e : entries)
+    file.tensors[e.key] = decode(e.dtype, e.shape, bytes.data() + header.data_begin + e.begin);
   return file;
 }
 

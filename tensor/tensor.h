@@ -13,6 +13,7 @@ namespace sono {
 
 using Shape = std::vector<int64_t>;
 std::string shape_str(const Shape& s);
+// The element count; throws sono::Error when it overflows int64 (a shape read from a file).
 int64_t shape_numel(const Shape& s);
 Shape contiguous_strides(const Shape& s);
 

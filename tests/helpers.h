@@ -2,7 +2,10 @@
 // Shared test helpers: random inputs, closeness checks, golden-file paths.
 #include <doctest/doctest.h>
 
+#include <unistd.h>
+
 #include <cmath>
+#include <filesystem>
 #include <string>
 
 #include "autograd/gradcheck.h"
@@ -39,6 +42,20 @@ inline void expect_gradcheck(const std::function<Tensor(const std::vector<Tensor
     CHECK(r.max_rel_error[i] < tol);
   }
 }
+
+// A fresh folder under the system temp folder, removed with everything in it at the end.
+struct TempDir {
+  std::filesystem::path path;
+  TempDir() {
+    static int count = 0;
+    path = std::filesystem::temp_directory_path() /
+           ("sono_test_" + std::to_string(getpid()) + "_" + std::to_string(count++));
+    std::filesystem::remove_all(path);
+    std::filesystem::create_directories(path);
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  std::filesystem::path operator/(const std::string& name) const { return path / name; }
+};
 
 inline std::string source_path(const std::string& rel) { return std::string(SONO_SOURCE_DIR) + "/" + rel; }
 

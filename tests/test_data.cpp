@@ -30,18 +30,6 @@ using namespace sono::test;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int count = 0;
-    path = fs::temp_directory_path() / ("sono_test_data_" + std::to_string(getpid()) + "_" + std::to_string(count++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  fs::path operator/(const std::string& name) const { return path / name; }
-};
-
 void write_png8(const fs::path& file, int h, int w, int comp, const std::vector<uint8_t>& px) {
   fs::create_directories(file.parent_path());
   REQUIRE(px.size() == size_t(h) * w * comp);
@@ -203,6 +191,43 @@ TEST_CASE("image errors name the file: missing, empty, corrupt, truncated PNG an
   REQUIRE(stbi_write_jpg((dir / "cut.jpg").c_str(), 64, 64, 3, noise.data(), 90));
   truncate_file(dir / "cut.jpg", 0.5);
   CHECK(contains(error_of([&] { load_image(dir / "cut.jpg"); }), "cut.jpg' is truncated"));
+}
+
+TEST_CASE("a BMP shorter than its header promises is truncated; a whole one loads") {
+  TempDir dir;
+  std::vector<uint8_t> rgb(30 * 30 * 3);
+  for (size_t i = 0; i < rgb.size(); ++i) rgb[i] = uint8_t(i * 7);
+  for (const char* name : {"whole.bmp", "cut.bmp", "header.bmp"})
+    REQUIRE(stbi_write_bmp((dir / name).c_str(), 30, 30, 3, rgb.data()));
+  Image whole = load_image(dir / "whole.bmp");
+  REQUIRE(whole.pixels.size() == rgb.size());
+  CHECK(whole.at(29, 29, 2) == doctest::Approx(rgb.back() / 255.0f));
+  // 54 bytes of headers, then 30 rows of 92 bytes (90 padded to a multiple of 4).
+  REQUIRE(fs::file_size(dir / "whole.bmp") == 54 + 30 * 92);
+  fs::resize_file(dir / "cut.bmp", 54 + 30 * 92 - 1);
+  CHECK(contains(error_of([&] { load_image(dir / "cut.bmp"); }), "cut.bmp' is truncated (2813 of 2814 bytes"));
+  fs::resize_file(dir / "header.bmp", 30);
+  CHECK(contains(error_of([&] { load_image(dir / "header.bmp"); }), "header.bmp' is truncated"));
+}
+
+TEST_CASE("hostile image headers are refused before stb decodes: JPEG Huffman counts, huge dimensions") {
+  TempDir dir;
+  // DHT with 16 counts of 255 (4080 codes; stb's tables hold 256), then the end marker.
+  std::string jpeg = std::string("\xff\xd8\xff\xc4\x00\x13\x00", 7) + std::string(16, '\xff') + "\xff\xd9";
+  std::ofstream(dir / "dht.jpg", std::ios::binary) << jpeg;
+  CHECK(contains(error_of([&] { load_image(dir / "dht.jpg"); }),
+                 "dht.jpg' is corrupt (a JPEG Huffman table lists 4080 codes, at most 256)"));
+  // A segment length of 3 still makes stb read a whole table past it.
+  jpeg[5] = '\x03';
+  std::ofstream(dir / "dht.jpg", std::ios::binary) << jpeg;
+  CHECK(contains(error_of([&] { load_image(dir / "dht.jpg"); }), "4080 codes"));
+
+  // A PNG whose header declares 10000 x 10000 grey pixels: 1.2 GB as load_image's floats.
+  std::string ihdr("\x00\x00\x00\x0dIHDR\x00\x00\x27\x10\x00\x00\x27\x10\x08\x00\x00\x00\x00\x00\x00\x00\x00", 25);
+  std::string png = std::string("\x89PNG\r\n\x1a\n") + ihdr + std::string("\0\0\0\0IEND\xae\x42\x60\x82", 12);
+  std::ofstream(dir / "huge.png", std::ios::binary) << png;
+  CHECK(contains(error_of([&] { load_image(dir / "huge.png"); }),
+                 "huge.png' is 10000x10000, more than the limit of 33554432 pixels"));
 }
 
 TEST_CASE("load_mask: any colour channel > 0 is lesion, alpha ignored, files unioned") {
@@ -419,6 +444,7 @@ TEST_CASE("split keeps duplicates together, is stratified and deterministic") {
   for (int i = 0; i < 6; ++i) far[i] = mix_seed({uint64_t(i)});
   std::string e = error_of([&] { split_dataset(tiny, far, {.val_fraction = 0.3}); });
   CHECK(contains(e, "class 'c' has no image in the"));
+  CHECK(contains(e, "change --val-split or add images"));
 }
 
 namespace {
@@ -648,7 +674,7 @@ TEST_CASE("loader inputs: ImageNet-normalised RGB, and RGB + 0/1 mask for classi
   const Mask& mask = cache->mask(3);
   for (size_t p = 0; p < 64; ++p) {
     for (int c = 0; c < 3; ++c)
-      REQUIRE(x[p * 4 + c] == doctest::Approx((img.pixels[p * 3 + c] - kImagenetMean[c]) / kImagenetStd[c]));
+      REQUIRE(x[p * 4 + c] == doctest::Approx((img.pixels[p * 3 + c] - kImagenet.mean[c]) / kImagenet.std[c]));
     REQUIRE(x[p * 4 + 3] == mask.values[p]);
     REQUIRE(m[p] == mask.values[p]);
   }
@@ -660,12 +686,19 @@ TEST_CASE("predict helpers: one image as model input, logits back to a full-size
   for (size_t i = 0; i < img.pixels.size(); ++i) img.pixels[i] = float(i % 17) / 16;
   Mask m(10, 14);
   m.at(3, 4) = m.at(7, 9) = 1;
-  Tensor x = model_input(img, m, 8, InputKind::rgb_mask);
+  Tensor x = model_input(img, m, 8, InputKind::rgb_mask, kImagenet);
   REQUIRE(x.shape() == Shape{1, 8, 8, 4});
   std::vector<float> expected(8 * 8 * 4);
-  write_input(resize_bilinear(img, 8, 8), resize_nearest(m, 8, 8), InputKind::rgb_mask, expected.data());
+  write_input(resize_bilinear(img, 8, 8), resize_nearest(m, 8, 8), InputKind::rgb_mask, kImagenet, expected.data());
   CHECK(x.to_vector() == std::vector<double>(expected.begin(), expected.end()));
-  CHECK(model_input(img, Mask(), 8, InputKind::rgb).shape() == Shape{1, 8, 8, 3});
+  CHECK(model_input(img, Mask(), 8, InputKind::rgb, kImagenet).shape() == Shape{1, 8, 8, 3});
+  // Another normalisation: (x - mean) / std with its own numbers.
+  const Normalisation other{{0.5, 0.25, 0.0}, {0.5, 2.0, 1.0}};
+  std::vector<double> y = model_input(img, m, 8, InputKind::rgb_mask, other).to_vector();
+  Image small = resize_bilinear(img, 8, 8);
+  for (size_t p = 0; p < 64; ++p)
+    for (int c = 0; c < 3; ++c)
+      REQUIRE(y[p * 4 + c] == doctest::Approx((small.pixels[p * 3 + c] - other.mean[c]) / other.std[c]));
 
   // A 2x2 checkerboard of logits enlarged to 4x4: bilinear values keep the sign per quadrant.
   Mask up = mask_from_logits(Tensor::from_vector({5, -5, -5, 5}, {1, 2, 2, 1}), 4, 4);

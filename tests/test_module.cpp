@@ -102,6 +102,66 @@ TEST_CASE("truncated or malformed safetensors files are refused with the file na
   std::filesystem::remove(bad);
 }
 
+namespace {
+
+// A safetensors file with the given header text and `data_bytes` zero bytes of data.
+std::string crafted_file(const std::string& header, size_t data_bytes) {
+  std::string path = temp_path("crafted.safetensors");
+  uint64_t n = header.size();
+  write_bytes(path, std::string(reinterpret_cast<const char*>(&n), 8) + header + std::string(data_bytes, '\0'));
+  return path;
+}
+
+std::string load_error(const std::string& header, size_t data_bytes) {
+  std::string path = crafted_file(header, data_bytes);
+  try {
+    load_safetensors(path);
+  } catch (const Error& e) {
+    std::filesystem::remove(path);
+    return e.what();
+  }
+  std::filesystem::remove(path);
+  return "(loaded)";
+}
+
+}  // namespace
+
+TEST_CASE("hostile safetensors headers are refused before any allocation, naming the file and tensor") {
+  const std::string file = temp_path("crafted.safetensors");
+  auto refused = [&](const std::string& header, size_t data_bytes, const std::string& why) {
+    std::string e = load_error(header, data_bytes);
+    INFO(header.substr(0, 200) << " -> " << e);
+    CHECK(e.find(file) == 0);
+    CHECK(e.find(why) != std::string::npos);
+  };
+  // 2305843009213710336 * 4 * 4 bytes wraps to 262144 in int64 arithmetic.
+  refused(R"({"w":{"dtype":"F32","shape":[2305843009213710336,4,1,1],"data_offsets":[0,262144]}})", 262144,
+          "'w' has shape [2305843009213710336, 4, 1, 1], too large");
+  refused(R"({"w":{"dtype":"F32","shape":[0,4611686018427387904,4],"data_offsets":[0,0]}})", 0, "too large");
+  refused(R"({"w":{"dtype":"F32","shape":[-2,-2],"data_offsets":[0,16]}})", 16, "'w' has a dim -2");
+  refused(R"({"w":{"dtype":"F32","shape":[4.5],"data_offsets":[0,16]}})", 16, "'w' has a dim 4.5");
+  refused(R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16.5]}})", 17, "'w' has a data offset 16.5");
+  refused(R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0]}})", 16, "expected [begin, end]");
+  refused(R"({"w":{"dtype":"F32","shape":[1,1,1,1,1,1,1,1,1],"data_offsets":[0,4]}})", 4, "at most 8 dims");
+  refused(R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},)"
+          R"("b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})", 16, "'a' and 'b' overlap");
+  refused(R"({"__metadata__":"x"})", 0, "__metadata__ is not an object");
+  std::string many = "{";
+  for (int i = 0; i <= 65536; ++i) many += (i ? ",\"" : "\"") + std::to_string(i) + R"(":{"dtype":"F32","shape":[0],"data_offsets":[0,0]})";
+  refused(many + "}", 0, "65537 tensors, more than the limit of 65536");
+  std::string huge_length(8, '\0');
+  huge_length[4] = 1;  // 2^32 bytes of header
+  write_bytes(file, huge_length + "{}");
+  CHECK_THROWS_WITH_AS(load_safetensors(file), doctest::Contains("exceeds the limit of 104857600 bytes"), Error);
+  std::filesystem::remove(file);
+}
+
+TEST_CASE("shape_numel and Tensor::empty refuse shapes whose size overflows int64") {
+  CHECK_THROWS_WITH_AS(shape_numel({2305843009213710336, 4, 1, 1}), doctest::Contains("more elements"), Error);
+  CHECK_THROWS_WITH_AS(Tensor::empty({1152921504606846976, 2}), doctest::Contains("more bytes"), Error);
+  CHECK(shape_numel({3, 0, 4611686018427387904}) == 0);
+}
+
 TEST_CASE("a failed save leaves the previous file untouched") {
   CHECK_THROWS_WITH_AS(save_safetensors("/nonexistent_dir/x.safetensors", {}), doctest::Contains("cannot write"), Error);
 }

@@ -445,6 +445,17 @@ TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing 
     fs::path image = t.data / "images" / "benign" / "benign_0.png";
     expect_error("predict", "--image " + image.string() + " --seg_model " + junk.string() + " --cls_model " + t.cls.string(), junk.string());
   }
+  SUBCASE("a masks folder that cannot be created") {
+    fs::path file = bad / "plain_file";
+    std::ofstream(file).close();
+    expect_error("predict", "--image " + (t.data / "images" / "benign").string() + models_args() + " --save_mask " +
+                                (file / "masks").string(),
+                 "--save_mask " + (file / "masks").string() + ": cannot be created: " + file.string() + " is not a folder");
+  }
+  SUBCASE("--label-smoothing outside 0..1") {
+    expect_error("cls_train", dirs(t.data) + " --arch convnext_atto --label-smoothing 2 --save-path " + out.string(),
+                 "--label-smoothing 2: must be from 0 to 1");
+  }
   SUBCASE("a corrupt image leaves the existing mask alone") {
     fs::path image = bad / "cut.png", mask = bad / "kept_mask.png";
     fs::copy_file(t.data / "images" / "benign" / "benign_0.png", image);

@@ -143,12 +143,15 @@ int cls_train(int argc, char** argv) {
                         {app::resume_state_path(settings.save_path), "the resume state of --save-path"}},
                        true);
   }
+  const double label_smoothing = cli.real("label-smoothing");
+  SONO_CHECK(label_smoothing >= 0 && label_smoothing <= 1, "--label-smoothing ", cli.str("label-smoothing"),
+             ": must be from 0 to 1");
   data::Dataset dataset = data::scan_dataset(settings.images_dir, settings.masks_dir);
   SONO_CHECK(dataset.classes.size() >= 2, settings.images_dir,
              ": classification needs class subfolders (images/CLASS/ or BUSI's CLASS/), found ",
              dataset.classes.size() == 1 ? "one class" : "no class folders");
   Tensor weights = class_weights(cli.str("class-weights"), dataset);
-  ClassificationTask task(dataset.classes, weights, cli.real("label-smoothing"));
+  ClassificationTask task(dataset.classes, weights, label_smoothing);
   if (folds) {
     std::function<void(data::SampleCache&, int)> prepare_fold;
     if (!seg_model.empty())

@@ -202,7 +202,10 @@ int predict(int argc, char** argv) {
     // beside the images would replace or mix with it.
     SONO_CHECK(save_mask.empty() || !fs::exists(save_mask) || !fs::equivalent(save_mask, image), save_mask,
                ": --save_mask is the --image folder, where X_mask.png are ground-truth masks; give another folder");
-    if (!save_mask.empty()) run.masks = mask_paths(run.images, save_mask);
+    if (!save_mask.empty()) {
+      app::check_writable_folder("save_mask", save_mask);
+      run.masks = mask_paths(run.images, save_mask);
+    }
   } else {
     run.images = {image};
     if (!save_mask.empty()) {

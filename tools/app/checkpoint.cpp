@@ -1,5 +1,7 @@
 #include "tools/app/checkpoint.h"
 
+#include <algorithm>
+#include <array>
 #include <nlohmann/json.hpp>
 
 #include "layers/safetensors.h"
@@ -8,16 +10,105 @@ namespace sono::app {
 
 using json = nlohmann::json;
 
+namespace {
+
+constexpr const char* kFormat = "sono-checkpoint-1";
+
+const char* task_name(models::Task task) {
+  return task == models::Task::segmentation ? "segmentation" : "classification";
+}
+
+// The card's values, read as text from the metadata; every failure names the file and the key.
+struct CardReader {
+  const std::string& path;
+  const std::map<std::string, std::string>& meta;
+
+  const std::string& text(const char* key) const {
+    auto it = meta.find(key);
+    SONO_CHECK(it != meta.end(), path, ": not a sono checkpoint (metadata has no '", key, "')");
+    return it->second;
+  }
+
+  template <typename... A>
+  [[noreturn]] void bad(const char* key, const A&... why) const {
+    const std::string& value = text(key);
+    fail(path, ": card key '", key, "' is '", value.size() > 80 ? value.substr(0, 80) + "..." : value, "': ",
+         why...);
+  }
+
+  int64_t integer(const char* key, int64_t lo, int64_t hi) const {
+    const std::string& t = text(key);
+    size_t used = 0;
+    int64_t v = 0;
+    try {
+      v = std::stoll(t, &used);
+    } catch (const std::exception&) {
+    }
+    if (used == 0 || used != t.size() || v < lo || v > hi) {
+      if (lo == hi) bad(key, "expected ", lo);
+      bad(key, "expected a whole number from ", lo, " to ", hi);
+    }
+    return v;
+  }
+
+  template <typename T>
+  T parsed(const char* key, const char* expected) const {
+    try {
+      return json::parse(text(key)).get<T>();
+    } catch (const json::exception&) {
+      bad(key, "expected ", expected);
+    }
+  }
+};
+
+std::vector<std::string> read_classes(const CardReader& r, models::Task task) {
+  auto classes = r.parsed<std::vector<std::string>>("classes", "a JSON list of class names");
+  if (task == models::Task::segmentation) {
+    if (classes != std::vector<std::string>{"lesion"}) r.bad("classes", "a segmentation card lists [\"lesion\"]");
+    return classes;
+  }
+  if (classes.size() < 2 || classes.size() > static_cast<size_t>(kMaxClasses))
+    r.bad("classes", "a classification card lists 2 to ", kMaxClasses, " classes");
+  for (size_t i = 0; i < classes.size(); ++i)
+    if (classes[i].empty() || std::find(classes.begin(), classes.begin() + i, classes[i]) != classes.begin() + i)
+      r.bad("classes", "class names must be distinct and not empty");
+  return classes;
+}
+
+// Pixels are 0..1, so a mean outside 0..1 or a tiny std is no normalisation a model was
+// trained with (std 1e-3 already maps a pixel to +-1000).
+data::Normalisation read_normalisation(const CardReader& r) {
+  json norm;
+  try {
+    norm = json::parse(r.text("normalisation"));
+  } catch (const json::exception&) {
+    r.bad("normalisation", "not valid JSON");
+  }
+  data::Normalisation n;
+  try {
+    n.mean = norm.at("mean").get<std::array<double, 3>>();
+    n.std = norm.at("std").get<std::array<double, 3>>();
+  } catch (const json::exception&) {
+    r.bad("normalisation", "expected {\"mean\": [3 numbers], \"std\": [3 numbers]}");
+  }
+  for (int c = 0; c < 3; ++c)
+    if (!(n.mean[c] >= 0 && n.mean[c] <= 1 && n.std[c] >= 1e-3 && n.std[c] <= 10))
+      r.bad("normalisation", "each mean must be in [0, 1] and each std in [0.001, 10]");
+  return n;
+}
+
+}  // namespace
+
 std::map<std::string, std::string> ModelCard::to_metadata() const {
   std::map<std::string, std::string> m = extra;
-  m["format"] = "sono-checkpoint-1";
+  m["format"] = kFormat;
   m["arch"] = arch;
   m["task"] = task;
   m["classes"] = json(classes).dump();
   m["in_channels"] = std::to_string(in_channels);
   m["num_classes"] = std::to_string(num_classes());
   m["img_size"] = std::to_string(img_size);
-  m["normalisation"] = json{{"mean", mean}, {"std", std}}.dump();
+  m["normalisation"] = json{{"mean", normalisation.mean}, {"std", normalisation.std}}.dump();
   return m;
 }
 
@@ -26,26 +117,26 @@ int64_t ModelCard::num_classes() const {
 }
 
 ModelCard ModelCard::from_metadata(const std::string& path, const std::map<std::string, std::string>& meta) {
-  auto get = [&](const char* key) {
-    auto it = meta.find(key);
-    SONO_CHECK(it != meta.end(), path, ": not a sono checkpoint (metadata has no '", key, "')");
-    return it->second;
-  };
+  const CardReader r{path, meta};
+  if (r.text("format") != kFormat) r.bad("format", "expected ", kFormat);
   ModelCard c;
+  c.arch = r.text("arch");
+  const models::ModelEntry* entry = nullptr;
   try {
-    c.arch = get("arch");
-    c.task = get("task");
-    c.classes = json::parse(get("classes")).get<std::vector<std::string>>();
-    c.in_channels = std::stoll(get("in_channels"));
-    c.img_size = std::stoll(get("img_size"));
-    json norm = json::parse(get("normalisation"));
-    c.mean = norm.at("mean").get<std::vector<double>>();
-    c.std = norm.at("std").get<std::vector<double>>();
-  } catch (const Error&) {
-    throw;
-  } catch (const std::exception& e) {
-    fail(path, ": malformed checkpoint metadata (", e.what(), ")");
+    entry = &models::find_model(c.arch);
+  } catch (const Error& e) {
+    r.bad("arch", e.what());
   }
+  c.task = r.text("task");
+  if (c.task != task_name(entry->task)) r.bad("task", c.arch, " is a ", task_name(entry->task), " architecture");
+  c.classes = read_classes(r, entry->task);
+  const int64_t channels = data::input_channels(entry->task == models::Task::segmentation ? data::InputKind::rgb
+                                                                                          : data::InputKind::rgb_mask);
+  c.in_channels = r.integer("in_channels", channels, channels);
+  r.integer("num_classes", c.num_classes(), c.num_classes());  // must agree with the classes listed
+  c.img_size = r.integer("img_size", 32, kMaxImgSize);
+  if (c.img_size % 32) r.bad("img_size", "expected a multiple of 32 (the encoders downsample 32x)");
+  c.normalisation = read_normalisation(r);
   for (auto& [k, v] : meta)
     if (!c.to_metadata().count(k)) c.extra[k] = v;
   return c;

@@ -8,8 +8,15 @@
 
 #include "layers/module.h"
 #include "models/registry.h"
+#include "tools/data/model_input.h"
 
 namespace sono::app {
+
+// The largest --img-size, and the largest a card may give: the activations of a model at this
+// side already take gigabytes.
+inline constexpr int64_t kMaxImgSize = 2048;
+// The most classes a classification card may list (ImageNet's 1000).
+inline constexpr int64_t kMaxClasses = 1000;
 
 struct ModelCard {
   std::string arch;                 // registry name, e.g. mit_b2, convnext_base
@@ -17,10 +24,13 @@ struct ModelCard {
   std::vector<std::string> classes; // class names (classification) or {"lesion"}
   int64_t in_channels = 3;
   int64_t img_size = 256;
-  std::vector<double> mean{0.485, 0.456, 0.406}, std{0.229, 0.224, 0.225};
+  data::Normalisation normalisation = data::kImagenet;  // what the model's inputs were
   std::map<std::string, std::string> extra;  // epoch, best metric, ...
 
   std::map<std::string, std::string> to_metadata() const;
+  // Throws naming the file and the key when a value is missing, malformed or outside what
+  // the architecture and the tools accept: nothing on the card is trusted before the model
+  // is built from it.
   static ModelCard from_metadata(const std::string& path, const std::map<std::string, std::string>& meta);
   int64_t num_classes() const;
 };

@@ -60,7 +60,7 @@ Tensor calibrate(const ModelCard& card, const Tensor& logits) {
 data::Mask segment(LoadedModel& seg, const data::Image& image, int height, int width, Device device, bool flip) {
   autograd::NoGradGuard no_grad;
   Tensor x = data::model_input(image, data::Mask(image.height, image.width),
-                               static_cast<int>(seg.card.img_size), data::InputKind::rgb);
+                               static_cast<int>(seg.card.img_size), data::InputKind::rgb, seg.card.normalisation);
   return data::mask_from_logits(calibrate(seg.card, forward(*seg.model, x.to(device), flip)), height, width);
 }
 
@@ -69,7 +69,8 @@ std::vector<double> classify(LoadedModel& cls, const data::Image& image, const d
   autograd::NoGradGuard no_grad;
   SONO_CHECK(cls.card.in_channels == 4, "classification checkpoint (", cls.card.arch, ") takes ",
              cls.card.in_channels, " channels; expected image + mask (4)");
-  Tensor x = data::model_input(image, mask, static_cast<int>(cls.card.img_size), data::InputKind::rgb_mask);
+  Tensor x = data::model_input(image, mask, static_cast<int>(cls.card.img_size), data::InputKind::rgb_mask,
+                               cls.card.normalisation);
   return softmax(calibrate(cls.card, forward(*cls.model, x.to(device), flip)), -1).to_vector();
 }
 

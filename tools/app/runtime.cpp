@@ -3,7 +3,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <cstring>
+#include <thread>
 #include <iostream>
 #include <map>
 
@@ -38,8 +41,14 @@ Device select_device(const std::string& name) {
 #endif
 }
 
+void check_thread_count(const std::string& flag, int64_t count, int64_t min) {
+  const int64_t max = 4 * static_cast<int64_t>(std::max(1u, std::thread::hardware_concurrency()));
+  SONO_CHECK(count >= min && count <= max, "--", flag, " ", count, ": must be from ", min, " to ", max,
+             " (4 per core on this machine)");
+}
+
 void set_threads(int64_t threads) {
-  SONO_CHECK(threads >= 0, "--threads ", threads, ": must be 0 (all cores) or more");
+  check_thread_count("threads", threads, 0);  // 0: all cores
 #ifdef _OPENMP
   if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
 #endif
@@ -100,11 +109,26 @@ void check_outputs(const std::vector<RunFile>& inputs, const std::vector<RunFile
   }
 }
 
+void check_writable_folder(const std::string& flag, const fs::path& folder) {
+  std::error_code ec;
+  fs::path existing = folder.empty() ? fs::path(".") : folder;
+  while (!fs::exists(existing, ec) && existing.has_parent_path() && existing != existing.parent_path())
+    existing = existing.parent_path();
+  if (!fs::exists(existing, ec)) existing = ".";  // a relative path: its first part is created in "."
+  const std::string problem = existing == folder ? "" : " cannot be created:";
+  SONO_CHECK(fs::is_directory(existing, ec), "--", flag, " ", folder.string(), ":", problem, " ", existing.string(),
+             " is not a folder");
+  SONO_CHECK(access(existing.c_str(), W_OK) == 0, "--", flag, " ", folder.string(), ":", problem, " ",
+             existing.string(), " is not writable (", std::strerror(errno), ")");
+}
+
 int run_tool(const std::string& tool, const std::function<int()>& body) {
   try {
     return body();
   } catch (const Error& e) {
     std::cerr << tool << ": error: " << e.what() << "\n";
+  } catch (const fs::filesystem_error& e) {  // a folder or file the checks could not foresee
+    std::cerr << tool << ": error: " << e.path1().string() << ": " << e.code().message() << "\n";
   } catch (const std::exception& e) {
     std::cerr << tool << ": internal error: " << e.what() << "\n";
   }

@@ -19,6 +19,10 @@ Device select_device(const std::string& name);
 // OpenMP threads for the kernels; 0 keeps the default (one per core).
 void set_threads(int64_t threads);
 
+// Throws naming --flag unless min <= count <= 4 threads per core: more only adds overhead,
+// and far more makes libgomp or std::thread fail (--threads 100000 crashed inside libgomp).
+void check_thread_count(const std::string& flag, int64_t count, int64_t min);
+
 // Flags every tool takes: --device, --threads, --amp.
 void add_runtime_options(Cli& cli);
 // Applies --threads and --amp (autocast on the device; bf16 is refused on the CPU) and returns
@@ -40,8 +44,13 @@ struct RunFile {
 // no output exists unless `overwrite`. Throws naming the file and both roles.
 void check_outputs(const std::vector<RunFile>& inputs, const std::vector<RunFile>& outputs, bool overwrite);
 
+// Throws naming `flag` and `folder` unless the folder exists and is writable, or can be
+// created: its nearest existing ancestor is a writable folder.
+void check_writable_folder(const std::string& flag, const std::filesystem::path& folder);
+
 // Runs a tool's body: --help exits 0; a sono::Error prints "<tool>: error: <message>" and
-// exits 1; so does any other exception, marked as internal.
+// exits 1; so does a filesystem error (as "<path>: <problem>") and any other exception,
+// marked as internal.
 int run_tool(const std::string& tool, const std::function<int()>& body);
 
 }  // namespace sono::app

@@ -120,11 +120,15 @@ TrainSettings read_training_options(const Cli& cli) {
   SONO_CHECK(s.batch_size >= 1, "--batch-size ", s.batch_size, ": must be at least 1");
   models::find_model(s.arch);  // an unknown --arch fails here, listing the known ones
   apply_recipe(cli, s);
-  SONO_CHECK(s.img_size >= 32 && s.img_size % 32 == 0, "--img-size ", s.img_size,
-             ": must be a positive multiple of 32 (the encoders downsample 32x)");
+  SONO_CHECK(s.img_size >= 32 && s.img_size <= kMaxImgSize && s.img_size % 32 == 0, "--img-size ", s.img_size,
+             ": must be a multiple of 32 from 32 to ", kMaxImgSize, " (the encoders downsample 32x)");
   SONO_CHECK(s.val_split > 0 && s.val_split < 1, "--val-split ", s.val_split, ": must be between 0 and 1");
   SONO_CHECK(s.lr > 0, "--lr ", s.lr, ": must be positive");
-  SONO_CHECK(s.workers >= 1, "--workers ", s.workers, ": must be at least 1");
+  check_thread_count("workers", s.workers, 1);
+  SONO_CHECK(s.drop_path >= 0 && s.drop_path < 1, "--drop-path ", cli.str("drop-path"),
+             ": must be at least 0 and below 1 (the stochastic depth of the last block)");
+  SONO_CHECK(s.weight_decay >= 0, "--weight-decay ", cli.str("weight-decay"), ": must be 0 or more");
+  if (!s.log_dir.empty()) check_writable_folder("log-dir", s.log_dir);
   check_writable(s.save_path);
   check_writable(resume_state_path(s.save_path));
   SONO_CHECK(s.pretrained.empty() || fs::is_regular_file(s.pretrained), s.pretrained,
@@ -393,6 +397,7 @@ ModelCard Trainer::card() const {
   c.classes = task_.class_names(dataset_);
   c.in_channels = data::input_channels(task_.input());
   c.img_size = s_.img_size;
+  c.normalisation = data::kImagenet;  // what the loader applies
   c.extra["best_metric"] = task_.best_metric();
   c.extra["best_value"] = std::to_string(best_);
   c.extra["best_epoch"] = std::to_string(best_epoch_);

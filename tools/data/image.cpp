@@ -4,7 +4,10 @@
 #include <stb_image_write.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -44,22 +47,104 @@ bool ends_with(const std::string& bytes, std::string_view tail) {
          std::equal(tail.rbegin(), tail.rend(), bytes.rbegin());
 }
 
+bool is_jpeg(const std::string& bytes) { return bytes.compare(0, 2, "\xff\xd8") == 0; }
+
+uint64_t little_endian(const std::string& bytes, size_t at, int size) {
+  uint64_t v = 0;
+  for (int i = size; i-- > 0;) v = v << 8 | static_cast<uint8_t>(bytes[at + i]);
+  return v;
+}
+
+// The bytes an uncompressed BMP must have: its pixel data offset plus |height| rows of
+// width * bits rounded up to 4 bytes. stb reads zeros past the end of a cut BMP, so this is
+// the only check that catches one. 0 when the header is itself cut; UINT64_MAX for an encoding
+// whose length the header does not give (RLE: stb refuses those itself).
+uint64_t bmp_expected_size(const std::string& bytes) {
+  if (bytes.size() < 18) return 0;
+  const uint64_t data_offset = little_endian(bytes, 10, 4), header_size = little_endian(bytes, 14, 4);
+  int64_t width, height;
+  uint64_t bits, compression = 0;
+  if (header_size == 12) {  // OS/2 BITMAPCOREHEADER: 16-bit sizes
+    if (bytes.size() < 26) return 0;
+    width = static_cast<int64_t>(little_endian(bytes, 18, 2));
+    height = static_cast<int64_t>(little_endian(bytes, 20, 2));
+    bits = little_endian(bytes, 24, 2);
+  } else {  // BITMAPINFOHEADER and its successors: signed 32-bit sizes, negative height top-down
+    if (bytes.size() < 34) return 0;
+    width = static_cast<int32_t>(little_endian(bytes, 18, 4));
+    height = static_cast<int32_t>(little_endian(bytes, 22, 4));
+    bits = little_endian(bytes, 28, 2);
+    compression = little_endian(bytes, 30, 4);
+  }
+  if ((compression != 0 && compression != 3) || width < 0) return UINT64_MAX;  // 3: bit fields
+  const uint64_t row = (static_cast<uint64_t>(width) * bits + 31) / 32 * 4;  // < 2^53: no overflow
+  return data_offset + row * static_cast<uint64_t>(std::abs(height));
+}
+
 // stb rejects most cut-off files, but with a terse reason ("outofdata", "expected marker", or
 // none at all when a PNG lacks its end chunk) and accepts a PNG cut inside its end chunk. So a
 // file must first end the way its format ends: PNG with the IEND chunk, JPEG with the EOI
-// marker (some writers pad after it, so look near the end).
+// marker (some writers pad after it, so look near the end); a BMP must be as long as its
+// header says.
 void check_not_truncated(const std::string& bytes, const fs::path& file) {
+  if (bytes.compare(0, 2, "BM") == 0) {
+    const uint64_t expected = bmp_expected_size(bytes);
+    if (expected == 0) fail("image file '", file.string(), "' is truncated (", bytes.size(), " bytes, inside the BMP header)");
+    if (expected != UINT64_MAX && bytes.size() < expected)
+      fail("image file '", file.string(), "' is truncated (", bytes.size(), " of ", expected,
+           " bytes the BMP header promises)");
+    return;
+  }
   static const std::string png_signature = "\x89PNG\r\n\x1a\n";
   static const std::string png_end("\0\0\0\0IEND\xae\x42\x60\x82", 12);
   bool is_png = bytes.compare(0, png_signature.size(), png_signature) == 0;
-  bool is_jpeg = bytes.size() >= 2 && bytes[0] == '\xff' && bytes[1] == '\xd8';
   bool truncated = false;
   if (is_png) truncated = !ends_with(bytes, png_end);
-  if (is_jpeg) {
+  if (is_jpeg(bytes)) {
     size_t from = bytes.size() > 4096 ? bytes.size() - 4096 : 0;
     truncated = bytes.find("\xff\xd9", from) == std::string::npos;
   }
   if (truncated) fail("image file '", file.string(), "' is truncated (its end marker is missing)");
+}
+
+// stb_image (Debian's 2022 snapshot) builds a JPEG Huffman table from 16 code-length counts
+// without checking that they sum to at most 256: a larger sum writes past its arrays. Every
+// FF C4 in a JPEG is a DHT marker to stb (entropy-coded data stuffs its FF bytes), so each
+// is read here as stb reads it: tables while the segment length lasts, zeros past the end.
+void check_jpeg_huffman_tables(const std::string& bytes, const fs::path& file) {
+  auto byte = [&](size_t i) -> int64_t { return i < bytes.size() ? static_cast<uint8_t>(bytes[i]) : 0; };
+  for (size_t at = bytes.find("\xff\xc4"); at != std::string::npos; at = bytes.find("\xff\xc4", at + 2)) {
+    int64_t left = (byte(at + 2) << 8 | byte(at + 3)) - 2;
+    for (size_t table = at + 4; left > 0 && table < bytes.size();) {
+      int64_t codes = 0;
+      for (size_t i = 1; i <= 16; ++i) codes += byte(table + i);
+      if (codes > 256)
+        fail("image file '", file.string(), "' is corrupt (a JPEG Huffman table lists ", codes, " codes, at most 256)");
+      table += 17 + static_cast<size_t>(codes);
+      left -= 17 + codes;
+    }
+  }
+}
+
+// Far above any scan (BUSI's are under 1 Mpx); a small compressed file can declare a huge
+// image, which load_image would hold as 12 bytes of floats per pixel.
+constexpr int64_t kMaxImagePixels = int64_t{1} << 25;
+
+void check_dimensions(const std::string& bytes, const fs::path& file) {
+  int width = 0, height = 0, channels = 0;
+  if (!stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()), &width,
+                             &height, &channels))
+    return;  // decoding will say what is wrong
+  if (static_cast<int64_t>(width) * height > kMaxImagePixels)
+    fail("image file '", file.string(), "' is ", width, "x", height, ", more than the limit of ", kMaxImagePixels,
+         " pixels");
+}
+
+// stb's reason may quote bytes of the file (an unknown PNG chunk's name): keep the line text.
+std::string printable(const char* reason) {
+  std::string text = reason ? reason : "unknown reason";
+  std::replace_if(text.begin(), text.end(), [](char c) { return c < 0x20 || c > 0x7e; }, '?');
+  return text;
 }
 
 using StbPixels = std::unique_ptr<void, void (*)(void*)>;
@@ -81,7 +166,10 @@ struct Decoded {
 
 Decoded decode(const fs::path& file) {
   std::string bytes = read_bytes(file);
+  if (bytes.size() > static_cast<size_t>(INT_MAX)) fail("image file '", file.string(), "' is over 2 GiB");
   check_not_truncated(bytes, file);
+  if (is_jpeg(bytes)) check_jpeg_huffman_tables(bytes, file);
+  check_dimensions(bytes, file);
   auto* buffer = reinterpret_cast<const stbi_uc*>(bytes.data());
   int size = static_cast<int>(bytes.size());
   Decoded d;
@@ -89,7 +177,7 @@ Decoded decode(const fs::path& file) {
   void* pixels = d.sixteen_bit
                      ? static_cast<void*>(stbi_load_16_from_memory(buffer, size, &d.width, &d.height, &d.channels, 0))
                      : static_cast<void*>(stbi_load_from_memory(buffer, size, &d.width, &d.height, &d.channels, 0));
-  if (!pixels) fail("cannot decode image file '", file.string(), "': ", stbi_failure_reason());
+  if (!pixels) fail("cannot decode image file '", file.string(), "': ", printable(stbi_failure_reason()));
   d.data.reset(pixels);
   return d;
 }

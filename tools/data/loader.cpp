@@ -25,7 +25,7 @@ Batch make_batch(const SampleCache& cache, const std::vector<size_t>& samples, I
       Generator gen(mix_seed({seed, static_cast<uint64_t>(epoch), samples[i]}));
       augment(image, mask, *options, gen);
     }
-    write_input(image, mask, kind, images + i * s * s * channels);
+    write_input(image, mask, kind, kImagenet, images + i * s * s * channels);
     std::transform(mask.values.begin(), mask.values.end(), masks + i * s * s, [](uint8_t v) { return float(v); });
     labels.push_back(cache.label(samples[i]));
   }

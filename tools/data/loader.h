@@ -16,7 +16,7 @@
 namespace sono::data {
 
 struct Batch {
-  Tensor images;                // [B, S, S, 3 or 4] float32, normalised
+  Tensor images;                // [B, S, S, 3 or 4] float32, normalised with kImagenet
   Tensor masks;                 // [B, S, S, 1] float32, 0/1
   Tensor labels;                // [B] int64
   std::vector<size_t> samples;  // dataset indices

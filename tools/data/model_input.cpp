@@ -6,24 +6,26 @@ namespace sono::data {
 
 int input_channels(InputKind kind) { return kind == InputKind::rgb ? 3 : 4; }
 
-void write_input(const Image& rgb, const Mask& mask, InputKind kind, float* dst) {
+void write_input(const Image& rgb, const Mask& mask, InputKind kind, const Normalisation& norm, float* dst) {
   SONO_CHECK(rgb.channels == 3, "write_input: expected an RGB image, got ", rgb.channels, " channels");
   const bool with_mask = kind == InputKind::rgb_mask;
   SONO_CHECK(!with_mask || (mask.height == rgb.height && mask.width == rgb.width), "write_input: mask is ",
              mask.width, "x", mask.height, " but image is ", rgb.width, "x", rgb.height);
   const int channels = input_channels(kind);
   const size_t n = static_cast<size_t>(rgb.height) * rgb.width;
+  float mean[3], std[3];  // float arithmetic, as the loader always did
+  for (int c = 0; c < 3; ++c) mean[c] = static_cast<float>(norm.mean[c]), std[c] = static_cast<float>(norm.std[c]);
   for (size_t p = 0; p < n; ++p, dst += channels) {
-    for (int c = 0; c < 3; ++c) dst[c] = (rgb.pixels[p * 3 + c] - kImagenetMean[c]) / kImagenetStd[c];
+    for (int c = 0; c < 3; ++c) dst[c] = (rgb.pixels[p * 3 + c] - mean[c]) / std[c];
     if (with_mask) dst[3] = mask.values[p] ? 1.0f : 0.0f;
   }
 }
 
-Tensor model_input(const Image& rgb, const Mask& mask, int size, InputKind kind) {
+Tensor model_input(const Image& rgb, const Mask& mask, int size, InputKind kind, const Normalisation& norm) {
   Image small = resize_bilinear(rgb, size, size);
   Mask small_mask = kind == InputKind::rgb_mask ? resize_nearest(mask, size, size) : Mask();
   Tensor input = Tensor::empty({1, size, size, input_channels(kind)});
-  write_input(small, small_mask, kind, input.data<float>());
+  write_input(small, small_mask, kind, norm, input.data<float>());
   return input;
 }
 

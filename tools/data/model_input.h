@@ -1,7 +1,7 @@
 #pragma once
 // What the models see and give back, shared by the loader (training) and predict.
 //
-// Inputs are NHWC float32, RGB normalised with ImageNet's mean and std:
+// Inputs are NHWC float32, RGB normalised (training uses ImageNet's mean and std):
 //   InputKind::rgb       [B, S, S, 3]              (segmentation)
 //   InputKind::rgb_mask  [B, S, S, 4] = RGB + mask (classification)
 // The mask channel holds the binary mask as 0/1, not normalised: what a PyTorch user gets
@@ -12,19 +12,25 @@
 
 namespace sono::data {
 
-inline constexpr float kImagenetMean[3] = {0.485f, 0.456f, 0.406f};
-inline constexpr float kImagenetStd[3] = {0.229f, 0.224f, 0.225f};
+#include <array>
+
+// Per-channel (x - mean) / std of RGB in 0..1. A checkpoint's card records the one it was
+// trained with, and predict applies that one.
+struct Normalisation {
+  std::array<double, 3> mean, std;
+};
+inline constexpr Normalisation kImagenet{{0.485, 0.456, 0.406}, {0.229, 0.224, 0.225}};
 
 enum class InputKind { rgb, rgb_mask };
 int input_channels(InputKind kind);
 
 // Writes one sample's model input (H*W*channels floats) to `dst`; `mask` is read only for
 // rgb_mask and must then have the image's size.
-void write_input(const Image& rgb, const Mask& mask, InputKind kind, float* dst);
+void write_input(const Image& rgb, const Mask& mask, InputKind kind, const Normalisation& norm, float* dst);
 
 // One image of any size as model input [1, size, size, C]: resized as the cache resizes
 // (bilinear, antialiased; nearest for the mask) and normalised.
-Tensor model_input(const Image& rgb, const Mask& mask, int size, InputKind kind);
+Tensor model_input(const Image& rgb, const Mask& mask, int size, InputKind kind, const Normalisation& norm);
 
 // Segmentation logits [1, S, S, 1] (any device) to a mask of (height, width): the logit map
 // is resized bilinearly, then lesion where the logit > 0 (probability > 0.5). Smoother

@@ -105,7 +105,7 @@ void require_every_class_on_both_sides(const Dataset& d, const Split& s) {
       bool present = std::any_of(side->begin(), side->end(), [&](size_t i) { return d.samples[i].label == c; });
       if (!present)
         fail("class '", class_name(d, c), "' has no image in the ", side == &s.train ? "training" : "validation",
-             " split (", d.class_counts()[c], " images; duplicates are kept together): change --val-fraction",
+             " split (", d.class_counts()[c], " images; duplicates are kept together): change --val-split",
              " or add images");
     }
 }

@@ -1,0 +1,195 @@
+// The tools' shared code in-process: checkpoint cards checked before a model is built from
+// them, predict's input normalised as its card says, flags checked before any work.
+#include <algorithm>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <thread>
+
+#include "helpers.h"
+#include "layers/safetensors.h"
+#include "tools/app/checkpoint.h"
+#include "tools/app/inference.h"
+#include "tools/app/runtime.h"
+#include "tools/app/training.h"
+
+using namespace sono;
+using namespace sono::test;
+namespace fs = std::filesystem;
+
+namespace {
+
+app::ModelCard classifier_card() {
+  app::ModelCard card;
+  card.arch = "convnext_atto";
+  card.task = "classification";
+  card.classes = {"benign", "malignant", "normal"};
+  card.in_channels = 4;
+  card.img_size = 32;
+  return card;
+}
+
+// The card of `card` with one key replaced, in a file without tensors: the card is checked
+// before the model is built, so the weights never matter.
+std::string load_error(const TempDir& dir, const app::ModelCard& card, const std::string& key,
+                       const std::string& value) {
+  std::map<std::string, std::string> meta = card.to_metadata();
+  meta[key] = value;
+  const std::string path = (dir / "card.safetensors").string();
+  nn::save_safetensors(path, {}, meta);
+  try {
+    app::load_checkpoint(path, "");
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "(loaded)";
+}
+
+data::Image ramp_image(int height, int width) {
+  data::Image image(height, width, 3);
+  for (size_t i = 0; i < image.pixels.size(); ++i) image.pixels[i] = float(i % 29) / 28;
+  return image;
+}
+
+// The error read_training_options gives for `flags` (with the flags every run needs), or "".
+std::string training_options_error(const TempDir& dir, const std::vector<std::string>& flags) {
+  app::Cli cli("seg_train", "");
+  app::add_training_options(cli, {.arch = "mit_b0", .batch_size = 4, .weight_decay = 1e-2, .drop_path = 0.1});
+  std::vector<std::string> args = {"seg_train", "--images-dir", dir.path.string(), "--save-path",
+                                   (dir / "m.safetensors").string()};
+  args.insert(args.end(), flags.begin(), flags.end());
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  try {
+    cli.parse(static_cast<int>(argv.size()), argv.data());
+    app::read_training_options(cli);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("--threads and --workers are bounded by the machine: 4 per core") {
+  const int64_t max = 4 * std::max(1u, std::thread::hardware_concurrency());
+  for (int64_t threads : {max + 1, int64_t{100000}, int64_t{2147483647}, int64_t{-1}})
+    CHECK_THROWS_WITH_AS(app::set_threads(threads),
+                         doctest::Contains(("--threads " + std::to_string(threads) + ": must be from 0 to " +
+                                            std::to_string(max)).c_str()),
+                         Error);
+  CHECK_NOTHROW(app::set_threads(max));
+  app::set_threads(2);
+  TempDir dir;
+  CHECK(training_options_error(dir, {"--workers", "100000"}) ==
+        "--workers 100000: must be from 1 to " + std::to_string(max) + " (4 per core on this machine)");
+  CHECK(training_options_error(dir, {"--workers", std::to_string(max)}) == "");
+}
+
+TEST_CASE("training flags out of range are refused as typed, naming the flag") {
+  TempDir dir;
+  CHECK(training_options_error(dir, {"--drop-path", "2"}) ==
+        "--drop-path 2: must be at least 0 and below 1 (the stochastic depth of the last block)");
+  CHECK(training_options_error(dir, {"--drop-path", "1e0"}).rfind("--drop-path 1e0: ", 0) == 0);
+  CHECK(training_options_error(dir, {"--weight-decay", "-0.5"}) == "--weight-decay -0.5: must be 0 or more");
+  CHECK(training_options_error(dir, {"--clip-grad", "-1"}) == "--clip-grad -1: must be 0 (off) or more");
+  CHECK(training_options_error(dir, {"--drop-path", "0.99"}) == "");
+}
+
+TEST_CASE("an output folder that cannot be created is refused up front, naming the flag and the path") {
+  TempDir dir;
+  std::ofstream(dir / "file").close();
+  const std::string file = (dir / "file").string();
+  CHECK(training_options_error(dir, {"--log-dir", file + "/logs"}) ==
+        "--log-dir " + file + "/logs: cannot be created: " + file + " is not a folder");
+  CHECK(training_options_error(dir, {"--log-dir", file}) == "--log-dir " + file + ": " + file + " is not a folder");
+  CHECK(training_options_error(dir, {"--log-dir", (dir / "new" / "logs").string()}) == "");
+  CHECK_FALSE(fs::exists(dir / "new"));  // checked, not created
+}
+
+TEST_CASE("run_tool turns a filesystem error into one line naming the path") {
+  std::ostringstream err;
+  std::streambuf* saved = std::cerr.rdbuf(err.rdbuf());
+  const int status = app::run_tool("tool", [] {
+    fs::create_directories("/proc/self/status/x");
+    return 0;
+  });
+  std::cerr.rdbuf(saved);
+  CHECK(status == 1);
+  CHECK(err.str() == "tool: error: /proc/self/status/x: Not a directory\n");
+}
+
+TEST_CASE("every card value is checked against the architecture; the error names the file and the key") {
+  TempDir dir;
+  const std::string path = (dir / "card.safetensors").string();
+  app::ModelCard segmenter = classifier_card();
+  segmenter.arch = "mit_b0";
+  segmenter.task = "segmentation";
+  segmenter.classes = {"lesion"};
+  segmenter.in_channels = 3;
+  struct Case {
+    const app::ModelCard& card;
+    std::string key, value, why;
+  };
+  const app::ModelCard classifier = classifier_card();
+  const std::vector<Case> cases = {
+      {classifier, "format", "sono-checkpoint-9", "expected sono-checkpoint-1"},
+      {classifier, "arch", "resnet50", "unknown architecture 'resnet50'"},
+      {classifier, "task", "segmentation", "convnext_atto is a classification architecture"},
+      {classifier, "in_channels", "1000000", "expected 4"},
+      {segmenter, "in_channels", "4", "expected 3"},
+      {classifier, "img_size", "0", "from 32 to 2048"},
+      {classifier, "img_size", "1000000", "from 32 to 2048"},
+      {classifier, "img_size", "48", "a multiple of 32"},
+      {classifier, "img_size", "64px", "expected a whole number"},
+      {classifier, "num_classes", "7", "expected 3"},
+      {classifier, "classes", R"(["benign"])", "2 to 1000 classes"},
+      {classifier, "classes", R"(["a", "a"])", "distinct"},
+      {classifier, "classes", "benign", "a JSON list of class names"},
+      {segmenter, "classes", R"(["lesion", "cyst"])", R"(lists ["lesion"])"},
+      {classifier, "normalisation", R"({"mean": [0.5, 0.5], "std": [1, 1, 1]})", "[3 numbers]"},
+      {classifier, "normalisation", R"({"mean": [0.5, 0.5, 0.5], "std": [1, 0, 1]})", "std in [0.001, 10]"},
+      {classifier, "normalisation", R"({"mean": [0.5, 0.5, 300], "std": [1, 1, 1]})", "mean must be in [0, 1]"},
+  };
+  for (const Case& c : cases) {
+    std::string e = load_error(dir, c.card, c.key, c.value);
+    INFO(c.key << " = " << c.value << " -> " << e);
+    CHECK(e.rfind(path + ": card key '" + c.key + "' is '" + c.value.substr(0, 20), 0) == 0);
+    CHECK(e.find(c.why) != std::string::npos);
+  }
+}
+
+TEST_CASE("predict normalises its input with the card's mean and std") {
+  TempDir dir;
+  app::ModelCard card = classifier_card();
+  auto model = app::build_model(card);
+  const std::string imagenet = (dir / "imagenet.safetensors").string(), other = (dir / "other.safetensors").string();
+  app::save_checkpoint(imagenet, *model, card);
+  nn::SafetensorsFile file = nn::load_safetensors(imagenet);
+  file.metadata["normalisation"] = R"({"mean": [0.5, 0.25, 0.0], "std": [0.5, 2.0, 1.0]})";
+  nn::save_safetensors(other, file.tensors, file.metadata);
+
+  const data::Image image = ramp_image(40, 52);
+  data::Mask mask(40, 52);
+  for (int y = 10; y < 30; ++y) std::fill_n(&mask.at(y, 12), 20, uint8_t{1});
+  app::LoadedModel a = app::load_checkpoint(imagenet, "classification");
+  app::LoadedModel b = app::load_checkpoint(other, "classification");
+  std::vector<double> pa = app::classify(a, image, mask, Device::cpu);
+  std::vector<double> pb = app::classify(b, image, mask, Device::cpu);
+
+  // The input predict must build for `other`, by hand: resized, then (x - mean) / std.
+  const double mean[3] = {0.5, 0.25, 0.0}, stdev[3] = {0.5, 2.0, 1.0};
+  data::Image small = data::resize_bilinear(image, 32, 32);
+  data::Mask small_mask = data::resize_nearest(mask, 32, 32);
+  std::vector<double> x;
+  for (size_t p = 0; p < 32 * 32; ++p) {
+    for (int c = 0; c < 3; ++c) x.push_back((small.pixels[p * 3 + c] - float(mean[c])) / float(stdev[c]));
+    x.push_back(small_mask.values[p]);
+  }
+  autograd::NoGradGuard no_grad;
+  std::vector<double> expected = softmax((*b.model)(Tensor::from_vector(x, {1, 32, 32, 4})), -1).to_vector();
+  INFO("ImageNet " << pa[0] << " " << pa[1] << " " << pa[2] << "; card " << pb[0] << " " << pb[1] << " " << pb[2]);
+  REQUIRE(pb.size() == 3);
+  for (size_t c = 0; c < 3; ++c) CHECK(pb[c] == doctest::Approx(expected[c]).epsilon(1e-5));
+  CHECK(max_abs_diff(Tensor::from_vector(pa, {3}), Tensor::from_vector(pb, {3})) > 1e-4);
+}
