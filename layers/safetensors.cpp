@@ -95,6 +95,7 @@ std::string read_all(const std::string& path) {
 constexpr uint64_t kMaxHeaderBytes = 100 << 20;
 constexpr size_t kMaxTensors = 65536;
 constexpr size_t kMaxRank = 8;
+constexpr int kMaxDepth = 8;  // a header has 3: the entries, their fields, shape and offset lists
 
 struct TensorEntry {
   std::string key;
@@ -168,9 +169,15 @@ Header parse_header(const std::string& path, const std::string& bytes) {
              kMaxHeaderBytes, " bytes (not a safetensors file?)");
   SONO_CHECK(header_len <= bytes.size() - 8, path, ": header length ", header_len,
              " exceeds the file size ", bytes.size(), " (truncated or not a safetensors file)");
+  // nlohmann parses and frees any depth, but dump() (metadata values, error messages)
+  // recurses: a header nested deeper than any safetensors header is refused while parsing.
+  auto shallow = [&](int depth, json::parse_event_t, json&) {
+    SONO_CHECK(depth <= kMaxDepth, path, ": header nests deeper than ", kMaxDepth, " levels");
+    return true;
+  };
   json header;
   try {
-    header = json::parse(bytes.begin() + 8, bytes.begin() + 8 + static_cast<int64_t>(header_len));
+    header = json::parse(bytes.begin() + 8, bytes.begin() + 8 + static_cast<int64_t>(header_len), shallow);
   } catch (const json::exception& e) {
     fail(path, ": header is not valid JSON (", e.what(), ")");
   }
