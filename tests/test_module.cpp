@@ -151,6 +151,8 @@ TEST_CASE("hostile safetensors headers are refused before any allocation, naming
           "header nests deeper than 8 levels");
   refused(R"({"w":{"dtype":"F32","shape":)" + std::string(100000, '[') + std::string(100000, ']') + "}}", 0,
           "header nests deeper than 8 levels");
+  // Brackets inside strings, escaped quotes included, do not nest.
+  CHECK(load_error(R"({"__metadata__":{"a\"[[[[[[[[[[":"[[[[[[[[[[\"{{{{{{{{{{"}})", 0) == "(loaded)");
   std::string many = "{";
   for (int i = 0; i <= 65536; ++i) many += (i ? ",\"" : "\"") + std::to_string(i) + R"(":{"dtype":"F32","shape":[0],"data_offsets":[0,0]})";
   refused(many + "}", 0, "65537 tensors, more than the limit of 65536");
