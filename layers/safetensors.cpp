@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <string_view>
 
 #include "tensor/atomic_file.h"
 
@@ -96,6 +97,7 @@ std::string read_all(const std::string& path) {
 constexpr uint64_t kMaxHeaderBytes = 100 << 20;
 constexpr size_t kMaxTensors = 65536;
 constexpr size_t kMaxRank = 8;
+constexpr int kMaxDepth = 8;  // a header has 3: the entries, their fields, shape and offset lists
 
 struct TensorEntry {
   std::string key;
@@ -156,6 +158,25 @@ void check_disjoint(const std::string& path, std::vector<TensorEntry> entries) {
                " and ", entries[i].begin, "..", entries[i].end, ")");
 }
 
+// nlohmann parses and frees any depth, but dump() (metadata values, error messages)
+// recurses: a header nested deeper than any safetensors header is refused before parsing.
+// (nlohmann's depth callback would do it, but makes parsing quadratic in the entries.)
+void check_nesting(const std::string& path, std::string_view text) {
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped) escaped = false;
+      else if (c == '\\') escaped = true;
+      else if (c == '"') in_string = false;
+      continue;
+    }
+    in_string = c == '"';
+    depth += (c == '[' || c == '{') - (c == ']' || c == '}');
+    SONO_CHECK(depth <= kMaxDepth, path, ": header nests deeper than ", kMaxDepth, " levels");
+  }
+}
+
 struct Header {
   json entries;
   size_t data_begin = 0;  // the data section starts after the length and the JSON
@@ -169,6 +190,7 @@ Header parse_header(const std::string& path, const std::string& bytes) {
              kMaxHeaderBytes, " bytes (not a safetensors file?)");
   SONO_CHECK(header_len <= bytes.size() - 8, path, ": header length ", header_len,
              " exceeds the file size ", bytes.size(), " (truncated or not a safetensors file)");
+  check_nesting(path, std::string_view(bytes).substr(8, header_len));
   json header;
   try {
     header = json::parse(bytes.begin() + 8, bytes.begin() + 8 + static_cast<int64_t>(header_len));

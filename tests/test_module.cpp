@@ -146,6 +146,13 @@ TEST_CASE("hostile safetensors headers are refused before any allocation, naming
   refused(R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},)"
           R"("b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})", 16, "'a' and 'b' overlap");
   refused(R"({"__metadata__":"x"})", 0, "__metadata__ is not an object");
+  // Nesting that would overflow the stack in dump(), for the metadata or an error message.
+  refused(R"({"__metadata__":{"a":)" + std::string(100000, '[') + std::string(100000, ']') + "}}", 0,
+          "header nests deeper than 8 levels");
+  refused(R"({"w":{"dtype":"F32","shape":)" + std::string(100000, '[') + std::string(100000, ']') + "}}", 0,
+          "header nests deeper than 8 levels");
+  // Brackets inside strings, escaped quotes included, do not nest.
+  CHECK(load_error(R"({"__metadata__":{"a\"[[[[[[[[[[":"[[[[[[[[[[\"{{{{{{{{{{"}})", 0) == "(loaded)");
   std::string many = "{";
   for (int i = 0; i <= 65536; ++i) many += (i ? ",\"" : "\"") + std::to_string(i) + R"(":{"dtype":"F32","shape":[0],"data_offsets":[0,0]})";
   refused(many + "}", 0, "65537 tensors, more than the limit of 65536");

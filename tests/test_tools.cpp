@@ -25,7 +25,8 @@ struct Run {
 };
 
 Run run_tool(const std::string& tool, const std::string& args) {
-  std::string command = std::string(SONO_BINARY_DIR) + "/bin/" + tool + " " + args + " --threads 1 2>&1";
+  const std::string threads = tool == "model_info" ? "" : " --threads 1";  // model_info runs no kernels
+  std::string command = std::string(SONO_BINARY_DIR) + "/bin/" + tool + " " + args + threads + " 2>&1";
   Run r;
   FILE* pipe = popen(command.c_str(), "r");
   REQUIRE(pipe);
@@ -455,6 +456,10 @@ TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing 
   SUBCASE("--label-smoothing outside 0..1") {
     expect_error("cls_train", dirs(t.data) + " --arch convnext_atto --label-smoothing 2 --save-path " + out.string(),
                  "--label-smoothing 2: must be from 0 to 1");
+  }
+  SUBCASE("model_info --in-channels and --classes beyond any model") {
+    expect_error("model_info", "--arch convnext_atto --in-channels 65", "--in-channels 65: must be from 1 to 64");
+    expect_error("model_info", "--arch convnext_atto --classes 1001", "--classes 1001: must be from 1 to 1000");
   }
   SUBCASE("a corrupt image leaves the existing mask alone") {
     fs::path image = bad / "cut.png", mask = bad / "kept_mask.png";

@@ -13,10 +13,17 @@ namespace {
 
 using namespace sono;
 
+// Far above any image's channels; without a bound --in-channels 100000 built 67M parameters.
+constexpr int64_t kMaxInChannels = 64;
+
 void describe_arch(const app::Cli& cli) {
   models::ModelOptions options;
   options.in_channels = cli.integer("in-channels");
   options.num_classes = cli.integer("classes");
+  SONO_CHECK(options.in_channels >= 1 && options.in_channels <= kMaxInChannels, "--in-channels ",
+             options.in_channels, ": must be from 1 to ", kMaxInChannels);
+  SONO_CHECK(options.num_classes >= 1 && options.num_classes <= app::kMaxClasses, "--classes ", options.num_classes,
+             ": must be from 1 to ", app::kMaxClasses);
   auto model = models::create_model(cli.str("arch"), options);
   std::cout << cli.str("arch") << " (" << options.in_channels << " in, " << options.num_classes
             << " out): " << model->num_parameters() << " parameters, " << model->named_parameters().size()
