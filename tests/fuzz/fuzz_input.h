@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <filesystem>
 #include <cstdlib>
 #include <exception>
 #include <string>
@@ -44,14 +45,17 @@ class MemoryFile {
 };
 
 // The rule: the code under test succeeds or throws sono::Error, the one-line message the tools
-// print as "<tool>: error: ...". Crashes, sanitizer reports, leaks and oversized allocations
-// stop libFuzzer by themselves; any other exception would reach the user as "internal error:
-// ..." (run_tool), so it is a finding too and aborts here with its type and message.
+// print as "<tool>: error: ...", or a filesystem error, which run_tool prints as one line naming
+// the path and the problem (a path too long for the OS, say). Crashes, sanitizer reports, leaks
+// and oversized allocations stop libFuzzer by themselves; any other exception would reach the
+// user as "internal error: ..." (run_tool), so it is a finding too and aborts here with its
+// type and message.
 template <typename Body>
 void expect_clean_outcome(const char* what, Body&& body) {
   try {
     body();
   } catch (const Error&) {
+  } catch (const std::filesystem::filesystem_error&) {
   } catch (const std::exception& e) {
     std::fprintf(stderr, "FINDING: %s let %s through (users would see \"internal error: %s\")\n", what,
                  typeid(e).name(), e.what());

@@ -195,9 +195,14 @@ void check_mask_size(const fs::path& mask, ImageSize mask_size, const fs::path& 
 ImageSize read_image_size(const fs::path& file) {
   std::error_code ec;
   if (!fs::exists(file, ec)) fail("image file '", file.string(), "' does not exist");
+  // stbi_info parses a JPEG's Huffman tables too, so they are checked first, as decode does.
+  std::string bytes = read_bytes(file);
+  if (bytes.size() > static_cast<size_t>(INT_MAX)) fail("image file '", file.string(), "' is over 2 GiB");
+  if (is_jpeg(bytes)) check_jpeg_huffman_tables(bytes, file);
   int width = 0, height = 0, channels = 0;
-  if (!stbi_info(file.c_str(), &width, &height, &channels))
-    fail("cannot read the header of image file '", file.string(), "': ", stbi_failure_reason());
+  if (!stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()), &width,
+                             &height, &channels))
+    fail("cannot read the header of image file '", file.string(), "': ", printable(stbi_failure_reason()));
   return {height, width};
 }
 
