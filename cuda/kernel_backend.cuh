@@ -200,9 +200,11 @@ class KernelBackend : public Backend {
     if (is_pointwise(g))
       return gemm(pixel_rows(x), false, weight_rows(w), true, pixel_rows(out), 1, 0);
     dense_conv(ConvPass::forward, g, x, w, out, [&] {
+      Buffer ws(*this, conv_forward_workspace(dense(g)) * sizeof(float));
       with_activation(x, [&](const auto* xp, bool bf16) {
         with_floats(out, "conv2d", [&](auto* yp) {
-          conv_forward(dense(g), xp, f32(w, "conv2d"), yp, stream(), conv_math(bf16));
+          conv_forward(dense(g), xp, f32(w, "conv2d"), yp, ws.floats(), stream(),
+                       conv_math(bf16));
         });
       });
     });
@@ -218,8 +220,10 @@ class KernelBackend : public Backend {
     if (is_pointwise(g))
       return gemm(pixel_rows(grad_out), false, weight_rows(w), false, pixel_rows(grad_x), 1, 0);
     dense_conv(ConvPass::backward_input, g, grad_out, w, grad_x, [&] {
+      Buffer ws(*this, conv_backward_input_workspace(dense(g)) * sizeof(float));
       conv_backward_input(dense(g), f32(grad_out, "conv2d"), f32(w, "conv2d"),
-                          f32(grad_x, "conv2d"), stream(), conv_math(bf16_autocast()));
+                          f32(grad_x, "conv2d"), ws.floats(), stream(),
+                          conv_math(bf16_autocast()));
     });
   }
   void conv2d_backward_weight(const Conv2dGeometry& g, const Tensor& x, const Tensor& grad_out,

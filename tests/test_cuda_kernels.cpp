@@ -989,12 +989,19 @@ ConvOutputs implicit_gemm_conv(const Conv2dGeometry& g, const std::vector<double
   const std::vector<float> x(xs.begin(), xs.end()), w(ws.begin(), ws.end()),
       gy(gys.begin(), gys.end());
   std::vector<float> y(gys.size()), gx(xs.size()), gw(ws.size()),
-      workspace(k::conv_backward_weight_workspace(cg));
-  k::conv_forward(cg, x.data(), w.data(), y.data(), nullptr, math);
-  k::conv_backward_input(cg, gy.data(), w.data(), gx.data(), nullptr, math);
-  k::conv_backward_weight(cg, x.data(), gy.data(), gw.data(), workspace.data(), nullptr, math);
+      forward_ws(k::conv_forward_workspace(cg)), input_ws(k::conv_backward_input_workspace(cg)),
+      weight_ws(k::conv_backward_weight_workspace(cg));
+  k::conv_forward(cg, x.data(), w.data(), y.data(), forward_ws.data(), nullptr, math);
+  k::conv_backward_input(cg, gy.data(), w.data(), gx.data(), input_ws.data(), nullptr, math);
+  k::conv_backward_weight(cg, x.data(), gy.data(), gw.data(), weight_ws.data(), nullptr, math);
   return {{y.begin(), y.end()}, {gx.begin(), gx.end()}, {gw.begin(), gw.end()}};
 }
+
+// A spatial-reduction conv in miniature: 4 output pixels, one tile, so the forward (depth 16 taps
+// x 24 = 384: 3 chunks of 128) and the input gradient (16 x 20 = 320: 2 chunks) split their depth
+// into chunks (split-K).
+constexpr ConvCase kSplitKCase{"4x4 stride 4 over 4 pixels, 24 -> 20 (split-K)",
+                               1, 8, 8, 24, 20, 4, 4, 4, 0, 1, 1};
 
 TEST_CASE("dense, grouped and atrous conv (implicit GEMM) match the CPU backend in float64") {
   TestDevice dev;
@@ -1011,6 +1018,7 @@ TEST_CASE("dense, grouped and atrous conv (implicit GEMM) match the CPU backend 
       {"1x1 (pointwise)", 3, 5, 7, 37, 70, 1, 1, 1, 0, 1, 1},
       {"1x1 stride 2", 2, 7, 7, 5, 6, 1, 1, 2, 0, 1, 1},
       {"3x3 over 1104 pixels (weight-gradient chunks)", 2, 24, 23, 3, 4, 3, 3, 1, 1, 1, 1},
+      kSplitKCase,
   };
   in_each_schedule([&] {
     for (const ConvCase& cs : cases) {
@@ -1043,6 +1051,7 @@ TEST_CASE("bf16 dense conv on emulated tensor cores (WMMA) and on the SIMT fallb
       {"2x2 stride 2, 33 -> 17 (downsample)", 2, 6, 7, 33, 17, 2, 2, 2, 0, 1, 1},
       {"3x3 groups 2, 6 -> 10", 2, 7, 9, 6, 10, 3, 3, 1, 1, 1, 2},
       {"3x3 over 1104 pixels (weight-gradient chunks)", 2, 24, 23, 3, 4, 3, 3, 1, 1, 1, 1},
+      kSplitKCase,
   };
   in_each_schedule([&] {
     for (const ConvCase& cs : cases) {
@@ -1063,10 +1072,10 @@ TEST_CASE("bf16 dense conv on emulated tensor cores (WMMA) and on the SIMT fallb
       const std::vector<float> x32(xs.begin(), xs.end()), w32(ws.begin(), ws.end());
       std::vector<k::bfloat16> x16(xs.size()), y16(gys.size());
       for (size_t i = 0; i < xs.size(); ++i) x16[i] = to_bf16(xs[i]);
-      std::vector<float> y32(gys.size());
-      k::conv_forward(kernel_geometry(g), x16.data(), w32.data(), y16.data(), nullptr,
+      std::vector<float> y32(gys.size()), ws16(k::conv_forward_workspace(kernel_geometry(g)));
+      k::conv_forward(kernel_geometry(g), x16.data(), w32.data(), y16.data(), ws16.data(), nullptr,
                       k::ConvMath::bf16_wmma);
-      k::conv_forward(kernel_geometry(g), x32.data(), w32.data(), y32.data(), nullptr,
+      k::conv_forward(kernel_geometry(g), x32.data(), w32.data(), y32.data(), ws16.data(), nullptr,
                       k::ConvMath::bf16_wmma);
       int64_t not_rounded_once = 0;
       for (size_t i = 0; i < y32.size(); ++i)
@@ -1074,6 +1083,41 @@ TEST_CASE("bf16 dense conv on emulated tensor cores (WMMA) and on the SIMT fallb
       CHECK(not_rounded_once == 0);
     }
   });
+}
+
+// Split-K (the two tests above check its values against the CPU's float64): the split path is
+// taken, its fixed-order fold gives the same bits in every schedule of the emulator, for float32
+// and both bf16 kernels, and the CPU check would catch a fold that dropped a chunk.
+TEST_CASE("split-K conv: deterministic across schedules, every chunk counts") {
+  TestDevice dev;
+  const Conv2dGeometry g = kSplitKCase.geometry();
+  const k::ConvGeometry cg = kernel_geometry(g);
+  REQUIRE(k::forward_gemm(cg).chunks == 3);
+  REQUIRE(k::backward_input_gemm(cg).chunks == 2);
+  const auto [xs, ws, gys] = conv_inputs(kSplitKCase, 70);
+  for (k::ConvMath math : {k::ConvMath::float32, k::ConvMath::bf16_wmma, k::ConvMath::bf16_simt}) {
+    INFO("math " << int(math));
+    std::vector<ConvOutputs> runs;
+    in_each_schedule([&] { runs.push_back(implicit_gemm_conv(g, xs, ws, gys, math)); });
+    for (const ConvOutputs& run : runs) {
+      CHECK(run.y == runs.front().y);
+      CHECK(run.grad_x == runs.front().grad_x);
+    }
+  }
+  // The mutant: the fold over the forward partials with chunk 1 zeroed.
+  const ConvOutputs want = backend_conv(Device::cpu, DType::f64, g, xs, ws, gys);
+  const std::vector<float> x(xs.begin(), xs.end()), w(ws.begin(), ws.end());
+  std::vector<float> y(want.y.size()), partials(k::conv_forward_workspace(cg));
+  const auto y_error = [&] {
+    double e = 0;
+    for (size_t i = 0; i < y.size(); ++i) e = std::max(e, std::abs(y[i] - want.y[i]));
+    return e;
+  };
+  k::conv_forward(cg, x.data(), w.data(), y.data(), partials.data(), nullptr);
+  CHECK(y_error() < 1e-4);
+  std::fill_n(partials.begin() + int64_t(y.size()), y.size(), 0.0f);
+  k::column_sums(partials.data(), 3, int64_t(y.size()), y.data(), nullptr);
+  CHECK(y_error() > 0.1);
 }
 
 // ---- bilinear resize --------------------------------------------------------------------------

@@ -7,8 +7,12 @@
 // - forward:      y[p, o]      = sum over k = (tap, ci) of cols(x)[p, k] * w[o, ci, tap]
 // - input grad:   grad_x[q, c] = sum over k = (tap, o) of grad_y[source(q, tap), o] * w[o, c, tap]
 //                 (a gather over the output pixels that read input pixel q: no atomics)
-// - weight grad:  grad_w[o, k] = sum over p of grad_y[p, o] * cols(x)[p, k], the sum over p split
-//                 into chunks (partial sums, then a sum over the chunks: deterministic)
+// - weight grad:  grad_w[o, k] = sum over p of grad_y[p, o] * cols(x)[p, k]
+// Where the output tiles alone cannot fill the GPU (a weight gradient over many pixels, a
+// spatial-reduction conv's few output pixels over a long k), the sum is split into chunks over
+// grid.z (split-K): each chunk writes float32 partial sums to scratch, and column_sums adds the
+// chunks in a fixed order (deterministic, no atomics), storing float32 or, for a bf16 y, the
+// float32 total rounded once.
 // p runs over output pixels, q over input pixels, cols(x)[p, (tap, ci)] is the input value that
 // tap reads for output pixel p (zero in the padding). Accumulation is in float32; the bf16
 // flavours (mixed precision) round both operands to bfloat16 as tiles are loaded, and multiply
@@ -199,7 +203,8 @@ __host__ __device__ __forceinline__ int64_t weight_index(const ConvGeometry& g, 
 
 // Forward (InputGrad false): y[p, o] = sum over k = (tap, ci) of cols(x)[p, k] * w[o, ci, tap].
 // Input gradient: grad_x[q, c] = sum over k = (tap, o) of tap_value<true>(grad_y)[q, k] *
-// w[o, c, tap]. Src and Dst: float, or bfloat16 for autocast's x and y (forward only).
+// w[o, c, tap]. Src and Dst: float, or bfloat16 for autocast's x and y (forward only). With
+// several chunks, chunk c writes its partial dst to partial[c][...] in dst's layout instead.
 template <bool InputGrad, typename Src = float, typename Dst = float>
 struct ConvGatherGemm {
   GemmShape shape;
@@ -207,6 +212,7 @@ struct ConvGatherGemm {
   const Src* src;  // x, or grad_y
   const float* w;
   Dst* dst;          // y, or grad_x
+  float* partial;    // shape.chunks x dst's size floats, when shape.chunks > 1
   __device__ float a(int64_t group, int64_t at, int64_t k) const {
     return tap_value<InputGrad>(g, src, group, at, k);
   }
@@ -215,9 +221,11 @@ struct ConvGatherGemm {
     return w[InputGrad ? weight_index(g, group, k % group_c, col, tap)
                        : weight_index(g, group, col, k % group_c, tap)];
   }
-  __device__ void store(int64_t group, int64_t, int64_t at, int64_t col, float v) const {
+  __device__ void store(int64_t group, int64_t chunk, int64_t at, int64_t col, float v) const {
     const int64_t dst_c = InputGrad ? g.cin : g.cout;
-    store_float(dst[at * dst_c + group * (dst_c / g.groups) + col], v);
+    const int64_t i = at * dst_c + group * (dst_c / g.groups) + col;
+    if (shape.chunks > 1) partial[chunk * shape.rows * dst_c + i] = v;
+    else store_float(dst[i], v);
   }
 };
 
@@ -271,47 +279,79 @@ void launch_implicit_gemm(const char* name, const Gemm& gemm, ConvMath math, cud
   }
 }
 
-// x and y (X, Y = float or bfloat16) are the activations; a bfloat16 y is rounded once, from the
-// float32 sum.
-template <typename X, typename Y>
-void conv_forward(const ConvGeometry& g, const X* x, const float* w, Y* y, cudaStream_t stream,
-                  ConvMath math = ConvMath::float32) {
-  const GemmShape shape{g.n * g.oh * g.ow, g.cout_g(), g.taps() * g.cin_g(), g.groups, 1};
-  launch_implicit_gemm("conv_forward", ConvGatherGemm<false, X, Y>{shape, g, x, w, y}, math,
-                       stream);
+// Chunks of the depth: as many as it takes with the output tiles to fill the GPU (fill_chunks),
+// none under kConvMinChunk deep, so that the partials stay small next to the operands the
+// chunks gather (a quarter at most). A thread steps through its chunk kConvTileK at a time.
+constexpr int64_t kConvMinChunk = 128;
+inline int64_t conv_depth_chunks(int64_t rows, int64_t cols, int64_t depth, int64_t groups) {
+  const int64_t tiles = groups * ceil_div(rows, kConvTile) * ceil_div(cols, kConvTile);
+  return fill_chunks(depth, tiles, kConvTileK, kConvMinChunk);
 }
-
-inline void conv_backward_input(const ConvGeometry& g, const float* grad_y, const float* w,
-                                float* grad_x, cudaStream_t stream,
-                                ConvMath math = ConvMath::float32) {
-  const GemmShape shape{g.n * g.h * g.w, g.cin_g(), g.taps() * g.cout_g(), g.groups, 1};
-  launch_implicit_gemm("conv_backward_input", ConvGatherGemm<true>{shape, g, grad_y, w, grad_x},
-                       math, stream);
+inline GemmShape split_gemm(int64_t rows, int64_t cols, int64_t depth, int64_t groups) {
+  return {rows, cols, depth, groups, conv_depth_chunks(rows, cols, depth, groups)};
 }
-
-// The weight gradient sums over every output pixel: chunks of at least 512 pixels, as many as
-// it takes to fill the device (fill_chunks), so that small weights with many pixels (a stem's
-// 2 tiles over 50k pixels) still fill it. A thread steps through its chunk kConvTileK pixels
-// at a time.
-inline int64_t conv_weight_chunks(const ConvGeometry& g) {
-  const int64_t tiles =
-      g.groups * ceil_div(g.cout_g(), kConvTile) * ceil_div(g.taps() * g.cin_g(), kConvTile);
-  return fill_chunks(g.n * g.oh * g.ow, tiles, kConvTileK, 512);
+inline GemmShape forward_gemm(const ConvGeometry& g) {
+  return split_gemm(g.n * g.oh * g.ow, g.cout_g(), g.taps() * g.cin_g(), g.groups);
 }
-// Floats of scratch conv_backward_weight needs.
+inline GemmShape backward_input_gemm(const ConvGeometry& g) {
+  return split_gemm(g.n * g.h * g.w, g.cin_g(), g.taps() * g.cout_g(), g.groups);
+}
+inline GemmShape backward_weight_gemm(const ConvGeometry& g) {
+  return split_gemm(g.cout_g(), g.taps() * g.cin_g(), g.n * g.oh * g.ow, g.groups);
+}
+// Floats of scratch a gather GEMM of `shape` into `dst_size` outputs needs: none unsplit.
+inline int64_t gather_workspace(const GemmShape& shape, int64_t dst_size) {
+  return shape.chunks > 1 ? shape.chunks * dst_size : 0;
+}
+inline int64_t conv_forward_workspace(const ConvGeometry& g) {
+  return gather_workspace(forward_gemm(g), g.n * g.oh * g.ow * g.cout);
+}
+inline int64_t conv_backward_input_workspace(const ConvGeometry& g) {
+  return gather_workspace(backward_input_gemm(g), g.n * g.h * g.w * g.cin);
+}
 inline int64_t conv_backward_weight_workspace(const ConvGeometry& g) {
-  return conv_weight_chunks(g) * g.cout * g.cin_g() * g.taps();
+  return backward_weight_gemm(g).chunks * g.cout * g.cin_g() * g.taps();
 }
 
+// The gather GEMMs (forward, input gradient) into dst of dst_size elements, through the
+// partials in `workspace` when split.
+template <bool InputGrad, typename Src, typename Dst>
+void launch_gather_gemm(const char* name, const ConvGatherGemm<InputGrad, Src, Dst>& gemm,
+                        int64_t dst_size, ConvMath math, cudaStream_t stream) {
+  launch_implicit_gemm(name, gemm, math, stream);
+  if (gemm.shape.chunks > 1)
+    column_sums(gemm.partial, gemm.shape.chunks, dst_size, gemm.dst, stream);
+}
+
+// x and y (X, Y = float or bfloat16) are the activations; a bfloat16 y is rounded once, from the
+// float32 sum. workspace: conv_forward_workspace(g) floats (may be null when that is 0).
+template <typename X, typename Y>
+void conv_forward(const ConvGeometry& g, const X* x, const float* w, Y* y, float* workspace,
+                  cudaStream_t stream, ConvMath math = ConvMath::float32) {
+  launch_gather_gemm("conv_forward",
+                     ConvGatherGemm<false, X, Y>{forward_gemm(g), g, x, w, y, workspace},
+                     g.n * g.oh * g.ow * g.cout, math, stream);
+}
+
+// workspace: conv_backward_input_workspace(g) floats (may be null when that is 0).
+inline void conv_backward_input(const ConvGeometry& g, const float* grad_y, const float* w,
+                                float* grad_x, float* workspace, cudaStream_t stream,
+                                ConvMath math = ConvMath::float32) {
+  launch_gather_gemm("conv_backward_input",
+                     ConvGatherGemm<true>{backward_input_gemm(g), g, grad_y, w, grad_x, workspace},
+                     g.n * g.h * g.w * g.cin, math, stream);
+}
+
+// The sum over every output pixel, always through the chunks' partials in workspace
+// (conv_backward_weight_workspace(g) floats), since grad_w is stored in its own layout.
 template <typename X>
 void conv_backward_weight(const ConvGeometry& g, const X* x, const float* grad_y, float* grad_w,
                           float* workspace, cudaStream_t stream,
                           ConvMath math = ConvMath::float32) {
-  const int64_t chunks = conv_weight_chunks(g);
-  const GemmShape shape{g.cout_g(), g.taps() * g.cin_g(), g.n * g.oh * g.ow, g.groups, chunks};
+  const GemmShape shape = backward_weight_gemm(g);
   launch_implicit_gemm("conv_backward_weight",
                        ConvWeightGradGemm<X>{shape, g, x, grad_y, workspace}, math, stream);
-  column_sums(workspace, chunks, g.cout * g.cin_g() * g.taps(), grad_w, stream);
+  column_sums(workspace, shape.chunks, g.cout * g.cin_g() * g.taps(), grad_w, stream);
 }
 
 // cuDNN's operands (cuda/cudnn/conv.h). Its NHWC filter layout [Cout, taps, Cin/groups] from

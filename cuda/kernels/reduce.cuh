@@ -205,8 +205,8 @@ __global__ void reduce_blocks_kernel(ReduceSpace s, int64_t chunk, const float* 
 // out[o] = op over k of partial[k][o]: the second stage. Block (32, kTileRows) at an output
 // tile: row y of the block folds chunks y, y + kTileRows, ... in order, then the rows meet in
 // order, so that a few hundred chunks take a few dozen steps of one thread.
-template <typename T, typename Op>
-__global__ void fold_chunks_kernel(int64_t chunks, int64_t outputs, const T* partial, float* out,
+template <typename T, typename Op, typename Out = float>
+__global__ void fold_chunks_kernel(int64_t chunks, int64_t outputs, const T* partial, Out* out,
                                    double identity, Op op) {
   const int64_t o = static_cast<int64_t>(blockIdx.x) * kWarp + threadIdx.x;
   double acc = identity;
@@ -214,7 +214,7 @@ __global__ void fold_chunks_kernel(int64_t chunks, int64_t outputs, const T* par
     for (int64_t k = threadIdx.y; k < chunks; k += kTileRows)
       acc = op(acc, static_cast<double>(partial[k * outputs + o]));
   acc = reduce_over_tile_rows(acc, identity, op);
-  if (threadIdx.y == 0 && o < outputs) out[o] = static_cast<float>(acc);
+  if (threadIdx.y == 0 && o < outputs) store_float(out[o], static_cast<float>(acc));
 }
 
 // What the first stage of plan p moves: each element read once, the outputs or the chunks'
@@ -271,14 +271,15 @@ inline void reduce_max(const ReduceSpace& s, const float* x, float* out, double*
 }
 
 // out[c] = sum_r x[r, c] (in double, in fold_chunks_kernel's fixed order) for a contiguous
-// [rows, cols] matrix of partial sums: the second stage of the parameter-gradient sums, whose first stages keep `rows`
-// (their chunk count) to a few thousand at most. Their partials are float32, as the CPU's
-// LayerNorm sums 32 rows in float before adding them into double: a thread adds at most
-// kMaxThreadLoop terms in float (a few hundred on the models' shapes), an error of the order
-// of sqrt(terms) ulp, and the chunks meet in double here.
-inline void column_sums(const float* x, int64_t rows, int64_t cols, float* out,
-                        cudaStream_t stream) {
-  launch("column_sums", fold_chunks_kernel<float, SumOp>,
+// [rows, cols] matrix of partial sums: the second stage of the parameter-gradient sums and of
+// the split-K convs, whose first stages keep `rows` (their chunk count) to a few thousand at
+// most. Their partials are float32, as the CPU's LayerNorm sums 32 rows in float before adding
+// them into double: a thread adds at most kMaxThreadLoop terms in float (a few hundred on the
+// models' shapes), an error of the order of sqrt(terms) ulp, and the chunks meet in double
+// here. Out: float, or bfloat16 (a split-K conv's bf16 y) rounded once from the float32 total.
+template <typename Out = float>
+void column_sums(const float* x, int64_t rows, int64_t cols, Out* out, cudaStream_t stream) {
+  launch("column_sums", fold_chunks_kernel<float, SumOp, Out>,
          fold_config(rows, cols, sizeof(float), stream), rows, cols, x, out, 0.0, SumOp{});
 }
 
