@@ -732,10 +732,12 @@ LayerNormReference layer_norm_reference(const std::vector<double>& x, const std:
   return r;
 }
 
-TEST_CASE("layer norm (warp per row) forward and backward with weight and bias gradients") {
+TEST_CASE("layer norm (a warp or a block per row) forward and backward with weight and bias gradients") {
   TestDevice dev;
-  // 1000 rows: weight and bias gradients in 7 chunks.
-  const int64_t shapes[][2] = {{1, 5}, {3, 32}, {67, 37}, {150, 100}, {6, 300}, {1000, 37}};
+  // 1000 rows: weight and bias gradients in 7 chunks. Under kFillBlocks rows the input gradient
+  // takes a block per row, from 1100 a warp per row.
+  const int64_t shapes[][2] = {{1, 5}, {3, 32}, {67, 37}, {150, 100}, {6, 300}, {1000, 37},
+                               {1100, 45}};
   const double eps = 1e-6;
   in_each_schedule([&] {
     for (auto [rows, cols] : shapes) {

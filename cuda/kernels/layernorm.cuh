@@ -44,25 +44,45 @@ __global__ void layer_norm_forward_kernel(int64_t rows, int64_t cols, const X* x
   }
 }
 
+// The threads sharing a row of the backward input kernel: a warp, kLayerNormWarps rows per
+// block; or, where rows are too few for warps to fill the GPU (ConvNeXt's last stage: 784 rows
+// of 1024), the whole block.
+template <bool BlockPerRow>
+struct RowLanes {
+  __device__ int lane() const { return BlockPerRow ? threadIdx.x : threadIdx.x % kWarp; }
+  __device__ int count() const { return BlockPerRow ? blockDim.x : kWarp; }
+  __device__ int64_t first_row() const {
+    return BlockPerRow ? blockIdx.x : blockIdx.x * (blockDim.x / kWarp) + threadIdx.x / kWarp;
+  }
+  __device__ int64_t row_step() const {
+    return BlockPerRow ? gridDim.x : static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
+  }
+  __device__ float sum(float v) const {
+    return BlockPerRow ? block_reduce(v, 0.0f, SumOp{}) : warp_sum(v);
+  }
+};
+constexpr int kLayerNormBlockRowThreads = 128;
+
 // grad_x = rstd (g - mean(g) - xhat mean(g xhat)), g = grad_y * weight.
-template <typename X>
+template <typename X, bool BlockPerRow>
 __global__ void layer_norm_backward_input_kernel(int64_t rows, int64_t cols, const X* x,
                                                  const float* weight, const float* mean,
                                                  const float* rstd, const float* grad_y,
                                                  float* grad_x) {
-  const int lane = threadIdx.x % kWarp;
-  SONO_FOR_EACH_WARP_ROW(row, rows) {
+  const RowLanes<BlockPerRow> lanes;
+  const int lane = lanes.lane();
+  for (int64_t row = lanes.first_row(); row < rows; row += lanes.row_step()) {
     const X* xr = x + row * cols;
     const float* gr = grad_y + row * cols;
     const float mu = mean[row], r = rstd[row];
     float sum_g = 0.0f, sum_gx = 0.0f;
-    for (int64_t c = lane; c < cols; c += kWarp) {
+    for (int64_t c = lane; c < cols; c += lanes.count()) {
       const float g = weight ? gr[c] * weight[c] : gr[c];
       sum_g += g;
       sum_gx += g * (load_float(xr[c]) - mu) * r;
     }
-    const float mean_g = warp_sum(sum_g) / cols, mean_gx = warp_sum(sum_gx) / cols;
-    for (int64_t c = lane; c < cols; c += kWarp) {
+    const float mean_g = lanes.sum(sum_g) / cols, mean_gx = lanes.sum(sum_gx) / cols;
+    for (int64_t c = lane; c < cols; c += lanes.count()) {
       const float g = weight ? gr[c] * weight[c] : gr[c];
       grad_x[row * cols + c] = r * (g - mean_g - (load_float(xr[c]) - mu) * r * mean_gx);
     }
@@ -124,9 +144,19 @@ void layer_norm_backward(int64_t rows, int64_t cols, const X* x, const float* we
                          const float* mean, const float* rstd, const float* grad_y,
                          float* grad_x, float* grad_weight, float* grad_bias, float* workspace,
                          cudaStream_t stream) {
-  if (grad_x)
-    launch("layer_norm_backward_input", layer_norm_backward_input_kernel<X>,
-           layer_norm_config(rows, cols, cols * (sizeof(X) + 4.0) + 8, cols * 4.0, stream), rows, cols, x, weight, mean, rstd, grad_y, grad_x);
+  if (grad_x) {
+    const double row_read = cols * (sizeof(X) + 4.0) + 8, row_written = cols * 4.0;
+    if (rows >= kFillBlocks)
+      launch("layer_norm_backward_input", layer_norm_backward_input_kernel<X, false>,
+             layer_norm_config(rows, cols, row_read, row_written, stream), rows, cols, x, weight,
+             mean, rstd, grad_y, grad_x);
+    else
+      launch("layer_norm_backward_input", layer_norm_backward_input_kernel<X, true>,
+             {dim3(static_cast<unsigned>(rows)), dim3(kLayerNormBlockRowThreads), 0, stream,
+              looped(rows * row_read, rows * row_written, rows * kLayerNormBlockRowThreads,
+                     ceil_div(cols, kLayerNormBlockRowThreads))},
+             rows, cols, x, weight, mean, rstd, grad_y, grad_x);
+  }
   if (!grad_weight && !grad_bias) return;
   const int64_t chunks = layer_norm_param_chunks(rows, cols);
   float* partial_w = workspace;
