@@ -3,6 +3,8 @@
 // and, where cuDNN is built in, cuDNN or our kernel per dense-conv shape (conv_impl.h).
 // All work goes to one stream, created on first use,
 // so memory freed to the allocator may be reused by the next kernel without events.
+#include <cuda_profiler_api.h>
+
 #include <climits>
 #include <cstdio>
 #include <memory>
@@ -315,6 +317,11 @@ std::string memory_report() { return instance().allocator().report(); }
 void reset_peak_memory() { instance().allocator().reset_peak(); }
 void release_cached_memory() { instance().allocator().release_cached(); }
 void synchronize() { SONO_CUDA_CHECK(cudaStreamSynchronize(instance().stream())); }
+
+void set_profiling(bool on) {
+  synchronize();
+  SONO_CUDA_CHECK(on ? cudaProfilerStart() : cudaProfilerStop());
+}
 
 bool choose_convs(const std::string& impl, bool allow_tf32) {
 #ifdef SONO_HAVE_CUDNN

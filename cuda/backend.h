@@ -14,6 +14,9 @@ std::string memory_report();  // "in use ..., peak ..., cached ..., N device all
 void reset_peak_memory();
 void release_cached_memory();  // gives cached blocks back to the device
 void synchronize();            // waits for all work queued on the backend's stream
+// Marks the work a profiler started with `--profile-from-start off` (ncu) should see: on after
+// the warm-up steps, so that cuDNN's algorithm search is not counted as a step's time.
+void set_profiling(bool on);
 // Replaces SONO_CONV_IMPL (auto, ours, cudnn) and SONO_ALLOW_TF32 for the dense convs that
 // follow, forgetting the per-shape choices so far (tests). False where this build has no cuDNN.
 bool choose_convs(const std::string& impl, bool allow_tf32);

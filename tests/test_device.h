@@ -12,6 +12,7 @@
 #include "tensor/backend.h"
 #ifdef SONO_HAVE_CUDA
 #include "cuda/backend.h"
+#include "cuda/conv_impl.h"
 #endif
 
 namespace sono::test {
@@ -28,6 +29,10 @@ class TestDevice {
     if (on_real_gpu()) {
 #ifdef SONO_HAVE_CUDA
       SONO_CHECK(cuda::device_count() > 0, "SONO_TEST_DEVICE=gpu: no usable GPU on this machine");
+      // The tests hold float32 results to float32 rounding; TF32, the convs' default (as
+      // PyTorch's), has a test of its own that turns it on.
+      cuda::choose_convs(conv_impl_from_env(), /*allow_tf32=*/false);
+      tf32_off_ = true;
       return;
 #else
       fail("SONO_TEST_DEVICE=gpu: this build has no CUDA backend (no nvcc at configure time)");
@@ -42,13 +47,22 @@ class TestDevice {
   }
   ~TestDevice() {
     if (registered_) register_backend(Device::cuda, previous_);
+#ifdef SONO_HAVE_CUDA
+    if (tf32_off_) cuda::choose_convs(conv_impl_from_env(), cuda::allow_tf32_from_env());
+#endif
   }
   TestDevice(const TestDevice&) = delete;
   TestDevice& operator=(const TestDevice&) = delete;
 
  private:
+  static std::string conv_impl_from_env() {
+    const char* impl = std::getenv("SONO_CONV_IMPL");
+    return impl ? impl : "auto";
+  }
+
   Backend* previous_ = nullptr;
   bool registered_ = false;
+  bool tf32_off_ = false;
 };
 
 // The test device's memory: bytes in use and peak (after the queued work), and a peak reset.

@@ -50,6 +50,15 @@ double proc_status_mib(const std::string& field) {
   fail("no ", field, " in /proc/self/status");
 }
 
+// Brackets the timed steps for a GPU profiler (ncu --profile-from-start off).
+void set_profiling(Device device, bool on) {
+#ifdef SONO_HAVE_CUDA
+  if (device == Device::cuda && &backend(Device::cuda) != &cuda::emulated_backend())
+    cuda::set_profiling(on);
+#endif
+  (void)device, (void)on;
+}
+
 std::vector<double> milliseconds(std::vector<double> seconds) {
   for (double& s : seconds) s *= 1e3;
   return seconds;
@@ -80,6 +89,7 @@ json run_config(const Config& c) {
   double rss_base = proc_status_mib("VmRSS");
   bench::ModelStep step(c.step);
   for (int64_t i = 0; i < c.warmup; ++i) step.run();
+  set_profiling(c.step.device, true);
   const auto& phases = step.phases();
   std::vector<double> totals;
   std::vector<std::vector<double>> per_phase(phases.size());
@@ -89,6 +99,7 @@ json run_config(const Config& c) {
     for (size_t p = 0; p < t.size(); ++p) per_phase[p].push_back(t[p]), total += t[p];
     totals.push_back(total);
   }
+  set_profiling(c.step.device, false);
   double step_s = median(totals);
   json phase_ms;
   for (size_t p = 0; p < phases.size(); ++p) phase_ms[phases[p]] = 1e3 * median(per_phase[p]);

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # On a GPU machine, from the folder tools/scripts/gpu_pack.sh filled (gpu/): never builds. In
-# one short run (DEADLINE seconds, 330 by default: the device tool lends 15 minutes, start-up
+# one short run (DEADLINE seconds, 360 by default: the device tool lends 15 minutes, start-up
 # included), each step capped and skipped once time runs out, most wanted first:
 #   1. the CUDA tests on the device (SONO_TEST_DEVICE=gpu), side by side;
 #   2. step times and peak device memory, ours (model_bench) and PyTorch's (torch_bench.py, eager,
 #      channels_last, cudnn.benchmark on): mit_b2 256 bs8 and convnext_base 224 bs16, train and
 #      infer, float32 and bf16, one config a process; then the side-by-side table;
 #   3. ncu's per-kernel time of one training step of each model, and its summary table;
-#   4. compute-sanitizer memcheck and racecheck over the kernel tests on the device, side by side.
+#   4. compute-sanitizer memcheck and racecheck over the kernel tests on the device, side by side;
+#   5. ncu of the other two training configs, if time is left.
 # Runs whose speed is not measured (tests, sanitizers) share the GPU; timed ones have it alone.
 # At most 8 files in $OUT: gpu.txt (machine, libraries, wheel install), timeline.txt (each
 # step's exit status and seconds), tests.log, bench.jsonl, table.txt, ncu.txt, ncu_summary.txt,
@@ -18,7 +19,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 OUT=${OUT:-$here/results}
 mkdir -p "$OUT"
 T0=$(date +%s)
-DEADLINE=${DEADLINE:-330}
+DEADLINE=${DEADLINE:-360}
 log() { echo "[$(($(date +%s) - T0))s] $*" | tee -a "$OUT/timeline.txt"; }
 left() { echo $((DEADLINE - ($(date +%s) - T0))); }
 # step CAP FILE CMD...: CMD with min(CAP, time left - 5) seconds, its output appended to FILE
@@ -44,9 +45,12 @@ step() {
 B=/tmp/sono-gpu
 rm -rf "$B" && mkdir -p "$B"
 tar -xJf "$here/bins.tar.xz" -C "$B" || { log "cannot unpack $here/bins.tar.xz"; exit 1; }
-cudnn=$(find /usr/local/cuda* /usr/lib /usr/local/lib /opt -name 'libcudnn.so.9*' 2>/dev/null | head -1)
+# PyTorch's own cuDNN first (under /opt): ours then runs on the same version as PyTorch, which
+# refuses an older one ahead of its bundled one on LD_LIBRARY_PATH.
+cudnn=$(find /opt /usr/local/cuda* /usr/lib /usr/local/lib -name 'libcudnn.so.9*' 2>/dev/null | head -1)
 cublas=$(find /usr/local/cuda* /usr/lib /usr/local/lib /opt -name 'libcublas.so.1[23]*' 2>/dev/null | head -1)
 libs="$here/lib:$(dirname "${cudnn:-/x/x}"):$(dirname "${cublas:-/x/x}"):/usr/local/cuda/lib64:/usr/local/cuda/lib"
+machine_libs=${LD_LIBRARY_PATH:-}  # what PyTorch runs with (the driver's folder, say)
 export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 [ -d /usr/local/cuda/bin ] && export PATH="$PATH:/usr/local/cuda/bin"  # ncu, compute-sanitizer
 if [ -d "$here/whl" ]; then
@@ -61,7 +65,7 @@ fi
   echo "cudnn: ${cudnn:-none found}"
   echo "cublas: ${cublas:-none found}"
   ldd "$B/tests/test_cuda_kernels" | grep -E 'not found|cudnn|cublas|cudart|gomp'
-  python3 -c "import torch, timm, segmentation_models_pytorch as smp; print('torch', torch.__version__, \
+  env LD_LIBRARY_PATH="$machine_libs" python3 -c "import torch, timm, segmentation_models_pytorch as smp; print('torch', torch.__version__, \
 'timm', timm.__version__, 'smp', smp.__version__, 'cudnn', torch.backends.cudnn.version())"
   command -v ncu compute-sanitizer
 } >>"$OUT/gpu.txt" 2>&1
@@ -78,7 +82,7 @@ grep -E '^=== |^\[doctest\] (test cases|assertions)|ERROR' "$OUT/tests.log"
 # --- 2. ours beside PyTorch, one config a process
 ours() { step 25 "$OUT/bench.jsonl" "$B/tools/bench/model_bench" --device cuda --warmup 3 --repeats 10 "$@"; }
 theirs() {
-  step 30 "$OUT/bench.jsonl" python3 -c "import sys, runpy, torch; torch.backends.cudnn.benchmark = True; \
+  step 60 "$OUT/bench.jsonl" env LD_LIBRARY_PATH="$machine_libs" python3 -c "import sys, runpy, torch; torch.backends.cudnn.benchmark = True; \
 sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')" \
     "$here/torch_bench.py" --device cuda --warmup 3 --repeats 10 "$@"
 }
@@ -98,8 +102,8 @@ cat "$OUT/table.txt"
 
 # --- 3. where one training step's GPU time goes (float32 MiT, bf16 ConvNeXt: the worst ratios)
 ncu_step() {
-  step 60 "$OUT/ncu.txt" ncu --clock-control none --metrics gpu__time_duration.sum --print-summary per-kernel \
-    "$B/tools/bench/model_bench" --device cuda --warmup 0 --repeats 1 --mode train "$@"
+  step 60 "$OUT/ncu.txt" ncu --clock-control none --profile-from-start off --metrics gpu__time_duration.sum --print-summary per-kernel \
+    "$B/tools/bench/model_bench" --device cuda --warmup 1 --repeats 1 --mode train "$@"
 }
 ncu_step --model mit_b2 --size 256 --batch 8 --amp off
 ncu_step --model convnext_base --size 224 --batch 16 --amp bf16
@@ -113,4 +117,9 @@ done
 wait
 cat "$B/memcheck.log" "$B/racecheck.log" >"$OUT/sanitizer.log" 2>/dev/null
 grep -E '^=== |ERROR SUMMARY|RACECHECK SUMMARY|test cases' "$OUT/sanitizer.log" | tee -a "$OUT/timeline.txt"
+
+# --- 5. if time is left: ncu of the other two training configs
+ncu_step --model convnext_base --size 224 --batch 16 --amp off
+ncu_step --model mit_b2 --size 256 --batch 8 --amp bf16
+python3 "$here/ncu_summary.py" "$OUT/ncu.txt" >"$OUT/ncu_summary.txt" 2>&1
 log "end"
