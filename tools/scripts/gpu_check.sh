@@ -111,9 +111,11 @@ python3 "$here/ncu_summary.py" "$OUT/ncu.txt" >"$OUT/ncu_summary.txt" 2>&1
 cat "$OUT/ncu_summary.txt"
 
 # --- 4. the kernel tests under compute-sanitizer
-for tool in memcheck racecheck; do
-  step 120 "$B/$tool.log" compute-sanitizer --tool $tool --print-limit 20 "$B/tests/test_cuda_kernels" &
-done
+# racecheck with our convs only: it reports hazards inside cuDNN's own sm90 kernels, which are
+# not ours to fix, and runs slower than memcheck.
+step 120 "$B/memcheck.log" compute-sanitizer --tool memcheck --print-limit 20 "$B/tests/test_cuda_kernels" &
+SONO_CONV_IMPL=ours step 150 "$B/racecheck.log" compute-sanitizer --tool racecheck --print-limit 20 \
+  "$B/tests/test_cuda_kernels" &
 wait
 cat "$B/memcheck.log" "$B/racecheck.log" >"$OUT/sanitizer.log" 2>/dev/null
 grep -E '^=== |ERROR SUMMARY|RACECHECK SUMMARY|test cases' "$OUT/sanitizer.log" | tee -a "$OUT/timeline.txt"
