@@ -79,14 +79,16 @@ class CachingAllocator {
     return report_locked();
   }
 
-  // Requests round up to 512 bytes below 1 MiB and to a quarter of their power of two above,
-  // so sizes that differ a little share a class (at most 25% slack).
+  // Requests round up to 512 bytes below 1 MiB and to a 32nd of their power of two above, so
+  // sizes that differ a little share a class with at most 3% slack: activations are most of a
+  // step's memory, and coarser classes (a quarter) wasted 14% of ConvNeXt's, 16 x 56 x 56 x 128
+  // floats taking 28 MiB for 24.5.
   static size_t size_class(size_t bytes) {
     constexpr size_t kSmall = 512, kLarge = size_t{1} << 20;
     if (bytes < kLarge) return std::max(kSmall, (bytes + kSmall - 1) / kSmall * kSmall);
     size_t power = kLarge;
     while (power * 2 <= bytes) power *= 2;
-    const size_t step = power / 4;
+    const size_t step = power / 32;
     return (bytes + step - 1) / step * step;
   }
 

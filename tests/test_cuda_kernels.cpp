@@ -1859,7 +1859,8 @@ TEST_CASE("caching allocator: size classes, reuse per stream, peak, out-of-memor
   using k::CachingAllocator;
   CHECK(CachingAllocator::size_class(1) == 512);
   CHECK(CachingAllocator::size_class(513) == 1024);
-  CHECK(CachingAllocator::size_class((1 << 20) + 1) == (1 << 20) + (1 << 18));
+  CHECK(CachingAllocator::size_class((1 << 20) + 1) == (1 << 20) + (1 << 15));
+  CHECK(CachingAllocator::size_class((24 << 20) + 1) == (24 << 20) + (1 << 19));
   CHECK(CachingAllocator::size_class(3 << 20) == 3 << 20);
   size_t budget = (7 << 20) + 1024, device_bytes = 0;  // a pretend device of 7 MiB + 1 KiB
   std::map<void*, size_t> blocks;

@@ -93,8 +93,8 @@ MeasuredLaunches read_ncu_csv(const std::string& path, const std::string& config
 
 StepTimes read_step_times(const std::string& path, const std::string& config) {
   StepTimes t;
-  for_config_rows(path, config, 3, [&](const std::vector<std::string>& f) {
-    t = {std::stod(f[1]), std::stod(f[2])};
+  for_config_rows(path, config, 5, [&](const std::vector<std::string>& f) {
+    t = {std::stod(f[1]), std::stod(f[2]), std::stod(f[3]), std::stod(f[4])};
   });
   return t;
 }

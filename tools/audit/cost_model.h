@@ -57,9 +57,10 @@ std::string launch_key(const std::string& name, const std::string& grid, const s
 std::string launch_key(const cuda::LaunchRecord& r);  // library calls: "library"
 MeasuredLaunches read_ncu_csv(const std::string& path, const std::string& config);
 
-// Measured step times (tools/audit/step_times_h200.csv) of one config, in ms; 0 where none.
+// Measured step times (tools/audit/step_times_h200.csv) of one config, in ms, and peak device
+// memory in MiB; 0 where none.
 struct StepTimes {
-  double ours_ms = 0, torch_ms = 0;
+  double ours_ms = 0, torch_ms = 0, ours_mib = 0, torch_mib = 0;
 };
 StepTimes read_step_times(const std::string& path, const std::string& config);
 

@@ -2,8 +2,10 @@
 // inference) of a model on the emulated CUDA device, without running them (a dry run: shapes
 // do not depend on values), and prints each kernel's estimated H200 time (cost_model.h) beside
 // ncu's measured time where a launch of that name, grid and block was measured, the step's
-// estimate beside the measured step times, and the starved launches. Exit status 1 with
-// --fail-on-starved when a launch is starved or declares no cost.
+// estimate beside the measured step times, the starved launches and the peak device memory
+// (the emulated device's allocator is the GPU's, so it is the measured one). Exit status 1 with
+// --fail-on-starved when a launch is starved or declares no cost, with --fail-over-torch-memory
+// when the peak exceeds PyTorch's measured one.
 #include <algorithm>
 #include <cstdio>
 #include <iostream>
@@ -28,11 +30,21 @@ struct Group {
   bool starved = false, undeclared = false;
 };
 
-std::vector<LaunchRecord> record_step(const bench::StepConfig& config) {
+struct RecordedStep {
+  std::vector<LaunchRecord> launches;
+  double peak_mib;  // the emulated device's peak of tensor bytes over both steps
+};
+
+// Two steps, the second recorded: the first creates the optimizer state, so the second is a
+// steady step (as ncu's, after a warm-up step) and the peak is model_bench's.
+RecordedStep record_step(const bench::StepConfig& config) {
   bench::ModelStep step(config);
-  cuda::launch_audit::start(cuda::launch_audit::Mode::dry_run);
-  step.run();
-  return cuda::launch_audit::stop();
+  for (int i = 0; i < 2; ++i) {
+    cuda::launch_audit::start(cuda::launch_audit::Mode::dry_run);
+    step.run();
+    if (i == 0) cuda::launch_audit::stop();
+  }
+  return {cuda::launch_audit::stop(), cuda::emulated_memory_stats().peak / 1048576.0};
 }
 
 std::vector<Group> group_launches(const std::vector<LaunchRecord>& records) {
@@ -118,7 +130,7 @@ double total_us(const audit::MeasuredLaunches& ncu) {
 }
 
 void print_step(const Totals& t, const audit::MeasuredLaunches& ncu,
-                const audit::StepTimes& step) {
+                const audit::StepTimes& step, double peak_mib) {
   std::printf("\nstep: estimated %.1f ms", t.estimated_us / 1e3);
   if (!ncu.empty())
     std::printf("; ncu kernel time %.1f ms (matched launches: estimated %.1f ms, measured %.1f ms)",
@@ -129,6 +141,11 @@ void print_step(const Totals& t, const audit::MeasuredLaunches& ncu,
                 "(estimate/PyTorch %.2f)\n",
                 step.ours_ms, t.estimated_us / 1e3 / step.ours_ms, step.torch_ms,
                 t.estimated_us / 1e3 / step.torch_ms);
+  std::printf("peak device memory: %.0f MiB", peak_mib);
+  if (step.ours_mib > 0)
+    std::printf(" (measured on the H200: ours %.0f MiB, PyTorch %.0f MiB)", step.ours_mib,
+                step.torch_mib);
+  std::printf("\n");
   std::printf("starved launches: %lld; launches without a declared cost: %lld\n",
               static_cast<long long>(t.starved), static_cast<long long>(t.undeclared));
 }
@@ -149,7 +166,9 @@ int main(int argc, char** argv) {
       .option("ncu", SONO_AUDIT_DATA "/ncu_h200.csv", "ncu per-kernel times (parse_ncu.py)")
       .option("step-times", SONO_AUDIT_DATA "/step_times_h200.csv", "measured step times")
       .option("rows", "40", "table rows (starved launches are always shown)")
-      .flag("fail-on-starved", "exit 1 when a launch is starved or declares no cost");
+      .flag("fail-on-starved", "exit 1 when a launch is starved or declares no cost")
+      .flag("fail-over-torch-memory",
+            "exit 1 when the peak device memory exceeds PyTorch's measured one (step-times)");
   try {
     if (!cli.parse(argc, argv)) return 0;
     register_backend(Device::cuda, &cuda::emulated_backend());
@@ -158,13 +177,20 @@ int main(int argc, char** argv) {
     set_autocast(Device::cuda, parse_precision(amp));
     const std::string key = config_key(config, amp);
     const audit::MeasuredLaunches ncu = audit::read_ncu_csv(cli.str("ncu"), key);
-    const std::vector<LaunchRecord> records = record_step(config);
+    const RecordedStep recorded = record_step(config);
     std::printf("%s: %zu launches recorded (dense convs as our implicit GEMM; the GPU may pick "
                 "cuDNN for float32 ones)\n\n",
-                key.c_str(), records.size());
-    const Totals t = print_table(group_launches(records), ncu, cli.integer("rows"));
-    print_step(t, ncu, audit::read_step_times(cli.str("step-times"), key));
-    return cli.is_set("fail-on-starved") && (t.starved || t.undeclared) ? 1 : 0;
+                key.c_str(), recorded.launches.size());
+    const Totals t = print_table(group_launches(recorded.launches), ncu, cli.integer("rows"));
+    const audit::StepTimes measured = audit::read_step_times(cli.str("step-times"), key);
+    print_step(t, ncu, measured, recorded.peak_mib);
+    const bool starved = t.starved || t.undeclared;
+    const bool over_torch = measured.torch_mib > 0 && recorded.peak_mib > measured.torch_mib;
+    if (over_torch) std::printf("peak device memory over PyTorch's\n");
+    return (cli.is_set("fail-on-starved") && starved) ||
+                   (cli.is_set("fail-over-torch-memory") && over_torch)
+               ? 1
+               : 0;
   } catch (const std::exception& e) {
     std::cerr << "launch_audit: " << e.what() << "\n";
     return 2;
