@@ -650,7 +650,8 @@ TEST_CASE("reduce plans fill the GPU: enough threads, bounded per-thread loops")
   CHECK(k::depthwise_weight_chunks({2, 15, 10, 13, 3, 3, 15, 10, 1, 1, 1}) == 2);
   const k::DepthwiseGeometry convnext_stage1{16, 56, 56, 128, 7, 7, 56, 56, 1, 3, 1};
   const int64_t dw_chunks = k::depthwise_weight_chunks(convnext_stage1);
-  CHECK(dw_chunks * 4 * k::kWarp * k::kTileRows >= 132 * 256);  // a block sums all 49 taps
+  CHECK(k::depthwise_weight_block_taps(convnext_stage1) == 7);  // a block sums a row of taps
+  CHECK(dw_chunks * 4 * 7 * k::kWarp * k::kTileRows >= 132 * 256);
   CHECK(k::ceil_div(rows, dw_chunks * k::kTileRows) * 49 <= 4096);
 }
 

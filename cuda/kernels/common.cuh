@@ -15,8 +15,12 @@
 
 #ifdef __CUDACC__
 #define SONO_UNROLL _Pragma("unroll")
+// A loop kept rolled: its body is unrolled inside, and the whole unrolled would outgrow the
+// instruction cache.
+#define SONO_NO_UNROLL _Pragma("unroll 1")
 #else
 #define SONO_UNROLL
+#define SONO_NO_UNROLL
 #endif
 
 #ifdef __CUDACC__

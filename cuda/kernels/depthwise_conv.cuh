@@ -59,6 +59,7 @@ __device__ __forceinline__ int64_t tap_source(int64_t at, int64_t k, int64_t siz
 // that already is one).
 template <bool Bf16, typename T>
 __device__ __forceinline__ float product_operand(T v) {
+  if constexpr (std::is_same_v<T, bfloat16>) return load_float(v);
   return Bf16 ? bf16_round(load_float(v)) : load_float(v);
 }
 
@@ -77,8 +78,9 @@ __device__ __forceinline__ Pack<T, V> load_pack(const T* p) {
 // gather, so no atomics). A thread computes V neighbouring channels of one position with
 // vector loads and stores; neighbouring threads take neighbouring channels, so every load of a
 // warp is coalesced, and the taps' overlapping reads hit in cache. weight_t is the weight
-// transposed to [tap, C], so that the weight loads are coalesced too. Src and Dst: float, or
-// bfloat16 (autocast's x and y).
+// transposed to [tap, C], so that the weight loads are coalesced too, and already rounded to
+// bfloat16 under Bf16 (transpose_taps_kernel). Src and Dst: float, or bfloat16 (autocast's x
+// and y).
 template <typename Src, typename Dst, int K, int V, bool InputGrad, bool Bf16>
 __global__ void depthwise_gather_kernel(DepthwiseGeometry g, const Src* src, const float* weight_t,
                                         Dst* dst) {
@@ -106,7 +108,7 @@ __global__ void depthwise_gather_kernel(DepthwiseGeometry g, const Src* src, con
         const Pack<Src, V> s = load_pack<V>(row + sx * g.c);
         const Pack<float, V> w = load_pack<V>(weight_t + (ky * taps_w<K>(g) + kx) * g.c + c);
         for (int v = 0; v < V; ++v)
-          acc[v] += product_operand<Bf16>(s.v[v]) * product_operand<Bf16>(w.v[v]);
+          acc[v] += product_operand<Bf16>(s.v[v]) * w.v[v];
       }
     }
     Pack<Dst, V> out;
@@ -123,6 +125,8 @@ constexpr int kWindowOutputs = 4;
 // thread: each tap row's kWindowOutputs + K - 1 source columns are loaded once into registers,
 // each weight once, where a thread per output loads K of each per output. The sums run in the
 // same order (taps row by row, padding skipped), so the results are those of the gather kernel.
+// The rows stay a loop: unrolled, a 7x7 kernel's code (208 KB under Bf16) outgrew the
+// instruction cache, and ConvNeXt's ran 6-12x slower than its loads and FMAs allow.
 template <typename Src, typename Dst, int K, int V, bool InputGrad, bool Bf16>
 __global__ void depthwise_window_kernel(DepthwiseGeometry g, const Src* src,
                                         const float* weight_t, Dst* dst) {
@@ -137,7 +141,7 @@ __global__ void depthwise_window_kernel(DepthwiseGeometry g, const Src* src,
     // Output x0 + r reads window column r + kx (forward) or r + K - 1 - kx (input gradient).
     const int64_t first_column = InputGrad ? x0 + g.padding - (K - 1) : x0 - g.padding;
     float acc[R][V] = {};
-    SONO_UNROLL
+    SONO_NO_UNROLL
     for (int ky = 0; ky < K; ++ky) {
       const int64_t sy = InputGrad ? d.y + g.padding - ky : d.y - g.padding + ky;
       if (sy < 0 || sy >= src_h) continue;
@@ -158,7 +162,7 @@ __global__ void depthwise_window_kernel(DepthwiseGeometry g, const Src* src,
         for (int r = 0; r < R; ++r) {
           const int j = InputGrad ? r + K - 1 - kx : r + kx;
           if (!inside[j]) continue;
-          for (int v = 0; v < V; ++v) acc[r][v] += window[j][v] * product_operand<Bf16>(w.v[v]);
+          for (int v = 0; v < V; ++v) acc[r][v] += window[j][v] * w.v[v];
         }
       }
     }
@@ -172,24 +176,27 @@ __global__ void depthwise_window_kernel(DepthwiseGeometry g, const Src* src,
   }
 }
 
-// weight_t[tap][c] = weight[c][tap].
-template <typename T>
-__global__ void transpose_taps_kernel(int64_t channels, int64_t taps, const T* weight,
-                                      T* weight_t) {
+// weight_t[tap][c] = weight[c][tap], rounded to bfloat16 under Bf16 (once, not at every
+// product).
+template <bool Bf16>
+__global__ void transpose_taps_kernel(int64_t channels, int64_t taps, const float* weight,
+                                      float* weight_t) {
   for (int64_t i = global_thread(); i < channels * taps; i += grid_threads())
-    weight_t[i] = weight[i % channels * taps + i / channels];
+    weight_t[i] = product_operand<Bf16>(weight[i % channels * taps + i / channels]);
 }
 
-// Block (32 channels, kTileRows) at (channel tile, tap, chunk): sums grad_y * x over the
-// chunk's output positions into partial[chunk][c][tap], for every tap of a K x K kernel at once
-// (grad_y read once, the taps' reads of x hitting in cache), or for tap blockIdx.y where K = 0.
-// X: float, or bfloat16 (autocast's saved x).
+// Block (32 channels, kTileRows) at (channel tile, taps, chunk): sums grad_y * x over the
+// chunk's output positions into partial[chunk][c][tap], for the K taps of row blockIdx.y of a
+// K x K kernel, or for tap blockIdx.y where K = 0. A row, not all K x K taps: a 7x7 kernel's 49
+// unrolled taps took 108 registers and 55 KB of code, and ran 2-4x slower than its loads and
+// FMAs allow; the K row blocks of a chunk re-read its grad_y and x from L2. X: float, or
+// bfloat16 (autocast's saved x).
 template <typename X, int K, bool Bf16>
 __global__ void depthwise_weight_partial_kernel(DepthwiseGeometry g, int64_t chunk_positions,
                                                 const X* x, const float* grad_y, float* partial) {
-  constexpr int kBlockTaps = K > 0 ? K * K : 1;
+  constexpr int kBlockTaps = K > 0 ? K : 1;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kWarp + threadIdx.x;
-  const int64_t taps = g.kh * g.kw, first_tap = K > 0 ? 0 : blockIdx.y;
+  const int64_t taps = g.kh * g.kw, first_tap = blockIdx.y * kBlockTaps;
   const int64_t positions = g.n * g.oh * g.ow;
   const int64_t first = blockIdx.z * chunk_positions;
   const int64_t last = first + chunk_positions < positions ? first + chunk_positions : positions;
@@ -200,9 +207,10 @@ __global__ void depthwise_weight_partial_kernel(DepthwiseGeometry g, int64_t chu
       const float gy = product_operand<Bf16>(grad_y[p * g.c + c]);
       SONO_UNROLL
       for (int t = 0; t < kBlockTaps; ++t) {  // unrolled: acc stays in registers
-        const int64_t tap = first_tap + t;
-        const int64_t iy = tap_source<false>(o.y, tap / taps_w<K>(g), g.h, g);
-        const int64_t ix = tap_source<false>(o.x, tap % taps_w<K>(g), g.w, g);
+        const int64_t tap = first_tap + t;  // K > 0: row blockIdx.y, column t
+        const int64_t ky = K > 0 ? blockIdx.y : tap / g.kw, kx = K > 0 ? t : tap % g.kw;
+        const int64_t iy = tap_source<false>(o.y, ky, g.h, g);
+        const int64_t ix = tap_source<false>(o.x, kx, g.w, g);
         if (iy >= 0 && ix >= 0)
           acc[t] += gy * product_operand<Bf16>(x[((o.n * g.h + iy) * g.w + ix) * g.c + c]);
       }
@@ -284,7 +292,7 @@ void launch_depthwise_gather(const char* name, const DepthwiseGeometry& g, const
                              const float* weight, Dst* dst, float* workspace, bool bf16,
                              cudaStream_t stream) {
   const int64_t taps = g.kh * g.kw;
-  launch("depthwise_transpose_taps", transpose_taps_kernel<float>,
+  launch("depthwise_transpose_taps", bf16 ? transpose_taps_kernel<true> : transpose_taps_kernel<false>,
          elementwise_config(g.c * taps, 4, 4, stream), g.c, taps, weight, workspace);
   const int v = depthwise_vector_width(g, src, sizeof(Src), dst, sizeof(Dst));
   const bool window = depthwise_window_applies(g);
@@ -329,13 +337,19 @@ inline void depthwise_backward_input(const DepthwiseGeometry& g, const float* gr
                                               grad_x, workspace, bf16, stream);
 }
 
-// Chunks of output positions for the weight gradient's first stage: enough to fill the GPU.
-// A position's work is its taps, all of them where one block sums every tap.
+// Taps one block of the weight gradient's first stage sums: a row of an unrolled kernel's.
+inline int64_t depthwise_weight_block_taps(const DepthwiseGeometry& g) {
+  return unrolled_taps(g) ? g.kw : 1;
+}
+
+// Chunks of output positions for the weight gradient's first stage: enough to fill the GPU,
+// and few enough positions a thread that its serial loop stays short. The chunks are sized as
+// if a position's work were all its taps (as when a block summed them all): a row block's
+// thread then walks a seventh of that.
 inline int64_t depthwise_weight_chunks(const DepthwiseGeometry& g) {
-  const int64_t block_taps = unrolled_taps(g) ? g.kh * g.kw : 1;
-  const int64_t blocks = ceil_div(g.c, kWarp) * (g.kh * g.kw / block_taps);
-  return fill_chunks(g.n * g.oh * g.ow * block_taps, blocks, kTileRows,
-                     kTileRows * 16 * block_taps);
+  const int64_t taps = g.kh * g.kw;
+  const int64_t blocks = ceil_div(g.c, kWarp) * (taps / depthwise_weight_block_taps(g));
+  return fill_chunks(g.n * g.oh * g.ow * taps, blocks, kTileRows, kTileRows * 16 * taps);
 }
 // Floats of scratch depthwise_backward_weight needs.
 inline int64_t depthwise_backward_weight_workspace(const DepthwiseGeometry& g) {
@@ -350,15 +364,17 @@ void depthwise_backward_weight(const DepthwiseGeometry& g, const X* x, const flo
   const int64_t chunk_positions = ceil_div(g.n * g.oh * g.ow, chunks);
   dispatch_taps(g, [&](auto k) {
     constexpr int K = decltype(k)::value;
-    const int64_t passes = K > 0 ? 1 : taps;  // blocks along y: one per tap where K is 0
+    const int64_t passes = taps / depthwise_weight_block_taps(g);  // blocks along y
     LaunchConfig cfg{dim3(static_cast<unsigned>(ceil_div(g.c, kWarp)),
                           static_cast<unsigned>(passes), static_cast<unsigned>(chunks)),
                      dim3(kWarp, kTileRows), 0, stream};
-    // A block summing every tap reads grad_y and x once (the taps' overlapping reads of x hit
-    // in cache); a block per tap reads them afresh. Each (position, channel, tap) a thread
-    // visits costs a tap's index work, as in the gathers.
+    // The row blocks of an unrolled kernel read a chunk's grad_y and x from memory once (their
+    // re-reads, and the taps' overlapping reads of x, hit in cache); a block per tap reads them
+    // afresh. Each (position, channel, tap) a thread visits costs a tap's index work, as in the
+    // gathers.
     const double elements = static_cast<double>(g.n * g.oh * g.ow * g.c);
-    cfg.cost = looped(static_cast<double>(passes) * elements * (sizeof(X) + 4),
+    const double reads = K > 0 ? 1 : static_cast<double>(passes);
+    cfg.cost = looped(reads * elements * (sizeof(X) + 4),
                       chunks * g.c * taps * 4.0,
                       ceil_div(g.c, kWarp) * kWarp * kTileRows * passes * chunks,
                       ceil_div(chunk_positions, kTileRows),

@@ -50,8 +50,9 @@ def launch_name(kernel):
     base = re.match(r"sono::(\w+)", kernel).group(1)
     if base == "bias_act_kernel":
         return ["bias_add", "bias_gelu", "relu"][int(template_args(kernel)[0])]
-    if base == "depthwise_gather_kernel":
-        return "depthwise_conv_backward_input" if template_args(kernel)[3] == "1" else "depthwise_conv_forward"
+    if base in ("depthwise_gather_kernel", "depthwise_window_kernel"):
+        input_grad = template_args(kernel)[4] in ("1", "true")  # <Src, Dst, K, V, InputGrad, Bf16>
+        return "depthwise_conv_backward_input" if input_grad else "depthwise_conv_forward"
     if base == "implicit_gemm_kernel":
         gemm = template_args(kernel)[0]
         if "ConvWeightGradGemm" in gemm:
