@@ -24,10 +24,6 @@
 namespace sono::cuda {
 inline namespace SONO_KERNEL_TARGET {
 
-[[noreturn]] inline void not_implemented(const char* op) {
-  fail("CUDA: ", op, " not implemented yet");
-}
-
 // Calls f(T{}) with T = float, double or int64_t per dtype.
 template <typename F>
 void dispatch_dtype(DType dtype, F&& f) {

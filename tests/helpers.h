@@ -5,7 +5,9 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
+#include <initializer_list>
 #include <string>
 
 #include "autograd/gradcheck.h"
@@ -58,5 +60,20 @@ struct TempDir {
 };
 
 inline std::string source_path(const std::string& rel) { return std::string(SONO_SOURCE_DIR) + "/" + rel; }
+
+// Goldens too big to commit, written by tests/reference/*_goldens.py --full into
+// $SONO_REF_GOLDENS (default /work/ref-goldens). Tests that need them are decorated
+// `* doctest::skip(!has_ref_goldens({...}))`, so that without them they count as skipped.
+inline std::string ref_golden(const std::string& name) {
+  const char* dir = std::getenv("SONO_REF_GOLDENS");
+  return std::string(dir ? dir : "/work/ref-goldens") + "/" + name;
+}
+inline bool has_ref_goldens(std::initializer_list<const char*> names) {
+  for (const char* name : names)
+    if (!std::filesystem::exists(ref_golden(name))) return false;
+  return true;
+}
+// Full-size parity runs take minutes of CPU: only with SONO_FULL_PARITY=1.
+inline bool full_parity_enabled() { return std::getenv("SONO_FULL_PARITY") != nullptr; }
 
 }  // namespace sono::test

@@ -130,16 +130,10 @@ struct KeyGolden {
 
 std::string temp_path(const std::string& name) { return (fs::temp_directory_path() / ("sono_convnext_" + name)).string(); }
 
-// Goldens too big to commit, written by `convnext_goldens.py --full`; tests skip without them.
-std::string ref_golden(const std::string& name) {
-  const char* dir = std::getenv("SONO_REF_GOLDENS");
-  return std::string(dir ? dir : "/work/ref-goldens") + "/" + name;
-}
-
 // Building a model costs seconds per 100M parameters (initialisation): convnext_small and
 // convnext_large (base's depths with tiny's / wider dims) are built only in slow runs
 // (SONO_FULL_PARITY=1), as is the full-size convnext_base parity.
-bool slow_tests_enabled() { return std::getenv("SONO_FULL_PARITY") != nullptr; }
+bool slow_tests_enabled() { return test::full_parity_enabled(); }
 
 }  // namespace
 
@@ -345,13 +339,12 @@ TEST_CASE("pretrained RGB weights load into a 4-channel model with a fresh 3-cla
   }
 }
 
-TEST_CASE("timm's own pretrained loading path (convnext_atto, RGB 1000 classes -> 4 channels, 3 classes)") {
-  const std::string src = ref_golden("convnext_atto_in3_pretrained.safetensors");
-  const std::string timm_loaded = ref_golden("convnext_atto_in4_from_pretrained.safetensors");
-  if (!fs::exists(src) || !fs::exists(timm_loaded)) {
-    MESSAGE("skipped: run tests/reference/convnext_goldens.py --full to write " << src);
-    return;
-  }
+TEST_CASE("timm's own pretrained loading path (convnext_atto, RGB 1000 classes -> 4 channels, 3 classes; "
+          "goldens of convnext_goldens.py --full)" *
+          doctest::skip(!test::has_ref_goldens({"convnext_atto_in3_pretrained.safetensors",
+                                                "convnext_atto_in4_from_pretrained.safetensors"}))) {
+  const std::string src = test::ref_golden("convnext_atto_in3_pretrained.safetensors");
+  const std::string timm_loaded = test::ref_golden("convnext_atto_in4_from_pretrained.safetensors");
   ConvNeXt model(variant_config("atto"));
   load_pretrained(model, src, convnext_pretrained_layout());
   const nn::StateDict expected = nn::load_safetensors(timm_loaded).tensors;
@@ -366,17 +359,13 @@ namespace {
 
 // Full-size parity against `convnext_goldens.py --full` goldens (outside the repo).
 void full_size_parity(const std::string& variant, DType dtype, double logits_tol, double grad_tol) {
-  const std::string case_path = ref_golden("convnext_" + variant + "_case.safetensors");
-  if (!fs::exists(case_path)) {
-    MESSAGE("skipped: run tests/reference/convnext_goldens.py --full to write " << case_path);
-    return;
-  }
+  const std::string case_path = test::ref_golden("convnext_" + variant + "_case.safetensors");
   const nn::StateDict c = nn::load_safetensors(case_path).tensors;
   ConvNeXt model(variant_config(variant));
   model.to(dtype);
   model.load_state_dict(with_prefix(c, "param."));
   for (const std::string ref_dtype : {"f32", "f64"}) {
-    const std::string ref_path = ref_golden("convnext_" + variant + "_" + ref_dtype + ".safetensors");
+    const std::string ref_path = test::ref_golden("convnext_" + variant + "_" + ref_dtype + ".safetensors");
     if (!fs::exists(ref_path)) continue;
     if (dtype == DType::f64 && ref_dtype == "f32") continue;
     MESSAGE(variant << " ours " << std::string(dtype_name(dtype)) << " against torch " << ref_dtype << ":");
@@ -389,15 +378,16 @@ void full_size_parity(const std::string& variant, DType dtype, double logits_tol
 
 }  // namespace
 
-TEST_CASE("convnext_atto at 64x64, batch 2: float32 and float64 parity with timm") {
+TEST_CASE("convnext_atto at 64x64, batch 2: float32 and float64 parity with timm (goldens of "
+          "convnext_goldens.py --full)" *
+          doctest::skip(!test::has_ref_goldens({"convnext_atto_case.safetensors"}))) {
   full_size_parity("atto", DType::f32, 1e-4, 1e-3);
   full_size_parity("atto", DType::f64, 1e-10, 1e-10);
 }
 
-TEST_CASE("convnext_base at 224x224, batch 1: float32 parity with timm (SONO_FULL_PARITY=1)") {
-  if (!slow_tests_enabled()) {
-    MESSAGE("skipped: set SONO_FULL_PARITY=1 (minutes of CPU)");
-    return;
-  }
+TEST_CASE("convnext_base at 224x224, batch 1: float32 parity with timm (SONO_FULL_PARITY=1 and "
+          "goldens of convnext_goldens.py --full)" *
+          doctest::skip(!slow_tests_enabled() ||
+                        !test::has_ref_goldens({"convnext_base_case.safetensors"}))) {
   full_size_parity("base", DType::f32, 1e-4, 1e-3);
 }

@@ -172,12 +172,6 @@ bool is_buffer(const std::string& key) {
   return key.ends_with("running_mean") || key.ends_with("running_var") || key.ends_with("num_batches_tracked");
 }
 
-// Goldens too big to commit, written by `deeplab_goldens.py --full DIR`; tests skip without them.
-std::string ref_golden(const std::string& name) {
-  const char* dir = std::getenv("SONO_REF_GOLDENS");
-  return std::string(dir ? dir : "/work/ref-goldens") + "/" + name;
-}
-
 }  // namespace
 
 TEST_CASE("parameter counts equal smp's DeepLabV3Plus for every MiT variant") {
@@ -377,13 +371,10 @@ namespace {
 // float64 run where there is one (at mit_b2 size, torch's own float32 gradients are up to 1.1e-3
 // off it, ours 4e-4), else against torch's float32 run.
 void full_size_parity(const std::string& variant, DType dtype, Tolerance tol) {
-  const std::string weights = ref_golden("deeplab_" + variant + "_weights.safetensors");
-  std::string ref_path = ref_golden("deeplab_" + variant + "_f64.safetensors");
-  if (dtype == DType::f32 && !fs::exists(ref_path)) ref_path = ref_golden("deeplab_" + variant + "_f32.safetensors");
-  if (!fs::exists(weights) || !fs::exists(ref_path)) {
-    MESSAGE("skipped: run tests/reference/deeplab_goldens.py --full /work/ref-goldens to write " << ref_path);
-    return;
-  }
+  const std::string weights = test::ref_golden("deeplab_" + variant + "_weights.safetensors");
+  std::string ref_path = test::ref_golden("deeplab_" + variant + "_f64.safetensors");
+  if (dtype == DType::f32 && !fs::exists(ref_path)) ref_path = test::ref_golden("deeplab_" + variant + "_f32.safetensors");
+  REQUIRE_MESSAGE(fs::exists(ref_path), "run tests/reference/deeplab_goldens.py --full to write " << ref_path);
   nn::SafetensorsFile w = nn::load_safetensors(weights);
   DeepLabV3Plus model(variant_config(variant));
   model.to(dtype);
@@ -397,15 +388,16 @@ void full_size_parity(const std::string& variant, DType dtype, Tolerance tol) {
 
 }  // namespace
 
-TEST_CASE("mit_b0 at 64x64, batch 2: float32 and float64 parity with smp") {
+TEST_CASE("mit_b0 at 64x64, batch 2: float32 and float64 parity with smp (goldens of "
+          "deeplab_goldens.py --full)" *
+          doctest::skip(!test::has_ref_goldens({"deeplab_mit_b0_weights.safetensors"}))) {
   full_size_parity("mit_b0", DType::f32, {1e-4, 1e-3, 1e-4, 1e-4});
   full_size_parity("mit_b0", DType::f64, {1e-10, 1e-10, 1e-10, 1e-6});
 }
 
-TEST_CASE("mit_b2 at 256x256, batch 2: float32 parity with smp (SONO_FULL_PARITY=1)") {
-  if (!std::getenv("SONO_FULL_PARITY")) {
-    MESSAGE("skipped: set SONO_FULL_PARITY=1 (minutes of CPU)");
-    return;
-  }
+TEST_CASE("mit_b2 at 256x256, batch 2: float32 parity with smp (SONO_FULL_PARITY=1 and goldens "
+          "of deeplab_goldens.py --full)" *
+          doctest::skip(!test::full_parity_enabled() ||
+                        !test::has_ref_goldens({"deeplab_mit_b2_weights.safetensors"}))) {
   full_size_parity("mit_b2", DType::f32, {1e-4, 1e-3, 1e-4, 1e-4});
 }

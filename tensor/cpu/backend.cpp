@@ -26,29 +26,22 @@ void count_allocation(int64_t bytes) {
   while (now > peak && !g_peak.compare_exchange_weak(peak, now)) {}
 }
 
-// Tensors of 1 MiB and more live in blocks mapped from the OS and kept for reuse once freed.
-// Every first touch of a fresh page faults, and glibc maps allocations over 32 MiB afresh each
-// time (and returns freed heap tops of smaller ones): writing a 33 MiB depthwise-conv gradient
-// took 10.9 ms into a fresh buffer, 3.1 ms into a reused one, and LayerNorm forward + backward
-// on [25088, 128] spent two thirds of its time faulting its outputs in. Sizes round up to 8
-// classes per power of two (at most 12.5% more), and a request takes the smallest cached block
-// up to 1.5 times its size. Live plus cached bytes stay within the most ever live at once plus
-// a headroom (a quarter of it, at most 128 MiB): a request that no cached block fits unmaps
-// cached blocks, largest first, to stay within it. Without the headroom a step's mix of sizes
-// kept missing and remapping (MiT-B2 batch 1 inference: 22 maps a step, 15% of its time in the
-// kernel zeroing fresh pages; ConvNeXt-Base batch-8 training: 138 maps a step); with it none
-// after the first step at batch 1 and a few at batch 8, for 4-25% more resident memory (a
-// 256 MiB cap took ConvNeXt-Base batch-8 training from 57 maps a step to 11 for 118 MiB more,
-// and no measurable time).
+// Tensors of 1 MiB and more live in blocks mapped from the OS and kept for reuse once freed:
+// every first touch of a fresh page faults, and glibc maps allocations over 32 MiB afresh each
+// time, so a step's outputs would fault in anew every step. Sizes round up to 8 classes per
+// power of two (at most 12.5% more), and a request takes the smallest cached block up to 1.5
+// times its size. Live plus cached bytes stay within the most ever live at once plus a headroom
+// (a quarter of it, at most 128 MiB): a request that no cached block fits unmaps cached blocks,
+// largest first, to stay within it. Without the headroom a step's mix of sizes keeps missing and
+// remapping; with it a steady step maps little or nothing, for a few percent more resident memory.
 class BlockCache {
  public:
   static constexpr size_t kMinBytes = size_t(1) << 20;
   static constexpr size_t kMaxHeadroom = size_t(128) << 20;
 
   // Smaller tensors come from glibc's heap. By default it maps chunks from 128 KiB up afresh
-  // and gives the heap's free top back to the OS past 128 KiB, so they faulted in anew each
-  // step as well: 5,800 page faults a step in MiT-B2 batch-1 inference, none with these
-  // settings (80.7 -> 74.1 ms, same resident memory).
+  // and gives the heap's free top back to the OS past 128 KiB, so they would fault in anew each
+  // step as well.
   BlockCache() {
     mallopt(M_MMAP_THRESHOLD, static_cast<int>(kMinBytes));
     mallopt(M_TRIM_THRESHOLD, 64 << 20);
