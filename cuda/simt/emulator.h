@@ -156,9 +156,6 @@ inline int __all_sync(unsigned mask, int pred, const char* file = __builtin_FILE
       simt::warp_op(simt::WarpOp::all, mask, pred != 0, 0, 32, "__all_sync", file, line));
 }
 
-inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
-inline void __threadfence_block() { std::atomic_thread_fence(std::memory_order_seq_cst); }
-
 // ---- atomics (fibers switch only at barriers, but host threads may share memory too) ------------
 
 template <typename T>
@@ -175,62 +172,14 @@ T atomicAdd(T* address, T value) {
     return old;
   }
 }
-namespace simt {
-// Stores value where replaces(old, value) holds; returns the old value.
-template <typename T, typename Replaces>
-T atomic_replace_if(T* address, T value, Replaces replaces) {
-  T old = __atomic_load_n(address, __ATOMIC_RELAXED);
-  while (replaces(old, value) && !__atomic_compare_exchange_n(address, &old, value, false,
-                                                              __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
-  }
-  return old;
-}
-}  // namespace simt
-template <typename T>
-T atomicMax(T* address, T value) {
-  return simt::atomic_replace_if(address, value, [](T old, T v) { return old < v; });
-}
-template <typename T>
-T atomicMin(T* address, T value) {
-  return simt::atomic_replace_if(address, value, [](T old, T v) { return v < old; });
-}
-template <typename T>
-T atomicExch(T* address, T value) {
-  return __atomic_exchange_n(address, value, __ATOMIC_RELAXED);
-}
-template <typename T>
-T atomicCAS(T* address, T compare, T value) {
-  __atomic_compare_exchange_n(address, &compare, value, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
-  return compare;
-}
 
-// ---- device math: the fast intrinsics compute the exact function here ---------------------------
+// ---- device math: the round-to-nearest intrinsics (kept apart from FMA contraction on the GPU)
 
-inline float __expf(float x) { return expf(x); }
-inline float __logf(float x) { return logf(x); }
-inline float __sinf(float x) { return sinf(x); }
-inline float __cosf(float x) { return cosf(x); }
-inline float __tanf(float x) { return tanf(x); }
-inline float __powf(float x, float y) { return powf(x, y); }
-inline float __fdividef(float x, float y) { return x / y; }
-inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
-inline double rsqrt(double x) { return 1.0 / sqrt(x); }
-inline float __frcp_rn(float x) { return 1.0f / x; }
 inline float __fsqrt_rn(float x) { return sqrtf(x); }
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
-inline float __saturatef(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
-inline int __float_as_int(float x) { return simt::from_bits<int>(simt::to_bits(x)); }
-inline float __int_as_float(int x) { return simt::from_bits<float>(simt::to_bits(x)); }
 inline unsigned __float_as_uint(float x) { return simt::from_bits<unsigned>(simt::to_bits(x)); }
 inline float __uint_as_float(unsigned x) { return simt::from_bits<float>(simt::to_bits(x)); }
-inline int __popc(unsigned x) { return __builtin_popcount(x); }
-inline int __ffs(int x) { return __builtin_ffs(x); }
-inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(static_cast<unsigned>(x)); }
-template <typename T>
-T __ldg(const T* p) {
-  return *p;
-}
