@@ -51,18 +51,41 @@ pid_t writer_pid(const std::string& name) {
   return ours ? pid : 0;
 }
 
+// The PID in the name the checkpoint writer of earlier versions used for target's temp file,
+// "TARGET.tmp<PID>", or 0 when the name is not that.
+pid_t legacy_writer_pid(const std::string& name, const std::string& target) {
+  const std::string prefix = target + ".tmp";
+  if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) return 0;
+  const char* begin = name.data() + prefix.size();
+  const char* end = name.data() + name.size();
+  pid_t pid = 0;
+  auto [stop, error] = std::from_chars(begin, end, pid);
+  return error == std::errc() && stop == end && pid > 0 ? pid : 0;
+}
+
 bool process_is_gone(pid_t pid) { return ::kill(pid, 0) != 0 && errno == ESRCH; }
 
-void remove_stale_temp_files_once(const fs::path& folder) {
+// Removes `path` when it is this user's regular file and its writer `pid` has died.
+void remove_if_writer_died(const fs::path& path, pid_t pid) {
+  struct stat st;
+  if (pid == 0 || pid == getpid() || ::lstat(path.c_str(), &st) != 0) return;
+  if (S_ISREG(st.st_mode) && st.st_uid == geteuid() && process_is_gone(pid)) {
+    std::error_code ignored;
+    fs::remove(path, ignored);
+  }
+}
+
+// Once per process and target: a folder's other targets may have legacy temp files too.
+void remove_stale_temp_files_once(const fs::path& target) {
   static std::mutex mutex;
   static std::set<std::string> cleaned;
   std::error_code ec;
-  std::string key = fs::absolute(folder, ec).lexically_normal().string();
+  std::string key = fs::absolute(target, ec).lexically_normal().string();
   {
     std::lock_guard lock(mutex);
     if (!cleaned.insert(key).second) return;
   }
-  remove_stale_temp_files(folder);
+  remove_stale_temp_files(target.parent_path(), target.filename().string());
 }
 
 }  // namespace
@@ -71,22 +94,18 @@ int create_new_file(const fs::path& path) {
   return ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
 }
 
-void remove_stale_temp_files(const fs::path& folder) {
+void remove_stale_temp_files(const fs::path& folder, const std::string& target) {
   std::error_code ec;
   for (fs::directory_iterator it(folder.empty() ? "." : folder, ec), end; !ec && it != end; it.increment(ec)) {
-    pid_t pid = writer_pid(it->path().filename().string());
-    struct stat st;
-    if (pid == 0 || pid == getpid() || ::lstat(it->path().c_str(), &st) != 0) continue;
-    if (S_ISREG(st.st_mode) && st.st_uid == geteuid() && process_is_gone(pid)) {
-      std::error_code ignored;
-      fs::remove(it->path(), ignored);
-    }
+    const std::string name = it->path().filename().string();
+    const pid_t pid = writer_pid(name);
+    remove_if_writer_died(it->path(), pid ? pid : legacy_writer_pid(name, target));
   }
 }
 
 AtomicFile::AtomicFile(fs::path target) : target_(std::move(target)) {
   SONO_CHECK(!target_.filename().empty(), "cannot write '", target_.string(), "': not a file name");
-  remove_stale_temp_files_once(target_.parent_path());
+  remove_stale_temp_files_once(target_);
   for (int attempt = 0; fd_ < 0 && attempt < 8; ++attempt) {
     temp_ = temp_path_for(target_);
     fd_ = create_new_file(temp_);

@@ -36,8 +36,9 @@ void write_file_atomic(const std::filesystem::path& path, std::string_view bytes
 int create_new_file(const std::filesystem::path& path);
 
 // Removes from `folder` the temp files of writers that died mid-write (SIGKILL, power loss):
-// this user's regular files named ".X.tmp-PID-..." whose PID no longer runs. The first
-// AtomicFile into a folder calls it, once per process.
-void remove_stale_temp_files(const std::filesystem::path& folder);
+// this user's regular files named ".X.tmp-PID-..." whose PID no longer runs, and "TARGET.tmpPID"
+// (the name earlier versions wrote `target` through). The first AtomicFile to a target calls
+// it, once per process.
+void remove_stale_temp_files(const std::filesystem::path& folder, const std::string& target = {});
 
 }  // namespace sono

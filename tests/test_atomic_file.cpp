@@ -66,6 +66,21 @@ TEST_CASE("a write into a folder removes the temp files of dead writers, not of 
   CHECK(read_file(dir / "out.csv") == "a,b\n");
 }
 
+TEST_CASE("a write removes its target's temp file left by earlier versions' writer, if that died") {
+  fs::path dir = fresh_folder("legacy");
+  fs::path dead = dir / ("model.safetensors.tmp" + std::to_string(dead_pid()));
+  fs::path live = dir / ("model.safetensors.tmp" + std::to_string(getppid()));
+  fs::path other = dir / ("other.safetensors.tmp" + std::to_string(dead_pid()));  // not this target
+  fs::path suffixed = dir / ("model.safetensors.tmp" + std::to_string(dead_pid()) + "x");
+  for (const fs::path& p : {dead, live, other, suffixed}) write_text(p, "half a checkpoint");
+  write_file_atomic(dir / "model.safetensors", "new");
+  CHECK_FALSE(fs::exists(dead));
+  CHECK(fs::exists(live));
+  CHECK(fs::exists(other));
+  CHECK(fs::exists(suffixed));
+  CHECK(read_file(dir / "model.safetensors") == "new");
+}
+
 TEST_CASE("the temp file is created only where nothing is: a planted link, dangling or not, is refused") {
   fs::path dir = fresh_folder("exclusive");
   fs::path victim = dir / "victim.txt";
