@@ -323,6 +323,23 @@ TEST_CASE("--resume refuses a run whose arguments or data differ from the saved 
     CHECK(r.status == 1);
     CHECK(r.output.find("data and split differ (saved: 60 images") != std::string::npos);
   }
+  SUBCASE("another recipe option") {
+    Run r = resume(t.data, " --img-size 64 --epochs 6 --augment ultrasound");
+    INFO(r.output);
+    CHECK(r.status == 1);
+    CHECK(r.output.find("--augment ultrasound (saved: standard)") != std::string::npos);
+  }
+  SUBCASE("cls_train's own flags: another --label-smoothing, ground-truth masks") {
+    Run r = run_tool("cls_train", "--images-dir " + (t.data / "images").string() + " --masks-dir " +
+                                      (t.data / "masks").string() +
+                                      " --arch convnext_atto --img-size 64 --epochs 40 --batch-size 8 --lr 1e-3"
+                                      " --drop-path 0 --label-smoothing 0.10 --resume " +
+                                      (t.root / "cls.last.safetensors").string() + " --save-path " + out.string());
+    INFO(r.output);
+    CHECK(r.status == 1);
+    CHECK(r.output.find("--label-smoothing 0.1 (saved: 0)") != std::string::npos);
+    CHECK(r.output.find("--seg-model ground truth (saved: " + t.seg.string() + ")") != std::string::npos);
+  }
   CHECK_FALSE(fs::exists(out));
 }
 

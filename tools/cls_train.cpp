@@ -150,6 +150,9 @@ int cls_train(int argc, char** argv) {
   SONO_CHECK(dataset.classes.size() >= 2, settings.images_dir,
              ": classification needs class subfolders (images/CLASS/ or BUSI's CLASS/), found ",
              dataset.classes.size() == 1 ? "one class" : "no class folders");
+  settings.tool_arguments = {{"--seg-model", seg_model.empty() ? "ground truth" : seg_model},
+                             {"--label-smoothing", app::run_argument_number(label_smoothing)},
+                             {"--class-weights", cli.str("class-weights")}};
   Tensor weights = class_weights(cli.str("class-weights"), dataset);
   ClassificationTask task(dataset.classes, weights, label_smoothing);
   if (folds) {

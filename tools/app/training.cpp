@@ -150,6 +150,12 @@ std::string resume_state_path(const std::string& save_path) {
   return (p.parent_path() / (p.stem().string() + ".last" + p.extension().string())).string();
 }
 
+std::string run_argument_number(double x) {
+  std::ostringstream os;
+  os << std::setprecision(10) << x;
+  return os.str();
+}
+
 namespace {
 
 // Backbone weights published for ImageNet: timm's ConvNeXt, smp's MiT encoder.
@@ -184,17 +190,19 @@ std::string join_metrics(const std::vector<std::string>& names, const std::vecto
 // The arguments a resumed run must share with the saved one: another value would continue a
 // different schedule, input size or split. Effective values (after the recipe's defaults).
 std::map<std::string, std::string> run_arguments(const TrainSettings& s) {
-  auto number = [](double x) {
-    std::ostringstream os;
-    os << std::setprecision(10) << x;
-    return os.str();
-  };
-  return {{"--img-size", std::to_string(s.img_size)},   {"--epochs", std::to_string(s.epochs)},
-          {"--batch-size", std::to_string(s.batch_size)}, {"--lr", number(s.lr)},
-          {"--weight-decay", number(s.weight_decay)},    {"--warmup-epochs", number(s.warmup_epochs)},
-          {"--drop-path", number(s.drop_path)},          {"--clip-grad", number(s.clip_grad)},
-          {"--val-split", number(s.val_split)},          {"--seed", std::to_string(s.seed)},
-          {"--no-augment", s.augment ? "no" : "yes"}};
+  const auto number = run_argument_number;
+  const RecipeOptions& r = s.recipe_options;
+  std::map<std::string, std::string> arguments = {
+      {"--img-size", std::to_string(s.img_size)},   {"--epochs", std::to_string(s.epochs)},
+      {"--batch-size", std::to_string(s.batch_size)}, {"--lr", number(s.lr)},
+      {"--weight-decay", number(s.weight_decay)},    {"--warmup-epochs", number(s.warmup_epochs)},
+      {"--drop-path", number(s.drop_path)},          {"--clip-grad", number(s.clip_grad)},
+      {"--val-split", number(s.val_split)},          {"--seed", std::to_string(s.seed)},
+      {"--no-augment", s.augment ? "no" : "yes"},    {"--augment", r.augment},
+      {"--balanced-sampling", r.balanced_sampling ? "yes" : "no"},
+      {"--ema", number(r.ema_decay)}};
+  arguments.insert(s.tool_arguments.begin(), s.tool_arguments.end());
+  return arguments;
 }
 
 // Which images (names, classes, perceptual hashes of the pixels) a run sees and on which side
@@ -379,9 +387,9 @@ std::vector<std::string> Trainer::differences_from(const ModelCard& saved) const
   }
   std::vector<std::string> differences;
   for (auto& [flag, value] : run_arguments(s_)) {
-    auto it = before.find(flag);
-    std::string then = it == before.end() ? "not recorded" : it->second;
-    if (then != value) differences.push_back(flag + " " + value + " (saved: " + then + ")");
+    auto it = before.find(flag);  // a flag the saving version did not record is not compared
+    if (it != before.end() && it->second != value)
+      differences.push_back(flag + " " + value + " (saved: " + it->second + ")");
   }
   auto fingerprint = saved.extra.find("data_fingerprint");
   std::string then = fingerprint == saved.extra.end() ? "not recorded" : fingerprint->second;

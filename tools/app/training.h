@@ -4,6 +4,7 @@
 // validation, best checkpoint and resumable state written atomically, CSV + SVG log.
 // What differs between the two tools is a TrainingTask.
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -26,7 +27,12 @@ struct TrainSettings {
   bool augment = true, resume_anyway = false;
   Device device = Device::cpu;
   RecipeOptions recipe_options;  // augmentation, sampling, EMA, TTA, folds (recipe.h)
+  // A tool's own flags that shape what it trains ("--label-smoothing" -> "0.1"): a resumed run
+  // must share them as it shares the common ones.
+  std::map<std::string, std::string> tool_arguments;
 };
+// A number as run arguments record it (0.1 and 0.10 alike).
+std::string run_argument_number(double x);
 
 // Per-tool defaults of the shared flags.
 struct TrainDefaults {
