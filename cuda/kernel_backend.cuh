@@ -19,7 +19,7 @@
 #include "cuda/kernels/softmax.cuh"
 #include "tensor/autocast.h"
 #include "tensor/backend.h"
-#include "tensor/cpu/strided.h"
+#include "tensor/strided_layout.h"
 
 namespace sono::cuda {
 inline namespace SONO_KERNEL_TARGET {
@@ -60,7 +60,7 @@ class KernelBackend : public Backend {
   }
 
   void fill(const Tensor& dst, double value) override {
-    auto layout = cpu::merge_dims<1>(dst.shape(), {&dst.strides()});
+    auto layout = merge_dims<1>(dst.shape(), {&dst.strides()});
     const auto space = make_space<1>(layout.shape, layout.strides);
     dispatch_dtype(dst.dtype(), [&](auto tag) {
       using T = decltype(tag);
@@ -98,7 +98,7 @@ class KernelBackend : public Backend {
   }
 
   void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) override {
-    auto layout = cpu::merge_dims<3>(out.shape(), {&a.strides(), &b.strides(), &out.strides()});
+    auto layout = merge_dims<3>(out.shape(), {&a.strides(), &b.strides(), &out.strides()});
     const auto space = make_space<3>(layout.shape, layout.strides);
     const float* ap = f32_strided(a, "binary");
     const float* bp = f32_strided(b, "binary");
@@ -374,7 +374,7 @@ class KernelBackend : public Backend {
  private:
   void copy_on_device(const Shape& shape, const void* src, const Shape& src_strides,
                       DType src_dtype, void* dst, const Shape& dst_strides, DType dst_dtype) {
-    auto layout = cpu::merge_dims<2>(shape, {&src_strides, &dst_strides});
+    auto layout = merge_dims<2>(shape, {&src_strides, &dst_strides});
     const auto space = make_space<2>(layout.shape, layout.strides);
     dispatch_copy_dtype(src_dtype, [&](auto s) {
       dispatch_copy_dtype(dst_dtype, [&](auto d) {

@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "cuda/kernels/elementwise.cuh"
-#include "tensor/cpu/strided.h"
+#include "tensor/strided_layout.h"
 
 namespace sono::cuda {
 inline namespace SONO_KERNEL_TARGET {
@@ -60,8 +60,8 @@ inline ReduceSpace make_reduce_space(const std::vector<int64_t>& x_shape,
     (reduced ? red_stride : kept_stride).push_back(x_strides[d]);
     (reduced ? s.count : s.outputs) *= x_shape[d];
   }
-  const auto kept = cpu::merge_dims<1>(kept_size, {&kept_stride});
-  const auto red = cpu::merge_dims<1>(red_size, {&red_stride});
+  const auto kept = merge_dims<1>(kept_size, {&kept_stride});
+  const auto red = merge_dims<1>(red_size, {&red_stride});
   s.kept = make_space<1>(kept.shape, {kept.strides[0]});
   s.reduced = make_space<1>(red.shape, {red.strides[0]});
   return s;

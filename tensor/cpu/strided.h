@@ -1,41 +1,14 @@
 #pragma once
 // Iterates the elements of up to three equally-shaped strided views. Dims that are contiguous
-// for every operand are merged first, so the common cases run as one flat inner loop.
+// for every operand are merged first (merge_dims), so the common cases run as one flat inner
+// loop.
 #include <array>
 #include <vector>
 
+#include "tensor/strided_layout.h"
 #include "tensor/tensor.h"
 
 namespace sono::cpu {
-
-template <size_t K>
-struct StridedLayout {
-  Shape shape;                       // merged shape
-  std::array<Shape, K> strides;      // merged strides per operand
-};
-
-template <size_t K>
-StridedLayout<K> merge_dims(const Shape& shape, const std::array<const Shape*, K>& strides) {
-  StridedLayout<K> m;
-  for (size_t d = 0; d < shape.size(); ++d) {
-    if (shape[d] == 1) continue;
-    bool mergeable = !m.shape.empty();
-    for (size_t k = 0; k < K && mergeable; ++k)
-      mergeable = m.strides[k].back() == (*strides[k])[d] * shape[d];
-    if (mergeable) {
-      m.shape.back() *= shape[d];
-      for (size_t k = 0; k < K; ++k) m.strides[k].back() = (*strides[k])[d];
-    } else {
-      m.shape.push_back(shape[d]);
-      for (size_t k = 0; k < K; ++k) m.strides[k].push_back((*strides[k])[d]);
-    }
-  }
-  if (m.shape.empty()) {
-    m.shape.push_back(1);
-    for (size_t k = 0; k < K; ++k) m.strides[k].push_back(1);
-  }
-  return m;
-}
 
 // Calls row(offsets, inner_strides, inner_len) for every innermost row, rows in parallel.
 template <size_t K, typename Row>
