@@ -50,6 +50,19 @@ void check_mask_size(const fs::path& mask, ImageSize mask_size, const fs::path& 
 // Reads only the header. Throws sono::Error naming the file when it is missing or unreadable.
 ImageSize read_image_size(const fs::path& file);
 
+// Samples in memory: `channels` interleaved (1 grey, 2 grey+alpha, 3 RGB, 4 RGBA), 8 or 16 bits
+// each, rows `row_stride` bytes apart (at least width * channels * bytes per sample).
+struct PixelBuffer {
+  const void* data = nullptr;
+  int height = 0, width = 0, channels = 0;
+  bool sixteen_bit = false;
+  size_t row_stride = 0;
+};
+
+// As RGB 0..1, the way load_image reads a file of those samples. Throws naming what is wrong
+// with the buffer's description.
+Image image_from_pixels(const PixelBuffer& pixels);
+
 // Any grey, grey+alpha, RGB or RGBA image, 8 or 16 bits, as RGB 0..1 (grey is replicated,
 // alpha is dropped as PIL's convert("RGB") does). Errors name the file: missing, corrupt,
 // truncated.
