@@ -1,0 +1,44 @@
+# The packaging test (ctest test_package): installs the build tree, moves the installed tree
+# elsewhere (nothing may point back into the build or source tree), builds examples/ against it
+# with its own CMake project and again through pkg-config, and checks both programs give what
+# predict gives on a sample scan.
+#   cmake -DBUILD_DIR=.. -DSOURCE_DIR=.. -DWORK_DIR=.. -DPREDICT=.. -DCXX=.. -DLIBDIR=.. -DSTB_INCLUDE=.. -P test_package.cmake
+include(${CMAKE_CURRENT_LIST_DIR}/prediction.cmake)
+
+file(REMOVE_RECURSE ${WORK_DIR})
+run(${CMAKE_COMMAND} --install ${BUILD_DIR} --prefix ${WORK_DIR}/staging)
+file(RENAME ${WORK_DIR}/staging ${WORK_DIR}/prefix)
+set(prefix ${WORK_DIR}/prefix)
+file(GLOB_RECURSE installed ${prefix}/*.cmake ${prefix}/*.pc)
+foreach(file ${installed})
+  file(READ ${file} text)
+  foreach(tree ${BUILD_DIR} ${SOURCE_DIR} ${WORK_DIR}/staging)
+    string(FIND "${text}" "${tree}" at)
+    if(NOT at EQUAL -1)
+      message(FATAL_ERROR "${file} names ${tree}: the installed package is not relocatable")
+    endif()
+  endforeach()
+endforeach()
+
+predict_sample(expected)
+
+run(${CMAKE_COMMAND} -S ${SOURCE_DIR}/examples -B ${WORK_DIR}/example -DCMAKE_PREFIX_PATH=${prefix}
+    -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=${CXX})
+run(${CMAKE_COMMAND} --build ${WORK_DIR}/example)
+
+set(ENV{PKG_CONFIG_PATH} ${prefix}/${LIBDIR}/pkgconfig)
+run(pkg-config --cflags --libs sono)
+string(STRIP "${out}" flags)
+separate_arguments(flags UNIX_COMMAND "${flags}")
+run(${CXX} -std=c++17 -O1 -I${STB_INCLUDE} ${SOURCE_DIR}/examples/classify_scan.cpp ${flags}
+    -o ${WORK_DIR}/classify_scan_pc)
+
+# CMake's build finds libsono.so through its RPATH; the pkg-config one as any -lsono program.
+set(ENV{LD_LIBRARY_PATH} "")
+foreach(program ${WORK_DIR}/example/classify_scan ${WORK_DIR}/classify_scan_pc)
+  if(program MATCHES "_pc$")
+    set(ENV{LD_LIBRARY_PATH} ${prefix}/${LIBDIR})
+  endif()
+  run(${program} ${seg} ${cls} ${scan})
+  check_as_predict("${out}" "${expected}" ${program})
+endforeach()
