@@ -1,7 +1,6 @@
 #include "sono/pipeline.h"
 
 #include <algorithm>
-#include <cmath>
 #include <mutex>
 
 #include "tools/app/inference.h"
@@ -46,8 +45,6 @@ data::Image image_of(const ImageView& view) {
       {view.pixels, view.height, view.width, view.channels, sixteen_bit, view.row_stride ? view.row_stride : packed});
 }
 
-float sigmoid(float logit) { return 1.0f / (1.0f + std::exp(-logit)); }
-
 }  // namespace
 
 Result Pipeline::run(const ImageView& view) const {
@@ -64,8 +61,7 @@ Result Pipeline::run(const ImageView& view) const {
   r.width = image.width;
   r.height = image.height;
   r.mask = std::move(mask.values);
-  r.lesion_probability.resize(logits.pixels.size());
-  std::transform(logits.pixels.begin(), logits.pixels.end(), r.lesion_probability.begin(), sigmoid);
+  r.lesion_probability = data::probability_map(logits).pixels;
   r.class_names = class_names();
   r.predicted = std::max_element(r.class_probabilities.begin(), r.class_probabilities.end()) -
                 r.class_probabilities.begin();

@@ -192,6 +192,7 @@ Decoded decode(const fs::path& file) {
 }  // namespace
 
 uint8_t to_byte(float v) { return static_cast<uint8_t>(std::lround(std::clamp(v, 0.0f, 1.0f) * 255.0f)); }
+uint16_t to_sample16(float v) { return static_cast<uint16_t>(std::lround(std::clamp(v, 0.0f, 1.0f) * 65535.0f)); }
 
 void check_mask_size(const fs::path& mask, ImageSize mask_size, const fs::path& image, ImageSize image_size) {
   if (!(mask_size == image_size))

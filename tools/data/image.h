@@ -43,6 +43,8 @@ struct Rgb {
 
 // 0..1 -> 0..255, clamped and rounded.
 uint8_t to_byte(float v);
+// 0..1 -> 0..65535, clamped and rounded.
+uint16_t to_sample16(float v);
 
 // Throws sono::Error naming both files when a mask's size differs from its image's.
 void check_mask_size(const fs::path& mask, ImageSize mask_size, const fs::path& image, ImageSize image_size);
@@ -93,5 +95,7 @@ void save_mask_png(const fs::path& file, const Mask& mask);     // grey, 0 / 255
 void save_overlay_png(const fs::path& file, const Image& image, const Mask& mask,
                       Rgb colour = {255, 48, 48});
 Image draw_outline(const Image& image, const Mask& mask, Rgb colour);
+// A 1-channel map of 0..1 (a lesion probability map) as a 16-bit grey PNG, 0..65535.
+void save_probability_png(const fs::path& file, const Image& map);
 
 }  // namespace sono::data

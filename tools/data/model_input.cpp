@@ -1,5 +1,7 @@
 #include "tools/data/model_input.h"
 
+#include <cmath>
+
 #include "tensor/error.h"
 
 namespace sono::data {
@@ -42,6 +44,12 @@ Mask mask_from_logit_map(const Image& logit_map) {
   Mask mask(logit_map.height, logit_map.width);
   for (size_t p = 0; p < mask.values.size(); ++p) mask.values[p] = logit_map.pixels[p] > 0;
   return mask;
+}
+
+Image probability_map(const Image& logit_map) {
+  Image probability = logit_map;
+  for (float& p : probability.pixels) p = 1.0f / (1.0f + std::exp(-p));
+  return probability;
 }
 
 Mask mask_from_logits(const Tensor& logits, int height, int width) {
