@@ -4,6 +4,7 @@
 // is calibrated by the temperature in the classifier's card, and " [low confidence]" follows
 // it when under --min_confidence. With a folder for --image it writes one CSV row per image
 // (and masks into the --save_mask folder, probability maps into the --save_prob folder).
+// DICOM scans (.dcm) are read through DCMTK where the build has it; --frame picks a frame.
 #include <algorithm>
 #include <cstdio>
 #include <iomanip>
@@ -15,6 +16,7 @@
 #include "tools/app/runtime.h"
 #include "tensor/atomic_file.h"
 #include "tools/data/dataset.h"
+#include "tools/data/dicom.h"
 
 namespace {
 
@@ -27,7 +29,12 @@ struct Predictor {
   bool overlay;
   double min_confidence = 0.6;
   bool flip = false;
+  int frame = 0;  // of DICOM files
 };
+
+data::Image load_scan(const Predictor& p, const fs::path& file) {
+  return data::is_dicom_file(file) ? data::load_dicom(file, p.frame) : data::load_image(file);
+}
 
 struct Prediction {
   std::vector<double> probabilities;
@@ -94,7 +101,7 @@ std::string save_outputs(const Predictor& p, const data::Image& image, const Pre
 }
 
 int predict_one(Predictor& p, const fs::path& image_path, const OutputPaths& out) {
-  data::Image image = data::load_image(image_path);
+  data::Image image = load_scan(p, image_path);
   Prediction r = predict_image(p, image);
   std::cout << class_line(p, r) << "\n" << probabilities_line(p, r) << "\n";
   std::cout << save_outputs(p, image, r, out);
@@ -110,7 +117,7 @@ std::vector<fs::path> images_in(const fs::path& folder) {
     if (entry.is_regular_file() && data::is_image_file(entry.path()) && !is_mask) files.push_back(entry.path());
   }
   std::sort(files.begin(), files.end());
-  SONO_CHECK(!files.empty(), folder.string(), ": no images (.png .jpg .jpeg .bmp) in this folder");
+  SONO_CHECK(!files.empty(), folder.string(), ": no images (.png .jpg .jpeg .bmp .dcm) in this folder");
   return files;
 }
 
@@ -175,7 +182,7 @@ int predict_folder(Predictor& p, const RunFiles& run) {
     const fs::path& file = run.images[i];
     csv << csv_field(file.filename().string());
     try {
-      data::Image image = data::load_image(file);
+      data::Image image = load_scan(p, file);
       Prediction r = predict_image(p, image);
       csv << "," << p.cls.card.classes[r.predicted] << "," << r.probabilities[r.predicted];
       for (double prob : r.probabilities) csv << "," << prob;
@@ -202,7 +209,7 @@ int predict_folder(Predictor& p, const RunFiles& run) {
 
 int predict(int argc, char** argv) {
   app::Cli cli("predict", "Segment the lesion in a breast ultrasound image, then classify it.");
-  cli.option("image", "", "an image (PNG, JPEG, BMP), or a folder of them", true)
+  cli.option("image", "", "an image (PNG, JPEG, BMP, DICOM), or a folder of them", true)
       .option("seg_model", "", "segmentation checkpoint (seg_train --save-path)", true)
       .option("cls_model", "", "classification checkpoint (cls_train --save-path)", true)
       .option("save_mask", "", "mask PNG at the image's size; for a folder --image, a folder for the masks")
@@ -212,7 +219,8 @@ int predict(int argc, char** argv) {
       .option("csv", "predictions.csv", "for a folder --image: the CSV with one row per image")
       .flag("overwrite", "replace masks, overlays or a CSV that exist (never the run's inputs)")
       .option("min_confidence", "0.6", "flag a prediction whose (calibrated) probability is under this as low confidence")
-      .flag("flip_tta", "average each model's outputs on the image and its mirror image");
+      .flag("flip_tta", "average each model's outputs on the image and its mirror image")
+      .option("frame", "0", "for DICOM images: the frame (from 0) of a multi-frame file");
   app::add_runtime_options(cli);
   if (!cli.parse(argc, argv)) return 0;
   Device device = app::apply_runtime_options(cli);
@@ -254,9 +262,13 @@ int predict(int argc, char** argv) {
   double min_confidence = cli.real("min_confidence");
   SONO_CHECK(min_confidence >= 0 && min_confidence <= 1, "--min_confidence ", min_confidence,
              ": must be between 0 and 1");
+  const int64_t frame = cli.integer("frame");
+  SONO_CHECK(frame >= 0 && frame <= INT32_MAX, "--frame ", frame, ": must be 0 or more");
+  SONO_CHECK(frame == 0 || folder || data::is_dicom_file(image), "--frame ", frame, ": ", image.string(),
+             " is not a DICOM file (only those have frames)");
   Predictor p{app::load_checkpoint(cli.str("seg_model"), "segmentation"),
               app::load_checkpoint(cli.str("cls_model"), "classification"), device, cli.is_set("overlay"),
-              min_confidence, cli.is_set("flip_tta")};
+              min_confidence, cli.is_set("flip_tta"), static_cast<int>(frame)};
   p.seg.model->to(device);
   p.cls.model->to(device);
   return folder ? predict_folder(p, run) : predict_one(p, image, run.outputs(0));

@@ -16,6 +16,7 @@
 
 #include "tensor/error.h"
 #include "tensor/atomic_file.h"
+#include "tools/data/dicom.h"
 
 namespace sono::data {
 
@@ -203,6 +204,7 @@ void check_mask_size(const fs::path& mask, ImageSize mask_size, const fs::path& 
 ImageSize read_image_size(const fs::path& file) {
   std::error_code ec;
   if (!fs::exists(file, ec)) fail("image file '", file.string(), "' does not exist");
+  if (is_dicom_file(file)) return read_dicom_size(file);
   // stbi_info parses a JPEG's Huffman tables too, so they are checked first, as decode does.
   std::string bytes = read_bytes(file);
   if (bytes.size() > static_cast<size_t>(INT_MAX)) fail("image file '", file.string(), "' is over 2 GiB");
@@ -236,6 +238,7 @@ Image image_from_pixels(const PixelBuffer& pixels) {
 }
 
 Image load_image(const fs::path& file) {
+  if (is_dicom_file(file)) return load_dicom(file);
   return image_from_pixels(decode(file).buffer());
 }
 

@@ -65,7 +65,8 @@ struct PixelBuffer {
 // with the buffer's description.
 Image image_from_pixels(const PixelBuffer& pixels);
 
-// Any grey, grey+alpha, RGB or RGBA image, 8 or 16 bits, as RGB 0..1 (grey is replicated,
+// Any grey, grey+alpha, RGB or RGBA image, 8 or 16 bits (PNG, JPEG, BMP; DICOM's first
+// frame, see dicom.h), as RGB 0..1 (grey is replicated,
 // alpha is dropped as PIL's convert("RGB") does). Errors name the file: missing, corrupt,
 // truncated.
 Image load_image(const fs::path& file);
