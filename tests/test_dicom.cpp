@@ -97,7 +97,9 @@ Scan make_scan(int width, int height, const std::string& photometric, int bits, 
   return s;
 }
 
-void write_dicom(const fs::path& file, const Scan& s, E_TransferSyntax xfer, const DcmRepresentationParameter* params = nullptr) {
+// `more` adds elements to the dataset (pixel spacing, ultrasound regions).
+void write_dicom(const fs::path& file, const Scan& s, E_TransferSyntax xfer, const DcmRepresentationParameter* params = nullptr,
+                 const std::function<void(DcmDataset&)>& more = {}) {
   DcmFileFormat dicom;
   DcmDataset* d = dicom.getDataset();
   char uid[100];
@@ -119,6 +121,7 @@ void write_dicom(const fs::path& file, const Scan& s, E_TransferSyntax xfer, con
     std::vector<Uint8> bytes(s.samples.begin(), s.samples.end());
     REQUIRE(d->putAndInsertUint8Array(DCM_PixelData, bytes.data(), bytes.size()).good());
   }
+  if (more) more(*d);
   if (DcmXfer(xfer).isEncapsulated()) REQUIRE(d->chooseRepresentation(xfer, params).good());
   OFCondition saved = dicom.saveFile(file.c_str(), xfer);
   INFO(saved.text());
@@ -213,6 +216,35 @@ TEST_CASE("DICOM: a multi-frame file gives the frame asked for, and names the ra
   CHECK(contains(error_of([&] { load_dicom(file, 3); }), "frame 3 asked for, it has 3 (0 to 2)"));
 }
 
+TEST_CASE("DICOM: the pixel spacing from Pixel Spacing, else from the ultrasound region in cm") {
+  const Scan s = make_scan(8, 8, "MONOCHROME2", 8);
+  const fs::path file = folder() / "spacing.dcm";
+  write_dicom(file, s, EXS_LittleEndianExplicit);
+  CHECK_FALSE(read_pixel_spacing(file).has_value());
+  write_dicom(file, s, EXS_LittleEndianExplicit, nullptr, [](DcmDataset& d) {
+    d.putAndInsertString(DCM_PixelSpacing, "0.2\\0.1");  // rows, then columns
+  });
+  REQUIRE(read_pixel_spacing(file).has_value());
+  CHECK(read_pixel_spacing(file)->row_mm == 0.2);
+  CHECK(read_pixel_spacing(file)->column_mm == 0.1);
+  auto region = [](Uint16 units) {
+    return [units](DcmDataset& d) {
+      DcmItem* item = nullptr;
+      REQUIRE(d.findOrCreateSequenceItem(DCM_SequenceOfUltrasoundRegions, item, 0).good());
+      item->putAndInsertUint16(DCM_PhysicalUnitsXDirection, units);
+      item->putAndInsertUint16(DCM_PhysicalUnitsYDirection, units);
+      item->putAndInsertFloat64(DCM_PhysicalDeltaX, 0.005);
+      item->putAndInsertFloat64(DCM_PhysicalDeltaY, 0.02);
+    };
+  };
+  write_dicom(file, s, EXS_LittleEndianExplicit, nullptr, region(3));  // cm
+  REQUIRE(read_pixel_spacing(file).has_value());
+  CHECK(read_pixel_spacing(file)->row_mm == doctest::Approx(0.2));
+  CHECK(read_pixel_spacing(file)->column_mm == doctest::Approx(0.05));
+  write_dicom(file, s, EXS_LittleEndianExplicit, nullptr, region(4));  // seconds: not a length
+  CHECK_FALSE(read_pixel_spacing(file).has_value());
+}
+
 TEST_CASE("DICOM: an unsupported transfer syntax is refused by name and UID") {
   // JPEG 2000, which DCMTK from Debian cannot decode: an encapsulated fragment of that syntax.
   const Scan s = make_scan(8, 8, "MONOCHROME2", 8);
@@ -280,12 +312,17 @@ TEST_CASE("predict --frame on a multi-frame DICOM scan gives what predict gives 
   Scan s = make_scan(width, height, "MONOCHROME2", 8, 3);  // frames 0 and 2: patterns, 1: the scan
   std::copy_n(pixels.get(), s.frame_samples(), s.samples.begin() + s.frame_samples());
   const fs::path file = folder() / "benign_10.dcm";
-  write_dicom(file, s, EXS_LittleEndianExplicit);
+  write_dicom(file, s, EXS_LittleEndianExplicit, nullptr,
+              [](DcmDataset& d) { d.putAndInsertString(DCM_PixelSpacing, "0.2\\0.1"); });
 
-  const std::string expected = prediction_lines(predict("--image " + png));
+  const fs::path mask = folder() / "benign_10_mask.png";
+  const std::string expected = prediction_lines(predict("--image " + png + " --overwrite --save_mask " + mask.string()));
   const std::string out = predict("--image " + file.string() + " --frame 1");
   INFO(out);
   CHECK(prediction_lines(out) == expected);
+  char area[100];
+  std::snprintf(area, sizeof area, "Lesion area: %.1f mm^2 (pixels 0.2 x 0.1 mm)", load_mask({mask}).lesion_pixels() * 0.02);
+  CHECK(contains(out, area));
   CHECK(contains(predict("--image " + file.string() + " --frame 3"), "frame 3 asked for, it has 3 (0 to 2)"));
   CHECK(contains(predict("--image " + png + " --frame 1"), "--frame 1: " + png + " is not a DICOM file"));
 }

@@ -100,10 +100,21 @@ std::string save_outputs(const Predictor& p, const data::Image& image, const Pre
   return report;
 }
 
+// The lesion's area where the DICOM file gives the pixel spacing ("" otherwise).
+std::string lesion_area_line(const fs::path& dicom, const data::Mask& mask) {
+  std::optional<data::PixelSpacing> spacing = data::read_pixel_spacing(dicom);
+  if (!spacing) return "";
+  char line[160];
+  std::snprintf(line, sizeof line, "Lesion area: %.1f mm^2 (pixels %.3g x %.3g mm)\n",
+                mask.lesion_pixels() * spacing->row_mm * spacing->column_mm, spacing->row_mm, spacing->column_mm);
+  return line;
+}
+
 int predict_one(Predictor& p, const fs::path& image_path, const OutputPaths& out) {
   data::Image image = load_scan(p, image_path);
   Prediction r = predict_image(p, image);
   std::cout << class_line(p, r) << "\n" << probabilities_line(p, r) << "\n";
+  if (data::is_dicom_file(image_path)) std::cout << lesion_area_line(image_path, r.mask);
   std::cout << save_outputs(p, image, r, out);
   return 0;
 }

@@ -44,6 +44,7 @@ namespace {
 
 Image load_dicom(const fs::path& file, int) { no_dicom(file); }
 ImageSize read_dicom_size(const fs::path& file) { no_dicom(file); }
+std::optional<PixelSpacing> read_pixel_spacing(const fs::path& file) { no_dicom(file); }
 
 #else
 
@@ -119,6 +120,26 @@ ImageSize read_dicom_size(const fs::path& file) {
   dicom.getDataset()->findAndGetUint16(DCM_Columns, columns);
   if (!rows || !columns) fail("DICOM file '", file.string(), "': no Rows or Columns: not an image");
   return {rows, columns};
+}
+
+std::optional<PixelSpacing> read_pixel_spacing(const fs::path& file) {
+  DcmFileFormat dicom;
+  load(dicom, file);
+  DcmDataset* dataset = dicom.getDataset();
+  Float64 row = 0, column = 0;
+  if (dataset->findAndGetFloat64(DCM_PixelSpacing, row, 0).good() &&
+      dataset->findAndGetFloat64(DCM_PixelSpacing, column, 1).good() && row > 0 && column > 0)
+    return PixelSpacing{row, column};
+  DcmItem* region = nullptr;
+  Uint16 x_units = 0, y_units = 0;
+  constexpr Uint16 kCentimetres = 3;  // PS3.3 C.8.5.5.1.1: physical units code
+  if (dataset->findAndGetSequenceItem(DCM_SequenceOfUltrasoundRegions, region, 0).good() &&
+      region->findAndGetUint16(DCM_PhysicalUnitsXDirection, x_units).good() &&
+      region->findAndGetUint16(DCM_PhysicalUnitsYDirection, y_units).good() && x_units == kCentimetres &&
+      y_units == kCentimetres && region->findAndGetFloat64(DCM_PhysicalDeltaX, column).good() &&
+      region->findAndGetFloat64(DCM_PhysicalDeltaY, row).good() && row > 0 && column > 0)
+    return PixelSpacing{10 * row, 10 * column};
+  return std::nullopt;
 }
 
 #endif

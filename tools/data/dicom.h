@@ -3,6 +3,7 @@
 // deflated, RLE, JPEG baseline/extended/lossless; one frame or many) through DCMTK, where the
 // build found it (SONO_HAVE_DCMTK); without it a DICOM file is refused with the reason.
 #include <filesystem>
+#include <optional>
 #include <string_view>
 
 #include "tools/data/image.h"
@@ -21,5 +22,13 @@ bool dicom_supported();
 // (by name and UID), a frame out of range, pixel data DCMTK cannot render.
 Image load_dicom(const std::filesystem::path& file, int frame = 0);
 ImageSize read_dicom_size(const std::filesystem::path& file);
+
+// Millimetres between the centres of adjacent rows and of adjacent columns.
+struct PixelSpacing {
+  double row_mm = 0, column_mm = 0;
+};
+// Pixel Spacing, else the first ultrasound region's physical deltas when given in cm; empty
+// when the file gives neither.
+std::optional<PixelSpacing> read_pixel_spacing(const std::filesystem::path& file);
 
 }  // namespace sono::data
