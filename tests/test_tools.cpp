@@ -201,7 +201,7 @@ TEST_CASE("predict on a folder writes one CSV row per image and the masks") {
 
 // --save_prob: the map the mask is thresholded from (lesion where the probability > 0.5), as a
 // 16-bit PNG at the image's size; beside the masks for a folder, never over an existing file.
-TEST_CASE("predict --save_prob writes the lesion probability map, 16-bit, that the mask thresholds") {
+TEST_CASE("predict --save_prob writes the lesion probability map, 16-bit, that the mask thresholds; --explain its Grad-CAM") {
   const fs::path dir = trained().root / "prob", scans = dir / "scans";
   fs::create_directories(scans);
   std::mt19937 rng(11);
@@ -209,15 +209,19 @@ TEST_CASE("predict --save_prob writes the lesion probability map, 16-bit, that t
   data::Mask truth;
   test::render_blob(test::draw_blob(0, 72, rng), 72, rng, image, truth);
   data::save_image_png(scans / "blob.png", image);
-  const fs::path mask = dir / "blob_mask.png", prob = dir / "blob_prob.png";
+  const fs::path mask = dir / "blob_mask.png", prob = dir / "blob_prob.png", cam = dir / "blob_explain.png";
   const std::string args = "--image " + (scans / "blob.png").string() + models_args() + " --save_mask " +
-                           mask.string() + " --save_prob " + prob.string();
+                           mask.string() + " --save_prob " + prob.string() + " --explain " + cam.string();
   Run r = run_tool("predict", args);
   INFO(r.output);
   REQUIRE(r.status == 0);
   CHECK(r.output.find("Lesion probability map saved to " + prob.string() + " (16-bit grey, 65535 = 1)") !=
         std::string::npos);
 
+  CHECK(std::regex_search(r.output, std::regex("Grad-CAM of (benign|malignant|normal) saved to " + cam.string())));
+  const data::Image overlay = data::load_image(cam);  // the scan under the heat map
+  CHECK(overlay.width == 72);
+  CHECK(overlay.height == 72);
   CHECK(stbi_is_16_bit(prob.c_str()));
   int width = 0, height = 0, channels = 0;
   std::unique_ptr<uint16_t, void (*)(void*)> map(stbi_load_16(prob.c_str(), &width, &height, &channels, 0),
@@ -245,10 +249,12 @@ TEST_CASE("predict --save_prob writes the lesion probability map, 16-bit, that t
   CHECK(read_file(prob) == before);
 
   Run folder = run_tool("predict", "--image " + scans.string() + models_args() + " --save_prob " +
-                                       (dir / "maps").string() + " --csv " + (dir / "p.csv").string());
+                                       (dir / "maps").string() + " --explain " + (dir / "maps").string() +
+                                       " --csv " + (dir / "p.csv").string());
   INFO(folder.output);
   CHECK(folder.status == 0);
   CHECK(fs::exists(dir / "maps" / "blob_prob.png"));
+  CHECK(fs::exists(dir / "maps" / "blob_explain.png"));
   CHECK(read_file(dir / "p.csv").rfind("image,predicted_class,confidence,p_benign,p_malignant,p_normal,lesion_fraction,mask,error\n", 0) == 0);
 }
 

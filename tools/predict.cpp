@@ -5,6 +5,7 @@
 // it when under --min_confidence. With a folder for --image it writes one CSV row per image
 // (and masks into the --save_mask folder, probability maps into the --save_prob folder).
 // DICOM scans (.dcm) are read through DCMTK where the build has it; --frame picks a frame.
+// --save_prob writes the lesion probability map, --explain the classifier's Grad-CAM.
 #include <algorithm>
 #include <cstdio>
 #include <iomanip>
@@ -12,6 +13,7 @@
 #include <map>
 #include <sstream>
 
+#include "tools/app/explain.h"
 #include "tools/app/inference.h"
 #include "tools/app/runtime.h"
 #include "tensor/atomic_file.h"
@@ -74,7 +76,7 @@ fs::path overlay_path(const fs::path& mask_path) {
 
 // Where an image's outputs go; an empty path is not written.
 struct OutputPaths {
-  fs::path mask, prob;
+  fs::path mask, prob, explain;
 };
 
 // Mask (and overlay) at `mask_path`; returns what was written, for the report.
@@ -91,11 +93,16 @@ std::string save_mask(const Predictor& p, const data::Image& image, const Predic
 }
 
 // The outputs asked for; returns a line per file written (none: ""), for the report.
-std::string save_outputs(const Predictor& p, const data::Image& image, const Prediction& r, const OutputPaths& out) {
+std::string save_outputs(Predictor& p, const data::Image& image, const Prediction& r, const OutputPaths& out) {
   std::string report = out.mask.empty() ? "" : save_mask(p, image, r, out.mask) + "\n";
   if (!out.prob.empty()) {
     data::save_probability_png(out.prob, data::probability_map(r.lesion_logits));
     report += "Lesion probability map saved to " + out.prob.string() + " (16-bit grey, 65535 = 1)\n";
+  }
+  if (!out.explain.empty()) {
+    data::Image heat = app::explain(p.cls, image, r.mask, r.predicted, p.device);
+    data::save_image_png(out.explain, data::heatmap_overlay(image, heat));
+    report += "Grad-CAM of " + p.cls.card.classes.at(r.predicted) + " saved to " + out.explain.string() + "\n";
   }
   return report;
 }
@@ -124,7 +131,7 @@ std::vector<fs::path> images_in(const fs::path& folder) {
   for (auto& entry : fs::directory_iterator(folder)) {
     std::string stem = entry.path().stem().string();
     bool is_mask = stem.find("_mask") != std::string::npos || stem.find("_overlay") != std::string::npos ||
-                   stem.find("_prob") != std::string::npos;
+                   stem.find("_prob") != std::string::npos || stem.find("_explain") != std::string::npos;
     if (entry.is_regular_file() && data::is_image_file(entry.path()) && !is_mask) files.push_back(entry.path());
   }
   std::sort(files.begin(), files.end());
@@ -148,11 +155,12 @@ std::vector<fs::path> output_paths(const std::vector<fs::path>& files, const fs:
 
 // What a run reads and writes, checked (app::check_outputs) before the models are loaded.
 struct RunFiles {
-  std::vector<fs::path> images, masks, probs;  // masks, probs empty without --save_mask, --save_prob
-  std::string csv;                             // folder runs only
+  std::vector<fs::path> images, masks, probs, explains;  // empty without --save_mask, --save_prob, --explain
+  std::string csv;                                       // folder runs only
 
   OutputPaths outputs(size_t i) const {
-    return {masks.empty() ? fs::path() : masks[i], probs.empty() ? fs::path() : probs[i]};
+    auto at = [i](const std::vector<fs::path>& paths) { return paths.empty() ? fs::path() : paths[i]; };
+    return {at(masks), at(probs), at(explains)};
   }
 };
 
@@ -168,6 +176,8 @@ void check_run_files(const app::Cli& cli, const RunFiles& run, bool overlay) {
   }
   for (size_t i = 0; i < run.probs.size(); ++i)
     outputs.push_back({run.probs[i], run.csv.empty() ? "--save_prob" : "the probability map of " + run.images[i].filename().string()});
+  for (size_t i = 0; i < run.explains.size(); ++i)
+    outputs.push_back({run.explains[i], run.csv.empty() ? "--explain" : "the Grad-CAM of " + run.images[i].filename().string()});
   if (!run.csv.empty()) outputs.push_back({run.csv, "--csv"});
   app::check_outputs(inputs, outputs, cli.is_set("overwrite"));
 }
@@ -184,6 +194,7 @@ std::string csv_field(const std::string& s) {
 int predict_folder(Predictor& p, const RunFiles& run) {
   if (!run.masks.empty()) fs::create_directories(run.masks.front().parent_path());
   if (!run.probs.empty()) fs::create_directories(run.probs.front().parent_path());
+  if (!run.explains.empty()) fs::create_directories(run.explains.front().parent_path());
   std::ostringstream csv;
   csv << "image,predicted_class,confidence";
   for (auto& c : p.cls.card.classes) csv << ",p_" << c;
@@ -226,6 +237,8 @@ int predict(int argc, char** argv) {
       .option("save_mask", "", "mask PNG at the image's size; for a folder --image, a folder for the masks")
       .option("save_prob", "", "the lesion probability map as a 16-bit grey PNG (0..65535 = 0..1) at the image's "
               "size; for a folder --image, a folder for them (X_prob.png)")
+      .option("explain", "", "Grad-CAM of the predicted class over the scan, a heat-map overlay PNG; for a folder "
+              "--image, a folder for them (X_explain.png)")
       .flag("overlay", "also save X_overlay.png beside the mask: the lesion outline on the image")
       .option("csv", "predictions.csv", "for a folder --image: the CSV with one row per image")
       .flag("overwrite", "replace masks, overlays or a CSV that exist (never the run's inputs)")
@@ -236,7 +249,7 @@ int predict(int argc, char** argv) {
   if (!cli.parse(argc, argv)) return 0;
   Device device = app::apply_runtime_options(cli);
   fs::path image = cli.str("image");
-  std::string save_mask = cli.str("save_mask"), save_prob = cli.str("save_prob");
+  std::string save_mask = cli.str("save_mask"), save_prob = cli.str("save_prob"), explain = cli.str("explain");
   SONO_CHECK(fs::exists(image), image.string(), ": no such file or folder");
   bool folder = fs::is_directory(image);
   SONO_CHECK(!cli.is_set("overlay") || !save_mask.empty(), "--overlay: needs --save_mask (the overlay goes beside the mask)");
@@ -257,6 +270,10 @@ int predict(int argc, char** argv) {
       app::check_writable_folder("save_prob", save_prob);
       run.probs = output_paths(run.images, save_prob, "_prob.png");
     }
+    if (!explain.empty()) {
+      app::check_writable_folder("explain", explain);
+      run.explains = output_paths(run.images, explain, "_explain.png");
+    }
   } else {
     run.images = {image};
     if (!save_mask.empty()) {
@@ -267,6 +284,10 @@ int predict(int argc, char** argv) {
     if (!save_prob.empty()) {
       run.probs = {save_prob};
       app::check_writable(save_prob);
+    }
+    if (!explain.empty()) {
+      run.explains = {explain};
+      app::check_writable(explain);
     }
   }
   check_run_files(cli, run, cli.is_set("overlay"));
@@ -280,6 +301,7 @@ int predict(int argc, char** argv) {
   Predictor p{app::load_checkpoint(cli.str("seg_model"), "segmentation"),
               app::load_checkpoint(cli.str("cls_model"), "classification"), device, cli.is_set("overlay"),
               min_confidence, cli.is_set("flip_tta"), static_cast<int>(frame)};
+  if (!explain.empty()) app::explainable(p.cls);
   p.seg.model->to(device);
   p.cls.model->to(device);
   return folder ? predict_folder(p, run) : predict_one(p, image, run.outputs(0));

@@ -96,6 +96,9 @@ void save_mask_png(const fs::path& file, const Mask& mask);     // grey, 0 / 255
 void save_overlay_png(const fs::path& file, const Image& image, const Mask& mask,
                       Rgb colour = {255, 48, 48});
 Image draw_outline(const Image& image, const Mask& mask, Rgb colour);
+// The RGB image under a heat map (1 channel, 0..1, its size) in jet colours, opaque in
+// proportion to the heat, so that cold regions show the scan.
+Image heatmap_overlay(const Image& image, const Image& heat);
 // A 1-channel map of 0..1 (a lesion probability map) as a 16-bit grey PNG, 0..65535.
 void save_probability_png(const fs::path& file, const Image& map);
 
