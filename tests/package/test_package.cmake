@@ -2,7 +2,8 @@
 # elsewhere (nothing may point back into the build or source tree), builds examples/ against it
 # with its own CMake project and again through pkg-config, and checks both programs give what
 # predict gives on a sample scan.
-#   cmake -DBUILD_DIR=.. -DSOURCE_DIR=.. -DWORK_DIR=.. -DPREDICT=.. -DCXX=.. -DLIBDIR=.. -DSTB_INCLUDE=.. -P test_package.cmake
+#   cmake -DBUILD_DIR=.. -DSOURCE_DIR=.. -DWORK_DIR=.. -DPREDICT=.. -DCXX=.. -DLIBDIR=.. -DSTB_INCLUDE=..
+#         -DWITH_CUDA=0|1 -P test_package.cmake
 include(${CMAKE_CURRENT_LIST_DIR}/prediction.cmake)
 
 file(REMOVE_RECURSE ${WORK_DIR})
@@ -25,6 +26,17 @@ predict_sample(expected)
 run(${CMAKE_COMMAND} -S ${SOURCE_DIR}/examples -B ${WORK_DIR}/example -DCMAKE_PREFIX_PATH=${prefix}
     -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=${CXX})
 run(${CMAKE_COMMAND} --build ${WORK_DIR}/example)
+
+# The cuda component: found exactly when the installed library has the CUDA backend.
+file(WRITE ${WORK_DIR}/cuda/CMakeLists.txt "cmake_minimum_required(VERSION 3.16)\nproject(c LANGUAGES NONE)\n"
+                                           "find_package(sono REQUIRED COMPONENTS cuda)\n")
+execute_process(COMMAND ${CMAKE_COMMAND} -S ${WORK_DIR}/cuda -B ${WORK_DIR}/cuda/build -DCMAKE_PREFIX_PATH=${prefix}
+                RESULT_VARIABLE status OUTPUT_QUIET ERROR_QUIET)
+if(WITH_CUDA AND NOT status EQUAL 0)
+  message(FATAL_ERROR "find_package(sono COMPONENTS cuda) fails on a CUDA build")
+elseif(NOT WITH_CUDA AND status EQUAL 0)
+  message(FATAL_ERROR "find_package(sono COMPONENTS cuda) succeeds on a build without CUDA")
+endif()
 
 set(ENV{PKG_CONFIG_PATH} ${prefix}/${LIBDIR}/pkgconfig)
 run(pkg-config --cflags --libs sono)
