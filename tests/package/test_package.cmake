@@ -38,16 +38,23 @@ elseif(NOT WITH_CUDA AND status EQUAL 0)
   message(FATAL_ERROR "find_package(sono COMPONENTS cuda) succeeds on a build without CUDA")
 endif()
 
-set(ENV{PKG_CONFIG_PATH} ${prefix}/${LIBDIR}/pkgconfig)
-run(pkg-config --cflags --libs sono)
-string(STRIP "${out}" flags)
-separate_arguments(flags UNIX_COMMAND "${flags}")
-run(${CXX} -std=c++17 -O1 -I${STB_INCLUDE} ${SOURCE_DIR}/examples/classify_scan.cpp ${flags}
-    -o ${WORK_DIR}/classify_scan_pc)
-
 # CMake's build finds libsono.so through its RPATH; the pkg-config one as any -lsono program.
+set(programs ${WORK_DIR}/example/classify_scan)
+find_program(PKG_CONFIG pkg-config)
+if(PKG_CONFIG)
+  set(ENV{PKG_CONFIG_PATH} ${prefix}/${LIBDIR}/pkgconfig)
+  run(${PKG_CONFIG} --cflags --libs sono)
+  string(STRIP "${out}" flags)
+  separate_arguments(flags UNIX_COMMAND "${flags}")
+  run(${CXX} -std=c++17 -O1 -I${STB_INCLUDE} ${SOURCE_DIR}/examples/classify_scan.cpp ${flags}
+      -o ${WORK_DIR}/classify_scan_pc)
+  list(APPEND programs ${WORK_DIR}/classify_scan_pc)
+else()
+  message(STATUS "skipped: the build through pkg-config (no pkg-config on this machine)")
+endif()
+
 set(ENV{LD_LIBRARY_PATH} "")
-foreach(program ${WORK_DIR}/example/classify_scan ${WORK_DIR}/classify_scan_pc)
+foreach(program ${programs})
   if(program MATCHES "_pc$")
     set(ENV{LD_LIBRARY_PATH} ${prefix}/${LIBDIR})
   endif()
