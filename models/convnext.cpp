@@ -184,7 +184,9 @@ Tensor ConvNeXt::forward_features(const Tensor& x) {
   return stages_->forward(stem_->forward(x));
 }
 
-Tensor ConvNeXt::forward(const Tensor& x) { return head_->forward(forward_features(x)); }
+Tensor ConvNeXt::forward_head(const Tensor& features) { return head_->forward(features); }
+
+Tensor ConvNeXt::forward(const Tensor& x) { return forward_head(forward_features(x)); }
 
 std::vector<ModelEntry> convnext_variants() {
   std::vector<ModelEntry> entries;

@@ -36,6 +36,7 @@ class ConvNeXt : public nn::UnaryModule {
   explicit ConvNeXt(const ConvNeXtConfig& config);
   Tensor forward(const Tensor& x) override;  // [N, H, W, in_channels] -> [N, num_classes]
   Tensor forward_features(const Tensor& x);  // -> [N, H/32, W/32, dims[3]]
+  Tensor forward_head(const Tensor& features);  // forward_features' output -> forward's
   const ConvNeXtConfig& config() const { return config_; }
 
  private:

@@ -8,7 +8,9 @@
 
 #include "helpers.h"
 #include "layers/safetensors.h"
+#include "models/convnext.h"
 #include "tools/app/checkpoint.h"
+#include "tools/app/explain.h"
 #include "tools/app/inference.h"
 #include "tools/app/runtime.h"
 #include "tools/app/training.h"
@@ -192,4 +194,45 @@ TEST_CASE("predict normalises its input with the card's mean and std") {
   REQUIRE(pb.size() == 3);
   for (size_t c = 0; c < 3; ++c) CHECK(pb[c] == doctest::Approx(expected[c]).epsilon(1e-5));
   CHECK(max_abs_diff(Tensor::from_vector(pa, {3}), Tensor::from_vector(pb, {3})) > 1e-4);
+}
+
+// Grad-CAM (tools/app/explain.h): the gradient it weights the features with is the class
+// logit's (against central differences), and the map is the formula's.
+TEST_CASE("Grad-CAM: the class logit's gradient at the features, against finite differences") {
+  models::ConvNeXtConfig config = models::convnext_config("atto");
+  config.in_channels = 4;
+  config.num_classes = 3;
+  models::ConvNeXt model(config);
+  model.eval();
+  const Tensor x = rand64({1, 64, 64, 4}, 3).to(DType::f32);
+  const size_t cls = 2;
+  app::ClassActivation a = app::class_activation(model, x, cls);
+  REQUIRE(a.features.shape() == Shape{1, 2, 2, 320});
+  REQUIRE(a.gradient.shape() == a.features.shape());
+  const std::vector<double> features = a.features.to_vector(), gradient = a.gradient.to_vector();
+  auto logit = [&](const std::vector<double>& f) {
+    autograd::NoGradGuard no_grad;
+    return model.forward_head(Tensor::from_vector(f, a.features.shape())).to_vector()[cls];
+  };
+  const double eps = 1e-2;
+  // float32 logits: the differences are good to about 1e-5
+  for (size_t i = 7; i < features.size(); i += 97) {
+    std::vector<double> up = features, down = features;
+    up[i] += eps;
+    down[i] -= eps;
+    CAPTURE(i);
+    CHECK(gradient[i] == doctest::Approx((logit(up) - logit(down)) / (2 * eps)).epsilon(1e-2).scale(3e-3));
+  }
+}
+
+TEST_CASE("Grad-CAM: ReLU of the features weighted by their channels' mean gradient, scaled to a peak of 1") {
+  // 1 x 2 channels at 2 x 2 positions; alpha = mean gradient = (1, -0.5).
+  const Tensor features = Tensor::from_vector({1, 0, 2, 2, 0, 4, 3, 1}, {1, 2, 2, 2});
+  const Tensor gradient = Tensor::from_vector({1, -1, 2, 0, 0, -1, 1, 0}, {1, 2, 2, 2});
+  const data::Image cam = app::grad_cam({features, gradient}, 2, 2);
+  // raw: 1 - 0, 2 - 1, 0 - 2 -> ReLU 0, 3 - 0.5 = 2.5; peak 2.5
+  const std::vector<float> expected = {1 / 2.5f, 1 / 2.5f, 0, 1};
+  REQUIRE(cam.pixels.size() == 4);
+  for (size_t i = 0; i < 4; ++i) CHECK(cam.pixels[i] == doctest::Approx(expected[i]));
+  CHECK(app::grad_cam({features, mul(gradient, 0.0)}, 2, 2).pixels == std::vector<float>(4, 0.0f));
 }

@@ -5,7 +5,9 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <regex>
+#include <stb_image.h>
 #include <stb_image_write.h>
 #include <sys/wait.h>
 
@@ -195,6 +197,65 @@ TEST_CASE("predict on a folder writes one CSV row per image and the masks") {
   CHECK(std::count(text.begin(), text.end(), '\n') == 4);
   CHECK(std::regex_search(text, std::regex("\nbenign_1\\.png,(benign|malignant|normal),0\\.\\d+(,[0-9.e-]+){4},[^,]*benign_1_mask\\.png,\n")));
   CHECK(fs::exists(out / "malignant_2_mask.png"));
+}
+
+// --save_prob: the map the mask is thresholded from (lesion where the probability > 0.5), as a
+// 16-bit PNG at the image's size; beside the masks for a folder, never over an existing file.
+TEST_CASE("predict --save_prob writes the lesion probability map, 16-bit, that the mask thresholds; --explain its Grad-CAM") {
+  const fs::path dir = trained().root / "prob", scans = dir / "scans";
+  fs::create_directories(scans);
+  std::mt19937 rng(11);
+  data::Image image;
+  data::Mask truth;
+  test::render_blob(test::draw_blob(0, 72, rng), 72, rng, image, truth);
+  data::save_image_png(scans / "blob.png", image);
+  const fs::path mask = dir / "blob_mask.png", prob = dir / "blob_prob.png", cam = dir / "blob_explain.png";
+  const std::string args = "--image " + (scans / "blob.png").string() + models_args() + " --save_mask " +
+                           mask.string() + " --save_prob " + prob.string() + " --explain " + cam.string();
+  Run r = run_tool("predict", args);
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  CHECK(r.output.find("Lesion probability map saved to " + prob.string() + " (16-bit grey, 65535 = 1)") !=
+        std::string::npos);
+
+  CHECK(std::regex_search(r.output, std::regex("Grad-CAM of (benign|malignant|normal) saved to " + cam.string())));
+  const data::Image overlay = data::load_image(cam);  // the scan under the heat map
+  CHECK(overlay.width == 72);
+  CHECK(overlay.height == 72);
+  CHECK(stbi_is_16_bit(prob.c_str()));
+  int width = 0, height = 0, channels = 0;
+  std::unique_ptr<uint16_t, void (*)(void*)> map(stbi_load_16(prob.c_str(), &width, &height, &channels, 0),
+                                                 stbi_image_free);
+  REQUIRE(map);
+  CHECK(width == 72);
+  CHECK(height == 72);
+  REQUIRE(channels == 1);
+  const data::Mask predicted = data::load_mask({mask});
+  size_t disagree = 0;
+  for (size_t i = 0; i < predicted.values.size(); ++i) {
+    const uint16_t v = map.get()[i];
+    disagree += v != 32767 && v != 32768 && (v > 32767) != bool(predicted.values[i]);  // 0.5 rounds either way
+  }
+  CHECK(disagree == 0);
+  CHECK(predicted.lesion_pixels() > 0);
+  CHECK(predicted.lesion_pixels() < predicted.values.size());
+
+  fs::remove(mask);  // so that the probability map is the existing output refused
+  const std::string before = read_file(prob);
+  Run refused = run_tool("predict", args);
+  INFO(refused.output);
+  CHECK(refused.status == 1);
+  CHECK(refused.output.find("--save_prob") != std::string::npos);
+  CHECK(read_file(prob) == before);
+
+  Run folder = run_tool("predict", "--image " + scans.string() + models_args() + " --save_prob " +
+                                       (dir / "maps").string() + " --explain " + (dir / "maps").string() +
+                                       " --csv " + (dir / "p.csv").string());
+  INFO(folder.output);
+  CHECK(folder.status == 0);
+  CHECK(fs::exists(dir / "maps" / "blob_prob.png"));
+  CHECK(fs::exists(dir / "maps" / "blob_explain.png"));
+  CHECK(read_file(dir / "p.csv").rfind("image,predicted_class,confidence,p_benign,p_malignant,p_normal,lesion_fraction,mask,error\n", 0) == 0);
 }
 
 // Outputs never replace the run's inputs, ground truth, each other, or (without --overwrite)

@@ -57,11 +57,16 @@ Tensor calibrate(const ModelCard& card, const Tensor& logits) {
   return p <= 0.5 ? logits : empty_below(logits, p);  // at 0.5 an empty map is empty already
 }
 
-data::Mask segment(LoadedModel& seg, const data::Image& image, int height, int width, Device device, bool flip) {
+data::Image lesion_logits(LoadedModel& seg, const data::Image& image, int height, int width, Device device,
+                          bool flip) {
   autograd::NoGradGuard no_grad;
   Tensor x = data::model_input(image, data::Mask(image.height, image.width),
                                static_cast<int>(seg.card.img_size), data::InputKind::rgb, seg.card.normalisation);
-  return data::mask_from_logits(calibrate(seg.card, forward(*seg.model, x.to(device), flip)), height, width);
+  return data::logit_map(calibrate(seg.card, forward(*seg.model, x.to(device), flip)), height, width);
+}
+
+data::Mask segment(LoadedModel& seg, const data::Image& image, int height, int width, Device device, bool flip) {
+  return data::mask_from_logit_map(lesion_logits(seg, image, height, width, device, flip));
 }
 
 std::vector<double> classify(LoadedModel& cls, const data::Image& image, const data::Mask& mask, Device device,

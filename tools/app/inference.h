@@ -22,6 +22,9 @@ Tensor calibrate(const ModelCard& card, const Tensor& logits);
 // the checkpoint's training size, the logits resized back (see data::mask_from_logits).
 data::Mask segment(LoadedModel& seg, const data::Image& image, int height, int width, Device device,
                    bool flip = false);
+// What segment thresholds at 0: the calibrated lesion logits at (height, width), 1 channel.
+data::Image lesion_logits(LoadedModel& seg, const data::Image& image, int height, int width, Device device,
+                          bool flip = false);
 
 // Class probabilities (softmax of the calibrated logits) for an image and its lesion mask of
 // the same size.

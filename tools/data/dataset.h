@@ -42,6 +42,6 @@ struct ScanOptions {
 Dataset scan_dataset(const fs::path& images_dir, const fs::path& masks_dir = {},
                      const ScanOptions& options = {});
 
-bool is_image_file(const fs::path& file);  // .png .jpg .jpeg .bmp, any case
+bool is_image_file(const fs::path& file);  // .png .jpg .jpeg .bmp .dcm, any case
 
 }  // namespace sono::data

@@ -16,6 +16,7 @@
 
 #include "tensor/error.h"
 #include "tensor/atomic_file.h"
+#include "tools/data/dicom.h"
 
 namespace sono::data {
 
@@ -149,6 +150,12 @@ std::string printable(const char* reason) {
 
 using StbPixels = std::unique_ptr<void, void (*)(void*)>;
 
+// Sample i of 8- or 16-bit samples as 0..1.
+float sample_value(const void* samples, size_t i, bool sixteen_bit) {
+  return sixteen_bit ? static_cast<const uint16_t*>(samples)[i] / 65535.0f
+                     : static_cast<const uint8_t*>(samples)[i] / 255.0f;
+}
+
 // A decoded file in its own channel count and bit depth.
 struct Decoded {
   int height = 0, width = 0, channels = 0;
@@ -157,11 +164,12 @@ struct Decoded {
 
   // Sample as 0..1.
   float value(size_t pixel, int channel) const {
-    size_t i = pixel * channels + channel;
-    return sixteen_bit ? static_cast<const uint16_t*>(data.get())[i] / 65535.0f
-                       : static_cast<const uint8_t*>(data.get())[i] / 255.0f;
+    return sample_value(data.get(), pixel * channels + channel, sixteen_bit);
   }
   int colour_channels() const { return channels >= 3 ? 3 : 1; }  // alpha excluded
+  PixelBuffer buffer() const {
+    return {data.get(), height, width, channels, sixteen_bit, size_t(width) * channels * (sixteen_bit ? 2 : 1)};
+  }
 };
 
 Decoded decode(const fs::path& file) {
@@ -185,6 +193,7 @@ Decoded decode(const fs::path& file) {
 }  // namespace
 
 uint8_t to_byte(float v) { return static_cast<uint8_t>(std::lround(std::clamp(v, 0.0f, 1.0f) * 255.0f)); }
+uint16_t to_sample16(float v) { return static_cast<uint16_t>(std::lround(std::clamp(v, 0.0f, 1.0f) * 65535.0f)); }
 
 void check_mask_size(const fs::path& mask, ImageSize mask_size, const fs::path& image, ImageSize image_size) {
   if (!(mask_size == image_size))
@@ -195,6 +204,7 @@ void check_mask_size(const fs::path& mask, ImageSize mask_size, const fs::path& 
 ImageSize read_image_size(const fs::path& file) {
   std::error_code ec;
   if (!fs::exists(file, ec)) fail("image file '", file.string(), "' does not exist");
+  if (is_dicom_file(file)) return read_dicom_size(file);
   // stbi_info parses a JPEG's Huffman tables too, so they are checked first, as decode does.
   std::string bytes = read_bytes(file);
   if (bytes.size() > static_cast<size_t>(INT_MAX)) fail("image file '", file.string(), "' is over 2 GiB");
@@ -206,14 +216,30 @@ ImageSize read_image_size(const fs::path& file) {
   return {height, width};
 }
 
-Image load_image(const fs::path& file) {
-  Decoded d = decode(file);
-  Image image(d.height, d.width, 3);
-  size_t n = static_cast<size_t>(d.height) * d.width;
-  bool grey = d.colour_channels() == 1;
-  for (size_t p = 0; p < n; ++p)
-    for (int c = 0; c < 3; ++c) image.pixels[p * 3 + c] = d.value(p, grey ? 0 : c);
+Image image_from_pixels(const PixelBuffer& pixels) {
+  const auto& [data, height, width, channels, sixteen_bit, row_stride] = pixels;
+  SONO_CHECK(data, "image: no pixel data");
+  SONO_CHECK(height > 0 && width > 0, "image: ", width, "x", height, " pixels; both sides must be positive");
+  SONO_CHECK(int64_t{width} * height <= kMaxImagePixels, "image: ", width, "x", height, " pixels, more than the limit of ",
+             kMaxImagePixels);
+  SONO_CHECK(channels >= 1 && channels <= 4, "image: ", channels, " channels; expected 1 to 4");
+  const size_t sample_bytes = sixteen_bit ? 2 : 1, row_bytes = size_t(width) * channels * sample_bytes;
+  SONO_CHECK(row_stride >= row_bytes, "image: rows ", row_stride, " bytes apart, but a row of ", width, "x",
+             channels, " samples of ", sample_bytes, " bytes takes ", row_bytes);
+  const bool grey = channels < 3;  // alpha, if any, is dropped as PIL's convert("RGB") does
+  Image image(height, width, 3);
+  for (int y = 0; y < height; ++y) {
+    const auto* row = static_cast<const unsigned char*>(data) + y * row_stride;
+    for (int x = 0; x < width; ++x)
+      for (int c = 0; c < 3; ++c)
+        image.at(y, x, c) = sample_value(row, size_t(x) * channels + (grey ? 0 : c), sixteen_bit);
+  }
   return image;
+}
+
+Image load_image(const fs::path& file) {
+  if (is_dicom_file(file)) return load_dicom(file);
+  return image_from_pixels(decode(file).buffer());
 }
 
 Mask load_mask(const std::vector<fs::path>& files) {

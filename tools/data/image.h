@@ -43,6 +43,8 @@ struct Rgb {
 
 // 0..1 -> 0..255, clamped and rounded.
 uint8_t to_byte(float v);
+// 0..1 -> 0..65535, clamped and rounded.
+uint16_t to_sample16(float v);
 
 // Throws sono::Error naming both files when a mask's size differs from its image's.
 void check_mask_size(const fs::path& mask, ImageSize mask_size, const fs::path& image, ImageSize image_size);
@@ -50,7 +52,21 @@ void check_mask_size(const fs::path& mask, ImageSize mask_size, const fs::path& 
 // Reads only the header. Throws sono::Error naming the file when it is missing or unreadable.
 ImageSize read_image_size(const fs::path& file);
 
-// Any grey, grey+alpha, RGB or RGBA image, 8 or 16 bits, as RGB 0..1 (grey is replicated,
+// Samples in memory: `channels` interleaved (1 grey, 2 grey+alpha, 3 RGB, 4 RGBA), 8 or 16 bits
+// each, rows `row_stride` bytes apart (at least width * channels * bytes per sample).
+struct PixelBuffer {
+  const void* data = nullptr;
+  int height = 0, width = 0, channels = 0;
+  bool sixteen_bit = false;
+  size_t row_stride = 0;
+};
+
+// As RGB 0..1, the way load_image reads a file of those samples. Throws naming what is wrong
+// with the buffer's description.
+Image image_from_pixels(const PixelBuffer& pixels);
+
+// Any grey, grey+alpha, RGB or RGBA image, 8 or 16 bits (PNG, JPEG, BMP; DICOM's first
+// frame, see dicom.h), as RGB 0..1 (grey is replicated,
 // alpha is dropped as PIL's convert("RGB") does). Errors name the file: missing, corrupt,
 // truncated.
 Image load_image(const fs::path& file);
@@ -80,5 +96,10 @@ void save_mask_png(const fs::path& file, const Mask& mask);     // grey, 0 / 255
 void save_overlay_png(const fs::path& file, const Image& image, const Mask& mask,
                       Rgb colour = {255, 48, 48});
 Image draw_outline(const Image& image, const Mask& mask, Rgb colour);
+// The RGB image under a heat map (1 channel, 0..1, its size) in jet colours, opaque in
+// proportion to the heat, so that cold regions show the scan.
+Image heatmap_overlay(const Image& image, const Image& heat);
+// A 1-channel map of 0..1 (a lesion probability map) as a 16-bit grey PNG, 0..65535.
+void save_probability_png(const fs::path& file, const Image& map);
 
 }  // namespace sono::data

@@ -1,5 +1,7 @@
 #include "tools/data/model_input.h"
 
+#include <cmath>
+
 #include "tensor/error.h"
 
 namespace sono::data {
@@ -29,16 +31,29 @@ Tensor model_input(const Image& rgb, const Mask& mask, int size, InputKind kind,
   return input;
 }
 
-Mask mask_from_logits(const Tensor& logits, int height, int width) {
+Image logit_map(const Tensor& logits, int height, int width) {
   SONO_CHECK(logits.dim() == 4 && logits.size(0) == 1 && logits.size(3) == 1,
              "mask_from_logits: expected logits [1, H, W, 1], got ", shape_str(logits.shape()));
   std::vector<double> values = logits.to_vector();
   Image map(static_cast<int>(logits.size(1)), static_cast<int>(logits.size(2)), 1);
   std::copy(values.begin(), values.end(), map.pixels.begin());
-  Image resized = resize_bilinear(map, height, width);
-  Mask mask(height, width);
-  for (size_t p = 0; p < mask.values.size(); ++p) mask.values[p] = resized.pixels[p] > 0;
+  return resize_bilinear(map, height, width);
+}
+
+Mask mask_from_logit_map(const Image& logit_map) {
+  Mask mask(logit_map.height, logit_map.width);
+  for (size_t p = 0; p < mask.values.size(); ++p) mask.values[p] = logit_map.pixels[p] > 0;
   return mask;
+}
+
+Image probability_map(const Image& logit_map) {
+  Image probability = logit_map;
+  for (float& p : probability.pixels) p = 1.0f / (1.0f + std::exp(-p));
+  return probability;
+}
+
+Mask mask_from_logits(const Tensor& logits, int height, int width) {
+  return mask_from_logit_map(logit_map(logits, height, width));
 }
 
 }  // namespace sono::data

@@ -36,5 +36,10 @@ Tensor model_input(const Image& rgb, const Mask& mask, int size, InputKind kind,
 // is resized bilinearly, then lesion where the logit > 0 (probability > 0.5). Smoother
 // outlines than resizing the thresholded mask.
 Mask mask_from_logits(const Tensor& logits, int height, int width);
+// The two steps: the resized logit map (1 channel), and lesion where its logit > 0.
+Image logit_map(const Tensor& logits, int height, int width);
+Mask mask_from_logit_map(const Image& logit_map);
+// Sigmoid of each logit: the lesion probability map, > 0.5 where the mask is lesion.
+Image probability_map(const Image& logit_map);
 
 }  // namespace sono::data

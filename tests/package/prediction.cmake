@@ -1,0 +1,40 @@
+# What the packaging and C API tests share: running a command, and predict's prediction on a
+# sample scan (SOURCE_DIR, PREDICT and WORK_DIR set by the caller) to compare with.
+function(run)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE status OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT status EQUAL 0)
+    message(FATAL_ERROR "failed (${status}): ${ARGN}\n${out}\n${err}")
+  endif()
+  set(out "${out}" PARENT_SCOPE)
+endfunction()
+
+# "Predicted class: X (0.44 confidence)" and "Probabilities: ..." lines, and the lesion share.
+function(summary text var)
+  string(REGEX MATCH "Predicted class: [^\n]*\nProbabilities: [^\n]*" classes "${text}")
+  string(REGEX MATCH "[Ll]esion:? ([0-9.]+)%" lesion "${text}")
+  set(lesion ${CMAKE_MATCH_1})
+  if(NOT classes OR NOT lesion)
+    message(FATAL_ERROR "no prediction in this output:\n${text}")
+  endif()
+  string(REGEX REPLACE " \\[low confidence\\]" "" classes "${classes}")
+  set(${var} "${classes}\nlesion ${lesion}%" PARENT_SCOPE)
+endfunction()
+
+set(seg ${SOURCE_DIR}/models/weights/seg_mit_b0_busi.safetensors)
+set(cls ${SOURCE_DIR}/models/weights/cls_convnext_atto_busi.safetensors)
+set(scan ${SOURCE_DIR}/tools/samples/benign_10.png)
+
+function(predict_sample var)
+  file(MAKE_DIRECTORY ${WORK_DIR})
+  run(${PREDICT} --image ${scan} --seg_model ${seg} --cls_model ${cls} --save_mask ${WORK_DIR}/mask.png --overwrite)
+  summary("${out}" summary)
+  set(${var} "${summary}" PARENT_SCOPE)
+endfunction()
+
+function(check_as_predict output expected program)
+  summary("${output}" got)
+  if(NOT got STREQUAL expected)
+    message(FATAL_ERROR "${program} gives\n${got}\nbut predict gives\n${expected}")
+  endif()
+  message(STATUS "${program}: as predict:\n${got}")
+endfunction()

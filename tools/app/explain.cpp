@@ -1,0 +1,62 @@
+#include "tools/app/explain.h"
+
+#include <algorithm>
+
+#include "autograd/node.h"
+#include "tensor/ops.h"
+#include "tools/data/model_input.h"
+
+namespace sono::app {
+
+ClassActivation class_activation(models::ConvNeXt& model, const Tensor& x, size_t class_index) {
+  Tensor features;
+  {
+    autograd::NoGradGuard no_grad;  // the stages' gradients are not wanted
+    features = model.forward_features(x);
+  }
+  features = features.detach();
+  features.requires_grad_(true);
+  Tensor logits = model.forward_head(features);
+  SONO_CHECK(class_index < static_cast<size_t>(logits.size(1)), "Grad-CAM: class ", class_index, " of ",
+             logits.size(1));
+  std::vector<double> one_hot(static_cast<size_t>(logits.numel()), 0.0);
+  one_hot[class_index] = 1;
+  sum(mul(logits, Tensor::from_vector(one_hot, logits.shape()).to(logits.device()))).backward();
+  return {features.detach(), features.grad()};
+}
+
+data::Image grad_cam(const ClassActivation& activation, int height, int width) {
+  const Tensor& f = activation.features;
+  const std::vector<double> features = f.to_vector(), gradient = activation.gradient.to_vector();
+  const size_t positions = static_cast<size_t>(f.size(1) * f.size(2)), channels = static_cast<size_t>(f.size(3));
+  std::vector<double> alpha(channels, 0.0);
+  for (size_t p = 0; p < positions; ++p)
+    for (size_t k = 0; k < channels; ++k) alpha[k] += gradient[p * channels + k] / positions;
+  data::Image map(static_cast<int>(f.size(1)), static_cast<int>(f.size(2)), 1);
+  for (size_t p = 0; p < positions; ++p) {
+    double v = 0;
+    for (size_t k = 0; k < channels; ++k) v += alpha[k] * features[p * channels + k];
+    map.pixels[p] = static_cast<float>(std::max(v, 0.0));
+  }
+  data::Image resized = data::resize_bilinear(map, height, width);
+  const float peak = *std::max_element(resized.pixels.begin(), resized.pixels.end());
+  if (peak > 0)
+    for (float& v : resized.pixels) v /= peak;
+  return resized;
+}
+
+models::ConvNeXt& explainable(LoadedModel& cls) {
+  auto* convnext = dynamic_cast<models::ConvNeXt*>(cls.model.get());
+  SONO_CHECK(convnext, "--explain: Grad-CAM needs a ConvNeXt classifier; this checkpoint's is ", cls.card.arch);
+  return *convnext;
+}
+
+data::Image explain(LoadedModel& cls, const data::Image& image, const data::Mask& mask, size_t class_index,
+                    Device device) {
+  models::ConvNeXt& convnext = explainable(cls);
+  Tensor x = data::model_input(image, mask, static_cast<int>(cls.card.img_size), data::InputKind::rgb_mask,
+                               cls.card.normalisation);
+  return grad_cam(class_activation(convnext, x.to(device), class_index), image.height, image.width);
+}
+
+}  // namespace sono::app

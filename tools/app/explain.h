@@ -1,0 +1,31 @@
+#pragma once
+// Grad-CAM (Selvaraju et al., ICCV 2017) of the classifier's decision: where in the scan the
+// evidence for a class lies, from the last ConvNeXt stage's features weighted by the class
+// logit's gradient.
+#include "models/convnext.h"
+#include "tools/app/checkpoint.h"
+#include "tools/data/image.h"
+
+namespace sono::app {
+
+// The last stage's features [1, h, w, C] for input `x` and the gradient of logit `class_index`
+// with respect to them.
+struct ClassActivation {
+  Tensor features, gradient;
+};
+ClassActivation class_activation(models::ConvNeXt& model, const Tensor& x, size_t class_index);
+
+// ReLU(sum_k alpha_k * features_k), alpha_k the mean of channel k's gradient over the map,
+// resized bilinearly to (height, width) and divided by its maximum: a 1-channel map in 0..1
+// (all 0 when no feature speaks for the class).
+data::Image grad_cam(const ClassActivation& activation, int height, int width);
+
+// Throws naming the architecture unless Grad-CAM can explain this classifier (a ConvNeXt).
+models::ConvNeXt& explainable(LoadedModel& cls);
+
+// Grad-CAM of `class_index` for an image and its lesion mask (as classify() sees them), at the
+// image's size. Throws unless the checkpoint is a ConvNeXt.
+data::Image explain(LoadedModel& cls, const data::Image& image, const data::Mask& mask, size_t class_index,
+                    Device device);
+
+}  // namespace sono::app

@@ -1,0 +1,147 @@
+#include "tools/data/dicom.h"
+
+#include <fstream>
+#include <string>
+
+#include "tensor/error.h"
+
+#ifdef SONO_HAVE_DCMTK
+#include <dcmtk/config/osconfig.h>  // first, as DCMTK requires
+#include <dcmtk/dcmdata/dcdeftag.h>
+#include <dcmtk/dcmdata/dcfilefo.h>
+#include <dcmtk/dcmdata/dcrledrg.h>
+#include <dcmtk/dcmdata/dcxfer.h>
+#include <dcmtk/dcmimage/diregist.h>  // colour images (RGB, YBR) for DicomImage
+#include <dcmtk/dcmimgle/dcmimage.h>
+#include <dcmtk/dcmjpeg/djdecode.h>
+
+#include <mutex>
+#endif
+
+namespace sono::data {
+
+namespace fs = std::filesystem;
+
+bool is_dicom(std::string_view file_start) { return file_start.size() >= 132 && file_start.substr(128, 4) == "DICM"; }
+
+bool is_dicom_file(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  std::string start(132, '\0');
+  in.read(start.data(), static_cast<std::streamsize>(start.size()));
+  return in.gcount() == 132 && is_dicom(start);
+}
+
+#ifndef SONO_HAVE_DCMTK
+
+bool dicom_supported() { return false; }
+
+namespace {
+[[noreturn]] void no_dicom(const fs::path& file) {
+  fail("'", file.string(), "' is a DICOM file, and this build reads none: DCMTK was not found when it was "
+       "configured (install libdcmtk-dev, tools/scripts/install_deps.sh, and reconfigure)");
+}
+}  // namespace
+
+Image load_dicom(const fs::path& file, int) { no_dicom(file); }
+ImageSize read_dicom_size(const fs::path& file) { no_dicom(file); }
+std::optional<PixelSpacing> read_pixel_spacing(const fs::path& file) { no_dicom(file); }
+
+#else
+
+bool dicom_supported() { return true; }
+
+namespace {
+
+void register_codecs() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    DJDecoderRegistration::registerCodecs();
+    DcmRLEDecoderRegistration::registerCodecs();
+  });
+}
+
+bool supported(E_TransferSyntax xfer) {
+  switch (xfer) {
+    case EXS_LittleEndianImplicit:
+    case EXS_LittleEndianExplicit:
+    case EXS_BigEndianExplicit:
+    case EXS_DeflatedLittleEndianExplicit:
+    case EXS_JPEGProcess1:
+    case EXS_JPEGProcess2_4:
+    case EXS_JPEGProcess14:
+    case EXS_JPEGProcess14SV1:
+    case EXS_RLELossless:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// The file's dataset, its transfer syntax checked.
+void load(DcmFileFormat& dicom, const fs::path& file) {
+  register_codecs();
+  OFCondition status = dicom.loadFile(file.c_str());
+  if (status.bad()) fail("cannot read DICOM file '", file.string(), "': ", status.text());
+  const E_TransferSyntax xfer = dicom.getDataset()->getOriginalXfer();
+  if (!supported(xfer)) {
+    DcmXfer named(xfer);
+    fail("DICOM file '", file.string(), "': transfer syntax ", named.getXferName(), " (", named.getXferID(),
+         ") is not supported; supported: uncompressed, deflated, RLE, JPEG baseline, extended and lossless");
+  }
+}
+
+}  // namespace
+
+Image load_dicom(const fs::path& file, int frame) {
+  DcmFileFormat dicom;
+  load(dicom, file);
+  DcmDataset* dataset = dicom.getDataset();
+  Sint32 frames = 0;
+  if (dataset->findAndGetSint32(DCM_NumberOfFrames, frames).bad()) frames = 1;  // absent: one frame
+  if (frame < 0 || frame >= frames)
+    fail("DICOM file '", file.string(), "': frame ", frame, " asked for, it has ", frames, " (0 to ", frames - 1, ")");
+  DicomImage image(&dicom, dataset->getOriginalXfer(), CIF_MayDetachPixelData, static_cast<unsigned long>(frame), 1);
+  if (image.getStatus() != EIS_Normal)
+    fail("DICOM file '", file.string(), "': cannot render its pixels: ", DicomImage::getString(image.getStatus()));
+  const bool sixteen_bit = image.getDepth() > 8;
+  const int channels = image.isMonochrome() ? 1 : 3;
+  const void* pixels = image.getOutputData(sixteen_bit ? 16 : 8, 0, 0);  // interleaved
+  if (!pixels) fail("DICOM file '", file.string(), "': cannot render its pixels");
+  const int width = static_cast<int>(image.getWidth()), height = static_cast<int>(image.getHeight());
+  return image_from_pixels({pixels, height, width, channels, sixteen_bit,
+                            size_t(width) * channels * (sixteen_bit ? 2 : 1)});
+}
+
+ImageSize read_dicom_size(const fs::path& file) {
+  DcmFileFormat dicom;
+  load(dicom, file);
+  Uint16 rows = 0, columns = 0;
+  dicom.getDataset()->findAndGetUint16(DCM_Rows, rows);
+  dicom.getDataset()->findAndGetUint16(DCM_Columns, columns);
+  if (!rows || !columns) fail("DICOM file '", file.string(), "': no Rows or Columns: not an image");
+  return {rows, columns};
+}
+
+std::optional<PixelSpacing> read_pixel_spacing(const fs::path& file) {
+  DcmFileFormat dicom;
+  load(dicom, file);
+  DcmDataset* dataset = dicom.getDataset();
+  Float64 row = 0, column = 0;
+  if (dataset->findAndGetFloat64(DCM_PixelSpacing, row, 0).good() &&
+      dataset->findAndGetFloat64(DCM_PixelSpacing, column, 1).good() && row > 0 && column > 0)
+    return PixelSpacing{row, column};
+  DcmItem* region = nullptr;
+  Uint16 x_units = 0, y_units = 0;
+  constexpr Uint16 kCentimetres = 3;  // PS3.3 C.8.5.5.1.1: physical units code
+  if (dataset->findAndGetSequenceItem(DCM_SequenceOfUltrasoundRegions, region, 0).good() &&
+      region->findAndGetUint16(DCM_PhysicalUnitsXDirection, x_units).good() &&
+      region->findAndGetUint16(DCM_PhysicalUnitsYDirection, y_units).good() && x_units == kCentimetres &&
+      y_units == kCentimetres && region->findAndGetFloat64(DCM_PhysicalDeltaX, column).good() &&
+      region->findAndGetFloat64(DCM_PhysicalDeltaY, row).good() && row > 0 && column > 0)
+    return PixelSpacing{10 * row, 10 * column};
+  return std::nullopt;
+}
+
+#endif
+
+}  // namespace sono::data

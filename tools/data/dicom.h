@@ -1,0 +1,34 @@
+#pragma once
+// DICOM scans (ultrasound, secondary capture: MONOCHROME1/2, RGB, YBR_FULL(_422); uncompressed,
+// deflated, RLE, JPEG baseline/extended/lossless; one frame or many) through DCMTK, where the
+// build found it (SONO_HAVE_DCMTK); without it a DICOM file is refused with the reason.
+#include <filesystem>
+#include <optional>
+#include <string_view>
+
+#include "tools/data/image.h"
+
+namespace sono::data {
+
+// A DICOM Part 10 file: "DICM" after the 128-byte preamble.
+bool is_dicom(std::string_view file_start);
+bool is_dicom_file(const std::filesystem::path& file);
+
+// Whether this build reads DICOM.
+bool dicom_supported();
+
+// Frame `frame` (0-based) as load_image gives an image: RGB 0..1 (MONOCHROME1 inverted to
+// read as MONOCHROME2). Errors name the file and the problem: an unsupported transfer syntax
+// (by name and UID), a frame out of range, pixel data DCMTK cannot render.
+Image load_dicom(const std::filesystem::path& file, int frame = 0);
+ImageSize read_dicom_size(const std::filesystem::path& file);
+
+// Millimetres between the centres of adjacent rows and of adjacent columns.
+struct PixelSpacing {
+  double row_mm = 0, column_mm = 0;
+};
+// Pixel Spacing, else the first ultrasound region's physical deltas when given in cm; empty
+// when the file gives neither.
+std::optional<PixelSpacing> read_pixel_spacing(const std::filesystem::path& file);
+
+}  // namespace sono::data
