@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the build dependencies from Debian's packages (skips what is already there).
 set -euo pipefail
-pkgs=(cmake g++ make ccache libeigen3-dev doctest-dev libstb-dev nlohmann-json3-dev libbenchmark-dev libomp-dev)
+pkgs=(cmake g++ make ccache libeigen3-dev doctest-dev libstb-dev nlohmann-json3-dev libbenchmark-dev libomp-dev
+      openmpi-bin libopenmpi-dev)  # MPI: data-parallel training (mpirun -np N seg_train)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

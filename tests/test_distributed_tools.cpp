@@ -1,0 +1,148 @@
+// Data-parallel training through the tools' command lines: `mpirun -np 2 cls_train ...` against
+// one process on the same data, resuming a 2-rank run in one process, and a rank that dies,
+// hangs or fails making the whole job exit with an error instead of hanging.
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <numeric>
+#include <set>
+#include <sys/wait.h>
+
+#include "helpers.h"
+#include "synthetic_blobs.h"
+#include "tools/data/loader.h"
+
+namespace fs = std::filesystem;
+using namespace sono;
+
+namespace {
+
+struct Run {
+  int status = -1;
+  std::string output;  // stdout and stderr
+  double seconds = 0;
+};
+
+Run run(const std::string& command) {
+  auto start = std::chrono::steady_clock::now();
+  Run r;
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  REQUIRE(pipe);
+  std::array<char, 4096> buffer;
+  while (size_t n = fread(buffer.data(), 1, buffer.size(), pipe)) r.output.append(buffer.data(), n);
+  int status = pclose(pipe);
+  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return r;
+}
+
+const fs::path kRoot = fs::path(SONO_BINARY_DIR) / "test_distributed_tools";
+const std::string kTool = std::string(SONO_BINARY_DIR) + "/bin/cls_train";
+
+// 27 images, 21 of them for training (checked below): a last batch of 1 at batch size 4 (rank 0's
+// share empty), of 5 at batch size 8 (2 + 3).
+const fs::path& blobs() {
+  static const fs::path path = [] {
+    fs::remove_all(kRoot);
+    test::write_blob_dataset(kRoot / "blobs", 9, 32, 11);
+    return kRoot / "blobs";
+  }();
+  return path;
+}
+
+std::string cls_args(const std::string& name, int epochs, int batch) {
+  return " --images-dir " + (blobs() / "images").string() + " --masks-dir " + (blobs() / "masks").string() +
+         " --arch convnext_atto --img-size 32 --lr 1e-3 --drop-path 0 --label-smoothing 0 --threads 1 --workers 1"
+         " --epochs " + std::to_string(epochs) + " --batch-size " + std::to_string(batch) +
+         " --save-path " + (kRoot / (name + ".safetensors")).string() + " --log-dir " + (kRoot / name).string();
+}
+
+Run one_process(const std::string& args) { return run(kTool + args); }
+Run two_ranks(const std::string& args) { return run(std::string(SONO_MPIRUN) + " " + kTool + args); }
+
+// The column of a run's CSV log, by name.
+std::vector<double> log_column(const std::string& run_name, const std::string& column) {
+  std::ifstream in(kRoot / run_name / "classification_log.csv");
+  std::string line, cell;
+  std::getline(in, line);
+  std::istringstream header(line);
+  int index = -1;
+  for (int i = 0; std::getline(header, cell, ','); ++i)
+    if (cell == column) index = i;
+  REQUIRE(index >= 0);
+  std::vector<double> values;
+  while (std::getline(in, line)) {
+    std::istringstream cells(line);
+    for (int i = 0; std::getline(cells, cell, ','); ++i)
+      if (i == index) values.push_back(std::stod(cell));
+  }
+  return values;
+}
+
+size_t training_images(const std::string& run_name) {
+  std::ifstream in(kRoot / run_name / "split.csv");
+  std::string line;
+  size_t n = 0;
+  while (std::getline(in, line)) n += line.find(",train,") != std::string::npos;
+  return n;
+}
+
+// The logs of two runs agree to float32 rounding: the same images in the same steps, the
+// gradient sums in another order.
+void check_same_curves(const std::string& a, const std::string& b) {
+  for (const char* column : {"train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr"}) {
+    std::vector<double> x = log_column(a, column), y = log_column(b, column);
+    REQUIRE(x.size() == y.size());
+    for (size_t i = 0; i < x.size(); ++i) {
+      INFO(column << " at epoch " << i + 1 << ": " << a << " " << x[i] << ", " << b << " " << y[i]);
+      CHECK(std::abs(x[i] - y[i]) <= 1e-4 * std::max(1.0, std::abs(x[i])));
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("the ranks' shares of each batch are the one-process batches, each image once per epoch") {
+  auto cache = std::make_shared<data::SampleCache>(data::scan_dataset((blobs() / "images").string(),
+                                                                      (blobs() / "masks").string()), 32);
+  std::vector<size_t> samples(cache->count());
+  std::iota(samples.begin(), samples.end(), 0);
+  samples.resize(13);  // the last batch of 4: 1 image, rank 0's share empty
+  data::LoaderOptions options{.batch_size = 4, .augment = false, .workers = 1, .seed = 3};
+  data::Loader whole(cache, samples, options);
+  options.ranks = 2;
+  data::Loader rank0(cache, samples, options);
+  options.rank = 1;
+  data::Loader rank1(cache, samples, options);
+  for (int epoch = 0; epoch < 2; ++epoch) {
+    whole.start_epoch(epoch), rank0.start_epoch(epoch), rank1.start_epoch(epoch);
+    std::multiset<size_t> seen;
+    while (auto batch = whole.next()) {
+      auto a = rank0.next(), b = rank1.next();
+      REQUIRE((a && b));
+      std::vector<size_t> joined = a->samples;
+      joined.insert(joined.end(), b->samples.begin(), b->samples.end());
+      CHECK(joined == batch->samples);
+      CHECK(a->global_images == batch->samples.size());
+      CHECK(b->samples.size() - a->samples.size() <= 1);
+      seen.insert(joined.begin(), joined.end());
+    }
+    CHECK_FALSE(rank0.next());
+    CHECK(seen == std::multiset<size_t>(samples.begin(), samples.end()));
+  }
+}
+
+TEST_CASE("cls_train on 2 ranks logs one process's curve, also with a last batch shared unevenly") {
+  for (int batch : {4, 8}) {
+    const std::string one = "one_b" + std::to_string(batch), two = "two_b" + std::to_string(batch);
+    Run r1 = one_process(cls_args(one, 2, batch));
+    INFO(r1.output);
+    REQUIRE(r1.status == 0);
+    Run r2 = two_ranks(cls_args(two, 2, batch));
+    INFO(r2.output);
+    REQUIRE(r2.status == 0);
+    CHECK(training_images(one) == 21);
+    check_same_curves(one, two);
+  }
+}
