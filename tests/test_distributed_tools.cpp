@@ -53,7 +53,8 @@ const fs::path& blobs() {
 
 std::string cls_args(const std::string& name, int epochs, int batch) {
   return " --images-dir " + (blobs() / "images").string() + " --masks-dir " + (blobs() / "masks").string() +
-         " --arch convnext_atto --img-size 32 --lr 1e-3 --drop-path 0 --label-smoothing 0 --threads 1 --workers 1"
+         " --arch convnext_atto --img-size 32 --lr 1e-3 --warmup-epochs 1 --drop-path 0 --label-smoothing 0"
+         " --threads 1 --workers 1"
          " --epochs " + std::to_string(epochs) + " --batch-size " + std::to_string(batch) +
          " --save-path " + (kRoot / (name + ".safetensors")).string() + " --log-dir " + (kRoot / name).string();
 }
@@ -145,4 +146,63 @@ TEST_CASE("cls_train on 2 ranks logs one process's curve, also with a last batch
     CHECK(training_images(one) == 21);
     check_same_curves(one, two);
   }
+}
+
+TEST_CASE("a 2-rank resume state continues in one process as one process's own state does") {
+  // Two epochs on 2 ranks and on 1, each continued to a third epoch in one process.
+  for (std::string name : {"resume_two", "resume_one"}) {
+    Run first = name == "resume_two" ? two_ranks(cls_args(name, 2, 8)) : one_process(cls_args(name, 2, 8));
+    INFO(first.output);
+    REQUIRE(first.status == 0);
+    const std::string state = (kRoot / (name + ".last.safetensors")).string();
+    Run resumed = one_process(cls_args(name + "_3", 3, 8) + " --resume " + state + " --resume-anyway");
+    INFO(resumed.output);
+    REQUIRE(resumed.status == 0);
+    CHECK(resumed.output.find("resumed from " + state + " after epoch 2") != std::string::npos);
+    CHECK(resumed.output.find("although --epochs 3 (saved: 2)\n") != std::string::npos);  // the one difference
+  }
+  CHECK(log_column("resume_two_3", "epoch") == std::vector<double>{1, 2, 3});
+  check_same_curves("resume_two_3", "resume_one_3");
+}
+
+// Rank 1 runs `before` in the background, then becomes cls_train (same process id, $$).
+Run two_ranks_with_rank1(const std::string& before, const std::string& args) {
+  return run(std::string(SONO_MPIRUN) + " sh -c 'if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then (" + before +
+             ") & fi; exec " + kTool + args + "'");
+}
+
+TEST_CASE("a rank killed mid-epoch ends the job with an error, not a hang") {
+  Run r = two_ranks_with_rank1("sleep 3; kill -9 $$", cls_args("killed", 500, 4));
+  INFO(r.output);
+  CHECK(r.status != 0);
+  CHECK(r.seconds < 60);
+  CHECK(r.output.find("signal 9") != std::string::npos);  // mpirun says which rank died, and how
+  CHECK(r.output.find("epoch 2/500 train") != std::string::npos);  // it died while training
+  CHECK(r.output.find(" at epoch ") == std::string::npos);  // the last line of a finished run
+}
+
+TEST_CASE("a rank that stops answering makes the others stop the job after --collective-timeout") {
+  Run r = two_ranks_with_rank1("sleep 3; kill -STOP $$", cls_args("stopped", 500, 4) + " --collective-timeout 5");
+  INFO(r.output);
+  CHECK(r.status != 0);
+  CHECK(r.seconds < 60);
+  CHECK(r.output.find("rank 0: no answer from the other ranks within --collective-timeout 5 s") != std::string::npos);
+}
+
+TEST_CASE("an error on one rank stops all ranks") {
+  Run r = run(std::string(SONO_MPIRUN) + " sh -c 'if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then exec " + kTool +
+              cls_args("failing", 5, 4) + " --lr -1; else exec " + kTool + cls_args("failing", 5, 4) + "; fi'");
+  INFO(r.output);
+  CHECK(r.status != 0);
+  CHECK(r.seconds < 60);
+  CHECK(r.output.find("cls_train: error: --lr -1: must be positive") != std::string::npos);
+  CHECK(r.output.find("rank 1 of 2 failed; stopping all ranks") != std::string::npos);
+}
+
+TEST_CASE("--batch-size must divide over the ranks") {
+  Run r = two_ranks(cls_args("odd", 1, 5));
+  INFO(r.output);
+  CHECK(r.status != 0);
+  CHECK(r.output.find("cls_train: error: --batch-size 5: the global batch must divide evenly over the 2 MPI ranks") !=
+        std::string::npos);
 }
