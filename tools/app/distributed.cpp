@@ -277,6 +277,7 @@ GradientReducer::GradientReducer(std::vector<Tensor> params, size_t bucket_bytes
 GradientReducer::~GradientReducer() = default;
 
 size_t GradientReducer::buckets() const { return state_->buckets.size(); }
+size_t GradientReducer::bucket_of(size_t parameter) const { return state_->bucket_of.at(parameter); }
 size_t GradientReducer::overlapped_buckets() const { return state_->overlapped; }
 
 // Parameter i's gradient, weighted by this rank's share, into its bucket; zeros where it has
@@ -322,14 +323,16 @@ void GradientReducer::backward(const Tensor& loss, double share) {
   s.share = static_cast<float>(share);
   s.ready.assign(s.params.size(), false);
   for (Bucket& b : s.buckets) b.waiting = b.params.size();
-  s.launched = 0;
+  s.launched = s.overlapped = 0;
   if (loss.defined()) {
     autograd::GradReadyHook hook([&s](TensorImpl& leaf) {
-      if (auto it = s.index.find(&leaf); it != s.index.end()) s.mark_ready(it->second);
+      auto it = s.index.find(&leaf);
+      if (it == s.index.end()) return;
+      s.overlapped = s.launched;  // in flight while this gradient was still being computed
+      s.mark_ready(it->second);
     });
     loss.backward();
   }
-  s.overlapped = s.launched;
   for (size_t i = 0; i < s.params.size(); ++i) s.mark_ready(i);
   wait(s.in_flight, "averaging gradients");
   s.write_gradients();

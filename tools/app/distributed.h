@@ -70,7 +70,9 @@ class GradientReducer {
   // of the step's images, so the result is the gradient of the global batch's mean loss.
   void backward(const Tensor& loss, double share);
   size_t buckets() const;
-  // Of the last backward: the buckets whose all-reduce started before the backward returned.
+  size_t bucket_of(size_t parameter) const;  // parameter: an index into the constructor's params
+  // Of the last backward: the buckets whose all-reduce was in flight while the backward was
+  // still computing gradients (all but those the backward's last node completes).
   size_t overlapped_buckets() const;
 
  private:
