@@ -54,7 +54,8 @@ std::vector<Tensor> train_three_steps(Mode mode, DType dtype = DType::f32, size_
   auto model = convnext_atto(dtype);
   nn::AdamW adamw(nn::param_groups_weight_decay(*model, 0.05), {.lr = 1e-3, .weight_decay = 0.05});
   std::unique_ptr<distributed::GradientReducer> reducer;
-  if (mode == Mode::reduced) reducer = std::make_unique<distributed::GradientReducer>(model->parameters(), bucket_bytes);
+  if (mode == Mode::reduced)
+    reducer = std::make_unique<distributed::GradientReducer>(model->parameters(), bucket_bytes);
   auto [first, last] = data::rank_share(kBatch, distributed::rank(), distributed::size());
   auto rows = [](const Tensor& t, size_t a, size_t b) { return t.slice(0, int64_t(a), int64_t(b)); };
   for (int step = 0; step < 3; ++step) {

@@ -165,7 +165,8 @@ int Session::exit(int status) const {
 void add_options(Cli& cli) {
   if (!available()) return;
   cli.option("bucket-mb", "25", "data-parallel (mpirun): gradients are all-reduced in buckets of about this many MiB")
-      .option("collective-timeout", "600", "data-parallel: seconds a rank waits for the others before stopping the job");
+      .option("collective-timeout", "600",
+              "data-parallel: seconds a rank waits for the others before stopping the job");
 }
 
 void read_options(const Cli& cli) {

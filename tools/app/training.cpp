@@ -172,6 +172,14 @@ bool has_batch_norm(const nn::Module& model) {
   return false;
 }
 
+// Whether some rank's share of the epoch's last batch is a single image.
+bool last_share_of_one(size_t images, int64_t batch_size, int ranks) {
+  const size_t last_batch = (images - 1) % static_cast<size_t>(batch_size) + 1;
+  for (int r = 0; r < ranks; ++r)
+    if (auto [first, end] = data::rank_share(last_batch, r, ranks); end - first == 1) return true;
+  return false;
+}
+
 data::Batch to_device(data::Batch batch, Device device) {
   batch.images = batch.images.to(device);
   batch.masks = batch.masks.to(device);
@@ -317,13 +325,7 @@ void Trainer::build_data(const std::function<void(data::SampleCache&)>& prepare)
   train.rank = distributed::rank();
   train.ranks = distributed::size();
   // BatchNorm cannot train on a last batch of one image (on any rank).
-  const size_t last_batch = (split.train.size() - 1) % s_.batch_size + 1;
-  bool single_image = false;
-  for (int r = 0; r < train.ranks; ++r) {
-    auto [first, end] = data::rank_share(last_batch, r, train.ranks);
-    single_image = single_image || end - first == 1;
-  }
-  train.drop_last = has_batch_norm(*model_) && single_image;
+  train.drop_last = has_batch_norm(*model_) && last_share_of_one(split.train.size(), s_.batch_size, train.ranks);
   data::LoaderOptions val = train;
   val.shuffle = val.augment = val.drop_last = val.balanced = false;
   val.rank = 0, val.ranks = 1;  // every rank loads every batch; distributed::map_rows shares the work
@@ -556,7 +558,8 @@ int Trainer::run(const std::function<void(data::SampleCache&)>& prepare) {
     row.insert(row.end(), values.begin(), values.end());
     end_epoch(epoch, row, values.at(best_index));
   }
-  if (distributed::is_root() && fs::exists(s_.save_path))  // a resumed run may never beat the best of the run before
+  // A resumed run may never beat the best of the run before.
+  if (distributed::is_root() && fs::exists(s_.save_path))
     task_.after_training(s_, *val_);
   std::cout << "best " << task_.best_metric() << " " << best_ << " at epoch " << best_epoch_ << ": "
             << s_.save_path << "\n";
