@@ -29,6 +29,7 @@ World& world() {
   return w;
 }
 
+#ifdef SONO_MPI
 // Launchers announce the job in the environment: Open MPI's mpirun, and PMI / PMIx for MPICH,
 // Slurm's srun and others. Without one, MPI_Init would start a singleton job for nothing.
 bool launched_by_mpi() {
@@ -36,6 +37,7 @@ bool launched_by_mpi() {
     if (std::getenv(variable)) return true;
   return false;
 }
+#endif
 
 [[noreturn]] void abort_job(int status) {
 #ifdef SONO_MPI
