@@ -1,16 +1,13 @@
 // Data-parallel training through the tools' command lines: `mpirun -np 2 cls_train ...` against
 // one process on the same data, resuming a 2-rank run in one process, and a rank that dies,
 // hangs or fails making the whole job exit with an error instead of hanging.
-#include <array>
-#include <chrono>
-#include <cstdio>
 #include <fstream>
 #include <numeric>
 #include <set>
-#include <sys/wait.h>
 
 #include "helpers.h"
 #include "synthetic_blobs.h"
+#include "tool_runs.h"
 #include "tools/data/loader.h"
 
 namespace fs = std::filesystem;
@@ -18,24 +15,8 @@ using namespace sono;
 
 namespace {
 
-struct Run {
-  int status = -1;
-  std::string output;  // stdout and stderr
-  double seconds = 0;
-};
-
-Run run(const std::string& command) {
-  auto start = std::chrono::steady_clock::now();
-  Run r;
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  REQUIRE(pipe);
-  std::array<char, 4096> buffer;
-  while (size_t n = fread(buffer.data(), 1, buffer.size(), pipe)) r.output.append(buffer.data(), n);
-  int status = pclose(pipe);
-  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return r;
-}
+using Run = test::CommandRun;
+using test::run_command;
 
 const fs::path kRoot = fs::path(SONO_BINARY_DIR) / "test_distributed_tools";
 const std::string kTool = std::string(SONO_BINARY_DIR) + "/bin/cls_train";
@@ -59,26 +40,12 @@ std::string cls_args(const std::string& name, int epochs, int batch) {
          " --save-path " + (kRoot / (name + ".safetensors")).string() + " --log-dir " + (kRoot / name).string();
 }
 
-Run one_process(const std::string& args) { return run(kTool + args); }
-Run two_ranks(const std::string& args) { return run(std::string(SONO_MPIRUN) + " " + kTool + args); }
+Run one_process(const std::string& args) { return run_command(kTool + args); }
+Run two_ranks(const std::string& args) { return run_command(std::string(SONO_MPIRUN) + " " + kTool + args); }
 
 // The column of a run's CSV log, by name.
 std::vector<double> log_column(const std::string& run_name, const std::string& column) {
-  std::ifstream in(kRoot / run_name / "classification_log.csv");
-  std::string line, cell;
-  std::getline(in, line);
-  std::istringstream header(line);
-  int index = -1;
-  for (int i = 0; std::getline(header, cell, ','); ++i)
-    if (cell == column) index = i;
-  REQUIRE(index >= 0);
-  std::vector<double> values;
-  while (std::getline(in, line)) {
-    std::istringstream cells(line);
-    for (int i = 0; std::getline(cells, cell, ','); ++i)
-      if (i == index) values.push_back(std::stod(cell));
-  }
-  return values;
+  return test::csv_column(kRoot / run_name / "classification_log.csv", column);
 }
 
 size_t training_images(const std::string& run_name) {
@@ -167,7 +134,7 @@ TEST_CASE("a 2-rank resume state continues in one process as one process's own s
 
 // Rank 1 runs `before` in the background, then becomes cls_train (same process id, $$).
 Run two_ranks_with_rank1(const std::string& before, const std::string& args) {
-  return run(std::string(SONO_MPIRUN) + " sh -c 'if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then (" + before +
+  return run_command(std::string(SONO_MPIRUN) + " sh -c 'if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then (" + before +
              ") & fi; exec " + kTool + args + "'");
 }
 
@@ -197,7 +164,7 @@ TEST_CASE("a rank that stops answering makes the others stop the job after --col
 }
 
 TEST_CASE("an error on one rank stops all ranks") {
-  Run r = run(std::string(SONO_MPIRUN) + " sh -c 'if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then exec " + kTool +
+  Run r = run_command(std::string(SONO_MPIRUN) + " sh -c 'if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then exec " + kTool +
               cls_args("failing", 5, 4) + " --lr -1; else exec " + kTool + cls_args("failing", 5, 4) + "; fi'");
   INFO(r.output);
   CHECK(r.status != 0);
@@ -222,7 +189,7 @@ TEST_CASE("seg_train on 2 ranks trains mit_b0, BatchNorm per rank") {
                            (blobs() / "masks").string() + " --arch mit_b0 --img-size 32 --lr 1e-3 --epochs 2"
                            " --batch-size 4 --threads 1 --workers 1 --save-path " +
                            (kRoot / "seg.safetensors").string() + " --log-dir " + (kRoot / "seg").string();
-  Run r = run(std::string(SONO_MPIRUN) + " " + SONO_BINARY_DIR + "/bin/seg_train" + args);
+  Run r = run_command(std::string(SONO_MPIRUN) + " " + SONO_BINARY_DIR + "/bin/seg_train" + args);
   INFO(r.output);
   REQUIRE(r.status == 0);
   CHECK(r.output.find("epoch 2/2 train 20/21") != std::string::npos);  // the lone 21st image dropped

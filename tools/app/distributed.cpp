@@ -5,6 +5,7 @@
 #include <cstring>
 #include <iostream>
 #include <thread>
+#include <type_traits>
 #include <unordered_map>
 
 #include "autograd/node.h"
@@ -85,20 +86,15 @@ void wait(std::vector<Pending>& pending, const char* what) {
   pending.clear();
 }
 
-Pending start_sum(float* values, size_t count) {
+// Starts summing `count` floats or doubles in place over the ranks.
+template <typename T>
+Pending start_sum(T* values, size_t count) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>);
   Pending p;
 #ifdef SONO_MPI
   if (size() > 1)
-    MPI_Iallreduce(MPI_IN_PLACE, values, static_cast<int>(count), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &p.request);
-#endif
-  return p;
-}
-
-Pending start_sum(double* values, size_t count) {
-  Pending p;
-#ifdef SONO_MPI
-  if (size() > 1)
-    MPI_Iallreduce(MPI_IN_PLACE, values, static_cast<int>(count), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD, &p.request);
+    MPI_Iallreduce(MPI_IN_PLACE, values, static_cast<int>(count), std::is_same_v<T, float> ? MPI_FLOAT : MPI_DOUBLE,
+                   MPI_SUM, MPI_COMM_WORLD, &p.request);
 #endif
   return p;
 }
