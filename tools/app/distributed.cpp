@@ -241,6 +241,8 @@ struct GradientReducer::State {
   std::vector<bool> ready;
   std::vector<Pending> in_flight;
   size_t launched = 0, overlapped = 0;
+  double waited_seconds = 0;
+  size_t backwards = 0;
   float share = 1;
 
   void mark_ready(size_t i);
@@ -278,6 +280,12 @@ GradientReducer::~GradientReducer() = default;
 size_t GradientReducer::buckets() const { return state_->buckets.size(); }
 size_t GradientReducer::bucket_of(size_t parameter) const { return state_->bucket_of.at(parameter); }
 size_t GradientReducer::overlapped_buckets() const { return state_->overlapped; }
+
+double GradientReducer::take_wait_per_step() {
+  const double per_step = state_->backwards ? state_->waited_seconds / state_->backwards : 0;
+  state_->waited_seconds = 0, state_->backwards = 0;
+  return per_step;
+}
 
 // Parameter i's gradient, weighted by this rank's share, into its bucket; zeros where it has
 // none (this rank had no image in the step, or the loss does not reach it).
@@ -333,7 +341,10 @@ void GradientReducer::backward(const Tensor& loss, double share) {
     loss.backward();
   }
   for (size_t i = 0; i < s.params.size(); ++i) s.mark_ready(i);
+  auto start = std::chrono::steady_clock::now();
   wait(s.in_flight, "averaging gradients");
+  s.waited_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ++s.backwards;
   s.write_gradients();
 }
 

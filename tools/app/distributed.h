@@ -74,6 +74,9 @@ class GradientReducer {
   // Of the last backward: the buckets whose all-reduce was in flight while the backward was
   // still computing gradients (all but those the backward's last node completes).
   size_t overlapped_buckets() const;
+  // Seconds the backwards since the last call waited for the all-reduce after their last
+  // gradient (what the overlap did not hide), per backward; resets the count.
+  double take_wait_per_step();
 
  private:
   struct State;

@@ -469,6 +469,7 @@ double Trainer::train_epoch(int epoch, double& images_per_second) {
   }
   std::ostringstream lr;
   lr << "lr " << std::setprecision(3) << optimizer_->lr();
+  if (reducer_) lr << ", all-reduce waited " << reducer_->take_wait_per_step() * 1e3 << " ms/step";
   bar.finish(lr.str());
   images_per_second = bar.images_per_second();
   return bar.mean_loss();
