@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "helpers.h"
+#include "layers/norm.h"
 #include "layers/optim.h"
 #include "models/registry.h"
 #include "tensor/random.h"
@@ -191,4 +192,38 @@ TEST_CASE("sum, and the broadcast of rank 0's buffers") {
   model->load_state_dict(changed, false);
   distributed::broadcast_buffers_from_root(*model);
   for (auto& [name, b] : model->named_buffers()) CHECK(test::max_abs_diff(b, initial.at(name)) == 0);
+}
+
+// SyncBatchNorm in float64: 3 images shared 1 + 2, each rank's loss weighted by its share, give
+// one process's BatchNorm on all 3: gradients of the input rows, weight and bias, and running
+// statistics.
+TEST_CASE("--sync-bn: BatchNorm over the ranks' images is BatchNorm over the whole batch") {
+  const Tensor images = test::rand64({3, 2, 2, 4}, 30, 2.0), outside = test::rand64({2, 2, 4}, 33);
+  struct Result {
+    Tensor input_grad, weight_grad, bias_grad, running_mean, running_var;
+  };
+  // Loss: the mean over the images of sum((y * outside)^2), on rows [first, last), weighted by share.
+  auto train_step = [&](size_t first, size_t last, double share) {
+    nn::BatchNorm2d bn(4);
+    bn.to(DType::f64);
+    bn.load_state_dict({{"weight", test::rand64({4}, 31)}, {"bias", test::rand64({4}, 32)}}, false);
+    Tensor x = images.slice(0, int64_t(first), int64_t(last)).contiguous().requires_grad_();
+    Tensor y = mul(bn(x), outside);
+    mul(mean(sum(mul(y, y), {1, 2, 3})), share).backward();
+    return Result{x.grad(), bn.weight.grad(), bn.bias.grad(), bn.running_mean.clone(), bn.running_var.clone()};
+  };
+  const Result alone = train_step(0, 3, 1.0);
+  auto [first, last] = data::rank_share(3, distributed::rank(), 2);
+  REQUIRE(last - first == size_t(distributed::rank() + 1));
+  nn::BatchNorm2d::sum_over_ranks = distributed::sum_over_ranks;
+  const Result synced = train_step(first, last, double(last - first) / 3);
+  nn::BatchNorm2d::sum_over_ranks = nullptr;
+  CHECK(test::max_abs_diff(synced.input_grad, alone.input_grad.slice(0, int64_t(first), int64_t(last))) < 1e-12);
+  CHECK(test::max_abs_diff(distributed::sum_over_ranks(synced.weight_grad), alone.weight_grad) < 1e-12);
+  CHECK(test::max_abs_diff(distributed::sum_over_ranks(synced.bias_grad), alone.bias_grad) < 1e-12);
+  CHECK(test::max_abs_diff(synced.running_mean, alone.running_mean) < 1e-12);
+  CHECK(test::max_abs_diff(synced.running_var, alone.running_var) < 1e-12);
+  // Each rank's own statistics (per-rank BatchNorm) give other gradients.
+  const Result per_rank = train_step(first, last, double(last - first) / 3);
+  CHECK(test::max_abs_diff(per_rank.input_grad, alone.input_grad.slice(0, int64_t(first), int64_t(last))) > 1e-3);
 }

@@ -201,3 +201,19 @@ TEST_CASE("seg_train on 2 ranks trains mit_b0, BatchNorm per rank") {
   CHECK(rows == 2);
   CHECK(fs::exists(kRoot / "seg.safetensors"));
 }
+
+// One image per rank: BatchNorm (the ASPP pooling branch sees one value per channel and image)
+// trains on both ranks' images together.
+TEST_CASE("seg_train --sync-bn trains mit_b0 with one image per rank") {
+  const std::string args = " --images-dir " + (blobs() / "images").string() + " --masks-dir " +
+                           (blobs() / "masks").string() + " --arch mit_b0 --img-size 32 --lr 1e-3 --epochs 1"
+                           " --batch-size 2 --threads 1 --workers 1 --save-path " +
+                           (kRoot / "sync.safetensors").string();
+  Run per_rank = run_command(std::string(SONO_MPIRUN) + " " + SONO_BINARY_DIR + "/bin/seg_train" + args);
+  CHECK(per_rank.status != 0);
+  CHECK(per_rank.output.find("need at least 2 images per training batch on each MPI rank") != std::string::npos);
+  Run synced = run_command(std::string(SONO_MPIRUN) + " " + SONO_BINARY_DIR + "/bin/seg_train" + args + " --sync-bn");
+  INFO(synced.output);
+  CHECK(synced.status == 0);
+  CHECK(synced.output.find("epoch 1/1 train 20/21") != std::string::npos);  // no rank without an image
+}

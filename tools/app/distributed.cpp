@@ -9,6 +9,7 @@
 #include <unordered_map>
 
 #include "autograd/node.h"
+#include "tensor/ops.h"
 #include "tools/data/loader.h"
 
 #ifdef SONO_MPI
@@ -23,6 +24,7 @@ struct World {
   int rank = 0, size = 1;
   double timeout_seconds = 600;
   size_t bucket_bytes = size_t{25} << 20;  // PyTorch DDP's default
+  bool sync_batch_norm = false;
 };
 
 World& world() {
@@ -164,7 +166,8 @@ void add_options(Cli& cli) {
   if (!available()) return;
   cli.option("bucket-mb", "25", "data-parallel (mpirun): gradients are all-reduced in buckets of about this many MiB")
       .option("collective-timeout", "600",
-              "data-parallel: seconds a rank waits for the others before stopping the job");
+              "data-parallel: seconds a rank waits for the others before stopping the job")
+      .flag("sync-bn", "data-parallel: BatchNorm with the statistics of the global batch, not each rank's");
 }
 
 void read_options(const Cli& cli) {
@@ -174,6 +177,28 @@ void read_options(const Cli& cli) {
   SONO_CHECK(timeout > 0, "--collective-timeout ", cli.str("collective-timeout"), ": must be positive");
   world().bucket_bytes = static_cast<size_t>(bucket_mb * (1 << 20));
   world().timeout_seconds = timeout;
+  world().sync_batch_norm = cli.is_set("sync-bn") && size() > 1;
+}
+
+bool sync_batch_norm() { return world().sync_batch_norm; }
+
+namespace {
+Tensor summed_over_ranks(const Tensor& t) {
+  Tensor host = t.to(Device::cpu).contiguous().clone();
+  std::vector<Pending> pending;
+  if (host.dtype() == DType::f64)
+    pending.push_back(start_sum(host.data<double>(), host.numel()));
+  else
+    pending.push_back(start_sum(host.data<float>(), host.numel()));
+  wait(pending, "summing BatchNorm statistics");
+  return host.to(t.device());
+}
+}  // namespace
+
+Tensor sum_over_ranks(const Tensor& t) {
+  // y = sum_k t_k on every rank, so the loss sum_k L_k has dL/dt_r = sum_k dL_k/dy.
+  return autograd::record("sum_over_ranks", summed_over_ranks(t.detach()), {t},
+                          [](const Tensor& g) { return std::vector<Tensor>{summed_over_ranks(g)}; });
 }
 
 size_t bucket_bytes() { return world().bucket_bytes; }
@@ -243,7 +268,6 @@ struct GradientReducer::State {
   size_t launched = 0, overlapped = 0;
   double waited_seconds = 0;
   size_t backwards = 0;
-  float share = 1;
 
   void mark_ready(size_t i);
   void launch_ready_buckets();
@@ -287,8 +311,8 @@ double GradientReducer::take_wait_per_step() {
   return per_step;
 }
 
-// Parameter i's gradient, weighted by this rank's share, into its bucket; zeros where it has
-// none (this rank had no image in the step, or the loss does not reach it).
+// Parameter i's gradient into its bucket; zeros where it has none (this rank had no image in
+// the step, or the loss does not reach it).
 void GradientReducer::State::mark_ready(size_t i) {
   if (ready[i]) return;
   ready[i] = true;
@@ -297,8 +321,7 @@ void GradientReducer::State::mark_ready(size_t i) {
   const size_t n = static_cast<size_t>(params[i].numel());
   if (Tensor g = params[i].grad(); g.defined()) {
     g = g.to(Device::cpu).contiguous();
-    const float* in = g.data<float>();
-    for (size_t j = 0; j < n; ++j) out[j] = in[j] * share;
+    std::memcpy(out, g.data<float>(), n * sizeof(float));
   } else {
     std::fill(out, out + n, 0.0f);
   }
@@ -327,7 +350,6 @@ void GradientReducer::State::write_gradients() {
 
 void GradientReducer::backward(const Tensor& loss, double share) {
   State& s = *state_;
-  s.share = static_cast<float>(share);
   s.ready.assign(s.params.size(), false);
   for (Bucket& b : s.buckets) b.waiting = b.params.size();
   s.launched = s.overlapped = 0;
@@ -338,7 +360,7 @@ void GradientReducer::backward(const Tensor& loss, double share) {
       s.overlapped = s.launched;  // in flight while this gradient was still being computed
       s.mark_ready(it->second);
     });
-    loss.backward();
+    mul(loss, share).backward();
   }
   for (size_t i = 0; i < s.params.size(); ++i) s.mark_ready(i);
   auto start = std::chrono::steady_clock::now();

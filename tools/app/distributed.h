@@ -37,9 +37,15 @@ class Session {
   bool joined_ = false;
 };
 
-// --bucket-mb and --collective-timeout (registered only in builds with MPI).
+// --bucket-mb, --collective-timeout and --sync-bn (registered only in builds with MPI).
 void add_options(Cli& cli);
 void read_options(const Cli& cli);
+// --sync-bn on more than one rank: BatchNorm layers normalise with the global batch's
+// statistics (nn::BatchNorm2d::sum_over_ranks).
+bool sync_batch_norm();
+
+// t summed over the ranks, differentiably (the gradient is summed the same way).
+Tensor sum_over_ranks(const Tensor& t);
 size_t bucket_bytes();  // --bucket-mb
 
 // Throws naming --batch-size unless the global batch divides evenly over the ranks.
@@ -65,9 +71,10 @@ class GradientReducer {
  public:
   explicit GradientReducer(std::vector<Tensor> params, size_t bucket_bytes = distributed::bucket_bytes());
   ~GradientReducer();
-  // loss.backward() (none where this rank has no image in the step), then every parameter's
-  // .grad set to the sum over ranks of share * its gradient: `share` is this rank's fraction
-  // of the step's images, so the result is the gradient of the global batch's mean loss.
+  // (share * loss).backward() (none where this rank has no image in the step), then every
+  // parameter's .grad set to the sum of the ranks' gradients: `share` is this rank's fraction
+  // of the step's images, so the result is the gradient of the global batch's mean loss (also
+  // where SyncBatchNorm carries gradients from one rank's loss to another's parameters).
   void backward(const Tensor& loss, double share);
   size_t buckets() const;
   size_t bucket_of(size_t parameter) const;  // parameter: an index into the constructor's params

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "autograd/node.h"
+#include "layers/norm.h"
 #include "layers/optim.h"
 #include "layers/safetensors.h"
 #include "models/convnext.h"
@@ -172,11 +173,11 @@ bool has_batch_norm(const nn::Module& model) {
   return false;
 }
 
-// Whether some rank's share of the epoch's last batch is a single image.
-bool last_share_of_one(size_t images, int64_t batch_size, int ranks) {
+// Whether some rank's share of the epoch's last batch holds exactly `images_in_share` images.
+bool last_share_of(size_t images_in_share, size_t images, int64_t batch_size, int ranks) {
   const size_t last_batch = (images - 1) % static_cast<size_t>(batch_size) + 1;
   for (int r = 0; r < ranks; ++r)
-    if (auto [first, end] = data::rank_share(last_batch, r, ranks); end - first == 1) return true;
+    if (auto [first, end] = data::rank_share(last_batch, r, ranks); end - first == images_in_share) return true;
   return false;
 }
 
@@ -324,8 +325,10 @@ void Trainer::build_data(const std::function<void(data::SampleCache&)>& prepare)
   train.balanced = s_.recipe_options.balanced_sampling;
   train.rank = distributed::rank();
   train.ranks = distributed::size();
-  // BatchNorm cannot train on a last batch of one image (on any rank).
-  train.drop_last = has_batch_norm(*model_) && last_share_of_one(split.train.size(), s_.batch_size, train.ranks);
+  // BatchNorm cannot train on a last batch of one image (on any rank); SyncBatchNorm can, but
+  // needs every rank in every step's forward.
+  train.drop_last = has_batch_norm(*model_) &&
+                    last_share_of(distributed::sync_batch_norm() ? 0 : 1, split.train.size(), s_.batch_size, train.ranks);
   data::LoaderOptions val = train;
   val.shuffle = val.augment = val.drop_last = val.balanced = false;
   val.rank = 0, val.ranks = 1;  // every rank loads every batch; distributed::map_rows shares the work
@@ -341,7 +344,8 @@ void Trainer::build_model() {
   if (task_.task() == "segmentation") options.num_classes = 1;
   options.drop_path_rate = s_.drop_path;
   model_ = models::create_model(s_.arch, options);
-  SONO_CHECK(!(s_.batch_size == distributed::size() && has_batch_norm(*model_)), "--batch-size ", s_.batch_size,
+  SONO_CHECK(!(s_.batch_size == distributed::size() && has_batch_norm(*model_) && !distributed::sync_batch_norm()),
+             "--batch-size ", s_.batch_size,
              ": ", s_.arch, " has BatchNorm layers, which need at least 2 images per training batch",
              distributed::size() > 1 ? " on each MPI rank" : "");
   if (!s_.pretrained.empty()) {
@@ -538,6 +542,7 @@ int Trainer::run(const std::function<void(data::SampleCache&)>& prepare) {
       nn::param_groups_weight_decay(*model_, s_.weight_decay),
       nn::AdamOptions{.lr = s_.lr, .weight_decay = s_.weight_decay});
   if (distributed::size() > 1) reducer_ = std::make_unique<distributed::GradientReducer>(model_->parameters());
+  if (distributed::sync_batch_norm()) nn::BatchNorm2d::sum_over_ranks = distributed::sum_over_ranks;
   auto steps_per_epoch = static_cast<int64_t>(train_->batches_per_epoch());
   const int64_t total_steps = s_.epochs * steps_per_epoch;
   const int64_t warmup_steps = std::min(std::lround(s_.warmup_epochs * steps_per_epoch), total_steps - 1);
