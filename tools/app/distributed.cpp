@@ -190,7 +190,7 @@ Tensor summed_over_ranks(const Tensor& t) {
     pending.push_back(start_sum(host.data<double>(), host.numel()));
   else
     pending.push_back(start_sum(host.data<float>(), host.numel()));
-  wait(pending, "summing BatchNorm statistics");
+  wait(pending, "summing a tensor over the ranks (--sync-bn)");
   return host.to(t.device());
 }
 }  // namespace
