@@ -1,4 +1,5 @@
 #include <unordered_map>
+#include <utility>
 #include <unordered_set>
 
 #include "autograd/node.h"
@@ -10,6 +11,7 @@ namespace sono::autograd {
 namespace {
 
 thread_local bool g_grad_enabled = true;
+thread_local const GradReadyHook::Fn* g_grad_ready = nullptr;
 
 Edge edge_to(const Tensor& t) {
   if (!t.defined() || !t.requires_grad()) return {};
@@ -22,6 +24,8 @@ Edge edge_to(const Tensor& t) {
 bool grad_enabled() { return g_grad_enabled; }
 NoGradGuard::NoGradGuard() : previous_(g_grad_enabled) { g_grad_enabled = false; }
 NoGradGuard::~NoGradGuard() { g_grad_enabled = previous_; }
+GradReadyHook::GradReadyHook(Fn fn) : fn_(std::move(fn)), previous_(g_grad_ready) { g_grad_ready = &fn_; }
+GradReadyHook::~GradReadyHook() { g_grad_ready = previous_; }
 
 Tensor record(const char* name, Tensor out, std::vector<Tensor> inputs, BackwardFn backward) {
   if (!g_grad_enabled) return out;
@@ -115,6 +119,40 @@ void run_node(Node& node, Tensor grad_out, std::unordered_map<Node*, Tensor>& gr
   }
 }
 
+// The GradReadyHook's view of one backward: how many nodes still have to run before each
+// leaf's gradient is final. Idle (no counting) without a hook.
+class LeafReadiness {
+ public:
+  LeafReadiness(const std::vector<std::shared_ptr<Node>>& order) : hook_(g_grad_ready) {
+    if (!hook_) return;
+    for (auto& node : order)
+      for (const Edge& in : node->inputs)
+        if (in.leaf) ++pending_[in.leaf.get()];
+  }
+  // After `node` ran (or was passed over for want of a gradient).
+  void done(const Node& node) {
+    if (!hook_) return;
+    for (const Edge& in : node.inputs)
+      if (in.leaf && --pending_[in.leaf.get()] == 0) (*hook_)(*in.leaf);
+  }
+
+ private:
+  const GradReadyHook::Fn* hook_;
+  std::unordered_map<TensorImpl*, int> pending_;
+};
+
+// Hides the hook from the backwards that checkpoint() runs inside the outer one.
+class OuterBackwardOnly {
+ public:
+  OuterBackwardOnly() : hook_(std::exchange(g_grad_ready, nullptr)) {}
+  ~OuterBackwardOnly() { g_grad_ready = hook_; }
+  OuterBackwardOnly(const OuterBackwardOnly&) = delete;
+  OuterBackwardOnly& operator=(const OuterBackwardOnly&) = delete;
+
+ private:
+  const GradReadyHook::Fn* hook_;
+};
+
 }  // namespace
 
 void run_backward(const Tensor& root, const Tensor& seed) {
@@ -127,6 +165,8 @@ void run_backward(const Tensor& root, const Tensor& seed) {
     return;
   }
   std::vector<std::shared_ptr<Node>> order = topo_order(root.grad_fn());
+  LeafReadiness readiness(order);
+  OuterBackwardOnly outer;
   std::unordered_map<Node*, Tensor> grads{{root.grad_fn().get(), seed}};
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
     Node& node = **it;
@@ -135,6 +175,7 @@ void run_backward(const Tensor& root, const Tensor& seed) {
       grads.erase(found);
       run_node(node, std::move(g), grads);
     }
+    readiness.done(node);
     // Free the node's saved tensors now, as PyTorch does, not when the whole backward ends:
     // activations go while gradients arrive, which lowers the peak of a training step.
     node.backward = nullptr;

@@ -69,4 +69,23 @@ Tensor record_recomputed(const char* name, Tensor out, const std::vector<Tensor>
 // frees the graph.
 void run_backward(const Tensor& root, const Tensor& seed);
 
+// While one is alive on this thread, the outermost run_backward calls it with each leaf as soon
+// as that leaf's .grad is final: every node with an edge to the leaf has run (its .grad may still
+// be undefined when no gradient reached it). Data-parallel training starts a gradient bucket's
+// all-reduce there, while the rest of the backward still runs, as PyTorch DDP's autograd hooks
+// do. Backwards nested in checkpoint() do not report: their leaves are final only once the
+// outer node has run.
+class GradReadyHook {
+ public:
+  using Fn = std::function<void(TensorImpl& leaf)>;
+  explicit GradReadyHook(Fn fn);
+  ~GradReadyHook();
+  GradReadyHook(const GradReadyHook&) = delete;
+  GradReadyHook& operator=(const GradReadyHook&) = delete;
+
+ private:
+  Fn fn_;
+  const Fn* previous_;
+};
+
 }  // namespace sono::autograd

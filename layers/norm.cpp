@@ -1,5 +1,6 @@
 #include "layers/norm.h"
 
+#include "autograd/node.h"
 #include "tensor/backend.h"
 #include "tensor/ops.h"
 
@@ -27,7 +28,30 @@ Tensor BatchNorm2d::forward(const Tensor& x) {
     Tensor next = Tensor::full({}, static_cast<double>(host.to_labels()[0] + 1), DType::i64);
     backend_of(num_batches_tracked).copy(next.to(num_batches_tracked.device()), num_batches_tracked);
   }
+  if (is_training() && sum_over_ranks) return synced_forward(x);
   return batch_norm(x, weight, bias, running_mean, running_var, is_training(), momentum, eps);
+}
+
+// batch_norm's training formulas with every sum over the batch taken over all ranks' batches;
+// two passes (mean, then squared deviations) as batch_norm, not E[x^2] - E[x]^2.
+Tensor BatchNorm2d::synced_forward(const Tensor& x) {
+  const int64_t channels = x.size(-1);
+  Tensor rows = x.reshape({-1, channels});
+  const double count =
+      sum_over_ranks(Tensor::full({1}, static_cast<double>(rows.size(0)), x.dtype(), x.device())).item();
+  SONO_CHECK(count > 1, "BatchNorm2d: ", count, " value per channel over all ranks; training needs more");
+  Tensor mean = mul(sum_over_ranks(sum(rows, {0})), 1.0 / count);
+  Tensor deviation = sub(rows, mean);
+  Tensor var = mul(sum_over_ranks(sum(mul(deviation, deviation), {0})), 1.0 / count);
+  Tensor y = add(mul(div(deviation, sqrt(add(var, eps))), weight), bias);
+  {
+    autograd::NoGradGuard no_grad;  // running statistics as batch_norm keeps them (unbiased variance)
+    Tensor new_mean = add(mul(running_mean, 1 - momentum), mul(mean.detach(), momentum));
+    Tensor new_var = add(mul(running_var, 1 - momentum), mul(var.detach(), momentum * count / (count - 1)));
+    backend_of(running_mean).copy(new_mean, running_mean);
+    backend_of(running_var).copy(new_var, running_var);
+  }
+  return y.reshape(x.shape());
 }
 
 }  // namespace sono::nn

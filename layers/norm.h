@@ -1,4 +1,6 @@
 #pragma once
+#include <functional>
+
 #include "layers/module.h"
 
 namespace sono::nn {
@@ -20,6 +22,14 @@ class BatchNorm2d : public UnaryModule {
   Tensor forward(const Tensor& x) override;
   Tensor weight, bias, running_mean, running_var, num_batches_tracked;
   double eps, momentum;
+
+  // SyncBatchNorm for data-parallel training (seg_train --sync-bn, tools/app/distributed.h):
+  // while set, training normalises with the statistics of the whole global batch, which this
+  // sums over the ranks (a differentiable sum of a per-channel tensor).
+  static inline std::function<Tensor(const Tensor&)> sum_over_ranks;
+
+ private:
+  Tensor synced_forward(const Tensor& x);
 };
 
 }  // namespace sono::nn

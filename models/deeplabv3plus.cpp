@@ -62,8 +62,8 @@ class AsppPooling : public Sequential {
   }
   Tensor forward(const Tensor& x) override {
     // Its BatchNorm sees one value per channel and sample; torch refuses batch 1 in training
-    // (the batch variance would be 0/0 in the running stats).
-    SONO_CHECK(!is_training() || x.size(0) > 1,
+    // (the batch variance would be 0/0 in the running stats). SyncBatchNorm counts all ranks'.
+    SONO_CHECK(!is_training() || x.size(0) > 1 || nn::BatchNorm2d::sum_over_ranks,
                "DeepLabV3+: training needs a batch of at least 2 (the ASPP image-pooling branch "
                "applies BatchNorm to one value per channel per sample); got batch size 1. Use a "
                "larger batch, drop the last incomplete batch, or switch to eval mode");

@@ -1,5 +1,7 @@
 // Tensor basics, views, broadcasting elementwise ops, reductions and matmul: forward values
 // by hand, gradients by central differences in float64, errors with clear messages.
+#include <set>
+
 #include "helpers.h"
 #include "tensor/cpu/cpu_backend.h"
 
@@ -300,4 +302,29 @@ TEST_CASE("bad input raises clear errors") {
   CHECK_THROWS_WITH_AS(matmul(a, a), doctest::Contains("inner sizes"), Error);
   CHECK_THROWS_WITH_AS(a.reshape({4, 2}), doctest::Contains("does not fit"), Error);
   CHECK_THROWS_AS(a.data<double>(), Error);
+}
+
+TEST_CASE("GradReadyHook reports each leaf once, when its gradient is final, inner backwards not") {
+  Tensor x = rand64({4, 3}, 20);
+  Tensor w1 = rand64({3}, 21).requires_grad_(), w2 = rand64({3}, 22).requires_grad_(),
+         w3 = rand64({3}, 23).requires_grad_();
+  Tensor a = mul(x, w1);  // w1's first use: its gradient is final only at the end of the backward
+  Tensor y = autograd::checkpoint([&](const Tensor& h) { return mul(h, w2); }, a, {w2});
+  Tensor loss = sum(add(mul(y, w1), mul(a, w3)));
+  std::vector<std::pair<TensorImpl*, Tensor>> reported;  // each leaf with its gradient then
+  {
+    autograd::GradReadyHook hook([&](TensorImpl& leaf) { reported.emplace_back(&leaf, Tensor(leaf.grad).clone()); });
+    loss.backward();
+  }
+  REQUIRE(reported.size() == 3);
+  std::set<TensorImpl*> leaves;
+  for (auto& [leaf, grad] : reported) {
+    leaves.insert(leaf);
+    CHECK(max_abs_diff(grad, Tensor(leaf->grad)) == 0);
+  }
+  CHECK(leaves == std::set<TensorImpl*>{w1.impl_ptr().get(), w2.impl_ptr().get(), w3.impl_ptr().get()});
+  CHECK(reported.back().first == w1.impl_ptr().get());
+  w1.zero_grad();
+  sum(mul(x, w1)).backward();  // the hook is gone with its scope
+  CHECK(reported.size() == 3);
 }

@@ -13,6 +13,7 @@
 
 #include "helpers.h"
 #include "synthetic_blobs.h"
+#include "tool_runs.h"
 #include "layers/safetensors.h"
 #include "tools/data/metrics.h"
 
@@ -21,41 +22,11 @@ using namespace sono;
 
 namespace {
 
-struct Run {
-  int status = -1;
-  std::string output;  // stdout and stderr
-};
+using Run = test::CommandRun;
 
 Run run_tool(const std::string& tool, const std::string& args) {
   const std::string threads = tool == "model_info" ? "" : " --threads 1";  // model_info runs no kernels
-  std::string command = std::string(SONO_BINARY_DIR) + "/bin/" + tool + " " + args + threads + " 2>&1";
-  Run r;
-  FILE* pipe = popen(command.c_str(), "r");
-  REQUIRE(pipe);
-  std::array<char, 4096> buffer;
-  while (size_t n = fread(buffer.data(), 1, buffer.size(), pipe)) r.output.append(buffer.data(), n);
-  int status = pclose(pipe);
-  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
-// The column of a tool's CSV log, by name.
-std::vector<double> log_column(const fs::path& csv, const std::string& name) {
-  std::ifstream in(csv);
-  std::string line, cell;
-  std::getline(in, line);
-  std::istringstream header(line);
-  int index = -1;
-  for (int i = 0; std::getline(header, cell, ','); ++i)
-    if (cell == name) index = i;
-  REQUIRE(index >= 0);
-  std::vector<double> values;
-  while (std::getline(in, line)) {
-    std::istringstream cells(line);
-    for (int i = 0; std::getline(cells, cell, ','); ++i)
-      if (i == index) values.push_back(std::stod(cell));
-  }
-  return values;
+  return test::run_command(std::string(SONO_BINARY_DIR) + "/bin/" + tool + " " + args + threads);
 }
 
 std::string read_file(const fs::path& p) {
@@ -99,19 +70,19 @@ TEST_CASE("seg_train then cls_train on synthetic blobs: losses fall, validation 
   INFO(t.seg_run.output);
   REQUIRE(t.seg_run.status == 0);
   CHECK(t.seg_run.output.find("split: 60 images") != std::string::npos);
-  auto seg_loss = log_column(t.root / "log" / "segmentation_log.csv", "train_loss");
+  auto seg_loss = test::csv_column(t.root / "log" / "segmentation_log.csv", "train_loss");
   REQUIRE(seg_loss.size() == 6);
   CHECK(seg_loss.back() < 0.7 * seg_loss.front());
-  auto dice = log_column(t.root / "log" / "segmentation_log.csv", "val_lesion_dice");
+  auto dice = test::csv_column(t.root / "log" / "segmentation_log.csv", "val_lesion_dice");
   CHECK(*std::max_element(dice.begin(), dice.end()) > 0.8);
   CHECK(fs::exists(t.root / "log" / "segmentation_curves.svg"));
 
   INFO(t.cls_run.output);
   REQUIRE(t.cls_run.status == 0);
   CHECK(t.cls_run.output.find("masks: predicted by") != std::string::npos);
-  auto cls_loss = log_column(t.root / "log" / "classification_log.csv", "train_loss");
+  auto cls_loss = test::csv_column(t.root / "log" / "classification_log.csv", "train_loss");
   CHECK(cls_loss.back() < 0.5 * cls_loss.front());
-  auto f1 = log_column(t.root / "log" / "classification_log.csv", "val_macro_f1");
+  auto f1 = test::csv_column(t.root / "log" / "classification_log.csv", "val_macro_f1");
   CHECK(*std::max_element(f1.begin(), f1.end()) >= 0.8);
 }
 
@@ -350,7 +321,7 @@ TEST_CASE("seg_train --resume continues after the saved epoch") {
   CHECK(r.output.find("--epochs 7 (saved: 6)") != std::string::npos);  // said, then continued
   CHECK(r.output.find("epoch 6/7") == std::string::npos);
   CHECK(r.output.find("epoch 7/7 train") != std::string::npos);
-  CHECK(log_column(log / "segmentation_log.csv", "epoch") == std::vector<double>{1, 2, 3, 4, 5, 6, 7});
+  CHECK(test::csv_column(log / "segmentation_log.csv", "epoch") == std::vector<double>{1, 2, 3, 4, 5, 6, 7});
 }
 
 // A resume state holds the arguments of its run and a fingerprint of its data and split: a

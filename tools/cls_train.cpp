@@ -11,6 +11,7 @@
 #include "tools/app/inference.h"
 #include "tools/app/post_training.h"
 #include "tools/app/runtime.h"
+#include "tools/app/distributed.h"
 #include "tools/app/training.h"
 #include "tools/data/dataset.h"
 #include "tensor/atomic_file.h"
@@ -172,5 +173,6 @@ int cls_train(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  return sono::app::run_tool("cls_train", [&] { return cls_train(argc, argv); });
+  sono::app::distributed::Session mpi;  // joins the job when mpirun started this process
+  return mpi.exit(sono::app::run_tool("cls_train", [&] { return cls_train(argc, argv); }));
 }

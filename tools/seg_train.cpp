@@ -7,6 +7,7 @@
 #include "tools/app/cross_validation.h"
 #include "tools/app/post_training.h"
 #include "tools/app/runtime.h"
+#include "tools/app/distributed.h"
 #include "tools/app/training.h"
 #include "tools/data/dataset.h"
 #include "tools/data/metrics.h"
@@ -56,5 +57,6 @@ int seg_train(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  return sono::app::run_tool("seg_train", [&] { return seg_train(argc, argv); });
+  sono::app::distributed::Session mpi;  // joins the job when mpirun started this process
+  return mpi.exit(sono::app::run_tool("seg_train", [&] { return seg_train(argc, argv); }));
 }

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "autograd/node.h"
+#include "layers/norm.h"
 #include "layers/optim.h"
 #include "layers/safetensors.h"
 #include "models/convnext.h"
@@ -17,6 +18,7 @@
 #include "models/pretrained.h"
 #include "tensor/random.h"
 #include "tools/app/checkpoint.h"
+#include "tools/app/distributed.h"
 #include "tools/app/inference.h"
 #include "tools/app/runtime.h"
 #include "tools/app/weight_average.h"
@@ -55,6 +57,7 @@ void add_training_options(Cli& cli, const TrainDefaults& d) {
       .flag("no-augment", "train without augmentation");
   add_recipe_options(cli);
   add_runtime_options(cli);
+  distributed::add_options(cli);
 }
 
 Recipe default_recipe(const std::string& arch, int64_t batch_size) {
@@ -116,6 +119,9 @@ TrainSettings read_training_options(const Cli& cli) {
   s.augment = !cli.is_set("no-augment");
   s.resume_anyway = cli.is_set("resume-anyway");
   s.recipe_options = read_recipe_options(cli);
+  distributed::read_options(cli);
+  SONO_CHECK(!s.recipe_options.folds || distributed::size() == 1, "--folds: cross-validation runs in one process, not ",
+             "across ", distributed::size(), " MPI ranks");
   SONO_CHECK(s.epochs >= 1, "--epochs ", s.epochs, ": must be at least 1");
   SONO_CHECK(s.batch_size >= 1, "--batch-size ", s.batch_size, ": must be at least 1");
   models::find_model(s.arch);  // an unknown --arch fails here, listing the known ones
@@ -170,6 +176,14 @@ void load_backbone(nn::UnaryModule& model, const std::string& path) {
 bool has_batch_norm(const nn::Module& model) {
   for (auto& [name, t] : model.named_buffers())
     if (name.size() >= 12 && name.compare(name.size() - 12, 12, "running_mean") == 0) return true;
+  return false;
+}
+
+// Whether some rank's share of the epoch's last batch holds exactly `images_in_share` images.
+bool last_share_of(size_t images_in_share, size_t images, int64_t batch_size, int ranks) {
+  const size_t last_batch = (images - 1) % static_cast<size_t>(batch_size) + 1;
+  for (int r = 0; r < ranks; ++r)
+    if (auto [first, end] = data::rank_share(last_batch, r, ranks); end - first == images_in_share) return true;
   return false;
 }
 
@@ -254,8 +268,11 @@ class Trainer {
   void build_model();
   void resume();
   double train_epoch(int epoch, double& images_per_second);
+  double backward(const data::Batch& batch);
   double validate(int epoch);
   void end_epoch(int epoch, const std::vector<double>& row, double metric);
+  void write_log_and_best(int epoch, double metric);
+  void write_resume_state(int epoch);
   std::vector<std::string> differences_from(const ModelCard& saved) const;
   ModelCard card() const;
   nn::StateDict resume_state() const;
@@ -269,6 +286,7 @@ class Trainer {
   std::unique_ptr<WeightAverage> ema_;
   std::shared_ptr<nn::UnaryModule> model_;
   std::unique_ptr<nn::AdamW> optimizer_;
+  std::unique_ptr<distributed::GradientReducer> reducer_;  // with more than one MPI rank
   nn::CosineWarmupSchedule schedule_{};
   std::unique_ptr<data::TrainingLog> log_;
   std::string data_fingerprint_;
@@ -302,7 +320,8 @@ void Trainer::build_data(const std::function<void(data::SampleCache&)>& prepare)
   const data::Split& split = *split_;
   std::cout << "split: " << split.summary(dataset_) << "\n";
   data_fingerprint_ = data_fingerprint(dataset_, cache_->hashes(), split);
-  if (!s_.log_dir.empty()) write_split(split);
+  if (!s_.log_dir.empty() && distributed::is_root()) write_split(split);
+  distributed::check_batch_size(s_.batch_size);
 
   data::LoaderOptions train;
   train.batch_size = s_.batch_size;
@@ -312,10 +331,15 @@ void Trainer::build_data(const std::function<void(data::SampleCache&)>& prepare)
   train.workers = static_cast<int>(s_.workers);
   train.seed = s_.seed;
   train.balanced = s_.recipe_options.balanced_sampling;
-  // BatchNorm cannot train on a last batch of one image.
-  train.drop_last = has_batch_norm(*model_) && split.train.size() % s_.batch_size == 1;
+  train.rank = distributed::rank();
+  train.ranks = distributed::size();
+  // BatchNorm cannot train on a last batch of one image (on any rank); SyncBatchNorm can, but
+  // needs every rank in every step's forward.
+  train.drop_last = has_batch_norm(*model_) &&
+                    last_share_of(distributed::sync_batch_norm() ? 0 : 1, split.train.size(), s_.batch_size, train.ranks);
   data::LoaderOptions val = train;
   val.shuffle = val.augment = val.drop_last = val.balanced = false;
+  val.rank = 0, val.ranks = 1;  // every rank loads every batch; distributed::map_rows shares the work
   train_ = std::make_unique<data::Loader>(cache_, split.train, train);
   val_ = std::make_unique<data::Loader>(cache_, split.val, val);
 }
@@ -328,8 +352,10 @@ void Trainer::build_model() {
   if (task_.task() == "segmentation") options.num_classes = 1;
   options.drop_path_rate = s_.drop_path;
   model_ = models::create_model(s_.arch, options);
-  SONO_CHECK(!(s_.batch_size == 1 && has_batch_norm(*model_)), "--batch-size 1: ", s_.arch,
-             " has BatchNorm layers, which need at least 2 images per training batch");
+  SONO_CHECK(!(s_.batch_size == distributed::size() && has_batch_norm(*model_) && !distributed::sync_batch_norm()),
+             "--batch-size ", s_.batch_size,
+             ": ", s_.arch, " has BatchNorm layers, which need at least 2 images per training batch",
+             distributed::size() > 1 ? " on each MPI rank" : "");
   if (!s_.pretrained.empty()) {
     load_backbone(*model_, s_.pretrained);
     std::cout << "backbone weights: " << s_.pretrained << "\n";
@@ -419,8 +445,22 @@ nn::StateDict Trainer::resume_state() const {
   return state;
 }
 
+// The step's loss over all ranks; the gradient of its mean over the step's images in .grad.
+double Trainer::backward(const data::Batch& b) {
+  if (!reducer_) {
+    Tensor loss = task_.loss((*model_)(b.images), b);
+    loss.backward();
+    return loss.item();
+  }
+  const double share = static_cast<double>(b.samples.size()) / static_cast<double>(b.global_images);
+  Tensor loss = b.samples.empty() ? Tensor() : task_.loss((*model_)(b.images), b);
+  reducer_->backward(loss, share);
+  return distributed::sum(loss.defined() ? loss.item() * share : 0.0);
+}
+
 double Trainer::train_epoch(int epoch, double& images_per_second) {
-  manual_seed(s_.seed * 1000003 + static_cast<uint64_t>(epoch));  // dropout / drop-path draws
+  // Dropout / drop-path draws; other ranks draw other masks for their other images.
+  manual_seed(s_.seed * 1000003 + static_cast<uint64_t>(epoch) + distributed::rank() * 0x9e3779b97f4a7c15ull);
   model_->train();
   train_->start_epoch(epoch);
   std::ostringstream title;
@@ -430,25 +470,25 @@ double Trainer::train_epoch(int epoch, double& images_per_second) {
   while (auto batch = train_->next()) {
     optimizer_->set_lr(schedule_(optimizer_->steps()));
     data::Batch b = to_device(std::move(*batch), s_.device);
-    Tensor loss = task_.loss((*model_)(b.images), b);
     optimizer_->zero_grad();
-    loss.backward();
+    double value = backward(b);
     if (s_.clip_grad > 0) nn::clip_grad_norm(params, s_.clip_grad);
     optimizer_->step();
     if (ema_) ema_->update(*model_);
-    double value = loss.item();
     SONO_CHECK(std::isfinite(value), "training diverged at epoch ", epoch + 1, " (loss ", value,
                "); lower --lr or set --clip-grad");
-    bar.step(b.samples.size(), value);
+    bar.step(b.global_images, value);
   }
   std::ostringstream lr;
   lr << "lr " << std::setprecision(3) << optimizer_->lr();
+  if (reducer_) lr << ", all-reduce waited " << reducer_->take_wait_per_step() * 1e3 << " ms/step";
   bar.finish(lr.str());
   images_per_second = bar.images_per_second();
   return bar.mean_loss();
 }
 
 double Trainer::validate(int epoch) {
+  distributed::broadcast_buffers_from_root(*model_);
   model_->eval();
   autograd::NoGradGuard no_grad;
   task_.reset_metrics();
@@ -458,7 +498,8 @@ double Trainer::validate(int epoch) {
   data::Progress bar(title.str(), val_->size());
   while (auto batch = val_->next()) {
     data::Batch b = to_device(std::move(*batch), s_.device);
-    Tensor logits = forward(*model_, b.images, s_.recipe_options.flip_tta);
+    Tensor logits = distributed::map_rows(
+        [&](const Tensor& images) { return forward(*model_, images, s_.recipe_options.flip_tta); }, b.images);
     bar.step(b.samples.size(), task_.loss(logits, b).item());
     task_.add_metrics(logits, b);
   }
@@ -470,6 +511,13 @@ double Trainer::validate(int epoch) {
 
 void Trainer::end_epoch(int epoch, const std::vector<double>& row, double metric) {
   log_->add(row);
+  if (distributed::is_root()) write_log_and_best(epoch, metric);
+  if (ema_) ema_->swap(*model_);  // the resume state holds the trained weights
+  if (distributed::is_root()) write_resume_state(epoch);
+}
+
+// Rank 0's, for all: every rank holds the same model.
+void Trainer::write_log_and_best(int epoch, double metric) {
   if (!s_.log_dir.empty()) {
     fs::create_directories(s_.log_dir);
     log_->write_csv(fs::path(s_.log_dir) / (task_.task() + "_log.csv"));
@@ -483,7 +531,9 @@ void Trainer::end_epoch(int epoch, const std::vector<double>& row, double metric
     save_checkpoint(s_.save_path, *model_, card());
     std::cout << "saved " << s_.save_path << " (best " << task_.best_metric() << " " << metric << ")\n";
   }
-  if (ema_) ema_->swap(*model_);  // the resume state holds the trained weights
+}
+
+void Trainer::write_resume_state(int epoch) {
   ModelCard state_card = card();
   state_card.extra["epoch"] = std::to_string(epoch + 1);
   state_card.extra["history"] = log_->csv();
@@ -499,6 +549,8 @@ int Trainer::run(const std::function<void(data::SampleCache&)>& prepare) {
   optimizer_ = std::make_unique<nn::AdamW>(
       nn::param_groups_weight_decay(*model_, s_.weight_decay),
       nn::AdamOptions{.lr = s_.lr, .weight_decay = s_.weight_decay});
+  if (distributed::size() > 1) reducer_ = std::make_unique<distributed::GradientReducer>(model_->parameters());
+  if (distributed::sync_batch_norm()) nn::BatchNorm2d::sum_over_ranks = distributed::sum_over_ranks;
   auto steps_per_epoch = static_cast<int64_t>(train_->batches_per_epoch());
   const int64_t total_steps = s_.epochs * steps_per_epoch;
   const int64_t warmup_steps = std::min(std::lround(s_.warmup_epochs * steps_per_epoch), total_steps - 1);
@@ -520,7 +572,8 @@ int Trainer::run(const std::function<void(data::SampleCache&)>& prepare) {
     row.insert(row.end(), values.begin(), values.end());
     end_epoch(epoch, row, values.at(best_index));
   }
-  if (fs::exists(s_.save_path))  // a resumed run may never beat the best of the run before
+  // A resumed run may never beat the best of the run before.
+  if (distributed::is_root() && fs::exists(s_.save_path))
     task_.after_training(s_, *val_);
   std::cout << "best " << task_.best_metric() << " " << best_ << " at epoch " << best_epoch_ << ": "
             << s_.save_path << "\n";

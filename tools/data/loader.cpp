@@ -33,10 +33,16 @@ Batch make_batch(const SampleCache& cache, const std::vector<size_t>& samples, I
   return batch;
 }
 
+std::pair<size_t, size_t> rank_share(size_t n, int rank, int ranks) {
+  return {n * rank / ranks, n * (rank + 1) / ranks};
+}
+
 Loader::Loader(std::shared_ptr<const SampleCache> cache, std::vector<size_t> samples, LoaderOptions options)
     : cache_(std::move(cache)), samples_(std::move(samples)), options_(options) {
   SONO_CHECK(cache_, "Loader: no sample cache");
   SONO_CHECK(options_.batch_size > 0, "batch size must be positive, got ", options_.batch_size);
+  SONO_CHECK(options_.ranks >= 1 && options_.rank >= 0 && options_.rank < options_.ranks, "Loader: rank ",
+             options_.rank, " of ", options_.ranks);
   SONO_CHECK(!samples_.empty(), "Loader: no samples to load");
   for (size_t i : samples_) SONO_CHECK(i < cache_->count(), "Loader: sample ", i, " is not in the cache");
   if (options_.drop_last)
@@ -109,10 +115,13 @@ void Loader::work() {
       if (stopping_ || error_ || next_to_make_ >= batches_) return;
       k = next_to_make_++;
     }
-    std::vector<size_t> samples(order_.begin() + k * b, order_.begin() + std::min(order_.size(), (k + 1) * b));
+    const size_t first = k * b, global_images = std::min(order_.size(), (k + 1) * b) - first;
+    auto [from, to] = rank_share(global_images, options_.rank, options_.ranks);
+    std::vector<size_t> samples(order_.begin() + first + from, order_.begin() + first + to);
     try {
       Batch batch = make_batch(*cache_, samples, options_.input, options_.augment ? &options_.augmentation : nullptr,
                                options_.seed, epoch_);
+      batch.global_images = global_images;
       std::lock_guard lock(mutex_);
       ready_.emplace(k, std::move(batch));
     } catch (...) {

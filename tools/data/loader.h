@@ -6,6 +6,7 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "tensor/tensor.h"
@@ -20,7 +21,12 @@ struct Batch {
   Tensor masks;                 // [B, S, S, 1] float32, 0/1
   Tensor labels;                // [B] int64
   std::vector<size_t> samples;  // dataset indices
+  size_t global_images = 0;     // of the whole step, over all ranks (data-parallel training)
 };
+
+// Rows [first, second) of an n-row batch that `rank` of `ranks` takes: even shares, the larger
+// ones last (2 ranks split 5 rows 2 + 3, 1 row 0 + 1).
+std::pair<size_t, size_t> rank_share(size_t n, int rank, int ranks);
 
 // A batch of the given samples, augmented (when `options` is given) with a generator per
 // sample seeded from (seed, epoch, sample index).
@@ -40,9 +46,12 @@ struct LoaderOptions {
   int workers = 2;
   int prefetch = 4;  // batches prepared ahead of the consumer (the queue bound)
   uint64_t seed = 0;
+  // Data-parallel training: every rank draws the same global order and batches and takes its
+  // rank_share of each batch, so each sample is seen once per epoch over all ranks.
+  int rank = 0, ranks = 1;
 };
 
-// Yields the given samples once per epoch in batches. Order and augmentation depend only on
+// Yields the given samples once per epoch in batches (this rank's share of each). Order and augmentation depend only on
 // (seed, epoch): workers may finish batches in any order, next() hands them out in sequence.
 //   loader.start_epoch(e);
 //   while (auto batch = loader.next()) train_step(*batch);

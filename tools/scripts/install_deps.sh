@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the build dependencies from Debian's packages (skips what is already there).
 set -euo pipefail
-pkgs=(cmake g++ make ccache libeigen3-dev doctest-dev libstb-dev nlohmann-json3-dev libbenchmark-dev libomp-dev libdcmtk-dev pkg-config)
+pkgs=(cmake g++ make ccache libeigen3-dev doctest-dev libstb-dev nlohmann-json3-dev libbenchmark-dev libomp-dev
+      libdcmtk-dev pkg-config  # DICOM input; pkg-config for test_package's sono.pc check
+      openmpi-bin libopenmpi-dev)  # MPI: data-parallel training (mpirun -np N seg_train)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
