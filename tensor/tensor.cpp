@@ -89,7 +89,8 @@ Tensor Tensor::from_vector(const std::vector<double>& values, const Shape& shape
 
 Tensor Tensor::from_labels(const std::vector<int64_t>& labels) {
   Tensor t = empty({static_cast<int64_t>(labels.size())}, DType::i64);
-  std::memcpy(t.data<int64_t>(), labels.data(), labels.size() * sizeof(int64_t));
+  if (!labels.empty())  // an empty vector's data() may be null, which memcpy may not take
+    std::memcpy(t.data<int64_t>(), labels.data(), labels.size() * sizeof(int64_t));
   return t;
 }
 

@@ -3,7 +3,8 @@
 # with its own CMake project and again through pkg-config, and checks both programs give what
 # predict gives on a sample scan.
 #   cmake -DBUILD_DIR=.. -DSOURCE_DIR=.. -DWORK_DIR=.. -DPREDICT=.. -DCXX=.. -DLIBDIR=.. -DSTB_INCLUDE=..
-#         -DWITH_CUDA=0|1 -P test_package.cmake
+#         -DWITH_CUDA=0|1 [-DCONSUMER_FLAGS=..] -P test_package.cmake
+# CONSUMER_FLAGS: what a program linking this libsono must add (a sanitized one's runtimes).
 include(${CMAKE_CURRENT_LIST_DIR}/prediction.cmake)
 
 file(REMOVE_RECURSE ${WORK_DIR})
@@ -24,7 +25,7 @@ endforeach()
 predict_sample(expected)
 
 run(${CMAKE_COMMAND} -S ${SOURCE_DIR}/examples -B ${WORK_DIR}/example -DCMAKE_PREFIX_PATH=${prefix}
-    -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=${CXX})
+    -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=${CXX} "-DCMAKE_CXX_FLAGS=${CONSUMER_FLAGS}")
 run(${CMAKE_COMMAND} --build ${WORK_DIR}/example)
 
 # The cuda component: found exactly when the installed library has the CUDA backend.
@@ -45,7 +46,7 @@ if(PKG_CONFIG)
   set(ENV{PKG_CONFIG_PATH} ${prefix}/${LIBDIR}/pkgconfig)
   run(${PKG_CONFIG} --cflags --libs sono)
   string(STRIP "${out}" flags)
-  separate_arguments(flags UNIX_COMMAND "${flags}")
+  separate_arguments(flags UNIX_COMMAND "${flags} ${CONSUMER_FLAGS}")
   run(${CXX} -std=c++17 -O1 -I${STB_INCLUDE} ${SOURCE_DIR}/examples/classify_scan.cpp ${flags}
       -o ${WORK_DIR}/classify_scan_pc)
   list(APPEND programs ${WORK_DIR}/classify_scan_pc)
