@@ -39,11 +39,10 @@ struct RecordedStep {
 // steady step (as ncu's, after a warm-up step) and the peak is model_bench's.
 RecordedStep record_step(const bench::StepConfig& config) {
   bench::ModelStep step(config);
-  for (int i = 0; i < 2; ++i) {
-    cuda::launch_audit::start(cuda::launch_audit::Mode::dry_run);
-    step.run();
-    if (i == 0) cuda::launch_audit::stop();
-  }
+  cuda::launch_audit::start(cuda::launch_audit::Mode::dry_run);
+  step.run();
+  cuda::launch_audit::start(cuda::launch_audit::Mode::dry_run);  // a fresh log: the second step's
+  step.run();
   return {cuda::launch_audit::stop(), cuda::emulated_memory_stats().peak / 1048576.0};
 }
 
