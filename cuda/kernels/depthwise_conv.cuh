@@ -223,6 +223,49 @@ __global__ void depthwise_weight_partial_kernel(DepthwiseGeometry g, int64_t chu
   }
 }
 
+// The first stage of depthwise_weight_partial_kernel for a K x K kernel at stride 1 and dilation
+// 1, as depthwise_window_kernel is to the gather: a thread walks runs of kWindowOutputs
+// neighbouring outputs of a row, loading their grad_y and the run's kWindowOutputs + K - 1
+// columns of x once for the K taps of its block's row, where a thread per output loads K of x
+// and works out their indices for each output.
+template <typename X, int K, bool Bf16>
+__global__ void depthwise_weight_window_kernel(DepthwiseGeometry g, int64_t chunk_runs, const X* x,
+                                               const float* grad_y, float* partial) {
+  constexpr int R = kWindowOutputs, kWindow = R + K - 1;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kWarp + threadIdx.x;
+  const int ky = static_cast<int>(blockIdx.y);
+  const int64_t row_runs = ceil_div(g.ow, R), runs = g.n * g.oh * row_runs;
+  const int64_t first = blockIdx.z * chunk_runs;
+  const int64_t last = first + chunk_runs < runs ? first + chunk_runs : runs;
+  float acc[K] = {};
+  if (c < g.c) {
+    for (int64_t i = first + threadIdx.y; i < last; i += kTileRows) {
+      const Nhwc o = nhwc_index(i, g.oh, row_runs, 1);  // o.x: the run
+      const int64_t iy = o.y - g.padding + ky, x0 = o.x * R;
+      if (iy < 0 || iy >= g.h) continue;
+      const float* gy_row = grad_y + (o.n * g.oh + o.y) * g.ow * g.c + c;
+      const X* x_row = x + (o.n * g.h + iy) * g.w * g.c + c;
+      float gy[R];
+      SONO_UNROLL
+      for (int r = 0; r < R; ++r)
+        gy[r] = x0 + r < g.ow ? product_operand<Bf16>(gy_row[(x0 + r) * g.c]) : 0.0f;
+      SONO_UNROLL
+      for (int j = 0; j < kWindow; ++j) {  // output x0 + r reads column j = r + kx
+        const int64_t sx = x0 - g.padding + j;
+        const float xj = sx >= 0 && sx < g.w ? product_operand<Bf16>(x_row[sx * g.c]) : 0.0f;
+        SONO_UNROLL
+        for (int kx = 0; kx < K; ++kx)
+          if (j - kx >= 0 && j - kx < R) acc[kx] += gy[j - kx] * xj;
+      }
+    }
+  }
+  SONO_UNROLL
+  for (int kx = 0; kx < K; ++kx) {
+    const float sum = sum_over_tile_rows(acc[kx]);
+    if (threadIdx.y == 0 && c < g.c) partial[(blockIdx.z * g.c + c) * K * K + ky * K + kx] = sum;
+  }
+}
+
 // The side of a square kernel whose tap loops are unrolled (3 and 7: MiT's and ConvNeXt's),
 // else 0.
 inline int unrolled_taps(const DepthwiseGeometry& g) {
@@ -361,7 +404,10 @@ void depthwise_backward_weight(const DepthwiseGeometry& g, const X* x, const flo
                                float* grad_weight, float* workspace, cudaStream_t stream,
                                bool bf16 = false) {
   const int64_t chunks = depthwise_weight_chunks(g), taps = g.kh * g.kw;
-  const int64_t chunk_positions = ceil_div(g.n * g.oh * g.ow, chunks);
+  const bool window = depthwise_window_applies(g);
+  // A chunk's share of what a thread walks: output positions, or runs of them (window).
+  const int64_t walked = window ? g.n * g.oh * ceil_div(g.ow, kWindowOutputs) : g.n * g.oh * g.ow;
+  const int64_t chunk_items = ceil_div(walked, chunks);
   dispatch_taps(g, [&](auto k) {
     constexpr int K = decltype(k)::value;
     const int64_t passes = taps / depthwise_weight_block_taps(g);  // blocks along y
@@ -370,19 +416,27 @@ void depthwise_backward_weight(const DepthwiseGeometry& g, const X* x, const flo
                      dim3(kWarp, kTileRows), 0, stream};
     // The row blocks of an unrolled kernel read a chunk's grad_y and x from memory once (their
     // re-reads, and the taps' overlapping reads of x, hit in cache); a block per tap reads them
-    // afresh. Each (position, channel, tap) a thread visits costs a tap's index work, as in the
-    // gathers.
+    // afresh. Each item a thread visits costs a tap's index work for each of its loads, as in
+    // the gathers: a tap's (one of x) per position, or a run's grad_y and window of x.
     const double elements = static_cast<double>(g.n * g.oh * g.ow * g.c);
     const double reads = K > 0 ? 1 : static_cast<double>(passes);
-    cfg.cost = looped(reads * elements * (sizeof(X) + 4),
-                      chunks * g.c * taps * 4.0,
-                      ceil_div(g.c, kWarp) * kWarp * kTileRows * passes * chunks,
-                      ceil_div(chunk_positions, kTileRows),
-                      (2 + kTapIndexFlops[0]) * elements * taps);
+    const int64_t threads = ceil_div(g.c, kWarp) * kWarp * kTileRows * passes * chunks;
+    const double index_loads = window ? static_cast<double>(walked) * g.c * passes *
+                                            (2 * kWindowOutputs + g.kw - 1)
+                                      : elements * taps;
+    cfg.cost = looped(reads * elements * (sizeof(X) + 4), chunks * g.c * taps * 4.0, threads,
+                      ceil_div(chunk_items, kTileRows),
+                      2 * elements * taps + kTapIndexFlops[0] * index_loads);
     const auto run = [&](auto kernel) {
-      launch("depthwise_conv_weight_partial", kernel, cfg, g, chunk_positions, x, grad_y,
-             workspace);
+      launch("depthwise_conv_weight_partial", kernel, cfg, g, chunk_items, x, grad_y, workspace);
     };
+    if constexpr (K > 0) {
+      if (window) {
+        if (bf16) run(depthwise_weight_window_kernel<X, K, true>);
+        else run(depthwise_weight_window_kernel<X, K, false>);
+        return;
+      }
+    }
     if (bf16) run(depthwise_weight_partial_kernel<X, K, true>);
     else run(depthwise_weight_partial_kernel<X, K, false>);
   });

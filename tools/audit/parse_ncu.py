@@ -20,6 +20,7 @@ US_PER = {"ns": 1e-3, "us": 1.0, "ms": 1e3}
 RENAMED = {
     "adamw_kernel": "adamw_multi_tensor",
     "depthwise_weight_partial_kernel": "depthwise_conv_weight_partial",
+    "depthwise_weight_window_kernel": "depthwise_conv_weight_partial",
     "batch_mean_kernel": "batch_norm_mean",
     "batch_var_kernel": "batch_norm_var",
 }

@@ -20,6 +20,9 @@ OUT=${OUT:-$here/results}
 mkdir -p "$OUT"
 T0=$(date +%s)
 DEADLINE=${DEADLINE:-360}
+MODES=${MODES:-train infer}  # the modes step 2 times ("train": the kernels changed by training alone)
+SANITIZERS=${SANITIZERS-memcheck racecheck}  # step 4's tools (empty: none)
+THEIRS=${THEIRS:-1}  # 0: step 2 times ours alone, to be set beside an earlier run's PyTorch figures
 log() { echo "[$(($(date +%s) - T0))s] $*" | tee -a "$OUT/timeline.txt"; }
 left() { echo $((DEADLINE - ($(date +%s) - T0))); }
 # step CAP FILE CMD...: CMD with min(CAP, time left - 5) seconds, its output appended to FILE
@@ -40,19 +43,8 @@ step() {
   log "rc=$rc$( ((rc == 124 || rc == 137)) && echo ' TIMED OUT') $(($(date +%s) - s))s: $*"
 }
 
-# --- setup: binaries, libraries (carried: libgomp, cudart; the machine's: cuBLAS, and cuDNN from
-# PyTorch's wheels where no other), smp's wheel where carried
-B=/tmp/sono-gpu
-rm -rf "$B" && mkdir -p "$B"
-tar -xJf "$here/bins.tar.xz" -C "$B" || { log "cannot unpack $here/bins.tar.xz"; exit 1; }
-# PyTorch's own cuDNN first (under /opt): ours then runs on the same version as PyTorch, which
-# refuses an older one ahead of its bundled one on LD_LIBRARY_PATH.
-cudnn=$(find /opt /usr/local/cuda* /usr/lib /usr/local/lib -name 'libcudnn.so.9*' 2>/dev/null | head -1)
-cublas=$(find /usr/local/cuda* /usr/lib /usr/local/lib /opt -name 'libcublas.so.1[23]*' 2>/dev/null | head -1)
-libs="$here/lib:$(dirname "${cudnn:-/x/x}"):$(dirname "${cublas:-/x/x}"):/usr/local/cuda/lib64:/usr/local/cuda/lib"
-machine_libs=${LD_LIBRARY_PATH:-}  # what PyTorch runs with (the driver's folder, say)
-export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-[ -d /usr/local/cuda/bin ] && export PATH="$PATH:/usr/local/cuda/bin"  # ncu, compute-sanitizer
+# --- setup: binaries and libraries (gpu_env.sh), smp's wheel where carried
+source "$here/gpu_env.sh" || { log "cannot set up the binaries from $here"; exit 1; }
 if [ -d "$here/whl" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/sono-site \
     "$here"/whl/*.whl >>"$OUT/gpu.txt" 2>&1
@@ -88,12 +80,12 @@ sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')" \
 }
 configs=("--model mit_b2 --size 256 --batch 8" "--model convnext_base --size 224 --batch 16")
 for amp in off bf16; do
-  for mode in train infer; do
+  for mode in $MODES; do
     for cfg in "${configs[@]}"; do
       # shellcheck disable=SC2086  # cfg is a list of flags
       ours $cfg --mode $mode --amp $amp
       # shellcheck disable=SC2086
-      theirs $cfg --mode $mode --amp $amp
+      ((THEIRS)) && theirs $cfg --mode $mode --amp $amp
     done
   done
 done
@@ -113,9 +105,13 @@ cat "$OUT/ncu_summary.txt"
 # --- 4. the kernel tests under compute-sanitizer
 # racecheck with our convs only: it reports hazards inside cuDNN's own sm90 kernels, which are
 # not ours to fix, and runs slower than memcheck.
-step 120 "$B/memcheck.log" compute-sanitizer --tool memcheck --print-limit 20 "$B/tests/test_cuda_kernels" &
-SONO_CONV_IMPL=ours step 150 "$B/racecheck.log" compute-sanitizer --tool racecheck --print-limit 20 \
-  "$B/tests/test_cuda_kernels" &
+for tool in $SANITIZERS; do
+  if [ "$tool" = racecheck ]; then
+    SONO_CONV_IMPL=ours step 150 "$B/$tool.log" compute-sanitizer --tool "$tool" --print-limit 20 "$B/tests/test_cuda_kernels" &
+  else
+    step 120 "$B/$tool.log" compute-sanitizer --tool "$tool" --print-limit 20 "$B/tests/test_cuda_kernels" &
+  fi
+done
 wait
 cat "$B/memcheck.log" "$B/racecheck.log" >"$OUT/sanitizer.log" 2>/dev/null
 grep -E '^=== |ERROR SUMMARY|RACECHECK SUMMARY|test cases' "$OUT/sanitizer.log" | tee -a "$OUT/timeline.txt"

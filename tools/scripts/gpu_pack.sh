@@ -7,7 +7,8 @@
 # segmentation_models_pytorch's wheel when pip can fetch it (PyTorch and timm come with the GPU
 # machine). Fails when the folder would exceed the device tool's 64 MiB carry limit.
 #   bash tools/scripts/gpu_pack.sh
-# then, on the GPU machine, from the repository root: OUT=results bash gpu/gpu_check.sh
+# then, on the GPU machine, from the repository root: OUT=results bash gpu/gpu_check.sh (tests,
+# speed, ncu, sanitizers) or DATA=... OUT=results bash gpu/gpu_train.sh (5-fold training)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${SONO_GPU_BUILD:-build-gpu}
@@ -21,8 +22,10 @@ fi
 
 tests=(test_cuda_kernels test_cuda_conv_impl test_cuda_amp_convnext test_cuda_amp_deeplab)
 tools=(seg_train cls_train predict model_info)
+# Without MPI and DCMTK: the GPU machine has neither library, and the tools would not start.
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DSONO_NATIVE=OFF \
-  -DCMAKE_CXX_FLAGS=-march=x86-64-v4 -DCMAKE_CUDA_ARCHITECTURES="80;90" -DSONO_BUILD_BENCH=ON >/dev/null
+  -DCMAKE_CXX_FLAGS=-march=x86-64-v4 -DCMAKE_CUDA_ARCHITECTURES="80;90" -DSONO_BUILD_BENCH=ON \
+  -DCMAKE_DISABLE_FIND_PACKAGE_MPI=ON -DCMAKE_DISABLE_FIND_PACKAGE_DCMTK=ON >/dev/null
 targets=()
 for t in "${tests[@]}" "${tools[@]}" model_bench; do targets+=(--target "$t"); done
 cmake --build "$build" -j"$(nproc)" "${targets[@]}"
@@ -45,7 +48,7 @@ for lib in libgomp.so.1 libcudart.so; do
   fi
   cp -L "$path" "$pack/lib/"
 done
-cp tools/scripts/gpu_check.sh tools/bench/torch_bench.py tools/bench/gpu_table.py \
+cp tools/scripts/gpu_check.sh tools/scripts/gpu_env.sh tools/scripts/gpu_train.sh tools/bench/torch_bench.py tools/bench/gpu_table.py \
   tools/bench/ncu_summary.py "$pack/"
 if ! python3 -m pip download -q --no-deps --only-binary :all: -d "$pack/whl" \
     "segmentation-models-pytorch==0.6.0" 2>/dev/null; then
