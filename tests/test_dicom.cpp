@@ -162,7 +162,7 @@ TEST_CASE("DICOM: grey and RGB, 8 and 16 bits, uncompressed, read as the same pi
   };
   for (const Case& c : {Case{"MONOCHROME2", 8, EXS_LittleEndianExplicit}, Case{"MONOCHROME2", 8, EXS_LittleEndianImplicit},
                         Case{"RGB", 8, EXS_LittleEndianExplicit}, Case{"MONOCHROME2", 16, EXS_BigEndianExplicit},
-                        Case{"MONOCHROME2", 12, EXS_LittleEndianExplicit}, Case{"RGB", 8, EXS_DeflatedLittleEndianExplicit}}) {
+                        Case{"MONOCHROME2", 12, EXS_LittleEndianExplicit}}) {
     CAPTURE(c.photometric);
     CAPTURE(c.bits);
     const std::string xfer = DcmXfer(c.xfer).getXferName();
@@ -173,6 +173,21 @@ TEST_CASE("DICOM: grey and RGB, 8 and 16 bits, uncompressed, read as the same pi
     const Image got = load_image(file);
     CHECK(read_image_size(file) == ImageSize{23, 37});
     CHECK(got.pixels == expected_image(s).pixels);
+  }
+}
+
+// A deflated dataset's element lengths cannot be checked against the file before DCMTK
+// allocates them (tests/fuzz/findings/dicom: 4 KB asking for 2.6 GB), so it is refused from the
+// meta header, before its dataset is read.
+TEST_CASE("DICOM: a deflated dataset is refused, naming its transfer syntax") {
+  const fs::path file = folder() / "deflated.dcm";
+  write_dicom(file, make_scan(37, 23, "RGB", 8), EXS_DeflatedLittleEndianExplicit);
+  for (const auto& read : std::vector<std::function<void()>>{[&] { load_image(file); }, [&] { read_image_size(file); },
+                                                            [&] { read_pixel_spacing(file); }}) {
+    const std::string error = error_of(read);
+    CHECK(contains(error, "deflated.dcm"));
+    CHECK(contains(error, "Deflated Explicit VR Little Endian"));
+    CHECK(contains(error, "is not supported"));
   }
 }
 

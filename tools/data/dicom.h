@@ -1,6 +1,6 @@
 #pragma once
 // DICOM scans (ultrasound, secondary capture: MONOCHROME1/2, RGB, YBR_FULL(_422); uncompressed,
-// deflated, RLE, JPEG baseline/extended/lossless; one frame or many) through DCMTK, where the
+// RLE, JPEG baseline/extended/lossless; one frame or many) through DCMTK, where the
 // build found it (SONO_HAVE_DCMTK); without it a DICOM file is refused with the reason.
 #include <filesystem>
 #include <optional>
