@@ -40,6 +40,14 @@ Tensor as_3d(const Tensor& t) {
   return c.reshape({-1, t.size(-2), t.size(-1)});
 }
 
+// The output gradient g3 as a backward's GEMMs read it: after a forward on bfloat16 operands
+// (autocast), rounded to bfloat16 once here, for both GEMMs, rather than in each of them.
+Tensor gemm_gradient(const Tensor& g3, bool bf16_forward) {
+  if (!bf16_forward || g3.dtype() != DType::f32) return g3;
+  autograd::NoGradGuard no_grad;
+  return g3.to(DType::bf16);
+}
+
 }  // namespace
 
 Tensor matmul(const Tensor& a, const Tensor& b) {
@@ -61,9 +69,10 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   Tensor out = gemm3(a3, false, b3, false, autocast_result_dtype(a3)).reshape(out_shape);
   // Each operand's gradient reads the other one: the backward keeps only those it needs.
   const Tensor saved_a = b.requires_grad() ? a3 : Tensor(), saved_b = a.requires_grad() ? b3 : Tensor();
+  const bool bf16_forward = a3.dtype() == DType::bf16 || b3.dtype() == DType::bf16;
   return autograd::record("matmul", out, {a, b},
-                          [saved_a, saved_b, a_shape = a.shape(), b_shape = b.shape()](const Tensor& g) {
-    Tensor g3 = as_3d(g);
+                          [saved_a, saved_b, bf16_forward, a_shape = a.shape(), b_shape = b.shape()](const Tensor& g) {
+    const Tensor g3 = gemm_gradient(as_3d(g), bf16_forward);
     Tensor ga, gb;
     if (saved_b.defined()) ga = gemm3(g3, false, saved_b, true).reshape(a_shape);
     if (saved_a.defined()) {
@@ -86,11 +95,13 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   // The backward keeps the input (bf16 under autocast) only for grad_w, the weight only for grad_x.
   const Tensor saved_x = weight.requires_grad() ? x2 : Tensor(), saved_w = x.requires_grad() ? w3 : Tensor();
   const bool need_gb = bias.defined() && bias.requires_grad();
+  const bool bf16_forward = x2.dtype() == DType::bf16;
   return autograd::record("linear", y.reshape(out_shape), {x, weight, bias},
-                          [saved_x, saved_w, need_gb, x_shape = x.shape(), w_shape = weight.shape()](const Tensor& g) {
-    Tensor g3 = as_3d(g.reshape({-1, g.size(-1)}));
-    Tensor gx = saved_w.defined() ? gemm3(g3, false, saved_w, false).reshape(x_shape) : Tensor();
-    Tensor gw = saved_x.defined() ? gemm3(g3, true, saved_x, false).reshape(w_shape) : Tensor();
+                          [saved_x, saved_w, need_gb, bf16_forward, x_shape = x.shape(), w_shape = weight.shape()](const Tensor& g) {
+    const Tensor g3 = as_3d(g.reshape({-1, g.size(-1)}));
+    const Tensor g_product = gemm_gradient(g3, bf16_forward && (saved_w.defined() || saved_x.defined()));
+    Tensor gx = saved_w.defined() ? gemm3(g_product, false, saved_w, false).reshape(x_shape) : Tensor();
+    Tensor gw = saved_x.defined() ? gemm3(g_product, true, saved_x, false).reshape(w_shape) : Tensor();
     Tensor gb = need_gb ? sum(g3, {0, 1}) : Tensor();
     return std::vector<Tensor>{gx, gw, gb};
   });
