@@ -21,13 +21,18 @@ struct StridedSpace {
   int64_t size[kMaxDims] = {};
   int64_t stride[K][kMaxDims] = {};
 
+  // i < the space's size, so what is left of i at the outermost dim is its index there: no
+  // division for it. A 64-bit division costs tens of instructions; the contiguous copies of
+  // autocast's casts (one dim) ran at 1.1 TB/s on an H200 with it, a plain conversion at 1.9.
   __host__ __device__ void offsets(int64_t i, int64_t (&off)[K]) const {
     for (int k = 0; k < K; ++k) off[k] = 0;
-    for (int d = rank - 1; d >= 0; --d) {
+    for (int d = rank - 1; d > 0; --d) {
       const int64_t idx = i % size[d];
       i /= size[d];
       for (int k = 0; k < K; ++k) off[k] += idx * stride[k][d];
     }
+    if (rank > 0)
+      for (int k = 0; k < K; ++k) off[k] += i * stride[k][0];
   }
 };
 

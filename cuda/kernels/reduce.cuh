@@ -41,7 +41,6 @@ struct ReduceSpace {
 
  private:
   __host__ __device__ static int64_t offset(const StridedSpace<1>& space, int64_t i) {
-    if (space.rank == 1) return i * space.stride[0][0];  // no division on the common path
     int64_t off[1];
     space.offsets(i, off);
     return off[0];
