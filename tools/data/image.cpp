@@ -48,7 +48,12 @@ bool ends_with(const std::string& bytes, std::string_view tail) {
          std::equal(tail.rbegin(), tail.rend(), bytes.rbegin());
 }
 
-bool is_jpeg(const std::string& bytes) { return bytes.compare(0, 2, "\xff\xd8") == 0; }
+// As stb finds a JPEG: its start-of-image marker, FF D8, which like every JPEG marker may follow
+// any number of FF fill bytes.
+bool is_jpeg(const std::string& bytes) {
+  const size_t marker = bytes.find_first_not_of('\xff');
+  return marker != std::string::npos && marker > 0 && bytes[marker] == '\xd8';
+}
 
 uint64_t little_endian(const std::string& bytes, size_t at, int size) {
   uint64_t v = 0;
