@@ -260,9 +260,10 @@ TEST_CASE("DICOM: the pixel spacing from Pixel Spacing, else from the ultrasound
   CHECK_FALSE(read_pixel_spacing(file).has_value());
 }
 
-TEST_CASE("DICOM: an unsupported transfer syntax is refused by name and UID") {
-  // JPEG 2000, which DCMTK from Debian cannot decode: an encapsulated fragment of that syntax.
-  const Scan s = make_scan(8, 8, "MONOCHROME2", 8);
+namespace {
+
+// An 8 x 8 grey scan whose pixel data is one encapsulated fragment of `xfer` holding `fragment`.
+void write_fragment(const fs::path& file, E_TransferSyntax xfer, std::vector<Uint8> fragment) {
   DcmFileFormat dicom;
   DcmDataset* d = dicom.getDataset();
   char uid[100];
@@ -278,20 +279,41 @@ TEST_CASE("DICOM: an unsupported transfer syntax is refused by name and UID") {
   d->putAndInsertUint16(DCM_PixelRepresentation, 0);
   auto* sequence = new DcmPixelSequence(DCM_PixelSequenceTag);
   sequence->insert(new DcmPixelItem(DCM_PixelItemTag));  // the empty offset table
-  auto* fragment = new DcmPixelItem(DCM_PixelItemTag);
-  std::vector<Uint8> junk(16, 0x42);
-  fragment->putUint8Array(junk.data(), junk.size());
-  sequence->insert(fragment);
+  auto* item = new DcmPixelItem(DCM_PixelItemTag);
+  item->putUint8Array(fragment.data(), fragment.size());
+  sequence->insert(item);
   auto* pixels = new DcmPixelData(DCM_PixelData);
-  pixels->putOriginalRepresentation(EXS_JPEG2000LosslessOnly, nullptr, sequence);
+  pixels->putOriginalRepresentation(xfer, nullptr, sequence);
   d->insert(pixels);
+  REQUIRE(dicom.saveFile(file.c_str(), xfer).good());
+}
+
+}  // namespace
+
+TEST_CASE("DICOM: an unsupported transfer syntax is refused by name and UID") {
+  // JPEG 2000, which DCMTK from Debian cannot decode.
   const fs::path file = folder() / "j2k.dcm";
-  REQUIRE(dicom.saveFile(file.c_str(), EXS_JPEG2000LosslessOnly).good());
+  write_fragment(file, EXS_JPEG2000LosslessOnly, std::vector<Uint8>(16, 0x42));
   const std::string error = error_of([&] { load_image(file); });
   CHECK(contains(error, "j2k.dcm"));
   CHECK(contains(error, "JPEG 2000"));
   CHECK(contains(error, UID_JPEG2000LosslessOnlyTransferSyntax));
   CHECK(contains(error, "is not supported"));
+}
+
+// DCMTK's decoder walks a JPEG fragment's markers for the frame header and never moves past a
+// TEM marker (tests/fuzz/findings/dicom/jpeg_tem_marker_hang.dcm): without the check this test
+// hangs.
+TEST_CASE("DICOM: a JPEG fragment DCMTK's decoder would loop on forever is refused") {
+  const fs::path file = folder() / "tem.dcm";
+  std::vector<Uint8> fragment = {0xff, 0xd8, 0xff, 0x01, 0xff, 0xc3, 0x00, 0x0b, 0x08, 0x00, 0x08, 0x00, 0x08, 0x01, 0x01, 0x11, 0x00, 0xff, 0xd9, 0x00};
+  write_fragment(file, EXS_JPEGProcess14SV1, fragment);
+  const std::string error = error_of([&] { load_image(file); });
+  CHECK(contains(error, "tem.dcm"));
+  CHECK(contains(error, "corrupt JPEG data"));
+  fragment[3] = 0xfe;  // a COM marker instead: walked past, the frame header found, decoded or refused by DCMTK
+  write_fragment(file, EXS_JPEGProcess14SV1, fragment);
+  CHECK_FALSE(contains(error_of([&] { load_image(file); }), "corrupt JPEG data"));
 }
 
 // predict end to end: a multi-frame DICOM whose frame 1 is a sample scan gives, with --frame 1,

@@ -10,6 +10,9 @@
 #include <dcmtk/dcmdata/dcdeftag.h>
 #include <dcmtk/dcmdata/dcfilefo.h>
 #include <dcmtk/dcmdata/dcmetinf.h>
+#include <dcmtk/dcmdata/dcpixel.h>
+#include <dcmtk/dcmdata/dcpixseq.h>
+#include <dcmtk/dcmdata/dcpxitem.h>
 #include <dcmtk/dcmdata/dcrledrg.h>
 #include <dcmtk/dcmdata/dcxfer.h>
 #include <dcmtk/dcmimage/diregist.h>  // colour images (RGB, YBR) for DicomImage
@@ -105,12 +108,53 @@ void load(DcmFileFormat& dicom, const fs::path& file) {
   check_supported(dicom.getDataset()->getOriginalXfer(), file);
 }
 
+bool is_jpeg(E_TransferSyntax xfer) {
+  return xfer == EXS_JPEGProcess1 || xfer == EXS_JPEGProcess2_4 || xfer == EXS_JPEGProcess14 ||
+         xfer == EXS_JPEGProcess14SV1;
+}
+
+// Whether DCMTK's JPEG decoder (3.6.7) would never return from a fragment: it finds a frame's
+// bit depth by walking the fragment's markers up to the first start-of-frame, and a TEM marker
+// (FF 01) does not move it on (tests/fuzz/findings/dicom/jpeg_tem_marker_hang.dcm). The same
+// walk, here bounded: FF fill bytes, markers without a length (RSTn, SOI, EOI, and the
+// reserved 03-BF) and those with one, until a start-of-frame or anything else, which stops it.
+bool stalls_jpeg_walk(const Uint8* data, size_t length) {
+  const auto is_sof = [](Uint8 code) { return code >= 0xc0 && code <= 0xcf && code != 0xc4 && code != 0xc8 && code != 0xcc; };
+  for (size_t at = 0; at + 4 < length;) {
+    const Uint8 code = data[at + 1];
+    if (data[at] != 0xff || is_sof(code)) return false;
+    if (code == 0x01) return true;
+    if (code == 0xff) at += 1;
+    else if ((code >= 0xd0 && code <= 0xd9) || (code > 0x02 && code <= 0xbf)) at += 2;
+    else if (code == 0xc4 || code == 0xc8 || code == 0xcc || code >= 0xda) at += 2 + (data[at + 2] << 8 | data[at + 3]);
+    else return false;
+  }
+  return false;
+}
+
+void check_jpeg_fragments(DcmDataset& dataset, const fs::path& file) {
+  DcmElement* element = nullptr;
+  dataset.findAndGetElement(DCM_PixelData, element);
+  auto* pixels = dynamic_cast<DcmPixelData*>(element);  // another class where the file's VR is odd
+  DcmPixelSequence* fragments = nullptr;
+  if (!pixels || pixels->getEncapsulatedRepresentation(dataset.getOriginalXfer(), nullptr, fragments).bad() || !fragments)
+    return;  // DCMTK's decoder reports what is missing
+  for (unsigned long i = 1; i < fragments->card(); ++i) {  // item 0: the offset table
+    DcmPixelItem* item = nullptr;
+    Uint8* data = nullptr;
+    if (fragments->getItem(item, i).good() && item->getUint8Array(data).good() && data &&
+        stalls_jpeg_walk(data, item->getLength()))
+      fail("DICOM file '", file.string(), "': corrupt JPEG data (a TEM marker where DCMTK's decoder looks for the frame header)");
+  }
+}
+
 }  // namespace
 
 Image load_dicom(const fs::path& file, int frame) {
   DcmFileFormat dicom;
   load(dicom, file);
   DcmDataset* dataset = dicom.getDataset();
+  if (is_jpeg(dataset->getOriginalXfer())) check_jpeg_fragments(*dataset, file);
   Sint32 frames = 0;
   if (dataset->findAndGetSint32(DCM_NumberOfFrames, frames).bad()) frames = 1;  // absent: one frame
   if (frame < 0 || frame >= frames)
