@@ -656,6 +656,27 @@ TEST_CASE("reduce plans fill the GPU: enough threads, bounded per-thread loops")
   CHECK(k::ceil_div(rows, dw_chunks * k::kTileRows) * 49 <= 4096);
 }
 
+// ---- index arithmetic -------------------------------------------------------------------------
+
+TEST_CASE("divide takes 32 bits where both operands fit and 64 where either does not") {
+  const int64_t big = int64_t{1} << 32;
+  for (int64_t a : {int64_t{0}, int64_t{1}, int64_t{7}, big - 1, big, big + 5, int64_t{3} << 40})
+    for (int64_t b : {int64_t{1}, int64_t{3}, int64_t{128}, big - 1, big, big + 3}) {
+      CAPTURE(a);
+      CAPTURE(b);
+      const k::QuotientRemainder got = k::divide(a, b);
+      CHECK(got.quotient == a / b);
+      CHECK(got.remainder == a % b);
+    }
+  // NHWC coordinates by successive division, below and above 2^32 elements.
+  for (int64_t i : {int64_t{0}, int64_t{123456}, big + 777, (int64_t{5} << 33) + 12345}) {
+    const int64_t h = 56, w = 57, c = 128;
+    const k::Nhwc at = k::nhwc_index(i, h, w, c);
+    CHECK(((at.n * h + at.y) * w + at.x) * c + at.c == i);
+    CHECK((at.y < h && at.x < w && at.c < c));
+  }
+}
+
 // ---- softmax ----------------------------------------------------------------------------------
 
 TEST_CASE("softmax and log-softmax (warp per row, online max/sum) forward and backward") {

