@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <set>
 #include <sstream>
 
@@ -208,6 +209,12 @@ TEST_CASE("a BMP shorter than its header promises is truncated; a whole one load
   CHECK(contains(error_of([&] { load_image(dir / "cut.bmp"); }), "cut.bmp' is truncated (2813 of 2814 bytes"));
   fs::resize_file(dir / "header.bmp", 30);
   CHECK(contains(error_of([&] { load_image(dir / "header.bmp"); }), "header.bmp' is truncated"));
+  // stb decodes a compression field it does not know, a negative one too, as uncompressed: the
+  // cut file is still truncated (tests/fuzz/findings/image/bmp_negative_compression.bmp).
+  std::string bytes(std::istreambuf_iterator<char>(std::ifstream(dir / "cut.bmp", std::ios::binary).rdbuf()), {});
+  bytes[33] = '\xff';  // compression 0xff000000
+  std::ofstream(dir / "cut.bmp", std::ios::binary | std::ios::trunc) << bytes;
+  CHECK(contains(error_of([&] { load_image(dir / "cut.bmp"); }), "cut.bmp' is truncated (2813 of 2814 bytes"));
 }
 
 TEST_CASE("hostile image headers are refused before stb decodes: JPEG Huffman counts, huge dimensions") {

@@ -64,12 +64,12 @@ uint64_t little_endian(const std::string& bytes, size_t at, int size) {
 // The bytes an uncompressed BMP must have: its pixel data offset plus |height| rows of
 // width * bits rounded up to 4 bytes. stb reads zeros past the end of a cut BMP, so this is
 // the only check that catches one. 0 when the header is itself cut; UINT64_MAX for an encoding
-// whose length the header does not give (RLE: stb refuses those itself).
+// whose length the header does not give (stb refuses those itself).
 uint64_t bmp_expected_size(const std::string& bytes) {
   if (bytes.size() < 18) return 0;
   const uint64_t data_offset = little_endian(bytes, 10, 4), header_size = little_endian(bytes, 14, 4);
-  int64_t width, height;
-  uint64_t bits, compression = 0;
+  int64_t width, height, compression = 0;
+  uint64_t bits;
   if (header_size == 12) {  // OS/2 BITMAPCOREHEADER: 16-bit sizes
     if (bytes.size() < 26) return 0;
     width = static_cast<int64_t>(little_endian(bytes, 18, 2));
@@ -80,9 +80,11 @@ uint64_t bmp_expected_size(const std::string& bytes) {
     width = static_cast<int32_t>(little_endian(bytes, 18, 4));
     height = static_cast<int32_t>(little_endian(bytes, 22, 4));
     bits = little_endian(bytes, 28, 2);
-    compression = little_endian(bytes, 30, 4);
+    compression = static_cast<int32_t>(little_endian(bytes, 30, 4));  // signed, as stb reads it
   }
-  if ((compression != 0 && compression != 3) || width < 0) return UINT64_MAX;  // 3: bit fields
+  // stb refuses RLE (1, 2) and JPEG/PNG (4, 5) and decodes every other value as uncompressed,
+  // bit fields (3) and negative garbage too (fuzz finding image/bmp_negative_compression).
+  if (compression == 1 || compression == 2 || compression >= 4 || width < 0) return UINT64_MAX;
   const uint64_t row = (static_cast<uint64_t>(width) * bits + 31) / 32 * 4;  // < 2^53: no overflow
   return data_offset + row * static_cast<uint64_t>(std::abs(height));
 }
