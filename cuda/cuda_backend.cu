@@ -11,7 +11,7 @@
 #include <mutex>
 #include <optional>
 
-#include "cuda/backend.h"
+#include "cuda/cuda_backend.h"
 #include "cuda/check.h"
 #include "cuda/kernel_backend.cuh"
 #ifdef SONO_HAVE_CUDNN

@@ -1,6 +1,6 @@
 #pragma once
 // KernelBackend: the sono::Backend methods that run our kernels, written once for both builds.
-// CudaBackend (cuda/backend.cu, nvcc) adds device memory, host<->device transfers and cuBLAS;
+// CudaBackend (cuda/cuda_backend.cu, nvcc) adds device memory, host<->device transfers and cuBLAS;
 // the kernel tests derive an emulated backend over host memory from the same class, so the
 // glue from tensors to kernel arguments runs in CI too.
 #include <functional>

@@ -1,6 +1,6 @@
 // The per-shape choice between our dense-conv kernels and cuDNN (cuda/conv_impl.h), with the
 // launches faked: which candidates run, how often, and which one a shape keeps. The real
-// launches (cuda/backend.cu, cuda/cudnn/conv.cpp) need a GPU.
+// launches (cuda/cuda_backend.cu, cuda/cudnn/conv.cpp) need a GPU.
 #include <vector>
 
 #include "cuda/conv_impl.h"

@@ -20,7 +20,7 @@
 #include "models/registry.h"
 #include "tensor/autocast.h"
 #ifdef SONO_HAVE_CUDA
-#include "cuda/backend.h"
+#include "cuda/cuda_backend.h"
 #endif
 
 #if defined(__SANITIZE_THREAD__)

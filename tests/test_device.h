@@ -8,10 +8,10 @@
 #include <cstdlib>
 #include <string>
 
-#include "cuda/emulated/backend.h"
+#include "cuda/emulated/emulated_backend.h"
 #include "tensor/backend.h"
 #ifdef SONO_HAVE_CUDA
-#include "cuda/backend.h"
+#include "cuda/cuda_backend.h"
 #include "cuda/conv_impl.h"
 #endif
 

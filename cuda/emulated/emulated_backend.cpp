@@ -1,4 +1,4 @@
-#include "cuda/emulated/backend.h"
+#include "cuda/emulated/emulated_backend.h"
 
 #include <cstdlib>
 #include <cstring>

@@ -1,12 +1,12 @@
 #pragma once
 // What every kernel header shares. Kernel headers compile under nvcc (included by
-// cuda/backend.cu) and under a host compiler with the SIMT emulator (tests/test_cuda_kernels.cpp),
+// cuda/cuda_backend.cu) and under a host compiler with the SIMT emulator (tests/test_cuda_kernels.cpp),
 // so they hold only code valid in both:
 // - kernels are templates (nvcc ignores `inline` on __global__, and a header's non-inline
 //   function would be defined twice when two files include it);
 // - no inline PTX, only _sync warp intrinsics and WMMA (the emulator has both: cuda/simt);
 // - each op family has host launchers taking raw pointers, sizes and a stream, which the
-//   backend (cuda/backend.cu) and the tests both call.
+//   backend (cuda/cuda_backend.cu) and the tests both call.
 #include <cstdint>
 #include <math.h>
 

@@ -10,14 +10,14 @@
 #include <iostream>
 #include <map>
 
-#include "cuda/emulated/backend.h"
+#include "cuda/emulated/emulated_backend.h"
 #include "tensor/autocast.h"
 #include "tensor/error.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 #ifdef SONO_HAVE_CUDA
-#include "cuda/backend.h"
+#include "cuda/cuda_backend.h"
 #endif
 
 namespace sono::app {

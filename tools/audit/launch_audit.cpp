@@ -11,7 +11,7 @@
 #include <iostream>
 #include <map>
 
-#include "cuda/emulated/backend.h"
+#include "cuda/emulated/emulated_backend.h"
 #include "tensor/autocast.h"
 #include "tools/app/cli.h"
 #include "tools/audit/cost_model.h"

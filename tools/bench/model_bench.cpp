@@ -15,9 +15,9 @@
 #include "tools/app/runtime.h"
 #include "tools/bench/kernel_timer.h"
 #include "tools/bench/model_step.h"
-#include "cuda/emulated/backend.h"
+#include "cuda/emulated/emulated_backend.h"
 #ifdef SONO_HAVE_CUDA
-#include "cuda/backend.h"
+#include "cuda/cuda_backend.h"
 #endif
 
 namespace {
