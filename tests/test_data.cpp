@@ -241,6 +241,20 @@ TEST_CASE("hostile image headers are refused before stb decodes: JPEG Huffman co
   std::ofstream(dir / "huge.png", std::ios::binary) << png;
   CHECK(contains(error_of([&] { load_image(dir / "huge.png"); }),
                  "huge.png' is 10000x10000, more than the limit of 33554432 pixels"));
+
+  // A sequential JPEG holds at most 256 pixels a byte: a whole 256 x 256 one of a single grey
+  // loads; the same file whose frame header says 4000 x 4000 is a cut-short scan.
+  std::vector<uint8_t> grey(256 * 256, 128);
+  REQUIRE(stbi_write_jpg((dir / "flat.jpg").c_str(), 256, 256, 1, grey.data(), 90));
+  CHECK(load_image(dir / "flat.jpg").width == 256);
+  std::string flat(std::istreambuf_iterator<char>(std::ifstream(dir / "flat.jpg", std::ios::binary).rdbuf()), {});
+  const size_t sof = flat.find("\xff\xc0");
+  REQUIRE(sof != std::string::npos);
+  flat.replace(sof + 5, 4, "\x0f\xa0\x0f\xa0");  // height, width: 4000
+  std::ofstream(dir / "flat.jpg", std::ios::binary | std::ios::trunc) << flat;
+  CHECK(contains(error_of([&] { load_image(dir / "flat.jpg"); }),
+                 "flat.jpg' is truncated (its " + std::to_string(flat.size()) +
+                     " bytes cannot hold the 4000x4000 pixels its JPEG header declares)"));
 }
 
 TEST_CASE("load_mask: any colour channel > 0 is lesion, alpha ignored, files unioned") {

@@ -138,14 +138,43 @@ void check_jpeg_huffman_tables(const std::string& bytes, const fs::path& file) {
 // image, which load_image would hold as 12 bytes of floats per pixel.
 constexpr int64_t kMaxImagePixels = int64_t{1} << 25;
 
+// Whether a JPEG's frame is sequential (baseline or extended Huffman: SOF0, SOF1), from a walk
+// of its marker segments up to the first start-of-frame.
+bool is_sequential_jpeg(const std::string& bytes) {
+  size_t at = bytes.find_first_not_of('\xff') + 1;  // after SOI
+  while (at + 4 <= bytes.size()) {
+    if (static_cast<uint8_t>(bytes[at]) != 0xff) return false;
+    const uint8_t code = static_cast<uint8_t>(bytes[at + 1]);
+    if (code == 0xff) {  // fill byte
+      ++at;
+      continue;
+    }
+    if (code >= 0xc0 && code <= 0xcf && code != 0xc4 && code != 0xc8 && code != 0xcc) return code <= 0xc1;
+    at += 2 + (static_cast<uint8_t>(bytes[at + 2]) << 8 | static_cast<uint8_t>(bytes[at + 3]));
+  }
+  return false;
+}
+
+// A sequential JPEG spends at least 2 bits on each 8 x 8 block of each component (the shortest
+// Huffman codes: a DC difference and an end of block), so a whole one holds at most 256 pixels a
+// byte. Past that its scan is cut short, and stb would decode the missing blocks as grey: a
+// 707-byte file stood for 65026 x 255 pixels (fuzz finding image/jpeg_pixels_beyond_its_bytes).
+// Progressive JPEGs can skip runs of blocks, so no such bound holds for them.
+constexpr int64_t kMaxSequentialJpegPixelsPerByte = 256;
+
 void check_dimensions(const std::string& bytes, const fs::path& file) {
   int width = 0, height = 0, channels = 0;
   if (!stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()), &width,
                              &height, &channels))
     return;  // decoding will say what is wrong
-  if (static_cast<int64_t>(width) * height > kMaxImagePixels)
+  const int64_t pixels = static_cast<int64_t>(width) * height;
+  if (pixels > kMaxImagePixels)
     fail("image file '", file.string(), "' is ", width, "x", height, ", more than the limit of ", kMaxImagePixels,
          " pixels");
+  if (is_jpeg(bytes) && pixels > kMaxSequentialJpegPixelsPerByte * static_cast<int64_t>(bytes.size()) &&
+      is_sequential_jpeg(bytes))
+    fail("image file '", file.string(), "' is truncated (its ", bytes.size(), " bytes cannot hold the ", width, "x",
+         height, " pixels its JPEG header declares)");
 }
 
 // stb's reason may quote bytes of the file (an unknown PNG chunk's name): keep the line text.
