@@ -262,8 +262,10 @@ TEST_CASE("DICOM: the pixel spacing from Pixel Spacing, else from the ultrasound
 
 namespace {
 
-// An 8 x 8 grey scan whose pixel data is one encapsulated fragment of `xfer` holding `fragment`.
-void write_fragment(const fs::path& file, E_TransferSyntax xfer, std::vector<Uint8> fragment) {
+// A grey scan (8 x 8 unless said) whose pixel data is one encapsulated fragment of `xfer`
+// holding `fragment`.
+void write_fragment(const fs::path& file, E_TransferSyntax xfer, std::vector<Uint8> fragment, Uint16 rows = 8,
+                    Uint16 columns = 8) {
   DcmFileFormat dicom;
   DcmDataset* d = dicom.getDataset();
   char uid[100];
@@ -271,8 +273,8 @@ void write_fragment(const fs::path& file, E_TransferSyntax xfer, std::vector<Uin
   d->putAndInsertString(DCM_SOPInstanceUID, dcmGenerateUniqueIdentifier(uid, SITE_INSTANCE_UID_ROOT));
   d->putAndInsertString(DCM_PhotometricInterpretation, "MONOCHROME2");
   d->putAndInsertUint16(DCM_SamplesPerPixel, 1);
-  d->putAndInsertUint16(DCM_Rows, 8);
-  d->putAndInsertUint16(DCM_Columns, 8);
+  d->putAndInsertUint16(DCM_Rows, rows);
+  d->putAndInsertUint16(DCM_Columns, columns);
   d->putAndInsertUint16(DCM_BitsAllocated, 8);
   d->putAndInsertUint16(DCM_BitsStored, 8);
   d->putAndInsertUint16(DCM_HighBit, 7);
@@ -314,6 +316,16 @@ TEST_CASE("DICOM: a JPEG fragment DCMTK's decoder would loop on forever is refus
   fragment[3] = 0xfe;  // a COM marker instead: walked past, the frame header found, decoded or refused by DCMTK
   write_fragment(file, EXS_JPEGProcess14SV1, fragment);
   CHECK_FALSE(contains(error_of([&] { load_image(file); }), "corrupt JPEG data"));
+}
+
+// A compressed frame is decoded into a buffer of the size the header declares: 65535 x 65535
+// from a few bytes would be 4 GB.
+TEST_CASE("DICOM: a frame larger than the pixel limit is refused before it is decoded") {
+  const fs::path file = folder() / "huge.dcm";
+  write_fragment(file, EXS_JPEGProcess14SV1,
+                 {0xff, 0xd8, 0xff, 0xc3, 0x00, 0x0b, 0x08, 0x00, 0x08, 0x00, 0x08, 0x01, 0x01, 0x11, 0x00, 0xff, 0xd9},
+                 65535, 65535);
+  CHECK(contains(error_of([&] { load_image(file); }), "huge.dcm' is 65535x65535, more than the limit of 33554432 pixels"));
 }
 
 // predict end to end: a multi-frame DICOM whose frame 1 is a sample scan gives, with --frame 1,

@@ -159,6 +159,11 @@ Image load_dicom(const fs::path& file, int frame) {
   if (dataset->findAndGetSint32(DCM_NumberOfFrames, frames).bad()) frames = 1;  // absent: one frame
   if (frame < 0 || frame >= frames)
     fail("DICOM file '", file.string(), "': frame ", frame, " asked for, it has ", frames, " (0 to ", frames - 1, ")");
+  Uint16 rows = 0, columns = 0;  // what DCMTK allocates a frame for, whatever the file holds
+  dataset->findAndGetUint16(DCM_Rows, rows);
+  dataset->findAndGetUint16(DCM_Columns, columns);
+  if (int64_t{rows} * columns > kMaxImagePixels)
+    fail("DICOM file '", file.string(), "' is ", columns, "x", rows, ", more than the limit of ", kMaxImagePixels, " pixels");
   DicomImage image(&dicom, dataset->getOriginalXfer(), CIF_MayDetachPixelData, static_cast<unsigned long>(frame), 1);
   if (image.getStatus() != EIS_Normal)
     fail("DICOM file '", file.string(), "': cannot render its pixels: ", DicomImage::getString(image.getStatus()));

@@ -134,10 +134,6 @@ void check_jpeg_huffman_tables(const std::string& bytes, const fs::path& file) {
   }
 }
 
-// Far above any scan (BUSI's are under 1 Mpx); a small compressed file can declare a huge
-// image, which load_image would hold as 12 bytes of floats per pixel.
-constexpr int64_t kMaxImagePixels = int64_t{1} << 25;
-
 // Whether a JPEG's frame is sequential (baseline or extended Huffman: SOF0, SOF1), from a walk
 // of its marker segments up to the first start-of-frame.
 bool is_sequential_jpeg(const std::string& bytes) {

@@ -52,6 +52,11 @@ void check_mask_size(const fs::path& mask, ImageSize mask_size, const fs::path& 
 // Reads only the header. Throws sono::Error naming the file when it is missing or unreadable.
 ImageSize read_image_size(const fs::path& file);
 
+// The most pixels an image may have: far above any scan (BUSI's are under 1 Mpx), while a small
+// compressed file can declare a huge image, which load_image would hold as 12 bytes of floats
+// per pixel.
+constexpr int64_t kMaxImagePixels = int64_t{1} << 25;
+
 // Samples in memory: `channels` interleaved (1 grey, 2 grey+alpha, 3 RGB, 4 RGBA), 8 or 16 bits
 // each, rows `row_stride` bytes apart (at least width * channels * bytes per sample).
 struct PixelBuffer {
