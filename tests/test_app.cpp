@@ -236,3 +236,41 @@ TEST_CASE("Grad-CAM: ReLU of the features weighted by their channels' mean gradi
   for (size_t i = 0; i < 4; ++i) CHECK(cam.pixels[i] == doctest::Approx(expected[i]));
   CHECK(app::grad_cam({features, mul(gradient, 0.0)}, 2, 2).pixels == std::vector<float>(4, 0.0f));
 }
+
+// predict --batch_size: a folder's images go through each model in batches; every image must get
+// exactly what it gets alone (predict on one file), whatever its batch.
+TEST_CASE("a batch through the shipped models gives each image what it gets alone") {
+  const std::string weights = std::string(SONO_SOURCE_DIR) + "/models/weights/";
+  app::LoadedModel seg = app::load_checkpoint(weights + "seg_mit_b0_busi.safetensors", "segmentation");
+  app::LoadedModel cls = app::load_checkpoint(weights + "cls_convnext_atto_busi.safetensors", "classification");
+  const int seg_size = static_cast<int>(seg.card.img_size), cls_size = static_cast<int>(cls.card.img_size);
+  std::vector<Tensor> seg_inputs, cls_inputs;
+  for (int i = 0; i < 3; ++i) {
+    data::Image image = ramp_image(60 + 17 * i, 80 - 9 * i);
+    for (float& v : image.pixels) v = std::fmod(v * (1 + i) + 0.1f * i, 1.0f);
+    data::Mask mask(image.height, image.width);
+    for (int y = 10; y < 30 + 5 * i; ++y) std::fill_n(&mask.at(y, 12 + i), 20, uint8_t{1});
+    seg_inputs.push_back(data::model_input(image, mask, seg_size, data::InputKind::rgb, seg.card.normalisation));
+    cls_inputs.push_back(data::model_input(image, mask, cls_size, data::InputKind::rgb_mask, cls.card.normalisation));
+  }
+  for (bool flip : {false, true}) {
+    CAPTURE(flip);
+    const std::vector<double> batch_logits = app::lesion_logits(seg, cat(seg_inputs, 0), Device::cpu, flip).to_vector();
+    const auto batch_probabilities = app::classify(cls, cat(cls_inputs, 0), Device::cpu, flip);
+    std::vector<double> alone_logits;
+    for (int i = 0; i < 3; ++i) {
+      const std::vector<double> logits = app::lesion_logits(seg, seg_inputs[i], Device::cpu, flip).to_vector();
+      alone_logits.insert(alone_logits.end(), logits.begin(), logits.end());
+      CHECK(batch_probabilities[i] == app::classify(cls, cls_inputs[i], Device::cpu, flip).front());
+    }
+    REQUIRE(batch_logits.size() == alone_logits.size());
+    size_t differ = 0;
+    double worst = 0;
+    for (size_t j = 0; j < batch_logits.size(); ++j) {
+      differ += batch_logits[j] != alone_logits[j];
+      worst = std::max(worst, std::abs(batch_logits[j] - alone_logits[j]));
+    }
+    INFO("differ " << differ << " worst " << worst);
+    CHECK(differ == 0);
+  }
+}
