@@ -1,6 +1,7 @@
 // The tools' shared code in-process: checkpoint cards checked before a model is built from
 // them, predict's input normalised as its card says, flags checked before any work.
 #include <algorithm>
+#include <stb_image.h>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -10,6 +11,8 @@
 #include "layers/safetensors.h"
 #include "models/convnext.h"
 #include "tools/app/checkpoint.h"
+#include "tools/app/csv_table.h"
+#include "tools/app/html_report.h"
 #include "tools/app/explain.h"
 #include "tools/app/inference.h"
 #include "tools/app/runtime.h"
@@ -273,4 +276,30 @@ TEST_CASE("a batch through the shipped models gives each image what it gets alon
     INFO("differ " << differ << " worst " << worst);
     CHECK(differ == 0);
   }
+}
+
+// predict's CSV is read back by --skip-existing: fields with commas, quotes or line ends
+// survive the round trip, and a row cut short by a killed run is not read.
+TEST_CASE("CSV rows: RFC 4180 quoting, read back; a last row without its line end is left out") {
+  const std::vector<std::string> fields = {"a b.png", "x,y", "say \"hi\"", "two\nlines", ""};
+  const std::string row = app::csv_row(fields);
+  CHECK(row == "a b.png,\"x,y\",\"say \"\"hi\"\"\",\"two\nlines\",\n");
+  CHECK(app::csv_records(row + row) == std::vector<std::vector<std::string>>{fields, fields});
+  CHECK(app::csv_records(row + "c.png,benign,0.9").size() == 1);
+  CHECK(app::csv_records("h1,h2\r\n1,2\r\n") == std::vector<std::vector<std::string>>{{"h1", "h2"}, {"1", "2"}});
+}
+
+TEST_CASE("report pictures: base64 as RFC 4648, pictures at most 384 px on their longer side") {
+  CHECK(app::base64("") == "");
+  CHECK(app::base64("f") == "Zg==");
+  CHECK(app::base64("fo") == "Zm8=");
+  CHECK(app::base64("foo") == "Zm9v");
+  CHECK(app::base64("foobar") == "Zm9vYmFy");
+  CHECK(app::base64(std::string("\xff\x00\x80", 3)) == "/wCA");
+  const std::string png = app::report_png(ramp_image(600, 480));
+  int width = 0, height = 0, channels = 0;
+  REQUIRE(stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(png.data()), static_cast<int>(png.size()), &width,
+                                &height, &channels));
+  CHECK(width == 307);
+  CHECK(height == 384);
 }

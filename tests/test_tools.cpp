@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <regex>
+#include <set>
 #include <stb_image.h>
 #include <stb_image_write.h>
 #include <sys/wait.h>
@@ -401,6 +402,38 @@ TEST_CASE("predict --report writes one self-contained page sorted by malignant p
                                        (root / "one.html").string());
   CHECK(single.status == 1);
   CHECK(single.output.find("--report: only for a folder --image") != std::string::npos);
+}
+
+// The report as people see it: Debian's Chromium, headless, takes a screenshot of the page.
+// Skipped (doctest counts it under "skipped") where chromium is not installed
+// (apt-get install chromium).
+bool chromium_installed() { return fs::exists("/usr/bin/chromium"); }
+
+TEST_CASE("predict --report renders in headless Chromium (skipped without /usr/bin/chromium)" *
+          doctest::skip(!chromium_installed())) {
+  const fs::path root = trained().root / "browser", scans = root / "scans", html = root / "report.html",
+                 shot = root / "shot.png";
+  write_scans(scans, 3, 12);
+  Run r = run_tool("predict", "--image " + scans.string() + models_args() + " --csv " + (root / "p.csv").string() +
+                                  " --report " + html.string());
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  Run browser = test::run_command("cd " + root.string() + " && timeout 120 chromium --headless --no-sandbox --disable-gpu "
+                                  "--hide-scrollbars --window-size=800,600 --screenshot=" + shot.string() + " file://" +
+                                  html.string());
+  INFO(browser.output);
+  int width = 0, height = 0, channels = 0;
+  std::unique_ptr<uint8_t, void (*)(void*)> pixels(stbi_load(shot.c_str(), &width, &height, &channels, 3), stbi_image_free);
+  REQUIRE(pixels);
+  CHECK(width == 800);
+  CHECK(height == 600);
+  // Not blank: the page's text and the scans give many colours; an empty page gives one.
+  std::set<uint32_t> colours;
+  for (size_t p = 0; p < size_t(width) * height; ++p) {
+    const uint8_t* rgb = pixels.get() + 3 * p;
+    colours.insert(uint32_t(rgb[0]) << 16 | uint32_t(rgb[1]) << 8 | rgb[2]);
+  }
+  CHECK(colours.size() > 50);
 }
 
 // --save_prob: the map the mask is thresholded from (lesion where the probability > 0.5), as a
