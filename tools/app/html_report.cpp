@@ -4,23 +4,11 @@
 #include <cmath>
 #include <cstdio>
 
+#include "tools/data/svg_chart.h"
+
 namespace sono::app {
 
 namespace {
-
-std::string html_escaped(const std::string& text) {
-  std::string out;
-  for (char c : text) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
-    }
-  }
-  return out;
-}
 
 std::string percent(double p) {
   char text[16];
@@ -29,7 +17,7 @@ std::string percent(double p) {
 }
 
 std::string picture(const std::string& png, const std::string& alt) {
-  return "<img src=\"data:image/png;base64," + base64(png) + "\" alt=\"" + html_escaped(alt) + "\">";
+  return "<img src=\"data:image/png;base64," + base64(png) + "\" alt=\"" + data::markup_escaped(alt) + "\">";
 }
 
 size_t sort_class(const std::vector<std::string>& classes) {
@@ -39,10 +27,10 @@ size_t sort_class(const std::vector<std::string>& classes) {
 
 std::string entry_html(const ReportEntry& e, const std::vector<std::string>& classes, size_t key) {
   std::string html = "<section class=\"scan\" data-p-sort=\"" + std::to_string(e.probabilities.at(key)) + "\">\n";
-  html += "<h2>" + html_escaped(e.image) + "</h2>\n<p class=\"class\">" + html_escaped(classes.at(e.predicted)) +
+  html += "<h2>" + data::markup_escaped(e.image) + "</h2>\n<p class=\"class\">" + data::markup_escaped(classes.at(e.predicted)) +
           " <b>" + percent(e.probabilities[e.predicted]) + "</b> confidence" +
           (e.low_confidence ? " <span class=\"low\">low confidence</span>" : "") + "</p>\n<p>";
-  for (size_t c = 0; c < classes.size(); ++c) html += (c ? ", " : "") + html_escaped(classes[c]) + " " + percent(e.probabilities[c]);
+  for (size_t c = 0; c < classes.size(); ++c) html += (c ? ", " : "") + data::markup_escaped(classes[c]) + " " + percent(e.probabilities[c]);
   html += "</p>\n<div class=\"pictures\">" + picture(e.outline_png, e.image + ": lesion outline");
   if (!e.explain_png.empty()) html += picture(e.explain_png, e.image + ": Grad-CAM");
   return html + "</div>\n</section>\n";
@@ -87,8 +75,8 @@ std::string html_report(std::vector<ReportEntry> entries, const std::vector<std:
       ".low { background: #c62828; color: #fff; padding: 0 0.4em; border-radius: 3px; }\n"
       ".pictures img { max-width: 48%; margin: 0.4em 0.4em 0 0; vertical-align: top; }\n"
       "</style>\n</head>\n<body>\n<h1>sono predict: " +
-      std::to_string(entries.size()) + " scans, by " + html_escaped(classes.at(key)) +
-      " probability</h1>\n<p>" + html_escaped(note) + "</p>\n";
+      std::to_string(entries.size()) + " scans, by " + data::markup_escaped(classes.at(key)) +
+      " probability</h1>\n<p>" + data::markup_escaped(note) + "</p>\n";
   for (const ReportEntry& e : entries) html += entry_html(e, classes, key);
   return html + "</body>\n</html>\n";
 }
