@@ -514,7 +514,7 @@ int predict(int argc, char** argv) {
               "(image, class, confidence, class probabilities, lesion fraction, lesion pixels, lesion area in mm^2 "
               "where a DICOM file gives the pixel spacing, mask, error); an image that cannot be read or "
               "predicted gets its error in its row, the run goes on and exits 1")
-      .option("batch_size", "8", "for a folder --image: images per forward pass (results do not depend on it)")
+      .option("batch_size", "8", "for a folder --image: images per forward pass (on the CPU, every result is bit for bit the one-image result)")
       .option("workers", "2", "for a folder --image: threads decoding and resizing images ahead of the models")
       .flag("skip_existing", "for a folder --image: keep the rows of an existing --csv of the same columns whose "
             "outputs exist, and predict the other images (a run that was stopped resumes; their outputs may be "
