@@ -1,6 +1,7 @@
 // The tools' shared code in-process: checkpoint cards checked before a model is built from
 // them, predict's input normalised as its card says, flags checked before any work.
 #include <algorithm>
+#include <stb_image.h>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -10,6 +11,8 @@
 #include "layers/safetensors.h"
 #include "models/convnext.h"
 #include "tools/app/checkpoint.h"
+#include "tools/app/csv_table.h"
+#include "tools/app/html_report.h"
 #include "tools/app/explain.h"
 #include "tools/app/inference.h"
 #include "tools/app/runtime.h"
@@ -235,4 +238,68 @@ TEST_CASE("Grad-CAM: ReLU of the features weighted by their channels' mean gradi
   REQUIRE(cam.pixels.size() == 4);
   for (size_t i = 0; i < 4; ++i) CHECK(cam.pixels[i] == doctest::Approx(expected[i]));
   CHECK(app::grad_cam({features, mul(gradient, 0.0)}, 2, 2).pixels == std::vector<float>(4, 0.0f));
+}
+
+// predict --batch_size: a folder's images go through each model in batches; every image must get
+// exactly what it gets alone (predict on one file), whatever its batch.
+TEST_CASE("a batch through the shipped models gives each image what it gets alone") {
+  const std::string weights = std::string(SONO_SOURCE_DIR) + "/models/weights/";
+  app::LoadedModel seg = app::load_checkpoint(weights + "seg_mit_b0_busi.safetensors", "segmentation");
+  app::LoadedModel cls = app::load_checkpoint(weights + "cls_convnext_atto_busi.safetensors", "classification");
+  const int seg_size = static_cast<int>(seg.card.img_size), cls_size = static_cast<int>(cls.card.img_size);
+  std::vector<Tensor> seg_inputs, cls_inputs;
+  for (int i = 0; i < 3; ++i) {
+    data::Image image = ramp_image(60 + 17 * i, 80 - 9 * i);
+    for (float& v : image.pixels) v = std::fmod(v * (1 + i) + 0.1f * i, 1.0f);
+    data::Mask mask(image.height, image.width);
+    for (int y = 10; y < 30 + 5 * i; ++y) std::fill_n(&mask.at(y, 12 + i), 20, uint8_t{1});
+    seg_inputs.push_back(data::model_input(image, mask, seg_size, data::InputKind::rgb, seg.card.normalisation));
+    cls_inputs.push_back(data::model_input(image, mask, cls_size, data::InputKind::rgb_mask, cls.card.normalisation));
+  }
+  for (bool flip : {false, true}) {
+    CAPTURE(flip);
+    const std::vector<double> batch_logits = app::lesion_logits(seg, cat(seg_inputs, 0), Device::cpu, flip).to_vector();
+    const auto batch_probabilities = app::classify(cls, cat(cls_inputs, 0), Device::cpu, flip);
+    std::vector<double> alone_logits;
+    for (int i = 0; i < 3; ++i) {
+      const std::vector<double> logits = app::lesion_logits(seg, seg_inputs[i], Device::cpu, flip).to_vector();
+      alone_logits.insert(alone_logits.end(), logits.begin(), logits.end());
+      CHECK(batch_probabilities[i] == app::classify(cls, cls_inputs[i], Device::cpu, flip).front());
+    }
+    REQUIRE(batch_logits.size() == alone_logits.size());
+    size_t differ = 0;
+    double worst = 0;
+    for (size_t j = 0; j < batch_logits.size(); ++j) {
+      differ += batch_logits[j] != alone_logits[j];
+      worst = std::max(worst, std::abs(batch_logits[j] - alone_logits[j]));
+    }
+    INFO("differ " << differ << " worst " << worst);
+    CHECK(differ == 0);
+  }
+}
+
+// predict's CSV is read back by --skip-existing: fields with commas, quotes or line ends
+// survive the round trip, and a row cut short by a killed run is not read.
+TEST_CASE("CSV rows: RFC 4180 quoting, read back; a last row without its line end is left out") {
+  const std::vector<std::string> fields = {"a b.png", "x,y", "say \"hi\"", "two\nlines", ""};
+  const std::string row = app::csv_row(fields);
+  CHECK(row == "a b.png,\"x,y\",\"say \"\"hi\"\"\",\"two\nlines\",\n");
+  CHECK(app::csv_records(row + row) == std::vector<std::vector<std::string>>{fields, fields});
+  CHECK(app::csv_records(row + "c.png,benign,0.9").size() == 1);
+  CHECK(app::csv_records("h1,h2\r\n1,2\r\n") == std::vector<std::vector<std::string>>{{"h1", "h2"}, {"1", "2"}});
+}
+
+TEST_CASE("report pictures: base64 as RFC 4648, pictures at most 384 px on their longer side") {
+  CHECK(app::base64("") == "");
+  CHECK(app::base64("f") == "Zg==");
+  CHECK(app::base64("fo") == "Zm8=");
+  CHECK(app::base64("foo") == "Zm9v");
+  CHECK(app::base64("foobar") == "Zm9vYmFy");
+  CHECK(app::base64(std::string("\xff\x00\x80", 3)) == "/wCA");
+  const std::string png = app::report_png(ramp_image(600, 480));
+  int width = 0, height = 0, channels = 0;
+  REQUIRE(stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(png.data()), static_cast<int>(png.size()), &width,
+                                &height, &channels));
+  CHECK(width == 307);
+  CHECK(height == 384);
 }

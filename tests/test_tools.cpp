@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <regex>
+#include <set>
 #include <stb_image.h>
 #include <stb_image_write.h>
 #include <sys/wait.h>
@@ -15,6 +16,7 @@
 #include "synthetic_blobs.h"
 #include "tool_runs.h"
 #include "layers/safetensors.h"
+#include "tools/app/csv_table.h"
 #include "tools/data/metrics.h"
 
 namespace fs = std::filesystem;
@@ -164,10 +166,274 @@ TEST_CASE("predict on a folder writes one CSV row per image and the masks") {
   INFO(r.output);
   REQUIRE(r.status == 0);
   std::string text = read_file(csv);
-  CHECK(text.rfind("image,predicted_class,confidence,p_benign,p_malignant,p_normal,lesion_fraction,mask,error\n", 0) == 0);
+  CHECK(text.rfind("image,predicted_class,confidence,p_benign,p_malignant,p_normal,lesion_fraction,lesion_pixels,lesion_area_mm2,mask,error\n", 0) == 0);
   CHECK(std::count(text.begin(), text.end(), '\n') == 4);
-  CHECK(std::regex_search(text, std::regex("\nbenign_1\\.png,(benign|malignant|normal),0\\.\\d+(,[0-9.e-]+){4},[^,]*benign_1_mask\\.png,\n")));
+  // lesion pixels an integer; the area in mm^2 empty: a PNG gives no pixel spacing.
+  CHECK(std::regex_search(text, std::regex("\nbenign_1\\.png,(benign|malignant|normal),0\\.\\d+(,[0-9.e-]+){4},\\d+,,[^,]*benign_1_mask\\.png,\n")));
   CHECK(fs::exists(out / "malignant_2_mask.png"));
+}
+
+namespace {
+
+// `count` scans (blobs of every class, at sizes other than the training size) in `dir`.
+void write_scans(const fs::path& dir, int count, uint32_t seed) {
+  fs::create_directories(dir);
+  std::mt19937 rng(seed);
+  for (int i = 0; i < count; ++i) {
+    const int size = 48 + 8 * (i % 5);
+    data::Image image;
+    data::Mask truth;
+    test::render_blob(test::draw_blob(i % 3, size, rng), size, rng, image, truth);
+    char name[32];
+    std::snprintf(name, sizeof name, "scan_%03d.png", i);
+    data::save_image_png(dir / name, image);
+  }
+}
+
+std::vector<std::vector<std::string>> csv_records(const fs::path& csv) { return app::csv_records(read_file(csv)); }
+
+std::string base64_decode(const std::string& text) {
+  static const std::string digits = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string bytes;
+  uint32_t bits = 0;
+  int count = 0;
+  for (char c : text) {
+    if (c == '=') break;
+    const size_t v = digits.find(c);
+    REQUIRE(v != std::string::npos);
+    bits = bits << 6 | static_cast<uint32_t>(v);
+    if ((count += 6) >= 8) bytes += static_cast<char>(bits >> (count -= 8) & 0xff);
+  }
+  return bytes;
+}
+
+size_t column(const std::vector<std::vector<std::string>>& rows, const std::string& name) {
+  auto it = std::find(rows.at(0).begin(), rows.at(0).end(), name);
+  REQUIRE(it != rows[0].end());
+  return it - rows[0].begin();
+}
+
+}  // namespace
+
+// --batch_size: image i of a batch gets what it gets alone (bit for bit on the CPU), so the CSV
+// and the masks do not depend on the batch size or the decode threads.
+TEST_CASE("predict on a folder in batches writes what one image at a time writes, with progress on stderr") {
+  const fs::path root = trained().root / "batches", scans = root / "scans";
+  write_scans(scans, 7, 5);
+  auto run = [&](const std::string& flags, const std::string& name) {
+    Run r = run_tool("predict", "--image " + scans.string() + models_args() + " --save_mask " + (root / "masks").string() +
+                                    " --overwrite --csv " + (root / (name + ".csv")).string() + flags);
+    INFO(r.output);
+    REQUIRE(r.status == 0);
+    std::map<std::string, std::string> masks;
+    for (auto& entry : fs::directory_iterator(root / "masks")) masks[entry.path().filename()] = read_file(entry.path());
+    return std::make_pair(r, masks);
+  };
+  const auto [one, one_masks] = run(" --batch-size 1 --workers 1", "one");
+  const auto [three, three_masks] = run(" --batch-size 3 --workers 2", "three");
+  CHECK(read_file(root / "one.csv") == read_file(root / "three.csv"));
+  CHECK(one_masks.size() == 7);
+  CHECK(one_masks == three_masks);
+  CHECK(std::regex_search(three.output, std::regex("predict 7/7 [0-9.]+ img/s in \\d\\d:\\d\\d")));
+
+  // The probabilities predict prints for one file (4 decimals) are its row's.
+  const auto rows = csv_records(root / "three.csv");
+  REQUIRE(rows.size() == 8);
+  Run alone = run_tool("predict", "--image " + (scans / "scan_004.png").string() + models_args());
+  INFO(alone.output);
+  std::smatch m;
+  REQUIRE(std::regex_search(alone.output, m, std::regex("Probabilities: benign (\\S+), malignant (\\S+), normal (\\S+)")));
+  REQUIRE(rows[5][0] == "scan_004.png");
+  for (int c = 0; c < 3; ++c)
+    CHECK(std::abs(std::stod(m[c + 1]) - std::stod(rows[5][column(rows, "p_benign") + c])) <= 5.1e-5);
+}
+
+TEST_CASE("predict --batch_size 0 or negative is refused in one line, nothing written") {
+  const fs::path root = trained().root / "bad_batch", csv = root / "p.csv";
+  write_scans(root / "scans", 1, 6);
+  for (const char* size : {"0", "-3"}) {
+    Run r = run_tool("predict", "--image " + (root / "scans").string() + models_args() + " --csv " + csv.string() +
+                                    " --batch-size " + size);
+    INFO(r.output);
+    CHECK(r.status == 1);
+    CHECK(r.output == "predict: error: --batch_size " + std::string(size) + ": must be 1 or more\n");
+    CHECK_FALSE(fs::exists(csv));
+  }
+}
+
+// A scan that cannot be read: one line naming it on stderr, its row in the CSV holds the error
+// (every column present, the prediction's empty), the other scans are predicted, exit 1.
+TEST_CASE("predict on a folder: an unreadable scan gets its error in its row and the run goes on") {
+  const fs::path root = trained().root / "unreadable", scans = root / "scans", csv = root / "p.csv";
+  write_scans(scans, 3, 7);
+  std::ofstream(scans / "scan_001b.png") << "not a PNG";
+  Run r = run_tool("predict", "--image " + scans.string() + models_args() + " --csv " + csv.string() + " --batch-size 2");
+  INFO(r.output);
+  CHECK(r.status == 1);
+  std::smatch m;
+  REQUIRE(std::regex_search(r.output, m, std::regex("predict: error: ([^\n]*)\n")));
+  CHECK(m[1].str().find("scan_001b.png") != std::string::npos);
+  CHECK(r.output.find("3 of 4 images predicted") != std::string::npos);
+  const auto rows = csv_records(csv);
+  REQUIRE(rows.size() == 5);
+  for (const auto& row : rows) CHECK(row.size() == rows[0].size());
+  CHECK(rows[3][0] == "scan_001b.png");  // in the folder's order, after scan_001.png
+  CHECK(rows[3][1].empty());
+  CHECK(rows[3].back() == m[1].str());
+  for (size_t i : {1, 2, 4}) {
+    CHECK(rows[i].back().empty());
+    CHECK_FALSE(rows[i][1].empty());
+  }
+}
+
+// The CSV is written a row at a time: a run killed midway leaves complete rows, and
+// --skip-existing predicts only what they do not cover, to the CSV an uninterrupted run writes.
+TEST_CASE("predict --skip-existing resumes a folder run that was killed") {
+  const fs::path root = trained().root / "resume", scans = root / "scans", csv = root / "p.csv",
+                 masks = root / "masks";
+  fs::remove_all(root);
+  write_scans(scans, 60, 8);
+  const std::string run = std::string(SONO_BINARY_DIR) + "/bin/predict --threads 1 --batch-size 1 --image " +
+                          scans.string() + models_args() + " --save_mask " + masks.string();
+  // Killed (SIGKILL, nothing flushed at exit) once the CSV holds 3 rows.
+  Run killed = test::run_command("(" + run + " --csv " + csv.string() + " >/dev/null 2>&1 & pid=$!; "
+                                 "while kill -0 $pid 2>/dev/null && [ \"$(cat " + csv.string() + " 2>/dev/null | wc -l)\" -lt 4 ]; do sleep 0.005; done; "
+                                 "kill -9 $pid; wait $pid; echo killed $?)");
+  INFO(killed.output);
+  REQUIRE(killed.output.find("killed 137") != std::string::npos);
+  const std::string partial = read_file(csv);
+  auto rows = csv_records(csv);
+  CHECK(rows.size() >= 4);
+  CHECK(rows.size() < 61);
+  CHECK(partial.back() == '\n');
+  for (const auto& row : rows) CHECK(row.size() == rows[0].size());
+
+  fs::remove(masks / "scan_001_mask.png");  // its row stands, its output does not: predicted again
+  Run refused = run_tool("predict", "--image " + scans.string() + models_args() + " --save_mask " + masks.string() +
+                                        " --csv " + csv.string());
+  CHECK(refused.status == 1);
+  CHECK(refused.output.find("--overwrite") != std::string::npos);
+  CHECK(read_file(csv) == partial);
+
+  Run resumed = run_tool("predict", "--skip-existing --batch-size 4 --image " + scans.string() + models_args() +
+                                        " --save_mask " + masks.string() + " --csv " + csv.string());
+  INFO(resumed.output);
+  REQUIRE(resumed.status == 0);
+  const size_t skipped = rows.size() - 2;  // the rows but the header and scan_001's
+  CHECK(resumed.output.find(std::to_string(60 - skipped) + " of " + std::to_string(60 - skipped) + " images predicted (" +
+                            std::to_string(skipped) + " skipped") != std::string::npos);
+  CHECK(fs::exists(masks / "scan_001_mask.png"));
+
+  Run whole = run_tool("predict", "--image " + scans.string() + models_args() + " --save_mask " +
+                                      (root / "masks_whole").string() + " --csv " + (root / "whole.csv").string());
+  REQUIRE(whole.status == 0);
+  auto resumed_rows = csv_records(csv), whole_rows = csv_records(root / "whole.csv");
+  const size_t mask_column = column(whole_rows, "mask");
+  for (auto* table : {&resumed_rows, &whole_rows})
+    for (auto& row : *table) row[mask_column] = fs::path(row[mask_column]).filename();
+  CHECK(resumed_rows[0] == whole_rows[0]);
+  std::sort(resumed_rows.begin() + 1, resumed_rows.end());
+  CHECK(resumed_rows == whole_rows);
+
+  Run again = run_tool("predict", "--skip-existing --image " + scans.string() + models_args() + " --save_mask " +
+                                      masks.string() + " --csv " + csv.string());
+  CHECK(again.status == 0);
+  CHECK(again.output.find("All 60 images are in " + csv.string() + " already") != std::string::npos);
+}
+
+TEST_CASE("predict --skip-existing refuses the CSV of another run in one line and leaves it as it was") {
+  const fs::path root = trained().root / "other_csv", csv = root / "p.csv";
+  write_scans(root / "scans", 1, 9);
+  const std::string other = "image,class,confidence\nscan_000.png,benign,0.9\n";
+  std::ofstream(csv) << other;
+  Run r = run_tool("predict", "--skip-existing --image " + (root / "scans").string() + models_args() + " --csv " + csv.string());
+  INFO(r.output);
+  CHECK(r.status == 1);
+  CHECK(std::count(r.output.begin(), r.output.end(), '\n') == 1);
+  CHECK(r.output.rfind("predict: error: " + csv.string() + ": --skip-existing: not this run's CSV (columns image,class,confidence", 0) == 0);
+  CHECK(read_file(csv) == other);
+}
+
+// --report: one HTML page, nothing outside it: every picture a data URI of a PNG; a section per
+// scan, in order of malignant probability (the CSV's), highest first.
+TEST_CASE("predict --report writes one self-contained page sorted by malignant probability") {
+  const fs::path root = trained().root / "report", scans = root / "scans", html = root / "report.html";
+  write_scans(scans, 6, 10);
+  Run r = run_tool("predict", "--image " + scans.string() + models_args() + " --explain " + (root / "cam").string() +
+                                  " --csv " + (root / "p.csv").string() + " --report " + html.string() + " --batch-size 4");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  const std::string page = read_file(html);
+  CHECK(page.rfind("<!DOCTYPE html>", 0) == 0);
+  CHECK(page.find("</html>") != std::string::npos);
+
+  std::vector<double> order;
+  const std::regex section("<section class=\"scan\" data-p-sort=\"([0-9.]+)\">\n<h2>(scan_\\d+\\.png)</h2>");
+  std::map<std::string, double> shown;
+  for (std::sregex_iterator it(page.begin(), page.end(), section), end; it != end; ++it) {
+    order.push_back(std::stod((*it)[1]));
+    shown[(*it)[2]] = order.back();
+  }
+  REQUIRE(order.size() == 6);
+  CHECK(std::is_sorted(order.rbegin(), order.rend()));
+  const auto rows = csv_records(root / "p.csv");
+  const size_t malignant = column(rows, "p_malignant");
+  for (size_t i = 1; i < rows.size(); ++i) CHECK(shown.at(rows[i][0]) == doctest::Approx(std::stod(rows[i][malignant])).epsilon(1e-5));
+
+  size_t pictures = 0;
+  const std::regex img("<img src=\"([^\"]*)\"");
+  for (std::sregex_iterator it(page.begin(), page.end(), img), end; it != end; ++it, ++pictures) {
+    const std::string src = (*it)[1];
+    REQUIRE(src.rfind("data:image/png;base64,", 0) == 0);
+    const std::string png = base64_decode(src.substr(22));
+    CHECK(png.rfind("\x89PNG\r\n\x1a\n", 0) == 0);
+    int width = 0, height = 0, channels = 0;
+    std::unique_ptr<uint8_t, void (*)(void*)> pixels(
+        stbi_load_from_memory(reinterpret_cast<const uint8_t*>(png.data()), static_cast<int>(png.size()), &width,
+                              &height, &channels, 0),
+        stbi_image_free);
+    CHECK(pixels);
+    CHECK(width >= 48);
+  }
+  CHECK(pictures == 12);  // outline and Grad-CAM per scan
+  for (const char* outside : {"src=\"http", "href=", "url(", "<link", "<script"}) CHECK(page.find(outside) == std::string::npos);
+
+  Run single = run_tool("predict", "--image " + (scans / "scan_000.png").string() + models_args() + " --report " +
+                                       (root / "one.html").string());
+  CHECK(single.status == 1);
+  CHECK(single.output.find("--report: only for a folder --image") != std::string::npos);
+}
+
+// The report as people see it: Debian's Chromium, headless, takes a screenshot of the page.
+// Skipped (doctest counts it under "skipped") where chromium is not installed
+// (apt-get install chromium).
+bool chromium_installed() { return fs::exists("/usr/bin/chromium"); }
+
+TEST_CASE("predict --report renders in headless Chromium (skipped without /usr/bin/chromium)" *
+          doctest::skip(!chromium_installed())) {
+  const fs::path root = trained().root / "browser", scans = root / "scans", html = root / "report.html",
+                 shot = root / "shot.png";
+  write_scans(scans, 3, 12);
+  Run r = run_tool("predict", "--image " + scans.string() + models_args() + " --csv " + (root / "p.csv").string() +
+                                  " --report " + html.string());
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  Run browser = test::run_command("cd " + root.string() + " && timeout 120 chromium --headless --no-sandbox --disable-gpu "
+                                  "--hide-scrollbars --window-size=800,600 --screenshot=" + shot.string() + " file://" +
+                                  html.string());
+  INFO(browser.output);
+  int width = 0, height = 0, channels = 0;
+  std::unique_ptr<uint8_t, void (*)(void*)> pixels(stbi_load(shot.c_str(), &width, &height, &channels, 3), stbi_image_free);
+  REQUIRE(pixels);
+  CHECK(width == 800);
+  CHECK(height == 600);
+  // Not blank: the page's text and the scans give many colours; an empty page gives one.
+  std::set<uint32_t> colours;
+  for (size_t p = 0; p < size_t(width) * height; ++p) {
+    const uint8_t* rgb = pixels.get() + 3 * p;
+    colours.insert(uint32_t(rgb[0]) << 16 | uint32_t(rgb[1]) << 8 | rgb[2]);
+  }
+  CHECK(colours.size() > 50);
 }
 
 // --save_prob: the map the mask is thresholded from (lesion where the probability > 0.5), as a
@@ -226,7 +492,7 @@ TEST_CASE("predict --save_prob writes the lesion probability map, 16-bit, that t
   CHECK(folder.status == 0);
   CHECK(fs::exists(dir / "maps" / "blob_prob.png"));
   CHECK(fs::exists(dir / "maps" / "blob_explain.png"));
-  CHECK(read_file(dir / "p.csv").rfind("image,predicted_class,confidence,p_benign,p_malignant,p_normal,lesion_fraction,mask,error\n", 0) == 0);
+  CHECK(read_file(dir / "p.csv").rfind("image,predicted_class,confidence,p_benign,p_malignant,p_normal,lesion_fraction,lesion_pixels,lesion_area_mm2,mask,error\n", 0) == 0);
 }
 
 // Outputs never replace the run's inputs, ground truth, each other, or (without --overwrite)

@@ -2,23 +2,38 @@
 //   predict --image scan.png --seg_model S --cls_model C --save_mask scan_mask.png
 // prints "Predicted class: benign (0.92 confidence)" and the class probabilities; the confidence
 // is calibrated by the temperature in the classifier's card, and " [low confidence]" follows
-// it when under --min_confidence. With a folder for --image it writes one CSV row per image
-// (and masks into the --save_mask folder, probability maps into the --save_prob folder).
+// it when under --min_confidence. With a folder for --image it is a batch job: decode threads
+// read and resize the images ahead of the models, which take --batch_size images per forward
+// pass; a CSV row is written per image as it is done (--skip-existing resumes a stopped run),
+// masks go into the --save_mask folder, probability maps into the --save_prob folder, and
+// --report writes an HTML page of the run.
 // DICOM scans (.dcm) are read through DCMTK where the build has it; --frame picks a frame.
 // --save_prob writes the lesion probability map, --explain the classifier's Grad-CAM.
+#include <unistd.h>
+
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <fstream>
+#include <future>
 #include <iomanip>
 #include <iostream>
 #include <map>
+#include <optional>
+#include <set>
 #include <sstream>
 
+#include "tools/app/csv_table.h"
 #include "tools/app/explain.h"
+#include "tools/app/html_report.h"
 #include "tools/app/inference.h"
 #include "tools/app/runtime.h"
 #include "tensor/atomic_file.h"
 #include "tools/data/dataset.h"
 #include "tools/data/dicom.h"
+#include "tools/data/model_input.h"
+#include "tools/data/parallel.h"
+#include "tools/data/progress.h"
 
 namespace {
 
@@ -38,6 +53,24 @@ data::Image load_scan(const Predictor& p, const fs::path& file) {
   return data::is_dicom_file(file) ? data::load_dicom(file, p.frame) : data::load_image(file);
 }
 
+// A scan decoded and resized for both models: a folder run's decode threads make these ahead of
+// the models.
+struct DecodedScan {
+  data::Image image;
+  data::Image seg_input, cls_input;  // the image at each model's input size
+  std::optional<data::PixelSpacing> spacing;  // DICOM files that give it
+};
+
+DecodedScan decode_scan(const Predictor& p, const fs::path& file) {
+  DecodedScan s;
+  s.image = load_scan(p, file);
+  const int seg_size = static_cast<int>(p.seg.card.img_size), cls_size = static_cast<int>(p.cls.card.img_size);
+  s.seg_input = data::resize_bilinear(s.image, seg_size, seg_size);
+  s.cls_input = cls_size == seg_size ? s.seg_input : data::resize_bilinear(s.image, cls_size, cls_size);
+  if (data::is_dicom_file(file)) s.spacing = data::read_pixel_spacing(file);
+  return s;
+}
+
 struct Prediction {
   std::vector<double> probabilities;
   size_t predicted = 0;
@@ -45,12 +78,29 @@ struct Prediction {
   data::Mask mask;
 };
 
-Prediction predict_image(Predictor& p, const data::Image& image) {
-  Prediction r;
-  r.lesion_logits = app::lesion_logits(p.seg, image, image.height, image.width, p.device, p.flip);
-  r.mask = data::mask_from_logit_map(r.lesion_logits);
-  r.probabilities = app::classify(p.cls, image, r.mask, p.device, p.flip);
-  r.predicted = std::max_element(r.probabilities.begin(), r.probabilities.end()) - r.probabilities.begin();
+// Both models on a batch, each in one forward pass; the per-image work around them (resizing
+// the logits back, the classifier's input) on `workers` threads.
+std::vector<Prediction> predict_batch(Predictor& p, const std::vector<const DecodedScan*>& scans, int workers) {
+  const int64_t n = static_cast<int64_t>(scans.size()), seg_size = p.seg.card.img_size, cls_size = p.cls.card.img_size;
+  Tensor seg_x = Tensor::empty({n, seg_size, seg_size, 3});
+  for (int64_t i = 0; i < n; ++i)
+    data::write_input(scans[i]->seg_input, data::Mask(), data::InputKind::rgb, p.seg.card.normalisation,
+                      seg_x.data<float>() + i * seg_size * seg_size * 3);
+  const std::vector<data::Image> maps = data::logit_maps(app::lesion_logits(p.seg, seg_x, p.device, p.flip));
+  std::vector<Prediction> r(scans.size());
+  Tensor cls_x = Tensor::empty({n, cls_size, cls_size, 4});
+  data::parallel_for(scans.size(), workers, [&](size_t i) {
+    const data::Image& image = scans[i]->image;
+    r[i].lesion_logits = data::resize_bilinear(maps[i], image.height, image.width);
+    r[i].mask = data::mask_from_logit_map(r[i].lesion_logits);
+    data::write_input(scans[i]->cls_input, data::resize_nearest(r[i].mask, cls_size, cls_size),
+                      data::InputKind::rgb_mask, p.cls.card.normalisation, cls_x.data<float>() + i * cls_size * cls_size * 4);
+  });
+  std::vector<std::vector<double>> probabilities = app::classify(p.cls, cls_x, p.device, p.flip);
+  for (size_t i = 0; i < r.size(); ++i) {
+    r[i].probabilities = std::move(probabilities[i]);
+    r[i].predicted = std::max_element(r[i].probabilities.begin(), r[i].probabilities.end()) - r[i].probabilities.begin();
+  }
   return r;
 }
 
@@ -92,37 +142,45 @@ std::string save_mask(const Predictor& p, const data::Image& image, const Predic
   return os.str();
 }
 
-// The outputs asked for; returns a line per file written (none: ""), for the report.
-std::string save_outputs(Predictor& p, const data::Image& image, const Prediction& r, const OutputPaths& out) {
+// The Grad-CAM overlay of the predicted class, on the caller's thread: it runs the classifier.
+data::Image explain_picture(Predictor& p, const data::Image& image, const Prediction& r) {
+  return data::heatmap_overlay(image, app::explain(p.cls, image, r.mask, r.predicted, p.device));
+}
+
+// The outputs asked for (`heat`: the Grad-CAM overlay, for --explain); returns a line per file
+// written (none: ""), for the report. Safe on several threads at once.
+std::string save_outputs(const Predictor& p, const data::Image& image, const Prediction& r, const OutputPaths& out,
+                         const data::Image& heat) {
   std::string report = out.mask.empty() ? "" : save_mask(p, image, r, out.mask) + "\n";
   if (!out.prob.empty()) {
     data::save_probability_png(out.prob, data::probability_map(r.lesion_logits));
     report += "Lesion probability map saved to " + out.prob.string() + " (16-bit grey, 65535 = 1)\n";
   }
   if (!out.explain.empty()) {
-    data::Image heat = app::explain(p.cls, image, r.mask, r.predicted, p.device);
-    data::save_image_png(out.explain, data::heatmap_overlay(image, heat));
+    data::save_image_png(out.explain, heat);
     report += "Grad-CAM of " + p.cls.card.classes.at(r.predicted) + " saved to " + out.explain.string() + "\n";
   }
   return report;
 }
 
-// The lesion's area where the DICOM file gives the pixel spacing ("" otherwise).
-std::string lesion_area_line(const fs::path& dicom, const data::Mask& mask) {
-  std::optional<data::PixelSpacing> spacing = data::read_pixel_spacing(dicom);
-  if (!spacing) return "";
+double area_mm2(const data::Mask& mask, const data::PixelSpacing& spacing) {
+  return mask.lesion_pixels() * spacing.row_mm * spacing.column_mm;
+}
+
+std::string lesion_area_line(const data::PixelSpacing& spacing, const data::Mask& mask) {
   char line[160];
-  std::snprintf(line, sizeof line, "Lesion area: %.1f mm^2 (pixels %.3g x %.3g mm)\n",
-                mask.lesion_pixels() * spacing->row_mm * spacing->column_mm, spacing->row_mm, spacing->column_mm);
+  std::snprintf(line, sizeof line, "Lesion area: %.1f mm^2 (pixels %.3g x %.3g mm)\n", area_mm2(mask, spacing),
+                spacing.row_mm, spacing.column_mm);
   return line;
 }
 
 int predict_one(Predictor& p, const fs::path& image_path, const OutputPaths& out) {
-  data::Image image = load_scan(p, image_path);
-  Prediction r = predict_image(p, image);
+  const DecodedScan scan = decode_scan(p, image_path);
+  const Prediction r = std::move(predict_batch(p, {&scan}, 1).front());
   std::cout << class_line(p, r) << "\n" << probabilities_line(p, r) << "\n";
-  if (data::is_dicom_file(image_path)) std::cout << lesion_area_line(image_path, r.mask);
-  std::cout << save_outputs(p, image, r, out);
+  if (scan.spacing) std::cout << lesion_area_line(*scan.spacing, r.mask);
+  const data::Image heat = out.explain.empty() ? data::Image() : explain_picture(p, scan.image, r);
+  std::cout << save_outputs(p, scan.image, r, out, heat);
   return 0;
 }
 
@@ -157,14 +215,30 @@ std::vector<fs::path> output_paths(const std::vector<fs::path>& files, const fs:
 struct RunFiles {
   std::vector<fs::path> images, masks, probs, explains;  // empty without --save_mask, --save_prob, --explain
   std::string csv;                                       // folder runs only
+  std::string report;                                    // --report, folder runs only
 
   OutputPaths outputs(size_t i) const {
     auto at = [i](const std::vector<fs::path>& paths) { return paths.empty() ? fs::path() : paths[i]; };
     return {at(masks), at(probs), at(explains)};
   }
+
+  // Without the images in `done` (by file name) and their outputs.
+  RunFiles without(const std::set<std::string>& done) const {
+    RunFiles left{{}, {}, {}, {}, csv, report};
+    for (size_t i = 0; i < images.size(); ++i) {
+      if (done.count(images[i].filename().string())) continue;
+      left.images.push_back(images[i]);
+      OutputPaths out = outputs(i);
+      if (!masks.empty()) left.masks.push_back(out.mask);
+      if (!probs.empty()) left.probs.push_back(out.prob);
+      if (!explains.empty()) left.explains.push_back(out.explain);
+    }
+    return left;
+  }
 };
 
-void check_run_files(const app::Cli& cli, const RunFiles& run, bool overlay) {
+// `overwrite`: outputs that exist may be replaced (the CSV included).
+void check_run_files(const app::Cli& cli, const RunFiles& run, bool overlay, bool overwrite) {
   std::vector<app::RunFile> inputs = {{cli.str("seg_model"), "--seg_model"}, {cli.str("cls_model"), "--cls_model"}};
   for (auto& image : run.images)
     inputs.push_back({image, run.csv.empty() ? "--image" : "the image " + image.filename().string()});
@@ -179,53 +253,249 @@ void check_run_files(const app::Cli& cli, const RunFiles& run, bool overlay) {
   for (size_t i = 0; i < run.explains.size(); ++i)
     outputs.push_back({run.explains[i], run.csv.empty() ? "--explain" : "the Grad-CAM of " + run.images[i].filename().string()});
   if (!run.csv.empty()) outputs.push_back({run.csv, "--csv"});
-  app::check_outputs(inputs, outputs, cli.is_set("overwrite"));
+  if (!run.report.empty()) outputs.push_back({run.report, "--report"});
+  app::check_outputs(inputs, outputs, overwrite);
 }
 
-std::string csv_field(const std::string& s) {
-  if (s.find_first_of(",\"\n") == std::string::npos) return s;
-  std::string quoted = "\"";
-  for (char c : s) quoted += c == '"' ? std::string("\"\"") : std::string(1, c);
-  return quoted + "\"";
+std::vector<std::string> csv_columns(const Predictor& p) {
+  std::vector<std::string> columns = {"image", "predicted_class", "confidence"};
+  for (auto& c : p.cls.card.classes) columns.push_back("p_" + c);
+  for (const char* c : {"lesion_fraction", "lesion_pixels", "lesion_area_mm2", "mask", "error"}) columns.push_back(c);
+  return columns;
 }
 
-// One CSV row per image; a file that fails is reported in its row and the run exits 1. No CSV
-// is written when no image could be predicted: an error-only table must not replace results.
-int predict_folder(Predictor& p, const RunFiles& run) {
+std::string number(double value) {
+  std::ostringstream os;
+  os << std::setprecision(6) << value;
+  return os.str();
+}
+
+std::string prediction_row(const Predictor& p, const fs::path& file, const Prediction& r,
+                           const std::optional<data::PixelSpacing>& spacing, const fs::path& mask) {
+  std::vector<std::string> fields = {file.filename().string(), p.cls.card.classes[r.predicted],
+                                     number(r.probabilities[r.predicted])};
+  for (double prob : r.probabilities) fields.push_back(number(prob));
+  fields.push_back(number(double(r.mask.lesion_pixels()) / r.mask.values.size()));
+  fields.push_back(std::to_string(r.mask.lesion_pixels()));
+  fields.push_back(spacing ? number(area_mm2(r.mask, *spacing)) : "");
+  fields.push_back(mask.string());
+  fields.push_back("");
+  return app::csv_row(fields);
+}
+
+std::string error_row(const Predictor& p, const fs::path& file, const std::string& error) {
+  std::vector<std::string> fields(csv_columns(p).size());
+  fields.front() = file.filename().string();
+  fields.back() = error;
+  return app::csv_row(fields);
+}
+
+// What --skip-existing keeps of an earlier run's CSV: the rows of images predicted whose
+// outputs are on disk (and rows of images no longer in the folder); rows with an error, or
+// whose outputs are missing, are dropped and their images run again.
+struct EarlierRun {
+  std::string rows;            // the rows kept, as CSV text
+  std::set<std::string> done;  // their images' file names
+};
+
+EarlierRun read_earlier_run(const Predictor& p, const RunFiles& run) {
+  std::ifstream in(run.csv, std::ios::binary);
+  SONO_CHECK(in, run.csv, ": cannot be read (--skip-existing)");
+  const std::string text{std::istreambuf_iterator<char>(in), {}};
+  const std::vector<std::vector<std::string>> records = app::csv_records(text);
+  const std::vector<std::string> columns = csv_columns(p);
+  auto line = [](const std::vector<std::string>& fields) {
+    const std::string row = app::csv_row(fields);
+    return row.substr(0, std::min<size_t>(row.size() - 1, 200));
+  };
+  SONO_CHECK(!records.empty() && records.front() == columns, run.csv, ": --skip-existing: not this run's CSV (",
+             records.empty() ? std::string("no header") : "columns " + line(records.front()), "); this run writes ",
+             line(columns), ": give another --csv, or --overwrite without --skip-existing");
+  std::map<std::string, size_t> index;
+  for (size_t i = 0; i < run.images.size(); ++i) index[run.images[i].filename().string()] = i;
+  auto outputs_exist = [&](size_t i) {
+    const OutputPaths out = run.outputs(i);
+    for (const fs::path& file : {out.mask, p.overlay ? overlay_path(out.mask) : fs::path(), out.prob, out.explain})
+      if (!file.empty() && !fs::exists(file)) return false;
+    return true;
+  };
+  EarlierRun earlier;
+  for (size_t r = 1; r < records.size(); ++r) {
+    const std::vector<std::string>& row = records[r];
+    if (row.size() != columns.size() || !row.back().empty() || earlier.done.count(row.front())) continue;
+    auto it = index.find(row.front());
+    if (it != index.end() && !outputs_exist(it->second)) continue;
+    earlier.rows += app::csv_row(row);
+    earlier.done.insert(row.front());
+  }
+  return earlier;
+}
+
+// A folder run's CSV, a row written and flushed per image, so that a killed run leaves the
+// rows of what it did. Rows of an earlier run (--skip-existing) come first; without those the
+// file is first written at the first prediction: a run where every image fails leaves an
+// existing CSV as it was.
+class PredictionCsv {
+ public:
+  PredictionCsv(fs::path path, const std::string& header, const std::optional<EarlierRun>& earlier)
+      : path_(std::move(path)), pending_(header) {
+    if (earlier) open(earlier->rows);
+  }
+
+  void add(const std::string& row, bool predicted) {
+    if (file_.is_open()) {
+      file_ << row << std::flush;
+      SONO_CHECK(file_, path_.string(), ": cannot be written");
+    } else {
+      pending_ += row;
+      if (predicted) open("");
+    }
+  }
+
+  bool written() const { return file_.is_open(); }
+
+ private:
+  void open(const std::string& rows) {
+    write_file_atomic(path_, pending_ + rows);
+    file_.open(path_, std::ios::binary | std::ios::app);
+    SONO_CHECK(file_, path_.string(), ": cannot be opened to add rows");
+  }
+
+  fs::path path_;
+  std::string pending_;
+  std::ofstream file_;
+};
+
+struct FolderOptions {
+  size_t batch_size = 8;
+  int workers = 2;  // decode threads
+  std::optional<EarlierRun> earlier;
+  size_t skipped = 0;  // images of the folder done by an earlier run
+};
+
+// A scan as a decode thread left it: decoded, or why not.
+struct Decoded {
+  DecodedScan scan;
+  std::string error;
+};
+
+std::vector<Decoded> decode_batch(const Predictor& p, const std::vector<fs::path>& files, int workers) {
+  std::vector<Decoded> scans(files.size());
+  data::parallel_for(files.size(), workers, [&](size_t i) {
+    try {
+      scans[i].scan = decode_scan(p, files[i]);
+    } catch (const Error& e) {
+      scans[i].error = e.what();
+    }
+  });
+  return scans;
+}
+
+app::ReportEntry report_entry(const Predictor& p, const fs::path& file, const data::Image& image,
+                              const Prediction& r, const data::Image& heat) {
+  return {file.filename().string(),
+          r.predicted,
+          r.probabilities,
+          r.probabilities[r.predicted] < p.min_confidence,
+          app::report_png(data::draw_outline(image, r.mask, {255, 48, 48})),
+          heat.pixels.empty() ? "" : app::report_png(heat)};
+}
+
+// What a batch gave: per image, its prediction or why it has none, and its report entry.
+struct BatchResult {
+  std::vector<Prediction> predictions;
+  std::vector<std::string> errors;
+  std::vector<app::ReportEntry> entries;
+};
+
+// Runs the models on a batch's decoded scans and writes their outputs (PNG encoding on the
+// decode threads; Grad-CAM, which runs the classifier, here).
+BatchResult run_batch(Predictor& p, const RunFiles& run, size_t first, std::vector<Decoded>& scans, bool report,
+                      int workers) {
+  BatchResult b{std::vector<Prediction>(scans.size()), std::vector<std::string>(scans.size()),
+                std::vector<app::ReportEntry>(scans.size())};
+  std::vector<const DecodedScan*> decoded;
+  std::vector<size_t> at;
+  for (size_t i = 0; i < scans.size(); ++i) {
+    b.errors[i] = scans[i].error;
+    if (scans[i].error.empty()) decoded.push_back(&scans[i].scan), at.push_back(i);
+  }
+  if (decoded.empty()) return b;
+  try {
+    std::vector<Prediction> predictions = predict_batch(p, decoded, workers);
+    for (size_t j = 0; j < at.size(); ++j) b.predictions[at[j]] = std::move(predictions[j]);
+  } catch (const Error& e) {
+    for (size_t i : at) b.errors[i] = e.what();
+    return b;
+  }
+  std::vector<data::Image> heats(at.size());
+  if (!run.explains.empty())
+    for (size_t j = 0; j < at.size(); ++j) heats[j] = explain_picture(p, decoded[j]->image, b.predictions[at[j]]);
+  data::parallel_for(at.size(), workers, [&](size_t j) {
+    const size_t i = at[j];
+    try {
+      save_outputs(p, decoded[j]->image, b.predictions[i], run.outputs(first + i), heats[j]);
+      if (report) b.entries[i] = report_entry(p, run.images[first + i], decoded[j]->image, b.predictions[i], heats[j]);
+    } catch (const Error& e) {
+      b.errors[i] = e.what();
+    }
+  });
+  return b;
+}
+
+bool stderr_is_terminal() { return ::isatty(::fileno(stderr)) != 0; }
+
+// The folder's images in batches: the decode threads read and resize batch k + 1 while the
+// models run on batch k. One CSV row per image, in the folder's order; a file that fails is
+// named on stderr and in its row, the run goes on and exits 1.
+int predict_folder(Predictor& p, const RunFiles& run, const FolderOptions& o) {
   if (!run.masks.empty()) fs::create_directories(run.masks.front().parent_path());
   if (!run.probs.empty()) fs::create_directories(run.probs.front().parent_path());
   if (!run.explains.empty()) fs::create_directories(run.explains.front().parent_path());
-  std::ostringstream csv;
-  csv << "image,predicted_class,confidence";
-  for (auto& c : p.cls.card.classes) csv << ",p_" << c;
-  csv << ",lesion_fraction,mask,error\n" << std::setprecision(6);
+  PredictionCsv csv(run.csv, app::csv_row(csv_columns(p)), o.earlier);
+  std::vector<app::ReportEntry> report;
+  const size_t n = run.images.size();
+  auto batch_files = [&](size_t first) {
+    return std::vector<fs::path>(run.images.begin() + first, run.images.begin() + std::min(n, first + o.batch_size));
+  };
+  const bool interactive = stderr_is_terminal();
+  data::Progress progress("predict", n, std::cerr, interactive);
+  std::future<std::vector<Decoded>> next = std::async(std::launch::async, decode_batch, std::cref(p), batch_files(0), o.workers);
   size_t failures = 0;
-  for (size_t i = 0; i < run.images.size(); ++i) {
-    const fs::path& file = run.images[i];
-    csv << csv_field(file.filename().string());
-    try {
-      data::Image image = load_scan(p, file);
-      Prediction r = predict_image(p, image);
-      csv << "," << p.cls.card.classes[r.predicted] << "," << r.probabilities[r.predicted];
-      for (double prob : r.probabilities) csv << "," << prob;
-      csv << "," << double(r.mask.lesion_pixels()) / r.mask.values.size();
-      OutputPaths out = run.outputs(i);
-      save_outputs(p, image, r, out);
-      csv << "," << csv_field(out.mask.string()) << ",\n";
-      std::cout << file.filename().string() << ": " << class_line(p, r) << "\n";
-    } catch (const Error& e) {
-      ++failures;
-      csv << std::string(p.cls.card.classes.size() + 4, ',') << csv_field(e.what()) << "\n";
-      std::cerr << "predict: error: " << e.what() << "\n";
+  for (size_t first = 0; first < n; first += o.batch_size) {
+    std::vector<Decoded> scans = next.get();
+    if (first + o.batch_size < n)
+      next = std::async(std::launch::async, decode_batch, std::cref(p), batch_files(first + o.batch_size), o.workers);
+    BatchResult b = run_batch(p, run, first, scans, !run.report.empty(), o.workers);
+    for (size_t i = 0; i < scans.size(); ++i) {
+      const fs::path& file = run.images[first + i];
+      if (interactive) std::cerr << "\r\x1b[K";  // the bar, redrawn below the line
+      if (b.errors[i].empty()) {
+        csv.add(prediction_row(p, file, b.predictions[i], scans[i].scan.spacing, run.outputs(first + i).mask), true);
+        std::cout << file.filename().string() << ": " << class_line(p, b.predictions[i]) << "\n" << std::flush;
+        if (!run.report.empty()) report.push_back(std::move(b.entries[i]));
+      } else {
+        ++failures;
+        csv.add(error_row(p, file, b.errors[i]), false);
+        std::cerr << "predict: error: " << b.errors[i] << "\n";
+      }
     }
+    progress.step(scans.size(), NAN);
   }
-  std::cout << run.images.size() - failures << " of " << run.images.size() << " images predicted; ";
-  if (failures == run.images.size()) {
-    std::cout << "CSV " << run.csv << " not written\n";
+  progress.finish();
+  std::cout << n - failures << " of " << n << " images predicted";
+  if (o.skipped) std::cout << " (" << o.skipped << " skipped, in the CSV already)";
+  if (!csv.written()) {
+    std::cout << "; CSV " << run.csv << " not written\n";
     return 1;
   }
-  write_file_atomic(run.csv, csv.str());
-  std::cout << "CSV " << run.csv << "\n";
+  std::cout << "; CSV " << run.csv << "\n";
+  if (!run.report.empty() && !report.empty()) {
+    std::string note = std::to_string(report.size()) + " scans predicted in this run";
+    if (o.skipped) note += "; " + std::to_string(o.skipped) + " done by an earlier run (--skip-existing) are in the CSV only";
+    write_file_atomic(run.report, app::html_report(std::move(report), p.cls.card.classes, note));
+    std::cout << "Report " << run.report << "\n";
+  }
   return failures ? 1 : 0;
 }
 
@@ -240,8 +510,18 @@ int predict(int argc, char** argv) {
       .option("explain", "", "Grad-CAM of the predicted class over the scan, a heat-map overlay PNG; for a folder "
               "--image, a folder for them (X_explain.png)")
       .flag("overlay", "also save X_overlay.png beside the mask: the lesion outline on the image")
-      .option("csv", "predictions.csv", "for a folder --image: the CSV with one row per image")
-      .flag("overwrite", "replace masks, overlays or a CSV that exist (never the run's inputs)")
+      .option("csv", "predictions.csv", "for a folder --image: the CSV, a row per image written as each is done "
+              "(image, class, confidence, class probabilities, lesion fraction, lesion pixels, lesion area in mm^2 "
+              "where a DICOM file gives the pixel spacing, mask, error); an image that cannot be read or "
+              "predicted gets its error in its row, the run goes on and exits 1")
+      .option("batch_size", "8", "for a folder --image: images per forward pass (on the CPU, every result is bit for bit the one-image result)")
+      .option("workers", "2", "for a folder --image: threads decoding and resizing images ahead of the models")
+      .flag("skip_existing", "for a folder --image: keep the rows of an existing --csv of the same columns whose "
+            "outputs exist, and predict the other images (a run that was stopped resumes; their outputs may be "
+            "replaced, the interrupted run may have left them)")
+      .option("report", "", "for a folder --image: an HTML page of the run's scans (outline overlay, Grad-CAM "
+              "with --explain, class and confidence), by malignant probability, images embedded")
+      .flag("overwrite", "replace masks, overlays, a CSV or a report that exist (never the run's inputs)")
       .option("min_confidence", "0.6", "flag a prediction whose (calibrated) probability is under this as low confidence")
       .flag("flip_tta", "average each model's outputs on the image and its mirror image")
       .option("frame", "0", "for DICOM images: the frame (from 0) of a multi-frame file");
@@ -253,11 +533,18 @@ int predict(int argc, char** argv) {
   SONO_CHECK(fs::exists(image), image.string(), ": no such file or folder");
   bool folder = fs::is_directory(image);
   SONO_CHECK(!cli.is_set("overlay") || !save_mask.empty(), "--overlay: needs --save_mask (the overlay goes beside the mask)");
+  const int64_t batch_size = cli.integer("batch_size"), workers = cli.integer("workers");
+  SONO_CHECK(batch_size >= 1, "--batch_size ", batch_size, ": must be 1 or more");
+  app::check_thread_count("workers", workers, 1);
+  for (const char* name : {"skip_existing", "report"})
+    SONO_CHECK(folder || !cli.is_set(name), "--", name, ": only for a folder --image, ", image.string(), " is a file");
   RunFiles run;
   if (folder) {
     run.images = images_in(image);
     run.csv = cli.str("csv");
     app::check_writable(run.csv);
+    run.report = cli.str("report");
+    if (!run.report.empty()) app::check_writable(run.report);
     // The folder scan skips X_mask.png as ground truth; predicted masks of the same names
     // beside the images would replace or mix with it.
     SONO_CHECK(save_mask.empty() || !fs::exists(save_mask) || !fs::equivalent(save_mask, image), save_mask,
@@ -290,7 +577,6 @@ int predict(int argc, char** argv) {
       app::check_writable(explain);
     }
   }
-  check_run_files(cli, run, cli.is_set("overlay"));
   double min_confidence = cli.real("min_confidence");
   SONO_CHECK(min_confidence >= 0 && min_confidence <= 1, "--min_confidence ", min_confidence,
              ": must be between 0 and 1");
@@ -298,13 +584,28 @@ int predict(int argc, char** argv) {
   SONO_CHECK(frame >= 0 && frame <= INT32_MAX, "--frame ", frame, ": must be 0 or more");
   SONO_CHECK(frame == 0 || folder || data::is_dicom_file(image), "--frame ", frame, ": ", image.string(),
              " is not a DICOM file (only those have frames)");
+  const bool resume = cli.is_set("skip_existing") && fs::exists(run.csv);
+  // A resumed run replaces what the interrupted one may have left of the images it runs again.
+  check_run_files(cli, run, cli.is_set("overlay"), cli.is_set("overwrite") || resume);
   Predictor p{app::load_checkpoint(cli.str("seg_model"), "segmentation"),
               app::load_checkpoint(cli.str("cls_model"), "classification"), device, cli.is_set("overlay"),
               min_confidence, cli.is_set("flip_tta"), static_cast<int>(frame)};
   if (!explain.empty()) app::explainable(p.cls);
   p.seg.model->to(device);
   p.cls.model->to(device);
-  return folder ? predict_folder(p, run) : predict_one(p, image, run.outputs(0));
+  if (!folder) return predict_one(p, image, run.outputs(0));
+  FolderOptions options{static_cast<size_t>(batch_size), static_cast<int>(workers), std::nullopt, 0};
+  if (resume) {
+    options.earlier = read_earlier_run(p, run);
+    const size_t all = run.images.size();
+    run = run.without(options.earlier->done);
+    options.skipped = all - run.images.size();
+    if (run.images.empty()) {
+      std::cout << "All " << all << " images are in " << run.csv << " already (--skip-existing)\n";
+      return 0;
+    }
+  }
+  return predict_folder(p, run, options);
 }
 
 }  // namespace

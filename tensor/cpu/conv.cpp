@@ -287,8 +287,9 @@ ColumnLayout column_layout(const Conv2dGeometry& g, bool may_use_weight_order) {
   // Bounds the column buffer to about 2^23 elements (32 MB in float32), at least one image.
   const int64_t per_image = g.oh * g.ow * cl.cols;
   cl.images_per_chunk = cl.identity ? g.n : std::clamp<int64_t>((int64_t(1) << 23) / per_image, 1, g.n);
-  cl.weight_order = may_use_weight_order && g.kh * g.kw > 1 &&
-                    g.cout > cl.images_per_chunk * g.oh * g.ow;
+  // Decided per image, not per chunk: the column order is the order of the sum over the
+  // depth, so an image gets the same float rounding in any batch (predict --batch_size).
+  cl.weight_order = may_use_weight_order && g.kh * g.kw > 1 && g.cout > g.oh * g.ow;
   return cl;
 }
 

@@ -57,12 +57,27 @@ Tensor calibrate(const ModelCard& card, const Tensor& logits) {
   return p <= 0.5 ? logits : empty_below(logits, p);  // at 0.5 an empty map is empty already
 }
 
+Tensor lesion_logits(LoadedModel& seg, const Tensor& x, Device device, bool flip) {
+  autograd::NoGradGuard no_grad;
+  return calibrate(seg.card, forward(*seg.model, x.to(device), flip)).to(Device::cpu);
+}
+
+std::vector<std::vector<double>> classify(LoadedModel& cls, const Tensor& x, Device device, bool flip) {
+  autograd::NoGradGuard no_grad;
+  SONO_CHECK(cls.card.in_channels == 4, "classification checkpoint (", cls.card.arch, ") takes ",
+             cls.card.in_channels, " channels; expected image + mask (4)");
+  const std::vector<double> p = softmax(calibrate(cls.card, forward(*cls.model, x.to(device), flip)), -1).to_vector();
+  const size_t classes = p.size() / static_cast<size_t>(x.size(0));
+  std::vector<std::vector<double>> rows;
+  for (size_t i = 0; i < p.size(); i += classes) rows.emplace_back(p.begin() + i, p.begin() + i + classes);
+  return rows;
+}
+
 data::Image lesion_logits(LoadedModel& seg, const data::Image& image, int height, int width, Device device,
                           bool flip) {
-  autograd::NoGradGuard no_grad;
   Tensor x = data::model_input(image, data::Mask(image.height, image.width),
                                static_cast<int>(seg.card.img_size), data::InputKind::rgb, seg.card.normalisation);
-  return data::logit_map(calibrate(seg.card, forward(*seg.model, x.to(device), flip)), height, width);
+  return data::logit_map(lesion_logits(seg, x, device, flip), height, width);
 }
 
 data::Mask segment(LoadedModel& seg, const data::Image& image, int height, int width, Device device, bool flip) {
@@ -71,12 +86,9 @@ data::Mask segment(LoadedModel& seg, const data::Image& image, int height, int w
 
 std::vector<double> classify(LoadedModel& cls, const data::Image& image, const data::Mask& mask, Device device,
                              bool flip) {
-  autograd::NoGradGuard no_grad;
-  SONO_CHECK(cls.card.in_channels == 4, "classification checkpoint (", cls.card.arch, ") takes ",
-             cls.card.in_channels, " channels; expected image + mask (4)");
   Tensor x = data::model_input(image, mask, static_cast<int>(cls.card.img_size), data::InputKind::rgb_mask,
                                cls.card.normalisation);
-  return softmax(calibrate(cls.card, forward(*cls.model, x.to(device), flip)), -1).to_vector();
+  return classify(cls, x, device, flip).front();
 }
 
 }  // namespace sono::app

@@ -31,4 +31,12 @@ data::Image lesion_logits(LoadedModel& seg, const data::Image& image, int height
 std::vector<double> classify(LoadedModel& cls, const data::Image& image, const data::Mask& mask, Device device,
                              bool flip = false);
 
+// The same on a batch of model inputs [B, S, S, C] at the card's size (data::write_input per
+// image): the one-image calls above are these with B = 1, so image i of a batch gets what it
+// gets alone.
+// The calibrated lesion logits [B, S, S, 1], on the CPU.
+Tensor lesion_logits(LoadedModel& seg, const Tensor& x, Device device, bool flip = false);
+// Class probabilities, one row per image.
+std::vector<std::vector<double>> classify(LoadedModel& cls, const Tensor& x, Device device, bool flip = false);
+
 }  // namespace sono::app

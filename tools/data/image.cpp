@@ -376,21 +376,31 @@ void append_bytes(void* context, void* data, int size) {
   static_cast<std::string*>(context)->append(static_cast<const char*>(data), size);
 }
 
-void write_png(const fs::path& file, int height, int width, int channels, const uint8_t* pixels) {
+std::string png_bytes(int height, int width, int channels, const uint8_t* pixels) {
   std::string png;
-  if (!stbi_write_png_to_func(append_bytes, &png, width, height, channels, pixels, width * channels))
-    fail("cannot encode PNG for '", file.string(), "'");
-  write_file_atomic(file, png);
+  SONO_CHECK(stbi_write_png_to_func(append_bytes, &png, width, height, channels, pixels, width * channels),
+             "cannot encode a ", width, "x", height, " PNG");
+  return png;
+}
+
+void write_png(const fs::path& file, int height, int width, int channels, const uint8_t* pixels) {
+  write_file_atomic(file, png_bytes(height, width, channels, pixels));
 }
 
 }  // namespace
 
+std::string encode_png(const Image& image) {
+  SONO_CHECK(image.channels == 1 || image.channels == 3, "encode_png: expected 1 or 3 channels, got ",
+             image.channels);
+  std::vector<uint8_t> bytes(image.pixels.size());
+  std::transform(image.pixels.begin(), image.pixels.end(), bytes.begin(), to_byte);
+  return png_bytes(image.height, image.width, image.channels, bytes.data());
+}
+
 void save_image_png(const fs::path& file, const Image& image) {
   SONO_CHECK(image.channels == 1 || image.channels == 3, "save_image_png: expected 1 or 3 channels, got ",
              image.channels, " for '", file.string(), "'");
-  std::vector<uint8_t> bytes(image.pixels.size());
-  std::transform(image.pixels.begin(), image.pixels.end(), bytes.begin(), to_byte);
-  write_png(file, image.height, image.width, image.channels, bytes.data());
+  write_file_atomic(file, encode_png(image));
 }
 
 void save_mask_png(const fs::path& file, const Mask& mask) {

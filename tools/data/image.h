@@ -3,6 +3,7 @@
 // resizing, and atomic PNG writing of masks and overlays.
 #include <cstdint>
 #include <filesystem>
+#include <string>
 #include <vector>
 
 namespace sono::data {
@@ -94,6 +95,7 @@ Image resize_bilinear(const Image& image, int height, int width);
 Mask resize_nearest(const Mask& mask, int height, int width);
 
 // 8-bit PNG encodings and atomic writes (temp file in the same folder, then rename).
+std::string encode_png(const Image& image);                     // 1 or 3 channels, the PNG file's bytes
 void save_image_png(const fs::path& file, const Image& image);  // 1 or 3 channels
 void save_mask_png(const fs::path& file, const Mask& mask);     // grey, 0 / 255
 // The image with the lesion outline drawn in `colour`, a line about 1/256 of the image's

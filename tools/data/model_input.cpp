@@ -1,5 +1,6 @@
 #include "tools/data/model_input.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "tensor/error.h"
@@ -31,13 +32,22 @@ Tensor model_input(const Image& rgb, const Mask& mask, int size, InputKind kind,
   return input;
 }
 
+std::vector<Image> logit_maps(const Tensor& logits) {
+  SONO_CHECK(logits.dim() == 4 && logits.size(3) == 1, "logit_maps: expected logits [B, H, W, 1], got ",
+             shape_str(logits.shape()));
+  const std::vector<double> values = logits.to_vector();
+  std::vector<Image> maps;
+  for (int64_t i = 0; i < logits.size(0); ++i) {
+    Image& map = maps.emplace_back(static_cast<int>(logits.size(1)), static_cast<int>(logits.size(2)), 1);
+    std::copy_n(values.begin() + i * map.pixels.size(), map.pixels.size(), map.pixels.begin());
+  }
+  return maps;
+}
+
 Image logit_map(const Tensor& logits, int height, int width) {
   SONO_CHECK(logits.dim() == 4 && logits.size(0) == 1 && logits.size(3) == 1,
              "mask_from_logits: expected logits [1, H, W, 1], got ", shape_str(logits.shape()));
-  std::vector<double> values = logits.to_vector();
-  Image map(static_cast<int>(logits.size(1)), static_cast<int>(logits.size(2)), 1);
-  std::copy(values.begin(), values.end(), map.pixels.begin());
-  return resize_bilinear(map, height, width);
+  return resize_bilinear(logit_maps(logits).front(), height, width);
 }
 
 Mask mask_from_logit_map(const Image& logit_map) {

@@ -38,6 +38,8 @@ Tensor model_input(const Image& rgb, const Mask& mask, int size, InputKind kind,
 Mask mask_from_logits(const Tensor& logits, int height, int width);
 // The two steps: the resized logit map (1 channel), and lesion where its logit > 0.
 Image logit_map(const Tensor& logits, int height, int width);
+// A batch's logits [B, S, S, 1] as B maps at the model's size (what logit_map resizes).
+std::vector<Image> logit_maps(const Tensor& logits);
 Mask mask_from_logit_map(const Image& logit_map);
 // Sigmoid of each logit: the lesion probability map, > 0.5 where the mask is lesion.
 Image probability_map(const Image& logit_map);

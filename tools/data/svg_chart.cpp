@@ -7,13 +7,7 @@
 
 namespace sono::data {
 
-namespace {
-
-constexpr double kPanelWidth = 480, kPanelHeight = 320, kTitleHeight = 30;
-constexpr double kLeft = 64, kRight = 16, kTop = 28, kBottom = 48;  // plot margins in a panel
-const char* const kColours[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"};
-
-std::string escape(const std::string& s) {
+std::string markup_escaped(const std::string& s) {
   std::string out;
   for (char c : s) {
     switch (c) {
@@ -26,6 +20,12 @@ std::string escape(const std::string& s) {
   }
   return out;
 }
+
+namespace {
+
+constexpr double kPanelWidth = 480, kPanelHeight = 320, kTitleHeight = 30;
+constexpr double kLeft = 64, kRight = 16, kTop = 28, kBottom = 48;  // plot margins in a panel
+const char* const kColours[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"};
 
 std::string num(double v) {
   char buffer[32];
@@ -75,7 +75,7 @@ void draw_panel(std::ostream& os, const Panel& p, double ox, double oy) {
   auto py = [&](double v) { return oy + kTop + h - (v - ay.lo) / (ay.hi - ay.lo) * h; };
 
   os << "<text x=\"" << num(ox + kPanelWidth / 2) << "\" y=\"" << num(oy + 18)
-     << "\" text-anchor=\"middle\" font-weight=\"bold\">" << escape(p.title) << "</text>\n";
+     << "\" text-anchor=\"middle\" font-weight=\"bold\">" << markup_escaped(p.title) << "</text>\n";
   for (double v : ay.ticks())
     os << "<line x1=\"" << num(px(ax.lo)) << "\" y1=\"" << num(py(v)) << "\" x2=\"" << num(px(ax.hi)) << "\" y2=\""
        << num(py(v)) << "\" stroke=\"#e0e0e0\"/>\n<text x=\"" << num(px(ax.lo) - 6) << "\" y=\"" << num(py(v) + 4)
@@ -86,10 +86,10 @@ void draw_panel(std::ostream& os, const Panel& p, double ox, double oy) {
   os << "<rect x=\"" << num(px(ax.lo)) << "\" y=\"" << num(py(ay.hi)) << "\" width=\"" << num(w) << "\" height=\""
      << num(h) << "\" fill=\"none\" stroke=\"#333\"/>\n";
   os << "<text x=\"" << num(ox + kLeft + w / 2) << "\" y=\"" << num(oy + kPanelHeight - 10)
-     << "\" text-anchor=\"middle\">" << escape(p.x_label) << "</text>\n";
+     << "\" text-anchor=\"middle\">" << markup_escaped(p.x_label) << "</text>\n";
   if (!p.y_label.empty())
     os << "<text transform=\"translate(" << num(ox + 14) << "," << num(oy + kTop + h / 2)
-       << ") rotate(-90)\" text-anchor=\"middle\">" << escape(p.y_label) << "</text>\n";
+       << ") rotate(-90)\" text-anchor=\"middle\">" << markup_escaped(p.y_label) << "</text>\n";
   // The legend goes in the right-hand corner, top or bottom, that the curves cross less.
   int top = 0, bottom = 0;
   for (const auto& s : p.series)
@@ -123,7 +123,7 @@ void draw_panel(std::ostream& os, const Panel& p, double ox, double oy) {
     double ly = legend_top + 16 * k, lx = px(ax.hi) - 130;
     os << "<line x1=\"" << num(lx) << "\" y1=\"" << num(ly - 4) << "\" x2=\"" << num(lx + 18) << "\" y2=\""
        << num(ly - 4) << "\" stroke=\"" << colour << "\" stroke-width=\"2\"/>\n<text x=\"" << num(lx + 24)
-       << "\" y=\"" << num(ly) << "\">" << escape(s.name) << "</text>\n";
+       << "\" y=\"" << num(ly) << "\">" << markup_escaped(s.name) << "</text>\n";
   }
 }
 
@@ -136,7 +136,7 @@ std::string line_chart_svg(const std::string& title, const std::vector<Panel>& p
      << "\" height=\"" << height << "\" viewBox=\"0 0 " << width << " " << height
      << "\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
      << "<text x=\"" << num(width / 2) << "\" y=\"20\" text-anchor=\"middle\" font-size=\"15\" font-weight=\"bold\">"
-     << escape(title) << "</text>\n";
+     << markup_escaped(title) << "</text>\n";
   for (size_t i = 0; i < panels.size(); ++i) draw_panel(os, panels[i], kPanelWidth * i, kTitleHeight);
   os << "</svg>\n";
   return os.str();

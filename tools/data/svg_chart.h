@@ -16,6 +16,9 @@ struct Panel {
   std::vector<Series> series;
 };
 
+// Text as SVG or HTML content or an attribute value: & < > " as entities.
+std::string markup_escaped(const std::string& text);
+
 std::string line_chart_svg(const std::string& title, const std::vector<Panel>& panels);
 
 }  // namespace sono::data
