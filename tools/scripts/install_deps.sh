@@ -3,7 +3,8 @@
 set -euo pipefail
 pkgs=(cmake g++ make ccache libeigen3-dev doctest-dev libstb-dev nlohmann-json3-dev libbenchmark-dev libomp-dev
       libdcmtk-dev pkg-config  # DICOM input; pkg-config for test_package's sono.pc check
-      openmpi-bin libopenmpi-dev)  # MPI: data-parallel training (mpirun -np N seg_train)
+      openmpi-bin libopenmpi-dev  # MPI: data-parallel training (mpirun -np N seg_train)
+      chromium)  # the headless-browser check of predict's HTML report
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
