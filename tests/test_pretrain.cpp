@@ -2,6 +2,7 @@
 // its loss, that the reconstruction is learnt, and that the weights it writes feed
 // cls_train / seg_train --pretrained.
 #include <random>
+#include <set>
 
 #include "autograd/node.h"
 #include "helpers.h"
@@ -9,7 +10,8 @@
 #include "tool_runs.h"
 #include "layers/optim.h"
 #include "layers/safetensors.h"
-#include "models/deeplabv3plus.h"
+#include "models/convnext.h"
+#include "models/mit.h"
 #include "models/registry.h"
 #include "tools/app/masked_image_model.h"
 #include "tools/app/training.h"
@@ -38,15 +40,6 @@ Tensor blob_images(int count, int size, int64_t channels, uint32_t seed) {
         values.push_back(c < 3 ? (v - data::kImagenet.mean[c]) / data::kImagenet.std[c] : 0.0);
   }
   return Tensor::from_vector(values, {count, size, size, channels});
-}
-
-// The tensors of `state` named in `file` hold the file's values (the encoder loaded as saved).
-void check_loaded(const nn::StateDict& file, const nn::StateDict& state, const std::string& prefix) {
-  for (auto& [name, saved] : file) {
-    INFO(name);
-    REQUIRE(state.count(prefix + name));
-    CHECK(max_abs_diff(state.at(prefix + name), saved) == 0.0);
-  }
 }
 
 // One AdamW step on `loss` of `model`: the loss is finite and the weights move.
@@ -148,59 +141,66 @@ TEST_CASE("masked-image pretraining learns the reconstruction: the loss falls on
   CHECK(after < 0.7 * before);  // measured 0.548 -> 0.319; the speckle alone leaves ~0.2
 }
 
+// pretrain on `images`, then the file into the tool's model through load_backbone, then the
+// tool itself with --pretrained.
+struct Chain {
+  std::string arch, tool;
+  models::ModelOptions options;  // the tool's model
+  std::string encoder_prefix;    // where the encoder's keys sit in the tool's model
+  models::PretrainedLayout layout;
+};
+
+void check_chain(const Chain& c, const TempDir& dir) {
+  INFO(c.arch << " -> " << c.tool);
+  const std::string images = (dir / "images").string(), masks = (dir / "masks").string();
+  const std::string enc = (dir / (c.arch + ".safetensors")).string();
+  // The smallest sizes: pretraining needs two cells a side (one stays visible), training one.
+  test::CommandRun pre = run_pretrain("--images-dir " + images + " --arch " + c.arch + " --save-path " + enc +
+                                      " --img-size 64 --epochs 1 --batch-size 4 --workers 1");
+  INFO(pre.output);
+  REQUIRE(pre.status == 0);
+  const nn::StateDict saved = nn::load_safetensors(enc).tensors;
+
+  // The file holds exactly the encoder: every key of the tool's model under the prefix but the
+  // classifier, at the model's shape (the classifier's stem takes RGB + mask).
+  auto model = models::create_model(c.arch, c.options);
+  std::set<std::string> encoder_keys, file_keys;
+  for (auto& [name, t] : model->state_dict()) {
+    const std::string key = name.substr(std::min(name.size(), c.encoder_prefix.size()));
+    const auto& head = c.layout.classifier;
+    if (name.rfind(c.encoder_prefix, 0) == 0 && std::find(head.begin(), head.end(), key) == head.end())
+      encoder_keys.insert(key);
+  }
+  for (auto& [name, t] : saved) file_keys.insert(name);
+  CHECK(file_keys == encoder_keys);
+  CHECK(saved.at(c.layout.input_conv).size(1) == c.options.in_channels);
+  app::load_backbone(*model, enc);
+  const nn::StateDict loaded = model->state_dict();
+  for (auto& [name, t] : saved) {
+    INFO(name);
+    CHECK(max_abs_diff(loaded.at(c.encoder_prefix + name), t) == 0.0);
+  }
+  Tensor inputs = blob_images(2, 32, c.options.in_channels, 3);
+  check_one_step(*model, [&] { return mean(abs((*model)(inputs))); });
+
+  test::CommandRun run = test::run_command(std::string(SONO_BINARY_DIR) + "/bin/" + c.tool + " --images-dir " + images +
+                                           " --masks-dir " + masks + " --arch " + c.arch + " --pretrained " + enc +
+                                           " --save-path " + (dir / (c.tool + ".safetensors")).string() +
+                                           " --img-size 32 --epochs 1 --batch-size 4 --workers 1 --threads 1");
+  INFO(run.output);
+  CHECK(run.status == 0);
+  CHECK(run.output.find("backbone weights: " + enc) != std::string::npos);
+}
+
 TEST_CASE("pretrain's weights load through --pretrained of cls_train (convnext) and seg_train (mit)") {
   TempDir dir;
   test::write_blob_dataset(dir.path, 3, 32, 5);
-  const std::string images = (dir / "images").string(), masks = (dir / "masks").string();
-  // The smallest sizes: pretraining needs two cells a side (one stays visible), fine-tuning one.
-  const std::string pretrain = " --img-size 64 --epochs 1 --batch-size 4 --workers 1";
-  const std::string common = " --img-size 32 --epochs 1 --batch-size 4 --workers 1";
-
-  SUBCASE("convnext_atto -> cls_train") {
-    const std::string enc = (dir / "enc_convnext.safetensors").string();
-    test::CommandRun pre = run_pretrain("--images-dir " + images + " --arch convnext_atto --save-path " + enc + pretrain);
-    INFO(pre.output);
-    REQUIRE(pre.status == 0);
-    nn::StateDict saved = nn::load_safetensors(enc).tensors;
-    CHECK(saved.count("stem.0.weight"));
-    CHECK(saved.at("stem.0.weight").size(1) == 4);  // the classifier's RGB + mask input
-    CHECK(!saved.count("head.fc.weight"));
-    auto model = models::create_model("convnext_atto", {.in_channels = 4, .num_classes = 3});
-    app::load_backbone(*model, enc);
-    check_loaded(saved, model->state_dict(), "");
-    Tensor inputs = blob_images(2, 32, 4, 3);
-    check_one_step(*model, [&] { return cross_entropy((*model)(inputs), Tensor::from_labels({0, 2})); });
-
-    test::CommandRun cls = test::run_command(std::string(SONO_BINARY_DIR) + "/bin/cls_train --images-dir " + images +
-                                             " --masks-dir " + masks + " --arch convnext_atto --pretrained " + enc +
-                                             " --save-path " + (dir / "cls.safetensors").string() + common +
-                                             " --threads 1");
-    INFO(cls.output);
-    CHECK(cls.status == 0);
-    CHECK(cls.output.find("backbone weights: " + enc) != std::string::npos);
-  }
-  SUBCASE("mit_b0 -> seg_train") {
-    const std::string enc = (dir / "enc_mit.safetensors").string();
-    test::CommandRun pre = run_pretrain("--images-dir " + images + " --arch mit_b0 --save-path " + enc + pretrain);
-    INFO(pre.output);
-    REQUIRE(pre.status == 0);
-    nn::StateDict saved = nn::load_safetensors(enc).tensors;
-    CHECK(saved.count("patch_embed1.proj.weight"));
-    auto model = models::create_model("mit_b0", {.in_channels = 3, .num_classes = 1});
-    app::load_backbone(*model, enc);
-    check_loaded(saved, model->state_dict(), "encoder.");
-    CHECK(saved.size() == static_cast<models::DeepLabV3Plus&>(*model).encoder().state_dict().size());
-    Tensor inputs = blob_images(2, 32, 3, 3);
-    check_one_step(*model, [&] { return mean(abs((*model)(inputs))); });
-
-    test::CommandRun seg = test::run_command(std::string(SONO_BINARY_DIR) + "/bin/seg_train --images-dir " + images +
-                                             " --masks-dir " + masks + " --arch mit_b0 --pretrained " + enc +
-                                             " --save-path " + (dir / "seg.safetensors").string() + common +
-                                             " --threads 1");
-    INFO(seg.output);
-    CHECK(seg.status == 0);
-    CHECK(seg.output.find("backbone weights: " + enc) != std::string::npos);
-  }
+  check_chain({"convnext_atto", "cls_train", {.in_channels = 4, .num_classes = 3}, "",
+               models::convnext_pretrained_layout()},
+              dir);
+  check_chain({"mit_b0", "seg_train", {.in_channels = 3, .num_classes = 1}, "encoder.",
+               models::mit_pretrained_layout()},
+              dir);
 }
 
 TEST_CASE("pretrain refuses bad input with one line and writes nothing") {

@@ -17,6 +17,7 @@
 #include "tools/app/checkpoint.h"
 #include "tools/app/masked_image_model.h"
 #include "tools/app/runtime.h"
+#include "tools/app/training.h"
 #include "tools/data/dataset.h"
 #include "tools/data/loader.h"
 #include "tools/data/progress.h"
@@ -135,15 +136,12 @@ data::LoaderOptions loader_options(const Settings& s, data::InputKind input) {
 // What the weights file says about itself; --pretrained reads the tensors only.
 std::map<std::string, std::string> metadata(const Settings& s, const data::SampleCache& cache, int epochs_done,
                                             double loss) {
-  std::ostringstream ratio, final_loss;
-  ratio << s.mask_ratio;
-  final_loss << std::setprecision(6) << loss;
   return {{"pretraining", "masked-image modelling (SimMIM: L1 on 32x32 cells)"},
           {"arch", s.arch},
           {"img_size", std::to_string(s.img_size)},
-          {"mask_ratio", ratio.str()},
+          {"mask_ratio", app::run_argument_number(s.mask_ratio)},
           {"epochs", std::to_string(epochs_done)},
-          {"train_loss", final_loss.str()},
+          {"train_loss", app::run_argument_number(loss)},
           {"trained_on", cache.dataset().summary()}};
 }
 
