@@ -162,9 +162,6 @@ std::string run_argument_number(double x) {
   return os.str();
 }
 
-namespace {
-
-// Backbone weights published for ImageNet: timm's ConvNeXt, smp's MiT encoder.
 void load_backbone(nn::UnaryModule& model, const std::string& path) {
   if (auto* deeplab = dynamic_cast<models::DeepLabV3Plus*>(&model))
     return models::load_pretrained(deeplab->encoder(), path, models::mit_pretrained_layout());
@@ -172,6 +169,8 @@ void load_backbone(nn::UnaryModule& model, const std::string& path) {
     return models::load_pretrained(model, path, models::convnext_pretrained_layout());
   fail(path, ": no pretrained layout for this architecture");
 }
+
+namespace {
 
 bool has_batch_norm(const nn::Module& model) {
   for (auto& [name, t] : model.named_buffers())

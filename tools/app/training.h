@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "layers/module.h"
 #include "tensor/tensor.h"
 #include "tools/app/cli.h"
 #include "tools/app/recipe.h"
@@ -93,6 +94,11 @@ int run_training(const TrainSettings& settings, TrainingTask& task, const data::
 // The same on prepared samples and a given split (a cross-validation fold).
 int run_training(const TrainSettings& settings, TrainingTask& task, std::shared_ptr<data::SampleCache> cache,
                  const data::Split& split);
+
+// --pretrained: backbone weights into `model`, timm's ConvNeXt names or smp's MiT encoder names
+// (ImageNet exports, or what the pretrain tool writes); the input conv is adapted to the
+// model's channels and the classifier stays fresh (models/pretrained.h).
+void load_backbone(nn::UnaryModule& model, const std::string& path);
 
 // "X.safetensors" -> "X.last.safetensors": the state --resume continues from.
 std::string resume_state_path(const std::string& save_path);
