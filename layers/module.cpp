@@ -106,6 +106,15 @@ void Module::zero_grad() {
   for (auto& t : parameters()) t.zero_grad();
 }
 
+Module& Module::child(const std::string& name) const {
+  std::string known;
+  for (auto& [n, m] : children_) {
+    if (n == name) return *m;
+    known += (known.empty() ? "" : ", ") + n;
+  }
+  fail("module has no child '", name, "' (children: ", known, ")");
+}
+
 Sequential& Sequential::push_back(std::shared_ptr<UnaryModule> m) {
   register_module(std::to_string(items_.size()), m);
   items_.push_back(std::move(m));

@@ -39,6 +39,8 @@ class Module {
   // and tight parity tests); integer buffers keep their type. Handles stay valid.
   void to(DType dtype);
   void zero_grad();
+  // The direct child registered as `name` (e.g. "encoder"); the error lists the children.
+  Module& child(const std::string& name) const;
 
  protected:
   Tensor register_parameter(const std::string& name, Tensor value);

@@ -199,7 +199,8 @@ std::vector<ModelEntry> convnext_variants() {
                          c.num_classes = o.num_classes;
                          c.drop_path_rate = o.drop_path_rate;
                          return std::make_shared<ConvNeXt>(c);
-                       }});
+                       },
+                       {"", convnext_pretrained_layout()}});
   }
   return entries;
 }

@@ -155,7 +155,8 @@ std::vector<ModelEntry> deeplab_mit_variants() {
     entries.push_back({name, Task::segmentation, [name = std::string(name)](const ModelOptions& o) {
                          return std::shared_ptr<nn::UnaryModule>(
                              std::make_shared<DeepLabV3Plus>(deeplabv3plus_config(name, o)));
-                       }});
+                       },
+                       {"encoder", mit_pretrained_layout()}});
   return entries;
 }
 

@@ -10,8 +10,8 @@ namespace sono {
 
 struct Pipeline::Models {
   Models(const std::string& seg_path, const std::string& cls_path, const Options& options)
-      : seg(app::load_checkpoint(seg_path, "segmentation")),
-        cls(app::load_checkpoint(cls_path, "classification")),
+      : seg(app::load_checkpoint(seg_path, models::Task::segmentation)),
+        cls(app::load_checkpoint(cls_path, models::Task::classification)),
         device(app::select_device(options.device)),
         flip(options.flip_tta) {
     seg.model->to(device);

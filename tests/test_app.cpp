@@ -27,7 +27,7 @@ namespace {
 app::ModelCard classifier_card() {
   app::ModelCard card;
   card.arch = "convnext_atto";
-  card.task = "classification";
+  card.task = models::Task::classification;
   card.classes = {"benign", "malignant", "normal"};
   card.in_channels = 4;
   card.img_size = 32;
@@ -43,7 +43,7 @@ std::string load_error(const TempDir& dir, const app::ModelCard& card, const std
   const std::string path = (dir / "card.safetensors").string();
   nn::save_safetensors(path, {}, meta);
   try {
-    app::load_checkpoint(path, "");
+    app::load_checkpoint(path);
   } catch (const std::exception& e) {
     return e.what();
   }
@@ -129,7 +129,7 @@ TEST_CASE("every card value is checked against the architecture; the error names
   const std::string path = (dir / "card.safetensors").string();
   app::ModelCard segmenter = classifier_card();
   segmenter.arch = "mit_b0";
-  segmenter.task = "segmentation";
+  segmenter.task = models::Task::segmentation;
   segmenter.classes = {"lesion"};
   segmenter.in_channels = 3;
   struct Case {
@@ -177,8 +177,8 @@ TEST_CASE("predict normalises its input with the card's mean and std") {
   const data::Image image = ramp_image(40, 52);
   data::Mask mask(40, 52);
   for (int y = 10; y < 30; ++y) std::fill_n(&mask.at(y, 12), 20, uint8_t{1});
-  app::LoadedModel a = app::load_checkpoint(imagenet, "classification");
-  app::LoadedModel b = app::load_checkpoint(other, "classification");
+  app::LoadedModel a = app::load_checkpoint(imagenet, models::Task::classification);
+  app::LoadedModel b = app::load_checkpoint(other, models::Task::classification);
   std::vector<double> pa = app::classify(a, image, mask, Device::cpu);
   std::vector<double> pb = app::classify(b, image, mask, Device::cpu);
 
@@ -244,8 +244,8 @@ TEST_CASE("Grad-CAM: ReLU of the features weighted by their channels' mean gradi
 // exactly what it gets alone (predict on one file), whatever its batch.
 TEST_CASE("a batch through the shipped models gives each image what it gets alone") {
   const std::string weights = std::string(SONO_SOURCE_DIR) + "/models/weights/";
-  app::LoadedModel seg = app::load_checkpoint(weights + "seg_mit_b0_busi.safetensors", "segmentation");
-  app::LoadedModel cls = app::load_checkpoint(weights + "cls_convnext_atto_busi.safetensors", "classification");
+  app::LoadedModel seg = app::load_checkpoint(weights + "seg_mit_b0_busi.safetensors", models::Task::segmentation);
+  app::LoadedModel cls = app::load_checkpoint(weights + "cls_convnext_atto_busi.safetensors", models::Task::classification);
   const int seg_size = static_cast<int>(seg.card.img_size), cls_size = static_cast<int>(cls.card.img_size);
   std::vector<Tensor> seg_inputs, cls_inputs;
   for (int i = 0; i < 3; ++i) {

@@ -174,7 +174,7 @@ void check_chain(const Chain& c, const TempDir& dir) {
   for (auto& [name, t] : saved) file_keys.insert(name);
   CHECK(file_keys == encoder_keys);
   CHECK(saved.at(c.layout.input_conv).size(1) == c.options.in_channels);
-  app::load_backbone(*model, enc);
+  models::load_backbone(*model, models::find_model(c.arch), enc);
   const nn::StateDict loaded = model->state_dict();
   for (auto& [name, t] : saved) {
     INFO(name);

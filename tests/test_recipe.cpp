@@ -126,14 +126,14 @@ TEST_CASE("flip TTA: a map comes back unmirrored, logits average the two views")
 
 TEST_CASE("card calibration: temperature divides the logits, empty_below clears a faint map") {
   app::ModelCard cls;
-  cls.task = "classification";
+  cls.task = models::Task::classification;
   Tensor logits = Tensor::from_vector({2, -1, 0.5}, {1, 3});
   test::check_values(app::calibrate(cls, logits), {2, -1, 0.5}, 1e-6);  // no temperature: T = 1
   cls.extra["temperature"] = "2";
   test::check_values(app::calibrate(cls, logits), {1, -0.5, 0.25}, 1e-6);
 
   app::ModelCard seg;
-  seg.task = "segmentation";
+  seg.task = models::Task::segmentation;
   // image 0: highest probability sigmoid(1) = 0.73; image 1: sigmoid(2) = 0.88
   Tensor maps = Tensor::from_vector({1, -3, -2, -1, 2, -3, 0.5, -1}, {2, 2, 2, 1});
   test::check_values(app::calibrate(seg, maps), maps.to_vector(), 1e-6);

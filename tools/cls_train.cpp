@@ -29,7 +29,7 @@ class ClassificationTask : public app::TrainingTask {
         label_smoothing_(label_smoothing), metrics_(static_cast<int>(classes_.size())),
         malignant_(static_cast<int>(std::find(classes_.begin(), classes_.end(), "malignant") - classes_.begin())) {}
 
-  std::string task() const override { return "classification"; }
+  models::Task task() const override { return models::Task::classification; }
   data::InputKind input() const override { return data::InputKind::rgb_mask; }
   std::vector<std::string> class_names(const data::Dataset&) const override { return classes_; }
   Tensor loss(const Tensor& logits, const data::Batch& batch) const override {
@@ -104,7 +104,7 @@ Tensor class_weights(const std::string& mode, const data::Dataset& dataset) {
 
 // Replaces every cached mask by the segmentation checkpoint's prediction on the cached image.
 void use_predicted_masks(data::SampleCache& cache, const std::string& seg_model, Device device) {
-  app::LoadedModel seg = app::load_checkpoint(seg_model, "segmentation");
+  app::LoadedModel seg = app::load_checkpoint(seg_model, models::Task::segmentation);
   seg.model->to(device);
   data::SegmentationMetrics agreement;
   for (size_t i = 0; i < cache.count(); ++i) {

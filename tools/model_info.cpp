@@ -36,7 +36,7 @@ void describe_checkpoint(const std::string& path, const std::string& export_path
     // Exporting over its own input (say X.last.safetensors) would destroy the resume state.
     app::check_outputs({{path, "--checkpoint"}}, {{export_path, "--export-f16"}}, true);
   }
-  app::LoadedModel loaded = app::load_checkpoint(path, "");
+  app::LoadedModel loaded = app::load_checkpoint(path);
   for (auto& [k, v] : loaded.card.to_metadata())
     if (k != "history") std::cout << k << ": " << v << "\n";
   std::cout << "parameters: " << loaded.model->num_parameters() << "\n";

@@ -587,8 +587,8 @@ int predict(int argc, char** argv) {
   const bool resume = cli.is_set("skip_existing") && fs::exists(run.csv);
   // A resumed run replaces what the interrupted one may have left of the images it runs again.
   check_run_files(cli, run, cli.is_set("overlay"), cli.is_set("overwrite") || resume);
-  Predictor p{app::load_checkpoint(cli.str("seg_model"), "segmentation"),
-              app::load_checkpoint(cli.str("cls_model"), "classification"), device, cli.is_set("overlay"),
+  Predictor p{app::load_checkpoint(cli.str("seg_model"), models::Task::segmentation),
+              app::load_checkpoint(cli.str("cls_model"), models::Task::classification), device, cli.is_set("overlay"),
               min_confidence, cli.is_set("flip_tta"), static_cast<int>(frame)};
   if (!explain.empty()) app::explainable(p.cls);
   p.seg.model->to(device);

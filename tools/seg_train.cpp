@@ -18,7 +18,7 @@ using namespace sono;
 
 class SegmentationTask : public app::TrainingTask {
  public:
-  std::string task() const override { return "segmentation"; }
+  models::Task task() const override { return models::Task::segmentation; }
   data::InputKind input() const override { return data::InputKind::rgb; }
   std::vector<std::string> class_names(const data::Dataset&) const override { return {"lesion"}; }
   Tensor loss(const Tensor& logits, const data::Batch& batch) const override {

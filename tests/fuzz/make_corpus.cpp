@@ -51,7 +51,7 @@ std::string with_header_length(std::string bytes, uint64_t length) {
 void write_safetensors(const fs::path& dir) {
   sono::app::ModelCard card;
   card.arch = "mit_b0";
-  card.task = "segmentation";
+  card.task = models::Task::segmentation;
   card.classes = {"lesion"};
   sono::nn::StateDict tensors{
       {"decoder.weight", sono::Tensor::from_vector({1, -2, 0.5, 65504}, {2, 2})},

@@ -14,10 +14,6 @@ namespace {
 
 constexpr const char* kFormat = "sono-checkpoint-1";
 
-const char* task_name(models::Task task) {
-  return task == models::Task::segmentation ? "segmentation" : "classification";
-}
-
 // The card's values, read as text from the metadata; every failure names the file and the key.
 struct CardReader {
   const std::string& path;
@@ -103,7 +99,7 @@ std::map<std::string, std::string> ModelCard::to_metadata() const {
   std::map<std::string, std::string> m = extra;
   m["format"] = kFormat;
   m["arch"] = arch;
-  m["task"] = task;
+  m["task"] = models::task_name(task);
   m["classes"] = json(classes).dump();
   m["in_channels"] = std::to_string(in_channels);
   m["num_classes"] = std::to_string(num_classes());
@@ -113,7 +109,7 @@ std::map<std::string, std::string> ModelCard::to_metadata() const {
 }
 
 int64_t ModelCard::num_classes() const {
-  return task == "segmentation" ? 1 : static_cast<int64_t>(classes.size());
+  return task == models::Task::segmentation ? 1 : static_cast<int64_t>(classes.size());
 }
 
 ModelCard ModelCard::from_metadata(const std::string& path, const std::map<std::string, std::string>& meta) {
@@ -127,8 +123,9 @@ ModelCard ModelCard::from_metadata(const std::string& path, const std::map<std::
   } catch (const Error& e) {
     r.bad("arch", e.what());
   }
-  c.task = r.text("task");
-  if (c.task != task_name(entry->task)) r.bad("task", c.arch, " is a ", task_name(entry->task), " architecture");
+  c.task = entry->task;
+  if (r.text("task") != models::task_name(c.task))
+    r.bad("task", c.arch, " is a ", models::task_name(c.task), " architecture");
   c.classes = read_classes(r, entry->task);
   const int64_t channels = data::input_channels(entry->task == models::Task::segmentation ? data::InputKind::rgb
                                                                                           : data::InputKind::rgb_mask);
@@ -156,11 +153,11 @@ void save_checkpoint(const std::string& path, const nn::Module& model, const Mod
   nn::save_safetensors(path, all, card.to_metadata());
 }
 
-LoadedModel load_checkpoint(const std::string& path, const std::string& expected_task) {
+LoadedModel load_checkpoint(const std::string& path, std::optional<models::Task> expected_task) {
   nn::SafetensorsFile file = nn::load_safetensors(path);
   ModelCard card = ModelCard::from_metadata(path, file.metadata);
-  SONO_CHECK(expected_task.empty() || card.task == expected_task, path, ": is a ", card.task, " checkpoint (", card.arch,
-             "), expected a ", expected_task, " one");
+  SONO_CHECK(!expected_task || card.task == *expected_task, path, ": is a ", models::task_name(card.task),
+             " checkpoint (", card.arch, "), expected a ", models::task_name(*expected_task), " one");
   auto model = build_model(card);
   nn::StateDict weights;
   for (auto& [k, v] : file.tensors)

@@ -3,6 +3,7 @@
 // predict rebuilds the network from the path alone.
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -20,7 +21,7 @@ inline constexpr int64_t kMaxClasses = 1000;
 
 struct ModelCard {
   std::string arch;                 // registry name, e.g. mit_b2, convnext_base
-  std::string task;                 // "segmentation" or "classification"
+  models::Task task = models::Task::classification;
   std::vector<std::string> classes; // class names (classification) or {"lesion"}
   int64_t in_channels = 3;
   int64_t img_size = 256;
@@ -44,7 +45,7 @@ std::shared_ptr<nn::UnaryModule> build_model(const ModelCard& card);
 // Atomic and exclusive (see tensor/atomic_file.h).
 void save_checkpoint(const std::string& path, const nn::Module& model, const ModelCard& card,
                      const nn::StateDict& extra_tensors = {});
-// Refuses a file of the other task with a message naming the file; "" accepts either task.
-LoadedModel load_checkpoint(const std::string& path, const std::string& expected_task);
+// Refuses a file of the other task with a message naming the file; no task accepts either.
+LoadedModel load_checkpoint(const std::string& path, std::optional<models::Task> expected_task = std::nullopt);
 
 }  // namespace sono::app

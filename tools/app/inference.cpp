@@ -49,7 +49,7 @@ Tensor forward(nn::UnaryModule& model, const Tensor& x, bool flip) {
 }
 
 Tensor calibrate(const ModelCard& card, const Tensor& logits) {
-  if (card.task == "classification") {
+  if (card.task == models::Task::classification) {
     double t = card_value(card, "temperature", 1);
     return t == 1 ? logits : mul(logits, 1 / t);
   }

@@ -14,7 +14,7 @@ namespace sono::app {
 
 namespace {
 
-LoadedModel load_best(const TrainSettings& s, const std::string& task) {
+LoadedModel load_best(const TrainSettings& s, models::Task task) {
   LoadedModel best = load_checkpoint(s.save_path, task);
   best.model->to(s.device);
   return best;
@@ -29,7 +29,7 @@ std::string number(double v) {
 }  // namespace
 
 void fit_temperature(const TrainSettings& s, data::Loader& val) {
-  LoadedModel best = load_best(s, "classification");
+  LoadedModel best = load_best(s, models::Task::classification);
   data::Rows logits;
   std::vector<int> labels;
   data::ProbabilityRecord before, after;
@@ -54,7 +54,7 @@ void fit_temperature(const TrainSettings& s, data::Loader& val) {
 }
 
 void fit_empty_threshold(const TrainSettings& s, data::Loader& val) {
-  LoadedModel best = load_best(s, "segmentation");
+  LoadedModel best = load_best(s, models::Task::segmentation);
   auto outputs = checkpoint_outputs(best, val, s.device, s.recipe_options.flip_tta);
   double best_threshold = 0.5, best_dice = -1, dice_at_half = 0;
   for (double threshold : {0.5, 0.6, 0.7, 0.8, 0.9, 0.95}) {

@@ -13,9 +13,7 @@
 #include "layers/norm.h"
 #include "layers/optim.h"
 #include "layers/safetensors.h"
-#include "models/convnext.h"
-#include "models/deeplabv3plus.h"
-#include "models/pretrained.h"
+#include "models/registry.h"
 #include "tensor/random.h"
 #include "tools/app/checkpoint.h"
 #include "tools/app/distributed.h"
@@ -160,14 +158,6 @@ std::string run_argument_number(double x) {
   std::ostringstream os;
   os << std::setprecision(10) << x;
   return os.str();
-}
-
-void load_backbone(nn::UnaryModule& model, const std::string& path) {
-  if (auto* deeplab = dynamic_cast<models::DeepLabV3Plus*>(&model))
-    return models::load_pretrained(deeplab->encoder(), path, models::mit_pretrained_layout());
-  if (dynamic_cast<models::ConvNeXt*>(&model))
-    return models::load_pretrained(model, path, models::convnext_pretrained_layout());
-  fail(path, ": no pretrained layout for this architecture");
 }
 
 namespace {
@@ -348,7 +338,7 @@ void Trainer::build_model() {
   models::ModelOptions options;
   options.in_channels = data::input_channels(task_.input());
   options.num_classes = static_cast<int64_t>(task_.class_names(dataset_).size());
-  if (task_.task() == "segmentation") options.num_classes = 1;
+  if (task_.task() == models::Task::segmentation) options.num_classes = 1;
   options.drop_path_rate = s_.drop_path;
   model_ = models::create_model(s_.arch, options);
   SONO_CHECK(!(s_.batch_size == distributed::size() && has_batch_norm(*model_) && !distributed::sync_batch_norm()),
@@ -356,7 +346,7 @@ void Trainer::build_model() {
              ": ", s_.arch, " has BatchNorm layers, which need at least 2 images per training batch",
              distributed::size() > 1 ? " on each MPI rank" : "");
   if (!s_.pretrained.empty()) {
-    load_backbone(*model_, s_.pretrained);
+    models::load_backbone(*model_, models::find_model(s_.arch), s_.pretrained);
     std::cout << "backbone weights: " << s_.pretrained << "\n";
   }
   model_->to(s_.device);
@@ -369,8 +359,8 @@ void Trainer::resume() {
   if (s_.resume.empty()) return;
   nn::SafetensorsFile file = nn::load_safetensors(s_.resume);
   ModelCard saved = ModelCard::from_metadata(s_.resume, file.metadata);
-  SONO_CHECK(saved.task == task_.task() && saved.arch == s_.arch, s_.resume, ": holds a ", saved.task,
-             " ", saved.arch, " state; this run trains ", task_.task(), " ", s_.arch);
+  SONO_CHECK(saved.task == task_.task() && saved.arch == s_.arch, s_.resume, ": holds a ", models::task_name(saved.task),
+             " ", saved.arch, " state; this run trains ", models::task_name(task_.task()), " ", s_.arch);
   SONO_CHECK(file.metadata.count("history"), s_.resume, ": not a resume state (no history); pass the .last file");
   if (std::vector<std::string> differences = differences_from(saved); !differences.empty()) {
     std::string list;
@@ -519,9 +509,10 @@ void Trainer::end_epoch(int epoch, const std::vector<double>& row, double metric
 void Trainer::write_log_and_best(int epoch, double metric) {
   if (!s_.log_dir.empty()) {
     fs::create_directories(s_.log_dir);
-    log_->write_csv(fs::path(s_.log_dir) / (task_.task() + "_log.csv"));
+    const std::string task = models::task_name(task_.task());
+    log_->write_csv(fs::path(s_.log_dir) / (task + "_log.csv"));
     std::vector<std::string> metrics = task_.metric_columns();
-    log_->write_svg(fs::path(s_.log_dir) / (task_.task() + "_curves.svg"), task_.task() + " " + s_.arch,
+    log_->write_svg(fs::path(s_.log_dir) / (task + "_curves.svg"), task + " " + s_.arch,
                     {"train_loss", "val_loss"}, metrics);
   }
   if (std::isnan(best_) || metric > best_) {

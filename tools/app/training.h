@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "layers/module.h"
+#include "models/registry.h"
 #include "tensor/tensor.h"
 #include "tools/app/cli.h"
 #include "tools/app/recipe.h"
@@ -65,7 +66,7 @@ Recipe default_recipe(const std::string& arch, int64_t batch_size);
 class TrainingTask {
  public:
   virtual ~TrainingTask() = default;
-  virtual std::string task() const = 0;  // "segmentation" or "classification"
+  virtual models::Task task() const = 0;
   virtual data::InputKind input() const = 0;
   virtual std::vector<std::string> class_names(const data::Dataset& dataset) const = 0;
   // The mean loss of a batch (its tensors on the model's device).
@@ -94,11 +95,6 @@ int run_training(const TrainSettings& settings, TrainingTask& task, const data::
 // The same on prepared samples and a given split (a cross-validation fold).
 int run_training(const TrainSettings& settings, TrainingTask& task, std::shared_ptr<data::SampleCache> cache,
                  const data::Split& split);
-
-// --pretrained: backbone weights into `model`, timm's ConvNeXt names or smp's MiT encoder names
-// (ImageNet exports, or what the pretrain tool writes); the input conv is adapted to the
-// model's channels and the classifier stays fresh (models/pretrained.h).
-void load_backbone(nn::UnaryModule& model, const std::string& path);
 
 // "X.safetensors" -> "X.last.safetensors": the state --resume continues from.
 std::string resume_state_path(const std::string& save_path);
