@@ -240,6 +240,45 @@ TEST_CASE("Grad-CAM: ReLU of the features weighted by their channels' mean gradi
   CHECK(app::grad_cam({features, mul(gradient, 0.0)}, 2, 2).pixels == std::vector<float>(4, 0.0f));
 }
 
+TEST_CASE("Grad-CAM of the flip-averaged decision: both runs' weighted features averaged before the ReLU") {
+  const Tensor features = Tensor::from_vector({1, 0, 2, 2, 0, 4, 3, 1}, {1, 2, 2, 2});
+  const Tensor gradient = Tensor::from_vector({1, -1, 2, 0, 0, -1, 1, 0}, {1, 2, 2, 2});
+  // A mirror run that saw exactly the mirrored features and gradients changes nothing.
+  const data::Image alone = app::grad_cam({features, gradient}, 2, 2);
+  CHECK(app::grad_cam({features, gradient}, {app::mirror(features), app::mirror(gradient)}, 2, 2).pixels ==
+        alone.pixels);
+  // Another mirror run: weighted sums (1, 1, -2, 2.5) and, mirrored back, (0, 2, 1, 1) average to
+  // (0.5, 1.5, -0.5, 1.75): ReLU and peak 1.75.
+  const Tensor other = Tensor::from_vector({2, 0, 0, 0, 1, 0, 0, 0}, {1, 2, 2, 2});
+  const Tensor other_gradient = Tensor::from_vector({4, 0, 0, 0, 0, 0, 0, 0}, {1, 2, 2, 2});
+  const data::Image both = app::grad_cam({features, gradient}, {other, other_gradient}, 2, 2);
+  const std::vector<float> expected = {0.5f / 1.75f, 1.5f / 1.75f, 0, 1};
+  REQUIRE(both.pixels.size() == 4);
+  for (size_t i = 0; i < 4; ++i) CHECK(both.pixels[i] == doctest::Approx(expected[i]));
+}
+
+// What --explain --flip_tta shows for a mirrored scan is its explanation mirrored, as the
+// flip-averaged class probabilities are the same for both; one run's Grad-CAM is not.
+TEST_CASE("Grad-CAM under --flip_tta: a mirrored scan's explanation is the scan's explanation mirrored") {
+  models::ConvNeXtConfig config = models::convnext_config("atto");
+  config.in_channels = 4;
+  config.num_classes = 3;
+  models::ConvNeXt model(config);
+  model.eval();
+  const Tensor x = rand64({1, 96, 96, 4}, 5).to(DType::f32), mirrored_x = app::mirror(x);
+  const size_t cls = 1;
+  const app::ClassActivation a = app::class_activation(model, x, cls), b = app::class_activation(model, mirrored_x, cls);
+  // The largest difference between a map and the other map mirrored.
+  auto mirror_difference = [](const data::Image& map, const data::Image& other) {
+    const Tensor t = Tensor::from_vector(std::vector<double>(other.pixels.begin(), other.pixels.end()),
+                                         {1, other.height, other.width, 1});
+    return max_abs_diff(Tensor::from_vector(std::vector<double>(map.pixels.begin(), map.pixels.end()), t.shape()),
+                        app::mirror(t));
+  };
+  CHECK(mirror_difference(app::grad_cam(b, a, 40, 40), app::grad_cam(a, b, 40, 40)) < 1e-6);
+  CHECK(mirror_difference(app::grad_cam(b, 40, 40), app::grad_cam(a, 40, 40)) > 0.05);
+}
+
 // predict --batch_size: a folder's images go through each model in batches; every image must get
 // exactly what it gets alone (predict on one file), whatever its batch.
 TEST_CASE("a batch through the shipped models gives each image what it gets alone") {

@@ -144,7 +144,7 @@ std::string save_mask(const Predictor& p, const data::Image& image, const Predic
 
 // The Grad-CAM overlay of the predicted class, on the caller's thread: it runs the classifier.
 data::Image explain_picture(Predictor& p, const data::Image& image, const Prediction& r) {
-  return data::heatmap_overlay(image, app::explain(p.cls, image, r.mask, r.predicted, p.device));
+  return data::heatmap_overlay(image, app::explain(p.cls, image, r.mask, r.predicted, p.device, p.flip));
 }
 
 // The outputs asked for (`heat`: the Grad-CAM overlay, for --explain); returns a line per file
@@ -523,7 +523,7 @@ int predict(int argc, char** argv) {
               "with --explain, class and confidence), by malignant probability, images embedded")
       .flag("overwrite", "replace masks, overlays, a CSV or a report that exist (never the run's inputs)")
       .option("min_confidence", "0.6", "flag a prediction whose (calibrated) probability is under this as low confidence")
-      .flag("flip_tta", "average each model's outputs on the image and its mirror image")
+      .flag("flip_tta", "average each model's outputs on the image and its mirror image (--explain explains the average)")
       .option("frame", "0", "for DICOM images: the frame (from 0) of a multi-frame file");
   app::add_runtime_options(cli);
   if (!cli.parse(argc, argv)) return 0;

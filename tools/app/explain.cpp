@@ -4,6 +4,7 @@
 
 #include "autograd/node.h"
 #include "tensor/ops.h"
+#include "tools/app/inference.h"
 #include "tools/data/model_input.h"
 
 namespace sono::app {
@@ -25,24 +26,41 @@ ClassActivation class_activation(models::ConvNeXt& model, const Tensor& x, size_
   return {features.detach(), features.grad()};
 }
 
-data::Image grad_cam(const ClassActivation& activation, int height, int width) {
+namespace {
+
+// sum_k alpha_k * features_k at each position, before the ReLU: [1, h, w, 1].
+Tensor weighted_features(const ClassActivation& activation) {
   const Tensor& f = activation.features;
   const std::vector<double> features = f.to_vector(), gradient = activation.gradient.to_vector();
   const size_t positions = static_cast<size_t>(f.size(1) * f.size(2)), channels = static_cast<size_t>(f.size(3));
-  std::vector<double> alpha(channels, 0.0);
+  std::vector<double> alpha(channels, 0.0), map(positions, 0.0);
   for (size_t p = 0; p < positions; ++p)
     for (size_t k = 0; k < channels; ++k) alpha[k] += gradient[p * channels + k] / positions;
-  data::Image map(static_cast<int>(f.size(1)), static_cast<int>(f.size(2)), 1);
-  for (size_t p = 0; p < positions; ++p) {
-    double v = 0;
-    for (size_t k = 0; k < channels; ++k) v += alpha[k] * features[p * channels + k];
-    map.pixels[p] = static_cast<float>(std::max(v, 0.0));
-  }
+  for (size_t p = 0; p < positions; ++p)
+    for (size_t k = 0; k < channels; ++k) map[p] += alpha[k] * features[p * channels + k];
+  return Tensor::from_vector(map, {1, f.size(1), f.size(2), 1});
+}
+
+// ReLU, resized to (height, width), divided by the peak.
+data::Image heat_map(const Tensor& weighted, int height, int width) {
+  data::Image map(static_cast<int>(weighted.size(1)), static_cast<int>(weighted.size(2)), 1);
+  const std::vector<double> v = weighted.to_vector();
+  for (size_t p = 0; p < v.size(); ++p) map.pixels[p] = static_cast<float>(std::max(v[p], 0.0));
   data::Image resized = data::resize_bilinear(map, height, width);
   const float peak = *std::max_element(resized.pixels.begin(), resized.pixels.end());
   if (peak > 0)
-    for (float& v : resized.pixels) v /= peak;
+    for (float& p : resized.pixels) p /= peak;
   return resized;
+}
+
+}  // namespace
+
+data::Image grad_cam(const ClassActivation& activation, int height, int width) {
+  return heat_map(weighted_features(activation), height, width);
+}
+
+data::Image grad_cam(const ClassActivation& activation, const ClassActivation& on_mirror, int height, int width) {
+  return heat_map(mul(add(weighted_features(activation), mirror(weighted_features(on_mirror))), 0.5), height, width);
 }
 
 models::ConvNeXt& explainable(LoadedModel& cls) {
@@ -52,11 +70,14 @@ models::ConvNeXt& explainable(LoadedModel& cls) {
 }
 
 data::Image explain(LoadedModel& cls, const data::Image& image, const data::Mask& mask, size_t class_index,
-                    Device device) {
+                    Device device, bool flip) {
   models::ConvNeXt& convnext = explainable(cls);
   Tensor x = data::model_input(image, mask, static_cast<int>(cls.card.img_size), data::InputKind::rgb_mask,
-                               cls.card.normalisation);
-  return grad_cam(class_activation(convnext, x.to(device), class_index), image.height, image.width);
+                               cls.card.normalisation)
+                 .to(device);
+  ClassActivation activation = class_activation(convnext, x, class_index);
+  if (!flip) return grad_cam(activation, image.height, image.width);
+  return grad_cam(activation, class_activation(convnext, mirror(x), class_index), image.height, image.width);
 }
 
 }  // namespace sono::app

@@ -19,13 +19,17 @@ ClassActivation class_activation(models::ConvNeXt& model, const Tensor& x, size_
 // resized bilinearly to (height, width) and divided by its maximum: a 1-channel map in 0..1
 // (all 0 when no feature speaks for the class).
 data::Image grad_cam(const ClassActivation& activation, int height, int width);
+// The same for the decision --flip_tta takes (the mean of the logits on the image and on its
+// mirror image): the two runs' weighted feature sums, the mirrored run's mirrored back, averaged
+// before the ReLU. A mirrored scan's explanation is then the explanation mirrored.
+data::Image grad_cam(const ClassActivation& activation, const ClassActivation& on_mirror, int height, int width);
 
 // Throws naming the architecture unless Grad-CAM can explain this classifier (a ConvNeXt).
 models::ConvNeXt& explainable(LoadedModel& cls);
 
-// Grad-CAM of `class_index` for an image and its lesion mask (as classify() sees them), at the
-// image's size. Throws unless the checkpoint is a ConvNeXt.
+// Grad-CAM of `class_index` for an image and its lesion mask (as classify() sees them, with
+// `flip` as classify's), at the image's size. Throws unless the checkpoint is a ConvNeXt.
 data::Image explain(LoadedModel& cls, const data::Image& image, const data::Mask& mask, size_t class_index,
-                    Device device);
+                    Device device, bool flip);
 
 }  // namespace sono::app

@@ -9,9 +9,6 @@
 
 namespace sono::app {
 
-namespace {
-
-// NHWC mirrored left to right.
 Tensor mirror(const Tensor& x) {
   std::vector<double> in = x.to_vector(), out(in.size());
   const size_t rows = static_cast<size_t>(x.size(0) * x.size(1)), w = static_cast<size_t>(x.size(2)),
@@ -21,6 +18,8 @@ Tensor mirror(const Tensor& x) {
       std::copy_n(in.begin() + (r * w + col) * c, c, out.begin() + (r * w + (w - 1 - col)) * c);
   return Tensor::from_vector(out, x.shape()).to(x.device());
 }
+
+namespace {
 
 double card_value(const ModelCard& card, const std::string& key, double absent) {
   auto it = card.extra.find(key);

@@ -9,6 +9,9 @@
 
 namespace sono::app {
 
+// NHWC mirrored left to right.
+Tensor mirror(const Tensor& x);
+
 // The model's logits for an NHWC batch; with `flip`, averaged with those of the mirrored batch
 // (mirrored back for a segmentation map), a cheap test-time augmentation.
 Tensor forward(nn::UnaryModule& model, const Tensor& x, bool flip);
