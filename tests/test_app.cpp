@@ -199,13 +199,18 @@ TEST_CASE("predict normalises its input with the card's mean and std") {
   CHECK(max_abs_diff(Tensor::from_vector(pa, {3}), Tensor::from_vector(pb, {3})) > 1e-4);
 }
 
-// Grad-CAM (tools/app/explain.h): the gradient it weights the features with is the class
-// logit's (against central differences), and the map is the formula's.
-TEST_CASE("Grad-CAM: the class logit's gradient at the features, against finite differences") {
+// The classifier predict runs: ConvNeXt-atto on RGB + mask, three classes.
+models::ConvNeXtConfig atto_classifier_config() {
   models::ConvNeXtConfig config = models::convnext_config("atto");
   config.in_channels = 4;
   config.num_classes = 3;
-  models::ConvNeXt model(config);
+  return config;
+}
+
+// Grad-CAM (tools/app/explain.h): the gradient it weights the features with is the class
+// logit's (against central differences), and the map is the formula's.
+TEST_CASE("Grad-CAM: the class logit's gradient at the features, against finite differences") {
+  models::ConvNeXt model(atto_classifier_config());
   model.eval();
   const Tensor x = rand64({1, 64, 64, 4}, 3).to(DType::f32);
   const size_t cls = 2;
@@ -260,10 +265,7 @@ TEST_CASE("Grad-CAM of the flip-averaged decision: both runs' weighted features 
 // What --explain --flip_tta shows for a mirrored scan is its explanation mirrored, as the
 // flip-averaged class probabilities are the same for both; one run's Grad-CAM is not.
 TEST_CASE("Grad-CAM under --flip_tta: a mirrored scan's explanation is the scan's explanation mirrored") {
-  models::ConvNeXtConfig config = models::convnext_config("atto");
-  config.in_channels = 4;
-  config.num_classes = 3;
-  models::ConvNeXt model(config);
+  models::ConvNeXt model(atto_classifier_config());
   model.eval();
   const Tensor x = rand64({1, 96, 96, 4}, 5).to(DType::f32), mirrored_x = app::mirror(x);
   const size_t cls = 1;
