@@ -351,18 +351,26 @@ std::string prediction_lines(const std::string& out) {
   return m[0];
 }
 
+const std::string kSampleScan = std::string(SONO_SOURCE_DIR) + "/tools/samples/benign_10.png";
+
+// A 3-frame DICOM file whose frame 1 is the sample scan (frames 0 and 2: patterns), 0.2 x 0.1 mm pixels.
+fs::path write_sample_cine(const fs::path& file) {
+  int width, height, channels;
+  std::unique_ptr<uint8_t, void (*)(void*)> pixels(stbi_load(kSampleScan.c_str(), &width, &height, &channels, 1),
+                                                   stbi_image_free);
+  REQUIRE(pixels);
+  Scan s = make_scan(width, height, "MONOCHROME2", 8, 3);
+  std::copy_n(pixels.get(), s.frame_samples(), s.samples.begin() + s.frame_samples());
+  write_dicom(file, s, EXS_LittleEndianExplicit, nullptr,
+              [](DcmDataset& d) { d.putAndInsertString(DCM_PixelSpacing, "0.2\\0.1"); });
+  return file;
+}
+
 }  // namespace
 
 TEST_CASE("predict --frame on a multi-frame DICOM scan gives what predict gives on its PNG") {
-  const std::string png = std::string(SONO_SOURCE_DIR) + "/tools/samples/benign_10.png";
-  int width, height, channels;
-  std::unique_ptr<uint8_t, void (*)(void*)> pixels(stbi_load(png.c_str(), &width, &height, &channels, 1), stbi_image_free);
-  REQUIRE(pixels);
-  Scan s = make_scan(width, height, "MONOCHROME2", 8, 3);  // frames 0 and 2: patterns, 1: the scan
-  std::copy_n(pixels.get(), s.frame_samples(), s.samples.begin() + s.frame_samples());
-  const fs::path file = folder() / "benign_10.dcm";
-  write_dicom(file, s, EXS_LittleEndianExplicit, nullptr,
-              [](DcmDataset& d) { d.putAndInsertString(DCM_PixelSpacing, "0.2\\0.1"); });
+  const std::string png = kSampleScan;
+  const fs::path file = write_sample_cine(folder() / "benign_10.dcm");
 
   const fs::path mask = folder() / "benign_10_mask.png";
   const std::string expected = prediction_lines(predict("--image " + png + " --overwrite --save_mask " + mask.string()));
@@ -374,6 +382,42 @@ TEST_CASE("predict --frame on a multi-frame DICOM scan gives what predict gives 
   CHECK(contains(out, area));
   CHECK(contains(predict("--image " + file.string() + " --frame 3"), "frame 3 asked for, it has 3 (0 to 2)"));
   CHECK(contains(predict("--image " + png + " --frame 1"), "--frame 1: " + png + " is not a DICOM file"));
+}
+
+// --frame all: each frame of the file a scan of a batch run, its own CSV row and outputs.
+TEST_CASE("predict --frame all predicts every frame of a multi-frame DICOM file, a CSV row and a mask each") {
+  const fs::path dir = folder() / "cine";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const fs::path file = write_sample_cine(dir / "benign_10.dcm"), csv = dir / "frames.csv", masks = dir / "masks";
+  const fs::path png_mask = dir / "png_mask.png";
+  const std::string expected = prediction_lines(predict("--image " + kSampleScan + " --save_mask " + png_mask.string()));
+  const std::string out = predict("--image " + file.string() + " --frame all --csv " + csv.string() + " --save_mask " +
+                                  masks.string());
+  INFO(out);
+  CHECK(contains(out, "3 of 3 images predicted"));
+  std::ifstream in(csv);
+  std::vector<std::string> rows;
+  for (std::string line; std::getline(in, line);) rows.push_back(line);
+  REQUIRE(rows.size() == 4);
+  CHECK(rows[0].rfind("image,frame,predicted_class,", 0) == 0);
+  const Mask expected_mask = load_mask({png_mask});
+  for (int f = 0; f < 3; ++f) {
+    CAPTURE(f);
+    CHECK(rows[1 + f].rfind("benign_10.dcm," + std::to_string(f) + ",", 0) == 0);
+    CHECK(fs::exists(masks / ("benign_10_frame" + std::to_string(f) + "_mask.png")));
+  }
+  // Frame 1 is the sample scan: its class, and its mask, are the PNG's.
+  const std::string expected_class = expected.substr(17, expected.find(' ', 17) - 17);  // "Predicted class: X (..."
+  CHECK(rows[2].rfind("benign_10.dcm,1," + expected_class + ",", 0) == 0);
+  CHECK(load_mask({masks / "benign_10_frame1_mask.png"}).values == expected_mask.values);
+  char area[40];
+  std::snprintf(area, sizeof area, ",%d,%g,", int(expected_mask.lesion_pixels()), expected_mask.lesion_pixels() * 0.02);
+  CHECK(contains(rows[2], area));
+  // The CSV's (image, frame) pairs are what --skip-existing resumes by.
+  CHECK(contains(predict("--image " + file.string() + " --frame all --skip_existing --csv " + csv.string() +
+                         " --save_mask " + masks.string()),
+                 "All 3 images are in " + csv.string() + " already"));
 }
 
 #endif

@@ -166,10 +166,10 @@ TEST_CASE("predict on a folder writes one CSV row per image and the masks") {
   INFO(r.output);
   REQUIRE(r.status == 0);
   std::string text = read_file(csv);
-  CHECK(text.rfind("image,predicted_class,confidence,p_benign,p_malignant,p_normal,lesion_fraction,lesion_pixels,lesion_area_mm2,mask,error\n", 0) == 0);
+  CHECK(text.rfind("image,frame,predicted_class,confidence,p_benign,p_malignant,p_normal,lesion_fraction,lesion_pixels,lesion_area_mm2,mask,error\n", 0) == 0);
   CHECK(std::count(text.begin(), text.end(), '\n') == 4);
   // lesion pixels an integer; the area in mm^2 empty: a PNG gives no pixel spacing.
-  CHECK(std::regex_search(text, std::regex("\nbenign_1\\.png,(benign|malignant|normal),0\\.\\d+(,[0-9.e-]+){4},\\d+,,[^,]*benign_1_mask\\.png,\n")));
+  CHECK(std::regex_search(text, std::regex("\nbenign_1\\.png,,(benign|malignant|normal),0\\.\\d+(,[0-9.e-]+){4},\\d+,,[^,]*benign_1_mask\\.png,\n")));
   CHECK(fs::exists(out / "malignant_2_mask.png"));
 }
 
@@ -278,11 +278,11 @@ TEST_CASE("predict on a folder: an unreadable scan gets its error in its row and
   REQUIRE(rows.size() == 5);
   for (const auto& row : rows) CHECK(row.size() == rows[0].size());
   CHECK(rows[3][0] == "scan_001b.png");  // in the folder's order, after scan_001.png
-  CHECK(rows[3][1].empty());
+  CHECK(rows[3][column(rows, "predicted_class")].empty());
   CHECK(rows[3].back() == m[1].str());
   for (size_t i : {1, 2, 4}) {
     CHECK(rows[i].back().empty());
-    CHECK_FALSE(rows[i][1].empty());
+    CHECK_FALSE(rows[i][column(rows, "predicted_class")].empty());
   }
 }
 
@@ -492,7 +492,7 @@ TEST_CASE("predict --save_prob writes the lesion probability map, 16-bit, that t
   CHECK(folder.status == 0);
   CHECK(fs::exists(dir / "maps" / "blob_prob.png"));
   CHECK(fs::exists(dir / "maps" / "blob_explain.png"));
-  CHECK(read_file(dir / "p.csv").rfind("image,predicted_class,confidence,p_benign,p_malignant,p_normal,lesion_fraction,lesion_pixels,lesion_area_mm2,mask,error\n", 0) == 0);
+  CHECK(read_file(dir / "p.csv").rfind("image,frame,predicted_class,confidence,p_benign,p_malignant,p_normal,lesion_fraction,lesion_pixels,lesion_area_mm2,mask,error\n", 0) == 0);
 }
 
 // Outputs never replace the run's inputs, ground truth, each other, or (without --overwrite)

@@ -7,7 +7,8 @@
 // pass; a CSV row is written per image as it is done (--skip-existing resumes a stopped run),
 // masks go into the --save_mask folder, probability maps into the --save_prob folder, and
 // --report writes an HTML page of the run.
-// DICOM scans (.dcm) are read through DCMTK where the build has it; --frame picks a frame.
+// DICOM scans (.dcm) are read through DCMTK where the build has it; --frame picks a frame, and
+// --frame all makes every frame of a multi-frame file a scan of a batch run.
 // --save_prob writes the lesion probability map, --explain the classifier's Grad-CAM.
 #include <unistd.h>
 
@@ -46,11 +47,24 @@ struct Predictor {
   bool overlay;
   double min_confidence = 0.6;
   bool flip = false;
-  int frame = 0;  // of DICOM files
 };
 
-data::Image load_scan(const Predictor& p, const fs::path& file) {
-  return data::is_dicom_file(file) ? data::load_dicom(file, p.frame) : data::load_image(file);
+// One scan of a run: an image file, or a frame of a DICOM file.
+struct Source {
+  fs::path file;
+  std::optional<int> frame;  // DICOM files: the frame read
+
+  std::string name() const { return file.filename().string() + (frame ? " frame " + std::to_string(*frame) : ""); }
+  std::string frame_field() const { return frame ? std::to_string(*frame) : ""; }  // the CSV's
+  std::string key() const;
+};
+
+// What identifies a scan in a CSV row: its image and frame fields.
+std::string scan_key(const std::string& image, const std::string& frame) { return image + "\n" + frame; }
+std::string Source::key() const { return scan_key(file.filename().string(), frame_field()); }
+
+data::Image load_scan(const Source& s) {
+  return s.frame ? data::load_dicom(s.file, *s.frame) : data::load_image(s.file);
 }
 
 // A scan decoded and resized for both models: a folder run's decode threads make these ahead of
@@ -61,13 +75,13 @@ struct DecodedScan {
   std::optional<data::PixelSpacing> spacing;  // DICOM files that give it
 };
 
-DecodedScan decode_scan(const Predictor& p, const fs::path& file) {
+DecodedScan decode_scan(const Predictor& p, const Source& source) {
   DecodedScan s;
-  s.image = load_scan(p, file);
+  s.image = load_scan(source);
   const int seg_size = static_cast<int>(p.seg.card.img_size), cls_size = static_cast<int>(p.cls.card.img_size);
   s.seg_input = data::resize_bilinear(s.image, seg_size, seg_size);
   s.cls_input = cls_size == seg_size ? s.seg_input : data::resize_bilinear(s.image, cls_size, cls_size);
-  if (data::is_dicom_file(file)) s.spacing = data::read_pixel_spacing(file);
+  if (source.frame) s.spacing = data::read_pixel_spacing(source.file);
   return s;
 }
 
@@ -174,8 +188,8 @@ std::string lesion_area_line(const data::PixelSpacing& spacing, const data::Mask
   return line;
 }
 
-int predict_one(Predictor& p, const fs::path& image_path, const OutputPaths& out) {
-  const DecodedScan scan = decode_scan(p, image_path);
+int predict_one(Predictor& p, const Source& source, const OutputPaths& out) {
+  const DecodedScan scan = decode_scan(p, source);
   const Prediction r = std::move(predict_batch(p, {&scan}, 1).front());
   std::cout << class_line(p, r) << "\n" << probabilities_line(p, r) << "\n";
   if (scan.spacing) std::cout << lesion_area_line(*scan.spacing, r.mask);
@@ -198,22 +212,44 @@ std::vector<fs::path> images_in(const fs::path& folder) {
 }
 
 // "x.png" -> "x<suffix>" ("x_mask.png"); images that share a stem (x.png, x.PNG, x.bmp) keep
-// their whole name, "x.PNG_mask.png", so that no output replaces another.
-std::vector<fs::path> output_paths(const std::vector<fs::path>& files, const fs::path& folder,
-                                   const std::string& suffix) {
-  std::map<std::string, int> stems;
-  for (auto& file : files) ++stems[file.stem().string()];
+// their whole name, "x.PNG_mask.png", so that no output replaces another. With `frames_named`
+// (--frame all), a DICOM file's frame 3 gives "x_frame3<suffix>".
+std::vector<fs::path> output_paths(const std::vector<Source>& sources, const fs::path& folder,
+                                   const std::string& suffix, bool frames_named) {
+  std::map<std::string, std::set<fs::path>> files_of_stem;
+  for (auto& s : sources) files_of_stem[s.file.stem().string()].insert(s.file.filename());
   std::vector<fs::path> outputs;
-  for (auto& file : files) {
-    bool shared = stems[file.stem().string()] > 1;
-    outputs.push_back(folder / ((shared ? file.filename() : file.stem()).string() + suffix));
+  for (auto& s : sources) {
+    const bool shared = files_of_stem[s.file.stem().string()].size() > 1;
+    const std::string frame = frames_named && s.frame ? "_frame" + std::to_string(*s.frame) : "";
+    outputs.push_back(folder / ((shared ? s.file.filename() : s.file.stem()).string() + frame + suffix));
   }
   return outputs;
 }
 
+// The scans of `files`: a DICOM file's frame `frame`, or with none (--frame all) each of its frames.
+// A file whose frames cannot be counted is one scan, whose decoding then says why.
+std::vector<Source> sources_of(const std::vector<fs::path>& files, std::optional<int> frame) {
+  std::vector<Source> sources;
+  for (const fs::path& file : files) {
+    if (!data::is_dicom_file(file)) {
+      sources.push_back({file, std::nullopt});
+      continue;
+    }
+    int frames = 1;
+    if (!frame) try {
+        frames = data::read_dicom_frames(file);
+      } catch (const Error&) {
+      }
+    for (int f = 0; f < frames; ++f) sources.push_back({file, frame ? *frame : f});
+  }
+  return sources;
+}
+
 // What a run reads and writes, checked (app::check_outputs) before the models are loaded.
 struct RunFiles {
-  std::vector<fs::path> images, masks, probs, explains;  // empty without --save_mask, --save_prob, --explain
+  std::vector<Source> scans;
+  std::vector<fs::path> masks, probs, explains;  // empty without --save_mask, --save_prob, --explain
   std::string csv;                                       // folder runs only
   std::string report;                                    // --report, folder runs only
 
@@ -222,12 +258,12 @@ struct RunFiles {
     return {at(masks), at(probs), at(explains)};
   }
 
-  // Without the images in `done` (by file name) and their outputs.
+  // Without the scans in `done` (by Source::key) and their outputs.
   RunFiles without(const std::set<std::string>& done) const {
     RunFiles left{{}, {}, {}, {}, csv, report};
-    for (size_t i = 0; i < images.size(); ++i) {
-      if (done.count(images[i].filename().string())) continue;
-      left.images.push_back(images[i]);
+    for (size_t i = 0; i < scans.size(); ++i) {
+      if (done.count(scans[i].key())) continue;
+      left.scans.push_back(scans[i]);
       OutputPaths out = outputs(i);
       if (!masks.empty()) left.masks.push_back(out.mask);
       if (!probs.empty()) left.probs.push_back(out.prob);
@@ -240,25 +276,25 @@ struct RunFiles {
 // `overwrite`: outputs that exist may be replaced (the CSV included).
 void check_run_files(const app::Cli& cli, const RunFiles& run, bool overlay, bool overwrite) {
   std::vector<app::RunFile> inputs = {{cli.str("seg_model"), "--seg_model"}, {cli.str("cls_model"), "--cls_model"}};
-  for (auto& image : run.images)
-    inputs.push_back({image, run.csv.empty() ? "--image" : "the image " + image.filename().string()});
+  for (auto& scan : run.scans)
+    inputs.push_back({scan.file, run.csv.empty() ? "--image" : "the image " + scan.file.filename().string()});
   std::vector<app::RunFile> outputs;
   for (size_t i = 0; i < run.masks.size(); ++i) {
-    std::string of = run.csv.empty() ? "" : " of " + run.images[i].filename().string();
+    std::string of = run.csv.empty() ? "" : " of " + run.scans[i].name();
     outputs.push_back({run.masks[i], run.csv.empty() ? "--save_mask" : "the mask" + of});
     if (overlay) outputs.push_back({overlay_path(run.masks[i]), "the overlay" + of});
   }
   for (size_t i = 0; i < run.probs.size(); ++i)
-    outputs.push_back({run.probs[i], run.csv.empty() ? "--save_prob" : "the probability map of " + run.images[i].filename().string()});
+    outputs.push_back({run.probs[i], run.csv.empty() ? "--save_prob" : "the probability map of " + run.scans[i].name()});
   for (size_t i = 0; i < run.explains.size(); ++i)
-    outputs.push_back({run.explains[i], run.csv.empty() ? "--explain" : "the Grad-CAM of " + run.images[i].filename().string()});
+    outputs.push_back({run.explains[i], run.csv.empty() ? "--explain" : "the Grad-CAM of " + run.scans[i].name()});
   if (!run.csv.empty()) outputs.push_back({run.csv, "--csv"});
   if (!run.report.empty()) outputs.push_back({run.report, "--report"});
   app::check_outputs(inputs, outputs, overwrite);
 }
 
 std::vector<std::string> csv_columns(const Predictor& p) {
-  std::vector<std::string> columns = {"image", "predicted_class", "confidence"};
+  std::vector<std::string> columns = {"image", "frame", "predicted_class", "confidence"};
   for (auto& c : p.cls.card.classes) columns.push_back("p_" + c);
   for (const char* c : {"lesion_fraction", "lesion_pixels", "lesion_area_mm2", "mask", "error"}) columns.push_back(c);
   return columns;
@@ -270,10 +306,10 @@ std::string number(double value) {
   return os.str();
 }
 
-std::string prediction_row(const Predictor& p, const fs::path& file, const Prediction& r,
+std::string prediction_row(const Predictor& p, const Source& scan, const Prediction& r,
                            const std::optional<data::PixelSpacing>& spacing, const fs::path& mask) {
-  std::vector<std::string> fields = {file.filename().string(), p.cls.card.classes[r.predicted],
-                                     number(r.probabilities[r.predicted])};
+  std::vector<std::string> fields = {scan.file.filename().string(), scan.frame_field(),
+                                     p.cls.card.classes[r.predicted], number(r.probabilities[r.predicted])};
   for (double prob : r.probabilities) fields.push_back(number(prob));
   fields.push_back(number(double(r.mask.lesion_pixels()) / r.mask.values.size()));
   fields.push_back(std::to_string(r.mask.lesion_pixels()));
@@ -283,19 +319,20 @@ std::string prediction_row(const Predictor& p, const fs::path& file, const Predi
   return app::csv_row(fields);
 }
 
-std::string error_row(const Predictor& p, const fs::path& file, const std::string& error) {
+std::string error_row(const Predictor& p, const Source& scan, const std::string& error) {
   std::vector<std::string> fields(csv_columns(p).size());
-  fields.front() = file.filename().string();
+  fields[0] = scan.file.filename().string();
+  fields[1] = scan.frame_field();
   fields.back() = error;
   return app::csv_row(fields);
 }
 
-// What --skip-existing keeps of an earlier run's CSV: the rows of images predicted whose
-// outputs are on disk (and rows of images no longer in the folder); rows with an error, or
-// whose outputs are missing, are dropped and their images run again.
+// What --skip-existing keeps of an earlier run's CSV: the rows of scans predicted whose
+// outputs are on disk (and rows of scans no longer in the folder); rows with an error, or
+// whose outputs are missing, are dropped and their scans run again.
 struct EarlierRun {
   std::string rows;            // the rows kept, as CSV text
-  std::set<std::string> done;  // their images' file names
+  std::set<std::string> done;  // their scans' Source::key
 };
 
 EarlierRun read_earlier_run(const Predictor& p, const RunFiles& run) {
@@ -312,7 +349,7 @@ EarlierRun read_earlier_run(const Predictor& p, const RunFiles& run) {
              records.empty() ? std::string("no header") : "columns " + line(records.front()), "); this run writes ",
              line(columns), ": give another --csv, or --overwrite without --skip-existing");
   std::map<std::string, size_t> index;
-  for (size_t i = 0; i < run.images.size(); ++i) index[run.images[i].filename().string()] = i;
+  for (size_t i = 0; i < run.scans.size(); ++i) index[run.scans[i].key()] = i;
   auto outputs_exist = [&](size_t i) {
     const OutputPaths out = run.outputs(i);
     for (const fs::path& file : {out.mask, p.overlay ? overlay_path(out.mask) : fs::path(), out.prob, out.explain})
@@ -322,11 +359,13 @@ EarlierRun read_earlier_run(const Predictor& p, const RunFiles& run) {
   EarlierRun earlier;
   for (size_t r = 1; r < records.size(); ++r) {
     const std::vector<std::string>& row = records[r];
-    if (row.size() != columns.size() || !row.back().empty() || earlier.done.count(row.front())) continue;
-    auto it = index.find(row.front());
+    if (row.size() != columns.size() || !row.back().empty()) continue;
+    const std::string key = scan_key(row[0], row[1]);
+    if (earlier.done.count(key)) continue;
+    auto it = index.find(key);
     if (it != index.end() && !outputs_exist(it->second)) continue;
     earlier.rows += app::csv_row(row);
-    earlier.done.insert(row.front());
+    earlier.done.insert(key);
   }
   return earlier;
 }
@@ -379,11 +418,11 @@ struct Decoded {
   std::string error;
 };
 
-std::vector<Decoded> decode_batch(const Predictor& p, const std::vector<fs::path>& files, int workers) {
-  std::vector<Decoded> scans(files.size());
-  data::parallel_for(files.size(), workers, [&](size_t i) {
+std::vector<Decoded> decode_batch(const Predictor& p, const std::vector<Source>& sources, int workers) {
+  std::vector<Decoded> scans(sources.size());
+  data::parallel_for(sources.size(), workers, [&](size_t i) {
     try {
-      scans[i].scan = decode_scan(p, files[i]);
+      scans[i].scan = decode_scan(p, sources[i]);
     } catch (const Error& e) {
       scans[i].error = e.what();
     }
@@ -391,9 +430,9 @@ std::vector<Decoded> decode_batch(const Predictor& p, const std::vector<fs::path
   return scans;
 }
 
-app::ReportEntry report_entry(const Predictor& p, const fs::path& file, const data::Image& image,
+app::ReportEntry report_entry(const Predictor& p, const Source& scan, const data::Image& image,
                               const Prediction& r, const data::Image& heat) {
-  return {file.filename().string(),
+  return {scan.name(),
           r.predicted,
           r.probabilities,
           r.probabilities[r.predicted] < p.min_confidence,
@@ -435,7 +474,7 @@ BatchResult run_batch(Predictor& p, const RunFiles& run, size_t first, std::vect
     const size_t i = at[j];
     try {
       save_outputs(p, decoded[j]->image, b.predictions[i], run.outputs(first + i), heats[j]);
-      if (report) b.entries[i] = report_entry(p, run.images[first + i], decoded[j]->image, b.predictions[i], heats[j]);
+      if (report) b.entries[i] = report_entry(p, run.scans[first + i], decoded[j]->image, b.predictions[i], heats[j]);
     } catch (const Error& e) {
       b.errors[i] = e.what();
     }
@@ -454,9 +493,9 @@ int predict_folder(Predictor& p, const RunFiles& run, const FolderOptions& o) {
   if (!run.explains.empty()) fs::create_directories(run.explains.front().parent_path());
   PredictionCsv csv(run.csv, app::csv_row(csv_columns(p)), o.earlier);
   std::vector<app::ReportEntry> report;
-  const size_t n = run.images.size();
+  const size_t n = run.scans.size();
   auto batch_files = [&](size_t first) {
-    return std::vector<fs::path>(run.images.begin() + first, run.images.begin() + std::min(n, first + o.batch_size));
+    return std::vector<Source>(run.scans.begin() + first, run.scans.begin() + std::min(n, first + o.batch_size));
   };
   const bool interactive = stderr_is_terminal();
   data::Progress progress("predict", n, std::cerr, interactive);
@@ -468,15 +507,15 @@ int predict_folder(Predictor& p, const RunFiles& run, const FolderOptions& o) {
       next = std::async(std::launch::async, decode_batch, std::cref(p), batch_files(first + o.batch_size), o.workers);
     BatchResult b = run_batch(p, run, first, scans, !run.report.empty(), o.workers);
     for (size_t i = 0; i < scans.size(); ++i) {
-      const fs::path& file = run.images[first + i];
+      const Source& scan = run.scans[first + i];
       if (interactive) std::cerr << "\r\x1b[K";  // the bar, redrawn below the line
       if (b.errors[i].empty()) {
-        csv.add(prediction_row(p, file, b.predictions[i], scans[i].scan.spacing, run.outputs(first + i).mask), true);
-        std::cout << file.filename().string() << ": " << class_line(p, b.predictions[i]) << "\n" << std::flush;
+        csv.add(prediction_row(p, scan, b.predictions[i], scans[i].scan.spacing, run.outputs(first + i).mask), true);
+        std::cout << scan.name() << ": " << class_line(p, b.predictions[i]) << "\n" << std::flush;
         if (!run.report.empty()) report.push_back(std::move(b.entries[i]));
       } else {
         ++failures;
-        csv.add(error_row(p, file, b.errors[i]), false);
+        csv.add(error_row(p, scan, b.errors[i]), false);
         std::cerr << "predict: error: " << b.errors[i] << "\n";
       }
     }
@@ -497,6 +536,59 @@ int predict_folder(Predictor& p, const RunFiles& run, const FolderOptions& o) {
     std::cout << "Report " << run.report << "\n";
   }
   return failures ? 1 : 0;
+}
+
+// --frame: a frame of DICOM files, or none for "all" (each frame a scan).
+std::optional<int> frame_option(const app::Cli& cli, const fs::path& image) {
+  const std::string text = cli.str("frame");
+  if (text == "all") return std::nullopt;
+  const int64_t frame = cli.integer("frame");
+  SONO_CHECK(frame >= 0 && frame <= INT32_MAX, "--frame ", frame, ": must be 0 or more, or all");
+  SONO_CHECK(frame == 0 || fs::is_directory(image) || data::is_dicom_file(image), "--frame ", frame, ": ",
+             image.string(), " is not a DICOM file (only those have frames)");
+  return static_cast<int>(frame);
+}
+
+// A folder's images, or a file's frames (--frame all): outputs into folders, a row each in the CSV.
+RunFiles batch_run_files(const app::Cli& cli, const fs::path& image, std::optional<int> frame) {
+  RunFiles run;
+  run.scans = sources_of(fs::is_directory(image) ? images_in(image) : std::vector<fs::path>{image}, frame);
+  run.csv = cli.str("csv");
+  app::check_writable(run.csv);
+  run.report = cli.str("report");
+  if (!run.report.empty()) app::check_writable(run.report);
+  const std::string save_mask = cli.str("save_mask");
+  // The folder scan skips X_mask.png as ground truth; predicted masks of the same names
+  // beside the images would replace or mix with it.
+  SONO_CHECK(save_mask.empty() || !fs::is_directory(image) || !fs::exists(save_mask) || !fs::equivalent(save_mask, image),
+             save_mask, ": --save_mask is the --image folder, where X_mask.png are ground-truth masks; give another folder");
+  auto outputs = [&](const char* option, const char* suffix) {
+    const std::string folder = cli.str(option);
+    if (folder.empty()) return std::vector<fs::path>();
+    app::check_writable_folder(option, folder);
+    return output_paths(run.scans, folder, suffix, !frame);
+  };
+  run.masks = outputs("save_mask", "_mask.png");
+  run.probs = outputs("save_prob", "_prob.png");
+  run.explains = outputs("explain", "_explain.png");
+  return run;
+}
+
+// One file: each output where its option says.
+RunFiles one_scan_files(const app::Cli& cli, const fs::path& image, std::optional<int> frame) {
+  RunFiles run;
+  run.scans = sources_of({image}, frame);
+  auto output = [&](const char* option) {
+    const std::string file = cli.str(option);
+    if (file.empty()) return std::vector<fs::path>();
+    app::check_writable(file);
+    return std::vector<fs::path>{file};
+  };
+  run.masks = output("save_mask");
+  if (!run.masks.empty() && cli.is_set("overlay")) app::check_writable(overlay_path(run.masks.front()));
+  run.probs = output("save_prob");
+  run.explains = output("explain");
+  return run;
 }
 
 int predict(int argc, char** argv) {
@@ -524,83 +616,44 @@ int predict(int argc, char** argv) {
       .flag("overwrite", "replace masks, overlays, a CSV or a report that exist (never the run's inputs)")
       .option("min_confidence", "0.6", "flag a prediction whose (calibrated) probability is under this as low confidence")
       .flag("flip_tta", "average each model's outputs on the image and its mirror image (--explain explains the average)")
-      .option("frame", "0", "for DICOM images: the frame (from 0) of a multi-frame file");
+      .option("frame", "0", "for DICOM images: the frame (from 0) of a multi-frame file, or all: each frame a "
+              "scan of a batch run, as for a folder (outputs X_frameN_mask.png ..., a CSV row per frame)");
   app::add_runtime_options(cli);
   if (!cli.parse(argc, argv)) return 0;
   Device device = app::apply_runtime_options(cli);
-  fs::path image = cli.str("image");
-  std::string save_mask = cli.str("save_mask"), save_prob = cli.str("save_prob"), explain = cli.str("explain");
+  const fs::path image = cli.str("image");
   SONO_CHECK(fs::exists(image), image.string(), ": no such file or folder");
-  bool folder = fs::is_directory(image);
-  SONO_CHECK(!cli.is_set("overlay") || !save_mask.empty(), "--overlay: needs --save_mask (the overlay goes beside the mask)");
+  const std::optional<int> frame = frame_option(cli, image);
+  // A folder, or every frame of a file, is a batch run: CSV, output folders, batches.
+  const bool batch = fs::is_directory(image) || !frame;
+  SONO_CHECK(!cli.is_set("overlay") || !cli.str("save_mask").empty(), "--overlay: needs --save_mask (the overlay goes beside the mask)");
   const int64_t batch_size = cli.integer("batch_size"), workers = cli.integer("workers");
   SONO_CHECK(batch_size >= 1, "--batch_size ", batch_size, ": must be 1 or more");
   app::check_thread_count("workers", workers, 1);
   for (const char* name : {"skip_existing", "report"})
-    SONO_CHECK(folder || !cli.is_set(name), "--", name, ": only for a folder --image, ", image.string(), " is a file");
-  RunFiles run;
-  if (folder) {
-    run.images = images_in(image);
-    run.csv = cli.str("csv");
-    app::check_writable(run.csv);
-    run.report = cli.str("report");
-    if (!run.report.empty()) app::check_writable(run.report);
-    // The folder scan skips X_mask.png as ground truth; predicted masks of the same names
-    // beside the images would replace or mix with it.
-    SONO_CHECK(save_mask.empty() || !fs::exists(save_mask) || !fs::equivalent(save_mask, image), save_mask,
-               ": --save_mask is the --image folder, where X_mask.png are ground-truth masks; give another folder");
-    if (!save_mask.empty()) {
-      app::check_writable_folder("save_mask", save_mask);
-      run.masks = output_paths(run.images, save_mask, "_mask.png");
-    }
-    if (!save_prob.empty()) {
-      app::check_writable_folder("save_prob", save_prob);
-      run.probs = output_paths(run.images, save_prob, "_prob.png");
-    }
-    if (!explain.empty()) {
-      app::check_writable_folder("explain", explain);
-      run.explains = output_paths(run.images, explain, "_explain.png");
-    }
-  } else {
-    run.images = {image};
-    if (!save_mask.empty()) {
-      run.masks = {save_mask};
-      app::check_writable(save_mask);
-      if (cli.is_set("overlay")) app::check_writable(overlay_path(save_mask));
-    }
-    if (!save_prob.empty()) {
-      run.probs = {save_prob};
-      app::check_writable(save_prob);
-    }
-    if (!explain.empty()) {
-      run.explains = {explain};
-      app::check_writable(explain);
-    }
-  }
+    SONO_CHECK(batch || !cli.is_set(name), "--", name, ": only for a folder --image or --frame all, ", image.string(),
+               " is a file");
+  RunFiles run = batch ? batch_run_files(cli, image, frame) : one_scan_files(cli, image, frame);
   double min_confidence = cli.real("min_confidence");
   SONO_CHECK(min_confidence >= 0 && min_confidence <= 1, "--min_confidence ", min_confidence,
              ": must be between 0 and 1");
-  const int64_t frame = cli.integer("frame");
-  SONO_CHECK(frame >= 0 && frame <= INT32_MAX, "--frame ", frame, ": must be 0 or more");
-  SONO_CHECK(frame == 0 || folder || data::is_dicom_file(image), "--frame ", frame, ": ", image.string(),
-             " is not a DICOM file (only those have frames)");
   const bool resume = cli.is_set("skip_existing") && fs::exists(run.csv);
-  // A resumed run replaces what the interrupted one may have left of the images it runs again.
+  // A resumed run replaces what the interrupted one may have left of the scans it runs again.
   check_run_files(cli, run, cli.is_set("overlay"), cli.is_set("overwrite") || resume);
   Predictor p{app::load_checkpoint(cli.str("seg_model"), models::Task::segmentation),
               app::load_checkpoint(cli.str("cls_model"), models::Task::classification), device, cli.is_set("overlay"),
-              min_confidence, cli.is_set("flip_tta"), static_cast<int>(frame)};
-  if (!explain.empty()) app::explainable(p.cls);
+              min_confidence, cli.is_set("flip_tta")};
+  if (!cli.str("explain").empty()) app::explainable(p.cls);
   p.seg.model->to(device);
   p.cls.model->to(device);
-  if (!folder) return predict_one(p, image, run.outputs(0));
+  if (!batch) return predict_one(p, run.scans.front(), run.outputs(0));
   FolderOptions options{static_cast<size_t>(batch_size), static_cast<int>(workers), std::nullopt, 0};
   if (resume) {
     options.earlier = read_earlier_run(p, run);
-    const size_t all = run.images.size();
+    const size_t all = run.scans.size();
     run = run.without(options.earlier->done);
-    options.skipped = all - run.images.size();
-    if (run.images.empty()) {
+    options.skipped = all - run.scans.size();
+    if (run.scans.empty()) {
       std::cout << "All " << all << " images are in " << run.csv << " already (--skip-existing)\n";
       return 0;
     }

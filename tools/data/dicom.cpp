@@ -48,6 +48,7 @@ namespace {
 
 Image load_dicom(const fs::path& file, int) { no_dicom(file); }
 ImageSize read_dicom_size(const fs::path& file) { no_dicom(file); }
+int read_dicom_frames(const fs::path& file) { no_dicom(file); }
 std::optional<PixelSpacing> read_pixel_spacing(const fs::path& file) { no_dicom(file); }
 
 #else
@@ -148,6 +149,13 @@ void check_jpeg_fragments(DcmDataset& dataset, const fs::path& file) {
   }
 }
 
+int frames_of(DcmDataset& dataset, const fs::path& file) {
+  Sint32 frames = 0;
+  if (dataset.findAndGetSint32(DCM_NumberOfFrames, frames).bad()) return 1;  // absent: one frame
+  if (frames < 1) fail("DICOM file '", file.string(), "': Number of Frames is ", frames);
+  return frames;
+}
+
 }  // namespace
 
 Image load_dicom(const fs::path& file, int frame) {
@@ -155,8 +163,7 @@ Image load_dicom(const fs::path& file, int frame) {
   load(dicom, file);
   DcmDataset* dataset = dicom.getDataset();
   if (is_jpeg(dataset->getOriginalXfer())) check_jpeg_fragments(*dataset, file);
-  Sint32 frames = 0;
-  if (dataset->findAndGetSint32(DCM_NumberOfFrames, frames).bad()) frames = 1;  // absent: one frame
+  const int frames = frames_of(*dataset, file);
   if (frame < 0 || frame >= frames)
     fail("DICOM file '", file.string(), "': frame ", frame, " asked for, it has ", frames, " (0 to ", frames - 1, ")");
   Uint16 rows = 0, columns = 0;  // what DCMTK allocates a frame for, whatever the file holds
@@ -184,6 +191,12 @@ ImageSize read_dicom_size(const fs::path& file) {
   dicom.getDataset()->findAndGetUint16(DCM_Columns, columns);
   if (!rows || !columns) fail("DICOM file '", file.string(), "': no Rows or Columns: not an image");
   return {rows, columns};
+}
+
+int read_dicom_frames(const fs::path& file) {
+  DcmFileFormat dicom;
+  load(dicom, file);
+  return frames_of(*dicom.getDataset(), file);
 }
 
 std::optional<PixelSpacing> read_pixel_spacing(const fs::path& file) {

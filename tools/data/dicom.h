@@ -22,6 +22,8 @@ bool dicom_supported();
 // (by name and UID), a frame out of range, pixel data DCMTK cannot render.
 Image load_dicom(const std::filesystem::path& file, int frame = 0);
 ImageSize read_dicom_size(const std::filesystem::path& file);
+// Number of Frames (1 where the file does not say); refused unless 1 or more.
+int read_dicom_frames(const std::filesystem::path& file);
 
 // Millimetres between the centres of adjacent rows and of adjacent columns.
 struct PixelSpacing {
