@@ -499,12 +499,17 @@ int predict_folder(Predictor& p, const RunFiles& run, const FolderOptions& o) {
   };
   const bool interactive = stderr_is_terminal();
   data::Progress progress("predict", n, std::cerr, interactive);
-  std::future<std::vector<Decoded>> next = std::async(std::launch::async, decode_batch, std::cref(p), batch_files(0), o.workers);
+  // With the models on a GPU, the decode threads read the next batch while the models run this
+  // one. On the CPU they decode it when it is due instead: beside the kernels' OpenMP threads they
+  // would oversubscribe the cores, and OpenMP's spinning at its barriers then slows the kernels
+  // several times over.
+  const std::launch decode = p.device == Device::cpu ? std::launch::deferred : std::launch::async;
+  std::future<std::vector<Decoded>> next = std::async(decode, decode_batch, std::cref(p), batch_files(0), o.workers);
   size_t failures = 0;
   for (size_t first = 0; first < n; first += o.batch_size) {
     std::vector<Decoded> scans = next.get();
     if (first + o.batch_size < n)
-      next = std::async(std::launch::async, decode_batch, std::cref(p), batch_files(first + o.batch_size), o.workers);
+      next = std::async(decode, decode_batch, std::cref(p), batch_files(first + o.batch_size), o.workers);
     BatchResult b = run_batch(p, run, first, scans, !run.report.empty(), o.workers);
     for (size_t i = 0; i < scans.size(); ++i) {
       const Source& scan = run.scans[first + i];
