@@ -1,27 +1,18 @@
-// 16-bit grey PNG, which stb_image_write cannot write (8 bits only); its deflate is reused.
+// 16-bit grey PNG, which stb_image_write cannot write (8 bits only).
+#include <zlib.h>
+
 #include <cstdlib>
 #include <memory>
 #include <string>
 
 #include "tensor/atomic_file.h"
 #include "tensor/error.h"
+#include "tools/data/deflate.h"
 #include "tools/data/image.h"
-
-// stb_image_write's zlib stream (compiled in stb_impl.cpp; its header does not declare it).
-extern "C" unsigned char* stbi_zlib_compress(unsigned char* data, int data_len, int* out_len, int quality);
 
 namespace sono::data {
 
 namespace {
-
-uint32_t crc32(const std::string& bytes) {
-  uint32_t crc = 0xFFFFFFFFu;
-  for (unsigned char b : bytes) {
-    crc ^= b;
-    for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
-  }
-  return ~crc;
-}
 
 void append_u32(std::string& out, uint32_t v) {
   for (int shift = 24; shift >= 0; shift -= 8) out += static_cast<char>((v >> shift) & 0xFF);
@@ -32,7 +23,7 @@ void append_chunk(std::string& png, const std::string& type, const std::string& 
   append_u32(png, static_cast<uint32_t>(data.size()));
   const std::string body = type + data;
   png += body;
-  append_u32(png, crc32(body));
+  append_u32(png, static_cast<uint32_t>(crc32(0, reinterpret_cast<const Bytef*>(body.data()), static_cast<uInt>(body.size()))));
 }
 
 }  // namespace
@@ -51,7 +42,7 @@ void save_probability_png(const fs::path& file, const Image& map) {
   }
   int size = 0;
   std::unique_ptr<unsigned char, void (*)(void*)> zlib(
-      stbi_zlib_compress(reinterpret_cast<unsigned char*>(rows.data()), static_cast<int>(rows.size()), &size, 8), std::free);
+      png_deflate(reinterpret_cast<unsigned char*>(rows.data()), static_cast<int>(rows.size()), &size, 0), std::free);
   SONO_CHECK(zlib, "cannot encode PNG for '", file.string(), "'");
   std::string header;
   append_u32(header, static_cast<uint32_t>(map.width));
