@@ -238,3 +238,13 @@ Tensor checkpoint(const std::function<Tensor(const Tensor&)>& f, const Tensor& x
 }
 
 }  // namespace sono::autograd
+
+namespace sono {
+
+void Tensor::backward() const {
+  SONO_CHECK(numel() == 1, "backward() needs a scalar output, got shape ", shape_str(shape()),
+             " (reduce it with sum() or mean() first)");
+  autograd::run_backward(*this, Tensor::ones(shape(), compute_dtype(dtype()), device()));
+}
+
+}  // namespace sono

@@ -4,9 +4,7 @@
 #include <cstring>
 #include <sstream>
 
-#include "autograd/node.h"
 #include "tensor/backend.h"
-#include "tensor/ops.h"
 
 namespace sono {
 
@@ -126,28 +124,6 @@ template int64_t* Tensor::data<int64_t>() const;
 
 // ---- copies ---------------------------------------------------------------------------------
 
-Tensor Tensor::to(Device device) const {
-  if (device == this->device()) return *this;
-  Tensor src = contiguous();
-  Tensor dst = empty(shape(), dtype(), device);
-  // The non-CPU side owns the transfer.
-  backend(device == Device::cpu ? src.device() : device).copy(src, dst);
-  return autograd::record("to_device", dst, {*this}, [src_device = this->device()](const Tensor& g) {
-    return std::vector<Tensor>{g.to(src_device)};
-  });
-}
-
-Tensor Tensor::to(DType dtype) const {
-  if (dtype == this->dtype()) return *this;
-  Tensor dst = empty(shape(), dtype, device());
-  backend_of(*this).copy(*this, dst);
-  if (dtype == DType::i64 || this->dtype() == DType::i64) return dst;
-  // A bfloat16 tensor's gradient is float32, so casts between the two pass it on as it is.
-  return autograd::record("to_dtype", dst, {*this}, [src = this->dtype()](const Tensor& g) {
-    return std::vector<Tensor>{g.to(compute_dtype(src))};
-  });
-}
-
 Tensor Tensor::detach() const {
   auto impl = std::make_shared<TensorImpl>(this->impl());
   impl->requires_grad = false;
@@ -181,12 +157,6 @@ Tensor& Tensor::requires_grad_(bool on) {
   SONO_CHECK(!impl().grad_fn, "requires_grad_() on a non-leaf tensor");
   impl().requires_grad = on;
   return *this;
-}
-
-void Tensor::backward() const {
-  SONO_CHECK(numel() == 1, "backward() needs a scalar output, got shape ", shape_str(shape()),
-             " (reduce it with sum() or mean() first)");
-  autograd::run_backward(*this, Tensor::ones(shape(), compute_dtype(dtype()), device()));
 }
 
 std::ostream& operator<<(std::ostream& os, const Tensor& t) {
