@@ -243,7 +243,9 @@ class MpiCommunicator final : public Communicator {
 // Bootstrapped over MPI, as llm.c's: rank 0 makes the communicator's id, MPI broadcasts it.
 class NcclCommunicator final : public Communicator {
  public:
-  NcclCommunicator() : nccl_(shared_id(), rank(), size()) {}
+  NcclCommunicator() : nccl_(shared_id(), rank(), size()) {
+    std::cout << "data-parallel: NCCL sums the CUDA tensors' gradients, one GPU per rank\n";
+  }
   const char* name() const override { return "nccl"; }
   Device device() const override { return Device::cuda; }
   void start_sum(Tensor& flat) override { nccl_.start_sum(flat.data<float>(), static_cast<size_t>(flat.numel())); }

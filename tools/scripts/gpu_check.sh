@@ -70,7 +70,7 @@ tests=(test_cuda_kernels test_cuda_conv_impl test_cuda_amp_convnext test_cuda_am
 for t in "${tests[@]}"; do step 90 "$B/$t.log" "$B/tests/$t" & done
 wait
 for t in "${tests[@]}"; do cat "$B/$t.log" 2>/dev/null; done >"$OUT/tests.log"
-grep -E '^=== |^\[doctest\] (test cases|assertions)|ERROR' "$OUT/tests.log"
+grep -E '^=== |^\[doctest\] (test cases|assertions)|ERROR|skipped:' "$OUT/tests.log"
 
 # --- 2. ours beside PyTorch, one config a process
 ours() { step 25 "$OUT/bench.jsonl" "$B/tools/bench/model_bench" --device cuda --warmup 3 --repeats 10 "$@"; }
