@@ -55,10 +55,14 @@ Nccl load() {
   return n;
 }
 
-const Nccl& nccl() {
+const Nccl& library() {
   static const Nccl n = load();
-  SONO_CHECK(n.error.empty(), "NCCL: ", n.error);
   return n;
+}
+
+const Nccl& nccl() {
+  SONO_CHECK(library().error.empty(), "NCCL: ", library().error);
+  return library();
 }
 
 void check(ncclResult_t result, const char* call) {
@@ -70,8 +74,7 @@ cudaStream_t backend_stream() { return static_cast<cudaStream_t>(stream_handle()
 }  // namespace
 
 std::string nccl_unavailable_reason() {
-  static const Nccl n = load();
-  if (!n.error.empty()) return n.error;
+  if (!library().error.empty()) return library().error;
   if (device_count() == 0) return "no GPU on this machine";
   return "";
 }
