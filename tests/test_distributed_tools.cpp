@@ -135,6 +135,13 @@ TEST_CASE("a 2-rank resume state continues in one process as one process's own s
   CHECK(log_column("resume_two_3", "epoch") == std::vector<double>{1, 2, 3});
   check_same_curves("resume_two_3", "resume_one_3");
   check_same_curves("resume_sharded_3", "resume_one_3");
+  // And one process's state continues on 2 ranks, each keeping its shard of the optimizer state.
+  const std::string state = (kRoot / "resume_one.last.safetensors").string();
+  Run sharded = two_ranks(cls_args("resume_into_sharded", 3, 8) + " --shard-optimizer --resume " + state +
+                          " --resume-anyway");
+  INFO(sharded.output);
+  REQUIRE(sharded.status == 0);
+  check_same_curves("resume_into_sharded", "resume_one_3");
 }
 
 // Rank 1 runs `before` in the background, then becomes cls_train (same process id, $$).
