@@ -317,6 +317,8 @@ std::string memory_report() { return instance().allocator().report(); }
 void reset_peak_memory() { instance().allocator().reset_peak(); }
 void release_cached_memory() { instance().allocator().release_cached(); }
 void synchronize() { SONO_CUDA_CHECK(cudaStreamSynchronize(instance().stream())); }
+void* stream_handle() { return instance().stream(); }
+void use_device(int index) { SONO_CUDA_CHECK(cudaSetDevice(index)); }
 
 void set_profiling(bool on) {
   synchronize();

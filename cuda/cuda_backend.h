@@ -14,6 +14,11 @@ std::string memory_report();  // "in use ..., peak ..., cached ..., N device all
 void reset_peak_memory();
 void release_cached_memory();  // gives cached blocks back to the device
 void synchronize();            // waits for all work queued on the backend's stream
+// The backend's cudaStream_t, for libraries whose work must order with the backend's (NCCL).
+void* stream_handle();
+// The GPU of this process's tensors, before the first is put there: one of several, for the
+// rank of a data-parallel job (tools/app/distributed.h) on that machine.
+void use_device(int index);
 // Marks the work a profiler started with `--profile-from-start off` (ncu) should see: on after
 // the warm-up steps, so that cuDNN's algorithm search is not counted as a step's time.
 void set_profiling(bool on);

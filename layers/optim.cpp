@@ -73,7 +73,7 @@ void Optimizer::step() {
     std::vector<Backend::AdamWParam> batch;
     for (auto& [name, p] : group.params) {
       Tensor g = p.grad();
-      if (!g.defined()) continue;
+      if (!g.defined() || !owns(name)) continue;
       SONO_CHECK(g.dtype() == p.dtype() && g.device() == p.device(), "optimizer: grad of '", name,
                  "' is ", dtype_name(g.dtype()), " on ", device_name(g.device()),
                  " but the parameter is ", dtype_name(p.dtype()), " on ", device_name(p.device()));
@@ -114,7 +114,8 @@ void Optimizer::load_state_dict(const StateDict& state) {
   for (auto& group : groups_)
     for (auto& [name, p] : group.params) {
       for (const char* field : {".step", ".exp_avg", ".exp_avg_sq"}) known.insert(name + field);
-      if (!state.count(name + ".step")) continue;  // no grad yet when saved: no state, as torch
+      // No grad yet when saved: no state, as torch. Not owned: another process keeps it.
+      if (!state.count(name + ".step") || !owns(name)) continue;
       loaded[name] = {moment_like(state, name + ".exp_avg", p),
                       moment_like(state, name + ".exp_avg_sq", p),
                       int_scalar_value(state, name + ".step")};
@@ -125,6 +126,13 @@ void Optimizer::load_state_dict(const StateDict& state) {
   steps_ = int_scalar_value(state, "steps");
   state_ = std::move(loaded);
 }
+
+void Optimizer::keep_only(std::function<bool(const std::string&)> owns) {
+  owns_ = std::move(owns);
+  std::erase_if(state_, [this](const auto& entry) { return !this->owns(entry.first); });
+}
+
+bool Optimizer::owns(const std::string& name) const { return !owns_ || owns_(name); }
 
 void AdamW::update(const std::vector<Backend::AdamWParam>& params, double weight_decay) {
   const AdamOptions& o = options();

@@ -1,6 +1,7 @@
 #pragma once
 // Optimisers with torch.optim semantics (Adam, AdamW), timm's weight-decay parameter groups,
 // a cosine learning-rate schedule with linear warmup, and clipping by global gradient norm.
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -61,14 +62,22 @@ class Optimizer {
   // copied to each parameter's device and dtype.
   void load_state_dict(const StateDict& state);
 
+  // ZeRO-1 (tools/app/distributed.h, --shard-optimizer): step() updates, and keeps moments for,
+  // only the parameters `owns` names; the other processes update the rest. state_dict() then
+  // holds the owned parameters' state, and load_state_dict() takes a whole optimizer's state
+  // and keeps theirs. Frees the moments of the parameters no longer owned.
+  void keep_only(std::function<bool(const std::string&)> owns);
+
  protected:
   // Applies one update to every parameter of a group that has a grad (steps already counted).
   virtual void update(const std::vector<Backend::AdamWParam>& params, double weight_decay) = 0;
   const AdamOptions& options() const { return options_; }
 
  private:
+  bool owns(const std::string& name) const;
   std::vector<ParamGroup> groups_;
   std::map<std::string, AdamState> state_;
+  std::function<bool(const std::string&)> owns_;  // unset: every parameter
   AdamOptions options_;
   int64_t steps_ = 0;
 };

@@ -8,6 +8,7 @@
 #include "models/registry.h"
 #include "tensor/random.h"
 #include "tools/app/distributed.h"
+#include "test_device.h"
 #include "tools/data/loader.h"
 
 using namespace sono;
@@ -44,19 +45,27 @@ enum class Mode {
   reduced,         // this rank's 4 images, gradients all-reduced (the data-parallel step)
   halves_locally,  // one process, two halves of 4: the sum of shares the all-reduce must give
   not_reduced,     // this rank's 4 images and nothing else: what skipping the all-reduce gives
+  sharded,         // reduced, each rank stepping its shard of the parameters, then gathering all (ZeRO-1)
+  not_gathered,    // sharded, without the gather: what skipping it gives
 };
 
 Tensor loss_of(nn::UnaryModule& model, const Tensor& images, const Tensor& labels) {
   return cross_entropy(model(images.to(model.parameters()[0].dtype())), labels);
 }
 
-// convnext_atto's parameters after 3 AdamW steps on global_batch(0..2).
-std::vector<Tensor> train_three_steps(Mode mode, DType dtype = DType::f32, size_t bucket_bytes = size_t{25} << 20) {
+bool sharded(Mode mode) { return mode == Mode::sharded || mode == Mode::not_gathered; }
+
+// convnext_atto's parameters after 3 AdamW steps on global_batch(0..2); the whole optimizer's
+// state after them into `optimizer_state` where given.
+std::vector<Tensor> train_three_steps(Mode mode, DType dtype = DType::f32, size_t bucket_bytes = size_t{25} << 20,
+                                      nn::StateDict* optimizer_state = nullptr) {
   auto model = convnext_atto(dtype);
   nn::AdamW adamw(nn::param_groups_weight_decay(*model, 0.05), {.lr = 1e-3, .weight_decay = 0.05});
   std::unique_ptr<distributed::GradientReducer> reducer;
-  if (mode == Mode::reduced)
+  if (mode == Mode::reduced || sharded(mode))
     reducer = std::make_unique<distributed::GradientReducer>(model->parameters(), bucket_bytes);
+  std::unique_ptr<distributed::OptimizerShards> shards;
+  if (sharded(mode)) shards = std::make_unique<distributed::OptimizerShards>(adamw);
   auto [first, last] = data::rank_share(kBatch, distributed::rank(), distributed::size());
   auto rows = [](const Tensor& t, size_t a, size_t b) { return t.slice(0, int64_t(a), int64_t(b)); };
   for (int step = 0; step < 3; ++step) {
@@ -64,7 +73,7 @@ std::vector<Tensor> train_three_steps(Mode mode, DType dtype = DType::f32, size_
     adamw.zero_grad();
     if (mode == Mode::whole_batch) {
       loss_of(*model, batch.images, batch.labels).backward();
-    } else if (mode == Mode::reduced) {
+    } else if (mode == Mode::reduced || sharded(mode)) {
       reducer->backward(loss_of(*model, rows(batch.images, first, last), rows(batch.labels, first, last)), 0.5);
       // Overlap: every bucket but those of the stem (the backward's last node: weight, bias) in flight before.
       CHECK(reducer->overlapped_buckets() + (bucket_bytes < 10240 ? 2 : 1) == reducer->buckets());
@@ -84,7 +93,10 @@ std::vector<Tensor> train_three_steps(Mode mode, DType dtype = DType::f32, size_
         params[k].set_grad(add(mul(halves[0][k], 0.5), mul(halves[1][k], 0.5)));
     }
     adamw.step();
+    if (mode == Mode::sharded) shards->gather_parameters();
   }
+  if (optimizer_state)
+    for (auto& [name, t] : shards ? shards->state_dict() : adamw.state_dict()) (*optimizer_state)[name] = t.clone();
   std::vector<Tensor> params;
   for (Tensor& p : model->parameters()) params.push_back(p.detach().to(DType::f64));
   return params;
@@ -226,4 +238,74 @@ TEST_CASE("--sync-bn: BatchNorm over the ranks' images is BatchNorm over the who
   // Each rank's own statistics (per-rank BatchNorm) give other gradients.
   const Result per_rank = train_step(first, last, double(last - first) / 3);
   CHECK(test::max_abs_diff(per_rank.input_grad, alone.input_grad.slice(0, int64_t(first), int64_t(last))) > 1e-3);
+}
+
+// ZeRO-1: the owner of a parameter takes the step the unsharded optimizer takes on the same
+// averaged gradient, so the parameters agree bit for bit, and so do the optimizer states once
+// gathered (what a resume state holds).
+TEST_CASE("--shard-optimizer: two ranks stepping their shards take the unsharded data-parallel steps") {
+  nn::StateDict whole_state, sharded_state;
+  std::vector<Tensor> reduced = train_three_steps(Mode::reduced, DType::f32, size_t{25} << 20, &whole_state);
+  std::vector<Tensor> zero1 = train_three_steps(Mode::sharded, DType::f32, size_t{25} << 20, &sharded_state);
+  CHECK(max_difference(zero1, reduced) == 0);
+  const double float32_error = max_difference(train_three_steps(Mode::whole_batch), train_three_steps(Mode::whole_batch, DType::f64));
+  CHECK(max_difference(zero1, train_three_steps(Mode::whole_batch, DType::f64)) <= 4 * float32_error);
+  REQUIRE(sharded_state.size() == whole_state.size());
+  REQUIRE(whole_state.size() == 1 + 3 * convnext_atto(DType::f32)->parameters().size());
+  for (auto& [name, t] : whole_state) {
+    INFO(name);
+    REQUIRE(sharded_state.count(name));
+    CHECK(test::max_abs_diff(sharded_state.at(name), t) == 0);
+  }
+  SUBCASE("without the gather the test fails: each rank stepped only its shard") {
+    const double not_gathered = max_difference(train_three_steps(Mode::not_gathered), reduced);
+    MESSAGE("without the gather: ", not_gathered);
+    CHECK(not_gathered > 1e-4);
+  }
+}
+
+TEST_CASE("--shard-optimizer: each rank keeps AdamW's moments for about half of the parameters") {
+  auto model = convnext_atto(DType::f32);
+  nn::AdamW adamw(nn::single_group(*model), {.lr = 1e-3});
+  distributed::OptimizerShards shards(adamw);
+  std::vector<Tensor> params = model->parameters();
+  for (Tensor& p : params) p.set_grad(Tensor::ones(p.shape()));
+  adamw.step();
+  double mine = 0, total = 0;
+  for (size_t k = 0; k < params.size(); ++k) {
+    const bool owned = shards.owner(k) == distributed::rank();
+    CHECK(adamw.state_dict().count(model->named_parameters()[k].first + ".exp_avg") == size_t(owned));
+    mine += owned ? double(params[k].numel()) : 0;
+    total += double(params[k].numel());
+    if (k > 0) CHECK(shards.owner(k) >= shards.owner(k - 1));  // a contiguous run each
+  }
+  CHECK(distributed::sum(mine) == total);
+  MESSAGE("rank ", distributed::rank(), " steps ", mine, " of ", total, " parameters");
+  CHECK(std::abs(mine / total - 0.5) < 0.1);
+}
+
+// Without NCCL (here: the emulated CUDA device, whose memory is the host's), the gradients of
+// CUDA tensors go to the host, through MPI, and back.
+TEST_CASE("gradients of CUDA tensors without NCCL are summed over MPI through the host") {
+  test::TestDevice device;
+  const Tensor weight = test::rand64({3, 5}, 40).to(DType::f32), bias = test::rand64({3}, 41).to(DType::f32);
+  const Tensor x = test::rand64({4, 5}, 42).to(DType::f32);
+  auto gradients = [&](Device on, size_t first, size_t last, bool reduce) {
+    Tensor w = weight.to(on).detach().requires_grad_(), b = bias.to(on).detach().requires_grad_();
+    Tensor y = linear(x.slice(0, int64_t(first), int64_t(last)).to(on), w, b);
+    Tensor loss = mean(mul(y, y));
+    distributed::GradientReducer reducer({w, b});
+    if (reduce) {
+      CHECK(std::string(reducer.communicator().name()) == "mpi");
+      reducer.backward(loss, double(last - first) / 4);
+    } else {
+      loss.backward();
+    }
+    CHECK(w.grad().device() == on);
+    return std::vector<Tensor>{w.grad().to(Device::cpu), b.grad().to(Device::cpu)};
+  };
+  auto [first, last] = data::rank_share(4, distributed::rank(), 2);
+  const double difference = max_difference(gradients(Device::cuda, first, last, true), gradients(Device::cpu, 0, 4, false));
+  CHECK(difference < 1e-6);
+  CHECK(max_difference(gradients(Device::cpu, first, last, false), gradients(Device::cpu, 0, 4, false)) > 1e-3);
 }

@@ -115,10 +115,14 @@ TEST_CASE("cls_train on 2 ranks logs one process's curve, also with a last batch
   }
 }
 
+// Also with --shard-optimizer (ZeRO-1), whose resume state holds the optimizer state that the
+// ranks' shards gathered into one.
 TEST_CASE("a 2-rank resume state continues in one process as one process's own state does") {
-  // Two epochs on 2 ranks and on 1, each continued to a third epoch in one process.
-  for (std::string name : {"resume_two", "resume_one"}) {
-    Run first = name == "resume_two" ? two_ranks(cls_args(name, 2, 8)) : one_process(cls_args(name, 2, 8));
+  // Two epochs on 2 ranks (the optimizer sharded or not) and on 1, each continued to a third
+  // epoch in one process.
+  for (std::string name : {"resume_two", "resume_sharded", "resume_one"}) {
+    const std::string args = cls_args(name, 2, 8) + (name == "resume_sharded" ? " --shard-optimizer" : "");
+    Run first = name == "resume_one" ? one_process(args) : two_ranks(args);
     INFO(first.output);
     REQUIRE(first.status == 0);
     const std::string state = (kRoot / (name + ".last.safetensors")).string();
@@ -130,6 +134,14 @@ TEST_CASE("a 2-rank resume state continues in one process as one process's own s
   }
   CHECK(log_column("resume_two_3", "epoch") == std::vector<double>{1, 2, 3});
   check_same_curves("resume_two_3", "resume_one_3");
+  check_same_curves("resume_sharded_3", "resume_one_3");
+  // And one process's state continues on 2 ranks, each keeping its shard of the optimizer state.
+  const std::string state = (kRoot / "resume_one.last.safetensors").string();
+  Run sharded = two_ranks(cls_args("resume_into_sharded", 3, 8) + " --shard-optimizer --resume " + state +
+                          " --resume-anyway");
+  INFO(sharded.output);
+  REQUIRE(sharded.status == 0);
+  check_same_curves("resume_into_sharded", "resume_one_3");
 }
 
 // Rank 1 runs `before` in the background, then becomes cls_train (same process id, $$).

@@ -176,3 +176,29 @@ TEST_CASE("optimizer state with wrong keys or shapes is refused by name") {
   s.erase("head.weight.exp_avg_sq");
   CHECK_THROWS_WITH_AS(opt->load_state_dict(s), doctest::Contains("missing key 'head.weight.exp_avg_sq'"), Error);
 }
+
+// ZeRO-1's building block (tools/app/distributed.h): an optimizer that owns some parameters
+// steps and keeps state for those alone, and takes them from a whole optimizer's state.
+TEST_CASE("keep_only: the owned parameters step and keep moments, the others are left alone") {
+  Problem whole_model(DType::f32), owned_model(DType::f32);
+  auto whole = make_adamw(whole_model), owned = make_adamw(owned_model);
+  auto owns = [](const std::string& name) { return name.rfind("fc.", 0) == 0; };
+  owned->keep_only(owns);
+  for (int i = 0; i < 2; ++i) {
+    whole_model.train_step(*whole);
+    owned_model.train_step(*owned);
+  }
+  const StateDict initial = Problem(DType::f32).state_dict();
+  for (auto& [name, p] : owned_model.named_parameters()) {
+    INFO(name);
+    CHECK(owned->state_dict().count(name + ".exp_avg") == size_t(owns(name) && whole->state_dict().count(name + ".exp_avg")));
+    if (!owns(name)) CHECK(test::max_abs_diff(p, initial.at(name)) == 0);  // not stepped
+    if (owns(name)) CHECK(test::max_abs_diff(p, initial.at(name)) > 0);
+  }
+  StateDict loaded_whole = whole->state_dict();
+  auto loaded = make_adamw(owned_model);
+  loaded->keep_only(owns);
+  loaded->load_state_dict(loaded_whole);
+  for (auto& [key, t] : loaded->state_dict()) CHECK((key == "steps" || owns(key)));
+  CHECK(loaded->state_dict().size() > 1);
+}

@@ -261,10 +261,10 @@ class Trainer {
   double validate(int epoch);
   void end_epoch(int epoch, const std::vector<double>& row, double metric);
   void write_log_and_best(int epoch, double metric);
-  void write_resume_state(int epoch);
+  void write_resume_state(int epoch, const nn::StateDict& optimizer_state);
   std::vector<std::string> differences_from(const ModelCard& saved) const;
   ModelCard card() const;
-  nn::StateDict resume_state() const;
+  nn::StateDict optimizer_state() const;
 
   const TrainSettings& s_;
   TrainingTask& task_;
@@ -276,6 +276,7 @@ class Trainer {
   std::shared_ptr<nn::UnaryModule> model_;
   std::unique_ptr<nn::AdamW> optimizer_;
   std::unique_ptr<distributed::GradientReducer> reducer_;  // with more than one MPI rank
+  std::unique_ptr<distributed::OptimizerShards> shards_;   // --shard-optimizer
   nn::CosineWarmupSchedule schedule_{};
   std::unique_ptr<data::TrainingLog> log_;
   std::string data_fingerprint_;
@@ -428,9 +429,10 @@ ModelCard Trainer::card() const {
   return c;
 }
 
-nn::StateDict Trainer::resume_state() const {
+// The whole optimizer's, on every rank: a collective where each rank keeps its shard.
+nn::StateDict Trainer::optimizer_state() const {
   nn::StateDict state;
-  for (auto& [k, v] : optimizer_->state_dict()) state["optimizer." + k] = v;
+  for (auto& [k, v] : shards_ ? shards_->state_dict() : optimizer_->state_dict()) state["optimizer." + k] = v;
   return state;
 }
 
@@ -463,6 +465,7 @@ double Trainer::train_epoch(int epoch, double& images_per_second) {
     double value = backward(b);
     if (s_.clip_grad > 0) nn::clip_grad_norm(params, s_.clip_grad);
     optimizer_->step();
+    if (shards_) shards_->gather_parameters();
     if (ema_) ema_->update(*model_);
     SONO_CHECK(std::isfinite(value), "training diverged at epoch ", epoch + 1, " (loss ", value,
                "); lower --lr or set --clip-grad");
@@ -502,7 +505,8 @@ void Trainer::end_epoch(int epoch, const std::vector<double>& row, double metric
   log_->add(row);
   if (distributed::is_root()) write_log_and_best(epoch, metric);
   if (ema_) ema_->swap(*model_);  // the resume state holds the trained weights
-  if (distributed::is_root()) write_resume_state(epoch);
+  const nn::StateDict optimizer = optimizer_state();
+  if (distributed::is_root()) write_resume_state(epoch, optimizer);
 }
 
 // Rank 0's, for all: every rank holds the same model.
@@ -523,13 +527,13 @@ void Trainer::write_log_and_best(int epoch, double metric) {
   }
 }
 
-void Trainer::write_resume_state(int epoch) {
+void Trainer::write_resume_state(int epoch, const nn::StateDict& optimizer_state) {
   ModelCard state_card = card();
   state_card.extra["epoch"] = std::to_string(epoch + 1);
   state_card.extra["history"] = log_->csv();
   state_card.extra["run_arguments"] = json(run_arguments(s_)).dump();
   state_card.extra["data_fingerprint"] = data_fingerprint_;
-  save_checkpoint(resume_state_path(s_.save_path), *model_, state_card, resume_state());
+  save_checkpoint(resume_state_path(s_.save_path), *model_, state_card, optimizer_state);
 }
 
 int Trainer::run(const std::function<void(data::SampleCache&)>& prepare) {
@@ -540,6 +544,7 @@ int Trainer::run(const std::function<void(data::SampleCache&)>& prepare) {
       nn::param_groups_weight_decay(*model_, s_.weight_decay),
       nn::AdamOptions{.lr = s_.lr, .weight_decay = s_.weight_decay});
   if (distributed::size() > 1) reducer_ = std::make_unique<distributed::GradientReducer>(model_->parameters());
+  if (distributed::shard_optimizer()) shards_ = std::make_unique<distributed::OptimizerShards>(*optimizer_);
   if (distributed::sync_batch_norm()) nn::BatchNorm2d::sum_over_ranks = distributed::sum_over_ranks;
   auto steps_per_epoch = static_cast<int64_t>(train_->batches_per_epoch());
   const int64_t total_steps = s_.epochs * steps_per_epoch;

@@ -56,6 +56,7 @@ fi
   nproc
   echo "cudnn: ${cudnn:-none found}"
   echo "cublas: ${cublas:-none found}"
+  echo "nccl: ${nccl:-none found}"
   ldd "$B/tests/test_cuda_kernels" | grep -E 'not found|cudnn|cublas|cudart|gomp'
   env LD_LIBRARY_PATH="$machine_libs" python3 -c "import torch, timm, segmentation_models_pytorch as smp; print('torch', torch.__version__, \
 'timm', timm.__version__, 'smp', smp.__version__, 'cudnn', torch.backends.cudnn.version())"
@@ -65,11 +66,11 @@ log "setup done"
 
 # --- 1. the CUDA tests on the device
 export SONO_TEST_DEVICE=gpu
-tests=(test_cuda_kernels test_cuda_conv_impl test_cuda_amp_convnext test_cuda_amp_deeplab)
+tests=(test_cuda_kernels test_cuda_conv_impl test_cuda_amp_convnext test_cuda_amp_deeplab test_nccl)
 for t in "${tests[@]}"; do step 90 "$B/$t.log" "$B/tests/$t" & done
 wait
 for t in "${tests[@]}"; do cat "$B/$t.log" 2>/dev/null; done >"$OUT/tests.log"
-grep -E '^=== |^\[doctest\] (test cases|assertions)|ERROR' "$OUT/tests.log"
+grep -E '^=== |^\[doctest\] (test cases|assertions)|ERROR|skipped:' "$OUT/tests.log"
 
 # --- 2. ours beside PyTorch, one config a process
 ours() { step 25 "$OUT/bench.jsonl" "$B/tools/bench/model_bench" --device cuda --warmup 3 --repeats 10 "$@"; }

@@ -20,7 +20,7 @@ if ! command -v nvcc >/dev/null; then
   exit 1
 fi
 
-tests=(test_cuda_kernels test_cuda_conv_impl test_cuda_amp_convnext test_cuda_amp_deeplab)
+tests=(test_cuda_kernels test_cuda_conv_impl test_cuda_amp_convnext test_cuda_amp_deeplab test_nccl)
 tools=(seg_train cls_train predict model_info)
 # Without MPI and DCMTK: the GPU machine has neither library, and the tools would not start.
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DSONO_NATIVE=OFF \
