@@ -43,6 +43,17 @@ class KernelBackend : public Backend {
  public:
   bool reads_bf16() const override { return true; }
 
+  bool supports(BackendOp op, OpOperands operands) const override {
+    const Tensor* const* t = operands.begin();
+    switch (op) {
+      case BackendOp::attention_forward: return fused_attention_fits(*t[0], *t[1], *t[2]);
+      case BackendOp::batch_norm_forward:
+      case BackendOp::batch_norm_backward:
+        return t[0]->dtype() == DType::f32 || t[0]->dtype() == DType::bf16;
+      default: return Backend::supports(op, operands);
+    }
+  }
+
   // Device to device: the strided copy kernel. Host to device and back: one contiguous
   // transfer of raw bytes, with strides and dtype conversion done on whichever side is not
   // contiguous (the CPU backend on the host, the copy kernel on the device).
@@ -167,12 +178,6 @@ class KernelBackend : public Backend {
     gemm_bf16(a, a16.data, ta, b, b16.data, tb, c, alpha, beta);
   }
 
-  // float32 heads of up to kAttentionMaxDim dims, as many in v as in q (MiT's).
-  bool has_fused_attention(const Tensor& q, const Tensor& k, const Tensor& v) const override {
-    const bool f32 = q.dtype() == DType::f32 && k.dtype() == DType::f32 && v.dtype() == DType::f32;
-    return f32 && q.size(3) <= kAttentionMaxDim && v.size(3) == q.size(3) &&
-           q.size(0) * q.size(1) <= 65535;
-  }
   void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
                          const Tensor& out) override {
     cuda::attention_forward(q.size(0) * q.size(1), q.size(2), k.size(2), q.size(3),
@@ -269,9 +274,6 @@ class KernelBackend : public Backend {
   }
 
   // x and y may be bfloat16 (autocast's activations); statistics and gradients are float32.
-  bool has_fused_batch_norm(const Tensor& x) const override {
-    return x.dtype() == DType::f32 || x.dtype() == DType::bf16;
-  }
   void batch_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, double eps,
                           const Tensor& y, const Tensor& mean, const Tensor& var,
                           const Tensor& inv_std) override {
@@ -540,6 +542,13 @@ class KernelBackend : public Backend {
   static ConvMath conv_math(bool bf16) { return bf16 ? ConvMath::bf16_wmma : ConvMath::float32; }
   static DepthwiseGeometry depthwise(const Conv2dGeometry& g) {
     return {g.n, g.h, g.w, g.cin, g.kh, g.kw, g.oh, g.ow, g.stride, g.padding, g.dilation};
+  }
+
+  // float32 heads of up to kAttentionMaxDim dims, as many in v as in q (MiT's).
+  static bool fused_attention_fits(const Tensor& q, const Tensor& k, const Tensor& v) {
+    const bool f32 = q.dtype() == DType::f32 && k.dtype() == DType::f32 && v.dtype() == DType::f32;
+    return f32 && q.size(3) <= kAttentionMaxDim && v.size(3) == q.size(3) &&
+           q.size(0) * q.size(1) <= 65535;
   }
 
   static ResizeGeometry resize_geometry(const Tensor& in, const Tensor& out, bool align_corners) {

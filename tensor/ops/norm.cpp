@@ -144,7 +144,7 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, 
     SONO_CHECK(per_channel > 1, "batch_norm: expected more than 1 value per channel when "
                "training, got input size ", shape_str(x_in.shape()),
                " (batch of 1 on a 1x1 map: use a larger batch, or eval mode)");
-    if (backend_of(x_in).has_fused_batch_norm(x_in)) {
+    if (backend_of(x_in).supports(BackendOp::batch_norm_forward, {&x_in})) {
       Tensor mu, var;
       const Tensor y = fused_batch_norm(x_in, weight, bias, eps, mu, var);
       update_running_stats(mu, var);
