@@ -81,7 +81,7 @@ struct Conv2dSaved {
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dOptions opt) {
   const Conv2dGeometry g = conv_geometry(x, weight, bias, opt);
   const Tensor wc = contiguous_data(weight);
-  const Tensor xc = autocast_operand(contiguous_data(x));
+  const Tensor xc = autocast_input(AutocastOp::conv2d, contiguous_data(x));
   const DType result = autocast_result_dtype(xc);
   // With a bias, the kernel writes a float32 sum that the bias add rounds once to the result.
   const Shape out_shape{g.n, g.oh, g.ow, g.cout};

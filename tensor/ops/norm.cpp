@@ -73,7 +73,7 @@ Tensor scale_shift(const Tensor& centered, const Tensor& scale, const Tensor& bi
 
 Tensor layer_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, double eps) {
   // A bfloat16 x (autocast's) is read as it is and kept so for backward; y is float32.
-  const Tensor x = native_operand(x_in);
+  const Tensor x = autocast_input(AutocastOp::layer_norm, x_in);
   SONO_CHECK(x.dim() >= 1 && x.size(-1) > 0, "layer_norm: input ", shape_str(x.shape()),
              " has no last dim to normalise");
   SONO_CHECK(x.dtype() != DType::i64, "layer_norm: int64 input");
@@ -151,7 +151,7 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, 
       return y;
     }
   }
-  const Tensor x = float_operand(x_in);
+  const Tensor x = autocast_input(AutocastOp::batch_norm_composed, x_in);
   Tensor centered, scale;
   if (batch_stats) {
     std::vector<int64_t> dims(x.dim() - 1);
