@@ -22,8 +22,6 @@
 
 namespace sono {
 
-enum class Precision : uint8_t { f32, bf16 };
-
 Precision autocast_precision(Device device);
 // Throws for bf16 on the CPU.
 void set_autocast(Device device, Precision precision);

@@ -36,8 +36,8 @@ void Backend::bias_add(const Tensor& x, const Tensor& bias, const Tensor& y) {
 }
 
 void Backend::linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
-                             bool gelu) {
-  gemm(x, false, w, true, y, 1.0, 0.0);
+                             bool gelu, Precision precision) {
+  gemm(x, false, w, true, y, 1.0, 0.0, precision);
   if (gelu) return bias_gelu_forward(y, bias, y);
   bias_add(y, bias, y);
 }

@@ -17,9 +17,15 @@ enum class UnaryOp {
 enum class BinaryOp { add, sub, mul, div, eq };
 enum class ReduceOp { sum, max };
 
+// How a kernel's products multiply: float32 (or float64) operands as they are, or, under bf16
+// autocast (tensor/autocast.h), operands rounded to bfloat16 with float32 accumulation. Ops pass
+// it; kernels never read the autocast setting.
+enum class Precision : uint8_t { f32, bf16 };
+
 struct Conv2dGeometry {
   int64_t n, h, w, cin, cout, kh, kw, oh, ow;
   int64_t stride, padding, dilation, groups;
+  Precision precision = Precision::f32;  // of the products, in all three passes
 
   bool depthwise() const { return groups == cin && cout == cin; }  // one filter per channel
 };

@@ -1693,8 +1693,9 @@ TEST_CASE("bf16 autocast: GEMMs and convs on the emulated device multiply bf16-r
       const ConvOutputs want =
           backend_conv(Device::cpu, DType::f64, g, bf16_rounded(xs), bf16_rounded(ws),
                        bf16_rounded(gys));
-      Autocast amp(Device::cuda);
-      const ConvOutputs got = backend_conv(Device::cuda, DType::f32, g, xs, ws, gys);
+      Conv2dGeometry g16 = g;
+      g16.precision = Precision::bf16;
+      const ConvOutputs got = backend_conv(Device::cuda, DType::f32, g16, xs, ws, gys);
       expect_conv_close("bf16 conv", got, want);
       const ConvOutputs exact = backend_conv(Device::cpu, DType::f64, g, xs, ws, gys);
       CHECK(max_abs_diff(host(got.y, {int64_t(got.y.size())}),
@@ -1759,13 +1760,14 @@ TEST_CASE("cuDNN dense convs on the GPU: float32 FMA, TF32, bf16 under autocast"
                  std::ldexp(4.0 * g.n * g.oh * g.ow, -10));
     const ConvOutputs want = backend_conv(Device::cpu, DType::f64, g, bf16_rounded(xs),
                                           bf16_rounded(ws), bf16_rounded(gys));
-    Autocast amp(Device::cuda);
-    const ConvOutputs bf16 = backend_conv(Device::cuda, DType::f32, g, xs, ws, gys);
+    Conv2dGeometry g16 = g;
+    g16.precision = Precision::bf16;
+    const ConvOutputs bf16 = backend_conv(Device::cuda, DType::f32, g16, xs, ws, gys);
     expect_conv_close("cuDNN bf16", bf16, want);
     const Tensor x16 = on_device(host(xs, {g.n, g.h, g.w, g.cin})).to(DType::bf16),
                  w = on_device(host(ws, {g.cout, g.cin / g.groups, g.kh, g.kw}));
     Tensor y16 = Tensor::empty({g.n, g.oh, g.ow, g.cout}, DType::bf16, Device::cuda);
-    backend(Device::cuda).conv2d_forward(g, x16, w, y16);
+    backend(Device::cuda).conv2d_forward(g16, x16, w, y16);
     const std::vector<double> got16 = y16.to_vector();
     double worst = 0;  // in bf16 ulps of the float32 result, plus the sums' float32 error
     for (size_t i = 0; i < got16.size(); ++i)

@@ -22,7 +22,7 @@ class CpuBackend final : public Backend {
 #undef SONO_CPU_DECLARE_optional
   // The GEMM with the bias and GELU applied in its epilogue.
   void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
-                      bool gelu) override;
+                      bool gelu, Precision precision) override;
 };
 
 // values = GELU(values) (erf form) in place (elementwise.cpp): the GEMM's GELU epilogue.

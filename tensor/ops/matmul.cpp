@@ -14,7 +14,7 @@ Tensor gemm3(const Tensor& a, bool ta, const Tensor& b, bool tb, DType result) {
   int64_t m = ta ? a.size(2) : a.size(1);
   int64_t n = tb ? b.size(1) : b.size(2);
   Tensor c = Tensor::empty({batch, m, n}, result, a.device());
-  backend_of(a).gemm(a, ta, b, tb, c, 1.0, 0.0);
+  backend_of(a).gemm(a, ta, b, tb, c, 1.0, 0.0, autocast_precision(a.device()));
   return c;
 }
 Tensor gemm3(const Tensor& a, bool ta, const Tensor& b, bool tb) {
@@ -29,7 +29,7 @@ Tensor gemm_bias(const Tensor& x, const Tensor& w, const Tensor& bias, bool gelu
   SONO_CHECK(bias.dtype() == compute_dtype(x.dtype()) && bias.device() == x.device(),
              "linear: bias dtype/device differs from the input's");
   Tensor y = Tensor::empty({1, x.size(1), w.size(1)}, autocast_result_dtype(x), x.device());
-  backend_of(x).linear_forward(x, w, bias.contiguous(), y, gelu);
+  backend_of(x).linear_forward(x, w, bias.contiguous(), y, gelu, autocast_precision(x.device()));
   return y;
 }
 

@@ -70,12 +70,12 @@ std::string kernel_key(Op<op>, const Conv2dGeometry& g, const Args&...) {
 }
 // Transposed operands tell the GEMMs apart: x W^T in Linear forward, grad^T x for weight grads.
 std::string kernel_key(Op<BackendOp::gemm>, const Tensor&, bool trans_a, const Tensor&,
-                       bool trans_b, const Tensor& c, double, double) {
+                       bool trans_b, const Tensor& c, double, double, Precision) {
   return std::string(c.size(0) > 1 ? "gemm batched" : "gemm") + (trans_a ? " a^T" : "") +
          (trans_b ? " b^T" : "");
 }
 std::string kernel_key(Op<BackendOp::linear_forward>, const Tensor&, const Tensor&,
-                       const Tensor&, const Tensor&, bool gelu) {
+                       const Tensor&, const Tensor&, bool gelu, Precision) {
   return gelu ? "linear_forward (gemm + bias + gelu)" : "linear_forward (gemm + bias)";
 }
 std::string kernel_key(Op<BackendOp::gelu_backward>, const Tensor&, const Tensor& bias,
@@ -95,11 +95,11 @@ double kernel_flops(Op<op>, const Conv2dGeometry& g, const Args&...) {
   return 2.0 * g.n * g.oh * g.ow * g.cout * (g.cin / g.groups) * g.kh * g.kw;
 }
 double kernel_flops(Op<BackendOp::gemm>, const Tensor& a, bool trans_a, const Tensor&, bool,
-                    const Tensor& c, double, double) {
+                    const Tensor& c, double, double, Precision) {
   return 2.0 * static_cast<double>(c.numel()) * (trans_a ? a.size(1) : a.size(2));
 }
 double kernel_flops(Op<BackendOp::linear_forward>, const Tensor& x, const Tensor&, const Tensor&,
-                    const Tensor& y, bool) {
+                    const Tensor& y, bool, Precision) {
   return 2.0 * static_cast<double>(y.numel()) * x.size(2);
 }
 
