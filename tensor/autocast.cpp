@@ -62,7 +62,8 @@ AutocastPolicy autocast_policy(AutocastOp op) {
     case AutocastOp::gelu:
     case AutocastOp::relu:
     case AutocastOp::bias_gelu:
-    case AutocastOp::layer_norm: return AutocastPolicy::keeps_bf16;
+    case AutocastOp::layer_norm:
+    case AutocastOp::batch_norm: return AutocastPolicy::keeps_bf16;
     case AutocastOp::unary:
     case AutocastOp::binary:
     case AutocastOp::reduce:

@@ -33,6 +33,7 @@ Precision parse_precision(const std::string& name);
 enum class AutocastOp : uint8_t {
   matmul, linear, conv2d,                // products
   gelu, relu, bias_gelu, layer_norm,     // read bfloat16 activations
+  batch_norm,                            // where the backend has the fused kernels
   unary, binary, reduce, softmax, loss,  // the rest
   resize, pad, concat, batch_norm_composed
 };

@@ -146,7 +146,8 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, 
                " (batch of 1 on a 1x1 map: use a larger batch, or eval mode)");
     if (backend_of(x_in).supports(BackendOp::batch_norm_forward, {&x_in})) {
       Tensor mu, var;
-      const Tensor y = fused_batch_norm(x_in, weight, bias, eps, mu, var);
+      const Tensor x = autocast_input(AutocastOp::batch_norm, x_in);
+      const Tensor y = fused_batch_norm(x, weight, bias, eps, mu, var);
       update_running_stats(mu, var);
       return y;
     }
