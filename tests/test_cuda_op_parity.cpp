@@ -89,10 +89,12 @@ std::vector<double> uniform(int64_t n, uint64_t seed, double lo, double hi) {
 }
 
 Tensor adamw(const std::vector<Tensor>& v, bool multi) {
-  const Tensor param = v[0].clone(), exp_avg = Tensor::zeros(v[0].shape(), v[0].dtype(), v[0].device());
+  const Tensor param = v[0].clone();
+  const Tensor exp_avg = Tensor::zeros(v[0].shape(), v[0].dtype(), v[0].device());
   const Tensor exp_avg_sq = mul(v[1], v[1]);
   Backend& be = backend_of(param);
-  if (multi) be.adamw_multi_step({{param, v[1], exp_avg, exp_avg_sq, 3}}, 1e-2, 0.9, 0.999, 1e-8, 0.05);
+  if (multi)
+    be.adamw_multi_step({{param, v[1], exp_avg, exp_avg_sq, 3}}, 1e-2, 0.9, 0.999, 1e-8, 0.05);
   else be.adamw_step(param, v[1], exp_avg, exp_avg_sq, 1e-2, 0.9, 0.999, 1e-8, 0.05, 3);
   return param;
 }
@@ -128,12 +130,30 @@ const std::vector<OpRow>& rows() {
        {K::gemm}, true, A::matmul},
       {"linear", {{2, 5, 6}, {7, 6}, {7}}, [](auto& v) { return linear(v[0], v[1], v[2]); },
        {K::linear_forward, K::gemm}, true, A::linear},
-      {"conv2d 3x3 stride 2, bias", {{2, 7, 6, 3}, {4, 3, 3, 3}, {4}},
+      {"linear (no bias)", {{2, 5, 9}, {12, 9}},
+       [](auto& v) { return linear(v[0], v[1], Tensor()); }, {K::gemm}, true, A::linear},
+      // Without gradients (the bf16 rule) the fused inference path: GELU in the GEMM's epilogue.
+      {"linear_gelu", {{2, 5, 9}, {12, 9}, {12}},
+       [](auto& v) { return linear_gelu(v[0], v[1], v[2]); }, {K::linear_forward, K::gemm}, true,
+       A::linear},
+      {"conv2d 3x3 stride 2, bias", {{2, 7, 9, 6}, {10, 6, 3, 3}, {10}},
        [](auto& v) { return conv2d(v[0], v[1], v[2], {.stride = 2, .padding = 1}); },
        {K::conv2d_forward, K::conv2d_backward_input, K::conv2d_backward_weight, K::bias_add},
        true, A::conv2d},
       {"conv2d depthwise 3x3", {{2, 6, 5, 4}, {4, 1, 3, 3}},
        [](auto& v) { return conv2d(v[0], v[1], Tensor(), {.padding = 1, .groups = 4}); },
+       {K::conv2d_forward, K::conv2d_backward_input, K::conv2d_backward_weight}, true, A::conv2d},
+      {"conv2d depthwise 7x7, bias", {{2, 9, 8, 5}, {5, 1, 7, 7}, {5}},
+       [](auto& v) { return conv2d(v[0], v[1], v[2], {.padding = 3, .groups = 5}); },
+       {K::conv2d_forward, K::conv2d_backward_input, K::conv2d_backward_weight, K::bias_add},
+       true, A::conv2d},
+      {"conv2d depthwise 7x7, 4 channels a thread", {{2, 9, 8, 8}, {8, 1, 7, 7}, {8}},
+       [](auto& v) { return conv2d(v[0], v[1], v[2], {.padding = 3, .groups = 8}); },
+       {K::conv2d_forward, K::conv2d_backward_input, K::conv2d_backward_weight, K::bias_add},
+       true, A::conv2d},
+      // A GEMM over NHWC rows on the device.
+      {"conv2d pointwise", {{2, 3, 4, 13}, {20, 13, 1, 1}},
+       [](auto& v) { return conv2d(v[0], v[1], Tensor()); },
        {K::conv2d_forward, K::conv2d_backward_input, K::conv2d_backward_weight}, true, A::conv2d},
       {"layer_norm", {{4, 11}, {11}, {11}},
        [](auto& v) { return layer_norm(v[0], v[1], v[2], 1e-5); },
@@ -144,7 +164,8 @@ const std::vector<OpRow>& rows() {
        {K::softmax_forward, K::softmax_backward}, true, A::softmax},
       {"log_softmax", {{4, 9}}, [](auto& v) { return log_softmax(v[0]); },
        {K::softmax_forward, K::softmax_backward}, true, A::softmax},
-      {"interpolate_bilinear", {{2, 3, 4, 3}}, [](auto& v) { return interpolate_bilinear(v[0], 5, 7, false); },
+      {"interpolate_bilinear", {{2, 3, 4, 3}},
+       [](auto& v) { return interpolate_bilinear(v[0], 5, 7, false); },
        {K::resize_bilinear_forward, K::resize_bilinear_backward}, true, A::resize},
       // Under autocast attention is matmul and softmax, whose rows hold its bf16 rule.
       {"scaled_dot_product_attention", {{1, 2, 5, 8}, {1, 2, 6, 8}, {1, 2, 6, 8}},
@@ -248,7 +269,7 @@ TEST_CASE("op table: every kernel of backend_ops.def has a row, and that row cal
   CountedDevice device;
   for (int i = 0; i < kBackendOpCount; ++i) {
     const BackendOp op = static_cast<BackendOp>(i);
-    INFO("kernel " << backend_op_name(op));
+    INFO("kernel " << std::string(backend_op_name(op)));
     const auto row = std::find_if(rows().begin(), rows().end(), [&](const OpRow& r) {
       return std::string(r.name) == row_for(op);
     });
@@ -260,7 +281,7 @@ TEST_CASE("op table: every kernel of backend_ops.def has a row, and that row cal
     (*device).reset();
     forward_and_gradients(row, Device::cuda);
     for (BackendOp op : row.kernels) {
-      INFO("kernel " << backend_op_name(op));
+      INFO("kernel " << std::string(backend_op_name(op)));
       CHECK((*device).calls(op) > 0);
     }
   }
@@ -270,7 +291,8 @@ TEST_CASE("op table: float64 gradcheck on the CPU") {
   for (const OpRow& row : rows()) {
     INFO("row " << std::string(row.name));
     if (!row.differentiable) {
-      MESSAGE("skipped gradcheck: " << std::string(row.name) << " has no gradient (an optimizer step)");
+      MESSAGE("skipped gradcheck: " << std::string(row.name)
+                                    << " has no gradient (an optimizer step)");
       continue;
     }
     expect_gradcheck(row.fn, row_inputs(row, DType::f64, Device::cpu, false));
@@ -279,17 +301,19 @@ TEST_CASE("op table: float64 gradcheck on the CPU") {
 
 TEST_CASE("op table: the emulated CUDA device equals the CPU in float32, forward and gradients") {
   CountedDevice device;
-  for (const OpRow& row : rows()) {
-    INFO("row " << std::string(row.name));
-    const std::vector<Tensor> want = forward_and_gradients(row, Device::cpu);
-    const std::vector<Tensor> got = forward_and_gradients(row, Device::cuda);
-    REQUIRE(got.size() == want.size());
-    expect_near("result", got[0], want[0], row.f32_tol);
-    for (size_t i = 1; i < got.size(); ++i) {
-      INFO("gradient of input " << i - 1);
-      expect_near("gradient", got[i], want[i], row.f32_tol);
+  in_each_schedule([&] {
+    for (const OpRow& row : rows()) {
+      INFO("row " << std::string(row.name));
+      const std::vector<Tensor> want = forward_and_gradients(row, Device::cpu);
+      const std::vector<Tensor> got = forward_and_gradients(row, Device::cuda);
+      REQUIRE(got.size() == want.size());
+      expect_near("result", got[0], want[0], row.f32_tol);
+      for (size_t i = 1; i < got.size(); ++i) {
+        INFO("gradient of input " << i - 1);
+        expect_near("gradient", got[i], want[i], row.f32_tol);
+      }
     }
-  }
+  });
 }
 
 // The rule of the row's policy, on the device under bf16 autocast, bit for bit:
@@ -300,35 +324,37 @@ TEST_CASE("op table: the emulated CUDA device equals the CPU in float32, forward
 // - float32: a bfloat16 activation is read as its float32 widening, the result is float32.
 TEST_CASE("op table: each op follows its bf16 autocast rule") {
   CountedDevice device;
-  for (const OpRow& row : rows()) {
-    INFO("row " << std::string(row.name));
-    if (!row.autocast) {
-      MESSAGE("skipped bf16 rule: " << std::string(row.name) << " is not in autocast's table");
-      continue;
+  in_each_schedule([&] {
+    for (const OpRow& row : rows()) {
+      INFO("row " << std::string(row.name));
+      if (!row.autocast) {
+        MESSAGE("skipped bf16 rule: " << std::string(row.name) << " is not in autocast's table");
+        continue;
+      }
+      Autocast amp(Device::cuda);
+      std::vector<Tensor> inputs = row_inputs(row, DType::f32, Device::cuda, false);
+      if (autocast_policy(*row.autocast) == AutocastPolicy::bf16_operands) {
+        set_autocast_activations(AutocastActivations::f32);
+        const Tensor f32 = row.fn(inputs);
+        set_autocast_activations(AutocastActivations::bf16);
+        const Tensor got = row.fn(inputs);
+        REQUIRE(got.dtype() == DType::bf16);
+        expect_bitwise("bf16 result", got, f32.to(DType::bf16));
+        continue;
+      }
+      std::vector<Tensor> widened = inputs;
+      inputs[0] = inputs[0].to(DType::bf16);  // the activation
+      widened[0] = inputs[0].to(DType::f32);
+      const Tensor got = row.fn(inputs), want = row.fn(widened);
+      const bool keeps = autocast_policy(*row.autocast) == AutocastPolicy::keeps_bf16;
+      if (got.dtype() == DType::bf16) {
+        CHECK(keeps);
+        expect_bitwise("bf16 result", got, want.to(DType::bf16));
+      } else {
+        expect_bitwise("float32 result", got, want);
+      }
     }
-    Autocast amp(Device::cuda);
-    std::vector<Tensor> inputs = row_inputs(row, DType::f32, Device::cuda, false);
-    if (autocast_policy(*row.autocast) == AutocastPolicy::bf16_operands) {
-      set_autocast_activations(AutocastActivations::f32);
-      const Tensor f32 = row.fn(inputs);
-      set_autocast_activations(AutocastActivations::bf16);
-      const Tensor got = row.fn(inputs);
-      REQUIRE(got.dtype() == DType::bf16);
-      expect_bitwise("bf16 result", got, f32.to(DType::bf16));
-      continue;
-    }
-    std::vector<Tensor> widened = inputs;
-    inputs[0] = inputs[0].to(DType::bf16);  // the activation
-    widened[0] = inputs[0].to(DType::f32);
-    const Tensor got = row.fn(inputs), want = row.fn(widened);
-    const bool keeps = autocast_policy(*row.autocast) == AutocastPolicy::keeps_bf16;
-    if (got.dtype() == DType::bf16) {
-      CHECK(keeps);
-      expect_bitwise("bf16 result", got, want.to(DType::bf16));
-    } else {
-      expect_bitwise("float32 result", got, want);
-    }
-  }
+  });
 }
 
 }  // namespace
