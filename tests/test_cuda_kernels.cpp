@@ -57,14 +57,6 @@ void expect_close(const std::string& kernel, const std::vector<double>& got,
   logged = std::max(logged, worst);
 }
 
-std::vector<double> uniform(int64_t n, uint64_t seed, double lo = -2.0, double hi = 2.0) {
-  std::mt19937_64 gen(seed);
-  std::uniform_real_distribution<double> dist(lo, hi);
-  std::vector<double> v(n);
-  for (double& x : v) x = static_cast<float>(dist(gen));  // exactly representable in float
-  return v;
-}
-
 Tensor host(const std::vector<double>& v, const Shape& shape, DType dtype = DType::f32) {
   return Tensor::from_vector(v, shape, dtype);
 }

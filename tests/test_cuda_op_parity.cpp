@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <array>
 #include <optional>
-#include <random>
 
 #include "helpers.h"
 #include "tensor/autocast.h"
@@ -78,15 +77,6 @@ struct OpRow {
   double lo = -1.0, hi = 1.0;
   double f32_tol = 2e-5;  // CPU vs device, relative to max(1, |result|)
 };
-
-// Each row's values are exactly representable in float32 and bfloat16 agnostic.
-std::vector<double> uniform(int64_t n, uint64_t seed, double lo, double hi) {
-  std::mt19937_64 gen(seed);
-  std::uniform_real_distribution<double> dist(lo, hi);
-  std::vector<double> v(n);
-  for (double& x : v) x = static_cast<float>(dist(gen));
-  return v;
-}
 
 Tensor adamw(const std::vector<Tensor>& v, bool multi) {
   const Tensor param = v[0].clone();

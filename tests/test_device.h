@@ -8,7 +8,9 @@
 #include <doctest/doctest.h>
 
 #include <cstdlib>
+#include <random>
 #include <string>
+#include <vector>
 
 #include "cuda/emulated/emulated_backend.h"
 #include "cuda/simt/emulator.h"
@@ -23,6 +25,16 @@ namespace sono::test {
 inline bool on_real_gpu() {
   const char* device = std::getenv("SONO_TEST_DEVICE");
   return device && std::string(device) == "gpu";
+}
+
+// n values uniform in [lo, hi), each exactly representable in float32, so that float32 and
+// float64 tensors of them hold the same numbers.
+inline std::vector<double> uniform(int64_t n, uint64_t seed, double lo = -2.0, double hi = 2.0) {
+  std::mt19937_64 gen(seed);
+  std::uniform_real_distribution<double> dist(lo, hi);
+  std::vector<double> v(n);
+  for (double& x : v) x = static_cast<float>(dist(gen));
+  return v;
 }
 
 constexpr simt::Schedule kSchedules[] = {simt::Schedule::forward, simt::Schedule::reversed,
