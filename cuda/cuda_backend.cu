@@ -129,7 +129,7 @@ class CudaBackend final : public KernelBackend {
                   const Tensor& out, const std::function<void()>& ours) override {
     std::call_once(cudnn_once_, [this] { start_cudnn(); });
     if (!cudnn_) return ours();
-    const ConvPrecision precision = conv_precision(a, b, out);
+    const ConvPrecision precision = conv_precision(g, a, b, out);
     conv_impls_->run({pass, g, precision}, [&](ConvImpl impl, bool timed) {
       return timed_run(timed, [&] {
         if (impl == ConvImpl::ours) {
@@ -190,11 +190,12 @@ class CudaBackend final : public KernelBackend {
     }
   }
 
-  // Under autocast (or given bfloat16 activations) a pass multiplies bf16 operands: natively
+  // At bf16 precision (or given bfloat16 activations) a pass multiplies bf16 operands: natively
   // where its result is a bfloat16 activation, exactly in TF32 where it is float32.
-  ConvPrecision conv_precision(const Tensor& a, const Tensor& b, const Tensor& out) const {
-    const bool bf16 = bf16_autocast() || a.dtype() == DType::bf16 || b.dtype() == DType::bf16 ||
-                      out.dtype() == DType::bf16;
+  ConvPrecision conv_precision(const Conv2dGeometry& g, const Tensor& a, const Tensor& b,
+                               const Tensor& out) const {
+    const bool bf16 = g.precision == Precision::bf16 || a.dtype() == DType::bf16 ||
+                      b.dtype() == DType::bf16 || out.dtype() == DType::bf16;
     if (bf16) return out.dtype() == DType::bf16 ? ConvPrecision::bf16 : ConvPrecision::bf16_exact;
     return allow_tf32_ ? ConvPrecision::tf32 : ConvPrecision::f32;
   }

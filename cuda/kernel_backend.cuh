@@ -17,7 +17,6 @@
 #include "cuda/kernels/reduce.cuh"
 #include "cuda/kernels/resize.cuh"
 #include "cuda/kernels/softmax.cuh"
-#include "tensor/autocast.h"
 #include "tensor/backend.h"
 #include "tensor/strided_layout.h"
 
@@ -42,6 +41,17 @@ void dispatch_copy_dtype(DType dtype, F&& f) {
 class KernelBackend : public Backend {
  public:
   bool reads_bf16() const override { return true; }
+
+  bool supports(BackendOp op, OpOperands operands) const override {
+    const Tensor* const* t = operands.begin();
+    switch (op) {
+      case BackendOp::attention_forward: return fused_attention_fits(*t[0], *t[1], *t[2]);
+      case BackendOp::batch_norm_forward:
+      case BackendOp::batch_norm_backward:
+        return t[0]->dtype() == DType::f32 || t[0]->dtype() == DType::bf16;
+      default: return Backend::supports(op, operands);
+    }
+  }
 
   // Device to device: the strided copy kernel. Host to device and back: one contiguous
   // transfer of raw bytes, with strides and dtype conversion done on whichever side is not
@@ -131,14 +141,14 @@ class KernelBackend : public Backend {
   // The GEMM, then the bias (and GELU) in one pass. A bfloat16 y is rounded once, from a
   // float32 product, as torch's addmm does.
   void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
-                      bool gelu) override {
+                      bool gelu, Precision precision) override {
     const Activation act = gelu ? Activation::gelu : Activation::none;
     if (y.dtype() != DType::bf16) {
-      gemm(x, false, w, true, y, 1.0, 0.0);
+      gemm(x, false, w, true, y, 1.0, 0.0, precision);
       return bias_act_rows(y, bias, y, act);
     }
     const Tensor product = Tensor::empty(y.shape(), DType::f32, Device::cuda);
-    gemm(x, false, w, true, product, 1.0, 0.0);
+    gemm(x, false, w, true, product, 1.0, 0.0, precision);
     bias_act_rows(product, bias, y, act);
   }
 
@@ -151,14 +161,14 @@ class KernelBackend : public Backend {
     else reduce_max(space, xp, yp, partials.doubles(), stream());
   }
 
-  // Under bf16 autocast, or given a bfloat16 operand or result (autocast's activations),
+  // At bf16 precision, or given a bfloat16 operand or result (autocast's activations),
   // gemm_bf16 multiplies bfloat16 operands (float32 ones go to converted copies) with float32
   // accumulation; otherwise gemm_native takes the operands as they are.
   void gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& c, double alpha,
-            double beta) override {
+            double beta, Precision precision) override {
     const bool bf16_tensor =
         a.dtype() == DType::bf16 || b.dtype() == DType::bf16 || c.dtype() == DType::bf16;
-    if (!bf16_tensor && (c.dtype() != DType::f32 || !bf16_autocast())) {
+    if (!bf16_tensor && (c.dtype() != DType::f32 || precision != Precision::bf16)) {
       if (audit_library("cublas_gemm", gemm_cost(a, ta, c, beta, true))) return;
       return gemm_native(a, ta, b, tb, c, alpha, beta);
     }
@@ -167,12 +177,6 @@ class KernelBackend : public Backend {
     gemm_bf16(a, a16.data, ta, b, b16.data, tb, c, alpha, beta);
   }
 
-  // float32 heads of up to kAttentionMaxDim dims, as many in v as in q (MiT's).
-  bool has_fused_attention(const Tensor& q, const Tensor& k, const Tensor& v) const override {
-    const bool f32 = q.dtype() == DType::f32 && k.dtype() == DType::f32 && v.dtype() == DType::f32;
-    return f32 && q.size(3) <= kAttentionMaxDim && v.size(3) == q.size(3) &&
-           q.size(0) * q.size(1) <= 65535;
-  }
   void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
                          const Tensor& out) override {
     cuda::attention_forward(q.size(0) * q.size(1), q.size(2), k.size(2), q.size(3),
@@ -187,17 +191,17 @@ class KernelBackend : public Backend {
                       const Tensor& out) override {
     if (g.depthwise()) {
       Buffer ws(*this, depthwise_gather_workspace(depthwise(g)) * sizeof(float));
-      return with_activation(x, [&](const auto* xp, bool bf16) {
+      return with_activation(g, x, [&](const auto* xp, bool bf16) {
         with_floats(out, "conv2d", [&](auto* yp) {
           depthwise_forward(depthwise(g), xp, f32(w, "conv2d"), yp, ws.floats(), stream(), bf16);
         });
       });
     }
     if (is_pointwise(g))
-      return gemm(pixel_rows(x), false, weight_rows(w), true, pixel_rows(out), 1, 0);
+      return gemm(pixel_rows(x), false, weight_rows(w), true, pixel_rows(out), 1, 0, g.precision);
     dense_conv(ConvPass::forward, g, x, w, out, [&] {
       Buffer ws(*this, conv_forward_workspace(dense(g)) * sizeof(float));
-      with_activation(x, [&](const auto* xp, bool bf16) {
+      with_activation(g, x, [&](const auto* xp, bool bf16) {
         with_floats(out, "conv2d", [&](auto* yp) {
           conv_forward(dense(g), xp, f32(w, "conv2d"), yp, ws.floats(), stream(),
                        conv_math(bf16));
@@ -211,15 +215,16 @@ class KernelBackend : public Backend {
       Buffer ws(*this, depthwise_gather_workspace(depthwise(g)) * sizeof(float));
       return depthwise_backward_input(depthwise(g), f32(grad_out, "conv2d"), f32(w, "conv2d"),
                                       f32(grad_x, "conv2d"), ws.floats(), stream(),
-                                      bf16_autocast());
+                                      g.precision == Precision::bf16);
     }
     if (is_pointwise(g))
-      return gemm(pixel_rows(grad_out), false, weight_rows(w), false, pixel_rows(grad_x), 1, 0);
+      return gemm(pixel_rows(grad_out), false, weight_rows(w), false, pixel_rows(grad_x), 1, 0,
+                  g.precision);
     dense_conv(ConvPass::backward_input, g, grad_out, w, grad_x, [&] {
       Buffer ws(*this, conv_backward_input_workspace(dense(g)) * sizeof(float));
       conv_backward_input(dense(g), f32(grad_out, "conv2d"), f32(w, "conv2d"),
                           f32(grad_x, "conv2d"), ws.floats(), stream(),
-                          conv_math(bf16_autocast()));
+                          conv_math(g.precision == Precision::bf16));
     });
   }
   void conv2d_backward_weight(const Conv2dGeometry& g, const Tensor& x, const Tensor& grad_out,
@@ -227,17 +232,18 @@ class KernelBackend : public Backend {
     if (g.depthwise()) {
       const DepthwiseGeometry dg = depthwise(g);
       Buffer ws(*this, depthwise_backward_weight_workspace(dg) * sizeof(float));
-      return with_activation(x, [&](const auto* xp, bool bf16) {
+      return with_activation(g, x, [&](const auto* xp, bool bf16) {
         depthwise_backward_weight(dg, xp, f32(grad_out, "conv2d"), f32(grad_w, "conv2d"),
                                   ws.floats(), stream(), bf16);
       });
     }
     if (is_pointwise(g))
-      return gemm(pixel_rows(grad_out), true, pixel_rows(x), false, weight_rows(grad_w), 1, 0);
+      return gemm(pixel_rows(grad_out), true, pixel_rows(x), false, weight_rows(grad_w), 1, 0,
+                  g.precision);
     dense_conv(ConvPass::backward_weight, g, x, grad_out, grad_w, [&] {
       const ConvGeometry cg = dense(g);
       Buffer ws(*this, conv_backward_weight_workspace(cg) * sizeof(float));
-      with_activation(x, [&](const auto* xp, bool bf16) {
+      with_activation(g, x, [&](const auto* xp, bool bf16) {
         conv_backward_weight(cg, xp, f32(grad_out, "conv2d"), f32(grad_w, "conv2d"), ws.floats(),
                              stream(), conv_math(bf16));
       });
@@ -269,9 +275,6 @@ class KernelBackend : public Backend {
   }
 
   // x and y may be bfloat16 (autocast's activations); statistics and gradients are float32.
-  bool has_fused_batch_norm(const Tensor& x) const override {
-    return x.dtype() == DType::f32 || x.dtype() == DType::bf16;
-  }
   void batch_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, double eps,
                           const Tensor& y, const Tensor& mean, const Tensor& var,
                           const Tensor& inv_std) override {
@@ -363,7 +366,6 @@ class KernelBackend : public Backend {
   // Copies bytes between host and device memory; returns once host memory may be reused.
   virtual void transfer(void* dst, const void* src, size_t bytes, bool to_device) = 0;
 
-  static bool bf16_autocast() { return autocast_precision(Device::cuda) == Precision::bf16; }
   // Records a library call while the launch audit records; true: a dry run, skip the call.
   static bool audit_library(const char* name, const LaunchCost& cost) {
     if (!launch_audit::recording()) return false;
@@ -504,11 +506,11 @@ class KernelBackend : public Backend {
       });
     });
   }
-  // Calls f(x's data, bf16) for a dense conv's input: autocast's bfloat16 copy, or float32 that
-  // the kernel rounds to bfloat16 as it loads tiles while autocast is on.
+  // Calls f(x's data, bf16) for a conv's input: autocast's bfloat16 copy, or float32 that the
+  // kernel rounds to bfloat16 as it loads tiles at bf16 precision.
   template <typename F>
-  static void with_activation(const Tensor& x, F&& f) {
-    const bool bf16 = x.dtype() == DType::bf16 || bf16_autocast();
+  static void with_activation(const Conv2dGeometry& g, const Tensor& x, F&& f) {
+    const bool bf16 = x.dtype() == DType::bf16 || g.precision == Precision::bf16;
     with_floats(x, "conv2d", [&](const auto* xp) { f(xp, bf16); });
   }
 
@@ -540,6 +542,13 @@ class KernelBackend : public Backend {
   static ConvMath conv_math(bool bf16) { return bf16 ? ConvMath::bf16_wmma : ConvMath::float32; }
   static DepthwiseGeometry depthwise(const Conv2dGeometry& g) {
     return {g.n, g.h, g.w, g.cin, g.kh, g.kw, g.oh, g.ow, g.stride, g.padding, g.dilation};
+  }
+
+  // float32 heads of up to kAttentionMaxDim dims, as many in v as in q (MiT's).
+  static bool fused_attention_fits(const Tensor& q, const Tensor& k, const Tensor& v) {
+    const bool f32 = q.dtype() == DType::f32 && k.dtype() == DType::f32 && v.dtype() == DType::f32;
+    return f32 && q.size(3) <= kAttentionMaxDim && v.size(3) == q.size(3) &&
+           q.size(0) * q.size(1) <= 65535;
   }
 
   static ResizeGeometry resize_geometry(const Tensor& in, const Tensor& out, bool align_corners) {

@@ -54,6 +54,44 @@ Tensor native_operand(const Tensor& x) {
   return backend_of(x).reads_bf16() ? x : float_operand(x);
 }
 
+AutocastPolicy autocast_policy(AutocastOp op) {
+  switch (op) {
+    case AutocastOp::matmul:
+    case AutocastOp::linear:
+    case AutocastOp::conv2d: return AutocastPolicy::bf16_operands;
+    case AutocastOp::gelu:
+    case AutocastOp::relu:
+    case AutocastOp::bias_gelu:
+    case AutocastOp::layer_norm:
+    case AutocastOp::batch_norm: return AutocastPolicy::keeps_bf16;
+    case AutocastOp::unary:
+    case AutocastOp::binary:
+    case AutocastOp::reduce:
+    case AutocastOp::softmax:
+    case AutocastOp::loss:
+    case AutocastOp::resize:
+    case AutocastOp::pad:
+    case AutocastOp::concat:
+    case AutocastOp::batch_norm_composed: return AutocastPolicy::float32;
+  }
+  fail("autocast_policy: unknown op ", static_cast<int>(op));
+}
+
+AutocastOp autocast_op(UnaryOp op) {
+  if (op == UnaryOp::gelu) return AutocastOp::gelu;
+  if (op == UnaryOp::relu) return AutocastOp::relu;
+  return AutocastOp::unary;
+}
+
+Tensor autocast_input(AutocastOp op, const Tensor& x) {
+  switch (autocast_policy(op)) {
+    case AutocastPolicy::bf16_operands: return autocast_operand(x);
+    case AutocastPolicy::keeps_bf16: return native_operand(x);
+    case AutocastPolicy::float32: return float_operand(x);
+  }
+  fail("autocast_input: unknown policy");
+}
+
 void set_autocast_activations(AutocastActivations activations) {
   activations_dtype.store(activations, std::memory_order_relaxed);
 }

@@ -11,22 +11,48 @@
 // (softmax, losses) and type promotion (bf16 + fp32) do. Attention, composed of matmul and
 // softmax, follows them. Parameters, gradients (of bfloat16 activations too) and optimizer
 // state are float32: master weights, rounded per use.
+// autocast_policy is that list as a table, which the ops read (autocast_input).
 // On a GPU the products are cuBLAS GemmEx / our conv kernels on bf16 operands. Only the CUDA
 // backend implements it: the CPU refuses bf16 autocast. The setting is process-wide (the tools'
 // --amp flag sets it once), not per thread.
 #include <string>
 
+#include "tensor/backend.h"
 #include "tensor/tensor.h"
 
 namespace sono {
-
-enum class Precision : uint8_t { f32, bf16 };
 
 Precision autocast_precision(Device device);
 // Throws for bf16 on the CPU.
 void set_autocast(Device device, Precision precision);
 // "off" -> f32, "bf16" -> bf16 (the --amp flag's values); throws on anything else.
 Precision parse_precision(const std::string& name);
+
+// The ops autocast treats alike; autocast_policy (autocast.cpp) is the one table of what each
+// does, and ops read their input through autocast_input.
+enum class AutocastOp : uint8_t {
+  matmul, linear, conv2d,                // products
+  gelu, relu, bias_gelu, layer_norm,     // read bfloat16 activations
+  batch_norm,                            // where the backend has the fused kernels
+  unary, binary, reduce, softmax, loss,  // the rest
+  resize, pad, concat, batch_norm_composed
+};
+enum class AutocastPolicy : uint8_t {
+  // Under bf16 autocast, float32 operands rounded to bfloat16 (a copy saved for backward),
+  // float32 accumulation; the result as autocast_result_dtype says.
+  bf16_operands,
+  // A bfloat16 activation read as it is where the backend reads bfloat16 (Backend::reads_bf16);
+  // the op says what it returns (GELU and ReLU bfloat16, LayerNorm float32).
+  keeps_bf16,
+  // A bfloat16 input widened to float32 (a cast in the graph); float32 result.
+  float32,
+};
+AutocastPolicy autocast_policy(AutocastOp op);
+// The elementwise ops: GELU and ReLU keep bfloat16, the others are float32.
+AutocastOp autocast_op(UnaryOp op);
+
+// x as `op` reads it under its policy: autocast_operand, native_operand or float_operand.
+Tensor autocast_input(AutocastOp op, const Tensor& x);
 
 // The operand an autocast op computes with and saves for backward: under bf16 autocast on x's
 // device, float32 x as a bfloat16 copy (outside the graph); otherwise x itself.
@@ -38,8 +64,8 @@ DType autocast_result_dtype(const Tensor& operand);
 // (a cast in the graph, which hands the float32 gradient back unchanged); any other tensor as
 // it is.
 Tensor float_operand(const Tensor& x);
-// x as an op that reads bfloat16 itself (GELU, ReLU, LayerNorm) takes it: as it is where x's
-// backend reads bfloat16 (Backend::reads_bf16), else float_operand(x).
+// x as an op that reads bfloat16 itself takes it: as it is where x's backend reads bfloat16
+// (Backend::reads_bf16), else float_operand(x).
 Tensor native_operand(const Tensor& x);
 
 // The activations that autocast ops return and save: bfloat16 (the default, torch's), or

@@ -5,10 +5,15 @@
 // every test that goes through the Backend (ops, kernels' entry points, whole models) then
 // checks the kernels on silicon against the CPU; the tests that launch kernels on host memory
 // directly (the emulator's own rules, some launchers) stay on the emulator.
+#include <doctest/doctest.h>
+
 #include <cstdlib>
+#include <random>
 #include <string>
+#include <vector>
 
 #include "cuda/emulated/emulated_backend.h"
+#include "cuda/simt/emulator.h"
 #include "tensor/backend.h"
 #ifdef SONO_HAVE_CUDA
 #include "cuda/cuda_backend.h"
@@ -20,6 +25,31 @@ namespace sono::test {
 inline bool on_real_gpu() {
   const char* device = std::getenv("SONO_TEST_DEVICE");
   return device && std::string(device) == "gpu";
+}
+
+// n values uniform in [lo, hi), each exactly representable in float32, so that float32 and
+// float64 tensors of them hold the same numbers.
+inline std::vector<double> uniform(int64_t n, uint64_t seed, double lo = -2.0, double hi = 2.0) {
+  std::mt19937_64 gen(seed);
+  std::uniform_real_distribution<double> dist(lo, hi);
+  std::vector<double> v(n);
+  for (double& x : v) x = static_cast<float>(dist(gen));
+  return v;
+}
+
+constexpr simt::Schedule kSchedules[] = {simt::Schedule::forward, simt::Schedule::reversed,
+                                         simt::Schedule::shuffled};
+
+// Runs body once in each of the emulator's schedules (the shuffled one seeded), naming the
+// schedule on failure.
+template <typename F>
+void in_each_schedule(F&& body) {
+  for (simt::Schedule s : kSchedules) {
+    simt::set_schedule(s, 20240601);
+    INFO("schedule: " << std::string(simt::schedule_name(s)));
+    body();
+  }
+  simt::set_schedule(simt::Schedule::forward);
 }
 
 // Makes Device::cuda the test device for a test's duration.

@@ -25,7 +25,7 @@ class EmulatedBackend final : public KernelBackend {
   // GemmEx's CUBLAS_COMPUTE_32F).
   void gemm_native(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& c,
                    double alpha, double beta) override {
-    backend(Device::cpu).gemm(a, ta, b, tb, c, alpha, beta);
+    backend(Device::cpu).gemm(a, ta, b, tb, c, alpha, beta, Precision::f32);
   }
   void gemm_bf16(const Tensor& a, const bfloat16* a16, bool ta, const Tensor& b,
                  const bfloat16* b16, bool tb, const Tensor& c, double alpha,
@@ -34,12 +34,12 @@ class EmulatedBackend final : public KernelBackend {
     const Tensor a32 = Tensor::empty(a.shape()), b32 = Tensor::empty(b.shape());
     bf16_convert(a.numel(), a16, a32.data<float>(), nullptr);
     bf16_convert(b.numel(), b16, b32.data<float>(), nullptr);
-    if (c.dtype() != DType::bf16) return backend(Device::cpu).gemm(a32, ta, b32, tb, c, alpha, beta);
+    if (c.dtype() != DType::bf16) return backend(Device::cpu).gemm(a32, ta, b32, tb, c, alpha, beta, Precision::f32);
     // A bfloat16 result (autocast's activations): the float32 sum, rounded once.
     const Tensor c32 = Tensor::empty(c.shape());
     if (beta != 0.0) bf16_convert(c.numel(), static_cast<const bfloat16*>(c.raw_data()),
                                   c32.data<float>(), nullptr);
-    backend(Device::cpu).gemm(a32, ta, b32, tb, c32, alpha, beta);
+    backend(Device::cpu).gemm(a32, ta, b32, tb, c32, alpha, beta, Precision::f32);
     bf16_convert(c.numel(), c32.data<float>(), static_cast<bfloat16*>(c.raw_data()), nullptr);
   }
   cudaStream_t stream() const override { return nullptr; }

@@ -359,8 +359,6 @@ int shuffle_source(const Fiber& f, unsigned lane, unsigned taking_part) {
   int src = l;
   switch (f.op) {
     case WarpOp::shfl_idx: src = segment + (f.arg & (w - 1)); break;
-    case WarpOp::shfl_up: src = l - f.arg >= segment ? l - f.arg : l; break;
-    case WarpOp::shfl_down: src = l + f.arg < segment + w ? l + f.arg : l; break;
     // Lanes may read earlier groups of `width` lanes but read their own value past their group.
     case WarpOp::shfl_xor: src = (l ^ f.arg) < segment + w ? (l ^ f.arg) : l; break;
     default: break;
@@ -371,16 +369,10 @@ int shuffle_source(const Fiber& f, unsigned lane, unsigned taking_part) {
 
 // Completes the warp intrinsic that lanes `lanes` of the warp at warp_base all wait at.
 void complete_warp_op(unsigned warp_base, unsigned lanes) {
-  uint64_t votes = 0;
-  for (unsigned l = 0; l < 32; ++l)
-    if ((lanes >> l) & 1u && fiber(warp_base + l).value) votes |= 1ull << l;
   for (unsigned l = 0; l < 32; ++l) {
     if (!((lanes >> l) & 1u)) continue;
     Fiber& f = fiber(warp_base + l);
     switch (f.op) {
-      case WarpOp::ballot: f.result = votes; break;
-      case WarpOp::any: f.result = votes != 0; break;
-      case WarpOp::all: f.result = votes == lanes; break;
       case WarpOp::sync: f.result = 0; break;
       default: {
         // Reading an exited or absent lane is undefined in CUDA: poison shows it.

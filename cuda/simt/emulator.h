@@ -80,7 +80,7 @@ void set_schedule(Schedule s, uint64_t seed = 1);
 Schedule schedule();
 
 // What a warp-synchronous intrinsic does once every lane of its mask has arrived.
-enum class WarpOp { shfl_idx, shfl_up, shfl_down, shfl_xor, ballot, any, all, sync };
+enum class WarpOp { shfl_idx, shfl_xor, sync };
 
 // Runs body(ctx) once for every thread of every block (a kernel launch); body reads
 // threadIdx/blockIdx. Throws Fault on a misused barrier or an invalid launch configuration.
@@ -135,26 +135,9 @@ inline void __syncwarp(unsigned mask = 0xffffffffu, const char* file = __builtin
         simt::warp_op(op, mask, simt::to_bits(var), arg, width, #name, file, line));        \
   }
 SIMT_SHUFFLE(__shfl_sync, simt::WarpOp::shfl_idx)
-SIMT_SHUFFLE(__shfl_up_sync, simt::WarpOp::shfl_up)
-SIMT_SHUFFLE(__shfl_down_sync, simt::WarpOp::shfl_down)
 SIMT_SHUFFLE(__shfl_xor_sync, simt::WarpOp::shfl_xor)
 #undef SIMT_SHUFFLE
 
-inline unsigned __ballot_sync(unsigned mask, int pred, const char* file = __builtin_FILE(),
-                              int line = __builtin_LINE()) {
-  return static_cast<unsigned>(
-      simt::warp_op(simt::WarpOp::ballot, mask, pred != 0, 0, 32, "__ballot_sync", file, line));
-}
-inline int __any_sync(unsigned mask, int pred, const char* file = __builtin_FILE(),
-                      int line = __builtin_LINE()) {
-  return static_cast<int>(
-      simt::warp_op(simt::WarpOp::any, mask, pred != 0, 0, 32, "__any_sync", file, line));
-}
-inline int __all_sync(unsigned mask, int pred, const char* file = __builtin_FILE(),
-                      int line = __builtin_LINE()) {
-  return static_cast<int>(
-      simt::warp_op(simt::WarpOp::all, mask, pred != 0, 0, 32, "__all_sync", file, line));
-}
 
 // ---- atomics (fibers switch only at barriers, but host threads may share memory too) ------------
 

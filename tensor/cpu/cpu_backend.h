@@ -12,43 +12,17 @@ class CpuBackend final : public Backend {
   void* allocate(size_t nbytes) override;
   void deallocate(void* ptr) override;
 
-  void copy(const Tensor& src, const Tensor& dst) override;
-  void fill(const Tensor& dst, double value) override;
-  void unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) override;
-  void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) override;
-  void bias_gelu_forward(const Tensor& x, const Tensor& bias, const Tensor& y) override;
-  void gelu_backward(const Tensor& x, const Tensor& bias, const Tensor& grad_y,
-                     const Tensor& grad_x) override;
-  void reduce(ReduceOp op, const Tensor& x, const Tensor& out) override;
+#define SONO_BACKEND_OP(kind, op, params, args) SONO_CPU_DECLARE_##kind(op, params)
+#define SONO_CPU_DECLARE_required(op, params) void op params override;
+#define SONO_CPU_DECLARE_defaulted(op, params)
+#define SONO_CPU_DECLARE_optional(op, params)
+#include "tensor/backend_ops.def"
+#undef SONO_CPU_DECLARE_required
+#undef SONO_CPU_DECLARE_defaulted
+#undef SONO_CPU_DECLARE_optional
+  // The GEMM with the bias and GELU applied in its epilogue.
   void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
-                      bool gelu) override;
-  void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
-            double alpha, double beta) override;
-
-  void conv2d_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,
-                      const Tensor& out) override;
-  void conv2d_backward_input(const Conv2dGeometry& g, const Tensor& grad_out, const Tensor& w,
-                             const Tensor& grad_x) override;
-  void conv2d_backward_weight(const Conv2dGeometry& g, const Tensor& x, const Tensor& grad_out,
-                              const Tensor& grad_w) override;
-
-  void layer_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, double eps,
-                          const Tensor& y, const Tensor& mean, const Tensor& rstd) override;
-  void layer_norm_backward(const Tensor& x, const Tensor& w, const Tensor& mean,
-                           const Tensor& rstd, const Tensor& grad_y, const Tensor& grad_x,
-                           const Tensor& grad_w, const Tensor& grad_b) override;
-
-  void softmax_forward(const Tensor& x, const Tensor& y, bool log) override;
-  void softmax_backward(const Tensor& y, const Tensor& grad_y, const Tensor& grad_x,
-                        bool log) override;
-
-  void resize_bilinear_forward(const Tensor& x, const Tensor& y, bool align_corners) override;
-  void resize_bilinear_backward(const Tensor& grad_y, const Tensor& grad_x,
-                                bool align_corners) override;
-
-  void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
-                  const Tensor& exp_avg_sq, double lr, double beta1, double beta2, double eps,
-                  double weight_decay, int64_t step) override;
+                      bool gelu, Precision precision) override;
 };
 
 // values = GELU(values) (erf form) in place (elementwise.cpp): the GEMM's GELU epilogue.

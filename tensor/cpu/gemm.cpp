@@ -65,8 +65,16 @@ void gemm_rows(const GemmProblem<T>& p) {
 template void gemm_rows<float>(const GemmProblem<float>&);
 template void gemm_rows<double>(const GemmProblem<double>&);
 
+namespace {
+// bf16 autocast is refused on the CPU (set_autocast), so no op asks for bf16 products here.
+void check_float_products(Precision precision) {
+  SONO_CHECK(precision == Precision::f32, "CPU GEMM: bf16 products are not implemented");
+}
+}  // namespace
+
 void CpuBackend::gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& c,
-                      double alpha, double beta) {
+                      double alpha, double beta, Precision precision) {
+  check_float_products(precision);
   dispatch_float(c.dtype(), [&](auto tag) {
     using T = decltype(tag);
     gemm_rows(tensor_problem<T>(a, ta, b, tb, c, alpha, beta));
@@ -74,7 +82,8 @@ void CpuBackend::gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, const 
 }
 
 void CpuBackend::linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
-                                const Tensor& y, bool gelu) {
+                                const Tensor& y, bool gelu, Precision precision) {
+  check_float_products(precision);
   dispatch_float(y.dtype(), [&](auto tag) {
     using T = decltype(tag);
     GemmProblem<T> p = tensor_problem<T>(x, false, w, true, y, 1.0, 0.0);

@@ -33,7 +33,8 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
              " (need equal B and H, q and k with equal D, k and v with equal L)");
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(3)));
   Backend& be = backend_of(q);
-  if (autocast_precision(q.device()) != Precision::f32 || !be.has_fused_attention(q, k, v))
+  if (autocast_precision(q.device()) != Precision::f32 ||
+      !be.supports(BackendOp::attention_forward, {&q, &k, &v}))
     return composed_attention(q, k, v, scale);
   Tensor out = Tensor::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.dtype(), q.device());
   be.attention_forward(q.detach().contiguous(), k.detach().contiguous(), v.detach().contiguous(),

@@ -51,6 +51,13 @@ Tensor contiguous_data(const Tensor& t) {
   return t.detach().contiguous();
 }
 
+// g with the products' precision that autocast sets on `device` when the kernel is called (as
+// matmul's GEMMs, forward and backward, read it).
+Conv2dGeometry at_autocast_precision(Conv2dGeometry g, Device device) {
+  g.precision = autocast_precision(device);
+  return g;
+}
+
 // What the backward keeps: the input only when grad_w is needed, the weight only when grad_x is.
 struct Conv2dSaved {
   Conv2dGeometry g;
@@ -61,14 +68,15 @@ struct Conv2dSaved {
   std::vector<Tensor> backward(const Tensor& grad) const {
     const Tensor gc = grad.contiguous();
     Backend& be = backend_of(gc);
+    const Conv2dGeometry now = at_autocast_precision(g, gc.device());
     Tensor gx, gw;
     if (need_gx) {
       gx = Tensor::empty({g.n, g.h, g.w, g.cin}, gc.dtype(), gc.device());
-      be.conv2d_backward_input(g, gc, w, gx);
+      be.conv2d_backward_input(now, gc, w, gx);
     }
     if (need_gw) {
       gw = Tensor::empty(w_shape, gc.dtype(), gc.device());
-      be.conv2d_backward_weight(g, x, gc, gw);
+      be.conv2d_backward_weight(now, x, gc, gw);
     }
     // NHWC: the bias gradient sums the output gradient over batch and pixels.
     Tensor gb = need_gb ? sum(gc, {0, 1, 2}) : Tensor();
@@ -79,9 +87,9 @@ struct Conv2dSaved {
 }  // namespace
 
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dOptions opt) {
-  const Conv2dGeometry g = conv_geometry(x, weight, bias, opt);
+  const Conv2dGeometry g = at_autocast_precision(conv_geometry(x, weight, bias, opt), x.device());
   const Tensor wc = contiguous_data(weight);
-  const Tensor xc = autocast_operand(contiguous_data(x));
+  const Tensor xc = autocast_input(AutocastOp::conv2d, contiguous_data(x));
   const DType result = autocast_result_dtype(xc);
   // With a bias, the kernel writes a float32 sum that the bias add rounds once to the result.
   const Shape out_shape{g.n, g.oh, g.ow, g.cout};

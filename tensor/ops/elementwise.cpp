@@ -35,7 +35,8 @@ void check_same_kind(const Tensor& a, const Tensor& b, const char* op) {
 }
 
 Tensor binary_forward(BinaryOp op, const Tensor& a_in, const Tensor& b_in, const char* name) {
-  const Tensor a = float_operand(a_in), b = float_operand(b_in);
+  const Tensor a = autocast_input(AutocastOp::binary, a_in);
+  const Tensor b = autocast_input(AutocastOp::binary, b_in);
   check_same_kind(a, b, name);
   Shape s = broadcast_shapes(a, b, name);
   Tensor out = Tensor::empty(s, a.dtype(), a.device());
@@ -45,8 +46,7 @@ Tensor binary_forward(BinaryOp op, const Tensor& a_in, const Tensor& b_in, const
 }
 
 Tensor unary_forward(UnaryOp op, const Tensor& x_in, double alpha = 0.0) {
-  const bool keeps_bf16 = op == UnaryOp::gelu || op == UnaryOp::relu;
-  const Tensor x = keeps_bf16 ? native_operand(x_in) : float_operand(x_in);
+  const Tensor x = autocast_input(autocast_op(op), x_in);
   SONO_CHECK(x.dtype() != DType::i64, "elementwise math on an int64 tensor");
   Tensor xc = x.is_contiguous() ? x : x.detach().contiguous();
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
@@ -175,7 +175,7 @@ Tensor gelu(const Tensor& a) {
 }
 
 Tensor bias_gelu(const Tensor& x_in, const Tensor& bias) {
-  const Tensor x = native_operand(x_in);
+  const Tensor x = autocast_input(AutocastOp::bias_gelu, x_in);
   SONO_CHECK(compute_dtype(x.dtype()) == bias.dtype() && x.device() == bias.device(),
              "bias_gelu: input (", dtype_name(x.dtype()), ", ", device_name(x.device()),
              ") and bias (", dtype_name(bias.dtype()), ", ", device_name(bias.device()),

@@ -39,7 +39,7 @@ std::vector<double> checked_class_weights(const Tensor& w, int64_t classes) {
 // So the whole loss is -sum(log_softmax(logits) * T) with T built on the host.
 Tensor cross_entropy(const Tensor& logits_in, const Tensor& labels, const Tensor& class_weights,
                      double label_smoothing) {
-  const Tensor logits = float_operand(logits_in);
+  const Tensor logits = autocast_input(AutocastOp::loss, logits_in);
   SONO_CHECK(logits.dim() == 2 && logits.size(0) > 0 && logits.size(1) > 0,
              "cross_entropy: logits must be [N, C] with N, C > 0, got ", shape_str(logits.shape()));
   SONO_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0,
@@ -62,13 +62,13 @@ Tensor cross_entropy(const Tensor& logits_in, const Tensor& labels, const Tensor
 
 // softplus(x) - x t equals PyTorch's max(x, 0) - x t + log(1 + exp(-|x|)), stable for any x.
 Tensor bce_with_logits(const Tensor& logits_in, const Tensor& target) {
-  const Tensor logits = float_operand(logits_in);
+  const Tensor logits = autocast_input(AutocastOp::loss, logits_in);
   check_same_shape(logits, target, "bce_with_logits");
   return mean(sub(softplus(logits), mul(logits, target)));
 }
 
 Tensor soft_dice_loss(const Tensor& logits_in, const Tensor& target, double smooth) {
-  const Tensor logits = float_operand(logits_in);
+  const Tensor logits = autocast_input(AutocastOp::loss, logits_in);
   check_same_shape(logits, target, "soft_dice_loss");
   SONO_CHECK(logits.dim() >= 1 && logits.size(0) > 0, "soft_dice_loss: needs a non-empty batch dim, got ",
              shape_str(logits.shape()));

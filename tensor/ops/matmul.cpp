@@ -14,7 +14,7 @@ Tensor gemm3(const Tensor& a, bool ta, const Tensor& b, bool tb, DType result) {
   int64_t m = ta ? a.size(2) : a.size(1);
   int64_t n = tb ? b.size(1) : b.size(2);
   Tensor c = Tensor::empty({batch, m, n}, result, a.device());
-  backend_of(a).gemm(a, ta, b, tb, c, 1.0, 0.0);
+  backend_of(a).gemm(a, ta, b, tb, c, 1.0, 0.0, autocast_precision(a.device()));
   return c;
 }
 Tensor gemm3(const Tensor& a, bool ta, const Tensor& b, bool tb) {
@@ -29,7 +29,7 @@ Tensor gemm_bias(const Tensor& x, const Tensor& w, const Tensor& bias, bool gelu
   SONO_CHECK(bias.dtype() == compute_dtype(x.dtype()) && bias.device() == x.device(),
              "linear: bias dtype/device differs from the input's");
   Tensor y = Tensor::empty({1, x.size(1), w.size(1)}, autocast_result_dtype(x), x.device());
-  backend_of(x).linear_forward(x, w, bias.contiguous(), y, gelu);
+  backend_of(x).linear_forward(x, w, bias.contiguous(), y, gelu, autocast_precision(x.device()));
   return y;
 }
 
@@ -63,7 +63,8 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
     for (int64_t i = 0; i < a.dim() - 2; ++i)
       SONO_CHECK(a.size(i) == b.size(i), "matmul: batch dims differ: ", shape_str(a.shape()),
                  " x ", shape_str(b.shape()));
-  const Tensor a3 = autocast_operand(as_3d(a)), b3 = autocast_operand(as_3d(b));
+  const Tensor a3 = autocast_input(AutocastOp::matmul, as_3d(a));
+  const Tensor b3 = autocast_input(AutocastOp::matmul, as_3d(b));
   Shape out_shape = a.shape();
   out_shape.back() = b.size(-1);
   Tensor out = gemm3(a3, false, b3, false, autocast_result_dtype(a3)).reshape(out_shape);
@@ -86,7 +87,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   SONO_CHECK(weight.dim() == 2 && x.size(-1) == weight.size(1), "linear: input ",
              shape_str(x.shape()), " does not fit weight ", shape_str(weight.shape()));
-  const Tensor x2 = autocast_operand(as_3d(x.reshape({-1, x.size(-1)})));
+  const Tensor x2 = autocast_input(AutocastOp::linear, as_3d(x.reshape({-1, x.size(-1)})));
   const Tensor w3 = as_3d(weight);
   Shape out_shape = x.shape();
   out_shape.back() = weight.size(0);
@@ -116,7 +117,7 @@ Tensor linear_gelu(const Tensor& x, const Tensor& weight, const Tensor& bias) {
              shape_str(x.shape()), " does not fit weight ", shape_str(weight.shape()));
   Shape out_shape = x.shape();
   out_shape.back() = weight.size(0);
-  const Tensor x2 = autocast_operand(as_3d(x.reshape({-1, x.size(-1)})));
+  const Tensor x2 = autocast_input(AutocastOp::linear, as_3d(x.reshape({-1, x.size(-1)})));
   return gemm_bias(x2, as_3d(weight), bias, true).reshape(out_shape);
 }
 

@@ -73,7 +73,7 @@ Tensor scale_shift(const Tensor& centered, const Tensor& scale, const Tensor& bi
 
 Tensor layer_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, double eps) {
   // A bfloat16 x (autocast's) is read as it is and kept so for backward; y is float32.
-  const Tensor x = native_operand(x_in);
+  const Tensor x = autocast_input(AutocastOp::layer_norm, x_in);
   SONO_CHECK(x.dim() >= 1 && x.size(-1) > 0, "layer_norm: input ", shape_str(x.shape()),
              " has no last dim to normalise");
   SONO_CHECK(x.dtype() != DType::i64, "layer_norm: int64 input");
@@ -144,14 +144,15 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, 
     SONO_CHECK(per_channel > 1, "batch_norm: expected more than 1 value per channel when "
                "training, got input size ", shape_str(x_in.shape()),
                " (batch of 1 on a 1x1 map: use a larger batch, or eval mode)");
-    if (backend_of(x_in).has_fused_batch_norm(x_in)) {
+    if (backend_of(x_in).supports(BackendOp::batch_norm_forward, {&x_in})) {
       Tensor mu, var;
-      const Tensor y = fused_batch_norm(x_in, weight, bias, eps, mu, var);
+      const Tensor x = autocast_input(AutocastOp::batch_norm, x_in);
+      const Tensor y = fused_batch_norm(x, weight, bias, eps, mu, var);
       update_running_stats(mu, var);
       return y;
     }
   }
-  const Tensor x = float_operand(x_in);
+  const Tensor x = autocast_input(AutocastOp::batch_norm_composed, x_in);
   Tensor centered, scale;
   if (batch_stats) {
     std::vector<int64_t> dims(x.dim() - 1);

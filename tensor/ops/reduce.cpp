@@ -30,7 +30,7 @@ Shape dropped_shape(const Shape& s, const std::vector<int64_t>& dims) {
 }
 
 Tensor reduce_forward(ReduceOp op, const Tensor& x_in, const std::vector<int64_t>& dims) {
-  const Tensor x = float_operand(x_in);
+  const Tensor x = autocast_input(AutocastOp::reduce, x_in);
   SONO_CHECK(x.dtype() != DType::i64, "reduction over an int64 tensor");
   Tensor out = Tensor::empty(kept_shape(x.shape(), dims), x.dtype(), x.device());
   autograd::NoGradGuard no_grad;

@@ -7,7 +7,7 @@
 namespace sono {
 
 Tensor interpolate_bilinear(const Tensor& x_in, int64_t out_h, int64_t out_w, bool align_corners) {
-  const Tensor x = float_operand(x_in);
+  const Tensor x = autocast_input(AutocastOp::resize, x_in);
   SONO_CHECK(x.dim() == 4, "interpolate_bilinear: input must be NHWC [N, H, W, C], got ", shape_str(x.shape()));
   SONO_CHECK(out_h > 0 && out_w > 0, "interpolate_bilinear: output size ", out_h, "x", out_w,
              " must be positive");

@@ -22,7 +22,7 @@ Tensor softmax_last_dim(const Tensor& x, bool log) {
 }
 
 Tensor softmax_along(const Tensor& x_in, int64_t dim, bool log) {
-  const Tensor x = float_operand(x_in);
+  const Tensor x = autocast_input(AutocastOp::softmax, x_in);
   const char* name = log ? "log_softmax" : "softmax";
   SONO_CHECK(x.dim() >= 1, name, ": needs at least one dim, got a scalar");
   SONO_CHECK(x.dtype() != DType::i64, name, ": int64 input");

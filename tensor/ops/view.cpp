@@ -149,7 +149,8 @@ Tensor cat(const std::vector<Tensor>& xs_in, int64_t dim) {
   std::vector<Tensor> xs = xs_in;
   const bool mixed = std::any_of(xs.begin(), xs.end(),
                                  [&](const Tensor& x) { return x.dtype() != xs[0].dtype(); });
-  if (mixed) std::transform(xs.begin(), xs.end(), xs.begin(), float_operand);
+  if (mixed)
+    for (Tensor& x : xs) x = autocast_input(AutocastOp::concat, x);
   const Tensor& first = xs[0];
   dim = wrap_dim(dim, first.dim());
   Shape s = first.shape();
@@ -183,7 +184,7 @@ Tensor cat(const std::vector<Tensor>& xs_in, int64_t dim) {
 }
 
 Tensor pad(const Tensor& x_in, const std::vector<int64_t>& pads) {
-  const Tensor x = float_operand(x_in);
+  const Tensor x = autocast_input(AutocastOp::pad, x_in);
   SONO_CHECK(pads.size() % 2 == 0 && static_cast<int64_t>(pads.size()) / 2 <= x.dim(),
              "pad: needs pairs of pads for at most ", x.dim(), " dims");
   Shape s = x.shape();

@@ -43,7 +43,7 @@ void BM_LinearWeightGrad(benchmark::State& state) {
   Tensor x = random_f32({1, m, k}, 1), grad_y = random_f32({1, m, n}, 2);
   Tensor grad_w = Tensor::empty({1, n, k});
   for (auto _ : state) {
-    backend_of(x).gemm(grad_y, true, x, false, grad_w, 1.0, 0.0);
+    backend_of(x).gemm(grad_y, true, x, false, grad_w, 1.0, 0.0, Precision::f32);
     benchmark::DoNotOptimize(grad_w.raw_data());
   }
   set_gemm_flops(state, m, k, n);

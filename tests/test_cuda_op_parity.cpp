@@ -1,0 +1,375 @@
+// One parity harness over a table of ops (as PyTorch's OpInfo, ggml's test-backend-ops): for
+// every row, a float64 gradcheck on the CPU, the CPU against the emulated CUDA device in
+// float32 (forward and input gradients), and the bf16 rule autocast's table gives the op
+// (tensor/autocast.h). Every kernel of tensor/backend_ops.def names the row that reaches it
+// (row_for below: a kernel without one does not compile), and a counting wrapper around the
+// device checks that the row really calls it.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <array>
+#include <optional>
+
+#include "helpers.h"
+#include "tensor/autocast.h"
+#include "tensor/backend.h"
+#include "test_device.h"
+
+namespace sono::test {
+namespace {
+
+// ---- the device, counted kernel by kernel --------------------------------------------------
+
+// Forwards every kernel to the test device and counts the calls the ops make.
+class CountingBackend final : public Backend {
+ public:
+  explicit CountingBackend(Backend& inner) : inner_(inner) {}
+  const char* name() const override { return inner_.name(); }
+  bool reads_bf16() const override { return inner_.reads_bf16(); }
+  bool supports(BackendOp op, OpOperands operands) const override {
+    return inner_.supports(op, operands);
+  }
+  void synchronize() override { inner_.synchronize(); }
+  void* allocate(size_t nbytes) override { return inner_.allocate(nbytes); }
+  void deallocate(void* ptr) override { inner_.deallocate(ptr); }
+#define SONO_BACKEND_OP(kind, op, params, args) \
+  void op params override {                     \
+    ++calls_[static_cast<int>(BackendOp::op)];  \
+    inner_.op args;                             \
+  }
+#include "tensor/backend_ops.def"
+
+  int64_t calls(BackendOp op) const { return calls_[static_cast<int>(op)]; }
+  void reset() { calls_.fill(0); }
+
+ private:
+  Backend& inner_;
+  std::array<int64_t, kBackendOpCount> calls_{};
+};
+
+// The test device (emulated, or the GPU with SONO_TEST_DEVICE=gpu) behind a CountingBackend.
+class CountedDevice {
+ public:
+  CountedDevice() : counting_(counted_) { register_backend(Device::cuda, &counting_); }
+  ~CountedDevice() { register_backend(Device::cuda, &counted_); }
+  CountedDevice(const CountedDevice&) = delete;
+  CountedDevice& operator=(const CountedDevice&) = delete;
+  CountingBackend& operator*() { return counting_; }
+
+ private:
+  TestDevice device_;
+  Backend& counted_ = backend(Device::cuda);
+  CountingBackend counting_;
+};
+
+// ---- the table -----------------------------------------------------------------------------
+
+using OpFn = std::function<Tensor(const std::vector<Tensor>&)>;
+
+struct OpRow {
+  const char* name;
+  std::vector<Shape> inputs;  // uniform values in [lo, hi)
+  OpFn fn;
+  std::vector<BackendOp> kernels;  // what the op calls on the device
+  bool differentiable = true;      // gradcheck and input gradients
+  // The op's entry in autocast's table; none for ops outside autocast (copies, optimizers).
+  std::optional<AutocastOp> autocast = std::nullopt;
+  double lo = -1.0, hi = 1.0;
+  double f32_tol = 2e-5;  // CPU vs device, relative to max(1, |result|)
+};
+
+Tensor adamw(const std::vector<Tensor>& v, bool multi) {
+  const Tensor param = v[0].clone();
+  const Tensor exp_avg = Tensor::zeros(v[0].shape(), v[0].dtype(), v[0].device());
+  const Tensor exp_avg_sq = mul(v[1], v[1]);
+  Backend& be = backend_of(param);
+  if (multi)
+    be.adamw_multi_step({{param, v[1], exp_avg, exp_avg_sq, 3}}, 1e-2, 0.9, 0.999, 1e-8, 0.05);
+  else be.adamw_step(param, v[1], exp_avg, exp_avg_sq, 1e-2, 0.9, 0.999, 1e-8, 0.05, 3);
+  return param;
+}
+
+Tensor batch_norm_training(const std::vector<Tensor>& v) {
+  return batch_norm(v[0], v[1], v[2], Tensor(), Tensor(), true, 0.1, 1e-5);
+}
+
+const std::vector<OpRow>& rows() {
+  using K = BackendOp;
+  using A = AutocastOp;
+  static const std::vector<OpRow> table = {
+      {"contiguous", {{5, 7}}, [](auto& v) { return v[0].transpose(0, 1).contiguous(); },
+       {K::copy}},
+      {"views (permute, slice, reshape)", {{3, 5, 7}},
+       [](auto& v) { return v[0].permute({2, 0, 1}).slice(0, 1, 6).reshape({-1, 3}); }, {K::copy}},
+      {"cat", {{3, 5, 7}}, [](auto& v) { return cat({v[0], mul(v[0], 2.0)}, 1); },
+       {K::copy, K::unary}, true, A::concat},
+      {"pad", {{3, 5, 7}}, [](auto& v) { return pad(v[0], {1, 2, 0, 3}); }, {K::fill, K::copy},
+       true, A::pad},
+      // Elementwise ops on awkward shapes; the domain of log, sqrt, pow and abs kept off 0.
+      {"exp", {{3, 5, 7}}, [](auto& v) { return exp(v[0]); }, {K::unary}, true, A::unary},
+      {"log", {{3, 5, 7}}, [](auto& v) { return log(v[0]); }, {K::unary}, true, A::unary, 0.5, 2.5},
+      {"sqrt", {{3, 5, 7}}, [](auto& v) { return sqrt(v[0]); }, {K::unary}, true, A::unary, 0.5,
+       2.5},
+      {"pow 2.5", {{3, 5, 7}}, [](auto& v) { return pow(v[0], 2.5); }, {K::unary}, true, A::unary,
+       0.5, 2.5},
+      {"abs", {{3, 5, 7}}, [](auto& v) { return abs(v[0]); }, {K::unary}, true, A::unary, 0.5, 2.5},
+      {"scalar mul and add", {{3, 5, 7}}, [](auto& v) { return add(mul(v[0], 3.0), -1.0); },
+       {K::unary}, true, A::unary},
+      {"sigmoid", {{3, 5, 7}}, [](auto& v) { return sigmoid(v[0]); }, {K::unary}, true, A::unary},
+      {"tanh", {{3, 5, 7}}, [](auto& v) { return tanh(v[0]); }, {K::unary}, true, A::unary},
+      {"softplus", {{3, 5, 7}}, [](auto& v) { return softplus(v[0]); }, {K::unary}, true,
+       A::unary},
+      {"gelu", {{3, 5, 7}}, [](auto& v) { return gelu(v[0]); }, {K::unary, K::gelu_backward},
+       true, A::gelu},
+      {"relu", {{3, 5, 7}}, [](auto& v) { return relu(v[0]); }, {K::unary}, true, A::relu, 0.5,
+       2.5},
+      {"add (broadcast)", {{3, 5, 7}, {5, 1}}, [](auto& v) { return add(v[0], v[1]); },
+       {K::binary}, true, A::binary},
+      {"sub (broadcast)", {{3, 5, 7}, {5, 1}}, [](auto& v) { return sub(v[0], v[1]); },
+       {K::binary}, true, A::binary},
+      {"mul (broadcast)", {{3, 5, 7}, {5, 1}}, [](auto& v) { return mul(v[0], v[1]); },
+       {K::binary}, true, A::binary},
+      {"div", {{3, 5, 7}, {3, 5, 7}}, [](auto& v) { return div(v[0], v[1]); }, {K::binary}, true,
+       A::binary, 0.5, 2.5},
+      {"bias_gelu", {{3, 5, 7}, {7}}, [](auto& v) { return bias_gelu(v[0], v[1]); },
+       {K::bias_gelu_forward, K::gelu_backward}, true, A::bias_gelu},
+      {"sum over dims", {{3, 5, 7}}, [](auto& v) { return sum(v[0], {0, 2}); }, {K::reduce}, true,
+       A::reduce},
+      {"mean (keepdim)", {{3, 5, 7}}, [](auto& v) { return mean(v[0], {1}, true); },
+       {K::reduce, K::unary}, true, A::reduce},
+      {"amax", {{3, 5, 7}}, [](auto& v) { return amax(v[0], {2}); }, {K::reduce}, true, A::reduce},
+      {"matmul (batched)", {{1, 3, 5, 4}, {1, 3, 4, 6}}, [](auto& v) { return matmul(v[0], v[1]); },
+       {K::gemm}, true, A::matmul},
+      {"matmul (broadcast)", {{1, 3, 5, 4}, {4, 6}}, [](auto& v) { return matmul(v[0], v[1]); },
+       {K::gemm}, true, A::matmul},
+      {"linear", {{1, 3, 5, 4}, {3, 4}, {3}}, [](auto& v) { return linear(v[0], v[1], v[2]); },
+       {K::linear_forward, K::gemm}, true, A::linear},
+      {"linear (no bias)", {{2, 5, 9}, {12, 9}},
+       [](auto& v) { return linear(v[0], v[1], Tensor()); }, {K::gemm}, true, A::linear},
+      // Without gradients (the bf16 rule) the fused inference path: GELU in the GEMM's epilogue.
+      {"linear_gelu", {{2, 5, 9}, {12, 9}, {12}},
+       [](auto& v) { return linear_gelu(v[0], v[1], v[2]); }, {K::linear_forward, K::gemm}, true,
+       A::linear},
+      {"conv2d 3x3 stride 2, bias", {{2, 7, 9, 6}, {10, 6, 3, 3}, {10}},
+       [](auto& v) { return conv2d(v[0], v[1], v[2], {.stride = 2, .padding = 1}); },
+       {K::conv2d_forward, K::conv2d_backward_input, K::conv2d_backward_weight, K::bias_add},
+       true, A::conv2d},
+      {"conv2d depthwise 3x3", {{2, 6, 5, 4}, {4, 1, 3, 3}},
+       [](auto& v) { return conv2d(v[0], v[1], Tensor(), {.padding = 1, .groups = 4}); },
+       {K::conv2d_forward, K::conv2d_backward_input, K::conv2d_backward_weight}, true, A::conv2d},
+      {"conv2d depthwise 7x7, bias", {{2, 9, 8, 5}, {5, 1, 7, 7}, {5}},
+       [](auto& v) { return conv2d(v[0], v[1], v[2], {.padding = 3, .groups = 5}); },
+       {K::conv2d_forward, K::conv2d_backward_input, K::conv2d_backward_weight, K::bias_add},
+       true, A::conv2d},
+      {"conv2d depthwise 7x7, 4 channels a thread", {{2, 9, 8, 8}, {8, 1, 7, 7}, {8}},
+       [](auto& v) { return conv2d(v[0], v[1], v[2], {.padding = 3, .groups = 8}); },
+       {K::conv2d_forward, K::conv2d_backward_input, K::conv2d_backward_weight, K::bias_add},
+       true, A::conv2d},
+      // A GEMM over NHWC rows on the device.
+      {"conv2d pointwise", {{2, 3, 4, 13}, {20, 13, 1, 1}},
+       [](auto& v) { return conv2d(v[0], v[1], Tensor()); },
+       {K::conv2d_forward, K::conv2d_backward_input, K::conv2d_backward_weight}, true, A::conv2d},
+      {"layer_norm", {{4, 11}, {11}, {11}},
+       [](auto& v) { return layer_norm(v[0], v[1], v[2], 1e-5); },
+       {K::layer_norm_forward, K::layer_norm_backward}, true, A::layer_norm},
+      {"batch_norm (training)", {{6, 5}, {5}, {5}}, batch_norm_training,
+       {K::batch_norm_forward, K::batch_norm_backward}, true, A::batch_norm},
+      {"softmax", {{4, 9}}, [](auto& v) { return softmax(v[0]); },
+       {K::softmax_forward, K::softmax_backward}, true, A::softmax},
+      {"log_softmax", {{4, 9}}, [](auto& v) { return log_softmax(v[0]); },
+       {K::softmax_forward, K::softmax_backward}, true, A::softmax},
+      {"interpolate_bilinear", {{2, 3, 4, 3}},
+       [](auto& v) { return interpolate_bilinear(v[0], 5, 7, false); },
+       {K::resize_bilinear_forward, K::resize_bilinear_backward}, true, A::resize},
+      // Under autocast attention is matmul and softmax, whose rows hold its bf16 rule.
+      {"scaled_dot_product_attention", {{1, 2, 5, 8}, {1, 2, 6, 8}, {1, 2, 6, 8}},
+       [](auto& v) { return scaled_dot_product_attention(v[0], v[1], v[2]); },
+       {K::attention_forward}},
+      // Optimizer state is float32 under autocast too: no bf16 rule.
+      {"adamw_step", {{3, 5}, {3, 5}}, [](auto& v) { return adamw(v, false); }, {K::adamw_step},
+       false},
+      {"adamw_multi_step", {{3, 5}, {3, 5}}, [](auto& v) { return adamw(v, true); },
+       {K::adamw_multi_step}, false},
+  };
+  return table;
+}
+
+// The row that reaches each kernel. No default: with a kernel added to backend_ops.def and no
+// row named here, this file does not compile.
+#pragma GCC diagnostic error "-Wswitch"
+const char* row_for(BackendOp op) {
+  switch (op) {
+    case BackendOp::copy: return "contiguous";
+    case BackendOp::fill: return "pad";
+
+    case BackendOp::unary: return "exp";
+    case BackendOp::binary: return "mul (broadcast)";
+    case BackendOp::bias_gelu_forward: return "bias_gelu";
+    case BackendOp::gelu_backward: return "gelu";
+    case BackendOp::bias_add: return "conv2d 3x3 stride 2, bias";
+    case BackendOp::reduce: return "sum over dims";
+    case BackendOp::gemm: return "matmul (batched)";
+    case BackendOp::linear_forward: return "linear";
+    case BackendOp::attention_forward: return "scaled_dot_product_attention";
+    case BackendOp::conv2d_forward:
+    case BackendOp::conv2d_backward_input:
+    case BackendOp::conv2d_backward_weight: return "conv2d 3x3 stride 2, bias";
+    case BackendOp::layer_norm_forward:
+    case BackendOp::layer_norm_backward: return "layer_norm";
+    case BackendOp::batch_norm_forward:
+    case BackendOp::batch_norm_backward: return "batch_norm (training)";
+    case BackendOp::softmax_forward:
+    case BackendOp::softmax_backward: return "softmax";
+    case BackendOp::resize_bilinear_forward:
+    case BackendOp::resize_bilinear_backward: return "interpolate_bilinear";
+    case BackendOp::adamw_step: return "adamw_step";
+    case BackendOp::adamw_multi_step: return "adamw_multi_step";
+  }
+  return nullptr;
+}
+
+// ---- running a row -------------------------------------------------------------------------
+
+std::vector<std::vector<double>> row_values(const OpRow& row) {
+  std::vector<std::vector<double>> values;
+  for (size_t i = 0; i < row.inputs.size(); ++i)
+    values.push_back(uniform(shape_numel(row.inputs[i]), 100 + i, row.lo, row.hi));
+  return values;
+}
+
+std::vector<Tensor> row_inputs(const OpRow& row, DType dtype, Device device, bool grad) {
+  const auto values = row_values(row);
+  std::vector<Tensor> inputs;
+  for (size_t i = 0; i < values.size(); ++i) {
+    Tensor t = Tensor::from_vector(values[i], row.inputs[i], dtype).to(device);
+    inputs.push_back(grad ? t.requires_grad_() : t);
+  }
+  return inputs;
+}
+
+// The op's result, then each input's gradient of sum(result * r) for a fixed random r.
+std::vector<Tensor> forward_and_gradients(const OpRow& row, Device device) {
+  std::vector<Tensor> inputs = row_inputs(row, DType::f32, device, row.differentiable);
+  const Tensor out = row.fn(inputs);
+  std::vector<Tensor> results{out};
+  if (!row.differentiable) return results;
+  const Tensor r = Tensor::from_vector(uniform(out.numel(), 7, -1, 1), out.shape()).to(device);
+  autograd::run_backward(out, r);
+  for (const Tensor& x : inputs) results.push_back(x.grad());
+  return results;
+}
+
+void expect_near(const char* what, const Tensor& got, const Tensor& want, double tol) {
+  INFO(what);
+  REQUIRE(got.shape() == want.shape());
+  const std::vector<double> g = got.to_vector(), w = want.to_vector();
+  double scale = 1;
+  for (double x : w) scale = std::max(scale, std::abs(x));
+  double worst = 0;
+  for (size_t i = 0; i < g.size(); ++i) worst = std::max(worst, std::abs(g[i] - w[i]));
+  CHECK(worst <= tol * scale);
+}
+
+void expect_bitwise(const char* what, const Tensor& got, const Tensor& want) {
+  INFO(what);
+  REQUIRE(got.shape() == want.shape());
+  REQUIRE(got.dtype() == want.dtype());
+  CHECK(got.to_vector() == want.to_vector());
+}
+
+// ---- the checks ----------------------------------------------------------------------------
+
+TEST_CASE("op table: every kernel of backend_ops.def has a row, and that row calls it") {
+  CountedDevice device;
+  for (int i = 0; i < kBackendOpCount; ++i) {
+    const BackendOp op = static_cast<BackendOp>(i);
+    INFO("kernel " << std::string(backend_op_name(op)));
+    const auto row = std::find_if(rows().begin(), rows().end(), [&](const OpRow& r) {
+      return std::string(r.name) == row_for(op);
+    });
+    REQUIRE(row != rows().end());
+    CHECK(std::count(row->kernels.begin(), row->kernels.end(), op) == 1);
+  }
+  for (const OpRow& row : rows()) {
+    INFO("row " << std::string(row.name));
+    (*device).reset();
+    forward_and_gradients(row, Device::cuda);
+    for (BackendOp op : row.kernels) {
+      INFO("kernel " << std::string(backend_op_name(op)));
+      CHECK((*device).calls(op) > 0);
+    }
+  }
+}
+
+TEST_CASE("op table: float64 gradcheck on the CPU") {
+  for (const OpRow& row : rows()) {
+    INFO("row " << std::string(row.name));
+    if (!row.differentiable) {
+      MESSAGE("skipped gradcheck: " << std::string(row.name)
+                                    << " has no gradient (an optimizer step)");
+      continue;
+    }
+    expect_gradcheck(row.fn, row_inputs(row, DType::f64, Device::cpu, false));
+  }
+}
+
+TEST_CASE("op table: the emulated CUDA device equals the CPU in float32, forward and gradients") {
+  CountedDevice device;
+  in_each_schedule([&] {
+    for (const OpRow& row : rows()) {
+      INFO("row " << std::string(row.name));
+      const std::vector<Tensor> want = forward_and_gradients(row, Device::cpu);
+      const std::vector<Tensor> got = forward_and_gradients(row, Device::cuda);
+      REQUIRE(got.size() == want.size());
+      expect_near("result", got[0], want[0], row.f32_tol);
+      for (size_t i = 1; i < got.size(); ++i) {
+        INFO("gradient of input " << i - 1);
+        expect_near("gradient", got[i], want[i], row.f32_tol);
+      }
+    }
+  });
+}
+
+// The rule of the row's policy, on the device under bf16 autocast, bit for bit:
+// - bf16_operands: the bfloat16 result is the float32 result of the same bf16 products
+//   (AutocastActivations::f32) rounded once;
+// - keeps_bf16: a bfloat16 activation is read as its float32 widening, and a bfloat16 result
+//   is the float32 one rounded once;
+// - float32: a bfloat16 activation is read as its float32 widening, the result is float32.
+TEST_CASE("op table: each op follows its bf16 autocast rule") {
+  CountedDevice device;
+  in_each_schedule([&] {
+    for (const OpRow& row : rows()) {
+      INFO("row " << std::string(row.name));
+      if (!row.autocast) {
+        MESSAGE("skipped bf16 rule: " << std::string(row.name) << " is not in autocast's table");
+        continue;
+      }
+      Autocast amp(Device::cuda);
+      std::vector<Tensor> inputs = row_inputs(row, DType::f32, Device::cuda, false);
+      if (autocast_policy(*row.autocast) == AutocastPolicy::bf16_operands) {
+        set_autocast_activations(AutocastActivations::f32);
+        const Tensor f32 = row.fn(inputs);
+        set_autocast_activations(AutocastActivations::bf16);
+        const Tensor got = row.fn(inputs);
+        REQUIRE(got.dtype() == DType::bf16);
+        expect_bitwise("bf16 result", got, f32.to(DType::bf16));
+        continue;
+      }
+      std::vector<Tensor> widened = inputs;
+      inputs[0] = inputs[0].to(DType::bf16);  // the activation
+      widened[0] = inputs[0].to(DType::f32);
+      const Tensor got = row.fn(inputs), want = row.fn(widened);
+      const bool keeps = autocast_policy(*row.autocast) == AutocastPolicy::keeps_bf16;
+      if (got.dtype() == DType::bf16) {
+        CHECK(keeps);
+        expect_bitwise("bf16 result", got, want.to(DType::bf16));
+      } else {
+        expect_bitwise("float32 result", got, want);
+      }
+    }
+  });
+}
+
+}  // namespace
+}  // namespace sono::test
