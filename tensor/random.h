@@ -30,4 +30,18 @@ Tensor rand(const Shape& shape, Generator& gen = default_generator(), DType dtyp
 Tensor trunc_normal(const Shape& shape, double std, double lo, double hi,
                     Generator& gen = default_generator());
 
+// While one lives on this thread, randn, rand and trunc_normal return zeros without drawing
+// (the generator does not move): for building a model whose every parameter and buffer is then
+// loaded, as from a checkpoint, where the draws were 40% of a one-image predict.
+class SkipRandomFill {
+ public:
+  SkipRandomFill();
+  ~SkipRandomFill();
+  SkipRandomFill(const SkipRandomFill&) = delete;
+  SkipRandomFill& operator=(const SkipRandomFill&) = delete;
+
+ private:
+  bool previous_;
+};
+
 }  // namespace sono

@@ -177,7 +177,10 @@ Generator& default_generator() {
 void manual_seed(uint64_t seed) { default_generator().seed(seed); }
 
 namespace {
+thread_local bool skip_random_fill = false;
+
 Tensor random_tensor(const Shape& shape, DType dtype, const std::function<double()>& draw) {
+  if (skip_random_fill) return Tensor::zeros(shape, dtype);
   Tensor t = Tensor::empty(shape, dtype);
   int64_t n = t.numel();
   for (int64_t i = 0; i < n; ++i) {
@@ -187,6 +190,9 @@ Tensor random_tensor(const Shape& shape, DType dtype, const std::function<double
   return t;
 }
 }  // namespace
+
+SkipRandomFill::SkipRandomFill() : previous_(skip_random_fill) { skip_random_fill = true; }
+SkipRandomFill::~SkipRandomFill() { skip_random_fill = previous_; }
 
 Tensor randn(const Shape& shape, Generator& gen, DType dtype) {
   return random_tensor(shape, dtype, [&] { return gen.normal(); });

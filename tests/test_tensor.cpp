@@ -295,3 +295,20 @@ TEST_CASE("GradReadyHook reports each leaf once, when its gradient is final, inn
   sum(mul(x, w1)).backward();  // the hook is gone with its scope
   CHECK(reported.size() == 3);
 }
+
+// What load_checkpoint builds its model under: no draw, no move of the generator.
+TEST_CASE("under SkipRandomFill, randn, rand and trunc_normal give zeros and leave the generator where it was") {
+  Generator drawn(7), skipped(7);
+  const std::vector<double> expected = randn({5}, drawn).to_vector();
+  {
+    SkipRandomFill skip;
+    CHECK(randn({3, 2}, skipped).to_vector() == std::vector<double>(6, 0.0));
+    CHECK(rand({4}, skipped, DType::f64).to_vector() == std::vector<double>(4, 0.0));
+    CHECK(trunc_normal({2}, 0.02, -2, 2, skipped).to_vector() == std::vector<double>(2, 0.0));
+    {
+      SkipRandomFill nested;
+    }
+    CHECK(randn({1}, skipped).item() == 0.0);  // still skipping: the nested guard restored its outer one
+  }
+  CHECK(randn({5}, skipped).to_vector() == expected);
+}

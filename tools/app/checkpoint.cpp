@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "layers/safetensors.h"
+#include "tensor/random.h"
 
 namespace sono::app {
 
@@ -158,7 +159,10 @@ LoadedModel load_checkpoint(const std::string& path, std::optional<models::Task>
   ModelCard card = ModelCard::from_metadata(path, file.metadata);
   SONO_CHECK(!expected_task || card.task == *expected_task, path, ": is a ", models::task_name(card.task),
              " checkpoint (", card.arch, "), expected a ", models::task_name(*expected_task), " one");
-  auto model = build_model(card);
+  auto model = [&] {
+    SkipRandomFill skip;  // the strict load below overwrites every parameter and buffer
+    return build_model(card);
+  }();
   nn::StateDict weights;
   for (auto& [k, v] : file.tensors)
     if (k.rfind("optimizer.", 0) != 0) weights[k] = v;  // resume state is not part of the model
