@@ -28,12 +28,9 @@ namespace {
 using namespace sono;
 namespace fs = std::filesystem;
 
-struct Settings {
-  std::string images_dir, save_path, arch, log_dir, augment;
-  int64_t epochs = 0, batch_size = 0, img_size = 0, workers = 0;
-  uint64_t seed = 0;
-  double lr = 0, weight_decay = 0, warmup_epochs = 0, clip_grad = 0, mask_ratio = 0, drop_path = 0;
-  Device device = Device::cpu;
+struct Settings : app::RunSettings {
+  std::string augment;
+  double lr = 0, warmup_epochs = 0, clip_grad = 0, mask_ratio = 0;
 };
 
 void add_options(app::Cli& cli) {
@@ -62,40 +59,22 @@ void add_options(app::Cli& cli) {
 
 Settings read_options(const app::Cli& cli) {
   Settings s;
-  s.images_dir = cli.str("images-dir");
-  s.save_path = cli.str("save-path");
-  s.arch = cli.str("arch");
-  s.log_dir = cli.str("log-dir");
+  app::read_run_settings(cli, s);
   s.augment = cli.is_set("no-augment") ? "none" : cli.str("augment");
-  s.epochs = cli.integer("epochs");
-  s.batch_size = cli.integer("batch-size");
-  s.img_size = cli.integer("img-size");
-  s.workers = cli.integer("workers");
-  s.seed = static_cast<uint64_t>(cli.integer("seed"));
   s.lr = cli.real("lr");
   s.warmup_epochs = cli.real("warmup-epochs");
-  s.weight_decay = cli.real("weight-decay");
   s.clip_grad = cli.real("clip-grad");
   s.mask_ratio = cli.real("mask-ratio");
-  s.drop_path = cli.real("drop-path");
-  models::find_model(s.arch);  // an unknown --arch fails here, listing the known ones
   SONO_CHECK(s.mask_ratio > 0 && s.mask_ratio < 1, "--mask-ratio ", cli.str("mask-ratio"),
              ": must be between 0 and 1 (exclusive)");
   SONO_CHECK(s.augment == "none" || s.augment == "standard" || s.augment == "ultrasound", "--augment ", s.augment,
              ": expected standard or ultrasound");
-  SONO_CHECK(s.epochs >= 1, "--epochs ", s.epochs, ": must be at least 1");
-  SONO_CHECK(s.batch_size >= 1, "--batch-size ", s.batch_size, ": must be at least 1");
   SONO_CHECK(s.img_size >= 2 * app::kMaskCell && s.img_size <= app::kMaxImgSize && s.img_size % app::kMaskCell == 0,
              "--img-size ", s.img_size, ": must be a multiple of 32 from 64 to ", app::kMaxImgSize,
              " (the masked cells are 32x32, and some must stay visible)");
   SONO_CHECK(s.lr > 0, "--lr ", cli.str("lr"), ": must be positive");
   SONO_CHECK(s.warmup_epochs >= 0, "--warmup-epochs ", cli.str("warmup-epochs"), ": must be 0 or more");
-  SONO_CHECK(s.weight_decay >= 0, "--weight-decay ", cli.str("weight-decay"), ": must be 0 or more");
   SONO_CHECK(s.clip_grad >= 0, "--clip-grad ", cli.str("clip-grad"), ": must be 0 (off) or more");
-  SONO_CHECK(s.drop_path >= 0 && s.drop_path < 1, "--drop-path ", cli.str("drop-path"), ": must be at least 0 and below 1");
-  app::check_thread_count("workers", s.workers, 1);
-  if (!s.log_dir.empty()) app::check_writable_folder("log-dir", s.log_dir);
-  app::check_writable(s.save_path);
   s.device = app::apply_runtime_options(cli);
   return s;
 }

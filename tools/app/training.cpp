@@ -97,43 +97,47 @@ void apply_recipe(const Cli& cli, TrainSettings& s) {
 
 }  // namespace
 
-TrainSettings read_training_options(const Cli& cli) {
-  TrainSettings s;
+void read_run_settings(const Cli& cli, RunSettings& s) {
   s.images_dir = cli.str("images-dir");
-  s.masks_dir = cli.str("masks-dir");
   s.save_path = cli.str("save-path");
   s.arch = cli.str("arch");
-  s.pretrained = cli.str("pretrained");
-  s.resume = cli.str("resume");
   s.log_dir = cli.str("log-dir");
   s.epochs = cli.integer("epochs");
   s.batch_size = cli.integer("batch-size");
   s.img_size = cli.integer("img-size");
   s.workers = cli.integer("workers");
   s.seed = static_cast<uint64_t>(cli.integer("seed"));
-  s.val_split = cli.real("val-split");
   s.weight_decay = cli.real("weight-decay");
   s.drop_path = cli.real("drop-path");
-  s.augment = !cli.is_set("no-augment");
-  s.resume_anyway = cli.is_set("resume-anyway");
-  s.recipe_options = read_recipe_options(cli);
-  distributed::read_options(cli);
-  SONO_CHECK(!s.recipe_options.folds || distributed::size() == 1, "--folds: cross-validation runs in one process, not ",
-             "across ", distributed::size(), " MPI ranks");
+  models::find_model(s.arch);  // an unknown --arch fails here, listing the known ones
   SONO_CHECK(s.epochs >= 1, "--epochs ", s.epochs, ": must be at least 1");
   SONO_CHECK(s.batch_size >= 1, "--batch-size ", s.batch_size, ": must be at least 1");
-  models::find_model(s.arch);  // an unknown --arch fails here, listing the known ones
-  apply_recipe(cli, s);
-  SONO_CHECK(s.img_size >= 32 && s.img_size <= kMaxImgSize && s.img_size % 32 == 0, "--img-size ", s.img_size,
-             ": must be a multiple of 32 from 32 to ", kMaxImgSize, " (the encoders downsample 32x)");
-  SONO_CHECK(s.val_split > 0 && s.val_split < 1, "--val-split ", s.val_split, ": must be between 0 and 1");
-  SONO_CHECK(s.lr > 0, "--lr ", s.lr, ": must be positive");
   check_thread_count("workers", s.workers, 1);
   SONO_CHECK(s.drop_path >= 0 && s.drop_path < 1, "--drop-path ", cli.str("drop-path"),
              ": must be at least 0 and below 1 (the stochastic depth of the last block)");
   SONO_CHECK(s.weight_decay >= 0, "--weight-decay ", cli.str("weight-decay"), ": must be 0 or more");
   if (!s.log_dir.empty()) check_writable_folder("log-dir", s.log_dir);
   check_writable(s.save_path);
+}
+
+TrainSettings read_training_options(const Cli& cli) {
+  TrainSettings s;
+  s.masks_dir = cli.str("masks-dir");
+  s.pretrained = cli.str("pretrained");
+  s.resume = cli.str("resume");
+  s.val_split = cli.real("val-split");
+  s.augment = !cli.is_set("no-augment");
+  s.resume_anyway = cli.is_set("resume-anyway");
+  s.recipe_options = read_recipe_options(cli);
+  distributed::read_options(cli);
+  SONO_CHECK(!s.recipe_options.folds || distributed::size() == 1, "--folds: cross-validation runs in one process, not ",
+             "across ", distributed::size(), " MPI ranks");
+  read_run_settings(cli, s);
+  apply_recipe(cli, s);
+  SONO_CHECK(s.img_size >= 32 && s.img_size <= kMaxImgSize && s.img_size % 32 == 0, "--img-size ", s.img_size,
+             ": must be a multiple of 32 from 32 to ", kMaxImgSize, " (the encoders downsample 32x)");
+  SONO_CHECK(s.val_split > 0 && s.val_split < 1, "--val-split ", s.val_split, ": must be between 0 and 1");
+  SONO_CHECK(s.lr > 0, "--lr ", s.lr, ": must be positive");
   check_writable(resume_state_path(s.save_path));
   SONO_CHECK(s.pretrained.empty() || fs::is_regular_file(s.pretrained), s.pretrained,
              ": --pretrained file not found");

@@ -20,14 +20,23 @@
 
 namespace sono::app {
 
-struct TrainSettings {
-  std::string images_dir, masks_dir, save_path, arch, pretrained, resume, log_dir;
+// What every training tool (seg_train, cls_train, pretrain) reads and checks alike.
+struct RunSettings {
+  std::string images_dir, save_path, arch, log_dir;
   int64_t epochs = 30, batch_size = 4, img_size = 256, workers = 2;
   uint64_t seed = 0;
-  double lr = 1e-3, val_split = 0.2, weight_decay = 1e-2, warmup_epochs = 1, drop_path = 0,
-         clip_grad = 0;
-  bool augment = true, resume_anyway = false;
+  double weight_decay = 1e-2, drop_path = 0;
   Device device = Device::cpu;
+};
+// Reads the flags of RunSettings but --threads and --device (apply_runtime_options, last) and
+// checks them: a known --arch, --epochs and --batch-size at least 1, --workers, --weight-decay,
+// --drop-path, --log-dir and --save-path writable. --img-size's range is each tool's.
+void read_run_settings(const Cli& cli, RunSettings& s);
+
+struct TrainSettings : RunSettings {
+  std::string masks_dir, pretrained, resume;
+  double lr = 1e-3, val_split = 0.2, warmup_epochs = 1, clip_grad = 0;
+  bool augment = true, resume_anyway = false;
   RecipeOptions recipe_options;  // augmentation, sampling, EMA, TTA, folds (recipe.h)
   // A tool's own flags that shape what it trains ("--label-smoothing" -> "0.1"): a resumed run
   // must share them as it shares the common ones.
