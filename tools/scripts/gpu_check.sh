@@ -9,6 +9,9 @@
 #   3. ncu's per-kernel time of one training step of each model, and its summary table;
 #   4. compute-sanitizer memcheck and racecheck over the kernel tests on the device, side by side;
 #   5. ncu of the other two training configs, if time is left.
+# With PREDICT_DIR (a flat folder of scans, e.g. gpudata/Dataset_BUSI_with_GT/benign), step 2
+# also runs predict on it with the shipped models on the device (--batch_size 8 and 32; images/s
+# in timeline.txt).
 # Runs whose speed is not measured (tests, sanitizers) share the GPU; timed ones have it alone.
 # At most 8 files in $OUT: gpu.txt (machine, libraries, wheel install), timeline.txt (each
 # step's exit status and seconds), tests.log, bench.jsonl, table.txt, ncu.txt, ncu_summary.txt,
@@ -93,6 +96,16 @@ done
 python3 "$here/gpu_table.py" "$OUT/bench.jsonl" >"$OUT/table.txt" 2>&1
 cat "$OUT/table.txt"
 
+# --- 2b. folder prediction on the device (issue 18's images/s), timed: the GPU alone
+if [ -n "${PREDICT_DIR:-}" ]; then
+  weights=$here/../models/weights
+  for bs in 8 32; do
+    step 45 "$OUT/timeline.txt" "$B/bin/predict" --device cuda --image "$PREDICT_DIR" --batch_size "$bs" --workers 8 \
+      --seg_model "$weights/seg_mit_b0_busi.safetensors" --cls_model "$weights/cls_convnext_atto_busi.safetensors" \
+      --csv "/tmp/predict_bs$bs.csv" --overwrite
+  done
+fi
+
 # --- 3. where one training step's GPU time goes (float32 MiT, bf16 ConvNeXt: the worst ratios)
 ncu_step() {
   step 60 "$OUT/ncu.txt" ncu --clock-control none --profile-from-start off --metrics gpu__time_duration.sum --print-summary per-kernel \
@@ -121,4 +134,5 @@ grep -E '^=== |ERROR SUMMARY|RACECHECK SUMMARY|test cases' "$OUT/sanitizer.log" 
 ncu_step --model convnext_base --size 224 --batch 16 --amp off
 ncu_step --model mit_b2 --size 256 --batch 8 --amp bf16
 python3 "$here/ncu_summary.py" "$OUT/ncu.txt" >"$OUT/ncu_summary.txt" 2>&1
+
 log "end"
