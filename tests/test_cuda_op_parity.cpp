@@ -76,6 +76,11 @@ struct OpRow {
   std::optional<AutocastOp> autocast = std::nullopt;
   double lo = -1.0, hi = 1.0;
   double f32_tol = 2e-5;  // CPU vs device, relative to max(1, |result|)
+  // Why the bf16 rule holds for the result only, where it does.
+  const char* bf16_gradients_skip = nullptr;
+  // The backward sums with atomics, in the order the emulator's schedule (or the GPU) picks:
+  // the bf16 rule's gradients agree within f32_tol, not bit for bit.
+  bool atomic_backward = false;
 };
 
 Tensor adamw(const std::vector<Tensor>& v, bool multi) {
@@ -149,7 +154,8 @@ const std::vector<OpRow>& rows() {
       // Without gradients (the bf16 rule) the fused inference path: GELU in the GEMM's epilogue.
       {"linear_gelu", {{2, 5, 9}, {12, 9}, {12}},
        [](auto& v) { return linear_gelu(v[0], v[1], v[2]); }, {K::linear_forward, K::gemm}, true,
-       A::linear},
+       A::linear, -1.0, 1.0, 2e-5,
+       "(with gradients it is linear then gelu, two roundings under autocast, whose rows hold it)"},
       {"conv2d 3x3 stride 2, bias", {{2, 7, 9, 6}, {10, 6, 3, 3}, {10}},
        [](auto& v) { return conv2d(v[0], v[1], v[2], {.stride = 2, .padding = 1}); },
        {K::conv2d_forward, K::conv2d_backward_input, K::conv2d_backward_weight, K::bias_add},
@@ -180,7 +186,8 @@ const std::vector<OpRow>& rows() {
        {K::softmax_forward, K::softmax_backward}, true, A::softmax},
       {"interpolate_bilinear", {{2, 3, 4, 3}},
        [](auto& v) { return interpolate_bilinear(v[0], 5, 7, false); },
-       {K::resize_bilinear_forward, K::resize_bilinear_backward}, true, A::resize},
+       {K::resize_bilinear_forward, K::resize_bilinear_backward}, true, A::resize, -1.0, 1.0, 2e-5,
+       nullptr, /*atomic_backward=*/true},
       // Under autocast attention is matmul and softmax, whose rows hold its bf16 rule.
       {"scaled_dot_product_attention", {{1, 2, 5, 8}, {1, 2, 6, 8}, {1, 2, 6, 8}},
        [](auto& v) { return scaled_dot_product_attention(v[0], v[1], v[2]); },
@@ -247,16 +254,22 @@ std::vector<Tensor> row_inputs(const OpRow& row, DType dtype, Device device, boo
   return inputs;
 }
 
-// The op's result, then each input's gradient of sum(result * r) for a fixed random r.
-std::vector<Tensor> forward_and_gradients(const OpRow& row, Device device) {
-  std::vector<Tensor> inputs = row_inputs(row, DType::f32, device, row.differentiable);
-  const Tensor out = row.fn(inputs);
+// The op's result on `args`, then each leaf's gradient of sum(result * r) for a fixed random r
+// (float32: the gradient autocast hands back to a bfloat16 result too); no leaves, no backward.
+std::vector<Tensor> result_and_gradients(const OpRow& row, const std::vector<Tensor>& args,
+                                         const std::vector<Tensor>& leaves) {
+  const Tensor out = row.fn(args);
   std::vector<Tensor> results{out};
-  if (!row.differentiable) return results;
-  const Tensor r = Tensor::from_vector(uniform(out.numel(), 7, -1, 1), out.shape()).to(device);
+  if (leaves.empty()) return results;
+  const Tensor r = Tensor::from_vector(uniform(out.numel(), 7, -1, 1), out.shape()).to(out.device());
   autograd::run_backward(out, r);
-  for (const Tensor& x : inputs) results.push_back(x.grad());
+  for (const Tensor& x : leaves) results.push_back(x.grad());
   return results;
+}
+
+std::vector<Tensor> forward_and_gradients(const OpRow& row, Device device) {
+  const std::vector<Tensor> inputs = row_inputs(row, DType::f32, device, row.differentiable);
+  return result_and_gradients(row, inputs, row.differentiable ? inputs : std::vector<Tensor>{});
 }
 
 void expect_near(const char* what, const Tensor& got, const Tensor& want, double tol) {
@@ -332,11 +345,84 @@ TEST_CASE("op table: the emulated CUDA device equals the CPU in float32, forward
 
 // The rule of the row's policy, on the device under bf16 autocast, bit for bit:
 // - bf16_operands: the bfloat16 result is the float32 result of the same bf16 products
-//   (AutocastActivations::f32) rounded once;
+//   (AutocastActivations::f32) rounded once, and the input gradients (float32) are those of
+//   that float32 run: the backward's products read the same bf16-rounded operands, saved as
+//   bfloat16 or rounded again from float32;
 // - keeps_bf16: a bfloat16 activation is read as its float32 widening, and a bfloat16 result
 //   is the float32 one rounded once;
-// - float32: a bfloat16 activation is read as its float32 widening, the result is float32.
-TEST_CASE("op table: each op follows its bf16 autocast rule") {
+// - float32: a bfloat16 activation is read as its float32 widening, the result is float32;
+// - keeps_bf16 and float32: the gradients (float32) are those of the widened input, the
+//   activation's being the one its float32 producer receives through the cast to bfloat16.
+// The result is checked without gradients (inference's fused paths), the gradients by a second
+// run that records the graph.
+bool bf16_gradients_apply(const OpRow& row) {
+  if (!row.differentiable) return false;
+  if (row.bf16_gradients_skip)
+    MESSAGE("skipped bf16 gradients: " << std::string(row.name) << " "
+                                       << std::string(row.bf16_gradients_skip));
+  return !row.bf16_gradients_skip;
+}
+
+void expect_equal_gradients(const OpRow& row, const std::vector<Tensor>& got,
+                            const std::vector<Tensor>& want) {
+  REQUIRE(got.size() == want.size());
+  for (size_t i = 1; i < got.size(); ++i) {
+    INFO("gradient of input " << i - 1);
+    REQUIRE(got[i].dtype() == DType::f32);
+    if (row.atomic_backward) expect_near("float32 gradient", got[i], want[i], row.f32_tol);
+    else expect_bitwise("float32 gradient", got[i], want[i]);
+  }
+}
+
+void expect_bf16_operands_rule(const OpRow& row) {
+  auto run = [&](AutocastActivations activations, bool gradients) {
+    set_autocast_activations(activations);
+    const std::vector<Tensor> inputs = row_inputs(row, DType::f32, Device::cuda, gradients);
+    return result_and_gradients(row, inputs, gradients ? inputs : std::vector<Tensor>{});
+  };
+  const Tensor f32 = run(AutocastActivations::f32, false)[0];
+  const Tensor got = run(AutocastActivations::bf16, false)[0];
+  REQUIRE(got.dtype() == DType::bf16);
+  expect_bitwise("bf16 result", got, f32.to(DType::bf16));
+  if (!bf16_gradients_apply(row)) return;
+  const std::vector<Tensor> want_gradients = run(AutocastActivations::f32, true);
+  expect_equal_gradients(row, run(AutocastActivations::bf16, true), want_gradients);
+}
+
+// The row's inputs with the first (the activation) as autocast hands it on, bfloat16 cast from a
+// float32 leaf, and as its float32 widening.
+struct WidenedInputs {
+  std::vector<Tensor> leaves, args, widened;
+};
+
+WidenedInputs widened_inputs(const OpRow& row, bool gradients) {
+  WidenedInputs in;
+  in.leaves = row_inputs(row, DType::f32, Device::cuda, gradients);
+  in.args = in.leaves;
+  in.args[0] = in.leaves[0].to(DType::bf16);
+  in.widened = row_inputs(row, DType::f32, Device::cuda, false);
+  in.widened[0] = in.args[0].detach().to(DType::f32);
+  if (gradients)
+    for (Tensor& x : in.widened) x.requires_grad_();
+  return in;
+}
+
+void expect_widening_rule(const OpRow& row) {
+  const WidenedInputs in = widened_inputs(row, false);
+  const Tensor got = row.fn(in.args), want = row.fn(in.widened);
+  if (got.dtype() == DType::bf16) {
+    CHECK(autocast_policy(*row.autocast) == AutocastPolicy::keeps_bf16);
+    expect_bitwise("bf16 result", got, want.to(DType::bf16));
+  } else {
+    expect_bitwise("float32 result", got, want);
+  }
+  if (!bf16_gradients_apply(row)) return;
+  const WidenedInputs g = widened_inputs(row, true);
+  expect_equal_gradients(row, result_and_gradients(row, g.args, g.leaves),
+                         result_and_gradients(row, g.widened, g.widened));
+}
+
+TEST_CASE("op table: each op follows its bf16 autocast rule, result and gradients") {
   CountedDevice device;
   in_each_schedule([&] {
     for (const OpRow& row : rows()) {
@@ -346,27 +432,10 @@ TEST_CASE("op table: each op follows its bf16 autocast rule") {
         continue;
       }
       Autocast amp(Device::cuda);
-      std::vector<Tensor> inputs = row_inputs(row, DType::f32, Device::cuda, false);
-      if (autocast_policy(*row.autocast) == AutocastPolicy::bf16_operands) {
-        set_autocast_activations(AutocastActivations::f32);
-        const Tensor f32 = row.fn(inputs);
-        set_autocast_activations(AutocastActivations::bf16);
-        const Tensor got = row.fn(inputs);
-        REQUIRE(got.dtype() == DType::bf16);
-        expect_bitwise("bf16 result", got, f32.to(DType::bf16));
-        continue;
-      }
-      std::vector<Tensor> widened = inputs;
-      inputs[0] = inputs[0].to(DType::bf16);  // the activation
-      widened[0] = inputs[0].to(DType::f32);
-      const Tensor got = row.fn(inputs), want = row.fn(widened);
-      const bool keeps = autocast_policy(*row.autocast) == AutocastPolicy::keeps_bf16;
-      if (got.dtype() == DType::bf16) {
-        CHECK(keeps);
-        expect_bitwise("bf16 result", got, want.to(DType::bf16));
-      } else {
-        expect_bitwise("float32 result", got, want);
-      }
+      if (autocast_policy(*row.autocast) == AutocastPolicy::bf16_operands)
+        expect_bf16_operands_rule(row);
+      else
+        expect_widening_rule(row);
     }
   });
 }
