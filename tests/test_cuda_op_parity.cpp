@@ -1,13 +1,15 @@
 // One parity harness over a table of ops (as PyTorch's OpInfo, ggml's test-backend-ops): for
 // every row, a float64 gradcheck on the CPU, the CPU against the emulated CUDA device in
-// float32 (forward and input gradients), and the bf16 rule autocast's table gives the op
-// (tensor/autocast.h). Every kernel of tensor/backend_ops.def names the row that reaches it
-// (row_for below: a kernel without one does not compile), and a counting wrapper around the
-// device checks that the row really calls it.
+// float32 (forward and input gradients), and the op's rule under bf16 autocast, result and input
+// gradients: the one autocast's table gives it (tensor/autocast.h), or, outside the table, the
+// float32 results of a run without autocast. Every kernel of tensor/backend_ops.def names the
+// row that reaches it (row_for below: a kernel without one does not compile), and a counting
+// wrapper around the device checks that the row really calls it.
 #include <doctest/doctest.h>
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <optional>
 
 #include "helpers.h"
@@ -81,7 +83,16 @@ struct OpRow {
   // The backward sums with atomics, in the order the emulator's schedule (or the GPU) picks:
   // the bf16 rule's gradients agree within f32_tol, not bit for bit.
   bool atomic_backward = false;
+  // For an op whose kernels have no bf16 path: what it runs instead under bf16 autocast, a
+  // composition of ops whose rows hold their own rules.
+  OpFn composed_under_autocast = nullptr;
 };
+
+// The composition attention runs where its fused kernel does not (float32 only) run.
+Tensor composed_attention(const std::vector<Tensor>& v) {
+  const double scale = 1.0 / std::sqrt(static_cast<double>(v[0].size(3)));
+  return matmul(softmax(matmul(mul(v[0], scale), v[1].transpose(2, 3)), -1), v[2]);
+}
 
 Tensor adamw(const std::vector<Tensor>& v, bool multi) {
   const Tensor param = v[0].clone();
@@ -188,11 +199,12 @@ const std::vector<OpRow>& rows() {
        [](auto& v) { return interpolate_bilinear(v[0], 5, 7, false); },
        {K::resize_bilinear_forward, K::resize_bilinear_backward}, true, A::resize, -1.0, 1.0, 2e-5,
        nullptr, /*atomic_backward=*/true},
-      // Under autocast attention is matmul and softmax, whose rows hold its bf16 rule.
+      // The fused kernel reads float32 only: under autocast attention is matmul and softmax.
       {"scaled_dot_product_attention", {{1, 2, 5, 8}, {1, 2, 6, 8}, {1, 2, 6, 8}},
        [](auto& v) { return scaled_dot_product_attention(v[0], v[1], v[2]); },
-       {K::attention_forward}},
-      // Optimizer state is float32 under autocast too: no bf16 rule.
+       {K::attention_forward}, true, std::nullopt, -1.0, 1.0, 2e-5, nullptr, false,
+       composed_attention},
+      // Master weights, gradients and optimizer state are float32 under autocast too.
       {"adamw_step", {{3, 5}, {3, 5}}, [](auto& v) { return adamw(v, false); }, {K::adamw_step},
        false},
       {"adamw_multi_step", {{3, 5}, {3, 5}}, [](auto& v) { return adamw(v, true); },
@@ -352,7 +364,9 @@ TEST_CASE("op table: the emulated CUDA device equals the CPU in float32, forward
 //   is the float32 one rounded once;
 // - float32: a bfloat16 activation is read as its float32 widening, the result is float32;
 // - keeps_bf16 and float32: the gradients (float32) are those of the widened input, the
-//   activation's being the one its float32 producer receives through the cast to bfloat16.
+//   activation's being the one its float32 producer receives through the cast to bfloat16;
+// - outside autocast's table (copies, the optimizer): the float32 results of a run without it;
+// - attention, whose fused kernel reads float32 only: its composition of matmul and softmax.
 // The result is checked without gradients (inference's fused paths), the gradients by a second
 // run that records the graph.
 bool bf16_gradients_apply(const OpRow& row) {
@@ -422,13 +436,48 @@ void expect_widening_rule(const OpRow& row) {
                          result_and_gradients(row, g.widened, g.widened));
 }
 
+void expect_same_results(const std::vector<Tensor>& got, const std::vector<Tensor>& want) {
+  REQUIRE(got.size() == want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    INFO("result " << i << " (0: the op's, then the inputs' gradients)");
+    expect_bitwise("float32", got[i], want[i]);
+  }
+}
+
+// An op outside autocast's table (copies, the optimizer) computes as it does without autocast.
+void expect_unchanged_by_autocast(const OpRow& row) {
+  const std::vector<Tensor> want = forward_and_gradients(row, Device::cuda);
+  Autocast amp(Device::cuda);
+  expect_same_results(forward_and_gradients(row, Device::cuda), want);
+}
+
+// An op whose kernels have no bf16 path: under autocast none of them runs, and the op is, bit
+// for bit, its composition, result and gradients.
+void expect_composed_under_autocast(const OpRow& row, CountingBackend& device) {
+  Autocast amp(Device::cuda);
+  device.reset();
+  const std::vector<Tensor> got = forward_and_gradients(row, Device::cuda);
+  for (BackendOp op : row.kernels) {
+    INFO("kernel " << std::string(backend_op_name(op)));
+    CHECK(device.calls(op) == 0);
+  }
+  OpRow composed = row;
+  composed.fn = row.composed_under_autocast;
+  expect_same_results(got, forward_and_gradients(composed, Device::cuda));
+  CHECK(got[0].dtype() == DType::bf16);  // the last product's
+}
+
 TEST_CASE("op table: each op follows its bf16 autocast rule, result and gradients") {
   CountedDevice device;
   in_each_schedule([&] {
     for (const OpRow& row : rows()) {
       INFO("row " << std::string(row.name));
+      if (row.composed_under_autocast) {
+        expect_composed_under_autocast(row, *device);
+        continue;
+      }
       if (!row.autocast) {
-        MESSAGE("skipped bf16 rule: " << std::string(row.name) << " is not in autocast's table");
+        expect_unchanged_by_autocast(row);
         continue;
       }
       Autocast amp(Device::cuda);
