@@ -219,20 +219,6 @@ OpRow resize_row(const ResizeRow& c, bool align_corners) {
   return row;
 }
 
-std::vector<OpRow> fixed_rows();
-
-// The fixed rows, then the generated conv and resize rows.
-const std::vector<OpRow>& rows() {
-  static const std::vector<OpRow> table = [] {
-    std::vector<OpRow> all = fixed_rows();
-    for (const ConvRow& c : kConvRows) all.push_back(conv_row(c));
-    for (const ResizeRow& c : kResizeRows)
-      for (bool align_corners : {false, true}) all.push_back(resize_row(c, align_corners));
-    return all;
-  }();
-  return table;
-}
-
 std::vector<OpRow> fixed_rows() {
   using K = BackendOp;
   using A = AutocastOp;
@@ -361,6 +347,18 @@ std::vector<OpRow> fixed_rows() {
       {"adamw_multi_step", {{3, 5}, {3, 5}}, [](auto& v) { return adamw(v, true); },
        {K::adamw_multi_step}, false},
   };
+}
+
+// The fixed rows, then the generated conv and resize rows.
+const std::vector<OpRow>& rows() {
+  static const std::vector<OpRow> table = [] {
+    std::vector<OpRow> all = fixed_rows();
+    for (const ConvRow& c : kConvRows) all.push_back(conv_row(c));
+    for (const ResizeRow& c : kResizeRows)
+      for (bool align_corners : {false, true}) all.push_back(resize_row(c, align_corners));
+    return all;
+  }();
+  return table;
 }
 
 // The row that reaches each kernel. No default: with a kernel added to backend_ops.def and no
