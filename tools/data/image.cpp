@@ -306,9 +306,13 @@ namespace {
 
 // For each output position along one axis, the input positions and normalised weights of
 // the triangle filter (support widened by the shrink factor, as PIL).
+// Output o reads inputs first[o] .. first[o] + taps(o) - 1 with weights w[offset[o] ...].
 struct AxisWeights {
-  std::vector<int> first;             // first input index per output
-  std::vector<std::vector<float>> w;  // weights for first, first+1, ...
+  std::vector<int> first, offset;  // offset: out_size + 1 entries
+  std::vector<float> w;
+
+  int taps(int o) const { return offset[o + 1] - offset[o]; }
+  const float* weights(int o) const { return w.data() + offset[o]; }
 };
 
 AxisWeights triangle_weights(int in_size, int out_size) {
@@ -317,7 +321,7 @@ AxisWeights triangle_weights(int in_size, int out_size) {
   double support = filter_scale;  // the triangle's half-width is 1 input pixel, widened
   AxisWeights a;
   a.first.resize(out_size);
-  a.w.resize(out_size);
+  a.offset.assign(1, 0);
   for (int o = 0; o < out_size; ++o) {
     double centre = (o + 0.5) * scale;
     int lo = std::max(static_cast<int>(centre - support + 0.5), 0);
@@ -330,9 +334,27 @@ AxisWeights triangle_weights(int in_size, int out_size) {
       total += w.back();
     }
     a.first[o] = lo;
-    for (double v : w) a.w[o].push_back(static_cast<float>(total > 0 ? v / total : 0));
+    for (double v : w) a.w.push_back(static_cast<float>(total > 0 ? v / total : 0));
+    a.offset.push_back(static_cast<int>(a.w.size()));
   }
   return a;
+}
+
+// One row of the horizontal pass, CH channels known at compile time (0: `ch` at run time); each
+// output sums its taps in order, as one accumulation.
+template <int CH>
+void resize_row(const float* src, float* dst, const AxisWeights& wx, int width, int ch) {
+  const int channels = CH ? CH : ch;
+  for (int x = 0; x < width; ++x) {
+    const float* w = wx.weights(x);
+    const float* s = src + static_cast<size_t>(wx.first[x]) * channels;
+    const int taps = wx.taps(x);
+    for (int c = 0; c < channels; ++c) {
+      float acc = 0;
+      for (int k = 0; k < taps; ++k) acc += w[k] * s[k * channels + c];
+      dst[x * channels + c] = acc;
+    }
+  }
 }
 
 }  // namespace
@@ -343,16 +365,16 @@ Image resize_bilinear(const Image& image, int height, int width) {
   const int ch = image.channels;
   AxisWeights wx = triangle_weights(image.width, width), wy = triangle_weights(image.height, height);
   Image rows(image.height, width, ch);  // horizontal pass
-  for (int y = 0; y < image.height; ++y)
-    for (int x = 0; x < width; ++x)
-      for (size_t k = 0; k < wx.w[x].size(); ++k)
-        for (int c = 0; c < ch; ++c) rows.at(y, x, c) += wx.w[x][k] * image.at(y, wx.first[x] + int(k), c);
+  const auto row = ch == 3 ? resize_row<3> : ch == 1 ? resize_row<1> : resize_row<0>;
+  const size_t in_row = static_cast<size_t>(image.width) * ch, out_row = static_cast<size_t>(width) * ch;
+  for (int y = 0; y < image.height; ++y) row(&image.pixels[y * in_row], &rows.pixels[y * out_row], wx, width, ch);
   Image out(height, width, ch);  // vertical pass
   for (int y = 0; y < height; ++y)
-    for (size_t k = 0; k < wy.w[y].size(); ++k) {
-      const float* src = &rows.pixels[static_cast<size_t>(wy.first[y] + k) * width * ch];
-      float* dst = &out.pixels[static_cast<size_t>(y) * width * ch];
-      for (int i = 0; i < width * ch; ++i) dst[i] += wy.w[y][k] * src[i];
+    for (int k = 0; k < wy.taps(y); ++k) {
+      const float* src = &rows.pixels[(wy.first[y] + k) * out_row];
+      float* dst = &out.pixels[y * out_row];
+      const float w = wy.weights(y)[k];
+      for (size_t i = 0; i < out_row; ++i) dst[i] += w * src[i];
     }
   return out;
 }
