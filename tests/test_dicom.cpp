@@ -229,6 +229,18 @@ TEST_CASE("DICOM: a multi-frame file gives the frame asked for, and names the ra
   CHECK(load_dicom(file, 2).pixels != expected_image(s, 0).pixels);
   CHECK(load_image(file).pixels == expected_image(s, 0).pixels);
   CHECK(contains(error_of([&] { load_dicom(file, 3); }), "frame 3 asked for, it has 3 (0 to 2)"));
+  CHECK(read_dicom_frames(file) == 3);
+}
+
+// predict --frame all makes a scan of every frame the file claims: the claim is held to the file.
+TEST_CASE("DICOM: a Number of Frames larger than the file could hold is refused, naming both") {
+  const fs::path file = folder() / "many_frames.dcm";
+  write_dicom(file, make_scan(4, 4, "MONOCHROME2", 8), EXS_LittleEndianExplicit, nullptr,
+              [](DcmDataset& d) { d.putAndInsertString(DCM_NumberOfFrames, "2147483647"); });
+  const std::string error = error_of([&] { read_dicom_frames(file); });
+  CHECK(contains(error, "many_frames.dcm': Number of Frames is 2147483647, more than its "));
+  CHECK(contains(error, " bytes can hold"));
+  CHECK(contains(error_of([&] { load_dicom(file, 0); }), "Number of Frames is 2147483647"));
 }
 
 TEST_CASE("DICOM: the pixel spacing from Pixel Spacing, else from the ultrasound region in cm") {

@@ -149,10 +149,14 @@ void check_jpeg_fragments(DcmDataset& dataset, const fs::path& file) {
   }
 }
 
+// Number of Frames, trusted only as far as the file could hold that many (a byte each at least):
+// --frame all makes a scan of each, and 17 bytes must not ask for two billion.
 int frames_of(DcmDataset& dataset, const fs::path& file) {
   Sint32 frames = 0;
   if (dataset.findAndGetSint32(DCM_NumberOfFrames, frames).bad()) return 1;  // absent: one frame
   if (frames < 1) fail("DICOM file '", file.string(), "': Number of Frames is ", frames);
+  if (const uintmax_t size = fs::file_size(file); static_cast<uintmax_t>(frames) > size)
+    fail("DICOM file '", file.string(), "': Number of Frames is ", frames, ", more than its ", size, " bytes can hold");
   return frames;
 }
 
