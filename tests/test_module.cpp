@@ -85,6 +85,14 @@ TEST_CASE("state dict mismatches name the key and both shapes") {
   CHECK_THROWS_WITH_AS(b.load_state_dict(s), doctest::Contains("unexpected key 'extra'"), Error);
 }
 
+// What models::load_backbone fills: a registry entry's backbone module, by name.
+TEST_CASE("child() finds a direct child by name, and names the children when it has none of that name") {
+  Block b;
+  CHECK(&b.child("fc") == b.fc.get());
+  CHECK(&b.child("seq") == b.seq.get());
+  CHECK_THROWS_WITH_AS(b.child("encoder"), "module has no child 'encoder' (children: fc, norm, seq)", Error);
+}
+
 TEST_CASE("truncated or malformed safetensors files are refused with the file name") {
   Block b;
   std::string good = temp_path("good.safetensors"), bad = temp_path("bad.safetensors");
