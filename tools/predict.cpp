@@ -63,10 +63,6 @@ struct Source {
 std::string scan_key(const std::string& image, const std::string& frame) { return image + "\n" + frame; }
 std::string Source::key() const { return scan_key(file.filename().string(), frame_field()); }
 
-data::Image load_scan(const Source& s) {
-  return s.frame ? data::load_dicom(s.file, *s.frame) : data::load_image(s.file);
-}
-
 // A scan decoded and resized for both models: a folder run's decode threads make these ahead of
 // the models.
 struct DecodedScan {
@@ -77,11 +73,16 @@ struct DecodedScan {
 
 DecodedScan decode_scan(const Predictor& p, const Source& source) {
   DecodedScan s;
-  s.image = load_scan(source);
+  if (source.frame) {
+    data::DicomFrame dicom = data::load_dicom_frame(source.file, *source.frame);
+    s.image = std::move(dicom.image);
+    s.spacing = dicom.spacing;
+  } else {
+    s.image = data::load_image(source.file);
+  }
   const int seg_size = static_cast<int>(p.seg.card.img_size), cls_size = static_cast<int>(p.cls.card.img_size);
   s.seg_input = data::resize_bilinear(s.image, seg_size, seg_size);
   s.cls_input = cls_size == seg_size ? s.seg_input : data::resize_bilinear(s.image, cls_size, cls_size);
-  if (source.frame) s.spacing = data::read_pixel_spacing(source.file);
   return s;
 }
 

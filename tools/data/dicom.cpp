@@ -50,6 +50,7 @@ Image load_dicom(const fs::path& file, int) { no_dicom(file); }
 ImageSize read_dicom_size(const fs::path& file) { no_dicom(file); }
 int read_dicom_frames(const fs::path& file) { no_dicom(file); }
 std::optional<PixelSpacing> read_pixel_spacing(const fs::path& file) { no_dicom(file); }
+DicomFrame load_dicom_frame(const fs::path& file, int) { no_dicom(file); }
 
 #else
 
@@ -160,11 +161,10 @@ int frames_of(DcmDataset& dataset, const fs::path& file) {
   return frames;
 }
 
-}  // namespace
-
-Image load_dicom(const fs::path& file, int frame) {
-  DcmFileFormat dicom;
-  load(dicom, file);
+// Frame `frame` of a loaded file. Not with DCMTK's partial access (CIF_UsePartialAccessToPixelData,
+// one frame read instead of the whole pixel data): its RLE frame decoder (3.6.7) crashes on a
+// damaged fragment that the whole-data path refuses (found by fuzz_dicom).
+Image frame_of(DcmFileFormat& dicom, const fs::path& file, int frame) {
   DcmDataset* dataset = dicom.getDataset();
   if (is_jpeg(dataset->getOriginalXfer())) check_jpeg_fragments(*dataset, file);
   const int frames = frames_of(*dataset, file);
@@ -187,6 +187,27 @@ Image load_dicom(const fs::path& file, int frame) {
                             size_t(width) * channels * (sixteen_bit ? 2 : 1)});
 }
 
+std::optional<PixelSpacing> spacing_of(DcmDataset& dataset) {
+  Float64 row = 0, column = 0;
+  if (dataset.findAndGetFloat64(DCM_PixelSpacing, row, 0).good() &&
+      dataset.findAndGetFloat64(DCM_PixelSpacing, column, 1).good() && row > 0 && column > 0)
+    return PixelSpacing{row, column};
+  DcmItem* region = nullptr;
+  Uint16 x_units = 0, y_units = 0;
+  constexpr Uint16 kCentimetres = 3;  // PS3.3 C.8.5.5.1.1: physical units code
+  if (dataset.findAndGetSequenceItem(DCM_SequenceOfUltrasoundRegions, region, 0).good() &&
+      region->findAndGetUint16(DCM_PhysicalUnitsXDirection, x_units).good() &&
+      region->findAndGetUint16(DCM_PhysicalUnitsYDirection, y_units).good() && x_units == kCentimetres &&
+      y_units == kCentimetres && region->findAndGetFloat64(DCM_PhysicalDeltaX, column).good() &&
+      region->findAndGetFloat64(DCM_PhysicalDeltaY, row).good() && row > 0 && column > 0)
+    return PixelSpacing{10 * row, 10 * column};
+  return std::nullopt;
+}
+
+}  // namespace
+
+Image load_dicom(const fs::path& file, int frame) { return load_dicom_frame(file, frame).image; }
+
 ImageSize read_dicom_size(const fs::path& file) {
   DcmFileFormat dicom;
   load(dicom, file);
@@ -206,21 +227,13 @@ int read_dicom_frames(const fs::path& file) {
 std::optional<PixelSpacing> read_pixel_spacing(const fs::path& file) {
   DcmFileFormat dicom;
   load(dicom, file);
-  DcmDataset* dataset = dicom.getDataset();
-  Float64 row = 0, column = 0;
-  if (dataset->findAndGetFloat64(DCM_PixelSpacing, row, 0).good() &&
-      dataset->findAndGetFloat64(DCM_PixelSpacing, column, 1).good() && row > 0 && column > 0)
-    return PixelSpacing{row, column};
-  DcmItem* region = nullptr;
-  Uint16 x_units = 0, y_units = 0;
-  constexpr Uint16 kCentimetres = 3;  // PS3.3 C.8.5.5.1.1: physical units code
-  if (dataset->findAndGetSequenceItem(DCM_SequenceOfUltrasoundRegions, region, 0).good() &&
-      region->findAndGetUint16(DCM_PhysicalUnitsXDirection, x_units).good() &&
-      region->findAndGetUint16(DCM_PhysicalUnitsYDirection, y_units).good() && x_units == kCentimetres &&
-      y_units == kCentimetres && region->findAndGetFloat64(DCM_PhysicalDeltaX, column).good() &&
-      region->findAndGetFloat64(DCM_PhysicalDeltaY, row).good() && row > 0 && column > 0)
-    return PixelSpacing{10 * row, 10 * column};
-  return std::nullopt;
+  return spacing_of(*dicom.getDataset());
+}
+
+DicomFrame load_dicom_frame(const fs::path& file, int frame) {
+  DcmFileFormat dicom;
+  load(dicom, file);
+  return {frame_of(dicom, file, frame), spacing_of(*dicom.getDataset())};
 }
 
 #endif

@@ -33,4 +33,11 @@ struct PixelSpacing {
 // when the file gives neither.
 std::optional<PixelSpacing> read_pixel_spacing(const std::filesystem::path& file);
 
+// load_dicom's frame and read_pixel_spacing's spacing from one read of the file.
+struct DicomFrame {
+  Image image;
+  std::optional<PixelSpacing> spacing;
+};
+DicomFrame load_dicom_frame(const std::filesystem::path& file, int frame);
+
 }  // namespace sono::data
