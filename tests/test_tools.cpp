@@ -745,6 +745,11 @@ TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing 
     CHECK(read_file(seg) == seg_before);
     CHECK(read_file(state) == state_before);
   }
+  SUBCASE("fold segmenters without their fold count") {
+    expect_error("cls_train", dirs(t.data) + " --arch convnext_atto --img-size 64 --epochs 1 --seg-model " +
+                     (bad / "seg.fold{fold}.safetensors").string() + " --save-path " + out.string(),
+                 "give the segmenters' fold count by --seg-folds or --folds");
+  }
   SUBCASE("a negative warmup") { expect_error("seg_train", dirs(t.data) + seg_opts + out.string() + " --warmup-epochs -1", "--warmup-epochs -1: must be 0 or more"); }
   SUBCASE("batch size 1 with BatchNorm") { expect_error("seg_train", dirs(t.data) + " --arch mit_b0 --img-size 64 --batch-size 1 --save-path " + out.string(), "BatchNorm"); }
   SUBCASE("an output folder that does not exist") { expect_error("seg_train", dirs(t.data) + " --save-path " + (bad / "no" / "x.safetensors").string(), (bad / "no").string()); }
@@ -837,7 +842,7 @@ TEST_CASE("cross-validation: --folds 2 trains a model per fold, scores each, rep
   CHECK(std::stod(dice[4]) == doctest::Approx(std::abs(a - b) / std::sqrt(2.0)).epsilon(1e-4));
   CHECK(std::stod(dice[5]) == doctest::Approx(std::min(a, b)).epsilon(1e-5));
 
-  // The classifier of fold k trains on the masks of the segmenter that did not see fold k; and
+  // Every image's mask comes from the segmenter that did not train on it (out of fold); and
   // with every recipe flag on, which must run through.
   Run c = run_tool("cls_train", dirs + " --arch convnext_atto --img-size 64 --epochs 1 --warmup-epochs 0 --batch-size 8 --folds 2"
                                        " --augment ultrasound --balanced-sampling --ema 0.9 --flip-tta"
@@ -845,7 +850,8 @@ TEST_CASE("cross-validation: --folds 2 trains a model per fold, scores each, rep
                                        " --save-path " + cls.string() + " --log-dir " + (root / "cls_log").string());
   INFO(c.output);
   REQUIRE(c.status == 0);
-  CHECK(c.output.find("masks: predicted by " + (root / "seg.fold2.safetensors").string()) != std::string::npos);
+  CHECK(c.output.find("masks: predicted by " + (root / "seg.fold1.safetensors").string() +
+                      " ... (each image's out-of-fold segmenter)") != std::string::npos);
   CHECK(c.output.find("temperature ") != std::string::npos);
   auto cls_rows = csv_rows(root / "cls_log" / "cross_validation.csv");
   for (const char* metric : {"val_accuracy", "val_macro_f1", "val_recall_benign", "val_recall_malignant",

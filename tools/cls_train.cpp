@@ -14,6 +14,7 @@
 #include "tools/app/distributed.h"
 #include "tools/app/training.h"
 #include "tools/data/dataset.h"
+#include "tools/data/folds.h"
 #include "tensor/atomic_file.h"
 #include "tools/data/calibration.h"
 #include "tools/data/metrics.h"
@@ -102,26 +103,49 @@ Tensor class_weights(const std::string& mode, const data::Dataset& dataset) {
   return Tensor::from_vector(weights, {static_cast<int64_t>(weights.size())});
 }
 
-// Replaces every cached mask by the segmentation checkpoint's prediction on the cached image.
-void use_predicted_masks(data::SampleCache& cache, const std::string& seg_model, Device device) {
-  app::LoadedModel seg = app::load_checkpoint(seg_model, models::Task::segmentation);
-  seg.model->to(device);
+// Replaces the cached masks of the samples `segmenter_of` maps to segmenter k by the
+// prediction of seg_models[k] on the cached image.
+void use_predicted_masks(data::SampleCache& cache, const std::vector<std::string>& seg_models,
+                         const std::function<size_t(size_t sample)>& segmenter_of, Device device) {
   data::SegmentationMetrics agreement;
-  for (size_t i = 0; i < cache.count(); ++i) {
-    data::Mask predicted = app::segment(seg, cache.image(i), cache.size(), cache.size(), device);
-    agreement.add(predicted, cache.mask(i));
-    cache.set_mask(i, std::move(predicted));
+  for (size_t k = 0; k < seg_models.size(); ++k) {
+    app::LoadedModel seg = app::load_checkpoint(seg_models[k], models::Task::segmentation);
+    seg.model->to(device);
+    for (size_t i = 0; i < cache.count(); ++i) {
+      if (segmenter_of(i) != k) continue;
+      data::Mask predicted = app::segment(seg, cache.image(i), cache.size(), cache.size(), device);
+      agreement.add(predicted, cache.mask(i));
+      cache.set_mask(i, std::move(predicted));
+    }
   }
-  std::cout << std::fixed << std::setprecision(4) << "masks: predicted by " << seg_model << " ("
-            << seg.card.arch << "); Dice against the ground truth " << agreement.dice() << " (lesion images "
+  std::cout << std::fixed << std::setprecision(4) << "masks: predicted by " << seg_models.front()
+            << (seg_models.size() > 1 ? " ... (each image's out-of-fold segmenter)" : "")
+            << "; Dice against the ground truth " << agreement.dice() << " (lesion images "
             << agreement.lesion_dice() << ")\n" << std::defaultfloat;
+}
+
+// --seg-model with {fold}: the K segmenters of `seg_train --folds K` on the same images and
+// seed. Each image's mask comes from the segmenter that did not train on it, so the
+// classifier trains on masks as good (and as wrong) as those it will be given in use, not on
+// its training images' near-perfect ones. A validation image of classifier fold k gets
+// segmenter k's mask as before; its training images' masks come from segmenters that saw
+// fold k's masks (not its class labels).
+void use_out_of_fold_masks(data::SampleCache& cache, const std::string& seg_model, int seg_folds, uint64_t seed,
+                           Device device) {
+  const data::Folds folds = data::make_folds(cache.dataset(), cache.hashes(), seg_folds, seed);
+  std::vector<std::string> models;
+  for (int k = 0; k < seg_folds; ++k) models.push_back(app::fold_path(seg_model, k));
+  use_predicted_masks(cache, models, [&](size_t i) { return static_cast<size_t>(folds.fold[i]); }, device);
 }
 
 int cls_train(int argc, char** argv) {
   app::Cli cli("cls_train", "Train a lesion classifier on image + lesion mask (ConvNeXt, 4 input channels).");
   app::add_training_options(cli, {.arch = "convnext_base", .batch_size = 16, .weight_decay = 5e-2, .drop_path = 0.1});
   cli.option("seg-model", "", "train on the masks this segmentation checkpoint predicts (default: ground truth);"
-                              " with --folds, {fold} in the name stands for the fold's number")
+                              " {fold} in the name stands for the fold's number of a seg_train --folds run on the"
+                              " same images and seed, and each image gets the mask of the segmenter that did"
+                              " not train on it")
+      .option("seg-folds", "0", "with {fold} in --seg-model: the segmenters' fold count (0: as --folds)")
       .option("label-smoothing", "0.1", "cross-entropy label smoothing")
       .option("class-weights", "none", "none, or balanced: loss weights n / (classes * n_class)");
   if (!cli.parse(argc, argv)) return 0;
@@ -130,16 +154,18 @@ int cls_train(int argc, char** argv) {
              settings.arch, ": not a classification model (convnext_atto .. convnext_large)");
   std::string seg_model = cli.str("seg-model");
   const int folds = settings.recipe_options.folds;
-  SONO_CHECK(folds || seg_model.find("{fold}") == std::string::npos, "--seg-model ", seg_model,
-             ": {fold} stands for a fold's number, which needs --folds");
-  // A fold's classifier sees the masks of the segmenter that did not train on the fold.
-  auto fold_seg_model = [&](int fold) {
-    return seg_model.find("{fold}") == std::string::npos ? seg_model : app::fold_path(seg_model, fold);
-  };
-  for (int fold = 0; fold < std::max(folds, 1) && !seg_model.empty(); ++fold) {
-    SONO_CHECK(std::filesystem::is_regular_file(fold_seg_model(fold)), fold_seg_model(fold),
-               ": --seg-model file not found");
-    app::check_outputs({{fold_seg_model(fold), "--seg-model"}},
+  const bool out_of_fold = seg_model.find("{fold}") != std::string::npos;
+  const int seg_folds_given = static_cast<int>(cli.integer("seg-folds"));
+  SONO_CHECK(seg_folds_given >= 0, "--seg-folds ", cli.str("seg-folds"), ": must be 0 or more");
+  const int seg_folds = seg_folds_given ? seg_folds_given : folds;
+  SONO_CHECK(!out_of_fold || seg_folds >= 2, "--seg-model ", seg_model,
+             ": {fold} stands for a fold's number; give the segmenters' fold count by --seg-folds or --folds");
+  std::vector<std::string> seg_models;
+  for (int fold = 0; fold < (out_of_fold ? seg_folds : !seg_model.empty()); ++fold)
+    seg_models.push_back(out_of_fold ? app::fold_path(seg_model, fold) : seg_model);
+  for (const std::string& path : seg_models) {
+    SONO_CHECK(std::filesystem::is_regular_file(path), path, ": --seg-model file not found");
+    app::check_outputs({{path, "--seg-model"}},
                        {{settings.save_path, "--save-path"},
                         {app::resume_state_path(settings.save_path), "the resume state of --save-path"}},
                        true);
@@ -152,21 +178,25 @@ int cls_train(int argc, char** argv) {
              ": classification needs class subfolders (images/CLASS/ or BUSI's CLASS/), found ",
              dataset.classes.size() == 1 ? "one class" : "no class folders");
   settings.tool_arguments = {{"--seg-model", seg_model.empty() ? "ground truth" : seg_model},
+                             {"--seg-folds", out_of_fold ? std::to_string(seg_folds) : "0"},
                              {"--label-smoothing", app::run_argument_number(label_smoothing)},
                              {"--class-weights", cli.str("class-weights")}};
   Tensor weights = class_weights(cli.str("class-weights"), dataset);
   ClassificationTask task(dataset.classes, weights, label_smoothing);
+  std::function<void(data::SampleCache&)> prepare;
+  if (out_of_fold)
+    prepare = [&](data::SampleCache& cache) {
+      use_out_of_fold_masks(cache, seg_model, seg_folds, settings.seed, settings.device);
+    };
+  else if (!seg_model.empty())
+    prepare = [&](data::SampleCache& cache) {
+      use_predicted_masks(cache, seg_models, [](size_t) { return size_t{0}; }, settings.device);
+    };
   if (folds) {
     std::function<void(data::SampleCache&, int)> prepare_fold;
-    if (!seg_model.empty())
-      prepare_fold = [&](data::SampleCache& cache, int fold) {
-        use_predicted_masks(cache, fold_seg_model(fold), settings.device);
-      };
+    if (prepare) prepare_fold = [&](data::SampleCache& cache, int) { prepare(cache); };
     return app::run_cross_validation(settings, task, dataset, prepare_fold);
   }
-  std::function<void(data::SampleCache&)> prepare;
-  if (!seg_model.empty())
-    prepare = [&](data::SampleCache& cache) { use_predicted_masks(cache, seg_model, settings.device); };
   return app::run_training(settings, task, dataset, prepare);
 }
 
