@@ -124,18 +124,16 @@ void use_predicted_masks(data::SampleCache& cache, const std::vector<std::string
             << agreement.lesion_dice() << ")\n" << std::defaultfloat;
 }
 
-// --seg-model with {fold}: the K segmenters of `seg_train --folds K` on the same images and
-// seed. Each image's mask comes from the segmenter that did not train on it, so the
-// classifier trains on masks as good (and as wrong) as those it will be given in use, not on
-// its training images' near-perfect ones. A validation image of classifier fold k gets
-// segmenter k's mask as before; its training images' masks come from segmenters that saw
-// fold k's masks (not its class labels).
-void use_out_of_fold_masks(data::SampleCache& cache, const std::string& seg_model, int seg_folds, uint64_t seed,
+// --seg-model with {fold}: the K segmenters (seg_models[k] is fold k's) of `seg_train --folds K`
+// on the same images and seed. Each image's mask comes from the segmenter that did not train
+// on it, so the classifier trains on masks as good (and as wrong) as those it is given in use,
+// not on near-perfect ones. A classifier fold's training masks come from segmenters that saw
+// that fold's masks (not its class labels).
+void use_out_of_fold_masks(data::SampleCache& cache, const std::vector<std::string>& seg_models, uint64_t seed,
                            Device device) {
-  const data::Folds folds = data::make_folds(cache.dataset(), cache.hashes(), seg_folds, seed);
-  std::vector<std::string> models;
-  for (int k = 0; k < seg_folds; ++k) models.push_back(app::fold_path(seg_model, k));
-  use_predicted_masks(cache, models, [&](size_t i) { return static_cast<size_t>(folds.fold[i]); }, device);
+  const int k = static_cast<int>(seg_models.size());
+  const data::Folds folds = data::make_folds(cache.dataset(), cache.hashes(), k, seed);
+  use_predicted_masks(cache, seg_models, [&](size_t i) { return static_cast<size_t>(folds.fold[i]); }, device);
 }
 
 int cls_train(int argc, char** argv) {
@@ -160,9 +158,11 @@ int cls_train(int argc, char** argv) {
   const int seg_folds = seg_folds_given ? seg_folds_given : folds;
   SONO_CHECK(!out_of_fold || seg_folds >= 2, "--seg-model ", seg_model,
              ": {fold} stands for a fold's number; give the segmenters' fold count by --seg-folds or --folds");
-  std::vector<std::string> seg_models;
-  for (int fold = 0; fold < (out_of_fold ? seg_folds : !seg_model.empty()); ++fold)
-    seg_models.push_back(out_of_fold ? app::fold_path(seg_model, fold) : seg_model);
+  std::vector<std::string> seg_models;  // the checkpoints read: one, or each fold's
+  if (out_of_fold)
+    for (int fold = 0; fold < seg_folds; ++fold) seg_models.push_back(app::fold_path(seg_model, fold));
+  else if (!seg_model.empty())
+    seg_models.push_back(seg_model);
   for (const std::string& path : seg_models) {
     SONO_CHECK(std::filesystem::is_regular_file(path), path, ": --seg-model file not found");
     app::check_outputs({{path, "--seg-model"}},
@@ -186,7 +186,7 @@ int cls_train(int argc, char** argv) {
   std::function<void(data::SampleCache&)> prepare;
   if (out_of_fold)
     prepare = [&](data::SampleCache& cache) {
-      use_out_of_fold_masks(cache, seg_model, seg_folds, settings.seed, settings.device);
+      use_out_of_fold_masks(cache, seg_models, settings.seed, settings.device);
     };
   else if (!seg_model.empty())
     prepare = [&](data::SampleCache& cache) {
