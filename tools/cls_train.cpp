@@ -127,8 +127,8 @@ void use_predicted_masks(data::SampleCache& cache, const std::vector<std::string
 // --seg-model with {fold}: the K segmenters (seg_models[k] is fold k's) of `seg_train --folds K`
 // on the same images and seed. Each image's mask comes from the segmenter that did not train
 // on it, so the classifier trains on masks as good (and as wrong) as those it is given in use,
-// not on near-perfect ones. A classifier fold's training masks come from segmenters that saw
-// that fold's masks (not its class labels).
+// not on masks of images the segmenter has fitted. A classifier fold's training masks come
+// from segmenters that saw that fold's masks (not its class labels).
 void use_out_of_fold_masks(data::SampleCache& cache, const std::vector<std::string>& seg_models, uint64_t seed,
                            Device device) {
   const int k = static_cast<int>(seg_models.size());
