@@ -193,8 +193,19 @@ int cls_train(int argc, char** argv) {
       use_predicted_masks(cache, seg_models, [](size_t) { return size_t{0}; }, settings.device);
     };
   if (folds) {
+    // The predicted masks do not depend on the classifier's fold: made once, copied into each
+    // fold's cache.
+    std::vector<data::Mask> predicted;
     std::function<void(data::SampleCache&, int)> prepare_fold;
-    if (prepare) prepare_fold = [&](data::SampleCache& cache, int) { prepare(cache); };
+    if (prepare)
+      prepare_fold = [&](data::SampleCache& cache, int) {
+        if (!predicted.empty()) {
+          for (size_t i = 0; i < cache.count(); ++i) cache.set_mask(i, predicted[i]);
+          return;
+        }
+        prepare(cache);
+        for (size_t i = 0; i < cache.count(); ++i) predicted.push_back(cache.mask(i));
+      };
     return app::run_cross_validation(settings, task, dataset, prepare_fold);
   }
   return app::run_training(settings, task, dataset, prepare);
