@@ -31,9 +31,10 @@ void count_allocation(int64_t bytes) {
 // time, so a step's outputs would fault in anew every step. Sizes round up to 8 classes per
 // power of two (at most 12.5% more), and a request takes the smallest cached block up to 1.5
 // times its size. Live plus cached bytes stay within the most ever live at once plus a headroom
-// (a quarter of it, at most 128 MiB): a request that no cached block fits unmaps cached blocks,
-// largest first, to stay within it. Without the headroom a step's mix of sizes keeps missing and
-// remapping; with it a steady step maps little or nothing, for a few percent more resident memory.
+// (a quarter of it, at most 128 MiB): a request that no cached block fits, with the cache over
+// that, resizes a cached block (recycle) and unmaps others, largest first, to stay within it.
+// Without the headroom a step's mix of sizes keeps missing and remapping; with it a steady step
+// maps little or nothing, for a few percent more resident memory.
 class BlockCache {
  public:
   static constexpr size_t kMinBytes = size_t(1) << 20;
@@ -60,10 +61,10 @@ class BlockCache {
     void* p = take(size);
     if (!p) {
       const size_t footprint = high_water_ + std::min(high_water_ / 4, kMaxHeadroom);
-      trim(footprint > live_bytes_ + size ? footprint - live_bytes_ - size : 0);
-      p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      if (p == MAP_FAILED) fail("out of CPU memory allocating ", bytes, " bytes");
-      madvise(p, size, MADV_HUGEPAGE);  // fewer faults on first touch, where THP is on
+      const size_t keep = footprint > live_bytes_ + size ? footprint - live_bytes_ - size : 0;
+      if (cached_bytes_ > keep) p = recycle(size);
+      trim(keep);
+      if (!p) p = map(size, bytes);
     }
     live_[p] = size;
     live_bytes_ += size;
@@ -101,6 +102,34 @@ class BlockCache {
     if (it->second.empty()) free_.erase(it);
     cached_bytes_ -= size;
     return p;
+  }
+
+  static void* map(size_t size, size_t bytes) {
+    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) fail("out of CPU memory allocating ", bytes, " bytes");
+    madvise(p, size, MADV_HUGEPAGE);  // fewer faults on first touch, where THP is on
+    return p;
+  }
+
+  // A cached block resized to `size` (nullptr where mremap fails): the smallest one at least as
+  // large, else the largest. Its resident pages serve the request, so only growth faults in;
+  // when the cache is over its budget this replaces unmapping a block and mapping a fresh one,
+  // whose every page the kernel would zero again.
+  void* recycle(size_t size) {
+    auto it = free_.lower_bound(size);
+    if (it == free_.end()) it = std::prev(free_.end());
+    const size_t old_size = it->first;
+    void* old = it->second.back();
+    it->second.pop_back();
+    if (it->second.empty()) free_.erase(it);
+    cached_bytes_ -= old_size;
+    void* p = mremap(old, old_size, size, MREMAP_MAYMOVE);
+    if (p != MAP_FAILED) {
+      if (size > old_size) madvise(p, size, MADV_HUGEPAGE);
+      return p;
+    }
+    munmap(old, old_size);
+    return nullptr;
   }
 
   void trim(size_t keep) {
