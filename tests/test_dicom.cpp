@@ -315,6 +315,38 @@ TEST_CASE("DICOM: an unsupported transfer syntax is refused by name and UID") {
   CHECK(contains(error, "is not supported"));
 }
 
+// predict --frame all reads each frame of a file in turn through a DicomFrameReader, which
+// decodes each file once: every frame is load_dicom's, whichever order and files they come in.
+TEST_CASE("DICOM: a frame reader gives load_dicom's frames of compressed multi-frame files") {
+  DcmRLEEncoderRegistration::registerCodecs();
+  DJEncoderRegistration::registerCodecs();
+  const Scan rgb = make_scan(24, 16, "RGB", 8, 4), grey = make_scan(20, 12, "MONOCHROME2", 8, 3);
+  const fs::path rle = folder() / "frames_rle.dcm", jpeg = folder() / "frames_lossless.dcm";
+  write_dicom(rle, rgb, EXS_RLELossless);
+  const DJ_RPLossless lossless;
+  write_dicom(jpeg, grey, EXS_JPEGProcess14SV1, &lossless);
+  for (auto [files, run_bytes] : {std::pair<size_t, int64_t>{1, 1}, {2, 1 << 20}, {2, 3000}}) {
+    CAPTURE(files);
+    CAPTURE(run_bytes);  // a frame at a time; all frames at once; runs of 2 (1152 bytes a frame)
+    DicomFrameReader reader(files, run_bytes);
+    for (int f : {0, 1, 2, 3, 1}) CHECK(reader.frame(rle, f).image.pixels == expected_image(rgb, f).pixels);
+    for (int f : {2, 0}) {  // alternating files: with room for one, each read again
+      CHECK(reader.frame(jpeg, f).image.pixels == expected_image(grey, f).pixels);
+      CHECK(reader.frame(rle, f).image.pixels == expected_image(rgb, f).pixels);
+    }
+    CHECK(contains(error_of([&] { reader.frame(jpeg, 3); }), "frame 3 asked for, it has 3 (0 to 2)"));
+    CHECK(reader.frame(jpeg, 1).image.pixels == expected_image(grey, 1).pixels);
+    const fs::path j2k = folder() / "frames_j2k.dcm";
+    write_fragment(j2k, EXS_JPEG2000LosslessOnly, std::vector<Uint8>(16, 0x42));
+    for (int f : {0, 1}) CHECK(contains(error_of([&] { reader.frame(j2k, f); }), "JPEG 2000"));
+  }
+  const fs::path baseline = folder() / "frames_baseline.dcm";  // YBR_FULL_422, decoded to RGB
+  const DJ_RPLossy quality(95);
+  write_dicom(baseline, make_scan(24, 16, "RGB", 8, 2), EXS_JPEGProcess1, &quality);
+  DicomFrameReader reader;
+  for (int f : {0, 1}) CHECK(reader.frame(baseline, f).image.pixels == load_dicom(baseline, f).pixels);
+}
+
 // DCMTK's decoder walks a JPEG fragment's markers for the frame header and never moves past a
 // TEM marker (tests/fuzz/findings/dicom/jpeg_tem_marker_hang.dcm): without the check this test
 // hangs.

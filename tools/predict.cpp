@@ -71,10 +71,10 @@ struct DecodedScan {
   std::optional<data::PixelSpacing> spacing;  // DICOM files that give it
 };
 
-DecodedScan decode_scan(const Predictor& p, const Source& source) {
+DecodedScan decode_scan(const Predictor& p, data::DicomFrameReader& dicom_files, const Source& source) {
   DecodedScan s;
   if (source.frame) {
-    data::DicomFrame dicom = data::load_dicom_frame(source.file, *source.frame);
+    data::DicomFrame dicom = dicom_files.frame(source.file, *source.frame);
     s.image = std::move(dicom.image);
     s.spacing = dicom.spacing;
   } else {
@@ -190,7 +190,8 @@ std::string lesion_area_line(const data::PixelSpacing& spacing, const data::Mask
 }
 
 int predict_one(Predictor& p, const Source& source, const OutputPaths& out) {
-  const DecodedScan scan = decode_scan(p, source);
+  data::DicomFrameReader dicom_files(1);
+  const DecodedScan scan = decode_scan(p, dicom_files, source);
   const Prediction r = std::move(predict_batch(p, {&scan}, 1).front());
   std::cout << class_line(p, r) << "\n" << probabilities_line(p, r) << "\n";
   if (scan.spacing) std::cout << lesion_area_line(*scan.spacing, r.mask);
@@ -419,11 +420,12 @@ struct Decoded {
   std::string error;
 };
 
-std::vector<Decoded> decode_batch(const Predictor& p, const std::vector<Source>& sources, int workers) {
+std::vector<Decoded> decode_batch(const Predictor& p, data::DicomFrameReader& dicom_files,
+                                  const std::vector<Source>& sources, int workers) {
   std::vector<Decoded> scans(sources.size());
   data::parallel_for(sources.size(), workers, [&](size_t i) {
     try {
-      scans[i].scan = decode_scan(p, sources[i]);
+      scans[i].scan = decode_scan(p, dicom_files, sources[i]);
     } catch (const Error& e) {
       scans[i].error = e.what();
     }
@@ -505,12 +507,16 @@ int predict_folder(Predictor& p, const RunFiles& run, const FolderOptions& o) {
   // would oversubscribe the cores, and OpenMP's spinning at its barriers then slows the kernels
   // several times over.
   const std::launch decode = p.device == Device::cpu ? std::launch::deferred : std::launch::async;
-  std::future<std::vector<Decoded>> next = std::async(decode, decode_batch, std::cref(p), batch_files(0), o.workers);
+  // --frame all reads a file's frames in turn; a file is decoded once while they are.
+  data::DicomFrameReader dicom_files(2);
+  std::future<std::vector<Decoded>> next =
+      std::async(decode, decode_batch, std::cref(p), std::ref(dicom_files), batch_files(0), o.workers);
   size_t failures = 0;
   for (size_t first = 0; first < n; first += o.batch_size) {
     std::vector<Decoded> scans = next.get();
     if (first + o.batch_size < n)
-      next = std::async(decode, decode_batch, std::cref(p), batch_files(first + o.batch_size), o.workers);
+      next = std::async(decode, decode_batch, std::cref(p), std::ref(dicom_files), batch_files(first + o.batch_size),
+                        o.workers);
     BatchResult b = run_batch(p, run, first, scans, !run.report.empty(), o.workers);
     for (size_t i = 0; i < scans.size(); ++i) {
       const Source& scan = run.scans[first + i];

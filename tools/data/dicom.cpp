@@ -19,6 +19,8 @@
 #include <dcmtk/dcmimgle/dcmimage.h>
 #include <dcmtk/dcmjpeg/djdecode.h>
 
+#include <algorithm>
+#include <list>
 #include <mutex>
 #endif
 
@@ -51,6 +53,11 @@ ImageSize read_dicom_size(const fs::path& file) { no_dicom(file); }
 int read_dicom_frames(const fs::path& file) { no_dicom(file); }
 std::optional<PixelSpacing> read_pixel_spacing(const fs::path& file) { no_dicom(file); }
 DicomFrame load_dicom_frame(const fs::path& file, int) { no_dicom(file); }
+
+struct DicomFrameReader::Files {};
+DicomFrameReader::DicomFrameReader(size_t, int64_t) {}
+DicomFrameReader::~DicomFrameReader() = default;
+DicomFrame DicomFrameReader::frame(const fs::path& file, int) { no_dicom(file); }
 
 #else
 
@@ -161,26 +168,43 @@ int frames_of(DcmDataset& dataset, const fs::path& file) {
   return frames;
 }
 
-// Frame `frame` of a loaded file. Not with DCMTK's partial access (CIF_UsePartialAccessToPixelData,
-// one frame read instead of the whole pixel data): its RLE frame decoder (3.6.7) crashes on a
-// damaged fragment that the whole-data path refuses (found by fuzz_dicom).
-Image frame_of(DcmFileFormat& dicom, const fs::path& file, int frame) {
-  DcmDataset* dataset = dicom.getDataset();
-  if (is_jpeg(dataset->getOriginalXfer())) check_jpeg_fragments(*dataset, file);
-  const int frames = frames_of(*dataset, file);
-  if (frame < 0 || frame >= frames)
-    fail("DICOM file '", file.string(), "': frame ", frame, " asked for, it has ", frames, " (0 to ", frames - 1, ")");
-  Uint16 rows = 0, columns = 0;  // what DCMTK allocates a frame for, whatever the file holds
-  dataset->findAndGetUint16(DCM_Rows, rows);
-  dataset->findAndGetUint16(DCM_Columns, columns);
+// What DCMTK is trusted to decode: JPEG fragments its decoder does not hang on, and frames
+// within the file and within the pixel limit (what it allocates, whatever the file holds).
+// Returns the number of frames.
+int check_decodable(DcmDataset& dataset, const fs::path& file) {
+  if (is_jpeg(dataset.getOriginalXfer())) check_jpeg_fragments(dataset, file);
+  const int frames = frames_of(dataset, file);
+  Uint16 rows = 0, columns = 0;
+  dataset.findAndGetUint16(DCM_Rows, rows);
+  dataset.findAndGetUint16(DCM_Columns, columns);
   if (int64_t{rows} * columns > kMaxImagePixels)
     fail("DICOM file '", file.string(), "' is ", columns, "x", rows, ", more than the limit of ", kMaxImagePixels, " pixels");
-  DicomImage image(&dicom, dataset->getOriginalXfer(), CIF_MayDetachPixelData, static_cast<unsigned long>(frame), 1);
-  if (image.getStatus() != EIS_Normal)
-    fail("DICOM file '", file.string(), "': cannot render its pixels: ", DicomImage::getString(image.getStatus()));
+  return frames;
+}
+
+void check_frame(const fs::path& file, int frame, int frames) {
+  if (frame < 0 || frame >= frames)
+    fail("DICOM file '", file.string(), "': frame ", frame, " asked for, it has ", frames, " (0 to ", frames - 1, ")");
+}
+
+// Frames [first, first + count) of a loaded, checked file, for DicomImage to render (with
+// `flags`). Not with DCMTK's partial access (CIF_UsePartialAccessToPixelData, one frame read
+// instead of the whole pixel data): its RLE frame decoder (3.6.7) crashes on a damaged fragment
+// that the whole-data path refuses (found by fuzz_dicom).
+std::unique_ptr<DicomImage> frames_image(DcmFileFormat& dicom, const fs::path& file, int first, int count,
+                                         unsigned long flags) {
+  auto image = std::make_unique<DicomImage>(&dicom, dicom.getDataset()->getCurrentXfer(), flags,
+                                            static_cast<unsigned long>(first), static_cast<unsigned long>(count));
+  if (image->getStatus() != EIS_Normal)
+    fail("DICOM file '", file.string(), "': cannot render its pixels: ", DicomImage::getString(image->getStatus()));
+  return image;
+}
+
+// Frame `frame` of those `image` holds (0: its first).
+Image rendered_frame(DicomImage& image, const fs::path& file, int frame) {
   const bool sixteen_bit = image.getDepth() > 8;
   const int channels = image.isMonochrome() ? 1 : 3;
-  const void* pixels = image.getOutputData(sixteen_bit ? 16 : 8, 0, 0);  // interleaved
+  const void* pixels = image.getOutputData(sixteen_bit ? 16 : 8, static_cast<unsigned long>(frame), 0);  // interleaved
   if (!pixels) fail("DICOM file '", file.string(), "': cannot render its pixels");
   const int width = static_cast<int>(image.getWidth()), height = static_cast<int>(image.getHeight());
   return image_from_pixels({pixels, height, width, channels, sixteen_bit,
@@ -233,7 +257,89 @@ std::optional<PixelSpacing> read_pixel_spacing(const fs::path& file) {
 DicomFrame load_dicom_frame(const fs::path& file, int frame) {
   DcmFileFormat dicom;
   load(dicom, file);
-  return {frame_of(dicom, file, frame), spacing_of(*dicom.getDataset())};
+  check_frame(file, frame, check_decodable(*dicom.getDataset(), file));
+  const std::unique_ptr<DicomImage> image = frames_image(dicom, file, frame, 1, CIF_MayDetachPixelData);
+  return {rendered_frame(*image, file, 0), spacing_of(*dicom.getDataset())};
+}
+
+// One file of a DicomFrameReader: read, its pixel data decoded, on first use by whichever
+// thread asks first; a file that cannot be read gives its error to every frame asked of it.
+// DicomImage walks the whole pixel data each time it is made, so frames are rendered a run at
+// a time (`run` frames from the one asked for, within the reader's run_bytes of samples): made
+// per frame, it made reading every frame quadratic in their number.
+struct LoadedDicom {
+  std::mutex mutex;  // DCMTK renders one frame of a dataset at a time
+  bool read = false;
+  std::string error;
+  DcmFileFormat dicom;
+  int frames = 0, run = 1;
+  std::optional<PixelSpacing> spacing;
+  std::unique_ptr<DicomImage> image;  // frames [image_first, image_first + its frame count)
+  int image_first = 0;
+
+  void read_once(const fs::path& file, int64_t run_bytes) {
+    read = true;
+    try {
+      load(dicom, file);
+      DcmDataset& dataset = *dicom.getDataset();
+      frames = check_decodable(dataset, file);
+      const OFCondition decoded = dataset.chooseRepresentation(EXS_LittleEndianExplicit, nullptr);
+      if (decoded.bad()) fail("DICOM file '", file.string(), "': cannot decode its pixel data: ", decoded.text());
+      Uint16 rows = 0, columns = 0, samples = 1, bits = 8;
+      dataset.findAndGetUint16(DCM_Rows, rows);
+      dataset.findAndGetUint16(DCM_Columns, columns);
+      dataset.findAndGetUint16(DCM_SamplesPerPixel, samples);
+      dataset.findAndGetUint16(DCM_BitsAllocated, bits);
+      const int64_t frame_bytes = int64_t{rows} * columns * std::max<Uint16>(samples, 1) * (bits > 8 ? 2 : 1);
+      run = static_cast<int>(std::clamp<int64_t>(run_bytes / std::max<int64_t>(frame_bytes, 1), 1, frames));
+      spacing = spacing_of(dataset);
+    } catch (const Error& e) {
+      error = e.what();
+    }
+  }
+
+  DicomFrame frame(const fs::path& file, int frame, int64_t run_bytes) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (!read) read_once(file, run_bytes);
+    if (!error.empty()) fail(error);
+    check_frame(file, frame, frames);
+    if (!image || frame < image_first || frame >= image_first + static_cast<int>(image->getFrameCount())) {
+      image.reset();
+      image = frames_image(dicom, file, frame, std::min(run, frames - frame), 0);
+      image_first = frame;
+    }
+    return {rendered_frame(*image, file, frame - image_first), spacing};
+  }
+};
+
+// The files last asked for, most recent first.
+struct DicomFrameReader::Files {
+  size_t capacity;
+  int64_t run_bytes;
+  std::mutex mutex;
+  std::list<std::pair<fs::path, std::shared_ptr<LoadedDicom>>> recent;
+
+  std::shared_ptr<LoadedDicom> get(const fs::path& file) {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto it = std::find_if(recent.begin(), recent.end(), [&](const auto& entry) { return entry.first == file; });
+    if (it != recent.end()) {
+      recent.splice(recent.begin(), recent, it);
+    } else {
+      recent.emplace_front(file, std::make_shared<LoadedDicom>());
+      if (recent.size() > capacity) recent.pop_back();  // a thread still rendering from it keeps it alive
+    }
+    return recent.front().second;
+  }
+};
+
+DicomFrameReader::DicomFrameReader(size_t files, int64_t run_bytes) : files_(std::make_unique<Files>()) {
+  files_->capacity = std::max<size_t>(files, 1);
+  files_->run_bytes = run_bytes;
+}
+DicomFrameReader::~DicomFrameReader() = default;
+
+DicomFrame DicomFrameReader::frame(const fs::path& file, int frame) {
+  return files_->get(file)->frame(file, frame, files_->run_bytes);
 }
 
 #endif

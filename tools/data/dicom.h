@@ -3,6 +3,8 @@
 // RLE, JPEG baseline/extended/lossless; one frame or many) through DCMTK, where the
 // build found it (SONO_HAVE_DCMTK); without it a DICOM file is refused with the reason.
 #include <filesystem>
+#include <cstdint>
+#include <memory>
 #include <optional>
 #include <string_view>
 
@@ -39,5 +41,24 @@ struct DicomFrame {
   std::optional<PixelSpacing> spacing;
 };
 DicomFrame load_dicom_frame(const std::filesystem::path& file, int frame);
+
+// load_dicom_frame for a run that reads many frames of the same files (predict --frame all):
+// each file is read, and its pixel data decoded, once while its frames are asked for, where
+// load_dicom_frame decodes the whole pixel data for every frame. The `files` last asked for
+// stay loaded, and frames are rendered in runs of at most `run_bytes` of samples (at least a
+// frame). Safe on several threads (one file's frames are rendered one at a time).
+class DicomFrameReader {
+ public:
+  explicit DicomFrameReader(size_t files = 2, int64_t run_bytes = int64_t{32} << 20);
+  ~DicomFrameReader();
+  DicomFrameReader(const DicomFrameReader&) = delete;
+  DicomFrameReader& operator=(const DicomFrameReader&) = delete;
+
+  DicomFrame frame(const std::filesystem::path& file, int frame);
+
+ private:
+  struct Files;
+  std::unique_ptr<Files> files_;
+};
 
 }  // namespace sono::data
