@@ -22,8 +22,8 @@ TEST_CASE("CPU backend counts the bytes tensors hold, and their peak") {
 
 // Blocks of 1 MiB and more are reused once freed, by requests of the same size class or up to
 // a third smaller, and cached plus live bytes stay within the peak plus a quarter of it: a
-// request no cached block fits, with the cache over that, takes a cached block resized (its
-// pages stay resident) and unmaps others.
+// request no cached block fits, with the cache over that, takes a cached block (whole up to
+// twice its size, else shrunk; its pages stay resident) and unmaps others.
 TEST_CASE("CPU backend reuses freed large blocks within the peak footprint") {
   const void* first;
   {
@@ -58,7 +58,7 @@ TEST_CASE("CPU backend reuses freed large blocks within the peak footprint") {
     const cpu::MemoryStats s = cpu::memory_stats();
     footprint_at_peak = s.in_use_bytes + s.cached_bytes;
   }
-  Tensor other = Tensor::empty({40, 1 << 20});  // 160 MiB: the 256 MiB block, shrunk in place
+  Tensor other = Tensor::empty({40, 1 << 20});  // 160 MiB: the 256 MiB block, whole
   CHECK(other.raw_data() == big_block);
   const cpu::MemoryStats s = cpu::memory_stats();
   CHECK(s.in_use_bytes + s.cached_bytes <= footprint_at_peak + footprint_at_peak / 4);

@@ -32,7 +32,7 @@ void count_allocation(int64_t bytes) {
 // power of two (at most 12.5% more), and a request takes the smallest cached block up to 1.5
 // times its size. Live plus cached bytes stay within the most ever live at once plus a headroom
 // (a quarter of it, at most 128 MiB): a request that no cached block fits, with the cache over
-// that, resizes a cached block (recycle) and unmaps others, largest first, to stay within it.
+// that, gets a cached block (recycle) and unmaps others, largest first, to stay within it.
 // Without the headroom a step's mix of sizes keeps missing and remapping; with it a steady step
 // maps little or nothing, for a few percent more resident memory.
 class BlockCache {
@@ -111,11 +111,12 @@ class BlockCache {
     return p;
   }
 
-  // A cached block resized to `size` (nullptr where mremap fails): the smallest one at least as
-  // large, else the largest. Its resident pages serve the request, so only growth faults in;
-  // when the cache is over its budget this replaces unmapping a block and mapping a fresh one,
-  // whose every page the kernel would zero again.
-  void* recycle(size_t size) {
+  // A cached block for a request of `size` that take() found none for, with the cache over its
+  // budget: the smallest one at least as large, else the largest. Up to twice the request it
+  // is handed out whole (size becomes its size), else resized (nullptr where mremap fails).
+  // Its resident pages serve the request, so only growth faults in, where unmapping a block
+  // and mapping a fresh one would have the kernel zero every page again.
+  void* recycle(size_t& size) {
     auto it = free_.lower_bound(size);
     if (it == free_.end()) it = std::prev(free_.end());
     const size_t old_size = it->first;
@@ -123,6 +124,10 @@ class BlockCache {
     it->second.pop_back();
     if (it->second.empty()) free_.erase(it);
     cached_bytes_ -= old_size;
+    if (old_size >= size && old_size <= 2 * size) {
+      size = old_size;
+      return old;
+    }
     void* p = mremap(old, old_size, size, MREMAP_MAYMOVE);
     if (p != MAP_FAILED) {
       if (size > old_size) madvise(p, size, MADV_HUGEPAGE);
