@@ -12,8 +12,10 @@
 // softmax, follows them. Parameters, gradients (of bfloat16 activations too) and optimizer
 // state are float32: master weights, rounded per use.
 // autocast_policy is that list as a table, which the ops read (autocast_input).
-// On a GPU the products are cuBLAS GemmEx / our conv kernels on bf16 operands. Only the CUDA
-// backend implements it: the CPU refuses bf16 autocast. The setting is process-wide (the tools'
+// On a GPU the products are cuBLAS GemmEx / our conv kernels on bf16 operands. On the CPU the
+// products read their operands rounded to bfloat16 in the same way (AVX512-BF16 dot products
+// where the CPU has them), but the activations stay float32 (the AutocastActivations::f32
+// path below): its other ops compute in float32. The setting is process-wide (the tools'
 // --amp flag sets it once), not per thread.
 #include <string>
 
@@ -23,7 +25,6 @@
 namespace sono {
 
 Precision autocast_precision(Device device);
-// Throws for bf16 on the CPU.
 void set_autocast(Device device, Precision precision);
 // "off" -> f32, "bf16" -> bf16 (the --amp flag's values); throws on anything else.
 Precision parse_precision(const std::string& name);

@@ -19,6 +19,7 @@
 #include "layers/optim.h"
 #include "models/registry.h"
 #include "tensor/autocast.h"
+#include "tensor/cpu/gemm.h"
 #ifdef SONO_HAVE_CUDA
 #include "cuda/cuda_backend.h"
 #endif
@@ -1637,11 +1638,11 @@ TEST_CASE("bf16 activations: LayerNorm reads bfloat16 x as its float32 widening,
 // Under bf16 autocast the emulated device's GEMMs and dense convolutions (forward and both
 // gradients) must equal float32-accumulated products of the bf16-rounded operands: the CPU's
 // float64 conv and matmul of rounded values, within the float32 tolerances of the conv test above.
-// Without the rounding the same results are off by far more, so the check sees the flag.
-TEST_CASE("bf16 autocast: GEMMs and convs on the emulated device multiply bf16-rounded operands") {
+// Without the rounding the same results are off by far more, so the check sees the flag. The
+// CPU's float32 convs and matmul under bf16 must equal them too (with AVX512-BF16 dot products
+// where the CPU has them, and without), returning float32.
+TEST_CASE("bf16 autocast: GEMMs and convs on the emulated device and the CPU multiply bf16-rounded operands") {
   TestDevice dev;
-  CHECK_THROWS_WITH_AS(Autocast(Device::cpu), doctest::Contains("CPU backend computes in float32"),
-                       Error);
   const ConvCase cases[] = {
       {"3x3 stride 2, batch 3", 3, 7, 9, 6, 10, 3, 3, 2, 1, 1, 1},
       {"3x3 groups 2", 2, 7, 9, 6, 10, 3, 3, 1, 1, 1, 2},
@@ -1663,6 +1664,11 @@ TEST_CASE("bf16 autocast: GEMMs and convs on the emulated device multiply bf16-r
       g16.precision = Precision::bf16;
       const ConvOutputs got = backend_conv(Device::cuda, DType::f32, g16, xs, ws, gys);
       expect_conv_close("bf16 conv", got, want);
+      for (bool dot_products : {true, false}) {
+        cpu::use_bf16_dot_products(dot_products);
+        expect_conv_close("CPU bf16 conv", backend_conv(Device::cpu, DType::f32, g16, xs, ws, gys), want);
+      }
+      cpu::use_bf16_dot_products(true);
       const ConvOutputs exact = backend_conv(Device::cpu, DType::f64, g, xs, ws, gys);
       CHECK(max_abs_diff(host(got.y, {int64_t(got.y.size())}),
                          host(exact.y, {int64_t(exact.y.size())})) > 1e-3);
@@ -1670,10 +1676,14 @@ TEST_CASE("bf16 autocast: GEMMs and convs on the emulated device multiply bf16-r
     const auto as = uniform(2 * 45 * 33, 84), bs = uniform(33 * 70, 85);
     const Tensor want = matmul(host(bf16_rounded(as), {2, 45, 33}, DType::f64),
                                host(bf16_rounded(bs), {33, 70}, DType::f64));
-    Autocast amp(Device::cuda);
+    Autocast amp(Device::cuda), cpu_amp(Device::cpu);
     const Tensor got = matmul(on_device(host(as, {2, 45, 33})), on_device(host(bs, {33, 70})));
     CHECK(got.dtype() == DType::bf16);
     expect_close("bf16 matmul", got.to_vector(), want.to_vector(), 2e-2);
+    const Tensor on_cpu = matmul(host(as, {2, 45, 33}), host(bs, {33, 70}));
+    CHECK(on_cpu.dtype() == DType::f32);
+    expect_close("CPU bf16 matmul", on_cpu.to_vector(), want.to_vector(), 1e-5);
+    CHECK(max_abs_diff(on_cpu, matmul(host(as, {2, 45, 33}, DType::f64), host(bs, {33, 70}, DType::f64))) > 1e-3);
   });
 }
 

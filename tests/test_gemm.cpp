@@ -7,6 +7,7 @@
 #include <random>
 #include <vector>
 
+#include "tensor/cpu/bf16.h"
 #include "tensor/cpu/gemm.h"
 #include "tests/helpers.h"
 
@@ -28,15 +29,19 @@ std::vector<float> random_floats(size_t count, std::mt19937& rng) {
 }
 
 // Worst error over C of the float32 GEMM, in units of the rounding bound k * 2^-24 * sum|a b|.
-double run_case(const Case& c) {
+// `bf16`: the GEMM's products read bf16 operands, the reference rounds a and b (`exact`: not).
+double run_case(const Case& c, bool bf16 = false, bool exact = false) {
   std::mt19937 rng(static_cast<unsigned>(c.m * 131 + c.n * 17 + c.k));
   const int64_t a_items = c.a_shared ? 1 : c.batch, b_items = c.b_shared ? 1 : c.batch;
   auto a = random_floats(a_items * c.m * c.k, rng), b = random_floats(b_items * c.k * c.n, rng);
   auto bias = random_floats(c.n, rng), c0 = random_floats(c.batch * c.m * c.n, rng);
   std::vector<float> out = c0;
   if (c.beta == 0.0f) std::fill(out.begin(), out.end(), NAN);  // must not be read
-  cpu::sgemm({a.data(), b.data(), out.data(), c.bias ? bias.data() : nullptr, c.batch, c.m, c.n,
-              c.k, c.ta, c.tb, c.a_shared, c.b_shared, c.alpha, c.beta});
+  cpu::GemmProblem<float> problem{a.data(), b.data(), out.data(), c.bias ? bias.data() : nullptr, c.batch, c.m, c.n,
+                                  c.k, c.ta, c.tb, c.a_shared, c.b_shared, c.alpha, c.beta};
+  problem.bf16_operands = bf16;
+  cpu::sgemm(problem);
+  auto read = [&](float v) { return double(bf16 && !exact ? cpu::round_to_bf16(v) : v); };
   double worst = 0;
   for (int64_t i = 0; i < c.batch; ++i) {
     const float* ai = a.data() + (c.a_shared ? 0 : i * c.m * c.k);
@@ -45,8 +50,8 @@ double run_case(const Case& c) {
       for (int64_t col = 0; col < c.n; ++col) {
         double sum = 0, magnitude = 0;
         for (int64_t p = 0; p < c.k; ++p) {
-          double term = double(c.ta ? ai[p * c.m + r] : ai[r * c.k + p]) *
-                        (c.tb ? bi[col * c.k + p] : bi[p * c.n + col]);
+          double term = read(c.ta ? ai[p * c.m + r] : ai[r * c.k + p]) *
+                        read(c.tb ? bi[col * c.k + p] : bi[p * c.n + col]);
           sum += term;
           magnitude += std::abs(term);
         }
@@ -59,14 +64,8 @@ double run_case(const Case& c) {
   return worst;
 }
 
-}  // namespace
-
-TEST_CASE("float32 GEMM equals a float64 reference within its rounding bound") {
-  if constexpr (!cpu::kHaveSgemm) {
-    MESSAGE("no AVX-512 on this CPU: float32 GEMM runs on Eigen, tested through the ops");
-    return;
-  }
-  const std::vector<Case> cases = {
+std::vector<Case> gemm_cases() {
+  return {
       {1, 1, 1, 1, false, false, false, false, 1.0f, 0.0f, false},
       {1, 15, 33, 17, false, false, false, false, 1.0f, 0.0f, true},   // one past each tile
       {1, 13, 31, 257, true, false, false, false, 0.5f, 1.0f, false},  // two depth blocks
@@ -83,11 +82,44 @@ TEST_CASE("float32 GEMM equals a float64 reference within its rounding bound") {
       {5, 12, 40, 24, true, false, true, false, 1.0f, 0.0f, false},
       {3, 8, 8, 0, false, false, false, false, 1.0f, 0.5f, true},      // empty depth
   };
-  for (const Case& c : cases) {
+}
+
+}  // namespace
+
+TEST_CASE("float32 GEMM equals a float64 reference within its rounding bound") {
+  if constexpr (!cpu::kHaveSgemm) {
+    MESSAGE("no AVX-512 on this CPU: float32 GEMM runs on Eigen, tested through the ops");
+    return;
+  }
+  for (const Case& c : gemm_cases()) {
     INFO("batch " << c.batch << " m " << c.m << " n " << c.n << " k " << c.k << " ta " << c.ta
                   << " tb " << c.tb);
     CHECK(run_case(c) < 1.0);
   }
+}
+
+// Under bf16 autocast the GEMM's operands are read rounded to bfloat16 (as they are packed), and
+// their products, exact in float32, accumulate in float32: with AVX512-BF16's dot products where
+// the CPU has them, and with the rounded values' float32 FMAs where not (tested here on any CPU).
+// Against the unrounded operands the same results are far off, so the check sees the rounding.
+TEST_CASE("bf16 operands: the GEMM equals a float64 reference of the rounded operands") {
+  if constexpr (!cpu::kHaveSgemm) {
+    MESSAGE("no AVX-512 on this CPU: bf16 products run on Eigen, tested through the ops");
+    return;
+  }
+  for (bool dot_products : {true, false}) {
+    CAPTURE(dot_products);
+    cpu::use_bf16_dot_products(dot_products);
+    double worst_unrounded = 0;
+    for (const Case& c : gemm_cases()) {
+      INFO("batch " << c.batch << " m " << c.m << " n " << c.n << " k " << c.k << " ta " << c.ta
+                    << " tb " << c.tb);
+      CHECK(run_case(c, true) < 1.0);
+      worst_unrounded = std::max(worst_unrounded, run_case(c, true, true));
+    }
+    CHECK(worst_unrounded > 100);
+  }
+  cpu::use_bf16_dot_products(true);
 }
 
 TEST_CASE("linear in float32 follows float64 forward and backward (the GEMM behind both)") {

@@ -10,6 +10,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "tensor/cpu/bf16.h"
 #include "tensor/cpu/cpu_backend.h"
 #include "tensor/cpu/depthwise_simd.h"
 #include "tensor/cpu/gemm.h"
@@ -254,12 +255,13 @@ void depthwise_weight_grad(const Conv2dGeometry& g, const T* x, const T* grad_ou
 
 // ---- im2col + GEMM --------------------------------------------------------------------------
 // c (+)= op(a) op(b), [m, k] x [k, n], on row-major matrices with row strides lda/ldb/ldc:
-// one group's slice of the column, weight and output matrices.
+// one group's slice of the column, weight and output matrices; products as g.precision says.
 template <typename T>
-void gemm_slices(const T* a, int64_t lda, bool ta, const T* b, int64_t ldb, bool tb, T* c,
+void gemm_slices(const Conv2dGeometry& g, const T* a, int64_t lda, bool ta, const T* b, int64_t ldb, bool tb, T* c,
                  int64_t ldc, int64_t m, int64_t n, int64_t k, bool accumulate) {
-  gemm_rows<T>({a, b, c, nullptr, 1, m, n, k, ta, tb, false, false, T(1), T(accumulate ? 1 : 0),
-                lda, ldb, ldc});
+  GemmProblem<T> p{a, b, c, nullptr, 1, m, n, k, ta, tb, false, false, T(1), T(accumulate ? 1 : 0), lda, ldb, ldc};
+  p.bf16_operands = g.precision == Precision::bf16;
+  gemm_rows<T>(p);
 }
 
 // The column matrix has one row per output pixel and, per group, the taps (ky, kx) of that
@@ -404,7 +406,7 @@ void conv_forward(const Conv2dGeometry& g, const T* x, const T* w, T* out) {
   for_each_chunk<T>(g, cl, x, true, [&](int64_t n0, int64_t, int64_t rows, T* cols) {
     for (int64_t gi = 0; gi < g.groups; ++gi) {
       // out[rows, cout_g] = cols[rows, group_cols] x wt[cout_g, group_cols]^T
-      gemm_slices(cols + gi * cl.group_cols, cl.cols, false,
+      gemm_slices(g, cols + gi * cl.group_cols, cl.cols, false,
                   wt.data() + gi * cl.cout_g * cl.group_cols, cl.group_cols, true,
                   out + n0 * g.oh * g.ow * g.cout + gi * cl.cout_g, g.cout, rows, cl.cout_g,
                   cl.group_cols, false);
@@ -421,7 +423,7 @@ void conv_backward_input(const Conv2dGeometry& g, const T* grad_out, const T* w,
   for_each_chunk<T>(g, cl, grad_x, false, [&](int64_t n0, int64_t n1, int64_t rows, T* cols) {
     for (int64_t gi = 0; gi < g.groups; ++gi) {
       // cols[rows, group_cols] = grad_out[rows, cout_g] x wt[cout_g, group_cols]
-      gemm_slices(grad_out + n0 * g.oh * g.ow * g.cout + gi * cl.cout_g, g.cout, false,
+      gemm_slices(g, grad_out + n0 * g.oh * g.ow * g.cout + gi * cl.cout_g, g.cout, false,
                   wt.data() + gi * cl.cout_g * cl.group_cols, cl.group_cols, false,
                   cols + gi * cl.group_cols, cl.cols, rows, cl.group_cols, cl.cout_g, false);
     }
@@ -445,7 +447,7 @@ void conv_backward_weight(const Conv2dGeometry& g, const T* x, const T* grad_out
       const T* go_rows = grad_out + (n0 * g.oh * g.ow + r0) * g.cout;
       for (int64_t gi = 0; gi < g.groups && r1 > r0; ++gi) {
         // mine[cout_g, group_cols] += grad_out[r0:r1, cout_g]^T x cols[r0:r1, group_cols]
-        gemm_slices(go_rows + gi * cl.cout_g, g.cout, true, cols + r0 * cl.cols + gi * cl.group_cols,
+        gemm_slices(g, go_rows + gi * cl.cout_g, g.cout, true, cols + r0 * cl.cols + gi * cl.group_cols,
                     cl.cols, false, mine + gi * cl.cout_g * cl.group_cols, cl.group_cols, cl.cout_g,
                     cl.group_cols, r1 - r0, true);
       }
@@ -508,12 +510,27 @@ void depthwise_backward_weight(const Conv2dGeometry& g, const T* x, const T* gra
   batched_transpose(grad_wt.data(), 1, g.kh * g.kw, g.cin, grad_w);
 }
 
-// Calls kernel(a, b, out) with the three tensors' element pointers for their float type.
+// x as a depthwise convolution's bf16 products read it: a float32 copy rounded to bfloat16.
+// (The other convolutions' GEMMs round their operands as they pack them.)
+Tensor depthwise_operand(const Conv2dGeometry& g, const Tensor& x) {
+  if (!g.depthwise() || g.precision != Precision::bf16 || x.dtype() != DType::f32) return x;
+  Tensor rounded = Tensor::empty(x.shape(), DType::f32, Device::cpu);
+  const float* src = x.data<float>();
+  float* dst = rounded.data<float>();
+  const int64_t n = x.numel();
+#pragma omp parallel for simd schedule(static) if (n > 32768)
+  for (int64_t i = 0; i < n; ++i) dst[i] = round_to_bf16(src[i]);
+  return rounded;
+}
+
+// Calls kernel(a, b, out) with the three tensors' element pointers for their float type, the
+// two operands as g's products read them.
 template <typename Kernel>
-void with_pointers(const Tensor& a, const Tensor& b, const Tensor& out, Kernel&& kernel) {
+void with_pointers(const Conv2dGeometry& g, const Tensor& a, const Tensor& b, const Tensor& out, Kernel&& kernel) {
+  const Tensor a_read = depthwise_operand(g, a), b_read = depthwise_operand(g, b);
   dispatch_float(a.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    kernel(a.data<T>(), b.data<T>(), out.data<T>());
+    kernel(a_read.data<T>(), b_read.data<T>(), out.data<T>());
   });
 }
 
@@ -521,21 +538,21 @@ void with_pointers(const Tensor& a, const Tensor& b, const Tensor& out, Kernel&&
 
 void CpuBackend::conv2d_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,
                                 const Tensor& out) {
-  with_pointers(x, w, out, [&](auto* xp, auto* wp, auto* op) {
+  with_pointers(g, x, w, out, [&](auto* xp, auto* wp, auto* op) {
     g.depthwise() ? depthwise_forward(g, xp, wp, op) : conv_forward(g, xp, wp, op);
   });
 }
 
 void CpuBackend::conv2d_backward_input(const Conv2dGeometry& g, const Tensor& grad_out,
                                        const Tensor& w, const Tensor& grad_x) {
-  with_pointers(grad_out, w, grad_x, [&](auto* gp, auto* wp, auto* op) {
+  with_pointers(g, grad_out, w, grad_x, [&](auto* gp, auto* wp, auto* op) {
     g.depthwise() ? depthwise_backward_input(g, gp, wp, op) : conv_backward_input(g, gp, wp, op);
   });
 }
 
 void CpuBackend::conv2d_backward_weight(const Conv2dGeometry& g, const Tensor& x,
                                         const Tensor& grad_out, const Tensor& grad_w) {
-  with_pointers(x, grad_out, grad_w, [&](auto* xp, auto* gp, auto* op) {
+  with_pointers(g, x, grad_out, grad_w, [&](auto* xp, auto* gp, auto* op) {
     g.depthwise() ? depthwise_backward_weight(g, xp, gp, op) : conv_backward_weight(g, xp, gp, op);
   });
 }

@@ -7,6 +7,7 @@
 #include <Eigen/Core>
 #include <unsupported/Eigen/SpecialFunctions>
 
+#include "tensor/cpu/bf16.h"
 #include "tensor/cpu/cpu_backend.h"
 #include "tensor/cpu/strided.h"
 
@@ -19,16 +20,9 @@ struct Bf16 {
   uint16_t bits;
 };
 
-// The CPU reference of the CUDA cast kernel (cuda/kernels/bf16.cuh): float32 -> bfloat16 rounds
-// to nearest even; a NaN stays a NaN (quiet, sign and top payload kept) instead of rounding to
-// inf. float64 goes through float32 first, as torch converts it.
-Bf16 to_bf16(float x) {
-  const uint32_t u = std::bit_cast<uint32_t>(x);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return {static_cast<uint16_t>((u >> 16) | 0x40u)};
-  const uint32_t round_half_even = 0x7fffu + ((u >> 16) & 1u);
-  return {static_cast<uint16_t>((u + round_half_even) >> 16)};
-}
-float from_bf16(Bf16 b) { return std::bit_cast<float>(static_cast<uint32_t>(b.bits) << 16); }
+// float64 goes through float32 first, as torch converts it.
+Bf16 to_bf16(float x) { return {bf16_bits(x)}; }
+float from_bf16(Bf16 b) { return bf16_value(b.bits); }
 
 template <typename D, typename S>
 D convert(S v) {

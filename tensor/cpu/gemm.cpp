@@ -3,6 +3,9 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <Eigen/Core>
 
+#include <vector>
+
+#include "tensor/cpu/bf16.h"
 #include "tensor/cpu/cpu_backend.h"
 #include "tensor/cpu/gemm.h"
 
@@ -55,38 +58,61 @@ GemmProblem<T> tensor_problem(const Tensor& a, bool ta, const Tensor& b, bool tb
           a.size(0) == 1, b.size(0) == 1, static_cast<T>(alpha), static_cast<T>(beta)};
 }
 
+// The float32 values an operand of `items` matrices spans (`step` apart, rows x cols with row
+// stride ld), rounded to bfloat16: what Eigen's GEMM reads for bf16 products.
+std::vector<float> rounded_operand(const float* data, int64_t items, int64_t step, int64_t rows, int64_t cols,
+                                   int64_t ld) {
+  const int64_t span = (items - 1) * step + (rows - 1) * (ld ? ld : cols) + cols;
+  std::vector<float> rounded(static_cast<size_t>(span));
+  for (int64_t i = 0; i < span; ++i) rounded[i] = round_to_bf16(data[i]);
+  return rounded;
+}
+
+// bf16 products without sgemm (CPUs without AVX-512): Eigen's float32 GEMM on copies of the
+// operands rounded.
+[[maybe_unused]] void eigen_gemm_bf16(GemmProblem<float> p) {
+  const int64_t a_rows = p.trans_a ? p.k : p.m, a_cols = p.trans_a ? p.m : p.k;
+  const int64_t b_rows = p.trans_b ? p.n : p.k, b_cols = p.trans_b ? p.k : p.n;
+  const std::vector<float> a = rounded_operand(p.a, p.a_shared ? 1 : p.batch, a_rows * (p.lda ? p.lda : a_cols),
+                                               a_rows, a_cols, p.lda);
+  const std::vector<float> b = rounded_operand(p.b, p.b_shared ? 1 : p.batch, b_rows * (p.ldb ? p.ldb : b_cols),
+                                               b_rows, b_cols, p.ldb);
+  p.a = a.data();
+  p.b = b.data();
+  eigen_gemm(p);
+}
+
 }  // namespace
 
 template <typename T>
 void gemm_rows(const GemmProblem<T>& p) {
   if constexpr (std::is_same_v<T, float> && kHaveSgemm) sgemm(p);
-  else eigen_gemm(p);
+  else if constexpr (std::is_same_v<T, float>) {
+    if (p.bf16_operands && p.batch && p.m && p.n && p.k) eigen_gemm_bf16(p);
+    else eigen_gemm(p);
+  } else {
+    eigen_gemm(p);
+  }
 }
 template void gemm_rows<float>(const GemmProblem<float>&);
 template void gemm_rows<double>(const GemmProblem<double>&);
 
-namespace {
-// bf16 autocast is refused on the CPU (set_autocast), so no op asks for bf16 products here.
-void check_float_products(Precision precision) {
-  SONO_CHECK(precision == Precision::f32, "CPU GEMM: bf16 products are not implemented");
-}
-}  // namespace
-
 void CpuBackend::gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& c,
                       double alpha, double beta, Precision precision) {
-  check_float_products(precision);
   dispatch_float(c.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    gemm_rows(tensor_problem<T>(a, ta, b, tb, c, alpha, beta));
+    GemmProblem<T> p = tensor_problem<T>(a, ta, b, tb, c, alpha, beta);
+    p.bf16_operands = precision == Precision::bf16;
+    gemm_rows(p);
   });
 }
 
 void CpuBackend::linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
                                 const Tensor& y, bool gelu, Precision precision) {
-  check_float_products(precision);
   dispatch_float(y.dtype(), [&](auto tag) {
     using T = decltype(tag);
     GemmProblem<T> p = tensor_problem<T>(x, false, w, true, y, 1.0, 0.0);
+    p.bf16_operands = precision == Precision::bf16;
     p.bias = bias.data<T>();
     if (gelu) p.post_op = &gelu_in_place<T>;
     gemm_rows(p);

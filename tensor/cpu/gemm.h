@@ -24,6 +24,8 @@ struct GemmProblem {
   // Applied in place to every finished row segment of C (after alpha, beta and the bias) while
   // it is still in cache: Linear's GELU epilogue. Null: none.
   void (*post_op)(T* values, int64_t n) = nullptr;
+  // bf16 products (float32 only): A and B read rounded to bfloat16, float32 accumulation.
+  bool bf16_operands = false;
 };
 
 #ifdef __AVX512F__
@@ -33,8 +35,13 @@ inline constexpr bool kHaveSgemm = false;  // callers take Eigen's path (under `
 #endif
 
 // C[i] = alpha * op(A[i]) op(B[i]) + beta * C[i] + bias; C is not read when beta is 0.
-// Defined only where kHaveSgemm.
+// Defined only where kHaveSgemm. bf16 operands multiply with AVX512-BF16 dot products where the
+// CPU has them, else as float32 products of the rounded values (exact either way: a product of
+// two bfloat16 values fits a float32).
 void sgemm(const GemmProblem<float>& p);
+// Whether sgemm's bf16 products use the CPU's AVX512-BF16 dot products (where it has them);
+// tests turn it off to run the rounding path of CPUs without them.
+void use_bf16_dot_products(bool use);
 
 // The same for float32 and float64: sgemm where the CPU has it, Eigen's GEMM otherwise. Inside
 // an OpenMP parallel region it runs on the calling thread alone.

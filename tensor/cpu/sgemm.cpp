@@ -8,11 +8,15 @@
 
 #include "tensor/cpu/gemm.h"
 
+#include "tensor/cpu/bf16.h"
+
 #include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 
 #include "tensor/error.h"
@@ -64,6 +68,14 @@ PackBuffer& a_buffer() {
   return buffer;
 }
 PackBuffer& b_buffer() {
+  thread_local PackBuffer buffer;
+  return buffer;
+}
+PackBuffer& a16_buffer() {
+  thread_local PackBuffer buffer;
+  return buffer;
+}
+PackBuffer& b16_buffer() {
   thread_local PackBuffer buffer;
   return buffer;
 }
@@ -163,6 +175,42 @@ void pack_panels(Strided src, int64_t rows, int64_t depth, float* dst) {
   else pack_depth_contiguous<W>(src, rows, depth, dst);
 }
 
+// bf16 operands: packed float32 panels of W rows (as above) become panels of depth pairs, each
+// row's two values side by side, [depth / 2][W][2] bfloat16 (a missing last depth step zero):
+// one 32-bit lane per row, as VDPBF16PS reads it. dst's panels are W * round_up(depth, 2) long.
+// 16 rows at a time: VCVTNE2PS2BF16 rounds both depth steps to nearest even (a NaN stays NaN; a
+// denormal becomes zero, as the dot products would read it), and a permutation interleaves them.
+template <int W>
+__attribute__((target("avx512bf16,avx512bw"))) void pack_bf16_pairs(const float* src, int64_t rows, int64_t depth,
+                                                                      uint16_t* dst) {
+  alignas(64) static constexpr uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
+                                                           21, 6, 22, 7, 23, 8,  24, 9,  25, 10, 26,
+                                                           11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i interleave = _mm512_load_si512(kInterleave);
+  const int64_t pairs = (depth + 1) / 2;
+  for (int64_t r0 = 0; r0 < rows; r0 += W) {
+    const float* panel = src + r0 * depth;
+    uint16_t* out = dst + r0 * pairs * 2;
+    for (int64_t q = 0; q < pairs; ++q) {
+      const float* even = panel + 2 * q * W;
+      const bool has_odd = 2 * q + 1 < depth;
+      for (int g = 0; g < W; g += 16) {
+        const __mmask16 rows_mask = column_mask(W - g);
+        const __m512 x = _mm512_maskz_loadu_ps(rows_mask, even + g);
+        const __m512 y = has_odd ? _mm512_maskz_loadu_ps(rows_mask, even + W + g) : _mm512_setzero_ps();
+        const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(y, x);  // x's 16 values, then y's
+        const __mmask32 store_mask = W - g >= 16 ? ~__mmask32(0) : (__mmask32(1) << (2 * (W - g))) - 1;
+        _mm512_mask_storeu_epi16(out + (q * W + g) * 2, store_mask, _mm512_permutexvar_epi16(interleave, both));
+      }
+    }
+  }
+}
+
+// CPUs without AVX512-BF16: the packed float32 panels' values rounded in place.
+void round_panels(float* panels, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) panels[i] = round_to_bf16(panels[i]);
+}
+
 // Where a micro-kernel's tile goes and what is added to it.
 struct TileOut {
   float* c;
@@ -217,6 +265,38 @@ void micro_kernel(int64_t depth, const float* a, const float* b, const TileOut& 
   store_tile(acc, t);
 }
 
+// micro_kernel on bf16 depth-pair panels (pack_bf16_pairs): a VDPBF16PS per row and vector of
+// 16 columns adds two depth steps' products (exact) to the float32 accumulator.
+__attribute__((target("avx512bf16"))) void micro_kernel_bf16(int64_t pairs, const uint16_t* a, const uint16_t* b,
+                                                              const TileOut& t) {
+  __m512 acc[kMr][kNv];
+#pragma GCC unroll 16
+  for (int i = 0; i < kMr; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < kNv; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (int64_t q = 0; q < pairs; ++q, a += 2 * kMr, b += 2 * kNr) {
+    __m512bh bv[kNv];
+#pragma GCC unroll 4
+    for (int j = 0; j < kNv; ++j) bv[j] = (__m512bh)_mm512_load_si512(b + 32 * j);
+#pragma GCC unroll 16
+    for (int i = 0; i < kMr; ++i) {
+      int32_t pair;
+      std::memcpy(&pair, a + 2 * i, sizeof pair);
+      const __m512bh ai = (__m512bh)_mm512_set1_epi32(pair);
+#pragma GCC unroll 4
+      for (int j = 0; j < kNv; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], ai, bv[j]);
+    }
+  }
+  store_tile(acc, t);
+}
+
+std::atomic<bool> g_bf16_dot_products{true};
+
+bool bf16_dot_products() {
+  static const bool cpu_has_them = __builtin_cpu_supports("avx512bf16");
+  return cpu_has_them && g_bf16_dot_products.load(std::memory_order_relaxed);
+}
+
 // The team of threads running one GEMM together (or a team of one).
 struct Team {
   int id, size;
@@ -230,23 +310,45 @@ struct Item {
   int64_t ldc, m, n, k, kc, mc;
   float alpha, beta;
   void (*post_op)(float*, int64_t);
+  bool bf16;  // bf16 operands
+};
+
+// One depth block's packed operands: float32 panels, or with bf16 dot products the bf16
+// depth-pair panels made from them.
+struct Packed {
+  const float* a;
+  const float* b;
+  const uint16_t* a16;  // null: the float32 panels
+  const uint16_t* b16;
 };
 
 // C[ic.., jc..] (+)= packed A block (mc x kc) x packed B block (kc x nc). The first depth
 // block applies beta and the bias (later ones add), the last one the post-op.
-void macro_kernel(const Item& it, const float* a_pack, const float* b_pack, int64_t ic,
-                  int64_t mc, int64_t jc, int64_t nc, int64_t kc, bool first_depth,
-                  bool last_depth) {
+void macro_kernel(const Item& it, const Packed& pack, int64_t ic, int64_t mc, int64_t jc, int64_t nc,
+                  int64_t kc, bool first_depth, bool last_depth) {
   const float beta = first_depth ? it.beta : 1.0f;
+  const int64_t pairs = (kc + 1) / 2;
   for (int64_t jr = 0; jr < nc; jr += kNr) {
     const float* bias = first_depth && it.bias ? it.bias + jc + jr : nullptr;
     for (int64_t ir = 0; ir < mc; ir += kMr) {
       TileOut out{it.c + (ic + ir) * it.ldc + jc + jr, it.ldc, std::min<int64_t>(kMr, mc - ir),
                   std::min<int64_t>(kNr, nc - jr), it.alpha, beta, bias,
                   last_depth ? it.post_op : nullptr};
-      micro_kernel(kc, a_pack + ir * kc, b_pack + jr * kc, out);
+      if (pack.a16) micro_kernel_bf16(pairs, pack.a16 + ir * pairs * 2, pack.b16 + jr * pairs * 2, out);
+      else micro_kernel(kc, pack.a + ir * kc, pack.b + jr * kc, out);
     }
   }
+}
+
+// The operand panels of one depth block: packed, and for bf16 operands rounded or made into
+// depth-pair panels.
+template <int W>
+void pack_operand(Strided src, int64_t rows, int64_t depth, bool bf16, bool dot_products, float* dst,
+                  uint16_t* dst16) {
+  pack_panels<W>(src, rows, depth, dst);
+  if (!bf16) return;
+  if (dot_products) pack_bf16_pairs<W>(dst, rows, depth, dst16);
+  else round_panels(dst, round_up(rows, W) * depth);
 }
 
 // The rows (as row blocks first, first + step, ...) and columns of C one member computes.
@@ -275,18 +377,24 @@ void run_item(const Item& it, Team team) {
   const Share share = share_of(it, team);
   const int64_t row_blocks = ceil_div(it.m, it.mc);
   if (share.first_block >= row_blocks || share.col_begin >= share.col_end) return;
-  float* a_pack = a_buffer().reserve(round_up(it.mc, kMr) * it.kc);
-  float* b_pack = b_buffer().reserve(round_up(std::min(it.n, kNc), kNr) * it.kc);
+  const int64_t a_floats = round_up(it.mc, kMr) * it.kc, b_floats = round_up(std::min(it.n, kNc), kNr) * it.kc;
+  float* a_pack = a_buffer().reserve(a_floats);
+  float* b_pack = b_buffer().reserve(b_floats);
+  const bool dot_products = it.bf16 && bf16_dot_products();
+  // it.kc is even: a depth block's pair panels take as many bytes as half its float32 panels.
+  uint16_t* a16 = dot_products ? reinterpret_cast<uint16_t*>(a16_buffer().reserve(a_floats / 2)) : nullptr;
+  uint16_t* b16 = dot_products ? reinterpret_cast<uint16_t*>(b16_buffer().reserve(b_floats / 2)) : nullptr;
+  const Packed pack{a_pack, b_pack, a16, b16};
   for (int64_t jc = share.col_begin; jc < share.col_end; jc += kNc) {
     const int64_t nc = std::min(kNc, share.col_end - jc);
     // pc == 0 runs even for k == 0, so that beta and the bias still apply.
     for (int64_t pc = 0; pc == 0 || pc < it.k; pc += it.kc) {
       const int64_t kc = std::min(it.kc, it.k - pc);
-      pack_panels<kNr>({it.b.at(jc, pc), it.b.rs, it.b.cs}, nc, kc, b_pack);
+      pack_operand<kNr>({it.b.at(jc, pc), it.b.rs, it.b.cs}, nc, kc, it.bf16, dot_products, b_pack, b16);
       for (int64_t blk = share.first_block; blk < row_blocks; blk += share.block_step) {
         const int64_t ic = blk * it.mc, mc = std::min(it.mc, it.m - ic);
-        pack_panels<kMr>({it.a.at(ic, pc), it.a.rs, it.a.cs}, mc, kc, a_pack);
-        macro_kernel(it, a_pack, b_pack, ic, mc, jc, nc, kc, pc == 0, pc + kc >= it.k);
+        pack_operand<kMr>({it.a.at(ic, pc), it.a.rs, it.a.cs}, mc, kc, it.bf16, dot_products, a_pack, a16);
+        macro_kernel(it, pack, ic, mc, jc, nc, kc, pc == 0, pc + kc >= it.k);
       }
     }
   }
@@ -302,7 +410,7 @@ Item make_item(const GemmProblem<float>& p, int64_t i, int threads) {
   const float* b = p.b + (p.b_shared ? 0 : i * (p.trans_b ? p.n : p.k) * ldb);
   Item it{p.trans_a ? Strided{a, 1, lda} : Strided{a, lda, 1},
           p.trans_b ? Strided{b, ldb, 1} : Strided{b, 1, ldb},
-          p.c + i * p.m * ldc, p.bias, ldc, p.m, p.n, p.k, 0, 0, p.alpha, p.beta, p.post_op};
+          p.c + i * p.m * ldc, p.bias, ldc, p.m, p.n, p.k, 0, 0, p.alpha, p.beta, p.post_op, p.bf16_operands};
   it.kc = std::max<int64_t>(8, round_up(ceil_div(p.k, std::max<int64_t>(1, ceil_div(p.k, kKc))), 8));
   const int64_t row_blocks = round_up(ceil_div(p.m, kMc), splits_rows(p.m, p.n) ? threads : 1);
   it.mc = round_up(ceil_div(p.m, row_blocks), kMr);
@@ -310,6 +418,8 @@ Item make_item(const GemmProblem<float>& p, int64_t i, int threads) {
 }
 
 }  // namespace
+
+void use_bf16_dot_products(bool use) { g_bf16_dot_products.store(use, std::memory_order_relaxed); }
 
 void sgemm(const GemmProblem<float>& p) {
   if (p.batch == 0 || p.m == 0 || p.n == 0) return;

@@ -57,8 +57,8 @@ void set_threads(int64_t threads) {
 void add_runtime_options(Cli& cli) {
   cli.option("device", "cpu", "cpu or cuda")
       .option("threads", "0", "CPU threads for the kernels (0: one per core)")
-      .option("amp", "off", "mixed precision: off, or bf16 (bfloat16 matrix products and "
-                            "activations, float32 accumulation and weights; cuda only)");
+      .option("amp", "off", "mixed precision: off, or bf16 (bfloat16 matrix products, float32 "
+                            "accumulation and weights; bfloat16 activations on cuda, float32 on the cpu)");
 }
 
 Device apply_runtime_options(const Cli& cli) {

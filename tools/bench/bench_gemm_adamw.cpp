@@ -1,5 +1,5 @@
-// GEMM and AdamW at the shapes the models run, float32 on the CPU backend; torch_ops_bench.py
-// times the same cases in PyTorch under the same names.
+// GEMM and AdamW at the shapes the models run, float32 (and the GEMMs with bf16 products) on the
+// CPU backend; torch_ops_bench.py times the float32 cases in PyTorch under the same names.
 // GEMM: the pointwise Linear layers (ConvNeXt-Base MLP fc1 at stages 1 and 3 for batch 8 at
 // 224x224, MiT-B2 stage-1 Mix-FFN fc1 for batch 8 at 256x256) and the weight gradient of the
 // first (grad_out^T x, the transposed GEMM of every Linear backward).
@@ -9,6 +9,7 @@
 
 #include "autograd/node.h"
 #include "models/registry.h"
+#include "tensor/autocast.h"
 #include "tensor/backend.h"
 #include "tensor/ops.h"
 
@@ -34,6 +35,13 @@ void BM_Linear(benchmark::State& state) {
   autograd::NoGradGuard no_grad;
   for (auto _ : state) benchmark::DoNotOptimize(linear(x, w, b).raw_data());
   set_gemm_flops(state, m, k, n);
+}
+
+// BM_Linear under bf16 autocast: the GEMM's operands read as bfloat16 (AVX512-BF16 dot products
+// where the CPU has them), float32 accumulation and output.
+void BM_LinearBf16(benchmark::State& state) {
+  Autocast bf16(Device::cpu);
+  BM_Linear(state);
 }
 
 // Args as BM_Linear. grad_W [out, in] = grad_y^T [out, rows] x [rows, in]: the backend GEMM with
@@ -116,6 +124,7 @@ bool register_gemm_cases() {
         ->UseRealTime();
   };
   for (const GemmCase& c : kGemmCases) add(std::string("BM_Linear/") + c.name, BM_Linear, c);
+  for (const GemmCase& c : kGemmCases) add(std::string("BM_LinearBf16/") + c.name, BM_LinearBf16, c);
   add(std::string("BM_LinearWeightGrad/") + kGemmCases[0].name, BM_LinearWeightGrad, kGemmCases[0]);
   return true;
 }

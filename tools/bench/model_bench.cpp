@@ -155,7 +155,7 @@ int main(int argc, char** argv) {
       .option("repeats", "5", "timed steps; the median is reported")
       .option("threads", "", "OpenMP threads (default: OpenMP's own default)")
       .option("device", "cpu", "cpu or cuda")
-      .option("amp", "off", "off, or bf16 (autocast on the device; cuda only)")
+      .option("amp", "off", "off, or bf16 (autocast on the device)")
       .flag("profile-kernels", "after timing, run the repeats again timing every kernel");
   json line;
   int status = 0;
