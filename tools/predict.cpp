@@ -93,8 +93,15 @@ struct Prediction {
   data::Mask mask;
 };
 
+// A folder run's per-scan work (decoding, resizing, PNG encoding): on `workers` threads, or on
+// the CPU on the kernels' own OpenMP threads (see data::parallel_for_openmp).
+void for_each_scan(const Predictor& p, size_t n, int workers, const std::function<void(size_t)>& fn) {
+  if (p.device == Device::cpu) data::parallel_for_openmp(n, fn);
+  else data::parallel_for(n, workers, fn);
+}
+
 // Both models on a batch, each in one forward pass; the per-image work around them (resizing
-// the logits back, the classifier's input) on `workers` threads.
+// the logits back, the classifier's input) by for_each_scan.
 std::vector<Prediction> predict_batch(Predictor& p, const std::vector<const DecodedScan*>& scans, int workers) {
   const int64_t n = static_cast<int64_t>(scans.size()), seg_size = p.seg.card.img_size, cls_size = p.cls.card.img_size;
   Tensor seg_x = Tensor::empty({n, seg_size, seg_size, 3});
@@ -104,7 +111,7 @@ std::vector<Prediction> predict_batch(Predictor& p, const std::vector<const Deco
   const std::vector<data::Image> maps = data::logit_maps(app::lesion_logits(p.seg, seg_x, p.device, p.flip));
   std::vector<Prediction> r(scans.size());
   Tensor cls_x = Tensor::empty({n, cls_size, cls_size, 4});
-  data::parallel_for(scans.size(), workers, [&](size_t i) {
+  for_each_scan(p, scans.size(), workers, [&](size_t i) {
     const data::Image& image = scans[i]->image;
     r[i].lesion_logits = data::resize_bilinear(maps[i], image.height, image.width);
     r[i].mask = data::mask_from_logit_map(r[i].lesion_logits);
@@ -423,7 +430,7 @@ struct Decoded {
 std::vector<Decoded> decode_batch(const Predictor& p, data::DicomFrameReader& dicom_files,
                                   const std::vector<Source>& sources, int workers) {
   std::vector<Decoded> scans(sources.size());
-  data::parallel_for(sources.size(), workers, [&](size_t i) {
+  for_each_scan(p, sources.size(), workers, [&](size_t i) {
     try {
       scans[i].scan = decode_scan(p, dicom_files, sources[i]);
     } catch (const Error& e) {
@@ -473,7 +480,7 @@ BatchResult run_batch(Predictor& p, const RunFiles& run, size_t first, std::vect
   std::vector<data::Image> heats(at.size());
   if (!run.explains.empty())
     for (size_t j = 0; j < at.size(); ++j) heats[j] = explain_picture(p, decoded[j]->image, b.predictions[at[j]]);
-  data::parallel_for(at.size(), workers, [&](size_t j) {
+  for_each_scan(p, at.size(), workers, [&](size_t j) {
     const size_t i = at[j];
     try {
       save_outputs(p, decoded[j]->image, b.predictions[i], run.outputs(first + i), heats[j]);
@@ -503,9 +510,9 @@ int predict_folder(Predictor& p, const RunFiles& run, const FolderOptions& o) {
   const bool interactive = stderr_is_terminal();
   data::Progress progress("predict", n, std::cerr, interactive);
   // With the models on a GPU, the decode threads read the next batch while the models run this
-  // one. On the CPU they decode it when it is due instead: beside the kernels' OpenMP threads they
-  // would oversubscribe the cores, and OpenMP's spinning at its barriers then slows the kernels
-  // several times over.
+  // one. On the CPU the kernels' OpenMP threads decode it when it is due instead: threads beside
+  // them would oversubscribe the cores, and OpenMP's spinning at its barriers then slows the
+  // kernels several times over.
   const std::launch decode = p.device == Device::cpu ? std::launch::deferred : std::launch::async;
   // --frame all reads a file's frames in turn; a file is decoded once while they are.
   data::DicomFrameReader dicom_files(2);
@@ -619,7 +626,8 @@ int predict(int argc, char** argv) {
               "where a DICOM file gives the pixel spacing, mask, error); an image that cannot be read or "
               "predicted gets its error in its row, the run goes on and exits 1")
       .option("batch_size", "8", "for a folder --image: images per forward pass (on the CPU, every result is bit for bit the one-image result)")
-      .option("workers", "2", "for a folder --image: threads decoding and resizing images ahead of the models")
+      .option("workers", "2", "for a folder --image on a GPU: threads decoding and resizing images ahead of the "
+              "models (on the CPU the kernels' --threads do it, between the batches)")
       .flag("skip_existing", "for a folder --image: keep the rows of an existing --csv of the same columns whose "
             "outputs exist, and predict the other images (a run that was stopped resumes; their outputs may be "
             "replaced, the interrupted run may have left them)")
