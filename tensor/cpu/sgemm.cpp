@@ -63,19 +63,11 @@ class PackBuffer {
   int64_t capacity_ = 0;
 };
 
-PackBuffer& a_buffer() {
-  thread_local PackBuffer buffer;
-  return buffer;
-}
-PackBuffer& b_buffer() {
-  thread_local PackBuffer buffer;
-  return buffer;
-}
-PackBuffer& a16_buffer() {
-  thread_local PackBuffer buffer;
-  return buffer;
-}
-PackBuffer& b16_buffer() {
+// What a thread packs: each operand's float32 panels, and their bf16 depth-pair panels.
+enum class Role { a, b, a16, b16 };
+
+template <Role>
+PackBuffer& pack_buffer() {
   thread_local PackBuffer buffer;
   return buffer;
 }
@@ -378,12 +370,12 @@ void run_item(const Item& it, Team team) {
   const int64_t row_blocks = ceil_div(it.m, it.mc);
   if (share.first_block >= row_blocks || share.col_begin >= share.col_end) return;
   const int64_t a_floats = round_up(it.mc, kMr) * it.kc, b_floats = round_up(std::min(it.n, kNc), kNr) * it.kc;
-  float* a_pack = a_buffer().reserve(a_floats);
-  float* b_pack = b_buffer().reserve(b_floats);
+  float* a_pack = pack_buffer<Role::a>().reserve(a_floats);
+  float* b_pack = pack_buffer<Role::b>().reserve(b_floats);
   const bool dot_products = it.bf16 && bf16_dot_products();
   // it.kc is even: a depth block's pair panels take as many bytes as half its float32 panels.
-  uint16_t* a16 = dot_products ? reinterpret_cast<uint16_t*>(a16_buffer().reserve(a_floats / 2)) : nullptr;
-  uint16_t* b16 = dot_products ? reinterpret_cast<uint16_t*>(b16_buffer().reserve(b_floats / 2)) : nullptr;
+  uint16_t* a16 = dot_products ? reinterpret_cast<uint16_t*>(pack_buffer<Role::a16>().reserve(a_floats / 2)) : nullptr;
+  uint16_t* b16 = dot_products ? reinterpret_cast<uint16_t*>(pack_buffer<Role::b16>().reserve(b_floats / 2)) : nullptr;
   const Packed pack{a_pack, b_pack, a16, b16};
   for (int64_t jc = share.col_begin; jc < share.col_end; jc += kNc) {
     const int64_t nc = std::min(kNc, share.col_end - jc);
