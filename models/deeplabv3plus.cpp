@@ -97,15 +97,16 @@ class Aspp : public nn::UnaryModule {
 
 class DeepLabV3PlusDecoder : public nn::Module {
  public:
-  DeepLabV3PlusDecoder(const DeepLabV3PlusConfig& c) {
+  DeepLabV3PlusDecoder(const DeepLabV3PlusConfig& c, const SegmentationEncoder& encoder) {
     const int64_t ch = c.decoder_channels, low_level = 48;  // 48: the paper's choice, as smp
+    const std::array<int64_t, 4> stages = encoder.stage_channels();
     aspp_ = register_module("aspp", std::make_shared<Sequential>());
-    aspp_->append(std::make_shared<Aspp>(c.encoder.dims[3], ch, c.atrous_rates, c.aspp_dropout));
+    aspp_->append(std::make_shared<Aspp>(stages[3], ch, c.atrous_rates, c.aspp_dropout));
     aspp_->append(separable_conv(ch, ch, 1));
     aspp_->append(std::make_shared<nn::BatchNorm2d>(ch));
     aspp_->append(std::make_shared<nn::ReLU>());
-    up_ = register_module("up", std::make_shared<Upsample>(c.encoder.output_stride == 16 ? 4 : 2));
-    block1_ = register_module("block1", bn_relu_after(conv(c.encoder.dims[0], low_level, 1), low_level));
+    up_ = register_module("up", std::make_shared<Upsample>(encoder.output_stride() / 4));
+    block1_ = register_module("block1", bn_relu_after(conv(stages[0], low_level, 1), low_level));
     block2_ = register_module("block2", bn_relu_after(separable_conv(ch + low_level, ch, 1), ch));
   }
 
@@ -120,18 +121,31 @@ class DeepLabV3PlusDecoder : public nn::Module {
   std::shared_ptr<Upsample> up_;
 };
 
+namespace {
+
+std::shared_ptr<SegmentationEncoder> make_encoder(const EncoderConfig& config) {
+  return std::visit(
+      [](const auto& c) -> std::shared_ptr<SegmentationEncoder> {
+        if constexpr (std::is_same_v<std::decay_t<decltype(c)>, MitConfig>) return std::make_shared<MixVisionTransformer>(c);
+        else return std::make_shared<ResNet>(c);
+      },
+      config);
+}
+
+}  // namespace
+
 DeepLabV3Plus::DeepLabV3Plus(const DeepLabV3PlusConfig& config) : config_(config) {
-  SONO_CHECK(config_.encoder.output_stride == 16 || config_.encoder.output_stride == 8,
-             "DeepLabV3+: encoder output stride must be 16 or 8, got ", config_.encoder.output_stride);
-  encoder_ = register_module("encoder", std::make_shared<MixVisionTransformer>(config_.encoder));
-  decoder_ = register_module("decoder", std::make_shared<DeepLabV3PlusDecoder>(config_));
+  encoder_ = register_module("encoder", make_encoder(config_.encoder));
+  SONO_CHECK(encoder_->output_stride() == 16 || encoder_->output_stride() == 8,
+             "DeepLabV3+: encoder output stride must be 16 or 8, got ", encoder_->output_stride());
+  decoder_ = register_module("decoder", std::make_shared<DeepLabV3PlusDecoder>(config_, *encoder_));
   head_ = register_module("segmentation_head", std::make_shared<Sequential>());
   head_->append(std::make_shared<nn::Conv2d>(config_.decoder_channels, config_.num_classes, 1));
   if (config_.upsampling > 1) head_->append(std::make_shared<Upsample>(config_.upsampling));
 }
 
 Tensor DeepLabV3Plus::forward(const Tensor& x) {
-  const int64_t stride = config_.encoder.output_stride;
+  const int64_t stride = encoder_->output_stride();
   SONO_CHECK(x.dim() == 4, "DeepLabV3+: expected input [N, H, W, C], got ", shape_str(x.shape()));
   SONO_CHECK(x.size(1) % stride == 0 && x.size(2) % stride == 0, "DeepLabV3+: input height and width (",
              x.size(1), "x", x.size(2), ") must be multiples of ", stride, "; pad the images to ",
@@ -141,22 +155,33 @@ Tensor DeepLabV3Plus::forward(const Tensor& x) {
 
 DeepLabV3PlusConfig deeplabv3plus_config(const std::string& encoder_name, const ModelOptions& options) {
   DeepLabV3PlusConfig c;
-  c.encoder = mit_config(encoder_name);
-  c.encoder.output_stride = 16;
-  c.encoder.in_channels = options.in_channels;
-  c.encoder.drop_path_rate = options.drop_path_rate;
+  if (encoder_name.starts_with("resnet")) {
+    ResNetConfig e = resnet_config(encoder_name);
+    e.output_stride = 16;
+    e.in_channels = options.in_channels;
+    c.encoder = e;
+  } else {
+    MitConfig e = mit_config(encoder_name);
+    e.output_stride = 16;
+    e.in_channels = options.in_channels;
+    e.drop_path_rate = options.drop_path_rate;
+    c.encoder = e;
+  }
   c.num_classes = options.num_classes;
   return c;
 }
 
-std::vector<ModelEntry> deeplab_mit_variants() {
+std::vector<ModelEntry> deeplab_variants() {
   std::vector<ModelEntry> entries;
-  for (const char* name : {"mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5"})
-    entries.push_back({name, Task::segmentation, [name = std::string(name)](const ModelOptions& o) {
-                         return std::shared_ptr<nn::UnaryModule>(
-                             std::make_shared<DeepLabV3Plus>(deeplabv3plus_config(name, o)));
+  for (const char* name : {"mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5", "resnet18", "resnet34",
+                           "resnet50", "resnet101", "resnet152"}) {
+    const std::string arch = name;
+    const PretrainedLayout layout = arch.starts_with("resnet") ? resnet_pretrained_layout() : mit_pretrained_layout();
+    entries.push_back({arch, Task::segmentation, [arch](const ModelOptions& o) {
+                         return std::shared_ptr<nn::UnaryModule>(std::make_shared<DeepLabV3Plus>(deeplabv3plus_config(arch, o)));
                        },
-                       {"encoder", mit_pretrained_layout()}});
+                       {"encoder", layout}});
+  }
   return entries;
 }
 

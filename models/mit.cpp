@@ -37,13 +37,6 @@ std::shared_ptr<Conv2d> make_conv(int64_t in, int64_t out, int64_t k, Conv2dOpti
   return conv;
 }
 
-// What smp's replace_strides_with_dilation makes of a conv in a dilated stage: stride 1,
-// dilation d and padding (k / 2) * d, whatever the conv had before (the sr conv included).
-Conv2dOptions in_stage(int64_t kernel, Conv2dOptions opt, int64_t dilation) {
-  if (dilation == 1) return opt;
-  return {1, kernel / 2 * dilation, dilation, opt.groups};
-}
-
 // Conv (stride 4 for stage 1, else 2) + LayerNorm over channels.
 class OverlapPatchEmbed : public nn::UnaryModule {
  public:
@@ -184,7 +177,7 @@ MixVisionTransformer::MixVisionTransformer(const MitConfig& config) : config_(co
   SONO_CHECK(c.output_stride == 32 || c.output_stride == 16 || c.output_stride == 8,
              "MiT: output stride must be 32, 16 or 8, got ", c.output_stride);
   std::array<int64_t, 4> dilation;
-  for (int s = 0; s < 4; ++s) dilation[s] = std::max<int64_t>(1, (int64_t{4} << s) / c.output_stride);
+  for (int s = 0; s < 4; ++s) dilation[s] = stage_dilation(s, c.output_stride);
 
   // Registered in torch's order: the four patch embeds, then each stage's blocks and norm.
   for (int s = 0; s < 4; ++s) {

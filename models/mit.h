@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "layers/module.h"
+#include "models/encoder.h"
 #include "models/pretrained.h"
 
 namespace sono::models {
@@ -34,12 +34,14 @@ MitConfig mit_config(const std::string& variant);
 // load_pretrained(model.encoder(), path, mit_pretrained_layout()).
 inline PretrainedLayout mit_pretrained_layout() { return {"patch_embed1.proj.weight", {"head.weight", "head.bias"}}; }
 
-class MixVisionTransformer : public nn::Module {
+class MixVisionTransformer : public SegmentationEncoder {
  public:
   explicit MixVisionTransformer(const MitConfig& config);
   // x [N, H, W, in_channels] -> the four stage outputs [N, h_i, w_i, dims[i]] (strides 4, 8, 16,
   // 32 before dilation). smp also returns the input and an empty stride-2 map; nothing uses them.
-  std::vector<Tensor> forward(const Tensor& x);
+  std::vector<Tensor> forward(const Tensor& x) override;
+  std::array<int64_t, 4> stage_channels() const override { return config_.dims; }
+  int64_t output_stride() const override { return config_.output_stride; }
   const MitConfig& config() const { return config_; }
 
  private:

@@ -8,7 +8,7 @@ const char* task_name(Task task) {
 
 const std::vector<ModelEntry>& all_models() {
   static const std::vector<ModelEntry> entries = [] {
-    std::vector<ModelEntry> all = deeplab_mit_variants();
+    std::vector<ModelEntry> all = deeplab_variants();
     for (auto& e : convnext_variants()) all.push_back(e);
     return all;
   }();

@@ -1,6 +1,6 @@
 #pragma once
-// Models by name: "mit_b0".."mit_b5" build DeepLabV3+ on a MiT encoder (as
-// segmentation_models_pytorch), "convnext_atto".."convnext_large" build timm's ConvNeXt.
+// Models by name: "mit_b0".."mit_b5" and "resnet18".."resnet152" build DeepLabV3+ on that
+// encoder (as segmentation_models_pytorch), "convnext_atto".."convnext_large" build timm's ConvNeXt.
 #include <functional>
 #include <memory>
 #include <string>
@@ -35,7 +35,7 @@ struct ModelEntry {
 
 // Each family lists its variants (defined beside the family's code).
 std::vector<ModelEntry> convnext_variants();
-std::vector<ModelEntry> deeplab_mit_variants();
+std::vector<ModelEntry> deeplab_variants();
 
 const std::vector<ModelEntry>& all_models();
 const ModelEntry& find_model(const std::string& name);  // clear error listing known names

@@ -94,6 +94,10 @@ Tensor interpolate_bilinear(const Tensor& x, int64_t out_h, int64_t out_w, bool 
 
 // x [N, H, W, C] -> [N, 1, 1, C]
 Tensor global_avg_pool(const Tensor& x);
+// x [N, H, W, C] -> [N, OH, OW, C], as F.max_pool2d(kernel, stride, padding) (padding never wins).
+// Where a window holds its maximum more than once the gradient is split among them (torch gives it
+// to the first); after a ReLU such ties are zeros, whose gradient the ReLU drops either way.
+Tensor max_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t padding);
 
 Tensor dropout(const Tensor& x, double p, bool training, Generator& gen = default_generator());
 // Drops whole samples (dim 0) with probability p, scales survivors by 1/(1-p), as timm.

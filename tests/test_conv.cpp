@@ -113,6 +113,33 @@ TEST_CASE("global_avg_pool: per-image channel means") {
   check_values(y, {2.5, 25}, 1e-12);
 }
 
+TEST_CASE("max_pool2d by hand: windows, padding that never wins, output size as torch") {
+  // 4x4, one channel, all negative: zero padding would win every border window.
+  std::vector<double> v(16);
+  for (int i = 0; i < 16; ++i) v[i] = -1.0 - 0.5 * ((i * 7) % 16);
+  const Tensor x = Tensor::from_vector(v, {1, 4, 4, 1}, DType::f64);
+  // 3x3, stride 2, padding 1: windows over rows/cols {-1..1} and {1..3}.
+  const Tensor y = max_pool2d(x, 3, 2, 1);
+  CHECK(y.shape() == Shape{1, 2, 2, 1});
+  auto window_max = [&](int r0, int c0) {
+    double m = -1e300;
+    for (int r = std::max(r0, 0); r <= std::min(r0 + 2, 3); ++r)
+      for (int c = std::max(c0, 0); c <= std::min(c0 + 2, 3); ++c) m = std::max(m, v[r * 4 + c]);
+    return m;
+  };
+  check_values(y, {window_max(-1, -1), window_max(-1, 1), window_max(1, -1), window_max(1, 1)}, 0);
+  // floor((H + 2p - k) / s) + 1, as torch without ceil_mode: 7 -> 3 (k 3, s 2, p 0), 7 -> 4 (p 1).
+  CHECK(max_pool2d(Tensor::ones({2, 7, 9, 3}), 3, 2, 0).shape() == Shape{2, 3, 4, 3});
+  CHECK(max_pool2d(Tensor::ones({2, 7, 9, 3}), 3, 2, 1).shape() == Shape{2, 4, 5, 3});
+  // The gradient goes to each window's maximum; ties split it.
+  Tensor t = Tensor::from_vector({1, 5, 2, 5}, {1, 2, 2, 1}, DType::f64);
+  t.requires_grad_();
+  sum(max_pool2d(t, 2, 2, 0)).backward();
+  check_values(t.grad(), {0, 0.5, 0, 0.5}, 1e-12);
+  CHECK_THROWS_WITH_AS(max_pool2d(Tensor::ones({1, 4, 4, 1}), 3, 2, 2), doctest::Contains("at most half the kernel"), Error);
+  CHECK_THROWS_WITH_AS(max_pool2d(Tensor::ones({1, 2, 4, 1}), 3, 1, 0), doctest::Contains("smaller than the 3x3 window"), Error);
+}
+
 TEST_CASE("conv2d, interpolate and pooling reject bad shapes with clear messages") {
   Tensor x = Tensor::ones({1, 8, 8, 6});
   CHECK_THROWS_WITH_AS(conv2d(x, Tensor::ones({4, 5, 3, 3}), Tensor()),

@@ -286,6 +286,12 @@ std::vector<OpRow> fixed_rows() {
        {K::conv2d_forward, K::conv2d_backward_input}, true, A::conv2d},
       {"global_avg_pool", {{3, 5, 7, 6}}, [](auto& v) { return global_avg_pool(v[0]); },
        {K::reduce}, true, A::reduce},
+      // ResNet's stem pooling on odd sizes (the padded map is cut and padded further), and a
+      // window without padding that leaves the last row and column out.
+      {"max_pool2d (3x3, stride 2, padding 1)", {{2, 7, 6, 5}},
+       [](auto& v) { return max_pool2d(v[0], 3, 2, 1); }, {K::reduce}, true, A::reduce},
+      {"max_pool2d (2x2, stride 2)", {{1, 5, 5, 3}}, [](auto& v) { return max_pool2d(v[0], 2, 2, 0); },
+       {K::reduce}, true, A::reduce},
       // Rows not a multiple of 8, a permuted input, one row, without affine parameters or bias.
       {"layer_norm", {{4, 11}, {11}, {11}},
        [](auto& v) { return layer_norm(v[0], v[1], v[2], 1e-5); },

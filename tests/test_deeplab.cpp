@@ -20,7 +20,7 @@ namespace {
 // The committed golden's configuration (TINY / TINY_DECODER in deeplab_goldens.py).
 DeepLabV3PlusConfig tiny_config(double drop_path_rate = 0.0) {
   DeepLabV3PlusConfig c;
-  c.encoder = {.dims = {4, 8, 12, 16}, .heads = {1, 2, 3, 4}, .depths = {1, 2, 1, 1},
+  c.encoder = MitConfig{.dims = {4, 8, 12, 16}, .heads = {1, 2, 3, 4}, .depths = {1, 2, 1, 1},
                .drop_path_rate = drop_path_rate, .output_stride = 16};
   c.decoder_channels = 8;
   c.atrous_rates = {2, 4, 6};
@@ -151,8 +151,8 @@ std::shared_ptr<DeepLabV3Plus> tiny_model(const TinyGolden& g, DType dtype, doub
 }
 
 // Lines "<key> <d0,d1,...>" (a scalar has an empty shape) in smp's state_dict order.
-std::vector<std::pair<std::string, std::string>> smp_keys() {
-  std::ifstream in(test::source_path("tests/golden/deeplab_mit_b2_keys.txt"));
+std::vector<std::pair<std::string, std::string>> smp_keys(const std::string& encoder) {
+  std::ifstream in(test::source_path("tests/golden/deeplab_" + encoder + "_keys.txt"));
   REQUIRE(in);
   std::vector<std::pair<std::string, std::string>> keys;
   for (std::string line; std::getline(in, line);) {
@@ -179,7 +179,7 @@ TEST_CASE("parameter counts equal smp's DeepLabV3Plus for every MiT variant") {
       {"mit_b0", 4'136'049},   {"mit_b1", 14'304'209}, {"mit_b2", 25'349'073},
       {"mit_b3", 45'224'913}, {"mit_b4", 61'995'473}, {"mit_b5", 82'595'793}};
   std::map<std::string, std::shared_ptr<nn::UnaryModule>> built;
-  for (const ModelEntry& e : deeplab_mit_variants()) {
+  for (const ModelEntry& e : deeplab_variants()) {
     INFO(e.name);
     CHECK(e.task == Task::segmentation);
     if (e.name == "mit_b0" || e.name == "mit_b2") built[e.name] = e.build({.in_channels = 3, .num_classes = 1});
@@ -198,18 +198,21 @@ TEST_CASE("parameter counts equal smp's DeepLabV3Plus for every MiT variant") {
   CHECK(create_model("mit_b2", {.in_channels = 1, .num_classes = 3})->num_parameters() == 25'343'315);
 }
 
-TEST_CASE("mit_b2: parameter and buffer names, order and shapes equal smp's state_dict") {
-  auto model = create_model("mit_b2", {.in_channels = 3, .num_classes = 1});
-  std::vector<std::pair<std::string, std::string>> params, buffers;
-  for (auto& [key, shape] : smp_keys()) (is_buffer(key) ? buffers : params).emplace_back(key, shape);
-  for (auto [ours, expected] : {std::pair{model->named_parameters(), params}, {model->named_buffers(), buffers}}) {
-    REQUIRE(ours.size() == expected.size());
-    for (size_t i = 0; i < ours.size(); ++i) {
-      CHECK(ours[i].first == expected[i].first);
-      CHECK(dims(ours[i].second.shape()) == expected[i].second);
+TEST_CASE("mit_b2 and resnet34: parameter and buffer names, order and shapes equal smp's state_dict") {
+  for (auto [encoder, entries] : {std::pair{"mit_b2", 393}, {"resnet34", 277}}) {
+    INFO(encoder);
+    auto model = create_model(encoder, {.in_channels = 3, .num_classes = 1});
+    std::vector<std::pair<std::string, std::string>> params, buffers;
+    for (auto& [key, shape] : smp_keys(encoder)) (is_buffer(key) ? buffers : params).emplace_back(key, shape);
+    for (auto [ours, expected] : {std::pair{model->named_parameters(), params}, {model->named_buffers(), buffers}}) {
+      REQUIRE(ours.size() == expected.size());
+      for (size_t i = 0; i < ours.size(); ++i) {
+        CHECK(ours[i].first == expected[i].first);
+        CHECK(dims(ours[i].second.shape()) == expected[i].second);
+      }
     }
+    CHECK(params.size() + buffers.size() == entries);
   }
-  CHECK(params.size() + buffers.size() == 393);
 }
 
 TEST_CASE("initialisation as smp: MiT trunc_normal / fan-out normal, decoder and head torch defaults") {
@@ -264,7 +267,7 @@ TEST_CASE("tiny config: float32 outputs within 1e-4, gradients within 1e-3 relat
 TEST_CASE("output stride 8 dilates stage 3 as well, its 2x2 sr conv included, as smp") {
   TinyGolden g;
   DeepLabV3PlusConfig c = tiny_config();
-  c.encoder.output_stride = 8;
+  std::get<MitConfig>(c.encoder).output_stride = 8;
   DeepLabV3Plus model(c);
   model.to(DType::f64);
   model.load_state_dict(g.weights);
@@ -353,7 +356,7 @@ TEST_CASE("pretrained RGB MiT weights load into a 1-channel encoder as smp adapt
   pretrained["head.weight"] = Tensor::zeros({1000, 16});
   pretrained["head.bias"] = Tensor::zeros({1000});
   DeepLabV3PlusConfig c = tiny_config();
-  c.encoder.in_channels = 1;
+  std::get<MitConfig>(c.encoder).in_channels = 1;
   DeepLabV3Plus model(c);
   load_pretrained(model.encoder(), pretrained, mit_pretrained_layout());
   for (auto& [name, t] : model.encoder().state_dict()) {
@@ -400,4 +403,144 @@ TEST_CASE("mit_b2 at 256x256, batch 2: float32 parity with smp (SONO_FULL_PARITY
           doctest::skip(!test::full_parity_enabled() ||
                         !test::has_ref_goldens({"deeplab_mit_b2_weights.safetensors"}))) {
   full_size_parity("mit_b2", DType::f32, {1e-4, 1e-3, 1e-4, 1e-4});
+}
+
+// ---- DeepLabV3+ on a ResNet encoder ----------------------------------------------------------
+
+namespace {
+
+// hash_uniform() of deeplab_goldens.py: n values in [-1, 1) from a 32-bit hash of (index, h).
+std::vector<double> hash_uniform(int64_t n, uint64_t h) {
+  std::vector<double> v(n);
+  for (int64_t i = 0; i < n; ++i) {
+    uint64_t x = (static_cast<uint64_t>(i) * 2654435761u + h * 40503u) & 0xFFFFFFFFu;
+    for (auto [shift, mult] : {std::pair<int, uint64_t>{15, 2246822519u}, {13, 3266489917u}}) {
+      x ^= x >> shift;
+      x = (x * mult) & 0xFFFFFFFFu;
+    }
+    x ^= x >> 16;
+    v[i] = static_cast<double>(x) / 4294967296.0 * 2 - 1;
+  }
+  return v;
+}
+
+// formula_state() of deeplab_goldens.py: every float entry from its name and flat index.
+nn::StateDict formula_state(nn::Module& model, DType dtype) {
+  nn::StateDict state;
+  for (auto& [name, t] : model.state_dict()) {
+    if (t.dtype() != DType::f32 && t.dtype() != DType::f64) {
+      state[name] = t;
+      continue;
+    }
+    uint64_t h = 0;
+    for (unsigned char c : name) h += c;
+    std::vector<double> v = hash_uniform(t.numel(), h);
+    for (double& x : v) {
+      if (name.ends_with("running_var")) x = 1 + 0.5 * x * x;
+      else if (t.dim() >= 2) x *= std::sqrt(6.0 / static_cast<double>(t.numel() / t.size(0)));
+      else if (name.ends_with(".weight")) x = 1 + 0.2 * x;
+      else x *= 0.1;
+    }
+    state[name] = Tensor::from_vector(v, t.shape(), dtype);
+  }
+  return state;
+}
+
+// A parameter's gradient summed over all but its first dim, as the golden stores it.
+Tensor gradient_sum(const Tensor& g) {
+  if (g.dim() == 1) return g;
+  std::vector<int64_t> rest;
+  for (int64_t d = 1; d < g.dim(); ++d) rest.push_back(d);
+  return sum(g, rest);
+}
+
+}  // namespace
+
+TEST_CASE("parameter counts equal smp's DeepLabV3Plus for every ResNet encoder") {
+  const std::map<std::string, int64_t> smp_counts = {{"resnet18", 12'329'297},  {"resnet34", 22'437'457},
+                                                     {"resnet50", 26'677'585},  {"resnet101", 45'669'713},
+                                                     {"resnet152", 61'313'361}};
+  std::map<std::string, int64_t> block_params;  // one non-first block of each layer of resnet50
+  for (const std::string name : {"resnet18", "resnet34", "resnet50"}) {
+    auto model = create_model(name, {.in_channels = 3, .num_classes = 1});
+    CHECK(model->num_parameters() == smp_counts.at(name));
+    if (name == "resnet50")
+      for (auto& [key, p] : model->named_parameters())
+        for (const std::string layer : {"layer2", "layer3"})
+          if (key.starts_with("encoder." + layer + ".1.")) block_params[layer] += p.numel();
+  }
+  // resnet101 and resnet152 add bottleneck blocks to layers 2 and 3 (building them costs seconds).
+  CHECK(smp_counts.at("resnet50") + 17 * block_params["layer3"] == smp_counts.at("resnet101"));
+  CHECK(smp_counts.at("resnet50") + 4 * block_params["layer2"] + 30 * block_params["layer3"] == smp_counts.at("resnet152"));
+  CHECK(resnet_config("resnet152").layers == std::array<int64_t, 4>{3, 8, 36, 3});
+  CHECK_THROWS_WITH_AS(resnet_config("resnet20"), doctest::Contains("known: resnet18, resnet34"), Error);
+}
+
+TEST_CASE("initialisation as torchvision: fan-out normal convs without bias, BatchNorm 1 / 0") {
+  manual_seed(5);
+  auto model = create_model("resnet18", {.in_channels = 3, .num_classes = 1});
+  int checked = 0;
+  for (auto& [name, p] : model->named_parameters()) {
+    if (!name.starts_with("encoder.")) continue;
+    INFO(name);
+    if (p.dim() == 1) {
+      CHECK(max_abs(add(p, name.ends_with(".weight") ? -1.0 : 0.0)) == 0);
+    } else if (p.numel() >= 4096) {
+      CHECK(rms(p) == doctest::Approx(std::sqrt(2.0 / static_cast<double>(p.size(0) * p.size(2) * p.size(3)))).epsilon(0.05));
+      ++checked;
+    }
+  }
+  CHECK(checked == 20);  // conv1, 16 block convs, 3 downsample convs
+  CHECK(model->state_dict().count("encoder.conv1.bias") == 0);
+  // in_channels != 3: smp re-creates the first conv with torch's default init.
+  auto four = create_model("resnet18", {.in_channels = 4, .num_classes = 3});
+  const Tensor w = four->state_dict().at("encoder.conv1.weight");
+  CHECK(w.shape() == Shape{64, 4, 7, 7});
+  CHECK(rms(w) == doctest::Approx(1.0 / 14 / std::sqrt(3.0)).epsilon(0.1));
+}
+
+namespace {
+
+// DeepLabV3+ on `encoder` with formula weights in float64, run as the golden's run(); checks the
+// outputs and the loss, and returns the model (its gradients set) for the caller's checks.
+std::unique_ptr<DeepLabV3Plus> expect_formula_parity(const std::string& encoder, const nn::StateDict& ref) {
+  auto model = std::make_unique<DeepLabV3Plus>(variant_config(encoder));
+  model->to(DType::f64);
+  model->load_state_dict(formula_state(*model, DType::f64));
+  Run r = run(*model, formula_input({2, 64, 48, 3}, DType::f64));
+  CHECK(test::max_abs_diff(r.out_train, ref.at("out_train")) < 1e-10);
+  CHECK(test::max_abs_diff(r.out_eval, ref.at("out_eval")) < 1e-10);
+  CHECK(std::abs(r.loss.item() - ref.at("loss").item()) < 1e-12);
+  // The end of the backward chain (the reference is float32: relative precision 6e-8).
+  const nn::NamedTensors params = model->named_parameters();
+  const auto& [name, conv1] = params.front();
+  CHECK(name == "encoder.conv1.weight");
+  CHECK(worst_error({{name, conv1.grad()}}, ref, "grad.").second < 1e-6);
+  return model;
+}
+
+nn::StateDict formula_golden(const std::string& encoder) {
+  return nn::load_safetensors(test::source_path("tests/golden/deeplab_" + encoder + "_formula.safetensors")).tensors;
+}
+
+}  // namespace
+
+TEST_CASE("resnet18: float64 outputs, loss, gradients and running stats equal smp's (formula weights)") {
+  const nn::StateDict ref = formula_golden("resnet18");
+  auto model = expect_formula_parity("resnet18", ref);
+  nn::NamedTensors sums;
+  for (auto& [name, p] : model->named_parameters()) sums.emplace_back(name, gradient_sum(p.grad()));
+  // Sums that train-mode BN cancels to rounding are compared against 1e-6 of the largest.
+  double largest = 0;
+  for (auto& [name, t] : ref)
+    if (name.starts_with("gradsum.")) largest = std::max(largest, max_abs(t));
+  const auto grad = worst_error(sums, ref, "gradsum.", 1e-6 * largest);
+  const auto running = worst_error(model->named_buffers(), ref, "running.");
+  MESSAGE("worst gradient-sum rel err " << grad.second << " (" << grad.first << "), running stats " << running.second);
+  CHECK(grad.second < 1e-6);
+  CHECK(running.second < 1e-6);
+}
+
+TEST_CASE("resnet50 (bottleneck blocks): float64 outputs, loss and first-conv gradient equal smp's") {
+  expect_formula_parity("resnet50", formula_golden("resnet50"));
 }

@@ -47,7 +47,7 @@ void describe_checkpoint(const std::string& path, const std::string& export_path
 
 int model_info(int argc, char** argv) {
   app::Cli cli("model_info", "Parameter count of an architecture, or the card of a checkpoint.");
-  cli.option("arch", "", "registry name (mit_b0..mit_b5, convnext_atto..convnext_large)")
+  cli.option("arch", "", "registry name (mit_b0..mit_b5, resnet18..resnet152, convnext_atto..convnext_large)")
       .option("in-channels", "3", "input channels for --arch")
       .option("classes", "1", "outputs for --arch")
       .option("checkpoint", "", "a seg_train / cls_train checkpoint")

@@ -1,7 +1,8 @@
 """Goldens for DeepLabV3+ on a MiT encoder, from segmentation_models_pytorch 0.6.
 
-Run with /opt/refenv/bin/python from the repository root:
-  deeplab_goldens.py             committed goldens (tiny config) + name/shape lists
+Run with a virtualenv's python holding torch, timm and smp (e.g. /work/refenv/bin/python) from the repository root:
+  deeplab_goldens.py             committed goldens (tiny MiT; ResNet-18 and -50 with formula
+                                 weights) + name/shape lists
   deeplab_goldens.py --full DIR  full-size goldens (mit_b0 64x64, mit_b2 256x256; float32 and
                                  float64 runs, about 450 MB) into DIR
   deeplab_goldens.py --check-ours DIR
@@ -158,6 +159,66 @@ def committed():
     print("mit_b2 in 1, 3 classes: params", sum(p.numel() for p in b2_in1.parameters()))
     for name in ["mit_b0", "mit_b1", "mit_b3", "mit_b4", "mit_b5"]:
         print(name, "params", sum(p.numel() for p in build(name).parameters()))
+
+    resnet("resnet18", 2, 64, 48, full_checks=True)
+    resnet("resnet50", 2, 64, 48, full_checks=False)
+    write_key_list(build("resnet34"), os.path.join(GOLDEN, "deeplab_resnet34_keys.txt"))
+    for name in ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]:
+        print(name, "params", sum(p.numel() for p in build(name).parameters()))
+
+
+def hash_uniform(n, h):
+    """n values in [-1, 1) from a 32-bit integer hash of (index, h): exact in any language, and
+    without the periodic structure of a sine, whose sums cancel and turn rounding into noise."""
+    x = (np.arange(n, dtype=np.uint64) * 2654435761 + h * 40503) & 0xFFFFFFFF
+    for shift, mult in ((15, 2246822519), (13, 3266489917)):
+        x ^= x >> np.uint64(shift)
+        x = (x * np.uint64(mult)) & 0xFFFFFFFF
+    x ^= x >> np.uint64(16)
+    return torch.from_numpy(x.astype(np.float64) / 2.0**32 * 2 - 1)
+
+
+def formula_state(model):
+    """Every float entry of the state dict from its name and flat index, so a golden needs no
+    weights file: v = hash_uniform(numel, h), h the sum of the name's character codes. Conv
+    weights v * sqrt(6 / fan_in) (He's variance); norm weights 1 + 0.2 v; biases and running
+    means 0.1 v; running variances 1 + 0.5 v^2. tests/test_deeplab.cpp (formula_state) is the same."""
+    state = {}
+    for name, t in model.state_dict().items():
+        if not t.is_floating_point():
+            state[name] = t.clone()
+            continue
+        v = hash_uniform(t.numel(), sum(name.encode()))
+        if name.endswith("running_var"):
+            v = 1 + 0.5 * v * v
+        elif t.dim() >= 2:
+            v = v * (6 / t[0].numel()) ** 0.5
+        elif name.endswith(".weight"):
+            v = 1 + 0.2 * v
+        else:
+            v = 0.1 * v
+        state[name] = v.reshape(t.shape)
+    return state
+
+
+def resnet(name, n, h, w, full_checks):
+    """DeepLabV3+ on a ResNet encoder with formula weights, float64: outputs, loss and the first
+    conv's gradient (the end of the backward chain); with full_checks also every parameter's
+    gradient summed over all but its first dim and the running stats (float32)."""
+    model = build(name)
+    x, target = formula_input(n, h, w, 3, torch.float64), formula_target(n, h, w, 1, torch.float64)
+    ref = run(model, formula_state(model), x, target, torch.float64)
+    keep = {"out_train": ref["out_train"], "out_eval": ref["out_eval"], "loss": ref["loss"],
+            "grad.encoder.conv1.weight": ref["grad.encoder.conv1.weight"].float()}
+    if full_checks:
+        for k, v in ref.items():
+            if k.startswith("grad."):
+                keep["gradsum." + k[5:]] = (v.sum(dim=tuple(range(1, v.dim()))) if v.dim() > 1 else v).float()
+            elif k.startswith("running.") and not k.endswith("num_batches_tracked"):
+                keep[k] = v.float()
+    save_file(keep, os.path.join(GOLDEN, f"deeplab_{name}_formula.safetensors"),
+              metadata={"batch": str(n), "height": str(h), "width": str(w)})
+    print(name, "formula golden: loss", ref["loss"].item(), "| entries", len(keep))
 
 
 def full(out_dir, which):

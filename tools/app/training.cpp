@@ -49,8 +49,8 @@ void add_training_options(Cli& cli, const TrainDefaults& d) {
       .option("weight-decay", std::to_string(d.weight_decay), "AdamW weight decay (not on biases and norms)")
       .option("warmup-epochs", "", "epochs of linear learning-rate warmup (default 2); one not shorter than "
                                    "--epochs is cut to half the run")
-      .option("drop-path", std::to_string(d.drop_path), "stochastic depth rate")
-      .option("clip-grad", "", "clip the global gradient norm to this, 0: off (default: mit 1, convnext 0)")
+      .option("drop-path", std::to_string(d.drop_path), "stochastic depth rate (MiT, ConvNeXt; ResNet has none)")
+      .option("clip-grad", "", "clip the global gradient norm to this, 0: off (default: mit 1, convnext and resnet 0)")
       .option("workers", "2", "threads preparing batches")
       .flag("no-augment", "train without augmentation");
   add_recipe_options(cli);
@@ -61,6 +61,7 @@ void add_training_options(Cli& cli, const TrainDefaults& d) {
 Recipe default_recipe(const std::string& arch, int64_t batch_size) {
   if (arch.rfind("mit_", 0) == 0) return {"mit", 2e-4, 2, 1.0};
   if (arch.rfind("convnext_", 0) == 0) return {"convnext", 4e-3 * std::sqrt(batch_size / 4096.0), 2, 0};
+  if (arch.rfind("resnet", 0) == 0) return {"resnet", 1e-3, 2, 0};
   fail("--arch ", arch, ": no default --lr, --warmup-epochs and --clip-grad for it; give all three");
 }
 
