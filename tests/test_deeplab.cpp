@@ -544,3 +544,31 @@ TEST_CASE("resnet18: float64 outputs, loss, gradients and running stats equal sm
 TEST_CASE("resnet50 (bottleneck blocks): float64 outputs, loss and first-conv gradient equal smp's") {
   expect_formula_parity("resnet50", formula_golden("resnet50"));
 }
+
+TEST_CASE("torchvision's ImageNet ResNet checkpoint loads through the registry, adapted to 4 channels") {
+  // torchvision's keys: the encoder's without the prefix, plus the classifier smp drops.
+  manual_seed(9);
+  auto rgb = create_model("resnet18", {.in_channels = 3, .num_classes = 1});
+  nn::StateDict checkpoint;
+  for (auto& [k, v] : rgb->state_dict())
+    if (k.starts_with("encoder.")) checkpoint[k.substr(8)] = v;
+  checkpoint["fc.weight"] = Tensor::zeros({1000, 512});
+  checkpoint["fc.bias"] = Tensor::zeros({1000});
+  const std::string path = std::string(SONO_BINARY_DIR) + "/resnet18_torchvision.safetensors";
+  nn::save_safetensors(path, checkpoint);
+  auto model = create_model("resnet18", {.in_channels = 4, .num_classes = 1});
+  load_backbone(*model, find_model("resnet18"), path);
+  const nn::StateDict loaded = model->state_dict();
+  for (auto& [name, t] : checkpoint) {
+    if (name.starts_with("fc.")) continue;
+    INFO(name);
+    const Tensor& ours = loaded.at("encoder." + name);
+    // timm's adapt_input_conv / smp's patch_first_conv: channel i copies RGB channel i % 3, x 3/4.
+    if (name == "conv1.weight") {
+      CHECK(test::max_abs_diff(ours.slice(1, 0, 3), mul(t, 0.75)) < 1e-7);
+      CHECK(test::max_abs_diff(ours.slice(1, 3, 4), mul(t.slice(1, 0, 1), 0.75)) < 1e-7);
+    } else {
+      CHECK(test::max_abs_diff(ours, t) == 0);
+    }
+  }
+}
