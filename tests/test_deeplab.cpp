@@ -395,7 +395,7 @@ TEST_CASE("mit_b0 at 64x64, batch 2: float32 and float64 parity with smp (golden
           "deeplab_goldens.py --full)" *
           doctest::skip(!test::has_ref_goldens({"deeplab_mit_b0_weights.safetensors"}))) {
   full_size_parity("mit_b0", DType::f32, {1e-4, 1e-3, 1e-4, 1e-4});
-  full_size_parity("mit_b0", DType::f64, {1e-10, 1e-10, 1e-10, 1e-6});
+  full_size_parity("mit_b0", DType::f64, {1e-10, 1e-9, 1e-10, 1e-6});
 }
 
 TEST_CASE("mit_b2 at 256x256, batch 2: float32 parity with smp (SONO_FULL_PARITY=1 and goldens "

@@ -79,13 +79,15 @@ TEST_CASE("batch_norm forward: PyTorch golden for train (with running stats) and
   CHECK(max_abs_diff(y_eval, g.at("batch_norm.eval_y")) < 1e-10);
 }
 
-// x * scale + bias in one buffer: bit for bit the composed mul then add, values and gradients,
-// without the product alive beside the result at the forward's peak.
+// x * scale + bias in one buffer (the composed path: eval mode, or a backend without the fused
+// kernels): bit for bit the composed mul then add, values and gradients, without the product
+// alive beside the result at the forward's peak.
 TEST_CASE("batch_norm scales and shifts into one buffer, exactly as mul then add") {
   const Shape shape{256, 1024};  // 1 MiB of float32
   Tensor x = rand64(shape, 30).to(DType::f32).requires_grad_();
   Tensor w = rand64({1024}, 31).to(DType::f32).requires_grad_();
   Tensor b = rand64({1024}, 32).to(DType::f32).requires_grad_();
+  const Tensor running_mean = rand64({1024}, 34).to(DType::f32), running_var = add(rand64({1024}, 35), 2.0).to(DType::f32);
   Tensor up = rand64(shape, 33).to(DType::f32);  // an uneven upstream gradient
   auto grads = [&](const Tensor& y) {
     sum(mul(y, up)).backward();
@@ -93,19 +95,48 @@ TEST_CASE("batch_norm scales and shifts into one buffer, exactly as mul then add
     x.zero_grad(), w.zero_grad(), b.zero_grad();
     return g;
   };
-  Tensor centered = sub(x, mean(x, {0}));
-  Tensor scale = mul(pow(add(mean(mul(centered, centered), {0}), 1e-5), -0.5), w);
+  Tensor centered = sub(x, running_mean);
+  Tensor scale = mul(pow(add(running_var, 1e-5), -0.5), w);
   Tensor composed = add(mul(centered, scale), b);
   centered = scale = Tensor();
   std::vector<Tensor> composed_grads = grads(composed);
 
   const int64_t before = cpu::memory_stats().in_use_bytes;
   cpu::reset_peak_memory();
-  Tensor y = batch_norm(x, w, b, {}, {}, true, 0.1, 1e-5);
+  Tensor y = batch_norm(x, w, b, running_mean, running_var, false, 0.1, 1e-5);
   CHECK(cpu::memory_stats().peak_bytes - before < 3 << 20);  // centered and y, no third map
   CHECK(max_abs_diff(y, composed) == 0);
   std::vector<Tensor> y_grads = grads(y);
   for (size_t i = 0; i < 3; ++i) CHECK(max_abs_diff(y_grads[i], composed_grads[i]) == 0);
+}
+
+// The CPU's fused training kernels against the composed formula (the op table's gradcheck
+// checks them in float64): float32 values and gradients within rounding, running stats alike.
+TEST_CASE("batch_norm in training: the CPU's fused kernels equal the composed formula") {
+  const Shape shape{2, 9, 7, 48};  // 126 rows: not a multiple of the float blocks' 32
+  Tensor x = add(mul(rand64(shape, 40), 3.0), 5.0).to(DType::f32).requires_grad_();  // mean far from 0
+  Tensor w = rand64({48}, 41).to(DType::f32).requires_grad_();
+  Tensor b = rand64({48}, 42).to(DType::f32).requires_grad_();
+  Tensor up = rand64(shape, 43).to(DType::f32);
+  CHECK(backend(Device::cpu).supports(BackendOp::batch_norm_forward, {&x}));
+  std::vector<int64_t> rows{0, 1, 2};
+  Tensor centered = sub(x, mean(x, rows));
+  Tensor var = mean(mul(centered, centered), rows);
+  Tensor composed = add(mul(centered, mul(pow(add(var, 1e-5), -0.5), w)), b);
+  sum(mul(composed, up)).backward();
+  std::vector<Tensor> want{x.grad().clone(), w.grad().clone(), b.grad().clone()};
+  x.zero_grad(), w.zero_grad(), b.zero_grad();
+
+  Tensor running_mean = Tensor::zeros({48}), running_var = Tensor::ones({48});
+  Tensor y = batch_norm(x, w, b, running_mean, running_var, true, 0.1, 1e-5);
+  CHECK(max_abs_diff(y, composed) < 2e-6);
+  sum(mul(y, up)).backward();
+  std::vector<Tensor> got{x.grad(), w.grad(), b.grad()};
+  for (size_t i = 0; i < 3; ++i) CHECK(max_abs_diff(got[i], want[i]) < 2e-5 * std::max(1.0, max_abs_diff(want[i], mul(want[i], 0.0))));
+  // PyTorch's running stats: momentum 0.1, the unbiased variance.
+  const double unbias = 126.0 / 125.0;
+  CHECK(max_abs_diff(running_mean, mul(mean(x, rows), 0.1)) < 1e-6);
+  CHECK(max_abs_diff(running_var, add(mul(var, 0.1 * unbias), 0.9)) < 1e-6);
 }
 
 TEST_CASE("batch_norm: one value per channel in training is an error, not NaN") {

@@ -20,6 +20,14 @@ class CpuBackend final : public Backend {
 #undef SONO_CPU_DECLARE_required
 #undef SONO_CPU_DECLARE_defaulted
 #undef SONO_CPU_DECLARE_optional
+  // BatchNorm's fused kernels (norm.cpp), for float32 and float64.
+  bool supports(BackendOp op, OpOperands operands) const override;
+  void batch_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, double eps,
+                          const Tensor& y, const Tensor& mean, const Tensor& var,
+                          const Tensor& inv_std) override;
+  void batch_norm_backward(const Tensor& x, const Tensor& w, const Tensor& mean,
+                           const Tensor& inv_std, const Tensor& grad_y, const Tensor& grad_x,
+                           const Tensor& grad_w, const Tensor& grad_b) override;
   // The GEMM with the bias and GELU applied in its epilogue.
   void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
                       bool gelu, Precision precision) override;

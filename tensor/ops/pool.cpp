@@ -28,8 +28,9 @@ Tensor max_pool2d(const Tensor& x_in, int64_t kernel, int64_t stride, int64_t pa
   const int64_t padded_h = stride * (out_h + reach), padded_w = stride * (out_w + reach);
   const int64_t below = std::max<int64_t>(0, padded_h - h - padding), right = std::max<int64_t>(0, padded_w - w - padding);
   const std::vector<int64_t> pads{0, 0, padding, right, padding, below};
-  // pad() fills zeros; adding log(0) = -inf there keeps the padding out of every maximum.
-  Tensor border = log(pad(Tensor::ones(x.shape(), x.dtype(), x.device()), pads));
+  // pad() fills zeros; adding log(0) = -inf there (one map, broadcast over images and
+  // channels) keeps the padding out of every maximum.
+  Tensor border = log(pad(Tensor::ones({1, h, w, 1}, x.dtype(), x.device()), pads));
   Tensor padded = add(pad(x, pads), border).slice(1, 0, padded_h).slice(2, 0, padded_w);
   Tensor cells = padded.reshape({x.size(0), padded_h / stride, stride, padded_w / stride, stride, x.size(3)});
   std::vector<Tensor> windows;

@@ -55,7 +55,7 @@ def wait_for_quiet(max_wait):
 
 
 def is_segmentation(model):
-    return model.startswith("mit_")
+    return model.startswith(("mit_", "resnet"))
 
 
 def model_configs(args):

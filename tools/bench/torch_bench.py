@@ -3,7 +3,7 @@
 printed as one JSON line in model_bench's schema. Run with /opt/refenv/bin/python, one config
 per process (compare.py does), so that the peak RSS belongs to that config alone.
 
-Models: "mit_*" is smp.DeepLabV3Plus on that encoder, "convnext_*" is timm's ConvNeXt. Tensors
+Models: "mit_*" and "resnet*" are smp.DeepLabV3Plus on that encoder, "convnext_*" is timm's ConvNeXt. Tensors
 and the model are channels_last (the layout our engine uses), torch.set_num_threads as given.
 --device cuda runs on the GPU (timings after torch.cuda.synchronize(), and the allocator's peak
 beside RSS); --amp bf16 wraps forward and loss in torch.autocast(dtype=torch.bfloat16).
@@ -27,7 +27,7 @@ def proc_status_mib(field):
 
 
 def is_segmentation(model_name):
-    return model_name.startswith("mit_")
+    return model_name.startswith(("mit_", "resnet"))
 
 
 def build_model(name, in_channels, classes):
