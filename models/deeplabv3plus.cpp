@@ -155,15 +155,15 @@ Tensor DeepLabV3Plus::forward(const Tensor& x) {
 
 DeepLabV3PlusConfig deeplabv3plus_config(const std::string& encoder_name, const ModelOptions& options) {
   DeepLabV3PlusConfig c;
+  auto with_options = [&](auto e) {  // either family: smp's output stride, our input channels
+    e.output_stride = 16;
+    e.in_channels = options.in_channels;
+    return e;
+  };
   if (encoder_name.starts_with("resnet")) {
-    ResNetConfig e = resnet_config(encoder_name);
-    e.output_stride = 16;
-    e.in_channels = options.in_channels;
-    c.encoder = e;
+    c.encoder = with_options(resnet_config(encoder_name));
   } else {
-    MitConfig e = mit_config(encoder_name);
-    e.output_stride = 16;
-    e.in_channels = options.in_channels;
+    MitConfig e = with_options(mit_config(encoder_name));
     e.drop_path_rate = options.drop_path_rate;
     c.encoder = e;
   }

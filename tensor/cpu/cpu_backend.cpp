@@ -159,6 +159,15 @@ BlockCache& block_cache() {
 }
 }  // namespace
 
+// The optional kernels the CPU has: BatchNorm's fused pair (norm.cpp), float32 and float64.
+bool CpuBackend::supports(BackendOp op, OpOperands operands) const {
+  if (op == BackendOp::batch_norm_forward || op == BackendOp::batch_norm_backward) {
+    const DType dtype = (*operands.begin())->dtype();
+    return dtype == DType::f32 || dtype == DType::f64;
+  }
+  return Backend::supports(op, operands);
+}
+
 void* CpuBackend::allocate(size_t nbytes) {
   if (nbytes >= BlockCache::kMinBytes) {
     auto [p, size] = block_cache().allocate(nbytes);

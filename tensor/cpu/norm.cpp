@@ -20,13 +20,16 @@ const T* optional_data(const Tensor& t) {
   return t.defined() ? t.data<T>() : nullptr;
 }
 
+// Below this much work a loop runs on one thread: waking threads would cost more than it saves.
+int norm_threads(int64_t rows, int64_t c) { return rows * c > 16384 ? omp_get_max_threads() : 1; }
+
 template <typename T>
 void layer_norm_rows(const Tensor& x, const Tensor& w, const Tensor& b, double eps, const Tensor& y,
                      const Tensor& mean, const Tensor& rstd) {
   const int64_t c = x.size(-1), rows = c == 0 ? 0 : x.numel() / c;
   const T *xp = x.data<T>(), *wp = optional_data<T>(w), *bp = optional_data<T>(b);
   T *yp = y.data<T>(), *mp = mean.data<T>(), *rp = rstd.data<T>();
-#pragma omp parallel for schedule(static) if (rows * c > 16384)
+#pragma omp parallel for schedule(static) num_threads(norm_threads(rows, c))
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = xp + r * c;
     double sum = 0;
@@ -75,8 +78,6 @@ class ColumnSums {
   double* total_;
   int rows_ = 0;
 };
-
-int norm_threads(int64_t rows, int64_t c) { return rows * c > 16384 ? omp_get_max_threads() : 1; }
 
 // Each thread's [k * C] totals, then their sum in thread order: results do not depend on scheduling.
 std::vector<double> combine_threads(const std::vector<double>& totals, int threads, size_t per_thread) {
@@ -193,7 +194,7 @@ void batch_norm_rows(const Tensor& x, const Tensor& w, const Tensor& b, double e
   store<T>(var, sq.data(), c);
   store<T>(inv_std, inv.data(), c);
   T* yp = y.data<T>();
-#pragma omp parallel for schedule(static) if (rows * c > 16384)
+#pragma omp parallel for schedule(static) num_threads(norm_threads(rows, c))
   for (int64_t r = 0; r < rows; ++r)
 #pragma omp simd
     for (int64_t i = 0; i < c; ++i) yp[r * c + i] = xp[r * c + i] * scale[i] + shift[i];
@@ -225,7 +226,7 @@ void batch_norm_grads(const Tensor& x, const Tensor& w, const Tensor& mean, cons
     mean_dy_xhat[i] = static_cast<T>(sums[c + i] / static_cast<double>(rows));
   }
   T* gxp = grad_x.data<T>();
-#pragma omp parallel for schedule(static) if (rows * c > 16384)
+#pragma omp parallel for schedule(static) num_threads(norm_threads(rows, c))
   for (int64_t r = 0; r < rows; ++r)
 #pragma omp simd
     for (int64_t i = 0; i < c; ++i) {
@@ -250,14 +251,6 @@ void CpuBackend::layer_norm_backward(const Tensor& x, const Tensor& w, const Ten
   dispatch_float(x.dtype(), [&](auto tag) {
     layer_norm_grads<decltype(tag)>(x, w, mean, rstd, grad_y, grad_x, grad_w, grad_b);
   });
-}
-
-bool CpuBackend::supports(BackendOp op, OpOperands operands) const {
-  if (op == BackendOp::batch_norm_forward || op == BackendOp::batch_norm_backward) {
-    const DType dtype = (*operands.begin())->dtype();
-    return dtype == DType::f32 || dtype == DType::f64;
-  }
-  return Backend::supports(op, operands);
 }
 
 void CpuBackend::batch_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, double eps,
