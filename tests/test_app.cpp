@@ -139,7 +139,7 @@ TEST_CASE("every card value is checked against the architecture; the error names
   const app::ModelCard classifier = classifier_card();
   const std::vector<Case> cases = {
       {classifier, "format", "sono-checkpoint-9", "expected sono-checkpoint-1"},
-      {classifier, "arch", "resnet50", "unknown architecture 'resnet50'"},
+      {classifier, "arch", "resnet20", "unknown architecture 'resnet20'"},
       {classifier, "task", "segmentation", "convnext_atto is a classification architecture"},
       {classifier, "in_channels", "1000000", "expected 4"},
       {segmenter, "in_channels", "4", "expected 3"},

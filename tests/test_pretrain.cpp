@@ -210,7 +210,7 @@ TEST_CASE("pretrain refuses bad input with one line and writes nothing") {
   const std::string save = " --save-path " + (dir / "enc.safetensors").string();
   const std::pair<std::string, std::string> cases[] = {
       {" --images-dir " + (dir / "missing").string() + save, "missing' does not exist"},
-      {images + save + " --arch resnet50", "unknown architecture 'resnet50'"},
+      {images + save + " --arch resnet20", "unknown architecture 'resnet20'"},
       {images + save + " --mask-ratio 0", "--mask-ratio 0: must be between 0 and 1"},
       {images + save + " --mask-ratio 1.5", "--mask-ratio 1.5: must be between 0 and 1"},
       {images + " --save-path " + (dir / "no" / "enc.safetensors").string(), "cannot be written"},
