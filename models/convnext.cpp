@@ -186,8 +186,6 @@ Tensor ConvNeXt::forward_features(const Tensor& x) {
 
 Tensor ConvNeXt::forward_head(const Tensor& features) { return head_->forward(features); }
 
-Tensor ConvNeXt::forward(const Tensor& x) { return forward_head(forward_features(x)); }
-
 std::vector<ModelEntry> convnext_variants() {
   std::vector<ModelEntry> entries;
   for (const char* variant : {"atto", "femto", "pico", "nano", "tiny", "small", "base", "large"}) {

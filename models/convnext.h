@@ -7,6 +7,7 @@
 #include <string>
 
 #include "layers/module.h"
+#include "models/classifier.h"
 #include "models/pretrained.h"
 
 namespace sono::models {
@@ -31,12 +32,12 @@ ConvNeXtConfig convnext_config(const std::string& variant);
 // Where timm's ConvNeXt checkpoints differ from a model with other input channels or classes.
 inline PretrainedLayout convnext_pretrained_layout() { return {"stem.0.weight", {"head.fc.weight", "head.fc.bias"}}; }
 
-class ConvNeXt : public nn::UnaryModule {
+class ConvNeXt : public Classifier {
  public:
   explicit ConvNeXt(const ConvNeXtConfig& config);
-  Tensor forward(const Tensor& x) override;  // [N, H, W, in_channels] -> [N, num_classes]
-  Tensor forward_features(const Tensor& x);  // -> [N, H/32, W/32, dims[3]]
-  Tensor forward_head(const Tensor& features);  // forward_features' output -> forward's
+  // forward: [N, H, W, in_channels] -> [N, num_classes]
+  Tensor forward_features(const Tensor& x) override;  // -> [N, H/32, W/32, dims[3]]
+  Tensor forward_head(const Tensor& features) override;
   const ConvNeXtConfig& config() const { return config_; }
 
  private:

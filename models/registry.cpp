@@ -1,36 +1,64 @@
 #include "models/registry.h"
 
+#include <algorithm>
+
 namespace sono::models {
 
 const char* task_name(Task task) {
   return task == Task::segmentation ? "segmentation" : "classification";
 }
 
+std::optional<Task> task_from_name(const std::string& name) {
+  for (Task task : {Task::segmentation, Task::classification})
+    if (name == task_name(task)) return task;
+  return std::nullopt;
+}
+
 const std::vector<ModelEntry>& all_models() {
   static const std::vector<ModelEntry> entries = [] {
     std::vector<ModelEntry> all = deeplab_variants();
-    for (auto& e : convnext_variants()) all.push_back(e);
+    for (auto& family : {convnext_variants(), resnet_classifier_variants()})
+      all.insert(all.end(), family.begin(), family.end());
     return all;
   }();
   return entries;
 }
 
-const ModelEntry& find_model(const std::string& name) {
-  std::string known;
+const ModelEntry& find_model(const std::string& name, std::optional<Task> task) {
+  std::vector<std::string> names;  // known for the task, each once
+  std::vector<const ModelEntry*> found;
   for (const ModelEntry& e : all_models()) {
-    if (e.name == name) return e;
-    known += (known.empty() ? "" : ", ") + e.name;
+    if (task && e.task != *task) continue;
+    if (e.name == name) found.push_back(&e);
+    if (std::find(names.begin(), names.end(), e.name) == names.end()) names.push_back(e.name);
   }
-  fail("unknown architecture '", name, "' (known: ", known, ")");
+  const std::string which = task ? std::string(" for ") + task_name(*task) : "";
+  std::string known;
+  for (const std::string& n : names) known += (known.empty() ? "" : ", ") + n;
+  if (found.empty()) fail("unknown architecture '", name, "'", which, " (known: ", known, ")");
+  SONO_CHECK(found.size() == 1, "architecture '", name, "' is both a segmentation and a classification model: give the task");
+  return *found.front();
 }
 
-std::shared_ptr<nn::UnaryModule> create_model(const std::string& name, const ModelOptions& options) {
-  return find_model(name).build(options);
+std::shared_ptr<nn::UnaryModule> create_model(const std::string& name, const ModelOptions& options,
+                                              std::optional<Task> task) {
+  return find_model(name, task).build(options);
 }
+
+namespace {
+
+nn::Module& backbone_of(nn::Module& model, const ModelEntry& entry) {
+  return entry.backbone.module.empty() ? model : model.child(entry.backbone.module);
+}
+
+}  // namespace
 
 void load_backbone(nn::Module& model, const ModelEntry& entry, const std::string& path) {
-  nn::Module& target = entry.backbone.module.empty() ? model : model.child(entry.backbone.module);
-  load_pretrained(target, path, entry.backbone.layout);
+  load_pretrained(backbone_of(model, entry), path, entry.backbone.layout);
+}
+
+void load_backbone(nn::Module& model, const ModelEntry& entry, nn::StateDict weights) {
+  load_pretrained(backbone_of(model, entry), std::move(weights), entry.backbone.layout);
 }
 
 }  // namespace sono::models

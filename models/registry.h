@@ -1,8 +1,10 @@
 #pragma once
-// Models by name: "mit_b0".."mit_b5" and "resnet18".."resnet152" build DeepLabV3+ on that
-// encoder (as segmentation_models_pytorch), "convnext_atto".."convnext_large" build timm's ConvNeXt.
+// Models by task and name. Segmentation: "mit_b0".."mit_b5" and "resnet18".."resnet152" build
+// DeepLabV3+ on that encoder (as segmentation_models_pytorch). Classification:
+// "convnext_atto".."convnext_large" and "resnet18".."resnet152" build timm's model of that name.
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,6 +15,7 @@ namespace sono::models {
 
 enum class Task { segmentation, classification };
 const char* task_name(Task task);  // "segmentation", "classification": the checkpoint card's words
+std::optional<Task> task_from_name(const std::string& name);  // task_name's inverse; nullopt otherwise
 
 struct ModelOptions {
   int64_t in_channels = 3;
@@ -36,11 +39,17 @@ struct ModelEntry {
 // Each family lists its variants (defined beside the family's code).
 std::vector<ModelEntry> convnext_variants();
 std::vector<ModelEntry> deeplab_variants();
+std::vector<ModelEntry> resnet_classifier_variants();
 
 const std::vector<ModelEntry>& all_models();
-const ModelEntry& find_model(const std::string& name);  // clear error listing known names
-std::shared_ptr<nn::UnaryModule> create_model(const std::string& name, const ModelOptions& options);
+// The model called `name` for `task`; without a task the name must be one task's only (a name
+// both tasks use, e.g. resnet18, is an error asking for the task). Unknown names fail listing
+// the known ones.
+const ModelEntry& find_model(const std::string& name, std::optional<Task> task = std::nullopt);
+std::shared_ptr<nn::UnaryModule> create_model(const std::string& name, const ModelOptions& options,
+                                              std::optional<Task> task = std::nullopt);
 // Fills `model`, built from `entry`, with the backbone checkpoint at `path` (load_pretrained).
 void load_backbone(nn::Module& model, const ModelEntry& entry, const std::string& path);
+void load_backbone(nn::Module& model, const ModelEntry& entry, nn::StateDict weights);
 
 }  // namespace sono::models

@@ -3,9 +3,12 @@
 #include <cmath>
 #include <map>
 
+#include "layers/activation.h"
 #include "layers/conv.h"
 #include "layers/init.h"
+#include "layers/linear.h"
 #include "layers/norm.h"
+#include "models/registry.h"
 
 namespace sono::models {
 
@@ -21,12 +24,19 @@ std::shared_ptr<Conv2d> make_conv(int64_t in, int64_t out, int64_t k, Conv2dOpti
   return conv;
 }
 
+struct BlockOptions {
+  int64_t stride, dilation;
+  bool bottleneck, zero_init_last;
+  double drop_path;
+};
+
 // BasicBlock (3x3, 3x3) or Bottleneck (1x1, 3x3 with the stride, 1x1 to 4x the width), each conv
 // followed by BatchNorm, ReLU after all but the last; the shortcut is a strided 1x1 conv + BN
 // where the shape changes.
 class Block : public nn::UnaryModule {
  public:
-  Block(int64_t in, int64_t width, int64_t stride, int64_t dilation, bool bottleneck) {
+  Block(int64_t in, int64_t width, const BlockOptions& o) {
+    const auto [stride, dilation, bottleneck, zero_init_last, drop_path] = o;
     const int64_t out = bottleneck ? 4 * width : width;
     const Conv2dOptions strided = in_stage(3, {stride, 1}, dilation), plain = in_stage(3, {1, 1}, dilation);
     if (bottleneck) {
@@ -42,6 +52,8 @@ class Block : public nn::UnaryModule {
       downsample_->append(make_conv(in, out, 1, in_stage(1, {stride, 0}, dilation)));
       downsample_->append(std::make_shared<BatchNorm2d>(out));
     }
+    if (zero_init_last) nn::init::assign(norms_.back()->weight, Tensor::zeros({out}));
+    if (drop_path > 0) drop_path_ = register_module("drop_path", std::make_shared<nn::DropPath>(drop_path));
   }
 
   Tensor forward(const Tensor& x) override {
@@ -50,6 +62,7 @@ class Block : public nn::UnaryModule {
       y = norms_[i]->forward(convs_[i]->forward(y));
       if (i + 1 < convs_.size()) y = relu(y);
     }
+    if (drop_path_) y = drop_path_->forward(y);
     return relu(add(y, downsample_ ? downsample_->forward(x) : x));
   }
 
@@ -63,6 +76,7 @@ class Block : public nn::UnaryModule {
   std::vector<std::shared_ptr<Conv2d>> convs_;
   std::vector<std::shared_ptr<BatchNorm2d>> norms_;
   std::shared_ptr<nn::Sequential> downsample_;
+  std::shared_ptr<nn::DropPath> drop_path_;
 };
 
 }  // namespace
@@ -80,39 +94,72 @@ ResNetConfig resnet_config(const std::string& variant) {
   return it->second;
 }
 
-ResNet::ResNet(const ResNetConfig& config) : config_(config) {
+template <class Base>
+ResNetTrunk<Base>::ResNetTrunk(const ResNetConfig& config) : config_(config) {
   const ResNetConfig& c = config_;
   SONO_CHECK(c.output_stride == 32 || c.output_stride == 16 || c.output_stride == 8,
              "ResNet: output stride must be 32, 16 or 8, got ", c.output_stride);
-  // smp re-creates the first conv with torch's default init when in_channels != 3.
-  conv1_ = register_module("conv1", c.in_channels == 3 ? make_conv(3, 64, 7, {2, 3})
-                                                       : std::make_shared<Conv2d>(c.in_channels, 64, 7, Conv2dOptions{2, 3}, false));
-  bn1_ = register_module("bn1", std::make_shared<BatchNorm2d>(64));
-  int64_t in = 64;
+  conv1_ = this->register_module("conv1", c.in_channels == 3 || c.timm_init
+                                              ? make_conv(c.in_channels, 64, 7, {2, 3})
+                                              : std::make_shared<Conv2d>(c.in_channels, 64, 7, Conv2dOptions{2, 3}, false));
+  bn1_ = this->register_module("bn1", std::make_shared<BatchNorm2d>(64));
+  const int64_t num_blocks = c.layers[0] + c.layers[1] + c.layers[2] + c.layers[3];
+  int64_t in = 64, block_index = 0;
   for (int s = 0; s < 4; ++s) {
     const int64_t width = int64_t{64} << s, stride = s == 0 ? 1 : 2;  // a dilated stage's convs drop it
-    const int64_t dilation = stage_dilation(s, c.output_stride);
-    layers_[s] = register_module("layer" + std::to_string(s + 1), std::make_shared<nn::Sequential>());
-    for (int64_t i = 0; i < c.layers[s]; ++i) {
-      auto block = std::make_shared<Block>(in, width, i == 0 ? stride : 1, dilation, c.bottleneck);
-      layers_[s]->append(block);
-      in = c.bottleneck ? 4 * width : width;
+    layers_[s] = this->register_module("layer" + std::to_string(s + 1), std::make_shared<nn::Sequential>());
+    for (int64_t i = 0; i < c.layers[s]; ++i, ++block_index) {
+      const double drop_path = c.drop_path_rate * static_cast<double>(block_index) / static_cast<double>(std::max<int64_t>(1, num_blocks - 1));
+      layers_[s]->append(std::make_shared<Block>(
+          in, width, BlockOptions{i == 0 ? stride : 1, stage_dilation(s, c.output_stride), c.bottleneck, c.timm_init, drop_path}));
+      in = stage_width(s);
     }
   }
 }
 
-std::array<int64_t, 4> ResNet::stage_channels() const {
-  const int64_t expansion = config_.bottleneck ? 4 : 1;
-  return {64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion};
-}
-
-std::vector<Tensor> ResNet::forward(const Tensor& x) {
+template <class Base>
+std::vector<Tensor> ResNetTrunk<Base>::stages(const Tensor& x) {
   SONO_CHECK(x.dim() == 4 && x.size(3) == config_.in_channels, "ResNet: expected input [N, H, W, ",
              config_.in_channels, "], got ", shape_str(x.shape()));
   Tensor y = max_pool2d(relu(bn1_->forward(conv1_->forward(x))), 3, 2, 1);
   std::vector<Tensor> features;
   for (auto& layer : layers_) features.push_back(y = layer->forward(y));
   return features;
+}
+
+template class ResNetTrunk<SegmentationEncoder>;
+template class ResNetTrunk<Classifier>;
+
+std::array<int64_t, 4> ResNet::stage_channels() const {
+  return {stage_width(0), stage_width(1), stage_width(2), stage_width(3)};
+}
+
+ResNetClassifier::ResNetClassifier(const ResNetConfig& config) : ResNetTrunk(config) {
+  SONO_CHECK(config.num_classes > 0 && config.output_stride == 32,
+             "ResNetClassifier: needs num_classes > 0 and output stride 32");
+  fc_ = register_module("fc", std::make_shared<nn::Linear>(stage_width(3), config.num_classes));
+}
+
+Tensor ResNetClassifier::forward_head(const Tensor& features) {
+  return fc_->forward(global_avg_pool(features).reshape({features.size(0), stage_width(3)}));
+}
+
+std::vector<ModelEntry> resnet_classifier_variants() {
+  std::vector<ModelEntry> entries;
+  for (const char* name : {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"}) {
+    const ResNetConfig base = resnet_config(name);
+    entries.push_back({name, Task::classification,
+                       [base](const ModelOptions& o) -> std::shared_ptr<nn::UnaryModule> {
+                         ResNetConfig c = base;
+                         c.in_channels = o.in_channels;
+                         c.num_classes = o.num_classes;
+                         c.drop_path_rate = o.drop_path_rate;
+                         c.timm_init = true;
+                         return std::make_shared<ResNetClassifier>(c);
+                       },
+                       {"", resnet_pretrained_layout()}});
+  }
+  return entries;
 }
 
 }  // namespace sono::models

@@ -1,11 +1,15 @@
 #pragma once
-// ResNet as segmentation_models_pytorch 0.6 builds it for the encoders "resnet18".."resnet152":
-// torchvision's ResNet without avgpool and fc, on NHWC images. Parameter names and shapes equal
-// smp's encoder state_dict keys, and so torchvision's ImageNet checkpoints (less fc.*).
+// torchvision's ResNet on NHWC images, in two roles:
+// - ResNet: the encoder segmentation_models_pytorch 0.6 builds for "resnet18".."resnet152" (no
+//   avgpool and fc; names and shapes equal smp's encoder state_dict keys, and so torchvision's
+//   ImageNet checkpoints less fc.*);
+// - ResNetClassifier: timm's "resnet18".."resnet152" classifier (global average pool + fc), whose
+//   keys are the same trunk's plus fc.weight / fc.bias.
 #include <array>
 #include <memory>
 #include <string>
 
+#include "models/classifier.h"
 #include "models/encoder.h"
 #include "models/pretrained.h"
 
@@ -17,6 +21,13 @@ struct ResNetConfig {
   int64_t in_channels = 3;
   // 32, or 16 / 8: layer4 (and for 8 layer3) get stride 1 and dilation in all their convs.
   int64_t output_stride = 32;
+  // timm's classifier init: every conv fan-out normal, the stem too whatever its channels (smp
+  // re-creates a non-RGB stem with torch's default), and each block's last BatchNorm weight 0, so
+  // every residual branch starts as the identity (torchvision and smp leave it at 1).
+  bool timm_init = false;
+  // Stochastic depth on each block's residual branch, rising linearly to this over the blocks (timm).
+  double drop_path_rate = 0.0;
+  int64_t num_classes = 0;  // ResNetClassifier's fc outputs
 };
 
 // "resnet18", "resnet34", "resnet50", "resnet101", "resnet152".
@@ -25,18 +36,41 @@ ResNetConfig resnet_config(const std::string& variant);
 // torchvision's checkpoints hold the classifier smp drops.
 inline PretrainedLayout resnet_pretrained_layout() { return {"conv1.weight", {"fc.weight", "fc.bias"}}; }
 
-class ResNet : public SegmentationEncoder {
- public:
-  explicit ResNet(const ResNetConfig& config);
+// conv1, bn1, maxpool, layer1..layer4, registered into whichever module owns them (Base: the
+// encoder interface or a one-output module), so both roles keep torchvision's flat names.
+template <class Base>
+class ResNetTrunk : public Base {
+ protected:
+  explicit ResNetTrunk(const ResNetConfig& config);
   // x [N, H, W, in_channels] -> layer1..layer4 outputs (strides 4, 8, 16, 32 before dilation).
-  std::vector<Tensor> forward(const Tensor& x) override;
-  std::array<int64_t, 4> stage_channels() const override;
-  int64_t output_stride() const override { return config_.output_stride; }
+  std::vector<Tensor> stages(const Tensor& x);
+  // Output channels of layer s + 1 (0..3).
+  int64_t stage_width(int s) const { return (config_.bottleneck ? 4 : 1) * (int64_t{64} << s); }
+
+  ResNetConfig config_;
 
  private:
-  ResNetConfig config_;
   std::shared_ptr<nn::UnaryModule> conv1_, bn1_;
   std::array<std::shared_ptr<nn::Sequential>, 4> layers_;
+};
+
+class ResNet : public ResNetTrunk<SegmentationEncoder> {
+ public:
+  explicit ResNet(const ResNetConfig& config) : ResNetTrunk(config) {}
+  std::vector<Tensor> forward(const Tensor& x) override { return stages(x); }
+  std::array<int64_t, 4> stage_channels() const override;
+  int64_t output_stride() const override { return config_.output_stride; }
+};
+
+class ResNetClassifier : public ResNetTrunk<Classifier> {
+ public:
+  explicit ResNetClassifier(const ResNetConfig& config);
+  // forward: [N, H, W, in_channels] -> [N, num_classes]
+  Tensor forward_features(const Tensor& x) override { return stages(x).back(); }  // [N, H/32, W/32, C]
+  Tensor forward_head(const Tensor& features) override;  // global average pool, fc
+
+ private:
+  std::shared_ptr<nn::UnaryModule> fc_;
 };
 
 }  // namespace sono::models

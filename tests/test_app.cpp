@@ -67,7 +67,7 @@ std::string training_options_error(const TempDir& dir, const std::vector<std::st
   for (std::string& a : args) argv.push_back(a.data());
   try {
     cli.parse(static_cast<int>(argv.size()), argv.data());
-    app::read_training_options(cli);
+    app::read_training_options(cli, models::Task::segmentation);
   } catch (const Error& e) {
     return e.what();
   }
@@ -99,6 +99,18 @@ TEST_CASE("training flags out of range are refused as typed, naming the flag") {
   CHECK(training_options_error(dir, {"--weight-decay", "-0.5"}) == "--weight-decay -0.5: must be 0 or more");
   CHECK(training_options_error(dir, {"--clip-grad", "-1"}) == "--clip-grad -1: must be 0 (off) or more");
   CHECK(training_options_error(dir, {"--drop-path", "0.99"}) == "");
+}
+
+TEST_CASE("--pretrained with {fold}: every fold's file must exist, and it needs --folds") {
+  TempDir dir;
+  const std::string pattern = (dir / "seg.fold{fold}.safetensors").string();
+  CHECK(training_options_error(dir, {"--pretrained", pattern}) ==
+        "--pretrained " + pattern + ": {fold} stands for a fold's number; it needs --folds");
+  for (int fold = 1; fold <= 2; ++fold)
+    nn::save_safetensors((dir / ("seg.fold" + std::to_string(fold) + ".safetensors")).string(), {});
+  CHECK(training_options_error(dir, {"--pretrained", pattern, "--folds", "2"}) == "");
+  CHECK(training_options_error(dir, {"--pretrained", pattern, "--folds", "3"}) ==
+        (dir / "seg.fold3.safetensors").string() + ": --pretrained file not found");
 }
 
 TEST_CASE("an output folder that cannot be created is refused up front, naming the flag and the path") {
@@ -164,6 +176,46 @@ TEST_CASE("every card value is checked against the architecture; the error names
   }
 }
 
+TEST_CASE("--pretrained with a ResNet segmenter's checkpoint starts a ResNet classifier from its encoder") {
+  TempDir dir;
+  app::ModelCard seg_card;
+  seg_card.arch = "resnet18";
+  seg_card.task = models::Task::segmentation;
+  seg_card.classes = {"lesion"};
+  seg_card.in_channels = 3;
+  seg_card.img_size = 64;
+  manual_seed(2);
+  auto segmenter = app::build_model(seg_card);
+  const std::string path = (dir / "seg.safetensors").string();
+  app::save_checkpoint(path, *segmenter, seg_card);
+
+  const models::ModelEntry& entry = models::find_model("resnet18", models::Task::classification);
+  auto classifier = entry.build({.in_channels = 4, .num_classes = 3});
+  const Tensor fresh_fc = classifier->state_dict().at("fc.weight").clone();
+  app::load_backbone_weights(*classifier, entry, path);
+  const nn::StateDict seg = segmenter->state_dict(), cls = classifier->state_dict();
+  int trunk = 0;
+  for (auto& [key, value] : cls) {
+    INFO(key);
+    if (key.starts_with("fc.") || key == "conv1.weight") continue;
+    CHECK(max_abs_diff(value, seg.at("encoder." + key)) == 0);
+    ++trunk;
+  }
+  CHECK(trunk == 119);  // every trunk entry but conv1 (122 less conv1 and fc's two)
+  // The RGB stem takes the mask channel as timm's adapt_input_conv does: channel 3 copies red, all x 3/4.
+  const Tensor rgb = seg.at("encoder.conv1.weight"), stem = cls.at("conv1.weight");
+  CHECK(max_abs_diff(stem.slice(1, 0, 3), mul(rgb, 0.75)) < 1e-7);
+  CHECK(max_abs_diff(stem.slice(1, 3, 4), mul(rgb.slice(1, 0, 1), 0.75)) < 1e-7);
+  CHECK(max_abs_diff(cls.at("fc.weight"), fresh_fc) == 0);  // the head stays fresh
+
+  seg_card.arch = "resnet34";
+  auto deeper = app::build_model(seg_card);
+  const std::string other = (dir / "seg34.safetensors").string();
+  app::save_checkpoint(other, *deeper, seg_card);
+  CHECK_THROWS_WITH_AS(app::load_backbone_weights(*classifier, entry, other),
+                       doctest::Contains("is a resnet34 segmenter; its encoder cannot start a resnet18 classifier"), Error);
+}
+
 TEST_CASE("predict normalises its input with the card's mean and std") {
   TempDir dir;
   app::ModelCard card = classifier_card();
@@ -210,26 +262,34 @@ models::ConvNeXtConfig atto_classifier_config() {
 // Grad-CAM (tools/app/explain.h): the gradient it weights the features with is the class
 // logit's (against central differences), and the map is the formula's.
 TEST_CASE("Grad-CAM: the class logit's gradient at the features, against finite differences") {
-  models::ConvNeXt model(atto_classifier_config());
-  model.eval();
-  const Tensor x = rand64({1, 64, 64, 4}, 3).to(DType::f32);
-  const size_t cls = 2;
-  app::ClassActivation a = app::class_activation(model, x, cls);
-  REQUIRE(a.features.shape() == Shape{1, 2, 2, 320});
-  REQUIRE(a.gradient.shape() == a.features.shape());
-  const std::vector<double> features = a.features.to_vector(), gradient = a.gradient.to_vector();
-  auto logit = [&](const std::vector<double>& f) {
-    autograd::NoGradGuard no_grad;
-    return model.forward_head(Tensor::from_vector(f, a.features.shape())).to_vector()[cls];
-  };
-  const double eps = 1e-2;
-  // float32 logits: the differences are good to about 1e-5
-  for (size_t i = 7; i < features.size(); i += 97) {
-    std::vector<double> up = features, down = features;
-    up[i] += eps;
-    down[i] -= eps;
-    CAPTURE(i);
-    CHECK(gradient[i] == doctest::Approx((logit(up) - logit(down)) / (2 * eps)).epsilon(1e-2).scale(3e-3));
+  manual_seed(4);
+  const std::vector<std::shared_ptr<nn::UnaryModule>> families = {
+      std::make_shared<models::ConvNeXt>(atto_classifier_config()),
+      models::create_model("resnet18", {.in_channels = 4, .num_classes = 3}, models::Task::classification)};
+  for (const auto& family : families) {
+    auto& model = dynamic_cast<models::Classifier&>(*family);
+    const int64_t channels = family == families.front() ? 320 : 512;
+    INFO(channels);
+    model.eval();
+    const Tensor x = rand64({1, 64, 64, 4}, 3).to(DType::f32);
+    const size_t cls = 2;
+    app::ClassActivation a = app::class_activation(model, x, cls);
+    REQUIRE(a.features.shape() == Shape{1, 2, 2, channels});
+    REQUIRE(a.gradient.shape() == a.features.shape());
+    const std::vector<double> features = a.features.to_vector(), gradient = a.gradient.to_vector();
+    auto logit = [&](const std::vector<double>& f) {
+      autograd::NoGradGuard no_grad;
+      return model.forward_head(Tensor::from_vector(f, a.features.shape())).to_vector()[cls];
+    };
+    const double eps = 1e-2;
+    // float32 logits: the differences are good to about 1e-5
+    for (size_t i = 7; i < features.size(); i += 97) {
+      std::vector<double> up = features, down = features;
+      up[i] += eps;
+      down[i] -= eps;
+      CAPTURE(i);
+      CHECK(gradient[i] == doctest::Approx((logit(up) - logit(down)) / (2 * eps)).epsilon(1e-2).scale(3e-3));
+    }
   }
 }
 

@@ -7,12 +7,14 @@
 #include <fstream>
 #include <sstream>
 
+#include "formula_weights.h"
 #include "helpers.h"
 #include "layers/safetensors.h"
 #include "models/deeplabv3plus.h"
 
 using namespace sono;
 using namespace sono::models;
+using namespace sono::test;
 namespace fs = std::filesystem;
 
 namespace {
@@ -35,13 +37,6 @@ DeepLabV3PlusConfig variant_config(const std::string& variant) {
   return c;
 }
 
-// The goldens' input: x[i] = sin(0.37 i) + 0.5 cos(0.0021 i) over the NHWC flat index.
-Tensor formula_input(const Shape& nhwc, DType dtype) {
-  std::vector<double> v(shape_numel(nhwc));
-  for (size_t i = 0; i < v.size(); ++i) v[i] = std::sin(0.37 * i) + 0.5 * std::cos(0.0021 * i);
-  return Tensor::from_vector(v, nhwc, dtype);
-}
-
 // The goldens' target: sample n is a disc of radius H/4 centred at (0.4 H + 5n, 0.55 W - 3n).
 Tensor formula_target(int64_t n, int64_t h, int64_t w, DType dtype) {
   std::vector<double> v;
@@ -52,12 +47,6 @@ Tensor formula_target(int64_t n, int64_t h, int64_t w, DType dtype) {
         v.push_back((y - cy) * (y - cy) + (x - cx) * (x - cx) < r * r ? 1.0 : 0.0);
       }
   return Tensor::from_vector(v, {n, h, w, 1}, dtype);
-}
-
-double max_abs(const Tensor& t) {
-  double m = 0;
-  for (double v : t.to_vector()) m = std::max(m, std::abs(v));
-  return m;
 }
 
 double rms(const Tensor& t) {
@@ -83,21 +72,6 @@ Run run(DeepLabV3Plus& model, const Tensor& x) {
   autograd::NoGradGuard no_grad;
   r.out_eval = model(x);
   return r;
-}
-
-// Worst of max|ours - ref| / max(max|ref|, floor) over the entries named prefix + name.
-std::pair<std::string, double> worst_error(const nn::NamedTensors& ours, const nn::StateDict& ref,
-                                           const std::string& prefix, double floor = 0.0) {
-  std::pair<std::string, double> worst{"", 0.0};
-  for (auto& [name, t] : ours) {
-    auto it = ref.find(prefix + name);
-    if (it == ref.end()) continue;  // num_batches_tracked
-    INFO(prefix << name);
-    REQUIRE(t.defined());
-    const double err = test::max_abs_diff(t, it->second) / std::max({max_abs(it->second), floor, 1e-300});
-    if (err > worst.second) worst = {name, err};
-  }
-  return worst;
 }
 
 struct Tolerance {
@@ -201,7 +175,7 @@ TEST_CASE("parameter counts equal smp's DeepLabV3Plus for every MiT variant") {
 TEST_CASE("mit_b2 and resnet34: parameter and buffer names, order and shapes equal smp's state_dict") {
   for (auto [encoder, entries] : {std::pair{"mit_b2", 393}, {"resnet34", 277}}) {
     INFO(encoder);
-    auto model = create_model(encoder, {.in_channels = 3, .num_classes = 1});
+    auto model = create_model(encoder, {.in_channels = 3, .num_classes = 1}, Task::segmentation);
     std::vector<std::pair<std::string, std::string>> params, buffers;
     for (auto& [key, shape] : smp_keys(encoder)) (is_buffer(key) ? buffers : params).emplace_back(key, shape);
     for (auto [ours, expected] : {std::pair{model->named_parameters(), params}, {model->named_buffers(), buffers}}) {
@@ -407,62 +381,13 @@ TEST_CASE("mit_b2 at 256x256, batch 2: float32 parity with smp (SONO_FULL_PARITY
 
 // ---- DeepLabV3+ on a ResNet encoder ----------------------------------------------------------
 
-namespace {
-
-// hash_uniform() of deeplab_goldens.py: n values in [-1, 1) from a 32-bit hash of (index, h).
-std::vector<double> hash_uniform(int64_t n, uint64_t h) {
-  std::vector<double> v(n);
-  for (int64_t i = 0; i < n; ++i) {
-    uint64_t x = (static_cast<uint64_t>(i) * 2654435761u + h * 40503u) & 0xFFFFFFFFu;
-    for (auto [shift, mult] : {std::pair<int, uint64_t>{15, 2246822519u}, {13, 3266489917u}}) {
-      x ^= x >> shift;
-      x = (x * mult) & 0xFFFFFFFFu;
-    }
-    x ^= x >> 16;
-    v[i] = static_cast<double>(x) / 4294967296.0 * 2 - 1;
-  }
-  return v;
-}
-
-// formula_state() of deeplab_goldens.py: every float entry from its name and flat index.
-nn::StateDict formula_state(nn::Module& model, DType dtype) {
-  nn::StateDict state;
-  for (auto& [name, t] : model.state_dict()) {
-    if (t.dtype() != DType::f32 && t.dtype() != DType::f64) {
-      state[name] = t;
-      continue;
-    }
-    uint64_t h = 0;
-    for (unsigned char c : name) h += c;
-    std::vector<double> v = hash_uniform(t.numel(), h);
-    for (double& x : v) {
-      if (name.ends_with("running_var")) x = 1 + 0.5 * x * x;
-      else if (t.dim() >= 2) x *= std::sqrt(6.0 / static_cast<double>(t.numel() / t.size(0)));
-      else if (name.ends_with(".weight")) x = 1 + 0.2 * x;
-      else x *= 0.1;
-    }
-    state[name] = Tensor::from_vector(v, t.shape(), dtype);
-  }
-  return state;
-}
-
-// A parameter's gradient summed over all but its first dim, as the golden stores it.
-Tensor gradient_sum(const Tensor& g) {
-  if (g.dim() == 1) return g;
-  std::vector<int64_t> rest;
-  for (int64_t d = 1; d < g.dim(); ++d) rest.push_back(d);
-  return sum(g, rest);
-}
-
-}  // namespace
-
 TEST_CASE("parameter counts equal smp's DeepLabV3Plus for every ResNet encoder") {
   const std::map<std::string, int64_t> smp_counts = {{"resnet18", 12'329'297},  {"resnet34", 22'437'457},
                                                      {"resnet50", 26'677'585},  {"resnet101", 45'669'713},
                                                      {"resnet152", 61'313'361}};
   std::map<std::string, int64_t> block_params;  // one non-first block of each layer of resnet50
   for (const std::string name : {"resnet18", "resnet34", "resnet50"}) {
-    auto model = create_model(name, {.in_channels = 3, .num_classes = 1});
+    auto model = create_model(name, {.in_channels = 3, .num_classes = 1}, Task::segmentation);
     CHECK(model->num_parameters() == smp_counts.at(name));
     if (name == "resnet50")
       for (auto& [key, p] : model->named_parameters())
@@ -478,7 +403,7 @@ TEST_CASE("parameter counts equal smp's DeepLabV3Plus for every ResNet encoder")
 
 TEST_CASE("initialisation as torchvision: fan-out normal convs without bias, BatchNorm 1 / 0") {
   manual_seed(5);
-  auto model = create_model("resnet18", {.in_channels = 3, .num_classes = 1});
+  auto model = create_model("resnet18", {.in_channels = 3, .num_classes = 1}, Task::segmentation);
   int checked = 0;
   for (auto& [name, p] : model->named_parameters()) {
     if (!name.starts_with("encoder.")) continue;
@@ -493,7 +418,7 @@ TEST_CASE("initialisation as torchvision: fan-out normal convs without bias, Bat
   CHECK(checked == 20);  // conv1, 16 block convs, 3 downsample convs
   CHECK(model->state_dict().count("encoder.conv1.bias") == 0);
   // in_channels != 3: smp re-creates the first conv with torch's default init.
-  auto four = create_model("resnet18", {.in_channels = 4, .num_classes = 3});
+  auto four = create_model("resnet18", {.in_channels = 4, .num_classes = 3}, Task::segmentation);
   const Tensor w = four->state_dict().at("encoder.conv1.weight");
   CHECK(w.shape() == Shape{64, 4, 7, 7});
   CHECK(rms(w) == doctest::Approx(1.0 / 14 / std::sqrt(3.0)).epsilon(0.1));
@@ -548,7 +473,7 @@ TEST_CASE("resnet50 (bottleneck blocks): float64 outputs, loss and first-conv gr
 TEST_CASE("torchvision's ImageNet ResNet checkpoint loads through the registry, adapted to 4 channels") {
   // torchvision's keys: the encoder's without the prefix, plus the classifier smp drops.
   manual_seed(9);
-  auto rgb = create_model("resnet18", {.in_channels = 3, .num_classes = 1});
+  auto rgb = create_model("resnet18", {.in_channels = 3, .num_classes = 1}, Task::segmentation);
   nn::StateDict checkpoint;
   for (auto& [k, v] : rgb->state_dict())
     if (k.starts_with("encoder.")) checkpoint[k.substr(8)] = v;
@@ -556,8 +481,8 @@ TEST_CASE("torchvision's ImageNet ResNet checkpoint loads through the registry, 
   checkpoint["fc.bias"] = Tensor::zeros({1000});
   const std::string path = std::string(SONO_BINARY_DIR) + "/resnet18_torchvision.safetensors";
   nn::save_safetensors(path, checkpoint);
-  auto model = create_model("resnet18", {.in_channels = 4, .num_classes = 1});
-  load_backbone(*model, find_model("resnet18"), path);
+  auto model = create_model("resnet18", {.in_channels = 4, .num_classes = 1}, Task::segmentation);
+  load_backbone(*model, find_model("resnet18", Task::segmentation), path);
   const nn::StateDict loaded = model->state_dict();
   for (auto& [name, t] : checkpoint) {
     if (name.starts_with("fc.")) continue;

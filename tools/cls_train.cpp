@@ -1,4 +1,4 @@
-// cls_train: trains a 4-channel classifier (ConvNeXt on RGB + lesion mask) on the classes
+// cls_train: trains a 4-channel classifier (ConvNeXt or ResNet on RGB + lesion mask) on the classes
 // named by the data's folders; cross-entropy loss, best checkpoint by validation macro-F1.
 // The mask channel is the ground truth, or with --seg-model the masks a segmentation
 // checkpoint predicts, as the classifier will see them in predict.
@@ -137,7 +137,7 @@ void use_out_of_fold_masks(data::SampleCache& cache, const std::vector<std::stri
 }
 
 int cls_train(int argc, char** argv) {
-  app::Cli cli("cls_train", "Train a lesion classifier on image + lesion mask (ConvNeXt, 4 input channels).");
+  app::Cli cli("cls_train", "Train a lesion classifier on image + lesion mask (timm's ConvNeXt or ResNet, 4 input channels).");
   app::add_training_options(cli, {.arch = "convnext_base", .batch_size = 16, .weight_decay = 5e-2, .drop_path = 0.1});
   cli.option("seg-model", "", "train on the masks this segmentation checkpoint predicts (default: ground truth);"
                               " {fold} in the name stands for the fold's number of a seg_train --folds run on the"
@@ -147,9 +147,7 @@ int cls_train(int argc, char** argv) {
       .option("label-smoothing", "0.1", "cross-entropy label smoothing")
       .option("class-weights", "none", "none, or balanced: loss weights n / (classes * n_class)");
   if (!cli.parse(argc, argv)) return 0;
-  app::TrainSettings settings = app::read_training_options(cli);
-  SONO_CHECK(models::find_model(settings.arch).task == models::Task::classification, "--arch ",
-             settings.arch, ": not a classification model (convnext_atto .. convnext_large)");
+  app::TrainSettings settings = app::read_training_options(cli, models::Task::classification);
   std::string seg_model = cli.str("seg-model");
   const int folds = settings.recipe_options.folds;
   const bool out_of_fold = seg_model.find("{fold}") != std::string::npos;

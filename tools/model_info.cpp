@@ -24,7 +24,10 @@ void describe_arch(const app::Cli& cli) {
              options.in_channels, ": must be from 1 to ", kMaxInChannels);
   SONO_CHECK(options.num_classes >= 1 && options.num_classes <= app::kMaxClasses, "--classes ", options.num_classes,
              ": must be from 1 to ", app::kMaxClasses);
-  auto model = models::create_model(cli.str("arch"), options);
+  const std::string task = cli.str("task");
+  const std::optional<models::Task> known_task = models::task_from_name(task);
+  SONO_CHECK(task.empty() || known_task, "--task ", task, ": expected segmentation or classification");
+  auto model = models::create_model(cli.str("arch"), options, known_task);
   std::cout << cli.str("arch") << " (" << options.in_channels << " in, " << options.num_classes
             << " out): " << model->num_parameters() << " parameters, " << model->named_parameters().size()
             << " parameter tensors, " << model->named_buffers().size() << " buffers\n";
@@ -48,6 +51,7 @@ void describe_checkpoint(const std::string& path, const std::string& export_path
 int model_info(int argc, char** argv) {
   app::Cli cli("model_info", "Parameter count of an architecture, or the card of a checkpoint.");
   cli.option("arch", "", "registry name (mit_b0..mit_b5, resnet18..resnet152, convnext_atto..convnext_large)")
+      .option("task", "", "segmentation or classification, for a name that is both (resnet18: smp's or timm's)")
       .option("in-channels", "3", "input channels for --arch")
       .option("classes", "1", "outputs for --arch")
       .option("checkpoint", "", "a seg_train / cls_train checkpoint")

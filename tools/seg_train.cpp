@@ -45,9 +45,7 @@ int seg_train(int argc, char** argv) {
   app::Cli cli("seg_train", "Train a lesion segmentation model (DeepLabV3+ on a MiT or ResNet encoder).");
   app::add_training_options(cli, {.arch = "mit_b2", .batch_size = 4, .weight_decay = 1e-2, .drop_path = 0.1});
   if (!cli.parse(argc, argv)) return 0;
-  app::TrainSettings settings = app::read_training_options(cli);
-  SONO_CHECK(models::find_model(settings.arch).task == models::Task::segmentation, "--arch ",
-             settings.arch, ": not a segmentation model (mit_b0 .. mit_b5, resnet18 .. resnet152)");
+  app::TrainSettings settings = app::read_training_options(cli, models::Task::segmentation);
   data::Dataset dataset = data::scan_dataset(settings.images_dir, settings.masks_dir);
   SegmentationTask task;
   if (settings.recipe_options.folds) return app::run_cross_validation(settings, task, dataset);

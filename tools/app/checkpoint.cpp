@@ -118,17 +118,18 @@ ModelCard ModelCard::from_metadata(const std::string& path, const std::map<std::
   if (r.text("format") != kFormat) r.bad("format", "expected ", kFormat);
   ModelCard c;
   c.arch = r.text("arch");
-  const models::ModelEntry* entry = nullptr;
+  const std::optional<models::Task> task = models::task_from_name(r.text("task"));
+  if (!task) r.bad("task", "expected segmentation or classification");
+  c.task = *task;
   try {
-    entry = &models::find_model(c.arch);
+    models::find_model(c.arch, c.task);
   } catch (const Error& e) {
+    for (const models::ModelEntry& other : models::all_models())
+      if (other.name == c.arch) r.bad("task", c.arch, " is a ", models::task_name(other.task), " architecture");
     r.bad("arch", e.what());
   }
-  c.task = entry->task;
-  if (r.text("task") != models::task_name(c.task))
-    r.bad("task", c.arch, " is a ", models::task_name(c.task), " architecture");
-  c.classes = read_classes(r, entry->task);
-  const int64_t channels = data::input_channels(entry->task == models::Task::segmentation ? data::InputKind::rgb
+  c.classes = read_classes(r, c.task);
+  const int64_t channels = data::input_channels(c.task == models::Task::segmentation ? data::InputKind::rgb
                                                                                           : data::InputKind::rgb_mask);
   c.in_channels = r.integer("in_channels", channels, channels);
   r.integer("num_classes", c.num_classes(), c.num_classes());  // must agree with the classes listed
@@ -144,7 +145,7 @@ std::shared_ptr<nn::UnaryModule> build_model(const ModelCard& card) {
   models::ModelOptions opt;
   opt.in_channels = card.in_channels;
   opt.num_classes = card.num_classes();
-  return models::create_model(card.arch, opt);
+  return models::create_model(card.arch, opt, card.task);
 }
 
 void save_checkpoint(const std::string& path, const nn::Module& model, const ModelCard& card,

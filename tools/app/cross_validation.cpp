@@ -52,6 +52,7 @@ namespace {
 TrainSettings fold_settings(const TrainSettings& s, int fold) {
   TrainSettings f = s;
   f.save_path = fold_path(s.save_path, fold);
+  if (s.pretrained.find("{fold}") != std::string::npos) f.pretrained = fold_path(s.pretrained, fold);
   if (!s.log_dir.empty()) f.log_dir = (fs::path(s.log_dir) / ("fold" + std::to_string(fold + 1))).string();
   return f;
 }

@@ -9,7 +9,7 @@
 
 namespace sono::app {
 
-ClassActivation class_activation(models::ConvNeXt& model, const Tensor& x, size_t class_index) {
+ClassActivation class_activation(models::Classifier& model, const Tensor& x, size_t class_index) {
   Tensor features;
   {
     autograd::NoGradGuard no_grad;  // the stages' gradients are not wanted
@@ -63,21 +63,21 @@ data::Image grad_cam(const ClassActivation& activation, const ClassActivation& o
   return heat_map(mul(add(weighted_features(activation), mirror(weighted_features(on_mirror))), 0.5), height, width);
 }
 
-models::ConvNeXt& explainable(LoadedModel& cls) {
-  auto* convnext = dynamic_cast<models::ConvNeXt*>(cls.model.get());
-  SONO_CHECK(convnext, "--explain: Grad-CAM needs a ConvNeXt classifier; this checkpoint's is ", cls.card.arch);
-  return *convnext;
+models::Classifier& explainable(LoadedModel& cls) {
+  auto* classifier = dynamic_cast<models::Classifier*>(cls.model.get());
+  SONO_CHECK(classifier, "--explain: Grad-CAM needs an image classifier; this checkpoint's is ", cls.card.arch);
+  return *classifier;
 }
 
 data::Image explain(LoadedModel& cls, const data::Image& image, const data::Mask& mask, size_t class_index,
                     Device device, bool flip) {
-  models::ConvNeXt& convnext = explainable(cls);
+  models::Classifier& classifier = explainable(cls);
   Tensor x = data::model_input(image, mask, static_cast<int>(cls.card.img_size), data::InputKind::rgb_mask,
                                cls.card.normalisation)
                  .to(device);
-  ClassActivation activation = class_activation(convnext, x, class_index);
+  ClassActivation activation = class_activation(classifier, x, class_index);
   if (!flip) return grad_cam(activation, image.height, image.width);
-  return grad_cam(activation, class_activation(convnext, mirror(x), class_index), image.height, image.width);
+  return grad_cam(activation, class_activation(classifier, mirror(x), class_index), image.height, image.width);
 }
 
 }  // namespace sono::app

@@ -1,8 +1,8 @@
 #pragma once
 // Grad-CAM (Selvaraju et al., ICCV 2017) of the classifier's decision: where in the scan the
-// evidence for a class lies, from the last ConvNeXt stage's features weighted by the class
+// evidence for a class lies, from the classifier's last feature map (ConvNeXt, ResNet) weighted by the class
 // logit's gradient.
-#include "models/convnext.h"
+#include "models/classifier.h"
 #include "tools/app/checkpoint.h"
 #include "tools/data/image.h"
 
@@ -13,7 +13,7 @@ namespace sono::app {
 struct ClassActivation {
   Tensor features, gradient;
 };
-ClassActivation class_activation(models::ConvNeXt& model, const Tensor& x, size_t class_index);
+ClassActivation class_activation(models::Classifier& model, const Tensor& x, size_t class_index);
 
 // ReLU(sum_k alpha_k * features_k), alpha_k the mean of channel k's gradient over the map,
 // resized bilinearly to (height, width) and divided by its maximum: a 1-channel map in 0..1
@@ -24,11 +24,11 @@ data::Image grad_cam(const ClassActivation& activation, int height, int width);
 // before the ReLU. A mirrored scan's explanation is then the explanation mirrored.
 data::Image grad_cam(const ClassActivation& activation, const ClassActivation& on_mirror, int height, int width);
 
-// Throws naming the architecture unless Grad-CAM can explain this classifier (a ConvNeXt).
-models::ConvNeXt& explainable(LoadedModel& cls);
+// Throws naming the architecture unless Grad-CAM can explain this classifier.
+models::Classifier& explainable(LoadedModel& cls);
 
 // Grad-CAM of `class_index` for an image and its lesion mask (as classify() sees them, with
-// `flip` as classify's), at the image's size. Throws unless the checkpoint is a ConvNeXt.
+// `flip` as classify's), at the image's size. Throws unless explainable().
 data::Image explain(LoadedModel& cls, const data::Image& image, const data::Mask& mask, size_t class_index,
                     Device device, bool flip);
 

@@ -16,6 +16,7 @@
 #include "models/registry.h"
 #include "tensor/random.h"
 #include "tools/app/checkpoint.h"
+#include "tools/app/cross_validation.h"
 #include "tools/app/distributed.h"
 #include "tools/app/inference.h"
 #include "tools/app/runtime.h"
@@ -41,7 +42,9 @@ void add_training_options(Cli& cli, const TrainDefaults& d) {
       .option("val-split", "0.2", "fraction of images (by duplicate group, per class) for validation")
       .option("save-path", "", "best checkpoint (.safetensors); X.last.safetensors holds the resume state", true)
       .option("arch", d.arch, "model architecture")
-      .option("pretrained", "", "ImageNet backbone weights (.safetensors from timm/smp)")
+      .option("pretrained", "", "backbone weights (.safetensors from timm/smp/torchvision or pretrain); for a ResNet "
+                                "classifier also a seg_train checkpoint on the same ResNet (its encoder); {fold} in "
+                                "the name: each fold's file of a --folds run")
       .option("resume", "", "continue from a X.last.safetensors state (same arguments and data)")
       .flag("resume-anyway", "with --resume: continue although arguments or data differ from the saved run")
       .option("log-dir", "", "folder for the per-epoch CSV and the training-curve SVG")
@@ -49,7 +52,7 @@ void add_training_options(Cli& cli, const TrainDefaults& d) {
       .option("weight-decay", std::to_string(d.weight_decay), "AdamW weight decay (not on biases and norms)")
       .option("warmup-epochs", "", "epochs of linear learning-rate warmup (default 2); one not shorter than "
                                    "--epochs is cut to half the run")
-      .option("drop-path", std::to_string(d.drop_path), "stochastic depth rate (MiT, ConvNeXt; ResNet has none)")
+      .option("drop-path", std::to_string(d.drop_path), "stochastic depth rate (MiT, ConvNeXt, ResNet classifier; smp's ResNet encoder has none)")
       .option("clip-grad", "", "clip the global gradient norm to this, 0: off (default: mit 1, convnext and resnet 0)")
       .option("workers", "2", "threads preparing batches")
       .flag("no-augment", "train without augmentation");
@@ -110,7 +113,7 @@ void read_run_settings(const Cli& cli, RunSettings& s) {
   s.seed = static_cast<uint64_t>(cli.integer("seed"));
   s.weight_decay = cli.real("weight-decay");
   s.drop_path = cli.real("drop-path");
-  models::find_model(s.arch);  // an unknown --arch fails here, listing the known ones
+  models::find_model(s.arch, s.task);  // an unknown --arch fails here, listing the known ones
   SONO_CHECK(s.epochs >= 1, "--epochs ", s.epochs, ": must be at least 1");
   SONO_CHECK(s.batch_size >= 1, "--batch-size ", s.batch_size, ": must be at least 1");
   check_thread_count("workers", s.workers, 1);
@@ -121,8 +124,9 @@ void read_run_settings(const Cli& cli, RunSettings& s) {
   check_writable(s.save_path);
 }
 
-TrainSettings read_training_options(const Cli& cli) {
+TrainSettings read_training_options(const Cli& cli, models::Task task) {
   TrainSettings s;
+  s.task = task;
   s.masks_dir = cli.str("masks-dir");
   s.pretrained = cli.str("pretrained");
   s.resume = cli.str("resume");
@@ -140,18 +144,47 @@ TrainSettings read_training_options(const Cli& cli) {
   SONO_CHECK(s.val_split > 0 && s.val_split < 1, "--val-split ", s.val_split, ": must be between 0 and 1");
   SONO_CHECK(s.lr > 0, "--lr ", s.lr, ": must be positive");
   check_writable(resume_state_path(s.save_path));
-  SONO_CHECK(s.pretrained.empty() || fs::is_regular_file(s.pretrained), s.pretrained,
-             ": --pretrained file not found");
   SONO_CHECK(s.resume.empty() || fs::is_regular_file(s.resume), s.resume, ": --resume file not found");
   // The resume state may continue in the --resume file itself (that is resuming); the best
   // checkpoint may replace neither input.
   std::vector<RunFile> inputs;
-  if (!s.pretrained.empty()) inputs.push_back({s.pretrained, "--pretrained"});
+  for (const std::string& path : pretrained_files(s)) {
+    SONO_CHECK(fs::is_regular_file(path), path, ": --pretrained file not found");
+    inputs.push_back({path, "--pretrained"});
+  }
   check_outputs(inputs, {{resume_state_path(s.save_path), "the resume state of --save-path"}}, true);
   if (!s.resume.empty()) inputs.push_back({s.resume, "--resume"});
   check_outputs(inputs, {{s.save_path, "--save-path"}}, true);
   s.device = apply_runtime_options(cli);
   return s;
+}
+
+void load_backbone_weights(nn::Module& model, const models::ModelEntry& entry, const std::string& path) {
+  nn::SafetensorsFile file = nn::load_safetensors(path);
+  const std::string task = file.metadata["task"], arch = file.metadata["arch"];
+  if (task == models::task_name(models::Task::segmentation) && entry.task == models::Task::classification) {
+    SONO_CHECK(arch == entry.name, path, ": --pretrained is a ", arch, " segmenter; its encoder cannot start a ",
+               entry.name, " classifier (a segmenter on the same ResNet can)");
+    nn::StateDict encoder;
+    for (auto& [key, value] : file.tensors)
+      if (key.starts_with("encoder.")) encoder[key.substr(8)] = value;
+    file.tensors = std::move(encoder);
+  }
+  try {
+    models::load_backbone(model, entry, std::move(file.tensors));
+  } catch (const Error& e) {
+    fail(path, ": pretrained weights do not fit the model: ", e.what());
+  }
+}
+
+std::vector<std::string> pretrained_files(const TrainSettings& s) {
+  if (s.pretrained.empty()) return {};
+  if (s.pretrained.find("{fold}") == std::string::npos) return {s.pretrained};
+  SONO_CHECK(s.recipe_options.folds >= 2, "--pretrained ", s.pretrained,
+             ": {fold} stands for a fold's number; it needs --folds");
+  std::vector<std::string> files;
+  for (int fold = 0; fold < s.recipe_options.folds; ++fold) files.push_back(fold_path(s.pretrained, fold));
+  return files;
 }
 
 std::string resume_state_path(const std::string& save_path) {
@@ -346,13 +379,13 @@ void Trainer::build_model() {
   options.num_classes = static_cast<int64_t>(task_.class_names(dataset_).size());
   if (task_.task() == models::Task::segmentation) options.num_classes = 1;
   options.drop_path_rate = s_.drop_path;
-  model_ = models::create_model(s_.arch, options);
+  model_ = models::create_model(s_.arch, options, task_.task());
   SONO_CHECK(!(s_.batch_size == distributed::size() && has_batch_norm(*model_) && !distributed::sync_batch_norm()),
              "--batch-size ", s_.batch_size,
              ": ", s_.arch, " has BatchNorm layers, which need at least 2 images per training batch",
              distributed::size() > 1 ? " on each MPI rank" : "");
   if (!s_.pretrained.empty()) {
-    models::load_backbone(*model_, models::find_model(s_.arch), s_.pretrained);
+    load_backbone_weights(*model_, models::find_model(s_.arch, task_.task()), s_.pretrained);
     std::cout << "backbone weights: " << s_.pretrained << "\n";
   }
   model_->to(s_.device);

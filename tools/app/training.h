@@ -5,6 +5,7 @@
 // What differs between the two tools is a TrainingTask.
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,9 +28,10 @@ struct RunSettings {
   uint64_t seed = 0;
   double weight_decay = 1e-2, drop_path = 0;
   Device device = Device::cpu;
+  std::optional<models::Task> task;  // the tool's, set before reading: --arch is a model for it
 };
 // Reads the flags of RunSettings but --threads and --device (apply_runtime_options, last) and
-// checks them: a known --arch, --epochs and --batch-size at least 1, --workers, --weight-decay,
+// checks them: a known --arch (for the task), --epochs and --batch-size at least 1, --workers, --weight-decay,
 // --drop-path, --log-dir and --save-path writable. --img-size's range is each tool's.
 void read_run_settings(const Cli& cli, RunSettings& s);
 
@@ -58,7 +60,7 @@ void add_training_options(Cli& cli, const TrainDefaults& defaults);
 // of 32, the save path writable. --lr, --warmup-epochs and --clip-grad not given take the
 // architecture's defaults (default_recipe); a warmup not shorter than --epochs is cut to half
 // the run. Prints the effective values and where they came from.
-TrainSettings read_training_options(const Cli& cli);
+TrainSettings read_training_options(const Cli& cli, models::Task task);
 
 // From-scratch defaults per architecture family. MiT: AdamW lr 2e-4 (the top of SegFormer's
 // 6e-5..2e-4) and the gradient norm clipped to 1, since MiT-B2 at lr 1e-3 unclipped diverged
@@ -107,5 +109,11 @@ int run_training(const TrainSettings& settings, TrainingTask& task, std::shared_
 
 // "X.safetensors" -> "X.last.safetensors": the state --resume continues from.
 std::string resume_state_path(const std::string& save_path);
+// --pretrained: backbone weights (timm, smp, torchvision, `pretrain`'s output), or for a classifier
+// a seg_train checkpoint of the same ResNet, whose encoder is the classifier's trunk: the
+// classifier then starts from features learnt segmenting lesions on the same images.
+void load_backbone_weights(nn::Module& model, const models::ModelEntry& entry, const std::string& path);
+// The --pretrained file, or with {fold} in its name each fold's (fold_path), as --folds K runs use them.
+std::vector<std::string> pretrained_files(const TrainSettings& s);
 
 }  // namespace sono::app

@@ -28,6 +28,7 @@ Tensor loss_of(models::Task task, const Tensor& logits, const Tensor& target) {
 
 void add_step_options(app::Cli& cli) {
   cli.option("model", "mit_b2", "registry name (mit_b2, convnext_base, ...)")
+      .option("task", "", "segmentation or classification (default: the name's; segmentation for resnet18 ..)")
       .option("size", "256", "image side in pixels")
       .option("batch", "1", "batch size")
       .option("mode", "train", "train (forward, loss, backward, optimiser step) or infer")
@@ -38,7 +39,13 @@ void add_step_options(app::Cli& cli) {
 StepConfig parse_step_config(const app::Cli& cli, Device device) {
   StepConfig c;
   c.model = cli.str("model");
-  const bool segmentation = models::find_model(c.model).task == models::Task::segmentation;
+  const std::string task = cli.str("task");
+  c.task = models::task_from_name(task);
+  SONO_CHECK(task.empty() || c.task, "--task ", task, ": expected segmentation or classification");
+  // A name both tasks use (resnet18) is benchmarked as smp's DeepLabV3+ unless --task says otherwise.
+  for (const models::ModelEntry& e : models::all_models())
+    if (!c.task && e.name == c.model && e.task == models::Task::segmentation) c.task = e.task;
+  const bool segmentation = models::find_model(c.model, c.task).task == models::Task::segmentation;
   c.size = cli.integer("size");
   c.batch = cli.integer("batch");
   // Defaults as the toolkit uses them: RGB masks-out for segmentation, RGB + mask for classes.
@@ -53,7 +60,7 @@ StepConfig parse_step_config(const app::Cli& cli, Device device) {
 
 ModelStep::ModelStep(const StepConfig& c)
     : config_(c),
-      entry_(models::find_model(c.model)),
+      entry_(models::find_model(c.model, c.task)),
       model_(entry_.build({c.in_channels, c.classes, 0.0})) {
   model_->to(c.device);
   model_->train(c.train);
