@@ -1,7 +1,7 @@
 #pragma once
 // The parity goldens' formulas (tests/reference/deeplab_goldens.py): inputs and whole state dicts
-// computed from indices and names, so a golden needs no weights file; and the comparisons the
-// model parity tests share.
+// computed from indices and names, so a golden needs no weights file; and the measures (rms,
+// max_abs, worst_error) the model tests share.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -64,6 +64,12 @@ inline Tensor gradient_sum(const Tensor& g) {
   std::vector<int64_t> rest;
   for (int64_t d = 1; d < g.dim(); ++d) rest.push_back(d);
   return sum(g, rest);
+}
+
+inline double rms(const Tensor& t) {
+  double ss = 0;
+  for (double v : t.to_vector()) ss += v * v;
+  return std::sqrt(ss / static_cast<double>(t.numel()));
 }
 
 inline double max_abs(const Tensor& t) {

@@ -49,12 +49,6 @@ Tensor formula_target(int64_t n, int64_t h, int64_t w, DType dtype) {
   return Tensor::from_vector(v, {n, h, w, 1}, dtype);
 }
 
-double rms(const Tensor& t) {
-  double ss = 0;
-  for (double v : t.to_vector()) ss += v * v;
-  return std::sqrt(ss / static_cast<double>(t.numel()));
-}
-
 struct Run {
   Tensor out_train, out_eval, loss;
 };

@@ -21,12 +21,6 @@ std::shared_ptr<nn::UnaryModule> classifier(const std::string& name, double drop
                       Task::classification);
 }
 
-double rms(const Tensor& t) {
-  double ss = 0;
-  for (double v : t.to_vector()) ss += v * v;
-  return std::sqrt(ss / static_cast<double>(t.numel()));
-}
-
 }  // namespace
 
 TEST_CASE("parameter counts equal timm's resnet18..resnet50 with 4 input channels and 3 classes") {

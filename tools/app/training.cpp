@@ -52,7 +52,8 @@ void add_training_options(Cli& cli, const TrainDefaults& d) {
       .option("weight-decay", std::to_string(d.weight_decay), "AdamW weight decay (not on biases and norms)")
       .option("warmup-epochs", "", "epochs of linear learning-rate warmup (default 2); one not shorter than "
                                    "--epochs is cut to half the run")
-      .option("drop-path", std::to_string(d.drop_path), "stochastic depth rate (MiT, ConvNeXt, ResNet classifier; smp's ResNet encoder has none)")
+      .option("drop-path", std::to_string(d.drop_path),
+              "stochastic depth rate (MiT, ConvNeXt, ResNet classifier; smp's ResNet encoder has none)")
       .option("clip-grad", "", "clip the global gradient norm to this, 0: off (default: mit 1, convnext and resnet 0)")
       .option("workers", "2", "threads preparing batches")
       .flag("no-augment", "train without augmentation");
