@@ -21,7 +21,7 @@ function(summary text var)
 endfunction()
 
 set(seg ${SOURCE_DIR}/models/weights/seg_mit_b0_busi.safetensors)
-set(cls ${SOURCE_DIR}/models/weights/cls_convnext_atto_busi.safetensors)
+set(cls ${SOURCE_DIR}/models/weights/cls_resnet18_busi.safetensors)
 set(scan ${SOURCE_DIR}/tools/samples/benign_10.png)
 
 function(predict_sample var)

@@ -65,10 +65,11 @@ TrainSettings read_training_options(const Cli& cli, models::Task task);
 // From-scratch defaults per architecture family. MiT: AdamW lr 2e-4 (the top of SegFormer's
 // 6e-5..2e-4) and the gradient norm clipped to 1, since MiT-B2 at lr 1e-3 unclipped diverged
 // at epoch 7 on BUSI (shared/measurements/h200-2026-12-04/train_22epochs.log). ConvNeXt: timm's
-// lr 4e-3 at batch 4096 scaled by sqrt(batch / 4096) (2.5e-4 at batch 16, near the 3e-4 the
-// shipped classifier was trained with), no clipping as in timm. Warmup 2 epochs for both.
+// lr 4e-3 at batch 4096 scaled by sqrt(batch / 4096) (2.5e-4 at batch 16), no clipping as in
+// timm. ResNet: lr 1e-3 unclipped, what the shipped ResNet-18 classifier and the 5-fold ResNet
+// rows of models/weights/README.md were trained with. Warmup 2 epochs for all.
 struct Recipe {
-  std::string family;  // "mit", "convnext"
+  std::string family;  // "mit", "convnext", "resnet"
   double lr, warmup_epochs, clip_grad;
 };
 Recipe default_recipe(const std::string& arch, int64_t batch_size);

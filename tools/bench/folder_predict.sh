@@ -5,6 +5,9 @@
 #   git worktree add /tmp/base 3a30d49 && cmake -S /tmp/base -B /tmp/base/build -DSONO_CUDA=OFF \
 #     && make -C /tmp/base/build -j2 predict
 #   tools/bench/folder_predict.sh /tmp/base/build/bin/predict build/bin/predict BUSI_FOLDER 2 3
+# SEG_MODEL and CLS_MODEL pick the pair (default: the shipped one). 3a30d49 knows no ResNet classifier, so
+# against it run the pair it shipped: SEG_MODEL=/tmp/base/models/weights/seg_mit_b0_busi.safetensors
+# CLS_MODEL=/tmp/base/models/weights/cls_convnext_atto_busi.safetensors.
 # The two alternate ROUNDS times, each run after waiting (up to 60 s) for the CPUs to be 90% idle;
 # each side's best and median images/s are printed, and new/baseline of the best.
 set -euo pipefail
@@ -13,7 +16,8 @@ shift $(( $# < 5 ? $# : 5 ))
 [[ ${1:-} == -- ]] && shift
 extra=("$@")
 root=$(cd "$(dirname "$0")/../.." && pwd)
-weights=$root/models/weights
+seg_model=${SEG_MODEL:-$root/models/weights/seg_mit_b0_busi.safetensors}
+cls_model=${CLS_MODEL:-$root/models/weights/cls_resnet18_busi.safetensors}
 images=$(find "$folder" -maxdepth 1 -type f \( -iname '*.png' -o -iname '*.jpg' -o -iname '*.bmp' -o -iname '*.dcm' \) ! -name '*_mask*' | wc -l)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -34,8 +38,8 @@ run() {  # prints images/s
   local bin=$1 start end
   wait_quiet
   start=$(date +%s.%N)
-  "$bin" --threads "$threads" --image "$folder" --seg_model "$weights/seg_mit_b0_busi.safetensors" \
-    --cls_model "$weights/cls_convnext_atto_busi.safetensors" --csv "$out/p.csv" --overwrite "${extra[@]}" \
+  "$bin" --threads "$threads" --image "$folder" --seg_model "$seg_model" --cls_model "$cls_model" \
+    --csv "$out/p.csv" --overwrite "${extra[@]}" \
     > "$out/log" 2>&1 || { cat "$out/log" >&2; exit 1; }
   end=$(date +%s.%N)
   echo "$images / ($end - $start)" | bc -l

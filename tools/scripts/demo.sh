@@ -13,6 +13,6 @@ for image in "${images[@]}"; do
   echo "== $image"
   build/bin/predict --image "$image" \
     --seg_model models/weights/seg_mit_b0_busi.safetensors \
-    --cls_model models/weights/cls_convnext_atto_busi.safetensors \
+    --cls_model models/weights/cls_resnet18_busi.safetensors \
     --save_mask "demo_output/${name}_mask.png" --overlay --overwrite
 done
