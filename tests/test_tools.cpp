@@ -864,6 +864,30 @@ TEST_CASE("cross-validation: --folds 2 trains a model per fold, scores each, rep
   }
   std::string svg = read_file(root / "cls_log" / "reliability.svg");
   CHECK(svg.find("out-of-fold calibration, 60 images") != std::string::npos);
+  // Every image once, with its own class, probabilities summing to 1 and the argmax as prediction;
+  // their accuracy is the folds' accuracies weighted by the folds' sizes.
+  auto per_image = csv_rows(root / "cls_log" / "out_of_fold.csv");
+  REQUIRE(per_image["image"] == std::vector<std::string>{"image", "class", "predicted", "p_benign", "p_malignant", "p_normal"});
+  per_image.erase("image");
+  CHECK(per_image.size() == 60);
+  int correct = 0;
+  for (auto& [image, row] : per_image) {
+    CAPTURE(image);
+    REQUIRE(row.size() == 6);
+    CHECK(validated.count(image) == 1);
+    CHECK(image.find("\"" + row[1] + "/") == 0);
+    const double p[3] = {std::stod(row[3]), std::stod(row[4]), std::stod(row[5])};
+    CHECK(p[0] + p[1] + p[2] == doctest::Approx(1).epsilon(1e-5));
+    CHECK(row[2] == test::kBlobClasses[std::max_element(p, p + 3) - p]);
+    correct += row[1] == row[2];
+  }
+  double pooled = 0;
+  for (int k = 0; k < 2; ++k) {
+    int fold_size = 0;
+    for (auto& [c, n] : fold_class[k]) fold_size += n;
+    pooled += std::stod(cls_rows["val_accuracy"][k + 1]) * fold_size / 60.0;
+  }
+  CHECK(correct / 60.0 == doctest::Approx(pooled).epsilon(1e-5));
 }
 
 TEST_CASE("the fitted temperature is in the classifier's card, and predict applies it") {

@@ -4,6 +4,7 @@
 // checkpoint predicts, as the classifier will see them in predict.
 #include <iomanip>
 #include <iostream>
+#include <map>
 
 #include "models/registry.h"
 #include "tensor/ops.h"
@@ -67,20 +68,45 @@ class ClassificationTask : public app::TrainingTask {
     app::fit_temperature(settings, val);
   }
   void add_out_of_fold(const Tensor& logits, const data::Batch& batch) override {
-    out_of_fold_.add_batch(softmax(logits, -1), batch.labels);
+    const Tensor probabilities = softmax(logits, -1);
+    out_of_fold_.add_batch(probabilities, batch.labels);
     out_of_fold_metrics_.add_batch(logits, batch.labels);
+    const std::vector<double> values = probabilities.to(Device::cpu).to_vector();
+    for (size_t row = 0; row < batch.samples.size(); ++row)
+      out_of_fold_probabilities_[batch.samples[row]].assign(values.begin() + row * classes_.size(),
+                                                            values.begin() + (row + 1) * classes_.size());
   }
-  void write_out_of_fold(const std::string& log_dir) const override {
+  void write_out_of_fold(const std::string& log_dir, const data::Dataset& dataset) const override {
     auto path = std::filesystem::path(log_dir) / "reliability.svg";
     std::ostringstream title;
     title << std::fixed << std::setprecision(3) << "out-of-fold calibration, " << out_of_fold_.count()
           << " images: ECE " << out_of_fold_.ece();
     write_file_atomic(path, data::reliability_svg(out_of_fold_.bins(), title.str()));
-    std::cout << title.str() << " (" << path.string() << ")\n" << out_of_fold_metrics_.confusion_table(classes_);
+    const auto per_image = std::filesystem::path(log_dir) / "out_of_fold.csv";
+    write_file_atomic(per_image, out_of_fold_csv(dataset));
+    std::cout << title.str() << " (" << path.string() << "; per image: " << per_image.string() << ")\n"
+              << out_of_fold_metrics_.confusion_table(classes_);
   }
 
  private:
   bool has_malignant() const { return malignant_ < static_cast<int>(classes_.size()); }
+
+  // Each image's calibrated probabilities from the fold that validated it, so the errors behind
+  // the pooled confusion matrix can be looked at one by one.
+  std::string out_of_fold_csv(const data::Dataset& dataset) const {
+    std::ostringstream csv;
+    csv << "image,class,predicted";
+    for (auto& c : classes_) csv << ",p_" << c;
+    csv << "\n" << std::setprecision(6);
+    for (auto& [sample, probabilities] : out_of_fold_probabilities_) {
+      const size_t predicted = std::max_element(probabilities.begin(), probabilities.end()) - probabilities.begin();
+      csv << '"' << dataset.samples[sample].name << "\"," << classes_[dataset.samples[sample].label] << ","
+          << classes_[predicted];
+      for (double p : probabilities) csv << "," << p;
+      csv << "\n";
+    }
+    return csv.str();
+  }
 
   std::vector<std::string> classes_;
   mutable Tensor class_weights_;  // moved to the logits' device on first use
@@ -89,6 +115,7 @@ class ClassificationTask : public app::TrainingTask {
   int malignant_;
   data::ProbabilityRecord probabilities_, out_of_fold_;
   data::ClassificationMetrics out_of_fold_metrics_{static_cast<int>(classes_.size())};
+  std::map<size_t, std::vector<double>> out_of_fold_probabilities_;  // by dataset index
 };
 
 // --class-weights balanced: as sklearn's compute_class_weight("balanced"), n / (classes * n_c),

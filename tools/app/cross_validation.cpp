@@ -127,7 +127,7 @@ int run_cross_validation(const TrainSettings& s, TrainingTask& task, const data:
             << summary_table(task.metric_columns(), scores, csv);
   if (!s.log_dir.empty()) {
     write_file_atomic(fs::path(s.log_dir) / "cross_validation.csv", csv);
-    task.write_out_of_fold(s.log_dir);
+    task.write_out_of_fold(s.log_dir, dataset);
   }
   return 0;
 }

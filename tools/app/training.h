@@ -97,7 +97,7 @@ class TrainingTask {
   // Cross-validation: each fold's validation outputs (calibrated as the card says), pooled
   // over the folds, and the figures drawn from them into the log folder.
   virtual void add_out_of_fold(const Tensor& /*logits*/, const data::Batch& /*batch*/) {}
-  virtual void write_out_of_fold(const std::string& /*log_dir*/) const {}
+  virtual void write_out_of_fold(const std::string& /*log_dir*/, const data::Dataset& /*dataset*/) const {}
 };
 
 // Everything after the dataset scan. `prepare` may change the cached samples before
