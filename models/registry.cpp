@@ -14,6 +14,12 @@ std::optional<Task> task_from_name(const std::string& name) {
   return std::nullopt;
 }
 
+std::optional<Task> task_from_flag(const std::string& value) {
+  const std::optional<Task> task = task_from_name(value);
+  SONO_CHECK(value.empty() || task, "--task ", value, ": expected segmentation or classification");
+  return task;
+}
+
 const std::vector<ModelEntry>& all_models() {
   static const std::vector<ModelEntry> entries = [] {
     std::vector<ModelEntry> all = deeplab_variants();

@@ -16,6 +16,8 @@ namespace sono::models {
 enum class Task { segmentation, classification };
 const char* task_name(Task task);  // "segmentation", "classification": the checkpoint card's words
 std::optional<Task> task_from_name(const std::string& name);  // task_name's inverse; nullopt otherwise
+// A --task flag's value: nullopt when empty, else task_from_name's task; any other word fails.
+std::optional<Task> task_from_flag(const std::string& value);
 
 struct ModelOptions {
   int64_t in_channels = 3;

@@ -4,7 +4,6 @@
 // checkpoint predicts, as the classifier will see them in predict.
 #include <iomanip>
 #include <iostream>
-#include <map>
 
 #include "models/registry.h"
 #include "tensor/ops.h"
@@ -68,13 +67,9 @@ class ClassificationTask : public app::TrainingTask {
     app::fit_temperature(settings, val);
   }
   void add_out_of_fold(const Tensor& logits, const data::Batch& batch) override {
-    const Tensor probabilities = softmax(logits, -1);
-    out_of_fold_.add_batch(probabilities, batch.labels);
+    out_of_fold_.add_batch(softmax(logits, -1), batch.labels);
     out_of_fold_metrics_.add_batch(logits, batch.labels);
-    const std::vector<double> values = probabilities.to(Device::cpu).to_vector();
-    for (size_t row = 0; row < batch.samples.size(); ++row)
-      out_of_fold_probabilities_[batch.samples[row]].assign(values.begin() + row * classes_.size(),
-                                                            values.begin() + (row + 1) * classes_.size());
+    out_of_fold_samples_.insert(out_of_fold_samples_.end(), batch.samples.begin(), batch.samples.end());
   }
   void write_out_of_fold(const std::string& log_dir, const data::Dataset& dataset) const override {
     auto path = std::filesystem::path(log_dir) / "reliability.svg";
@@ -98,7 +93,9 @@ class ClassificationTask : public app::TrainingTask {
     csv << "image,class,predicted";
     for (auto& c : classes_) csv << ",p_" << c;
     csv << "\n" << std::setprecision(6);
-    for (auto& [sample, probabilities] : out_of_fold_probabilities_) {
+    for (size_t i = 0; i < out_of_fold_samples_.size(); ++i) {
+      const size_t sample = out_of_fold_samples_[i];
+      const std::vector<double>& probabilities = out_of_fold_.rows()[i];
       const size_t predicted = std::max_element(probabilities.begin(), probabilities.end()) - probabilities.begin();
       csv << '"' << dataset.samples[sample].name << "\"," << classes_[dataset.samples[sample].label] << ","
           << classes_[predicted];
@@ -115,7 +112,7 @@ class ClassificationTask : public app::TrainingTask {
   int malignant_;
   data::ProbabilityRecord probabilities_, out_of_fold_;
   data::ClassificationMetrics out_of_fold_metrics_{static_cast<int>(classes_.size())};
-  std::map<size_t, std::vector<double>> out_of_fold_probabilities_;  // by dataset index
+  std::vector<size_t> out_of_fold_samples_;  // dataset index of each row of out_of_fold_
 };
 
 // --class-weights balanced: as sklearn's compute_class_weight("balanced"), n / (classes * n_c),

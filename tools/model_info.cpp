@@ -24,10 +24,7 @@ void describe_arch(const app::Cli& cli) {
              options.in_channels, ": must be from 1 to ", kMaxInChannels);
   SONO_CHECK(options.num_classes >= 1 && options.num_classes <= app::kMaxClasses, "--classes ", options.num_classes,
              ": must be from 1 to ", app::kMaxClasses);
-  const std::string task = cli.str("task");
-  const std::optional<models::Task> known_task = models::task_from_name(task);
-  SONO_CHECK(task.empty() || known_task, "--task ", task, ": expected segmentation or classification");
-  auto model = models::create_model(cli.str("arch"), options, known_task);
+  auto model = models::create_model(cli.str("arch"), options, models::task_from_flag(cli.str("task")));
   std::cout << cli.str("arch") << " (" << options.in_channels << " in, " << options.num_classes
             << " out): " << model->num_parameters() << " parameters, " << model->named_parameters().size()
             << " parameter tensors, " << model->named_buffers().size() << " buffers\n";

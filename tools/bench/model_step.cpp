@@ -39,9 +39,7 @@ void add_step_options(app::Cli& cli) {
 StepConfig parse_step_config(const app::Cli& cli, Device device) {
   StepConfig c;
   c.model = cli.str("model");
-  const std::string task = cli.str("task");
-  c.task = models::task_from_name(task);
-  SONO_CHECK(task.empty() || c.task, "--task ", task, ": expected segmentation or classification");
+  c.task = models::task_from_flag(cli.str("task"));
   // A name both tasks use (resnet18) is benchmarked as smp's DeepLabV3+ unless --task says otherwise.
   for (const models::ModelEntry& e : models::all_models())
     if (!c.task && e.name == c.model && e.task == models::Task::segmentation) c.task = e.task;

@@ -46,6 +46,7 @@ class ProbabilityRecord {
   double auroc(int positive_class) const;  // that class's probability, it against the rest
   double ece(int bins = 10) const;
   std::vector<ReliabilityBin> bins(int bins = 10) const { return reliability_bins(rows_, labels_, bins); }
+  const Rows& rows() const { return rows_; }  // in the order added
 
  private:
   Rows rows_;
