@@ -8,6 +8,8 @@
 // SONO_CONV_IMPL in the environment picks the policy: auto (the default), ours or cudnn.
 // SONO_ALLOW_TF32=0 or 1 (default 1, as torch.backends.cudnn.allow_tf32) lets cuDNN's float32
 // convolutions multiply on the tensor cores in TF32; our float32 kernels stay FMA.
+// SONO_IM2COL_SLAB_BYTES (default 64 MiB) bounds the im2col matrix our one-group convs multiply:
+// their images go through in slabs whose matrix fits it (one image at least).
 #include <cstdlib>
 #include <map>
 #include <optional>
@@ -39,6 +41,18 @@ inline bool allow_tf32_from(const char* value) {
   fail("SONO_ALLOW_TF32 is '", v, "': expected 0 or 1");
 }
 inline bool allow_tf32_from_env() { return allow_tf32_from(std::getenv("SONO_ALLOW_TF32")); }
+
+inline int64_t im2col_slab_bytes_from(const char* value) {
+  if (!value) return int64_t{64} << 20;
+  char* end = nullptr;
+  const long long bytes = std::strtoll(value, &end, 10);
+  if (end == value || *end != '\0' || bytes < 1)
+    fail("SONO_IM2COL_SLAB_BYTES is '", value, "': expected a positive number of bytes");
+  return bytes;
+}
+inline int64_t im2col_slab_bytes_from_env() {
+  return im2col_slab_bytes_from(std::getenv("SONO_IM2COL_SLAB_BYTES"));
+}
 
 // How a pass multiplies, all accumulating in float32:
 // - f32: float32 operands, FMA;

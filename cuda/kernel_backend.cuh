@@ -185,8 +185,9 @@ class KernelBackend : public Backend {
   }
 
   // Depthwise convs have their own kernels; a pointwise conv is a plain GEMM over NHWC rows
-  // (cuBLAS in the real backend); every other conv is an implicit GEMM (conv.cuh). The input x
-  // and the output may be bfloat16 (autocast's activations).
+  // (cuBLAS in the real backend); every other one-group conv is GEMMs over its im2col matrix,
+  // a grouped one an implicit GEMM (conv.cuh). The input x and the output may be bfloat16
+  // (autocast's activations).
   void conv2d_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,
                       const Tensor& out) override {
     if (g.depthwise()) {
@@ -200,6 +201,7 @@ class KernelBackend : public Backend {
     if (is_pointwise(g))
       return gemm(pixel_rows(x), false, weight_rows(w), true, pixel_rows(out), 1, 0, g.precision);
     dense_conv(ConvPass::forward, g, x, w, out, [&] {
+      if (g.groups == 1) return im2col_forward(g, x, w, out);
       Buffer ws(*this, conv_forward_workspace(dense(g)) * sizeof(float));
       with_activation(g, x, [&](const auto* xp, bool bf16) {
         with_floats(out, "conv2d", [&](auto* yp) {
@@ -221,6 +223,7 @@ class KernelBackend : public Backend {
       return gemm(pixel_rows(grad_out), false, weight_rows(w), false, pixel_rows(grad_x), 1, 0,
                   g.precision);
     dense_conv(ConvPass::backward_input, g, grad_out, w, grad_x, [&] {
+      if (g.groups == 1) return im2col_backward_input(g, grad_out, w, grad_x);
       Buffer ws(*this, conv_backward_input_workspace(dense(g)) * sizeof(float));
       conv_backward_input(dense(g), f32(grad_out, "conv2d"), f32(w, "conv2d"),
                           f32(grad_x, "conv2d"), ws.floats(), stream(),
@@ -241,6 +244,7 @@ class KernelBackend : public Backend {
       return gemm(pixel_rows(grad_out), true, pixel_rows(x), false, weight_rows(grad_w), 1, 0,
                   g.precision);
     dense_conv(ConvPass::backward_weight, g, x, grad_out, grad_w, [&] {
+      if (g.groups == 1) return im2col_backward_weight(g, x, grad_out, grad_w);
       const ConvGeometry cg = dense(g);
       Buffer ws(*this, conv_backward_weight_workspace(cg) * sizeof(float));
       with_activation(g, x, [&](const auto* xp, bool bf16) {
@@ -510,8 +514,7 @@ class KernelBackend : public Backend {
   // kernel rounds to bfloat16 as it loads tiles at bf16 precision.
   template <typename F>
   static void with_activation(const Conv2dGeometry& g, const Tensor& x, F&& f) {
-    const bool bf16 = x.dtype() == DType::bf16 || g.precision == Precision::bf16;
-    with_floats(x, "conv2d", [&](const auto* xp) { f(xp, bf16); });
+    with_floats(x, "conv2d", [&](const auto* xp) { f(xp, bf16_activation(g, x)); });
   }
 
   static AdamWTensor adamw_tensor(const AdamWParam& p) {
@@ -527,8 +530,8 @@ class KernelBackend : public Backend {
   static bool is_pointwise(const Conv2dGeometry& g) {
     return g.kh == 1 && g.kw == 1 && g.stride == 1 && g.padding == 0 && g.groups == 1;
   }
-  // The 3-D operands gemm() takes: a contiguous NHWC tensor as [1, pixels, C], a 1x1 weight
-  // [Cout, Cin, 1, 1] as [1, Cout, Cin].
+  // The 3-D operands gemm() takes: a contiguous NHWC tensor as [1, pixels, C], a weight
+  // [Cout, Cin, KH, KW] as [1, Cout, Cin * KH * KW].
   static Tensor pixel_rows(const Tensor& t) {
     if (t.dtype() == DType::bf16) bf16_data(t, "conv2d");  // checks only
     else f32(t, "conv2d");
@@ -536,7 +539,66 @@ class KernelBackend : public Backend {
   }
   static Tensor weight_rows(const Tensor& w) {
     f32(w, "conv2d");
-    return w.reshape({1, w.size(0), w.size(1)});
+    return w.reshape({1, w.size(0), w.numel() / w.size(0)});
+  }
+
+  // An im2col conv runs its images in slabs whose im2col matrix fits SONO_IM2COL_SLAB_BYTES
+  // (conv_impl.h), so that the matrix (taps times the input for a stride-1 conv) stays small
+  // next to the activations.
+  template <typename F>
+  static void for_each_slab(const Conv2dGeometry& g, F&& f) {
+    const int64_t per_image = g.oh * g.ow * g.cin * g.kh * g.kw * int64_t{sizeof(float)};
+    const int64_t per_slab = std::clamp<int64_t>(im2col_slab_bytes_from_env() / per_image, 1, g.n);
+    for (int64_t first = 0; first < g.n; first += per_slab) {
+      ConvGeometry slab = dense(g);
+      slab.n = std::min(per_slab, g.n - first);
+      f(slab, first);
+    }
+  }
+  static Tensor images(const Tensor& t, const ConvGeometry& slab, int64_t first) {
+    return t.slice(0, first, first + slab.n);
+  }
+  // Autocast's convs multiply bfloat16 operands (cols(x) is stored as such).
+  static bool bf16_activation(const Conv2dGeometry& g, const Tensor& x) {
+    return x.dtype() == DType::bf16 || g.precision == Precision::bf16;
+  }
+  // cols(x) of the slab's images (x's images from `first`) as [1, pixels, Cin * taps].
+  Tensor im2col_rows(const Conv2dGeometry& g, const ConvGeometry& slab, const Tensor& x,
+                     int64_t first) {
+    const Tensor cols = Tensor::empty({1, slab.n * slab.oh * slab.ow, slab.cin * slab.taps()},
+                                      bf16_activation(g, x) ? DType::bf16 : DType::f32,
+                                      Device::cuda);
+    with_floats(images(x, slab, first), "conv2d", [&](const auto* xp) {
+      with_floats(cols, "conv2d", [&](auto* cp) { im2col(slab, xp, cp, stream()); });
+    });
+    return cols;
+  }
+  // A one-group conv's passes over its im2col matrix (conv.cuh), slab by slab.
+  void im2col_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,
+                      const Tensor& out) {
+    for_each_slab(g, [&](const ConvGeometry& slab, int64_t first) {
+      gemm(im2col_rows(g, slab, x, first), false, weight_rows(w), true,
+           pixel_rows(images(out, slab, first)), 1, 0, g.precision);
+    });
+  }
+  void im2col_backward_input(const Conv2dGeometry& g, const Tensor& grad_out, const Tensor& w,
+                             const Tensor& grad_x) {
+    for_each_slab(g, [&](const ConvGeometry& slab, int64_t first) {
+      const int64_t pixels = slab.n * slab.oh * slab.ow;
+      const Tensor grad_cols =
+          Tensor::empty({1, pixels, slab.cin * slab.taps()}, DType::f32, Device::cuda);
+      gemm(pixel_rows(images(grad_out, slab, first)), false, weight_rows(w), false, grad_cols, 1, 0,
+           g.precision);
+      col2im(slab, f32(grad_cols, "conv2d"), f32(images(grad_x, slab, first), "conv2d"), stream());
+    });
+  }
+  // grad_w sums over the slabs.
+  void im2col_backward_weight(const Conv2dGeometry& g, const Tensor& x, const Tensor& grad_out,
+                              const Tensor& grad_w) {
+    for_each_slab(g, [&](const ConvGeometry& slab, int64_t first) {
+      gemm(pixel_rows(images(grad_out, slab, first)), true, im2col_rows(g, slab, x, first), false,
+           weight_rows(grad_w), 1, first == 0 ? 0 : 1, g.precision);
+    });
   }
   // Mixed precision's dense convs run on the tensor cores.
   static ConvMath conv_math(bool bf16) { return bf16 ? ConvMath::bf16_wmma : ConvMath::float32; }

@@ -107,4 +107,12 @@ TEST_CASE("conv impl: SONO_ALLOW_TF32 is on unless 0, as torch.backends.cudnn.al
                        doctest::Contains("SONO_ALLOW_TF32 is 'yes': expected 0 or 1"), Error);
 }
 
+TEST_CASE("conv impl: SONO_IM2COL_SLAB_BYTES bounds the im2col matrix, 64 MiB unless set") {
+  CHECK(cuda::im2col_slab_bytes_from(nullptr) == 64 << 20);
+  CHECK(cuda::im2col_slab_bytes_from("4096") == 4096);
+  for (const char* bad : {"0", "-5", "64M", ""})
+    CHECK_THROWS_WITH_AS(cuda::im2col_slab_bytes_from(bad),
+                         doctest::Contains("expected a positive number of bytes"), Error);
+}
+
 }  // namespace sono::test

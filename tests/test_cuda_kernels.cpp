@@ -990,10 +990,10 @@ ConvOutputs implicit_gemm_conv(const Conv2dGeometry& g, const std::vector<double
 }
 
 // A spatial-reduction conv in miniature: 4 output pixels, one tile, so the forward (depth 16 taps
-// x 24 = 384: 3 chunks of 128) and the input gradient (16 x 20 = 320: 2 chunks) split their depth
-// into chunks (split-K).
-constexpr ConvCase kSplitKCase{"4x4 stride 4 over 4 pixels, 24 -> 20 (split-K)",
-                               1, 8, 8, 24, 20, 4, 4, 4, 0, 1, 1};
+// x 24 = 384: 3 chunks of 128) and the input gradient (each of the 16 stride phases one tap x 260
+// outputs: 2 chunks) split their depth into chunks (split-K).
+constexpr ConvCase kSplitKCase{"4x4 stride 4 over 4 pixels, 24 -> 260 (split-K)",
+                               1, 8, 8, 24, 260, 4, 4, 4, 0, 1, 1};
 
 TEST_CASE("dense, grouped and atrous conv (implicit GEMM) match the CPU backend in float64") {
   TestDevice dev;
@@ -1002,6 +1002,8 @@ TEST_CASE("dense, grouped and atrous conv (implicit GEMM) match the CPU backend 
       {"3x3", 1, 9, 11, 5, 7, 3, 3, 1, 1, 1, 1},
       {"3x3 stride 2, batch 3", 3, 7, 9, 6, 10, 3, 3, 2, 1, 1, 1},
       {"3x3 dilation 2", 2, 9, 8, 6, 5, 3, 3, 1, 2, 2, 1},
+      {"3x3 stride 2 dilation 2 (one stride phase)", 2, 9, 8, 6, 5, 3, 3, 2, 2, 2, 1},
+      {"2x2 stride 3 pad 1 (a stride phase without taps)", 1, 5, 5, 3, 4, 2, 2, 3, 1, 1, 1},
       {"3x3 dilation 12 (ASPP)", 1, 13, 14, 4, 3, 3, 3, 1, 12, 12, 1},
       {"4x4 stride 4 (ConvNeXt stem)", 2, 16, 13, 4, 9, 4, 4, 4, 0, 1, 1},
       {"7x7 stride 4 pad 3 (MiT patch embed)", 2, 17, 15, 3, 8, 7, 7, 4, 3, 1, 1},
@@ -1025,6 +1027,25 @@ TEST_CASE("dense, grouped and atrous conv (implicit GEMM) match the CPU backend 
       }
     }
   });
+}
+
+// One-group convs multiply their im2col matrix in slabs of whole images, the weight gradient
+// summing over the slabs: a budget of one image's matrix, and of two, give the CPU's results.
+TEST_CASE("im2col convs in slabs of images match the CPU backend in float64") {
+  TestDevice dev;
+  const ConvCase cs{"3x3 stride 2, batch 3", 3, 7, 9, 6, 10, 3, 3, 2, 1, 1, 1};
+  const Conv2dGeometry g = cs.geometry();
+  const auto [xs, ws, gys] = conv_inputs(cs, 70);
+  const ConvOutputs want = backend_conv(Device::cpu, DType::f64, g, xs, ws, gys);
+  const int64_t image_bytes = g.oh * g.ow * g.cin * g.kh * g.kw * 4;
+  for (int64_t images : {1, 2}) {
+    INFO(images << " images a slab");
+    const std::string budget = std::to_string(images * image_bytes);
+    ::setenv("SONO_IM2COL_SLAB_BYTES", budget.c_str(), 1);
+    const ConvOutputs got = backend_conv(Device::cuda, DType::f32, g, xs, ws, gys);
+    ::unsetenv("SONO_IM2COL_SLAB_BYTES");
+    expect_conv_close("conv", got, want);
+  }
 }
 
 // The bf16 implicit GEMM, on the tensor cores (emulated WMMA) and on the SIMT fallback: float32

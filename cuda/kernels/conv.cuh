@@ -6,7 +6,8 @@
 // innermost, the group's channels, so NHWC rows are read contiguously:
 // - forward:      y[p, o]      = sum over k = (tap, ci) of cols(x)[p, k] * w[o, ci, tap]
 // - input grad:   grad_x[q, c] = sum over k = (tap, o) of grad_y[source(q, tap), o] * w[o, c, tap]
-//                 (a gather over the output pixels that read input pixel q: no atomics)
+//                 (a gather over the output pixels that read input pixel q: no atomics), one
+//                 GEMM per stride phase, so that k runs only over the taps that reach q
 // - weight grad:  grad_w[o, k] = sum over p of grad_y[p, o] * cols(x)[p, k]
 // Where the output tiles alone cannot fill the GPU (a weight gradient over many pixels, a
 // spatial-reduction conv's few output pixels over a long k), the sum is split into chunks over
@@ -67,8 +68,10 @@ template <typename Gemm>
 __device__ __forceinline__ ConvBlockTile conv_block_tile(const Gemm& gemm) {
   const GemmShape& s = gemm.shape;
   const int64_t group = blockIdx.z % s.groups, chunk = blockIdx.z / s.groups;
+  int64_t depth = s.depth;  // a GEMM whose groups differ in depth says each one's
+  if constexpr (requires { gemm.group_depth(group); }) depth = gemm.group_depth(group);
   const int64_t depth0 = chunk * s.chunk_depth();
-  const int64_t depth1 = depth0 + s.chunk_depth() < s.depth ? depth0 + s.chunk_depth() : s.depth;
+  const int64_t depth1 = depth0 + s.chunk_depth() < depth ? depth0 + s.chunk_depth() : depth;
   return {static_cast<int64_t>(blockIdx.x) * kConvTile, static_cast<int64_t>(blockIdx.y) * kConvTile,
           group, chunk, depth0, depth1};
 }
@@ -177,22 +180,17 @@ __global__ void implicit_gemm_wmma_kernel(Gemm gemm) {
 #endif
 }
 
-// The activation operand for destination pixel `at` and depth k = (tap, channel) of the group.
-// Forward (InputGrad false): cols(x)[at, k], the input that the tap reads for output pixel `at`.
-// Input gradient: grad_y at the output pixel that reads input pixel `at` through the tap. Zero
-// where there is none (padding, or between the strides).
-template <bool InputGrad, typename Src>
-__device__ __forceinline__ float tap_value(const ConvGeometry& g, const Src* src, int64_t group,
-                                           int64_t at, int64_t k) {
-  const int64_t src_h = InputGrad ? g.oh : g.h, src_w = InputGrad ? g.ow : g.w;
-  const int64_t dst_h = InputGrad ? g.h : g.oh, dst_w = InputGrad ? g.w : g.ow;
-  const int64_t src_c = InputGrad ? g.cout : g.cin, group_c = src_c / g.groups;
-  const int64_t tap = k / group_c, c = k % group_c;
-  const Nhwc d = nhwc_index(at, dst_h, dst_w, 1);
-  const int64_t sy = tap_source<InputGrad>(d.y, tap / g.kw, src_h, g);
-  const int64_t sx = tap_source<InputGrad>(d.x, tap % g.kw, src_w, g);
+// cols(x)[p, k]: the input that tap (k's tap, channel) of the group reads for output pixel p,
+// zero in the padding.
+template <typename Src>
+__device__ __forceinline__ float tap_value(const ConvGeometry& g, const Src* x, int64_t group,
+                                           int64_t p, int64_t k) {
+  const int64_t group_c = g.cin_g(), tap = k / group_c, c = k % group_c;
+  const Nhwc d = nhwc_index(p, g.oh, g.ow, 1);
+  const int64_t sy = tap_source<false>(d.y, tap / g.kw, g.h, g);
+  const int64_t sx = tap_source<false>(d.x, tap % g.kw, g.w, g);
   if (sy < 0 || sx < 0) return 0.0f;
-  return load_float(src[((d.n * src_h + sy) * src_w + sx) * src_c + group * group_c + c]);
+  return load_float(x[((d.n * g.h + sy) * g.w + sx) * g.cin + group * group_c + c]);
 }
 
 // Index of w[o, ci, tap] with o and ci counted within the group.
@@ -201,31 +199,109 @@ __host__ __device__ __forceinline__ int64_t weight_index(const ConvGeometry& g, 
   return ((group * g.cout_g() + o) * g.cin_g() + ci) * g.taps() + tap;
 }
 
-// Forward (InputGrad false): y[p, o] = sum over k = (tap, ci) of cols(x)[p, k] * w[o, ci, tap].
-// Input gradient: grad_x[q, c] = sum over k = (tap, o) of tap_value<true>(grad_y)[q, k] *
-// w[o, c, tap]. Src and Dst: float, or bfloat16 for autocast's x and y (forward only). With
-// several chunks, chunk c writes its partial dst to partial[c][...] in dst's layout instead.
-template <bool InputGrad, typename Src = float, typename Dst = float>
-struct ConvGatherGemm {
+// y[p, o] = sum over k = (tap, ci) of cols(x)[p, k] * w[o, ci, tap]. X and Y: float, or bfloat16
+// for autocast's x and y. With several chunks, chunk c writes its partial y to partial[c][...]
+// in y's layout instead.
+template <typename X = float, typename Y = float>
+struct ConvForwardGemm {
   GemmShape shape;
   ConvGeometry g;
-  const Src* src;  // x, or grad_y
+  const X* x;
   const float* w;
-  Dst* dst;          // y, or grad_x
-  float* partial;    // shape.chunks x dst's size floats, when shape.chunks > 1
-  __device__ float a(int64_t group, int64_t at, int64_t k) const {
-    return tap_value<InputGrad>(g, src, group, at, k);
+  Y* dst;
+  float* partial;  // shape.chunks x y's size floats, when shape.chunks > 1
+  __device__ float a(int64_t group, int64_t p, int64_t k) const {
+    return tap_value(g, x, group, p, k);
   }
-  __device__ float b(int64_t group, int64_t k, int64_t col) const {
-    const int64_t group_c = InputGrad ? g.cout_g() : g.cin_g(), tap = k / group_c;
-    return w[InputGrad ? weight_index(g, group, k % group_c, col, tap)
-                       : weight_index(g, group, col, k % group_c, tap)];
+  __device__ float b(int64_t group, int64_t k, int64_t o) const {
+    return w[weight_index(g, group, o, k % g.cin_g(), k / g.cin_g())];
   }
-  __device__ void store(int64_t group, int64_t chunk, int64_t at, int64_t col, float v) const {
-    const int64_t dst_c = InputGrad ? g.cin : g.cout;
-    const int64_t i = at * dst_c + group * (dst_c / g.groups) + col;
-    if (shape.chunks > 1) partial[chunk * shape.rows * dst_c + i] = v;
+  __device__ void store(int64_t group, int64_t chunk, int64_t p, int64_t o, float v) const {
+    const int64_t i = p * g.cout + group * g.cout_g() + o;
+    if (shape.chunks > 1) partial[chunk * shape.rows * g.cout + i] = v;
     else store_float(dst[i], v);
+  }
+};
+
+// Stride phases of an input gradient. Input row qy gathers from output row oy through tap ky
+// where qy + padding - ky * dilation = oy * stride; with dilation 1 only the taps
+// ky = (qy + padding) mod stride + j * stride can, so the input pixels split into stride^2
+// phases (qy mod stride, qx mod stride), each with its own taps: a gather by phase skips the
+// (stride^2 - 1) / stride^2 of (tap, pixel) pairs that meet between the strides (63/64 for
+// MiT-B2's 8x8 stride-8 spatial reduction). A dilated strided conv keeps one phase and checks
+// every tap.
+struct StridePhases {
+  __host__ __device__ static int64_t stride(const ConvGeometry& g) {
+    return g.dilation == 1 ? g.stride : 1;
+  }
+  __host__ __device__ static int64_t count(const ConvGeometry& g) { return stride(g) * stride(g); }
+  // Taps of a kernel side of k taps in phase `phase` of that side: the first, and how many
+  // (every stride-th).
+  __host__ __device__ static int64_t first_tap(const ConvGeometry& g, int64_t phase) {
+    return (phase + g.padding) % stride(g);
+  }
+  __host__ __device__ static int64_t taps(const ConvGeometry& g, int64_t k, int64_t phase) {
+    const int64_t first = first_tap(g, phase);
+    return first < k ? ceil_div(k - first, stride(g)) : 0;
+  }
+};
+
+// The input gradient, one GEMM per stride phase. The GEMM's group index is
+// phase * groups + conv group; its rows are a phase's pixels, ceil(h / phase stride) x
+// ceil(w / phase stride) an image (the last may fall outside the input: zero, never stored);
+// its depth is (phase's tap, o), group_depth(group) deep.
+struct ConvInputGradGemm {
+  GemmShape shape;
+  ConvGeometry g;
+  const float* grad_y;
+  const float* w;
+  float* dst;      // grad_x
+  float* partial;  // shape.chunks x grad_x's size floats, when shape.chunks > 1
+
+  struct Pixel {
+    int64_t n, y, x;  // y, x past the input's edge for a phase's last rows and columns
+    int64_t py, px;   // its phase
+  };
+  __device__ Pixel pixel(int64_t group, int64_t row) const {
+    const int64_t s = StridePhases::stride(g), phase = group / g.groups;
+    const Nhwc r = nhwc_index(row, ceil_div(g.h, s), ceil_div(g.w, s), 1);
+    const int64_t py = phase / s, px = phase % s;
+    return {r.n, py + r.y * s, px + r.x * s, py, px};
+  }
+  __device__ int64_t group_depth(int64_t group) const {
+    const int64_t s = StridePhases::stride(g), phase = group / g.groups;
+    return StridePhases::taps(g, g.kh, phase / s) * StridePhases::taps(g, g.kw, phase % s) *
+           g.cout_g();
+  }
+  struct Tap {
+    int64_t ky, kx, o;
+  };
+  __device__ Tap tap(const Pixel& q, int64_t k) const {
+    const int64_t s = StridePhases::stride(g), o = k % g.cout_g(), j = k / g.cout_g();
+    const int64_t across = StridePhases::taps(g, g.kw, q.px);
+    return {StridePhases::first_tap(g, q.py) + j / across * s,
+            StridePhases::first_tap(g, q.px) + j % across * s, o};
+  }
+  __device__ float a(int64_t group, int64_t row, int64_t k) const {
+    const Pixel q = pixel(group, row);
+    if (q.y >= g.h || q.x >= g.w) return 0.0f;
+    const Tap t = tap(q, k);
+    const int64_t oy = tap_source<true>(q.y, t.ky, g.oh, g);
+    const int64_t ox = tap_source<true>(q.x, t.kx, g.ow, g);
+    if (oy < 0 || ox < 0) return 0.0f;
+    return grad_y[((q.n * g.oh + oy) * g.ow + ox) * g.cout + group % g.groups * g.cout_g() + t.o];
+  }
+  __device__ float b(int64_t group, int64_t k, int64_t c) const {
+    const int64_t phase = group / g.groups, s = StridePhases::stride(g);
+    const Tap t = tap({0, 0, 0, phase / s, phase % s}, k);
+    return w[weight_index(g, group % g.groups, t.o, c, t.ky * g.kw + t.kx)];
+  }
+  __device__ void store(int64_t group, int64_t chunk, int64_t row, int64_t c, float v) const {
+    const Pixel q = pixel(group, row);
+    if (q.y >= g.h || q.x >= g.w) return;
+    const int64_t i = ((q.n * g.h + q.y) * g.w + q.x) * g.cin + group % g.groups * g.cin_g() + c;
+    if (shape.chunks > 1) partial[chunk * g.n * g.h * g.w * g.cin + i] = v;
+    else dst[i] = v;
   }
 };
 
@@ -242,7 +318,7 @@ struct ConvWeightGradGemm {
     return grad_y[p * g.cout + group * g.cout_g() + o];
   }
   __device__ float b(int64_t group, int64_t p, int64_t k) const {
-    return tap_value<false>(g, x, group, p, k);
+    return tap_value(g, x, group, p, k);
   }
   __device__ void store(int64_t group, int64_t chunk, int64_t o, int64_t k, float v) const {
     const int64_t weights = g.cout * g.cin_g() * g.taps();
@@ -255,6 +331,7 @@ struct ConvWeightGradGemm {
 // (calibrated on the H200's ncu times, tools/audit). Each block loads its row and column tiles
 // over the whole depth; a thread loads kConvTile * kConvTileK / threads elements of each per step.
 constexpr double kGatherFlops = 500;
+// `s` as the blocks run it: for a GEMM whose groups differ in depth, their mean depth.
 inline LaunchCost implicit_gemm_cost(const GemmShape& s, int64_t blocks) {
   const double loads = 2.0 * blocks * kConvTile * s.chunk_depth();
   const double flops = 2.0 * s.rows * s.cols * s.depth * s.groups;
@@ -263,14 +340,16 @@ inline LaunchCost implicit_gemm_cost(const GemmShape& s, int64_t blocks) {
                 flops + kGatherFlops * loads);
 }
 
+// cost_shape: gemm.shape with the groups' mean depth where they differ.
 template <typename Gemm>
-void launch_implicit_gemm(const char* name, const Gemm& gemm, ConvMath math, cudaStream_t stream) {
+void launch_implicit_gemm(const char* name, const Gemm& gemm, ConvMath math, cudaStream_t stream,
+                          const GemmShape& cost_shape) {
   const GemmShape& s = gemm.shape;
   const dim3 grid(static_cast<unsigned>(ceil_div(s.rows, kConvTile)),
                   static_cast<unsigned>(ceil_div(s.cols, kConvTile)),
                   static_cast<unsigned>(s.groups * s.chunks));
   LaunchConfig cfg{grid, dim3(kConvThreads, kConvThreads), 0, stream,
-                   implicit_gemm_cost(s, grid.x * grid.y * grid.z)};
+                   implicit_gemm_cost(cost_shape, grid.x * grid.y * grid.z)};
   cfg.cost.tensor_cores = math == ConvMath::bf16_wmma;
   switch (math) {
     case ConvMath::float32: return launch(name, implicit_gemm_kernel<Gemm, false>, cfg, gemm);
@@ -293,8 +372,18 @@ inline GemmShape split_gemm(int64_t rows, int64_t cols, int64_t depth, int64_t g
 inline GemmShape forward_gemm(const ConvGeometry& g) {
   return split_gemm(g.n * g.oh * g.ow, g.cout_g(), g.taps() * g.cin_g(), g.groups);
 }
+// Split by the deepest phase; the blocks of the others stop at their own depth.
 inline GemmShape backward_input_gemm(const ConvGeometry& g) {
-  return split_gemm(g.n * g.h * g.w, g.cin_g(), g.taps() * g.cout_g(), g.groups);
+  const int64_t s = StridePhases::stride(g);
+  return split_gemm(g.n * ceil_div(g.h, s) * ceil_div(g.w, s), g.cin_g(),
+                    ceil_div(g.kh, s) * ceil_div(g.kw, s) * g.cout_g(),
+                    g.groups * StridePhases::count(g));
+}
+// The phases' mean depth in place of the deepest: each kernel tap belongs to one phase.
+inline GemmShape backward_input_cost_shape(const ConvGeometry& g) {
+  GemmShape s = backward_input_gemm(g);
+  s.depth = ceil_div(g.taps() * g.cout_g(), StridePhases::count(g));
+  return s;
 }
 inline GemmShape backward_weight_gemm(const ConvGeometry& g) {
   return split_gemm(g.cout_g(), g.taps() * g.cin_g(), g.n * g.oh * g.ow, g.groups);
@@ -313,12 +402,12 @@ inline int64_t conv_backward_weight_workspace(const ConvGeometry& g) {
   return backward_weight_gemm(g).chunks * g.cout * g.cin_g() * g.taps();
 }
 
-// The gather GEMMs (forward, input gradient) into dst of dst_size elements, through the
-// partials in `workspace` when split.
-template <bool InputGrad, typename Src, typename Dst>
-void launch_gather_gemm(const char* name, const ConvGatherGemm<InputGrad, Src, Dst>& gemm,
-                        int64_t dst_size, ConvMath math, cudaStream_t stream) {
-  launch_implicit_gemm(name, gemm, math, stream);
+// The gather GEMMs (forward, input gradient) into gemm.dst of dst_size elements, through the
+// partials in gemm.partial when split.
+template <typename Gemm>
+void launch_gather_gemm(const char* name, const Gemm& gemm, int64_t dst_size, ConvMath math,
+                        cudaStream_t stream, const GemmShape& cost_shape) {
+  launch_implicit_gemm(name, gemm, math, stream, cost_shape);
   if (gemm.shape.chunks > 1)
     column_sums(gemm.partial, gemm.shape.chunks, dst_size, gemm.dst, stream);
 }
@@ -328,9 +417,9 @@ void launch_gather_gemm(const char* name, const ConvGatherGemm<InputGrad, Src, D
 template <typename X, typename Y>
 void conv_forward(const ConvGeometry& g, const X* x, const float* w, Y* y, float* workspace,
                   cudaStream_t stream, ConvMath math = ConvMath::float32) {
-  launch_gather_gemm("conv_forward",
-                     ConvGatherGemm<false, X, Y>{forward_gemm(g), g, x, w, y, workspace},
-                     g.n * g.oh * g.ow * g.cout, math, stream);
+  const GemmShape shape = forward_gemm(g);
+  launch_gather_gemm("conv_forward", ConvForwardGemm<X, Y>{shape, g, x, w, y, workspace},
+                     g.n * g.oh * g.ow * g.cout, math, stream, shape);
 }
 
 // workspace: conv_backward_input_workspace(g) floats (may be null when that is 0).
@@ -338,8 +427,8 @@ inline void conv_backward_input(const ConvGeometry& g, const float* grad_y, cons
                                 float* grad_x, float* workspace, cudaStream_t stream,
                                 ConvMath math = ConvMath::float32) {
   launch_gather_gemm("conv_backward_input",
-                     ConvGatherGemm<true>{backward_input_gemm(g), g, grad_y, w, grad_x, workspace},
-                     g.n * g.h * g.w * g.cin, math, stream);
+                     ConvInputGradGemm{backward_input_gemm(g), g, grad_y, w, grad_x, workspace},
+                     g.n * g.h * g.w * g.cin, math, stream, backward_input_cost_shape(g));
 }
 
 // The sum over every output pixel, always through the chunks' partials in workspace
@@ -350,8 +439,65 @@ void conv_backward_weight(const ConvGeometry& g, const X* x, const float* grad_y
                           ConvMath math = ConvMath::float32) {
   const GemmShape shape = backward_weight_gemm(g);
   launch_implicit_gemm("conv_backward_weight",
-                       ConvWeightGradGemm<X>{shape, g, x, grad_y, workspace}, math, stream);
+                       ConvWeightGradGemm<X>{shape, g, x, grad_y, workspace}, math, stream, shape);
   column_sums(workspace, shape.chunks, g.cout * g.cin_g() * g.taps(), grad_w, stream);
+}
+
+// A one-group conv as library GEMMs over the im2col matrix cols(x) [pixels, Cin * taps], with
+// depth k = (ci, tap) so that w [Cout, Cin, KH, KW] is its [Cout, Cin * taps] operand as
+// stored: y = cols(x) w^T, grad_w = grad_y^T cols(x), grad_x = col2im(grad_y w), where col2im
+// sums each input pixel's entries of the [pixels, Cin * taps] product by stride phase. Each
+// element moved is one gather of tap_value's kind, costed at kGatherFlops as in the implicit
+// GEMM, but once, where the implicit GEMM gathers it again for every tile that reads it.
+template <typename X, typename C>
+__global__ void im2col_kernel(ConvGeometry g, const X* x, C* cols) {
+  const int64_t depth = g.cin * g.taps(), n = g.n * g.oh * g.ow * depth;
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    const QuotientRemainder pixel = divide(i, depth), k = divide(pixel.remainder, g.taps());
+    store_float(cols[i], tap_value(g, x, 0, pixel.quotient, k.remainder * g.cin + k.quotient));
+  }
+}
+// cols: bfloat16 for a bf16 pass (x rounded once), else float32.
+template <typename X, typename C>
+void im2col(const ConvGeometry& g, const X* x, C* cols, cudaStream_t stream) {
+  constexpr int threads = 256;
+  const int64_t n = g.n * g.oh * g.ow * g.cin * g.taps();
+  LaunchCost cost = per_element(n, 0, sizeof(C), kGatherFlops);
+  cost.bytes_read = static_cast<double>(g.n * g.h * g.w * g.cin) * sizeof(X);
+  launch("im2col", im2col_kernel<X, C>,
+         {dim3(grid_blocks(n, threads)), dim3(threads), 0, stream, cost},
+         g, x, cols);
+}
+
+template <typename T>
+__global__ void col2im_kernel(ConvGeometry g, const T* grad_cols, T* grad_x) {
+  const int64_t depth = g.cin * g.taps(), n = g.n * g.h * g.w * g.cin, s = StridePhases::stride(g);
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    const Nhwc q = nhwc_index(i, g.h, g.w, g.cin);
+    const T* cols = grad_cols + q.c * g.taps();
+    T acc = 0;
+    for (int64_t ky = StridePhases::first_tap(g, q.y % s); ky < g.kh; ky += s) {
+      const int64_t oy = tap_source<true>(q.y, ky, g.oh, g);
+      if (oy < 0) continue;
+      for (int64_t kx = StridePhases::first_tap(g, q.x % s); kx < g.kw; kx += s) {
+        const int64_t ox = tap_source<true>(q.x, kx, g.ow, g);
+        if (ox >= 0) acc += cols[((q.n * g.oh + oy) * g.ow + ox) * depth + ky * g.kw + kx];
+      }
+    }
+    grad_x[i] = acc;
+  }
+}
+// grad_x [n, h, w, Cin] from grad_cols = grad_y w [pixels, Cin * taps], in a fixed order.
+inline void col2im(const ConvGeometry& g, const float* grad_cols, float* grad_x,
+                   cudaStream_t stream) {
+  constexpr int threads = 256;
+  const int64_t n = g.n * g.h * g.w * g.cin, s = StridePhases::stride(g);
+  const double cols = static_cast<double>(g.n * g.oh * g.ow * g.cin * g.taps());
+  const LaunchCost cost = looped(4.0 * cols, 4.0 * n, n, ceil_div(g.kh, s) * ceil_div(g.kw, s),
+                                 kGatherFlops * cols);
+  launch("col2im", col2im_kernel<float>,
+         {dim3(grid_blocks(n, threads)), dim3(threads), 0, stream, cost},
+         g, grad_cols, grad_x);
 }
 
 // cuDNN's operands (cuda/cudnn/conv.h). Its NHWC filter layout [Cout, taps, Cin/groups] from
