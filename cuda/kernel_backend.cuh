@@ -14,6 +14,7 @@
 #include "cuda/kernels/depthwise_conv.cuh"
 #include "cuda/kernels/elementwise.cuh"
 #include "cuda/kernels/layernorm.cuh"
+#include "cuda/kernels/pool.cuh"
 #include "cuda/kernels/reduce.cuh"
 #include "cuda/kernels/resize.cuh"
 #include "cuda/kernels/softmax.cuh"
@@ -319,6 +320,18 @@ class KernelBackend : public Backend {
                            f32(grad_x, "softmax"), log, stream());
   }
 
+  void max_pool2d_forward(const Tensor& x, int64_t kernel, int64_t stride, int64_t padding,
+                          const Tensor& y, const Tensor& argmax) override {
+    cuda::max_pool_forward(pool_geometry(x, y, kernel, stride, padding), f32(x, "max_pool2d"),
+                           f32(y, "max_pool2d"), i64(argmax, "max_pool2d"), stream());
+  }
+  void max_pool2d_backward(const Tensor& grad_y, const Tensor& argmax, int64_t kernel,
+                           int64_t stride, int64_t padding, const Tensor& grad_x) override {
+    cuda::max_pool_backward(pool_geometry(grad_x, grad_y, kernel, stride, padding),
+                            f32(grad_y, "max_pool2d"), i64(argmax, "max_pool2d"),
+                            f32(grad_x, "max_pool2d"), stream());
+  }
+
   void resize_bilinear_forward(const Tensor& x, const Tensor& y, bool align_corners) override {
     cuda::resize_bilinear_forward(resize_geometry(x, y, align_corners), f32(x, "resize"),
                                   f32(y, "resize"), stream());
@@ -483,6 +496,12 @@ class KernelBackend : public Backend {
     SONO_CHECK(t.is_contiguous(), "CUDA: ", op, " given a non-contiguous tensor");
     return f32_strided(t, op);
   }
+  static int64_t* i64(const Tensor& t, const char* op) {
+    SONO_CHECK(t.dtype() == DType::i64 && t.device() == Device::cuda && t.is_contiguous(), "CUDA: ",
+               op, " wants a contiguous int64 tensor on the device, got ", dtype_name(t.dtype()),
+               " on ", device_name(t.device()));
+    return t.data<int64_t>();
+  }
   static float* f32_or_null(const Tensor& t, const char* op) {
     return t.defined() ? f32(t, op) : nullptr;
   }
@@ -611,6 +630,12 @@ class KernelBackend : public Backend {
     const bool f32 = q.dtype() == DType::f32 && k.dtype() == DType::f32 && v.dtype() == DType::f32;
     return f32 && q.size(3) <= kAttentionMaxDim && v.size(3) == q.size(3) &&
            q.size(0) * q.size(1) <= 65535;
+  }
+
+  static PoolGeometry pool_geometry(const Tensor& in, const Tensor& out, int64_t kernel,
+                                    int64_t stride, int64_t padding) {
+    return {in.size(0), in.size(1), in.size(2), in.size(3), out.size(1), out.size(2),
+            kernel,     stride,     padding};
   }
 
   static ResizeGeometry resize_geometry(const Tensor& in, const Tensor& out, bool align_corners) {

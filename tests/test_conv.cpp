@@ -131,11 +131,16 @@ TEST_CASE("max_pool2d by hand: windows, padding that never wins, output size as 
   // floor((H + 2p - k) / s) + 1, as torch without ceil_mode: 7 -> 3 (k 3, s 2, p 0), 7 -> 4 (p 1).
   CHECK(max_pool2d(Tensor::ones({2, 7, 9, 3}), 3, 2, 0).shape() == Shape{2, 3, 4, 3});
   CHECK(max_pool2d(Tensor::ones({2, 7, 9, 3}), 3, 2, 1).shape() == Shape{2, 4, 5, 3});
-  // The gradient goes to each window's maximum; ties split it.
+  // The gradient goes to each window's maximum, the first in window order on ties (as torch's
+  // argmax), and sums over the windows that share one.
   Tensor t = Tensor::from_vector({1, 5, 2, 5}, {1, 2, 2, 1}, DType::f64);
   t.requires_grad_();
   sum(max_pool2d(t, 2, 2, 0)).backward();
-  check_values(t.grad(), {0, 0.5, 0, 0.5}, 1e-12);
+  check_values(t.grad(), {0, 1, 0, 0}, 0);
+  Tensor peak = Tensor::from_vector({1, 2, 3, 4, 9, 5, 6, 7, 8}, {1, 3, 3, 1}, DType::f64);
+  peak.requires_grad_();
+  sum(max_pool2d(peak, 2, 1, 0)).backward();
+  check_values(peak.grad(), {0, 0, 0, 0, 4, 0, 0, 0, 0}, 0);
   CHECK_THROWS_WITH_AS(max_pool2d(Tensor::ones({1, 4, 4, 1}), 3, 2, 2), doctest::Contains("at most half the kernel"), Error);
   CHECK_THROWS_WITH_AS(max_pool2d(Tensor::ones({1, 2, 4, 1}), 3, 1, 0), doctest::Contains("smaller than the 3x3 window"), Error);
 }

@@ -289,9 +289,14 @@ std::vector<OpRow> fixed_rows() {
       // ResNet's stem pooling on odd sizes (the padded map is cut and padded further), and a
       // window without padding that leaves the last row and column out.
       {"max_pool2d (3x3, stride 2, padding 1)", {{2, 7, 6, 5}},
-       [](auto& v) { return max_pool2d(v[0], 3, 2, 1); }, {K::reduce}, true, A::reduce},
+       [](auto& v) { return max_pool2d(v[0], 3, 2, 1); },
+       {K::max_pool2d_forward, K::max_pool2d_backward}, true, A::reduce},
       {"max_pool2d (2x2, stride 2)", {{1, 5, 5, 3}}, [](auto& v) { return max_pool2d(v[0], 2, 2, 0); },
-       {K::reduce}, true, A::reduce},
+       {K::max_pool2d_forward, K::max_pool2d_backward}, true, A::reduce},
+      // Overlapping windows wider than the stride: an input read by up to 9 of them.
+      {"max_pool2d (5x5, stride 1, padding 2)", {{2, 6, 5, 3}},
+       [](auto& v) { return max_pool2d(v[0], 5, 1, 2); },
+       {K::max_pool2d_forward, K::max_pool2d_backward}, true, A::reduce},
       // Rows not a multiple of 8, a permuted input, one row, without affine parameters or bias.
       {"layer_norm", {{4, 11}, {11}, {11}},
        [](auto& v) { return layer_norm(v[0], v[1], v[2], 1e-5); },
@@ -393,6 +398,8 @@ const char* row_for(BackendOp op) {
     case BackendOp::batch_norm_backward: return "batch_norm (training)";
     case BackendOp::softmax_forward:
     case BackendOp::softmax_backward: return "softmax";
+    case BackendOp::max_pool2d_forward:
+    case BackendOp::max_pool2d_backward: return "max_pool2d (3x3, stride 2, padding 1)";
     case BackendOp::resize_bilinear_forward:
     case BackendOp::resize_bilinear_backward:
       return "interpolate_bilinear [2, 3, 4, 3] -> 5x7";

@@ -1,7 +1,7 @@
 #pragma once
 // The CPU backend: Eigen for GEMM, OpenMP for the rest. One file per op family defines the
 // methods (elementwise.cpp, reduce.cpp, gemm.cpp, conv.cpp, norm.cpp, softmax.cpp, resize.cpp,
-// optim.cpp); they serve float32 and float64.
+// pool.cpp, optim.cpp); they serve float32 and float64.
 #include "tensor/backend.h"
 
 namespace sono::cpu {
