@@ -2,7 +2,8 @@
 // times the forward cases in PyTorch under the same names (BM_Conv/<case>).
 // convnext_dw7x7: ConvNeXt-Base stage-1 depthwise 7x7 (batch 8 at 224x224); aspp_dw3x3_d12: the
 // first ASPP separable branch at output stride 16 (batch 8 at 256x256); dense3x3_s2: a regular
-// strided 3x3 (im2col + GEMM); pointwise1x1: a 1x1 conv, one GEMM on [N*H*W, C].
+// strided 3x3 (im2col + GEMM); pointwise1x1: a 1x1 conv, one GEMM on [N*H*W, C];
+// resnet_stem7x7_cin4: the 4-channel classifier's ResNet stem (batch 8 at 128x128).
 #include <benchmark/benchmark.h>
 
 #include "autograd/node.h"
@@ -26,6 +27,7 @@ const ConvBench kConvBenches[] = {
     {"aspp_dw3x3_d12", {8, 16, 16, 512}, {512, 1, 3, 3}, {1, 12, 12, 512}},
     {"dense3x3_s2", {8, 64, 64, 64}, {128, 64, 3, 3}, {2, 1, 1, 1}},
     {"pointwise1x1", {8, 56, 56, 128}, {512, 128, 1, 1}, {1, 0, 1, 1}},
+    {"resnet_stem7x7_cin4", {8, 128, 128, 4}, {64, 4, 7, 7}, {2, 3, 1, 1}},
 };
 
 Tensor random_f32(const Shape& shape, uint64_t seed) {
