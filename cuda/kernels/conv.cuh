@@ -1,7 +1,8 @@
 #pragma once
-// Dense and grouped 2-D convolution (every conv that is not depthwise) as implicit GEMM: NHWC
-// activations, weight [Cout, Cin/groups, KH, KW] (PyTorch's layout), any stride, padding,
-// dilation and groups. Each direction is one GEMM per group whose operands are read straight
+// Dense and grouped 2-D convolution (every conv that is not depthwise). The backend runs
+// one-group convs through the im2col matrix and its library GEMM (im2col/col2im, at the end),
+// grouped ones as the implicit GEMM that follows: NHWC activations, weight
+// [Cout, Cin/groups, KH, KW] (PyTorch's layout), any stride, padding, dilation and groups. Each direction is one GEMM per group whose operands are read straight
 // from the tensors as a tile is loaded (no im2col buffer); k runs over the taps (ky, kx) and,
 // innermost, the group's channels, so NHWC rows are read contiguously:
 // - forward:      y[p, o]      = sum over k = (tap, ci) of cols(x)[p, k] * w[o, ci, tap]
