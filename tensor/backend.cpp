@@ -35,6 +35,12 @@ void Backend::bias_add(const Tensor& x, const Tensor& bias, const Tensor& y) {
   binary(BinaryOp::add, x, bias.expand(x.shape()), y);
 }
 
+void Backend::channel_affine(const Tensor& x, const Tensor& scale, const Tensor& shift,
+                             const Tensor& y) {
+  binary(BinaryOp::mul, x, scale.expand(x.shape()), y);
+  bias_add(y, shift, y);
+}
+
 void Backend::linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
                              bool gelu, Precision precision) {
   gemm(x, false, w, true, y, 1.0, 0.0, precision);

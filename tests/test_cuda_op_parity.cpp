@@ -324,6 +324,9 @@ std::vector<OpRow> fixed_rows() {
       // Eval mode normalises with the running statistics, composed of elementwise ops.
       {"batch_norm (eval)", {{3, 2, 3, 7}, {7}, {7}}, batch_norm_eval, {K::binary, K::unary},
        true, A::batch_norm_composed},
+      // Without gradients (inference) eval mode is one scale-and-shift pass.
+      {"batch_norm (eval, no gradients)", {{3, 2, 3, 7}, {7}, {7}}, batch_norm_eval,
+       {K::channel_affine}, false, A::batch_norm_composed},
       {"softmax", {{3, 5, 7}}, [](auto& v) { return softmax(v[0]); },
        {K::softmax_forward, K::softmax_backward}, true, A::softmax},
       {"softmax (dim 0)", {{3, 5, 7}}, [](auto& v) { return softmax(v[0], 0); },
@@ -396,6 +399,7 @@ const char* row_for(BackendOp op) {
     case BackendOp::layer_norm_backward: return "layer_norm";
     case BackendOp::batch_norm_forward:
     case BackendOp::batch_norm_backward: return "batch_norm (training)";
+    case BackendOp::channel_affine: return "batch_norm (eval, no gradients)";
     case BackendOp::softmax_forward:
     case BackendOp::softmax_backward: return "softmax";
     case BackendOp::max_pool2d_forward:
@@ -494,7 +498,7 @@ TEST_CASE("op table: float64 gradcheck on the CPU") {
     INFO("row " << row.name);
     if (!row.differentiable) {
       MESSAGE("skipped gradcheck: " << row.name
-                                    << " has no gradient (an optimizer step)");
+                                    << " has no gradient (an optimizer step, an inference path)");
       continue;
     }
     expect_gradcheck(row.fn, row_inputs(row, DType::f64, Device::cpu, false));

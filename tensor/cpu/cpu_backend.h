@@ -28,6 +28,9 @@ class CpuBackend final : public Backend {
   void batch_norm_backward(const Tensor& x, const Tensor& w, const Tensor& mean,
                            const Tensor& inv_std, const Tensor& grad_y, const Tensor& grad_x,
                            const Tensor& grad_w, const Tensor& grad_b) override;
+  // Eval-mode BatchNorm's scale and shift in one pass (norm.cpp).
+  void channel_affine(const Tensor& x, const Tensor& scale, const Tensor& shift,
+                      const Tensor& y) override;
   // The GEMM with the bias and GELU applied in its epilogue.
   void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
                       bool gelu, Precision precision) override;

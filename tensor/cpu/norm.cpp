@@ -253,6 +253,21 @@ void CpuBackend::layer_norm_backward(const Tensor& x, const Tensor& w, const Ten
   });
 }
 
+void CpuBackend::channel_affine(const Tensor& x, const Tensor& scale, const Tensor& shift,
+                                const Tensor& y) {
+  dispatch_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t c = x.size(-1), rows = c == 0 ? 0 : x.numel() / c;
+    const T *xp = x.data<T>(), *sp = scale.data<T>(), *tp = shift.data<T>();
+    T* yp = y.data<T>();
+#pragma omp parallel for schedule(static) num_threads(norm_threads(rows, c))
+    for (int64_t r = 0; r < rows; ++r) {
+#pragma omp simd
+      for (int64_t i = 0; i < c; ++i) yp[r * c + i] = xp[r * c + i] * sp[i] + tp[i];
+    }
+  });
+}
+
 void CpuBackend::batch_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, double eps,
                                     const Tensor& y, const Tensor& mean, const Tensor& var,
                                     const Tensor& inv_std) {

@@ -118,6 +118,20 @@ Tensor fused_batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bia
   });
 }
 
+// Eval mode without gradients, as PyTorch's CPU kernel: y = x * a + (b - mean * a) with
+// a = weight / sqrt(var + eps), one pass over x where the backend fuses channel_affine.
+Tensor running_stats_inference(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                               const Tensor& running_mean, const Tensor& running_var, double eps) {
+  autograd::NoGradGuard no_grad;
+  Tensor scale = pow(add(running_var.to(x.dtype()), eps), -0.5);
+  if (weight.defined()) scale = mul(scale, weight);
+  Tensor shift = neg(mul(running_mean.to(x.dtype()), scale));
+  if (bias.defined()) shift = add(shift, bias);
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  backend_of(x).channel_affine(x.contiguous(), scale.contiguous(), shift.contiguous(), y);
+  return y;
+}
+
 }  // namespace
 
 Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, Tensor running_mean,
@@ -153,6 +167,10 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, 
     }
   }
   const Tensor x = autocast_input(AutocastOp::batch_norm_composed, x_in);
+  const auto needs_grad = [](const Tensor& t) { return t.defined() && t.requires_grad(); };
+  if (!batch_stats && !(autograd::grad_enabled() &&
+                        (needs_grad(x) || needs_grad(weight) || needs_grad(bias))))
+    return running_stats_inference(x, weight, bias, running_mean, running_var, eps);
   Tensor centered, scale;
   if (batch_stats) {
     std::vector<int64_t> dims(x.dim() - 1);
