@@ -517,6 +517,7 @@ TEST_CASE("reduce kernels match the CPU backend on each launch plan, one chunk o
   const Tensor one_column = host(uniform(1031, 15), {1031, 1});
   const Tensor one_row = host(uniform(37, 16), {1, 37});
   const Tensor long_rows = host(uniform(3 * 9001, 17), {3, 9001});  // blocks in 2 chunks
+  const Tensor very_tall = host(uniform(9000 * 40, 18), {9000, 40});  // 70 chunks: the wide fold
   struct Case {
     const Tensor* t;
     std::vector<int64_t> dims;
@@ -525,7 +526,8 @@ TEST_CASE("reduce kernels match the CPU backend on each launch plan, one chunk o
                         {&x, {0}},          {&x, {0, 3}},         {&wide, {0}},
                         {&narrow, {1}},     {&narrow, {0}},       {&tall, {0}},
                         {&tall, {1}},       {&one_column, {0}},   {&one_row, {0}},
-                        {&one_row, {1}},    {&long_rows, {1}},    {&long_rows, {0, 1}}};
+                        {&one_row, {1}},    {&long_rows, {1}},    {&long_rows, {0, 1}},
+                        {&very_tall, {0}}};
   std::vector<std::vector<double>> first_run;
   bool first_schedule = true;
   in_each_schedule([&] {
@@ -573,6 +575,8 @@ TEST_CASE("reduce plans: the kernels and chunk counts the reduce test runs") {
   CHECK(plan({100, 5}, {100, 1}).kernel == K::threads);
   CHECK(plan({1, 37}, {1, 1}).kernel == K::blocks);
   CHECK(plan({1, 37}, {1, 37}).kernel == K::threads);
+  CHECK(plan({9000, 40}, {1, 40}).kernel == K::columns);
+  CHECK(plan({9000, 40}, {1, 40}).chunks >= 2 * k::kWideFoldRows);
 }
 
 // Every reduce shape of a ConvNeXt-Base 224 bs16 or MiT-B2 256 bs8 training step, and the

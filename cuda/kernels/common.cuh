@@ -123,17 +123,17 @@ __device__ __forceinline__ T block_reduce(T v, T identity, Op op) {
   return v;
 }
 
-// Column reductions over a (32, kTileRows) block: v folded over threadIdx.y in order, valid
-// where threadIdx.y == 0. The first stage of the two-stage column reductions.
+// Column reductions over a (32, Rows) block: v folded over threadIdx.y in order, valid where
+// threadIdx.y == 0. The first stage of the two-stage column reductions (Rows = kTileRows).
 constexpr int kTileRows = 8;
-template <typename T, typename Op>
+template <int Rows = kTileRows, typename T, typename Op>
 __device__ __forceinline__ T reduce_over_tile_rows(T v, T identity, Op op) {
-  __shared__ T tile[kTileRows][kWarp + 1];  // +1: no bank conflicts
+  __shared__ T tile[Rows][kWarp + 1];  // +1: no bank conflicts
   tile[threadIdx.y][threadIdx.x] = v;
   __syncthreads();
   T total = identity;
   if (threadIdx.y == 0)
-    for (int i = 0; i < kTileRows; ++i) total = op(total, tile[i][threadIdx.x]);
+    for (int i = 0; i < Rows; ++i) total = op(total, tile[i][threadIdx.x]);
   __syncthreads();  // `tile` is reused by the next call
   return total;
 }

@@ -21,6 +21,7 @@
 // 348 ms). MiT-B2 256 bs8's Linear and conv bias gradients, about 11 C-wide sums per token,
 // 0.67 GB: 0.16 ms (measured 89 ms for reduce_per_thread, 4.8 ms for reduce_per_block).
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "cuda/kernels/elementwise.cuh"
@@ -201,18 +202,18 @@ __global__ void reduce_blocks_kernel(ReduceSpace s, int64_t chunk, const float* 
   if (threadIdx.x == 0) store_reduced(o, s.outputs, acc, partial, out);
 }
 
-// out[o] = op over k of partial[k][o]: the second stage. Block (32, kTileRows) at an output
-// tile: row y of the block folds chunks y, y + kTileRows, ... in order, then the rows meet in
-// order, so that a few hundred chunks take a few dozen steps of one thread.
-template <typename T, typename Op, typename Out = float>
+// out[o] = op over k of partial[k][o]: the second stage. Block (32, Rows) at an output tile:
+// row y of the block folds chunks y, y + Rows, ... in order, then the rows meet in order, so
+// that a few hundred chunks take a few dozen steps of one thread, each a wait on memory.
+template <typename T, typename Op, typename Out, int Rows>
 __global__ void fold_chunks_kernel(int64_t chunks, int64_t outputs, const T* partial, Out* out,
                                    double identity, Op op) {
   const int64_t o = static_cast<int64_t>(blockIdx.x) * kWarp + threadIdx.x;
   double acc = identity;
   if (o < outputs)
-    for (int64_t k = threadIdx.y; k < chunks; k += kTileRows)
+    for (int64_t k = threadIdx.y; k < chunks; k += Rows)
       acc = op(acc, static_cast<double>(partial[k * outputs + o]));
-  acc = reduce_over_tile_rows(acc, identity, op);
+  acc = reduce_over_tile_rows<Rows>(acc, identity, op);
   if (threadIdx.y == 0 && o < outputs) store_float(out[o], static_cast<float>(acc));
 }
 
@@ -227,13 +228,25 @@ inline LaunchCost reduce_first_stage_cost(const ReduceSpace& s, const ReducePlan
                 static_cast<double>(s.outputs) * s.count);
 }
 
-// The second stage over `chunks` partials of `outputs` outputs, each partial `size` bytes.
-inline LaunchConfig fold_config(int64_t chunks, int64_t outputs, double size,
-                                cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(ceil_div(outputs, kWarp))), block(kWarp, kTileRows);
-  return {grid, block, 0, stream,
-          looped(size * chunks * outputs, 4.0 * outputs, int64_t{grid.x} * kWarp * kTileRows,
-                 ceil_div(chunks, kTileRows), static_cast<double>(chunks) * outputs)};
+// The second stage over `chunks` partials of `outputs` outputs, each partial a T, into Out:
+// blocks of kTileRows rows, or kWideFoldRows where the chunks are many (the parameter
+// gradients' few outputs over hundreds of chunks), a quarter of the serial steps.
+constexpr int kWideFoldRows = 32;
+template <typename T, typename Op, typename Out>
+void fold_chunks(const char* name, int64_t chunks, int64_t outputs, const T* partial, Out* out,
+                 double identity, Op op, cudaStream_t stream) {
+  const auto fold = [&](auto rows_tag) {
+    constexpr int rows = decltype(rows_tag)::value;
+    const dim3 grid(static_cast<unsigned>(ceil_div(outputs, kWarp))), block(kWarp, rows);
+    const LaunchConfig cfg{grid, block, 0, stream,
+                           looped(double(sizeof(T)) * chunks * outputs, 4.0 * outputs,
+                                  int64_t{grid.x} * kWarp * rows, ceil_div(chunks, rows),
+                                  static_cast<double>(chunks) * outputs)};
+    launch(name, fold_chunks_kernel<T, Op, Out, rows>, cfg, chunks, outputs, partial, out,
+           identity, op);
+  };
+  if (chunks >= 2 * kWideFoldRows) fold(std::integral_constant<int, kWideFoldRows>{});
+  else fold(std::integral_constant<int, kTileRows>{});
 }
 
 // workspace: plan_reduce(s).workspace() doubles (may be null when that is 0).
@@ -255,9 +268,8 @@ void reduce(const ReduceSpace& s, const float* x, float* out, double* workspace,
       break;
   }
   if (p.chunks > 1)
-    launch("reduce_fold_chunks", fold_chunks_kernel<double, Op>,
-           fold_config(p.chunks, s.outputs, sizeof(double), stream), p.chunks, s.outputs,
-           static_cast<const double*>(workspace), out, identity, op);
+    fold_chunks("reduce_fold_chunks", p.chunks, s.outputs, static_cast<const double*>(workspace),
+                out, identity, op, stream);
 }
 
 inline void reduce_sum(const ReduceSpace& s, const float* x, float* out, double* workspace,
@@ -278,8 +290,7 @@ inline void reduce_max(const ReduceSpace& s, const float* x, float* out, double*
 // here. Out: float, or bfloat16 (a split-K conv's bf16 y) rounded once from the float32 total.
 template <typename Out = float>
 void column_sums(const float* x, int64_t rows, int64_t cols, Out* out, cudaStream_t stream) {
-  launch("column_sums", fold_chunks_kernel<float, SumOp, Out>,
-         fold_config(rows, cols, sizeof(float), stream), rows, cols, x, out, 0.0, SumOp{});
+  fold_chunks("column_sums", rows, cols, x, out, 0.0, SumOp{}, stream);
 }
 
 }  // namespace SONO_KERNEL_TARGET
