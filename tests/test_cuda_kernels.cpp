@@ -504,7 +504,7 @@ TEST_CASE("fused bias + GELU and GELU backward match the CPU backend") {
 // ---- reductions -------------------------------------------------------------------------------
 
 // Shapes for each kernel of plan_reduce, with one chunk and with several (the first stage's
-// partials folded by a second pass): a coalesced column sum over more rows than 128-row chunks
+// partials folded by a second pass): a coalesced column sum over more rows than 64-row chunks
 // (columns), a row sum and a sum to a scalar over more than 2 x 4096 elements (blocks), many
 // outputs of a few elements (threads); odd sizes, one row, one column, channels not a multiple
 // of 4 or 32, a transposed input.
@@ -513,10 +513,10 @@ TEST_CASE("reduce kernels match the CPU backend on each launch plan, one chunk o
   const Tensor x = host(uniform(3 * 5 * 7 * 37, 11), {3, 5, 7, 37});
   const Tensor wide = host(uniform(40 * 600, 12), {40, 600});  // 600 outputs, coalesced
   const Tensor narrow = host(uniform(100 * 5, 13), {100, 5});  // 5 to a row: per-thread
-  const Tensor tall = host(uniform(1031 * 37, 14), {1031, 37});  // columns in 8 chunks
+  const Tensor tall = host(uniform(1031 * 37, 14), {1031, 37});  // columns in 16 chunks
   const Tensor one_column = host(uniform(1031, 15), {1031, 1});
   const Tensor one_row = host(uniform(37, 16), {1, 37});
-  const Tensor long_rows = host(uniform(3 * 9001, 17), {3, 9001});  // blocks in 2 chunks
+  const Tensor long_rows = host(uniform(3 * 9001, 17), {3, 9001});  // blocks in 4 chunks
   const Tensor very_tall = host(uniform(9000 * 40, 18), {9000, 40});  // 70 chunks: the wide fold
   struct Case {
     const Tensor* t;
@@ -563,14 +563,14 @@ TEST_CASE("reduce plans: the kernels and chunk counts the reduce test runs") {
   using K = k::ReduceKernel;
   const k::ReducePlan tall_columns = plan({1031, 37}, {1, 37});
   CHECK(tall_columns.kernel == K::columns);
-  CHECK(tall_columns.chunks == 8);
-  CHECK(tall_columns.workspace() == 8 * 37);
+  CHECK(tall_columns.chunks == 16);
+  CHECK(tall_columns.workspace() == 16 * 37);
   CHECK(plan({40, 600}, {1, 600}).kernel == K::columns);
   CHECK(plan({40, 600}, {1, 600}).chunks == 1);
   const k::ReducePlan long_rows = plan({3, 9001}, {3, 1});
   CHECK(long_rows.kernel == K::blocks);
-  CHECK(long_rows.chunks == 2);
-  CHECK(plan({3, 9001}, {1, 1}).chunks == 6);
+  CHECK(long_rows.chunks == 4);
+  CHECK(plan({3, 9001}, {1, 1}).chunks == 13);
   CHECK(plan({1031, 1}, {1, 1}).kernel == K::blocks);
   CHECK(plan({100, 5}, {100, 1}).kernel == K::threads);
   CHECK(plan({1, 37}, {1, 1}).kernel == K::blocks);
@@ -617,9 +617,9 @@ TEST_CASE("reduce plans fill the GPU: enough threads, bounded per-thread loops")
   const int64_t ln_chunks = k::layer_norm_param_chunks(rows, cols);
   CHECK(ln_chunks * k::ceil_div(cols, k::kWarp) * k::kWarp * k::kTileRows >= 132 * 256);
   CHECK(k::ceil_div(rows, ln_chunks * k::kTileRows) <= 4096);
-  CHECK(k::layer_norm_param_chunks(1000, 37) == 7);  // as the layer norm test runs
-  CHECK(k::depthwise_weight_chunks({2, 17, 16, 12, 7, 7, 17, 16, 1, 3, 1}) == 4);  // and depthwise
-  CHECK(k::depthwise_weight_chunks({2, 15, 10, 13, 3, 3, 15, 10, 1, 1, 1}) == 2);
+  CHECK(k::layer_norm_param_chunks(1000, 37) == 15);  // as the layer norm test runs
+  CHECK(k::depthwise_weight_chunks({2, 17, 16, 12, 7, 7, 17, 16, 1, 3, 1}) == 8);  // and depthwise
+  CHECK(k::depthwise_weight_chunks({2, 15, 10, 13, 3, 3, 15, 10, 1, 1, 1}) == 4);
   const k::DepthwiseGeometry convnext_stage1{16, 56, 56, 128, 7, 7, 56, 56, 1, 3, 1};
   const int64_t dw_chunks = k::depthwise_weight_chunks(convnext_stage1);
   CHECK(k::depthwise_weight_block_taps(convnext_stage1) == 7);  // a block sums a row of taps
@@ -728,7 +728,7 @@ LayerNormReference layer_norm_reference(const std::vector<double>& x, const std:
 
 TEST_CASE("layer norm (a warp or a block per row) forward and backward with weight and bias gradients") {
   TestDevice dev;
-  // 1000 rows: weight and bias gradients in 7 chunks. Under kFillBlocks rows the input gradient
+  // 1000 rows: weight and bias gradients in 15 chunks. Under kFillBlocks rows the input gradient
   // takes a block per row, from 1100 a warp per row.
   const int64_t shapes[][2] = {{1, 5}, {3, 32}, {67, 37}, {150, 100}, {6, 300}, {1000, 37},
                                {1100, 45}};

@@ -28,7 +28,7 @@ __global__ void channel_partial_sums_kernel(int64_t rows, int64_t cols, int64_t 
 
 // Chunks of rows: enough to fill the GPU.
 inline int64_t channel_sum_chunks(int64_t rows, int64_t cols) {
-  return fill_chunks(rows, ceil_div(cols, kWarp), kTileRows, kTileRows * 16);
+  return fill_chunks(rows, ceil_div(cols, kWarp), kTileRows, kTileRows * kMinLaneSteps);
 }
 // Floats of scratch channel_sums needs.
 inline int64_t channel_sums_workspace(int64_t rows, int64_t cols) {

@@ -392,7 +392,7 @@ inline int64_t depthwise_weight_block_taps(const DepthwiseGeometry& g) {
 inline int64_t depthwise_weight_chunks(const DepthwiseGeometry& g) {
   const int64_t taps = g.kh * g.kw;
   const int64_t blocks = ceil_div(g.c, kWarp) * (taps / depthwise_weight_block_taps(g));
-  return fill_chunks(g.n * g.oh * g.ow * taps, blocks, kTileRows, kTileRows * 16 * taps);
+  return fill_chunks(g.n * g.oh * g.ow * taps, blocks, kTileRows, kTileRows * kMinLaneSteps * taps);
 }
 // Floats of scratch depthwise_backward_weight needs.
 inline int64_t depthwise_backward_weight_workspace(const DepthwiseGeometry& g) {

@@ -131,7 +131,7 @@ void layer_norm_forward(int64_t rows, int64_t cols, const X* x, const float* wei
 
 // Chunks of rows for the parameter gradients' first stage: enough to fill the GPU.
 inline int64_t layer_norm_param_chunks(int64_t rows, int64_t cols) {
-  return fill_chunks(rows, ceil_div(cols, kWarp), kTileRows, kTileRows * 16);
+  return fill_chunks(rows, ceil_div(cols, kWarp), kTileRows, kTileRows * kMinLaneSteps);
 }
 // Floats of scratch layer_norm_backward needs.
 inline int64_t layer_norm_backward_workspace(int64_t rows, int64_t cols) {

@@ -73,6 +73,9 @@ inline ReduceSpace make_reduce_space(const std::vector<int64_t>& x_shape,
 constexpr int64_t kFillBlocks = 132 * 8;
 // The most elements one thread folds serially in the first stage (fewer once the GPU is full).
 constexpr int64_t kMaxThreadLoop = 1024;
+// The fewest elements a first-stage chunk gives each of its lanes: each is a serial step that
+// waits on memory, and shorter chunks make more partials for the second stage to fold.
+constexpr int64_t kMinLaneSteps = 8;
 // Outputs of at most this many elements get a thread each.
 constexpr int64_t kThreadCount = 16;
 constexpr int kReduceThreads = 256;
@@ -128,13 +131,13 @@ inline ReducePlan plan_reduce(const ReduceSpace& s) {
   if (coalesced) {
     p.kernel = ReduceKernel::columns;
     const int64_t tiles = ceil_div(s.outputs, kWarp);
-    p.chunks = fill_chunks(s.count, tiles, kTileRows, kTileRows * 16);
+    p.chunks = fill_chunks(s.count, tiles, kTileRows, kTileRows * kMinLaneSteps);
     p.block = dim3(kWarp, kTileRows);
   } else {
     p.kernel = ReduceKernel::blocks;
     SONO_CHECK(s.outputs < (int64_t{1} << 31), "CUDA reduce: ", s.outputs, " outputs");
     const int lanes = reduce_block_lanes(s.count);
-    p.chunks = fill_chunks(s.count, s.outputs, lanes, lanes * 16);
+    p.chunks = fill_chunks(s.count, s.outputs, lanes, lanes * kMinLaneSteps);
     p.block = dim3(lanes);
   }
   p.chunk = ceil_div(s.count, p.chunks);
