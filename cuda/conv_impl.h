@@ -1,6 +1,6 @@
 #pragma once
-// Which implementation runs a dense convolution pass of a given shape on the GPU: our
-// implicit-GEMM kernels (kernels/conv.cuh) or cuDNN. As torch.backends.cudnn.benchmark does,
+// Which implementation runs a dense convolution pass of a given shape on the GPU: ours
+// (kernels/conv.cuh: the im2col GEMMs, or the implicit GEMM for grouped convs) or cuDNN. As torch.backends.cudnn.benchmark does,
 // the first time a pass and shape are seen both run twice on the real arguments, timed, and
 // the faster one is remembered for that shape. Plain C++: the policy is tested without a GPU
 // (test_cuda_kernels), with the launches faked.

@@ -1,6 +1,6 @@
 #pragma once
-// cuDNN's dense convolutions, the alternative to our implicit-GEMM kernels that
-// conv_impl.h chooses per shape. NHWC activations and weights in cuDNN's NHWC filter layout
+// cuDNN's dense convolutions, the alternative to our own (kernels/conv.cuh) that conv_impl.h
+// chooses per shape. NHWC activations and weights in cuDNN's NHWC filter layout
 // [Cout, KH, KW, Cin/groups] (the caller permutes PyTorch's [Cout, Cin/groups, KH, KW]): with an
 // NCHW filter cuDNN has no backward algorithm for NHWC activations, and its forward transposes
 // the activations to NCHW. Operands float32 (FMA or TF32 math) or bfloat16, per ConvPrecision.

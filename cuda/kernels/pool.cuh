@@ -66,16 +66,12 @@ __global__ void max_pool_backward_kernel(PoolGeometry g, const T* grad_y, const 
   }
 }
 
-// Windows (and readers) per side: the longest loop a thread runs is their square.
-inline int64_t pool_window_reach(const PoolGeometry& g) { return g.kernel; }
-inline int64_t pool_reader_reach(const PoolGeometry& g) { return ceil_div(g.kernel, g.stride); }
-
 inline void max_pool_forward(const PoolGeometry& g, const float* x, float* y, int64_t* argmax,
                              cudaStream_t stream) {
   const int64_t n = g.n * g.oh * g.ow * g.c;
   LaunchConfig cfg = elementwise_config(n, 0, sizeof(float) + sizeof(int64_t), stream);
   cfg.cost.bytes_read = 4.0 * g.n * g.h * g.w * g.c;
-  cfg.cost.per_item = pool_window_reach(g) * pool_window_reach(g);
+  cfg.cost.per_item = g.kernel * g.kernel;  // a thread's window
   launch("max_pool_forward", max_pool_forward_kernel<float>, cfg, g, x, y, argmax);
 }
 
@@ -84,7 +80,7 @@ inline void max_pool_backward(const PoolGeometry& g, const float* grad_y, const 
   const int64_t n = g.n * g.h * g.w * g.c;
   LaunchConfig cfg = elementwise_config(n, 0, sizeof(float), stream);
   cfg.cost.bytes_read = (4.0 + 8.0) * g.n * g.oh * g.ow * g.c;
-  cfg.cost.per_item = pool_reader_reach(g) * pool_reader_reach(g);
+  cfg.cost.per_item = ceil_div(g.kernel, g.stride) * ceil_div(g.kernel, g.stride);  // its windows
   launch("max_pool_backward", max_pool_backward_kernel<float>, cfg, g, grad_y, argmax, grad_x);
 }
 

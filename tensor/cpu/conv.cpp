@@ -303,8 +303,8 @@ void fill_column_row(const Conv2dGeometry& g, const ColumnLayout& cl, const Taps
   const int64_t taps = g.kh * g.kw;
   // A few input channels (a 4-channel stem), tap-major, one group, undilated, the row's taps all
   // inside the image: each kernel row's taps read neighbouring pixels, so they are one copy of
-  // KW * Cin values instead of KW copies too short to stream (measured: the ResNet stem's
-  // forward ~15% faster; 64-channel convs, whose copies are long already, were not faster).
+  // KW * Cin values instead of KW copies too short to stream. Wider inputs' per-tap copies are
+  // long enough already.
   const bool row_runs = g.cin < 16 && !cl.weight_order && g.groups == 1 && g.dilation == 1 &&
                         t.x[ox * g.kw] >= 0 && t.x[ox * g.kw + g.kw - 1] >= 0;
   for (int64_t gi = 0; gi < g.groups; ++gi)
