@@ -167,6 +167,10 @@ TEST_CASE("every card value is checked against the architecture; the error names
       {classifier, "normalisation", R"({"mean": [0.5, 0.5], "std": [1, 1, 1]})", "[3 numbers]"},
       {classifier, "normalisation", R"({"mean": [0.5, 0.5, 0.5], "std": [1, 0, 1]})", "std in [0.001, 10]"},
       {classifier, "normalisation", R"({"mean": [0.5, 0.5, 300], "std": [1, 1, 1]})", "mean must be in [0, 1]"},
+      {classifier, "temperature", "0", "a number from 0.01 to 100"},
+      {classifier, "temperature", "1.5x", "a number from 0.01 to 100"},
+      {segmenter, "empty_below", "1", "a number from 0 to 0.999"},
+      {classifier, "lesion_view", "nan", "a number from 0 to 4"},
   };
   for (const Case& c : cases) {
     std::string e = load_error(dir, c.card, c.key, c.value);
@@ -249,6 +253,49 @@ TEST_CASE("predict normalises its input with the card's mean and std") {
   REQUIRE(pb.size() == 3);
   for (size_t c = 0; c < 3; ++c) CHECK(pb[c] == doctest::Approx(expected[c]).epsilon(1e-5));
   CHECK(max_abs_diff(Tensor::from_vector(pa, {3}), Tensor::from_vector(pb, {3})) > 1e-4);
+}
+
+// cls_train --lesion-view records the view in the card; every path that classifies (predict,
+// its batches, the pipeline, Grad-CAM) must then crop as training did.
+TEST_CASE("a lesion-view classifier sees the window around the mask's lesion; Grad-CAM is 0 outside it") {
+  TempDir dir;
+  app::ModelCard card = classifier_card();
+  auto model = app::build_model(card);
+  const std::string whole_path = (dir / "whole.safetensors").string(), view_path = (dir / "view.safetensors").string();
+  app::save_checkpoint(whole_path, *model, card);
+  card.extra["lesion_view"] = "0.5";
+  app::save_checkpoint(view_path, *model, card);
+  app::LoadedModel whole = app::load_checkpoint(whole_path, models::Task::classification);
+  app::LoadedModel view = app::load_checkpoint(view_path, models::Task::classification);
+
+  const data::Image image = ramp_image(80, 120);
+  data::Mask mask(80, 120);
+  for (int y = 30; y < 46; ++y) std::fill_n(&mask.at(y, 70), 24, uint8_t{1});
+  const data::Window w = app::classifier_window(view, mask);
+  CHECK(w == data::lesion_window(mask, 0.5));
+  CHECK(app::classifier_window(whole, mask) == data::Window{0, 0, 120, 80});
+  const data::Image cropped = data::crop(image, w);
+  const data::Mask cropped_mask = data::crop(mask, w);
+  CHECK(app::classifier_input(view, image, mask).to_vector() ==
+        app::classifier_input(whole, cropped, cropped_mask).to_vector());
+  CHECK(app::classify(view, image, mask, Device::cpu) == app::classify(whole, cropped, cropped_mask, Device::cpu));
+  // Without a lesion the view is the whole scan.
+  const data::Mask empty(80, 120);
+  CHECK(app::classify(view, image, empty, Device::cpu) == app::classify(whole, image, empty, Device::cpu));
+
+  const data::Image heat = app::explain(view, image, mask, 1, Device::cpu, false);
+  REQUIRE(heat.height == 80);
+  REQUIRE(heat.width == 120);
+  const data::Image in_window = app::explain(whole, cropped, cropped_mask, 1, Device::cpu, false);
+  double outside = 0, inside_difference = 0;
+  for (int y = 0; y < 80; ++y)
+    for (int x = 0; x < 120; ++x) {
+      const bool in = x >= w.x && x < w.x + w.width && y >= w.y && y < w.y + w.height;
+      if (!in) outside = std::max(outside, double(heat.at(y, x, 0)));
+      else inside_difference = std::max(inside_difference, std::abs(double(heat.at(y, x, 0)) - in_window.at(y - w.y, x - w.x, 0)));
+    }
+  CHECK(outside == 0);
+  CHECK(inside_difference == 0);
 }
 
 // The classifier predict runs: ConvNeXt-atto on RGB + mask, three classes.

@@ -17,6 +17,7 @@
 #include "tools/data/cache.h"
 #include "tools/data/dataset.h"
 #include "tools/data/image.h"
+#include "tools/data/lesion_view.h"
 #include "tools/data/loader.h"
 #include "tools/data/metrics.h"
 #include "tools/data/model_input.h"
@@ -641,6 +642,27 @@ TEST_CASE("sample cache: resized images and masks, hashes of the originals") {
   CHECK(cache->mask(4).values == resize_nearest(load_mask(s.masks), 16, 16).values);
 }
 
+TEST_CASE("sample cache reframe: each sample through the view, then resized to the new size") {
+  TempDir dir;
+  auto cache = small_cache(dir / "busi", 2, 64);
+  std::vector<Image> before;
+  std::vector<Mask> before_masks;
+  for (size_t i = 0; i < cache->count(); ++i) before.push_back(cache->image(i)), before_masks.push_back(cache->mask(i));
+  cache->reframe(16, [](Image& image, Mask& mask) { apply_lesion_view(image, mask, 0.5); }, 2);
+  CHECK(cache->size() == 16);
+  for (size_t i = 0; i < cache->count(); ++i) {
+    CAPTURE(i);
+    const Window w = lesion_window(before_masks[i], 0.5);
+    CHECK(w.width < 64);  // every sample has a lesion, so the view is a crop
+    const Image expected = resize_bilinear(crop(before[i], w), 16, 16);
+    const Image image = cache->image(i);
+    REQUIRE(image.height == 16);
+    for (size_t p = 0; p < image.pixels.size(); ++p)
+      REQUIRE(std::abs(image.pixels[p] - expected.pixels[p]) <= 0.5f / 255 + 1e-6f);
+    CHECK(cache->mask(i).values == resize_nearest(crop(before_masks[i], w), 16, 16).values);
+  }
+}
+
 TEST_CASE("loader: each sample once per epoch, seeded order, same batches for any worker count") {
   TempDir dir;
   auto cache = small_cache(dir / "busi", 5, 16);
@@ -731,6 +753,53 @@ TEST_CASE("predict helpers: one image as model input, logits back to a full-size
   Mask up = mask_from_logits(Tensor::from_vector({5, -5, -5, 5}, {1, 2, 2, 1}), 4, 4);
   CHECK(up.values == std::vector<uint8_t>{1, 1, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 1, 1});
   CHECK(contains(error_of([] { mask_from_logits(Tensor::zeros({2, 2, 2, 1}), 4, 4); }), "expected logits [1, H, W, 1]"));
+}
+
+namespace {
+
+Mask box_mask(int height, int width, int x0, int y0, int box_width, int box_height) {
+  Mask mask(height, width);
+  for (int y = y0; y < y0 + box_height; ++y) std::fill_n(&mask.at(y, x0), box_width, uint8_t{1});
+  return mask;
+}
+
+}  // namespace
+
+TEST_CASE("lesion window: the lesion's box grown by the context, square in the square input, inside the scan") {
+  // A box a fifth of each side of a 200 x 100 scan, in its middle: grown by half its side on
+  // each side, 0.4 of each side, centred.
+  const Mask wide = box_mask(100, 200, 80, 40, 40, 20);
+  CHECK(lesion_window(wide, 0.5) == Window{60, 30, 80, 40});
+  // The scan resized to a square (as training's copy is) gives the same window, in its pixels.
+  CHECK(lesion_window(resize_nearest(wide, 50, 50), 0.5) == Window{15, 15, 20, 20});
+  // The larger side of the box sets the window; one lesion pixel anywhere else widens the box.
+  CHECK(lesion_window(box_mask(100, 100, 40, 45, 30, 20), 0) == Window{40, 40, 30, 30});
+  Mask two = box_mask(100, 100, 40, 45, 30, 20);
+  two.at(45, 79) = 1;
+  CHECK(lesion_window(two, 0) == Window{40, 35, 40, 40});
+  // A speck is zoomed in on by at most 4x; windows are moved inside the scan at its edges.
+  CHECK(lesion_window(box_mask(100, 100, 0, 0, 10, 10), 0.5) == Window{0, 0, 25, 25});
+  CHECK(lesion_window(box_mask(100, 100, 90, 90, 10, 10), 0.5) == Window{75, 75, 25, 25});
+  // A large lesion, or none: the whole scan.
+  CHECK(lesion_window(box_mask(100, 100, 20, 20, 60, 60), 0.5) == Window{0, 0, 100, 100});
+  CHECK(lesion_window(Mask(30, 40), 0.5) == Window{0, 0, 40, 30});
+
+  Image image(100, 200, 3);
+  for (size_t i = 0; i < image.pixels.size(); ++i) image.pixels[i] = float(i % 251) / 250;
+  Image viewed = image;
+  Mask viewed_mask = wide;
+  apply_lesion_view(viewed, viewed_mask, 0.5);
+  REQUIRE(viewed.height == 40);
+  REQUIRE(viewed.width == 80);
+  CHECK(viewed.at(0, 0, 2) == image.at(30, 60, 2));
+  CHECK(viewed.at(39, 79, 1) == image.at(69, 139, 1));
+  CHECK(viewed_mask.lesion_pixels() == wide.lesion_pixels());
+  CHECK(viewed_mask.at(10, 20) == 1);
+  Image whole = image;
+  Mask whole_mask = wide;
+  apply_lesion_view(whole, whole_mask, 0);  // off
+  CHECK(whole.pixels == image.pixels);
+  CHECK(contains(error_of([&] { crop(image, Window{150, 0, 60, 10}); }), "is outside the 200x100 image"));
 }
 
 TEST_CASE("progress: plain lines when not a terminal, a bar when it is") {

@@ -248,6 +248,40 @@ TEST_CASE("predict on a folder in batches writes what one image at a time writes
     CHECK(std::abs(std::stod(m[c + 1]) - std::stod(rows[5][column(rows, "p_benign") + c])) <= 5.1e-5);
 }
 
+// The view is the classifier's input, so it goes with the checkpoint: predict crops every image
+// of a folder run as it crops one image, around the mask the segmenter gives.
+TEST_CASE("cls_train --lesion-view: the card records it, and predict's batches crop as one image does") {
+  const Trained& t = trained();
+  const fs::path root = t.root / "lesion_view", cls = root / "cls.safetensors", scans = root / "scans";
+  fs::create_directories(root);
+  Run train = run_tool("cls_train", "--images-dir " + (t.data / "images").string() + " --masks-dir " +
+                                        (t.data / "masks").string() +
+                                        " --arch convnext_atto --img-size 32 --epochs 2 --batch-size 8"
+                                        " --drop-path 0 --label-smoothing 0 --lesion-view 0.5 --seg-model " +
+                                        t.seg.string() + " --save-path " + cls.string() +
+                                        " --log-dir " + (root / "log").string());
+  INFO(train.output);
+  REQUIRE(train.status == 0);
+  CHECK(nn::load_safetensors(cls.string()).metadata.at("lesion_view") == "0.5");
+  write_scans(scans, 5, 9);
+  const std::string models = " --seg_model " + t.seg.string() + " --cls_model " + cls.string();
+  Run folder = run_tool("predict", "--image " + scans.string() + models + " --batch-size 3 --csv " +
+                                       (root / "view.csv").string());
+  INFO(folder.output);
+  REQUIRE(folder.status == 0);
+  const auto rows = csv_records(root / "view.csv");
+  REQUIRE(rows.size() == 6);
+  for (int i : {1, 4}) {
+    CAPTURE(i);
+    Run alone = run_tool("predict", "--image " + (scans / rows[i][0]).string() + models);
+    INFO(alone.output);
+    std::smatch m;
+    REQUIRE(std::regex_search(alone.output, m, std::regex("Probabilities: benign (\\S+), malignant (\\S+), normal (\\S+)")));
+    for (int c = 0; c < 3; ++c)
+      CHECK(std::abs(std::stod(m[c + 1]) - std::stod(rows[i][column(rows, "p_benign") + c])) <= 5.1e-5);
+  }
+}
+
 TEST_CASE("predict --batch_size 0 or negative is refused in one line, nothing written") {
   const fs::path root = trained().root / "bad_batch", csv = root / "p.csv";
   write_scans(root / "scans", 1, 6);
@@ -776,6 +810,10 @@ TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing 
   SUBCASE("--label-smoothing outside 0..1") {
     expect_error("cls_train", dirs(t.data) + " --arch convnext_atto --label-smoothing 2 --save-path " + out.string(),
                  "--label-smoothing 2: must be from 0 to 1");
+  }
+  SUBCASE("--lesion-view outside 0..4") {
+    expect_error("cls_train", dirs(t.data) + " --arch convnext_atto --lesion-view -1 --save-path " + out.string(),
+                 "--lesion-view -1: must be from 0 (off) to 4");
   }
   SUBCASE("model_info --in-channels and --classes beyond any model") {
     expect_error("model_info", "--arch convnext_atto --in-channels 65", "--in-channels 65: must be from 1 to 64");

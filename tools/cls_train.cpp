@@ -2,6 +2,7 @@
 // named by the data's folders; cross-entropy loss, best checkpoint by validation macro-F1.
 // The mask channel is the ground truth, or with --seg-model the masks a segmentation
 // checkpoint predicts, as the classifier will see them in predict.
+#include <cmath>
 #include <iomanip>
 #include <iostream>
 
@@ -15,6 +16,7 @@
 #include "tools/app/training.h"
 #include "tools/data/dataset.h"
 #include "tools/data/folds.h"
+#include "tools/data/lesion_view.h"
 #include "tensor/atomic_file.h"
 #include "tools/data/calibration.h"
 #include "tools/data/metrics.h"
@@ -169,7 +171,11 @@ int cls_train(int argc, char** argv) {
                               " not train on it")
       .option("seg-folds", "0", "with {fold} in --seg-model: the segmenters' fold count (0: as --folds)")
       .option("label-smoothing", "0.1", "cross-entropy label smoothing")
-      .option("class-weights", "none", "none, or balanced: loss weights n / (classes * n_class)");
+      .option("class-weights", "none", "none, or balanced: loss weights n / (classes * n_class)")
+      .option("lesion-view", "0", "classify the window around the mask's lesion instead of the whole scan: its"
+                                  " bounding box grown by this times its side on each side (e.g. 0.5), at least a"
+                                  " quarter of the scan; a scan without lesion stays whole. The checkpoint records"
+                                  " it and predict crops alike (0: the whole scan)");
   if (!cli.parse(argc, argv)) return 0;
   app::TrainSettings settings = app::read_training_options(cli, models::Task::classification);
   std::string seg_model = cli.str("seg-model");
@@ -195,6 +201,14 @@ int cls_train(int argc, char** argv) {
   const double label_smoothing = cli.real("label-smoothing");
   SONO_CHECK(label_smoothing >= 0 && label_smoothing <= 1, "--label-smoothing ", cli.str("label-smoothing"),
              ": must be from 0 to 1");
+  const double lesion_view = cli.real("lesion-view");
+  SONO_CHECK(lesion_view >= 0 && lesion_view <= 4, "--lesion-view ", cli.str("lesion-view"),
+             ": must be from 0 (off) to 4");
+  if (lesion_view > 0) {
+    // Decoded large enough that the smallest window still has --img-size pixels.
+    settings.decode_size = std::lround(static_cast<double>(settings.img_size) / data::kMinWindowFraction);
+    settings.card_extra["lesion_view"] = app::run_argument_number(lesion_view);
+  }
   data::Dataset dataset = data::scan_dataset(settings.images_dir, settings.masks_dir);
   SONO_CHECK(dataset.classes.size() >= 2, settings.images_dir,
              ": classification needs class subfolders (images/CLASS/ or BUSI's CLASS/), found ",
@@ -202,35 +216,43 @@ int cls_train(int argc, char** argv) {
   settings.tool_arguments = {{"--seg-model", seg_model.empty() ? "ground truth" : seg_model},
                              {"--seg-folds", out_of_fold ? std::to_string(seg_folds) : "0"},
                              {"--label-smoothing", app::run_argument_number(label_smoothing)},
-                             {"--class-weights", cli.str("class-weights")}};
+                             {"--class-weights", cli.str("class-weights")},
+                             {"--lesion-view", app::run_argument_number(lesion_view)}};
   Tensor weights = class_weights(cli.str("class-weights"), dataset);
   ClassificationTask task(dataset.classes, weights, label_smoothing);
-  std::function<void(data::SampleCache&)> prepare;
+  std::function<void(data::SampleCache&)> predict_masks;
   if (out_of_fold)
-    prepare = [&](data::SampleCache& cache) {
+    predict_masks = [&](data::SampleCache& cache) {
       use_out_of_fold_masks(cache, seg_models, settings.seed, settings.device);
     };
   else if (!seg_model.empty())
-    prepare = [&](data::SampleCache& cache) {
+    predict_masks = [&](data::SampleCache& cache) {
       use_predicted_masks(cache, seg_models, [](size_t) { return size_t{0}; }, settings.device);
     };
+  // After the masks: the window follows the mask the classifier is given.
+  auto to_training_view = [&](data::SampleCache& cache) {
+    if (lesion_view > 0)
+      cache.reframe(static_cast<int>(settings.img_size),
+                    [&](data::Image& image, data::Mask& mask) { data::apply_lesion_view(image, mask, lesion_view); });
+  };
   if (folds) {
     // The predicted masks do not depend on the classifier's fold: made once, copied into each
     // fold's cache.
     std::vector<data::Mask> predicted;
-    std::function<void(data::SampleCache&, int)> prepare_fold;
-    if (prepare)
-      prepare_fold = [&](data::SampleCache& cache, int) {
-        if (!predicted.empty()) {
-          for (size_t i = 0; i < cache.count(); ++i) cache.set_mask(i, predicted[i]);
-          return;
-        }
-        prepare(cache);
+    return app::run_cross_validation(settings, task, dataset, [&](data::SampleCache& cache, int) {
+      if (predict_masks && !predicted.empty()) {
+        for (size_t i = 0; i < cache.count(); ++i) cache.set_mask(i, predicted[i]);
+      } else if (predict_masks) {
+        predict_masks(cache);
         for (size_t i = 0; i < cache.count(); ++i) predicted.push_back(cache.mask(i));
-      };
-    return app::run_cross_validation(settings, task, dataset, prepare_fold);
+      }
+      to_training_view(cache);
+    });
   }
-  return app::run_training(settings, task, dataset, prepare);
+  return app::run_training(settings, task, dataset, [&](data::SampleCache& cache) {
+    if (predict_masks) predict_masks(cache);
+    to_training_view(cache);
+  });
 }
 
 }  // namespace

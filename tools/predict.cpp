@@ -67,7 +67,7 @@ std::string Source::key() const { return scan_key(file.filename().string(), fram
 // the models.
 struct DecodedScan {
   data::Image image;
-  data::Image seg_input, cls_input;  // the image at each model's input size
+  data::Image seg_input, cls_input;  // the whole image at each model's input size
   std::optional<data::PixelSpacing> spacing;  // DICOM files that give it
 };
 
@@ -115,8 +115,8 @@ std::vector<Prediction> predict_batch(Predictor& p, const std::vector<const Deco
     const data::Image& image = scans[i]->image;
     r[i].lesion_logits = data::resize_bilinear(maps[i], image.height, image.width);
     r[i].mask = data::mask_from_logit_map(r[i].lesion_logits);
-    data::write_input(scans[i]->cls_input, data::resize_nearest(r[i].mask, cls_size, cls_size),
-                      data::InputKind::rgb_mask, p.cls.card.normalisation, cls_x.data<float>() + i * cls_size * cls_size * 4);
+    app::write_classifier_input(p.cls, image, r[i].mask, cls_x.data<float>() + i * cls_size * cls_size * 4,
+                                &scans[i]->cls_input);
   });
   std::vector<std::vector<double>> probabilities = app::classify(p.cls, cls_x, p.device, p.flip);
   for (size_t i = 0; i < r.size(); ++i) {

@@ -48,6 +48,19 @@ struct CardReader {
     return v;
   }
 
+  // A number the training tools fitted or chose; absent, the tools take their default.
+  void optional_real(const char* key, double lo, double hi) const {
+    if (!meta.count(key)) return;
+    const std::string& t = text(key);
+    size_t used = 0;
+    double v = 0;
+    try {
+      v = std::stod(t, &used);
+    } catch (const std::exception&) {
+    }
+    if (used == 0 || used != t.size() || !(v >= lo && v <= hi)) bad(key, "expected a number from ", lo, " to ", hi);
+  }
+
   template <typename T>
   T parsed(const char* key, const char* expected) const {
     try {
@@ -136,6 +149,9 @@ ModelCard ModelCard::from_metadata(const std::string& path, const std::map<std::
   c.img_size = r.integer("img_size", 32, kMaxImgSize);
   if (c.img_size % 32) r.bad("img_size", "expected a multiple of 32 (the encoders downsample 32x)");
   c.normalisation = read_normalisation(r);
+  r.optional_real("temperature", 0.01, 100);  // fitted within 0.05..20
+  r.optional_real("empty_below", 0, 0.999);
+  r.optional_real("lesion_view", 0, 4);
   for (auto& [k, v] : meta)
     if (!c.to_metadata().count(k)) c.extra[k] = v;
   return c;

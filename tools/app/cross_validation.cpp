@@ -113,8 +113,9 @@ int run_cross_validation(const TrainSettings& s, TrainingTask& task, const data:
   data::Folds folds;
   std::vector<std::vector<double>> scores;
   for (int fold = 0; fold < k; ++fold) {
-    auto cache = std::make_shared<data::SampleCache>(dataset, static_cast<int>(s.img_size));
+    auto cache = decode_samples(s, dataset);
     if (prepare) prepare(*cache, fold);
+    check_prepared(s, *cache);
     if (fold == 0) folds = data::make_folds(dataset, cache->hashes(), k, s.seed);
     data::Split split = folds.split(fold);
     std::cout << "fold " << fold + 1 << "/" << k << ": " << split.summary(dataset) << "\n";

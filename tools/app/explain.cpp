@@ -5,7 +5,6 @@
 #include "autograd/node.h"
 #include "tensor/ops.h"
 #include "tools/app/inference.h"
-#include "tools/data/model_input.h"
 
 namespace sono::app {
 
@@ -53,6 +52,17 @@ data::Image heat_map(const Tensor& weighted, int height, int width) {
   return resized;
 }
 
+// The map of a window of the scan at its place in a (height, width) map, 0 outside it: what the
+// classifier did not see gave it no evidence.
+data::Image paste(const data::Image& map, const data::Window& w, int height, int width) {
+  if (w == data::Window{0, 0, width, height}) return map;
+  data::Image whole(height, width, 1);
+  for (int y = 0; y < w.height; ++y)
+    std::copy_n(&map.pixels[static_cast<size_t>(y) * w.width], w.width,
+                &whole.pixels[static_cast<size_t>(w.y + y) * width + w.x]);
+  return whole;
+}
+
 }  // namespace
 
 data::Image grad_cam(const ClassActivation& activation, int height, int width) {
@@ -72,12 +82,13 @@ models::Classifier& explainable(LoadedModel& cls) {
 data::Image explain(LoadedModel& cls, const data::Image& image, const data::Mask& mask, size_t class_index,
                     Device device, bool flip) {
   models::Classifier& classifier = explainable(cls);
-  Tensor x = data::model_input(image, mask, static_cast<int>(cls.card.img_size), data::InputKind::rgb_mask,
-                               cls.card.normalisation)
-                 .to(device);
+  Tensor x = classifier_input(cls, image, mask).to(device);
+  const data::Window w = classifier_window(cls, mask);
   ClassActivation activation = class_activation(classifier, x, class_index);
-  if (!flip) return grad_cam(activation, image.height, image.width);
-  return grad_cam(activation, class_activation(classifier, mirror(x), class_index), image.height, image.width);
+  const data::Image in_window =
+      flip ? grad_cam(activation, class_activation(classifier, mirror(x), class_index), w.height, w.width)
+           : grad_cam(activation, w.height, w.width);
+  return paste(in_window, w, image.height, image.width);
 }
 
 }  // namespace sono::app

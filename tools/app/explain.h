@@ -28,7 +28,8 @@ data::Image grad_cam(const ClassActivation& activation, const ClassActivation& o
 models::Classifier& explainable(LoadedModel& cls);
 
 // Grad-CAM of `class_index` for an image and its lesion mask (as classify() sees them, with
-// `flip` as classify's), at the image's size. Throws unless explainable().
+// `flip` as classify's), at the image's size; 0 outside the window a lesion-view classifier
+// sees. Throws unless explainable().
 data::Image explain(LoadedModel& cls, const data::Image& image, const data::Mask& mask, size_t class_index,
                     Device device, bool flip);
 

@@ -83,11 +83,33 @@ data::Mask segment(LoadedModel& seg, const data::Image& image, int height, int w
   return data::mask_from_logit_map(lesion_logits(seg, image, height, width, device, flip));
 }
 
+data::Window classifier_window(const LoadedModel& cls, const data::Mask& mask) {
+  const double context = card_value(cls.card, "lesion_view", 0);
+  return context > 0 ? data::lesion_window(mask, context) : data::Window{0, 0, mask.width, mask.height};
+}
+
+void write_classifier_input(const LoadedModel& cls, const data::Image& image, const data::Mask& mask, float* dst,
+                            const data::Image* whole_resized) {
+  const int size = static_cast<int>(cls.card.img_size);
+  const data::Window window = classifier_window(cls, mask);
+  const bool whole = window == data::Window{0, 0, image.width, image.height};
+  const data::Image resized = whole && whole_resized ? *whole_resized
+                              : whole                ? data::resize_bilinear(image, size, size)
+                                                     : data::resize_bilinear(data::crop(image, window), size, size);
+  const data::Mask resized_mask = data::resize_nearest(whole ? mask : data::crop(mask, window), size, size);
+  data::write_input(resized, resized_mask, data::InputKind::rgb_mask, cls.card.normalisation, dst);
+}
+
+Tensor classifier_input(const LoadedModel& cls, const data::Image& image, const data::Mask& mask) {
+  const int64_t size = cls.card.img_size;
+  Tensor x = Tensor::empty({1, size, size, 4});
+  write_classifier_input(cls, image, mask, x.data<float>());
+  return x;
+}
+
 std::vector<double> classify(LoadedModel& cls, const data::Image& image, const data::Mask& mask, Device device,
                              bool flip) {
-  Tensor x = data::model_input(image, mask, static_cast<int>(cls.card.img_size), data::InputKind::rgb_mask,
-                               cls.card.normalisation);
-  return classify(cls, x, device, flip).front();
+  return classify(cls, classifier_input(cls, image, mask), device, flip).front();
 }
 
 }  // namespace sono::app

@@ -6,6 +6,7 @@
 
 #include "tools/app/checkpoint.h"
 #include "tools/data/image.h"
+#include "tools/data/lesion_view.h"
 
 namespace sono::app {
 
@@ -28,6 +29,16 @@ data::Mask segment(LoadedModel& seg, const data::Image& image, int height, int w
 // What segment thresholds at 0: the calibrated lesion logits at (height, width), 1 channel.
 data::Image lesion_logits(LoadedModel& seg, const data::Image& image, int height, int width, Device device,
                           bool flip = false);
+
+// What the classifier sees of an image and its lesion mask of the same size, as the card says:
+// the whole image, or with "lesion_view" (cls_train --lesion-view) the window around the lesion.
+data::Window classifier_window(const LoadedModel& cls, const data::Mask& mask);
+// That window resized to the card's size and normalised, image and mask (data::write_input),
+// to `dst`. `whole_resized`: the whole image at the card's size, when at hand.
+void write_classifier_input(const LoadedModel& cls, const data::Image& image, const data::Mask& mask, float* dst,
+                            const data::Image* whole_resized = nullptr);
+// The same as a batch of one, [1, S, S, 4].
+Tensor classifier_input(const LoadedModel& cls, const data::Image& image, const data::Mask& mask);
 
 // Class probabilities (softmax of the calibrated logits) for an image and its lesion mask of
 // the same size.

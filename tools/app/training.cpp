@@ -188,6 +188,14 @@ std::vector<std::string> pretrained_files(const TrainSettings& s) {
   return files;
 }
 
+std::shared_ptr<data::SampleCache> decode_samples(const TrainSettings& s, const data::Dataset& dataset) {
+  return std::make_shared<data::SampleCache>(dataset, static_cast<int>(s.decode_size ? s.decode_size : s.img_size));
+}
+
+void check_prepared(const TrainSettings& s, const data::SampleCache& cache) {
+  SONO_CHECK(cache.size() == s.img_size, "training samples are ", cache.size(), " px, --img-size is ", s.img_size);
+}
+
 std::string resume_state_path(const std::string& save_path) {
   fs::path p(save_path);
   return (p.parent_path() / (p.stem().string() + ".last" + p.extension().string())).string();
@@ -342,8 +350,9 @@ void Trainer::write_split(const data::Split& split) const {
 void Trainer::build_data(const std::function<void(data::SampleCache&)>& prepare) {
   std::cout << dataset_.summary() << "\n";
   if (!cache_) {
-    cache_ = std::make_shared<data::SampleCache>(dataset_, static_cast<int>(s_.img_size));
+    cache_ = decode_samples(s_, dataset_);
     if (prepare) prepare(*cache_);
+    check_prepared(s_, *cache_);
     split_ = data::split_dataset(dataset_, cache_->hashes(), {s_.val_split, s_.seed});
   }
   const data::Split& split = *split_;
@@ -465,6 +474,7 @@ ModelCard Trainer::card() const {
   c.extra["best_value"] = std::to_string(best_);
   c.extra["best_epoch"] = std::to_string(best_epoch_);
   c.extra["trained_on"] = dataset_.summary();
+  for (auto& [key, value] : s_.card_extra) c.extra[key] = value;
   return c;
 }
 

@@ -43,7 +43,16 @@ struct TrainSettings : RunSettings {
   // A tool's own flags that shape what it trains ("--label-smoothing" -> "0.1"): a resumed run
   // must share them as it shares the common ones.
   std::map<std::string, std::string> tool_arguments;
+  // What a tool's checkpoints tell predict beyond the common card (cls_train: "lesion_view").
+  std::map<std::string, std::string> card_extra;
+  // The size the samples are decoded at, when `prepare` (run_training) makes them img_size
+  // itself (SampleCache::reframe); 0: img_size.
+  int64_t decode_size = 0;
 };
+// The cache the samples of a run are decoded into before `prepare`.
+std::shared_ptr<data::SampleCache> decode_samples(const TrainSettings& s, const data::Dataset& dataset);
+// Throws unless `prepare` left the samples at the training size.
+void check_prepared(const TrainSettings& s, const data::SampleCache& cache);
 // A number as run arguments record it (0.1 and 0.10 alike).
 std::string run_argument_number(double x);
 

@@ -23,11 +23,27 @@ SampleCache::SampleCache(Dataset dataset, int size, int threads)
       check_mask_size(s.masks[0], {mask.height, mask.width}, s.image, {image.height, image.width});
     hashes_[i] = perceptual_hash(image);
     original_sizes_[i] = {image.height, image.width};
-    Image small = resize_bilinear(image, size, size);
-    pixels_[i].resize(small.pixels.size());
-    std::transform(small.pixels.begin(), small.pixels.end(), pixels_[i].begin(), to_byte);
-    masks_[i] = resize_nearest(mask, size, size);
+    store(i, image, mask, size);
   });
+}
+
+void SampleCache::store(size_t i, const Image& image, const Mask& mask, int size) {
+  Image small = resize_bilinear(image, size, size);
+  pixels_[i].resize(small.pixels.size());
+  std::transform(small.pixels.begin(), small.pixels.end(), pixels_[i].begin(), to_byte);
+  masks_[i] = resize_nearest(mask, size, size);
+}
+
+void SampleCache::reframe(int size, const std::function<void(Image&, Mask&)>& view, int threads) {
+  SONO_CHECK(size > 0, "image size must be positive, got ", size);
+  // Sample i is read at the old size before it is stored at the new one, by the same thread.
+  parallel_for(count(), threads, [&](size_t i) {
+    Image image_i = image(i);
+    Mask mask_i = masks_[i];
+    view(image_i, mask_i);
+    store(i, image_i, mask_i, size);
+  });
+  size_ = size;
 }
 
 Image SampleCache::image(size_t i) const {

@@ -2,6 +2,7 @@
 // Every sample decoded once and kept in memory at training size, so an epoch only augments:
 // BUSI at 256 px is 624 x 192 KiB of 8-bit RGB plus masks, about 160 MiB.
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "tools/data/dataset.h"
@@ -25,10 +26,17 @@ class SampleCache {
   const Mask& mask(size_t i) const { return masks_[i]; }
   // Replaces a sample's mask (size x size), e.g. by a segmentation model's prediction.
   void set_mask(size_t i, Mask mask);
+  // Makes every sample `size` x size: `view` changes each cached image and mask alike (a crop:
+  // cls_train --lesion-view decodes larger and crops), then both are resized as the
+  // constructor resizes.
+  void reframe(int size, const std::function<void(Image&, Mask&)>& view, int threads = default_threads());
   const std::vector<uint64_t>& hashes() const { return hashes_; }
   ImageSize original_size(size_t i) const { return original_sizes_[i]; }
 
  private:
+  // Sample i from an image and a mask of one size, resized to `size`.
+  void store(size_t i, const Image& image, const Mask& mask, int size);
+
   Dataset dataset_;
   int size_;
   std::vector<std::vector<uint8_t>> pixels_;  // RGB 8-bit: a quarter of float's memory
