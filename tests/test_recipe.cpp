@@ -8,6 +8,7 @@
 #include "synthetic_blobs.h"
 #include "layers/linear.h"
 #include "tools/app/inference.h"
+#include "tools/app/recipe.h"
 #include "tools/app/weight_average.h"
 #include "tools/data/augment.h"
 #include "tools/data/dataset.h"
@@ -48,6 +49,43 @@ TEST_CASE("gamma and speckle: v^gamma exactly, speckle keeps the mean and scales
           gen);
   CHECK(mask.lesion_pixels() == 16 * 16);
   CHECK(scan.pixels[0] != scan.pixels[3]);  // speckle differs from pixel to pixel
+}
+
+// Ultrasound scans have the probe at the top; --keep-upright keeps them so, and keeps every
+// other part of the chain.
+TEST_CASE("--keep-upright: the lesion stays in the top half under every draw, other augmentation kept") {
+  for (const char* chain : {"standard", "ultrasound"}) {
+    CAPTURE(chain);
+    app::RecipeOptions recipe;
+    recipe.augment = chain;
+    const AugmentOptions any = recipe.augment_options();
+    recipe.keep_upright = true;
+    const AugmentOptions upright = recipe.augment_options();
+    CHECK(any.vflip == 0.5);
+    CHECK(any.rotate90);
+    CHECK(upright.vflip == 0);
+    CHECK_FALSE(upright.rotate90);
+    CHECK(upright.hflip == any.hflip);
+    CHECK(upright.rotate_degrees == any.rotate_degrees);
+    CHECK(upright.lesion_crop == any.lesion_crop);
+    // A lesion in the top quarter: upright draws keep it in the top half; the others move it
+    // down in about half of them.
+    int moved_down[2] = {0, 0};
+    for (uint64_t seed = 0; seed < 40; ++seed)
+      for (int keep = 0; keep < 2; ++keep) {
+        Generator gen(seed);
+        Image image(64, 64, 3, 0.5f);
+        Mask mask(64, 64);
+        for (int y = 6; y < 14; ++y) std::fill_n(&mask.at(y, 28), 8, uint8_t{1});
+        augment(image, mask, keep ? upright : any, gen);
+        size_t bottom = 0;
+        for (int y = 32; y < 64; ++y)
+          for (int x = 0; x < 64; ++x) bottom += mask.at(y, x);
+        moved_down[keep] += bottom > 0;
+      }
+    CHECK(moved_down[1] == 0);
+    CHECK(moved_down[0] >= 10);
+  }
 }
 
 TEST_CASE("balanced sampling: every class drawn about equally often, epochs keep their length") {

@@ -7,6 +7,8 @@ namespace sono::app {
 void add_recipe_options(Cli& cli) {
   cli.option("augment", "standard", "augmentation: standard (flips, rotations, affine, brightness/contrast) or"
                                     " ultrasound (also gamma and speckle noise)")
+      .flag("keep-upright", "no vertical flips or 90-degree turns in the augmentation: the probe stays at the top"
+                            " and what lies under a lesion stays under it")
       .flag("balanced-sampling", "draw every class equally often (with replacement) instead of each image once")
       .option("ema", "0", "keep an exponential moving average of the weights with this decay (e.g. 0.999),"
                           " validate and save it (0: off)")
@@ -18,6 +20,7 @@ void add_recipe_options(Cli& cli) {
 RecipeOptions read_recipe_options(const Cli& cli) {
   RecipeOptions r;
   r.augment = cli.str("augment");
+  r.keep_upright = cli.is_set("keep-upright");
   r.balanced_sampling = cli.is_set("balanced-sampling");
   r.ema_decay = cli.real("ema");
   r.flip_tta = cli.is_set("flip-tta");
@@ -31,7 +34,9 @@ RecipeOptions read_recipe_options(const Cli& cli) {
 }
 
 data::AugmentOptions RecipeOptions::augment_options() const {
-  return augment == "ultrasound" ? data::AugmentOptions::ultrasound() : data::AugmentOptions{};
+  data::AugmentOptions options = augment == "ultrasound" ? data::AugmentOptions::ultrasound() : data::AugmentOptions{};
+  if (keep_upright) options.vflip = 0, options.rotate90 = false;
+  return options;
 }
 
 }  // namespace sono::app
