@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <array>
+#include <optional>
+#include <type_traits>
 #include <nlohmann/json.hpp>
 
 #include "layers/safetensors.h"
@@ -16,6 +18,20 @@ namespace {
 constexpr const char* kFormat = "sono-checkpoint-1";
 
 // The card's values, read as text from the metadata; every failure names the file and the key.
+// The number all of `t` spells (std::stoll / std::stod), or nothing.
+template <typename T>
+std::optional<T> whole_text_as(const std::string& t) {
+  size_t used = 0;
+  T v{};
+  try {
+    if constexpr (std::is_integral_v<T>) v = std::stoll(t, &used);
+    else v = std::stod(t, &used);
+  } catch (const std::exception&) {
+  }
+  if (used == 0 || used != t.size()) return std::nullopt;
+  return v;
+}
+
 struct CardReader {
   const std::string& path;
   const std::map<std::string, std::string>& meta;
@@ -34,31 +50,19 @@ struct CardReader {
   }
 
   int64_t integer(const char* key, int64_t lo, int64_t hi) const {
-    const std::string& t = text(key);
-    size_t used = 0;
-    int64_t v = 0;
-    try {
-      v = std::stoll(t, &used);
-    } catch (const std::exception&) {
-    }
-    if (used == 0 || used != t.size() || v < lo || v > hi) {
+    const std::optional<int64_t> v = whole_text_as<int64_t>(text(key));
+    if (!v || *v < lo || *v > hi) {
       if (lo == hi) bad(key, "expected ", lo);
       bad(key, "expected a whole number from ", lo, " to ", hi);
     }
-    return v;
+    return *v;
   }
 
   // A number the training tools fitted or chose; absent, the tools take their default.
   void optional_real(const char* key, double lo, double hi) const {
     if (!meta.count(key)) return;
-    const std::string& t = text(key);
-    size_t used = 0;
-    double v = 0;
-    try {
-      v = std::stod(t, &used);
-    } catch (const std::exception&) {
-    }
-    if (used == 0 || used != t.size() || !(v >= lo && v <= hi)) bad(key, "expected a number from ", lo, " to ", hi);
+    const std::optional<double> v = whole_text_as<double>(text(key));
+    if (!v || !(*v >= lo && *v <= hi)) bad(key, "expected a number from ", lo, " to ", hi);
   }
 
   template <typename T>

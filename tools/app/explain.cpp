@@ -55,7 +55,7 @@ data::Image heat_map(const Tensor& weighted, int height, int width) {
 // The map of a window of the scan at its place in a (height, width) map, 0 outside it: what the
 // classifier did not see gave it no evidence.
 data::Image paste(const data::Image& map, const data::Window& w, int height, int width) {
-  if (w == data::Window{0, 0, width, height}) return map;
+  if (w == data::Window::whole(width, height)) return map;
   data::Image whole(height, width, 1);
   for (int y = 0; y < w.height; ++y)
     std::copy_n(&map.pixels[static_cast<size_t>(y) * w.width], w.width,

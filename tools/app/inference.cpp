@@ -85,14 +85,14 @@ data::Mask segment(LoadedModel& seg, const data::Image& image, int height, int w
 
 data::Window classifier_window(const LoadedModel& cls, const data::Mask& mask) {
   const double context = card_value(cls.card, "lesion_view", 0);
-  return context > 0 ? data::lesion_window(mask, context) : data::Window{0, 0, mask.width, mask.height};
+  return context > 0 ? data::lesion_window(mask, context) : data::Window::whole(mask.width, mask.height);
 }
 
 void write_classifier_input(const LoadedModel& cls, const data::Image& image, const data::Mask& mask, float* dst,
                             const data::Image* whole_resized) {
   const int size = static_cast<int>(cls.card.img_size);
   const data::Window window = classifier_window(cls, mask);
-  const bool whole = window == data::Window{0, 0, image.width, image.height};
+  const bool whole = window == data::Window::whole(image.width, image.height);
   const data::Image resized = whole && whole_resized ? *whole_resized
                               : whole                ? data::resize_bilinear(image, size, size)
                                                      : data::resize_bilinear(data::crop(image, window), size, size);

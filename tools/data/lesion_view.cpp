@@ -30,7 +30,7 @@ Window lesion_window(const Mask& mask, double context) {
   for (int y = 0; y < mask.height; ++y)
     for (int x = 0; x < mask.width; ++x)
       if (mask.at(y, x)) x0 = std::min(x0, x), x1 = std::max(x1, x), y0 = std::min(y0, y), y1 = std::max(y1, y);
-  if (x1 < 0) return {0, 0, mask.width, mask.height};
+  if (x1 < 0) return Window::whole(mask.width, mask.height);
   const double left = static_cast<double>(x0) / mask.width, right = static_cast<double>(x1 + 1) / mask.width;
   const double top = static_cast<double>(y0) / mask.height, bottom = static_cast<double>(y1 + 1) / mask.height;
   const double box = std::max(right - left, bottom - top);

@@ -11,6 +11,7 @@ namespace sono::data {
 struct Window {
   int x = 0, y = 0, width = 0, height = 0;
   bool operator==(const Window&) const = default;
+  static Window whole(int width, int height) { return {0, 0, width, height}; }
 };
 
 // The smallest window, as a fraction of the image's side: a speck of a mask is not zoomed in on
