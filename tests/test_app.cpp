@@ -101,6 +101,14 @@ TEST_CASE("training flags out of range are refused as typed, naming the flag") {
   CHECK(training_options_error(dir, {"--drop-path", "0.99"}) == "");
 }
 
+TEST_CASE("--only-fold names one fold of --folds") {
+  TempDir dir;
+  CHECK(training_options_error(dir, {"--only-fold", "1"}) == "--only-fold 1: it needs --folds");
+  CHECK(training_options_error(dir, {"--folds", "5", "--only-fold", "6"}) == "--only-fold 6: must be 0 (every fold) or 1..5");
+  CHECK(training_options_error(dir, {"--folds", "5", "--only-fold", "-1"}) == "--only-fold -1: must be 0 (every fold) or 1..5");
+  CHECK(training_options_error(dir, {"--folds", "5", "--only-fold", "5"}) == "");
+}
+
 TEST_CASE("--pretrained with {fold}: every fold's file must exist, and it needs --folds") {
   TempDir dir;
   const std::string pattern = (dir / "seg.fold{fold}.safetensors").string();

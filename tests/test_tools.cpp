@@ -880,6 +880,20 @@ TEST_CASE("cross-validation: --folds 2 trains a model per fold, scores each, rep
   CHECK(std::stod(dice[4]) == doctest::Approx(std::abs(a - b) / std::sqrt(2.0)).epsilon(1e-4));
   CHECK(std::stod(dice[5]) == doctest::Approx(std::min(a, b)).epsilon(1e-5));
 
+  // One fold as its own job: the same split and the same model as that fold of the whole run.
+  Run only = run_tool("seg_train", dirs + " --arch mit_b0 --img-size 64 --epochs 1 --warmup-epochs 0 --batch-size 4"
+                                          " --folds 2 --only-fold 2 --save-path " + (root / "only.safetensors").string() +
+                                          " --log-dir " + (root / "only_log").string());
+  INFO(only.output);
+  REQUIRE(only.status == 0);
+  CHECK(fs::exists(root / "only.fold2.safetensors"));
+  CHECK_FALSE(fs::exists(root / "only.fold1.safetensors"));
+  CHECK(csv_rows(root / "only_log" / "fold2" / "split.csv") == csv_rows(root / "seg_log" / "fold2" / "split.csv"));
+  auto only_rows = csv_rows(root / "only_log" / "cross_validation.fold2.csv");
+  REQUIRE(only_rows["metric"] == std::vector<std::string>{"metric", "fold2", "mean", "std", "min", "max"});
+  CHECK(std::stod(only_rows["val_dice"][1]) == doctest::Approx(b).epsilon(1e-5));
+  CHECK_FALSE(fs::exists(root / "only_log" / "cross_validation.csv"));
+
   // Every image's mask comes from the segmenter that did not train on it (out of fold); and
   // with every recipe flag on, which must run through.
   Run c = run_tool("cls_train", dirs + " --arch convnext_atto --img-size 64 --epochs 1 --warmup-epochs 0 --batch-size 8 --folds 2"

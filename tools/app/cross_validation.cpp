@@ -80,14 +80,15 @@ std::vector<double> score_fold(const TrainSettings& s, TrainingTask& task, std::
   return task.metric_values();
 }
 
-std::string summary_table(const std::vector<std::string>& columns, const std::vector<std::vector<double>>& folds,
-                          std::string& csv) {
+// `numbers[k]` is the fold number (from 1) of `folds[k]`'s scores.
+std::string summary_table(const std::vector<std::string>& columns, const std::vector<int>& numbers,
+                          const std::vector<std::vector<double>>& folds, std::string& csv) {
   std::ostringstream table, rows;
   table << std::fixed << std::setprecision(4) << std::left << std::setw(24) << "metric" << std::right;
   rows << "metric";
-  for (size_t k = 0; k < folds.size(); ++k) {
-    table << std::setw(9) << ("fold" + std::to_string(k + 1));
-    rows << ",fold" << k + 1;
+  for (int number : numbers) {
+    table << std::setw(9) << ("fold" + std::to_string(number));
+    rows << ",fold" << number;
   }
   table << std::setw(9) << "mean" << std::setw(9) << "std" << std::setw(9) << "min" << std::setw(9) << "max" << "\n";
   rows << ",mean,std,min,max\n" << std::setprecision(6);
@@ -109,27 +110,32 @@ std::string summary_table(const std::vector<std::string>& columns, const std::ve
 
 int run_cross_validation(const TrainSettings& s, TrainingTask& task, const data::Dataset& dataset,
                          const std::function<void(data::SampleCache&, int fold)>& prepare) {
-  const int k = s.recipe_options.folds;
+  const int k = s.recipe_options.folds, only = s.recipe_options.only_fold;
   data::Folds folds;
+  std::vector<int> numbers;
   std::vector<std::vector<double>> scores;
   for (int fold = 0; fold < k; ++fold) {
+    if (only && fold + 1 != only) continue;
     auto cache = decode_samples(s, dataset);
     if (prepare) prepare(*cache, fold);
     check_prepared(s, *cache);
-    if (fold == 0) folds = data::make_folds(dataset, cache->hashes(), k, s.seed);
+    if (folds.fold.empty()) folds = data::make_folds(dataset, cache->hashes(), k, s.seed);
     data::Split split = folds.split(fold);
     std::cout << "fold " << fold + 1 << "/" << k << ": " << split.summary(dataset) << "\n";
     TrainSettings fold_s = fold_settings(s, fold);
     if (int status = run_training(fold_s, task, cache, split)) return status;
+    numbers.push_back(fold + 1);
     scores.push_back(score_fold(fold_s, task, cache, split.val));
   }
   std::string csv;
-  std::cout << "cross-validation, " << k << " folds (best checkpoint of each, calibrated; std over folds):\n"
-            << summary_table(task.metric_columns(), scores, csv);
-  if (!s.log_dir.empty()) {
-    write_file_atomic(fs::path(s.log_dir) / "cross_validation.csv", csv);
-    task.write_out_of_fold(s.log_dir, dataset);
-  }
+  std::cout << "cross-validation, " << (only ? "fold " + std::to_string(only) + " of " : "") << k
+            << " folds (best checkpoint of each, calibrated; std over folds):\n"
+            << summary_table(task.metric_columns(), numbers, scores, csv);
+  if (s.log_dir.empty()) return 0;
+  // One fold's job writes its own scores; the out-of-fold table needs every fold's images.
+  const std::string name = only ? "cross_validation.fold" + std::to_string(only) + ".csv" : "cross_validation.csv";
+  write_file_atomic(fs::path(s.log_dir) / name, csv);
+  if (!only) task.write_out_of_fold(s.log_dir, dataset);
   return 0;
 }
 

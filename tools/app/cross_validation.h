@@ -27,7 +27,9 @@ FoldSummary summarise(const std::vector<double>& values);
 
 // `prepare(cache, fold)` may change a fold's samples before training (cls_train --seg-model
 // puts the fold's predicted masks there). Writes per-fold checkpoints X.foldK.safetensors,
-// logs under LOG/foldK, and LOG/cross_validation.csv. Returns the exit status.
+// logs under LOG/foldK, and LOG/cross_validation.csv. With --only-fold N only fold N is trained
+// and scored (LOG/cross_validation.foldN.csv), so the folds can run as separate jobs. Returns the
+// exit status.
 int run_cross_validation(const TrainSettings& settings, TrainingTask& task, const data::Dataset& dataset,
                          const std::function<void(data::SampleCache&, int fold)>& prepare = {});
 

@@ -14,7 +14,9 @@ void add_recipe_options(Cli& cli) {
                           " validate and save it (0: off)")
       .flag("flip-tta", "validate on the average of the image's and its mirror image's outputs")
       .option("folds", "0", "K-fold cross-validation: train K models on duplicate-grouped, class-stratified"
-                            " folds and report mean and spread (0: one split by --val-split)");
+                            " folds and report mean and spread (0: one split by --val-split)")
+      .option("only-fold", "0", "with --folds K: train and score fold N alone (1..K), so that the folds can run"
+                                " as separate jobs (0: every fold)");
 }
 
 RecipeOptions read_recipe_options(const Cli& cli) {
@@ -25,11 +27,14 @@ RecipeOptions read_recipe_options(const Cli& cli) {
   r.ema_decay = cli.real("ema");
   r.flip_tta = cli.is_set("flip-tta");
   r.folds = static_cast<int>(cli.integer("folds"));
+  r.only_fold = static_cast<int>(cli.integer("only-fold"));
   SONO_CHECK(r.augment == "standard" || r.augment == "ultrasound", "--augment ", r.augment,
              ": expected standard or ultrasound");
   SONO_CHECK(r.ema_decay == 0 || (r.ema_decay > 0 && r.ema_decay < 1), "--ema ", r.ema_decay,
              ": must be 0 (off) or between 0 and 1");
   SONO_CHECK(r.folds == 0 || (r.folds >= 2 && r.folds <= 20), "--folds ", r.folds, ": must be 0 (off) or 2..20");
+  SONO_CHECK(r.only_fold == 0 || (r.folds && r.only_fold >= 1 && r.only_fold <= r.folds), "--only-fold ",
+             r.only_fold, r.folds ? ": must be 0 (every fold) or 1.." + std::to_string(r.folds) : ": it needs --folds");
   return r;
 }
 

@@ -17,7 +17,8 @@ struct RecipeOptions {
   bool balanced_sampling = false;
   double ema_decay = 0;  // 0: off
   bool flip_tta = false;
-  int folds = 0;  // 0: one split by --val-split
+  int folds = 0;      // 0: one split by --val-split
+  int only_fold = 0;  // 1..folds: train that fold alone; 0: every fold
 
   data::AugmentOptions augment_options() const;
 };
