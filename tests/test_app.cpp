@@ -101,6 +101,13 @@ TEST_CASE("training flags out of range are refused as typed, naming the flag") {
   CHECK(training_options_error(dir, {"--drop-path", "0.99"}) == "");
 }
 
+TEST_CASE("--keep-upright and --any-orientation cannot both be given") {
+  TempDir dir;
+  CHECK(training_options_error(dir, {"--keep-upright", "--any-orientation"}) ==
+        "--keep-upright and --any-orientation: give one or the other");
+  CHECK(training_options_error(dir, {"--any-orientation"}) == "");
+}
+
 TEST_CASE("--only-fold names one fold of --folds") {
   TempDir dir;
   CHECK(training_options_error(dir, {"--only-fold", "1"}) == "--only-fold 1: it needs --folds");

@@ -51,13 +51,15 @@ TEST_CASE("gamma and speckle: v^gamma exactly, speckle keeps the mean and scales
   CHECK(scan.pixels[0] != scan.pixels[3]);  // speckle differs from pixel to pixel
 }
 
-// Ultrasound scans have the probe at the top; --keep-upright keeps them so, and keeps every
-// other part of the chain.
+// Ultrasound scans have the probe at the top; --keep-upright (the default) keeps them so, and
+// keeps every other part of the chain.
 TEST_CASE("--keep-upright: the lesion stays in the top half under every draw, other augmentation kept") {
+  CHECK(app::RecipeOptions{}.keep_upright);
   for (const char* chain : {"standard", "ultrasound"}) {
     CAPTURE(chain);
     app::RecipeOptions recipe;
     recipe.augment = chain;
+    recipe.keep_upright = false;
     const AugmentOptions any = recipe.augment_options();
     recipe.keep_upright = true;
     const AugmentOptions upright = recipe.augment_options();

@@ -8,7 +8,9 @@ void add_recipe_options(Cli& cli) {
   cli.option("augment", "standard", "augmentation: standard (flips, rotations, affine, brightness/contrast) or"
                                     " ultrasound (also gamma and speckle noise)")
       .flag("keep-upright", "no vertical flips or 90-degree turns in the augmentation: the probe stays at the top"
-                            " and what lies under a lesion stays under it")
+                            " and what lies under a lesion stays under it (the default)")
+      .flag("any-orientation", "also vertical flips and 90-degree turns in the augmentation (the chain before"
+                               " --keep-upright became the default)")
       .flag("balanced-sampling", "draw every class equally often (with replacement) instead of each image once")
       .option("ema", "0", "keep an exponential moving average of the weights with this decay (e.g. 0.999),"
                           " validate and save it (0: off)")
@@ -22,7 +24,9 @@ void add_recipe_options(Cli& cli) {
 RecipeOptions read_recipe_options(const Cli& cli) {
   RecipeOptions r;
   r.augment = cli.str("augment");
-  r.keep_upright = cli.is_set("keep-upright");
+  SONO_CHECK(!(cli.is_set("keep-upright") && cli.is_set("any-orientation")),
+             "--keep-upright and --any-orientation: give one or the other");
+  r.keep_upright = !cli.is_set("any-orientation");
   r.balanced_sampling = cli.is_set("balanced-sampling");
   r.ema_decay = cli.real("ema");
   r.flip_tta = cli.is_set("flip-tta");

@@ -12,8 +12,9 @@ namespace sono::app {
 struct RecipeOptions {
   std::string augment = "standard";  // standard or ultrasound (see data::AugmentOptions)
   // No vertical flips or quarter turns: a scan always has the probe at the top, and what lies
-  // under a lesion (posterior shadowing or enhancement) tells malignant from benign.
-  bool keep_upright = false;
+  // under a lesion (posterior shadowing or enhancement) tells malignant from benign. The default:
+  // ahead of the turning chain for both models on five folds (models/weights/README.md, rows 28-30).
+  bool keep_upright = true;
   bool balanced_sampling = false;
   double ema_decay = 0;  // 0: off
   bool flip_tta = false;
