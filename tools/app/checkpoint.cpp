@@ -17,7 +17,6 @@ namespace {
 
 constexpr const char* kFormat = "sono-checkpoint-1";
 
-// The card's values, read as text from the metadata; every failure names the file and the key.
 // The number all of `t` spells (std::stoll / std::stod), or nothing.
 template <typename T>
 std::optional<T> whole_text_as(const std::string& t) {
@@ -32,6 +31,7 @@ std::optional<T> whole_text_as(const std::string& t) {
   return v;
 }
 
+// The card's values, read as text from the metadata; every failure names the file and the key.
 struct CardReader {
   const std::string& path;
   const std::map<std::string, std::string>& meta;

@@ -9,8 +9,8 @@ void add_recipe_options(Cli& cli) {
                                     " ultrasound (also gamma and speckle noise)")
       .flag("keep-upright", "no vertical flips or 90-degree turns in the augmentation: the probe stays at the top"
                             " and what lies under a lesion stays under it (the default)")
-      .flag("any-orientation", "also vertical flips and 90-degree turns in the augmentation (the chain before"
-                               " --keep-upright became the default)")
+      .flag("any-orientation", "also vertical flips and 90-degree turns in the augmentation (off by default:"
+                               " see --keep-upright)")
       .flag("balanced-sampling", "draw every class equally often (with replacement) instead of each image once")
       .option("ema", "0", "keep an exponential moving average of the weights with this decay (e.g. 0.999),"
                           " validate and save it (0: off)")
