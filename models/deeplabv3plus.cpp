@@ -99,9 +99,9 @@ class DeepLabV3PlusDecoder : public nn::Module {
  public:
   DeepLabV3PlusDecoder(const DeepLabV3PlusConfig& c, const SegmentationEncoder& encoder) {
     const int64_t ch = c.decoder_channels, low_level = 48;  // 48: the paper's choice, as smp
-    const std::array<int64_t, 4> stages = encoder.stage_channels();
+    const std::vector<int64_t> stages = encoder.stage_channels();
     aspp_ = register_module("aspp", std::make_shared<Sequential>());
-    aspp_->append(std::make_shared<Aspp>(stages[3], ch, c.atrous_rates, c.aspp_dropout));
+    aspp_->append(std::make_shared<Aspp>(stages.back(), ch, c.atrous_rates, c.aspp_dropout));
     aspp_->append(separable_conv(ch, ch, 1));
     aspp_->append(std::make_shared<nn::BatchNorm2d>(ch));
     aspp_->append(std::make_shared<nn::ReLU>());
@@ -110,7 +110,7 @@ class DeepLabV3PlusDecoder : public nn::Module {
     block2_ = register_module("block2", bn_relu_after(separable_conv(ch + low_level, ch, 1), ch));
   }
 
-  // features: the encoder's stage outputs; uses stage 1 (stride 4) and the last one.
+  // features: the encoder's stage outputs; uses the first (stride 4) and the last one.
   Tensor forward(const std::vector<Tensor>& features) {
     Tensor deep = up_->forward(aspp_->forward(features.back()));
     return block2_->forward(cat({deep, block1_->forward(features.front())}, -1));
@@ -161,8 +161,12 @@ DeepLabV3PlusConfig deeplabv3plus_config(const std::string& encoder_name, const 
     return e;
   };
   if (encoder_name.starts_with("resnet")) {
-    c.encoder = with_options(resnet_config(encoder_name));
+    ResNetConfig e = with_options(resnet_config(encoder_name));
+    e.depth = options.encoder_depth;
+    c.encoder = e;
   } else {
+    SONO_CHECK(options.encoder_depth == 5, "DeepLabV3+ on ", encoder_name, ": encoder depth ",
+               options.encoder_depth, " is for ResNet encoders; a MiT encoder is built whole (depth 5)");
     MitConfig e = with_options(mit_config(encoder_name));
     e.drop_path_rate = options.drop_path_rate;
     c.encoder = e;

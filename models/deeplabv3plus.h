@@ -2,7 +2,8 @@
 // DeepLabV3+ as segmentation_models_pytorch 0.6's DeepLabV3Plus(encoder_name=..., encoder_weights=
 // None, in_channels=K, classes=C) with its defaults (output stride 16, 256 decoder channels,
 // separable ASPP at rates 12/24/36, dropout 0.5, final x4 upsampling), on a MiT ("mit_b0".."mit_b5")
-// or ResNet ("resnet18".."resnet152") encoder. Parameter and buffer names equal smp's state_dict
+// or ResNet ("resnet18".."resnet152") encoder; a ResNet may stop at encoder_depth 4 or 3, when the
+// ASPP reads layer3 (or layer2) and the upsampling before the skip join is x4 (x2). Parameter and buffer names equal smp's state_dict
 // keys: encoder.*, decoder.aspp.*, decoder.block1.*, decoder.block2.*, segmentation_head.0.*.
 #include <array>
 #include <memory>
@@ -27,7 +28,7 @@ struct DeepLabV3PlusConfig {
 };
 
 // smp's model for encoder_name "mit_b0".."mit_b5" or "resnet18".."resnet152" with our options
-// (in_channels, classes, drop path rate: MiT only).
+// (in_channels, classes, drop path rate: MiT only, encoder depth: ResNet only).
 DeepLabV3PlusConfig deeplabv3plus_config(const std::string& encoder_name, const ModelOptions& options);
 
 class DeepLabV3PlusDecoder;

@@ -1,7 +1,8 @@
 #pragma once
-// What DeepLabV3+ needs of an encoder, whichever family it is (MiT, ResNet): the four stage
-// outputs at strides 4, 8, 16 and 32, the deeper ones dilated down to the output stride, as
-// smp's encoders return them (less the input and the stride-2 map, which DeepLabV3+ never reads).
+// What DeepLabV3+ needs of an encoder, whichever family it is (MiT, ResNet): the stage outputs at
+// strides 4, 8, 16 and 32, the deeper ones dilated down to the output stride, as smp's encoders
+// return them (less the input and the stride-2 map, which DeepLabV3+ never reads). A ResNet built
+// to a smaller smp encoder_depth stops earlier: 4 ends at stride 16, 3 at stride 8.
 #include <algorithm>
 #include <array>
 #include <vector>
@@ -13,10 +14,10 @@ namespace sono::models {
 
 class SegmentationEncoder : public nn::Module {
  public:
-  // x [N, H, W, in_channels] -> four maps [N, h_i, w_i, stage_channels()[i]].
+  // x [N, H, W, in_channels] -> one map per stage built [N, h_i, w_i, stage_channels()[i]].
   virtual std::vector<Tensor> forward(const Tensor& x) = 0;
-  virtual std::array<int64_t, 4> stage_channels() const = 0;
-  virtual int64_t output_stride() const = 0;
+  virtual std::vector<int64_t> stage_channels() const = 0;
+  virtual int64_t output_stride() const = 0;  // of the last stage's map
 };
 
 // The dilation of stage s (0..3, stride 4 << s) when the encoder stops at `output_stride`: each

@@ -40,7 +40,7 @@ class MixVisionTransformer : public SegmentationEncoder {
   // x [N, H, W, in_channels] -> the four stage outputs [N, h_i, w_i, dims[i]] (strides 4, 8, 16,
   // 32 before dilation). smp also returns the input and an empty stride-2 map; nothing uses them.
   std::vector<Tensor> forward(const Tensor& x) override;
-  std::array<int64_t, 4> stage_channels() const override { return config_.dims; }
+  std::vector<int64_t> stage_channels() const override { return {config_.dims.begin(), config_.dims.end()}; }
   int64_t output_stride() const override { return config_.output_stride; }
   const MitConfig& config() const { return config_; }
 

@@ -23,6 +23,7 @@ struct ModelOptions {
   int64_t in_channels = 3;
   int64_t num_classes = 1;
   double drop_path_rate = 0.0;  // stochastic depth (ConvNeXt, MiT)
+  int64_t encoder_depth = 5;    // DeepLabV3+ on a ResNet: smp's encoder_depth (3..5)
 };
 
 // Where backbone weights (timm's or smp's ImageNet checkpoints, or `pretrain`'s output) load.

@@ -99,18 +99,19 @@ ResNetTrunk<Base>::ResNetTrunk(const ResNetConfig& config) : config_(config) {
   const ResNetConfig& c = config_;
   SONO_CHECK(c.output_stride == 32 || c.output_stride == 16 || c.output_stride == 8,
              "ResNet: output stride must be 32, 16 or 8, got ", c.output_stride);
+  SONO_CHECK(c.depth >= 3 && c.depth <= 5, "ResNet: encoder depth must be 3, 4 or 5, got ", c.depth);
   conv1_ = this->register_module("conv1", c.in_channels == 3 || c.timm_init
                                               ? make_conv(c.in_channels, 64, 7, {2, 3})
                                               : std::make_shared<Conv2d>(c.in_channels, 64, 7, Conv2dOptions{2, 3}, false));
   bn1_ = this->register_module("bn1", std::make_shared<BatchNorm2d>(64));
   const int64_t num_blocks = c.layers[0] + c.layers[1] + c.layers[2] + c.layers[3];
   int64_t in = 64, block_index = 0;
-  for (int s = 0; s < 4; ++s) {
+  for (int s = 0; s < c.depth - 1; ++s) {
     const int64_t width = int64_t{64} << s, stride = s == 0 ? 1 : 2;  // a dilated stage's convs drop it
-    layers_[s] = this->register_module("layer" + std::to_string(s + 1), std::make_shared<nn::Sequential>());
+    layers_.push_back(this->register_module("layer" + std::to_string(s + 1), std::make_shared<nn::Sequential>()));
     for (int64_t i = 0; i < c.layers[s]; ++i, ++block_index) {
       const double drop_path = c.drop_path_rate * static_cast<double>(block_index) / static_cast<double>(std::max<int64_t>(1, num_blocks - 1));
-      layers_[s]->append(std::make_shared<Block>(
+      layers_.back()->append(std::make_shared<Block>(
           in, width, BlockOptions{i == 0 ? stride : 1, stage_dilation(s, c.output_stride), c.bottleneck, c.timm_init, drop_path}));
       in = stage_width(s);
     }
@@ -130,13 +131,15 @@ std::vector<Tensor> ResNetTrunk<Base>::stages(const Tensor& x) {
 template class ResNetTrunk<SegmentationEncoder>;
 template class ResNetTrunk<Classifier>;
 
-std::array<int64_t, 4> ResNet::stage_channels() const {
-  return {stage_width(0), stage_width(1), stage_width(2), stage_width(3)};
+std::vector<int64_t> ResNet::stage_channels() const {
+  std::vector<int64_t> channels;
+  for (int s = 0; s < config_.depth - 1; ++s) channels.push_back(stage_width(s));
+  return channels;
 }
 
 ResNetClassifier::ResNetClassifier(const ResNetConfig& config) : ResNetTrunk(config) {
-  SONO_CHECK(config.num_classes > 0 && config.output_stride == 32,
-             "ResNetClassifier: needs num_classes > 0 and output stride 32");
+  SONO_CHECK(config.num_classes > 0 && config.output_stride == 32 && config.depth == 5,
+             "ResNetClassifier: needs num_classes > 0, output stride 32 and all four layers");
   fc_ = register_module("fc", std::make_shared<nn::Linear>(stage_width(3), config.num_classes));
 }
 

@@ -5,6 +5,7 @@
 //   ImageNet checkpoints less fc.*);
 // - ResNetClassifier: timm's "resnet18".."resnet152" classifier (global average pool + fc), whose
 //   keys are the same trunk's plus fc.weight / fc.bias.
+#include <algorithm>
 #include <array>
 #include <memory>
 #include <string>
@@ -21,6 +22,9 @@ struct ResNetConfig {
   int64_t in_channels = 3;
   // 32, or 16 / 8: layer4 (and for 8 layer3) get stride 1 and dilation in all their convs.
   int64_t output_stride = 32;
+  // smp's encoder_depth (3..5): the stem is stage 1, so layer1..layer(depth - 1) are built. smp
+  // keeps the unused layers' weights but never runs them; they are not built here.
+  int64_t depth = 5;
   // timm's classifier init: every conv fan-out normal, the stem too whatever its channels (smp
   // re-creates a non-RGB stem with torch's default), and each block's last BatchNorm weight 0, so
   // every residual branch starts as the identity (torchvision and smp leave it at 1).
@@ -42,7 +46,8 @@ template <class Base>
 class ResNetTrunk : public Base {
  protected:
   explicit ResNetTrunk(const ResNetConfig& config);
-  // x [N, H, W, in_channels] -> layer1..layer4 outputs (strides 4, 8, 16, 32 before dilation).
+  // x [N, H, W, in_channels] -> the outputs of layer1..layer(depth - 1) (strides 4, 8, 16, 32
+  // before dilation).
   std::vector<Tensor> stages(const Tensor& x);
   // Output channels of layer s + 1 (0..3).
   int64_t stage_width(int s) const { return (config_.bottleneck ? 4 : 1) * (int64_t{64} << s); }
@@ -51,15 +56,15 @@ class ResNetTrunk : public Base {
 
  private:
   std::shared_ptr<nn::UnaryModule> conv1_, bn1_;
-  std::array<std::shared_ptr<nn::Sequential>, 4> layers_;
+  std::vector<std::shared_ptr<nn::Sequential>> layers_;
 };
 
 class ResNet : public ResNetTrunk<SegmentationEncoder> {
  public:
   explicit ResNet(const ResNetConfig& config) : ResNetTrunk(config) {}
   std::vector<Tensor> forward(const Tensor& x) override { return stages(x); }
-  std::array<int64_t, 4> stage_channels() const override;
-  int64_t output_stride() const override { return config_.output_stride; }
+  std::vector<int64_t> stage_channels() const override;
+  int64_t output_stride() const override { return std::min(config_.output_stride, int64_t{1} << config_.depth); }
 };
 
 class ResNetClassifier : public ResNetTrunk<Classifier> {

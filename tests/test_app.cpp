@@ -186,6 +186,9 @@ TEST_CASE("every card value is checked against the architecture; the error names
       {classifier, "temperature", "1.5x", "a number from 0.01 to 100"},
       {segmenter, "empty_below", "1", "a number from 0 to 0.999"},
       {classifier, "lesion_view", "nan", "a number from 0 to 4"},
+      {segmenter, "encoder_depth", "6", "a whole number from 3 to 5"},
+      {segmenter, "encoder_depth", "4", "mit_b0 is built whole"},
+      {classifier, "encoder_depth", "4", "a classification card has no encoder depth"},
   };
   for (const Case& c : cases) {
     std::string e = load_error(dir, c.card, c.key, c.value);
@@ -227,6 +230,15 @@ TEST_CASE("--pretrained with a ResNet segmenter's checkpoint starts a ResNet cla
   CHECK(max_abs_diff(stem.slice(1, 3, 4), mul(rgb.slice(1, 0, 1), 0.75)) < 1e-7);
   CHECK(max_abs_diff(cls.at("fc.weight"), fresh_fc) == 0);  // the head stays fresh
 
+  seg_card.encoder_depth = 4;
+  auto shallow = app::build_model(seg_card);
+  const std::string depth4 = (dir / "seg_depth4.safetensors").string();
+  app::save_checkpoint(depth4, *shallow, seg_card);
+  CHECK(app::load_checkpoint(depth4).card.encoder_depth == 4);
+  CHECK_THROWS_WITH_AS(app::load_backbone_weights(*classifier, entry, depth4),
+                       doctest::Contains("is a resnet18 segmenter at encoder depth 4; its encoder lacks"), Error);
+
+  seg_card.encoder_depth = 5;
   seg_card.arch = "resnet34";
   auto deeper = app::build_model(seg_card);
   const std::string other = (dir / "seg34.safetensors").string();

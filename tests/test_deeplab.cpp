@@ -31,8 +31,9 @@ DeepLabV3PlusConfig tiny_config(double drop_path_rate = 0.0) {
 }
 
 // smp's model with our defaults except randomness: the goldens run without dropout and drop path.
-DeepLabV3PlusConfig variant_config(const std::string& variant) {
-  DeepLabV3PlusConfig c = deeplabv3plus_config(variant, {.in_channels = 3, .num_classes = 1});
+DeepLabV3PlusConfig variant_config(const std::string& variant, int64_t encoder_depth = 5) {
+  DeepLabV3PlusConfig c =
+      deeplabv3plus_config(variant, {.in_channels = 3, .num_classes = 1, .encoder_depth = encoder_depth});
   c.aspp_dropout = 0.0;
   return c;
 }
@@ -422,8 +423,9 @@ namespace {
 
 // DeepLabV3+ on `encoder` with formula weights in float64, run as the golden's run(); checks the
 // outputs and the loss, and returns the model (its gradients set) for the caller's checks.
-std::unique_ptr<DeepLabV3Plus> expect_formula_parity(const std::string& encoder, const nn::StateDict& ref) {
-  auto model = std::make_unique<DeepLabV3Plus>(variant_config(encoder));
+std::unique_ptr<DeepLabV3Plus> expect_formula_parity(const std::string& encoder, const nn::StateDict& ref,
+                                                     int64_t encoder_depth = 5) {
+  auto model = std::make_unique<DeepLabV3Plus>(variant_config(encoder, encoder_depth));
   model->to(DType::f64);
   model->load_state_dict(formula_state(*model, DType::f64));
   Run r = run(*model, formula_input({2, 64, 48, 3}, DType::f64));
@@ -462,6 +464,19 @@ TEST_CASE("resnet18: float64 outputs, loss, gradients and running stats equal sm
 
 TEST_CASE("resnet50 (bottleneck blocks): float64 outputs, loss and first-conv gradient equal smp's") {
   expect_formula_parity("resnet50", formula_golden("resnet50"));
+}
+
+TEST_CASE("resnet18 at smp's encoder_depth 4: no layer4, the ASPP on layer3, outputs equal smp's") {
+  const nn::StateDict ref = nn::load_safetensors(test::source_path("tests/golden/deeplab_resnet18_depth4_formula.safetensors")).tensors;
+  auto model = expect_formula_parity("resnet18", ref, 4);
+  // smp's state_dict also holds layer4, which it never runs: 3,600,977 of its parameters are used.
+  CHECK(model->num_parameters() == 3600977);
+  for (auto& [name, t] : model->state_dict()) CHECK_FALSE(name.starts_with("encoder.layer4."));
+  CHECK(model->state_dict().at("decoder.aspp.0.convs.0.0.weight").size(1) == 256);
+  CHECK_THROWS_WITH_AS(deeplabv3plus_config("mit_b0", {.encoder_depth = 4}),
+                       doctest::Contains("encoder depth 4 is for ResNet encoders"), Error);
+  CHECK_THROWS_WITH_AS(std::make_unique<DeepLabV3Plus>(variant_config("resnet18", 2)),
+                       doctest::Contains("encoder depth must be 3, 4 or 5"), Error);
 }
 
 TEST_CASE("torchvision's ImageNet ResNet checkpoint loads through the registry, adapted to 4 channels") {

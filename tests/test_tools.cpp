@@ -717,6 +717,23 @@ TEST_CASE("seg_train --epochs 1 with the default warmup trains, and says which l
   CHECK(convnext.output.find("lr 0.00025 (convnext default), warmup 2 epochs (convnext default), clip-grad 0.5;") != std::string::npos);
 }
 
+// The card carries smp's encoder_depth, so predict rebuilds the smaller model from the file alone.
+TEST_CASE("seg_train --arch resnet18 --encoder-depth 4 trains a 3.6 M-parameter segmenter that predict loads") {
+  const Trained& t = trained();
+  fs::path out = t.root / "depth4.safetensors";
+  Run r = run_tool("seg_train", "--images-dir " + (t.data / "images").string() + " --masks-dir " + (t.data / "masks").string() +
+                                    " --arch resnet18 --encoder-depth 4 --img-size 64 --batch-size 4 --epochs 1 --save-path " +
+                                    out.string());
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(r.output.find("model: resnet18, 3600977 parameters") != std::string::npos);
+  fs::path image = t.data / "images" / "benign" / "benign_0.png";
+  Run p = run_tool("predict", "--image " + image.string() + " --seg_model " + out.string() + " --cls_model " + t.cls.string());
+  INFO(p.output);
+  CHECK(p.status == 0);
+  CHECK(p.output.find("Predicted class: ") != std::string::npos);
+}
+
 TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing written") {
   const Trained& t = trained();
   fs::path bad = t.root / "bad";
@@ -783,6 +800,14 @@ TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing 
     expect_error("cls_train", dirs(t.data) + " --arch convnext_atto --img-size 64 --epochs 1 --seg-model " +
                      (bad / "seg.fold{fold}.safetensors").string() + " --save-path " + out.string(),
                  "give the segmenters' fold count by --seg-folds or --folds");
+  }
+  SUBCASE("--encoder-depth on a MiT encoder") {
+    expect_error("seg_train", dirs(t.data) + seg_opts + out.string() + " --encoder-depth 4",
+                 "--encoder-depth 4: only a ResNet encoder (--arch resnet18 ...) stops early; mit_b0 is built whole");
+  }
+  SUBCASE("--encoder-depth out of range") {
+    expect_error("seg_train", dirs(t.data) + " --arch resnet18 --encoder-depth 6 --save-path " + out.string(),
+                 "--encoder-depth 6: must be 3, 4 or 5");
   }
   SUBCASE("a negative warmup") { expect_error("seg_train", dirs(t.data) + seg_opts + out.string() + " --warmup-epochs -1", "--warmup-epochs -1: must be 0 or more"); }
   SUBCASE("batch size 1 with BatchNorm") { expect_error("seg_train", dirs(t.data) + " --arch mit_b0 --img-size 64 --batch-size 1 --save-path " + out.string(), "BatchNorm"); }

@@ -97,7 +97,8 @@ def run(model, state, x, target, dtype):
     loss.backward()
     out = {"out_train": nhwc(out_train), "loss": loss.detach().reshape(())}
     for name, p in model.named_parameters():
-        out["grad." + name] = p.grad.detach()
+        if p.grad is not None:  # smp keeps the layers past encoder_depth but never runs them
+            out["grad." + name] = p.grad.detach()
     for name, b in model.named_buffers():
         out["running." + name] = b.detach().clone()
     model.eval()
@@ -162,6 +163,7 @@ def committed():
 
     resnet("resnet18", 2, 64, 48, full_checks=True)
     resnet("resnet50", 2, 64, 48, full_checks=False)
+    resnet("resnet18", 2, 64, 48, full_checks=False, encoder_depth=4)
     write_key_list(build("resnet34"), os.path.join(GOLDEN, "deeplab_resnet34_keys.txt"))
     for name in ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]:
         print(name, "params", sum(p.numel() for p in build(name).parameters()))
@@ -201,11 +203,12 @@ def formula_state(model):
     return state
 
 
-def resnet(name, n, h, w, full_checks):
+def resnet(name, n, h, w, full_checks, encoder_depth=5):
     """DeepLabV3+ on a ResNet encoder with formula weights, float64: outputs, loss and the first
     conv's gradient (the end of the backward chain); with full_checks also every parameter's
-    gradient summed over all but its first dim and the running stats (float32)."""
-    model = build(name)
+    gradient summed over all but its first dim and the running stats (float32). A smaller
+    encoder_depth names the file deeplab_NAME_depthD_formula."""
+    model = build(name, encoder_depth=encoder_depth)
     x, target = formula_input(n, h, w, 3, torch.float64), formula_target(n, h, w, 1, torch.float64)
     ref = run(model, formula_state(model), x, target, torch.float64)
     keep = {"out_train": ref["out_train"], "out_eval": ref["out_eval"], "loss": ref["loss"],
@@ -216,9 +219,10 @@ def resnet(name, n, h, w, full_checks):
                 keep["gradsum." + k[5:]] = (v.sum(dim=tuple(range(1, v.dim()))) if v.dim() > 1 else v).float()
             elif k.startswith("running.") and not k.endswith("num_batches_tracked"):
                 keep[k] = v.float()
-    save_file(keep, os.path.join(GOLDEN, f"deeplab_{name}_formula.safetensors"),
+    tag = name if encoder_depth == 5 else f"{name}_depth{encoder_depth}"
+    save_file(keep, os.path.join(GOLDEN, f"deeplab_{tag}_formula.safetensors"),
               metadata={"batch": str(n), "height": str(h), "width": str(w)})
-    print(name, "formula golden: loss", ref["loss"].item(), "| entries", len(keep))
+    print(tag, "formula golden: loss", ref["loss"].item(), "| entries", len(keep))
 
 
 def full(out_dir, which):

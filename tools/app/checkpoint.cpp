@@ -122,6 +122,7 @@ std::map<std::string, std::string> ModelCard::to_metadata() const {
   m["in_channels"] = std::to_string(in_channels);
   m["num_classes"] = std::to_string(num_classes());
   m["img_size"] = std::to_string(img_size);
+  if (task == models::Task::segmentation) m["encoder_depth"] = std::to_string(encoder_depth);
   m["normalisation"] = json{{"mean", normalisation.mean}, {"std", normalisation.std}}.dump();
   return m;
 }
@@ -151,6 +152,12 @@ ModelCard ModelCard::from_metadata(const std::string& path, const std::map<std::
   c.in_channels = r.integer("in_channels", channels, channels);
   r.integer("num_classes", c.num_classes(), c.num_classes());  // must agree with the classes listed
   c.img_size = r.integer("img_size", 32, kMaxImgSize);
+  if (meta.count("encoder_depth")) {
+    if (c.task != models::Task::segmentation) r.bad("encoder_depth", "a classification card has no encoder depth");
+    c.encoder_depth = r.integer("encoder_depth", 3, 5);
+    if (c.encoder_depth != 5 && !c.arch.starts_with("resnet"))
+      r.bad("encoder_depth", c.arch, " is built whole (depth 5); only a ResNet encoder stops early");
+  }
   if (c.img_size % 32) r.bad("img_size", "expected a multiple of 32 (the encoders downsample 32x)");
   c.normalisation = read_normalisation(r);
   r.optional_real("temperature", 0.01, 100);  // fitted within 0.05..20
@@ -165,6 +172,7 @@ std::shared_ptr<nn::UnaryModule> build_model(const ModelCard& card) {
   models::ModelOptions opt;
   opt.in_channels = card.in_channels;
   opt.num_classes = card.num_classes();
+  opt.encoder_depth = card.encoder_depth;
   return models::create_model(card.arch, opt, card.task);
 }
 

@@ -25,6 +25,8 @@ struct ModelCard {
   std::vector<std::string> classes; // class names (classification) or {"lesion"}
   int64_t in_channels = 3;
   int64_t img_size = 256;
+  // A segmenter's smp encoder_depth; cards without the key (before it existed) are depth 5.
+  int64_t encoder_depth = 5;
   data::Normalisation normalisation = data::kImagenet;  // what the model's inputs were
   std::map<std::string, std::string> extra;  // epoch, best metric, ...
 

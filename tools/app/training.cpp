@@ -166,6 +166,9 @@ void load_backbone_weights(nn::Module& model, const models::ModelEntry& entry, c
   if (task == models::task_name(models::Task::segmentation) && entry.task == models::Task::classification) {
     SONO_CHECK(arch == entry.name, path, ": --pretrained is a ", arch, " segmenter; its encoder cannot start a ",
                entry.name, " classifier (a segmenter on the same ResNet can)");
+    const std::string depth = file.metadata.count("encoder_depth") ? file.metadata["encoder_depth"] : "5";
+    SONO_CHECK(depth == "5", path, ": --pretrained is a ", arch, " segmenter at encoder depth ", depth,
+               "; its encoder lacks the last layers a classifier needs (a depth-5 segmenter has them)");
     nn::StateDict encoder;
     for (auto& [key, value] : file.tensors)
       if (key.starts_with("encoder.")) encoder[key.substr(8)] = value;
@@ -390,6 +393,7 @@ void Trainer::build_model() {
   options.num_classes = static_cast<int64_t>(task_.class_names(dataset_).size());
   if (task_.task() == models::Task::segmentation) options.num_classes = 1;
   options.drop_path_rate = s_.drop_path;
+  options.encoder_depth = s_.encoder_depth;
   model_ = models::create_model(s_.arch, options, task_.task());
   SONO_CHECK(!(s_.batch_size == distributed::size() && has_batch_norm(*model_) && !distributed::sync_batch_norm()),
              "--batch-size ", s_.batch_size,
@@ -470,6 +474,7 @@ ModelCard Trainer::card() const {
   c.classes = task_.class_names(dataset_);
   c.in_channels = data::input_channels(task_.input());
   c.img_size = s_.img_size;
+  c.encoder_depth = s_.encoder_depth;
   c.normalisation = data::kImagenet;  // what the loader applies
   c.extra["best_metric"] = task_.best_metric();
   c.extra["best_value"] = std::to_string(best_);

@@ -45,6 +45,7 @@ struct TrainSettings : RunSettings {
   std::map<std::string, std::string> tool_arguments;
   // What a tool's checkpoints tell predict beyond the common card (cls_train: "lesion_view").
   std::map<std::string, std::string> card_extra;
+  int64_t encoder_depth = 5;  // seg_train's --encoder-depth
   // The size the samples are decoded at, when `prepare` (run_training) makes them img_size
   // itself (SampleCache::reframe); 0: img_size.
   int64_t decode_size = 0;
