@@ -379,7 +379,7 @@ namespace {
 std::string predict(const std::string& args) {
   const std::string weights = std::string(SONO_SOURCE_DIR) + "/models/weights/";
   const std::string command = std::string(SONO_BINARY_DIR) + "/bin/predict --threads 1 --seg_model " + weights +
-                              "seg_mit_b0_busi.safetensors --cls_model " + weights +
+                              "seg_resnet18_depth4_busi.safetensors --cls_model " + weights +
                               "cls_resnet18_busi.safetensors " + args + " 2>&1";
   FILE* pipe = popen(command.c_str(), "r");
   REQUIRE(pipe);

@@ -30,7 +30,7 @@ PY
 weights="$repo/models/weights"
 predicted=0 refused=0 bad=0
 for f in "$work"/*; do
-  ASAN_OPTIONS=detect_leaks=0 "$build/bin/predict" --image "$f" --seg-model "$weights/seg_mit_b0_busi.safetensors" \
+  ASAN_OPTIONS=detect_leaks=0 "$build/bin/predict" --image "$f" --seg-model "$weights/seg_resnet18_depth4_busi.safetensors" \
     --cls-model "$weights/cls_resnet18_busi.safetensors" --threads 2 >/dev/null 2>"$work.err"
   rc=$?
   if ((rc == 0)); then

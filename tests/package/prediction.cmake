@@ -20,7 +20,7 @@ function(summary text var)
   set(${var} "${classes}\nlesion ${lesion}%" PARENT_SCOPE)
 endfunction()
 
-set(seg ${SOURCE_DIR}/models/weights/seg_mit_b0_busi.safetensors)
+set(seg ${SOURCE_DIR}/models/weights/seg_resnet18_depth4_busi.safetensors)
 set(cls ${SOURCE_DIR}/models/weights/cls_resnet18_busi.safetensors)
 set(scan ${SOURCE_DIR}/tools/samples/benign_10.png)
 

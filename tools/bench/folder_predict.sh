@@ -16,7 +16,7 @@ shift $(( $# < 5 ? $# : 5 ))
 [[ ${1:-} == -- ]] && shift
 extra=("$@")
 root=$(cd "$(dirname "$0")/../.." && pwd)
-seg_model=${SEG_MODEL:-$root/models/weights/seg_mit_b0_busi.safetensors}
+seg_model=${SEG_MODEL:-$root/models/weights/seg_resnet18_depth4_busi.safetensors}
 cls_model=${CLS_MODEL:-$root/models/weights/cls_resnet18_busi.safetensors}
 images=$(find "$folder" -maxdepth 1 -type f \( -iname '*.png' -o -iname '*.jpg' -o -iname '*.bmp' -o -iname '*.dcm' \) ! -name '*_mask*' | wc -l)
 out=$(mktemp -d)

@@ -12,7 +12,7 @@ for image in "${images[@]}"; do
   name=$(basename "${image%.*}")
   echo "== $image"
   build/bin/predict --image "$image" \
-    --seg_model models/weights/seg_mit_b0_busi.safetensors \
+    --seg_model models/weights/seg_resnet18_depth4_busi.safetensors \
     --cls_model models/weights/cls_resnet18_busi.safetensors \
     --save_mask "demo_output/${name}_mask.png" --overlay --overwrite
 done

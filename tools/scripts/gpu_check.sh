@@ -101,7 +101,7 @@ if [ -n "${PREDICT_DIR:-}" ]; then
   weights=$here/../models/weights
   for bs in 8 32; do
     step 45 "$OUT/timeline.txt" "$B/bin/predict" --device cuda --image "$PREDICT_DIR" --batch_size "$bs" --workers 8 \
-      --seg_model "$weights/seg_mit_b0_busi.safetensors" --cls_model "$weights/cls_resnet18_busi.safetensors" \
+      --seg_model "$weights/seg_resnet18_depth4_busi.safetensors" --cls_model "$weights/cls_resnet18_busi.safetensors" \
       --csv "/tmp/predict_bs$bs.csv" --overwrite
   done
 fi
