@@ -30,7 +30,7 @@ struct ConvNeXtConfig {
 ConvNeXtConfig convnext_config(const std::string& variant);
 
 // Where timm's ConvNeXt checkpoints differ from a model with other input channels or classes.
-inline PretrainedLayout convnext_pretrained_layout() { return {"stem.0.weight", {"head.fc.weight", "head.fc.bias"}}; }
+inline PretrainedLayout convnext_pretrained_layout() { return {"stem.0.weight", {"head.fc.weight", "head.fc.bias"}, {}}; }
 
 class ConvNeXt : public Classifier {
  public:

@@ -32,7 +32,7 @@ MitConfig mit_config(const std::string& variant);
 // smp's ImageNet MiT checkpoints hold the encoder's keys (no "encoder." prefix) and the
 // classification head that smp drops: load them with
 // load_pretrained(model.encoder(), path, mit_pretrained_layout()).
-inline PretrainedLayout mit_pretrained_layout() { return {"patch_embed1.proj.weight", {"head.weight", "head.bias"}}; }
+inline PretrainedLayout mit_pretrained_layout() { return {"patch_embed1.proj.weight", {"head.weight", "head.bias"}, {}}; }
 
 class MixVisionTransformer : public SegmentationEncoder {
  public:

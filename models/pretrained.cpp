@@ -1,5 +1,7 @@
 #include "models/pretrained.h"
 
+#include <algorithm>
+
 #include "layers/safetensors.h"
 #include "tensor/ops.h"
 
@@ -30,6 +32,10 @@ void load_pretrained(nn::Module& model, nn::StateDict checkpoint, const Pretrain
     if (own == mine.end()) checkpoint.erase(key);
     else if (theirs == checkpoint.end() || theirs->second.shape() != own->second.shape())
       checkpoint[key] = own->second.detach().clone();  // keep the fresh head
+  }
+  for (const std::string& stage : layout.optional_stages) {
+    auto under = [&](const auto& entry) { return entry.first.starts_with(stage); };
+    if (std::none_of(mine.begin(), mine.end(), under)) std::erase_if(checkpoint, under);
   }
   model.load_state_dict(checkpoint, true);
 }

@@ -38,7 +38,9 @@ struct ResNetConfig {
 ResNetConfig resnet_config(const std::string& variant);
 
 // torchvision's checkpoints hold the classifier smp drops.
-inline PretrainedLayout resnet_pretrained_layout() { return {"conv1.weight", {"fc.weight", "fc.bias"}}; }
+inline PretrainedLayout resnet_pretrained_layout() {
+  return {"conv1.weight", {"fc.weight", "fc.bias"}, {"layer3.", "layer4."}};
+}
 
 // conv1, bn1, maxpool, layer1..layer4, registered into whichever module owns them (Base: the
 // encoder interface or a one-output module), so both roles keep torchvision's flat names.

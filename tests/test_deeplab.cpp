@@ -505,4 +505,16 @@ TEST_CASE("torchvision's ImageNet ResNet checkpoint loads through the registry, 
       CHECK(test::max_abs_diff(ours, t) == 0);
     }
   }
+  // A segmenter cut at layer3 takes the same checkpoint; layer4's entries go unused, as in smp.
+  auto shallow = create_model("resnet18", {.encoder_depth = 4}, Task::segmentation);
+  load_backbone(*shallow, find_model("resnet18", Task::segmentation), path);
+  const nn::StateDict cut = shallow->state_dict();
+  CHECK(test::max_abs_diff(cut.at("encoder.layer3.1.conv2.weight"), checkpoint.at("layer3.1.conv2.weight")) == 0);
+  CHECK_FALSE(cut.count("encoder.layer4.0.conv1.weight"));
+  // A whole model still loads strictly: the same checkpoint without layer4 is refused.
+  nn::StateDict short_checkpoint;
+  for (auto& [k, v] : checkpoint)
+    if (!k.starts_with("layer4.")) short_checkpoint[k] = v;
+  CHECK_THROWS_WITH_AS(load_backbone(*model, find_model("resnet18", Task::segmentation), short_checkpoint),
+                       doctest::Contains("layer4"), Error);
 }
