@@ -3,8 +3,9 @@
 // None, in_channels=K, classes=C) with its defaults (output stride 16, 256 decoder channels,
 // separable ASPP at rates 12/24/36, dropout 0.5, final x4 upsampling), on a MiT ("mit_b0".."mit_b5")
 // or ResNet ("resnet18".."resnet152") encoder; a ResNet may stop at encoder_depth 4 or 3, when the
-// ASPP reads layer3 (or layer2) and the upsampling before the skip join is x4 (x2). Parameter and buffer names equal smp's state_dict
-// keys: encoder.*, decoder.aspp.*, decoder.block1.*, decoder.block2.*, segmentation_head.0.*.
+// ASPP reads layer3 (or layer2) and the upsampling before the skip join is x4 (x2). Parameter and
+// buffer names equal smp's state_dict keys: encoder.*, decoder.aspp.*, decoder.block1.*,
+// decoder.block2.*, segmentation_head.0.*.
 #include <array>
 #include <memory>
 #include <string>

@@ -473,6 +473,12 @@ TEST_CASE("resnet18 at smp's encoder_depth 4: no layer4, the ASPP on layer3, out
   CHECK(model->num_parameters() == 3600977);
   for (auto& [name, t] : model->state_dict()) CHECK_FALSE(name.starts_with("encoder.layer4."));
   CHECK(model->state_dict().at("decoder.aspp.0.convs.0.0.weight").size(1) == 256);
+  // Depth 3 (ASPP on layer2, x2 before the skip join): smp runs 1,333,969 parameters and returns
+  // the input's size.
+  DeepLabV3Plus depth3(variant_config("resnet18", 3));
+  depth3.eval();
+  CHECK(depth3.num_parameters() == 1333969);
+  CHECK(depth3(formula_input({1, 64, 48, 3}, DType::f32)).shape() == Shape{1, 64, 48, 1});
   CHECK_THROWS_WITH_AS(deeplabv3plus_config("mit_b0", {.encoder_depth = 4}),
                        doctest::Contains("encoder depth 4 is for ResNet encoders"), Error);
   CHECK_THROWS_WITH_AS(std::make_unique<DeepLabV3Plus>(variant_config("resnet18", 2)),
