@@ -160,7 +160,7 @@ DeepLabV3PlusConfig deeplabv3plus_config(const std::string& encoder_name, const 
     e.in_channels = options.in_channels;
     return e;
   };
-  if (encoder_name.starts_with("resnet")) {
+  if (encoder_can_stop_early(encoder_name)) {
     ResNetConfig e = with_options(resnet_config(encoder_name));
     e.depth = options.encoder_depth;
     c.encoder = e;

@@ -31,6 +31,8 @@ struct DeepLabV3PlusConfig {
 // smp's model for encoder_name "mit_b0".."mit_b5" or "resnet18".."resnet152" with our options
 // (in_channels, classes, drop path rate: MiT only, encoder depth: ResNet only).
 DeepLabV3PlusConfig deeplabv3plus_config(const std::string& encoder_name, const ModelOptions& options);
+// Whether the encoder may stop before its last stage (ModelOptions::encoder_depth below 5): ResNets.
+inline bool encoder_can_stop_early(const std::string& encoder_name) { return encoder_name.starts_with("resnet"); }
 
 class DeepLabV3PlusDecoder;
 

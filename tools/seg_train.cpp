@@ -2,6 +2,7 @@
 // checkpoint by validation Dice over all images (an empty mask predicted empty counts 1).
 #include <iostream>
 
+#include "models/deeplabv3plus.h"
 #include "models/registry.h"
 #include "tensor/ops.h"
 #include "tools/app/cross_validation.h"
@@ -52,7 +53,7 @@ int seg_train(int argc, char** argv) {
   settings.encoder_depth = cli.integer("encoder-depth");
   SONO_CHECK(settings.encoder_depth >= 3 && settings.encoder_depth <= 5, "--encoder-depth ",
              settings.encoder_depth, ": must be 3, 4 or 5");
-  SONO_CHECK(settings.encoder_depth == 5 || settings.arch.starts_with("resnet"), "--encoder-depth ",
+  SONO_CHECK(settings.encoder_depth == 5 || models::encoder_can_stop_early(settings.arch), "--encoder-depth ",
              settings.encoder_depth, ": only a ResNet encoder (--arch resnet18 ...) stops early; ", settings.arch,
              " is built whole");
   settings.tool_arguments["--encoder-depth"] = std::to_string(settings.encoder_depth);

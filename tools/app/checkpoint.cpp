@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "layers/safetensors.h"
+#include "models/deeplabv3plus.h"
 #include "tensor/random.h"
 
 namespace sono::app {
@@ -152,13 +153,13 @@ ModelCard ModelCard::from_metadata(const std::string& path, const std::map<std::
   c.in_channels = r.integer("in_channels", channels, channels);
   r.integer("num_classes", c.num_classes(), c.num_classes());  // must agree with the classes listed
   c.img_size = r.integer("img_size", 32, kMaxImgSize);
+  if (c.img_size % 32) r.bad("img_size", "expected a multiple of 32 (the encoders downsample 32x)");
   if (meta.count("encoder_depth")) {
     if (c.task != models::Task::segmentation) r.bad("encoder_depth", "a classification card has no encoder depth");
     c.encoder_depth = r.integer("encoder_depth", 3, 5);
-    if (c.encoder_depth != 5 && !c.arch.starts_with("resnet"))
+    if (c.encoder_depth != 5 && !models::encoder_can_stop_early(c.arch))
       r.bad("encoder_depth", c.arch, " is built whole (depth 5); only a ResNet encoder stops early");
   }
-  if (c.img_size % 32) r.bad("img_size", "expected a multiple of 32 (the encoders downsample 32x)");
   c.normalisation = read_normalisation(r);
   r.optional_real("temperature", 0.01, 100);  // fitted within 0.05..20
   r.optional_real("empty_below", 0, 0.999);
