@@ -557,7 +557,7 @@ TEST_CASE("photometric jitter touches the image only and clamps") {
   CHECK(img.pixels[2] == 1.0f);
 }
 
-TEST_CASE("metrics: Dice and IoU with the empty-mask rule, lesion-only means") {
+TEST_CASE("metrics: Dice and IoU with the empty-mask rule, lesion-only means, lesions found") {
   Mask empty(2, 4), target(2, 4), half(2, 4);
   target.values = {1, 1, 0, 0, 1, 1, 0, 0};
   half.values = {1, 0, 0, 0, 1, 0, 0, 1};  // 2 of 4 hit, 1 false positive
@@ -570,6 +570,7 @@ TEST_CASE("metrics: Dice and IoU with the empty-mask rule, lesion-only means") {
 
   SegmentationMetrics seg;
   CHECK(std::isnan(seg.dice()));
+  CHECK(std::isnan(seg.lesions_found()));
   seg.add(empty, empty);
   seg.add(half, empty);
   seg.add(half, target);
@@ -579,6 +580,13 @@ TEST_CASE("metrics: Dice and IoU with the empty-mask rule, lesion-only means") {
   CHECK(seg.iou() == doctest::Approx((1 + 0 + 0.4) / 3));
   CHECK(seg.lesion_dice() == doctest::Approx(4.0 / 7));
   CHECK(seg.lesion_iou() == doctest::Approx(0.4));
+  CHECK(seg.lesions_found() == 1.0);
+  CHECK(seg.found_lesion_dice() == doctest::Approx(4.0 / 7));
+  CHECK(seg.empty_kept_empty() == 0.5);
+  seg.add(empty, target);  // a lesion missed: lowers the share found, not the Dice of those found
+  CHECK(seg.lesions_found() == 0.5);
+  CHECK(seg.found_lesion_dice() == doctest::Approx(4.0 / 7));
+  CHECK(seg.lesion_dice() == doctest::Approx(2.0 / 7));
 
   SegmentationMetrics from_tensors;  // logits > 0 is the prediction
   Tensor logits = Tensor::from_vector({3, -1, -2, -5, 2, -1, -3, 4, /**/ -1, -1, -1, -1, -1, -1, -1, -1}, {2, 2, 4, 1});

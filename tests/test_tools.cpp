@@ -1,6 +1,7 @@
 // End to end through the tools' command lines, as users run them: seg_train, then cls_train on
 // the masks the segmentation model predicts, then predict; and one clear error (exit 1, the
 // file named, nothing written) for each kind of bad input.
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <fstream>
@@ -607,12 +608,21 @@ TEST_CASE("predict never replaces an input, a ground-truth mask or another outpu
   }
 }
 
+// The state is made to look like one saved by a build that logged one column fewer
+// (val_empty_kept, the last): the resumed log has it from the resumed epoch on.
 TEST_CASE("seg_train --resume continues after the saved epoch") {
   const Trained& t = trained();
-  fs::path log = t.root / "resume_log";
+  fs::path log = t.root / "resume_log", older = t.root / "seg_older_build.last.safetensors";
+  nn::SafetensorsFile state = nn::load_safetensors((t.root / "seg.last.safetensors").string());
+  std::istringstream history(state.metadata.at("history"));
+  std::string shorter;
+  for (std::string line; std::getline(history, line);) shorter += line.substr(0, line.rfind(',')) + "\n";
+  REQUIRE(state.metadata.at("history").find(",val_empty_kept\n") != std::string::npos);
+  state.metadata["history"] = shorter;
+  nn::save_safetensors(older.string(), state.tensors, state.metadata);
   Run r = run_tool("seg_train", "--images-dir " + (t.data / "images").string() + " --masks-dir " +
                                     (t.data / "masks").string() + " --arch mit_b0 --img-size 64 --epochs 7 --batch-size 4"
-                                    " --lr 1e-3 --resume " + (t.root / "seg.last.safetensors").string() + " --save-path " +
+                                    " --lr 1e-3 --resume " + older.string() + " --save-path " +
                                     (t.root / "seg_resumed.safetensors").string() + " --log-dir " + log.string() +
                                     " --resume-anyway");
   INFO(r.output);
@@ -622,6 +632,13 @@ TEST_CASE("seg_train --resume continues after the saved epoch") {
   CHECK(r.output.find("epoch 6/7") == std::string::npos);
   CHECK(r.output.find("epoch 7/7 train") != std::string::npos);
   CHECK(test::csv_column(log / "segmentation_log.csv", "epoch") == std::vector<double>{1, 2, 3, 4, 5, 6, 7});
+  std::vector<double> kept = test::csv_column(log / "segmentation_log.csv", "val_empty_kept");
+  REQUIRE(kept.size() == 7);
+  CHECK(std::all_of(kept.begin(), kept.end() - 1, [](double v) { return std::isnan(v); }));
+  CHECK(kept.back() >= 0);
+  CHECK(kept.back() <= 1);
+  std::vector<double> dice = test::csv_column(log / "segmentation_log.csv", "val_dice");
+  CHECK(std::none_of(dice.begin(), dice.end(), [](double v) { return std::isnan(v); }));
 }
 
 // A resume state holds the arguments of its run and a fingerprint of its data and split: a
@@ -929,6 +946,7 @@ TEST_CASE("cross-validation: --folds 2 trains a model per fold, scores each, rep
   REQUIRE(c.status == 0);
   CHECK(c.output.find("masks: predicted by " + (root / "seg.fold1.safetensors").string() +
                       " ... (each image's out-of-fold segmenter)") != std::string::npos);
+  CHECK(std::regex_search(c.output, std::regex(R"(of their lesions found\), [01]\.\d{4} of lesion-free images left empty)")));
   CHECK(c.output.find("temperature ") != std::string::npos);
   auto cls_rows = csv_rows(root / "cls_log" / "cross_validation.csv");
   for (const char* metric : {"val_accuracy", "val_macro_f1", "val_recall_benign", "val_recall_malignant",

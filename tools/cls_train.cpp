@@ -147,7 +147,10 @@ void use_predicted_masks(data::SampleCache& cache, const std::vector<std::string
   std::cout << std::fixed << std::setprecision(4) << "masks: predicted by " << seg_models.front()
             << (seg_models.size() > 1 ? " ... (each image's out-of-fold segmenter)" : "")
             << "; Dice against the ground truth " << agreement.dice() << " (lesion images "
-            << agreement.lesion_dice() << ")\n" << std::defaultfloat;
+            << agreement.lesion_dice() << ", " << agreement.lesions_found() << " of their lesions found)";
+  if (agreement.images() > agreement.lesion_images())
+    std::cout << ", " << agreement.empty_kept_empty() << " of lesion-free images left empty";
+  std::cout << "\n" << std::defaultfloat;
 }
 
 // --seg-model with {fold}: the K segmenters (seg_models[k] is fold k's) of `seg_train --folds K`

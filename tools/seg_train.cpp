@@ -28,10 +28,12 @@ class SegmentationTask : public app::TrainingTask {
   void reset_metrics() override { metrics_ = {}; }
   void add_metrics(const Tensor& logits, const data::Batch& batch) override { metrics_.add_batch(logits, batch.masks); }
   std::vector<std::string> metric_columns() const override {
-    return {"val_dice", "val_iou", "val_lesion_dice", "val_lesion_iou"};
+    return {"val_dice",          "val_iou",        "val_lesion_dice", "val_lesion_iou",
+            "val_lesions_found", "val_found_dice", "val_empty_kept"};
   }
   std::vector<double> metric_values() const override {
-    return {metrics_.dice(), metrics_.iou(), metrics_.lesion_dice(), metrics_.lesion_iou()};
+    return {metrics_.dice(),          metrics_.iou(),               metrics_.lesion_dice(),     metrics_.lesion_iou(),
+            metrics_.lesions_found(), metrics_.found_lesion_dice(), metrics_.empty_kept_empty()};
   }
   std::string best_metric() const override { return "val_dice"; }
   void after_training(const app::TrainSettings& settings, data::Loader& val) override {

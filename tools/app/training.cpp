@@ -1,5 +1,6 @@
 #include "tools/app/training.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <iomanip>
@@ -17,6 +18,7 @@
 #include "tensor/random.h"
 #include "tools/app/checkpoint.h"
 #include "tools/app/cross_validation.h"
+#include "tools/app/csv_table.h"
 #include "tools/app/distributed.h"
 #include "tools/app/inference.h"
 #include "tools/app/runtime.h"
@@ -278,16 +280,19 @@ std::string data_fingerprint(const data::Dataset& dataset, const std::vector<uin
 }
 
 // The CSV a TrainingLog wrote, read back for --resume.
+// By column name, so that a state saved by a build that logged other columns still resumes:
+// a column it did not log is NaN for its epochs.
 void restore_log(data::TrainingLog& log, const std::string& csv) {
-  std::istringstream lines(csv);
-  std::string line;
-  std::getline(lines, line);  // header
-  while (std::getline(lines, line)) {
-    if (line.empty()) continue;
+  const std::vector<std::vector<std::string>> records = csv_records(csv);
+  if (records.empty()) return;
+  const std::vector<std::string>& saved = records.front();
+  for (size_t r = 1; r < records.size(); ++r) {
     std::vector<double> row;
-    std::istringstream cells(line);
-    std::string cell;
-    while (std::getline(cells, cell, ',')) row.push_back(cell == "nan" ? NAN : std::stod(cell));
+    for (const std::string& column : log.columns()) {
+      const size_t i = static_cast<size_t>(std::find(saved.begin(), saved.end(), column) - saved.begin());
+      const bool absent = i >= records[r].size() || records[r][i] == "nan";
+      row.push_back(absent ? NAN : std::stod(records[r][i]));
+    }
     log.add(row);
   }
 }

@@ -45,10 +45,17 @@ void SegmentationMetrics::add(const uint8_t* prediction, const uint8_t* target, 
   ++images_;
   dice_ += o.dice;
   iou_ += o.iou;
-  if (std::any_of(target, target + pixels, [](uint8_t v) { return v != 0; })) {
-    ++lesion_images_;
-    lesion_dice_ += o.dice;
-    lesion_iou_ += o.iou;
+  if (std::none_of(target, target + pixels, [](uint8_t v) { return v != 0; })) {
+    ++empty_images_;
+    empty_kept_ += o.dice == 1;
+    return;
+  }
+  ++lesion_images_;
+  lesion_dice_ += o.dice;
+  lesion_iou_ += o.iou;
+  if (o.dice > 0) {
+    ++found_lesions_;
+    found_lesion_dice_ += o.dice;
   }
 }
 
@@ -75,6 +82,9 @@ double SegmentationMetrics::dice() const { return mean_or_nan(dice_, images_); }
 double SegmentationMetrics::iou() const { return mean_or_nan(iou_, images_); }
 double SegmentationMetrics::lesion_dice() const { return mean_or_nan(lesion_dice_, lesion_images_); }
 double SegmentationMetrics::lesion_iou() const { return mean_or_nan(lesion_iou_, lesion_images_); }
+double SegmentationMetrics::lesions_found() const { return mean_or_nan(double(found_lesions_), lesion_images_); }
+double SegmentationMetrics::found_lesion_dice() const { return mean_or_nan(found_lesion_dice_, found_lesions_); }
+double SegmentationMetrics::empty_kept_empty() const { return mean_or_nan(double(empty_kept_), empty_images_); }
 
 ClassificationMetrics::ClassificationMetrics(int classes)
     : confusion_(std::max(classes, 0), std::vector<int64_t>(std::max(classes, 0), 0)) {

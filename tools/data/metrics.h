@@ -1,7 +1,9 @@
 #pragma once
 // Validation figures. Segmentation: Dice and IoU per image, averaged over images, both over
-// all images and over lesion images only. Classification: accuracy, macro-F1, per-class
-// recall and the confusion matrix.
+// all images and over lesion images only; and, since a lesion missed outright and a lesion
+// outlined loosely call for different fixes, the share of lesions found at all, the Dice of
+// those found, and the share of lesion-free scans left empty. Classification: accuracy,
+// macro-F1, per-class recall and the confusion matrix.
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -32,11 +34,14 @@ class SegmentationMetrics {
   double iou() const;
   double lesion_dice() const;  // mean over images whose target is not empty; NaN if none
   double lesion_iou() const;
+  double lesions_found() const;      // share of lesion images whose prediction overlaps the lesion; NaN if none
+  double found_lesion_dice() const;  // mean Dice over those images; NaN if none
+  double empty_kept_empty() const;   // share of lesion-free images predicted empty; NaN if none
 
  private:
   void add(const uint8_t* prediction, const uint8_t* target, size_t pixels);
-  size_t images_ = 0, lesion_images_ = 0;
-  double dice_ = 0, iou_ = 0, lesion_dice_ = 0, lesion_iou_ = 0;
+  size_t images_ = 0, lesion_images_ = 0, found_lesions_ = 0, empty_images_ = 0, empty_kept_ = 0;
+  double dice_ = 0, iou_ = 0, lesion_dice_ = 0, lesion_iou_ = 0, found_lesion_dice_ = 0;
 };
 
 class ClassificationMetrics {

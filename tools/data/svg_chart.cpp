@@ -25,7 +25,7 @@ namespace {
 
 constexpr double kPanelWidth = 480, kPanelHeight = 320, kTitleHeight = 30;
 constexpr double kLeft = 64, kRight = 16, kTop = 28, kBottom = 48;  // plot margins in a panel
-const char* const kColours[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"};
+const char* const kColours[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"};
 
 std::string num(double v) {
   char buffer[32];
