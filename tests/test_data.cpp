@@ -856,6 +856,18 @@ TEST_CASE("training log: CSV and SVG curves written") {
   for (size_t at = svg.find("<polyline"); at != std::string::npos; at = svg.find("<polyline", at + 1)) ++polylines;
   CHECK(polylines == 4);
   CHECK(contains(error_of([&] { log.add({1, 2}); }), "a row of 2 values for 4 columns"));
+
+  // Columns too many for the panel's title line: the legend alone names them.
+  TrainingLog wide({"epoch", "train_loss", "val_dice", "val_lesion_dice", "val_lesions_found", "val_found_dice",
+                    "val_empty_kept"});
+  wide.add({1, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5});
+  wide.write_svg(dir / "wide.svg", "seg", {"train_loss"}, {"val_dice", "val_lesion_dice", "val_lesions_found",
+                                                           "val_found_dice", "val_empty_kept"});
+  std::ifstream wide_in(dir / "wide.svg");
+  std::string wide_svg((std::istreambuf_iterator<char>(wide_in)), std::istreambuf_iterator<char>());
+  CHECK(contains(wide_svg, "font-weight=\"bold\">metrics</text>"));
+  CHECK(contains(wide_svg, "font-weight=\"bold\">train_loss</text>"));
+  CHECK(contains(wide_svg, ">val_empty_kept</text>"));
 }
 
 TEST_CASE("BUSI: near-duplicates grouped, benign (433) and malignant (145) on one side") {

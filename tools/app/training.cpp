@@ -279,9 +279,8 @@ std::string data_fingerprint(const data::Dataset& dataset, const std::vector<uin
   return os.str();
 }
 
-// The CSV a TrainingLog wrote, read back for --resume.
-// By column name, so that a state saved by a build that logged other columns still resumes:
-// a column it did not log is NaN for its epochs.
+// The CSV a TrainingLog wrote, read back for --resume by column name, so that a state saved by
+// a build that logged other columns still resumes: a column it did not log is NaN for its epochs.
 void restore_log(data::TrainingLog& log, const std::string& csv) {
   const std::vector<std::vector<std::string>> records = csv_records(csv);
   if (records.empty()) return;

@@ -62,14 +62,16 @@ void TrainingLog::write_svg(const std::filesystem::path& file, const std::string
                             const std::vector<std::string>& loss_columns,
                             const std::vector<std::string>& metric_columns) const {
   std::vector<double> x = column(columns_[0]);
-  auto panel = [&](const std::vector<std::string>& cols) {
+  // A panel is titled by its columns where they fit on its title line; past that the legend
+  // alone names them.
+  auto panel = [&](const std::vector<std::string>& cols, const std::string& too_many) {
     std::string name;
     for (const auto& c : cols) name.append(name.empty() ? "" : ", ").append(c);
-    Panel p{name, columns_[0], "", {}};
+    Panel p{name.size() <= 60 ? name : too_many, columns_[0], "", {}};
     for (const auto& c : cols) p.series.push_back({c, x, column(c)});
     return p;
   };
-  write_file_atomic(file, line_chart_svg(title, {panel(loss_columns), panel(metric_columns)}));
+  write_file_atomic(file, line_chart_svg(title, {panel(loss_columns, "losses"), panel(metric_columns, "metrics")}));
 }
 
 }  // namespace sono::data
