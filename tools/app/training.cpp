@@ -285,10 +285,12 @@ void restore_log(data::TrainingLog& log, const std::string& csv) {
   const std::vector<std::vector<std::string>> records = csv_records(csv);
   if (records.empty()) return;
   const std::vector<std::string>& saved = records.front();
+  std::vector<size_t> saved_index;  // per column of `log`; saved.size() where the state has none
+  for (const std::string& column : log.columns())
+    saved_index.push_back(static_cast<size_t>(std::find(saved.begin(), saved.end(), column) - saved.begin()));
   for (size_t r = 1; r < records.size(); ++r) {
     std::vector<double> row;
-    for (const std::string& column : log.columns()) {
-      const size_t i = static_cast<size_t>(std::find(saved.begin(), saved.end(), column) - saved.begin());
+    for (size_t i : saved_index) {
       const bool absent = i >= records[r].size() || records[r][i] == "nan";
       row.push_back(absent ? NAN : std::stod(records[r][i]));
     }
