@@ -85,10 +85,18 @@ Tensor decode(const DTypeInfo& d, const Shape& shape, const char* bytes) {
   return t;
 }
 
+// In one read of the file's size: a character iterator took 90 ms for predict's two 15 MB
+// checkpoints, longer than a batch of scans.
 std::string read_all(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   SONO_CHECK(in, path, ": cannot open for reading (", std::strerror(errno), ")");
-  return std::string(std::istreambuf_iterator<char>(in), {});
+  std::error_code error;
+  SONO_CHECK(std::filesystem::is_regular_file(path, error), path, ": is not a regular file");
+  std::string bytes(std::filesystem::file_size(path), '\0');
+  in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  SONO_CHECK(in.gcount() == static_cast<std::streamsize>(bytes.size()), path, ": read ", in.gcount(), " of its ",
+             bytes.size(), " bytes");
+  return bytes;
 }
 
 // Limits a hostile header cannot exceed, far above any real checkpoint (convnext_large with
