@@ -48,6 +48,10 @@ TEST_CASE("conv2d float32 agrees with float64 on the vectorised and GEMM paths")
       {"dense 3x3 stride 2", {2, 9, 11, 20}, 24, 3, {2, 1, 1, 1}},
       {"pointwise", {2, 6, 5, 33}, 17, 1, {1, 0, 1, 1}},
       {"sr 4x4 stride 4, 24 channels out of 9 pixels", {1, 12, 13, 20}, 24, 4, {4, 0, 1, 1}},
+      // the GEMM reading the columns from the input (channels in runs of 16)
+      {"implicit columns 3x3, 32 channels", {2, 9, 11, 32}, 24, 3, {1, 1, 1, 1}},
+      {"implicit columns 3x3 stride 2, dilation 2, 48 channels", {1, 13, 12, 48}, 20, 3, {2, 2, 2, 1}},
+      {"implicit columns, 2 groups of 16 channels", {2, 8, 8, 32}, 16, 3, {1, 1, 1, 2}},
   };
   uint64_t seed = 200;
   for (const ConvCase& c : cases) {

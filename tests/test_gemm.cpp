@@ -3,6 +3,7 @@
 // shared operands, alpha/beta (C not read when beta is 0) and the bias epilogue.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -120,6 +121,77 @@ TEST_CASE("bf16 operands: the GEMM equals a float64 reference of the rounded ope
     CHECK(worst_unrounded > 100);
   }
   cpu::use_bf16_dot_products(true);
+}
+
+namespace {
+
+// A convolution's column matrix (rows: output pixels; depth: tap-major channels) copied out of
+// an NHWC input by loops, as the reference for reading it implicitly.
+std::vector<float> explicit_columns(const std::vector<float>& x, int64_t images, const cpu::ImplicitColumns& c,
+                                    int64_t kh) {
+  std::vector<float> cols;
+  for (int64_t n = 0; n < images; ++n)
+    for (int64_t oy = 0; oy < c.oh; ++oy)
+      for (int64_t ox = 0; ox < c.ow; ++ox)
+        for (int64_t tap = 0; tap < kh * c.kw; ++tap)
+          for (int64_t ch = 0; ch < c.channels; ++ch) {
+            const int64_t y = oy * c.stride - c.padding + tap / c.kw * c.dilation;
+            const int64_t xx = ox * c.stride - c.padding + tap % c.kw * c.dilation;
+            const bool inside = y >= 0 && y < c.h && xx >= 0 && xx < c.w;
+            cols.push_back(inside ? x[((n * c.h + y) * c.w + xx) * c.pixel_stride + (c.x - x.data()) + ch] : 0.0f);
+          }
+  return cols;
+}
+
+}  // namespace
+
+// sgemm reading op(A) as implicit columns gives the GEMM of the explicit column matrix: padding
+// on every side, strides, dilation, a channel offset inside wider pixels (a group), several
+// depth blocks (k = 9 x 48) and row counts that are not a multiple of the micro-tile.
+TEST_CASE("implicit convolution columns: the GEMM equals that of the column matrix copied out") {
+  if constexpr (!cpu::kHaveSgemm) {
+    MESSAGE("no AVX-512 on this CPU: convolutions copy their columns out for Eigen");
+    return;
+  }
+  struct ColumnsCase {
+    int64_t images, h, w, pixel_stride, channel_offset, channels, kh, kw, stride, padding, dilation, cout;
+  };
+  const ColumnsCase cases[] = {
+      {2, 7, 9, 16, 0, 16, 3, 3, 1, 1, 1, 24},   // 126 rows, padding 1
+      {1, 11, 10, 64, 16, 48, 3, 3, 2, 1, 1, 40},  // stride 2, a group's channels at offset 16
+      {1, 9, 9, 32, 0, 32, 3, 3, 1, 2, 2, 17},    // dilation 2
+      {3, 8, 8, 16, 0, 16, 2, 2, 2, 0, 1, 33},    // 2x2 stride 2 (a ConvNeXt downsample)
+  };
+  std::mt19937 rng(7);
+  for (bool bf16 : {false, true}) {
+    for (const ColumnsCase& t : cases) {
+      CAPTURE(bf16);
+      CAPTURE(t.channels);
+      CAPTURE(t.stride);
+      CAPTURE(t.dilation);
+      const std::vector<float> x = random_floats(t.images * t.h * t.w * t.pixel_stride, rng);
+      const int64_t oh = (t.h + 2 * t.padding - t.dilation * (t.kh - 1) - 1) / t.stride + 1;
+      const int64_t ow = (t.w + 2 * t.padding - t.dilation * (t.kw - 1) - 1) / t.stride + 1;
+      const cpu::ImplicitColumns columns{x.data() + t.channel_offset, t.h, t.w, t.pixel_stride, oh, ow, t.kw,
+                                         t.channels, t.stride, t.padding, t.dilation};
+      const int64_t m = t.images * oh * ow, k = t.kh * t.kw * t.channels;
+      const std::vector<float> cols = explicit_columns(x, t.images, columns, t.kh), w = random_floats(t.cout * k, rng);
+      std::vector<float> implicit(m * t.cout, NAN), copied(m * t.cout, NAN);
+      cpu::GemmProblem<float> p{cols.data(), w.data(), copied.data(), nullptr, 1, m, t.cout, k,
+                                false, true, false, false, 1.0f, 0.0f};
+      p.bf16_operands = bf16;
+      cpu::sgemm(p);
+      p.a = nullptr;
+      p.c = implicit.data();
+      p.a_columns = &columns;
+      cpu::sgemm(p);
+      // Depth blocks may be cut differently (multiples of 16 here), so sums may round apart.
+      double worst = 0;
+      for (size_t i = 0; i < implicit.size(); ++i) worst = std::max(worst, double(std::abs(implicit[i] - copied[i])));
+      CHECK(worst < 1e-4);
+      CHECK(std::none_of(implicit.begin(), implicit.end(), [](float v) { return std::isnan(v); }));
+    }
+  }
 }
 
 TEST_CASE("linear in float32 follows float64 forward and backward (the GEMM behind both)") {

@@ -14,6 +14,7 @@
 #include "tensor/cpu/cpu_backend.h"
 #include "tensor/cpu/depthwise_simd.h"
 #include "tensor/cpu/gemm.h"
+#include "tensor/cpu/thread_buffer.h"
 
 namespace sono::cpu {
 
@@ -375,14 +376,23 @@ void col2im(const Conv2dGeometry& g, const ColumnLayout& cl, const Taps& back, c
   }
 }
 
+struct ColumnMatrix {};
+
+// The calling thread's column matrix, kept from one conv to the next: each conv's sizes differ,
+// and a tensor of tens of MB for each (predict alternates two models) kept the block cache
+// mapping fresh blocks, whose pages the kernel zeroed again on first touch.
+template <typename T>
+T* column_buffer(int64_t numel) {
+  return thread_buffer<ColumnMatrix, T>().reserve(numel);
+}
+
 // Runs step(n0, n1, rows, cols) per chunk of images, cols pointing at their column matrix
 // (built by im2col when `fill_columns`, else scratch for the caller to fill).
 template <typename T, typename Step>
 void for_each_chunk(const Conv2dGeometry& g, const ColumnLayout& cl, const T* x, bool fill_columns,
                     Step&& step) {
   const int64_t pixels = g.oh * g.ow;
-  Tensor holder;
-  T* buffer = cl.identity ? nullptr : scratch<T>(holder, cl.images_per_chunk * pixels * cl.cols);
+  T* buffer = cl.identity ? nullptr : column_buffer<T>(cl.images_per_chunk * pixels * cl.cols);
   const Taps t = forward_taps(g);
   for (int64_t n0 = 0; n0 < g.n; n0 += cl.images_per_chunk) {
     const int64_t n1 = std::min(g.n, n0 + cl.images_per_chunk);
@@ -411,10 +421,34 @@ class WeightRows {
   Tensor holder_;
 };
 
+// Tap-major columns whose taps are whole runs of 16 channels can be read by sgemm straight from
+// the input (ImplicitColumns): no column matrix is written, and the packing reads the input once.
+bool reads_implicit_columns(const ColumnLayout& cl) {
+  return kHaveSgemm && !cl.identity && !cl.weight_order && cl.cin_g % 16 == 0;
+}
+
+void conv_forward_implicit(const Conv2dGeometry& g, const ColumnLayout& cl, const float* x, const float* wt,
+                           float* out) {
+  for (int64_t gi = 0; gi < g.groups; ++gi) {
+    const ImplicitColumns columns{x + gi * cl.cin_g, g.h,       g.w,      g.cin,     g.oh,     g.ow,
+                                  g.kw,              cl.cin_g, g.stride, g.padding, g.dilation};
+    // out[pixels, cout_g] = columns[pixels, group_cols] x wt[cout_g, group_cols]^T
+    GemmProblem<float> p{nullptr, wt + gi * cl.cout_g * cl.group_cols, out + gi * cl.cout_g, nullptr, 1,
+                         g.n * g.oh * g.ow, cl.cout_g, cl.group_cols, false, true, false, false, 1.0f, 0.0f,
+                         0, cl.group_cols, g.cout};
+    p.bf16_operands = g.precision == Precision::bf16;
+    p.a_columns = &columns;
+    gemm_rows(p);
+  }
+}
+
 template <typename T>
 void conv_forward(const Conv2dGeometry& g, const T* x, const T* w, T* out) {
   const ColumnLayout cl = column_layout(g, true);
   const WeightRows<T> wt(w, g, cl);
+  if constexpr (std::is_same_v<T, float>) {
+    if (reads_implicit_columns(cl)) return conv_forward_implicit(g, cl, x, wt.data(), out);
+  }
   for_each_chunk<T>(g, cl, x, true, [&](int64_t n0, int64_t, int64_t rows, T* cols) {
     for (int64_t gi = 0; gi < g.groups; ++gi) {
       // out[rows, cout_g] = cols[rows, group_cols] x wt[cout_g, group_cols]^T

@@ -11,6 +11,16 @@ namespace sono::cpu {
 // C is [m, n]; each is `batch` matrices back to back, except that a_shared / b_shared mean one
 // matrix serves every batch item. lda/ldb/ldc are the stored row strides (0: packed, i.e. the
 // stored column count), so a GEMM can read and write column slices of wider matrices.
+// op(A) as a convolution's column matrix, read straight from the NHWC input instead of copied
+// out by im2col: row r is output pixel r (image r / (oh * ow) from x on), depth step p is channel
+// p % channels of kernel tap p / channels (taps row-major), zero where the tap reads padding.
+// sgemm reads it 16 depth steps at a time, each inside one tap: channels is a multiple of 16.
+struct ImplicitColumns {
+  const float* x;  // image 0's pixel (0, 0), at the group's first channel
+  int64_t h, w, pixel_stride;  // input height and width, floats from one pixel to the next
+  int64_t oh, ow, kw, channels, stride, padding, dilation;
+};
+
 template <typename T>
 struct GemmProblem {
   const T* a;
@@ -26,6 +36,8 @@ struct GemmProblem {
   void (*post_op)(T* values, int64_t n) = nullptr;
   // bf16 products (float32 only): A and B read rounded to bfloat16, float32 accumulation.
   bool bf16_operands = false;
+  // sgemm only, batch 1: op(A) read through this instead of a / lda / trans_a.
+  const ImplicitColumns* a_columns = nullptr;
 };
 
 #ifdef __AVX512F__

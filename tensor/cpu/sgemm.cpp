@@ -9,15 +9,14 @@
 #include "tensor/cpu/gemm.h"
 
 #include "tensor/cpu/bf16.h"
+#include "tensor/cpu/thread_buffer.h"
 
 #include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
 #include <cstring>
-#include <memory>
 
 #include "tensor/error.h"
 
@@ -42,34 +41,15 @@ constexpr int64_t kMinParallelWork = int64_t{1} << 18;
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
-// A growable 64-byte aligned float buffer, one per thread and role (never shrinks).
-class PackBuffer {
- public:
-  float* reserve(int64_t floats) {
-    if (floats > capacity_) {
-      size_t bytes = static_cast<size_t>(round_up(floats, 16)) * sizeof(float);
-      data_.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
-      if (!data_) fail("out of CPU memory allocating a GEMM pack buffer of ", bytes, " bytes");
-      capacity_ = floats;
-    }
-    return data_.get();
-  }
-
- private:
-  struct Free {
-    void operator()(float* p) const { std::free(p); }
-  };
-  std::unique_ptr<float, Free> data_;
-  int64_t capacity_ = 0;
-};
-
 // What a thread packs: each operand's float32 panels, and their bf16 depth-pair panels.
 enum class Role { a, b, a16, b16 };
 
 template <Role>
-PackBuffer& pack_buffer() {
-  thread_local PackBuffer buffer;
-  return buffer;
+struct PanelsOf {};
+
+template <Role R>
+float* pack_buffer(int64_t floats) {
+  return thread_buffer<PanelsOf<R>, float>().reserve(floats);
 }
 
 // A matrix seen through strides: element (r, p) is data[r * rs + p * cs].
@@ -116,31 +96,73 @@ void transpose16(__m512 (&v)[16]) {
   for (int c = 0; c < 16; ++c) v[c] = out[c];
 }
 
+// 16 rows' next `steps` (<= 16) depth values, row i's at rows[i] (zeros where it is null), loaded
+// and transposed in registers, then stored as `steps` depth steps of a W-row panel from its row
+// g on: panel[c * W + g + i] = rows[i][c].
+template <int W>
+void store_transposed(const float* const (&rows)[16], int64_t steps, int g, float* panel) {
+  const __mmask16 depth_mask = column_mask(steps);
+  __m512 v[16];
+  for (int i = 0; i < 16; ++i) v[i] = rows[i] ? _mm512_maskz_loadu_ps(depth_mask, rows[i]) : _mm512_setzero_ps();
+  transpose16(v);
+  const __mmask16 row_mask = column_mask(W - g);
+  for (int64_t c = 0; c < steps; ++c) _mm512_mask_storeu_ps(panel + c * W + g, row_mask, v[c]);
+}
+
 // src.cs == 1: each row's depth is contiguous (A as [m, k], B transposed: Linear's operands).
-// 16 rows x 16 depth steps at a time are loaded, transposed in registers and stored as 16
-// depth steps of the panel (a scalar loop spent as long packing as the GEMM multiplying at
-// MiT's narrow layers).
+// 16 rows x 16 depth steps at a time are transposed in registers (a scalar loop spent as long
+// packing as the GEMM multiplying at MiT's narrow layers).
 template <int W>
 void pack_rows_contiguous(Strided src, int64_t rows, int64_t depth, float* dst) {
   for (int64_t r0 = 0; r0 < rows; r0 += W) {
     const int64_t valid = std::min<int64_t>(W, rows - r0);
     float* panel = dst + r0 * depth;
     for (int64_t p0 = 0; p0 < depth; p0 += 16) {
-      const int64_t steps = std::min<int64_t>(16, depth - p0);
-      const __mmask16 depth_mask = column_mask(steps);
       for (int g = 0; g < W; g += 16) {
-        __m512 v[16];
+        const float* at[16];
         for (int i = 0; i < 16; ++i) {
           // The next panel's rows, same depth: each row is read only kc floats at a time, too
           // short a stream for the hardware prefetcher to get ahead.
           if (r0 + W + g + i < rows)
             _mm_prefetch(reinterpret_cast<const char*>(src.at(r0 + W + g + i, p0)), _MM_HINT_T0);
-          v[i] = g + i < valid ? _mm512_maskz_loadu_ps(depth_mask, src.at(r0 + g + i, p0))
-                               : _mm512_setzero_ps();
+          at[i] = g + i < valid ? src.at(r0 + g + i, p0) : nullptr;
         }
-        transpose16(v);
-        const __mmask16 row_mask = column_mask(W - g);
-        for (int64_t c = 0; c < steps; ++c) _mm512_mask_storeu_ps(panel + (p0 + c) * W + g, row_mask, v[c]);
+        store_transposed<W>(at, std::min<int64_t>(16, depth - p0), g, panel + p0 * W);
+      }
+    }
+  }
+}
+
+// Rows [r0, r0 + rows) and depth steps [p0, p0 + depth) of implicit columns, packed as
+// pack_rows_contiguous packs a matrix; p0 is a multiple of 16, so each 16 steps are one tap's
+// run of channels (or its padding).
+template <int W>
+void pack_implicit_columns(const ImplicitColumns& c, int64_t r0, int64_t rows, int64_t p0, int64_t depth,
+                           float* dst) {
+  const int64_t pixels = c.oh * c.ow;
+  for (int64_t pr = 0; pr < rows; pr += W) {
+    const int64_t valid = std::min<int64_t>(W, rows - pr);
+    // Each row's image and the input position its tap (0, 0) reads.
+    const float* image[W];
+    int64_t y0[W], x0[W];
+    for (int64_t i = 0; i < valid; ++i) {
+      const int64_t r = r0 + pr + i, q = r % pixels;
+      image[i] = c.x + r / pixels * c.h * c.w * c.pixel_stride;
+      y0[i] = q / c.ow * c.stride - c.padding;
+      x0[i] = q % c.ow * c.stride - c.padding;
+    }
+    float* panel = dst + pr * depth;
+    for (int64_t s = 0; s < depth; s += 16) {
+      const int64_t tap = (p0 + s) / c.channels, channel = (p0 + s) % c.channels;
+      const int64_t dy = tap / c.kw * c.dilation, dx = tap % c.kw * c.dilation;
+      for (int g = 0; g < W; g += 16) {
+        const float* at[16];
+        for (int i = 0; i < 16; ++i) {
+          const int64_t row = g + i, y = row < valid ? y0[row] + dy : -1, x = row < valid ? x0[row] + dx : -1;
+          const bool inside = y >= 0 && y < c.h && x >= 0 && x < c.w;
+          at[i] = inside ? image[row] + (y * c.w + x) * c.pixel_stride + channel : nullptr;
+        }
+        store_transposed<W>(at, std::min<int64_t>(16, depth - s), g, panel + s * W);
       }
     }
   }
@@ -303,7 +325,14 @@ struct Item {
   float alpha, beta;
   void (*post_op)(float*, int64_t);
   bool bf16;  // bf16 operands
+  const ImplicitColumns* a_columns;  // read instead of a where set
 };
+
+// A's rows [ic, ic + mc) and depth steps [pc, pc + kc), packed into kMr-row panels.
+void pack_a_block(const Item& it, int64_t ic, int64_t mc, int64_t pc, int64_t kc, float* dst) {
+  if (it.a_columns) pack_implicit_columns<kMr>(*it.a_columns, ic, mc, pc, kc, dst);
+  else pack_panels<kMr>({it.a.at(ic, pc), it.a.rs, it.a.cs}, mc, kc, dst);
+}
 
 // One depth block's packed operands: float32 panels, or with bf16 dot products the bf16
 // depth-pair panels made from them.
@@ -332,12 +361,12 @@ void macro_kernel(const Item& it, const Packed& pack, int64_t ic, int64_t mc, in
   }
 }
 
-// The operand panels of one depth block: packed, and for bf16 operands rounded or made into
-// depth-pair panels.
-template <int W>
-void pack_operand(Strided src, int64_t rows, int64_t depth, bool bf16, bool dot_products, float* dst,
+// The operand panels of one depth block: packed into dst by pack_float, and for bf16 operands
+// rounded or made into depth-pair panels.
+template <int W, typename PackFloat>
+void pack_operand(PackFloat&& pack_float, int64_t rows, int64_t depth, bool bf16, bool dot_products, float* dst,
                   uint16_t* dst16) {
-  pack_panels<W>(src, rows, depth, dst);
+  pack_float(dst);
   if (!bf16) return;
   if (dot_products) pack_bf16_pairs<W>(dst, rows, depth, dst16);
   else round_panels(dst, round_up(rows, W) * depth);
@@ -370,22 +399,24 @@ void run_item(const Item& it, Team team) {
   const int64_t row_blocks = ceil_div(it.m, it.mc);
   if (share.first_block >= row_blocks || share.col_begin >= share.col_end) return;
   const int64_t a_floats = round_up(it.mc, kMr) * it.kc, b_floats = round_up(std::min(it.n, kNc), kNr) * it.kc;
-  float* a_pack = pack_buffer<Role::a>().reserve(a_floats);
-  float* b_pack = pack_buffer<Role::b>().reserve(b_floats);
+  float* a_pack = pack_buffer<Role::a>(a_floats);
+  float* b_pack = pack_buffer<Role::b>(b_floats);
   const bool dot_products = it.bf16 && bf16_dot_products();
   // it.kc is even: a depth block's pair panels take as many bytes as half its float32 panels.
-  uint16_t* a16 = dot_products ? reinterpret_cast<uint16_t*>(pack_buffer<Role::a16>().reserve(a_floats / 2)) : nullptr;
-  uint16_t* b16 = dot_products ? reinterpret_cast<uint16_t*>(pack_buffer<Role::b16>().reserve(b_floats / 2)) : nullptr;
+  uint16_t* a16 = dot_products ? reinterpret_cast<uint16_t*>(pack_buffer<Role::a16>(a_floats / 2)) : nullptr;
+  uint16_t* b16 = dot_products ? reinterpret_cast<uint16_t*>(pack_buffer<Role::b16>(b_floats / 2)) : nullptr;
   const Packed pack{a_pack, b_pack, a16, b16};
   for (int64_t jc = share.col_begin; jc < share.col_end; jc += kNc) {
     const int64_t nc = std::min(kNc, share.col_end - jc);
     // pc == 0 runs even for k == 0, so that beta and the bias still apply.
     for (int64_t pc = 0; pc == 0 || pc < it.k; pc += it.kc) {
       const int64_t kc = std::min(it.kc, it.k - pc);
-      pack_operand<kNr>({it.b.at(jc, pc), it.b.rs, it.b.cs}, nc, kc, it.bf16, dot_products, b_pack, b16);
+      pack_operand<kNr>([&](float* dst) { pack_panels<kNr>({it.b.at(jc, pc), it.b.rs, it.b.cs}, nc, kc, dst); },
+                        nc, kc, it.bf16, dot_products, b_pack, b16);
       for (int64_t blk = share.first_block; blk < row_blocks; blk += share.block_step) {
         const int64_t ic = blk * it.mc, mc = std::min(it.mc, it.m - ic);
-        pack_operand<kMr>({it.a.at(ic, pc), it.a.rs, it.a.cs}, mc, kc, it.bf16, dot_products, a_pack, a16);
+        pack_operand<kMr>([&](float* dst) { pack_a_block(it, ic, mc, pc, kc, dst); }, mc, kc, it.bf16, dot_products,
+                          a_pack, a16);
         macro_kernel(it, pack, ic, mc, jc, nc, kc, pc == 0, pc + kc >= it.k);
       }
     }
@@ -402,8 +433,13 @@ Item make_item(const GemmProblem<float>& p, int64_t i, int threads) {
   const float* b = p.b + (p.b_shared ? 0 : i * (p.trans_b ? p.n : p.k) * ldb);
   Item it{p.trans_a ? Strided{a, 1, lda} : Strided{a, lda, 1},
           p.trans_b ? Strided{b, ldb, 1} : Strided{b, 1, ldb},
-          p.c + i * p.m * ldc, p.bias, ldc, p.m, p.n, p.k, 0, 0, p.alpha, p.beta, p.post_op, p.bf16_operands};
-  it.kc = std::max<int64_t>(8, round_up(ceil_div(p.k, std::max<int64_t>(1, ceil_div(p.k, kKc))), 8));
+          p.c + i * p.m * ldc, p.bias, ldc, p.m, p.n, p.k, 0, 0, p.alpha, p.beta, p.post_op, p.bf16_operands,
+          p.a_columns};
+  // Implicit columns are read 16 depth steps of one tap at a time: depth blocks start at
+  // multiples of 16.
+  const int64_t depth_multiple = p.a_columns ? 16 : 8;
+  it.kc = std::max<int64_t>(depth_multiple,
+                            round_up(ceil_div(p.k, std::max<int64_t>(1, ceil_div(p.k, kKc))), depth_multiple));
   const int64_t row_blocks = round_up(ceil_div(p.m, kMc), splits_rows(p.m, p.n) ? threads : 1);
   it.mc = round_up(ceil_div(p.m, row_blocks), kMr);
   return it;
@@ -415,6 +451,7 @@ void use_bf16_dot_products(bool use) { g_bf16_dot_products.store(use, std::memor
 
 void sgemm(const GemmProblem<float>& p) {
   if (p.batch == 0 || p.m == 0 || p.n == 0) return;
+  SONO_CHECK(!p.a_columns || p.batch == 1, "sgemm: implicit columns for a batch of ", p.batch, " products");
   const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
   if (threads == 1 || p.batch * p.m * p.n * p.k < kMinParallelWork) {
     for (int64_t i = 0; i < p.batch; ++i) run_item(make_item(p, i, 1), {0, 1});
