@@ -96,28 +96,66 @@ void transpose16(__m512 (&v)[16]) {
   for (int c = 0; c < 16; ++c) v[c] = out[c];
 }
 
-// 16 rows' next `steps` (<= 16) depth values, row i's at rows[i] (zeros where it is null), loaded
-// and transposed in registers, then stored as `steps` depth steps of a W-row panel from its row
-// g on: panel[c * W + g + i] = rows[i][c].
+// Packers store panels through a sink: float32 panels (depth steps of W rows side by side), or
+// for AVX512-BF16 dot products bf16 depth-pair panels, [depth / 2][W][2] bfloat16 (a missing last
+// depth step zero): one 32-bit lane per row, as VDPBF16PS reads it. Both take `steps` (<= 16)
+// transposed depth steps, v[c] holding step s + c of 16 rows, for rows g.. of the panel whose
+// first row is block row r0.
+// The packers that call the bf16 sink carry its target; the float32 sink's code has no bf16
+// instruction, so it runs on any AVX-512 CPU.
+#define SONO_BF16_TARGET __attribute__((target("avx512bf16,avx512bw")))
+
 template <int W>
-void store_transposed(const float* const (&rows)[16], int64_t steps, int g, float* panel) {
+struct FloatPanels {
+  float* dst;
+  int64_t depth;  // of the block
+  void store(const __m512 (&v)[16], int64_t r0, int64_t s, int64_t steps, int g) const {
+    float* panel = dst + r0 * depth + s * W;
+    const __mmask16 row_mask = column_mask(W - g);
+    for (int64_t c = 0; c < steps; ++c) _mm512_mask_storeu_ps(panel + c * W + g, row_mask, v[c]);
+  }
+};
+
+// Rows g.. of one depth pair, at out: x (the even step) and y (the odd one) rounded to bfloat16
+// by VCVTNE2PS2BF16 (to nearest even; a NaN stays NaN; a denormal becomes zero, as the dot
+// products would read it), then interleaved row by row.
+template <int W>
+SONO_BF16_TARGET void store_pair(__m512 x, __m512 y, int g, uint16_t* out) {
+  alignas(64) static constexpr uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
+                                                           21, 6, 22, 7, 23, 8,  24, 9,  25, 10, 26,
+                                                           11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(y, x);  // x's 16 values, then y's
+  const __mmask32 store_mask = W - g >= 16 ? ~__mmask32(0) : (__mmask32(1) << (2 * (W - g))) - 1;
+  _mm512_mask_storeu_epi16(out, store_mask, _mm512_permutexvar_epi16(_mm512_load_si512(kInterleave), both));
+}
+
+template <int W>
+struct PairPanels {
+  uint16_t* dst;
+  int64_t depth;
+  SONO_BF16_TARGET void store(const __m512 (&v)[16], int64_t r0, int64_t s, int64_t steps, int g) const {
+    uint16_t* panel = dst + r0 * ((depth + 1) / 2) * 2;
+    for (int64_t j = 0; 2 * j < steps; ++j) store_pair<W>(v[2 * j], v[2 * j + 1], g, panel + ((s / 2 + j) * W + g) * 2);
+  }
+};
+
+// 16 rows' next `steps` (<= 16) values, row i's at rows[i] (zeros where it is null), loaded and
+// transposed in registers: v[c] holds value c of each row.
+inline void load_transposed(const float* const (&rows)[16], int64_t steps, __m512 (&v)[16]) {
   const __mmask16 depth_mask = column_mask(steps);
-  __m512 v[16];
   for (int i = 0; i < 16; ++i) v[i] = rows[i] ? _mm512_maskz_loadu_ps(depth_mask, rows[i]) : _mm512_setzero_ps();
   transpose16(v);
-  const __mmask16 row_mask = column_mask(W - g);
-  for (int64_t c = 0; c < steps; ++c) _mm512_mask_storeu_ps(panel + c * W + g, row_mask, v[c]);
 }
 
 // src.cs == 1: each row's depth is contiguous (A as [m, k], B transposed: Linear's operands).
 // 16 rows x 16 depth steps at a time are transposed in registers (a scalar loop spent as long
 // packing as the GEMM multiplying at MiT's narrow layers).
-template <int W>
-void pack_rows_contiguous(Strided src, int64_t rows, int64_t depth, float* dst) {
+template <int W, typename Sink>
+SONO_BF16_TARGET void pack_rows_contiguous(Strided src, int64_t rows, int64_t depth, const Sink& sink) {
   for (int64_t r0 = 0; r0 < rows; r0 += W) {
     const int64_t valid = std::min<int64_t>(W, rows - r0);
-    float* panel = dst + r0 * depth;
     for (int64_t p0 = 0; p0 < depth; p0 += 16) {
+      const int64_t steps = std::min<int64_t>(16, depth - p0);
       for (int g = 0; g < W; g += 16) {
         const float* at[16];
         for (int i = 0; i < 16; ++i) {
@@ -127,7 +165,9 @@ void pack_rows_contiguous(Strided src, int64_t rows, int64_t depth, float* dst) 
             _mm_prefetch(reinterpret_cast<const char*>(src.at(r0 + W + g + i, p0)), _MM_HINT_T0);
           at[i] = g + i < valid ? src.at(r0 + g + i, p0) : nullptr;
         }
-        store_transposed<W>(at, std::min<int64_t>(16, depth - p0), g, panel + p0 * W);
+        __m512 v[16];
+        load_transposed(at, steps, v);
+        sink.store(v, r0, p0, steps, g);
       }
     }
   }
@@ -136,9 +176,9 @@ void pack_rows_contiguous(Strided src, int64_t rows, int64_t depth, float* dst) 
 // Rows [r0, r0 + rows) and depth steps [p0, p0 + depth) of implicit columns, packed as
 // pack_rows_contiguous packs a matrix; p0 is a multiple of 16, so each 16 steps are one tap's
 // run of channels (or its padding).
-template <int W>
-void pack_implicit_columns(const ImplicitColumns& c, int64_t r0, int64_t rows, int64_t p0, int64_t depth,
-                           float* dst) {
+template <int W, typename Sink>
+SONO_BF16_TARGET void pack_implicit_columns(const ImplicitColumns& c, int64_t r0, int64_t rows, int64_t p0,
+                                            int64_t depth, const Sink& sink) {
   const int64_t pixels = c.oh * c.ow;
   for (int64_t pr = 0; pr < rows; pr += W) {
     const int64_t valid = std::min<int64_t>(W, rows - pr);
@@ -151,10 +191,10 @@ void pack_implicit_columns(const ImplicitColumns& c, int64_t r0, int64_t rows, i
       y0[i] = q / c.ow * c.stride - c.padding;
       x0[i] = q % c.ow * c.stride - c.padding;
     }
-    float* panel = dst + pr * depth;
     for (int64_t s = 0; s < depth; s += 16) {
       const int64_t tap = (p0 + s) / c.channels, channel = (p0 + s) % c.channels;
       const int64_t dy = tap / c.kw * c.dilation, dx = tap % c.kw * c.dilation;
+      const int64_t steps = std::min<int64_t>(16, depth - s);
       for (int g = 0; g < W; g += 16) {
         const float* at[16];
         for (int i = 0; i < 16; ++i) {
@@ -162,7 +202,9 @@ void pack_implicit_columns(const ImplicitColumns& c, int64_t r0, int64_t rows, i
           const bool inside = y >= 0 && y < c.h && x >= 0 && x < c.w;
           at[i] = inside ? image[row] + (y * c.w + x) * c.pixel_stride + channel : nullptr;
         }
-        store_transposed<W>(at, std::min<int64_t>(16, depth - s), g, panel + s * W);
+        __m512 v[16];
+        load_transposed(at, steps, v);
+        sink.store(v, pr, s, steps, g);
       }
     }
   }
@@ -183,24 +225,9 @@ void pack_depth_contiguous(Strided src, int64_t rows, int64_t depth, float* dst)
   }
 }
 
+// float32 panels made into bf16 depth-pair panels (the depth-contiguous packer's route).
 template <int W>
-void pack_panels(Strided src, int64_t rows, int64_t depth, float* dst) {
-  if (src.cs == 1) pack_rows_contiguous<W>(src, rows, depth, dst);
-  else pack_depth_contiguous<W>(src, rows, depth, dst);
-}
-
-// bf16 operands: packed float32 panels of W rows (as above) become panels of depth pairs, each
-// row's two values side by side, [depth / 2][W][2] bfloat16 (a missing last depth step zero):
-// one 32-bit lane per row, as VDPBF16PS reads it. dst's panels are W * round_up(depth, 2) long.
-// 16 rows at a time: VCVTNE2PS2BF16 rounds both depth steps to nearest even (a NaN stays NaN; a
-// denormal becomes zero, as the dot products would read it), and a permutation interleaves them.
-template <int W>
-__attribute__((target("avx512bf16,avx512bw"))) void pack_bf16_pairs(const float* src, int64_t rows, int64_t depth,
-                                                                      uint16_t* dst) {
-  alignas(64) static constexpr uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
-                                                           21, 6, 22, 7, 23, 8,  24, 9,  25, 10, 26,
-                                                           11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-  const __m512i interleave = _mm512_load_si512(kInterleave);
+SONO_BF16_TARGET void pack_bf16_pairs(const float* src, int64_t rows, int64_t depth, uint16_t* dst) {
   const int64_t pairs = (depth + 1) / 2;
   for (int64_t r0 = 0; r0 < rows; r0 += W) {
     const float* panel = src + r0 * depth;
@@ -212,9 +239,7 @@ __attribute__((target("avx512bf16,avx512bw"))) void pack_bf16_pairs(const float*
         const __mmask16 rows_mask = column_mask(W - g);
         const __m512 x = _mm512_maskz_loadu_ps(rows_mask, even + g);
         const __m512 y = has_odd ? _mm512_maskz_loadu_ps(rows_mask, even + W + g) : _mm512_setzero_ps();
-        const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(y, x);  // x's 16 values, then y's
-        const __mmask32 store_mask = W - g >= 16 ? ~__mmask32(0) : (__mmask32(1) << (2 * (W - g))) - 1;
-        _mm512_mask_storeu_epi16(out + (q * W + g) * 2, store_mask, _mm512_permutexvar_epi16(interleave, both));
+        store_pair<W>(x, y, g, out + (q * W + g) * 2);
       }
     }
   }
@@ -328,11 +353,7 @@ struct Item {
   const ImplicitColumns* a_columns;  // read instead of a where set
 };
 
-// A's rows [ic, ic + mc) and depth steps [pc, pc + kc), packed into kMr-row panels.
-void pack_a_block(const Item& it, int64_t ic, int64_t mc, int64_t pc, int64_t kc, float* dst) {
-  if (it.a_columns) pack_implicit_columns<kMr>(*it.a_columns, ic, mc, pc, kc, dst);
-  else pack_panels<kMr>({it.a.at(ic, pc), it.a.rs, it.a.cs}, mc, kc, dst);
-}
+
 
 // One depth block's packed operands: float32 panels, or with bf16 dot products the bf16
 // depth-pair panels made from them.
@@ -361,15 +382,31 @@ void macro_kernel(const Item& it, const Packed& pack, int64_t ic, int64_t mc, in
   }
 }
 
-// The operand panels of one depth block: packed into dst by pack_float, and for bf16 operands
-// rounded or made into depth-pair panels.
-template <int W, typename PackFloat>
-void pack_operand(PackFloat&& pack_float, int64_t rows, int64_t depth, bool bf16, bool dot_products, float* dst,
+// The operand panels of one depth block, for bf16 operands rounded or made into depth-pair
+// panels: pack(sink) packs through a sink when its source is transposed in registers (it then
+// returns true), else into dst's float32 panels (and returns false). With dot products a
+// transposing packer writes the pair panels directly, never the float32 ones.
+template <int W, typename Pack>
+void pack_operand(Pack&& pack, int64_t rows, int64_t depth, bool bf16, bool dot_products, float* dst,
                   uint16_t* dst16) {
-  pack_float(dst);
-  if (!bf16) return;
-  if (dot_products) pack_bf16_pairs<W>(dst, rows, depth, dst16);
-  else round_panels(dst, round_up(rows, W) * depth);
+  if (bf16 && dot_products) {
+    if (!pack(PairPanels<W>{dst16, depth})) pack_bf16_pairs<W>(dst, rows, depth, dst16);
+    return;
+  }
+  pack(FloatPanels<W>{dst, depth});
+  if (bf16) round_panels(dst, round_up(rows, W) * depth);
+}
+
+// Packs src's block: transposed in registers through `sink` (returns true), or, depth
+// contiguous, copied into the float32 panels at dst (returns false).
+template <int W, typename Sink>
+bool pack_strided(Strided src, int64_t rows, int64_t depth, const Sink& sink, float* dst) {
+  if (src.cs == 1) {
+    pack_rows_contiguous<W>(src, rows, depth, sink);
+    return true;
+  }
+  pack_depth_contiguous<W>(src, rows, depth, dst);
+  return false;
 }
 
 // The rows (as row blocks first, first + step, ...) and columns of C one member computes.
@@ -411,12 +448,17 @@ void run_item(const Item& it, Team team) {
     // pc == 0 runs even for k == 0, so that beta and the bias still apply.
     for (int64_t pc = 0; pc == 0 || pc < it.k; pc += it.kc) {
       const int64_t kc = std::min(it.kc, it.k - pc);
-      pack_operand<kNr>([&](float* dst) { pack_panels<kNr>({it.b.at(jc, pc), it.b.rs, it.b.cs}, nc, kc, dst); },
+      pack_operand<kNr>([&](const auto& sink) { return pack_strided<kNr>({it.b.at(jc, pc), it.b.rs, it.b.cs}, nc, kc, sink, b_pack); },
                         nc, kc, it.bf16, dot_products, b_pack, b16);
       for (int64_t blk = share.first_block; blk < row_blocks; blk += share.block_step) {
         const int64_t ic = blk * it.mc, mc = std::min(it.mc, it.m - ic);
-        pack_operand<kMr>([&](float* dst) { pack_a_block(it, ic, mc, pc, kc, dst); }, mc, kc, it.bf16, dot_products,
-                          a_pack, a16);
+        pack_operand<kMr>(
+            [&](const auto& sink) {
+              if (!it.a_columns) return pack_strided<kMr>({it.a.at(ic, pc), it.a.rs, it.a.cs}, mc, kc, sink, a_pack);
+              pack_implicit_columns<kMr>(*it.a_columns, ic, mc, pc, kc, sink);
+              return true;
+            },
+            mc, kc, it.bf16, dot_products, a_pack, a16);
         macro_kernel(it, pack, ic, mc, jc, nc, kc, pc == 0, pc + kc >= it.k);
       }
     }
