@@ -248,6 +248,19 @@ ImageSize read_image_size(const fs::path& file) {
   return {height, width};
 }
 
+// A row of samples as RGB in 0..1: grey repeated, alpha, if any, dropped as PIL's convert("RGB")
+// does. Loops of one sample type and channel count, so that the compiler vectorises them (a
+// per-sample call took 2% of a folder run).
+template <typename Sample>
+void row_to_rgb(const Sample* row, int width, int channels, float full_scale, float* out) {
+  if (channels < 3) {
+    for (int x = 0; x < width; ++x) out[3 * x] = out[3 * x + 1] = out[3 * x + 2] = row[x * channels] / full_scale;
+    return;
+  }
+  for (int x = 0; x < width; ++x)
+    for (int c = 0; c < 3; ++c) out[3 * x + c] = row[x * channels + c] / full_scale;
+}
+
 Image image_from_pixels(const PixelBuffer& pixels) {
   const auto& [data, height, width, channels, sixteen_bit, row_stride] = pixels;
   SONO_CHECK(data, "image: no pixel data");
@@ -258,13 +271,12 @@ Image image_from_pixels(const PixelBuffer& pixels) {
   const size_t sample_bytes = sixteen_bit ? 2 : 1, row_bytes = size_t(width) * channels * sample_bytes;
   SONO_CHECK(row_stride >= row_bytes, "image: rows ", row_stride, " bytes apart, but a row of ", width, "x",
              channels, " samples of ", sample_bytes, " bytes takes ", row_bytes);
-  const bool grey = channels < 3;  // alpha, if any, is dropped as PIL's convert("RGB") does
   Image image(height, width, 3);
   for (int y = 0; y < height; ++y) {
     const auto* row = static_cast<const unsigned char*>(data) + y * row_stride;
-    for (int x = 0; x < width; ++x)
-      for (int c = 0; c < 3; ++c)
-        image.at(y, x, c) = sample_value(row, size_t(x) * channels + (grey ? 0 : c), sixteen_bit);
+    float* out = &image.at(y, 0, 0);
+    if (sixteen_bit) row_to_rgb(reinterpret_cast<const uint16_t*>(row), width, channels, 65535.0f, out);
+    else row_to_rgb(row, width, channels, 255.0f, out);
   }
   return image;
 }
