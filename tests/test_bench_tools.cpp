@@ -21,48 +21,50 @@ TEST_CASE("CPU backend counts the bytes tensors hold, and their peak") {
 }
 
 // Blocks of 1 MiB and more are reused once freed, by requests of the same size class or up to
-// a third smaller, and cached plus live bytes stay within the peak plus a quarter of it: a
-// request no cached block fits, with the cache over that, takes a cached block (whole up to
-// twice its size, else shrunk; its pages stay resident) and unmaps others.
+// a third smaller, and cached plus live bytes stay within the peak plus a quarter of it (at
+// least 64 MiB, at most 128): a request no cached block fits, with the cache over that, takes a
+// cached block (whole up to twice its size, else shrunk; its pages stay resident) and unmaps
+// others. Sizes are in hundreds of MB so that a quarter of the peak is over the floor; the
+// blocks are mapped, never touched.
 TEST_CASE("CPU backend reuses freed large blocks within the peak footprint") {
   const void* first;
   {
-    Tensor t = Tensor::empty({3000, 1000});  // 12,000,000 bytes
+    Tensor t = Tensor::empty({75000, 1000});  // 300,000,000 bytes
     first = t.raw_data();
   }
   const int64_t cached = cpu::memory_stats().cached_bytes;
   {
-    Tensor again = Tensor::empty({2999, 1001});  // same size class
+    Tensor again = Tensor::empty({74999, 1001});  // same size class
     CHECK(again.raw_data() == first);
     const int64_t block = cached - cpu::memory_stats().cached_bytes;
-    CHECK(block >= 12000000);
-    CHECK(block <= 12000000 * 9 / 8);
+    CHECK(block >= 300000000);
+    CHECK(block <= int64_t{300000000} * 9 / 8);
   }
   {
-    Tensor smaller = Tensor::empty({2100, 1000});  // 8.4 MB: the 12 MB block is within 1.5x
+    Tensor smaller = Tensor::empty({52500, 1000});  // 210 MB: the 300 MB block is within 1.5x
     CHECK(smaller.raw_data() == first);
   }
   {
-    // 4 MB: too small to take the 12 MB block whole, and a fresh block would put the cache over
-    // its budget (the 12 MB peak and a quarter): the cached block, shrunk in place.
+    // 100 MB: too small to take the 300 MB block whole, and a fresh block would put the cache
+    // over its budget (the 300 MB peak and a quarter): the cached block, shrunk in place.
     const int64_t cached_before = cpu::memory_stats().cached_bytes;
-    Tensor much_smaller = Tensor::empty({1000, 1000});
+    Tensor much_smaller = Tensor::empty({25000, 1000});
     CHECK(much_smaller.raw_data() == first);
-    CHECK(cpu::memory_stats().cached_bytes <= cached_before - 12000000);
+    CHECK(cpu::memory_stats().cached_bytes <= cached_before - 300000000);
   }
   int64_t footprint_at_peak;
   const void* big_block;
   {
-    Tensor big = Tensor::empty({64, 1 << 20});  // 256 MiB, more than anything before
+    Tensor big = Tensor::empty({160, 1 << 20});  // 640 MiB, more than anything before
     big_block = big.raw_data();
     const cpu::MemoryStats s = cpu::memory_stats();
     footprint_at_peak = s.in_use_bytes + s.cached_bytes;
   }
-  Tensor other = Tensor::empty({40, 1 << 20});  // 160 MiB: the 256 MiB block, whole
+  Tensor other = Tensor::empty({100, 1 << 20});  // 400 MiB: the 640 MiB block, whole
   CHECK(other.raw_data() == big_block);
   const cpu::MemoryStats s = cpu::memory_stats();
   CHECK(s.in_use_bytes + s.cached_bytes <= footprint_at_peak + footprint_at_peak / 4);
-  CHECK(s.cached_bytes < 256 << 20);
+  CHECK(s.cached_bytes < int64_t{640} << 20);
 }
 
 TEST_CASE("kernel timer sees every backend call while registered, keyed by geometry") {

@@ -31,14 +31,16 @@ void count_allocation(int64_t bytes) {
 // time, so a step's outputs would fault in anew every step. Sizes round up to 8 classes per
 // power of two (at most 12.5% more), and a request takes the smallest cached block up to 1.5
 // times its size. Live plus cached bytes stay within the most ever live at once plus a headroom
-// (a quarter of it, at most 128 MiB): a request that no cached block fits, with the cache over
-// that, gets a cached block (recycle) and unmaps others, largest first, to stay within it.
-// Without the headroom a step's mix of sizes keeps missing and remapping; with it a steady step
-// maps little or nothing, for a few percent more resident memory.
+// (a quarter of it, at least 64 and at most 128 MiB): a request that no cached block fits, with
+// the cache over that, gets a cached block (recycle) and unmaps others, largest first, to stay
+// within it. Without the headroom a step's mix of sizes keeps missing and remapping; with it a
+// steady step maps little or nothing, for a few percent more resident memory. The floor is for
+// small peaks: predict's two models (MiT-B0 and ConvNeXt-atto, a peak near 60 MB) resized a 7
+// and a 15 MB block into each other every batch, faulting in 100k pages a run.
 class BlockCache {
  public:
   static constexpr size_t kMinBytes = size_t(1) << 20;
-  static constexpr size_t kMaxHeadroom = size_t(128) << 20;
+  static constexpr size_t kMinHeadroom = size_t(64) << 20, kMaxHeadroom = size_t(128) << 20;
 
   // Smaller tensors come from glibc's heap. By default it maps chunks from 128 KiB up afresh
   // and gives the heap's free top back to the OS past 128 KiB, so they would fault in anew each
@@ -61,7 +63,7 @@ class BlockCache {
     std::lock_guard<std::mutex> lock(mutex_);
     void* p = take(size);
     if (!p) {
-      const size_t footprint = high_water_ + std::min(high_water_ / 4, kMaxHeadroom);
+      const size_t footprint = high_water_ + std::clamp(high_water_ / 4, kMinHeadroom, kMaxHeadroom);
       const size_t keep = footprint > live_bytes_ + size ? footprint - live_bytes_ - size : 0;
       if (cached_bytes_ > keep) p = recycle(size);
       trim(keep);
