@@ -10,6 +10,10 @@
 
 #include "tensor/atomic_file.h"
 
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
+
 namespace sono::nn {
 
 namespace {
@@ -40,6 +44,21 @@ float half_to_float(uint16_t h) {
   float f;
   std::memcpy(&f, &bits, 4);
   return f;
+}
+
+// n F16 values at bytes (any alignment) as floats; with F16C eight at a time (the shipped F16
+// checkpoints are 15M values: 100 ms in the scalar loop, longer than a batch of scans).
+void halves_to_floats(const char* bytes, int64_t n, float* out) {
+  int64_t i = 0;
+#ifdef __F16C__
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + 2 * i))));
+#endif
+  for (; i < n; ++i) {
+    uint16_t v;
+    std::memcpy(&v, bytes + 2 * i, 2);
+    out[i] = half_to_float(v);
+  }
 }
 
 // Round to nearest even; overflow to infinity, underflow through subnormals to zero.
@@ -73,15 +92,14 @@ Tensor decode(const DTypeInfo& d, const Shape& shape, const char* bytes) {
   }
   Tensor t = Tensor::empty(shape, DType::f32);
   float* out = t.data<float>();
-  for (int64_t i = 0; i < n; ++i) {
-    uint16_t v;
-    std::memcpy(&v, bytes + 2 * i, 2);
-    if (tag == "F16") out[i] = half_to_float(v);
-    else {
-      uint32_t bits = static_cast<uint32_t>(v) << 16;
+  if (tag == "F16") halves_to_floats(bytes, n, out);
+  else
+    for (int64_t i = 0; i < n; ++i) {
+      uint16_t v;
+      std::memcpy(&v, bytes + 2 * i, 2);
+      const uint32_t bits = static_cast<uint32_t>(v) << 16;
       std::memcpy(&out[i], &bits, 4);
     }
-  }
   return t;
 }
 
