@@ -8,6 +8,8 @@
 # SEG_MODEL and CLS_MODEL pick the pair (default: the shipped one). 3a30d49 knows no ResNet classifier, so
 # against it run the pair it shipped: SEG_MODEL=/tmp/base/models/weights/seg_mit_b0_busi.safetensors
 # CLS_MODEL=/tmp/base/models/weights/cls_convnext_atto_busi.safetensors.
+# NEW_ARGS adds arguments for PREDICT alone, e.g. NEW_ARGS="--amp bf16" against a baseline that
+# has no CPU bf16 (3a30d49 computes in float32 only).
 # The two alternate ROUNDS times, each run after waiting (up to 60 s) for the CPUs to be 90% idle;
 # each side's best and median images/s are printed, and new/baseline of the best.
 set -euo pipefail
@@ -34,12 +36,15 @@ wait_quiet() {
   echo "  (machine not quiet after 60 s: $(idle_fraction)% idle)" >&2
 }
 
-run() {  # prints images/s
+read -r -a new_args <<< "${NEW_ARGS:-}"
+
+run() {  # prints images/s; arguments after the binary go to it alone
   local bin=$1 start end
+  shift
   wait_quiet
   start=$(date +%s.%N)
   "$bin" --threads "$threads" --image "$folder" --seg_model "$seg_model" --cls_model "$cls_model" \
-    --csv "$out/p.csv" --overwrite "${extra[@]}" \
+    --csv "$out/p.csv" --overwrite "${extra[@]}" "$@" \
     > "$out/log" 2>&1 || { cat "$out/log" >&2; exit 1; }
   end=$(date +%s.%N)
   echo "$images / ($end - $start)" | bc -l
@@ -48,11 +53,11 @@ run() {  # prints images/s
 declare -a base_rates new_rates
 for r in $(seq "$rounds"); do
   base_rates+=("$(run "$base")")
-  new_rates+=("$(run "$new")")
+  new_rates+=("$(run "$new" "${new_args[@]}")")
   printf 'round %d: baseline %.2f img/s, new %.2f img/s\n' "$r" "${base_rates[-1]}" "${new_rates[-1]}"
 done
 summary() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {printf "best %.2f img/s, median %.2f", v[NR], v[int((NR+1)/2)]}'; }
-echo "$images images, --threads $threads, $rounds rounds ${extra[*]}"
+echo "$images images, --threads $threads, $rounds rounds ${extra[*]}${NEW_ARGS:+ (new: $NEW_ARGS)}"
 echo "baseline: $(summary "${base_rates[@]}")"
 echo "new:      $(summary "${new_rates[@]}")"
 best() { printf '%s\n' "$@" | sort -g | tail -1; }
