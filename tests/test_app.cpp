@@ -418,9 +418,8 @@ TEST_CASE("Grad-CAM under --flip_tta: a mirrored scan's explanation is the scan'
 // predict --batch_size: a folder's images go through each model in batches; every image must get
 // exactly what it gets alone (predict on one file), whatever its batch.
 TEST_CASE("a batch through the shipped models gives each image what it gets alone") {
-  const std::string weights = std::string(SONO_SOURCE_DIR) + "/models/weights/";
-  app::LoadedModel seg = app::load_checkpoint(weights + "seg_resnet18_depth4_busi.safetensors", models::Task::segmentation);
-  app::LoadedModel cls = app::load_checkpoint(weights + "cls_resnet18_busi.safetensors", models::Task::classification);
+  app::LoadedModel seg = app::load_checkpoint(SONO_SHIPPED_SEG, models::Task::segmentation);
+  app::LoadedModel cls = app::load_checkpoint(SONO_SHIPPED_CLS, models::Task::classification);
   const int seg_size = static_cast<int>(seg.card.img_size), cls_size = static_cast<int>(cls.card.img_size);
   std::vector<Tensor> seg_inputs, cls_inputs;
   for (int i = 0; i < 3; ++i) {

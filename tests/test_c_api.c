@@ -69,9 +69,8 @@ static void print_prediction(const sono_result* r) {
 
 int main(int argc, char** argv) {
   if (argc != 2) return fprintf(stderr, "usage: test_c_api SOURCE_DIR\n"), 2;
-  char seg[4096], cls[4096], scan[4096];
-  path(seg, sizeof seg, argv[1], "models/weights/seg_resnet18_depth4_busi.safetensors");
-  path(cls, sizeof cls, argv[1], "models/weights/cls_resnet18_busi.safetensors");
+  const char *seg = SONO_SHIPPED_SEG, *cls = SONO_SHIPPED_CLS;
+  char scan[4096];
   path(scan, sizeof scan, argv[1], "tools/samples/benign_10.png");
   check_errors(seg, cls);
 

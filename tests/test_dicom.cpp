@@ -377,10 +377,8 @@ TEST_CASE("DICOM: a frame larger than the pixel limit is refused before it is de
 namespace {
 
 std::string predict(const std::string& args) {
-  const std::string weights = std::string(SONO_SOURCE_DIR) + "/models/weights/";
-  const std::string command = std::string(SONO_BINARY_DIR) + "/bin/predict --threads 1 --seg_model " + weights +
-                              "seg_resnet18_depth4_busi.safetensors --cls_model " + weights +
-                              "cls_resnet18_busi.safetensors " + args + " 2>&1";
+  const std::string command = std::string(SONO_BINARY_DIR) + "/bin/predict --threads 1 --seg_model " +
+                              SONO_SHIPPED_SEG + " --cls_model " + SONO_SHIPPED_CLS + " " + args + " 2>&1";
   FILE* pipe = popen(command.c_str(), "r");
   REQUIRE(pipe);
   std::string out(1 << 16, '\0');

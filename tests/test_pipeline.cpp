@@ -17,8 +17,7 @@ using namespace sono;
 
 namespace {
 
-const std::string kWeights = std::string(SONO_SOURCE_DIR) + "/models/weights/";
-const std::string kSeg = kWeights + "seg_resnet18_depth4_busi.safetensors", kCls = kWeights + "cls_resnet18_busi.safetensors";
+const std::string kSeg = SONO_SHIPPED_SEG, kCls = SONO_SHIPPED_CLS;
 const std::string kSamples = std::string(SONO_SOURCE_DIR) + "/tools/samples/";
 
 // A sample scan's 8-bit grey samples (the samples are grey PNGs).

@@ -28,10 +28,11 @@ for base in bases:
         open(os.path.join(work, f'{stem}_{k:02d}{ext}'), 'wb').write(bytes(b))
 PY
 weights="$repo/models/weights"
+. "$weights/shipped.env"
 predicted=0 refused=0 bad=0
 for f in "$work"/*; do
-  ASAN_OPTIONS=detect_leaks=0 "$build/bin/predict" --image "$f" --seg-model "$weights/seg_resnet18_depth4_busi.safetensors" \
-    --cls-model "$weights/cls_resnet18_busi.safetensors" --threads 2 >/dev/null 2>"$work.err"
+  ASAN_OPTIONS=detect_leaks=0 "$build/bin/predict" --image "$f" --seg-model "$weights/$SONO_SEG_WEIGHTS" \
+    --cls-model "$weights/$SONO_CLS_WEIGHTS" --threads 2 >/dev/null 2>"$work.err"
   rc=$?
   if ((rc == 0)); then
     predicted=$((predicted + 1))

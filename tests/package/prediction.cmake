@@ -20,8 +20,9 @@ function(summary text var)
   set(${var} "${classes}\nlesion ${lesion}%" PARENT_SCOPE)
 endfunction()
 
-set(seg ${SOURCE_DIR}/models/weights/seg_resnet18_depth4_busi.safetensors)
-set(cls ${SOURCE_DIR}/models/weights/cls_resnet18_busi.safetensors)
+include(${CMAKE_CURRENT_LIST_DIR}/shipped_weights.cmake)
+set(seg ${SHIPPED_SEG})
+set(cls ${SHIPPED_CLS})
 set(scan ${SOURCE_DIR}/tools/samples/benign_10.png)
 
 function(predict_sample var)

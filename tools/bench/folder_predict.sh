@@ -18,8 +18,9 @@ shift $(( $# < 5 ? $# : 5 ))
 [[ ${1:-} == -- ]] && shift
 extra=("$@")
 root=$(cd "$(dirname "$0")/../.." && pwd)
-seg_model=${SEG_MODEL:-$root/models/weights/seg_resnet18_depth4_busi.safetensors}
-cls_model=${CLS_MODEL:-$root/models/weights/cls_resnet18_busi.safetensors}
+. "$root/models/weights/shipped.env"
+seg_model=${SEG_MODEL:-$root/models/weights/$SONO_SEG_WEIGHTS}
+cls_model=${CLS_MODEL:-$root/models/weights/$SONO_CLS_WEIGHTS}
 images=$(find "$folder" -maxdepth 1 -type f \( -iname '*.png' -o -iname '*.jpg' -o -iname '*.bmp' -o -iname '*.dcm' \) ! -name '*_mask*' | wc -l)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT

@@ -4,6 +4,7 @@
 #   bash tools/scripts/demo.sh [IMAGE]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. models/weights/shipped.env
 bash tools/scripts/build.sh predict
 mkdir -p demo_output
 images=("$@")
@@ -12,7 +13,7 @@ for image in "${images[@]}"; do
   name=$(basename "${image%.*}")
   echo "== $image"
   build/bin/predict --image "$image" \
-    --seg_model models/weights/seg_resnet18_depth4_busi.safetensors \
-    --cls_model models/weights/cls_resnet18_busi.safetensors \
+    --seg_model "models/weights/$SONO_SEG_WEIGHTS" \
+    --cls_model "models/weights/$SONO_CLS_WEIGHTS" \
     --save_mask "demo_output/${name}_mask.png" --overlay --overwrite
 done

@@ -99,9 +99,10 @@ cat "$OUT/table.txt"
 # --- 2b. folder prediction on the device (issue 18's images/s), timed: the GPU alone
 if [ -n "${PREDICT_DIR:-}" ]; then
   weights=$here/../models/weights
+  . "$weights/shipped.env"
   for bs in 8 32; do
     step 45 "$OUT/timeline.txt" "$B/bin/predict" --device cuda --image "$PREDICT_DIR" --batch_size "$bs" --workers 8 \
-      --seg_model "$weights/seg_resnet18_depth4_busi.safetensors" --cls_model "$weights/cls_resnet18_busi.safetensors" \
+      --seg_model "$weights/$SONO_SEG_WEIGHTS" --cls_model "$weights/$SONO_CLS_WEIGHTS" \
       --csv "/tmp/predict_bs$bs.csv" --overwrite
   done
 fi
