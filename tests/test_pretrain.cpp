@@ -12,6 +12,7 @@
 #include "layers/safetensors.h"
 #include "models/convnext.h"
 #include "models/mit.h"
+#include "models/resnet.h"
 #include "models/registry.h"
 #include "tools/app/masked_image_model.h"
 #include "tools/app/training.h"
@@ -163,7 +164,8 @@ void check_chain(const Chain& c, const TempDir& dir) {
 
   // The file holds exactly the encoder: every key of the tool's model under the prefix but the
   // classifier, at the model's shape (the classifier's stem takes RGB + mask).
-  auto model = models::create_model(c.arch, c.options);
+  const models::Task task = c.tool == "seg_train" ? models::Task::segmentation : models::Task::classification;
+  auto model = models::create_model(c.arch, c.options, task);
   std::set<std::string> encoder_keys, file_keys;
   for (auto& [name, t] : model->state_dict()) {
     const std::string key = name.substr(std::min(name.size(), c.encoder_prefix.size()));
@@ -174,7 +176,7 @@ void check_chain(const Chain& c, const TempDir& dir) {
   for (auto& [name, t] : saved) file_keys.insert(name);
   CHECK(file_keys == encoder_keys);
   CHECK(saved.at(c.layout.input_conv).size(1) == c.options.in_channels);
-  models::load_backbone(*model, models::find_model(c.arch), enc);
+  models::load_backbone(*model, models::find_model(c.arch, task), enc);
   const nn::StateDict loaded = model->state_dict();
   for (auto& [name, t] : saved) {
     INFO(name);
@@ -192,7 +194,7 @@ void check_chain(const Chain& c, const TempDir& dir) {
   CHECK(run.output.find("backbone weights: " + enc) != std::string::npos);
 }
 
-TEST_CASE("pretrain's weights load through --pretrained of cls_train (convnext) and seg_train (mit)") {
+TEST_CASE("pretrain's weights load through --pretrained of cls_train (convnext) and seg_train (mit, resnet)") {
   TempDir dir;
   test::write_blob_dataset(dir.path, 3, 32, 5);
   check_chain({"convnext_atto", "cls_train", {.in_channels = 4, .num_classes = 3}, "",
@@ -200,6 +202,9 @@ TEST_CASE("pretrain's weights load through --pretrained of cls_train (convnext) 
               dir);
   check_chain({"mit_b0", "seg_train", {.in_channels = 3, .num_classes = 1}, "encoder.",
                models::mit_pretrained_layout()},
+              dir);
+  check_chain({"resnet18", "seg_train", {.in_channels = 3, .num_classes = 1}, "encoder.",
+               models::resnet_pretrained_layout()},
               dir);
 }
 

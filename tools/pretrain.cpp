@@ -1,6 +1,6 @@
 // pretrain: self-supervised pretraining of an encoder on a folder of images by masked-image
-// modelling (SimMIM, tools/app/masked_image_model.h), for `cls_train --pretrained` (convnext_*)
-// or `seg_train --pretrained` (mit_*) where no ImageNet weights can be had. Reads the images
+// modelling (SimMIM, tools/app/masked_image_model.h), for `cls_train --pretrained` (convnext_*,
+// resnet*) or `seg_train --pretrained` (mit_*, resnet*) where no ImageNet weights can be had. Reads the images
 // only: masks and classes are ignored, so pretraining on images later used for validation
 // leaks none of their labels.
 #include <filesystem>
@@ -38,7 +38,8 @@ void add_options(app::Cli& cli) {
                                " (masks and classes are not read)", true)
       .option("save-path", "", "encoder weights (.safetensors) for cls_train / seg_train --pretrained;"
                                " rewritten after every epoch", true)
-      .option("arch", "convnext_atto", "encoder: convnext_* (for cls_train) or mit_* (for seg_train)")
+      .option("arch", "convnext_atto", "encoder: convnext_* (for cls_train), mit_* (for seg_train) or resnet* (for"
+                                       " either: smp's encoder, whose stem cls_train widens to RGB + mask)")
       .option("mask-ratio", "0.6", "fraction of the 32x32 cells of each image blanked and reconstructed")
       .option("epochs", "100", "training epochs")
       .option("batch-size", "16", "images per training step")
@@ -59,6 +60,9 @@ void add_options(app::Cli& cli) {
 
 Settings read_options(const app::Cli& cli) {
   Settings s;
+  // resnet* names both smp's segmentation model and timm's classifier; what is pretrained is
+  // smp's encoder (the classifier's trunk has the same weights).
+  if (cli.str("arch").rfind("resnet", 0) == 0) s.task = models::Task::segmentation;
   app::read_run_settings(cli, s);
   s.augment = cli.is_set("no-augment") ? "none" : cli.str("augment");
   s.lr = cli.real("lr");
@@ -203,7 +207,7 @@ class Pretrainer {
 int pretrain(int argc, char** argv) {
   app::Cli cli("pretrain",
                "Self-supervised pretraining of an encoder by masked-image modelling (SimMIM) on a folder of images;\n"
-               "the weights feed cls_train --pretrained (convnext_*) or seg_train --pretrained (mit_*).\n"
+               "the weights feed cls_train --pretrained (convnext_*, resnet*) or seg_train --pretrained (mit_*, resnet*).\n"
                "  pretrain --images-dir DATA --arch convnext_atto --save-path enc.safetensors\n"
                "  cls_train --images-dir DATA --arch convnext_atto --pretrained enc.safetensors --save-path cls.safetensors");
   add_options(cli);

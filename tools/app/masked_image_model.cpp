@@ -6,6 +6,7 @@
 
 #include "models/convnext.h"
 #include "models/mit.h"
+#include "models/resnet.h"
 #include "tensor/ops.h"
 
 namespace sono::app {
@@ -73,15 +74,22 @@ MaskedImageModel::MaskedImageModel(const std::string& arch, double drop_path_rat
     encoder_ = register_module("encoder", std::make_shared<models::MixVisionTransformer>(config));
     input_ = data::InputKind::rgb;
     channels = config.dims[3];
+  } else if (starts_with(arch, "resnet")) {
+    models::ResNetConfig config = models::resnet_config(arch);  // smp's encoder, all five stages
+    config.in_channels = data::input_channels(data::InputKind::rgb);
+    auto resnet = std::make_shared<models::ResNet>(config);
+    channels = resnet->stage_channels().back();
+    encoder_ = register_module("encoder", resnet);
+    input_ = data::InputKind::rgb;
   } else {
-    fail("--arch ", arch, ": pretraining takes a convnext_* or mit_* encoder");
+    fail("--arch ", arch, ": pretraining takes a convnext_*, mit_* or resnet* encoder");
   }
   decoder_ = register_module("decoder", std::make_shared<nn::Linear>(channels, kMaskCell * kMaskCell * kTargetChannels));
 }
 
 Tensor MaskedImageModel::features(const Tensor& x) {
   if (auto* convnext = dynamic_cast<models::ConvNeXt*>(encoder_.get())) return convnext->forward_features(x);
-  return static_cast<models::MixVisionTransformer&>(*encoder_).forward(x).back();
+  return static_cast<models::SegmentationEncoder&>(*encoder_).forward(x).back();
 }
 
 Tensor MaskedImageModel::predict(const Tensor& masked_images) { return decoder_->forward(features(masked_images)); }

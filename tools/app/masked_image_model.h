@@ -38,7 +38,9 @@ Tensor masked_l1(const Tensor& prediction, const Tensor& target, const Tensor& c
 class MaskedImageModel : public nn::Module {
  public:
   // `arch`: convnext_* (4 input channels as cls_train: RGB and a mask channel, which is zero
-  // here since pretraining reads no labels) or mit_* (3 channels, the segmenter's encoder).
+  // here since pretraining reads no labels), mit_* or resnet* (3 channels, the segmenter's
+  // encoder; a ResNet's also starts cls_train's ResNet classifier, whose stem takes the mask
+  // channel on).
   MaskedImageModel(const std::string& arch, double drop_path_rate);
 
   data::InputKind input() const { return input_; }
@@ -47,8 +49,8 @@ class MaskedImageModel : public nn::Module {
   Tensor loss(const Tensor& images, const Tensor& cells);
   // The predicted pixels of every cell [N, S/32, S/32, 32*32*3] of an input already masked.
   Tensor predict(const Tensor& masked_images);
-  // The encoder's weights as --pretrained reads them: timm's ConvNeXt keys (no head.fc) or
-  // smp's MiT encoder keys (no "encoder." prefix).
+  // The encoder's weights as --pretrained reads them: timm's ConvNeXt keys (no head.fc), smp's
+  // MiT encoder keys (no "encoder." prefix) or torchvision's ResNet keys (no fc).
   nn::StateDict encoder_state() const;
 
  private:
