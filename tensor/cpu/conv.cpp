@@ -3,7 +3,9 @@
 // - depthwise (groups == Cin == Cout): a direct kernel with channels innermost, the hot op of
 //   ConvNeXt (7x7), MiT's Mix-FFN and ASPP (3x3 with dilation up to 36);
 // - everything else: im2col over a few images at a time, then one GEMM per group. A 1x1,
-//   stride-1, unpadded conv needs no im2col: the NHWC input already is the column matrix.
+//   stride-1, unpadded conv needs no im2col: the NHWC input already is the column matrix. The
+//   forward's GEMM reads tap-major columns with channels in runs of 16 from the input itself
+//   (ImplicitColumns), so no column matrix is written there either.
 // Padding is symmetric zero padding. The kernels overwrite their output (out, grad_x, grad_w).
 #include <algorithm>
 #include <omp.h>

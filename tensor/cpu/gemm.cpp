@@ -86,6 +86,8 @@ std::vector<float> rounded_operand(const float* data, int64_t items, int64_t ste
 
 template <typename T>
 void gemm_rows(const GemmProblem<T>& p) {
+  SONO_CHECK(!p.a_columns || (std::is_same_v<T, float> && kHaveSgemm),
+             "gemm: implicit convolution columns need sgemm (float32, AVX-512)");
   if constexpr (std::is_same_v<T, float> && kHaveSgemm) sgemm(p);
   else if constexpr (std::is_same_v<T, float>) {
     if (p.bf16_operands && p.batch && p.m && p.n && p.k) eigen_gemm_bf16(p);
