@@ -6,7 +6,8 @@ namespace sono::app {
 
 void add_recipe_options(Cli& cli) {
   cli.option("augment", "standard", "augmentation: standard (flips, rotations, affine, brightness/contrast) or"
-                                    " ultrasound (also gamma and speckle noise)")
+                                    " ultrasound (also gamma, speckle noise and, half the time, a zoom of up to 1.5x"
+                                    " on a window holding the whole lesion)")
       .flag("keep-upright", "no vertical flips or 90-degree turns in the augmentation: the probe stays at the top"
                             " and what lies under a lesion stays under it (the default)")
       .flag("any-orientation", "also vertical flips and 90-degree turns in the augmentation (off by default:"
