@@ -27,6 +27,20 @@ TEST_CASE("CPU backend counts the bytes tensors hold, and their peak") {
 // others. Sizes are in hundreds of MB so that a quarter of the peak is over the floor; the
 // blocks are mapped, never touched.
 TEST_CASE("CPU backend reuses freed large blocks within the peak footprint") {
+  {
+    // Under a small peak the headroom is its floor of 64 MiB, not a quarter of the peak: a 4 MB
+    // request that no cached block fits gets a fresh block, and the 12 MB one stays cached for
+    // its size (a quarter would have resized it to 4 MB).
+    const void* twelve;
+    {
+      Tensor t = Tensor::empty({3000, 1000});
+      twelve = t.raw_data();
+    }
+    const int64_t cached_before = cpu::memory_stats().cached_bytes;
+    Tensor four = Tensor::empty({1000, 1000});
+    CHECK(four.raw_data() != twelve);
+    CHECK(cpu::memory_stats().cached_bytes == cached_before);
+  }
   const void* first;
   {
     Tensor t = Tensor::empty({75000, 1000});  // 300,000,000 bytes

@@ -135,6 +135,10 @@ TEST_CASE("truncated or malformed safetensors files are refused with the file na
   write_bytes(bad, std::string("\x10\x00\x00\x00\x00\x00\x00\x00{not json here!}", 24));
   CHECK_THROWS_WITH_AS(load_safetensors(bad), doctest::Contains("not valid JSON"), Error);
   CHECK_THROWS_WITH_AS(load_safetensors(temp_path("absent.safetensors")), doctest::Contains("cannot open"), Error);
+  const std::string folder = temp_path("folder.safetensors");
+  std::filesystem::create_directories(folder);
+  CHECK_THROWS_WITH_AS(load_safetensors(folder), doctest::Contains("folder.safetensors: is not a regular file"), Error);
+  std::filesystem::remove(folder);
   std::filesystem::remove(good);
   std::filesystem::remove(bad);
 }
