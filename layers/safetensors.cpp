@@ -46,8 +46,8 @@ float half_to_float(uint16_t h) {
   return f;
 }
 
-// n F16 values at bytes (any alignment) as floats; with F16C eight at a time (the shipped F16
-// checkpoints are 15M values: 100 ms in the scalar loop, longer than a batch of scans).
+// n F16 values at bytes (any alignment) as floats; with F16C eight at a time, since predict
+// decodes every weight of both checkpoints before its first scan.
 void halves_to_floats(const char* bytes, int64_t n, float* out) {
   int64_t i = 0;
 #ifdef __F16C__
@@ -103,8 +103,8 @@ Tensor decode(const DTypeInfo& d, const Shape& shape, const char* bytes) {
   return t;
 }
 
-// In one read of the file's size: a character iterator took 90 ms for predict's two 15 MB
-// checkpoints, longer than a batch of scans.
+// In one read of the file's size (a stream iterator goes a character at a time); a folder or
+// device is refused before any allocation.
 std::string read_all(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   SONO_CHECK(in, path, ": cannot open for reading (", std::strerror(errno), ")");

@@ -259,11 +259,14 @@ void depthwise_weight_grad(const Conv2dGeometry& g, const T* x, const T* grad_ou
 // ---- im2col + GEMM --------------------------------------------------------------------------
 // c (+)= op(a) op(b), [m, k] x [k, n], on row-major matrices with row strides lda/ldb/ldc:
 // one group's slice of the column, weight and output matrices; products as g.precision says.
+// With a_columns, op(a) is read through it (a and lda unused).
 template <typename T>
 void gemm_slices(const Conv2dGeometry& g, const T* a, int64_t lda, bool ta, const T* b, int64_t ldb, bool tb, T* c,
-                 int64_t ldc, int64_t m, int64_t n, int64_t k, bool accumulate) {
+                 int64_t ldc, int64_t m, int64_t n, int64_t k, bool accumulate,
+                 const ImplicitColumns* a_columns = nullptr) {
   GemmProblem<T> p{a, b, c, nullptr, 1, m, n, k, ta, tb, false, false, T(1), T(accumulate ? 1 : 0), lda, ldb, ldc};
   p.bf16_operands = g.precision == Precision::bf16;
+  p.a_columns = a_columns;
   gemm_rows<T>(p);
 }
 
@@ -380,9 +383,9 @@ void col2im(const Conv2dGeometry& g, const ColumnLayout& cl, const Taps& back, c
 
 struct ColumnMatrix {};
 
-// The calling thread's column matrix, kept from one conv to the next: each conv's sizes differ,
-// and a tensor of tens of MB for each (predict alternates two models) kept the block cache
-// mapping fresh blocks, whose pages the kernel zeroed again on first touch.
+// The calling thread's column matrix, kept from one conv to the next: its size changes from conv
+// to conv by tens of MB, which a fresh tensor each time would have the block cache map (and the
+// kernel zero) again.
 template <typename T>
 T* column_buffer(int64_t numel) {
   return thread_buffer<ColumnMatrix, T>().reserve(numel);
@@ -435,12 +438,8 @@ void conv_forward_implicit(const Conv2dGeometry& g, const ColumnLayout& cl, cons
     const ImplicitColumns columns{x + gi * cl.cin_g, g.h,       g.w,      g.cin,     g.oh,     g.ow,
                                   g.kw,              cl.cin_g, g.stride, g.padding, g.dilation};
     // out[pixels, cout_g] = columns[pixels, group_cols] x wt[cout_g, group_cols]^T
-    GemmProblem<float> p{nullptr, wt + gi * cl.cout_g * cl.group_cols, out + gi * cl.cout_g, nullptr, 1,
-                         g.n * g.oh * g.ow, cl.cout_g, cl.group_cols, false, true, false, false, 1.0f, 0.0f,
-                         0, cl.group_cols, g.cout};
-    p.bf16_operands = g.precision == Precision::bf16;
-    p.a_columns = &columns;
-    gemm_rows(p);
+    gemm_slices<float>(g, nullptr, 0, false, wt + gi * cl.cout_g * cl.group_cols, cl.group_cols, true,
+                       out + gi * cl.cout_g, g.cout, g.n * g.oh * g.ow, cl.cout_g, cl.group_cols, false, &columns);
   }
 }
 

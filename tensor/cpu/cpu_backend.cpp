@@ -35,8 +35,8 @@ void count_allocation(int64_t bytes) {
 // the cache over that, gets a cached block (recycle) and unmaps others, largest first, to stay
 // within it. Without the headroom a step's mix of sizes keeps missing and remapping; with it a
 // steady step maps little or nothing, for a few percent more resident memory. The floor is for
-// small peaks: predict's two models (MiT-B0 and ConvNeXt-atto, a peak near 60 MB) resized a 7
-// and a 15 MB block into each other every batch, faulting in 100k pages a run.
+// small peaks, where a quarter cannot hold two alternating sizes (predict's two models) and each
+// batch would resize one block into the other, faulting the growth in.
 class BlockCache {
  public:
   static constexpr size_t kMinBytes = size_t(1) << 20;
