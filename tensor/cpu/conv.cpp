@@ -5,7 +5,8 @@
 // - everything else: im2col over a few images at a time, then one GEMM per group. A 1x1,
 //   stride-1, unpadded conv needs no im2col: the NHWC input already is the column matrix. The
 //   forward's GEMM reads tap-major columns with channels in runs of 16 from the input itself
-//   (ImplicitColumns), so no column matrix is written there either.
+//   (ImplicitColumns), so no column matrix is written there either. Float32 3x3 stride-1
+//   forward convs take Winograd's F(4x4, 3x3) instead (winograd.h): a quarter of the products.
 // Padding is symmetric zero padding. The kernels overwrite their output (out, grad_x, grad_w).
 #include <algorithm>
 #include <omp.h>
@@ -17,6 +18,7 @@
 #include "tensor/cpu/depthwise_simd.h"
 #include "tensor/cpu/gemm.h"
 #include "tensor/cpu/thread_buffer.h"
+#include "tensor/cpu/winograd.h"
 
 namespace sono::cpu {
 
@@ -445,6 +447,9 @@ void conv_forward_implicit(const Conv2dGeometry& g, const ColumnLayout& cl, cons
 
 template <typename T>
 void conv_forward(const Conv2dGeometry& g, const T* x, const T* w, T* out) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (winograd_applies(g)) return winograd_conv_forward(g, x, w, out);
+  }
   const ColumnLayout cl = column_layout(g, true);
   const WeightRows<T> wt(w, g, cl);
   if constexpr (std::is_same_v<T, float>) {

@@ -1,0 +1,185 @@
+// Winograd F(4x4, 3x3) on NHWC float32 (see winograd.h). With the interpolation points 0, +-1,
+// +-2 and infinity, a 1-D output of 4 from 6 inputs and a 3-tap filter is
+//   y = A^T [(G g) . (B^T d)],
+// and the 2-D transform applies each matrix along both axes. Every transform works on 16
+// channels at once (channels are innermost in NHWC and in the transformed tensors), so the loops
+// over `kLanes` become vector instructions.
+#include "tensor/cpu/winograd.h"
+
+#include <algorithm>
+#include <omp.h>
+
+#include "tensor/cpu/gemm.h"
+#include "tensor/cpu/thread_buffer.h"
+
+namespace sono::cpu {
+
+namespace {
+
+constexpr int64_t kOut = 4, kIn = 6, kPoints = kIn * kIn, kLanes = 16;
+// Bounds a chunk of images' transformed input and products to about 2^22 floats each.
+constexpr int64_t kChunkFloats = int64_t(1) << 22;
+
+using Lanes = float[kLanes];
+
+// A whole vector of lanes is copied inline; std::copy_n of a run length known only at run time
+// is a call to memmove for 64 bytes.
+inline void copy_lanes(const float* src, int64_t lanes, float* dst) {
+  if (lanes == kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) dst[l] = src[l];
+  } else {
+    std::copy_n(src, lanes, dst);
+  }
+}
+
+// B^T d along one axis: six lane vectors in (stride `si`), six out (stride `so`).
+inline void input_transform_1d(const float* d, int64_t si, float* t, int64_t so) {
+  for (int64_t l = 0; l < kLanes; ++l) {
+    const float d0 = d[0 * si + l], d1 = d[1 * si + l], d2 = d[2 * si + l];
+    const float d3 = d[3 * si + l], d4 = d[4 * si + l], d5 = d[5 * si + l];
+    t[0 * so + l] = 4 * d0 - 5 * d2 + d4;
+    t[1 * so + l] = -4 * (d1 + d2) + d3 + d4;
+    t[2 * so + l] = 4 * (d1 - d2) - d3 + d4;
+    t[3 * so + l] = 2 * (d3 - d1) - d2 + d4;
+    t[4 * so + l] = 2 * (d1 - d3) - d2 + d4;
+    t[5 * so + l] = 4 * d1 - 5 * d3 + d5;
+  }
+}
+
+// G g along one axis: three lane vectors in, six out.
+inline void weight_transform_1d(const float* g, int64_t si, float* u, int64_t so) {
+  for (int64_t l = 0; l < kLanes; ++l) {
+    const float g0 = g[0 * si + l], g1 = g[1 * si + l], g2 = g[2 * si + l];
+    u[0 * so + l] = g0 / 4;
+    u[1 * so + l] = -(g0 + g1 + g2) / 6;
+    u[2 * so + l] = -(g0 - g1 + g2) / 6;
+    u[3 * so + l] = g0 / 24 + g1 / 12 + g2 / 6;
+    u[4 * so + l] = g0 / 24 - g1 / 12 + g2 / 6;
+    u[5 * so + l] = g2;
+  }
+}
+
+// A^T m along one axis: six lane vectors in, four out.
+inline void output_transform_1d(const float* m, int64_t si, float* y, int64_t so) {
+  for (int64_t l = 0; l < kLanes; ++l) {
+    const float m0 = m[0 * si + l], m1 = m[1 * si + l], m2 = m[2 * si + l];
+    const float m3 = m[3 * si + l], m4 = m[4 * si + l], m5 = m[5 * si + l];
+    const float s12 = m1 + m2, d12 = m1 - m2, s34 = m3 + m4, d34 = m3 - m4;
+    y[0 * so + l] = m0 + s12 + s34;
+    y[1 * so + l] = d12 + 2 * d34;
+    y[2 * so + l] = s12 + 4 * s34;
+    y[3 * so + l] = d12 + 8 * d34 + m5;
+  }
+}
+
+// Applies `rows` (a 1-D transform, n_in -> n_out) along both axes of an [n_in][n_in] lane tile:
+// first down the columns into `mid` [n_out][n_in], then along its rows into `out` [n_out][n_out].
+template <int64_t NIn, int64_t NOut, typename Transform1d>
+void transform_2d(const Lanes* in, Lanes* mid, Lanes* out, Transform1d&& rows) {
+  for (int64_t j = 0; j < NIn; ++j) rows(in[j], NIn * kLanes, mid[j], NIn * kLanes);
+  for (int64_t i = 0; i < NOut; ++i) rows(mid[i * NIn], kLanes, out[i * NOut], kLanes);
+}
+
+// Where one image's tiles start and how many there are.
+struct TileGrid {
+  int64_t rows, cols;
+  int64_t per_image() const { return rows * cols; }
+};
+
+TileGrid tile_grid(const Conv2dGeometry& g) { return {(g.oh + kOut - 1) / kOut, (g.ow + kOut - 1) / kOut}; }
+
+// U [36][Cout][Cin] = G g G^T for every filter g = w[co][ci] (PyTorch layout [Cout, Cin, 3, 3]).
+void transform_weights(const Conv2dGeometry& g, const float* w, float* u) {
+  const int64_t blocks = (g.cin + kLanes - 1) / kLanes;
+#pragma omp parallel for schedule(static) if (g.cout * g.cin >= 4096)
+  for (int64_t job = 0; job < g.cout * blocks; ++job) {
+    const int64_t co = job / blocks, c0 = job % blocks * kLanes, lanes = std::min(kLanes, g.cin - c0);
+    Lanes taps[9] = {}, mid[kIn * 3], out[kPoints];
+    for (int64_t l = 0; l < lanes; ++l)
+      for (int64_t k = 0; k < 9; ++k) taps[k][l] = w[((co * g.cin) + c0 + l) * 9 + k];
+    transform_2d<3, kIn>(taps, mid, out, weight_transform_1d);
+    for (int64_t p = 0; p < kPoints; ++p) copy_lanes(out[p], lanes, u + (p * g.cout + co) * g.cin + c0);
+  }
+}
+
+// One tile's run of up to 16 channels: tile t of the chunk, image n, its output block's top-left
+// pixel (y0, x0), channels [c0, c0 + lanes).
+struct TileLanes {
+  int64_t t, n, y0, x0, c0, lanes;
+};
+
+// Calls body(TileLanes) for every tile of images [n0, n1) and run of 16 of `channels`, threaded.
+template <typename Body>
+void for_each_tile_lanes(const TileGrid& grid, int64_t n0, int64_t n1, int64_t channels, Body&& body) {
+  const int64_t tiles = (n1 - n0) * grid.per_image(), blocks = (channels + kLanes - 1) / kLanes;
+#pragma omp parallel for schedule(static)
+  for (int64_t job = 0; job < tiles * blocks; ++job) {
+    const int64_t t = job / blocks, c0 = job % blocks * kLanes, in_image = t % grid.per_image();
+    body(TileLanes{t, n0 + t / grid.per_image(), in_image / grid.cols * kOut, in_image % grid.cols * kOut, c0,
+                   std::min(kLanes, channels - c0)});
+  }
+}
+
+// V [36][tiles][Cin] = B^T d B for the 6x6 input tile d of each 4x4 output block of images
+// [n0, n1); reads outside the image are the zero padding.
+void transform_input(const Conv2dGeometry& g, const TileGrid& grid, const float* x, int64_t n0, int64_t n1, float* v) {
+  const int64_t tiles = (n1 - n0) * grid.per_image();
+  for_each_tile_lanes(grid, n0, n1, g.cin, [&](const TileLanes& b) {
+    Lanes d[kPoints] = {}, mid[kPoints], out[kPoints];
+    for (int64_t i = 0; i < kIn; ++i) {
+      const int64_t iy = b.y0 - g.padding + i;
+      if (iy < 0 || iy >= g.h) continue;
+      for (int64_t j = 0; j < kIn; ++j) {
+        const int64_t ix = b.x0 - g.padding + j;
+        if (ix >= 0 && ix < g.w) copy_lanes(x + ((b.n * g.h + iy) * g.w + ix) * g.cin + b.c0, b.lanes, d[i * kIn + j]);
+      }
+    }
+    transform_2d<kIn, kIn>(d, mid, out, input_transform_1d);
+    for (int64_t p = 0; p < kPoints; ++p) copy_lanes(out[p], b.lanes, v + (p * tiles + b.t) * g.cin + b.c0);
+  });
+}
+
+// The output blocks A^T m A of images [n0, n1) from the products M [36][tiles][Cout], cropped
+// to the output where the last row or column of tiles overhangs it.
+void transform_output(const Conv2dGeometry& g, const TileGrid& grid, const float* m, int64_t n0, int64_t n1, float* out) {
+  const int64_t tiles = (n1 - n0) * grid.per_image();
+  for_each_tile_lanes(grid, n0, n1, g.cout, [&](const TileLanes& b) {
+    Lanes prod[kPoints] = {}, mid[kOut * kIn], y[kOut * kOut];
+    for (int64_t p = 0; p < kPoints; ++p) copy_lanes(m + (p * tiles + b.t) * g.cout + b.c0, b.lanes, prod[p]);
+    transform_2d<kIn, kOut>(prod, mid, y, output_transform_1d);
+    for (int64_t i = 0; i < kOut && b.y0 + i < g.oh; ++i)
+      for (int64_t j = 0; j < kOut && b.x0 + j < g.ow; ++j)
+        copy_lanes(y[i * kOut + j], b.lanes, out + ((b.n * g.oh + b.y0 + i) * g.ow + b.x0 + j) * g.cout + b.c0);
+  });
+}
+
+struct TransformedWeights {};
+struct TransformedInput {};
+struct Products {};
+
+}  // namespace
+
+bool winograd_applies(const Conv2dGeometry& g) {
+  return g.kh == 3 && g.kw == 3 && g.stride == 1 && g.dilation == 1 && g.groups == 1 &&
+         g.precision == Precision::f32 && g.cin >= 16 && g.cout >= 16 && g.oh * g.ow >= 64;
+}
+
+void winograd_conv_forward(const Conv2dGeometry& g, const float* x, const float* w, float* out) {
+  const TileGrid grid = tile_grid(g);
+  float* u = thread_buffer<TransformedWeights, float>().reserve(kPoints * g.cout * g.cin);
+  transform_weights(g, w, u);
+  const int64_t per_image = kPoints * grid.per_image() * std::max(g.cin, g.cout);
+  const int64_t images_per_chunk = std::clamp<int64_t>(kChunkFloats / per_image, 1, g.n);
+  float* v = thread_buffer<TransformedInput, float>().reserve(images_per_chunk * grid.per_image() * kPoints * g.cin);
+  float* m = thread_buffer<Products, float>().reserve(images_per_chunk * grid.per_image() * kPoints * g.cout);
+  for (int64_t n0 = 0; n0 < g.n; n0 += images_per_chunk) {
+    const int64_t n1 = std::min(g.n, n0 + images_per_chunk), tiles = (n1 - n0) * grid.per_image();
+    transform_input(g, grid, x, n0, n1, v);
+    // M[p] [tiles, Cout] = V[p] [tiles, Cin] x U[p]^T, for each of the 36 points
+    GemmProblem<float> p{v, u, m, nullptr, kPoints, tiles, g.cout, g.cin, false, true, false, false, 1.0f, 0.0f};
+    gemm_rows<float>(p);
+    transform_output(g, grid, m, n0, n1, out);
+  }
+}
+
+}  // namespace sono::cpu

@@ -1,0 +1,19 @@
+#pragma once
+// Winograd's minimal filtering F(4x4, 3x3) for the dense 3x3 stride-1 convs of ResNet-style
+// models (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016): each 4x4
+// block of outputs comes from a 6x6 input tile with 36 products per channel pair instead of 144,
+// as 36 GEMMs [tiles, Cin] x [Cin, Cout]. The CPU forward conv takes it wherever it applies.
+#include "tensor/backend.h"
+
+namespace sono::cpu {
+
+// Float32 products, 3x3, stride 1, no dilation, one group, at least 16 channels in and out, and
+// at least 8x8 output pixels per image: below that the weight transform (4x the weights) costs
+// more than the products it saves. Decided per image, never per batch, so that an image gets
+// the same rounding in any batch.
+bool winograd_applies(const Conv2dGeometry& g);
+
+// out [N, OH, OW, Cout] = conv(x [N, H, W, Cin], w [Cout, Cin, 3, 3]), any zero padding.
+void winograd_conv_forward(const Conv2dGeometry& g, const float* x, const float* w, float* out);
+
+}  // namespace sono::cpu
