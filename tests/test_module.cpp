@@ -6,6 +6,7 @@
 #include "helpers.h"
 #include "layers/activation.h"
 #include "layers/conv.h"
+#include "layers/init.h"
 #include "layers/linear.h"
 #include "layers/norm.h"
 #include "layers/safetensors.h"
@@ -46,6 +47,25 @@ TEST_CASE("parameter and buffer names match torch's state_dict keys") {
                                           "norm.running_mean", "norm.running_var", "norm.weight",
                                           "seq.0.weight"});
   CHECK(b.num_parameters() == 5 * 3 + 3 + 3 + 3 + 3 * 2);
+}
+
+// A model built for a checkpoint load (load_checkpoint) draws nothing and computes nothing
+// from its draws: the load overwrites every parameter.
+TEST_CASE("under SkipRandomFill the initialisers give zeros and init::assign changes nothing") {
+  Tensor kept = Tensor::ones({2, 3});
+  {
+    SkipRandomFill skip;
+    CHECK(nn::init::uniform({4}, 0.5).to_vector() == std::vector<double>(4, 0.0));
+    CHECK(nn::init::fan_out_normal({2, 1, 3, 3}).to_vector() == std::vector<double>(18, 0.0));
+    nn::Conv2d conv(3, 2, 3, {1, 1, 1, 1});
+    CHECK(conv.weight.to_vector() == std::vector<double>(54, 0.0));
+    nn::init::assign(kept, Tensor::zeros({2, 3}));
+    CHECK(kept.to_vector() == std::vector<double>(6, 1.0));
+  }
+  nn::init::assign(kept, Tensor::zeros({2, 3}));
+  CHECK(kept.to_vector() == std::vector<double>(6, 0.0));
+  const std::vector<double> drawn = nn::init::uniform({64}, 0.5).to_vector();
+  CHECK(*std::max_element(drawn.begin(), drawn.end()) > 0.3);
 }
 
 TEST_CASE("safetensors round trip keeps values, dtypes and metadata") {
