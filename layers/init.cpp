@@ -7,7 +7,10 @@
 
 namespace sono::nn::init {
 
+// Under SkipRandomFill the values are about to be overwritten by a load: zeros, without the
+// arithmetic (each step a fresh tensor whose pages the OS must clear).
 Tensor uniform(const Shape& shape, double bound, Generator& gen) {
+  if (SkipRandomFill::active()) return Tensor::zeros(shape);
   return add(mul(rand(shape, gen), 2.0 * bound), -bound);
 }
 
@@ -16,6 +19,7 @@ Tensor default_for_fan_in(const Shape& shape, int64_t fan_in, Generator& gen) {
 }
 
 Tensor fan_out_normal(const Shape& w, int64_t groups, Generator& gen) {
+  if (SkipRandomFill::active()) return Tensor::zeros(w);
   const double fan_out = static_cast<double>(w[0] * w[2] * w[3] / groups);
   return mul(randn(w, gen), std::sqrt(2.0 / fan_out));
 }
@@ -23,6 +27,7 @@ Tensor fan_out_normal(const Shape& w, int64_t groups, Generator& gen) {
 void assign(const Tensor& param, const Tensor& values) {
   SONO_CHECK(param.shape() == values.shape(), "init::assign: shape ", shape_str(values.shape()),
              " for parameter of shape ", shape_str(param.shape()));
+  if (SkipRandomFill::active()) return;
   backend_of(param).copy(values.to(param.device()).to(param.dtype()), param);
 }
 

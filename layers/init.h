@@ -12,7 +12,8 @@ Tensor default_for_fan_in(const Shape& shape, int64_t fan_in, Generator& gen = d
 // kw / groups: torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu") for groups 1,
 // and MiT's _init_weights (which divides by the groups).
 Tensor fan_out_normal(const Shape& conv_weight, int64_t groups = 1, Generator& gen = default_generator());
-// In-place overwrite of an existing parameter's values (keeps its handle).
+// In-place overwrite of an existing parameter's values (keeps its handle). Nothing under
+// SkipRandomFill, where a load overwrites every parameter.
 void assign(const Tensor& param, const Tensor& values);
 
 }  // namespace sono::nn::init

@@ -35,6 +35,8 @@ Tensor trunc_normal(const Shape& shape, double std, double lo, double hi,
 // loaded, as from a checkpoint, where the draws were 40% of a one-image predict.
 class SkipRandomFill {
  public:
+  // Whether one lives on this thread: initialisers that scale or copy their draws skip that too.
+  static bool active();
   SkipRandomFill();
   ~SkipRandomFill();
   SkipRandomFill(const SkipRandomFill&) = delete;

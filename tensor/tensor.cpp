@@ -191,6 +191,7 @@ Tensor random_tensor(const Shape& shape, DType dtype, const std::function<double
 }
 }  // namespace
 
+bool SkipRandomFill::active() { return skip_random_fill; }
 SkipRandomFill::SkipRandomFill() : previous_(skip_random_fill) { skip_random_fill = true; }
 SkipRandomFill::~SkipRandomFill() { skip_random_fill = previous_; }
 
