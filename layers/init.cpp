@@ -18,10 +18,11 @@ Tensor default_for_fan_in(const Shape& shape, int64_t fan_in, Generator& gen) {
   return uniform(shape, 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(fan_in, 1))), gen);
 }
 
-Tensor fan_out_normal(const Shape& w, int64_t groups, Generator& gen) {
-  if (SkipRandomFill::active()) return Tensor::zeros(w);
+void fan_out_normal_(const Tensor& conv_weight, int64_t groups, Generator& gen) {
+  if (SkipRandomFill::active()) return;
+  const Shape& w = conv_weight.shape();
   const double fan_out = static_cast<double>(w[0] * w[2] * w[3] / groups);
-  return mul(randn(w, gen), std::sqrt(2.0 / fan_out));
+  assign(conv_weight, mul(randn(w, gen), std::sqrt(2.0 / fan_out)));
 }
 
 void assign(const Tensor& param, const Tensor& values) {

@@ -31,7 +31,7 @@ std::shared_ptr<Linear> make_linear(int64_t in, int64_t out) {
 // MiT's _init_weights for convs: normal(0, sqrt(2 / fan_out)), fan_out = k*k*out/groups; zero bias.
 std::shared_ptr<Conv2d> make_conv(int64_t in, int64_t out, int64_t k, Conv2dOptions opt) {
   auto conv = std::make_shared<Conv2d>(in, out, k, opt);
-  nn::init::assign(conv->weight, nn::init::fan_out_normal(conv->weight.shape(), opt.groups));
+  nn::init::fan_out_normal_(conv->weight, opt.groups);
   nn::init::assign(conv->bias, Tensor::zeros({out}));
   return conv;
 }

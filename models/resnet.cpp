@@ -20,7 +20,7 @@ using nn::Conv2d;
 // torchvision's init: kaiming_normal_(mode="fan_out", nonlinearity="relu"), no bias.
 std::shared_ptr<Conv2d> make_conv(int64_t in, int64_t out, int64_t k, Conv2dOptions opt) {
   auto conv = std::make_shared<Conv2d>(in, out, k, opt, /*bias=*/false);
-  nn::init::assign(conv->weight, nn::init::fan_out_normal(conv->weight.shape()));
+  nn::init::fan_out_normal_(conv->weight);
   return conv;
 }
 

@@ -56,8 +56,9 @@ TEST_CASE("under SkipRandomFill the initialisers give zeros and init::assign cha
   {
     SkipRandomFill skip;
     CHECK(nn::init::uniform({4}, 0.5).to_vector() == std::vector<double>(4, 0.0));
-    CHECK(nn::init::fan_out_normal({2, 1, 3, 3}).to_vector() == std::vector<double>(18, 0.0));
     nn::Conv2d conv(3, 2, 3, {1, 1, 1, 1});
+    CHECK(conv.weight.to_vector() == std::vector<double>(54, 0.0));
+    nn::init::fan_out_normal_(conv.weight);
     CHECK(conv.weight.to_vector() == std::vector<double>(54, 0.0));
     nn::init::assign(kept, Tensor::zeros({2, 3}));
     CHECK(kept.to_vector() == std::vector<double>(6, 1.0));
@@ -66,6 +67,11 @@ TEST_CASE("under SkipRandomFill the initialisers give zeros and init::assign cha
   CHECK(kept.to_vector() == std::vector<double>(6, 0.0));
   const std::vector<double> drawn = nn::init::uniform({64}, 0.5).to_vector();
   CHECK(*std::max_element(drawn.begin(), drawn.end()) > 0.3);
+  nn::Conv2d wide(16, 64, 3, {1, 1, 1, 1});
+  nn::init::fan_out_normal_(wide.weight);  // std sqrt(2 / (64 * 3 * 3))
+  double squares = 0;
+  for (double v : wide.weight.to_vector()) squares += v * v;
+  CHECK(std::sqrt(squares / wide.weight.numel()) == doctest::Approx(std::sqrt(2.0 / 576)).epsilon(0.05));
 }
 
 TEST_CASE("safetensors round trip keeps values, dtypes and metadata") {
