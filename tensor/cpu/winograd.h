@@ -16,4 +16,9 @@ bool winograd_applies(const Conv2dGeometry& g);
 // out [N, OH, OW, Cout] = conv(x [N, H, W, Cin], w [Cout, Cin, 3, 3]), any zero padding.
 void winograd_conv_forward(const Conv2dGeometry& g, const float* x, const float* w, float* out);
 
+// The input gradient of such a conv is one as well (of grad_out, padded by 2 - padding): where
+// that one applies (padding at most 2), grad_x [N, H, W, Cin] from grad_out [N, OH, OW, Cout].
+bool winograd_applies_to_input_gradient(const Conv2dGeometry& g);
+void winograd_conv_backward_input(const Conv2dGeometry& g, const float* grad_out, const float* w, float* grad_x);
+
 }  // namespace sono::cpu
