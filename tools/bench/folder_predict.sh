@@ -8,6 +8,8 @@
 # SEG_MODEL and CLS_MODEL pick the pair (default: the shipped one). 3a30d49 knows no ResNet classifier, so
 # against it run the pair it shipped: SEG_MODEL=/tmp/base/models/weights/seg_mit_b0_busi.safetensors
 # CLS_MODEL=/tmp/base/models/weights/cls_convnext_atto_busi.safetensors.
+# BASE_SEG_MODEL and BASE_CLS_MODEL give the baseline its own pair (default: the same), to compare a
+# folder run of today's shipped pair with one of the pair shipped with the baseline.
 # NEW_ARGS adds arguments for PREDICT alone, e.g. NEW_ARGS="--amp bf16" against a baseline that
 # has no CPU bf16 (3a30d49 computes in float32 only).
 # The two alternate ROUNDS times, each run after waiting (up to 60 s) for the CPUs to be 90% idle;
@@ -21,6 +23,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 . "$root/models/weights/shipped.env"
 seg_model=${SEG_MODEL:-$root/models/weights/$SONO_SEG_WEIGHTS}
 cls_model=${CLS_MODEL:-$root/models/weights/$SONO_CLS_WEIGHTS}
+base_seg_model=${BASE_SEG_MODEL:-$seg_model} base_cls_model=${BASE_CLS_MODEL:-$cls_model}
 images=$(find "$folder" -maxdepth 1 -type f \( -iname '*.png' -o -iname '*.jpg' -o -iname '*.bmp' -o -iname '*.dcm' \) ! -name '*_mask*' | wc -l)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -39,12 +42,12 @@ wait_quiet() {
 
 read -r -a new_args <<< "${NEW_ARGS:-}"
 
-run() {  # prints images/s; arguments after the binary go to it alone
-  local bin=$1 start end
-  shift
+run() {  # prints images/s for BINARY SEG_MODEL CLS_MODEL; further arguments go to it alone
+  local bin=$1 seg=$2 cls=$3 start end
+  shift 3
   wait_quiet
   start=$(date +%s.%N)
-  "$bin" --threads "$threads" --image "$folder" --seg_model "$seg_model" --cls_model "$cls_model" \
+  "$bin" --threads "$threads" --image "$folder" --seg_model "$seg" --cls_model "$cls" \
     --csv "$out/p.csv" --overwrite "${extra[@]}" "$@" \
     > "$out/log" 2>&1 || { cat "$out/log" >&2; exit 1; }
   end=$(date +%s.%N)
@@ -53,8 +56,8 @@ run() {  # prints images/s; arguments after the binary go to it alone
 
 declare -a base_rates new_rates
 for r in $(seq "$rounds"); do
-  base_rates+=("$(run "$base")")
-  new_rates+=("$(run "$new" "${new_args[@]}")")
+  base_rates+=("$(run "$base" "$base_seg_model" "$base_cls_model")")
+  new_rates+=("$(run "$new" "$seg_model" "$cls_model" "${new_args[@]}")")
   printf 'round %d: baseline %.2f img/s, new %.2f img/s\n' "$r" "${base_rates[-1]}" "${new_rates[-1]}"
 done
 summary() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {printf "best %.2f img/s, median %.2f", v[NR], v[int((NR+1)/2)]}'; }
