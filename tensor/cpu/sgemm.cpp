@@ -211,7 +211,8 @@ SONO_BF16_TARGET void pack_implicit_columns(const ImplicitColumns& c, int64_t r0
 }
 
 // src.rs == 1: each depth step's rows are contiguous (A transposed, B as [k, n]); copies runs
-// of W floats, which the compiler vectorises.
+// of W floats, which the compiler vectorises. A whole run is a loop of constant length, inlined
+// as vector moves: std::copy of a length known only at run time calls memmove for each run.
 template <int W>
 void pack_depth_contiguous(Strided src, int64_t rows, int64_t depth, float* dst) {
   for (int64_t p = 0; p < depth; ++p) {
@@ -219,6 +220,10 @@ void pack_depth_contiguous(Strided src, int64_t rows, int64_t depth, float* dst)
     for (int64_t r0 = 0; r0 < rows; r0 += W) {
       const int64_t valid = std::min<int64_t>(W, rows - r0);
       float* d = dst + r0 * depth + p * W;
+      if (valid == W) {
+        for (int l = 0; l < W; ++l) d[l] = s[r0 + l];
+        continue;
+      }
       std::copy(s + r0, s + r0 + valid, d);
       std::fill(d + valid, d + W, 0.0f);
     }
