@@ -155,6 +155,7 @@ Tensor DeepLabV3Plus::forward(const Tensor& x) {
 
 DeepLabV3PlusConfig deeplabv3plus_config(const std::string& encoder_name, const ModelOptions& options) {
   DeepLabV3PlusConfig c;
+  c.atrous_rates = options.atrous_rates;
   auto with_options = [&](auto e) {  // either family: smp's output stride, our input channels
     e.output_stride = 16;
     e.in_channels = options.in_channels;

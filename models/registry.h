@@ -1,4 +1,5 @@
 #pragma once
+#include <array>
 // Models by task and name. Segmentation: "mit_b0".."mit_b5" and "resnet18".."resnet152" build
 // DeepLabV3+ on that encoder (as segmentation_models_pytorch). Classification:
 // "convnext_atto".."convnext_large" and "resnet18".."resnet152" build timm's model of that name.
@@ -24,6 +25,9 @@ struct ModelOptions {
   int64_t num_classes = 1;
   double drop_path_rate = 0.0;  // stochastic depth (ConvNeXt, MiT)
   int64_t encoder_depth = 5;    // DeepLabV3+ on a ResNet: smp's encoder_depth (3..5)
+  // DeepLabV3+'s ASPP dilations (smp's decoder_atrous_rates), made for a 32x32 feature map (512 px
+  // at output stride 16): on a smaller map the taps of the larger rates fall in the padding.
+  std::array<int64_t, 3> atrous_rates{12, 24, 36};
 };
 
 // Where backbone weights (timm's or smp's ImageNet checkpoints, or `pretrain`'s output) load.

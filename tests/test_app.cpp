@@ -189,6 +189,11 @@ TEST_CASE("every card value is checked against the architecture; the error names
       {segmenter, "encoder_depth", "6", "a whole number from 3 to 5"},
       {segmenter, "encoder_depth", "4", "mit_b0 is built whole"},
       {classifier, "encoder_depth", "4", "a classification card has no encoder depth"},
+      {segmenter, "atrous_rates", "12,24", "three whole numbers from 1 to 64"},
+      {segmenter, "atrous_rates", "2,4,6,8", "three whole numbers from 1 to 64"},
+      {segmenter, "atrous_rates", "0,4,6", "three whole numbers from 1 to 64"},
+      {segmenter, "atrous_rates", "2,,6", "three whole numbers from 1 to 64"},
+      {classifier, "atrous_rates", "2,4,6", "a classification card has no ASPP"},
   };
   for (const Case& c : cases) {
     std::string e = load_error(dir, c.card, c.key, c.value);
@@ -196,6 +201,37 @@ TEST_CASE("every card value is checked against the architecture; the error names
     CHECK(e.rfind(path + ": card key '" + c.key + "' is '" + c.value.substr(0, 20), 0) == 0);
     CHECK(e.find(c.why) != std::string::npos);
   }
+}
+
+// seg_train --atrous-rates: the card carries them, so predict rebuilds the ASPP that was trained.
+TEST_CASE("a segmenter's ASPP rates go through its card into the model rebuilt from the file") {
+  TempDir dir;
+  app::ModelCard card;
+  card.arch = "resnet18";
+  card.task = models::Task::segmentation;
+  card.classes = {"lesion"};
+  card.in_channels = 3;
+  card.img_size = 64;
+  card.encoder_depth = 4;
+  card.atrous_rates = {1, 2, 3};
+  manual_seed(3);
+  auto trained = app::build_model(card);
+  trained->eval();
+  const std::string path = (dir / "seg.safetensors").string();
+  app::save_checkpoint(path, *trained, card);
+  const app::LoadedModel loaded = app::load_checkpoint(path);
+  CHECK(loaded.card.atrous_rates == std::array<int64_t, 3>{1, 2, 3});
+  const Tensor x = rand64({1, 64, 64, 3}, 4).to(DType::f32);
+  CHECK(max_abs_diff(loaded.model->forward(x), trained->forward(x)) == 0);
+  // smp's rates on the same weights: at a 4x4 map (64 px, stride 16) every off-centre tap of
+  // theirs reads padding, so the outputs differ.
+  card.atrous_rates = {12, 24, 36};
+  auto defaults = app::build_model(card);
+  defaults->load_state_dict(trained->state_dict());
+  defaults->eval();
+  CHECK(max_abs_diff(defaults->forward(x), trained->forward(x)) > 1e-4);
+  CHECK(app::parse_atrous_rates("2,4,6") == std::array<int64_t, 3>{2, 4, 6});
+  CHECK(app::atrous_rates_text({2, 4, 6}) == "2,4,6");
 }
 
 TEST_CASE("--pretrained with a ResNet segmenter's checkpoint starts a ResNet classifier from its encoder") {

@@ -822,6 +822,10 @@ TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing 
     expect_error("seg_train", dirs(t.data) + seg_opts + out.string() + " --encoder-depth 4",
                  "--encoder-depth 4: only a ResNet encoder (--arch resnet18 ...) stops early; mit_b0 is built whole");
   }
+  SUBCASE("--atrous-rates not three rates") {
+    expect_error("seg_train", dirs(t.data) + " --arch resnet18 --atrous-rates 2,4 --save-path " + out.string(),
+                 "--atrous-rates '2,4': expected three whole numbers from 1 to 64, as 12,24,36");
+  }
   SUBCASE("--encoder-depth out of range") {
     expect_error("seg_train", dirs(t.data) + " --arch resnet18 --encoder-depth 6 --save-path " + out.string(),
                  "--encoder-depth 6: must be 3, 4 or 5");

@@ -5,6 +5,7 @@
 #include "models/deeplabv3plus.h"
 #include "models/registry.h"
 #include "tensor/ops.h"
+#include "tools/app/checkpoint.h"
 #include "tools/app/cross_validation.h"
 #include "tools/app/post_training.h"
 #include "tools/app/runtime.h"
@@ -50,6 +51,9 @@ int seg_train(int argc, char** argv) {
   cli.option("encoder-depth", "5",
              "ResNet encoders: stages built (smp's encoder_depth): 5 all; 4 ends at layer3, which the ASPP "
              "then reads (a ResNet-18 segmenter of 3.6 M parameters instead of 12.3 M); 3 ends at layer2");
+  cli.option("atrous-rates", "12,24,36",
+             "the ASPP's three dilations (smp's decoder_atrous_rates), made for a 32x32 feature map (512 px at "
+             "output stride 16); at 128 px the map is 8x8, where rates as 2,4,6 still see beyond the centre");
   if (!cli.parse(argc, argv)) return 0;
   app::TrainSettings settings = app::read_training_options(cli, models::Task::segmentation);
   settings.encoder_depth = cli.integer("encoder-depth");
@@ -59,6 +63,11 @@ int seg_train(int argc, char** argv) {
              settings.encoder_depth, ": only a ResNet encoder (--arch resnet18 ...) stops early; ", settings.arch,
              " is built whole");
   settings.tool_arguments["--encoder-depth"] = std::to_string(settings.encoder_depth);
+  const std::string rates = cli.str("atrous-rates");
+  const auto parsed_rates = app::parse_atrous_rates(rates);
+  SONO_CHECK(parsed_rates, "--atrous-rates '", rates, "': expected three whole numbers from 1 to 64, as 12,24,36");
+  settings.atrous_rates = *parsed_rates;
+  settings.tool_arguments["--atrous-rates"] = app::atrous_rates_text(settings.atrous_rates);
   data::Dataset dataset = data::scan_dataset(settings.images_dir, settings.masks_dir);
   SegmentationTask task;
   if (settings.recipe_options.folds) return app::run_cross_validation(settings, task, dataset);

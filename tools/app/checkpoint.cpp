@@ -123,9 +123,30 @@ std::map<std::string, std::string> ModelCard::to_metadata() const {
   m["in_channels"] = std::to_string(in_channels);
   m["num_classes"] = std::to_string(num_classes());
   m["img_size"] = std::to_string(img_size);
-  if (task == models::Task::segmentation) m["encoder_depth"] = std::to_string(encoder_depth);
+  if (task == models::Task::segmentation) {
+    m["encoder_depth"] = std::to_string(encoder_depth);
+    m["atrous_rates"] = atrous_rates_text(atrous_rates);
+  }
   m["normalisation"] = json{{"mean", normalisation.mean}, {"std", normalisation.std}}.dump();
   return m;
+}
+
+std::optional<std::array<int64_t, 3>> parse_atrous_rates(const std::string& text) {
+  std::array<int64_t, 3> rates{};
+  size_t start = 0;
+  for (size_t i = 0; i < rates.size(); ++i) {
+    const size_t end = i + 1 < rates.size() ? text.find(',', start) : text.size();
+    if (end == std::string::npos) return std::nullopt;
+    const std::optional<int64_t> rate = whole_text_as<int64_t>(text.substr(start, end - start));
+    if (!rate || *rate < 1 || *rate > 64) return std::nullopt;
+    rates[i] = *rate;
+    start = end + 1;
+  }
+  return rates;
+}
+
+std::string atrous_rates_text(const std::array<int64_t, 3>& rates) {
+  return std::to_string(rates[0]) + "," + std::to_string(rates[1]) + "," + std::to_string(rates[2]);
 }
 
 int64_t ModelCard::num_classes() const {
@@ -160,6 +181,12 @@ ModelCard ModelCard::from_metadata(const std::string& path, const std::map<std::
     if (c.encoder_depth != 5 && !models::encoder_can_stop_early(c.arch))
       r.bad("encoder_depth", c.arch, " is built whole (depth 5); only a ResNet encoder stops early");
   }
+  if (meta.count("atrous_rates")) {
+    if (c.task != models::Task::segmentation) r.bad("atrous_rates", "a classification card has no ASPP");
+    const auto rates = parse_atrous_rates(r.text("atrous_rates"));
+    if (!rates) r.bad("atrous_rates", "expected three whole numbers from 1 to 64, as 12,24,36");
+    c.atrous_rates = *rates;
+  }
   c.normalisation = read_normalisation(r);
   r.optional_real("temperature", 0.01, 100);  // fitted within 0.05..20
   r.optional_real("empty_below", 0, 0.999);
@@ -174,6 +201,7 @@ std::shared_ptr<nn::UnaryModule> build_model(const ModelCard& card) {
   opt.in_channels = card.in_channels;
   opt.num_classes = card.num_classes();
   opt.encoder_depth = card.encoder_depth;
+  opt.atrous_rates = card.atrous_rates;
   return models::create_model(card.arch, opt, card.task);
 }
 

@@ -1,6 +1,7 @@
 #pragma once
 // Checkpoints are safetensors files whose __metadata__ describes the model (the "card"), so
 // predict rebuilds the network from the path alone.
+#include <array>
 #include <map>
 #include <memory>
 #include <optional>
@@ -19,6 +20,11 @@ inline constexpr int64_t kMaxImgSize = 2048;
 // The most classes a classification card may list (ImageNet's 1000).
 inline constexpr int64_t kMaxClasses = 1000;
 
+// "12,24,36" (seg_train's --atrous-rates and the card's atrous_rates): three whole numbers from 1
+// to 64, or nothing.
+std::optional<std::array<int64_t, 3>> parse_atrous_rates(const std::string& text);
+std::string atrous_rates_text(const std::array<int64_t, 3>& rates);
+
 struct ModelCard {
   std::string arch;                 // registry name, e.g. mit_b2, convnext_base
   models::Task task = models::Task::classification;
@@ -27,6 +33,8 @@ struct ModelCard {
   int64_t img_size = 256;
   // A segmenter's smp encoder_depth; cards without the key (before it existed) are depth 5.
   int64_t encoder_depth = 5;
+  // A segmenter's ASPP rates; cards without the key (before it existed) have smp's.
+  std::array<int64_t, 3> atrous_rates{12, 24, 36};
   data::Normalisation normalisation = data::kImagenet;  // what the model's inputs were
   std::map<std::string, std::string> extra;  // epoch, best metric, ...
 

@@ -400,6 +400,7 @@ void Trainer::build_model() {
   if (task_.task() == models::Task::segmentation) options.num_classes = 1;
   options.drop_path_rate = s_.drop_path;
   options.encoder_depth = s_.encoder_depth;
+  options.atrous_rates = s_.atrous_rates;
   model_ = models::create_model(s_.arch, options, task_.task());
   SONO_CHECK(!(s_.batch_size == distributed::size() && has_batch_norm(*model_) && !distributed::sync_batch_norm()),
              "--batch-size ", s_.batch_size,
@@ -481,6 +482,7 @@ ModelCard Trainer::card() const {
   c.in_channels = data::input_channels(task_.input());
   c.img_size = s_.img_size;
   c.encoder_depth = s_.encoder_depth;
+  c.atrous_rates = s_.atrous_rates;
   c.normalisation = data::kImagenet;  // what the loader applies
   c.extra["best_metric"] = task_.best_metric();
   c.extra["best_value"] = std::to_string(best_);
