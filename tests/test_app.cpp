@@ -34,6 +34,16 @@ app::ModelCard classifier_card() {
   return card;
 }
 
+app::ModelCard resnet18_segmenter_card() {
+  app::ModelCard card;
+  card.arch = "resnet18";
+  card.task = models::Task::segmentation;
+  card.classes = {"lesion"};
+  card.in_channels = 3;
+  card.img_size = 64;
+  return card;
+}
+
 // The card of `card` with one key replaced, in a file without tensors: the card is checked
 // before the model is built, so the weights never matter.
 std::string load_error(const TempDir& dir, const app::ModelCard& card, const std::string& key,
@@ -206,12 +216,7 @@ TEST_CASE("every card value is checked against the architecture; the error names
 // seg_train --atrous-rates: the card carries them, so predict rebuilds the ASPP that was trained.
 TEST_CASE("a segmenter's ASPP rates go through its card into the model rebuilt from the file") {
   TempDir dir;
-  app::ModelCard card;
-  card.arch = "resnet18";
-  card.task = models::Task::segmentation;
-  card.classes = {"lesion"};
-  card.in_channels = 3;
-  card.img_size = 64;
+  app::ModelCard card = resnet18_segmenter_card();
   card.encoder_depth = 4;
   card.atrous_rates = {1, 2, 3};
   manual_seed(3);
@@ -236,12 +241,7 @@ TEST_CASE("a segmenter's ASPP rates go through its card into the model rebuilt f
 
 TEST_CASE("--pretrained with a ResNet segmenter's checkpoint starts a ResNet classifier from its encoder") {
   TempDir dir;
-  app::ModelCard seg_card;
-  seg_card.arch = "resnet18";
-  seg_card.task = models::Task::segmentation;
-  seg_card.classes = {"lesion"};
-  seg_card.in_channels = 3;
-  seg_card.img_size = 64;
+  app::ModelCard seg_card = resnet18_segmenter_card();
   manual_seed(2);
   auto segmenter = app::build_model(seg_card);
   const std::string path = (dir / "seg.safetensors").string();
