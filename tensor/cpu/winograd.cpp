@@ -83,7 +83,8 @@ void transform_2d(const Lanes* in, Lanes* mid, Lanes* out, Transform1d&& rows) {
   for (int64_t i = 0; i < NOut; ++i) rows(mid[i * NIn], kLanes, out[i * NOut], kLanes);
 }
 
-// Where one image's tiles start and how many there are.
+// One image's tiles: rows x cols of 4x4 output blocks, the last row and column overhanging the
+// output where its size is not a multiple of 4.
 struct TileGrid {
   int64_t rows, cols;
   int64_t per_image() const { return rows * cols; }
