@@ -5,8 +5,9 @@
 // - everything else: im2col over a few images at a time, then one GEMM per group. A 1x1,
 //   stride-1, unpadded conv needs no im2col: the NHWC input already is the column matrix. The
 //   forward's GEMM reads tap-major columns with channels in runs of 16 from the input itself
-//   (ImplicitColumns), so no column matrix is written there either. Float32 3x3 stride-1 convs take Winograd's F(4x4, 3x3) instead (winograd.h), forward and input gradient: a quarter
-//   of the products.
+//   (ImplicitColumns), so no column matrix is written there either. Float32 3x3 stride-1 convs
+//   take Winograd's F(4x4, 3x3) instead (winograd.h), forward and input gradient: a quarter of
+//   the products.
 // Padding is symmetric zero padding. The kernels overwrite their output (out, grad_x, grad_w).
 #include <algorithm>
 #include <omp.h>

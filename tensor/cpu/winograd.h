@@ -2,7 +2,9 @@
 // Winograd's minimal filtering F(4x4, 3x3) for the dense 3x3 stride-1 convs of ResNet-style
 // models (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016): each 4x4
 // block of outputs comes from a 6x6 input tile with 36 products per channel pair instead of 144,
-// as 36 GEMMs [tiles, Cin] x [Cin, Cout]. The CPU forward conv takes it wherever it applies.
+// as 36 GEMMs [tiles, Cin] x [Cin, Cout]. The CPU conv takes it wherever it applies, forward
+// and input gradient; bf16 products keep the GEMM paths (rounding transformed operands to
+// bfloat16 would lose more than the products do).
 #include "tensor/backend.h"
 
 namespace sono::cpu {
