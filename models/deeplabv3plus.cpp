@@ -181,7 +181,7 @@ std::vector<ModelEntry> deeplab_variants() {
   for (const char* name : {"mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5", "resnet18", "resnet34",
                            "resnet50", "resnet101", "resnet152"}) {
     const std::string arch = name;
-    const PretrainedLayout layout = arch.starts_with("resnet") ? resnet_pretrained_layout() : mit_pretrained_layout();
+    const PretrainedLayout layout = is_resnet(arch) ? resnet_pretrained_layout() : mit_pretrained_layout();
     entries.push_back({arch, Task::segmentation, [arch](const ModelOptions& o) {
                          return std::shared_ptr<nn::UnaryModule>(std::make_shared<DeepLabV3Plus>(deeplabv3plus_config(arch, o)));
                        },

@@ -32,7 +32,7 @@ struct DeepLabV3PlusConfig {
 // (in_channels, classes, drop path rate: MiT only, encoder depth: ResNet only).
 DeepLabV3PlusConfig deeplabv3plus_config(const std::string& encoder_name, const ModelOptions& options);
 // Whether the encoder may stop before its last stage (ModelOptions::encoder_depth below 5): ResNets.
-inline bool encoder_can_stop_early(const std::string& encoder_name) { return encoder_name.starts_with("resnet"); }
+inline bool encoder_can_stop_early(const std::string& encoder_name) { return is_resnet(encoder_name); }
 
 class DeepLabV3PlusDecoder;
 

@@ -36,6 +36,8 @@ struct ResNetConfig {
 
 // "resnet18", "resnet34", "resnet50", "resnet101", "resnet152".
 ResNetConfig resnet_config(const std::string& variant);
+// Whether an --arch names one of them (smp's encoder or timm's classifier, by task).
+inline bool is_resnet(const std::string& arch) { return arch.starts_with("resnet"); }
 
 // torchvision's checkpoints hold the classifier smp drops.
 inline PretrainedLayout resnet_pretrained_layout() {

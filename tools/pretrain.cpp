@@ -1,8 +1,8 @@
 // pretrain: self-supervised pretraining of an encoder on a folder of images by masked-image
 // modelling (SimMIM, tools/app/masked_image_model.h), for `cls_train --pretrained` (convnext_*,
-// resnet*) or `seg_train --pretrained` (mit_*, resnet*) where no ImageNet weights can be had. Reads the images
-// only: masks and classes are ignored, so pretraining on images later used for validation
-// leaks none of their labels.
+// resnet*) or `seg_train --pretrained` (mit_*, resnet*) where no ImageNet weights can be had.
+// Reads the images only: masks and classes are ignored, so pretraining on images later used for
+// validation leaks none of their labels.
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
@@ -13,6 +13,7 @@
 #include "layers/optim.h"
 #include "layers/safetensors.h"
 #include "models/registry.h"
+#include "models/resnet.h"
 #include "tensor/ops.h"
 #include "tools/app/checkpoint.h"
 #include "tools/app/masked_image_model.h"
@@ -62,7 +63,7 @@ Settings read_options(const app::Cli& cli) {
   Settings s;
   // resnet* names both smp's segmentation model and timm's classifier; what is pretrained is
   // smp's encoder (the classifier's trunk has the same weights).
-  if (cli.str("arch").rfind("resnet", 0) == 0) s.task = models::Task::segmentation;
+  if (models::is_resnet(cli.str("arch"))) s.task = models::Task::segmentation;
   app::read_run_settings(cli, s);
   s.augment = cli.is_set("no-augment") ? "none" : cli.str("augment");
   s.lr = cli.real("lr");

@@ -65,7 +65,7 @@ int seg_train(int argc, char** argv) {
   settings.tool_arguments["--encoder-depth"] = std::to_string(settings.encoder_depth);
   const std::string rates = cli.str("atrous-rates");
   const auto parsed_rates = app::parse_atrous_rates(rates);
-  SONO_CHECK(parsed_rates, "--atrous-rates '", rates, "': expected three whole numbers from 1 to 64, as 12,24,36");
+  SONO_CHECK(parsed_rates, "--atrous-rates '", rates, "': ", app::kAtrousRatesExpected);
   settings.atrous_rates = *parsed_rates;
   settings.tool_arguments["--atrous-rates"] = app::atrous_rates_text(settings.atrous_rates);
   data::Dataset dataset = data::scan_dataset(settings.images_dir, settings.masks_dir);

@@ -184,7 +184,7 @@ ModelCard ModelCard::from_metadata(const std::string& path, const std::map<std::
   if (meta.count("atrous_rates")) {
     if (c.task != models::Task::segmentation) r.bad("atrous_rates", "a classification card has no ASPP");
     const auto rates = parse_atrous_rates(r.text("atrous_rates"));
-    if (!rates) r.bad("atrous_rates", "expected three whole numbers from 1 to 64, as 12,24,36");
+    if (!rates) r.bad("atrous_rates", kAtrousRatesExpected);
     c.atrous_rates = *rates;
   }
   c.normalisation = read_normalisation(r);

@@ -20,8 +20,9 @@ inline constexpr int64_t kMaxImgSize = 2048;
 // The most classes a classification card may list (ImageNet's 1000).
 inline constexpr int64_t kMaxClasses = 1000;
 
-// "12,24,36" (seg_train's --atrous-rates and the card's atrous_rates): three whole numbers from 1
-// to 64, or nothing.
+// "12,24,36" (seg_train's --atrous-rates and the card's atrous_rates): kAtrousRatesExpected, or
+// nothing.
+inline constexpr const char* kAtrousRatesExpected = "expected three whole numbers from 1 to 64, as 12,24,36";
 std::optional<std::array<int64_t, 3>> parse_atrous_rates(const std::string& text);
 std::string atrous_rates_text(const std::array<int64_t, 3>& rates);
 

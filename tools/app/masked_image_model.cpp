@@ -74,7 +74,7 @@ MaskedImageModel::MaskedImageModel(const std::string& arch, double drop_path_rat
     encoder_ = register_module("encoder", std::make_shared<models::MixVisionTransformer>(config));
     input_ = data::InputKind::rgb;
     channels = config.dims[3];
-  } else if (starts_with(arch, "resnet")) {
+  } else if (models::is_resnet(arch)) {
     models::ResNetConfig config = models::resnet_config(arch);  // smp's encoder, all five stages
     config.in_channels = data::input_channels(data::InputKind::rgb);
     auto resnet = std::make_shared<models::ResNet>(config);

@@ -15,6 +15,7 @@
 #include "layers/optim.h"
 #include "layers/safetensors.h"
 #include "models/registry.h"
+#include "models/resnet.h"
 #include "tensor/random.h"
 #include "tools/app/checkpoint.h"
 #include "tools/app/cross_validation.h"
@@ -67,7 +68,7 @@ void add_training_options(Cli& cli, const TrainDefaults& d) {
 Recipe default_recipe(const std::string& arch, int64_t batch_size) {
   if (arch.rfind("mit_", 0) == 0) return {"mit", 2e-4, 2, 1.0};
   if (arch.rfind("convnext_", 0) == 0) return {"convnext", 4e-3 * std::sqrt(batch_size / 4096.0), 2, 0};
-  if (arch.rfind("resnet", 0) == 0) return {"resnet", 1e-3, 2, 0};
+  if (models::is_resnet(arch)) return {"resnet", 1e-3, 2, 0};
   fail("--arch ", arch, ": no default --lr, --warmup-epochs and --clip-grad for it; give all three");
 }
 
