@@ -78,6 +78,19 @@ TEST_CASE("conv2d float32 agrees with float64 on the vectorised and GEMM paths")
   }
 }
 
+TEST_CASE("Winograd conv reuses its transformed weights only while the weights are unchanged") {
+  const Tensor x = rand64({2, 8, 8, 16}, 11).to(DType::f32);
+  Tensor w = rand64({32, 16, 3, 3}, 12, 0.2).to(DType::f32);
+  const Conv2dOptions opt{1, 1, 1, 1};
+  const Tensor first = conv2d(x, w, Tensor(), opt);
+  CHECK(max_abs_diff(conv2d(x, w, Tensor(), opt), first) == 0);
+  // In place, as an optimizer step writes, and in the last filter: the whole copy is compared.
+  w.data<float>()[w.numel() - 1] += 1.0f;
+  const Tensor changed = conv2d(x, w, Tensor(), opt);
+  CHECK(max_abs_diff(changed, first) > 1e-3);
+  CHECK(max_abs_diff(changed.to(DType::f64), conv2d(x.to(DType::f64), w.to(DType::f64), Tensor(), opt)) < 1e-4);
+}
+
 TEST_CASE("conv2d and bilinear forward match PyTorch goldens (float64)") {
   const auto file = nn::load_safetensors(source_path("tests/golden/conv.safetensors"));
   int checked = 0;

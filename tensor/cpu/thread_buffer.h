@@ -12,8 +12,10 @@ namespace sono::cpu {
 
 // A growable 64-byte aligned buffer of T (never shrinks; contents are not kept on growth).
 template <typename T>
-class ThreadBuffer {
+class AlignedBuffer {
  public:
+  const T* data() const { return data_.get(); }
+
   T* reserve(int64_t count) {
     if (count > capacity_) {
       const size_t bytes = (static_cast<size_t>(count) * sizeof(T) + 63) / 64 * 64;
@@ -34,8 +36,8 @@ class ThreadBuffer {
 
 // The calling thread's buffer of T for the use Tag names (one buffer per tag and thread).
 template <typename Tag, typename T>
-ThreadBuffer<T>& thread_buffer() {
-  thread_local ThreadBuffer<T> buffer;
+AlignedBuffer<T>& thread_buffer() {
+  thread_local AlignedBuffer<T> buffer;
   return buffer;
 }
 

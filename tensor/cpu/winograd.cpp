@@ -7,6 +7,10 @@
 #include "tensor/cpu/winograd.h"
 
 #include <algorithm>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <vector>
 #include <omp.h>
 
 #include "tensor/cpu/gemm.h"
@@ -129,12 +133,16 @@ void for_each_tile_lanes(const TileGrid& grid, int64_t n0, int64_t n1, int64_t c
 void transform_input(const Conv2dGeometry& g, const TileGrid& grid, const float* x, int64_t n0, int64_t n1, float* v) {
   const int64_t tiles = (n1 - n0) * grid.per_image();
   for_each_tile_lanes(grid, n0, n1, g.cin, [&](const TileLanes& b) {
-    Lanes d[kPoints] = {}, mid[kPoints], out[kPoints];
+    Lanes d[kPoints], mid[kPoints], out[kPoints];
+    // Zeroing every tile cost ~2% of a folder prediction; a tile inside the image reads all of it.
+    const int64_t top = b.y0 - g.padding, left = b.x0 - g.padding;
+    if (b.lanes < kLanes || top < 0 || left < 0 || top + kIn > g.h || left + kIn > g.w)
+      std::fill_n(&d[0][0], kPoints * kLanes, 0.0f);
     for (int64_t i = 0; i < kIn; ++i) {
-      const int64_t iy = b.y0 - g.padding + i;
+      const int64_t iy = top + i;
       if (iy < 0 || iy >= g.h) continue;
       for (int64_t j = 0; j < kIn; ++j) {
-        const int64_t ix = b.x0 - g.padding + j;
+        const int64_t ix = left + j;
         if (ix >= 0 && ix < g.w) copy_lanes(x + ((b.n * g.h + iy) * g.w + ix) * g.cin + b.c0, b.lanes, d[i * kIn + j]);
       }
     }
@@ -148,7 +156,8 @@ void transform_input(const Conv2dGeometry& g, const TileGrid& grid, const float*
 void transform_output(const Conv2dGeometry& g, const TileGrid& grid, const float* m, int64_t n0, int64_t n1, float* out) {
   const int64_t tiles = (n1 - n0) * grid.per_image();
   for_each_tile_lanes(grid, n0, n1, g.cout, [&](const TileLanes& b) {
-    Lanes prod[kPoints] = {}, mid[kOut * kIn], y[kOut * kOut];
+    Lanes prod[kPoints], mid[kOut * kIn], y[kOut * kOut];
+    if (b.lanes < kLanes) std::fill_n(&prod[0][0], kPoints * kLanes, 0.0f);  // the lanes past the channels
     for (int64_t p = 0; p < kPoints; ++p) copy_lanes(m + (p * tiles + b.t) * g.cout + b.c0, b.lanes, prod[p]);
     transform_2d<kIn, kOut>(prod, mid, y, output_transform_1d);
     for (int64_t i = 0; i < kOut && b.y0 + i < g.oh; ++i)
@@ -172,6 +181,88 @@ struct TransformedWeights {};
 struct TransformedInput {};
 struct Products {};
 
+// The transformed weights of the convs run lately. A model's weights stay the same from one
+// batch to the next, and transforming them (4x the weights written, on every call) was ~5% of a
+// folder prediction. An entry is used only while its copy of the weights equals the weights
+// byte for byte, so weights changed in place (an optimizer step) or a new tensor at a freed
+// one's address are transformed afresh, and a hit gives the floats a fresh transform would.
+class TransformedWeightCache {
+ public:
+  // U for the weights w of a conv of geometry g; the entry stays alive while it is held.
+  std::shared_ptr<const AlignedBuffer<float>> get(const Conv2dGeometry& g, const float* w) {
+    const size_t bytes = static_cast<size_t>(g.cout * g.cin * 9) * sizeof(float);
+    std::unique_lock lock(mutex_);
+    Entry* entry = find(w, g.cin, g.cout);
+    if (entry && std::memcmp(entry->weights.data(), w, bytes) == 0) {
+      entry->last_use = ++clock_;
+      return entry->u;
+    }
+    if (!entry) entry = insert(w, g.cin, g.cout);
+    entry->last_use = ++clock_;
+    // A U still held by a caller on another thread is left to it; this call writes a new one.
+    if (entry->u.use_count() > 1) entry->u = std::make_shared<AlignedBuffer<float>>();
+    std::shared_ptr<AlignedBuffer<float>> u = entry->u;
+    entry->weights.assign(w, w + g.cout * g.cin * 9);
+    transform_weights(g, w, u->reserve(kPoints * g.cout * g.cin));
+    return u;
+  }
+
+ private:
+  // Five times the weights per conv (the copy and U): ResNet-18's eligible convs take ~55 MB.
+  static constexpr size_t kMaxEntries = 64;
+
+  struct Entry {
+    const float* key = nullptr;
+    int64_t cin = 0, cout = 0;
+    std::vector<float> weights;
+    std::shared_ptr<AlignedBuffer<float>> u = std::make_shared<AlignedBuffer<float>>();
+    uint64_t last_use = 0;
+  };
+
+  Entry* find(const float* w, int64_t cin, int64_t cout) {
+    for (Entry& e : entries_)
+      if (e.key == w && e.cin == cin && e.cout == cout) return &e;
+    return nullptr;
+  }
+
+  Entry* insert(const float* w, int64_t cin, int64_t cout) {
+    if (entries_.size() == kMaxEntries) {
+      auto oldest = std::min_element(entries_.begin(), entries_.end(),
+                                     [](const Entry& a, const Entry& b) { return a.last_use < b.last_use; });
+      entries_.erase(oldest);
+    }
+    Entry& entry = entries_.emplace_back();
+    entry.key = w, entry.cin = cin, entry.cout = cout;
+    return &entry;
+  }
+
+  std::mutex mutex_;
+  std::vector<Entry> entries_;
+  uint64_t clock_ = 0;
+};
+
+TransformedWeightCache& transformed_weight_cache() {
+  static TransformedWeightCache cache;
+  return cache;
+}
+
+// out from x and the transformed weights u [36][Cout][Cin], a chunk of images at a time.
+void winograd_forward_transformed(const Conv2dGeometry& g, const float* x, const float* u, float* out) {
+  const TileGrid grid = tile_grid(g);
+  const int64_t per_image = kPoints * grid.per_image() * std::max(g.cin, g.cout);
+  const int64_t images_per_chunk = std::clamp<int64_t>(kChunkFloats / per_image, 1, g.n);
+  float* v = thread_buffer<TransformedInput, float>().reserve(images_per_chunk * grid.per_image() * kPoints * g.cin);
+  float* m = thread_buffer<Products, float>().reserve(images_per_chunk * grid.per_image() * kPoints * g.cout);
+  for (int64_t n0 = 0; n0 < g.n; n0 += images_per_chunk) {
+    const int64_t n1 = std::min(g.n, n0 + images_per_chunk), tiles = (n1 - n0) * grid.per_image();
+    transform_input(g, grid, x, n0, n1, v);
+    // M[p] [tiles, Cout] = V[p] [tiles, Cin] x U[p]^T, for each of the 36 points
+    GemmProblem<float> p{v, u, m, nullptr, kPoints, tiles, g.cout, g.cin, false, true, false, false, 1.0f, 0.0f};
+    gemm_rows<float>(p);
+    transform_output(g, grid, m, n0, n1, out);
+  }
+}
+
 }  // namespace
 
 bool winograd_applies(const Conv2dGeometry& g) {
@@ -188,25 +279,16 @@ void winograd_conv_backward_input(const Conv2dGeometry& g, const float* grad_out
   for (int64_t co = 0; co < g.cout; ++co)
     for (int64_t ci = 0; ci < g.cin; ++ci)
       for (int64_t k = 0; k < 9; ++k) flipped[(ci * g.cout + co) * 9 + 8 - k] = w[(co * g.cin + ci) * 9 + k];
-  winograd_conv_forward(input_gradient_geometry(g), grad_out, flipped, grad_x);
+  // The flipped weights are this thread's scratch, new with every step: not worth caching.
+  const Conv2dGeometry t = input_gradient_geometry(g);
+  float* u = thread_buffer<TransformedWeights, float>().reserve(kPoints * t.cout * t.cin);
+  transform_weights(t, flipped, u);
+  winograd_forward_transformed(t, grad_out, u, grad_x);
 }
 
 void winograd_conv_forward(const Conv2dGeometry& g, const float* x, const float* w, float* out) {
-  const TileGrid grid = tile_grid(g);
-  float* u = thread_buffer<TransformedWeights, float>().reserve(kPoints * g.cout * g.cin);
-  transform_weights(g, w, u);
-  const int64_t per_image = kPoints * grid.per_image() * std::max(g.cin, g.cout);
-  const int64_t images_per_chunk = std::clamp<int64_t>(kChunkFloats / per_image, 1, g.n);
-  float* v = thread_buffer<TransformedInput, float>().reserve(images_per_chunk * grid.per_image() * kPoints * g.cin);
-  float* m = thread_buffer<Products, float>().reserve(images_per_chunk * grid.per_image() * kPoints * g.cout);
-  for (int64_t n0 = 0; n0 < g.n; n0 += images_per_chunk) {
-    const int64_t n1 = std::min(g.n, n0 + images_per_chunk), tiles = (n1 - n0) * grid.per_image();
-    transform_input(g, grid, x, n0, n1, v);
-    // M[p] [tiles, Cout] = V[p] [tiles, Cin] x U[p]^T, for each of the 36 points
-    GemmProblem<float> p{v, u, m, nullptr, kPoints, tiles, g.cout, g.cin, false, true, false, false, 1.0f, 0.0f};
-    gemm_rows<float>(p);
-    transform_output(g, grid, m, n0, n1, out);
-  }
+  const auto u = transformed_weight_cache().get(g, w);
+  winograd_forward_transformed(g, x, u->data(), out);
 }
 
 }  // namespace sono::cpu
