@@ -352,8 +352,7 @@ AxisWeights triangle_weights(int in_size, int out_size) {
   return a;
 }
 
-// One row of the horizontal pass, CH channels known at compile time (0: `ch` at run time); each
-// output sums its taps in order, as one accumulation.
+// One row of the horizontal pass, CH channels known at compile time (0: `ch` at run time).
 template <int CH>
 void resize_row(const float* src, float* dst, const AxisWeights& wx, int width, int ch) {
   const int channels = CH ? CH : ch;
@@ -376,18 +375,20 @@ Image resize_bilinear(const Image& image, int height, int width) {
              "resize_bilinear: cannot resize ", image.width, "x", image.height, " to ", width, "x", height);
   const int ch = image.channels;
   AxisWeights wx = triangle_weights(image.width, width), wy = triangle_weights(image.height, height);
-  Image rows(image.height, width, ch);  // horizontal pass
-  const auto row = ch == 3 ? resize_row<3> : ch == 1 ? resize_row<1> : resize_row<0>;
+  // The vertical pass first: it runs along whole rows, which vectorise, so the horizontal pass
+  // (a gather per output) sees `height` rows instead of the scan's (~4x fewer for a BUSI scan).
   const size_t in_row = static_cast<size_t>(image.width) * ch, out_row = static_cast<size_t>(width) * ch;
-  for (int y = 0; y < image.height; ++y) row(&image.pixels[y * in_row], &rows.pixels[y * out_row], wx, width, ch);
-  Image out(height, width, ch);  // vertical pass
+  Image columns(height, image.width, ch);
   for (int y = 0; y < height; ++y)
     for (int k = 0; k < wy.taps(y); ++k) {
-      const float* src = &rows.pixels[(wy.first[y] + k) * out_row];
-      float* dst = &out.pixels[y * out_row];
+      const float* src = &image.pixels[(wy.first[y] + k) * in_row];
+      float* dst = &columns.pixels[y * in_row];
       const float w = wy.weights(y)[k];
-      for (size_t i = 0; i < out_row; ++i) dst[i] += w * src[i];
+      for (size_t i = 0; i < in_row; ++i) dst[i] += w * src[i];
     }
+  Image out(height, width, ch);
+  const auto row = ch == 3 ? resize_row<3> : ch == 1 ? resize_row<1> : resize_row<0>;
+  for (int y = 0; y < height; ++y) row(&columns.pixels[y * in_row], &out.pixels[y * out_row], wx, width, ch);
   return out;
 }
 
