@@ -208,8 +208,11 @@ class TransformedWeightCache {
   }
 
  private:
-  // Five times the weights per conv (the copy and U): ResNet-18's eligible convs take ~55 MB.
-  static constexpr size_t kMaxEntries = 64;
+  // Five times the weights per conv (the copy and U): ResNet-18's layers 1-3 take ~55 MB, all
+  // four ~210 MB. Past the budget the entries used longest ago go.
+  static constexpr size_t kMaxBytes = size_t(256) << 20;
+
+  static size_t entry_bytes(int64_t cin, int64_t cout) { return static_cast<size_t>(cin * cout * (9 + kPoints)) * sizeof(float); }
 
   struct Entry {
     const float* key = nullptr;
@@ -226,11 +229,13 @@ class TransformedWeightCache {
   }
 
   Entry* insert(const float* w, int64_t cin, int64_t cout) {
-    if (entries_.size() == kMaxEntries) {
+    while (!entries_.empty() && bytes_ + entry_bytes(cin, cout) > kMaxBytes) {
       auto oldest = std::min_element(entries_.begin(), entries_.end(),
                                      [](const Entry& a, const Entry& b) { return a.last_use < b.last_use; });
+      bytes_ -= entry_bytes(oldest->cin, oldest->cout);
       entries_.erase(oldest);
     }
+    bytes_ += entry_bytes(cin, cout);
     Entry& entry = entries_.emplace_back();
     entry.key = w, entry.cin = cin, entry.cout = cout;
     return &entry;
@@ -238,6 +243,7 @@ class TransformedWeightCache {
 
   std::mutex mutex_;
   std::vector<Entry> entries_;
+  size_t bytes_ = 0;
   uint64_t clock_ = 0;
 };
 
