@@ -1,4 +1,5 @@
 #include "cuda/check.h"
+#include "cuda/cublas_library.h"
 
 #include <cstdlib>
 #include <cstring>
@@ -24,7 +25,7 @@ void fail_call(const char* call, cudaError_t status) {
 }
 
 void fail_call(const char* call, cublasStatus_t status) {
-  fail("CUDA: ", call, " failed: ", cublasGetStatusString(status));
+  fail("CUDA: ", call, " failed: ", cublas_functions().status_string(status));
 }
 
 void check_launch(const char* kernel, cudaError_t launch_status, cudaStream_t stream) {

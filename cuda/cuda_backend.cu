@@ -13,6 +13,7 @@
 
 #include "cuda/cuda_backend.h"
 #include "cuda/check.h"
+#include "cuda/cublas_library.h"
 #include "cuda/kernel_backend.cuh"
 #ifdef SONO_HAVE_CUDNN
 #include "cuda/cudnn/conv.h"
@@ -80,13 +81,13 @@ class CudaBackend final : public KernelBackend {
     const CublasGemm g(a, ta, b, tb, c);
     if (c.dtype() == DType::f64) {
       const double al = alpha, be = beta;
-      SONO_CUDA_CHECK(cublasDgemmStridedBatched(
+      SONO_CUDA_CHECK(cublas_functions().dgemm_strided_batched(
           cublas(), g.op_b, g.op_a, g.rows, g.cols, g.inner, &al, b.data<double>(), g.ldb,
           g.stride_b, a.data<double>(), g.lda, g.stride_a, &be, c.data<double>(), g.rows,
           g.stride_c, g.batches));
     } else {
       const float al = static_cast<float>(alpha), be = static_cast<float>(beta);
-      SONO_CUDA_CHECK(cublasSgemmStridedBatched(
+      SONO_CUDA_CHECK(cublas_functions().sgemm_strided_batched(
           cublas(), g.op_b, g.op_a, g.rows, g.cols, g.inner, &al, b.data<float>(), g.ldb,
           g.stride_b, a.data<float>(), g.lda, g.stride_a, &be, c.data<float>(), g.rows,
           g.stride_c, g.batches));
@@ -103,7 +104,7 @@ class CudaBackend final : public KernelBackend {
     SONO_CHECK(c.dtype() == DType::bf16 || c.dtype() == DType::f32,
                "CUDA gemm: bfloat16 operands give float32 or bfloat16, not ",
                dtype_name(c.dtype()));
-    SONO_CUDA_CHECK(cublasGemmStridedBatchedEx(
+    SONO_CUDA_CHECK(cublas_functions().gemm_strided_batched_ex(
         cublas(), g.op_b, g.op_a, g.rows, g.cols, g.inner, &al, b16, CUDA_R_16BF, g.ldb,
         g.stride_b, a16, CUDA_R_16BF, g.lda, g.stride_a, &be, c.raw_data(), c_type, g.rows,
         g.stride_c, g.batches, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
@@ -171,8 +172,8 @@ class CudaBackend final : public KernelBackend {
  private:
   cublasHandle_t cublas() {
     std::call_once(cublas_once_, [this] {
-      SONO_CUDA_CHECK(cublasCreate(&cublas_));
-      SONO_CUDA_CHECK(cublasSetStream(cublas_, stream()));
+      SONO_CUDA_CHECK(cublas_functions().create(&cublas_));
+      SONO_CUDA_CHECK(cublas_functions().set_stream(cublas_, stream()));
     });
     return cublas_;
   }

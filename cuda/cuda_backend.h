@@ -11,6 +11,9 @@ namespace sono::cuda {
 int device_count();  // 0 where there is no usable GPU (or no driver)
 MemoryStats memory_stats();
 std::string memory_report();  // "in use ..., peak ..., cached ..., N device allocations"
+// Why cuBLAS cannot be used ("" where it can): its library, opened on the first GEMM, or one of
+// the functions the backend calls missing (cublas_library.h).
+std::string cublas_unavailable_reason();
 void reset_peak_memory();
 void release_cached_memory();  // gives cached blocks back to the device
 void synchronize();            // waits for all work queued on the backend's stream

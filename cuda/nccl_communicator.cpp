@@ -1,13 +1,13 @@
 #include "cuda/nccl_communicator.h"
 
 #include <cuda_runtime.h>
-#include <dlfcn.h>
 #include <nccl.h>
 
 #include <cstring>
 
 #include "cuda/check.h"
 #include "cuda/cuda_backend.h"
+#include "cuda/shared_library.h"
 #include "tensor/error.h"
 
 namespace sono::cuda {
@@ -29,29 +29,20 @@ struct Nccl {
   decltype(&ncclGroupEnd) group_end = nullptr;
 };
 
-template <typename F>
-void find(void* library, const char* name, F& f, std::string& error) {
-  f = reinterpret_cast<F>(dlsym(library, name));
-  if (!f && error.empty()) error = std::string("libnccl.so.2 has no ") + name;
-}
-
 Nccl load() {
+  SharedLibrary library("libnccl.so.2");
   Nccl n;
-  void* library = dlopen("libnccl.so.2", RTLD_NOW | RTLD_LOCAL);
-  if (!library) {
-    n.error = std::string("cannot open libnccl.so.2 (") + dlerror() + ")";
-    return n;
-  }
-  find(library, "ncclGetUniqueId", n.get_unique_id, n.error);
-  find(library, "ncclCommInitRank", n.init_rank, n.error);
-  find(library, "ncclCommDestroy", n.destroy, n.error);
-  find(library, "ncclCommAbort", n.abort, n.error);
-  find(library, "ncclCommGetAsyncError", n.async_error, n.error);
-  find(library, "ncclGetErrorString", n.error_string, n.error);
-  find(library, "ncclAllReduce", n.all_reduce, n.error);
-  find(library, "ncclBroadcast", n.broadcast, n.error);
-  find(library, "ncclGroupStart", n.group_start, n.error);
-  find(library, "ncclGroupEnd", n.group_end, n.error);
+  library.find("ncclGetUniqueId", n.get_unique_id);
+  library.find("ncclCommInitRank", n.init_rank);
+  library.find("ncclCommDestroy", n.destroy);
+  library.find("ncclCommAbort", n.abort);
+  library.find("ncclCommGetAsyncError", n.async_error);
+  library.find("ncclGetErrorString", n.error_string);
+  library.find("ncclAllReduce", n.all_reduce);
+  library.find("ncclBroadcast", n.broadcast);
+  library.find("ncclGroupStart", n.group_start);
+  library.find("ncclGroupEnd", n.group_end);
+  n.error = library.error();
   return n;
 }
 

@@ -22,6 +22,7 @@
 #include "tensor/cpu/gemm.h"
 #ifdef SONO_HAVE_CUDA
 #include "cuda/cuda_backend.h"
+#include "cuda/shared_library.h"
 #endif
 
 #if defined(__SANITIZE_THREAD__)
@@ -1913,6 +1914,29 @@ TEST_CASE("CUDA backend: registered, clear errors without a GPU, CPU results wit
   expect_close("real device gemm", matmul(xd, w.to(Device::cuda)).to_vector(),
                matmul(x, w).to_vector(), 1e-5);
   MESSAGE("device memory: " << sono::cuda::memory_report());
+}
+
+// cuBLAS is opened on the first GEMM, not linked (cuda/shared_library.h): every function the
+// backend calls must be found in the library of the headers' major version, GPU or not.
+TEST_CASE("CUDA backend: cuBLAS opens on demand with every function it calls") {
+  CHECK(sono::cuda::cublas_unavailable_reason() == "");
+}
+
+TEST_CASE("SharedLibrary names the library or the function that is missing") {
+  sono::cuda::SharedLibrary missing("libsono_no_such_library.so.1");
+  void (*f)() = nullptr;
+  missing.find("anything", f);
+  CHECK(!f);
+  CHECK(missing.error().rfind("cannot open libsono_no_such_library.so.1 (", 0) == 0);
+  sono::cuda::SharedLibrary libc("libc.so.6");
+  size_t (*length)(const char*) = nullptr;
+  libc.find("strlen", length);
+  CHECK(libc.error() == "");
+  REQUIRE(bool(length));
+  CHECK(length("four") == 4);
+  libc.find("sono_no_such_function", f);
+  libc.find("sono_second_missing_function", f);
+  CHECK(libc.error() == "libc.so.6 has no sono_no_such_function");
 }
 #endif
 
