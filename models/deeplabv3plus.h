@@ -23,7 +23,7 @@ struct DeepLabV3PlusConfig {
   EncoderConfig encoder;
   int64_t num_classes = 1;
   int64_t decoder_channels = 256;
-  std::array<int64_t, 3> atrous_rates{12, 24, 36};
+  std::array<int64_t, 3> atrous_rates = kSmpAtrousRates;
   double aspp_dropout = 0.5;
   int64_t upsampling = 4;
 };

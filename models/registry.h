@@ -1,8 +1,8 @@
 #pragma once
-#include <array>
 // Models by task and name. Segmentation: "mit_b0".."mit_b5" and "resnet18".."resnet152" build
 // DeepLabV3+ on that encoder (as segmentation_models_pytorch). Classification:
 // "convnext_atto".."convnext_large" and "resnet18".."resnet152" build timm's model of that name.
+#include <array>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -20,14 +20,16 @@ std::optional<Task> task_from_name(const std::string& name);  // task_name's inv
 // A --task flag's value: nullopt when empty, else task_from_name's task; any other word fails.
 std::optional<Task> task_from_flag(const std::string& value);
 
+// smp's decoder_atrous_rates, made for a 32x32 feature map (512 px at output stride 16): on a
+// smaller map the taps of the larger rates fall in the padding.
+inline constexpr std::array<int64_t, 3> kSmpAtrousRates{12, 24, 36};
+
 struct ModelOptions {
   int64_t in_channels = 3;
   int64_t num_classes = 1;
   double drop_path_rate = 0.0;  // stochastic depth (ConvNeXt, MiT)
   int64_t encoder_depth = 5;    // DeepLabV3+ on a ResNet: smp's encoder_depth (3..5)
-  // DeepLabV3+'s ASPP dilations (smp's decoder_atrous_rates), made for a 32x32 feature map (512 px
-  // at output stride 16): on a smaller map the taps of the larger rates fall in the padding.
-  std::array<int64_t, 3> atrous_rates{12, 24, 36};
+  std::array<int64_t, 3> atrous_rates = kSmpAtrousRates;  // DeepLabV3+'s ASPP dilations
 };
 
 // Where backbone weights (timm's or smp's ImageNet checkpoints, or `pretrain`'s output) load.

@@ -51,7 +51,7 @@ int seg_train(int argc, char** argv) {
   cli.option("encoder-depth", "5",
              "ResNet encoders: stages built (smp's encoder_depth): 5 all; 4 ends at layer3, which the ASPP "
              "then reads (a ResNet-18 segmenter of 3.6 M parameters instead of 12.3 M); 3 ends at layer2");
-  cli.option("atrous-rates", "12,24,36",
+  cli.option("atrous-rates", app::atrous_rates_text(models::kSmpAtrousRates),
              "the ASPP's three dilations (smp's decoder_atrous_rates), made for a 32x32 feature map (512 px at "
              "output stride 16); at 128 px the map is 8x8, where rates as 2,4,6 still see beyond the centre");
   if (!cli.parse(argc, argv)) return 0;

@@ -1,5 +1,6 @@
 #pragma once
-// Per-thread scratch that lives across calls: GEMM pack panels and convolution column matrices.
+// Per-thread scratch that lives across calls: GEMM pack panels and convolution column matrices
+// (AlignedBuffer also holds the Winograd weights winograd.cpp keeps).
 // A kernel asks for it on every call; a fresh allocation each time would have the OS fault in
 // (and zero) its pages again whenever the block cache or malloc had given them back.
 #include <cstdint>

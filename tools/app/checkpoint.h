@@ -35,7 +35,7 @@ struct ModelCard {
   // A segmenter's smp encoder_depth; cards without the key (before it existed) are depth 5.
   int64_t encoder_depth = 5;
   // A segmenter's ASPP rates; cards without the key (before it existed) have smp's.
-  std::array<int64_t, 3> atrous_rates{12, 24, 36};
+  std::array<int64_t, 3> atrous_rates = models::kSmpAtrousRates;
   data::Normalisation normalisation = data::kImagenet;  // what the model's inputs were
   std::map<std::string, std::string> extra;  // epoch, best metric, ...
 
