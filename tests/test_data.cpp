@@ -473,6 +473,10 @@ TEST_CASE("split keeps duplicates together, is stratified and deterministic") {
   std::string e = error_of([&] { split_dataset(tiny, far, {.val_fraction = 0.3}); });
   CHECK(contains(e, "class 'c' has no image in the"));
   CHECK(contains(e, "change --val-split or add images"));
+  // Fraction 0: a final model trains on every image, the one-image class included.
+  Split all = split_dataset(tiny, far, {.val_fraction = 0});
+  CHECK(all.val.empty());
+  CHECK(all.train == std::vector<size_t>{0, 1, 2, 3, 4, 5});
 }
 
 namespace {

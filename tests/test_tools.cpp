@@ -62,6 +62,12 @@ const Trained& trained() {
   return t;
 }
 
+// The shared blob data set's flags.
+std::string blob_dirs() {
+  const fs::path& data = trained().data;
+  return "--images-dir " + (data / "images").string() + " --masks-dir " + (data / "masks").string();
+}
+
 std::string models_args() {
   return " --seg_model " + trained().seg.string() + " --cls_model " + trained().cls.string();
 }
@@ -861,6 +867,23 @@ TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing 
     expect_error("cls_train", dirs(t.data) + " --arch convnext_atto --lesion-view -1 --save-path " + out.string(),
                  "--lesion-view -1: must be from 0 (off) to 4");
   }
+  SUBCASE("--checkpoint neither best nor last") {
+    expect_error("seg_train", dirs(t.data) + seg_opts + out.string() + " --checkpoint first", "--checkpoint first: must be best or last");
+  }
+  SUBCASE("--checkpoint best without validation images") {
+    expect_error("seg_train", dirs(t.data) + seg_opts + out.string() + " --val-split 0 --checkpoint best",
+                 "--checkpoint best: --val-split 0 leaves no validation images to pick the best epoch by");
+  }
+  SUBCASE("--temperature or --empty-below where a validation split fits it") {
+    expect_error("cls_train", dirs(t.data) + " --arch convnext_atto --temperature 1.5 --save-path " + out.string(),
+                 "--temperature: only with --val-split 0; a validation split fits it");
+    expect_error("seg_train", dirs(t.data) + seg_opts + out.string() + " --folds 2 --empty-below 0.9",
+                 "--empty-below: only with --val-split 0; a validation split fits it");
+  }
+  SUBCASE("--empty-below under 0.5") {
+    expect_error("seg_train", dirs(t.data) + seg_opts + out.string() + " --val-split 0 --empty-below 0.3",
+                 "--empty-below 0.3: must be from 0.5 to 0.999");
+  }
   SUBCASE("model_info --in-channels and --classes beyond any model") {
     expect_error("model_info", "--arch convnext_atto --in-channels 65", "--in-channels 65: must be from 1 to 64");
     expect_error("model_info", "--arch convnext_atto --classes 1001", "--classes 1001: must be from 1 to 1000");
@@ -896,11 +919,23 @@ std::map<std::string, std::vector<std::string>> csv_rows(const fs::path& csv) {
 
 }  // namespace
 
+namespace {
+
+// Whether a checkpoint holds the same weights as the resume state beside it (its last epoch).
+bool holds_last_epoch(const fs::path& checkpoint, const fs::path& state) {
+  nn::SafetensorsFile kept = nn::load_safetensors(checkpoint.string()), last = nn::load_safetensors(state.string());
+  for (auto& [name, weights] : kept.tensors)
+    if (!last.tensors.count(name) || weights.to_vector() != last.tensors.at(name).to_vector()) return false;
+  return !kept.tensors.empty();
+}
+
+}  // namespace
+
 TEST_CASE("cross-validation: --folds 2 trains a model per fold, scores each, reports mean and spread") {
   const Trained& t = trained();
   fs::path root = t.root / "cv", seg = root / "seg.safetensors", cls = root / "cls.safetensors";
   fs::create_directories(root);
-  std::string dirs = "--images-dir " + (t.data / "images").string() + " --masks-dir " + (t.data / "masks").string();
+  const std::string dirs = blob_dirs();
   Run s = run_tool("seg_train", dirs + " --arch mit_b0 --img-size 64 --epochs 1 --warmup-epochs 0 --batch-size 4 --folds 2"
                                        " --save-path " + seg.string() + " --log-dir " + (root / "seg_log").string());
   INFO(s.output);
@@ -908,6 +943,8 @@ TEST_CASE("cross-validation: --folds 2 trains a model per fold, scores each, rep
   CHECK(fs::exists(root / "seg.fold1.safetensors"));
   CHECK(fs::exists(root / "seg.fold2.safetensors"));
   CHECK(s.output.find("empty below ") != std::string::npos);
+  CHECK(s.output.find("folds (the last epoch of each, calibrated") != std::string::npos);
+  CHECK(holds_last_epoch(root / "seg.fold2.safetensors", root / "seg.fold2.last.safetensors"));
   // Every image validated in exactly one fold, and the two folds' classes within one of each other.
   std::map<std::string, int> validated;
   std::map<std::string, int> fold_class[2];
@@ -987,6 +1024,58 @@ TEST_CASE("cross-validation: --folds 2 trains a model per fold, scores each, rep
     pooled += std::stod(cls_rows["val_accuracy"][k + 1]) * fold_size / 60.0;
   }
   CHECK(correct / 60.0 == doctest::Approx(pooled).epsilon(1e-5));
+}
+
+TEST_CASE("--val-split 0 trains on every image and keeps the last epoch, calibrated as its flags say") {
+  const Trained& t = trained();
+  fs::path root = t.root / "all", seg = root / "seg.safetensors", cls = root / "cls.safetensors";
+  fs::create_directories(root);
+  const std::string dirs = blob_dirs();
+  Run s = run_tool("seg_train", dirs + " --arch mit_b0 --img-size 64 --epochs 2 --batch-size 4 --lr 1e-3 --val-split 0"
+                                       " --empty-below 0.8 --save-path " + seg.string() + " --log-dir " + (root / "seg_log").string());
+  INFO(s.output);
+  REQUIRE(s.status == 0);
+  CHECK(s.output.find("train 60 (") != std::string::npos);
+  CHECK(s.output.find("val 0 (") != std::string::npos);
+  CHECK(s.output.find("kept the last epoch (2), trained on every image: " + seg.string()) != std::string::npos);
+  CHECK(holds_last_epoch(seg, root / "seg.last.safetensors"));
+  nn::SafetensorsFile seg_file = nn::load_safetensors(seg.string());
+  CHECK(seg_file.metadata.at("checkpoint") == "last epoch");
+  CHECK(seg_file.metadata.at("empty_below") == "0.8");
+  std::vector<double> dice = test::csv_column(root / "seg_log" / "segmentation_log.csv", "val_dice");
+  REQUIRE(dice.size() == 2);
+  CHECK(std::all_of(dice.begin(), dice.end(), [](double v) { return std::isnan(v); }));
+
+  Run c = run_tool("cls_train", dirs + " --arch convnext_atto --img-size 64 --epochs 2 --batch-size 8 --val-split 0"
+                                       " --temperature 1.5 --seg-model " + seg.string() + " --save-path " + cls.string());
+  INFO(c.output);
+  REQUIRE(c.status == 0);
+  CHECK(c.output.find("temperature ") == std::string::npos);  // nothing fitted
+  CHECK(holds_last_epoch(cls, root / "cls.last.safetensors"));
+  CHECK(nn::load_safetensors(cls.string()).metadata.at("temperature") == "1.5");
+  Run p = run_tool("predict", "--image " + (t.data / "images" / "benign" / "benign_0.png").string() + " --seg_model " +
+                                  seg.string() + " --cls_model " + cls.string());
+  INFO(p.output);
+  CHECK(p.status == 0);
+  CHECK(p.output.find("Predicted class: ") != std::string::npos);
+}
+
+TEST_CASE("--checkpoint last keeps the last epoch where a validation split would pick another; best is the default") {
+  const Trained& t = trained();
+  fs::path root = t.root / "last", seg = root / "seg.safetensors";
+  fs::create_directories(root);
+  Run s = run_tool("seg_train", blob_dirs() + " --arch mit_b0 --img-size 64 --epochs 3 --batch-size 4 --lr 1e-3"
+                                             " --checkpoint last --save-path " + seg.string());
+  INFO(s.output);
+  REQUIRE(s.status == 0);
+  CHECK(s.output.find("saved " + seg.string() + " (epoch 3, val_dice ") != std::string::npos);
+  CHECK(s.output.find("empty below ") != std::string::npos);  // fitted on the last epoch's outputs
+  CHECK(holds_last_epoch(seg, root / "seg.last.safetensors"));
+  CHECK(nn::load_safetensors(seg.string()).metadata.at("checkpoint") == "last epoch");
+  // The shared pair picked its best of 6 epochs: epoch 6 is not always it, so compare by the card.
+  nn::SafetensorsFile best = nn::load_safetensors(t.seg.string());
+  CHECK(best.metadata.at("checkpoint") == "best epoch");
+  CHECK(holds_last_epoch(t.seg, t.root / "seg.last.safetensors") == (best.metadata.at("best_epoch") == "6"));
 }
 
 TEST_CASE("the fitted temperature is in the classifier's card, and predict applies it") {

@@ -178,9 +178,12 @@ int cls_train(int argc, char** argv) {
       .option("lesion-view", "0", "classify the window around the mask's lesion instead of the whole scan: its"
                                   " bounding box grown by this times its side on each side (e.g. 0.5), at least a"
                                   " quarter of the scan; a scan without lesion stays whole. The checkpoint records"
-                                  " it and predict crops alike (0: the whole scan)");
+                                  " it and predict crops alike (0: the whole scan)")
+      .option("temperature", "", "with --val-split 0: the card's softmax temperature, fitted elsewhere (e.g. the"
+                                 " mean of a --folds run's); a validation split fits it itself");
   if (!cli.parse(argc, argv)) return 0;
   app::TrainSettings settings = app::read_training_options(cli, models::Task::classification);
+  app::read_given_calibration(cli, "temperature", "temperature", 0.05, 20, settings);
   std::string seg_model = cli.str("seg-model");
   const int folds = settings.recipe_options.folds;
   const bool out_of_fold = seg_model.find("{fold}") != std::string::npos;

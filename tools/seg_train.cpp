@@ -54,8 +54,12 @@ int seg_train(int argc, char** argv) {
   cli.option("atrous-rates", app::atrous_rates_text(models::kSmpAtrousRates),
              "the ASPP's three dilations (smp's decoder_atrous_rates), made for a 32x32 feature map (512 px at "
              "output stride 16); at 128 px the map is 8x8, where rates as 2,4,6 still see beyond the centre");
+  cli.option("empty-below", "", "with --val-split 0: the card's empty-image threshold (a map whose highest lesion "
+                                "probability is lower predicts no lesion), fitted elsewhere (e.g. a --folds run's); "
+                                "a validation split fits it itself");
   if (!cli.parse(argc, argv)) return 0;
   app::TrainSettings settings = app::read_training_options(cli, models::Task::segmentation);
+  app::read_given_calibration(cli, "empty-below", "empty_below", 0.5, 0.999, settings);
   settings.encoder_depth = cli.integer("encoder-depth");
   SONO_CHECK(settings.encoder_depth >= 3 && settings.encoder_depth <= 5, "--encoder-depth ",
              settings.encoder_depth, ": must be 3, 4 or 5");

@@ -57,7 +57,7 @@ TrainSettings fold_settings(const TrainSettings& s, int fold) {
   return f;
 }
 
-// The fold's best checkpoint on the fold's images, calibrated as its card says.
+// The fold's kept checkpoint on the fold's images, calibrated as its card says.
 std::vector<double> score_fold(const TrainSettings& s, TrainingTask& task, std::shared_ptr<data::SampleCache> cache,
                                const std::vector<size_t>& val) {
   LoadedModel best = load_checkpoint(s.save_path, task.task());
@@ -129,7 +129,8 @@ int run_cross_validation(const TrainSettings& s, TrainingTask& task, const data:
   }
   std::string csv;
   std::cout << "cross-validation, " << (only ? "fold " + std::to_string(only) + " of " : "") << k
-            << " folds (best checkpoint of each, calibrated; std over folds):\n"
+            << " folds (the " << (s.keep_last_epoch ? "last" : "best") << " epoch of each, calibrated; std over folds"
+            << (s.keep_last_epoch ? "" : "; picked on the fold's own images, so optimistic") << "):\n"
             << summary_table(task.metric_columns(), numbers, scores, csv);
   if (s.log_dir.empty()) return 0;
   // One fold's job writes its own scores; the out-of-fold table needs every fold's images.

@@ -1,6 +1,7 @@
 #pragma once
 // K-fold cross-validation (--folds K): K models, each trained with one fold (see
-// data::make_folds) as its validation set; each fold's best checkpoint is scored on its fold,
+// data::make_folds) as its validation set; each fold's kept checkpoint (its last epoch unless
+// --checkpoint best: an epoch picked on the fold itself flatters it) is scored on its fold,
 // calibrated as its card says, and the figures are reported as mean, spread (sample standard
 // deviation) and range over the folds. One split of 125 images moves macro-F1 by several
 // points from seed to seed; the spread says how much a difference between recipes means.

@@ -16,4 +16,11 @@ void fit_temperature(const TrainSettings& settings, data::Loader& val);
 // score 1 only when predicted empty). Ties go to the lower threshold.
 void fit_empty_threshold(const TrainSettings& settings, data::Loader& val);
 
+// A run without validation images (--val-split 0) fits neither value; its tool's flag (cls_train
+// --temperature, seg_train --empty-below) writes one fitted elsewhere, e.g. by the --folds run
+// that chose the recipe, into the card's `card_key`. The flag is refused where a validation
+// split would fit the value, and outside [min, max].
+void read_given_calibration(const Cli& cli, const std::string& flag, const std::string& card_key, double min,
+                            double max, TrainSettings& settings);
+
 }  // namespace sono::app

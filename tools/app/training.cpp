@@ -42,8 +42,13 @@ void add_training_options(Cli& cli, const TrainDefaults& d) {
                         "mit 2e-4, convnext 4e-3 * sqrt(batch / 4096)")
       .option("batch-size", std::to_string(d.batch_size), "images per training step")
       .option("img-size", "256", "training side in pixels, a multiple of 32")
-      .option("val-split", "0.2", "fraction of images (by duplicate group, per class) for validation")
-      .option("save-path", "", "best checkpoint (.safetensors); X.last.safetensors holds the resume state", true)
+      .option("val-split", "0.2", "fraction of images (by duplicate group, per class) for validation; 0: train on "
+                                  "every image (a final model after --folds chose the recipe: no validation, the "
+                                  "last epoch is kept)")
+      .option("checkpoint", "", "which epoch --save-path keeps: best (by the validation metric) or last; default "
+                                "best, but last with --folds (a fold's figures then involve no choice made on its "
+                                "own images) and with --val-split 0")
+      .option("save-path", "", "the kept checkpoint (.safetensors); X.last.safetensors holds the resume state", true)
       .option("arch", d.arch, "model architecture")
       .option("pretrained", "", "backbone weights (.safetensors from timm/smp/torchvision or pretrain); for a ResNet "
                                 "classifier also a seg_train checkpoint on the same ResNet (its encoder); {fold} in "
@@ -73,6 +78,16 @@ Recipe default_recipe(const std::string& arch, int64_t batch_size) {
 }
 
 namespace {
+
+// --checkpoint: whether the last epoch, not the best validated one, is kept.
+bool read_checkpoint_choice(const Cli& cli, const TrainSettings& s) {
+  const std::string choice = cli.str("checkpoint");
+  SONO_CHECK(choice.empty() || choice == "best" || choice == "last", "--checkpoint ", choice, ": must be best or last");
+  SONO_CHECK(!(choice == "best" && s.val_split == 0 && !s.recipe_options.folds),
+             "--checkpoint best: --val-split 0 leaves no validation images to pick the best epoch by");
+  if (!choice.empty()) return choice == "last";
+  return s.recipe_options.folds > 0 || s.val_split == 0;
+}
 
 // --lr, --warmup-epochs and --clip-grad: the flag where given, else the recipe's value; then the
 // line that says which values this run uses.
@@ -145,7 +160,8 @@ TrainSettings read_training_options(const Cli& cli, models::Task task) {
   apply_recipe(cli, s);
   SONO_CHECK(s.img_size >= 32 && s.img_size <= kMaxImgSize && s.img_size % 32 == 0, "--img-size ", s.img_size,
              ": must be a multiple of 32 from 32 to ", kMaxImgSize, " (the encoders downsample 32x)");
-  SONO_CHECK(s.val_split > 0 && s.val_split < 1, "--val-split ", s.val_split, ": must be between 0 and 1");
+  SONO_CHECK(s.val_split >= 0 && s.val_split < 1, "--val-split ", s.val_split, ": must be at least 0 and under 1");
+  s.keep_last_epoch = read_checkpoint_choice(cli, s);
   SONO_CHECK(s.lr > 0, "--lr ", s.lr, ": must be positive");
   check_writable(resume_state_path(s.save_path));
   SONO_CHECK(s.resume.empty() || fs::is_regular_file(s.resume), s.resume, ": --resume file not found");
@@ -257,7 +273,8 @@ std::map<std::string, std::string> run_arguments(const TrainSettings& s) {
       {"--no-augment", s.augment ? "no" : "yes"},    {"--augment", r.augment},
       {"--keep-upright", r.keep_upright ? "yes" : "no"},
       {"--balanced-sampling", r.balanced_sampling ? "yes" : "no"},
-      {"--ema", number(r.ema_decay)}};
+      {"--ema", number(r.ema_decay)},
+      {"--checkpoint", s.keep_last_epoch ? "last" : "best"}};
   arguments.insert(s.tool_arguments.begin(), s.tool_arguments.end());
   return arguments;
 }
@@ -390,7 +407,7 @@ void Trainer::build_data(const std::function<void(data::SampleCache&)>& prepare)
   val.shuffle = val.augment = val.drop_last = val.balanced = false;
   val.rank = 0, val.ranks = 1;  // every rank loads every batch; distributed::map_rows shares the work
   train_ = std::make_unique<data::Loader>(cache_, split.train, train);
-  val_ = std::make_unique<data::Loader>(cache_, split.val, val);
+  if (!split.val.empty()) val_ = std::make_unique<data::Loader>(cache_, split.val, val);
 }
 
 void Trainer::build_model() {
@@ -488,6 +505,7 @@ ModelCard Trainer::card() const {
   c.extra["best_metric"] = task_.best_metric();
   c.extra["best_value"] = std::to_string(best_);
   c.extra["best_epoch"] = std::to_string(best_epoch_);
+  c.extra["checkpoint"] = s_.keep_last_epoch ? "last epoch" : "best epoch";
   c.extra["trained_on"] = dataset_.summary();
   for (auto& [key, value] : s_.card_extra) c.extra[key] = value;
   return c;
@@ -583,12 +601,15 @@ void Trainer::write_log_and_best(int epoch, double metric) {
     log_->write_svg(fs::path(s_.log_dir) / (task + "_curves.svg"), task + " " + s_.arch,
                     {"train_loss", "val_loss"}, metrics);
   }
-  if (std::isnan(best_) || metric > best_) {
-    best_ = metric;
-    best_epoch_ = epoch + 1;
-    save_checkpoint(s_.save_path, *model_, card());
-    std::cout << "saved " << s_.save_path << " (best " << task_.best_metric() << " " << metric << ")\n";
-  }
+  const bool best = std::isnan(best_) || metric > best_;
+  if (best) best_ = metric, best_epoch_ = epoch + 1;
+  if (!best && !s_.keep_last_epoch) return;
+  save_checkpoint(s_.save_path, *model_, card());
+  std::cout << "saved " << s_.save_path << " (";
+  if (s_.keep_last_epoch) std::cout << "epoch " << epoch + 1 << (std::isnan(metric) ? "" : ", ");
+  if (!std::isnan(metric))
+    std::cout << task_.best_metric() << " " << metric << (best && s_.keep_last_epoch ? ", the best so far" : "");
+  std::cout << ")\n";
 }
 
 void Trainer::write_resume_state(int epoch, const nn::StateDict& optimizer_state) {
@@ -620,22 +641,27 @@ int Trainer::run(const std::function<void(data::SampleCache&)>& prepare) {
   resume();
   std::vector<std::string> metrics = task_.metric_columns();
   size_t best_index = std::find(metrics.begin(), metrics.end(), task_.best_metric()) - metrics.begin();
+  const bool validating = !split_->val.empty();
   for (int epoch = start_epoch_; epoch < s_.epochs; ++epoch) {
     double images_per_second = 0;
     double train_loss = train_epoch(epoch, images_per_second);
     double lr = optimizer_->lr();
     if (ema_) ema_->swap(*model_);  // validated, and saved when best, are the averaged weights
-    double val_loss = validate(epoch);
+    // Without validation images (--val-split 0) the validation columns stay NaN.
+    double val_loss = validating ? validate(epoch) : NAN;
     std::vector<double> row = {double(epoch + 1), train_loss, val_loss, lr, images_per_second};
-    std::vector<double> values = task_.metric_values();
+    std::vector<double> values = validating ? task_.metric_values() : std::vector<double>(metrics.size(), NAN);
     row.insert(row.end(), values.begin(), values.end());
     end_epoch(epoch, row, values.at(best_index));
   }
-  // A resumed run may never beat the best of the run before.
-  if (distributed::is_root() && fs::exists(s_.save_path))
-    task_.after_training(s_, *val_);
-  std::cout << "best " << task_.best_metric() << " " << best_ << " at epoch " << best_epoch_ << ": "
-            << s_.save_path << "\n";
+  // A resumed run may never beat the best of the run before. Without validation images the
+  // card keeps what the tool's flags gave it (--temperature, --empty-below).
+  if (distributed::is_root() && fs::exists(s_.save_path) && validating) task_.after_training(s_, *val_);
+  if (s_.keep_last_epoch)
+    std::cout << "kept the last epoch (" << s_.epochs << ")" << (validating ? "" : ", trained on every image") << ": ";
+  else
+    std::cout << "best " << task_.best_metric() << " " << best_ << " at epoch " << best_epoch_ << ": ";
+  std::cout << s_.save_path << "\n";
   return 0;
 }
 

@@ -40,6 +40,8 @@ struct TrainSettings : RunSettings {
   std::string masks_dir, pretrained, resume;
   double lr = 1e-3, val_split = 0.2, warmup_epochs = 1, clip_grad = 0;
   bool augment = true, resume_anyway = false;
+  // --checkpoint last: --save-path holds the last epoch's weights, not the best validated ones.
+  bool keep_last_epoch = false;
   RecipeOptions recipe_options;  // augmentation, sampling, EMA, TTA, folds (recipe.h)
   // A tool's own flags that shape what it trains ("--label-smoothing" -> "0.1"): a resumed run
   // must share them as it shares the common ones.

@@ -102,6 +102,7 @@ void describe_side(std::ostream& os, const Dataset& d, const std::vector<size_t>
 void require_every_class_on_both_sides(const Dataset& d, const Split& s) {
   for (int c = 0; c < class_count(d); ++c)
     for (const auto* side : {&s.train, &s.val}) {
+      if (side->empty()) continue;  // no validation side at all (--val-split 0)
       bool present = std::any_of(side->begin(), side->end(), [&](size_t i) { return d.samples[i].label == c; });
       if (!present)
         fail("class '", class_name(d, c), "' has no image in the ", side == &s.train ? "training" : "validation",
@@ -132,7 +133,7 @@ std::string Split::summary(const Dataset& d) const {
 Split split_dataset(const Dataset& d, const std::vector<uint64_t>& hashes, const SplitOptions& o) {
   SONO_CHECK(hashes.size() == d.samples.size(), "split_dataset: ", hashes.size(), " hashes for ",
              d.samples.size(), " images");
-  SONO_CHECK(o.val_fraction > 0 && o.val_fraction < 1, "validation fraction must be between 0 and 1, got ",
+  SONO_CHECK(o.val_fraction >= 0 && o.val_fraction < 1, "validation fraction must be at least 0 and under 1, got ",
              o.val_fraction);
   Split s;
   s.group = group_near_duplicates(hashes, o.max_hash_distance);

@@ -43,8 +43,9 @@ struct Split {
 
 // Per class (a group's class is its majority label, ties to the lower label), the groups are
 // shuffled with `seed` and taken into validation while that brings the class's validation
-// count closer to val_fraction of it. Throws sono::Error when a class ends up with no image
-// on one side.
+// count closer to val_fraction of it. val_fraction 0 puts every image in training (a final
+// model trained on all images). Throws sono::Error when a class ends up with no image on a
+// side that has images.
 Split split_dataset(const Dataset& dataset, const std::vector<uint64_t>& hashes, const SplitOptions& options);
 
 }  // namespace sono::data
