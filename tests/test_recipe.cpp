@@ -1,6 +1,6 @@
 // The training-recipe pieces one by one: ultrasound augmentation (gamma, speckle),
-// class-balanced sampling, the weight average, test-time flips, and what a checkpoint card's
-// fitted values (temperature, empty-image threshold) do to a model's outputs.
+// class-balanced sampling, mixup and CutMix, the weight average, test-time flips, and what a
+// checkpoint card's fitted values (temperature, empty-image threshold) do to a model's outputs.
 #include <map>
 #include <numeric>
 
@@ -13,6 +13,7 @@
 #include "tools/data/augment.h"
 #include "tools/data/dataset.h"
 #include "tools/data/loader.h"
+#include "tools/data/mixup.h"
 #include "tools/data/seeding.h"
 
 using namespace sono;
@@ -121,6 +122,93 @@ TEST_CASE("balanced sampling: every class drawn about equally often, epochs keep
     total += in_epoch;
   }
   for (int c = 0; c < 3; ++c) CHECK(drawn[c] == doctest::Approx(total / 3.0).epsilon(0.1));
+}
+
+namespace {
+
+// A batch of `b` NHWC images of side `side`, 4 channels, every value distinct.
+Batch numbered_batch(int64_t b, int64_t side, std::vector<int64_t> labels) {
+  Batch batch;
+  std::vector<double> values(static_cast<size_t>(b * side * side * 4));
+  std::iota(values.begin(), values.end(), 1.0);
+  batch.images = Tensor::from_vector(values, {b, side, side, 4});
+  batch.labels = Tensor::from_labels(labels);
+  return batch;
+}
+
+}  // namespace
+
+TEST_CASE("mixup: every row is lambda * itself + (1 - lambda) * its mirror row, lambda ~ Beta(alpha, alpha)") {
+  Batch batch = numbered_batch(4, 3, {0, 1, 2, 0});
+  const std::vector<double> before = batch.images.to_vector();
+  Generator gen(5);
+  mix_batch(batch, {.mixup_alpha = 0.4}, gen);
+  const double lambda = batch.mix_weight;
+  CHECK(lambda > 0);
+  CHECK(lambda < 1);
+  CHECK(batch.mix_labels.to_labels() == std::vector<int64_t>{0, 2, 1, 0});
+  const std::vector<double> after = batch.images.to_vector();
+  const size_t image = before.size() / 4;
+  for (size_t i = 0; i < 4; ++i)
+    for (size_t k = 0; k < image; ++k)
+      REQUIRE(after[i * image + k] ==
+              doctest::Approx(lambda * before[i * image + k] + (1 - lambda) * before[(3 - i) * image + k]).epsilon(1e-6));
+  // Beta(0.4, 0.4): mean 1/2, variance 1 / (4 (2 alpha + 1)) = 0.139.
+  double sum = 0, squares = 0;
+  const int draws = 4000;
+  for (int d = 0; d < draws; ++d) {
+    Batch pair = numbered_batch(2, 1, {0, 1});
+    mix_batch(pair, {.mixup_alpha = 0.4}, gen);
+    sum += pair.mix_weight, squares += pair.mix_weight * pair.mix_weight;
+  }
+  const double mean = sum / draws, variance = squares / draws - mean * mean;
+  CHECK(std::abs(mean - 0.5) < 0.02);                  // 3 standard errors
+  CHECK(std::abs(variance - 1 / (4 * 1.8)) < 0.01);    // 5; Beta(1, 1) would give 0.083
+}
+
+TEST_CASE("CutMix: the same box of the mirror row in every row, lambda the share left unpasted") {
+  Batch batch = numbered_batch(3, 16, {0, 1, 2});
+  const std::vector<double> before = batch.images.to_vector();
+  Generator gen(11);
+  mix_batch(batch, {.cutmix_alpha = 1}, gen);
+  const std::vector<double> after = batch.images.to_vector();
+  const size_t pixels = 16 * 16, image = pixels * 4;
+  std::vector<bool> pasted(pixels);
+  for (size_t p = 0; p < pixels; ++p) {
+    pasted[p] = after[p * 4] != before[p * 4];
+    for (size_t c = 0; c < 4; ++c) {  // a pixel comes whole from one image, in rows 0 and 2 alike
+      CHECK(after[p * 4 + c] == before[(pasted[p] ? 2 * image : 0) + p * 4 + c]);
+      CHECK(after[2 * image + p * 4 + c] == before[(pasted[p] ? 0 : 2 * image) + p * 4 + c]);
+      CHECK(after[image + p * 4 + c] == before[image + p * 4 + c]);  // the middle row is its own mirror
+    }
+  }
+  const auto count = static_cast<double>(std::count(pasted.begin(), pasted.end(), true));
+  CHECK(count > 0);
+  CHECK(batch.mix_weight == doctest::Approx(1 - count / pixels).epsilon(1e-12));
+  CHECK(batch.mix_labels.to_labels() == std::vector<int64_t>{2, 1, 0});
+}
+
+TEST_CASE("mixed cross-entropy: lambda * CE(own labels) + (1 - lambda) * CE(mirror's), its gradient in float64") {
+  Batch batch = numbered_batch(3, 1, {0, 2, 1});
+  batch.mix_labels = Tensor::from_labels({1, 2, 0});
+  batch.mix_weight = 0.3;
+  const Tensor logits = test::rand64({3, 3}, 4);
+  const std::vector<double> z = logits.to_vector();
+  auto ce = [&](size_t row, size_t label) {
+    double sum = 0;
+    for (size_t c = 0; c < 3; ++c) sum += std::exp(z[row * 3 + c]);
+    return std::log(sum) - z[row * 3 + label];
+  };
+  const size_t own[3] = {0, 2, 1}, mirror[3] = {1, 2, 0};
+  double expected = 0;
+  for (size_t r = 0; r < 3; ++r) expected += (0.3 * ce(r, own[r]) + 0.7 * ce(r, mirror[r])) / 3;
+  CHECK(mixed_cross_entropy(logits, batch, {}, 0).item() == doctest::Approx(expected).epsilon(1e-12));
+  test::expect_gradcheck([&](const std::vector<Tensor>& in) { return mixed_cross_entropy(in[0], batch, {}, 0.1); },
+                         {logits});
+  Batch plain = batch;  // never mixed: plain cross-entropy
+  plain.mix_labels = {};
+  CHECK(mixed_cross_entropy(logits, plain, {}, 0).item() ==
+        doctest::Approx(cross_entropy(logits, plain.labels, {}, 0).item()).epsilon(1e-15));
 }
 
 TEST_CASE("weight average: shadow = decay * shadow + (1 - decay) * weights; swap exchanges them") {

@@ -863,6 +863,10 @@ TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing 
     expect_error("cls_train", dirs(t.data) + " --arch convnext_atto --label-smoothing 2 --save-path " + out.string(),
                  "--label-smoothing 2: must be from 0 to 1");
   }
+  SUBCASE("a negative --mixup") {
+    expect_error("cls_train", dirs(t.data) + " --arch convnext_atto --mixup -0.2 --save-path " + out.string(),
+                 "--mixup -0.2: must be 0 (off) or more");
+  }
   SUBCASE("--lesion-view outside 0..4") {
     expect_error("cls_train", dirs(t.data) + " --arch convnext_atto --lesion-view -1 --save-path " + out.string(),
                  "--lesion-view -1: must be from 0 (off) to 4");
@@ -980,7 +984,7 @@ TEST_CASE("cross-validation: --folds 2 trains a model per fold, scores each, rep
   // Every image's mask comes from the segmenter that did not train on it (out of fold); and
   // with every recipe flag on, which must run through.
   Run c = run_tool("cls_train", dirs + " --arch convnext_atto --img-size 64 --epochs 1 --warmup-epochs 0 --batch-size 8 --folds 2"
-                                       " --augment ultrasound --balanced-sampling --ema 0.9 --flip-tta"
+                                       " --augment ultrasound --balanced-sampling --ema 0.9 --flip-tta --mixup 0.2 --cutmix 1"
                                        " --seg-model " + (root / "seg.fold{fold}.safetensors").string() +
                                        " --save-path " + cls.string() + " --log-dir " + (root / "cls_log").string());
   INFO(c.output);

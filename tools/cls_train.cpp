@@ -38,7 +38,7 @@ class ClassificationTask : public app::TrainingTask {
   Tensor loss(const Tensor& logits, const data::Batch& batch) const override {
     if (class_weights_.defined() && class_weights_.device() != logits.device())
       class_weights_ = class_weights_.to(logits.device());
-    return cross_entropy(logits, batch.labels, class_weights_, label_smoothing_);
+    return data::mixed_cross_entropy(logits, batch, class_weights_, label_smoothing_);
   }
   void reset_metrics() override {
     metrics_ = data::ClassificationMetrics(static_cast<int>(classes_.size()));
@@ -179,6 +179,10 @@ int cls_train(int argc, char** argv) {
                                   " bounding box grown by this times its side on each side (e.g. 0.5), at least a"
                                   " quarter of the scan; a scan without lesion stays whole. The checkpoint records"
                                   " it and predict crops alike (0: the whole scan)")
+      .option("mixup", "0", "mixup: blend each training batch with itself reversed by lambda ~ Beta(A, A), labels"
+                            " alike (timm's --mixup; e.g. 0.2; 0: off)")
+      .option("cutmix", "0", "CutMix: paste a box of the reversed batch, lambda ~ Beta(A, A) setting its area"
+                             " (timm's --cutmix; e.g. 1; 0: off); with --mixup each batch draws one of the two")
       .option("temperature", "", "with --val-split 0: the card's softmax temperature, fitted elsewhere (e.g. the"
                                  " mean of a --folds run's); a validation split fits it itself");
   if (!cli.parse(argc, argv)) return 0;
@@ -204,6 +208,9 @@ int cls_train(int argc, char** argv) {
                         {app::resume_state_path(settings.save_path), "the resume state of --save-path"}},
                        true);
   }
+  settings.mix = {cli.real("mixup"), cli.real("cutmix")};
+  SONO_CHECK(settings.mix.mixup_alpha >= 0, "--mixup ", cli.str("mixup"), ": must be 0 (off) or more");
+  SONO_CHECK(settings.mix.cutmix_alpha >= 0, "--cutmix ", cli.str("cutmix"), ": must be 0 (off) or more");
   const double label_smoothing = cli.real("label-smoothing");
   SONO_CHECK(label_smoothing >= 0 && label_smoothing <= 1, "--label-smoothing ", cli.str("label-smoothing"),
              ": must be from 0 to 1");
@@ -223,7 +230,9 @@ int cls_train(int argc, char** argv) {
                              {"--seg-folds", out_of_fold ? std::to_string(seg_folds) : "0"},
                              {"--label-smoothing", app::run_argument_number(label_smoothing)},
                              {"--class-weights", cli.str("class-weights")},
-                             {"--lesion-view", app::run_argument_number(lesion_view)}};
+                             {"--lesion-view", app::run_argument_number(lesion_view)},
+                             {"--mixup", app::run_argument_number(settings.mix.mixup_alpha)},
+                             {"--cutmix", app::run_argument_number(settings.mix.cutmix_alpha)}};
   Tensor weights = class_weights(cli.str("class-weights"), dataset);
   ClassificationTask task(dataset.classes, weights, label_smoothing);
   std::function<void(data::SampleCache&)> predict_masks;

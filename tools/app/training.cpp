@@ -26,6 +26,7 @@
 #include "tools/app/weight_average.h"
 #include "tensor/atomic_file.h"
 #include "tools/data/progress.h"
+#include "tools/data/seeding.h"
 #include "tools/data/split.h"
 #include "tools/data/training_log.h"
 
@@ -540,7 +541,9 @@ double Trainer::train_epoch(int epoch, double& images_per_second) {
   title << "epoch " << epoch + 1 << "/" << s_.epochs << " train";
   data::Progress bar(title.str(), train_->size());
   std::vector<Tensor> params = model_->parameters();
+  Generator mix_generator(data::mix_seed({s_.seed, static_cast<uint64_t>(epoch), static_cast<uint64_t>(distributed::rank()), 0x6d6978}));
   while (auto batch = train_->next()) {
+    data::mix_batch(*batch, s_.mix, mix_generator);
     optimizer_->set_lr(schedule_(optimizer_->steps()));
     data::Batch b = to_device(std::move(*batch), s_.device);
     optimizer_->zero_grad();

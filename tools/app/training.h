@@ -17,6 +17,7 @@
 #include "tools/app/recipe.h"
 #include "tools/data/cache.h"
 #include "tools/data/loader.h"
+#include "tools/data/mixup.h"
 #include "tools/data/model_input.h"
 #include "tools/data/split.h"
 
@@ -48,6 +49,7 @@ struct TrainSettings : RunSettings {
   std::map<std::string, std::string> tool_arguments;
   // What a tool's checkpoints tell predict beyond the common card (cls_train: "lesion_view").
   std::map<std::string, std::string> card_extra;
+  data::MixOptions mix;       // cls_train's --mixup and --cutmix
   int64_t encoder_depth = 5;  // seg_train's --encoder-depth
   std::array<int64_t, 3> atrous_rates = models::kSmpAtrousRates;  // seg_train's --atrous-rates
   // The size the samples are decoded at, when `prepare` (run_training) makes them img_size

@@ -22,6 +22,10 @@ struct Batch {
   Tensor labels;                // [B] int64
   std::vector<size_t> samples;  // dataset indices
   size_t global_images = 0;     // of the whole step, over all ranks (data-parallel training)
+  // Set where mix_batch mixed the images (cls_train --mixup / --cutmix): the labels of each
+  // row's partner, and the weight of the row's own labels.
+  Tensor mix_labels;
+  double mix_weight = 1;
 };
 
 // Rows [first, second) of an n-row batch that `rank` of `ranks` takes: even shares, the larger
