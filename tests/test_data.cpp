@@ -465,6 +465,19 @@ TEST_CASE("split keeps duplicates together, is stratified and deterministic") {
   CHECK(contains(s.summary(f.dataset), "in 60 duplicate groups"));
   CHECK(contains(s.summary(f.dataset), "val " + std::to_string(s.val.size()) + " (a "));
 
+  // Held out: the named image and its near-duplicate leave whichever side they were on.
+  auto group_of_two = [&](const std::pair<size_t, size_t>& d) {
+    return std::count(s.group.begin(), s.group.end(), s.group[d.first]) == 2;
+  };
+  auto [first, duplicate] = *std::find_if(f.duplicates.begin(), f.duplicates.end(), group_of_two);
+  Split held = s;
+  hold_out(held, {first});
+  CHECK(held.held_out == std::vector<size_t>{std::min(first, duplicate), std::max(first, duplicate)});
+  CHECK(held.train.size() + held.val.size() == n - 2);
+  for (const auto* side : {&held.train, &held.val})
+    CHECK(std::none_of(side->begin(), side->end(), [&](size_t i) { return i == first || i == duplicate; }));
+  CHECK(contains(held.summary(f.dataset), ", held out 2 ("));
+
   Dataset tiny;  // class c has one image: it cannot be on both sides
   tiny.classes = {"a", "c"};
   for (int i = 0; i < 6; ++i) tiny.samples.push_back({"", {}, i == 5 ? 1 : 0, std::to_string(i)});

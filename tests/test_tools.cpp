@@ -863,6 +863,11 @@ TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing 
     expect_error("cls_train", dirs(t.data) + " --arch convnext_atto --label-smoothing 2 --save-path " + out.string(),
                  "--label-smoothing 2: must be from 0 to 1");
   }
+  SUBCASE("--hold-out naming an image the data lacks") {
+    std::ofstream(bad / "hold.txt") << "benign/benign_0\nbenign/benign_99\n";
+    expect_error("seg_train", dirs(t.data) + seg_opts + out.string() + " --hold-out " + (bad / "hold.txt").string(),
+                 (bad / "hold.txt").string() + ":2: 'benign/benign_99' is not an image of --images-dir");
+  }
   SUBCASE("a negative --mixup") {
     expect_error("cls_train", dirs(t.data) + " --arch convnext_atto --mixup -0.2 --save-path " + out.string(),
                  "--mixup -0.2: must be 0 (off) or more");
@@ -1035,12 +1040,24 @@ TEST_CASE("--val-split 0 trains on every image and keeps the last epoch, calibra
   fs::path root = t.root / "all", seg = root / "seg.safetensors", cls = root / "cls.safetensors";
   fs::create_directories(root);
   const std::string dirs = blob_dirs();
+  std::ofstream(root / "demo.txt") << "# the demo's scan\nmalignant/malignant_3\n";
   Run s = run_tool("seg_train", dirs + " --arch mit_b0 --img-size 64 --epochs 2 --batch-size 4 --lr 1e-3 --val-split 0"
-                                       " --empty-below 0.8 --save-path " + seg.string() + " --log-dir " + (root / "seg_log").string());
+                                       " --empty-below 0.8 --hold-out " + (root / "demo.txt").string() +
+                                       " --save-path " + seg.string() + " --log-dir " + (root / "seg_log").string());
   INFO(s.output);
   REQUIRE(s.status == 0);
-  CHECK(s.output.find("train 60 (") != std::string::npos);
-  CHECK(s.output.find("val 0 (") != std::string::npos);
+  // The scan and its near-duplicates (its duplicate group) are held out, nothing else.
+  auto split = csv_rows(root / "seg_log" / "split.csv");
+  const std::string group = split["\"malignant/malignant_3\""].at(3);
+  int held = 0;
+  for (auto& [image, row] : split) {
+    if (image == "image") continue;
+    CHECK((row.at(2) == "held out") == (row.at(3) == group));
+    held += row.at(2) == "held out";
+  }
+  CHECK(s.output.find("train " + std::to_string(60 - held) + " (") != std::string::npos);
+  CHECK(s.output.find("val 0 (benign 0, malignant 0, normal 0), held out " + std::to_string(held) + " (benign 0, malignant " +
+                      std::to_string(held) + ", normal 0)") != std::string::npos);
   CHECK(s.output.find("kept the last epoch (2), trained on every image: " + seg.string()) != std::string::npos);
   CHECK(holds_last_epoch(seg, root / "seg.last.safetensors"));
   nn::SafetensorsFile seg_file = nn::load_safetensors(seg.string());

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <iomanip>
 #include <iostream>
 #include <map>
@@ -46,6 +47,8 @@ void add_training_options(Cli& cli, const TrainDefaults& d) {
       .option("val-split", "0.2", "fraction of images (by duplicate group, per class) for validation; 0: train on "
                                   "every image (a final model after --folds chose the recipe: no validation, the "
                                   "last epoch is kept)")
+      .option("hold-out", "", "a file of image names (as the log's split.csv writes them, one a line) kept out of "
+                              "training and validation with their near-duplicates, e.g. the demo's scans")
       .option("checkpoint", "", "which epoch --save-path keeps: best (by the validation metric) or last; default "
                                 "best, but last with --folds (a fold's figures then involve no choice made on its "
                                 "own images) and with --val-split 0")
@@ -150,6 +153,7 @@ TrainSettings read_training_options(const Cli& cli, models::Task task) {
   s.masks_dir = cli.str("masks-dir");
   s.pretrained = cli.str("pretrained");
   s.resume = cli.str("resume");
+  s.hold_out = cli.str("hold-out");
   s.val_split = cli.real("val-split");
   s.augment = !cli.is_set("no-augment");
   s.resume_anyway = cli.is_set("resume-anyway");
@@ -166,6 +170,8 @@ TrainSettings read_training_options(const Cli& cli, models::Task task) {
   SONO_CHECK(s.lr > 0, "--lr ", s.lr, ": must be positive");
   check_writable(resume_state_path(s.save_path));
   SONO_CHECK(s.resume.empty() || fs::is_regular_file(s.resume), s.resume, ": --resume file not found");
+  SONO_CHECK(s.hold_out.empty() || fs::is_regular_file(s.hold_out), s.hold_out, ": --hold-out file not found");
+  SONO_CHECK(s.hold_out.empty() || !s.recipe_options.folds, "--hold-out: for a split run; --folds scores every image");
   // The resume state may continue in the --resume file itself (that is resuming); the best
   // checkpoint may replace neither input.
   std::vector<RunFile> inputs;
@@ -210,6 +216,28 @@ std::vector<std::string> pretrained_files(const TrainSettings& s) {
   for (int fold = 0; fold < s.recipe_options.folds; ++fold) files.push_back(fold_path(s.pretrained, fold));
   return files;
 }
+
+namespace {
+
+// --hold-out's names, as dataset indices; a name the data lacks stops the run, naming its line.
+std::vector<size_t> read_hold_out(const std::string& path, const data::Dataset& dataset) {
+  std::map<std::string, size_t> index;
+  for (size_t i = 0; i < dataset.samples.size(); ++i) index[dataset.samples[i].name] = i;
+  std::ifstream in(path);
+  SONO_CHECK(in, path, ": cannot be read");
+  std::vector<size_t> samples;
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty() || line[0] == '#') continue;
+    auto it = index.find(line);
+    SONO_CHECK(it != index.end(), path, ":", number, ": '", line, "' is not an image of --images-dir (names as split.csv writes them)");
+    samples.push_back(it->second);
+  }
+  return samples;
+}
+
+}  // namespace
 
 std::shared_ptr<data::SampleCache> decode_samples(const TrainSettings& s, const data::Dataset& dataset) {
   return std::make_shared<data::SampleCache>(dataset, static_cast<int>(s.decode_size ? s.decode_size : s.img_size));
@@ -275,9 +303,17 @@ std::map<std::string, std::string> run_arguments(const TrainSettings& s) {
       {"--keep-upright", r.keep_upright ? "yes" : "no"},
       {"--balanced-sampling", r.balanced_sampling ? "yes" : "no"},
       {"--ema", number(r.ema_decay)},
-      {"--checkpoint", s.keep_last_epoch ? "last" : "best"}};
+      {"--checkpoint", s.keep_last_epoch ? "last" : "best"}, {"--hold-out", s.hold_out}};
   arguments.insert(s.tool_arguments.begin(), s.tool_arguments.end());
   return arguments;
+}
+
+// Each sample's side of the split: "train", "val" or "held out".
+std::vector<const char*> sides(const data::Dataset& dataset, const data::Split& split) {
+  std::vector<const char*> side(dataset.samples.size(), "train");
+  for (size_t i : split.val) side[i] = "val";
+  for (size_t i : split.held_out) side[i] = "held out";
+  return side;
 }
 
 // Which images (names, classes, perceptual hashes of the pixels) a run sees and on which side
@@ -287,8 +323,7 @@ std::string data_fingerprint(const data::Dataset& dataset, const std::vector<uin
   auto mix = [&h](const std::string& bytes) {
     for (unsigned char c : bytes) h = (h ^ c) * 1099511628211ull;
   };
-  std::vector<std::string> side(dataset.samples.size(), "train");
-  for (size_t i : split.val) side[i] = "val";
+  std::vector<const char*> side = sides(dataset, split);
   for (size_t i = 0; i < dataset.samples.size(); ++i)
     mix(dataset.samples[i].name + "\t" + std::to_string(dataset.samples[i].label) + "\t" + side[i] + "\t" +
         std::to_string(hashes[i]) + "\n");
@@ -363,8 +398,7 @@ class Trainer {
 
 // split.csv in the log folder: which image went where, so a result can be audited.
 void Trainer::write_split(const data::Split& split) const {
-  std::vector<const char*> side(dataset_.samples.size(), "train");
-  for (size_t i : split.val) side[i] = "val";
+  std::vector<const char*> side = sides(dataset_, split);
   std::ostringstream csv;
   csv << "image,class,side,duplicate_group\n";
   for (size_t i = 0; i < dataset_.samples.size(); ++i) {
@@ -383,6 +417,7 @@ void Trainer::build_data(const std::function<void(data::SampleCache&)>& prepare)
     if (prepare) prepare(*cache_);
     check_prepared(s_, *cache_);
     split_ = data::split_dataset(dataset_, cache_->hashes(), {s_.val_split, s_.seed});
+    if (!s_.hold_out.empty()) data::hold_out(*split_, read_hold_out(s_.hold_out, dataset_));
   }
   const data::Split& split = *split_;
   std::cout << "split: " << split.summary(dataset_) << "\n";

@@ -39,6 +39,7 @@ void read_run_settings(const Cli& cli, RunSettings& s);
 
 struct TrainSettings : RunSettings {
   std::string masks_dir, pretrained, resume;
+  std::string hold_out;  // --hold-out: a file of image names kept out of training and validation
   double lr = 1e-3, val_split = 0.2, warmup_epochs = 1, clip_grad = 0;
   bool augment = true, resume_anyway = false;
   // --checkpoint last: --save-path holds the last epoch's weights, not the best validated ones.

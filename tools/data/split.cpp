@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <iterator>
 #include <map>
 #include <numeric>
 #include <sstream>
@@ -127,7 +128,22 @@ std::string Split::summary(const Dataset& d) const {
   describe_side(os, d, train);
   os << ", val ";
   describe_side(os, d, val);
+  if (!held_out.empty()) {
+    os << ", held out ";
+    describe_side(os, d, held_out);
+  }
   return os.str();
+}
+
+void hold_out(Split& split, const std::vector<size_t>& samples) {
+  std::vector<bool> group_out(static_cast<size_t>(split.group_count), false);
+  for (size_t i : samples) group_out.at(static_cast<size_t>(split.group.at(i))) = true;
+  auto out = [&](size_t i) { return group_out[static_cast<size_t>(split.group[i])]; };
+  for (auto* side : {&split.train, &split.val}) {
+    std::copy_if(side->begin(), side->end(), std::back_inserter(split.held_out), out);
+    side->erase(std::remove_if(side->begin(), side->end(), out), side->end());
+  }
+  std::sort(split.held_out.begin(), split.held_out.end());
 }
 
 Split split_dataset(const Dataset& d, const std::vector<uint64_t>& hashes, const SplitOptions& o) {

@@ -35,11 +35,17 @@ struct SplitOptions {
 
 struct Split {
   std::vector<size_t> train, val;  // sample indices, ascending
+  std::vector<size_t> held_out;    // on neither side (hold_out)
   std::vector<int> group;          // duplicate group per sample
   int group_count = 0;
   // "624 images in 469 duplicate groups (95 of 2, ...); train 499 (benign 280, ...), val 125 (...)"
+  // and ", held out 5 (...)" where some are.
   std::string summary(const Dataset& dataset) const;
 };
+
+// Takes `samples` and every other member of their duplicate groups off both sides of the split:
+// images a model must not see, as the demo's scans, together with their near-duplicates.
+void hold_out(Split& split, const std::vector<size_t>& samples);
 
 // Per class (a group's class is its majority label, ties to the lower label), the groups are
 // shuffled with `seed` and taken into validation while that brings the class's validation
