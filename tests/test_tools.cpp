@@ -1058,7 +1058,7 @@ TEST_CASE("--val-split 0 trains on every image and keeps the last epoch, calibra
   CHECK(s.output.find("train " + std::to_string(60 - held) + " (") != std::string::npos);
   CHECK(s.output.find("val 0 (benign 0, malignant 0, normal 0), held out " + std::to_string(held) + " (benign 0, malignant " +
                       std::to_string(held) + ", normal 0)") != std::string::npos);
-  CHECK(s.output.find("kept the last epoch (2), trained on every image: " + seg.string()) != std::string::npos);
+  CHECK(s.output.find("kept the last epoch (2), no validation images: " + seg.string()) != std::string::npos);
   CHECK(holds_last_epoch(seg, root / "seg.last.safetensors"));
   nn::SafetensorsFile seg_file = nn::load_safetensors(seg.string());
   CHECK(seg_file.metadata.at("checkpoint") == "last epoch");

@@ -231,7 +231,8 @@ std::vector<size_t> read_hold_out(const std::string& path, const data::Dataset& 
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.empty() || line[0] == '#') continue;
     auto it = index.find(line);
-    SONO_CHECK(it != index.end(), path, ":", number, ": '", line, "' is not an image of --images-dir (names as split.csv writes them)");
+    SONO_CHECK(it != index.end(), path, ":", number, ": '", line,
+               "' is not an image of --images-dir (names as split.csv writes them)");
     samples.push_back(it->second);
   }
   return samples;
@@ -576,7 +577,8 @@ double Trainer::train_epoch(int epoch, double& images_per_second) {
   title << "epoch " << epoch + 1 << "/" << s_.epochs << " train";
   data::Progress bar(title.str(), train_->size());
   std::vector<Tensor> params = model_->parameters();
-  Generator mix_generator(data::mix_seed({s_.seed, static_cast<uint64_t>(epoch), static_cast<uint64_t>(distributed::rank()), 0x6d6978}));
+  const auto rank = static_cast<uint64_t>(distributed::rank());
+  Generator mix_generator(data::mix_seed({s_.seed, static_cast<uint64_t>(epoch), rank, 0x6d6978}));  // "mix"
   while (auto batch = train_->next()) {
     data::mix_batch(*batch, s_.mix, mix_generator);
     optimizer_->set_lr(schedule_(optimizer_->steps()));
@@ -696,7 +698,7 @@ int Trainer::run(const std::function<void(data::SampleCache&)>& prepare) {
   // card keeps what the tool's flags gave it (--temperature, --empty-below).
   if (distributed::is_root() && fs::exists(s_.save_path) && validating) task_.after_training(s_, *val_);
   if (s_.keep_last_epoch)
-    std::cout << "kept the last epoch (" << s_.epochs << ")" << (validating ? "" : ", trained on every image") << ": ";
+    std::cout << "kept the last epoch (" << s_.epochs << ")" << (validating ? "" : ", no validation images") << ": ";
   else
     std::cout << "best " << task_.best_metric() << " " << best_ << " at epoch " << best_epoch_ << ": ";
   std::cout << s_.save_path << "\n";
