@@ -1,5 +1,6 @@
 // cls_train: trains a 4-channel classifier (ConvNeXt or ResNet on RGB + lesion mask) on the classes
-// named by the data's folders; cross-entropy loss, best checkpoint by validation macro-F1.
+// named by the data's folders; cross-entropy loss (optionally on mixed batches), the best
+// epoch picked by validation macro-F1 unless the last is kept.
 // The mask channel is the ground truth, or with --seg-model the masks a segmentation
 // checkpoint predicts, as the classifier will see them in predict.
 #include <cmath>

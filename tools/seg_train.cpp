@@ -1,5 +1,6 @@
-// seg_train: trains DeepLabV3+ (MiT encoder) to segment lesions; loss BCE + soft Dice, best
-// checkpoint by validation Dice over all images (an empty mask predicted empty counts 1).
+// seg_train: trains DeepLabV3+ (MiT or ResNet encoder) to segment lesions; loss BCE + soft Dice,
+// the best epoch picked by validation Dice over all images (an empty mask predicted empty
+// counts 1) unless the last is kept.
 #include <iostream>
 
 #include "models/deeplabv3plus.h"

@@ -17,7 +17,7 @@ namespace sono::app {
 // "X.safetensors", fold 0 -> "X.fold1.safetensors"; "seg_{fold}.safetensors" -> "seg_1.safetensors".
 std::string fold_path(const std::string& path, int fold);
 
-// The best checkpoint's logits over a loader's samples (in order), as `forward` gives them.
+// A checkpoint's logits over a loader's samples (in order), as `forward` gives them.
 std::vector<std::pair<Tensor, data::Batch>> checkpoint_outputs(LoadedModel& model, data::Loader& loader,
                                                                Device device, bool flip);
 

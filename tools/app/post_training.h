@@ -1,8 +1,8 @@
 #pragma once
-// What is fitted on the validation images once training is done, and written into the best
+// What is fitted on the validation images once training is done, and written into the kept
 // checkpoint's card for predict: the classifier's temperature and the segmenter's
-// empty-image threshold. Both leave the weights alone. They are fitted on the images that also
-// picked the best epoch, so the validation figures after them are slightly optimistic; the
+// empty-image threshold. Both leave the weights alone. They are fitted on the images they are
+// then scored on, so ECE and the Dice over all images after them are slightly optimistic; the
 // cross-validation scores each fold with its own fitted values in the same way.
 #include "tools/app/training.h"
 

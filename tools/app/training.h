@@ -1,7 +1,8 @@
 #pragma once
 // The training loop seg_train and cls_train share: data scan, duplicate-aware split, model
 // (optionally from pretrained backbone weights), AdamW with warmup + cosine, per-epoch
-// validation, best checkpoint and resumable state written atomically, CSV + SVG log.
+// validation, the kept checkpoint (best or last epoch) and resumable state written atomically,
+// CSV + SVG log.
 // What differs between the two tools is a TrainingTask.
 #include <array>
 #include <functional>
@@ -108,7 +109,7 @@ class TrainingTask {
   virtual std::string best_metric() const = 0;  // the column that picks the checkpoint
   virtual std::string report() const { return ""; }  // printed after each validation
 
-  // Once training is done: fit on the best checkpoint's validation outputs what its card
+  // Once training is done: fit on the kept checkpoint's validation outputs what its card
   // should carry (cls: the temperature; seg: the empty-image threshold), and rewrite it.
   virtual void after_training(const TrainSettings&, data::Loader& /*val*/) {}
   // Cross-validation: each fold's validation outputs (calibrated as the card says), pooled
