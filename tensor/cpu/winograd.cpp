@@ -212,7 +212,9 @@ class TransformedWeightCache {
   // four ~210 MB. Past the budget the entries used longest ago go.
   static constexpr size_t kMaxBytes = size_t(256) << 20;
 
-  static size_t entry_bytes(int64_t cin, int64_t cout) { return static_cast<size_t>(cin * cout * (9 + kPoints)) * sizeof(float); }
+  static size_t entry_bytes(int64_t cin, int64_t cout) {
+    return static_cast<size_t>(cin * cout * (9 + kPoints)) * sizeof(float);
+  }
 
   struct Entry {
     const float* key = nullptr;

@@ -73,14 +73,13 @@ void fit_empty_threshold(const TrainSettings& s, data::Loader& val) {
 
 void read_given_calibration(const Cli& cli, const std::string& flag, const std::string& card_key, double min,
                             double max, TrainSettings& s) {
-  const bool fitted_here = s.val_split > 0 || s.recipe_options.folds;
   if (cli.str(flag).empty()) {
-    if (!fitted_here)
+    if (!s.has_validation())
       std::cout << "note: no validation images to fit the card's " << card_key << " on; --" << flag
                 << " gives one (e.g. the mean of a --folds run's)\n";
     return;
   }
-  SONO_CHECK(!fitted_here, "--", flag, ": only with --val-split 0; a validation split fits it");
+  SONO_CHECK(!s.has_validation(), "--", flag, ": only with --val-split 0; a validation split fits it");
   const double value = cli.real(flag);
   SONO_CHECK(value >= min && value <= max, "--", flag, " ", cli.str(flag), ": must be from ", min, " to ", max);
   s.card_extra[card_key] = run_argument_number(value);

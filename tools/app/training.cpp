@@ -87,10 +87,10 @@ namespace {
 bool read_checkpoint_choice(const Cli& cli, const TrainSettings& s) {
   const std::string choice = cli.str("checkpoint");
   SONO_CHECK(choice.empty() || choice == "best" || choice == "last", "--checkpoint ", choice, ": must be best or last");
-  SONO_CHECK(!(choice == "best" && s.val_split == 0 && !s.recipe_options.folds),
+  SONO_CHECK(!(choice == "best" && !s.has_validation()),
              "--checkpoint best: --val-split 0 leaves no validation images to pick the best epoch by");
   if (!choice.empty()) return choice == "last";
-  return s.recipe_options.folds > 0 || s.val_split == 0;
+  return s.recipe_options.folds > 0 || !s.has_validation();
 }
 
 // --lr, --warmup-epochs and --clip-grad: the flag where given, else the recipe's value; then the

@@ -45,6 +45,8 @@ struct TrainSettings : RunSettings {
   bool augment = true, resume_anyway = false;
   // --checkpoint last: --save-path holds the last epoch's weights, not the best validated ones.
   bool keep_last_epoch = false;
+  // Whether the run validates (a split or --folds) and so can pick an epoch and fit calibration.
+  bool has_validation() const { return val_split > 0 || recipe_options.folds > 0; }
   RecipeOptions recipe_options;  // augmentation, sampling, EMA, TTA, folds (recipe.h)
   // A tool's own flags that shape what it trains ("--label-smoothing" -> "0.1"): a resumed run
   // must share them as it shares the common ones.
