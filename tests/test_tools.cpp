@@ -180,6 +180,49 @@ TEST_CASE("predict on a folder writes one CSV row per image and the masks") {
   CHECK(fs::exists(out / "malignant_2_mask.png"));
 }
 
+// evaluate runs predict's pipeline image by image over a labelled data set: each CSV row holds
+// what predict gives that image, and the printed figures are those of the rows.
+TEST_CASE("evaluate scores labelled scans as predict runs them, and its figures are its rows'") {
+  const Trained& t = trained();
+  const fs::path root = t.root / "evaluate", csv = root / "scores.csv", svg = root / "reliability.svg";
+  fs::create_directories(root);
+  Run r = run_tool("evaluate", blob_dirs() + models_args() + " --csv " + csv.string() + " --reliability " + svg.string());
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  CHECK(r.output.find("60 images: benign 20, malignant 20, normal 20") != std::string::npos);
+  std::smatch m;
+  REQUIRE(std::regex_search(r.output, m, std::regex(R"(\nfigures: Dice ([0-9.]+), .*, accuracy ([0-9.]+), macro-F1 ([0-9.]+),)")));
+  const auto rows = app::csv_records(read_file(csv));
+  REQUIRE(rows.size() == 61);
+  CHECK(rows[0] == std::vector<std::string>{"image", "class", "predicted", "confidence", "p_benign", "p_malignant",
+                                            "p_normal", "dice", "lesion_pixels"});
+  data::ClassificationMetrics classes(3);
+  double dice = 0;
+  auto index = [](const std::string& name) {
+    return static_cast<int>(std::find(test::kBlobClasses, test::kBlobClasses + 3, name) - test::kBlobClasses);
+  };
+  for (size_t i = 1; i < rows.size(); ++i) {
+    classes.add(index(rows[i][1]), index(rows[i][2]));
+    dice += std::stod(rows[i][7]) / 60;
+    CHECK(std::stod(rows[i][3]) == std::max({std::stod(rows[i][4]), std::stod(rows[i][5]), std::stod(rows[i][6])}));
+  }
+  CHECK(std::stod(m[1]) == doctest::Approx(dice).epsilon(1e-4));
+  CHECK(std::stod(m[2]) == doctest::Approx(classes.accuracy()).epsilon(1e-4));
+  CHECK(std::stod(m[3]) == doctest::Approx(classes.macro_f1()).epsilon(1e-4));
+  CHECK(read_file(svg).find("calibration, 60 images") != std::string::npos);
+  // One image of each class through predict itself: the class and the printed probabilities.
+  for (size_t i : {1, 27, 53}) {
+    const std::string name = rows[i][0];
+    CAPTURE(name);
+    Run one = run_tool("predict", "--image " + (t.data / "images" / (name + ".png")).string() + models_args());
+    REQUIRE(one.status == 0);
+    std::smatch p;
+    REQUIRE(std::regex_search(one.output, p, std::regex(R"(Predicted class: (\w+) .*\nProbabilities: benign ([0-9.]+), malignant ([0-9.]+), normal ([0-9.]+))")));
+    CHECK(p[1] == rows[i][2]);
+    for (int c = 0; c < 3; ++c) CHECK(std::stod(p[c + 2]) == doctest::Approx(std::stod(rows[i][4 + c])).epsilon(1e-4));
+  }
+}
+
 namespace {
 
 // `count` scans (blobs of every class, at sizes other than the training size) in `dir`.
@@ -897,6 +940,16 @@ TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing 
     expect_error("model_info", "--arch convnext_atto --in-channels 65", "--in-channels 65: must be from 1 to 64");
     expect_error("model_info", "--arch convnext_atto --classes 1001", "--classes 1001: must be from 1 to 1000");
   }
+  SUBCASE("evaluate: a class folder the classifier does not know") {
+    fs::path d = copy_dataset("unknown_class");
+    fs::rename(d / "images" / "normal", d / "images" / "cyst");
+    fs::rename(d / "masks" / "normal", d / "masks" / "cyst");
+    expect_error("evaluate", dirs(d) + models_args(),
+                 "class folder 'cyst' is not one of " + t.cls.string() + "'s classes (benign, malignant, normal)");
+  }
+  SUBCASE("evaluate --folds without {fold} in a checkpoint's name") {
+    expect_error("evaluate", dirs(t.data) + models_args() + " --folds 2", "--folds: needs {fold} in --seg-model or --cls-model");
+  }
   SUBCASE("a corrupt image leaves the existing mask alone") {
     fs::path image = bad / "cut.png", mask = bad / "kept_mask.png";
     fs::copy_file(t.data / "images" / "benign" / "benign_0.png", image);
@@ -1033,6 +1086,32 @@ TEST_CASE("cross-validation: --folds 2 trains a model per fold, scores each, rep
     pooled += std::stod(cls_rows["val_accuracy"][k + 1]) * fold_size / 60.0;
   }
   CHECK(correct / 60.0 == doctest::Approx(pooled).epsilon(1e-5));
+
+  // evaluate --folds 2 scores the run through predict's pipeline: each image by the pair of the
+  // fold that validated it; per fold, the mean of the folds, and pooled.
+  const fs::path scores = root / "evaluate.csv";
+  Run e = run_tool("evaluate", dirs + " --seg-model " + (root / "seg.fold{fold}.safetensors").string() + " --cls-model " +
+                                   (root / "cls.fold{fold}.safetensors").string() + " --folds 2 --csv " + scores.string());
+  INFO(e.output);
+  REQUIRE(e.status == 0);
+  std::smatch f1, f2, mean;
+  const std::string figure = R"(, macro-F1 ([0-9.]+),)";
+  REQUIRE(std::regex_search(e.output, f1, std::regex("\nfold 1: Dice [0-9.]+.*" + figure)));
+  REQUIRE(std::regex_search(e.output, f2, std::regex("\nfold 2: Dice [0-9.]+.*" + figure)));
+  REQUIRE(std::regex_search(e.output, mean, std::regex(R"(\n2 folds, mean \+- spread: .*, macro-F1 ([0-9.]+) \+- [0-9.]+,)")));
+  CHECK(std::stod(mean[1]) == doctest::Approx((std::stod(f1[1]) + std::stod(f2[1])) / 2).epsilon(2e-4));
+  CHECK(e.output.find("\npooled out of fold: Dice ") != std::string::npos);
+  std::map<std::string, std::string> validated_by;  // image -> the fold whose split.csv validates it
+  for (int k = 0; k < 2; ++k)
+    for (auto& [image, row] : csv_rows(root / "seg_log" / ("fold" + std::to_string(k + 1)) / "split.csv"))
+      if (row.size() == 4 && row[2] == "val") validated_by[image] = std::to_string(k + 1);
+  const auto evaluated = app::csv_records(read_file(scores));
+  REQUIRE(evaluated.size() == 61);
+  CHECK(evaluated[0][1] == "fold");
+  for (size_t i = 1; i < evaluated.size(); ++i) {
+    CAPTURE(evaluated[i][0]);
+    CHECK(validated_by.at("\"" + evaluated[i][0] + "\"") == evaluated[i][1]);
+  }
 }
 
 TEST_CASE("--val-split 0 trains on every image and keeps the last epoch, calibrated as its flags say") {

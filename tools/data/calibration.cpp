@@ -111,10 +111,12 @@ void ProbabilityRecord::add_batch(const Tensor& probabilities, const Tensor& lab
   std::vector<double> p = probabilities.to_vector();
   std::vector<int64_t> y = labels.to_labels();
   const size_t c = static_cast<size_t>(probabilities.size(1));
-  for (size_t i = 0; i < y.size(); ++i) {
-    rows_.emplace_back(p.begin() + i * c, p.begin() + (i + 1) * c);
-    labels_.push_back(static_cast<int>(y[i]));
-  }
+  for (size_t i = 0; i < y.size(); ++i) add({p.begin() + i * c, p.begin() + (i + 1) * c}, static_cast<int>(y[i]));
+}
+
+void ProbabilityRecord::add(std::vector<double> probabilities, int label) {
+  rows_.push_back(std::move(probabilities));
+  labels_.push_back(label);
 }
 
 double ProbabilityRecord::auroc(int positive_class) const {

@@ -42,6 +42,7 @@ class ProbabilityRecord {
  public:
   // probabilities [B, C] (any device), labels int64 [B].
   void add_batch(const Tensor& probabilities, const Tensor& labels);
+  void add(std::vector<double> probabilities, int label);
   size_t count() const { return labels_.size(); }
   double auroc(int positive_class) const;  // that class's probability, it against the rest
   double ece(int bins = 10) const;

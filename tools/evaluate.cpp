@@ -1,0 +1,266 @@
+// evaluate: scores a segmentation and a classification checkpoint on labelled scans, through
+// predict's pipeline, so a held-out set is scored as users will run the models:
+//   evaluate --images-dir BUSI_TEST --seg-model S --cls-model C
+// Images as the training tools read them (BUSI's folders, CLASS/ subfolders with a masks folder,
+// or a flat folder without classes). Each image is segmented and classified alone (predict's
+// batches give the same results on the CPU, bit for bit) and scored at its own size: Dice, IoU,
+// lesions found and lesion-free scans left empty against its mask; accuracy, macro-F1, recall,
+// the confusion matrix, malignant-against-rest AUROC and ECE against its class folder.
+// --csv: a row per image; --reliability: the reliability diagram. With --folds K and {fold} in
+// the checkpoints' names, a --folds K training run is scored out of fold the same way: each image
+// by the pair of the fold that validated it, with figures per fold, their mean and spread.
+#include <algorithm>
+#include <cmath>
+#include <iomanip>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <sstream>
+
+#include "tensor/atomic_file.h"
+#include "tools/app/cross_validation.h"
+#include "tools/app/csv_table.h"
+#include "tools/app/inference.h"
+#include "tools/app/runtime.h"
+#include "tools/data/calibration.h"
+#include "tools/data/dataset.h"
+#include "tools/data/folds.h"
+#include "tools/data/metrics.h"
+#include "tools/data/parallel.h"
+#include "tools/data/progress.h"
+
+namespace {
+
+using namespace sono;
+namespace fs = std::filesystem;
+
+// The classifier's class index of each of the data set's classes (by folder name); a class the
+// classifier does not know is refused, since its images could only be scored as errors.
+std::vector<size_t> classifier_classes(const data::Dataset& dataset, const app::ModelCard& cls,
+                                       const std::string& cls_path) {
+  std::vector<size_t> index;
+  for (const std::string& name : dataset.classes) {
+    auto it = std::find(cls.classes.begin(), cls.classes.end(), name);
+    if (it == cls.classes.end()) {
+      std::string known;
+      for (const std::string& c : cls.classes) known += (known.empty() ? "" : ", ") + c;
+      fail("class folder '", name, "' is not one of ", cls_path, "'s classes (", known, ")");
+    }
+    index.push_back(static_cast<size_t>(it - cls.classes.begin()));
+  }
+  return index;
+}
+
+// The figures of a set of images (a fold's, or all of them).
+struct Scores {
+  data::SegmentationMetrics segmentation;
+  data::ClassificationMetrics classification;
+  data::ProbabilityRecord probabilities;
+
+  explicit Scores(size_t classes) : classification(static_cast<int>(classes)) {}
+  // Each figure by name, in the order printed: the segmentation's where masks were scored, the
+  // classifier's where classes were.
+  std::vector<std::pair<std::string, double>> figures(const std::vector<std::string>& classes) const;
+};
+
+std::vector<std::pair<std::string, double>> Scores::figures(const std::vector<std::string>& classes) const {
+  std::vector<std::pair<std::string, double>> f;
+  const data::SegmentationMetrics& m = segmentation;
+  if (m.images() > 0) f.insert(f.end(), {{"Dice", m.dice()}, {"IoU", m.iou()}});
+  if (m.lesion_images() > 0)
+    f.insert(f.end(), {{"lesion Dice", m.lesion_dice()}, {"lesion IoU", m.lesion_iou()},
+                       {"lesions found", m.lesions_found()}, {"found lesions' Dice", m.found_lesion_dice()}});
+  if (m.images() > m.lesion_images()) f.emplace_back("lesion-free left empty", m.empty_kept_empty());
+  if (classification.count() == 0) return f;
+  f.insert(f.end(), {{"accuracy", classification.accuracy()}, {"macro-F1", classification.macro_f1()}});
+  for (size_t c = 0; c < classes.size(); ++c)
+    f.emplace_back("recall " + classes[c], classification.recall(static_cast<int>(c)));
+  auto malignant = std::find(classes.begin(), classes.end(), "malignant");
+  if (malignant != classes.end())
+    f.emplace_back("AUROC malignant", probabilities.auroc(static_cast<int>(malignant - classes.begin())));
+  f.emplace_back("ECE", probabilities.ece());
+  return f;
+}
+
+std::string number(double v) {
+  std::ostringstream text;
+  text << std::setprecision(6) << v;
+  return text.str();
+}
+
+struct Pair {
+  app::LoadedModel seg, cls;
+};
+
+// One image through both models: its figures added to `scores`, its CSV row returned.
+std::string score_image(Pair& models, Device device, bool flip, const data::Sample& sample, std::optional<size_t> truth,
+                        std::optional<int> fold, const std::vector<Scores*>& scores) {
+  const data::Image image = data::load_image(sample.image);
+  const data::Mask mask = app::segment(models.seg, image, image.height, image.width, device, flip);
+  const std::vector<double> p = app::classify(models.cls, image, mask, device, flip);
+  const std::vector<std::string>& classes = models.cls.card.classes;
+  const size_t predicted = std::max_element(p.begin(), p.end()) - p.begin();
+  std::vector<std::string> row{sample.name, truth ? classes[*truth] : "", classes[predicted], number(p[predicted])};
+  if (fold) row.insert(row.begin() + 1, std::to_string(*fold + 1));
+  for (double v : p) row.push_back(number(v));
+  if (sample.masks.empty()) {
+    row.push_back("");
+  } else {
+    const data::Mask target = data::load_mask(sample.masks);
+    for (Scores* s : scores) s->segmentation.add(mask, target);
+    row.push_back(number(data::overlap(mask, target).dice));
+  }
+  row.push_back(std::to_string(mask.lesion_pixels()));
+  for (Scores* s : scores)
+    if (truth) {
+      s->classification.add(static_cast<int>(*truth), static_cast<int>(predicted));
+      s->probabilities.add(p, static_cast<int>(*truth));
+    }
+  return app::csv_row(row);
+}
+
+// With --folds K, the fold (0..K-1) whose models did not train on each sample: the folds of
+// `seg_train --folds K` / `cls_train --folds K` on the same images and --seed. Otherwise all 0.
+std::vector<int> sample_folds(const data::Dataset& dataset, int k, uint64_t seed) {
+  if (k == 0) return std::vector<int>(dataset.samples.size(), 0);
+  std::vector<uint64_t> hashes(dataset.samples.size());
+  data::parallel_for_openmp(hashes.size(),
+                            [&](size_t i) { hashes[i] = data::perceptual_hash(data::load_image(dataset.samples[i].image)); });
+  return data::make_folds(dataset, hashes, k, seed).fold;
+}
+
+void print_figures(const std::string& title, const std::vector<std::pair<std::string, double>>& figures) {
+  std::cout << title << ":";
+  for (size_t i = 0; i < figures.size(); ++i) std::cout << (i ? ", " : " ") << figures[i].first << " " << figures[i].second;
+  std::cout << "\n";
+}
+
+// Each figure's mean +- spread (sample standard deviation) over the folds.
+void print_fold_summary(const std::vector<Scores>& folds, const std::vector<std::string>& classes) {
+  std::vector<std::map<std::string, double>> per_fold;
+  for (const Scores& s : folds) {
+    const auto figures = s.figures(classes);
+    per_fold.emplace_back(figures.begin(), figures.end());
+  }
+  std::cout << folds.size() << " folds, mean +- spread:";
+  const char* separator = " ";
+  for (const auto& [name, value] : folds.front().figures(classes)) {
+    std::vector<double> values;  // the folds that have the figure (a fold without lesion-free images has no "left empty")
+    for (const auto& fold : per_fold)
+      if (fold.count(name)) values.push_back(fold.at(name));
+    const app::FoldSummary s = app::summarise(values);
+    std::cout << separator << name << " " << s.mean << " +- " << s.std;
+    separator = ", ";
+  }
+  std::cout << "\n";
+}
+
+std::string csv_header(const std::vector<std::string>& classes, bool folds) {
+  std::vector<std::string> fields{"image", "class", "predicted", "confidence"};
+  if (folds) fields.insert(fields.begin() + 1, "fold");
+  for (const std::string& c : classes) fields.push_back("p_" + c);
+  fields.insert(fields.end(), {"dice", "lesion_pixels"});
+  return app::csv_row(fields);
+}
+
+int evaluate(int argc, char** argv) {
+  app::Cli cli("evaluate", "Score a segmentation and a classification checkpoint on labelled scans, as predict runs them.");
+  cli.option("images-dir", "", "images: BUSI's Dataset_BUSI_with_GT, CLASS/ subfolders, or a flat folder (no classes)", true)
+      .option("masks-dir", "", "masks (X_mask.png); leave out when they sit beside the images (BUSI); images without "
+              "a mask are left out of the segmentation figures")
+      .option("seg-model", "", "segmentation checkpoint (seg_train --save-path); {fold} in the name: each fold's, "
+              "with --folds", true)
+      .option("cls-model", "", "classification checkpoint (cls_train --save-path); {fold} in the name: each fold's, "
+              "with --folds", true)
+      .option("folds", "0", "score a --folds K training run out of fold: each image by the {fold} checkpoints of "
+              "the fold that validated it (the same duplicate-grouped folds of the same images and --seed), "
+              "figures per fold, their mean and spread, and pooled")
+      .option("seed", "0", "with --folds: the training runs' --seed")
+      .flag("flip-tta", "average each model's outputs on the image and its mirror image, as predict --flip-tta")
+      .option("csv", "", "a row per image: image, (with --folds) the fold that scored it, class, predicted class, "
+              "confidence, class probabilities, Dice against its mask, predicted lesion pixels")
+      .option("reliability", "", "the classifier's reliability diagram (SVG)")
+      .flag("overwrite", "replace a --csv or --reliability file that exists");
+  app::add_runtime_options(cli);
+  if (!cli.parse(argc, argv)) return 0;
+  const Device device = app::apply_runtime_options(cli);
+  const std::string seg_path = cli.str("seg-model"), cls_path = cli.str("cls-model");
+  const int64_t k = cli.integer("folds");
+  const bool per_fold = seg_path.find("{fold}") != std::string::npos || cls_path.find("{fold}") != std::string::npos;
+  SONO_CHECK(k == 0 || k >= 2, "--folds ", k, ": 0 (no folds) or at least 2");
+  SONO_CHECK(per_fold == (k > 0), per_fold ? "{fold} in --seg-model or --cls-model: needs --folds K"
+                                           : "--folds: needs {fold} in --seg-model or --cls-model");
+  std::vector<app::RunFile> outputs;
+  for (const char* flag : {"csv", "reliability"})
+    if (!cli.str(flag).empty()) {
+      app::check_writable(cli.str(flag));
+      outputs.push_back({cli.str(flag), std::string("--") + flag});
+    }
+  std::vector<app::RunFile> inputs;
+  for (int fold = 0; fold < std::max<int>(1, static_cast<int>(k)); ++fold)
+    for (const auto& [path, flag] : {std::pair{seg_path, "--seg-model"}, std::pair{cls_path, "--cls-model"}}) {
+      const std::string file = path.find("{fold}") != std::string::npos ? app::fold_path(path, fold) : path;
+      SONO_CHECK(fs::is_regular_file(file), flag, " ", file, ": no such checkpoint");
+      inputs.push_back({file, flag});
+    }
+  app::check_outputs(inputs, outputs, cli.is_set("overwrite"));
+  const data::Dataset dataset =
+      data::scan_dataset(cli.str("images-dir"), cli.str("masks-dir"), {.masks_required = false, .check_sizes = true});
+  std::cout << dataset.summary() << "\n";
+  SONO_CHECK(!dataset.classes.empty() || cli.str("reliability").empty(), "--reliability: ", cli.str("images-dir"),
+             " has no class folders to score the classifier against");
+  const std::vector<int> fold_of = sample_folds(dataset, static_cast<int>(k), static_cast<uint64_t>(cli.integer("seed")));
+
+  std::vector<std::string> classes;
+  std::vector<Scores> folds;
+  std::optional<Scores> pooled;  // made with the first classifier's classes
+  std::ostringstream csv;
+  data::Progress progress("evaluate", dataset.samples.size());
+  for (int fold = 0; fold < std::max<int>(1, static_cast<int>(k)); ++fold) {
+    Pair models{app::load_checkpoint(inputs[2 * fold].path, models::Task::segmentation),
+                app::load_checkpoint(inputs[2 * fold + 1].path, models::Task::classification)};
+    if (fold == 0) {
+      classes = models.cls.card.classes;
+      pooled.emplace(classes.size());
+      csv << csv_header(classes, k > 0);
+    }
+    SONO_CHECK(models.cls.card.classes == classes, inputs[2 * fold + 1].path.string(), ": its classes differ from ",
+               inputs[1].path.string(), "'s");
+    const std::vector<size_t> truth_index =
+        classifier_classes(dataset, models.cls.card, inputs[2 * fold + 1].path.string());
+    models.seg.model->to(device);
+    models.cls.model->to(device);
+    folds.emplace_back(classes.size());
+    for (size_t i = 0; i < dataset.samples.size(); ++i) {
+      if (fold_of[i] != fold) continue;
+      const data::Sample& sample = dataset.samples[i];
+      std::optional<size_t> truth;
+      if (!dataset.classes.empty()) truth = truth_index[static_cast<size_t>(sample.label)];
+      csv << score_image(models, device, cli.is_set("flip-tta"), sample, truth, k > 0 ? std::optional(fold) : std::nullopt,
+                         {&folds.back(), &*pooled});
+      progress.step(1, std::nan(""));
+    }
+  }
+  progress.finish();
+  std::cout << std::fixed << std::setprecision(4);
+  if (k > 0) {
+    for (size_t f = 0; f < folds.size(); ++f) print_figures("fold " + std::to_string(f + 1), folds[f].figures(classes));
+    print_fold_summary(folds, classes);
+  }
+  print_figures(k > 0 ? "pooled out of fold" : "figures", pooled->figures(classes));
+  if (pooled->classification.count() > 0) std::cout << pooled->classification.confusion_table(classes);
+  if (!cli.str("csv").empty()) write_file_atomic(cli.str("csv"), csv.str());
+  if (!cli.str("reliability").empty()) {
+    std::ostringstream title;
+    title << std::fixed << std::setprecision(3) << "calibration, " << pooled->probabilities.count() << " images: ECE "
+          << pooled->probabilities.ece();
+    write_file_atomic(cli.str("reliability"), data::reliability_svg(pooled->probabilities.bins(), title.str()));
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return sono::app::run_tool("evaluate", [&] { return evaluate(argc, argv); });
+}
