@@ -221,6 +221,22 @@ TEST_CASE("evaluate scores labelled scans as predict runs them, and its figures 
     CHECK(p[1] == rows[i][2]);
     for (int c = 0; c < 3; ++c) CHECK(std::stod(p[c + 2]) == doctest::Approx(std::stod(rows[i][4 + c])).epsilon(1e-4));
   }
+  // Either model alone: the segmenter's figures as in the pair's run; the classifier on the
+  // ground-truth masks.
+  Run seg = run_tool("evaluate", blob_dirs() + " --seg-model " + t.seg.string() + " --csv " + (root / "seg.csv").string());
+  INFO(seg.output);
+  REQUIRE(seg.status == 0);
+  CHECK(seg.output.find("\nfigures: Dice " + std::string(m[1]) + ", ") != std::string::npos);
+  CHECK(seg.output.find("accuracy") == std::string::npos);
+  CHECK(app::csv_records(read_file(root / "seg.csv"))[1] ==
+        std::vector<std::string>{rows[1][0], rows[1][1], rows[1][7], rows[1][8]});
+  Run cls = run_tool("evaluate", blob_dirs() + " --cls-model " + t.cls.string() + " --csv " + (root / "cls.csv").string());
+  INFO(cls.output);
+  REQUIRE(cls.status == 0);
+  CHECK(cls.output.find("60 images: benign 20, malignant 20, normal 20; masks: the ground truth") != std::string::npos);
+  CHECK(std::regex_search(cls.output, std::regex(R"(\nfigures: accuracy [0-9.]+, macro-F1 [0-9.]+,)")));
+  CHECK(app::csv_records(read_file(root / "cls.csv"))[0] ==
+        std::vector<std::string>{"image", "class", "predicted", "confidence", "p_benign", "p_malignant", "p_normal"});
 }
 
 namespace {
@@ -946,6 +962,9 @@ TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing 
     fs::rename(d / "masks" / "normal", d / "masks" / "cyst");
     expect_error("evaluate", dirs(d) + models_args(),
                  "class folder 'cyst' is not one of " + t.cls.string() + "'s classes (benign, malignant, normal)");
+  }
+  SUBCASE("evaluate without a model") {
+    expect_error("evaluate", dirs(t.data), "--seg-model, --cls-model: give one or both");
   }
   SUBCASE("evaluate --folds without {fold} in a checkpoint's name") {
     expect_error("evaluate", dirs(t.data) + models_args() + " --folds 2", "--folds: needs {fold} in --seg-model or --cls-model");

@@ -1,5 +1,6 @@
 // evaluate: scores a segmentation and a classification checkpoint on labelled scans, through
-// predict's pipeline, so a held-out set is scored as users will run the models:
+// predict's pipeline, so a held-out set is scored as users will run the models (either alone:
+// the segmenter's figures, or the classifier's on the ground-truth masks):
 //   evaluate --images-dir BUSI_TEST --seg-model S --cls-model C
 // Images as the training tools read them (BUSI's folders, CLASS/ subfolders with a masks folder,
 // or a flat folder without classes). Each image is segmented and classified alone (predict's
@@ -88,34 +89,42 @@ std::string number(double v) {
   return text.str();
 }
 
-struct Pair {
-  app::LoadedModel seg, cls;
+// The checkpoints of one fold (or of the whole run), each absent where its flag was not given.
+struct Models {
+  std::optional<app::LoadedModel> seg, cls;
 };
 
-// One image through both models: its figures added to `scores`, its CSV row returned.
-std::string score_image(Pair& models, Device device, bool flip, const data::Sample& sample, std::optional<size_t> truth,
-                        std::optional<int> fold, const std::vector<Scores*>& scores) {
+// One image: its mask from the segmenter (or, without one, its ground truth for the classifier),
+// its class from the classifier; the figures added to `scores`, its CSV row returned.
+// `class_name`: its class folder's ("" without classes); `truth`: that class's index in the classifier.
+std::string score_image(Models& models, Device device, bool flip, const data::Sample& sample, const std::string& class_name,
+                        std::optional<size_t> truth, std::optional<int> fold, const std::vector<Scores*>& scores) {
   const data::Image image = data::load_image(sample.image);
-  const data::Mask mask = app::segment(models.seg, image, image.height, image.width, device, flip);
-  const std::vector<double> p = app::classify(models.cls, image, mask, device, flip);
-  const std::vector<std::string>& classes = models.cls.card.classes;
-  const size_t predicted = std::max_element(p.begin(), p.end()) - p.begin();
-  std::vector<std::string> row{sample.name, truth ? classes[*truth] : "", classes[predicted], number(p[predicted])};
-  if (fold) row.insert(row.begin() + 1, std::to_string(*fold + 1));
-  for (double v : p) row.push_back(number(v));
-  if (sample.masks.empty()) {
-    row.push_back("");
-  } else {
-    const data::Mask target = data::load_mask(sample.masks);
-    for (Scores* s : scores) s->segmentation.add(mask, target);
-    row.push_back(number(data::overlap(mask, target).dice));
-  }
-  row.push_back(std::to_string(mask.lesion_pixels()));
-  for (Scores* s : scores)
-    if (truth) {
+  std::optional<data::Mask> target;
+  if (!sample.masks.empty()) target = data::load_mask(sample.masks);
+  SONO_CHECK(models.seg || target, sample.image.string(), ": no mask, and without --seg-model the classifier reads "
+             "the ground-truth masks");
+  const data::Mask mask = models.seg ? app::segment(*models.seg, image, image.height, image.width, device, flip) : *target;
+  std::vector<std::string> row{sample.name};
+  if (fold) row.push_back(std::to_string(*fold + 1));
+  row.push_back(class_name);
+  if (models.cls) {
+    const std::vector<double> p = app::classify(*models.cls, image, mask, device, flip);
+    const size_t predicted = std::max_element(p.begin(), p.end()) - p.begin();
+    row.insert(row.end(), {models.cls->card.classes[predicted], number(p[predicted])});
+    for (double v : p) row.push_back(number(v));
+    for (Scores* s : scores) {
+      if (!truth) continue;
       s->classification.add(static_cast<int>(*truth), static_cast<int>(predicted));
       s->probabilities.add(p, static_cast<int>(*truth));
     }
+  }
+  if (models.seg) {
+    row.push_back(target ? number(data::overlap(mask, *target).dice) : "");
+    row.push_back(std::to_string(mask.lesion_pixels()));
+    for (Scores* s : scores)
+      if (target) s->segmentation.add(mask, *target);
+  }
   return app::csv_row(row);
 }
 
@@ -155,23 +164,63 @@ void print_fold_summary(const std::vector<Scores>& folds, const std::vector<std:
   std::cout << "\n";
 }
 
-std::string csv_header(const std::vector<std::string>& classes, bool folds) {
-  std::vector<std::string> fields{"image", "class", "predicted", "confidence"};
-  if (folds) fields.insert(fields.begin() + 1, "fold");
-  for (const std::string& c : classes) fields.push_back("p_" + c);
-  fields.insert(fields.end(), {"dice", "lesion_pixels"});
+std::string csv_header(const Models& models, bool folds) {
+  std::vector<std::string> fields{"image"};
+  if (folds) fields.push_back("fold");
+  fields.push_back("class");
+  if (models.cls) {
+    fields.insert(fields.end(), {"predicted", "confidence"});
+    for (const std::string& c : models.cls->card.classes) fields.push_back("p_" + c);
+  }
+  if (models.seg) fields.insert(fields.end(), {"dice", "lesion_pixels"});
   return app::csv_row(fields);
 }
 
+// Each fold's checkpoint paths (one "fold" without --folds), "" where the flag was not given.
+std::vector<std::pair<std::string, std::string>> model_files(const std::string& seg, const std::string& cls, int64_t k) {
+  auto file = [](const std::string& path, int fold) {
+    return path.find("{fold}") != std::string::npos ? app::fold_path(path, fold) : path;
+  };
+  std::vector<std::pair<std::string, std::string>> files;
+  for (int fold = 0; fold < std::max<int>(1, static_cast<int>(k)); ++fold) files.emplace_back(file(seg, fold), file(cls, fold));
+  return files;
+}
+
+Models load_models(const std::pair<std::string, std::string>& files, Device device) {
+  Models m;
+  if (!files.first.empty()) m.seg = app::load_checkpoint(files.first, models::Task::segmentation);
+  if (!files.second.empty()) m.cls = app::load_checkpoint(files.second, models::Task::classification);
+  for (auto* loaded : {&m.seg, &m.cls})
+    if (*loaded) (*loaded)->model->to(device);
+  return m;
+}
+
+void print_results(const std::vector<Scores>& folds, const Scores& pooled, const std::vector<std::string>& classes) {
+  std::cout << std::fixed << std::setprecision(4);
+  if (folds.size() > 1) {
+    for (size_t f = 0; f < folds.size(); ++f) print_figures("fold " + std::to_string(f + 1), folds[f].figures(classes));
+    print_fold_summary(folds, classes);
+  }
+  print_figures(folds.size() > 1 ? "pooled out of fold" : "figures", pooled.figures(classes));
+  if (pooled.classification.count() > 0) std::cout << pooled.classification.confusion_table(classes);
+}
+
+void write_reliability(const std::string& path, const data::ProbabilityRecord& probabilities) {
+  std::ostringstream title;
+  title << std::fixed << std::setprecision(3) << "calibration, " << probabilities.count() << " images: ECE "
+        << probabilities.ece();
+  write_file_atomic(path, data::reliability_svg(probabilities.bins(), title.str()));
+}
+
 int evaluate(int argc, char** argv) {
-  app::Cli cli("evaluate", "Score a segmentation and a classification checkpoint on labelled scans, as predict runs them.");
+  app::Cli cli("evaluate", "Score segmentation and classification checkpoints on labelled scans, as predict runs them.");
   cli.option("images-dir", "", "images: BUSI's Dataset_BUSI_with_GT, CLASS/ subfolders, or a flat folder (no classes)", true)
       .option("masks-dir", "", "masks (X_mask.png); leave out when they sit beside the images (BUSI); images without "
               "a mask are left out of the segmentation figures")
       .option("seg-model", "", "segmentation checkpoint (seg_train --save-path); {fold} in the name: each fold's, "
-              "with --folds", true)
+              "with --folds; left out: the classifier reads the ground-truth masks (its figure with perfect masks)")
       .option("cls-model", "", "classification checkpoint (cls_train --save-path); {fold} in the name: each fold's, "
-              "with --folds", true)
+              "with --folds; left out: segmentation figures only")
       .option("folds", "0", "score a --folds K training run out of fold: each image by the {fold} checkpoints of "
               "the fold that validated it (the same duplicate-grouped folds of the same images and --seed), "
               "figures per fold, their mean and spread, and pooled")
@@ -184,78 +233,66 @@ int evaluate(int argc, char** argv) {
   app::add_runtime_options(cli);
   if (!cli.parse(argc, argv)) return 0;
   const Device device = app::apply_runtime_options(cli);
-  const std::string seg_path = cli.str("seg-model"), cls_path = cli.str("cls-model");
+  const std::string seg_path = cli.str("seg-model"), cls_path = cli.str("cls-model"), reliability = cli.str("reliability");
   const int64_t k = cli.integer("folds");
+  SONO_CHECK(!seg_path.empty() || !cls_path.empty(), "--seg-model, --cls-model: give one or both");
+  SONO_CHECK(!reliability.empty() <= !cls_path.empty(), "--reliability: needs --cls-model");
   const bool per_fold = seg_path.find("{fold}") != std::string::npos || cls_path.find("{fold}") != std::string::npos;
   SONO_CHECK(k == 0 || k >= 2, "--folds ", k, ": 0 (no folds) or at least 2");
   SONO_CHECK(per_fold == (k > 0), per_fold ? "{fold} in --seg-model or --cls-model: needs --folds K"
                                            : "--folds: needs {fold} in --seg-model or --cls-model");
-  std::vector<app::RunFile> outputs;
+  const auto files = model_files(seg_path, cls_path, k);
+  std::vector<app::RunFile> inputs, outputs;
+  for (const auto& [seg, cls] : files)
+    for (const auto& [path, flag] : {std::pair{seg, "--seg-model"}, std::pair{cls, "--cls-model"}})
+      if (!path.empty()) {
+        SONO_CHECK(fs::is_regular_file(path), flag, " ", path, ": no such checkpoint");
+        inputs.push_back({path, flag});
+      }
   for (const char* flag : {"csv", "reliability"})
     if (!cli.str(flag).empty()) {
       app::check_writable(cli.str(flag));
       outputs.push_back({cli.str(flag), std::string("--") + flag});
     }
-  std::vector<app::RunFile> inputs;
-  for (int fold = 0; fold < std::max<int>(1, static_cast<int>(k)); ++fold)
-    for (const auto& [path, flag] : {std::pair{seg_path, "--seg-model"}, std::pair{cls_path, "--cls-model"}}) {
-      const std::string file = path.find("{fold}") != std::string::npos ? app::fold_path(path, fold) : path;
-      SONO_CHECK(fs::is_regular_file(file), flag, " ", file, ": no such checkpoint");
-      inputs.push_back({file, flag});
-    }
   app::check_outputs(inputs, outputs, cli.is_set("overwrite"));
   const data::Dataset dataset =
       data::scan_dataset(cli.str("images-dir"), cli.str("masks-dir"), {.masks_required = false, .check_sizes = true});
-  std::cout << dataset.summary() << "\n";
-  SONO_CHECK(!dataset.classes.empty() || cli.str("reliability").empty(), "--reliability: ", cli.str("images-dir"),
+  std::cout << dataset.summary() << (seg_path.empty() ? "; masks: the ground truth" : "") << "\n";
+  SONO_CHECK(!dataset.classes.empty() || reliability.empty(), "--reliability: ", cli.str("images-dir"),
              " has no class folders to score the classifier against");
   const std::vector<int> fold_of = sample_folds(dataset, static_cast<int>(k), static_cast<uint64_t>(cli.integer("seed")));
 
-  std::vector<std::string> classes;
+  std::vector<std::string> classes;  // the first classifier's; the others must have the same
   std::vector<Scores> folds;
-  std::optional<Scores> pooled;  // made with the first classifier's classes
+  std::optional<Scores> pooled;
   std::ostringstream csv;
   data::Progress progress("evaluate", dataset.samples.size());
-  for (int fold = 0; fold < std::max<int>(1, static_cast<int>(k)); ++fold) {
-    Pair models{app::load_checkpoint(inputs[2 * fold].path, models::Task::segmentation),
-                app::load_checkpoint(inputs[2 * fold + 1].path, models::Task::classification)};
-    if (fold == 0) {
-      classes = models.cls.card.classes;
-      pooled.emplace(classes.size());
-      csv << csv_header(classes, k > 0);
+  for (int fold = 0; fold < static_cast<int>(files.size()); ++fold) {
+    Models models = load_models(files[fold], device);
+    std::vector<size_t> truth_index;
+    if (models.cls) {
+      if (fold == 0) classes = models.cls->card.classes;
+      SONO_CHECK(models.cls->card.classes == classes, files[fold].second, ": its classes differ from ",
+                 files[0].second, "'s");
+      truth_index = classifier_classes(dataset, models.cls->card, files[fold].second);
     }
-    SONO_CHECK(models.cls.card.classes == classes, inputs[2 * fold + 1].path.string(), ": its classes differ from ",
-               inputs[1].path.string(), "'s");
-    const std::vector<size_t> truth_index =
-        classifier_classes(dataset, models.cls.card, inputs[2 * fold + 1].path.string());
-    models.seg.model->to(device);
-    models.cls.model->to(device);
-    folds.emplace_back(classes.size());
+    if (fold == 0) pooled.emplace(std::max<size_t>(1, classes.size())), csv << csv_header(models, k > 0);
+    folds.emplace_back(std::max<size_t>(1, classes.size()));
     for (size_t i = 0; i < dataset.samples.size(); ++i) {
       if (fold_of[i] != fold) continue;
       const data::Sample& sample = dataset.samples[i];
       std::optional<size_t> truth;
-      if (!dataset.classes.empty()) truth = truth_index[static_cast<size_t>(sample.label)];
-      csv << score_image(models, device, cli.is_set("flip-tta"), sample, truth, k > 0 ? std::optional(fold) : std::nullopt,
-                         {&folds.back(), &*pooled});
+      if (!truth_index.empty()) truth = truth_index[static_cast<size_t>(sample.label)];
+      const std::string class_name = dataset.classes.empty() ? "" : dataset.classes[static_cast<size_t>(sample.label)];
+      csv << score_image(models, device, cli.is_set("flip-tta"), sample, class_name, truth,
+                         k > 0 ? std::optional(fold) : std::nullopt, {&folds.back(), &*pooled});
       progress.step(1, std::nan(""));
     }
   }
   progress.finish();
-  std::cout << std::fixed << std::setprecision(4);
-  if (k > 0) {
-    for (size_t f = 0; f < folds.size(); ++f) print_figures("fold " + std::to_string(f + 1), folds[f].figures(classes));
-    print_fold_summary(folds, classes);
-  }
-  print_figures(k > 0 ? "pooled out of fold" : "figures", pooled->figures(classes));
-  if (pooled->classification.count() > 0) std::cout << pooled->classification.confusion_table(classes);
+  print_results(folds, *pooled, classes);
   if (!cli.str("csv").empty()) write_file_atomic(cli.str("csv"), csv.str());
-  if (!cli.str("reliability").empty()) {
-    std::ostringstream title;
-    title << std::fixed << std::setprecision(3) << "calibration, " << pooled->probabilities.count() << " images: ECE "
-          << pooled->probabilities.ece();
-    write_file_atomic(cli.str("reliability"), data::reliability_svg(pooled->probabilities.bins(), title.str()));
-  }
+  if (!reliability.empty()) write_reliability(reliability, pooled->probabilities);
   return 0;
 }
 
