@@ -266,7 +266,8 @@ int evaluate(int argc, char** argv) {
   std::vector<Scores> folds;
   std::optional<Scores> pooled;
   std::ostringstream csv;
-  data::Progress progress("evaluate", dataset.samples.size());
+  // On stderr, as predict's: stdout keeps the figures alone, for a file or a pipe.
+  data::Progress progress("evaluate", dataset.samples.size(), std::cerr, data::stderr_is_terminal());
   for (int fold = 0; fold < static_cast<int>(files.size()); ++fold) {
     Models models = load_models(files[fold], device);
     std::vector<size_t> truth_index;

@@ -10,7 +10,6 @@
 // DICOM scans (.dcm) are read through DCMTK where the build has it; --frame picks a frame, and
 // --frame all makes every frame of a multi-frame file a scan of a batch run.
 // --save_prob writes the lesion probability map, --explain the classifier's Grad-CAM.
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -492,8 +491,6 @@ BatchResult run_batch(Predictor& p, const RunFiles& run, size_t first, std::vect
   return b;
 }
 
-bool stderr_is_terminal() { return ::isatty(::fileno(stderr)) != 0; }
-
 // The folder's images in batches: the decode threads read and resize batch k + 1 while the
 // models run on batch k. One CSV row per image, in the folder's order; a file that fails is
 // named on stderr and in its row, the run goes on and exits 1.
@@ -507,7 +504,7 @@ int predict_folder(Predictor& p, const RunFiles& run, const FolderOptions& o) {
   auto batch_files = [&](size_t first) {
     return std::vector<Source>(run.scans.begin() + first, run.scans.begin() + std::min(n, first + o.batch_size));
   };
-  const bool interactive = stderr_is_terminal();
+  const bool interactive = data::stderr_is_terminal();
   data::Progress progress("predict", n, std::cerr, interactive);
   // With the models on a GPU, the decode threads read the next batch while the models run this
   // one. On the CPU the kernels' OpenMP threads decode it when it is due instead: threads beside

@@ -10,6 +10,7 @@
 namespace sono::data {
 
 bool stdout_is_terminal() { return ::isatty(::fileno(stdout)) != 0; }
+bool stderr_is_terminal() { return ::isatty(::fileno(stderr)) != 0; }
 
 std::string format_duration(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "--:--";

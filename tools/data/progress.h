@@ -9,6 +9,7 @@
 namespace sono::data {
 
 bool stdout_is_terminal();
+bool stderr_is_terminal();  // where the tools that print results on stdout draw their progress
 
 class Progress {
  public:
