@@ -236,7 +236,7 @@ int evaluate(int argc, char** argv) {
   const std::string seg_path = cli.str("seg-model"), cls_path = cli.str("cls-model"), reliability = cli.str("reliability");
   const int64_t k = cli.integer("folds");
   SONO_CHECK(!seg_path.empty() || !cls_path.empty(), "--seg-model, --cls-model: give one or both");
-  SONO_CHECK(!reliability.empty() <= !cls_path.empty(), "--reliability: needs --cls-model");
+  SONO_CHECK(reliability.empty() || !cls_path.empty(), "--reliability: needs --cls-model");
   const bool per_fold = seg_path.find("{fold}") != std::string::npos || cls_path.find("{fold}") != std::string::npos;
   SONO_CHECK(k == 0 || k >= 2, "--folds ", k, ": 0 (no folds) or at least 2");
   SONO_CHECK(per_fold == (k > 0), per_fold ? "{fold} in --seg-model or --cls-model: needs --folds K"
