@@ -83,12 +83,6 @@ std::vector<std::pair<std::string, double>> Scores::figures(const std::vector<st
   return f;
 }
 
-std::string number(double v) {
-  std::ostringstream text;
-  text << std::setprecision(6) << v;
-  return text.str();
-}
-
 // The checkpoints of one fold (or of the whole run), each absent where its flag was not given.
 struct Models {
   std::optional<app::LoadedModel> seg, cls;
@@ -111,8 +105,8 @@ std::string score_image(Models& models, Device device, bool flip, const data::Sa
   if (models.cls) {
     const std::vector<double> p = app::classify(*models.cls, image, mask, device, flip);
     const size_t predicted = std::max_element(p.begin(), p.end()) - p.begin();
-    row.insert(row.end(), {models.cls->card.classes[predicted], number(p[predicted])});
-    for (double v : p) row.push_back(number(v));
+    row.insert(row.end(), {models.cls->card.classes[predicted], app::csv_number(p[predicted])});
+    for (double v : p) row.push_back(app::csv_number(v));
     for (Scores* s : scores) {
       if (!truth) continue;
       s->classification.add(static_cast<int>(*truth), static_cast<int>(predicted));
@@ -120,7 +114,7 @@ std::string score_image(Models& models, Device device, bool flip, const data::Sa
     }
   }
   if (models.seg) {
-    row.push_back(target ? number(data::overlap(mask, *target).dice) : "");
+    row.push_back(target ? app::csv_number(data::overlap(mask, *target).dice) : "");
     row.push_back(std::to_string(mask.lesion_pixels()));
     for (Scores* s : scores)
       if (target) s->segmentation.add(mask, *target);

@@ -308,20 +308,14 @@ std::vector<std::string> csv_columns(const Predictor& p) {
   return columns;
 }
 
-std::string number(double value) {
-  std::ostringstream os;
-  os << std::setprecision(6) << value;
-  return os.str();
-}
-
 std::string prediction_row(const Predictor& p, const Source& scan, const Prediction& r,
                            const std::optional<data::PixelSpacing>& spacing, const fs::path& mask) {
   std::vector<std::string> fields = {scan.file.filename().string(), scan.frame_field(),
-                                     p.cls.card.classes[r.predicted], number(r.probabilities[r.predicted])};
-  for (double prob : r.probabilities) fields.push_back(number(prob));
-  fields.push_back(number(double(r.mask.lesion_pixels()) / r.mask.values.size()));
+                                     p.cls.card.classes[r.predicted], app::csv_number(r.probabilities[r.predicted])};
+  for (double prob : r.probabilities) fields.push_back(app::csv_number(prob));
+  fields.push_back(app::csv_number(double(r.mask.lesion_pixels()) / r.mask.values.size()));
   fields.push_back(std::to_string(r.mask.lesion_pixels()));
-  fields.push_back(spacing ? number(area_mm2(r.mask, *spacing)) : "");
+  fields.push_back(spacing ? app::csv_number(area_mm2(r.mask, *spacing)) : "");
   fields.push_back(mask.string());
   fields.push_back("");
   return app::csv_row(fields);

@@ -1,5 +1,8 @@
 #include "tools/app/csv_table.h"
 
+#include <iomanip>
+#include <sstream>
+
 namespace sono::app {
 
 std::string csv_field(const std::string& text) {
@@ -7,6 +10,12 @@ std::string csv_field(const std::string& text) {
   std::string quoted = "\"";
   for (char c : text) quoted += c == '"' ? std::string("\"\"") : std::string(1, c);
   return quoted + "\"";
+}
+
+std::string csv_number(double value) {
+  std::ostringstream os;
+  os << std::setprecision(6) << value;
+  return os.str();
 }
 
 std::string csv_row(const std::vector<std::string>& fields) {

@@ -8,6 +8,8 @@
 namespace sono::app {
 
 std::string csv_field(const std::string& text);
+// A number as the tools' CSVs write it: 6 significant digits (probabilities, Dice, areas).
+std::string csv_number(double value);
 // The fields joined by commas, with the line end.
 std::string csv_row(const std::vector<std::string>& fields);
 
