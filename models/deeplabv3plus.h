@@ -14,6 +14,7 @@
 #include "models/mit.h"
 #include "models/registry.h"
 #include "models/resnet.h"
+#include "models/unet.h"
 
 namespace sono::models {
 
@@ -31,8 +32,9 @@ struct DeepLabV3PlusConfig {
 // smp's model for encoder_name "mit_b0".."mit_b5" or "resnet18".."resnet152" with our options
 // (in_channels, classes, drop path rate: MiT only, encoder depth: ResNet only).
 DeepLabV3PlusConfig deeplabv3plus_config(const std::string& encoder_name, const ModelOptions& options);
-// Whether the encoder may stop before its last stage (ModelOptions::encoder_depth below 5): ResNets.
-inline bool encoder_can_stop_early(const std::string& encoder_name) { return is_resnet(encoder_name); }
+// Whether a segmentation --arch's encoder may stop before its last stage (ModelOptions::encoder_depth
+// below 5): ResNets, under DeepLabV3+ or U-Net.
+inline bool encoder_can_stop_early(const std::string& arch) { return is_resnet(segmentation_encoder(arch)); }
 
 class DeepLabV3PlusDecoder;
 

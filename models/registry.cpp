@@ -23,7 +23,7 @@ std::optional<Task> task_from_flag(const std::string& value) {
 const std::vector<ModelEntry>& all_models() {
   static const std::vector<ModelEntry> entries = [] {
     std::vector<ModelEntry> all = deeplab_variants();
-    for (auto& family : {convnext_variants(), resnet_classifier_variants()})
+    for (auto& family : {unet_variants(), convnext_variants(), resnet_classifier_variants()})
       all.insert(all.end(), family.begin(), family.end());
     return all;
   }();

@@ -1,6 +1,7 @@
 #pragma once
 // Models by task and name. Segmentation: "mit_b0".."mit_b5" and "resnet18".."resnet152" build
-// DeepLabV3+ on that encoder (as segmentation_models_pytorch). Classification:
+// DeepLabV3+ on that encoder, "unet_resnet18".."unet_resnet152" U-Net on it (as
+// segmentation_models_pytorch). Classification:
 // "convnext_atto".."convnext_large" and "resnet18".."resnet152" build timm's model of that name.
 #include <array>
 #include <functional>
@@ -30,6 +31,8 @@ struct ModelOptions {
   double drop_path_rate = 0.0;  // stochastic depth (ConvNeXt, MiT)
   int64_t encoder_depth = 5;    // DeepLabV3+ on a ResNet: smp's encoder_depth (3..5)
   std::array<int64_t, 3> atrous_rates = kSmpAtrousRates;  // DeepLabV3+'s ASPP dilations
+  // U-Net's decoder_channels, one per encoder stage, deepest first; empty: smp's default.
+  std::vector<int64_t> decoder_channels;
 };
 
 // Where backbone weights (timm's or smp's ImageNet checkpoints, or `pretrain`'s output) load.
@@ -48,6 +51,7 @@ struct ModelEntry {
 // Each family lists its variants (defined beside the family's code).
 std::vector<ModelEntry> convnext_variants();
 std::vector<ModelEntry> deeplab_variants();
+std::vector<ModelEntry> unet_variants();
 std::vector<ModelEntry> resnet_classifier_variants();
 
 const std::vector<ModelEntry>& all_models();

@@ -119,11 +119,13 @@ ResNetTrunk<Base>::ResNetTrunk(const ResNetConfig& config) : config_(config) {
 }
 
 template <class Base>
-std::vector<Tensor> ResNetTrunk<Base>::stages(const Tensor& x) {
+std::vector<Tensor> ResNetTrunk<Base>::stages(const Tensor& x, bool with_stem) {
   SONO_CHECK(x.dim() == 4 && x.size(3) == config_.in_channels, "ResNet: expected input [N, H, W, ",
              config_.in_channels, "], got ", shape_str(x.shape()));
-  Tensor y = max_pool2d(relu(bn1_->forward(conv1_->forward(x))), 3, 2, 1);
+  const Tensor stem = relu(bn1_->forward(conv1_->forward(x)));
   std::vector<Tensor> features;
+  if (with_stem) features.push_back(stem);
+  Tensor y = max_pool2d(stem, 3, 2, 1);
   for (auto& layer : layers_) features.push_back(y = layer->forward(y));
   return features;
 }

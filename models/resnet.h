@@ -51,8 +51,8 @@ class ResNetTrunk : public Base {
  protected:
   explicit ResNetTrunk(const ResNetConfig& config);
   // x [N, H, W, in_channels] -> the outputs of layer1..layer(depth - 1) (strides 4, 8, 16, 32
-  // before dilation).
-  std::vector<Tensor> stages(const Tensor& x);
+  // before dilation), after the stem's stride-2 map (relu(bn1(conv1))) where with_stem.
+  std::vector<Tensor> stages(const Tensor& x, bool with_stem = false);
   // Output channels of layer s + 1 (0..3).
   int64_t stage_width(int s) const { return (config_.bottleneck ? 4 : 1) * (int64_t{64} << s); }
 
@@ -67,6 +67,8 @@ class ResNet : public ResNetTrunk<SegmentationEncoder> {
  public:
   explicit ResNet(const ResNetConfig& config) : ResNetTrunk(config) {}
   std::vector<Tensor> forward(const Tensor& x) override { return stages(x); }
+  // The stem's stride-2 map, then forward's (what a U-Net joins).
+  std::vector<Tensor> forward_from_stride2(const Tensor& x) { return stages(x, true); }
   std::vector<int64_t> stage_channels() const override;
   int64_t output_stride() const override { return std::min(config_.output_stride, int64_t{1} << config_.depth); }
 };

@@ -169,6 +169,10 @@ TEST_CASE("every card value is checked against the architecture; the error names
   segmenter.task = models::Task::segmentation;
   segmenter.classes = {"lesion"};
   segmenter.in_channels = 3;
+  app::ModelCard unet = segmenter;
+  unet.arch = "unet_resnet18";
+  unet.encoder_depth = 4;
+  unet.decoder_channels = {8, 8, 8, 8};
   struct Case {
     const app::ModelCard& card;
     std::string key, value, why;
@@ -204,6 +208,10 @@ TEST_CASE("every card value is checked against the architecture; the error names
       {segmenter, "atrous_rates", "0,4,6", "three whole numbers from 1 to 64"},
       {segmenter, "atrous_rates", "2,,6", "three whole numbers from 1 to 64"},
       {classifier, "atrous_rates", "2,4,6", "a classification card has no ASPP"},
+      {unet, "decoder_channels", "8,8,8", "one whole number from 1 to 4096 per encoder stage"},
+      {unet, "decoder_channels", "8,8,0,8", "one whole number from 1 to 4096 per encoder stage"},
+      {unet, "decoder_channels", "8,8,,8", "one whole number from 1 to 4096 per encoder stage"},
+      {unet, "decoder_channels", "", "one whole number from 1 to 4096 per encoder stage"},
   };
   for (const Case& c : cases) {
     std::string e = load_error(dir, c.card, c.key, c.value);

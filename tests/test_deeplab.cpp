@@ -11,6 +11,7 @@
 #include "helpers.h"
 #include "layers/safetensors.h"
 #include "models/deeplabv3plus.h"
+#include "models/unet.h"
 
 using namespace sono;
 using namespace sono::models;
@@ -55,7 +56,7 @@ struct Run {
 };
 
 // As run() in deeplab_goldens.py: train forward, BCE + Dice, backward; then eval forward.
-Run run(DeepLabV3Plus& model, const Tensor& x) {
+Run run(nn::UnaryModule& model, const Tensor& x) {
   const Tensor target = formula_target(x.size(0), x.size(1), x.size(2), x.dtype());
   model.zero_grad();
   model.train();
@@ -421,11 +422,10 @@ TEST_CASE("initialisation as torchvision: fan-out normal convs without bias, Bat
 
 namespace {
 
-// DeepLabV3+ on `encoder` with formula weights in float64, run as the golden's run(); checks the
-// outputs and the loss, and returns the model (its gradients set) for the caller's checks.
-std::unique_ptr<DeepLabV3Plus> expect_formula_parity(const std::string& encoder, const nn::StateDict& ref,
-                                                     int64_t encoder_depth = 5) {
-  auto model = std::make_unique<DeepLabV3Plus>(variant_config(encoder, encoder_depth));
+// `model` with formula weights in float64, run as the golden's run(); checks the outputs and the
+// loss, and returns the model (its gradients set) for the caller's checks.
+template <class Model>
+std::unique_ptr<Model> expect_formula_parity(std::unique_ptr<Model> model, const nn::StateDict& ref) {
   model->to(DType::f64);
   model->load_state_dict(formula_state(*model, DType::f64));
   Run r = run(*model, formula_input({2, 64, 48, 3}, DType::f64));
@@ -440,34 +440,70 @@ std::unique_ptr<DeepLabV3Plus> expect_formula_parity(const std::string& encoder,
   return model;
 }
 
-nn::StateDict formula_golden(const std::string& encoder) {
-  return nn::load_safetensors(test::source_path("tests/golden/deeplab_" + encoder + "_formula.safetensors")).tensors;
+std::unique_ptr<DeepLabV3Plus> expect_formula_parity(const std::string& encoder, const nn::StateDict& ref,
+                                                     int64_t encoder_depth = 5) {
+  return expect_formula_parity(std::make_unique<DeepLabV3Plus>(variant_config(encoder, encoder_depth)), ref);
 }
 
-}  // namespace
+nn::StateDict formula_golden(const std::string& tag) {
+  return nn::load_safetensors(test::source_path("tests/golden/" + tag + "_formula.safetensors")).tensors;
+}
 
-TEST_CASE("resnet18: float64 outputs, loss, gradients and running stats equal smp's (formula weights)") {
-  const nn::StateDict ref = formula_golden("resnet18");
-  auto model = expect_formula_parity("resnet18", ref);
+// Every parameter's gradient summed over all but its first dim, and the running stats, against
+// the golden's (float32; sums that train-mode BN cancels to rounding against 1e-6 of the largest).
+void expect_gradient_sums_and_running_stats(nn::Module& model, const nn::StateDict& ref) {
   nn::NamedTensors sums;
-  for (auto& [name, p] : model->named_parameters()) sums.emplace_back(name, gradient_sum(p.grad()));
-  // Sums that train-mode BN cancels to rounding are compared against 1e-6 of the largest.
+  for (auto& [name, p] : model.named_parameters()) sums.emplace_back(name, gradient_sum(p.grad()));
   double largest = 0;
   for (auto& [name, t] : ref)
     if (name.starts_with("gradsum.")) largest = std::max(largest, max_abs(t));
   const auto grad = worst_error(sums, ref, "gradsum.", 1e-6 * largest);
-  const auto running = worst_error(model->named_buffers(), ref, "running.");
+  const auto running = worst_error(model.named_buffers(), ref, "running.");
   MESSAGE("worst gradient-sum rel err " << grad.second << " (" << grad.first << "), running stats " << running.second);
   CHECK(grad.second < 1e-6);
   CHECK(running.second < 1e-6);
 }
 
+}  // namespace
+
+TEST_CASE("resnet18: float64 outputs, loss, gradients and running stats equal smp's (formula weights)") {
+  auto model = expect_formula_parity("resnet18", formula_golden("deeplab_resnet18"));
+  expect_gradient_sums_and_running_stats(*model, formula_golden("deeplab_resnet18"));
+}
+
 TEST_CASE("resnet50 (bottleneck blocks): float64 outputs, loss and first-conv gradient equal smp's") {
-  expect_formula_parity("resnet50", formula_golden("resnet50"));
+  expect_formula_parity("resnet50", formula_golden("deeplab_resnet50"));
+}
+
+TEST_CASE("U-Net on resnet18 at depth 4: outputs, loss, gradients and running stats equal smp's Unet") {
+  const nn::SafetensorsFile golden = nn::load_safetensors(test::source_path("tests/golden/unet_resnet18_depth4_formula.safetensors"));
+  const ModelOptions options{.encoder_depth = 4, .decoder_channels = {16, 8, 8, 4}};
+  CHECK(golden.metadata.at("decoder_channels") == "16,8,8,4");
+  auto model = expect_formula_parity(std::make_unique<Unet>(unet_config("resnet18", options)), golden.tensors);
+  expect_gradient_sums_and_running_stats(*model, golden.tensors);
+  // Our parameters are the ones smp runs, by name (the golden holds each one's gradient sum).
+  size_t smp_gradients = 0;
+  for (auto& [name, t] : golden.tensors) smp_gradients += name.starts_with("gradsum.");
+  CHECK(model->named_parameters().size() == smp_gradients);
+  for (auto& [name, p] : model->named_parameters()) CHECK(golden.tensors.count("gradsum." + name) == 1);
+}
+
+TEST_CASE("U-Net through the registry: smp's parameter counts, default decoder, the input's size out") {
+  // smp runs 3,574,161 of its parameters at depth 4 with decoder 128,64,32,16 (layer4 is built, unused).
+  auto small = create_model("unet_resnet18", {.encoder_depth = 4, .decoder_channels = {128, 64, 32, 16}});
+  CHECK(small->num_parameters() == 3574161);
+  CHECK(create_model("unet_resnet18", {})->num_parameters() == 14328209);  // smp's default Unet("resnet18")
+  small->eval();
+  CHECK((*small)(formula_input({1, 64, 48, 3}, DType::f32)).shape() == Shape{1, 64, 48, 1});
+  CHECK_THROWS_WITH_AS((*small)(formula_input({1, 72, 48, 3}, DType::f32)), doctest::Contains("multiples of 16"), Error);
+  CHECK_THROWS_WITH_AS(create_model("unet_resnet18", {.encoder_depth = 4, .decoder_channels = {8, 8}}),
+                       doctest::Contains("2 decoder channels for an encoder of depth 4"), Error);
+  CHECK(encoder_can_stop_early("unet_resnet34"));
+  CHECK_FALSE(encoder_can_stop_early("mit_b0"));
 }
 
 TEST_CASE("resnet18 at smp's encoder_depth 4: no layer4, the ASPP on layer3, outputs equal smp's") {
-  const nn::StateDict ref = nn::load_safetensors(test::source_path("tests/golden/deeplab_resnet18_depth4_formula.safetensors")).tensors;
+  const nn::StateDict ref = formula_golden("deeplab_resnet18_depth4");
   auto model = expect_formula_parity("resnet18", ref, 4);
   // smp's state_dict also holds layer4, which it never runs: 3,600,977 of its parameters are used.
   CHECK(model->num_parameters() == 3600977);

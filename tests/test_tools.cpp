@@ -816,6 +816,24 @@ TEST_CASE("seg_train --arch resnet18 --encoder-depth 4 trains a 3.6 M-parameter 
   CHECK(p.output.find("Predicted class: ") != std::string::npos);
 }
 
+// The card carries the U-Net's decoder channels beside the encoder depth.
+TEST_CASE("seg_train --arch unet_resnet18 trains smp's U-Net that predict rebuilds from its card") {
+  const Trained& t = trained();
+  fs::path out = t.root / "unet.safetensors";
+  Run r = run_tool("seg_train", "--images-dir " + (t.data / "images").string() + " --masks-dir " + (t.data / "masks").string() +
+                                    " --arch unet_resnet18 --encoder-depth 4 --decoder-channels 128,64,32,16 --img-size 64"
+                                    " --batch-size 4 --epochs 1 --save-path " + out.string());
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(r.output.find("model: unet_resnet18, 3574161 parameters") != std::string::npos);
+  CHECK(nn::load_safetensors(out.string()).metadata.at("decoder_channels") == "128,64,32,16");
+  fs::path image = t.data / "images" / "benign" / "benign_0.png";
+  Run p = run_tool("predict", "--image " + image.string() + " --seg_model " + out.string() + " --cls_model " + t.cls.string());
+  INFO(p.output);
+  CHECK(p.status == 0);
+  CHECK(p.output.find("Predicted class: ") != std::string::npos);
+}
+
 TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing written") {
   const Trained& t = trained();
   fs::path bad = t.root / "bad";
@@ -890,6 +908,14 @@ TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing 
   SUBCASE("--atrous-rates not three rates") {
     expect_error("seg_train", dirs(t.data) + " --arch resnet18 --atrous-rates 2,4 --save-path " + out.string(),
                  "--atrous-rates '2,4': expected three whole numbers from 1 to 64, as 12,24,36");
+  }
+  SUBCASE("--decoder-channels on DeepLabV3+, or not one per stage") {
+    expect_error("seg_train", dirs(t.data) + " --arch resnet18 --decoder-channels 8,8,8,8,8 --save-path " + out.string(),
+                 "--decoder-channels: only a U-Net (--arch unet_resnet18 ...) has them; resnet18 is DeepLabV3+");
+    expect_error("seg_train", dirs(t.data) + " --arch unet_resnet18 --encoder-depth 4 --decoder-channels 8,8 --save-path " +
+                     out.string(),
+                 "--decoder-channels '8,8': expected one whole number from 1 to 4096 per encoder stage (--encoder-depth of "
+                 "them), as 128,64,32,16");
   }
   SUBCASE("--encoder-depth out of range") {
     expect_error("seg_train", dirs(t.data) + " --arch resnet18 --encoder-depth 6 --save-path " + out.string(),

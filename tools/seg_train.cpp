@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "models/deeplabv3plus.h"
+#include "models/unet.h"
 #include "models/registry.h"
 #include "tensor/ops.h"
 #include "tools/app/checkpoint.h"
@@ -46,8 +47,25 @@ class SegmentationTask : public app::TrainingTask {
   data::SegmentationMetrics metrics_;
 };
 
+// --decoder-channels: a U-Net's, smp's default cut to the encoder depth when not given.
+void read_decoder_channels(const app::Cli& cli, app::TrainSettings& settings) {
+  const std::string text = cli.str("decoder-channels");
+  if (!models::is_unet(settings.arch)) {
+    SONO_CHECK(text.empty(), "--decoder-channels: only a U-Net (--arch unet_resnet18 ...) has them; ", settings.arch,
+               " is DeepLabV3+");
+    return;
+  }
+  const auto& smp = models::kSmpUnetDecoderChannels;
+  const auto channels = text.empty() ? std::vector<int64_t>(smp.begin(), smp.begin() + settings.encoder_depth)
+                                     : app::parse_decoder_channels(text, settings.encoder_depth);
+  SONO_CHECK(channels, "--decoder-channels '", text, "': ", app::kDecoderChannelsExpected);
+  settings.decoder_channels = *channels;
+  settings.tool_arguments["--decoder-channels"] = app::decoder_channels_text(settings.decoder_channels);
+}
+
 int seg_train(int argc, char** argv) {
-  app::Cli cli("seg_train", "Train a lesion segmentation model (DeepLabV3+ on a MiT or ResNet encoder).");
+  app::Cli cli("seg_train", "Train a lesion segmentation model (DeepLabV3+ on a MiT or ResNet encoder, or U-Net "
+                            "on a ResNet: --arch unet_resnet18 ...).");
   app::add_training_options(cli, {.arch = "mit_b2", .batch_size = 4, .weight_decay = 1e-2, .drop_path = 0.1});
   cli.option("encoder-depth", "5",
              "ResNet encoders: stages built (smp's encoder_depth): 5 all; 4 ends at layer3, which the ASPP "
@@ -55,6 +73,9 @@ int seg_train(int argc, char** argv) {
   cli.option("atrous-rates", app::atrous_rates_text(models::kSmpAtrousRates),
              "the ASPP's three dilations (smp's decoder_atrous_rates), made for a 32x32 feature map (512 px at "
              "output stride 16); at 128 px the map is 8x8, where rates as 2,4,6 still see beyond the centre");
+  cli.option("decoder-channels", "",
+             "U-Net (--arch unet_resnet18 ...): each decoder block's channels, deepest first, one per encoder "
+             "stage (smp's decoder_channels); default smp's 256,128,64,32,16, the first --encoder-depth of them");
   cli.option("empty-below", "", "with --val-split 0: the card's empty-image threshold (a map whose highest lesion "
                                 "probability is lower predicts no lesion), fitted elsewhere (e.g. a --folds run's); "
                                 "a validation split fits it itself");
@@ -73,6 +94,7 @@ int seg_train(int argc, char** argv) {
   SONO_CHECK(parsed_rates, "--atrous-rates '", rates, "': ", app::kAtrousRatesExpected);
   settings.atrous_rates = *parsed_rates;
   settings.tool_arguments["--atrous-rates"] = app::atrous_rates_text(settings.atrous_rates);
+  read_decoder_channels(cli, settings);
   data::Dataset dataset = data::scan_dataset(settings.images_dir, settings.masks_dir);
   SegmentationTask task;
   if (settings.recipe_options.folds) return app::run_cross_validation(settings, task, dataset);

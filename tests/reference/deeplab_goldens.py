@@ -1,4 +1,4 @@
-"""Goldens for DeepLabV3+ on a MiT encoder, from segmentation_models_pytorch 0.6.
+"""Goldens for DeepLabV3+ (MiT and ResNet encoders) and U-Net (ResNet), from segmentation_models_pytorch 0.6.
 
 Run with a virtualenv's python holding torch, timm and smp (e.g. /work/refenv/bin/python) from the repository root:
   deeplab_goldens.py             committed goldens (tiny MiT; ResNet-18 and -50 with formula
@@ -165,6 +165,11 @@ def committed():
     resnet("resnet50", 2, 64, 48, full_checks=False)
     resnet("resnet18", 2, 64, 48, full_checks=False, encoder_depth=4)
     write_key_list(build("resnet34"), os.path.join(GOLDEN, "deeplab_resnet34_keys.txt"))
+    unet("resnet18", 2, 64, 48, encoder_depth=4, decoder_channels=(16, 8, 8, 4))
+    for name in ["resnet18", "resnet50"]:
+        print("unet", name, "params", sum(p.numel() for p in smp.Unet(encoder_name=name, encoder_weights=None).parameters()))
+    print("unet resnet18 depth 4, decoder 128,64,32,16: params", sum(p.numel() for p in smp.Unet(
+        encoder_name="resnet18", encoder_weights=None, encoder_depth=4, decoder_channels=(128, 64, 32, 16)).parameters()))
     for name in ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]:
         print(name, "params", sum(p.numel() for p in build(name).parameters()))
 
@@ -204,11 +209,26 @@ def formula_state(model):
 
 
 def resnet(name, n, h, w, full_checks, encoder_depth=5):
-    """DeepLabV3+ on a ResNet encoder with formula weights, float64: outputs, loss and the first
-    conv's gradient (the end of the backward chain); with full_checks also every parameter's
-    gradient summed over all but its first dim and the running stats (float32). A smaller
+    """DeepLabV3+ on a ResNet encoder with formula weights (formula_golden). A smaller
     encoder_depth names the file deeplab_NAME_depthD_formula."""
-    model = build(name, encoder_depth=encoder_depth)
+    tag = name if encoder_depth == 5 else f"{name}_depth{encoder_depth}"
+    formula_golden(build(name, encoder_depth=encoder_depth), f"deeplab_{tag}", n, h, w, full_checks)
+
+
+def unet(name, n, h, w, encoder_depth, decoder_channels):
+    """smp's Unet on a ResNet encoder with formula weights (formula_golden, full checks), into
+    unet_NAME_depthD_formula; the decoder channels go in the file's metadata."""
+    torch.manual_seed(0)
+    model = smp.Unet(encoder_name=name, encoder_weights=None, in_channels=3, classes=1,
+                     encoder_depth=encoder_depth, decoder_channels=decoder_channels)
+    formula_golden(model, f"unet_{name}_depth{encoder_depth}", n, h, w, True,
+                   {"decoder_channels": ",".join(map(str, decoder_channels))})
+
+
+def formula_golden(model, tag, n, h, w, full_checks, metadata=None):
+    """A model with formula weights, float64: outputs, loss and the first conv's gradient (the end
+    of the backward chain); with full_checks also every parameter's gradient summed over all but
+    its first dim and the running stats (float32). Into TAG_formula.safetensors."""
     x, target = formula_input(n, h, w, 3, torch.float64), formula_target(n, h, w, 1, torch.float64)
     ref = run(model, formula_state(model), x, target, torch.float64)
     keep = {"out_train": ref["out_train"], "out_eval": ref["out_eval"], "loss": ref["loss"],
@@ -219,9 +239,8 @@ def resnet(name, n, h, w, full_checks, encoder_depth=5):
                 keep["gradsum." + k[5:]] = (v.sum(dim=tuple(range(1, v.dim()))) if v.dim() > 1 else v).float()
             elif k.startswith("running.") and not k.endswith("num_batches_tracked"):
                 keep[k] = v.float()
-    tag = name if encoder_depth == 5 else f"{name}_depth{encoder_depth}"
-    save_file(keep, os.path.join(GOLDEN, f"deeplab_{tag}_formula.safetensors"),
-              metadata={"batch": str(n), "height": str(h), "width": str(w)})
+    save_file(keep, os.path.join(GOLDEN, f"{tag}_formula.safetensors"),
+              metadata={"batch": str(n), "height": str(h), "width": str(w), **(metadata or {})})
     print(tag, "formula golden: loss", ref["loss"].item(), "| entries", len(keep))
 
 

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "layers/safetensors.h"
+#include "models/unet.h"
 #include "models/deeplabv3plus.h"
 #include "tensor/random.h"
 
@@ -125,7 +126,8 @@ std::map<std::string, std::string> ModelCard::to_metadata() const {
   m["img_size"] = std::to_string(img_size);
   if (task == models::Task::segmentation) {
     m["encoder_depth"] = std::to_string(encoder_depth);
-    m["atrous_rates"] = atrous_rates_text(atrous_rates);
+    if (models::is_unet(arch)) m["decoder_channels"] = decoder_channels_text(decoder_channels);
+    else m["atrous_rates"] = atrous_rates_text(atrous_rates);
   }
   m["normalisation"] = json{{"mean", normalisation.mean}, {"std", normalisation.std}}.dump();
   return m;
@@ -147,6 +149,26 @@ std::optional<std::array<int64_t, 3>> parse_atrous_rates(const std::string& text
 
 std::string atrous_rates_text(const std::array<int64_t, 3>& rates) {
   return std::to_string(rates[0]) + "," + std::to_string(rates[1]) + "," + std::to_string(rates[2]);
+}
+
+std::optional<std::vector<int64_t>> parse_decoder_channels(const std::string& text, int64_t encoder_depth) {
+  std::vector<int64_t> channels;
+  size_t start = 0;
+  while (start <= text.size()) {
+    const size_t end = std::min(text.find(',', start), text.size());
+    const std::optional<int64_t> c = whole_text_as<int64_t>(text.substr(start, end - start));
+    if (!c || *c < 1 || *c > 4096) return std::nullopt;
+    channels.push_back(*c);
+    start = end + 1;
+  }
+  if (static_cast<int64_t>(channels.size()) != encoder_depth) return std::nullopt;
+  return channels;
+}
+
+std::string decoder_channels_text(const std::vector<int64_t>& channels) {
+  std::string text;
+  for (int64_t c : channels) text += (text.empty() ? "" : ",") + std::to_string(c);
+  return text;
 }
 
 int64_t ModelCard::num_classes() const {
@@ -187,6 +209,11 @@ ModelCard ModelCard::from_metadata(const std::string& path, const std::map<std::
     if (!rates) r.bad("atrous_rates", kAtrousRatesExpected);
     c.atrous_rates = *rates;
   }
+  if (models::is_unet(c.arch)) {
+    const auto channels = parse_decoder_channels(r.text("decoder_channels"), c.encoder_depth);
+    if (!channels) r.bad("decoder_channels", kDecoderChannelsExpected);
+    c.decoder_channels = *channels;
+  }
   c.normalisation = read_normalisation(r);
   r.optional_real("temperature", 0.01, 100);  // fitted within 0.05..20
   r.optional_real("empty_below", 0, 0.999);
@@ -202,6 +229,7 @@ std::shared_ptr<nn::UnaryModule> build_model(const ModelCard& card) {
   opt.num_classes = card.num_classes();
   opt.encoder_depth = card.encoder_depth;
   opt.atrous_rates = card.atrous_rates;
+  opt.decoder_channels = card.decoder_channels;
   return models::create_model(card.arch, opt, card.task);
 }
 

@@ -25,6 +25,12 @@ inline constexpr int64_t kMaxClasses = 1000;
 inline constexpr const char* kAtrousRatesExpected = "expected three whole numbers from 1 to 64, as 12,24,36";
 std::optional<std::array<int64_t, 3>> parse_atrous_rates(const std::string& text);
 std::string atrous_rates_text(const std::array<int64_t, 3>& rates);
+// "128,64,32,16" (seg_train's --decoder-channels and a U-Net card's decoder_channels):
+// kDecoderChannelsExpected, or nothing.
+inline constexpr const char* kDecoderChannelsExpected =
+    "expected one whole number from 1 to 4096 per encoder stage (--encoder-depth of them), as 128,64,32,16";
+std::optional<std::vector<int64_t>> parse_decoder_channels(const std::string& text, int64_t encoder_depth);
+std::string decoder_channels_text(const std::vector<int64_t>& channels);
 
 struct ModelCard {
   std::string arch;                 // registry name, e.g. mit_b2, convnext_base
@@ -36,6 +42,8 @@ struct ModelCard {
   int64_t encoder_depth = 5;
   // A segmenter's ASPP rates; cards without the key (before it existed) have smp's.
   std::array<int64_t, 3> atrous_rates = models::kSmpAtrousRates;
+  // A U-Net's decoder channels (written for U-Nets only).
+  std::vector<int64_t> decoder_channels;
   data::Normalisation normalisation = data::kImagenet;  // what the model's inputs were
   std::map<std::string, std::string> extra;  // epoch, best metric, ...
 

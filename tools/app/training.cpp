@@ -17,6 +17,7 @@
 #include "layers/safetensors.h"
 #include "models/registry.h"
 #include "models/resnet.h"
+#include "models/unet.h"
 #include "tensor/random.h"
 #include "tools/app/checkpoint.h"
 #include "tools/app/cross_validation.h"
@@ -77,7 +78,7 @@ void add_training_options(Cli& cli, const TrainDefaults& d) {
 Recipe default_recipe(const std::string& arch, int64_t batch_size) {
   if (arch.rfind("mit_", 0) == 0) return {"mit", 2e-4, 2, 1.0};
   if (arch.rfind("convnext_", 0) == 0) return {"convnext", 4e-3 * std::sqrt(batch_size / 4096.0), 2, 0};
-  if (models::is_resnet(arch)) return {"resnet", 1e-3, 2, 0};
+  if (models::is_resnet(models::segmentation_encoder(arch))) return {"resnet", 1e-3, 2, 0};
   fail("--arch ", arch, ": no default --lr, --warmup-epochs and --clip-grad for it; give all three");
 }
 
@@ -190,7 +191,7 @@ void load_backbone_weights(nn::Module& model, const models::ModelEntry& entry, c
   nn::SafetensorsFile file = nn::load_safetensors(path);
   const std::string task = file.metadata["task"], arch = file.metadata["arch"];
   if (task == models::task_name(models::Task::segmentation) && entry.task == models::Task::classification) {
-    SONO_CHECK(arch == entry.name, path, ": --pretrained is a ", arch, " segmenter; its encoder cannot start a ",
+    SONO_CHECK(models::segmentation_encoder(arch) == entry.name, path, ": --pretrained is a ", arch, " segmenter; its encoder cannot start a ",
                entry.name, " classifier (a segmenter on the same ResNet can)");
     const std::string depth = file.metadata.count("encoder_depth") ? file.metadata["encoder_depth"] : "5";
     SONO_CHECK(depth == "5", path, ": --pretrained is a ", arch, " segmenter at encoder depth ", depth,
@@ -456,6 +457,7 @@ void Trainer::build_model() {
   options.drop_path_rate = s_.drop_path;
   options.encoder_depth = s_.encoder_depth;
   options.atrous_rates = s_.atrous_rates;
+  options.decoder_channels = s_.decoder_channels;
   model_ = models::create_model(s_.arch, options, task_.task());
   SONO_CHECK(!(s_.batch_size == distributed::size() && has_batch_norm(*model_) && !distributed::sync_batch_norm()),
              "--batch-size ", s_.batch_size,
@@ -538,6 +540,7 @@ ModelCard Trainer::card() const {
   c.img_size = s_.img_size;
   c.encoder_depth = s_.encoder_depth;
   c.atrous_rates = s_.atrous_rates;
+  c.decoder_channels = s_.decoder_channels;
   c.normalisation = data::kImagenet;  // what the loader applies
   c.extra["best_metric"] = task_.best_metric();
   c.extra["best_value"] = std::to_string(best_);

@@ -56,6 +56,7 @@ struct TrainSettings : RunSettings {
   data::MixOptions mix;       // cls_train's --mixup and --cutmix
   int64_t encoder_depth = 5;  // seg_train's --encoder-depth
   std::array<int64_t, 3> atrous_rates = models::kSmpAtrousRates;  // seg_train's --atrous-rates
+  std::vector<int64_t> decoder_channels;  // seg_train's --decoder-channels (U-Net)
   // The size the samples are decoded at, when `prepare` (run_training) makes them img_size
   // itself (SampleCache::reframe); 0: img_size.
   int64_t decode_size = 0;
