@@ -1440,6 +1440,11 @@ TEST_CASE("DeepLabV3+ mit_b0 trains on the emulated CUDA device as on the CPU") 
   expect_model_matches_cpu("mit_b0", {.in_channels = 3, .num_classes = 1}, {2, 32, 32, 3}, 5e-4);
 }
 
+// Its nearest upsampling is a 6-dim expand and copy forward, a 6-dim sum backward.
+TEST_CASE("U-Net resnet18 (depth 3) trains on the emulated CUDA device as on the CPU") {
+  expect_model_matches_cpu("unet_resnet18", {.encoder_depth = 3, .decoder_channels = {16, 8, 4}}, {2, 32, 32, 3}, 5e-5);
+}
+
 // ---- bf16 mixed precision -----------------------------------------------------------------------
 
 TEST_CASE("bf16: float32 -> bfloat16 rounds to nearest even, and back exactly") {
