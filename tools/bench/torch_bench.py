@@ -27,12 +27,15 @@ def proc_status_mib(field):
 
 
 def is_segmentation(model_name):
-    return model_name.startswith(("mit_", "resnet"))
+    return model_name.startswith(("mit_", "resnet", "unet_"))
 
 
 def build_model(name, in_channels, classes):
     if is_segmentation(name):
         import segmentation_models_pytorch as smp
+        if name.startswith("unet_"):  # our registry's name for smp's Unet on that encoder
+            return smp.Unet(encoder_name=name[len("unet_"):], encoder_weights=None,
+                            in_channels=in_channels, classes=classes)
         return smp.DeepLabV3Plus(encoder_name=name, encoder_weights=None,
                                  in_channels=in_channels, classes=classes)
     import timm
