@@ -14,7 +14,6 @@
 #include "models/mit.h"
 #include "models/registry.h"
 #include "models/resnet.h"
-#include "models/unet.h"
 
 namespace sono::models {
 

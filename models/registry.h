@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "layers/module.h"
@@ -34,6 +35,14 @@ struct ModelOptions {
   // U-Net's decoder_channels, one per encoder stage, deepest first; empty: smp's default.
   std::vector<int64_t> decoder_channels;
 };
+
+// U-Nets are named by their encoder after this prefix ("unet_resnet18"); DeepLabV3+ by the encoder alone.
+inline constexpr std::string_view kUnetPrefix = "unet_";
+inline bool is_unet(const std::string& arch) { return arch.starts_with(kUnetPrefix); }
+// The encoder a segmentation --arch names: "unet_resnet18" -> "resnet18"; DeepLabV3+'s as given.
+inline std::string segmentation_encoder(const std::string& arch) {
+  return is_unet(arch) ? arch.substr(kUnetPrefix.size()) : arch;
+}
 
 // Where backbone weights (timm's or smp's ImageNet checkpoints, or `pretrain`'s output) load.
 struct BackboneWeights {

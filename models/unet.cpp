@@ -112,8 +112,7 @@ UnetConfig unet_config(const std::string& encoder_name, const ModelOptions& opti
   c.encoder.depth = options.encoder_depth;
   c.num_classes = options.num_classes;
   c.decoder_channels = options.decoder_channels;
-  if (c.decoder_channels.empty())
-    c.decoder_channels.assign(kSmpUnetDecoderChannels.begin(), kSmpUnetDecoderChannels.begin() + options.encoder_depth);
+  if (c.decoder_channels.empty()) c.decoder_channels = smp_unet_decoder_channels(options.encoder_depth);
   return c;
 }
 
@@ -121,7 +120,7 @@ std::vector<ModelEntry> unet_variants() {
   std::vector<ModelEntry> entries;
   for (const char* encoder : {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"}) {
     const std::string name = encoder;
-    entries.push_back({"unet_" + name, Task::segmentation,
+    entries.push_back({std::string(kUnetPrefix) + name, Task::segmentation,
                        [name](const ModelOptions& o) {
                          return std::shared_ptr<nn::UnaryModule>(std::make_shared<Unet>(unet_config(name, o)));
                        },

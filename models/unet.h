@@ -25,10 +25,9 @@ struct UnetConfig {
   std::vector<int64_t> decoder_channels;  // one per encoder stage (encoder.depth), deepest first
 };
 
-inline bool is_unet(const std::string& arch) { return arch.starts_with("unet_"); }
-// The encoder a segmentation --arch names: "unet_resnet18" -> "resnet18"; DeepLabV3+'s as given.
-inline std::string segmentation_encoder(const std::string& arch) {
-  return is_unet(arch) ? arch.substr(5) : arch;
+// smp's default for an encoder of `depth` stages.
+inline std::vector<int64_t> smp_unet_decoder_channels(int64_t depth) {
+  return {kSmpUnetDecoderChannels.begin(), kSmpUnetDecoderChannels.begin() + depth};
 }
 
 UnetConfig unet_config(const std::string& encoder_name, const ModelOptions& options);

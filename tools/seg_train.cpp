@@ -55,8 +55,7 @@ void read_decoder_channels(const app::Cli& cli, app::TrainSettings& settings) {
                " is DeepLabV3+");
     return;
   }
-  const auto& smp = models::kSmpUnetDecoderChannels;
-  const auto channels = text.empty() ? std::vector<int64_t>(smp.begin(), smp.begin() + settings.encoder_depth)
+  const auto channels = text.empty() ? models::smp_unet_decoder_channels(settings.encoder_depth)
                                      : app::parse_decoder_channels(text, settings.encoder_depth);
   SONO_CHECK(channels, "--decoder-channels '", text, "': ", app::kDecoderChannelsExpected);
   settings.decoder_channels = *channels;

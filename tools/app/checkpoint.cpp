@@ -3,11 +3,11 @@
 #include <algorithm>
 #include <array>
 #include <optional>
+#include <span>
 #include <type_traits>
 #include <nlohmann/json.hpp>
 
 #include "layers/safetensors.h"
-#include "models/unet.h"
 #include "models/deeplabv3plus.h"
 #include "tensor/random.h"
 
@@ -133,43 +133,43 @@ std::map<std::string, std::string> ModelCard::to_metadata() const {
   return m;
 }
 
-std::optional<std::array<int64_t, 3>> parse_atrous_rates(const std::string& text) {
-  std::array<int64_t, 3> rates{};
-  size_t start = 0;
-  for (size_t i = 0; i < rates.size(); ++i) {
-    const size_t end = i + 1 < rates.size() ? text.find(',', start) : text.size();
-    if (end == std::string::npos) return std::nullopt;
-    const std::optional<int64_t> rate = whole_text_as<int64_t>(text.substr(start, end - start));
-    if (!rate || *rate < 1 || *rate > 64) return std::nullopt;
-    rates[i] = *rate;
-    start = end + 1;
-  }
-  return rates;
-}
+namespace {
 
-std::string atrous_rates_text(const std::array<int64_t, 3>& rates) {
-  return std::to_string(rates[0]) + "," + std::to_string(rates[1]) + "," + std::to_string(rates[2]);
-}
-
-std::optional<std::vector<int64_t>> parse_decoder_channels(const std::string& text, int64_t encoder_depth) {
-  std::vector<int64_t> channels;
-  size_t start = 0;
-  while (start <= text.size()) {
+// "a,b,c": exactly `count` whole numbers from lo to hi, or nothing.
+std::optional<std::vector<int64_t>> parse_whole_numbers(const std::string& text, int64_t count, int64_t lo, int64_t hi) {
+  std::vector<int64_t> numbers;
+  for (size_t start = 0; start <= text.size();) {
     const size_t end = std::min(text.find(',', start), text.size());
-    const std::optional<int64_t> c = whole_text_as<int64_t>(text.substr(start, end - start));
-    if (!c || *c < 1 || *c > 4096) return std::nullopt;
-    channels.push_back(*c);
+    const std::optional<int64_t> n = whole_text_as<int64_t>(text.substr(start, end - start));
+    if (!n || *n < lo || *n > hi) return std::nullopt;
+    numbers.push_back(*n);
     start = end + 1;
   }
-  if (static_cast<int64_t>(channels.size()) != encoder_depth) return std::nullopt;
-  return channels;
+  if (static_cast<int64_t>(numbers.size()) != count) return std::nullopt;
+  return numbers;
 }
 
-std::string decoder_channels_text(const std::vector<int64_t>& channels) {
+std::string whole_numbers_text(std::span<const int64_t> numbers) {
   std::string text;
-  for (int64_t c : channels) text += (text.empty() ? "" : ",") + std::to_string(c);
+  for (int64_t n : numbers) text += (text.empty() ? "" : ",") + std::to_string(n);
   return text;
 }
+
+}  // namespace
+
+std::optional<std::array<int64_t, 3>> parse_atrous_rates(const std::string& text) {
+  const auto rates = parse_whole_numbers(text, 3, 1, 64);
+  if (!rates) return std::nullopt;
+  return std::array<int64_t, 3>{(*rates)[0], (*rates)[1], (*rates)[2]};
+}
+
+std::string atrous_rates_text(const std::array<int64_t, 3>& rates) { return whole_numbers_text(rates); }
+
+std::optional<std::vector<int64_t>> parse_decoder_channels(const std::string& text, int64_t encoder_depth) {
+  return parse_whole_numbers(text, encoder_depth, 1, 4096);
+}
+
+std::string decoder_channels_text(const std::vector<int64_t>& channels) { return whole_numbers_text(channels); }
 
 int64_t ModelCard::num_classes() const {
   return task == models::Task::segmentation ? 1 : static_cast<int64_t>(classes.size());

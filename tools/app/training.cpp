@@ -17,7 +17,6 @@
 #include "layers/safetensors.h"
 #include "models/registry.h"
 #include "models/resnet.h"
-#include "models/unet.h"
 #include "tensor/random.h"
 #include "tools/app/checkpoint.h"
 #include "tools/app/cross_validation.h"
