@@ -144,6 +144,38 @@ TEST_CASE("a 2-rank resume state continues in one process as one process's own s
   check_same_curves("resume_into_sharded", "resume_one_3");
 }
 
+// Each fold trains across the ranks; rank 0 writes the fold's checkpoint, and all ranks score it
+// (each its share of the fold's images), so the figures are one process's.
+TEST_CASE("cls_train --folds 2 on 2 ranks gives one process's folds and scores") {
+  const std::string folds = " --folds 2";
+  Run r1 = one_process(cls_args("folds_one", 2, 4) + folds);
+  INFO(r1.output);
+  REQUIRE(r1.status == 0);
+  Run r2 = two_ranks(cls_args("folds_two", 2, 4) + folds);
+  INFO(r2.output);
+  REQUIRE(r2.status == 0);
+  for (const char* fold : {"fold1", "fold2"}) {
+    check_same_curves(std::string("folds_one/") + fold, std::string("folds_two/") + fold);
+    CHECK(fs::exists(kRoot / (std::string("folds_two.") + fold + ".safetensors")));
+    std::vector<double> one = test::csv_column(kRoot / "folds_one" / "cross_validation.csv", fold);
+    std::vector<double> two = test::csv_column(kRoot / "folds_two" / "cross_validation.csv", fold);
+    REQUIRE(one.size() == two.size());
+    for (size_t m = 0; m < one.size(); ++m) {
+      INFO(fold << " metric " << m << ": " << one[m] << " against " << two[m]);
+      CHECK(std::abs(one[m] - two[m]) <= 1e-4 * std::max(1.0, std::abs(one[m])));
+    }
+  }
+  const auto images_scored = [](const std::string& run) {
+    std::ifstream in(kRoot / run / "out_of_fold.csv");
+    std::string line;
+    size_t rows = 0;
+    while (std::getline(in, line)) ++rows;
+    return rows;
+  };
+  CHECK(images_scored("folds_one") == 28);  // the header and each of the 27 images once
+  CHECK(images_scored("folds_two") == 28);
+}
+
 // Rank 1 runs `before` in the background, then becomes cls_train (same process id, $$).
 Run two_ranks_with_rank1(const std::string& before, const std::string& args) {
   return run_command(std::string(SONO_MPIRUN) + " sh -c 'if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then (" + before +

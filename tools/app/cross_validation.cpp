@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "autograd/node.h"
+#include "tools/app/distributed.h"
 #include "tools/app/inference.h"
 #include "tensor/atomic_file.h"
 #include "tools/data/folds.h"
@@ -23,13 +24,15 @@ std::string fold_path(const std::string& path, int fold) {
 }
 
 std::vector<std::pair<Tensor, data::Batch>> checkpoint_outputs(LoadedModel& model, data::Loader& loader,
-                                                               Device device, bool flip) {
+                                                               Device device, bool flip, bool across_ranks) {
   autograd::NoGradGuard no_grad;
   model.model->eval();
   std::vector<std::pair<Tensor, data::Batch>> outputs;
   loader.start_epoch(0);
+  auto model_forward = [&](const Tensor& images) { return forward(*model.model, images, flip); };
   while (auto batch = loader.next()) {
-    Tensor logits = forward(*model.model, batch->images.to(device), flip);
+    Tensor images = batch->images.to(device);
+    Tensor logits = across_ranks ? distributed::map_rows(model_forward, images) : model_forward(images);
     outputs.emplace_back(logits, std::move(*batch));
   }
   return outputs;
@@ -57,7 +60,8 @@ TrainSettings fold_settings(const TrainSettings& s, int fold) {
   return f;
 }
 
-// The fold's kept checkpoint on the fold's images, calibrated as its card says.
+// The fold's kept checkpoint on the fold's images, calibrated as its card says; every rank
+// computes its share of each batch and scores them all (the same figures on every rank).
 std::vector<double> score_fold(const TrainSettings& s, TrainingTask& task, std::shared_ptr<data::SampleCache> cache,
                                const std::vector<size_t>& val) {
   LoadedModel best = load_checkpoint(s.save_path, task.task());
@@ -69,7 +73,7 @@ std::vector<double> score_fold(const TrainSettings& s, TrainingTask& task, std::
   options.workers = static_cast<int>(s.workers);
   data::Loader loader(std::move(cache), val, options);
   task.reset_metrics();
-  for (auto& [logits, batch] : checkpoint_outputs(best, loader, s.device, s.recipe_options.flip_tta)) {
+  for (auto& [logits, batch] : checkpoint_outputs(best, loader, s.device, s.recipe_options.flip_tta, true)) {
     Tensor calibrated = calibrate(best.card, logits);
     data::Batch on_device = batch;
     on_device.masks = batch.masks.to(s.device);
@@ -124,6 +128,8 @@ int run_cross_validation(const TrainSettings& s, TrainingTask& task, const data:
     std::cout << "fold " << fold + 1 << "/" << k << ": " << split.summary(dataset) << "\n";
     TrainSettings fold_s = fold_settings(s, fold);
     if (int status = run_training(fold_s, task, cache, split)) return status;
+    // Rank 0 saved and calibrated the fold's checkpoint alone.
+    distributed::wait_for_all_ranks("waiting for rank 0's checkpoint of the fold");
     numbers.push_back(fold + 1);
     scores.push_back(score_fold(fold_s, task, cache, split.val));
   }
@@ -132,7 +138,7 @@ int run_cross_validation(const TrainSettings& s, TrainingTask& task, const data:
             << " folds (the " << (s.keep_last_epoch ? "last" : "best") << " epoch of each, calibrated; std over folds"
             << (s.keep_last_epoch ? "" : "; picked on the fold's own images, so optimistic") << "):\n"
             << summary_table(task.metric_columns(), numbers, scores, csv);
-  if (s.log_dir.empty()) return 0;
+  if (s.log_dir.empty() || !distributed::is_root()) return 0;
   // One fold's job writes its own scores; the out-of-fold table needs every fold's images.
   const std::string name = only ? "cross_validation.fold" + std::to_string(only) + ".csv" : "cross_validation.csv";
   write_file_atomic(fs::path(s.log_dir) / name, csv);

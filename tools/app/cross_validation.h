@@ -17,9 +17,11 @@ namespace sono::app {
 // "X.safetensors", fold 0 -> "X.fold1.safetensors"; "seg_{fold}.safetensors" -> "seg_1.safetensors".
 std::string fold_path(const std::string& path, int fold);
 
-// A checkpoint's logits over a loader's samples (in order), as `forward` gives them.
+// A checkpoint's logits over a loader's samples (in order), as `forward` gives them. With
+// `across_ranks`, a collective: each MPI rank computes its share of every batch, and every rank
+// gets all the logits (distributed::map_rows).
 std::vector<std::pair<Tensor, data::Batch>> checkpoint_outputs(LoadedModel& model, data::Loader& loader,
-                                                               Device device, bool flip);
+                                                               Device device, bool flip, bool across_ranks = false);
 
 struct FoldSummary {
   double mean = 0, std = 0, min = 0, max = 0;

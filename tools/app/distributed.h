@@ -85,6 +85,9 @@ void check_batch_size(int64_t batch_size);
 
 // Every rank's x, summed; the same value on every rank.
 double sum(double x);
+// Returns when every rank has reached it (a rank that waits --collective-timeout seconds stops
+// the job, naming `what`): e.g. before the others read a file rank 0 has written.
+void wait_for_all_ranks(const char* what);
 
 // Runs `f` on this rank's rank_share of the rows of `rows`, and returns the outputs of all ranks
 // concatenated in rank order (the rows of one process's f(rows)) on every rank. A batch with

@@ -159,8 +159,6 @@ TrainSettings read_training_options(const Cli& cli, models::Task task) {
   s.resume_anyway = cli.is_set("resume-anyway");
   s.recipe_options = read_recipe_options(cli);
   distributed::read_options(cli);
-  SONO_CHECK(!s.recipe_options.folds || distributed::size() == 1, "--folds: cross-validation runs in one process, not ",
-             "across ", distributed::size(), " MPI ranks");
   read_run_settings(cli, s);
   apply_recipe(cli, s);
   SONO_CHECK(s.img_size >= 32 && s.img_size <= kMaxImgSize && s.img_size % 32 == 0, "--img-size ", s.img_size,
