@@ -1695,11 +1695,8 @@ TEST_CASE("bf16 autocast: GEMMs and convs on the emulated device and the CPU mul
       g16.precision = Precision::bf16;
       const ConvOutputs got = backend_conv(Device::cuda, DType::f32, g16, xs, ws, gys);
       expect_conv_close("bf16 conv", got, want);
-      for (bool dot_products : {true, false}) {
-        cpu::use_bf16_dot_products(dot_products);
-        expect_conv_close("CPU bf16 conv", backend_conv(Device::cpu, DType::f32, g16, xs, ws, gys), want);
-      }
-      cpu::use_bf16_dot_products(true);
+      for_each_bf16_math(
+          [&] { expect_conv_close("CPU bf16 conv", backend_conv(Device::cpu, DType::f32, g16, xs, ws, gys), want); });
       const ConvOutputs exact = backend_conv(Device::cpu, DType::f64, g, xs, ws, gys);
       CHECK(max_abs_diff(host(got.y, {int64_t(got.y.size())}),
                          host(exact.y, {int64_t(exact.y.size())})) > 1e-3);

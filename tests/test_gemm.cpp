@@ -108,9 +108,7 @@ TEST_CASE("bf16 operands: the GEMM equals a float64 reference of the rounded ope
     MESSAGE("no AVX-512 on this CPU: bf16 products run on Eigen, tested through the ops");
     return;
   }
-  for (bool dot_products : {true, false}) {
-    CAPTURE(dot_products);
-    cpu::use_bf16_dot_products(dot_products);
+  test::for_each_bf16_math([] {
     double worst_unrounded = 0;
     for (const Case& c : gemm_cases()) {
       INFO("batch " << c.batch << " m " << c.m << " n " << c.n << " k " << c.k << " ta " << c.ta
@@ -119,8 +117,7 @@ TEST_CASE("bf16 operands: the GEMM equals a float64 reference of the rounded ope
       worst_unrounded = std::max(worst_unrounded, run_case(c, true, true));
     }
     CHECK(worst_unrounded > 100);
-  }
-  cpu::use_bf16_dot_products(true);
+  });
 }
 
 namespace {

@@ -46,14 +46,21 @@ inline constexpr bool kHaveSgemm = true;
 inline constexpr bool kHaveSgemm = false;  // callers take Eigen's path (under `if constexpr`)
 #endif
 
+// What sgemm's bf16 products run on, fastest first: AMX tiles (TDPBF16PS, 16 x 16 float32
+// tiles; Intel Xeon from Sapphire Rapids on), AVX512-BF16 dot products (VDPBF16PS), or float32
+// FMAs of the rounded values (any AVX-512 CPU). All give float32 sums of exact products.
+enum class Bf16Math { amx, dot_products, rounded };
+
 // C[i] = alpha * op(A[i]) op(B[i]) + beta * C[i] + bias; C is not read when beta is 0.
-// Defined only where kHaveSgemm. bf16 operands multiply with AVX512-BF16 dot products where the
-// CPU has them, else as float32 products of the rounded values (exact either way: a product of
-// two bfloat16 values fits a float32).
+// Defined only where kHaveSgemm. bf16 operands multiply on the fastest Bf16Math the CPU has (AMX
+// where op(B) is B transposed and op(A) is A or implicit columns: the inference GEMMs; dot
+// products elsewhere), within the limit below.
 void sgemm(const GemmProblem<float>& p);
-// Whether sgemm's bf16 products use the CPU's AVX512-BF16 dot products (where it has them);
-// tests turn it off to run the rounding path of CPUs without them.
-void use_bf16_dot_products(bool use);
+// Whether this CPU (and, for AMX, the kernel, which must grant the tile state) runs `math`.
+bool cpu_runs(Bf16Math math);
+// The fastest Bf16Math sgemm may use (default Bf16Math::amx): tests step it down to run the
+// paths of CPUs without AMX or without AVX512-BF16.
+void limit_bf16_math(Bf16Math fastest);
 
 // The same for float32 and float64: sgemm where the CPU has it, Eigen's GEMM otherwise. Inside
 // an OpenMP parallel region it runs on the calling thread alone.

@@ -3,7 +3,9 @@
 // of A into kMr x kc panels; a micro-kernel keeps a kMr x kNr tile of C in zmm registers over
 // the whole depth block and writes it once, with alpha, beta and the bias applied on the way
 // out (and the post-op after the last depth block). Packed panels are zero-padded to full
-// width, so the micro-kernel never branches on edges; only the store is masked.
+// width, so the micro-kernel never branches on edges; only the store is masked. With AMX, the
+// micro-kernel's tile of C is 32 x kNr in four AMX tile registers, and A's block is packed as
+// rows (what TILELOADD reads) instead of panels.
 #ifdef __AVX512F__
 
 #include "tensor/cpu/gemm.h"
@@ -13,6 +15,10 @@
 
 #include <immintrin.h>
 #include <omp.h>
+
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -96,11 +102,20 @@ void transpose16(__m512 (&v)[16]) {
   for (int c = 0; c < 16; ++c) v[c] = out[c];
 }
 
+// 16 rows' next `steps` (<= 16) values, row i's at rows[i] (zeros where it is null), loaded and
+// transposed in registers: v[c] holds value c of each row.
+inline void load_transposed(const float* const (&rows)[16], int64_t steps, __m512 (&v)[16]) {
+  const __mmask16 depth_mask = column_mask(steps);
+  for (int i = 0; i < 16; ++i) v[i] = rows[i] ? _mm512_maskz_loadu_ps(depth_mask, rows[i]) : _mm512_setzero_ps();
+  transpose16(v);
+}
+
 // Packers store panels through a sink: float32 panels (depth steps of W rows side by side), or
 // for AVX512-BF16 dot products bf16 depth-pair panels, [depth / 2][W][2] bfloat16 (a missing last
-// depth step zero): one 32-bit lane per row, as VDPBF16PS reads it. Both take `steps` (<= 16)
-// transposed depth steps, v[c] holding step s + c of 16 rows, for rows g.. of the panel whose
-// first row is block row r0.
+// depth step zero): one 32-bit lane per row, as VDPBF16PS reads it. A sink takes the next
+// `steps` (<= 16) depth steps s.. of 16 rows, row i's at rows[i] (null: zeros), for rows g.. of
+// the panel whose first row is block row r0; the panel sinks transpose them in registers and
+// store v, v[c] holding step s + c of the 16 rows.
 // The packers that call the bf16 sink carry its target; the float32 sink's code has no bf16
 // instruction, so it runs on any AVX-512 CPU.
 #define SONO_BF16_TARGET __attribute__((target("avx512bf16,avx512bw")))
@@ -109,6 +124,11 @@ template <int W>
 struct FloatPanels {
   float* dst;
   int64_t depth;  // of the block
+  void take(const float* const (&rows)[16], int64_t r0, int64_t s, int64_t steps, int g) const {
+    __m512 v[16];
+    load_transposed(rows, steps, v);
+    store(v, r0, s, steps, g);
+  }
   void store(const __m512 (&v)[16], int64_t r0, int64_t s, int64_t steps, int g) const {
     float* panel = dst + r0 * depth + s * W;
     const __mmask16 row_mask = column_mask(W - g);
@@ -133,19 +153,32 @@ template <int W>
 struct PairPanels {
   uint16_t* dst;
   int64_t depth;
+  SONO_BF16_TARGET void take(const float* const (&rows)[16], int64_t r0, int64_t s, int64_t steps, int g) const {
+    __m512 v[16];
+    load_transposed(rows, steps, v);
+    store(v, r0, s, steps, g);
+  }
   SONO_BF16_TARGET void store(const __m512 (&v)[16], int64_t r0, int64_t s, int64_t steps, int g) const {
     uint16_t* panel = dst + r0 * ((depth + 1) / 2) * 2;
     for (int64_t j = 0; 2 * j < steps; ++j) store_pair<W>(v[2 * j], v[2 * j + 1], g, panel + ((s / 2 + j) * W + g) * 2);
   }
 };
 
-// 16 rows' next `steps` (<= 16) values, row i's at rows[i] (zeros where it is null), loaded and
-// transposed in registers: v[c] holds value c of each row.
-inline void load_transposed(const float* const (&rows)[16], int64_t steps, __m512 (&v)[16]) {
-  const __mmask16 depth_mask = column_mask(steps);
-  for (int i = 0; i < 16; ++i) v[i] = rows[i] ? _mm512_maskz_loadu_ps(depth_mask, rows[i]) : _mm512_setzero_ps();
-  transpose16(v);
-}
+// AMX's A operand: each row's bf16 depth steps side by side, [rows][stride] with the stride the
+// block's depth rounded up to AMX's 32 steps, as TILELOADD reads 16 rows of 32 steps: the rows
+// are stored as they are read, 16 steps at a time (zeros past `steps`).
+struct RowTiles {
+  uint16_t* dst;
+  int64_t stride;
+  SONO_BF16_TARGET void take(const float* const (&rows)[16], int64_t r0, int64_t s, int64_t steps, int g) const {
+    const __mmask16 depth_mask = column_mask(steps);
+    for (int i = 0; i < 16; ++i) {
+      const __m512 row = rows[i] ? _mm512_maskz_loadu_ps(depth_mask, rows[i]) : _mm512_setzero_ps();
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (r0 + g + i) * stride + s),
+                          (__m256i)_mm512_cvtneps_pbh(row));
+    }
+  }
+};
 
 // src.cs == 1: each row's depth is contiguous (A as [m, k], B transposed: Linear's operands).
 // 16 rows x 16 depth steps at a time are transposed in registers (a scalar loop spent as long
@@ -165,9 +198,7 @@ SONO_BF16_TARGET void pack_rows_contiguous(Strided src, int64_t rows, int64_t de
             _mm_prefetch(reinterpret_cast<const char*>(src.at(r0 + W + g + i, p0)), _MM_HINT_T0);
           at[i] = g + i < valid ? src.at(r0 + g + i, p0) : nullptr;
         }
-        __m512 v[16];
-        load_transposed(at, steps, v);
-        sink.store(v, r0, p0, steps, g);
+        sink.take(at, r0, p0, steps, g);
       }
     }
   }
@@ -202,9 +233,7 @@ SONO_BF16_TARGET void pack_implicit_columns(const ImplicitColumns& c, int64_t r0
           const bool inside = y >= 0 && y < c.h && x >= 0 && x < c.w;
           at[i] = inside ? image[row] + (y * c.w + x) * c.pixel_stride + channel : nullptr;
         }
-        __m512 v[16];
-        load_transposed(at, steps, v);
-        sink.store(v, pr, s, steps, g);
+        sink.take(at, pr, s, steps, g);
       }
     }
   }
@@ -264,8 +293,10 @@ struct TileOut {
   void (*post_op)(float*, int64_t);  // applied to each stored row, or nullptr
 };
 
-
-void store_tile(const __m512 (&acc)[kMr][kNv], const TileOut& t) {
+// acc's first t.rows rows to C (R: the rows acc holds). Inlined, so that acc stays in the
+// micro-kernel's registers.
+template <int R>
+__attribute__((always_inline)) inline void store_tile(const __m512 (&acc)[R][kNv], const TileOut& t) {
   __mmask16 mask[kNv];
   __m512 bias[kNv];
   for (int j = 0; j < kNv; ++j) {
@@ -274,7 +305,7 @@ void store_tile(const __m512 (&acc)[kMr][kNv], const TileOut& t) {
   }
   const __m512 alpha = _mm512_set1_ps(t.alpha), beta = _mm512_set1_ps(t.beta);
 #pragma GCC unroll 16
-  for (int i = 0; i < kMr; ++i) {  // unrolled, so that acc[i] names a register
+  for (int i = 0; i < R; ++i) {  // unrolled, so that acc[i] names a register
     if (i == t.rows) break;
     float* c = t.c + i * t.ldc;
 #pragma GCC unroll 4
@@ -334,11 +365,80 @@ __attribute__((target("avx512bf16"))) void micro_kernel_bf16(int64_t pairs, cons
   store_tile(acc, t);
 }
 
-std::atomic<bool> g_bf16_dot_products{true};
+// The AMX micro-kernel's tile of C: 32 rows (two 16-row tiles of A) x kNr columns (two of B).
+constexpr int kAmxRows = 32, kAmxDepth = 32;
+#define SONO_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512bf16,avx512bw")))
 
-bool bf16_dot_products() {
-  static const bool cpu_has_them = __builtin_cpu_supports("avx512bf16");
-  return cpu_has_them && g_bf16_dot_products.load(std::memory_order_relaxed);
+// Tile registers 0-3 hold C (16 rows x 16 float32 each), 4-5 A's rows 0-15 and 16-31 (32 bf16
+// steps each), 6-7 B's columns 0-15 and 16-31 (16 depth pairs of 16 columns).
+SONO_AMX_TARGET void configure_tiles() {
+  struct alignas(64) TileConfig {
+    uint8_t palette = 1, start_row = 0, reserved[14] = {};
+    uint16_t bytes_per_row[16] = {};
+    uint8_t rows[16] = {};
+  } config;
+  for (int i = 0; i < 8; ++i) config.bytes_per_row[i] = 64, config.rows[i] = 16;
+  asm volatile("" ::: "memory");  // the asm below reads the whole struct through a pointer
+  _tile_loadconfig(&config);
+}
+
+// acc = A rows (kAmxRows x depth, RowTiles, depth a multiple of 32) x B's pair panel (depth x kNr),
+// then stored through t.
+SONO_AMX_TARGET void micro_kernel_amx(int64_t depth, const uint16_t* a, const uint16_t* b, const TileOut& t) {
+  static_assert(kNr == 32 && kAmxRows == 32);
+  asm volatile("" ::: "memory");  // the tile loads' asm does not say it reads the packed panels
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  const int64_t a_bytes_per_row = depth * 2, b_bytes_per_pair = kNr * 4;
+  for (int64_t p = 0; p < depth; p += kAmxDepth) {
+    const uint16_t* b_pairs = b + p * kNr;  // p / 2 pairs of kNr columns, two values each
+    _tile_loadd(4, a + p, a_bytes_per_row);
+    _tile_loadd(5, a + 16 * depth + p, a_bytes_per_row);
+    _tile_loadd(6, b_pairs, b_bytes_per_pair);
+    _tile_loadd(7, b_pairs + 32, b_bytes_per_pair);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  alignas(64) float c[kAmxRows][kNr];
+  _tile_stored(0, &c[0][0], kNr * 4);
+  _tile_stored(1, &c[0][16], kNr * 4);
+  _tile_stored(2, &c[16][0], kNr * 4);
+  _tile_stored(3, &c[16][16], kNr * 4);
+  for (int half = 0; half < 2 && 16 * half < t.rows; ++half) {
+    __m512 acc[16][kNv];
+    for (int i = 0; i < 16; ++i)
+      for (int j = 0; j < kNv; ++j) acc[i][j] = _mm512_load_ps(&c[16 * half + i][16 * j]);
+    TileOut rows = t;
+    rows.c += 16 * half * t.ldc;
+    rows.rows = std::min<int64_t>(16, t.rows - 16 * half);
+    store_tile(acc, rows);
+  }
+}
+
+// AMX needs the CPU's AMX-TILE and AMX-BF16 (CPUID leaf 7, EDX bits 24 and 22) and the kernel's
+// leave to use the tile state (arch_prctl ARCH_REQ_XCOMP_PERM for XTILEDATA, Linux 5.16 on).
+bool amx_permitted() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) || !(edx & (1u << 24)) || !(edx & (1u << 22))) return false;
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+
+std::atomic<Bf16Math> g_fastest_bf16_math{Bf16Math::amx};
+
+// The Bf16Math that bf16 products of this problem's operands run on.
+Bf16Math bf16_math_for(const GemmProblem<float>& p) {
+  const Bf16Math limit = g_fastest_bf16_math.load(std::memory_order_relaxed);
+  // The AMX path packs A through the transposing packers (rows, implicit columns) and B's
+  // transposed rows: the forward GEMMs of Linear, convolutions and Winograd.
+  const bool amx_operands = p.trans_b && (!p.trans_a || p.a_columns);
+  if (limit == Bf16Math::amx && amx_operands && cpu_runs(Bf16Math::amx)) return Bf16Math::amx;
+  if (limit != Bf16Math::rounded && cpu_runs(Bf16Math::dot_products)) return Bf16Math::dot_products;
+  return Bf16Math::rounded;
 }
 
 // The team of threads running one GEMM together (or a team of one).
@@ -356,17 +456,20 @@ struct Item {
   void (*post_op)(float*, int64_t);
   bool bf16;  // bf16 operands
   const ImplicitColumns* a_columns;  // read instead of a where set
+  Bf16Math math;  // with bf16 operands
 };
 
 
 
 // One depth block's packed operands: float32 panels, or with bf16 dot products the bf16
-// depth-pair panels made from them.
+// depth-pair panels made from them; with AMX, B's pair panels and A's RowTiles, both over the
+// block's depth rounded up to 32.
 struct Packed {
   const float* a;
   const float* b;
   const uint16_t* a16;  // null: the float32 panels
   const uint16_t* b16;
+  bool amx;
 };
 
 // C[ic.., jc..] (+)= packed A block (mc x kc) x packed B block (kc x nc). The first depth
@@ -374,14 +477,16 @@ struct Packed {
 void macro_kernel(const Item& it, const Packed& pack, int64_t ic, int64_t mc, int64_t jc, int64_t nc,
                   int64_t kc, bool first_depth, bool last_depth) {
   const float beta = first_depth ? it.beta : 1.0f;
-  const int64_t pairs = (kc + 1) / 2;
+  const int64_t pairs = (kc + 1) / 2, amx_depth = round_up(kc, kAmxDepth);
+  const int64_t mr = pack.amx ? kAmxRows : kMr;
   for (int64_t jr = 0; jr < nc; jr += kNr) {
     const float* bias = first_depth && it.bias ? it.bias + jc + jr : nullptr;
-    for (int64_t ir = 0; ir < mc; ir += kMr) {
-      TileOut out{it.c + (ic + ir) * it.ldc + jc + jr, it.ldc, std::min<int64_t>(kMr, mc - ir),
+    for (int64_t ir = 0; ir < mc; ir += mr) {
+      TileOut out{it.c + (ic + ir) * it.ldc + jc + jr, it.ldc, std::min<int64_t>(mr, mc - ir),
                   std::min<int64_t>(kNr, nc - jr), it.alpha, beta, bias,
                   last_depth ? it.post_op : nullptr};
-      if (pack.a16) micro_kernel_bf16(pairs, pack.a16 + ir * pairs * 2, pack.b16 + jr * pairs * 2, out);
+      if (pack.amx) micro_kernel_amx(amx_depth, pack.a16 + ir * amx_depth, pack.b16 + jr * amx_depth, out);
+      else if (pack.a16) micro_kernel_bf16(pairs, pack.a16 + ir * pairs * 2, pack.b16 + jr * pairs * 2, out);
       else micro_kernel(kc, pack.a + ir * kc, pack.b + jr * kc, out);
     }
   }
@@ -414,6 +519,30 @@ bool pack_strided(Strided src, int64_t rows, int64_t depth, const Sink& sink, fl
   return false;
 }
 
+// B's block for AMX: pair panels over the depth rounded up to 32, the pairs past the block's
+// depth zero (a tile reads 16 pairs at a time).
+SONO_BF16_TARGET void pack_b_for_amx(Strided src, int64_t rows, int64_t depth, uint16_t* dst) {
+  const int64_t amx_depth = round_up(depth, kAmxDepth), packed = (depth + 1) / 2 * 2;
+  pack_rows_contiguous<kNr>(src, rows, depth, PairPanels<kNr>{dst, amx_depth});
+  for (int64_t r0 = 0; r0 < rows; r0 += kNr)
+    std::fill(dst + r0 * amx_depth + packed * kNr, dst + (r0 + kNr) * amx_depth, uint16_t{0});
+}
+
+// A's block for AMX: pack(sink) packs it through a RowTiles sink (16 rows at a time, 16 steps at
+// a time); rows up to the next multiple of kAmxRows and steps up to the next of 32 are zeroed.
+template <typename Pack>
+void pack_a_for_amx(Pack&& pack, int64_t rows, int64_t depth, uint16_t* dst) {
+  const int64_t amx_depth = round_up(depth, kAmxDepth), packed_depth = round_up(depth, 16);
+  const int64_t packed_rows = round_up(rows, 16);
+  pack(RowTiles{dst, amx_depth});
+  if (packed_depth < amx_depth)
+    for (int64_t r = 0; r < packed_rows; ++r)
+      std::fill(dst + r * amx_depth + packed_depth, dst + (r + 1) * amx_depth, uint16_t{0});
+  std::fill(dst + packed_rows * amx_depth, dst + round_up(rows, kAmxRows) * amx_depth, uint16_t{0});
+}
+
+SONO_AMX_TARGET void release_tiles() { _tile_release(); }
+
 // The rows (as row blocks first, first + step, ...) and columns of C one member computes.
 struct Share {
   int64_t first_block, block_step, col_begin, col_end;
@@ -434,6 +563,14 @@ Share share_of(const Item& it, Team team) {
   return {0, 1, begin, std::min(it.n, begin + width)};
 }
 
+// A's block (rows [ic, ic + mc), depth [pc, pc + kc)) through a transposing packer: implicit
+// columns, or rows whose depth is contiguous.
+template <int W, typename Sink>
+void pack_a(const Item& it, int64_t ic, int64_t mc, int64_t pc, int64_t kc, const Sink& sink) {
+  if (it.a_columns) pack_implicit_columns<W>(*it.a_columns, ic, mc, pc, kc, sink);
+  else pack_rows_contiguous<W>({it.a.at(ic, pc), it.a.rs, it.a.cs}, mc, kc, sink);
+}
+
 // A team member's share of one item: for each block of its columns and of depth, it packs B's
 // block, then packs and multiplies its row blocks of A.
 void run_item(const Item& it, Team team) {
@@ -443,31 +580,40 @@ void run_item(const Item& it, Team team) {
   const int64_t a_floats = round_up(it.mc, kMr) * it.kc, b_floats = round_up(std::min(it.n, kNc), kNr) * it.kc;
   float* a_pack = pack_buffer<Role::a>(a_floats);
   float* b_pack = pack_buffer<Role::b>(b_floats);
-  const bool dot_products = it.bf16 && bf16_dot_products();
-  // it.kc is even: a depth block's pair panels take as many bytes as half its float32 panels.
-  uint16_t* a16 = dot_products ? reinterpret_cast<uint16_t*>(pack_buffer<Role::a16>(a_floats / 2)) : nullptr;
-  uint16_t* b16 = dot_products ? reinterpret_cast<uint16_t*>(pack_buffer<Role::b16>(b_floats / 2)) : nullptr;
-  const Packed pack{a_pack, b_pack, a16, b16};
+  const bool dot_products = it.bf16 && it.math == Bf16Math::dot_products;
+  const bool amx = it.bf16 && it.math == Bf16Math::amx;
+  // it.kc is even: a depth block's pair panels take as many bytes as half its float32 panels
+  // (with AMX, it.mc and it.kc are multiples of 32: its rows and pairs fit there too).
+  uint16_t* a16 = dot_products || amx ? reinterpret_cast<uint16_t*>(pack_buffer<Role::a16>(a_floats / 2)) : nullptr;
+  uint16_t* b16 = dot_products || amx ? reinterpret_cast<uint16_t*>(pack_buffer<Role::b16>(b_floats / 2)) : nullptr;
+  const Packed pack{a_pack, b_pack, a16, b16, amx};
+  if (amx) configure_tiles();
   for (int64_t jc = share.col_begin; jc < share.col_end; jc += kNc) {
     const int64_t nc = std::min(kNc, share.col_end - jc);
     // pc == 0 runs even for k == 0, so that beta and the bias still apply.
     for (int64_t pc = 0; pc == 0 || pc < it.k; pc += it.kc) {
       const int64_t kc = std::min(it.kc, it.k - pc);
-      pack_operand<kNr>([&](const auto& sink) { return pack_strided<kNr>({it.b.at(jc, pc), it.b.rs, it.b.cs}, nc, kc, sink, b_pack); },
-                        nc, kc, it.bf16, dot_products, b_pack, b16);
+      const Strided b_block{it.b.at(jc, pc), it.b.rs, it.b.cs};
+      if (amx) pack_b_for_amx(b_block, nc, kc, b16);
+      else pack_operand<kNr>([&](const auto& sink) { return pack_strided<kNr>(b_block, nc, kc, sink, b_pack); },
+                             nc, kc, it.bf16, dot_products, b_pack, b16);
       for (int64_t blk = share.first_block; blk < row_blocks; blk += share.block_step) {
         const int64_t ic = blk * it.mc, mc = std::min(it.mc, it.m - ic);
-        pack_operand<kMr>(
-            [&](const auto& sink) {
-              if (!it.a_columns) return pack_strided<kMr>({it.a.at(ic, pc), it.a.rs, it.a.cs}, mc, kc, sink, a_pack);
-              pack_implicit_columns<kMr>(*it.a_columns, ic, mc, pc, kc, sink);
-              return true;
-            },
-            mc, kc, it.bf16, dot_products, a_pack, a16);
+        if (amx)
+          pack_a_for_amx([&](const RowTiles& sink) { pack_a<16>(it, ic, mc, pc, kc, sink); }, mc, kc, a16);
+        else
+          pack_operand<kMr>(
+              [&](const auto& sink) {
+                if (!it.a_columns) return pack_strided<kMr>({it.a.at(ic, pc), it.a.rs, it.a.cs}, mc, kc, sink, a_pack);
+                pack_a<kMr>(it, ic, mc, pc, kc, sink);
+                return true;
+              },
+              mc, kc, it.bf16, dot_products, a_pack, a16);
         macro_kernel(it, pack, ic, mc, jc, nc, kc, pc == 0, pc + kc >= it.k);
       }
     }
   }
+  if (amx) release_tiles();
 }
 
 // Batch item i of p, with depth blocks of equal size and, when a team of `threads` splits the
@@ -481,20 +627,31 @@ Item make_item(const GemmProblem<float>& p, int64_t i, int threads) {
   Item it{p.trans_a ? Strided{a, 1, lda} : Strided{a, lda, 1},
           p.trans_b ? Strided{b, ldb, 1} : Strided{b, 1, ldb},
           p.c + i * p.m * ldc, p.bias, ldc, p.m, p.n, p.k, 0, 0, p.alpha, p.beta, p.post_op, p.bf16_operands,
-          p.a_columns};
+          p.a_columns, p.bf16_operands ? bf16_math_for(p) : Bf16Math::rounded};
+  const bool amx = it.bf16 && it.math == Bf16Math::amx;
   // Implicit columns are read 16 depth steps of one tap at a time: depth blocks start at
-  // multiples of 16.
-  const int64_t depth_multiple = p.a_columns ? 16 : 8;
+  // multiples of 16. AMX tiles read 32 steps.
+  const int64_t depth_multiple = amx ? kAmxDepth : p.a_columns ? 16 : 8;
   it.kc = std::max<int64_t>(depth_multiple,
                             round_up(ceil_div(p.k, std::max<int64_t>(1, ceil_div(p.k, kKc))), depth_multiple));
   const int64_t row_blocks = round_up(ceil_div(p.m, kMc), splits_rows(p.m, p.n) ? threads : 1);
-  it.mc = round_up(ceil_div(p.m, row_blocks), kMr);
+  it.mc = round_up(ceil_div(p.m, row_blocks), amx ? kAmxRows : kMr);
   return it;
 }
 
 }  // namespace
 
-void use_bf16_dot_products(bool use) { g_bf16_dot_products.store(use, std::memory_order_relaxed); }
+bool cpu_runs(Bf16Math math) {
+  static const bool amx = amx_permitted(), dot_products = __builtin_cpu_supports("avx512bf16");
+  switch (math) {
+    case Bf16Math::amx: return amx;
+    case Bf16Math::dot_products: return dot_products;
+    case Bf16Math::rounded: return true;
+  }
+  return false;
+}
+
+void limit_bf16_math(Bf16Math fastest) { g_fastest_bf16_math.store(fastest, std::memory_order_relaxed); }
 
 void sgemm(const GemmProblem<float>& p) {
   if (p.batch == 0 || p.m == 0 || p.n == 0) return;
