@@ -79,6 +79,7 @@ std::vector<Case> gemm_cases() {
       // columns, sharing A's packing over 4 uneven depth blocks; A transposed
       {1, 50, 700, 1000, false, true, false, false, 1.0f, 0.0f, true},
       {1, 33, 512, 600, true, false, false, false, 1.0f, 1.0f, false},
+      {1, 70, 90, 2100, false, true, false, false, 1.0f, 0.5f, true},  // depth blocks of AMX's depth too
       {7, 20, 18, 33, false, true, false, false, 1.0f, 0.0f, false},   // an item per thread
       {5, 12, 40, 24, true, false, true, false, 1.0f, 0.0f, false},
       {3, 8, 8, 0, false, false, false, false, 1.0f, 0.5f, true},      // empty depth

@@ -367,6 +367,7 @@ __attribute__((target("avx512bf16"))) void micro_kernel_bf16(int64_t pairs, cons
 
 // The AMX micro-kernel's tile of C: 32 rows (two 16-row tiles of A) x kNr columns (two of B).
 constexpr int kAmxRows = 32, kAmxDepth = 32;
+constexpr int64_t kAmxKc = 1024, kAmxMc = 256;
 #define SONO_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512bf16,avx512bw")))
 
 // Tile registers 0-3 hold C (16 rows x 16 float32 each), 4-5 A's rows 0-15 and 16-31 (32 bf16
@@ -632,9 +633,10 @@ Item make_item(const GemmProblem<float>& p, int64_t i, int threads) {
   // Implicit columns are read 16 depth steps of one tap at a time: depth blocks start at
   // multiples of 16. AMX tiles read 32 steps.
   const int64_t depth_multiple = amx ? kAmxDepth : p.a_columns ? 16 : 8;
+  const int64_t max_kc = amx ? kAmxKc : kKc;
   it.kc = std::max<int64_t>(depth_multiple,
-                            round_up(ceil_div(p.k, std::max<int64_t>(1, ceil_div(p.k, kKc))), depth_multiple));
-  const int64_t row_blocks = round_up(ceil_div(p.m, kMc), splits_rows(p.m, p.n) ? threads : 1);
+                            round_up(ceil_div(p.k, std::max<int64_t>(1, ceil_div(p.k, max_kc))), depth_multiple));
+  const int64_t row_blocks = round_up(ceil_div(p.m, amx ? kAmxMc : kMc), splits_rows(p.m, p.n) ? threads : 1);
   it.mc = round_up(ceil_div(p.m, row_blocks), amx ? kAmxRows : kMr);
   return it;
 }
