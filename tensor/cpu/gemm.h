@@ -52,9 +52,8 @@ inline constexpr bool kHaveSgemm = false;  // callers take Eigen's path (under `
 enum class Bf16Math { amx, dot_products, rounded };
 
 // C[i] = alpha * op(A[i]) op(B[i]) + beta * C[i] + bias; C is not read when beta is 0.
-// Defined only where kHaveSgemm. bf16 operands multiply on the fastest Bf16Math the CPU has (AMX
-// where op(B) is B transposed and op(A) is A or implicit columns: the inference GEMMs; dot
-// products elsewhere), within the limit below.
+// Defined only where kHaveSgemm. bf16 operands multiply on the fastest Bf16Math the CPU has,
+// within the limit below.
 void sgemm(const GemmProblem<float>& p);
 // Whether this CPU (and, for AMX, the kernel, which must grant the tile state) runs `math`.
 bool cpu_runs(Bf16Math math);

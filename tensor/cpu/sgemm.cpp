@@ -180,6 +180,22 @@ struct RowTiles {
   }
 };
 
+// Float32 panels of 16 rows (pack_depth_contiguous<16>) made into RowTiles: 16 steps of the 16
+// rows transposed in registers at a time (A transposed: the weight gradients' GEMMs).
+SONO_BF16_TARGET void row_tiles_from_panels(const float* panels, int64_t rows, int64_t depth, const RowTiles& out) {
+  for (int64_t r0 = 0; r0 < rows; r0 += 16) {
+    const float* panel = panels + r0 * depth;
+    for (int64_t s = 0; s < depth; s += 16) {
+      __m512 v[16];
+      for (int64_t c = 0; c < 16; ++c) v[c] = s + c < depth ? _mm512_loadu_ps(panel + (s + c) * 16) : _mm512_setzero_ps();
+      transpose16(v);
+      for (int i = 0; i < 16; ++i)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.dst + (r0 + i) * out.stride + s),
+                            (__m256i)_mm512_cvtneps_pbh(v[i]));
+    }
+  }
+}
+
 // src.cs == 1: each row's depth is contiguous (A as [m, k], B transposed: Linear's operands).
 // 16 rows x 16 depth steps at a time are transposed in registers (a scalar loop spent as long
 // packing as the GEMM multiplying at MiT's narrow layers).
@@ -259,13 +275,15 @@ void pack_depth_contiguous(Strided src, int64_t rows, int64_t depth, float* dst)
   }
 }
 
-// float32 panels made into bf16 depth-pair panels (the depth-contiguous packer's route).
+// float32 panels made into bf16 depth-pair panels (the depth-contiguous packer's route), each
+// panel `panel_pairs` pairs apart (at least the depth's).
 template <int W>
-SONO_BF16_TARGET void pack_bf16_pairs(const float* src, int64_t rows, int64_t depth, uint16_t* dst) {
+SONO_BF16_TARGET void pack_bf16_pairs(const float* src, int64_t rows, int64_t depth, uint16_t* dst,
+                                      int64_t panel_pairs) {
   const int64_t pairs = (depth + 1) / 2;
   for (int64_t r0 = 0; r0 < rows; r0 += W) {
     const float* panel = src + r0 * depth;
-    uint16_t* out = dst + r0 * pairs * 2;
+    uint16_t* out = dst + r0 * panel_pairs * 2;
     for (int64_t q = 0; q < pairs; ++q) {
       const float* even = panel + 2 * q * W;
       const bool has_odd = 2 * q + 1 < depth;
@@ -431,13 +449,10 @@ bool amx_permitted() {
 
 std::atomic<Bf16Math> g_fastest_bf16_math{Bf16Math::amx};
 
-// The Bf16Math that bf16 products of this problem's operands run on.
-Bf16Math bf16_math_for(const GemmProblem<float>& p) {
+// The Bf16Math that bf16 products run on.
+Bf16Math bf16_math() {
   const Bf16Math limit = g_fastest_bf16_math.load(std::memory_order_relaxed);
-  // The AMX path packs A through the transposing packers (rows, implicit columns) and B's
-  // transposed rows: the forward GEMMs of Linear, convolutions and Winograd.
-  const bool amx_operands = p.trans_b && (!p.trans_a || p.a_columns);
-  if (limit == Bf16Math::amx && amx_operands && cpu_runs(Bf16Math::amx)) return Bf16Math::amx;
+  if (limit == Bf16Math::amx && cpu_runs(Bf16Math::amx)) return Bf16Math::amx;
   if (limit != Bf16Math::rounded && cpu_runs(Bf16Math::dot_products)) return Bf16Math::dot_products;
   return Bf16Math::rounded;
 }
@@ -501,7 +516,7 @@ template <int W, typename Pack>
 void pack_operand(Pack&& pack, int64_t rows, int64_t depth, bool bf16, bool dot_products, float* dst,
                   uint16_t* dst16) {
   if (bf16 && dot_products) {
-    if (!pack(PairPanels<W>{dst16, depth})) pack_bf16_pairs<W>(dst, rows, depth, dst16);
+    if (!pack(PairPanels<W>{dst16, depth})) pack_bf16_pairs<W>(dst, rows, depth, dst16, (depth + 1) / 2);
     return;
   }
   pack(FloatPanels<W>{dst, depth});
@@ -521,10 +536,12 @@ bool pack_strided(Strided src, int64_t rows, int64_t depth, const Sink& sink, fl
 }
 
 // B's block for AMX: pair panels over the depth rounded up to 32, the pairs past the block's
-// depth zero (a tile reads 16 pairs at a time).
-SONO_BF16_TARGET void pack_b_for_amx(Strided src, int64_t rows, int64_t depth, uint16_t* dst) {
+// depth zero (a tile reads 16 pairs at a time). Rows whose depth is contiguous are transposed in
+// registers; otherwise (B as [k, n]: input gradients) they go through float32 panels at `panels`.
+SONO_BF16_TARGET void pack_b_for_amx(Strided src, int64_t rows, int64_t depth, float* panels, uint16_t* dst) {
   const int64_t amx_depth = round_up(depth, kAmxDepth), packed = (depth + 1) / 2 * 2;
-  pack_rows_contiguous<kNr>(src, rows, depth, PairPanels<kNr>{dst, amx_depth});
+  if (!pack_strided<kNr>(src, rows, depth, PairPanels<kNr>{dst, amx_depth}, panels))
+    pack_bf16_pairs<kNr>(panels, rows, depth, dst, amx_depth / 2);
   for (int64_t r0 = 0; r0 < rows; r0 += kNr)
     std::fill(dst + r0 * amx_depth + packed * kNr, dst + (r0 + kNr) * amx_depth, uint16_t{0});
 }
@@ -595,13 +612,19 @@ void run_item(const Item& it, Team team) {
     for (int64_t pc = 0; pc == 0 || pc < it.k; pc += it.kc) {
       const int64_t kc = std::min(it.kc, it.k - pc);
       const Strided b_block{it.b.at(jc, pc), it.b.rs, it.b.cs};
-      if (amx) pack_b_for_amx(b_block, nc, kc, b16);
+      if (amx) pack_b_for_amx(b_block, nc, kc, b_pack, b16);
       else pack_operand<kNr>([&](const auto& sink) { return pack_strided<kNr>(b_block, nc, kc, sink, b_pack); },
                              nc, kc, it.bf16, dot_products, b_pack, b16);
       for (int64_t blk = share.first_block; blk < row_blocks; blk += share.block_step) {
         const int64_t ic = blk * it.mc, mc = std::min(it.mc, it.m - ic);
         if (amx)
-          pack_a_for_amx([&](const RowTiles& sink) { pack_a<16>(it, ic, mc, pc, kc, sink); }, mc, kc, a16);
+          pack_a_for_amx(
+              [&](const RowTiles& sink) {
+                if (it.a_columns || it.a.cs == 1) return pack_a<16>(it, ic, mc, pc, kc, sink);
+                pack_depth_contiguous<16>({it.a.at(ic, pc), it.a.rs, it.a.cs}, mc, kc, a_pack);
+                row_tiles_from_panels(a_pack, mc, kc, sink);
+              },
+              mc, kc, a16);
         else
           pack_operand<kMr>(
               [&](const auto& sink) {
@@ -628,7 +651,7 @@ Item make_item(const GemmProblem<float>& p, int64_t i, int threads) {
   Item it{p.trans_a ? Strided{a, 1, lda} : Strided{a, lda, 1},
           p.trans_b ? Strided{b, ldb, 1} : Strided{b, 1, ldb},
           p.c + i * p.m * ldc, p.bias, ldc, p.m, p.n, p.k, 0, 0, p.alpha, p.beta, p.post_op, p.bf16_operands,
-          p.a_columns, p.bf16_operands ? bf16_math_for(p) : Bf16Math::rounded};
+          p.a_columns, p.bf16_operands ? bf16_math() : Bf16Math::rounded};
   const bool amx = it.bf16 && it.math == Bf16Math::amx;
   // Implicit columns are read 16 depth steps of one tap at a time: depth blocks start at
   // multiples of 16. AMX tiles read 32 steps.
