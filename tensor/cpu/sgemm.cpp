@@ -383,8 +383,11 @@ __attribute__((target("avx512bf16"))) void micro_kernel_bf16(int64_t pairs, cons
   store_tile(acc, t);
 }
 
-// The AMX micro-kernel's tile of C: 32 rows (two 16-row tiles of A) x kNr columns (two of B).
+// The AMX micro-kernel's tile of C: 32 rows (two 16-row tiles of A) x kNr columns (two of B);
+// a tile row holds 32 bf16 depth steps.
 constexpr int kAmxRows = 32, kAmxDepth = 32;
+// Depth blocks: each ends with C's tiles stored and added to C, so they are 4x the float32
+// kernel's; row blocks: A's 256 x 1024 bf16 block (512 KB) stays in L2.
 constexpr int64_t kAmxKc = 1024, kAmxMc = 256;
 #define SONO_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512bf16,avx512bw")))
 
@@ -546,17 +549,25 @@ SONO_BF16_TARGET void pack_b_for_amx(Strided src, int64_t rows, int64_t depth, f
     std::fill(dst + r0 * amx_depth + packed * kNr, dst + (r0 + kNr) * amx_depth, uint16_t{0});
 }
 
-// A's block for AMX: pack(sink) packs it through a RowTiles sink (16 rows at a time, 16 steps at
-// a time); rows up to the next multiple of kAmxRows and steps up to the next of 32 are zeroed.
-template <typename Pack>
-void pack_a_for_amx(Pack&& pack, int64_t rows, int64_t depth, uint16_t* dst) {
-  const int64_t amx_depth = round_up(depth, kAmxDepth), packed_depth = round_up(depth, 16);
-  const int64_t packed_rows = round_up(rows, 16);
-  pack(RowTiles{dst, amx_depth});
+// A's block (rows [ic, ic + mc), depth [pc, pc + kc)) for AMX: read as rows from implicit
+// columns or from rows whose depth is contiguous, else packed into float32 panels (at `panels`)
+// and transposed into rows; rows up to the next multiple of kAmxRows and steps up to the next of
+// 32 are zeroed.
+void pack_a_for_amx(const Item& it, int64_t ic, int64_t mc, int64_t pc, int64_t kc, float* panels, uint16_t* dst) {
+  const int64_t amx_depth = round_up(kc, kAmxDepth), packed_depth = round_up(kc, 16), packed_rows = round_up(mc, 16);
+  const RowTiles sink{dst, amx_depth};
+  if (it.a_columns) {
+    pack_implicit_columns<16>(*it.a_columns, ic, mc, pc, kc, sink);
+  } else if (it.a.cs == 1) {
+    pack_rows_contiguous<16>({it.a.at(ic, pc), it.a.rs, it.a.cs}, mc, kc, sink);
+  } else {
+    pack_depth_contiguous<16>({it.a.at(ic, pc), it.a.rs, it.a.cs}, mc, kc, panels);
+    row_tiles_from_panels(panels, mc, kc, sink);
+  }
   if (packed_depth < amx_depth)
     for (int64_t r = 0; r < packed_rows; ++r)
       std::fill(dst + r * amx_depth + packed_depth, dst + (r + 1) * amx_depth, uint16_t{0});
-  std::fill(dst + packed_rows * amx_depth, dst + round_up(rows, kAmxRows) * amx_depth, uint16_t{0});
+  std::fill(dst + packed_rows * amx_depth, dst + round_up(mc, kAmxRows) * amx_depth, uint16_t{0});
 }
 
 SONO_AMX_TARGET void release_tiles() { _tile_release(); }
@@ -579,14 +590,6 @@ Share share_of(const Item& it, Team team) {
   const int64_t width = round_up(ceil_div(it.n, team.size), kNr);
   const int64_t begin = std::min(it.n, team.id * width);
   return {0, 1, begin, std::min(it.n, begin + width)};
-}
-
-// A's block (rows [ic, ic + mc), depth [pc, pc + kc)) through a transposing packer: implicit
-// columns, or rows whose depth is contiguous.
-template <int W, typename Sink>
-void pack_a(const Item& it, int64_t ic, int64_t mc, int64_t pc, int64_t kc, const Sink& sink) {
-  if (it.a_columns) pack_implicit_columns<W>(*it.a_columns, ic, mc, pc, kc, sink);
-  else pack_rows_contiguous<W>({it.a.at(ic, pc), it.a.rs, it.a.cs}, mc, kc, sink);
 }
 
 // A team member's share of one item: for each block of its columns and of depth, it packs B's
@@ -618,18 +621,12 @@ void run_item(const Item& it, Team team) {
       for (int64_t blk = share.first_block; blk < row_blocks; blk += share.block_step) {
         const int64_t ic = blk * it.mc, mc = std::min(it.mc, it.m - ic);
         if (amx)
-          pack_a_for_amx(
-              [&](const RowTiles& sink) {
-                if (it.a_columns || it.a.cs == 1) return pack_a<16>(it, ic, mc, pc, kc, sink);
-                pack_depth_contiguous<16>({it.a.at(ic, pc), it.a.rs, it.a.cs}, mc, kc, a_pack);
-                row_tiles_from_panels(a_pack, mc, kc, sink);
-              },
-              mc, kc, a16);
+          pack_a_for_amx(it, ic, mc, pc, kc, a_pack, a16);
         else
           pack_operand<kMr>(
               [&](const auto& sink) {
                 if (!it.a_columns) return pack_strided<kMr>({it.a.at(ic, pc), it.a.rs, it.a.cs}, mc, kc, sink, a_pack);
-                pack_a<kMr>(it, ic, mc, pc, kc, sink);
+                pack_implicit_columns<kMr>(*it.a_columns, ic, mc, pc, kc, sink);
                 return true;
               },
               mc, kc, it.bf16, dot_products, a_pack, a16);
