@@ -13,8 +13,8 @@
 // state are float32: master weights, rounded per use.
 // autocast_policy is that list as a table, which the ops read (autocast_input).
 // On a GPU the products are cuBLAS GemmEx / our conv kernels on bf16 operands. On the CPU the
-// products read their operands rounded to bfloat16 in the same way (AVX512-BF16 dot products
-// where the CPU has them), but the activations stay float32 (the AutocastActivations::f32
+// products read their operands rounded to bfloat16 in the same way (AMX tiles or AVX512-BF16 dot
+// products where the CPU has them, cpu::Bf16Math), but the activations stay float32 (the AutocastActivations::f32
 // path below): its other ops compute in float32. The setting is process-wide (the tools'
 // --amp flag sets it once), not per thread.
 #include <string>

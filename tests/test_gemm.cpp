@@ -101,8 +101,9 @@ TEST_CASE("float32 GEMM equals a float64 reference within its rounding bound") {
 }
 
 // Under bf16 autocast the GEMM's operands are read rounded to bfloat16 (as they are packed), and
-// their products, exact in float32, accumulate in float32: with AVX512-BF16's dot products where
-// the CPU has them, and with the rounded values' float32 FMAs where not (tested here on any CPU).
+// their products, exact in float32, accumulate in float32: on AMX tiles or AVX512-BF16's dot
+// products where the CPU has them, and with the rounded values' float32 FMAs where not (each
+// path the CPU has is tested here).
 // Against the unrounded operands the same results are far off, so the check sees the rounding.
 TEST_CASE("bf16 operands: the GEMM equals a float64 reference of the rounded operands") {
   if constexpr (!cpu::kHaveSgemm) {

@@ -37,8 +37,8 @@ void BM_Linear(benchmark::State& state) {
   set_gemm_flops(state, m, k, n);
 }
 
-// BM_Linear under bf16 autocast: the GEMM's operands read as bfloat16 (AVX512-BF16 dot products
-// where the CPU has them), float32 accumulation and output.
+// BM_Linear under bf16 autocast: the GEMM's operands read as bfloat16 (AMX tiles or AVX512-BF16
+// dot products where the CPU has them), float32 accumulation and output.
 void BM_LinearBf16(benchmark::State& state) {
   Autocast bf16(Device::cpu);
   BM_Linear(state);
