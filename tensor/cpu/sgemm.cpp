@@ -172,11 +172,12 @@ struct RowTiles {
   int64_t stride;
   SONO_BF16_TARGET void take(const float* const (&rows)[16], int64_t r0, int64_t s, int64_t steps, int g) const {
     const __mmask16 depth_mask = column_mask(steps);
-    for (int i = 0; i < 16; ++i) {
-      const __m512 row = rows[i] ? _mm512_maskz_loadu_ps(depth_mask, rows[i]) : _mm512_setzero_ps();
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (r0 + g + i) * stride + s),
-                          (__m256i)_mm512_cvtneps_pbh(row));
-    }
+    for (int i = 0; i < 16; ++i)
+      store_row(r0 + g + i, s, rows[i] ? _mm512_maskz_loadu_ps(depth_mask, rows[i]) : _mm512_setzero_ps());
+  }
+  // Steps s.. s + 15 of `row`, rounded to bf16.
+  SONO_BF16_TARGET void store_row(int64_t row, int64_t s, __m512 steps) const {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + row * stride + s), (__m256i)_mm512_cvtneps_pbh(steps));
   }
 };
 
@@ -189,9 +190,7 @@ SONO_BF16_TARGET void row_tiles_from_panels(const float* panels, int64_t rows, i
       __m512 v[16];
       for (int64_t c = 0; c < 16; ++c) v[c] = s + c < depth ? _mm512_loadu_ps(panel + (s + c) * 16) : _mm512_setzero_ps();
       transpose16(v);
-      for (int i = 0; i < 16; ++i)
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.dst + (r0 + i) * out.stride + s),
-                            (__m256i)_mm512_cvtneps_pbh(v[i]));
+      for (int i = 0; i < 16; ++i) out.store_row(r0 + i, s, v[i]);
     }
   }
 }
@@ -476,6 +475,7 @@ struct Item {
   bool bf16;  // bf16 operands
   const ImplicitColumns* a_columns;  // read instead of a where set
   Bf16Math math;  // with bf16 operands
+  bool bf16_on(Bf16Math m) const { return bf16 && math == m; }
 };
 
 
@@ -601,8 +601,7 @@ void run_item(const Item& it, Team team) {
   const int64_t a_floats = round_up(it.mc, kMr) * it.kc, b_floats = round_up(std::min(it.n, kNc), kNr) * it.kc;
   float* a_pack = pack_buffer<Role::a>(a_floats);
   float* b_pack = pack_buffer<Role::b>(b_floats);
-  const bool dot_products = it.bf16 && it.math == Bf16Math::dot_products;
-  const bool amx = it.bf16 && it.math == Bf16Math::amx;
+  const bool dot_products = it.bf16_on(Bf16Math::dot_products), amx = it.bf16_on(Bf16Math::amx);
   // it.kc is even: a depth block's pair panels take as many bytes as half its float32 panels
   // (with AMX, it.mc and it.kc are multiples of 32: its rows and pairs fit there too).
   uint16_t* a16 = dot_products || amx ? reinterpret_cast<uint16_t*>(pack_buffer<Role::a16>(a_floats / 2)) : nullptr;
@@ -649,7 +648,7 @@ Item make_item(const GemmProblem<float>& p, int64_t i, int threads) {
           p.trans_b ? Strided{b, ldb, 1} : Strided{b, 1, ldb},
           p.c + i * p.m * ldc, p.bias, ldc, p.m, p.n, p.k, 0, 0, p.alpha, p.beta, p.post_op, p.bf16_operands,
           p.a_columns, p.bf16_operands ? bf16_math() : Bf16Math::rounded};
-  const bool amx = it.bf16 && it.math == Bf16Math::amx;
+  const bool amx = it.bf16_on(Bf16Math::amx);
   // Implicit columns are read 16 depth steps of one tap at a time: depth blocks start at
   // multiples of 16. AMX tiles read 32 steps.
   const int64_t depth_multiple = amx ? kAmxDepth : p.a_columns ? 16 : 8;
