@@ -41,6 +41,13 @@ void Backend::channel_affine(const Tensor& x, const Tensor& scale, const Tensor&
   bias_add(y, shift, y);
 }
 
+void Backend::conv2d_bias_relu_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,
+                                       const Tensor& bias, const Tensor& out, bool relu) {
+  conv2d_forward(g, x, w, out);
+  if (bias.defined()) bias_add(out, bias, out);
+  if (relu) unary(UnaryOp::relu, out, out, 0.0);
+}
+
 void Backend::linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
                              bool gelu, Precision precision) {
   gemm(x, false, w, true, y, 1.0, 0.0, precision);

@@ -74,6 +74,9 @@ struct Conv2dOptions {
 };
 // x [N, H, W, Cin], weight [Cout, Cin/groups, KH, KW], bias [Cout] or undefined -> [N, OH, OW, Cout]
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dOptions opt = {});
+// relu(conv2d(...)); without gradients to record, one kernel that a backend may fuse (the CPU's
+// GEMM paths add the bias and apply the ReLU in their epilogue).
+Tensor conv2d_relu(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dOptions opt = {});
 
 // Normalises over the last dim.
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps);

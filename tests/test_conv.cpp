@@ -2,10 +2,12 @@
 // (tests/reference/conv_goldens.py), float32 against float64 on the vectorised paths, values by
 // hand, and clear shape errors. Their float64 gradchecks, in every conv regime the models run,
 // are rows of the op table (test_cuda_op_parity.cpp).
+#include <algorithm>
 #include <sstream>
 
 #include "helpers.h"
 #include "layers/safetensors.h"
+#include "tensor/autocast.h"
 
 using namespace sono;
 using namespace sono::test;
@@ -20,6 +22,31 @@ struct ConvCase {
 };
 
 Shape weight_shape(const ConvCase& c) { return {c.cout, c.x[3] / c.opt.groups, c.kernel, c.kernel}; }
+
+// One case per CPU conv path (and its tails).
+const ConvCase kPathCases[] = {
+    {"depthwise 7x7, 130 channels", {2, 9, 14, 130}, 130, 7, {1, 3, 1, 130}},
+    // the register-tiled stride-1 kernel: tiles of 8 pixels with a tail, channel tails,
+    // padding other than k / 2 (its input gradient pads k - 1 - padding)
+    {"depthwise 3x3 pad 1, 37 channels", {3, 5, 11, 37}, 37, 3, {1, 1, 1, 37}},
+    {"depthwise 3x3 pad 0", {1, 6, 19, 16}, 16, 3, {1, 0, 1, 16}},
+    {"depthwise 7x7 pad 2, 5 channels", {1, 10, 9, 5}, 5, 7, {1, 2, 1, 5}},
+    {"depthwise 7x7 pad 3, rows of 19: a full tile of 16 and a tail", {2, 8, 19, 20}, 20, 7, {1, 3, 1, 20}},
+    {"atrous depthwise d12, 70 channels", {1, 13, 11, 70}, 70, 3, {1, 12, 12, 70}},
+    {"dense 3x3 stride 2", {2, 9, 11, 20}, 24, 3, {2, 1, 1, 1}},
+    {"pointwise", {2, 6, 5, 33}, 17, 1, {1, 0, 1, 1}},
+    {"sr 4x4 stride 4, 24 channels out of 9 pixels", {1, 12, 13, 20}, 24, 4, {4, 0, 1, 1}},
+    // the GEMM reading the columns from the input (channels in runs of 16)
+    {"implicit columns 3x3, 32 channels", {2, 9, 11, 32}, 24, 3, {1, 1, 1, 1}},
+    {"implicit columns 3x3 stride 2, dilation 2, 48 channels", {1, 13, 12, 48}, 20, 3, {2, 2, 2, 1}},
+    {"implicit columns, 2 groups of 16 channels", {2, 8, 8, 32}, 16, 3, {1, 1, 1, 2}},
+    // Winograd F(4x4, 3x3), forward and input gradient: whole tiles; tiles overhanging the
+    // output with channel tails; padding 0 and 2 (the input gradient's 2 and 0)
+    {"winograd 3x3, 8x8 outputs", {2, 8, 8, 16}, 32, 3, {1, 1, 1, 1}},
+    {"winograd 3x3, 11x9 outputs, 21 channels in, 19 out", {2, 11, 9, 21}, 19, 3, {1, 1, 1, 1}},
+    {"winograd 3x3 pad 0", {1, 12, 14, 16}, 16, 3, {1, 0, 1, 1}},
+    {"winograd 3x3 pad 2", {1, 8, 9, 32}, 17, 3, {1, 2, 1, 1}},
+};
 
 Tensor load_golden(const nn::SafetensorsFile& file, const std::string& key) {
   auto it = file.tensors.find(key);
@@ -36,31 +63,8 @@ TEST_CASE("conv2d of a non-contiguous input equals that of its contiguous copy")
 }
 
 TEST_CASE("conv2d float32 agrees with float64 on the vectorised and GEMM paths") {
-  const ConvCase cases[] = {
-      {"depthwise 7x7, 130 channels", {2, 9, 14, 130}, 130, 7, {1, 3, 1, 130}},
-      // the register-tiled stride-1 kernel: tiles of 8 pixels with a tail, channel tails,
-      // padding other than k / 2 (its input gradient pads k - 1 - padding)
-      {"depthwise 3x3 pad 1, 37 channels", {3, 5, 11, 37}, 37, 3, {1, 1, 1, 37}},
-      {"depthwise 3x3 pad 0", {1, 6, 19, 16}, 16, 3, {1, 0, 1, 16}},
-      {"depthwise 7x7 pad 2, 5 channels", {1, 10, 9, 5}, 5, 7, {1, 2, 1, 5}},
-      {"depthwise 7x7 pad 3, rows of 19: a full tile of 16 and a tail", {2, 8, 19, 20}, 20, 7, {1, 3, 1, 20}},
-      {"atrous depthwise d12, 70 channels", {1, 13, 11, 70}, 70, 3, {1, 12, 12, 70}},
-      {"dense 3x3 stride 2", {2, 9, 11, 20}, 24, 3, {2, 1, 1, 1}},
-      {"pointwise", {2, 6, 5, 33}, 17, 1, {1, 0, 1, 1}},
-      {"sr 4x4 stride 4, 24 channels out of 9 pixels", {1, 12, 13, 20}, 24, 4, {4, 0, 1, 1}},
-      // the GEMM reading the columns from the input (channels in runs of 16)
-      {"implicit columns 3x3, 32 channels", {2, 9, 11, 32}, 24, 3, {1, 1, 1, 1}},
-      {"implicit columns 3x3 stride 2, dilation 2, 48 channels", {1, 13, 12, 48}, 20, 3, {2, 2, 2, 1}},
-      {"implicit columns, 2 groups of 16 channels", {2, 8, 8, 32}, 16, 3, {1, 1, 1, 2}},
-      // Winograd F(4x4, 3x3), forward and input gradient: whole tiles; tiles overhanging the
-      // output with channel tails; padding 0 and 2 (the input gradient's 2 and 0)
-      {"winograd 3x3, 8x8 outputs", {2, 8, 8, 16}, 32, 3, {1, 1, 1, 1}},
-      {"winograd 3x3, 11x9 outputs, 21 channels in, 19 out", {2, 11, 9, 21}, 19, 3, {1, 1, 1, 1}},
-      {"winograd 3x3 pad 0", {1, 12, 14, 16}, 16, 3, {1, 0, 1, 1}},
-      {"winograd 3x3 pad 2", {1, 8, 9, 32}, 17, 3, {1, 2, 1, 1}},
-  };
   uint64_t seed = 200;
-  for (const ConvCase& c : cases) {
+  for (const ConvCase& c : kPathCases) {
     INFO(std::string(c.name));
     Tensor x = rand64(c.x, ++seed), w = rand64(weight_shape(c), ++seed, 0.2);
     Tensor g = rand64(conv2d(x, w, Tensor(), c.opt).shape(), ++seed);
@@ -74,6 +78,28 @@ TEST_CASE("conv2d float32 agrees with float64 on the vectorised and GEMM paths")
     for (size_t i = 0; i < r64.size(); ++i) {
       INFO("output " << i << " (0 = y, 1 = grad_x, 2 = grad_w)");
       CHECK(max_abs_diff(r32[i].to(DType::f64), r64[i]) < 1e-4);
+    }
+  }
+}
+
+TEST_CASE("conv2d_relu without gradients equals relu(conv2d) on every path, in every precision") {
+  uint64_t seed = 300;
+  for (const ConvCase& c : kPathCases) {
+    INFO(std::string(c.name));
+    const Tensor x = rand64(c.x, ++seed), w = rand64(weight_shape(c), ++seed, 0.2), b = rand64({c.cout}, ++seed);
+    autograd::NoGradGuard no_grad;
+    for (auto [dtype, precision] : {std::pair{DType::f64, Precision::f32}, std::pair{DType::f32, Precision::f32},
+                                    std::pair{DType::f32, Precision::bf16}}) {
+      INFO(dtype_name(dtype) << (precision == Precision::bf16 ? " with bf16 products" : ""));
+      Autocast autocast(Device::cpu, precision);
+      const Tensor xs = x.to(dtype), ws = w.to(dtype), bs = b.to(dtype);
+      for (const Tensor& bias : {bs, Tensor()}) {
+        INFO((bias.defined() ? "with" : "without") << " a bias");
+        const Tensor fused = conv2d_relu(xs, ws, bias, c.opt), composed = relu(conv2d(xs, ws, bias, c.opt));
+        CHECK(max_abs_diff(fused, composed) <= (dtype == DType::f64 ? 1e-12 : 1e-5));
+        const std::vector<double> values = fused.to_vector();
+        CHECK(*std::min_element(values.begin(), values.end()) == 0);  // some outputs were negative
+      }
     }
   }
 }

@@ -327,6 +327,10 @@ std::vector<OpRow> fixed_rows() {
       // Without gradients (inference) eval mode is one scale-and-shift pass.
       {"batch_norm (eval, no gradients)", {{3, 2, 3, 7}, {7}, {7}}, batch_norm_eval,
        {K::channel_affine}, false, A::batch_norm_composed},
+      // Inference's conv with a folded BatchNorm: bias and ReLU in one kernel.
+      {"conv2d_relu (no gradients)", {{2, 7, 9, 6}, {10, 6, 3, 3}, {10}},
+       [](auto& v) { return conv2d_relu(v[0], v[1], v[2], {2, 1, 1, 1}); },
+       {K::conv2d_bias_relu_forward}, false, A::conv2d},
       {"softmax", {{3, 5, 7}}, [](auto& v) { return softmax(v[0]); },
        {K::softmax_forward, K::softmax_backward}, true, A::softmax},
       {"softmax (dim 0)", {{3, 5, 7}}, [](auto& v) { return softmax(v[0], 0); },
@@ -395,6 +399,7 @@ const char* row_for(BackendOp op) {
     case BackendOp::conv2d_forward:
     case BackendOp::conv2d_backward_input:
     case BackendOp::conv2d_backward_weight: return "conv2d 3x3 stride 2, bias";
+    case BackendOp::conv2d_bias_relu_forward: return "conv2d_relu (no gradients)";
     case BackendOp::layer_norm_forward:
     case BackendOp::layer_norm_backward: return "layer_norm";
     case BackendOp::batch_norm_forward:

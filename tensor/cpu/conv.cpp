@@ -259,15 +259,48 @@ void depthwise_weight_grad(const Conv2dGeometry& g, const T* x, const T* grad_ou
   partials.sum_into(grad_wt);
 }
 
+// ---- the forward's epilogue ----------------------------------------------------------------
+template <typename T>
+void relu_in_place(T* values, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) values[i] = values[i] > T(0) ? values[i] : T(0);
+}
+
+// What conv2d_bias_relu_forward adds to the forward: the bias (of the columns from `bias` on),
+// then ReLU. The GEMM paths apply it to C's tiles while they are in cache; the others in a pass.
+template <typename T>
+struct Epilogue {
+  const T* bias = nullptr;
+  bool relu = false;
+
+  using PostOp = void (*)(T*, int64_t);
+
+  Epilogue columns_from(int64_t first) const { return {bias ? bias + first : nullptr, relu}; }
+  PostOp post_op() const { return relu ? &relu_in_place<T> : nullptr; }
+};
+
+template <typename T>
+void apply_epilogue(const Conv2dGeometry& g, const Epilogue<T>& e, T* out) {
+  if (!e.bias && !e.relu) return;
+  const int64_t rows = g.n * g.oh * g.ow;
+#pragma omp parallel for schedule(static) if (rows * g.cout > kParallelWork)
+  for (int64_t r = 0; r < rows; ++r) {
+    T* row = out + r * g.cout;
+    if (e.bias)
+      for (int64_t c = 0; c < g.cout; ++c) row[c] += e.bias[c];
+    if (e.relu) relu_in_place(row, g.cout);
+  }
+}
+
 // ---- im2col + GEMM --------------------------------------------------------------------------
 // c (+)= op(a) op(b), [m, k] x [k, n], on row-major matrices with row strides lda/ldb/ldc:
 // one group's slice of the column, weight and output matrices; products as g.precision says.
-// With a_columns, op(a) is read through it (a and lda unused).
+// With a_columns, op(a) is read through it (a and lda unused). The epilogue applies to c.
 template <typename T>
 void gemm_slices(const Conv2dGeometry& g, const T* a, int64_t lda, bool ta, const T* b, int64_t ldb, bool tb, T* c,
                  int64_t ldc, int64_t m, int64_t n, int64_t k, bool accumulate,
-                 const ImplicitColumns* a_columns = nullptr) {
-  GemmProblem<T> p{a, b, c, nullptr, 1, m, n, k, ta, tb, false, false, T(1), T(accumulate ? 1 : 0), lda, ldb, ldc};
+                 const ImplicitColumns* a_columns = nullptr, const Epilogue<T>& e = {}) {
+  GemmProblem<T> p{a, b, c, e.bias, 1, m, n, k, ta, tb, false, false, T(1), T(accumulate ? 1 : 0), lda, ldb, ldc};
+  p.post_op = e.post_op();
   p.bf16_operands = g.precision == Precision::bf16;
   p.a_columns = a_columns;
   gemm_rows<T>(p);
@@ -436,25 +469,29 @@ bool reads_implicit_columns(const ColumnLayout& cl) {
 }
 
 void conv_forward_implicit(const Conv2dGeometry& g, const ColumnLayout& cl, const float* x, const float* wt,
-                           float* out) {
+                           float* out, const Epilogue<float>& e) {
   for (int64_t gi = 0; gi < g.groups; ++gi) {
     const ImplicitColumns columns{x + gi * cl.cin_g, g.h,       g.w,      g.cin,     g.oh,     g.ow,
                                   g.kw,              cl.cin_g, g.stride, g.padding, g.dilation};
     // out[pixels, cout_g] = columns[pixels, group_cols] x wt[cout_g, group_cols]^T
     gemm_slices<float>(g, nullptr, 0, false, wt + gi * cl.cout_g * cl.group_cols, cl.group_cols, true,
-                       out + gi * cl.cout_g, g.cout, g.n * g.oh * g.ow, cl.cout_g, cl.group_cols, false, &columns);
+                       out + gi * cl.cout_g, g.cout, g.n * g.oh * g.ow, cl.cout_g, cl.group_cols, false, &columns,
+                       e.columns_from(gi * cl.cout_g));
   }
 }
 
 template <typename T>
-void conv_forward(const Conv2dGeometry& g, const T* x, const T* w, T* out) {
+void conv_forward(const Conv2dGeometry& g, const T* x, const T* w, T* out, const Epilogue<T>& e = {}) {
   if constexpr (std::is_same_v<T, float>) {
-    if (winograd_applies(g)) return winograd_conv_forward(g, x, w, out);
+    if (winograd_applies(g)) {
+      winograd_conv_forward(g, x, w, out);
+      return apply_epilogue(g, e, out);
+    }
   }
   const ColumnLayout cl = column_layout(g, true);
   const WeightRows<T> wt(w, g, cl);
   if constexpr (std::is_same_v<T, float>) {
-    if (reads_implicit_columns(cl)) return conv_forward_implicit(g, cl, x, wt.data(), out);
+    if (reads_implicit_columns(cl)) return conv_forward_implicit(g, cl, x, wt.data(), out, e);
   }
   for_each_chunk<T>(g, cl, x, true, [&](int64_t n0, int64_t, int64_t rows, T* cols) {
     for (int64_t gi = 0; gi < g.groups; ++gi) {
@@ -462,7 +499,7 @@ void conv_forward(const Conv2dGeometry& g, const T* x, const T* w, T* out) {
       gemm_slices(g, cols + gi * cl.group_cols, cl.cols, false,
                   wt.data() + gi * cl.cout_g * cl.group_cols, cl.group_cols, true,
                   out + n0 * g.oh * g.ow * g.cout + gi * cl.cout_g, g.cout, rows, cl.cout_g,
-                  cl.group_cols, false);
+                  cl.group_cols, false, nullptr, e.columns_from(gi * cl.cout_g));
     }
   });
 }
@@ -596,6 +633,17 @@ void CpuBackend::conv2d_forward(const Conv2dGeometry& g, const Tensor& x, const 
                                 const Tensor& out) {
   with_pointers(g, x, w, out, [&](auto* xp, auto* wp, auto* op) {
     g.depthwise() ? depthwise_forward(g, xp, wp, op) : conv_forward(g, xp, wp, op);
+  });
+}
+
+void CpuBackend::conv2d_bias_relu_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,
+                                          const Tensor& bias, const Tensor& out, bool relu) {
+  with_pointers(g, x, w, out, [&](auto* xp, auto* wp, auto* op) {
+    using T = std::remove_pointer_t<decltype(op)>;
+    const Epilogue<T> e{bias.defined() ? bias.data<T>() : nullptr, relu};
+    if (!g.depthwise()) return conv_forward(g, xp, wp, op, e);
+    depthwise_forward(g, xp, wp, op);
+    apply_epilogue(g, e, op);
   });
 }
 

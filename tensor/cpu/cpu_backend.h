@@ -31,6 +31,9 @@ class CpuBackend final : public Backend {
   // Eval-mode BatchNorm's scale and shift in one pass (norm.cpp).
   void channel_affine(const Tensor& x, const Tensor& scale, const Tensor& shift,
                       const Tensor& y) override;
+  // The GEMM paths apply the bias and ReLU in their epilogue (conv.cpp).
+  void conv2d_bias_relu_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,
+                                const Tensor& bias, const Tensor& out, bool relu) override;
   // The GEMM with the bias and GELU applied in its epilogue.
   void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
                       bool gelu, Precision precision) override;

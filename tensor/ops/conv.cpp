@@ -84,13 +84,23 @@ struct Conv2dSaved {
   }
 };
 
+// A conv's operands as its kernels read them.
+struct ConvOperands {
+  Conv2dGeometry g;
+  Tensor xc, wc;
+  DType result;  // under autocast, bfloat16 where the backend's activations are
+
+  ConvOperands(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dOptions& opt)
+      : g(at_autocast_precision(conv_geometry(x, weight, bias, opt), x.device())),
+        xc(autocast_input(AutocastOp::conv2d, contiguous_data(x))),
+        wc(contiguous_data(weight)),
+        result(autocast_result_dtype(xc)) {}
+};
+
 }  // namespace
 
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dOptions opt) {
-  const Conv2dGeometry g = at_autocast_precision(conv_geometry(x, weight, bias, opt), x.device());
-  const Tensor wc = contiguous_data(weight);
-  const Tensor xc = autocast_input(AutocastOp::conv2d, contiguous_data(x));
-  const DType result = autocast_result_dtype(xc);
+  const auto [g, xc, wc, result] = ConvOperands(x, weight, bias, opt);
   // With a bias, the kernel writes a float32 sum that the bias add rounds once to the result.
   const Shape out_shape{g.n, g.oh, g.ow, g.cout};
   Tensor out = Tensor::empty(out_shape, bias.defined() ? compute_dtype(result) : result, x.device());
@@ -107,6 +117,18 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dO
                     need_gx, need_gw, need_gb};
   return autograd::record("conv2d", out, {x, weight, bias},
                           [saved = std::move(saved)](const Tensor& grad) { return saved.backward(grad); });
+}
+
+Tensor conv2d_relu(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dOptions opt) {
+  const bool records = autograd::grad_enabled() &&
+                       (x.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad()));
+  const ConvOperands c(x, weight, bias, opt);
+  // The epilogue sums in float32: bfloat16 activations keep conv2d's one rounding of the sum.
+  if (records || c.result != compute_dtype(c.result)) return relu(conv2d(x, weight, bias, opt));
+  Tensor out = Tensor::empty({c.g.n, c.g.oh, c.g.ow, c.g.cout}, c.result, x.device());
+  backend_of(x).conv2d_bias_relu_forward(c.g, c.xc, c.wc, bias.defined() ? contiguous_data(bias) : Tensor(), out,
+                                         true);
+  return out;
 }
 
 }  // namespace sono
