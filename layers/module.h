@@ -41,6 +41,13 @@ class Module {
   void zero_grad();
   // The direct child registered as `name` (e.g. "encoder"); the error lists the children.
   Module& child(const std::string& name) const;
+  // Inference only, in eval mode (fuse.cpp): each BatchNorm right after a conv folds into that
+  // conv, and a ReLU right after them into the conv's epilogue, wherever a module knows its
+  // order (Sequential, and models whose forward is code); the rest recurse into their children.
+  // The same function in fewer passes over memory, but the parameters are no longer the
+  // checkpoint's: a fused module is not for training or saving.
+  virtual void fuse_for_inference();
+  bool fused_for_inference() const { return fused_; }
 
  protected:
   Tensor register_parameter(const std::string& name, Tensor value);
@@ -59,6 +66,7 @@ class Module {
   NamedTensors params_, buffers_;
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
   bool training_ = true;
+  bool fused_ = false;
 };
 
 // A module with one input and one output, so that it can sit in a Sequential.
@@ -78,6 +86,9 @@ class Sequential : public UnaryModule {
     return m;
   }
   Tensor forward(const Tensor& x) override;
+  // Folded BatchNorms and fused ReLUs leave the forward's order (they stay children, under
+  // their names).
+  void fuse_for_inference() override;
   size_t size() const { return items_.size(); }
   UnaryModule& operator[](size_t i) { return *items_.at(i); }
 

@@ -1,5 +1,7 @@
 #include "layers/norm.h"
 
+#include "layers/conv.h"
+
 #include "autograd/node.h"
 #include "tensor/backend.h"
 #include "tensor/ops.h"
@@ -22,6 +24,10 @@ BatchNorm2d::BatchNorm2d(int64_t channels, double eps_, double momentum_) : eps(
 }
 
 Tensor BatchNorm2d::forward(const Tensor& x) {
+  if (folded_) {
+    SONO_CHECK(!is_training(), "BatchNorm2d: folded into its conv for inference, it cannot train");
+    return x;
+  }
   if (is_training()) {
     // num_batches_tracked lives on the CPU side of the count; a scalar int64 add.
     Tensor host = num_batches_tracked.to(Device::cpu);
@@ -30,6 +36,16 @@ Tensor BatchNorm2d::forward(const Tensor& x) {
   }
   if (is_training() && sum_over_ranks) return synced_forward(x);
   return batch_norm(x, weight, bias, running_mean, running_var, is_training(), momentum, eps);
+}
+
+void BatchNorm2d::fold_into(Conv2d& conv) {
+  SONO_CHECK(!is_training() && running_mean.defined(), "BatchNorm2d: only eval mode with running statistics folds");
+  SONO_CHECK(!folded_, "BatchNorm2d: folded already");
+  autograd::NoGradGuard no_grad;
+  // In float64: the fold itself adds no rounding beyond the conv's parameters' own.
+  const Tensor scale = div(weight.to(DType::f64), sqrt(add(running_var.to(DType::f64), eps)));
+  conv.fold_scale_shift(scale, sub(bias.to(DType::f64), mul(running_mean.to(DType::f64), scale)));
+  folded_ = true;
 }
 
 // batch_norm's training formulas with every sum over the batch taken over all ranks' batches;

@@ -16,10 +16,15 @@ class LayerNorm : public UnaryModule {
 
 // torch.nn.BatchNorm2d on channels-last input, with the same buffers (running_mean,
 // running_var, num_batches_tracked).
+class Conv2d;
+
 class BatchNorm2d : public UnaryModule {
  public:
   explicit BatchNorm2d(int64_t channels, double eps = 1e-5, double momentum = 0.1);
   Tensor forward(const Tensor& x) override;
+  // Folds this eval-mode BatchNorm into the conv whose output it normalises; the forward then
+  // passes its input through (Module::fuse_for_inference).
+  void fold_into(Conv2d& conv);
   Tensor weight, bias, running_mean, running_var, num_batches_tracked;
   double eps, momentum;
 
@@ -30,6 +35,7 @@ class BatchNorm2d : public UnaryModule {
 
  private:
   Tensor synced_forward(const Tensor& x);
+  bool folded_ = false;
 };
 
 }  // namespace sono::nn

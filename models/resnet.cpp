@@ -5,6 +5,7 @@
 
 #include "layers/activation.h"
 #include "layers/conv.h"
+#include "layers/fuse.h"
 #include "layers/init.h"
 #include "layers/linear.h"
 #include "layers/norm.h"
@@ -58,12 +59,16 @@ class Block : public nn::UnaryModule {
 
   Tensor forward(const Tensor& x) override {
     Tensor y = x;
-    for (size_t i = 0; i < convs_.size(); ++i) {
-      y = norms_[i]->forward(convs_[i]->forward(y));
-      if (i + 1 < convs_.size()) y = relu(y);
-    }
+    for (size_t i = 0; i + 1 < convs_.size(); ++i) y = nn::conv_bn_relu(*convs_[i], *norms_[i], y);
+    y = norms_.back()->forward(convs_.back()->forward(y));
     if (drop_path_) y = drop_path_->forward(y);
     return relu(add(y, downsample_ ? downsample_->forward(x) : x));
+  }
+
+  void fuse_for_inference() override {
+    nn::UnaryModule::fuse_for_inference();  // the downsample's conv and BatchNorm
+    for (size_t i = 0; i + 1 < convs_.size(); ++i) nn::fuse_conv_bn_relu(*convs_[i], *norms_[i]);
+    norms_.back()->fold_into(*convs_.back());  // its ReLU comes after the shortcut's add
   }
 
  private:
@@ -122,12 +127,18 @@ template <class Base>
 std::vector<Tensor> ResNetTrunk<Base>::stages(const Tensor& x, bool with_stem) {
   SONO_CHECK(x.dim() == 4 && x.size(3) == config_.in_channels, "ResNet: expected input [N, H, W, ",
              config_.in_channels, "], got ", shape_str(x.shape()));
-  const Tensor stem = relu(bn1_->forward(conv1_->forward(x)));
+  const Tensor stem = nn::conv_bn_relu(*conv1_, *bn1_, x);
   std::vector<Tensor> features;
   if (with_stem) features.push_back(stem);
   Tensor y = max_pool2d(stem, 3, 2, 1);
   for (auto& layer : layers_) features.push_back(y = layer->forward(y));
   return features;
+}
+
+template <class Base>
+void ResNetTrunk<Base>::fuse_for_inference() {
+  Base::fuse_for_inference();
+  nn::fuse_conv_bn_relu(*conv1_, *bn1_);
 }
 
 template class ResNetTrunk<SegmentationEncoder>;

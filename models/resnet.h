@@ -14,6 +14,11 @@
 #include "models/encoder.h"
 #include "models/pretrained.h"
 
+namespace sono::nn {
+class BatchNorm2d;
+class Conv2d;
+}  // namespace sono::nn
+
 namespace sono::models {
 
 struct ResNetConfig {
@@ -53,13 +58,15 @@ class ResNetTrunk : public Base {
   // x [N, H, W, in_channels] -> the outputs of layer1..layer(depth - 1) (strides 4, 8, 16, 32
   // before dilation), after the stem's stride-2 map (relu(bn1(conv1))) where with_stem.
   std::vector<Tensor> stages(const Tensor& x, bool with_stem = false);
+  void fuse_for_inference() override;
   // Output channels of layer s + 1 (0..3).
   int64_t stage_width(int s) const { return (config_.bottleneck ? 4 : 1) * (int64_t{64} << s); }
 
   ResNetConfig config_;
 
  private:
-  std::shared_ptr<nn::UnaryModule> conv1_, bn1_;
+  std::shared_ptr<nn::Conv2d> conv1_;
+  std::shared_ptr<nn::BatchNorm2d> bn1_;
   std::vector<std::shared_ptr<nn::Sequential>> layers_;
 };
 
