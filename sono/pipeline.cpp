@@ -10,16 +10,13 @@ namespace sono {
 
 struct Pipeline::Models {
   Models(const std::string& seg_path, const std::string& cls_path, const Options& options)
-      : seg(app::load_checkpoint(seg_path, models::Task::segmentation)),
-        cls(app::load_checkpoint(cls_path, models::Task::classification)),
-        device(app::select_device(options.device)),
-        flip(options.flip_tta) {
-    seg.model->to(device);
-    cls.model->to(device);
-  }
+      : device(app::select_device(options.device)),
+        seg(app::load_for_inference(seg_path, models::Task::segmentation, device)),
+        cls(app::load_for_inference(cls_path, models::Task::classification, device)),
+        flip(options.flip_tta) {}
 
-  app::LoadedModel seg, cls;
   Device device;
+  app::LoadedModel seg, cls;
   bool flip;
   // The forwards take turns: the engine's modules and backends (the CUDA one's allocator and
   // stream above all) were not written for concurrent forwards, and on the CPU one forward

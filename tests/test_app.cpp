@@ -222,6 +222,24 @@ TEST_CASE("every card value is checked against the architecture; the error names
 }
 
 // seg_train --atrous-rates: the card carries them, so predict rebuilds the ASPP that was trained.
+TEST_CASE("a checkpoint loaded for inference predicts as the file does and is never saved") {
+  TempDir dir;
+  app::ModelCard card = resnet18_segmenter_card();
+  card.encoder_depth = 4;
+  manual_seed(5);
+  auto trained = app::build_model(card);
+  trained->eval();
+  const std::string path = (dir / "seg.safetensors").string(), copy = (dir / "copy.safetensors").string();
+  app::save_checkpoint(path, *trained, card);
+  const app::LoadedModel fused = app::load_for_inference(path, models::Task::segmentation, Device::cpu);
+  const Tensor x = rand64({1, 64, 64, 3}, 4).to(DType::f32);
+  autograd::NoGradGuard no_grad;
+  CHECK(max_abs_diff(fused.model->forward(x), trained->forward(x)) < 1e-5);
+  CHECK_THROWS_WITH_AS(app::save_checkpoint(copy, *fused.model, fused.card),
+                       doctest::Contains("BatchNorms are folded into its convs"), Error);
+  CHECK_FALSE(fs::exists(copy));
+}
+
 TEST_CASE("a segmenter's ASPP rates go through its card into the model rebuilt from the file") {
   TempDir dir;
   app::ModelCard card = resnet18_segmenter_card();

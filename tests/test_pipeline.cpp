@@ -94,7 +94,8 @@ TEST_CASE("pipeline: a scan's pixels give what predict's code gives on its file"
   const std::string file = kSamples + "benign_10.png";
   sono::Result r = run(load_grey(file));
 
-  app::LoadedModel seg = app::load_checkpoint(kSeg, models::Task::segmentation), cls = app::load_checkpoint(kCls, models::Task::classification);
+  app::LoadedModel seg = app::load_for_inference(kSeg, models::Task::segmentation, Device::cpu),
+                   cls = app::load_for_inference(kCls, models::Task::classification, Device::cpu);
   data::Image image = data::load_image(file);
   data::Mask mask = app::segment(seg, image, image.height, image.width, Device::cpu);
   CHECK(r.width == image.width);

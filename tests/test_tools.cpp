@@ -147,10 +147,15 @@ TEST_CASE("predict on the emulated CUDA device, float32 and bf16 autocast, match
                           data::load_mask({dir / (name + ".png")}));
   };
   const auto cpu = predict("cpu", "");
-  setenv("SONO_CUDA_EMULATOR", "1", 1);
-  const auto cuda = predict("cuda", " --device cuda");
-  const auto bf16 = predict("bf16", " --device cuda --amp bf16");
-  unsetenv("SONO_CUDA_EMULATOR");
+  // Unset again where a REQUIRE throws: later tests' --device cuda must find no device.
+  struct EmulatedDevice {
+    EmulatedDevice() { setenv("SONO_CUDA_EMULATOR", "1", 1); }
+    ~EmulatedDevice() { unsetenv("SONO_CUDA_EMULATOR"); }
+  };
+  const auto [cuda, bf16] = [&] {
+    EmulatedDevice emulated;
+    return std::make_pair(predict("cuda", " --device cuda"), predict("bf16", " --device cuda --amp bf16"));
+  }();
   CHECK(cuda.first == cpu.first);
   CHECK(cuda.second.values == cpu.second.values);
   int64_t differing = 0;

@@ -136,8 +136,7 @@ void use_predicted_masks(data::SampleCache& cache, const std::vector<std::string
                          const std::function<size_t(size_t sample)>& segmenter_of, Device device) {
   data::SegmentationMetrics agreement;
   for (size_t k = 0; k < seg_models.size(); ++k) {
-    app::LoadedModel seg = app::load_checkpoint(seg_models[k], models::Task::segmentation);
-    seg.model->to(device);
+    app::LoadedModel seg = app::load_for_inference(seg_models[k], models::Task::segmentation, device);
     for (size_t i = 0; i < cache.count(); ++i) {
       if (segmenter_of(i) != k) continue;
       data::Mask predicted = app::segment(seg, cache.image(i), cache.size(), cache.size(), device);

@@ -182,10 +182,8 @@ std::vector<std::pair<std::string, std::string>> model_files(const std::string& 
 
 Models load_models(const std::pair<std::string, std::string>& files, Device device) {
   Models m;
-  if (!files.first.empty()) m.seg = app::load_checkpoint(files.first, models::Task::segmentation);
-  if (!files.second.empty()) m.cls = app::load_checkpoint(files.second, models::Task::classification);
-  for (auto* loaded : {&m.seg, &m.cls})
-    if (*loaded) (*loaded)->model->to(device);
+  if (!files.first.empty()) m.seg = app::load_for_inference(files.first, models::Task::segmentation, device);
+  if (!files.second.empty()) m.cls = app::load_for_inference(files.second, models::Task::classification, device);
   return m;
 }
 

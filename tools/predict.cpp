@@ -651,12 +651,10 @@ int predict(int argc, char** argv) {
   const bool resume = cli.is_set("skip_existing") && fs::exists(run.csv);
   // A resumed run replaces what the interrupted one may have left of the scans it runs again.
   check_run_files(cli, run, cli.is_set("overlay"), cli.is_set("overwrite") || resume);
-  Predictor p{app::load_checkpoint(cli.str("seg_model"), models::Task::segmentation),
-              app::load_checkpoint(cli.str("cls_model"), models::Task::classification), device, cli.is_set("overlay"),
-              min_confidence, cli.is_set("flip_tta")};
+  Predictor p{app::load_for_inference(cli.str("seg_model"), models::Task::segmentation, device),
+              app::load_for_inference(cli.str("cls_model"), models::Task::classification, device), device,
+              cli.is_set("overlay"), min_confidence, cli.is_set("flip_tta")};
   if (!cli.str("explain").empty()) app::explainable(p.cls);
-  p.seg.model->to(device);
-  p.cls.model->to(device);
   if (!batch) return predict_one(p, run.scans.front(), run.outputs(0));
   FolderOptions options{static_cast<size_t>(batch_size), static_cast<int>(workers), std::nullopt, 0};
   if (resume) {

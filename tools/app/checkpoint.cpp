@@ -235,6 +235,8 @@ std::shared_ptr<nn::UnaryModule> build_model(const ModelCard& card) {
 
 void save_checkpoint(const std::string& path, const nn::Module& model, const ModelCard& card,
                      const nn::StateDict& extra_tensors) {
+  SONO_CHECK(!model.fused_for_inference(), path, ": not saved: the model's BatchNorms are folded into its convs "
+             "for inference (load_for_inference), its weights are not the checkpoint's");
   nn::StateDict all = model.state_dict();
   for (auto& [k, v] : extra_tensors) all[k] = v;
   nn::save_safetensors(path, all, card.to_metadata());
@@ -259,6 +261,13 @@ LoadedModel load_checkpoint(const std::string& path, std::optional<models::Task>
   }
   model->eval();
   return {model, card};
+}
+
+LoadedModel load_for_inference(const std::string& path, models::Task task, Device device) {
+  LoadedModel loaded = load_checkpoint(path, task);
+  loaded.model->fuse_for_inference();  // on the CPU, in float64: not every device computes in it
+  loaded.model->to(device);
+  return loaded;
 }
 
 }  // namespace sono::app

@@ -64,8 +64,7 @@ TrainSettings fold_settings(const TrainSettings& s, int fold) {
 // computes its share of each batch and scores them all (the same figures on every rank).
 std::vector<double> score_fold(const TrainSettings& s, TrainingTask& task, std::shared_ptr<data::SampleCache> cache,
                                const std::vector<size_t>& val) {
-  LoadedModel best = load_checkpoint(s.save_path, task.task());
-  best.model->to(s.device);
+  LoadedModel best = load_for_inference(s.save_path, task.task(), s.device);
   data::LoaderOptions options;
   options.batch_size = s.batch_size;
   options.input = task.input();

@@ -15,7 +15,7 @@ namespace sono::app {
 namespace {
 
 LoadedModel load_best(const TrainSettings& s, models::Task task) {
-  LoadedModel best = load_checkpoint(s.save_path, task);
+  LoadedModel best = load_checkpoint(s.save_path, task);  // saved again with its calibration: unfused
   best.model->to(s.device);
   return best;
 }
