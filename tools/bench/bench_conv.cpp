@@ -3,10 +3,12 @@
 // convnext_dw7x7: ConvNeXt-Base stage-1 depthwise 7x7 (batch 8 at 224x224); aspp_dw3x3_d12: the
 // first ASPP separable branch at output stride 16 (batch 8 at 256x256); dense3x3_s2: a regular
 // strided 3x3 (im2col + GEMM); pointwise1x1: a 1x1 conv, one GEMM on [N*H*W, C];
-// resnet_stem7x7_cin4: the 4-channel classifier's ResNet stem (batch 8 at 128x128).
+// resnet_stem7x7_cin4: the 4-channel classifier's ResNet stem (batch 8 at 128x128); _192: the
+// shipped classifier's (batch 8 at 192x192). BM_ConvBf16: the forward under bf16 autocast.
 #include <benchmark/benchmark.h>
 
 #include "autograd/node.h"
+#include "tensor/autocast.h"
 #include "tensor/ops.h"
 
 namespace {
@@ -28,6 +30,7 @@ const ConvBench kConvBenches[] = {
     {"dense3x3_s2", {8, 64, 64, 64}, {128, 64, 3, 3}, {2, 1, 1, 1}},
     {"pointwise1x1", {8, 56, 56, 128}, {512, 128, 1, 1}, {1, 0, 1, 1}},
     {"resnet_stem7x7_cin4", {8, 128, 128, 4}, {64, 4, 7, 7}, {2, 3, 1, 1}},
+    {"resnet_stem7x7_cin4_192", {8, 192, 192, 4}, {64, 4, 7, 7}, {2, 3, 1, 1}},
 };
 
 Tensor random_f32(const Shape& shape, uint64_t seed) {
@@ -42,9 +45,10 @@ void set_conv_flops(benchmark::State& state, const ConvBench& c, const Shape& ou
                                                  benchmark::Counter::kIsRate, benchmark::Counter::kIs1000);
 }
 
-void BM_Conv(benchmark::State& state, const ConvBench& c) {
+void BM_Conv(benchmark::State& state, const ConvBench& c, Precision precision) {
   Tensor x = random_f32(c.input, 1), w = random_f32(c.weight, 2);
   autograd::NoGradGuard no_grad;
+  Autocast autocast(Device::cpu, precision);
   Shape out_shape;
   for (auto _ : state) {
     Tensor y = conv2d(x, w, Tensor(), c.opt);
@@ -74,9 +78,10 @@ void BM_ConvForwardBackward(benchmark::State& state, const ConvBench& c) {
 
 bool register_conv_cases() {
   for (const ConvBench& c : kConvBenches) {
-    benchmark::RegisterBenchmark((std::string("BM_Conv/") + c.name).c_str(), BM_Conv, c)
-        ->Unit(benchmark::kMillisecond)
-        ->UseRealTime();
+    for (auto [prefix, precision] : {std::pair{"BM_Conv/", Precision::f32}, std::pair{"BM_ConvBf16/", Precision::bf16}})
+      benchmark::RegisterBenchmark((prefix + std::string(c.name)).c_str(), BM_Conv, c, precision)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
     benchmark::RegisterBenchmark((std::string("BM_ConvForwardBackward/") + c.name).c_str(),
                                  BM_ConvForwardBackward, c)
         ->Unit(benchmark::kMillisecond)
