@@ -8,6 +8,7 @@ namespace sono::nn {
 
 void Module::fuse_for_inference() {
   for (auto& [name, child] : children_) child->fuse_for_inference();
+  for (auto& [name, p] : params_) p.impl().storage->frozen = true;
   fused_ = true;
 }
 

@@ -45,7 +45,8 @@ class Module {
   // conv, and a ReLU right after them into the conv's epilogue, wherever a module knows its
   // order (Sequential, and models whose forward is code); the rest recurse into their children.
   // The same function in fewer passes over memory, but the parameters are no longer the
-  // checkpoint's: a fused module is not for training or saving.
+  // checkpoint's: a fused module is not for training or saving. Its parameters' storage is
+  // frozen (Storage::frozen): nothing may write it, and load_state_dict refuses.
   virtual void fuse_for_inference();
   bool fused_for_inference() const { return fused_; }
 

@@ -46,6 +46,8 @@ const ConvCase kPathCases[] = {
     {"winograd 3x3, 11x9 outputs, 21 channels in, 19 out", {2, 11, 9, 21}, 19, 3, {1, 1, 1, 1}},
     {"winograd 3x3 pad 0", {1, 12, 14, 16}, 16, 3, {1, 0, 1, 1}},
     {"winograd 3x3 pad 2", {1, 8, 9, 32}, 17, 3, {1, 2, 1, 1}},
+    // depth blocks: 3 of AMX's (9 x 256 = 2304 steps), 9 of float32's; 70 outputs: a column tail
+    {"implicit columns 3x3, 256 channels, 6x6 outputs", {2, 6, 6, 256}, 70, 3, {1, 1, 1, 1}},
 };
 
 Tensor load_golden(const nn::SafetensorsFile& file, const std::string& key) {
@@ -99,6 +101,30 @@ TEST_CASE("conv2d_relu without gradients equals relu(conv2d) on every path, in e
         CHECK(max_abs_diff(fused, composed) <= (dtype == DType::f64 ? 1e-12 : 1e-5));
         const std::vector<double> values = fused.to_vector();
         CHECK(*std::min_element(values.begin(), values.end()) == 0);  // some outputs were negative
+      }
+    }
+  }
+}
+
+// Frozen weights (a model fused for inference) are packed once per conv and kept while their
+// storage lives: the same bits as packing them on every call, in float32 and with bf16 products,
+// and new weights at a reused address are packed anew.
+TEST_CASE("a conv's frozen weights, packed once, give the bits of weights packed on each call") {
+  uint64_t seed = 400;
+  for (const ConvCase& c : kPathCases) {
+    INFO(std::string(c.name));
+    const Tensor x = rand64(c.x, ++seed).to(DType::f32), b = rand64({c.cout}, ++seed).to(DType::f32);
+    autograd::NoGradGuard no_grad;
+    for (Precision precision : {Precision::f32, Precision::bf16}) {
+      INFO((precision == Precision::bf16 ? "bf16 products" : "float32"));
+      Autocast autocast(Device::cpu, precision);
+      for (int round = 0; round < 2; ++round) {
+        const Tensor w = rand64(weight_shape(c), ++seed, 0.2).to(DType::f32), frozen = w.clone();
+        frozen.impl().storage->frozen = true;
+        for (int call = 0; call < 2; ++call) {  // the first packs, the second finds them
+          CHECK(max_abs_diff(conv2d(x, frozen, b, c.opt), conv2d(x, w, b, c.opt)) == 0);
+          CHECK(max_abs_diff(conv2d_relu(x, frozen, b, c.opt), conv2d_relu(x, w, b, c.opt)) == 0);
+        }
       }
     }
   }

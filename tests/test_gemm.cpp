@@ -122,6 +122,46 @@ TEST_CASE("bf16 operands: the GEMM equals a float64 reference of the rounded ope
   });
 }
 
+// B packed once (pack_b) gives every GEMM the bits of B packed on the call, in float32 and each
+// bf16 math: teams splitting rows or columns, several depth and column blocks, tails; a PackedB
+// of other shapes is not used.
+TEST_CASE("a prepacked B gives the GEMM of B packed on each call, bit for bit") {
+  if constexpr (!cpu::kHaveSgemm) {
+    MESSAGE("no AVX-512 on this CPU: no sgemm to pack for");
+    return;
+  }
+  auto check = [](bool bf16) {
+    for (const Case& c : gemm_cases()) {
+      if (c.batch != 1 || c.k == 0) continue;
+      INFO("m " << c.m << " n " << c.n << " k " << c.k << " ta " << c.ta << " tb " << c.tb);
+      std::mt19937 rng(static_cast<unsigned>(c.m + c.n + c.k));
+      auto a = random_floats(c.m * c.k, rng), b = random_floats(c.k * c.n, rng), bias = random_floats(c.n, rng);
+      std::vector<float> packed_out(c.m * c.n, 0.0f), plain_out(c.m * c.n, 0.0f);
+      cpu::GemmProblem<float> p{a.data(), b.data(), plain_out.data(), c.bias ? bias.data() : nullptr, 1, c.m, c.n,
+                                c.k, c.ta, c.tb, false, false, c.alpha, 0.0f};
+      p.bf16_operands = bf16;
+      cpu::sgemm(p);
+      const auto packed = cpu::pack_b(p);
+      p.packed_b = packed.get();
+      p.c = packed_out.data();
+      cpu::sgemm(p);
+      CHECK(packed_out == plain_out);
+      std::vector<float> other_out(c.m * (c.n - 1), 0.0f);  // one column fewer: packs its own
+      cpu::GemmProblem<float> narrower = p;
+      narrower.n = c.n - 1, narrower.c = other_out.data(), narrower.ldb = c.tb ? c.k : c.n;
+      if (narrower.n > 0) {
+        cpu::sgemm(narrower);
+        std::vector<float> want(other_out.size(), 0.0f);
+        narrower.packed_b = nullptr, narrower.c = want.data();
+        cpu::sgemm(narrower);
+        CHECK(other_out == want);
+      }
+    }
+  };
+  check(false);
+  test::for_each_bf16_math([&] { check(true); });
+}
+
 namespace {
 
 // A convolution's column matrix (rows: output pixels; depth: tap-major channels) copied out of

@@ -4,6 +4,7 @@
 // CPUs without AVX-512) makes its threads meet at every depth block, and has no epilogue to add
 // Linear's bias while the result is in registers.
 #include <cstdint>
+#include <memory>
 
 namespace sono::cpu {
 
@@ -20,6 +21,10 @@ struct ImplicitColumns {
   int64_t h, w, pixel_stride;  // input height and width, floats from one pixel to the next
   int64_t oh, ow, kw, channels, stride, padding, dilation;
 };
+
+// op(B) packed once for every GEMM with the same B, n, k and bf16 math (pack_b): for weights
+// that do not change from call to call (a conv's, once its model is fused for inference).
+struct PackedB;
 
 template <typename T>
 struct GemmProblem {
@@ -38,6 +43,9 @@ struct GemmProblem {
   bool bf16_operands = false;
   // sgemm only, batch 1: op(A) read through this instead of a / lda / trans_a.
   const ImplicitColumns* a_columns = nullptr;
+  // sgemm only, batch 1: b already packed by pack_b (used where it was packed for this
+  // problem's n, k and bf16 math, else b is packed as usual).
+  const PackedB* packed_b = nullptr;
 };
 
 #ifdef __AVX512F__
@@ -55,6 +63,11 @@ enum class Bf16Math { amx, dot_products, rounded };
 // Defined only where kHaveSgemm. bf16 operands multiply on the fastest Bf16Math the CPU has,
 // within the limit below.
 void sgemm(const GemmProblem<float>& p);
+// p's op(B) (batch 1) packed as sgemm's micro-kernels read it, every depth block, with the bf16
+// math the CPU runs now.
+std::shared_ptr<const PackedB> pack_b(const GemmProblem<float>& p);
+// Whether sgemm would use `packed` for p now (the same n, k and bf16 math).
+bool packed_b_fits(const PackedB& packed, const GemmProblem<float>& p);
 // Whether this CPU (and, for AMX, the kernel, which must grant the tile state) runs `math`.
 bool cpu_runs(Bf16Math math);
 // The fastest Bf16Math sgemm may use (default Bf16Math::amx): tests step it down to run the

@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <vector>
 
 #include "tensor/error.h"
 
@@ -475,8 +476,34 @@ struct Item {
   bool bf16;  // bf16 operands
   const ImplicitColumns* a_columns;  // read instead of a where set
   Bf16Math math;  // with bf16 operands
+  const PackedB* packed_b;  // B's blocks packed already, or null
   bool bf16_on(Bf16Math m) const { return bf16 && math == m; }
+  // B's packed blocks are bf16 pair panels (else float32 panels).
+  bool packs_pairs() const { return bf16_on(Bf16Math::amx) || bf16_on(Bf16Math::dot_products); }
+  // Where column j of a packed depth block of kc steps starts, in the panels' elements.
+  int64_t packed_column_offset(int64_t j, int64_t kc) const {
+    if (bf16_on(Bf16Math::amx)) return j * round_up(kc, kAmxDepth);
+    return packs_pairs() ? j * ((kc + 1) / 2) * 2 : j * kc;
+  }
 };
+
+}  // namespace
+
+// Every depth block of B, full width, as run_item would pack it: float32 panels or pair panels.
+struct PackedB {
+  int64_t n, k, kc;
+  bool bf16;
+  Bf16Math math;
+  std::vector<int64_t> block_start;  // per depth block, in the panels' elements
+  AlignedBuffer<float> panels;  // 64-byte aligned, as the micro-kernels load them
+  AlignedBuffer<uint16_t> pairs;
+
+  bool fits(int64_t n_, int64_t k_, int64_t kc_, bool bf16_, Bf16Math math_) const {
+    return n == n_ && k == k_ && kc == kc_ && bf16 == bf16_ && (!bf16 || math == math_);
+  }
+};
+
+namespace {
 
 
 
@@ -592,8 +619,17 @@ Share share_of(const Item& it, Team team) {
   return {0, 1, begin, std::min(it.n, begin + width)};
 }
 
+// B's block (columns [jc, jc + nc), depth [pc, pc + kc)) into float32 panels at b_pack or, with
+// bf16 dot products or AMX, pair panels at b16 (b_pack then holds the float32 ones on the way).
+void pack_b_block(const Item& it, int64_t jc, int64_t nc, int64_t pc, int64_t kc, float* b_pack, uint16_t* b16) {
+  const Strided b_block{it.b.at(jc, pc), it.b.rs, it.b.cs};
+  if (it.bf16_on(Bf16Math::amx)) return pack_b_for_amx(b_block, nc, kc, b_pack, b16);
+  pack_operand<kNr>([&](const auto& sink) { return pack_strided<kNr>(b_block, nc, kc, sink, b_pack); }, nc, kc,
+                    it.bf16, it.bf16_on(Bf16Math::dot_products), b_pack, b16);
+}
+
 // A team member's share of one item: for each block of its columns and of depth, it packs B's
-// block, then packs and multiplies its row blocks of A.
+// block (or finds it packed), then packs and multiplies its row blocks of A.
 void run_item(const Item& it, Team team) {
   const Share share = share_of(it, team);
   const int64_t row_blocks = ceil_div(it.m, it.mc);
@@ -606,17 +642,20 @@ void run_item(const Item& it, Team team) {
   // (with AMX, it.mc and it.kc are multiples of 32: its rows and pairs fit there too).
   uint16_t* a16 = dot_products || amx ? reinterpret_cast<uint16_t*>(pack_buffer<Role::a16>(a_floats / 2)) : nullptr;
   uint16_t* b16 = dot_products || amx ? reinterpret_cast<uint16_t*>(pack_buffer<Role::b16>(b_floats / 2)) : nullptr;
-  const Packed pack{a_pack, b_pack, a16, b16, amx};
   if (amx) configure_tiles();
   for (int64_t jc = share.col_begin; jc < share.col_end; jc += kNc) {
     const int64_t nc = std::min(kNc, share.col_end - jc);
     // pc == 0 runs even for k == 0, so that beta and the bias still apply.
     for (int64_t pc = 0; pc == 0 || pc < it.k; pc += it.kc) {
       const int64_t kc = std::min(it.kc, it.k - pc);
-      const Strided b_block{it.b.at(jc, pc), it.b.rs, it.b.cs};
-      if (amx) pack_b_for_amx(b_block, nc, kc, b_pack, b16);
-      else pack_operand<kNr>([&](const auto& sink) { return pack_strided<kNr>(b_block, nc, kc, sink, b_pack); },
-                             nc, kc, it.bf16, dot_products, b_pack, b16);
+      Packed pack{a_pack, b_pack, a16, b16, amx};
+      if (const PackedB* packed = it.packed_b) {
+        const int64_t start = packed->block_start[pc / it.kc] + it.packed_column_offset(jc, kc);
+        if (it.packs_pairs()) pack.b16 = packed->pairs.data() + start;
+        else pack.b = packed->panels.data() + start;
+      } else {
+        pack_b_block(it, jc, nc, pc, kc, b_pack, b16);
+      }
       for (int64_t blk = share.first_block; blk < row_blocks; blk += share.block_step) {
         const int64_t ic = blk * it.mc, mc = std::min(it.mc, it.m - ic);
         if (amx)
@@ -647,7 +686,7 @@ Item make_item(const GemmProblem<float>& p, int64_t i, int threads) {
   Item it{p.trans_a ? Strided{a, 1, lda} : Strided{a, lda, 1},
           p.trans_b ? Strided{b, ldb, 1} : Strided{b, 1, ldb},
           p.c + i * p.m * ldc, p.bias, ldc, p.m, p.n, p.k, 0, 0, p.alpha, p.beta, p.post_op, p.bf16_operands,
-          p.a_columns, p.bf16_operands ? bf16_math() : Bf16Math::rounded};
+          p.a_columns, p.bf16_operands ? bf16_math() : Bf16Math::rounded, nullptr};
   const bool amx = it.bf16_on(Bf16Math::amx);
   // Implicit columns are read 16 depth steps of one tap at a time: depth blocks start at
   // multiples of 16. AMX tiles read 32 steps.
@@ -657,6 +696,7 @@ Item make_item(const GemmProblem<float>& p, int64_t i, int threads) {
                             round_up(ceil_div(p.k, std::max<int64_t>(1, ceil_div(p.k, max_kc))), depth_multiple));
   const int64_t row_blocks = round_up(ceil_div(p.m, amx ? kAmxMc : kMc), splits_rows(p.m, p.n) ? threads : 1);
   it.mc = round_up(ceil_div(p.m, row_blocks), amx ? kAmxRows : kMr);
+  if (p.packed_b && p.packed_b->fits(it.n, it.k, it.kc, it.bf16, it.math)) it.packed_b = p.packed_b;
   return it;
 }
 
@@ -670,6 +710,31 @@ bool cpu_runs(Bf16Math math) {
     case Bf16Math::rounded: return true;
   }
   return false;
+}
+
+std::shared_ptr<const PackedB> pack_b(const GemmProblem<float>& p) {
+  SONO_CHECK(p.batch == 1 && !p.b_shared, "pack_b: one B, not ", p.batch);
+  const Item it = make_item(p, 0, 1);  // the depth blocks depend on k and the math alone
+  auto packed = std::make_shared<PackedB>(PackedB{it.n, it.k, it.kc, it.bf16, it.math, {}, {}, {}});
+  const int64_t width = round_up(it.n, kNr);
+  int64_t elements = 0;
+  for (int64_t pc = 0; pc == 0 || pc < it.k; pc += it.kc) {
+    packed->block_start.push_back(elements);
+    elements += it.packed_column_offset(width, std::min(it.kc, it.k - pc));
+  }
+  uint16_t* pairs = it.packs_pairs() ? packed->pairs.reserve(elements) : nullptr;
+  float* panels = it.packs_pairs() ? pack_buffer<Role::b>(width * it.kc) : packed->panels.reserve(elements);
+  for (int64_t pc = 0, block = 0; pc == 0 || pc < it.k; pc += it.kc, ++block) {
+    const int64_t start = packed->block_start[block], kc = std::min(it.kc, it.k - pc);
+    if (pairs) pack_b_block(it, 0, it.n, pc, kc, panels, pairs + start);
+    else pack_b_block(it, 0, it.n, pc, kc, panels + start, nullptr);
+  }
+  return packed;
+}
+
+bool packed_b_fits(const PackedB& packed, const GemmProblem<float>& p) {
+  const Item it = make_item(p, 0, 1);
+  return packed.fits(it.n, it.k, it.kc, it.bf16, it.math);
 }
 
 void limit_bf16_math(Bf16Math fastest) { g_fastest_bf16_math.store(fastest, std::memory_order_relaxed); }
