@@ -97,10 +97,31 @@ struct ConvOperands {
         result(autocast_result_dtype(xc)) {}
 };
 
+bool records_gradients(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  return autograd::grad_enabled() &&
+         (x.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad()));
+}
+
+// Without gradients, where the result is float32 or float64: the bias (and the ReLU) in the
+// conv's epilogue (the sum is float32: bfloat16 results keep conv2d's one rounding of it).
+bool epilogue_applies(const ConvOperands& c, const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  return !records_gradients(x, weight, bias) && c.result == compute_dtype(c.result);
+}
+
+Tensor forward_with_epilogue(const ConvOperands& c, const Tensor& x, const Tensor& bias, bool relu) {
+  Tensor out = Tensor::empty({c.g.n, c.g.oh, c.g.ow, c.g.cout}, c.result, x.device());
+  backend_of(x).conv2d_bias_relu_forward(c.g, c.xc, c.wc, bias.defined() ? contiguous_data(bias) : Tensor(), out,
+                                         relu);
+  return out;
+}
+
 }  // namespace
 
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dOptions opt) {
-  const auto [g, xc, wc, result] = ConvOperands(x, weight, bias, opt);
+  const ConvOperands operands(x, weight, bias, opt);
+  if (bias.defined() && epilogue_applies(operands, x, weight, bias))
+    return forward_with_epilogue(operands, x, bias, false);
+  const auto& [g, xc, wc, result] = operands;
   // With a bias, the kernel writes a float32 sum that the bias add rounds once to the result.
   const Shape out_shape{g.n, g.oh, g.ow, g.cout};
   Tensor out = Tensor::empty(out_shape, bias.defined() ? compute_dtype(result) : result, x.device());
@@ -120,15 +141,9 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dO
 }
 
 Tensor conv2d_relu(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dOptions opt) {
-  const bool records = autograd::grad_enabled() &&
-                       (x.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad()));
-  const ConvOperands c(x, weight, bias, opt);
-  // The epilogue sums in float32: bfloat16 activations keep conv2d's one rounding of the sum.
-  if (records || c.result != compute_dtype(c.result)) return relu(conv2d(x, weight, bias, opt));
-  Tensor out = Tensor::empty({c.g.n, c.g.oh, c.g.ow, c.g.cout}, c.result, x.device());
-  backend_of(x).conv2d_bias_relu_forward(c.g, c.xc, c.wc, bias.defined() ? contiguous_data(bias) : Tensor(), out,
-                                         true);
-  return out;
+  const ConvOperands operands(x, weight, bias, opt);
+  if (!epilogue_applies(operands, x, weight, bias)) return relu(conv2d(x, weight, bias, opt));
+  return forward_with_epilogue(operands, x, bias, true);
 }
 
 }  // namespace sono
