@@ -8,8 +8,12 @@ namespace sono::nn {
 
 void Module::fuse_for_inference() {
   for (auto& [name, child] : children_) child->fuse_for_inference();
-  for (auto& [name, p] : params_) p.impl().storage->frozen = true;
   fused_ = true;
+}
+
+void Module::freeze_parameters() {
+  for (const Tensor& p : parameters()) p.impl().storage->frozen = true;
+  frozen_ = true;
 }
 
 void fuse_conv_bn_relu(Conv2d& conv, BatchNorm2d& bn) {

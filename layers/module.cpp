@@ -58,7 +58,8 @@ StateDict Module::state_dict() const {
 }
 
 void Module::load_state_dict(const StateDict& state, bool strict) {
-  SONO_CHECK(!fused_, "load_state_dict: this module is fused for inference, its weights frozen; load a fresh one");
+  SONO_CHECK(!fused_ && !frozen_, "load_state_dict: this module is ", fused_ ? "fused" : "frozen",
+             " for inference; load into a fresh one");
   StateDict mine = state_dict();
   for (auto& [name, dst] : mine) {
     auto it = state.find(name);

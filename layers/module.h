@@ -45,10 +45,13 @@ class Module {
   // conv, and a ReLU right after them into the conv's epilogue, wherever a module knows its
   // order (Sequential, and models whose forward is code); the rest recurse into their children.
   // The same function in fewer passes over memory, but the parameters are no longer the
-  // checkpoint's: a fused module is not for training or saving. Its parameters' storage is
-  // frozen (Storage::frozen): nothing may write it, and load_state_dict refuses.
+  // checkpoint's: a fused module is not for training, saving or loading into.
   virtual void fuse_for_inference();
   bool fused_for_inference() const { return fused_; }
+  // Marks every parameter's storage frozen (Storage::frozen), for inference: nothing writes it
+  // again while it lives (load_state_dict refuses), so kernels may keep what they derive from
+  // it (the CPU convs pack their weights once). A later to() gives unfrozen copies.
+  void freeze_parameters();
 
  protected:
   Tensor register_parameter(const std::string& name, Tensor value);
@@ -67,7 +70,7 @@ class Module {
   NamedTensors params_, buffers_;
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
   bool training_ = true;
-  bool fused_ = false;
+  bool fused_ = false, frozen_ = false;
 };
 
 // A module with one input and one output, so that it can sit in a Sequential.

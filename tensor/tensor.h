@@ -21,7 +21,7 @@ struct Storage {
   void* data = nullptr;
   size_t nbytes = 0;
   Device device = Device::cpu;
-  // Never written again while it lives (a model's weights once fused for inference): kernels
+  // Never written again while it lives (nn::Module::freeze_parameters, for inference): kernels
   // may keep what they derive from it, e.g. the CPU convs' packed weights.
   bool frozen = false;
   Storage(size_t nbytes, Device device);

@@ -1,7 +1,8 @@
 // Module::fuse_for_inference (layers/fuse.cpp): each conv -> BatchNorm -> ReLU becomes one conv
 // with the BatchNorm folded into its weights and the ReLU in its epilogue. Every model family
 // with BatchNorms gives its unfused eval-mode outputs, in float64 to rounding and in float32
-// with bf16 products as predict runs them; a folded BatchNorm refuses to train.
+// with bf16 products as predict runs them; a folded BatchNorm refuses to train, and fused or
+// frozen parameters are not loaded into.
 #include <cmath>
 
 #include "helpers.h"
@@ -93,4 +94,11 @@ TEST_CASE("a fused model refuses to train, and BatchNorms fold in eval mode only
 
   auto training = create_model(c.arch, c.options, c.task);
   CHECK_THROWS_WITH_AS(training->fuse_for_inference(), doctest::Contains("only eval mode"), Error);
+
+  // Fused or frozen weights are not loaded into: kernels may keep what they made of them.
+  const nn::StateDict state = eval_model(c, DType::f32)->state_dict();
+  CHECK_THROWS_WITH_AS(model->load_state_dict(state), doctest::Contains("fused for inference"), Error);
+  auto frozen = eval_model(c, DType::f32);
+  frozen->freeze_parameters();
+  CHECK_THROWS_WITH_AS(frozen->load_state_dict(state), doctest::Contains("frozen for inference"), Error);
 }

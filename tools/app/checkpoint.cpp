@@ -267,6 +267,7 @@ LoadedModel load_for_inference(const std::string& path, models::Task task, Devic
   LoadedModel loaded = load_checkpoint(path, task);
   loaded.model->fuse_for_inference();  // on the CPU, in float64: not every device computes in it
   loaded.model->to(device);
+  loaded.model->freeze_parameters();
   return loaded;
 }
 

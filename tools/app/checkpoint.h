@@ -67,7 +67,8 @@ void save_checkpoint(const std::string& path, const nn::Module& model, const Mod
 // Refuses a file of the other task with a message naming the file; no task accepts either.
 LoadedModel load_checkpoint(const std::string& path, std::optional<models::Task> expected_task = std::nullopt);
 // load_checkpoint, then the model on `device` with its BatchNorms folded into their convs
-// (nn::Module::fuse_for_inference): for predicting only, never for training or saving.
+// (nn::Module::fuse_for_inference) and its parameters frozen: for predicting only, never for
+// training or saving.
 LoadedModel load_for_inference(const std::string& path, models::Task task, Device device);
 
 }  // namespace sono::app
