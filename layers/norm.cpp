@@ -1,8 +1,7 @@
 #include "layers/norm.h"
 
-#include "layers/conv.h"
-
 #include "autograd/node.h"
+#include "layers/conv.h"
 #include "tensor/backend.h"
 #include "tensor/ops.h"
 

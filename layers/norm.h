@@ -14,10 +14,10 @@ class LayerNorm : public UnaryModule {
   double eps;
 };
 
-// torch.nn.BatchNorm2d on channels-last input, with the same buffers (running_mean,
-// running_var, num_batches_tracked).
 class Conv2d;
 
+// torch.nn.BatchNorm2d on channels-last input, with the same buffers (running_mean,
+// running_var, num_batches_tracked).
 class BatchNorm2d : public UnaryModule {
  public:
   explicit BatchNorm2d(int64_t channels, double eps = 1e-5, double momentum = 0.1);

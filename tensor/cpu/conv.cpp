@@ -496,11 +496,11 @@ GemmProblem<float> weight_problem(const Conv2dGeometry& g, const ColumnLayout& c
                               cl.group_cols, false, reads_implicit_columns(cl) ? &kSomeColumns : nullptr);
 }
 
-// The weights of convs whose storage is frozen (a model fused for inference), packed once for
-// the GEMM paths instead of on every forward (with bf16 products: 5% of a folder prediction's
-// time, each thread packing the whole weight). An entry serves while its storage lives (a
-// weak_ptr tells a reused address from the same weights) and the CPU's bf16 math is the one it
-// was packed for.
+// The weights of convs whose storage is frozen (Module::freeze_parameters: a model loaded for
+// inference), packed once for the GEMM paths instead of on every forward by every thread of the
+// team; with bf16 products the copy takes half the weights' bytes. An entry serves while its
+// storage lives (a weak_ptr tells a reused address from the same weights) and the CPU's bf16
+// math is the one it was packed for.
 class FrozenWeights {
  public:
   // w's packed groups, made by pack() where no entry serves.
