@@ -510,25 +510,25 @@ class FrozenWeights {
     const GemmProblem<float> first_group = weight_problem(g, cl, nullptr);
     std::lock_guard<std::mutex> lock(mutex_);
     std::erase_if(entries_, [&](const Entry& e) {
-      return e.storage.expired() || (e.w == w && !(e.serves(storage, g, cl) && packed_b_fits(*e.packed->front(), first_group)));
+      return e.storage.expired() || (e.w == w && !(e.serves(storage, cl) && packed_b_fits(*e.packed->front(), first_group)));
     });
     for (const Entry& e : entries_)
       if (e.w == w) return e.packed;
-    entries_.push_back({storage, w, g.precision, cl.weight_order, g.groups, std::make_shared<const PackedGroups>(pack())});
+    entries_.push_back({storage, w, cl.weight_order, std::make_shared<const PackedGroups>(pack())});
     return entries_.back().packed;
   }
 
  private:
+  // The shapes and the bf16 math are the packed B's own (packed_b_fits); the column order
+  // depends on the input's size as well.
   struct Entry {
     std::weak_ptr<Storage> storage;
     const float* w;
-    Precision precision;
     bool weight_order;
-    int64_t groups;
     std::shared_ptr<const PackedGroups> packed;
 
-    bool serves(const std::shared_ptr<Storage>& s, const Conv2dGeometry& g, const ColumnLayout& cl) const {
-      return storage.lock() == s && precision == g.precision && weight_order == cl.weight_order && groups == g.groups;
+    bool serves(const std::shared_ptr<Storage>& s, const ColumnLayout& cl) const {
+      return storage.lock() == s && weight_order == cl.weight_order;
     }
   };
 

@@ -505,8 +505,6 @@ struct PackedB {
 
 namespace {
 
-
-
 // One depth block's packed operands: float32 panels, or with bf16 dot products the bf16
 // depth-pair panels made from them; with AMX, B's pair panels and A's RowTiles, both over the
 // block's depth rounded up to 32.

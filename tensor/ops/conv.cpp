@@ -115,10 +115,8 @@ Tensor forward_with_epilogue(const ConvOperands& c, const Tensor& x, const Tenso
   return out;
 }
 
-}  // namespace
-
-Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dOptions opt) {
-  const ConvOperands operands(x, weight, bias, opt);
+// conv2d on operands made already (conv2d_relu's, where its epilogue does not apply).
+Tensor conv2d_of(const ConvOperands& operands, const Tensor& x, const Tensor& weight, const Tensor& bias) {
   if (bias.defined() && epilogue_applies(operands, x, weight, bias))
     return forward_with_epilogue(operands, x, bias, false);
   const auto& [g, xc, wc, result] = operands;
@@ -140,9 +138,15 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dO
                           [saved = std::move(saved)](const Tensor& grad) { return saved.backward(grad); });
 }
 
+}  // namespace
+
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dOptions opt) {
+  return conv2d_of(ConvOperands(x, weight, bias, opt), x, weight, bias);
+}
+
 Tensor conv2d_relu(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dOptions opt) {
   const ConvOperands operands(x, weight, bias, opt);
-  if (!epilogue_applies(operands, x, weight, bias)) return relu(conv2d(x, weight, bias, opt));
+  if (!epilogue_applies(operands, x, weight, bias)) return relu(conv2d_of(operands, x, weight, bias));
   return forward_with_epilogue(operands, x, bias, true);
 }
 
