@@ -331,6 +331,11 @@ std::vector<OpRow> fixed_rows() {
       {"conv2d_relu (no gradients)", {{2, 7, 9, 6}, {10, 6, 3, 3}, {10}},
        [](auto& v) { return conv2d_relu(v[0], v[1], v[2], {2, 1, 1, 1}); },
        {K::conv2d_bias_relu_forward}, false, A::conv2d},
+      // Recording gradients it is conv2d then relu: the float64 gradcheck runs that path.
+      {"conv2d_relu (gradients)", {{2, 7, 9, 6}, {10, 6, 3, 3}, {10}},
+       [](auto& v) { return conv2d_relu(v[0], v[1], v[2], {2, 1, 1, 1}); },
+       {K::conv2d_forward, K::conv2d_backward_input, K::conv2d_backward_weight, K::bias_add, K::unary}, true,
+       A::conv2d},
       {"softmax", {{3, 5, 7}}, [](auto& v) { return softmax(v[0]); },
        {K::softmax_forward, K::softmax_backward}, true, A::softmax},
       {"softmax (dim 0)", {{3, 5, 7}}, [](auto& v) { return softmax(v[0], 0); },
