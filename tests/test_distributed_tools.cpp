@@ -43,6 +43,18 @@ std::string cls_args(const std::string& name, int epochs, int batch) {
 Run one_process(const std::string& args) { return run_command(kTool + args); }
 Run two_ranks(const std::string& args) { return run_command(std::string(SONO_MPIRUN) + " " + kTool + args); }
 
+// The same run in one process (run `one`) and on 2 ranks (run `two`); both must succeed.
+std::pair<Run, Run> one_process_and_two_ranks(const std::string& one, const std::string& two, int epochs, int batch,
+                                              const std::string& extra = "") {
+  Run r1 = one_process(cls_args(one, epochs, batch) + extra);
+  INFO(r1.output);
+  REQUIRE(r1.status == 0);
+  Run r2 = two_ranks(cls_args(two, epochs, batch) + extra);
+  INFO(r2.output);
+  REQUIRE(r2.status == 0);
+  return {r1, r2};
+}
+
 // The column of a run's CSV log, by name.
 std::vector<double> log_column(const std::string& run_name, const std::string& column) {
   return test::csv_column(kRoot / run_name / "classification_log.csv", column);
@@ -104,12 +116,7 @@ TEST_CASE("the ranks' shares of each batch are the one-process batches, each ima
 TEST_CASE("cls_train on 2 ranks logs one process's curve, also with a last batch shared unevenly") {
   for (int batch : {4, 8}) {
     const std::string one = "one_b" + std::to_string(batch), two = "two_b" + std::to_string(batch);
-    Run r1 = one_process(cls_args(one, 2, batch));
-    INFO(r1.output);
-    REQUIRE(r1.status == 0);
-    Run r2 = two_ranks(cls_args(two, 2, batch));
-    INFO(r2.output);
-    REQUIRE(r2.status == 0);
+    one_process_and_two_ranks(one, two, 2, batch);
     CHECK(training_images(one) == 21);
     check_same_curves(one, two);
   }
@@ -147,13 +154,7 @@ TEST_CASE("a 2-rank resume state continues in one process as one process's own s
 // Each fold trains across the ranks; rank 0 writes the fold's checkpoint, and all ranks score it
 // (each its share of the fold's images), so the figures are one process's.
 TEST_CASE("cls_train --folds 2 on 2 ranks gives one process's folds and scores") {
-  const std::string folds = " --folds 2";
-  Run r1 = one_process(cls_args("folds_one", 2, 4) + folds);
-  INFO(r1.output);
-  REQUIRE(r1.status == 0);
-  Run r2 = two_ranks(cls_args("folds_two", 2, 4) + folds);
-  INFO(r2.output);
-  REQUIRE(r2.status == 0);
+  one_process_and_two_ranks("folds_one", "folds_two", 2, 4, " --folds 2");
   for (const char* fold : {"fold1", "fold2"}) {
     check_same_curves(std::string("folds_one/") + fold, std::string("folds_two/") + fold);
     CHECK(fs::exists(kRoot / (std::string("folds_two.") + fold + ".safetensors")));
@@ -174,6 +175,27 @@ TEST_CASE("cls_train --folds 2 on 2 ranks gives one process's folds and scores")
   };
   CHECK(images_scored("folds_one") == 28);  // the header and each of the 27 images once
   CHECK(images_scored("folds_two") == 28);
+}
+
+// Each rank predicts its share of the out-of-fold masks; every rank trains on all of them.
+TEST_CASE("cls_train --seg-model with {fold} on 2 ranks trains on one process's out-of-fold masks") {
+  const std::string seg_args = " --images-dir " + (blobs() / "images").string() + " --masks-dir " +
+                               (blobs() / "masks").string() + " --arch mit_b0 --img-size 32 --lr 1e-3 --epochs 1"
+                               " --batch-size 4 --threads 1 --workers 1 --folds 2 --save-path " +
+                               (kRoot / "oof_seg.safetensors").string();
+  Run seg = run_command(std::string(SONO_BINARY_DIR) + "/bin/seg_train" + seg_args);
+  INFO(seg.output);
+  REQUIRE(seg.status == 0);
+  auto [r1, r2] = one_process_and_two_ranks(
+      "oof_one", "oof_two", 1, 4, " --folds 2 --seg-model " + (kRoot / "oof_seg.fold{fold}.safetensors").string());
+  const auto masks_line = [](const std::string& output) {
+    const size_t at = output.find("masks: predicted by");
+    return at == std::string::npos ? std::string() : output.substr(at, output.find('\n', at) - at);
+  };
+  CHECK(!masks_line(r1.output).empty());
+  CHECK(masks_line(r1.output) == masks_line(r2.output));
+  for (const char* fold : {"fold1", "fold2"})
+    check_same_curves(std::string("oof_one/") + fold, std::string("oof_two/") + fold);
 }
 
 // Rank 1 runs `before` in the background, then becomes cls_train (same process id, $$).

@@ -130,6 +130,25 @@ Tensor class_weights(const std::string& mode, const data::Dataset& dataset) {
   return Tensor::from_vector(weights, {static_cast<int64_t>(weights.size())});
 }
 
+// The masks seg predicts for the cached samples `samples` lists, one row of 0/1 each. Across MPI
+// ranks each predicts its share and all get every row (distributed::map_rows).
+Tensor predicted_masks(app::LoadedModel& seg, const data::SampleCache& cache, const std::vector<size_t>& samples,
+                       Device device) {
+  std::vector<double> indices(samples.begin(), samples.end());
+  const auto predict_share = [&](const Tensor& rows) {
+    const int64_t n = rows.size(0), side = cache.size();
+    Tensor masks = Tensor::empty({n, side * side});
+    float* out = masks.data<float>();
+    for (double index : rows.to_vector()) {
+      const data::Mask mask = app::segment(seg, cache.image(static_cast<size_t>(index)), side, side, device);
+      out = std::copy(mask.values.begin(), mask.values.end(), out);
+    }
+    return masks;
+  };
+  return app::distributed::map_rows(predict_share,
+                               Tensor::from_vector(indices, {static_cast<int64_t>(indices.size()), 1}));
+}
+
 // Replaces the cached masks of the samples `segmenter_of` maps to segmenter k by the
 // prediction of seg_models[k] on the cached image.
 void use_predicted_masks(data::SampleCache& cache, const std::vector<std::string>& seg_models,
@@ -137,9 +156,15 @@ void use_predicted_masks(data::SampleCache& cache, const std::vector<std::string
   data::SegmentationMetrics agreement;
   for (size_t k = 0; k < seg_models.size(); ++k) {
     app::LoadedModel seg = app::load_for_inference(seg_models[k], models::Task::segmentation, device);
-    for (size_t i = 0; i < cache.count(); ++i) {
-      if (segmenter_of(i) != k) continue;
-      data::Mask predicted = app::segment(seg, cache.image(i), cache.size(), cache.size(), device);
+    std::vector<size_t> samples;
+    for (size_t i = 0; i < cache.count(); ++i)
+      if (segmenter_of(i) == k) samples.push_back(i);
+    const Tensor masks = predicted_masks(seg, cache, samples, device);
+    const float* row = masks.data<float>();
+    for (size_t i : samples) {
+      data::Mask predicted(cache.size(), cache.size());
+      std::copy_n(row, predicted.values.size(), predicted.values.begin());
+      row += predicted.values.size();
       agreement.add(predicted, cache.mask(i));
       cache.set_mask(i, std::move(predicted));
     }

@@ -353,7 +353,7 @@ Tensor map_rows(const std::function<Tensor(const Tensor&)>& f, const Tensor& row
   shape[0] = static_cast<int64_t>(n);
   Tensor all = Tensor::empty(shape);
   std::vector<Pending> pending{start_gather(mine.data<float>(), all.data<float>(), counts)};
-  wait(pending, "gathering validation outputs");
+  wait(pending, "gathering the ranks' rows");
   return all.to(device);
 }
 
