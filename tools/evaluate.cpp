@@ -210,7 +210,8 @@ int evaluate(int argc, char** argv) {
       .option("masks-dir", "", "masks (X_mask.png); leave out when they sit beside the images (BUSI); images without "
               "a mask are left out of the segmentation figures")
       .option("seg-model", "", "segmentation checkpoint (seg_train --save-path); {fold} in the name: each fold's, "
-              "with --folds; left out: the classifier reads the ground-truth masks (its figure with perfect masks)")
+              "with --folds; left out: the classifier reads the ground-truth masks (an upper bound: on BUSI the traced "
+              "outlines alone tell malignant from benign, models/weights/README.md)")
       .option("cls-model", "", "classification checkpoint (cls_train --save-path); {fold} in the name: each fold's, "
               "with --folds; left out: segmentation figures only")
       .option("folds", "0", "score a --folds K training run out of fold: each image by the {fold} checkpoints of "
