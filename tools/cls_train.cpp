@@ -146,7 +146,7 @@ Tensor predicted_masks(app::LoadedModel& seg, const data::SampleCache& cache, co
     return masks;
   };
   return app::distributed::map_rows(predict_share,
-                               Tensor::from_vector(indices, {static_cast<int64_t>(indices.size()), 1}));
+                                    Tensor::from_vector(indices, {static_cast<int64_t>(indices.size()), 1}));
 }
 
 // Replaces the cached masks of the samples `segmenter_of` maps to segmenter k by the
