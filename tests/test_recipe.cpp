@@ -272,6 +272,19 @@ TEST_CASE("card calibration: temperature divides the logits, empty_below clears 
   CHECK(out[6] == 0.5);
 }
 
+TEST_CASE("a segmenter with a malignancy channel: empty_below clears its lesion channel alone") {
+  app::ModelCard seg;
+  seg.task = models::Task::segmentation;
+  seg.extra["empty_below"] = "0.8";
+  // [1, 2, 2, 2]: per pixel (lesion, malignancy); the highest lesion probability sigmoid(1) = 0.73
+  Tensor maps = Tensor::from_vector({1, 3, -2, 2, -1, -4, -3, 0.5}, {1, 2, 2, 2});
+  const std::vector<double> out = app::calibrate(seg, maps).to_vector();
+  for (int i = 0; i < 8; i += 2) CHECK(out[i] < -10);     // lesion channel cleared
+  for (int i = 1; i < 8; i += 2) CHECK(out[i] == maps.to_vector()[i]);  // malignancy as it was
+  test::check_values(app::lesion_channel(maps), {1, -2, -1, -3}, 0);
+  CHECK(app::lesion_channel(maps).shape() == Shape{1, 2, 2, 1});
+}
+
 TEST_CASE("lesion crop: zooms in up to lesion_zoom and keeps the whole lesion in view") {
   AugmentOptions crop = AugmentOptions::none();
   crop.lesion_crop = 1;

@@ -839,6 +839,31 @@ TEST_CASE("seg_train --arch unet_resnet18 trains smp's U-Net that predict rebuil
   CHECK(p.output.find("Predicted class: ") != std::string::npos);
 }
 
+// Blobs: a benign lesion is small and bright, a malignant one large and dim, which the
+// malignancy channel learns within a few epochs.
+TEST_CASE("seg_train --malignancy-map learns which lesions are malignant; predict reads the lesion channel") {
+  const Trained& t = trained();
+  fs::path out = t.root / "malignancy.safetensors", log = t.root / "malignancy_log";
+  Run r = run_tool("seg_train", blob_dirs() + " --arch resnet18 --encoder-depth 4 --img-size 64 --batch-size 4"
+                                              " --epochs 6 --lr 1e-3 --malignancy-map --save-path " + out.string() +
+                                              " --log-dir " + log.string());
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  CHECK(r.output.find("3601234 parameters, 3 input channels, 2 outputs") != std::string::npos);
+  CHECK(nn::load_safetensors(out.string()).metadata.at("classes") == R"(["lesion","malignancy"])");
+  const std::vector<double> auroc = test::csv_column(log / "segmentation_log.csv", "val_malignancy_auroc");
+  CHECK(auroc.back() >= 0.9);
+  CHECK(test::csv_column(log / "segmentation_log.csv", "val_lesion_dice").back() > 0.5);
+
+  fs::path image = t.data / "images" / "malignant" / "malignant_0.png", mask = t.root / "malignancy_mask.png";
+  Run p = run_tool("predict", "--image " + image.string() + " --seg_model " + out.string() + " --cls_model " +
+                                  t.cls.string() + " --save_mask " + mask.string());
+  INFO(p.output);
+  CHECK(p.status == 0);
+  const data::Mask predicted = data::load_mask({mask});
+  CHECK(predicted.lesion_pixels() > 0);
+}
+
 TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing written") {
   const Trained& t = trained();
   fs::path bad = t.root / "bad";
@@ -887,6 +912,13 @@ TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing 
     fs::path d = copy_dataset("small_class");
     for (int i = 1; i < 20; ++i) fs::remove(d / "images" / "normal" / ("normal_" + std::to_string(i) + ".png"));
     expect_error("cls_train", dirs(d) + " --arch convnext_atto --img-size 64 --epochs 1 --save-path " + out.string(), "normal");
+  }
+  SUBCASE("--malignancy-map without a malignant class") {
+    fs::path d = copy_dataset("no_malignant");
+    fs::rename(d / "images" / "malignant", d / "images" / "tumour");
+    fs::rename(d / "masks" / "malignant", d / "masks" / "tumour");
+    expect_error("seg_train", dirs(d) + " --malignancy-map --arch resnet18 --img-size 64 --epochs 1 --save-path " +
+                                  out.string(), "--malignancy-map: " + (d / "images").string() + " has no \"malignant\"");
   }
   SUBCASE("--img-size not a multiple of 32") { expect_error("seg_train", dirs(t.data) + " --img-size 100 --save-path " + out.string(), "--img-size 100"); }
   SUBCASE("a training whose checkpoint would replace an input") {

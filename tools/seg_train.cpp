@@ -1,7 +1,9 @@
 // seg_train: trains DeepLabV3+ (MiT or ResNet encoder) to segment lesions; loss BCE + soft Dice,
 // the best epoch picked by validation Dice over all images (an empty mask predicted empty
 // counts 1) unless the last is kept.
+#include <algorithm>
 #include <iostream>
+#include <optional>
 
 #include "models/deeplabv3plus.h"
 #include "models/unet.h"
@@ -12,7 +14,9 @@
 #include "tools/app/post_training.h"
 #include "tools/app/runtime.h"
 #include "tools/app/distributed.h"
+#include "tools/app/inference.h"
 #include "tools/app/training.h"
+#include "tools/data/calibration.h"
 #include "tools/data/dataset.h"
 #include "tools/data/metrics.h"
 
@@ -20,23 +24,49 @@ namespace {
 
 using namespace sono;
 
+// The malignancy channel's loss (--malignancy-map): binary cross-entropy of each lesion pixel
+// against its scan's class (1: malignant), averaged over the batch's lesion pixels, so that
+// scans without a lesion teach it nothing.
+Tensor malignancy_loss(const Tensor& logits, const Tensor& masks, const Tensor& malignant) {
+  Tensor per_pixel = sub(softplus(logits), mul(logits, malignant));  // BCE with logits, stable form
+  return div(sum(mul(per_pixel, masks)), add(sum(masks), 1.0));
+}
+
 class SegmentationTask : public app::TrainingTask {
  public:
+  // `malignant_label`: the dataset's malignant class, whose lesions the second output channel
+  // learns to tell from the others' (--malignancy-map); none: the lesion channel alone.
+  explicit SegmentationTask(std::optional<int64_t> malignant_label) : malignant_label_(malignant_label) {}
+
   models::Task task() const override { return models::Task::segmentation; }
   data::InputKind input() const override { return data::InputKind::rgb; }
-  std::vector<std::string> class_names(const data::Dataset&) const override { return {"lesion"}; }
-  Tensor loss(const Tensor& logits, const data::Batch& batch) const override {
-    return add(bce_with_logits(logits, batch.masks), soft_dice_loss(logits, batch.masks));
+  std::vector<std::string> class_names(const data::Dataset&) const override {
+    if (malignant_label_) return {app::ModelCard::kLesionOutput, app::ModelCard::kMalignancyOutput};
+    return {app::ModelCard::kLesionOutput};
   }
-  void reset_metrics() override { metrics_ = {}; }
-  void add_metrics(const Tensor& logits, const data::Batch& batch) override { metrics_.add_batch(logits, batch.masks); }
+  Tensor loss(const Tensor& logits, const data::Batch& batch) const override {
+    Tensor lesion = app::lesion_channel(logits);
+    Tensor loss = add(bce_with_logits(lesion, batch.masks), soft_dice_loss(lesion, batch.masks));
+    if (!malignant_label_) return loss;
+    return add(loss, malignancy_loss(logits.slice(3, 1, 2), batch.masks, malignant(batch).to(logits.device())));
+  }
+  void reset_metrics() override { metrics_ = {}, malignancy_scores_.clear(), malignant_truth_.clear(); }
+  void add_metrics(const Tensor& logits, const data::Batch& batch) override {
+    metrics_.add_batch(app::lesion_channel(logits), batch.masks);
+    if (malignant_label_) add_malignancy_scores(logits, batch);
+  }
   std::vector<std::string> metric_columns() const override {
-    return {"val_dice",          "val_iou",        "val_lesion_dice", "val_lesion_iou",
-            "val_lesions_found", "val_found_dice", "val_empty_kept"};
+    std::vector<std::string> columns{"val_dice",        "val_iou",           "val_lesion_dice", "val_lesion_iou",
+                                     "val_lesions_found", "val_found_dice", "val_empty_kept"};
+    if (malignant_label_) columns.push_back("val_malignancy_auroc");
+    return columns;
   }
   std::vector<double> metric_values() const override {
-    return {metrics_.dice(),          metrics_.iou(),               metrics_.lesion_dice(),     metrics_.lesion_iou(),
-            metrics_.lesions_found(), metrics_.found_lesion_dice(), metrics_.empty_kept_empty()};
+    std::vector<double> values{metrics_.dice(),          metrics_.iou(),          metrics_.lesion_dice(),
+                               metrics_.lesion_iou(),    metrics_.lesions_found(), metrics_.found_lesion_dice(),
+                               metrics_.empty_kept_empty()};
+    if (malignant_label_) values.push_back(data::auroc(malignancy_scores_, malignant_truth_));
+    return values;
   }
   std::string best_metric() const override { return "val_dice"; }
   void after_training(const app::TrainSettings& settings, data::Loader& val) override {
@@ -44,8 +74,41 @@ class SegmentationTask : public app::TrainingTask {
   }
 
  private:
+  // [B, 1, 1, 1]: 1 for the batch's malignant scans.
+  Tensor malignant(const data::Batch& batch) const {
+    std::vector<double> values;
+    for (int64_t label : batch.labels.to_labels()) values.push_back(label == *malignant_label_ ? 1 : 0);
+    return Tensor::from_vector(values, {static_cast<int64_t>(values.size()), 1, 1, 1});
+  }
+  // Each lesion scan's mean malignancy probability over its true lesion: what the channel
+  // knows, apart from where the lesion channel puts the outline.
+  void add_malignancy_scores(const Tensor& logits, const data::Batch& batch) {
+    const std::vector<double> p = sigmoid(logits.slice(3, 1, 2)).to_vector(), mask = batch.masks.to_vector();
+    const std::vector<int64_t> labels = batch.labels.to_labels();
+    const size_t pixels = p.size() / labels.size();
+    for (size_t i = 0; i < labels.size(); ++i) {
+      double inside = 0, area = 0;
+      for (size_t j = i * pixels; j < (i + 1) * pixels; ++j) inside += p[j] * mask[j], area += mask[j];
+      if (area == 0) continue;
+      malignancy_scores_.push_back(inside / area);
+      malignant_truth_.push_back(labels[i] == *malignant_label_);
+    }
+  }
+
+  std::optional<int64_t> malignant_label_;
   data::SegmentationMetrics metrics_;
+  std::vector<double> malignancy_scores_;
+  std::vector<bool> malignant_truth_;
 };
+
+// --malignancy-map: the dataset's malignant class (BUSI's "malignant" folder).
+std::optional<int64_t> malignant_label(const app::Cli& cli, const data::Dataset& dataset) {
+  if (!cli.is_set("malignancy-map")) return std::nullopt;
+  auto it = std::find(dataset.classes.begin(), dataset.classes.end(), "malignant");
+  SONO_CHECK(it != dataset.classes.end(), "--malignancy-map: ", cli.str("images-dir"),
+             " has no \"malignant\" class folder to learn the malignancy of lesions from");
+  return static_cast<int64_t>(it - dataset.classes.begin());
+}
 
 // --decoder-channels: a U-Net's, smp's default cut to the encoder depth when not given.
 void read_decoder_channels(const app::Cli& cli, app::TrainSettings& settings) {
@@ -78,6 +141,10 @@ int seg_train(int argc, char** argv) {
   cli.option("empty-below", "", "with --val-split 0: the card's empty-image threshold (a map whose highest lesion "
                                 "probability is lower predicts no lesion), fitted elsewhere (e.g. a --folds run's); "
                                 "a validation split fits it itself");
+  cli.flag("malignancy-map",
+                  "a second output channel: how malignant each lesion pixel looks, trained on the lesions of the "
+                  "benign and malignant scans (the encoder learns what tells them apart, e.g. for cls_train "
+                  "--pretrained); predict and the classifier's masks use the lesion channel");
   if (!cli.parse(argc, argv)) return 0;
   app::TrainSettings settings = app::read_training_options(cli, models::Task::segmentation);
   app::read_given_calibration(cli, "empty-below", "empty_below", 0.5, 0.999, settings);
@@ -95,7 +162,8 @@ int seg_train(int argc, char** argv) {
   settings.tool_arguments["--atrous-rates"] = app::atrous_rates_text(settings.atrous_rates);
   read_decoder_channels(cli, settings);
   data::Dataset dataset = data::scan_dataset(settings.images_dir, settings.masks_dir);
-  SegmentationTask task;
+  SegmentationTask task(malignant_label(cli, dataset));
+  if (task.class_names(dataset).size() > 1) settings.tool_arguments["--malignancy-map"] = "on";
   if (settings.recipe_options.folds) return app::run_cross_validation(settings, task, dataset);
   return app::run_training(settings, task, dataset);
 }

@@ -80,7 +80,10 @@ struct CardReader {
 std::vector<std::string> read_classes(const CardReader& r, models::Task task) {
   auto classes = r.parsed<std::vector<std::string>>("classes", "a JSON list of class names");
   if (task == models::Task::segmentation) {
-    if (classes != std::vector<std::string>{"lesion"}) r.bad("classes", "a segmentation card lists [\"lesion\"]");
+    const std::vector<std::string> lesion{ModelCard::kLesionOutput},
+        with_malignancy{ModelCard::kLesionOutput, ModelCard::kMalignancyOutput};
+    if (classes != lesion && classes != with_malignancy)
+      r.bad("classes", "a segmentation card lists [\"lesion\"] or [\"lesion\", \"malignancy\"]");
     return classes;
   }
   if (classes.size() < 2 || classes.size() > static_cast<size_t>(kMaxClasses))
@@ -171,9 +174,7 @@ std::optional<std::vector<int64_t>> parse_decoder_channels(const std::string& te
 
 std::string decoder_channels_text(const std::vector<int64_t>& channels) { return whole_numbers_text(channels); }
 
-int64_t ModelCard::num_classes() const {
-  return task == models::Task::segmentation ? 1 : static_cast<int64_t>(classes.size());
-}
+int64_t ModelCard::num_classes() const { return static_cast<int64_t>(classes.size()); }
 
 ModelCard ModelCard::from_metadata(const std::string& path, const std::map<std::string, std::string>& meta) {
   const CardReader r{path, meta};

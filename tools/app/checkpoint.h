@@ -33,9 +33,13 @@ std::optional<std::vector<int64_t>> parse_decoder_channels(const std::string& te
 std::string decoder_channels_text(const std::vector<int64_t>& channels);
 
 struct ModelCard {
+  static constexpr const char* kLesionOutput = "lesion";
+  static constexpr const char* kMalignancyOutput = "malignancy";
   std::string arch;                 // registry name, e.g. mit_b2, convnext_base
   models::Task task = models::Task::classification;
-  std::vector<std::string> classes; // class names (classification) or {"lesion"}
+  // Class names (classification) or a segmenter's output channels: kLesionOutput, then
+  // kMalignancyOutput where seg_train --malignancy-map trained one.
+  std::vector<std::string> classes;
   int64_t in_channels = 3;
   int64_t img_size = 256;
   // A segmenter's smp encoder_depth; cards without the key (before it existed) are depth 5.

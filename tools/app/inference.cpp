@@ -53,12 +53,18 @@ Tensor calibrate(const ModelCard& card, const Tensor& logits) {
     return t == 1 ? logits : mul(logits, 1 / t);
   }
   double p = card_value(card, "empty_below", 0.5);
-  return p <= 0.5 ? logits : empty_below(logits, p);  // at 0.5 an empty map is empty already
+  if (p <= 0.5) return logits;  // at 0.5 an empty map is empty already
+  Tensor lesion = empty_below(lesion_channel(logits), p);
+  return logits.size(3) == 1 ? lesion : cat({lesion, logits.slice(3, 1, logits.size(3))}, 3);
+}
+
+Tensor lesion_channel(const Tensor& logits) {
+  return logits.size(3) == 1 ? logits : logits.slice(3, 0, 1).contiguous();
 }
 
 Tensor lesion_logits(LoadedModel& seg, const Tensor& x, Device device, bool flip) {
   autograd::NoGradGuard no_grad;
-  return calibrate(seg.card, forward(*seg.model, x.to(device), flip)).to(Device::cpu);
+  return lesion_channel(calibrate(seg.card, forward(*seg.model, x.to(device), flip))).to(Device::cpu);
 }
 
 std::vector<std::vector<double>> classify(LoadedModel& cls, const Tensor& x, Device device, bool flip) {

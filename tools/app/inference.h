@@ -19,8 +19,11 @@ Tensor forward(nn::UnaryModule& model, const Tensor& x, bool flip);
 
 // What was fitted on validation after training, as the card records it (absent: nothing):
 // classification logits are divided by "temperature"; a segmentation map whose highest lesion
-// probability is under "empty_below" is made empty.
+// probability is under "empty_below" is made empty (its lesion channel; any other kept as is).
 Tensor calibrate(const ModelCard& card, const Tensor& logits);
+// A segmenter's lesion logits [B, H, W, 1] out of its output [B, H, W, C]: the first channel (a
+// segmenter trained with seg_train --malignancy-map has a second, ModelCard::kMalignancyOutput).
+Tensor lesion_channel(const Tensor& logits);
 
 // The lesion mask of `image` (RGB 0..1, any size) at (height, width): the image is resized to
 // the checkpoint's training size, the logits resized back (see data::mask_from_logits).

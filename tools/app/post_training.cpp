@@ -60,7 +60,7 @@ void fit_empty_threshold(const TrainSettings& s, data::Loader& val) {
   for (double threshold : {0.5, 0.6, 0.7, 0.8, 0.9, 0.95}) {
     best.card.extra["empty_below"] = number(threshold);
     data::SegmentationMetrics metrics;
-    for (auto& [logits, batch] : outputs) metrics.add_batch(calibrate(best.card, logits), batch.masks);
+    for (auto& [logits, batch] : outputs) metrics.add_batch(lesion_channel(calibrate(best.card, logits)), batch.masks);
     if (threshold == 0.5) dice_at_half = metrics.dice();
     if (metrics.dice() > best_dice) best_dice = metrics.dice(), best_threshold = threshold;
   }

@@ -450,7 +450,6 @@ void Trainer::build_model() {
   models::ModelOptions options;
   options.in_channels = data::input_channels(task_.input());
   options.num_classes = static_cast<int64_t>(task_.class_names(dataset_).size());
-  if (task_.task() == models::Task::segmentation) options.num_classes = 1;
   options.drop_path_rate = s_.drop_path;
   options.encoder_depth = s_.encoder_depth;
   options.atrous_rates = s_.atrous_rates;
