@@ -193,6 +193,7 @@ TEST_CASE("every card value is checked against the architecture; the error names
       {classifier, "classes", R"(["a", "a"])", "distinct"},
       {classifier, "classes", "benign", "a JSON list of class names"},
       {segmenter, "classes", R"(["lesion", "cyst"])", R"(lists ["lesion"])"},
+      {segmenter, "num_classes", "2", "expected 1"},  // a malignancy channel is listed in classes
       {classifier, "normalisation", R"({"mean": [0.5, 0.5], "std": [1, 1, 1]})", "[3 numbers]"},
       {classifier, "normalisation", R"({"mean": [0.5, 0.5, 0.5], "std": [1, 0, 1]})", "std in [0.001, 10]"},
       {classifier, "normalisation", R"({"mean": [0.5, 0.5, 300], "std": [1, 1, 1]})", "mean must be in [0, 1]"},
