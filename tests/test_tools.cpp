@@ -920,6 +920,11 @@ TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing 
     expect_error("seg_train", dirs(d) + " --malignancy-map --arch resnet18 --img-size 64 --epochs 1 --save-path " +
                                   out.string(), "--malignancy-map: " + (d / "images").string() + " has no \"malignant\"");
   }
+  SUBCASE("--malignancy-weight out of range, or without --malignancy-map") {
+    const std::string args = dirs(t.data) + " --arch resnet18 --img-size 64 --epochs 1 --save-path " + out.string();
+    expect_error("seg_train", args + " --malignancy-map --malignancy-weight 0", "--malignancy-weight 0: must be above 0");
+    expect_error("seg_train", args + " --malignancy-weight 0.5", "--malignancy-weight: only with --malignancy-map");
+  }
   SUBCASE("--img-size not a multiple of 32") { expect_error("seg_train", dirs(t.data) + " --img-size 100 --save-path " + out.string(), "--img-size 100"); }
   SUBCASE("a training whose checkpoint would replace an input") {
     fs::path seg = bad / "seg.safetensors", state = bad / "seg.last.safetensors";

@@ -35,8 +35,10 @@ Tensor malignancy_loss(const Tensor& logits, const Tensor& masks, const Tensor& 
 class SegmentationTask : public app::TrainingTask {
  public:
   // `malignant_label`: the dataset's malignant class, whose lesions the second output channel
-  // learns to tell from the others' (--malignancy-map); none: the lesion channel alone.
-  explicit SegmentationTask(std::optional<int64_t> malignant_label) : malignant_label_(malignant_label) {}
+  // learns to tell from the others' (--malignancy-map), its loss weighted by `malignancy_weight`;
+  // none: the lesion channel alone.
+  SegmentationTask(std::optional<int64_t> malignant_label, double malignancy_weight)
+      : malignant_label_(malignant_label), malignancy_weight_(malignancy_weight) {}
 
   models::Task task() const override { return models::Task::segmentation; }
   data::InputKind input() const override { return data::InputKind::rgb; }
@@ -48,7 +50,8 @@ class SegmentationTask : public app::TrainingTask {
     Tensor lesion = app::lesion_channel(logits);
     Tensor loss = add(bce_with_logits(lesion, batch.masks), soft_dice_loss(lesion, batch.masks));
     if (!malignant_label_) return loss;
-    return add(loss, malignancy_loss(logits.slice(3, 1, 2), batch.masks, malignant(batch).to(logits.device())));
+    Tensor malignancy = malignancy_loss(logits.slice(3, 1, 2), batch.masks, malignant(batch).to(logits.device()));
+    return add(loss, mul(malignancy, malignancy_weight_));
   }
   void reset_metrics() override { metrics_ = {}, malignancy_scores_.clear(), malignant_truth_.clear(); }
   void add_metrics(const Tensor& logits, const data::Batch& batch) override {
@@ -96,10 +99,22 @@ class SegmentationTask : public app::TrainingTask {
   }
 
   std::optional<int64_t> malignant_label_;
+  double malignancy_weight_;
   data::SegmentationMetrics metrics_;
   std::vector<double> malignancy_scores_;
   std::vector<bool> malignant_truth_;
 };
+
+// --malignancy-weight, recorded for --resume beside --malignancy-map.
+double malignancy_weight(const app::Cli& cli, app::TrainSettings& settings) {
+  const double weight = cli.real("malignancy-weight");
+  SONO_CHECK(weight > 0 && weight <= 100, "--malignancy-weight ", cli.str("malignancy-weight"),
+             ": must be above 0 and at most 100");
+  SONO_CHECK(cli.is_set("malignancy-map") || !cli.is_set("malignancy-weight"),
+             "--malignancy-weight: only with --malignancy-map");
+  if (cli.is_set("malignancy-map")) settings.tool_arguments["--malignancy-map"] = cli.str("malignancy-weight");
+  return weight;
+}
 
 // --malignancy-map: the dataset's malignant class (BUSI's "malignant" folder).
 std::optional<int64_t> malignant_label(const app::Cli& cli, const data::Dataset& dataset) {
@@ -145,6 +160,7 @@ int seg_train(int argc, char** argv) {
                   "a second output channel: how malignant each lesion pixel looks, trained on the lesions of the "
                   "benign and malignant scans (the encoder learns what tells them apart, e.g. for cls_train "
                   "--pretrained); predict and the classifier's masks use the lesion channel");
+  cli.option("malignancy-weight", "1", "with --malignancy-map: the weight of its loss beside the lesion channel's");
   if (!cli.parse(argc, argv)) return 0;
   app::TrainSettings settings = app::read_training_options(cli, models::Task::segmentation);
   app::read_given_calibration(cli, "empty-below", "empty_below", 0.5, 0.999, settings);
@@ -162,8 +178,7 @@ int seg_train(int argc, char** argv) {
   settings.tool_arguments["--atrous-rates"] = app::atrous_rates_text(settings.atrous_rates);
   read_decoder_channels(cli, settings);
   data::Dataset dataset = data::scan_dataset(settings.images_dir, settings.masks_dir);
-  SegmentationTask task(malignant_label(cli, dataset));
-  if (task.class_names(dataset).size() > 1) settings.tool_arguments["--malignancy-map"] = "on";
+  SegmentationTask task(malignant_label(cli, dataset), malignancy_weight(cli, settings));
   if (settings.recipe_options.folds) return app::run_cross_validation(settings, task, dataset);
   return app::run_training(settings, task, dataset);
 }
