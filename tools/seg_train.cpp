@@ -32,43 +32,51 @@ Tensor malignancy_loss(const Tensor& logits, const Tensor& masks, const Tensor& 
   return div(sum(mul(per_pixel, masks)), add(sum(masks), 1.0));
 }
 
+// --malignancy-map: the second output channel learns to tell the lesions of the dataset's
+// malignant class from the others', its loss weighted beside the lesion channel's.
+struct MalignancyChannel {
+  int64_t malignant_label = 0;
+  double weight = 1;
+};
+
 class SegmentationTask : public app::TrainingTask {
  public:
-  // `malignant_label`: the dataset's malignant class, whose lesions the second output channel
-  // learns to tell from the others' (--malignancy-map), its loss weighted by `malignancy_weight`;
-  // none: the lesion channel alone.
-  SegmentationTask(std::optional<int64_t> malignant_label, double malignancy_weight)
-      : malignant_label_(malignant_label), malignancy_weight_(malignancy_weight) {}
+  // Without a malignancy channel: the lesion channel alone.
+  explicit SegmentationTask(std::optional<MalignancyChannel> malignancy) : malignancy_(malignancy) {}
 
   models::Task task() const override { return models::Task::segmentation; }
   data::InputKind input() const override { return data::InputKind::rgb; }
   std::vector<std::string> class_names(const data::Dataset&) const override {
-    if (malignant_label_) return {app::ModelCard::kLesionOutput, app::ModelCard::kMalignancyOutput};
+    if (malignancy_) return {app::ModelCard::kLesionOutput, app::ModelCard::kMalignancyOutput};
     return {app::ModelCard::kLesionOutput};
   }
   Tensor loss(const Tensor& logits, const data::Batch& batch) const override {
     Tensor lesion = app::lesion_channel(logits);
     Tensor loss = add(bce_with_logits(lesion, batch.masks), soft_dice_loss(lesion, batch.masks));
-    if (!malignant_label_) return loss;
+    if (!malignancy_) return loss;
     Tensor malignancy = malignancy_loss(logits.slice(3, 1, 2), batch.masks, malignant(batch).to(logits.device()));
-    return add(loss, mul(malignancy, malignancy_weight_));
+    return add(loss, mul(malignancy, malignancy_->weight));
   }
-  void reset_metrics() override { metrics_ = {}, malignancy_scores_.clear(), malignant_truth_.clear(); }
+  void reset_metrics() override {
+    metrics_ = {};
+    malignancy_scores_.clear();
+    malignant_truth_.clear();
+  }
   void add_metrics(const Tensor& logits, const data::Batch& batch) override {
     metrics_.add_batch(app::lesion_channel(logits), batch.masks);
-    if (malignant_label_) add_malignancy_scores(logits, batch);
+    if (malignancy_) add_malignancy_scores(logits, batch);
   }
   std::vector<std::string> metric_columns() const override {
     std::vector<std::string> columns{"val_dice",        "val_iou",           "val_lesion_dice", "val_lesion_iou",
                                      "val_lesions_found", "val_found_dice", "val_empty_kept"};
-    if (malignant_label_) columns.push_back("val_malignancy_auroc");
+    if (malignancy_) columns.push_back("val_malignancy_auroc");
     return columns;
   }
   std::vector<double> metric_values() const override {
     std::vector<double> values{metrics_.dice(),          metrics_.iou(),          metrics_.lesion_dice(),
                                metrics_.lesion_iou(),    metrics_.lesions_found(), metrics_.found_lesion_dice(),
                                metrics_.empty_kept_empty()};
-    if (malignant_label_) values.push_back(data::auroc(malignancy_scores_, malignant_truth_));
+    if (malignancy_) values.push_back(data::auroc(malignancy_scores_, malignant_truth_));
     return values;
   }
   std::string best_metric() const override { return "val_dice"; }
@@ -80,7 +88,7 @@ class SegmentationTask : public app::TrainingTask {
   // [B, 1, 1, 1]: 1 for the batch's malignant scans.
   Tensor malignant(const data::Batch& batch) const {
     std::vector<double> values;
-    for (int64_t label : batch.labels.to_labels()) values.push_back(label == *malignant_label_ ? 1 : 0);
+    for (int64_t label : batch.labels.to_labels()) values.push_back(label == malignancy_->malignant_label ? 1 : 0);
     return Tensor::from_vector(values, {static_cast<int64_t>(values.size()), 1, 1, 1});
   }
   // Each lesion scan's mean malignancy probability over its true lesion: what the channel
@@ -94,35 +102,32 @@ class SegmentationTask : public app::TrainingTask {
       for (size_t j = i * pixels; j < (i + 1) * pixels; ++j) inside += p[j] * mask[j], area += mask[j];
       if (area == 0) continue;
       malignancy_scores_.push_back(inside / area);
-      malignant_truth_.push_back(labels[i] == *malignant_label_);
+      malignant_truth_.push_back(labels[i] == malignancy_->malignant_label);
     }
   }
 
-  std::optional<int64_t> malignant_label_;
-  double malignancy_weight_;
+  std::optional<MalignancyChannel> malignancy_;
   data::SegmentationMetrics metrics_;
   std::vector<double> malignancy_scores_;
   std::vector<bool> malignant_truth_;
 };
 
-// --malignancy-weight, recorded for --resume beside --malignancy-map.
-double malignancy_weight(const app::Cli& cli, app::TrainSettings& settings) {
+// --malignancy-map and --malignancy-weight: the malignant class is the dataset's "malignant"
+// folder (BUSI's); the weight is recorded for --resume.
+std::optional<MalignancyChannel> read_malignancy_channel(const app::Cli& cli, const data::Dataset& dataset,
+                                                         app::TrainSettings& settings) {
   const double weight = cli.real("malignancy-weight");
   SONO_CHECK(weight > 0 && weight <= 100, "--malignancy-weight ", cli.str("malignancy-weight"),
              ": must be above 0 and at most 100");
-  SONO_CHECK(cli.is_set("malignancy-map") || !cli.is_set("malignancy-weight"),
-             "--malignancy-weight: only with --malignancy-map");
-  if (cli.is_set("malignancy-map")) settings.tool_arguments["--malignancy-map"] = cli.str("malignancy-weight");
-  return weight;
-}
-
-// --malignancy-map: the dataset's malignant class (BUSI's "malignant" folder).
-std::optional<int64_t> malignant_label(const app::Cli& cli, const data::Dataset& dataset) {
-  if (!cli.is_set("malignancy-map")) return std::nullopt;
+  if (!cli.is_set("malignancy-map")) {
+    SONO_CHECK(!cli.is_set("malignancy-weight"), "--malignancy-weight: only with --malignancy-map");
+    return std::nullopt;
+  }
   auto it = std::find(dataset.classes.begin(), dataset.classes.end(), "malignant");
   SONO_CHECK(it != dataset.classes.end(), "--malignancy-map: ", cli.str("images-dir"),
              " has no \"malignant\" class folder to learn the malignancy of lesions from");
-  return static_cast<int64_t>(it - dataset.classes.begin());
+  settings.tool_arguments["--malignancy-map"] = cli.str("malignancy-weight");
+  return MalignancyChannel{static_cast<int64_t>(it - dataset.classes.begin()), weight};
 }
 
 // --decoder-channels: a U-Net's, smp's default cut to the encoder depth when not given.
@@ -157,9 +162,9 @@ int seg_train(int argc, char** argv) {
                                 "probability is lower predicts no lesion), fitted elsewhere (e.g. a --folds run's); "
                                 "a validation split fits it itself");
   cli.flag("malignancy-map",
-                  "a second output channel: how malignant each lesion pixel looks, trained on the lesions of the "
-                  "benign and malignant scans (the encoder learns what tells them apart, e.g. for cls_train "
-                  "--pretrained); predict and the classifier's masks use the lesion channel");
+           "a second output channel: how malignant each lesion pixel looks, trained on the lesions of the benign "
+           "and malignant scans (the encoder learns what tells them apart, e.g. for cls_train --pretrained); "
+           "predict and the classifier's masks use the lesion channel");
   cli.option("malignancy-weight", "1", "with --malignancy-map: the weight of its loss beside the lesion channel's");
   if (!cli.parse(argc, argv)) return 0;
   app::TrainSettings settings = app::read_training_options(cli, models::Task::segmentation);
@@ -178,7 +183,7 @@ int seg_train(int argc, char** argv) {
   settings.tool_arguments["--atrous-rates"] = app::atrous_rates_text(settings.atrous_rates);
   read_decoder_channels(cli, settings);
   data::Dataset dataset = data::scan_dataset(settings.images_dir, settings.masks_dir);
-  SegmentationTask task(malignant_label(cli, dataset), malignancy_weight(cli, settings));
+  SegmentationTask task(read_malignancy_channel(cli, dataset, settings));
   if (settings.recipe_options.folds) return app::run_cross_validation(settings, task, dataset);
   return app::run_training(settings, task, dataset);
 }

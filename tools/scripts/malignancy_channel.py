@@ -35,7 +35,8 @@ FOLDS = 5
 def load_segmenter(path, encoder):
     with safe_open(path, "pt") as f:
         card = f.metadata()
-    model = smp.DeepLabV3Plus(encoder, encoder_weights=None, classes=int(card["num_classes"]),
+    assert card["classes"] == '["lesion","malignancy"]', f"{path}: no malignancy channel (seg_train --malignancy-map)"
+    model = smp.DeepLabV3Plus(encoder, encoder_weights=None, classes=2,
                               encoder_depth=int(card.get("encoder_depth", 5)))
     # smp 0.6 builds a ResNet's layer4 at encoder_depth 4 too, unused; our checkpoints leave it out
     missing, unexpected = model.load_state_dict(load_file(path), strict=False)
