@@ -1,5 +1,6 @@
 // Cross-validation folds and the figures that judge a classifier beyond accuracy: AUROC,
-// calibration error and temperature scaling, each against small cases computed by hand.
+// calibration error and temperature scaling, each against small cases computed by hand; the
+// stacking of a classifier with a further score against scikit-learn.
 #include <map>
 #include <set>
 
@@ -7,6 +8,7 @@
 #include "tools/data/calibration.h"
 #include "tools/data/folds.h"
 #include "tools/data/seeding.h"
+#include "tools/data/stacking.h"
 
 using namespace sono;
 using namespace sono::data;
@@ -137,4 +139,49 @@ TEST_CASE("temperature: fitted T > 1 lowers the NLL of an over-confident model, 
 
   Rows calibrated(10, {std::log(0.7 / 0.3), 0.0});
   CHECK(fit_temperature(calibrated, labels) == doctest::Approx(1.0).epsilon(1e-4));
+}
+
+TEST_CASE("stacking: a classifier's probabilities with a further score, fitted as scikit-learn fits it") {
+  // 24 rows, classes 12 / 7 / 5; the score runs high on class 1. The expected probabilities are
+  // LogisticRegression(C=1, class_weight="balanced", tol=1e-12) over [log p, logit(score)].
+  struct Row {
+    std::vector<double> p;
+    double score;
+    int label;
+  };
+  const std::vector<Row> rows{
+      {{0.9412, 0.0029, 0.0559}, 0.2558, 0}, {{0.6922, 0.2643, 0.0435}, 0.3248, 0},
+      {{0.046, 0.9128, 0.0412}, 0.2989, 0},  {{0.7443, 0.1523, 0.1034}, 0.2909, 0},
+      {{0.6131, 0.0898, 0.2971}, 0.3319, 0}, {{0.3465, 0.4779, 0.1757}, 0.2679, 0},
+      {{0.2424, 0.1505, 0.6071}, 0.3166, 0}, {{0.4535, 0.4747, 0.0718}, 0.3118, 0},
+      {{0.7357, 0.1638, 0.1005}, 0.5424, 0}, {{0.0585, 0.8274, 0.1141}, 0.1026, 0},
+      {{0.6224, 0.2865, 0.0911}, 0.1713, 0}, {{0.4041, 0.1125, 0.4835}, 0.5615, 0},
+      {{0.1002, 0.8326, 0.0672}, 0.6397, 1}, {{0.2099, 0.6957, 0.0944}, 0.672, 1},
+      {{0.3567, 0.0778, 0.5655}, 0.8799, 1}, {{0.0473, 0.8598, 0.0929}, 0.9053, 1},
+      {{0.0374, 0.3807, 0.5819}, 0.9344, 1}, {{0.0328, 0.573, 0.3942}, 0.7091, 1},
+      {{0.6684, 0.1374, 0.1942}, 0.611, 1},  {{0.5553, 0.1332, 0.3115}, 0.0981, 2},
+      {{0.3694, 0.1459, 0.4847}, 0.6543, 2}, {{0.4125, 0.1535, 0.4339}, 0.2141, 2},
+      {{0.6563, 0.0387, 0.305}, 0.3055, 2},  {{0.3144, 0.4465, 0.2391}, 0.0971, 2}};
+  Rows probabilities, scores;
+  std::vector<int> labels;
+  for (const Row& r : rows) probabilities.push_back(r.p), scores.push_back({r.score}), labels.push_back(r.label);
+  const Stacking s = fit_stacking(probabilities, scores, labels);
+  REQUIRE(s.classes() == 3);
+  REQUIRE(s.scores() == 1);
+  const std::vector<std::pair<std::vector<double>, double>> queries{
+      {{0.6, 0.3, 0.1}, 0.8}, {{0.2, 0.1, 0.7}, 0.1}, {{0.1, 0.8, 0.1}, 0.5}};
+  const Rows expected{{0.15603214980153346, 0.8292195605357179, 0.014748289662748677},
+                      {0.07800695260655635, 0.0014854581240533698, 0.9205075892693904},
+                      {0.385629965245654, 0.5764023280023517, 0.03796770675199424}};
+  for (size_t q = 0; q < queries.size(); ++q) {
+    const std::vector<double> p = s.probabilities(queries[q].first, {queries[q].second});
+    for (size_t c = 0; c < 3; ++c) CHECK(p[c] == doctest::Approx(expected[q][c]).epsilon(1e-6));
+  }
+  // The weights are identified by the penalty (the biases only up to a shared shift).
+  CHECK(s.weights[1][3] == doctest::Approx(1.2669899168067438).epsilon(1e-5));
+  CHECK(s.weights[0][2] == doctest::Approx(-0.6957027782829963).epsilon(1e-5));
+
+  CHECK_THROWS_WITH(fit_stacking(probabilities, scores, std::vector<int>(24, 0)),
+                    doctest::Contains("no rows of class 1"));
+  CHECK_THROWS_WITH(s.probabilities({0.5, 0.5}, {0.5}), doctest::Contains("expected 3 class probabilities"));
 }
