@@ -13,7 +13,9 @@ struct Pipeline::Models {
       : device(app::select_device(options.device)),
         seg(app::load_for_inference(seg_path, models::Task::segmentation, device)),
         cls(app::load_for_inference(cls_path, models::Task::classification, device)),
-        flip(options.flip_tta) {}
+        flip(options.flip_tta) {
+    app::check_stacking_inputs(&seg, seg_path, cls, cls_path);
+  }
 
   Device device;
   app::LoadedModel seg, cls;
@@ -51,9 +53,12 @@ Result Pipeline::run(const ImageView& view) const {
   Result r;
   {
     std::lock_guard<std::mutex> turn(models_->forward);
-    logits = app::lesion_logits(models_->seg, image, image.height, image.width, models_->device, models_->flip);
+    app::ScanSegmentation segmentation =
+        app::segment_scan(models_->seg, image, image.height, image.width, models_->device, models_->flip);
+    logits = std::move(segmentation.lesion_logits);
     mask = data::mask_from_logit_map(logits);
-    r.class_probabilities = app::classify(models_->cls, image, mask, models_->device, models_->flip);
+    r.class_probabilities =
+        app::classify(models_->cls, image, mask, models_->device, models_->flip, segmentation.malignancy);
   }
   r.width = image.width;
   r.height = image.height;

@@ -213,6 +213,16 @@ TEST_CASE("every card value is checked against the architecture; the error names
       {unet, "decoder_channels", "8,8,0,8", "one whole number from 1 to 4096 per encoder stage"},
       {unet, "decoder_channels", "8,8,,8", "one whole number from 1 to 4096 per encoder stage"},
       {unet, "decoder_channels", "", "one whole number from 1 to 4096 per encoder stage"},
+      {classifier, "stacking", R"({"scores": ["malignancy"], "weights": [[1, 0, 0, 1]], "bias": [0]})",
+       "for its 3 classes"},
+      {classifier, "stacking", R"({"scores": ["size"], "weights": [[1,0,0,1],[0,1,0,1],[0,0,1,1]], "bias": [0,0,0]})",
+       "\"scores\": [\"malignancy\"]"},
+      {classifier, "stacking", R"({"scores": ["malignancy"], "weights": [[1,0,0],[0,1,0],[0,0,1]], "bias": [0,0,0]})",
+       "(classes + 1) finite numbers"},
+      {classifier, "stacking", R"({"scores": ["malignancy"], "weights": [[1,0,0,1e9],[0,1,0,1],[0,0,1,1]], "bias": [0,0,0]})",
+       "(classes + 1) finite numbers"},
+      {segmenter, "stacking", R"({"scores": ["malignancy"], "weights": [[1, 0]], "bias": [0]})",
+       "a segmentation card stacks nothing"},
   };
   for (const Case& c : cases) {
     std::string e = load_error(dir, c.card, c.key, c.value);
@@ -495,13 +505,15 @@ TEST_CASE("a batch through the shipped models gives each image what it gets alon
   }
   for (bool flip : {false, true}) {
     CAPTURE(flip);
-    const std::vector<double> batch_logits = app::lesion_logits(seg, cat(seg_inputs, 0), Device::cpu, flip).to_vector();
-    const auto batch_probabilities = app::classify(cls, cat(cls_inputs, 0), Device::cpu, flip);
+    const app::BatchSegmentation batch = app::segment_batch(seg, cat(seg_inputs, 0), Device::cpu, flip);
+    const std::vector<double> batch_logits = batch.lesion_logits.to_vector();
+    const auto batch_probabilities = app::classify(cls, cat(cls_inputs, 0), Device::cpu, flip, batch.malignancy);
     std::vector<double> alone_logits;
     for (int i = 0; i < 3; ++i) {
-      const std::vector<double> logits = app::lesion_logits(seg, seg_inputs[i], Device::cpu, flip).to_vector();
+      const app::BatchSegmentation alone = app::segment_batch(seg, seg_inputs[i], Device::cpu, flip);
+      const std::vector<double> logits = alone.lesion_logits.to_vector();
       alone_logits.insert(alone_logits.end(), logits.begin(), logits.end());
-      CHECK(batch_probabilities[i] == app::classify(cls, cls_inputs[i], Device::cpu, flip).front());
+      CHECK(batch_probabilities[i] == app::classify(cls, cls_inputs[i], Device::cpu, flip, alone.malignancy).front());
     }
     REQUIRE(batch_logits.size() == alone_logits.size());
     size_t differ = 0;
@@ -539,4 +551,52 @@ TEST_CASE("report pictures: base64 as RFC 4648, pictures at most 384 px on their
                                 &height, &channels));
   CHECK(width == 307);
   CHECK(height == 384);
+}
+
+TEST_CASE("lesion_malignancy: the mean malignancy over the marked lesion, or over the 1% most lesion-like pixels") {
+  // Two 10x10 maps: the first marks 4 pixels (malignancy logits 0 and log 3: probabilities 0.5
+  // and 0.75), the second marks none; its top 1% is the one pixel of highest lesion logit.
+  std::vector<double> v(2 * 100 * 2, -3.0);
+  for (int i : {11, 12, 21, 22}) v[2 * i] = 2, v[2 * i + 1] = i < 20 ? 0 : std::log(3.0);
+  v[200 + 2 * 57] = -0.5, v[200 + 2 * 57 + 1] = std::log(9.0);  // probability 0.9
+  const Tensor logits = Tensor::from_vector(v, {2, 10, 10, 2});
+  const std::vector<double> scores = app::lesion_malignancy(logits);
+  REQUIRE(scores.size() == 2);
+  CHECK(scores[0] == doctest::Approx(0.625));
+  CHECK(scores[1] == doctest::Approx(0.9));
+  CHECK(app::lesion_malignancy(logits.slice(3, 0, 1).contiguous()).empty());  // a lesion-only segmenter
+}
+
+TEST_CASE("a stacked classifier: its card's stacking applied to its own probabilities; a segmenter without the channel refused") {
+  TempDir dir;
+  app::ModelCard card = classifier_card();
+  auto model = app::build_model(card);
+  const std::string plain = (dir / "plain.safetensors").string(), stacked = (dir / "stacked.safetensors").string();
+  app::save_checkpoint(plain, *model, card);
+  card.stacking = data::Stacking{{{1, 0, 0, -1}, {0, 1, 0, 2}, {0, 0, 1, 0.5}}, {0.1, -0.2, 0.3}};
+  app::save_checkpoint(stacked, *model, card);
+
+  app::LoadedModel a = app::load_checkpoint(plain, models::Task::classification);
+  app::LoadedModel b = app::load_checkpoint(stacked, models::Task::classification);
+  REQUIRE(b.card.stacking);
+  CHECK(b.card.stacking->weights == card.stacking->weights);
+  const data::Image image = ramp_image(40, 52);
+  data::Mask mask(40, 52);
+  for (int y = 10; y < 30; ++y) std::fill_n(&mask.at(y, 12), 20, uint8_t{1});
+  const std::vector<double> own = app::classify(a, image, mask, Device::cpu);
+  const std::vector<double> expected = card.stacking->probabilities(own, {0.8});
+  const std::vector<double> got = app::classify(b, image, mask, Device::cpu, false, 0.8);
+  for (size_t c = 0; c < 3; ++c) CHECK(got[c] == doctest::Approx(expected[c]).epsilon(1e-12));
+  CHECK(got != own);
+
+  app::ModelCard seg_card = resnet18_segmenter_card();
+  app::LoadedModel seg{app::build_model(seg_card), seg_card};
+  const std::string refusal =
+      stacked + ": stacks its classes with a segmenter's malignancy score; seg.safetensors has no malignancy channel";
+  CHECK_THROWS_WITH(app::check_stacking_inputs(&seg, "seg.safetensors", b, stacked), doctest::Contains(refusal.c_str()));
+  CHECK_THROWS_WITH(app::check_stacking_inputs(nullptr, "", b, stacked), doctest::Contains("give the segmenter"));
+  CHECK_NOTHROW(app::check_stacking_inputs(&seg, "seg.safetensors", a, plain));
+  seg_card.classes.push_back(app::ModelCard::kMalignancyOutput);
+  app::LoadedModel two{app::build_model(seg_card), seg_card};
+  CHECK_NOTHROW(app::check_stacking_inputs(&two, "seg.safetensors", b, stacked));
 }

@@ -97,11 +97,12 @@ TEST_CASE("pipeline: a scan's pixels give what predict's code gives on its file"
   app::LoadedModel seg = app::load_for_inference(kSeg, models::Task::segmentation, Device::cpu),
                    cls = app::load_for_inference(kCls, models::Task::classification, Device::cpu);
   data::Image image = data::load_image(file);
-  data::Mask mask = app::segment(seg, image, image.height, image.width, Device::cpu);
+  const app::ScanSegmentation segmentation = app::segment_scan(seg, image, image.height, image.width, Device::cpu);
+  data::Mask mask = data::mask_from_logit_map(segmentation.lesion_logits);
   CHECK(r.width == image.width);
   CHECK(r.height == image.height);
   CHECK(r.mask == mask.values);
-  CHECK(r.class_probabilities == app::classify(cls, image, mask, Device::cpu));
+  CHECK(r.class_probabilities == app::classify(cls, image, mask, Device::cpu, false, segmentation.malignancy));
   CHECK(r.class_names == cls.card.classes);
   CHECK(r.confidence == *std::max_element(r.class_probabilities.begin(), r.class_probabilities.end()));
   CHECK(r.confidence == r.class_probabilities[r.predicted]);

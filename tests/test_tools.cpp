@@ -17,6 +17,7 @@
 #include "synthetic_blobs.h"
 #include "tool_runs.h"
 #include "layers/safetensors.h"
+#include "tools/app/checkpoint.h"
 #include "tools/app/csv_table.h"
 #include "tools/data/metrics.h"
 
@@ -841,12 +842,22 @@ TEST_CASE("seg_train --arch unet_resnet18 trains smp's U-Net that predict rebuil
 
 // Blobs: a benign lesion is small and bright, a malignant one large and dim, which the
 // malignancy channel learns within a few epochs.
+struct MalignancySegmenter {
+  fs::path file = trained().root / "malignancy.safetensors", log = trained().root / "malignancy_log";
+  Run run = run_tool("seg_train", blob_dirs() + " --arch resnet18 --encoder-depth 4 --img-size 64 --batch-size 4"
+                                                " --epochs 6 --lr 1e-3 --malignancy-map --save-path " + file.string() +
+                                                " --log-dir " + log.string());
+};
+
+const MalignancySegmenter& malignancy_segmenter() {
+  static MalignancySegmenter m;
+  return m;
+}
+
 TEST_CASE("seg_train --malignancy-map learns which lesions are malignant; predict reads the lesion channel") {
   const Trained& t = trained();
-  fs::path out = t.root / "malignancy.safetensors", log = t.root / "malignancy_log";
-  Run r = run_tool("seg_train", blob_dirs() + " --arch resnet18 --encoder-depth 4 --img-size 64 --batch-size 4"
-                                              " --epochs 6 --lr 1e-3 --malignancy-map --save-path " + out.string() +
-                                              " --log-dir " + log.string());
+  const Run& r = malignancy_segmenter().run;
+  const fs::path out = malignancy_segmenter().file, log = malignancy_segmenter().log;
   INFO(r.output);
   REQUIRE(r.status == 0);
   CHECK(r.output.find("3601234 parameters, 3 input channels, 2 outputs") != std::string::npos);
@@ -862,6 +873,71 @@ TEST_CASE("seg_train --malignancy-map learns which lesions are malignant; predic
   CHECK(p.status == 0);
   const data::Mask predicted = data::load_mask({mask});
   CHECK(predicted.lesion_pixels() > 0);
+}
+
+// The stacking's mechanics on the blobs: one segmenter and one classifier stand in for both folds'
+// models, so the figures are not out of fold; what is checked is the path from evaluate's fit
+// through cls_train's card to predict.
+TEST_CASE("evaluate --fit-stacking writes a stacking that cls_train --stacking puts on the card and predict uses") {
+  const Trained& t = trained();
+  REQUIRE(malignancy_segmenter().run.status == 0);
+  const fs::path dir = t.root / "stacking", stacking = dir / "stacking.json", csv = dir / "evaluate.csv";
+  fs::create_directories(dir);
+  for (const char* fold : {"1", "2"}) {
+    fs::copy_file(malignancy_segmenter().file, dir / (std::string("seg.fold") + fold + ".safetensors"));
+    fs::copy_file(t.cls, dir / (std::string("cls.fold") + fold + ".safetensors"));
+  }
+  const std::string folds = " --folds 2 --seg-model " + (dir / "seg.fold{fold}.safetensors").string() +
+                            " --cls-model " + (dir / "cls.fold{fold}.safetensors").string();
+  Run e = run_tool("evaluate", blob_dirs() + folds + " --fit-stacking " + stacking.string() + " --csv " + csv.string());
+  INFO(e.output);
+  REQUIRE(e.status == 0);
+  CHECK(e.output.find("Stacked with the segmenter's malignancy score") != std::string::npos);
+  CHECK(e.output.find("fitted on all 60 images") != std::string::npos);
+  CHECK(test::csv_column(csv, "malignancy").size() == 60);
+  std::ifstream in(stacking);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  REQUIRE(app::parse_stacking(text, 3));
+
+  const fs::path cls = dir / "stacked.safetensors";
+  const std::string train = blob_dirs() + " --arch convnext_atto --img-size 64 --epochs 1 --batch-size 8 --val-split 0"
+                                          " --seg-model " + t.seg.string() + " --save-path " + cls.string();
+  Run c = run_tool("cls_train", train + " --stacking " + stacking.string());
+  INFO(c.output);
+  REQUIRE(c.status == 0);
+  CHECK(nn::load_safetensors(cls.string()).metadata.at("stacking") == app::stacking_text(*app::parse_stacking(text, 3)));
+
+  const std::string image = " --image " + (t.data / "images" / "malignant" / "malignant_0.png").string();
+  Run p = run_tool("predict", image + " --seg_model " + malignancy_segmenter().file.string() + " --cls_model " + cls.string());
+  INFO(p.output);
+  CHECK(p.status == 0);
+  CHECK(p.output.find("Predicted class: ") != std::string::npos);
+  Run plain = run_tool("predict", image + " --seg_model " + t.seg.string() + " --cls_model " + cls.string());
+  CHECK(plain.status == 1);
+  CHECK(plain.output.find(cls.string() + ": stacks its classes with a segmenter's malignancy score; " + t.seg.string() +
+                          " has no malignancy channel") != std::string::npos);
+
+  SUBCASE("bad input") {
+    auto refused = [](const std::string& tool, const std::string& args, const std::string& message) {
+      Run r = run_tool(tool, args);
+      INFO(tool << " " << args << "\n" << r.output);
+      CHECK(r.status == 1);
+      CHECK(r.output.find(message) != std::string::npos);
+    };
+    refused("evaluate", blob_dirs() + " --seg-model " + t.seg.string() + " --cls-model " + t.cls.string() +
+                            " --fit-stacking " + (dir / "x.json").string(), "--fit-stacking: needs --folds K");
+    refused("evaluate", blob_dirs() + " --folds 2 --seg-model " + (dir / "seg.fold{fold}.safetensors").string() +
+                            " --cls-model " + cls.string() + " --fit-stacking " + (dir / "x.json").string(),
+            cls.string() + " is stacked already");
+    refused("evaluate", blob_dirs() + folds + " --fit-stacking " + stacking.string(), stacking.string() + ": --fit-stacking exists");
+    refused("cls_train", train + " --stacking " + csv.string(), "--stacking " + csv.string() + ": expected");
+    refused("cls_train", train + " --stacking " + (dir / "none.json").string(), "no such file");
+    refused("cls_train", blob_dirs() + " --arch convnext_atto --img-size 64 --epochs 1 --save-path " +
+                             (dir / "x.safetensors").string() + " --stacking " + stacking.string(),
+            "--stacking: only with --val-split 0");
+    CHECK(!fs::exists(dir / "x.json"));
+    CHECK(!fs::exists(dir / "x.safetensors"));
+  }
 }
 
 TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing written") {

@@ -4,6 +4,7 @@
 // The mask channel is the ground truth, or with --seg-model the masks a segmentation
 // checkpoint predicts, as the classifier will see them in predict.
 #include <cmath>
+#include <fstream>
 #include <iomanip>
 #include <iostream>
 
@@ -190,6 +191,21 @@ void use_out_of_fold_masks(data::SampleCache& cache, const std::vector<std::stri
   use_predicted_masks(cache, seg_models, [&](size_t i) { return static_cast<size_t>(folds.fold[i]); }, device);
 }
 
+// --stacking's file onto the card, checked against the classes before training rather than at the
+// first load of the checkpoint.
+void read_stacking(const std::string& path, size_t classes, app::TrainSettings& s) {
+  SONO_CHECK(!s.has_validation(), "--stacking: only with --val-split 0; on a --folds run, evaluate --folds K "
+             "--fit-stacking fits it");
+  SONO_CHECK(std::filesystem::is_regular_file(path), "--stacking ", path, ": no such file");
+  // Far above a stacking's few hundred bytes: a wrong file is refused before it is read whole.
+  SONO_CHECK(std::filesystem::file_size(path) <= 65536, "--stacking ", path, ": not a stacking file (over 64 KiB)");
+  std::ifstream in(path);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::optional<data::Stacking> stacking = app::parse_stacking(text, classes);
+  SONO_CHECK(stacking, "--stacking ", path, ": ", app::kStackingExpected, " for the ", classes, " classes");
+  s.card_extra["stacking"] = app::stacking_text(*stacking);
+}
+
 int cls_train(int argc, char** argv) {
   app::Cli cli("cls_train", "Train a lesion classifier on image + lesion mask (timm's ConvNeXt or ResNet, 4 input channels).");
   app::add_training_options(cli, {.arch = "convnext_base", .batch_size = 16, .weight_decay = 5e-2, .drop_path = 0.1});
@@ -209,7 +225,10 @@ int cls_train(int argc, char** argv) {
       .option("cutmix", "0", "CutMix: paste a box of the reversed batch, lambda ~ Beta(A, A) setting its area"
                              " (timm's --cutmix; e.g. 1; 0: off); with --mixup each batch draws one of the two")
       .option("temperature", "", "with --val-split 0: the card's softmax temperature, fitted elsewhere (e.g. the"
-                                 " mean of a --folds run's); a validation split fits it itself");
+                                 " mean of a --folds run's); a validation split fits it itself")
+      .option("stacking", "", "with --val-split 0: a JSON file from evaluate --fit-stacking; the card then stacks"
+                              " the classifier's probabilities with the malignancy score of the segmenter predict"
+                              " is given (seg_train --malignancy-map)");
   if (!cli.parse(argc, argv)) return 0;
   app::TrainSettings settings = app::read_training_options(cli, models::Task::classification);
   app::read_given_calibration(cli, "temperature", "temperature", 0.05, 20, settings);
@@ -258,6 +277,7 @@ int cls_train(int argc, char** argv) {
                              {"--lesion-view", app::run_argument_number(lesion_view)},
                              {"--mixup", app::run_argument_number(settings.mix.mixup_alpha)},
                              {"--cutmix", app::run_argument_number(settings.mix.cutmix_alpha)}};
+  if (!cli.str("stacking").empty()) read_stacking(cli.str("stacking"), dataset.classes.size(), settings);
   Tensor weights = class_weights(cli.str("class-weights"), dataset);
   ClassificationTask task(dataset.classes, weights, label_smoothing);
   std::function<void(data::SampleCache&)> predict_masks;

@@ -10,6 +10,10 @@
 // --csv: a row per image; --reliability: the reliability diagram. With --folds K and {fold} in
 // the checkpoints' names, a --folds K training run is scored out of fold the same way: each image
 // by the pair of the fold that validated it, with figures per fold, their mean and spread.
+// --fit-stacking: on such a run with a --malignancy-map segmenter, fits the stacking of the
+// classifier's probabilities with the segmenter's malignancy score (data/stacking.h) on the
+// out-of-fold rows, scores it fold by fold fitted on the other folds, and writes the one fitted on
+// all for cls_train --stacking.
 #include <algorithm>
 #include <cmath>
 #include <iomanip>
@@ -29,6 +33,7 @@
 #include "tools/data/metrics.h"
 #include "tools/data/parallel.h"
 #include "tools/data/progress.h"
+#include "tools/data/stacking.h"
 
 namespace {
 
@@ -83,39 +88,56 @@ std::vector<std::pair<std::string, double>> Scores::figures(const std::vector<st
   return f;
 }
 
+void add_classification(Scores& s, const std::vector<double>& probabilities, size_t truth) {
+  const size_t predicted = std::max_element(probabilities.begin(), probabilities.end()) - probabilities.begin();
+  s.classification.add(static_cast<int>(truth), static_cast<int>(predicted));
+  s.probabilities.add(probabilities, static_cast<int>(truth));
+}
+
 // The checkpoints of one fold (or of the whole run), each absent where its flag was not given.
 struct Models {
   std::optional<app::LoadedModel> seg, cls;
 };
 
+// An image's out-of-fold classifier probabilities and malignancy score, kept for --fit-stacking.
+struct StackingRow {
+  std::vector<double> probabilities;
+  double malignancy;
+  size_t truth;
+  int fold;
+};
+
 // One image: its mask from the segmenter (or, without one, its ground truth for the classifier),
-// its class from the classifier; the figures added to `scores`, its CSV row returned.
-// `class_name`: its class folder's ("" without classes); `truth`: that class's index in the classifier.
+// its class from the classifier; the figures added to `scores` (and its row to `stacking_rows`
+// where given), its CSV row returned. `class_name`: its class folder's ("" without classes);
+// `truth`: that class's index in the classifier.
 std::string score_image(Models& models, Device device, bool flip, const data::Sample& sample, const std::string& class_name,
-                        std::optional<size_t> truth, std::optional<int> fold, const std::vector<Scores*>& scores) {
+                        std::optional<size_t> truth, std::optional<int> fold, const std::vector<Scores*>& scores,
+                        std::vector<StackingRow>* stacking_rows) {
   const data::Image image = data::load_image(sample.image);
   std::optional<data::Mask> target;
   if (!sample.masks.empty()) target = data::load_mask(sample.masks);
   SONO_CHECK(models.seg || target, sample.image.string(), ": no mask, and without --seg-model the classifier reads "
              "the ground-truth masks");
-  const data::Mask mask = models.seg ? app::segment(*models.seg, image, image.height, image.width, device, flip) : *target;
+  app::ScanSegmentation segmentation;
+  if (models.seg) segmentation = app::segment_scan(*models.seg, image, image.height, image.width, device, flip);
+  const data::Mask mask = models.seg ? data::mask_from_logit_map(segmentation.lesion_logits) : *target;
   std::vector<std::string> row{sample.name};
   if (fold) row.push_back(std::to_string(*fold + 1));
   row.push_back(class_name);
   if (models.cls) {
-    const std::vector<double> p = app::classify(*models.cls, image, mask, device, flip);
+    const std::vector<double> p = app::classify(*models.cls, image, mask, device, flip, segmentation.malignancy);
     const size_t predicted = std::max_element(p.begin(), p.end()) - p.begin();
     row.insert(row.end(), {models.cls->card.classes[predicted], app::csv_number(p[predicted])});
     for (double v : p) row.push_back(app::csv_number(v));
-    for (Scores* s : scores) {
-      if (!truth) continue;
-      s->classification.add(static_cast<int>(*truth), static_cast<int>(predicted));
-      s->probabilities.add(p, static_cast<int>(*truth));
-    }
+    if (truth)
+      for (Scores* s : scores) add_classification(*s, p, *truth);
+    if (truth && stacking_rows) stacking_rows->push_back({p, segmentation.malignancy.value(), *truth, fold.value()});
   }
   if (models.seg) {
     row.push_back(target ? app::csv_number(data::overlap(mask, *target).dice) : "");
     row.push_back(std::to_string(mask.lesion_pixels()));
+    if (segmentation.malignancy) row.push_back(app::csv_number(*segmentation.malignancy));
     for (Scores* s : scores)
       if (target) s->segmentation.add(mask, *target);
   }
@@ -167,6 +189,7 @@ std::string csv_header(const Models& models, bool folds) {
     for (const std::string& c : models.cls->card.classes) fields.push_back("p_" + c);
   }
   if (models.seg) fields.insert(fields.end(), {"dice", "lesion_pixels"});
+  if (models.seg && models.seg->card.num_classes() == 2) fields.push_back("malignancy");
   return app::csv_row(fields);
 }
 
@@ -180,10 +203,16 @@ std::vector<std::pair<std::string, std::string>> model_files(const std::string& 
   return files;
 }
 
-Models load_models(const std::pair<std::string, std::string>& files, Device device) {
+Models load_models(const std::pair<std::string, std::string>& files, Device device, bool fit_stacking) {
   Models m;
   if (!files.first.empty()) m.seg = app::load_for_inference(files.first, models::Task::segmentation, device);
   if (!files.second.empty()) m.cls = app::load_for_inference(files.second, models::Task::classification, device);
+  if (m.cls) app::check_stacking_inputs(m.seg ? &*m.seg : nullptr, files.first, *m.cls, files.second);
+  if (!fit_stacking) return m;
+  SONO_CHECK(m.seg->card.num_classes() == 2, "--fit-stacking: ", files.first,
+             " has no malignancy channel (seg_train --malignancy-map)");
+  SONO_CHECK(!m.cls->card.stacking, "--fit-stacking: ", files.second, " is stacked already; fit on the classifiers "
+             "of cls_train --folds");
   return m;
 }
 
@@ -195,6 +224,35 @@ void print_results(const std::vector<Scores>& folds, const Scores& pooled, const
   }
   print_figures(folds.size() > 1 ? "pooled out of fold" : "figures", pooled.figures(classes));
   if (pooled.classification.count() > 0) std::cout << pooled.classification.confusion_table(classes);
+}
+
+// The stacking scored fold by fold, each fold's fitted on the other folds' rows (nested, so no
+// image is scored by a stacking fitted on it), then fitted on all rows and written to `path`.
+void fit_stacking(const std::vector<StackingRow>& rows, size_t folds, const std::vector<std::string>& classes,
+                  const std::string& path) {
+  auto fit = [&](auto&& use) {
+    data::Rows probabilities, scores;
+    std::vector<int> labels;
+    for (const StackingRow& r : rows)
+      if (use(r)) probabilities.push_back(r.probabilities), scores.push_back({r.malignancy}),
+                  labels.push_back(static_cast<int>(r.truth));
+    return data::fit_stacking(probabilities, scores, labels);
+  };
+  std::vector<Scores> per_fold(folds, Scores(classes.size()));
+  Scores pooled(classes.size());
+  for (size_t f = 0; f < folds; ++f) {
+    const data::Stacking s = fit([&](const StackingRow& r) { return r.fold != static_cast<int>(f); });
+    for (const StackingRow& r : rows) {
+      if (r.fold != static_cast<int>(f)) continue;
+      const std::vector<double> p = s.probabilities(r.probabilities, {r.malignancy});
+      add_classification(per_fold[f], p, r.truth);
+      add_classification(pooled, p, r.truth);
+    }
+  }
+  std::cout << "\nStacked with the segmenter's malignancy score, each fold's stacking fitted on the other folds:\n";
+  print_results(per_fold, pooled, classes);
+  write_file_atomic(path, app::stacking_text(fit([](const StackingRow&) { return true; })) + "\n");
+  std::cout << "wrote " << path << ": the stacking fitted on all " << rows.size() << " images (cls_train --stacking)\n";
 }
 
 void write_reliability(const std::string& path, const data::ProbabilityRecord& probabilities) {
@@ -220,8 +278,13 @@ int evaluate(int argc, char** argv) {
       .option("seed", "0", "with --folds: the training runs' --seed")
       .flag("flip-tta", "average each model's outputs on the image and its mirror image, as predict --flip-tta")
       .option("csv", "", "a row per image: image, (with --folds) the fold that scored it, class, predicted class, "
-              "confidence, class probabilities, Dice against its mask, predicted lesion pixels")
+              "confidence, class probabilities, Dice against its mask, predicted lesion pixels, the malignancy score "
+              "(a --malignancy-map segmenter's)")
       .option("reliability", "", "the classifier's reliability diagram (SVG)")
+      .option("fit-stacking", "", "with --folds and a segmenter trained with --malignancy-map: fit the stacking of "
+              "the classifier's probabilities with the segmenter's malignancy score on the out-of-fold images, "
+              "score it per fold (fitted on the other folds), and write the one fitted on all to this JSON file, "
+              "for cls_train --stacking")
       .flag("overwrite", "replace a --csv or --reliability file that exists");
   app::add_runtime_options(cli);
   if (!cli.parse(argc, argv)) return 0;
@@ -230,6 +293,9 @@ int evaluate(int argc, char** argv) {
   const int64_t k = cli.integer("folds");
   SONO_CHECK(!seg_path.empty() || !cls_path.empty(), "--seg-model, --cls-model: give one or both");
   SONO_CHECK(reliability.empty() || !cls_path.empty(), "--reliability: needs --cls-model");
+  const std::string stacking_path = cli.str("fit-stacking");
+  SONO_CHECK(stacking_path.empty() || (k > 0 && !seg_path.empty() && !cls_path.empty()), "--fit-stacking: needs "
+             "--folds K with both --seg-model and --cls-model: the stacking is fitted on out-of-fold rows");
   const bool per_fold = seg_path.find("{fold}") != std::string::npos || cls_path.find("{fold}") != std::string::npos;
   SONO_CHECK(k == 0 || k >= 2, "--folds ", k, ": 0 (no folds) or at least 2");
   SONO_CHECK(per_fold == (k > 0), per_fold ? "{fold} in --seg-model or --cls-model: needs --folds K"
@@ -242,7 +308,7 @@ int evaluate(int argc, char** argv) {
         SONO_CHECK(fs::is_regular_file(path), flag, " ", path, ": no such checkpoint");
         inputs.push_back({path, flag});
       }
-  for (const char* flag : {"csv", "reliability"})
+  for (const char* flag : {"csv", "reliability", "fit-stacking"})
     if (!cli.str(flag).empty()) {
       app::check_writable(cli.str(flag));
       outputs.push_back({cli.str(flag), std::string("--") + flag});
@@ -251,18 +317,20 @@ int evaluate(int argc, char** argv) {
   const data::Dataset dataset =
       data::scan_dataset(cli.str("images-dir"), cli.str("masks-dir"), {.masks_required = false, .check_sizes = true});
   std::cout << dataset.summary() << (seg_path.empty() ? "; masks: the ground truth" : "") << "\n";
-  SONO_CHECK(!dataset.classes.empty() || reliability.empty(), "--reliability: ", cli.str("images-dir"),
-             " has no class folders to score the classifier against");
+  for (const char* flag : {"reliability", "fit-stacking"})
+    SONO_CHECK(!dataset.classes.empty() || cli.str(flag).empty(), "--", flag, ": ", cli.str("images-dir"),
+               " has no class folders to score the classifier against");
   const std::vector<int> fold_of = sample_folds(dataset, static_cast<int>(k), static_cast<uint64_t>(cli.integer("seed")));
 
   std::vector<std::string> classes;  // the first classifier's; the others must have the same
   std::vector<Scores> folds;
   std::optional<Scores> pooled;
   std::ostringstream csv;
+  std::vector<StackingRow> stacking_rows;
   // On stderr, as predict's: stdout keeps the figures alone, for a file or a pipe.
   data::Progress progress("evaluate", dataset.samples.size(), std::cerr, data::stderr_is_terminal());
   for (int fold = 0; fold < static_cast<int>(files.size()); ++fold) {
-    Models models = load_models(files[fold], device);
+    Models models = load_models(files[fold], device, !stacking_path.empty());
     std::vector<size_t> truth_index;
     if (models.cls) {
       if (fold == 0) classes = models.cls->card.classes;
@@ -279,7 +347,8 @@ int evaluate(int argc, char** argv) {
       if (!truth_index.empty()) truth = truth_index[static_cast<size_t>(sample.label)];
       const std::string class_name = dataset.classes.empty() ? "" : dataset.classes[static_cast<size_t>(sample.label)];
       csv << score_image(models, device, cli.is_set("flip-tta"), sample, class_name, truth,
-                         k > 0 ? std::optional(fold) : std::nullopt, {&folds.back(), &*pooled});
+                         k > 0 ? std::optional(fold) : std::nullopt, {&folds.back(), &*pooled},
+                         stacking_path.empty() ? nullptr : &stacking_rows);
       progress.step(1, std::nan(""));
     }
   }
@@ -287,6 +356,7 @@ int evaluate(int argc, char** argv) {
   print_results(folds, *pooled, classes);
   if (!cli.str("csv").empty()) write_file_atomic(cli.str("csv"), csv.str());
   if (!reliability.empty()) write_reliability(reliability, pooled->probabilities);
+  if (!stacking_path.empty()) fit_stacking(stacking_rows, files.size(), classes, stacking_path);
   return 0;
 }
 

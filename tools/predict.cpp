@@ -107,7 +107,8 @@ std::vector<Prediction> predict_batch(Predictor& p, const std::vector<const Deco
   for (int64_t i = 0; i < n; ++i)
     data::write_input(scans[i]->seg_input, data::Mask(), data::InputKind::rgb, p.seg.card.normalisation,
                       seg_x.data<float>() + i * seg_size * seg_size * 3);
-  const std::vector<data::Image> maps = data::logit_maps(app::lesion_logits(p.seg, seg_x, p.device, p.flip));
+  const app::BatchSegmentation segmentation = app::segment_batch(p.seg, seg_x, p.device, p.flip);
+  const std::vector<data::Image> maps = data::logit_maps(segmentation.lesion_logits);
   std::vector<Prediction> r(scans.size());
   Tensor cls_x = Tensor::empty({n, cls_size, cls_size, 4});
   for_each_scan(p, scans.size(), workers, [&](size_t i) {
@@ -117,7 +118,7 @@ std::vector<Prediction> predict_batch(Predictor& p, const std::vector<const Deco
     app::write_classifier_input(p.cls, image, r[i].mask, cls_x.data<float>() + i * cls_size * cls_size * 4,
                                 &scans[i]->cls_input);
   });
-  std::vector<std::vector<double>> probabilities = app::classify(p.cls, cls_x, p.device, p.flip);
+  std::vector<std::vector<double>> probabilities = app::classify(p.cls, cls_x, p.device, p.flip, segmentation.malignancy);
   for (size_t i = 0; i < r.size(); ++i) {
     r[i].probabilities = std::move(probabilities[i]);
     r[i].predicted = std::max_element(r[i].probabilities.begin(), r[i].probabilities.end()) - r[i].probabilities.begin();
@@ -654,6 +655,7 @@ int predict(int argc, char** argv) {
   Predictor p{app::load_for_inference(cli.str("seg_model"), models::Task::segmentation, device),
               app::load_for_inference(cli.str("cls_model"), models::Task::classification, device), device,
               cli.is_set("overlay"), min_confidence, cli.is_set("flip_tta")};
+  app::check_stacking_inputs(&p.seg, cli.str("seg_model"), p.cls, cli.str("cls_model"));
   if (!cli.str("explain").empty()) app::explainable(p.cls);
   if (!batch) return predict_one(p, run.scans.front(), run.outputs(0));
   FolderOptions options{static_cast<size_t>(batch_size), static_cast<int>(workers), std::nullopt, 0};

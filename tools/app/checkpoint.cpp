@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <optional>
 #include <span>
 #include <type_traits>
@@ -133,7 +134,31 @@ std::map<std::string, std::string> ModelCard::to_metadata() const {
     else m["atrous_rates"] = atrous_rates_text(atrous_rates);
   }
   m["normalisation"] = json{{"mean", normalisation.mean}, {"std", normalisation.std}}.dump();
+  if (stacking) m["stacking"] = stacking_text(*stacking);
   return m;
+}
+
+std::optional<data::Stacking> parse_stacking(const std::string& text, size_t classes) {
+  data::Stacking s;
+  try {
+    const json j = json::parse(text);
+    if (j.at("scores") != json::array({ModelCard::kMalignancyOutput})) return std::nullopt;
+    s.weights = j.at("weights").get<data::Rows>();
+    s.bias = j.at("bias").get<std::vector<double>>();
+  } catch (const json::exception&) {
+    return std::nullopt;
+  }
+  // Far beyond any fit's: the inputs are log-probabilities and logits of at most ~14.
+  auto sane = [](double v) { return std::isfinite(v) && std::abs(v) <= 1e4; };
+  if (s.bias.size() != classes || s.weights.size() != classes) return std::nullopt;
+  for (const std::vector<double>& row : s.weights)
+    if (row.size() != classes + 1 || !std::all_of(row.begin(), row.end(), sane)) return std::nullopt;
+  if (!std::all_of(s.bias.begin(), s.bias.end(), sane)) return std::nullopt;
+  return s;
+}
+
+std::string stacking_text(const data::Stacking& stacking) {
+  return json{{"scores", json::array({ModelCard::kMalignancyOutput})}, {"weights", stacking.weights}, {"bias", stacking.bias}}.dump();
 }
 
 namespace {
@@ -219,6 +244,11 @@ ModelCard ModelCard::from_metadata(const std::string& path, const std::map<std::
   r.optional_real("temperature", 0.01, 100);  // fitted within 0.05..20
   r.optional_real("empty_below", 0, 0.999);
   r.optional_real("lesion_view", 0, 4);
+  if (meta.count("stacking")) {
+    if (c.task != models::Task::classification) r.bad("stacking", "a segmentation card stacks nothing");
+    c.stacking = parse_stacking(r.text("stacking"), c.classes.size());
+    if (!c.stacking) r.bad("stacking", kStackingExpected, " for its ", c.classes.size(), " classes");
+  }
   for (auto& [k, v] : meta)
     if (!c.to_metadata().count(k)) c.extra[k] = v;
   return c;

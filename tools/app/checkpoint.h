@@ -11,6 +11,7 @@
 #include "layers/module.h"
 #include "models/registry.h"
 #include "tools/data/model_input.h"
+#include "tools/data/stacking.h"
 
 namespace sono::app {
 
@@ -32,6 +33,15 @@ inline constexpr const char* kDecoderChannelsExpected =
 std::optional<std::vector<int64_t>> parse_decoder_channels(const std::string& text, int64_t encoder_depth);
 std::string decoder_channels_text(const std::vector<int64_t>& channels);
 
+// A classification card's "stacking" (evaluate --fit-stacking writes it, cls_train --stacking
+// puts it on the card): {"scores": ["malignancy"], "weights": [[...] per class], "bias": [...]},
+// each weight row a weight per class log-probability, then one for the malignancy score's logit.
+inline constexpr const char* kStackingExpected =
+    "expected {\"scores\": [\"malignancy\"], \"weights\": [one row per class of (classes + 1) finite numbers], "
+    "\"bias\": [one finite number per class]}";
+std::optional<data::Stacking> parse_stacking(const std::string& text, size_t classes);
+std::string stacking_text(const data::Stacking& stacking);
+
 struct ModelCard {
   static constexpr const char* kLesionOutput = "lesion";
   static constexpr const char* kMalignancyOutput = "malignancy";
@@ -49,6 +59,8 @@ struct ModelCard {
   // A U-Net's decoder channels (written for U-Nets only).
   std::vector<int64_t> decoder_channels;
   data::Normalisation normalisation = data::kImagenet;  // what the model's inputs were
+  // A classifier whose probabilities are stacked with the segmenter's malignancy score.
+  std::optional<data::Stacking> stacking;
   std::map<std::string, std::string> extra;  // epoch, best metric, ...
 
   std::map<std::string, std::string> to_metadata() const;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 
 #include "autograd/node.h"
 #include "tensor/ops.h"
@@ -62,31 +63,75 @@ Tensor lesion_channel(const Tensor& logits) {
   return logits.size(3) == 1 ? logits : logits.slice(3, 0, 1).contiguous();
 }
 
-Tensor lesion_logits(LoadedModel& seg, const Tensor& x, Device device, bool flip) {
-  autograd::NoGradGuard no_grad;
-  return lesion_channel(calibrate(seg.card, forward(*seg.model, x.to(device), flip))).to(Device::cpu);
+std::vector<double> lesion_malignancy(const Tensor& logits) {
+  const size_t channels = static_cast<size_t>(logits.size(3));
+  if (channels < 2) return {};
+  const std::vector<double> v = logits.to_vector();
+  const size_t pixels = v.size() / channels / static_cast<size_t>(logits.size(0));
+  std::vector<double> scores;
+  for (size_t start = 0; start < v.size(); start += pixels * channels) {
+    std::vector<size_t> region;
+    for (size_t i = 0; i < pixels; ++i)
+      if (v[start + i * channels] > 0) region.push_back(i);
+    if (region.empty()) {  // the most lesion-like 1%: still the segmenter's best guess at where to look
+      region.resize(pixels);
+      std::iota(region.begin(), region.end(), size_t{0});
+      const size_t top = std::max<size_t>(1, (pixels + 99) / 100);
+      std::nth_element(region.begin(), region.begin() + static_cast<std::ptrdiff_t>(top - 1), region.end(),
+                       [&](size_t a, size_t b) { return v[start + a * channels] > v[start + b * channels]; });
+      region.resize(top);
+    }
+    double sum = 0;
+    for (size_t i : region) sum += 1 / (1 + std::exp(-v[start + i * channels + 1]));
+    scores.push_back(sum / static_cast<double>(region.size()));
+  }
+  return scores;
 }
 
-std::vector<std::vector<double>> classify(LoadedModel& cls, const Tensor& x, Device device, bool flip) {
+void check_stacking_inputs(const LoadedModel* seg, const std::string& seg_path, const LoadedModel& cls,
+                           const std::string& cls_path) {
+  if (!cls.card.stacking) return;
+  SONO_CHECK(seg, cls_path, ": stacks its classes with a segmenter's malignancy score; give the segmenter "
+             "(seg_train --malignancy-map) it was fitted with");
+  SONO_CHECK(seg->card.num_classes() == 2, cls_path, ": stacks its classes with a segmenter's malignancy score; ",
+             seg_path, " has no malignancy channel (seg_train --malignancy-map)");
+}
+
+BatchSegmentation segment_batch(LoadedModel& seg, const Tensor& x, Device device, bool flip) {
+  autograd::NoGradGuard no_grad;
+  const Tensor logits = forward(*seg.model, x.to(device), flip).to(Device::cpu);
+  return {lesion_channel(calibrate(seg.card, logits)), lesion_malignancy(logits)};
+}
+
+std::vector<std::vector<double>> classify(LoadedModel& cls, const Tensor& x, Device device, bool flip,
+                                          const std::vector<double>& malignancy) {
   autograd::NoGradGuard no_grad;
   SONO_CHECK(cls.card.in_channels == 4, "classification checkpoint (", cls.card.arch, ") takes ",
              cls.card.in_channels, " channels; expected image + mask (4)");
   const std::vector<double> p = softmax(calibrate(cls.card, forward(*cls.model, x.to(device), flip)), -1).to_vector();
   const size_t classes = p.size() / static_cast<size_t>(x.size(0));
+  SONO_CHECK(!cls.card.stacking || malignancy.size() == static_cast<size_t>(x.size(0)), "classify: the card stacks ",
+             "the malignancy score; got ", malignancy.size(), " scores for ", x.size(0), " images");
   std::vector<std::vector<double>> rows;
-  for (size_t i = 0; i < p.size(); i += classes) rows.emplace_back(p.begin() + i, p.begin() + i + classes);
+  for (size_t i = 0; i < p.size(); i += classes) {
+    rows.emplace_back(p.begin() + i, p.begin() + i + classes);
+    if (cls.card.stacking) rows.back() = cls.card.stacking->probabilities(rows.back(), {malignancy[rows.size() - 1]});
+  }
   return rows;
 }
 
-data::Image lesion_logits(LoadedModel& seg, const data::Image& image, int height, int width, Device device,
-                          bool flip) {
+ScanSegmentation segment_scan(LoadedModel& seg, const data::Image& image, int height, int width, Device device,
+                              bool flip) {
   Tensor x = data::model_input(image, data::Mask(image.height, image.width),
                                static_cast<int>(seg.card.img_size), data::InputKind::rgb, seg.card.normalisation);
-  return data::logit_map(lesion_logits(seg, x, device, flip), height, width);
+  BatchSegmentation out = segment_batch(seg, x, device, flip);
+  ScanSegmentation r{data::logit_map(out.lesion_logits, height, width), std::nullopt};
+  if (!out.malignancy.empty()) r.malignancy = out.malignancy.front();
+  return r;
 }
 
 data::Mask segment(LoadedModel& seg, const data::Image& image, int height, int width, Device device, bool flip) {
-  return data::mask_from_logit_map(lesion_logits(seg, image, height, width, device, flip));
+  return data::mask_from_logit_map(segment_scan(seg, image, height, width, device, flip).lesion_logits);
 }
 
 data::Window classifier_window(const LoadedModel& cls, const data::Mask& mask) {
@@ -114,8 +159,10 @@ Tensor classifier_input(const LoadedModel& cls, const data::Image& image, const 
 }
 
 std::vector<double> classify(LoadedModel& cls, const data::Image& image, const data::Mask& mask, Device device,
-                             bool flip) {
-  return classify(cls, classifier_input(cls, image, mask), device, flip).front();
+                             bool flip, std::optional<double> malignancy) {
+  std::vector<double> scores;
+  if (malignancy) scores.push_back(*malignancy);
+  return classify(cls, classifier_input(cls, image, mask), device, flip, scores).front();
 }
 
 }  // namespace sono::app

@@ -1,6 +1,7 @@
 #pragma once
 // Running trained checkpoints on one image: what predict does per file, and what cls_train
 // --seg-model does to give the classifier the masks it will see in use.
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,13 +26,30 @@ Tensor calibrate(const ModelCard& card, const Tensor& logits);
 // segmenter trained with seg_train --malignancy-map has a second, ModelCard::kMalignancyOutput).
 Tensor lesion_channel(const Tensor& logits);
 
-// The lesion mask of `image` (RGB 0..1, any size) at (height, width): the image is resized to
-// the checkpoint's training size, the logits resized back (see data::mask_from_logits).
+// Per image of a segmenter's output [B, H, W, C] (forward's, before calibrate), what a classifier
+// card's stacking takes beside its probabilities: the mean malignancy probability over the pixels
+// the segmenter marks as lesion, or over its 1% most lesion-like pixels where it marks none.
+// Empty for a segmenter without a malignancy channel.
+std::vector<double> lesion_malignancy(const Tensor& logits);
+
+// Refuses, naming the files, a classifier whose card stacks the malignancy score with a segmenter
+// that has no malignancy channel (or with none: `seg` absent).
+void check_stacking_inputs(const LoadedModel* seg, const std::string& seg_path, const LoadedModel& cls,
+                           const std::string& cls_path);
+
+// A segmenter on one scan: what its mask thresholds at 0, the calibrated lesion logits at the
+// requested size (1 channel), and its lesion_malignancy where it has the channel.
+struct ScanSegmentation {
+  data::Image lesion_logits;
+  std::optional<double> malignancy;
+};
+// `image` (RGB 0..1, any size) is resized to the checkpoint's training size, the logits resized
+// back to (height, width).
+ScanSegmentation segment_scan(LoadedModel& seg, const data::Image& image, int height, int width, Device device,
+                              bool flip = false);
+// Its lesion mask (see data::mask_from_logits).
 data::Mask segment(LoadedModel& seg, const data::Image& image, int height, int width, Device device,
                    bool flip = false);
-// What segment thresholds at 0: the calibrated lesion logits at (height, width), 1 channel.
-data::Image lesion_logits(LoadedModel& seg, const data::Image& image, int height, int width, Device device,
-                          bool flip = false);
 
 // What the classifier sees of an image and its lesion mask of the same size, as the card says:
 // the whole image, or with "lesion_view" (cls_train --lesion-view) the window around the lesion.
@@ -44,16 +62,22 @@ void write_classifier_input(const LoadedModel& cls, const data::Image& image, co
 Tensor classifier_input(const LoadedModel& cls, const data::Image& image, const data::Mask& mask);
 
 // Class probabilities (softmax of the calibrated logits) for an image and its lesion mask of
-// the same size.
+// the same size; where the card has a stacking, the stacked probabilities, which need the
+// segmenter's `malignancy` (check_stacking_inputs).
 std::vector<double> classify(LoadedModel& cls, const data::Image& image, const data::Mask& mask, Device device,
-                             bool flip = false);
+                             bool flip = false, std::optional<double> malignancy = std::nullopt);
 
 // The same on a batch of model inputs [B, S, S, C] at the card's size (data::write_input per
 // image): the one-image calls above are these with B = 1, so image i of a batch gets what it
 // gets alone.
-// The calibrated lesion logits [B, S, S, 1], on the CPU.
-Tensor lesion_logits(LoadedModel& seg, const Tensor& x, Device device, bool flip = false);
-// Class probabilities, one row per image.
-std::vector<std::vector<double>> classify(LoadedModel& cls, const Tensor& x, Device device, bool flip = false);
+struct BatchSegmentation {
+  Tensor lesion_logits;  // calibrated, [B, S, S, 1], on the CPU
+  std::vector<double> malignancy;  // lesion_malignancy
+};
+BatchSegmentation segment_batch(LoadedModel& seg, const Tensor& x, Device device, bool flip = false);
+// Class probabilities, one row per image (stacked with `malignancy`, one per image, where the
+// card says).
+std::vector<std::vector<double>> classify(LoadedModel& cls, const Tensor& x, Device device, bool flip = false,
+                                          const std::vector<double>& malignancy = {});
 
 }  // namespace sono::app
