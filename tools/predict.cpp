@@ -90,6 +90,7 @@ struct Prediction {
   size_t predicted = 0;
   data::Image lesion_logits;  // what the mask thresholds, for --save_prob
   data::Mask mask;
+  std::optional<double> malignancy;  // a --malignancy-map segmenter's app::lesion_malignancy
 };
 
 // A folder run's per-scan work (decoding, resizing, PNG encoding): on `workers` threads, or on
@@ -121,6 +122,7 @@ std::vector<Prediction> predict_batch(Predictor& p, const std::vector<const Deco
   std::vector<std::vector<double>> probabilities = app::classify(p.cls, cls_x, p.device, p.flip, segmentation.malignancy);
   for (size_t i = 0; i < r.size(); ++i) {
     r[i].probabilities = std::move(probabilities[i]);
+    if (!segmentation.malignancy.empty()) r[i].malignancy = segmentation.malignancy[i];
     r[i].predicted = std::max_element(r[i].probabilities.begin(), r[i].probabilities.end()) - r[i].probabilities.begin();
   }
   return r;
@@ -201,6 +203,9 @@ int predict_one(Predictor& p, const Source& source, const OutputPaths& out) {
   const DecodedScan scan = decode_scan(p, dicom_files, source);
   const Prediction r = std::move(predict_batch(p, {&scan}, 1).front());
   std::cout << class_line(p, r) << "\n" << probabilities_line(p, r) << "\n";
+  if (r.malignancy)
+    std::cout << "Malignancy channel: " << std::fixed << std::setprecision(2) << *r.malignancy << " over the marked lesion"
+              << (p.cls.card.stacking ? " (stacked into the probabilities)" : "") << "\n";
   if (scan.spacing) std::cout << lesion_area_line(*scan.spacing, r.mask);
   const data::Image heat = out.explain.empty() ? data::Image() : explain_picture(p, scan.image, r);
   std::cout << save_outputs(p, scan.image, r, out, heat);
