@@ -204,8 +204,9 @@ int predict_one(Predictor& p, const Source& source, const OutputPaths& out) {
   const Prediction r = std::move(predict_batch(p, {&scan}, 1).front());
   std::cout << class_line(p, r) << "\n" << probabilities_line(p, r) << "\n";
   if (r.malignancy)
-    std::cout << "Malignancy channel: " << std::fixed << std::setprecision(2) << *r.malignancy << " over the marked lesion"
-              << (p.cls.card.stacking ? " (stacked into the probabilities)" : "") << "\n";
+    std::cout << "Malignancy channel: " << std::fixed << std::setprecision(2) << *r.malignancy
+              << (r.mask.lesion_pixels() ? " over the marked lesion" : " over the most lesion-like pixels (no lesion marked)")
+              << (p.cls.card.stacking ? ", stacked into the probabilities" : "") << "\n";
   if (scan.spacing) std::cout << lesion_area_line(*scan.spacing, r.mask);
   const data::Image heat = out.explain.empty() ? data::Image() : explain_picture(p, scan.image, r);
   std::cout << save_outputs(p, scan.image, r, out, heat);
