@@ -914,6 +914,15 @@ TEST_CASE("evaluate --fit-stacking writes a stacking that cls_train --stacking p
   CHECK(p.status == 0);
   CHECK(p.output.find("Predicted class: ") != std::string::npos);
   CHECK(p.output.find(", stacked into the probabilities\n") != std::string::npos);
+  const fs::path predictions = dir / "predictions.csv";
+  Run folder = run_tool("predict", "--image " + (t.data / "images" / "malignant").string() + " --seg_model " +
+                                       malignancy_segmenter().file.string() + " --cls_model " + cls.string() +
+                                       " --csv " + predictions.string());
+  INFO(folder.output);
+  CHECK(folder.status == 0);
+  const std::vector<double> scores = test::csv_column(predictions, "malignancy");
+  CHECK(scores.size() == 20);
+  CHECK(std::all_of(scores.begin(), scores.end(), [](double v) { return v >= 0 && v <= 1; }));
   Run plain = run_tool("predict", image + " --seg_model " + t.seg.string() + " --cls_model " + cls.string());
   CHECK(plain.status == 1);
   CHECK(plain.output.find(cls.string() + ": stacks its classes with a segmenter's malignancy score; " + t.seg.string() +
