@@ -946,6 +946,15 @@ TEST_CASE("evaluate --fit-stacking writes a stacking that cls_train --stacking p
     refused("cls_train", blob_dirs() + " --arch convnext_atto --img-size 64 --epochs 1 --save-path " +
                              (dir / "x.safetensors").string() + " --stacking " + stacking.string(),
             "--stacking: only with --val-split 0");
+    const fs::path one_normal = dir / "one_normal";  // then the folds without it have no normal scan
+    fs::copy(t.data, one_normal, fs::copy_options::recursive);
+    for (int i = 1; i < 20; ++i) {
+      fs::remove(one_normal / "images" / "normal" / ("normal_" + std::to_string(i) + ".png"));
+      fs::remove(one_normal / "masks" / "normal" / ("normal_" + std::to_string(i) + "_mask.png"));
+    }
+    refused("evaluate", "--images-dir " + (one_normal / "images").string() + " --masks-dir " +
+                            (one_normal / "masks").string() + folds + " --fit-stacking " + (dir / "x.json").string(),
+            "have no normal image to fit the stacking on");
     CHECK(!fs::exists(dir / "x.json"));
     CHECK(!fs::exists(dir / "x.safetensors"));
   }

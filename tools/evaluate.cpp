@@ -230,18 +230,22 @@ void print_results(const std::vector<Scores>& folds, const Scores& pooled, const
 // image is scored by a stacking fitted on it), then fitted on all rows and written to `path`.
 void fit_stacking(const std::vector<StackingRow>& rows, size_t folds, const std::vector<std::string>& classes,
                   const std::string& path) {
-  auto fit = [&](auto&& use) {
+  auto fit = [&](const std::string& which, auto&& use) {
     data::Rows probabilities, scores;
     std::vector<int> labels;
     for (const StackingRow& r : rows)
       if (use(r)) probabilities.push_back(r.probabilities), scores.push_back({r.malignancy}),
                   labels.push_back(static_cast<int>(r.truth));
+    for (size_t c = 0; c < classes.size(); ++c)
+      SONO_CHECK(std::count(labels.begin(), labels.end(), static_cast<int>(c)), "--fit-stacking: ", which, " have no ",
+                 classes[c], " image to fit the stacking on");
     return data::fit_stacking(probabilities, scores, labels);
   };
   std::vector<Scores> per_fold(folds, Scores(classes.size()));
   Scores pooled(classes.size());
   for (size_t f = 0; f < folds; ++f) {
-    const data::Stacking s = fit([&](const StackingRow& r) { return r.fold != static_cast<int>(f); });
+    const data::Stacking s = fit("the images outside fold " + std::to_string(f + 1),
+                                 [&](const StackingRow& r) { return r.fold != static_cast<int>(f); });
     for (const StackingRow& r : rows) {
       if (r.fold != static_cast<int>(f)) continue;
       const std::vector<double> p = s.probabilities(r.probabilities, {r.malignancy});
@@ -251,7 +255,7 @@ void fit_stacking(const std::vector<StackingRow>& rows, size_t folds, const std:
   }
   std::cout << "\nStacked with the segmenter's malignancy score, each fold's stacking fitted on the other folds:\n";
   print_results(per_fold, pooled, classes);
-  write_file_atomic(path, app::stacking_text(fit([](const StackingRow&) { return true; })) + "\n");
+  write_file_atomic(path, app::stacking_text(fit("the images", [](const StackingRow&) { return true; })) + "\n");
   std::cout << "wrote " << path << ": the stacking fitted on all " << rows.size() << " images (cls_train --stacking)\n";
 }
 
