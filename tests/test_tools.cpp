@@ -898,7 +898,9 @@ TEST_CASE("evaluate --fit-stacking writes a stacking that cls_train --stacking p
   CHECK(test::csv_column(csv, "malignancy").size() == 60);
   std::ifstream in(stacking);
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  REQUIRE(app::parse_stacking(text, 3));
+  const std::vector<std::string> classes{"benign", "malignant", "normal"};
+  REQUIRE(app::parse_stacking(text, classes));
+  CHECK(!app::parse_stacking(text, {"benign", "normal", "malignant"}));  // another order is another model
 
   const fs::path cls = dir / "stacked.safetensors";
   const std::string train = blob_dirs() + " --arch convnext_atto --img-size 64 --epochs 1 --batch-size 8 --val-split 0"
@@ -906,7 +908,7 @@ TEST_CASE("evaluate --fit-stacking writes a stacking that cls_train --stacking p
   Run c = run_tool("cls_train", train + " --stacking " + stacking.string());
   INFO(c.output);
   REQUIRE(c.status == 0);
-  CHECK(nn::load_safetensors(cls.string()).metadata.at("stacking") == app::stacking_text(*app::parse_stacking(text, 3)));
+  CHECK(nn::load_safetensors(cls.string()).metadata.at("stacking") == app::stacking_text(*app::parse_stacking(text, classes), classes));
 
   const std::string image = " --image " + (t.data / "images" / "malignant" / "malignant_0.png").string();
   Run p = run_tool("predict", image + " --seg_model " + malignancy_segmenter().file.string() + " --cls_model " + cls.string());

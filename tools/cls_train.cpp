@@ -193,7 +193,7 @@ void use_out_of_fold_masks(data::SampleCache& cache, const std::vector<std::stri
 
 // --stacking's file onto the card, checked against the classes before training rather than at the
 // first load of the checkpoint.
-void read_stacking(const std::string& path, size_t classes, app::TrainSettings& s) {
+void read_stacking(const std::string& path, const std::vector<std::string>& classes, app::TrainSettings& s) {
   SONO_CHECK(!s.has_validation(), "--stacking: only with --val-split 0; on a --folds run, evaluate --folds K "
              "--fit-stacking fits it");
   SONO_CHECK(std::filesystem::is_regular_file(path), "--stacking ", path, ": no such file");
@@ -202,8 +202,10 @@ void read_stacking(const std::string& path, size_t classes, app::TrainSettings& 
   std::ifstream in(path);
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   const std::optional<data::Stacking> stacking = app::parse_stacking(text, classes);
-  SONO_CHECK(stacking, "--stacking ", path, ": ", app::kStackingExpected, " for the ", classes, " classes");
-  s.card_extra["stacking"] = app::stacking_text(*stacking);
+  std::string names;
+  for (const std::string& c : classes) names += (names.empty() ? "" : ", ") + c;
+  SONO_CHECK(stacking, "--stacking ", path, ": ", app::kStackingExpected, " for the classes ", names);
+  s.card_extra["stacking"] = app::stacking_text(*stacking, classes);
 }
 
 int cls_train(int argc, char** argv) {
@@ -277,7 +279,7 @@ int cls_train(int argc, char** argv) {
                              {"--lesion-view", app::run_argument_number(lesion_view)},
                              {"--mixup", app::run_argument_number(settings.mix.mixup_alpha)},
                              {"--cutmix", app::run_argument_number(settings.mix.cutmix_alpha)}};
-  if (!cli.str("stacking").empty()) read_stacking(cli.str("stacking"), dataset.classes.size(), settings);
+  if (!cli.str("stacking").empty()) read_stacking(cli.str("stacking"), dataset.classes, settings);
   Tensor weights = class_weights(cli.str("class-weights"), dataset);
   ClassificationTask task(dataset.classes, weights, label_smoothing);
   std::function<void(data::SampleCache&)> predict_masks;

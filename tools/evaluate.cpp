@@ -255,7 +255,7 @@ void fit_stacking(const std::vector<StackingRow>& rows, size_t folds, const std:
   }
   std::cout << "\nStacked with the segmenter's malignancy score, each fold's stacking fitted on the other folds:\n";
   print_results(per_fold, pooled, classes);
-  write_file_atomic(path, app::stacking_text(fit("the images", [](const StackingRow&) { return true; })) + "\n");
+  write_file_atomic(path, app::stacking_text(fit("the images", [](const StackingRow&) { return true; }), classes) + "\n");
   std::cout << "wrote " << path << ": the stacking fitted on all " << rows.size() << " images (cls_train --stacking)\n";
 }
 

@@ -134,15 +134,17 @@ std::map<std::string, std::string> ModelCard::to_metadata() const {
     else m["atrous_rates"] = atrous_rates_text(atrous_rates);
   }
   m["normalisation"] = json{{"mean", normalisation.mean}, {"std", normalisation.std}}.dump();
-  if (stacking) m["stacking"] = stacking_text(*stacking);
+  if (stacking) m["stacking"] = stacking_text(*stacking, classes);
   return m;
 }
 
-std::optional<data::Stacking> parse_stacking(const std::string& text, size_t classes) {
+std::optional<data::Stacking> parse_stacking(const std::string& text, const std::vector<std::string>& class_names) {
+  const size_t classes = class_names.size();
   data::Stacking s;
   try {
     const json j = json::parse(text);
-    if (j.at("scores") != json::array({ModelCard::kMalignancyOutput})) return std::nullopt;
+    if (j.at("classes") != json(class_names) || j.at("scores") != json::array({ModelCard::kMalignancyOutput}))
+      return std::nullopt;
     s.weights = j.at("weights").get<data::Rows>();
     s.bias = j.at("bias").get<std::vector<double>>();
   } catch (const json::exception&) {
@@ -157,8 +159,12 @@ std::optional<data::Stacking> parse_stacking(const std::string& text, size_t cla
   return s;
 }
 
-std::string stacking_text(const data::Stacking& stacking) {
-  return json{{"scores", json::array({ModelCard::kMalignancyOutput})}, {"weights", stacking.weights}, {"bias", stacking.bias}}.dump();
+std::string stacking_text(const data::Stacking& stacking, const std::vector<std::string>& classes) {
+  return json{{"classes", classes},
+              {"scores", json::array({ModelCard::kMalignancyOutput})},
+              {"weights", stacking.weights},
+              {"bias", stacking.bias}}
+      .dump();
 }
 
 namespace {
@@ -246,8 +252,8 @@ ModelCard ModelCard::from_metadata(const std::string& path, const std::map<std::
   r.optional_real("lesion_view", 0, 4);
   if (meta.count("stacking")) {
     if (c.task != models::Task::classification) r.bad("stacking", "a segmentation card stacks nothing");
-    c.stacking = parse_stacking(r.text("stacking"), c.classes.size());
-    if (!c.stacking) r.bad("stacking", kStackingExpected, " for its ", c.classes.size(), " classes");
+    c.stacking = parse_stacking(r.text("stacking"), c.classes);
+    if (!c.stacking) r.bad("stacking", kStackingExpected, " for its classes ", json(c.classes).dump());
   }
   for (auto& [k, v] : meta)
     if (!c.to_metadata().count(k)) c.extra[k] = v;

@@ -34,13 +34,14 @@ std::optional<std::vector<int64_t>> parse_decoder_channels(const std::string& te
 std::string decoder_channels_text(const std::vector<int64_t>& channels);
 
 // A classification card's "stacking" (evaluate --fit-stacking writes it, cls_train --stacking
-// puts it on the card): {"scores": ["malignancy"], "weights": [[...] per class], "bias": [...]},
-// each weight row a weight per class log-probability, then one for the malignancy score's logit.
+// puts it on the card): {"classes": [...], "scores": ["malignancy"], "weights": [[...] per class],
+// "bias": [...]}, each weight row a weight per class log-probability, then one for the malignancy
+// score's logit. The classes are named so that a stacking is never applied to another order.
 inline constexpr const char* kStackingExpected =
-    "expected {\"scores\": [\"malignancy\"], \"weights\": [one row per class of (classes + 1) finite numbers], "
-    "\"bias\": [one finite number per class]}";
-std::optional<data::Stacking> parse_stacking(const std::string& text, size_t classes);
-std::string stacking_text(const data::Stacking& stacking);
+    "expected {\"classes\": [the classifier's classes], \"scores\": [\"malignancy\"], \"weights\": [one row per "
+    "class of (classes + 1) finite numbers], \"bias\": [one finite number per class]}";
+std::optional<data::Stacking> parse_stacking(const std::string& text, const std::vector<std::string>& classes);
+std::string stacking_text(const data::Stacking& stacking, const std::vector<std::string>& classes);
 
 struct ModelCard {
   static constexpr const char* kLesionOutput = "lesion";
