@@ -189,7 +189,7 @@ std::string csv_header(const Models& models, bool folds) {
     for (const std::string& c : models.cls->card.classes) fields.push_back("p_" + c);
   }
   if (models.seg) fields.insert(fields.end(), {"dice", "lesion_pixels"});
-  if (models.seg && models.seg->card.num_classes() == 2) fields.push_back("malignancy");
+  if (models.seg && models.seg->card.has_malignancy_channel()) fields.push_back("malignancy");
   return app::csv_row(fields);
 }
 
@@ -209,7 +209,7 @@ Models load_models(const std::pair<std::string, std::string>& files, Device devi
   if (!files.second.empty()) m.cls = app::load_for_inference(files.second, models::Task::classification, device);
   if (m.cls) app::check_stacking_inputs(m.seg ? &*m.seg : nullptr, files.first, *m.cls, files.second);
   if (!fit_stacking) return m;
-  SONO_CHECK(m.seg->card.num_classes() == 2, "--fit-stacking: ", files.first,
+  SONO_CHECK(m.seg->card.has_malignancy_channel(), "--fit-stacking: ", files.first,
              " has no malignancy channel (seg_train --malignancy-map)");
   SONO_CHECK(!m.cls->card.stacking, "--fit-stacking: ", files.second, " is stacked already; fit on the classifiers "
              "of cls_train --folds");

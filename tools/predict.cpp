@@ -308,13 +308,11 @@ void check_run_files(const app::Cli& cli, const RunFiles& run, bool overlay, boo
   app::check_outputs(inputs, outputs, overwrite);
 }
 
-bool has_malignancy_channel(const Predictor& p) { return p.seg.card.num_classes() == 2; }
-
 std::vector<std::string> csv_columns(const Predictor& p) {
   std::vector<std::string> columns = {"image", "frame", "predicted_class", "confidence"};
   for (auto& c : p.cls.card.classes) columns.push_back("p_" + c);
   for (const char* c : {"lesion_fraction", "lesion_pixels", "lesion_area_mm2"}) columns.push_back(c);
-  if (has_malignancy_channel(p)) columns.push_back("malignancy");
+  if (p.seg.card.has_malignancy_channel()) columns.push_back("malignancy");
   for (const char* c : {"mask", "error"}) columns.push_back(c);
   return columns;
 }
@@ -327,7 +325,7 @@ std::string prediction_row(const Predictor& p, const Source& scan, const Predict
   fields.push_back(app::csv_number(double(r.mask.lesion_pixels()) / r.mask.values.size()));
   fields.push_back(std::to_string(r.mask.lesion_pixels()));
   fields.push_back(spacing ? app::csv_number(area_mm2(r.mask, *spacing)) : "");
-  if (has_malignancy_channel(p)) fields.push_back(app::csv_number(r.malignancy.value()));
+  if (p.seg.card.has_malignancy_channel()) fields.push_back(app::csv_number(r.malignancy.value()));
   fields.push_back(mask.string());
   fields.push_back("");
   return app::csv_row(fields);

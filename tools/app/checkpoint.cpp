@@ -207,6 +207,11 @@ std::string decoder_channels_text(const std::vector<int64_t>& channels) { return
 
 int64_t ModelCard::num_classes() const { return static_cast<int64_t>(classes.size()); }
 
+bool ModelCard::has_malignancy_channel() const {
+  return task == models::Task::segmentation &&
+         std::find(classes.begin(), classes.end(), kMalignancyOutput) != classes.end();
+}
+
 ModelCard ModelCard::from_metadata(const std::string& path, const std::map<std::string, std::string>& meta) {
   const CardReader r{path, meta};
   if (r.text("format") != kFormat) r.bad("format", "expected ", kFormat);

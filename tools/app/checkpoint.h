@@ -70,6 +70,8 @@ struct ModelCard {
   // is built from it.
   static ModelCard from_metadata(const std::string& path, const std::map<std::string, std::string>& meta);
   int64_t num_classes() const;
+  // A segmenter trained with seg_train --malignancy-map: its output has the malignancy channel.
+  bool has_malignancy_channel() const;
 };
 
 struct LoadedModel {

@@ -93,7 +93,7 @@ void check_stacking_inputs(const LoadedModel* seg, const std::string& seg_path, 
   if (!cls.card.stacking) return;
   SONO_CHECK(seg, cls_path, ": stacks its classes with a segmenter's malignancy score; give the segmenter "
              "(seg_train --malignancy-map) it was fitted with");
-  SONO_CHECK(seg->card.num_classes() == 2, cls_path, ": stacks its classes with a segmenter's malignancy score; ",
+  SONO_CHECK(seg->card.has_malignancy_channel(), cls_path, ": stacks its classes with a segmenter's malignancy score; ",
              seg_path, " has no malignancy channel (seg_train --malignancy-map)");
 }
 

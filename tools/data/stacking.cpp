@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "tensor/error.h"
+#include "tools/data/calibration.h"
 
 namespace sono::data {
 
@@ -21,14 +22,6 @@ std::vector<double> stacking_inputs(const std::vector<double>& class_probabiliti
     x.push_back(std::log(q / (1 - q)));
   }
   return x;
-}
-
-std::vector<double> softmax(std::vector<double> z) {
-  const double top = *std::max_element(z.begin(), z.end());
-  double sum = 0;
-  for (double& v : z) sum += v = std::exp(v - top);
-  for (double& v : z) v /= sum;
-  return z;
 }
 
 // Solves A x = b for a symmetric positive definite A (row-major, n x n) by Cholesky.
@@ -70,7 +63,7 @@ struct Objective {
       z[k] = weight(theta, k, inputs);
       for (size_t a = 0; a < inputs; ++a) z[k] += weight(theta, k, a) * x[i][a];
     }
-    return softmax(z);
+    return softmax_row(z);
   }
 
   double value(const std::vector<double>& theta) const {
@@ -119,7 +112,7 @@ std::vector<double> Stacking::probabilities(const std::vector<double>& class_pro
   std::vector<double> z = bias;
   for (size_t k = 0; k < z.size(); ++k)
     for (size_t a = 0; a < x.size(); ++a) z[k] += weights[k][a] * x[a];
-  return softmax(z);
+  return softmax_row(z);
 }
 
 Stacking fit_stacking(const Rows& class_probabilities, const Rows& scores, const std::vector<int>& labels, double c) {
