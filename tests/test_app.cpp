@@ -178,6 +178,8 @@ TEST_CASE("every card value is checked against the architecture; the error names
     std::string key, value, why;
   };
   const app::ModelCard classifier = classifier_card();
+  app::ModelCard viewed = classifier;
+  viewed.extra["lesion_view"] = "0.5";
   const std::vector<Case> cases = {
       {classifier, "format", "sono-checkpoint-9", "expected sono-checkpoint-1"},
       {classifier, "arch", "resnet20", "unknown architecture 'resnet20'"},
@@ -225,6 +227,9 @@ TEST_CASE("every card value is checked against the architecture; the error names
          "weights": [[1,0,0,1e9],[0,1,0,1],[0,0,1,1]], "bias": [0,0,0]})", "(classes + 1) finite numbers"},
       {segmenter, "stacking", R"({"classes": ["lesion"], "scores": ["malignancy"], "weights": [[1, 0]], "bias": [0]})",
        "a segmentation card stacks nothing"},
+      {classifier, "mask_channel", "soft", "expected probability"},
+      {segmenter, "mask_channel", "probability", "a segmentation card reads no mask"},
+      {viewed, "mask_channel", "probability", "a lesion probability channel has no lesion_view window"},
   };
   for (const Case& c : cases) {
     std::string e = load_error(dir, c.card, c.key, c.value);
@@ -567,6 +572,42 @@ TEST_CASE("lesion_malignancy: the mean malignancy over the marked lesion, or ove
   CHECK(scores[0] == doctest::Approx(0.625));
   CHECK(scores[1] == doctest::Approx(0.9));
   CHECK(app::lesion_malignancy(logits.slice(3, 0, 1).contiguous()).empty());  // a lesion-only segmenter
+}
+
+TEST_CASE("a lesion-probability classifier reads the segmenter's probability before empty_below, as level / 255") {
+  TempDir dir;
+  app::ModelCard card = classifier_card();
+  auto model = app::build_model(card);
+  const std::string plain = (dir / "plain.safetensors").string(), soft = (dir / "soft.safetensors").string();
+  app::save_checkpoint(plain, *model, card);
+  card.input = data::InputKind::rgb_lesion_probability;
+  app::save_checkpoint(soft, *model, card);
+  CHECK(nn::load_safetensors(soft).metadata.at("mask_channel") == "probability");
+  CHECK(nn::load_safetensors(plain).metadata.count("mask_channel") == 0);
+  app::LoadedModel a = app::load_checkpoint(plain, models::Task::classification);
+  app::LoadedModel b = app::load_checkpoint(soft, models::Task::classification);
+  CHECK(a.card.input == data::InputKind::rgb_mask);
+  REQUIRE(b.card.input == data::InputKind::rgb_lesion_probability);
+
+  // A map empty_below emptied (-20 everywhere): the mask is empty, the probability channel is not.
+  app::ScanSegmentation scan{data::Image(32, 32, 1), data::Image(32, 32, 1), std::nullopt};
+  std::fill(scan.lesion_logits.pixels.begin(), scan.lesion_logits.pixels.end(), -20.0f);
+  std::fill(scan.uncalibrated_lesion_logits.pixels.begin(), scan.uncalibrated_lesion_logits.pixels.end(), -3.0f);
+  scan.uncalibrated_lesion_logits.pixels[5] = std::log(3.0f);
+  const data::Mask mask = app::classifier_mask(a.card.input, scan);
+  const data::Mask levels = app::classifier_mask(b.card.input, scan);
+  CHECK(mask.lesion_pixels() == 0);
+  CHECK(levels.values[5] == 191);  // 0.75 * 255
+  CHECK(levels.values[6] == 12);   // sigmoid(-3) * 255 = 12.09
+  const data::Image image = ramp_image(32, 32);
+  const std::vector<double> x = app::classifier_input(b, image, levels).to_vector();
+  for (size_t p = 0; p < 32 * 32; ++p) REQUIRE(x[p * 4 + 3] == doctest::Approx(levels.values[p] / 255.0));
+  CHECK(app::classify(b, image, levels, Device::cpu) != app::classify(b, image, mask, Device::cpu));
+
+  data::Mask truth(32, 32);
+  truth.at(3, 4) = 1;
+  CHECK(app::classifier_mask(b.card.input, truth).at(3, 4) == 255);
+  CHECK(app::classifier_mask(a.card.input, truth).values == truth.values);
 }
 
 TEST_CASE("a stacked classifier: its card's stacking applied to its own probabilities; a segmenter without the channel refused") {

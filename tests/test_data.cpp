@@ -774,6 +774,26 @@ TEST_CASE("predict helpers: one image as model input, logits back to a full-size
     for (int c = 0; c < 3; ++c)
       REQUIRE(y[p * 4 + c] == doctest::Approx((small.pixels[p * 3 + c] - other.mean[c]) / other.std[c]));
 
+  // The lesion probability channel: levels 0..255 read as level / 255; a mask's 1 is level 255.
+  Image logits(1, 4, 1);
+  logits.pixels = {0.0f, std::log(3.0f), -30.0f, 30.0f};
+  const Mask levels = probability_levels(logits);
+  CHECK(levels.values == std::vector<uint8_t>{128, 191, 0, 255});  // 127.5, 191.25 rounded
+  const std::vector<uint8_t> from_mask = probability_levels(m).values;
+  CHECK(from_mask[3 * 14 + 4] == 255);
+  CHECK(std::count(from_mask.begin(), from_mask.end(), 255) == 2);
+  CHECK(std::count(from_mask.begin(), from_mask.end(), 0) == 138);
+  std::vector<double> z = model_input(img, probability_levels(m), 8, InputKind::rgb_lesion_probability, kImagenet)
+                              .to_vector();
+  for (size_t p = 0; p < 64; ++p) REQUIRE(z[p * 4 + 3] == x.to_vector()[p * 4 + 3]);
+  Image rgb(1, 4, 3);
+  std::vector<float> four(4 * 4);
+  write_input(rgb, levels, InputKind::rgb_lesion_probability, kImagenet, four.data());
+  CHECK(four[3] == 128 / 255.0f);
+  CHECK(four[7] == 191 / 255.0f);
+  CHECK(four[11] == 0.0f);
+  CHECK(four[15] == 1.0f);
+
   // A 2x2 checkerboard of logits enlarged to 4x4: bilinear values keep the sign per quadrant.
   Mask up = mask_from_logits(Tensor::from_vector({5, -5, -5, 5}, {1, 2, 2, 1}), 4, 4);
   CHECK(up.values == std::vector<uint8_t>{1, 1, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 1, 1});

@@ -322,6 +322,31 @@ TEST_CASE("predict on a folder in batches writes what one image at a time writes
 
 // The view is the classifier's input, so it goes with the checkpoint: predict crops every image
 // of a folder run as it crops one image, around the mask the segmenter gives.
+namespace {
+
+const std::regex kProbabilitiesLine("Probabilities: benign (\\S+), malignant (\\S+), normal (\\S+)");
+
+// A folder of five scans through predict in batches of 3 (its CSV at `csv`): scans 1 and 4 alone
+// print what their rows hold, to the CSV's 4 decimals.
+void check_batches_as_alone(const fs::path& scans, const std::string& models, const fs::path& csv) {
+  Run folder = run_tool("predict", "--image " + scans.string() + models + " --batch-size 3 --csv " + csv.string());
+  INFO(folder.output);
+  REQUIRE(folder.status == 0);
+  const auto rows = csv_records(csv);
+  REQUIRE(rows.size() == 6);
+  for (int i : {1, 4}) {
+    CAPTURE(i);
+    Run alone = run_tool("predict", "--image " + (scans / rows[i][0]).string() + models);
+    INFO(alone.output);
+    std::smatch m;
+    REQUIRE(std::regex_search(alone.output, m, kProbabilitiesLine));
+    for (int c = 0; c < 3; ++c)
+      CHECK(std::abs(std::stod(m[c + 1]) - std::stod(rows[i][column(rows, "p_benign") + c])) <= 5.1e-5);
+  }
+}
+
+}  // namespace
+
 TEST_CASE("cls_train --lesion-view: the card records it, and predict's batches crop as one image does") {
   const Trained& t = trained();
   const fs::path root = t.root / "lesion_view", cls = root / "cls.safetensors", scans = root / "scans";
@@ -336,21 +361,46 @@ TEST_CASE("cls_train --lesion-view: the card records it, and predict's batches c
   REQUIRE(train.status == 0);
   CHECK(nn::load_safetensors(cls.string()).metadata.at("lesion_view") == "0.5");
   write_scans(scans, 5, 9);
+  check_batches_as_alone(scans, " --seg_model " + t.seg.string() + " --cls_model " + cls.string(), root / "view.csv");
+}
+
+TEST_CASE("cls_train --mask-channel probability: the card records it; predict, its batches and evaluate feed it alike") {
+  const Trained& t = trained();
+  const fs::path root = t.root / "probability", cls = root / "cls.safetensors", scans = root / "scans";
+  fs::create_directories(root);
+  const std::string train = blob_dirs() + " --arch convnext_atto --img-size 32 --epochs 2 --batch-size 8 --drop-path 0"
+                                          " --label-smoothing 0 --mask-channel probability";
+  Run c = run_tool("cls_train", train + " --seg-model " + t.seg.string() + " --save-path " + cls.string() +
+                                    " --log-dir " + (root / "log").string());
+  INFO(c.output);
+  REQUIRE(c.status == 0);
+  CHECK(c.output.find("masks: predicted by " + t.seg.string()) != std::string::npos);
+  CHECK(nn::load_safetensors(cls.string()).metadata.at("mask_channel") == "probability");
+  write_scans(scans, 5, 11);
   const std::string models = " --seg_model " + t.seg.string() + " --cls_model " + cls.string();
-  Run folder = run_tool("predict", "--image " + scans.string() + models + " --batch-size 3 --csv " +
-                                       (root / "view.csv").string());
-  INFO(folder.output);
-  REQUIRE(folder.status == 0);
-  const auto rows = csv_records(root / "view.csv");
-  REQUIRE(rows.size() == 6);
-  for (int i : {1, 4}) {
-    CAPTURE(i);
-    Run alone = run_tool("predict", "--image " + (scans / rows[i][0]).string() + models);
-    INFO(alone.output);
-    std::smatch m;
-    REQUIRE(std::regex_search(alone.output, m, std::regex("Probabilities: benign (\\S+), malignant (\\S+), normal (\\S+)")));
-    for (int c = 0; c < 3; ++c)
-      CHECK(std::abs(std::stod(m[c + 1]) - std::stod(rows[i][column(rows, "p_benign") + c])) <= 5.1e-5);
+  check_batches_as_alone(scans, models, root / "scans.csv");
+  Run e = run_tool("evaluate", blob_dirs() + models + " --csv " + (root / "evaluate.csv").string());
+  INFO(e.output);
+  REQUIRE(e.status == 0);
+  const auto scored = csv_records(root / "evaluate.csv");
+  Run alone = run_tool("predict", "--image " + (t.data / "images" / (scored[1][0] + ".png")).string() + models);
+  std::smatch m;
+  REQUIRE(std::regex_search(alone.output, m, kProbabilitiesLine));
+  for (int k = 0; k < 3; ++k)
+    CHECK(std::stod(m[k + 1]) == doctest::Approx(std::stod(scored[1][column(scored, "p_benign") + k])).epsilon(1e-4));
+
+  SUBCASE("bad input") {
+    const fs::path out = root / "x.safetensors";
+    for (const auto& [args, message] : std::vector<std::pair<std::string, std::string>>{
+             {train, "--mask-channel probability: needs --seg-model"},
+             {blob_dirs() + " --mask-channel soft --seg-model " + t.seg.string(), "--mask-channel soft: expected mask or probability"},
+             {train + " --seg-model " + t.seg.string() + " --lesion-view 0.5", "--lesion-view: frames a mask's lesion"}}) {
+      Run r = run_tool("cls_train", args + " --save-path " + out.string());
+      INFO(args << "\n" << r.output);
+      CHECK(r.status == 1);
+      CHECK(r.output.find(message) != std::string::npos);
+    }
+    CHECK(!fs::exists(out));
   }
 }
 

@@ -29,13 +29,14 @@ using namespace sono;
 
 class ClassificationTask : public app::TrainingTask {
  public:
-  ClassificationTask(std::vector<std::string> classes, Tensor class_weights, double label_smoothing)
-      : classes_(std::move(classes)), class_weights_(std::move(class_weights)),
+  ClassificationTask(std::vector<std::string> classes, Tensor class_weights, double label_smoothing,
+                     data::InputKind input)
+      : input_(input), classes_(std::move(classes)), class_weights_(std::move(class_weights)),
         label_smoothing_(label_smoothing), metrics_(static_cast<int>(classes_.size())),
         malignant_(static_cast<int>(std::find(classes_.begin(), classes_.end(), "malignant") - classes_.begin())) {}
 
   models::Task task() const override { return models::Task::classification; }
-  data::InputKind input() const override { return data::InputKind::rgb_mask; }
+  data::InputKind input() const override { return input_; }
   std::vector<std::string> class_names(const data::Dataset&) const override { return classes_; }
   Tensor loss(const Tensor& logits, const data::Batch& batch) const override {
     if (class_weights_.defined() && class_weights_.device() != logits.device())
@@ -109,6 +110,7 @@ class ClassificationTask : public app::TrainingTask {
     return csv.str();
   }
 
+  data::InputKind input_;
   std::vector<std::string> classes_;
   mutable Tensor class_weights_;  // moved to the logits' device on first use
   double label_smoothing_;
@@ -131,17 +133,19 @@ Tensor class_weights(const std::string& mode, const data::Dataset& dataset) {
   return Tensor::from_vector(weights, {static_cast<int64_t>(weights.size())});
 }
 
-// The masks seg predicts for the cached samples `samples` lists, one row of 0/1 each. Across MPI
-// ranks each predicts its share and all get every row (distributed::map_rows).
+// The classifier's fourth channel (app::classifier_mask) from seg for the cached samples `samples`
+// lists, one row each. Across MPI ranks each predicts its share and all get every row
+// (distributed::map_rows).
 Tensor predicted_masks(app::LoadedModel& seg, const data::SampleCache& cache, const std::vector<size_t>& samples,
-                       Device device) {
+                       data::InputKind input, Device device) {
   std::vector<double> indices(samples.begin(), samples.end());
   const auto predict_share = [&](const Tensor& rows) {
     const int64_t n = rows.size(0), side = cache.size();
     Tensor masks = Tensor::empty({n, side * side});
     float* out = masks.data<float>();
     for (double index : rows.to_vector()) {
-      const data::Mask mask = app::segment(seg, cache.image(static_cast<size_t>(index)), side, side, device);
+      const data::Mask mask = app::classifier_mask(
+          input, app::segment_scan(seg, cache.image(static_cast<size_t>(index)), side, side, device));
       out = std::copy(mask.values.begin(), mask.values.end(), out);
     }
     return masks;
@@ -150,23 +154,32 @@ Tensor predicted_masks(app::LoadedModel& seg, const data::SampleCache& cache, co
                                     Tensor::from_vector(indices, {static_cast<int64_t>(indices.size()), 1}));
 }
 
+// A classifier channel as the mask it stands for: probability levels over one half are lesion,
+// as the segmenter's logit over 0 (before empty_below) is.
+data::Mask as_mask(data::Mask channel, data::InputKind input) {
+  if (input == data::InputKind::rgb_lesion_probability)
+    for (uint8_t& v : channel.values) v = v >= 128;
+  return channel;
+}
+
 // Replaces the cached masks of the samples `segmenter_of` maps to segmenter k by the
-// prediction of seg_models[k] on the cached image.
+// prediction of seg_models[k] on the cached image, as `input` reads it.
 void use_predicted_masks(data::SampleCache& cache, const std::vector<std::string>& seg_models,
-                         const std::function<size_t(size_t sample)>& segmenter_of, Device device) {
+                         const std::function<size_t(size_t sample)>& segmenter_of, data::InputKind input,
+                         Device device) {
   data::SegmentationMetrics agreement;
   for (size_t k = 0; k < seg_models.size(); ++k) {
     app::LoadedModel seg = app::load_for_inference(seg_models[k], models::Task::segmentation, device);
     std::vector<size_t> samples;
     for (size_t i = 0; i < cache.count(); ++i)
       if (segmenter_of(i) == k) samples.push_back(i);
-    const Tensor masks = predicted_masks(seg, cache, samples, device);
+    const Tensor masks = predicted_masks(seg, cache, samples, input, device);
     const float* row = masks.data<float>();
     for (size_t i : samples) {
       data::Mask predicted(cache.size(), cache.size());
       std::copy_n(row, predicted.values.size(), predicted.values.begin());
       row += predicted.values.size();
-      agreement.add(predicted, cache.mask(i));
+      agreement.add(as_mask(predicted, input), cache.mask(i));
       cache.set_mask(i, std::move(predicted));
     }
   }
@@ -185,10 +198,10 @@ void use_predicted_masks(data::SampleCache& cache, const std::vector<std::string
 // not on masks of images the segmenter has fitted. A classifier fold's training masks come
 // from segmenters that saw that fold's masks (not its class labels).
 void use_out_of_fold_masks(data::SampleCache& cache, const std::vector<std::string>& seg_models, uint64_t seed,
-                           Device device) {
+                           data::InputKind input, Device device) {
   const int k = static_cast<int>(seg_models.size());
   const data::Folds folds = data::make_folds(cache.dataset(), cache.hashes(), k, seed);
-  use_predicted_masks(cache, seg_models, [&](size_t i) { return static_cast<size_t>(folds.fold[i]); }, device);
+  use_predicted_masks(cache, seg_models, [&](size_t i) { return static_cast<size_t>(folds.fold[i]); }, input, device);
 }
 
 // --stacking's file onto the card, checked against the classes before training rather than at the
@@ -216,6 +229,10 @@ int cls_train(int argc, char** argv) {
                               " same images and seed, and each image gets the mask of the segmenter that did"
                               " not train on it")
       .option("seg-folds", "0", "with {fold} in --seg-model: the segmenters' fold count (0: as --folds)")
+      .option("mask-channel", "mask", "the fourth input channel: mask (the segmenter's, or the ground truth), or"
+                                      " probability (with --seg-model: its lesion probability before empty_below,"
+                                      " so the classifier sees what the segmenter was unsure of). The checkpoint"
+                                      " records it and predict feeds the same")
       .option("label-smoothing", "0.1", "cross-entropy label smoothing")
       .option("class-weights", "none", "none, or balanced: loss weights n / (classes * n_class)")
       .option("lesion-view", "0", "classify the window around the mask's lesion instead of the whole scan: its"
@@ -254,6 +271,13 @@ int cls_train(int argc, char** argv) {
                         {app::resume_state_path(settings.save_path), "the resume state of --save-path"}},
                        true);
   }
+  const std::string mask_channel = cli.str("mask-channel");
+  SONO_CHECK(mask_channel == "mask" || mask_channel == app::ModelCard::kLesionProbabilityChannel, "--mask-channel ",
+             mask_channel, ": expected mask or probability");
+  const data::InputKind input = mask_channel == "mask" ? data::InputKind::rgb_mask
+                                                       : data::InputKind::rgb_lesion_probability;
+  SONO_CHECK(input == data::InputKind::rgb_mask || !seg_models.empty(),
+             "--mask-channel probability: needs --seg-model (a ground-truth mask has no probability)");
   settings.mix = {cli.real("mixup"), cli.real("cutmix")};
   SONO_CHECK(settings.mix.mixup_alpha >= 0, "--mixup ", cli.str("mixup"), ": must be 0 (off) or more");
   SONO_CHECK(settings.mix.cutmix_alpha >= 0, "--cutmix ", cli.str("cutmix"), ": must be 0 (off) or more");
@@ -263,6 +287,8 @@ int cls_train(int argc, char** argv) {
   const double lesion_view = cli.real("lesion-view");
   SONO_CHECK(lesion_view >= 0 && lesion_view <= 4, "--lesion-view ", cli.str("lesion-view"),
              ": must be from 0 (off) to 4");
+  SONO_CHECK(lesion_view == 0 || input == data::InputKind::rgb_mask,
+             "--lesion-view: frames a mask's lesion; not with --mask-channel probability");
   if (lesion_view > 0) {
     // Decoded large enough that the smallest window still has --img-size pixels.
     settings.decode_size = std::lround(static_cast<double>(settings.img_size) / data::kMinWindowFraction);
@@ -277,19 +303,20 @@ int cls_train(int argc, char** argv) {
                              {"--label-smoothing", app::run_argument_number(label_smoothing)},
                              {"--class-weights", cli.str("class-weights")},
                              {"--lesion-view", app::run_argument_number(lesion_view)},
+                             {"--mask-channel", mask_channel},
                              {"--mixup", app::run_argument_number(settings.mix.mixup_alpha)},
                              {"--cutmix", app::run_argument_number(settings.mix.cutmix_alpha)}};
   if (!cli.str("stacking").empty()) read_stacking(cli.str("stacking"), dataset.classes, settings);
   Tensor weights = class_weights(cli.str("class-weights"), dataset);
-  ClassificationTask task(dataset.classes, weights, label_smoothing);
+  ClassificationTask task(dataset.classes, weights, label_smoothing, input);
   std::function<void(data::SampleCache&)> predict_masks;
   if (out_of_fold)
     predict_masks = [&](data::SampleCache& cache) {
-      use_out_of_fold_masks(cache, seg_models, settings.seed, settings.device);
+      use_out_of_fold_masks(cache, seg_models, settings.seed, input, settings.device);
     };
   else if (!seg_model.empty())
     predict_masks = [&](data::SampleCache& cache) {
-      use_predicted_masks(cache, seg_models, [](size_t) { return size_t{0}; }, settings.device);
+      use_predicted_masks(cache, seg_models, [](size_t) { return size_t{0}; }, input, settings.device);
     };
   // After the masks: the window follows the mask the classifier is given.
   auto to_training_view = [&](data::SampleCache& cache) {

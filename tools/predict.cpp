@@ -90,6 +90,7 @@ struct Prediction {
   size_t predicted = 0;
   data::Image lesion_logits;  // what the mask thresholds, for --save_prob
   data::Mask mask;
+  data::Mask classifier_mask;  // what the classifier read beside the scan (app::classifier_mask)
   std::optional<double> malignancy;  // a --malignancy-map segmenter's app::lesion_malignancy
 };
 
@@ -110,13 +111,21 @@ std::vector<Prediction> predict_batch(Predictor& p, const std::vector<const Deco
                       seg_x.data<float>() + i * seg_size * seg_size * 3);
   const app::BatchSegmentation segmentation = app::segment_batch(p.seg, seg_x, p.device, p.flip);
   const std::vector<data::Image> maps = data::logit_maps(segmentation.lesion_logits);
+  const std::vector<data::Image> uncalibrated = data::logit_maps(segmentation.uncalibrated_lesion_logits);
+  const bool probability_channel = p.cls.card.input == data::InputKind::rgb_lesion_probability;
   std::vector<Prediction> r(scans.size());
   Tensor cls_x = Tensor::empty({n, cls_size, cls_size, 4});
   for_each_scan(p, scans.size(), workers, [&](size_t i) {
     const data::Image& image = scans[i]->image;
-    r[i].lesion_logits = data::resize_bilinear(maps[i], image.height, image.width);
-    r[i].mask = data::mask_from_logit_map(r[i].lesion_logits);
-    app::write_classifier_input(p.cls, image, r[i].mask, cls_x.data<float>() + i * cls_size * cls_size * 4,
+    const auto at_scan_size = [&](const data::Image& map) {
+      return data::resize_bilinear(map, image.height, image.width);
+    };
+    app::ScanSegmentation scan{at_scan_size(maps[i]), probability_channel ? at_scan_size(uncalibrated[i]) : data::Image(),
+                               std::nullopt};
+    r[i].mask = data::mask_from_logit_map(scan.lesion_logits);
+    r[i].classifier_mask = app::classifier_mask(p.cls.card.input, scan);
+    r[i].lesion_logits = std::move(scan.lesion_logits);
+    app::write_classifier_input(p.cls, image, r[i].classifier_mask, cls_x.data<float>() + i * cls_size * cls_size * 4,
                                 &scans[i]->cls_input);
   });
   std::vector<std::vector<double>> probabilities = app::classify(p.cls, cls_x, p.device, p.flip, segmentation.malignancy);
@@ -168,7 +177,7 @@ std::string save_mask(const Predictor& p, const data::Image& image, const Predic
 
 // The Grad-CAM overlay of the predicted class, on the caller's thread: it runs the classifier.
 data::Image explain_picture(Predictor& p, const data::Image& image, const Prediction& r) {
-  return data::heatmap_overlay(image, app::explain(p.cls, image, r.mask, r.predicted, p.device, p.flip));
+  return data::heatmap_overlay(image, app::explain(p.cls, image, r.classifier_mask, r.predicted, p.device, p.flip));
 }
 
 // The outputs asked for (`heat`: the Grad-CAM overlay, for --explain); returns a line per file

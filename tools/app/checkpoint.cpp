@@ -128,6 +128,7 @@ std::map<std::string, std::string> ModelCard::to_metadata() const {
   m["in_channels"] = std::to_string(in_channels);
   m["num_classes"] = std::to_string(num_classes());
   m["img_size"] = std::to_string(img_size);
+  if (input == data::InputKind::rgb_lesion_probability) m["mask_channel"] = kLesionProbabilityChannel;
   if (task == models::Task::segmentation) {
     m["encoder_depth"] = std::to_string(encoder_depth);
     if (models::is_unet(arch)) m["decoder_channels"] = decoder_channels_text(decoder_channels);
@@ -228,8 +229,14 @@ ModelCard ModelCard::from_metadata(const std::string& path, const std::map<std::
     r.bad("arch", e.what());
   }
   c.classes = read_classes(r, c.task);
-  const int64_t channels = data::input_channels(c.task == models::Task::segmentation ? data::InputKind::rgb
-                                                                                          : data::InputKind::rgb_mask);
+  c.input = c.task == models::Task::segmentation ? data::InputKind::rgb : data::InputKind::rgb_mask;
+  if (meta.count("mask_channel")) {
+    if (c.task != models::Task::classification) r.bad("mask_channel", "a segmentation card reads no mask");
+    if (r.text("mask_channel") != kLesionProbabilityChannel) r.bad("mask_channel", "expected ", kLesionProbabilityChannel);
+    if (meta.count("lesion_view")) r.bad("mask_channel", "a lesion probability channel has no lesion_view window");
+    c.input = data::InputKind::rgb_lesion_probability;
+  }
+  const int64_t channels = data::input_channels(c.input);
   c.in_channels = r.integer("in_channels", channels, channels);
   r.integer("num_classes", c.num_classes(), c.num_classes());  // must agree with the classes listed
   c.img_size = r.integer("img_size", 32, kMaxImgSize);

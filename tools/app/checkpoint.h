@@ -46,12 +46,17 @@ std::string stacking_text(const data::Stacking& stacking, const std::vector<std:
 struct ModelCard {
   static constexpr const char* kLesionOutput = "lesion";
   static constexpr const char* kMalignancyOutput = "malignancy";
+  static constexpr const char* kLesionProbabilityChannel = "probability";  // "mask_channel"
   std::string arch;                 // registry name, e.g. mit_b2, convnext_base
   models::Task task = models::Task::classification;
   // Class names (classification) or a segmenter's output channels: kLesionOutput, then
   // kMalignancyOutput where seg_train --malignancy-map trained one.
   std::vector<std::string> classes;
   int64_t in_channels = 3;
+  // What the model reads: RGB (a segmenter), RGB and a mask (a classifier), or RGB and the
+  // segmenter's lesion probability (a classifier trained by cls_train --mask-channel probability;
+  // card key "mask_channel").
+  data::InputKind input = data::InputKind::rgb_mask;
   int64_t img_size = 256;
   // A segmenter's smp encoder_depth; cards without the key (before it existed) are depth 5.
   int64_t encoder_depth = 5;

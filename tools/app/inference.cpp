@@ -100,7 +100,7 @@ void check_stacking_inputs(const LoadedModel* seg, const std::string& seg_path, 
 BatchSegmentation segment_batch(LoadedModel& seg, const Tensor& x, Device device, bool flip) {
   autograd::NoGradGuard no_grad;
   const Tensor logits = forward(*seg.model, x.to(device), flip).to(Device::cpu);
-  return {lesion_channel(calibrate(seg.card, logits)), lesion_malignancy(logits)};
+  return {lesion_channel(calibrate(seg.card, logits)), lesion_channel(logits), lesion_malignancy(logits)};
 }
 
 std::vector<std::vector<double>> classify(LoadedModel& cls, const Tensor& x, Device device, bool flip,
@@ -125,13 +125,24 @@ ScanSegmentation segment_scan(LoadedModel& seg, const data::Image& image, int he
   Tensor x = data::model_input(image, data::Mask(image.height, image.width),
                                static_cast<int>(seg.card.img_size), data::InputKind::rgb, seg.card.normalisation);
   BatchSegmentation out = segment_batch(seg, x, device, flip);
-  ScanSegmentation r{data::logit_map(out.lesion_logits, height, width), std::nullopt};
+  ScanSegmentation r{data::logit_map(out.lesion_logits, height, width),
+                     data::logit_map(out.uncalibrated_lesion_logits, height, width), std::nullopt};
   if (!out.malignancy.empty()) r.malignancy = out.malignancy.front();
   return r;
 }
 
 data::Mask segment(LoadedModel& seg, const data::Image& image, int height, int width, Device device, bool flip) {
   return data::mask_from_logit_map(segment_scan(seg, image, height, width, device, flip).lesion_logits);
+}
+
+data::Mask classifier_mask(data::InputKind input, const ScanSegmentation& segmentation) {
+  return input == data::InputKind::rgb_lesion_probability
+             ? data::probability_levels(segmentation.uncalibrated_lesion_logits)
+             : data::mask_from_logit_map(segmentation.lesion_logits);
+}
+
+data::Mask classifier_mask(data::InputKind input, const data::Mask& truth) {
+  return input == data::InputKind::rgb_lesion_probability ? data::probability_levels(truth) : truth;
 }
 
 data::Window classifier_window(const LoadedModel& cls, const data::Mask& mask) {
@@ -148,7 +159,7 @@ void write_classifier_input(const LoadedModel& cls, const data::Image& image, co
                               : whole                ? data::resize_bilinear(image, size, size)
                                                      : data::resize_bilinear(data::crop(image, window), size, size);
   const data::Mask resized_mask = data::resize_nearest(whole ? mask : data::crop(mask, window), size, size);
-  data::write_input(resized, resized_mask, data::InputKind::rgb_mask, cls.card.normalisation, dst);
+  data::write_input(resized, resized_mask, cls.card.input, cls.card.normalisation, dst);
 }
 
 Tensor classifier_input(const LoadedModel& cls, const data::Image& image, const data::Mask& mask) {

@@ -38,9 +38,10 @@ void check_stacking_inputs(const LoadedModel* seg, const std::string& seg_path, 
                            const std::string& cls_path);
 
 // A segmenter on one scan: what its mask thresholds at 0, the calibrated lesion logits at the
-// requested size (1 channel), and its lesion_malignancy where it has the channel.
+// requested size (1 channel), the same before calibration (what a lesion probability channel
+// reads), and its lesion_malignancy where it has the channel.
 struct ScanSegmentation {
-  data::Image lesion_logits;
+  data::Image lesion_logits, uncalibrated_lesion_logits;
   std::optional<double> malignancy;
 };
 // `image` (RGB 0..1, any size) is resized to the checkpoint's training size, the logits resized
@@ -51,7 +52,14 @@ ScanSegmentation segment_scan(LoadedModel& seg, const data::Image& image, int he
 data::Mask segment(LoadedModel& seg, const data::Image& image, int height, int width, Device device,
                    bool flip = false);
 
-// What the classifier sees of an image and its lesion mask of the same size, as the card says:
+// The classifier's fourth channel for a scan, as `input` (a classifier card's ModelCard::input)
+// says: the segmenter's mask, or its lesion probability levels before empty_below (what
+// cls_train --mask-channel probability trained on: the doubt a threshold would drop).
+data::Mask classifier_mask(data::InputKind input, const ScanSegmentation& segmentation);
+// The same from a ground-truth mask (its levels 0 and 255 for a probability channel).
+data::Mask classifier_mask(data::InputKind input, const data::Mask& truth);
+
+// What the classifier sees of an image and its classifier_mask of the same size, as the card says:
 // the whole image, or with "lesion_view" (cls_train --lesion-view) the window around the lesion.
 data::Window classifier_window(const LoadedModel& cls, const data::Mask& mask);
 // That window resized to the card's size and normalised, image and mask (data::write_input),
@@ -61,7 +69,7 @@ void write_classifier_input(const LoadedModel& cls, const data::Image& image, co
 // The same as a batch of one, [1, S, S, 4].
 Tensor classifier_input(const LoadedModel& cls, const data::Image& image, const data::Mask& mask);
 
-// Class probabilities (softmax of the calibrated logits) for an image and its lesion mask of
+// Class probabilities (softmax of the calibrated logits) for an image and its classifier_mask of
 // the same size; where the card has a stacking, the stacked probabilities, which need the
 // segmenter's `malignancy` (check_stacking_inputs).
 std::vector<double> classify(LoadedModel& cls, const data::Image& image, const data::Mask& mask, Device device,
@@ -72,6 +80,7 @@ std::vector<double> classify(LoadedModel& cls, const data::Image& image, const d
 // gets alone.
 struct BatchSegmentation {
   Tensor lesion_logits;  // calibrated, [B, S, S, 1], on the CPU
+  Tensor uncalibrated_lesion_logits;  // the same before calibrate
   std::vector<double> malignancy;  // lesion_malignancy
 };
 BatchSegmentation segment_batch(LoadedModel& seg, const Tensor& x, Device device, bool flip = false);

@@ -11,7 +11,8 @@ int input_channels(InputKind kind) { return kind == InputKind::rgb ? 3 : 4; }
 
 void write_input(const Image& rgb, const Mask& mask, InputKind kind, const Normalisation& norm, float* dst) {
   SONO_CHECK(rgb.channels == 3, "write_input: expected an RGB image, got ", rgb.channels, " channels");
-  const bool with_mask = kind == InputKind::rgb_mask;
+  const bool with_mask = kind != InputKind::rgb;
+  const bool levels = kind == InputKind::rgb_lesion_probability;
   SONO_CHECK(!with_mask || (mask.height == rgb.height && mask.width == rgb.width), "write_input: mask is ",
              mask.width, "x", mask.height, " but image is ", rgb.width, "x", rgb.height);
   const int channels = input_channels(kind);
@@ -20,13 +21,13 @@ void write_input(const Image& rgb, const Mask& mask, InputKind kind, const Norma
   for (int c = 0; c < 3; ++c) mean[c] = static_cast<float>(norm.mean[c]), std[c] = static_cast<float>(norm.std[c]);
   for (size_t p = 0; p < n; ++p, dst += channels) {
     for (int c = 0; c < 3; ++c) dst[c] = (rgb.pixels[p * 3 + c] - mean[c]) / std[c];
-    if (with_mask) dst[3] = mask.values[p] ? 1.0f : 0.0f;
+    if (with_mask) dst[3] = levels ? mask.values[p] / 255.0f : (mask.values[p] ? 1.0f : 0.0f);
   }
 }
 
 Tensor model_input(const Image& rgb, const Mask& mask, int size, InputKind kind, const Normalisation& norm) {
   Image small = resize_bilinear(rgb, size, size);
-  Mask small_mask = kind == InputKind::rgb_mask ? resize_nearest(mask, size, size) : Mask();
+  Mask small_mask = kind != InputKind::rgb ? resize_nearest(mask, size, size) : Mask();
   Tensor input = Tensor::empty({1, size, size, input_channels(kind)});
   write_input(small, small_mask, kind, norm, input.data<float>());
   return input;
@@ -60,6 +61,19 @@ Image probability_map(const Image& logit_map) {
   Image probability = logit_map;
   for (float& p : probability.pixels) p = 1.0f / (1.0f + std::exp(-p));
   return probability;
+}
+
+Mask probability_levels(const Image& logit_map) {
+  Mask levels(logit_map.height, logit_map.width);
+  for (size_t p = 0; p < levels.values.size(); ++p)
+    levels.values[p] = static_cast<uint8_t>(std::lround(255.0 / (1.0 + std::exp(-double{logit_map.pixels[p]}))));
+  return levels;
+}
+
+Mask probability_levels(const Mask& mask) {
+  Mask levels = mask;
+  for (uint8_t& v : levels.values) v = v ? 255 : 0;
+  return levels;
 }
 
 Mask mask_from_logits(const Tensor& logits, int height, int width) {
