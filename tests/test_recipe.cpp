@@ -312,6 +312,27 @@ TEST_CASE("lesion crop: zooms in up to lesion_zoom and keeps the whole lesion in
     zoomed |= mask.lesion_pixels() > 200;
   }
   CHECK(zoomed);
+  // A lesion probability channel: its faint background (level 3) is not lesion; the crop frames
+  // the levels from kLesionLevel.
+  AugmentOptions levels = crop;
+  levels.lesion_level = kLesionLevel;
+  bool zoomed_levels = false;
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    Generator gen(seed);
+    Image image(64, 64, 3, 0.5f);
+    Mask mask = lesion(40, 6, 10);
+    for (uint8_t& v : mask.values) v = v ? 200 : 3;
+    augment(image, mask, levels, gen);
+    const Mask framed = [&] {
+      Mask m = mask;
+      for (uint8_t& v : m.values) v = v >= kLesionLevel;
+      return m;
+    }();
+    CHECK(framed.lesion_pixels() >= 100);
+    CHECK_FALSE(touches_border(framed));
+    zoomed_levels |= framed.lesion_pixels() > 200;
+  }
+  CHECK(zoomed_levels);
   // A lesion over 60 of the 64 pixels cannot be zoomed more than 64 / (1.1 * 60) < 1: unchanged.
   Generator gen(1);
   Image image(64, 64, 3, 0.5f);

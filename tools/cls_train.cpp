@@ -158,7 +158,7 @@ Tensor predicted_masks(app::LoadedModel& seg, const data::SampleCache& cache, co
 // as the segmenter's logit over 0 (before empty_below) is.
 data::Mask as_mask(data::Mask channel, data::InputKind input) {
   if (input == data::InputKind::rgb_lesion_probability)
-    for (uint8_t& v : channel.values) v = v >= 128;
+    for (uint8_t& v : channel.values) v = v >= data::kLesionLevel;
   return channel;
 }
 

@@ -131,10 +131,6 @@ ScanSegmentation segment_scan(LoadedModel& seg, const data::Image& image, int he
   return r;
 }
 
-data::Mask segment(LoadedModel& seg, const data::Image& image, int height, int width, Device device, bool flip) {
-  return data::mask_from_logit_map(segment_scan(seg, image, height, width, device, flip).lesion_logits);
-}
-
 data::Mask classifier_mask(data::InputKind input, const ScanSegmentation& segmentation) {
   return input == data::InputKind::rgb_lesion_probability
              ? data::probability_levels(segmentation.uncalibrated_lesion_logits)

@@ -48,9 +48,6 @@ struct ScanSegmentation {
 // back to (height, width).
 ScanSegmentation segment_scan(LoadedModel& seg, const data::Image& image, int height, int width, Device device,
                               bool flip = false);
-// Its lesion mask (see data::mask_from_logits).
-data::Mask segment(LoadedModel& seg, const data::Image& image, int height, int width, Device device,
-                   bool flip = false);
 
 // The classifier's fourth channel for a scan, as `input` (a classifier card's ModelCard::input)
 // says: the segmenter's mask, or its lesion probability levels before empty_below (what

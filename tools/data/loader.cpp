@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <optional>
 
 #include "tensor/error.h"
 #include "tools/data/seeding.h"
@@ -18,12 +19,15 @@ Batch make_batch(const SampleCache& cache, const std::vector<size_t>& samples, I
   std::vector<int64_t> labels;
   float* images = batch.images.data<float>();
   float* masks = batch.masks.data<float>();
+  std::optional<AugmentOptions> augmentation;
+  if (options) augmentation = *options;
+  if (augmentation && kind == InputKind::rgb_lesion_probability) augmentation->lesion_level = kLesionLevel;
   for (size_t i = 0; i < samples.size(); ++i) {
     Image image = cache.image(samples[i]);
     Mask mask = cache.mask(samples[i]);
-    if (options) {
+    if (augmentation) {
       Generator gen(mix_seed({seed, static_cast<uint64_t>(epoch), samples[i]}));
-      augment(image, mask, *options, gen);
+      augment(image, mask, *augmentation, gen);
     }
     write_input(image, mask, kind, kImagenet, images + i * s * s * channels);
     std::transform(mask.values.begin(), mask.values.end(), masks + i * s * s, [](uint8_t v) { return float(v); });

@@ -50,5 +50,8 @@ Image probability_map(const Image& logit_map);
 // binary mask's levels are 0 and 255.
 Mask probability_levels(const Image& logit_map);
 Mask probability_levels(const Mask& mask);
+// The first level over probability one half: where the segmenter's mask (before empty_below)
+// marks lesion.
+inline constexpr uint8_t kLesionLevel = 128;
 
 }  // namespace sono::data
