@@ -101,7 +101,7 @@ Affine draw_lesion_crop(const AugmentOptions& o, const Mask& mask, Generator& ge
   double ty = uniform(gen, 0, 1), tx = uniform(gen, 0, 1);
   if (!drawn) return {};
   const int h = mask.height, w = mask.width;
-  Box box = lesion_box(mask, std::max<uint8_t>(o.lesion_level, 1)).value_or(Box{h, w, -1, -1});  // no lesion: a window anywhere
+  Box box = lesion_box(mask, o.lesion_level).value_or(Box{h, w, -1, -1});  // no lesion: a window anywhere
   if (box.y1 >= 0) {  // the zoom that still holds the box and a 10% margin
     double span = 1.1 * std::max((box.y1 - box.y0 + 1) / double(h), (box.x1 - box.x0 + 1) / double(w));
     zoom = std::min(zoom, 1 / span);

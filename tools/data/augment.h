@@ -26,8 +26,9 @@ struct AugmentOptions {
   // sonographer's zoom would. A scan without lesion gets a window of the same zoom anywhere.
   double lesion_crop = 0;
   double lesion_zoom = 1.5;
-  // The mask value from which a pixel is the lesion the crop frames: a mask's 1, or for a lesion
-  // probability channel kLesionLevel (model_input.h), whose faint background is not lesion.
+  // The mask value (1 or more) from which a pixel is the lesion the crop frames: a mask's 1, or
+  // for a lesion probability channel kLesionLevel (model_input.h), whose faint background is not
+  // lesion.
   uint8_t lesion_level = 1;
 
   static AugmentOptions none();
