@@ -508,7 +508,8 @@ TEST_CASE("a batch through the shipped models gives each image what it gets alon
     data::Mask mask(image.height, image.width);
     for (int y = 10; y < 30 + 5 * i; ++y) std::fill_n(&mask.at(y, 12 + i), 20, uint8_t{1});
     seg_inputs.push_back(data::model_input(image, mask, seg_size, data::InputKind::rgb, seg.card.normalisation));
-    cls_inputs.push_back(data::model_input(image, mask, cls_size, data::InputKind::rgb_mask, cls.card.normalisation));
+    cls_inputs.push_back(data::model_input(image, app::classifier_mask(cls.card.input, mask), cls_size, cls.card.input,
+                                           cls.card.normalisation));
   }
   for (bool flip : {false, true}) {
     CAPTURE(flip);
