@@ -230,6 +230,7 @@ TEST_CASE("every card value is checked against the architecture; the error names
       {classifier, "mask_channel", "soft", "expected probability"},
       {segmenter, "mask_channel", "probability", "a segmentation card reads no mask"},
       {viewed, "mask_channel", "probability", "a lesion probability channel has no lesion_view window"},
+      {classifier, "mask_channel", "probability", "needs format sono-checkpoint-2"},
   };
   for (const Case& c : cases) {
     std::string e = load_error(dir, c.card, c.key, c.value);
@@ -585,6 +586,9 @@ TEST_CASE("a lesion-probability classifier reads the segmenter's probability bef
   app::save_checkpoint(soft, *model, card);
   CHECK(nn::load_safetensors(soft).metadata.at("mask_channel") == "probability");
   CHECK(nn::load_safetensors(plain).metadata.count("mask_channel") == 0);
+  // Readers of format 1 (before the key) refuse the card instead of feeding it a mask.
+  CHECK(nn::load_safetensors(soft).metadata.at("format") == "sono-checkpoint-2");
+  CHECK(nn::load_safetensors(plain).metadata.at("format") == "sono-checkpoint-1");
   app::LoadedModel a = app::load_checkpoint(plain, models::Task::classification);
   app::LoadedModel b = app::load_checkpoint(soft, models::Task::classification);
   CHECK(a.card.input == data::InputKind::rgb_mask);

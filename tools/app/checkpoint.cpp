@@ -19,6 +19,10 @@ using json = nlohmann::json;
 namespace {
 
 constexpr const char* kFormat = "sono-checkpoint-1";
+// A card that a reader of format 1 would misread: a classifier fed the lesion probability
+// (mask_channel), where such a reader, not knowing the key, would feed it the mask. Readers of
+// format 1 refuse it by its format instead.
+constexpr const char* kFormatLesionProbability = "sono-checkpoint-2";
 
 // The number all of `t` spells (std::stoll / std::stod), or nothing.
 template <typename T>
@@ -121,7 +125,7 @@ data::Normalisation read_normalisation(const CardReader& r) {
 
 std::map<std::string, std::string> ModelCard::to_metadata() const {
   std::map<std::string, std::string> m = extra;
-  m["format"] = kFormat;
+  m["format"] = input == data::InputKind::rgb_lesion_probability ? kFormatLesionProbability : kFormat;
   m["arch"] = arch;
   m["task"] = models::task_name(task);
   m["classes"] = json(classes).dump();
@@ -215,7 +219,9 @@ bool ModelCard::has_malignancy_channel() const {
 
 ModelCard ModelCard::from_metadata(const std::string& path, const std::map<std::string, std::string>& meta) {
   const CardReader r{path, meta};
-  if (r.text("format") != kFormat) r.bad("format", "expected ", kFormat);
+  const std::string format = r.text("format");
+  if (format != kFormat && format != kFormatLesionProbability)
+    r.bad("format", "expected ", kFormat, " or ", kFormatLesionProbability);
   ModelCard c;
   c.arch = r.text("arch");
   const std::optional<models::Task> task = models::task_from_name(r.text("task"));
@@ -234,6 +240,7 @@ ModelCard ModelCard::from_metadata(const std::string& path, const std::map<std::
     if (c.task != models::Task::classification) r.bad("mask_channel", "a segmentation card reads no mask");
     if (r.text("mask_channel") != kLesionProbabilityChannel) r.bad("mask_channel", "expected ", kLesionProbabilityChannel);
     if (meta.count("lesion_view")) r.bad("mask_channel", "a lesion probability channel has no lesion_view window");
+    if (format != kFormatLesionProbability) r.bad("mask_channel", "needs format ", kFormatLesionProbability);
     c.input = data::InputKind::rgb_lesion_probability;
   }
   const int64_t channels = data::input_channels(c.input);
