@@ -509,7 +509,7 @@ TEST_CASE("a batch through the shipped models gives each image what it gets alon
     data::Mask mask(image.height, image.width);
     for (int y = 10; y < 30 + 5 * i; ++y) std::fill_n(&mask.at(y, 12 + i), 20, uint8_t{1});
     seg_inputs.push_back(data::model_input(image, mask, seg_size, data::InputKind::rgb, seg.card.normalisation));
-    cls_inputs.push_back(data::model_input(image, app::classifier_mask(cls.card.input, mask), cls_size, cls.card.input,
+    cls_inputs.push_back(data::model_input(image, app::classifier_mask(cls.card.input(), mask), cls_size, cls.card.input(),
                                            cls.card.normalisation));
   }
   for (bool flip : {false, true}) {
@@ -582,7 +582,7 @@ TEST_CASE("a lesion-probability classifier reads the segmenter's probability bef
   auto model = app::build_model(card);
   const std::string plain = (dir / "plain.safetensors").string(), soft = (dir / "soft.safetensors").string();
   app::save_checkpoint(plain, *model, card);
-  card.input = data::InputKind::rgb_lesion_probability;
+  card.reads_lesion_probability = true;
   app::save_checkpoint(soft, *model, card);
   CHECK(nn::load_safetensors(soft).metadata.at("mask_channel") == "probability");
   CHECK(nn::load_safetensors(plain).metadata.count("mask_channel") == 0);
@@ -591,16 +591,16 @@ TEST_CASE("a lesion-probability classifier reads the segmenter's probability bef
   CHECK(nn::load_safetensors(plain).metadata.at("format") == "sono-checkpoint-1");
   app::LoadedModel a = app::load_checkpoint(plain, models::Task::classification);
   app::LoadedModel b = app::load_checkpoint(soft, models::Task::classification);
-  CHECK(a.card.input == data::InputKind::rgb_mask);
-  REQUIRE(b.card.input == data::InputKind::rgb_lesion_probability);
+  CHECK(a.card.input() == data::InputKind::rgb_mask);
+  REQUIRE(b.card.input() == data::InputKind::rgb_lesion_probability);
 
   // A map empty_below emptied (-20 everywhere): the mask is empty, the probability channel is not.
   app::ScanSegmentation scan{data::Image(32, 32, 1), data::Image(32, 32, 1), std::nullopt};
   std::fill(scan.lesion_logits.pixels.begin(), scan.lesion_logits.pixels.end(), -20.0f);
   std::fill(scan.uncalibrated_lesion_logits.pixels.begin(), scan.uncalibrated_lesion_logits.pixels.end(), -3.0f);
   scan.uncalibrated_lesion_logits.pixels[5] = std::log(3.0f);
-  const data::Mask mask = app::classifier_mask(a.card.input, scan);
-  const data::Mask levels = app::classifier_mask(b.card.input, scan);
+  const data::Mask mask = app::classifier_mask(a.card.input(), scan);
+  const data::Mask levels = app::classifier_mask(b.card.input(), scan);
   CHECK(mask.lesion_pixels() == 0);
   CHECK(levels.values[5] == 191);  // 0.75 * 255
   CHECK(levels.values[6] == 12);   // sigmoid(-3) * 255 = 12.09
@@ -611,8 +611,8 @@ TEST_CASE("a lesion-probability classifier reads the segmenter's probability bef
 
   data::Mask truth(32, 32);
   truth.at(3, 4) = 1;
-  CHECK(app::classifier_mask(b.card.input, truth).at(3, 4) == 255);
-  CHECK(app::classifier_mask(a.card.input, truth).values == truth.values);
+  CHECK(app::classifier_mask(b.card.input(), truth).at(3, 4) == 255);
+  CHECK(app::classifier_mask(a.card.input(), truth).values == truth.values);
 }
 
 TEST_CASE("a stacked classifier: its card's stacking applied to its own probabilities; a segmenter without the channel refused") {

@@ -102,7 +102,7 @@ TEST_CASE("pipeline: a scan's pixels give what predict's code gives on its file"
   CHECK(r.width == image.width);
   CHECK(r.height == image.height);
   CHECK(r.mask == mask.values);
-  CHECK(r.class_probabilities == app::classify(cls, image, app::classifier_mask(cls.card.input, segmentation),
+  CHECK(r.class_probabilities == app::classify(cls, image, app::classifier_mask(cls.card.input(), segmentation),
                                                Device::cpu, false, segmentation.malignancy));
   CHECK(r.class_names == cls.card.classes);
   CHECK(r.confidence == *std::max_element(r.class_probabilities.begin(), r.class_probabilities.end()));

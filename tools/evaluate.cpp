@@ -126,7 +126,7 @@ std::string score_image(Models& models, Device device, bool flip, const data::Sa
   if (fold) row.push_back(std::to_string(*fold + 1));
   row.push_back(class_name);
   if (models.cls) {
-    const data::InputKind input = models.cls->card.input;
+    const data::InputKind input = models.cls->card.input();
     const data::Mask channel = models.seg ? app::classifier_mask(input, segmentation) : app::classifier_mask(input, mask);
     const std::vector<double> p = app::classify(*models.cls, image, channel, device, flip, segmentation.malignancy);
     const size_t predicted = std::max_element(p.begin(), p.end()) - p.begin();

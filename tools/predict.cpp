@@ -111,8 +111,9 @@ std::vector<Prediction> predict_batch(Predictor& p, const std::vector<const Deco
                       seg_x.data<float>() + i * seg_size * seg_size * 3);
   const app::BatchSegmentation segmentation = app::segment_batch(p.seg, seg_x, p.device, p.flip);
   const std::vector<data::Image> maps = data::logit_maps(segmentation.lesion_logits);
-  const std::vector<data::Image> uncalibrated = data::logit_maps(segmentation.uncalibrated_lesion_logits);
-  const bool probability_channel = p.cls.card.input == data::InputKind::rgb_lesion_probability;
+  const bool probability_channel = p.cls.card.reads_lesion_probability;
+  const std::vector<data::Image> uncalibrated =
+      probability_channel ? data::logit_maps(segmentation.uncalibrated_lesion_logits) : std::vector<data::Image>{};
   std::vector<Prediction> r(scans.size());
   Tensor cls_x = Tensor::empty({n, cls_size, cls_size, 4});
   for_each_scan(p, scans.size(), workers, [&](size_t i) {
@@ -123,7 +124,7 @@ std::vector<Prediction> predict_batch(Predictor& p, const std::vector<const Deco
     app::ScanSegmentation scan{at_scan_size(maps[i]), probability_channel ? at_scan_size(uncalibrated[i]) : data::Image(),
                                std::nullopt};
     r[i].mask = data::mask_from_logit_map(scan.lesion_logits);
-    r[i].classifier_mask = app::classifier_mask(p.cls.card.input, scan);
+    r[i].classifier_mask = app::classifier_mask(p.cls.card.input(), scan);
     r[i].lesion_logits = std::move(scan.lesion_logits);
     app::write_classifier_input(p.cls, image, r[i].classifier_mask, cls_x.data<float>() + i * cls_size * cls_size * 4,
                                 &scans[i]->cls_input);

@@ -125,14 +125,14 @@ data::Normalisation read_normalisation(const CardReader& r) {
 
 std::map<std::string, std::string> ModelCard::to_metadata() const {
   std::map<std::string, std::string> m = extra;
-  m["format"] = input == data::InputKind::rgb_lesion_probability ? kFormatLesionProbability : kFormat;
+  m["format"] = reads_lesion_probability ? kFormatLesionProbability : kFormat;
   m["arch"] = arch;
   m["task"] = models::task_name(task);
   m["classes"] = json(classes).dump();
   m["in_channels"] = std::to_string(in_channels);
   m["num_classes"] = std::to_string(num_classes());
   m["img_size"] = std::to_string(img_size);
-  if (input == data::InputKind::rgb_lesion_probability) m["mask_channel"] = kLesionProbabilityChannel;
+  if (reads_lesion_probability) m["mask_channel"] = kLesionProbabilityChannel;
   if (task == models::Task::segmentation) {
     m["encoder_depth"] = std::to_string(encoder_depth);
     if (models::is_unet(arch)) m["decoder_channels"] = decoder_channels_text(decoder_channels);
@@ -212,6 +212,11 @@ std::string decoder_channels_text(const std::vector<int64_t>& channels) { return
 
 int64_t ModelCard::num_classes() const { return static_cast<int64_t>(classes.size()); }
 
+data::InputKind ModelCard::input() const {
+  if (task == models::Task::segmentation) return data::InputKind::rgb;
+  return reads_lesion_probability ? data::InputKind::rgb_lesion_probability : data::InputKind::rgb_mask;
+}
+
 bool ModelCard::has_malignancy_channel() const {
   return task == models::Task::segmentation &&
          std::find(classes.begin(), classes.end(), kMalignancyOutput) != classes.end();
@@ -235,15 +240,14 @@ ModelCard ModelCard::from_metadata(const std::string& path, const std::map<std::
     r.bad("arch", e.what());
   }
   c.classes = read_classes(r, c.task);
-  c.input = c.task == models::Task::segmentation ? data::InputKind::rgb : data::InputKind::rgb_mask;
   if (meta.count("mask_channel")) {
     if (c.task != models::Task::classification) r.bad("mask_channel", "a segmentation card reads no mask");
     if (r.text("mask_channel") != kLesionProbabilityChannel) r.bad("mask_channel", "expected ", kLesionProbabilityChannel);
     if (meta.count("lesion_view")) r.bad("mask_channel", "a lesion probability channel has no lesion_view window");
     if (format != kFormatLesionProbability) r.bad("mask_channel", "needs format ", kFormatLesionProbability);
-    c.input = data::InputKind::rgb_lesion_probability;
+    c.reads_lesion_probability = true;
   }
-  const int64_t channels = data::input_channels(c.input);
+  const int64_t channels = data::input_channels(c.input());
   c.in_channels = r.integer("in_channels", channels, channels);
   r.integer("num_classes", c.num_classes(), c.num_classes());  // must agree with the classes listed
   c.img_size = r.integer("img_size", 32, kMaxImgSize);

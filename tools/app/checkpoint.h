@@ -53,10 +53,9 @@ struct ModelCard {
   // kMalignancyOutput where seg_train --malignancy-map trained one.
   std::vector<std::string> classes;
   int64_t in_channels = 3;
-  // What the model reads: RGB (a segmenter), RGB and a mask (a classifier), or RGB and the
-  // segmenter's lesion probability (a classifier trained by cls_train --mask-channel probability;
-  // card key "mask_channel").
-  data::InputKind input = data::InputKind::rgb_mask;
+  // A classifier trained by cls_train --mask-channel probability (card key "mask_channel"): it
+  // reads the segmenter's lesion probability where other classifiers read its mask.
+  bool reads_lesion_probability = false;
   int64_t img_size = 256;
   // A segmenter's smp encoder_depth; cards without the key (before it existed) are depth 5.
   int64_t encoder_depth = 5;
@@ -77,6 +76,8 @@ struct ModelCard {
   int64_t num_classes() const;
   // A segmenter trained with seg_train --malignancy-map: its output has the malignancy channel.
   bool has_malignancy_channel() const;
+  // What the model reads: RGB (a segmenter), RGB and a mask, or RGB and the lesion probability.
+  data::InputKind input() const;
 };
 
 struct LoadedModel {

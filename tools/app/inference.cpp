@@ -155,7 +155,7 @@ void write_classifier_input(const LoadedModel& cls, const data::Image& image, co
                               : whole                ? data::resize_bilinear(image, size, size)
                                                      : data::resize_bilinear(data::crop(image, window), size, size);
   const data::Mask resized_mask = data::resize_nearest(whole ? mask : data::crop(mask, window), size, size);
-  data::write_input(resized, resized_mask, cls.card.input, cls.card.normalisation, dst);
+  data::write_input(resized, resized_mask, cls.card.input(), cls.card.normalisation, dst);
 }
 
 Tensor classifier_input(const LoadedModel& cls, const data::Image& image, const data::Mask& mask) {

@@ -532,8 +532,8 @@ ModelCard Trainer::card() const {
   c.arch = s_.arch;
   c.task = task_.task();
   c.classes = task_.class_names(dataset_);
-  c.input = task_.input();
-  c.in_channels = data::input_channels(c.input);
+  c.reads_lesion_probability = task_.input() == data::InputKind::rgb_lesion_probability;
+  c.in_channels = data::input_channels(task_.input());
   c.img_size = s_.img_size;
   c.encoder_depth = s_.encoder_depth;
   c.atrous_rates = s_.atrous_rates;
