@@ -779,6 +779,12 @@ TEST_CASE("predict helpers: one image as model input, logits back to a full-size
   logits.pixels = {0.0f, std::log(3.0f), -30.0f, 30.0f};
   const Mask levels = probability_levels(logits);
   CHECK(levels.values == std::vector<uint8_t>{128, 191, 0, 255});  // 127.5, 191.25 rounded
+  // Every level is round(255 * sigmoid(logit)), on a sweep of logits dense enough to cross each step.
+  Image sweep(1, 200001, 1);
+  for (size_t p = 0; p < sweep.pixels.size(); ++p) sweep.pixels[p] = static_cast<float>(-8.0 + 16.0 * p / 200000.0);
+  const Mask swept = probability_levels(sweep);
+  for (size_t p = 0; p < sweep.pixels.size(); ++p)
+    REQUIRE(swept.values[p] == std::lround(255.0 / (1.0 + std::exp(-double{sweep.pixels[p]}))));
   const std::vector<uint8_t> from_mask = probability_levels(m).values;
   CHECK(from_mask[3 * 14 + 4] == 255);
   CHECK(std::count(from_mask.begin(), from_mask.end(), 255) == 2);
