@@ -785,6 +785,9 @@ TEST_CASE("predict helpers: one image as model input, logits back to a full-size
   const Mask swept = probability_levels(sweep);
   for (size_t p = 0; p < sweep.pixels.size(); ++p)
     REQUIRE(swept.values[p] == std::lround(255.0 / (1.0 + std::exp(-double{sweep.pixels[p]}))));
+  Image extremes(1, 3, 1);
+  extremes.pixels = {-std::numeric_limits<float>::infinity(), std::numeric_limits<float>::infinity(), 1e30f};
+  CHECK(probability_levels(extremes).values == std::vector<uint8_t>{0, 255, 255});
   const std::vector<uint8_t> from_mask = probability_levels(m).values;
   CHECK(from_mask[3 * 14 + 4] == 255);
   CHECK(std::count(from_mask.begin(), from_mask.end(), 255) == 2);

@@ -85,7 +85,7 @@ const LevelCells& level_cells() {
     for (int i = 0; i < LevelCells::kCells; ++i) {
       const auto first = std::lower_bound(steps.begin(), steps.end(), LevelCells::kFrom + i / LevelCells::kPerUnit);
       c.below[i] = static_cast<uint8_t>(first - steps.begin());
-      c.step[i] = first == steps.end() ? std::numeric_limits<double>::infinity() : *first;
+      c.step[i] = first == steps.end() ? std::numeric_limits<double>::quiet_NaN() : *first;  // no step: never >=
     }
     return c;
   }();
