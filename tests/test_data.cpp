@@ -613,6 +613,27 @@ TEST_CASE("metrics: Dice and IoU with the empty-mask rule, lesion-only means, le
   CHECK(from_tensors.lesion_dice() == doctest::Approx(4.0 / 7));
 }
 
+// seg_train's out-of-fold table: each image's figures, its peak from the map before the empty-image
+// threshold (here the second image's map was emptied to -20; before, it peaked at logit 0).
+TEST_CASE("metrics: one image's overlap, shares and peak probability") {
+  Tensor logits = Tensor::from_vector({3, -1, -2, -5, 2, -1, -3, 4, /**/ -20, -20, -20, -20, -20, -20, -20, -20}, {2, 2, 4, 1});
+  Tensor before = Tensor::from_vector({3, -1, -2, -5, 2, -1, -3, 4, /**/ -1, -3, 0, -2, -1, -1, -1, -1}, {2, 2, 4, 1});
+  Tensor targets = Tensor::from_vector({1, 1, 0, 0, 1, 1, 0, 0, /**/ 0, 0, 1, 0, 0, 0, 0, 0}, {2, 2, 4, 1});
+  const std::vector<ImageSegmentation> images = image_segmentations(logits, before, targets);
+  REQUIRE(images.size() == 2);
+  CHECK(images[0].overlap.dice == doctest::Approx(4.0 / 7));  // 2 of 3 predicted pixels on the 4-pixel lesion
+  CHECK(images[0].overlap.iou == doctest::Approx(0.4));
+  CHECK(images[0].predicted_share == doctest::Approx(3.0 / 8));
+  CHECK(images[0].target_share == doctest::Approx(0.5));
+  CHECK(images[0].peak_probability == doctest::Approx(1 / (1 + std::exp(-4.0))));
+  CHECK(images[1].overlap.dice == 0);  // a lesion missed: nothing marked
+  CHECK(images[1].predicted_share == 0);
+  CHECK(images[1].target_share == doctest::Approx(1.0 / 8));
+  CHECK(images[1].peak_probability == doctest::Approx(0.5));
+  CHECK(contains(error_of([&] { image_segmentations(logits, before.reshape({1, 4, 4, 1}), targets); }),
+                 "image_segmentations: uncalibrated logits [1, 4, 4, 1]"));
+}
+
 TEST_CASE("metrics: accuracy, macro-F1, recall and confusion matrix as sklearn") {
   ClassificationMetrics m(4);  // class 3 never occurs: left out of macro-F1
   int truth[] = {0, 0, 0, 1, 1, 2}, pred[] = {0, 1, 0, 1, 2, 2};

@@ -1214,6 +1214,24 @@ std::map<std::string, std::vector<std::string>> csv_rows(const fs::path& csv) {
   return rows;
 }
 
+// A --folds run's per-image table: this header, every validated image once, each row as long as
+// the header and under its own class's folder.
+std::map<std::string, std::vector<std::string>> out_of_fold_rows(const fs::path& csv,
+                                                                 const std::vector<std::string>& header,
+                                                                 const std::map<std::string, int>& validated) {
+  auto rows = csv_rows(csv);
+  REQUIRE(rows["image"] == header);
+  rows.erase("image");
+  CHECK(rows.size() == validated.size());
+  for (auto& [image, row] : rows) {
+    CAPTURE(image);
+    REQUIRE(row.size() == header.size());
+    CHECK(validated.count(image) == 1);
+    CHECK(image.find("\"" + row[1] + "/") == 0);
+  }
+  return rows;
+}
+
 }  // namespace
 
 namespace {
@@ -1259,6 +1277,31 @@ TEST_CASE("cross-validation: --folds 2 trains a model per fold, scores each, rep
   CHECK(std::stod(dice[3]) == doctest::Approx((a + b) / 2).epsilon(1e-5));
   CHECK(std::stod(dice[4]) == doctest::Approx(std::abs(a - b) / std::sqrt(2.0)).epsilon(1e-4));
   CHECK(std::stod(dice[5]) == doctest::Approx(std::min(a, b)).epsilon(1e-5));
+  // Every image once in the per-image table, lesion found where its Dice is above 0, a lesion-free
+  // image's Dice 1 only where nothing is marked; the lesion images' Dice pooled lies between the folds'.
+  const auto seg_images = out_of_fold_rows(root / "seg_log" / "out_of_fold.csv",
+                                           {"image", "class", "dice", "iou", "lesion_found", "predicted_share",
+                                            "true_share", "peak_probability"},
+                                           validated);
+  double lesion_dice = 0;
+  int lesion_images = 0;
+  for (auto& [image, row] : seg_images) {
+    CAPTURE(image);
+    const double image_dice = std::stod(row[2]), marked = std::stod(row[5]), peak = std::stod(row[7]);
+    CHECK((peak >= 0 && peak <= 1));
+    if (std::stod(row[6]) > 0) {
+      CHECK(row[4] == (image_dice > 0 ? "1" : "0"));
+      lesion_dice += image_dice, ++lesion_images;
+    } else {
+      CHECK(row[4].empty());
+      CHECK(image_dice == (marked == 0 ? 1.0 : 0.0));
+    }
+  }
+  REQUIRE(lesion_images > 0);
+  const double fold_lesion[2] = {std::stod(seg_rows["val_lesion_dice"][1]), std::stod(seg_rows["val_lesion_dice"][2])};
+  CHECK(lesion_dice / lesion_images >= std::min(fold_lesion[0], fold_lesion[1]) - 1e-5);
+  CHECK(lesion_dice / lesion_images <= std::max(fold_lesion[0], fold_lesion[1]) + 1e-5);
+  CHECK(s.output.find("per image, out of fold: " + (root / "seg_log" / "out_of_fold.csv").string()) != std::string::npos);
 
   // One fold as its own job: the same split and the same model as that fold of the whole run.
   Run only = run_tool("seg_train", dirs + " --arch mit_b0 --img-size 64 --epochs 1 --warmup-epochs 0 --batch-size 4"
@@ -1299,16 +1342,11 @@ TEST_CASE("cross-validation: --folds 2 trains a model per fold, scores each, rep
   CHECK(svg.find("out-of-fold calibration, 60 images") != std::string::npos);
   // Every image once, with its own class, probabilities summing to 1 and the argmax as prediction;
   // their accuracy is the folds' accuracies weighted by the folds' sizes.
-  auto per_image = csv_rows(root / "cls_log" / "out_of_fold.csv");
-  REQUIRE(per_image["image"] == std::vector<std::string>{"image", "class", "predicted", "p_benign", "p_malignant", "p_normal"});
-  per_image.erase("image");
-  CHECK(per_image.size() == 60);
+  const auto per_image = out_of_fold_rows(root / "cls_log" / "out_of_fold.csv",
+                                          {"image", "class", "predicted", "p_benign", "p_malignant", "p_normal"}, validated);
   int correct = 0;
   for (auto& [image, row] : per_image) {
     CAPTURE(image);
-    REQUIRE(row.size() == 6);
-    CHECK(validated.count(image) == 1);
-    CHECK(image.find("\"" + row[1] + "/") == 0);
     const double p[3] = {std::stod(row[3]), std::stod(row[4]), std::stod(row[5])};
     CHECK(p[0] + p[1] + p[2] == doctest::Approx(1).epsilon(1e-5));
     CHECK(row[2] == test::kBlobClasses[std::max_element(p, p + 3) - p]);

@@ -71,7 +71,7 @@ class ClassificationTask : public app::TrainingTask {
   void after_training(const app::TrainSettings& settings, data::Loader& val) override {
     app::fit_temperature(settings, val);
   }
-  void add_out_of_fold(const Tensor& logits, const data::Batch& batch) override {
+  void add_out_of_fold(const Tensor& logits, const Tensor& /*uncalibrated*/, const data::Batch& batch) override {
     out_of_fold_.add_batch(softmax(logits, -1), batch.labels);
     out_of_fold_metrics_.add_batch(logits, batch.labels);
     out_of_fold_samples_.insert(out_of_fold_samples_.end(), batch.samples.begin(), batch.samples.end());

@@ -2,12 +2,16 @@
 // the best epoch picked by validation Dice over all images (an empty mask predicted empty
 // counts 1) unless the last is kept.
 #include <algorithm>
+#include <filesystem>
+#include <iomanip>
 #include <iostream>
 #include <optional>
+#include <sstream>
 
 #include "models/deeplabv3plus.h"
 #include "models/unet.h"
 #include "models/registry.h"
+#include "tensor/atomic_file.h"
 #include "tensor/ops.h"
 #include "tools/app/checkpoint.h"
 #include "tools/app/cross_validation.h"
@@ -83,6 +87,26 @@ class SegmentationTask : public app::TrainingTask {
   void after_training(const app::TrainSettings& settings, data::Loader& val) override {
     app::fit_empty_threshold(settings, val);
   }
+  void add_out_of_fold(const Tensor& logits, const Tensor& uncalibrated, const data::Batch& batch) override {
+    const std::vector<data::ImageSegmentation> images = data::image_segmentations(
+        app::lesion_channel(logits), app::lesion_channel(uncalibrated), batch.masks);
+    for (size_t i = 0; i < images.size(); ++i) out_of_fold_.push_back({batch.samples[i], images[i]});
+  }
+  // Which scans the cross-validation's figures come from, one row each, so that the lesions
+  // missed and the scans marked wrongly can be found and looked at.
+  void write_out_of_fold(const std::string& log_dir, const data::Dataset& dataset) const override {
+    const auto path = std::filesystem::path(log_dir) / "out_of_fold.csv";
+    std::ostringstream csv;
+    csv << "image,class,dice,iou,lesion_found,predicted_share,true_share,peak_probability\n" << std::setprecision(6);
+    for (const auto& [sample, image] : out_of_fold_) {
+      const bool lesion = image.target_share > 0;
+      csv << '"' << dataset.samples[sample].name << "\"," << dataset.classes[dataset.samples[sample].label] << ","
+          << image.overlap.dice << "," << image.overlap.iou << "," << (lesion ? image.overlap.dice > 0 ? "1" : "0" : "")
+          << "," << image.predicted_share << "," << image.target_share << "," << image.peak_probability << "\n";
+    }
+    write_file_atomic(path, csv.str());
+    std::cout << "per image, out of fold: " << path.string() << "\n";
+  }
 
  private:
   // [B, 1, 1, 1]: 1 for the batch's malignant scans.
@@ -108,6 +132,7 @@ class SegmentationTask : public app::TrainingTask {
 
   std::optional<MalignancyChannel> malignancy_;
   data::SegmentationMetrics metrics_;
+  std::vector<std::pair<size_t, data::ImageSegmentation>> out_of_fold_;  // dataset index, figures
   std::vector<double> malignancy_scores_;
   std::vector<bool> malignant_truth_;
 };

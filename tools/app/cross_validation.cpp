@@ -78,7 +78,7 @@ std::vector<double> score_fold(const TrainSettings& s, TrainingTask& task, std::
     on_device.masks = batch.masks.to(s.device);
     on_device.labels = batch.labels.to(s.device);
     task.add_metrics(calibrated, on_device);
-    task.add_out_of_fold(calibrated, on_device);
+    task.add_out_of_fold(calibrated, logits, on_device);
   }
   return task.metric_values();
 }

@@ -115,9 +115,10 @@ class TrainingTask {
   // Once training is done: fit on the kept checkpoint's validation outputs what its card
   // should carry (cls: the temperature; seg: the empty-image threshold), and rewrite it.
   virtual void after_training(const TrainSettings&, data::Loader& /*val*/) {}
-  // Cross-validation: each fold's validation outputs (calibrated as the card says), pooled
-  // over the folds, and the figures drawn from them into the log folder.
-  virtual void add_out_of_fold(const Tensor& /*logits*/, const data::Batch& /*batch*/) {}
+  // Cross-validation: each fold's validation outputs (calibrated as the card says, and as the
+  // model gave them), pooled over the folds, and the figures drawn from them into the log folder.
+  virtual void add_out_of_fold(const Tensor& /*logits*/, const Tensor& /*uncalibrated*/,
+                               const data::Batch& /*batch*/) {}
   virtual void write_out_of_fold(const std::string& /*log_dir*/, const data::Dataset& /*dataset*/) const {}
 };
 

@@ -66,16 +66,49 @@ void SegmentationMetrics::add(const Mask& prediction, const Mask& target) {
   add(prediction.values.data(), target.values.data(), target.values.size());
 }
 
+namespace {
+
+// A batch's predictions (logit > 0) and targets (> 0.5) as 0/1 bytes, image after image.
+struct BatchMasks {
+  std::vector<uint8_t> predicted, target;
+  size_t per_image = 0;
+};
+
+BatchMasks batch_masks(const Tensor& logits, const Tensor& targets, const char* caller) {
+  SONO_CHECK(logits.shape() == targets.shape() && logits.dim() == 4 && logits.size(3) == 1, caller, ": logits ",
+             shape_str(logits.shape()), " and targets ", shape_str(targets.shape()), " must both be [B, H, W, 1]");
+  const std::vector<double> l = logits.to_vector(), t = targets.to_vector();
+  BatchMasks m{std::vector<uint8_t>(l.size()), std::vector<uint8_t>(t.size()),
+               l.size() / static_cast<size_t>(logits.size(0))};
+  std::transform(l.begin(), l.end(), m.predicted.begin(), [](double v) { return uint8_t(v > 0); });
+  std::transform(t.begin(), t.end(), m.target.begin(), [](double v) { return uint8_t(v > 0.5); });
+  return m;
+}
+
+double share_marked(const uint8_t* mask, size_t pixels) {
+  return static_cast<double>(std::count(mask, mask + pixels, uint8_t{1})) / static_cast<double>(pixels);
+}
+
+}  // namespace
+
 void SegmentationMetrics::add_batch(const Tensor& logits, const Tensor& targets) {
-  SONO_CHECK(logits.shape() == targets.shape() && logits.dim() == 4 && logits.size(3) == 1,
-             "SegmentationMetrics: logits ", shape_str(logits.shape()), " and targets ", shape_str(targets.shape()),
-             " must both be [B, H, W, 1]");
-  std::vector<double> l = logits.to_vector(), t = targets.to_vector();
-  std::vector<uint8_t> p(l.size()), m(t.size());
-  std::transform(l.begin(), l.end(), p.begin(), [](double v) { return uint8_t(v > 0); });
-  std::transform(t.begin(), t.end(), m.begin(), [](double v) { return uint8_t(v > 0.5); });
-  size_t per_image = l.size() / static_cast<size_t>(logits.size(0));
-  for (size_t i = 0; i < l.size(); i += per_image) add(&p[i], &m[i], per_image);
+  const BatchMasks m = batch_masks(logits, targets, "SegmentationMetrics");
+  for (size_t i = 0; i < m.predicted.size(); i += m.per_image) add(&m.predicted[i], &m.target[i], m.per_image);
+}
+
+std::vector<ImageSegmentation> image_segmentations(const Tensor& logits, const Tensor& uncalibrated,
+                                                   const Tensor& targets) {
+  const BatchMasks m = batch_masks(logits, targets, "image_segmentations");
+  SONO_CHECK(uncalibrated.shape() == logits.shape(), "image_segmentations: uncalibrated logits ",
+             shape_str(uncalibrated.shape()), " and logits ", shape_str(logits.shape()), " differ");
+  const std::vector<double> raw = uncalibrated.to_vector();
+  std::vector<ImageSegmentation> images;
+  for (size_t i = 0; i < m.predicted.size(); i += m.per_image) {
+    const double peak = *std::max_element(raw.begin() + i, raw.begin() + i + m.per_image);
+    images.push_back({overlap(&m.predicted[i], &m.target[i], m.per_image), share_marked(&m.predicted[i], m.per_image),
+                      share_marked(&m.target[i], m.per_image), 1 / (1 + std::exp(-peak))});
+  }
+  return images;
 }
 
 double SegmentationMetrics::dice() const { return mean_or_nan(dice_, images_); }

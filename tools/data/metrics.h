@@ -44,6 +44,20 @@ class SegmentationMetrics {
   double dice_ = 0, iou_ = 0, lesion_dice_ = 0, lesion_iou_ = 0, found_lesion_dice_ = 0;
 };
 
+// One image's figures for a per-image table (seg_train's out-of-fold CSV): its overlap as
+// SegmentationMetrics counts it, the share of the image the prediction and the target mark, and
+// the highest lesion probability of the map before any empty-image threshold emptied it (how near
+// a missed lesion came).
+struct ImageSegmentation {
+  Overlap overlap;
+  double predicted_share = 0, target_share = 0, peak_probability = 0;
+};
+
+// logits, uncalibrated and targets [B, H, W, 1] on any device: the prediction is logits > 0, the
+// peak sigmoid(max of uncalibrated).
+std::vector<ImageSegmentation> image_segmentations(const Tensor& logits, const Tensor& uncalibrated,
+                                                   const Tensor& targets);
+
 class ClassificationMetrics {
  public:
   explicit ClassificationMetrics(int classes);
