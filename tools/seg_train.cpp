@@ -99,10 +99,10 @@ class SegmentationTask : public app::TrainingTask {
     std::ostringstream csv;
     csv << "image,class,dice,iou,lesion_found,predicted_share,true_share,peak_probability\n" << std::setprecision(6);
     for (const auto& [sample, image] : out_of_fold_) {
-      const bool lesion = image.target_share > 0;
+      const char* found = image.target_share == 0 ? "" : image.overlap.dice > 0 ? "1" : "0";  // lesion-free: blank
       csv << '"' << dataset.samples[sample].name << "\"," << dataset.classes[dataset.samples[sample].label] << ","
-          << image.overlap.dice << "," << image.overlap.iou << "," << (lesion ? image.overlap.dice > 0 ? "1" : "0" : "")
-          << "," << image.predicted_share << "," << image.target_share << "," << image.peak_probability << "\n";
+          << image.overlap.dice << "," << image.overlap.iou << "," << found << "," << image.predicted_share << ","
+          << image.target_share << "," << image.peak_probability << "\n";
     }
     write_file_atomic(path, csv.str());
     std::cout << "per image, out of fold: " << path.string() << "\n";
