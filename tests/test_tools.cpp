@@ -1209,6 +1209,7 @@ std::map<std::string, std::vector<std::string>> csv_rows(const fs::path& csv) {
     std::vector<std::string> cells;
     std::istringstream parts(line);
     while (std::getline(parts, cell, ',')) cells.push_back(cell);
+    if (!line.empty() && line.back() == ',') cells.emplace_back();  // getline drops a last empty cell
     if (!cells.empty()) rows[cells[0]] = cells;
   }
   return rows;
@@ -1252,7 +1253,8 @@ TEST_CASE("cross-validation: --folds 2 trains a model per fold, scores each, rep
   fs::create_directories(root);
   const std::string dirs = blob_dirs();
   Run s = run_tool("seg_train", dirs + " --arch mit_b0 --img-size 64 --epochs 1 --warmup-epochs 0 --batch-size 4 --folds 2"
-                                       " --save-path " + seg.string() + " --log-dir " + (root / "seg_log").string());
+                                       " --malignancy-map --save-path " + seg.string() + " --log-dir " +
+                                       (root / "seg_log").string());
   INFO(s.output);
   REQUIRE(s.status == 0);
   CHECK(fs::exists(root / "seg.fold1.safetensors"));
@@ -1278,10 +1280,11 @@ TEST_CASE("cross-validation: --folds 2 trains a model per fold, scores each, rep
   CHECK(std::stod(dice[4]) == doctest::Approx(std::abs(a - b) / std::sqrt(2.0)).epsilon(1e-4));
   CHECK(std::stod(dice[5]) == doctest::Approx(std::min(a, b)).epsilon(1e-5));
   // Every image once in the per-image table, lesion found where its Dice is above 0, a lesion-free
-  // image's Dice 1 only where nothing is marked; the lesion images' Dice pooled lies between the folds'.
+  // image's Dice 1 only where nothing is marked, the malignancy over the lesion where there is one;
+  // the lesion images' Dice pooled lies between the folds'.
   const auto seg_images = out_of_fold_rows(root / "seg_log" / "out_of_fold.csv",
                                            {"image", "class", "dice", "iou", "lesion_found", "predicted_share",
-                                            "true_share", "peak_probability"},
+                                            "true_share", "peak_probability", "malignancy"},
                                            validated);
   double lesion_dice = 0;
   int lesion_images = 0;
@@ -1291,9 +1294,11 @@ TEST_CASE("cross-validation: --folds 2 trains a model per fold, scores each, rep
     CHECK((peak >= 0 && peak <= 1));
     if (std::stod(row[6]) > 0) {
       CHECK(row[4] == (image_dice > 0 ? "1" : "0"));
+      CHECK((std::stod(row[8]) > 0 && std::stod(row[8]) < 1));
       lesion_dice += image_dice, ++lesion_images;
     } else {
       CHECK(row[4].empty());
+      CHECK(row[8].empty());
       CHECK(image_dice == (marked == 0 ? 1.0 : 0.0));
     }
   }

@@ -90,19 +90,25 @@ class SegmentationTask : public app::TrainingTask {
   void add_out_of_fold(const Tensor& logits, const Tensor& uncalibrated, const data::Batch& batch) override {
     const std::vector<data::ImageSegmentation> images = data::image_segmentations(
         app::lesion_channel(logits), app::lesion_channel(uncalibrated), batch.masks);
-    for (size_t i = 0; i < images.size(); ++i) out_of_fold_.push_back({batch.samples[i], images[i]});
+    std::vector<std::optional<double>> malignancy(images.size());
+    if (malignancy_) malignancy = malignancy_over_lesion(logits, batch);
+    for (size_t i = 0; i < images.size(); ++i) out_of_fold_.push_back({batch.samples[i], images[i], malignancy[i]});
   }
   // Which scans the cross-validation's figures come from, one row each, so that the lesions
   // missed and the scans marked wrongly can be found and looked at.
   void write_out_of_fold(const std::string& log_dir, const data::Dataset& dataset) const override {
     const auto path = std::filesystem::path(log_dir) / "out_of_fold.csv";
     std::ostringstream csv;
-    csv << "image,class,dice,iou,lesion_found,predicted_share,true_share,peak_probability\n" << std::setprecision(6);
-    for (const auto& [sample, image] : out_of_fold_) {
+    csv << "image,class,dice,iou,lesion_found,predicted_share,true_share,peak_probability"
+        << (malignancy_ ? ",malignancy\n" : "\n") << std::setprecision(6);
+    for (const auto& [sample, image, malignancy] : out_of_fold_) {
       const char* found = image.target_share == 0 ? "" : image.overlap.dice > 0 ? "1" : "0";  // lesion-free: blank
       csv << '"' << dataset.samples[sample].name << "\"," << dataset.classes[dataset.samples[sample].label] << ","
           << image.overlap.dice << "," << image.overlap.iou << "," << found << "," << image.predicted_share << ","
-          << image.target_share << "," << image.peak_probability << "\n";
+          << image.target_share << "," << image.peak_probability;
+      if (malignancy_) csv << ",";
+      if (malignancy) csv << *malignancy;
+      csv << "\n";
     }
     write_file_atomic(path, csv.str());
     std::cout << "per image, out of fold: " << path.string() << "\n";
@@ -115,24 +121,39 @@ class SegmentationTask : public app::TrainingTask {
     for (int64_t label : batch.labels.to_labels()) values.push_back(label == malignancy_->malignant_label ? 1 : 0);
     return Tensor::from_vector(values, {static_cast<int64_t>(values.size()), 1, 1, 1});
   }
-  // Each lesion scan's mean malignancy probability over its true lesion: what the channel
-  // knows, apart from where the lesion channel puts the outline.
-  void add_malignancy_scores(const Tensor& logits, const data::Batch& batch) {
+  // Each scan's mean malignancy probability over its true lesion (none for a lesion-free scan):
+  // what the channel knows, apart from where the lesion channel puts the outline.
+  static std::vector<std::optional<double>> malignancy_over_lesion(const Tensor& logits, const data::Batch& batch) {
     const std::vector<double> p = sigmoid(logits.slice(3, 1, 2)).to_vector(), mask = batch.masks.to_vector();
-    const std::vector<int64_t> labels = batch.labels.to_labels();
-    const size_t pixels = p.size() / labels.size();
-    for (size_t i = 0; i < labels.size(); ++i) {
+    const auto images = static_cast<size_t>(logits.size(0));
+    const size_t pixels = p.size() / images;
+    std::vector<std::optional<double>> scores(images);
+    for (size_t i = 0; i < images; ++i) {
       double inside = 0, area = 0;
       for (size_t j = i * pixels; j < (i + 1) * pixels; ++j) inside += p[j] * mask[j], area += mask[j];
-      if (area == 0) continue;
-      malignancy_scores_.push_back(inside / area);
+      if (area > 0) scores[i] = inside / area;
+    }
+    return scores;
+  }
+  void add_malignancy_scores(const Tensor& logits, const data::Batch& batch) {
+    const std::vector<std::optional<double>> scores = malignancy_over_lesion(logits, batch);
+    const std::vector<int64_t> labels = batch.labels.to_labels();
+    for (size_t i = 0; i < labels.size(); ++i) {
+      if (!scores[i]) continue;
+      malignancy_scores_.push_back(*scores[i]);
       malignant_truth_.push_back(labels[i] == malignancy_->malignant_label);
     }
   }
 
+  struct OutOfFoldRow {
+    size_t sample;  // index in the dataset
+    data::ImageSegmentation figures;
+    std::optional<double> malignancy;  // over the true lesion, with --malignancy-map
+  };
+
   std::optional<MalignancyChannel> malignancy_;
   data::SegmentationMetrics metrics_;
-  std::vector<std::pair<size_t, data::ImageSegmentation>> out_of_fold_;  // dataset index, figures
+  std::vector<OutOfFoldRow> out_of_fold_;
   std::vector<double> malignancy_scores_;
   std::vector<bool> malignant_truth_;
 };
