@@ -54,7 +54,8 @@ Result Pipeline::run(const ImageView& view) const {
   {
     std::lock_guard<std::mutex> turn(models_->forward);
     app::ScanSegmentation segmentation =
-        app::segment_scan(models_->seg, image, image.height, image.width, models_->device, models_->flip);
+        app::segment_scan(models_->seg, image, image.height, image.width, models_->cls.card.input(), models_->device,
+                          models_->flip);
     mask = data::mask_from_logit_map(segmentation.lesion_logits);
     r.class_probabilities = app::classify(models_->cls, image, app::classifier_mask(models_->cls.card.input(), segmentation),
                                           models_->device, models_->flip, segmentation.malignancy);

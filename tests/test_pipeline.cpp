@@ -97,7 +97,8 @@ TEST_CASE("pipeline: a scan's pixels give what predict's code gives on its file"
   app::LoadedModel seg = app::load_for_inference(kSeg, models::Task::segmentation, Device::cpu),
                    cls = app::load_for_inference(kCls, models::Task::classification, Device::cpu);
   data::Image image = data::load_image(file);
-  const app::ScanSegmentation segmentation = app::segment_scan(seg, image, image.height, image.width, Device::cpu);
+  const app::ScanSegmentation segmentation =
+      app::segment_scan(seg, image, image.height, image.width, cls.card.input(), Device::cpu);
   data::Mask mask = data::mask_from_logit_map(segmentation.lesion_logits);
   CHECK(r.width == image.width);
   CHECK(r.height == image.height);

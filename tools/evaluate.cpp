@@ -120,14 +120,16 @@ std::string score_image(Models& models, Device device, bool flip, const data::Sa
   SONO_CHECK(models.seg || target, sample.image.string(), ": no mask, and without --seg-model the classifier reads "
              "the ground-truth masks");
   app::ScanSegmentation segmentation;
-  if (models.seg) segmentation = app::segment_scan(*models.seg, image, image.height, image.width, device, flip);
+  const data::InputKind classifier_input = models.cls ? models.cls->card.input() : data::InputKind::rgb_mask;
+  if (models.seg)
+    segmentation = app::segment_scan(*models.seg, image, image.height, image.width, classifier_input, device, flip);
   const data::Mask mask = models.seg ? data::mask_from_logit_map(segmentation.lesion_logits) : *target;
   std::vector<std::string> row{sample.name};
   if (fold) row.push_back(std::to_string(*fold + 1));
   row.push_back(class_name);
   if (models.cls) {
-    const data::InputKind input = models.cls->card.input();
-    const data::Mask channel = models.seg ? app::classifier_mask(input, segmentation) : app::classifier_mask(input, mask);
+    const data::Mask channel = models.seg ? app::classifier_mask(classifier_input, segmentation)
+                                          : app::classifier_mask(classifier_input, mask);
     const std::vector<double> p = app::classify(*models.cls, image, channel, device, flip, segmentation.malignancy);
     const size_t predicted = std::max_element(p.begin(), p.end()) - p.begin();
     row.insert(row.end(), {models.cls->card.classes[predicted], app::csv_number(p[predicted])});

@@ -120,21 +120,23 @@ std::vector<std::vector<double>> classify(LoadedModel& cls, const Tensor& x, Dev
   return rows;
 }
 
-ScanSegmentation segment_scan(LoadedModel& seg, const data::Image& image, int height, int width, Device device,
-                              bool flip) {
+ScanSegmentation segment_scan(LoadedModel& seg, const data::Image& image, int height, int width,
+                              data::InputKind classifier_input, Device device, bool flip) {
   Tensor x = data::model_input(image, data::Mask(image.height, image.width),
                                static_cast<int>(seg.card.img_size), data::InputKind::rgb, seg.card.normalisation);
   BatchSegmentation out = segment_batch(seg, x, device, flip);
-  ScanSegmentation r{data::logit_map(out.lesion_logits, height, width),
-                     data::logit_map(out.uncalibrated_lesion_logits, height, width), std::nullopt};
+  ScanSegmentation r{data::logit_map(out.lesion_logits, height, width), data::Image(), std::nullopt};
+  if (classifier_input == data::InputKind::rgb_lesion_probability)
+    r.uncalibrated_lesion_logits = data::logit_map(out.uncalibrated_lesion_logits, height, width);
   if (!out.malignancy.empty()) r.malignancy = out.malignancy.front();
   return r;
 }
 
 data::Mask classifier_mask(data::InputKind input, const ScanSegmentation& segmentation) {
-  return input == data::InputKind::rgb_lesion_probability
-             ? data::probability_levels(segmentation.uncalibrated_lesion_logits)
-             : data::mask_from_logit_map(segmentation.lesion_logits);
+  if (input != data::InputKind::rgb_lesion_probability) return data::mask_from_logit_map(segmentation.lesion_logits);
+  SONO_CHECK(segmentation.uncalibrated_lesion_logits.pixels.size() == segmentation.lesion_logits.pixels.size(),
+             "classifier_mask: the segmentation has no uncalibrated map (segment_scan for a probability reader)");
+  return data::probability_levels(segmentation.uncalibrated_lesion_logits);
 }
 
 data::Mask classifier_mask(data::InputKind input, const data::Mask& truth) {

@@ -38,16 +38,18 @@ void check_stacking_inputs(const LoadedModel* seg, const std::string& seg_path, 
                            const std::string& cls_path);
 
 // A segmenter on one scan: what its mask thresholds at 0, the calibrated lesion logits at the
-// requested size (1 channel), the same before calibration (what a lesion probability channel
-// reads), and its lesion_malignancy where it has the channel.
+// requested size (1 channel), the same before calibration where a lesion probability channel
+// reads them (else empty), and its lesion_malignancy where it has the channel.
 struct ScanSegmentation {
   data::Image lesion_logits, uncalibrated_lesion_logits;
   std::optional<double> malignancy;
 };
 // `image` (RGB 0..1, any size) is resized to the checkpoint's training size, the logits resized
-// back to (height, width).
-ScanSegmentation segment_scan(LoadedModel& seg, const data::Image& image, int height, int width, Device device,
-                              bool flip = false);
+// back to (height, width). `classifier_input`: what the classifier given this segmentation reads
+// (its card's ModelCard::input); only rgb_lesion_probability needs the uncalibrated map, a
+// resize at the scan's size the others are spared.
+ScanSegmentation segment_scan(LoadedModel& seg, const data::Image& image, int height, int width,
+                              data::InputKind classifier_input, Device device, bool flip = false);
 
 // The classifier's fourth channel for a scan, as `input` (a classifier card's ModelCard::input)
 // says: the segmenter's mask, or its lesion probability levels before empty_below (what
