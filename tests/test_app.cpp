@@ -615,6 +615,28 @@ TEST_CASE("a lesion-probability classifier reads the segmenter's probability bef
   CHECK(app::classifier_mask(a.card.input(), truth).values == truth.values);
 }
 
+TEST_CASE("scan_segmentation: both maps at the scan's size, an unchanged map resized once, an emptied one alone") {
+  data::Image map(16, 16, 1);
+  for (size_t p = 0; p < map.pixels.size(); ++p) map.pixels[p] = static_cast<float>(p % 7) - 3;
+  const data::Image resized = data::resize_bilinear(map, 40, 24);
+
+  const app::ScanSegmentation mask_reader = app::scan_segmentation(map, nullptr, 40, 24);
+  CHECK(mask_reader.lesion_logits.pixels == resized.pixels);
+  CHECK(mask_reader.uncalibrated_lesion_logits.pixels.empty());
+
+  const app::ScanSegmentation kept = app::scan_segmentation(map, &map, 40, 24);
+  CHECK(kept.lesion_logits.pixels == resized.pixels);
+  CHECK(kept.uncalibrated_lesion_logits.pixels == resized.pixels);
+
+  data::Image emptied = map;
+  std::fill(emptied.pixels.begin(), emptied.pixels.end(), -20.0f);
+  const app::ScanSegmentation probability_reader = app::scan_segmentation(emptied, &map, 40, 24);
+  CHECK(probability_reader.uncalibrated_lesion_logits.pixels == resized.pixels);
+  REQUIRE(probability_reader.lesion_logits.pixels.size() == resized.pixels.size());
+  CHECK(probability_reader.lesion_logits.height == 40);
+  for (float v : probability_reader.lesion_logits.pixels) REQUIRE(v == -20.0f);
+}
+
 TEST_CASE("a stacked classifier: its card's stacking applied to its own probabilities; a segmenter without the channel refused") {
   TempDir dir;
   app::ModelCard card = classifier_card();

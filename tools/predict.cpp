@@ -118,11 +118,8 @@ std::vector<Prediction> predict_batch(Predictor& p, const std::vector<const Deco
   Tensor cls_x = Tensor::empty({n, cls_size, cls_size, 4});
   for_each_scan(p, scans.size(), workers, [&](size_t i) {
     const data::Image& image = scans[i]->image;
-    const auto at_scan_size = [&](const data::Image& map) {
-      return data::resize_bilinear(map, image.height, image.width);
-    };
-    app::ScanSegmentation scan{at_scan_size(maps[i]), probability_channel ? at_scan_size(uncalibrated[i]) : data::Image(),
-                               std::nullopt};
+    app::ScanSegmentation scan = app::scan_segmentation(maps[i], probability_channel ? &uncalibrated[i] : nullptr,
+                                                        image.height, image.width);
     r[i].mask = data::mask_from_logit_map(scan.lesion_logits);
     r[i].classifier_mask = app::classifier_mask(p.cls.card.input(), scan);
     r[i].lesion_logits = std::move(scan.lesion_logits);

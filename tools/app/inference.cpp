@@ -125,10 +125,21 @@ ScanSegmentation segment_scan(LoadedModel& seg, const data::Image& image, int he
   Tensor x = data::model_input(image, data::Mask(image.height, image.width),
                                static_cast<int>(seg.card.img_size), data::InputKind::rgb, seg.card.normalisation);
   BatchSegmentation out = segment_batch(seg, x, device, flip);
-  ScanSegmentation r{data::logit_map(out.lesion_logits, height, width), data::Image(), std::nullopt};
-  if (classifier_input == data::InputKind::rgb_lesion_probability)
-    r.uncalibrated_lesion_logits = data::logit_map(out.uncalibrated_lesion_logits, height, width);
+  const data::Image uncalibrated = data::logit_maps(out.uncalibrated_lesion_logits).front();
+  const bool probability_reader = classifier_input == data::InputKind::rgb_lesion_probability;
+  ScanSegmentation r = scan_segmentation(data::logit_maps(out.lesion_logits).front(),
+                                         probability_reader ? &uncalibrated : nullptr, height, width);
   if (!out.malignancy.empty()) r.malignancy = out.malignancy.front();
+  return r;
+}
+
+ScanSegmentation scan_segmentation(const data::Image& calibrated, const data::Image* uncalibrated, int height,
+                                   int width) {
+  ScanSegmentation r{data::resize_bilinear(uncalibrated ? *uncalibrated : calibrated, height, width), data::Image(),
+                     std::nullopt};
+  if (!uncalibrated) return r;
+  r.uncalibrated_lesion_logits = r.lesion_logits;
+  if (calibrated.pixels != uncalibrated->pixels) r.lesion_logits = data::resize_bilinear(calibrated, height, width);
   return r;
 }
 

@@ -50,6 +50,10 @@ struct ScanSegmentation {
 // resize at the scan's size the others are spared.
 ScanSegmentation segment_scan(LoadedModel& seg, const data::Image& image, int height, int width,
                               data::InputKind classifier_input, Device device, bool flip = false);
+// The same from one image's maps at the model's size: `uncalibrated` only for a probability reader
+// (else null). Calibration changes only a map it empties, so an unchanged map is resized once.
+ScanSegmentation scan_segmentation(const data::Image& calibrated, const data::Image* uncalibrated, int height,
+                                   int width);
 
 // The classifier's fourth channel for a scan, as `input` (a classifier card's ModelCard::input)
 // says: the segmenter's mask, or its lesion probability levels before empty_below (what
