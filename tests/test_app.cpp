@@ -328,6 +328,46 @@ TEST_CASE("--pretrained with a ResNet segmenter's checkpoint starts a ResNet cla
                        doctest::Contains("is a resnet34 segmenter; its encoder cannot start a resnet18 classifier"), Error);
 }
 
+TEST_CASE("--pretrained with a segmenter's checkpoint starts a segmenter on the same architecture whole") {
+  TempDir dir;
+  app::ModelCard card = resnet18_segmenter_card();
+  manual_seed(3);
+  auto trained = app::build_model(card);
+  const std::string path = (dir / "seg.safetensors").string();
+  app::save_checkpoint(path, *trained, card);
+
+  const models::ModelEntry& entry = models::find_model("resnet18", models::Task::segmentation);
+  card.classes = {"lesion", "malignancy"};  // seg_train --malignancy-map: a head of two channels
+  REQUIRE(card.has_malignancy_channel());
+  manual_seed(4);
+  auto fine_tuned = app::build_model(card);
+  const nn::StateDict fresh = fine_tuned->state_dict();
+  const Tensor fresh_head = fresh.at("segmentation_head.0.weight").clone();
+  app::load_backbone_weights(*fine_tuned, entry, path);
+  const nn::StateDict from = trained->state_dict(), now = fine_tuned->state_dict();
+  int loaded = 0;
+  for (auto& [key, value] : now) {
+    INFO(key);
+    if (key.starts_with("segmentation_head.")) continue;
+    CHECK(max_abs_diff(value, from.at(key)) == 0);
+    ++loaded;
+  }
+  CHECK(loaded == static_cast<int>(now.size()) - 2);
+  CHECK(max_abs_diff(now.at("segmentation_head.0.weight"), fresh_head) == 0);  // another shape: fresh
+
+  auto same_head = app::build_model(resnet18_segmenter_card());
+  app::load_backbone_weights(*same_head, entry, path);
+  CHECK(max_abs_diff(same_head->state_dict().at("segmentation_head.0.weight"), from.at("segmentation_head.0.weight")) == 0);
+
+  app::ModelCard shallow = resnet18_segmenter_card();
+  shallow.encoder_depth = 4;
+  CHECK_THROWS_WITH_AS(app::load_backbone_weights(*app::build_model(shallow), entry, path),
+                       doctest::Contains("seg.safetensors: the segmenter does not fit the model"), Error);
+  const models::ModelEntry& unet = models::find_model("unet_resnet18", models::Task::segmentation);
+  CHECK_THROWS_WITH_AS(app::load_backbone_weights(*unet.build({}), unet, path),
+                       doctest::Contains("is a resnet18 segmenter; it cannot start a unet_resnet18 one"), Error);
+}
+
 TEST_CASE("predict normalises its input with the card's mean and std") {
   TempDir dir;
   app::ModelCard card = classifier_card();

@@ -55,8 +55,9 @@ void add_training_options(Cli& cli, const TrainDefaults& d) {
       .option("save-path", "", "the kept checkpoint (.safetensors); X.last.safetensors holds the resume state", true)
       .option("arch", d.arch, "model architecture")
       .option("pretrained", "", "backbone weights (.safetensors from timm/smp/torchvision or pretrain); for a ResNet "
-                                "classifier also a seg_train checkpoint on the same ResNet (its encoder); {fold} in "
-                                "the name: each fold's file of a --folds run")
+                                "classifier also a seg_train checkpoint on the same ResNet (its encoder); for a "
+                                "segmenter a seg_train checkpoint of the same --arch (the whole model, fine-tuned "
+                                "on these images); {fold} in the name: each fold's file of a --folds run")
       .option("resume", "", "continue from a X.last.safetensors state (same arguments and data)")
       .flag("resume-anyway", "with --resume: continue although arguments or data differ from the saved run")
       .option("log-dir", "", "folder for the per-epoch CSV and the training-curve SVG")
@@ -184,10 +185,36 @@ TrainSettings read_training_options(const Cli& cli, models::Task task) {
   return s;
 }
 
+namespace {
+
+// The whole segmenter from a checkpoint on the same architecture (fine-tuning on other images):
+// encoder and decoder must fit; a segmentation head of another shape (another channel count,
+// e.g. with or without --malignancy-map) stays fresh.
+void load_segmenter(nn::Module& model, nn::StateDict weights, const std::string& path) {
+  for (const auto& [key, fresh] : model.state_dict()) {
+    if (!key.starts_with("segmentation_head.")) continue;
+    auto theirs = weights.find(key);
+    if (theirs == weights.end() || theirs->second.shape() != fresh.shape()) weights[key] = fresh.detach().clone();
+  }
+  try {
+    model.load_state_dict(weights, true);
+  } catch (const Error& e) {
+    fail(path, ": the segmenter does not fit the model (same --arch, --encoder-depth and decoder needed): ", e.what());
+  }
+}
+
+}  // namespace
+
 void load_backbone_weights(nn::Module& model, const models::ModelEntry& entry, const std::string& path) {
   nn::SafetensorsFile file = nn::load_safetensors(path);
   const std::string task = file.metadata["task"], arch = file.metadata["arch"];
-  if (task == models::task_name(models::Task::segmentation) && entry.task == models::Task::classification) {
+  const std::string segmentation = models::task_name(models::Task::segmentation);
+  if (task == segmentation && entry.task == models::Task::segmentation) {
+    SONO_CHECK(arch == entry.name, path, ": --pretrained is a ", arch, " segmenter; it cannot start a ", entry.name,
+               " one");
+    return load_segmenter(model, std::move(file.tensors), path);
+  }
+  if (task == segmentation && entry.task == models::Task::classification) {
     SONO_CHECK(models::segmentation_encoder(arch) == entry.name, path, ": --pretrained is a ", arch, " segmenter; its encoder cannot start a ",
                entry.name, " classifier (a segmenter on the same ResNet can)");
     const std::string depth = file.metadata.count("encoder_depth") ? file.metadata["encoder_depth"] : "5";

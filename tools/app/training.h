@@ -134,7 +134,8 @@ int run_training(const TrainSettings& settings, TrainingTask& task, std::shared_
 std::string resume_state_path(const std::string& save_path);
 // --pretrained: backbone weights (timm, smp, torchvision, `pretrain`'s output), or for a classifier
 // a seg_train checkpoint of the same ResNet, whose encoder is the classifier's trunk: the
-// classifier then starts from features learnt segmenting lesions on the same images.
+// classifier then starts from features learnt segmenting lesions on the same images; for a
+// segmenter a seg_train checkpoint of the same architecture, the whole model (fine-tuning).
 void load_backbone_weights(nn::Module& model, const models::ModelEntry& entry, const std::string& path);
 // The --pretrained file, or with {fold} in its name each fold's (fold_path), as --folds K runs use them.
 std::vector<std::string> pretrained_files(const TrainSettings& s);
