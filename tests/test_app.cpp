@@ -111,6 +111,14 @@ TEST_CASE("training flags out of range are refused as typed, naming the flag") {
   CHECK(training_options_error(dir, {"--drop-path", "0.99"}) == "");
 }
 
+TEST_CASE("a warmup not shorter than the run is cut to half the run") {
+  CHECK(app::warmup_within_run(2, 20) == 2);
+  CHECK(app::warmup_within_run(0, 1) == 0);
+  CHECK(app::warmup_within_run(2, 2) == 1);
+  CHECK(app::warmup_within_run(2, 1) == 0.5);
+  CHECK(app::warmup_within_run(5, 3) == 1.5);
+}
+
 TEST_CASE("--keep-upright and --any-orientation cannot both be given") {
   TempDir dir;
   CHECK(training_options_error(dir, {"--keep-upright", "--any-orientation"}) ==

@@ -84,15 +84,9 @@ Settings read_options(const app::Cli& cli) {
   return s;
 }
 
-// The learning rate of each step: linear warmup, then cosine decay to lr / 100. A warmup not
-// shorter than the run is cut to half of it, as the training tools do.
+// The learning rate of each step: linear warmup, then cosine decay to lr / 100.
 nn::CosineWarmupSchedule schedule(const Settings& s, int64_t steps_per_epoch) {
-  double warmup_epochs = s.warmup_epochs;
-  if (warmup_epochs >= static_cast<double>(s.epochs)) {
-    std::cout << "note: --warmup-epochs " << warmup_epochs << " is not shorter than --epochs " << s.epochs
-              << ": warming up for " << s.epochs / 2.0 << " epochs (half the run)\n";
-    warmup_epochs = s.epochs / 2.0;
-  }
+  const double warmup_epochs = app::warmup_within_run(s.warmup_epochs, s.epochs);
   const int64_t total = s.epochs * steps_per_epoch;
   return {s.lr, std::min(std::lround(warmup_epochs * steps_per_epoch), total - 1), total, s.lr * 1e-2};
 }

@@ -111,11 +111,8 @@ void apply_recipe(const Cli& cli, TrainSettings& s) {
   s.clip_grad = pick("clip-grad", recipe.clip_grad, clip_source);
   SONO_CHECK(s.warmup_epochs >= 0, "--warmup-epochs ", s.warmup_epochs, ": must be 0 or more");
   SONO_CHECK(s.clip_grad >= 0, "--clip-grad ", s.clip_grad, ": must be 0 (off) or more");
-  if (s.warmup_epochs >= s.epochs) {
-    // The cosine decay needs steps after the warmup; half the run keeps a gentle start.
-    std::cout << "note: --warmup-epochs " << s.warmup_epochs << " is not shorter than --epochs " << s.epochs
-              << ": warming up for " << s.epochs / 2.0 << " epochs (half the run)\n";
-    s.warmup_epochs = s.epochs / 2.0;
+  if (const double warmup = warmup_within_run(s.warmup_epochs, s.epochs); warmup != s.warmup_epochs) {
+    s.warmup_epochs = warmup;
     warmup_source.clear();
   }
   std::cout << "training: epochs " << s.epochs << ", batch size " << s.batch_size << "; AdamW lr " << s.lr << lr_source
@@ -183,6 +180,15 @@ TrainSettings read_training_options(const Cli& cli, models::Task task) {
   check_outputs(inputs, {{s.save_path, "--save-path"}}, true);
   s.device = apply_runtime_options(cli);
   return s;
+}
+
+double warmup_within_run(double warmup_epochs, int64_t epochs) {
+  if (warmup_epochs < static_cast<double>(epochs)) return warmup_epochs;
+  // The cosine decay needs steps after the warmup; half the run keeps a gentle start.
+  const double half = static_cast<double>(epochs) / 2;
+  std::cout << "note: --warmup-epochs " << warmup_epochs << " is not shorter than --epochs " << epochs
+            << ": warming up for " << half << (half == 1 ? " epoch" : " epochs") << " (half the run)\n";
+  return half;
 }
 
 namespace {

@@ -130,6 +130,9 @@ int run_training(const TrainSettings& settings, TrainingTask& task, const data::
 int run_training(const TrainSettings& settings, TrainingTask& task, std::shared_ptr<data::SampleCache> cache,
                  const data::Split& split);
 
+// --warmup-epochs as the schedule can take it: one not shorter than the run is cut to half the
+// run, with a note saying so.
+double warmup_within_run(double warmup_epochs, int64_t epochs);
 // "X.safetensors" -> "X.last.safetensors": the state --resume continues from.
 std::string resume_state_path(const std::string& save_path);
 // --pretrained: backbone weights (timm, smp, torchvision, `pretrain`'s output), or for a classifier
