@@ -358,6 +358,13 @@ TEST_CASE("dataset layouts are detected: flat, class folders, BUSI; masks are un
   CHECK(busi.samples.size() == 4);
   CHECK(busi.class_counts() == std::vector<size_t>{2, 2});
   CHECK(busi.summary() == "busi layout, 4 images: benign 2, normal 2");
+  const std::vector<std::string> many = {"a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m"};
+  CHECK(class_counts_text({many.begin(), many.end() - 1}, std::vector<size_t>(12, 3)) ==
+        "a 3, b 3, c 3, d 3, e 3, f 3, g 3, h 3, i 3, j 3, k 3, l 3");
+  CHECK(class_counts_text(many, std::vector<size_t>(13, 60)) == "13 classes of 60 images");
+  std::vector<size_t> uneven(13, 40);
+  uneven[4] = 12, uneven[9] = 80;
+  CHECK(class_counts_text(many, uneven) == "13 classes of 12-80 images");
   REQUIRE(busi.samples[0].masks.size() == 2);
   Mask unioned = load_mask(busi.samples[0].masks);
   CHECK(unioned.at(1, 3) == 0);

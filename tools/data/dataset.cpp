@@ -28,8 +28,21 @@ std::vector<size_t> Dataset::class_counts() const {
 std::string Dataset::summary() const {
   std::ostringstream os;
   os << layout_name(layout) << " layout, " << samples.size() << " images";
-  std::vector<size_t> counts = class_counts();
-  for (size_t c = 0; c < classes.size(); ++c) os << (c ? ", " : ": ") << classes[c] << " " << counts[c];
+  if (!classes.empty()) os << ": " << class_counts_text(classes, class_counts());
+  return os.str();
+}
+
+std::string class_counts_text(const std::vector<std::string>& classes, const std::vector<size_t>& counts) {
+  constexpr size_t kListed = 12;
+  std::ostringstream os;
+  if (classes.size() <= kListed) {
+    for (size_t c = 0; c < classes.size(); ++c) os << (c ? ", " : "") << classes[c] << " " << counts[c];
+    return os.str();
+  }
+  const auto [fewest, most] = std::minmax_element(counts.begin(), counts.end());
+  os << classes.size() << " classes of " << *fewest;
+  if (*most != *fewest) os << "-" << *most;
+  os << " images";
   return os.str();
 }
 

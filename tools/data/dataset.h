@@ -44,4 +44,8 @@ Dataset scan_dataset(const fs::path& images_dir, const fs::path& masks_dir = {},
 
 bool is_image_file(const fs::path& file);  // .png .jpg .jpeg .bmp .dcm, any case
 
+// "benign 350, malignant 168, normal 106"; past 12 classes "200 classes of 60 images" (or "of
+// 12-80 images"): a folder of many classes would otherwise fill logs and checkpoint cards.
+std::string class_counts_text(const std::vector<std::string>& classes, const std::vector<size_t>& counts);
+
 }  // namespace sono::data

@@ -96,8 +96,7 @@ void describe_side(std::ostream& os, const Dataset& d, const std::vector<size_t>
   if (d.classes.empty()) return;
   std::vector<size_t> counts(d.classes.size(), 0);
   for (size_t i : side) ++counts[d.samples[i].label];
-  for (size_t c = 0; c < counts.size(); ++c) os << (c ? ", " : " (") << d.classes[c] << " " << counts[c];
-  os << ")";
+  os << " (" << class_counts_text(d.classes, counts) << ")";
 }
 
 void require_every_class_on_both_sides(const Dataset& d, const Split& s) {
