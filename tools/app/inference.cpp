@@ -125,10 +125,11 @@ ScanSegmentation segment_scan(LoadedModel& seg, const data::Image& image, int he
   Tensor x = data::model_input(image, data::Mask(image.height, image.width),
                                static_cast<int>(seg.card.img_size), data::InputKind::rgb, seg.card.normalisation);
   BatchSegmentation out = segment_batch(seg, x, device, flip);
-  const data::Image uncalibrated = data::logit_maps(out.uncalibrated_lesion_logits).front();
-  const bool probability_reader = classifier_input == data::InputKind::rgb_lesion_probability;
+  std::optional<data::Image> uncalibrated;
+  if (classifier_input == data::InputKind::rgb_lesion_probability)
+    uncalibrated = data::logit_maps(out.uncalibrated_lesion_logits).front();
   ScanSegmentation r = scan_segmentation(data::logit_maps(out.lesion_logits).front(),
-                                         probability_reader ? &uncalibrated : nullptr, height, width);
+                                         uncalibrated ? &*uncalibrated : nullptr, height, width);
   if (!out.malignancy.empty()) r.malignancy = out.malignancy.front();
   return r;
 }
