@@ -19,6 +19,7 @@ namespace cpu {
 namespace {
 // Bytes held by tensors (as malloc_usable_size counts them, so allocate and free agree).
 std::atomic<int64_t> g_in_use{0}, g_peak{0};
+std::atomic<bool> g_huge_pages{false};
 
 void count_allocation(int64_t bytes) {
   int64_t now = g_in_use += bytes;
@@ -110,7 +111,7 @@ class BlockCache {
   static void* map(size_t size, size_t bytes) {
     void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) fail("out of CPU memory allocating ", bytes, " bytes");
-    madvise(p, size, MADV_HUGEPAGE);  // fewer faults on first touch, where THP is on
+    if (g_huge_pages) madvise(p, size, MADV_HUGEPAGE);
     return p;
   }
 
@@ -133,7 +134,7 @@ class BlockCache {
     }
     void* p = mremap(old, old_size, size, MREMAP_MAYMOVE);
     if (p != MAP_FAILED) {
-      if (size > old_size) madvise(p, size, MADV_HUGEPAGE);
+      if (size > old_size && g_huge_pages) madvise(p, size, MADV_HUGEPAGE);
       return p;
     }
     munmap(old, old_size);
@@ -198,6 +199,7 @@ MemoryStats memory_stats() {
   return {g_in_use.load(), g_peak.load(), static_cast<int64_t>(block_cache().cached_bytes())};
 }
 void reset_peak_memory() { g_peak = g_in_use.load(); }
+void set_huge_pages(bool on) { g_huge_pages = on; }
 
 }  // namespace cpu
 

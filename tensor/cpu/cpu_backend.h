@@ -51,6 +51,12 @@ struct MemoryStats {
 MemoryStats memory_stats();
 void reset_peak_memory();
 
+// Whether blocks mapped from now on ask for transparent 2 MiB pages (MADV_HUGEPAGE). Fewer TLB
+// misses make a training step ~3% faster, but where the kernel's THP defrag is "madvise" a
+// first touch may wait for memory to be compacted: a one-image predict took 0.40 s with them
+// and 0.22 s without. So off, and on in the training tools, whose steps reuse their blocks.
+void set_huge_pages(bool on);
+
 // Calls f(T{}) with T = float or double per the tensor's dtype.
 template <typename F>
 void dispatch_float(DType dtype, F&& f) {

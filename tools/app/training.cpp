@@ -17,6 +17,7 @@
 #include "layers/safetensors.h"
 #include "models/registry.h"
 #include "models/resnet.h"
+#include "tensor/cpu/cpu_backend.h"
 #include "tensor/random.h"
 #include "tools/app/checkpoint.h"
 #include "tools/app/cross_validation.h"
@@ -179,6 +180,7 @@ TrainSettings read_training_options(const Cli& cli, models::Task task) {
   if (!s.resume.empty()) inputs.push_back({s.resume, "--resume"});
   check_outputs(inputs, {{s.save_path, "--save-path"}}, true);
   s.device = apply_runtime_options(cli);
+  cpu::set_huge_pages(true);  // a run's steps reuse their blocks: worth the first touch's wait
   return s;
 }
 

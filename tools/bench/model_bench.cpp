@@ -163,6 +163,7 @@ int main(int argc, char** argv) {
     if (!cli.parse(argc, argv)) return 0;
     Config config = parse_config(cli);
     omp_set_num_threads(static_cast<int>(config.threads));
+    cpu::set_huge_pages(config.step.train);  // as the training tools and predict run
     line = run_config(config);
   } catch (const std::exception& e) {
     line = {{"impl", "sono"}, {"error", e.what()}};
