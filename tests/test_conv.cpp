@@ -3,6 +3,7 @@
 // hand, and clear shape errors. Their float64 gradchecks, in every conv regime the models run,
 // are rows of the op table (test_cuda_op_parity.cpp).
 #include <algorithm>
+#include <cmath>
 #include <sstream>
 
 #include "helpers.h"
@@ -110,11 +111,25 @@ TEST_CASE("conv2d_relu and a biased conv2d without gradients equal the composed 
   }
 }
 
+double max_abs(const Tensor& t) {
+  double m = 0;
+  for (double v : t.to_vector()) m = std::max(m, std::abs(v));
+  return m;
+}
+
+// Weights packed on each call go in their own (ci, ky, kx) order where a conv has more output
+// channels than output pixels; frozen ones are packed once, in tap order at every size.
+bool packs_in_weight_order(const ConvCase& c, const Tensor& out) {
+  return c.kernel > 1 && !(c.opt.groups == c.x[3] && c.cout == c.x[3]) && c.cout > out.shape()[1] * out.shape()[2];
+}
+
 // Frozen weights (a model fused for inference) are packed once per conv and kept while their
-// storage lives: the same bits as packing them on every call, in float32 and with bf16 products,
-// and new weights at a reused address are packed anew.
-TEST_CASE("a conv's frozen weights, packed once, give the bits of weights packed on each call") {
+// storage lives: the same bits as packing them on every call where both sum in one order, the
+// same to float rounding where that packs in weight order, in float32 and with bf16 products;
+// new weights at a reused address are packed anew.
+TEST_CASE("a conv's frozen weights, packed once, give the result of weights packed on each call") {
   uint64_t seed = 400;
+  int reordered = 0;
   for (const ConvCase& c : kPathCases) {
     INFO(std::string(c.name));
     const Tensor x = rand64(c.x, ++seed).to(DType::f32), b = rand64({c.cout}, ++seed).to(DType::f32);
@@ -126,12 +141,16 @@ TEST_CASE("a conv's frozen weights, packed once, give the bits of weights packed
         const Tensor w = rand64(weight_shape(c), ++seed, 0.2).to(DType::f32), frozen = w.clone();
         frozen.impl().storage->frozen = true;
         for (int call = 0; call < 2; ++call) {  // the first packs, the second finds them
-          CHECK(max_abs_diff(conv2d(x, frozen, b, c.opt), conv2d(x, w, b, c.opt)) == 0);
-          CHECK(max_abs_diff(conv2d_relu(x, frozen, b, c.opt), conv2d_relu(x, w, b, c.opt)) == 0);
+          const Tensor per_call = conv2d(x, w, b, c.opt);
+          const double tolerance = packs_in_weight_order(c, per_call) ? 1e-5 * max_abs(per_call) : 0;
+          reordered += tolerance > 0;
+          CHECK(max_abs_diff(conv2d(x, frozen, b, c.opt), per_call) <= tolerance);
+          CHECK(max_abs_diff(conv2d_relu(x, frozen, b, c.opt), conv2d_relu(x, w, b, c.opt)) <= tolerance);
         }
       }
     }
   }
+  CHECK(reordered > 0);  // a case whose per-call packing is in weight order
 }
 
 TEST_CASE("Winograd conv reuses its transformed weights only while the weights are unchanged") {

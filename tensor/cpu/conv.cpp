@@ -333,7 +333,8 @@ struct ColumnLayout {
   bool weight_order;  // columns in the weights' (ci, ky, kx) order
 };
 
-// The input gradient's col2im reads tap-major columns: it passes may_use_weight_order = false.
+// The input gradient's col2im reads tap-major columns, and frozen weights are transposed once
+// (FrozenWeights): they pass may_use_weight_order = false.
 ColumnLayout column_layout(const Conv2dGeometry& g, bool may_use_weight_order) {
   ColumnLayout cl;
   cl.cin_g = g.cin / g.groups;
@@ -498,9 +499,11 @@ GemmProblem<float> weight_problem(const Conv2dGeometry& g, const ColumnLayout& c
 
 // The weights of convs whose storage is frozen (Module::freeze_parameters: a model loaded for
 // inference), packed once for the GEMM paths instead of on every forward by every thread of the
-// team; with bf16 products the copy takes half the weights' bytes. An entry serves while its
-// storage lives (a weak_ptr tells a reused address from the same weights) and the CPU's bf16
-// math is the one it was packed for.
+// team; with bf16 products the copy takes half the weights' bytes. Packed once, they need no
+// weight order: their columns are tap-major at every input size, which the GEMM reads from the
+// input itself where the channels come in runs of 16 (no column matrix). An entry serves while
+// its storage lives (a weak_ptr tells a reused address from the same weights) and the CPU's
+// bf16 math is the one it was packed for.
 class FrozenWeights {
  public:
   // w's packed groups, made by pack() where no entry serves.
@@ -510,26 +513,21 @@ class FrozenWeights {
     const GemmProblem<float> first_group = weight_problem(g, cl, nullptr);
     std::lock_guard<std::mutex> lock(mutex_);
     std::erase_if(entries_, [&](const Entry& e) {
-      return e.storage.expired() || (e.w == w && !(e.serves(storage, cl) && packed_b_fits(*e.packed->front(), first_group)));
+      return e.storage.expired() ||
+             (e.w == w && !(e.storage.lock() == storage && packed_b_fits(*e.packed->front(), first_group)));
     });
     for (const Entry& e : entries_)
       if (e.w == w) return e.packed;
-    entries_.push_back({storage, w, cl.weight_order, std::make_shared<const PackedGroups>(pack())});
+    entries_.push_back({storage, w, std::make_shared<const PackedGroups>(pack())});
     return entries_.back().packed;
   }
 
  private:
-  // The shapes and the bf16 math are the packed B's own (packed_b_fits); the column order
-  // depends on the input's size as well.
+  // The shapes and the bf16 math are the packed B's own (packed_b_fits).
   struct Entry {
     std::weak_ptr<Storage> storage;
     const float* w;
-    bool weight_order;
     std::shared_ptr<const PackedGroups> packed;
-
-    bool serves(const std::shared_ptr<Storage>& s, const ColumnLayout& cl) const {
-      return storage.lock() == s && weight_order == cl.weight_order;
-    }
   };
 
   std::mutex mutex_;
@@ -548,7 +546,7 @@ std::shared_ptr<const PackedGroups> frozen_packed_weights(const Conv2dGeometry& 
 #else
   if (!w.impl().storage->frozen || w.dtype() != DType::f32 || g.depthwise() || winograd_applies(g))
     return nullptr;
-  const ColumnLayout cl = column_layout(g, true);
+  const ColumnLayout cl = column_layout(g, false);
   const float* wp = w.data<float>();
   return frozen_weights().get(w.impl().storage, wp, g, cl, [&] {
     const WeightRows<float> rows(wp, g, cl);
@@ -582,7 +580,7 @@ void conv_forward(const Conv2dGeometry& g, const T* x, const T* w, T* out, const
       return apply_epilogue(g, e, out);
     }
   }
-  const ColumnLayout cl = column_layout(g, true);
+  const ColumnLayout cl = column_layout(g, !packed);
   const WeightRows<T> wt(packed ? nullptr : w, g, cl);
   if constexpr (std::is_same_v<T, float>) {
     if (reads_implicit_columns(cl)) return conv_forward_implicit(g, cl, x, wt.data(), out, e, packed);
