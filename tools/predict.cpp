@@ -329,8 +329,9 @@ std::string prediction_row(const Predictor& p, const Source& scan, const Predict
   std::vector<std::string> fields = {scan.file.filename().string(), scan.frame_field(),
                                      p.cls.card.classes[r.predicted], app::csv_number(r.probabilities[r.predicted])};
   for (double prob : r.probabilities) fields.push_back(app::csv_number(prob));
-  fields.push_back(app::csv_number(double(r.mask.lesion_pixels()) / r.mask.values.size()));
-  fields.push_back(std::to_string(r.mask.lesion_pixels()));
+  const size_t lesion_pixels = r.mask.lesion_pixels();  // a count over the scan's every pixel
+  fields.push_back(app::csv_number(double(lesion_pixels) / r.mask.values.size()));
+  fields.push_back(std::to_string(lesion_pixels));
   fields.push_back(spacing ? app::csv_number(area_mm2(r.mask, *spacing)) : "");
   if (p.seg.card.has_malignancy_channel()) fields.push_back(app::csv_number(r.malignancy.value()));
   fields.push_back(mask.string());
