@@ -2,6 +2,7 @@
 // split, joint augmentation, the threaded loader, metrics, progress and training logs. Inputs
 // are small synthetic images written to a temp folder; one case runs the split on BUSI when
 // the data is present (SONO_BUSI_DIR, or ../shared/busi beside the source tree).
+#include <stb_image.h>
 #include <stb_image_write.h>
 #include <unistd.h>
 
@@ -9,6 +10,8 @@
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
+#include <optional>
+#include <random>
 #include <set>
 #include <sstream>
 
@@ -21,6 +24,7 @@
 #include "tools/data/loader.h"
 #include "tools/data/metrics.h"
 #include "tools/data/model_input.h"
+#include "tools/data/png_decode.h"
 #include "tools/data/progress.h"
 #include "tools/data/seeding.h"
 #include "tools/data/split.h"
@@ -38,8 +42,8 @@ void write_png8(const fs::path& file, int h, int w, int comp, const std::vector<
   REQUIRE(stbi_write_png(file.c_str(), w, h, comp, px.data(), w * comp));
 }
 
-// stb_image_write writes only 8-bit PNGs, so 16-bit ones are built here: stored (uncompressed)
-// deflate blocks, big-endian samples, filter 0 on every row.
+// stb_image_write writes only 8-bit PNGs, each row with the filter it picks, so other PNGs are
+// built here: stored (uncompressed) deflate blocks, big-endian samples, the rows' filters given.
 uint32_t crc32(const std::string& bytes) {
   uint32_t c = 0xffffffffu;
   for (unsigned char b : bytes) {
@@ -55,14 +59,7 @@ std::string png_chunk(const std::string& type, const std::string& data) {
   return be32(uint32_t(data.size())) + type + data + be32(crc32(type + data));
 }
 
-void write_png16(const fs::path& file, int h, int w, int comp, const std::vector<uint16_t>& px) {
-  REQUIRE(px.size() == size_t(h) * w * comp);
-  const char colour_type = comp == 1 ? 0 : comp == 2 ? 4 : comp == 3 ? 2 : 6;
-  std::string raw;
-  for (int y = 0; y < h; ++y) {
-    raw += '\0';
-    for (int i = 0; i < w * comp; ++i) raw += {char(px[size_t(y) * w * comp + i] >> 8), char(px[size_t(y) * w * comp + i])};
-  }
+std::string zlib_stored(const std::string& raw) {
   std::string zlib = "\x78\x01";
   for (size_t at = 0; at < raw.size(); at += 65535) {
     uint16_t n = uint16_t(std::min<size_t>(65535, raw.size() - at));
@@ -72,10 +69,42 @@ void write_png16(const fs::path& file, int h, int w, int comp, const std::vector
   }
   uint32_t a = 1, b = 0;
   for (unsigned char c : raw) a = (a + c) % 65521, b = (b + a) % 65521;
-  zlib += be32((b << 16) | a);
-  std::string ihdr = be32(w) + be32(h) + std::string{16, colour_type, 0, 0, 0};
-  std::ofstream(file, std::ios::binary) << "\x89PNG\r\n\x1a\n" << png_chunk("IHDR", ihdr) << png_chunk("IDAT", zlib)
-                                        << png_chunk("IEND", "");
+  return zlib + be32((b << 16) | a);
+}
+
+// PNG filter `type` applied to row `y` of `bytes` (rows of `row` bytes, `bpp` bytes a pixel).
+std::string filtered_row(const std::string& bytes, size_t y, size_t row, size_t bpp, int type) {
+  auto at = [&](size_t yy, size_t i) -> int { return static_cast<unsigned char>(bytes[yy * row + i]); };
+  std::string out(1, char(type));
+  for (size_t i = 0; i < row; ++i) {
+    const int left = i >= bpp ? at(y, i - bpp) : 0, up = y ? at(y - 1, i) : 0,
+              up_left = y && i >= bpp ? at(y - 1, i - bpp) : 0;
+    const int p = left + up - up_left, pa = std::abs(p - left), pb = std::abs(p - up), pc = std::abs(p - up_left);
+    const int paeth = pa <= pb && pa <= pc ? left : pb <= pc ? up : up_left;
+    const int prediction[] = {0, left, up, (left + up) / 2, paeth};
+    out += char(at(y, i) - prediction[type]);
+  }
+  return out;
+}
+
+// A PNG of h x w pixels of comp samples of `depth` bits (8 or 16), row y filtered with
+// filters[y % size]; `chunks` go between IHDR and IDAT.
+std::string png_bytes(int h, int w, int comp, int depth, const std::vector<uint16_t>& px, std::vector<int> filters,
+                      const std::string& chunks = "") {
+  REQUIRE(px.size() == size_t(h) * w * comp);
+  const char colour_type = comp == 1 ? 0 : comp == 2 ? 4 : comp == 3 ? 2 : 6;
+  std::string bytes;
+  for (uint16_t v : px) bytes += depth == 16 ? std::string{char(v >> 8), char(v)} : std::string(1, char(v));
+  const size_t row = bytes.size() / h, bpp = size_t(comp) * depth / 8;
+  std::string raw;
+  for (int y = 0; y < h; ++y) raw += filtered_row(bytes, y, row, bpp, filters[y % filters.size()]);
+  std::string ihdr = be32(w) + be32(h) + std::string{char(depth), colour_type, 0, 0, 0};
+  return "\x89PNG\r\n\x1a\n" + png_chunk("IHDR", ihdr) + chunks + png_chunk("IDAT", zlib_stored(raw)) +
+         png_chunk("IEND", "");
+}
+
+void write_png16(const fs::path& file, int h, int w, int comp, const std::vector<uint16_t>& px) {
+  std::ofstream(file, std::ios::binary) << png_bytes(h, w, comp, 16, px, {0});
 }
 
 // A smooth random grey pattern: a few sinusoids with random frequencies and phases, so that
@@ -147,6 +176,80 @@ void write_busi_tree(const fs::path& root, const std::vector<std::string>& class
 }
 
 }  // namespace
+
+// stb's pixels of a PNG in memory, in its own channel count and depth.
+std::vector<uint8_t> stb_pixels(const std::string& png) {
+  const auto* bytes = reinterpret_cast<const stbi_uc*>(png.data());
+  const int size = static_cast<int>(png.size());
+  int w = 0, h = 0, c = 0;
+  const bool sixteen = stbi_is_16_bit_from_memory(bytes, size);
+  void* p = sixteen ? static_cast<void*>(stbi_load_16_from_memory(bytes, size, &w, &h, &c, 0))
+                    : static_cast<void*>(stbi_load_from_memory(bytes, size, &w, &h, &c, 0));
+  REQUIRE(p);
+  const auto* b = static_cast<const uint8_t*>(p);
+  std::vector<uint8_t> pixels(b, b + size_t(w) * h * c * (sixteen ? 2 : 1));
+  stbi_image_free(p);
+  return pixels;
+}
+
+std::vector<uint8_t> simple_png_pixels(const std::string& png) {
+  const std::optional<PngPixels> d = decode_simple_png(png);
+  REQUIRE(d);
+  const auto* b = static_cast<const uint8_t*>(d->samples.get());
+  return {b, b + size_t(d->width) * d->height * d->channels * (d->sixteen_bit ? 2 : 1)};
+}
+
+TEST_CASE("PNGs of the simple kind decode to stb's pixels through libdeflate; other PNGs are left to stb") {
+  std::mt19937 rng(5);
+  for (int depth : {8, 16})
+    for (int comp = 1; comp <= 4; ++comp)
+      for (const std::vector<int>& filters : std::vector<std::vector<int>>{{0}, {1}, {2}, {3}, {4}, {4, 3, 2, 1, 0}}) {
+        INFO(depth << "-bit, " << comp << " channels, filters " << filters.front() << (filters.size() > 1 ? "..." : ""));
+        std::vector<uint16_t> px(5 * 7 * comp);
+        for (uint16_t& v : px) v = static_cast<uint16_t>(rng() % (depth == 16 ? 65536 : 256));
+        const std::string png = png_bytes(5, 7, comp, depth, px, filters);
+        CHECK(simple_png_pixels(png) == stb_pixels(png));
+      }
+  // as stb_image_write writes them: compressed, a filter picked per row
+  std::vector<uint8_t> scan(31 * 17);
+  for (size_t i = 0; i < scan.size(); ++i) scan[i] = static_cast<uint8_t>((i * 7) % 251 + (i / 17) % 3);
+  TempDir dir;
+  write_png8(dir / "scan.png", 31, 17, 1, scan);
+  std::ifstream file(dir / "scan.png", std::ios::binary);
+  const std::string stb_png{std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>()};
+  CHECK(simple_png_pixels(stb_png) == stb_pixels(stb_png));
+  // an ancillary chunk is skipped
+  const std::vector<uint16_t> grey = {0, 50, 100, 150, 200, 250};
+  CHECK(simple_png_pixels(png_bytes(2, 3, 1, 8, grey, {1}, png_chunk("tEXt", "a\0b"))) == stb_pixels(png_bytes(2, 3, 1, 8, grey, {1})));
+
+  // a row of 3 grey pixels from its image data, or from its scan line (filter byte first)
+  auto grey_row_of_stream = [](const std::string& stream) {
+    return "\x89PNG\r\n\x1a\n" + png_chunk("IHDR", be32(3) + be32(1) + std::string{8, 0, 0, 0, 0}) +
+           png_chunk("IDAT", stream) + png_chunk("IEND", "");
+  };
+  auto grey_row_png = [&](const std::string& line) { return grey_row_of_stream(zlib_stored(line)); };
+  std::string corrupt = zlib_stored(std::string("\0\1\2\3", 4));
+  corrupt[5] ^= 1;  // the stored block's length and its complement disagree
+  CHECK(simple_png_pixels(grey_row_png(std::string("\0\1\2\3", 4))) == std::vector<uint8_t>{1, 2, 3});
+  std::string interlaced = grey_row_png(std::string("\0\1\2\3", 4)), palette = interlaced;
+  const size_t ihdr_data = 16;
+  interlaced[ihdr_data + 12] = 1;
+  palette[ihdr_data + 9] = 3;
+  for (const auto& [name, png] : std::vector<std::pair<std::string, std::string>>{
+           {"interlaced", interlaced},
+           {"palette", palette},
+           {"filter type 5", grey_row_png(std::string("\5\1\2\3", 4))},
+           {"a stream shorter than the rows", grey_row_png(std::string("\0\1\2", 3))},
+           {"a stream longer than the rows", grey_row_png(std::string("\0\1\2\3\4", 5))},
+           {"a corrupt stream", grey_row_of_stream(corrupt)},
+           {"a chunk cut short", grey_row_png(std::string("\0\1\2\3", 4)).substr(0, 45) + png_chunk("IEND", "")},
+           {"transparency chunk", png_bytes(2, 3, 1, 8, grey, {0}, png_chunk("tRNS", std::string(2, '\0')))},
+           {"unknown critical chunk", png_bytes(2, 3, 1, 8, grey, {0}, png_chunk("ABCD", ""))},
+           {"no PNG", "GIF89a"}}) {
+    INFO(name);
+    CHECK_FALSE(decode_simple_png(png));
+  }
+}
 
 TEST_CASE("load_image: grey, grey+alpha, RGB, RGBA, 16-bit and JPEG become RGB 0..1") {
   TempDir dir;

@@ -17,6 +17,7 @@
 #include "tensor/error.h"
 #include "tensor/atomic_file.h"
 #include "tools/data/dicom.h"
+#include "tools/data/png_decode.h"
 
 namespace sono::data {
 
@@ -210,9 +211,14 @@ Decoded decode(const fs::path& file) {
   check_not_truncated(bytes, file);
   if (is_jpeg(bytes)) check_jpeg_huffman_tables(bytes, file);
   check_dimensions(bytes, file);
+  Decoded d;
+  if (std::optional<PngPixels> png = decode_simple_png(bytes)) {
+    d.height = png->height, d.width = png->width, d.channels = png->channels, d.sixteen_bit = png->sixteen_bit;
+    d.data = std::move(png->samples);
+    return d;
+  }
   auto* buffer = reinterpret_cast<const stbi_uc*>(bytes.data());
   int size = static_cast<int>(bytes.size());
-  Decoded d;
   d.sixteen_bit = stbi_is_16_bit_from_memory(buffer, size);
   void* pixels = d.sixteen_bit
                      ? static_cast<void*>(stbi_load_16_from_memory(buffer, size, &d.width, &d.height, &d.channels, 0))
