@@ -321,7 +321,7 @@ TEST_CASE("a BMP shorter than its header promises is truncated; a whole one load
   CHECK(contains(error_of([&] { load_image(dir / "cut.bmp"); }), "cut.bmp' is truncated (2813 of 2814 bytes"));
 }
 
-TEST_CASE("hostile image headers are refused before stb decodes: JPEG Huffman counts, huge dimensions") {
+TEST_CASE("hostile image headers are refused before stb decodes: JPEG Huffman counts, huge dimensions, chunk lengths") {
   TempDir dir;
   // DHT with 16 counts of 255 (4080 codes; stb's tables hold 256), then the end marker.
   std::string jpeg = std::string("\xff\xd8\xff\xc4\x00\x13\x00", 7) + std::string(16, '\xff') + "\xff\xd9";
@@ -345,6 +345,13 @@ TEST_CASE("hostile image headers are refused before stb decodes: JPEG Huffman co
   std::ofstream(dir / "huge.png", std::ios::binary) << png;
   CHECK(contains(error_of([&] { load_image(dir / "huge.png"); }),
                  "huge.png' is 10000x10000, more than the limit of 33554432 pixels"));
+  // A second IDAT declaring 1 GiB, where the file ends 6 bytes later, with IEND: stb would
+  // allocate for it before reading (tests/fuzz/findings/image/png_idat_length_past_end.png).
+  png = png_bytes(2, 3, 1, 8, {0, 50, 100, 150, 200, 250}, {0});
+  png.insert(png.size() - 12, be32(uint32_t{1} << 30) + "IDATxx");
+  std::ofstream(dir / "long_chunk.png", std::ios::binary) << png;
+  CHECK(contains(error_of([&] { load_image(dir / "long_chunk.png"); }),
+                 "long_chunk.png' is corrupt (a PNG chunk runs past the end of the file)"));
 
   // A sequential JPEG holds at most 256 pixels a byte: a whole 256 x 256 one of a single grey
   // loads; the same file whose frame header says 4000 x 4000 is a cut-short scan.
