@@ -80,37 +80,55 @@ bool inflate_exactly(const std::vector<unsigned char>& stream, unsigned char* ou
                   LIBDEFLATE_SUCCESS && written == size;
 }
 
+// The Paeth predictor: of left, up and up-left, the nearest to left + up - up_left. Its
+// distances written so that only two depend on `left`, the value carried from byte to byte.
 int paeth(int left, int up, int up_left) {
-  const int p = left + up - up_left, pa = std::abs(p - left), pb = std::abs(p - up), pc = std::abs(p - up_left);
+  const int pa = std::abs(up - up_left), pb = std::abs(left - up_left), pc = std::abs(left - up_left + up - up_left);
   return pa <= pb && pa <= pc ? left : pb <= pc ? up : up_left;
 }
 
 // One scan line's filter undone: out = the row's bytes, from `in` and the row above (`up`).
-// bpp: bytes per pixel, the distance of a byte's left neighbour. False for an unknown filter.
+// Bpp: bytes per pixel, the distance of a byte's left neighbour; a constant, so the compiler
+// keeps the left neighbour in a register instead of reloading the byte it has just stored. False
+// for an unknown filter.
+template <size_t Bpp>
 bool unfilter_row(int filter, const unsigned char* __restrict in, const unsigned char* __restrict up,
-                  unsigned char* __restrict out, size_t row, size_t bpp) {
+                  unsigned char* __restrict out, size_t row) {
   switch (filter) {
     case 0:
       std::memcpy(out, in, row);
       return true;
     case 1:
-      std::memcpy(out, in, bpp);
-      for (size_t i = bpp; i < row; ++i) out[i] = static_cast<unsigned char>(in[i] + out[i - bpp]);
+      std::memcpy(out, in, Bpp);
+      for (size_t i = Bpp; i < row; ++i) out[i] = static_cast<unsigned char>(in[i] + out[i - Bpp]);
       return true;
     case 2:
       for (size_t i = 0; i < row; ++i) out[i] = static_cast<unsigned char>(in[i] + up[i]);
       return true;
     case 3:
-      for (size_t i = 0; i < bpp; ++i) out[i] = static_cast<unsigned char>(in[i] + up[i] / 2);
-      for (size_t i = bpp; i < row; ++i) out[i] = static_cast<unsigned char>(in[i] + (out[i - bpp] + up[i]) / 2);
+      for (size_t i = 0; i < Bpp; ++i) out[i] = static_cast<unsigned char>(in[i] + up[i] / 2);
+      for (size_t i = Bpp; i < row; ++i) out[i] = static_cast<unsigned char>(in[i] + (out[i - Bpp] + up[i]) / 2);
       return true;
     case 4:
-      for (size_t i = 0; i < bpp; ++i) out[i] = static_cast<unsigned char>(in[i] + up[i]);  // Paeth(0, up, 0)
-      for (size_t i = bpp; i < row; ++i)
-        out[i] = static_cast<unsigned char>(in[i] + paeth(out[i - bpp], up[i], up[i - bpp]));
+      for (size_t i = 0; i < Bpp; ++i) out[i] = static_cast<unsigned char>(in[i] + up[i]);  // Paeth(0, up, 0)
+      for (size_t i = Bpp; i < row; ++i)
+        out[i] = static_cast<unsigned char>(in[i] + paeth(out[i - Bpp], up[i], up[i - Bpp]));
       return true;
     default:
       return false;
+  }
+}
+
+// unfilter_row for a pixel of `bpp` bytes: 1-4 channels of 1 or 2 bytes.
+bool unfilter_row(int filter, const unsigned char* in, const unsigned char* up, unsigned char* out, size_t row,
+                  size_t bpp) {
+  switch (bpp) {
+    case 1: return unfilter_row<1>(filter, in, up, out, row);
+    case 2: return unfilter_row<2>(filter, in, up, out, row);
+    case 3: return unfilter_row<3>(filter, in, up, out, row);
+    case 4: return unfilter_row<4>(filter, in, up, out, row);
+    case 6: return unfilter_row<6>(filter, in, up, out, row);
+    default: return unfilter_row<8>(filter, in, up, out, row);
   }
 }
 
