@@ -1202,16 +1202,9 @@ namespace {
 
 // The rows of a tool's CSV by their first cell.
 std::map<std::string, std::vector<std::string>> csv_rows(const fs::path& csv) {
-  std::ifstream in(csv);
   std::map<std::string, std::vector<std::string>> rows;
-  std::string line, cell;
-  while (std::getline(in, line)) {
-    std::vector<std::string> cells;
-    std::istringstream parts(line);
-    while (std::getline(parts, cell, ',')) cells.push_back(cell);
-    if (!line.empty() && line.back() == ',') cells.emplace_back();  // getline drops a last empty cell
-    if (!cells.empty()) rows[cells[0]] = cells;
-  }
+  for (std::vector<std::string>& cells : app::csv_records(read_file(csv)))
+    if (!cells.empty()) rows[cells[0]] = std::move(cells);
   return rows;
 }
 
@@ -1228,7 +1221,7 @@ std::map<std::string, std::vector<std::string>> out_of_fold_rows(const fs::path&
     CAPTURE(image);
     REQUIRE(row.size() == header.size());
     CHECK(validated.count(image) == 1);
-    CHECK(image.find("\"" + row[1] + "/") == 0);
+    CHECK(image.find(row[1] + "/") == 0);
   }
   return rows;
 }
@@ -1388,7 +1381,7 @@ TEST_CASE("cross-validation: --folds 2 trains a model per fold, scores each, rep
   CHECK(evaluated[0][1] == "fold");
   for (size_t i = 1; i < evaluated.size(); ++i) {
     CAPTURE(evaluated[i][0]);
-    CHECK(validated_by.at("\"" + evaluated[i][0] + "\"") == evaluated[i][1]);
+    CHECK(validated_by.at(evaluated[i][0]) == evaluated[i][1]);
   }
 }
 
@@ -1405,7 +1398,7 @@ TEST_CASE("--val-split 0 trains on every image and keeps the last epoch, calibra
   REQUIRE(s.status == 0);
   // The scan and its near-duplicates (its duplicate group) are held out, nothing else.
   auto split = csv_rows(root / "seg_log" / "split.csv");
-  const std::string group = split["\"malignant/malignant_3\""].at(3);
+  const std::string group = split["malignant/malignant_3"].at(3);
   int held = 0;
   for (auto& [image, row] : split) {
     if (image == "image") continue;

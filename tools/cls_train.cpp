@@ -11,6 +11,7 @@
 #include "models/registry.h"
 #include "tensor/ops.h"
 #include "tools/app/cross_validation.h"
+#include "tools/app/csv_table.h"
 #include "tools/app/inference.h"
 #include "tools/app/post_training.h"
 #include "tools/app/runtime.h"
@@ -94,20 +95,19 @@ class ClassificationTask : public app::TrainingTask {
   // Each image's calibrated probabilities from the fold that validated it, so the errors behind
   // the pooled confusion matrix can be looked at one by one.
   std::string out_of_fold_csv(const data::Dataset& dataset) const {
-    std::ostringstream csv;
-    csv << "image,class,predicted";
-    for (auto& c : classes_) csv << ",p_" << c;
-    csv << "\n" << std::setprecision(6);
+    std::vector<std::string> header = {"image", "class", "predicted"};
+    for (auto& c : classes_) header.push_back("p_" + c);
+    std::string csv = app::csv_row(header);
     for (size_t i = 0; i < out_of_fold_samples_.size(); ++i) {
       const size_t sample = out_of_fold_samples_[i];
       const std::vector<double>& probabilities = out_of_fold_.rows()[i];
       const size_t predicted = std::max_element(probabilities.begin(), probabilities.end()) - probabilities.begin();
-      csv << '"' << dataset.samples[sample].name << "\"," << classes_[dataset.samples[sample].label] << ","
-          << classes_[predicted];
-      for (double p : probabilities) csv << "," << p;
-      csv << "\n";
+      std::vector<std::string> row = {dataset.samples[sample].name, classes_[dataset.samples[sample].label],
+                                      classes_[predicted]};
+      for (double p : probabilities) row.push_back(app::csv_number(p));
+      csv += app::csv_row(row);
     }
-    return csv.str();
+    return csv;
   }
 
   data::InputKind input_;

@@ -3,10 +3,8 @@
 // counts 1) unless the last is kept.
 #include <algorithm>
 #include <filesystem>
-#include <iomanip>
 #include <iostream>
 #include <optional>
-#include <sstream>
 
 #include "models/deeplabv3plus.h"
 #include "models/unet.h"
@@ -14,6 +12,7 @@
 #include "tensor/atomic_file.h"
 #include "tensor/ops.h"
 #include "tools/app/checkpoint.h"
+#include "tools/app/csv_table.h"
 #include "tools/app/cross_validation.h"
 #include "tools/app/post_training.h"
 #include "tools/app/runtime.h"
@@ -98,19 +97,24 @@ class SegmentationTask : public app::TrainingTask {
   // missed and the scans marked wrongly can be found and looked at.
   void write_out_of_fold(const std::string& log_dir, const data::Dataset& dataset) const override {
     const auto path = std::filesystem::path(log_dir) / "out_of_fold.csv";
-    std::ostringstream csv;
-    csv << "image,class,dice,iou,lesion_found,predicted_share,true_share,peak_probability"
-        << (malignancy_ ? ",malignancy\n" : "\n") << std::setprecision(6);
+    std::vector<std::string> header = {"image",           "class",      "dice",           "iou",
+                                       "lesion_found",    "predicted_share", "true_share", "peak_probability"};
+    if (malignancy_) header.push_back("malignancy");
+    std::string csv = app::csv_row(header);
     for (const auto& [sample, image, malignancy] : out_of_fold_) {
       const char* found = image.target_share == 0 ? "" : image.overlap.dice > 0 ? "1" : "0";  // lesion-free: blank
-      csv << '"' << dataset.samples[sample].name << "\"," << dataset.classes[dataset.samples[sample].label] << ","
-          << image.overlap.dice << "," << image.overlap.iou << "," << found << "," << image.predicted_share << ","
-          << image.target_share << "," << image.peak_probability;
-      if (malignancy_) csv << ",";
-      if (malignancy) csv << *malignancy;
-      csv << "\n";
+      std::vector<std::string> row = {dataset.samples[sample].name,
+                                      dataset.classes[dataset.samples[sample].label],
+                                      app::csv_number(image.overlap.dice),
+                                      app::csv_number(image.overlap.iou),
+                                      found,
+                                      app::csv_number(image.predicted_share),
+                                      app::csv_number(image.target_share),
+                                      app::csv_number(image.peak_probability)};
+      if (malignancy_) row.push_back(malignancy ? app::csv_number(*malignancy) : "");
+      csv += app::csv_row(row);
     }
-    write_file_atomic(path, csv.str());
+    write_file_atomic(path, csv);
     std::cout << "per image, out of fold: " << path.string() << "\n";
   }
 

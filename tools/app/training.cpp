@@ -433,15 +433,14 @@ class Trainer {
 // split.csv in the log folder: which image went where, so a result can be audited.
 void Trainer::write_split(const data::Split& split) const {
   std::vector<const char*> side = sides(dataset_, split);
-  std::ostringstream csv;
-  csv << "image,class,side,duplicate_group\n";
+  std::string csv = csv_row({"image", "class", "side", "duplicate_group"});
   for (size_t i = 0; i < dataset_.samples.size(); ++i) {
     const data::Sample& sample = dataset_.samples[i];
-    csv << '"' << sample.name << "\"," << (dataset_.classes.empty() ? "" : dataset_.classes[sample.label]) << ","
-        << side[i] << "," << split.group[i] << "\n";
+    csv += csv_row({sample.name, dataset_.classes.empty() ? "" : dataset_.classes[sample.label], side[i],
+                    std::to_string(split.group[i])});
   }
   fs::create_directories(s_.log_dir);
-  write_file_atomic(fs::path(s_.log_dir) / "split.csv", csv.str());
+  write_file_atomic(fs::path(s_.log_dir) / "split.csv", csv);
 }
 
 void Trainer::build_data(const std::function<void(data::SampleCache&)>& prepare) {
