@@ -657,7 +657,8 @@ TEST_CASE("flips and quarter turns move image and mask exactly together") {
 TEST_CASE("full augmentation keeps the bright blob under its mask") {
   auto [img, m] = blob_sample();
   AugmentOptions o;  // defaults: flips, quarter turns, +-10 deg, 0.9-1.1 scale, 5% shift, jitter
-  for (uint64_t seed = 0; seed < 40; ++seed) {
+  for (uint64_t seed = 0; seed < 80; ++seed) {
+    o.elastic = seed < 40 ? 0 : 0.03;  // then a deformation as well: ~2 pixels at the lattice
     Image a = img;
     Mask am = m;
     Generator gen(seed);
@@ -674,12 +675,56 @@ TEST_CASE("full augmentation keeps the bright blob under its mask") {
       }
     INFO("seed " << seed);
     REQUIRE(n_in > 0);
-    CHECK(double(n_in) == doctest::Approx(double(m.lesion_pixels())).epsilon(0.25));
+    // 0.9-1.1 scale per axis; the deformation stretches or squeezes the 12-pixel-thick blob more
+    CHECK(double(n_in) == doctest::Approx(double(m.lesion_pixels())).epsilon(o.elastic > 0 ? 0.4 : 0.25));
     CHECK(inside / n_in > 0.6);  // 0.9 darkened by the jitter to 0.71 at worst, less at edges
     CHECK(outside / n_out < 0.3);
     CHECK(std::abs(mx / n_in - ix / iw) < 0.75);  // centroids agree within a pixel
     CHECK(std::abs(my / n_in - iy / iw) < 0.75);
   }
+}
+
+TEST_CASE("the elastic deformation: bilinear between its lattice, one resampling with the affine, drawn last") {
+  AugmentOptions o = AugmentOptions::none();
+  Generator off(3), on(3);
+  CHECK(draw_deformation(o, 64, 48, off).dx.empty());
+  o.elastic = 0.05;
+  const Deformation d = draw_deformation(o, 64, 48, on);
+  const size_t points = (Deformation::kDeformationCells + 1) * (Deformation::kDeformationCells + 1);
+  REQUIRE(d.dx.size() == points);
+  REQUIRE(d.dy.size() == points);
+  double spread_x = 0;
+  for (float v : d.dx) spread_x += v * v;
+  CHECK(std::sqrt(spread_x / points) == doctest::Approx(0.05 * 48).epsilon(0.5));  // N(0, elastic x width)
+  // The lattice spans the first to the last pixel centre: corners and points exact, bilinear between.
+  CHECK(d.at(0, 0, 64, 48).first == doctest::Approx(d.dx.front()));
+  CHECK(d.at(47, 63, 64, 48).second == doctest::Approx(d.dy.back()));
+  const double x1 = 47.0 / 4, y2 = 63.0 / 2;  // lattice column 1, row 2
+  CHECK(d.at(x1, y2, 64, 48).first == doctest::Approx(d.dx[2 * 5 + 1]));
+  CHECK(d.at(x1 / 2, 0, 64, 48).second == doctest::Approx((d.dy[0] + d.dy[1]) / 2));
+
+  // A displacement of 2 pixels along x everywhere: output pixel x shows source pixel x + 2.
+  auto [img, m] = blob_sample();
+  Deformation shift{std::vector<float>(points, 2.0f), std::vector<float>(points, 0.0f)};
+  Image out;
+  Mask out_mask;
+  warp(img, m, Affine{}, shift, out, out_mask);
+  for (int y = 0; y < 64; ++y)
+    for (int x = 0; x < 62; ++x) {
+      REQUIRE(out.at(y, x, 0) == doctest::Approx(img.at(y, x + 2, 0)));
+      REQUIRE(out_mask.at(y, x) == m.at(y, x + 2));
+    }
+
+  // Drawn after the rest: a deformation too small to move a pixel leaves the chain as it was.
+  AugmentOptions chain;
+  Image a = img, b = img;
+  Mask am = m, bm = m;
+  Generator ga(9), gb(9);
+  augment(a, am, chain, ga);
+  chain.elastic = 1e-9;
+  augment(b, bm, chain, gb);
+  CHECK(bm.values == am.values);
+  for (size_t i = 0; i < a.pixels.size(); ++i) REQUIRE(b.pixels[i] == doctest::Approx(a.pixels[i]).epsilon(1e-5));
 }
 
 TEST_CASE("photometric jitter touches the image only and clamps") {

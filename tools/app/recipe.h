@@ -11,6 +11,7 @@ namespace sono::app {
 
 struct RecipeOptions {
   std::string augment = "standard";  // standard or ultrasound (see data::AugmentOptions)
+  double elastic = 0;                // data::AugmentOptions::elastic; 0: off
   // No vertical flips or quarter turns: a scan always has the probe at the top, and what lies
   // under a lesion (posterior shadowing or enhancement) tells malignant from benign. The default:
   // ahead of the turning chain for both models on five folds (models/weights/README.md, rows 28-30).

@@ -334,6 +334,7 @@ std::map<std::string, std::string> run_arguments(const TrainSettings& s) {
       {"--drop-path", number(s.drop_path)},          {"--clip-grad", number(s.clip_grad)},
       {"--val-split", number(s.val_split)},          {"--seed", std::to_string(s.seed)},
       {"--no-augment", s.augment ? "no" : "yes"},    {"--augment", r.augment},
+      {"--elastic", number(r.elastic)},
       {"--keep-upright", r.keep_upright ? "yes" : "no"},
       {"--balanced-sampling", r.balanced_sampling ? "yes" : "no"},
       {"--ema", number(r.ema_decay)},

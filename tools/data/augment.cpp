@@ -118,7 +118,34 @@ Affine compose(const Affine& a, const Affine& b) {
           a.d * b.a + a.e * b.d, a.d * b.b + a.e * b.e, a.d * b.c + a.e * b.f + a.f};
 }
 
-void warp(const Image& image, const Mask& mask, const Affine& map, Image& out_image, Mask& out_mask) {
+Deformation draw_deformation(const AugmentOptions& o, int height, int width, Generator& gen) {
+  Deformation d;
+  if (o.elastic <= 0) return d;
+  const int points = (Deformation::kDeformationCells + 1) * (Deformation::kDeformationCells + 1);
+  for (int i = 0; i < points; ++i) {
+    d.dx.push_back(static_cast<float>(o.elastic * width * gen.normal()));
+    d.dy.push_back(static_cast<float>(o.elastic * height * gen.normal()));
+  }
+  return d;
+}
+
+std::pair<double, double> Deformation::at(double x, double y, int height, int width) const {
+  if (dx.empty()) return {0, 0};
+  constexpr int n = kDeformationCells;
+  // The lattice's points sit at the first and last pixel centres and evenly between.
+  const double gx = std::clamp(x * n / std::max(1, width - 1), 0.0, double(n)),
+               gy = std::clamp(y * n / std::max(1, height - 1), 0.0, double(n));
+  const int x0 = std::min(static_cast<int>(gx), n - 1), y0 = std::min(static_cast<int>(gy), n - 1);
+  const double fx = gx - x0, fy = gy - y0;
+  auto lerp2 = [&](const std::vector<float>& v) {
+    auto p = [&](int yy, int xx) { return double(v[size_t(yy) * (n + 1) + size_t(xx)]); };
+    return (1 - fy) * ((1 - fx) * p(y0, x0) + fx * p(y0, x0 + 1)) + fy * ((1 - fx) * p(y0 + 1, x0) + fx * p(y0 + 1, x0 + 1));
+  };
+  return {lerp2(dx), lerp2(dy)};
+}
+
+void warp(const Image& image, const Mask& mask, const Affine& map, const Deformation& deformation, Image& out_image,
+          Mask& out_mask) {
   SONO_CHECK(image.height == mask.height && image.width == mask.width, "warp: image is ", image.width, "x",
              image.height, " but mask is ", mask.width, "x", mask.height);
   const int h = image.height, w = image.width, ch = image.channels;
@@ -129,7 +156,9 @@ void warp(const Image& image, const Mask& mask, const Affine& map, Image& out_im
   };
   for (int y = 0; y < h; ++y)
     for (int x = 0; x < w; ++x) {
-      double sx = map.a * x + map.b * y + map.c, sy = map.d * x + map.e * y + map.f;
+      const auto [ox, oy] = deformation.at(x, y, h, w);
+      const double px = x + ox, py = y + oy;
+      const double sx = map.a * px + map.b * py + map.c, sy = map.d * px + map.e * py + map.f;
       int mx = static_cast<int>(std::floor(sx + 0.5)), my = static_cast<int>(std::floor(sy + 0.5));
       if (mx >= 0 && my >= 0 && mx < w && my < h) out_mask.at(y, x) = mask.at(my, mx);
       int x0 = static_cast<int>(std::floor(sx)), y0 = static_cast<int>(std::floor(sy));
@@ -171,9 +200,10 @@ void augment(Image& image, Mask& mask, const AugmentOptions& o, Generator& gen) 
   Affine map = draw_geometry(o, image.height, image.width, gen);
   Photometric photometric = draw_photometric(o, gen);
   map = compose(draw_lesion_crop(o, mask, gen), map);
+  const Deformation deformation = draw_deformation(o, image.height, image.width, gen);
   Image warped;
   Mask warped_mask;
-  warp(image, mask, map, warped, warped_mask);
+  warp(image, mask, map, deformation, warped, warped_mask);
   apply_photometric(warped, photometric);
   image = std::move(warped);
   mask = std::move(warped_mask);

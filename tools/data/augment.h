@@ -1,7 +1,11 @@
 #pragma once
 // Training augmentation applied identically to an image and its mask: flips, 90-degree
-// rotations and a small affine (one resampling pass: bilinear for the image, nearest for the
-// mask, zero outside), then brightness/contrast jitter on the image only.
+// rotations, a small affine and optionally a smooth deformation (one resampling pass: bilinear
+// for the image, nearest for the mask, zero outside), then brightness/contrast jitter on the
+// image only.
+#include <utility>
+#include <vector>
+
 #include "tensor/random.h"
 #include "tools/data/image.h"
 
@@ -30,6 +34,12 @@ struct AugmentOptions {
   // for a lesion probability channel kLesionLevel (model_input.h), whose faint background is not
   // lesion.
   uint8_t lesion_level = 1;
+  // A smooth random deformation on top of the affine, as tissue under a probe deforms (0: off):
+  // displacements drawn N(0, elastic x side) along each axis at a lattice of 5 x 5 points
+  // spanning the image, bilinear between them (albumentations' GridDistortion, not its
+  // Gaussian-filtered ElasticTransform). Drawn after everything else, so turning it on or off
+  // leaves the other draws as they were.
+  double elastic = 0;
 
   static AugmentOptions none();
   // The default chain plus gamma 0.3, speckle 0.15, stronger contrast (0.2) and a lesion
@@ -53,8 +63,21 @@ Affine draw_lesion_crop(const AugmentOptions& options, const Mask& mask, Generat
 // a after b: the map x -> a(b(x)).
 Affine compose(const Affine& a, const Affine& b);
 
-// Resamples image and mask through `map` into images of the same size.
-void warp(const Image& image, const Mask& mask, const Affine& map, Image& out_image, Mask& out_mask);
+// Per output pixel, an offset added to its position before the affine map: bilinear between
+// the displacements at the points of a (kDeformationCells + 1)^2 lattice spanning the image.
+struct Deformation {
+  static constexpr int kDeformationCells = 4;
+  std::vector<float> dx, dy;  // in pixels, at the lattice points, row-major; empty: none
+
+  // The offset at output pixel (x, y) of an image of size (height, width).
+  std::pair<double, double> at(double x, double y, int height, int width) const;
+};
+// Empty unless options.elastic > 0.
+Deformation draw_deformation(const AugmentOptions& options, int height, int width, Generator& gen);
+
+// Resamples image and mask through `deformation`, then `map`, into images of the same size.
+void warp(const Image& image, const Mask& mask, const Affine& map, const Deformation& deformation, Image& out_image,
+          Mask& out_mask);
 
 struct Photometric {
   double brightness = 0, contrast = 1, gamma = 1, speckle = 0;
@@ -65,7 +88,8 @@ Photometric draw_photometric(const AugmentOptions& options, Generator& gen);
 // then v^gamma, then the speckle (clamped to 0..1 again).
 void apply_photometric(Image& image, const Photometric& p);
 
-// The whole chain: lesion crop and geometry (one resampling), then photometric jitter.
+// The whole chain: lesion crop, geometry and deformation (one resampling), then photometric
+// jitter.
 void augment(Image& image, Mask& mask, const AugmentOptions& options, Generator& gen);
 
 }  // namespace sono::data
