@@ -1,5 +1,5 @@
 # Sourced by the scripts in gpu/ (tools/scripts/gpu_pack.sh fills it) on a GPU machine: unpacks
-# the binaries into $B and sets LD_LIBRARY_PATH for them (carried: libgomp, cudart; the
+# the binaries into $B and sets LD_LIBRARY_PATH for them (carried: libgomp, cudart, libdeflate; the
 # machine's: cuBLAS, and cuDNN and NCCL from PyTorch's wheels where no other). machine_libs keeps the
 # machine's own LD_LIBRARY_PATH, the one PyTorch runs with. Expects $here, the gpu/ folder.
 B=/tmp/sono-gpu

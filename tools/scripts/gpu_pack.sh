@@ -38,12 +38,12 @@ for t in "${tools[@]}"; do binaries+=("bin/$t"); done
 # One xz stream with a dictionary larger than all binaries together: they share most of their
 # CUDA fat binary, so this packs ~180 MiB into ~5 (blocks of a multi-threaded xz would not).
 tar -C "$build" -c "${binaries[@]}" | xz -9 -T1 --lzma2=preset=9,dict=256MiB >"$pack/bins.tar.xz"
-# libgomp and the CUDA runtime the binaries were linked with (small; cuBLAS and cuDNN are large
-# and come with the GPU machine's toolkit or PyTorch)
-for lib in libgomp.so.1 libcudart.so; do
-  path=$(ldd "$build/tests/test_cuda_kernels" | awk -v l="$lib" 'index($1, l) == 1 {print $3}')
+# libgomp, the CUDA runtime and libdeflate (PNG reading) the binaries were linked with (small;
+# cuBLAS and cuDNN are large and come with the GPU machine's toolkit or PyTorch)
+for lib in libgomp.so.1 libcudart.so libdeflate.so.0; do
+  path=$(ldd "$build/bin/predict" | awk -v l="$lib" 'index($1, l) == 1 {print $3}')
   if [ -z "$path" ]; then
-    echo "gpu_pack.sh: ldd finds no $lib for $build/tests/test_cuda_kernels" >&2
+    echo "gpu_pack.sh: ldd finds no $lib for $build/bin/predict" >&2
     exit 1
   fi
   cp -L "$path" "$pack/lib/"
