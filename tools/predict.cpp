@@ -194,13 +194,13 @@ std::string save_outputs(const Predictor& p, const data::Image& image, const Pre
   return report;
 }
 
-double area_mm2(const data::Mask& mask, const data::PixelSpacing& spacing) {
-  return mask.lesion_pixels() * spacing.row_mm * spacing.column_mm;
+double area_mm2(size_t lesion_pixels, const data::PixelSpacing& spacing) {
+  return lesion_pixels * spacing.row_mm * spacing.column_mm;
 }
 
 std::string lesion_area_line(const data::PixelSpacing& spacing, const data::Mask& mask) {
   char line[160];
-  std::snprintf(line, sizeof line, "Lesion area: %.1f mm^2 (pixels %.3g x %.3g mm)\n", area_mm2(mask, spacing),
+  std::snprintf(line, sizeof line, "Lesion area: %.1f mm^2 (pixels %.3g x %.3g mm)\n", area_mm2(mask.lesion_pixels(), spacing),
                 spacing.row_mm, spacing.column_mm);
   return line;
 }
@@ -332,7 +332,7 @@ std::string prediction_row(const Predictor& p, const Source& scan, const Predict
   const size_t lesion_pixels = r.mask.lesion_pixels();  // a count over the scan's every pixel
   fields.push_back(app::csv_number(double(lesion_pixels) / r.mask.values.size()));
   fields.push_back(std::to_string(lesion_pixels));
-  fields.push_back(spacing ? app::csv_number(area_mm2(r.mask, *spacing)) : "");
+  fields.push_back(spacing ? app::csv_number(area_mm2(lesion_pixels, *spacing)) : "");
   if (p.seg.card.has_malignancy_channel()) fields.push_back(app::csv_number(r.malignancy.value()));
   fields.push_back(mask.string());
   fields.push_back("");

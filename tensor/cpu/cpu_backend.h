@@ -52,9 +52,10 @@ MemoryStats memory_stats();
 void reset_peak_memory();
 
 // Whether blocks mapped from now on ask for transparent 2 MiB pages (MADV_HUGEPAGE). Fewer TLB
-// misses make a training step ~3% faster, but where the kernel's THP defrag is "madvise" a
-// first touch may wait for memory to be compacted: a one-image predict took 0.40 s with them
-// and 0.22 s without. So off, and on in the training tools, whose steps reuse their blocks.
+// misses make a training step a few percent faster, but where the kernel's THP defrag is
+// "madvise" a first touch may wait for memory to be compacted, which can take most of a short
+// run (a one-image predict). So off, and on in the training tools, whose steps reuse their
+// blocks.
 void set_huge_pages(bool on);
 
 // Calls f(T{}) with T = float or double per the tensor's dtype.

@@ -90,21 +90,6 @@ uint64_t bmp_expected_size(const std::string& bytes) {
   return data_offset + row * static_cast<uint64_t>(std::abs(height));
 }
 
-// Whether each chunk of a PNG, up to IEND, lies within the file. stb sizes its buffer for the
-// image data from the lengths IDAT chunks declare, doubling it until they fit, before reading
-// them: a 133-byte file whose second IDAT declares 1.1 GB had it allocate 2 GiB (fuzz finding
-// 15).
-bool png_chunks_fit(const std::string& bytes) {
-  for (size_t at = 8; bytes.size() - at >= 12;) {
-    uint64_t length = 0;
-    for (size_t i = 0; i < 4; ++i) length = length << 8 | static_cast<uint8_t>(bytes[at + i]);
-    if (length > bytes.size() - at - 12) return false;
-    if (bytes.compare(at + 4, 4, "IEND") == 0) return true;
-    at += 12 + length;
-  }
-  return false;
-}
-
 // stb rejects most cut-off files, but with a terse reason ("outofdata", "expected marker", or
 // none at all when a PNG lacks its end chunk) and accepts a PNG cut inside its end chunk. So a
 // file must first end the way its format ends: PNG with the IEND chunk, JPEG with the EOI

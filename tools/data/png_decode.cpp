@@ -18,6 +18,22 @@ uint32_t be32(const unsigned char* p) {
 
 bool is_chunk(const unsigned char* type, const char* name) { return std::memcmp(type, name, 4) == 0; }
 
+struct Chunk {
+  const unsigned char *type, *data;
+  size_t length;
+};
+
+// The chunk at byte `at` of the n bytes at b, with `at` moved past it; nullopt where it does
+// not lie within them.
+std::optional<Chunk> next_chunk(const unsigned char* b, size_t n, size_t& at) {
+  if (at > n || n - at < 12) return std::nullopt;
+  const size_t length = be32(b + at);
+  if (length > n - at - 12) return std::nullopt;
+  const Chunk chunk{b + at + 4, b + at + 8, length};
+  at += 12 + length;
+  return chunk;
+}
+
 struct Header {
   int width, height, channels;
   bool sixteen_bit;
@@ -49,20 +65,17 @@ std::optional<Chunks> read_chunks(const unsigned char* b, size_t n) {
   std::optional<Header> header;
   std::vector<unsigned char> stream;
   for (size_t at = 8;;) {
-    if (n - at < 12) return std::nullopt;
-    const size_t length = be32(b + at);
-    if (length > n - at - 12) return std::nullopt;
-    const unsigned char *type = b + at + 4, *data = b + at + 8;
-    at += 12 + length;
-    if (is_chunk(type, "IHDR")) {
-      if (header || length != 13 || !(header = simple_header(data))) return std::nullopt;
+    const std::optional<Chunk> c = next_chunk(b, n, at);
+    if (!c) return std::nullopt;
+    if (is_chunk(c->type, "IHDR")) {
+      if (header || c->length != 13 || !(header = simple_header(c->data))) return std::nullopt;
     } else if (!header) {
       return std::nullopt;  // IHDR comes first
-    } else if (is_chunk(type, "IDAT")) {
-      stream.insert(stream.end(), data, data + length);
-    } else if (is_chunk(type, "IEND")) {
+    } else if (is_chunk(c->type, "IDAT")) {
+      stream.insert(stream.end(), c->data, c->data + c->length);
+    } else if (is_chunk(c->type, "IEND")) {
       return Chunks{*header, std::move(stream)};
-    } else if (is_chunk(type, "PLTE") || is_chunk(type, "tRNS") || !(type[0] & 0x20)) {
+    } else if (is_chunk(c->type, "PLTE") || is_chunk(c->type, "tRNS") || !(c->type[0] & 0x20)) {
       return std::nullopt;  // bit 5 of the first letter clear: critical
     }
   }
@@ -141,6 +154,15 @@ void to_native_order(unsigned char* bytes, size_t n) {
 }
 
 }  // namespace
+
+bool png_chunks_fit(const std::string& bytes) {
+  const auto* b = reinterpret_cast<const unsigned char*>(bytes.data());
+  for (size_t at = 8;;) {
+    const std::optional<Chunk> c = next_chunk(b, bytes.size(), at);
+    if (!c) return false;
+    if (is_chunk(c->type, "IEND")) return true;
+  }
+}
 
 std::optional<PngPixels> decode_simple_png(const std::string& bytes) {
   std::optional<Chunks> chunks = read_chunks(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size());

@@ -1,7 +1,7 @@
 #pragma once
 // The PNGs scanners and archives write (8- or 16-bit grey, grey + alpha, RGB or RGBA, not
-// interlaced), decoded with libdeflate: stb_image inflates and unfilters them at ~100 MB/s,
-// which was a tenth of a folder prediction's cycles. Every other PNG is left to stb.
+// interlaced), decoded with libdeflate: stb_image inflates and unfilters at ~100 MB/s, slow
+// enough to show in a folder prediction. Every other PNG is left to stb.
 #include <cstdlib>
 #include <memory>
 #include <optional>
@@ -20,5 +20,11 @@ struct PngPixels {
 // it is irregular: stb then decodes it, or says what is wrong, as for any other file. A
 // transparency chunk is left to stb too, which adds an alpha channel for it.
 std::optional<PngPixels> decode_simple_png(const std::string& bytes);
+
+// Whether each chunk of the PNG in `bytes`, up to IEND, lies within them. stb sizes its buffer
+// for the image data from the lengths IDAT chunks declare, doubling it until they fit, before
+// reading them: a 133-byte file whose second IDAT declares 1.1 GB had it allocate 2 GiB (fuzz
+// finding 15), so a file must pass this before stb sees it.
+bool png_chunks_fit(const std::string& bytes);
 
 }  // namespace sono::data
