@@ -235,7 +235,13 @@ TEST_CASE("PNGs of the simple kind decode to stb's pixels through libdeflate; ot
   const size_t ihdr_data = 16;
   interlaced[ihdr_data + 12] = 1;
   palette[ihdr_data + 9] = 3;
+  // sides whose product overflows 64-bit signed arithmetic, an 8-bit grey header otherwise
+  // (tests/fuzz/findings/image/png_ihdr_sides_overflow.png)
+  const std::string huge = "\x89PNG\r\n\x1a\n" +
+                           png_chunk("IHDR", be32(0xffffffffu) + be32(0xffffffffu) + std::string{8, 0, 0, 0, 0}) +
+                           png_chunk("IDAT", zlib_stored(std::string("\0\1\2\3", 4))) + png_chunk("IEND", "");
   for (const auto& [name, png] : std::vector<std::pair<std::string, std::string>>{
+           {"over the pixel limit, sides of 2^32 - 1", huge},
            {"interlaced", interlaced},
            {"palette", palette},
            {"filter type 5", grey_row_png(std::string("\5\1\2\3", 4))},

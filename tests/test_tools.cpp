@@ -1385,6 +1385,33 @@ TEST_CASE("cross-validation: --folds 2 trains a model per fold, scores each, rep
   }
 }
 
+TEST_CASE("split.csv and the out-of-fold table quote a name with a comma and quotes as CSV does") {
+  const fs::path root = trained().root / "quoted", data = root / "blobs";
+  fs::remove_all(root);
+  test::write_blob_dataset(data, 4, 64, 11);
+  const std::string odd = "benign \"0\", first";
+  fs::rename(data / "images" / "benign" / "benign_0.png", data / "images" / "benign" / (odd + ".png"));
+  fs::rename(data / "masks" / "benign" / "benign_0_mask.png", data / "masks" / "benign" / (odd + "_mask.png"));
+  Run s = run_tool("seg_train", "--images-dir " + (data / "images").string() + " --masks-dir " +
+                                    (data / "masks").string() +
+                                    " --arch mit_b0 --img-size 64 --epochs 1 --warmup-epochs 0 --batch-size 4 --folds 2"
+                                    " --save-path " + (root / "seg.safetensors").string() +
+                                    " --log-dir " + (root / "log").string());
+  INFO(s.output);
+  REQUIRE(s.status == 0);
+  for (const fs::path& csv : {root / "log" / "fold1" / "split.csv", root / "log" / "out_of_fold.csv"}) {
+    CAPTURE(csv);
+    const auto records = app::csv_records(read_file(csv));
+    REQUIRE(records.size() == 13);  // the header and 12 images
+    int named = 0;
+    for (const auto& record : records) {
+      CHECK(record.size() == records.front().size());
+      named += record.front() == "benign/" + odd;
+    }
+    CHECK(named == 1);
+  }
+}
+
 TEST_CASE("--val-split 0 trains on every image and keeps the last epoch, calibrated as its flags say") {
   const Trained& t = trained();
   fs::path root = t.root / "all", seg = root / "seg.safetensors", cls = root / "cls.safetensors";
