@@ -6,10 +6,12 @@
 #include <stb_image_write.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
+#include <numeric>
 #include <optional>
 #include <random>
 #include <set>
@@ -24,6 +26,7 @@
 #include "tools/data/loader.h"
 #include "tools/data/metrics.h"
 #include "tools/data/model_input.h"
+#include "tools/data/parallel.h"
 #include "tools/data/png_decode.h"
 #include "tools/data/progress.h"
 #include "tools/data/seeding.h"
@@ -197,6 +200,52 @@ std::vector<uint8_t> simple_png_pixels(const std::string& png) {
   REQUIRE(d);
   const auto* b = static_cast<const uint8_t*>(d->samples.get());
   return {b, b + size_t(d->width) * d->height * d->channels * (d->sixteen_bit ? 2 : 1)};
+}
+
+// predict's --streams: results come back in order whatever stream finishes first, a stream runs
+// at most 2 streams items past the last delivered, and an error stops the run at its item.
+TEST_CASE("run_in_streams delivers in order, holds back a stream that runs ahead, rethrows the first error") {
+  const size_t n = 23;
+  const int streams = 3;
+  std::mutex mutex;
+  std::vector<size_t> delivered;
+  std::vector<int> started(streams, 0);
+  size_t most_ahead = 0;
+  data::run_in_streams(
+      n, streams, [&](int s) { started[s] += 1; },
+      [&](int s, size_t k) {
+        {
+          std::lock_guard<std::mutex> lock(mutex);
+          most_ahead = std::max(most_ahead, k - std::min(k, delivered.size()));
+        }
+        CHECK(k % streams == static_cast<size_t>(s));
+        if (s == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));  // the others run ahead
+        return k * k;
+      },
+      [&](size_t k, size_t& square) {
+        CHECK(square == k * k);
+        std::lock_guard<std::mutex> lock(mutex);
+        delivered.push_back(k);
+      });
+  std::vector<size_t> expected(n);
+  std::iota(expected.begin(), expected.end(), size_t{0});
+  CHECK(delivered == expected);
+  CHECK(started == std::vector<int>(streams, 1));
+  CHECK(most_ahead < 2 * streams);
+  CHECK(most_ahead >= 2);  // the fast streams did run ahead of the slow one
+
+  delivered.clear();
+  auto failing = [&] {
+    data::run_in_streams(
+        n, streams, [](int) {},
+        [](int, size_t k) {
+          if (k == 7) throw std::runtime_error("item 7");
+          return k;
+        },
+        [&](size_t k, size_t&) { delivered.push_back(k); });
+  };
+  CHECK_THROWS_WITH(failing(), "item 7");
+  CHECK(delivered == std::vector<size_t>{0, 1, 2, 3, 4, 5, 6});
 }
 
 TEST_CASE("PNGs of the simple kind decode to stb's pixels through libdeflate; other PNGs are left to stb") {

@@ -28,8 +28,10 @@ namespace {
 
 using Run = test::CommandRun;
 
+// One kernel thread unless the arguments give --threads (model_info runs no kernels).
 Run run_tool(const std::string& tool, const std::string& args) {
-  const std::string threads = tool == "model_info" ? "" : " --threads 1";  // model_info runs no kernels
+  const bool one_thread = tool != "model_info" && args.find("--threads") == std::string::npos;
+  const std::string threads = one_thread ? " --threads 1" : "";
   return test::run_command(std::string(SONO_BINARY_DIR) + "/bin/" + tool + " " + args + threads);
 }
 
@@ -288,7 +290,7 @@ size_t column(const std::vector<std::vector<std::string>>& rows, const std::stri
 }  // namespace
 
 // --batch_size: image i of a batch gets what it gets alone (bit for bit on the CPU), so the CSV
-// and the masks do not depend on the batch size or the decode threads.
+// and the masks do not depend on the batch size, the decode threads or the streams.
 TEST_CASE("predict on a folder in batches writes what one image at a time writes, with progress on stderr") {
   const fs::path root = trained().root / "batches", scans = root / "scans";
   write_scans(scans, 7, 5);
@@ -301,11 +303,14 @@ TEST_CASE("predict on a folder in batches writes what one image at a time writes
     for (auto& entry : fs::directory_iterator(root / "masks")) masks[entry.path().filename()] = read_file(entry.path());
     return std::make_pair(r, masks);
   };
-  const auto [one, one_masks] = run(" --batch-size 1 --workers 1", "one");
-  const auto [three, three_masks] = run(" --batch-size 3 --workers 2", "three");
+  const auto [one, one_masks] = run(" --batch-size 1 --workers 1 --threads 2 --streams 1", "one");
+  const auto [three, three_masks] = run(" --batch-size 3 --workers 2 --threads 2 --streams 1", "three");
+  const auto [streams, streams_masks] = run(" --batch-size 2 --threads 2 --streams 2", "streams");
   CHECK(read_file(root / "one.csv") == read_file(root / "three.csv"));
+  CHECK(read_file(root / "one.csv") == read_file(root / "streams.csv"));
   CHECK(one_masks.size() == 7);
   CHECK(one_masks == three_masks);
+  CHECK(one_masks == streams_masks);
   CHECK(std::regex_search(three.output, std::regex("predict 7/7 [0-9.]+ img/s in \\d\\d:\\d\\d")));
 
   // The probabilities predict prints for one file (4 decimals) are its row's.
@@ -404,17 +409,23 @@ TEST_CASE("cls_train --mask-channel probability: the card records it; predict, i
   }
 }
 
-TEST_CASE("predict --batch_size 0 or negative is refused in one line, nothing written") {
+TEST_CASE("predict --batch_size 0 or negative, or --streams past the threads, is refused in one line, nothing written") {
   const fs::path root = trained().root / "bad_batch", csv = root / "p.csv";
   write_scans(root / "scans", 1, 6);
-  for (const char* size : {"0", "-3"}) {
-    Run r = run_tool("predict", "--image " + (root / "scans").string() + models_args() + " --csv " + csv.string() +
-                                    " --batch-size " + size);
+  auto refusal = [&](const std::string& flags) {
+    Run r = run_tool("predict", "--image " + (root / "scans").string() + models_args() + " --csv " + csv.string() + flags);
     INFO(r.output);
     CHECK(r.status == 1);
-    CHECK(r.output == "predict: error: --batch_size " + std::string(size) + ": must be 1 or more\n");
     CHECK_FALSE(fs::exists(csv));
-  }
+    return r.output;
+  };
+  for (const char* size : {"0", "-3"})
+    CHECK(refusal(" --batch-size " + std::string(size)) ==
+          "predict: error: --batch_size " + std::string(size) + ": must be 1 or more\n");
+  CHECK(refusal(" --threads 2 --streams 3") ==
+        "predict: error: --streams 3: must be from 1 to the kernel threads (2, --threads)\n");
+  CHECK(refusal(" --threads 2 --streams 0") ==
+        "predict: error: --streams 0: must be from 1 to the kernel threads (2, --threads)\n");
 }
 
 // A scan that cannot be read: one line naming it on stderr, its row in the CSV holds the error
@@ -423,7 +434,8 @@ TEST_CASE("predict on a folder: an unreadable scan gets its error in its row and
   const fs::path root = trained().root / "unreadable", scans = root / "scans", csv = root / "p.csv";
   write_scans(scans, 3, 7);
   std::ofstream(scans / "scan_001b.png") << "not a PNG";
-  Run r = run_tool("predict", "--image " + scans.string() + models_args() + " --csv " + csv.string() + " --batch-size 2");
+  Run r = run_tool("predict", "--image " + scans.string() + models_args() + " --csv " + csv.string() +
+                                  " --batch-size 1 --threads 2 --streams 2");  // its row from the second stream
   INFO(r.output);
   CHECK(r.status == 1);
   std::smatch m;

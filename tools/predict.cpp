@@ -428,6 +428,7 @@ class PredictionCsv {
 struct FolderOptions {
   size_t batch_size = 8;
   int workers = 2;  // decode threads
+  int streams = 1;  // batches side by side (--streams)
   std::optional<EarlierRun> earlier;
   size_t skipped = 0;  // images of the folder done by an earlier run
 };
@@ -461,10 +462,12 @@ app::ReportEntry report_entry(const Predictor& p, const Source& scan, const data
           heat.pixels.empty() ? "" : app::report_png(heat)};
 }
 
-// What a batch gave: per image, its prediction or why it has none, and its report entry.
+// What a batch gave: per image, its prediction or why it has none, its pixel spacing where the
+// file gives one, and its report entry.
 struct BatchResult {
   std::vector<Prediction> predictions;
   std::vector<std::string> errors;
+  std::vector<std::optional<data::PixelSpacing>> spacings;
   std::vector<app::ReportEntry> entries;
 };
 
@@ -473,11 +476,13 @@ struct BatchResult {
 BatchResult run_batch(Predictor& p, const RunFiles& run, size_t first, std::vector<Decoded>& scans, bool report,
                       int workers) {
   BatchResult b{std::vector<Prediction>(scans.size()), std::vector<std::string>(scans.size()),
+                std::vector<std::optional<data::PixelSpacing>>(scans.size()),
                 std::vector<app::ReportEntry>(scans.size())};
   std::vector<const DecodedScan*> decoded;
   std::vector<size_t> at;
   for (size_t i = 0; i < scans.size(); ++i) {
     b.errors[i] = scans[i].error;
+    b.spacings[i] = scans[i].scan.spacing;
     if (scans[i].error.empty()) decoded.push_back(&scans[i].scan), at.push_back(i);
   }
   if (decoded.empty()) return b;
@@ -503,67 +508,123 @@ BatchResult run_batch(Predictor& p, const RunFiles& run, size_t first, std::vect
   return b;
 }
 
-// The folder's images in batches: the decode threads read and resize batch k + 1 while the
-// models run on batch k. One CSV row per image, in the folder's order; a file that fails is
-// named on stderr and in its row, the run goes on and exits 1.
-int predict_folder(Predictor& p, const RunFiles& run, const FolderOptions& o) {
-  if (!run.masks.empty()) fs::create_directories(run.masks.front().parent_path());
-  if (!run.probs.empty()) fs::create_directories(run.probs.front().parent_path());
-  if (!run.explains.empty()) fs::create_directories(run.explains.front().parent_path());
-  PredictionCsv csv(run.csv, app::csv_row(csv_columns(p)), o.earlier);
-  std::vector<app::ReportEntry> report;
+// A folder run's results as its batches come, in the folder's order: a CSV row and a line per
+// image, the progress bar, the report. A file that failed is named on stderr and in its row.
+class FolderResults {
+ public:
+  FolderResults(const Predictor& p, const RunFiles& run, const FolderOptions& o)
+      : p_(p),
+        run_(run),
+        options_(o),
+        csv_(run.csv, app::csv_row(csv_columns(p)), o.earlier),
+        interactive_(data::stderr_is_terminal()),
+        progress_("predict", run.scans.size(), std::cerr, interactive_) {}
+
+  void add(size_t first, BatchResult& b) {
+    for (size_t i = 0; i < b.errors.size(); ++i) {
+      const Source& scan = run_.scans[first + i];
+      if (interactive_) std::cerr << "\r\x1b[K";  // the bar, redrawn below the line
+      if (b.errors[i].empty()) {
+        csv_.add(prediction_row(p_, scan, b.predictions[i], b.spacings[i], run_.outputs(first + i).mask), true);
+        std::cout << scan.name() << ": " << class_line(p_, b.predictions[i]) << "\n" << std::flush;
+        if (!run_.report.empty()) report_.push_back(std::move(b.entries[i]));
+      } else {
+        ++failures_;
+        csv_.add(error_row(p_, scan, b.errors[i]), false);
+        std::cerr << "predict: error: " << b.errors[i] << "\n";
+      }
+    }
+    progress_.step(b.errors.size(), NAN);
+  }
+
+  // The summary line and the report; the run's exit status (1 where an image failed).
+  int finish() {
+    progress_.finish();
+    const size_t n = run_.scans.size();
+    std::cout << n - failures_ << " of " << n << " images predicted";
+    if (options_.skipped) std::cout << " (" << options_.skipped << " skipped, in the CSV already)";
+    if (!csv_.written()) {
+      std::cout << "; CSV " << run_.csv << " not written\n";
+      return 1;
+    }
+    std::cout << "; CSV " << run_.csv << "\n";
+    if (!run_.report.empty() && !report_.empty()) {
+      std::string note = std::to_string(report_.size()) + " scans predicted in this run";
+      if (options_.skipped)
+        note += "; " + std::to_string(options_.skipped) + " done by an earlier run (--skip-existing) are in the CSV only";
+      write_file_atomic(run_.report, app::html_report(std::move(report_), p_.cls.card.classes, note));
+      std::cout << "Report " << run_.report << "\n";
+    }
+    return failures_ ? 1 : 0;
+  }
+
+ private:
+  const Predictor& p_;
+  const RunFiles& run_;
+  const FolderOptions& options_;
+  PredictionCsv csv_;
+  const bool interactive_;
+  data::Progress progress_;
+  std::vector<app::ReportEntry> report_;
+  size_t failures_ = 0;
+};
+
+// The scans of the batch from `first`.
+std::vector<Source> batch_sources(const RunFiles& run, size_t first, size_t batch_size) {
+  const auto begin = run.scans.begin() + static_cast<std::ptrdiff_t>(first);
+  return std::vector<Source>(begin, begin + static_cast<std::ptrdiff_t>(std::min(batch_size, run.scans.size() - first)));
+}
+
+// Batch after batch on one copy of the models. With the models on a GPU, the decode threads read
+// batch k + 1 while the models run batch k. On the CPU the kernels' OpenMP threads decode it when
+// it is due instead: threads beside them would oversubscribe the cores, and OpenMP's spinning at
+// its barriers then slows the kernels several times over.
+void run_batches_in_turn(Predictor& p, const RunFiles& run, const FolderOptions& o, FolderResults& results) {
   const size_t n = run.scans.size();
-  auto batch_files = [&](size_t first) {
-    return std::vector<Source>(run.scans.begin() + first, run.scans.begin() + std::min(n, first + o.batch_size));
-  };
-  const bool interactive = data::stderr_is_terminal();
-  data::Progress progress("predict", n, std::cerr, interactive);
-  // With the models on a GPU, the decode threads read the next batch while the models run this
-  // one. On the CPU the kernels' OpenMP threads decode it when it is due instead: threads beside
-  // them would oversubscribe the cores, and OpenMP's spinning at its barriers then slows the
-  // kernels several times over.
+  auto batch_files = [&](size_t first) { return batch_sources(run, first, o.batch_size); };
   const std::launch decode = p.device == Device::cpu ? std::launch::deferred : std::launch::async;
   // --frame all reads a file's frames in turn; a file is decoded once while they are.
   data::DicomFrameReader dicom_files(2);
   std::future<std::vector<Decoded>> next =
       std::async(decode, decode_batch, std::cref(p), std::ref(dicom_files), batch_files(0), o.workers);
-  size_t failures = 0;
   for (size_t first = 0; first < n; first += o.batch_size) {
     std::vector<Decoded> scans = next.get();
     if (first + o.batch_size < n)
       next = std::async(decode, decode_batch, std::cref(p), std::ref(dicom_files), batch_files(first + o.batch_size),
                         o.workers);
     BatchResult b = run_batch(p, run, first, scans, !run.report.empty(), o.workers);
-    for (size_t i = 0; i < scans.size(); ++i) {
-      const Source& scan = run.scans[first + i];
-      if (interactive) std::cerr << "\r\x1b[K";  // the bar, redrawn below the line
-      if (b.errors[i].empty()) {
-        csv.add(prediction_row(p, scan, b.predictions[i], scans[i].scan.spacing, run.outputs(first + i).mask), true);
-        std::cout << scan.name() << ": " << class_line(p, b.predictions[i]) << "\n" << std::flush;
-        if (!run.report.empty()) report.push_back(std::move(b.entries[i]));
-      } else {
-        ++failures;
-        csv.add(error_row(p, scan, b.errors[i]), false);
-        std::cerr << "predict: error: " << b.errors[i] << "\n";
-      }
-    }
-    progress.step(scans.size(), NAN);
+    results.add(first, b);
   }
-  progress.finish();
-  std::cout << n - failures << " of " << n << " images predicted";
-  if (o.skipped) std::cout << " (" << o.skipped << " skipped, in the CSV already)";
-  if (!csv.written()) {
-    std::cout << "; CSV " << run.csv << " not written\n";
-    return 1;
-  }
-  std::cout << "; CSV " << run.csv << "\n";
-  if (!run.report.empty() && !report.empty()) {
-    std::string note = std::to_string(report.size()) + " scans predicted in this run";
-    if (o.skipped) note += "; " + std::to_string(o.skipped) + " done by an earlier run (--skip-existing) are in the CSV only";
-    write_file_atomic(run.report, app::html_report(std::move(report), p.cls.card.classes, note));
-    std::cout << "Report " << run.report << "\n";
-  }
-  return failures ? 1 : 0;
+}
+
+// --streams on the CPU: batches side by side, each stream on its own thread with its share of
+// the kernel threads, decoding its batches itself. The streams share the models: a model loaded
+// for inference keeps no state between calls, and the kernels' weight caches lock. Small layers
+// leave a team of threads waiting at its barriers; streams of fewer threads wait less.
+void run_batches_in_streams(Predictor& p, const RunFiles& run, const FolderOptions& o, FolderResults& results) {
+  const size_t batches = (run.scans.size() + o.batch_size - 1) / o.batch_size;
+  const int threads = app::kernel_threads();
+  data::DicomFrameReader dicom_files(2);
+  data::run_in_streams(
+      batches, o.streams, [&](int s) { app::set_threads(threads / o.streams + (s < threads % o.streams)); },
+      [&](int, size_t k) {
+        const size_t first = k * o.batch_size;
+        std::vector<Decoded> scans = decode_batch(p, dicom_files, batch_sources(run, first, o.batch_size), o.workers);
+        return run_batch(p, run, first, scans, !run.report.empty(), o.workers);
+      },
+      [&](size_t k, BatchResult& b) { results.add(k * o.batch_size, b); });
+}
+
+// The folder's images in batches; one CSV row per image, in the folder's order; a file that
+// fails is named, the run goes on and exits 1.
+int predict_folder(Predictor& p, const RunFiles& run, const FolderOptions& o) {
+  if (!run.masks.empty()) fs::create_directories(run.masks.front().parent_path());
+  if (!run.probs.empty()) fs::create_directories(run.probs.front().parent_path());
+  if (!run.explains.empty()) fs::create_directories(run.explains.front().parent_path());
+  FolderResults results(p, run, o);
+  if (o.streams == 1) run_batches_in_turn(p, run, o, results);
+  else run_batches_in_streams(p, run, o, results);
+  return results.finish();
 }
 
 // --frame: a frame of DICOM files, or none for "all" (each frame a scan).
@@ -619,6 +680,17 @@ RunFiles one_scan_files(const app::Cli& cli, const fs::path& image, std::optiona
   return run;
 }
 
+// --streams N, or none for auto (2 on the CPU, where there are 2 threads and 2 batches or more).
+std::optional<int> streams_option(const app::Cli& cli, Device device) {
+  if (cli.str("streams") == "auto") return std::nullopt;
+  const int64_t streams = cli.integer("streams"), threads = app::kernel_threads();
+  SONO_CHECK(streams >= 1 && streams <= threads, "--streams ", streams, ": must be from 1 to the kernel threads (",
+             threads, ", --threads)");
+  SONO_CHECK(streams == 1 || device == Device::cpu, "--streams ", streams,
+             ": for the CPU only; on a GPU the batches run one at a time");
+  return static_cast<int>(streams);
+}
+
 int predict(int argc, char** argv) {
   app::Cli cli("predict", "Segment the lesion in a breast ultrasound image, then classify it.");
   cli.option("image", "", "an image (PNG, JPEG, BMP, DICOM), or a folder of them", true)
@@ -637,6 +709,8 @@ int predict(int argc, char** argv) {
       .option("batch_size", "8", "for a folder --image: images per forward pass (on the CPU, every result is bit for bit the one-image result)")
       .option("workers", "2", "for a folder --image on a GPU: threads decoding and resizing images ahead of the "
               "models (on the CPU the kernels' --threads do it, between the batches)")
+      .option("streams", "auto", "for a folder --image on the CPU: batches run side by side, each stream on its "
+              "share of --threads (more images/s for more memory; auto: 2 where there are 2 threads or more)")
       .flag("skip_existing", "for a folder --image: keep the rows of an existing --csv of the same columns whose "
             "outputs exist, and predict the other images (a run that was stopped resumes; their outputs may be "
             "replaced, the interrupted run may have left them)")
@@ -669,13 +743,14 @@ int predict(int argc, char** argv) {
   const bool resume = cli.is_set("skip_existing") && fs::exists(run.csv);
   // A resumed run replaces what the interrupted one may have left of the scans it runs again.
   check_run_files(cli, run, cli.is_set("overlay"), cli.is_set("overwrite") || resume);
+  const std::optional<int> streams = streams_option(cli, device);
   Predictor p{app::load_for_inference(cli.str("seg_model"), models::Task::segmentation, device),
               app::load_for_inference(cli.str("cls_model"), models::Task::classification, device), device,
               cli.is_set("overlay"), min_confidence, cli.is_set("flip_tta")};
   app::check_stacking_inputs(&p.seg, cli.str("seg_model"), p.cls, cli.str("cls_model"));
   if (!cli.str("explain").empty()) app::explainable(p.cls);
   if (!batch) return predict_one(p, run.scans.front(), run.outputs(0));
-  FolderOptions options{static_cast<size_t>(batch_size), static_cast<int>(workers), std::nullopt, 0};
+  FolderOptions options{static_cast<size_t>(batch_size), static_cast<int>(workers), 1, std::nullopt, 0};
   if (resume) {
     options.earlier = read_earlier_run(p, run);
     const size_t all = run.scans.size();
@@ -686,6 +761,9 @@ int predict(int argc, char** argv) {
       return 0;
     }
   }
+  const size_t batches = (run.scans.size() + options.batch_size - 1) / options.batch_size;
+  options.streams = static_cast<int>(std::min<size_t>({static_cast<size_t>(streams.value_or(device == Device::cpu ? 2 : 1)),
+                                                       batches, static_cast<size_t>(app::kernel_threads())}));
   return predict_folder(p, run, options);
 }
 

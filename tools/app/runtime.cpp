@@ -54,6 +54,14 @@ void set_threads(int64_t threads) {
 #endif
 }
 
+int kernel_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
 void add_runtime_options(Cli& cli) {
   cli.option("device", "cpu", "cpu or cuda")
       .option("threads", "0", "CPU threads for the kernels (0: one per core)")

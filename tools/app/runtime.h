@@ -16,8 +16,11 @@ namespace sono::app {
 // device (cuda/emulated: the CUDA kernels run on the CPU, slowly), GPU or not.
 Device select_device(const std::string& name);
 
-// OpenMP threads for the kernels; 0 keeps the default (one per core).
+// OpenMP threads for the kernels; 0 keeps the default (one per core). It sets the calling
+// thread's count: a thread of the tool's own starts with the default.
 void set_threads(int64_t threads);
+// The calling thread's kernel threads.
+int kernel_threads();
 
 // Throws naming --flag unless min <= count <= 4 threads per core: more only adds overhead,
 // and far more makes libgomp or std::thread fail (--threads 100000 crashed inside libgomp).
