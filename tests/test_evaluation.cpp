@@ -139,6 +139,17 @@ TEST_CASE("temperature: fitted T > 1 lowers the NLL of an over-confident model, 
 
   Rows calibrated(10, {std::log(0.7 / 0.3), 0.0});
   CHECK(fit_temperature(calibrated, labels) == doctest::Approx(1.0).epsilon(1e-4));
+
+  // Every row right, by a margin of 0.5: the NLL falls as T shrinks to its bound, 0.05, which
+  // would report these as certain. No fit: 1. One row wrong gives the optimum back.
+  Rows separated(10, {0.5, 0.0});
+  for (int i = 7; i < 10; ++i) separated[i] = {0.0, 0.5};
+  CHECK(every_row_right(separated, labels));
+  CHECK(mean_nll(separated, labels, 0.05) < mean_nll(separated, labels, 1));
+  CHECK(fit_temperature(separated, labels) == 1.0);
+  separated[9] = {0.5, 0.0};
+  CHECK_FALSE(every_row_right(separated, labels));
+  CHECK(fit_temperature(separated, labels) < 1.0);
 }
 
 TEST_CASE("stacking: a classifier's probabilities with a further score, fitted as scikit-learn fits it") {

@@ -47,6 +47,11 @@ void fit_temperature(const TrainSettings& s, data::Loader& val) {
     after.add_batch(softmax(calibrate(best.card, l), -1), batch.labels);
   }
   save_checkpoint(s.save_path, *best.model, best.card);
+  if (data::every_row_right(logits, labels)) {
+    std::cout << "temperature 1: the model gets all " << labels.size() << " validation images right, so they "
+              << "cannot say how far to sharpen its probabilities; " << s.save_path << "\n";
+    return;
+  }
   std::cout << std::fixed << std::setprecision(4) << "temperature " << t << " fitted on the " << labels.size()
             << " validation images: NLL " << data::mean_nll(logits, labels, 1) << " -> "
             << data::mean_nll(logits, labels, t) << ", ECE " << before.ece() << " -> " << after.ece() << "; "

@@ -33,8 +33,12 @@ std::string reliability_svg(const std::vector<ReliabilityBin>& bins, const std::
 std::vector<double> softmax_row(const std::vector<double>& logits, double temperature = 1);
 // Mean negative log-likelihood of the labels under softmax(logits / temperature).
 double mean_nll(const Rows& logits, const std::vector<int>& labels, double temperature);
+// Whether each row's largest logit is its label's alone.
+bool every_row_right(const Rows& logits, const std::vector<int>& labels);
 // The temperature in [0.05, 20] that minimises mean_nll: golden-section search over 1/T, in
-// which the NLL is convex.
+// which the NLL is convex. 1 where every_row_right: the NLL then falls without end as T
+// shrinks, so such a split says nothing of how far to sharpen (the fit would sit at 0.05 and
+// give every image a confidence of ~1).
 double fit_temperature(const Rows& logits, const std::vector<int>& labels);
 
 // Probabilities gathered image by image, and the figures above over them.
