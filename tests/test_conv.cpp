@@ -47,6 +47,11 @@ const ConvCase kPathCases[] = {
     {"winograd 3x3, 11x9 outputs, 21 channels in, 19 out", {2, 11, 9, 21}, 19, 3, {1, 1, 1, 1}},
     {"winograd 3x3 pad 0", {1, 12, 14, 16}, 16, 3, {1, 0, 1, 1}},
     {"winograd 3x3 pad 2", {1, 8, 9, 32}, 17, 3, {1, 2, 1, 1}},
+    // stride-1 input gradients as the forward of the turned kernel (turned_conv.h): reading
+    // grad_out's columns in place (32 channels), gathering them (20); padding 0 turns into 2
+    {"turned input gradient: 3x3 dilation 2, 32 channels out", {2, 10, 9, 24}, 32, 3, {1, 2, 2, 1}},
+    {"turned input gradient: 5x5 pad 1, 20 channels out", {1, 9, 8, 16}, 20, 5, {1, 1, 1, 1}},
+    {"turned input gradient: 3x3 dilation 2 pad 0", {1, 11, 10, 16}, 16, 3, {1, 0, 2, 1}},
     // depth blocks: 3 of AMX's (9 x 256 = 2304 steps), 9 of float32's; 70 outputs: a column tail
     {"implicit columns 3x3, 256 channels, 6x6 outputs", {2, 6, 6, 256}, 70, 3, {1, 1, 1, 1}},
 };

@@ -1677,6 +1677,7 @@ TEST_CASE("bf16 autocast: GEMMs and convs on the emulated device and the CPU mul
   const ConvCase cases[] = {
       {"3x3 stride 2, batch 3", 3, 7, 9, 6, 10, 3, 3, 2, 1, 1, 1},
       {"3x3 groups 2", 2, 7, 9, 6, 10, 3, 3, 1, 1, 1, 2},
+      {"3x3 dilation 2 (the CPU's input gradient a turned conv)", 2, 9, 8, 20, 32, 3, 3, 1, 2, 2, 1},
       {"2x2 stride 2 (downsample), tile edges", 1, 6, 5, 70, 66, 2, 2, 2, 0, 1, 1},
       {"1x1 (pointwise: a GEMM)", 3, 5, 7, 37, 70, 1, 1, 1, 0, 1, 1},
       {"depthwise 3x3 dilation 2", 2, 9, 7, 6, 6, 3, 3, 1, 2, 2, 6},

@@ -7,7 +7,8 @@
 //   forward's GEMM reads tap-major columns with channels in runs of 16 from the input itself
 //   (ImplicitColumns), so no column matrix is written there either. Float32 3x3 stride-1 convs
 //   take Winograd's F(4x4, 3x3) instead (winograd.h), forward and input gradient: a quarter of
-//   the products.
+//   the products. Other stride-1 input gradients run as the forward of a turned kernel
+//   (turned_conv.h), which reads grad_out in place of a column matrix and col2im.
 // Padding is symmetric zero padding. The kernels overwrite their output (out, grad_x, grad_w).
 #include <algorithm>
 #include <memory>
@@ -21,6 +22,7 @@
 #include "tensor/cpu/depthwise_simd.h"
 #include "tensor/cpu/gemm.h"
 #include "tensor/cpu/thread_buffer.h"
+#include "tensor/cpu/turned_conv.h"
 #include "tensor/cpu/winograd.h"
 
 namespace sono::cpu {
@@ -596,10 +598,17 @@ void conv_forward(const Conv2dGeometry& g, const T* x, const T* w, T* out, const
   });
 }
 
+struct TurnedWeights {};
+
 template <typename T>
 void conv_backward_input(const Conv2dGeometry& g, const T* grad_out, const T* w, T* grad_x) {
   if constexpr (std::is_same_v<T, float>) {
     if (winograd_applies_to_input_gradient(g)) return winograd_conv_backward_input(g, grad_out, w, grad_x);
+  }
+  if (input_gradient_is_a_conv(g)) {
+    T* turned = thread_buffer<TurnedWeights, T>().reserve(g.cout * g.cin * g.kh * g.kw);
+    turn_weights(g, w, turned);
+    return conv_forward(input_gradient_geometry(g), grad_out, static_cast<const T*>(turned), grad_x);
   }
   const ColumnLayout cl = column_layout(g, false);
   const WeightRows<T> wt(w, g, cl);

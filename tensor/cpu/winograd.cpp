@@ -15,6 +15,7 @@
 
 #include "tensor/cpu/gemm.h"
 #include "tensor/cpu/thread_buffer.h"
+#include "tensor/cpu/turned_conv.h"
 
 namespace sono::cpu {
 
@@ -166,16 +167,6 @@ void transform_output(const Conv2dGeometry& g, const TileGrid& grid, const float
   });
 }
 
-// grad_x[y] = sum over ky of grad_out[y + padding - ky] w[ky] (and so for x): the conv of grad_out
-// with the weights flipped, Cin and Cout swapped, and padding 2 - padding.
-Conv2dGeometry input_gradient_geometry(const Conv2dGeometry& g) {
-  Conv2dGeometry t = g;
-  t.h = g.oh, t.w = g.ow, t.oh = g.h, t.ow = g.w;
-  t.cin = g.cout, t.cout = g.cin;
-  t.padding = 2 - g.padding;
-  return t;
-}
-
 struct FlippedWeights {};
 struct TransformedWeights {};
 struct TransformedInput {};
@@ -279,14 +270,12 @@ bool winograd_applies(const Conv2dGeometry& g) {
 }
 
 bool winograd_applies_to_input_gradient(const Conv2dGeometry& g) {
-  return g.padding <= 2 && winograd_applies(input_gradient_geometry(g));
+  return input_gradient_is_a_conv(g) && winograd_applies(input_gradient_geometry(g));
 }
 
 void winograd_conv_backward_input(const Conv2dGeometry& g, const float* grad_out, const float* w, float* grad_x) {
-  float* flipped = thread_buffer<FlippedWeights, float>().reserve(g.cout * g.cin * 9);  // [Cin, Cout, 3, 3]
-  for (int64_t co = 0; co < g.cout; ++co)
-    for (int64_t ci = 0; ci < g.cin; ++ci)
-      for (int64_t k = 0; k < 9; ++k) flipped[(ci * g.cout + co) * 9 + 8 - k] = w[(co * g.cin + ci) * 9 + k];
+  float* flipped = thread_buffer<FlippedWeights, float>().reserve(g.cout * g.cin * 9);
+  turn_weights(g, w, flipped);
   // The flipped weights are this thread's scratch, new with every step: not worth caching.
   const Conv2dGeometry t = input_gradient_geometry(g);
   float* u = thread_buffer<TransformedWeights, float>().reserve(kPoints * t.cout * t.cin);
