@@ -1683,6 +1683,7 @@ TEST_CASE("bf16 autocast: GEMMs and convs on the emulated device and the CPU mul
       {"depthwise 3x3 dilation 2", 2, 9, 7, 6, 6, 3, 3, 1, 2, 2, 6},
       {"depthwise 7x7 stride 2", 1, 11, 13, 5, 5, 7, 7, 2, 3, 1, 5},
       {"depthwise 3x3, 4 channels a thread", 2, 9, 7, 8, 8, 3, 3, 1, 1, 1, 8},
+      {"depthwise 7x7 stride 1 (the CPU rounds in its row ring)", 1, 9, 10, 20, 20, 7, 7, 1, 3, 1, 20},
   };
   in_each_schedule([&] {
     for (const ConvCase& cs : cases) {

@@ -675,7 +675,8 @@ void depthwise_forward(const Conv2dGeometry& g, const T* x, const T* w, T* out) 
   const std::vector<T> taps = depthwise_taps(w, g);
   if constexpr (std::is_same_v<T, float> && kHaveDepthwiseSimd) {
     if (has_simd_path<T>(g))
-      return depthwise_stride1(x, g.n, g.h, g.w, g.cin, taps.data(), g.kh, g.padding, out, g.oh, g.ow);
+      return depthwise_stride1(x, g.n, g.h, g.w, g.cin, taps.data(), g.kh, g.padding, out, g.oh, g.ow,
+                               g.precision == Precision::bf16);
   }
   depthwise_gather(g, forward_taps(g), x, g.h, g.w, taps.data(), out, g.oh, g.ow);
 }
@@ -690,8 +691,8 @@ void depthwise_backward_input(const Conv2dGeometry& g, const T* grad_out, const 
       std::vector<T> turned(taps.size());
       for (int64_t t = 0; t < g.kh * g.kw; ++t)
         std::copy_n(taps.data() + (g.kh * g.kw - 1 - t) * g.cin, g.cin, turned.data() + t * g.cin);
-      return depthwise_stride1(grad_out, g.n, g.oh, g.ow, g.cin, turned.data(), g.kh,
-                               g.kh - 1 - g.padding, grad_x, g.h, g.w);
+      return depthwise_stride1(grad_out, g.n, g.oh, g.ow, g.cin, turned.data(), g.kh, g.kh - 1 - g.padding,
+                               grad_x, g.h, g.w, g.precision == Precision::bf16);
     }
   }
   depthwise_gather(g, backward_taps(g), grad_out, g.oh, g.ow, taps.data(), grad_x, g.h, g.w);
@@ -717,11 +718,18 @@ Tensor depthwise_operand(const Conv2dGeometry& g, const Tensor& x) {
   return rounded;
 }
 
+// Whether the depthwise SIMD kernel takes this forward or input gradient: with bf16 products it
+// rounds its input as it reads it (no rounded copy to write and read back).
+bool simd_rounds_input(const Conv2dGeometry& g, DType dtype) {
+  return dtype == DType::f32 && g.depthwise() && has_simd_path<float>(g);
+}
+
 // Calls kernel(a, b, out) with the three tensors' element pointers for their float type, the
-// two operands as g's products read them.
+// two operands as g's products read them (a as it is where `kernel_rounds_a`).
 template <typename Kernel>
-void with_pointers(const Conv2dGeometry& g, const Tensor& a, const Tensor& b, const Tensor& out, Kernel&& kernel) {
-  const Tensor a_read = depthwise_operand(g, a), b_read = depthwise_operand(g, b);
+void with_pointers(const Conv2dGeometry& g, const Tensor& a, const Tensor& b, const Tensor& out, Kernel&& kernel,
+                   bool kernel_rounds_a = false) {
+  const Tensor a_read = kernel_rounds_a ? a : depthwise_operand(g, a), b_read = depthwise_operand(g, b);
   dispatch_float(a.dtype(), [&](auto tag) {
     using T = decltype(tag);
     kernel(a_read.data<T>(), b_read.data<T>(), out.data<T>());
@@ -744,14 +752,14 @@ void CpuBackend::conv2d_bias_relu_forward(const Conv2dGeometry& g, const Tensor&
     if (!g.depthwise()) return conv_forward(g, xp, wp, op, e, packed.get());
     depthwise_forward(g, xp, wp, op);
     apply_epilogue(g, e, op);
-  });
+  }, simd_rounds_input(g, x.dtype()));
 }
 
 void CpuBackend::conv2d_backward_input(const Conv2dGeometry& g, const Tensor& grad_out,
                                        const Tensor& w, const Tensor& grad_x) {
   with_pointers(g, grad_out, w, grad_x, [&](auto* gp, auto* wp, auto* op) {
     g.depthwise() ? depthwise_backward_input(g, gp, wp, op) : conv_backward_input(g, gp, wp, op);
-  });
+  }, simd_rounds_input(g, grad_out.dtype()));
 }
 
 void CpuBackend::conv2d_backward_weight(const Conv2dGeometry& g, const Tensor& x,

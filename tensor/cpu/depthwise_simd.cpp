@@ -48,6 +48,16 @@ void store_tile(const __m512 (&acc)[P], __mmask16 lanes, int64_t valid, int64_t 
   for (int64_t p = 0; p < std::min<int64_t>(P, valid); ++p) _mm512_mask_storeu_ps(out + p * c, lanes, acc[p]);
 }
 
+// v rounded to the nearest bfloat16 (ties to even), as bf16.h's round_to_bf16 per lane: a NaN
+// stays a quiet NaN with its sign and top payload.
+__m512 round_to_bf16(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v), top = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_and_si512(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), top);
+  const __m512i quiet = _mm512_and_si512(_mm512_or_si512(u, _mm512_set1_epi32(0x400000)), top);
+  return _mm512_castsi512_ps(_mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), rounded, quiet));
+}
+
 __mmask16 lane_mask(int64_t c, int64_t c0) {
   return static_cast<__mmask16>((1u << std::min<int64_t>(16, c - c0)) - 1);
 }
@@ -60,6 +70,9 @@ struct OutputRow {
 
 // ---- 3x3 (MiT's Mix-FFN): loads straight from the input, row by row -------------------------
 // Inputs in the zero padding are loaded with an empty mask (no memory is touched, the value is 0).
+// With bf16 products (kRound) each load is rounded: nine roundings an element cost less than a
+// rounded copy of the input written and read back (MiT's 4x-wide Mix-FFN maps are tens of MB).
+template <bool kRound>
 struct DirectLoad : OutputRow {
   const float* image;  // [h, w, c]
   int64_t w, c, c0, ox0;
@@ -68,10 +81,12 @@ struct DirectLoad : OutputRow {
   __m512 operator()(int ky, int j) const {
     const int64_t iy = oy - pad + ky, ix = ox0 - pad + j;
     const __mmask16 inside = ix >= 0 && ix < w ? lanes : 0;
-    return _mm512_maskz_loadu_ps(inside, image + (iy * w + ix) * c + c0);
+    const __m512 v = _mm512_maskz_loadu_ps(inside, image + (iy * w + ix) * c + c0);
+    return kRound ? round_to_bf16(v) : v;
   }
 };
 
+template <bool kRound>
 void run_direct3(const float* src, int64_t n, int64_t h, int64_t w, int64_t c, const float* taps,
                  int64_t pad, float* out, int64_t oh, int64_t ow) {
   constexpr int P = 8;
@@ -82,7 +97,7 @@ void run_direct3(const float* src, int64_t n, int64_t h, int64_t w, int64_t c, c
       const __mmask16 lanes = lane_mask(c, c0);
       for (int64_t ox0 = 0; ox0 < ow; ox0 += P) {
         __m512 acc[P];
-        const DirectLoad load{{h, pad, oy}, src + image * h * w * c, w, c, c0, ox0, lanes};
+        const DirectLoad<kRound> load{{h, pad, oy}, src + image * h * w * c, w, c, c0, ox0, lanes};
         accumulate_tile<3, P>(taps, c, c0, lanes, load, acc);
         store_tile(acc, lanes, ow - ox0, c, out + (row * ow + ox0) * c + c0);
       }
@@ -94,13 +109,15 @@ void run_direct3(const float* src, int64_t n, int64_t h, int64_t w, int64_t c, c
 // One block of 16 channels of one image, as a ring of the K input rows under the current output
 // row, each copied once, zero-padded and packed [width][16]: the tiles then load aligned
 // vectors with no masks (masked loads of the wide padding, one per load, made the compiler
-// branch on every mask: 54 GFLOP/s on ConvNeXt's 14 x 14 x 512 maps, 77 with the ring).
+// branch on every mask: 54 GFLOP/s on ConvNeXt's 14 x 14 x 512 maps, 77 with the ring). The
+// copy is where bf16 products round their input, once per element.
 template <int K>
 struct RowRing : OutputRow {  // OutputRow::oy and ox0: the tile being computed
   const float* image;  // [h, w, c]
   int64_t w, c, c0, width;
   __mmask16 lanes;
   float* rows;  // K slots of width x 16 floats, slot iy % K holding input row iy
+  bool round_bf16;
   int64_t ox0 = 0;
 
   // Copies input row iy into its slot, before the first output row that reads it.
@@ -110,7 +127,8 @@ struct RowRing : OutputRow {  // OutputRow::oy and ox0: the tile being computed
     const float* src = image + iy * w * c + c0;
     for (int64_t q = 0; q < width; ++q) {
       const int64_t ix = q - pad;
-      _mm512_store_ps(dst + q * 16, ix >= 0 && ix < w ? _mm512_maskz_loadu_ps(lanes, src + ix * c) : _mm512_setzero_ps());
+      const __m512 v = ix >= 0 && ix < w ? _mm512_maskz_loadu_ps(lanes, src + ix * c) : _mm512_setzero_ps();
+      _mm512_store_ps(dst + q * 16, round_bf16 ? round_to_bf16(v) : v);
     }
   }
   __m512 operator()(int ky, int j) const {
@@ -120,7 +138,7 @@ struct RowRing : OutputRow {  // OutputRow::oy and ox0: the tile being computed
 
 template <int K>
 void run_ring(const float* src, int64_t n, int64_t h, int64_t w, int64_t c, const float* taps,
-              int64_t pad, float* out, int64_t oh, int64_t ow) {
+              int64_t pad, float* out, int64_t oh, int64_t ow, bool round_bf16) {
   constexpr int P = 16;
   const int64_t blocks = (c + 15) / 16;
   const int64_t width = (ow + P - 1) / P * P + K - 1;  // ring row, in vectors
@@ -143,7 +161,7 @@ void run_ring(const float* src, int64_t n, int64_t h, int64_t w, int64_t c, cons
     for (int64_t item = 0; item < n * blocks; ++item) {
       if (!rows) continue;
       const int64_t image = item / blocks, c0 = item % blocks * 16;
-      RowRing<K> ring{{h, pad, 0}, src + image * h * w * c, w, c, c0, width, lane_mask(c, c0), rows};
+      RowRing<K> ring{{h, pad, 0}, src + image * h * w * c, w, c, c0, width, lane_mask(c, c0), rows, round_bf16};
       for (int64_t iy = -pad; iy < K - 1 - pad; ++iy) ring.load_row(iy);
       for (ring.oy = 0; ring.oy < oh; ++ring.oy) {
         ring.load_row(ring.oy - pad + K - 1);
@@ -162,9 +180,10 @@ void run_ring(const float* src, int64_t n, int64_t h, int64_t w, int64_t c, cons
 
 void depthwise_stride1(const float* src, int64_t n, int64_t h, int64_t w, int64_t c,
                        const float* taps, int64_t k, int64_t pad, float* out, int64_t oh,
-                       int64_t ow) {
-  if (k == 3) return run_direct3(src, n, h, w, c, taps, pad, out, oh, ow);
-  run_ring<7>(src, n, h, w, c, taps, pad, out, oh, ow);
+                       int64_t ow, bool round_bf16) {
+  if (k == 3 && round_bf16) return run_direct3<true>(src, n, h, w, c, taps, pad, out, oh, ow);
+  if (k == 3) return run_direct3<false>(src, n, h, w, c, taps, pad, out, oh, ow);
+  run_ring<7>(src, n, h, w, c, taps, pad, out, oh, ow, round_bf16);
 }
 
 }  // namespace sono::cpu

@@ -18,10 +18,11 @@ inline constexpr bool kHaveDepthwiseSimd = false;
 inline bool depthwise_simd_supports(int64_t k) { return kHaveDepthwiseSimd && (k == 3 || k == 7); }
 
 // out[n, oy, ox, :] = sum over ky, kx < k of src[n, oy - pad + ky, ox - pad + kx, :] * taps[ky, kx, :]
-// (zero outside src), for src [n, h, w, c], taps [k, k, c], out [n, oh, ow, c]. Needs
-// depthwise_simd_supports(k); defined only where kHaveDepthwiseSimd.
+// (zero outside src), for src [n, h, w, c], taps [k, k, c], out [n, oh, ow, c]; with
+// `round_bf16` each src value is rounded to bfloat16 as it is read (bf16 products: the caller
+// rounds the taps). Needs depthwise_simd_supports(k); defined only where kHaveDepthwiseSimd.
 void depthwise_stride1(const float* src, int64_t n, int64_t h, int64_t w, int64_t c,
                        const float* taps, int64_t k, int64_t pad, float* out, int64_t oh,
-                       int64_t ow);
+                       int64_t ow, bool round_bf16);
 
 }  // namespace sono::cpu
