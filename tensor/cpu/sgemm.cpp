@@ -297,6 +297,29 @@ SONO_BF16_TARGET void pack_bf16_pairs(const float* src, int64_t rows, int64_t de
   }
 }
 
+// The same straight from src where each depth step's rows are contiguous (src.rs == 1: B as
+// [k, n], a weight gradient's columns): two steps' runs of rows interleaved per pair, without
+// the float32 panels in between (that copy took as long as the AMX tiles' products); rows past
+// `rows` are zero.
+template <int W>
+SONO_BF16_TARGET void pack_bf16_pairs_depth_contiguous(Strided src, int64_t rows, int64_t depth, uint16_t* dst,
+                                                       int64_t panel_pairs) {
+  const int64_t pairs = (depth + 1) / 2;
+  for (int64_t r0 = 0; r0 < rows; r0 += W) {
+    uint16_t* out = dst + r0 * panel_pairs * 2;
+    for (int64_t q = 0; q < pairs; ++q) {
+      const float* even = src.at(r0, 2 * q);
+      const float* odd = 2 * q + 1 < depth ? src.at(r0, 2 * q + 1) : nullptr;
+      for (int g = 0; g < W; g += 16) {
+        const __mmask16 rows_mask = column_mask(rows - r0 - g);
+        const __m512 x = _mm512_maskz_loadu_ps(rows_mask, even + g);
+        const __m512 y = odd ? _mm512_maskz_loadu_ps(rows_mask, odd + g) : _mm512_setzero_ps();
+        store_pair<W>(x, y, g, out + (q * W + g) * 2);
+      }
+    }
+  }
+}
+
 // CPUs without AVX512-BF16: the packed float32 panels' values rounded in place.
 void round_panels(float* panels, int64_t count) {
   for (int64_t i = 0; i < count; ++i) panels[i] = round_to_bf16(panels[i]);
@@ -565,10 +588,13 @@ bool pack_strided(Strided src, int64_t rows, int64_t depth, const Sink& sink, fl
 
 // B's block for AMX: pair panels over the depth rounded up to 32, the pairs past the block's
 // depth zero (a tile reads 16 pairs at a time). Rows whose depth is contiguous are transposed in
-// registers; otherwise (B as [k, n]: input gradients) they go through float32 panels at `panels`.
+// registers; rows contiguous at each depth step (B as [k, n]: weight gradients) are paired as
+// they are read; other strides go through float32 panels at `panels`.
 SONO_BF16_TARGET void pack_b_for_amx(Strided src, int64_t rows, int64_t depth, float* panels, uint16_t* dst) {
   const int64_t amx_depth = round_up(depth, kAmxDepth), packed = (depth + 1) / 2 * 2;
-  if (!pack_strided<kNr>(src, rows, depth, PairPanels<kNr>{dst, amx_depth}, panels))
+  if (src.rs == 1 && src.cs != 1)
+    pack_bf16_pairs_depth_contiguous<kNr>(src, rows, depth, dst, amx_depth / 2);
+  else if (!pack_strided<kNr>(src, rows, depth, PairPanels<kNr>{dst, amx_depth}, panels))
     pack_bf16_pairs<kNr>(panels, rows, depth, dst, amx_depth / 2);
   for (int64_t r0 = 0; r0 < rows; r0 += kNr)
     std::fill(dst + r0 * amx_depth + packed * kNr, dst + (r0 + kNr) * amx_depth, uint16_t{0});
