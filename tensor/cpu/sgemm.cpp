@@ -182,14 +182,16 @@ struct RowTiles {
   }
 };
 
-// Float32 panels of 16 rows (pack_depth_contiguous<16>) made into RowTiles: 16 steps of the 16
-// rows transposed in registers at a time (A transposed: the weight gradients' GEMMs).
-SONO_BF16_TARGET void row_tiles_from_panels(const float* panels, int64_t rows, int64_t depth, const RowTiles& out) {
+// src.rs == 1 (A transposed: the weight gradients' GEMMs) made into RowTiles: 16 steps of 16
+// rows read as they lie (each step's rows contiguous), transposed in registers, stored as rows
+// (rows past `rows`, up to a multiple of 16, zero).
+SONO_BF16_TARGET void row_tiles_from_depth_runs(Strided src, int64_t rows, int64_t depth, const RowTiles& out) {
   for (int64_t r0 = 0; r0 < rows; r0 += 16) {
-    const float* panel = panels + r0 * depth;
+    const __mmask16 rows_mask = column_mask(rows - r0);
     for (int64_t s = 0; s < depth; s += 16) {
       __m512 v[16];
-      for (int64_t c = 0; c < 16; ++c) v[c] = s + c < depth ? _mm512_loadu_ps(panel + (s + c) * 16) : _mm512_setzero_ps();
+      for (int64_t c = 0; c < 16; ++c)
+        v[c] = s + c < depth ? _mm512_maskz_loadu_ps(rows_mask, src.at(r0, s + c)) : _mm512_setzero_ps();
       transpose16(v);
       for (int i = 0; i < 16; ++i) out.store_row(r0 + i, s, v[i]);
     }
@@ -601,10 +603,10 @@ SONO_BF16_TARGET void pack_b_for_amx(Strided src, int64_t rows, int64_t depth, f
 }
 
 // A's block (rows [ic, ic + mc), depth [pc, pc + kc)) for AMX: read as rows from implicit
-// columns or from rows whose depth is contiguous, else packed into float32 panels (at `panels`)
-// and transposed into rows; rows up to the next multiple of kAmxRows and steps up to the next of
-// 32 are zeroed.
-void pack_a_for_amx(const Item& it, int64_t ic, int64_t mc, int64_t pc, int64_t kc, float* panels, uint16_t* dst) {
+// columns or from rows whose depth is contiguous, else transposed into rows from the depth
+// steps' runs of rows; rows up to the next multiple of kAmxRows and steps up to the next of 32
+// are zeroed.
+void pack_a_for_amx(const Item& it, int64_t ic, int64_t mc, int64_t pc, int64_t kc, uint16_t* dst) {
   const int64_t amx_depth = round_up(kc, kAmxDepth), packed_depth = round_up(kc, 16), packed_rows = round_up(mc, 16);
   const RowTiles sink{dst, amx_depth};
   if (it.a_columns) {
@@ -612,8 +614,7 @@ void pack_a_for_amx(const Item& it, int64_t ic, int64_t mc, int64_t pc, int64_t 
   } else if (it.a.cs == 1) {
     pack_rows_contiguous<16>({it.a.at(ic, pc), it.a.rs, it.a.cs}, mc, kc, sink);
   } else {
-    pack_depth_contiguous<16>({it.a.at(ic, pc), it.a.rs, it.a.cs}, mc, kc, panels);
-    row_tiles_from_panels(panels, mc, kc, sink);
+    row_tiles_from_depth_runs({it.a.at(ic, pc), it.a.rs, it.a.cs}, mc, kc, sink);
   }
   if (packed_depth < amx_depth)
     for (int64_t r = 0; r < packed_rows; ++r)
@@ -683,7 +684,7 @@ void run_item(const Item& it, Team team) {
       for (int64_t blk = share.first_block; blk < row_blocks; blk += share.block_step) {
         const int64_t ic = blk * it.mc, mc = std::min(it.mc, it.m - ic);
         if (amx)
-          pack_a_for_amx(it, ic, mc, pc, kc, a_pack, a16);
+          pack_a_for_amx(it, ic, mc, pc, kc, a16);
         else
           pack_operand<kMr>(
               [&](const auto& sink) {
