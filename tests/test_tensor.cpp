@@ -192,6 +192,28 @@ TEST_CASE("mul(x, x) hands one product to both operands") {
   check_values(x.grad(), expected, 1e-12);
 }
 
+// Contiguous operands merge into one row, which the CPU hands to its threads in pieces
+// (cpu::kRowPiece): every element once, across the pieces' edges, contiguous or strided.
+TEST_CASE("elementwise ops over rows longer than a piece reach every element once") {
+  const int64_t n = 3 * 16384 + 5;
+  std::vector<double> a(n), b(n);
+  for (int64_t i = 0; i < n; ++i) a[i] = i, b[i] = 0.5 * i;
+  const Tensor ta = Tensor::from_vector(a, {n}), tb = Tensor::from_vector(b, {n});
+  std::vector<double> sum(n);
+  for (int64_t i = 0; i < n; ++i) sum[i] = 1.5 * i;
+  check_values(ta + tb, sum, 0);
+  check_values(Tensor::full({n}, 7.0), std::vector<double>(n, 7.0), 0);
+  // [2, n] read transposed: rows of 2, strided, n of them.
+  const Tensor pairs = Tensor::from_vector([&] {
+    std::vector<double> v(a);
+    v.insert(v.end(), b.begin(), b.end());
+    return v;
+  }(), {2, n}).transpose(0, 1);
+  std::vector<double> interleaved;
+  for (int64_t i = 0; i < n; ++i) interleaved.insert(interleaved.end(), {a[i], b[i]});
+  check_values(pairs.contiguous(), interleaved, 0);
+}
+
 TEST_CASE("relu keeps its output for backward, not its input, and its gradient is one map") {
   Tensor x = rand64({128, 1024}, 6, 2.0).requires_grad_();  // 1 MiB
   Tensor pre = mul(x, 1.0);
