@@ -121,6 +121,7 @@ class KernelBackend : public Backend {
       case BinaryOp::mul: return run(binary::Mul{});
       case BinaryOp::div: return run(binary::Div{});
       case BinaryOp::eq: return run(binary::Eq{});
+      case BinaryOp::relu_grad: return run(binary::ReluGrad{});
     }
   }
 

@@ -14,7 +14,8 @@ enum class UnaryOp {
   neg, exp, log, sqrt, abs, sign, relu, gelu, sigmoid, tanh, softplus,
   add_scalar, mul_scalar, pow_scalar, gt_scalar
 };
-enum class BinaryOp { add, sub, mul, div, eq };
+// relu_grad: a where b > 0, else 0 (ReLU's input gradient from its output, in one pass).
+enum class BinaryOp { add, sub, mul, div, eq, relu_grad };
 enum class ReduceOp { sum, max };
 
 // How a kernel's products multiply: float32 (or float64) operands as they are, or, under bf16

@@ -247,7 +247,7 @@ std::vector<OpRow> fixed_rows() {
        A::unary},
       {"gelu", {{3, 5, 7}}, [](auto& v) { return gelu(v[0]); }, {K::unary, K::gelu_backward},
        true, A::gelu},
-      {"relu", {{3, 5, 7}}, [](auto& v) { return relu(v[0]); }, {K::unary}, true, A::relu, 0.5,
+      {"relu", {{3, 5, 7}}, [](auto& v) { return relu(v[0]); }, {K::unary, K::binary}, true, A::relu, 0.5,
        2.5},
       {"add (broadcast)", {{3, 5, 7}, {5, 1}}, [](auto& v) { return add(v[0], v[1]); },
        {K::binary}, true, A::binary},

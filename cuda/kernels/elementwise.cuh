@@ -158,6 +158,7 @@ struct Sub { __device__ float operator()(float a, float b) const { return a - b;
 struct Mul { __device__ float operator()(float a, float b) const { return a * b; } };
 struct Div { __device__ float operator()(float a, float b) const { return a / b; } };
 struct Eq { __device__ float operator()(float a, float b) const { return float(a == b); } };
+struct ReluGrad { __device__ float operator()(float a, float b) const { return b > 0.0f ? a : 0.0f; } };
 }  // namespace binary
 
 template <typename Op>

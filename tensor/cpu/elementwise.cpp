@@ -245,6 +245,7 @@ void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Ten
       case BinaryOp::mul: return zip<T>(a, b, out, [](T x, T y) { return x * y; });
       case BinaryOp::div: return zip<T>(a, b, out, [](T x, T y) { return x / y; });
       case BinaryOp::eq: return zip<T>(a, b, out, [](T x, T y) { return T(x == y); });
+      case BinaryOp::relu_grad: return zip<T>(a, b, out, [](T x, T y) { return y > T(0) ? x : T(0); });
     }
   });
 }

@@ -149,8 +149,10 @@ Tensor relu(const Tensor& a) {
   // The output is > 0 exactly where the input is, and the next op (a conv) saves it anyway:
   // saving the input instead would keep a second map alive, as PyTorch's relu does not.
   return autograd::record("relu", out, {a}, [y = out.detach()](const Tensor& g) {
-    Tensor grad = gt(y, 0.0);
-    backend_of(grad).binary(BinaryOp::mul, g, grad, grad);  // g * mask over the mask: one map
+    // A bfloat16 activation (CUDA autocast) is read widened: the binary kernels take float32.
+    const Tensor y_read = y.dtype() == DType::bf16 ? y.to(DType::f32) : y;
+    Tensor grad = Tensor::empty(y.shape(), y_read.dtype(), y.device());
+    backend_of(grad).binary(BinaryOp::relu_grad, g, y_read, grad);
     return Grads{grad};
   });
 }

@@ -35,6 +35,7 @@ const char* binary_name(BinaryOp op) {
     case BinaryOp::mul: return "mul";
     case BinaryOp::div: return "div";
     case BinaryOp::eq: return "eq";
+    case BinaryOp::relu_grad: return "relu_grad";
   }
   return "?";
 }
