@@ -35,6 +35,9 @@ const ConvCase kPathCases[] = {
     {"depthwise 7x7 pad 3, rows of 19: a full tile of 16 and a tail", {2, 8, 19, 20}, 20, 7, {1, 3, 1, 20}},
     {"atrous depthwise d12, 70 channels", {1, 13, 11, 70}, 70, 3, {1, 12, 12, 70}},
     {"dense 3x3 stride 2", {2, 9, 11, 20}, 24, 3, {2, 1, 1, 1}},
+    // a stem's few columns a pixel, written and multiplied in cached blocks of output rows:
+    // blocks of 8 of the 14 rows, the first reaching into the second image
+    {"7x7 stride 2, 3 channels: blocks of output rows", {2, 14, 400, 3}, 8, 7, {2, 3, 1, 1}},
     {"pointwise", {2, 6, 5, 33}, 17, 1, {1, 0, 1, 1}},
     {"sr 4x4 stride 4, 24 channels out of 9 pixels", {1, 12, 13, 20}, 24, 4, {4, 0, 1, 1}},
     // the GEMM reading the columns from the input (channels in runs of 16)
