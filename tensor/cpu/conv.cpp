@@ -622,8 +622,8 @@ void conv_forward(const Conv2dGeometry& g, const T* x, const T* w, T* out, const
   };
   if (cl.identity) return multiply(0, g.n * g.oh * g.ow, x);
   // Few columns a pixel (a stem's 3 or 4 channels x 49 taps): the GEMM does little with each
-  // column float, so their trip through memory was most of its time. With more, its work hides
-  // the trip, and blocks of a few rows would repack the weights (or A) for each.
+  // column float, so their trip through memory would be most of its time. With more, its work
+  // hides the trip, and blocks of a few rows would repack the weights (or A) for each.
   if (cl.cols < 256) return for_each_cached_block(g, cl, x, multiply);
   for_each_chunk<T>(g, cl, x, true,
                     [&](int64_t n0, int64_t, int64_t rows, T* cols) { multiply(n0 * g.oh * g.ow, rows, cols); });

@@ -301,8 +301,8 @@ SONO_BF16_TARGET void pack_bf16_pairs(const float* src, int64_t rows, int64_t de
 
 // The same straight from src where each depth step's rows are contiguous (src.rs == 1: B as
 // [k, n], a weight gradient's columns): two steps' runs of rows interleaved per pair, without
-// the float32 panels in between (that copy took as long as the AMX tiles' products); rows past
-// `rows` are zero.
+// the float32 panels in between (a second pass over the whole block); rows past `rows` are
+// zero.
 template <int W>
 SONO_BF16_TARGET void pack_bf16_pairs_depth_contiguous(Strided src, int64_t rows, int64_t depth, uint16_t* dst,
                                                        int64_t panel_pairs) {
