@@ -14,7 +14,6 @@
 #include "layers/safetensors.h"
 #include "models/registry.h"
 #include "models/resnet.h"
-#include "tensor/cpu/cpu_backend.h"
 #include "tensor/ops.h"
 #include "tools/app/checkpoint.h"
 #include "tools/app/masked_image_model.h"
@@ -81,8 +80,7 @@ Settings read_options(const app::Cli& cli) {
   SONO_CHECK(s.lr > 0, "--lr ", cli.str("lr"), ": must be positive");
   SONO_CHECK(s.warmup_epochs >= 0, "--warmup-epochs ", cli.str("warmup-epochs"), ": must be 0 or more");
   SONO_CHECK(s.clip_grad >= 0, "--clip-grad ", cli.str("clip-grad"), ": must be 0 (off) or more");
-  s.device = app::apply_runtime_options(cli);
-  cpu::set_huge_pages(true);  // a run's steps reuse their blocks: worth the first touch's wait
+  s.device = app::apply_training_runtime_options(cli);
   return s;
 }
 

@@ -400,13 +400,6 @@ void im2col_rows(const Conv2dGeometry& g, const ColumnLayout& cl, const Taps& t,
       fill_column_row(g, cl, t, x, row / g.oh, row % g.oh, ox, cols + ((row - r0) * g.ow + ox) * cl.cols);
 }
 
-// cols[(n - n0) * OH * OW + oy * OW + ox, :] for images [n0, n1).
-template <typename T>
-void im2col(const Conv2dGeometry& g, const ColumnLayout& cl, const Taps& t, const T* x, int64_t n0,
-            int64_t n1, T* cols) {
-  im2col_rows(g, cl, t, x, n0 * g.oh, n1 * g.oh, cols);
-}
-
 // grad_x[n, iy, ix, :] = sum of the column entries that im2col copied from there, for images
 // [n0, n1). Gathering per input pixel (instead of scattering columns) needs no atomics.
 template <typename T>
@@ -459,7 +452,7 @@ void for_each_chunk(const Conv2dGeometry& g, const ColumnLayout& cl, const T* x,
   for (int64_t n0 = 0; n0 < g.n; n0 += cl.images_per_chunk) {
     const int64_t n1 = std::min(g.n, n0 + cl.images_per_chunk);
     T* cols = cl.identity ? const_cast<T*>(x) + n0 * pixels * g.cin : buffer;
-    if (fill_columns && !cl.identity) im2col(g, cl, t, x, n0, n1, cols);
+    if (fill_columns && !cl.identity) im2col_rows(g, cl, t, x, n0 * g.oh, n1 * g.oh, cols);
     step(n0, n1, (n1 - n0) * pixels, cols);
   }
 }

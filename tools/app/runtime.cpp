@@ -12,6 +12,7 @@
 
 #include "cuda/emulated/emulated_backend.h"
 #include "tensor/autocast.h"
+#include "tensor/cpu/cpu_backend.h"
 #include "tensor/error.h"
 #ifdef _OPENMP
 #include <omp.h>
@@ -67,6 +68,11 @@ void add_runtime_options(Cli& cli) {
       .option("threads", "0", "CPU threads for the kernels (0: one per core)")
       .option("amp", "off", "mixed precision: off, or bf16 (bfloat16 matrix products, float32 "
                             "accumulation and weights; bfloat16 activations on cuda, float32 on the cpu)");
+}
+
+Device apply_training_runtime_options(const Cli& cli) {
+  cpu::set_huge_pages(true);
+  return apply_runtime_options(cli);
 }
 
 Device apply_runtime_options(const Cli& cli) {

@@ -31,6 +31,9 @@ void add_runtime_options(Cli& cli);
 // Applies --threads and --amp (autocast on the device; bf16 is refused on the CPU) and returns
 // --device.
 Device apply_runtime_options(const Cli& cli);
+// The same for a training run, whose CPU blocks also ask for huge pages (cpu::set_huge_pages):
+// its steps reuse their blocks, so the first touch's wait pays.
+Device apply_training_runtime_options(const Cli& cli);
 
 // Throws naming `file` when it could not be written: its folder is missing or read-only, or
 // it is a folder. Checked before long work, so a run does not fail at its end.

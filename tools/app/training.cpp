@@ -17,7 +17,6 @@
 #include "layers/safetensors.h"
 #include "models/registry.h"
 #include "models/resnet.h"
-#include "tensor/cpu/cpu_backend.h"
 #include "tensor/random.h"
 #include "tools/app/checkpoint.h"
 #include "tools/app/cross_validation.h"
@@ -179,8 +178,7 @@ TrainSettings read_training_options(const Cli& cli, models::Task task) {
   check_outputs(inputs, {{resume_state_path(s.save_path), "the resume state of --save-path"}}, true);
   if (!s.resume.empty()) inputs.push_back({s.resume, "--resume"});
   check_outputs(inputs, {{s.save_path, "--save-path"}}, true);
-  s.device = apply_runtime_options(cli);
-  cpu::set_huge_pages(true);  // a run's steps reuse their blocks: worth the first touch's wait
+  s.device = apply_training_runtime_options(cli);
   return s;
 }
 

@@ -183,8 +183,6 @@ std::string printable(const char* reason) {
   return text;
 }
 
-using StbPixels = std::unique_ptr<void, void (*)(void*)>;
-
 // Sample i of 8- or 16-bit samples as 0..1.
 float sample_value(const void* samples, size_t i, bool sixteen_bit) {
   return sixteen_bit ? static_cast<const uint16_t*>(samples)[i] / 65535.0f
@@ -192,18 +190,15 @@ float sample_value(const void* samples, size_t i, bool sixteen_bit) {
 }
 
 // A decoded file in its own channel count and bit depth.
-struct Decoded {
-  int height = 0, width = 0, channels = 0;
-  bool sixteen_bit = false;
-  StbPixels data{nullptr, stbi_image_free};
-
+// A file's samples, from libdeflate (simple PNGs) or stb (the rest).
+struct Decoded : PngPixels {
   // Sample as 0..1.
   float value(size_t pixel, int channel) const {
-    return sample_value(data.get(), pixel * channels + channel, sixteen_bit);
+    return sample_value(samples.get(), pixel * channels + channel, sixteen_bit);
   }
   int colour_channels() const { return channels >= 3 ? 3 : 1; }  // alpha excluded
   PixelBuffer buffer() const {
-    return {data.get(), height, width, channels, sixteen_bit, size_t(width) * channels * (sixteen_bit ? 2 : 1)};
+    return {samples.get(), height, width, channels, sixteen_bit, size_t(width) * channels * (sixteen_bit ? 2 : 1)};
   }
 };
 
@@ -213,12 +208,8 @@ Decoded decode(const fs::path& file) {
   check_not_truncated(bytes, file);
   if (is_jpeg(bytes)) check_jpeg_huffman_tables(bytes, file);
   check_dimensions(bytes, file);
+  if (std::optional<PngPixels> png = decode_simple_png(bytes)) return {std::move(*png)};
   Decoded d;
-  if (std::optional<PngPixels> png = decode_simple_png(bytes)) {
-    d.height = png->height, d.width = png->width, d.channels = png->channels, d.sixteen_bit = png->sixteen_bit;
-    d.data = std::move(png->samples);
-    return d;
-  }
   auto* buffer = reinterpret_cast<const stbi_uc*>(bytes.data());
   int size = static_cast<int>(bytes.size());
   d.sixteen_bit = stbi_is_16_bit_from_memory(buffer, size);
@@ -226,7 +217,7 @@ Decoded decode(const fs::path& file) {
                      ? static_cast<void*>(stbi_load_16_from_memory(buffer, size, &d.width, &d.height, &d.channels, 0))
                      : static_cast<void*>(stbi_load_from_memory(buffer, size, &d.width, &d.height, &d.channels, 0));
   if (!pixels) fail("cannot decode image file '", file.string(), "': ", printable(stbi_failure_reason()));
-  d.data.reset(pixels);
+  d.samples = decltype(d.samples)(pixels, stbi_image_free);
   return d;
 }
 

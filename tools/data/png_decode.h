@@ -9,6 +9,7 @@
 
 namespace sono::data {
 
+// Decoded samples (image.cpp's decoder keeps stb's in the same form).
 struct PngPixels {
   int height = 0, width = 0, channels = 0;  // channels: 1 grey, 2 grey + alpha, 3 RGB, 4 RGBA
   bool sixteen_bit = false;
