@@ -33,7 +33,8 @@ void add_step_options(app::Cli& cli) {
       .option("batch", "1", "batch size")
       .option("mode", "train", "train (forward, loss, backward, optimiser step) or infer")
       .option("in-channels", "", "input channels (default: 3 segmentation, 4 classification)")
-      .option("classes", "", "output classes (default: 1 segmentation, 3 classification)");
+      .option("classes", "", "output classes (default: 1 segmentation, 3 classification)")
+      .flag("fused", "infer as predict does: BatchNorms folded into convs, ReLUs into their epilogues");
 }
 
 StepConfig parse_step_config(const app::Cli& cli, Device device) {
@@ -52,6 +53,8 @@ StepConfig parse_step_config(const app::Cli& cli, Device device) {
   const std::string mode = cli.str("mode");
   SONO_CHECK(mode == "train" || mode == "infer", "--mode is train or infer, got '", mode, "'");
   c.train = mode == "train";
+  c.fused = cli.is_set("fused");
+  SONO_CHECK(!c.fused || !c.train, "--fused is for --mode infer");
   c.device = device;
   return c;
 }
@@ -60,8 +63,10 @@ ModelStep::ModelStep(const StepConfig& c)
     : config_(c),
       entry_(models::find_model(c.model, c.task)),
       model_(entry_.build({c.in_channels, c.classes, 0.0})) {
-  model_->to(c.device);
   model_->train(c.train);
+  if (c.fused) model_->fuse_for_inference();  // before the move, as load_for_inference does
+  model_->to(c.device);
+  if (c.fused) model_->freeze_parameters();
   Generator gen(0);
   images_ = randn({c.batch, c.size, c.size, c.in_channels}, gen).to(c.device);
   if (entry_.task == models::Task::segmentation) {

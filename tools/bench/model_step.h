@@ -16,10 +16,11 @@ struct StepConfig {
   std::optional<models::Task> task;  // for a name both tasks use
   int64_t size = 0, batch = 1, in_channels = 3, classes = 1;
   bool train = true;
+  bool fused = false;  // inference as predict runs it (Module::fuse_for_inference, frozen)
   Device device = Device::cpu;
 };
 
-// --model, --task, --size, --batch, --mode, --in-channels, --classes; and the config they give.
+// --model, --task, --size, --batch, --mode, --fused, --in-channels, --classes; and the config they give.
 void add_step_options(app::Cli& cli);
 StepConfig parse_step_config(const app::Cli& cli, Device device);
 
