@@ -558,13 +558,19 @@ FrozenWeights& frozen_weights() {
   return *cache;
 }
 
+// What the forward keeps of float32 weights whose storage is frozen: the GEMM paths' packed
+// groups, and the storage, which lets the Winograd path's transformed weights serve unchecked.
+struct FrozenForward {
+  std::shared_ptr<const PackedGroups> packed;
+  std::shared_ptr<Storage> storage;
+};
+
 // The packed groups of w where its storage is frozen and the forward runs a GEMM on it, else null.
 std::shared_ptr<const PackedGroups> frozen_packed_weights(const Conv2dGeometry& g, const Tensor& w) {
 #ifndef __AVX512F__
   return nullptr;  // no sgemm to pack for
 #else
-  if (!w.impl().storage->frozen || w.dtype() != DType::f32 || g.depthwise() || winograd_applies(g))
-    return nullptr;
+  if (g.depthwise() || winograd_applies(g)) return nullptr;
   const ColumnLayout cl = column_layout(g, false);
   const float* wp = w.data<float>();
   return frozen_weights().get(w.impl().storage, wp, g, cl, [&] {
@@ -575,6 +581,11 @@ std::shared_ptr<const PackedGroups> frozen_packed_weights(const Conv2dGeometry& 
     return packed;
   });
 #endif
+}
+
+FrozenForward frozen_forward(const Conv2dGeometry& g, const Tensor& w) {
+  if (!w.impl().storage->frozen || w.dtype() != DType::f32) return {};
+  return {frozen_packed_weights(g, w), w.impl().storage};
 }
 
 void conv_forward_implicit(const Conv2dGeometry& g, const ColumnLayout& cl, const float* x, const float* wt,
@@ -589,16 +600,17 @@ void conv_forward_implicit(const Conv2dGeometry& g, const ColumnLayout& cl, cons
   }
 }
 
-// packed: the weights' groups packed already (frozen weights; their rows are not read).
+// frozen: what is kept of frozen weights (with packed groups, their rows are not read).
 template <typename T>
 void conv_forward(const Conv2dGeometry& g, const T* x, const T* w, T* out, const Epilogue<T>& e = {},
-                  const PackedGroups* packed = nullptr) {
+                  const FrozenForward& frozen = {}) {
   if constexpr (std::is_same_v<T, float>) {
     if (winograd_applies(g)) {
-      winograd_conv_forward(g, x, w, out);
+      winograd_conv_forward(g, x, w, out, frozen.storage);
       return apply_epilogue(g, e, out);
     }
   }
+  const PackedGroups* packed = frozen.packed.get();
   const ColumnLayout cl = column_layout(g, !packed);
   const WeightRows<T> wt(packed ? nullptr : w, g, cl);
   if constexpr (std::is_same_v<T, float>) {
@@ -769,11 +781,11 @@ void CpuBackend::conv2d_forward(const Conv2dGeometry& g, const Tensor& x, const 
 
 void CpuBackend::conv2d_bias_relu_forward(const Conv2dGeometry& g, const Tensor& x, const Tensor& w,
                                           const Tensor& bias, const Tensor& out, bool relu) {
-  const std::shared_ptr<const PackedGroups> packed = frozen_packed_weights(g, w);
+  const FrozenForward frozen = frozen_forward(g, w);
   with_pointers(g, x, w, out, [&](auto* xp, auto* wp, auto* op) {
     using T = std::remove_pointer_t<decltype(op)>;
     const Epilogue<T> e{bias.defined() ? bias.data<T>() : nullptr, relu};
-    if (!g.depthwise()) return conv_forward(g, xp, wp, op, e, packed.get());
+    if (!g.depthwise()) return conv_forward(g, xp, wp, op, e, frozen);
     depthwise_forward(g, xp, wp, op);
     apply_epilogue(g, e, op);
   }, simd_rounds_input(g, x.dtype()));

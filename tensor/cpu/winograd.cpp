@@ -179,17 +179,22 @@ struct Products {};
 // one's address are transformed afresh, and a hit gives the floats a fresh transform would.
 class TransformedWeightCache {
  public:
-  // U for the weights w of a conv of geometry g; the entry stays alive while it is held.
-  std::shared_ptr<const AlignedBuffer<float>> get(const Conv2dGeometry& g, const float* w) {
+  // U for the weights w of a conv of geometry g; the entry stays alive while it is held. An
+  // entry made from a frozen storage serves that storage unchecked while it lives; any other is
+  // checked against w, which training changes in place.
+  std::shared_ptr<const AlignedBuffer<float>> get(const Conv2dGeometry& g, const float* w,
+                                                  const std::shared_ptr<Storage>& frozen) {
     const size_t bytes = static_cast<size_t>(g.cout * g.cin * 9) * sizeof(float);
     std::unique_lock lock(mutex_);
     Entry* entry = find(w, g.cin, g.cout);
-    if (entry && std::memcmp(entry->weights.data(), w, bytes) == 0) {
+    if (entry && ((frozen && entry->frozen.lock() == frozen) ||
+                  std::memcmp(entry->weights.data(), w, bytes) == 0)) {
       entry->last_use = ++clock_;
       return entry->u;
     }
     if (!entry) entry = insert(w, g.cin, g.cout);
     entry->last_use = ++clock_;
+    entry->frozen = frozen;
     // A U still held by a caller on another thread is left to it; this call writes a new one.
     if (entry->u.use_count() > 1) entry->u = std::make_shared<AlignedBuffer<float>>();
     std::shared_ptr<AlignedBuffer<float>> u = entry->u;
@@ -211,6 +216,7 @@ class TransformedWeightCache {
     const float* key = nullptr;
     int64_t cin = 0, cout = 0;
     std::vector<float> weights;
+    std::weak_ptr<Storage> frozen;  // the frozen storage the weights came from, if any
     std::shared_ptr<AlignedBuffer<float>> u = std::make_shared<AlignedBuffer<float>>();
     uint64_t last_use = 0;
   };
@@ -283,8 +289,9 @@ void winograd_conv_backward_input(const Conv2dGeometry& g, const float* grad_out
   winograd_forward_transformed(t, grad_out, u, grad_x);
 }
 
-void winograd_conv_forward(const Conv2dGeometry& g, const float* x, const float* w, float* out) {
-  const auto u = transformed_weight_cache().get(g, w);
+void winograd_conv_forward(const Conv2dGeometry& g, const float* x, const float* w, float* out,
+                           const std::shared_ptr<Storage>& frozen) {
+  const auto u = transformed_weight_cache().get(g, w, frozen);
   winograd_forward_transformed(g, x, u->data(), out);
 }
 

@@ -5,6 +5,8 @@
 // as 36 GEMMs [tiles, Cin] x [Cin, Cout]. The CPU conv takes it wherever it applies, forward
 // and input gradient; bf16 products keep the GEMM paths (rounding transformed operands to
 // bfloat16 would lose more than the products do).
+#include <memory>
+
 #include "tensor/backend.h"
 
 namespace sono::cpu {
@@ -16,7 +18,10 @@ namespace sono::cpu {
 bool winograd_applies(const Conv2dGeometry& g);
 
 // out [N, OH, OW, Cout] = conv(x [N, H, W, Cin], w [Cout, Cin, 3, 3]), any zero padding.
-void winograd_conv_forward(const Conv2dGeometry& g, const float* x, const float* w, float* out);
+// frozen: w's storage where it is frozen (Storage::frozen), else null; its transformed weights
+// then serve every later call without checking w against the copy they were made from.
+void winograd_conv_forward(const Conv2dGeometry& g, const float* x, const float* w, float* out,
+                           const std::shared_ptr<Storage>& frozen = nullptr);
 
 // The input gradient of such a conv is one as well (of grad_out, padded by 2 - padding): where
 // that one applies (padding at most 2), grad_x [N, H, W, Cin] from grad_out [N, OH, OW, Cout].
