@@ -324,7 +324,8 @@ class KernelBackend : public Backend {
   void max_pool2d_forward(const Tensor& x, int64_t kernel, int64_t stride, int64_t padding,
                           const Tensor& y, const Tensor& argmax) override {
     cuda::max_pool_forward(pool_geometry(x, y, kernel, stride, padding), f32(x, "max_pool2d"),
-                           f32(y, "max_pool2d"), i64(argmax, "max_pool2d"), stream());
+                           f32(y, "max_pool2d"), argmax.defined() ? i64(argmax, "max_pool2d") : nullptr,
+                           stream());
   }
   void max_pool2d_backward(const Tensor& grad_y, const Tensor& argmax, int64_t kernel,
                            int64_t stride, int64_t padding, const Tensor& grad_x) override {

@@ -291,6 +291,9 @@ std::vector<OpRow> fixed_rows() {
       {"max_pool2d (3x3, stride 2, padding 1)", {{2, 7, 6, 5}},
        [](auto& v) { return max_pool2d(v[0], 3, 2, 1); },
        {K::max_pool2d_forward, K::max_pool2d_backward}, true, A::reduce},
+      // Without gradients no winners' positions are written.
+      {"max_pool2d (3x3, stride 2, padding 1), no gradients", {{2, 7, 6, 5}},
+       [](auto& v) { return max_pool2d(v[0], 3, 2, 1); }, {K::max_pool2d_forward}, false, A::reduce},
       {"max_pool2d (2x2, stride 2)", {{1, 5, 5, 3}}, [](auto& v) { return max_pool2d(v[0], 2, 2, 0); },
        {K::max_pool2d_forward, K::max_pool2d_backward}, true, A::reduce},
       // Overlapping windows wider than the stride: an input read by up to 9 of them.

@@ -44,7 +44,7 @@ __global__ void max_pool_forward_kernel(PoolGeometry g, const T* x, T* y, int64_
         }
       }
     y[i] = best;
-    argmax[i] = at;
+    if (argmax) argmax[i] = at;
   }
 }
 
@@ -69,7 +69,7 @@ __global__ void max_pool_backward_kernel(PoolGeometry g, const T* grad_y, const 
 inline void max_pool_forward(const PoolGeometry& g, const float* x, float* y, int64_t* argmax,
                              cudaStream_t stream) {
   const int64_t n = g.n * g.oh * g.ow * g.c;
-  LaunchConfig cfg = elementwise_config(n, 0, sizeof(float) + sizeof(int64_t), stream);
+  LaunchConfig cfg = elementwise_config(n, 0, sizeof(float) + (argmax ? sizeof(int64_t) : 0), stream);
   cfg.cost.bytes_read = 4.0 * g.n * g.h * g.w * g.c;
   cfg.cost.per_item = g.kernel * g.kernel;  // a thread's window
   launch("max_pool_forward", max_pool_forward_kernel<float>, cfg, g, x, y, argmax);

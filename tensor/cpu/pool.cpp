@@ -32,7 +32,8 @@ Span readers(int64_t i, int64_t out, const PoolShape& s) {
   return {first, std::min((i + s.padding) / s.stride + 1, out)};
 }
 
-template <typename T>
+// kArgmax: argmax is written (else it is null).
+template <typename T, bool kArgmax>
 void max_pool_forward(const T* x, T* y, int64_t* argmax, const PoolShape& s) {
 #pragma omp parallel for schedule(static) if (s.n * s.oh * s.ow * s.c > kParallelWork)
   for (int64_t row = 0; row < s.n * s.oh; ++row) {
@@ -41,9 +42,9 @@ void max_pool_forward(const T* x, T* y, int64_t* argmax, const PoolShape& s) {
     for (int64_t ox = 0; ox < s.ow; ++ox) {
       const Span sx = window(ox, s.w, s);
       T* best = y + (row * s.ow + ox) * s.c;
-      int64_t* at = argmax + (row * s.ow + ox) * s.c;
+      int64_t* at = kArgmax ? argmax + (row * s.ow + ox) * s.c : nullptr;
       std::fill_n(best, s.c, -std::numeric_limits<T>::infinity());
-      std::fill_n(at, s.c, sy.first * s.w + sx.first);
+      if constexpr (kArgmax) std::fill_n(at, s.c, sy.first * s.w + sx.first);
       for (int64_t iy = sy.first; iy < sy.last; ++iy)
         for (int64_t ix = sx.first; ix < sx.last; ++ix) {
           const T* v = x + ((image * s.h + iy) * s.w + ix) * s.c;
@@ -52,7 +53,7 @@ void max_pool_forward(const T* x, T* y, int64_t* argmax, const PoolShape& s) {
           for (int64_t ch = 0; ch < s.c; ++ch) {
             const bool wins = v[ch] > best[ch] || std::isnan(v[ch]);
             best[ch] = wins ? v[ch] : best[ch];
-            at[ch] = wins ? pixel : at[ch];
+            if constexpr (kArgmax) at[ch] = wins ? pixel : at[ch];
           }
         }
     }
@@ -93,8 +94,9 @@ void CpuBackend::max_pool2d_forward(const Tensor& x, int64_t kernel, int64_t str
                                     int64_t padding, const Tensor& y, const Tensor& argmax) {
   dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    max_pool_forward(x.data<T>(), y.data<T>(), argmax.data<int64_t>(),
-                     pool_shape(x, y, kernel, stride, padding));
+    const PoolShape s = pool_shape(x, y, kernel, stride, padding);
+    if (argmax.defined()) max_pool_forward<T, true>(x.data<T>(), y.data<T>(), argmax.data<int64_t>(), s);
+    else max_pool_forward<T, false>(x.data<T>(), y.data<T>(), nullptr, s);
   });
 }
 

@@ -28,7 +28,9 @@ Tensor max_pool2d(const Tensor& x_in, int64_t kernel, int64_t stride, int64_t pa
   }
   const Shape out_shape{x.size(0), out_h, out_w, x.size(3)};
   Tensor y = Tensor::empty(out_shape, x.dtype(), x.device());
-  const Tensor argmax = Tensor::empty(out_shape, DType::i64, x.device());
+  // Only a backward reads the winners' positions: inference leaves them out.
+  const bool recording = autograd::grad_enabled() && x.requires_grad();
+  const Tensor argmax = recording ? Tensor::empty(out_shape, DType::i64, x.device()) : Tensor();
   backend_of(x).max_pool2d_forward(xc, kernel, stride, padding, y, argmax);
   return autograd::record("max_pool2d", y, {x}, [argmax, kernel, stride, padding, in = x.shape()](const Tensor& g) {
     Tensor gx = Tensor::empty(in, g.dtype(), g.device());
