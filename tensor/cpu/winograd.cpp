@@ -172,6 +172,50 @@ struct TransformedWeights {};
 struct TransformedInput {};
 struct Products {};
 
+// A conv's weights as the 36 products read them: U [36][Cout][Cin], or, for weights that never
+// change, each point's U packed once as sgemm's B (packing it on every call was most of the
+// cost of the products of ResNet's 256-channel layer, whose maps have few tiles).
+struct PointWeights {
+  AlignedBuffer<float> u;
+  std::vector<std::shared_ptr<const PackedB>> packed;  // one per point where packed, else none
+};
+
+// Point p's product M[p] [tiles, Cout] = V[p] [tiles, Cin] x U[p]^T.
+GemmProblem<float> point_problem(const Conv2dGeometry& g, int64_t tiles, const float* v, const float* u, float* m) {
+  return {v, u, m, nullptr, 1, tiles, g.cout, g.cin, false, true, false, false, 1.0f, 0.0f};
+}
+
+// U of w packed for each point into `points` (where sgemm runs; else left as U).
+void transform_and_pack(const Conv2dGeometry& g, const float* w, PointWeights& points) {
+  points.packed.clear();
+#ifdef __AVX512F__
+  float* u = thread_buffer<TransformedWeights, float>().reserve(kPoints * g.cout * g.cin);
+  transform_weights(g, w, u);
+  for (int64_t p = 0; p < kPoints; ++p)
+    points.packed.push_back(pack_b(point_problem(g, 1, nullptr, u + p * g.cout * g.cin, nullptr)));
+#else
+  transform_weights(g, w, points.u.reserve(kPoints * g.cout * g.cin));
+#endif
+}
+
+// M [36][tiles][Cout] from V [36][tiles][Cin] and U (points.packed, else u), a point a thread.
+void multiply_points(const Conv2dGeometry& g, int64_t tiles, const float* v, const float* u,
+                     const std::vector<std::shared_ptr<const PackedB>>& packed, float* m) {
+  if (packed.empty()) {
+    GemmProblem<float> p = point_problem(g, tiles, v, u, m);
+    p.batch = kPoints;
+    return gemm_rows<float>(p);
+  }
+#ifdef __AVX512F__
+#pragma omp parallel for schedule(static)
+  for (int64_t p = 0; p < kPoints; ++p) {
+    GemmProblem<float> q = point_problem(g, tiles, v + p * tiles * g.cin, nullptr, m + p * tiles * g.cout);
+    q.packed_b = packed[p].get();
+    sgemm(q);
+  }
+#endif
+}
+
 // The transformed weights of the convs run lately. A model's weights stay the same from one
 // batch to the next, and transforming them (4x the weights written, on every call) was ~5% of a
 // folder prediction. An entry is used only while its copy of the weights equals the weights
@@ -179,28 +223,33 @@ struct Products {};
 // one's address are transformed afresh, and a hit gives the floats a fresh transform would.
 class TransformedWeightCache {
  public:
-  // U for the weights w of a conv of geometry g; the entry stays alive while it is held. An
-  // entry made from a frozen storage serves that storage unchecked while it lives; any other is
-  // checked against w, which training changes in place.
-  std::shared_ptr<const AlignedBuffer<float>> get(const Conv2dGeometry& g, const float* w,
-                                                  const std::shared_ptr<Storage>& frozen) {
+  // The weights w of a conv of geometry g as its products read them; the entry stays alive
+  // while it is held. An entry made from a frozen storage serves that storage unchecked while
+  // it lives, packed; any other is checked against w, which training changes in place.
+  std::shared_ptr<const PointWeights> get(const Conv2dGeometry& g, const float* w,
+                                          const std::shared_ptr<Storage>& frozen) {
     const size_t bytes = static_cast<size_t>(g.cout * g.cin * 9) * sizeof(float);
     std::unique_lock lock(mutex_);
     Entry* entry = find(w, g.cin, g.cout);
     if (entry && ((frozen && entry->frozen.lock() == frozen) ||
                   std::memcmp(entry->weights.data(), w, bytes) == 0)) {
       entry->last_use = ++clock_;
-      return entry->u;
+      return entry->points;
     }
     if (!entry) entry = insert(w, g.cin, g.cout);
     entry->last_use = ++clock_;
     entry->frozen = frozen;
-    // A U still held by a caller on another thread is left to it; this call writes a new one.
-    if (entry->u.use_count() > 1) entry->u = std::make_shared<AlignedBuffer<float>>();
-    std::shared_ptr<AlignedBuffer<float>> u = entry->u;
+    // Weights still held by a caller on another thread are left to it; this call makes new ones.
+    if (entry->points.use_count() > 1) entry->points = std::make_shared<PointWeights>();
+    std::shared_ptr<PointWeights> points = entry->points;
     entry->weights.assign(w, w + g.cout * g.cin * 9);
-    transform_weights(g, w, u->reserve(kPoints * g.cout * g.cin));
-    return u;
+    if (frozen) {
+      transform_and_pack(g, w, *points);
+    } else {
+      points->packed.clear();
+      transform_weights(g, w, points->u.reserve(kPoints * g.cout * g.cin));
+    }
+    return points;
   }
 
  private:
@@ -217,7 +266,7 @@ class TransformedWeightCache {
     int64_t cin = 0, cout = 0;
     std::vector<float> weights;
     std::weak_ptr<Storage> frozen;  // the frozen storage the weights came from, if any
-    std::shared_ptr<AlignedBuffer<float>> u = std::make_shared<AlignedBuffer<float>>();
+    std::shared_ptr<PointWeights> points = std::make_shared<PointWeights>();
     uint64_t last_use = 0;
   };
 
@@ -251,8 +300,9 @@ TransformedWeightCache& transformed_weight_cache() {
   return cache;
 }
 
-// out from x and the transformed weights u [36][Cout][Cin], a chunk of images at a time.
-void winograd_forward_transformed(const Conv2dGeometry& g, const float* x, const float* u, float* out) {
+// out from x and the transformed weights (u [36][Cout][Cin], or packed), a chunk of images at a time.
+void winograd_forward_transformed(const Conv2dGeometry& g, const float* x, const float* u,
+                                  const std::vector<std::shared_ptr<const PackedB>>& packed, float* out) {
   const TileGrid grid = tile_grid(g);
   const int64_t per_image = kPoints * grid.per_image() * std::max(g.cin, g.cout);
   const int64_t images_per_chunk = std::clamp<int64_t>(kChunkFloats / per_image, 1, g.n);
@@ -261,9 +311,7 @@ void winograd_forward_transformed(const Conv2dGeometry& g, const float* x, const
   for (int64_t n0 = 0; n0 < g.n; n0 += images_per_chunk) {
     const int64_t n1 = std::min(g.n, n0 + images_per_chunk), tiles = (n1 - n0) * grid.per_image();
     transform_input(g, grid, x, n0, n1, v);
-    // M[p] [tiles, Cout] = V[p] [tiles, Cin] x U[p]^T, for each of the 36 points
-    GemmProblem<float> p{v, u, m, nullptr, kPoints, tiles, g.cout, g.cin, false, true, false, false, 1.0f, 0.0f};
-    gemm_rows<float>(p);
+    multiply_points(g, tiles, v, u, packed, m);
     transform_output(g, grid, m, n0, n1, out);
   }
 }
@@ -286,13 +334,13 @@ void winograd_conv_backward_input(const Conv2dGeometry& g, const float* grad_out
   const Conv2dGeometry t = input_gradient_geometry(g);
   float* u = thread_buffer<TransformedWeights, float>().reserve(kPoints * t.cout * t.cin);
   transform_weights(t, flipped, u);
-  winograd_forward_transformed(t, grad_out, u, grad_x);
+  winograd_forward_transformed(t, grad_out, u, {}, grad_x);
 }
 
 void winograd_conv_forward(const Conv2dGeometry& g, const float* x, const float* w, float* out,
                            const std::shared_ptr<Storage>& frozen) {
-  const auto u = transformed_weight_cache().get(g, w, frozen);
-  winograd_forward_transformed(g, x, u->data(), out);
+  const auto points = transformed_weight_cache().get(g, w, frozen);
+  winograd_forward_transformed(g, x, points->u.data(), points->packed, out);
 }
 
 }  // namespace sono::cpu
