@@ -122,6 +122,7 @@ class KernelBackend : public Backend {
       case BinaryOp::div: return run(binary::Div{});
       case BinaryOp::eq: return run(binary::Eq{});
       case BinaryOp::relu_grad: return run(binary::ReluGrad{});
+      case BinaryOp::add_relu: return run(binary::AddRelu{});
     }
   }
 

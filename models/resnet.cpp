@@ -62,7 +62,7 @@ class Block : public nn::UnaryModule {
     for (size_t i = 0; i + 1 < convs_.size(); ++i) y = nn::conv_bn_relu(*convs_[i], *norms_[i], y);
     y = norms_.back()->forward(convs_.back()->forward(y));
     if (drop_path_) y = drop_path_->forward(y);
-    return relu(add(y, downsample_ ? downsample_->forward(x) : x));
+    return add_relu(y, downsample_ ? downsample_->forward(x) : x);
   }
 
   void fuse_for_inference() override {

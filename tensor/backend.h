@@ -15,7 +15,8 @@ enum class UnaryOp {
   add_scalar, mul_scalar, pow_scalar, gt_scalar
 };
 // relu_grad: a where b > 0, else 0 (ReLU's input gradient from its output, in one pass).
-enum class BinaryOp { add, sub, mul, div, eq, relu_grad };
+// add_relu: relu(a + b) in one pass (a residual block's end).
+enum class BinaryOp { add, sub, mul, div, eq, relu_grad, add_relu };
 enum class ReduceOp { sum, max };
 
 // How a kernel's products multiply: float32 (or float64) operands as they are, or, under bf16

@@ -24,6 +24,8 @@ Tensor log(const Tensor& a);
 Tensor sqrt(const Tensor& a);
 Tensor abs(const Tensor& a);
 Tensor relu(const Tensor& a);
+// relu(add(a, b)) in one pass forward and one backward (a residual block's end).
+Tensor add_relu(const Tensor& a, const Tensor& b);
 Tensor gelu(const Tensor& a);  // erf form, as torch.nn.GELU()
 // gelu(x + bias) with bias [C] along the last dim, fused: one pass forward and one backward
 // (a Linear's or conv's output, its bias left out, then GELU).

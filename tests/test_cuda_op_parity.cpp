@@ -251,6 +251,9 @@ std::vector<OpRow> fixed_rows() {
        2.5},
       {"add (broadcast)", {{3, 5, 7}, {5, 1}}, [](auto& v) { return add(v[0], v[1]); },
        {K::binary}, true, A::binary},
+      // About half the sums negative: both sides of the ReLU.
+      {"add_relu (broadcast)", {{3, 5, 7}, {5, 1}}, [](auto& v) { return add_relu(v[0], v[1]); },
+       {K::binary}, true, A::binary},
       {"sub (broadcast)", {{3, 5, 7}, {5, 1}}, [](auto& v) { return sub(v[0], v[1]); },
        {K::binary}, true, A::binary},
       {"mul (broadcast)", {{3, 5, 7}, {5, 1}}, [](auto& v) { return mul(v[0], v[1]); },

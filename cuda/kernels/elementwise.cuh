@@ -159,6 +159,12 @@ struct Mul { __device__ float operator()(float a, float b) const { return a * b;
 struct Div { __device__ float operator()(float a, float b) const { return a / b; } };
 struct Eq { __device__ float operator()(float a, float b) const { return float(a == b); } };
 struct ReluGrad { __device__ float operator()(float a, float b) const { return b > 0.0f ? a : 0.0f; } };
+struct AddRelu {
+  __device__ float operator()(float a, float b) const {
+    const float sum = a + b;
+    return sum > 0.0f ? sum : 0.0f;
+  }
+};
 }  // namespace binary
 
 template <typename Op>

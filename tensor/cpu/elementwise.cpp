@@ -246,6 +246,11 @@ void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Ten
       case BinaryOp::div: return zip<T>(a, b, out, [](T x, T y) { return x / y; });
       case BinaryOp::eq: return zip<T>(a, b, out, [](T x, T y) { return T(x == y); });
       case BinaryOp::relu_grad: return zip<T>(a, b, out, [](T x, T y) { return y > T(0) ? x : T(0); });
+      case BinaryOp::add_relu:
+        return zip<T>(a, b, out, [](T x, T y) {
+          const T sum = x + y;
+          return sum > T(0) ? sum : T(0);
+        });
     }
   });
 }

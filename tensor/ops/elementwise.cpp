@@ -144,16 +144,33 @@ Tensor abs(const Tensor& a) {
   });
 }
 
+namespace {
+
+// g where the ReLU's output y is > 0, in one pass.
+Tensor relu_input_grad(const Tensor& y, const Tensor& g) {
+  // A bfloat16 activation (CUDA autocast) is read widened: the binary kernels take float32.
+  const Tensor y_read = y.dtype() == DType::bf16 ? y.to(DType::f32) : y;
+  Tensor grad = Tensor::empty(y.shape(), y_read.dtype(), y.device());
+  backend_of(grad).binary(BinaryOp::relu_grad, g, y_read, grad);
+  return grad;
+}
+
+}  // namespace
+
 Tensor relu(const Tensor& a) {
   Tensor out = unary_forward(UnaryOp::relu, a);
   // The output is > 0 exactly where the input is, and the next op (a conv) saves it anyway:
   // saving the input instead would keep a second map alive, as PyTorch's relu does not.
   return autograd::record("relu", out, {a}, [y = out.detach()](const Tensor& g) {
-    // A bfloat16 activation (CUDA autocast) is read widened: the binary kernels take float32.
-    const Tensor y_read = y.dtype() == DType::bf16 ? y.to(DType::f32) : y;
-    Tensor grad = Tensor::empty(y.shape(), y_read.dtype(), y.device());
-    backend_of(grad).binary(BinaryOp::relu_grad, g, y_read, grad);
-    return Grads{grad};
+    return Grads{relu_input_grad(y, g)};
+  });
+}
+
+Tensor add_relu(const Tensor& a, const Tensor& b) {
+  Tensor out = binary_forward(BinaryOp::add_relu, a, b, "add_relu");
+  return autograd::record("add_relu", out, {a, b}, [y = out.detach(), sa = a.shape(), sb = b.shape()](const Tensor& g) {
+    const Tensor grad = relu_input_grad(y, g);
+    return Grads{sum_to(grad, sa), sum_to(grad, sb)};
   });
 }
 

@@ -36,6 +36,7 @@ const char* binary_name(BinaryOp op) {
     case BinaryOp::div: return "div";
     case BinaryOp::eq: return "eq";
     case BinaryOp::relu_grad: return "relu_grad";
+    case BinaryOp::add_relu: return "add_relu";
   }
   return "?";
 }
