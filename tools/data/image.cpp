@@ -377,17 +377,27 @@ Image resize_bilinear(const Image& image, int height, int width) {
   // The vertical pass first: it runs along whole rows, which vectorise, so the horizontal pass
   // (a gather per output) sees `height` rows instead of the scan's (~4x fewer for a BUSI scan).
   const size_t in_row = static_cast<size_t>(image.width) * ch, out_row = static_cast<size_t>(width) * ch;
-  Image columns(height, image.width, ch);
-  for (int y = 0; y < height; ++y)
-    for (int k = 0; k < wy.taps(y); ++k) {
+  // Each row starts as its first tap's products (what 0 + w * x gives), not zeroed first: a
+  // folder run resizes every scan at full width twice.
+  const std::unique_ptr<float[]> columns(new float[height * in_row]);
+  for (int y = 0; y < height; ++y) {
+    float* dst = &columns[y * in_row];
+    if (wy.taps(y) == 0) {
+      std::fill_n(dst, in_row, 0.0f);
+      continue;
+    }
+    const float* first = &image.pixels[wy.first[y] * in_row];
+    const float w0 = wy.weights(y)[0];
+    for (size_t i = 0; i < in_row; ++i) dst[i] = w0 * first[i];
+    for (int k = 1; k < wy.taps(y); ++k) {
       const float* src = &image.pixels[(wy.first[y] + k) * in_row];
-      float* dst = &columns.pixels[y * in_row];
       const float w = wy.weights(y)[k];
       for (size_t i = 0; i < in_row; ++i) dst[i] += w * src[i];
     }
+  }
   Image out(height, width, ch);
   const auto row = ch == 3 ? resize_row<3> : ch == 1 ? resize_row<1> : resize_row<0>;
-  for (int y = 0; y < height; ++y) row(&columns.pixels[y * in_row], &out.pixels[y * out_row], wx, width, ch);
+  for (int y = 0; y < height; ++y) row(&columns[y * in_row], &out.pixels[y * out_row], wx, width, ch);
   return out;
 }
 
