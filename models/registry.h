@@ -33,7 +33,8 @@ struct ModelOptions {
   int64_t encoder_depth = 5;    // DeepLabV3+ on a ResNet: smp's encoder_depth (3..5)
   std::array<int64_t, 3> atrous_rates = kSmpAtrousRates;  // DeepLabV3+'s ASPP dilations
   // U-Net's decoder_channels, one per encoder stage, deepest first; empty: smp's default.
-  std::vector<int64_t> decoder_channels;
+  // (An explicit empty default: GCC 12 asks aggregate initialisers for members without one.)
+  std::vector<int64_t> decoder_channels = {};
 };
 
 // U-Nets are named by their encoder after this prefix ("unet_resnet18"); DeepLabV3+ by the encoder alone.

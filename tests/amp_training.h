@@ -41,10 +41,10 @@ struct ModelCase {
   int64_t mlp_saving;  // bytes an MLP block saves per pixel and channel, see bf16_saving_bound
 };
 
-inline const ModelCase kConvnext{"convnext_atto", {.in_channels = 4, .num_classes = 3}, {2, 32, 32, 4},
+inline const ModelCase kConvnext{"convnext_atto", models::ModelOptions{.in_channels = 4, .num_classes = 3}, {2, 32, 32, 4},
                           {2, 3}, {40, 80, 160, 320}, {2, 2, 6, 2}, {8, 4, 2, 1}, 22};
 // Output stride 16: the last stage keeps the third's resolution.
-inline const ModelCase kDeeplab{"mit_b0", {.in_channels = 3, .num_classes = 1}, {2, 32, 32, 3},
+inline const ModelCase kDeeplab{"mit_b0", models::ModelOptions{.in_channels = 3, .num_classes = 1}, {2, 32, 32, 3},
                          {2, 32, 32, 1}, {32, 64, 160, 256}, {2, 2, 2, 2}, {8, 4, 2, 2}, 26};
 
 // A lower bound on the bytes that bf16 activations save once the forward is done, in the MLPs:

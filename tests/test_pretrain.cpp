@@ -197,13 +197,13 @@ void check_chain(const Chain& c, const TempDir& dir) {
 TEST_CASE("pretrain's weights load through --pretrained of cls_train (convnext) and seg_train (mit, resnet)") {
   TempDir dir;
   test::write_blob_dataset(dir.path, 3, 32, 5);
-  check_chain({"convnext_atto", "cls_train", {.in_channels = 4, .num_classes = 3}, "",
+  check_chain({"convnext_atto", "cls_train", models::ModelOptions{.in_channels = 4, .num_classes = 3}, "",
                models::convnext_pretrained_layout()},
               dir);
-  check_chain({"mit_b0", "seg_train", {.in_channels = 3, .num_classes = 1}, "encoder.",
+  check_chain({"mit_b0", "seg_train", models::ModelOptions{.in_channels = 3, .num_classes = 1}, "encoder.",
                models::mit_pretrained_layout()},
               dir);
-  check_chain({"resnet18", "seg_train", {.in_channels = 3, .num_classes = 1}, "encoder.",
+  check_chain({"resnet18", "seg_train", models::ModelOptions{.in_channels = 3, .num_classes = 1}, "encoder.",
                models::resnet_pretrained_layout()},
               dir);
 }
