@@ -173,8 +173,8 @@ struct TransformedInput {};
 struct Products {};
 
 // A conv's weights as the 36 products read them: U [36][Cout][Cin], or, for weights that never
-// change, each point's U packed once as sgemm's B (packing it on every call was most of the
-// cost of the products of ResNet's 256-channel layer, whose maps have few tiles).
+// change, each point's U packed once as sgemm's B (packed on every call, all 36 are copied per
+// forward: a large share of the work where a layer's maps have few tiles to multiply).
 struct PointWeights {
   AlignedBuffer<float> u;
   std::vector<std::shared_ptr<const PackedB>> packed;  // one per point where packed, else none
