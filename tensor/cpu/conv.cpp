@@ -638,13 +638,14 @@ struct TurnedWeights {};
 
 template <typename T>
 void conv_backward_input(const Conv2dGeometry& g, const T* grad_out, const T* w, T* grad_x) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (winograd_applies_to_input_gradient(g)) return winograd_conv_backward_input(g, grad_out, w, grad_x);
-  }
   if (input_gradient_is_a_conv(g)) {
     T* turned = thread_buffer<TurnedWeights, T>().reserve(g.cout * g.cin * g.kh * g.kw);
     turn_weights(g, w, turned);
-    return conv_forward(input_gradient_geometry(g), grad_out, static_cast<const T*>(turned), grad_x);
+    const Conv2dGeometry t = input_gradient_geometry(g);
+    if constexpr (std::is_same_v<T, float>) {
+      if (winograd_applies(t)) return winograd_conv_forward_once(t, grad_out, turned, grad_x);
+    }
+    return conv_forward(t, grad_out, static_cast<const T*>(turned), grad_x);
   }
   const ColumnLayout cl = column_layout(g, false);
   const WeightRows<T> wt(w, g, cl);

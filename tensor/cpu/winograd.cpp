@@ -15,7 +15,6 @@
 
 #include "tensor/cpu/gemm.h"
 #include "tensor/cpu/thread_buffer.h"
-#include "tensor/cpu/turned_conv.h"
 
 namespace sono::cpu {
 
@@ -167,7 +166,6 @@ void transform_output(const Conv2dGeometry& g, const TileGrid& grid, const float
   });
 }
 
-struct FlippedWeights {};
 struct TransformedWeights {};
 struct TransformedInput {};
 struct Products {};
@@ -323,18 +321,10 @@ bool winograd_applies(const Conv2dGeometry& g) {
          g.precision == Precision::f32 && g.cin >= 16 && g.cout >= 16 && g.oh * g.ow >= 64;
 }
 
-bool winograd_applies_to_input_gradient(const Conv2dGeometry& g) {
-  return input_gradient_is_a_conv(g) && winograd_applies(input_gradient_geometry(g));
-}
-
-void winograd_conv_backward_input(const Conv2dGeometry& g, const float* grad_out, const float* w, float* grad_x) {
-  float* flipped = thread_buffer<FlippedWeights, float>().reserve(g.cout * g.cin * 9);
-  turn_weights(g, w, flipped);
-  // The flipped weights are this thread's scratch, new with every step: not worth caching.
-  const Conv2dGeometry t = input_gradient_geometry(g);
-  float* u = thread_buffer<TransformedWeights, float>().reserve(kPoints * t.cout * t.cin);
-  transform_weights(t, flipped, u);
-  winograd_forward_transformed(t, grad_out, u, {}, grad_x);
+void winograd_conv_forward_once(const Conv2dGeometry& g, const float* x, const float* w, float* out) {
+  float* u = thread_buffer<TransformedWeights, float>().reserve(kPoints * g.cout * g.cin);
+  transform_weights(g, w, u);
+  winograd_forward_transformed(g, x, u, {}, out);
 }
 
 void winograd_conv_forward(const Conv2dGeometry& g, const float* x, const float* w, float* out,

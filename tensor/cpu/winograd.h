@@ -23,9 +23,8 @@ bool winograd_applies(const Conv2dGeometry& g);
 void winograd_conv_forward(const Conv2dGeometry& g, const float* x, const float* w, float* out,
                            const std::shared_ptr<Storage>& frozen = nullptr);
 
-// The input gradient of such a conv is one as well (of grad_out, padded by 2 - padding): where
-// that one applies (padding at most 2), grad_x [N, H, W, Cin] from grad_out [N, OH, OW, Cout].
-bool winograd_applies_to_input_gradient(const Conv2dGeometry& g);
-void winograd_conv_backward_input(const Conv2dGeometry& g, const float* grad_out, const float* w, float* grad_x);
+// The same for weights used once (an input gradient's turned kernel, new with every step):
+// transformed into this thread's scratch instead of the cache.
+void winograd_conv_forward_once(const Conv2dGeometry& g, const float* x, const float* w, float* out);
 
 }  // namespace sono::cpu

@@ -189,8 +189,8 @@ float sample_value(const void* samples, size_t i, bool sixteen_bit) {
                      : static_cast<const uint8_t*>(samples)[i] / 255.0f;
 }
 
-// A decoded file in its own channel count and bit depth.
-// A file's samples, from libdeflate (simple PNGs) or stb (the rest).
+// A decoded file in its own channel count and bit depth, from libdeflate (simple PNGs) or stb
+// (the rest).
 struct Decoded : PngPixels {
   // Sample as 0..1.
   float value(size_t pixel, int channel) const {
