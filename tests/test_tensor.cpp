@@ -334,3 +334,22 @@ TEST_CASE("under SkipRandomFill, randn, rand and trunc_normal give zeros and lea
   }
   CHECK(randn({5}, skipped).to_vector() == expected);
 }
+
+// The winners' positions (int64, twice a float32 output's bytes) are for the backward alone: an
+// inference allocates the pooled map and nothing beside it.
+TEST_CASE("max_pool2d keeps the winners' positions only where a backward will read them") {
+  Generator gen(5);
+  const Tensor x = randn({2, 16, 16, 64}, gen);
+  const int64_t output_bytes = 2 * 8 * 8 * 64 * sizeof(float);
+  auto pooled_bytes = [&](const Tensor& input) {
+    cpu::reset_peak_memory();
+    const int64_t before = cpu::memory_stats().in_use_bytes;
+    const Tensor y = max_pool2d(input, 3, 2, 1);
+    return cpu::memory_stats().peak_bytes - before;
+  };
+  CHECK(pooled_bytes(x) < 2 * output_bytes);
+  const Tensor leaf = x.detach().requires_grad_();
+  CHECK(pooled_bytes(leaf) >= 3 * output_bytes);  // recording: the output and its positions
+  autograd::NoGradGuard no_grad;
+  CHECK(pooled_bytes(leaf) < 2 * output_bytes);
+}
