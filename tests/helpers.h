@@ -75,21 +75,27 @@ inline bool has_ref_goldens(std::initializer_list<const char*> names) {
   return true;
 }
 // Runs `check` once for each Bf16Math this CPU runs (AMX, AVX512-BF16 dot products, rounded
-// float32 FMAs), each as the fastest the CPU GEMM may use; says which ones it skips.
+// float32 FMAs), each as the fastest the CPU GEMM may use; says which ones it skips. Without
+// sgemm (no AVX-512, no AVX2): once, on Eigen's GEMM of rounded copies.
 template <typename Check>
 void for_each_bf16_math(Check&& check) {
   using cpu::Bf16Math;
-  for (Bf16Math math : {Bf16Math::amx, Bf16Math::dot_products, Bf16Math::rounded}) {
-    const char* name = math == Bf16Math::amx ? "AMX" : math == Bf16Math::dot_products ? "AVX512-BF16" : "rounded FMA";
-    if (!cpu::cpu_runs(math)) {
-      MESSAGE("skipped bf16 products on " << name << ": not on this CPU");
-      continue;
-    }
-    CAPTURE(name);
-    cpu::limit_bf16_math(math);
+  if constexpr (!cpu::kHaveSgemm) {
+    MESSAGE("bf16 products on Eigen's GEMM only: no sgemm for this CPU");
     check();
+  } else {
+    for (Bf16Math math : {Bf16Math::amx, Bf16Math::dot_products, Bf16Math::rounded}) {
+      const std::string name = math == Bf16Math::amx ? "AMX" : math == Bf16Math::dot_products ? "AVX512-BF16" : "rounded FMA";
+      if (!cpu::cpu_runs(math)) {
+        MESSAGE("skipped bf16 products on " << name << ": not on this CPU");
+        continue;
+      }
+      CAPTURE(name);
+      cpu::limit_bf16_math(math);
+      check();
+    }
+    cpu::limit_bf16_math(Bf16Math::amx);
   }
-  cpu::limit_bf16_math(Bf16Math::amx);
 }
 
 // Full-size parity runs take minutes of CPU: only with SONO_FULL_PARITY=1.

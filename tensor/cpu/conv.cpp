@@ -567,20 +567,20 @@ struct FrozenForward {
 
 // The packed groups of w where its storage is frozen and the forward runs a GEMM on it, else null.
 std::shared_ptr<const PackedGroups> frozen_packed_weights(const Conv2dGeometry& g, const Tensor& w) {
-#ifndef __AVX512F__
-  return nullptr;  // no sgemm to pack for
-#else
-  if (g.depthwise() || winograd_applies(g)) return nullptr;
-  const ColumnLayout cl = column_layout(g, false);
-  const float* wp = w.data<float>();
-  return frozen_weights().get(w.impl().storage, wp, g, cl, [&] {
-    const WeightRows<float> rows(wp, g, cl);
-    PackedGroups packed;
-    for (int64_t gi = 0; gi < g.groups; ++gi)
-      packed.push_back(pack_b(weight_problem(g, cl, rows.data() + gi * cl.cout_g * cl.group_cols)));
-    return packed;
-  });
-#endif
+  if constexpr (!kHaveSgemm) {
+    return nullptr;  // no sgemm to pack for
+  } else {
+    if (g.depthwise() || winograd_applies(g)) return nullptr;
+    const ColumnLayout cl = column_layout(g, false);
+    const float* wp = w.data<float>();
+    return frozen_weights().get(w.impl().storage, wp, g, cl, [&] {
+      const WeightRows<float> rows(wp, g, cl);
+      PackedGroups packed;
+      for (int64_t gi = 0; gi < g.groups; ++gi)
+        packed.push_back(pack_b(weight_problem(g, cl, rows.data() + gi * cl.cout_g * cl.group_cols)));
+      return packed;
+    });
+  }
 }
 
 FrozenForward frozen_forward(const Conv2dGeometry& g, const Tensor& w) {

@@ -1,8 +1,9 @@
 #pragma once
-// The CPU GEMM's operands, and our own float32 GEMM for CPUs with AVX-512 (sgemm.cpp): packed,
-// cache-blocked and threaded without barriers. Eigen's threaded GEMM (still used for float64 and
-// CPUs without AVX-512) makes its threads meet at every depth block, and has no epilogue to add
-// Linear's bias while the result is in registers.
+// The CPU GEMM's operands, and our own float32 GEMM for CPUs with AVX-512 (sgemm.cpp) or AVX2 and
+// FMA (sgemm_avx2.cpp): packed, cache-blocked and threaded without barriers. Eigen's threaded
+// GEMM (still used for float64 and older CPUs) makes its threads meet at every depth block, has
+// no epilogue to add Linear's bias while the result is in registers, and its sums depend on the
+// matrices' sizes, so a batch's rows would not be those of one image.
 #include <cstdint>
 #include <memory>
 
@@ -48,7 +49,7 @@ struct GemmProblem {
   const PackedB* packed_b = nullptr;
 };
 
-#ifdef __AVX512F__
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 inline constexpr bool kHaveSgemm = true;
 #else
 inline constexpr bool kHaveSgemm = false;  // callers take Eigen's path (under `if constexpr`)
@@ -56,7 +57,7 @@ inline constexpr bool kHaveSgemm = false;  // callers take Eigen's path (under `
 
 // What sgemm's bf16 products run on, fastest first: AMX tiles (TDPBF16PS, 16 x 16 float32
 // tiles; Intel Xeon from Sapphire Rapids on), AVX512-BF16 dot products (VDPBF16PS), or float32
-// FMAs of the rounded values (any AVX-512 CPU). All give float32 sums of exact products.
+// FMAs of the rounded values (any AVX-512 or AVX2 CPU). All give float32 sums of exact products.
 enum class Bf16Math { amx, dot_products, rounded };
 
 // C[i] = alpha * op(A[i]) op(B[i]) + beta * C[i] + bias; C is not read when beta is 0.

@@ -11,10 +11,10 @@
 #include "tensor/cpu/gemm.h"
 
 #include "tensor/cpu/bf16.h"
+#include "tensor/cpu/sgemm_shared.h"
 #include "tensor/cpu/thread_buffer.h"
 
 #include <immintrin.h>
-#include <omp.h>
 
 #include <cpuid.h>
 #include <sys/syscall.h>
@@ -35,6 +35,8 @@
 
 namespace sono::cpu {
 
+using namespace sgemm_detail;
+
 namespace {
 
 // Tile of C per micro-kernel call: kMr rows x kNv zmm vectors of 16 columns; 28 of the 32
@@ -42,11 +44,6 @@ namespace {
 constexpr int kMr = 14, kNv = 2, kNr = 16 * kNv;
 // Block limits: A's kMc x kKc block stays in L2 (2 MB a core), B's kKc x kNr panel in L1.
 constexpr int64_t kKc = 256, kMc = 14 * 72, kNc = 4096;
-// Below this many multiply-adds a GEMM runs on one thread: waking the team costs more.
-constexpr int64_t kMinParallelWork = int64_t{1} << 18;
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
 // What a thread packs: each operand's float32 panels, and their bf16 depth-pair panels.
 enum class Role { a, b, a16, b16 };
@@ -58,13 +55,6 @@ template <Role R>
 float* pack_buffer(int64_t floats) {
   return thread_buffer<PanelsOf<R>, float>().reserve(floats);
 }
-
-// A matrix seen through strides: element (r, p) is data[r * rs + p * cs].
-struct Strided {
-  const float* data;
-  int64_t rs, cs;
-  const float* at(int64_t r, int64_t p) const { return data + r * rs + p * cs; }
-};
 
 // Packing: panels of W rows of src (rows x depth), panel i at dst + i * W * depth holding
 // dst[p * W + r] = src(i * W + r, p), zero-padded to W rows: as the micro-kernel reads it (W
@@ -257,26 +247,6 @@ SONO_BF16_TARGET void pack_implicit_columns(const ImplicitColumns& c, int64_t r0
   }
 }
 
-// src.rs == 1: each depth step's rows are contiguous (A transposed, B as [k, n]); copies runs
-// of W floats, which the compiler vectorises. A whole run is a loop of constant length, inlined
-// as vector moves: std::copy of a length known only at run time calls memmove for each run.
-template <int W>
-void pack_depth_contiguous(Strided src, int64_t rows, int64_t depth, float* dst) {
-  for (int64_t p = 0; p < depth; ++p) {
-    const float* s = src.at(0, p);
-    for (int64_t r0 = 0; r0 < rows; r0 += W) {
-      const int64_t valid = std::min<int64_t>(W, rows - r0);
-      float* d = dst + r0 * depth + p * W;
-      if (valid == W) {
-        for (int l = 0; l < W; ++l) d[l] = s[r0 + l];
-        continue;
-      }
-      std::copy(s + r0, s + r0 + valid, d);
-      std::fill(d + valid, d + W, 0.0f);
-    }
-  }
-}
-
 // float32 panels made into bf16 depth-pair panels (the depth-contiguous packer's route), each
 // panel `panel_pairs` pairs apart (at least the depth's).
 template <int W>
@@ -321,20 +291,6 @@ SONO_BF16_TARGET void pack_bf16_pairs_depth_contiguous(Strided src, int64_t rows
     }
   }
 }
-
-// CPUs without AVX512-BF16: the packed float32 panels' values rounded in place.
-void round_panels(float* panels, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) panels[i] = round_to_bf16(panels[i]);
-}
-
-// Where a micro-kernel's tile goes and what is added to it.
-struct TileOut {
-  float* c;
-  int64_t ldc, rows, cols;  // rows <= kMr, cols <= kNr are valid
-  float alpha, beta;        // c = alpha * acc + beta * c; c is not read when beta is 0
-  const float* bias;        // [cols] added to every row, or nullptr
-  void (*post_op)(float*, int64_t);  // applied to each stored row, or nullptr
-};
 
 // acc's first t.rows rows to C (R: the rows acc holds). Inlined, so that acc stays in the
 // micro-kernel's registers.
@@ -485,11 +441,6 @@ Bf16Math bf16_math() {
   return Bf16Math::rounded;
 }
 
-// The team of threads running one GEMM together (or a team of one).
-struct Team {
-  int id, size;
-};
-
 // One batch item's operands and the block sizes it runs with.
 struct Item {
   Strided a, b;  // op(A) as [m, k] and op(B)^T as [n, k]: both packed along their rows
@@ -624,26 +575,6 @@ void pack_a_for_amx(const Item& it, int64_t ic, int64_t mc, int64_t pc, int64_t 
 
 SONO_AMX_TARGET void release_tiles() { _tile_release(); }
 
-// The rows (as row blocks first, first + step, ...) and columns of C one member computes.
-struct Share {
-  int64_t first_block, block_step, col_begin, col_end;
-};
-
-// Every member packs the operand it does not split for itself: that repeats packing work but
-// needs no barrier, and a barrier costs a futex round trip per depth block when idle threads
-// sleep (OMP_WAIT_POLICY=passive), which made weight gradients (k = pixels, 100+ depth blocks)
-// 1.5x slower than Eigen's. Splitting the larger side repeats the least: rows when op(A) has
-// more rows than op(B) has columns (activations x weight), columns otherwise (a batch-1 stage
-// of ConvNeXt, m = 49 x n = 4096, where each thread would pack the whole weight).
-bool splits_rows(int64_t m, int64_t n) { return m >= n; }
-
-Share share_of(const Item& it, Team team) {
-  if (team.size == 1 || splits_rows(it.m, it.n)) return {team.id, team.size, 0, it.n};
-  const int64_t width = round_up(ceil_div(it.n, team.size), kNr);
-  const int64_t begin = std::min(it.n, team.id * width);
-  return {0, 1, begin, std::min(it.n, begin + width)};
-}
-
 // B's block (columns [jc, jc + nc), depth [pc, pc + kc)) into float32 panels at b_pack or, with
 // bf16 dot products or AMX, pair panels at b16 (b_pack then holds the float32 ones on the way).
 void pack_b_block(const Item& it, int64_t jc, int64_t nc, int64_t pc, int64_t kc, float* b_pack, uint16_t* b16) {
@@ -656,7 +587,7 @@ void pack_b_block(const Item& it, int64_t jc, int64_t nc, int64_t pc, int64_t kc
 // A team member's share of one item: for each block of its columns and of depth, it packs B's
 // block (or finds it packed), then packs and multiplies its row blocks of A.
 void run_item(const Item& it, Team team) {
-  const Share share = share_of(it, team);
+  const Share share = share_of(it.m, it.n, kNr, team);
   const int64_t row_blocks = ceil_div(it.m, it.mc);
   if (share.first_block >= row_blocks || share.col_begin >= share.col_end) return;
   const int64_t a_floats = round_up(it.mc, kMr) * it.kc, b_floats = round_up(std::min(it.n, kNc), kNr) * it.kc;
@@ -703,22 +634,15 @@ void run_item(const Item& it, Team team) {
 // Batch item i of p, with depth blocks of equal size and, when a team of `threads` splits the
 // rows, row blocks that split evenly over it (so its members finish together).
 Item make_item(const GemmProblem<float>& p, int64_t i, int threads) {
-  const int64_t lda = p.lda ? p.lda : (p.trans_a ? p.m : p.k);
-  const int64_t ldb = p.ldb ? p.ldb : (p.trans_b ? p.k : p.n);
-  const int64_t ldc = p.ldc ? p.ldc : p.n;
-  const float* a = p.a + (p.a_shared ? 0 : i * (p.trans_a ? p.k : p.m) * lda);
-  const float* b = p.b + (p.b_shared ? 0 : i * (p.trans_b ? p.n : p.k) * ldb);
-  Item it{p.trans_a ? Strided{a, 1, lda} : Strided{a, lda, 1},
-          p.trans_b ? Strided{b, ldb, 1} : Strided{b, 1, ldb},
-          p.c + i * p.m * ldc, p.bias, ldc, p.m, p.n, p.k, 0, 0, p.alpha, p.beta, p.post_op, p.bf16_operands,
+  const ItemView v = item_view(p, i);
+  Item it{v.a, v.b, v.c, p.bias, v.ldc, p.m, p.n, p.k, 0, 0, p.alpha, p.beta, p.post_op, p.bf16_operands,
           p.a_columns, p.bf16_operands ? bf16_math() : Bf16Math::rounded, nullptr};
   const bool amx = it.bf16_on(Bf16Math::amx);
   // Implicit columns are read 16 depth steps of one tap at a time: depth blocks start at
   // multiples of 16. AMX tiles read 32 steps.
   const int64_t depth_multiple = amx ? kAmxDepth : p.a_columns ? 16 : 8;
   const int64_t max_kc = amx ? kAmxKc : kKc;
-  it.kc = std::max<int64_t>(depth_multiple,
-                            round_up(ceil_div(p.k, std::max<int64_t>(1, ceil_div(p.k, max_kc))), depth_multiple));
+  it.kc = depth_block(p.k, max_kc, depth_multiple);
   const int64_t row_blocks = round_up(ceil_div(p.m, amx ? kAmxMc : kMc), splits_rows(p.m, p.n) ? threads : 1);
   it.mc = round_up(ceil_div(p.m, row_blocks), amx ? kAmxRows : kMr);
   if (p.packed_b && p.packed_b->fits(it.n, it.k, it.kc, it.bf16, it.math)) it.packed_b = p.packed_b;
@@ -764,24 +688,7 @@ bool packed_b_fits(const PackedB& packed, const GemmProblem<float>& p) {
 
 void limit_bf16_math(Bf16Math fastest) { g_fastest_bf16_math.store(fastest, std::memory_order_relaxed); }
 
-void sgemm(const GemmProblem<float>& p) {
-  if (p.batch == 0 || p.m == 0 || p.n == 0) return;
-  SONO_CHECK(!p.a_columns || p.batch == 1, "sgemm: implicit columns for a batch of ", p.batch, " products");
-  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
-  if (threads == 1 || p.batch * p.m * p.n * p.k < kMinParallelWork) {
-    for (int64_t i = 0; i < p.batch; ++i) run_item(make_item(p, i, 1), {0, 1});
-  } else if (p.batch >= threads) {
-    // Many small products (attention): one item per thread, each single-threaded.
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < p.batch; ++i) run_item(make_item(p, i, 1), {0, 1});
-  } else {
-#pragma omp parallel num_threads(threads)
-    {
-      const Team team{omp_get_thread_num(), omp_get_num_threads()};
-      for (int64_t i = 0; i < p.batch; ++i) run_item(make_item(p, i, team.size), team);
-    }
-  }
-}
+void sgemm(const GemmProblem<float>& p) { run_items(p, make_item, run_item); }
 
 }  // namespace sono::cpu
 

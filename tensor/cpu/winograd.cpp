@@ -186,14 +186,14 @@ GemmProblem<float> point_problem(const Conv2dGeometry& g, int64_t tiles, const f
 // U of w packed for each point into `points` (where sgemm runs; else left as U).
 void transform_and_pack(const Conv2dGeometry& g, const float* w, PointWeights& points) {
   points.packed.clear();
-#ifdef __AVX512F__
-  float* u = thread_buffer<TransformedWeights, float>().reserve(kPoints * g.cout * g.cin);
-  transform_weights(g, w, u);
-  for (int64_t p = 0; p < kPoints; ++p)
-    points.packed.push_back(pack_b(point_problem(g, 1, nullptr, u + p * g.cout * g.cin, nullptr)));
-#else
-  transform_weights(g, w, points.u.reserve(kPoints * g.cout * g.cin));
-#endif
+  if constexpr (kHaveSgemm) {
+    float* u = thread_buffer<TransformedWeights, float>().reserve(kPoints * g.cout * g.cin);
+    transform_weights(g, w, u);
+    for (int64_t p = 0; p < kPoints; ++p)
+      points.packed.push_back(pack_b(point_problem(g, 1, nullptr, u + p * g.cout * g.cin, nullptr)));
+  } else {
+    transform_weights(g, w, points.u.reserve(kPoints * g.cout * g.cin));
+  }
 }
 
 // M [36][tiles][Cout] from V [36][tiles][Cin] and U (points.packed, else u), a point a thread.
@@ -204,14 +204,12 @@ void multiply_points(const Conv2dGeometry& g, int64_t tiles, const float* v, con
     p.batch = kPoints;
     return gemm_rows<float>(p);
   }
-#ifdef __AVX512F__
 #pragma omp parallel for schedule(static)
   for (int64_t p = 0; p < kPoints; ++p) {
     GemmProblem<float> q = point_problem(g, tiles, v + p * tiles * g.cin, nullptr, m + p * tiles * g.cout);
     q.packed_b = packed[p].get();
-    sgemm(q);
+    gemm_rows(q);
   }
-#endif
 }
 
 // The transformed weights of the convs run lately. A model's weights stay the same from one
