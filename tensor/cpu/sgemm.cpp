@@ -218,29 +218,14 @@ SONO_BF16_TARGET void pack_rows_contiguous(Strided src, int64_t rows, int64_t de
 template <int W, typename Sink>
 SONO_BF16_TARGET void pack_implicit_columns(const ImplicitColumns& c, int64_t r0, int64_t rows, int64_t p0,
                                             int64_t depth, const Sink& sink) {
-  const int64_t pixels = c.oh * c.ow;
   for (int64_t pr = 0; pr < rows; pr += W) {
-    const int64_t valid = std::min<int64_t>(W, rows - pr);
-    // Each row's image and the input position its tap (0, 0) reads.
-    const float* image[W];
-    int64_t y0[W], x0[W];
-    for (int64_t i = 0; i < valid; ++i) {
-      const int64_t r = r0 + pr + i, q = r % pixels;
-      image[i] = c.x + r / pixels * c.h * c.w * c.pixel_stride;
-      y0[i] = q / c.ow * c.stride - c.padding;
-      x0[i] = q % c.ow * c.stride - c.padding;
-    }
+    const ImplicitRows<W> panel(c, r0 + pr, std::min<int64_t>(W, rows - pr));
     for (int64_t s = 0; s < depth; s += 16) {
-      const int64_t tap = (p0 + s) / c.channels, channel = (p0 + s) % c.channels;
-      const int64_t dy = tap / c.kw * c.dilation, dx = tap % c.kw * c.dilation;
+      const auto step = ImplicitRows<W>::step(c, p0 + s);
       const int64_t steps = std::min<int64_t>(16, depth - s);
       for (int g = 0; g < W; g += 16) {
         const float* at[16];
-        for (int i = 0; i < 16; ++i) {
-          const int64_t row = g + i, y = row < valid ? y0[row] + dy : -1, x = row < valid ? x0[row] + dx : -1;
-          const bool inside = y >= 0 && y < c.h && x >= 0 && x < c.w;
-          at[i] = inside ? image[row] + (y * c.w + x) * c.pixel_stride + channel : nullptr;
-        }
+        for (int i = 0; i < 16; ++i) at[i] = panel.at(c, g + i, step);
         sink.take(at, pr, s, steps, g);
       }
     }

@@ -38,6 +38,21 @@ __m256i lane_mask(int64_t n) {
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kRamp + 8 - std::clamp<int64_t>(n, 0, 8)));
 }
 
+// The first n lanes loaded (the rest zero) or stored. AMD's Zen microcodes VMASKMOVPS (a store
+// takes tens of cycles), so full vectors and the A panels' 6 rows go without a mask.
+__m256 load_lanes(const float* p, int64_t n) { return n >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, lane_mask(n)); }
+
+void store_lanes(float* p, __m256 v, int64_t n) {
+  if (n >= 8) {
+    _mm256_storeu_ps(p, v);
+  } else if (n == 6) {
+    _mm_storeu_ps(p, _mm256_castps256_ps128(v));
+    _mm_storel_pi(reinterpret_cast<__m64*>(p + 4), _mm256_extractf128_ps(v, 1));
+  } else {
+    _mm256_maskstore_ps(p, lane_mask(n), v);
+  }
+}
+
 // v[i] = row i of 8 x 8 floats becomes v[c] = column c: pairs of rows interleave, then pairs of
 // pairs, then the 128-bit halves swap.
 void transpose8(__m256 (&v)[8]) {
@@ -62,29 +77,27 @@ void transpose8(__m256 (&v)[8]) {
 // where null), transposed in registers and stored at dst, one panel depth step W floats apart.
 template <int W>
 void store_transposed(const float* const (&rows)[8], int count, int64_t steps, float* dst) {
-  const __m256i depth_mask = lane_mask(steps), row_mask = lane_mask(count);
   __m256 v[8];
-  for (int i = 0; i < 8; ++i) v[i] = rows[i] ? _mm256_maskload_ps(rows[i], depth_mask) : _mm256_setzero_ps();
+  for (int i = 0; i < 8; ++i) v[i] = rows[i] ? load_lanes(rows[i], steps) : _mm256_setzero_ps();
   transpose8(v);
-  for (int64_t c = 0; c < steps; ++c) _mm256_maskstore_ps(dst + c * W, row_mask, v[c]);
+  for (int64_t c = 0; c < steps; ++c) store_lanes(dst + c * W, v[c], count);
 }
 
-// Panels from rows whose depth is contiguous (src.cs == 1) or from a row's own pointer
-// (row_at(r, p), null for a zero row): 8 rows x 8 steps at a time through store_transposed.
-template <int W, typename RowAt>
-void pack_rows(int64_t rows, int64_t depth, RowAt&& row_at, float* dst) {
+// Panels from rows whose depth is contiguous (src.cs == 1): 8 rows x 8 steps at a time.
+template <int W>
+void pack_rows_contiguous(Strided src, int64_t rows, int64_t depth, float* dst) {
   for (int64_t r0 = 0; r0 < rows; r0 += W)
     for (int64_t p = 0; p < depth; p += 8)
       for (int g = 0; g < W; g += 8) {
         const float* at[8];
-        for (int i = 0; i < 8; ++i) at[i] = g + i < W && r0 + g + i < rows ? row_at(r0 + g + i, p) : nullptr;
+        for (int i = 0; i < 8; ++i) at[i] = g + i < W && r0 + g + i < rows ? src.at(r0 + g + i, p) : nullptr;
         store_transposed<W>(at, std::min(8, W - g), std::min<int64_t>(8, depth - p), dst + r0 * depth + p * W + g);
       }
 }
 
 template <int W>
 void pack_strided(Strided src, int64_t rows, int64_t depth, float* dst) {
-  if (src.cs == 1) pack_rows<W>(rows, depth, [&](int64_t r, int64_t p) { return src.at(r, p); }, dst);
+  if (src.cs == 1) pack_rows_contiguous<W>(src, rows, depth, dst);
   else pack_depth_contiguous<W>(src, rows, depth, dst);
 }
 
@@ -93,39 +106,48 @@ void pack_strided(Strided src, int64_t rows, int64_t depth, float* dst) {
 template <int W>
 void pack_implicit_columns(const ImplicitColumns& c, int64_t r0, int64_t rows, int64_t p0, int64_t depth,
                            float* dst) {
-  const int64_t pixels = c.oh * c.ow;
-  pack_rows<W>(rows, depth, [&](int64_t row, int64_t p) -> const float* {
-    const int64_t r = r0 + row, q = r % pixels, tap = (p0 + p) / c.channels, channel = (p0 + p) % c.channels;
-    const int64_t y = q / c.ow * c.stride - c.padding + tap / c.kw * c.dilation;
-    const int64_t x = q % c.ow * c.stride - c.padding + tap % c.kw * c.dilation;
-    if (y < 0 || y >= c.h || x < 0 || x >= c.w) return nullptr;
-    return c.x + (r / pixels * c.h * c.w + y * c.w + x) * c.pixel_stride + channel;
-  }, dst);
+  for (int64_t pr = 0; pr < rows; pr += W) {
+    const ImplicitRows<W> panel(c, r0 + pr, std::min<int64_t>(W, rows - pr));
+    for (int64_t s = 0; s < depth; s += 8) {
+      const auto step = ImplicitRows<W>::step(c, p0 + s);
+      for (int g = 0; g < W; g += 8) {
+        const float* at[8];
+        for (int i = 0; i < 8; ++i) at[i] = panel.at(c, g + i, step);
+        store_transposed<W>(at, std::min(8, W - g), std::min<int64_t>(8, depth - s), dst + pr * depth + s * W + g);
+      }
+    }
+  }
 }
 
 // acc = A panel (kMr x depth) x B panel (depth x kNr), then c = alpha * acc + bias + beta * c.
+// Every loop over the tile is unrolled, so that acc names registers: indexed at run time, GCC
+// keeps it on the stack and stores all of it on every depth step.
 void micro_kernel(int64_t depth, const float* a, const float* b, const TileOut& t) {
   __m256 acc[kMr][2];
+#pragma GCC unroll 6
   for (int i = 0; i < kMr; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
   for (int64_t p = 0; p < depth; ++p, a += kMr, b += kNr) {
     const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+#pragma GCC unroll 6
     for (int i = 0; i < kMr; ++i) {
       const __m256 ai = _mm256_broadcast_ss(a + i);
       acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
       acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
     }
   }
-  const __m256i mask[2] = {lane_mask(t.cols), lane_mask(t.cols - 8)};
+  const int64_t lanes[2] = {t.cols, t.cols - 8};
   __m256 bias[2];
-  for (int j = 0; j < 2; ++j) bias[j] = t.bias ? _mm256_maskload_ps(t.bias + 8 * j, mask[j]) : _mm256_setzero_ps();
+  for (int j = 0; j < 2; ++j) bias[j] = t.bias ? load_lanes(t.bias + 8 * j, lanes[j]) : _mm256_setzero_ps();
   const __m256 alpha = _mm256_set1_ps(t.alpha), beta = _mm256_set1_ps(t.beta);
+#pragma GCC unroll 6
   for (int i = 0; i < kMr; ++i) {
-    if (i == t.rows) break;
+    if (i >= t.rows) continue;
     float* c = t.c + i * t.ldc;
+#pragma GCC unroll 2
     for (int j = 0; j < 2; ++j) {
       __m256 v = _mm256_fmadd_ps(alpha, acc[i][j], bias[j]);
-      if (t.beta != 0.0f) v = _mm256_fmadd_ps(beta, _mm256_maskload_ps(c + 8 * j, mask[j]), v);
-      _mm256_maskstore_ps(c + 8 * j, mask[j], v);
+      if (t.beta != 0.0f) v = _mm256_fmadd_ps(beta, load_lanes(c + 8 * j, lanes[j]), v);
+      store_lanes(c + 8 * j, v, lanes[j]);
     }
     if (t.post_op) t.post_op(c, t.cols);
   }

@@ -72,6 +72,41 @@ inline void pack_depth_contiguous(Strided src, int64_t rows, int64_t depth, floa
   }
 }
 
+// A panel's rows [first, first + count) of implicit columns (count <= W), each placed once: its
+// image and the input position its tap (0, 0) reads. Divisions per row and run of channels
+// would cost more than the run's loads.
+template <int W>
+struct ImplicitRows {
+  const float* image[W];
+  int64_t y0[W], x0[W], valid;
+
+  ImplicitRows(const ImplicitColumns& c, int64_t first, int64_t count) : valid(count) {
+    const int64_t pixels = c.oh * c.ow;
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t r = first + i, q = r % pixels;
+      image[i] = c.x + r / pixels * c.h * c.w * c.pixel_stride;
+      y0[i] = q / c.ow * c.stride - c.padding;
+      x0[i] = q % c.ow * c.stride - c.padding;
+    }
+  }
+  // Depth step p's tap offset and channel, for at().
+  struct Step {
+    int64_t dy, dx, channel;
+  };
+  static Step step(const ImplicitColumns& c, int64_t p) {
+    const int64_t tap = p / c.channels;
+    return {tap / c.kw * c.dilation, tap % c.kw * c.dilation, p % c.channels};
+  }
+  // Panel row `row`'s values from depth step s on (contiguous within the tap), or null where
+  // the tap reads padding or the row is past the rows.
+  const float* at(const ImplicitColumns& c, int64_t row, Step s) const {
+    if (row >= valid) return nullptr;
+    const int64_t y = y0[row] + s.dy, x = x0[row] + s.dx;
+    if (y < 0 || y >= c.h || x < 0 || x >= c.w) return nullptr;
+    return image[row] + (y * c.w + x) * c.pixel_stride + s.channel;
+  }
+};
+
 // Where a micro-kernel's tile goes and what is added to it.
 struct TileOut {
   float* c;
