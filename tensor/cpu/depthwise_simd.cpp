@@ -1,6 +1,6 @@
-#ifdef __AVX512F__
-
 #include "tensor/cpu/depthwise_simd.h"
+
+#if SONO_DEPTHWISE_SIMD
 
 #include <immintrin.h>
 
@@ -19,47 +19,102 @@ namespace sono::cpu {
 
 namespace {
 
-// One register tile: P output pixels of a row, 16 channels, summed over the K x K taps. The
+// The vector operations the kernels below are written in: a block of kLanes channels is one
+// vector, `Lanes` says which of a block's channels exist (the last block may be partial).
+#ifdef __AVX512F__
+struct Simd {
+  using V = __m512;
+  using Lanes = __mmask16;
+  static constexpr int kLanes = 16;
+  // Output pixels per register tile: 3x3 and 7x7 (32 zmm registers: 16 sums, 7 taps, an input).
+  static constexpr int kTile3 = 8, kTile7 = 16;
+  static Lanes lanes(int64_t c, int64_t c0) { return static_cast<Lanes>((1u << std::min<int64_t>(16, c - c0)) - 1); }
+  static Lanes none() { return 0; }
+  static V zero() { return _mm512_setzero_ps(); }
+  static V load(Lanes m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+  static V load_aligned(const float* p) { return _mm512_load_ps(p); }
+  static void store(float* p, Lanes m, V v) { _mm512_mask_storeu_ps(p, m, v); }
+  static void store_aligned(float* p, V v) { _mm512_store_ps(p, v); }
+  static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  // v rounded to the nearest bfloat16 (ties to even), as bf16.h's round_to_bf16 per lane: a NaN
+  // stays a quiet NaN with its sign and top payload.
+  static V round_to_bf16(V v) {
+    const __m512i u = _mm512_castps_si512(v), top = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i rounded =
+        _mm512_and_si512(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), top);
+    const __m512i quiet = _mm512_and_si512(_mm512_or_si512(u, _mm512_set1_epi32(0x400000)), top);
+    return _mm512_castsi512_ps(_mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), rounded, quiet));
+  }
+};
+#else
+// AVX2: Lanes counts the block's channels. Full blocks load and store plainly: AMD's Zen
+// microcodes VMASKMOVPS stores.
+struct Simd {
+  using V = __m256;
+  using Lanes = int;
+  static constexpr int kLanes = 8;
+  // 16 ymm registers: 6 sums, 7 taps and an input at 7x7 (the 3x3 compiles, but AVX2 CPUs take
+  // the general kernel there: see kDepthwiseSimd3).
+  static constexpr int kTile3 = 8, kTile7 = 6;
+  static Lanes lanes(int64_t c, int64_t c0) { return static_cast<int>(std::min<int64_t>(8, c - c0)); }
+  static Lanes none() { return 0; }
+  static __m256i mask(Lanes m) {
+    alignas(32) static constexpr int32_t kRamp[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kRamp + 8 - m));
+  }
+  static V zero() { return _mm256_setzero_ps(); }
+  static V load(Lanes m, const float* p) {
+    return m == 8 ? _mm256_loadu_ps(p) : m == 0 ? _mm256_setzero_ps() : _mm256_maskload_ps(p, mask(m));
+  }
+  static V load_aligned(const float* p) { return _mm256_load_ps(p); }
+  static void store(float* p, Lanes m, V v) {
+    if (m == 8) _mm256_storeu_ps(p, v);
+    else _mm256_maskstore_ps(p, mask(m), v);
+  }
+  static void store_aligned(float* p, V v) { _mm256_store_ps(p, v); }
+  static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  // As the AVX-512 version: to nearest even, a NaN a quiet NaN with its sign and top payload.
+  static V round_to_bf16(V v) {
+    const __m256i u = _mm256_castps_si256(v), top = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i rounded =
+        _mm256_and_si256(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), top);
+    const __m256i quiet = _mm256_and_si256(_mm256_or_si256(u, _mm256_set1_epi32(0x400000)), top);
+    return _mm256_blendv_ps(_mm256_castsi256_ps(rounded), _mm256_castsi256_ps(quiet), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  }
+};
+#endif
+using V = Simd::V;
+using Lanes = Simd::Lanes;
+constexpr int64_t kLanes = Simd::kLanes;
+
+// One register tile: P output pixels of a row, kLanes channels, summed over the K x K taps. The
 // input vector at window position j (input column ox0 - pad + j) of kernel row ky comes from
 // load(ky, j); kernel rows outside the image (load.row_inside(ky) false) are skipped. Input j
 // feeds outputs p = j - kx.
 template <int K, int P, typename Load>
-void accumulate_tile(const float* taps, int64_t c, int64_t c0, __mmask16 lanes, Load&& load,
-                     __m512 (&acc)[P]) {
-  for (__m512& a : acc) a = _mm512_setzero_ps();
+void accumulate_tile(const float* taps, int64_t c, int64_t c0, Lanes lanes, Load&& load, V (&acc)[P]) {
+  for (V& a : acc) a = Simd::zero();
   for (int ky = 0; ky < K; ++ky) {
     if (!load.row_inside(ky)) continue;
-    __m512 wk[K];
-    for (int kx = 0; kx < K; ++kx) wk[kx] = _mm512_maskz_loadu_ps(lanes, taps + (ky * K + kx) * c + c0);
+    V wk[K];
+    for (int kx = 0; kx < K; ++kx) wk[kx] = Simd::load(lanes, taps + (ky * K + kx) * c + c0);
 #pragma GCC unroll 32
     for (int j = 0; j < P + K - 1; ++j) {
-      const __m512 v = load(ky, j);
+      const V v = load(ky, j);
 #pragma GCC unroll 8
       for (int kx = 0; kx < K; ++kx) {
         const int p = j - kx;
-        if (p >= 0 && p < P) acc[p] = _mm512_fmadd_ps(v, wk[kx], acc[p]);
+        if (p >= 0 && p < P) acc[p] = Simd::fmadd(v, wk[kx], acc[p]);
       }
     }
   }
 }
 
 template <int P>
-void store_tile(const __m512 (&acc)[P], __mmask16 lanes, int64_t valid, int64_t c, float* out) {
-  for (int64_t p = 0; p < std::min<int64_t>(P, valid); ++p) _mm512_mask_storeu_ps(out + p * c, lanes, acc[p]);
-}
-
-// v rounded to the nearest bfloat16 (ties to even), as bf16.h's round_to_bf16 per lane: a NaN
-// stays a quiet NaN with its sign and top payload.
-__m512 round_to_bf16(__m512 v) {
-  const __m512i u = _mm512_castps_si512(v), top = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  const __m512i rounded = _mm512_and_si512(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), top);
-  const __m512i quiet = _mm512_and_si512(_mm512_or_si512(u, _mm512_set1_epi32(0x400000)), top);
-  return _mm512_castsi512_ps(_mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), rounded, quiet));
-}
-
-__mmask16 lane_mask(int64_t c, int64_t c0) {
-  return static_cast<__mmask16>((1u << std::min<int64_t>(16, c - c0)) - 1);
+void store_tile(const V (&acc)[P], Lanes lanes, int64_t valid, int64_t c, float* out) {
+  for (int64_t p = 0; p < std::min<int64_t>(P, valid); ++p) Simd::store(out + p * c, lanes, acc[p]);
 }
 
 // The output row a tile is on, and which of its kernel rows fall inside the image.
@@ -76,27 +131,26 @@ template <bool kRound>
 struct DirectLoad : OutputRow {
   const float* image;  // [h, w, c]
   int64_t w, c, c0, ox0;
-  __mmask16 lanes;
+  Lanes lanes;
 
-  __m512 operator()(int ky, int j) const {
+  V operator()(int ky, int j) const {
     const int64_t iy = oy - pad + ky, ix = ox0 - pad + j;
-    const __mmask16 inside = ix >= 0 && ix < w ? lanes : 0;
-    const __m512 v = _mm512_maskz_loadu_ps(inside, image + (iy * w + ix) * c + c0);
-    return kRound ? round_to_bf16(v) : v;
+    const V v = Simd::load(ix >= 0 && ix < w ? lanes : Simd::none(), image + (iy * w + ix) * c + c0);
+    return kRound ? Simd::round_to_bf16(v) : v;
   }
 };
 
 template <bool kRound>
 void run_direct3(const float* src, int64_t n, int64_t h, int64_t w, int64_t c, const float* taps,
                  int64_t pad, float* out, int64_t oh, int64_t ow) {
-  constexpr int P = 8;
+  constexpr int P = Simd::kTile3;
 #pragma omp parallel for schedule(static) if (n * oh * ow * c * 9 > (int64_t{1} << 16))
   for (int64_t row = 0; row < n * oh; ++row) {
     const int64_t image = row / oh, oy = row % oh;
-    for (int64_t c0 = 0; c0 < c; c0 += 16) {
-      const __mmask16 lanes = lane_mask(c, c0);
+    for (int64_t c0 = 0; c0 < c; c0 += kLanes) {
+      const Lanes lanes = Simd::lanes(c, c0);
       for (int64_t ox0 = 0; ox0 < ow; ox0 += P) {
-        __m512 acc[P];
+        V acc[P];
         const DirectLoad<kRound> load{{h, pad, oy}, src + image * h * w * c, w, c, c0, ox0, lanes};
         accumulate_tile<3, P>(taps, c, c0, lanes, load, acc);
         store_tile(acc, lanes, ow - ox0, c, out + (row * ow + ox0) * c + c0);
@@ -106,8 +160,8 @@ void run_direct3(const float* src, int64_t n, int64_t h, int64_t w, int64_t c, c
 }
 
 // ---- 7x7 (ConvNeXt): a ring of padded input rows per channel block --------------------------
-// One block of 16 channels of one image, as a ring of the K input rows under the current output
-// row, each copied once, zero-padded and packed [width][16]: the tiles then load aligned
+// One block of kLanes channels of one image, as a ring of the K input rows under the current
+// output row, each copied once, zero-padded and packed [width][kLanes]: the tiles then load aligned
 // vectors with no masks (masked loads of the wide padding, one per load, made the compiler
 // branch on every mask: 54 GFLOP/s on ConvNeXt's 14 x 14 x 512 maps, 77 with the ring). The
 // copy is where bf16 products round their input, once per element.
@@ -115,34 +169,34 @@ template <int K>
 struct RowRing : OutputRow {  // OutputRow::oy and ox0: the tile being computed
   const float* image;  // [h, w, c]
   int64_t w, c, c0, width;
-  __mmask16 lanes;
-  float* rows;  // K slots of width x 16 floats, slot iy % K holding input row iy
+  Lanes lanes;
+  float* rows;  // K slots of width x kLanes floats, slot iy % K holding input row iy
   bool round_bf16;
   int64_t ox0 = 0;
 
   // Copies input row iy into its slot, before the first output row that reads it.
   void load_row(int64_t iy) {
     if (iy < 0 || iy >= h) return;
-    float* dst = rows + iy % K * width * 16;
+    float* dst = rows + iy % K * width * kLanes;
     const float* src = image + iy * w * c + c0;
     for (int64_t q = 0; q < width; ++q) {
       const int64_t ix = q - pad;
-      const __m512 v = ix >= 0 && ix < w ? _mm512_maskz_loadu_ps(lanes, src + ix * c) : _mm512_setzero_ps();
-      _mm512_store_ps(dst + q * 16, round_bf16 ? round_to_bf16(v) : v);
+      const V v = ix >= 0 && ix < w ? Simd::load(lanes, src + ix * c) : Simd::zero();
+      Simd::store_aligned(dst + q * kLanes, round_bf16 ? Simd::round_to_bf16(v) : v);
     }
   }
-  __m512 operator()(int ky, int j) const {
-    return _mm512_load_ps(rows + ((oy - pad + ky) % K * width + ox0 + j) * 16);
+  V operator()(int ky, int j) const {
+    return Simd::load_aligned(rows + ((oy - pad + ky) % K * width + ox0 + j) * kLanes);
   }
 };
 
 template <int K>
 void run_ring(const float* src, int64_t n, int64_t h, int64_t w, int64_t c, const float* taps,
               int64_t pad, float* out, int64_t oh, int64_t ow, bool round_bf16) {
-  constexpr int P = 16;
-  const int64_t blocks = (c + 15) / 16;
+  constexpr int P = Simd::kTile7;
+  const int64_t blocks = (c + kLanes - 1) / kLanes;
   const int64_t width = (ow + P - 1) / P * P + K - 1;  // ring row, in vectors
-  const int64_t ring_floats = K * width * 16;
+  const int64_t ring_floats = K * width * kLanes;
   // Each thread allocates its own ring: the rings side by side in one block ran 10% slower
   // (bench_conv 7x7 bs8: 2.11-2.15 against 1.88-1.99 ms; likely cache-set conflicts between
   // the two threads' rows). A failed allocation is reported after the parallel region, where
@@ -160,13 +214,13 @@ void run_ring(const float* src, int64_t n, int64_t h, int64_t w, int64_t c, cons
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < n * blocks; ++item) {
       if (!rows) continue;
-      const int64_t image = item / blocks, c0 = item % blocks * 16;
-      RowRing<K> ring{{h, pad, 0}, src + image * h * w * c, w, c, c0, width, lane_mask(c, c0), rows, round_bf16};
+      const int64_t image = item / blocks, c0 = item % blocks * kLanes;
+      RowRing<K> ring{{h, pad, 0}, src + image * h * w * c, w, c, c0, width, Simd::lanes(c, c0), rows, round_bf16};
       for (int64_t iy = -pad; iy < K - 1 - pad; ++iy) ring.load_row(iy);
       for (ring.oy = 0; ring.oy < oh; ++ring.oy) {
         ring.load_row(ring.oy - pad + K - 1);
         for (ring.ox0 = 0; ring.ox0 < ow; ring.ox0 += P) {
-          __m512 acc[P];
+          V acc[P];
           accumulate_tile<K, P>(taps, c, c0, ring.lanes, ring, acc);
           store_tile(acc, ring.lanes, ow - ring.ox0, c, out + ((image * oh + ring.oy) * ow + ring.ox0) * c + c0);
         }
@@ -188,4 +242,4 @@ void depthwise_stride1(const float* src, int64_t n, int64_t h, int64_t w, int64_
 
 }  // namespace sono::cpu
 
-#endif  // __AVX512F__
+#endif  // SONO_DEPTHWISE_SIMD
