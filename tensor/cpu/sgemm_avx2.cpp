@@ -1,5 +1,6 @@
-// Packed float32 GEMM for CPUs with AVX2 and FMA but no AVX-512 (AMD EPYC before Zen 4, Intel
-// before Skylake-X): sgemm.cpp's BLIS design on 256-bit registers. A 6 x 16 tile of C stays in
+// Packed float32 GEMM for CPUs with AVX2 and FMA but no AVX-512 (AMD before Zen 4, Intel from
+// Haswell on without it, desktop cores since Alder Lake among them): sgemm.cpp's BLIS design on
+// 256-bit registers. A 6 x 16 tile of C stays in
 // 12 ymm registers over a depth block (two more carry B's row, one A's broadcast value); A's
 // rows are packed by 8 x 8 transposes in registers. Such CPUs have no bf16 instructions: bf16
 // products multiply float32 panels rounded as they are packed (Bf16Math::rounded).
