@@ -98,6 +98,11 @@ void for_each_bf16_math(Check&& check) {
   }
 }
 
+// Whether a batch's CPU results are bit for bit those of its images one at a time: with sgemm
+// (AVX-512 or AVX2), whose sums do not depend on the batch; Eigen's GEMM, on other CPUs, sums in
+// an order that depends on the matrices' sizes.
+inline constexpr bool kBatchBitForBit = cpu::kHaveSgemm;
+
 // Full-size parity runs take minutes of CPU: only with SONO_FULL_PARITY=1.
 inline bool full_parity_enabled() { return std::getenv("SONO_FULL_PARITY") != nullptr; }
 

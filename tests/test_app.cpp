@@ -575,7 +575,14 @@ TEST_CASE("a batch through the shipped models gives each image what it gets alon
       const app::BatchSegmentation alone = app::segment_batch(seg, seg_inputs[i], Device::cpu, flip);
       const std::vector<double> logits = alone.lesion_logits.to_vector();
       alone_logits.insert(alone_logits.end(), logits.begin(), logits.end());
-      CHECK(batch_probabilities[i] == app::classify(cls, cls_inputs[i], Device::cpu, flip, alone.malignancy).front());
+      const auto alone_probabilities = app::classify(cls, cls_inputs[i], Device::cpu, flip, alone.malignancy).front();
+      if constexpr (test::kBatchBitForBit) {
+        CHECK(batch_probabilities[i] == alone_probabilities);
+      } else {
+        REQUIRE(batch_probabilities[i].size() == alone_probabilities.size());
+        for (size_t c = 0; c < alone_probabilities.size(); ++c)
+          CHECK(batch_probabilities[i][c] == doctest::Approx(alone_probabilities[c]).epsilon(1e-4));
+      }
     }
     REQUIRE(batch_logits.size() == alone_logits.size());
     size_t differ = 0;
@@ -585,7 +592,8 @@ TEST_CASE("a batch through the shipped models gives each image what it gets alon
       worst = std::max(worst, std::abs(batch_logits[j] - alone_logits[j]));
     }
     INFO("differ " << differ << " worst " << worst);
-    CHECK(differ == 0);
+    if constexpr (test::kBatchBitForBit) CHECK(differ == 0);
+    else CHECK(worst < 1e-3);
   }
 }
 

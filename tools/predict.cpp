@@ -706,7 +706,7 @@ int predict(int argc, char** argv) {
               "(image, class, confidence, class probabilities, lesion fraction, lesion pixels, lesion area in mm^2 "
               "where a DICOM file gives the pixel spacing, mask, error); an image that cannot be read or "
               "predicted gets its error in its row, the run goes on and exits 1")
-      .option("batch_size", "8", "for a folder --image: images per forward pass (on the CPU, every result is bit for bit the one-image result)")
+      .option("batch_size", "8", "for a folder --image: images per forward pass (on a CPU with AVX2 or AVX-512, every result is bit for bit the one-image result)")
       .option("workers", "2", "for a folder --image on a GPU: threads decoding and resizing images ahead of the "
               "models (on the CPU the kernels' --threads do it, between the batches)")
       .option("streams", "auto", "for a folder --image on the CPU: batches run side by side, each stream on its "
