@@ -10,6 +10,7 @@
 
 #include <omp.h>
 
+#include "tensor/cpu/avx2_lanes.h"
 #include "tensor/error.h"
 
 // GCC 12 flags the masked loads inside its own AVX-512 headers (see sgemm.cpp).
@@ -48,8 +49,7 @@ struct Simd {
   }
 };
 #else
-// AVX2: Lanes counts the block's channels. Full blocks load and store plainly: AMD's Zen
-// microcodes VMASKMOVPS stores.
+// AVX2: Lanes counts the block's channels (avx2_lanes.h: full blocks without a mask).
 struct Simd {
   using V = __m256;
   using Lanes = int;
@@ -59,19 +59,10 @@ struct Simd {
   static constexpr int kTile3 = 8, kTile7 = 6;
   static Lanes lanes(int64_t c, int64_t c0) { return static_cast<int>(std::min<int64_t>(8, c - c0)); }
   static Lanes none() { return 0; }
-  static __m256i mask(Lanes m) {
-    alignas(32) static constexpr int32_t kRamp[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
-    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kRamp + 8 - m));
-  }
   static V zero() { return _mm256_setzero_ps(); }
-  static V load(Lanes m, const float* p) {
-    return m == 8 ? _mm256_loadu_ps(p) : m == 0 ? _mm256_setzero_ps() : _mm256_maskload_ps(p, mask(m));
-  }
+  static V load(Lanes m, const float* p) { return load_lanes(p, m); }
   static V load_aligned(const float* p) { return _mm256_load_ps(p); }
-  static void store(float* p, Lanes m, V v) {
-    if (m == 8) _mm256_storeu_ps(p, v);
-    else _mm256_maskstore_ps(p, mask(m), v);
-  }
+  static void store(float* p, Lanes m, V v) { store_lanes(p, v, m); }
   static void store_aligned(float* p, V v) { _mm256_store_ps(p, v); }
   static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   // As the AVX-512 version: to nearest even, a NaN a quiet NaN with its sign and top payload.

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "tensor/cpu/avx2_lanes.h"
 #include "tensor/cpu/bf16.h"
 #include "tensor/cpu/gemm.h"
 #include "tensor/cpu/sgemm_shared.h"
@@ -32,27 +33,6 @@ constexpr int64_t kKc = 256, kMc = kMr * 48, kNc = 4096;
 
 struct APanels {};
 struct BPanels {};
-
-// Lanes 0 .. n - 1 of a maskload / maskstore (n clamped to 0 .. 8).
-__m256i lane_mask(int64_t n) {
-  alignas(32) static constexpr int32_t kRamp[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
-  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kRamp + 8 - std::clamp<int64_t>(n, 0, 8)));
-}
-
-// The first n lanes loaded (the rest zero) or stored. AMD's Zen microcodes VMASKMOVPS (a store
-// takes tens of cycles), so full vectors and the A panels' 6 rows go without a mask.
-__m256 load_lanes(const float* p, int64_t n) { return n >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, lane_mask(n)); }
-
-void store_lanes(float* p, __m256 v, int64_t n) {
-  if (n >= 8) {
-    _mm256_storeu_ps(p, v);
-  } else if (n == 6) {
-    _mm_storeu_ps(p, _mm256_castps256_ps128(v));
-    _mm_storel_pi(reinterpret_cast<__m64*>(p + 4), _mm256_extractf128_ps(v, 1));
-  } else {
-    _mm256_maskstore_ps(p, lane_mask(n), v);
-  }
-}
 
 // v[i] = row i of 8 x 8 floats becomes v[c] = column c: pairs of rows interleave, then pairs of
 // pairs, then the 128-bit halves swap.
