@@ -50,6 +50,8 @@ const ConvCase kPathCases[] = {
     {"winograd 3x3, 11x9 outputs, 21 channels in, 19 out", {2, 11, 9, 21}, 19, 3, {1, 1, 1, 1}},
     {"winograd 3x3 pad 0", {1, 12, 14, 16}, 16, 3, {1, 0, 1, 1}},
     {"winograd 3x3 pad 2", {1, 8, 9, 32}, 17, 3, {1, 2, 1, 1}},
+    // frozen weights: chunks of a few row tiles of sgemm, split inside an image and across two
+    {"winograd 3x3, 5x5 tiles an image in chunks", {2, 20, 18, 20}, 24, 3, {1, 1, 1, 1}},
     // stride-1 input gradients as the forward of the turned kernel (turned_conv.h): reading
     // grad_out's columns in place (32 channels), gathering them (20); padding 0 turns into 2
     {"turned input gradient: 3x3 dilation 2, 32 channels out", {2, 10, 9, 24}, 32, 3, {1, 2, 2, 1}},

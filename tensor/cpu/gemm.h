@@ -49,10 +49,17 @@ struct GemmProblem {
   const PackedB* packed_b = nullptr;
 };
 
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+// kSgemmRowTile: the rows of C sgemm's micro-kernel computes at once (a GEMM of m rows runs
+// m rounded up to a multiple of it).
+#if defined(__AVX512F__)
 inline constexpr bool kHaveSgemm = true;
+inline constexpr int64_t kSgemmRowTile = 14;
+#elif defined(__AVX2__) && defined(__FMA__)
+inline constexpr bool kHaveSgemm = true;
+inline constexpr int64_t kSgemmRowTile = 6;
 #else
 inline constexpr bool kHaveSgemm = false;  // callers take Eigen's path (under `if constexpr`)
+inline constexpr int64_t kSgemmRowTile = 1;
 #endif
 
 // What sgemm's bf16 products run on, fastest first: AMX tiles (TDPBF16PS, 16 x 16 float32

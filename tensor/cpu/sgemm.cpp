@@ -42,6 +42,7 @@ namespace {
 // Tile of C per micro-kernel call: kMr rows x kNv zmm vectors of 16 columns; 28 of the 32
 // zmm registers hold it, the rest carry B's row and A's broadcast value.
 constexpr int kMr = 14, kNv = 2, kNr = 16 * kNv;
+static_assert(kMr == kSgemmRowTile);
 // Block limits: A's kMc x kKc block stays in L2 (2 MB a core), B's kKc x kNr panel in L1.
 constexpr int64_t kKc = 256, kMc = 14 * 72, kNc = 4096;
 

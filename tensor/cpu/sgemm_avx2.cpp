@@ -28,6 +28,7 @@ namespace {
 
 // Tile of C per micro-kernel call: kMr rows x kNr columns (two ymm vectors).
 constexpr int kMr = 6, kNr = 16;
+static_assert(kMr == kSgemmRowTile);
 // A's kMc x kKc block stays in L2 (512 KB a core on Zen 2/3), B's kKc x kNr panel in L1.
 constexpr int64_t kKc = 256, kMc = kMr * 48, kNc = 4096;
 

@@ -21,7 +21,7 @@ namespace sono::cpu {
 namespace {
 
 constexpr int64_t kOut = 4, kIn = 6, kPoints = kIn * kIn, kLanes = 16;
-// Bounds a chunk of images' transformed input and products to about 2^22 floats each.
+// Bounds a chunk's transformed input and products to about 2^22 floats each (chunk_tiles).
 constexpr int64_t kChunkFloats = int64_t(1) << 22;
 
 using Lanes = float[kLanes];
@@ -116,23 +116,24 @@ struct TileLanes {
   int64_t t, n, y0, x0, c0, lanes;
 };
 
-// Calls body(TileLanes) for every tile of images [n0, n1) and run of 16 of `channels`, threaded.
+// Calls body(TileLanes) for every tile [t0, t1) of the batch (image by image, row by row) and
+// run of 16 of `channels`, threaded; TileLanes::t counts from t0.
 template <typename Body>
-void for_each_tile_lanes(const TileGrid& grid, int64_t n0, int64_t n1, int64_t channels, Body&& body) {
-  const int64_t tiles = (n1 - n0) * grid.per_image(), blocks = (channels + kLanes - 1) / kLanes;
+void for_each_tile_lanes(const TileGrid& grid, int64_t t0, int64_t t1, int64_t channels, Body&& body) {
+  const int64_t blocks = (channels + kLanes - 1) / kLanes;
 #pragma omp parallel for schedule(static)
-  for (int64_t job = 0; job < tiles * blocks; ++job) {
-    const int64_t t = job / blocks, c0 = job % blocks * kLanes, in_image = t % grid.per_image();
-    body(TileLanes{t, n0 + t / grid.per_image(), in_image / grid.cols * kOut, in_image % grid.cols * kOut, c0,
+  for (int64_t job = 0; job < (t1 - t0) * blocks; ++job) {
+    const int64_t t = job / blocks, c0 = job % blocks * kLanes, tile = t0 + t, in_image = tile % grid.per_image();
+    body(TileLanes{t, tile / grid.per_image(), in_image / grid.cols * kOut, in_image % grid.cols * kOut, c0,
                    std::min(kLanes, channels - c0)});
   }
 }
 
-// V [36][tiles][Cin] = B^T d B for the 6x6 input tile d of each 4x4 output block of images
-// [n0, n1); reads outside the image are the zero padding.
-void transform_input(const Conv2dGeometry& g, const TileGrid& grid, const float* x, int64_t n0, int64_t n1, float* v) {
-  const int64_t tiles = (n1 - n0) * grid.per_image();
-  for_each_tile_lanes(grid, n0, n1, g.cin, [&](const TileLanes& b) {
+// V [36][tiles][Cin] = B^T d B for the 6x6 input tile d of the 4x4 output block of each tile
+// [t0, t1); reads outside the image are the zero padding.
+void transform_input(const Conv2dGeometry& g, const TileGrid& grid, const float* x, int64_t t0, int64_t t1, float* v) {
+  const int64_t tiles = t1 - t0;
+  for_each_tile_lanes(grid, t0, t1, g.cin, [&](const TileLanes& b) {
     Lanes d[kPoints], mid[kPoints], out[kPoints];
     // Zeroing every tile cost ~2% of a folder prediction; a tile inside the image reads all of it.
     const int64_t top = b.y0 - g.padding, left = b.x0 - g.padding;
@@ -151,11 +152,11 @@ void transform_input(const Conv2dGeometry& g, const TileGrid& grid, const float*
   });
 }
 
-// The output blocks A^T m A of images [n0, n1) from the products M [36][tiles][Cout], cropped
+// The output blocks A^T m A of tiles [t0, t1) from the products M [36][tiles][Cout], cropped
 // to the output where the last row or column of tiles overhangs it.
-void transform_output(const Conv2dGeometry& g, const TileGrid& grid, const float* m, int64_t n0, int64_t n1, float* out) {
-  const int64_t tiles = (n1 - n0) * grid.per_image();
-  for_each_tile_lanes(grid, n0, n1, g.cout, [&](const TileLanes& b) {
+void transform_output(const Conv2dGeometry& g, const TileGrid& grid, const float* m, int64_t t0, int64_t t1, float* out) {
+  const int64_t tiles = t1 - t0;
+  for_each_tile_lanes(grid, t0, t1, g.cout, [&](const TileLanes& b) {
     Lanes prod[kPoints], mid[kOut * kIn], y[kOut * kOut];
     if (b.lanes < kLanes) std::fill_n(&prod[0][0], kPoints * kLanes, 0.0f);  // the lanes past the channels
     for (int64_t p = 0; p < kPoints; ++p) copy_lanes(m + (p * tiles + b.t) * g.cout + b.c0, b.lanes, prod[p]);
@@ -296,19 +297,29 @@ TransformedWeightCache& transformed_weight_cache() {
   return cache;
 }
 
-// out from x and the transformed weights (u [36][Cout][Cin], or packed), a chunk of images at a time.
+// Tiles transformed, multiplied and transformed back at a time. With each point's weights packed
+// once, a few of sgemm's row tiles: the chunk's transformed input and products then stay in
+// cache from one pass to the next (with chunks of whole batches, up to kChunkFloats, folder
+// prediction ran ~10% slower on a Zen 3; 12 to 36 tiles ran alike). Weights packed on every
+// call are packed once per chunk, so there chunks stay large.
+int64_t chunk_tiles(const Conv2dGeometry& g, int64_t all_tiles, bool packed) {
+  const int64_t tiles = packed ? (16 + kSgemmRowTile - 1) / kSgemmRowTile * kSgemmRowTile
+                               : kChunkFloats / (kPoints * std::max(g.cin, g.cout));
+  return std::clamp<int64_t>(tiles, 1, all_tiles);
+}
+
+// out from x and the transformed weights (u [36][Cout][Cin], or packed), a chunk of tiles at a time.
 void winograd_forward_transformed(const Conv2dGeometry& g, const float* x, const float* u,
                                   const std::vector<std::shared_ptr<const PackedB>>& packed, float* out) {
   const TileGrid grid = tile_grid(g);
-  const int64_t per_image = kPoints * grid.per_image() * std::max(g.cin, g.cout);
-  const int64_t images_per_chunk = std::clamp<int64_t>(kChunkFloats / per_image, 1, g.n);
-  float* v = thread_buffer<TransformedInput, float>().reserve(images_per_chunk * grid.per_image() * kPoints * g.cin);
-  float* m = thread_buffer<Products, float>().reserve(images_per_chunk * grid.per_image() * kPoints * g.cout);
-  for (int64_t n0 = 0; n0 < g.n; n0 += images_per_chunk) {
-    const int64_t n1 = std::min(g.n, n0 + images_per_chunk), tiles = (n1 - n0) * grid.per_image();
-    transform_input(g, grid, x, n0, n1, v);
-    multiply_points(g, tiles, v, u, packed, m);
-    transform_output(g, grid, m, n0, n1, out);
+  const int64_t all_tiles = g.n * grid.per_image(), chunk = chunk_tiles(g, all_tiles, !packed.empty());
+  float* v = thread_buffer<TransformedInput, float>().reserve(chunk * kPoints * g.cin);
+  float* m = thread_buffer<Products, float>().reserve(chunk * kPoints * g.cout);
+  for (int64_t t0 = 0; t0 < all_tiles; t0 += chunk) {
+    const int64_t t1 = std::min(all_tiles, t0 + chunk);
+    transform_input(g, grid, x, t0, t1, v);
+    multiply_points(g, t1 - t0, v, u, packed, m);
+    transform_output(g, grid, m, t0, t1, out);
   }
 }
 

@@ -4,7 +4,9 @@
 // first ASPP separable branch at output stride 16 (batch 8 at 256x256); dense3x3_s2: a regular
 // strided 3x3 (im2col + GEMM); pointwise1x1: a 1x1 conv, one GEMM on [N*H*W, C];
 // resnet_stem7x7_cin4: the 4-channel classifier's ResNet stem (batch 8 at 128x128); _192: the
-// shipped classifier's (batch 8 at 192x192). BM_ConvBf16: the forward under bf16 autocast.
+// shipped classifier's (batch 8 at 192x192); resnet18_l*_3x3_192: its 3x3 stride-1 convs of
+// layers 1-3 (Winograd's). BM_ConvBf16: the forward under bf16 autocast; BM_ConvFrozen: with
+// frozen weights, as predict's fused models run them (weights packed once and kept).
 #include <benchmark/benchmark.h>
 
 #include "autograd/node.h"
@@ -31,6 +33,9 @@ const ConvBench kConvBenches[] = {
     {"pointwise1x1", {8, 56, 56, 128}, {512, 128, 1, 1}, {1, 0, 1, 1}},
     {"resnet_stem7x7_cin4", {8, 128, 128, 4}, {64, 4, 7, 7}, {2, 3, 1, 1}},
     {"resnet_stem7x7_cin4_192", {8, 192, 192, 4}, {64, 4, 7, 7}, {2, 3, 1, 1}},
+    {"resnet18_l1_3x3_192", {8, 48, 48, 64}, {64, 64, 3, 3}, {1, 1, 1, 1}},
+    {"resnet18_l2_3x3_192", {8, 24, 24, 128}, {128, 128, 3, 3}, {1, 1, 1, 1}},
+    {"resnet18_l3_3x3_192", {8, 12, 12, 256}, {256, 256, 3, 3}, {1, 1, 1, 1}},
 };
 
 Tensor random_f32(const Shape& shape, uint64_t seed) {
@@ -45,8 +50,9 @@ void set_conv_flops(benchmark::State& state, const ConvBench& c, const Shape& ou
                                                  benchmark::Counter::kIsRate, benchmark::Counter::kIs1000);
 }
 
-void BM_Conv(benchmark::State& state, const ConvBench& c, Precision precision) {
+void BM_Conv(benchmark::State& state, const ConvBench& c, Precision precision, bool frozen) {
   Tensor x = random_f32(c.input, 1), w = random_f32(c.weight, 2);
+  w.impl().storage->frozen = frozen;
   autograd::NoGradGuard no_grad;
   Autocast autocast(Device::cpu, precision);
   Shape out_shape;
@@ -78,8 +84,14 @@ void BM_ConvForwardBackward(benchmark::State& state, const ConvBench& c) {
 
 bool register_conv_cases() {
   for (const ConvBench& c : kConvBenches) {
-    for (auto [prefix, precision] : {std::pair{"BM_Conv/", Precision::f32}, std::pair{"BM_ConvBf16/", Precision::bf16}})
-      benchmark::RegisterBenchmark((prefix + std::string(c.name)).c_str(), BM_Conv, c, precision)
+    struct Variant {
+      const char* prefix;
+      Precision precision;
+      bool frozen;
+    };
+    for (const Variant& v : {Variant{"BM_Conv/", Precision::f32, false}, Variant{"BM_ConvBf16/", Precision::bf16, false},
+                             Variant{"BM_ConvFrozen/", Precision::f32, true}})
+      benchmark::RegisterBenchmark((v.prefix + std::string(c.name)).c_str(), BM_Conv, c, v.precision, v.frozen)
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
     benchmark::RegisterBenchmark((std::string("BM_ConvForwardBackward/") + c.name).c_str(),
