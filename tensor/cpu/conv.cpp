@@ -606,8 +606,7 @@ void conv_forward(const Conv2dGeometry& g, const T* x, const T* w, T* out, const
                   const FrozenForward& frozen = {}) {
   if constexpr (std::is_same_v<T, float>) {
     if (winograd_applies(g)) {
-      winograd_conv_forward(g, x, w, out, frozen.storage);
-      return apply_epilogue(g, e, out);
+      return winograd_conv_forward(g, x, w, out, frozen.storage, {e.bias, e.relu});
     }
   }
   const PackedGroups* packed = frozen.packed.get();

@@ -152,15 +152,31 @@ void transform_input(const Conv2dGeometry& g, const TileGrid& grid, const float*
   });
 }
 
+// y + bias, then ReLU where asked, on a block's lanes: conv2d_bias_relu's epilogue while the
+// block is in cache rather than in another pass over the output (the same floats).
+void finish_block(const WinogradEpilogue& e, int64_t c0, int64_t lanes, Lanes (&y)[kOut * kOut]) {
+  if (e.bias) {
+    Lanes bias = {};
+    std::copy_n(e.bias + c0, lanes, bias);
+    for (Lanes& v : y)
+      for (int64_t l = 0; l < kLanes; ++l) v[l] += bias[l];
+  }
+  if (e.relu)
+    for (Lanes& v : y)
+      for (int64_t l = 0; l < kLanes; ++l) v[l] = v[l] > 0.0f ? v[l] : 0.0f;
+}
+
 // The output blocks A^T m A of tiles [t0, t1) from the products M [36][tiles][Cout], cropped
-// to the output where the last row or column of tiles overhangs it.
-void transform_output(const Conv2dGeometry& g, const TileGrid& grid, const float* m, int64_t t0, int64_t t1, float* out) {
+// to the output where the last row or column of tiles overhangs it, with the epilogue applied.
+void transform_output(const Conv2dGeometry& g, const TileGrid& grid, const float* m, int64_t t0, int64_t t1,
+                      const WinogradEpilogue& e, float* out) {
   const int64_t tiles = t1 - t0;
   for_each_tile_lanes(grid, t0, t1, g.cout, [&](const TileLanes& b) {
     Lanes prod[kPoints], mid[kOut * kIn], y[kOut * kOut];
     if (b.lanes < kLanes) std::fill_n(&prod[0][0], kPoints * kLanes, 0.0f);  // the lanes past the channels
     for (int64_t p = 0; p < kPoints; ++p) copy_lanes(m + (p * tiles + b.t) * g.cout + b.c0, b.lanes, prod[p]);
     transform_2d<kIn, kOut>(prod, mid, y, output_transform_1d);
+    finish_block(e, b.c0, b.lanes, y);
     for (int64_t i = 0; i < kOut && b.y0 + i < g.oh; ++i)
       for (int64_t j = 0; j < kOut && b.x0 + j < g.ow; ++j)
         copy_lanes(y[i * kOut + j], b.lanes, out + ((b.n * g.oh + b.y0 + i) * g.ow + b.x0 + j) * g.cout + b.c0);
@@ -310,7 +326,8 @@ int64_t chunk_tiles(const Conv2dGeometry& g, int64_t all_tiles, bool packed) {
 
 // out from x and the transformed weights (u [36][Cout][Cin], or packed), a chunk of tiles at a time.
 void winograd_forward_transformed(const Conv2dGeometry& g, const float* x, const float* u,
-                                  const std::vector<std::shared_ptr<const PackedB>>& packed, float* out) {
+                                  const std::vector<std::shared_ptr<const PackedB>>& packed,
+                                  const WinogradEpilogue& e, float* out) {
   const TileGrid grid = tile_grid(g);
   const int64_t all_tiles = g.n * grid.per_image(), chunk = chunk_tiles(g, all_tiles, !packed.empty());
   float* v = thread_buffer<TransformedInput, float>().reserve(chunk * kPoints * g.cin);
@@ -319,7 +336,7 @@ void winograd_forward_transformed(const Conv2dGeometry& g, const float* x, const
     const int64_t t1 = std::min(all_tiles, t0 + chunk);
     transform_input(g, grid, x, t0, t1, v);
     multiply_points(g, t1 - t0, v, u, packed, m);
-    transform_output(g, grid, m, t0, t1, out);
+    transform_output(g, grid, m, t0, t1, e, out);
   }
 }
 
@@ -333,13 +350,13 @@ bool winograd_applies(const Conv2dGeometry& g) {
 void winograd_conv_forward_once(const Conv2dGeometry& g, const float* x, const float* w, float* out) {
   float* u = thread_buffer<TransformedWeights, float>().reserve(kPoints * g.cout * g.cin);
   transform_weights(g, w, u);
-  winograd_forward_transformed(g, x, u, {}, out);
+  winograd_forward_transformed(g, x, u, {}, {}, out);
 }
 
 void winograd_conv_forward(const Conv2dGeometry& g, const float* x, const float* w, float* out,
-                           const std::shared_ptr<Storage>& frozen) {
+                           const std::shared_ptr<Storage>& frozen, const WinogradEpilogue& e) {
   const auto points = transformed_weight_cache().get(g, w, frozen);
-  winograd_forward_transformed(g, x, points->u.data(), points->packed, out);
+  winograd_forward_transformed(g, x, points->u.data(), points->packed, e, out);
 }
 
 }  // namespace sono::cpu
