@@ -453,6 +453,32 @@ TEST_CASE("resize: bilinear as PIL (plain when enlarging, antialiased when shrin
   Image flat(30, 17, 3, 0.4f);
   for (float v : resize_bilinear(flat, 7, 11).pixels) CHECK(v == doctest::Approx(0.4));
 
+  // Enlarging both axes (the horizontal pass first): bilinear between the 4 nearest pixels.
+  Image grid(3, 4, 2);
+  for (size_t i = 0; i < grid.pixels.size(); ++i) grid.pixels[i] = static_cast<float>((i * 7) % 5) - 1.5f;
+  const Image enlarged = resize_bilinear(grid, 7, 9);
+  auto source = [](int o, int in, int out) {  // clamped sample position and its lower neighbour
+    const double s = std::clamp((o + 0.5) * in / out - 0.5, 0.0, in - 1.0);
+    return std::pair{s, std::min(static_cast<int>(s), in - 2)};
+  };
+  for (int y = 0; y < 7; ++y)
+    for (int x = 0; x < 9; ++x)
+      for (int c = 0; c < 2; ++c) {
+        const auto [sy, y0] = source(y, 3, 7);
+        const auto [sx, x0] = source(x, 4, 9);
+        const double fy = sy - y0, fx = sx - x0;
+        const double expected = (1 - fy) * ((1 - fx) * grid.at(y0, x0, c) + fx * grid.at(y0, x0 + 1, c)) +
+                                fy * ((1 - fx) * grid.at(y0 + 1, x0, c) + fx * grid.at(y0 + 1, x0 + 1, c));
+        CHECK(enlarged.at(y, x, c) == doctest::Approx(expected).epsilon(1e-5));
+      }
+  // Taller and narrower, against the transposed image (shorter and wider: the other pass first).
+  Image wide(3, 8, 1), tall(8, 3, 1);
+  for (int y = 0; y < 3; ++y)
+    for (int x = 0; x < 8; ++x) wide.at(y, x, 0) = tall.at(x, y, 0) = static_cast<float>((y * 8 + x) % 6);
+  const Image a = resize_bilinear(wide, 7, 3), b = resize_bilinear(tall, 3, 7);
+  for (int y = 0; y < 7; ++y)
+    for (int x = 0; x < 3; ++x) CHECK(a.at(y, x, 0) == doctest::Approx(b.at(x, y, 0)).epsilon(1e-6));
+
   Mask m(2, 2);
   m.values = {1, 0, 0, 1};
   CHECK(resize_nearest(m, 4, 4).values == std::vector<uint8_t>{1, 1, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 1, 1});

@@ -367,6 +367,33 @@ void resize_row(const float* src, float* dst, const AxisWeights& wx, int width, 
   }
 }
 
+// The vertical pass: `height` rows of `row` floats, row y the weighted sum of the source rows
+// wy gives it. Each starts as its first tap's products (what 0 + w * x gives), not zeroed first:
+// a folder run resizes every scan at full width twice.
+void resize_rows(const float* src, size_t row, const AxisWeights& wy, int height, float* dst) {
+  for (int y = 0; y < height; ++y, dst += row) {
+    if (wy.taps(y) == 0) {
+      std::fill_n(dst, row, 0.0f);
+      continue;
+    }
+    const float* first = src + wy.first[y] * row;
+    const float w0 = wy.weights(y)[0];
+    for (size_t i = 0; i < row; ++i) dst[i] = w0 * first[i];
+    for (int k = 1; k < wy.taps(y); ++k) {
+      const float* tap = src + (wy.first[y] + k) * row;
+      const float w = wy.weights(y)[k];
+      for (size_t i = 0; i < row; ++i) dst[i] += w * tap[i];
+    }
+  }
+}
+
+// The horizontal pass over `rows` rows of `in_width` pixels of `ch` channels.
+void resize_columns(const float* src, int rows, int in_width, const AxisWeights& wx, int width, int ch, float* dst) {
+  const auto row = ch == 3 ? resize_row<3> : ch == 1 ? resize_row<1> : resize_row<0>;
+  for (int y = 0; y < rows; ++y)
+    row(src + static_cast<size_t>(y) * in_width * ch, dst + static_cast<size_t>(y) * width * ch, wx, width, ch);
+}
+
 }  // namespace
 
 Image resize_bilinear(const Image& image, int height, int width) {
@@ -374,30 +401,21 @@ Image resize_bilinear(const Image& image, int height, int width) {
              "resize_bilinear: cannot resize ", image.width, "x", image.height, " to ", width, "x", height);
   const int ch = image.channels;
   AxisWeights wx = triangle_weights(image.width, width), wy = triangle_weights(image.height, height);
-  // The vertical pass first: it runs along whole rows, which vectorise, so the horizontal pass
-  // (a gather per output) sees `height` rows instead of the scan's (~4x fewer for a BUSI scan).
+  // The passes are linear, so either may go first. The vertical one runs along whole rows,
+  // which vectorise; the horizontal one gathers per output value, so it goes where there are
+  // fewer rows: last when the image gets shorter (a scan resized for a model: ~4x fewer rows for
+  // a BUSI scan), first when it gets taller (a model's lesion map resized to its scan).
   const size_t in_row = static_cast<size_t>(image.width) * ch, out_row = static_cast<size_t>(width) * ch;
-  // Each row starts as its first tap's products (what 0 + w * x gives), not zeroed first: a
-  // folder run resizes every scan at full width twice.
-  const std::unique_ptr<float[]> columns(new float[height * in_row]);
-  for (int y = 0; y < height; ++y) {
-    float* dst = &columns[y * in_row];
-    if (wy.taps(y) == 0) {
-      std::fill_n(dst, in_row, 0.0f);
-      continue;
-    }
-    const float* first = &image.pixels[wy.first[y] * in_row];
-    const float w0 = wy.weights(y)[0];
-    for (size_t i = 0; i < in_row; ++i) dst[i] = w0 * first[i];
-    for (int k = 1; k < wy.taps(y); ++k) {
-      const float* src = &image.pixels[(wy.first[y] + k) * in_row];
-      const float w = wy.weights(y)[k];
-      for (size_t i = 0; i < in_row; ++i) dst[i] += w * src[i];
-    }
-  }
   Image out(height, width, ch);
-  const auto row = ch == 3 ? resize_row<3> : ch == 1 ? resize_row<1> : resize_row<0>;
-  for (int y = 0; y < height; ++y) row(&columns[y * in_row], &out.pixels[y * out_row], wx, width, ch);
+  if (height > image.height) {
+    const std::unique_ptr<float[]> rows(new float[image.height * out_row]);
+    resize_columns(image.pixels.data(), image.height, image.width, wx, width, ch, rows.get());
+    resize_rows(rows.get(), out_row, wy, height, out.pixels.data());
+  } else {
+    const std::unique_ptr<float[]> rows(new float[height * in_row]);
+    resize_rows(image.pixels.data(), in_row, wy, height, rows.get());
+    resize_columns(rows.get(), height, image.width, wx, width, ch, out.pixels.data());
+  }
   return out;
 }
 
