@@ -270,16 +270,13 @@ void relu_in_place(T* values, int64_t n) {
 }
 
 // What conv2d_bias_relu_forward adds to the forward: the bias (of the columns from `bias` on),
-// then ReLU. The GEMM paths apply it to C's tiles while they are in cache; the others in a pass.
+// then ReLU. The GEMM paths apply it to C's tiles in registers; the others in a pass.
 template <typename T>
 struct Epilogue {
   const T* bias = nullptr;
   bool relu = false;
 
-  using PostOp = void (*)(T*, int64_t);
-
   Epilogue columns_from(int64_t first) const { return {bias ? bias + first : nullptr, relu}; }
-  PostOp post_op() const { return relu ? &relu_in_place<T> : nullptr; }
 };
 
 template <typename T>
@@ -306,7 +303,7 @@ GemmProblem<T> slice_problem(const Conv2dGeometry& g, const T* a, int64_t lda, b
                              const ImplicitColumns* a_columns = nullptr, const Epilogue<T>& e = {},
                              const PackedB* packed_b = nullptr) {
   GemmProblem<T> p{a, b, c, e.bias, 1, m, n, k, ta, tb, false, false, T(1), T(accumulate ? 1 : 0), lda, ldb, ldc};
-  p.post_op = e.post_op();
+  p.relu = e.relu;
   p.bf16_operands = g.precision == Precision::bf16;
   p.a_columns = a_columns;
   p.packed_b = packed_b;

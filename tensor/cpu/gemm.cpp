@@ -40,6 +40,7 @@ void eigen_gemm(const GemmProblem<T>& p) {
     else if (!p.trans_a && p.trans_b) C.noalias() += p.alpha * A * B.transpose();
     else C.noalias() += p.alpha * A.transpose() * B.transpose();
     if (p.bias) C.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(p.bias, p.n);
+    if (p.relu) C = C.cwiseMax(T(0));
     if (p.post_op)
       for (int64_t r = 0; r < p.m; ++r) p.post_op(&C(r, 0), p.n);
   }

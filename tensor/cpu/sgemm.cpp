@@ -297,6 +297,7 @@ __attribute__((always_inline)) inline void store_tile(const __m512 (&acc)[R][kNv
     for (int j = 0; j < kNv; ++j) {
       __m512 v = _mm512_fmadd_ps(alpha, acc[i][j], bias[j]);
       if (t.beta != 0.0f) v = _mm512_fmadd_ps(beta, _mm512_maskz_loadu_ps(mask[j], c + 16 * j), v);
+      if (t.relu) v = _mm512_max_ps(v, _mm512_setzero_ps());  // NaN and -0 become +0, as v > 0 ? v : 0
       _mm512_mask_storeu_ps(c + 16 * j, mask[j], v);
     }
   }
@@ -435,6 +436,7 @@ struct Item {
   int64_t ldc, m, n, k, kc, mc;
   float alpha, beta;
   void (*post_op)(float*, int64_t);
+  bool relu;
   bool bf16;  // bf16 operands
   const ImplicitColumns* a_columns;  // read instead of a where set
   Bf16Math math;  // with bf16 operands
@@ -490,7 +492,7 @@ void macro_kernel(const Item& it, const Packed& pack, int64_t ic, int64_t mc, in
     for (int64_t ir = 0; ir < mc; ir += mr) {
       TileOut out{it.c + (ic + ir) * it.ldc + jc + jr, it.ldc, std::min<int64_t>(mr, mc - ir),
                   std::min<int64_t>(kNr, nc - jr), it.alpha, beta, bias,
-                  last_depth ? it.post_op : nullptr};
+                  last_depth ? it.post_op : nullptr, last_depth && it.relu};
       if (pack.amx) micro_kernel_amx(amx_depth, pack.a16 + ir * amx_depth, pack.b16 + jr * amx_depth, out);
       else if (pack.a16) micro_kernel_bf16(pairs, pack.a16 + ir * pairs * 2, pack.b16 + jr * pairs * 2, out);
       else micro_kernel(kc, pack.a + ir * kc, pack.b + jr * kc, out);
@@ -621,7 +623,7 @@ void run_item(const Item& it, Team team) {
 // rows, row blocks that split evenly over it (so its members finish together).
 Item make_item(const GemmProblem<float>& p, int64_t i, int threads) {
   const ItemView v = item_view(p, i);
-  Item it{v.a, v.b, v.c, p.bias, v.ldc, p.m, p.n, p.k, 0, 0, p.alpha, p.beta, p.post_op, p.bf16_operands,
+  Item it{v.a, v.b, v.c, p.bias, v.ldc, p.m, p.n, p.k, 0, 0, p.alpha, p.beta, p.post_op, p.relu, p.bf16_operands,
           p.a_columns, p.bf16_operands ? bf16_math() : Bf16Math::rounded, nullptr};
   const bool amx = it.bf16_on(Bf16Math::amx);
   // Implicit columns are read 16 depth steps of one tap at a time: depth blocks start at

@@ -130,6 +130,7 @@ void micro_kernel(int64_t depth, const float* a, const float* b, const TileOut& 
     for (int j = 0; j < 2; ++j) {
       __m256 v = _mm256_fmadd_ps(alpha, acc[i][j], bias[j]);
       if (t.beta != 0.0f) v = _mm256_fmadd_ps(beta, load_lanes(c + 8 * j, lanes[j]), v);
+      if (t.relu) v = _mm256_max_ps(v, _mm256_setzero_ps());  // NaN and -0 become +0, as v > 0 ? v : 0
       store_lanes(c + 8 * j, v, lanes[j]);
     }
     if (t.post_op) t.post_op(c, t.cols);
@@ -144,6 +145,7 @@ struct Item {
   int64_t ldc, m, n, k, kc, mc;
   float alpha, beta;
   void (*post_op)(float*, int64_t);
+  bool relu;
   bool bf16;
   const ImplicitColumns* a_columns;
   const PackedB* packed_b;
@@ -173,7 +175,8 @@ void macro_kernel(const Item& it, const float* a, const float* b, int64_t ic, in
     for (int64_t ir = 0; ir < mc; ir += kMr) {
       const TileOut out{it.c + (ic + ir) * it.ldc + jc + jr, it.ldc, std::min<int64_t>(kMr, mc - ir),
                         std::min<int64_t>(kNr, nc - jr), it.alpha, first_depth ? it.beta : 1.0f,
-                        first_depth && it.bias ? it.bias + jc + jr : nullptr, last_depth ? it.post_op : nullptr};
+                        first_depth && it.bias ? it.bias + jc + jr : nullptr, last_depth ? it.post_op : nullptr,
+                        last_depth && it.relu};
       micro_kernel(kc, a + ir * kc, b + jr * kc, out);
     }
 }
@@ -218,7 +221,7 @@ void run_item(const Item& it, Team team) {
 // runs of 8 never straddle taps) and row blocks that split evenly over a team of `threads`.
 Item make_item(const GemmProblem<float>& p, int64_t i, int threads) {
   const ItemView v = item_view(p, i);
-  Item it{v.a, v.b, v.c, p.bias, v.ldc, p.m, p.n, p.k, 0, 0, p.alpha, p.beta, p.post_op, p.bf16_operands,
+  Item it{v.a, v.b, v.c, p.bias, v.ldc, p.m, p.n, p.k, 0, 0, p.alpha, p.beta, p.post_op, p.relu, p.bf16_operands,
           p.a_columns, nullptr};
   it.kc = depth_block(p.k, kKc, 8);
   const int64_t row_blocks = round_up(ceil_div(p.m, kMc), splits_rows(p.m, p.n) ? threads : 1);

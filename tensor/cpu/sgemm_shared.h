@@ -114,6 +114,7 @@ struct TileOut {
   float alpha, beta;        // c = alpha * acc + beta * c; c is not read when beta is 0
   const float* bias;        // [cols] added to every row, or nullptr
   void (*post_op)(float*, int64_t);  // applied to each stored row, or nullptr
+  bool relu;                // c clamped at 0 after the bias, before post_op
 };
 
 // bf16 products without bf16 instructions: the packed float32 panels' values rounded in place.
