@@ -79,11 +79,25 @@ inline void output_transform_1d(const float* m, int64_t si, float* y, int64_t so
   }
 }
 
-// Applies `rows` (a 1-D transform, n_in -> n_out) along both axes of an [n_in][n_in] lane tile:
-// first down the columns into `mid` [n_out][n_in], then along its rows into `out` [n_out][n_out].
+// A transform's input tile, lane vector (i, j) at data + i * row + j * col: a tile of lanes of
+// its own (tile_of), or read in place in x or M, the strides stepping over pixels or points,
+// which saves copying it into a tile first.
+struct LaneTile {
+  const float* data;
+  int64_t row, col;
+};
+
+template <int64_t N>
+LaneTile tile_of(const Lanes (&lanes)[N * N]) {
+  return {lanes[0], N * kLanes, kLanes};
+}
+
+// Applies `rows` (a 1-D transform, n_in -> n_out) along both axes of an n_in x n_in tile: first
+// down its columns into a tile [n_out][n_in], then along that one's rows into `out` [n_out][n_out].
 template <int64_t NIn, int64_t NOut, typename Transform1d>
-void transform_2d(const Lanes* in, Lanes* mid, Lanes* out, Transform1d&& rows) {
-  for (int64_t j = 0; j < NIn; ++j) rows(in[j], NIn * kLanes, mid[j], NIn * kLanes);
+void transform_2d(LaneTile in, Lanes* out, Transform1d&& rows) {
+  Lanes mid[NOut * NIn];
+  for (int64_t j = 0; j < NIn; ++j) rows(in.data + j * in.col, in.row, mid[j], NIn * kLanes);
   for (int64_t i = 0; i < NOut; ++i) rows(mid[i * NIn], kLanes, out[i * NOut], kLanes);
 }
 
@@ -102,10 +116,10 @@ void transform_weights(const Conv2dGeometry& g, const float* w, float* u) {
 #pragma omp parallel for schedule(static) if (g.cout * g.cin >= 4096)
   for (int64_t job = 0; job < g.cout * blocks; ++job) {
     const int64_t co = job / blocks, c0 = job % blocks * kLanes, lanes = std::min(kLanes, g.cin - c0);
-    Lanes taps[9] = {}, mid[kIn * 3], out[kPoints];
+    Lanes taps[9] = {}, out[kPoints];
     for (int64_t l = 0; l < lanes; ++l)
       for (int64_t k = 0; k < 9; ++k) taps[k][l] = w[((co * g.cin) + c0 + l) * 9 + k];
-    transform_2d<3, kIn>(taps, mid, out, weight_transform_1d);
+    transform_2d<3, kIn>(tile_of<3>(taps), out, weight_transform_1d);
     for (int64_t p = 0; p < kPoints; ++p) copy_lanes(out[p], lanes, u + (p * g.cout + co) * g.cin + c0);
   }
 }
@@ -130,25 +144,32 @@ void for_each_tile_lanes(const TileGrid& grid, int64_t t0, int64_t t1, int64_t c
 }
 
 // V [36][tiles][Cin] = B^T d B for the 6x6 input tile d of the 4x4 output block of each tile
-// [t0, t1); reads outside the image are the zero padding.
+// [t0, t1); reads outside the image are the zero padding. A tile inside the image with 16
+// channels is read in place. (Written in place too, V's strided stores inside the arithmetic
+// made the transform slower, not faster.)
 void transform_input(const Conv2dGeometry& g, const TileGrid& grid, const float* x, int64_t t0, int64_t t1, float* v) {
-  const int64_t tiles = t1 - t0;
+  const int64_t point_stride = (t1 - t0) * g.cin;
   for_each_tile_lanes(grid, t0, t1, g.cin, [&](const TileLanes& b) {
-    Lanes d[kPoints], mid[kPoints], out[kPoints];
-    // Zeroing every tile cost ~2% of a folder prediction; a tile inside the image reads all of it.
     const int64_t top = b.y0 - g.padding, left = b.x0 - g.padding;
-    if (b.lanes < kLanes || top < 0 || left < 0 || top + kIn > g.h || left + kIn > g.w)
+    const bool inside = b.lanes == kLanes && top >= 0 && left >= 0 && top + kIn <= g.h && left + kIn <= g.w;
+    Lanes d[kPoints], out[kPoints];
+    if (!inside) {
+      // Zeroing every tile cost ~2% of a folder prediction; a tile inside the image reads all of it.
       std::fill_n(&d[0][0], kPoints * kLanes, 0.0f);
-    for (int64_t i = 0; i < kIn; ++i) {
-      const int64_t iy = top + i;
-      if (iy < 0 || iy >= g.h) continue;
-      for (int64_t j = 0; j < kIn; ++j) {
-        const int64_t ix = left + j;
-        if (ix >= 0 && ix < g.w) copy_lanes(x + ((b.n * g.h + iy) * g.w + ix) * g.cin + b.c0, b.lanes, d[i * kIn + j]);
+      for (int64_t i = 0; i < kIn; ++i) {
+        const int64_t iy = top + i;
+        if (iy < 0 || iy >= g.h) continue;
+        for (int64_t j = 0; j < kIn; ++j) {
+          const int64_t ix = left + j;
+          if (ix >= 0 && ix < g.w) copy_lanes(x + ((b.n * g.h + iy) * g.w + ix) * g.cin + b.c0, b.lanes, d[i * kIn + j]);
+        }
       }
     }
-    transform_2d<kIn, kIn>(d, mid, out, input_transform_1d);
-    for (int64_t p = 0; p < kPoints; ++p) copy_lanes(out[p], b.lanes, v + (p * tiles + b.t) * g.cin + b.c0);
+    const LaneTile in = inside ? LaneTile{x + ((b.n * g.h + top) * g.w + left) * g.cin + b.c0, g.w * g.cin, g.cin}
+                               : tile_of<kIn>(d);
+    float* points = v + b.t * g.cin + b.c0;  // this tile's point p at points + p * point_stride
+    transform_2d<kIn, kIn>(in, out, input_transform_1d);
+    for (int64_t p = 0; p < kPoints; ++p) copy_lanes(out[p], b.lanes, points + p * point_stride);
   });
 }
 
@@ -170,12 +191,17 @@ void finish_block(const WinogradEpilogue& e, int64_t c0, int64_t lanes, Lanes (&
 // to the output where the last row or column of tiles overhangs it, with the epilogue applied.
 void transform_output(const Conv2dGeometry& g, const TileGrid& grid, const float* m, int64_t t0, int64_t t1,
                       const WinogradEpilogue& e, float* out) {
-  const int64_t tiles = t1 - t0;
+  const int64_t point_stride = (t1 - t0) * g.cout;
   for_each_tile_lanes(grid, t0, t1, g.cout, [&](const TileLanes& b) {
-    Lanes prod[kPoints], mid[kOut * kIn], y[kOut * kOut];
-    if (b.lanes < kLanes) std::fill_n(&prod[0][0], kPoints * kLanes, 0.0f);  // the lanes past the channels
-    for (int64_t p = 0; p < kPoints; ++p) copy_lanes(m + (p * tiles + b.t) * g.cout + b.c0, b.lanes, prod[p]);
-    transform_2d<kIn, kOut>(prod, mid, y, output_transform_1d);
+    Lanes prod[kPoints], y[kOut * kOut];
+    const float* products = m + b.t * g.cout + b.c0;  // point p at products + p * point_stride
+    const bool full = b.lanes == kLanes;
+    if (!full) {
+      std::fill_n(&prod[0][0], kPoints * kLanes, 0.0f);  // the lanes past the channels
+      for (int64_t p = 0; p < kPoints; ++p) copy_lanes(products + p * point_stride, b.lanes, prod[p]);
+    }
+    const LaneTile in = full ? LaneTile{products, kIn * point_stride, point_stride} : tile_of<kIn>(prod);
+    transform_2d<kIn, kOut>(in, y, output_transform_1d);
     finish_block(e, b.c0, b.lanes, y);
     for (int64_t i = 0; i < kOut && b.y0 + i < g.oh; ++i)
       for (int64_t j = 0; j < kOut && b.x0 + j < g.ow; ++j)
