@@ -145,8 +145,8 @@ void for_each_tile_lanes(const TileGrid& grid, int64_t t0, int64_t t1, int64_t c
 
 // V [36][tiles][Cin] = B^T d B for the 6x6 input tile d of the 4x4 output block of each tile
 // [t0, t1); reads outside the image are the zero padding. A tile inside the image with 16
-// channels is read in place. (Written in place too, V's strided stores inside the arithmetic
-// made the transform slower, not faster.)
+// channels is read in place; V is written from a tile of lanes, since strided stores inside the
+// arithmetic are slower than a copy after it.
 void transform_input(const Conv2dGeometry& g, const TileGrid& grid, const float* x, int64_t t0, int64_t t1, float* v) {
   const int64_t point_stride = (t1 - t0) * g.cin;
   for_each_tile_lanes(grid, t0, t1, g.cin, [&](const TileLanes& b) {
@@ -341,9 +341,8 @@ TransformedWeightCache& transformed_weight_cache() {
 
 // Tiles transformed, multiplied and transformed back at a time. With each point's weights packed
 // once, a few of sgemm's row tiles: the chunk's transformed input and products then stay in
-// cache from one pass to the next (with chunks of whole batches, up to kChunkFloats, folder
-// prediction ran ~10% slower on a Zen 3; 12 to 36 tiles ran alike). Weights packed on every
-// call are packed once per chunk, so there chunks stay large.
+// cache from one pass to the next, where whole batches (up to kChunkFloats) go through memory.
+// Weights packed on every call are packed once per chunk, so there chunks stay large.
 int64_t chunk_tiles(const Conv2dGeometry& g, int64_t all_tiles, bool packed) {
   const int64_t tiles = packed ? (16 + kSgemmRowTile - 1) / kSgemmRowTile * kSgemmRowTile
                                : kChunkFloats / (kPoints * std::max(g.cin, g.cout));
