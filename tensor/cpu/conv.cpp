@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "tensor/cpu/bf16.h"
+#include "tensor/cpu/conv_epilogue.h"
 #include "tensor/cpu/cpu_backend.h"
 #include "tensor/cpu/depthwise_simd.h"
 #include "tensor/cpu/gemm.h"
@@ -269,16 +270,8 @@ void relu_in_place(T* values, int64_t n) {
   for (int64_t i = 0; i < n; ++i) values[i] = values[i] > T(0) ? values[i] : T(0);
 }
 
-// What conv2d_bias_relu_forward adds to the forward: the bias (of the columns from `bias` on),
-// then ReLU. The GEMM paths apply it to C's tiles in registers; the others in a pass.
-template <typename T>
-struct Epilogue {
-  const T* bias = nullptr;
-  bool relu = false;
-
-  Epilogue columns_from(int64_t first) const { return {bias ? bias + first : nullptr, relu}; }
-};
-
+// The GEMM paths apply the epilogue to C's tiles in registers, Winograd to its output blocks;
+// the others in a pass.
 template <typename T>
 void apply_epilogue(const Conv2dGeometry& g, const Epilogue<T>& e, T* out) {
   if (!e.bias && !e.relu) return;
@@ -603,7 +596,7 @@ void conv_forward(const Conv2dGeometry& g, const T* x, const T* w, T* out, const
                   const FrozenForward& frozen = {}) {
   if constexpr (std::is_same_v<T, float>) {
     if (winograd_applies(g)) {
-      return winograd_conv_forward(g, x, w, out, frozen.storage, {e.bias, e.relu});
+      return winograd_conv_forward(g, x, w, out, frozen.storage, e);
     }
   }
   const PackedGroups* packed = frozen.packed.get();

@@ -429,16 +429,8 @@ Bf16Math bf16_math() {
 }
 
 // One batch item's operands and the block sizes it runs with.
-struct Item {
-  Strided a, b;  // op(A) as [m, k] and op(B)^T as [n, k]: both packed along their rows
-  float* c;
-  const float* bias;
-  int64_t ldc, m, n, k, kc, mc;
-  float alpha, beta;
-  void (*post_op)(float*, int64_t);
-  bool relu;
-  bool bf16;  // bf16 operands
-  const ImplicitColumns* a_columns;  // read instead of a where set
+struct Item : ItemOperands {
+  int64_t kc, mc;
   Bf16Math math;  // with bf16 operands
   const PackedB* packed_b;  // B's blocks packed already, or null
   bool bf16_on(Bf16Math m) const { return bf16 && math == m; }
@@ -481,18 +473,15 @@ struct Packed {
 };
 
 // C[ic.., jc..] (+)= packed A block (mc x kc) x packed B block (kc x nc). The first depth
-// block applies beta and the bias (later ones add), the last one the post-op.
+// block applies beta and the bias (later ones add), the last one the ReLU and the post-op.
 void macro_kernel(const Item& it, const Packed& pack, int64_t ic, int64_t mc, int64_t jc, int64_t nc,
                   int64_t kc, bool first_depth, bool last_depth) {
-  const float beta = first_depth ? it.beta : 1.0f;
   const int64_t pairs = (kc + 1) / 2, amx_depth = round_up(kc, kAmxDepth);
   const int64_t mr = pack.amx ? kAmxRows : kMr;
   for (int64_t jr = 0; jr < nc; jr += kNr) {
-    const float* bias = first_depth && it.bias ? it.bias + jc + jr : nullptr;
     for (int64_t ir = 0; ir < mc; ir += mr) {
-      TileOut out{it.c + (ic + ir) * it.ldc + jc + jr, it.ldc, std::min<int64_t>(mr, mc - ir),
-                  std::min<int64_t>(kNr, nc - jr), it.alpha, beta, bias,
-                  last_depth ? it.post_op : nullptr, last_depth && it.relu};
+      const TileOut out = tile_out(it, ic + ir, jc + jr, std::min<int64_t>(mr, mc - ir),
+                                   std::min<int64_t>(kNr, nc - jr), first_depth, last_depth);
       if (pack.amx) micro_kernel_amx(amx_depth, pack.a16 + ir * amx_depth, pack.b16 + jr * amx_depth, out);
       else if (pack.a16) micro_kernel_bf16(pairs, pack.a16 + ir * pairs * 2, pack.b16 + jr * pairs * 2, out);
       else micro_kernel(kc, pack.a + ir * kc, pack.b + jr * kc, out);
@@ -622,9 +611,7 @@ void run_item(const Item& it, Team team) {
 // Batch item i of p, with depth blocks of equal size and, when a team of `threads` splits the
 // rows, row blocks that split evenly over it (so its members finish together).
 Item make_item(const GemmProblem<float>& p, int64_t i, int threads) {
-  const ItemView v = item_view(p, i);
-  Item it{v.a, v.b, v.c, p.bias, v.ldc, p.m, p.n, p.k, 0, 0, p.alpha, p.beta, p.post_op, p.relu, p.bf16_operands,
-          p.a_columns, p.bf16_operands ? bf16_math() : Bf16Math::rounded, nullptr};
+  Item it{item_operands(p, i), 0, 0, p.bf16_operands ? bf16_math() : Bf16Math::rounded, nullptr};
   const bool amx = it.bf16_on(Bf16Math::amx);
   // Implicit columns are read 16 depth steps of one tap at a time: depth blocks start at
   // multiples of 16. AMX tiles read 32 steps.

@@ -138,17 +138,9 @@ void micro_kernel(int64_t depth, const float* a, const float* b, const TileOut& 
 }
 
 // One batch item's operands and the block sizes it runs with.
-struct Item {
-  Strided a, b;  // op(A) as [m, k] and op(B)^T as [n, k]
-  float* c;
-  const float* bias;
-  int64_t ldc, m, n, k, kc, mc;
-  float alpha, beta;
-  void (*post_op)(float*, int64_t);
-  bool relu;
-  bool bf16;
-  const ImplicitColumns* a_columns;
-  const PackedB* packed_b;
+struct Item : ItemOperands {
+  int64_t kc, mc;
+  const PackedB* packed_b;  // B's blocks packed already, or null
 };
 
 }  // namespace
@@ -168,15 +160,13 @@ struct PackedB {
 namespace {
 
 // C[ic.., jc..] (+)= packed A block (mc x kc) x packed B block (kc x nc): the first depth block
-// applies beta and the bias (later ones add), the last one the post-op.
+// applies beta and the bias (later ones add), the last one the ReLU and the post-op.
 void macro_kernel(const Item& it, const float* a, const float* b, int64_t ic, int64_t mc, int64_t jc, int64_t nc,
                   int64_t kc, bool first_depth, bool last_depth) {
   for (int64_t jr = 0; jr < nc; jr += kNr)
     for (int64_t ir = 0; ir < mc; ir += kMr) {
-      const TileOut out{it.c + (ic + ir) * it.ldc + jc + jr, it.ldc, std::min<int64_t>(kMr, mc - ir),
-                        std::min<int64_t>(kNr, nc - jr), it.alpha, first_depth ? it.beta : 1.0f,
-                        first_depth && it.bias ? it.bias + jc + jr : nullptr, last_depth ? it.post_op : nullptr,
-                        last_depth && it.relu};
+      const TileOut out = tile_out(it, ic + ir, jc + jr, std::min<int64_t>(kMr, mc - ir),
+                                   std::min<int64_t>(kNr, nc - jr), first_depth, last_depth);
       micro_kernel(kc, a + ir * kc, b + jr * kc, out);
     }
 }
@@ -220,9 +210,7 @@ void run_item(const Item& it, Team team) {
 // Batch item i of p, with depth blocks of equal size (a multiple of 8, so that implicit columns'
 // runs of 8 never straddle taps) and row blocks that split evenly over a team of `threads`.
 Item make_item(const GemmProblem<float>& p, int64_t i, int threads) {
-  const ItemView v = item_view(p, i);
-  Item it{v.a, v.b, v.c, p.bias, v.ldc, p.m, p.n, p.k, 0, 0, p.alpha, p.beta, p.post_op, p.relu, p.bf16_operands,
-          p.a_columns, nullptr};
+  Item it{item_operands(p, i), 0, 0, nullptr};
   it.kc = depth_block(p.k, kKc, 8);
   const int64_t row_blocks = round_up(ceil_div(p.m, kMc), splits_rows(p.m, p.n) ? threads : 1);
   it.mc = round_up(ceil_div(p.m, row_blocks), kMr);

@@ -26,22 +26,31 @@ struct Strided {
   const float* at(int64_t r, int64_t p) const { return data + r * rs + p * cs; }
 };
 
-// Batch item i's operands: op(A) as [m, k] and op(B)^T as [n, k] (both packed along their rows),
-// and its C.
-struct ItemView {
+// Batch item i's operands and epilogue: op(A) as [m, k] and op(B)^T as [n, k] (both packed
+// along their rows), its C, and what is applied to C. Each instruction set's Item adds its
+// blocking to it.
+struct ItemOperands {
   Strided a, b;
   float* c;
-  int64_t ldc;
+  int64_t ldc, m, n, k;
+  float alpha, beta;
+  const float* bias;
+  void (*post_op)(float*, int64_t);
+  bool relu;
+  bool bf16;  // bf16 operands
+  const ImplicitColumns* a_columns;  // read instead of a where set
 };
 
-inline ItemView item_view(const GemmProblem<float>& p, int64_t i) {
+inline ItemOperands item_operands(const GemmProblem<float>& p, int64_t i) {
   const int64_t lda = p.lda ? p.lda : (p.trans_a ? p.m : p.k);
   const int64_t ldb = p.ldb ? p.ldb : (p.trans_b ? p.k : p.n);
   const int64_t ldc = p.ldc ? p.ldc : p.n;
   const float* a = p.a + (p.a_shared ? 0 : i * (p.trans_a ? p.k : p.m) * lda);
   const float* b = p.b + (p.b_shared ? 0 : i * (p.trans_b ? p.n : p.k) * ldb);
-  return {p.trans_a ? Strided{a, 1, lda} : Strided{a, lda, 1}, p.trans_b ? Strided{b, ldb, 1} : Strided{b, 1, ldb},
-          p.c + i * p.m * ldc, ldc};
+  return {p.trans_a ? Strided{a, 1, lda} : Strided{a, lda, 1},
+          p.trans_b ? Strided{b, ldb, 1} : Strided{b, 1, ldb},
+          p.c + i * p.m * ldc,
+          ldc, p.m, p.n, p.k, p.alpha, p.beta, p.bias, p.post_op, p.relu, p.bf16_operands, p.a_columns};
 }
 
 // The depth of k's blocks: all of one size (a multiple of `multiple`, at most about max_kc),
@@ -116,6 +125,15 @@ struct TileOut {
   void (*post_op)(float*, int64_t);  // applied to each stored row, or nullptr
   bool relu;                // c clamped at 0 after the bias, before post_op
 };
+
+// The micro-tile of C at (row, col), rows x cols of it valid, in the depth block that is the
+// item's first (beta and the bias apply) and/or last (the ReLU and the post-op apply).
+inline TileOut tile_out(const ItemOperands& it, int64_t row, int64_t col, int64_t rows, int64_t cols,
+                        bool first_depth, bool last_depth) {
+  return {it.c + row * it.ldc + col, it.ldc, rows, cols, it.alpha, first_depth ? it.beta : 1.0f,
+          first_depth && it.bias ? it.bias + col : nullptr, last_depth ? it.post_op : nullptr,
+          last_depth && it.relu};
+}
 
 // bf16 products without bf16 instructions: the packed float32 panels' values rounded in place.
 inline void round_panels(float* panels, int64_t count) {

@@ -175,7 +175,7 @@ void transform_input(const Conv2dGeometry& g, const TileGrid& grid, const float*
 
 // y + bias, then ReLU where asked, on a block's lanes: conv2d_bias_relu's epilogue while the
 // block is in cache rather than in another pass over the output (the same floats).
-void finish_block(const WinogradEpilogue& e, int64_t c0, int64_t lanes, Lanes (&y)[kOut * kOut]) {
+void finish_block(const Epilogue<float>& e, int64_t c0, int64_t lanes, Lanes (&y)[kOut * kOut]) {
   if (e.bias) {
     Lanes bias = {};
     std::copy_n(e.bias + c0, lanes, bias);
@@ -190,7 +190,7 @@ void finish_block(const WinogradEpilogue& e, int64_t c0, int64_t lanes, Lanes (&
 // The output blocks A^T m A of tiles [t0, t1) from the products M [36][tiles][Cout], cropped
 // to the output where the last row or column of tiles overhangs it, with the epilogue applied.
 void transform_output(const Conv2dGeometry& g, const TileGrid& grid, const float* m, int64_t t0, int64_t t1,
-                      const WinogradEpilogue& e, float* out) {
+                      const Epilogue<float>& e, float* out) {
   const int64_t point_stride = (t1 - t0) * g.cout;
   for_each_tile_lanes(grid, t0, t1, g.cout, [&](const TileLanes& b) {
     Lanes prod[kPoints], y[kOut * kOut];
@@ -352,7 +352,7 @@ int64_t chunk_tiles(const Conv2dGeometry& g, int64_t all_tiles, bool packed) {
 // out from x and the transformed weights (u [36][Cout][Cin], or packed), a chunk of tiles at a time.
 void winograd_forward_transformed(const Conv2dGeometry& g, const float* x, const float* u,
                                   const std::vector<std::shared_ptr<const PackedB>>& packed,
-                                  const WinogradEpilogue& e, float* out) {
+                                  const Epilogue<float>& e, float* out) {
   const TileGrid grid = tile_grid(g);
   const int64_t all_tiles = g.n * grid.per_image(), chunk = chunk_tiles(g, all_tiles, !packed.empty());
   float* v = thread_buffer<TransformedInput, float>().reserve(chunk * kPoints * g.cin);
@@ -379,7 +379,7 @@ void winograd_conv_forward_once(const Conv2dGeometry& g, const float* x, const f
 }
 
 void winograd_conv_forward(const Conv2dGeometry& g, const float* x, const float* w, float* out,
-                           const std::shared_ptr<Storage>& frozen, const WinogradEpilogue& e) {
+                           const std::shared_ptr<Storage>& frozen, const Epilogue<float>& e) {
   const auto points = transformed_weight_cache().get(g, w, frozen);
   winograd_forward_transformed(g, x, points->u.data(), points->packed, e, out);
 }

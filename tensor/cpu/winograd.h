@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "tensor/backend.h"
+#include "tensor/cpu/conv_epilogue.h"
 
 namespace sono::cpu {
 
@@ -17,18 +18,12 @@ namespace sono::cpu {
 // the same rounding in any batch.
 bool winograd_applies(const Conv2dGeometry& g);
 
-// What is applied to the output as it is written: + bias [Cout] where not null, then ReLU.
-struct WinogradEpilogue {
-  const float* bias = nullptr;
-  bool relu = false;
-};
-
 // out [N, OH, OW, Cout] = conv(x [N, H, W, Cin], w [Cout, Cin, 3, 3]), any zero padding, with
 // the epilogue. frozen: w's storage where it is frozen (Storage::frozen), else null; its
 // transformed weights then serve every later call without checking w against the copy they
 // were made from.
 void winograd_conv_forward(const Conv2dGeometry& g, const float* x, const float* w, float* out,
-                           const std::shared_ptr<Storage>& frozen = nullptr, const WinogradEpilogue& e = {});
+                           const std::shared_ptr<Storage>& frozen = nullptr, const Epilogue<float>& e = {});
 
 // The same for weights used once (an input gradient's turned kernel, new with every step):
 // transformed into this thread's scratch instead of the cache.
