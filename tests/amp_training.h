@@ -39,13 +39,18 @@ struct ModelCase {
   Shape input, target;
   std::vector<int64_t> dims, depths, sides;  // per stage: channels, blocks, feature-map side
   int64_t mlp_saving;  // bytes an MLP block saves per pixel and channel, see bf16_saving_bound
+  // The target's mean. A zero-mean noise target leaves the segmenter nothing to learn in a few
+  // steps but the ~7% between its first output and predicting zeros, and where its loss ends in
+  // that band depends on rounding (the input scaled by 1 +- 0.001 to 0.005, about a bf16 step:
+  // 0.92-0.97 of the first loss after 5 steps); a mean to learn makes it fall by ~40% on each.
+  double target_mean = 0;
 };
 
 inline const ModelCase kConvnext{"convnext_atto", models::ModelOptions{.in_channels = 4, .num_classes = 3}, {2, 32, 32, 4},
                           {2, 3}, {40, 80, 160, 320}, {2, 2, 6, 2}, {8, 4, 2, 1}, 22};
 // Output stride 16: the last stage keeps the third's resolution.
 inline const ModelCase kDeeplab{"mit_b0", models::ModelOptions{.in_channels = 3, .num_classes = 1}, {2, 32, 32, 3},
-                         {2, 32, 32, 1}, {32, 64, 160, 256}, {2, 2, 2, 2}, {8, 4, 2, 2}, 26};
+                         {2, 32, 32, 1}, {32, 64, 160, 256}, {2, 2, 2, 2}, {8, 4, 2, 2}, 26, 2.0};
 
 // A lower bound on the bytes that bf16 activations save once the forward is done, in the MLPs:
 // what each layer keeps for backward goes from 4 to 2 bytes an element. A ConvNeXt block: its
@@ -77,7 +82,7 @@ inline Setup make_setup(const ModelCase& c, Device device = Device::cuda, DType 
   Setup s{models::create_model(c.name, c.options), {}, {}};
   Generator gen(2);
   s.x = randn(c.input, gen).to(dtype).to(device);
-  s.target = randn(c.target, gen).to(dtype).to(device);
+  s.target = add(randn(c.target, gen), c.target_mean).to(dtype).to(device);
   s.model->to(dtype);
   s.model->to(device);
   s.model->train();
@@ -268,7 +273,7 @@ inline void expect_bf16_activations_train(const ModelCase& c) {
 
   // Still learns: AdamW on float32 master weights.
   MESSAGE(c.name << ": bf16 training losses:" << joined(bf16.losses));
-  CHECK(bf16.losses.back() < 0.95 * bf16.losses.front());
+  CHECK(bf16.losses.back() < 0.8 * bf16.losses.front());
 }
 
 }  // namespace sono::test::amp
