@@ -17,6 +17,7 @@
 #include "synthetic_blobs.h"
 #include "tool_runs.h"
 #include "layers/safetensors.h"
+#include "tensor/cpu/gemm.h"
 #include "tools/app/checkpoint.h"
 #include "tools/app/csv_table.h"
 #include "tools/data/metrics.h"
@@ -75,6 +76,18 @@ std::string models_args() {
   return " --seg_model " + trained().seg.string() + " --cls_model " + trained().cls.string();
 }
 
+// A malignant-class blob scan at 64 x 64, saved as folder/name under the trained pair's root.
+fs::path write_blob_scan(const std::string& folder, const std::string& name) {
+  const fs::path dir = trained().root / folder;
+  fs::create_directories(dir);
+  std::mt19937 rng(7);
+  data::Image image;
+  data::Mask truth;
+  test::render_blob(test::draw_blob(1, 64, rng), 64, rng, image, truth);
+  data::save_image_png(dir / name, image);
+  return dir / name;
+}
+
 }  // namespace
 
 TEST_CASE("seg_train then cls_train on synthetic blobs: losses fall, validation scores are high") {
@@ -126,19 +139,27 @@ TEST_CASE("predict: the exact class line, probabilities, and a mask at the image
   }
 }
 
+TEST_CASE("predict --amp bf16 on the CPU says so where the CPU has no bfloat16 instructions") {
+  const fs::path image_path = write_blob_scan("predict_bf16", "scan.png");
+  bool bf16_instructions = false;
+  if constexpr (cpu::kHaveSgemm)
+    bf16_instructions = cpu::cpu_runs(cpu::Bf16Math::dot_products) || cpu::cpu_runs(cpu::Bf16Math::amx);
+  const Run r = run_tool("predict", "--image " + image_path.string() + models_args() + " --amp bf16");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  CHECK(r.output.find("Predicted class: ") != std::string::npos);
+  const bool noted = r.output.find("note: --amp bf16: this CPU has no bfloat16 instructions") != std::string::npos;
+  CHECK(noted == !bf16_instructions);
+  CHECK(run_tool("predict", "--image " + image_path.string() + models_args()).output.find("note:") == std::string::npos);
+}
+
 // --device cuda with SONO_CUDA_EMULATOR=1: the tool's CUDA path end to end on the emulated
 // device (training there is too slow for a test: 0.3 images/s for mit_b0 at 64 x 64). Float32:
 // the CPU's printed probabilities (4 decimals) and mask; bf16 autocast: probabilities within
 // 2e-3, masks within 1% of their pixels (bf16 rounding moves a few border pixels).
 TEST_CASE("predict on the emulated CUDA device, float32 and bf16 autocast, matches the CPU") {
-  fs::path dir = trained().root / "predict_cuda";
-  fs::create_directories(dir);
-  std::mt19937 rng(7);
-  data::Image image;
-  data::Mask truth;
-  test::render_blob(test::draw_blob(1, 64, rng), 64, rng, image, truth);
-  const fs::path image_path = dir / "blob.png";
-  data::save_image_png(image_path, image);
+  const fs::path image_path = write_blob_scan("predict_cuda", "blob.png");
+  const fs::path dir = image_path.parent_path();
   auto predict = [&](const std::string& name, const std::string& device_args) {
     Run r = run_tool("predict", "--image " + image_path.string() + models_args() + device_args +
                                     " --save_mask " + (dir / (name + ".png")).string());
