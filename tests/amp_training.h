@@ -48,8 +48,8 @@ struct ModelCase {
   // How much further bf16 activations may take the gradients from float32's than bf16 products
   // do. mit_b0 at 32 x 32 is chaotic: its ASPP BatchNorms see 8 values per channel, and bf16
   // products alone move the median parameter's gradient by a third. With the input scaled by
-  // 1 +- 0.001 to 0.005, the ratio ran 0.73-1.84 over 8 runs (the worst single gradient's, checked
-  // before, 0.64-2.29), hence 3; convnext_atto's 0.98-1.19.
+  // 1 +- 0.001 to 0.005, the ratio ran 0.73-1.84 over 8 runs (the worst single gradient's ratio:
+  // 0.64-2.29), hence 3; convnext_atto's 0.98-1.19.
   double activation_error_factor = 2;
 };
 

@@ -141,15 +141,12 @@ TEST_CASE("predict: the exact class line, probabilities, and a mask at the image
 
 TEST_CASE("predict --amp bf16 on the CPU says so where the CPU has no bfloat16 instructions") {
   const fs::path image_path = write_blob_scan("predict_bf16", "scan.png");
-  bool bf16_instructions = false;
-  if constexpr (cpu::kHaveSgemm)
-    bf16_instructions = cpu::cpu_runs(cpu::Bf16Math::dot_products) || cpu::cpu_runs(cpu::Bf16Math::amx);
   const Run r = run_tool("predict", "--image " + image_path.string() + models_args() + " --amp bf16");
   INFO(r.output);
   REQUIRE(r.status == 0);
   CHECK(r.output.find("Predicted class: ") != std::string::npos);
   const bool noted = r.output.find("note: --amp bf16: this CPU has no bfloat16 instructions") != std::string::npos;
-  CHECK(noted == !bf16_instructions);
+  CHECK(noted == !cpu::cpu_multiplies_bf16());
   CHECK(run_tool("predict", "--image " + image_path.string() + models_args()).output.find("note:") == std::string::npos);
 }
 

@@ -85,6 +85,11 @@ std::vector<float> rounded_operand(const float* data, int64_t items, int64_t ste
 
 }  // namespace
 
+bool cpu_multiplies_bf16() {
+  if constexpr (kHaveSgemm) return cpu_runs(Bf16Math::dot_products) || cpu_runs(Bf16Math::amx);
+  return false;
+}
+
 template <typename T>
 void gemm_rows(const GemmProblem<T>& p) {
   SONO_CHECK(!p.a_columns || (std::is_same_v<T, float> && kHaveSgemm),

@@ -81,6 +81,10 @@ std::shared_ptr<const PackedB> pack_b(const GemmProblem<float>& p);
 bool packed_b_fits(const PackedB& packed, const GemmProblem<float>& p);
 // Whether this CPU (and, for AMX, the kernel, which must grant the tile state) runs `math`.
 bool cpu_runs(Bf16Math math);
+// Whether this CPU multiplies bfloat16 in hardware (AMX tiles or AVX512-BF16 dot products);
+// elsewhere bf16 products are float32 FMAs of rounded operands, slower than float32. Defined
+// on every CPU.
+bool cpu_multiplies_bf16();
 // The fastest Bf16Math sgemm may use (default Bf16Math::amx): tests step it down to run the
 // paths of CPUs without AMX or without AVX512-BF16.
 void limit_bf16_math(Bf16Math fastest);

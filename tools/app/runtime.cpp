@@ -76,23 +76,12 @@ Device apply_training_runtime_options(const Cli& cli) {
   return apply_runtime_options(cli);
 }
 
-namespace {
-
-// Whether this CPU multiplies bfloat16 in hardware (AMX tiles or AVX512-BF16 dot products);
-// elsewhere bf16 products are float32 FMAs of rounded operands, slower than float32.
-bool cpu_has_bf16_products() {
-  if constexpr (cpu::kHaveSgemm) return cpu::cpu_runs(cpu::Bf16Math::dot_products) || cpu::cpu_runs(cpu::Bf16Math::amx);
-  return false;
-}
-
-}  // namespace
-
 Device apply_runtime_options(const Cli& cli) {
   set_threads(cli.integer("threads"));
   const Device device = select_device(cli.str("device"));
   const Precision precision = parse_precision(cli.str("amp"));
   set_autocast(device, precision);
-  if (device == Device::cpu && precision == Precision::bf16 && !cpu_has_bf16_products())
+  if (device == Device::cpu && precision == Precision::bf16 && !cpu::cpu_multiplies_bf16())
     std::cerr << "note: --amp bf16: this CPU has no bfloat16 instructions (AMX or AVX512-BF16), so its "
                  "products are float32 FMAs of rounded values, slower than --amp off\n";
   return device;
