@@ -459,6 +459,66 @@ TEST_CASE("a lesion-view classifier sees the window around the mask's lesion; Gr
   CHECK(inside_difference == 0);
 }
 
+// A segmenter whose logits are its own plus `shift` everywhere (its head's bias moved), saved
+// with `card`.
+app::LoadedModel shifted_segmenter(const TempDir& dir, const std::string& name, const app::ModelCard& card,
+                                   nn::StateDict weights, double shift) {
+  Tensor& bias = weights.at("segmentation_head.0.bias");
+  bias = add(bias, shift);
+  auto model = app::build_model(card);
+  model->load_state_dict(weights);
+  const std::string path = (dir / name).string();
+  app::save_checkpoint(path, *model, card);
+  return app::load_checkpoint(path, models::Task::segmentation);
+}
+
+// seg_train --lesion-view makes a refiner: predict and evaluate --refine-model must redraw the
+// window around the first segmenter's lesion exactly as the refiner segments that window alone,
+// leave the rest of the map as the first segmenter gave it, leave the first's call on whether
+// there is a lesion, and give each scan of a batch what it gets alone.
+TEST_CASE("a refining segmenter redraws the window around the first segmenter's lesion and nothing else") {
+  TempDir dir;
+  app::ModelCard card = resnet18_segmenter_card();
+  card.encoder_depth = 4;
+  manual_seed(3);
+  const nn::StateDict weights = app::build_model(card)->state_dict();
+  app::LoadedModel whole = shifted_segmenter(dir, "whole.safetensors", card, weights, 10);
+  card.extra["lesion_view"] = "0.5";
+  app::LoadedModel marks = shifted_segmenter(dir, "marks.safetensors", card, weights, 10);
+  app::LoadedModel blank = shifted_segmenter(dir, "blank.safetensors", card, weights, -10);
+
+  const data::Image image = ramp_image(80, 120), other = ramp_image(60, 50);
+  data::Image first(80, 120, 1, -3.0f);
+  for (int y = 30; y < 40; ++y)
+    for (int x = 70; x < 82; ++x) first.at(y, x, 0) = 4;
+  const data::Image nothing(60, 50, 1, -3.0f);
+  const data::Window w = data::lesion_window(data::mask_from_logit_map(first), 0.5);
+  REQUIRE(w.width < 120);
+
+  const std::vector<data::Image> refined = app::refine_lesions(marks, {&other, &image}, {nothing, first}, Device::cpu);
+  REQUIRE(refined.size() == 2);
+  CHECK(refined[0].pixels == nothing.pixels);
+  const data::Image expected =
+      app::segment_scan(whole, data::crop(image, w), w.height, w.width, data::InputKind::rgb, Device::cpu).lesion_logits;
+  double inside = 0, outside = 0;
+  for (int y = 0; y < 80; ++y)
+    for (int x = 0; x < 120; ++x) {
+      const bool in = x >= w.x && x < w.x + w.width && y >= w.y && y < w.y + w.height;
+      const double got = refined[1].at(y, x, 0);
+      if (in) inside = std::max(inside, std::abs(got - expected.at(y - w.y, x - w.x, 0)));
+      else outside = std::max(outside, std::abs(got - first.at(y, x, 0)));
+    }
+  CHECK(data::mask_from_logit_map(expected).lesion_pixels() > 0);
+  CHECK(inside == 0);
+  CHECK(outside == 0);
+  CHECK(app::refine_lesions(marks, {&image}, {first}, Device::cpu)[0].pixels == refined[1].pixels);
+  // A refiner that marks nothing in the window leaves the first's outline.
+  CHECK(app::refine_lesions(blank, {&image}, {first}, Device::cpu)[0].pixels == first.pixels);
+  CHECK_THROWS_WITH_AS(app::check_refiner(whole, "whole.safetensors"),
+                       "whole.safetensors: not a refining segmenter (it was not trained with seg_train --lesion-view)",
+                       Error);
+}
+
 // The classifier predict runs: ConvNeXt-atto on RGB + mask, three classes.
 models::ConvNeXtConfig atto_classifier_config() {
   models::ConvNeXtConfig config = models::convnext_config("atto");

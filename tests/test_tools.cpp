@@ -391,6 +391,67 @@ TEST_CASE("cls_train --lesion-view: the card records it, and predict's batches c
   check_batches_as_alone(scans, " --seg_model " + t.seg.string() + " --cls_model " + cls.string(), root / "view.csv");
 }
 
+// A refiner redraws only the outline: the classifier must still read the first segmenter's mask,
+// a folder's batch of windows must give each scan what it gets alone, and evaluate must score
+// the refined masks predict writes.
+TEST_CASE("seg_train --lesion-view trains a refiner; predict and evaluate --refine-model outline with it, classes unchanged") {
+  const Trained& t = trained();
+  const fs::path root = t.root / "refine", refiner = root / "refine.safetensors", scans = root / "scans";
+  fs::create_directories(root);
+  Run train = run_tool("seg_train", blob_dirs() + " --arch resnet18 --encoder-depth 4 --img-size 32 --epochs 2"
+                                                  " --batch-size 8 --lesion-view 0.5 --save-path " + refiner.string());
+  INFO(train.output);
+  REQUIRE(train.status == 0);
+  CHECK(nn::load_safetensors(refiner.string()).metadata.at("lesion_view") == "0.5");
+  write_scans(scans, 5, 11);
+  const std::string refine = " --refine_model " + refiner.string();
+  Run plain = run_tool("predict", "--image " + scans.string() + models_args() + " --save_mask " +
+                                      (root / "plain").string() + " --csv " + (root / "plain.csv").string());
+  Run refined = run_tool("predict", "--image " + scans.string() + models_args() + refine + " --batch_size 3" +
+                                        " --save_mask " + (root / "refined").string() + " --csv " +
+                                        (root / "refined.csv").string());
+  INFO(plain.output << refined.output);
+  REQUIRE(plain.status == 0);
+  REQUIRE(refined.status == 0);
+  const auto plain_rows = csv_records(root / "plain.csv"), refined_rows = csv_records(root / "refined.csv");
+  REQUIRE(plain_rows.size() == 6);
+  REQUIRE(refined_rows.size() == 6);
+  int redrawn = 0;
+  for (size_t i = 1; i < 6; ++i) {
+    CAPTURE(i);
+    for (const char* c : {"predicted_class", "p_benign", "p_malignant", "p_normal"})
+      CHECK(refined_rows[i][column(refined_rows, c)] == plain_rows[i][column(plain_rows, c)]);
+    const std::string mask = refined_rows[i][column(refined_rows, "mask")];
+    redrawn += read_file(mask) != read_file(plain_rows[i][column(plain_rows, "mask")]);
+  }
+  CHECK(redrawn > 0);
+  const std::string name = refined_rows[4][0];
+  Run alone = run_tool("predict", "--image " + (scans / name).string() + models_args() + refine + " --save_mask " +
+                                      (root / "alone_mask.png").string());
+  INFO(alone.output);
+  REQUIRE(alone.status == 0);
+  CHECK(read_file(root / "alone_mask.png") == read_file(refined_rows[4][column(refined_rows, "mask")]));
+
+  // evaluate's rows: the refined masks' lesion pixels, predict's own.
+  const fs::path scored = root / "scores.csv";
+  Run evaluate = run_tool("evaluate", blob_dirs() + " --seg-model " + t.seg.string() + " --refine-model " +
+                                          refiner.string() + " --csv " + scored.string());
+  INFO(evaluate.output);
+  REQUIRE(evaluate.status == 0);
+  const auto rows = csv_records(scored);
+  const fs::path first = t.data / "images" / (rows[1][0] + ".png");
+  Run one = run_tool("predict", "--image " + first.string() + models_args() + refine + " --save_mask " +
+                                    (root / "first_mask.png").string());
+  REQUIRE(one.status == 0);
+  CHECK(std::to_string(data::load_mask({root / "first_mask.png"}).lesion_pixels()) ==
+        rows[1][column(rows, "lesion_pixels")]);
+
+  Run wrong = run_tool("predict", "--image " + first.string() + models_args() + " --refine_model " + t.seg.string());
+  CHECK(wrong.status == 1);
+  CHECK(wrong.output == "predict: error: " + t.seg.string() +
+                            ": not a refining segmenter (it was not trained with seg_train --lesion-view)\n");
+}
+
 TEST_CASE("cls_train --mask-channel probability: the card records it; predict, its batches and evaluate feed it alike") {
   const Trained& t = trained();
   const fs::path root = t.root / "probability", cls = root / "cls.safetensors", scans = root / "scans";
@@ -1185,6 +1246,14 @@ TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing 
   SUBCASE("--lesion-view outside 0..4") {
     expect_error("cls_train", dirs(t.data) + " --arch convnext_atto --lesion-view -1 --save-path " + out.string(),
                  "--lesion-view -1: must be from 0 (off) to 4");
+    expect_error("seg_train", dirs(t.data) + seg_opts + out.string() + " --lesion-view 4.5",
+                 "--lesion-view 4.5: must be from 0 (off) to 4");
+  }
+  SUBCASE("--refine-model without --seg-model, or not a refiner") {
+    expect_error("evaluate", dirs(t.data) + " --cls-model " + t.cls.string() + " --refine-model " + t.seg.string(),
+                 "--refine-model: needs --seg-model, whose lesions it outlines");
+    expect_error("evaluate", dirs(t.data) + " --seg-model " + t.seg.string() + " --refine-model " + t.seg.string(),
+                 t.seg.string() + ": not a refining segmenter");
   }
   SUBCASE("--checkpoint neither best nor last") {
     expect_error("seg_train", dirs(t.data) + seg_opts + out.string() + " --checkpoint first", "--checkpoint first: must be best or last");

@@ -19,7 +19,6 @@
 #include "tools/app/training.h"
 #include "tools/data/dataset.h"
 #include "tools/data/folds.h"
-#include "tools/data/lesion_view.h"
 #include "tensor/atomic_file.h"
 #include "tools/data/calibration.h"
 #include "tools/data/metrics.h"
@@ -284,16 +283,9 @@ int cls_train(int argc, char** argv) {
   const double label_smoothing = cli.real("label-smoothing");
   SONO_CHECK(label_smoothing >= 0 && label_smoothing <= 1, "--label-smoothing ", cli.str("label-smoothing"),
              ": must be from 0 to 1");
-  const double lesion_view = cli.real("lesion-view");
-  SONO_CHECK(lesion_view >= 0 && lesion_view <= 4, "--lesion-view ", cli.str("lesion-view"),
-             ": must be from 0 (off) to 4");
+  const double lesion_view = app::read_lesion_view(cli, settings);
   SONO_CHECK(lesion_view == 0 || input == data::InputKind::rgb_mask,
              "--lesion-view: frames a mask's lesion; not with --mask-channel probability");
-  if (lesion_view > 0) {
-    // Decoded large enough that the smallest window still has --img-size pixels.
-    settings.decode_size = std::lround(static_cast<double>(settings.img_size) / data::kMinWindowFraction);
-    settings.card_extra["lesion_view"] = app::run_argument_number(lesion_view);
-  }
   data::Dataset dataset = data::scan_dataset(settings.images_dir, settings.masks_dir);
   SONO_CHECK(dataset.classes.size() >= 2, settings.images_dir,
              ": classification needs class subfolders (images/CLASS/ or BUSI's CLASS/), found ",
@@ -319,11 +311,7 @@ int cls_train(int argc, char** argv) {
       use_predicted_masks(cache, seg_models, [](size_t) { return size_t{0}; }, input, settings.device);
     };
   // After the masks: the window follows the mask the classifier is given.
-  auto to_training_view = [&](data::SampleCache& cache) {
-    if (lesion_view > 0)
-      cache.reframe(static_cast<int>(settings.img_size),
-                    [&](data::Image& image, data::Mask& mask) { data::apply_lesion_view(image, mask, lesion_view); });
-  };
+  auto to_training_view = [&](data::SampleCache& cache) { app::frame_lesions(cache, settings, lesion_view); };
   if (folds) {
     // The predicted masks do not depend on the classifier's fold: made once, copied into each
     // fold's cache.

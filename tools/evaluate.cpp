@@ -96,7 +96,7 @@ void add_classification(Scores& s, const std::vector<double>& probabilities, siz
 
 // The checkpoints of one fold (or of the whole run), each absent where its flag was not given.
 struct Models {
-  std::optional<app::LoadedModel> seg, cls;
+  std::optional<app::LoadedModel> seg, cls, refine;
 };
 
 // An image's out-of-fold classifier probabilities and malignancy score, kept for --fit-stacking.
@@ -123,7 +123,10 @@ std::string score_image(Models& models, Device device, bool flip, const data::Sa
   const data::InputKind classifier_input = models.cls ? models.cls->card.input() : data::InputKind::rgb_mask;
   if (models.seg)
     segmentation = app::segment_scan(*models.seg, image, image.height, image.width, classifier_input, device, flip);
-  const data::Mask mask = models.seg ? data::mask_from_logit_map(segmentation.lesion_logits) : *target;
+  const data::Mask mask = !models.seg  ? *target
+                          : models.refine ? data::mask_from_logit_map(app::refine_lesions(
+                                                *models.refine, {&image}, {segmentation.lesion_logits}, device, flip)[0])
+                                          : data::mask_from_logit_map(segmentation.lesion_logits);
   std::vector<std::string> row{sample.name};
   if (fold) row.push_back(std::to_string(*fold + 1));
   row.push_back(class_name);
@@ -197,25 +200,35 @@ std::string csv_header(const Models& models, bool folds) {
   return app::csv_row(fields);
 }
 
-// Each fold's checkpoint paths (one "fold" without --folds), "" where the flag was not given.
-std::vector<std::pair<std::string, std::string>> model_files(const std::string& seg, const std::string& cls, int64_t k) {
+// One fold's checkpoint paths, "" where the flag was not given.
+struct ModelFiles {
+  std::string seg, cls, refine;
+};
+
+// Each fold's (one "fold" without --folds).
+std::vector<ModelFiles> model_files(const ModelFiles& given, int64_t k) {
   auto file = [](const std::string& path, int fold) {
     return path.find("{fold}") != std::string::npos ? app::fold_path(path, fold) : path;
   };
-  std::vector<std::pair<std::string, std::string>> files;
-  for (int fold = 0; fold < std::max<int>(1, static_cast<int>(k)); ++fold) files.emplace_back(file(seg, fold), file(cls, fold));
+  std::vector<ModelFiles> files;
+  for (int fold = 0; fold < std::max<int>(1, static_cast<int>(k)); ++fold)
+    files.push_back({file(given.seg, fold), file(given.cls, fold), file(given.refine, fold)});
   return files;
 }
 
-Models load_models(const std::pair<std::string, std::string>& files, Device device, bool fit_stacking) {
+Models load_models(const ModelFiles& files, Device device, bool fit_stacking) {
   Models m;
-  if (!files.first.empty()) m.seg = app::load_for_inference(files.first, models::Task::segmentation, device);
-  if (!files.second.empty()) m.cls = app::load_for_inference(files.second, models::Task::classification, device);
-  if (m.cls) app::check_stacking_inputs(m.seg ? &*m.seg : nullptr, files.first, *m.cls, files.second);
+  if (!files.seg.empty()) m.seg = app::load_for_inference(files.seg, models::Task::segmentation, device);
+  if (!files.cls.empty()) m.cls = app::load_for_inference(files.cls, models::Task::classification, device);
+  if (!files.refine.empty()) {
+    m.refine = app::load_for_inference(files.refine, models::Task::segmentation, device);
+    app::check_refiner(*m.refine, files.refine);
+  }
+  if (m.cls) app::check_stacking_inputs(m.seg ? &*m.seg : nullptr, files.seg, *m.cls, files.cls);
   if (!fit_stacking) return m;
-  SONO_CHECK(m.seg->card.has_malignancy_channel(), "--fit-stacking: ", files.first,
+  SONO_CHECK(m.seg->card.has_malignancy_channel(), "--fit-stacking: ", files.seg,
              " has no malignancy channel (seg_train --malignancy-map)");
-  SONO_CHECK(!m.cls->card.stacking, "--fit-stacking: ", files.second, " is stacked already; fit on the classifiers "
+  SONO_CHECK(!m.cls->card.stacking, "--fit-stacking: ", files.cls, " is stacked already; fit on the classifiers "
              "of cls_train --folds");
   return m;
 }
@@ -280,6 +293,8 @@ int evaluate(int argc, char** argv) {
               "outlines alone tell malignant from benign, models/weights/README.md)")
       .option("cls-model", "", "classification checkpoint (cls_train --save-path); {fold} in the name: each fold's, "
               "with --folds; left out: segmentation figures only")
+      .option("refine-model", "", "a refining segmenter (seg_train --lesion-view) that redraws the outline in the "
+              "window around what --seg-model found; {fold} in the name: each fold's, with --folds")
       .option("folds", "0", "score a --folds K training run out of fold: each image by the {fold} checkpoints of "
               "the fold that validated it (the same duplicate-grouped folds of the same images and --seed), "
               "figures per fold, their mean and spread, and pooled")
@@ -297,21 +312,25 @@ int evaluate(int argc, char** argv) {
   app::add_runtime_options(cli);
   if (!cli.parse(argc, argv)) return 0;
   const Device device = app::apply_runtime_options(cli);
-  const std::string seg_path = cli.str("seg-model"), cls_path = cli.str("cls-model"), reliability = cli.str("reliability");
+  const ModelFiles given{cli.str("seg-model"), cli.str("cls-model"), cli.str("refine-model")};
+  const std::string &seg_path = given.seg, &cls_path = given.cls, reliability = cli.str("reliability");
   const int64_t k = cli.integer("folds");
   SONO_CHECK(!seg_path.empty() || !cls_path.empty(), "--seg-model, --cls-model: give one or both");
   SONO_CHECK(reliability.empty() || !cls_path.empty(), "--reliability: needs --cls-model");
+  SONO_CHECK(given.refine.empty() || !seg_path.empty(), "--refine-model: needs --seg-model, whose lesions it outlines");
   const std::string stacking_path = cli.str("fit-stacking");
   SONO_CHECK(stacking_path.empty() || (k > 0 && !seg_path.empty() && !cls_path.empty()), "--fit-stacking: needs "
              "--folds K with both --seg-model and --cls-model: the stacking is fitted on out-of-fold rows");
-  const bool per_fold = seg_path.find("{fold}") != std::string::npos || cls_path.find("{fold}") != std::string::npos;
+  const bool per_fold = seg_path.find("{fold}") != std::string::npos || cls_path.find("{fold}") != std::string::npos ||
+                        given.refine.find("{fold}") != std::string::npos;
   SONO_CHECK(k == 0 || k >= 2, "--folds ", k, ": 0 (no folds) or at least 2");
   SONO_CHECK(per_fold == (k > 0), per_fold ? "{fold} in --seg-model or --cls-model: needs --folds K"
                                            : "--folds: needs {fold} in --seg-model or --cls-model");
-  const auto files = model_files(seg_path, cls_path, k);
+  const auto files = model_files(given, k);
   std::vector<app::RunFile> inputs, outputs;
-  for (const auto& [seg, cls] : files)
-    for (const auto& [path, flag] : {std::pair{seg, "--seg-model"}, std::pair{cls, "--cls-model"}})
+  for (const auto& [seg, cls, refine] : files)
+    for (const auto& [path, flag] :
+         {std::pair{seg, "--seg-model"}, std::pair{cls, "--cls-model"}, std::pair{refine, "--refine-model"}})
       if (!path.empty()) {
         SONO_CHECK(fs::is_regular_file(path), flag, " ", path, ": no such checkpoint");
         inputs.push_back({path, flag});
@@ -342,9 +361,9 @@ int evaluate(int argc, char** argv) {
     std::vector<size_t> truth_index;
     if (models.cls) {
       if (fold == 0) classes = models.cls->card.classes;
-      SONO_CHECK(models.cls->card.classes == classes, files[fold].second, ": its classes differ from ",
-                 files[0].second, "'s");
-      truth_index = classifier_classes(dataset, models.cls->card, files[fold].second);
+      SONO_CHECK(models.cls->card.classes == classes, files[fold].cls, ": its classes differ from ",
+                 files[0].cls, "'s");
+      truth_index = classifier_classes(dataset, models.cls->card, files[fold].cls);
     }
     if (fold == 0) pooled.emplace(std::max<size_t>(1, classes.size())), csv << csv_header(models, k > 0);
     folds.emplace_back(std::max<size_t>(1, classes.size()));

@@ -46,6 +46,7 @@ struct Predictor {
   bool overlay;
   double min_confidence = 0.6;
   bool flip = false;
+  std::optional<app::LoadedModel> refine;  // --refine_model
 };
 
 // One scan of a run: an image file, or a frame of a DICOM file.
@@ -101,6 +102,19 @@ void for_each_scan(const Predictor& p, size_t n, int workers, const std::functio
   else data::parallel_for(n, workers, fn);
 }
 
+// --refine_model: each mask redrawn by the refiner in the window around its lesion. The classifier
+// reads the first segmenter's, as it was trained to.
+void refine_masks(Predictor& p, const std::vector<const DecodedScan*>& scans, std::vector<Prediction>& r) {
+  std::vector<const data::Image*> images;
+  std::vector<data::Image> maps;
+  for (size_t i = 0; i < r.size(); ++i) images.push_back(&scans[i]->image), maps.push_back(std::move(r[i].lesion_logits));
+  maps = app::refine_lesions(*p.refine, images, std::move(maps), p.device, p.flip);
+  for (size_t i = 0; i < r.size(); ++i) {
+    r[i].lesion_logits = std::move(maps[i]);
+    r[i].mask = data::mask_from_logit_map(r[i].lesion_logits);
+  }
+}
+
 // Both models on a batch, each in one forward pass; the per-image work around them (resizing
 // the logits back, the classifier's input) by for_each_scan.
 std::vector<Prediction> predict_batch(Predictor& p, const std::vector<const DecodedScan*>& scans, int workers) {
@@ -126,6 +140,7 @@ std::vector<Prediction> predict_batch(Predictor& p, const std::vector<const Deco
     app::write_classifier_input(p.cls, image, r[i].classifier_mask, cls_x.data<float>() + i * cls_size * cls_size * 4,
                                 &scans[i]->cls_input);
   });
+  if (p.refine) refine_masks(p, scans, r);
   std::vector<std::vector<double>> probabilities = app::classify(p.cls, cls_x, p.device, p.flip, segmentation.malignancy);
   for (size_t i = 0; i < r.size(); ++i) {
     r[i].probabilities = std::move(probabilities[i]);
@@ -298,6 +313,7 @@ struct RunFiles {
 // `overwrite`: outputs that exist may be replaced (the CSV included).
 void check_run_files(const app::Cli& cli, const RunFiles& run, bool overlay, bool overwrite) {
   std::vector<app::RunFile> inputs = {{cli.str("seg_model"), "--seg_model"}, {cli.str("cls_model"), "--cls_model"}};
+  if (!cli.str("refine_model").empty()) inputs.push_back({cli.str("refine_model"), "--refine_model"});
   for (auto& scan : run.scans)
     inputs.push_back({scan.file, run.csv.empty() ? "--image" : "the image " + scan.file.filename().string()});
   std::vector<app::RunFile> outputs;
@@ -696,6 +712,9 @@ int predict(int argc, char** argv) {
   cli.option("image", "", "an image (PNG, JPEG, BMP, DICOM), or a folder of them", true)
       .option("seg_model", "", "segmentation checkpoint (seg_train --save-path)", true)
       .option("cls_model", "", "classification checkpoint (cls_train --save-path)", true)
+      .option("refine_model", "", "a refining segmenter (seg_train --lesion-view): redraws the outline in the window "
+              "around the lesion --seg_model found, from more of the scan's pixels; the mask, probability map and "
+              "overlay are its, the classifier reads --seg_model's")
       .option("save_mask", "", "mask PNG at the image's size; for a folder --image, a folder for the masks")
       .option("save_prob", "", "the lesion probability map as a 16-bit grey PNG (0..65535 = 0..1) at the image's "
               "size; for a folder --image, a folder for them (X_prob.png)")
@@ -746,8 +765,12 @@ int predict(int argc, char** argv) {
   const std::optional<int> streams = streams_option(cli, device);
   Predictor p{app::load_for_inference(cli.str("seg_model"), models::Task::segmentation, device),
               app::load_for_inference(cli.str("cls_model"), models::Task::classification, device), device,
-              cli.is_set("overlay"), min_confidence, cli.is_set("flip_tta")};
+              cli.is_set("overlay"), min_confidence, cli.is_set("flip_tta"), std::nullopt};
   app::check_stacking_inputs(&p.seg, cli.str("seg_model"), p.cls, cli.str("cls_model"));
+  if (!cli.str("refine_model").empty()) {
+    p.refine = app::load_for_inference(cli.str("refine_model"), models::Task::segmentation, device);
+    app::check_refiner(*p.refine, cli.str("refine_model"));
+  }
   if (!cli.str("explain").empty()) app::explainable(p.cls);
   if (!batch) return predict_one(p, run.scans.front(), run.outputs(0));
   FolderOptions options{static_cast<size_t>(batch_size), static_cast<int>(workers), 1, std::nullopt, 0};

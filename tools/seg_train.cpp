@@ -216,6 +216,11 @@ int seg_train(int argc, char** argv) {
            "and malignant scans (the encoder learns what tells them apart, e.g. for cls_train --pretrained); "
            "predict and the classifier's masks use the lesion channel");
   cli.option("malignancy-weight", "1", "with --malignancy-map: the weight of its loss beside the lesion channel's");
+  cli.option("lesion-view", "0",
+             "a refining segmenter: train on the window around each mask's lesion (its bounding box grown by this "
+             "times its side on each side, at least a quarter of the scan; a lesion-free scan stays whole), so "
+             "that it outlines at several times the whole-scan resolution the lesion a first segmenter found. "
+             "The checkpoint records it (0: the whole scan)");
   if (!cli.parse(argc, argv)) return 0;
   app::TrainSettings settings = app::read_training_options(cli, models::Task::segmentation);
   app::read_given_calibration(cli, "empty-below", "empty_below", 0.5, 0.999, settings);
@@ -232,10 +237,16 @@ int seg_train(int argc, char** argv) {
   settings.atrous_rates = *parsed_rates;
   settings.tool_arguments["--atrous-rates"] = app::atrous_rates_text(settings.atrous_rates);
   read_decoder_channels(cli, settings);
+  const double lesion_view = app::read_lesion_view(cli, settings);
+  if (lesion_view > 0) settings.tool_arguments["--lesion-view"] = app::run_argument_number(lesion_view);
   data::Dataset dataset = data::scan_dataset(settings.images_dir, settings.masks_dir);
   SegmentationTask task(read_malignancy_channel(cli, dataset, settings));
-  if (settings.recipe_options.folds) return app::run_cross_validation(settings, task, dataset);
-  return app::run_training(settings, task, dataset);
+  if (settings.recipe_options.folds)
+    return app::run_cross_validation(settings, task, dataset, [&](data::SampleCache& cache, int) {
+      app::frame_lesions(cache, settings, lesion_view);
+    });
+  return app::run_training(settings, task, dataset,
+                           [&](data::SampleCache& cache) { app::frame_lesions(cache, settings, lesion_view); });
 }
 
 }  // namespace

@@ -144,6 +144,50 @@ ScanSegmentation scan_segmentation(const data::Image& calibrated, const data::Im
   return r;
 }
 
+namespace {
+
+// `patch` (the window's size, one channel) written over `map` at `window`.
+void paste(const data::Image& patch, const data::Window& window, data::Image& map) {
+  for (int y = 0; y < window.height; ++y)
+    std::copy_n(patch.pixels.begin() + static_cast<size_t>(y) * window.width, window.width,
+                map.pixels.begin() + static_cast<size_t>(window.y + y) * map.width + window.x);
+}
+
+}  // namespace
+
+void check_refiner(const LoadedModel& refiner, const std::string& path) {
+  SONO_CHECK(card_value(refiner.card, "lesion_view", 0) > 0, path,
+             ": not a refining segmenter (it was not trained with seg_train --lesion-view)");
+}
+
+std::vector<data::Image> refine_lesions(LoadedModel& refiner, const std::vector<const data::Image*>& images,
+                                        std::vector<data::Image> lesion_logits, Device device, bool flip) {
+  check_refiner(refiner, "refine_lesions: the refiner");
+  const double context = card_value(refiner.card, "lesion_view", 0);
+  const int size = static_cast<int>(refiner.card.img_size);
+  std::vector<size_t> found;
+  std::vector<data::Window> windows;
+  for (size_t i = 0; i < images.size(); ++i) {
+    const data::Mask mask = data::mask_from_logit_map(lesion_logits[i]);
+    if (mask.lesion_pixels() == 0) continue;
+    found.push_back(i);
+    windows.push_back(data::lesion_window(mask, context));
+  }
+  if (found.empty()) return lesion_logits;
+  Tensor x = Tensor::empty({static_cast<int64_t>(found.size()), size, size, 3});
+  for (size_t k = 0; k < found.size(); ++k)
+    data::write_input(data::resize_bilinear(data::crop(*images[found[k]], windows[k]), size, size), data::Mask(),
+                      data::InputKind::rgb, refiner.card.normalisation, x.data<float>() + k * size * size * 3);
+  // Uncalibrated: the refiner's own empty threshold was fitted on windows around true lesions.
+  const std::vector<data::Image> patches = data::logit_maps(segment_batch(refiner, x, device, flip).uncalibrated_lesion_logits);
+  for (size_t k = 0; k < found.size(); ++k) {
+    const data::Image patch = data::resize_bilinear(patches[k], windows[k].height, windows[k].width);
+    // A window it leaves empty keeps the first's outline: whether there is a lesion is not its call.
+    if (data::mask_from_logit_map(patch).lesion_pixels() > 0) paste(patch, windows[k], lesion_logits[found[k]]);
+  }
+  return lesion_logits;
+}
+
 data::Mask classifier_mask(data::InputKind input, const ScanSegmentation& segmentation) {
   if (input != data::InputKind::rgb_lesion_probability) return data::mask_from_logit_map(segmentation.lesion_logits);
   SONO_CHECK(segmentation.uncalibrated_lesion_logits.pixels.size() == segmentation.lesion_logits.pixels.size(),

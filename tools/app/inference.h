@@ -55,6 +55,19 @@ ScanSegmentation segment_scan(LoadedModel& seg, const data::Image& image, int he
 ScanSegmentation scan_segmentation(const data::Image& calibrated, const data::Image* uncalibrated, int height,
                                    int width);
 
+// A refining segmenter (seg_train --lesion-view; its card's "lesion_view") redraws the outline of
+// the lesion a first segmenter found: the window around the first's mask (data::lesion_window),
+// cropped from the scan and segmented at the refiner's size, replaces the window's lesion logits,
+// so that a lesion a fifth of the scan wide is outlined from several times the pixels. The first
+// segmenter alone decides whether there is a lesion: a map without one is returned as it is, and
+// one whose window the refiner leaves empty keeps the first's outline.
+// `lesion_logits[i]`: the first's calibrated map of `images[i]`, at its size. One forward pass
+// for the batch's windows. What the classifier reads is the first's (it was trained on those).
+std::vector<data::Image> refine_lesions(LoadedModel& refiner, const std::vector<const data::Image*>& images,
+                                        std::vector<data::Image> lesion_logits, Device device, bool flip = false);
+// Refuses, naming the file, a checkpoint that is not a refining segmenter.
+void check_refiner(const LoadedModel& refiner, const std::string& path);
+
 // The classifier's fourth channel for a scan, as `input` (a classifier card's ModelCard::input)
 // says: the segmenter's mask, or its lesion probability levels before empty_below (what
 // cls_train --mask-channel probability trained on: the doubt a threshold would drop).

@@ -26,6 +26,7 @@
 #include "tools/app/runtime.h"
 #include "tools/app/weight_average.h"
 #include "tensor/atomic_file.h"
+#include "tools/data/lesion_view.h"
 #include "tools/data/progress.h"
 #include "tools/data/seeding.h"
 #include "tools/data/split.h"
@@ -180,6 +181,22 @@ TrainSettings read_training_options(const Cli& cli, models::Task task) {
   check_outputs(inputs, {{s.save_path, "--save-path"}}, true);
   s.device = apply_training_runtime_options(cli);
   return s;
+}
+
+double read_lesion_view(const Cli& cli, TrainSettings& settings) {
+  const double context = cli.real("lesion-view");
+  SONO_CHECK(context >= 0 && context <= 4, "--lesion-view ", cli.str("lesion-view"), ": must be from 0 (off) to 4");
+  if (context > 0) {
+    settings.decode_size = std::lround(static_cast<double>(settings.img_size) / data::kMinWindowFraction);
+    settings.card_extra["lesion_view"] = run_argument_number(context);
+  }
+  return context;
+}
+
+void frame_lesions(data::SampleCache& cache, const TrainSettings& settings, double context) {
+  if (context <= 0) return;
+  cache.reframe(static_cast<int>(settings.img_size),
+                [&](data::Image& image, data::Mask& mask) { data::apply_lesion_view(image, mask, context); });
 }
 
 double warmup_within_run(double warmup_epochs, int64_t epochs) {

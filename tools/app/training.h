@@ -130,6 +130,15 @@ int run_training(const TrainSettings& settings, TrainingTask& task, const data::
 int run_training(const TrainSettings& settings, TrainingTask& task, std::shared_ptr<data::SampleCache> cache,
                  const data::Split& split);
 
+// --lesion-view C (cls_train, seg_train): train on the window around each mask's lesion
+// (data::lesion_window, its box grown by C times its side) instead of the whole scan; 0: off.
+// Checked, put on the card (what predict crops by), and the samples decoded large enough that
+// the smallest window still has --img-size pixels. Returns C.
+double read_lesion_view(const Cli& cli, TrainSettings& settings);
+// The cached samples cropped to the windows around their masks' lesions at --img-size (left as
+// they are when `context` is 0).
+void frame_lesions(data::SampleCache& cache, const TrainSettings& settings, double context);
+
 // --warmup-epochs as the schedule can take it: one not shorter than the run is cut to half the
 // run, with a note saying so.
 double warmup_within_run(double warmup_epochs, int64_t epochs);
