@@ -17,6 +17,7 @@
 #include "tools/app/inference.h"
 #include "tools/app/runtime.h"
 #include "tools/app/training.h"
+#include "tools/data/metrics.h"
 
 using namespace sono;
 using namespace sono::test;
@@ -607,6 +608,36 @@ TEST_CASE("Grad-CAM under --flip_tta: a mirrored scan's explanation is the scan'
   };
   CHECK(mirror_difference(app::grad_cam(b, a, 40, 40), app::grad_cam(a, b, 40, 40)) < 1e-6);
   CHECK(mirror_difference(app::grad_cam(b, 40, 40), app::grad_cam(a, 40, 40)) > 0.05);
+}
+
+// The demo runs the shipped refiner after the shipped segmenter (tools/scripts/demo.sh): on the
+// sample scans' traced masks it must outline at least as well as the segmenter alone, as on the
+// five folds (models/weights/README.md), and leave the normal scan's empty mask empty.
+TEST_CASE("the shipped refiner outlines the demo's lesions at least as well as the shipped segmenter") {
+  app::LoadedModel seg = app::load_checkpoint(SONO_SHIPPED_SEG, models::Task::segmentation);
+  app::LoadedModel refiner = app::load_checkpoint(SONO_SHIPPED_REFINE, models::Task::segmentation);
+  app::check_refiner(refiner, SONO_SHIPPED_REFINE);
+  double first_dice = 0, refined_dice = 0;
+  for (const char* name : {"benign_10", "malignant_10", "normal_102"}) {
+    CAPTURE(name);
+    const std::string stem = std::string(SONO_SOURCE_DIR) + "/tools/samples/" + name;
+    const data::Image image = data::load_image(stem + ".png");
+    const data::Mask truth = data::load_mask({stem + "_mask.png"});
+    const data::Image first =
+        app::segment_scan(seg, image, image.height, image.width, data::InputKind::rgb, Device::cpu).lesion_logits;
+    const data::Image refined = app::refine_lesions(refiner, {&image}, {first}, Device::cpu)[0];
+    const double before = data::overlap(data::mask_from_logit_map(first), truth).dice;
+    const double after = data::overlap(data::mask_from_logit_map(refined), truth).dice;
+    INFO("Dice " << before << " -> " << after);
+    if (truth.lesion_pixels() == 0) {
+      CHECK(refined.pixels == first.pixels);
+      continue;
+    }
+    CHECK(refined.pixels != first.pixels);
+    CHECK(after > 0.65);
+    first_dice += before / 2, refined_dice += after / 2;
+  }
+  CHECK(refined_dice >= first_dice);
 }
 
 // predict --batch_size: a folder's images go through each model in batches; every image must get

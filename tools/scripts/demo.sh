@@ -15,5 +15,6 @@ for image in "${images[@]}"; do
   build/bin/predict --image "$image" \
     --seg_model "models/weights/$SONO_SEG_WEIGHTS" \
     --cls_model "models/weights/$SONO_CLS_WEIGHTS" \
+    --refine_model "models/weights/$SONO_REFINE_WEIGHTS" \
     --save_mask "demo_output/${name}_mask.png" --overlay --overwrite
 done
