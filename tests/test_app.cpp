@@ -433,9 +433,9 @@ TEST_CASE("a lesion-view classifier sees the window around the mask's lesion; Gr
   const data::Image image = ramp_image(80, 120);
   data::Mask mask(80, 120);
   for (int y = 30; y < 46; ++y) std::fill_n(&mask.at(y, 70), 24, uint8_t{1});
-  const data::Window w = app::classifier_window(view, mask);
+  const data::Window w = app::view_window(view, mask);
   CHECK(w == data::lesion_window(mask, 0.5));
-  CHECK(app::classifier_window(whole, mask) == data::Window{0, 0, 120, 80});
+  CHECK(app::view_window(whole, mask) == data::Window{0, 0, 120, 80});
   const data::Image cropped = data::crop(image, w);
   const data::Mask cropped_mask = data::crop(mask, w);
   CHECK(app::classifier_input(view, image, mask).to_vector() ==

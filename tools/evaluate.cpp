@@ -324,7 +324,7 @@ int evaluate(int argc, char** argv) {
   const bool per_fold = seg_path.find("{fold}") != std::string::npos || cls_path.find("{fold}") != std::string::npos ||
                         given.refine.find("{fold}") != std::string::npos;
   SONO_CHECK(k == 0 || k >= 2, "--folds ", k, ": 0 (no folds) or at least 2");
-  SONO_CHECK(per_fold == (k > 0), per_fold ? "{fold} in --seg-model or --cls-model: needs --folds K"
+  SONO_CHECK(per_fold == (k > 0), per_fold ? "{fold} in --seg-model, --cls-model or --refine-model: needs --folds K"
                                            : "--folds: needs {fold} in --seg-model or --cls-model");
   const auto files = model_files(given, k);
   std::vector<app::RunFile> inputs, outputs;

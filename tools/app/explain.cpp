@@ -83,7 +83,7 @@ data::Image explain(LoadedModel& cls, const data::Image& image, const data::Mask
                     Device device, bool flip) {
   models::Classifier& classifier = explainable(cls);
   Tensor x = classifier_input(cls, image, mask).to(device);
-  const data::Window w = classifier_window(cls, mask);
+  const data::Window w = view_window(cls, mask);
   ClassActivation activation = class_activation(classifier, x, class_index);
   const data::Image in_window =
       flip ? grad_cam(activation, class_activation(classifier, mirror(x), class_index), w.height, w.width)

@@ -163,7 +163,6 @@ void check_refiner(const LoadedModel& refiner, const std::string& path) {
 std::vector<data::Image> refine_lesions(LoadedModel& refiner, const std::vector<const data::Image*>& images,
                                         std::vector<data::Image> lesion_logits, Device device, bool flip) {
   check_refiner(refiner, "refine_lesions: the refiner");
-  const double context = card_value(refiner.card, "lesion_view", 0);
   const int size = static_cast<int>(refiner.card.img_size);
   std::vector<size_t> found;
   std::vector<data::Window> windows;
@@ -171,7 +170,7 @@ std::vector<data::Image> refine_lesions(LoadedModel& refiner, const std::vector<
     const data::Mask mask = data::mask_from_logit_map(lesion_logits[i]);
     if (mask.lesion_pixels() == 0) continue;
     found.push_back(i);
-    windows.push_back(data::lesion_window(mask, context));
+    windows.push_back(view_window(refiner, mask));
   }
   if (found.empty()) return lesion_logits;
   Tensor x = Tensor::empty({static_cast<int64_t>(found.size()), size, size, 3});
@@ -199,15 +198,15 @@ data::Mask classifier_mask(data::InputKind input, const data::Mask& truth) {
   return input == data::InputKind::rgb_lesion_probability ? data::probability_levels(truth) : truth;
 }
 
-data::Window classifier_window(const LoadedModel& cls, const data::Mask& mask) {
-  const double context = card_value(cls.card, "lesion_view", 0);
+data::Window view_window(const LoadedModel& model, const data::Mask& mask) {
+  const double context = card_value(model.card, "lesion_view", 0);
   return context > 0 ? data::lesion_window(mask, context) : data::Window::whole(mask.width, mask.height);
 }
 
 void write_classifier_input(const LoadedModel& cls, const data::Image& image, const data::Mask& mask, float* dst,
                             const data::Image* whole_resized) {
   const int size = static_cast<int>(cls.card.img_size);
-  const data::Window window = classifier_window(cls, mask);
+  const data::Window window = view_window(cls, mask);
   const bool whole = window == data::Window::whole(image.width, image.height);
   const data::Image resized = whole && whole_resized ? *whole_resized
                               : whole                ? data::resize_bilinear(image, size, size)

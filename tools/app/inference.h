@@ -56,7 +56,7 @@ ScanSegmentation scan_segmentation(const data::Image& calibrated, const data::Im
                                    int width);
 
 // A refining segmenter (seg_train --lesion-view; its card's "lesion_view") redraws the outline of
-// the lesion a first segmenter found: the window around the first's mask (data::lesion_window),
+// the lesion a first segmenter found: the window around the first's mask (view_window),
 // cropped from the scan and segmented at the refiner's size, replaces the window's lesion logits,
 // so that a lesion a fifth of the scan wide is outlined from several times the pixels. The first
 // segmenter alone decides whether there is a lesion: a map without one is returned as it is, and
@@ -75,9 +75,10 @@ data::Mask classifier_mask(data::InputKind input, const ScanSegmentation& segmen
 // The same from a ground-truth mask (its levels 0 and 255 for a probability channel).
 data::Mask classifier_mask(data::InputKind input, const data::Mask& truth);
 
-// What the classifier sees of an image and its classifier_mask of the same size, as the card says:
-// the whole image, or with "lesion_view" (cls_train --lesion-view) the window around the lesion.
-data::Window classifier_window(const LoadedModel& cls, const data::Mask& mask);
+// What a model sees of an image given a mask of the same size (the classifier's classifier_mask,
+// a refiner's first segmentation), as its card says: the whole image, or with "lesion_view"
+// (cls_train or seg_train --lesion-view) the window around the mask's lesion.
+data::Window view_window(const LoadedModel& model, const data::Mask& mask);
 // That window resized to the card's size and normalised, image and mask (data::write_input),
 // to `dst`. `whole_resized`: the whole image at the card's size, when at hand.
 void write_classifier_input(const LoadedModel& cls, const data::Image& image, const data::Mask& mask, float* dst,
