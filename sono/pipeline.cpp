@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <mutex>
+#include <optional>
 
 #include "tools/app/inference.h"
 #include "tools/app/runtime.h"
@@ -15,11 +16,15 @@ struct Pipeline::Models {
         cls(app::load_for_inference(cls_path, models::Task::classification, device)),
         flip(options.flip_tta) {
     app::check_stacking_inputs(&seg, seg_path, cls, cls_path);
+    if (options.refine_checkpoint.empty()) return;
+    refine = app::load_for_inference(options.refine_checkpoint, models::Task::segmentation, device);
+    app::check_refiner(*refine, options.refine_checkpoint);
   }
 
   Device device;
   app::LoadedModel seg, cls;
   bool flip;
+  std::optional<app::LoadedModel> refine;
   // The forwards take turns: the engine's modules and backends (the CUDA one's allocator and
   // stream above all) were not written for concurrent forwards, and on the CPU one forward
   // already keeps every core busy through OpenMP. Decoding the view and the maps' arithmetic
@@ -49,18 +54,19 @@ data::Image image_of(const ImageView& view) {
 Result Pipeline::run(const ImageView& view) const {
   const data::Image image = image_of(view);
   data::Image logits;
-  data::Mask mask;
   Result r;
   {
     std::lock_guard<std::mutex> turn(models_->forward);
     app::ScanSegmentation segmentation =
         app::segment_scan(models_->seg, image, image.height, image.width, models_->cls.card.input(), models_->device,
                           models_->flip);
-    mask = data::mask_from_logit_map(segmentation.lesion_logits);
     r.class_probabilities = app::classify(models_->cls, image, app::classifier_mask(models_->cls.card.input(), segmentation),
                                           models_->device, models_->flip, segmentation.malignancy);
-    logits = std::move(segmentation.lesion_logits);
+    logits = models_->refine ? app::refine_lesions(*models_->refine, {&image}, {segmentation.lesion_logits},
+                                                   models_->device, models_->flip)[0]
+                             : std::move(segmentation.lesion_logits);
   }
+  const data::Mask mask = data::mask_from_logit_map(logits);
   r.width = image.width;
   r.height = image.height;
   r.mask = std::move(mask.values);

@@ -4,6 +4,7 @@
 //   sono::Pipeline pipeline("seg.safetensors", "cls.safetensors");   // loads once
 //   sono::Result r = pipeline.run({pixels, width, height, 1, sono::PixelType::u8, stride});
 //   r.class_names[r.predicted], r.confidence, r.mask, r.lesion_probability
+//   sono::Options refined;  refined.refine_checkpoint = "refine.safetensors";  // predict's --refine_model
 //
 // Errors (a missing or malformed checkpoint, an image whose description does not add up, a
 // device this build or machine lacks) are thrown as std::runtime_error whose what() names the
@@ -30,6 +31,9 @@ struct ImageView {
 struct Options {
   std::string device = "cpu";  // or "cuda" where the library was built with it
   bool flip_tta = false;       // average each model with its run on the mirrored image
+  // A refining segmenter (seg_train --lesion-view; predict's --refine_model) that redraws the
+  // outline in the window around the lesion the segmenter finds; "" for none.
+  std::string refine_checkpoint = "";
 };
 
 // All maps are the input's size, row by row (width * height values).
@@ -43,7 +47,8 @@ struct Result {
   double confidence = 0;                   // its calibrated probability
 };
 
-// The two checkpoints of predict (seg_train's and cls_train's --save-path). run() may be
+// The two checkpoints of predict (seg_train's and cls_train's --save-path); a refiner, as
+// predict's third, in `options`. run() may be
 // called from several threads at once on one Pipeline.
 class Pipeline {
  public:

@@ -43,6 +43,16 @@ bool valid_class(const sono_result* r, int index) {
   return r && index >= 0 && size_t(index) < r->result.class_probabilities.size();
 }
 
+sono_status create(const char* function, const char* segmentation_checkpoint, const char* classification_checkpoint,
+                   const char* refine_checkpoint, const char* device, int flip_tta, sono_pipeline** out) {
+  if (!segmentation_checkpoint || !classification_checkpoint || !refine_checkpoint || !out)
+    return failure(SONO_ERROR_ARGUMENT, std::string(function) + ": a checkpoint path or the output is NULL");
+  return guarded([&] {
+    *out = new sono_pipeline{sono::Pipeline(segmentation_checkpoint, classification_checkpoint,
+                                            {device ? device : "cpu", flip_tta != 0, refine_checkpoint})};
+  });
+}
+
 }  // namespace
 
 extern "C" {
@@ -51,12 +61,14 @@ const char* sono_last_error(void) { return last_error.c_str(); }
 
 sono_status sono_pipeline_create(const char* segmentation_checkpoint, const char* classification_checkpoint,
                                  const char* device, int flip_tta, sono_pipeline** out) {
-  if (!segmentation_checkpoint || !classification_checkpoint || !out)
-    return failure(SONO_ERROR_ARGUMENT, "sono_pipeline_create: a checkpoint path or the output is NULL");
-  return guarded([&] {
-    *out = new sono_pipeline{sono::Pipeline(segmentation_checkpoint, classification_checkpoint,
-                                            {device ? device : "cpu", flip_tta != 0})};
-  });
+  return create("sono_pipeline_create", segmentation_checkpoint, classification_checkpoint, "", device, flip_tta, out);
+}
+
+sono_status sono_pipeline_create_refined(const char* segmentation_checkpoint, const char* classification_checkpoint,
+                                         const char* refine_checkpoint, const char* device, int flip_tta,
+                                         sono_pipeline** out) {
+  return create("sono_pipeline_create_refined", segmentation_checkpoint, classification_checkpoint, refine_checkpoint,
+                device, flip_tta, out);
 }
 
 void sono_pipeline_destroy(sono_pipeline* pipeline) { delete pipeline; }

@@ -37,6 +37,11 @@ const char* sono_last_error(void);
 /* device: "cpu" or "cuda" (NULL: "cpu"); flip_tta nonzero: as predict --flip_tta. */
 sono_status sono_pipeline_create(const char* segmentation_checkpoint, const char* classification_checkpoint,
                                  const char* device, int flip_tta, sono_pipeline** out);
+/* The same with a refining segmenter (seg_train --lesion-view; predict's --refine_model) that
+ * redraws the outline in the window around the lesion the first segmenter finds. */
+sono_status sono_pipeline_create_refined(const char* segmentation_checkpoint, const char* classification_checkpoint,
+                                         const char* refine_checkpoint, const char* device, int flip_tta,
+                                         sono_pipeline** out);
 void sono_pipeline_destroy(sono_pipeline* pipeline);
 
 /* pixels: height rows row_stride bytes apart (0: packed), channels (1 grey, 3 RGB; 2 and 4 with

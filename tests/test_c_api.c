@@ -31,6 +31,11 @@ static void check_errors(const char* seg, const char* cls) {
   EXPECT(strstr(sono_last_error(), "tpu") != NULL);
   EXPECT(sono_pipeline_create(NULL, cls, NULL, 0, &p) == SONO_ERROR_ARGUMENT);
   EXPECT(strstr(sono_last_error(), "NULL") != NULL);
+  EXPECT(sono_pipeline_create_refined(seg, cls, NULL, NULL, 0, &p) == SONO_ERROR_ARGUMENT);
+  EXPECT(strstr(sono_last_error(), "sono_pipeline_create_refined") != NULL);
+  EXPECT(sono_pipeline_create_refined(seg, cls, seg, NULL, 0, &p) == SONO_ERROR_FAILED);
+  EXPECT(strstr(sono_last_error(), "not a refining segmenter") != NULL);
+  EXPECT(p == NULL);
 }
 
 /* The run's maps and numbers hold together: probabilities sum to 1, the prediction is the
@@ -67,6 +72,26 @@ static void print_prediction(const sono_result* r) {
   printf("\nLesion: %.1f%% of the image\n", 100.0 * lesion / n);
 }
 
+/* A refiner redraws the outline (benign_10's changes) and leaves the classes as they were. */
+static void check_refined(const char* seg, const char* cls, const sono_result* plain, const unsigned char* pixels) {
+  sono_pipeline* p = NULL;
+  sono_result* r = NULL;
+  int width = sono_result_width(plain), height = sono_result_height(plain);
+  if (sono_pipeline_create_refined(seg, cls, SONO_SHIPPED_REFINE, NULL, 0, &p) != SONO_OK ||
+      sono_pipeline_run(p, pixels, width, height, 1, 8, 0, &r) != SONO_OK) {
+    fprintf(stderr, "refined: %s\n", sono_last_error());
+    ++failures;
+    sono_pipeline_destroy(p);
+    return;
+  }
+  check_consistent(r, width, height);
+  EXPECT(memcmp(sono_result_mask(r), sono_result_mask(plain), (size_t)width * height) != 0);
+  for (int c = 0; c < sono_result_class_count(r); ++c)
+    EXPECT(sono_result_class_probability(r, c) == sono_result_class_probability(plain, c));
+  sono_result_destroy(r);
+  sono_pipeline_destroy(p);
+}
+
 int main(int argc, char** argv) {
   if (argc != 2) return fprintf(stderr, "usage: test_c_api SOURCE_DIR\n"), 2;
   const char *seg = SONO_SHIPPED_SEG, *cls = SONO_SHIPPED_CLS;
@@ -92,6 +117,7 @@ int main(int argc, char** argv) {
   EXPECT(strcmp(sono_last_error(), "") == 0);
   check_consistent(r, width, height);
   print_prediction(r);
+  check_refined(seg, cls, r, pixels);
 
   sono_result_destroy(r);
   sono_pipeline_destroy(p);

@@ -17,7 +17,7 @@ using namespace sono;
 
 namespace {
 
-const std::string kSeg = SONO_SHIPPED_SEG, kCls = SONO_SHIPPED_CLS;
+const std::string kSeg = SONO_SHIPPED_SEG, kCls = SONO_SHIPPED_CLS, kRefine = SONO_SHIPPED_REFINE;
 const std::string kSamples = std::string(SONO_SOURCE_DIR) + "/tools/samples/";
 
 // A sample scan's 8-bit grey samples (the samples are grey PNGs).
@@ -124,6 +124,27 @@ TEST_CASE("pipeline: a scan's pixels give what predict's code gives on its file"
   CHECK(lesion > 0);
 }
 
+TEST_CASE("pipeline: with a refiner, the outline is the refiner's and the classes are unchanged") {
+  const std::string file = kSamples + "benign_10.png";
+  const Grey g = load_grey(file);
+  const sono::Result plain = run(g);
+  sono::Options options;
+  options.refine_checkpoint = kRefine;
+  const sono::Pipeline refined(kSeg, kCls, options);
+  const sono::Result r = refined.run({g.pixels.data(), g.width, g.height, 1, sono::PixelType::u8, size_t(g.width)});
+
+  app::LoadedModel seg = app::load_for_inference(kSeg, models::Task::segmentation, Device::cpu),
+                   refiner = app::load_for_inference(kRefine, models::Task::segmentation, Device::cpu);
+  data::Image image = data::load_image(file);
+  const app::ScanSegmentation segmentation =
+      app::segment_scan(seg, image, image.height, image.width, data::InputKind::rgb_mask, Device::cpu);
+  const data::Image redrawn = app::refine_lesions(refiner, {&image}, {segmentation.lesion_logits}, Device::cpu)[0];
+  CHECK(r.mask == data::mask_from_logit_map(redrawn).values);
+  CHECK(r.lesion_probability == data::probability_map(redrawn).pixels);
+  CHECK(r.mask != plain.mask);
+  CHECK(r.class_probabilities == plain.class_probabilities);  // the classifier reads the first segmenter's map
+}
+
 TEST_CASE("pipeline: every pixel layout of one image gives one result") {
   const Grey g = crop(load_grey(kSamples + "malignant_10.png"), 200, 150);
   const sono::Result reference = run(g);
@@ -164,6 +185,7 @@ TEST_CASE("pipeline: errors say what is wrong") {
   CHECK(contains(error_of([] { sono::Pipeline("no_such.safetensors", kCls); }), "no_such.safetensors"));
   CHECK(contains(error_of([] { sono::Pipeline(kCls, kCls); }), "segmentation"));
   CHECK(contains(error_of([] { sono::Pipeline(kSeg, kCls, {"tpu"}); }), "tpu"));
+  CHECK(contains(error_of([] { sono::Pipeline(kSeg, kCls, {"cpu", false, kSeg}); }), "not a refining segmenter"));
 
   const Grey g = crop(load_grey(kSamples + "benign_10.png"), 64, 48);
   auto run_view = [&](int width, int height, int channels, size_t stride, const void* pixels) {
