@@ -402,7 +402,9 @@ TEST_CASE("seg_train --lesion-view trains a refiner; predict and evaluate --refi
                                                   " --batch-size 8 --lesion-view 0.5 --save-path " + refiner.string());
   INFO(train.output);
   REQUIRE(train.status == 0);
-  CHECK(nn::load_safetensors(refiner.string()).metadata.at("lesion_view") == "0.5");
+  const auto card = nn::load_safetensors(refiner.string()).metadata;
+  CHECK(card.at("lesion_view") == "0.5");
+  CHECK(card.count("empty_below") == 0);  // the refiner's map is pasted as it is
   write_scans(scans, 5, 11);
   const std::string refine = " --refine_model " + refiner.string();
   Run plain = run_tool("predict", "--image " + scans.string() + models_args() + " --save_mask " +
@@ -1248,6 +1250,8 @@ TEST_CASE("bad input: one line naming the file and the problem, exit 1, nothing 
                  "--lesion-view -1: must be from 0 (off) to 4");
     expect_error("seg_train", dirs(t.data) + seg_opts + out.string() + " --lesion-view 4.5",
                  "--lesion-view 4.5: must be from 0 (off) to 4");
+    expect_error("seg_train", dirs(t.data) + seg_opts + out.string() + " --lesion-view 0.5 --val-split 0 --empty-below 0.9",
+                 "--empty-below: a refiner (--lesion-view) has no empty-image threshold");
   }
   SUBCASE("--refine-model without --seg-model, or not a refiner") {
     expect_error("evaluate", dirs(t.data) + " --cls-model " + t.cls.string() + " --refine-model " + t.seg.string(),

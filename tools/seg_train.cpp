@@ -84,6 +84,7 @@ class SegmentationTask : public app::TrainingTask {
   }
   std::string best_metric() const override { return "val_dice"; }
   void after_training(const app::TrainSettings& settings, data::Loader& val) override {
+    if (settings.card_extra.count("lesion_view")) return;  // a refiner: see --empty-below
     app::fit_empty_threshold(settings, val);
   }
   void add_out_of_fold(const Tensor& logits, const Tensor& uncalibrated, const data::Batch& batch) override {
@@ -223,7 +224,6 @@ int seg_train(int argc, char** argv) {
              "The checkpoint records it (0: the whole scan)");
   if (!cli.parse(argc, argv)) return 0;
   app::TrainSettings settings = app::read_training_options(cli, models::Task::segmentation);
-  app::read_given_calibration(cli, "empty-below", "empty_below", 0.5, 0.999, settings);
   settings.encoder_depth = cli.integer("encoder-depth");
   SONO_CHECK(settings.encoder_depth >= 3 && settings.encoder_depth <= 5, "--encoder-depth ",
              settings.encoder_depth, ": must be 3, 4 or 5");
@@ -239,6 +239,11 @@ int seg_train(int argc, char** argv) {
   read_decoder_channels(cli, settings);
   const double lesion_view = app::read_lesion_view(cli, settings);
   if (lesion_view > 0) settings.tool_arguments["--lesion-view"] = app::run_argument_number(lesion_view);
+  // A refiner's map is pasted as it comes (refine_lesions): whether there is a lesion is the first
+  // segmenter's call, so an empty-image threshold would be dead weight on its card.
+  SONO_CHECK(lesion_view == 0 || cli.str("empty-below").empty(),
+             "--empty-below: a refiner (--lesion-view) has no empty-image threshold; the first segmenter's decides");
+  if (lesion_view == 0) app::read_given_calibration(cli, "empty-below", "empty_below", 0.5, 0.999, settings);
   data::Dataset dataset = data::scan_dataset(settings.images_dir, settings.masks_dir);
   SegmentationTask task(read_malignancy_channel(cli, dataset, settings));
   if (settings.recipe_options.folds)
