@@ -58,13 +58,14 @@ Result Pipeline::run(const ImageView& view) const {
   {
     std::lock_guard<std::mutex> turn(models_->forward);
     app::ScanSegmentation segmentation =
-        app::segment_scan(models_->seg, image, image.height, image.width, models_->cls.card.input(), models_->device,
-                          models_->flip);
+        app::segment_scan(models_->seg, image, image.height, image.width, models_->device, models_->flip);
     r.class_probabilities = app::classify(models_->cls, image, app::classifier_mask(models_->cls.card.input(), segmentation),
                                           models_->device, models_->flip, segmentation.malignancy);
-    logits = models_->refine ? app::refine_lesions(*models_->refine, {&image}, {segmentation.lesion_logits},
-                                                   models_->device, models_->flip)[0]
-                             : std::move(segmentation.lesion_logits);
+    r.predicted = std::max_element(r.class_probabilities.begin(), r.class_probabilities.end()) -
+                  r.class_probabilities.begin();
+    logits = app::outline_map(segmentation, class_names()[r.predicted]);
+    if (models_->refine)
+      logits = app::refine_lesions(*models_->refine, {&image}, {std::move(logits)}, models_->device, models_->flip)[0];
   }
   const data::Mask mask = data::mask_from_logit_map(logits);
   r.width = image.width;
@@ -72,8 +73,6 @@ Result Pipeline::run(const ImageView& view) const {
   r.mask = std::move(mask.values);
   r.lesion_probability = data::probability_map(logits).pixels;
   r.class_names = class_names();
-  r.predicted = std::max_element(r.class_probabilities.begin(), r.class_probabilities.end()) -
-                r.class_probabilities.begin();
   r.confidence = r.class_probabilities[r.predicted];
   return r;
 }

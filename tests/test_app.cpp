@@ -500,7 +500,7 @@ TEST_CASE("a refining segmenter redraws the window around the first segmenter's 
   REQUIRE(refined.size() == 2);
   CHECK(refined[0].pixels == nothing.pixels);
   const data::Image expected =
-      app::segment_scan(whole, data::crop(image, w), w.height, w.width, data::InputKind::rgb, Device::cpu).lesion_logits;
+      app::segment_scan(whole, data::crop(image, w), w.height, w.width, Device::cpu).lesion_logits;
   double inside = 0, outside = 0;
   for (int y = 0; y < 80; ++y)
     for (int x = 0; x < 120; ++x) {
@@ -624,7 +624,7 @@ TEST_CASE("the shipped refiner outlines the demo's lesions at least as well as t
     const data::Image image = data::load_image(stem + ".png");
     const data::Mask truth = data::load_mask({stem + "_mask.png"});
     const data::Image first =
-        app::segment_scan(seg, image, image.height, image.width, data::InputKind::rgb, Device::cpu).lesion_logits;
+        app::segment_scan(seg, image, image.height, image.width, Device::cpu).lesion_logits;
     const data::Image refined = app::refine_lesions(refiner, {&image}, {first}, Device::cpu)[0];
     const double before = data::overlap(data::mask_from_logit_map(first), truth).dice;
     const double after = data::overlap(data::mask_from_logit_map(refined), truth).dice;
@@ -772,21 +772,33 @@ TEST_CASE("scan_segmentation: both maps at the scan's size, an unchanged map res
   for (size_t p = 0; p < map.pixels.size(); ++p) map.pixels[p] = static_cast<float>(p % 7) - 3;
   const data::Image resized = data::resize_bilinear(map, 40, 24);
 
-  const app::ScanSegmentation mask_reader = app::scan_segmentation(map, nullptr, 40, 24);
-  CHECK(mask_reader.lesion_logits.pixels == resized.pixels);
-  CHECK(mask_reader.uncalibrated_lesion_logits.pixels.empty());
-
-  const app::ScanSegmentation kept = app::scan_segmentation(map, &map, 40, 24);
+  const app::ScanSegmentation kept = app::scan_segmentation(map, map, 40, 24);
   CHECK(kept.lesion_logits.pixels == resized.pixels);
   CHECK(kept.uncalibrated_lesion_logits.pixels == resized.pixels);
 
   data::Image emptied = map;
   std::fill(emptied.pixels.begin(), emptied.pixels.end(), -20.0f);
-  const app::ScanSegmentation probability_reader = app::scan_segmentation(emptied, &map, 40, 24);
-  CHECK(probability_reader.uncalibrated_lesion_logits.pixels == resized.pixels);
-  REQUIRE(probability_reader.lesion_logits.pixels.size() == resized.pixels.size());
-  CHECK(probability_reader.lesion_logits.height == 40);
-  for (float v : probability_reader.lesion_logits.pixels) REQUIRE(v == -20.0f);
+  const app::ScanSegmentation empty = app::scan_segmentation(emptied, map, 40, 24);
+  CHECK(empty.uncalibrated_lesion_logits.pixels == resized.pixels);
+  REQUIRE(empty.lesion_logits.pixels.size() == resized.pixels.size());
+  CHECK(empty.lesion_logits.height == 40);
+  for (float v : empty.lesion_logits.pixels) REQUIRE(v == -20.0f);
+}
+
+TEST_CASE("outline_map: a lesion class reopens a map empty_below emptied; the lesion-free class and kept maps stay") {
+  data::Image map(16, 16, 1);
+  for (size_t p = 0; p < map.pixels.size(); ++p) map.pixels[p] = p < 20 ? 1.0f : -2.0f;  // a weak lesion, 20 pixels
+  data::Image emptied = map;
+  std::fill(emptied.pixels.begin(), emptied.pixels.end(), -20.0f);
+  const app::ScanSegmentation weak = app::scan_segmentation(emptied, map, 16, 16);
+  const app::ScanSegmentation kept = app::scan_segmentation(map, map, 16, 16);
+
+  CHECK(data::mask_from_logit_map(app::outline_map(weak, "benign")).lesion_pixels() == 20);
+  CHECK(data::mask_from_logit_map(app::outline_map(weak, "malignant")).lesion_pixels() == 20);
+  CHECK(data::mask_from_logit_map(app::outline_map(weak, app::ModelCard::kLesionFreeClass)).lesion_pixels() == 0);
+  // A map calibration left alone is the outline whatever the class: the classifier never hides one.
+  CHECK(app::outline_map(kept, app::ModelCard::kLesionFreeClass).pixels == map.pixels);
+  CHECK(app::outline_map(kept, "benign").pixels == map.pixels);
 }
 
 TEST_CASE("a stacked classifier: its card's stacking applied to its own probabilities; a segmenter without the channel refused") {

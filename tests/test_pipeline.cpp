@@ -98,11 +98,10 @@ TEST_CASE("pipeline: a scan's pixels give what predict's code gives on its file"
                    cls = app::load_for_inference(kCls, models::Task::classification, Device::cpu);
   data::Image image = data::load_image(file);
   const app::ScanSegmentation segmentation =
-      app::segment_scan(seg, image, image.height, image.width, cls.card.input(), Device::cpu);
-  data::Mask mask = data::mask_from_logit_map(segmentation.lesion_logits);
+      app::segment_scan(seg, image, image.height, image.width, Device::cpu);
   CHECK(r.width == image.width);
   CHECK(r.height == image.height);
-  CHECK(r.mask == mask.values);
+  CHECK(r.mask == data::mask_from_logit_map(app::outline_map(segmentation, cls.card.classes[r.predicted])).values);
   CHECK(r.class_probabilities == app::classify(cls, image, app::classifier_mask(cls.card.input(), segmentation),
                                                Device::cpu, false, segmentation.malignancy));
   CHECK(r.class_names == cls.card.classes);
@@ -137,7 +136,7 @@ TEST_CASE("pipeline: with a refiner, the outline is the refiner's and the classe
                    refiner = app::load_for_inference(kRefine, models::Task::segmentation, Device::cpu);
   data::Image image = data::load_image(file);
   const app::ScanSegmentation segmentation =
-      app::segment_scan(seg, image, image.height, image.width, data::InputKind::rgb_mask, Device::cpu);
+      app::segment_scan(seg, image, image.height, image.width, Device::cpu);
   const data::Image redrawn = app::refine_lesions(refiner, {&image}, {segmentation.lesion_logits}, Device::cpu)[0];
   CHECK(r.mask == data::mask_from_logit_map(redrawn).values);
   CHECK(r.lesion_probability == data::probability_map(redrawn).pixels);

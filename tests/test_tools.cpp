@@ -265,6 +265,58 @@ TEST_CASE("evaluate scores labelled scans as predict runs them, and its figures 
         std::vector<std::string>{"image", "class", "predicted", "confidence", "p_benign", "p_malignant", "p_normal"});
 }
 
+// The segmenter's card set to empty nearly every map: where the classifier then calls a lesion,
+// the outline is the map before empty_below (app::outline_map), in evaluate's rows as in
+// predict's; where it calls the scan normal, the map stays as empty_below left it.
+TEST_CASE("evaluate and predict: a lesion class outlines what empty_below emptied, the normal class does not") {
+  const Trained& t = trained();
+  const fs::path root = t.root / "outline";
+  fs::create_directories(root);
+  auto card = [&](const std::string& threshold) {
+    nn::SafetensorsFile file = nn::load_safetensors(t.seg.string());
+    file.metadata["empty_below"] = threshold;
+    const fs::path path = root / ("seg_" + threshold + ".safetensors");
+    nn::save_safetensors(path.string(), file.tensors, file.metadata);
+    return path.string();
+  };
+  const std::string strict = card("0.999"), open = card("0.5");
+  auto lesion_pixels = [&](const std::string& args, const std::string& name, size_t column) {
+    Run r = run_tool("evaluate", blob_dirs() + args + " --csv " + (root / name).string());
+    INFO(r.output);
+    REQUIRE(r.status == 0);
+    std::map<std::string, std::pair<std::string, long>> rows;  // image: predicted class, lesion pixels
+    for (const auto& row : app::csv_records(read_file(root / name)))
+      if (row[0] != "image") rows[row[0]] = {column > 3 ? row[2] : "", column < row.size() ? std::stol(row[column]) : -1};
+    return rows;
+  };
+  const auto strict_alone = lesion_pixels(" --seg-model " + strict, "strict.csv", 3);
+  const auto open_alone = lesion_pixels(" --seg-model " + open, "open.csv", 3);
+  const auto pair = lesion_pixels(" --seg-model " + strict + " --cls-model " + t.cls.string(), "pair.csv", 8);
+  REQUIRE(pair.size() == 60);
+  int reopened = 0, kept_empty = 0;
+  for (const auto& [image, row] : pair) {
+    CAPTURE(image);
+    const auto& [predicted, pixels] = row;
+    const bool lesion_class = predicted != "normal";
+    CHECK(pixels == (lesion_class ? open_alone.at(image).second : strict_alone.at(image).second));
+    reopened += lesion_class && strict_alone.at(image).second == 0 && pixels > 0;
+    kept_empty += !lesion_class && strict_alone.at(image).second == 0 && open_alone.at(image).second > 0;
+  }
+  CHECK(reopened > 0);
+  MESSAGE(reopened << " outlines reopened, " << kept_empty << " weak maps of scans called normal left empty");
+
+  // predict on the same scans: the same outlines.
+  for (const std::string class_folder : test::kBlobClasses) {
+    const fs::path csv = root / ("predict_" + class_folder + ".csv");
+    Run p = run_tool("predict", "--image " + (t.data / "images" / class_folder).string() + " --seg_model " + strict +
+                                    " --cls_model " + t.cls.string() + " --csv " + csv.string());
+    INFO(p.output);
+    REQUIRE(p.status == 0);
+    for (const auto& row : app::csv_records(read_file(csv)))
+      if (row[0] != "image") CHECK(std::stol(row[8]) == pair.at(class_folder + "/" + fs::path(row[0]).stem().string()).second);
+  }
+}
+
 namespace {
 
 // `count` scans (blobs of every class, at sizes other than the training size) in `dir`.

@@ -144,7 +144,7 @@ Tensor predicted_masks(app::LoadedModel& seg, const data::SampleCache& cache, co
     float* out = masks.data<float>();
     for (double index : rows.to_vector()) {
       const data::Mask mask = app::classifier_mask(
-          input, app::segment_scan(seg, cache.image(static_cast<size_t>(index)), side, side, input, device));
+          input, app::segment_scan(seg, cache.image(static_cast<size_t>(index)), side, side, device));
       out = std::copy(mask.values.begin(), mask.values.end(), out);
     }
     return masks;

@@ -107,7 +107,8 @@ struct StackingRow {
   int fold;
 };
 
-// One image: its mask from the segmenter (or, without one, its ground truth for the classifier),
+// One image: its mask from the segmenter as predict draws it (outline_map once the classifier has
+// named the class, then the refiner), or without one its ground truth for the classifier;
 // its class from the classifier; the figures added to `scores` (and its row to `stacking_rows`
 // where given), its CSV row returned. `class_name`: its class folder's ("" without classes);
 // `truth`: that class's index in the classifier.
@@ -120,21 +121,18 @@ std::string score_image(Models& models, Device device, bool flip, const data::Sa
   SONO_CHECK(models.seg || target, sample.image.string(), ": no mask, and without --seg-model the classifier reads "
              "the ground-truth masks");
   app::ScanSegmentation segmentation;
-  const data::InputKind classifier_input = models.cls ? models.cls->card.input() : data::InputKind::rgb_mask;
-  if (models.seg)
-    segmentation = app::segment_scan(*models.seg, image, image.height, image.width, classifier_input, device, flip);
-  const data::Mask mask = !models.seg  ? *target
-                          : models.refine ? data::mask_from_logit_map(app::refine_lesions(
-                                                *models.refine, {&image}, {segmentation.lesion_logits}, device, flip)[0])
-                                          : data::mask_from_logit_map(segmentation.lesion_logits);
+  if (models.seg) segmentation = app::segment_scan(*models.seg, image, image.height, image.width, device, flip);
+  const data::Image* outline = &segmentation.lesion_logits;
   std::vector<std::string> row{sample.name};
   if (fold) row.push_back(std::to_string(*fold + 1));
   row.push_back(class_name);
   if (models.cls) {
+    const data::InputKind classifier_input = models.cls->card.input();
     const data::Mask channel = models.seg ? app::classifier_mask(classifier_input, segmentation)
-                                          : app::classifier_mask(classifier_input, mask);
+                                          : app::classifier_mask(classifier_input, *target);
     const std::vector<double> p = app::classify(*models.cls, image, channel, device, flip, segmentation.malignancy);
     const size_t predicted = std::max_element(p.begin(), p.end()) - p.begin();
+    outline = &app::outline_map(segmentation, models.cls->card.classes[predicted]);
     row.insert(row.end(), {models.cls->card.classes[predicted], app::csv_number(p[predicted])});
     for (double v : p) row.push_back(app::csv_number(v));
     if (truth)
@@ -142,6 +140,8 @@ std::string score_image(Models& models, Device device, bool flip, const data::Sa
     if (truth && stacking_rows) stacking_rows->push_back({p, segmentation.malignancy.value(), *truth, fold.value()});
   }
   if (models.seg) {
+    const data::Mask mask = data::mask_from_logit_map(
+        models.refine ? app::refine_lesions(*models.refine, {&image}, {*outline}, device, flip)[0] : *outline);
     row.push_back(target ? app::csv_number(data::overlap(mask, *target).dice) : "");
     row.push_back(std::to_string(mask.lesion_pixels()));
     if (segmentation.malignancy) row.push_back(app::csv_number(*segmentation.malignancy));

@@ -89,7 +89,7 @@ DecodedScan decode_scan(const Predictor& p, data::DicomFrameReader& dicom_files,
 struct Prediction {
   std::vector<double> probabilities;
   size_t predicted = 0;
-  data::Image lesion_logits;  // what the mask thresholds, for --save_prob
+  data::Image lesion_logits;  // what the mask thresholds (app::outline_map, then the refiner's), for --save_prob
   data::Mask mask;
   data::Mask classifier_mask;  // what the classifier read beside the scan (app::classifier_mask)
   std::optional<double> malignancy;  // a --malignancy-map segmenter's app::lesion_malignancy
@@ -115,8 +115,9 @@ void refine_masks(Predictor& p, const std::vector<const DecodedScan*>& scans, st
   }
 }
 
-// Both models on a batch, each in one forward pass; the per-image work around them (resizing
-// the logits back, the classifier's input) by for_each_scan.
+// Both models on a batch, each in one forward pass, then each outline as the class asks
+// (app::outline_map) and refined; the per-image work around them (resizing the logits back, the
+// classifier's input) by for_each_scan.
 std::vector<Prediction> predict_batch(Predictor& p, const std::vector<const DecodedScan*>& scans, int workers) {
   const int64_t n = static_cast<int64_t>(scans.size()), seg_size = p.seg.card.img_size, cls_size = p.cls.card.img_size;
   Tensor seg_x = Tensor::empty({n, seg_size, seg_size, 3});
@@ -124,29 +125,29 @@ std::vector<Prediction> predict_batch(Predictor& p, const std::vector<const Deco
     data::write_input(scans[i]->seg_input, data::Mask(), data::InputKind::rgb, p.seg.card.normalisation,
                       seg_x.data<float>() + i * seg_size * seg_size * 3);
   const app::BatchSegmentation segmentation = app::segment_batch(p.seg, seg_x, p.device, p.flip);
-  const std::vector<data::Image> maps = data::logit_maps(segmentation.lesion_logits);
-  const bool probability_channel = p.cls.card.reads_lesion_probability;
-  const std::vector<data::Image> uncalibrated =
-      probability_channel ? data::logit_maps(segmentation.uncalibrated_lesion_logits) : std::vector<data::Image>{};
+  const std::vector<data::Image> maps = data::logit_maps(segmentation.lesion_logits),
+                                  uncalibrated = data::logit_maps(segmentation.uncalibrated_lesion_logits);
   std::vector<Prediction> r(scans.size());
+  std::vector<app::ScanSegmentation> at_scan_size(scans.size());
   Tensor cls_x = Tensor::empty({n, cls_size, cls_size, 4});
   for_each_scan(p, scans.size(), workers, [&](size_t i) {
     const data::Image& image = scans[i]->image;
-    app::ScanSegmentation scan = app::scan_segmentation(maps[i], probability_channel ? &uncalibrated[i] : nullptr,
-                                                        image.height, image.width);
-    r[i].mask = data::mask_from_logit_map(scan.lesion_logits);
-    r[i].classifier_mask = app::classifier_mask(p.cls.card.input(), scan);
-    r[i].lesion_logits = std::move(scan.lesion_logits);
+    at_scan_size[i] = app::scan_segmentation(maps[i], uncalibrated[i], image.height, image.width);
+    r[i].classifier_mask = app::classifier_mask(p.cls.card.input(), at_scan_size[i]);
     app::write_classifier_input(p.cls, image, r[i].classifier_mask, cls_x.data<float>() + i * cls_size * cls_size * 4,
                                 &scans[i]->cls_input);
   });
-  if (p.refine) refine_masks(p, scans, r);
   std::vector<std::vector<double>> probabilities = app::classify(p.cls, cls_x, p.device, p.flip, segmentation.malignancy);
   for (size_t i = 0; i < r.size(); ++i) {
     r[i].probabilities = std::move(probabilities[i]);
     if (!segmentation.malignancy.empty()) r[i].malignancy = segmentation.malignancy[i];
     r[i].predicted = std::max_element(r[i].probabilities.begin(), r[i].probabilities.end()) - r[i].probabilities.begin();
   }
+  for_each_scan(p, scans.size(), workers, [&](size_t i) {
+    r[i].lesion_logits = app::outline_map(at_scan_size[i], p.cls.card.classes[r[i].predicted]);
+    r[i].mask = data::mask_from_logit_map(r[i].lesion_logits);
+  });
+  if (p.refine) refine_masks(p, scans, r);
   return r;
 }
 

@@ -47,6 +47,8 @@ struct ModelCard {
   static constexpr const char* kLesionOutput = "lesion";
   static constexpr const char* kMalignancyOutput = "malignancy";
   static constexpr const char* kLesionProbabilityChannel = "probability";  // "mask_channel"
+  // The class of scans without a lesion (BUSI's folder name): every other class has one.
+  static constexpr const char* kLesionFreeClass = "normal";
   std::string arch;                 // registry name, e.g. mit_b2, convnext_base
   models::Task task = models::Task::classification;
   // Class names (classification) or a segmenter's output channels: kLesionOutput, then

@@ -120,28 +120,30 @@ std::vector<std::vector<double>> classify(LoadedModel& cls, const Tensor& x, Dev
   return rows;
 }
 
-ScanSegmentation segment_scan(LoadedModel& seg, const data::Image& image, int height, int width,
-                              data::InputKind classifier_input, Device device, bool flip) {
+ScanSegmentation segment_scan(LoadedModel& seg, const data::Image& image, int height, int width, Device device,
+                              bool flip) {
   Tensor x = data::model_input(image, data::Mask(image.height, image.width),
                                static_cast<int>(seg.card.img_size), data::InputKind::rgb, seg.card.normalisation);
   BatchSegmentation out = segment_batch(seg, x, device, flip);
-  std::optional<data::Image> uncalibrated;
-  if (classifier_input == data::InputKind::rgb_lesion_probability)
-    uncalibrated = data::logit_maps(out.uncalibrated_lesion_logits).front();
   ScanSegmentation r = scan_segmentation(data::logit_maps(out.lesion_logits).front(),
-                                         uncalibrated ? &*uncalibrated : nullptr, height, width);
+                                         data::logit_maps(out.uncalibrated_lesion_logits).front(), height, width);
   if (!out.malignancy.empty()) r.malignancy = out.malignancy.front();
   return r;
 }
 
-ScanSegmentation scan_segmentation(const data::Image& calibrated, const data::Image* uncalibrated, int height,
+ScanSegmentation scan_segmentation(const data::Image& calibrated, const data::Image& uncalibrated, int height,
                                    int width) {
-  ScanSegmentation r{data::resize_bilinear(uncalibrated ? *uncalibrated : calibrated, height, width), data::Image(),
-                     std::nullopt};
-  if (!uncalibrated) return r;
+  ScanSegmentation r{data::resize_bilinear(uncalibrated, height, width), data::Image(), std::nullopt};
   r.uncalibrated_lesion_logits = r.lesion_logits;
-  if (calibrated.pixels != uncalibrated->pixels) r.lesion_logits = data::resize_bilinear(calibrated, height, width);
+  if (calibrated.pixels != uncalibrated.pixels) r.lesion_logits = data::resize_bilinear(calibrated, height, width);
   return r;
+}
+
+const data::Image& outline_map(const ScanSegmentation& segmentation, const std::string& predicted_class) {
+  // Calibration changes nothing but the maps it empties.
+  const bool emptied = segmentation.lesion_logits.pixels != segmentation.uncalibrated_lesion_logits.pixels;
+  return emptied && predicted_class != ModelCard::kLesionFreeClass ? segmentation.uncalibrated_lesion_logits
+                                                                   : segmentation.lesion_logits;
 }
 
 namespace {
@@ -189,8 +191,6 @@ std::vector<data::Image> refine_lesions(LoadedModel& refiner, const std::vector<
 
 data::Mask classifier_mask(data::InputKind input, const ScanSegmentation& segmentation) {
   if (input != data::InputKind::rgb_lesion_probability) return data::mask_from_logit_map(segmentation.lesion_logits);
-  SONO_CHECK(segmentation.uncalibrated_lesion_logits.pixels.size() == segmentation.lesion_logits.pixels.size(),
-             "classifier_mask: the segmentation has no uncalibrated map (segment_scan for a probability reader)");
   return data::probability_levels(segmentation.uncalibrated_lesion_logits);
 }
 

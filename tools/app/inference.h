@@ -38,22 +38,28 @@ void check_stacking_inputs(const LoadedModel* seg, const std::string& seg_path, 
                            const std::string& cls_path);
 
 // A segmenter on one scan: what its mask thresholds at 0, the calibrated lesion logits at the
-// requested size (1 channel), the same before calibration where a lesion probability channel
-// reads them (else empty), and its lesion_malignancy where it has the channel.
+// requested size (1 channel), the same before calibration (what a lesion probability channel
+// reads, and outline_map where the classifier overrules empty_below), and its lesion_malignancy
+// where it has the channel.
 struct ScanSegmentation {
   data::Image lesion_logits, uncalibrated_lesion_logits;
   std::optional<double> malignancy;
 };
 // `image` (RGB 0..1, any size) is resized to the checkpoint's training size, the logits resized
-// back to (height, width). `classifier_input`: what the classifier given this segmentation reads
-// (its card's ModelCard::input); only rgb_lesion_probability needs the uncalibrated map, a
-// resize at the scan's size the others are spared.
-ScanSegmentation segment_scan(LoadedModel& seg, const data::Image& image, int height, int width,
-                              data::InputKind classifier_input, Device device, bool flip = false);
-// The same from one image's maps at the model's size: `uncalibrated` only for a probability reader
-// (else null). Calibration changes only a map it empties, so an unchanged map is resized once.
-ScanSegmentation scan_segmentation(const data::Image& calibrated, const data::Image* uncalibrated, int height,
+// back to (height, width).
+ScanSegmentation segment_scan(LoadedModel& seg, const data::Image& image, int height, int width, Device device,
+                              bool flip = false);
+// The same from one image's maps at the model's size. Calibration changes only a map it empties,
+// so an unchanged map is resized once.
+ScanSegmentation scan_segmentation(const data::Image& calibrated, const data::Image& uncalibrated, int height,
                                    int width);
+
+// The map a scan's outline is drawn from, once the classifier has named its class: the
+// calibrated one, unless the classifier calls a lesion (any class but kLesionFreeClass) on a scan
+// whose map empty_below emptied; then the map before empty_below. The classifier reads the whole
+// probability map, so it judges better than one threshold on its peak whether there is a lesion;
+// where it is stays the segmenter's call (its pixels over one half). It never hides an outline.
+const data::Image& outline_map(const ScanSegmentation& segmentation, const std::string& predicted_class);
 
 // A refining segmenter (seg_train --lesion-view; its card's "lesion_view") redraws the outline of
 // the lesion a first segmenter found: the window around the first's mask (view_window),
