@@ -63,7 +63,7 @@ Result Pipeline::run(const ImageView& view) const {
                                           models_->device, models_->flip, segmentation.malignancy);
     r.predicted = std::max_element(r.class_probabilities.begin(), r.class_probabilities.end()) -
                   r.class_probabilities.begin();
-    logits = app::outline_map(segmentation, class_names()[r.predicted]);
+    logits = app::outline_map(segmentation, class_names(), r.predicted);
     if (models_->refine)
       logits = app::refine_lesions(*models_->refine, {&image}, {std::move(logits)}, models_->device, models_->flip)[0];
   }

@@ -785,7 +785,7 @@ TEST_CASE("scan_segmentation: both maps at the scan's size, an unchanged map res
   for (float v : empty.lesion_logits.pixels) REQUIRE(v == -20.0f);
 }
 
-TEST_CASE("outline_map: a lesion class reopens a map empty_below emptied; the lesion-free class and kept maps stay") {
+TEST_CASE("outline_map: a lesion class reopens a map empty_below emptied; the lesion-free class, kept maps and classifiers without that class leave it") {
   data::Image map(16, 16, 1);
   for (size_t p = 0; p < map.pixels.size(); ++p) map.pixels[p] = p < 20 ? 1.0f : -2.0f;  // a weak lesion, 20 pixels
   data::Image emptied = map;
@@ -793,12 +793,17 @@ TEST_CASE("outline_map: a lesion class reopens a map empty_below emptied; the le
   const app::ScanSegmentation weak = app::scan_segmentation(emptied, map, 16, 16);
   const app::ScanSegmentation kept = app::scan_segmentation(map, map, 16, 16);
 
-  CHECK(data::mask_from_logit_map(app::outline_map(weak, "benign")).lesion_pixels() == 20);
-  CHECK(data::mask_from_logit_map(app::outline_map(weak, "malignant")).lesion_pixels() == 20);
-  CHECK(data::mask_from_logit_map(app::outline_map(weak, app::ModelCard::kLesionFreeClass)).lesion_pixels() == 0);
+  const std::vector<std::string> busi = {"benign", "malignant", app::ModelCard::kLesionFreeClass};
+  CHECK(data::mask_from_logit_map(app::outline_map(weak, busi, 0)).lesion_pixels() == 20);
+  CHECK(data::mask_from_logit_map(app::outline_map(weak, busi, 1)).lesion_pixels() == 20);
+  CHECK(data::mask_from_logit_map(app::outline_map(weak, busi, 2)).lesion_pixels() == 0);
   // A map calibration left alone is the outline whatever the class: the classifier never hides one.
-  CHECK(app::outline_map(kept, app::ModelCard::kLesionFreeClass).pixels == map.pixels);
-  CHECK(app::outline_map(kept, "benign").pixels == map.pixels);
+  CHECK(app::outline_map(kept, busi, 2).pixels == map.pixels);
+  CHECK(app::outline_map(kept, busi, 0).pixels == map.pixels);
+  // A classifier without the lesion-free class cannot say a scan has no lesion: empty_below stands.
+  const std::vector<std::string> other = {"healthy", "sick"};
+  CHECK(data::mask_from_logit_map(app::outline_map(weak, other, 1)).lesion_pixels() == 0);
+  CHECK(data::mask_from_logit_map(app::outline_map(weak, other, 0)).lesion_pixels() == 0);
 }
 
 TEST_CASE("a stacked classifier: its card's stacking applied to its own probabilities; a segmenter without the channel refused") {

@@ -101,7 +101,7 @@ TEST_CASE("pipeline: a scan's pixels give what predict's code gives on its file"
       app::segment_scan(seg, image, image.height, image.width, Device::cpu);
   CHECK(r.width == image.width);
   CHECK(r.height == image.height);
-  CHECK(r.mask == data::mask_from_logit_map(app::outline_map(segmentation, cls.card.classes[r.predicted])).values);
+  CHECK(r.mask == data::mask_from_logit_map(app::outline_map(segmentation, cls.card.classes, r.predicted)).values);
   CHECK(r.class_probabilities == app::classify(cls, image, app::classifier_mask(cls.card.input(), segmentation),
                                                Device::cpu, false, segmentation.malignancy));
   CHECK(r.class_names == cls.card.classes);

@@ -132,7 +132,7 @@ std::string score_image(Models& models, Device device, bool flip, const data::Sa
                                           : app::classifier_mask(classifier_input, *target);
     const std::vector<double> p = app::classify(*models.cls, image, channel, device, flip, segmentation.malignancy);
     const size_t predicted = std::max_element(p.begin(), p.end()) - p.begin();
-    outline = &app::outline_map(segmentation, models.cls->card.classes[predicted]);
+    outline = &app::outline_map(segmentation, models.cls->card.classes, predicted);
     row.insert(row.end(), {models.cls->card.classes[predicted], app::csv_number(p[predicted])});
     for (double v : p) row.push_back(app::csv_number(v));
     if (truth)

@@ -144,7 +144,7 @@ std::vector<Prediction> predict_batch(Predictor& p, const std::vector<const Deco
     r[i].predicted = std::max_element(r[i].probabilities.begin(), r[i].probabilities.end()) - r[i].probabilities.begin();
   }
   for_each_scan(p, scans.size(), workers, [&](size_t i) {
-    r[i].lesion_logits = app::outline_map(at_scan_size[i], p.cls.card.classes[r[i].predicted]);
+    r[i].lesion_logits = app::outline_map(at_scan_size[i], p.cls.card.classes, r[i].predicted);
     r[i].mask = data::mask_from_logit_map(r[i].lesion_logits);
   });
   if (p.refine) refine_masks(p, scans, r);

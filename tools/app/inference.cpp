@@ -139,11 +139,14 @@ ScanSegmentation scan_segmentation(const data::Image& calibrated, const data::Im
   return r;
 }
 
-const data::Image& outline_map(const ScanSegmentation& segmentation, const std::string& predicted_class) {
+const data::Image& outline_map(const ScanSegmentation& segmentation, const std::vector<std::string>& classes,
+                               size_t predicted) {
   // Calibration changes nothing but the maps it empties.
   const bool emptied = segmentation.lesion_logits.pixels != segmentation.uncalibrated_lesion_logits.pixels;
-  return emptied && predicted_class != ModelCard::kLesionFreeClass ? segmentation.uncalibrated_lesion_logits
-                                                                   : segmentation.lesion_logits;
+  const bool knows_lesion_free =
+      std::find(classes.begin(), classes.end(), ModelCard::kLesionFreeClass) != classes.end();
+  const bool calls_lesion = knows_lesion_free && classes.at(predicted) != ModelCard::kLesionFreeClass;
+  return emptied && calls_lesion ? segmentation.uncalibrated_lesion_logits : segmentation.lesion_logits;
 }
 
 namespace {

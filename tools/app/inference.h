@@ -54,12 +54,15 @@ ScanSegmentation segment_scan(LoadedModel& seg, const data::Image& image, int he
 ScanSegmentation scan_segmentation(const data::Image& calibrated, const data::Image& uncalibrated, int height,
                                    int width);
 
-// The map a scan's outline is drawn from, once the classifier has named its class: the
-// calibrated one, unless the classifier calls a lesion (any class but kLesionFreeClass) on a scan
-// whose map empty_below emptied; then the map before empty_below. The classifier reads the whole
-// probability map, so it judges better than one threshold on its peak whether there is a lesion;
-// where it is stays the segmenter's call (its pixels over one half). It never hides an outline.
-const data::Image& outline_map(const ScanSegmentation& segmentation, const std::string& predicted_class);
+// The map a scan's outline is drawn from, once the classifier has named its class (`predicted`,
+// an index into its `classes`): the calibrated one, unless the classifier calls a lesion (any
+// class but ModelCard::kLesionFreeClass) on a scan whose map empty_below emptied; then the map
+// before empty_below. The classifier reads the whole probability map, so it judges better than
+// one threshold on its peak whether there is a lesion; where it is stays the segmenter's call
+// (its pixels over one half). It never hides an outline, and a classifier without the
+// lesion-free class (which cannot tell a scan has no lesion) changes nothing.
+const data::Image& outline_map(const ScanSegmentation& segmentation, const std::vector<std::string>& classes,
+                               size_t predicted);
 
 // A refining segmenter (seg_train --lesion-view; its card's "lesion_view") redraws the outline of
 // the lesion a first segmenter found: the window around the first's mask (view_window),
