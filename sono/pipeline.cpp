@@ -16,9 +16,7 @@ struct Pipeline::Models {
         cls(app::load_for_inference(cls_path, models::Task::classification, device)),
         flip(options.flip_tta) {
     app::check_stacking_inputs(&seg, seg_path, cls, cls_path);
-    if (options.refine_checkpoint.empty()) return;
-    refine = app::load_for_inference(options.refine_checkpoint, models::Task::segmentation, device);
-    app::check_refiner(*refine, options.refine_checkpoint);
+    if (!options.refine_checkpoint.empty()) refine = app::load_refiner(options.refine_checkpoint, device);
   }
 
   Device device;

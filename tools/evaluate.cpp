@@ -220,10 +220,7 @@ Models load_models(const ModelFiles& files, Device device, bool fit_stacking) {
   Models m;
   if (!files.seg.empty()) m.seg = app::load_for_inference(files.seg, models::Task::segmentation, device);
   if (!files.cls.empty()) m.cls = app::load_for_inference(files.cls, models::Task::classification, device);
-  if (!files.refine.empty()) {
-    m.refine = app::load_for_inference(files.refine, models::Task::segmentation, device);
-    app::check_refiner(*m.refine, files.refine);
-  }
+  if (!files.refine.empty()) m.refine = app::load_refiner(files.refine, device);
   if (m.cls) app::check_stacking_inputs(m.seg ? &*m.seg : nullptr, files.seg, *m.cls, files.cls);
   if (!fit_stacking) return m;
   SONO_CHECK(m.seg->card.has_malignancy_channel(), "--fit-stacking: ", files.seg,

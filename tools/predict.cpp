@@ -102,17 +102,14 @@ void for_each_scan(const Predictor& p, size_t n, int workers, const std::functio
   else data::parallel_for(n, workers, fn);
 }
 
-// --refine_model: each mask redrawn by the refiner in the window around its lesion. The classifier
-// reads the first segmenter's, as it was trained to.
-void refine_masks(Predictor& p, const std::vector<const DecodedScan*>& scans, std::vector<Prediction>& r) {
+// --refine_model: each outline redrawn by the refiner in the window around its lesion. The
+// classifier reads the first segmenter's map, as it was trained to.
+void refine_outlines(Predictor& p, const std::vector<const DecodedScan*>& scans, std::vector<Prediction>& r) {
   std::vector<const data::Image*> images;
   std::vector<data::Image> maps;
   for (size_t i = 0; i < r.size(); ++i) images.push_back(&scans[i]->image), maps.push_back(std::move(r[i].lesion_logits));
   maps = app::refine_lesions(*p.refine, images, std::move(maps), p.device, p.flip);
-  for (size_t i = 0; i < r.size(); ++i) {
-    r[i].lesion_logits = std::move(maps[i]);
-    r[i].mask = data::mask_from_logit_map(r[i].lesion_logits);
-  }
+  for (size_t i = 0; i < r.size(); ++i) r[i].lesion_logits = std::move(maps[i]);
 }
 
 // Both models on a batch, each in one forward pass, then each outline as the class asks
@@ -145,9 +142,9 @@ std::vector<Prediction> predict_batch(Predictor& p, const std::vector<const Deco
   }
   for_each_scan(p, scans.size(), workers, [&](size_t i) {
     r[i].lesion_logits = app::outline_map(at_scan_size[i], p.cls.card.classes, r[i].predicted);
-    r[i].mask = data::mask_from_logit_map(r[i].lesion_logits);
   });
-  if (p.refine) refine_masks(p, scans, r);
+  if (p.refine) refine_outlines(p, scans, r);
+  for_each_scan(p, scans.size(), workers, [&](size_t i) { r[i].mask = data::mask_from_logit_map(r[i].lesion_logits); });
   return r;
 }
 
@@ -768,10 +765,7 @@ int predict(int argc, char** argv) {
               app::load_for_inference(cli.str("cls_model"), models::Task::classification, device), device,
               cli.is_set("overlay"), min_confidence, cli.is_set("flip_tta"), std::nullopt};
   app::check_stacking_inputs(&p.seg, cli.str("seg_model"), p.cls, cli.str("cls_model"));
-  if (!cli.str("refine_model").empty()) {
-    p.refine = app::load_for_inference(cli.str("refine_model"), models::Task::segmentation, device);
-    app::check_refiner(*p.refine, cli.str("refine_model"));
-  }
+  if (!cli.str("refine_model").empty()) p.refine = app::load_refiner(cli.str("refine_model"), device);
   if (!cli.str("explain").empty()) app::explainable(p.cls);
   if (!batch) return predict_one(p, run.scans.front(), run.outputs(0));
   FolderOptions options{static_cast<size_t>(batch_size), static_cast<int>(workers), 1, std::nullopt, 0};

@@ -165,6 +165,12 @@ void check_refiner(const LoadedModel& refiner, const std::string& path) {
              ": not a refining segmenter (it was not trained with seg_train --lesion-view)");
 }
 
+LoadedModel load_refiner(const std::string& path, Device device) {
+  LoadedModel refiner = load_for_inference(path, models::Task::segmentation, device);
+  check_refiner(refiner, path);
+  return refiner;
+}
+
 std::vector<data::Image> refine_lesions(LoadedModel& refiner, const std::vector<const data::Image*>& images,
                                         std::vector<data::Image> lesion_logits, Device device, bool flip) {
   check_refiner(refiner, "refine_lesions: the refiner");

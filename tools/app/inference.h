@@ -76,6 +76,8 @@ std::vector<data::Image> refine_lesions(LoadedModel& refiner, const std::vector<
                                         std::vector<data::Image> lesion_logits, Device device, bool flip = false);
 // Refuses, naming the file, a checkpoint that is not a refining segmenter.
 void check_refiner(const LoadedModel& refiner, const std::string& path);
+// The refiner at `path`, loaded for inference and checked (what --refine_model and the API take).
+LoadedModel load_refiner(const std::string& path, Device device);
 
 // The classifier's fourth channel for a scan, as `input` (a classifier card's ModelCard::input)
 // says: the segmenter's mask, or its lesion probability levels before empty_below (what
